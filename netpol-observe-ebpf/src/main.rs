@@ -1,0 +1,540 @@
+//! The eBPF programs of netpol-observe. Built for `bpfel-unknown-none` by `aya-build`
+//! (see `netpol-observe/build.rs`); on the host this binary is an empty stub.
+//!
+//! `tc_flow_ingress` / `tc_flow_egress` run on the host side of pod interfaces (ingress =
+//! packets from the pod, egress = packets to the pod). They parse Ethernet, IPv4/IPv6 (IPv6
+//! extension headers within a bound) and TCP/UDP/SCTP/ICMP/ICMPv6, update the flow map and
+//! announce new flows and first TCP FIN/RST on the ring buffer. They always return
+//! `TC_ACT_PIPE` (tcx: "next"), never drop or change a packet.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+
+#[cfg(target_arch = "bpf")]
+mod drops;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
+
+    use aya_ebpf::{
+        bindings::TC_ACT_PIPE,
+        helpers::bpf_ktime_get_ns,
+        macros::{classifier, map},
+        maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::TcContext,
+    };
+    use netpol_observe_ebpf::{
+        COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
+        DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
+        FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY, LocalEndpoint,
+        event_bits, tcp_flag_bits, tcp_flags,
+    };
+
+    #[map(name = "FLOWS")]
+    static FLOWS: LruHashMap<FlowKey, FlowValue> =
+        LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+    #[map(name = "FLOW_EVENTS")]
+    static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+    #[map(name = "COUNTERS")]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+    #[map(name = "LOCAL_ENDPOINTS")]
+    static LOCAL_ENDPOINTS: HashMap<[u8; 16], LocalEndpoint> =
+        HashMap::with_max_entries(LOCAL_ENDPOINTS_CAPACITY, 0);
+
+    /// Per-CPU scratch space: the parsed packet and keys do not fit the 512-byte BPF stack.
+    #[map(name = "SCRATCH")]
+    static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+    #[repr(C)]
+    struct Scratch {
+        pkt: Packet,
+        key: FlowKey,
+        value: FlowValue,
+    }
+
+    /// Set to 1 by userspace to learn local endpoints from packets leaving pods.
+    #[unsafe(no_mangle)]
+    static LEARN_LOCAL: u8 = 0;
+
+    const ETH_HLEN: usize = 14;
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86dd;
+    const MAX_V6_EXT: usize = 6;
+    const BPF_NOEXIST: u64 = 1;
+    const EEXIST: i32 = 17;
+
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_SCTP: u8 = 132;
+    const IPPROTO_ICMP: u8 = 1;
+    const IPPROTO_ICMPV6: u8 = 58;
+
+    /// Packets from the pod.
+    #[classifier]
+    pub fn tc_flow_ingress(ctx: TcContext) -> i32 {
+        observe(&ctx, true);
+        TC_ACT_PIPE
+    }
+
+    /// Packets to the pod.
+    #[classifier]
+    pub fn tc_flow_egress(ctx: TcContext) -> i32 {
+        observe(&ctx, false);
+        TC_ACT_PIPE
+    }
+
+    #[inline(always)]
+    fn count(c: Counter) {
+        if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+            // Per-CPU slot: no other CPU writes it.
+            unsafe { *p += 1 };
+        }
+    }
+
+    /// Reads a `T` (at least 2 bytes) at `off`: directly from the linear packet data when it
+    /// is there (no helper call), else through `bpf_skb_load_bytes` (non-linear skbs).
+    #[inline(always)]
+    fn ld<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        if off < 4096 && start + off + core::mem::size_of::<T>() <= end {
+            // SAFETY: bounds checked against data_end just above.
+            Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) })
+        } else {
+            ctx.load::<T>(off).map_err(|_| ())
+        }
+    }
+
+    #[inline(always)]
+    fn be16(ctx: &TcContext, off: usize) -> Result<u16, ()> {
+        ld::<u16>(ctx, off).map(u16::from_be)
+    }
+
+    /// One byte; read as two (a one-byte bounds check compiles to a form the verifier
+    /// rejects), falling back to the helper at the very end of the packet.
+    #[inline(always)]
+    fn byte(ctx: &TcContext, off: usize) -> Result<u8, ()> {
+        match ld::<[u8; 2]>(ctx, off) {
+            Ok(b) => Ok(b[0]),
+            Err(()) => ctx.load::<u8>(off).map_err(|_| ()),
+        }
+    }
+
+    /// A parsed packet, oriented as sent.
+    #[repr(C)]
+    struct Packet {
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        family: u8,
+        tcp_flags: u32,
+        /// IP bytes, with GSO segment headers counted.
+        bytes: u64,
+        segs: u64,
+        /// Initiator hint: 1 = the sender initiates, 2 = the receiver does, 0 = unknown.
+        hint: u8,
+        /// The packet is an ICMP error quoting another flow (the quoted flow's canonical
+        /// key is in `quoted_*`, addresses in `src`/`dst` swapped back by `handle`).
+        icmp_error: bool,
+        quoted_off: u32,
+    }
+
+    enum Parsed {
+        Flow,
+        Skip(Counter),
+    }
+
+    fn observe(ctx: &TcContext, from_pod: bool) {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
+        let scratch = unsafe { &mut *scratch };
+        match parse(ctx, &mut scratch.pkt, from_pod) {
+            Ok(Parsed::Flow) => {
+                count(Counter::Packets);
+                handle(ctx, scratch, from_pod);
+            }
+            Ok(Parsed::Skip(c)) => count(c),
+            Err(()) => count(Counter::ParseFailed),
+        }
+    }
+
+    #[inline(always)]
+    fn v4_mapped(ctx: &TcContext, off: usize, out: &mut [u8; 16]) -> Result<(), ()> {
+        let raw: [u8; 4] = ld(ctx, off)?;
+        *out = [0; 16];
+        out[10] = 0xff;
+        out[11] = 0xff;
+        out[12] = raw[0];
+        out[13] = raw[1];
+        out[14] = raw[2];
+        out[15] = raw[3];
+        Ok(())
+    }
+
+    fn parse(ctx: &TcContext, pkt: &mut Packet, from_pod: bool) -> Result<Parsed, ()> {
+        let ethertype = be16(ctx, 12)?;
+        pkt.sport = 0;
+        pkt.dport = 0;
+        pkt.tcp_flags = 0;
+        pkt.segs = 1;
+        pkt.hint = 0;
+        pkt.icmp_error = false;
+        let l3 = ETH_HLEN;
+        let l4;
+        let l3_hdr_len;
+        match ethertype {
+            ETH_P_IP => {
+                let vihl = byte(ctx, l3)?;
+                let ihl = ((vihl & 0x0f) as usize) * 4;
+                if ihl < 20 {
+                    return Err(());
+                }
+                let frag = be16(ctx, l3 + 6)?;
+                if frag & 0x1fff != 0 {
+                    return Ok(Parsed::Skip(Counter::Fragments));
+                }
+                pkt.proto = byte(ctx, l3 + 9)?;
+                v4_mapped(ctx, l3 + 12, &mut pkt.src)?;
+                v4_mapped(ctx, l3 + 16, &mut pkt.dst)?;
+                pkt.family = FAMILY_V4;
+                l4 = l3 + ihl;
+                l3_hdr_len = ihl as u64;
+            }
+            ETH_P_IPV6 => {
+                let mut next: u8 = byte(ctx, l3 + 6)?;
+                pkt.src = ld(ctx, l3 + 8)?;
+                pkt.dst = ld(ctx, l3 + 24)?;
+                pkt.family = FAMILY_V6;
+                let mut off = l3 + 40;
+                let mut done = false;
+                for _ in 0..MAX_V6_EXT {
+                    match next {
+                        // hop-by-hop, routing, destination options
+                        0 | 43 | 60 => {
+                            let n = byte(ctx, off)?;
+                            let len = byte(ctx, off + 1)? as usize;
+                            next = n;
+                            off += (len + 1) * 8;
+                        }
+                        // fragment header
+                        44 => {
+                            let n = byte(ctx, off)?;
+                            let fo = be16(ctx, off + 2)?;
+                            if fo & 0xfff8 != 0 {
+                                return Ok(Parsed::Skip(Counter::Fragments));
+                            }
+                            next = n;
+                            off += 8;
+                        }
+                        // authentication header
+                        51 => {
+                            let n = byte(ctx, off)?;
+                            let len = byte(ctx, off + 1)? as usize;
+                            next = n;
+                            off += (len + 2) * 4;
+                        }
+                        _ => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if !done {
+                    return Err(());
+                }
+                pkt.proto = next;
+                l4 = off;
+                l3_hdr_len = (off - l3) as u64;
+            }
+            _ => return Ok(Parsed::Skip(Counter::NonIp)),
+        }
+        if !from_pod && LOCAL_ENDPOINTS.get_ptr(&pkt.src).is_some() {
+            // The sender is a pod of this node: its own interface counts the packet. Checked
+            // before the transport header is read, to keep the skip path short.
+            return Ok(Parsed::Skip(Counter::SkippedLocal));
+        }
+        let ip_len = (ctx.len() as u64).saturating_sub(ETH_HLEN as u64);
+        let l4_hdr_len: u64;
+        match pkt.proto {
+            IPPROTO_TCP => {
+                pkt.sport = be16(ctx, l4)?;
+                pkt.dport = be16(ctx, l4 + 2)?;
+                let doff = byte(ctx, l4 + 12)?;
+                pkt.tcp_flags = byte(ctx, l4 + 13)? as u32;
+                l4_hdr_len = ((doff >> 4) as u64) * 4;
+                let f = pkt.tcp_flags;
+                if f & tcp_flags::SYN != 0 {
+                    pkt.hint = if f & tcp_flags::ACK == 0 { 1 } else { 2 };
+                }
+            }
+            IPPROTO_UDP | IPPROTO_SCTP => {
+                pkt.sport = be16(ctx, l4)?;
+                pkt.dport = be16(ctx, l4 + 2)?;
+                l4_hdr_len = 8;
+                pkt.hint = 1;
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                let ty = byte(ctx, l4)?;
+                l4_hdr_len = 8;
+                let v6 = pkt.proto == IPPROTO_ICMPV6;
+                let (echo_req, echo_rep) = if v6 { (128, 129) } else { (8, 0) };
+                let unreach = if v6 { ty == 1 } else { ty == 3 };
+                if ty == echo_req || ty == echo_rep {
+                    let id = be16(ctx, l4 + 4)?;
+                    pkt.sport = id;
+                    pkt.dport = id;
+                    pkt.hint = if ty == echo_req { 1 } else { 2 };
+                } else if unreach {
+                    pkt.icmp_error = true;
+                    pkt.quoted_off = (l4 + 8) as u32;
+                    pkt.hint = 2;
+                } else if v6 && (130..=143).contains(&ty) {
+                    // MLD and neighbour/router discovery: link plumbing, not flows.
+                    return Ok(Parsed::Skip(Counter::NonIp));
+                } else {
+                    pkt.hint = 1;
+                }
+            }
+            _ => return Ok(Parsed::Skip(Counter::OtherProtocol)),
+        }
+        let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+        pkt.segs = if segs > 1 { segs } else { 1 };
+        pkt.bytes = ip_len + (pkt.segs - 1) * (l3_hdr_len + l4_hdr_len);
+        Ok(Parsed::Flow)
+    }
+
+    /// Builds in `key` the canonical key of the flow an ICMP error quotes (inner IP header at
+    /// `off`); `tmp` is scratch space for the inner addresses.
+    fn quoted_key(
+        ctx: &TcContext,
+        off: usize,
+        v6: bool,
+        key: &mut FlowKey,
+        tmp: &mut FlowValue,
+    ) -> Result<(), ()> {
+        // Reuse the 32 bytes of packets+bytes of the scratch value for the two addresses.
+        // SAFETY: [u64; 4] and [[u8; 16]; 2] have the same size; u8 has no alignment needs.
+        let addrs = unsafe { &mut *((&raw mut tmp.packets) as *mut [[u8; 16]; 2]) };
+        let (proto, l4);
+        if v6 {
+            proto = byte(ctx, off + 6)?;
+            addrs[0] = ctx.load(off + 8).map_err(|_| ())?;
+            addrs[1] = ctx.load(off + 24).map_err(|_| ())?;
+            l4 = off + 40;
+        } else {
+            let ihl = ((byte(ctx, off)? & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return Err(());
+            }
+            proto = byte(ctx, off + 9)?;
+            v4_mapped(ctx, off + 12, &mut addrs[0])?;
+            v4_mapped(ctx, off + 16, &mut addrs[1])?;
+            l4 = off + ihl;
+        }
+        let (sport, dport) = match proto {
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => (be16(ctx, l4)?, be16(ctx, l4 + 2)?),
+            _ => return Err(()),
+        };
+        let family = if v6 { FAMILY_V6 } else { FAMILY_V4 };
+        let _ = canonical(key, &addrs[0], sport, &addrs[1], dport, proto, family);
+        Ok(())
+    }
+
+    /// Fills `key` canonically; returns the direction index of a packet from `src`.
+    #[inline(always)]
+    fn canonical(
+        key: &mut FlowKey,
+        src: &[u8; 16],
+        sport: u16,
+        dst: &[u8; 16],
+        dport: u16,
+        proto: u8,
+        family: u8,
+    ) -> u8 {
+        let mut src_lower = sport <= dport;
+        let mut i = 0;
+        while i < 16 {
+            if src[i] != dst[i] {
+                src_lower = src[i] < dst[i];
+                break;
+            }
+            i += 1;
+        }
+        key.proto = proto;
+        key.family = family;
+        if src_lower {
+            key.lo_addr = *src;
+            key.lo_port = sport;
+            key.hi_addr = *dst;
+            key.hi_port = dport;
+            DIR_LO_TO_HI
+        } else {
+            key.lo_addr = *dst;
+            key.lo_port = dport;
+            key.hi_addr = *src;
+            key.hi_port = sport;
+            DIR_HI_TO_LO
+        }
+    }
+
+    fn handle(ctx: &TcContext, scratch: &mut Scratch, from_pod: bool) {
+        let Scratch { pkt, key, value } = scratch;
+        let pkt = &*pkt;
+        if from_pod {
+            if unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0
+                && LOCAL_ENDPOINTS.get_ptr(&pkt.src).is_none()
+            {
+                let ep = LocalEndpoint {
+                    ifindex: unsafe { (*ctx.skb.skb).ifindex },
+                    learned: 1,
+                };
+                let _ = LOCAL_ENDPOINTS.insert(&pkt.src, &ep, BPF_NOEXIST);
+            }
+        }
+
+        if pkt.icmp_error {
+            let v6 = pkt.family == FAMILY_V6;
+            if quoted_key(ctx, pkt.quoted_off as usize, v6, key, value).is_ok() {
+                if let Some(v) = FLOWS.get_ptr_mut(&*key) {
+                    unsafe { or64(&raw mut (*v).flags, event_bits(EVENT_ICMP_UNREACH)) };
+                    return;
+                }
+            }
+        }
+
+        key._pad = [0; 2];
+        let dir = canonical(
+            key, &pkt.src, pkt.sport, &pkt.dst, pkt.dport, pkt.proto, pkt.family,
+        );
+        let now = unsafe { bpf_ktime_get_ns() };
+        let mut tries = 0;
+        while tries < 2 {
+            tries += 1;
+            if let Some(v) = FLOWS.get_ptr_mut(&*key) {
+                update(v, key, pkt, dir, now);
+                return;
+            }
+            let initiator = match pkt.hint {
+                1 => dir,
+                2 => dir ^ 1,
+                _ => INITIATOR_UNKNOWN,
+            };
+            value.first_seen_ns = now;
+            value.last_seen_ns = now;
+            value.initiator = initiator;
+            value._pad = [0; 7];
+            value.flags = event_bits(EVENT_NEW) | tcp_flag_bits(dir, pkt.tcp_flags);
+            let d = (dir & 1) as usize;
+            value.packets = [0; 2];
+            value.bytes = [0; 2];
+            value.packets[d] = pkt.segs;
+            value.bytes[d] = pkt.bytes;
+            match FLOWS.insert(&*key, &*value, BPF_NOEXIST) {
+                Ok(()) => {
+                    count(Counter::FlowsCreated);
+                    emit(key, now, EVENT_NEW, initiator, dir);
+                    let f = pkt.tcp_flags;
+                    if f & tcp_flags::RST != 0 {
+                        mark_close(key, EVENT_RST, initiator, dir, now);
+                    } else if f & tcp_flags::FIN != 0 {
+                        mark_close(key, EVENT_FIN, initiator, dir, now);
+                    }
+                    return;
+                }
+                Err(e) if e == -EEXIST => continue,
+                Err(e) => {
+                    count(Counter::MapInsertFailed);
+                    // Cold path only: aya-log is never used per packet.
+                    aya_log_ebpf::debug!(ctx, "flow map insert failed: {}", e);
+                    return;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn mark_close(key: &FlowKey, kind: u32, initiator: u8, dir: u8, now: u64) {
+        if let Some(v) = FLOWS.get_ptr_mut(key) {
+            let bits = event_bits(kind);
+            if unsafe { or64(&raw mut (*v).flags, bits) } & bits == 0 {
+                emit(key, now, kind, initiator, dir);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn update(v: *mut FlowValue, key: &FlowKey, pkt: &Packet, dir: u8, now: u64) {
+        let d = (dir & 1) as usize;
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*v).packets[d],
+                pkt.segs,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes[d], pkt.bytes);
+            if (*v).last_seen_ns < now {
+                (*v).last_seen_ns = now;
+            }
+        }
+        let f = pkt.tcp_flags;
+        if f == 0 {
+            return;
+        }
+        let close = if f & tcp_flags::RST != 0 {
+            EVENT_RST
+        } else if f & tcp_flags::FIN != 0 {
+            EVENT_FIN
+        } else {
+            0
+        };
+        let bits = tcp_flag_bits(dir, f) | event_bits(close);
+        let cur = unsafe { core::ptr::read_volatile(&raw const (*v).flags) };
+        if cur & bits != bits {
+            let prev = unsafe { or64(&raw mut (*v).flags, bits) };
+            if close != 0 && prev & event_bits(close) == 0 {
+                let initiator = unsafe { (*v).initiator };
+                emit(key, now, close, initiator, dir);
+            }
+        }
+    }
+
+    /// Atomic `*p |= bits`, returning the previous value.
+    #[inline(always)]
+    unsafe fn or64(p: *mut u64, bits: u64) -> u64 {
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(p, bits) }
+    }
+
+    #[inline(always)]
+    fn emit(key: &FlowKey, now: u64, kind: u32, initiator: u8, dir: u8) {
+        match FLOW_EVENTS.reserve::<FlowEvent>(0) {
+            Some(mut entry) => {
+                entry.write(FlowEvent {
+                    key: *key,
+                    ts_ns: now,
+                    kind,
+                    initiator,
+                    dir,
+                    _pad: [0; 2],
+                });
+                entry.submit(0);
+                count(Counter::EventsSent);
+            }
+            None => count(Counter::RingbufFull),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,327 @@
+//! The agent's one typed configuration: defaults, then an optional YAML file (`--config`),
+//! then environment variables and flags (clap reads `NETPOL_OBSERVE_*` and `NODE_NAME` for
+//! the flags), the later overriding the earlier.
+//!
+//! The file uses the same names as the flags, in camelCase (`seriesBudget` under `metrics`),
+//! exactly as `deploy/kubernetes/base/configmap.yaml` writes it. Unknown keys are errors.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    datapath::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
+    metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
+};
+
+/// Default listen address of the HTTP API.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9965";
+
+/// Drop reasons recorded by default: the ones a policy or filter decides (names of the
+/// kernel's `enum skb_drop_reason` without the `SKB_DROP_REASON_` prefix). Names the running
+/// kernel does not have are skipped with a warning; ordinary socket teardown
+/// (`NOT_SPECIFIED`, `TCP_CLOSE`, …) is never a drop here.
+pub const DEFAULT_DROP_REASONS: &[&str] = &[
+    "NETFILTER_DROP",
+    "TC_INGRESS",
+    "TC_EGRESS",
+    "TC_DROP",
+    "BPF_CGROUP_INGRESS",
+    "BPF_CGROUP_EGRESS",
+    "SOCKET_FILTER",
+    "NO_SOCKET",
+    "IP_RPFILTER",
+    "XFRM_POLICY",
+];
+
+/// Errors of the agent configuration: each names the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid.
+    #[error("invalid configuration file {path}: field `{field}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Path of the field at fault (`metrics.seriesBudget`), `.` for the whole document.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A setting has an unusable value.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        /// The setting (flag name without dashes).
+        setting: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Metric settings of the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Label sets per flow-labelled family before collapsing into `other` (default 2000).
+    pub series_budget: usize,
+    /// Add `src_pod`/`dst_pod` labels (default false).
+    pub pod_level: bool,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            series_budget: DEFAULT_SERIES_BUDGET,
+            pod_level: false,
+        }
+    }
+}
+
+/// Everything the agent can be told. Every field has a documented default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// HTTP listen address (default `0.0.0.0:9965`).
+    pub listen: SocketAddr,
+    /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change.
+    /// Absent: in-cluster mode (service account, watches).
+    pub inventory: Option<PathBuf>,
+    /// Named subnets file (`name: CIDR` or `name: [CIDRs]`).
+    pub subnets: Option<PathBuf>,
+    /// Draft NetworkPolicies (file or directory) evaluated next to the ones in force.
+    pub staged_policies: Option<PathBuf>,
+    /// This node's name (`NODE_NAME` from the downward API); default: the host name.
+    pub node_name: Option<String>,
+    /// Interface patterns to attach to (default: common CNI pod interfaces).
+    pub interfaces: Vec<String>,
+    /// Interface patterns never attached (default `cilium_*`, `lo`).
+    pub exclude: Vec<String>,
+    /// Capacity of the kernel flow map (default 65536).
+    pub flow_map_capacity: u32,
+    /// Seconds between sweeps of the flow map (default 5).
+    pub sweep_interval: u64,
+    /// Seconds between checks of the inventory files for changes (default 2).
+    pub inventory_poll_interval: u64,
+    /// Record kernel drops (default true).
+    pub drops: bool,
+    /// Drop reasons recorded (default [`DEFAULT_DROP_REASONS`]).
+    pub drop_reasons: Vec<String>,
+    /// Flows kept for `/api/v1/flows` (default 100000; the oldest ended flows go first).
+    pub max_flows: usize,
+    /// Seconds an ended flow stays in `/api/v1/flows` (default 600).
+    pub flow_retention: u64,
+    /// Metric labelling.
+    pub metrics: MetricsSettings,
+    /// Forward the eBPF programs' debug log to the agent's log (default false).
+    pub ebpf_log: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9965)),
+            inventory: None,
+            subnets: None,
+            staged_policies: None,
+            node_name: None,
+            interfaces: DEFAULT_INCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            exclude: DEFAULT_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            flow_map_capacity: netpol_observe_ebpf::DEFAULT_FLOW_CAPACITY,
+            sweep_interval: 5,
+            inventory_poll_interval: 2,
+            drops: true,
+            drop_reasons: DEFAULT_DROP_REASONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            max_flows: 100_000,
+            flow_retention: 600,
+            metrics: MetricsSettings::default(),
+            ebpf_log: false,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads a configuration file over the defaults. Errors name the file and the field.
+    pub fn from_file(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml_str(&text, path)
+    }
+
+    /// Parses configuration YAML (`path` names it in errors). An empty document is the
+    /// defaults.
+    pub fn from_yaml_str(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(AgentConfig::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            field: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+
+    /// Checks the values that have limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, message: &str| {
+            Err(ConfigError::Invalid {
+                setting,
+                message: message.to_owned(),
+            })
+        };
+        if self.interfaces.is_empty() {
+            return invalid("interfaces", "at least one interface pattern is needed");
+        }
+        if self.flow_map_capacity == 0 {
+            return invalid("flow-map-capacity", "must be at least 1");
+        }
+        if self.sweep_interval == 0 {
+            return invalid("sweep-interval", "must be at least 1 second");
+        }
+        if self.inventory_poll_interval == 0 {
+            return invalid("inventory-poll-interval", "must be at least 1 second");
+        }
+        if self.max_flows == 0 {
+            return invalid("max-flows", "must be at least 1");
+        }
+        if let Some(bad) = self
+            .drop_reasons
+            .iter()
+            .find(|r| r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "drop-reasons",
+                message: format!(
+                    "{bad:?} is not a drop reason name (e.g. NETFILTER_DROP, from the kernel's enum skb_drop_reason)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The datapath part of the configuration.
+    pub fn datapath(&self) -> DatapathConfig {
+        DatapathConfig {
+            include: self.interfaces.clone(),
+            exclude: self.exclude.clone(),
+            flow_capacity: self.flow_map_capacity,
+            sweep_interval: Duration::from_secs(self.sweep_interval),
+            node_name: self.node_name.clone(),
+            ebpf_log: self.ebpf_log,
+            ..DatapathConfig::default()
+        }
+    }
+
+    /// The metrics part of the configuration.
+    pub fn metrics_config(&self) -> MetricsConfig {
+        MetricsConfig {
+            series_budget: self.metrics.series_budget,
+            pod_level: self.metrics.pod_level,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deploy_configmap_parses() {
+        let text = r#"
+listen: 0.0.0.0:9965
+interfaces: ["veth*", "cali*"]
+metrics:
+  seriesBudget: 500
+  podLevel: true
+"#;
+        let c = AgentConfig::from_yaml_str(text, Path::new("agent.yaml")).unwrap();
+        assert_eq!(c.metrics.series_budget, 500);
+        assert!(c.metrics.pod_level);
+        assert_eq!(c.interfaces, vec!["veth*", "cali*"]);
+        assert_eq!(
+            c.flow_map_capacity,
+            netpol_observe_ebpf::DEFAULT_FLOW_CAPACITY
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_and_bad_fields_are_named() {
+        let err = AgentConfig::from_yaml_str("metrics:\n  seriesBudgt: 3\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.yaml") && err.contains("seriesBudgt"),
+            "{err}"
+        );
+        let err = AgentConfig::from_yaml_str("listen: nowhere\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `listen`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let c = AgentConfig {
+            drop_reasons: vec!["NETFILTER DROP".into()],
+            ..AgentConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("drop-reasons")
+        );
+        let c = AgentConfig {
+            sweep_interval: 0,
+            ..AgentConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sweep-interval")
+        );
+    }
+}
+
+#[cfg(test)]
+mod deploy_tests {
+    use super::*;
+
+    /// The ConfigMap the DaemonSet mounts parses into this configuration, and its subnets file
+    /// into named subnets.
+    #[test]
+    fn deploy_configmap_matches_the_agent() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/configmap.yaml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(&text).unwrap();
+        let data = cm.data.unwrap();
+        let c = AgentConfig::from_yaml_str(&data["agent.yaml"], Path::new("agent.yaml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 9965)));
+        assert_eq!(c.drop_reasons, AgentConfig::default().drop_reasons);
+        crate::attribution::Subnets::from_yaml_str(
+            &data["subnets.yaml"],
+            Path::new("subnets.yaml"),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,241 @@
+//! Attribution (pure): IP → pod → workload, Service ClusterIP → backends, node IPs, named
+//! subnets.
+//!
+//! Order for an address: a pod that held it when the flow was seen (not hostNetwork; those
+//! share their node's address), a node address, a named subnet (most specific first), else
+//! `private` (RFC 1918 / ULA) or `world`. A destination that is a Service ClusterIP gets
+//! `service`, and the pod fields of the backend (the one named by the flow, else the
+//! Service's first backend in [`Inventory::service_backends`] order).
+
+mod subnets;
+
+use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+
+use jiff::Timestamp;
+
+pub use subnets::{NamedSubnet, Subnets, is_private};
+
+use crate::{
+    flow::{Endpoint, FlowRecord, ServiceRef},
+    inventory::{Inventory, PodInfo, ServiceInfo},
+};
+
+/// The attribution domain's errors (subnets files).
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    /// The subnets file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The subnets file is not a YAML mapping of names to CIDR lists.
+    #[error("{path}: expected a mapping `name: [CIDRs]`: {source}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said (with line and column).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// An entry is not a CIDR.
+    #[error("{path}: subnet {subnet:?}, entry {index}: {value:?} is not a CIDR (e.g. 10.0.2.0/24)")]
+    Cidr {
+        /// The file.
+        path: PathBuf,
+        /// The subnet name.
+        subnet: String,
+        /// 0-based entry in its list.
+        index: usize,
+        /// The bad value.
+        value: String,
+    },
+}
+
+/// Attributes flow endpoints from an inventory and named subnets. Build it once per inventory
+/// snapshot; [`Attributor::attribute`] is cheap.
+#[derive(Debug, Clone)]
+pub struct Attributor {
+    pods: Vec<PodInfo>,
+    by_ip: HashMap<IpAddr, Vec<usize>>,
+    by_name: HashMap<(String, String), Vec<usize>>,
+    nodes: HashMap<IpAddr, String>,
+    services: HashMap<IpAddr, (ServiceInfo, Option<usize>)>,
+    subnets: Subnets,
+}
+
+impl Attributor {
+    /// Indexes `inventory` and `subnets`.
+    pub fn new(inventory: &Inventory, subnets: &Subnets) -> Self {
+        let pods = inventory.pods.clone();
+        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        let mut by_name: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, p) in pods.iter().enumerate() {
+            if !p.host_network {
+                for ip in &p.ips {
+                    by_ip.entry(*ip).or_default().push(i);
+                }
+            }
+            by_name
+                .entry((p.namespace.clone(), p.name.clone()))
+                .or_default()
+                .push(i);
+        }
+        let mut nodes = HashMap::new();
+        for n in &inventory.nodes {
+            for ip in &n.addresses {
+                nodes.insert(*ip, n.name.clone());
+            }
+        }
+        let mut services = HashMap::new();
+        for svc in &inventory.services {
+            let backend = inventory.service_backends(svc).first().and_then(|b| {
+                by_name
+                    .get(&(b.namespace.clone(), b.name.clone()))
+                    .and_then(|c| c.iter().rev().find(|i| pods[**i].deleted.is_none()))
+                    .copied()
+            });
+            for ip in &svc.cluster_ips {
+                services.insert(*ip, (svc.clone(), backend));
+            }
+        }
+        Attributor {
+            pods,
+            by_ip,
+            by_name,
+            nodes,
+            services,
+            subnets: subnets.clone(),
+        }
+    }
+
+    /// The pod that held `ip` at time `at` (hostNetwork pods excluded): the one alive then,
+    /// else the newest.
+    pub fn pod_for_ip(&self, ip: IpAddr, at: Option<Timestamp>) -> Option<&PodInfo> {
+        self.pick(self.by_ip.get(&ip)?, at)
+    }
+
+    /// The pod `namespace/name` alive at `at` (else the newest of that name).
+    pub fn pod_by_name(
+        &self,
+        namespace: &str,
+        name: &str,
+        at: Option<Timestamp>,
+    ) -> Option<&PodInfo> {
+        self.pick(
+            self.by_name.get(&(namespace.to_owned(), name.to_owned()))?,
+            at,
+        )
+    }
+
+    fn pick(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<&PodInfo> {
+        candidates
+            .iter()
+            .rev()
+            .map(|i| &self.pods[*i])
+            .find(|p| p.alive_at(at))
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .map(|i| &self.pods[*i])
+                    .max_by_key(|p| p.created)
+            })
+    }
+
+    /// The Service with this ClusterIP.
+    pub fn service_for_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {
+        self.services.get(&ip).map(|(s, _)| s)
+    }
+
+    /// Fills the attribution of `record.src` and `record.dst` (fields already present are
+    /// kept; missing pod details are completed from the inventory).
+    pub fn attribute(&self, record: &mut FlowRecord) {
+        let at = record.first_seen.or(record.last_seen);
+        self.fill(&mut record.src, at);
+        if let Some((svc, backend)) = self.services.get(&record.dst.ip) {
+            record.dst.service.get_or_insert_with(|| ServiceRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+            if record.dst.pod.is_none()
+                && record.dst.node.is_none()
+                && record.dst.subnet.is_none()
+                && let Some(b) = backend
+            {
+                let pod = &self.pods[*b];
+                set_pod(&mut record.dst, pod);
+            }
+            self.complete_pod(&mut record.dst, at);
+            return;
+        }
+        self.fill(&mut record.dst, at);
+    }
+
+    fn fill(&self, ep: &mut Endpoint, at: Option<Timestamp>) {
+        if ep.pod.is_some() {
+            self.complete_pod(ep, at);
+            return;
+        }
+        if ep.node.is_some() || ep.subnet.is_some() {
+            return;
+        }
+        if let Some(pod) = self.pod_for_ip(ep.ip, at) {
+            set_pod(ep, pod);
+        } else if let Some(node) = self.nodes.get(&ep.ip) {
+            ep.node = Some(node.clone());
+        } else {
+            ep.subnet = Some(self.subnet_name(ep.ip).to_owned());
+        }
+    }
+
+    /// The subnet name for an address outside the cluster: a named subnet, `private` or `world`.
+    pub fn subnet_name(&self, ip: IpAddr) -> &str {
+        match self.subnets.lookup(ip) {
+            Some(name) => name,
+            None if is_private(ip) => "private",
+            None => "world",
+        }
+    }
+
+    fn complete_pod(&self, ep: &mut Endpoint, at: Option<Timestamp>) {
+        let (Some(ns), Some(name)) = (ep.namespace.as_deref(), ep.pod.as_deref()) else {
+            return;
+        };
+        if let Some(pod) = self.pod_by_name(ns, name, at) {
+            if ep.workload.is_none() {
+                ep.workload = Some(pod.workload.clone());
+            }
+            if ep.labels.is_none() {
+                ep.labels = Some(pod.selector_labels.clone());
+            }
+        }
+    }
+
+    /// The port the destination pod receives a flow on: for a flow to a Service ClusterIP, the
+    /// Service's target port resolved for the backend pod (named target ports per pod); else
+    /// the flow's destination port. Call after [`Attributor::attribute`].
+    pub fn backend_port(&self, record: &FlowRecord) -> Option<u16> {
+        let port = record.dst.port?;
+        let Some((svc, _)) = self.services.get(&record.dst.ip) else {
+            return Some(port);
+        };
+        let at = record.first_seen.or(record.last_seen);
+        let pod = record
+            .dst
+            .namespace
+            .as_deref()
+            .zip(record.dst.pod.as_deref())
+            .and_then(|(ns, n)| self.pod_by_name(ns, n, at));
+        Some(svc.backend_port(port, record.protocol, pod).unwrap_or(port))
+    }
+}
+
+fn set_pod(ep: &mut Endpoint, pod: &PodInfo) {
+    ep.namespace = Some(pod.namespace.clone());
+    ep.pod = Some(pod.name.clone());
+    ep.workload = Some(pod.workload.clone());
+    ep.labels = Some(pod.selector_labels.clone());
+}

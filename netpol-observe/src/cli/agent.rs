@@ -1,0 +1,210 @@
+//! `netpol-observe agent`: the node agent (see [`crate::agent`]).
+//!
+//! Configuration: defaults, then `--config FILE` (YAML, camelCase names), then environment
+//! variables (`NETPOL_OBSERVE_*`, `NODE_NAME`) and flags. On SIGINT, SIGTERM or after
+//! `--duration` it sweeps a last time, detaches, prints the flows it saw (`--output`) and
+//! exits 0.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+
+use crate::{
+    agent::{Agent, AgentConfig},
+    flow::{FlowRecord, jsonl, table},
+};
+
+/// Output format of the flows printed at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// An aligned table for people.
+    Table,
+    /// One JSON line per flow: the flow record with its `verdict` (and `staged_verdict`).
+    Jsonl,
+    /// Nothing.
+    None,
+}
+
+/// Arguments of `netpol-observe agent`. Unset flags take the configuration file's value, else
+/// the default shown.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  netpol-observe agent                                   # in-cluster (DaemonSet)
+  netpol-observe agent --inventory cluster.yaml --subnets subnets.yaml --listen 127.0.0.1:9965
+  netpol-observe agent --inventory cluster/ --staged-policies drafts/   # what would the drafts block?
+  netpol-observe agent --duration 30 --output jsonl > flows.jsonl
+  netpol-observe agent --interfaces 'veth*' 'cali*' --exclude 'veth-infra*'
+
+Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
+key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
+flowMapCapacity, dropReasons, metrics.seriesBudget, metrics.podLevel, ...).")]
+pub struct Args {
+    /// YAML configuration file (flags and environment variables override it).
+    #[arg(long, env = "NETPOL_OBSERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1 [default: 0.0.0.0:9965].
+    #[arg(long, env = "NETPOL_OBSERVE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change
+    /// [default: in-cluster, from the API server].
+    #[arg(long, env = "NETPOL_OBSERVE_INVENTORY", value_name = "PATH")]
+    pub inventory: Option<PathBuf>,
+    /// Named subnets outside the cluster: YAML `name: CIDR` or `name: [CIDRs]`.
+    #[arg(long, env = "NETPOL_OBSERVE_SUBNETS", value_name = "FILE")]
+    pub subnets: Option<PathBuf>,
+    /// Draft NetworkPolicies (file or directory): every flow is also judged against them
+    /// (`netpol_observe_staged_verdicts_total`).
+    #[arg(long, env = "NETPOL_OBSERVE_STAGED_POLICIES", value_name = "PATH")]
+    pub staged_policies: Option<PathBuf>,
+    /// Interfaces to attach to (glob patterns) [default: veth* cali* lxc* azv* eni* gke*].
+    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    pub interfaces: Vec<String>,
+    /// Interfaces never attached (glob patterns) [default: cilium_* lo].
+    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Label sets per flow-labelled metric family before the `other` bucket [default: 2000].
+    #[arg(long, env = "NETPOL_OBSERVE_METRICS_SERIES_BUDGET", value_name = "N")]
+    pub metrics_series_budget: Option<usize>,
+    /// Add src_pod/dst_pod labels to the flow metrics (high cardinality).
+    #[arg(long, env = "NETPOL_OBSERVE_METRICS_POD_LEVEL")]
+    pub metrics_pod_level: bool,
+    /// This node's name (from the downward API) [default: the host name].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Capacity of the kernel flow map [default: 65536].
+    #[arg(
+        long,
+        alias = "flow-capacity",
+        env = "NETPOL_OBSERVE_FLOW_MAP_CAPACITY"
+    )]
+    pub flow_map_capacity: Option<u32>,
+    /// Seconds between sweeps of the flow map [default: 5].
+    #[arg(long, env = "NETPOL_OBSERVE_SWEEP_INTERVAL", value_name = "SECS")]
+    pub sweep_interval: Option<u64>,
+    /// Seconds between checks of the inventory files for changes [default: 2].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_INVENTORY_POLL_INTERVAL",
+        value_name = "SECS"
+    )]
+    pub inventory_poll_interval: Option<u64>,
+    /// Record kernel drops (`--drops=false` on kernels without BTF) [default: true].
+    #[arg(long, env = "NETPOL_OBSERVE_DROPS", value_name = "BOOL")]
+    pub drops: Option<bool>,
+    /// Drop reasons counted (kernel `enum skb_drop_reason` names without `SKB_DROP_REASON_`)
+    /// [default: NETFILTER_DROP TC_INGRESS TC_EGRESS TC_DROP BPF_CGROUP_INGRESS
+    /// BPF_CGROUP_EGRESS SOCKET_FILTER NO_SOCKET IP_RPFILTER XFRM_POLICY].
+    #[arg(long, num_args = 1.., value_name = "REASON")]
+    pub drop_reasons: Vec<String>,
+    /// Flows kept for /api/v1/flows [default: 100000].
+    #[arg(long, env = "NETPOL_OBSERVE_MAX_FLOWS", value_name = "N")]
+    pub max_flows: Option<usize>,
+    /// Forward the eBPF programs' debug log to the agent's log.
+    #[arg(long)]
+    pub ebpf_log: bool,
+    /// Output format of the flows printed at the end.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+}
+
+impl Args {
+    /// The configuration: defaults, then the file, then flags and environment variables.
+    pub fn resolve(&self) -> anyhow::Result<AgentConfig> {
+        let mut c = match &self.config {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.inventory {
+            c.inventory = Some(v.clone());
+        }
+        if let Some(v) = &self.subnets {
+            c.subnets = Some(v.clone());
+        }
+        if let Some(v) = &self.staged_policies {
+            c.staged_policies = Some(v.clone());
+        }
+        if !self.interfaces.is_empty() {
+            c.interfaces = self.interfaces.clone();
+        }
+        if !self.exclude.is_empty() {
+            c.exclude = self.exclude.clone();
+        }
+        if let Some(v) = self.metrics_series_budget {
+            c.metrics.series_budget = v;
+        }
+        if self.metrics_pod_level {
+            c.metrics.pod_level = true;
+        }
+        if let Some(v) = &self.node_name {
+            c.node_name = Some(v.clone());
+        }
+        if let Some(v) = self.flow_map_capacity {
+            c.flow_map_capacity = v;
+        }
+        if let Some(v) = self.sweep_interval {
+            c.sweep_interval = v;
+        }
+        if let Some(v) = self.inventory_poll_interval {
+            c.inventory_poll_interval = v;
+        }
+        if let Some(v) = self.drops {
+            c.drops = v;
+        }
+        if !self.drop_reasons.is_empty() {
+            c.drop_reasons = self.drop_reasons.clone();
+        }
+        if let Some(v) = self.max_flows {
+            c.max_flows = v;
+        }
+        if self.ebpf_log {
+            c.ebpf_log = true;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Runs `netpol-observe agent`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = args.resolve()?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let duration = args.duration;
+    let stop = async move {
+        let until = async {
+            match duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = until => tracing::info!("duration elapsed: stopping"),
+        }
+    };
+    let flows = Agent::run(config, stop).await?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.output {
+        Output::None => {}
+        Output::Table => {
+            let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
+            out.write_all(table::render(&records).as_bytes())
+                .context("writing to stdout")?;
+        }
+        Output::Jsonl => {
+            for f in &flows {
+                jsonl::write_line(&mut out, f).context("writing to stdout")?;
+            }
+        }
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,75 @@
+//! `netpol-observe bench-engine` (hidden): the policy engine benchmark behind
+//! `cargo xtask bench engine`. Runs on one thread.
+
+use std::process::ExitCode;
+
+use crate::policy::bench::{self, BenchConfig};
+
+/// Arguments of `netpol-observe bench-engine`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Pods in the synthetic cluster.
+    #[arg(long, default_value_t = 10_000)]
+    pub pods: usize,
+    /// Namespaces.
+    #[arg(long, default_value_t = 100)]
+    pub namespaces: usize,
+    /// Policy counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1_000, 10_000])]
+    pub policies: Vec<usize>,
+    /// Verdicts per measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub evaluations: usize,
+    /// Interleaved rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark and prints the medians.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = BenchConfig {
+        pods: args.pods,
+        namespaces: args.namespaces,
+        policy_counts: args.policies,
+        evaluations: args.evaluations,
+        rounds: args.rounds,
+        ..BenchConfig::default()
+    };
+    // One core: the measurement runs on a single blocking thread.
+    let rows = tokio::task::spawn_blocking(move || bench::run(&config)).await??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let base = rows.first().map(|r| r.verdicts_per_sec).unwrap_or(1.0);
+    let base_compact = rows
+        .first()
+        .map(|r| r.compact_verdicts_per_sec)
+        .unwrap_or(1.0);
+    println!(
+        "| policies | compile (median) | verdicts/s, explained (median) | slowdown | verdicts/s, compact (median) | slowdown | allowed | rounds, explained (verdicts/s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let samples: Vec<String> = r
+            .samples
+            .iter()
+            .map(|s| format!("{:.2}M", s / 1e6))
+            .collect();
+        println!(
+            "| {} | {:.1} ms | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.0} % | {} |",
+            r.policies,
+            r.compile_ms,
+            r.verdicts_per_sec / 1e6,
+            base / r.verdicts_per_sec.max(1e-9),
+            r.compact_verdicts_per_sec / 1e6,
+            base_compact / r.compact_verdicts_per_sec.max(1e-9),
+            r.allowed_share * 100.0,
+            samples.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

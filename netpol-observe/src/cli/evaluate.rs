@@ -1,0 +1,88 @@
+//! `netpol-observe evaluate`: each input flow, attributed, with its verdict, as JSON lines.
+
+use std::{
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+
+use crate::{
+    attribution::{Attributor, Subnets},
+    flow::jsonl,
+    inventory::Inventory,
+    policy::{EvaluatedFlow, PolicyEngine},
+};
+
+/// Arguments of `netpol-observe evaluate`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  netpol-observe evaluate --inventory cluster.yaml --flows flows.jsonl
+  netpol-observe evaluate --inventory inventory/ --policies policies/ --flows - --subnets subnets.yaml
+
+One JSON line per input line, in input order: the flow (attributed) with a \"verdict\".
+A bad line is reported on stderr (file:line) and the others are still evaluated; the exit
+code is then 2.")]
+pub struct Args {
+    /// Kubernetes objects (a file or a directory of YAML files, `kubectl get … -o yaml`).
+    #[arg(long, value_name = "PATH")]
+    pub inventory: PathBuf,
+    /// NetworkPolicies to evaluate instead of the inventory's (a file or a directory).
+    #[arg(long, value_name = "PATH")]
+    pub policies: Option<PathBuf>,
+    /// Flow records, JSON lines (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub flows: PathBuf,
+    /// Named subnets, YAML `name: [CIDRs]`.
+    #[arg(long, value_name = "FILE")]
+    pub subnets: Option<PathBuf>,
+}
+
+/// Runs `netpol-observe evaluate`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let inventory = Inventory::from_path(&args.inventory)
+        .with_context(|| format!("cannot load the inventory {}", args.inventory.display()))?;
+    let policies = match &args.policies {
+        Some(path) => {
+            let extra = Inventory::from_path(path)
+                .with_context(|| format!("cannot load the policies {}", path.display()))?;
+            extra.network_policies
+        }
+        None => inventory.network_policies.clone(),
+    };
+    let subnets = match &args.subnets {
+        Some(path) => Subnets::from_path(path)?,
+        None => Subnets::default(),
+    };
+    let engine = PolicyEngine::compile(&policies, &inventory)?;
+    let attributor = Attributor::new(&inventory, &subnets);
+    tracing::info!(
+        pods = inventory.pods.len(),
+        policies = engine.policy_count(),
+        "evaluating flows"
+    );
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let mut bad = 0usize;
+    for (_, line) in jsonl::read_file(&args.flows) {
+        match line {
+            Ok(mut flow) => {
+                attributor.attribute(&mut flow);
+                let verdict = engine.evaluate(&flow);
+                jsonl::write_line(&mut out, &EvaluatedFlow { flow, verdict })
+                    .context("cannot write to stdout")?;
+            }
+            Err(err) => {
+                bad += 1;
+                eprintln!("error: {err}");
+            }
+        }
+    }
+    out.flush().context("cannot write to stdout")?;
+    if bad > 0 {
+        eprintln!("error: {bad} flow line(s) could not be read");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,198 @@
+//! `netpol-observe flows`: attributed flows from running agents (`/api/v1/flows`) or from a
+//! JSON-lines file, as a table or JSON lines, with filters.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+
+use crate::{
+    agent::{FlowQuery, ObservedFlow},
+    flow::{FlowRecord, jsonl, table},
+    http::FlowParams,
+};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// An aligned table for people.
+    Table,
+    /// One JSON line per flow (the flow record with its `verdict`).
+    Jsonl,
+}
+
+/// Arguments of `netpol-observe flows`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  netpol-observe flows --agent http://10.0.0.5:9965
+  netpol-observe flows --agent http://node-1:9965 http://node-2:9965 --namespace shop --verdict denied
+  netpol-observe flows --file flows.jsonl --workload web --output jsonl
+
+A bad line of --file is reported on stderr (file:line) and the others are still printed; the
+exit code is then 2.")]
+pub struct Args {
+    /// Base URL of a running agent (several: flows of every agent, in order).
+    #[arg(long, num_args = 1.., value_name = "URL", required_unless_present = "file", conflicts_with = "file")]
+    pub agent: Vec<String>,
+    /// A JSON-lines file of flow records (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only flows with either peer in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only flows with either peer's workload (or pod, subnet, node) of this name.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Only flows with this verdict: allowed, denied, staged-allowed, staged-denied.
+    #[arg(long)]
+    pub verdict: Option<String>,
+    /// Only flows seen at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+impl Args {
+    fn params(&self) -> FlowParams {
+        FlowParams {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            verdict: self.verdict.clone(),
+            since: self.since.clone(),
+            limit: None,
+        }
+    }
+}
+
+/// Reads `/api/v1/flows` of the agent at `base` with `query` (a query string without `?`).
+pub async fn fetch(base: &str, query: &str) -> anyhow::Result<Vec<ObservedFlow>> {
+    let url = format!("{}/api/v1/flows?{query}", base.trim_end_matches('/'));
+    let resp = reqwest::get(&url)
+        .await
+        .with_context(|| format!("cannot reach the agent at {url}"))?;
+    let status = resp.status();
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
+    }
+    body.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{url}: line {}: invalid flow record", i + 1))
+        })
+        .collect()
+}
+
+fn query_string(p: &FlowParams) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("namespace", &p.namespace),
+        ("workload", &p.workload),
+        ("verdict", &p.verdict),
+        ("since", &p.since),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{k}={}", encode(v)));
+        }
+    }
+    parts.join("&")
+}
+
+/// Percent-encodes a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs `netpol-observe flows`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let params = args.params();
+    let query: FlowQuery = params
+        .clone_query()
+        .map_err(|e| anyhow::anyhow!("invalid filter: {e}"))?;
+    let mut flows = Vec::new();
+    let mut bad = 0usize;
+    if let Some(path) = &args.file {
+        let name = path.display().to_string();
+        let reader: Box<dyn BufRead> = if name == "-" {
+            Box::new(BufReader::new(std::io::stdin()))
+        } else {
+            Box::new(BufReader::new(
+                std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?,
+            ))
+        };
+        for (i, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("reading {name}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ObservedFlow>(&line) {
+                Ok(f) if query.matches(&f) => flows.push(f),
+                Ok(_) => {}
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: {name}:{}: invalid flow record: {e}", i + 1);
+                }
+            }
+        }
+    } else {
+        let qs = query_string(&params);
+        for base in &args.agent {
+            flows.extend(fetch(base, &qs).await?);
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.output {
+        Output::Table => {
+            let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
+            out.write_all(table::render(&records).as_bytes())
+                .context("writing to stdout")?;
+        }
+        Output::Jsonl => {
+            for f in &flows {
+                jsonl::write_line(&mut out, f).context("writing to stdout")?;
+            }
+        }
+    }
+    out.flush().context("writing to stdout")?;
+    if bad > 0 {
+        eprintln!("error: {bad} flow line(s) could not be read");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_encoded() {
+        let p = FlowParams {
+            namespace: Some("shop".into()),
+            since: Some("2026-11-22T15:00:00+01:00".into()),
+            ..FlowParams::default()
+        };
+        assert_eq!(
+            query_string(&p),
+            "namespace=shop&since=2026-11-22T15%3A00%3A00%2B01%3A00"
+        );
+    }
+}

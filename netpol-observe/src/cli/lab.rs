@@ -1,0 +1,249 @@
+//! The lab: a simulated Kubernetes node (network namespaces as pods) driven by a scenario file,
+//! observed by the agent, with policies recommended, verified and (with `--enforce`) enforced.
+//! `netpol-observe lab`.
+
+use std::{fmt::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+
+use crate::lab::{
+    enforce, expect,
+    model::LabModel,
+    run::{self, LabOptions, LabReport, Seen},
+    scenario,
+    traffic::{Outcome, Timeouts},
+};
+
+/// Arguments of `netpol-observe lab`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sudo netpol-observe lab --scenario deploy/lab/shop.yaml --out lab-out --enforce
+  sudo netpol-observe lab --scenario deploy/lab/voting.yaml --out lab-out
+  sudo netpol-observe lab --scenario deploy/lab/shop.yaml --enforce --policies my-policies/
+
+Writes inventory.yaml, subnets.yaml, probes.json, flows.jsonl, recommended.yaml, verify.json,
+metrics.txt and agent.log (with --enforce also enforce.nft and enforce.json) into --out.
+
+Exit status: 0 when every traffic entry succeeded and was reported by the agent, the
+recommended policies allow every observed flow, and with --enforce every traffic entry still
+succeeded and every forbidden probe was dropped and reported; 1 when something did not;
+2 on error.")]
+pub struct Args {
+    /// The scenario file (see DESIGN "Lab").
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Output folder.
+    #[arg(long, default_value = "lab-out")]
+    pub out: PathBuf,
+    /// Compile NetworkPolicies into nftables rules on the node and probe again.
+    #[arg(long)]
+    pub enforce: bool,
+    /// Policies to enforce (file or directory of YAML); default: the recommended ones.
+    #[arg(long, requires = "enforce")]
+    pub policies: Option<PathBuf>,
+    /// Probe timeout in milliseconds (connect and answer).
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Seconds to wait for the agent to be ready and to report the traffic's flows.
+    #[arg(long, default_value_t = 30)]
+    pub agent_timeout: u64,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `netpol-observe lab`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Everything that can be wrong with the input is checked before touching the machine.
+    let (scenario, text) = scenario::load(&args.scenario)?;
+    let model = LabModel::build(&args.scenario, &text, &scenario)?;
+    let policies = match &args.policies {
+        Some(p) => Some(enforce::load_policies(p)?),
+        None => None,
+    };
+    if let Some(p) = &policies {
+        enforce::compile(&model, p)?;
+    }
+    if !is_root() {
+        anyhow::bail!(
+            "the lab creates network namespaces, nftables rules and loads eBPF programs: run it as root"
+        );
+    }
+    let agent_program =
+        std::env::current_exe().context("cannot find this executable to run it as the agent")?;
+    let opts = LabOptions {
+        out: args.out.clone(),
+        enforce: args.enforce,
+        policies,
+        timeouts: Timeouts {
+            connect: Duration::from_millis(args.timeout_ms),
+            ..Timeouts::default()
+        },
+        agent_program,
+        agent_timeout: Duration::from_secs(args.agent_timeout.max(1)),
+    };
+    let report = run::run(&model, &opts)
+        .await
+        .with_context(|| format!("lab {}", model.name))?;
+    print!("{}", summary(&model, &report));
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn outcome(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Allowed => "allowed",
+        Outcome::Denied => "denied",
+        Outcome::Partial => "partial",
+    }
+}
+
+fn seen(o: Seen) -> &'static str {
+    match o {
+        Seen::Allowed => "allowed",
+        Seen::Denied => "denied",
+    }
+}
+
+fn policy_name(p: &k8s_openapi::api::networking::v1::NetworkPolicy) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The readable summary printed at the end of a run: the traffic, the flows the agent saw by
+/// workload pair, the policies written, the verification and the enforcement.
+pub fn summary(model: &LabModel, report: &LabReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "lab {} (run {}): {} pods, {} services, {} external subnets",
+        model.name,
+        report.run_id,
+        model.pods.len(),
+        model.services.len(),
+        model.externals.len()
+    );
+    let _ = writeln!(s, "\ntraffic:");
+    let _ = writeln!(
+        s,
+        "  {:<24} {:<24} {:<10} {:>5} {:>5}  result",
+        "from", "to", "port", "ok", "flows"
+    );
+    let mut flows_seen = report.coverage.entries.iter().map(|e| e.1);
+    for r in &report.learning {
+        let _ = writeln!(
+            s,
+            "  {:<24} {:<24} {:<10} {:>5} {:>5}  {}{}",
+            r.from,
+            r.to,
+            format!("{}/{}", r.port, r.protocol),
+            format!("{}/{}", r.succeeded, r.connections),
+            flows_seen.next().unwrap_or(0),
+            outcome(r.observed),
+            r.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nflows seen by the agent ({} flows, {} DNS lookups, {} unexpected):",
+        report.flows.len(),
+        report.coverage.dns,
+        report.coverage.unexpected.len()
+    );
+    s.push_str(&expect::flow_table(&report.flows));
+    if !report.nat_legs.is_empty() {
+        let _ = writeln!(
+            s,
+            "  ({} more: the same Service connections after the node's DNAT, set apart in flows-nat-legs.jsonl)",
+            report.nat_legs.len()
+        );
+    }
+    for m in &report.missing {
+        let _ = writeln!(s, "  MISSING {m}");
+    }
+    let _ = writeln!(
+        s,
+        "\nrecommended policies ({}):",
+        report.recommended.policies.len()
+    );
+    let names: Vec<String> = report
+        .recommended
+        .policies
+        .iter()
+        .map(policy_name)
+        .collect();
+    for chunk in names.chunks(4) {
+        let _ = writeln!(s, "  {}", chunk.join("  "));
+    }
+    for n in &report.recommended.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+    let v = &report.verify;
+    let _ = writeln!(
+        s,
+        "\nverification: {} of {} observed flows allowed by the recommended policies{}",
+        v.flows - v.denied_flows,
+        v.flows,
+        if v.is_clean() { "" } else { " — SOME DENIED" }
+    );
+    for d in &v.denied {
+        let _ = writeln!(
+            s,
+            "  DENIED {} -> {}:{}",
+            d.src,
+            d.dst,
+            d.port.map(|p| p.to_string()).unwrap_or_default()
+        );
+    }
+    if let Some(probes) = &report.enforced {
+        let _ = writeln!(
+            s,
+            "\nenforcement ({}):",
+            report.enforced_policies.as_deref().unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "  {:<9} {:<20} {:<20} {:<9} {:<8} {:<8} {:<8} {:<15} policy",
+            "kind", "from", "to", "port", "expected", "observed", "result", "drop reason"
+        );
+        for p in probes {
+            let _ = writeln!(
+                s,
+                "  {:<9} {:<20} {:<20} {:<9} {:<8} {:<8} {:<8} {:<15} {}",
+                format!("{:?}", p.kind).to_lowercase(),
+                p.from,
+                p.to,
+                format!("{}/{}", p.port, p.protocol),
+                seen(p.expected),
+                seen(p.observed),
+                if p.ok() { "ok" } else { "MISMATCH" },
+                p.drop_reason.as_deref().unwrap_or("-"),
+                p.policy.as_deref().unwrap_or("-"),
+            );
+        }
+    }
+    let _ = writeln!(s, "\nwritten:");
+    for f in &report.files {
+        let _ = writeln!(s, "  {}", f.display());
+    }
+    let _ = writeln!(
+        s,
+        "\nresult: {}",
+        if report.ok() {
+            "every probe as expected"
+        } else {
+            "SOME PROBES NOT AS EXPECTED"
+        }
+    );
+    s
+}

@@ -1,0 +1,108 @@
+//! The command line (`netpol-observe <command>`), the DESIGN contract.
+//!
+//! Each command lives in its own module with its `Args` and `run`; this module only dispatches
+//! and sets up logging. Errors are reported here, once, with their whole chain.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod agent;
+mod bench_agent;
+mod bench_engine;
+mod bench_recommend;
+mod evaluate;
+mod flows;
+mod lab;
+mod recommend;
+mod verify;
+
+/// eBPF-backed flow observer and NetworkPolicy recommender for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "netpol-observe", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `netpol_observe=debug`.
+    #[arg(
+        long,
+        global = true,
+        env = "NETPOL_OBSERVE_LOG",
+        default_value = "info"
+    )]
+    pub log: String,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (the DaemonSet process).
+    Agent(Box<agent::Args>),
+    /// Print attributed flows from a running agent or a file.
+    Flows(flows::Args),
+    /// Evaluate flows against NetworkPolicies: each flow with its verdict, as JSON lines.
+    Evaluate(evaluate::Args),
+    /// Recommend least-privilege NetworkPolicies from observed flows.
+    Recommend(recommend::Args),
+    /// Check policies against observed flows; exit 1 if any observed flow would be denied.
+    Verify(verify::Args),
+    /// Simulate a Kubernetes node from a scenario file and run the whole product on it (root).
+    Lab(lab::Args),
+    /// Policy engine benchmark (used by `cargo xtask bench engine`).
+    #[command(hide = true)]
+    BenchEngine(bench_engine::Args),
+    /// Recommender benchmark (used by `cargo xtask bench recommend`).
+    #[command(hide = true)]
+    BenchRecommend(bench_recommend::Args),
+    /// Agent pipeline benchmark (used by `cargo xtask bench agent`).
+    #[command(hide = true)]
+    BenchAgent(bench_agent::Args),
+}
+
+/// Parses the command line, runs the command and maps the outcome to an exit code:
+/// 0 success, 1 a negative answer (`verify` found denied flows), 2 an error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent::run(*args).await,
+            Command::Flows(args) => flows::run(args).await,
+            Command::Evaluate(args) => evaluate::run(args).await,
+            Command::Recommend(args) => recommend::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
+            Command::Lab(args) => lab::run(args).await,
+            Command::BenchEngine(args) => bench_engine::run(args).await,
+            Command::BenchRecommend(args) => bench_recommend::run(args).await,
+            Command::BenchAgent(args) => bench_agent::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr so that stdout stays machine-readable (JSON lines, YAML).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

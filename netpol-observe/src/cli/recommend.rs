@@ -1,0 +1,249 @@
+//! `netpol-observe recommend`: least-privilege NetworkPolicies from observed flows.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use ipnet::IpNet;
+use jiff::SignedDuration;
+
+use crate::{
+    attribution::Subnets,
+    flow::{FlowRecord, jsonl},
+    inventory::Inventory,
+    policy::PolicyEngine,
+    recommend::{RecommendConfig, Recommender, diff, render_by_namespace, render_yaml, sources},
+};
+
+/// Report format of `--diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// Arguments of `netpol-observe recommend`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  netpol-observe recommend --flows flows.jsonl --inventory cluster.yaml --subnets subnets.yaml
+  netpol-observe recommend --flows day1.jsonl day2.jsonl --inventory inv/ -o policies/
+  netpol-observe recommend --agent http://10.0.0.11:9090 http://10.0.0.12:9090 --inventory inv/
+  netpol-observe recommend --prometheus http://prometheus:9090 --window 24h --inventory inv/
+  netpol-observe recommend --flows flows.jsonl --inventory inv/ --diff
+
+Writes one multi-document YAML stream (stdout, or the file given with -o), or with -o DIR
+one <namespace>.yaml per namespace. The same input gives the same bytes. Notes (left-out
+flows, aggregations) go to stderr. A bad flow line is reported (file:line) and the others are
+still used; the exit code is then 2.")]
+pub struct Args {
+    /// Flow records, JSON lines (`-` for stdin); several files are merged.
+    #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["agent", "prometheus"], conflicts_with_all = ["agent", "prometheus"])]
+    pub flows: Vec<PathBuf>,
+    /// Running agents whose `GET /api/v1/flows` to read (merged, duplicates dropped).
+    #[arg(long, value_name = "URL", num_args = 1.., conflicts_with = "prometheus")]
+    pub agent: Vec<String>,
+    /// Prometheus (or Thanos/Mimir) base URL holding `netpol_observe_flows_total`.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Observation window for `--prometheus` (e.g. `24h`, `7d`, `90m`).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub window: SignedDuration,
+    /// Kubernetes objects (a file or a directory of YAML files, `kubectl get … -o yaml`).
+    #[arg(long, value_name = "PATH")]
+    pub inventory: Option<PathBuf>,
+    /// Named subnets, YAML `name: [CIDRs]`; written as their CIDRs.
+    #[arg(long, value_name = "FILE")]
+    pub subnets: Option<PathBuf>,
+    /// Output: a file (one multi-document stream) or a directory (existing, or ending in `/`).
+    #[arg(short = 'o', long = "out", value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Instead of only writing policies, report the current policies of the inventory against
+    /// the flows: flows they deny and rules never exercised (to stdout; policies only with -o).
+    #[arg(long, requires = "inventory")]
+    pub diff: bool,
+    /// Format of the `--diff` report.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Do not write a `default-deny` policy per namespace.
+    #[arg(long)]
+    pub no_default_deny: bool,
+    /// Namespaces to write no policies for (they remain peers). Default: kube-system.
+    #[arg(long, value_name = "NS", default_values_t = ["kube-system".to_owned()])]
+    pub exclude_namespace: Vec<String>,
+    /// Widest IPv4 prefix observed external addresses are aggregated into.
+    #[arg(long, value_name = "LEN", default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub aggregate_v4: u8,
+    /// Widest IPv6 prefix observed external addresses are aggregated into.
+    #[arg(long, value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub aggregate_v6: u8,
+    /// More distinct public addresses than this on one port become 0.0.0.0/0 and ::/0.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub world_threshold: usize,
+    /// Workloads seen for less than this get a warning annotation.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub min_observation: SignedDuration,
+    /// Extra cluster ranges (e.g. the service CIDR) excluded from 0.0.0.0/0 blocks.
+    #[arg(long, value_name = "CIDR")]
+    pub cluster_range: Vec<IpNet>,
+}
+
+fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+    let bad =
+        |e: &dyn std::fmt::Display| format!("{s:?} is not a duration like 24h, 90m or 7d: {e}");
+    // SignedDuration has no day unit; a day here is 24 hours.
+    let d: SignedDuration = match s.trim().strip_suffix('d') {
+        Some(days) => {
+            let n: i64 = days.trim().parse().map_err(|e| bad(&e))?;
+            SignedDuration::from_hours(n.saturating_mul(24))
+        }
+        None => s.parse().map_err(|e| bad(&e))?,
+    };
+    if d.is_negative() || d.is_zero() {
+        return Err(format!("{s:?}: the duration must be positive"));
+    }
+    Ok(d)
+}
+
+/// Runs `netpol-observe recommend`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let inventory = match &args.inventory {
+        Some(path) => Inventory::from_path(path)
+            .with_context(|| format!("cannot load the inventory {}", path.display()))?,
+        None => Inventory::default(),
+    };
+    let subnets = match &args.subnets {
+        Some(path) => Subnets::from_path(path)?,
+        None => Subnets::default(),
+    };
+    let (flows, bad) = collect_flows(&args, &inventory, &subnets).await?;
+    let config = RecommendConfig {
+        default_deny: !args.no_default_deny,
+        exclude_namespaces: args.exclude_namespace.clone(),
+        aggregate_v4: args.aggregate_v4,
+        aggregate_v6: args.aggregate_v6,
+        world_threshold: args.world_threshold,
+        min_observation: args.min_observation,
+        cluster_ranges: args.cluster_range.clone(),
+        self_check: true,
+    };
+    let recommender = Recommender::new(&inventory, &subnets, config);
+    let rec = recommender.recommend(&flows);
+    for note in &rec.notes {
+        eprintln!("note: {note}");
+    }
+    tracing::info!(
+        flows = rec.stats.flows,
+        edges = rec.stats.edges,
+        workloads = rec.stats.workloads,
+        policies = rec.stats.policies,
+        "recommended"
+    );
+
+    match &args.out {
+        Some(out) if is_dir_target(out) => {
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create the directory {}", out.display()))?;
+            for (ns, yaml) in render_by_namespace(&rec.policies)? {
+                let file = out.join(format!("{ns}.yaml"));
+                std::fs::write(&file, yaml)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
+        }
+        Some(out) => {
+            std::fs::write(out, render_yaml(&rec.policies)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
+        None if !args.diff => print!("{}", render_yaml(&rec.policies)?),
+        None => {}
+    }
+
+    if args.diff {
+        let engine = PolicyEngine::compile(&inventory.network_policies, &inventory)
+            .context("the inventory's current NetworkPolicies")?;
+        let mut attributed = flows;
+        for f in &mut attributed {
+            recommender.attributor().attribute(f);
+        }
+        let report = diff::diff(&inventory.network_policies, &engine, &attributed);
+        match args.format {
+            Format::Text => print!("{}", report.to_text()),
+            Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        }
+    }
+    if bad > 0 {
+        eprintln!("error: {bad} flow line(s) could not be read");
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_dir_target(path: &Path) -> bool {
+    path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/')
+}
+
+/// The flows of `--flows`, `--agent` or `--prometheus`, and the number of unreadable lines
+/// (each reported on stderr).
+async fn collect_flows(
+    args: &Args,
+    inventory: &Inventory,
+    subnets: &Subnets,
+) -> anyhow::Result<(Vec<FlowRecord>, usize)> {
+    let mut bad = 0;
+    if let Some(url) = &args.prometheus {
+        let base = url.trim_end_matches('/');
+        let endpoint = format!("{base}/api/v1/query");
+        let query = sources::prometheus_query(args.window);
+        let full = reqwest::Url::parse_with_params(&endpoint, &[("query", query.as_str())])
+            .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
+        let body = reqwest::get(full)
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("cannot query {endpoint}"))?
+            .text()
+            .await
+            .with_context(|| format!("cannot read the answer of {endpoint}"))?;
+        let (flows, notes) =
+            sources::parse_prometheus(&body, &endpoint, inventory, subnets, args.window)?;
+        for n in notes {
+            eprintln!("note: {n}");
+        }
+        return Ok((flows, 0));
+    }
+    if !args.agent.is_empty() {
+        let mut lists = Vec::new();
+        for url in &args.agent {
+            let endpoint = format!("{}/api/v1/flows", url.trim_end_matches('/'));
+            let body = reqwest::get(&endpoint)
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot read flows from {endpoint}"))?
+                .text()
+                .await
+                .with_context(|| format!("cannot read flows from {endpoint}"))?;
+            let (flows, errors) = sources::parse_agent_flows(&body, &endpoint);
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            bad += errors.len();
+            lists.push(flows);
+        }
+        return Ok((sources::merge_flows(lists), bad));
+    }
+    let mut flows = Vec::new();
+    for path in &args.flows {
+        for (_, line) in jsonl::read_file(path) {
+            match line {
+                Ok(f) => flows.push(f),
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: {e}");
+                }
+            }
+        }
+    }
+    Ok((flows, bad))
+}

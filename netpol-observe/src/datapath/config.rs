@@ -1,0 +1,157 @@
+//! Configuration of the datapath: which interfaces to watch and how big the maps are.
+
+use std::time::Duration;
+
+use netpol_observe_ebpf::{DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES};
+
+/// Interface name patterns attached by default: the host side of pod interfaces of common CNIs
+/// (bridge/ptp `veth*`, Calico `cali*`, Cilium `lxc*`, Azure `azv*`, AWS VPC CNI `eni*`,
+/// GKE `gke*`).
+pub const DEFAULT_INCLUDE: &[&str] = &["veth*", "cali*", "lxc*", "azv*", "eni*", "gke*"];
+/// Interface name patterns never attached by default (Cilium's own devices, loopback).
+pub const DEFAULT_EXCLUDE: &[&str] = &["cilium_*", "lo"];
+
+/// What the datapath attaches to and how it sizes and sweeps its maps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatapathConfig {
+    /// Interfaces to attach to: glob patterns (`*` any run of characters, `?` one character).
+    pub include: Vec<String>,
+    /// Interfaces never attached even when an `include` pattern matches.
+    pub exclude: Vec<String>,
+    /// Capacity (max entries) of the kernel flow map (an LRU hash).
+    pub flow_capacity: u32,
+    /// Size of the ring buffer in bytes (a power of two, multiple of the page size).
+    pub ringbuf_bytes: u32,
+    /// How often the flow map is read into the userspace flow table.
+    pub sweep_interval: Duration,
+    /// A flow without packets for this long is removed from the kernel map and ended.
+    pub idle_timeout: Duration,
+    /// How long ended flows stay in [`super::Datapath::snapshot`].
+    pub retention: Duration,
+    /// Node name put into flow records (default: the host name).
+    pub node_name: Option<String>,
+    /// Let the kernel learn local pod addresses from packets leaving pod interfaces, in addition
+    /// to those given with [`super::Datapath::set_local_endpoints`].
+    pub learn_local_endpoints: bool,
+    /// Forward the eBPF programs' `aya-log` messages (cold paths only) to `tracing`.
+    pub ebpf_log: bool,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            include: DEFAULT_INCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            exclude: DEFAULT_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            flow_capacity: DEFAULT_FLOW_CAPACITY,
+            ringbuf_bytes: DEFAULT_RINGBUF_BYTES,
+            sweep_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+            retention: Duration::from_secs(600),
+            node_name: None,
+            learn_local_endpoints: true,
+            ebpf_log: false,
+        }
+    }
+}
+
+impl DatapathConfig {
+    /// The default configuration watching only interfaces matching `include`.
+    pub fn with_interfaces<S: Into<String>>(include: impl IntoIterator<Item = S>) -> Self {
+        DatapathConfig {
+            include: include.into_iter().map(Into::into).collect(),
+            ..DatapathConfig::default()
+        }
+    }
+
+    /// Whether the datapath attaches to an interface named `name`.
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.iter().any(|p| glob_match(p, name))
+            && !self.exclude.iter().any(|p| glob_match(p, name))
+    }
+
+    /// Checks sizes and durations; returns what is wrong.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.include.is_empty() {
+            return Err("no interface pattern to include".into());
+        }
+        if self.flow_capacity == 0 {
+            return Err("flow_capacity must be at least 1".into());
+        }
+        if !self.ringbuf_bytes.is_power_of_two() || self.ringbuf_bytes < 4096 {
+            return Err(format!(
+                "ringbuf_bytes {} must be a power of two of at least 4096",
+                self.ringbuf_bytes
+            ));
+        }
+        if self.sweep_interval.is_zero() {
+            return Err("sweep_interval must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Matches `name` against a glob `pattern` with `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("veth*", "veth1234"));
+        assert!(glob_match("veth*", "veth"));
+        assert!(!glob_match("veth*", "eth0"));
+        assert!(glob_match("a?c*z", "abcxyz"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("lo", "lo"));
+        assert!(!glob_match("lo", "lo0"));
+    }
+
+    #[test]
+    fn defaults_cover_cnis_and_exclude_cilium_devices() {
+        let c = DatapathConfig::default();
+        for name in ["veth9a1b", "cali12ab", "lxc0011", "azv1", "eni3f", "gke77"] {
+            assert!(c.matches(name), "{name}");
+        }
+        for name in ["eth0", "cilium_host", "lo", "docker0", "cni0"] {
+            assert!(!c.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let c = DatapathConfig {
+            ringbuf_bytes: 1000,
+            ..DatapathConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("ringbuf_bytes"));
+        assert!(DatapathConfig::default().validate().is_ok());
+    }
+}

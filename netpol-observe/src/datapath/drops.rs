@@ -1,0 +1,259 @@
+//! Userspace side of the drop tracepoint: resolves `struct sk_buff` offsets and the kernel's
+//! `enum skb_drop_reason` from BTF, loads the `kfree_skb` `tp_btf` program with the offsets as
+//! globals and the wanted reasons enabled, and reads the in-kernel (flow, reason) aggregation
+//! as deltas.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), netpol_observe::datapath::DropsError> {
+//! use netpol_observe::datapath::DropTracer;
+//! let mut tracer = DropTracer::start(&["NETFILTER_DROP".to_owned()], false)?;
+//! for d in tracer.read()? {
+//!     println!("{} {}:{} -> {}:{} {} x{}", d.protocol, d.src, d.src_port, d.dst, d.dst_port, d.reason, d.packets);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    programs::BtfTracePoint,
+};
+use netpol_observe_ebpf::{
+    DropKey, DropValue, FAMILY_V4, MAP_COUNTERS, MAP_EVENTS, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
+    drop::{
+        DEFAULT_DROPS_CAPACITY, DROP_REASONS_LEN, GLOBAL_SKB_OFF_HEAD, GLOBAL_SKB_OFF_LEN,
+        GLOBAL_SKB_OFF_NETWORK_HEADER, GLOBAL_SKB_OFFSETS_SET, MAP_DROP_REASONS, MAP_DROPS,
+        PROG_KFREE_SKB, TRACEPOINT_KFREE_SKB,
+    },
+};
+
+use super::btf::{Btf, BtfError};
+use crate::flow::Protocol;
+
+/// Prefix of the drop reason names in `enum skb_drop_reason`.
+pub const REASON_PREFIX: &str = "SKB_DROP_REASON_";
+
+/// What can go wrong with drop tracing.
+#[derive(Debug, thiserror::Error)]
+pub enum DropsError {
+    /// The kernel's BTF is missing or lacks what the program needs.
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    /// A configured reason is not in this kernel's `enum skb_drop_reason`.
+    #[error(
+        "drop reason {0} is not in this kernel's enum skb_drop_reason (known: {1}); fix --drop-reasons"
+    )]
+    UnknownReason(String, String),
+    /// Loading or attaching the program failed.
+    #[error("drop tracepoint: {0} (root or CAP_BPF+CAP_PERFMON needed, and tp_btf support)")]
+    Load(String),
+    /// Reading the drops map failed.
+    #[error("reading the drops map: {0}")]
+    Read(String),
+}
+
+/// Drops of one flow for one reason since the previous [`DropTracer::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropSample {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Sender of the dropped packets.
+    pub src: IpAddr,
+    /// Sender port (0 for ICMP other than echo).
+    pub src_port: u16,
+    /// Destination of the dropped packets.
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dst_port: u16,
+    /// The kernel's drop reason name without `SKB_DROP_REASON_` (e.g. `NETFILTER_DROP`).
+    pub reason: String,
+    /// Packets dropped since the previous read.
+    pub packets: u64,
+}
+
+/// The `sk_buff` member offsets the program needs, from BTF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkbOffsets {
+    /// `head`.
+    pub head: u32,
+    /// `network_header`.
+    pub network_header: u32,
+    /// `len`.
+    pub len: u32,
+}
+
+impl SkbOffsets {
+    /// Resolves the offsets from `btf`.
+    pub fn from_btf(btf: &Btf) -> Result<SkbOffsets, BtfError> {
+        Ok(SkbOffsets {
+            head: btf.member_offset("sk_buff", "head")?,
+            network_header: btf.member_offset("sk_buff", "network_header")?,
+            len: btf.member_offset("sk_buff", "len")?,
+        })
+    }
+}
+
+/// The drop reasons of this kernel (`value → name` without prefix), from BTF.
+pub fn kernel_drop_reasons(btf: &Btf) -> Result<BTreeMap<u32, String>, BtfError> {
+    Ok(btf
+        .enum_values("skb_drop_reason")?
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let short = name.strip_prefix(REASON_PREFIX)?;
+            Some((u32::try_from(v).ok()?, short.to_owned()))
+        })
+        .collect())
+}
+
+/// The loaded and attached drop tracepoint. Dropping it detaches the program.
+pub struct DropTracer {
+    _ebpf: Ebpf,
+    map: BpfHashMap<MapData, DropKey, DropValue>,
+    names: HashMap<u32, String>,
+    last: HashMap<DropKey, u64>,
+}
+
+impl std::fmt::Debug for DropTracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DropTracer")
+            .field("reasons", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DropTracer {
+    /// Resolves offsets and reasons from `/sys/kernel/btf/vmlinux`, loads and attaches the
+    /// program counting `reasons`. A reason unknown to this kernel is an error when `strict`,
+    /// else skipped with a warning (the defaults name reasons of several kernel versions).
+    pub fn start(reasons: &[String], strict: bool) -> Result<DropTracer, DropsError> {
+        let btf = Btf::from_sys_fs()?;
+        let offsets = SkbOffsets::from_btf(&btf)?;
+        let known = kernel_drop_reasons(&btf)?;
+        let by_name: HashMap<&str, u32> = known.iter().map(|(v, n)| (n.as_str(), *v)).collect();
+        let mut names = HashMap::new();
+        for r in reasons {
+            let short = r.strip_prefix(REASON_PREFIX).unwrap_or(r);
+            match by_name.get(short) {
+                Some(v) if *v < DROP_REASONS_LEN => {
+                    names.insert(*v, short.to_owned());
+                }
+                Some(_) | None if strict => {
+                    let list: Vec<&str> = known.values().map(String::as_str).collect();
+                    return Err(DropsError::UnknownReason(r.clone(), list.join(", ")));
+                }
+                _ => tracing::warn!(reason = %r, "drop reason not in this kernel; skipped"),
+            }
+        }
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| DropsError::Load(e.to_string()))?;
+        let one: u32 = 1;
+        // The object also holds the flow programs' maps; this copy keeps them minimal.
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .map_max_entries(MAP_FLOWS, 1)
+            .map_max_entries(MAP_EVENTS, 4096)
+            .map_max_entries(MAP_LOCAL_ENDPOINTS, 1)
+            .map_max_entries(MAP_DROPS, DEFAULT_DROPS_CAPACITY)
+            .override_global(GLOBAL_SKB_OFF_HEAD, &offsets.head, true)
+            .override_global(GLOBAL_SKB_OFF_NETWORK_HEADER, &offsets.network_header, true)
+            .override_global(GLOBAL_SKB_OFF_LEN, &offsets.len, true)
+            .override_global(GLOBAL_SKB_OFFSETS_SET, &one, true)
+            .load(super::EBPF_OBJECT)
+            .map_err(|e| DropsError::Load(e.to_string()))?;
+        let _ = MAP_COUNTERS;
+        {
+            let mut enabled: Array<_, u32> = ebpf
+                .map_mut(MAP_DROP_REASONS)
+                .ok_or_else(|| DropsError::Load(format!("map {MAP_DROP_REASONS} missing")))?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DropsError::Load(e.to_string()))?;
+            for v in names.keys() {
+                enabled
+                    .set(*v, 1, 0)
+                    .map_err(|e| DropsError::Load(format!("enabling reason {v}: {e}")))?;
+            }
+        }
+        let map: BpfHashMap<MapData, DropKey, DropValue> = ebpf
+            .take_map(MAP_DROPS)
+            .ok_or_else(|| DropsError::Load(format!("map {MAP_DROPS} missing")))?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| DropsError::Load(e.to_string()))?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(PROG_KFREE_SKB)
+            .ok_or_else(|| DropsError::Load(format!("program {PROG_KFREE_SKB} missing")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| DropsError::Load(e.to_string()))?;
+        super::retry_interrupted_load(|| prog.load(TRACEPOINT_KFREE_SKB, &aya_btf))
+            .map_err(|e| DropsError::Load(format!("loading {PROG_KFREE_SKB}: {e}")))?;
+        prog.attach()
+            .map_err(|e| DropsError::Load(format!("attaching to {TRACEPOINT_KFREE_SKB}: {e}")))?;
+        tracing::info!(
+            reasons = ?names.values().collect::<Vec<_>>(),
+            ?offsets,
+            "drop tracepoint attached"
+        );
+        Ok(DropTracer {
+            _ebpf: ebpf,
+            map,
+            names,
+            last: HashMap::new(),
+        })
+    }
+
+    /// The reason names being counted.
+    pub fn reasons(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.values().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The drops since the previous call, per (flow as the packets went, reason).
+    pub fn read(&mut self) -> Result<Vec<DropSample>, DropsError> {
+        let mut out = Vec::new();
+        let mut seen = HashMap::with_capacity(self.last.len());
+        for item in self.map.iter() {
+            let (k, v) = item.map_err(|e| DropsError::Read(e.to_string()))?;
+            let prev = self.last.get(&k).copied().unwrap_or(0);
+            // A smaller total means the LRU evicted and re-created the entry.
+            let delta = if v.packets >= prev {
+                v.packets - prev
+            } else {
+                v.packets
+            };
+            seen.insert(k, v.packets);
+            if delta == 0 {
+                continue;
+            }
+            let Some(protocol) = Protocol::from_ip_number(k.proto) else {
+                continue;
+            };
+            out.push(DropSample {
+                protocol,
+                src: addr(&k.src, k.family),
+                src_port: k.src_port,
+                dst: addr(&k.dst, k.family),
+                dst_port: k.dst_port,
+                reason: self
+                    .names
+                    .get(&k.reason)
+                    .cloned()
+                    .unwrap_or_else(|| format!("REASON_{}", k.reason)),
+                packets: delta,
+            });
+        }
+        self.last = seen;
+        Ok(out)
+    }
+}
+
+fn addr(b: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading the kernel maps: batched reads of the flow map and the per-CPU counters.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use netpol_observe_ebpf::{Counter, FlowKey, FlowValue};
+
+use super::DatapathError;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// `union bpf_attr` as used by `BPF_MAP_*_BATCH` (the `batch` member).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads every entry of the flow map with `BPF_MAP_LOOKUP_BATCH` (falls back to key-by-key
+/// iteration where the kernel lacks batch operations).
+#[derive(Debug)]
+pub struct FlowMapReader {
+    fd: OwnedFd,
+    chunk: usize,
+    batch_supported: bool,
+    keys: Vec<FlowKey>,
+    values: Vec<FlowValue>,
+}
+
+impl FlowMapReader {
+    /// A reader over the map behind `fd` (a duplicate of the flow map's descriptor).
+    pub fn new(fd: OwnedFd, capacity: u32) -> Self {
+        let chunk = (capacity as usize).clamp(64, 4096);
+        FlowMapReader {
+            fd,
+            chunk,
+            batch_supported: true,
+            keys: vec![FlowKey::default(); chunk],
+            values: vec![FlowValue::default(); chunk],
+        }
+    }
+
+    /// Calls `f` with every entry; `map` serves the fallback path.
+    pub fn for_each(
+        &mut self,
+        map: &BpfHashMap<MapData, FlowKey, FlowValue>,
+        mut f: impl FnMut(&FlowKey, &FlowValue),
+    ) -> Result<(), DatapathError> {
+        if self.batch_supported {
+            match self.batch(&mut f) {
+                Ok(()) => return Ok(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
+                    tracing::info!("BPF_MAP_LOOKUP_BATCH unsupported ({e}); reading key by key");
+                    self.batch_supported = false;
+                }
+                Err(e) => return Err(DatapathError::MapRead(e.to_string())),
+            }
+        }
+        for item in map.iter() {
+            match item {
+                Ok((k, v)) => f(&k, &v),
+                // The entry went away between the key walk and the lookup.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(DatapathError::MapRead(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    fn batch(&mut self, f: &mut impl FnMut(&FlowKey, &FlowValue)) -> io::Result<()> {
+        // The hash-map batch token is a bucket index (u32); 8 bytes leave room.
+        let mut token = [0u64; 1];
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { token.as_ptr() as u64 },
+                out_batch: token.as_mut_ptr() as u64,
+                keys: self.keys.as_mut_ptr() as u64,
+                values: self.values.as_mut_ptr() as u64,
+                count: self.chunk as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` points at buffers of `chunk` keys and values and a token that
+            // outlive the call; the kernel writes at most `count` elements.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let err = (rc < 0).then(io::Error::last_os_error);
+            let n = (attr.count as usize).min(self.chunk);
+            match &err {
+                Some(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                    // One bucket holds more entries than a chunk: grow and retry.
+                    self.chunk *= 2;
+                    self.keys.resize(self.chunk, FlowKey::default());
+                    self.values.resize(self.chunk, FlowValue::default());
+                    continue;
+                }
+                Some(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                    return Err(io::Error::new(e.kind(), e.to_string()));
+                }
+                _ => {}
+            }
+            for i in 0..n {
+                f(&self.keys[i], &self.values[i]);
+            }
+            if err.is_some() {
+                // ENOENT: the walk is complete.
+                return Ok(());
+            }
+            first = false;
+        }
+    }
+}
+
+/// Totals of the kernel-side counters (summed over CPUs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    values: Vec<u64>,
+}
+
+impl KernelCounters {
+    /// Reads the per-CPU counters array.
+    pub(crate) fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self, DatapathError> {
+        let mut values = vec![0; Counter::ALL.len()];
+        for c in Counter::ALL {
+            let per_cpu = map
+                .get(&(c as u32), 0)
+                .map_err(|e| DatapathError::MapRead(format!("counter {}: {e}", c.name())))?;
+            values[c as usize] = per_cpu.iter().sum();
+        }
+        Ok(KernelCounters { values })
+    }
+
+    /// The value of one counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values.get(c as usize).copied().unwrap_or(0)
+    }
+
+    /// Every counter with its value, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        Counter::ALL.iter().map(|c| (*c, self.get(*c)))
+    }
+}

@@ -1,0 +1,80 @@
+//! Following interfaces with rtnetlink: the initial dump and link add/remove notifications.
+
+use futures::StreamExt;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+};
+use rtnetlink::{
+    MulticastGroup, new_multicast_connection,
+    packet_core::{NetlinkMessage, NetlinkPayload},
+    sys::SocketAddr,
+};
+
+use super::DatapathError;
+
+/// A link appeared (or changed) or went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LinkChange {
+    /// The link exists with this index and name.
+    Present(u32, String),
+    /// The link with this index is gone.
+    Removed(u32),
+}
+
+/// Notifications of link changes.
+pub(crate) type LinkMessages =
+    futures::channel::mpsc::UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// Subscribes to link notifications, then dumps the links present now (subscribing first so
+/// that nothing falls between the dump and the notifications).
+pub(crate) async fn subscribe()
+-> Result<(Vec<(u32, String)>, LinkMessages, rtnetlink::Handle), DatapathError> {
+    let (conn, handle, messages) = new_multicast_connection(&[MulticastGroup::Link])
+        .map_err(|e| DatapathError::Netlink(format!("opening a netlink socket: {e}")))?;
+    tokio::spawn(conn);
+    let mut links = Vec::new();
+    let mut dump = handle.link().get().execute();
+    while let Some(msg) = dump.next().await {
+        let msg = msg.map_err(|e| DatapathError::Netlink(format!("listing links: {e}")))?;
+        if let Some(name) = link_name(&msg) {
+            links.push((msg.header.index, name));
+        }
+    }
+    Ok((links, messages, handle))
+}
+
+/// Interprets one notification.
+pub(crate) fn change(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkChange> {
+    match msg.payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+            link_name(&link).map(|n| LinkChange::Present(link.header.index, n))
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+            Some(LinkChange::Removed(link.header.index))
+        }
+        _ => None,
+    }
+}
+
+fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// Deletes the clsact qdisc of `ifindex` (only ever one the datapath added itself).
+pub(crate) async fn delete_clsact(
+    handle: &rtnetlink::Handle,
+    ifindex: u32,
+) -> Result<(), DatapathError> {
+    use netlink_packet_route::tc::TcHandle;
+    let mut req = handle.qdisc().del(ifindex as i32);
+    let header = &mut req.message_mut().header;
+    header.parent = TcHandle::from(0xFFFF_FFF1u32);
+    header.handle = TcHandle::from(0xFFFF_0000u32);
+    req.execute()
+        .await
+        .map_err(|e| DatapathError::Netlink(format!("deleting clsact on ifindex {ifindex}: {e}")))
+}

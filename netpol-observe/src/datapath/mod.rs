@@ -1,0 +1,628 @@
+//! Userspace datapath: loads the eBPF object, attaches it to pod interfaces, reads the ring
+//! buffer and sweeps the flow map into [`crate::flow::FlowRecord`]s.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), netpol_observe::datapath::DatapathError> {
+//! use netpol_observe::datapath::{Datapath, DatapathConfig};
+//! let dp = Datapath::start(DatapathConfig::default()).await?;
+//! let mut updates = dp.subscribe();
+//! // ... later
+//! let flows = dp.shutdown().await?; // final sweep, everything detached
+//! # let _ = (updates.try_recv(), flows); Ok(()) }
+//! ```
+//!
+//! Three tokio tasks run while the datapath lives: the netlink follower (attaches to matching
+//! interfaces as they appear), the ring-buffer reader (new flows, TCP FIN/RST) and the
+//! sweeper (batch-reads the flow map every `sweep_interval`, computes deltas, expires idle
+//! flows). See `docs/architecture.md` ("Datapath").
+
+mod attach;
+pub mod btf;
+mod config;
+mod drops;
+mod kernel;
+mod links;
+pub mod sockets;
+mod table;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    os::fd::AsFd,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+};
+use netpol_observe_ebpf::{
+    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LocalEndpoint, MAP_COUNTERS, MAP_EVENTS,
+    MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+
+pub use attach::{AttachMode, AttachedInterface};
+pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, glob_match};
+pub use drops::{DropSample, DropTracer, DropsError, SkbOffsets, kernel_drop_reasons};
+pub use kernel::KernelCounters;
+pub use netpol_observe_ebpf::Counter;
+pub use table::{Clock, FlowTable, FlowUpdate, SweepAction, derive_state, monotonic_ns};
+
+use crate::flow::FlowRecord;
+
+/// The eBPF object built by `build.rs` (aya-build), embedded in the binary.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netpol-observe-ebpf"));
+
+/// Capacity of the update channel of [`Datapath::subscribe`]; slow subscribers lag and are
+/// told how many updates they missed.
+pub const UPDATE_CHANNEL_CAPACITY: usize = 16_384;
+
+/// What can go wrong in the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The configuration is unusable.
+    #[error("invalid datapath configuration: {0}")]
+    InvalidConfig(String),
+    /// Loading the eBPF object or a program failed.
+    #[error("loading the eBPF programs failed (root or CAP_BPF+CAP_NET_ADMIN needed): {0}")]
+    Load(String),
+    /// A map is missing from the object or has the wrong type.
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+    /// Attaching to an interface failed.
+    #[error("attaching to interface {interface} failed: {reason}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// What the kernel said.
+        reason: String,
+    },
+    /// A configured interface name (without wildcards) does not exist.
+    #[error("interface {0} does not exist")]
+    InterfaceNotFound(String),
+    /// A netlink request failed.
+    #[error("netlink: {0}")]
+    Netlink(String),
+    /// Reading a kernel map failed.
+    #[error("reading a kernel map failed: {0}")]
+    MapRead(String),
+    /// Writing a kernel map failed.
+    #[error("writing a kernel map failed: {0}")]
+    MapWrite(String),
+    /// A background task failed.
+    #[error("datapath task failed: {0}")]
+    Task(String),
+}
+
+/// Counters of the datapath itself (userspace side).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatapathStats {
+    /// Capacity of the kernel flow map.
+    pub flow_capacity: u32,
+    /// Flows believed present in the kernel map.
+    pub kernel_flows: usize,
+    /// Flows in the userspace table (live and recently ended).
+    pub table_flows: usize,
+    /// Kernel entries lost to LRU eviction (the flow map is too small).
+    pub evictions: u64,
+    /// Sweeps done.
+    pub sweeps: u64,
+    /// Ring-buffer events read.
+    pub events: u64,
+}
+
+struct Sweeper {
+    map: BpfHashMap<MapData, FlowKey, FlowValue>,
+    reader: kernel::FlowMapReader,
+}
+
+struct Shared {
+    config: DatapathConfig,
+    table: Mutex<FlowTable>,
+    updates: broadcast::Sender<FlowUpdate>,
+    attacher: Mutex<attach::Attacher>,
+    sweeper: Mutex<Sweeper>,
+    counters: Mutex<PerCpuArray<MapData, u64>>,
+    local: Mutex<BpfHashMap<MapData, [u8; 16], LocalEndpoint>>,
+    user_local: Mutex<HashSet<[u8; 16]>>,
+    stats: Mutex<DatapathStats>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves consistent-enough data for counters and tables.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running datapath. Dropping it without [`Datapath::shutdown`] stops its tasks and
+/// thereby detaches the programs (aya closes the links once the last task ends), but skips
+/// the final sweep.
+pub struct Datapath {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    ring_task: Option<JoinHandle<Option<AsyncFd<RingBuf<MapData>>>>>,
+    tasks: Vec<JoinHandle<()>>,
+    netlink: rtnetlink::Handle,
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads the programs, attaches to every matching interface and starts following
+    /// interfaces, reading events and sweeping. Must run inside a tokio runtime.
+    pub async fn start(config: DatapathConfig) -> Result<Datapath, DatapathError> {
+        config.validate().map_err(DatapathError::InvalidConfig)?;
+        let learn: u8 = config.learn_local_endpoints.into();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_FLOWS, config.flow_capacity)
+            .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
+            .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| DatapathError::Load(e.to_string()))?;
+
+        let flows = take_map(&mut ebpf, MAP_FLOWS)?;
+        let dup = match &flows {
+            aya::maps::Map::LruHashMap(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DatapathError::Map(MAP_FLOWS, e.to_string()))?,
+            _ => return Err(DatapathError::Map(MAP_FLOWS, "not an LRU hash map".into())),
+        };
+        let flows: BpfHashMap<MapData, FlowKey, FlowValue> = flows
+            .try_into()
+            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_FLOWS, e.to_string()))?;
+        let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_COUNTERS)?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_COUNTERS, e.to_string()))?;
+        let local: BpfHashMap<MapData, [u8; 16], LocalEndpoint> =
+            take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| {
+                    DatapathError::Map(MAP_LOCAL_ENDPOINTS, e.to_string())
+                })?;
+
+        let mut attacher = attach::Attacher::new(ebpf)?;
+        let logger = if config.ebpf_log {
+            match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!("eBPF logging unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        // Sockets first: connections older than the attach are oriented by who listens.
+        let sockets = scan_sockets().await;
+        let (present, messages, netlink) = links::subscribe().await?;
+        for pattern in &config.include {
+            let literal = !pattern.contains(['*', '?']);
+            if literal && !present.iter().any(|(_, n)| n == pattern) {
+                return Err(DatapathError::InterfaceNotFound(pattern.clone()));
+            }
+        }
+        for (index, name) in &present {
+            if config.matches(name) {
+                attacher.attach(*index, name)?;
+            }
+        }
+
+        let node = config.node_name.clone().or_else(hostname);
+        let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            table: Mutex::new({
+                let mut t = FlowTable::new(Clock::now(), node);
+                t.set_sockets(sockets);
+                t
+            }),
+            updates,
+            attacher: Mutex::new(attacher),
+            sweeper: Mutex::new(Sweeper {
+                map: flows,
+                reader: kernel::FlowMapReader::new(dup, config.flow_capacity),
+            }),
+            counters: Mutex::new(counters),
+            local: Mutex::new(local),
+            user_local: Mutex::new(HashSet::new()),
+            stats: Mutex::new(DatapathStats {
+                flow_capacity: config.flow_capacity,
+                ..DatapathStats::default()
+            }),
+            config,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
+        let ring_task = tokio::spawn(read_events(shared.clone(), ring, stop_rx.clone()));
+        let mut tasks = vec![
+            tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone())),
+            tokio::spawn(follow_links(shared.clone(), messages, stop_rx.clone())),
+        ];
+        if let Some(logger) = logger {
+            tasks.push(tokio::spawn(forward_logs(logger, stop_rx)));
+        }
+        Ok(Datapath {
+            shared,
+            stop,
+            ring_task: Some(ring_task),
+            tasks,
+            netlink,
+        })
+    }
+
+    /// Replaces the pod addresses of this node given by userspace (learned ones stay). A
+    /// packet to a local pod from another local pod is counted only at the sender's interface.
+    pub fn set_local_endpoints(&self, ips: &[IpAddr]) -> Result<(), DatapathError> {
+        let wanted: HashSet<[u8; 16]> = ips.iter().map(ip16).collect();
+        let mut user = lock(&self.shared.user_local);
+        let mut map = lock(&self.shared.local);
+        for old in user.difference(&wanted) {
+            match map.remove(old) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(DatapathError::MapWrite(e.to_string())),
+            }
+        }
+        for ip in &wanted {
+            map.insert(ip, LocalEndpoint::default(), 0)
+                .map_err(|e| DatapathError::MapWrite(format!("local endpoint: {e}")))?;
+        }
+        *user = wanted;
+        Ok(())
+    }
+
+    /// Every flow known (live and ended within `retention`), unattributed, oldest first.
+    pub fn snapshot(&self) -> Vec<FlowRecord> {
+        lock(&self.shared.table).snapshot()
+    }
+
+    /// A stream of flow updates (new flows, deltas after each sweep, ends).
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowUpdate> {
+        self.shared.updates.subscribe()
+    }
+
+    /// The kernel-side counters summed over CPUs.
+    pub fn kernel_counters(&self) -> Result<KernelCounters, DatapathError> {
+        KernelCounters::read(&lock(&self.shared.counters))
+    }
+
+    /// Userspace counters: evictions, table sizes, sweeps.
+    pub fn stats(&self) -> DatapathStats {
+        let table = lock(&self.shared.table);
+        let mut s = *lock(&self.shared.stats);
+        s.evictions = table.evictions();
+        s.kernel_flows = table.live();
+        s.table_flows = table.len();
+        s
+    }
+
+    /// The interfaces attached now.
+    pub fn attached_interfaces(&self) -> Vec<AttachedInterface> {
+        lock(&self.shared.attacher).interfaces()
+    }
+
+    /// Sweeps the flow map now (in addition to the periodic sweeps).
+    pub fn sweep_now(&self) -> Result<(), DatapathError> {
+        sweep(&self.shared)
+    }
+
+    /// Stops the tasks, detaches from every interface (deleting clsact qdiscs it added),
+    /// reads the last events, sweeps a final time and returns every flow.
+    pub async fn shutdown(mut self) -> Result<Vec<FlowRecord>, DatapathError> {
+        let _ = self.stop.send(true);
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+        let ring = match self.ring_task.take() {
+            Some(t) => t.await.map_err(|e| DatapathError::Task(e.to_string()))?,
+            None => None,
+        };
+        let qdiscs = lock(&self.shared.attacher).detach_all();
+        for (ifindex, name) in qdiscs {
+            if let Err(e) = links::delete_clsact(&self.netlink, ifindex).await {
+                tracing::warn!(interface = %name, "{e}");
+            }
+        }
+        if let Some(mut ring) = ring {
+            drain(&self.shared, ring.get_mut());
+        }
+        let swept = sweep(&self.shared);
+        let mut table = lock(&self.shared.table);
+        table.end_all();
+        broadcast_updates(&self.shared, &mut table);
+        swept?;
+        Ok(table.snapshot())
+    }
+}
+
+impl Drop for Datapath {
+    /// Without [`Datapath::shutdown`]: stops the tasks so the last reference to the loaded
+    /// object goes away and aya detaches the programs (no final sweep).
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(t) = &self.ring_task {
+            t.abort();
+        }
+    }
+}
+
+fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| DatapathError::Map(name, "missing from the object".into()))
+}
+
+/// An address as the 16-byte key the kernel uses (IPv4 v4-mapped).
+pub fn ip16(ip: &IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn broadcast_updates(shared: &Shared, table: &mut FlowTable) {
+    let updates = table.take_updates();
+    if shared.updates.receiver_count() == 0 {
+        return;
+    }
+    for u in updates {
+        let _ = shared.updates.send(u);
+    }
+}
+
+fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) -> usize {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<FlowEvent>() {
+            // SAFETY: the kernel wrote a `FlowEvent` (plain `#[repr(C)]` data) here;
+            // `read_unaligned` copes with any alignment.
+            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
+            events.push(ev);
+        }
+    }
+    if events.is_empty() {
+        return 0;
+    }
+    let mut table = lock(&shared.table);
+    for ev in &events {
+        table.on_event(&ev.key, ev.kind, ev.ts_ns, ev.initiator, ev.dir);
+    }
+    table.publish();
+    broadcast_updates(shared, &mut table);
+    drop(table);
+    lock(&shared.stats).events += events.len() as u64;
+    events.len()
+}
+
+async fn read_events(
+    shared: Arc<Shared>,
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<AsyncFd<RingBuf<MapData>>> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return Some(ring),
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!("ring buffer: {e}");
+                        return None;
+                    }
+                };
+                drain(&shared, guard.get_inner_mut());
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
+async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                let s = shared.clone();
+                match tokio::task::spawn_blocking(move || sweep(&s)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("sweep: {e}"),
+                    Err(e) => tracing::error!("sweep task: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the whole flow map, merges it into the table, expires idle entries, publishes.
+fn sweep(shared: &Shared) -> Result<(), DatapathError> {
+    let idle_ns = shared.config.idle_timeout.as_nanos() as u64;
+    let retention_ns = shared.config.retention.as_nanos() as u64;
+    let mut sweeper = lock(&shared.sweeper);
+    let Sweeper { map, reader } = &mut *sweeper;
+    let start = monotonic_ns();
+    let mut entries = Vec::new();
+    reader.for_each(map, |k, v| entries.push((*k, *v)))?;
+    let now = monotonic_ns();
+    let mut seen = HashMap::with_capacity(entries.len());
+    let mut expire = Vec::new();
+    {
+        let mut table = lock(&shared.table);
+        for (k, v) in &entries {
+            seen.insert(*k, v.first_seen_ns);
+            if table.on_sweep(k, v, now, idle_ns) == SweepAction::Expire {
+                expire.push(*k);
+            }
+        }
+    }
+    let mut expired = Vec::with_capacity(expire.len());
+    for k in expire {
+        // Re-check: a packet may have arrived since the read.
+        let still_idle = map
+            .get(&k, 0)
+            .map(|v| now.saturating_sub(v.last_seen_ns) >= idle_ns)
+            .unwrap_or(true);
+        if still_idle {
+            match map.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => expired.push(k),
+                Err(e) => tracing::warn!("expiring a flow: {e}"),
+            }
+        }
+    }
+    drop(sweeper);
+    let mut table = lock(&shared.table);
+    table.finish_sweep(&seen, &expired, start, now, idle_ns, retention_ns);
+    broadcast_updates(shared, &mut table);
+    drop(table);
+    lock(&shared.stats).sweeps += 1;
+    Ok(())
+}
+
+async fn follow_links(
+    shared: Arc<Shared>,
+    mut messages: links::LinkMessages,
+    mut stop: watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => return,
+            m = messages.next() => m,
+        };
+        let Some((msg, _)) = msg else {
+            tracing::warn!("netlink notifications ended; new interfaces are no longer followed");
+            return;
+        };
+        match links::change(msg) {
+            Some(links::LinkChange::Present(index, name)) => {
+                let attached = {
+                    let mut a = lock(&shared.attacher);
+                    if shared.config.matches(&name) && !a.is_attached(index) {
+                        match a.attach(index, &name) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                // Interfaces can vanish right after appearing; not fatal.
+                                tracing::warn!("{e}");
+                                false
+                            }
+                        }
+                    } else {
+                        false
+                    }
+                };
+                if attached {
+                    // A new pod (or one moved here): refresh who listens, in the background.
+                    let s = shared.clone();
+                    tokio::spawn(async move {
+                        let sockets = scan_sockets().await;
+                        lock(&s.table).set_sockets(sockets);
+                    });
+                }
+            }
+            Some(links::LinkChange::Removed(index)) => {
+                let _ = lock(&shared.attacher).detach(index, true);
+            }
+            None => {}
+        }
+    }
+}
+
+/// Scans the node's network namespaces for listening and connected sockets (on a blocking
+/// thread); namespaces that cannot be scanned are logged and skipped.
+async fn scan_sockets() -> sockets::Sockets {
+    match tokio::task::spawn_blocking(sockets::scan).await {
+        Ok((found, errors)) => {
+            for e in &errors {
+                tracing::debug!("sockets: {e}");
+            }
+            let (namespaces, listening, connected) = found.counts();
+            tracing::info!(
+                namespaces,
+                listening,
+                connected_udp = connected,
+                unreadable = errors.len(),
+                "sockets scanned to orient flows picked up mid-stream"
+            );
+            found
+        }
+        Err(e) => {
+            tracing::warn!("socket scan task: {e}");
+            sockets::Sockets::default()
+        }
+    }
+}
+
+async fn forward_logs(
+    logger: aya_log::EbpfLogger<&'static dyn log::Log>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // SAFETY: the logger owns its ring-buffer descriptor and keeps it open while registered.
+    let mut fd = match unsafe { AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!("eBPF logging unavailable: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            guard = fd.readable_mut() => match guard {
+                Ok(mut g) => {
+                    g.get_inner_mut().flush();
+                    g.clear_ready();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Runs a `BPF_PROG_LOAD` (`load`), retrying while the kernel answers `EAGAIN`.
+///
+/// The verifier gives up with `EAGAIN` when a signal is pending for the loading thread (e.g. a
+/// `SIGCHLD` from a child process); like libbpf, we simply try again a few times.
+pub(crate) fn retry_interrupted_load(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(attempt, "program load interrupted (EAGAIN), retrying");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Flow records: the contract type and JSON-lines I/O.
+
+pub mod jsonl;
+mod record;
+pub mod table;
+
+pub use record::{
+    Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol, ServiceRef, UnknownProtocol,
+    WorkloadRef,
+};

@@ -1,0 +1,312 @@
+//! The flow record — the JSON-lines contract of `../shared/DESIGN.md` ("Flow record").
+//!
+//! As output every field the agent knows is filled; as input (`evaluate`, `verify`,
+//! `recommend`) only `src.ip`, `dst.ip`, `dst.port` and `protocol` are required, and the
+//! attribution is filled from the inventory.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a flow, spelled as Kubernetes spells it (`TCP`, `UDP`, `SCTP`) plus
+/// `ICMP` and `ICMPv6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    /// TCP (IP protocol 6).
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP (IP protocol 17).
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP (IP protocol 132).
+    #[serde(rename = "SCTP")]
+    Sctp,
+    /// ICMP for IPv4 (IP protocol 1).
+    #[serde(rename = "ICMP")]
+    Icmp,
+    /// ICMP for IPv6 (next header 58).
+    #[serde(rename = "ICMPv6")]
+    Icmpv6,
+}
+
+impl Protocol {
+    /// The name used in flow records, NetworkPolicies and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+            Protocol::Icmp => "ICMP",
+            Protocol::Icmpv6 => "ICMPv6",
+        }
+    }
+
+    /// The IP protocol number (IPv4 `protocol` / IPv6 `next header`).
+    pub fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Icmp => 1,
+            Protocol::Icmpv6 => 58,
+        }
+    }
+
+    /// The protocol with this IP protocol number, if it is one we track.
+    pub fn from_ip_number(n: u8) -> Option<Self> {
+        Some(match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            1 => Protocol::Icmp,
+            58 => Protocol::Icmpv6,
+            _ => return None,
+        })
+    }
+
+    /// Whether flows of this protocol have ports (TCP, UDP, SCTP).
+    pub fn has_ports(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Udp | Protocol::Sctp)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a protocol name that is not one of `TCP`, `UDP`, `SCTP`, `ICMP`, `ICMPv6`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?} (expected TCP, UDP, SCTP, ICMP or ICMPv6)")]
+pub struct UnknownProtocol(pub String);
+
+impl FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "TCP" | "tcp" => Protocol::Tcp,
+            "UDP" | "udp" => Protocol::Udp,
+            "SCTP" | "sctp" => Protocol::Sctp,
+            "ICMP" | "icmp" => Protocol::Icmp,
+            "ICMPv6" | "icmpv6" | "ICMPV6" => Protocol::Icmpv6,
+            other => return Err(UnknownProtocol(other.to_owned())),
+        })
+    }
+}
+
+/// Lifecycle state of a flow as the datapath saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowState {
+    /// The initiator sent but never got an answer (e.g. a black-holed address or a drop).
+    Attempted,
+    /// TCP handshake completed and no close seen yet.
+    Established,
+    /// TCP connection closed with FIN.
+    Closed,
+    /// TCP connection reset after being established.
+    Reset,
+    /// TCP SYN answered by RST (closed port), or ICMP unreachable.
+    Refused,
+    /// UDP/ICMP/SCTP flow with traffic in at least one direction that got an answer.
+    Active,
+}
+
+impl FlowState {
+    /// The name used in flow records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowState::Attempted => "attempted",
+            FlowState::Established => "established",
+            FlowState::Closed => "closed",
+            FlowState::Reset => "reset",
+            FlowState::Refused => "refused",
+            FlowState::Active => "active",
+        }
+    }
+}
+
+impl fmt::Display for FlowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The controller that owns a pod (after following ReplicaSet→Deployment and Job→CronJob).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkloadRef {
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `CronJob`, `Job`, `ReplicaSet` or `Pod`.
+    pub kind: String,
+    /// The controller's name (the pod's own name for a bare pod).
+    pub name: String,
+}
+
+/// A Service by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// Namespace of the Service.
+    pub namespace: String,
+    /// Name of the Service.
+    pub name: String,
+}
+
+/// One end of a flow: an address, a port and what the address belongs to.
+///
+/// Exactly one attribution family is normally filled: pod fields (`namespace`, `pod`,
+/// `workload`, `labels`), `node`, or `subnet` (`<named subnet>`, `private` or `world`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The address as seen on the wire at the observation point (a ClusterIP for `dst` when the
+    /// flow was to a Service and was observed before DNAT).
+    pub ip: IpAddr,
+    /// Transport port; absent for ICMP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The Service the flow was addressed to (destination only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// Namespace of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Owning workload of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadRef>,
+    /// The workload's stable selector labels (never `pod-template-hash` and the like).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Node name when the address is a node's (or a hostNetwork pod's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Named subnet, `private` or `world` for peers outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+}
+
+impl Endpoint {
+    /// An endpoint with only an address and port, before attribution.
+    pub fn bare(ip: IpAddr, port: Option<u16>) -> Self {
+        Endpoint {
+            ip,
+            port,
+            service: None,
+            namespace: None,
+            pod: None,
+            workload: None,
+            labels: None,
+            node: None,
+            subnet: None,
+        }
+    }
+
+    /// Whether any attribution field is set.
+    pub fn is_attributed(&self) -> bool {
+        self.namespace.is_some() || self.node.is_some() || self.subnet.is_some()
+    }
+}
+
+/// A counter pair from the initiator's point of view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Directional {
+    /// Sent by `src` (the initiator).
+    pub sent: u64,
+    /// Received by `src` (sent by `dst`).
+    pub received: u64,
+}
+
+/// Packets of this flow the kernel dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// Number of dropped packets.
+    pub count: u64,
+    /// Kernel drop reason name (`enum skb_drop_reason` without the `SKB_DROP_REASON_` prefix)
+    /// of the most frequent reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The NetworkPolicy (`ns/name`) that explains the drop, or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// One flow (a connection for TCP/SCTP, a 5-tuple conversation for UDP/ICMP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The initiator (TCP: the SYN sender).
+    pub src: Endpoint,
+    /// The responder.
+    pub dst: Endpoint,
+    /// Lifecycle state; absent on input records that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<FlowState>,
+    /// First packet seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<Timestamp>,
+    /// Last packet seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+    /// Packets sent/received by the initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<Directional>,
+    /// Bytes (IP length) sent/received by the initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Directional>,
+    /// Drops attributed to this flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drops: Option<Drops>,
+    /// The node whose agent observed the flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+impl FlowRecord {
+    /// A minimal record: protocol, source and destination address and destination port.
+    pub fn new(protocol: Protocol, src: IpAddr, dst: IpAddr, dst_port: Option<u16>) -> Self {
+        FlowRecord {
+            protocol,
+            src: Endpoint::bare(src, None),
+            dst: Endpoint::bare(dst, dst_port),
+            state: None,
+            first_seen: None,
+            last_seen: None,
+            packets: None,
+            bytes: None,
+            drops: None,
+            node: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_example_round_trips() {
+        let line = r#"{"protocol":"TCP","src":{"ip":"10.244.1.5","port":51234,"namespace":"shop","pod":"web-7d9c-x2","workload":{"kind":"Deployment","name":"web"},"labels":{"app":"web"}},"dst":{"ip":"10.96.0.20","port":80,"service":{"namespace":"shop","name":"api"},"namespace":"shop","pod":"api-5f-k1","workload":{"kind":"Deployment","name":"api"},"labels":{"app":"api"}},"state":"established","first_seen":"2026-11-22T15:00:00Z","last_seen":"2026-11-22T15:00:03Z","packets":{"sent":12,"received":10},"bytes":{"sent":1840,"received":5120},"drops":{"count":0},"node":"node-1"}"#;
+        let rec: FlowRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(rec.protocol, Protocol::Tcp);
+        assert_eq!(rec.dst.service.as_ref().unwrap().name, "api");
+        assert_eq!(rec.state, Some(FlowState::Established));
+        assert_eq!(rec.packets.unwrap().received, 10);
+        let again: FlowRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(rec, again);
+    }
+
+    #[test]
+    fn minimal_input_record() {
+        let rec: FlowRecord = serde_json::from_str(
+            r#"{"protocol":"UDP","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.0.0.2","port":53}}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.dst.port, Some(53));
+        assert!(!rec.src.is_attributed());
+    }
+}

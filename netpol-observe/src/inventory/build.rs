@@ -1,0 +1,741 @@
+//! From Kubernetes objects to the trimmed [`Inventory`]: owner resolution, stable selector
+//! labels, parsing of addresses and ports, validation of NetworkPolicies.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    str::FromStr,
+};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::{Namespace, Node, Pod, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+
+use super::{
+    ContainerPortInfo, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Inventory,
+    InventoryError, Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo,
+    TargetPort,
+};
+use crate::flow::{Protocol, WorkloadRef};
+
+/// One Kubernetes object of a kind the inventory knows.
+///
+/// Deployments, StatefulSets, DaemonSets and CronJobs are optional: when given (from files),
+/// their selectors are used as the workload's stable labels; the live source does not watch
+/// them and derives the labels from the pods.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum KubeObject {
+    /// `v1/Namespace`.
+    Namespace(Namespace),
+    /// `v1/Pod`.
+    Pod(Pod),
+    /// `v1/Service`.
+    Service(Service),
+    /// `v1/Node`.
+    Node(Node),
+    /// `discovery.k8s.io/v1/EndpointSlice`.
+    EndpointSlice(EndpointSlice),
+    /// `networking.k8s.io/v1/NetworkPolicy`.
+    NetworkPolicy(NetworkPolicy),
+    /// `apps/v1/ReplicaSet`.
+    ReplicaSet(ReplicaSet),
+    /// `apps/v1/Deployment`.
+    Deployment(Deployment),
+    /// `apps/v1/StatefulSet`.
+    StatefulSet(StatefulSet),
+    /// `apps/v1/DaemonSet`.
+    DaemonSet(DaemonSet),
+    /// `batch/v1/Job`.
+    Job(Job),
+    /// `batch/v1/CronJob`.
+    CronJob(CronJob),
+}
+
+/// Labels that vary between pods of one workload or between revisions: never part of a
+/// workload's stable selector labels.
+pub const VOLATILE_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "controller-uid",
+    "job-name",
+    "batch.kubernetes.io/controller-uid",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/job-completion-index",
+];
+
+fn object_name(kind: &str, meta: &ObjectMeta) -> String {
+    let name = meta.name.as_deref().unwrap_or("<unnamed>");
+    match meta.namespace.as_deref() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn invalid(object: String, field: impl Into<String>, problem: impl Into<String>) -> InventoryError {
+    InventoryError::Invalid {
+        origin: String::new(),
+        object,
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+impl KubeObject {
+    /// Decodes an object from a YAML/JSON value by its `apiVersion` and `kind`; an unknown kind
+    /// or a field of the wrong type is an error naming the object and the field path.
+    pub fn from_value(value: serde_yaml::Value) -> Result<KubeObject, InventoryError> {
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let meta = value.get("metadata");
+        let ns = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(|v| v.as_str());
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("<unnamed>");
+        let object = match ns {
+            Some(ns) => format!("{kind} {ns}/{name}"),
+            None if kind.is_empty() => format!("object {name}"),
+            None => format!("{kind} {name}"),
+        };
+        fn decode<T: serde::de::DeserializeOwned>(
+            value: serde_yaml::Value,
+            object: &str,
+        ) -> Result<T, InventoryError> {
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let path = e.path().to_string();
+                invalid(
+                    object.to_owned(),
+                    if path == "." { "(object)".into() } else { path },
+                    e.into_inner().to_string(),
+                )
+            })
+        }
+        Ok(match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => KubeObject::Namespace(decode(value, &object)?),
+            ("v1", "Pod") => KubeObject::Pod(decode(value, &object)?),
+            ("v1", "Service") => KubeObject::Service(decode(value, &object)?),
+            ("v1", "Node") => KubeObject::Node(decode(value, &object)?),
+            ("discovery.k8s.io/v1", "EndpointSlice") => {
+                KubeObject::EndpointSlice(decode(value, &object)?)
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                KubeObject::NetworkPolicy(decode(value, &object)?)
+            }
+            ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, &object)?),
+            ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, &object)?),
+            ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, &object)?),
+            ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(decode(value, &object)?),
+            ("batch/v1", "Job") => KubeObject::Job(decode(value, &object)?),
+            ("batch/v1", "CronJob") => KubeObject::CronJob(decode(value, &object)?),
+            ("", _) | (_, "") => {
+                return Err(invalid(
+                    object,
+                    if api_version.is_empty() {
+                        "apiVersion"
+                    } else {
+                        "kind"
+                    },
+                    "missing: every object needs apiVersion and kind",
+                ));
+            }
+            (av, k) => {
+                return Err(invalid(
+                    object,
+                    "kind",
+                    format!(
+                        "unknown kind {k:?} (apiVersion {av:?}); expected Namespace, Pod, Service, \
+                         Node, EndpointSlice, NetworkPolicy, ReplicaSet, Deployment, StatefulSet, \
+                         DaemonSet, Job or CronJob"
+                    ),
+                ));
+            }
+        })
+    }
+}
+
+/// Builds an inventory from objects without a known origin.
+pub(super) fn from_objects(
+    objects: impl IntoIterator<Item = KubeObject>,
+) -> Result<Inventory, InventoryError> {
+    from_sourced(objects.into_iter().map(|o| (String::new(), o)))
+}
+
+/// Owner-resolution tables: controllers by `(namespace, name)`.
+#[derive(Debug, Default)]
+pub(super) struct Owners {
+    /// ReplicaSets: their controller and selector.
+    pub(super) replica_sets:
+        HashMap<(String, String), (Option<OwnerReference>, Option<LabelSelector>)>,
+    /// Jobs: their controller.
+    pub(super) jobs: HashMap<(String, String), Option<OwnerReference>>,
+    /// Top-level controllers' selectors by `(namespace, kind, name)`.
+    pub(super) selectors: HashMap<(String, String, String), Option<LabelSelector>>,
+}
+
+pub(super) fn key(meta: &ObjectMeta) -> (String, String) {
+    (namespace_of(meta), meta.name.clone().unwrap_or_default())
+}
+
+pub(super) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    let refs = meta.owner_references.as_ref()?;
+    refs.iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())
+}
+
+/// Builds an inventory from objects, each with its origin for error messages.
+pub(super) fn from_sourced(
+    objects: impl IntoIterator<Item = (String, KubeObject)>,
+) -> Result<Inventory, InventoryError> {
+    let mut owners = Owners::default();
+    let mut rest = Vec::new();
+    for (origin, obj) in objects {
+        match obj {
+            KubeObject::ReplicaSet(rs) => {
+                let sel = Some(rs.spec.selector.clone());
+                owners.replica_sets.insert(
+                    key(&rs.metadata),
+                    (controller_of(&rs.metadata).cloned(), sel),
+                );
+            }
+            KubeObject::Job(job) => {
+                owners
+                    .jobs
+                    .insert(key(&job.metadata), controller_of(&job.metadata).cloned());
+            }
+            KubeObject::Deployment(d) => {
+                let (ns, name) = key(&d.metadata);
+                let sel = Some(d.spec.selector);
+                owners
+                    .selectors
+                    .insert((ns, "Deployment".into(), name), sel);
+            }
+            KubeObject::StatefulSet(d) => {
+                let (ns, name) = key(&d.metadata);
+                let sel = Some(d.spec.selector);
+                owners
+                    .selectors
+                    .insert((ns, "StatefulSet".into(), name), sel);
+            }
+            KubeObject::DaemonSet(d) => {
+                let (ns, name) = key(&d.metadata);
+                let sel = Some(d.spec.selector);
+                owners.selectors.insert((ns, "DaemonSet".into(), name), sel);
+            }
+            KubeObject::CronJob(c) => {
+                let (ns, name) = key(&c.metadata);
+                let sel = c.spec.job_template.spec.and_then(|s| s.selector);
+                owners.selectors.insert((ns, "CronJob".into(), name), sel);
+            }
+            other => rest.push((origin, other)),
+        }
+    }
+    let mut inv = Inventory::default();
+    for (origin, obj) in rest {
+        let res = match obj {
+            KubeObject::Namespace(ns) => {
+                let info = namespace_info(&ns);
+                inv.namespaces.insert(info.name.clone(), info);
+                Ok(())
+            }
+            KubeObject::Pod(pod) => pod_info(&pod, &owners).map(|p| inv.pods.push(p)),
+            KubeObject::Service(svc) => service_info(&svc).map(|s| inv.services.push(s)),
+            KubeObject::Node(node) => node_info(&node).map(|n| inv.nodes.push(n)),
+            KubeObject::EndpointSlice(es) => {
+                endpoint_slice_info(&es).map(|e| inv.endpoint_slices.push(e))
+            }
+            KubeObject::NetworkPolicy(np) => crate::policy::validate(&np)
+                .map(|()| inv.network_policies.push(np))
+                .map_err(|source| InventoryError::Policy {
+                    origin: String::new(),
+                    source,
+                }),
+            KubeObject::ReplicaSet(_)
+            | KubeObject::Job(_)
+            | KubeObject::Deployment(_)
+            | KubeObject::StatefulSet(_)
+            | KubeObject::DaemonSet(_)
+            | KubeObject::CronJob(_) => Ok(()),
+        };
+        res.map_err(|e| e.with_origin(&origin))?;
+    }
+    finish(&mut inv);
+    Ok(inv)
+}
+
+/// Sorts everything and adds the namespaces that objects refer to but that were not given
+/// (with only their `kubernetes.io/metadata.name` label, as the API server sets it).
+pub(super) fn finish(inv: &mut Inventory) {
+    let referenced: Vec<String> = inv
+        .pods
+        .iter()
+        .map(|p| p.namespace.clone())
+        .chain(inv.services.iter().map(|s| s.namespace.clone()))
+        .chain(
+            inv.network_policies
+                .iter()
+                .filter_map(|p| p.metadata.namespace.clone()),
+        )
+        .collect();
+    for ns in referenced {
+        inv.namespaces
+            .entry(ns.clone())
+            .or_insert_with(|| NamespaceInfo {
+                labels: BTreeMap::from([(METADATA_NAME.to_owned(), ns.clone())]),
+                name: ns,
+            });
+    }
+    inv.pods.sort_by(|a, b| {
+        (&a.namespace, &a.name, a.created).cmp(&(&b.namespace, &b.name, b.created))
+    });
+    inv.services
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    inv.endpoint_slices
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    inv.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    inv.network_policies.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+}
+
+/// The label the API server puts on every namespace.
+pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
+
+pub(super) fn namespace_info(ns: &Namespace) -> NamespaceInfo {
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+    labels
+        .entry(METADATA_NAME.to_owned())
+        .or_insert_with(|| name.clone());
+    NamespaceInfo { name, labels }
+}
+
+pub(super) fn parse_protocol(
+    value: Option<&str>,
+    object: &str,
+    field: &str,
+) -> Result<Protocol, InventoryError> {
+    match value {
+        None => Ok(Protocol::Tcp),
+        Some(s) => match Protocol::from_str(s) {
+            Ok(p @ (Protocol::Tcp | Protocol::Udp | Protocol::Sctp)) => Ok(p),
+            _ => Err(invalid(
+                object.to_owned(),
+                field,
+                format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"),
+            )),
+        },
+    }
+}
+
+fn parse_port(value: i32, object: &str, field: &str) -> Result<u16, InventoryError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| {
+            invalid(
+                object.to_owned(),
+                field,
+                format!("port {value} is not in 1-65535"),
+            )
+        })
+}
+
+fn parse_ip(value: &str, object: &str, field: &str) -> Result<IpAddr, InventoryError> {
+    value.parse().map_err(|_| {
+        invalid(
+            object.to_owned(),
+            field,
+            format!("{value:?} is not an IP address"),
+        )
+    })
+}
+
+fn stable_labels(labels: &Labels, selector: Option<&LabelSelector>) -> Labels {
+    let from_selector: Labels = selector
+        .and_then(|s| s.match_labels.as_ref())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, v)| {
+                    !VOLATILE_LABELS.contains(&k.as_str()) && labels.get(*k) == Some(*v)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !from_selector.is_empty() {
+        return from_selector;
+    }
+    labels
+        .iter()
+        .filter(|(k, _)| !VOLATILE_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn resolve_owner(pod: &Pod, owners: &Owners) -> (WorkloadRef, Labels) {
+    let meta = &pod.metadata;
+    let ns = namespace_of(meta);
+    let pod_name = meta.name.clone().unwrap_or_default();
+    let labels = meta.labels.clone().unwrap_or_default();
+    let Some(owner) = controller_of(meta) else {
+        let l = stable_labels(&labels, None);
+        return (
+            WorkloadRef {
+                kind: "Pod".into(),
+                name: pod_name,
+            },
+            l,
+        );
+    };
+    let lookup = |kind: &str, name: &str| -> Option<&LabelSelector> {
+        owners
+            .selectors
+            .get(&(ns.clone(), kind.to_owned(), name.to_owned()))
+            .and_then(|s| s.as_ref())
+    };
+    match owner.kind.as_str() {
+        "ReplicaSet" => {
+            let rs = owners.replica_sets.get(&(ns.clone(), owner.name.clone()));
+            let deployment = match rs {
+                Some((Some(parent), _)) if parent.kind == "Deployment" => Some(parent.name.clone()),
+                Some(_) => None,
+                // Without the ReplicaSet, a Deployment's ReplicaSet is named
+                // `<deployment>-<pod-template-hash>`.
+                None => labels.get("pod-template-hash").and_then(|hash| {
+                    owner
+                        .name
+                        .strip_suffix(hash.as_str())
+                        .and_then(|n| n.strip_suffix('-'))
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                }),
+            };
+            match deployment {
+                Some(d) => {
+                    let sel = lookup("Deployment", &d).or(rs.and_then(|(_, s)| s.as_ref()));
+                    (
+                        WorkloadRef {
+                            kind: "Deployment".into(),
+                            name: d,
+                        },
+                        stable_labels(&labels, sel),
+                    )
+                }
+                None => (
+                    WorkloadRef {
+                        kind: "ReplicaSet".into(),
+                        name: owner.name.clone(),
+                    },
+                    stable_labels(&labels, rs.and_then(|(_, s)| s.as_ref())),
+                ),
+            }
+        }
+        "Job" => {
+            let parent = owners
+                .jobs
+                .get(&(ns.clone(), owner.name.clone()))
+                .and_then(|p| p.as_ref())
+                .filter(|p| p.kind == "CronJob");
+            match parent {
+                Some(cj) => (
+                    WorkloadRef {
+                        kind: "CronJob".into(),
+                        name: cj.name.clone(),
+                    },
+                    stable_labels(&labels, lookup("CronJob", &cj.name)),
+                ),
+                None => (
+                    WorkloadRef {
+                        kind: "Job".into(),
+                        name: owner.name.clone(),
+                    },
+                    stable_labels(&labels, None),
+                ),
+            }
+        }
+        kind => (
+            WorkloadRef {
+                kind: kind.to_owned(),
+                name: owner.name.clone(),
+            },
+            stable_labels(&labels, lookup(kind, &owner.name)),
+        ),
+    }
+}
+
+pub(super) fn pod_info_with(
+    pod: &Pod,
+    resolve: impl FnOnce(&Pod) -> (WorkloadRef, Labels),
+) -> Result<PodInfo, InventoryError> {
+    let meta = &pod.metadata;
+    let object = object_name("Pod", meta);
+    let status = pod.status.as_ref();
+    let mut ips = Vec::new();
+    if let Some(list) = status.and_then(|s| s.pod_ips.as_ref())
+        && !list.is_empty()
+    {
+        for (i, ip) in list.iter().enumerate() {
+            ips.push(parse_ip(
+                &ip.ip,
+                &object,
+                &format!("status.podIPs[{i}].ip"),
+            )?);
+        }
+    } else if let Some(ip) = status.and_then(|s| s.pod_ip.as_deref())
+        && !ip.is_empty()
+    {
+        ips.push(parse_ip(ip, &object, "status.podIP")?);
+    }
+    let spec = pod.spec.as_ref();
+    let mut container_ports = Vec::new();
+    if let Some(spec) = spec {
+        let groups = [
+            ("spec.containers", Some(&spec.containers)),
+            ("spec.initContainers", spec.init_containers.as_ref()),
+        ];
+        for (prefix, containers) in groups {
+            for (ci, c) in containers.into_iter().flatten().enumerate() {
+                for (pi, p) in c.ports.iter().flatten().enumerate() {
+                    let field = format!("{prefix}[{ci}].ports[{pi}]");
+                    container_ports.push(ContainerPortInfo {
+                        name: p.name.clone(),
+                        port: parse_port(
+                            p.container_port,
+                            &object,
+                            &format!("{field}.containerPort"),
+                        )?,
+                        protocol: parse_protocol(
+                            p.protocol.as_deref(),
+                            &object,
+                            &format!("{field}.protocol"),
+                        )?,
+                    });
+                }
+            }
+        }
+    }
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let finished = if matches!(phase, Some("Succeeded" | "Failed")) {
+        status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|cs| cs.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+            .map(|t| t.0)
+            .max()
+    } else {
+        None
+    };
+    let deleted: Option<Timestamp> = match (meta.deletion_timestamp.as_ref().map(|t| t.0), finished)
+    {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let (workload, selector_labels) = resolve(pod);
+    Ok(PodInfo {
+        namespace: namespace_of(meta),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        ips,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        node_name: spec.and_then(|s| s.node_name.clone()),
+        workload,
+        selector_labels,
+        container_ports,
+        created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        deleted,
+    })
+}
+
+pub(super) fn pod_info(pod: &Pod, owners: &Owners) -> Result<PodInfo, InventoryError> {
+    pod_info_with(pod, |p| resolve_owner(p, owners))
+}
+
+pub(super) fn service_info(svc: &Service) -> Result<ServiceInfo, InventoryError> {
+    let meta = &svc.metadata;
+    let object = object_name("Service", meta);
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut cluster_ips = Vec::new();
+    let list: Vec<(String, String)> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.clone()))
+            .collect(),
+        _ => spec
+            .cluster_ip
+            .iter()
+            .map(|ip| ("spec.clusterIP".to_owned(), ip.clone()))
+            .collect(),
+    };
+    for (field, ip) in list {
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        cluster_ips.push(parse_ip(&ip, &object, &field)?);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let port = parse_port(p.port, &object, &format!("{field}.port"))?;
+        let target_port = match &p.target_port {
+            None => TargetPort::Number(port),
+            Some(IntOrString::Int(n)) => {
+                TargetPort::Number(parse_port(*n, &object, &format!("{field}.targetPort"))?)
+            }
+            Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                Ok(n) => {
+                    TargetPort::Number(parse_port(n, &object, &format!("{field}.targetPort"))?)
+                }
+                Err(_) if !s.is_empty() => TargetPort::Name(s.clone()),
+                Err(_) => TargetPort::Number(port),
+            },
+        };
+        ports.push(ServicePortInfo {
+            name: p.name.clone(),
+            port,
+            protocol: parse_protocol(p.protocol.as_deref(), &object, &format!("{field}.protocol"))?,
+            target_port,
+        });
+    }
+    Ok(ServiceInfo {
+        namespace: namespace_of(meta),
+        name: meta.name.clone().unwrap_or_default(),
+        cluster_ips,
+        selector: spec.selector.filter(|s| !s.is_empty()),
+        ports,
+    })
+}
+
+pub(super) fn node_info(node: &Node) -> Result<NodeInfo, InventoryError> {
+    let meta = &node.metadata;
+    let object = object_name("Node", meta);
+    let mut addresses = Vec::new();
+    if let Some(list) = node.status.as_ref().and_then(|s| s.addresses.as_ref()) {
+        for (i, a) in list.iter().enumerate() {
+            if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
+                let ip = parse_ip(
+                    &a.address,
+                    &object,
+                    &format!("status.addresses[{i}].address"),
+                )?;
+                if !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
+        }
+    }
+    let mut pod_cidrs = Vec::new();
+    let spec = node.spec.as_ref();
+    let cidrs: Vec<(String, String)> = match spec.and_then(|s| s.pod_cidrs.as_ref()) {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c.clone()))
+            .collect(),
+        _ => spec
+            .and_then(|s| s.pod_cidr.clone())
+            .map(|c| vec![("spec.podCIDR".to_owned(), c)])
+            .unwrap_or_default(),
+    };
+    for (field, c) in cidrs {
+        pod_cidrs.push(
+            c.parse()
+                .map_err(|_| invalid(object.clone(), field, format!("{c:?} is not a CIDR")))?,
+        );
+    }
+    Ok(NodeInfo {
+        name: meta.name.clone().unwrap_or_default(),
+        addresses,
+        pod_cidrs,
+        labels: meta.labels.clone().unwrap_or_default(),
+    })
+}
+
+pub(super) fn endpoint_slice_info(es: &EndpointSlice) -> Result<EndpointSliceInfo, InventoryError> {
+    let meta = &es.metadata;
+    let object = object_name("EndpointSlice", meta);
+    let is_ip = matches!(es.address_type.as_str(), "IPv4" | "IPv6");
+    let mut endpoints = Vec::new();
+    for (i, e) in es.endpoints.iter().flatten().enumerate() {
+        let mut addresses = Vec::new();
+        if is_ip {
+            for (j, a) in e.addresses.iter().enumerate() {
+                addresses.push(parse_ip(
+                    a,
+                    &object,
+                    &format!("endpoints[{i}].addresses[{j}]"),
+                )?);
+            }
+        }
+        endpoints.push(EndpointInfo {
+            addresses,
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone()),
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+        });
+    }
+    let mut ports = Vec::new();
+    for (i, p) in es.ports.iter().flatten().enumerate() {
+        ports.push(EndpointPortInfo {
+            name: p.name.clone().filter(|n| !n.is_empty()),
+            port: p
+                .port
+                .map(|n| parse_port(n, &object, &format!("ports[{i}].port")))
+                .transpose()?,
+            protocol: parse_protocol(
+                p.protocol.as_deref(),
+                &object,
+                &format!("ports[{i}].protocol"),
+            )?,
+        });
+    }
+    Ok(EndpointSliceInfo {
+        namespace: namespace_of(meta),
+        name: meta.name.clone().unwrap_or_default(),
+        service: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name").cloned()),
+        endpoints,
+        ports,
+    })
+}
+
+/// The namespace of a namespaced object; `default` when omitted (as `kubectl apply` would put
+/// it, and as `policy::policy_id` assumes).
+fn namespace_of(meta: &ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}

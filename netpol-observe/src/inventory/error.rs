@@ -1,0 +1,51 @@
+//! The inventory's error type: every error names where (file, document), what (object) and
+//! which field.
+
+use std::{io, path::PathBuf};
+
+/// Why an inventory could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// A file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A document is not valid YAML/JSON.
+    #[error("{path}: document {document}: invalid YAML: {source}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document number in the file.
+        document: usize,
+        /// What the YAML parser said (with line and column).
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// An object is not a valid Kubernetes object of a kind the inventory knows, or one of its
+    /// fields is invalid.
+    #[error("{origin}{object}: field {field}: {problem}")]
+    Invalid {
+        /// Where the object came from (`file, document N: `), empty for in-memory objects.
+        origin: String,
+        /// The object, as `Kind namespace/name`.
+        object: String,
+        /// Field path, e.g. `status.podIPs[0].ip`.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A NetworkPolicy is invalid (bad selector, operator, CIDR, port...).
+    #[error("{origin}{source}")]
+    Policy {
+        /// Where the policy came from (`file, document N: `), empty for in-memory objects.
+        origin: String,
+        /// The policy error, naming the policy and the field.
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+}

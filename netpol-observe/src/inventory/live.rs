@@ -1,0 +1,469 @@
+//! The live inventory: kube watchers/reflectors for exactly [`WATCHED_RESOURCES`], trimmed
+//! objects, and an `Arc`-shared snapshot rebuilt after changes.
+//!
+//! Each resource has its own reflector driven by `watcher(...).default_backoff()`: after an API
+//! disconnect it resumes with exponential backoff while the last snapshot keeps being served.
+//! Snapshots are published on a [`tokio::sync::watch`] channel once every resource has been
+//! listed, then again (debounced) after changes. Pods deleted since the previous snapshot are
+//! kept for [`LiveOptions::tombstone_retention`] with their deletion time, so that flows seen
+//! while a pod still held an IP are attributed to it even after the IP is reused.
+
+use std::{collections::HashMap, fmt::Debug, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
+    batch::v1::Job,
+    core::v1::{Container, ContainerStatus, Namespace, Node, Pod, PodSpec, PodStatus, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use super::{Inventory, PodInfo, WATCHED_RESOURCES, build};
+
+/// How the live inventory behaves.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Minimum time between two snapshots (changes in between are batched).
+    pub debounce: Duration,
+    /// How long deleted pods are kept (with their deletion time) for IP-reuse attribution.
+    pub tombstone_retention: Duration,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            debounce: Duration::from_millis(500),
+            tombstone_retention: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Whether the live inventory can be trusted (for `/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    /// Every watched resource has been listed at least once and a snapshot was published.
+    pub synced: bool,
+    /// Resources listed at least once, as `group/resource`.
+    pub listed: Vec<String>,
+    /// The last watch error per resource (cleared when the resource's watch works again).
+    pub errors: Vec<(String, String)>,
+}
+
+impl SyncState {
+    /// Whether the state is synced and no watch is currently failing.
+    pub fn healthy(&self) -> bool {
+        self.synced && self.errors.is_empty()
+    }
+}
+
+/// A running live inventory: the latest snapshot and the sync state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LiveInventory {
+    snapshot: watch::Receiver<Arc<Inventory>>,
+    state: watch::Receiver<SyncState>,
+}
+
+impl LiveInventory {
+    /// The latest snapshot (empty until the first sync).
+    pub fn snapshot(&self) -> Arc<Inventory> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver notified at every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Inventory>> {
+        self.snapshot.clone()
+    }
+
+    /// The current sync state.
+    pub fn sync_state(&self) -> SyncState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver notified at every sync-state change.
+    pub fn subscribe_state(&self) -> watch::Receiver<SyncState> {
+        self.state.clone()
+    }
+
+    /// Waits until the first snapshot is published.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.state.clone();
+        let _ = rx.wait_for(|s| s.synced).await;
+    }
+}
+
+/// What a reflector task reports.
+#[derive(Debug)]
+enum Report {
+    /// The resource's initial list is done (or a relist).
+    Listed(&'static str),
+    /// Something changed (the watch works).
+    Changed(&'static str),
+    /// The watch failed (it retries with backoff).
+    Error(&'static str, String),
+}
+
+/// The stores of every watched resource.
+#[derive(Debug, Clone)]
+struct Stores {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+    nodes: Store<Node>,
+    endpoint_slices: Store<EndpointSlice>,
+    network_policies: Store<NetworkPolicy>,
+    replica_sets: Store<ReplicaSet>,
+    jobs: Store<Job>,
+}
+
+/// The `group/resource` name of each watched resource, in [`WATCHED_RESOURCES`] order.
+fn resource_name(group: &str, resource: &str) -> &'static str {
+    WATCHED_RESOURCES
+        .iter()
+        .position(|(g, r)| *g == group && *r == resource)
+        .map(|i| RESOURCE_NAMES[i])
+        .unwrap_or("unknown")
+}
+
+const RESOURCE_NAMES: &[&str] = &[
+    "namespaces",
+    "pods",
+    "services",
+    "nodes",
+    "discovery.k8s.io/endpointslices",
+    "networking.k8s.io/networkpolicies",
+    "apps/replicasets",
+    "batch/jobs",
+];
+
+/// Starts the reflectors (one per [`WATCHED_RESOURCES`] entry) and the snapshot builder on the
+/// current tokio runtime; they run until the runtime shuts down.
+pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
+    let (tx, rx) = mpsc::channel(1024);
+    let stores = Stores {
+        namespaces: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("", "namespaces"),
+            trim_meta,
+            tx.clone(),
+        ),
+        pods: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("", "pods"),
+            trim_pod,
+            tx.clone(),
+        ),
+        services: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("", "services"),
+            trim_meta,
+            tx.clone(),
+        ),
+        nodes: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("", "nodes"),
+            trim_node,
+            tx.clone(),
+        ),
+        endpoint_slices: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("discovery.k8s.io", "endpointslices"),
+            trim_meta,
+            tx.clone(),
+        ),
+        network_policies: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("networking.k8s.io", "networkpolicies"),
+            trim_meta,
+            tx.clone(),
+        ),
+        replica_sets: spawn_reflector(
+            Api::all(client.clone()),
+            resource_name("apps", "replicasets"),
+            trim_replica_set,
+            tx.clone(),
+        ),
+        jobs: spawn_reflector(
+            Api::all(client),
+            resource_name("batch", "jobs"),
+            trim_job,
+            tx,
+        ),
+    };
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Inventory::default()));
+    let (state_tx, state_rx) = watch::channel(SyncState {
+        synced: false,
+        listed: Vec::new(),
+        errors: Vec::new(),
+    });
+    tokio::spawn(builder(stores, rx, snap_tx, state_tx, options));
+    LiveInventory {
+        snapshot: snap_rx,
+        state: state_rx,
+    }
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    name: &'static str,
+    trim: fn(&mut K),
+    tx: mpsc::Sender<Report>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default())
+            .modify(trim)
+            .default_backoff(),
+    );
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let report = match event {
+                Ok(watcher::Event::InitDone) => Report::Listed(name),
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
+                Ok(_) => Report::Changed(name),
+                Err(err) => {
+                    tracing::warn!(resource = name, error = %err, "watch failed; retrying with backoff");
+                    Report::Error(name, err.to_string())
+                }
+            };
+            if tx.send(report).await.is_err() {
+                break;
+            }
+        }
+    });
+    reader
+}
+
+async fn builder(
+    stores: Stores,
+    mut rx: mpsc::Receiver<Report>,
+    snap_tx: watch::Sender<Arc<Inventory>>,
+    state_tx: watch::Sender<SyncState>,
+    options: LiveOptions,
+) {
+    let mut tombstones: Vec<PodInfo> = Vec::new();
+    let mut dirty = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        // Debounce: gather what arrives shortly after.
+        let deadline = tokio::time::sleep(options.debounce);
+        let mut deadline = std::pin::pin!(deadline);
+        if state_tx.borrow().synced {
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    r = rx.recv() => match r { Some(r) => batch.push(r), None => break },
+                }
+            }
+        } else {
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+            }
+        }
+        for report in batch {
+            match report {
+                Report::Listed(name) => {
+                    dirty = true;
+                    state_tx.send_modify(|s| {
+                        if !s.listed.iter().any(|l| l == name) {
+                            s.listed.push(name.to_owned());
+                        }
+                        s.errors.retain(|(r, _)| r != name);
+                    });
+                }
+                Report::Changed(name) => {
+                    dirty = true;
+                    state_tx.send_if_modified(|s| {
+                        let before = s.errors.len();
+                        s.errors.retain(|(r, _)| r != name);
+                        before != s.errors.len()
+                    });
+                }
+                Report::Error(name, err) => state_tx.send_modify(|s| {
+                    s.errors.retain(|(r, _)| r != name);
+                    s.errors.push((name.to_owned(), err));
+                }),
+            }
+        }
+        let all_listed = state_tx.borrow().listed.len() == WATCHED_RESOURCES.len();
+        if dirty && all_listed {
+            dirty = false;
+            let previous = snap_tx.borrow().clone();
+            let inventory = snapshot(
+                &stores,
+                &previous,
+                &mut tombstones,
+                options.tombstone_retention,
+            );
+            tracing::debug!(pods = inventory.pods.len(), "inventory snapshot");
+            snap_tx.send_replace(Arc::new(inventory));
+            state_tx.send_if_modified(|s| !std::mem::replace(&mut s.synced, true));
+        }
+    }
+}
+
+/// Builds a snapshot from the stores; objects that do not convert are logged and skipped.
+fn snapshot(
+    stores: &Stores,
+    previous: &Inventory,
+    tombstones: &mut Vec<PodInfo>,
+    retention: Duration,
+) -> Inventory {
+    let mut owners = build::Owners::default();
+    for rs in stores.replica_sets.state() {
+        owners.replica_sets.insert(
+            build::key(&rs.metadata),
+            (
+                build::controller_of(&rs.metadata).cloned(),
+                Some(rs.spec.selector.clone()),
+            ),
+        );
+    }
+    for job in stores.jobs.state() {
+        owners.jobs.insert(
+            build::key(&job.metadata),
+            build::controller_of(&job.metadata).cloned(),
+        );
+    }
+    let mut inv = Inventory::default();
+    for ns in stores.namespaces.state() {
+        let info = build::namespace_info(&ns);
+        inv.namespaces.insert(info.name.clone(), info);
+    }
+    for pod in stores.pods.state() {
+        match build::pod_info(&pod, &owners) {
+            Ok(p) => inv.pods.push(p),
+            Err(err) => tracing::warn!(error = %err, "skipping pod"),
+        }
+    }
+    for svc in stores.services.state() {
+        match build::service_info(&svc) {
+            Ok(s) => inv.services.push(s),
+            Err(err) => tracing::warn!(error = %err, "skipping service"),
+        }
+    }
+    for node in stores.nodes.state() {
+        match build::node_info(&node) {
+            Ok(n) => inv.nodes.push(n),
+            Err(err) => tracing::warn!(error = %err, "skipping node"),
+        }
+    }
+    for es in stores.endpoint_slices.state() {
+        match build::endpoint_slice_info(&es) {
+            Ok(e) => inv.endpoint_slices.push(e),
+            Err(err) => tracing::warn!(error = %err, "skipping endpoint slice"),
+        }
+    }
+    for np in stores.network_policies.state() {
+        match crate::policy::validate(&np) {
+            Ok(()) => inv.network_policies.push((*np).clone()),
+            Err(err) => tracing::warn!(error = %err, "skipping network policy"),
+        }
+    }
+    // Tombstones: pods of the previous snapshot that are gone now.
+    let now = Timestamp::now();
+    let live: HashMap<&str, ()> = inv.pods.iter().map(|p| (p.uid.as_str(), ())).collect();
+    for gone in previous
+        .pods
+        .iter()
+        .filter(|p| p.deleted.is_none() && !live.contains_key(p.uid.as_str()))
+    {
+        let mut t = gone.clone();
+        t.deleted = Some(now);
+        tombstones.push(t);
+    }
+    let cutoff = now
+        .checked_sub(jiff::SignedDuration::try_from(retention).unwrap_or_default())
+        .unwrap_or(now);
+    tombstones
+        .retain(|t| t.deleted.is_some_and(|d| d >= cutoff) && !live.contains_key(t.uid.as_str()));
+    inv.pods.extend(tombstones.iter().cloned());
+    build::finish(&mut inv);
+    inv
+}
+
+fn trim_meta<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+/// Keeps only what [`build::pod_info`] reads: 100k trimmed pods fit in a few hundred MB less.
+fn trim_pod(pod: &mut Pod) {
+    trim_meta(pod);
+    if let Some(spec) = pod.spec.take() {
+        let keep = |c: Vec<Container>| -> Vec<Container> {
+            c.into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect()
+        };
+        pod.spec = Some(PodSpec {
+            containers: keep(spec.containers),
+            init_containers: spec.init_containers.map(keep),
+            host_network: spec.host_network,
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        // Container statuses only matter for finished pods (when their IP was released).
+        let container_statuses = status.container_statuses.filter(|_| finished).map(|list| {
+            list.into_iter()
+                .map(|cs| ContainerStatus {
+                    name: cs.name,
+                    state: cs.state,
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        });
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            container_statuses,
+            ..PodStatus::default()
+        });
+    }
+}
+
+fn trim_node(node: &mut Node) {
+    trim_meta(node);
+    if let Some(status) = node.status.as_mut() {
+        let addresses = status.addresses.take();
+        *status = Default::default();
+        status.addresses = addresses;
+    }
+}
+
+fn trim_replica_set(rs: &mut ReplicaSet) {
+    trim_meta(rs);
+    rs.spec.template = None;
+    rs.status = None;
+}
+
+fn trim_job(job: &mut Job) {
+    trim_meta(job);
+    job.spec = None;
+    job.status = None;
+}

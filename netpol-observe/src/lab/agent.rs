@@ -1,0 +1,299 @@
+//! The agent in the lab: `netpol-observe agent` started standalone inside the node's network
+//! namespace (where the pods' `veth*` links are), and a small HTTP client that reaches its API
+//! there (`/readyz`, `/api/v1/flows`, `/metrics`) through sockets made in that namespace.
+//!
+//! The agent reads its inventory from a directory ([`AGENT_INVENTORY_DIR`] in the output
+//! folder): the lab's objects, plus the enforced NetworkPolicies once `--enforce` applies them,
+//! so the agent judges the enforcement-phase flows against the policies in force and names the
+//! isolating policy of each drop.
+
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+use super::{netns::NetnsError, servers, topology::Topology};
+use crate::agent::ObservedFlow;
+
+/// Where the agent listens inside the node's namespace.
+pub const AGENT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9965);
+
+/// The agent's inventory directory inside the output folder.
+pub const AGENT_INVENTORY_DIR: &str = "agent-inventory";
+
+/// The agent's sweep and inventory poll interval in the lab.
+pub const AGENT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Errors of the lab's agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent process could not be started.
+    #[error("cannot start the agent {program}: {source}")]
+    Spawn {
+        /// The binary.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: NetnsError,
+    },
+    /// The agent log file could not be created.
+    #[error("cannot create the agent log {path}: {source}")]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent exited.
+    #[error("the agent exited ({status}); see {log}")]
+    Exited {
+        /// Its exit status.
+        status: String,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// The agent did not become ready in time.
+    #[error("the agent was not ready within {timeout:?} (last answer: {last}); see {log}")]
+    NotReady {
+        /// How long we waited.
+        timeout: Duration,
+        /// The last `/readyz` answer or connection error.
+        last: String,
+        /// Its log.
+        log: PathBuf,
+    },
+    /// An HTTP request to the agent failed.
+    #[error("GET {path} from the agent: {message}")]
+    Http {
+        /// The request path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A running agent: the child process in the node's namespace and its log file.
+#[derive(Debug)]
+pub struct AgentHandle {
+    child: Option<tokio::process::Child>,
+    netns: String,
+    log: PathBuf,
+}
+
+impl AgentHandle {
+    /// Starts `program agent --inventory <inventory_dir> --subnets <subnets> …` inside the
+    /// node's namespace, logging to `log`, and waits (up to `timeout`) until `/readyz` is 200.
+    pub async fn start(
+        topo: &Topology,
+        program: &Path,
+        inventory_dir: &Path,
+        subnets: &Path,
+        node_name: &str,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<AgentHandle, AgentError> {
+        let log_file = std::fs::File::create(log).map_err(|source| AgentError::Log {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let err_file = log_file.try_clone().map_err(|source| AgentError::Log {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let secs = AGENT_INTERVAL.as_secs().to_string();
+        let args: Vec<OsString> = vec![
+            "agent".into(),
+            "--inventory".into(),
+            inventory_dir.into(),
+            "--subnets".into(),
+            subnets.into(),
+            "--listen".into(),
+            AGENT_LISTEN.to_string().into(),
+            "--node-name".into(),
+            node_name.into(),
+            "--interfaces".into(),
+            "veth*".into(),
+            "--sweep-interval".into(),
+            secs.clone().into(),
+            "--inventory-poll-interval".into(),
+            secs.into(),
+            "--output".into(),
+            "none".into(),
+        ];
+        let child = topo
+            .spawn_logged_in(
+                topo.node_netns(),
+                program,
+                &args,
+                Stdio::from(log_file),
+                Stdio::from(err_file),
+            )
+            .map_err(|source| AgentError::Spawn {
+                program: program.to_path_buf(),
+                source,
+            })?;
+        let mut handle = AgentHandle {
+            child: Some(child),
+            netns: topo.node_netns().to_string(),
+            log: log.to_path_buf(),
+        };
+        handle.wait_ready(timeout).await?;
+        Ok(handle)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), AgentError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(AgentError::Exited {
+                    status: status.to_string(),
+                    log: self.log.clone(),
+                });
+            }
+            let last = match self.get("/readyz").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                return Err(AgentError::NotReady {
+                    timeout,
+                    last,
+                    log: self.log.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The agent's log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// `GET path` on the agent: status code and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String), AgentError> {
+        let http = |message: String| AgentError::Http {
+            path: path.to_owned(),
+            message,
+        };
+        let socket = servers::tcp_client_socket(&self.netns).map_err(|e| http(e.to_string()))?;
+        let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(AGENT_LISTEN))
+            .await
+            .map_err(|_| http(format!("no connection to {AGENT_LISTEN} within 2s")))?
+            .map_err(|e| http(format!("connect to {AGENT_LISTEN}: {e}")))?;
+        let exchange = async {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| http(e.to_string()))?;
+            let conn = tokio::spawn(conn);
+            let request = hyper::Request::get(path)
+                .header(hyper::header::HOST, "localhost")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| http(e.to_string()))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| http(e.to_string()))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| http(e.to_string()))?
+                .to_bytes();
+            conn.abort();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| http("no answer within 10s".into()))?
+    }
+
+    /// `GET path`, requiring 200.
+    async fn get_ok(&self, path: &str) -> Result<String, AgentError> {
+        match self.get(path).await? {
+            (200, body) => Ok(body),
+            (code, body) => Err(AgentError::Http {
+                path: path.to_owned(),
+                message: format!("status {code}: {}", body.trim()),
+            }),
+        }
+    }
+
+    /// Every flow the agent holds (`/api/v1/flows`), attributed, with verdicts and drops.
+    /// A line that does not parse is an error naming the line.
+    pub async fn flows(&self) -> Result<Vec<ObservedFlow>, AgentError> {
+        let body = self.get_ok("/api/v1/flows").await?;
+        let mut flows = Vec::new();
+        for (n, line) in body.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let flow: ObservedFlow = serde_json::from_str(line).map_err(|e| AgentError::Http {
+                path: "/api/v1/flows".into(),
+                message: format!("line {}: {e}", n + 1),
+            })?;
+            flows.push(flow);
+        }
+        Ok(flows)
+    }
+
+    /// A scrape of `/metrics` (Prometheus text format).
+    pub async fn metrics(&self) -> Result<String, AgentError> {
+        self.get_ok("/metrics").await
+    }
+
+    /// Stops the agent with SIGTERM (it sweeps a last time and detaches), waiting up to 5 s
+    /// before killing it.
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the agent did not stop within 5s of SIGTERM: killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+impl Drop for AgentHandle {
+    /// On error and interruption paths: SIGTERM, a short grace period, then SIGKILL.
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        terminate(&child);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.start_kill();
+    }
+}

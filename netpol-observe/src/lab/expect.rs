@@ -1,0 +1,427 @@
+//! Which observed flows belong to which traffic entry or probe (pure, no I/O).
+//!
+//! The agent counts a flow once, at the client's interface, so a flow to a Service is seen
+//! with the ClusterIP and the Service port as destination; a packet dropped after the
+//! Service DNAT is reported on the backend's address and target port (see
+//! [`matches_backend`]).
+
+use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
+
+use super::model::{LabModel, PeerRef, ProbeKind, ProbeModel, protocol_name};
+use crate::flow::{Endpoint, FlowRecord, Protocol};
+
+fn pod_ips(model: &LabModel, workload: usize) -> impl Iterator<Item = IpAddr> + '_ {
+    model.workloads[workload]
+        .pods
+        .iter()
+        .map(|&p| IpAddr::V4(model.pods[p].ip))
+}
+
+/// Whether endpoint `ep` is the peer `peer` of the lab (a pod of the workload, with its
+/// attribution; a host of the external subnet, named when the subnet is not anonymous).
+pub fn endpoint_is(model: &LabModel, peer: PeerRef, ep: &Endpoint) -> bool {
+    match peer {
+        PeerRef::Workload(w) => {
+            let wl = &model.workloads[w];
+            pod_ips(model, w).any(|ip| ip == ep.ip)
+                && ep.namespace.as_deref() == Some(wl.namespace.as_str())
+                && ep.workload.as_ref().is_some_and(|r| r.name == wl.name)
+        }
+        PeerRef::External(e) => {
+            let ext = &model.externals[e];
+            let inside = match ep.ip {
+                IpAddr::V4(v4) => ext.cidr.contains(&v4),
+                IpAddr::V6(_) => false,
+            };
+            inside && (ext.anonymous || ep.subnet.as_deref() == Some(ext.name.as_str()))
+        }
+        PeerRef::Service(s) => {
+            let svc = &model.services[s];
+            ep.ip == IpAddr::V4(svc.cluster_ip)
+                && ep
+                    .service
+                    .as_ref()
+                    .is_some_and(|r| r.namespace == svc.namespace && r.name == svc.name)
+        }
+    }
+}
+
+/// Whether `flow` is one connection of `probe`, as the agent reports it: same protocol, the
+/// probe's client as `src`, its target (for a Service: the ClusterIP) and port as `dst`.
+pub fn matches(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) -> bool {
+    flow.protocol == probe.protocol
+        && endpoint_is(model, probe.source, &flow.src)
+        && endpoint_is(model, probe.target, &flow.dst)
+        && flow.dst.port == Some(probe.port)
+}
+
+/// Whether `flow` is a connection of a `probe` to a Service seen after the DNAT: the client
+/// to one of the Service's backends on its target port.
+pub fn matches_backend(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) -> bool {
+    let PeerRef::Service(s) = probe.target else {
+        return false;
+    };
+    let svc = &model.services[s];
+    let Some(sp) = svc
+        .ports
+        .iter()
+        .find(|p| p.port == probe.port && p.protocol == probe.protocol)
+    else {
+        return false;
+    };
+    flow.protocol == probe.protocol
+        && endpoint_is(model, probe.source, &flow.src)
+        && svc.backends.iter().any(|&b| {
+            let pod = &model.pods[b];
+            flow.dst.ip == IpAddr::V4(pod.ip) && flow.dst.port == sp.target_on(pod)
+        })
+}
+
+/// Whether `flow` is a DNS lookup to kube-dns (its ClusterIP or its pods, port 53).
+pub fn is_dns(model: &LabModel, flow: &FlowRecord) -> bool {
+    let dns = model.dns_service();
+    let to_dns = flow.dst.ip == IpAddr::V4(dns.cluster_ip)
+        || dns
+            .backends
+            .iter()
+            .any(|&b| flow.dst.ip == IpAddr::V4(model.pods[b].ip));
+    to_dns && flow.dst.port == Some(53) && matches!(flow.protocol, Protocol::Udp | Protocol::Tcp)
+}
+
+/// Splits `flows` into the connections as their clients made them and the *NAT legs*: the
+/// same connection seen again between the client and the Service backend after the node's
+/// DNAT (same protocol and client address and port as a flow to a ClusterIP, the other end a
+/// backend of that Service; either orientation, since a UDP reply seen first looks like a
+/// connection from the backend).
+///
+/// The datapath counts a same-node connection once when both ends see the same 5-tuple, but
+/// a Service connection has two 5-tuples (before and after DNAT), so the backend's side shows
+/// up as a second flow; fed to the recommender, a DNS reply leg would become an ingress rule
+/// from kube-dns on a random port. The lab sets the legs apart until the datapath/agent merge
+/// them.
+pub fn split_nat_legs(
+    model: &LabModel,
+    flows: Vec<FlowRecord>,
+) -> (Vec<FlowRecord>, Vec<FlowRecord>) {
+    use std::collections::{BTreeSet, HashMap};
+    let backends: HashMap<IpAddr, BTreeSet<IpAddr>> = model
+        .services
+        .iter()
+        .map(|s| {
+            (
+                IpAddr::V4(s.cluster_ip),
+                s.backends
+                    .iter()
+                    .map(|&b| IpAddr::V4(model.pods[b].ip))
+                    .collect(),
+            )
+        })
+        .collect();
+    // (protocol, client address, client port) → the backends its Service has.
+    type Client = (Protocol, IpAddr, Option<u16>);
+    let mut clients: HashMap<Client, Vec<&BTreeSet<IpAddr>>> = HashMap::new();
+    for f in &flows {
+        if let Some(b) = backends.get(&f.dst.ip) {
+            clients
+                .entry((f.protocol, f.src.ip, f.src.port))
+                .or_default()
+                .push(b);
+        }
+    }
+    let is_leg = |f: &FlowRecord| {
+        let forward = clients
+            .get(&(f.protocol, f.src.ip, f.src.port))
+            .is_some_and(|bs| bs.iter().any(|b| b.contains(&f.dst.ip)));
+        let reply = clients
+            .get(&(f.protocol, f.dst.ip, f.dst.port))
+            .is_some_and(|bs| bs.iter().any(|b| b.contains(&f.src.ip)));
+        forward || reply
+    };
+    let (legs, kept): (Vec<FlowRecord>, Vec<FlowRecord>) = flows.into_iter().partition(is_leg);
+    (kept, legs)
+}
+
+/// The learning-phase flows sorted by traffic entry. A flow counts for an entry when it
+/// [`matches`] it or, for a Service, [`matches_backend`] (a client outside the cluster is seen
+/// only at the backend, after the DNAT; a pod's NAT legs are set apart before, see
+/// [`split_nat_legs`]).
+#[derive(Debug, Clone, Default)]
+pub struct Coverage {
+    /// Per traffic entry (in scenario order): (entry index in [`LabModel::probes`], matching
+    /// flows, connections expected).
+    pub entries: Vec<(usize, usize, u32)>,
+    /// DNS lookups.
+    pub dns: usize,
+    /// Flows that belong to no traffic entry and are not DNS.
+    pub unexpected: Vec<FlowRecord>,
+}
+
+impl Coverage {
+    /// Sorts `flows` against the traffic entries of `model`.
+    pub fn of(model: &LabModel, flows: &[FlowRecord]) -> Coverage {
+        let traffic: Vec<usize> = model
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind == ProbeKind::Traffic)
+            .map(|(i, _)| i)
+            .collect();
+        let mut counts = vec![0usize; traffic.len()];
+        let mut cov = Coverage::default();
+        for f in flows {
+            match traffic.iter().position(|&i| {
+                let p = &model.probes[i];
+                matches(model, p, f) || matches_backend(model, p, f)
+            }) {
+                Some(k) => counts[k] += 1,
+                None if is_dns(model, f) => cov.dns += 1,
+                None => cov.unexpected.push(f.clone()),
+            }
+        }
+        cov.entries = traffic
+            .iter()
+            .zip(counts)
+            .map(|(&i, n)| (i, n, model.probes[i].connections))
+            .collect();
+        cov
+    }
+
+    /// Whether every traffic entry was seen with at least as many flows as connections.
+    pub fn complete(&self) -> bool {
+        self.entries
+            .iter()
+            .all(|&(_, seen, want)| seen >= want as usize)
+    }
+
+    /// The entries seen with fewer flows than connections, as `from -> to:port/PROTO (n of m)`.
+    pub fn missing(&self, model: &LabModel) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|&&(_, seen, want)| seen < want as usize)
+            .map(|&(i, seen, want)| {
+                let p = &model.probes[i];
+                format!(
+                    "{} -> {}:{}/{} ({seen} of {want} flows)",
+                    p.from,
+                    p.to,
+                    p.port,
+                    protocol_name(p.protocol)
+                )
+            })
+            .collect()
+    }
+}
+
+/// How an endpoint reads in the flow table: `ns/workload`, `svc/ns/name`, the subnet name,
+/// `node/<name>`, else the address.
+pub fn endpoint_label(ep: &Endpoint) -> String {
+    if let Some(s) = &ep.service {
+        return format!("svc/{}/{}", s.namespace, s.name);
+    }
+    if let (Some(ns), Some(w)) = (&ep.namespace, &ep.workload) {
+        return format!("{ns}/{}", w.name);
+    }
+    if let Some(n) = &ep.node {
+        return format!("node/{n}");
+    }
+    if let Some(s) = &ep.subnet {
+        return s.clone();
+    }
+    ep.ip.to_string()
+}
+
+/// The flow table by workload pair: `from  to  port/PROTO  flows  state(s)`, sorted.
+pub fn flow_table(flows: &[FlowRecord]) -> String {
+    type Row = (usize, BTreeMap<String, usize>);
+    let mut rows: BTreeMap<(String, String, String), Row> = BTreeMap::new();
+    for f in flows {
+        let port = match f.dst.port {
+            Some(p) => format!("{p}/{}", protocol_name(f.protocol)),
+            None => protocol_name(f.protocol),
+        };
+        let row = rows
+            .entry((endpoint_label(&f.src), endpoint_label(&f.dst), port))
+            .or_default();
+        row.0 += 1;
+        let state = serde_json::to_value(f.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *row.1.entry(state).or_default() += 1;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:<26} {:<26} {:<10} {:>5}  states",
+        "from", "to", "port", "flows"
+    );
+    for ((from, to, port), (n, states)) in rows {
+        let states: Vec<String> = states.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            s,
+            "  {from:<26} {to:<26} {port:<10} {n:>5}  {}",
+            states.join(", ")
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flow::{ServiceRef, WorkloadRef},
+        lab::scenario,
+    };
+    use std::path::Path;
+
+    const TEXT: &str = "name: t
+namespaces: [{name: a}]
+workloads:
+  - {namespace: a, name: web, ports: [{name: http, port: 8080}]}
+  - {namespace: a, name: api, replicas: 2, labels: {app: api}, ports: [{name: api, port: 9000}]}
+services:
+  - {namespace: a, name: api, selector: {app: api}, ports: [{port: 80, targetPort: api}]}
+externals:
+  - {name: db, cidr: 10.0.2.0/24, ports: [{port: 5432}]}
+traffic:
+  - {from: a/web, to: svc/a/api, port: 80, connections: 2}
+  - {from: a/api, to: db, port: 5432}
+forbidden:
+  - {from: a/web, to: db, port: 5432}
+";
+
+    fn model() -> LabModel {
+        let path = Path::new("t.yaml");
+        let s = scenario::parse(path, TEXT).unwrap();
+        LabModel::build(path, TEXT, &s).unwrap()
+    }
+
+    fn pod_ep(model: &LabModel, workload: &str, n: usize) -> Endpoint {
+        let w = model.workloads.iter().find(|w| w.name == workload).unwrap();
+        let pod = &model.pods[w.pods[n]];
+        let mut ep = Endpoint::bare(IpAddr::V4(pod.ip), Some(40000));
+        ep.namespace = Some(pod.namespace.clone());
+        ep.pod = Some(pod.name.clone());
+        ep.workload = Some(WorkloadRef {
+            kind: "Deployment".into(),
+            name: w.name.clone(),
+        });
+        ep
+    }
+
+    fn flow(src: Endpoint, dst: Endpoint) -> FlowRecord {
+        let mut f = FlowRecord::new(Protocol::Tcp, src.ip, dst.ip, None);
+        f.src = src;
+        f.dst = dst;
+        f
+    }
+
+    #[test]
+    fn service_flows_count_for_their_entry_and_dns_is_set_apart() {
+        let m = model();
+        let svc = &m.services[1];
+        let mut to_svc = Endpoint::bare(IpAddr::V4(svc.cluster_ip), Some(80));
+        to_svc.service = Some(ServiceRef {
+            namespace: "a".into(),
+            name: "api".into(),
+        });
+        let web = pod_ep(&m, "web", 0);
+        let one = flow(web.clone(), to_svc.clone());
+        let mut wrong_port = one.clone();
+        wrong_port.dst.port = Some(81);
+        let mut db = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));
+        db.subnet = Some("db".into());
+        let to_db = flow(pod_ep(&m, "api", 1), db.clone());
+        let forbidden = flow(web.clone(), db);
+        let dns_ip = m.dns_service().cluster_ip;
+        let mut dns = flow(web, Endpoint::bare(IpAddr::V4(dns_ip), Some(53)));
+        dns.protocol = Protocol::Udp;
+
+        let cov = Coverage::of(
+            &m,
+            &[
+                one.clone(),
+                wrong_port.clone(),
+                to_db.clone(),
+                dns,
+                forbidden.clone(),
+            ],
+        );
+        assert_eq!(cov.entries, vec![(0, 1, 2), (1, 1, 1)]);
+        assert_eq!(cov.dns, 1);
+        assert_eq!(cov.unexpected, vec![wrong_port, forbidden]);
+        assert!(!cov.complete());
+        assert_eq!(
+            cov.missing(&m),
+            vec!["a/web -> svc/a/api:80/TCP (1 of 2 flows)"]
+        );
+        let cov = Coverage::of(&m, &[one.clone(), one, to_db]);
+        assert!(cov.complete() && cov.unexpected.is_empty());
+    }
+
+    #[test]
+    fn drops_after_dnat_match_the_backend_on_the_target_port() {
+        let m = model();
+        let probe = &m.probes[0];
+        let web = pod_ep(&m, "web", 0);
+        let mut backend = pod_ep(&m, "api", 1);
+        backend.port = Some(9000);
+        assert!(matches_backend(
+            &m,
+            probe,
+            &flow(web.clone(), backend.clone())
+        ));
+        backend.port = Some(80);
+        assert!(!matches_backend(&m, probe, &flow(web.clone(), backend)));
+        // Not for targets that are not Services.
+        let mut db = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));
+        db.subnet = Some("db".into());
+        assert!(!matches_backend(&m, &m.probes[2], &flow(web, db)));
+    }
+
+    #[test]
+    fn nat_legs_are_set_apart_in_both_orientations() {
+        let m = model();
+        let svc = &m.services[1];
+        let mut web = pod_ep(&m, "web", 0);
+        web.port = Some(41000);
+        let to_svc = flow(
+            web.clone(),
+            Endpoint::bare(IpAddr::V4(svc.cluster_ip), Some(80)),
+        );
+        let mut backend = pod_ep(&m, "api", 1);
+        backend.port = Some(9000);
+        let forward = flow(web.clone(), backend.clone());
+        let reply = flow(backend.clone(), web.clone());
+        // Another client port: a connection of its own, not a leg.
+        let mut other = web.clone();
+        other.port = Some(41001);
+        let direct = flow(other, backend);
+        let (kept, legs) = split_nat_legs(
+            &m,
+            vec![
+                to_svc.clone(),
+                forward.clone(),
+                reply.clone(),
+                direct.clone(),
+            ],
+        );
+        assert_eq!(kept, vec![to_svc, direct]);
+        assert_eq!(legs, vec![forward, reply]);
+    }
+
+    #[test]
+    fn flow_table_groups_by_workload_pair() {
+        let m = model();
+        let mut db = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));
+        db.subnet = Some("db".into());
+        let a = flow(pod_ep(&m, "api", 0), db.clone());
+        let b = flow(pod_ep(&m, "api", 1), db);
+        let table = flow_table(&[a, b]);
+        let row = table.lines().nth(1).unwrap();
+        assert!(row.contains("a/api") && row.contains("db") && row.contains("5432/TCP"));
+        assert!(row.contains("  2  "), "{table}");
+        assert_eq!(table.lines().count(), 2);
+    }
+}

@@ -1,0 +1,1150 @@
+//! The resolved lab: every pod, service, external host and probe of a scenario with its
+//! addresses and port numbers, built and validated before anything touches the machine.
+//!
+//! Addressing: pods get `.10`, `.11`, ... of the pod CIDR (kube-dns first), services get
+//! `.20`, `.21`, ... of the service CIDR (kube-dns is `.10`), external hosts get `.1`, `.2`, ...
+//! of their subnet, and the node is [`NODE_IP`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use ipnet::Ipv4Net;
+
+use super::scenario::{
+    PortRef, PortSpec, Problem, Scenario, ScenarioError, TrafficSpec, WorkloadKind, entry_line,
+};
+use crate::flow::Protocol;
+
+/// The node's address (InternalIP), also every pod's and external host's default gateway.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
+/// Default pod CIDR.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+/// Default service CIDR.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Namespace of the DNS service.
+pub const DNS_NAMESPACE: &str = "kube-system";
+/// Name of the DNS service.
+pub const DNS_SERVICE: &str = "kube-dns";
+
+/// A namespace with its labels (including `kubernetes.io/metadata.name`).
+#[derive(Debug, Clone)]
+pub struct NamespaceModel {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A container port (or an external host's port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortModel {
+    /// Optional name.
+    pub name: Option<String>,
+    /// Number.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+/// A workload and its pods.
+#[derive(Debug, Clone)]
+pub struct WorkloadModel {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: WorkloadKind,
+    /// Selector labels (the pods' labels without `pod-template-hash`).
+    pub labels: BTreeMap<String, String>,
+    /// Container ports.
+    pub ports: Vec<PortModel>,
+    /// Hash of the pod template (`pod-template-hash` of Deployment pods, 10 chars).
+    pub template_hash: String,
+    /// Indexes of its pods in [`LabModel::pods`].
+    pub pods: Vec<usize>,
+}
+
+/// One pod (one network namespace).
+#[derive(Debug, Clone)]
+pub struct PodModel {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Index of its workload in [`LabModel::workloads`].
+    pub workload: usize,
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Labels (workload labels plus `pod-template-hash` for Deployments).
+    pub labels: BTreeMap<String, String>,
+    /// Container ports.
+    pub ports: Vec<PortModel>,
+}
+
+impl PodModel {
+    /// The container port named `name` with `protocol`.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+/// A service port with its target.
+#[derive(Debug, Clone)]
+pub struct ServicePortModel {
+    /// Optional name.
+    pub name: Option<String>,
+    /// ClusterIP port.
+    pub port: u16,
+    /// Backend port (number or container port name).
+    pub target: PortRef,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+impl ServicePortModel {
+    /// The backend port on `pod`, resolving a named target port.
+    pub fn target_on(&self, pod: &PodModel) -> Option<u16> {
+        match &self.target {
+            PortRef::Number(n) => Some(*n),
+            PortRef::Name(name) => pod.named_port(name, self.protocol),
+        }
+    }
+}
+
+/// A Service with its ClusterIP and backends.
+#[derive(Debug, Clone)]
+pub struct ServiceModel {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Selector.
+    pub selector: BTreeMap<String, String>,
+    /// Ports.
+    pub ports: Vec<ServicePortModel>,
+    /// Indexes of the selected pods in [`LabModel::pods`].
+    pub backends: Vec<usize>,
+}
+
+impl ServiceModel {
+    /// The DNS name `<name>.<namespace>.svc.cluster.local`.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+/// An external subnet with its hosts.
+#[derive(Debug, Clone)]
+pub struct ExternalModel {
+    /// Name.
+    pub name: String,
+    /// Subnet.
+    pub cidr: Ipv4Net,
+    /// Not named to the agent.
+    pub anonymous: bool,
+    /// Ports served by every host.
+    pub ports: Vec<PortModel>,
+    /// Host addresses.
+    pub hosts: Vec<Ipv4Addr>,
+}
+
+/// One end of a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRef {
+    /// A workload (its pods, round robin).
+    Workload(usize),
+    /// A Service through its ClusterIP (resolved through kube-dns from pods).
+    Service(usize),
+    /// An external subnet (its hosts, round robin).
+    External(usize),
+}
+
+/// Whether a probe belongs to the legitimate traffic or is forbidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A `traffic` entry: must succeed.
+    Traffic,
+    /// A `forbidden` probe: must be dropped under enforcement.
+    Forbidden,
+}
+
+/// A resolved traffic entry or forbidden probe.
+#[derive(Debug, Clone)]
+pub struct ProbeModel {
+    /// Traffic or forbidden.
+    pub kind: ProbeKind,
+    /// `from` as written.
+    pub from: String,
+    /// `to` as written.
+    pub to: String,
+    /// The client side.
+    pub source: PeerRef,
+    /// The server side.
+    pub target: PeerRef,
+    /// Port number as addressed (service port for services, else the target's port).
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Connections to make.
+    pub connections: u32,
+    /// Line in the scenario file.
+    pub line: usize,
+}
+
+/// The whole resolved lab.
+#[derive(Debug, Clone)]
+pub struct LabModel {
+    /// Scenario name.
+    pub name: String,
+    /// Node name.
+    pub node_name: String,
+    /// Node IP.
+    pub node_ip: Ipv4Addr,
+    /// Pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// Service CIDR.
+    pub service_cidr: Ipv4Net,
+    /// Namespaces (with `kube-system`).
+    pub namespaces: Vec<NamespaceModel>,
+    /// Workloads (with `kube-system/coredns` first).
+    pub workloads: Vec<WorkloadModel>,
+    /// Pods.
+    pub pods: Vec<PodModel>,
+    /// Services (with `kube-system/kube-dns` first).
+    pub services: Vec<ServiceModel>,
+    /// External subnets.
+    pub externals: Vec<ExternalModel>,
+    /// Traffic entries then forbidden probes.
+    pub probes: Vec<ProbeModel>,
+}
+
+/// (scenario index, namespace, name, kind, replicas, labels, ports)
+type WorkloadDraft = (
+    Option<usize>,
+    String,
+    String,
+    WorkloadKind,
+    u32,
+    BTreeMap<String, String>,
+    Vec<PortModel>,
+);
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, section: &str, index: usize, problem: Problem) -> ScenarioError {
+        ScenarioError::Invalid {
+            path: self.path.to_path_buf(),
+            line: entry_line(self.text, section, index).unwrap_or(0),
+            entry: format!("{section}[{index}]"),
+            problem: Box::new(problem),
+        }
+    }
+}
+
+fn fnv(data: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Kubernetes-style random suffix characters (no vowels), deterministic from `seed`.
+fn suffix(seed: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut h = fnv(seed);
+    (0..len)
+        .map(|_| {
+            let c = ALPHABET[(h % ALPHABET.len() as u64) as usize] as char;
+            h = (h / ALPHABET.len() as u64) ^ fnv(&format!("{seed}{h}"));
+            c
+        })
+        .collect()
+}
+
+fn ports(specs: &[PortSpec]) -> Vec<PortModel> {
+    specs
+        .iter()
+        .map(|p| PortModel {
+            name: p.name.clone(),
+            port: p.port,
+            protocol: p.protocol,
+        })
+        .collect()
+}
+
+fn nth_host(net: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
+    let base = u32::from(net.network());
+    let addr = Ipv4Addr::from(base.checked_add(n)?);
+    (net.contains(&addr) && addr != net.broadcast()).then_some(addr)
+}
+
+/// A Kubernetes DNS-1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), Problem> {
+    if is_dns_label(name) {
+        Ok(())
+    } else {
+        Err(Problem::Other(format!(
+            "{kind} name `{name}` is not a DNS label (lower case letters, digits and '-', at most 63)"
+        )))
+    }
+}
+
+fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl LabModel {
+    /// Validates `scenario` (read from `path`, whose `text` locates errors) and resolves it.
+    pub fn build(path: &Path, text: &str, scenario: &Scenario) -> Result<LabModel, ScenarioError> {
+        let cx = Ctx { path, text };
+        let pod_cidr = scenario
+            .pod_cidr
+            .unwrap_or_else(|| DEFAULT_POD_CIDR.parse().unwrap_or_default());
+        let service_cidr = scenario
+            .service_cidr
+            .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.parse().unwrap_or_default());
+        let node_net = Ipv4Net::from(NODE_IP);
+
+        // Address ranges must not overlap.
+        let mut ranges: Vec<(String, Ipv4Net)> = vec![
+            ("the pod CIDR".into(), pod_cidr),
+            ("the service CIDR".into(), service_cidr),
+            ("the node address".into(), node_net),
+        ];
+        if pod_cidr.prefix_len() > 27 {
+            return Err(cx.err(
+                "podCIDR",
+                0,
+                Problem::Other(format!("pod CIDR {pod_cidr} is too small")),
+            ));
+        }
+        if service_cidr.prefix_len() > 27 {
+            return Err(cx.err(
+                "serviceCIDR",
+                0,
+                Problem::Other(format!("service CIDR {service_cidr} is too small")),
+            ));
+        }
+        for (section, net) in [("podCIDR", pod_cidr), ("serviceCIDR", service_cidr)] {
+            for (name, other) in &ranges {
+                if *other != net
+                    && (other.contains(&net.network()) || net.contains(&other.network()))
+                {
+                    return Err(cx.err(
+                        section,
+                        0,
+                        Problem::OverlappingCidrs {
+                            a: net.to_string(),
+                            b: format!("{other} ({name})"),
+                        },
+                    ));
+                }
+            }
+        }
+
+        // Namespaces.
+        let mut namespaces = vec![NamespaceModel {
+            name: DNS_NAMESPACE.into(),
+            labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                DNS_NAMESPACE.to_string(),
+            )]),
+        }];
+        for (i, ns) in scenario.namespaces.iter().enumerate() {
+            check_name("namespace", &ns.name).map_err(|p| cx.err("namespaces", i, p))?;
+            if namespaces.iter().any(|n| n.name == ns.name) {
+                return Err(cx.err(
+                    "namespaces",
+                    i,
+                    Problem::Duplicate {
+                        kind: "namespace",
+                        name: ns.name.clone(),
+                    },
+                ));
+            }
+            let mut labels = ns.labels.clone();
+            labels.insert("kubernetes.io/metadata.name".into(), ns.name.clone());
+            namespaces.push(NamespaceModel {
+                name: ns.name.clone(),
+                labels,
+            });
+        }
+
+        // Workloads and pods; kube-dns first.
+        let dns_ports = vec![
+            PortModel {
+                name: Some("dns".into()),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            PortModel {
+                name: Some("dns-tcp".into()),
+                port: 53,
+                protocol: Protocol::Tcp,
+            },
+        ];
+        let mut workload_specs: Vec<WorkloadDraft> = vec![(
+            None,
+            DNS_NAMESPACE.into(),
+            "coredns".into(),
+            WorkloadKind::Deployment,
+            1,
+            BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+            dns_ports.clone(),
+        )];
+        for (i, w) in scenario.workloads.iter().enumerate() {
+            check_name("workload", &w.name).map_err(|p| cx.err("workloads", i, p))?;
+            if !namespaces.iter().any(|n| n.name == w.namespace) {
+                return Err(cx.err(
+                    "workloads",
+                    i,
+                    Problem::UnknownNamespace(w.namespace.clone()),
+                ));
+            }
+            if workload_specs
+                .iter()
+                .any(|(_, ns, name, ..)| *ns == w.namespace && *name == w.name)
+            {
+                return Err(cx.err(
+                    "workloads",
+                    i,
+                    Problem::Duplicate {
+                        kind: "workload",
+                        name: format!("{}/{}", w.namespace, w.name),
+                    },
+                ));
+            }
+            if matches!(w.kind, WorkloadKind::DaemonSet | WorkloadKind::Pod) && w.replicas != 1 {
+                return Err(cx.err(
+                    "workloads",
+                    i,
+                    Problem::Other(format!("a {} has exactly one pod on the lab node", w.kind)),
+                ));
+            }
+            if w.replicas == 0 {
+                return Err(cx.err(
+                    "workloads",
+                    i,
+                    Problem::Other("replicas must be at least 1".into()),
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for p in &w.ports {
+                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                    return Err(cx.err(
+                        "workloads",
+                        i,
+                        Problem::Other("the lab serves TCP and UDP ports only".into()),
+                    ));
+                }
+                let dup_name = p.name.as_ref().is_some_and(|n| {
+                    w.ports
+                        .iter()
+                        .filter(|q| q.name.as_ref() == Some(n))
+                        .count()
+                        > 1
+                });
+                if !seen.insert((p.port, p.protocol)) || dup_name {
+                    return Err(cx.err(
+                        "workloads",
+                        i,
+                        Problem::Duplicate {
+                            kind: "port",
+                            name: p.name.clone().unwrap_or_else(|| p.port.to_string()),
+                        },
+                    ));
+                }
+            }
+            workload_specs.push((
+                Some(i),
+                w.namespace.clone(),
+                w.name.clone(),
+                w.kind,
+                w.replicas,
+                w.labels.clone(),
+                ports(&w.ports),
+            ));
+        }
+        let mut workloads = Vec::new();
+        let mut pods = Vec::new();
+        let mut next_pod_ip = 10u32;
+        for (spec_index, namespace, name, kind, replicas, labels, wports) in workload_specs {
+            let template_hash = suffix(&format!("{namespace}/{name}/template"), 10);
+            let wi = workloads.len();
+            let mut pod_indexes = Vec::new();
+            for r in 0..replicas {
+                let mut pod_name = match kind {
+                    WorkloadKind::Deployment => format!(
+                        "{name}-{template_hash}-{}",
+                        suffix(&format!("{namespace}/{name}/{r}"), 5)
+                    ),
+                    WorkloadKind::StatefulSet => format!("{name}-{r}"),
+                    WorkloadKind::DaemonSet => {
+                        format!("{name}-{}", suffix(&format!("{namespace}/{name}/ds"), 5))
+                    }
+                    WorkloadKind::Pod => name.clone(),
+                };
+                let mut salt = 0;
+                while pods
+                    .iter()
+                    .any(|p: &PodModel| p.namespace == namespace && p.name == pod_name)
+                {
+                    salt += 1;
+                    pod_name = format!(
+                        "{name}-{template_hash}-{}",
+                        suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
+                    );
+                }
+                let ip = nth_host(pod_cidr, next_pod_ip).ok_or_else(|| {
+                    cx.err(
+                        "workloads",
+                        spec_index.unwrap_or(0),
+                        Problem::Other(format!("pod CIDR {pod_cidr} is full")),
+                    )
+                })?;
+                next_pod_ip += 1;
+                let mut pod_labels = labels.clone();
+                match kind {
+                    WorkloadKind::Deployment => {
+                        pod_labels.insert("pod-template-hash".into(), template_hash.clone());
+                    }
+                    WorkloadKind::StatefulSet => {
+                        pod_labels.insert(
+                            "statefulset.kubernetes.io/pod-name".into(),
+                            pod_name.clone(),
+                        );
+                    }
+                    _ => {}
+                }
+                pod_indexes.push(pods.len());
+                pods.push(PodModel {
+                    namespace: namespace.clone(),
+                    name: pod_name,
+                    workload: wi,
+                    ip,
+                    labels: pod_labels,
+                    ports: wports.clone(),
+                });
+            }
+            workloads.push(WorkloadModel {
+                namespace,
+                name,
+                kind,
+                labels,
+                ports: wports,
+                template_hash,
+                pods: pod_indexes,
+            });
+        }
+
+        // Services; kube-dns first.
+        let mut services = vec![ServiceModel {
+            namespace: DNS_NAMESPACE.into(),
+            name: DNS_SERVICE.into(),
+            cluster_ip: nth_host(service_cidr, 10).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            selector: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+            ports: vec![
+                ServicePortModel {
+                    name: Some("dns".into()),
+                    port: 53,
+                    target: PortRef::Name("dns".into()),
+                    protocol: Protocol::Udp,
+                },
+                ServicePortModel {
+                    name: Some("dns-tcp".into()),
+                    port: 53,
+                    target: PortRef::Name("dns-tcp".into()),
+                    protocol: Protocol::Tcp,
+                },
+            ],
+            backends: vec![],
+        }];
+        let mut next_svc_ip = 20u32;
+        for (i, s) in scenario.services.iter().enumerate() {
+            check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
+            if !namespaces.iter().any(|n| n.name == s.namespace) {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::UnknownNamespace(s.namespace.clone()),
+                ));
+            }
+            if services
+                .iter()
+                .any(|o| o.namespace == s.namespace && o.name == s.name)
+            {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::Duplicate {
+                        kind: "service",
+                        name: format!("{}/{}", s.namespace, s.name),
+                    },
+                ));
+            }
+            let cluster_ip = match s.cluster_ip {
+                Some(ip)
+                    if service_cidr.contains(&ip)
+                        && !services.iter().any(|o| o.cluster_ip == ip) =>
+                {
+                    ip
+                }
+                Some(ip) => {
+                    return Err(cx.err(
+                        "services",
+                        i,
+                        Problem::Other(format!(
+                            "clusterIP {ip} is taken or outside the service CIDR {service_cidr}"
+                        )),
+                    ));
+                }
+                None => loop {
+                    let ip = nth_host(service_cidr, next_svc_ip).ok_or_else(|| {
+                        cx.err("services", i, Problem::Other("service CIDR is full".into()))
+                    })?;
+                    next_svc_ip += 1;
+                    if !services.iter().any(|o| o.cluster_ip == ip)
+                        && scenario.services.iter().all(|o| o.cluster_ip != Some(ip))
+                    {
+                        break ip;
+                    }
+                },
+            };
+            let mut sports = Vec::new();
+            for p in &s.ports {
+                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                    return Err(cx.err(
+                        "services",
+                        i,
+                        Problem::Other("the lab serves TCP and UDP ports only".into()),
+                    ));
+                }
+                sports.push(ServicePortModel {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target: p.target_port.clone().unwrap_or(PortRef::Number(p.port)),
+                    protocol: p.protocol,
+                });
+            }
+            let backends: Vec<usize> = (0..pods.len())
+                .filter(|&pi| {
+                    pods[pi].namespace == s.namespace
+                        && !s.selector.is_empty()
+                        && matches(&s.selector, &pods[pi].labels)
+                })
+                .collect();
+            // Every target port must be declared by every backend.
+            for sp in &sports {
+                for &b in &backends {
+                    let pod = &pods[b];
+                    let declared = match sp.target_on(pod) {
+                        Some(n) => pod
+                            .ports
+                            .iter()
+                            .any(|p| p.port == n && p.protocol == sp.protocol),
+                        None => false,
+                    };
+                    if !declared {
+                        return Err(cx.err(
+                            "services",
+                            i,
+                            Problem::UndeclaredPort {
+                                target: format!(
+                                    "{}/{}",
+                                    pod.namespace, workloads[pod.workload].name
+                                ),
+                                port: sp.target.to_string(),
+                                protocol: protocol_name(sp.protocol),
+                            },
+                        ));
+                    }
+                }
+            }
+            services.push(ServiceModel {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                cluster_ip,
+                selector: s.selector.clone(),
+                ports: sports,
+                backends,
+            });
+        }
+        let dns_backends: Vec<usize> = workloads[0].pods.clone();
+        services[0].backends = dns_backends;
+
+        // Externals.
+        let mut externals: Vec<ExternalModel> = Vec::new();
+        for (i, e) in scenario.externals.iter().enumerate() {
+            check_name("external", &e.name).map_err(|p| cx.err("externals", i, p))?;
+            if externals.iter().any(|o| o.name == e.name) || e.name.contains('/') {
+                return Err(cx.err(
+                    "externals",
+                    i,
+                    Problem::Duplicate {
+                        kind: "external",
+                        name: e.name.clone(),
+                    },
+                ));
+            }
+            for (name, other) in &ranges {
+                if other.contains(&e.cidr.network()) || e.cidr.contains(&other.network()) {
+                    return Err(cx.err(
+                        "externals",
+                        i,
+                        Problem::OverlappingCidrs {
+                            a: e.cidr.to_string(),
+                            b: format!("{other} ({name})"),
+                        },
+                    ));
+                }
+            }
+            let hosts: Option<Vec<Ipv4Addr>> = (1..=e.hosts).map(|n| nth_host(e.cidr, n)).collect();
+            let hosts = match hosts {
+                Some(h) if !h.is_empty() && e.hosts <= 16 => h,
+                _ => {
+                    return Err(cx.err(
+                        "externals",
+                        i,
+                        Problem::Other(format!(
+                            "{} hosts do not fit in {} (1 to 16 hosts)",
+                            e.hosts, e.cidr
+                        )),
+                    ));
+                }
+            };
+            for p in &e.ports {
+                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                    return Err(cx.err(
+                        "externals",
+                        i,
+                        Problem::Other("the lab serves TCP and UDP ports only".into()),
+                    ));
+                }
+            }
+            ranges.push((format!("external {}", e.name), e.cidr));
+            externals.push(ExternalModel {
+                name: e.name.clone(),
+                cidr: e.cidr,
+                anonymous: e.anonymous,
+                ports: ports(&e.ports),
+                hosts,
+            });
+        }
+
+        let mut model = LabModel {
+            name: scenario.name.clone(),
+            node_name: format!("{}-node", scenario.name),
+            node_ip: NODE_IP,
+            pod_cidr,
+            service_cidr,
+            namespaces,
+            workloads,
+            pods,
+            services,
+            externals,
+            probes: Vec::new(),
+        };
+        for (section, kind, list) in [
+            ("traffic", ProbeKind::Traffic, &scenario.traffic),
+            ("forbidden", ProbeKind::Forbidden, &scenario.forbidden),
+        ] {
+            for (i, t) in list.iter().enumerate() {
+                let probe = model
+                    .resolve_probe(t, kind)
+                    .map_err(|p| cx.err(section, i, p))?;
+                let probe = ProbeModel {
+                    line: entry_line(text, section, i).unwrap_or(0),
+                    ..probe
+                };
+                model.probes.push(probe);
+            }
+        }
+        Ok(model)
+    }
+
+    fn peer(&self, text: &str, as_target: bool) -> Result<PeerRef, Problem> {
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts.as_slice() {
+            ["svc", ns, name] if as_target => {
+                if !self.namespaces.iter().any(|n| n.name == *ns) {
+                    return Err(Problem::UnknownNamespace((*ns).into()));
+                }
+                self.services
+                    .iter()
+                    .position(|s| s.namespace == *ns && s.name == *name)
+                    .map(PeerRef::Service)
+                    .ok_or_else(|| Problem::UnknownService(format!("{ns}/{name}")))
+            }
+            [ns, name] => {
+                if !self.namespaces.iter().any(|n| n.name == *ns) {
+                    return Err(Problem::UnknownNamespace((*ns).into()));
+                }
+                self.workloads
+                    .iter()
+                    .position(|w| w.namespace == *ns && w.name == *name)
+                    .map(PeerRef::Workload)
+                    .ok_or_else(|| Problem::UnknownWorkload(text.into()))
+            }
+            [name] => self
+                .externals
+                .iter()
+                .position(|e| e.name == *name)
+                .map(PeerRef::External)
+                .ok_or_else(|| Problem::UnknownExternal(text.into())),
+            _ => Err(Problem::Other(format!(
+                "`{text}` is not `ns/workload`, `svc/ns/name` or an external name"
+            ))),
+        }
+    }
+
+    fn resolve_probe(&self, t: &TrafficSpec, kind: ProbeKind) -> Result<ProbeModel, Problem> {
+        let source = self.peer(&t.from, false)?;
+        let target = self.peer(&t.to, true)?;
+        if t.connections == 0 || t.connections > 1000 {
+            return Err(Problem::Other(
+                "connections must be between 1 and 1000".into(),
+            ));
+        }
+        let undeclared = |protocol: Option<Protocol>| Problem::UndeclaredPort {
+            target: t.to.clone(),
+            port: t.port.to_string(),
+            protocol: protocol_name(protocol.unwrap_or(Protocol::Tcp)),
+        };
+        let (port, protocol) = match target {
+            PeerRef::Service(s) => {
+                let svc = &self.services[s];
+                let found = svc.ports.iter().find(|p| {
+                    t.protocol.is_none_or(|proto| proto == p.protocol)
+                        && match &t.port {
+                            PortRef::Number(n) => p.port == *n,
+                            PortRef::Name(n) => p.name.as_deref() == Some(n),
+                        }
+                });
+                let p = found.ok_or_else(|| undeclared(t.protocol))?;
+                (p.port, p.protocol)
+            }
+            PeerRef::Workload(w) => find_port(&self.workloads[w].ports, &t.port, t.protocol)
+                .ok_or_else(|| undeclared(t.protocol))?,
+            PeerRef::External(e) => find_port(&self.externals[e].ports, &t.port, t.protocol)
+                .ok_or_else(|| undeclared(t.protocol))?,
+        };
+        if let PeerRef::Service(s) = target
+            && self.services[s].backends.is_empty()
+            && kind == ProbeKind::Traffic
+        {
+            return Err(Problem::Other(format!(
+                "service `{}` selects no pod, the traffic cannot succeed",
+                t.to
+            )));
+        }
+        Ok(ProbeModel {
+            kind,
+            from: t.from.clone(),
+            to: t.to.clone(),
+            source,
+            target,
+            port,
+            protocol,
+            connections: t.connections,
+            line: 0,
+        })
+    }
+
+    /// The DNS service (`kube-system/kube-dns`).
+    pub fn dns_service(&self) -> &ServiceModel {
+        &self.services[0]
+    }
+
+    /// The workload of a pod.
+    pub fn workload_of(&self, pod: &PodModel) -> &WorkloadModel {
+        &self.workloads[pod.workload]
+    }
+
+    /// The pod holding `ip`.
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&PodModel> {
+        self.pods.iter().find(|p| p.ip == ip)
+    }
+
+    /// Labels of a namespace (empty when unknown).
+    pub fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.namespaces
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.labels.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn find_port(
+    ports: &[PortModel],
+    port: &PortRef,
+    protocol: Option<Protocol>,
+) -> Option<(u16, Protocol)> {
+    ports
+        .iter()
+        .find(|p| {
+            protocol.is_none_or(|proto| proto == p.protocol)
+                && match port {
+                    PortRef::Number(n) => p.port == *n,
+                    PortRef::Name(n) => p.name.as_deref() == Some(n),
+                }
+        })
+        .map(|p| (p.port, p.protocol))
+}
+
+/// `TCP`/`UDP`/... as written in Kubernetes objects.
+pub fn protocol_name(protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+        Protocol::Icmp => "ICMP",
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::scenario::parse;
+
+    const BASE: &str = "name: t
+namespaces:
+  - {name: shop}
+workloads:
+  - {namespace: shop, name: web, replicas: 2, labels: {app: web}, ports: [{name: http, port: 8080}]}
+  - {namespace: shop, name: api, labels: {app: api}, ports: [{name: api, port: 9000}, {name: stats, port: 9100, protocol: UDP}]}
+services:
+  - {namespace: shop, name: api, selector: {app: api}, ports: [{port: 80, targetPort: api}]}
+externals:
+  - {name: db, cidr: 10.0.2.0/24, ports: [{port: 5432}]}
+traffic:
+  - {from: db, to: shop/web, port: http}
+  - {from: shop/web, to: svc/shop/api, port: 80, connections: 3}
+";
+
+    fn build(text: &str) -> Result<LabModel, ScenarioError> {
+        let path = Path::new("t.yaml");
+        let s = parse(path, text)?;
+        LabModel::build(path, text, &s)
+    }
+
+    fn problem(text: &str) -> (usize, Problem) {
+        match build(text) {
+            Err(ScenarioError::Invalid { line, problem, .. }) => (line, *problem),
+            other => panic!("expected an invalid scenario, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn resolves_pods_services_and_probes() {
+        let m = build(BASE).unwrap();
+        assert_eq!(m.pods.len(), 4); // coredns + 2 web + api
+        assert_eq!(m.pods[0].name.split('-').next(), Some("coredns"));
+        assert_eq!(m.pods[0].ip, Ipv4Addr::new(10, 244, 0, 10));
+        assert_eq!(m.dns_service().cluster_ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(m.services[1].cluster_ip, Ipv4Addr::new(10, 96, 0, 20));
+        assert_eq!(m.services[1].backends, vec![3]);
+        assert_eq!(m.services[1].ports[0].target_on(&m.pods[3]), Some(9000));
+        assert_eq!(m.externals[0].hosts, vec![Ipv4Addr::new(10, 0, 2, 1)]);
+        assert_eq!(m.probes[0].port, 8080);
+        assert_eq!(m.probes[0].line, 12);
+        assert_eq!(m.probes[1].connections, 3);
+        assert_eq!(m.probes[1].target, PeerRef::Service(1));
+        let web = &m.workloads[1];
+        assert_eq!(
+            m.pods[web.pods[0]].labels.get("pod-template-hash"),
+            Some(&web.template_hash)
+        );
+        assert!(
+            m.pods[web.pods[0]]
+                .name
+                .starts_with(&format!("web-{}-", web.template_hash))
+        );
+    }
+
+    #[test]
+    fn unknown_workload_names_the_line() {
+        let (line, p) = problem(&format!(
+            "{BASE}  - {{from: shop/wbe, to: shop/api, port: 9000}}\n"
+        ));
+        assert_eq!(line, 14);
+        assert_eq!(p, Problem::UnknownWorkload("shop/wbe".into()));
+    }
+
+    #[test]
+    fn unknown_namespace_in_traffic_and_workloads() {
+        let (line, p) = problem(&format!(
+            "{BASE}  - {{from: nope/web, to: shop/api, port: 9000}}\n"
+        ));
+        assert_eq!((line, p), (14, Problem::UnknownNamespace("nope".into())));
+        let text = BASE.replace(
+            "{namespace: shop, name: api,",
+            "{namespace: other, name: api,",
+        );
+        let (line, p) = problem(&text);
+        assert_eq!((line, p), (6, Problem::UnknownNamespace("other".into())));
+    }
+
+    #[test]
+    fn unknown_service_and_external() {
+        let (line, p) = problem(&format!(
+            "{BASE}forbidden:\n  - {{from: shop/web, to: svc/shop/db, port: 80}}\n"
+        ));
+        assert_eq!((line, p), (15, Problem::UnknownService("shop/db".into())));
+        let (line, p) = problem(&format!(
+            "{BASE}  - {{from: internet, to: shop/web, port: 8080}}\n"
+        ));
+        assert_eq!((line, p), (14, Problem::UnknownExternal("internet".into())));
+    }
+
+    #[test]
+    fn undeclared_ports() {
+        let (line, p) = problem(&format!(
+            "{BASE}  - {{from: shop/web, to: shop/api, port: 9001}}\n"
+        ));
+        assert_eq!(line, 14);
+        assert!(
+            matches!(p, Problem::UndeclaredPort { ref port, .. } if port == "9001"),
+            "{p:?}"
+        );
+        // Named port with the wrong protocol.
+        let (_, p) = problem(&format!(
+            "{BASE}  - {{from: shop/web, to: shop/api, port: stats, protocol: TCP}}\n"
+        ));
+        assert!(matches!(p, Problem::UndeclaredPort { .. }), "{p:?}");
+        // A service port that is not declared.
+        let (_, p) = problem(&format!(
+            "{BASE}  - {{from: shop/web, to: svc/shop/api, port: 81}}\n"
+        ));
+        assert!(matches!(p, Problem::UndeclaredPort { .. }), "{p:?}");
+        // A service whose targetPort the backends do not declare.
+        let text = BASE.replace("targetPort: api", "targetPort: grpc");
+        let (line, p) = problem(&text);
+        assert_eq!(line, 8);
+        assert!(
+            matches!(p, Problem::UndeclaredPort { ref port, .. } if port == "grpc"),
+            "{p:?}"
+        );
+        // UDP by name resolves the protocol.
+        let m = build(&format!(
+            "{BASE}  - {{from: shop/web, to: shop/api, port: stats}}\n"
+        ))
+        .unwrap();
+        assert_eq!(m.probes[2].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn overlapping_cidrs() {
+        let text = BASE.replace(
+            "externals:\n",
+            "externals:\n  - {name: pods, cidr: 10.244.0.128/25}\n",
+        );
+        let (line, p) = problem(&text);
+        assert_eq!(line, 10);
+        assert!(matches!(p, Problem::OverlappingCidrs { .. }), "{p:?}");
+        let text = BASE.replace(
+            "externals:\n",
+            "externals:\n  - {name: a, cidr: 10.0.0.0/16}\n",
+        );
+        let (line, p) = problem(&text);
+        assert_eq!(line, 11, "the second, overlapping entry");
+        assert!(matches!(p, Problem::OverlappingCidrs { .. }), "{p:?}");
+    }
+
+    #[test]
+    fn duplicates() {
+        let text = BASE.replace(
+            "  - {namespace: shop, name: api,",
+            "  - {namespace: shop, name: web,",
+        );
+        let (line, p) = problem(&text);
+        assert_eq!(
+            (line, p),
+            (
+                6,
+                Problem::Duplicate {
+                    kind: "workload",
+                    name: "shop/web".into()
+                }
+            )
+        );
+        let text = BASE.replace("  - {name: shop}\n", "  - {name: shop}\n  - {name: shop}\n");
+        let (line, p) = problem(&text);
+        assert_eq!(
+            (line, p),
+            (
+                4,
+                Problem::Duplicate {
+                    kind: "namespace",
+                    name: "shop".into()
+                }
+            )
+        );
+        let text = BASE.replace(
+            "externals:\n",
+            "externals:\n  - {name: db, cidr: 10.9.0.0/24}\n",
+        );
+        let (line, p) = problem(&text);
+        assert_eq!(
+            (line, p),
+            (
+                11,
+                Problem::Duplicate {
+                    kind: "external",
+                    name: "db".into()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        let text = BASE.replace("name: web, replicas: 2", "name: Web_1, replicas: 2");
+        let (line, p) = problem(&text);
+        assert_eq!(line, 5);
+        assert!(
+            matches!(p, Problem::Other(ref m) if m.contains("`Web_1` is not a DNS label")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn error_message_names_file_line_and_entry() {
+        let err = build(&format!(
+            "{BASE}  - {{from: shop/wbe, to: shop/api, port: 9000}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml:14: traffic[2]: unknown workload `shop/wbe`"
+        );
+    }
+}

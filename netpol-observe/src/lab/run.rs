@@ -1,0 +1,645 @@
+//! The lab pipeline: build the node, write the inventory, start the agent in the node's
+//! namespace, drive the traffic, collect the flows from the agent, recommend policies, verify
+//! them against the flows, (enforce the policies and probe again, with the drops the agent
+//! reported,) scrape the metrics, stop the agent, and always clean up — on success, on error,
+//! and on Ctrl-C/SIGTERM (the agent handle and the topology are dropped with the pipeline
+//! future: the agent gets SIGTERM, then the namespaces are removed).
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use jiff::Timestamp;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde::Serialize;
+
+use super::{
+    agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle},
+    enforce::{self, EnforceError},
+    expect::{self, Coverage},
+    inventory::{self, InventoryError},
+    model::{LabModel, ProbeKind, ProbeModel},
+    netns::NetnsError,
+    topology::Topology,
+    traffic::{self, Outcome, ProbeResult, Timeouts},
+};
+use crate::{
+    agent::ObservedFlow,
+    attribution::Subnets,
+    flow::FlowRecord,
+    policy::{PolicyEngine, PolicyError},
+    recommend::{RecommendConfig, Recommender, RenderError, render_yaml, verify::VerifyReport},
+};
+
+/// A lab run that could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Building or changing the node failed.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// The inventory could not be written.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The written inventory could not be read back (a bug of the lab's inventory writer).
+    #[error("the lab's inventory does not load: {0}")]
+    Cluster(#[from] crate::inventory::InventoryError),
+    /// The policies could not be compiled.
+    #[error(transparent)]
+    Enforce(#[from] EnforceError),
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The policies to verify do not compile in the policy engine.
+    #[error("policies: {0}")]
+    Policy(#[from] PolicyError),
+    /// The recommended policies could not be rendered.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// An output file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Ctrl-C or SIGTERM.
+    #[error("interrupted by {0}; the lab was removed")]
+    Interrupted(&'static str),
+}
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Output folder (created).
+    pub out: PathBuf,
+    /// Enforce policies and probe again.
+    pub enforce: bool,
+    /// Policies to enforce (default: the recommended ones).
+    pub policies: Option<Vec<NetworkPolicy>>,
+    /// Probe timeouts.
+    pub timeouts: Timeouts,
+    /// The `netpol-observe` binary run as the agent (normally this very executable).
+    pub agent_program: PathBuf,
+    /// How long to wait for the agent to be ready, and for the flows of the traffic.
+    pub agent_timeout: Duration,
+}
+
+/// What an enforcement probe did: `observed` in `enforce.json` (DESIGN: allowed or denied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seen {
+    /// Got through.
+    Allowed,
+    /// Did not.
+    Denied,
+}
+
+impl Seen {
+    /// What a probe's result counts as: every connection through is `allowed`, none is
+    /// `denied`, and a mix counts as whatever was *not* expected (a forbidden probe that got
+    /// through once was allowed; a traffic entry that failed once was denied). The counts are
+    /// in [`EnforceProbe::connections`]/[`EnforceProbe::succeeded`].
+    pub fn of(r: &ProbeResult) -> Seen {
+        match (r.observed, r.expected) {
+            (Outcome::Allowed, _) => Seen::Allowed,
+            (Outcome::Denied, _) => Seen::Denied,
+            (Outcome::Partial, Outcome::Allowed) => Seen::Denied,
+            (Outcome::Partial, _) => Seen::Allowed,
+        }
+    }
+}
+
+/// One line of `enforce.json` (DESIGN contract, plus `connections`, `succeeded`, `error`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnforceProbe {
+    /// `traffic` or `forbidden`.
+    pub kind: ProbeKind,
+    /// `from` as written.
+    pub from: String,
+    /// `to` as written.
+    pub to: String,
+    /// Port as addressed.
+    pub port: u16,
+    /// `TCP`/`UDP`.
+    pub protocol: String,
+    /// `allowed` for traffic, `denied` for forbidden probes.
+    pub expected: Seen,
+    /// What happened.
+    pub observed: Seen,
+    /// The kernel drop reason the agent reported for the probe's flows (e.g.
+    /// `NETFILTER_DROP`), null when nothing was dropped.
+    pub drop_reason: Option<String>,
+    /// The isolating policy (`ns/name`, comma-separated when several) the agent named for
+    /// the drop, `unknown` when it could not name one, null when nothing was dropped.
+    pub policy: Option<String>,
+    /// Connections attempted.
+    pub connections: u32,
+    /// Connections that went through.
+    pub succeeded: u32,
+    /// The first failure, if any.
+    pub error: Option<String>,
+}
+
+impl EnforceProbe {
+    /// Whether the probe did what it should, and a dropped forbidden probe was reported by
+    /// the agent with its reason.
+    pub fn ok(&self) -> bool {
+        self.expected == self.observed
+            && (self.kind != ProbeKind::Forbidden || self.drop_reason.is_some())
+    }
+}
+
+/// The recommendation the lab wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Recommended {
+    /// The policies (`recommended.yaml`).
+    pub policies: Vec<NetworkPolicy>,
+    /// The recommender's notes.
+    pub notes: Vec<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct LabReport {
+    /// The learning-phase traffic.
+    pub learning: Vec<ProbeResult>,
+    /// The flows the agent reported for the learning phase (`flows.jsonl`).
+    pub flows: Vec<FlowRecord>,
+    /// The NAT legs set apart (`flows-nat-legs.jsonl`, see [`expect::split_nat_legs`]).
+    pub nat_legs: Vec<FlowRecord>,
+    /// The flows sorted against the traffic entries.
+    pub coverage: Coverage,
+    /// The traffic entries whose flows the agent did not report (see [`Coverage::missing`]).
+    pub missing: Vec<String>,
+    /// The recommended policies.
+    pub recommended: Recommended,
+    /// The verification of the recommended policies against the flows (`verify.json`).
+    pub verify: VerifyReport,
+    /// Where the enforced policies came from (`recommended.yaml` or `--policies`).
+    pub enforced_policies: Option<String>,
+    /// The enforcement probes (with `--enforce`).
+    pub enforced: Option<Vec<EnforceProbe>>,
+    /// Files written.
+    pub files: Vec<PathBuf>,
+    /// Run id (names the namespaces `npo-lab-<id>-*`).
+    pub run_id: String,
+}
+
+impl LabReport {
+    /// Whether everything did what it should: every traffic entry went through and was
+    /// reported by the agent, the recommended policies allow every observed flow, and with
+    /// `--enforce` every probe did what it should (forbidden probes dropped and reported).
+    pub fn ok(&self) -> bool {
+        self.learning.iter().all(ProbeResult::as_expected)
+            && self.missing.is_empty()
+            && self.verify.is_clean()
+            && self.enforced.iter().flatten().all(EnforceProbe::ok)
+    }
+}
+
+fn write(path: &Path, contents: &[u8], files: &mut Vec<PathBuf>) -> Result<(), LabError> {
+    std::fs::write(path, contents).map_err(|source| LabError::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    files.push(path.to_path_buf());
+    Ok(())
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(value).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+async fn shutdown_signal() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = term => "SIGTERM",
+    }
+}
+
+/// Runs the lab for `model` (root). Everything created is removed before this returns, also
+/// when it fails or is interrupted by Ctrl-C/SIGTERM.
+pub async fn run(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabError> {
+    std::fs::create_dir_all(&opts.out).map_err(|source| LabError::Write {
+        path: opts.out.clone(),
+        source,
+    })?;
+    tokio::select! {
+        r = pipeline(model, opts) => r,
+        why = shutdown_signal() => Err(LabError::Interrupted(why)),
+    }
+}
+
+fn subnets_of(model: &LabModel) -> Subnets {
+    Subnets::new(
+        model
+            .externals
+            .iter()
+            .filter(|e| !e.anonymous)
+            .map(|e| (e.name.clone(), ipnet::IpNet::V4(e.cidr))),
+    )
+}
+
+/// Polls the agent until every traffic entry's flows are there (or `timeout`), then waits one
+/// more sweep so the counters and states are final. Returns the flows, the NAT legs set apart
+/// ([`expect::split_nat_legs`]) and the coverage of the traffic entries.
+async fn collect_flows(
+    model: &LabModel,
+    agent: &AgentHandle,
+    timeout: Duration,
+) -> Result<(Vec<FlowRecord>, Vec<FlowRecord>, Coverage), LabError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let flows: Vec<FlowRecord> = agent.flows().await?.into_iter().map(|f| f.flow).collect();
+        let (flows, _) = expect::split_nat_legs(model, flows);
+        let coverage = Coverage::of(model, &flows);
+        if coverage.complete() {
+            break;
+        }
+        if Instant::now() > deadline {
+            tracing::warn!(
+                missing = ?coverage.missing(model),
+                "the agent did not report every traffic entry within {timeout:?}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(AGENT_INTERVAL + Duration::from_millis(300)).await;
+    let mut flows: Vec<FlowRecord> = agent.flows().await?.into_iter().map(|f| f.flow).collect();
+    flows.sort_by(|a, b| {
+        (a.first_seen, a.src.ip, a.src.port, a.dst.ip, a.dst.port).cmp(&(
+            b.first_seen,
+            b.src.ip,
+            b.src.port,
+            b.dst.ip,
+            b.dst.port,
+        ))
+    });
+    let (flows, legs) = expect::split_nat_legs(model, flows);
+    let coverage = Coverage::of(model, &flows);
+    Ok((flows, legs, coverage))
+}
+
+fn jsonl(flows: &[FlowRecord]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for f in flows {
+        // Writing into a Vec does not fail.
+        let _ = crate::flow::jsonl::write_line(&mut text, f);
+    }
+    text
+}
+
+/// Counts the agent's "inventory reloaded" log lines.
+fn reloads(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.matches("inventory reloaded").count())
+        .unwrap_or(0)
+}
+
+/// Gives the agent the policies about to be enforced (a file in its inventory directory,
+/// renamed into place) and waits until it has reloaded its inventory.
+async fn hand_policies_to_agent(
+    agent: &AgentHandle,
+    dir: &Path,
+    out: &Path,
+    policies: &[NetworkPolicy],
+) -> Result<(), LabError> {
+    let before = reloads(agent.log());
+    let staging = out.join(".enforced-policies.yaml");
+    let target = dir.join("enforced-policies.yaml");
+    std::fs::write(&staging, render_yaml(policies)?).map_err(|source| LabError::Write {
+        path: staging.clone(),
+        source,
+    })?;
+    std::fs::rename(&staging, &target).map_err(|source| LabError::Write {
+        path: target.clone(),
+        source,
+    })?;
+    let deadline = Instant::now() + AGENT_INTERVAL * 6;
+    while reloads(agent.log()) <= before {
+        if Instant::now() > deadline {
+            tracing::warn!(
+                log = %agent.log().display(),
+                "the agent did not report reloading its inventory: drops may name no policy"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The model is rebuilt right after the reload is logged.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+fn is_probe_flow(model: &LabModel, probe: &ProbeModel, f: &ObservedFlow, since: Timestamp) -> bool {
+    f.flow.first_seen.is_some_and(|t| t >= since)
+        && (expect::matches(model, probe, &f.flow)
+            || expect::matches_backend(model, probe, &f.flow))
+}
+
+/// The drop reason and policy the agent reported for the flows of `probe` since `since`.
+fn drop_of(
+    model: &LabModel,
+    probe: &ProbeModel,
+    flows: &[ObservedFlow],
+    since: Timestamp,
+) -> Option<(String, Option<String>)> {
+    flows
+        .iter()
+        .filter(|f| is_probe_flow(model, probe, f, since))
+        .filter_map(|f| f.flow.drops.as_ref().filter(|d| d.count > 0))
+        .find_map(|d| d.reason.clone().map(|r| (r, d.policy.clone())))
+}
+
+/// Waits (up to a few drop-reading ticks) until the agent reported a drop for every probe
+/// that was denied, and returns per probe its drop reason and policy.
+async fn drop_reports(
+    model: &LabModel,
+    agent: &AgentHandle,
+    probes: &[&ProbeModel],
+    results: &[ProbeResult],
+    since: Timestamp,
+) -> Result<Vec<Option<(String, Option<String>)>>, LabError> {
+    let deadline = Instant::now() + AGENT_INTERVAL * 5;
+    loop {
+        let flows = agent.flows().await?;
+        let found: Vec<_> = probes
+            .iter()
+            .map(|p| drop_of(model, p, &flows, since))
+            .collect();
+        let complete = found
+            .iter()
+            .zip(results)
+            .all(|(d, r)| d.is_some() || r.observed == Outcome::Allowed);
+        if complete || Instant::now() > deadline {
+            return Ok(found);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabError> {
+    let mut files = Vec::new();
+    tracing::info!(
+        pods = model.pods.len(),
+        services = model.services.len(),
+        externals = model.externals.len(),
+        "building the lab node"
+    );
+    let mut topo = Topology::create(model)?;
+    topo.start_servers(model)?;
+
+    let inventory_path = opts.out.join("inventory.yaml");
+    inventory::write(model, &inventory_path)?;
+    files.push(inventory_path.clone());
+    let subnets: std::collections::BTreeMap<&str, String> = model
+        .externals
+        .iter()
+        .filter(|e| !e.anonymous)
+        .map(|e| (e.name.as_str(), e.cidr.to_string()))
+        .collect();
+    let subnets_path = opts.out.join("subnets.yaml");
+    write(
+        &subnets_path,
+        serde_yaml::to_string(&subnets)
+            .unwrap_or_default()
+            .as_bytes(),
+        &mut files,
+    )?;
+    // The agent's inventory: the lab's objects, later also the enforced policies.
+    let agent_dir = opts.out.join(AGENT_INVENTORY_DIR);
+    if agent_dir.exists() {
+        std::fs::remove_dir_all(&agent_dir).map_err(|source| LabError::Write {
+            path: agent_dir.clone(),
+            source,
+        })?;
+    }
+    std::fs::create_dir_all(&agent_dir).map_err(|source| LabError::Write {
+        path: agent_dir.clone(),
+        source,
+    })?;
+    inventory::write(model, &agent_dir.join("inventory.yaml"))?;
+    let cluster = crate::inventory::Inventory::from_path(&inventory_path)?;
+
+    tracing::info!("starting the agent in the node's namespace");
+    let agent_log = opts.out.join("agent.log");
+    let agent = AgentHandle::start(
+        &topo,
+        &opts.agent_program,
+        &agent_dir,
+        &subnets_path,
+        &model.node_name,
+        &agent_log,
+        opts.agent_timeout,
+    )
+    .await?;
+    files.push(agent_log);
+
+    tracing::info!(
+        entries = model
+            .probes
+            .iter()
+            .filter(|p| p.kind == ProbeKind::Traffic)
+            .count(),
+        "driving the traffic"
+    );
+    let learning = traffic::run_all(model, &topo, &[ProbeKind::Traffic], opts.timeouts).await;
+    write(&opts.out.join("probes.json"), &json(&learning), &mut files)?;
+
+    tracing::info!("waiting for the agent to report every traffic entry");
+    let (flows, nat_legs, coverage) = collect_flows(model, &agent, opts.agent_timeout).await?;
+    write(&opts.out.join("flows.jsonl"), &jsonl(&flows), &mut files)?;
+    if !nat_legs.is_empty() {
+        write(
+            &opts.out.join("flows-nat-legs.jsonl"),
+            &jsonl(&nat_legs),
+            &mut files,
+        )?;
+    }
+    let missing = coverage.missing(model);
+
+    tracing::info!(flows = flows.len(), "recommending policies");
+    let subnets = subnets_of(model);
+    let config = RecommendConfig {
+        // The lab's traffic list is the whole legitimate traffic: no "observed too briefly".
+        min_observation: jiff::SignedDuration::ZERO,
+        cluster_ranges: vec![ipnet::IpNet::V4(model.service_cidr)],
+        ..RecommendConfig::default()
+    };
+    let rec = Recommender::new(&cluster, &subnets, config).recommend(&flows);
+    write(
+        &opts.out.join("recommended.yaml"),
+        render_yaml(&rec.policies)?.as_bytes(),
+        &mut files,
+    )?;
+    let recommended = Recommended {
+        policies: rec.policies,
+        notes: rec.notes,
+    };
+
+    let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
+    let verify = crate::recommend::verify::verify(&engine, &flows);
+    write(&opts.out.join("verify.json"), &json(&verify), &mut files)?;
+
+    let mut enforced = None;
+    let mut enforced_policies = None;
+    if opts.enforce {
+        let (policies, source) = match &opts.policies {
+            Some(p) => (p.clone(), "--policies"),
+            None => (recommended.policies.clone(), "recommended.yaml"),
+        };
+        enforced_policies = Some(format!("{} policies from {source}", policies.len()));
+        let script = enforce::compile(model, &policies)?;
+        write(&opts.out.join("enforce.nft"), script.as_bytes(), &mut files)?;
+        hand_policies_to_agent(&agent, &agent_dir, &opts.out, &policies).await?;
+        tracing::info!(
+            policies = policies.len(),
+            "enforcing the policies on the node"
+        );
+        enforce::apply(&topo, &script)?;
+        // Flow timestamps have second precision at best: a margin, never the learning flows
+        // (they ended a sweep ago).
+        let since = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_millis(500))
+            .unwrap_or_else(|_| Timestamp::now());
+        let kinds = [ProbeKind::Traffic, ProbeKind::Forbidden];
+        let results = traffic::run_all(model, &topo, &kinds, opts.timeouts).await;
+        let probes: Vec<&ProbeModel> = model
+            .probes
+            .iter()
+            .filter(|p| kinds.contains(&p.kind))
+            .collect();
+        tracing::info!("waiting for the agent to report the drops");
+        let drops = drop_reports(model, &agent, &probes, &results, since).await?;
+        let mut out = Vec::new();
+        for (r, d) in results.into_iter().zip(drops) {
+            let observed = Seen::of(&r);
+            let (drop_reason, policy) = match d {
+                Some((reason, policy))
+                    if observed == Seen::Denied || r.succeeded < r.connections =>
+                {
+                    (Some(reason), policy)
+                }
+                _ => (None, None),
+            };
+            out.push(EnforceProbe {
+                kind: r.kind,
+                from: r.from,
+                to: r.to,
+                port: r.port,
+                protocol: r.protocol,
+                expected: match r.expected {
+                    Outcome::Allowed => Seen::Allowed,
+                    _ => Seen::Denied,
+                },
+                observed,
+                drop_reason,
+                policy,
+                connections: r.connections,
+                succeeded: r.succeeded,
+                error: r.error,
+            });
+        }
+        write(&opts.out.join("enforce.json"), &json(&out), &mut files)?;
+        enforced = Some(out);
+    }
+
+    let metrics = agent.metrics().await?;
+    write(
+        &opts.out.join("metrics.txt"),
+        metrics.as_bytes(),
+        &mut files,
+    )?;
+    agent.stop().await;
+
+    let run_id = topo.run_id().to_string();
+    topo.teardown()?;
+    Ok(LabReport {
+        learning,
+        flows,
+        nat_legs,
+        coverage,
+        missing,
+        recommended,
+        verify,
+        enforced_policies,
+        enforced,
+        files,
+        run_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(expected: Outcome, observed: Outcome, succeeded: u32) -> ProbeResult {
+        ProbeResult {
+            kind: if expected == Outcome::Allowed {
+                ProbeKind::Traffic
+            } else {
+                ProbeKind::Forbidden
+            },
+            from: "a/web".into(),
+            to: "a/api".into(),
+            port: 80,
+            protocol: "TCP".into(),
+            expected,
+            observed,
+            connections: 2,
+            succeeded,
+            line: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_mixed_outcome_counts_as_the_unexpected_one() {
+        use Outcome::*;
+        assert_eq!(Seen::of(&result(Allowed, Allowed, 2)), Seen::Allowed);
+        assert_eq!(Seen::of(&result(Denied, Denied, 0)), Seen::Denied);
+        // A traffic entry that failed once was denied; a forbidden probe through once, allowed.
+        assert_eq!(Seen::of(&result(Allowed, Partial, 1)), Seen::Denied);
+        assert_eq!(Seen::of(&result(Denied, Partial, 1)), Seen::Allowed);
+    }
+
+    #[test]
+    fn a_forbidden_probe_is_ok_only_when_dropped_and_reported() {
+        let probe = |observed, drop_reason: Option<&str>| EnforceProbe {
+            kind: ProbeKind::Forbidden,
+            from: "a/web".into(),
+            to: "db".into(),
+            port: 5432,
+            protocol: "TCP".into(),
+            expected: Seen::Denied,
+            observed,
+            drop_reason: drop_reason.map(str::to_owned),
+            policy: None,
+            connections: 1,
+            succeeded: 0,
+            error: None,
+        };
+        assert!(probe(Seen::Denied, Some("NETFILTER_DROP")).ok());
+        assert!(!probe(Seen::Denied, None).ok());
+        assert!(!probe(Seen::Allowed, None).ok());
+        let json = serde_json::to_value(probe(Seen::Denied, Some("NETFILTER_DROP"))).unwrap();
+        assert_eq!(json["observed"], "denied");
+        assert_eq!(json["expected"], "denied");
+        assert_eq!(json["kind"], "forbidden");
+        assert_eq!(json["policy"], serde_json::Value::Null);
+    }
+}

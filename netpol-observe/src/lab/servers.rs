@@ -1,0 +1,102 @@
+//! In-process servers on every declared port: TCP echo (answers whatever it reads, so a
+//! connection completes with data both ways) and UDP echo. Sockets are created inside the
+//! pod's namespace by [`netns::run_in`] and then served by tokio tasks.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, UdpSocket},
+    task::JoinSet,
+};
+
+use super::netns::{self, NetnsError};
+
+/// Binds a TCP listener on `0.0.0.0:port` inside `netns`.
+pub fn bind_tcp(netns_name: &str, port: u16) -> Result<TcpListener, NetnsError> {
+    let std_listener = netns::run_in(netns_name, move || {
+        let l = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    })?;
+    TcpListener::from_std(std_listener).map_err(|e| NetnsError::Enter {
+        netns: netns_name.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Binds a UDP socket on `0.0.0.0:port` inside `netns`.
+pub fn bind_udp(netns_name: &str, port: u16) -> Result<UdpSocket, NetnsError> {
+    let std_socket = netns::run_in(netns_name, move || {
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })?;
+    UdpSocket::from_std(std_socket).map_err(|e| NetnsError::Enter {
+        netns: netns_name.into(),
+        message: e.to_string(),
+    })
+}
+
+/// Serves TCP echo on `listener` until the task is aborted.
+pub fn spawn_tcp_echo(tasks: &mut JoinSet<()>, listener: TcpListener) {
+    tasks.spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Serves UDP echo on `socket` until the task is aborted.
+pub fn spawn_udp_echo(tasks: &mut JoinSet<()>, socket: UdpSocket) {
+    tasks.spawn(async move {
+        let mut buf = [0u8; 2048];
+        loop {
+            if let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], peer).await;
+            }
+        }
+    });
+}
+
+/// Creates an unconnected TCP socket inside `netns`, for a client.
+pub fn tcp_client_socket(netns_name: &str) -> Result<tokio::net::TcpSocket, NetnsError> {
+    let socket = netns::run_in(netns_name, || {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })?;
+    Ok(tokio::net::TcpSocket::from_std_stream(socket.into()))
+}
+
+/// Creates a UDP socket bound to an ephemeral port inside `netns`, for a client.
+pub fn udp_client_socket(netns_name: &str) -> Result<UdpSocket, NetnsError> {
+    let std_socket = netns::run_in(netns_name, || {
+        let s = std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })?;
+    UdpSocket::from_std(std_socket).map_err(|e| NetnsError::Enter {
+        netns: netns_name.into(),
+        message: e.to_string(),
+    })
+}

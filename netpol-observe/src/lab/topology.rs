@@ -1,0 +1,311 @@
+//! The simulated node on the machine (root).
+//!
+//! The node is its own network namespace, `npo-lab-<run>-node`, so that labs never touch the
+//! host's routing or firewall and several labs (parallel tests) can run side by side with the
+//! same CIDRs. Inside it:
+//! - the node IP ([`NODE_IP`](super::model::NODE_IP)) on its loopback (answered to ARP on every
+//!   veth, so it is every pod's gateway);
+//! - one routed veth per pod (host side `veth<8 hex>`, matching the usual CNI pattern `veth*`)
+//!   with a `/32` route, the pod's end `eth0` in the pod's namespace with its `/32` address and a
+//!   default route via the node IP (the Calico-style routed layout);
+//! - one routed veth per external host (host side `ext<i>h<j>`), hosts in their own namespaces;
+//! - IPv4 forwarding on, the Service DNAT table ([`services`](super::services)).
+//!
+//! Servers answer on every declared port of every pod and external host, kube-dns answers
+//! on the `coredns` pod. [`Topology::teardown`] (also run on drop) aborts the servers, kills
+//! the processes started in the lab's namespaces and deletes every namespace of the run, which
+//! removes the veths, routes and nftables tables.
+
+use std::fmt::Write;
+
+use tokio::task::JoinSet;
+
+use super::{
+    dns,
+    model::{DNS_NAMESPACE, LabModel},
+    netns::{self, NetnsError, RunLock},
+    servers, services,
+};
+use crate::flow::Protocol;
+
+/// The lab on the machine: namespaces, links, nftables tables and server tasks of one run.
+#[derive(Debug)]
+pub struct Topology {
+    run: RunLock,
+    node: String,
+    pods: Vec<String>,
+    pod_veths: Vec<String>,
+    externals: Vec<Vec<String>>,
+    tasks: JoinSet<()>,
+    torn_down: bool,
+}
+
+fn host_veth_name(taken: &[String], pod: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in pod.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    loop {
+        let name = format!("veth{h:08x}");
+        if !taken.contains(&name) {
+            return name;
+        }
+        h = h.wrapping_add(1);
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Topology {
+    /// Clears the leftovers of killed runs, then creates the node, pods and external hosts of
+    /// `model` with their links, routes and Service rules. On failure everything created so far
+    /// is removed before returning.
+    pub fn create(model: &LabModel) -> Result<Topology, NetnsError> {
+        let removed = netns::clear_leftovers()?;
+        if !removed.is_empty() {
+            tracing::info!(
+                count = removed.len(),
+                "removed leftovers of a previous lab run"
+            );
+        }
+        let run = RunLock::acquire()?;
+        let prefix = run.prefix();
+        let node = format!("{prefix}node");
+        let pods: Vec<String> = model
+            .pods
+            .iter()
+            .map(|p| format!("{prefix}{}.{}", sanitize(&p.namespace), sanitize(&p.name)))
+            .collect();
+        let mut pod_veths = Vec::new();
+        for p in &model.pods {
+            let name = host_veth_name(&pod_veths, &format!("{}/{}", p.namespace, p.name));
+            pod_veths.push(name);
+        }
+        let externals: Vec<Vec<String>> = model
+            .externals
+            .iter()
+            .map(|e| {
+                (0..e.hosts.len())
+                    .map(|j| format!("{prefix}ext-{}-{j}", sanitize(&e.name)))
+                    .collect()
+            })
+            .collect();
+        let mut topo = Topology {
+            run,
+            node,
+            pods,
+            pod_veths,
+            externals,
+            tasks: JoinSet::new(),
+            torn_down: false,
+        };
+        // On error, `topo` is dropped and its Drop removes what was created.
+        topo.configure(model)?;
+        Ok(topo)
+    }
+
+    fn all_namespaces(&self) -> Vec<String> {
+        let mut all = vec![self.node.clone()];
+        all.extend(self.pods.iter().cloned());
+        all.extend(self.externals.iter().flatten().cloned());
+        all
+    }
+
+    fn configure(&mut self, model: &LabModel) -> Result<(), NetnsError> {
+        let node_ip = model.node_ip;
+        let mut add = String::new();
+        for ns in self.all_namespaces() {
+            let _ = writeln!(add, "netns add {ns}");
+        }
+        netns::ip_batch(None, &add)?;
+
+        let mut node = format!("link set lo up\naddr add {node_ip}/32 dev lo\n");
+        for (i, pod) in model.pods.iter().enumerate() {
+            let veth = &self.pod_veths[i];
+            let _ = writeln!(
+                node,
+                "link add {veth} type veth peer name eth0 netns {}\nlink set {veth} up\nroute add {}/32 dev {veth}",
+                self.pods[i], pod.ip
+            );
+        }
+        for (i, ext) in model.externals.iter().enumerate() {
+            for (j, host) in ext.hosts.iter().enumerate() {
+                let link = format!("ext{i}h{j}");
+                let _ = writeln!(
+                    node,
+                    "link add {link} type veth peer name eth0 netns {}\nlink set {link} up\nroute add {host}/32 dev {link}",
+                    self.externals[i][j]
+                );
+            }
+        }
+        netns::ip_batch(Some(&self.node), &node)?;
+        netns::sysctl(
+            &self.node,
+            &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"],
+        )?;
+
+        let endpoint = |ip: std::net::Ipv4Addr| {
+            format!(
+                "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {node_ip}/32 dev eth0 scope link\nroute add default via {node_ip} dev eth0\n"
+            )
+        };
+        for (i, pod) in model.pods.iter().enumerate() {
+            netns::ip_batch(Some(&self.pods[i]), &endpoint(pod.ip))?;
+        }
+        for (i, ext) in model.externals.iter().enumerate() {
+            for (j, host) in ext.hosts.iter().enumerate() {
+                netns::ip_batch(Some(&self.externals[i][j]), &endpoint(*host))?;
+            }
+        }
+        netns::nft(&self.node, &services::compile(model))?;
+        Ok(())
+    }
+
+    /// Starts the servers: echo on every declared port of every pod and external host, DNS on
+    /// the kube-dns pod. Needs a tokio runtime.
+    pub fn start_servers(&mut self, model: &LabModel) -> Result<(), NetnsError> {
+        for (i, pod) in model.pods.iter().enumerate() {
+            let is_dns = pod.namespace == DNS_NAMESPACE && model.workload_of(pod).name == "coredns";
+            if is_dns {
+                let udp = servers::bind_udp(&self.pods[i], 53)?;
+                let tcp = servers::bind_tcp(&self.pods[i], 53)?;
+                dns::spawn(&mut self.tasks, udp, tcp, dns::zone(model));
+                continue;
+            }
+            for port in &pod.ports {
+                self.serve(&self.pods[i].clone(), port.port, port.protocol)?;
+            }
+        }
+        for (i, ext) in model.externals.iter().enumerate() {
+            for j in 0..ext.hosts.len() {
+                for port in &ext.ports {
+                    self.serve(&self.externals[i][j].clone(), port.port, port.protocol)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn serve(&mut self, ns: &str, port: u16, protocol: Protocol) -> Result<(), NetnsError> {
+        match protocol {
+            Protocol::Udp => {
+                let s = servers::bind_udp(ns, port)?;
+                servers::spawn_udp_echo(&mut self.tasks, s);
+            }
+            _ => {
+                let l = servers::bind_tcp(ns, port)?;
+                servers::spawn_tcp_echo(&mut self.tasks, l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `program args` inside network namespace `netns` (e.g. the agent in
+    /// [`node_netns`](Self::node_netns)). The process is killed when the lab is torn down (and
+    /// by the next run's leftover cleanup if this one is killed), and when the handle is dropped.
+    pub fn spawn_in(
+        &self,
+        netns: &str,
+        program: &std::path::Path,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<tokio::process::Child, NetnsError> {
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NetnsError::Command {
+                command: format!("ip netns exec {netns} {}", program.display()),
+                stderr: e.to_string(),
+            })
+    }
+
+    /// Like [`spawn_in`](Self::spawn_in), with the process's standard output and error sent
+    /// to `stdout`/`stderr` (e.g. a log file).
+    pub fn spawn_logged_in(
+        &self,
+        netns: &str,
+        program: &std::path::Path,
+        args: &[std::ffi::OsString],
+        stdout: std::process::Stdio,
+        stderr: std::process::Stdio,
+    ) -> Result<tokio::process::Child, NetnsError> {
+        tokio::process::Command::new("ip")
+            .args(["netns", "exec", netns])
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| NetnsError::Command {
+                command: format!("ip netns exec {netns} {}", program.display()),
+                stderr: e.to_string(),
+            })
+    }
+
+    /// The run id (`<pid>n<k>`).
+    pub fn run_id(&self) -> &str {
+        self.run.id()
+    }
+
+    /// The node's network namespace (where the agent runs and the nftables tables live).
+    pub fn node_netns(&self) -> &str {
+        &self.node
+    }
+
+    /// The network namespace of pod `pod` (index in [`LabModel::pods`]).
+    pub fn pod_netns(&self, pod: usize) -> &str {
+        &self.pods[pod]
+    }
+
+    /// The node-side veth of pod `pod`.
+    pub fn pod_veth(&self, pod: usize) -> &str {
+        &self.pod_veths[pod]
+    }
+
+    /// The network namespace of host `host` of external `external`.
+    pub fn external_netns(&self, external: usize, host: usize) -> &str {
+        &self.externals[external][host]
+    }
+
+    /// Every namespace of this run.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.all_namespaces()
+    }
+
+    /// Stops the servers and removes every namespace of the run (with their links, routes and
+    /// nftables tables). Idempotent.
+    pub fn teardown(&mut self) -> Result<(), NetnsError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        // Sockets keep a namespace alive: close them before deleting the namespaces.
+        self.tasks.abort_all();
+        let result = netns::delete(&netns::list(&self.run.prefix()));
+        tracing::debug!(run = self.run.id(), "lab topology removed");
+        result
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Err(err) = self.teardown() {
+            tracing::warn!(%err, "lab cleanup incomplete");
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Prometheus metrics (`netpol_observe_*`, OpenMetrics text) with a series budget.
+//!
+//! The agent owns one [`Metrics`], feeds it attributed flow records, verdicts, drops and its
+//! own health, and serves [`Metrics::encode`] on `/metrics` with [`CONTENT_TYPE`]. Every
+//! family and label is listed in `docs/metrics.md`.
+//!
+//! Cardinality stays bounded under any traffic: each flow-labelled family
+//! (`flows`, `flow_bytes`, `flow_packets`, `drops`, `policy_verdicts`, `staged_verdicts`)
+//! admits at most [`MetricsConfig::series_budget`] distinct label sets; a label set beyond that
+//! is recorded in the family's overflow bucket (every peer label `other`, see
+//! [`labels`]) and counted in `netpol_observe_series_dropped_total{metric}`.
+//!
+//! ```
+//! use netpol_observe::flow::{FlowRecord, Protocol};
+//! use netpol_observe::metrics::{Metrics, MetricsConfig, Verdict};
+//!
+//! let metrics = Metrics::new(MetricsConfig::default());
+//! let flow = FlowRecord::new(Protocol::Tcp, "10.0.0.1".parse()?, "10.0.0.2".parse()?, Some(80));
+//! metrics.record_flow(&flow, true, 3, 180, Verdict::NotIsolated);
+//! let text = metrics.encode()?;
+//! assert!(text.contains("netpol_observe_flows_total{"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod budget;
+pub mod labels;
+pub mod sample;
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::flow::FlowRecord;
+use budget::Budget;
+pub use labels::{
+    Direction, DropLabels, ErrorLabels, EvictionLabels, FlowLabels, FlowVerdictLabels,
+    MetricLabels, PeerLabels, ResourceLabels, UnprotectedLabels, Verdict, VerdictLabels,
+};
+
+/// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text 1.0.0).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `Content-Type` of [`Metrics::encode_text`]'s output (Prometheus text format 0.0.4).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Default number of label sets each flow-labelled family may hold before collapsing into
+/// `other`.
+pub const DEFAULT_SERIES_BUDGET: usize = 2000;
+
+/// Errors of the metrics module.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// Writing the OpenMetrics text failed.
+    #[error("cannot encode the metrics as OpenMetrics text: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+/// How the agent's metrics are labelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Maximum distinct label sets per flow-labelled family (0: everything goes to `other`).
+    pub series_budget: usize,
+    /// Add `src_pod`/`dst_pod` labels (much higher cardinality; off by default).
+    pub pod_level: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            series_budget: DEFAULT_SERIES_BUDGET,
+            pod_level: false,
+        }
+    }
+}
+
+/// A counter family with a series budget.
+#[derive(Debug)]
+struct Budgeted<L> {
+    /// Full sample name, used as the `metric` label of `series_dropped_total`.
+    name: &'static str,
+    family: Family<L, Counter>,
+    budget: Budget<L>,
+}
+
+impl<L> Budgeted<L>
+where
+    L: Clone + std::hash::Hash + Eq + prometheus_client::encoding::EncodeLabelSet,
+    L: Send + Sync + std::fmt::Debug + 'static,
+{
+    fn new(name: &'static str, limit: usize) -> Self {
+        Budgeted {
+            name,
+            family: Family::default(),
+            budget: Budget::new(limit),
+        }
+    }
+
+    /// Adds `v` to `labels`' series, or to `other()`'s when the budget is spent.
+    fn add(
+        &self,
+        labels: L,
+        other: impl FnOnce() -> L,
+        v: u64,
+        dropped: &Family<MetricLabels, Counter>,
+    ) {
+        if self.budget.admit(&labels) {
+            self.family.get_or_create(&labels).inc_by(v);
+        } else {
+            self.family.get_or_create(&other()).inc_by(v);
+            dropped
+                .get_or_create(&MetricLabels {
+                    metric: self.name.to_owned(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Turns cumulative kernel counters into counter increments.
+#[derive(Debug, Default)]
+struct Cumulative {
+    last: Mutex<HashMap<String, u64>>,
+}
+
+impl Cumulative {
+    /// The increment from the last seen total of `key` to `total`. A total below the last one
+    /// means the kernel counters restarted (maps re-created): the whole total is new.
+    fn delta(&self, key: &str, total: u64) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let prev = last.insert(key.to_owned(), total).unwrap_or(0);
+        if total >= prev { total - prev } else { total }
+    }
+}
+
+/// Every `netpol_observe_*` family, registered and ready to encode.
+#[derive(Debug)]
+pub struct Metrics {
+    config: MetricsConfig,
+    registry: Registry,
+    flows: Budgeted<FlowVerdictLabels>,
+    flow_bytes: Budgeted<FlowLabels>,
+    flow_packets: Budgeted<FlowLabels>,
+    drops: Budgeted<DropLabels>,
+    policy_verdicts: Budgeted<VerdictLabels>,
+    staged_verdicts: Budgeted<FlowVerdictLabels>,
+    unprotected: Family<UnprotectedLabels, Gauge>,
+    flow_table_entries: Gauge,
+    flow_table_capacity: Gauge,
+    ringbuf_lost: Counter,
+    kernel_errors: Family<ErrorLabels, Counter>,
+    attached_interfaces: Gauge,
+    inventory_synced: Family<ResourceLabels, Gauge>,
+    evictions: Family<EvictionLabels, Counter>,
+    series_dropped: Family<MetricLabels, Counter>,
+    cumulative: Cumulative,
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new(config: MetricsConfig) -> Self {
+        let b = config.series_budget;
+        let m = Metrics {
+            flows: Budgeted::new("netpol_observe_flows_total", b),
+            flow_bytes: Budgeted::new("netpol_observe_flow_bytes_total", b),
+            flow_packets: Budgeted::new("netpol_observe_flow_packets_total", b),
+            drops: Budgeted::new("netpol_observe_drops_total", b),
+            policy_verdicts: Budgeted::new("netpol_observe_policy_verdicts_total", b),
+            staged_verdicts: Budgeted::new("netpol_observe_staged_verdicts_total", b),
+            unprotected: Family::default(),
+            flow_table_entries: Gauge::default(),
+            flow_table_capacity: Gauge::default(),
+            ringbuf_lost: Counter::default(),
+            kernel_errors: Family::default(),
+            attached_interfaces: Gauge::default(),
+            inventory_synced: Family::default(),
+            evictions: Family::default(),
+            series_dropped: Family::default(),
+            cumulative: Cumulative::default(),
+            registry: Registry::with_prefix("netpol_observe"),
+            config,
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "flows",
+            "New flows (connections, or UDP/ICMP conversations) observed, by workload pair and overall policy verdict",
+            self.flows.family.clone(),
+        );
+        r.register(
+            "flow_bytes",
+            "Bytes (IP length) of observed flows, both directions, by workload pair",
+            self.flow_bytes.family.clone(),
+        );
+        r.register(
+            "flow_packets",
+            "Packets of observed flows, both directions, by workload pair",
+            self.flow_packets.family.clone(),
+        );
+        r.register(
+            "drops",
+            "Packets of observed flows dropped by the kernel, by drop reason and isolating policy",
+            self.drops.family.clone(),
+        );
+        r.register(
+            "policy_verdicts",
+            "Policy verdicts on new flows, per direction, for the pod the direction applies to",
+            self.policy_verdicts.family.clone(),
+        );
+        r.register(
+            "staged_verdicts",
+            "Verdicts of the staged (draft) policies on new flows, by workload pair",
+            self.staged_verdicts.family.clone(),
+        );
+        r.register(
+            "unprotected_workloads",
+            "Workloads that no NetworkPolicy isolates, per namespace and direction",
+            self.unprotected.clone(),
+        );
+        r.register(
+            "flow_table_entries",
+            "Entries in the kernel flow table at the last sweep",
+            self.flow_table_entries.clone(),
+        );
+        r.register(
+            "flow_table_capacity",
+            "Capacity (max entries) of the kernel flow table",
+            self.flow_table_capacity.clone(),
+        );
+        r.register(
+            "ringbuf_events_lost",
+            "Flow events the kernel could not put on the ring buffer (buffer full)",
+            self.ringbuf_lost.clone(),
+        );
+        r.register(
+            "kernel_errors",
+            "Kernel-side error counters of the eBPF programs, by error",
+            self.kernel_errors.clone(),
+        );
+        r.register(
+            "attached_interfaces",
+            "Interfaces the flow programs are attached to",
+            self.attached_interfaces.clone(),
+        );
+        r.register(
+            "inventory_synced",
+            "1 when the inventory of this resource is synced with the API (or loaded from files), else 0",
+            self.inventory_synced.clone(),
+        );
+        r.register(
+            "flow_evictions",
+            "Flows removed from the kernel flow table, by reason",
+            self.evictions.clone(),
+        );
+        r.register(
+            "series_dropped",
+            "Observations collapsed into the other bucket because their family's series budget was spent",
+            self.series_dropped.clone(),
+        );
+        self
+    }
+
+    /// The configuration the metrics were created with.
+    pub fn config(&self) -> &MetricsConfig {
+        &self.config
+    }
+
+    fn flow_labels(&self, record: &FlowRecord) -> FlowLabels {
+        FlowLabels::from_record(record, self.config.pod_level)
+    }
+
+    /// Records traffic of an attributed flow: `new` counts it once in
+    /// `netpol_observe_flows_total{verdict}`; the packet and byte deltas (both directions, since
+    /// the last call for this flow) go to `flow_packets_total` and `flow_bytes_total`.
+    pub fn record_flow(
+        &self,
+        record: &FlowRecord,
+        new: bool,
+        delta_packets: u64,
+        delta_bytes: u64,
+        verdict: Verdict,
+    ) {
+        let labels = self.flow_labels(record);
+        let pod_level = self.config.pod_level;
+        let other = || FlowLabels::other(record.protocol, pod_level);
+        if new {
+            self.flows.add(
+                FlowVerdictLabels {
+                    flow: labels.clone(),
+                    verdict,
+                },
+                || FlowVerdictLabels {
+                    flow: other(),
+                    verdict,
+                },
+                1,
+                &self.series_dropped,
+            );
+        }
+        if delta_packets > 0 {
+            self.flow_packets
+                .add(labels.clone(), other, delta_packets, &self.series_dropped);
+        }
+        if delta_bytes > 0 {
+            self.flow_bytes
+                .add(labels, other, delta_bytes, &self.series_dropped);
+        }
+    }
+
+    /// Records `count` packets of a flow dropped by the kernel for `reason` (the kernel's drop
+    /// reason name); `policy` is the isolating policy `ns/name` that explains it, if any
+    /// (`unknown` otherwise).
+    pub fn record_drop(&self, record: &FlowRecord, reason: &str, policy: Option<&str>, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let labels = DropLabels {
+            flow: self.flow_labels(record),
+            reason: reason.to_owned(),
+            policy: policy.unwrap_or("unknown").to_owned(),
+        };
+        let pod_level = self.config.pod_level;
+        self.drops.add(
+            labels,
+            || DropLabels {
+                flow: FlowLabels::other(record.protocol, pod_level),
+                reason: reason.to_owned(),
+                policy: labels::OTHER.to_owned(),
+            },
+            count,
+            &self.series_dropped,
+        );
+    }
+
+    /// Records the verdict of one direction of a new flow, labelled with the pod it applies
+    /// to (the source for egress, the destination for ingress).
+    pub fn record_verdict(&self, record: &FlowRecord, direction: Direction, verdict: Verdict) {
+        let ep = match direction {
+            Direction::Egress => &record.src,
+            Direction::Ingress => &record.dst,
+        };
+        let peer = PeerLabels::from_endpoint(ep, false);
+        let labels = VerdictLabels {
+            namespace: peer.namespace,
+            kind: peer.kind,
+            workload: peer.workload,
+            direction,
+            verdict,
+        };
+        self.policy_verdicts.add(
+            labels,
+            || {
+                let o = PeerLabels::other(false);
+                VerdictLabels {
+                    namespace: o.namespace,
+                    kind: o.kind,
+                    workload: o.workload,
+                    direction,
+                    verdict,
+                }
+            },
+            1,
+            &self.series_dropped,
+        );
+    }
+
+    /// Records the overall verdict the staged (draft) policies give a new flow
+    /// (`--staged-policies`).
+    pub fn record_staged(&self, record: &FlowRecord, verdict: Verdict) {
+        let pod_level = self.config.pod_level;
+        self.staged_verdicts.add(
+            FlowVerdictLabels {
+                flow: self.flow_labels(record),
+                verdict,
+            },
+            || FlowVerdictLabels {
+                flow: FlowLabels::other(record.protocol, pod_level),
+                verdict,
+            },
+            1,
+            &self.series_dropped,
+        );
+    }
+
+    /// Replaces every `netpol_observe_unprotected_workloads` series with these
+    /// `(namespace, direction, workloads)` counts (namespaces absent now disappear).
+    pub fn set_unprotected<'a>(&self, counts: impl IntoIterator<Item = (&'a str, Direction, u64)>) {
+        self.unprotected.clear();
+        for (namespace, direction, n) in counts {
+            self.unprotected
+                .get_or_create(&UnprotectedLabels {
+                    namespace: namespace.to_owned(),
+                    direction,
+                })
+                .set(saturating_i64(n));
+        }
+    }
+
+    /// Sets the flow table fill (`entries`) and size (`capacity`).
+    pub fn set_flow_table(&self, entries: u64, capacity: u64) {
+        self.flow_table_entries.set(saturating_i64(entries));
+        self.flow_table_capacity.set(saturating_i64(capacity));
+    }
+
+    /// Feeds the kernel's cumulative count of ring-buffer events lost (summed over CPUs); the
+    /// counter grows by the difference from the previous call.
+    pub fn set_ringbuf_lost_total(&self, total: u64) {
+        self.ringbuf_lost
+            .inc_by(self.cumulative.delta("\0ringbuf", total));
+    }
+
+    /// Feeds the kernel's cumulative count of one error counter (summed over CPUs), e.g.
+    /// `flow_map_full`, `parse_error`; the counter grows by the difference from the previous
+    /// call for this error.
+    pub fn set_kernel_error_total(&self, error: &str, total: u64) {
+        let delta = self.cumulative.delta(error, total);
+        self.kernel_errors
+            .get_or_create(&ErrorLabels {
+                error: error.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Sets how many interfaces the flow programs are attached to.
+    pub fn set_attached_interfaces(&self, n: u64) {
+        self.attached_interfaces.set(saturating_i64(n));
+    }
+
+    /// Sets whether the inventory of `resource` (e.g. `pods`) is synced.
+    pub fn set_inventory_synced(&self, resource: &str, synced: bool) {
+        self.inventory_synced
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .set(i64::from(synced));
+    }
+
+    /// Counts `n` flows removed from the flow table for `reason` (`idle`, `closed`, `lru`, …).
+    pub fn record_evictions(&self, reason: &str, n: u64) {
+        self.evictions
+            .get_or_create(&EvictionLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// The whole registry as OpenMetrics text (ends with `# EOF`).
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+
+    /// The whole registry in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (`curl`, `promtool check metrics`). Same samples as [`Self::encode`].
+    pub fn encode_text(&self) -> Result<String, MetricsError> {
+        Ok(openmetrics_to_text(&self.encode()?))
+    }
+
+    /// Content negotiation for `/metrics`: OpenMetrics when the `Accept` header asks for
+    /// `application/openmetrics-text` (as Prometheus does), else the Prometheus text format.
+    /// Returns the `Content-Type` and the body.
+    pub fn negotiate(&self, accept: Option<&str>) -> Result<(&'static str, String), MetricsError> {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Ok((CONTENT_TYPE, self.encode()?))
+        } else {
+            Ok((TEXT_CONTENT_TYPE, self.encode_text()?))
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text into the Prometheus text format: a counter family `x` is
+/// described as `x_total` (the name of its samples), and `# UNIT` and `# EOF` go away.
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some((name, "counter")) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match described.and_then(|(p, rest)| rest.split_once(' ').map(|(n, r)| (p, n, r))) {
+            Some((p, name, rest)) if counters.contains(name) => {
+                out.push_str(p);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! The engine benchmark (`cargo xtask bench engine`, via the hidden `netpol-observe
+//! bench-engine`): verdicts per second and compile time against growing policy counts over a
+//! synthetic cluster ([`super::synth`]), on one thread, with interleaved rounds and medians.
+
+use std::{hint::black_box, time::Instant};
+
+use super::{PolicyEngine, PolicyError, synth};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Pods in the synthetic cluster.
+    pub pods: usize,
+    /// Namespaces.
+    pub namespaces: usize,
+    /// Policy counts to compare (each is one configuration).
+    pub policy_counts: Vec<usize>,
+    /// Verdicts per measurement.
+    pub evaluations: usize,
+    /// Distinct flows (evaluated in a cycle until `evaluations` are done).
+    pub distinct_flows: usize,
+    /// Interleaved rounds (every configuration once per round).
+    pub rounds: usize,
+    /// Seed of the synthetic inputs.
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            pods: 10_000,
+            namespaces: 100,
+            policy_counts: vec![10, 100, 1_000, 10_000],
+            evaluations: 1_000_000,
+            distinct_flows: 100_000,
+            rounds: 5,
+            seed: 1,
+        }
+    }
+}
+
+/// The result for one policy count.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchRow {
+    /// Number of policies.
+    pub policies: usize,
+    /// Median compile time, milliseconds.
+    pub compile_ms: f64,
+    /// Median verdicts per second.
+    pub verdicts_per_sec: f64,
+    /// Every round's verdicts per second, in round order.
+    pub samples: Vec<f64>,
+    /// Median verdicts per second of [`PolicyEngine::evaluate_compact`] (no explanation).
+    pub compact_verdicts_per_sec: f64,
+    /// Share of allowed verdicts (sanity: the workload is not trivial).
+    pub allowed_share: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Runs the benchmark on the calling thread.
+pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, PolicyError> {
+    let inventory = synth::cluster(config.namespaces, config.pods, config.seed);
+    let flows = synth::flows(&inventory, config.distinct_flows.max(1), config.seed);
+    let policy_sets: Vec<_> = config
+        .policy_counts
+        .iter()
+        .map(|n| synth::policies(*n, config.namespaces, config.seed))
+        .collect();
+    let mut compile = vec![Vec::new(); policy_sets.len()];
+    let mut speed = vec![Vec::new(); policy_sets.len()];
+    let mut compact = vec![Vec::new(); policy_sets.len()];
+    let mut allowed_share = vec![0.0; policy_sets.len()];
+    for _round in 0..config.rounds.max(1) {
+        for (i, policies) in policy_sets.iter().enumerate() {
+            let start = Instant::now();
+            let engine = PolicyEngine::compile(policies, &inventory)?;
+            compile[i].push(start.elapsed().as_secs_f64() * 1e3);
+            let mut allowed = 0usize;
+            let start = Instant::now();
+            for flow in flows.iter().cycle().take(config.evaluations) {
+                allowed += usize::from(black_box(engine.evaluate(black_box(flow))).allowed);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            speed[i].push(config.evaluations as f64 / secs.max(1e-9));
+            allowed_share[i] = allowed as f64 / config.evaluations.max(1) as f64;
+            let mut allowed_compact = 0usize;
+            let start = Instant::now();
+            for flow in flows.iter().cycle().take(config.evaluations) {
+                allowed_compact +=
+                    usize::from(black_box(engine.evaluate_compact(black_box(flow))).allowed);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            compact[i].push(config.evaluations as f64 / secs.max(1e-9));
+            debug_assert_eq!(allowed, allowed_compact);
+        }
+    }
+    Ok(config
+        .policy_counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| BenchRow {
+            policies: *n,
+            compile_ms: median(&compile[i]),
+            verdicts_per_sec: median(&speed[i]),
+            samples: speed[i].clone(),
+            compact_verdicts_per_sec: median(&compact[i]),
+            allowed_share: allowed_share[i],
+        })
+        .collect())
+}

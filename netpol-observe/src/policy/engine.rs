@@ -1,0 +1,778 @@
+//! The compiled engine: the policies selecting each pod pre-computed at compile time, pods
+//! grouped by the policies selecting them, each group's rules merged into per-port tables
+//! ([`super::table`]), label keys and values interned, so that a verdict costs a few hash
+//! lookups and integer comparisons whatever the number of policies.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use jiff::Timestamp;
+use rustc_hash::FxHashMap;
+
+use super::{
+    Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
+    compile::{NsMatch, Peer, compile_policy},
+    names::RuleNames,
+    selector::CompiledSelector,
+    selector::Interner,
+    table::{PeerKey, Tables, TablesBuilder},
+};
+use crate::{
+    flow::{Endpoint, FlowRecord, Protocol},
+    inventory::{ContainerPortInfo, Inventory, NetworkPolicy, ServiceInfo},
+};
+
+/// A pod as the engine sees it.
+#[derive(Debug, Clone)]
+struct PodEntry {
+    namespace: String,
+    name: String,
+    labels: Vec<(u32, u32)>,
+    /// Peer class: pods of one namespace with the same values for every key a peer selector
+    /// looks at are one class (`NO_CLASS` for hostNetwork pods, never a pod peer).
+    class: u32,
+    ips: Vec<IpAddr>,
+    host_network: bool,
+    node: Option<u32>,
+    ports: Vec<ContainerPortInfo>,
+    created: Option<Timestamp>,
+    deleted: Option<Timestamp>,
+    /// The group of the policies with the Ingress type selecting this pod (`NO_GROUP`: none,
+    /// not isolated for ingress).
+    ingress: u32,
+    /// The group of the policies with the Egress type selecting this pod.
+    egress: u32,
+}
+
+impl PodEntry {
+    fn alive_at(&self, at: Option<Timestamp>) -> bool {
+        match at {
+            None => self.deleted.is_none(),
+            Some(at) => self.created.is_none_or(|c| c <= at) && self.deleted.is_none_or(|d| at < d),
+        }
+    }
+
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+const NO_CLASS: u32 = u32::MAX;
+const NO_GROUP: u32 = u32::MAX;
+
+/// A ClusterIP Service: its ports and the backend used for flows not attributed to a pod.
+#[derive(Debug, Clone)]
+struct ServiceEntry {
+    info: ServiceInfo,
+    backend: Option<u32>,
+}
+
+/// What a direction is asked about: the pod `me`, the other side and its address.
+#[derive(Debug, Clone, Copy)]
+struct Query {
+    me: u32,
+    peer: Side,
+    peer_ip: IpAddr,
+    ingress: bool,
+}
+
+/// The flow's destination, (effective) port and protocol.
+#[derive(Debug, Clone, Copy)]
+struct FlowQuery {
+    dst: Side,
+    port: Option<u16>,
+    protocol: Protocol,
+}
+
+/// A direction's decision before explanation.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    Decided(SideResult, Option<Reason>),
+    /// Isolated by the policies of `group`.
+    Isolated {
+        group: u32,
+        allowed: bool,
+    },
+}
+
+/// One side of a flow, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Pod(u32),
+    Node(u32),
+    Other,
+}
+
+/// One direction of a [`CompactVerdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactSide {
+    /// Not isolated, allowed or denied.
+    pub result: SideResult,
+    /// Set when decided without rules.
+    pub reason: Option<Reason>,
+}
+
+impl From<(SideResult, Reason)> for CompactSide {
+    fn from((result, reason): (SideResult, Reason)) -> Self {
+        CompactSide {
+            result,
+            reason: Some(reason),
+        }
+    }
+}
+
+/// A verdict without its explanation ([`PolicyEngine::evaluate_compact`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactVerdict {
+    /// Whether the flow is allowed.
+    pub allowed: bool,
+    /// The destination's ingress.
+    pub ingress: CompactSide,
+    /// The source's egress.
+    pub egress: CompactSide,
+}
+
+/// Which policies select a pod, per direction (`ns/name`, sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPolicies {
+    /// Policies with the Ingress type selecting the pod (the pod is ingress-isolated if any).
+    pub ingress: Vec<String>,
+    /// Policies with the Egress type selecting the pod (the pod is egress-isolated if any).
+    pub egress: Vec<String>,
+}
+
+/// NetworkPolicies compiled against an inventory: compile once, evaluate many times.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    /// Policy names (`ns/name`), sorted: policy indices are positions here.
+    names: Vec<Name>,
+    /// Groups of pods selected by the same policies and their merged rule tables.
+    tables: Tables,
+    /// Rule and policy names, for lazy explanations.
+    rule_names: Arc<RuleNames>,
+    pods: Vec<PodEntry>,
+    by_ip: FxHashMap<IpAddr, Vec<u32>>,
+    /// Namespace, then pod name: the pods (indices) of that name.
+    by_name: HashMap<String, HashMap<String, Vec<u32>>>,
+    node_ids: HashMap<String, u32>,
+    node_by_ip: FxHashMap<IpAddr, u32>,
+    services: FxHashMap<IpAddr, ServiceEntry>,
+}
+
+impl PolicyEngine {
+    /// Validates and compiles `policies` against `inventory` (pods, namespaces, nodes and
+    /// Services). The first invalid policy is an error naming it and the field.
+    pub fn compile(
+        policies: &[NetworkPolicy],
+        inventory: &Inventory,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let mut interner = Interner::default();
+        let mut compiled = policies
+            .iter()
+            .map(|p| compile_policy(p, &mut interner))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Order never matters: verdicts list policies by `ns/name`.
+        compiled.sort_by(|a, b| a.id.cmp(&b.id));
+
+        let mut ns_ids: HashMap<String, u32> = HashMap::new();
+        let mut ns_labels: Vec<Vec<(u32, u32)>> = Vec::new();
+        for (name, ns) in &inventory.namespaces {
+            ns_ids.insert(name.clone(), to_u32(ns_labels.len()));
+            ns_labels.push(interner.labels(&ns.labels));
+        }
+        let mut ns_id = |name: &str, interner: &mut Interner, ns_labels: &mut Vec<_>| -> u32 {
+            if let Some(id) = ns_ids.get(name) {
+                return *id;
+            }
+            let id = to_u32(ns_labels.len());
+            ns_ids.insert(name.to_owned(), id);
+            let labels = [("kubernetes.io/metadata.name".to_owned(), name.to_owned())].into();
+            ns_labels.push(interner.labels(&labels));
+            id
+        };
+
+        let mut node_ids = HashMap::new();
+        let mut node_by_ip = FxHashMap::default();
+        for (i, n) in inventory.nodes.iter().enumerate() {
+            node_ids.insert(n.name.clone(), to_u32(i));
+            for ip in &n.addresses {
+                node_by_ip.insert(*ip, to_u32(i));
+            }
+        }
+
+        // The label keys peer selectors look at: pods equal on these keys (in one namespace)
+        // are indistinguishable as peers.
+        let mut peer_keys = std::collections::HashSet::new();
+        for policy in &compiled {
+            for rule in policy
+                .ingress
+                .iter()
+                .flatten()
+                .chain(policy.egress.iter().flatten())
+            {
+                for peer in rule.peers.iter().flatten() {
+                    if let Peer::Pods {
+                        pods: Some(sel), ..
+                    } = peer
+                    {
+                        peer_keys.extend(sel.keys());
+                    }
+                }
+            }
+        }
+        let mut class_ids: HashMap<(u32, Vec<(u32, u32)>), u32> = HashMap::new();
+        let mut class_labels: Vec<Vec<(u32, u32)>> = Vec::new();
+        let mut classes_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
+
+        let mut pods = Vec::with_capacity(inventory.pods.len());
+        let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
+        let mut by_name: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
+        let mut pods_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
+        for p in &inventory.pods {
+            let idx = to_u32(pods.len());
+            let ns = ns_id(&p.namespace, &mut interner, &mut ns_labels);
+            if !p.host_network {
+                for ip in &p.ips {
+                    by_ip.entry(*ip).or_default().push(idx);
+                }
+                pods_by_ns.entry(ns).or_default().push(idx);
+            }
+            by_name
+                .entry(p.namespace.clone())
+                .or_default()
+                .entry(p.name.clone())
+                .or_default()
+                .push(idx);
+            let labels = interner.labels(&p.labels);
+            let class = if p.host_network {
+                NO_CLASS
+            } else {
+                let projected: Vec<(u32, u32)> = labels
+                    .iter()
+                    .filter(|(k, _)| peer_keys.contains(k))
+                    .copied()
+                    .collect();
+                match class_ids.get(&(ns, projected.clone())) {
+                    Some(c) => *c,
+                    None => {
+                        let c = to_u32(class_labels.len());
+                        class_ids.insert((ns, projected.clone()), c);
+                        class_labels.push(projected);
+                        classes_by_ns.entry(ns).or_default().push(c);
+                        c
+                    }
+                }
+            };
+            pods.push(PodEntry {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                labels,
+                class,
+                ips: p.ips.clone(),
+                host_network: p.host_network,
+                node: p.node_name.as_ref().and_then(|n| node_ids.get(n).copied()),
+                ports: p.container_ports.clone(),
+                created: p.created,
+                deleted: p.deleted,
+                ingress: NO_GROUP,
+                egress: NO_GROUP,
+            });
+        }
+        // Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it.
+        let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); pods.len()];
+
+        let mut policy_ns = Vec::with_capacity(compiled.len());
+        for policy in &compiled {
+            policy_ns.push(ns_id(&policy.namespace, &mut interner, &mut ns_labels));
+        }
+        for (pi, policy) in compiled.iter_mut().enumerate() {
+            for rule in policy
+                .ingress
+                .iter_mut()
+                .flatten()
+                .chain(policy.egress.iter_mut().flatten())
+            {
+                for peer in rule.peers.iter_mut().flatten() {
+                    if let Peer::Pods {
+                        namespaces: NsMatch::Selector { selector, hits },
+                        ..
+                    } = peer
+                    {
+                        *hits = ns_labels.iter().map(|l| selector.matches(l)).collect();
+                    }
+                }
+            }
+            for &idx in pods_by_ns.get(&policy_ns[pi]).into_iter().flatten() {
+                if policy.pod_selector.matches(&pods[idx as usize].labels) {
+                    let (ingress, egress) = &mut selecting[idx as usize];
+                    if policy.ingress.is_some() {
+                        ingress.push(to_u32(pi));
+                    }
+                    if policy.egress.is_some() {
+                        egress.push(to_u32(pi));
+                    }
+                }
+            }
+        }
+
+        // One bitset of peer classes per distinct (namespaces, podSelector) pod peer.
+        type SetKey = (
+            Option<u32>,
+            Option<CompiledSelector>,
+            Option<CompiledSelector>,
+        );
+        let mut sets: Vec<Vec<u64>> = Vec::new();
+        let mut set_ids: HashMap<SetKey, u32> = HashMap::new();
+        let words = class_labels.len().div_ceil(64);
+        for (pi, policy) in compiled.iter_mut().enumerate() {
+            let own = policy_ns[pi];
+            for rule in policy
+                .ingress
+                .iter_mut()
+                .flatten()
+                .chain(policy.egress.iter_mut().flatten())
+            {
+                for peer in rule.peers.iter_mut().flatten() {
+                    let Peer::Pods {
+                        namespaces,
+                        pods: selector,
+                        set,
+                    } = peer
+                    else {
+                        continue;
+                    };
+                    let key: SetKey = match namespaces {
+                        NsMatch::Own => (Some(own), None, selector.clone()),
+                        NsMatch::Selector {
+                            selector: ns_sel, ..
+                        } => (None, Some(ns_sel.clone()), selector.clone()),
+                    };
+                    if let Some(id) = set_ids.get(&key) {
+                        *set = *id;
+                        continue;
+                    }
+                    let namespaces: Vec<u32> = match namespaces {
+                        NsMatch::Own => vec![own],
+                        NsMatch::Selector { hits, .. } => hits
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, h)| **h)
+                            .map(|(i, _)| to_u32(i))
+                            .collect(),
+                    };
+                    let mut bits = vec![0u64; words];
+                    for ns in namespaces {
+                        for &c in classes_by_ns.get(&ns).into_iter().flatten() {
+                            if selector
+                                .as_ref()
+                                .is_none_or(|s| s.matches(&class_labels[c as usize]))
+                            {
+                                bits[c as usize / 64] |= 1 << (c % 64);
+                            }
+                        }
+                    }
+                    *set = to_u32(sets.len());
+                    set_ids.insert(key, *set);
+                    sets.push(bits);
+                }
+            }
+        }
+
+        // The merged rule tables: every rule (policy order, then ingress before egress, then
+        // rule order), then one group per distinct list of selecting policies and direction.
+        let names: Vec<Name> = compiled.iter().map(|p| Name::from(p.id.as_str())).collect();
+        let mut builder = TablesBuilder::new(class_labels.len());
+        let mut policy_rules: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(compiled.len());
+        for (pi, policy) in compiled.iter().enumerate() {
+            let mut dirs: [Vec<u32>; 2] = Default::default();
+            for (d, list) in [&policy.ingress, &policy.egress].into_iter().enumerate() {
+                for rule in list.iter().flatten() {
+                    let pod_sets: Vec<&[u64]> = rule
+                        .peers
+                        .iter()
+                        .flatten()
+                        .filter_map(|p| match p {
+                            Peer::Pods { set, .. } => Some(sets[*set as usize].as_slice()),
+                            Peer::IpBlock { .. } => None,
+                        })
+                        .collect();
+                    let label = Name::from(rule.label.as_str());
+                    dirs[d].push(builder.add_rule(to_u32(pi), rule, &pod_sets, label));
+                }
+            }
+            let [ingress, egress] = dirs;
+            policy_rules.push((ingress, egress));
+        }
+        for (pod, (ingress, egress)) in pods.iter_mut().zip(&selecting) {
+            if !ingress.is_empty() {
+                pod.ingress = builder.group(
+                    true,
+                    ingress,
+                    |p| policy_rules[p as usize].0.clone(),
+                    &names,
+                );
+            }
+            if !egress.is_empty() {
+                pod.egress = builder.group(
+                    false,
+                    egress,
+                    |p| policy_rules[p as usize].1.clone(),
+                    &names,
+                );
+            }
+        }
+        let tables = builder.finish();
+        let rule_names = Arc::new(tables.rule_names(&names));
+
+        let mut services = FxHashMap::default();
+        for svc in &inventory.services {
+            let backend = inventory.service_backends(svc).first().and_then(|b| {
+                by_name
+                    .get(&b.namespace)
+                    .and_then(|m| m.get(&b.name))
+                    .and_then(|c| {
+                        c.iter()
+                            .rev()
+                            .find(|i| pods[**i as usize].deleted.is_none())
+                    })
+                    .copied()
+            });
+            for ip in &svc.cluster_ips {
+                services.insert(
+                    *ip,
+                    ServiceEntry {
+                        info: svc.clone(),
+                        backend,
+                    },
+                );
+            }
+        }
+
+        Ok(PolicyEngine {
+            names,
+            tables,
+            rule_names,
+            pods,
+            by_ip,
+            by_name,
+            node_ids,
+            node_by_ip,
+            services,
+        })
+    }
+
+    /// Number of compiled policies.
+    pub fn policy_count(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The policies selecting pod `namespace/name` (the newest pod of that name), or `None` if
+    /// the pod is unknown. hostNetwork pods are selected by nothing.
+    pub fn policies_selecting(&self, namespace: &str, name: &str) -> Option<PodPolicies> {
+        let idx = self.by_name.get(namespace)?.get(name)?.last()?;
+        let pod = &self.pods[*idx as usize];
+        let ids = |group: u32| {
+            if group == NO_GROUP {
+                return Vec::new();
+            }
+            self.tables
+                .group(group)
+                .policies
+                .iter()
+                .map(|i| self.names[*i as usize].to_string())
+                .collect()
+        };
+        Some(PodPolicies {
+            ingress: ids(pod.ingress),
+            egress: ids(pod.egress),
+        })
+    }
+
+    /// Every known pod with whether it is isolated for ingress and for egress:
+    /// `(namespace, name, ingress_isolated, egress_isolated)`; hostNetwork pods are skipped.
+    pub fn pod_isolation(&self) -> impl Iterator<Item = (&str, &str, bool, bool)> + '_ {
+        self.pods.iter().filter(|p| !p.host_network).map(|p| {
+            (
+                p.namespace.as_str(),
+                p.name.as_str(),
+                p.ingress != NO_GROUP,
+                p.egress != NO_GROUP,
+            )
+        })
+    }
+
+    /// The verdict of an (attributed) flow. Attribution fields name the pods when present;
+    /// otherwise addresses are looked up (a pod IP at the flow's time, a node IP, a ClusterIP
+    /// whose first backend is taken). A flow to a ClusterIP is checked at the backend's target
+    /// port, as the destination sees it after DNAT.
+    pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
+        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q));
+        Verdict::new(ingress, egress)
+    }
+
+    /// The verdict without the explanation (no policy names, no allocation): what the agent
+    /// needs for counters. Stops at the first allowing rule. Same decision as
+    /// [`PolicyEngine::evaluate`].
+    pub fn evaluate_compact(&self, flow: &FlowRecord) -> CompactVerdict {
+        let (ingress, egress) = self.evaluate_with(flow, |e, q| {
+            let (result, reason) = match self.decide(e, q) {
+                Decision::Decided(result, reason) => (result, reason),
+                Decision::Isolated { allowed: true, .. } => (SideResult::Allowed, None),
+                Decision::Isolated { allowed: false, .. } => (SideResult::Denied, None),
+            };
+            CompactSide { result, reason }
+        });
+        CompactVerdict {
+            allowed: ingress.result != SideResult::Denied && egress.result != SideResult::Denied,
+            ingress,
+            egress,
+        }
+    }
+
+    /// Resolves both ends and evaluates each direction with `side`.
+    fn evaluate_with<T>(&self, flow: &FlowRecord, side: impl Fn(Query, FlowQuery) -> T) -> (T, T)
+    where
+        T: Clone + From<(SideResult, Reason)>,
+    {
+        let at = flow.first_seen.or(flow.last_seen);
+        let src = self.resolve(&flow.src, at);
+        let (dst, dst_ip, port) = self.resolve_dst(&flow.dst, flow.protocol, at);
+        if let (Side::Pod(s), Side::Pod(d)) = (src, dst)
+            && s == d
+            && !self.pods[s as usize].host_network
+        {
+            let v = T::from((SideResult::Allowed, Reason::SelfTraffic));
+            return (v.clone(), v);
+        }
+        let flow_q = FlowQuery {
+            dst,
+            port,
+            protocol: flow.protocol,
+        };
+        let egress = match src {
+            Side::Pod(s) => side(
+                Query {
+                    me: s,
+                    peer: dst,
+                    peer_ip: dst_ip,
+                    ingress: false,
+                },
+                flow_q,
+            ),
+            _ => T::from((SideResult::NotIsolated, Reason::NotAPod)),
+        };
+        let ingress = match dst {
+            Side::Pod(d) => side(
+                Query {
+                    me: d,
+                    peer: src,
+                    peer_ip: flow.src.ip,
+                    ingress: true,
+                },
+                flow_q,
+            ),
+            _ => T::from((SideResult::NotIsolated, Reason::NotAPod)),
+        };
+        (ingress, egress)
+    }
+
+    /// One direction with its explanation.
+    fn explained(&self, q: Query, f: FlowQuery) -> SideVerdict {
+        match self.decide(q, f) {
+            Decision::Decided(result, Some(reason)) => SideVerdict::by_reason(result, reason),
+            Decision::Decided(..) => SideVerdict::not_isolated(),
+            Decision::Isolated {
+                group,
+                allowed: true,
+            } => {
+                let dst_pod = self.dst_pod(f.dst);
+                let rules = self.tables.allowing_rules(
+                    group,
+                    f.protocol,
+                    f.port,
+                    self.peer_key(q),
+                    |name| dst_pod.and_then(|d| d.named_port(name, f.protocol)),
+                );
+                let (policies, rules) = Names::picked(&self.rule_names, rules);
+                SideVerdict {
+                    result: SideResult::Allowed,
+                    policies,
+                    rules,
+                    reason: None,
+                }
+            }
+            Decision::Isolated {
+                group,
+                allowed: false,
+            } => SideVerdict {
+                result: SideResult::Denied,
+                policies: self.tables.group(group).denied.clone(),
+                rules: Names::default(),
+                reason: None,
+            },
+        }
+    }
+
+    fn dst_pod(&self, dst: Side) -> Option<&PodEntry> {
+        match dst {
+            Side::Pod(d) => Some(&self.pods[d as usize]),
+            _ => None,
+        }
+    }
+
+    /// The peer of a direction as the rule tables see it.
+    #[inline]
+    fn peer_key(&self, q: Query) -> PeerKey {
+        let class = match q.peer {
+            Side::Pod(p) => {
+                let pod = &self.pods[p as usize];
+                (!pod.host_network && pod.class != NO_CLASS).then_some(pod.class)
+            }
+            _ => None,
+        };
+        PeerKey {
+            class,
+            ip: q.peer_ip,
+        }
+    }
+
+    /// Decides one direction of pod `q.me` (`f` carries the flow's destination, port and
+    /// protocol): always-allowed cases first, then the pod's group table.
+    #[inline]
+    fn decide(&self, q: Query, f: FlowQuery) -> Decision {
+        let pod = &self.pods[q.me as usize];
+        if pod.host_network {
+            return Decision::Decided(SideResult::NotIsolated, Some(Reason::HostNetwork));
+        }
+        let peer_node = match q.peer {
+            Side::Node(n) => Some(n),
+            Side::Pod(p) if self.pods[p as usize].host_network => self.pods[p as usize].node,
+            _ => None,
+        };
+        if peer_node.is_some() && peer_node == pod.node {
+            return Decision::Decided(SideResult::Allowed, Some(Reason::OwnNode));
+        }
+        let group = if q.ingress { pod.ingress } else { pod.egress };
+        if group == NO_GROUP {
+            return Decision::Decided(SideResult::NotIsolated, None);
+        }
+        let dst_pod = self.dst_pod(f.dst);
+        let allowed = self
+            .tables
+            .allows(group, f.protocol, f.port, self.peer_key(q), |name| {
+                dst_pod.and_then(|d| d.named_port(name, f.protocol))
+            });
+        Decision::Isolated { group, allowed }
+    }
+
+    /// Picks among pods holding an IP (or a name): the one with the expected name, alive at
+    /// the flow's time, else the newest.
+    fn pick(
+        &self,
+        candidates: &[u32],
+        at: Option<Timestamp>,
+        names: Option<(&str, &str)>,
+    ) -> Option<u32> {
+        // One pod ever held the address (the common case): it is the answer whatever the time,
+        // without touching the pod's entry.
+        if let ([only], None) = (candidates, names) {
+            return Some(*only);
+        }
+        let named = |i: &&u32| {
+            names.is_none_or(|(ns, n)| {
+                let p = &self.pods[**i as usize];
+                p.namespace == ns && p.name == n
+            })
+        };
+        candidates
+            .iter()
+            .filter(named)
+            .rev()
+            .find(|i| self.pods[**i as usize].alive_at(at))
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .filter(named)
+                    .max_by_key(|i| self.pods[**i as usize].created)
+            })
+            .copied()
+    }
+
+    fn resolve(&self, ep: &Endpoint, at: Option<Timestamp>) -> Side {
+        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
+        if let Some(c) = self.by_ip.get(&ep.ip)
+            && let Some(i) = self.pick(c, at, names)
+        {
+            return Side::Pod(i);
+        }
+        if let Some((ns, n)) = names
+            && let Some(c) = self.by_name.get(ns).and_then(|m| m.get(n))
+            && let Some(i) = self.pick(c, at, None)
+        {
+            return Side::Pod(i);
+        }
+        if let Some(n) = self.node_by_ip.get(&ep.ip) {
+            return Side::Node(*n);
+        }
+        if let Some(n) = ep.node.as_ref().and_then(|n| self.node_ids.get(n)) {
+            return Side::Node(*n);
+        }
+        Side::Other
+    }
+
+    /// Resolves the destination; for a ClusterIP, the backend pod (named in the flow, else the
+    /// Service's first backend), its address and the target port.
+    fn resolve_dst(
+        &self,
+        ep: &Endpoint,
+        protocol: Protocol,
+        at: Option<Timestamp>,
+    ) -> (Side, IpAddr, Option<u16>) {
+        let Some(svc) = self.services.get(&ep.ip) else {
+            return (self.resolve(ep, at), ep.ip, ep.port);
+        };
+        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
+        let pod = match names {
+            Some((ns, n)) => self
+                .by_name
+                .get(ns)
+                .and_then(|m| m.get(n))
+                .and_then(|c| self.pick(c, at, None)),
+            None => svc.backend,
+        };
+        let Some(pod) = pod else {
+            return (Side::Other, ep.ip, ep.port);
+        };
+        let entry = &self.pods[pod as usize];
+        let port = ep.port.map(|p| {
+            svc.info
+                .backend_port(p, protocol, None)
+                .or_else(|| {
+                    // Named target port: resolve against this backend.
+                    svc.info
+                        .ports
+                        .iter()
+                        .find(|sp| sp.port == p && sp.protocol == protocol)
+                        .and_then(|sp| match &sp.target_port {
+                            crate::inventory::TargetPort::Name(n) => entry.named_port(n, protocol),
+                            crate::inventory::TargetPort::Number(n) => Some(*n),
+                        })
+                })
+                .unwrap_or(p)
+        });
+        let ip = entry
+            .ips
+            .iter()
+            .find(|i| i.is_ipv4() == ep.ip.is_ipv4())
+            .or(entry.ips.first())
+            .copied()
+            .unwrap_or(ep.ip);
+        (Side::Pod(pod), ip, port)
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

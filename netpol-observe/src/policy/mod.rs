@@ -1,0 +1,39 @@
+//! The NetworkPolicy engine (pure): the whole `networking.k8s.io/v1` semantics, compiled once
+//! ([`PolicyEngine::compile`]) and evaluated many times ([`PolicyEngine::evaluate`]), every
+//! verdict explained ([`Verdict`]: which policies isolate, which rules allow).
+//!
+//! Semantics (Kubernetes API documentation):
+//! - a policy selects pods of its namespace by `podSelector` (`{}` = all); policies are
+//!   additive; a pod selected by a policy with the Ingress (Egress) type is isolated for
+//!   ingress (egress) and then only what some rule of some selecting policy allows passes;
+//! - `policyTypes` omitted: Ingress, plus Egress when the policy has egress rules;
+//! - rule `from`/`to` omitted or empty = every peer; `ports` omitted or empty = every port;
+//!   `ingress: []` (or omitted) with the Ingress type allows nothing, `ingress: [{}]` allows all;
+//! - a peer with `namespaceSelector` and `podSelector` is an AND; separate peers are an OR;
+//!   `podSelector` alone means the policy's namespace; `ipBlock` (with `except`, IPv4 or IPv6)
+//!   matches the peer's address (pod addresses included);
+//! - port `protocol` defaults to TCP; named ports resolve against the destination pod's
+//!   container ports with the same protocol; `endPort` makes a range;
+//! - a connection needs the destination's ingress and the source's egress; a pod's traffic to
+//!   itself and traffic between a pod and its own node are always allowed; hostNetwork pods are
+//!   outside policy scope (never selected; as peers they are their node's address).
+//!
+//! [`reference`] is a slow literal evaluator kept to check the engine.
+
+pub mod bench;
+mod compile;
+mod engine;
+mod error;
+mod names;
+pub mod reference;
+mod selector;
+pub mod synth;
+mod table;
+mod verdict;
+
+pub use compile::{policy_id, policy_types, validate};
+pub use engine::{CompactSide, CompactVerdict, PodPolicies, PolicyEngine};
+pub use error::{PolicyError, SelectorError};
+pub use names::{Name, Names};
+pub use selector::label_selector_matches;
+pub use verdict::{EvaluatedFlow, Reason, SideResult, SideVerdict, Verdict};

@@ -1,0 +1,353 @@
+//! Names in verdict explanations (`ns/name`, `ns/name:ingress[i]`), shared rather than copied:
+//! the engine interns every policy and rule name once at compile time and a verdict holds
+//! reference-counted handles to them, so explaining a verdict costs no string copies. They
+//! serialise exactly as the plain strings and string lists they replace.
+//!
+//! An "allowed" explanation is kept lazy: the verdict holds the ids of the allowing rules
+//! ([`Names::picked`]) and the names are looked up the first time the list is read (compared,
+//! iterated, printed, serialised), so a verdict costs the same whether it names one rule or
+//! a hundred.
+
+use std::{
+    borrow::Borrow,
+    fmt,
+    hash::{Hash, Hasher},
+    ops::Deref,
+    sync::{Arc, OnceLock},
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One name in an explanation: a shared, immutable string (cloning it copies no bytes).
+/// Compares, orders, hashes, prints and serialises as the string it holds.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name(s.into())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name(s.into())
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> Self {
+        n.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Name::from)
+    }
+}
+
+/// The names of every rule of an engine and the policy each belongs to: what lazy
+/// explanations ([`Names::picked`]) resolve against.
+#[derive(Debug, Default)]
+pub(crate) struct RuleNames {
+    /// Rule labels (`ns/name:ingress[i]`) by global rule id.
+    pub(crate) labels: Box<[Name]>,
+    /// The policy (index) of each rule.
+    pub(crate) policy: Box<[u32]>,
+    /// Policy names by index.
+    pub(crate) policies: Box<[Name]>,
+}
+
+/// Allowing rules (global ids, ascending), resolved to names on first read.
+#[derive(Debug)]
+struct Picked {
+    names: Arc<RuleNames>,
+    rules: Box<[u32]>,
+    labels: OnceLock<Box<[Name]>>,
+    policies: OnceLock<Box<[Name]>>,
+}
+
+#[derive(Clone)]
+enum Repr {
+    Empty,
+    Shared(Arc<[Name]>),
+    /// The rule labels (`false`) or the distinct policies (`true`) of picked rules.
+    Picked(Arc<Picked>, bool),
+}
+
+/// A list of [`Name`]s, shared: cloning it copies no names (the engine hands out the same
+/// list, e.g. the policies isolating a group of pods, to every verdict that needs it, and
+/// resolves the names of allowing rules only when the list is read). Reads as a slice
+/// (`iter`, `len`, `contains`, indexing), compares with `Vec`s, arrays and slices of strings,
+/// and serialises as a JSON array of strings.
+#[derive(Clone)]
+pub struct Names(Repr);
+
+impl Default for Names {
+    fn default() -> Self {
+        Names(Repr::Empty)
+    }
+}
+
+impl Names {
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            Repr::Empty => true,
+            Repr::Shared(n) => n.is_empty(),
+            Repr::Picked(p, _) => p.rules.is_empty(),
+        }
+    }
+
+    /// The names as owned strings.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.iter().map(|n| n.as_str().to_owned()).collect()
+    }
+
+    /// The explanation of allowing `rules` (global ids, ascending) against `names`: the rule
+    /// labels and the distinct policies, resolved on first read.
+    pub(crate) fn picked(names: &Arc<RuleNames>, rules: Vec<u32>) -> (Names, Names) {
+        let p = Arc::new(Picked {
+            names: Arc::clone(names),
+            rules: rules.into_boxed_slice(),
+            labels: OnceLock::new(),
+            policies: OnceLock::new(),
+        });
+        (
+            Names(Repr::Picked(Arc::clone(&p), true)),
+            Names(Repr::Picked(p, false)),
+        )
+    }
+}
+
+impl Deref for Names {
+    type Target = [Name];
+    fn deref(&self) -> &[Name] {
+        match &self.0 {
+            Repr::Empty => &[],
+            Repr::Shared(n) => n,
+            Repr::Picked(p, false) => p.labels.get_or_init(|| {
+                p.rules
+                    .iter()
+                    .filter_map(|r| p.names.labels.get(*r as usize).cloned())
+                    .collect()
+            }),
+            Repr::Picked(p, true) => p.policies.get_or_init(|| {
+                let mut out: Vec<Name> = Vec::new();
+                let mut last = u32::MAX;
+                for r in p.rules.iter() {
+                    let Some(pi) = p.names.policy.get(*r as usize).copied() else {
+                        continue;
+                    };
+                    if pi != last
+                        && let Some(n) = p.names.policies.get(pi as usize)
+                    {
+                        out.push(n.clone());
+                        last = pi;
+                    }
+                }
+                out.into_boxed_slice()
+            }),
+        }
+    }
+}
+
+impl PartialEq for Names {
+    fn eq(&self, other: &Names) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Names {}
+
+impl Hash for Names {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a Name;
+    type IntoIter = std::slice::Iter<'a, Name>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Name> for Names {
+    fn from_iter<I: IntoIterator<Item = Name>>(iter: I) -> Self {
+        let v: Vec<Name> = iter.into_iter().collect();
+        Names::from(v)
+    }
+}
+
+impl From<Vec<Name>> for Names {
+    fn from(v: Vec<Name>) -> Self {
+        if v.is_empty() {
+            Names(Repr::Empty)
+        } else {
+            Names(Repr::Shared(v.into()))
+        }
+    }
+}
+
+impl From<Vec<String>> for Names {
+    fn from(v: Vec<String>) -> Self {
+        v.into_iter().map(Name::from).collect()
+    }
+}
+
+impl From<Vec<&str>> for Names {
+    fn from(v: Vec<&str>) -> Self {
+        v.into_iter().map(Name::from).collect()
+    }
+}
+
+impl<T: AsRef<str>> PartialEq<[T]> for Names {
+    fn eq(&self, other: &[T]) -> bool {
+        self.len() == other.len()
+            && self
+                .iter()
+                .zip(other)
+                .all(|(a, b)| a.as_str() == b.as_ref())
+    }
+}
+
+impl<T: AsRef<str>> PartialEq<&[T]> for Names {
+    fn eq(&self, other: &&[T]) -> bool {
+        *self == **other
+    }
+}
+
+impl<T: AsRef<str>> PartialEq<Vec<T>> for Names {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        *self == **other
+    }
+}
+
+impl<T: AsRef<str>, const N: usize> PartialEq<[T; N]> for Names {
+    fn eq(&self, other: &[T; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl Serialize for Names {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Name>::deserialize(deserializer).map(Names::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_and_serialise_as_strings() {
+        let n = Names::from(vec!["a/x", "b/y"]);
+        assert_eq!(n, vec!["a/x", "b/y"]);
+        assert_eq!(n, ["a/x".to_string(), "b/y".to_string()]);
+        assert_ne!(n, ["a/x"]);
+        assert!(n.iter().any(|p| p == "b/y"));
+        assert!(n.contains(&Name::from("a/x")));
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#"["a/x","b/y"]"#);
+        let back: Names = serde_json::from_str(r#"["a/x","b/y"]"#).unwrap();
+        assert_eq!(back, n);
+        assert_eq!(format!("{n:?}"), r#"["a/x", "b/y"]"#);
+        assert!(Names::default().is_empty());
+        assert_eq!(Names::from(Vec::<String>::new()), Names::default());
+        assert_eq!(n.join(","), "a/x,b/y");
+    }
+}

@@ -1,0 +1,68 @@
+//! The evidence annotations written on every recommended policy.
+
+use std::collections::BTreeMap;
+
+use super::{
+    RecommendConfig,
+    observe::{Span, WorkloadObs},
+};
+
+/// Number of observed flows backing the policy.
+pub const FLOWS: &str = "netpol-observe.io/flows";
+/// First time a backing flow was seen (RFC 3339).
+pub const FIRST_SEEN: &str = "netpol-observe.io/first-seen";
+/// Last time a backing flow was seen (RFC 3339).
+pub const LAST_SEEN: &str = "netpol-observe.io/last-seen";
+/// The observation window, `<start>/<end>` (RFC 3339 interval).
+pub const WINDOW: &str = "netpol-observe.io/observation-window";
+/// The workload the policy is for, `<Kind>/<name>`.
+pub const WORKLOAD: &str = "netpol-observe.io/workload";
+/// Why the policy may be incomplete (a workload seen too briefly).
+pub const WARNING: &str = "netpol-observe.io/warning";
+/// Which rules are wider than the observed addresses, and why.
+pub const AGGREGATION: &str = "netpol-observe.io/aggregation";
+
+/// The window annotation value, if the flows had timestamps.
+pub(crate) fn window(span: &Span) -> Option<String> {
+    Some(format!("{}/{}", span.first?, span.last?))
+}
+
+/// Flows, first/last seen and window.
+pub(crate) fn evidence(span: &Span, window: &Option<String>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert(FLOWS.to_owned(), span.flows.to_string());
+    if let Some(t) = span.first {
+        out.insert(FIRST_SEEN.to_owned(), t.to_string());
+    }
+    if let Some(t) = span.last {
+        out.insert(LAST_SEEN.to_owned(), t.to_string());
+    }
+    if let Some(w) = window {
+        out.insert(WINDOW.to_owned(), w.clone());
+    }
+    out
+}
+
+/// A warning for a workload seen too briefly: a Job/CronJob seen in a single run, or a
+/// workload whose flows span less than `min_observation` and less than half the window.
+pub(crate) fn brief_warning(
+    w: &WorkloadObs<'_>,
+    window: &Span,
+    config: &RecommendConfig,
+) -> Option<String> {
+    if matches!(w.kind, "CronJob" | "Job") && w.pods.len() == 1 {
+        return Some(format!(
+            "{} seen in a single run in the window; other runs may need traffic not observed here",
+            w.kind
+        ));
+    }
+    let seen = w.span.seconds()?;
+    let total = window.seconds()?;
+    let min = config.min_observation.as_secs();
+    if seen < min && seen.saturating_mul(2) < total {
+        return Some(format!(
+            "seen for {seen}s of a {total}s window (less than {min}s): traffic may be missing"
+        ));
+    }
+    None
+}

@@ -1,0 +1,107 @@
+//! Synthetic inputs for the recommender benchmark (`netpol-observe/examples/recommend_bench.rs`):
+//! an inventory of `workloads` Deployments (two pods each, 100 per namespace) and `flows`
+//! attributed flow records over a few thousand workload-level edges, as agents write them.
+//! Not part of the supported API.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use jiff::Timestamp;
+
+use crate::{
+    flow::{Endpoint, FlowRecord, FlowState, Protocol, WorkloadRef},
+    inventory::{ContainerPortInfo, Inventory, NamespaceInfo, PodInfo},
+};
+
+/// A deterministic inventory of `workloads` Deployments and `flows` attributed flows.
+pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>) {
+    let mut inv = Inventory::default();
+    let mut pods_of: Vec<[usize; 2]> = Vec::with_capacity(workloads);
+    for w in 0..workloads {
+        let ns = format!("ns-{}", w / 100);
+        inv.namespaces
+            .entry(ns.clone())
+            .or_insert_with(|| NamespaceInfo {
+                name: ns.clone(),
+                labels: [("kubernetes.io/metadata.name".to_owned(), ns.clone())].into(),
+            });
+        let name = format!("app-{w}");
+        let labels: BTreeMap<String, String> = [("app".to_owned(), name.clone())].into();
+        let mut idx = [0; 2];
+        for (r, slot) in idx.iter_mut().enumerate() {
+            let n = w * 2 + r;
+            let ip = IpAddr::from([10, 244, (n / 250) as u8, (n % 250) as u8 + 1]);
+            *slot = inv.pods.len();
+            inv.pods.push(PodInfo {
+                namespace: ns.clone(),
+                name: format!("{name}-{r}"),
+                uid: format!("uid-{n}"),
+                labels: labels.clone(),
+                ips: vec![ip],
+                host_network: false,
+                node_name: Some(format!("node-{}", n % 10)),
+                workload: WorkloadRef {
+                    kind: "Deployment".to_owned(),
+                    name: name.clone(),
+                },
+                selector_labels: labels.clone(),
+                container_ports: vec![ContainerPortInfo {
+                    name: Some("http".to_owned()),
+                    port: 8080,
+                    protocol: Protocol::Tcp,
+                }],
+                created: None,
+                deleted: None,
+            });
+        }
+        pods_of.push(idx);
+    }
+    let start = Timestamp::from_second(1_790_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut out = Vec::with_capacity(flows);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..flows {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let client = i % workloads.max(1);
+        // Each client talks to 3 servers; one in 16 flows goes outside the cluster.
+        let server = (client * 7 + 1 + (x as usize % 3) * 13) % workloads.max(1);
+        let src_pod = &inv.pods[pods_of[client][i % 2]];
+        let mut src = Endpoint::bare(src_pod.ips[0], Some(30000 + (i % 30000) as u16));
+        src.namespace = Some(src_pod.namespace.clone());
+        src.pod = Some(src_pod.name.clone());
+        src.workload = Some(src_pod.workload.clone());
+        src.labels = Some(src_pod.selector_labels.clone());
+        let dst = if x.is_multiple_of(16) {
+            let mut d = Endpoint::bare(
+                IpAddr::from([203, 0, 113, (x >> 8) as u8 % 8 + 1]),
+                Some(443),
+            );
+            d.subnet = Some("world".to_owned());
+            d
+        } else {
+            let dst_pod = &inv.pods[pods_of[server][(i / 2) % 2]];
+            let mut d = Endpoint::bare(dst_pod.ips[0], Some(8080));
+            d.namespace = Some(dst_pod.namespace.clone());
+            d.pod = Some(dst_pod.name.clone());
+            d.workload = Some(dst_pod.workload.clone());
+            d.labels = Some(dst_pod.selector_labels.clone());
+            d
+        };
+        let t = start
+            .checked_add(jiff::SignedDuration::from_secs((i / 100) as i64))
+            .unwrap_or(start);
+        out.push(FlowRecord {
+            protocol: Protocol::Tcp,
+            src,
+            dst,
+            state: Some(FlowState::Closed),
+            first_seen: Some(t),
+            last_seen: Some(t),
+            packets: None,
+            bytes: None,
+            drops: None,
+            node: None,
+        });
+    }
+    (inv, out)
+}

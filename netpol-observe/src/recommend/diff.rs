@@ -1,0 +1,84 @@
+//! `recommend --diff`: the policies in force against the observed traffic — flows they deny,
+//! and rules never exercised in the window (candidates for tightening).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::verify::{VerifyReport, verify_with};
+use crate::{flow::FlowRecord, inventory::NetworkPolicy, policy::PolicyEngine};
+
+/// What the current policies say about the observed flows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffReport {
+    /// Number of current policies.
+    pub current_policies: usize,
+    /// The observed flows the current policies deny.
+    pub denied: VerifyReport,
+    /// Rules (`ns/name:ingress[i]`, `ns/name:egress[i]`) no observed flow used, sorted.
+    pub unused_rules: Vec<String>,
+}
+
+impl DiffReport {
+    /// The human summary.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "current policies: {}\n\nobserved flows the current policies deny:\n",
+            self.current_policies
+        );
+        if self.denied.denied.is_empty() {
+            s.push_str("  none\n");
+        }
+        for d in &self.denied.denied {
+            let port = d.port.map(|p| format!(":{p}")).unwrap_or_default();
+            s.push_str(&format!(
+                "  {} -> {}{port}/{} ({} flow(s))\n",
+                d.src, d.dst, d.protocol, d.count
+            ));
+        }
+        s.push_str("\nrules never exercised in the window (candidates for tightening):\n");
+        if self.unused_rules.is_empty() {
+            s.push_str("  none\n");
+        }
+        for r in &self.unused_rules {
+            s.push_str(&format!("  {r}\n"));
+        }
+        s
+    }
+}
+
+/// Compares `current` (compiled in `engine`) with the attributed `flows`.
+pub fn diff(current: &[NetworkPolicy], engine: &PolicyEngine, flows: &[FlowRecord]) -> DiffReport {
+    let mut used: BTreeSet<String> = BTreeSet::new();
+    let denied = verify_with(engine, flows, |v| {
+        for side in [&v.ingress, &v.egress] {
+            for r in &side.rules {
+                if !used.contains(&**r) {
+                    used.insert(r.to_string());
+                }
+            }
+        }
+    });
+    let mut unused = Vec::new();
+    for p in current {
+        let id = crate::policy::policy_id(p);
+        let Some(spec) = &p.spec else { continue };
+        let types = crate::policy::policy_types(p);
+        let n_in = spec.ingress.as_ref().map_or(0, Vec::len);
+        let n_out = spec.egress.as_ref().map_or(0, Vec::len);
+        for (dir, n, on) in [("ingress", n_in, types.0), ("egress", n_out, types.1)] {
+            for i in 0..n {
+                let label = format!("{id}:{dir}[{i}]");
+                if on && !used.contains(&label) {
+                    unused.push(label);
+                }
+            }
+        }
+    }
+    unused.sort();
+    DiffReport {
+        current_policies: current.len(),
+        denied,
+        unused_rules: unused,
+    }
+}

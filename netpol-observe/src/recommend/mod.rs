@@ -1,0 +1,251 @@
+//! The least-privilege recommender (pure: no I/O): attributed flows over an observation window
+//! → NetworkPolicies that allow every observed flow and nothing else among known workloads,
+//! apart from the documented aggregations.
+//!
+//! ```no_run
+//! # use netpol_observe::{attribution::Subnets, inventory::Inventory, flow::FlowRecord};
+//! # use netpol_observe::recommend::{Recommender, RecommendConfig, render_yaml};
+//! # let (inventory, flows): (Inventory, Vec<FlowRecord>) = Default::default();
+//! let rec = Recommender::new(&inventory, &Subnets::default(), RecommendConfig::default())
+//!     .recommend(&flows);
+//! print!("{}", render_yaml(&rec.policies).unwrap_or_default());
+//! ```
+//!
+//! What the policies say (see `docs/architecture.md`):
+//! - per namespace with observed workloads, `default-deny` (both directions, opt-out);
+//! - per workload, `<name>-np` selecting it by its stable selector labels, with ingress and
+//!   egress rules grouping peers that use the same ports (so a rule's peers × ports were all
+//!   observed);
+//! - peers in other namespaces: `namespaceSelector` on `kubernetes.io/metadata.name` AND
+//!   `podSelector` in one entry; flows to a Service: the backend workload on the target port,
+//!   by name when the container port has one;
+//! - DNS lookups (kube-dns/CoreDNS, node-local DNS, link-local resolvers): 53/UDP and 53/TCP;
+//! - outside the cluster: named subnets as their CIDRs; other addresses aggregated within a
+//!   bound; more than `world_threshold` public addresses: `0.0.0.0/0` and `::/0` except
+//!   private and cluster ranges, flagged by an annotation;
+//! - traffic between a pod and its own node needs no rule; ICMP peers get every port.
+
+mod annotations;
+#[doc(hidden)]
+pub mod bench;
+mod build;
+pub mod cidr;
+pub mod diff;
+mod observe;
+mod render;
+pub mod sources;
+pub mod verify;
+
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use jiff::SignedDuration;
+use serde::Serialize;
+
+pub use annotations::{AGGREGATION, FIRST_SEEN, FLOWS, LAST_SEEN, WARNING, WINDOW, WORKLOAD};
+pub use build::NAMESPACE_NAME_LABEL;
+pub use observe::NODE_LOCAL_DNS;
+pub use render::{RenderError, render_by_namespace, render_yaml};
+
+use crate::{
+    attribution::{Attributor, Subnets},
+    flow::FlowRecord,
+    inventory::{ContainerPortInfo, Inventory, NetworkPolicy},
+    policy::PolicyEngine,
+};
+
+/// Tunables of the recommender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecommendConfig {
+    /// Write a `default-deny` policy per namespace (on by default).
+    pub default_deny: bool,
+    /// Namespaces whose workloads get no policies (they still appear as peers).
+    /// Default: `kube-system`.
+    pub exclude_namespaces: Vec<String>,
+    /// Widest IPv4 prefix observed addresses are aggregated into (default 24).
+    pub aggregate_v4: u8,
+    /// Widest IPv6 prefix observed addresses are aggregated into (default 64).
+    pub aggregate_v6: u8,
+    /// More distinct public addresses than this on one port → the whole Internet (default 16).
+    pub world_threshold: usize,
+    /// A workload whose flows span less than this (and less than half the window) gets a
+    /// warning annotation (default 1 h).
+    pub min_observation: SignedDuration,
+    /// Cluster ranges (service CIDRs…) excluded from whole-Internet blocks, besides the node
+    /// pod CIDRs of the inventory and the private ranges.
+    pub cluster_ranges: Vec<IpNet>,
+    /// Re-check the output with the policy engine (every observed flow allowed).
+    pub self_check: bool,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        RecommendConfig {
+            default_deny: true,
+            exclude_namespaces: vec!["kube-system".to_owned()],
+            aggregate_v4: 24,
+            aggregate_v6: 64,
+            world_threshold: 16,
+            min_observation: SignedDuration::from_hours(1),
+            cluster_ranges: Vec::new(),
+            self_check: true,
+        }
+    }
+}
+
+/// Counts describing a recommendation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RecommendStats {
+    /// Flow records read.
+    pub flows: usize,
+    /// Flow records left out (not attributable, Service without backend); see the notes.
+    pub skipped: u64,
+    /// Distinct workload-level edges (client, server, port, protocol).
+    pub edges: usize,
+    /// Workloads seen.
+    pub workloads: usize,
+    /// Policies written.
+    pub policies: usize,
+    /// Edges the self-check found denied by the recommended policies (0 unless a bug).
+    pub self_check_denied: usize,
+}
+
+/// The recommended policies and what the reader should know about them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recommendation {
+    /// The policies, sorted by namespace, `default-deny` first, then by name.
+    pub policies: Vec<NetworkPolicy>,
+    /// Human-readable notes (left-out flows, unselectable workloads, self-check findings).
+    pub notes: Vec<String>,
+    /// Counts.
+    pub stats: RecommendStats,
+}
+
+/// Builds NetworkPolicies from flows. Create once per inventory snapshot.
+#[derive(Debug)]
+pub struct Recommender<'i> {
+    inventory: &'i Inventory,
+    subnets: Subnets,
+    attributor: Attributor,
+    config: RecommendConfig,
+    ports: HashMap<(String, String, String), Vec<ContainerPortInfo>>,
+    cluster_ranges: Vec<IpNet>,
+}
+
+impl<'i> Recommender<'i> {
+    /// Indexes the inventory (pods, Services, nodes) and the named subnets.
+    pub fn new(inventory: &'i Inventory, subnets: &Subnets, config: RecommendConfig) -> Self {
+        let mut ports: HashMap<(String, String, String), Vec<ContainerPortInfo>> = HashMap::new();
+        for p in &inventory.pods {
+            ports
+                .entry((
+                    p.namespace.clone(),
+                    p.workload.kind.clone(),
+                    p.workload.name.clone(),
+                ))
+                .or_insert_with(|| p.container_ports.clone());
+        }
+        let mut cluster_ranges: Vec<IpNet> = inventory
+            .nodes
+            .iter()
+            .flat_map(|n| n.pod_cidrs.iter().copied())
+            .chain(config.cluster_ranges.iter().copied())
+            .collect();
+        cluster_ranges.sort();
+        cluster_ranges.dedup();
+        Recommender {
+            inventory,
+            subnets: subnets.clone(),
+            attributor: Attributor::new(inventory, subnets),
+            config,
+            ports,
+            cluster_ranges,
+        }
+    }
+
+    /// The attributor used for input flows that lack attribution.
+    pub fn attributor(&self) -> &Attributor {
+        &self.attributor
+    }
+
+    /// Recommends policies for `flows` (attributed or not: missing attribution is filled from
+    /// the inventory). Deterministic: the same flows in any order give the same policies.
+    pub fn recommend(&self, flows: &[FlowRecord]) -> Recommendation {
+        let needs = flows
+            .iter()
+            .any(|f| !f.src.is_attributed() || !f.dst.is_attributed() || needs_labels(f));
+        let owned;
+        let flows: &[FlowRecord] = if needs {
+            owned = flows
+                .iter()
+                .cloned()
+                .map(|mut f| {
+                    self.attributor.attribute(&mut f);
+                    f
+                })
+                .collect::<Vec<_>>();
+            &owned
+        } else {
+            flows
+        };
+        let obs = observe::Observations::collect(flows, &self.attributor);
+        let built = build::build(
+            &obs,
+            &build::Context {
+                config: &self.config,
+                subnets: &self.subnets,
+                ports: &self.ports,
+                cluster_ranges: &self.cluster_ranges,
+            },
+        );
+        let mut notes = built.notes;
+        for (reason, n) in &obs.skipped {
+            notes.push(format!("{n} flow(s) left out: {reason}"));
+        }
+        let mut stats = RecommendStats {
+            flows: flows.len(),
+            skipped: obs.skipped.values().sum(),
+            edges: obs.edges.len(),
+            workloads: obs.workloads.len(),
+            policies: built.policies.len(),
+            self_check_denied: 0,
+        };
+        if self.config.self_check {
+            match PolicyEngine::compile(&built.policies, self.inventory) {
+                Ok(engine) => {
+                    let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
+                    examples.sort_unstable();
+                    for i in examples {
+                        let v = engine.evaluate(&flows[i]);
+                        if !v.allowed {
+                            stats.self_check_denied += 1;
+                            notes.push(format!(
+                                "self-check: the recommended policies deny an observed flow {} {}:{:?} -> {}:{:?} (ingress {:?}, egress {:?})",
+                                flows[i].protocol,
+                                flows[i].src.ip,
+                                flows[i].src.port,
+                                flows[i].dst.ip,
+                                flows[i].dst.port,
+                                v.ingress.result,
+                                v.egress.result
+                            ));
+                        }
+                    }
+                }
+                Err(err) => notes.push(format!("self-check: {err}")),
+            }
+        }
+        notes.sort();
+        notes.dedup();
+        Recommendation {
+            policies: built.policies,
+            notes,
+            stats,
+        }
+    }
+}
+
+fn needs_labels(f: &FlowRecord) -> bool {
+    (f.src.namespace.is_some() && f.src.labels.is_none())
+        || (f.dst.namespace.is_some() && f.dst.labels.is_none())
+}

@@ -1,0 +1,268 @@
+//! Aggregation of attributed flows into workload-level edges: who talked to whom, on which
+//! (backend) port and protocol, how often and when. Borrowed from the flows, so a million
+//! flows cost a few hash lookups each and no allocation.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use jiff::Timestamp;
+
+use crate::{
+    attribution::Attributor,
+    flow::{Endpoint, FlowRecord, Protocol},
+    inventory::Labels,
+};
+
+/// The node-local DNS cache address (the NodeLocal DNSCache default).
+pub const NODE_LOCAL_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 20, 10));
+
+/// Names (Service, workload, `k8s-app` label) under which cluster DNS servers run.
+const DNS_NAMES: &[&str] = &["kube-dns", "coredns", "node-local-dns"];
+
+/// Number of flows and first/last seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) flows: u64,
+    pub(crate) first: Option<Timestamp>,
+    pub(crate) last: Option<Timestamp>,
+}
+
+impl Span {
+    pub(crate) fn add_flow(&mut self, f: &FlowRecord) {
+        self.flows += 1;
+        let first = f.first_seen.or(f.last_seen);
+        let last = f.last_seen.or(f.first_seen);
+        if let Some(t) = first {
+            self.first = Some(self.first.map_or(t, |c| c.min(t)));
+        }
+        if let Some(t) = last {
+            self.last = Some(self.last.map_or(t, |c| c.max(t)));
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: &Span) {
+        self.flows += other.flows;
+        if let Some(t) = other.first {
+            self.first = Some(self.first.map_or(t, |c| c.min(t)));
+        }
+        if let Some(t) = other.last {
+            self.last = Some(self.last.map_or(t, |c| c.max(t)));
+        }
+    }
+
+    /// Seconds between first and last seen.
+    pub(crate) fn seconds(&self) -> Option<i64> {
+        Some(self.last?.duration_since(self.first?).as_secs())
+    }
+}
+
+/// A workload seen in the flows.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkloadObs<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) kind: &'a str,
+    pub(crate) name: &'a str,
+    /// The stable selector labels (from the flow records' `labels`).
+    pub(crate) selector: Option<&'a Labels>,
+    pub(crate) pods: HashSet<&'a str>,
+    pub(crate) ips: BTreeSet<IpAddr>,
+    pub(crate) span: Span,
+}
+
+/// One side of an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum PeerKey<'a> {
+    /// A workload (index into [`Observations::workloads`]).
+    Workload(u32),
+    /// A node (or a hostNetwork pod), by name and address.
+    Node(&'a str, IpAddr),
+    /// An address outside the cluster: subnet name (`private`, `world` or a named subnet).
+    External(&'a str, IpAddr),
+}
+
+/// A workload-level connection: client, server, protocol and the port the server receives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct EdgeKey<'a> {
+    pub(crate) client: PeerKey<'a>,
+    pub(crate) server: PeerKey<'a>,
+    pub(crate) protocol: Protocol,
+    pub(crate) port: Option<u16>,
+    /// A name lookup to a cluster or link-local DNS server.
+    pub(crate) dns: bool,
+}
+
+/// What backs an edge.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EdgeObs {
+    pub(crate) span: Span,
+    /// Index of one flow of this edge (for the self-check).
+    pub(crate) example: usize,
+}
+
+/// Everything the policy builder needs, borrowed from the flows.
+#[derive(Debug, Default)]
+pub(crate) struct Observations<'a> {
+    pub(crate) workloads: Vec<WorkloadObs<'a>>,
+    index: HashMap<(&'a str, &'a str, &'a str), u32>,
+    pub(crate) edges: HashMap<EdgeKey<'a>, EdgeObs>,
+    pub(crate) window: Span,
+    /// Flows left out, by reason (for the notes).
+    pub(crate) skipped: BTreeMap<String, u64>,
+}
+
+impl<'a> Observations<'a> {
+    /// Aggregates attributed `flows`; `attributor` gives backend ports and pod nodes.
+    pub(crate) fn collect(flows: &'a [FlowRecord], attributor: &Attributor) -> Self {
+        let mut obs = Observations::default();
+        for (i, f) in flows.iter().enumerate() {
+            obs.window.add_flow(f);
+            obs.add(i, f, attributor);
+        }
+        obs
+    }
+
+    fn skip(&mut self, reason: String) {
+        *self.skipped.entry(reason).or_default() += 1;
+    }
+
+    fn add(&mut self, i: usize, f: &'a FlowRecord, attributor: &Attributor) {
+        let Some(client) = self.peer(&f.src, true) else {
+            self.skip(format!("source {} not attributed", f.src.ip));
+            return;
+        };
+        let Some(server) = self.peer(&f.dst, f.dst.service.is_none()) else {
+            match &f.dst.service {
+                Some(s) => self.skip(format!(
+                    "Service {}/{} has no backend pod in the inventory",
+                    s.namespace, s.name
+                )),
+                None => self.skip(format!("destination {} not attributed", f.dst.ip)),
+            }
+            return;
+        };
+        if client == server && f.src.pod.is_some() && f.src.pod == f.dst.pod {
+            // A pod's traffic to itself is always allowed.
+            return;
+        }
+        let at = f.first_seen.or(f.last_seen);
+        let own_node = match (client, server) {
+            (PeerKey::Node(node, _), PeerKey::Workload(_)) => {
+                pod_node(&f.dst, attributor, at).is_some_and(|n| n == node)
+            }
+            (PeerKey::Workload(_), PeerKey::Node(node, _)) => {
+                pod_node(&f.src, attributor, at).is_some_and(|n| n == node)
+            }
+            _ => false,
+        };
+        if own_node {
+            // Traffic between a pod and its own node (kubelet probes) is always allowed.
+            return;
+        }
+        let port = if f.protocol.has_ports() {
+            attributor.backend_port(f)
+        } else {
+            None
+        };
+        let key = EdgeKey {
+            client,
+            server,
+            protocol: f.protocol,
+            port,
+            dns: is_dns(f),
+        };
+        self.edges
+            .entry(key)
+            .or_insert(EdgeObs {
+                span: Span::default(),
+                example: i,
+            })
+            .span
+            .add_flow(f);
+        for p in [client, server] {
+            if let PeerKey::Workload(w) = p {
+                self.workloads[w as usize].span.add_flow(f);
+            }
+        }
+    }
+
+    /// The peer of an endpoint (interning workloads); `own_ip`: the address is the pod's.
+    fn peer(&mut self, ep: &'a Endpoint, own_ip: bool) -> Option<PeerKey<'a>> {
+        if let Some(ns) = ep.namespace.as_deref() {
+            let (kind, name) = match (&ep.workload, &ep.pod) {
+                (Some(w), _) => (w.kind.as_str(), w.name.as_str()),
+                (None, Some(p)) => ("Pod", p.as_str()),
+                (None, None) => return None,
+            };
+            let next = u32::try_from(self.workloads.len()).unwrap_or(u32::MAX);
+            let idx = *self.index.entry((ns, kind, name)).or_insert(next);
+            if idx == next {
+                self.workloads.push(WorkloadObs {
+                    namespace: ns,
+                    kind,
+                    name,
+                    selector: None,
+                    pods: HashSet::new(),
+                    ips: BTreeSet::new(),
+                    span: Span::default(),
+                });
+            }
+            let w = &mut self.workloads[idx as usize];
+            if w.selector.is_none_or(|s| s.is_empty())
+                && let Some(l) = &ep.labels
+            {
+                w.selector = Some(l);
+            }
+            if let Some(p) = ep.pod.as_deref() {
+                w.pods.insert(p);
+            }
+            if own_ip {
+                w.ips.insert(ep.ip);
+            }
+            return Some(PeerKey::Workload(idx));
+        }
+        if let Some(node) = ep.node.as_deref() {
+            return Some(PeerKey::Node(node, ep.ip));
+        }
+        ep.subnet.as_deref().map(|s| PeerKey::External(s, ep.ip))
+    }
+}
+
+fn pod_node<'x>(
+    ep: &Endpoint,
+    attributor: &'x Attributor,
+    at: Option<Timestamp>,
+) -> Option<&'x str> {
+    let pod = attributor.pod_by_name(ep.namespace.as_deref()?, ep.pod.as_deref()?, at)?;
+    pod.node_name.as_deref()
+}
+
+/// Whether the flow is a name lookup: port 53 (TCP/UDP) to kube-dns/CoreDNS (by Service,
+/// workload or `k8s-app` label), to the node-local DNS address or to a link-local resolver.
+pub(crate) fn is_dns(f: &FlowRecord) -> bool {
+    if !matches!(f.protocol, Protocol::Udp | Protocol::Tcp) || f.dst.port != Some(53) {
+        return false;
+    }
+    let d = &f.dst;
+    d.service
+        .as_ref()
+        .is_some_and(|s| DNS_NAMES.contains(&s.name.as_str()))
+        || d.workload
+            .as_ref()
+            .is_some_and(|w| DNS_NAMES.contains(&w.name.as_str()))
+        || d.labels.as_ref().is_some_and(|l| {
+            l.get("k8s-app")
+                .is_some_and(|v| DNS_NAMES.contains(&v.as_str()))
+        })
+        || d.ip == NODE_LOCAL_DNS
+        || is_link_local(d.ip)
+}
+
+/// `169.254.0.0/16` or `fe80::/10`.
+pub(crate) fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}

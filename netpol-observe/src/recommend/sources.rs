@@ -1,0 +1,265 @@
+//! Where `recommend` gets flows besides files (pure parts; the HTTP calls are in the CLI):
+//! agents' `/api/v1/flows` (JSON lines, merged and de-duplicated) and Prometheus'
+//! `netpol_observe_flows_total` series (turned into workload-level flows).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Deserialize;
+
+use crate::{
+    attribution::Subnets,
+    flow::{
+        Endpoint, FlowRecord, Protocol, ServiceRef, WorkloadRef,
+        jsonl::{self, FlowLineError},
+    },
+    inventory::{Inventory, PodInfo},
+};
+
+/// Errors of the flow sources.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A Prometheus answer that is not a successful instant-vector query result.
+    #[error("{origin}: not a Prometheus instant-vector answer: {problem}")]
+    Prometheus {
+        /// Where the answer came from (URL).
+        origin: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Reads an agent's `/api/v1/flows` body (JSON lines; extra fields such as `verdict` are
+/// ignored). Bad lines are returned as errors naming `origin` and the line; good ones are kept.
+pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<FlowLineError>) {
+    let mut flows = Vec::new();
+    let mut errors = Vec::new();
+    for (_, line) in jsonl::read_lines(Path::new(origin), body.as_bytes()) {
+        match line {
+            Ok(f) => flows.push(f),
+            Err(e) => errors.push(e),
+        }
+    }
+    (flows, errors)
+}
+
+/// Merges the flows of several agents, dropping duplicates (same protocol, addresses, ports
+/// and `first_seen`: a flow between two nodes is seen by both agents). The first copy wins.
+pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<FlowRecord> {
+    type Key = (
+        Protocol,
+        IpAddr,
+        Option<u16>,
+        IpAddr,
+        Option<u16>,
+        Option<Timestamp>,
+    );
+    let mut seen: HashSet<Key> = HashSet::new();
+    let mut out = Vec::new();
+    for list in sources {
+        for f in list {
+            let key = (
+                f.protocol,
+                f.src.ip,
+                f.src.port,
+                f.dst.ip,
+                f.dst.port,
+                f.first_seen,
+            );
+            if seen.insert(key) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+/// The PromQL instant query giving the flows per workload-level connection over `window`.
+pub fn prometheus_query(window: SignedDuration) -> String {
+    format!(
+        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol) (increase(netpol_observe_flows_total[{}s]))",
+        window.as_secs().max(1)
+    )
+}
+
+#[derive(Deserialize)]
+struct PromAnswer {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<PromData>,
+}
+
+#[derive(Deserialize)]
+struct PromData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<PromSample>,
+}
+
+#[derive(Deserialize)]
+struct PromSample {
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// Turns a Prometheus `/api/v1/query` answer to [`prometheus_query`] into one workload-level
+/// flow per series with a positive value: pods are named from the inventory (a pod of the
+/// workload), subnets from `subnets`, nodes from the inventory; `first_seen`/`last_seen` span
+/// `window` ending at the evaluation time. A destination port that is a Service port of the
+/// destination workload becomes a flow to that Service (so the target port is used). Series
+/// that cannot be placed are returned as notes.
+pub fn parse_prometheus(
+    body: &str,
+    origin: &str,
+    inventory: &Inventory,
+    subnets: &Subnets,
+    window: SignedDuration,
+) -> Result<(Vec<FlowRecord>, Vec<String>), SourceError> {
+    let bad = |problem: String| SourceError::Prometheus {
+        origin: origin.to_owned(),
+        problem,
+    };
+    let answer: PromAnswer = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
+    if answer.status != "success" {
+        return Err(bad(format!(
+            "status {:?}: {}",
+            answer.status,
+            answer.error.unwrap_or_default()
+        )));
+    }
+    let data = answer
+        .data
+        .ok_or_else(|| bad("no `data` field".to_owned()))?;
+    if data.result_type != "vector" {
+        return Err(bad(format!(
+            "resultType {:?}, expected \"vector\"",
+            data.result_type
+        )));
+    }
+    let mut flows = Vec::new();
+    let mut notes = Vec::new();
+    for (i, s) in data.result.iter().enumerate() {
+        let count: f64 = s.value.1.parse().unwrap_or(0.0);
+        if count <= 0.0 {
+            continue;
+        }
+        let get = |k: &str| s.metric.get(k).map(String::as_str).unwrap_or_default();
+        let Ok(protocol) = get("protocol").parse::<Protocol>() else {
+            notes.push(format!(
+                "{origin}: series {i}: protocol {:?} unknown, skipped",
+                get("protocol")
+            ));
+            continue;
+        };
+        let port = get("dst_port").parse::<u16>().ok();
+        let at = Timestamp::from_millisecond((s.value.0 * 1000.0) as i64).ok();
+        let src = endpoint(
+            inventory,
+            subnets,
+            get("src_namespace"),
+            get("src_kind"),
+            get("src_workload"),
+        );
+        let dst = endpoint(
+            inventory,
+            subnets,
+            get("dst_namespace"),
+            get("dst_kind"),
+            get("dst_workload"),
+        );
+        let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
+            notes.push(format!(
+                "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
+                get("src_namespace"),
+                get("src_workload"),
+                get("dst_namespace"),
+                get("dst_workload")
+            ));
+            continue;
+        };
+        dst.port = port;
+        if let (Some(pod), Some(p)) = (dst_pod, port)
+            && protocol.has_ports()
+            && !pod
+                .container_ports
+                .iter()
+                .any(|c| c.port == p && c.protocol == protocol)
+            && let Some(svc) = inventory.services.iter().find(|svc| {
+                svc.namespace == pod.namespace
+                    && !svc.cluster_ips.is_empty()
+                    && svc
+                        .ports
+                        .iter()
+                        .any(|sp| sp.port == p && sp.protocol == protocol)
+                    && svc
+                        .selector
+                        .as_ref()
+                        .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            })
+            && let Some(ip) = svc.cluster_ips.first()
+        {
+            dst.ip = *ip;
+            dst.service = Some(ServiceRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+        }
+        let mut f = FlowRecord::new(protocol, src.ip, dst.ip, port);
+        f.src = src;
+        f.dst = dst;
+        f.last_seen = at;
+        f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
+        flows.push(f);
+    }
+    Ok((flows, notes))
+}
+
+fn endpoint<'i>(
+    inventory: &'i Inventory,
+    subnets: &Subnets,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Option<(Endpoint, Option<&'i PodInfo>)> {
+    if !namespace.is_empty() {
+        let pod = inventory
+            .pods
+            .iter()
+            .filter(|p| {
+                p.namespace == namespace
+                    && p.workload.name == name
+                    && (kind.is_empty() || p.workload.kind == kind)
+                    && !p.ips.is_empty()
+            })
+            .min_by_key(|p| (p.deleted.is_some(), &p.name))?;
+        let mut ep = Endpoint::bare(*pod.ips.first()?, None);
+        ep.namespace = Some(pod.namespace.clone());
+        ep.pod = Some(pod.name.clone());
+        ep.workload = Some(WorkloadRef {
+            kind: pod.workload.kind.clone(),
+            name: pod.workload.name.clone(),
+        });
+        ep.labels = Some(pod.selector_labels.clone());
+        return Some((ep, Some(pod)));
+    }
+    match kind {
+        "Node" => {
+            let node = inventory.node(name)?;
+            let mut ep = Endpoint::bare(*node.addresses.first()?, None);
+            ep.node = Some(node.name.clone());
+            Some((ep, None))
+        }
+        _ => {
+            let net = subnets.entries().iter().find(|e| e.name == name)?.net;
+            let mut ep = Endpoint::bare(net.network(), None);
+            ep.subnet = Some(name.to_owned());
+            Some((ep, None))
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Shared by the recommend/verify tests: a small cluster builder writing ordinary Kubernetes
+//! objects (what `kubectl get -o yaml` prints), flow constructors, and the scenario checker
+//! (the recommended policies allow every observed flow and deny every unobserved
+//! (client workload, server workload, port) combination among known workloads).
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_arguments
+)]
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use jiff::Timestamp;
+use netpol_observe::{
+    attribution::{Attributor, Subnets},
+    flow::{FlowRecord, Protocol},
+    inventory::{Inventory, NetworkPolicy},
+    policy::PolicyEngine,
+    recommend::{RecommendConfig, Recommendation, Recommender, render_yaml},
+};
+use serde_json::{Value, json};
+
+/// A pod of the builder: namespace, name, IP, workload kind and name, node.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: IpAddr,
+    pub kind: String,
+    pub workload: String,
+    pub node: String,
+}
+
+/// Builds Kubernetes objects.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    pub objects: Vec<Value>,
+    pub pods: Vec<Pod>,
+    next_ip: u32,
+    namespaces: BTreeSet<String>,
+}
+
+fn ports_json(ports: &[(&str, u16, &str)]) -> Value {
+    Value::Array(
+        ports
+            .iter()
+            .map(|(name, port, proto)| {
+                let mut p = json!({"containerPort": port, "protocol": proto});
+                if !name.is_empty() {
+                    p["name"] = json!(name);
+                }
+                p
+            })
+            .collect(),
+    )
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let mut c = Cluster::default();
+        for (name, ip) in [("node-1", "192.168.1.10"), ("node-2", "192.168.1.11")] {
+            c.objects.push(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                "spec": {"podCIDR": if name == "node-1" {"10.244.1.0/24"} else {"10.244.2.0/24"}},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+            }));
+        }
+        c
+    }
+
+    pub fn namespace(&mut self, name: &str) {
+        if self.namespaces.insert(name.to_owned()) {
+            self.objects.push(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}
+            }));
+        }
+    }
+
+    fn ip(&mut self, node: &str) -> IpAddr {
+        self.next_ip += 1;
+        let third = if node == "node-1" { 1 } else { 2 };
+        format!("10.244.{third}.{}", self.next_ip + 10)
+            .parse()
+            .unwrap()
+    }
+
+    fn pod(
+        &mut self,
+        ns: &str,
+        name: &str,
+        labels: Value,
+        owner: Option<(&str, &str, &str)>,
+        ports: &[(&str, u16, &str)],
+        node: &str,
+        (kind, workload): (&str, &str),
+    ) -> IpAddr {
+        self.namespace(ns);
+        let ip = self.ip(node);
+        let mut meta = json!({"name": name, "namespace": ns, "labels": labels,
+                              "uid": format!("uid-{ns}-{name}"),
+                              "creationTimestamp": "2026-11-22T00:00:00Z"});
+        if let Some((api, kind, owner_name)) = owner {
+            meta["ownerReferences"] = json!([{"apiVersion": api, "kind": kind, "name": owner_name,
+                                              "uid": format!("uid-{owner_name}"), "controller": true}]);
+        }
+        self.objects.push(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+            "spec": {"nodeName": node, "containers": [{"name": "main", "image": "example", "ports": ports_json(ports)}]},
+            "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}]}
+        }));
+        self.pods.push(Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            ip,
+            kind: kind.into(),
+            workload: workload.into(),
+            node: node.into(),
+        });
+        ip
+    }
+
+    /// A Deployment's pods (labels `app: <name>` unless given), alternating nodes.
+    pub fn deployment(
+        &mut self,
+        ns: &str,
+        name: &str,
+        replicas: usize,
+        ports: &[(&str, u16, &str)],
+    ) -> Vec<IpAddr> {
+        let hash = "5f7c9d";
+        (0..replicas)
+            .map(|i| {
+                let node = if i % 2 == 0 { "node-1" } else { "node-2" };
+                self.pod(
+                    ns,
+                    &format!("{name}-{hash}-p{i}"),
+                    json!({"app": name, "pod-template-hash": hash}),
+                    Some(("apps/v1", "ReplicaSet", &format!("{name}-{hash}"))),
+                    ports,
+                    node,
+                    ("Deployment", name),
+                )
+            })
+            .collect()
+    }
+
+    /// A StatefulSet's pods.
+    pub fn statefulset(
+        &mut self,
+        ns: &str,
+        name: &str,
+        replicas: usize,
+        ports: &[(&str, u16, &str)],
+    ) -> Vec<IpAddr> {
+        (0..replicas)
+            .map(|i| {
+                let pod = format!("{name}-{i}");
+                self.pod(
+                    ns,
+                    &pod,
+                    json!({"app": name, "controller-revision-hash": format!("{name}-7b9"),
+                           "statefulset.kubernetes.io/pod-name": pod}),
+                    Some(("apps/v1", "StatefulSet", name)),
+                    ports,
+                    "node-1",
+                    ("StatefulSet", name),
+                )
+            })
+            .collect()
+    }
+
+    /// One run of a CronJob: the Job object and its pod, with the Job's volatile labels.
+    pub fn cronjob_run(&mut self, ns: &str, cronjob: &str, run: &str, node: &str) -> IpAddr {
+        self.namespace(ns);
+        let job = format!("{cronjob}-{run}");
+        self.objects.push(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job, "namespace": ns, "uid": format!("uid-{job}"),
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": cronjob,
+                                              "uid": format!("uid-{cronjob}"), "controller": true}]},
+            "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "example"}]}}}
+        }));
+        self.pod(
+            ns,
+            &format!("{job}-x{run}"),
+            json!({"app": cronjob, "job-name": job, "controller-uid": format!("cu-{run}"),
+                   "batch.kubernetes.io/job-name": job,
+                   "batch.kubernetes.io/controller-uid": format!("cu-{run}")}),
+            Some(("batch/v1", "Job", &job)),
+            &[],
+            node,
+            ("CronJob", cronjob),
+        )
+    }
+
+    /// CoreDNS in kube-system (labels `k8s-app: kube-dns`) and the `kube-dns` Service.
+    pub fn kube_dns(&mut self, cluster_ip: &str) -> IpAddr {
+        self.namespace("kube-system");
+        let ip = self.pod(
+            "kube-system",
+            "coredns-6d4b-p0",
+            json!({"k8s-app": "kube-dns", "pod-template-hash": "6d4b"}),
+            Some(("apps/v1", "ReplicaSet", "coredns-6d4b")),
+            &[
+                ("dns", 53, "UDP"),
+                ("dns-tcp", 53, "TCP"),
+                ("metrics", 9153, "TCP"),
+            ],
+            "node-1",
+            ("Deployment", "coredns"),
+        );
+        self.service(
+            "kube-system",
+            "kube-dns",
+            cluster_ip,
+            json!({"k8s-app": "kube-dns"}),
+            &[(53, json!("dns"), "UDP"), (53, json!("dns-tcp"), "TCP")],
+        );
+        ip
+    }
+
+    pub fn service(
+        &mut self,
+        ns: &str,
+        name: &str,
+        cluster_ip: &str,
+        selector: Value,
+        ports: &[(u16, Value, &str)],
+    ) {
+        let ports: Vec<Value> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, target, proto))| {
+                json!({"name": format!("p{i}"), "port": port, "targetPort": target, "protocol": proto})
+            })
+            .collect();
+        self.objects.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "selector": selector, "ports": ports}
+        }));
+    }
+
+    pub fn yaml(&self) -> String {
+        self.objects
+            .iter()
+            .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+            .collect()
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        Inventory::from_yaml_str(&self.yaml(), "test-cluster.yaml").unwrap()
+    }
+}
+
+/// An unattributed flow, as input files may hold them.
+pub fn flow(proto: Protocol, src: IpAddr, dst: &str, port: Option<u16>, minute: i64) -> FlowRecord {
+    let mut f = FlowRecord::new(proto, src, dst.parse().unwrap(), port);
+    f.src.port = Some(40000 + (minute as u16 % 1000));
+    let t = Timestamp::from_second(1_795_000_000 + minute * 60).unwrap();
+    f.first_seen = Some(t);
+    f.last_seen = Some(t.checked_add(jiff::SignedDuration::from_secs(2)).unwrap());
+    f
+}
+
+pub fn tcp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
+    flow(Protocol::Tcp, src, dst, Some(port), minute)
+}
+
+pub fn udp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
+    flow(Protocol::Udp, src, dst, Some(port), minute)
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Parses a multi-document YAML stream into k8s-openapi NetworkPolicies.
+pub fn parse_policies(yaml: &str) -> Vec<NetworkPolicy> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            let p: NetworkPolicy = serde_yaml::from_value(v).unwrap();
+            p
+        })
+        .collect()
+}
+
+use serde::Deserialize;
+
+/// Everything a scenario needs.
+#[derive(Debug)]
+pub struct Scenario {
+    pub cluster: Cluster,
+    pub subnets: Subnets,
+    pub flows: Vec<FlowRecord>,
+    pub config: RecommendConfig,
+}
+
+/// The recommendation and the engine compiled from its YAML (re-parsed).
+#[derive(Debug)]
+pub struct Checked {
+    pub rec: Recommendation,
+    pub yaml: String,
+    pub policies: Vec<NetworkPolicy>,
+    pub inventory: Inventory,
+}
+
+impl Scenario {
+    pub fn new(cluster: Cluster) -> Self {
+        Scenario {
+            cluster,
+            subnets: Subnets::default(),
+            flows: Vec::new(),
+            config: RecommendConfig::default(),
+        }
+    }
+
+    /// Recommends, renders, re-parses, and checks the two scenario invariants; returns the
+    /// results for scenario-specific assertions.
+    pub fn check(&self) -> Checked {
+        let inventory = self.cluster.inventory();
+        let rec =
+            Recommender::new(&inventory, &self.subnets, self.config.clone()).recommend(&self.flows);
+        assert_eq!(rec.stats.self_check_denied, 0, "notes: {:#?}", rec.notes);
+        let yaml = render_yaml(&rec.policies).unwrap();
+        let policies = parse_policies(&yaml);
+        assert_eq!(policies, rec.policies, "YAML round trip");
+        let engine = PolicyEngine::compile(&policies, &inventory).unwrap();
+        let attributor = Attributor::new(&inventory, &self.subnets);
+
+        // 1. Every observed flow is allowed.
+        let mut observed: BTreeSet<(String, String, u16, Protocol)> = BTreeSet::new();
+        for f in &self.flows {
+            let mut f = f.clone();
+            attributor.attribute(&mut f);
+            let v = engine.evaluate(&f);
+            assert!(v.allowed, "observed flow denied: {f:?}\n{v:?}\n{yaml}");
+            if let (Some(s), Some(d), Some(port)) = (
+                workload_of(&f.src),
+                workload_of(&f.dst),
+                attributor.backend_port(&f),
+            ) {
+                observed.insert((s, d, port, f.protocol));
+            }
+        }
+
+        // 2. Every unobserved (client, server, port) combination among known workloads is
+        // denied, except the documented aggregations: DNS gets both protocols, and
+        // traffic between namespaces without policies (kube-system, unobserved) is untouched.
+        // Namespaces without observed workloads get no policies (no evidence about them):
+        // a combination is checked when one side is in a namespace the recommender covers.
+        let covered: BTreeSet<&str> = policies
+            .iter()
+            .filter_map(|p| p.metadata.namespace.as_deref())
+            .collect();
+        let excluded = |ns: &str| !covered.contains(ns);
+        let mut checked = 0;
+        let mut seen_pairs = BTreeSet::new();
+        for c in &self.cluster.pods {
+            for s in &self.cluster.pods {
+                let (ck, sk) = (
+                    format!("{}/{}/{}", c.namespace, c.kind, c.workload),
+                    format!("{}/{}/{}", s.namespace, s.kind, s.workload),
+                );
+                if c.name == s.name || (excluded(&c.namespace) && excluded(&s.namespace)) {
+                    continue;
+                }
+                if !seen_pairs.insert((ck.clone(), sk.clone())) {
+                    continue;
+                }
+                let pod = inventory.pod(&s.namespace, &s.name).unwrap();
+                let mut ports: BTreeSet<(u16, Protocol)> = pod
+                    .container_ports
+                    .iter()
+                    .map(|p| (p.port, p.protocol))
+                    .collect();
+                ports.insert((8443, Protocol::Tcp));
+                for (port, proto) in ports {
+                    let dns_sibling = port == 53
+                        && (observed.contains(&(ck.clone(), sk.clone(), 53, Protocol::Udp))
+                            || observed.contains(&(ck.clone(), sk.clone(), 53, Protocol::Tcp)));
+                    if observed.contains(&(ck.clone(), sk.clone(), port, proto)) || dns_sibling {
+                        continue;
+                    }
+                    let mut f = flow(proto, c.ip, &s.ip.to_string(), Some(port), 0);
+                    attributor.attribute(&mut f);
+                    let v = engine.evaluate(&f);
+                    assert!(
+                        !v.allowed,
+                        "unobserved {ck} -> {sk}:{port}/{proto} allowed: {v:?}\n{yaml}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 0);
+        Checked {
+            rec,
+            yaml,
+            policies,
+            inventory,
+        }
+    }
+}
+
+pub fn workload_of(ep: &netpol_observe::flow::Endpoint) -> Option<String> {
+    let w = ep.workload.as_ref()?;
+    Some(format!("{}/{}/{}", ep.namespace.as_ref()?, w.kind, w.name))
+}
+
+/// The policy `ns/name`.
+pub fn policy<'a>(list: &'a [NetworkPolicy], ns: &str, name: &str) -> &'a NetworkPolicy {
+    list.iter()
+        .find(|p| {
+            p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no policy {ns}/{name}"))
+}
+
+pub fn annotation<'a>(p: &'a NetworkPolicy, key: &str) -> Option<&'a str> {
+    p.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// 3-tier web app across namespaces: internet → frontend/web → backend/api (via Service, named
+/// target port) → db-subnet outside the cluster; backend/worker → api; DNS via kube-dns;
+/// kubelet probes from the pods' own nodes.
+pub fn three_tier() -> Scenario {
+    let mut c = Cluster::new();
+    let dns = c.kube_dns("10.96.0.10");
+    let web = c.deployment("frontend", "web", 2, &[("http", 8080, "TCP")]);
+    let api = c.deployment("backend", "api", 2, &[("api", 9000, "TCP")]);
+    let worker = c.deployment("backend", "worker", 1, &[]);
+    c.service(
+        "backend",
+        "api",
+        "10.96.0.20",
+        serde_json::json!({"app": "api"}),
+        &[(80, serde_json::json!("api"), "TCP")],
+    );
+    let mut s = Scenario::new(c);
+    s.subnets = Subnets::new([("db-subnet".to_owned(), "10.0.2.0/24".parse().unwrap())]);
+    let mut m = 0;
+    let mut t = || {
+        m += 7;
+        m
+    };
+    for client in ["203.0.113.7", "203.0.113.9"] {
+        for w in &web {
+            s.flows.push(tcp(ip(client), &w.to_string(), 8080, t()));
+        }
+    }
+    for w in &web {
+        s.flows.push(udp(*w, "10.96.0.10", 53, t()));
+        s.flows.push(tcp(*w, "10.96.0.20", 80, t()));
+        // kubelet probe from the pod's own node: needs no rule
+        let node = if w.to_string().starts_with("10.244.1.") {
+            "192.168.1.10"
+        } else {
+            "192.168.1.11"
+        };
+        s.flows.push(tcp(ip(node), &w.to_string(), 8080, t()));
+    }
+    for a in &api {
+        s.flows.push(udp(*a, "10.96.0.10", 53, t()));
+        s.flows.push(tcp(*a, "10.0.2.10", 5432, t()));
+    }
+    s.flows.push(tcp(worker[0], "10.96.0.20", 80, t()));
+    let _ = dns;
+    s
+}

@@ -1,0 +1,717 @@
+//! The eBPF flow datapath on a real kernel: pods as network namespaces, real traffic, exact
+//! flows, counts and states. Each test names its interfaces with its own prefix (`dpA`,
+//! `dpB`, `dpC`) so tests can run in parallel; everything is removed on drop.
+
+// Tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use netpol_observe::{
+    datapath::{Counter, Datapath, DatapathConfig, FlowUpdate},
+    flow::{Directional, FlowRecord, FlowState, Protocol},
+};
+use netpol_observe_e2e::{
+    netns::{Bridge, Pod, Route, attachments},
+    require_root,
+    traffic::{TcpCounters, ping, tcp_counters},
+};
+
+fn flows_of(
+    flows: &[FlowRecord],
+    protocol: Protocol,
+    src: IpAddr,
+    dst: IpAddr,
+    dport: Option<u16>,
+) -> Vec<&FlowRecord> {
+    flows
+        .iter()
+        .filter(|f| {
+            f.protocol == protocol
+                && f.src.ip == src
+                && f.dst.ip == dst
+                && (dport.is_none() || f.dst.port == dport)
+        })
+        .collect()
+}
+
+fn the_flow(
+    flows: &[FlowRecord],
+    protocol: Protocol,
+    src: IpAddr,
+    dst: IpAddr,
+    dport: Option<u16>,
+) -> &FlowRecord {
+    let found = flows_of(flows, protocol, src, dst, dport);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {protocol} flow {src} -> {dst}:{dport:?}, got {found:#?}\nall flows: {flows:#?}"
+    );
+    // The reverse direction must not appear as a flow of its own.
+    let reversed: Vec<_> = flows_of(flows, protocol, dst, src, None)
+        .into_iter()
+        .filter(|f| f.src.port == dport && f.dst.port == found[0].src.port)
+        .collect();
+    assert!(
+        reversed.is_empty(),
+        "{protocol} {src} -> {dst} also reported reversed: {reversed:#?}"
+    );
+    found[0]
+}
+
+/// A TCP exchange: the client sends `up` bytes, the server answers `down` bytes, both close
+/// with FIN. Returns the client address and both sides' TCP_INFO after the close.
+fn tcp_exchange(
+    client: &Pod,
+    server: &Pod,
+    dst: SocketAddr,
+    up: usize,
+    down: usize,
+) -> (SocketAddr, TcpCounters, TcpCounters) {
+    let any = if dst.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    let listener = server.run(move || TcpListener::bind(SocketAddr::new(any, dst.port())).unwrap());
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = vec![0u8; up];
+        s.read_exact(&mut got).unwrap();
+        for chunk in vec![7u8; down].chunks(2000) {
+            s.write_all(chunk).unwrap();
+        }
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        s.shutdown(Shutdown::Write).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        tcp_counters(&s).unwrap()
+    });
+    let (local, ci) = client.run(move || {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(3)).unwrap();
+        c.set_nodelay(true).unwrap();
+        for chunk in vec![1u8; up].chunks(1000) {
+            c.write_all(chunk).unwrap();
+        }
+        let mut got = vec![0u8; down];
+        c.read_exact(&mut got).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        (c.local_addr().unwrap(), tcp_counters(&c).unwrap())
+    });
+    let si = srv.join().unwrap();
+    (local, ci, si)
+}
+
+/// UDP: the client sends `n` datagrams of `size` bytes, the server echoes each.
+fn udp_echo(client: &Pod, server: &Pod, dst: SocketAddr, n: usize, size: usize) -> SocketAddr {
+    let sock = server.run(move || UdpSocket::bind(dst).unwrap());
+    let srv = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for _ in 0..n {
+            let (len, from) = sock.recv_from(&mut buf).unwrap();
+            sock.send_to(&buf[..len], from).unwrap();
+        }
+    });
+    let local = client.run(move || {
+        let any: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .unwrap();
+        let c = UdpSocket::bind(any).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 2048];
+        for _ in 0..n {
+            c.send_to(&vec![3u8; size], dst).unwrap();
+            c.recv_from(&mut buf).unwrap();
+        }
+        c.local_addr().unwrap()
+    });
+    srv.join().unwrap();
+    local
+}
+
+fn config(pattern: &str) -> DatapathConfig {
+    DatapathConfig {
+        sweep_interval: Duration::from_secs(3600),
+        node_name: Some("node-test".into()),
+        ..DatapathConfig::with_interfaces([pattern])
+    }
+}
+
+fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+const IPV4_TCP_HDR: u64 = 20 + 32; // IPv4 + TCP with timestamps
+const IPV6_TCP_HDR: u64 = 40 + 32;
+const SYN_EXTRA: u64 = 8; // SYN options (mss, sack-perm, timestamps, wscale) beyond timestamps
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_pods_exact_flows_counted_once() {
+    if !require_root("bridge_pods_exact_flows_counted_once") {
+        return;
+    }
+    let br = Bridge::new(
+        "dpA-br",
+        "10.71.0.1/24".parse().unwrap(),
+        "fd71::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpA-a", "dpAa0", &br, v4("10.71.0.2"), v6("fd71::2")).unwrap();
+    let b = Pod::on_bridge("dpA-b", "dpAb0", &br, v4("10.71.0.3"), v6("fd71::3")).unwrap();
+    let (a4, a6, b4, b6) = (
+        IpAddr::V4(a.v4),
+        IpAddr::V6(a.v6),
+        IpAddr::V4(b.v4),
+        IpAddr::V6(b.v6),
+    );
+
+    // Same-node dedup driven by userspace alone (no kernel learning).
+    let cfg = DatapathConfig {
+        learn_local_endpoints: false,
+        ..config("dpA?0")
+    };
+    let dp = Datapath::start(cfg).await.unwrap();
+    let mut updates = dp.subscribe();
+    dp.set_local_endpoints(&[a4, a6, b4, b6]).unwrap();
+    let mut names: Vec<String> = dp
+        .attached_interfaces()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dpAa0", "dpAb0"]);
+    assert!(
+        !attachments("dpAa0").unwrap().is_empty(),
+        "attachment not visible"
+    );
+
+    let (tcp4_client, ci, si) = tcp_exchange(&a, &b, SocketAddr::new(b4, 7001), 10_000, 30_000);
+    let (tcp6_client, ci6, si6) = tcp_exchange(&a, &b, SocketAddr::new(b6, 7003), 5_000, 1_000);
+    let udp6_client = udp_echo(&a, &b, SocketAddr::new(b6, 7002), 5, 100);
+    let udp4_client = udp_echo(&b, &a, SocketAddr::new(a4, 7004), 3, 50);
+    assert_eq!(
+        a.run(move || ping(b4, 0x7101, 3, 56, Duration::from_secs(2)).unwrap()),
+        3
+    );
+    assert_eq!(
+        a.run(move || ping(b6, 0x7102, 3, 56, Duration::from_secs(2)).unwrap()),
+        3
+    );
+    // A closed TCP port: SYN answered by RST. A closed UDP port: ICMP port unreachable.
+    let refused = a.run(move || {
+        TcpStream::connect_timeout(&SocketAddr::new(b4, 7999), Duration::from_secs(2)).map(|_| ())
+    });
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+    let udp_refused_client = a.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(&[0u8; 10], SocketAddr::new(b4, 7998)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        s.local_addr().unwrap()
+    });
+
+    dp.sweep_now().unwrap();
+    let flows = dp.snapshot();
+
+    let t = the_flow(&flows, Protocol::Tcp, a4, b4, Some(7001));
+    assert_eq!(t.src.port, Some(tcp4_client.port()));
+    assert_eq!(t.state, Some(FlowState::Closed));
+    assert_eq!(t.node.as_deref(), Some("node-test"));
+    let p = t.packets.unwrap();
+    assert_eq!(
+        (p.sent, p.received),
+        (u64::from(ci.segs_out), u64::from(ci.segs_in)),
+        "client view"
+    );
+    // The server socket's counters miss its SYN-ACK: the listener's request socket sent it.
+    assert_eq!(
+        (p.sent, p.received),
+        (u64::from(si.segs_in), u64::from(si.segs_out) + 1),
+        "server view"
+    );
+    assert_eq!(ci.bytes_sent, 10_000);
+    assert_eq!(si.bytes_sent, 30_000);
+    let bytes = t.bytes.unwrap();
+    assert_eq!(
+        bytes.sent,
+        ci.bytes_sent + p.sent * IPV4_TCP_HDR + SYN_EXTRA
+    );
+    assert_eq!(
+        bytes.received,
+        si.bytes_sent + p.received * IPV4_TCP_HDR + SYN_EXTRA
+    );
+
+    let t6 = the_flow(&flows, Protocol::Tcp, a6, b6, Some(7003));
+    assert_eq!(t6.src.port, Some(tcp6_client.port()));
+    assert_eq!(t6.state, Some(FlowState::Closed));
+    let p6 = t6.packets.unwrap();
+    assert_eq!(
+        (p6.sent, p6.received),
+        (u64::from(ci6.segs_out), u64::from(si6.segs_out) + 1)
+    );
+    assert_eq!(
+        t6.bytes.unwrap().sent,
+        5_000 + p6.sent * IPV6_TCP_HDR + SYN_EXTRA
+    );
+    assert_eq!(
+        t6.bytes.unwrap().received,
+        1_000 + p6.received * IPV6_TCP_HDR + SYN_EXTRA
+    );
+
+    let u6 = the_flow(&flows, Protocol::Udp, a6, b6, Some(7002));
+    assert_eq!(u6.src.port, Some(udp6_client.port()));
+    assert_eq!(u6.state, Some(FlowState::Active));
+    assert_eq!(
+        u6.packets,
+        Some(Directional {
+            sent: 5,
+            received: 5
+        })
+    );
+    assert_eq!(
+        u6.bytes,
+        Some(Directional {
+            sent: 5 * 148,
+            received: 5 * 148
+        })
+    );
+
+    // Initiated by b this time.
+    let u4 = the_flow(&flows, Protocol::Udp, b4, a4, Some(7004));
+    assert_eq!(u4.src.port, Some(udp4_client.port()));
+    assert_eq!(
+        u4.packets,
+        Some(Directional {
+            sent: 3,
+            received: 3
+        })
+    );
+    assert_eq!(
+        u4.bytes,
+        Some(Directional {
+            sent: 3 * 78,
+            received: 3 * 78
+        })
+    );
+
+    let i4 = the_flow(&flows, Protocol::Icmp, a4, b4, None);
+    assert_eq!(i4.state, Some(FlowState::Active));
+    assert_eq!((i4.src.port, i4.dst.port), (None, None));
+    assert_eq!(
+        i4.packets,
+        Some(Directional {
+            sent: 3,
+            received: 3
+        })
+    );
+    assert_eq!(
+        i4.bytes,
+        Some(Directional {
+            sent: 3 * 84,
+            received: 3 * 84
+        })
+    );
+    let i6 = the_flow(&flows, Protocol::Icmpv6, a6, b6, None);
+    assert_eq!(
+        i6.packets,
+        Some(Directional {
+            sent: 3,
+            received: 3
+        })
+    );
+    assert_eq!(
+        i6.bytes,
+        Some(Directional {
+            sent: 3 * 104,
+            received: 3 * 104
+        })
+    );
+
+    let r = the_flow(&flows, Protocol::Tcp, a4, b4, Some(7999));
+    assert_eq!(r.state, Some(FlowState::Refused));
+    assert_eq!(
+        r.packets,
+        Some(Directional {
+            sent: 1,
+            received: 1
+        })
+    );
+    let ur = the_flow(&flows, Protocol::Udp, a4, b4, Some(7998));
+    assert_eq!(ur.src.port, Some(udp_refused_client.port()));
+    assert_eq!(ur.state, Some(FlowState::Refused));
+    assert_eq!(
+        ur.packets,
+        Some(Directional {
+            sent: 1,
+            received: 0
+        })
+    );
+
+    let counters = dp.kernel_counters().unwrap();
+    assert!(
+        counters.get(Counter::SkippedLocal) > 0,
+        "both pods are local: the second interface must skip"
+    );
+    assert_eq!(counters.get(Counter::MapInsertFailed), 0);
+    assert_eq!(counters.get(Counter::RingbufFull), 0);
+    assert_eq!(counters.get(Counter::ParseFailed), 0);
+    assert_eq!(dp.stats().evictions, 0);
+
+    // The update stream tells the same story: one `new`, deltas summing to the totals.
+    let is_t = |u: &FlowUpdate| {
+        u.record.protocol == Protocol::Tcp && u.record.src.port == Some(tcp4_client.port())
+    };
+    let mut seen = Vec::new();
+    while let Ok(u) = updates.try_recv() {
+        seen.push(u);
+    }
+    let t_updates: Vec<&FlowUpdate> = seen.iter().filter(|u| is_t(u)).collect();
+    assert_eq!(
+        t_updates.iter().filter(|u| u.new).count(),
+        1,
+        "{t_updates:#?}"
+    );
+    let sum = t_updates.iter().fold((0, 0), |acc, u| {
+        (
+            acc.0 + u.delta_packets.sent,
+            acc.1 + u.delta_packets.received,
+        )
+    });
+    assert_eq!(sum, (p.sent, p.received));
+
+    let last = dp.shutdown().await.unwrap();
+    assert!(last.len() >= flows.len());
+    let mut ended = 0;
+    while let Ok(u) = updates.try_recv() {
+        if is_t(&u) {
+            assert!(u.ended);
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 1, "shutdown must end the flow exactly once");
+    for dev in ["dpAa0", "dpAb0"] {
+        assert_eq!(
+            attachments(dev).unwrap(),
+            "",
+            "{dev}: left behind after shutdown"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_pods_short_flows_blackhole_and_new_interfaces() {
+    if !require_root("routed_pods_short_flows_blackhole_and_new_interfaces") {
+        return;
+    }
+    let a = Pod::routed("dpB-a", "dpBa0", v4("10.72.0.2"), v6("fd72::2")).unwrap();
+    let _hole = Route::add(&["blackhole", "10.72.9.9/32"]).unwrap();
+    let dp = Datapath::start(config("dpB?0")).await.unwrap();
+    // A pod appearing after the start is followed through netlink.
+    let b = Pod::routed("dpB-b", "dpBb0", v4("10.72.0.3"), v6("fd72::3")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dp.attached_interfaces().iter().any(|i| i.name == "dpBb0") {
+        assert!(
+            Instant::now() < deadline,
+            "new interface dpBb0 never attached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+
+    // A flow much shorter than the sweep interval (an hour) shows up from its ring-buffer
+    // event alone, without any sweep.
+    let client = udp_echo(&a, &b, SocketAddr::new(b4, 7102), 1, 20);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let flows = dp.snapshot();
+        if let Some(f) = flows_of(&flows, Protocol::Udp, a4, b4, Some(7102)).first() {
+            assert_eq!(f.src.port, Some(client.port()));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "short flow not reported without a sweep: {flows:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let (tcp_client, ci, si) = tcp_exchange(&b, &a, SocketAddr::new(a4, 7101), 2_000, 2_000);
+    let hole = a.run(|| {
+        let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 72, 9, 9)), 80);
+        TcpStream::connect_timeout(&dst, Duration::from_millis(1500)).map(|_| ())
+    });
+    assert!(hole.is_err());
+
+    dp.sweep_now().unwrap();
+    let flows = dp.snapshot();
+    let u = the_flow(&flows, Protocol::Udp, a4, b4, Some(7102));
+    assert_eq!(
+        u.packets,
+        Some(Directional {
+            sent: 1,
+            received: 1
+        })
+    );
+    assert_eq!(
+        u.bytes,
+        Some(Directional {
+            sent: 48,
+            received: 48
+        })
+    );
+    let t = the_flow(&flows, Protocol::Tcp, b4, a4, Some(7101));
+    assert_eq!(t.src.port, Some(tcp_client.port()));
+    assert_eq!(t.state, Some(FlowState::Closed));
+    let p = t.packets.unwrap();
+    assert_eq!(
+        (p.sent, p.received),
+        (u64::from(ci.segs_out), u64::from(si.segs_out) + 1)
+    );
+    assert_eq!(p.received, u64::from(ci.segs_in));
+    let bh = the_flow(
+        &flows,
+        Protocol::Tcp,
+        a4,
+        "10.72.9.9".parse().unwrap(),
+        Some(80),
+    );
+    assert_eq!(bh.state, Some(FlowState::Attempted));
+    assert_eq!(bh.packets.unwrap().received, 0);
+    assert!(bh.packets.unwrap().sent >= 1);
+    assert!(dp.kernel_counters().unwrap().get(Counter::SkippedLocal) > 0);
+
+    dp.shutdown().await.unwrap();
+    for dev in ["dpBa0", "dpBb0"] {
+        assert_eq!(
+            attachments(dev).unwrap(),
+            "",
+            "{dev}: left behind after shutdown"
+        );
+    }
+}
+
+/// Opens `n` UDP flows (one datagram each, distinct source ports) from `client` to `dst`.
+fn udp_flows(client: &Pod, dst: SocketAddr, n: usize) -> Vec<u16> {
+    client.run(move || {
+        let mut ports = Vec::with_capacity(n);
+        // Keep every socket open so that no source port is reused.
+        let mut socks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(&[9u8; 16], dst).unwrap();
+            ports.push(s.local_addr().unwrap().port());
+            socks.push(s);
+        }
+        ports
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_flows_all_reported_and_overflow_counted() {
+    if !require_root("thousands_of_flows_all_reported_and_overflow_counted") {
+        return;
+    }
+    const N: usize = 3000;
+    let br = Bridge::new(
+        "dpC-br",
+        "10.73.0.1/24".parse().unwrap(),
+        "fd73::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpC-a", "dpCa0", &br, v4("10.73.0.2"), v6("fd73::2")).unwrap();
+    let b = Pod::on_bridge("dpC-b", "dpCb0", &br, v4("10.73.0.3"), v6("fd73::3")).unwrap();
+    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    // A sink that accepts the datagrams without answering (no ICMP errors).
+    let _sink = b.run(|| UdpSocket::bind("0.0.0.0:7201").unwrap());
+    let dst = SocketAddr::new(b4, 7201);
+
+    for (capacity, overflow) in [(65_536u32, false), (512, true)] {
+        let dp = Datapath::start(DatapathConfig {
+            flow_capacity: capacity,
+            ..config("dpC?0")
+        })
+        .await
+        .unwrap();
+        let ports = udp_flows(&a, dst, N);
+        // Events may still be in flight: sweep until every one arrived (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while flows_of(&dp.snapshot(), Protocol::Udp, a4, b4, Some(7201)).len() < N
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dp.sweep_now().unwrap();
+        let flows = dp.snapshot();
+        let mut seen: Vec<u16> = flows_of(&flows, Protocol::Udp, a4, b4, Some(7201))
+            .iter()
+            .map(|f| {
+                // Evicted flows keep only their announcement (no counts): that loss is what
+                // the eviction counter reports.
+                if !overflow {
+                    assert_eq!(
+                        f.packets,
+                        Some(Directional {
+                            sent: 1,
+                            received: 0
+                        }),
+                        "{f:?}"
+                    );
+                }
+                assert_eq!(f.state, Some(FlowState::Attempted));
+                f.src.port.unwrap_or(0)
+            })
+            .collect();
+        seen.sort_unstable();
+        let mut expected = ports.clone();
+        expected.sort_unstable();
+        assert_eq!(expected.len(), N);
+        // Every flow reported, exactly once (ring-buffer events announce even the evicted).
+        assert_eq!(seen, expected, "capacity {capacity}: recall must be 100 %");
+        let counters = dp.kernel_counters().unwrap();
+        assert_eq!(counters.get(Counter::RingbufFull), 0);
+        let evictions = dp.stats().evictions;
+        if overflow {
+            assert!(
+                evictions > 0,
+                "a {capacity}-entry map holding {N} flows must count evictions"
+            );
+        } else {
+            assert_eq!(evictions, 0);
+            assert_eq!(counters.get(Counter::MapInsertFailed), 0);
+        }
+        dp.shutdown().await.unwrap();
+        assert_eq!(attachments("dpCa0").unwrap(), "");
+    }
+}
+
+#[test]
+fn agent_cli_prints_jsonl_on_sigterm_and_detaches() {
+    if !require_root("agent_cli_prints_jsonl_on_sigterm_and_detaches") {
+        return;
+    }
+    let br = Bridge::new(
+        "dpD-br",
+        "10.74.0.1/24".parse().unwrap(),
+        "fd74::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpD-a", "dpDa0", &br, v4("10.74.0.2"), v6("fd74::2")).unwrap();
+    let b = Pod::on_bridge("dpD-b", "dpDb0", &br, v4("10.74.0.3"), v6("fd74::3")).unwrap();
+    let bin = netpol_observe_e2e::bin();
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p netpol-observe)",
+        bin.display()
+    );
+    let child = std::process::Command::new(&bin)
+        .args([
+            "agent",
+            "--interfaces",
+            "dpD?0",
+            "--output",
+            "jsonl",
+            "--node-name",
+            "n1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the agent even if an assertion below fails.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while attachments("dpDb0").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the agent never attached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = udp_echo(&a, &b, SocketAddr::new(IpAddr::V4(b.v4), 7401), 2, 30);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) };
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let records: Vec<FlowRecord> =
+        netpol_observe::flow::jsonl::read_lines(std::path::Path::new("stdout"), out.as_bytes())
+            .into_iter()
+            .map(|(_, r)| r.unwrap())
+            .collect();
+    let f = the_flow(
+        &records,
+        Protocol::Udp,
+        IpAddr::V4(a.v4),
+        IpAddr::V4(b.v4),
+        Some(7401),
+    );
+    assert_eq!(f.src.port, Some(client.port()));
+    assert_eq!(
+        f.packets,
+        Some(Directional {
+            sent: 2,
+            received: 2
+        })
+    );
+    assert_eq!(
+        f.bytes,
+        Some(Directional {
+            sent: 116,
+            received: 116
+        })
+    );
+    assert_eq!(f.node.as_deref(), Some("n1"));
+    for dev in ["dpDa0", "dpDb0"] {
+        assert_eq!(
+            attachments(dev).unwrap(),
+            "",
+            "{dev}: left behind by the agent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_datapath_detaches_and_missing_interface_is_an_error() {
+    if !require_root("dropping_the_datapath_detaches_and_missing_interface_is_an_error") {
+        return;
+    }
+    let err = Datapath::start(DatapathConfig::with_interfaces(["dpE-nosuch"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "interface dpE-nosuch does not exist");
+
+    let _a = Pod::routed("dpE-a", "dpEa0", v4("10.75.0.2"), v6("fd75::2")).unwrap();
+    let dp = Datapath::start(config("dpEa0")).await.unwrap();
+    assert!(!attachments("dpEa0").unwrap().is_empty());
+    drop(dp);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !attachments("dpEa0").unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "still attached after drop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,797 @@
+//! The lab on a real kernel: every shipped scenario end to end (the agent reports exactly the
+//! traffic list, the recommended policies verify, enforcing them keeps the traffic and drops
+//! the forbidden probes with the reason and policy the agent reports), the compiled nftables
+//! rules agree with the policy engine on every pod pair and port, a killed lab's leftovers are
+//! removed by the next run, and a bad scenario fails before touching the machine, naming the
+//! line.
+
+// A test binary: a failed expectation is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
+use netpol_observe::{
+    attribution::{Attributor, Subnets},
+    flow::{Endpoint as FlowEndpoint, FlowRecord, Protocol},
+    inventory::Inventory,
+    lab::{
+        dns, enforce,
+        model::{LabModel, PeerRef, ProbeKind, ProbeModel},
+        netns, scenario,
+        topology::Topology,
+        traffic::{self, Outcome, Timeouts},
+    },
+    policy::PolicyEngine,
+};
+use serde_json::Value;
+
+/// Labs clear the leftovers of killed labs when they start: the tests that build labs run one
+/// at a time so that the SIGKILL test sees its own leftovers before the next run removes them.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(netpol_observe_e2e::bin())
+        .arg("lab")
+        .args(args)
+        .env("NETPOL_OBSERVE_LOG", "info")
+        .output()
+        .expect("run netpol-observe lab")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read output")).expect("json")
+}
+
+/// One traffic entry as the agent must report it: (client, server, port, protocol, flows).
+/// Clients and servers are spelled `ns/workload`, `svc/ns/name` or the subnet name (`world`
+/// for anonymous public hosts).
+type Entry = (&'static str, &'static str, u16, &'static str, usize);
+
+/// How the test spells an endpoint of a flow record (independently of the lab's own code).
+fn spell(ep: &FlowEndpoint) -> String {
+    if let Some(s) = &ep.service {
+        return format!("svc/{}/{}", s.namespace, s.name);
+    }
+    match (&ep.namespace, &ep.workload, &ep.subnet) {
+        (Some(ns), Some(w), _) => format!("{ns}/{}", w.name),
+        (_, _, Some(subnet)) => subnet.clone(),
+        _ => ep.ip.to_string(),
+    }
+}
+
+/// Runs a shipped scenario end to end — agent, recommender, verification, enforcement of the
+/// *recommended* policies — and checks every output against the scenario.
+fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden: usize) {
+    let out = tempfile::tempdir().expect("tempdir");
+    let scenario = repo(&format!("deploy/lab/{name}.yaml"));
+    let result = lab(&[
+        "--scenario",
+        scenario.to_str().expect("path"),
+        "--out",
+        out.path().to_str().expect("path"),
+        "--enforce",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("result: every probe as expected"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("enforcement ("), "{stdout}");
+    assert!(
+        stdout.contains("policies from recommended.yaml"),
+        "{stdout}"
+    );
+
+    // Learning phase: every traffic entry, every connection, went through (DNS + ClusterIP
+    // DNAT for `svc/...` targets).
+    let probes = read_json(&out.path().join("probes.json"));
+    let probes = probes.as_array().expect("array");
+    assert_eq!(probes.len(), entries.len());
+    for p in probes {
+        assert_eq!(p["observed"], "allowed", "{p}");
+        assert_eq!(p["succeeded"], p["connections"], "{p}");
+    }
+
+    // The flows the agent reported are exactly the traffic list, plus DNS lookups.
+    let text = std::fs::read_to_string(out.path().join("flows.jsonl")).expect("flows.jsonl");
+    let flows: Vec<FlowRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a flow record"))
+        .collect();
+    let mut seen: BTreeMap<(String, String, u16, String), usize> = BTreeMap::new();
+    let mut dns = 0;
+    for f in &flows {
+        let protocol = serde_json::to_value(f.protocol).expect("protocol");
+        let protocol = protocol.as_str().expect("string").to_owned();
+        let dst = spell(&f.dst);
+        if dst == "svc/kube-system/kube-dns" && f.dst.port == Some(53) {
+            dns += 1;
+            continue;
+        }
+        *seen
+            .entry((spell(&f.src), dst, f.dst.port.expect("port"), protocol))
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<(String, String, u16, String), usize> = entries
+        .iter()
+        .map(|(from, to, port, proto, n)| {
+            (
+                (from.to_string(), to.to_string(), *port, proto.to_string()),
+                *n,
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected, "flows.jsonl:\n{text}");
+    // One lookup per connection to a Service from a pod (a retried lookup may add one).
+    assert!(
+        dns >= dns_lookups,
+        "{dns} DNS flows, expected {dns_lookups}"
+    );
+    for f in &flows {
+        assert!(
+            f.first_seen.is_some() && f.packets.is_some_and(|p| p.sent > 0),
+            "{f:?}"
+        );
+    }
+
+    // The recommended policies parse into Kubernetes types, isolate every namespace of the
+    // scenario, and allow every observed flow.
+    let yaml = std::fs::read_to_string(out.path().join("recommended.yaml")).expect("yaml");
+    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a NetworkPolicy"))
+        .collect();
+    let names: Vec<String> = policies
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().expect("namespace"),
+                p.metadata.name.as_deref().expect("name")
+            )
+        })
+        .collect();
+    for (from, to, ..) in entries {
+        for end in [from, to] {
+            let ns = end
+                .trim_start_matches("svc/")
+                .split('/')
+                .next()
+                .expect("ns");
+            if end.contains('/') {
+                assert!(
+                    names.contains(&format!("{ns}/default-deny")),
+                    "{ns}: {names:?}"
+                );
+            }
+        }
+    }
+    let verify = read_json(&out.path().join("verify.json"));
+    assert_eq!(verify["flows"], flows.len(), "{verify}");
+    assert_eq!(verify["denied_flows"], 0, "{verify}");
+
+    // Enforcement of the recommended policies: traffic still works, forbidden probes are
+    // dropped, and the agent reported the kernel's drop reason and a recommended policy.
+    let enforced = read_json(&out.path().join("enforce.json"));
+    let enforced = enforced.as_array().expect("array");
+    assert_eq!(enforced.len(), entries.len() + forbidden);
+    let mut dropped = 0;
+    for p in enforced {
+        if p["kind"] == "traffic" {
+            assert_eq!(p["expected"], "allowed", "{p}");
+            assert_eq!(p["observed"], "allowed", "{p}");
+            assert_eq!(p["drop_reason"], Value::Null, "{p}");
+            continue;
+        }
+        assert_eq!(p["kind"], "forbidden", "{p}");
+        assert_eq!(p["expected"], "denied", "{p}");
+        assert_eq!(p["observed"], "denied", "{p}");
+        assert_eq!(p["succeeded"], 0, "{p}");
+        assert_eq!(p["drop_reason"], "NETFILTER_DROP", "{p}");
+        let policy = p["policy"].as_str().expect("policy named");
+        for part in policy.split(',') {
+            assert!(names.iter().any(|n| n == part), "{p}: {names:?}");
+        }
+        dropped += 1;
+    }
+    assert_eq!(dropped, forbidden);
+
+    // The final scrape counts those drops, by reason and policy.
+    let metrics = std::fs::read_to_string(out.path().join("metrics.txt")).expect("metrics");
+    let drop_series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("netpol_observe_drops_total{") && l.contains("reason=\"NETFILTER_DROP\"")
+        })
+        .collect();
+    assert_eq!(drop_series.len(), forbidden, "{metrics}");
+    for line in &drop_series {
+        assert!(!line.contains("policy=\"unknown\""), "{line}");
+    }
+    assert!(metrics.contains("netpol_observe_flows_total{"), "{metrics}");
+    // promtool (installed by `cargo xtask setup` with the deploy tools) has nothing to say.
+    if let Ok(mut check) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(metrics.as_bytes())
+            .expect("write");
+        let out = check.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The inventory parses into Kubernetes types and names every pod with its IP.
+    let inventory: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(out.path().join("inventory.yaml")).expect("inventory"),
+    )
+    .expect("yaml");
+    let pods: Vec<Pod> = inventory["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["kind"] == "Pod")
+        .map(|i| serde_json::from_value(i.clone()).expect("a Pod"))
+        .collect();
+    assert!(pods.len() >= 5);
+    for pod in &pods {
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .expect("pod IP");
+        assert!(ip.starts_with("10.244.0."), "{ip}");
+    }
+
+    // Nothing of this run is left, and the agent is gone.
+    let run = stdout
+        .split("(run ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("run id in the summary");
+    assert!(netns::list(&format!("npo-lab-{run}-")).is_empty());
+    let log = std::fs::read_to_string(out.path().join("agent.log")).expect("agent.log");
+    assert!(
+        log.contains("SIGTERM"),
+        "the agent was stopped by SIGTERM:\n{log}"
+    );
+}
+
+#[test]
+fn shop_scenario_end_to_end() {
+    if !netpol_observe_e2e::require_root("shop_scenario_end_to_end") {
+        return;
+    }
+    let _serial = serial();
+    shipped_scenario(
+        "shop",
+        &[
+            ("world", "frontend/web", 8080, "TCP", 2),
+            ("frontend/web", "svc/backend/api", 80, "TCP", 3),
+            ("backend/api", "svc/backend/cache", 6379, "TCP", 2),
+            ("backend/api", "db-subnet", 5432, "TCP", 1),
+        ],
+        5,
+        4,
+    );
+}
+
+#[test]
+fn voting_scenario_end_to_end() {
+    if !netpol_observe_e2e::require_root("voting_scenario_end_to_end") {
+        return;
+    }
+    let _serial = serial();
+    shipped_scenario(
+        "voting",
+        &[
+            // Clients outside the cluster reach the ui Service; only the backend sees them.
+            ("world", "vote/ui", 8080, "TCP", 4),
+            ("vote/ui", "svc/vote/appserver", 8000, "TCP", 2),
+            ("vote/appserver", "svc/vote/redis", 6379, "TCP", 2),
+            ("vote/appserver", "svc/vote/postgres", 5432, "TCP", 1),
+            ("vote/appserver", "monitoring", 8125, "UDP", 1),
+        ],
+        5,
+        4,
+    );
+}
+
+const MATRIX: &str = "name: matrix
+namespaces: [{name: a, labels: {team: a}}, {name: b, labels: {team: b}}]
+workloads:
+  - {namespace: a, name: web, labels: {app: web}, ports: [{name: http, port: 8080}, {name: stats, port: 5353, protocol: UDP}]}
+  - {namespace: a, name: api, labels: {app: api}, ports: [{name: http, port: 9000}, {name: admin, port: 9090}]}
+  - {namespace: b, name: cli, labels: {app: cli}, ports: [{name: http, port: 8080}]}
+services:
+  - {namespace: a, name: api, selector: {app: api}, ports: [{port: 80, targetPort: http}]}
+externals:
+  - {name: ext, cidr: 192.168.50.0/24, ports: [{port: 443}]}
+";
+
+const MATRIX_POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: http}]
+  - from: [{namespaceSelector: {matchLabels: {team: b}}, podSelector: {matchLabels: {app: cli}}}]
+    ports: [{port: 9090, endPort: 9095}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 192.168.50.0/24, except: [192.168.50.128/25]}}]
+  - to: [{podSelector: {}}]
+    ports: [{port: http}]
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{port: 53, protocol: UDP}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: cli, namespace: b}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{ipBlock: {cidr: 192.168.50.0/24}}, {namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a]}]}}]
+    ports: [{port: 8080, protocol: TCP}]
+";
+
+/// One probe per (client, server, port) of the matrix lab: every workload (kube-dns too) and
+/// the external host as client; every other workload on each declared port, the external
+/// host, and the Service as server.
+fn all_pairs(model: &LabModel) -> Vec<ProbeModel> {
+    let mut sources: Vec<(String, PeerRef)> = model
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (format!("{}/{}", w.namespace, w.name), PeerRef::Workload(i)))
+        .collect();
+    sources.extend(
+        model
+            .externals
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.name.clone(), PeerRef::External(i))),
+    );
+    let mut targets: Vec<(String, PeerRef, u16, Protocol)> = Vec::new();
+    // kube-dns answers DNS queries, not the probes' echo: a client, never a probed server.
+    for (i, w) in model.workloads.iter().enumerate().skip(1) {
+        for p in &w.ports {
+            let name = format!("{}/{}", w.namespace, w.name);
+            targets.push((name, PeerRef::Workload(i), p.port, p.protocol));
+        }
+    }
+    for (i, e) in model.externals.iter().enumerate() {
+        for p in &e.ports {
+            targets.push((e.name.clone(), PeerRef::External(i), p.port, p.protocol));
+        }
+    }
+    for (i, s) in model.services.iter().enumerate().skip(1) {
+        for p in &s.ports {
+            let name = format!("svc/{}/{}", s.namespace, s.name);
+            targets.push((name, PeerRef::Service(i), p.port, p.protocol));
+        }
+    }
+    let mut probes = Vec::new();
+    for (from, source) in &sources {
+        for (to, target, port, protocol) in &targets {
+            // Self-traffic never crosses the node; external to external is not the cluster's.
+            if from == to
+                || matches!(
+                    (source, target),
+                    (PeerRef::External(_), PeerRef::External(_))
+                )
+            {
+                continue;
+            }
+            // Clients outside the cluster reach pods, not ClusterIPs, in this lab.
+            if matches!(
+                (source, target),
+                (PeerRef::External(_), PeerRef::Service(_))
+            ) {
+                continue;
+            }
+            probes.push(ProbeModel {
+                kind: ProbeKind::Traffic,
+                from: from.clone(),
+                to: to.clone(),
+                source: *source,
+                target: *target,
+                port: *port,
+                protocol: *protocol,
+                connections: 1,
+                line: 0,
+            });
+        }
+    }
+    probes
+}
+
+/// The address a probe's first connection uses at each end.
+fn first_addr(model: &LabModel, peer: PeerRef) -> std::net::IpAddr {
+    std::net::IpAddr::V4(match peer {
+        PeerRef::Workload(w) => model.pods[model.workloads[w].pods[0]].ip,
+        PeerRef::External(e) => model.externals[e].hosts[0],
+        PeerRef::Service(s) => model.services[s].cluster_ip,
+    })
+}
+
+#[test]
+fn compiled_policies_agree_with_the_policy_engine_on_the_kernel() {
+    if !netpol_observe_e2e::require_root(
+        "compiled_policies_agree_with_the_policy_engine_on_the_kernel",
+    ) {
+        return;
+    }
+    let _serial = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(engine_agreement());
+}
+
+async fn engine_agreement() {
+    let path = Path::new("matrix.yaml");
+    let parsed = scenario::parse(path, MATRIX).expect("scenario");
+    let mut model = LabModel::build(path, MATRIX, &parsed).expect("model");
+    model.probes = all_pairs(&model);
+    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(MATRIX_POLICIES)
+        .map(|d| serde::Deserialize::deserialize(d).expect("policy"))
+        .collect();
+    let script = enforce::compile(&model, &policies).expect("compile");
+
+    // The engine's verdict for each probe's first connection, on the lab's own inventory.
+    let inventory = Inventory::from_yaml_str(
+        &netpol_observe::lab::inventory::to_yaml(&model).expect("inventory"),
+        "inventory.yaml",
+    )
+    .expect("the lab's inventory loads");
+    let engine = PolicyEngine::compile(&policies, &inventory).expect("engine");
+    let attributor = Attributor::new(&inventory, &Subnets::default());
+    let engine_says: Vec<bool> = model
+        .probes
+        .iter()
+        .map(|p| {
+            let mut flow = FlowRecord::new(
+                p.protocol,
+                first_addr(&model, p.source),
+                first_addr(&model, p.target),
+                Some(p.port),
+            );
+            attributor.attribute(&mut flow);
+            engine.evaluate(&flow).allowed
+        })
+        .collect();
+    // The set is a real test of the compiler: both verdicts occur, on every kind of target.
+    assert!(engine_says.iter().filter(|a| **a).count() >= 5);
+    assert!(engine_says.iter().filter(|a| !**a).count() >= 5);
+    assert!(model.probes.len() >= 25, "{}", model.probes.len());
+
+    let mut topo = Topology::create(&model).expect("topology");
+    topo.start_servers(&model).expect("servers");
+    let timeouts = Timeouts {
+        connect: Duration::from_millis(500),
+        dns: Duration::from_millis(400),
+    };
+
+    // kube-dns answers from a pod's namespace: services resolve, unknown names do not.
+    let web = model
+        .workloads
+        .iter()
+        .find(|w| w.name == "web")
+        .expect("web")
+        .pods[0];
+    let socket =
+        netpol_observe::lab::servers::udp_client_socket(topo.pod_netns(web)).expect("socket");
+    let server = std::net::SocketAddr::from((model.dns_service().cluster_ip, 53));
+    let api_ip = dns::resolve(&socket, server, "api.a.svc.cluster.local", timeouts.dns)
+        .await
+        .expect("resolve api");
+    assert_eq!(api_ip, model.services[1].cluster_ip);
+    let unknown = dns::resolve(&socket, server, "nope.a.svc.cluster.local", timeouts.dns).await;
+    assert!(
+        matches!(unknown, Err(dns::DnsError::NoAddress { .. })),
+        "{unknown:?}"
+    );
+
+    // Without policies everything goes through.
+    let open = traffic::run_all(&model, &topo, &[ProbeKind::Traffic], timeouts).await;
+    for r in &open {
+        assert_eq!(r.observed, Outcome::Allowed, "{r:?}");
+    }
+    // With the policies, exactly what the engine says.
+    enforce::apply(&topo, &script).expect("apply");
+    let enforced = traffic::run_all(&model, &topo, &[ProbeKind::Traffic], timeouts).await;
+    let mut mismatches = Vec::new();
+    for (r, allowed) in enforced.iter().zip(&engine_says) {
+        let expected = if *allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        if r.observed != expected {
+            mismatches.push(format!(
+                "{} -> {}:{}/{}: engine {expected:?}, kernel {:?} ({:?})",
+                r.from, r.to, r.port, r.protocol, r.observed, r.error
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}\n{script}", mismatches.join("\n"));
+    // Removing the policies opens everything again.
+    enforce::remove(&topo).expect("remove");
+    let reopened = traffic::run_all(&model, &topo, &[ProbeKind::Traffic], timeouts).await;
+    assert!(reopened.iter().all(|r| r.observed == Outcome::Allowed));
+    let prefix = format!("npo-lab-{}-", topo.run_id());
+    topo.teardown().expect("teardown");
+    assert!(netns::list(&prefix).is_empty());
+}
+
+/// Starts a shop lab whose enforcement probes hang (deny-all policy, long timeout) and waits
+/// until the policies are enforced; returns the child and the prefix of its namespaces.
+fn start_hanging_lab(dir: &Path) -> (std::process::Child, String) {
+    let deny = dir.join("deny.yaml");
+    std::fs::write(
+        &deny,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: frontend}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+    )
+    .expect("write");
+    let mut child = Command::new(netpol_observe_e2e::bin())
+        .args(["lab", "--scenario"])
+        .arg(repo("deploy/lab/shop.yaml"))
+        .arg("--out")
+        .arg(dir.join("out1"))
+        .args(["--enforce", "--timeout-ms", "30000", "--policies"])
+        .arg(&deny)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn lab");
+    let prefix = format!("npo-lab-{}n", child.id());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let node = netns::list(&prefix)
+            .into_iter()
+            .find(|n| n.ends_with("-node"));
+        if let Some(node) = node {
+            let tables = Command::new("ip")
+                .args(["netns", "exec", &node, "nft", "list", "tables"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if tables.contains(enforce::TABLE) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the lab never reached enforcement");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, prefix)
+}
+
+#[test]
+fn killed_lab_leftovers_are_removed_by_the_next_run() {
+    if !netpol_observe_e2e::require_root("killed_lab_leftovers_are_removed_by_the_next_run") {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, prefix) = start_hanging_lab(dir.path());
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let leftovers = netns::list(&prefix);
+    assert!(
+        leftovers.len() >= 8,
+        "SIGKILL leaves the namespaces: {leftovers:?}"
+    );
+
+    // The next run clears them first.
+    let scenario = repo("deploy/lab/shop.yaml");
+    let result = lab(&[
+        "--scenario",
+        scenario.to_str().expect("path"),
+        "--out",
+        dir.path().join("out2").to_str().expect("path"),
+    ]);
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        netns::list(&prefix).is_empty(),
+        "leftovers: {:?}",
+        netns::list(&prefix)
+    );
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains("npo_lab"));
+}
+
+#[test]
+fn interrupted_lab_removes_everything() {
+    if !netpol_observe_e2e::require_root("interrupted_lab_removes_everything") {
+        return;
+    }
+    let _serial = serial();
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, prefix) = start_hanging_lab(dir.path());
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{signal}: {stderr}");
+        assert!(stderr.contains("interrupted by"), "{signal}: {stderr}");
+        assert!(
+            netns::list(&prefix).is_empty(),
+            "{signal}: left {:?}",
+            netns::list(&prefix)
+        );
+    }
+}
+
+#[test]
+fn teardown_kills_processes_started_in_the_lab() {
+    if !netpol_observe_e2e::require_root("teardown_kills_processes_started_in_the_lab") {
+        return;
+    }
+    let _serial = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let text = "name: procs\nnamespaces: [{name: a}]\nworkloads: [{namespace: a, name: w}]\n";
+        let path = Path::new("procs.yaml");
+        let parsed = scenario::parse(path, text).expect("scenario");
+        let model = LabModel::build(path, text, &parsed).expect("model");
+        let mut topo = Topology::create(&model).expect("topology");
+        let node = topo.node_netns().to_string();
+        let mut child = topo
+            .spawn_in(&node, Path::new("sleep"), &["30".as_ref()])
+            .expect("spawn");
+        let pid = child.id().expect("pid");
+        // The process runs inside the node's namespace.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", &node])
+                .output()
+                .expect("ip");
+            if String::from_utf8_lossy(&pids.stdout)
+                .split_whitespace()
+                .any(|p| p == pid.to_string())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "sleep never appeared in {node}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        topo.teardown().expect("teardown");
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .expect("the process was not killed")
+            .expect("wait");
+        assert!(!status.success(), "killed, not finished: {status:?}");
+        assert!(netns::list(&node).is_empty());
+    });
+}
+
+#[test]
+fn bad_scenarios_fail_before_touching_the_machine_naming_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::fs::read_to_string(repo("deploy/lab/shop.yaml")).expect("shop");
+    let cases: BTreeMap<&str, (String, &str)> = BTreeMap::from([
+        (
+            "unknown workload",
+            (
+                format!("{base}  - {{from: frontend/wbe, to: backend/api, port: 9000}}\n"),
+                "forbidden[4]: unknown workload `frontend/wbe`",
+            ),
+        ),
+        (
+            "undeclared port",
+            (
+                format!("{base}  - {{from: frontend/web, to: backend/api, port: 9999}}\n"),
+                "forbidden[4]: port 9999/TCP is not declared by `backend/api`",
+            ),
+        ),
+        (
+            "overlapping cidrs",
+            (
+                base.replace(
+                    "externals:\n",
+                    "externals:\n  - {name: clash, cidr: 10.0.0.0/16}\n",
+                ),
+                "externals[1]: CIDR 10.0.2.0/24 overlaps 10.0.0.0/16",
+            ),
+        ),
+    ]);
+    for (what, (text, message)) in cases {
+        let file = dir.path().join(format!("{}.yaml", what.replace(' ', "-")));
+        std::fs::write(&file, &text).expect("write");
+        // The line of the offending entry, found independently.
+        let needle = message.split(':').next().expect("entry");
+        let line = match needle {
+            "externals[1]" => {
+                text.lines()
+                    .position(|l| l.contains("name: db-subnet"))
+                    .expect("line")
+                    + 1
+            }
+            _ => text.lines().count(),
+        };
+        let result = lab(&[
+            "--scenario",
+            file.to_str().expect("path"),
+            "--out",
+            dir.path().join("out").to_str().expect("path"),
+        ]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{what}: {stderr}");
+        let expected = format!("{}:{line}: {message}", file.display());
+        assert!(
+            stderr.contains(&expected),
+            "{what}: expected `{expected}` in:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("building the lab node"),
+            "{what}: touched the machine:\n{stderr}"
+        );
+        assert!(!dir.path().join("out").exists(), "{what}: wrote output");
+    }
+}

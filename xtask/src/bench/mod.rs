@@ -1,0 +1,89 @@
+//! `cargo xtask bench <what>`: benchmarks, one module per subject.
+//!
+//! Every benchmark interleaves its A/B runs (alternating which goes first in each pair),
+//! reports per-run figures, medians and the ratio of medians, and is recorded in
+//! `docs/benchmarks.md`. Add a subject by adding a [`What`] variant and a module.
+
+mod agent;
+mod datapath;
+mod engine;
+mod recommend;
+pub(crate) mod stats;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Result;
+
+/// What to benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum What {
+    /// The eBPF datapath: iperf3 throughput and TCP request/response between two namespaces,
+    /// with and without the agent attached.
+    Datapath,
+    /// The agent's userspace pipeline: new flows/s through attribution, verdicts, metrics and
+    /// the store; RSS at 10k and 100k flows.
+    Agent,
+    /// The policy engine: 1M verdicts against 10 / 100 / 1k / 10k policies over 10k pods.
+    Engine,
+    /// The recommender: 10k, 100k and 1M flow records over 5k workloads (rounds = `--pairs`).
+    Recommend,
+}
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The subject.
+    #[arg(value_enum)]
+    pub what: What,
+    /// Number of interleaved A/B pairs.
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
+    /// Seconds per measurement run.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Extra arguments passed to the subject's own runner (e.g. `-- --policies 10,1000`).
+    #[arg(last = true)]
+    pub extra: Vec<String>,
+}
+
+/// Runs the benchmark named by `args`.
+pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
+    match args.what {
+        What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1)),
+        What::Engine => engine::run(root, &args.extra),
+        What::Recommend => recommend::run(root, &[args.pairs.to_string()]),
+        What::Agent => agent::run(root, args.pairs.max(1)),
+    }
+}
+
+/// Builds the release `netpol-observe` binary and returns its path.
+pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
+    crate::run(crate::cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "netpol-observe",
+        "--bin",
+        "netpol-observe",
+    ]))?;
+    Ok(root.join("target/release/netpol-observe"))
+}
+
+/// A command running `bin` pinned to CPU 1 with `taskset` when it exists (one core, as the
+/// targets are stated), else unpinned.
+pub(crate) fn pinned(bin: &Path) -> Command {
+    let has_taskset = Command::new("taskset")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_taskset {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "1"]).arg(bin);
+        cmd
+    } else {
+        Command::new(bin)
+    }
+}

@@ -1,0 +1,155 @@
+//! Installs what a fresh machine lacks. Every step checks first, so a second run is quick.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+/// The bpf-linker release that uses rustc's own LLVM (22) on this toolchain.
+const BPF_LINKER_VERSION: &str = "0.10.2";
+
+/// Debian packages (package, a command it provides) the tests, the lab and the benchmarks use.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("nftables", "nft"),
+    ("iperf3", "iperf3"),
+    ("bpftool", "bpftool"),
+    ("prometheus", "promtool"),
+    ("kubernetes-client", "kubectl"),
+];
+
+/// PyPI tools the `deploy/` tests use (package, version, a command it installs), installed into
+/// the virtualenv [`DEPLOY_TOOLS_VENV`] (relative to the workspace root).
+const PYPI_TOOLS: &[(&str, &str, &str)] = &[
+    ("kubernetes-validate", "1.37.0", "kubernetes-validate"),
+    ("checkov", "3.3.30", "checkov"),
+];
+
+/// Where the PyPI tools live; `tests/tests/deploy.rs` looks there first.
+const DEPLOY_TOOLS_VENV: &str = "target/deploy-tools";
+
+/// Runs every setup step.
+pub fn all() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    pypi_tools(&crate::workspace_root())?;
+    Ok(())
+}
+
+/// Installs the pinned PyPI tools into a virtualenv under `target/` (once; a second run only
+/// checks the installed versions).
+fn pypi_tools(root: &std::path::Path) -> Result<()> {
+    let venv = root.join(DEPLOY_TOOLS_VENV);
+    let pip = venv.join("bin/pip");
+    let installed = Command::new(&pip)
+        .args(["list", "--format=freeze"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_lowercase())
+        .unwrap_or_default();
+    let missing: Vec<String> = PYPI_TOOLS
+        .iter()
+        .filter(|(pkg, version, cmd)| {
+            !installed.lines().any(|l| l == format!("{pkg}=={version}"))
+                || !venv.join("bin").join(cmd).is_file()
+        })
+        .map(|(pkg, version, _)| format!("{pkg}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !pip.is_file() {
+        if Command::new("python3")
+            .args(["-m", "venv", "--help"])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            eprintln!("setup: installing python3-venv");
+            crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
+            crate::run(
+                Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(["python3", "python3-venv", "python3-pip"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+        }
+        eprintln!(
+            "setup: creating the deploy tools virtualenv {}",
+            venv.display()
+        );
+        crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    eprintln!("setup: installing PyPI tools: {}", missing.join(" "));
+    crate::run(
+        Command::new(&pip)
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(&missing),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("rustup is needed to build the eBPF programs")?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: installing the nightly toolchain's rust-src component");
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let current = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !current.contains(BPF_LINKER_VERSION) {
+        eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} (a few minutes, once)");
+        crate::run(Command::new("cargo").args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn has_command(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, cmd)| !has_command(cmd))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
