@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// The bpf-linker release that uses rustc's own LLVM (22) on this toolchain.
 const BPF_LINKER_VERSION: &str = "0.10.2";
@@ -87,22 +87,41 @@ fn pypi_tools(root: &std::path::Path) -> Result<()> {
     )
 }
 
+/// The LLVM major version bpf-linker 0.10.2 works with: the nightly's own LLVM must match it.
+const NIGHTLY_LLVM_MAJOR: &str = "22";
+
+/// Adds `rust-src` to the installed `nightly` toolchain. It never installs or updates the
+/// toolchain itself: a newer nightly brings a newer LLVM that bpf-linker 0.10.2 cannot link for.
 fn rust_src() -> Result<()> {
+    let version = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("rustup is needed to build the eBPF programs")?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    let llvm = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .unwrap_or("none");
+    if llvm.split('.').next() != Some(NIGHTLY_LLVM_MAJOR) {
+        bail!(
+            "the eBPF build needs a `nightly` toolchain with LLVM {NIGHTLY_LLVM_MAJOR} (found LLVM \
+             {llvm}); install the one this project is tested with: `rustup toolchain install \
+             nightly-2026-05-20 --profile minimal -c rust-src` and make it the `nightly` toolchain"
+        );
+    }
     let out = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("rustup is needed to build the eBPF programs")?;
     let installed = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: installing the nightly toolchain's rust-src component");
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
         crate::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
+            "component",
+            "add",
             "rust-src",
+            "--toolchain",
+            "nightly",
         ]))?;
     }
     Ok(())
