@@ -18,6 +18,8 @@
 pub mod bench;
 pub mod config;
 pub mod model;
+pub mod peer;
+mod series;
 pub mod store;
 
 use std::{
@@ -32,16 +34,19 @@ use tokio::sync::{broadcast, watch};
 
 pub use config::{AgentConfig, ConfigError, DEFAULT_DROP_REASONS, MetricsSettings};
 pub use model::Model;
-pub use store::{FlowId, FlowQuery, FlowStore, ObservedFlow};
+pub use store::{FlowId, FlowQuery, FlowStore, ObservedFlow, StoredFlow};
 
 use crate::{
     attribution::{AttributionError, Subnets},
     datapath::{Counter, Datapath, DatapathError, DropSample, DropTracer, DropsError, FlowUpdate},
     flow::{Endpoint, FlowRecord},
     inventory::{Inventory, InventoryError, NetworkPolicy, WATCHED_RESOURCES},
-    metrics::{Direction, Metrics},
+    metrics::{Direction, FlowLabels, Metrics},
     policy::PolicyError,
 };
+use model::Attributed;
+use peer::Peers;
+use series::SeriesCache;
 
 /// What can stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +105,10 @@ pub struct AgentState {
     node: Option<String>,
     metrics: Metrics,
     store: Mutex<FlowStore>,
+    /// Metric series per workload pair (locked after `store`).
+    series: Mutex<SeriesCache>,
+    /// Peers of the flows seen while no model is loaded.
+    unattributed: Mutex<Peers>,
     model: RwLock<Option<Arc<Model>>>,
     readiness: Mutex<Readiness>,
     evictions_seen: std::sync::atomic::AtomicU64,
@@ -116,6 +125,8 @@ impl AgentState {
         AgentState {
             metrics: Metrics::new(config.metrics_config()),
             store: Mutex::new(FlowStore::new(config.max_flows)),
+            series: Mutex::new(SeriesCache::default()),
+            unattributed: Mutex::new(Peers::new(0)),
             model: RwLock::new(None),
             readiness: Mutex::new(Readiness::default()),
             evictions_seen: std::sync::atomic::AtomicU64::new(0),
@@ -200,49 +211,86 @@ impl AgentState {
         let id = FlowId::of(&u.record);
         let known = !u.new && store.update(&u.record, u.ended);
         if !known {
-            let observed = match self.model() {
-                Some(m) => m.observe(u.record.clone()),
-                None => ObservedFlow {
-                    flow: u.record.clone(),
-                    verdict: None,
-                    staged_verdict: None,
-                },
-            };
+            let flow = self.stored(&mut store, &u.record);
             // One metrics call for the new flow and its first counters.
-            self.record_new(&observed, delta_packets, delta_bytes);
-            store.insert(observed, u.ended);
+            self.record_new(&flow, id.protocol, delta_packets, delta_bytes);
+            store.insert(id, flow, u.ended);
             return;
         }
         if let Some(f) = store.get(&id) {
-            let verdict = model::overall_label(f.verdict.as_ref());
-            self.metrics
-                .record_flow(&f.flow, false, delta_packets, delta_bytes, verdict);
+            let verdict = model::overall_label(f.verdict());
+            lock(&self.series).record_flow(
+                &self.metrics,
+                &f.peers,
+                f.dst_port,
+                id.protocol,
+                false,
+                delta_packets,
+                delta_bytes,
+                verdict,
+            );
         }
     }
 
-    fn record_new(&self, f: &ObservedFlow, delta_packets: u64, delta_bytes: u64) {
-        let verdict = model::overall_label(f.verdict.as_ref());
-        self.metrics
-            .record_flow(&f.flow, true, delta_packets, delta_bytes, verdict);
-        if let Some(v) = &f.verdict {
-            if model::side_is_pod(&v.egress) && f.flow.src.pod.is_some() {
-                self.metrics.record_verdict(
-                    &f.flow,
-                    Direction::Egress,
-                    model::side_label(&v.egress),
-                );
+    /// The compact, attributed and judged form of a new flow's record.
+    fn stored(&self, store: &mut FlowStore, r: &FlowRecord) -> StoredFlow {
+        let node = store.node(r.node.as_deref());
+        match self.model() {
+            Some(m) => {
+                let peers = m.attribute(r);
+                let verdicts = m.judge(r, &peers);
+                StoredFlow::new(r, peers, Some(verdicts), node)
             }
-            if model::side_is_pod(&v.ingress) && f.flow.dst.pod.is_some() {
-                self.metrics.record_verdict(
-                    &f.flow,
-                    Direction::Ingress,
-                    model::side_label(&v.ingress),
+            None => {
+                let mut p = lock(&self.unattributed);
+                let peers = Attributed::new(
+                    p.unshared(&r.src),
+                    p.unshared(&r.dst),
+                    r.dst.service.clone().map(Arc::new),
                 );
+                StoredFlow::new(r, peers, None, node)
             }
         }
-        if let Some(s) = &f.staged_verdict {
-            self.metrics
-                .record_staged(&f.flow, model::overall_label(Some(s)));
+    }
+
+    fn record_new(
+        &self,
+        f: &StoredFlow,
+        protocol: crate::flow::Protocol,
+        delta_packets: u64,
+        delta_bytes: u64,
+    ) {
+        let verdict = model::overall_label(f.verdict());
+        let mut series = lock(&self.series);
+        let m = &self.metrics;
+        series.record_flow(
+            m,
+            &f.peers,
+            f.dst_port,
+            protocol,
+            true,
+            delta_packets,
+            delta_bytes,
+            verdict,
+        );
+        let Some(v) = &f.verdicts else {
+            return;
+        };
+        let (live, src, dst) = (&v.verdict, &f.peers.src, &f.peers.dst);
+        if model::side_is_pod(&live.egress) && src.pod.is_some() {
+            series.record_verdict(m, src, Direction::Egress, model::side_label(&live.egress));
+        }
+        if model::side_is_pod(&live.ingress) && dst.pod.is_some() {
+            series.record_verdict(m, dst, Direction::Ingress, model::side_label(&live.ingress));
+        }
+        if let Some(s) = &v.staged {
+            series.record_staged(
+                m,
+                &f.peers,
+                f.dst_port,
+                protocol,
+                model::overall_label(Some(s)),
+            );
         }
     }
 
@@ -269,26 +317,21 @@ impl AgentState {
                 r.first_seen = Some(Timestamp::now());
                 r.last_seen = r.first_seen;
                 r.node = self.node.clone();
-                let observed = match self.model() {
-                    Some(m) => m.observe(r),
-                    None => ObservedFlow {
-                        flow: r,
-                        verdict: None,
-                        staged_verdict: None,
-                    },
-                };
-                let id = FlowId::of(&observed.flow);
-                self.record_new(&observed, 0, 0);
-                store.insert(observed, false);
+                let flow = self.stored(&mut store, &r);
+                let id = FlowId::of(&r);
+                self.record_new(&flow, r.protocol, 0, 0);
+                store.insert(id, flow, false);
                 id
             }
         };
         let Some(f) = store.get(&id) else {
             return;
         };
-        let policy = model::drop_policy(f.verdict.as_ref());
+        let policy = model::drop_policy(f.verdict());
+        let labels: FlowLabels =
+            lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, id.protocol);
         self.metrics
-            .record_drop(&f.flow, &d.reason, policy.as_deref(), d.packets);
+            .record_drop_labelled(labels, &d.reason, policy.as_deref(), d.packets);
         let label = policy.unwrap_or_else(|| "unknown".to_owned());
         store.add_drops(&id, &d.reason, &label, d.packets);
     }
@@ -316,8 +359,8 @@ impl AgentState {
         let model = self.model();
         for r in records {
             let id = FlowId::of(&r);
-            let mut f = match (store.get(&id), &model) {
-                (Some(f), _) => f.clone(),
+            let mut f = match (store.observed(&id), &model) {
+                (Some(f), _) => f,
                 (None, Some(m)) => m.observe(r.clone()),
                 (None, None) => ObservedFlow {
                     flow: r.clone(),
@@ -783,5 +826,95 @@ mod tests {
         assert!(text.contains(
             "netpol_observe_series_dropped_total{metric=\"netpol_observe_flows_total\"} 99500"
         ));
+    }
+
+    /// The agent's cached series record exactly what the record-based metric calls do
+    /// (same series, same values, same overflow), on a synthetic cluster whose flows overflow
+    /// a small budget; known flows' counters go to the same series as their first ones.
+    #[test]
+    fn cached_series_match_the_record_based_calls() {
+        use crate::{metrics::MetricsConfig, policy::synth};
+        const BUDGET: usize = 300;
+        let mut inv = synth::cluster(10, 1_000, 11);
+        inv.network_policies = synth::policies(100, 10, 7);
+        let inv = Arc::new(inv);
+        let staged = synth::policies(100, 10, 8);
+        let config = AgentConfig {
+            node_name: Some("node-1".to_owned()),
+            metrics: MetricsSettings {
+                series_budget: BUDGET,
+                pod_level: false,
+            },
+            ..AgentConfig::default()
+        };
+        let state = AgentState::new(config);
+        let model = Arc::new(Model::new(inv.clone(), &Subnets::default(), Some(&staged)).unwrap());
+        state.set_model(model.clone());
+        let reference = Metrics::new(MetricsConfig {
+            series_budget: BUDGET,
+            pod_level: false,
+        });
+        reference.set_unprotected(
+            model
+                .unprotected(Some("node-1"))
+                .iter()
+                .map(|(ns, dir, n)| (ns.as_str(), *dir, *n)),
+        );
+        let mut flows = synth::flows(&inv, 3_000, 5);
+        for (i, f) in flows.iter_mut().enumerate() {
+            f.src.port = Some(1024 + i as u16);
+        }
+        for (round, new) in [(0, true), (1, false)] {
+            for f in &flows {
+                state.on_update(&FlowUpdate {
+                    record: f.clone(),
+                    new,
+                    delta_packets: Directional {
+                        sent: 2,
+                        received: round,
+                    },
+                    delta_bytes: Directional {
+                        sent: 100,
+                        received: 7,
+                    },
+                    ended: false,
+                });
+                let o = model.observe(f.clone());
+                let verdict = model::overall_label(o.verdict.as_ref());
+                reference.record_flow(&o.flow, new, 2 + round, 107, verdict);
+                if !new {
+                    continue;
+                }
+                let v = o.verdict.as_ref().unwrap();
+                if model::side_is_pod(&v.egress) && o.flow.src.pod.is_some() {
+                    reference.record_verdict(
+                        &o.flow,
+                        Direction::Egress,
+                        model::side_label(&v.egress),
+                    );
+                }
+                if model::side_is_pod(&v.ingress) && o.flow.dst.pod.is_some() {
+                    reference.record_verdict(
+                        &o.flow,
+                        Direction::Ingress,
+                        model::side_label(&v.ingress),
+                    );
+                }
+                let s = o.staged_verdict.as_ref();
+                reference.record_staged(&o.flow, model::overall_label(s));
+            }
+        }
+        let sorted = |text: String| {
+            let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            lines.sort();
+            lines
+        };
+        let got = sorted(state.metrics().encode().unwrap());
+        let want = sorted(reference.encode().unwrap());
+        assert!(
+            got.iter()
+                .any(|l| l.starts_with("netpol_observe_series_dropped_total{"))
+        );
+        assert_eq!(got, want);
     }
 }

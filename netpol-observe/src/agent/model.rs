@@ -5,18 +5,26 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
+use rustc_hash::FxHashMap;
+
 use crate::{
-    attribution::{Attributor, Subnets},
-    flow::FlowRecord,
+    attribution::{Attributor, Resolved, Subnets},
+    flow::{FlowRecord, Protocol, ServiceRef},
     inventory::{Inventory, NetworkPolicy},
     metrics::{self, Direction},
     policy::{PolicyEngine, PolicyError, Reason, SideResult, SideVerdict, Verdict},
 };
 
-use super::store::ObservedFlow;
+use super::{
+    peer::{Peer, Peers},
+    store::ObservedFlow,
+};
+
+/// At most this many verdicts are cached per model; the cache starts over when full.
+const VERDICT_CACHE: usize = 4096;
 
 /// The cluster model used to attribute and judge flows.
 #[derive(Debug)]
@@ -27,6 +35,61 @@ pub struct Model {
     attributor: Attributor,
     engine: PolicyEngine,
     staged: Option<PolicyEngine>,
+    /// The Service of each ClusterIP, shared by the flows addressed to it.
+    services: FxHashMap<IpAddr, Arc<ServiceRef>>,
+    peers: Mutex<Peers>,
+    verdicts: Mutex<FxHashMap<VerdictKey, Arc<Verdicts>>>,
+}
+
+/// Both ends of a flow, attributed ([`Model::attribute`]).
+#[derive(Debug, Clone)]
+pub struct Attributed {
+    /// The initiator.
+    pub src: Arc<Peer>,
+    /// The responder (the backend pod for a flow to a Service).
+    pub dst: Arc<Peer>,
+    /// The Service the flow was addressed to.
+    pub service: Option<Arc<ServiceRef>>,
+    /// Whether both peers are the model's shared ones (so a verdict can be cached by them).
+    shared: bool,
+}
+
+impl Attributed {
+    /// Peers attributed outside a model's shared ones.
+    pub fn new(src: Arc<Peer>, dst: Arc<Peer>, service: Option<Arc<ServiceRef>>) -> Self {
+        Attributed {
+            src,
+            dst,
+            service,
+            shared: false,
+        }
+    }
+}
+
+/// A flow's verdicts under the policies in force and under the staged ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Under the policies in force.
+    pub verdict: Verdict,
+    /// Under the staged (draft) policies, when loaded.
+    pub staged: Option<Verdict>,
+}
+
+/// What a verdict depends on for a flow whose peers are the model's shared ones: the
+/// protocol, both addresses (ipBlocks, ClusterIPs), the destination port, and the peers
+/// themselves (the pod instance an address was attributed to at the flow's time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct VerdictKey {
+    protocol: Protocol,
+    src: IpAddr,
+    dst: IpAddr,
+    dst_port: Option<u16>,
+    src_peer: usize,
+    dst_peer: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Model {
@@ -42,24 +105,118 @@ impl Model {
             Some(p) => Some(PolicyEngine::compile(p, &inventory)?),
             None => None,
         };
+        let mut services = FxHashMap::default();
+        for svc in &inventory.services {
+            let r = Arc::new(ServiceRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+            for ip in &svc.cluster_ips {
+                services.insert(*ip, r.clone());
+            }
+        }
         Ok(Model {
-            attributor: Attributor::new(&inventory, subnets),
+            attributor: Attributor::shared(inventory.clone(), subnets),
+            peers: Mutex::new(Peers::new(inventory.pods.len())),
             subnets: subnets.clone(),
             inventory,
             engine,
             staged,
+            services,
+            verdicts: Mutex::new(FxHashMap::default()),
         })
     }
 
     /// Attributes a datapath record and computes its verdicts.
-    pub fn observe(&self, mut flow: FlowRecord) -> ObservedFlow {
-        self.attributor.attribute(&mut flow);
-        let verdict = self.engine.evaluate(&flow);
-        let staged_verdict = self.staged.as_ref().map(|e| e.evaluate(&flow));
+    pub fn observe(&self, flow: FlowRecord) -> ObservedFlow {
+        let a = self.attribute(&flow);
+        let v = self.judge(&flow, &a);
         ObservedFlow {
-            flow,
-            verdict: Some(verdict),
-            staged_verdict,
+            flow: to_record(flow, &a),
+            verdict: Some(v.verdict.clone()),
+            staged_verdict: v.staged.clone(),
+        }
+    }
+
+    /// Attributes both ends of a record: to the model's shared peers when the record carries
+    /// no attribution of its own (as the datapath's records), else as
+    /// [`Attributor::attribute`] completes it.
+    pub fn attribute(&self, flow: &FlowRecord) -> Attributed {
+        let mut peers = lock(&self.peers);
+        if !is_bare(flow) {
+            let mut r = flow.clone();
+            self.attributor.attribute(&mut r);
+            return Attributed {
+                src: peers.unshared(&r.src),
+                dst: peers.unshared(&r.dst),
+                service: r.dst.service.map(Arc::new),
+                shared: false,
+            };
+        }
+        let at = flow.first_seen.or(flow.last_seen);
+        let peer = |peers: &mut Peers, r: Resolved<'_>| match r {
+            Resolved::Pod(i) => match self.attributor.pod(i) {
+                Some(p) => peers.pod(i, p),
+                None => peers.bare(),
+            },
+            Resolved::Node(n) => peers.node(n),
+            Resolved::Subnet(s) => peers.subnet(s),
+        };
+        let src = peer(&mut peers, self.attributor.resolve(flow.src.ip, at));
+        let (dst, service) = match self.attributor.service(flow.dst.ip) {
+            Some((_, backend)) => {
+                let dst = match backend {
+                    Some(b) => peer(&mut peers, Resolved::Pod(b)),
+                    None => peers.bare(),
+                };
+                (dst, self.services.get(&flow.dst.ip).cloned())
+            }
+            None => (
+                peer(&mut peers, self.attributor.resolve(flow.dst.ip, at)),
+                None,
+            ),
+        };
+        Attributed {
+            src,
+            dst,
+            service,
+            shared: true,
+        }
+    }
+
+    /// The verdicts of a record attributed as `a` (cached per [`VerdictKey`] when `a`'s peers
+    /// are the model's shared ones).
+    pub fn judge(&self, flow: &FlowRecord, a: &Attributed) -> Arc<Verdicts> {
+        if !a.shared {
+            let r = to_record(flow.clone(), a);
+            return Arc::new(self.evaluate(&r));
+        }
+        let key = VerdictKey {
+            protocol: flow.protocol,
+            src: flow.src.ip,
+            dst: flow.dst.ip,
+            dst_port: flow.dst.port,
+            src_peer: Arc::as_ptr(&a.src) as usize,
+            dst_peer: Arc::as_ptr(&a.dst) as usize,
+        };
+        if let Some(v) = lock(&self.verdicts).get(&key) {
+            return v.clone();
+        }
+        // A bare record resolves in the engines as its attribution does (same pods, same
+        // order, same choice by time), so it is judged without building the attributed copy.
+        let v = Arc::new(self.evaluate(flow));
+        let mut cache = lock(&self.verdicts);
+        if cache.len() >= VERDICT_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, v.clone());
+        v
+    }
+
+    fn evaluate(&self, r: &FlowRecord) -> Verdicts {
+        Verdicts {
+            verdict: self.engine.evaluate(r),
+            staged: self.staged.as_ref().map(|e| e.evaluate(r)),
         }
     }
 
@@ -173,5 +330,74 @@ pub fn drop_policy(v: Option<&Verdict>) -> Option<String> {
         None
     } else {
         Some(side.policies.join(","))
+    }
+}
+
+/// Whether a record carries no attribution (only addresses, ports, times): the datapath's.
+fn is_bare(r: &FlowRecord) -> bool {
+    let bare = |ep: &crate::flow::Endpoint| {
+        ep.service.is_none()
+            && ep.namespace.is_none()
+            && ep.pod.is_none()
+            && ep.workload.is_none()
+            && ep.labels.is_none()
+            && ep.node.is_none()
+            && ep.subnet.is_none()
+    };
+    bare(&r.src) && bare(&r.dst)
+}
+
+/// `flow` with the attribution `a` filled in.
+pub fn to_record(mut flow: FlowRecord, a: &Attributed) -> FlowRecord {
+    flow.src = a.src.endpoint(flow.src.ip, flow.src.port, None);
+    flow.dst = a
+        .dst
+        .endpoint(flow.dst.ip, flow.dst.port, a.service.as_deref());
+    flow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::synth;
+
+    /// The shared attribution and the cached verdicts give exactly what attributing the
+    /// record and evaluating it did: same endpoints, same explained verdicts, on a synthetic
+    /// cluster with IP reuse, Services, nodes and hostNetwork pods, every flow seen twice (the
+    /// second time from the cache).
+    #[test]
+    fn shared_attribution_and_cached_verdicts_match_the_full_path() {
+        let mut inv = synth::cluster(20, 2_000, 3);
+        inv.network_policies = synth::policies(200, 20, 7);
+        let inv = Arc::new(inv);
+        let staged = synth::policies(200, 20, 8);
+        let model = Model::new(inv.clone(), &Subnets::default(), Some(&staged)).unwrap();
+        let attributor = Attributor::new(&inv, &Subnets::default());
+        let engine = PolicyEngine::compile(&inv.network_policies, &inv).unwrap();
+        let staged_engine = PolicyEngine::compile(&staged, &inv).unwrap();
+        let flows = synth::flows(&inv, 5_000, 5);
+        let mut cached = 0;
+        for pass in 0..2 {
+            for f in &flows {
+                let mut full = f.clone();
+                attributor.attribute(&mut full);
+                let a = model.attribute(f);
+                assert!(a.shared);
+                assert_eq!(to_record(f.clone(), &a), full);
+                let v = model.judge(f, &a);
+                assert_eq!(v.verdict, engine.evaluate(&full), "{full:?}");
+                assert_eq!(v.staged, Some(staged_engine.evaluate(&full)), "{full:?}");
+                if pass == 1 && Arc::strong_count(&v) > 1 {
+                    cached += 1;
+                }
+            }
+        }
+        assert!(cached > 1_000, "{cached} verdicts from the cache");
+        // A record that carries its own attribution takes the full path.
+        let mut named = flows[0].clone();
+        named.src.subnet = Some("elsewhere".into());
+        let a = model.attribute(&named);
+        assert!(!a.shared);
+        assert_eq!(a.src.subnet.as_deref(), Some("elsewhere"));
     }
 }

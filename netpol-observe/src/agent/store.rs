@@ -1,17 +1,28 @@
 //! The agent's in-memory store of attributed flows with their verdicts and drops, served by
 //! `/api/v1/flows`. Bounded: ended flows leave after the retention, and when the store is
 //! full the flow changed longest ago goes first.
+//!
+//! A stored flow is compact ([`StoredFlow`]): its addresses and ports, counters, times and
+//! state, and shared handles to the attribution of each end ([`super::peer::Peer`], one per
+//! pod, node or subnet) and to its verdicts ([`Verdicts`], shared by the flows of one pod
+//! pair, port and protocol). The full [`ObservedFlow`] is rebuilt only when served.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use jiff::Timestamp;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::{
+    model::{Attributed, Verdicts},
+    peer::Peer,
+};
 use crate::{
-    flow::{Drops, FlowRecord, Protocol},
+    flow::{Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol},
     policy::Verdict,
 };
 
@@ -80,33 +91,92 @@ pub struct FlowQuery {
     pub limit: Option<usize>,
 }
 
+/// The names of one end of a flow that a [`FlowQuery`] looks at.
+#[derive(Debug, Clone, Copy)]
+struct PeerView<'a> {
+    namespace: Option<&'a str>,
+    workload: Option<&'a str>,
+    pod: Option<&'a str>,
+    subnet: Option<&'a str>,
+    node: Option<&'a str>,
+}
+
+impl<'a> PeerView<'a> {
+    fn of_endpoint(ep: &'a Endpoint) -> Self {
+        PeerView {
+            namespace: ep.namespace.as_deref(),
+            workload: ep.workload.as_ref().map(|w| w.name.as_str()),
+            pod: ep.pod.as_deref(),
+            subnet: ep.subnet.as_deref(),
+            node: ep.node.as_deref(),
+        }
+    }
+
+    fn of_peer(p: &'a Peer) -> Self {
+        PeerView {
+            namespace: p.namespace.as_deref(),
+            workload: p.workload.as_ref().map(|w| w.name.as_str()),
+            pod: p.pod.as_deref(),
+            subnet: p.subnet.as_deref(),
+            node: p.node.as_deref(),
+        }
+    }
+
+    fn named(&self, w: &str) -> bool {
+        [self.workload, self.pod, self.subnet, self.node].contains(&Some(w))
+    }
+}
+
 impl FlowQuery {
     /// Whether `f` passes every filter of the query (`limit` aside).
     pub fn matches(&self, f: &ObservedFlow) -> bool {
         let r = &f.flow;
-        if let Some(ns) = &self.namespace
-            && r.src.namespace.as_ref() != Some(ns)
-            && r.dst.namespace.as_ref() != Some(ns)
+        self.matches_view(
+            PeerView::of_endpoint(&r.src),
+            PeerView::of_endpoint(&r.dst),
+            f.verdict.as_ref(),
+            f.staged_verdict.as_ref(),
+            r.last_seen.or(r.first_seen),
+        )
+    }
+
+    fn matches_stored(&self, f: &StoredFlow) -> bool {
+        let v = f.verdicts.as_deref();
+        self.matches_view(
+            PeerView::of_peer(&f.peers.src),
+            PeerView::of_peer(&f.peers.dst),
+            v.map(|v| &v.verdict),
+            v.and_then(|v| v.staged.as_ref()),
+            f.last_seen.or(f.first_seen),
+        )
+    }
+
+    fn matches_view(
+        &self,
+        src: PeerView<'_>,
+        dst: PeerView<'_>,
+        verdict: Option<&Verdict>,
+        staged: Option<&Verdict>,
+        seen: Option<Timestamp>,
+    ) -> bool {
+        if let Some(ns) = self.namespace.as_deref()
+            && src.namespace != Some(ns)
+            && dst.namespace != Some(ns)
         {
             return false;
         }
-        if let Some(w) = &self.workload {
-            let named = |ep: &crate::flow::Endpoint| {
-                ep.workload.as_ref().is_some_and(|x| &x.name == w)
-                    || ep.pod.as_ref() == Some(w)
-                    || ep.subnet.as_ref() == Some(w)
-                    || ep.node.as_ref() == Some(w)
-            };
-            if !named(&r.src) && !named(&r.dst) {
-                return false;
-            }
+        if let Some(w) = &self.workload
+            && !src.named(w)
+            && !dst.named(w)
+        {
+            return false;
         }
         if let Some(v) = &self.verdict {
             let ok = match v.as_str() {
-                "allowed" => f.verdict.as_ref().is_some_and(|v| v.allowed),
-                "denied" => f.verdict.as_ref().is_some_and(|v| !v.allowed),
-                "staged-allowed" => f.staged_verdict.as_ref().is_some_and(|v| v.allowed),
-                "staged-denied" => f.staged_verdict.as_ref().is_some_and(|v| !v.allowed),
+                "allowed" => verdict.is_some_and(|v| v.allowed),
+                "denied" => verdict.is_some_and(|v| !v.allowed),
+                "staged-allowed" => staged.is_some_and(|v| v.allowed),
+                "staged-denied" => staged.is_some_and(|v| !v.allowed),
                 _ => false,
             };
             if !ok {
@@ -114,7 +184,7 @@ impl FlowQuery {
             }
         }
         if let Some(since) = self.since
-            && r.last_seen.or(r.first_seen).is_some_and(|t| t < since)
+            && seen.is_some_and(|t| t < since)
         {
             return false;
         }
@@ -122,25 +192,115 @@ impl FlowQuery {
     }
 }
 
+/// Drops joined to a flow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DropState {
+    /// What the flow record shows.
+    pub drops: Drops,
+    /// Drop counts per reason (the record shows the most frequent).
+    reasons: HashMap<String, u64>,
+}
+
+/// A flow as the store holds it: the datapath's fields, shared attribution and verdicts.
+#[derive(Debug, Clone)]
+pub struct StoredFlow {
+    /// Source port as the record had it (absent for ICMP).
+    pub src_port: Option<u16>,
+    /// Destination port as the record had it.
+    pub dst_port: Option<u16>,
+    /// What both ends belong to.
+    pub peers: Attributed,
+    /// Lifecycle state.
+    pub state: Option<FlowState>,
+    /// First packet seen.
+    pub first_seen: Option<Timestamp>,
+    /// Last packet seen.
+    pub last_seen: Option<Timestamp>,
+    /// Packets sent/received by the initiator.
+    pub packets: Option<Directional>,
+    /// Bytes sent/received by the initiator.
+    pub bytes: Option<Directional>,
+    /// The node whose agent observed the flow.
+    pub node: Option<Arc<str>>,
+    /// Drops joined to the flow.
+    pub drops: Option<Box<DropState>>,
+    /// Verdicts (absent while no inventory was loaded).
+    pub verdicts: Option<Arc<Verdicts>>,
+}
+
+impl StoredFlow {
+    /// The compact form of `record` (whose own attribution fields, if any, are left to
+    /// `peers`).
+    pub fn new(
+        record: &FlowRecord,
+        peers: Attributed,
+        verdicts: Option<Arc<Verdicts>>,
+        node: Option<Arc<str>>,
+    ) -> Self {
+        StoredFlow {
+            src_port: record.src.port,
+            dst_port: record.dst.port,
+            peers,
+            state: record.state,
+            first_seen: record.first_seen,
+            last_seen: record.last_seen,
+            packets: record.packets,
+            bytes: record.bytes,
+            node,
+            drops: None,
+            verdicts,
+        }
+    }
+
+    /// The verdict under the policies in force.
+    pub fn verdict(&self) -> Option<&Verdict> {
+        self.verdicts.as_deref().map(|v| &v.verdict)
+    }
+
+    /// The full flow (flow `id`) as served.
+    pub fn to_observed(&self, id: &FlowId) -> ObservedFlow {
+        let p = &self.peers;
+        let v = self.verdicts.as_deref();
+        ObservedFlow {
+            flow: FlowRecord {
+                protocol: id.protocol,
+                src: p.src.endpoint(id.src.0, self.src_port, None),
+                dst: p
+                    .dst
+                    .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
+                state: self.state,
+                first_seen: self.first_seen,
+                last_seen: self.last_seen,
+                packets: self.packets,
+                bytes: self.bytes,
+                drops: self.drops.as_ref().map(|d| d.drops.clone()),
+                node: self.node.as_deref().map(str::to_owned),
+            },
+            verdict: v.map(|v| v.verdict.clone()),
+            staged_verdict: v.and_then(|v| v.staged.clone()),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
-    flow: ObservedFlow,
+    flow: StoredFlow,
     ended: bool,
     /// Order of the last change (for eviction and "most recent").
     touched: u64,
-    /// Drop counts per reason (the record shows the most frequent).
-    drop_reasons: HashMap<String, u64>,
 }
 
 /// The bounded store of observed flows.
 #[derive(Debug)]
 pub struct FlowStore {
     max: usize,
-    entries: HashMap<FlowId, Entry>,
-    unoriented: HashMap<FlowId, FlowId>,
+    entries: FxHashMap<FlowId, Entry>,
+    unoriented: FxHashMap<FlowId, FlowId>,
     /// `touched` → flow, to find the least recently changed flow in O(log n).
     order: BTreeMap<u64, FlowId>,
     clock: u64,
+    /// The last node name seen, shared by the flows that carry it.
+    node: Option<Arc<str>>,
 }
 
 impl FlowStore {
@@ -148,10 +308,11 @@ impl FlowStore {
     pub fn new(max: usize) -> Self {
         FlowStore {
             max: max.max(1),
-            entries: HashMap::new(),
-            unoriented: HashMap::new(),
+            entries: FxHashMap::default(),
+            unoriented: FxHashMap::default(),
             order: BTreeMap::new(),
             clock: 0,
+            node: None,
         }
     }
 
@@ -165,9 +326,27 @@ impl FlowStore {
         self.entries.is_empty()
     }
 
+    /// The shared copy of a node name (flows of one agent all carry the same).
+    pub fn node(&mut self, name: Option<&str>) -> Option<Arc<str>> {
+        let name = name?;
+        match &self.node {
+            Some(n) if **n == *name => Some(n.clone()),
+            _ => {
+                let n: Arc<str> = name.into();
+                self.node = Some(n.clone());
+                Some(n)
+            }
+        }
+    }
+
     /// The flow with this identity.
-    pub fn get(&self, id: &FlowId) -> Option<&ObservedFlow> {
+    pub fn get(&self, id: &FlowId) -> Option<&StoredFlow> {
         self.entries.get(id).map(|e| &e.flow)
+    }
+
+    /// The flow with this identity, as served.
+    pub fn observed(&self, id: &FlowId) -> Option<ObservedFlow> {
+        self.get(id).map(|f| f.to_observed(id))
     }
 
     /// The flow a packet between these endpoints belongs to, whichever way it went.
@@ -175,18 +354,15 @@ impl FlowStore {
         self.unoriented.get(&id.unoriented()).copied()
     }
 
-    /// Inserts a new flow (replacing one with the same identity). Its drops, if any, are kept
-    /// when the same flow is re-announced.
-    pub fn insert(&mut self, mut flow: ObservedFlow, ended: bool) {
-        let id = FlowId::of(&flow.flow);
+    /// Inserts a new flow `id` (replacing one with the same identity). Its drops, if any, are
+    /// kept when the same flow is re-announced.
+    pub fn insert(&mut self, id: FlowId, mut flow: StoredFlow, ended: bool) {
         self.clock += 1;
-        let mut drop_reasons = HashMap::new();
         if let Some(old) = self.entries.remove(&id) {
             self.order.remove(&old.touched);
-            if flow.flow.drops.is_none() {
-                flow.flow.drops = old.flow.flow.drops;
+            if flow.drops.is_none() {
+                flow.drops = old.flow.drops;
             }
-            drop_reasons = old.drop_reasons;
         }
         if self.entries.len() >= self.max {
             self.evict_one();
@@ -199,7 +375,6 @@ impl FlowStore {
                 flow,
                 ended,
                 touched: self.clock,
-                drop_reasons,
             },
         );
     }
@@ -212,7 +387,7 @@ impl FlowStore {
         let Some(e) = self.entries.get_mut(&id) else {
             return false;
         };
-        let f = &mut e.flow.flow;
+        let f = &mut e.flow;
         f.state = record.state;
         f.first_seen = record.first_seen.or(f.first_seen);
         f.last_seen = record.last_seen.or(f.last_seen);
@@ -231,18 +406,19 @@ impl FlowStore {
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
-        *e.drop_reasons.entry(reason.to_owned()).or_default() += count;
-        let top = e
-            .drop_reasons
+        let d = e.flow.drops.get_or_insert_with(Box::default);
+        *d.reasons.entry(reason.to_owned()).or_default() += count;
+        let top = d
+            .reasons
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
             .map(|(r, _)| r.clone());
-        let total = e.drop_reasons.values().sum();
-        e.flow.flow.drops = Some(Drops {
+        let total = d.reasons.values().sum();
+        d.drops = Drops {
             count: total,
             reason: top,
             policy: Some(policy.to_owned()),
-        });
+        };
         self.order.remove(&e.touched);
         e.touched = self.clock;
         self.order.insert(self.clock, *id);
@@ -256,9 +432,8 @@ impl FlowStore {
             .filter(|(_, e)| {
                 e.ended
                     && e.flow
-                        .flow
                         .last_seen
-                        .or(e.flow.flow.first_seen)
+                        .or(e.flow.first_seen)
                         .is_none_or(|t| t < cutoff)
             })
             .map(|(id, _)| *id)
@@ -285,27 +460,32 @@ impl FlowStore {
 
     /// The flows matching `query`, oldest change first (the most recent `limit` ones).
     pub fn query(&self, query: &FlowQuery) -> Vec<ObservedFlow> {
-        let mut hits: Vec<&Entry> = self
+        let mut hits: Vec<(&FlowId, &Entry)> = self
             .entries
-            .values()
-            .filter(|e| query.matches(&e.flow))
+            .iter()
+            .filter(|(_, e)| query.matches_stored(&e.flow))
             .collect();
-        hits.sort_by_key(|e| e.touched);
+        hits.sort_by_key(|(_, e)| e.touched);
         if let Some(limit) = query.limit
             && hits.len() > limit
         {
             hits.drain(..hits.len() - limit);
         }
-        hits.into_iter().map(|e| e.flow.clone()).collect()
+        hits.into_iter()
+            .map(|(id, e)| e.flow.to_observed(id))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{Endpoint, WorkloadRef};
+    use crate::{
+        agent::peer::Peers,
+        flow::{Endpoint, WorkloadRef},
+    };
 
-    fn flow(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ns: &str) -> ObservedFlow {
+    fn flow(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, ns: &str) -> (FlowId, StoredFlow) {
         let mut r = FlowRecord::new(Protocol::Tcp, src.into(), dst.into(), Some(dport));
         r.src = Endpoint {
             port: Some(sport),
@@ -316,19 +496,20 @@ mod tests {
             }),
             ..Endpoint::bare(src.into(), Some(sport))
         };
-        ObservedFlow {
-            flow: r,
-            verdict: None,
-            staged_verdict: None,
-        }
+        let mut peers = Peers::new(0);
+        let a = Attributed::new(peers.unshared(&r.src), peers.unshared(&r.dst), None);
+        (FlowId::of(&r), StoredFlow::new(&r, a, None, None))
     }
 
     #[test]
     fn bounded_and_finds_reverse_direction() {
         let mut s = FlowStore::new(2);
-        s.insert(flow([10, 0, 0, 1], 1000, [10, 0, 0, 2], 80, "a"), true);
-        s.insert(flow([10, 0, 0, 1], 1001, [10, 0, 0, 2], 80, "a"), false);
-        s.insert(flow([10, 0, 0, 1], 1002, [10, 0, 0, 2], 80, "b"), false);
+        let (id, f) = flow([10, 0, 0, 1], 1000, [10, 0, 0, 2], 80, "a");
+        s.insert(id, f, true);
+        let (id, f) = flow([10, 0, 0, 1], 1001, [10, 0, 0, 2], 80, "a");
+        s.insert(id, f, false);
+        let (id, f) = flow([10, 0, 0, 1], 1002, [10, 0, 0, 2], 80, "b");
+        s.insert(id, f, false);
         assert_eq!(s.len(), 2);
         // The flow changed longest ago went first.
         let reverse = FlowId {
@@ -339,15 +520,17 @@ mod tests {
         let id = s.find_unoriented(&reverse).unwrap();
         assert_eq!(id.src.1, 1001);
         assert!(
-            s.find_unoriented(&FlowId::of(
-                &flow([10, 0, 0, 1], 1000, [10, 0, 0, 2], 80, "a").flow
-            ))
-            .is_none()
+            s.find_unoriented(&flow([10, 0, 0, 1], 1000, [10, 0, 0, 2], 80, "a").0)
+                .is_none()
         );
         s.add_drops(&id, "NETFILTER_DROP", "a/deny", 3);
         s.add_drops(&id, "NETFILTER_DROP", "a/deny", 2);
-        let d = s.get(&id).unwrap().flow.drops.clone().unwrap();
+        let d = s.observed(&id).unwrap().flow.drops.unwrap();
         assert_eq!((d.count, d.reason.as_deref()), (5, Some("NETFILTER_DROP")));
+        // Re-announcing the flow keeps its drops.
+        let (same, f) = flow([10, 0, 0, 1], 1001, [10, 0, 0, 2], 80, "a");
+        s.insert(same, f, false);
+        assert_eq!(s.observed(&id).unwrap().flow.drops.unwrap().count, 5);
         let q = FlowQuery {
             namespace: Some("b".into()),
             ..FlowQuery::default()
@@ -355,6 +538,7 @@ mod tests {
         let hits = s.query(&q);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].flow.src.port, Some(1002));
+        assert_eq!(hits[0].flow.src.namespace.as_deref(), Some("b"));
         assert_eq!(
             s.query(&FlowQuery {
                 workload: Some("nope".into()),
@@ -363,5 +547,19 @@ mod tests {
             .len(),
             0
         );
+        assert_eq!(
+            s.query(&FlowQuery {
+                workload: Some("web".into()),
+                ..FlowQuery::default()
+            })
+            .len(),
+            2
+        );
+        // The served flow is the record it was stored from, attribution included.
+        let (id, f) = flow([10, 0, 0, 3], 1003, [10, 0, 0, 4], 443, "c");
+        let served = f.to_observed(&id);
+        assert_eq!(served.flow.src.workload.as_ref().unwrap().name, "web");
+        assert_eq!(served.flow.dst.port, Some(443));
+        assert_eq!(FlowId::of(&served.flow), id);
     }
 }

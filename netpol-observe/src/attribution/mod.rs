@@ -9,7 +9,7 @@
 
 mod subnets;
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf};
+use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use jiff::Timestamp;
 
@@ -55,11 +55,39 @@ pub enum AttributionError {
     },
 }
 
+/// The pods an [`Attributor`] indexes: its own copy, or the shared inventory snapshot.
+#[derive(Debug, Clone)]
+enum Pods {
+    Owned(Vec<PodInfo>),
+    Shared(Arc<Inventory>),
+}
+
+impl std::ops::Deref for Pods {
+    type Target = [PodInfo];
+    fn deref(&self) -> &[PodInfo] {
+        match self {
+            Pods::Owned(p) => p,
+            Pods::Shared(inv) => &inv.pods,
+        }
+    }
+}
+
+/// What a bare address is attributed to ([`Attributor::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    /// The pod at this index of [`Attributor::pod`] (the inventory's pod order).
+    Pod(usize),
+    /// A node's address.
+    Node(&'a str),
+    /// Outside the cluster: a named subnet, `private` or `world`.
+    Subnet(&'a str),
+}
+
 /// Attributes flow endpoints from an inventory and named subnets. Build it once per inventory
 /// snapshot; [`Attributor::attribute`] is cheap.
 #[derive(Debug, Clone)]
 pub struct Attributor {
-    pods: Vec<PodInfo>,
+    pods: Pods,
     by_ip: HashMap<IpAddr, Vec<usize>>,
     by_name: HashMap<(String, String), Vec<usize>>,
     nodes: HashMap<IpAddr, String>,
@@ -70,7 +98,16 @@ pub struct Attributor {
 impl Attributor {
     /// Indexes `inventory` and `subnets`.
     pub fn new(inventory: &Inventory, subnets: &Subnets) -> Self {
-        let pods = inventory.pods.clone();
+        Self::index(Pods::Owned(inventory.pods.clone()), inventory, subnets)
+    }
+
+    /// Indexes a shared inventory snapshot without copying its pods (what the agent does:
+    /// the snapshot is held anyway).
+    pub fn shared(inventory: Arc<Inventory>, subnets: &Subnets) -> Self {
+        Self::index(Pods::Shared(inventory.clone()), &inventory, subnets)
+    }
+
+    fn index(pods: Pods, inventory: &Inventory, subnets: &Subnets) -> Self {
         let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
         let mut by_name: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, p) in pods.iter().enumerate() {
@@ -118,6 +155,34 @@ impl Attributor {
         self.pick(self.by_ip.get(&ip)?, at)
     }
 
+    /// The pod at index `i` of the inventory's pod list ([`Resolved::Pod`]).
+    pub fn pod(&self, i: usize) -> Option<&PodInfo> {
+        self.pods.get(i)
+    }
+
+    /// Number of pods indexed.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// What a bare address seen at `at` belongs to: the same order as
+    /// [`Attributor::attribute`] (a pod, a node, a subnet).
+    pub fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> Resolved<'_> {
+        if let Some(i) = self.by_ip.get(&ip).and_then(|c| self.pick_index(c, at)) {
+            return Resolved::Pod(i);
+        }
+        match self.nodes.get(&ip) {
+            Some(node) => Resolved::Node(node),
+            None => Resolved::Subnet(self.subnet_name(ip)),
+        }
+    }
+
+    /// For a Service ClusterIP: the Service and the index of the backend pod a bare flow to it
+    /// is attributed to (see [`Attributor::attribute`]).
+    pub fn service(&self, ip: IpAddr) -> Option<(&ServiceInfo, Option<usize>)> {
+        self.services.get(&ip).map(|(s, b)| (s, *b))
+    }
+
     /// The pod `namespace/name` alive at `at` (else the newest of that name).
     pub fn pod_by_name(
         &self,
@@ -132,17 +197,18 @@ impl Attributor {
     }
 
     fn pick(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<&PodInfo> {
+        self.pick_index(candidates, at)
+            .and_then(|i| self.pods.get(i))
+    }
+
+    fn pick_index(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<usize> {
+        let pod = |i: &&usize| self.pods.get(**i);
         candidates
             .iter()
             .rev()
-            .map(|i| &self.pods[*i])
-            .find(|p| p.alive_at(at))
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .map(|i| &self.pods[*i])
-                    .max_by_key(|p| p.created)
-            })
+            .find(|i| pod(i).is_some_and(|p| p.alive_at(at)))
+            .or_else(|| candidates.iter().max_by_key(|i| pod(i).map(|p| p.created)))
+            .copied()
     }
 
     /// The Service with this ClusterIP.

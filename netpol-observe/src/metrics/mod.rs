@@ -110,15 +110,53 @@ where
         v: u64,
         dropped: &Family<MetricLabels, Counter>,
     ) {
-        if self.budget.admit(&labels) {
-            self.family.get_or_create(&labels).inc_by(v);
+        self.series(&labels, other, dropped).inc_by(v);
+    }
+
+    /// The series of `labels`: its own when admitted, else `other()`'s (counting each
+    /// observation in `dropped`).
+    fn series(
+        &self,
+        labels: &L,
+        other: impl FnOnce() -> L,
+        dropped: &Family<MetricLabels, Counter>,
+    ) -> Series {
+        if self.budget.admit(labels) {
+            Series {
+                counter: self.family.get_or_create(labels).clone(),
+                dropped: None,
+            }
         } else {
-            self.family.get_or_create(&other()).inc_by(v);
-            dropped
-                .get_or_create(&MetricLabels {
-                    metric: self.name.to_owned(),
-                })
-                .inc();
+            Series {
+                counter: self.family.get_or_create(&other()).clone(),
+                dropped: Some(
+                    dropped
+                        .get_or_create(&MetricLabels {
+                            metric: self.name.to_owned(),
+                        })
+                        .clone(),
+                ),
+            }
+        }
+    }
+}
+
+/// One series of a budgeted family, resolved once: its own counter when its label set was
+/// admitted, else the family's `other` bucket (each observation then also counts in
+/// `netpol_observe_series_dropped_total`). A label set's admission never changes, so a
+/// caller may keep a `Series` and record through it instead of resolving the labels again.
+#[derive(Debug, Clone)]
+pub struct Series {
+    counter: Counter,
+    dropped: Option<Counter>,
+}
+
+impl Series {
+    /// Records one observation of `v`.
+    pub fn inc_by(&self, v: u64) {
+        self.counter.inc_by(v);
+        if let Some(d) = &self.dropped {
+            d.inc();
         }
     }
 }
@@ -278,6 +316,89 @@ impl Metrics {
         FlowLabels::from_record(record, self.config.pod_level)
     }
 
+    /// The `netpol_observe_flows_total` series of a flow labelled `labels` with `verdict`.
+    pub fn flows_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
+        let pod_level = self.config.pod_level;
+        self.flows.series(
+            &FlowVerdictLabels {
+                flow: labels.clone(),
+                verdict,
+            },
+            || FlowVerdictLabels {
+                flow: FlowLabels::other(labels.protocol, pod_level),
+                verdict,
+            },
+            &self.series_dropped,
+        )
+    }
+
+    /// The `netpol_observe_flow_packets_total` series of a flow labelled `labels`.
+    pub fn packets_series(&self, labels: &FlowLabels) -> Series {
+        let pod_level = self.config.pod_level;
+        self.flow_packets.series(
+            labels,
+            || FlowLabels::other(labels.protocol, pod_level),
+            &self.series_dropped,
+        )
+    }
+
+    /// The `netpol_observe_flow_bytes_total` series of a flow labelled `labels`.
+    pub fn bytes_series(&self, labels: &FlowLabels) -> Series {
+        let pod_level = self.config.pod_level;
+        self.flow_bytes.series(
+            labels,
+            || FlowLabels::other(labels.protocol, pod_level),
+            &self.series_dropped,
+        )
+    }
+
+    /// The `netpol_observe_staged_verdicts_total` series of a flow labelled `labels` with
+    /// `verdict` (under the staged policies).
+    pub fn staged_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
+        let pod_level = self.config.pod_level;
+        self.staged_verdicts.series(
+            &FlowVerdictLabels {
+                flow: labels.clone(),
+                verdict,
+            },
+            || FlowVerdictLabels {
+                flow: FlowLabels::other(labels.protocol, pod_level),
+                verdict,
+            },
+            &self.series_dropped,
+        )
+    }
+
+    /// The `netpol_observe_policy_verdicts_total` series of the pod `peer` (workload-level
+    /// labels), `direction` and `verdict`.
+    pub fn verdict_series(
+        &self,
+        peer: &PeerLabels,
+        direction: Direction,
+        verdict: Verdict,
+    ) -> Series {
+        self.policy_verdicts.series(
+            &VerdictLabels {
+                namespace: peer.namespace.clone(),
+                kind: peer.kind.clone(),
+                workload: peer.workload.clone(),
+                direction,
+                verdict,
+            },
+            || {
+                let o = PeerLabels::other(false);
+                VerdictLabels {
+                    namespace: o.namespace,
+                    kind: o.kind,
+                    workload: o.workload,
+                    direction,
+                    verdict,
+                }
+            },
+            &self.series_dropped,
+        )
+    }
+
     /// Records traffic of an attributed flow: `new` counts it once in
     /// `netpol_observe_flows_total{verdict}`; the packet and byte deltas (both directions, since
     /// the last call for this flow) go to `flow_packets_total` and `flow_bytes_total`.
@@ -290,29 +411,14 @@ impl Metrics {
         verdict: Verdict,
     ) {
         let labels = self.flow_labels(record);
-        let pod_level = self.config.pod_level;
-        let other = || FlowLabels::other(record.protocol, pod_level);
         if new {
-            self.flows.add(
-                FlowVerdictLabels {
-                    flow: labels.clone(),
-                    verdict,
-                },
-                || FlowVerdictLabels {
-                    flow: other(),
-                    verdict,
-                },
-                1,
-                &self.series_dropped,
-            );
+            self.flows_series(&labels, verdict).inc_by(1);
         }
         if delta_packets > 0 {
-            self.flow_packets
-                .add(labels.clone(), other, delta_packets, &self.series_dropped);
+            self.packets_series(&labels).inc_by(delta_packets);
         }
         if delta_bytes > 0 {
-            self.flow_bytes
-                .add(labels, other, delta_bytes, &self.series_dropped);
+            self.bytes_series(&labels).inc_by(delta_bytes);
         }
     }
 
@@ -320,11 +426,23 @@ impl Metrics {
     /// reason name); `policy` is the isolating policy `ns/name` that explains it, if any
     /// (`unknown` otherwise).
     pub fn record_drop(&self, record: &FlowRecord, reason: &str, policy: Option<&str>, count: u64) {
+        self.record_drop_labelled(self.flow_labels(record), reason, policy, count);
+    }
+
+    /// [`Metrics::record_drop`] for a flow already labelled.
+    pub fn record_drop_labelled(
+        &self,
+        flow: FlowLabels,
+        reason: &str,
+        policy: Option<&str>,
+        count: u64,
+    ) {
         if count == 0 {
             return;
         }
+        let protocol = flow.protocol;
         let labels = DropLabels {
-            flow: self.flow_labels(record),
+            flow,
             reason: reason.to_owned(),
             policy: policy.unwrap_or("unknown").to_owned(),
         };
@@ -332,7 +450,7 @@ impl Metrics {
         self.drops.add(
             labels,
             || DropLabels {
-                flow: FlowLabels::other(record.protocol, pod_level),
+                flow: FlowLabels::other(protocol, pod_level),
                 reason: reason.to_owned(),
                 policy: labels::OTHER.to_owned(),
             },
@@ -349,46 +467,14 @@ impl Metrics {
             Direction::Ingress => &record.dst,
         };
         let peer = PeerLabels::from_endpoint(ep, false);
-        let labels = VerdictLabels {
-            namespace: peer.namespace,
-            kind: peer.kind,
-            workload: peer.workload,
-            direction,
-            verdict,
-        };
-        self.policy_verdicts.add(
-            labels,
-            || {
-                let o = PeerLabels::other(false);
-                VerdictLabels {
-                    namespace: o.namespace,
-                    kind: o.kind,
-                    workload: o.workload,
-                    direction,
-                    verdict,
-                }
-            },
-            1,
-            &self.series_dropped,
-        );
+        self.verdict_series(&peer, direction, verdict).inc_by(1);
     }
 
     /// Records the overall verdict the staged (draft) policies give a new flow
     /// (`--staged-policies`).
     pub fn record_staged(&self, record: &FlowRecord, verdict: Verdict) {
-        let pod_level = self.config.pod_level;
-        self.staged_verdicts.add(
-            FlowVerdictLabels {
-                flow: self.flow_labels(record),
-                verdict,
-            },
-            || FlowVerdictLabels {
-                flow: FlowLabels::other(record.protocol, pod_level),
-                verdict,
-            },
-            1,
-            &self.series_dropped,
-        );
+        self.staged_series(&self.flow_labels(record), verdict)
+            .inc_by(1);
     }
 
     /// Replaces every `netpol_observe_unprotected_workloads` series with these

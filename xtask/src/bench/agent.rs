@@ -1,6 +1,7 @@
 //! `cargo xtask bench agent`: the agent's userspace pipeline (attribution, live and staged
 //! verdicts, metrics, flow store) on one core — new flows per second and RSS at 10k and 100k
-//! flows — through the hidden `netpol-observe bench-agent` (one child process per round).
+//! flows — through the hidden `netpol-observe bench-agent` (one child process per round and
+//! view: random pairs with streamed inputs, the same with held inputs, repeated pairs).
 //! `--pairs N` sets the number of rounds.
 
 use std::path::Path;

@@ -1,0 +1,177 @@
+//! Attribution shared between flows: what one end of a flow belongs to (a pod with its
+//! workload and labels, a node, a subnet), built once per pod, node or subnet of a
+//! [`super::Model`] and held by every stored flow of that peer through an `Arc`. The full
+//! [`Endpoint`] is rebuilt only when a flow is served.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use crate::{
+    flow::{Endpoint, ServiceRef, WorkloadRef},
+    inventory::PodInfo,
+    metrics::PeerLabels,
+};
+
+/// The attribution of one end of a flow (an [`Endpoint`] without its address, port and
+/// Service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Namespace of the pod.
+    pub namespace: Option<String>,
+    /// Name of the pod.
+    pub pod: Option<String>,
+    /// Owning workload of the pod.
+    pub workload: Option<WorkloadRef>,
+    /// The workload's selector labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Node name (a node address or a hostNetwork pod).
+    pub node: Option<String>,
+    /// Named subnet, `private` or `world`.
+    pub subnet: Option<String>,
+    /// The workload-level metric labels of this peer, shared by every peer with the same
+    /// labels (every pod of a workload): what the agent's metric series are cached by.
+    pub metric: Arc<PeerLabels>,
+}
+
+impl Peer {
+    /// The attribution of an endpoint (its address, port and Service aside); `metric` is
+    /// interned through `workloads`.
+    pub fn from_endpoint(ep: &Endpoint, workloads: &mut Workloads) -> Peer {
+        Peer {
+            namespace: ep.namespace.clone(),
+            pod: ep.pod.clone(),
+            workload: ep.workload.clone(),
+            labels: ep.labels.clone(),
+            node: ep.node.clone(),
+            subnet: ep.subnet.clone(),
+            metric: workloads.intern(PeerLabels::from_endpoint(ep, false)),
+        }
+    }
+
+    /// The endpoint of this peer at `ip`, `port`, addressed through `service`.
+    pub fn endpoint(
+        &self,
+        ip: IpAddr,
+        port: Option<u16>,
+        service: Option<&ServiceRef>,
+    ) -> Endpoint {
+        Endpoint {
+            ip,
+            port,
+            service: service.cloned(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            workload: self.workload.clone(),
+            labels: self.labels.clone(),
+            node: self.node.clone(),
+            subnet: self.subnet.clone(),
+        }
+    }
+
+    /// The metric labels of this peer, with the pod name when `pod_level`.
+    pub fn metric_labels(&self, pod_level: bool) -> PeerLabels {
+        PeerLabels {
+            pod: pod_level.then(|| self.pod.clone().unwrap_or_default()),
+            ..(*self.metric).clone()
+        }
+    }
+}
+
+/// Interned workload-level metric labels.
+#[derive(Debug, Default)]
+pub struct Workloads(HashMap<PeerLabels, Arc<PeerLabels>>);
+
+impl Workloads {
+    /// The shared copy of `labels`.
+    pub fn intern(&mut self, labels: PeerLabels) -> Arc<PeerLabels> {
+        self.0
+            .entry(labels)
+            .or_insert_with_key(|l| Arc::new(l.clone()))
+            .clone()
+    }
+}
+
+/// The peers of one model, built on first use: per pod (by inventory index), per node and
+/// per subnet name.
+#[derive(Debug)]
+pub struct Peers {
+    pods: Vec<Option<Arc<Peer>>>,
+    nodes: HashMap<String, Arc<Peer>>,
+    subnets: HashMap<String, Arc<Peer>>,
+    /// An address nothing is known about (no inventory, or a Service without a backend).
+    bare: Arc<Peer>,
+    workloads: Workloads,
+}
+
+impl Peers {
+    /// An empty table for `pods` pods.
+    pub fn new(pods: usize) -> Self {
+        let mut workloads = Workloads::default();
+        let bare = Arc::new(Peer::from_endpoint(
+            &Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None),
+            &mut workloads,
+        ));
+        Peers {
+            pods: vec![None; pods],
+            nodes: HashMap::new(),
+            subnets: HashMap::new(),
+            bare,
+            workloads,
+        }
+    }
+
+    /// The peer of pod `index` (`pod` is its inventory entry).
+    pub fn pod(&mut self, index: usize, pod: &PodInfo) -> Arc<Peer> {
+        if let Some(Some(p)) = self.pods.get(index) {
+            return p.clone();
+        }
+        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
+        ep.namespace = Some(pod.namespace.clone());
+        ep.pod = Some(pod.name.clone());
+        ep.workload = Some(pod.workload.clone());
+        ep.labels = Some(pod.selector_labels.clone());
+        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
+        if let Some(slot) = self.pods.get_mut(index) {
+            *slot = Some(peer.clone());
+        }
+        peer
+    }
+
+    /// The peer of node `name`.
+    pub fn node(&mut self, name: &str) -> Arc<Peer> {
+        if let Some(p) = self.nodes.get(name) {
+            return p.clone();
+        }
+        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
+        ep.node = Some(name.to_owned());
+        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
+        self.nodes.insert(name.to_owned(), peer.clone());
+        peer
+    }
+
+    /// The peer of subnet `name`.
+    pub fn subnet(&mut self, name: &str) -> Arc<Peer> {
+        if let Some(p) = self.subnets.get(name) {
+            return p.clone();
+        }
+        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
+        ep.subnet = Some(name.to_owned());
+        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
+        self.subnets.insert(name.to_owned(), peer.clone());
+        peer
+    }
+
+    /// The peer of an address nothing is known about.
+    pub fn bare(&self) -> Arc<Peer> {
+        self.bare.clone()
+    }
+
+    /// A peer for an endpoint attributed some other way (not shared with other flows; its
+    /// metric labels are).
+    pub fn unshared(&mut self, ep: &Endpoint) -> Arc<Peer> {
+        Arc::new(Peer::from_endpoint(ep, &mut self.workloads))
+    }
+}
