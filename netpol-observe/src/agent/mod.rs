@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod config;
 pub mod model;
+pub mod nat;
 pub mod peer;
 mod series;
 pub mod store;
@@ -209,6 +210,9 @@ impl AgentState {
         let delta_bytes = u.delta_bytes.sent + u.delta_bytes.received;
         let mut store = lock(&self.store);
         let id = FlowId::of(&u.record);
+        if !store.contains(&id) && self.join_backend_leg(&mut store, &u.record) {
+            return;
+        }
         let known = !u.new && store.update(&u.record, u.ended);
         if !known {
             let flow = self.stored(&mut store, &u.record);
@@ -230,6 +234,31 @@ impl AgentState {
                 verdict,
             );
         }
+    }
+
+    /// Whether `r` is the backend leg of a Service connection whose client leg is held
+    /// ([`nat`]). Its packets are those of the client leg, counted there; the first time, the
+    /// client leg is re-attributed to the backend pod the node's DNAT chose.
+    fn join_backend_leg(&self, store: &mut FlowStore, r: &FlowRecord) -> bool {
+        let Some(m) = self.model() else {
+            return false;
+        };
+        let Some(leg) = store.backend_leg(r, |svc, addr| m.is_service_backend(svc, addr)) else {
+            return false;
+        };
+        if leg.first
+            && let Some(client) = store.get(&leg.client_leg)
+        {
+            let id = leg.client_leg;
+            let mut record = FlowRecord::new(id.protocol, id.src.0, id.dst.0, client.dst_port);
+            record.src = Endpoint::bare(id.src.0, client.src_port);
+            record.first_seen = client.first_seen;
+            record.last_seen = client.last_seen;
+            let peers = m.attribute_with_backend(&record, leg.backend.0);
+            let verdicts = m.judge(&record, &peers);
+            store.rebind(&leg.client_leg, peers, Some(verdicts));
+        }
+        true
     }
 
     /// The compact, attributed and judged form of a new flow's record.

@@ -184,6 +184,36 @@ impl Model {
         }
     }
 
+    /// As [`Model::attribute`] for the client leg of a Service connection (a flow to a
+    /// ClusterIP) whose backend is known — the address the node's DNAT chose, seen on the
+    /// backend leg ([`super::nat`]): that backend pod becomes the destination, judged on its own
+    /// (the engines would otherwise take the Service's first backend).
+    pub fn attribute_with_backend(&self, flow: &FlowRecord, backend: IpAddr) -> Attributed {
+        let mut a = self.attribute(flow);
+        let at = flow.first_seen.or(flow.last_seen);
+        if let Resolved::Pod(i) = self.attributor.resolve(backend, at)
+            && let Some(p) = self.attributor.pod(i)
+        {
+            let dst = lock(&self.peers).pod(i, p);
+            if !Arc::ptr_eq(&dst, &a.dst) {
+                a.dst = dst;
+                a.shared = false;
+            }
+        }
+        a
+    }
+
+    /// Whether `addr` is the address of a backend pod of the Service whose ClusterIP is
+    /// `cluster_ip`.
+    pub fn is_service_backend(&self, cluster_ip: IpAddr, addr: IpAddr) -> bool {
+        self.attributor.service(cluster_ip).is_some_and(|(svc, _)| {
+            self.inventory
+                .service_backends(svc)
+                .iter()
+                .any(|p| p.ips.contains(&addr))
+        })
+    }
+
     /// The verdicts of a record attributed as `a` (cached per [`VerdictKey`] when `a`'s peers
     /// are the model's shared ones).
     pub fn judge(&self, flow: &FlowRecord, a: &Attributed) -> Arc<Verdicts> {

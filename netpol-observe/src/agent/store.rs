@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     model::{Attributed, Verdicts},
+    nat::{BackendLeg, ServiceLegs},
     peer::Peer,
 };
 use crate::{
@@ -301,6 +302,8 @@ pub struct FlowStore {
     clock: u64,
     /// The last node name seen, shared by the flows that carry it.
     node: Option<Arc<str>>,
+    /// Client legs of Service connections held here, and their joined backend legs.
+    legs: ServiceLegs,
 }
 
 impl FlowStore {
@@ -313,6 +316,7 @@ impl FlowStore {
             order: BTreeMap::new(),
             clock: 0,
             node: None,
+            legs: ServiceLegs::default(),
         }
     }
 
@@ -349,6 +353,33 @@ impl FlowStore {
         self.get(id).map(|f| f.to_observed(id))
     }
 
+    /// Whether flow `id` is held.
+    pub fn contains(&self, id: &FlowId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// Whether `record` is the backend leg of the client leg of a Service connection held
+    /// here ([`super::nat`]); `is_backend(cluster_ip, addr)` says which addresses are a
+    /// Service's backends.
+    pub fn backend_leg(
+        &mut self,
+        record: &FlowRecord,
+        is_backend: impl Fn(IpAddr, IpAddr) -> bool,
+    ) -> Option<BackendLeg> {
+        if self.legs.is_empty() {
+            return None;
+        }
+        self.legs.backend_leg(record, is_backend)
+    }
+
+    /// Gives flow `id` (a client leg whose backend became known) new attribution and verdicts.
+    pub fn rebind(&mut self, id: &FlowId, peers: Attributed, verdicts: Option<Arc<Verdicts>>) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.flow.peers = peers;
+            e.flow.verdicts = verdicts;
+        }
+    }
+
     /// The flow a packet between these endpoints belongs to, whichever way it went.
     pub fn find_unoriented(&self, id: &FlowId) -> Option<FlowId> {
         self.unoriented.get(&id.unoriented()).copied()
@@ -369,6 +400,9 @@ impl FlowStore {
         }
         self.unoriented.insert(id.unoriented(), id);
         self.order.insert(self.clock, id);
+        if flow.peers.service.is_some() {
+            self.legs.note_client_leg(id);
+        }
         self.entries.insert(
             id,
             Entry {
@@ -447,6 +481,7 @@ impl FlowStore {
         if let Some(e) = self.entries.remove(id) {
             self.unoriented.remove(&id.unoriented());
             self.order.remove(&e.touched);
+            self.legs.forget(id);
         }
     }
 
@@ -455,6 +490,7 @@ impl FlowStore {
         if let Some((_, id)) = self.order.pop_first() {
             self.entries.remove(&id);
             self.unoriented.remove(&id.unoriented());
+            self.legs.forget(&id);
         }
     }
 
