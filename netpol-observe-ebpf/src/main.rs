@@ -5,7 +5,8 @@
 //! packets from the pod, egress = packets to the pod). They parse Ethernet, IPv4/IPv6 (IPv6
 //! extension headers within a bound) and TCP/UDP/SCTP/ICMP/ICMPv6, update the flow map and
 //! announce new flows and first TCP FIN/RST on the ring buffer. They always return
-//! `TC_ACT_PIPE` (tcx: "next"), never drop or change a packet.
+//! `TC_ACT_PIPE` (tcx: "next"), never drop or change a packet. `tc_noop` only returns
+//! `TC_ACT_PIPE`: the benchmark's baseline for the cost of the hooks themselves.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
@@ -84,6 +85,13 @@ mod programs {
     #[classifier]
     pub fn tc_flow_egress(ctx: TcContext) -> i32 {
         observe(&ctx, false);
+        TC_ACT_PIPE
+    }
+
+    /// Does nothing: the benchmark baseline for the fixed cost of a tcx hook
+    /// (`cargo xtask bench datapath`); never attached by the agent.
+    #[classifier]
+    pub fn tc_noop(_ctx: TcContext) -> i32 {
         TC_ACT_PIPE
     }
 
