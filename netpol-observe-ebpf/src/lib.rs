@@ -23,6 +23,9 @@ pub use drop::{DropKey, DropValue};
 pub const PROG_TC_INGRESS: &str = "tc_flow_ingress";
 /// Name of the TC program attached to the egress hook of pod interfaces (packets to the pod).
 pub const PROG_TC_EGRESS: &str = "tc_flow_egress";
+/// Name of a TC program that does nothing (returns "next"): the benchmark baseline for the
+/// fixed cost of a tcx hook. Never attached by the agent.
+pub const PROG_TC_NOOP: &str = "tc_noop";
 /// Name of the LRU hash map `FlowKey → FlowValue`.
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the ring buffer carrying [`FlowEvent`]s.
@@ -172,8 +175,9 @@ pub struct FlowValue {
     /// `bpf_ktime_get_ns` of the latest packet.
     pub last_seen_ns: u64,
     /// One word updated atomically: bits 0–7 the union of TCP flags sent in direction 0,
-    /// bits 8–15 those of direction 1, bits 32–63 the `EVENT_*` bits already announced or
-    /// observed. Read it with [`FlowValue::tcp_flags`] and [`FlowValue::events`].
+    /// bits 8–15 those of direction 1, bits 16–17 kernel bookkeeping ([`learned_bit`]), bits
+    /// 32–63 the `EVENT_*` bits already announced or observed. Read it with
+    /// [`FlowValue::tcp_flags`] and [`FlowValue::events`].
     pub flags: u64,
     /// Direction index of the initiator's packets, or [`INITIATOR_UNKNOWN`].
     pub initiator: u8,
@@ -189,6 +193,16 @@ pub const FLAGS_EVENTS_SHIFT: u32 = 32;
 /// The [`FlowValue::flags`] bits for TCP flags `f` sent in direction `dir`.
 pub const fn tcp_flag_bits(dir: u8, f: u32) -> u64 {
     ((f & 0xff) as u64) << ((dir as u32 & 1) * FLAGS_DIR_BITS)
+}
+
+/// Bit position of the "sender learned" bits in [`FlowValue::flags`].
+pub const FLAGS_LEARNED_SHIFT: u32 = 16;
+
+/// The [`FlowValue::flags`] bit the kernel sets once it has recorded the sender of direction
+/// `dir` in [`MAP_LOCAL_ENDPOINTS`] (learning on): learning then costs a map lookup once per
+/// flow and direction instead of once per packet.
+pub const fn learned_bit(dir: u8) -> u64 {
+    1 << (FLAGS_LEARNED_SHIFT + (dir as u32 & 1))
 }
 
 /// The [`FlowValue::flags`] bits for `EVENT_*` bits `e`.
@@ -300,6 +314,14 @@ mod tests {
         assert_eq!(v.tcp_flags(DIR_LO_TO_HI), tcp_flags::SYN);
         assert_eq!(v.tcp_flags(DIR_HI_TO_LO), tcp_flags::RST | tcp_flags::ACK);
         assert_eq!(v.events(), EVENT_NEW | EVENT_RST);
+        // The learned bits touch neither the TCP flags nor the events.
+        let l = FlowValue {
+            flags: v.flags | learned_bit(DIR_LO_TO_HI) | learned_bit(DIR_HI_TO_LO),
+            ..v
+        };
+        assert_eq!(l.tcp_flags(DIR_LO_TO_HI), tcp_flags::SYN);
+        assert_eq!(l.tcp_flags(DIR_HI_TO_LO), tcp_flags::RST | tcp_flags::ACK);
+        assert_eq!(l.events(), EVENT_NEW | EVENT_RST);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod bench_agent;
 mod bench_engine;
+mod bench_hooks;
 mod bench_recommend;
 mod evaluate;
 mod flows;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Agent pipeline benchmark (used by `cargo xtask bench agent`).
     #[command(hide = true)]
     BenchAgent(bench_agent::Args),
+    /// Datapath hook helpers (used by `cargo xtask bench datapath`).
+    #[command(hide = true)]
+    BenchHooks(bench_hooks::Args),
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code:
@@ -86,6 +90,7 @@ pub fn main() -> ExitCode {
             Command::BenchEngine(args) => bench_engine::run(args).await,
             Command::BenchRecommend(args) => bench_recommend::run(args).await,
             Command::BenchAgent(args) => bench_agent::run(args).await,
+            Command::BenchHooks(args) => bench_hooks::run(args).await,
         }
     });
     match outcome {

@@ -53,14 +53,28 @@ struct Attached {
 #[derive(Debug)]
 pub(crate) struct Attacher {
     ebpf: Ebpf,
+    /// Program names attached to the ingress and the egress hook.
+    programs: [&'static str; 2],
     mode: AttachMode,
     attached: BTreeMap<u32, Attached>,
 }
 
 impl Attacher {
-    /// Loads both programs into the kernel.
-    pub(crate) fn new(mut ebpf: Ebpf) -> Result<Self, DatapathError> {
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+    /// Loads the flow programs into the kernel.
+    pub(crate) fn new(ebpf: Ebpf) -> Result<Self, DatapathError> {
+        Self::with_programs(ebpf, [PROG_TC_INGRESS, PROG_TC_EGRESS])
+    }
+
+    /// Loads `programs` (attached to the ingress and the egress hook; one program may serve
+    /// both) into the kernel.
+    pub(crate) fn with_programs(
+        mut ebpf: Ebpf,
+        programs: [&'static str; 2],
+    ) -> Result<Self, DatapathError> {
+        for (i, name) in programs.into_iter().enumerate() {
+            if i == 1 && name == programs[0] {
+                continue;
+            }
             let program = prog(&mut ebpf, name)?;
             super::retry_interrupted_load(|| program.load())
                 .map_err(|e| DatapathError::Load(format!("program {name}: {e}")))?;
@@ -72,6 +86,7 @@ impl Attacher {
         };
         Ok(Attacher {
             ebpf,
+            programs,
             mode,
             attached: BTreeMap::new(),
         })
@@ -94,13 +109,14 @@ impl Attacher {
                 Err(e) => return Err(err(format!("adding the clsact qdisc: {e}"))),
             }
         }
+        let [ingress_prog, egress_prog] = self.programs;
         let ingress = self
-            .attach_one(PROG_TC_INGRESS, name, TcAttachType::Ingress)
+            .attach_one(ingress_prog, name, TcAttachType::Ingress)
             .map_err(&err)?;
-        let egress = match self.attach_one(PROG_TC_EGRESS, name, TcAttachType::Egress) {
+        let egress = match self.attach_one(egress_prog, name, TcAttachType::Egress) {
             Ok(l) => l,
             Err(e) => {
-                if let Ok(p) = prog(&mut self.ebpf, PROG_TC_INGRESS) {
+                if let Ok(p) = prog(&mut self.ebpf, ingress_prog) {
                     let _ = p.detach(ingress);
                 }
                 return Err(err(e));
@@ -140,7 +156,8 @@ impl Attacher {
     /// when a clsact qdisc we added must be deleted.
     pub(crate) fn detach(&mut self, ifindex: u32, gone: bool) -> Option<(u32, String)> {
         let a = self.attached.remove(&ifindex)?;
-        for (program, link) in [(PROG_TC_INGRESS, a.ingress), (PROG_TC_EGRESS, a.egress)] {
+        let [ingress_prog, egress_prog] = self.programs;
+        for (program, link) in [(ingress_prog, a.ingress), (egress_prog, a.egress)] {
             let Ok(p) = prog(&mut self.ebpf, program) else {
                 continue;
             };

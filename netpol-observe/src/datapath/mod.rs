@@ -20,6 +20,7 @@ mod attach;
 pub mod btf;
 mod config;
 mod drops;
+mod hooks;
 mod kernel;
 mod links;
 pub mod sockets;
@@ -49,6 +50,7 @@ use tokio::{
 pub use attach::{AttachMode, AttachedInterface};
 pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, glob_match};
 pub use drops::{DropSample, DropTracer, DropsError, SkbOffsets, kernel_drop_reasons};
+pub use hooks::{HookStats, NoopHooks, tcx_stats};
 pub use kernel::KernelCounters;
 pub use netpol_observe_ebpf::Counter;
 pub use table::{Clock, FlowTable, FlowUpdate, SweepAction, derive_state, monotonic_ns};
@@ -98,6 +100,9 @@ pub enum DatapathError {
     /// A background task failed.
     #[error("datapath task failed: {0}")]
     Task(String),
+    /// Asking the kernel which programs are attached (and their statistics) failed.
+    #[error("querying attached programs: {0}")]
+    Query(String),
 }
 
 /// Counters of the datapath itself (userspace side).

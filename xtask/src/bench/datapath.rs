@@ -1,10 +1,12 @@
 //! `cargo xtask bench datapath`: the cost of the eBPF datapath on pod traffic.
 //!
-//! Two namespaces ("pods") on a bridge, like a bridge CNI. Per A/B pair: an iperf3 TCP
-//! stream (throughput) and a TCP request/response loop of 1-byte messages (transactions per
-//! second), each once without and once with `netpol-observe agent` attached to both pods'
-//! host interfaces; the order within a pair alternates. Reports every run, the medians and
-//! their ratio.
+//! Two namespaces ("pods") on a bridge, like a bridge CNI. Per round: an iperf3 TCP stream
+//! (throughput) and a TCP request/response loop of 1-byte messages (transactions per second)
+//! in each of three arms — nothing attached, the no-op program attached to both pods' host
+//! interfaces (tcx ingress + egress, the fixed cost of the hooks), `netpol-observe agent`
+//! attached — in an order rotating from round to round. Reports every run, the medians and
+//! their ratios, then runs the hooked arms once more with `kernel.bpf_stats_enabled=1` for the
+//! kernel's ns per program run.
 
 use std::{
     fs::File,
@@ -18,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::stats::AbResult;
+use super::stats::Arms;
 
 const BRIDGE: &str = "nbbr0";
 const PODS: [(&str, &str, &str); 2] = [
@@ -88,39 +90,76 @@ fn quiet(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The agent, attached; stopped with SIGINT on drop.
-struct Agent {
+/// What is attached to the pods' host interfaces during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    /// Nothing.
+    Bare,
+    /// `tc_noop` on tcx ingress + egress, attached like the agent attaches its programs.
+    Noop,
+    /// `netpol-observe agent`.
+    Agent,
+}
+
+const ARMS: [Arm; 3] = [Arm::Bare, Arm::Noop, Arm::Agent];
+
+impl Arm {
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Bare => "no hooks",
+            Arm::Noop => "no-op hooks",
+            Arm::Agent => "agent",
+        }
+    }
+
+    /// Starts what this arm attaches (nothing for [`Arm::Bare`]).
+    fn start(self, bin: &Path) -> Result<Option<Attached>> {
+        let args: &[&str] = match self {
+            Arm::Bare => return Ok(None),
+            Arm::Noop => &["bench-hooks", "noop", "--interfaces", "nbv*"],
+            Arm::Agent => &["agent", "--interfaces", "nbv*", "--output", "jsonl"],
+        };
+        Attached::start(bin, args).map(Some)
+    }
+}
+
+/// A process with programs attached (the agent or the no-op hooks), started and waited for
+/// until it logs "datapath attached"; stopped with SIGINT on drop.
+struct Attached {
     child: Child,
 }
 
-impl Agent {
-    fn start(bin: &Path) -> Result<Agent> {
+impl Attached {
+    fn start(bin: &Path, args: &[&str]) -> Result<Attached> {
         let mut child = Command::new(bin)
-            .args(["agent", "--interfaces", "nbv*", "--output", "jsonl"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("agent stderr")?;
+        let stderr = child
+            .stderr
+            .take()
+            .context("stderr of the attached process")?;
         let mut lines = BufReader::new(stderr).lines();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the agent did not attach within 10 s");
+                bail!("{args:?} did not attach within 10 s");
             }
             match lines.next() {
                 Some(Ok(l)) if l.contains("datapath attached") => break,
                 Some(Ok(_)) => {}
                 _ => {
                     let _ = child.wait();
-                    bail!("the agent exited before attaching");
+                    bail!("{args:?} exited before attaching");
                 }
             }
         }
-        // Keep draining stderr so the agent never blocks on a full pipe.
+        // Keep draining stderr so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Agent { child })
+        Ok(Attached { child })
     }
 
     fn stop(mut self) -> Result<()> {
@@ -131,15 +170,18 @@ impl Agent {
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: sending SIGINT to our own child process.
         unsafe { libc::kill(pid, libc::SIGINT) };
-        let status = self.child.wait().context("waiting for the agent")?;
+        let status = self
+            .child
+            .wait()
+            .context("waiting for the attached process")?;
         if !status.success() {
-            bail!("the agent exited with {status}");
+            bail!("the attached process exited with {status}");
         }
         Ok(())
     }
 }
 
-impl Drop for Agent {
+impl Drop for Attached {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.signal_and_wait();
@@ -226,67 +268,195 @@ fn request_response(seconds: u64) -> Result<f64> {
     Ok(tps)
 }
 
-fn measure(with_agent: bool, bin: &Path, seconds: u64) -> Result<(f64, f64)> {
-    let agent = if with_agent {
-        Some(Agent::start(bin)?)
-    } else {
-        None
-    };
+fn measure(arm: Arm, bin: &Path, seconds: u64) -> Result<(f64, f64)> {
+    let attached = arm.start(bin)?;
     let t = throughput(seconds)?;
     let rr = request_response(seconds)?;
-    if let Some(a) = agent {
+    if let Some(a) = attached {
         a.stop()?;
     }
     Ok((t, rr))
 }
 
-/// Runs the datapath benchmark.
-pub fn run(root: &Path, pairs: usize, seconds: u64) -> Result<()> {
+/// Sets `kernel.bpf_stats_enabled` to 1 and restores the previous value on drop.
+struct BpfStats {
+    previous: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("writing {BPF_STATS_SYSCTL}"))?;
+        Ok(BpfStats { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(BPF_STATS_SYSCTL, self.previous.trim());
+    }
+}
+
+/// One program's cumulative run count and run time, by kernel program id.
+#[derive(Debug, Clone, Default)]
+struct ProgStats {
+    name: String,
+    runs: u64,
+    ns: u64,
+    xlated: u64,
+    jited: u64,
+}
+
+/// The programs attached to the pods' host interfaces, by id (a program attached to both
+/// interfaces appears once).
+fn prog_stats(bin: &Path) -> Result<std::collections::BTreeMap<u64, ProgStats>> {
+    let mut args = vec!["bench-hooks", "stats"];
+    args.extend(PODS.iter().map(|p| p.1));
+    let out = Command::new(bin)
+        .args(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running bench-hooks stats")?;
+    if !out.status.success() {
+        bail!("bench-hooks stats failed ({})", out.status);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bench-hooks stats")?;
+    let mut m = std::collections::BTreeMap::new();
+    for p in v.as_array().context("bench-hooks stats: not an array")? {
+        let num = |k: &str| p[k].as_u64().unwrap_or(0);
+        m.insert(
+            num("id"),
+            ProgStats {
+                name: p["name"].as_str().unwrap_or("?").to_owned(),
+                runs: num("run_count"),
+                ns: num("run_time_ns"),
+                xlated: num("xlated_bytes"),
+                jited: num("jited_bytes"),
+            },
+        );
+    }
+    Ok(m)
+}
+
+/// Per-program ns per run between two snapshots, and the total program time.
+fn per_run(
+    before: &std::collections::BTreeMap<u64, ProgStats>,
+    after: &std::collections::BTreeMap<u64, ProgStats>,
+) -> (String, u64) {
+    let mut parts = Vec::new();
+    let mut total = 0;
+    for (id, a) in after {
+        let b = before.get(id).cloned().unwrap_or_default();
+        let runs = a.runs.saturating_sub(b.runs);
+        let ns = a.ns.saturating_sub(b.ns);
+        total += ns;
+        let per = if runs == 0 {
+            0.0
+        } else {
+            ns as f64 / runs as f64
+        };
+        parts.push(format!("{} {per:.1} ns/run ({runs} runs)", a.name));
+    }
+    (parts.join(", "), total)
+}
+
+/// Runs each hooked arm once more with `kernel.bpf_stats_enabled=1` and prints the kernel's
+/// ns per program run — a figure that machine noise hardly moves, unlike throughput.
+fn program_costs(bin: &Path, seconds: u64) -> Result<()> {
+    println!(
+        "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
+    );
+    for arm in [Arm::Noop, Arm::Agent] {
+        let attached = arm.start(bin)?;
+        let stats = BpfStats::enable()?;
+        let s0 = prog_stats(bin)?;
+        let started = Instant::now();
+        let tps = request_response(seconds)?;
+        let transactions = tps * started.elapsed().as_secs_f64();
+        let s1 = prog_stats(bin)?;
+        let gbps = throughput(seconds)?;
+        let s2 = prog_stats(bin)?;
+        drop(stats);
+        if let Some(a) = attached {
+            a.stop()?;
+        }
+        let (rr_runs, rr_total) = per_run(&s0, &s1);
+        let (tput_runs, _) = per_run(&s1, &s2);
+        let per_tx = if transactions > 0.0 {
+            rr_total as f64 / transactions
+        } else {
+            0.0
+        };
+        let sizes = s2
+            .values()
+            .map(|p| format!("{} {} B xlated / {} B jited", p.name, p.xlated, p.jited))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("  {}: {sizes}", arm.label());
+        println!(
+            "    request/response ({tps:.0}/s): {rr_runs}; {per_tx:.0} ns of programs per \
+             transaction ({:.0} ns per transaction)",
+            1e9 / tps.max(1.0)
+        );
+        println!("    throughput ({gbps:.2} Gbit/s): {tput_runs}");
+    }
+    Ok(())
+}
+
+/// Runs the datapath benchmark: `rounds` rounds of the three arms in rotating order, then
+/// the per-program costs.
+pub fn run(root: &Path, rounds: usize, seconds: u64) -> Result<()> {
     if !crate::is_root() {
         bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
     }
     let bin = super::release_binary(root)?;
     let _topology = Topology::create()?;
-    let mut tput = AbResult {
-        name: format!("iperf3 TCP throughput, Gbit/s ({seconds} s runs)"),
-        ..AbResult::default()
-    };
-    let mut rr = AbResult {
-        name: format!("TCP request/response, transactions/s ({seconds} s runs)"),
-        ..AbResult::default()
-    };
-    for pair in 0..pairs {
-        let order = if pair % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with in order {
-            let (t, r) = measure(with, &bin, seconds)?;
+    let labels = ARMS.map(Arm::label);
+    let mut tput = Arms::new(
+        format!("iperf3 TCP throughput, Gbit/s ({seconds} s runs)"),
+        &labels,
+    );
+    let mut rr = Arms::new(
+        format!("TCP request/response, transactions/s ({seconds} s runs)"),
+        &labels,
+    );
+    for round in 0..rounds {
+        // Rotate the order (B N A, N A B, A B N, ...) so drift hits every arm alike.
+        for k in 0..ARMS.len() {
+            let i = (round + k) % ARMS.len();
+            let (t, r) = measure(ARMS[i], &bin, seconds)?;
             eprintln!(
-                "pair {}/{pairs} {:<13} throughput {t:.2} Gbit/s, rr {r:.0}/s",
-                pair + 1,
-                if with { "with agent" } else { "without agent" }
+                "round {}/{rounds} {:<12} throughput {t:.2} Gbit/s, rr {r:.0}/s",
+                round + 1,
+                ARMS[i].label()
             );
-            if with {
-                tput.with.push(t);
-                rr.with.push(r);
-            } else {
-                tput.base.push(t);
-                rr.base.push(r);
-            }
+            tput.runs[i].push(t);
+            rr.runs[i].push(r);
         }
     }
-    println!("{}", tput.report());
-    println!("{}", rr.report());
+    // Indices into ARMS.
+    let (bare, noop, agent) = (0, 1, 2);
+    let comparisons = [(noop, bare), (agent, bare), (agent, noop)];
+    println!("{}", tput.report(&comparisons));
+    println!("{}", rr.report(&comparisons));
     println!(
-        "targets: throughput ratio >= 0.98 ({}), request/response ratio >= 0.97 ({})",
-        if tput.ratio() >= 0.98 {
+        "targets (agent / no hooks): throughput ratio >= 0.98 ({}), request/response ratio >= \
+         0.97 ({})",
+        if tput.ratio(agent, bare) >= 0.98 {
             "met"
         } else {
             "NOT met"
         },
-        if rr.ratio() >= 0.97 { "met" } else { "NOT met" }
+        if rr.ratio(agent, bare) >= 0.97 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
-    Ok(())
+    program_costs(&bin, seconds)
 }

@@ -21,7 +21,7 @@ use anyhow::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum What {
     /// The eBPF datapath: iperf3 throughput and TCP request/response between two namespaces,
-    /// with and without the agent attached.
+    /// with nothing, a no-op program and the agent attached; then ns per program run.
     Datapath,
     /// The agent's userspace pipeline: new flows/s through attribution, verdicts, metrics and
     /// the store; RSS at 10k and 100k flows.
@@ -38,7 +38,7 @@ pub struct BenchArgs {
     /// The subject.
     #[arg(value_enum)]
     pub what: What,
-    /// Number of interleaved A/B pairs.
+    /// Number of interleaved A/B pairs (datapath: rounds of its three arms).
     #[arg(long, default_value_t = 5)]
     pub pairs: usize,
     /// Seconds per measurement run.

@@ -1,4 +1,4 @@
-//! Medians and ratios of interleaved A/B runs.
+//! Medians and ratios of interleaved A/B(/C…) runs.
 
 /// The median of `v` (mean of the middle two for an even count); 0 for an empty slice.
 pub fn median(v: &[f64]) -> f64 {
@@ -15,58 +15,75 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Results of one A/B comparison: `base` without the change, `with` with it.
+/// Results of interleaved runs of several arms (A/B/C…): `runs[arm][round]`.
 #[derive(Debug, Clone, Default)]
-pub struct AbResult {
-    /// What was measured (e.g. `throughput Gbit/s`).
+pub struct Arms {
+    /// What was measured.
     pub name: String,
-    /// Runs without.
-    pub base: Vec<f64>,
-    /// Runs with.
-    pub with: Vec<f64>,
+    /// One label per arm.
+    pub labels: Vec<&'static str>,
+    /// Per arm, one figure per round.
+    pub runs: Vec<Vec<f64>>,
 }
 
-impl AbResult {
-    /// Median of `with` over median of `base`.
-    pub fn ratio(&self) -> f64 {
-        let b = median(&self.base);
-        if b == 0.0 {
-            0.0
-        } else {
-            median(&self.with) / b
+impl Arms {
+    /// Arms named `labels`, without runs yet.
+    pub fn new(name: String, labels: &[&'static str]) -> Arms {
+        Arms {
+            name,
+            labels: labels.to_vec(),
+            runs: vec![Vec::new(); labels.len()],
         }
     }
 
-    /// Median of the per-pair ratios (robust to slow drift of the machine).
-    pub fn pair_ratio(&self) -> f64 {
-        let r: Vec<f64> = self
-            .base
+    /// Median of arm `a` over median of arm `b`.
+    pub fn ratio(&self, a: usize, b: usize) -> f64 {
+        let m = median(&self.runs[b]);
+        if m == 0.0 {
+            0.0
+        } else {
+            median(&self.runs[a]) / m
+        }
+    }
+
+    /// Median over rounds of arm `a`'s figure over arm `b`'s of the same round.
+    pub fn round_ratio(&self, a: usize, b: usize) -> f64 {
+        let r: Vec<f64> = self.runs[a]
             .iter()
-            .zip(&self.with)
-            .filter(|(b, _)| **b > 0.0)
-            .map(|(b, w)| w / b)
+            .zip(&self.runs[b])
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(a, b)| a / b)
             .collect();
         median(&r)
     }
 
-    /// A human-readable report.
-    pub fn report(&self) -> String {
-        let fmt = |v: &[f64]| {
-            v.iter()
+    /// A human-readable report: every run and median per arm, then each given comparison
+    /// `(a, b)` as ratio of medians and median of per-round ratios.
+    pub fn report(&self, comparisons: &[(usize, usize)]) -> String {
+        let width = self.labels.iter().map(|l| l.len()).max().unwrap_or(0);
+        let mut out = format!(
+            "{}
+",
+            self.name
+        );
+        for (label, runs) in self.labels.iter().zip(&self.runs) {
+            let all = runs
+                .iter()
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
-                .join(" ")
-        };
-        format!(
-            "{}\n  without agent: {}  (median {:.2})\n  with agent:    {}  (median {:.2})\n  ratio of medians {:.4}, median of pair ratios {:.4}\n",
-            self.name,
-            fmt(&self.base),
-            median(&self.base),
-            fmt(&self.with),
-            median(&self.with),
-            self.ratio(),
-            self.pair_ratio()
-        )
+                .join(" ");
+            out += &format!("  {label:<width$}  {all}  (median {:.2})\n", median(runs));
+        }
+        for &(a, b) in comparisons {
+            out += &format!(
+                "  {} / {}: ratio of medians {:.4}, median of round ratios {:.4}\n",
+                self.labels[a],
+                self.labels[b],
+                self.ratio(a, b),
+                self.round_ratio(a, b)
+            );
+        }
+        out
     }
 }
 
@@ -78,12 +95,22 @@ mod tests {
     fn medians_and_ratios() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        let r = AbResult {
-            name: "x".into(),
-            base: vec![10.0, 10.0, 12.0],
-            with: vec![9.0, 10.0, 12.0],
-        };
-        assert_eq!(r.ratio(), 1.0);
-        assert_eq!(r.pair_ratio(), 1.0);
+    }
+
+    #[test]
+    fn arm_ratios() {
+        let mut a = Arms::new("x".into(), &["base", "noop", "with"]);
+        a.runs = vec![
+            vec![10.0, 20.0, 30.0],
+            vec![9.0, 18.0, 30.0],
+            vec![5.0, 10.0, 15.0],
+        ];
+        assert_eq!(a.ratio(2, 0), 0.5);
+        assert_eq!(a.round_ratio(2, 0), 0.5);
+        assert_eq!(a.round_ratio(1, 0), 0.9);
+        assert!(
+            a.report(&[(2, 0)])
+                .contains("with / base: ratio of medians 0.5000")
+        );
     }
 }

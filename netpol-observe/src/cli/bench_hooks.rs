@@ -1,0 +1,67 @@
+//! `netpol-observe bench-hooks` (hidden): helpers of `cargo xtask bench datapath` — attach
+//! the no-op program like the agent attaches its flow programs (the baseline arm), and print
+//! the run statistics of the programs attached to interfaces.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::datapath::{NoopHooks, glob_match, tcx_stats};
+
+/// Arguments of `netpol-observe bench-hooks`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: HooksCommand,
+}
+
+/// The `bench-hooks` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum HooksCommand {
+    /// Attach the no-op program (tcx ingress + egress) to matching interfaces until SIGINT or
+    /// SIGTERM; logs "datapath attached" once attached.
+    Noop {
+        /// Interface glob patterns.
+        #[arg(long, value_delimiter = ',', required = true)]
+        interfaces: Vec<String>,
+    },
+    /// Print, as JSON, the tcx programs attached to these interfaces with their run counts and
+    /// run times (counted only while `kernel.bpf_stats_enabled` is 1).
+    Stats {
+        /// Interface names.
+        #[arg(required = true)]
+        interfaces: Vec<String>,
+    },
+}
+
+/// Runs `netpol-observe bench-hooks`.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        HooksCommand::Noop { interfaces } => {
+            let (hooks, names) =
+                NoopHooks::attach(|name| interfaces.iter().any(|p| glob_match(p, name))).await?;
+            tracing::info!(interfaces = ?names, "datapath attached (no-op program)");
+            wait_for_signal().await?;
+            hooks.detach().await?;
+        }
+        HooksCommand::Stats { interfaces } => {
+            let mut all = Vec::new();
+            for i in &interfaces {
+                all.extend(tcx_stats(i)?);
+            }
+            println!("{}", serde_json::to_string(&all)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("SIGINT handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
