@@ -161,13 +161,6 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
         report.coverage.unexpected.len()
     );
     s.push_str(&expect::flow_table(&report.flows));
-    if !report.nat_legs.is_empty() {
-        let _ = writeln!(
-            s,
-            "  ({} more: the same Service connections after the node's DNAT, set apart in flows-nat-legs.jsonl)",
-            report.nat_legs.len()
-        );
-    }
     for m in &report.missing {
         let _ = writeln!(s, "  MISSING {m}");
     }

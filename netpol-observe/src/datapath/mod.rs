@@ -391,11 +391,15 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Sends a batch of updates in the order the flows started: a flow seen after the node
+/// rewrote a packet (the backend leg of a Service connection) comes after the flow it
+/// continues, which the agent needs to join them.
 fn broadcast_updates(shared: &Shared, table: &mut FlowTable) {
-    let updates = table.take_updates();
+    let mut updates = table.take_updates();
     if shared.updates.receiver_count() == 0 {
         return;
     }
+    updates.sort_by_key(|u| u.record.first_seen);
     for u in updates {
         let _ = shared.updates.send(u);
     }

@@ -88,63 +88,10 @@ pub fn is_dns(model: &LabModel, flow: &FlowRecord) -> bool {
     to_dns && flow.dst.port == Some(53) && matches!(flow.protocol, Protocol::Udp | Protocol::Tcp)
 }
 
-/// Splits `flows` into the connections as their clients made them and the *NAT legs*: the
-/// same connection seen again between the client and the Service backend after the node's
-/// DNAT (same protocol and client address and port as a flow to a ClusterIP, the other end a
-/// backend of that Service; either orientation, since a UDP reply seen first looks like a
-/// connection from the backend).
-///
-/// The datapath counts a same-node connection once when both ends see the same 5-tuple, but
-/// a Service connection has two 5-tuples (before and after DNAT), so the backend's side shows
-/// up as a second flow; fed to the recommender, a DNS reply leg would become an ingress rule
-/// from kube-dns on a random port. The lab sets the legs apart until the datapath/agent merge
-/// them.
-pub fn split_nat_legs(
-    model: &LabModel,
-    flows: Vec<FlowRecord>,
-) -> (Vec<FlowRecord>, Vec<FlowRecord>) {
-    use std::collections::{BTreeSet, HashMap};
-    let backends: HashMap<IpAddr, BTreeSet<IpAddr>> = model
-        .services
-        .iter()
-        .map(|s| {
-            (
-                IpAddr::V4(s.cluster_ip),
-                s.backends
-                    .iter()
-                    .map(|&b| IpAddr::V4(model.pods[b].ip))
-                    .collect(),
-            )
-        })
-        .collect();
-    // (protocol, client address, client port) → the backends its Service has.
-    type Client = (Protocol, IpAddr, Option<u16>);
-    let mut clients: HashMap<Client, Vec<&BTreeSet<IpAddr>>> = HashMap::new();
-    for f in &flows {
-        if let Some(b) = backends.get(&f.dst.ip) {
-            clients
-                .entry((f.protocol, f.src.ip, f.src.port))
-                .or_default()
-                .push(b);
-        }
-    }
-    let is_leg = |f: &FlowRecord| {
-        let forward = clients
-            .get(&(f.protocol, f.src.ip, f.src.port))
-            .is_some_and(|bs| bs.iter().any(|b| b.contains(&f.dst.ip)));
-        let reply = clients
-            .get(&(f.protocol, f.dst.ip, f.dst.port))
-            .is_some_and(|bs| bs.iter().any(|b| b.contains(&f.src.ip)));
-        forward || reply
-    };
-    let (legs, kept): (Vec<FlowRecord>, Vec<FlowRecord>) = flows.into_iter().partition(is_leg);
-    (kept, legs)
-}
-
 /// The learning-phase flows sorted by traffic entry. A flow counts for an entry when it
 /// [`matches`] it or, for a Service, [`matches_backend`] (a client outside the cluster is seen
-/// only at the backend, after the DNAT; a pod's NAT legs are set apart before, see
-/// [`split_nat_legs`]).
+/// only at the backend, after the DNAT; a pod's connection is reported once, to the Service,
+/// the agent joining its two legs).
 #[derive(Debug, Clone, Default)]
 pub struct Coverage {
     /// Per traffic entry (in scenario order): (entry index in [`LabModel::probes`], matching
@@ -378,37 +325,6 @@ forbidden:
         let mut db = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));
         db.subnet = Some("db".into());
         assert!(!matches_backend(&m, &m.probes[2], &flow(web, db)));
-    }
-
-    #[test]
-    fn nat_legs_are_set_apart_in_both_orientations() {
-        let m = model();
-        let svc = &m.services[1];
-        let mut web = pod_ep(&m, "web", 0);
-        web.port = Some(41000);
-        let to_svc = flow(
-            web.clone(),
-            Endpoint::bare(IpAddr::V4(svc.cluster_ip), Some(80)),
-        );
-        let mut backend = pod_ep(&m, "api", 1);
-        backend.port = Some(9000);
-        let forward = flow(web.clone(), backend.clone());
-        let reply = flow(backend.clone(), web.clone());
-        // Another client port: a connection of its own, not a leg.
-        let mut other = web.clone();
-        other.port = Some(41001);
-        let direct = flow(other, backend);
-        let (kept, legs) = split_nat_legs(
-            &m,
-            vec![
-                to_svc.clone(),
-                forward.clone(),
-                reply.clone(),
-                direct.clone(),
-            ],
-        );
-        assert_eq!(kept, vec![to_svc, direct]);
-        assert_eq!(legs, vec![forward, reply]);
     }
 
     #[test]

@@ -168,8 +168,6 @@ pub struct LabReport {
     pub learning: Vec<ProbeResult>,
     /// The flows the agent reported for the learning phase (`flows.jsonl`).
     pub flows: Vec<FlowRecord>,
-    /// The NAT legs set apart (`flows-nat-legs.jsonl`, see [`expect::split_nat_legs`]).
-    pub nat_legs: Vec<FlowRecord>,
     /// The flows sorted against the traffic entries.
     pub coverage: Coverage,
     /// The traffic entries whose flows the agent did not report (see [`Coverage::missing`]).
@@ -254,17 +252,16 @@ fn subnets_of(model: &LabModel) -> Subnets {
 }
 
 /// Polls the agent until every traffic entry's flows are there (or `timeout`), then waits one
-/// more sweep so the counters and states are final. Returns the flows, the NAT legs set apart
-/// ([`expect::split_nat_legs`]) and the coverage of the traffic entries.
+/// more sweep so the counters and states are final. Returns the flows and the coverage of the
+/// traffic entries.
 async fn collect_flows(
     model: &LabModel,
     agent: &AgentHandle,
     timeout: Duration,
-) -> Result<(Vec<FlowRecord>, Vec<FlowRecord>, Coverage), LabError> {
+) -> Result<(Vec<FlowRecord>, Coverage), LabError> {
     let deadline = Instant::now() + timeout;
     loop {
         let flows: Vec<FlowRecord> = agent.flows().await?.into_iter().map(|f| f.flow).collect();
-        let (flows, _) = expect::split_nat_legs(model, flows);
         let coverage = Coverage::of(model, &flows);
         if coverage.complete() {
             break;
@@ -289,9 +286,8 @@ async fn collect_flows(
             b.dst.port,
         ))
     });
-    let (flows, legs) = expect::split_nat_legs(model, flows);
     let coverage = Coverage::of(model, &flows);
-    Ok((flows, legs, coverage))
+    Ok((flows, coverage))
 }
 
 fn jsonl(flows: &[FlowRecord]) -> Vec<u8> {
@@ -461,15 +457,8 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
     write(&opts.out.join("probes.json"), &json(&learning), &mut files)?;
 
     tracing::info!("waiting for the agent to report every traffic entry");
-    let (flows, nat_legs, coverage) = collect_flows(model, &agent, opts.agent_timeout).await?;
+    let (flows, coverage) = collect_flows(model, &agent, opts.agent_timeout).await?;
     write(&opts.out.join("flows.jsonl"), &jsonl(&flows), &mut files)?;
-    if !nat_legs.is_empty() {
-        write(
-            &opts.out.join("flows-nat-legs.jsonl"),
-            &jsonl(&nat_legs),
-            &mut files,
-        )?;
-    }
     let missing = coverage.missing(model);
 
     tracing::info!(flows = flows.len(), "recommending policies");
@@ -571,7 +560,6 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
     Ok(LabReport {
         learning,
         flows,
-        nat_legs,
         coverage,
         missing,
         recommended,
