@@ -21,26 +21,19 @@ use crate::{
     inventory::{ContainerPortInfo, Inventory, NetworkPolicy, ServiceInfo},
 };
 
-/// A pod as the engine sees it.
+/// A pod as the engine sees it (the fields a verdict reads on every flow are in [`PodHot`]).
 #[derive(Debug, Clone)]
 struct PodEntry {
     namespace: String,
     name: String,
     labels: Vec<(u32, u32)>,
-    /// Peer class: pods of one namespace with the same values for every key a peer selector
-    /// looks at are one class (`NO_CLASS` for hostNetwork pods, never a pod peer).
-    class: u32,
     ips: Vec<IpAddr>,
-    host_network: bool,
-    node: Option<u32>,
     ports: Vec<ContainerPortInfo>,
+    /// The container ports whose names some rule uses: (name id, protocol, port), in
+    /// container order.
+    named_ports: Box<[(u32, Protocol, u16)]>,
     created: Option<Timestamp>,
     deleted: Option<Timestamp>,
-    /// The group of the policies with the Ingress type selecting this pod (`NO_GROUP`: none,
-    /// not isolated for ingress).
-    ingress: u32,
-    /// The group of the policies with the Egress type selecting this pod.
-    egress: u32,
 }
 
 impl PodEntry {
@@ -57,10 +50,36 @@ impl PodEntry {
             .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
             .map(|p| p.port)
     }
+
+    /// The first container port named by rule name id `id` with `protocol`.
+    #[inline]
+    fn named_port_id(&self, id: u32, protocol: Protocol) -> Option<u16> {
+        self.named_ports
+            .iter()
+            .find(|(n, p, _)| *n == id && *p == protocol)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+/// The fields of a pod every verdict reads, kept apart in a compact array.
+#[derive(Debug, Clone, Copy)]
+struct PodHot {
+    /// Peer class: pods of one namespace with the same values for every key a peer selector
+    /// looks at are one class (`NO_CLASS` for hostNetwork pods, never a pod peer).
+    class: u32,
+    /// The node (`NO_NODE`: unknown).
+    node: u32,
+    /// The group of the policies with the Ingress type selecting this pod (`NO_GROUP`: none,
+    /// not isolated for ingress).
+    ingress: u32,
+    /// The group of the policies with the Egress type selecting this pod.
+    egress: u32,
+    host_network: bool,
 }
 
 const NO_CLASS: u32 = u32::MAX;
 const NO_GROUP: u32 = u32::MAX;
+const NO_NODE: u32 = u32::MAX;
 
 /// A ClusterIP Service: its ports and the backend used for flows not attributed to a pod.
 #[derive(Debug, Clone)]
@@ -84,17 +103,6 @@ struct FlowQuery {
     dst: Side,
     port: Option<u16>,
     protocol: Protocol,
-}
-
-/// A direction's decision before explanation.
-#[derive(Debug, Clone, Copy)]
-enum Decision {
-    Decided(SideResult, Option<Reason>),
-    /// Isolated by the policies of `group`.
-    Isolated {
-        group: u32,
-        allowed: bool,
-    },
 }
 
 /// One side of a flow, resolved.
@@ -153,6 +161,8 @@ pub struct PolicyEngine {
     /// Rule and policy names, for lazy explanations.
     rule_names: Arc<RuleNames>,
     pods: Vec<PodEntry>,
+    /// The same pods, the fields every verdict reads.
+    hot: Vec<PodHot>,
     by_ip: FxHashMap<IpAddr, Vec<u32>>,
     /// Namespace, then pod name: the pods (indices) of that name.
     by_name: HashMap<String, HashMap<String, Vec<u32>>>,
@@ -227,6 +237,7 @@ impl PolicyEngine {
         let mut classes_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
 
         let mut pods = Vec::with_capacity(inventory.pods.len());
+        let mut hot = Vec::with_capacity(inventory.pods.len());
         let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
         let mut by_name: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
         let mut pods_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
@@ -269,15 +280,22 @@ impl PolicyEngine {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 labels,
-                class,
                 ips: p.ips.clone(),
-                host_network: p.host_network,
-                node: p.node_name.as_ref().and_then(|n| node_ids.get(n).copied()),
                 ports: p.container_ports.clone(),
+                named_ports: Box::default(),
                 created: p.created,
                 deleted: p.deleted,
+            });
+            hot.push(PodHot {
+                class,
+                node: p
+                    .node_name
+                    .as_ref()
+                    .and_then(|n| node_ids.get(n).copied())
+                    .unwrap_or(NO_NODE),
                 ingress: NO_GROUP,
                 egress: NO_GROUP,
+                host_network: p.host_network,
             });
         }
         // Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it.
@@ -405,7 +423,7 @@ impl PolicyEngine {
             let [ingress, egress] = dirs;
             policy_rules.push((ingress, egress));
         }
-        for (pod, (ingress, egress)) in pods.iter_mut().zip(&selecting) {
+        for (pod, (ingress, egress)) in hot.iter_mut().zip(&selecting) {
             if !ingress.is_empty() {
                 pod.ingress = builder.group(
                     true,
@@ -425,6 +443,16 @@ impl PolicyEngine {
         }
         let tables = builder.finish();
         let rule_names = Arc::new(tables.rule_names(&names));
+        for pod in &mut pods {
+            pod.named_ports = pod
+                .ports
+                .iter()
+                .filter_map(|p| {
+                    let id = tables.port_name(p.name.as_deref()?)?;
+                    Some((id, p.protocol, p.port))
+                })
+                .collect();
+        }
 
         let mut services = FxHashMap::default();
         for svc in &inventory.services {
@@ -455,6 +483,7 @@ impl PolicyEngine {
             tables,
             rule_names,
             pods,
+            hot,
             by_ip,
             by_name,
             node_ids,
@@ -472,7 +501,7 @@ impl PolicyEngine {
     /// the pod is unknown. hostNetwork pods are selected by nothing.
     pub fn policies_selecting(&self, namespace: &str, name: &str) -> Option<PodPolicies> {
         let idx = self.by_name.get(namespace)?.get(name)?.last()?;
-        let pod = &self.pods[*idx as usize];
+        let pod = self.hot.get(*idx as usize)?;
         let ids = |group: u32| {
             if group == NO_GROUP {
                 return Vec::new();
@@ -493,14 +522,18 @@ impl PolicyEngine {
     /// Every known pod with whether it is isolated for ingress and for egress:
     /// `(namespace, name, ingress_isolated, egress_isolated)`; hostNetwork pods are skipped.
     pub fn pod_isolation(&self) -> impl Iterator<Item = (&str, &str, bool, bool)> + '_ {
-        self.pods.iter().filter(|p| !p.host_network).map(|p| {
-            (
-                p.namespace.as_str(),
-                p.name.as_str(),
-                p.ingress != NO_GROUP,
-                p.egress != NO_GROUP,
-            )
-        })
+        self.pods
+            .iter()
+            .zip(&self.hot)
+            .filter(|(_, h)| !h.host_network)
+            .map(|(p, h)| {
+                (
+                    p.namespace.as_str(),
+                    p.name.as_str(),
+                    h.ingress != NO_GROUP,
+                    h.egress != NO_GROUP,
+                )
+            })
     }
 
     /// The verdict of an (attributed) flow. Attribution fields name the pods when present;
@@ -516,14 +549,7 @@ impl PolicyEngine {
     /// needs for counters. Stops at the first allowing rule. Same decision as
     /// [`PolicyEngine::evaluate`].
     pub fn evaluate_compact(&self, flow: &FlowRecord) -> CompactVerdict {
-        let (ingress, egress) = self.evaluate_with(flow, |e, q| {
-            let (result, reason) = match self.decide(e, q) {
-                Decision::Decided(result, reason) => (result, reason),
-                Decision::Isolated { allowed: true, .. } => (SideResult::Allowed, None),
-                Decision::Isolated { allowed: false, .. } => (SideResult::Denied, None),
-            };
-            CompactSide { result, reason }
-        });
+        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.decide(e, q));
         CompactVerdict {
             allowed: ingress.result != SideResult::Denied && egress.result != SideResult::Denied,
             ingress,
@@ -541,7 +567,7 @@ impl PolicyEngine {
         let (dst, dst_ip, port) = self.resolve_dst(&flow.dst, flow.protocol, at);
         if let (Side::Pod(s), Side::Pod(d)) = (src, dst)
             && s == d
-            && !self.pods[s as usize].host_network
+            && !self.hot[s as usize].host_network
         {
             let v = T::from((SideResult::Allowed, Reason::SelfTraffic));
             return (v.clone(), v);
@@ -578,46 +604,40 @@ impl PolicyEngine {
         (ingress, egress)
     }
 
-    /// One direction with its explanation.
+    /// One direction with its explanation: the allowing rules are found in one pass over the
+    /// matched rule set (no separate allow test).
     fn explained(&self, q: Query, f: FlowQuery) -> SideVerdict {
-        match self.decide(q, f) {
-            Decision::Decided(result, Some(reason)) => SideVerdict::by_reason(result, reason),
-            Decision::Decided(..) => SideVerdict::not_isolated(),
-            Decision::Isolated {
-                group,
-                allowed: true,
-            } => {
-                let dst_pod = self.dst_pod(f.dst);
-                let rules = self.tables.allowing_rules(
-                    group,
-                    f.protocol,
-                    f.port,
-                    self.peer_key(q),
-                    |name| dst_pod.and_then(|d| d.named_port(name, f.protocol)),
-                );
-                let (policies, rules) = Names::picked(&self.rule_names, rules);
-                SideVerdict {
-                    result: SideResult::Allowed,
-                    policies,
-                    rules,
-                    reason: None,
-                }
-            }
-            Decision::Isolated {
-                group,
-                allowed: false,
-            } => SideVerdict {
+        let group = match self.isolating_group(q) {
+            Ok(group) => group,
+            Err((result, Some(reason))) => return SideVerdict::by_reason(result, reason),
+            Err(_) => return SideVerdict::not_isolated(),
+        };
+        let dst_pod = self.dst_pod(f.dst);
+        let rules =
+            self.tables
+                .allowing_rules(group, f.protocol, f.port, self.peer_key(q), |name| {
+                    dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
+                });
+        if rules.is_empty() {
+            return SideVerdict {
                 result: SideResult::Denied,
                 policies: self.tables.group(group).denied.clone(),
                 rules: Names::default(),
                 reason: None,
-            },
+            };
+        }
+        let (policies, rules) = Names::picked(&self.rule_names, rules);
+        SideVerdict {
+            result: SideResult::Allowed,
+            policies,
+            rules,
+            reason: None,
         }
     }
 
     fn dst_pod(&self, dst: Side) -> Option<&PodEntry> {
         match dst {
-            Side::Pod(d) => Some(&self.pods[d as usize]),
+            Side::Pod(d) => self.pods.get(d as usize),
             _ => None,
         }
     }
@@ -626,10 +646,11 @@ impl PolicyEngine {
     #[inline]
     fn peer_key(&self, q: Query) -> PeerKey {
         let class = match q.peer {
-            Side::Pod(p) => {
-                let pod = &self.pods[p as usize];
-                (!pod.host_network && pod.class != NO_CLASS).then_some(pod.class)
-            }
+            Side::Pod(p) => self
+                .hot
+                .get(p as usize)
+                .filter(|h| !h.host_network && h.class != NO_CLASS)
+                .map(|h| h.class),
             _ => None,
         };
         PeerKey {
@@ -638,33 +659,57 @@ impl PolicyEngine {
         }
     }
 
-    /// Decides one direction of pod `q.me` (`f` carries the flow's destination, port and
-    /// protocol): always-allowed cases first, then the pod's group table.
+    /// The always-decided cases of one direction of pod `q.me` (hostNetwork, own node, not
+    /// isolated) as `Err`, else the group of policies isolating it.
     #[inline]
-    fn decide(&self, q: Query, f: FlowQuery) -> Decision {
-        let pod = &self.pods[q.me as usize];
+    fn isolating_group(&self, q: Query) -> Result<u32, (SideResult, Option<Reason>)> {
+        let Some(pod) = self.hot.get(q.me as usize) else {
+            return Err((SideResult::NotIsolated, None));
+        };
         if pod.host_network {
-            return Decision::Decided(SideResult::NotIsolated, Some(Reason::HostNetwork));
+            return Err((SideResult::NotIsolated, Some(Reason::HostNetwork)));
         }
         let peer_node = match q.peer {
-            Side::Node(n) => Some(n),
-            Side::Pod(p) if self.pods[p as usize].host_network => self.pods[p as usize].node,
-            _ => None,
+            Side::Node(n) => n,
+            Side::Pod(p) => self
+                .hot
+                .get(p as usize)
+                .filter(|h| h.host_network)
+                .map_or(NO_NODE, |h| h.node),
+            Side::Other => NO_NODE,
         };
-        if peer_node.is_some() && peer_node == pod.node {
-            return Decision::Decided(SideResult::Allowed, Some(Reason::OwnNode));
+        if peer_node != NO_NODE && peer_node == pod.node {
+            return Err((SideResult::Allowed, Some(Reason::OwnNode)));
         }
         let group = if q.ingress { pod.ingress } else { pod.egress };
         if group == NO_GROUP {
-            return Decision::Decided(SideResult::NotIsolated, None);
+            return Err((SideResult::NotIsolated, None));
         }
+        Ok(group)
+    }
+
+    /// Decides one direction of pod `q.me` (`f` carries the flow's destination, port and
+    /// protocol): always-allowed cases first, then the pod's group table.
+    #[inline]
+    fn decide(&self, q: Query, f: FlowQuery) -> CompactSide {
+        let group = match self.isolating_group(q) {
+            Ok(group) => group,
+            Err((result, reason)) => return CompactSide { result, reason },
+        };
         let dst_pod = self.dst_pod(f.dst);
         let allowed = self
             .tables
             .allows(group, f.protocol, f.port, self.peer_key(q), |name| {
-                dst_pod.and_then(|d| d.named_port(name, f.protocol))
+                dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
             });
-        Decision::Isolated { group, allowed }
+        CompactSide {
+            result: if allowed {
+                SideResult::Allowed
+            } else {
+                SideResult::Denied
+            },
+            reason: None,
+        }
     }
 
     /// Picks among pods holding an IP (or a name): the one with the expected name, alive at

@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod names;
 pub mod reference;
+mod regions;
 mod selector;
 pub mod synth;
 mod table;
