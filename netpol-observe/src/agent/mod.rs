@@ -790,6 +790,99 @@ mod tests {
         }
     }
 
+    /// A same-node connection to a Service leaves a client leg (to the ClusterIP) and a
+    /// backend leg (after the DNAT, here to the Service's *second* backend): the agent keeps
+    /// one flow, to the Service, attributed to the backend really reached; later updates of
+    /// the backend leg are not counted; a direct connection to that backend stays its own flow.
+    #[test]
+    fn a_service_connection_is_reported_once_with_the_backend_reached() {
+        use crate::inventory::{ServiceInfo, ServicePortInfo, TargetPort};
+        let api = |i| {
+            let mut p = pod(i);
+            p.labels = BTreeMap::from([("app".to_owned(), "api".to_owned())]);
+            p.workload.name = "api".to_owned();
+            p
+        };
+        let (web, first, second) = (pod(0), api(10), api(20));
+        let cluster_ip: IpAddr = "10.96.0.20".parse().unwrap();
+        let inventory = Inventory {
+            pods: vec![web.clone(), first, second.clone()],
+            services: vec![ServiceInfo {
+                namespace: "ns0".to_owned(),
+                name: "api".to_owned(),
+                cluster_ips: vec![cluster_ip],
+                selector: Some(BTreeMap::from([("app".to_owned(), "api".to_owned())])),
+                ports: vec![ServicePortInfo {
+                    name: None,
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    target_port: TargetPort::Number(9000),
+                }],
+            }],
+            ..Inventory::default()
+        };
+        let state = AgentState::new(AgentConfig {
+            node_name: Some("node-1".to_owned()),
+            ..AgentConfig::default()
+        });
+        let model = Model::new(Arc::new(inventory), &Subnets::default(), None).unwrap();
+        state.set_model(Arc::new(model));
+        let update = |src: (IpAddr, u16), dst: (IpAddr, u16), new: bool, sent: u64| {
+            let mut r = FlowRecord::new(Protocol::Tcp, src.0, dst.0, Some(dst.1));
+            r.src = Endpoint::bare(src.0, Some(src.1));
+            r.first_seen = Some(Timestamp::now());
+            let d = Directional { sent, received: 4 };
+            r.packets = Some(d);
+            FlowUpdate {
+                record: r,
+                new,
+                delta_packets: d,
+                delta_bytes: d,
+                ended: false,
+            }
+        };
+        let (web_ip, backend_ip) = (web.ips[0], second.ips[0]);
+        state.on_update(&update((web_ip, 40000), (cluster_ip, 80), true, 6));
+        state.on_update(&update((web_ip, 40000), (backend_ip, 9000), true, 0));
+        state.on_update(&update((web_ip, 40000), (backend_ip, 9000), false, 0));
+        state.on_update(&update((web_ip, 40001), (backend_ip, 9000), true, 6));
+
+        let flows = state.flows(&FlowQuery::default());
+        let seen: Vec<(u16, IpAddr, Option<&str>, Option<&str>)> = flows
+            .iter()
+            .map(|f| {
+                (
+                    f.flow.src.port.unwrap(),
+                    f.flow.dst.ip,
+                    f.flow.dst.service.as_ref().map(|s| s.name.as_str()),
+                    f.flow.dst.pod.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (40000, cluster_ip, Some("api"), Some(second.name.as_str())),
+                (40001, backend_ip, None, Some(second.name.as_str())),
+            ]
+        );
+        assert!(
+            flows
+                .iter()
+                .all(|f| f.verdict.as_ref().is_some_and(|v| v.allowed))
+        );
+        let text = state.metrics().encode().unwrap();
+        let total = |family: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        // Two connections, 6 + 4 packets each: the backend leg's 4 + 4 are not added.
+        assert_eq!(total("netpol_observe_flows_total{"), 2.0);
+        assert_eq!(total("netpol_observe_flow_packets_total{"), 20.0);
+    }
+
     /// 1,000 workloads, each talking to the next 100 (100,000 workload pairs, 200× the budget)
     /// through the agent: every flow-labelled family stays at budget + one overflow series and
     /// nothing is lost. (The full 1,000 × 999 all-to-all is checked at the metrics layer in
