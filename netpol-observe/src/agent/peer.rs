@@ -142,26 +142,16 @@ impl Peers {
 
     /// The peer of node `name`.
     pub fn node(&mut self, name: &str) -> Arc<Peer> {
-        if let Some(p) = self.nodes.get(name) {
-            return p.clone();
-        }
-        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
-        ep.node = Some(name.to_owned());
-        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
-        self.nodes.insert(name.to_owned(), peer.clone());
-        peer
+        named(&mut self.nodes, &mut self.workloads, name, |ep| {
+            ep.node = Some(name.to_owned());
+        })
     }
 
     /// The peer of subnet `name`.
     pub fn subnet(&mut self, name: &str) -> Arc<Peer> {
-        if let Some(p) = self.subnets.get(name) {
-            return p.clone();
-        }
-        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
-        ep.subnet = Some(name.to_owned());
-        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
-        self.subnets.insert(name.to_owned(), peer.clone());
-        peer
+        named(&mut self.subnets, &mut self.workloads, name, |ep| {
+            ep.subnet = Some(name.to_owned());
+        })
     }
 
     /// The peer of an address nothing is known about.
@@ -174,4 +164,21 @@ impl Peers {
     pub fn unshared(&mut self, ep: &Endpoint) -> Arc<Peer> {
         Arc::new(Peer::from_endpoint(ep, &mut self.workloads))
     }
+}
+
+/// The peer called `name` in `peers`, built on first use from an endpoint `set` names.
+fn named(
+    peers: &mut HashMap<String, Arc<Peer>>,
+    workloads: &mut Workloads,
+    name: &str,
+    set: impl FnOnce(&mut Endpoint),
+) -> Arc<Peer> {
+    if let Some(p) = peers.get(name) {
+        return p.clone();
+    }
+    let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
+    set(&mut ep);
+    let peer = Arc::new(Peer::from_endpoint(&ep, workloads));
+    peers.insert(name.to_owned(), peer.clone());
+    peer
 }

@@ -334,18 +334,18 @@ impl Metrics {
 
     /// The `netpol_observe_flow_packets_total` series of a flow labelled `labels`.
     pub fn packets_series(&self, labels: &FlowLabels) -> Series {
-        let pod_level = self.config.pod_level;
-        self.flow_packets.series(
-            labels,
-            || FlowLabels::other(labels.protocol, pod_level),
-            &self.series_dropped,
-        )
+        self.counter_series(&self.flow_packets, labels)
     }
 
     /// The `netpol_observe_flow_bytes_total` series of a flow labelled `labels`.
     pub fn bytes_series(&self, labels: &FlowLabels) -> Series {
+        self.counter_series(&self.flow_bytes, labels)
+    }
+
+    /// The series of `family` (flow-labelled, no verdict) for a flow labelled `labels`.
+    fn counter_series(&self, family: &Budgeted<FlowLabels>, labels: &FlowLabels) -> Series {
         let pod_level = self.config.pod_level;
-        self.flow_bytes.series(
+        family.series(
             labels,
             || FlowLabels::other(labels.protocol, pod_level),
             &self.series_dropped,
