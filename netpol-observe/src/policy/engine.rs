@@ -11,6 +11,7 @@ use rustc_hash::FxHashMap;
 use super::{
     Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
     compile::{NsMatch, Peer, compile_policy},
+    memo::{DEFAULT_CAPACITY, ExplainMemo, MEMO_SETS},
     names::RuleNames,
     selector::CompiledSelector,
     selector::Interner,
@@ -169,6 +170,8 @@ pub struct PolicyEngine {
     node_ids: HashMap<String, u32>,
     node_by_ip: FxHashMap<IpAddr, u32>,
     services: FxHashMap<IpAddr, ServiceEntry>,
+    /// Explanations of allowed directions already given.
+    memo: ExplainMemo,
 }
 
 impl PolicyEngine {
@@ -489,7 +492,21 @@ impl PolicyEngine {
             node_ids,
             node_by_ip,
             services,
+            memo: ExplainMemo::new(DEFAULT_CAPACITY),
         })
+    }
+
+    /// The same engine with an explanation memo of `capacity` entries (0: none), empty.
+    #[cfg(test)]
+    pub(crate) fn with_memo(mut self, capacity: usize) -> Self {
+        self.memo = ExplainMemo::new(capacity);
+        self
+    }
+
+    /// Explanations memoised now.
+    #[cfg(test)]
+    pub(crate) fn memo_len(&self) -> usize {
+        self.memo.len()
     }
 
     /// Number of compiled policies.
@@ -508,10 +525,13 @@ impl PolicyEngine {
             }
             self.tables
                 .group(group)
-                .policies
-                .iter()
-                .map(|i| self.names[*i as usize].to_string())
-                .collect()
+                .map(|g| {
+                    g.policies
+                        .iter()
+                        .map(|i| self.names[*i as usize].to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         Some(PodPolicies {
             ingress: ids(pod.ingress),
@@ -613,25 +633,46 @@ impl PolicyEngine {
             Err(_) => return SideVerdict::not_isolated(),
         };
         let dst_pod = self.dst_pod(f.dst);
-        let rules =
-            self.tables
-                .allowing_rules(group, f.protocol, f.port, self.peer_key(q), |name| {
-                    dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
-                });
-        if rules.is_empty() {
-            return SideVerdict {
+        let named = |name| dst_pod.and_then(|d| d.named_port_id(name, f.protocol));
+        let rows = self.tables.rows(self.peer_key(q));
+        let explained = match self
+            .tables
+            .allowing_sets::<MEMO_SETS>(group, f.protocol, f.port, rows, named)
+        {
+            // No set has an allowing rule.
+            Some(sets) if sets[0] == u32::MAX => None,
+            Some(sets) => Some(self.memo.get_or((rows, sets), || {
+                let rules = self
+                    .tables
+                    .rules_of_sets(rows, sets.iter().copied().filter(|s| *s != u32::MAX));
+                Names::picked(&self.rule_names, rules)
+            })),
+            // Too many sets to memoise (several named ports of the destination pod on
+            // this port): computed here.
+            None => {
+                let rules = self
+                    .tables
+                    .allowing_rules(group, f.protocol, f.port, rows, named);
+                (!rules.is_empty()).then(|| Names::picked(&self.rule_names, rules))
+            }
+        };
+        match explained {
+            Some((policies, rules)) if !rules.is_empty() => SideVerdict {
+                result: SideResult::Allowed,
+                policies,
+                rules,
+                reason: None,
+            },
+            _ => SideVerdict {
                 result: SideResult::Denied,
-                policies: self.tables.group(group).denied.clone(),
+                policies: self
+                    .tables
+                    .group(group)
+                    .map(|g| g.denied.clone())
+                    .unwrap_or_default(),
                 rules: Names::default(),
                 reason: None,
-            };
-        }
-        let (policies, rules) = Names::picked(&self.rule_names, rules);
-        SideVerdict {
-            result: SideResult::Allowed,
-            policies,
-            rules,
-            reason: None,
+            },
         }
     }
 

@@ -24,6 +24,7 @@ pub mod bench;
 mod compile;
 mod engine;
 mod error;
+mod memo;
 mod names;
 pub mod reference;
 mod regions;
