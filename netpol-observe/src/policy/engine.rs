@@ -11,7 +11,6 @@ use rustc_hash::FxHashMap;
 use super::{
     Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
     compile::{NsMatch, Peer, compile_policy},
-    memo::{DEFAULT_CAPACITY, ExplainMemo, MEMO_SETS},
     names::RuleNames,
     selector::CompiledSelector,
     selector::Interner,
@@ -170,8 +169,6 @@ pub struct PolicyEngine {
     node_ids: HashMap<String, u32>,
     node_by_ip: FxHashMap<IpAddr, u32>,
     services: FxHashMap<IpAddr, ServiceEntry>,
-    /// Explanations of allowed directions already given.
-    memo: ExplainMemo,
 }
 
 impl PolicyEngine {
@@ -492,21 +489,7 @@ impl PolicyEngine {
             node_ids,
             node_by_ip,
             services,
-            memo: ExplainMemo::new(DEFAULT_CAPACITY),
         })
-    }
-
-    /// The same engine with an explanation memo of `capacity` entries (0: none), empty.
-    #[cfg(test)]
-    pub(crate) fn with_memo(mut self, capacity: usize) -> Self {
-        self.memo = ExplainMemo::new(capacity);
-        self
-    }
-
-    /// Explanations memoised now.
-    #[cfg(test)]
-    pub(crate) fn memo_len(&self) -> usize {
-        self.memo.len()
     }
 
     /// Number of compiled policies.
@@ -635,27 +618,10 @@ impl PolicyEngine {
         let dst_pod = self.dst_pod(f.dst);
         let named = |name| dst_pod.and_then(|d| d.named_port_id(name, f.protocol));
         let rows = self.tables.rows(self.peer_key(q));
-        let explained = match self
+        let rules = self
             .tables
-            .allowing_sets::<MEMO_SETS>(group, f.protocol, f.port, rows, named)
-        {
-            // No set has an allowing rule.
-            Some(sets) if sets[0] == u32::MAX => None,
-            Some(sets) => Some(self.memo.get_or((rows, sets), || {
-                let rules = self
-                    .tables
-                    .rules_of_sets(rows, sets.iter().copied().filter(|s| *s != u32::MAX));
-                Names::picked(&self.rule_names, rules)
-            })),
-            // Too many sets to memoise (several named ports of the destination pod on
-            // this port): computed here.
-            None => {
-                let rules = self
-                    .tables
-                    .allowing_rules(group, f.protocol, f.port, rows, named);
-                (!rules.is_empty()).then(|| Names::picked(&self.rule_names, rules))
-            }
-        };
+            .allowing_rules(group, f.protocol, f.port, rows, named);
+        let explained = (!rules.is_empty()).then(|| Names::picked(&self.rule_names, rules));
         match explained {
             Some((policies, rules)) if !rules.is_empty() => SideVerdict {
                 result: SideResult::Allowed,

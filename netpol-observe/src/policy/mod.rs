@@ -24,7 +24,6 @@ pub mod bench;
 mod compile;
 mod engine;
 mod error;
-mod memo;
 mod names;
 pub mod reference;
 mod regions;
