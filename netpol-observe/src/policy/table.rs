@@ -13,9 +13,13 @@
 //! address *region* ([`super::regions`]: the ipBlocks cut out of the address space at compile
 //! time) — so that testing a condition for a peer is `class_row[c] | region_row[c]`, and the
 //! conditions of one group's rules, numbered close together, sit in the same few words of the
-//! two rows. Deciding a direction is then: find the interval (binary search over a handful of
-//! boundaries), test one bit. The explanation tests one bit per rule of the matched set.
-//! Rule sets are interned: groups share them.
+//! two rows. Conditions live in two spaces: the merged conditions of rule sets (what a
+//! decision tests; few, so their rows stay small and cached) and those of single rules (what
+//! an explanation tests). Each group is one record in a flat array (see [`Tables`]): its
+//! interval starts and slots (a slot holds its set's merged condition) side by side, so
+//! deciding a direction is: the pod's group record, the interval (a handful of boundaries),
+//! one bit of a set-condition row. The explanation tests one bit per rule of the matched
+//! set. Rule sets are interned: groups share them.
 
 use std::{collections::HashMap, net::IpAddr};
 
