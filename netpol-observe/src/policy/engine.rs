@@ -508,10 +508,13 @@ impl PolicyEngine {
             }
             self.tables
                 .group(group)
-                .policies
-                .iter()
-                .map(|i| self.names[*i as usize].to_string())
-                .collect()
+                .map(|g| {
+                    g.policies
+                        .iter()
+                        .map(|i| self.names[*i as usize].to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
         };
         Some(PodPolicies {
             ingress: ids(pod.ingress),
@@ -613,25 +616,29 @@ impl PolicyEngine {
             Err(_) => return SideVerdict::not_isolated(),
         };
         let dst_pod = self.dst_pod(f.dst);
-        let rules =
-            self.tables
-                .allowing_rules(group, f.protocol, f.port, self.peer_key(q), |name| {
-                    dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
-                });
-        if rules.is_empty() {
-            return SideVerdict {
+        let named = |name| dst_pod.and_then(|d| d.named_port_id(name, f.protocol));
+        let rows = self.tables.rows(self.peer_key(q));
+        let rules = self
+            .tables
+            .allowing_rules(group, f.protocol, f.port, rows, named);
+        let explained = (!rules.is_empty()).then(|| Names::picked(&self.rule_names, rules));
+        match explained {
+            Some((policies, rules)) if !rules.is_empty() => SideVerdict {
+                result: SideResult::Allowed,
+                policies,
+                rules,
+                reason: None,
+            },
+            _ => SideVerdict {
                 result: SideResult::Denied,
-                policies: self.tables.group(group).denied.clone(),
+                policies: self
+                    .tables
+                    .group(group)
+                    .map(|g| g.denied.clone())
+                    .unwrap_or_default(),
                 rules: Names::default(),
                 reason: None,
-            };
-        }
-        let (policies, rules) = Names::picked(&self.rule_names, rules);
-        SideVerdict {
-            result: SideResult::Allowed,
-            policies,
-            rules,
-            reason: None,
+            },
         }
     }
 

@@ -139,11 +139,91 @@ pub(crate) struct RuleNames {
     pub(crate) policies: Box<[Name]>,
 }
 
+/// Ids kept inline when there are few ([`IdList::INLINE`] or fewer), else on the heap.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdList {
+    len: usize,
+    inline: [u32; IdList::INLINE],
+    heap: Vec<u32>,
+}
+
+impl IdList {
+    /// Ids held without an allocation.
+    pub(crate) const INLINE: usize = 14;
+
+    /// Appends `id`.
+    #[inline]
+    pub(crate) fn push(&mut self, id: u32) {
+        if self.len < Self::INLINE {
+            if let Some(slot) = self.inline.get_mut(self.len) {
+                *slot = id;
+            }
+        } else {
+            if self.heap.is_empty() {
+                self.heap.reserve(2 * Self::INLINE);
+                self.heap.extend_from_slice(&self.inline);
+            }
+            self.heap.push(id);
+        }
+        self.len += 1;
+    }
+
+    /// The ids.
+    #[inline]
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        if self.len > Self::INLINE {
+            &self.heap
+        } else {
+            self.inline.get(..self.len).unwrap_or(&[])
+        }
+    }
+
+    /// Sorts and removes duplicates.
+    pub(crate) fn sort_dedup(&mut self) {
+        let slice: &mut [u32] = if self.len > Self::INLINE {
+            &mut self.heap
+        } else {
+            self.inline.get_mut(..self.len).unwrap_or(&mut [])
+        };
+        slice.sort_unstable();
+        let mut kept = 0;
+        for i in 0..slice.len() {
+            if kept == 0 || slice[i] != slice[kept - 1] {
+                slice[kept] = slice[i];
+                kept += 1;
+            }
+        }
+        if self.len > Self::INLINE {
+            self.heap.truncate(kept);
+            if kept <= Self::INLINE {
+                self.inline[..kept].copy_from_slice(&self.heap);
+                self.heap = Vec::new();
+            }
+        }
+        self.len = kept;
+    }
+}
+
+impl Deref for IdList {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        self.as_slice()
+    }
+}
+
+impl Extend<u32> for IdList {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, iter: I) {
+        for id in iter {
+            self.push(id);
+        }
+    }
+}
+
 /// Allowing rules (global ids, ascending), resolved to names on first read.
 #[derive(Debug)]
 struct Picked {
     names: Arc<RuleNames>,
-    rules: Box<[u32]>,
+    rules: IdList,
     labels: OnceLock<Box<[Name]>>,
     policies: OnceLock<Box<[Name]>>,
 }
@@ -187,10 +267,10 @@ impl Names {
 
     /// The explanation of allowing `rules` (global ids, ascending) against `names`: the rule
     /// labels and the distinct policies, resolved on first read.
-    pub(crate) fn picked(names: &Arc<RuleNames>, rules: Vec<u32>) -> (Names, Names) {
+    pub(crate) fn picked(names: &Arc<RuleNames>, rules: IdList) -> (Names, Names) {
         let p = Arc::new(Picked {
             names: Arc::clone(names),
-            rules: rules.into_boxed_slice(),
+            rules,
             labels: OnceLock::new(),
             policies: OnceLock::new(),
         });
@@ -333,6 +413,25 @@ impl<'de> Deserialize<'de> for Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_lists_hold_few_inline_and_many_on_the_heap() {
+        for n in [0usize, 1, 13, 14, 15, 40] {
+            let mut l = IdList::default();
+            // Every id twice, descending: sorted and deduplicated to 0..n.
+            l.extend((0..n as u32).rev().flat_map(|i| [i, i]));
+            assert_eq!(l.len(), 2 * n);
+            l.sort_dedup();
+            assert_eq!(
+                l.as_slice(),
+                (0..n as u32).collect::<Vec<_>>().as_slice(),
+                "{n}"
+            );
+            l.push(99);
+            assert_eq!(l.last(), Some(&99));
+            assert_eq!(l.len(), n + 1);
+        }
+    }
 
     #[test]
     fn names_compare_and_serialise_as_strings() {

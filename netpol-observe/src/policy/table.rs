@@ -13,16 +13,20 @@
 //! address *region* ([`super::regions`]: the ipBlocks cut out of the address space at compile
 //! time) — so that testing a condition for a peer is `class_row[c] | region_row[c]`, and the
 //! conditions of one group's rules, numbered close together, sit in the same few words of the
-//! two rows. Deciding a direction is then: find the interval (binary search over a handful of
-//! boundaries), test one bit. The explanation tests one bit per rule of the matched set.
-//! Rule sets are interned: groups share them.
+//! two rows. Conditions live in two spaces: the merged conditions of rule sets (what a
+//! decision tests; few, so their rows stay small and cached) and those of single rules (what
+//! an explanation tests). Each group is one record in a flat array (see [`Tables`]): its
+//! interval starts and slots (a slot holds its set's merged condition) side by side, so
+//! deciding a direction is: the pod's group record, the interval (a handful of boundaries),
+//! one bit of a set-condition row. The explanation tests one bit per rule of the matched
+//! set. Rule sets are interned: groups share them.
 
 use std::{collections::HashMap, net::IpAddr};
 
 use super::{
     Name, Names,
     compile::{Peer, PortMatch, PortSpec, Rule},
-    names::RuleNames,
+    names::{IdList, RuleNames},
     regions::{Block, Regions},
 };
 use crate::flow::Protocol;
@@ -45,7 +49,7 @@ struct CondSpec {
 pub(crate) struct RuleInfo {
     /// Index of the policy (in `ns/name` order).
     pub(crate) policy: u32,
-    /// Its peer condition.
+    /// Its peer condition (in the rule condition space).
     cond: u32,
     /// `ns/name:ingress[i]`.
     pub(crate) label: Name,
@@ -54,38 +58,47 @@ pub(crate) struct RuleInfo {
 /// Rules (global ids, ascending = policy order then rule order) with their peers merged.
 #[derive(Debug, Clone)]
 pub(crate) struct RuleSet {
-    /// The union of the rules' peer conditions.
+    /// The union of the rules' peer conditions (in the set condition space).
     cond: u32,
-    /// Each rule and its peer condition.
+    /// Each rule and its peer condition (in the rule condition space).
     rules: Box<[(u32, u32)]>,
 }
 
-/// The rule sets of one protocol with ports (TCP, UDP, SCTP) in a group.
+/// The rule sets of one protocol with ports (TCP, UDP, SCTP) in a group, while the tables
+/// are built; laid out in [`Tables::flat`] by [`TablesBuilder::finish`].
 #[derive(Debug, Clone, Default)]
 struct ProtoTable {
     /// Flows without a port: rules without ports and rules for every port of the protocol.
     no_port: u32,
     /// Interval starts (ascending, the first is 0).
-    starts: Box<[u16]>,
+    starts: Vec<u16>,
     /// The rule set of each interval.
-    sets: Box<[u32]>,
+    sets: Vec<u32>,
     /// Named ports (ids, see [`Tables::port_name`]; resolved against the destination pod)
-    /// and their rules.
-    named: Box<[(u32, u32)]>,
+    /// and their rule sets.
+    named: Vec<(u32, u32)>,
 }
 
-/// The policies selecting a group of pods in one direction, and their rule tables.
+/// The rule tables of a group while they are built.
+#[derive(Debug, Clone)]
+struct GroupTables {
+    /// Protocols without ports (ICMP): the rules without ports.
+    other: u32,
+    /// TCP, UDP, SCTP.
+    protos: [ProtoTable; 3],
+}
+
+/// The policies selecting a group of pods in one direction.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
     /// The selecting policies (indices, ascending).
     pub(crate) policies: Box<[u32]>,
     /// Their names: the explanation of a denial.
     pub(crate) denied: Names,
-    /// Protocols without ports (ICMP): the rules without ports.
-    other: u32,
-    /// TCP, UDP, SCTP.
-    protos: [ProtoTable; 3],
 }
+
+/// A group as pods refer to it: the offset of its record in [`Tables::flat`].
+pub(crate) type GroupRef = u32;
 
 /// The peer being checked: its class when it is a pod peer, and its address.
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +109,72 @@ pub(crate) struct PeerKey {
     pub(crate) ip: IpAddr,
 }
 
-/// The two condition rows of a peer (word offsets into the class and region rows).
-#[derive(Debug, Clone, Copy)]
-struct Rows {
-    class: usize,
-    region: usize,
+/// The rows of a peer: its class row (the empty row for peers without a class) and its
+/// address region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Rows {
+    pub(crate) class: u32,
+    pub(crate) region: u32,
 }
+
+/// Peer conditions stored transposed: per peer class and per address region, one bit per
+/// condition.
+#[derive(Debug, Clone, Default)]
+struct CondRows {
+    /// Words per row.
+    words: usize,
+    /// Per peer class (then the empty row): bit `c` = condition `c` allows pods of the class.
+    class: Box<[u64]>,
+    /// Per address region: bit `c` = condition `c` allows every peer or has an ipBlock
+    /// containing the region.
+    region: Box<[u64]>,
+}
+
+impl CondRows {
+    /// Whether condition `cond` allows the peer of `rows`.
+    #[inline]
+    fn hit(&self, rows: Rows, cond: u32) -> bool {
+        let w = cond as usize / 64;
+        let class = self
+            .class
+            .get(rows.class as usize * self.words + w)
+            .copied()
+            .unwrap_or(0);
+        let region = self
+            .region
+            .get(rows.region as usize * self.words + w)
+            .copied()
+            .unwrap_or(0);
+        ((class | region) >> (cond % 64)) & 1 == 1
+    }
+}
+
+/// Where the rule set(s) of a flow are in [`Tables::flat`]: the slot of the set matched by
+/// protocol and port, and the named-port entries to try.
+#[derive(Debug, Clone, Copy)]
+struct Lookup {
+    /// Index of the slot (its set condition in `flat`, its set id in `flat_sets`).
+    slot: usize,
+    /// Named-port entries: `(name id, slot)` pairs from this index.
+    named: usize,
+    /// Their number.
+    named_len: usize,
+}
+
+// Layout of a group's record in `Tables::flat` (u32 words, offset `o`):
+//   o + 0           group id (index into `Tables::groups`)
+//   o + 1           slot: port-less protocols (ICMP)
+//   o + 2 + 3p      slot: protocol p (TCP, UDP, SCTP) without a port
+//   o + 3 + 3p      intervals n | named ports m << 16 of protocol p
+//   o + 4 + 3p      offset b of protocol p's body
+// and each protocol's body right after the header:
+//   b .. b+n        interval starts (ports)
+//   b+n .. b+2n     slots: the set of each interval
+//   b+2n .. b+2n+2m named ports: name id, slot
+// A slot holds the set's condition (set condition space); `flat_sets` holds the set id at
+// the same index. So a decision reads the pod's group record (a few adjacent words) and one
+// word of a condition row.
+const HEADER: usize = 11;
 
 /// Every table of an engine.
 #[derive(Debug, Clone, Default)]
@@ -109,17 +182,18 @@ pub(crate) struct Tables {
     rules: Vec<RuleInfo>,
     sets: Vec<RuleSet>,
     groups: Vec<Group>,
+    /// The groups' records (layout above).
+    flat: Box<[u32]>,
+    /// Parallel to `flat`: the set id of each slot.
+    flat_sets: Box<[u32]>,
     /// Named ports used by the rules: name → id.
     port_names: HashMap<Box<str>, u32>,
     /// Peer classes; row `classes` is the empty row of peers without a class.
     classes: usize,
-    /// Words per row (one bit per interned condition).
-    row_words: usize,
-    /// Per peer class (then the empty row): bit `c` = condition `c` allows pods of the class.
-    class_rows: Box<[u64]>,
-    /// Per address region: bit `c` = condition `c` allows every peer or has an ipBlock
-    /// containing the region.
-    region_rows: Box<[u64]>,
+    /// The merged conditions of rule sets (what a decision tests): few, small rows.
+    set_rows: CondRows,
+    /// The conditions of single rules (what an explanation tests).
+    rule_rows: CondRows,
     regions: Regions,
 }
 
@@ -135,10 +209,11 @@ fn proto_index(p: Protocol) -> Option<usize> {
 const PROTOS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
 impl Tables {
-    /// A group by index.
+    /// The group whose record is at `g`.
     #[inline]
-    pub(crate) fn group(&self, g: u32) -> &Group {
-        &self.groups[g as usize]
+    pub(crate) fn group(&self, g: GroupRef) -> Option<&Group> {
+        let id = self.flat.get(g as usize)?;
+        self.groups.get(*id as usize)
     }
 
     /// The id of a named port used by some rule (`None`: no rule names it).
@@ -157,52 +232,71 @@ impl Tables {
 
     /// The condition rows of a peer.
     #[inline]
-    fn rows(&self, peer: PeerKey) -> Rows {
+    pub(crate) fn rows(&self, peer: PeerKey) -> Rows {
         let class = peer
             .class
             .map_or(self.classes, |k| (k as usize).min(self.classes));
         Rows {
-            class: class * self.row_words,
-            region: self.regions.region(peer.ip) as usize * self.row_words,
+            class: u32::try_from(class).unwrap_or(u32::MAX),
+            region: self.regions.region(peer.ip),
         }
     }
 
-    /// Whether condition `cond` allows the peer of `rows`.
     #[inline]
-    fn hit(&self, rows: Rows, cond: u32) -> bool {
-        let w = cond as usize / 64;
-        let class = self.class_rows.get(rows.class + w).copied().unwrap_or(0);
-        let region = self.region_rows.get(rows.region + w).copied().unwrap_or(0);
-        ((class | region) >> (cond % 64)) & 1 == 1
+    fn word(&self, i: usize) -> u32 {
+        self.flat.get(i).copied().unwrap_or(0)
     }
 
-    /// Whether some rule of set `set` allows the peer of `rows`.
+    /// Whether the set in slot `slot` has a rule allowing the peer of `rows`.
     #[inline]
-    fn set_hit(&self, rows: Rows, set: u32) -> bool {
-        self.sets
-            .get(set as usize)
-            .is_some_and(|s| self.hit(rows, s.cond))
+    fn slot_hit(&self, rows: Rows, slot: usize) -> bool {
+        self.flat
+            .get(slot)
+            .is_some_and(|cond| self.set_rows.hit(rows, *cond))
     }
 
-    /// The rule set for the flow's protocol and port, and the named ports to try.
+    /// The slot(s) for the flow's protocol and port in the record of group `g`.
     #[inline]
-    fn lookup<'a>(
-        &self,
-        g: &'a Group,
-        protocol: Protocol,
-        port: Option<u16>,
-    ) -> (u32, &'a [(u32, u32)]) {
-        let Some(i) = proto_index(protocol) else {
-            return (g.other, &[]);
+    fn lookup(&self, g: GroupRef, protocol: Protocol, port: Option<u16>) -> Lookup {
+        let o = g as usize;
+        let Some(p) = proto_index(protocol) else {
+            return Lookup {
+                slot: o + 1,
+                named: 0,
+                named_len: 0,
+            };
         };
-        let t = &g.protos[i];
-        match port {
-            None => (t.no_port, &[]),
-            Some(p) => {
-                let at = t.starts.partition_point(|s| *s <= p).saturating_sub(1);
-                (t.sets.get(at).copied().unwrap_or(t.no_port), &t.named)
-            }
+        let no_port = Lookup {
+            slot: o + 2 + 3 * p,
+            named: 0,
+            named_len: 0,
+        };
+        let Some(port) = port else {
+            return no_port;
+        };
+        let counts = self.word(o + 3 + 3 * p) as usize;
+        let (n, m) = (counts & 0xffff, counts >> 16);
+        let b = self.word(o + 4 + 3 * p) as usize;
+        let Some(starts) = self.flat.get(b..b + n) else {
+            return no_port;
+        };
+        let at = starts
+            .partition_point(|s| *s <= u32::from(port))
+            .saturating_sub(1);
+        Lookup {
+            slot: b + n + at,
+            named: b + 2 * n,
+            named_len: m,
         }
+    }
+
+    /// The named-port entries of a lookup: (name id, slot).
+    #[inline]
+    fn named(&self, l: Lookup) -> impl Iterator<Item = (u32, usize)> + '_ {
+        (0..l.named_len).map(move |i| {
+            let at = l.named + 2 * i;
+            (self.word(at), at + 1)
+        })
     }
 
     /// Whether some rule of group `g` allows the flow (protocol, destination port, the named
@@ -210,73 +304,128 @@ impl Tables {
     #[inline]
     pub(crate) fn allows(
         &self,
-        g: u32,
+        g: GroupRef,
         protocol: Protocol,
         port: Option<u16>,
         peer: PeerKey,
         named_port: impl Fn(u32) -> Option<u16>,
     ) -> bool {
-        let group = self.group(g);
-        let (set, named) = self.lookup(group, protocol, port);
+        let l = self.lookup(g, protocol, port);
         let rows = self.rows(peer);
-        if self.set_hit(rows, set) {
+        if self.slot_hit(rows, l.slot) {
             return true;
         }
+        // The condition first (in cache), the destination pod's ports only if it hits.
         port.is_some_and(|p| {
-            named
-                .iter()
-                .any(|(name, s)| named_port(*name) == Some(p) && self.set_hit(rows, *s))
+            self.named(l)
+                .any(|(name, slot)| self.slot_hit(rows, slot) && named_port(name) == Some(p))
         })
     }
 
-    /// Every rule of group `g` allowing the flow (global ids, ascending): the explanation.
-    /// Empty when the flow is denied.
+    /// Every rule of group `g` allowing the flow from/to the peer of `rows` (global ids,
+    /// ascending): the explanation. Empty when the flow is denied. Usually no allocation:
+    /// the sets and rules are kept inline up to [`IdList`]'s inline size.
     pub(crate) fn allowing_rules(
         &self,
-        g: u32,
+        g: GroupRef,
         protocol: Protocol,
         port: Option<u16>,
-        peer: PeerKey,
+        rows: Rows,
         named_port: impl Fn(u32) -> Option<u16>,
-    ) -> Vec<u32> {
-        let group = self.group(g);
-        let (set, named) = self.lookup(group, protocol, port);
-        let rows = self.rows(peer);
-        let mut out = Vec::new();
-        self.push_allowing(rows, set, &mut out);
-        let mut extra = false;
+    ) -> IdList {
+        let l = self.lookup(g, protocol, port);
+        let mut sets = IdList::default();
+        if self.slot_hit(rows, l.slot) {
+            sets.extend(self.flat_sets.get(l.slot).copied());
+        }
         if let Some(p) = port {
-            for (name, s) in named {
-                if named_port(*name) == Some(p) {
-                    extra |= self.push_allowing(rows, *s, &mut out);
+            for (name, slot) in self.named(l) {
+                if self.slot_hit(rows, slot) && named_port(name) == Some(p) {
+                    sets.extend(self.flat_sets.get(slot).copied());
                 }
             }
         }
-        if extra {
-            out.sort_unstable();
-            out.dedup();
+        let mut out = IdList::default();
+        for set in sets.iter() {
+            let Some(s) = self.sets.get(*set as usize) else {
+                continue;
+            };
+            out.extend(
+                s.rules
+                    .iter()
+                    .filter(|(_, c)| self.rule_rows.hit(rows, *c))
+                    .map(|(r, _)| *r),
+            );
+        }
+        if sets.len() > 1 {
+            out.sort_dedup();
         }
         out
     }
+}
 
-    /// Appends the rules of set `set` allowing the peer of `rows`; whether there was one.
-    #[inline]
-    fn push_allowing(&self, rows: Rows, set: u32, out: &mut Vec<u32>) -> bool {
-        let Some(s) = self.sets.get(set as usize) else {
-            return false;
-        };
-        // The set's condition is the union of its rules': no hit, no rule to test.
-        if !self.hit(rows, s.cond) {
-            return false;
+/// Interned peer conditions of one space (rules or sets).
+#[derive(Debug, Default)]
+struct CondSpace {
+    conds: Vec<CondSpec>,
+    ids: HashMap<CondSpec, u32>,
+}
+
+impl CondSpace {
+    fn intern(&mut self, mut cond: CondSpec) -> u32 {
+        if cond.all {
+            cond.classes = Box::default();
+            cond.blocks = Box::default();
+        } else if cond.classes.iter().all(|w| *w == 0) {
+            cond.classes = Box::default();
         }
-        out.reserve(s.rules.len());
-        out.extend(
-            s.rules
-                .iter()
-                .filter(|(_, c)| self.hit(rows, *c))
-                .map(|(r, _)| *r),
-        );
-        true
+        if let Some(id) = self.ids.get(&cond) {
+            return *id;
+        }
+        let id = to_u32(self.conds.len());
+        self.conds.push(cond.clone());
+        self.ids.insert(cond, id);
+        id
+    }
+
+    /// The transposed rows of these conditions.
+    fn rows(&self, classes: usize, regions: &Regions, block_regions: &[Vec<usize>]) -> CondRows {
+        let words = self.conds.len().div_ceil(64).max(1);
+        let mut class_rows = vec![0u64; (classes + 1) * words];
+        let mut region_rows = vec![0u64; regions.len() * words];
+        let set = |rows: &mut [u64], row: usize, c: usize| {
+            if let Some(w) = rows.get_mut(row * words + c / 64) {
+                *w |= 1 << (c % 64);
+            }
+        };
+        for (c, cond) in self.conds.iter().enumerate() {
+            if cond.all {
+                for r in 0..regions.len() {
+                    set(&mut region_rows, r, c);
+                }
+                continue;
+            }
+            for (i, word) in cond.classes.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let k = i * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if k < classes {
+                        set(&mut class_rows, k, c);
+                    }
+                }
+            }
+            for b in cond.blocks.iter() {
+                for r in block_regions.get(*b as usize).into_iter().flatten() {
+                    set(&mut region_rows, *r, c);
+                }
+            }
+        }
+        CondRows {
+            words,
+            class: class_rows.into_boxed_slice(),
+            region: region_rows.into_boxed_slice(),
+        }
     }
 }
 
@@ -286,13 +435,16 @@ pub(crate) struct TablesBuilder<'a> {
     tables: Tables,
     /// Each global rule's ports.
     ports: Vec<Option<&'a [PortMatch]>>,
-    /// Interned peer conditions and ipBlocks.
-    conds: Vec<CondSpec>,
-    cond_ids: HashMap<CondSpec, u32>,
+    /// Interned peer conditions of rules and of rule sets (two spaces), and ipBlocks.
+    rule_conds: CondSpace,
+    set_conds: CondSpace,
     blocks: Vec<Block>,
     block_ids: HashMap<Block, u32>,
     set_ids: HashMap<Box<[u32]>, u32>,
-    group_ids: HashMap<(bool, Box<[u32]>), u32>,
+    group_ids: HashMap<(bool, Box<[u32]>), GroupRef>,
+    /// The group records (see [`Tables::flat`]) and the set of each slot.
+    flat: Vec<u32>,
+    flat_sets: Vec<u32>,
     words: usize,
 }
 
@@ -305,33 +457,19 @@ impl<'a> TablesBuilder<'a> {
                 ..Tables::default()
             },
             ports: Vec::new(),
-            conds: Vec::new(),
-            cond_ids: HashMap::new(),
+            rule_conds: CondSpace::default(),
+            set_conds: CondSpace::default(),
             blocks: Vec::new(),
             block_ids: HashMap::new(),
             set_ids: HashMap::new(),
             group_ids: HashMap::new(),
+            flat: Vec::new(),
+            flat_sets: Vec::new(),
             words: classes.div_ceil(64),
         };
         // Set 0: no rule, allows nothing.
         b.intern_set(Vec::new());
         b
-    }
-
-    fn intern_cond(&mut self, mut cond: CondSpec) -> u32 {
-        if cond.all {
-            cond.classes = Box::default();
-            cond.blocks = Box::default();
-        } else if cond.classes.iter().all(|w| *w == 0) {
-            cond.classes = Box::default();
-        }
-        if let Some(id) = self.cond_ids.get(&cond) {
-            return *id;
-        }
-        let id = to_u32(self.conds.len());
-        self.conds.push(cond.clone());
-        self.cond_ids.insert(cond, id);
-        id
     }
 
     fn intern_block(&mut self, block: Block) -> u32 {
@@ -380,7 +518,7 @@ impl<'a> TablesBuilder<'a> {
                 }
             }
         };
-        let cond = self.intern_cond(cond);
+        let cond = self.rule_conds.intern(cond);
         let id = to_u32(self.tables.rules.len());
         self.tables.rules.push(RuleInfo {
             policy,
@@ -407,7 +545,7 @@ impl<'a> TablesBuilder<'a> {
                 continue;
             };
             pairs.push((*r, info.cond));
-            let Some(c) = self.conds.get(info.cond as usize) else {
+            let Some(c) = self.rule_conds.conds.get(info.cond as usize) else {
                 continue;
             };
             all |= c.all;
@@ -418,7 +556,7 @@ impl<'a> TablesBuilder<'a> {
         }
         blocks.sort_unstable();
         blocks.dedup();
-        let cond = self.intern_cond(CondSpec {
+        let cond = self.set_conds.intern(CondSpec {
             all,
             classes,
             blocks: blocks.into_boxed_slice(),
@@ -441,7 +579,7 @@ impl<'a> TablesBuilder<'a> {
         policies: &[u32],
         rules: impl Fn(u32) -> Vec<u32>,
         names: &[Name],
-    ) -> u32 {
+    ) -> GroupRef {
         let key = (ingress, Box::<[u32]>::from(policies));
         if let Some(id) = self.group_ids.get(&key) {
             return *id;
@@ -454,19 +592,61 @@ impl<'a> TablesBuilder<'a> {
             .collect();
         let other = self.intern_set(portless.clone());
         let protos = PROTOS.map(|p| self.proto_table(p, &all_rules, &portless));
-        let group = Group {
+        let id = to_u32(self.tables.groups.len());
+        self.tables.groups.push(Group {
             policies: key.1.clone(),
             denied: policies
                 .iter()
                 .filter_map(|p| names.get(*p as usize).cloned())
                 .collect(),
-            other,
-            protos,
-        };
-        let id = to_u32(self.tables.groups.len());
-        self.tables.groups.push(group);
-        self.group_ids.insert(key, id);
-        id
+        });
+        let at = self.lay_out(id, &GroupTables { other, protos });
+        self.group_ids.insert(key, at);
+        at
+    }
+
+    /// Appends a slot for set `set` (its condition; its id alongside).
+    fn push_slot(&mut self, set: u32) {
+        let cond = self.tables.sets.get(set as usize).map_or(0, |s| s.cond);
+        self.flat.push(cond);
+        self.flat_sets.push(set);
+    }
+
+    fn push_word(&mut self, w: u32) {
+        self.flat.push(w);
+        self.flat_sets.push(u32::MAX);
+    }
+
+    /// Appends the record of group `id` to the flat tables (layout: see [`Tables`]); returns
+    /// its offset.
+    fn lay_out(&mut self, id: u32, g: &GroupTables) -> GroupRef {
+        let o = self.flat.len();
+        self.push_word(id);
+        self.push_slot(g.other);
+        let mut body = o + HEADER;
+        for t in &g.protos {
+            let n = t.starts.len().min(0xffff);
+            let m = t.named.len().min(0xffff);
+            self.push_slot(t.no_port);
+            self.push_word(to_u32(n | (m << 16)));
+            self.push_word(to_u32(body));
+            body += 2 * n + 2 * m;
+        }
+        for t in &g.protos {
+            let n = t.starts.len().min(0xffff);
+            let m = t.named.len().min(0xffff);
+            for s in &t.starts[..n] {
+                self.push_word(u32::from(*s));
+            }
+            for set in &t.sets[..n] {
+                self.push_slot(*set);
+            }
+            for (name, set) in &t.named[..m] {
+                self.push_word(*name);
+                self.push_slot(*set);
+            }
+        }
+        to_u32(o)
     }
 
     fn port_name_id(&mut self, name: &str) -> u32 {
@@ -538,20 +718,17 @@ impl<'a> TablesBuilder<'a> {
         }
         ProtoTable {
             no_port,
-            starts: starts.into_boxed_slice(),
-            sets: sets.into_boxed_slice(),
-            named: named_sets.into_boxed_slice(),
+            starts,
+            sets,
+            named: named_sets,
         }
     }
 
-    /// The finished tables: the address regions of the ipBlocks and the condition rows.
+    /// The finished tables: the group records, the address regions of the ipBlocks and the
+    /// condition rows.
     pub(crate) fn finish(self) -> Tables {
         let mut tables = self.tables;
         let regions = Regions::build(&self.blocks);
-        let words = self.conds.len().div_ceil(64).max(1);
-        let classes = tables.classes;
-        let mut class_rows = vec![0u64; (classes + 1) * words];
-        let mut region_rows = vec![0u64; regions.len() * words];
         // The regions inside each block.
         let mut block_regions: Vec<Vec<usize>> = vec![Vec::new(); self.blocks.len()];
         for r in 0..regions.len() {
@@ -561,37 +738,14 @@ impl<'a> TablesBuilder<'a> {
                 }
             }
         }
-        let set = |rows: &mut [u64], row: usize, c: usize| {
-            if let Some(w) = rows.get_mut(row * words + c / 64) {
-                *w |= 1 << (c % 64);
-            }
-        };
-        for (c, cond) in self.conds.iter().enumerate() {
-            if cond.all {
-                for r in 0..regions.len() {
-                    set(&mut region_rows, r, c);
-                }
-                continue;
-            }
-            for (i, word) in cond.classes.iter().enumerate() {
-                let mut bits = *word;
-                while bits != 0 {
-                    let k = i * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    if k < classes {
-                        set(&mut class_rows, k, c);
-                    }
-                }
-            }
-            for b in cond.blocks.iter() {
-                for r in block_regions.get(*b as usize).into_iter().flatten() {
-                    set(&mut region_rows, *r, c);
-                }
-            }
-        }
-        tables.row_words = words;
-        tables.class_rows = class_rows.into_boxed_slice();
-        tables.region_rows = region_rows.into_boxed_slice();
+        tables.set_rows = self
+            .set_conds
+            .rows(tables.classes, &regions, &block_regions);
+        tables.rule_rows = self
+            .rule_conds
+            .rows(tables.classes, &regions, &block_regions);
+        tables.flat = self.flat.into_boxed_slice();
+        tables.flat_sets = self.flat_sets.into_boxed_slice();
         tables.regions = regions;
         tables
     }
@@ -632,6 +786,36 @@ mod tests {
         // Dense indeed: many verdicts are explained by several rules, some are denied.
         assert!(multi_rule > 500, "{multi_rule}");
         assert!(denied > 5, "{denied}");
+    }
+
+    /// Named ports that differ between destination pods (the same name on different ports,
+    /// two names on one port, so that one, two or three rule sets of a group allow a flow):
+    /// both verdict forms agree with the literal reference, explanations included.
+    #[test]
+    fn named_ports_by_destination_agree_with_the_reference() {
+        let mut inv = synth::cluster(4, 300, 11);
+        for (i, pod) in inv.pods.iter_mut().enumerate() {
+            for port in &mut pod.container_ports {
+                match (i % 3, port.name.as_deref()) {
+                    (1, Some("http")) => port.port = 9050,
+                    (2, Some("metrics")) => port.port = 8080,
+                    _ => {}
+                }
+            }
+        }
+        let pols = synth::policies(400, 4, 11);
+        let flows = synth::flows(&inv, 3_000, 11);
+        let reference = Reference::new(&inv, &pols).unwrap();
+        let expected: Vec<_> = flows.iter().map(|f| reference.evaluate(f)).collect();
+        let engine = PolicyEngine::compile(&pols, &inv).unwrap();
+        let mut multi_named = 0;
+        for (flow, want) in flows.iter().zip(&expected) {
+            let v = engine.evaluate(flow);
+            assert_eq!(&v, want, "disagreement on {flow:?}");
+            assert_eq!(engine.evaluate_compact(flow).allowed, want.allowed);
+            multi_named += usize::from(v.ingress.rules.len() > 1);
+        }
+        assert!(multi_named > 100, "{multi_named}");
     }
 
     /// Many distinct, overlapping ipBlocks with excepts (cut into address regions at compile
