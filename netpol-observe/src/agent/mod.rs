@@ -995,6 +995,75 @@ mod tests {
     /// The agent's cached series record exactly what the record-based metric calls do
     /// (same series, same values, same overflow), on a synthetic cluster whose flows overflow
     /// a small budget; known flows' counters go to the same series as their first ones.
+    /// Flows keep the verdicts of the model that judged them: served before a model swap
+    /// (explained lazily) and after it (explained by the outgoing model at the swap), they
+    /// equal the full evaluation under the first model, policy names included; new flows get
+    /// the new model's verdicts.
+    #[test]
+    fn flows_keep_their_explained_verdicts_across_a_model_swap() {
+        use crate::policy::synth;
+        let mut inv = synth::cluster(10, 1_000, 5);
+        inv.network_policies = synth::policies(100, 10, 7);
+        let staged = synth::policies(100, 10, 8);
+        let first = Arc::new(
+            Model::new(Arc::new(inv.clone()), &Subnets::default(), Some(&staged)).unwrap(),
+        );
+        inv.network_policies.clear();
+        let second =
+            Arc::new(Model::new(Arc::new(inv.clone()), &Subnets::default(), None).unwrap());
+        let state = AgentState::new(AgentConfig {
+            node_name: Some("node-1".to_owned()),
+            ..AgentConfig::default()
+        });
+        state.set_model(first.clone());
+        let flows = synth::flows(&inv, 2_000, 9);
+        let update = |record: FlowRecord| FlowUpdate {
+            record,
+            new: true,
+            delta_packets: Directional::default(),
+            delta_bytes: Directional::default(),
+            ended: false,
+        };
+        for f in &flows {
+            state.on_update(&update(f.clone()));
+        }
+        let want: BTreeMap<FlowId, ObservedFlow> = flows
+            .iter()
+            .map(|f| (FlowId::of(f), first.observe(f.clone())))
+            .collect();
+        // (A flow taken for the backend leg of a Service connection is not stored.)
+        let check = |served: Vec<ObservedFlow>| {
+            assert!(served.len() > want.len() * 9 / 10, "{} flows", served.len());
+            for o in served {
+                let w = &want[&FlowId::of(&o.flow)];
+                assert_eq!(
+                    (&o.verdict, &o.staged_verdict),
+                    (&w.verdict, &w.staged_verdict)
+                );
+            }
+        };
+        let denied = want
+            .values()
+            .filter(|o| !o.verdict.as_ref().unwrap().allowed)
+            .count();
+        assert!(denied > 100, "{denied} denied flows");
+        check(state.flows(&FlowQuery::default()));
+        state.set_model(second.clone());
+        check(state.flows(&FlowQuery::default()));
+        // A new flow is judged by the new model: no policy, allowed, no staged verdict.
+        let mut late = flows[0].clone();
+        late.src.port = Some(9);
+        state.on_update(&update(late.clone()));
+        let served = state.flows(&FlowQuery::default());
+        let o = served
+            .iter()
+            .find(|o| FlowId::of(&o.flow) == FlowId::of(&late))
+            .unwrap();
+        assert_eq!(o.verdict, second.observe(late).verdict);
+        assert!(o.verdict.as_ref().unwrap().allowed);
+        assert_eq!(o.staged_verdict, None);
+    }
+
     #[test]
     fn cached_series_match_the_record_based_calls() {
         use crate::{metrics::MetricsConfig, policy::synth};
