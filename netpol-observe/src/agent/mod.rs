@@ -35,7 +35,7 @@ use tokio::sync::{broadcast, watch};
 
 pub use config::{AgentConfig, ConfigError, DEFAULT_DROP_REASONS, MetricsSettings};
 pub use model::Model;
-pub use store::{FlowId, FlowQuery, FlowStore, ObservedFlow, StoredFlow};
+pub use store::{FlowId, FlowQuery, FlowStore, Judged, ObservedFlow, StoredFlow};
 
 use crate::{
     attribution::{AttributionError, Subnets},
@@ -148,7 +148,8 @@ impl AgentState {
 
     /// The flows matching `query` (`/api/v1/flows`).
     pub fn flows(&self, query: &FlowQuery) -> Vec<ObservedFlow> {
-        lock(&self.store).query(query)
+        let store = lock(&self.store);
+        store.query(query, self.model().as_deref())
     }
 
     /// The current model, if an inventory is loaded.
@@ -159,7 +160,8 @@ impl AgentState {
             .clone()
     }
 
-    /// Installs a new model (new flows are judged with it).
+    /// Installs a new model (new flows are judged with it). The flows the previous model
+    /// judged get their explained verdicts from it first (they keep their verdict).
     pub fn set_model(&self, model: Arc<Model>) {
         self.metrics.set_unprotected(
             model
@@ -167,13 +169,23 @@ impl AgentState {
                 .iter()
                 .map(|(ns, dir, n)| (ns.as_str(), *dir, *n)),
         );
-        *self
-            .model
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(model);
+        {
+            // Under the store lock: a compact verdict is always the current model's.
+            let mut store = lock(&self.store);
+            if let Some(old) = self.model() {
+                store.explain_all(&old);
+            }
+            *self
+                .model
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(model);
+        }
         let mut r = lock(&self.readiness);
         r.inventory = true;
         r.inventory_error = None;
+        drop(r);
+        // Building a model (and the explanations above) frees much more than it keeps.
+        release_free_memory();
     }
 
     /// `Ok` when ready; else what is missing (`/readyz`).
@@ -222,7 +234,7 @@ impl AgentState {
             return;
         }
         if let Some(f) = store.get(&id) {
-            let verdict = model::overall_label(f.verdict());
+            let verdict = model::overall_label(f.verdict().as_ref());
             lock(&self.series).record_flow(
                 &self.metrics,
                 &f.peers,
@@ -256,7 +268,7 @@ impl AgentState {
             record.last_seen = client.last_seen;
             let peers = m.attribute_with_backend(&record, leg.backend.0);
             let verdicts = m.judge(&record, &peers);
-            store.rebind(&leg.client_leg, peers, Some(verdicts));
+            store.rebind(&leg.client_leg, peers, Some(Judged::Compact(verdicts)));
         }
         true
     }
@@ -268,7 +280,7 @@ impl AgentState {
             Some(m) => {
                 let peers = m.attribute(r);
                 let verdicts = m.judge(r, &peers);
-                StoredFlow::new(r, peers, Some(verdicts), node)
+                StoredFlow::new(r, peers, Some(Judged::Compact(verdicts)), node)
             }
             None => {
                 let mut p = lock(&self.unattributed);
@@ -289,7 +301,21 @@ impl AgentState {
         delta_packets: u64,
         delta_bytes: u64,
     ) {
-        let verdict = model::overall_label(f.verdict());
+        let Some(v) = &f.verdicts else {
+            lock(&self.series).record_flow(
+                &self.metrics,
+                &f.peers,
+                f.dst_port,
+                protocol,
+                true,
+                delta_packets,
+                delta_bytes,
+                model::overall_label(None),
+            );
+            return;
+        };
+        let (live, staged) = (v.verdict(), v.staged());
+        let verdict = model::overall_label(Some(&live));
         let mut series = lock(&self.series);
         let m = &self.metrics;
         series.record_flow(
@@ -302,17 +328,16 @@ impl AgentState {
             delta_bytes,
             verdict,
         );
-        let Some(v) = &f.verdicts else {
-            return;
-        };
-        let (live, src, dst) = (&v.verdict, &f.peers.src, &f.peers.dst);
-        if model::side_is_pod(&live.egress) && src.pod.is_some() {
-            series.record_verdict(m, src, Direction::Egress, model::side_label(&live.egress));
+        let (src, dst) = (&f.peers.src, &f.peers.dst);
+        if model::side_is_pod(live.egress.reason) && src.pod.is_some() {
+            let label = model::side_label(live.egress.result);
+            series.record_verdict(m, src, Direction::Egress, label);
         }
-        if model::side_is_pod(&live.ingress) && dst.pod.is_some() {
-            series.record_verdict(m, dst, Direction::Ingress, model::side_label(&live.ingress));
+        if model::side_is_pod(live.ingress.reason) && dst.pod.is_some() {
+            let label = model::side_label(live.ingress.result);
+            series.record_verdict(m, dst, Direction::Ingress, label);
         }
-        if let Some(s) = &v.staged {
+        if let Some(s) = &staged {
             series.record_staged(
                 m,
                 &f.peers,
@@ -356,7 +381,14 @@ impl AgentState {
         let Some(f) = store.get(&id) else {
             return;
         };
-        let policy = model::drop_policy(f.verdict());
+        let explained = match f.verdict() {
+            // Only a denied flow names a policy: explain it then.
+            Some(v) if !v.allowed => {
+                f.explained(&id, self.model().as_deref(), &mut Default::default())
+            }
+            _ => None,
+        };
+        let policy = model::drop_policy(explained.as_ref().map(|v| &v.verdict));
         let labels: FlowLabels =
             lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, id.protocol);
         self.metrics
@@ -388,7 +420,7 @@ impl AgentState {
         let model = self.model();
         for r in records {
             let id = FlowId::of(&r);
-            let mut f = match (store.observed(&id), &model) {
+            let mut f = match (store.observed(&id, model.as_deref()), &model) {
                 (Some(f), _) => f,
                 (None, Some(m)) => m.observe(r.clone()),
                 (None, None) => ObservedFlow {
@@ -404,6 +436,16 @@ impl AgentState {
             out.push(f);
         }
         out
+    }
+}
+
+/// Returns the allocator's free memory to the operating system (glibc keeps freed memory in
+/// its arenas; a model build frees tens of MiB of temporaries).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `malloc_trim` only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -953,6 +995,75 @@ mod tests {
     /// The agent's cached series record exactly what the record-based metric calls do
     /// (same series, same values, same overflow), on a synthetic cluster whose flows overflow
     /// a small budget; known flows' counters go to the same series as their first ones.
+    /// Flows keep the verdicts of the model that judged them: served before a model swap
+    /// (explained lazily) and after it (explained by the outgoing model at the swap), they
+    /// equal the full evaluation under the first model, policy names included; new flows get
+    /// the new model's verdicts.
+    #[test]
+    fn flows_keep_their_explained_verdicts_across_a_model_swap() {
+        use crate::policy::synth;
+        let mut inv = synth::cluster(10, 1_000, 5);
+        inv.network_policies = synth::policies(100, 10, 7);
+        let staged = synth::policies(100, 10, 8);
+        let first = Arc::new(
+            Model::new(Arc::new(inv.clone()), &Subnets::default(), Some(&staged)).unwrap(),
+        );
+        inv.network_policies.clear();
+        let second =
+            Arc::new(Model::new(Arc::new(inv.clone()), &Subnets::default(), None).unwrap());
+        let state = AgentState::new(AgentConfig {
+            node_name: Some("node-1".to_owned()),
+            ..AgentConfig::default()
+        });
+        state.set_model(first.clone());
+        let flows = synth::flows(&inv, 2_000, 9);
+        let update = |record: FlowRecord| FlowUpdate {
+            record,
+            new: true,
+            delta_packets: Directional::default(),
+            delta_bytes: Directional::default(),
+            ended: false,
+        };
+        for f in &flows {
+            state.on_update(&update(f.clone()));
+        }
+        let want: BTreeMap<FlowId, ObservedFlow> = flows
+            .iter()
+            .map(|f| (FlowId::of(f), first.observe(f.clone())))
+            .collect();
+        // (A flow taken for the backend leg of a Service connection is not stored.)
+        let check = |served: Vec<ObservedFlow>| {
+            assert!(served.len() > want.len() * 9 / 10, "{} flows", served.len());
+            for o in served {
+                let w = &want[&FlowId::of(&o.flow)];
+                assert_eq!(
+                    (&o.verdict, &o.staged_verdict),
+                    (&w.verdict, &w.staged_verdict)
+                );
+            }
+        };
+        let denied = want
+            .values()
+            .filter(|o| !o.verdict.as_ref().unwrap().allowed)
+            .count();
+        assert!(denied > 100, "{denied} denied flows");
+        check(state.flows(&FlowQuery::default()));
+        state.set_model(second.clone());
+        check(state.flows(&FlowQuery::default()));
+        // A new flow is judged by the new model: no policy, allowed, no staged verdict.
+        let mut late = flows[0].clone();
+        late.src.port = Some(9);
+        state.on_update(&update(late.clone()));
+        let served = state.flows(&FlowQuery::default());
+        let o = served
+            .iter()
+            .find(|o| FlowId::of(&o.flow) == FlowId::of(&late))
+            .unwrap();
+        assert_eq!(o.verdict, second.observe(late).verdict);
+        assert!(o.verdict.as_ref().unwrap().allowed);
+        assert_eq!(o.staged_verdict, None);
+    }
+
     #[test]
     fn cached_series_match_the_record_based_calls() {
         use crate::{metrics::MetricsConfig, policy::synth};
@@ -1002,28 +1113,28 @@ mod tests {
                     ended: false,
                 });
                 let o = model.observe(f.clone());
-                let verdict = model::overall_label(o.verdict.as_ref());
+                let verdict = model::overall_label(o.verdict.as_ref().map(model::compact).as_ref());
                 reference.record_flow(&o.flow, new, 2 + round, 107, verdict);
                 if !new {
                     continue;
                 }
                 let v = o.verdict.as_ref().unwrap();
-                if model::side_is_pod(&v.egress) && o.flow.src.pod.is_some() {
+                if model::side_is_pod(v.egress.reason) && o.flow.src.pod.is_some() {
                     reference.record_verdict(
                         &o.flow,
                         Direction::Egress,
-                        model::side_label(&v.egress),
+                        model::side_label(v.egress.result),
                     );
                 }
-                if model::side_is_pod(&v.ingress) && o.flow.dst.pod.is_some() {
+                if model::side_is_pod(v.ingress.reason) && o.flow.dst.pod.is_some() {
                     reference.record_verdict(
                         &o.flow,
                         Direction::Ingress,
-                        model::side_label(&v.ingress),
+                        model::side_label(v.ingress.result),
                     );
                 }
-                let s = o.staged_verdict.as_ref();
-                reference.record_staged(&o.flow, model::overall_label(s));
+                let s = o.staged_verdict.as_ref().map(model::compact);
+                reference.record_staged(&o.flow, model::overall_label(s.as_ref()));
             }
         }
         let sorted = |text: String| {

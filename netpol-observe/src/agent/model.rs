@@ -1,6 +1,11 @@
 //! What the agent knows about the cluster at one time: the attributor and the compiled policy
 //! engines (in force, staged), built from one inventory snapshot. Rebuilt whenever the
 //! inventory or the staged policies change; flows keep the verdict they got when first seen.
+//!
+//! Flows are judged compactly ([`CompactVerdicts`]: a few bytes, no policy names); the
+//! explanation (which policies and rules) is computed from the same model only when a flow is
+//! served or a drop names its policy ([`Model::explain`]), or when the model is replaced
+//! ([`super::AgentState::set_model`] explains the flows it judged, so a flow keeps its verdict).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +20,7 @@ use crate::{
     flow::{FlowRecord, Protocol, ServiceRef},
     inventory::{Inventory, NetworkPolicy},
     metrics::{self, Direction},
-    policy::{PolicyEngine, PolicyError, Reason, SideResult, SideVerdict, Verdict},
+    policy::{CompactVerdict, PolicyEngine, PolicyError, Reason, SideResult, Verdict},
 };
 
 use super::{
@@ -38,7 +43,7 @@ pub struct Model {
     /// The Service of each ClusterIP, shared by the flows addressed to it.
     services: FxHashMap<IpAddr, Arc<ServiceRef>>,
     peers: Mutex<Peers>,
-    verdicts: Mutex<FxHashMap<VerdictKey, Arc<Verdicts>>>,
+    verdicts: Mutex<FxHashMap<VerdictKey, CompactVerdicts>>,
 }
 
 /// Both ends of a flow, attributed ([`Model::attribute`]).
@@ -75,11 +80,24 @@ pub struct Verdicts {
     pub staged: Option<Verdict>,
 }
 
+/// A flow's verdicts without their explanation: what the counters need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactVerdicts {
+    /// Under the policies in force.
+    pub verdict: CompactVerdict,
+    /// Under the staged (draft) policies, when loaded.
+    pub staged: Option<CompactVerdict>,
+}
+
+/// Explained verdicts shared by the flows that have the same [`VerdictKey`] (while a model's
+/// flows are explained at once, [`Model::explainer`]).
+pub type Explained = FxHashMap<VerdictKey, Arc<Verdicts>>;
+
 /// What a verdict depends on for a flow whose peers are the model's shared ones: the
 /// protocol, both addresses (ipBlocks, ClusterIPs), the destination port, and the peers
 /// themselves (the pod instance an address was attributed to at the flow's time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct VerdictKey {
+pub struct VerdictKey {
     protocol: Protocol,
     src: IpAddr,
     dst: IpAddr,
@@ -130,11 +148,12 @@ impl Model {
     /// Attributes a datapath record and computes its verdicts.
     pub fn observe(&self, flow: FlowRecord) -> ObservedFlow {
         let a = self.attribute(&flow);
-        let v = self.judge(&flow, &a);
+        let record = to_record(flow, &a);
+        let v = self.evaluate(&record);
         ObservedFlow {
-            flow: to_record(flow, &a),
-            verdict: Some(v.verdict.clone()),
-            staged_verdict: v.staged.clone(),
+            flow: record,
+            verdict: Some(v.verdict),
+            staged_verdict: v.staged,
         }
     }
 
@@ -214,39 +233,55 @@ impl Model {
         })
     }
 
-    /// The verdicts of a record attributed as `a` (cached per [`VerdictKey`] when `a`'s peers
-    /// are the model's shared ones).
-    pub fn judge(&self, flow: &FlowRecord, a: &Attributed) -> Arc<Verdicts> {
-        if !a.shared {
-            let r = to_record(flow.clone(), a);
-            return Arc::new(self.evaluate(&r));
-        }
-        let key = VerdictKey {
-            protocol: flow.protocol,
-            src: flow.src.ip,
-            dst: flow.dst.ip,
-            dst_port: flow.dst.port,
-            src_peer: Arc::as_ptr(&a.src) as usize,
-            dst_peer: Arc::as_ptr(&a.dst) as usize,
+    /// The compact verdicts of a record attributed as `a` (cached per [`VerdictKey`] when
+    /// `a`'s peers are the model's shared ones).
+    pub fn judge(&self, flow: &FlowRecord, a: &Attributed) -> CompactVerdicts {
+        let Some(key) = verdict_key(flow, a) else {
+            return self.evaluate_compact(&to_record(flow.clone(), a));
         };
         if let Some(v) = lock(&self.verdicts).get(&key) {
-            return v.clone();
+            return *v;
         }
         // A bare record resolves in the engines as its attribution does (same pods, same
         // order, same choice by time), so it is judged without building the attributed copy.
-        let v = Arc::new(self.evaluate(flow));
+        let v = self.evaluate_compact(flow);
         let mut cache = lock(&self.verdicts);
         if cache.len() >= VERDICT_CACHE {
             cache.clear();
         }
-        cache.insert(key, v.clone());
+        cache.insert(key, v);
         v
+    }
+
+    /// The explained verdicts of `record` (attributed as `a` by this model): the same
+    /// decisions as [`Model::judge`], with the policies and rules behind them. Shared through
+    /// `explained` by the flows with the same [`VerdictKey`].
+    pub fn explain(
+        &self,
+        record: &FlowRecord,
+        a: &Attributed,
+        explained: &mut Explained,
+    ) -> Arc<Verdicts> {
+        let Some(key) = verdict_key(record, a) else {
+            return Arc::new(self.evaluate(record));
+        };
+        explained
+            .entry(key)
+            .or_insert_with(|| Arc::new(self.evaluate(record)))
+            .clone()
     }
 
     fn evaluate(&self, r: &FlowRecord) -> Verdicts {
         Verdicts {
             verdict: self.engine.evaluate(r),
             staged: self.staged.as_ref().map(|e| e.evaluate(r)),
+        }
+    }
+
+    fn evaluate_compact(&self, r: &FlowRecord) -> CompactVerdicts {
+        CompactVerdicts {
+            verdict: self.engine.evaluate_compact(r),
+            staged: self.staged.as_ref().map(|e| e.evaluate_compact(r)),
         }
     }
 
@@ -322,9 +357,9 @@ impl Model {
     }
 }
 
-/// A side's verdict as the metrics label it.
-pub fn side_label(side: &SideVerdict) -> metrics::Verdict {
-    match side.result {
+/// A side's result as the metrics label it.
+pub fn side_label(result: SideResult) -> metrics::Verdict {
+    match result {
         SideResult::Allowed => metrics::Verdict::Allowed,
         SideResult::Denied => metrics::Verdict::Denied,
         SideResult::NotIsolated => metrics::Verdict::NotIsolated,
@@ -332,16 +367,32 @@ pub fn side_label(side: &SideVerdict) -> metrics::Verdict {
 }
 
 /// The overall verdict label of a flow (`unknown` without a verdict).
-pub fn overall_label(v: Option<&Verdict>) -> metrics::Verdict {
+pub fn overall_label(v: Option<&CompactVerdict>) -> metrics::Verdict {
     match v {
-        Some(v) => metrics::Verdict::overall(side_label(&v.egress), side_label(&v.ingress)),
+        Some(v) => {
+            metrics::Verdict::overall(side_label(v.egress.result), side_label(v.ingress.result))
+        }
         None => metrics::Verdict::Unknown,
     }
 }
 
-/// Whether a side concerns a pod (so a per-pod verdict series makes sense).
-pub fn side_is_pod(side: &SideVerdict) -> bool {
-    !matches!(side.reason, Some(Reason::NotAPod | Reason::HostNetwork))
+/// The compact form of an explained verdict.
+pub fn compact(v: &Verdict) -> CompactVerdict {
+    let side = |s: &crate::policy::SideVerdict| crate::policy::CompactSide {
+        result: s.result,
+        reason: s.reason,
+    };
+    CompactVerdict {
+        allowed: v.allowed,
+        ingress: side(&v.ingress),
+        egress: side(&v.egress),
+    }
+}
+
+/// Whether a side (decided for `reason`) concerns a pod (so a per-pod verdict series makes
+/// sense).
+pub fn side_is_pod(reason: Option<Reason>) -> bool {
+    !matches!(reason, Some(Reason::NotAPod | Reason::HostNetwork))
 }
 
 /// The policy that explains a drop of a flow with this verdict: the isolating policies of the
@@ -361,6 +412,18 @@ pub fn drop_policy(v: Option<&Verdict>) -> Option<String> {
     } else {
         Some(side.policies.join(","))
     }
+}
+
+/// The cache key of a record attributed as `a`, when its peers are a model's shared ones.
+fn verdict_key(flow: &FlowRecord, a: &Attributed) -> Option<VerdictKey> {
+    a.shared.then_some(VerdictKey {
+        protocol: flow.protocol,
+        src: flow.src.ip,
+        dst: flow.dst.ip,
+        dst_port: flow.dst.port,
+        src_peer: Arc::as_ptr(&a.src) as usize,
+        dst_peer: Arc::as_ptr(&a.dst) as usize,
+    })
 }
 
 /// Whether a record carries no attribution (only addresses, ports, times): the datapath's.
@@ -391,8 +454,8 @@ mod tests {
     use super::*;
     use crate::policy::synth;
 
-    /// The shared attribution and the cached verdicts give exactly what attributing the
-    /// record and evaluating it did: same endpoints, same explained verdicts, on a synthetic
+    /// The shared attribution, the cached compact verdicts and the explanations give exactly
+    /// what attributing the record and evaluating it did: same endpoints, same verdicts, on a synthetic
     /// cluster with IP reuse, Services, nodes and hostNetwork pods, every flow seen twice (the
     /// second time from the cache).
     #[test]
@@ -406,8 +469,8 @@ mod tests {
         let engine = PolicyEngine::compile(&inv.network_policies, &inv).unwrap();
         let staged_engine = PolicyEngine::compile(&staged, &inv).unwrap();
         let flows = synth::flows(&inv, 5_000, 5);
-        let mut cached = 0;
-        for pass in 0..2 {
+        let mut explained = Explained::default();
+        for _pass in 0..2 {
             for f in &flows {
                 let mut full = f.clone();
                 attributor.attribute(&mut full);
@@ -415,14 +478,19 @@ mod tests {
                 assert!(a.shared);
                 assert_eq!(to_record(f.clone(), &a), full);
                 let v = model.judge(f, &a);
-                assert_eq!(v.verdict, engine.evaluate(&full), "{full:?}");
-                assert_eq!(v.staged, Some(staged_engine.evaluate(&full)), "{full:?}");
-                if pass == 1 && Arc::strong_count(&v) > 1 {
-                    cached += 1;
-                }
+                assert_eq!(v.verdict, engine.evaluate_compact(&full), "{full:?}");
+                assert_eq!(
+                    v.staged,
+                    Some(staged_engine.evaluate_compact(&full)),
+                    "{full:?}"
+                );
+                let e = model.explain(&full, &a, &mut explained);
+                assert_eq!(e.verdict, engine.evaluate(&full), "{full:?}");
+                assert_eq!(e.staged, Some(staged_engine.evaluate(&full)), "{full:?}");
+                assert_eq!(compact(&e.verdict), v.verdict);
             }
         }
-        assert!(cached > 1_000, "{cached} verdicts from the cache");
+        assert!(lock(&model.verdicts).len() > 1_000, "verdicts cached");
         // A record that carries its own attribution takes the full path.
         let mut named = flows[0].clone();
         named.src.subnet = Some("elsewhere".into());

@@ -3,11 +3,9 @@
 //! [`super::Model`] and held by every stored flow of that peer through an `Arc`. The full
 //! [`Endpoint`] is rebuilt only when a flow is served.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     flow::{Endpoint, ServiceRef, WorkloadRef},
@@ -116,8 +114,8 @@ impl Peers {
         ));
         Peers {
             pods: vec![None; pods],
-            nodes: HashMap::new(),
-            subnets: HashMap::new(),
+            nodes: HashMap::default(),
+            subnets: HashMap::default(),
             bare,
             workloads,
         }

@@ -4,8 +4,9 @@
 //!
 //! A stored flow is compact ([`StoredFlow`]): its addresses and ports, counters, times and
 //! state, and shared handles to the attribution of each end ([`super::peer::Peer`], one per
-//! pod, node or subnet) and to its verdicts ([`Verdicts`], shared by the flows of one pod
-//! pair, port and protocol). The full [`ObservedFlow`] is rebuilt only when served.
+//! pod, node or subnet) and its verdicts ([`Judged`]: compact while the model that judged it
+//! is current, explained when that model is replaced). The full [`ObservedFlow`] is rebuilt,
+//! and its verdicts explained, only when served.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -18,14 +19,41 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    model::{Attributed, Verdicts},
+    model::{Attributed, CompactVerdicts, Explained, Model, Verdicts},
     nat::{BackendLeg, ServiceLegs},
     peer::Peer,
 };
 use crate::{
     flow::{Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol},
-    policy::Verdict,
+    policy::{CompactVerdict, Verdict},
 };
+
+/// A stored flow's verdicts.
+#[derive(Debug, Clone)]
+pub enum Judged {
+    /// Judged by the current model, not explained yet (a few bytes).
+    Compact(CompactVerdicts),
+    /// Explained (by the model that judged the flow, before it was replaced).
+    Explained(Arc<Verdicts>),
+}
+
+impl Judged {
+    /// The verdict under the policies in force, without explanation.
+    pub fn verdict(&self) -> CompactVerdict {
+        match self {
+            Judged::Compact(v) => v.verdict,
+            Judged::Explained(v) => super::model::compact(&v.verdict),
+        }
+    }
+
+    /// The verdict under the staged policies, without explanation.
+    pub fn staged(&self) -> Option<CompactVerdict> {
+        match self {
+            Judged::Compact(v) => v.staged,
+            Judged::Explained(v) => v.staged.as_ref().map(super::model::compact),
+        }
+    }
+}
 
 /// One flow of `/api/v1/flows`: the flow record (attributed) with its verdict under the
 /// policies in force and, with `--staged-policies`, under the drafts.
@@ -135,19 +163,19 @@ impl FlowQuery {
         self.matches_view(
             PeerView::of_endpoint(&r.src),
             PeerView::of_endpoint(&r.dst),
-            f.verdict.as_ref(),
-            f.staged_verdict.as_ref(),
+            f.verdict.as_ref().map(|v| v.allowed),
+            f.staged_verdict.as_ref().map(|v| v.allowed),
             r.last_seen.or(r.first_seen),
         )
     }
 
     fn matches_stored(&self, f: &StoredFlow) -> bool {
-        let v = f.verdicts.as_deref();
+        let v = f.verdicts.as_ref();
         self.matches_view(
             PeerView::of_peer(&f.peers.src),
             PeerView::of_peer(&f.peers.dst),
-            v.map(|v| &v.verdict),
-            v.and_then(|v| v.staged.as_ref()),
+            v.map(|v| v.verdict().allowed),
+            v.and_then(|v| v.staged()).map(|s| s.allowed),
             f.last_seen.or(f.first_seen),
         )
     }
@@ -156,8 +184,8 @@ impl FlowQuery {
         &self,
         src: PeerView<'_>,
         dst: PeerView<'_>,
-        verdict: Option<&Verdict>,
-        staged: Option<&Verdict>,
+        allowed: Option<bool>,
+        staged_allowed: Option<bool>,
         seen: Option<Timestamp>,
     ) -> bool {
         if let Some(ns) = self.namespace.as_deref()
@@ -174,10 +202,10 @@ impl FlowQuery {
         }
         if let Some(v) = &self.verdict {
             let ok = match v.as_str() {
-                "allowed" => verdict.is_some_and(|v| v.allowed),
-                "denied" => verdict.is_some_and(|v| !v.allowed),
-                "staged-allowed" => staged.is_some_and(|v| v.allowed),
-                "staged-denied" => staged.is_some_and(|v| !v.allowed),
+                "allowed" => allowed == Some(true),
+                "denied" => allowed == Some(false),
+                "staged-allowed" => staged_allowed == Some(true),
+                "staged-denied" => staged_allowed == Some(false),
                 _ => false,
             };
             if !ok {
@@ -226,7 +254,7 @@ pub struct StoredFlow {
     /// Drops joined to the flow.
     pub drops: Option<Box<DropState>>,
     /// Verdicts (absent while no inventory was loaded).
-    pub verdicts: Option<Arc<Verdicts>>,
+    pub verdicts: Option<Judged>,
 }
 
 impl StoredFlow {
@@ -235,7 +263,7 @@ impl StoredFlow {
     pub fn new(
         record: &FlowRecord,
         peers: Attributed,
-        verdicts: Option<Arc<Verdicts>>,
+        verdicts: Option<Judged>,
         node: Option<Arc<str>>,
     ) -> Self {
         StoredFlow {
@@ -253,31 +281,64 @@ impl StoredFlow {
         }
     }
 
-    /// The verdict under the policies in force.
-    pub fn verdict(&self) -> Option<&Verdict> {
-        self.verdicts.as_deref().map(|v| &v.verdict)
+    /// The verdict under the policies in force, without explanation.
+    pub fn verdict(&self) -> Option<CompactVerdict> {
+        self.verdicts.as_ref().map(Judged::verdict)
     }
 
-    /// The full flow (flow `id`) as served.
-    pub fn to_observed(&self, id: &FlowId) -> ObservedFlow {
+    /// The record of flow `id` as served, without verdicts.
+    pub fn to_record(&self, id: &FlowId) -> FlowRecord {
         let p = &self.peers;
-        let v = self.verdicts.as_deref();
+        FlowRecord {
+            protocol: id.protocol,
+            src: p.src.endpoint(id.src.0, self.src_port, None),
+            dst: p
+                .dst
+                .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
+            state: self.state,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            packets: self.packets,
+            bytes: self.bytes,
+            drops: self.drops.as_ref().map(|d| d.drops.clone()),
+            node: self.node.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// The explained verdicts of flow `id` (`model`: the current one, which judged the flows
+    /// whose verdicts are still compact).
+    pub fn explained(
+        &self,
+        id: &FlowId,
+        model: Option<&Model>,
+        explained: &mut Explained,
+    ) -> Option<Arc<Verdicts>> {
+        match self.verdicts.as_ref()? {
+            Judged::Explained(v) => Some(v.clone()),
+            Judged::Compact(_) => {
+                let m = model?;
+                Some(m.explain(&self.to_record(id), &self.peers, explained))
+            }
+        }
+    }
+
+    /// The full flow (flow `id`) as served, its verdicts explained by `model` (the current
+    /// one) if not yet.
+    pub fn to_observed(
+        &self,
+        id: &FlowId,
+        model: Option<&Model>,
+        explained: &mut Explained,
+    ) -> ObservedFlow {
+        let flow = self.to_record(id);
+        let v = match &self.verdicts {
+            Some(Judged::Explained(v)) => Some(v.clone()),
+            Some(Judged::Compact(_)) => model.map(|m| m.explain(&flow, &self.peers, explained)),
+            None => None,
+        };
         ObservedFlow {
-            flow: FlowRecord {
-                protocol: id.protocol,
-                src: p.src.endpoint(id.src.0, self.src_port, None),
-                dst: p
-                    .dst
-                    .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
-                state: self.state,
-                first_seen: self.first_seen,
-                last_seen: self.last_seen,
-                packets: self.packets,
-                bytes: self.bytes,
-                drops: self.drops.as_ref().map(|d| d.drops.clone()),
-                node: self.node.as_deref().map(str::to_owned),
-            },
-            verdict: v.map(|v| v.verdict.clone()),
+            flow,
+            verdict: v.as_ref().map(|v| v.verdict.clone()),
             staged_verdict: v.and_then(|v| v.staged.clone()),
         }
     }
@@ -348,9 +409,22 @@ impl FlowStore {
         self.entries.get(id).map(|e| &e.flow)
     }
 
-    /// The flow with this identity, as served.
-    pub fn observed(&self, id: &FlowId) -> Option<ObservedFlow> {
-        self.get(id).map(|f| f.to_observed(id))
+    /// The flow with this identity, as served (`model`: the current one).
+    pub fn observed(&self, id: &FlowId, model: Option<&Model>) -> Option<ObservedFlow> {
+        self.get(id)
+            .map(|f| f.to_observed(id, model, &mut Explained::default()))
+    }
+
+    /// Explains the verdicts of every flow judged by `model` (which is being replaced), so
+    /// each flow keeps the verdict it got when first seen.
+    pub fn explain_all(&mut self, model: &Model) {
+        let mut explained = Explained::default();
+        for (id, e) in &mut self.entries {
+            if let Some(Judged::Compact(_)) = e.flow.verdicts {
+                let v = model.explain(&e.flow.to_record(id), &e.flow.peers, &mut explained);
+                e.flow.verdicts = Some(Judged::Explained(v));
+            }
+        }
     }
 
     /// Whether flow `id` is held.
@@ -373,7 +447,7 @@ impl FlowStore {
     }
 
     /// Gives flow `id` (a client leg whose backend became known) new attribution and verdicts.
-    pub fn rebind(&mut self, id: &FlowId, peers: Attributed, verdicts: Option<Arc<Verdicts>>) {
+    pub fn rebind(&mut self, id: &FlowId, peers: Attributed, verdicts: Option<Judged>) {
         if let Some(e) = self.entries.get_mut(id) {
             e.flow.peers = peers;
             e.flow.verdicts = verdicts;
@@ -494,8 +568,9 @@ impl FlowStore {
         }
     }
 
-    /// The flows matching `query`, oldest change first (the most recent `limit` ones).
-    pub fn query(&self, query: &FlowQuery) -> Vec<ObservedFlow> {
+    /// The flows matching `query`, oldest change first (the most recent `limit` ones), their
+    /// verdicts explained by `model` (the current one) where not yet.
+    pub fn query(&self, query: &FlowQuery, model: Option<&Model>) -> Vec<ObservedFlow> {
         let mut hits: Vec<(&FlowId, &Entry)> = self
             .entries
             .iter()
@@ -507,8 +582,9 @@ impl FlowStore {
         {
             hits.drain(..hits.len() - limit);
         }
+        let mut explained = Explained::default();
         hits.into_iter()
-            .map(|(id, e)| e.flow.to_observed(id))
+            .map(|(id, e)| e.flow.to_observed(id, model, &mut explained))
             .collect()
     }
 }
@@ -561,39 +637,45 @@ mod tests {
         );
         s.add_drops(&id, "NETFILTER_DROP", "a/deny", 3);
         s.add_drops(&id, "NETFILTER_DROP", "a/deny", 2);
-        let d = s.observed(&id).unwrap().flow.drops.unwrap();
+        let d = s.observed(&id, None).unwrap().flow.drops.unwrap();
         assert_eq!((d.count, d.reason.as_deref()), (5, Some("NETFILTER_DROP")));
         // Re-announcing the flow keeps its drops.
         let (same, f) = flow([10, 0, 0, 1], 1001, [10, 0, 0, 2], 80, "a");
         s.insert(same, f, false);
-        assert_eq!(s.observed(&id).unwrap().flow.drops.unwrap().count, 5);
+        assert_eq!(s.observed(&id, None).unwrap().flow.drops.unwrap().count, 5);
         let q = FlowQuery {
             namespace: Some("b".into()),
             ..FlowQuery::default()
         };
-        let hits = s.query(&q);
+        let hits = s.query(&q, None);
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].flow.src.port, Some(1002));
         assert_eq!(hits[0].flow.src.namespace.as_deref(), Some("b"));
         assert_eq!(
-            s.query(&FlowQuery {
-                workload: Some("nope".into()),
-                ..FlowQuery::default()
-            })
+            s.query(
+                &FlowQuery {
+                    workload: Some("nope".into()),
+                    ..FlowQuery::default()
+                },
+                None
+            )
             .len(),
             0
         );
         assert_eq!(
-            s.query(&FlowQuery {
-                workload: Some("web".into()),
-                ..FlowQuery::default()
-            })
+            s.query(
+                &FlowQuery {
+                    workload: Some("web".into()),
+                    ..FlowQuery::default()
+                },
+                None
+            )
             .len(),
             2
         );
         // The served flow is the record it was stored from, attribution included.
         let (id, f) = flow([10, 0, 0, 3], 1003, [10, 0, 0, 4], 443, "c");
-        let served = f.to_observed(&id);
+        let served = f.to_observed(&id, None, &mut Explained::default());
         assert_eq!(served.flow.src.workload.as_ref().unwrap().name, "web");
         assert_eq!(served.flow.dst.port, Some(443));
         assert_eq!(FlowId::of(&served.flow), id);

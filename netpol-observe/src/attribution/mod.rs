@@ -9,7 +9,9 @@
 
 mod subnets;
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, sync::Arc};
+use std::{net::IpAddr, path::PathBuf, sync::Arc};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use jiff::Timestamp;
 
@@ -108,8 +110,8 @@ impl Attributor {
     }
 
     fn index(pods: Pods, inventory: &Inventory, subnets: &Subnets) -> Self {
-        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::new();
-        let mut by_name: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::default();
+        let mut by_name: HashMap<(String, String), Vec<usize>> = HashMap::default();
         for (i, p) in pods.iter().enumerate() {
             if !p.host_network {
                 for ip in &p.ips {
@@ -121,13 +123,13 @@ impl Attributor {
                 .or_default()
                 .push(i);
         }
-        let mut nodes = HashMap::new();
+        let mut nodes = HashMap::default();
         for n in &inventory.nodes {
             for ip in &n.addresses {
                 nodes.insert(*ip, n.name.clone());
             }
         }
-        let mut services = HashMap::new();
+        let mut services = HashMap::default();
         for svc in &inventory.services {
             let backend = inventory.service_backends(svc).first().and_then(|b| {
                 by_name

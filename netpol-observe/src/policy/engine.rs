@@ -22,13 +22,14 @@ use crate::{
 };
 
 /// A pod as the engine sees it (the fields a verdict reads on every flow are in [`PodHot`]).
+/// Trimmed: the namespace is shared, labels are only read while compiling, and only the
+/// container ports a Service's named `targetPort` may resolve to are kept.
 #[derive(Debug, Clone)]
 struct PodEntry {
-    namespace: String,
-    name: String,
-    labels: Vec<(u32, u32)>,
-    ips: Vec<IpAddr>,
-    ports: Vec<ContainerPortInfo>,
+    namespace: Arc<str>,
+    name: Box<str>,
+    ips: Box<[IpAddr]>,
+    ports: Box<[ContainerPortInfo]>,
     /// The container ports whose names some rule uses: (name id, protocol, port), in
     /// container order.
     named_ports: Box<[(u32, Protocol, u16)]>,
@@ -164,8 +165,9 @@ pub struct PolicyEngine {
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
     by_ip: FxHashMap<IpAddr, Vec<u32>>,
-    /// Namespace, then pod name: the pods (indices) of that name.
-    by_name: HashMap<String, HashMap<String, Vec<u32>>>,
+    /// Every pod (index), sorted by namespace then name (ascending index within one name):
+    /// the pods of one name are a contiguous run ([`PolicyEngine::named`]).
+    by_name: Vec<u32>,
     node_ids: HashMap<String, u32>,
     node_by_ip: FxHashMap<IpAddr, u32>,
     services: FxHashMap<IpAddr, ServiceEntry>,
@@ -239,8 +241,20 @@ impl PolicyEngine {
         let mut pods = Vec::with_capacity(inventory.pods.len());
         let mut hot = Vec::with_capacity(inventory.pods.len());
         let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
-        let mut by_name: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
         let mut pods_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
+        // Per pod, its labels (interned): only selectors read them, here.
+        let mut pod_labels: Vec<Vec<(u32, u32)>> = Vec::with_capacity(inventory.pods.len());
+        let mut namespaces: HashMap<&str, Arc<str>> = HashMap::new();
+        // The container port names a Service's targetPort may name.
+        let target_names: std::collections::HashSet<&str> = inventory
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .filter_map(|p| match &p.target_port {
+                crate::inventory::TargetPort::Name(n) => Some(n.as_str()),
+                crate::inventory::TargetPort::Number(_) => None,
+            })
+            .collect();
         for p in &inventory.pods {
             let idx = to_u32(pods.len());
             let ns = ns_id(&p.namespace, &mut interner, &mut ns_labels);
@@ -250,12 +264,6 @@ impl PolicyEngine {
                 }
                 pods_by_ns.entry(ns).or_default().push(idx);
             }
-            by_name
-                .entry(p.namespace.clone())
-                .or_default()
-                .entry(p.name.clone())
-                .or_default()
-                .push(idx);
             let labels = interner.labels(&p.labels);
             let class = if p.host_network {
                 NO_CLASS
@@ -276,12 +284,20 @@ impl PolicyEngine {
                     }
                 }
             };
+            let namespace = namespaces
+                .entry(p.namespace.as_str())
+                .or_insert_with(|| Arc::from(p.namespace.as_str()))
+                .clone();
             pods.push(PodEntry {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                labels,
-                ips: p.ips.clone(),
-                ports: p.container_ports.clone(),
+                namespace,
+                name: p.name.as_str().into(),
+                ips: p.ips.as_slice().into(),
+                ports: p
+                    .container_ports
+                    .iter()
+                    .filter(|c| c.name.as_deref().is_some_and(|n| target_names.contains(n)))
+                    .cloned()
+                    .collect(),
                 named_ports: Box::default(),
                 created: p.created,
                 deleted: p.deleted,
@@ -297,7 +313,13 @@ impl PolicyEngine {
                 egress: NO_GROUP,
                 host_network: p.host_network,
             });
+            pod_labels.push(labels);
         }
+        let mut by_name: Vec<u32> = (0..to_u32(pods.len())).collect();
+        by_name.sort_by(|a, b| {
+            let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        });
         // Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it.
         let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); pods.len()];
 
@@ -323,7 +345,7 @@ impl PolicyEngine {
                 }
             }
             for &idx in pods_by_ns.get(&policy_ns[pi]).into_iter().flatten() {
-                if policy.pod_selector.matches(&pods[idx as usize].labels) {
+                if policy.pod_selector.matches(&pod_labels[idx as usize]) {
                     let (ingress, egress) = &mut selecting[idx as usize];
                     if policy.ingress.is_some() {
                         ingress.push(to_u32(pi));
@@ -443,9 +465,9 @@ impl PolicyEngine {
         }
         let tables = builder.finish();
         let rule_names = Arc::new(tables.rule_names(&names));
-        for pod in &mut pods {
-            pod.named_ports = pod
-                .ports
+        for (pod, p) in pods.iter_mut().zip(&inventory.pods) {
+            pod.named_ports = p
+                .container_ports
                 .iter()
                 .filter_map(|p| {
                     let id = tables.port_name(p.name.as_deref()?)?;
@@ -457,14 +479,10 @@ impl PolicyEngine {
         let mut services = FxHashMap::default();
         for svc in &inventory.services {
             let backend = inventory.service_backends(svc).first().and_then(|b| {
-                by_name
-                    .get(&b.namespace)
-                    .and_then(|m| m.get(&b.name))
-                    .and_then(|c| {
-                        c.iter()
-                            .rev()
-                            .find(|i| pods[**i as usize].deleted.is_none())
-                    })
+                by_name_run(&by_name, &pods, &b.namespace, &b.name)
+                    .iter()
+                    .rev()
+                    .find(|i| pods[**i as usize].deleted.is_none())
                     .copied()
             });
             for ip in &svc.cluster_ips {
@@ -500,7 +518,7 @@ impl PolicyEngine {
     /// The policies selecting pod `namespace/name` (the newest pod of that name), or `None` if
     /// the pod is unknown. hostNetwork pods are selected by nothing.
     pub fn policies_selecting(&self, namespace: &str, name: &str) -> Option<PodPolicies> {
-        let idx = self.by_name.get(namespace)?.get(name)?.last()?;
+        let idx = self.named(namespace, name).last()?;
         let pod = self.hot.get(*idx as usize)?;
         let ids = |group: u32| {
             if group == NO_GROUP {
@@ -531,8 +549,8 @@ impl PolicyEngine {
             .filter(|(_, h)| !h.host_network)
             .map(|(p, h)| {
                 (
-                    p.namespace.as_str(),
-                    p.name.as_str(),
+                    &*p.namespace,
+                    &*p.name,
                     h.ingress != NO_GROUP,
                     h.egress != NO_GROUP,
                 )
@@ -642,6 +660,11 @@ impl PolicyEngine {
         }
     }
 
+    /// The pods (indices, ascending) named `ns/name`.
+    fn named(&self, ns: &str, name: &str) -> &[u32] {
+        by_name_run(&self.by_name, &self.pods, ns, name)
+    }
+
     fn dst_pod(&self, dst: Side) -> Option<&PodEntry> {
         match dst {
             Side::Pod(d) => self.pods.get(d as usize),
@@ -735,7 +758,7 @@ impl PolicyEngine {
         let named = |i: &&u32| {
             names.is_none_or(|(ns, n)| {
                 let p = &self.pods[**i as usize];
-                p.namespace == ns && p.name == n
+                *p.namespace == *ns && *p.name == *n
             })
         };
         candidates
@@ -760,7 +783,7 @@ impl PolicyEngine {
             return Side::Pod(i);
         }
         if let Some((ns, n)) = names
-            && let Some(c) = self.by_name.get(ns).and_then(|m| m.get(n))
+            && let c = self.named(ns, n)
             && let Some(i) = self.pick(c, at, None)
         {
             return Side::Pod(i);
@@ -787,11 +810,7 @@ impl PolicyEngine {
         };
         let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
         let pod = match names {
-            Some((ns, n)) => self
-                .by_name
-                .get(ns)
-                .and_then(|m| m.get(n))
-                .and_then(|c| self.pick(c, at, None)),
+            Some((ns, n)) => self.pick(self.named(ns, n), at, None),
             None => svc.backend,
         };
         let Some(pod) = pod else {
@@ -823,6 +842,17 @@ impl PolicyEngine {
             .unwrap_or(ep.ip);
         (Side::Pod(pod), ip, port)
     }
+}
+
+/// The run of `by_name` (pod indices sorted by namespace then name) naming pod `ns/name`.
+fn by_name_run<'a>(by_name: &'a [u32], pods: &[PodEntry], ns: &str, name: &str) -> &'a [u32] {
+    let key = |i: &u32| {
+        let p = &pods[*i as usize];
+        (&*p.namespace, &*p.name)
+    };
+    let lo = by_name.partition_point(|i| key(i) < (ns, name));
+    let hi = lo + by_name[lo..].partition_point(|i| key(i) == (ns, name));
+    &by_name[lo..hi]
 }
 
 fn to_u32(n: usize) -> u32 {
