@@ -18,8 +18,10 @@
 //! an explanation tests). Each group is one record in a flat array (see [`Tables`]): its
 //! interval starts and slots (a slot holds its set's merged condition) side by side, so
 //! deciding a direction is: the pod's group record, the interval (a handful of boundaries),
-//! one bit of a set-condition row. The explanation tests one bit per rule of the matched
-//! set. Rule sets are interned: groups share them.
+//! one bit of a set-condition row. The explanation reads the matched set's record (one flat
+//! array: its distinct rule conditions, then its rules) and tests one bit per distinct
+//! condition, not per rule; a set whose rules share one condition needs no test at all.
+//! Rule sets are interned: groups share them.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -56,12 +58,12 @@ pub(crate) struct RuleInfo {
 }
 
 /// Rules (global ids, ascending = policy order then rule order) with their peers merged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RuleSet {
     /// The union of the rules' peer conditions (in the set condition space).
     cond: u32,
-    /// Each rule and its peer condition (in the rule condition space).
-    rules: Box<[(u32, u32)]>,
+    /// Offset of its record in [`Tables::set_flat`].
+    at: u32,
 }
 
 /// The rule sets of one protocol with ports (TCP, UDP, SCTP) in a group, while the tables
@@ -153,7 +155,7 @@ impl CondRows {
 /// protocol and port, and the named-port entries to try.
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
-    /// Index of the slot (its set condition in `flat`, its set id in `flat_sets`).
+    /// Index of the slot (its set condition in `flat`, its set record in `flat_sets`).
     slot: usize,
     /// Named-port entries: `(name id, slot)` pairs from this index.
     named: usize,
@@ -171,7 +173,7 @@ struct Lookup {
 //   b .. b+n        interval starts (ports)
 //   b+n .. b+2n     slots: the set of each interval
 //   b+2n .. b+2n+2m named ports: name id, slot
-// A slot holds the set's condition (set condition space); `flat_sets` holds the set id at
+// A slot holds the set's condition (set condition space); `flat_sets` holds the set record at
 // the same index. So a decision reads the pod's group record (a few adjacent words) and one
 // word of a condition row.
 const HEADER: usize = 11;
@@ -181,10 +183,16 @@ const HEADER: usize = 11;
 pub(crate) struct Tables {
     rules: Vec<RuleInfo>,
     sets: Vec<RuleSet>,
+    /// Each rule set's record, for explanations, at [`RuleSet::at`]: `k` the number of
+    /// distinct peer conditions of its rules (rule condition space, in order of first use),
+    /// `n` the number of rules, the `k` conditions, then per rule (ascending) its global id
+    /// and the index of its condition among the `k`. One contiguous record, so that
+    /// explaining reads one or two cache lines and tests each distinct condition once.
+    set_flat: Box<[u32]>,
     groups: Vec<Group>,
     /// The groups' records (layout above).
     flat: Box<[u32]>,
-    /// Parallel to `flat`: the set id of each slot.
+    /// Parallel to `flat`: the record offset ([`RuleSet::at`]) of each slot's set.
     flat_sets: Box<[u32]>,
     /// Named ports used by the rules: name → id.
     port_names: HashMap<Box<str>, u32>,
@@ -322,6 +330,47 @@ impl Tables {
         })
     }
 
+    /// Appends to `out` the rules (ascending) of the set whose record is at `at` allowing the
+    /// peer of `rows`, given that the set's merged condition does.
+    #[inline]
+    fn set_allowing(&self, at: usize, rows: Rows, out: &mut IdList) {
+        let (Some(k), Some(n)) = (self.set_flat.get(at), self.set_flat.get(at + 1)) else {
+            return;
+        };
+        let (k, n) = (*k as usize, *n as usize);
+        let Some(conds) = self.set_flat.get(at + 2..at + 2 + k) else {
+            return;
+        };
+        let Some(rules) = self.set_flat.get(at + 2 + k..at + 2 + k + 2 * n) else {
+            return;
+        };
+        let pairs = rules.chunks_exact(2);
+        match k {
+            // The merged condition is this one: every rule allows the peer.
+            1 => out.extend(pairs.map(|p| p[0])),
+            k if k <= 64 => {
+                let mut hits = 0u64;
+                for (i, c) in conds.iter().enumerate() {
+                    hits |= u64::from(self.rule_rows.hit(rows, *c)) << i;
+                }
+                out.extend(
+                    pairs
+                        .filter(|p| (hits >> (p[1] % 64)) & 1 == 1)
+                        .map(|p| p[0]),
+                );
+            }
+            _ => out.extend(
+                pairs
+                    .filter(|p| {
+                        conds
+                            .get(p[1] as usize)
+                            .is_some_and(|c| self.rule_rows.hit(rows, *c))
+                    })
+                    .map(|p| p[0]),
+            ),
+        }
+    }
+
     /// Every rule of group `g` allowing the flow from/to the peer of `rows` (global ids,
     /// ascending): the explanation. Empty when the flow is denied. Usually no allocation:
     /// the sets and rules are kept inline up to [`IdList`]'s inline size.
@@ -346,16 +395,8 @@ impl Tables {
             }
         }
         let mut out = IdList::default();
-        for set in sets.iter() {
-            let Some(s) = self.sets.get(*set as usize) else {
-                continue;
-            };
-            out.extend(
-                s.rules
-                    .iter()
-                    .filter(|(_, c)| self.rule_rows.hit(rows, *c))
-                    .map(|(r, _)| *r),
-            );
+        for at in sets.iter() {
+            self.set_allowing(*at as usize, rows, &mut out);
         }
         if sets.len() > 1 {
             out.sort_dedup();
@@ -445,6 +486,8 @@ pub(crate) struct TablesBuilder<'a> {
     /// The group records (see [`Tables::flat`]) and the set of each slot.
     flat: Vec<u32>,
     flat_sets: Vec<u32>,
+    /// The rule sets' records (see [`Tables::set_flat`]).
+    set_flat: Vec<u32>,
     words: usize,
 }
 
@@ -465,6 +508,7 @@ impl<'a> TablesBuilder<'a> {
             group_ids: HashMap::new(),
             flat: Vec::new(),
             flat_sets: Vec::new(),
+            set_flat: Vec::new(),
             words: classes.div_ceil(64),
         };
         // Set 0: no rule, allows nothing.
@@ -540,11 +584,19 @@ impl<'a> TablesBuilder<'a> {
         let mut classes = vec![0u64; self.words].into_boxed_slice();
         let mut blocks: Vec<u32> = Vec::new();
         let mut pairs = Vec::with_capacity(rules.len());
+        let mut conds: Vec<u32> = Vec::new();
         for r in &rules {
             let Some(info) = self.tables.rules.get(*r as usize) else {
                 continue;
             };
-            pairs.push((*r, info.cond));
+            let local = match conds.iter().position(|c| *c == info.cond) {
+                Some(i) => i,
+                None => {
+                    conds.push(info.cond);
+                    conds.len() - 1
+                }
+            };
+            pairs.push((*r, to_u32(local)));
             let Some(c) = self.rule_conds.conds.get(info.cond as usize) else {
                 continue;
             };
@@ -562,10 +614,15 @@ impl<'a> TablesBuilder<'a> {
             blocks: blocks.into_boxed_slice(),
         });
         let id = to_u32(self.tables.sets.len());
-        self.tables.sets.push(RuleSet {
-            cond,
-            rules: pairs.into_boxed_slice(),
-        });
+        let at = to_u32(self.set_flat.len());
+        self.set_flat.push(to_u32(conds.len()));
+        self.set_flat.push(to_u32(pairs.len()));
+        self.set_flat.extend_from_slice(&conds);
+        for (r, local) in &pairs {
+            self.set_flat.push(*r);
+            self.set_flat.push(*local);
+        }
+        self.tables.sets.push(RuleSet { cond, at });
         self.set_ids.insert(rules.into_boxed_slice(), id);
         id
     }
@@ -607,9 +664,13 @@ impl<'a> TablesBuilder<'a> {
 
     /// Appends a slot for set `set` (its condition; its id alongside).
     fn push_slot(&mut self, set: u32) {
-        let cond = self.tables.sets.get(set as usize).map_or(0, |s| s.cond);
+        let (cond, at) = self
+            .tables
+            .sets
+            .get(set as usize)
+            .map_or((0, u32::MAX), |s| (s.cond, s.at));
         self.flat.push(cond);
-        self.flat_sets.push(set);
+        self.flat_sets.push(at);
     }
 
     fn push_word(&mut self, w: u32) {
@@ -746,6 +807,7 @@ impl<'a> TablesBuilder<'a> {
             .rows(tables.classes, &regions, &block_regions);
         tables.flat = self.flat.into_boxed_slice();
         tables.flat_sets = self.flat_sets.into_boxed_slice();
+        tables.set_flat = self.set_flat.into_boxed_slice();
         tables.regions = regions;
         tables
     }
