@@ -2,16 +2,17 @@
 //! a label set seen after that is collapsed into the family's `other` bucket.
 
 use std::{
-    collections::HashSet,
     hash::Hash,
     sync::{Mutex, PoisonError},
 };
+
+use rustc_hash::FxHashSet;
 
 /// Admission of label sets into one family, bounded by a limit.
 #[derive(Debug)]
 pub(crate) struct Budget<K> {
     limit: usize,
-    admitted: Mutex<HashSet<K>>,
+    admitted: Mutex<FxHashSet<K>>,
 }
 
 impl<K: Hash + Eq + Clone> Budget<K> {
@@ -19,7 +20,7 @@ impl<K: Hash + Eq + Clone> Budget<K> {
     pub(crate) fn new(limit: usize) -> Self {
         Budget {
             limit,
-            admitted: Mutex::new(HashSet::new()),
+            admitted: Mutex::new(FxHashSet::default()),
         }
     }
 

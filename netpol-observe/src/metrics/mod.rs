@@ -28,7 +28,7 @@ pub mod sample;
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, OnceLock, PoisonError},
 };
 
 use prometheus_client::{
@@ -37,7 +37,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::flow::FlowRecord;
+use rustc_hash::FxHashMap;
+
+use crate::flow::{FlowRecord, Protocol};
 use budget::Budget;
 pub use labels::{
     Direction, DropLabels, ErrorLabels, EvictionLabels, FlowLabels, FlowVerdictLabels,
@@ -87,6 +89,12 @@ struct Budgeted<L> {
     name: &'static str,
     family: Family<L, Counter>,
     budget: Budget<L>,
+    /// The `other` buckets already resolved, by the caller's key of the bucket (see
+    /// [`Budgeted::series`]): an overflowing label set then costs no allocation for the
+    /// bucket's labels and no second hashing.
+    others: Mutex<FxHashMap<u32, Counter>>,
+    /// This family's series of `series_dropped_total`, once resolved.
+    dropped: OnceLock<Counter>,
 }
 
 impl<L> Budgeted<L>
@@ -99,6 +107,8 @@ where
             name,
             family: Family::default(),
             budget: Budget::new(limit),
+            others: Mutex::new(FxHashMap::default()),
+            dropped: OnceLock::new(),
         }
     }
 
@@ -110,35 +120,54 @@ where
         v: u64,
         dropped: &Family<MetricLabels, Counter>,
     ) {
-        self.series(&labels, other, dropped).inc_by(v);
+        self.series(&labels, None, other, dropped).inc_by(v);
     }
 
     /// The series of `labels`: its own when admitted, else `other()`'s (counting each
-    /// observation in `dropped`).
+    /// observation in `dropped`). `other_key`, when given, identifies `other()`'s label set
+    /// among this family's overflow buckets (the same key must always mean the same label
+    /// set), so that it is built and resolved once.
     fn series(
         &self,
         labels: &L,
+        other_key: Option<u32>,
         other: impl FnOnce() -> L,
         dropped: &Family<MetricLabels, Counter>,
     ) -> Series {
         if self.budget.admit(labels) {
-            Series {
+            return Series {
                 counter: self.family.get_or_create(labels).clone(),
                 dropped: None,
+            };
+        }
+        let counter = match other_key {
+            Some(key) => {
+                let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
+                others
+                    .entry(key)
+                    .or_insert_with(|| self.family.get_or_create(&other()).clone())
+                    .clone()
             }
-        } else {
-            Series {
-                counter: self.family.get_or_create(&other()).clone(),
-                dropped: Some(
-                    dropped
-                        .get_or_create(&MetricLabels {
-                            metric: self.name.to_owned(),
-                        })
-                        .clone(),
-                ),
-            }
+            None => self.family.get_or_create(&other()).clone(),
+        };
+        let dropped = self.dropped.get_or_init(|| {
+            dropped
+                .get_or_create(&MetricLabels {
+                    metric: self.name.to_owned(),
+                })
+                .clone()
+        });
+        Series {
+            counter,
+            dropped: Some(dropped.clone()),
         }
     }
+}
+
+/// The key of a flow-labelled family's `other` bucket for `protocol` and `detail` (a
+/// verdict's discriminant, or 0): the bucket's labels depend on nothing else.
+fn other_key(protocol: Protocol, detail: u32) -> u32 {
+    ((protocol as u32) << 8) | detail
 }
 
 /// One series of a budgeted family, resolved once: its own counter when its label set was
@@ -324,6 +353,7 @@ impl Metrics {
                 flow: labels.clone(),
                 verdict,
             },
+            Some(other_key(labels.protocol, verdict as u32)),
             || FlowVerdictLabels {
                 flow: FlowLabels::other(labels.protocol, pod_level),
                 verdict,
@@ -347,6 +377,7 @@ impl Metrics {
         let pod_level = self.config.pod_level;
         family.series(
             labels,
+            Some(other_key(labels.protocol, 0)),
             || FlowLabels::other(labels.protocol, pod_level),
             &self.series_dropped,
         )
@@ -361,6 +392,7 @@ impl Metrics {
                 flow: labels.clone(),
                 verdict,
             },
+            Some(other_key(labels.protocol, verdict as u32)),
             || FlowVerdictLabels {
                 flow: FlowLabels::other(labels.protocol, pod_level),
                 verdict,
@@ -385,6 +417,7 @@ impl Metrics {
                 direction,
                 verdict,
             },
+            Some(((direction as u32) << 8) | verdict as u32),
             || {
                 let o = PeerLabels::other(false);
                 VerdictLabels {
