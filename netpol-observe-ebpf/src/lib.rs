@@ -161,30 +161,18 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Cumulative packets and bytes of one direction of a flow.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DirCounters {
-    /// Packets; GSO packets count their segments.
-    pub packets: u64,
-    /// IP bytes (GSO packets count the headers of every segment).
-    pub bytes: u64,
-}
-
 /// Value of the flow map: cumulative counters since the entry was created.
-///
-/// Each direction's counters lie on a cache line of their own, apart from the fields every
-/// packet reads (the key before the value, `flags`): the two directions of a conversation are
-/// usually handled on different CPUs, and counters sharing a line with each other or with the
-/// key made every packet pull the line from the other CPU's cache (measured: 575 vs 230 ns per
-/// program run). Map entries are only 8-byte aligned, so the separation is by distance: 64
-/// bytes of gap (`_gap*`) guarantee no 64-byte line holds bytes of both sides.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowValue {
+    /// Packets per direction ([`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]); GSO packets count their
+    /// segments.
+    pub packets: [u64; 2],
+    /// IP bytes per direction (GSO packets count the headers of every segment).
+    pub bytes: [u64; 2],
     /// `bpf_ktime_get_ns` of the first packet.
     pub first_seen_ns: u64,
-    /// `bpf_ktime_get_ns` of the latest packet (coarse clock; written once per tick at most).
+    /// `bpf_ktime_get_ns` of the latest packet.
     pub last_seen_ns: u64,
     /// One word updated atomically: bits 0–7 the union of TCP flags sent in direction 0,
     /// bits 8–15 those of direction 1, bits 16–17 kernel bookkeeping ([`learned_bit`]), bits
@@ -195,22 +183,7 @@ pub struct FlowValue {
     pub initiator: u8,
     /// Zero.
     pub _pad: [u8; 7],
-    /// Zero: keeps [`FlowValue::lo_to_hi`] off the cache lines of the fields above.
-    pub _gap0: [u64; 8],
-    /// Counters of direction [`DIR_LO_TO_HI`].
-    pub lo_to_hi: DirCounters,
-    /// Zero: keeps the two directions' counters on different cache lines.
-    pub _gap1: [u64; 8],
-    /// Counters of direction [`DIR_HI_TO_LO`].
-    pub hi_to_lo: DirCounters,
 }
-
-/// Offset in [`FlowValue`] of direction 0's [`DirCounters`].
-pub const DIR_COUNTERS_OFFSET: usize = core::mem::offset_of!(FlowValue, lo_to_hi);
-/// Distance in [`FlowValue`] between the two directions' [`DirCounters`]: direction `d`'s
-/// counters are at `DIR_COUNTERS_OFFSET + d * DIR_COUNTERS_STRIDE`.
-pub const DIR_COUNTERS_STRIDE: usize =
-    core::mem::offset_of!(FlowValue, hi_to_lo) - core::mem::offset_of!(FlowValue, lo_to_hi);
 
 /// Bit position of direction `dir`'s TCP flags in [`FlowValue::flags`] is `dir * 8`.
 pub const FLAGS_DIR_BITS: u32 = 8;
@@ -238,16 +211,6 @@ pub const fn event_bits(e: u32) -> u64 {
 }
 
 impl FlowValue {
-    /// Packets per direction ([`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]).
-    pub const fn packets(&self) -> [u64; 2] {
-        [self.lo_to_hi.packets, self.hi_to_lo.packets]
-    }
-
-    /// IP bytes per direction ([`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]).
-    pub const fn bytes(&self) -> [u64; 2] {
-        [self.lo_to_hi.bytes, self.hi_to_lo.bytes]
-    }
-
     /// Union of the TCP flags sent in direction `dir`.
     pub const fn tcp_flags(&self, dir: u8) -> u32 {
         ((self.flags >> ((dir as u32 & 1) * FLAGS_DIR_BITS)) & 0xff) as u32
@@ -295,8 +258,6 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::DirCounters {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalEndpoint {}
@@ -325,28 +286,12 @@ mod tests {
 
     #[test]
     fn flow_value_layout() {
-        assert_eq!(size_of::<FlowValue>(), 192);
-        assert_eq!(offset_of!(FlowValue, last_seen_ns), 8);
-        assert_eq!(offset_of!(FlowValue, flags), 16);
-        assert_eq!(offset_of!(FlowValue, initiator), 24);
-        assert_eq!(DIR_COUNTERS_OFFSET, 96);
-        assert_eq!(DIR_COUNTERS_STRIDE, 80);
-        assert_eq!(size_of::<DirCounters>(), 16);
-    }
-
-    /// Whatever the 8-byte-aligned address of a value, no 64-byte cache line holds bytes of
-    /// two of: the shared fields (and the key before them), direction 0's counters, direction
-    /// 1's counters.
-    #[test]
-    fn directions_never_share_a_cache_line() {
-        let line = |a: usize| a / 64;
-        for base in (0..128).step_by(8) {
-            let shared_last = line(base + offset_of!(FlowValue, _gap0) - 1);
-            let d0 = (base + DIR_COUNTERS_OFFSET, base + DIR_COUNTERS_OFFSET + 15);
-            let d1 = (d0.0 + DIR_COUNTERS_STRIDE, d0.1 + DIR_COUNTERS_STRIDE);
-            assert!(shared_last < line(d0.0), "base {base}");
-            assert!(line(d0.1) < line(d1.0), "base {base}");
-        }
+        assert_eq!(size_of::<FlowValue>(), 64);
+        assert_eq!(offset_of!(FlowValue, bytes), 16);
+        assert_eq!(offset_of!(FlowValue, first_seen_ns), 32);
+        assert_eq!(offset_of!(FlowValue, last_seen_ns), 40);
+        assert_eq!(offset_of!(FlowValue, flags), 48);
+        assert_eq!(offset_of!(FlowValue, initiator), 56);
     }
 
     #[test]

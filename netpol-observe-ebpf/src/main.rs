@@ -26,11 +26,10 @@ mod programs {
         programs::TcContext,
     };
     use netpol_observe_ebpf::{
-        COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_COUNTERS_OFFSET,
-        DIR_COUNTERS_STRIDE, DIR_HI_TO_LO, DIR_LO_TO_HI, DirCounters, EVENT_FIN,
-        EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6, FlowEvent, FlowKey,
-        FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY, LocalEndpoint, event_bits,
-        learned_bit, tcp_flag_bits, tcp_flags,
+        COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
+        DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
+        FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY, LocalEndpoint,
+        event_bits, learned_bit, tcp_flag_bits, tcp_flags,
     };
 
     #[map(name = "FLOWS")]
@@ -56,8 +55,6 @@ mod programs {
         pkt: Packet,
         key: FlowKey,
         value: FlowValue,
-        /// The two addresses of a packet an ICMP error quotes (u64s for alignment).
-        quoted: [u64; 4],
     }
 
     /// Set to 1 by userspace to learn local endpoints from packets leaving pods.
@@ -413,11 +410,11 @@ mod programs {
         off: usize,
         v6: bool,
         key: &mut FlowKey,
-        tmp: &mut [u64; 4],
+        tmp: &mut FlowValue,
     ) -> Result<(), ()> {
-        // SAFETY: [u64; 4] and [[u8; 16]; 2] have the same size; the u64s make both 8-aligned
-        // (as `map_v4` needs).
-        let addrs = unsafe { &mut *((tmp as *mut [u64; 4]) as *mut [[u8; 16]; 2]) };
+        // Reuse the 32 bytes of packets+bytes of the scratch value for the two addresses.
+        // SAFETY: [u64; 4] and [[u8; 16]; 2] have the same size; u8 has no alignment needs.
+        let addrs = unsafe { &mut *((&raw mut tmp.packets) as *mut [[u8; 16]; 2]) };
         let (proto, l4);
         if v6 {
             proto = byte(ctx, off + 6)?;
@@ -486,12 +483,7 @@ mod programs {
     }
 
     fn handle(ctx: &TcContext, scratch: &mut Scratch, from_pod: bool) {
-        let Scratch {
-            pkt,
-            key,
-            value,
-            quoted,
-        } = scratch;
+        let Scratch { pkt, key, value } = scratch;
         let pkt = &*pkt;
         // Learning costs one LOCAL_ENDPOINTS lookup per flow and direction (the flow's
         // learned bit), not one per packet.
@@ -502,7 +494,7 @@ mod programs {
                 learn_endpoint(ctx, &pkt.src);
             }
             let v6 = pkt.family == FAMILY_V6;
-            if quoted_key(ctx, pkt.quoted_off as usize, v6, key, quoted).is_ok() {
+            if quoted_key(ctx, pkt.quoted_off as usize, v6, key, value).is_ok() {
                 if let Some(v) = FLOWS.get_ptr_mut(&*key) {
                     unsafe { or64(&raw mut (*v).flags, event_bits(EVENT_ICMP_UNREACH)) };
                     return;
@@ -541,14 +533,11 @@ mod programs {
             if learn && learn_endpoint(ctx, &pkt.src) {
                 value.flags |= learned_bit(dir);
             }
-            let d0 = dir & 1 == 0;
-            let own = |n: u64| if d0 { (n, 0) } else { (0, n) };
-            let (p0, p1) = own(pkt.segs);
-            let (b0, b1) = own(pkt.bytes);
-            set(&mut value.lo_to_hi.packets, p0);
-            set(&mut value.lo_to_hi.bytes, b0);
-            set(&mut value.hi_to_lo.packets, p1);
-            set(&mut value.hi_to_lo.bytes, b1);
+            let d = (dir & 1) as usize;
+            for i in 0..2 {
+                set(&mut value.packets[i], if i == d { pkt.segs } else { 0 });
+                set(&mut value.bytes[i], if i == d { pkt.bytes } else { 0 });
+            }
             match FLOWS.insert(&*key, &*value, BPF_NOEXIST) {
                 Ok(()) => {
                     count(Counter::FlowsCreated);
@@ -612,11 +601,11 @@ mod programs {
     ) {
         let d = (dir & 1) as usize;
         unsafe {
-            // This direction's counters (a cache line apart from the other direction's).
-            let c = (v as *mut u8).add(DIR_COUNTERS_OFFSET + d * DIR_COUNTERS_STRIDE)
-                as *mut DirCounters;
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, pkt.segs);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, pkt.bytes);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                &raw mut (*v).packets[d],
+                pkt.segs,
+            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes[d], pkt.bytes);
             // The coarse clock (last timer tick) is enough for idleness and much cheaper; it
             // may lag first_seen by less than a tick, hence the comparison.
             let now = bpf_ktime_get_coarse_ns();

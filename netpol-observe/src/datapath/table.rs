@@ -91,8 +91,8 @@ struct Counts {
 impl Counts {
     fn from_value(v: &FlowValue) -> Self {
         Counts {
-            packets: v.packets(),
-            bytes: v.bytes(),
+            packets: v.packets,
+            bytes: v.bytes,
         }
     }
 
@@ -519,7 +519,7 @@ pub fn derive_state(protocol: Protocol, flags: u64, init: u8, packets: Direction
 
 #[cfg(test)]
 mod tests {
-    use netpol_observe_ebpf::{DirCounters, EVENT_NEW, tcp_flag_bits};
+    use netpol_observe_ebpf::{EVENT_NEW, tcp_flag_bits};
 
     use super::*;
 
@@ -538,19 +538,13 @@ mod tests {
 
     fn value(first: u64, last: u64, p: [u64; 2], flags: u64) -> FlowValue {
         FlowValue {
-            lo_to_hi: DirCounters {
-                packets: p[0],
-                bytes: p[0] * 100,
-            },
-            hi_to_lo: DirCounters {
-                packets: p[1],
-                bytes: p[1] * 100,
-            },
+            packets: p,
+            bytes: [p[0] * 100, p[1] * 100],
             first_seen_ns: first,
             last_seen_ns: last,
             flags,
             initiator: DIR_LO_TO_HI,
-            ..FlowValue::default()
+            _pad: [0; 7],
         }
     }
 
