@@ -178,7 +178,7 @@ mod programs {
     /// v4-mapped IPv6 (`::ffff:a.b.c.d`) with two 64-bit stores: a plain `*out = [0; 16]`
     /// compiles to a call of the byte-loop `memset`, which was a fifth of the program time.
     /// `out` must be 8-byte aligned: every caller passes an address field of `Packet` (offsets
-    /// 0 and 16 of an 8-aligned struct) or half of `Scratch::quoted` (`u64`s).
+    /// 0 and 16 of an 8-aligned struct) or half of the scratch value's `u64` counters.
     #[inline(always)]
     fn map_v4(raw: [u8; 4], out: &mut [u8; 16]) {
         let hi = u64::from_ne_bytes([0, 0, 0xff, 0xff, raw[0], raw[1], raw[2], raw[3]]);
@@ -522,8 +522,8 @@ mod programs {
             value.first_seen_ns = now;
             value.last_seen_ns = now;
             // initiator and the 7 padding bytes in one store (no memset call)
-            // SAFETY: `initiator` and `_pad` are the 8 bytes at offset 24 of the 8-aligned
-            // value (checked by the layout test).
+            // SAFETY: `initiator` and `_pad` are the last 8 bytes of the 8-aligned value
+            // (checked by the layout test).
             unsafe {
                 let base = (&raw mut *value) as *mut u8;
                 let tail = base.add(core::mem::offset_of!(FlowValue, initiator)) as *mut u64;
