@@ -301,21 +301,8 @@ impl AgentState {
         delta_packets: u64,
         delta_bytes: u64,
     ) {
-        let Some(v) = &f.verdicts else {
-            lock(&self.series).record_flow(
-                &self.metrics,
-                &f.peers,
-                f.dst_port,
-                protocol,
-                true,
-                delta_packets,
-                delta_bytes,
-                model::overall_label(None),
-            );
-            return;
-        };
-        let (live, staged) = (v.verdict(), v.staged());
-        let verdict = model::overall_label(Some(&live));
+        let verdicts = f.verdicts.as_ref().map(|v| (v.verdict(), v.staged()));
+        let verdict = model::overall_label(verdicts.as_ref().map(|(live, _)| live));
         let mut series = lock(&self.series);
         let m = &self.metrics;
         series.record_flow(
@@ -328,6 +315,9 @@ impl AgentState {
             delta_bytes,
             verdict,
         );
+        let Some((live, staged)) = verdicts else {
+            return;
+        };
         let (src, dst) = (&f.peers.src, &f.peers.dst);
         if model::side_is_pod(live.egress.reason) && src.pod.is_some() {
             let label = model::side_label(live.egress.result);
