@@ -271,10 +271,17 @@ impl Model {
             .clone()
     }
 
+    /// Explained verdicts, settled: they are stored, and must not keep this model's engines
+    /// alive after a swap.
     fn evaluate(&self, r: &FlowRecord) -> Verdicts {
+        let settled = |e: &PolicyEngine| {
+            let mut v = e.evaluate(r);
+            v.settle();
+            v
+        };
         Verdicts {
-            verdict: self.engine.evaluate(r),
-            staged: self.staged.as_ref().map(|e| e.evaluate(r)),
+            verdict: settled(&self.engine),
+            staged: self.staged.as_ref().map(settled),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::policy::bench::{self, BenchConfig};
+use crate::policy::bench::{self, BenchConfig, BenchRow};
 
 /// Arguments of `netpol-observe bench-engine`.
 #[derive(Debug, clap::Args)]
@@ -44,15 +44,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let base = rows.first().map(|r| r.verdicts_per_sec).unwrap_or(1.0);
-    let base_compact = rows
-        .first()
-        .map(|r| r.compact_verdicts_per_sec)
-        .unwrap_or(1.0);
+    let first = |f: fn(&BenchRow) -> f64| rows.first().map(f).unwrap_or(1.0);
+    let base = first(|r| r.verdicts_per_sec);
+    let base_read = first(|r| r.read_verdicts_per_sec);
+    let base_compact = first(|r| r.compact_verdicts_per_sec);
     println!(
-        "| policies | compile (median) | verdicts/s, explained (median) | slowdown | verdicts/s, compact (median) | slowdown | allowed | rounds, explained (verdicts/s) |"
+        "| policies | compile (median) | verdicts/s, explained (median) | slowdown | verdicts/s, explained and read (median) | slowdown | verdicts/s, compact (median) | slowdown | allowed | rounds, explained (verdicts/s) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         let samples: Vec<String> = r
             .samples
@@ -60,11 +59,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|s| format!("{:.2}M", s / 1e6))
             .collect();
         println!(
-            "| {} | {:.1} ms | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.0} % | {} |",
+            "| {} | {:.1} ms | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.0} % | {} |",
             r.policies,
             r.compile_ms,
             r.verdicts_per_sec / 1e6,
             base / r.verdicts_per_sec.max(1e-9),
+            r.read_verdicts_per_sec / 1e6,
+            base_read / r.read_verdicts_per_sec.max(1e-9),
             r.compact_verdicts_per_sec / 1e6,
             base_compact / r.compact_verdicts_per_sec.max(1e-9),
             r.allowed_share * 100.0,

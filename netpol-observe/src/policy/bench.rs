@@ -4,7 +4,8 @@
 
 use std::{hint::black_box, time::Instant};
 
-use super::{PolicyEngine, PolicyError, synth};
+use super::{PolicyEngine, PolicyError, SideVerdict, synth};
+use crate::flow::FlowRecord;
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -46,10 +47,14 @@ pub struct BenchRow {
     pub policies: usize,
     /// Median compile time, milliseconds.
     pub compile_ms: f64,
-    /// Median verdicts per second.
+    /// Median verdicts per second of [`PolicyEngine::evaluate`] (explained verdicts; an
+    /// allowed direction's rules are found when first read, which this figure does not do).
     pub verdicts_per_sec: f64,
     /// Every round's verdicts per second, in round order.
     pub samples: Vec<f64>,
+    /// Median verdicts per second of [`PolicyEngine::evaluate`] with both explanations read
+    /// (every allowing rule found, rule and policy names resolved): what printing costs.
+    pub read_verdicts_per_sec: f64,
     /// Median verdicts per second of [`PolicyEngine::evaluate_compact`] (no explanation).
     pub compact_verdicts_per_sec: f64,
     /// Share of allowed verdicts (sanity: the workload is not trivial).
@@ -77,30 +82,39 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, PolicyError> {
         .collect();
     let mut compile = vec![Vec::new(); policy_sets.len()];
     let mut speed = vec![Vec::new(); policy_sets.len()];
+    let mut read = vec![Vec::new(); policy_sets.len()];
     let mut compact = vec![Vec::new(); policy_sets.len()];
     let mut allowed_share = vec![0.0; policy_sets.len()];
+    let measure = |judge: &dyn Fn(&FlowRecord) -> bool| {
+        let mut allowed = 0usize;
+        let start = Instant::now();
+        for flow in flows.iter().cycle().take(config.evaluations) {
+            allowed += usize::from(judge(black_box(flow)));
+        }
+        let secs = start.elapsed().as_secs_f64();
+        (config.evaluations as f64 / secs.max(1e-9), allowed)
+    };
+    // Reads an explanation as printing it would: every rule and policy name.
+    let read_side = |s: &SideVerdict| s.rules.iter().chain(s.policies.iter()).count();
     for _round in 0..config.rounds.max(1) {
         for (i, policies) in policy_sets.iter().enumerate() {
             let start = Instant::now();
             let engine = PolicyEngine::compile(policies, &inventory)?;
             compile[i].push(start.elapsed().as_secs_f64() * 1e3);
-            let mut allowed = 0usize;
-            let start = Instant::now();
-            for flow in flows.iter().cycle().take(config.evaluations) {
-                allowed += usize::from(black_box(engine.evaluate(black_box(flow))).allowed);
-            }
-            let secs = start.elapsed().as_secs_f64();
-            speed[i].push(config.evaluations as f64 / secs.max(1e-9));
+            let (rate, allowed) = measure(&|f| black_box(engine.evaluate(f)).allowed);
+            speed[i].push(rate);
             allowed_share[i] = allowed as f64 / config.evaluations.max(1) as f64;
-            let mut allowed_compact = 0usize;
-            let start = Instant::now();
-            for flow in flows.iter().cycle().take(config.evaluations) {
-                allowed_compact +=
-                    usize::from(black_box(engine.evaluate_compact(black_box(flow))).allowed);
-            }
-            let secs = start.elapsed().as_secs_f64();
-            compact[i].push(config.evaluations as f64 / secs.max(1e-9));
+            let (rate, allowed_read) = measure(&|f| {
+                let v = engine.evaluate(f);
+                black_box(read_side(&v.ingress) + read_side(&v.egress));
+                v.allowed
+            });
+            read[i].push(rate);
+            let (rate, allowed_compact) =
+                measure(&|f| black_box(engine.evaluate_compact(f)).allowed);
+            compact[i].push(rate);
             debug_assert_eq!(allowed, allowed_compact);
+            debug_assert_eq!(allowed, allowed_read);
         }
     }
     Ok(config
@@ -112,6 +126,7 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, PolicyError> {
             compile_ms: median(&compile[i]),
             verdicts_per_sec: median(&speed[i]),
             samples: speed[i].clone(),
+            read_verdicts_per_sec: median(&read[i]),
             compact_verdicts_per_sec: median(&compact[i]),
             allowed_share: allowed_share[i],
         })

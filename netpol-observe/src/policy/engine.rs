@@ -11,7 +11,7 @@ use rustc_hash::FxHashMap;
 use super::{
     Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
     compile::{NsMatch, Peer, compile_policy},
-    names::RuleNames,
+    names::{IdList, RuleNames},
     selector::CompiledSelector,
     selector::Interner,
     table::{PeerKey, Tables, TablesBuilder},
@@ -152,16 +152,53 @@ pub struct PodPolicies {
     pub egress: Vec<String>,
 }
 
+/// What an explanation is found from: the merged rule tables and the pods (for named
+/// ports). Shared by the engine and by the verdicts whose explanation is still pending.
+#[derive(Debug)]
+struct Core {
+    /// Groups of pods selected by the same policies and their merged rule tables.
+    tables: Tables,
+    pods: Box<[PodEntry]>,
+}
+
+/// An allowed direction whose allowing rules are found only when its explanation is first
+/// read ([`Names::pending`]): the question, and the engine's tables to answer it.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    core: Arc<Core>,
+    group: u32,
+    protocol: Protocol,
+    port: Option<u16>,
+    peer: PeerKey,
+    /// The destination pod (its named ports), if the destination is a pod.
+    dst: Option<u32>,
+}
+
+impl Pending {
+    /// The allowing rules (global ids, ascending).
+    pub(crate) fn rules(&self) -> IdList {
+        let dst_pod = self.dst.and_then(|d| self.core.pods.get(d as usize));
+        let tables = &self.core.tables;
+        tables.allowing_rules(
+            self.group,
+            self.protocol,
+            self.port,
+            tables.rows(self.peer),
+            |name| dst_pod.and_then(|d| d.named_port_id(name, self.protocol)),
+        )
+    }
+}
+
 /// NetworkPolicies compiled against an inventory: compile once, evaluate many times.
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
     /// Policy names (`ns/name`), sorted: policy indices are positions here.
     names: Vec<Name>,
-    /// Groups of pods selected by the same policies and their merged rule tables.
-    tables: Tables,
+    /// The rule tables and the pods: shared with the verdicts whose explanation is still to
+    /// be found ([`Pending`]).
+    core: Arc<Core>,
     /// Rule and policy names, for lazy explanations.
     rule_names: Arc<RuleNames>,
-    pods: Vec<PodEntry>,
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
     by_ip: FxHashMap<IpAddr, Vec<u32>>,
@@ -498,9 +535,11 @@ impl PolicyEngine {
 
         Ok(PolicyEngine {
             names,
-            tables,
+            core: Arc::new(Core {
+                tables,
+                pods: pods.into_boxed_slice(),
+            }),
             rule_names,
-            pods,
             hot,
             by_ip,
             by_name,
@@ -524,7 +563,8 @@ impl PolicyEngine {
             if group == NO_GROUP {
                 return Vec::new();
             }
-            self.tables
+            self.core
+                .tables
                 .group(group)
                 .map(|g| {
                     g.policies
@@ -543,7 +583,8 @@ impl PolicyEngine {
     /// Every known pod with whether it is isolated for ingress and for egress:
     /// `(namespace, name, ingress_isolated, egress_isolated)`; hostNetwork pods are skipped.
     pub fn pod_isolation(&self) -> impl Iterator<Item = (&str, &str, bool, bool)> + '_ {
-        self.pods
+        self.core
+            .pods
             .iter()
             .zip(&self.hot)
             .filter(|(_, h)| !h.host_network)
@@ -561,6 +602,9 @@ impl PolicyEngine {
     /// otherwise addresses are looked up (a pod IP at the flow's time, a node IP, a ClusterIP
     /// whose first backend is taken). A flow to a ClusterIP is checked at the backend's target
     /// port, as the destination sees it after DNAT.
+    ///
+    /// The explanation of an allowed direction is found when it is first read; until then the
+    /// verdict shares this engine's tables ([`Verdict::settle`] resolves it for storage).
     pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
         let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q));
         Verdict::new(ingress, egress)
@@ -625,49 +669,60 @@ impl PolicyEngine {
         (ingress, egress)
     }
 
-    /// One direction with its explanation: the allowing rules are found in one pass over the
-    /// matched rule set (no separate allow test).
+    /// One direction with its explanation. The decision is made as in [`Self::decide`]; an
+    /// allowed direction's allowing rules are found only when its explanation is first read
+    /// ([`Pending`]), a denied one lists the group's isolating policies (shared).
     fn explained(&self, q: Query, f: FlowQuery) -> SideVerdict {
         let group = match self.isolating_group(q) {
             Ok(group) => group,
             Err((result, Some(reason))) => return SideVerdict::by_reason(result, reason),
             Err(_) => return SideVerdict::not_isolated(),
         };
-        let dst_pod = self.dst_pod(f.dst);
-        let named = |name| dst_pod.and_then(|d| d.named_port_id(name, f.protocol));
-        let rows = self.tables.rows(self.peer_key(q));
-        let rules = self
-            .tables
-            .allowing_rules(group, f.protocol, f.port, rows, named);
-        let explained = (!rules.is_empty()).then(|| Names::picked(&self.rule_names, rules));
-        match explained {
-            Some((policies, rules)) if !rules.is_empty() => SideVerdict {
+        let peer = self.peer_key(q);
+        if self.allows(group, peer, f) {
+            let (policies, rules) = Names::pending(
+                &self.rule_names,
+                Pending {
+                    core: Arc::clone(&self.core),
+                    group,
+                    protocol: f.protocol,
+                    port: f.port,
+                    peer,
+                    dst: match f.dst {
+                        Side::Pod(d) => Some(d),
+                        _ => None,
+                    },
+                },
+            );
+            SideVerdict {
                 result: SideResult::Allowed,
                 policies,
                 rules,
                 reason: None,
-            },
-            _ => SideVerdict {
+            }
+        } else {
+            SideVerdict {
                 result: SideResult::Denied,
                 policies: self
+                    .core
                     .tables
                     .group(group)
                     .map(|g| g.denied.clone())
                     .unwrap_or_default(),
                 rules: Names::default(),
                 reason: None,
-            },
+            }
         }
     }
 
     /// The pods (indices, ascending) named `ns/name`.
     fn named(&self, ns: &str, name: &str) -> &[u32] {
-        by_name_run(&self.by_name, &self.pods, ns, name)
+        by_name_run(&self.by_name, &self.core.pods, ns, name)
     }
 
     fn dst_pod(&self, dst: Side) -> Option<&PodEntry> {
         match dst {
-            Side::Pod(d) => self.pods.get(d as usize),
+            Side::Pod(d) => self.core.pods.get(d as usize),
             _ => None,
         }
     }
@@ -718,6 +773,17 @@ impl PolicyEngine {
         Ok(group)
     }
 
+    /// Whether a rule of `group` allows the flow `f` from/to `peer`.
+    #[inline]
+    fn allows(&self, group: u32, peer: PeerKey, f: FlowQuery) -> bool {
+        let dst_pod = self.dst_pod(f.dst);
+        self.core
+            .tables
+            .allows(group, f.protocol, f.port, peer, |name| {
+                dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
+            })
+    }
+
     /// Decides one direction of pod `q.me` (`f` carries the flow's destination, port and
     /// protocol): always-allowed cases first, then the pod's group table.
     #[inline]
@@ -726,12 +792,7 @@ impl PolicyEngine {
             Ok(group) => group,
             Err((result, reason)) => return CompactSide { result, reason },
         };
-        let dst_pod = self.dst_pod(f.dst);
-        let allowed = self
-            .tables
-            .allows(group, f.protocol, f.port, self.peer_key(q), |name| {
-                dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
-            });
+        let allowed = self.allows(group, self.peer_key(q), f);
         CompactSide {
             result: if allowed {
                 SideResult::Allowed
@@ -757,7 +818,7 @@ impl PolicyEngine {
         }
         let named = |i: &&u32| {
             names.is_none_or(|(ns, n)| {
-                let p = &self.pods[**i as usize];
+                let p = &self.core.pods[**i as usize];
                 *p.namespace == *ns && *p.name == *n
             })
         };
@@ -765,12 +826,12 @@ impl PolicyEngine {
             .iter()
             .filter(named)
             .rev()
-            .find(|i| self.pods[**i as usize].alive_at(at))
+            .find(|i| self.core.pods[**i as usize].alive_at(at))
             .or_else(|| {
                 candidates
                     .iter()
                     .filter(named)
-                    .max_by_key(|i| self.pods[**i as usize].created)
+                    .max_by_key(|i| self.core.pods[**i as usize].created)
             })
             .copied()
     }
@@ -816,7 +877,7 @@ impl PolicyEngine {
         let Some(pod) = pod else {
             return (Side::Other, ep.ip, ep.port);
         };
-        let entry = &self.pods[pod as usize];
+        let entry = &self.core.pods[pod as usize];
         let port = ep.port.map(|p| {
             svc.info
                 .backend_port(p, protocol, None)
@@ -857,4 +918,40 @@ fn by_name_run<'a>(by_name: &'a [u32], pods: &[PodEntry], ns: &str, name: &str) 
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::policy::{PolicyEngine, SideResult, reference::Reference, synth};
+
+    /// An allowed direction's explanation is found when first read, from the engine's tables:
+    /// it is right even after the engine is dropped, and settling it releases the tables.
+    #[test]
+    fn pending_explanations_outlive_the_engine_and_settle() {
+        let inv = synth::cluster(4, 300, 11);
+        let pols = synth::policies(400, 4, 11);
+        let flows = synth::flows(&inv, 2_000, 11);
+        let reference = Reference::new(&inv, &pols).unwrap();
+        let engine = PolicyEngine::compile(&pols, &inv).unwrap();
+        let pending: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
+        let allowed_sides = pending
+            .iter()
+            .flat_map(|v| [&v.ingress, &v.egress])
+            .filter(|s| s.result == SideResult::Allowed && s.reason.is_none())
+            .count();
+        assert!(allowed_sides > 1_000, "{allowed_sides}");
+        // One reference to the tables per pending direction, besides the engine's own.
+        assert_eq!(Arc::strong_count(&engine.core), 1 + allowed_sides);
+        let mut settled: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
+        settled.iter_mut().for_each(|v| v.settle());
+        assert_eq!(Arc::strong_count(&engine.core), 1 + allowed_sides);
+        drop(engine);
+        for ((flow, p), s) in flows.iter().zip(&pending).zip(&settled) {
+            let want = reference.evaluate(flow);
+            assert_eq!(p, &want, "pending, read after the engine is gone: {flow:?}");
+            assert_eq!(s, &want, "settled: {flow:?}");
+        }
+    }
 }

@@ -3,10 +3,11 @@
 //! reference-counted handles to them, so explaining a verdict costs no string copies. They
 //! serialise exactly as the plain strings and string lists they replace.
 //!
-//! An "allowed" explanation is kept lazy: the verdict holds the ids of the allowing rules
-//! ([`Names::picked`]) and the names are looked up the first time the list is read (compared,
-//! iterated, printed, serialised), so a verdict costs the same whether it names one rule or
-//! a hundred.
+//! An "allowed" explanation is kept lazy: the verdict holds the question (which rule group,
+//! peer, port; [`Names::pending`]) and the allowing rules are found, and their names looked
+//! up, the first time the list is read (compared, iterated, printed, serialised), so a
+//! verdict costs the same whether it names one rule or a hundred. Until then it keeps the
+//! engine's tables alive; [`Names::settle`] resolves it and lets them go.
 
 use std::{
     borrow::Borrow,
@@ -15,6 +16,8 @@ use std::{
     ops::Deref,
     sync::{Arc, OnceLock},
 };
+
+use super::engine::Pending;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -128,7 +131,7 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// The names of every rule of an engine and the policy each belongs to: what lazy
-/// explanations ([`Names::picked`]) resolve against.
+/// explanations ([`Names::pending`]) resolve against.
 #[derive(Debug, Default)]
 pub(crate) struct RuleNames {
     /// Rule labels (`ns/name:ingress[i]`) by global rule id.
@@ -219,13 +222,21 @@ impl Extend<u32> for IdList {
     }
 }
 
-/// Allowing rules (global ids, ascending), resolved to names on first read.
+/// The allowing rules of an allowed direction, found and resolved to names on first read.
 #[derive(Debug)]
 struct Picked {
     names: Arc<RuleNames>,
-    rules: IdList,
+    pending: Pending,
+    /// The allowing rules (global ids, ascending).
+    rules: OnceLock<IdList>,
     labels: OnceLock<Box<[Name]>>,
     policies: OnceLock<Box<[Name]>>,
+}
+
+impl Picked {
+    fn rules(&self) -> &IdList {
+        self.rules.get_or_init(|| self.pending.rules())
+    }
 }
 
 #[derive(Clone)]
@@ -256,7 +267,17 @@ impl Names {
         match &self.0 {
             Repr::Empty => true,
             Repr::Shared(n) => n.is_empty(),
-            Repr::Picked(p, _) => p.rules.is_empty(),
+            // Only an allowed direction is pending, and it has an allowing rule.
+            Repr::Picked(..) => false,
+        }
+    }
+
+    /// Resolves a pending explanation into a plain list of names, releasing the engine's
+    /// tables it kept alive: for verdicts that are stored.
+    pub fn settle(&mut self) {
+        if let Repr::Picked(..) = self.0 {
+            let names: Vec<Name> = self.iter().cloned().collect();
+            *self = Names::from(names);
         }
     }
 
@@ -265,12 +286,14 @@ impl Names {
         self.iter().map(|n| n.as_str().to_owned()).collect()
     }
 
-    /// The explanation of allowing `rules` (global ids, ascending) against `names`: the rule
-    /// labels and the distinct policies, resolved on first read.
-    pub(crate) fn picked(names: &Arc<RuleNames>, rules: IdList) -> (Names, Names) {
+    /// The explanation of an allowed direction, found when first read: the rule labels and
+    /// the distinct policies of the rules `pending` finds, resolved against `names`. Returns
+    /// (policies, rules).
+    pub(crate) fn pending(names: &Arc<RuleNames>, pending: Pending) -> (Names, Names) {
         let p = Arc::new(Picked {
             names: Arc::clone(names),
-            rules,
+            pending,
+            rules: OnceLock::new(),
             labels: OnceLock::new(),
             policies: OnceLock::new(),
         });
@@ -288,7 +311,7 @@ impl Deref for Names {
             Repr::Empty => &[],
             Repr::Shared(n) => n,
             Repr::Picked(p, false) => p.labels.get_or_init(|| {
-                p.rules
+                p.rules()
                     .iter()
                     .filter_map(|r| p.names.labels.get(*r as usize).cloned())
                     .collect()
@@ -296,7 +319,7 @@ impl Deref for Names {
             Repr::Picked(p, true) => p.policies.get_or_init(|| {
                 let mut out: Vec<Name> = Vec::new();
                 let mut last = u32::MAX;
-                for r in p.rules.iter() {
+                for r in p.rules().iter() {
                     let Some(pi) = p.names.policy.get(*r as usize).copied() else {
                         continue;
                     };

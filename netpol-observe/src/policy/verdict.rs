@@ -75,6 +75,12 @@ impl SideVerdict {
     pub fn passes(&self) -> bool {
         self.result != SideResult::Denied
     }
+
+    /// Resolves the explanation now (see [`Names::settle`]).
+    pub fn settle(&mut self) {
+        self.policies.settle();
+        self.rules.settle();
+    }
 }
 
 impl From<(SideResult, Reason)> for SideVerdict {
@@ -103,6 +109,14 @@ impl Verdict {
             ingress,
             egress,
         }
+    }
+
+    /// Resolves both explanations now: a verdict from [`super::PolicyEngine::evaluate`] finds
+    /// its allowing rules when they are first read and keeps the engine's tables alive until
+    /// then; a verdict that is stored should be settled.
+    pub fn settle(&mut self) {
+        self.ingress.settle();
+        self.egress.settle();
     }
 }
 
