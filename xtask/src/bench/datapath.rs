@@ -530,17 +530,30 @@ struct PlacementRuns {
 
 /// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
 /// order in every placement, then the per-program costs. `extra` may hold `--baseline PATH`,
-/// an older `netpol-observe` binary whose agent's ns per run is measured alongside.
+/// an older `netpol-observe` binary whose agent's ns per run is measured alongside, and
+/// `--bin PATH`, a prebuilt binary to measure instead of building the release binary.
 pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
     }
-    let baseline = match extra {
-        [] => None,
-        [flag, path] if flag == "--baseline" => Some(std::path::PathBuf::from(path)),
-        other => bail!("datapath: unknown extra arguments {other:?} (expected --baseline PATH)"),
+    let mut baseline = None;
+    let mut prebuilt = None;
+    let mut args = extra.iter();
+    while let Some(flag) = args.next() {
+        let path = args
+            .next()
+            .map(std::path::PathBuf::from)
+            .with_context(|| format!("datapath: {flag} needs a path"))?;
+        match flag.as_str() {
+            "--baseline" => baseline = Some(path),
+            "--bin" => prebuilt = Some(path),
+            other => bail!("datapath: unknown argument {other} (expected --baseline / --bin PATH)"),
+        }
+    }
+    let bin = match prebuilt {
+        Some(b) => b,
+        None => super::release_binary(root)?,
     };
-    let bin = super::release_binary(root)?;
     let _topology = Topology::create()?;
     let labels = ARMS.map(Arm::label);
     let mut results: Vec<PlacementRuns> = PLACEMENTS
