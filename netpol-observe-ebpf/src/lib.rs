@@ -161,25 +161,19 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Size of the kernel's header of a hash-map element (`struct htab_elem`: bucket link, LRU
-/// node, hash) in front of the key; the key and the value follow, each rounded up to 8 bytes.
-pub const KERNEL_HTAB_ELEM_HEADER: usize = 48;
-
 /// Value of the flow map: cumulative counters since the entry was created.
-///
-/// Laid out for the cache, not for reading: with its 48-byte header and the 40-byte key, a
-/// flow-map element is 192 bytes, three cache lines, and the kernel preallocates the LRU map's
-/// elements in one page-aligned array, so each element starts on a line. The first two lines
-/// hold the header, the key and the fields written once per flow (`first_seen_ns`, `flags`,
-/// `initiator`); the counters written by every packet (`packets`, `bytes`, and `last_seen_ns`
-/// once per clock tick) have the third line to themselves. When a flow's two directions are
-/// handled on two CPUs, only that line moves between them; the lines the hash lookup reads
-/// stay cached on both.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FlowValue {
+    /// Packets per direction ([`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]); GSO packets count their
+    /// segments.
+    pub packets: [u64; 2],
+    /// IP bytes per direction (GSO packets count the headers of every segment).
+    pub bytes: [u64; 2],
     /// `bpf_ktime_get_ns` of the first packet.
     pub first_seen_ns: u64,
+    /// `bpf_ktime_get_ns` of the latest packet.
+    pub last_seen_ns: u64,
     /// One word updated atomically: bits 0–7 the union of TCP flags sent in direction 0,
     /// bits 8–15 those of direction 1, bits 16–17 kernel bookkeeping ([`learned_bit`]), bits
     /// 32–63 the `EVENT_*` bits already announced or observed. Read it with
@@ -189,17 +183,6 @@ pub struct FlowValue {
     pub initiator: u8,
     /// Zero.
     pub _pad: [u8; 7],
-    /// Zero: fills the key's second cache line, so the counters start a line of their own.
-    pub _line_pad: [u64; 2],
-    /// Packets per direction ([`DIR_LO_TO_HI`], [`DIR_HI_TO_LO`]); GSO packets count their
-    /// segments.
-    pub packets: [u64; 2],
-    /// IP bytes per direction (GSO packets count the headers of every segment).
-    pub bytes: [u64; 2],
-    /// `bpf_ktime_get_coarse_ns` of the latest packet (`bpf_ktime_get_ns` at creation).
-    pub last_seen_ns: u64,
-    /// Zero: rounds the element up to a whole number of cache lines.
-    pub _tail_pad: [u64; 3],
 }
 
 /// Bit position of direction `dir`'s TCP flags in [`FlowValue::flags`] is `dir * 8`.
@@ -303,21 +286,12 @@ mod tests {
 
     #[test]
     fn flow_value_layout() {
-        assert_eq!(size_of::<FlowValue>(), 104);
-        assert_eq!(offset_of!(FlowValue, first_seen_ns), 0);
-        assert_eq!(offset_of!(FlowValue, flags), 8);
-        assert_eq!(offset_of!(FlowValue, initiator), 16);
-        assert_eq!(offset_of!(FlowValue, packets), 40);
-        assert_eq!(offset_of!(FlowValue, bytes), 56);
-        assert_eq!(offset_of!(FlowValue, last_seen_ns), 72);
-        // The kernel's element: header, key, value — whole cache lines, and the per-packet
-        // counters (packets, bytes, last_seen_ns) on the last line, apart from the key.
-        let value_at = KERNEL_HTAB_ELEM_HEADER + size_of::<FlowKey>().next_multiple_of(8);
-        let elem = value_at + size_of::<FlowValue>();
-        assert_eq!(elem % 64, 0);
-        assert_eq!(elem, 192);
-        assert_eq!(value_at + offset_of!(FlowValue, packets), 128);
-        assert!(value_at + offset_of!(FlowValue, last_seen_ns) + 8 <= elem);
+        assert_eq!(size_of::<FlowValue>(), 64);
+        assert_eq!(offset_of!(FlowValue, bytes), 16);
+        assert_eq!(offset_of!(FlowValue, first_seen_ns), 32);
+        assert_eq!(offset_of!(FlowValue, last_seen_ns), 40);
+        assert_eq!(offset_of!(FlowValue, flags), 48);
+        assert_eq!(offset_of!(FlowValue, initiator), 56);
     }
 
     #[test]

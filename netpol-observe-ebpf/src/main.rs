@@ -521,10 +521,9 @@ mod programs {
             };
             value.first_seen_ns = now;
             value.last_seen_ns = now;
-            // initiator and the 7 padding bytes in one store (no memset call); the other
-            // padding fields of the scratch value are never written and stay zero.
-            // SAFETY: `initiator` and `_pad` are 8 bytes at an 8-aligned offset of the
-            // 8-aligned value (checked by the layout test).
+            // initiator and the 7 padding bytes in one store (no memset call)
+            // SAFETY: `initiator` and `_pad` are the last 8 bytes of the 8-aligned value
+            // (checked by the layout test).
             unsafe {
                 let base = (&raw mut *value) as *mut u8;
                 let tail = base.add(core::mem::offset_of!(FlowValue, initiator)) as *mut u64;

@@ -544,7 +544,7 @@ mod tests {
             last_seen_ns: last,
             flags,
             initiator: DIR_LO_TO_HI,
-            ..FlowValue::default()
+            _pad: [0; 7],
         }
     }
 
