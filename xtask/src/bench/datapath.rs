@@ -4,9 +4,11 @@
 //! (throughput) and a TCP request/response loop of 1-byte messages (transactions per second)
 //! in each of three arms — nothing attached, the no-op program attached to both pods' host
 //! interfaces (tcx ingress + egress, the fixed cost of the hooks), `netpol-observe agent`
-//! attached — in an order rotating from round to round. Reports every run, the medians and
-//! their ratios, then runs the hooked arms once more with `kernel.bpf_stats_enabled=1` for the
-//! kernel's ns per program run.
+//! attached — in an order rotating from round to round — and in each of two placements of the
+//! pods' processes (`same-cpu`: both on CPU 1; `cross-cpu`: client on CPU 0, server on CPU 1).
+//! Reports every run, the medians and their ratios per placement, then runs the hooked arms
+//! once more per placement with `kernel.bpf_stats_enabled=1` for the kernel's ns per program
+//! run (with `-- --baseline PATH`, an older binary's agent alternately, for before/after).
 
 use std::{
     fs::File,
@@ -86,6 +88,50 @@ fn quiet(args: &[&str]) -> Result<()> {
         .status()?;
     if !status.success() {
         bail!("ip {args:?} failed");
+    }
+    Ok(())
+}
+
+/// Which CPUs the two pods' processes run on. veth delivery runs the receive path (and the
+/// hooks) on the sending CPU, so this decides whether a flow's map entry stays on one CPU or
+/// moves between two for every packet — the largest single influence on the figures here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    /// Label in the report.
+    label: &'static str,
+    /// CPU of the client (pod a: iperf3 -c, the request/response client thread).
+    client_cpu: usize,
+    /// CPU of the server (pod b: iperf3 -s, the request/response server thread).
+    server_cpu: usize,
+}
+
+/// Both pods on CPU 1; client on CPU 0 and server on CPU 1.
+const PLACEMENTS: [Placement; 2] = [
+    Placement {
+        label: "same-cpu",
+        client_cpu: 1,
+        server_cpu: 1,
+    },
+    Placement {
+        label: "cross-cpu",
+        client_cpu: 0,
+        server_cpu: 1,
+    },
+];
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and sched_setaffinity only
+    // read/write that set; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            bail!(
+                "sched_setaffinity to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
     Ok(())
 }
@@ -198,10 +244,23 @@ fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// iperf3 TCP stream from pod a to pod b; Gbit/s received.
-fn throughput(seconds: u64) -> Result<f64> {
+/// iperf3 TCP stream from pod a to pod b, each pinned as `placement` says; Gbit/s received.
+fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
+    let server_cpu = placement.server_cpu.to_string();
+    let client_cpu = placement.client_cpu.to_string();
     let mut server = Command::new("ip")
-        .args(["netns", "exec", "nb-b", "iperf3", "-s", "-1", "-p", "5201"])
+        .args([
+            "netns",
+            "exec",
+            "nb-b",
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            "5201",
+            "-A",
+            &server_cpu,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -209,7 +268,18 @@ fn throughput(seconds: u64) -> Result<f64> {
     std::thread::sleep(Duration::from_millis(300));
     let out = Command::new("ip")
         .args([
-            "netns", "exec", "nb-a", "iperf3", "-c", SERVER_IP, "-p", "5201", "-J", "-t",
+            "netns",
+            "exec",
+            "nb-a",
+            "iperf3",
+            "-c",
+            SERVER_IP,
+            "-p",
+            "5201",
+            "-A",
+            &client_cpu,
+            "-J",
+            "-t",
         ])
         .arg(seconds.to_string())
         .output()
@@ -226,8 +296,9 @@ fn throughput(seconds: u64) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// 1-byte TCP request/response between the pods; transactions per second.
-fn request_response(seconds: u64) -> Result<f64> {
+/// 1-byte TCP request/response between the pods, the two threads pinned as `placement`
+/// says; transactions per second.
+fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
     let listener = std::thread::spawn(|| -> Result<TcpListener> {
         enter("nb-b")?;
         Ok(TcpListener::bind("0.0.0.0:5300")?)
@@ -235,6 +306,7 @@ fn request_response(seconds: u64) -> Result<f64> {
     .join()
     .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
     let server = std::thread::spawn(move || -> Result<()> {
+        pin_thread(placement.server_cpu)?;
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
         let mut b = [0u8; 1];
@@ -245,6 +317,7 @@ fn request_response(seconds: u64) -> Result<f64> {
     });
     let client = std::thread::spawn(move || -> Result<f64> {
         enter("nb-a")?;
+        pin_thread(placement.client_cpu)?;
         let addr: SocketAddr = format!("{SERVER_IP}:5300").parse()?;
         let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         c.set_nodelay(true)?;
@@ -268,10 +341,10 @@ fn request_response(seconds: u64) -> Result<f64> {
     Ok(tps)
 }
 
-fn measure(arm: Arm, bin: &Path, seconds: u64) -> Result<(f64, f64)> {
+fn measure(arm: Arm, bin: &Path, placement: Placement, seconds: u64) -> Result<(f64, f64)> {
     let attached = arm.start(bin)?;
-    let t = throughput(seconds)?;
-    let rr = request_response(seconds)?;
+    let t = throughput(placement, seconds)?;
+    let rr = request_response(placement, seconds)?;
     if let Some(a) = attached {
         a.stop()?;
     }
@@ -365,98 +438,179 @@ fn per_run(
     (parts.join(", "), total)
 }
 
-/// Runs each hooked arm once more with `kernel.bpf_stats_enabled=1` and prints the kernel's
-/// ns per program run — a figure that machine noise hardly moves, unlike throughput.
-fn program_costs(bin: &Path, seconds: u64) -> Result<()> {
+/// One program-cost run: the binary and arm attached, with their label in the report.
+struct CostRun<'a> {
+    label: &'static str,
+    arm: Arm,
+    bin: &'a Path,
+}
+
+/// Runs each hooked arm once more per placement with `kernel.bpf_stats_enabled=1` and prints
+/// the kernel's ns per program run — a figure that machine noise hardly moves, unlike
+/// throughput. With a `baseline` binary, its agent runs alternately with this one (new,
+/// baseline, new, baseline) for a before/after comparison within one run.
+fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64) -> Result<()> {
     println!(
         "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
     );
-    for arm in [Arm::Noop, Arm::Agent] {
-        let attached = arm.start(bin)?;
-        let stats = BpfStats::enable()?;
-        let s0 = prog_stats(bin)?;
-        let started = Instant::now();
-        let tps = request_response(seconds)?;
-        let transactions = tps * started.elapsed().as_secs_f64();
-        let s1 = prog_stats(bin)?;
-        let gbps = throughput(seconds)?;
-        let s2 = prog_stats(bin)?;
-        drop(stats);
-        if let Some(a) = attached {
-            a.stop()?;
+    let mut runs = vec![
+        CostRun {
+            label: "no-op hooks",
+            arm: Arm::Noop,
+            bin,
+        },
+        CostRun {
+            label: "agent",
+            arm: Arm::Agent,
+            bin,
+        },
+    ];
+    if let Some(base) = baseline {
+        for (label, b) in [
+            ("baseline agent", base),
+            ("agent", bin),
+            ("baseline agent", base),
+        ] {
+            runs.push(CostRun {
+                label,
+                arm: Arm::Agent,
+                bin: b,
+            });
         }
-        let (rr_runs, rr_total) = per_run(&s0, &s1);
-        let (tput_runs, _) = per_run(&s1, &s2);
-        let per_tx = if transactions > 0.0 {
-            rr_total as f64 / transactions
-        } else {
-            0.0
-        };
-        let sizes = s2
-            .values()
-            .map(|p| format!("{} {} B xlated / {} B jited", p.name, p.xlated, p.jited))
-            .collect::<Vec<_>>()
-            .join(", ");
-        println!("  {}: {sizes}", arm.label());
+    }
+    for placement in PLACEMENTS {
         println!(
-            "    request/response ({tps:.0}/s): {rr_runs}; {per_tx:.0} ns of programs per \
-             transaction ({:.0} ns per transaction)",
-            1e9 / tps.max(1.0)
+            "  {} (client CPU {}, server CPU {}):",
+            placement.label, placement.client_cpu, placement.server_cpu
         );
-        println!("    throughput ({gbps:.2} Gbit/s): {tput_runs}");
+        for run in &runs {
+            let attached = run.arm.start(run.bin)?;
+            let stats = BpfStats::enable()?;
+            let s0 = prog_stats(run.bin)?;
+            let started = Instant::now();
+            let tps = request_response(placement, seconds)?;
+            let transactions = tps * started.elapsed().as_secs_f64();
+            let s1 = prog_stats(run.bin)?;
+            let gbps = throughput(placement, seconds)?;
+            let s2 = prog_stats(run.bin)?;
+            drop(stats);
+            if let Some(a) = attached {
+                a.stop()?;
+            }
+            let (rr_runs, rr_total) = per_run(&s0, &s1);
+            let (tput_runs, _) = per_run(&s1, &s2);
+            let per_tx = if transactions > 0.0 {
+                rr_total as f64 / transactions
+            } else {
+                0.0
+            };
+            let sizes = s2
+                .values()
+                .map(|p| format!("{} {} B xlated / {} B jited", p.name, p.xlated, p.jited))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("    {}: {sizes}", run.label);
+            println!(
+                "      request/response ({tps:.0}/s): {rr_runs}; {per_tx:.0} ns of programs per \
+                 transaction ({:.0} ns per transaction)",
+                1e9 / tps.max(1.0)
+            );
+            println!("      throughput ({gbps:.2} Gbit/s): {tput_runs}");
+        }
     }
     Ok(())
 }
 
-/// Runs the datapath benchmark: `rounds` rounds of the three arms in rotating order, then
-/// the per-program costs.
-pub fn run(root: &Path, rounds: usize, seconds: u64) -> Result<()> {
+/// Per placement, the throughput and request/response runs of every arm.
+struct PlacementRuns {
+    placement: Placement,
+    tput: Arms,
+    rr: Arms,
+}
+
+/// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
+/// order in every placement, then the per-program costs. `extra` may hold `--baseline PATH`,
+/// an older `netpol-observe` binary whose agent's ns per run is measured alongside, and
+/// `--bin PATH`, a prebuilt binary to measure instead of building the release binary.
+pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
     }
-    let bin = super::release_binary(root)?;
+    let mut baseline = None;
+    let mut prebuilt = None;
+    let mut args = extra.iter();
+    while let Some(flag) = args.next() {
+        let path = args
+            .next()
+            .map(std::path::PathBuf::from)
+            .with_context(|| format!("datapath: {flag} needs a path"))?;
+        match flag.as_str() {
+            "--baseline" => baseline = Some(path),
+            "--bin" => prebuilt = Some(path),
+            other => bail!("datapath: unknown argument {other} (expected --baseline / --bin PATH)"),
+        }
+    }
+    let bin = match prebuilt {
+        Some(b) => b,
+        None => super::release_binary(root)?,
+    };
     let _topology = Topology::create()?;
     let labels = ARMS.map(Arm::label);
-    let mut tput = Arms::new(
-        format!("iperf3 TCP throughput, Gbit/s ({seconds} s runs)"),
-        &labels,
-    );
-    let mut rr = Arms::new(
-        format!("TCP request/response, transactions/s ({seconds} s runs)"),
-        &labels,
-    );
+    let mut results: Vec<PlacementRuns> = PLACEMENTS
+        .iter()
+        .map(|&placement| PlacementRuns {
+            placement,
+            tput: Arms::new(
+                format!(
+                    "[{}] iperf3 TCP throughput, Gbit/s ({seconds} s runs)",
+                    placement.label
+                ),
+                &labels,
+            ),
+            rr: Arms::new(
+                format!(
+                    "[{}] TCP request/response, transactions/s ({seconds} s runs)",
+                    placement.label
+                ),
+                &labels,
+            ),
+        })
+        .collect();
     for round in 0..rounds {
-        // Rotate the order (B N A, N A B, A B N, ...) so drift hits every arm alike.
-        for k in 0..ARMS.len() {
-            let i = (round + k) % ARMS.len();
-            let (t, r) = measure(ARMS[i], &bin, seconds)?;
-            eprintln!(
-                "round {}/{rounds} {:<12} throughput {t:.2} Gbit/s, rr {r:.0}/s",
-                round + 1,
-                ARMS[i].label()
-            );
-            tput.runs[i].push(t);
-            rr.runs[i].push(r);
+        // Alternate which placement goes first, and rotate the arms' order (B N A, N A B,
+        // A B N, ...) so drift hits every arm alike.
+        for p in 0..results.len() {
+            let pr = &mut results[(round + p) % PLACEMENTS.len()];
+            for k in 0..ARMS.len() {
+                let i = (round + k) % ARMS.len();
+                let (t, r) = measure(ARMS[i], &bin, pr.placement, seconds)?;
+                eprintln!(
+                    "round {}/{rounds} {:<9} {:<12} throughput {t:.2} Gbit/s, rr {r:.0}/s",
+                    round + 1,
+                    pr.placement.label,
+                    ARMS[i].label()
+                );
+                pr.tput.runs[i].push(t);
+                pr.rr.runs[i].push(r);
+            }
         }
     }
     // Indices into ARMS.
     let (bare, noop, agent) = (0, 1, 2);
     let comparisons = [(noop, bare), (agent, bare), (agent, noop)];
-    println!("{}", tput.report(&comparisons));
-    println!("{}", rr.report(&comparisons));
-    println!(
-        "targets (agent / no hooks): throughput ratio >= 0.98 ({}), request/response ratio >= \
-         0.97 ({})",
-        if tput.ratio(agent, bare) >= 0.98 {
-            "met"
-        } else {
-            "NOT met"
-        },
-        if rr.ratio(agent, bare) >= 0.97 {
-            "met"
-        } else {
-            "NOT met"
-        }
-    );
-    program_costs(&bin, seconds)
+    let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
+    for pr in &results {
+        println!("{}", pr.tput.report(&comparisons));
+        println!("{}", pr.rr.report(&comparisons));
+        println!(
+            "[{}] targets (agent / no hooks, ratio of medians / median of round ratios): \
+             throughput >= 0.98 ({} / {}), request/response >= 0.97 ({} / {})\n",
+            pr.placement.label,
+            verdict(pr.tput.ratio(agent, bare), 0.98),
+            verdict(pr.tput.round_ratio(agent, bare), 0.98),
+            verdict(pr.rr.ratio(agent, bare), 0.97),
+            verdict(pr.rr.round_ratio(agent, bare), 0.97),
+        );
+    }
+    program_costs(&bin, baseline.as_deref(), seconds)
 }

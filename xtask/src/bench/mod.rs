@@ -52,7 +52,7 @@ pub struct BenchArgs {
 /// Runs the benchmark named by `args`.
 pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
     match args.what {
-        What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1)),
+        What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1), &args.extra),
         What::Engine => engine::run(root, &args.extra),
         What::Recommend => recommend::run(root, &[args.pairs.to_string()]),
         What::Agent => agent::run(root, args.pairs.max(1)),
