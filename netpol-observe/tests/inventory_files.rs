@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 use netpol_observe::{
     attribution::{Attributor, Subnets},
     flow::{FlowRecord, Protocol, WorkloadRef},
-    inventory::{Inventory, TargetPort},
+    inventory::{Inventory, Labels, TargetPort},
     policy::{PolicyEngine, Reason, SideResult},
 };
 
@@ -44,7 +44,10 @@ fn loads_a_directory_of_lists_and_multi_document_files() {
     );
     assert_eq!(
         inv.namespace_labels("shop").unwrap(),
-        &labels(&[("kubernetes.io/metadata.name", "shop"), ("team", "web")])
+        &Labels::from(labels(&[
+            ("kubernetes.io/metadata.name", "shop"),
+            ("team", "web")
+        ]))
     );
     assert_eq!(inv.pods.len(), 7);
     assert_eq!(inv.pods_in("shop").count(), 6);
@@ -82,36 +85,48 @@ fn owners_resolve_to_workloads_with_stable_selector_labels() {
     let pod = |name: &str| inv.pods.iter().find(|p| p.name == name).unwrap();
     // ReplicaSet → Deployment (RS known): the RS selector without pod-template-hash.
     let web = pod("web-7d9c5b-x2abc");
-    assert_eq!(web.workload, workload("Deployment", "web"));
-    assert_eq!(web.selector_labels, labels(&[("app", "web")]));
+    assert_eq!(*web.workload, workload("Deployment", "web"));
+    assert_eq!(web.selector_labels, Labels::from(labels(&[("app", "web")])));
     assert_eq!(web.ips, vec![ip("10.244.1.5"), ip("fd00:10:244:1::5")]);
     assert_eq!(web.container_ports.len(), 2);
     assert_eq!(web.named_port("metrics", Protocol::Tcp), Some(9102));
     // ReplicaSet unknown: the Deployment is named from `<deployment>-<pod-template-hash>`.
-    assert_eq!(pod("api-5f6b7c-k1").workload, workload("Deployment", "api"));
+    assert_eq!(
+        *pod("api-5f6b7c-k1").workload,
+        workload("Deployment", "api")
+    );
     assert_eq!(
         pod("api-5f6b7c-k1").selector_labels,
-        labels(&[("app", "api")])
+        Labels::from(labels(&[("app", "api")]))
     );
     // StatefulSet: per-pod labels are not stable.
-    assert_eq!(pod("db-0").workload, workload("StatefulSet", "db"));
-    assert_eq!(pod("db-0").selector_labels, labels(&[("app", "db")]));
+    assert_eq!(*pod("db-0").workload, workload("StatefulSet", "db"));
+    assert_eq!(
+        pod("db-0").selector_labels,
+        Labels::from(labels(&[("app", "db")]))
+    );
     // DaemonSet on the host network.
     let ne = pod("node-exporter-abcde");
-    assert_eq!(ne.workload, workload("DaemonSet", "node-exporter"));
-    assert_eq!(ne.selector_labels, labels(&[("app", "node-exporter")]));
+    assert_eq!(*ne.workload, workload("DaemonSet", "node-exporter"));
+    assert_eq!(
+        ne.selector_labels,
+        Labels::from(labels(&[("app", "node-exporter")]))
+    );
     assert!(ne.host_network);
     // Job → CronJob; job-name and controller-uid are dropped.
     let backup = pod("backup-29400000-q8w7e");
-    assert_eq!(backup.workload, workload("CronJob", "backup"));
-    assert_eq!(backup.selector_labels, labels(&[("app", "backup")]));
+    assert_eq!(*backup.workload, workload("CronJob", "backup"));
+    assert_eq!(
+        backup.selector_labels,
+        Labels::from(labels(&[("app", "backup")]))
+    );
     assert_eq!(
         backup.deleted,
         Some("2026-11-21T00:10:00Z".parse().unwrap()),
         "finished pods release their IP"
     );
     // A bare pod.
-    assert_eq!(pod("debug").workload, workload("Pod", "debug"));
+    assert_eq!(*pod("debug").workload, workload("Pod", "debug"));
 }
 
 fn subnets() -> Subnets {

@@ -121,7 +121,7 @@ async fn live_inventory_from_recorded_api_responses() {
     assert_eq!(names, ["old-1", "web-abc12-x1"]);
     let web = snap.pod("shop", "web-abc12-x1").unwrap();
     assert_eq!(
-        web.workload,
+        *web.workload,
         WorkloadRef {
             kind: "Deployment".into(),
             name: "web".into()

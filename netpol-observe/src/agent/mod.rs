@@ -799,24 +799,24 @@ mod tests {
     use super::*;
     use crate::{
         flow::{Directional, Protocol, WorkloadRef},
-        inventory::PodInfo,
+        inventory::{Labels, PodInfo},
     };
 
     fn pod(i: usize) -> PodInfo {
         PodInfo {
-            namespace: format!("ns{}", i % 10),
-            name: format!("w{i}-0"),
-            uid: format!("uid-{i}"),
-            labels: BTreeMap::from([("app".to_owned(), format!("w{i}"))]),
+            namespace: format!("ns{}", i % 10).into(),
+            name: format!("w{i}-0").into(),
+            uid: format!("uid-{i}").into(),
+            labels: [("app", format!("w{i}"))].into(),
             ips: vec![IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1])],
             host_network: false,
-            node_name: Some("node-1".to_owned()),
-            workload: WorkloadRef {
+            node_name: Some("node-1".into()),
+            workload: Arc::new(WorkloadRef {
                 kind: "Deployment".to_owned(),
                 name: format!("w{i}"),
-            },
-            selector_labels: BTreeMap::new(),
-            container_ports: Vec::new(),
+            }),
+            selector_labels: Labels::default(),
+            container_ports: Arc::from(Vec::new()),
             created: None,
             deleted: None,
         }
@@ -831,8 +831,8 @@ mod tests {
         use crate::inventory::{ServiceInfo, ServicePortInfo, TargetPort};
         let api = |i| {
             let mut p = pod(i);
-            p.labels = BTreeMap::from([("app".to_owned(), "api".to_owned())]);
-            p.workload.name = "api".to_owned();
+            p.labels = [("app", "api")].into();
+            Arc::make_mut(&mut p.workload).name = "api".to_owned();
             p
         };
         let (web, first, second) = (pod(0), api(10), api(20));
@@ -843,7 +843,7 @@ mod tests {
                 namespace: "ns0".to_owned(),
                 name: "api".to_owned(),
                 cluster_ips: vec![cluster_ip],
-                selector: Some(BTreeMap::from([("app".to_owned(), "api".to_owned())])),
+                selector: Some([("app", "api")].into()),
                 ports: vec![ServicePortInfo {
                     name: None,
                     port: 80,

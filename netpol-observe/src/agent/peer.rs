@@ -127,10 +127,10 @@ impl Peers {
             return p.clone();
         }
         let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
-        ep.namespace = Some(pod.namespace.clone());
-        ep.pod = Some(pod.name.clone());
-        ep.workload = Some(pod.workload.clone());
-        ep.labels = Some(pod.selector_labels.clone());
+        ep.namespace = Some(pod.namespace.to_string());
+        ep.pod = Some(pod.name.to_string());
+        ep.workload = Some((*pod.workload).clone());
+        ep.labels = Some(pod.selector_labels.to_map());
         let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
         if let Some(slot) = self.pods.get_mut(index) {
             *slot = Some(peer.clone());

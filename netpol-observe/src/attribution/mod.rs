@@ -19,7 +19,7 @@ pub use subnets::{NamedSubnet, Subnets, is_private};
 
 use crate::{
     flow::{Endpoint, FlowRecord, ServiceRef},
-    inventory::{Inventory, PodInfo, ServiceInfo},
+    inventory::{Inventory, Name, PodInfo, ServiceInfo},
 };
 
 /// The attribution domain's errors (subnets files).
@@ -91,7 +91,7 @@ pub enum Resolved<'a> {
 pub struct Attributor {
     pods: Pods,
     by_ip: HashMap<IpAddr, Vec<usize>>,
-    by_name: HashMap<(String, String), Vec<usize>>,
+    by_name: HashMap<(Name, Name), Vec<usize>>,
     nodes: HashMap<IpAddr, String>,
     services: HashMap<IpAddr, (ServiceInfo, Option<usize>)>,
     subnets: Subnets,
@@ -111,7 +111,7 @@ impl Attributor {
 
     fn index(pods: Pods, inventory: &Inventory, subnets: &Subnets) -> Self {
         let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::default();
-        let mut by_name: HashMap<(String, String), Vec<usize>> = HashMap::default();
+        let mut by_name: HashMap<(Name, Name), Vec<usize>> = HashMap::default();
         for (i, p) in pods.iter().enumerate() {
             if !p.host_network {
                 for ip in &p.ips {
@@ -193,7 +193,8 @@ impl Attributor {
         at: Option<Timestamp>,
     ) -> Option<&PodInfo> {
         self.pick(
-            self.by_name.get(&(namespace.to_owned(), name.to_owned()))?,
+            self.by_name
+                .get(&(Name::from(namespace), Name::from(name)))?,
             at,
         )
     }
@@ -274,10 +275,10 @@ impl Attributor {
         };
         if let Some(pod) = self.pod_by_name(ns, name, at) {
             if ep.workload.is_none() {
-                ep.workload = Some(pod.workload.clone());
+                ep.workload = Some((*pod.workload).clone());
             }
             if ep.labels.is_none() {
-                ep.labels = Some(pod.selector_labels.clone());
+                ep.labels = Some(pod.selector_labels.to_map());
             }
         }
     }
@@ -302,8 +303,8 @@ impl Attributor {
 }
 
 fn set_pod(ep: &mut Endpoint, pod: &PodInfo) {
-    ep.namespace = Some(pod.namespace.clone());
-    ep.pod = Some(pod.name.clone());
-    ep.workload = Some(pod.workload.clone());
-    ep.labels = Some(pod.selector_labels.clone());
+    ep.namespace = Some(pod.namespace.to_string());
+    ep.pod = Some(pod.name.to_string());
+    ep.workload = Some((*pod.workload).clone());
+    ep.labels = Some(pod.selector_labels.to_map());
 }

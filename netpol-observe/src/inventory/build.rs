@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     str::FromStr,
+    sync::Arc,
 };
 
 use jiff::Timestamp;
@@ -23,7 +24,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    ContainerPortInfo, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Inventory,
+    ContainerPortInfo, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Interner, Inventory,
     InventoryError, Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo,
     TargetPort,
 };
@@ -256,16 +257,21 @@ pub(super) fn from_sourced(
         }
     }
     let mut inv = Inventory::default();
+    let mut interner = Interner::default();
     for (origin, obj) in rest {
         let res = match obj {
             KubeObject::Namespace(ns) => {
-                let info = namespace_info(&ns);
+                let info = namespace_info(&ns, &mut interner);
                 inv.namespaces.insert(info.name.clone(), info);
                 Ok(())
             }
-            KubeObject::Pod(pod) => pod_info(&pod, &owners).map(|p| inv.pods.push(p)),
-            KubeObject::Service(svc) => service_info(&svc).map(|s| inv.services.push(s)),
-            KubeObject::Node(node) => node_info(&node).map(|n| inv.nodes.push(n)),
+            KubeObject::Pod(pod) => {
+                pod_info(&pod, &owners, &mut interner).map(|p| inv.pods.push(p))
+            }
+            KubeObject::Service(svc) => {
+                service_info(&svc, &mut interner).map(|s| inv.services.push(s))
+            }
+            KubeObject::Node(node) => node_info(&node, &mut interner).map(|n| inv.nodes.push(n)),
             KubeObject::EndpointSlice(es) => {
                 endpoint_slice_info(&es).map(|e| inv.endpoint_slices.push(e))
             }
@@ -294,7 +300,7 @@ pub(super) fn finish(inv: &mut Inventory) {
     let referenced: Vec<String> = inv
         .pods
         .iter()
-        .map(|p| p.namespace.clone())
+        .map(|p| p.namespace.to_string())
         .chain(inv.services.iter().map(|s| s.namespace.clone()))
         .chain(
             inv.network_policies
@@ -306,7 +312,7 @@ pub(super) fn finish(inv: &mut Inventory) {
         inv.namespaces
             .entry(ns.clone())
             .or_insert_with(|| NamespaceInfo {
-                labels: BTreeMap::from([(METADATA_NAME.to_owned(), ns.clone())]),
+                labels: Labels::from([(METADATA_NAME, ns.as_str())]),
                 name: ns,
             });
     }
@@ -326,13 +332,16 @@ pub(super) fn finish(inv: &mut Inventory) {
 /// The label the API server puts on every namespace.
 pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
 
-pub(super) fn namespace_info(ns: &Namespace) -> NamespaceInfo {
+pub(super) fn namespace_info(ns: &Namespace, interner: &mut Interner) -> NamespaceInfo {
     let name = ns.metadata.name.clone().unwrap_or_default();
     let mut labels = ns.metadata.labels.clone().unwrap_or_default();
     labels
         .entry(METADATA_NAME.to_owned())
         .or_insert_with(|| name.clone());
-    NamespaceInfo { name, labels }
+    NamespaceInfo {
+        name,
+        labels: interner.labels_of(&labels),
+    }
 }
 
 pub(super) fn parse_protocol(
@@ -376,42 +385,46 @@ fn parse_ip(value: &str, object: &str, field: &str) -> Result<IpAddr, InventoryE
     })
 }
 
-fn stable_labels(labels: &Labels, selector: Option<&LabelSelector>) -> Labels {
-    let from_selector: Labels = selector
+fn stable_labels(
+    labels: &BTreeMap<String, String>,
+    selector: Option<&LabelSelector>,
+    interner: &mut Interner,
+) -> Labels {
+    let from_selector: Vec<(&str, &str)> = selector
         .and_then(|s| s.match_labels.as_ref())
         .map(|m| {
             m.iter()
                 .filter(|(k, v)| {
                     !VOLATILE_LABELS.contains(&k.as_str()) && labels.get(*k) == Some(*v)
                 })
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect()
         })
         .unwrap_or_default();
     if !from_selector.is_empty() {
-        return from_selector;
+        return interner.labels(from_selector);
     }
-    labels
-        .iter()
-        .filter(|(k, _)| !VOLATILE_LABELS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    interner.labels(
+        labels
+            .iter()
+            .filter(|(k, _)| !VOLATILE_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    )
 }
 
-fn resolve_owner(pod: &Pod, owners: &Owners) -> (WorkloadRef, Labels) {
+fn resolve_owner(
+    pod: &Pod,
+    owners: &Owners,
+    interner: &mut Interner,
+) -> (Arc<WorkloadRef>, Labels) {
     let meta = &pod.metadata;
     let ns = namespace_of(meta);
     let pod_name = meta.name.clone().unwrap_or_default();
-    let labels = meta.labels.clone().unwrap_or_default();
+    let empty = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
     let Some(owner) = controller_of(meta) else {
-        let l = stable_labels(&labels, None);
-        return (
-            WorkloadRef {
-                kind: "Pod".into(),
-                name: pod_name,
-            },
-            l,
-        );
+        let l = stable_labels(labels, None, interner);
+        return (interner.workload("Pod", &pod_name), l);
     };
     let lookup = |kind: &str, name: &str| -> Option<&LabelSelector> {
         owners
@@ -440,19 +453,13 @@ fn resolve_owner(pod: &Pod, owners: &Owners) -> (WorkloadRef, Labels) {
                 Some(d) => {
                     let sel = lookup("Deployment", &d).or(rs.and_then(|(_, s)| s.as_ref()));
                     (
-                        WorkloadRef {
-                            kind: "Deployment".into(),
-                            name: d,
-                        },
-                        stable_labels(&labels, sel),
+                        interner.workload("Deployment", &d),
+                        stable_labels(labels, sel, interner),
                     )
                 }
                 None => (
-                    WorkloadRef {
-                        kind: "ReplicaSet".into(),
-                        name: owner.name.clone(),
-                    },
-                    stable_labels(&labels, rs.and_then(|(_, s)| s.as_ref())),
+                    interner.workload("ReplicaSet", &owner.name),
+                    stable_labels(labels, rs.and_then(|(_, s)| s.as_ref()), interner),
                 ),
             }
         }
@@ -464,34 +471,26 @@ fn resolve_owner(pod: &Pod, owners: &Owners) -> (WorkloadRef, Labels) {
                 .filter(|p| p.kind == "CronJob");
             match parent {
                 Some(cj) => (
-                    WorkloadRef {
-                        kind: "CronJob".into(),
-                        name: cj.name.clone(),
-                    },
-                    stable_labels(&labels, lookup("CronJob", &cj.name)),
+                    interner.workload("CronJob", &cj.name),
+                    stable_labels(labels, lookup("CronJob", &cj.name), interner),
                 ),
                 None => (
-                    WorkloadRef {
-                        kind: "Job".into(),
-                        name: owner.name.clone(),
-                    },
-                    stable_labels(&labels, None),
+                    interner.workload("Job", &owner.name),
+                    stable_labels(labels, None, interner),
                 ),
             }
         }
         kind => (
-            WorkloadRef {
-                kind: kind.to_owned(),
-                name: owner.name.clone(),
-            },
-            stable_labels(&labels, lookup(kind, &owner.name)),
+            interner.workload(kind, &owner.name),
+            stable_labels(labels, lookup(kind, &owner.name), interner),
         ),
     }
 }
 
-pub(super) fn pod_info_with(
+pub(super) fn pod_info(
     pod: &Pod,
-    resolve: impl FnOnce(&Pod) -> (WorkloadRef, Labels),
+    owners: &Owners,
+    interner: &mut Interner,
 ) -> Result<PodInfo, InventoryError> {
     let meta = &pod.metadata;
     let object = object_name("Pod", meta);
@@ -557,28 +556,33 @@ pub(super) fn pod_info_with(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let (workload, selector_labels) = resolve(pod);
+    let (workload, selector_labels) = resolve_owner(pod, owners, interner);
+    let labels = match &meta.labels {
+        Some(map) => interner.labels_of(map),
+        None => interner.intern_labels(Labels::default()),
+    };
     Ok(PodInfo {
-        namespace: namespace_of(meta),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone().unwrap_or_default(),
-        labels: meta.labels.clone().unwrap_or_default(),
+        namespace: interner.name(meta.namespace.as_deref().unwrap_or("default")),
+        name: meta.name.as_deref().unwrap_or_default().into(),
+        uid: meta.uid.as_deref().unwrap_or_default().into(),
+        labels,
         ips,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
-        node_name: spec.and_then(|s| s.node_name.clone()),
+        node_name: spec
+            .and_then(|s| s.node_name.as_deref())
+            .map(|n| interner.name(n)),
         workload,
         selector_labels,
-        container_ports,
+        container_ports: interner.ports(container_ports),
         created: meta.creation_timestamp.as_ref().map(|t| t.0),
         deleted,
     })
 }
 
-pub(super) fn pod_info(pod: &Pod, owners: &Owners) -> Result<PodInfo, InventoryError> {
-    pod_info_with(pod, |p| resolve_owner(p, owners))
-}
-
-pub(super) fn service_info(svc: &Service) -> Result<ServiceInfo, InventoryError> {
+pub(super) fn service_info(
+    svc: &Service,
+    interner: &mut Interner,
+) -> Result<ServiceInfo, InventoryError> {
     let meta = &svc.metadata;
     let object = object_name("Service", meta);
     let spec = svc.spec.clone().unwrap_or_default();
@@ -629,12 +633,15 @@ pub(super) fn service_info(svc: &Service) -> Result<ServiceInfo, InventoryError>
         namespace: namespace_of(meta),
         name: meta.name.clone().unwrap_or_default(),
         cluster_ips,
-        selector: spec.selector.filter(|s| !s.is_empty()),
+        selector: spec
+            .selector
+            .filter(|s| !s.is_empty())
+            .map(|s| interner.labels_of(&s)),
         ports,
     })
 }
 
-pub(super) fn node_info(node: &Node) -> Result<NodeInfo, InventoryError> {
+pub(super) fn node_info(node: &Node, interner: &mut Interner) -> Result<NodeInfo, InventoryError> {
     let meta = &node.metadata;
     let object = object_name("Node", meta);
     let mut addresses = Vec::new();
@@ -675,7 +682,11 @@ pub(super) fn node_info(node: &Node) -> Result<NodeInfo, InventoryError> {
         name: meta.name.clone().unwrap_or_default(),
         addresses,
         pod_cidrs,
-        labels: meta.labels.clone().unwrap_or_default(),
+        labels: meta
+            .labels
+            .as_ref()
+            .map(|l| interner.labels_of(l))
+            .unwrap_or_default(),
     })
 }
 

@@ -30,7 +30,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{Inventory, PodInfo, WATCHED_RESOURCES, build};
+use super::{Interner, Inventory, PodInfo, WATCHED_RESOURCES, build};
 
 /// How the live inventory behaves.
 #[derive(Debug, Clone)]
@@ -342,24 +342,27 @@ fn snapshot(
         );
     }
     let mut inv = Inventory::default();
+    // One interner per snapshot: what the previous snapshot's pods (tombstones) share stays
+    // shared through their own `Arc`s.
+    let mut interner = Interner::default();
     for ns in stores.namespaces.state() {
-        let info = build::namespace_info(&ns);
+        let info = build::namespace_info(&ns, &mut interner);
         inv.namespaces.insert(info.name.clone(), info);
     }
     for pod in stores.pods.state() {
-        match build::pod_info(&pod, &owners) {
+        match build::pod_info(&pod, &owners, &mut interner) {
             Ok(p) => inv.pods.push(p),
             Err(err) => tracing::warn!(error = %err, "skipping pod"),
         }
     }
     for svc in stores.services.state() {
-        match build::service_info(&svc) {
+        match build::service_info(&svc, &mut interner) {
             Ok(s) => inv.services.push(s),
             Err(err) => tracing::warn!(error = %err, "skipping service"),
         }
     }
     for node in stores.nodes.state() {
-        match build::node_info(&node) {
+        match build::node_info(&node, &mut interner) {
             Ok(n) => inv.nodes.push(n),
             Err(err) => tracing::warn!(error = %err, "skipping node"),
         }

@@ -9,9 +9,10 @@
 mod build;
 mod error;
 mod files;
+mod intern;
 pub mod live;
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -19,6 +20,7 @@ pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 pub use build::KubeObject;
 pub use error::InventoryError;
+pub use intern::{Interner, Labels, Name};
 
 use crate::flow::{Protocol, WorkloadRef};
 
@@ -34,9 +36,6 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("apps", "replicasets"),
     ("batch", "jobs"),
 ];
-
-/// Labels as Kubernetes stores them.
-pub type Labels = BTreeMap<String, String>;
 
 /// One model of the cluster: plain data, no client, cheap to share behind an `Arc`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -75,30 +74,32 @@ pub struct ContainerPortInfo {
     pub protocol: Protocol,
 }
 
-/// A pod, trimmed to what attribution and policy need.
+/// A pod, trimmed to what attribution and policy need. The parts that pods share (namespace,
+/// node, workload, label sets, container-port lists) are shared values from the build's
+/// [`Interner`], so a pod costs a few hundred bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
-    /// Namespace of the pod.
-    pub namespace: String,
+    /// Namespace of the pod (shared).
+    pub namespace: Name,
     /// Name of the pod.
-    pub name: String,
+    pub name: Name,
     /// UID (distinguishes two pods that had the same name over time).
-    pub uid: String,
-    /// All labels of the pod (what `podSelector` matches).
+    pub uid: Name,
+    /// All labels of the pod (what `podSelector` matches; the set is shared).
     pub labels: Labels,
     /// Pod IPs (`status.podIPs`, or `status.podIP`); the node's IPs for hostNetwork pods.
     pub ips: Vec<IpAddr>,
     /// Whether the pod uses the node's network namespace (outside NetworkPolicy scope).
     pub host_network: bool,
-    /// Node the pod is scheduled on.
-    pub node_name: Option<String>,
-    /// The owning workload after following ReplicaSet→Deployment and Job→CronJob.
-    pub workload: WorkloadRef,
-    /// The workload's stable selector labels (never `pod-template-hash` and the like).
+    /// Node the pod is scheduled on (shared).
+    pub node_name: Option<Name>,
+    /// The owning workload after following ReplicaSet→Deployment and Job→CronJob (shared).
+    pub workload: Arc<WorkloadRef>,
+    /// The workload's stable selector labels (never `pod-template-hash` and the like; shared).
     pub selector_labels: Labels,
     /// Container ports of every container (init containers included, as Kubernetes does for
-    /// named-port resolution).
-    pub container_ports: Vec<ContainerPortInfo>,
+    /// named-port resolution); the list is shared.
+    pub container_ports: Arc<[ContainerPortInfo]>,
     /// When the pod was created (`metadata.creationTimestamp`).
     pub created: Option<Timestamp>,
     /// When the pod stopped holding its IP: `metadata.deletionTimestamp`, or for a finished pod
@@ -214,7 +215,7 @@ pub struct NodeInfo {
 impl Inventory {
     /// The pods of namespace `ns`.
     pub fn pods_in<'a>(&'a self, ns: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
-        self.pods.iter().filter(move |p| p.namespace == ns)
+        self.pods.iter().filter(move |p| p.namespace == *ns)
     }
 
     /// The labels of namespace `ns`, if known.

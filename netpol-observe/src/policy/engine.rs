@@ -237,8 +237,7 @@ impl PolicyEngine {
             }
             let id = to_u32(ns_labels.len());
             ns_ids.insert(name.to_owned(), id);
-            let labels = [("kubernetes.io/metadata.name".to_owned(), name.to_owned())].into();
-            ns_labels.push(interner.labels(&labels));
+            ns_labels.push(interner.labels([("kubernetes.io/metadata.name", name)]));
             id
         };
 
@@ -344,7 +343,7 @@ impl PolicyEngine {
                 node: p
                     .node_name
                     .as_ref()
-                    .and_then(|n| node_ids.get(n).copied())
+                    .and_then(|n| node_ids.get(n.as_str()).copied())
                     .unwrap_or(NO_NODE),
                 ingress: NO_GROUP,
                 egress: NO_GROUP,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::SelectorError;
+use crate::inventory::Labels;
 
 /// The operator of a selector requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,12 +137,12 @@ pub(crate) fn requirements(
 /// (unknown operator, `In` without values, `Exists` with values, bad key or value) is an error.
 pub fn label_selector_matches(
     selector: &LabelSelector,
-    labels: &BTreeMap<String, String>,
+    labels: &impl LabelLookup,
 ) -> Result<bool, SelectorError> {
     Ok(requirements(selector)?
         .into_iter()
         .all(|(key, op, values)| {
-            let v = labels.get(key).map(String::as_str);
+            let v = labels.label(key);
             match op {
                 Op::In => v.is_some_and(|v| values.contains(&v)),
                 Op::NotIn => v.is_none_or(|v| !values.contains(&v)),
@@ -149,6 +150,24 @@ pub fn label_selector_matches(
                 Op::DoesNotExist => v.is_none(),
             }
         }))
+}
+
+/// Something labels can be read from by key: an ordinary map or the inventory's [`Labels`].
+pub trait LabelLookup {
+    /// The value of label `key`.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
 }
 
 /// Interns label keys and values to integers.
@@ -168,10 +187,13 @@ impl Interner {
     }
 
     /// Interned labels, sorted by key id.
-    pub(crate) fn labels(&mut self, labels: &BTreeMap<String, String>) -> Vec<(u32, u32)> {
+    pub(crate) fn labels<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> Vec<(u32, u32)> {
         let mut out: Vec<(u32, u32)> = labels
-            .iter()
-            .map(|(k, v)| (self.id(k), self.id(v)))
+            .into_iter()
+            .map(|(k, v)| (self.id(k.as_ref()), self.id(v.as_ref())))
             .collect();
         out.sort_unstable();
         out

@@ -24,10 +24,10 @@ use k8s_openapi::{
 };
 
 use crate::{
-    flow::{FlowRecord, Protocol, WorkloadRef},
+    flow::{FlowRecord, Protocol},
     inventory::{
-        ContainerPortInfo, Inventory, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo,
-        ServicePortInfo, TargetPort,
+        ContainerPortInfo, Interner, Inventory, Labels, NamespaceInfo, NodeInfo, PodInfo,
+        ServiceInfo, ServicePortInfo, TargetPort,
     },
 };
 
@@ -78,6 +78,11 @@ fn labels(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Interned labels (as an inventory build makes them).
+fn labels_in(interner: &mut Interner, pairs: &[(&str, String)]) -> Labels {
+    interner.labels(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+}
+
 fn pod_ip(i: usize) -> IpAddr {
     IpAddr::from([10, 128 + (i >> 16) as u8, (i >> 8) as u8, i as u8])
 }
@@ -86,16 +91,21 @@ fn pod_ip(i: usize) -> IpAddr {
 pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
     let mut rng = Rng::new(seed);
     let mut inv = Inventory::default();
+    // Shared strings, label sets, workloads and port lists, as a real inventory build has.
+    let mut interner = Interner::default();
     for n in 0..namespaces {
         let name = format!("ns-{n}");
         inv.namespaces.insert(
             name.clone(),
             NamespaceInfo {
-                labels: labels(&[
-                    ("kubernetes.io/metadata.name", name.clone()),
-                    ("team", format!("team-{}", n % TEAMS)),
-                    ("env", if n % 2 == 0 { "prod" } else { "dev" }.to_owned()),
-                ]),
+                labels: labels_in(
+                    &mut interner,
+                    &[
+                        ("kubernetes.io/metadata.name", name.clone()),
+                        ("team", format!("team-{}", n % TEAMS)),
+                        ("env", if n % 2 == 0 { "prod" } else { "dev" }.to_owned()),
+                    ],
+                ),
                 name,
             },
         );
@@ -105,13 +115,13 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             name: format!("node-{n}"),
             addresses: vec![IpAddr::from([192, 168, 0, n as u8 + 1])],
             pod_cidrs: Vec::new(),
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
         });
     }
     let t0: Timestamp = "2026-11-22T00:00:00Z"
         .parse()
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let ports = vec![
+    let ports = interner.ports(vec![
         ContainerPortInfo {
             name: Some("http".into()),
             port: 8080,
@@ -132,20 +142,20 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             port: 3868,
             protocol: Protocol::Sctp,
         },
-    ];
+    ]);
     for i in 0..pods {
         let ns = i % namespaces.max(1);
         let app = rng.below(APPS);
-        let mut l = labels(&[
+        let mut l = vec![
             ("app", format!("app-{app}")),
             ("tier", TIERS[app % 3].to_owned()),
             (
                 "pod-template-hash",
                 format!("{:x}", rng.next_u64() & 0xffff),
             ),
-        ]);
+        ];
         if rng.chance(10) {
-            l.insert("canary".into(), "true".into());
+            l.push(("canary", "true".into()));
         }
         let node = rng.below(NODES);
         let host_network = rng.chance(1);
@@ -158,18 +168,15 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             .checked_add(jiff::SignedDuration::from_secs(i as i64))
             .unwrap_or(t0);
         inv.pods.push(PodInfo {
-            namespace: format!("ns-{ns}"),
-            name: format!("app-{app}-{i}"),
-            uid: format!("uid-{i}"),
-            selector_labels: labels(&[("app", format!("app-{app}"))]),
-            labels: l,
+            namespace: interner.name(&format!("ns-{ns}")),
+            name: format!("app-{app}-{i}").into(),
+            uid: format!("uid-{i}").into(),
+            selector_labels: labels_in(&mut interner, &[("app", format!("app-{app}"))]),
+            labels: labels_in(&mut interner, &l),
             ips: vec![ip],
             host_network,
-            node_name: Some(format!("node-{node}")),
-            workload: WorkloadRef {
-                kind: "Deployment".into(),
-                name: format!("app-{app}"),
-            },
+            node_name: Some(interner.name(&format!("node-{node}"))),
+            workload: interner.workload("Deployment", &format!("app-{app}")),
             container_ports: ports.clone(),
             created: Some(created),
             deleted: None,
@@ -178,18 +185,18 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
         if !host_network && rng.chance(2) {
             let other = (ns + 1) % namespaces.max(1);
             inv.pods.push(PodInfo {
-                namespace: format!("ns-{other}"),
-                name: format!("old-{i}"),
-                uid: format!("old-uid-{i}"),
-                labels: labels(&[("app", "old".into()), ("tier", "db".into())]),
-                selector_labels: labels(&[("app", "old".into())]),
+                namespace: interner.name(&format!("ns-{other}")),
+                name: format!("old-{i}").into(),
+                uid: format!("old-uid-{i}").into(),
+                labels: labels_in(
+                    &mut interner,
+                    &[("app", "old".into()), ("tier", "db".into())],
+                ),
+                selector_labels: labels_in(&mut interner, &[("app", "old".into())]),
                 ips: vec![ip],
                 host_network: false,
-                node_name: Some(format!("node-{node}")),
-                workload: WorkloadRef {
-                    kind: "Pod".into(),
-                    name: format!("old-{i}"),
-                },
+                node_name: Some(interner.name(&format!("node-{node}"))),
+                workload: interner.workload("Pod", &format!("old-{i}")),
                 container_ports: ports.clone(),
                 created: Some(t0),
                 deleted: Some(created),
@@ -201,7 +208,7 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             namespace: format!("ns-{n}"),
             name: "app-0".into(),
             cluster_ips: vec![IpAddr::from([10, 96, (n >> 8) as u8, n as u8])],
-            selector: Some(labels(&[("app", "app-0".into())])),
+            selector: Some(labels_in(&mut interner, &[("app", "app-0".into())])),
             ports: vec![
                 ServicePortInfo {
                     name: Some("web".into()),

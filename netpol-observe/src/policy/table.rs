@@ -857,13 +857,15 @@ mod tests {
     fn named_ports_by_destination_agree_with_the_reference() {
         let mut inv = synth::cluster(4, 300, 11);
         for (i, pod) in inv.pods.iter_mut().enumerate() {
-            for port in &mut pod.container_ports {
+            let mut ports = pod.container_ports.to_vec();
+            for port in &mut ports {
                 match (i % 3, port.name.as_deref()) {
                     (1, Some("http")) => port.port = 9050,
                     (2, Some("metrics")) => port.port = 8080,
                     _ => {}
                 }
             }
+            pod.container_ports = ports.into();
         }
         let pols = synth::policies(400, 4, 11);
         let flows = synth::flows(&inv, 3_000, 11);

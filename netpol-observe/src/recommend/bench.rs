@@ -3,18 +3,19 @@
 //! attributed flow records over a few thousand workload-level edges, as agents write them.
 //! Not part of the supported API.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::net::IpAddr;
 
 use jiff::Timestamp;
 
 use crate::{
-    flow::{Endpoint, FlowRecord, FlowState, Protocol, WorkloadRef},
-    inventory::{ContainerPortInfo, Inventory, NamespaceInfo, PodInfo},
+    flow::{Endpoint, FlowRecord, FlowState, Protocol},
+    inventory::{ContainerPortInfo, Interner, Inventory, NamespaceInfo, PodInfo},
 };
 
 /// A deterministic inventory of `workloads` Deployments and `flows` attributed flows.
 pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>) {
     let mut inv = Inventory::default();
+    let mut interner = Interner::default();
     let mut pods_of: Vec<[usize; 2]> = Vec::with_capacity(workloads);
     for w in 0..workloads {
         let ns = format!("ns-{}", w / 100);
@@ -25,30 +26,27 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
                 labels: [("kubernetes.io/metadata.name".to_owned(), ns.clone())].into(),
             });
         let name = format!("app-{w}");
-        let labels: BTreeMap<String, String> = [("app".to_owned(), name.clone())].into();
+        let labels = interner.labels([("app", name.as_str())]);
         let mut idx = [0; 2];
         for (r, slot) in idx.iter_mut().enumerate() {
             let n = w * 2 + r;
             let ip = IpAddr::from([10, 244, (n / 250) as u8, (n % 250) as u8 + 1]);
             *slot = inv.pods.len();
             inv.pods.push(PodInfo {
-                namespace: ns.clone(),
-                name: format!("{name}-{r}"),
-                uid: format!("uid-{n}"),
+                namespace: interner.name(&ns),
+                name: format!("{name}-{r}").into(),
+                uid: format!("uid-{n}").into(),
                 labels: labels.clone(),
                 ips: vec![ip],
                 host_network: false,
-                node_name: Some(format!("node-{}", n % 10)),
-                workload: WorkloadRef {
-                    kind: "Deployment".to_owned(),
-                    name: name.clone(),
-                },
+                node_name: Some(interner.name(&format!("node-{}", n % 10))),
+                workload: interner.workload("Deployment", &name),
                 selector_labels: labels.clone(),
-                container_ports: vec![ContainerPortInfo {
+                container_ports: interner.ports(vec![ContainerPortInfo {
                     name: Some("http".to_owned()),
                     port: 8080,
                     protocol: Protocol::Tcp,
-                }],
+                }]),
                 created: None,
                 deleted: None,
             });
@@ -67,10 +65,10 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
         let server = (client * 7 + 1 + (x as usize % 3) * 13) % workloads.max(1);
         let src_pod = &inv.pods[pods_of[client][i % 2]];
         let mut src = Endpoint::bare(src_pod.ips[0], Some(30000 + (i % 30000) as u16));
-        src.namespace = Some(src_pod.namespace.clone());
-        src.pod = Some(src_pod.name.clone());
-        src.workload = Some(src_pod.workload.clone());
-        src.labels = Some(src_pod.selector_labels.clone());
+        src.namespace = Some(src_pod.namespace.to_string());
+        src.pod = Some(src_pod.name.to_string());
+        src.workload = Some((*src_pod.workload).clone());
+        src.labels = Some(src_pod.selector_labels.to_map());
         let dst = if x.is_multiple_of(16) {
             let mut d = Endpoint::bare(
                 IpAddr::from([203, 0, 113, (x >> 8) as u8 % 8 + 1]),
@@ -81,10 +79,10 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
         } else {
             let dst_pod = &inv.pods[pods_of[server][(i / 2) % 2]];
             let mut d = Endpoint::bare(dst_pod.ips[0], Some(8080));
-            d.namespace = Some(dst_pod.namespace.clone());
-            d.pod = Some(dst_pod.name.clone());
-            d.workload = Some(dst_pod.workload.clone());
-            d.labels = Some(dst_pod.selector_labels.clone());
+            d.namespace = Some(dst_pod.namespace.to_string());
+            d.pod = Some(dst_pod.name.to_string());
+            d.workload = Some((*dst_pod.workload).clone());
+            d.labels = Some(dst_pod.selector_labels.to_map());
             d
         };
         let t = start

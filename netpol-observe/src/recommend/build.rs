@@ -20,13 +20,9 @@ use k8s_openapi::{
 use super::{
     RecommendConfig, annotations,
     cidr::{aggregate, world_except},
-    observe::{EdgeKey, Observations, PeerKey, Span, WorkloadObs},
+    observe::{EdgeKey, Labels, Observations, PeerKey, Span, WorkloadObs},
 };
-use crate::{
-    attribution::Subnets,
-    flow::Protocol,
-    inventory::{ContainerPortInfo, Labels},
-};
+use crate::{attribution::Subnets, flow::Protocol, inventory::ContainerPortInfo};
 
 /// Label key of the namespace name, set on every namespace by the API server.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

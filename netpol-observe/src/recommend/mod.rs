@@ -139,11 +139,11 @@ impl<'i> Recommender<'i> {
         for p in &inventory.pods {
             ports
                 .entry((
-                    p.namespace.clone(),
+                    p.namespace.to_string(),
                     p.workload.kind.clone(),
                     p.workload.name.clone(),
                 ))
-                .or_insert_with(|| p.container_ports.clone());
+                .or_insert_with(|| p.container_ports.to_vec());
         }
         let mut cluster_ranges: Vec<IpNet> = inventory
             .nodes

@@ -12,8 +12,10 @@ use jiff::Timestamp;
 use crate::{
     attribution::Attributor,
     flow::{Endpoint, FlowRecord, Protocol},
-    inventory::Labels,
 };
+
+/// Selector labels as flow records carry them.
+pub(crate) type Labels = std::collections::BTreeMap<String, String>;
 
 /// The node-local DNS cache address (the NodeLocal DNSCache default).
 pub const NODE_LOCAL_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 20, 10));

@@ -239,13 +239,13 @@ fn endpoint<'i>(
             })
             .min_by_key(|p| (p.deleted.is_some(), &p.name))?;
         let mut ep = Endpoint::bare(*pod.ips.first()?, None);
-        ep.namespace = Some(pod.namespace.clone());
-        ep.pod = Some(pod.name.clone());
+        ep.namespace = Some(pod.namespace.to_string());
+        ep.pod = Some(pod.name.to_string());
         ep.workload = Some(WorkloadRef {
             kind: pod.workload.kind.clone(),
             name: pod.workload.name.clone(),
         });
-        ep.labels = Some(pod.selector_labels.clone());
+        ep.labels = Some(pod.selector_labels.to_map());
         return Some((ep, Some(pod)));
     }
     match kind {
