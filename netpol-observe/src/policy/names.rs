@@ -10,125 +10,17 @@
 //! engine's tables alive; [`Names::settle`] resolves it and lets them go.
 
 use std::{
-    borrow::Borrow,
     fmt,
     hash::{Hash, Hasher},
     ops::Deref,
     sync::{Arc, OnceLock},
 };
 
-use super::engine::Pending;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// One name in an explanation: a shared, immutable string (cloning it copies no bytes).
-/// Compares, orders, hashes, prints and serialises as the string it holds.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(Arc<str>);
-
-impl Name {
-    /// The string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Deref for Name {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Borrow<str> for Name {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl From<&str> for Name {
-    fn from(s: &str) -> Self {
-        Name(s.into())
-    }
-}
-
-impl From<String> for Name {
-    fn from(s: String) -> Self {
-        Name(s.into())
-    }
-}
-
-impl From<Name> for String {
-    fn from(n: Name) -> Self {
-        n.0.as_ref().to_owned()
-    }
-}
-
-impl PartialEq<str> for Name {
-    fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
-    }
-}
-
-impl PartialEq<&str> for Name {
-    fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
-    }
-}
-
-impl PartialEq<String> for Name {
-    fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl PartialEq<Name> for str {
-    fn eq(&self, other: &Name) -> bool {
-        self == &*other.0
-    }
-}
-
-impl PartialEq<Name> for &str {
-    fn eq(&self, other: &Name) -> bool {
-        *self == &*other.0
-    }
-}
-
-impl PartialEq<Name> for String {
-    fn eq(&self, other: &Name) -> bool {
-        **self == *other.0
-    }
-}
-
-impl Serialize for Name {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Name::from)
-    }
-}
+use super::engine::Pending;
+/// One name in an explanation: the inventory's shared string (cloning it copies no bytes).
+pub use crate::inventory::Name;
 
 /// The names of every rule of an engine and the policy each belongs to: what lazy
 /// explanations ([`Names::pending`]) resolve against.
