@@ -173,7 +173,7 @@ impl FlowQuery {
             PeerView::of_peer(&f.peers.dst),
             v.map(|v| v.verdict().allowed),
             v.and_then(|v| v.staged()).map(|s| s.allowed),
-            f.last_seen.or(f.first_seen),
+            f.last_seen().or(f.first_seen()),
         )
     }
 
@@ -227,6 +227,30 @@ pub struct DropState {
     reasons: HashMap<String, u64>,
 }
 
+/// A time as nanoseconds since the Unix epoch, 8 bytes instead of an `Option<Timestamp>`'s
+/// 24. Covers 1678–2262; a time outside that range (or `None`) is kept as "no time".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactTime(i64);
+
+impl CompactTime {
+    const NONE: CompactTime = CompactTime(i64::MIN);
+
+    /// The compact form of `t`.
+    pub fn new(t: Option<Timestamp>) -> Self {
+        t.and_then(|t| i64::try_from(t.as_nanosecond()).ok())
+            .filter(|&n| n != i64::MIN)
+            .map_or(Self::NONE, CompactTime)
+    }
+
+    /// The time, if any.
+    pub fn get(self) -> Option<Timestamp> {
+        if self == Self::NONE {
+            return None;
+        }
+        Timestamp::from_nanosecond(i128::from(self.0)).ok()
+    }
+}
+
 /// A flow as the store holds it: the datapath's fields, shared attribution and verdicts.
 #[derive(Debug, Clone)]
 pub struct StoredFlow {
@@ -238,14 +262,13 @@ pub struct StoredFlow {
     pub peers: Attributed,
     /// Lifecycle state.
     pub state: Option<FlowState>,
-    /// First packet seen.
-    pub first_seen: Option<Timestamp>,
-    /// Last packet seen.
-    pub last_seen: Option<Timestamp>,
-    /// Packets sent/received by the initiator.
-    pub packets: Option<Directional>,
-    /// Bytes sent/received by the initiator.
-    pub bytes: Option<Directional>,
+    /// Whether the record had packet and byte counters (`packets`, `bytes`).
+    has_packets: bool,
+    has_bytes: bool,
+    first_seen: CompactTime,
+    last_seen: CompactTime,
+    packets: Directional,
+    bytes: Directional,
     /// The node whose agent observed the flow.
     pub node: Option<Arc<str>>,
     /// Drops joined to the flow.
@@ -263,19 +286,59 @@ impl StoredFlow {
         verdicts: Option<Judged>,
         node: Option<Arc<str>>,
     ) -> Self {
-        StoredFlow {
+        let mut f = StoredFlow {
             src_port: record.src.port,
             dst_port: record.dst.port,
             peers,
-            state: record.state,
-            first_seen: record.first_seen,
-            last_seen: record.last_seen,
-            packets: record.packets,
-            bytes: record.bytes,
+            state: None,
+            has_packets: false,
+            has_bytes: false,
+            first_seen: CompactTime::NONE,
+            last_seen: CompactTime::NONE,
+            packets: Directional::default(),
+            bytes: Directional::default(),
             node,
             drops: None,
             verdicts,
+        };
+        f.refresh(record);
+        f
+    }
+
+    /// Takes the datapath fields (counters, state, times) of a newer record of this flow;
+    /// times the record lacks are kept.
+    fn refresh(&mut self, record: &FlowRecord) {
+        self.state = record.state;
+        if record.first_seen.is_some() {
+            self.first_seen = CompactTime::new(record.first_seen);
         }
+        if record.last_seen.is_some() {
+            self.last_seen = CompactTime::new(record.last_seen);
+        }
+        self.has_packets = record.packets.is_some();
+        self.packets = record.packets.unwrap_or_default();
+        self.has_bytes = record.bytes.is_some();
+        self.bytes = record.bytes.unwrap_or_default();
+    }
+
+    /// First packet seen.
+    pub fn first_seen(&self) -> Option<Timestamp> {
+        self.first_seen.get()
+    }
+
+    /// Last packet seen.
+    pub fn last_seen(&self) -> Option<Timestamp> {
+        self.last_seen.get()
+    }
+
+    /// Packets sent/received by the initiator.
+    pub fn packets(&self) -> Option<Directional> {
+        self.has_packets.then_some(self.packets)
+    }
+
+    /// Bytes sent/received by the initiator.
+    pub fn bytes(&self) -> Option<Directional> {
+        self.has_bytes.then_some(self.bytes)
     }
 
     /// The verdict under the policies in force, without explanation.
@@ -293,10 +356,10 @@ impl StoredFlow {
                 .dst
                 .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
             state: self.state,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            packets: self.packets,
-            bytes: self.bytes,
+            first_seen: self.first_seen(),
+            last_seen: self.last_seen(),
+            packets: self.packets(),
+            bytes: self.bytes(),
             drops: self.drops.as_ref().map(|d| d.drops.clone()),
             node: self.node.as_deref().map(str::to_owned),
         }
@@ -632,12 +695,7 @@ impl FlowStore {
             return false;
         };
         if let Some(s) = self.slot_mut(i) {
-            let f = &mut s.flow;
-            f.state = record.state;
-            f.first_seen = record.first_seen.or(f.first_seen);
-            f.last_seen = record.last_seen.or(f.last_seen);
-            f.packets = record.packets;
-            f.bytes = record.bytes;
+            s.flow.refresh(record);
             s.ended |= ended;
         }
         self.touch(i);
@@ -677,8 +735,8 @@ impl FlowStore {
                 let s = s.as_ref()?;
                 let old = s.ended
                     && s.flow
-                        .last_seen
-                        .or(s.flow.first_seen)
+                        .last_seen()
+                        .or(s.flow.first_seen())
                         .is_none_or(|t| t < cutoff);
                 old.then_some(i as u32)
             })
