@@ -264,8 +264,8 @@ impl AgentState {
             let id = leg.client_leg;
             let mut record = FlowRecord::new(id.protocol, id.src.0, id.dst.0, client.dst_port);
             record.src = Endpoint::bare(id.src.0, client.src_port);
-            record.first_seen = client.first_seen;
-            record.last_seen = client.last_seen;
+            record.first_seen = client.first_seen();
+            record.last_seen = client.last_seen();
             let peers = m.attribute_with_backend(&record, leg.backend.0);
             let verdicts = m.judge(&record, &peers);
             store.rebind(&leg.client_leg, peers, Some(Judged::Compact(verdicts)));

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::{
     flow::{Endpoint, ServiceRef, WorkloadRef},
@@ -23,8 +23,9 @@ pub struct Peer {
     pub pod: Option<String>,
     /// Owning workload of the pod.
     pub workload: Option<WorkloadRef>,
-    /// The workload's selector labels.
-    pub labels: Option<BTreeMap<String, String>>,
+    /// The workload's selector labels, shared by every peer with the same labels (every pod
+    /// of a workload).
+    pub labels: Option<Arc<BTreeMap<String, String>>>,
     /// Node name (a node address or a hostNetwork pod).
     pub node: Option<String>,
     /// Named subnet, `private` or `world`.
@@ -42,7 +43,7 @@ impl Peer {
             namespace: ep.namespace.clone(),
             pod: ep.pod.clone(),
             workload: ep.workload.clone(),
-            labels: ep.labels.clone(),
+            labels: ep.labels.as_ref().map(|l| workloads.intern_labels(l)),
             node: ep.node.clone(),
             subnet: ep.subnet.clone(),
             metric: workloads.intern(PeerLabels::from_endpoint(ep, false)),
@@ -63,32 +64,52 @@ impl Peer {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
             workload: self.workload.clone(),
-            labels: self.labels.clone(),
+            labels: self.labels.as_deref().cloned(),
             node: self.node.clone(),
             subnet: self.subnet.clone(),
         }
     }
 
     /// The metric labels of this peer, with the pod name when `pod_level`.
-    pub fn metric_labels(&self, pod_level: bool) -> PeerLabels {
-        PeerLabels {
-            pod: pod_level.then(|| self.pod.clone().unwrap_or_default()),
-            ..(*self.metric).clone()
+    /// Without `pod_level` this is the shared workload-level copy.
+    pub fn metric_labels(&self, pod_level: bool) -> Arc<PeerLabels> {
+        if !pod_level {
+            return self.metric.clone();
         }
+        Arc::new(PeerLabels {
+            pod: Some(self.pod.clone().unwrap_or_default()),
+            ..(*self.metric).clone()
+        })
     }
 }
 
-/// Interned workload-level metric labels.
+/// Interned workload-level metric labels and selector labels.
 #[derive(Debug, Default)]
-pub struct Workloads(HashMap<PeerLabels, Arc<PeerLabels>>);
+pub struct Workloads {
+    metric: HashMap<PeerLabels, Arc<PeerLabels>>,
+    selectors: HashSet<Arc<BTreeMap<String, String>>>,
+}
 
 impl Workloads {
     /// The shared copy of `labels`.
     pub fn intern(&mut self, labels: PeerLabels) -> Arc<PeerLabels> {
-        self.0
+        self.metric
             .entry(labels)
             .or_insert_with_key(|l| Arc::new(l.clone()))
             .clone()
+    }
+
+    /// The shared copy of selector labels `labels`.
+    pub fn intern_labels(
+        &mut self,
+        labels: &BTreeMap<String, String>,
+    ) -> Arc<BTreeMap<String, String>> {
+        if let Some(l) = self.selectors.get(labels) {
+            return l.clone();
+        }
+        let l = Arc::new(labels.clone());
+        self.selectors.insert(l.clone());
+        l
     }
 }
 

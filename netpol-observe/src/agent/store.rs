@@ -8,14 +8,11 @@
 //! is current, explained when that model is replaced). The full [`ObservedFlow`] is rebuilt,
 //! and its verdicts explained, only when served.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    net::IpAddr,
-    sync::Arc,
-};
+use std::{collections::HashMap, hash::BuildHasher, net::IpAddr, sync::Arc};
 
+use hashbrown::{HashTable, hash_table};
 use jiff::Timestamp;
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -176,7 +173,7 @@ impl FlowQuery {
             PeerView::of_peer(&f.peers.dst),
             v.map(|v| v.verdict().allowed),
             v.and_then(|v| v.staged()).map(|s| s.allowed),
-            f.last_seen.or(f.first_seen),
+            f.last_seen().or(f.first_seen()),
         )
     }
 
@@ -230,6 +227,30 @@ pub struct DropState {
     reasons: HashMap<String, u64>,
 }
 
+/// A time as nanoseconds since the Unix epoch, 8 bytes instead of an `Option<Timestamp>`'s
+/// 24. Covers 1678–2262; a time outside that range (or `None`) is kept as "no time".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactTime(i64);
+
+impl CompactTime {
+    const NONE: CompactTime = CompactTime(i64::MIN);
+
+    /// The compact form of `t`.
+    pub fn new(t: Option<Timestamp>) -> Self {
+        t.and_then(|t| i64::try_from(t.as_nanosecond()).ok())
+            .filter(|&n| n != i64::MIN)
+            .map_or(Self::NONE, CompactTime)
+    }
+
+    /// The time, if any.
+    pub fn get(self) -> Option<Timestamp> {
+        if self == Self::NONE {
+            return None;
+        }
+        Timestamp::from_nanosecond(i128::from(self.0)).ok()
+    }
+}
+
 /// A flow as the store holds it: the datapath's fields, shared attribution and verdicts.
 #[derive(Debug, Clone)]
 pub struct StoredFlow {
@@ -241,14 +262,13 @@ pub struct StoredFlow {
     pub peers: Attributed,
     /// Lifecycle state.
     pub state: Option<FlowState>,
-    /// First packet seen.
-    pub first_seen: Option<Timestamp>,
-    /// Last packet seen.
-    pub last_seen: Option<Timestamp>,
-    /// Packets sent/received by the initiator.
-    pub packets: Option<Directional>,
-    /// Bytes sent/received by the initiator.
-    pub bytes: Option<Directional>,
+    /// Whether the record had packet and byte counters (`packets`, `bytes`).
+    has_packets: bool,
+    has_bytes: bool,
+    first_seen: CompactTime,
+    last_seen: CompactTime,
+    packets: Directional,
+    bytes: Directional,
     /// The node whose agent observed the flow.
     pub node: Option<Arc<str>>,
     /// Drops joined to the flow.
@@ -266,19 +286,59 @@ impl StoredFlow {
         verdicts: Option<Judged>,
         node: Option<Arc<str>>,
     ) -> Self {
-        StoredFlow {
+        let mut f = StoredFlow {
             src_port: record.src.port,
             dst_port: record.dst.port,
             peers,
-            state: record.state,
-            first_seen: record.first_seen,
-            last_seen: record.last_seen,
-            packets: record.packets,
-            bytes: record.bytes,
+            state: None,
+            has_packets: false,
+            has_bytes: false,
+            first_seen: CompactTime::NONE,
+            last_seen: CompactTime::NONE,
+            packets: Directional::default(),
+            bytes: Directional::default(),
             node,
             drops: None,
             verdicts,
+        };
+        f.refresh(record);
+        f
+    }
+
+    /// Takes the datapath fields (counters, state, times) of a newer record of this flow;
+    /// times the record lacks are kept.
+    fn refresh(&mut self, record: &FlowRecord) {
+        self.state = record.state;
+        if record.first_seen.is_some() {
+            self.first_seen = CompactTime::new(record.first_seen);
         }
+        if record.last_seen.is_some() {
+            self.last_seen = CompactTime::new(record.last_seen);
+        }
+        self.has_packets = record.packets.is_some();
+        self.packets = record.packets.unwrap_or_default();
+        self.has_bytes = record.bytes.is_some();
+        self.bytes = record.bytes.unwrap_or_default();
+    }
+
+    /// First packet seen.
+    pub fn first_seen(&self) -> Option<Timestamp> {
+        self.first_seen.get()
+    }
+
+    /// Last packet seen.
+    pub fn last_seen(&self) -> Option<Timestamp> {
+        self.last_seen.get()
+    }
+
+    /// Packets sent/received by the initiator.
+    pub fn packets(&self) -> Option<Directional> {
+        self.has_packets.then_some(self.packets)
+    }
+
+    /// Bytes sent/received by the initiator.
+    pub fn bytes(&self) -> Option<Directional> {
+        self.has_bytes.then_some(self.bytes)
     }
 
     /// The verdict under the policies in force, without explanation.
@@ -296,10 +356,10 @@ impl StoredFlow {
                 .dst
                 .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
             state: self.state,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            packets: self.packets,
-            bytes: self.bytes,
+            first_seen: self.first_seen(),
+            last_seen: self.last_seen(),
+            packets: self.packets(),
+            bytes: self.bytes(),
             drops: self.drops.as_ref().map(|d| d.drops.clone()),
             node: self.node.as_deref().map(str::to_owned),
         }
@@ -344,38 +404,63 @@ impl StoredFlow {
     }
 }
 
+/// "No slot": the end of the LRU list.
+const NIL: u32 = u32::MAX;
+
+/// One held flow in the store's slab, linked into the LRU list.
 #[derive(Debug)]
-struct Entry {
+struct Slot {
+    id: FlowId,
     flow: StoredFlow,
     ended: bool,
-    /// Order of the last change (for eviction and "most recent").
-    touched: u64,
+    /// The slot changed just before this one ([`NIL`]: this is the oldest).
+    prev: u32,
+    /// The slot changed just after this one ([`NIL`]: this is the newest).
+    next: u32,
 }
 
 /// The bounded store of observed flows.
+///
+/// Flows live in one slab (a `Vec` of slots with a free list), linked in a doubly linked
+/// list by order of their last change (oldest first: the next to evict, and the order
+/// queries return). Two hash tables of slot indices find a flow by its identity and by its
+/// unoriented identity; they hash the identity but store only the 4-byte index.
 #[derive(Debug)]
 pub struct FlowStore {
     max: usize,
-    entries: FxHashMap<FlowId, Entry>,
-    unoriented: FxHashMap<FlowId, FlowId>,
-    /// `touched` → flow, to find the least recently changed flow in O(log n).
-    order: BTreeMap<u64, FlowId>,
-    clock: u64,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots, reused before the slab grows.
+    free: Vec<u32>,
+    /// Slot of each flow, by [`FlowId`].
+    by_id: HashTable<u32>,
+    /// Slot of the flow of each [`FlowId::unoriented`] identity.
+    by_unoriented: HashTable<u32>,
+    /// Oldest and newest slot of the LRU list.
+    head: u32,
+    tail: u32,
+    len: usize,
     /// The last node name seen, shared by the flows that carry it.
     node: Option<Arc<str>>,
     /// Client legs of Service connections held here, and their joined backend legs.
     legs: ServiceLegs,
 }
 
+fn hash_of(id: &FlowId) -> u64 {
+    FxBuildHasher.hash_one(id)
+}
+
 impl FlowStore {
     /// A store holding at most `max` flows.
     pub fn new(max: usize) -> Self {
         FlowStore {
-            max: max.max(1),
-            entries: FxHashMap::default(),
-            unoriented: FxHashMap::default(),
-            order: BTreeMap::new(),
-            clock: 0,
+            max: max.clamp(1, (NIL - 1) as usize),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashTable::new(),
+            by_unoriented: HashTable::new(),
+            head: NIL,
+            tail: NIL,
+            len: 0,
             node: None,
             legs: ServiceLegs::default(),
         }
@@ -383,12 +468,12 @@ impl FlowStore {
 
     /// Number of flows held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// The shared copy of a node name (flows of one agent all carry the same).
@@ -404,9 +489,30 @@ impl FlowStore {
         }
     }
 
+    fn slot(&self, i: u32) -> Option<&Slot> {
+        self.slots.get(i as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, i: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    /// The slot of flow `id`.
+    fn index(&self, id: &FlowId) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_id
+            .find(hash_of(id), |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.id == *id)
+            })
+            .copied()
+    }
+
     /// The flow with this identity.
     pub fn get(&self, id: &FlowId) -> Option<&StoredFlow> {
-        self.entries.get(id).map(|e| &e.flow)
+        self.index(id).and_then(|i| self.slot(i)).map(|s| &s.flow)
     }
 
     /// The flow with this identity, as served (`model`: the current one).
@@ -419,17 +525,17 @@ impl FlowStore {
     /// each flow keeps the verdict it got when first seen.
     pub fn explain_all(&mut self, model: &Model) {
         let mut explained = Explained::default();
-        for (id, e) in &mut self.entries {
-            if let Some(Judged::Compact(_)) = e.flow.verdicts {
-                let v = model.explain(&e.flow.to_record(id), &e.flow.peers, &mut explained);
-                e.flow.verdicts = Some(Judged::Explained(v));
+        for s in self.slots.iter_mut().flatten() {
+            if let Some(Judged::Compact(_)) = s.flow.verdicts {
+                let v = model.explain(&s.flow.to_record(&s.id), &s.flow.peers, &mut explained);
+                s.flow.verdicts = Some(Judged::Explained(v));
             }
         }
     }
 
     /// Whether flow `id` is held.
     pub fn contains(&self, id: &FlowId) -> bool {
-        self.entries.contains_key(id)
+        self.index(id).is_some()
     }
 
     /// Whether `record` is the backend leg of the client leg of a Service connection held
@@ -448,143 +554,245 @@ impl FlowStore {
 
     /// Gives flow `id` (a client leg whose backend became known) new attribution and verdicts.
     pub fn rebind(&mut self, id: &FlowId, peers: Attributed, verdicts: Option<Judged>) {
-        if let Some(e) = self.entries.get_mut(id) {
-            e.flow.peers = peers;
-            e.flow.verdicts = verdicts;
+        if let Some(s) = self.index(id).and_then(|i| self.slot_mut(i)) {
+            s.flow.peers = peers;
+            s.flow.verdicts = verdicts;
         }
     }
 
     /// The flow a packet between these endpoints belongs to, whichever way it went.
     pub fn find_unoriented(&self, id: &FlowId) -> Option<FlowId> {
-        self.unoriented.get(&id.unoriented()).copied()
+        let key = id.unoriented();
+        let slots = &self.slots;
+        self.by_unoriented
+            .find(hash_of(&key), |&i| {
+                slots
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|s| s.id.unoriented() == key)
+            })
+            .and_then(|&i| self.slot(i))
+            .map(|s| s.id)
+    }
+
+    /// Takes slot `i` out of the LRU list.
+    fn unlink(&mut self, i: u32) {
+        let Some((prev, next)) = self.slot(i).map(|s| (s.prev, s.next)) else {
+            return;
+        };
+        match self.slot_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.slot_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    /// Puts slot `i` at the newest end of the LRU list.
+    fn push_newest(&mut self, i: u32) {
+        let tail = self.tail;
+        if let Some(s) = self.slot_mut(i) {
+            s.prev = tail;
+            s.next = NIL;
+        }
+        match self.slot_mut(tail) {
+            Some(t) => t.next = i,
+            None => self.head = i,
+        }
+        self.tail = i;
+    }
+
+    /// Marks slot `i` as the most recently changed.
+    fn touch(&mut self, i: u32) {
+        if self.tail != i {
+            self.unlink(i);
+            self.push_newest(i);
+        }
     }
 
     /// Inserts a new flow `id` (replacing one with the same identity). Its drops, if any, are
     /// kept when the same flow is re-announced.
     pub fn insert(&mut self, id: FlowId, mut flow: StoredFlow, ended: bool) {
-        self.clock += 1;
-        if let Some(old) = self.entries.remove(&id) {
-            self.order.remove(&old.touched);
-            if flow.drops.is_none() {
-                flow.drops = old.flow.drops;
-            }
-        }
-        if self.entries.len() >= self.max {
-            self.evict_one();
-        }
-        self.unoriented.insert(id.unoriented(), id);
-        self.order.insert(self.clock, id);
         if flow.peers.service.is_some() {
             self.legs.note_client_leg(id);
         }
-        self.entries.insert(
+        if let Some(i) = self.index(&id) {
+            if let Some(s) = self.slot_mut(i) {
+                if flow.drops.is_none() {
+                    flow.drops = s.flow.drops.take();
+                }
+                s.flow = flow;
+                s.ended = ended;
+            }
+            self.touch(i);
+            return;
+        }
+        if self.len >= self.max {
+            self.evict_one();
+        }
+        let slot = Slot {
             id,
-            Entry {
-                flow,
-                ended,
-                touched: self.clock,
-            },
-        );
+            flow,
+            ended,
+            prev: NIL,
+            next: NIL,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                if let Some(s) = self.slots.get_mut(i as usize) {
+                    *s = Some(slot);
+                }
+                i
+            }
+            None => {
+                // Grow by doubling, but never past the store's bound.
+                if self.slots.len() == self.slots.capacity() {
+                    let more = self.slots.len().max(16).min(self.max - self.slots.len());
+                    self.slots.reserve_exact(more.max(1));
+                }
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.len += 1;
+        self.push_newest(i);
+        let slots = &self.slots;
+        let rehash = |&j: &u32| {
+            slots
+                .get(j as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hash_of(&s.id))
+        };
+        self.by_id.insert_unique(hash_of(&id), i, rehash);
+        let key = id.unoriented();
+        let same = |&j: &u32| {
+            slots
+                .get(j as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| s.id.unoriented() == key)
+        };
+        let rehash = |&j: &u32| {
+            slots
+                .get(j as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |s| hash_of(&s.id.unoriented()))
+        };
+        match self.by_unoriented.entry(hash_of(&key), same, rehash) {
+            hash_table::Entry::Occupied(mut e) => *e.get_mut() = i,
+            hash_table::Entry::Vacant(e) => {
+                e.insert(i);
+            }
+        }
     }
 
     /// Refreshes the datapath fields (counters, state, times) of a known flow; returns false
     /// when the flow is unknown.
     pub fn update(&mut self, record: &FlowRecord, ended: bool) -> bool {
         let id = FlowId::of(record);
-        self.clock += 1;
-        let Some(e) = self.entries.get_mut(&id) else {
+        let Some(i) = self.index(&id) else {
             return false;
         };
-        let f = &mut e.flow;
-        f.state = record.state;
-        f.first_seen = record.first_seen.or(f.first_seen);
-        f.last_seen = record.last_seen.or(f.last_seen);
-        f.packets = record.packets;
-        f.bytes = record.bytes;
-        e.ended |= ended;
-        self.order.remove(&e.touched);
-        e.touched = self.clock;
-        self.order.insert(self.clock, id);
+        if let Some(s) = self.slot_mut(i) {
+            s.flow.refresh(record);
+            s.ended |= ended;
+        }
+        self.touch(i);
         true
     }
 
     /// Adds `count` drops for `reason` (with the explaining `policy`) to flow `id`.
     pub fn add_drops(&mut self, id: &FlowId, reason: &str, policy: &str, count: u64) {
-        self.clock += 1;
-        let Some(e) = self.entries.get_mut(id) else {
+        let Some(i) = self.index(id) else {
             return;
         };
-        let d = e.flow.drops.get_or_insert_with(Box::default);
-        *d.reasons.entry(reason.to_owned()).or_default() += count;
-        let top = d
-            .reasons
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(r, _)| r.clone());
-        let total = d.reasons.values().sum();
-        d.drops = Drops {
-            count: total,
-            reason: top,
-            policy: Some(policy.to_owned()),
-        };
-        self.order.remove(&e.touched);
-        e.touched = self.clock;
-        self.order.insert(self.clock, *id);
+        if let Some(s) = self.slot_mut(i) {
+            let d = s.flow.drops.get_or_insert_with(Box::default);
+            *d.reasons.entry(reason.to_owned()).or_default() += count;
+            let top = d
+                .reasons
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(r, _)| r.clone());
+            let total = d.reasons.values().sum();
+            d.drops = Drops {
+                count: total,
+                reason: top,
+                policy: Some(policy.to_owned()),
+            };
+        }
+        self.touch(i);
     }
 
     /// Removes ended flows last seen before `cutoff`.
     pub fn expire(&mut self, cutoff: Timestamp) {
-        let gone: HashSet<FlowId> = self
-            .entries
+        let gone: Vec<u32> = self
+            .slots
             .iter()
-            .filter(|(_, e)| {
-                e.ended
-                    && e.flow
-                        .last_seen
-                        .or(e.flow.first_seen)
-                        .is_none_or(|t| t < cutoff)
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                let old = s.ended
+                    && s.flow
+                        .last_seen()
+                        .or(s.flow.first_seen())
+                        .is_none_or(|t| t < cutoff);
+                old.then_some(i as u32)
             })
-            .map(|(id, _)| *id)
             .collect();
-        for id in gone {
-            self.remove(&id);
+        for i in gone {
+            self.remove_slot(i);
         }
     }
 
-    fn remove(&mut self, id: &FlowId) {
-        if let Some(e) = self.entries.remove(id) {
-            self.unoriented.remove(&id.unoriented());
-            self.order.remove(&e.touched);
-            self.legs.forget(id);
+    /// Removes the flow in slot `i` from the list, both indexes and the slab.
+    fn remove_slot(&mut self, i: u32) {
+        let Some(id) = self.slot(i).map(|s| s.id) else {
+            return;
+        };
+        self.unlink(i);
+        if let Ok(e) = self.by_id.find_entry(hash_of(&id), |&j| j == i) {
+            e.remove();
         }
+        if let Ok(e) = self
+            .by_unoriented
+            .find_entry(hash_of(&id.unoriented()), |&j| j == i)
+        {
+            e.remove();
+        }
+        if let Some(s) = self.slots.get_mut(i as usize) {
+            *s = None;
+        }
+        self.free.push(i);
+        self.len -= 1;
+        self.legs.forget(&id);
     }
 
     /// Removes the flow changed longest ago.
     fn evict_one(&mut self) {
-        if let Some((_, id)) = self.order.pop_first() {
-            self.entries.remove(&id);
-            self.unoriented.remove(&id.unoriented());
-            self.legs.forget(&id);
-        }
+        self.remove_slot(self.head);
     }
 
     /// The flows matching `query`, oldest change first (the most recent `limit` ones), their
     /// verdicts explained by `model` (the current one) where not yet.
     pub fn query(&self, query: &FlowQuery, model: Option<&Model>) -> Vec<ObservedFlow> {
-        let mut hits: Vec<(&FlowId, &Entry)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| query.matches_stored(&e.flow))
-            .collect();
-        hits.sort_by_key(|(_, e)| e.touched);
-        if let Some(limit) = query.limit
-            && hits.len() > limit
+        let limit = query.limit.unwrap_or(usize::MAX);
+        // Newest first, up to `limit`, then oldest first.
+        let mut hits: Vec<&Slot> = Vec::new();
+        let mut i = self.tail;
+        while hits.len() < limit
+            && let Some(s) = self.slot(i)
         {
-            hits.drain(..hits.len() - limit);
+            if query.matches_stored(&s.flow) {
+                hits.push(s);
+            }
+            i = s.prev;
         }
         let mut explained = Explained::default();
         hits.into_iter()
-            .map(|(id, e)| e.flow.to_observed(id, model, &mut explained))
+            .rev()
+            .map(|s| s.flow.to_observed(&s.id, model, &mut explained))
             .collect()
     }
 }
@@ -679,5 +887,55 @@ mod tests {
         assert_eq!(served.flow.src.workload.as_ref().unwrap().name, "web");
         assert_eq!(served.flow.dst.port, Some(443));
         assert_eq!(FlowId::of(&served.flow), id);
+    }
+
+    #[test]
+    fn evicts_least_recently_changed_and_reuses_slots() {
+        let mut s = FlowStore::new(3);
+        let ids: Vec<FlowId> = (0..3)
+            .map(|k| {
+                let (id, f) = flow([10, 0, 0, 1], 2000 + k, [10, 0, 0, 2], 80, "a");
+                s.insert(id, f, k == 2);
+                id
+            })
+            .collect();
+        // Touch the oldest: the second becomes the next to go.
+        let (_, f) = flow([10, 0, 0, 1], 2000, [10, 0, 0, 2], 80, "a");
+        assert!(s.update(&f.to_record(&ids[0]), false));
+        let (id3, f) = flow([10, 0, 0, 1], 2003, [10, 0, 0, 2], 80, "a");
+        s.insert(id3, f, false);
+        assert_eq!(s.len(), 3);
+        assert!(!s.contains(&ids[1]));
+        assert!(s.contains(&ids[0]) && s.contains(&ids[2]) && s.contains(&id3));
+        // The evicted flow's slot was reused: the slab did not grow past the bound.
+        assert_eq!(s.slots.len(), 3);
+        // Queries come oldest change first; `limit` keeps the most recent.
+        let ports = |s: &FlowStore, limit| -> Vec<Option<u16>> {
+            s.query(
+                &FlowQuery {
+                    limit,
+                    ..FlowQuery::default()
+                },
+                None,
+            )
+            .iter()
+            .map(|o| o.flow.src.port)
+            .collect()
+        };
+        assert_eq!(ports(&s, None), [Some(2002), Some(2000), Some(2003)]);
+        assert_eq!(ports(&s, Some(2)), [Some(2000), Some(2003)]);
+        assert_eq!(ports(&s, Some(0)), Vec::<Option<u16>>::new());
+        // Drops touch the flow too.
+        s.add_drops(&ids[2], "NETFILTER_DROP", "a/deny", 1);
+        assert_eq!(ports(&s, None), [Some(2000), Some(2003), Some(2002)]);
+        // Only ended flows expire (the one ended at insert has no times: expired).
+        s.expire(Timestamp::UNIX_EPOCH);
+        assert_eq!(ports(&s, None), [Some(2000), Some(2003)]);
+        assert!(s.find_unoriented(&ids[2]).is_none());
+        assert_eq!(s.find_unoriented(&id3), Some(id3));
+        let (id4, f) = flow([10, 0, 0, 1], 2004, [10, 0, 0, 2], 80, "a");
+        s.insert(id4, f, false);
+        assert_eq!((s.len(), s.slots.len()), (3, 3));
+        assert_eq!(ports(&s, None), [Some(2000), Some(2003), Some(2004)]);
     }
 }

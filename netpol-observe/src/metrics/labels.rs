@@ -9,6 +9,8 @@
 //! mistaken for one of these. The budget's overflow bucket is kind `Other` with every other
 //! peer label `other`.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::{
     EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
 };
@@ -176,10 +178,11 @@ impl PeerLabels {
 /// detail `src_pod` and `dst_pod`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowLabels {
-    /// The initiator.
-    pub src: PeerLabels,
-    /// The responder.
-    pub dst: PeerLabels,
+    /// The initiator (shared: the agent keeps one copy per workload, and every series of
+    /// every family labelled with it holds a handle).
+    pub src: Arc<PeerLabels>,
+    /// The responder (shared likewise).
+    pub dst: Arc<PeerLabels>,
     /// Destination port as a decimal string; empty for ICMP, `other` in the overflow bucket.
     pub dst_port: String,
     /// `TCP`, `UDP`, `SCTP`, `ICMP` or `ICMPv6`.
@@ -190,8 +193,8 @@ impl FlowLabels {
     /// The labels of an attributed flow record.
     pub fn from_record(record: &FlowRecord, pod_level: bool) -> Self {
         FlowLabels {
-            src: PeerLabels::from_endpoint(&record.src, pod_level),
-            dst: PeerLabels::from_endpoint(&record.dst, pod_level),
+            src: Arc::new(PeerLabels::from_endpoint(&record.src, pod_level)),
+            dst: Arc::new(PeerLabels::from_endpoint(&record.dst, pod_level)),
             dst_port: record.dst.port.map(|p| p.to_string()).unwrap_or_default(),
             protocol: record.protocol,
         }
@@ -200,8 +203,8 @@ impl FlowLabels {
     /// The overflow bucket for flows of this protocol: every peer label and the port `other`.
     pub fn other(protocol: Protocol, pod_level: bool) -> Self {
         FlowLabels {
-            src: PeerLabels::other(pod_level),
-            dst: PeerLabels::other(pod_level),
+            src: Arc::new(PeerLabels::other(pod_level)),
+            dst: Arc::new(PeerLabels::other(pod_level)),
             dst_port: OTHER.to_owned(),
             protocol,
         }
