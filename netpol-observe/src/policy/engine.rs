@@ -152,13 +152,16 @@ pub struct PodPolicies {
     pub egress: Vec<String>,
 }
 
-/// What an explanation is found from: the merged rule tables and the pods (for named
-/// ports). Shared by the engine and by the verdicts whose explanation is still pending.
+/// What an explanation is found from: the merged rule tables, the pods (for named ports)
+/// and the rule names. Shared by the engine and by the verdicts whose explanation is still
+/// pending.
 #[derive(Debug)]
 struct Core {
     /// Groups of pods selected by the same policies and their merged rule tables.
     tables: Tables,
     pods: Box<[PodEntry]>,
+    /// Rule and policy names, for lazy explanations.
+    rule_names: RuleNames,
 }
 
 /// An allowed direction whose allowing rules are found only when its explanation is first
@@ -175,6 +178,11 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// The names the rules resolve against.
+    pub(crate) fn names(&self) -> &RuleNames {
+        &self.core.rule_names
+    }
+
     /// The allowing rules (global ids, ascending).
     pub(crate) fn rules(&self) -> IdList {
         let dst_pod = self.dst.and_then(|d| self.core.pods.get(d as usize));
@@ -197,8 +205,6 @@ pub struct PolicyEngine {
     /// The rule tables and the pods: shared with the verdicts whose explanation is still to
     /// be found ([`Pending`]).
     core: Arc<Core>,
-    /// Rule and policy names, for lazy explanations.
-    rule_names: Arc<RuleNames>,
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
     by_ip: FxHashMap<IpAddr, Vec<u32>>,
@@ -500,7 +506,7 @@ impl PolicyEngine {
             }
         }
         let tables = builder.finish();
-        let rule_names = Arc::new(tables.rule_names(&names));
+        let rule_names = tables.rule_names(&names);
         for (pod, p) in pods.iter_mut().zip(&inventory.pods) {
             pod.named_ports = p
                 .container_ports
@@ -537,8 +543,8 @@ impl PolicyEngine {
             core: Arc::new(Core {
                 tables,
                 pods: pods.into_boxed_slice(),
+                rule_names,
             }),
-            rule_names,
             hot,
             by_ip,
             by_name,
@@ -679,20 +685,17 @@ impl PolicyEngine {
         };
         let peer = self.peer_key(q);
         if self.allows(group, peer, f) {
-            let (policies, rules) = Names::pending(
-                &self.rule_names,
-                Pending {
-                    core: Arc::clone(&self.core),
-                    group,
-                    protocol: f.protocol,
-                    port: f.port,
-                    peer,
-                    dst: match f.dst {
-                        Side::Pod(d) => Some(d),
-                        _ => None,
-                    },
+            let (policies, rules) = Names::pending(Pending {
+                core: Arc::clone(&self.core),
+                group,
+                protocol: f.protocol,
+                port: f.port,
+                peer,
+                dst: match f.dst {
+                    Side::Pod(d) => Some(d),
+                    _ => None,
                 },
-            );
+            });
             SideVerdict {
                 result: SideResult::Allowed,
                 policies,

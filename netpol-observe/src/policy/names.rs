@@ -117,7 +117,6 @@ impl Extend<u32> for IdList {
 /// The allowing rules of an allowed direction, found and resolved to names on first read.
 #[derive(Debug)]
 struct Picked {
-    names: Arc<RuleNames>,
     pending: Pending,
     /// The allowing rules (global ids, ascending).
     rules: OnceLock<IdList>,
@@ -179,11 +178,10 @@ impl Names {
     }
 
     /// The explanation of an allowed direction, found when first read: the rule labels and
-    /// the distinct policies of the rules `pending` finds, resolved against `names`. Returns
+    /// the distinct policies of the rules `pending` finds, resolved against its names. Returns
     /// (policies, rules).
-    pub(crate) fn pending(names: &Arc<RuleNames>, pending: Pending) -> (Names, Names) {
+    pub(crate) fn pending(pending: Pending) -> (Names, Names) {
         let p = Arc::new(Picked {
-            names: Arc::clone(names),
             pending,
             rules: OnceLock::new(),
             labels: OnceLock::new(),
@@ -205,18 +203,18 @@ impl Deref for Names {
             Repr::Picked(p, false) => p.labels.get_or_init(|| {
                 p.rules()
                     .iter()
-                    .filter_map(|r| p.names.labels.get(*r as usize).cloned())
+                    .filter_map(|r| p.pending.names().labels.get(*r as usize).cloned())
                     .collect()
             }),
             Repr::Picked(p, true) => p.policies.get_or_init(|| {
                 let mut out: Vec<Name> = Vec::new();
                 let mut last = u32::MAX;
                 for r in p.rules().iter() {
-                    let Some(pi) = p.names.policy.get(*r as usize).copied() else {
+                    let Some(pi) = p.pending.names().policy.get(*r as usize).copied() else {
                         continue;
                     };
                     if pi != last
-                        && let Some(n) = p.names.policies.get(pi as usize)
+                        && let Some(n) = p.pending.names().policies.get(pi as usize)
                     {
                         out.push(n.clone());
                         last = pi;
