@@ -3,13 +3,13 @@
 //! [`super::Model`] and held by every stored flow of that peer through an `Arc`. The full
 //! [`Endpoint`] is rebuilt only when a flow is served.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     flow::{Endpoint, ServiceRef, WorkloadRef},
-    inventory::PodInfo,
+    inventory::{Labels, PodInfo},
     metrics::PeerLabels,
 };
 
@@ -23,9 +23,9 @@ pub struct Peer {
     pub pod: Option<String>,
     /// Owning workload of the pod.
     pub workload: Option<WorkloadRef>,
-    /// The workload's selector labels, shared by every peer with the same labels (every pod
-    /// of a workload).
-    pub labels: Option<Arc<BTreeMap<String, String>>>,
+    /// The workload's selector labels (for a pod, the inventory's interned set, shared by
+    /// every pod of the workload).
+    pub labels: Option<Labels>,
     /// Node name (a node address or a hostNetwork pod).
     pub node: Option<String>,
     /// Named subnet, `private` or `world`.
@@ -43,7 +43,7 @@ impl Peer {
             namespace: ep.namespace.clone(),
             pod: ep.pod.clone(),
             workload: ep.workload.clone(),
-            labels: ep.labels.as_ref().map(|l| workloads.intern_labels(l)),
+            labels: ep.labels.as_ref().map(Labels::from),
             node: ep.node.clone(),
             subnet: ep.subnet.clone(),
             metric: workloads.intern(PeerLabels::from_endpoint(ep, false)),
@@ -64,7 +64,7 @@ impl Peer {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
             workload: self.workload.clone(),
-            labels: self.labels.as_deref().cloned(),
+            labels: self.labels.as_ref().map(Labels::to_map),
             node: self.node.clone(),
             subnet: self.subnet.clone(),
         }
@@ -83,33 +83,17 @@ impl Peer {
     }
 }
 
-/// Interned workload-level metric labels and selector labels.
+/// Interned workload-level metric labels.
 #[derive(Debug, Default)]
-pub struct Workloads {
-    metric: HashMap<PeerLabels, Arc<PeerLabels>>,
-    selectors: HashSet<Arc<BTreeMap<String, String>>>,
-}
+pub struct Workloads(HashMap<PeerLabels, Arc<PeerLabels>>);
 
 impl Workloads {
     /// The shared copy of `labels`.
     pub fn intern(&mut self, labels: PeerLabels) -> Arc<PeerLabels> {
-        self.metric
+        self.0
             .entry(labels)
             .or_insert_with_key(|l| Arc::new(l.clone()))
             .clone()
-    }
-
-    /// The shared copy of selector labels `labels`.
-    pub fn intern_labels(
-        &mut self,
-        labels: &BTreeMap<String, String>,
-    ) -> Arc<BTreeMap<String, String>> {
-        if let Some(l) = self.selectors.get(labels) {
-            return l.clone();
-        }
-        let l = Arc::new(labels.clone());
-        self.selectors.insert(l.clone());
-        l
     }
 }
 
@@ -151,8 +135,10 @@ impl Peers {
         ep.namespace = Some(pod.namespace.to_string());
         ep.pod = Some(pod.name.to_string());
         ep.workload = Some((*pod.workload).clone());
-        ep.labels = Some(pod.selector_labels.to_map());
-        let peer = Arc::new(Peer::from_endpoint(&ep, &mut self.workloads));
+        let peer = Arc::new(Peer {
+            labels: Some(pod.selector_labels.clone()),
+            ..Peer::from_endpoint(&ep, &mut self.workloads)
+        });
         if let Some(slot) = self.pods.get_mut(index) {
             *slot = Some(peer.clone());
         }
