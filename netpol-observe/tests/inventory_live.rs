@@ -132,7 +132,10 @@ async fn live_inventory_from_recorded_api_responses() {
         web.named_port("http", netpol_observe::flow::Protocol::Tcp),
         Some(8080)
     );
-    assert_eq!(snap.namespace_labels("shop").unwrap()["team"], "web");
+    assert_eq!(
+        snap.namespace_labels("shop").unwrap().get("team"),
+        Some("web")
+    );
     assert_eq!(
         snap.nodes[0].addresses,
         vec!["172.18.0.2".parse::<std::net::IpAddr>().unwrap()]

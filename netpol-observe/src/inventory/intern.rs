@@ -222,19 +222,6 @@ impl fmt::Debug for Labels {
     }
 }
 
-impl std::ops::Index<&str> for Labels {
-    type Output = Name;
-
-    /// The value of label `key`; panics when it is missing, as a map's index does (use
-    /// [`Labels::get`] for labels that may be missing).
-    fn index(&self, key: &str) -> &Name {
-        match self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
-            Ok(i) => &self.0[i].1,
-            Err(_) => panic!("no label {key:?}"),
-        }
-    }
-}
-
 impl<'a> IntoIterator for &'a Labels {
     type Item = (&'a str, &'a str);
     type IntoIter = std::iter::Map<
