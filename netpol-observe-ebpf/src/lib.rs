@@ -97,7 +97,10 @@ pub enum Counter {
     FlowsCreated = 3,
     /// Ring-buffer events sent.
     EventsSent = 4,
-    /// IP packets counted into flows (skipped same-node duplicates not included).
+    /// IP packets counted into flows by the general path: first packets of flows, IPv6 and
+    /// IPv4 other than option-less unfragmented TCP/UDP. Packets of established IPv4 TCP/UDP
+    /// flows take the fast path, which counts them only in the flow map (no per-CPU counter
+    /// access per packet).
     Packets = 5,
     /// Packets not counted because the other pod's interface on this node counts them.
     SkippedLocal = 6,

@@ -159,6 +159,9 @@ mod programs {
     }
 
     fn observe(ctx: &TcContext, from_pod: bool) {
+        if fast_v4(ctx, from_pod) {
+            return;
+        }
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -254,14 +257,104 @@ mod programs {
         Some(Parsed::Flow)
     }
 
+    /// 16 bytes on the stack, 8-aligned (the verifier wants aligned stack accesses and
+    /// [`map_v4`] stores two `u64`s).
+    #[repr(C, align(8))]
+    struct Addr([u8; 16]);
+
+    /// A flow key on the stack, 8-aligned, built with five 64-bit stores.
+    #[repr(C, align(8))]
+    struct KeyWords([u64; 5]);
+
+    /// The per-packet path of an established IPv4 TCP/UDP flow: one bounds check, the key
+    /// built on the stack (no per-CPU scratch map), one flow-map lookup and the counter
+    /// update. Egress checks the same-node skip first, with a lookup of the sender only.
+    /// Returns false when the general path must handle the packet: anything but an
+    /// unfragmented option-less IPv4 TCP/UDP packet with linear headers, or the first
+    /// packet of a flow (creation, events and learning stay on the general path).
+    #[inline(always)]
+    fn fast_v4(ctx: &TcContext, from_pod: bool) -> bool {
+        let start = ctx.data();
+        if start + FAST_V4_LEN > ctx.data_end() {
+            return false;
+        }
+        let p = start as *const u8;
+        // SAFETY: every offset read below is < FAST_V4_LEN, within the packet (checked above).
+        let b = |i: usize| unsafe { *p.add(i) };
+        let quad = |i: usize| unsafe { core::ptr::read_unaligned(p.add(i) as *const [u8; 4]) };
+        let l3 = ETH_HLEN;
+        let l4 = l3 + 20;
+        let proto = b(l3 + 9);
+        if b(12) != 0x08
+            || b(13) != 0x00
+            || b(l3) != 0x45
+            || (b(l3 + 6) & 0x1f) != 0
+            || b(l3 + 7) != 0
+            || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+        {
+            return false;
+        }
+        let src_raw = quad(l3 + 12);
+        let mut src = Addr([0; 16]);
+        map_v4(src_raw, &mut src.0);
+        if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
+            count(Counter::SkippedLocal);
+            return true;
+        }
+        let dst_raw = quad(l3 + 16);
+        let sport = u16::from_be_bytes([b(l4), b(l4 + 1)]);
+        let dport = u16::from_be_bytes([b(l4 + 2), b(l4 + 3)]);
+        let (s, d) = (u32::from_be_bytes(src_raw), u32::from_be_bytes(dst_raw));
+        // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
+        // addresses, then of the ports (as `canonical`).
+        let src_lower = if s != d { s < d } else { sport <= dport };
+        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+            (src_raw, sport, dst_raw, dport, DIR_LO_TO_HI)
+        } else {
+            (dst_raw, dport, src_raw, sport, DIR_HI_TO_LO)
+        };
+        let mapped = |a: [u8; 4]| u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
+        // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little endian).
+        let tail = u64::from(lo_port)
+            | u64::from(hi_port) << 16
+            | u64::from(proto) << 32
+            | u64::from(FAMILY_V4) << 40;
+        let key = KeyWords([0, mapped(lo), 0, mapped(hi), tail]);
+        // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
+        // KeyWords has its size and a larger alignment.
+        let key = unsafe { &*((&raw const key) as *const FlowKey) };
+        let Some(v) = FLOWS.get_ptr_mut(key) else {
+            return false;
+        };
+        let tcp_flags;
+        let l4_hdr_len = if proto == IPPROTO_TCP {
+            tcp_flags = b(l4 + 13) as u32;
+            ((b(l4 + 12) >> 4) as u64) * 4
+        } else {
+            tcp_flags = 0;
+            8
+        };
+        let (segs, bytes) = size(ctx, 20 + l4_hdr_len);
+        let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+        update(ctx, v, key, segs, bytes, tcp_flags, &src.0, dir, learn);
+        true
+    }
+
+    /// The packet's segment count and IP byte count (GSO packets count the headers of
+    /// every segment; `hdr_len` is the IP + transport header length of one segment).
+    #[inline(always)]
+    fn size(ctx: &TcContext, hdr_len: u64) -> (u64, u64) {
+        let ip_len = (ctx.len() as u64).saturating_sub(ETH_HLEN as u64);
+        let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+        let segs = if segs > 1 { segs } else { 1 };
+        (segs, ip_len + (segs - 1) * hdr_len)
+    }
+
     /// Sets the packet's segment count and IP byte count (GSO packets count the headers of
     /// every segment; `hdr_len` is the IP + transport header length of one segment).
     #[inline(always)]
     fn set_size(ctx: &TcContext, pkt: &mut Packet, hdr_len: u64) {
-        let ip_len = (ctx.len() as u64).saturating_sub(ETH_HLEN as u64);
-        let segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
-        pkt.segs = if segs > 1 { segs } else { 1 };
-        pkt.bytes = ip_len + (pkt.segs - 1) * hdr_len;
+        (pkt.segs, pkt.bytes) = size(ctx, hdr_len);
     }
 
     /// `*p = v` as a volatile store: LLVM merges runs of plain constant stores into a call of
@@ -510,7 +603,17 @@ mod programs {
         while tries < 2 {
             tries += 1;
             if let Some(v) = FLOWS.get_ptr_mut(&*key) {
-                update(ctx, v, key, pkt, dir, learn);
+                update(
+                    ctx,
+                    v,
+                    key,
+                    pkt.segs,
+                    pkt.bytes,
+                    pkt.tcp_flags,
+                    &pkt.src,
+                    dir,
+                    learn,
+                );
                 return;
             }
             let now = unsafe { bpf_ktime_get_ns() };
@@ -595,17 +698,17 @@ mod programs {
         ctx: &TcContext,
         v: *mut FlowValue,
         key: &FlowKey,
-        pkt: &Packet,
+        segs: u64,
+        bytes: u64,
+        f: u32,
+        src: &[u8; 16],
         dir: u8,
         learn: bool,
     ) {
         let d = (dir & 1) as usize;
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*v).packets[d],
-                pkt.segs,
-            );
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes[d], pkt.bytes);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets[d], segs);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes[d], bytes);
             // The coarse clock (last timer tick) is enough for idleness and much cheaper; it
             // may lag first_seen by less than a tick, hence the comparison.
             let now = bpf_ktime_get_coarse_ns();
@@ -613,7 +716,6 @@ mod programs {
                 (*v).last_seen_ns = now;
             }
         }
-        let f = pkt.tcp_flags;
         let close = if f & tcp_flags::RST != 0 {
             EVENT_RST
         } else if f & tcp_flags::FIN != 0 {
@@ -632,7 +734,7 @@ mod programs {
         if cur & bits == bits {
             return;
         }
-        if learn && cur & learned_bit(dir) == 0 && !learn_endpoint(ctx, &pkt.src) {
+        if learn && cur & learned_bit(dir) == 0 && !learn_endpoint(ctx, src) {
             // The endpoint map is full: try again with the next packet.
             bits &= !learned_bit(dir);
         }
