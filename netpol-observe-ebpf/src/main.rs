@@ -159,7 +159,10 @@ mod programs {
     }
 
     fn observe(ctx: &TcContext, from_pod: bool) {
-        if fast_v4(ctx, from_pod) {
+        let v4 = v4_headers(ctx);
+        if let Some(h) = &v4
+            && fast_v4(ctx, h, from_pod)
+        {
             return;
         }
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -167,7 +170,7 @@ mod programs {
         };
         // SAFETY: per-CPU scratch, used by one program run at a time on this CPU.
         let scratch = unsafe { &mut *scratch };
-        match parse(ctx, &mut scratch.pkt, from_pod) {
+        match parse(ctx, &mut scratch.pkt, v4.as_ref(), from_pod) {
             Ok(Parsed::Flow) => {
                 count(Counter::Packets);
                 handle(ctx, scratch, from_pod);
@@ -184,13 +187,19 @@ mod programs {
     /// 0 and 16 of an 8-aligned struct) or half of the scratch value's `u64` counters.
     #[inline(always)]
     fn map_v4(raw: [u8; 4], out: &mut [u8; 16]) {
-        let hi = u64::from_ne_bytes([0, 0, 0xff, 0xff, raw[0], raw[1], raw[2], raw[3]]);
+        let hi = mapped_v4_word(raw);
         let p = out.as_mut_ptr() as *mut u64;
         // SAFETY: two aligned 8-byte stores within the 16-byte array (see above).
         unsafe {
             p.write(0);
             p.add(1).write(hi);
         }
+    }
+
+    /// The second half of the v4-mapped form of `raw` (`::ffff:a.b.c.d`; the first is 0).
+    #[inline(always)]
+    fn mapped_v4_word(raw: [u8; 4]) -> u64 {
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, raw[0], raw[1], raw[2], raw[3]])
     }
 
     #[inline(always)]
@@ -203,11 +212,23 @@ mod programs {
     /// the first 20 bytes of the transport header.
     const FAST_V4_LEN: usize = ETH_HLEN + 20 + 20;
 
-    /// The common case in one bounds check: an unfragmented IPv4 TCP or UDP packet without IP
-    /// options whose headers are in the linear data. `None` for anything else, which the
-    /// general parser then handles.
+    /// The headers of the common case: an unfragmented IPv4 TCP or UDP packet without IP
+    /// options whose headers are in the linear data, read after one bounds check.
+    struct V4Headers {
+        src: [u8; 4],
+        dst: [u8; 4],
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        /// TCP flags (0 for UDP).
+        tcp_flags: u32,
+        /// Transport header length.
+        l4_hdr_len: u64,
+    }
+
+    /// The packet's [`V4Headers`], or `None` for anything else (the general parser's case).
     #[inline(always)]
-    fn parse_v4_fast(ctx: &TcContext, pkt: &mut Packet, from_pod: bool) -> Option<Parsed> {
+    fn v4_headers(ctx: &TcContext) -> Option<V4Headers> {
         let start = ctx.data();
         if start + FAST_V4_LEN > ctx.data_end() {
             return None;
@@ -228,33 +249,44 @@ mod programs {
         {
             return None;
         }
-        map_v4(quad(l3 + 12), &mut pkt.src);
-        if !from_pod && LOCAL_ENDPOINTS.get_ptr(&pkt.src).is_some() {
-            return Some(Parsed::Skip(Counter::SkippedLocal));
-        }
-        map_v4(quad(l3 + 16), &mut pkt.dst);
-        pkt.proto = proto;
-        pkt.family = FAMILY_V4;
-        pkt.sport = u16::from_be_bytes([b(l4), b(l4 + 1)]);
-        pkt.dport = u16::from_be_bytes([b(l4 + 2), b(l4 + 3)]);
-        let l4_hdr_len = if proto == IPPROTO_TCP {
-            let f = b(l4 + 13) as u32;
-            pkt.tcp_flags = f;
-            pkt.hint = if f & tcp_flags::SYN == 0 {
-                0
-            } else if f & tcp_flags::ACK == 0 {
-                1
-            } else {
-                2
-            };
-            ((b(l4 + 12) >> 4) as u64) * 4
+        let (tcp_flags, l4_hdr_len) = if proto == IPPROTO_TCP {
+            (b(l4 + 13) as u32, ((b(l4 + 12) >> 4) as u64) * 4)
         } else {
-            pkt.tcp_flags = 0;
-            pkt.hint = 1;
-            8
+            (0, 8)
         };
-        set_size(ctx, pkt, 20 + l4_hdr_len);
-        Some(Parsed::Flow)
+        Some(V4Headers {
+            src: quad(l3 + 12),
+            dst: quad(l3 + 16),
+            proto,
+            sport: u16::from_be_bytes([b(l4), b(l4 + 1)]),
+            dport: u16::from_be_bytes([b(l4 + 2), b(l4 + 3)]),
+            tcp_flags,
+            l4_hdr_len,
+        })
+    }
+
+    /// The general path's packet from the fast path's headers `h`: only the first packet of
+    /// a flow gets here ([`fast_v4`] has already skipped packets sent by local pods).
+    #[inline(always)]
+    fn parse_v4_fast(ctx: &TcContext, h: &V4Headers, pkt: &mut Packet) -> Parsed {
+        map_v4(h.src, &mut pkt.src);
+        map_v4(h.dst, &mut pkt.dst);
+        pkt.proto = h.proto;
+        pkt.family = FAMILY_V4;
+        pkt.sport = h.sport;
+        pkt.dport = h.dport;
+        pkt.tcp_flags = h.tcp_flags;
+        pkt.hint = if h.proto != IPPROTO_TCP {
+            1
+        } else if h.tcp_flags & tcp_flags::SYN == 0 {
+            0
+        } else if h.tcp_flags & tcp_flags::ACK == 0 {
+            1
+        } else {
+            2
+        };
+        set_size(ctx, pkt, 20 + h.l4_hdr_len);
+        Parsed::Flow
     }
 
     /// 16 bytes on the stack, 8-aligned (the verifier wants aligned stack accesses and
@@ -266,77 +298,44 @@ mod programs {
     #[repr(C, align(8))]
     struct KeyWords([u64; 5]);
 
-    /// The per-packet path of an established IPv4 TCP/UDP flow: one bounds check, the key
-    /// built on the stack (no per-CPU scratch map), one flow-map lookup and the counter
-    /// update. Egress checks the same-node skip first, with a lookup of the sender only.
-    /// Returns false when the general path must handle the packet: anything but an
-    /// unfragmented option-less IPv4 TCP/UDP packet with linear headers, or the first
-    /// packet of a flow (creation, events and learning stay on the general path).
+    /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
+    /// [`v4_headers`]): the key built on the stack (no per-CPU scratch map), one flow-map
+    /// lookup and the counter update. Egress checks the same-node skip first, with a lookup
+    /// of the sender only. Returns false for the first packet of a flow, which the general
+    /// path handles (creation, events and learning).
     #[inline(always)]
-    fn fast_v4(ctx: &TcContext, from_pod: bool) -> bool {
-        let start = ctx.data();
-        if start + FAST_V4_LEN > ctx.data_end() {
-            return false;
-        }
-        let p = start as *const u8;
-        // SAFETY: every offset read below is < FAST_V4_LEN, within the packet (checked above).
-        let b = |i: usize| unsafe { *p.add(i) };
-        let quad = |i: usize| unsafe { core::ptr::read_unaligned(p.add(i) as *const [u8; 4]) };
-        let l3 = ETH_HLEN;
-        let l4 = l3 + 20;
-        let proto = b(l3 + 9);
-        if b(12) != 0x08
-            || b(13) != 0x00
-            || b(l3) != 0x45
-            || (b(l3 + 6) & 0x1f) != 0
-            || b(l3 + 7) != 0
-            || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-        {
-            return false;
-        }
-        let src_raw = quad(l3 + 12);
+    fn fast_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool) -> bool {
         let mut src = Addr([0; 16]);
-        map_v4(src_raw, &mut src.0);
+        map_v4(h.src, &mut src.0);
         if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
             count(Counter::SkippedLocal);
             return true;
         }
-        let dst_raw = quad(l3 + 16);
-        let sport = u16::from_be_bytes([b(l4), b(l4 + 1)]);
-        let dport = u16::from_be_bytes([b(l4 + 2), b(l4 + 3)]);
-        let (s, d) = (u32::from_be_bytes(src_raw), u32::from_be_bytes(dst_raw));
+        let (sport, dport) = (h.sport, h.dport);
+        let (s, d) = (u32::from_be_bytes(h.src), u32::from_be_bytes(h.dst));
         // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
         // addresses, then of the ports (as `canonical`).
         let src_lower = if s != d { s < d } else { sport <= dport };
         let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-            (src_raw, sport, dst_raw, dport, DIR_LO_TO_HI)
+            (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
         } else {
-            (dst_raw, dport, src_raw, sport, DIR_HI_TO_LO)
+            (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
         };
-        let mapped = |a: [u8; 4]| u64::from_ne_bytes([0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]);
         // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little endian).
         let tail = u64::from(lo_port)
             | u64::from(hi_port) << 16
-            | u64::from(proto) << 32
+            | u64::from(h.proto) << 32
             | u64::from(FAMILY_V4) << 40;
-        let key = KeyWords([0, mapped(lo), 0, mapped(hi), tail]);
+        let key = KeyWords([0, mapped_v4_word(lo), 0, mapped_v4_word(hi), tail]);
         // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
         // KeyWords has its size and a larger alignment.
         let key = unsafe { &*((&raw const key) as *const FlowKey) };
         let Some(v) = FLOWS.get_ptr_mut(key) else {
             return false;
         };
-        let tcp_flags;
-        let l4_hdr_len = if proto == IPPROTO_TCP {
-            tcp_flags = b(l4 + 13) as u32;
-            ((b(l4 + 12) >> 4) as u64) * 4
-        } else {
-            tcp_flags = 0;
-            8
-        };
-        let (segs, bytes) = size(ctx, 20 + l4_hdr_len);
+        let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-        update(ctx, v, key, segs, bytes, tcp_flags, &src.0, dir, learn);
+        update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
         true
     }
 
@@ -365,10 +364,15 @@ mod programs {
         unsafe { core::ptr::write_volatile(p, v) }
     }
 
-    fn parse(ctx: &TcContext, pkt: &mut Packet, from_pod: bool) -> Result<Parsed, ()> {
+    fn parse(
+        ctx: &TcContext,
+        pkt: &mut Packet,
+        v4: Option<&V4Headers>,
+        from_pod: bool,
+    ) -> Result<Parsed, ()> {
         set(&mut pkt.icmp_error, false);
-        if let Some(parsed) = parse_v4_fast(ctx, pkt, from_pod) {
-            return Ok(parsed);
+        if let Some(h) = v4 {
+            return Ok(parse_v4_fast(ctx, h, pkt));
         }
         set(&mut pkt.sport, 0);
         set(&mut pkt.dport, 0);
