@@ -34,6 +34,13 @@ pub const MAP_EVENTS: &str = "FLOW_EVENTS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the hash map `[u8; 16]` address → [`LocalEndpoint`] of pods on this node.
 pub const MAP_LOCAL_ENDPOINTS: &str = "LOCAL_ENDPOINTS";
+/// Name of the one-slot `u32` array holding the generation of [`MAP_LOCAL_ENDPOINTS`]:
+/// userspace increments it (modulo [`LOCAL_SRC_GEN_MASK`] + 1) after removing an address from
+/// that map, which invalidates every entry of the egress programs' same-node skip cache.
+pub const MAP_LOCAL_ENDPOINTS_GEN: &str = "LOCAL_ENDPOINTS_GEN";
+/// The generation values of [`MAP_LOCAL_ENDPOINTS_GEN`] (31 bits; the 32nd marks a valid
+/// cache entry in the kernel).
+pub const LOCAL_SRC_GEN_MASK: u32 = 0x7fff_ffff;
 /// Name of the global (`u8`, 0/1) telling the programs to learn local endpoints from the
 /// source address of packets entering from a pod interface.
 pub const GLOBAL_LEARN_LOCAL: &str = "LEARN_LOCAL";

@@ -8,7 +8,7 @@
 //! `TC_ACT_PIPE` (tcx: "next"), never drop or change a packet. `tc_noop` only returns
 //! `TC_ACT_PIPE`: the benchmark's baseline for the cost of the hooks themselves.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
@@ -22,14 +22,14 @@ mod programs {
         bindings::TC_ACT_PIPE,
         helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
         macros::{classifier, map},
-        maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::TcContext,
     };
     use netpol_observe_ebpf::{
         COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
         DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
-        FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY, LocalEndpoint,
-        event_bits, learned_bit, tcp_flag_bits, tcp_flags,
+        FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY,
+        LOCAL_SRC_GEN_MASK, LocalEndpoint, event_bits, learned_bit, tcp_flag_bits, tcp_flags,
     };
 
     #[map(name = "FLOWS")]
@@ -45,6 +45,21 @@ mod programs {
     #[map(name = "LOCAL_ENDPOINTS")]
     static LOCAL_ENDPOINTS: HashMap<[u8; 16], LocalEndpoint> =
         HashMap::with_max_entries(LOCAL_ENDPOINTS_CAPACITY, 0);
+
+    /// Generation of `LOCAL_ENDPOINTS` (slot 0), incremented by userspace after it removes
+    /// an address: see [`skip_local_v4`].
+    #[map(name = "LOCAL_ENDPOINTS_GEN")]
+    static LOCAL_ENDPOINTS_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+    /// Number of slots of `LOCAL_SRC_CACHE` (a power of two).
+    const LOCAL_SRC_CACHE_SLOTS: u32 = 4096;
+
+    /// The egress programs' same-node skip cache: slot `ingress_ifindex % SLOTS` holds, in
+    /// one `u64`, an IPv4 source address (low word, as read from the packet) found in
+    /// `LOCAL_ENDPOINTS` and, in the high word, the generation of that map then with bit 31
+    /// set. See [`skip_local_v4`].
+    #[map(name = "LOCAL_SRC_CACHE")]
+    static LOCAL_SRC_CACHE: Array<u64> = Array::with_max_entries(LOCAL_SRC_CACHE_SLOTS, 0);
 
     /// Per-CPU scratch space: the parsed packet and keys do not fit the 512-byte BPF stack.
     #[map(name = "SCRATCH")]
@@ -158,13 +173,25 @@ mod programs {
         Skip(Counter),
     }
 
+    /// The per-packet entry, inlined into each program so that `from_pod` is a constant
+    /// there: an established IPv4 TCP/UDP flow's packet (or an egress packet from a local
+    /// sender) is handled by [`fast_v4`] without a BPF-to-BPF call; everything else goes to
+    /// [`observe_general`], one shared subprogram.
+    #[inline(always)]
     fn observe(ctx: &TcContext, from_pod: bool) {
-        let v4 = v4_headers(ctx);
-        if let Some(h) = &v4
-            && fast_v4(ctx, h, from_pod)
+        if let Some(h) = v4_headers(ctx)
+            && fast_v4(ctx, &h, from_pod)
         {
             return;
         }
+        observe_general(ctx, from_pod);
+    }
+
+    /// The general path: the first packet of a flow, IPv6, ICMP, options, fragments,
+    /// non-linear headers. Reads the fast path's headers again (cheaper than passing them).
+    #[inline(never)]
+    fn observe_general(ctx: &TcContext, from_pod: bool) {
+        let v4 = v4_headers(ctx);
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             return;
         };
@@ -180,13 +207,14 @@ mod programs {
         }
     }
 
-    /// Writes the IPv4 address `raw` (as read from the packet, network order) into `out` as
-    /// v4-mapped IPv6 (`::ffff:a.b.c.d`) with two 64-bit stores: a plain `*out = [0; 16]`
-    /// compiles to a call of the byte-loop `memset`, which was a fifth of the program time.
-    /// `out` must be 8-byte aligned: every caller passes an address field of `Packet` (offsets
-    /// 0 and 16 of an 8-aligned struct) or half of the scratch value's `u64` counters.
+    /// Writes the IPv4 address `raw` (as read from the packet: network byte order in memory,
+    /// see [`pkt_u32`]) into `out` as v4-mapped IPv6 (`::ffff:a.b.c.d`) with two 64-bit
+    /// stores: a plain `*out = [0; 16]` compiles to a call of the byte-loop `memset`, which
+    /// was a fifth of the program time. `out` must be 8-byte aligned: every caller passes an
+    /// address field of `Packet` (offsets 0 and 16 of an 8-aligned struct) or half of the
+    /// scratch value's `u64` counters.
     #[inline(always)]
-    fn map_v4(raw: [u8; 4], out: &mut [u8; 16]) {
+    fn map_v4(raw: u32, out: &mut [u8; 16]) {
         let hi = mapped_v4_word(raw);
         let p = out.as_mut_ptr() as *mut u64;
         // SAFETY: two aligned 8-byte stores within the 16-byte array (see above).
@@ -196,15 +224,17 @@ mod programs {
         }
     }
 
-    /// The second half of the v4-mapped form of `raw` (`::ffff:a.b.c.d`; the first is 0).
+    /// The second half of the v4-mapped form of `raw` (`::ffff:a.b.c.d`; the first is 0):
+    /// bytes `00 00 ff ff a b c d` in memory.
     #[inline(always)]
-    fn mapped_v4_word(raw: [u8; 4]) -> u64 {
-        u64::from_ne_bytes([0, 0, 0xff, 0xff, raw[0], raw[1], raw[2], raw[3]])
+    fn mapped_v4_word(raw: u32) -> u64 {
+        let b = raw.to_ne_bytes();
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]])
     }
 
     #[inline(always)]
     fn v4_mapped(ctx: &TcContext, off: usize, out: &mut [u8; 16]) -> Result<(), ()> {
-        map_v4(ld(ctx, off)?, out);
+        map_v4(u32::from_ne_bytes(ld(ctx, off)?), out);
         Ok(())
     }
 
@@ -212,11 +242,65 @@ mod programs {
     /// the first 20 bytes of the transport header.
     const FAST_V4_LEN: usize = ETH_HLEN + 20 + 20;
 
+    /// One 4-byte load from packet memory at `p + OFF`, as a single BPF `ldxw` instruction;
+    /// the bytes in memory order (`u32::from_ne_bytes` of the 4 packet bytes).
+    ///
+    /// Why inline assembly: packet headers are not aligned for their fields (`data` is where
+    /// the Ethernet header starts, so the IPv4 addresses at offset 26 are 2-aligned at best),
+    /// and a Rust read of a `u32` through a pointer that is not 4-aligned is undefined
+    /// behaviour whatever the hardware does; `read_unaligned` is sound, but this target has
+    /// no unaligned loads in LLVM's model, so it becomes four byte loads and shifts (about 40
+    /// instructions per packet for the addresses and ports). At the BPF level an unaligned
+    /// packet load is defined: the verifier accepts it (no `BPF_F_STRICT_ALIGNMENT`; C
+    /// programs read `iph->saddr` this way) and the x86-64 JIT emits one `mov`. The assembly
+    /// states exactly that instruction, so no Rust-level alignment promise is made.
+    ///
+    /// # Safety
+    /// `p + OFF .. p + OFF + 4` must lie within the linear packet data (`p` is `data` and the
+    /// caller has checked `data + OFF + 4 <= data_end`, with the verifier seeing that check).
+    #[inline(always)]
+    unsafe fn pkt_u32<const OFF: i16>(p: usize) -> u32 {
+        let v: u64;
+        // SAFETY: see the function's contract; the instruction only reads packet memory.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u32 *)({p} + {off})",
+                v = lateout(reg) v,
+                p = in(reg) p,
+                off = const OFF,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        v as u32
+    }
+
+    /// As [`pkt_u32`], 2 bytes (`ldxh`).
+    ///
+    /// # Safety
+    /// As [`pkt_u32`], for `p + OFF .. p + OFF + 2`.
+    #[inline(always)]
+    unsafe fn pkt_u16<const OFF: i16>(p: usize) -> u16 {
+        let v: u64;
+        // SAFETY: see the function's contract; the instruction only reads packet memory.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u16 *)({p} + {off})",
+                v = lateout(reg) v,
+                p = in(reg) p,
+                off = const OFF,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        v as u16
+    }
+
     /// The headers of the common case: an unfragmented IPv4 TCP or UDP packet without IP
     /// options whose headers are in the linear data, read after one bounds check.
     struct V4Headers {
-        src: [u8; 4],
-        dst: [u8; 4],
+        /// Source address, network byte order in memory (as [`pkt_u32`] returns it).
+        src: u32,
+        /// Destination address, likewise.
+        dst: u32,
         proto: u8,
         sport: u16,
         dport: u16,
@@ -227,39 +311,44 @@ mod programs {
     }
 
     /// The packet's [`V4Headers`], or `None` for anything else (the general parser's case).
+    /// Six loads of 4 or 2 bytes (see [`pkt_u32`]); the words are little-endian views of
+    /// the packet bytes, so byte `k` of a word is bits `8k..8k+8`.
     #[inline(always)]
     fn v4_headers(ctx: &TcContext) -> Option<V4Headers> {
-        let start = ctx.data();
-        if start + FAST_V4_LEN > ctx.data_end() {
+        let p = ctx.data();
+        if p + FAST_V4_LEN > ctx.data_end() {
             return None;
         }
-        let p = start as *const u8;
-        // SAFETY: every offset read below is < FAST_V4_LEN, within the packet (checked above).
-        let b = |i: usize| unsafe { *p.add(i) };
-        let quad = |i: usize| unsafe { core::ptr::read_unaligned(p.add(i) as *const [u8; 4]) };
-        let l3 = ETH_HLEN;
-        let l4 = l3 + 20;
-        let proto = b(l3 + 9);
-        if b(12) != 0x08
-            || b(13) != 0x00
-            || b(l3) != 0x45
-            || (b(l3 + 6) & 0x1f) != 0
-            || b(l3 + 7) != 0
+        // SAFETY (every load below): each reads within the first 48 < FAST_V4_LEN bytes,
+        // checked against data_end above.
+        // Bytes 12..16: ethertype (08 00), IPv4 version and header length (0x45), TOS.
+        let w = unsafe { pkt_u32::<12>(p) };
+        // Bytes 20..24: flags and fragment offset, TTL, protocol.
+        let f = unsafe { pkt_u32::<20>(p) };
+        let proto = (f >> 24) as u8;
+        // Fragment offset 0 (the flag bits of byte 20 may be set: a first fragment is
+        // handled like the general parser handles it, as a flow's packet).
+        if w & 0x00ff_ffff != 0x0045_0008
+            || f & 0xff1f != 0
             || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
         {
             return None;
         }
+        const L4: i16 = (ETH_HLEN + 20) as i16;
         let (tcp_flags, l4_hdr_len) = if proto == IPPROTO_TCP {
-            (b(l4 + 13) as u32, ((b(l4 + 12) >> 4) as u64) * 4)
+            // Bytes 46, 47: data offset, flags.
+            let t = unsafe { pkt_u16::<{ L4 + 12 }>(p) };
+            ((t >> 8) as u32, (((t & 0xff) >> 4) as u64) * 4)
         } else {
             (0, 8)
         };
+        let ports = unsafe { pkt_u32::<L4>(p) };
         Some(V4Headers {
-            src: quad(l3 + 12),
-            dst: quad(l3 + 16),
+            src: unsafe { pkt_u32::<{ ETH_HLEN as i16 + 12 }>(p) },
+            dst: unsafe { pkt_u32::<{ ETH_HLEN as i16 + 16 }>(p) },
             proto,
-            sport: u16::from_be_bytes([b(l4), b(l4 + 1)]),
-            dport: u16::from_be_bytes([b(l4 + 2), b(l4 + 3)]),
+            sport: u16::from_be(ports as u16),
+            dport: u16::from_be((ports >> 16) as u16),
             tcp_flags,
             l4_hdr_len,
         })
@@ -300,19 +389,17 @@ mod programs {
 
     /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
     /// [`v4_headers`]): the key built on the stack (no per-CPU scratch map), one flow-map
-    /// lookup and the counter update. Egress checks the same-node skip first, with a lookup
-    /// of the sender only. Returns false for the first packet of a flow, which the general
+    /// lookup and the counter update. Egress checks the same-node skip first
+    /// ([`skip_local_v4`]). Returns false for the first packet of a flow, which the general
     /// path handles (creation, events and learning).
     #[inline(always)]
     fn fast_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool) -> bool {
-        let mut src = Addr([0; 16]);
-        map_v4(h.src, &mut src.0);
-        if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
+        if !from_pod && skip_local_v4(ctx, h.src) {
             count(Counter::SkippedLocal);
             return true;
         }
         let (sport, dport) = (h.sport, h.dport);
-        let (s, d) = (u32::from_be_bytes(h.src), u32::from_be_bytes(h.dst));
+        let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
         // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
         // addresses, then of the ports (as `canonical`).
         let src_lower = if s != d { s < d } else { sport <= dport };
@@ -335,8 +422,68 @@ mod programs {
         };
         let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+        let mut src = Addr([0; 16]);
+        if learn {
+            map_v4(h.src, &mut src.0);
+        }
         update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
         true
+    }
+
+    /// Whether the IPv4 source `src` (network order in memory) of a packet to a pod is a
+    /// local endpoint (in `LOCAL_ENDPOINTS`): the same-node rule, "a flow between two pods
+    /// of this node is counted once, at the sender's interface".
+    ///
+    /// The answer is exactly that map's, only cheaper on repeat: `LOCAL_SRC_CACHE` remembers
+    /// a positive answer in the slot of the packet's `ingress_ifindex` (the interface it
+    /// entered the host on; a local pod's packets enter through its own host-side veth, so
+    /// the slot mostly holds that pod's address), and an array lookup of a constant-size map
+    /// is inlined by the verifier, unlike the hash lookup (jhash of 16 bytes and a key
+    /// compare). The interface only picks the slot: the decision is still "the source
+    /// address is in `LOCAL_ENDPOINTS`" — not "the packet came from a pod interface", which
+    /// differs for a Service connection's reply (the source is the ClusterIP after the
+    /// un-DNAT although the packet came from the backend pod's veth: it must be counted on
+    /// the client leg) and for pod traffic routed through the bridge device (entered on the
+    /// bridge: it must be skipped).
+    ///
+    /// Staleness: an entry carries the `LOCAL_ENDPOINTS_GEN` generation read *before* its
+    /// hash lookup, and matches only under the same generation. Userspace increments the
+    /// generation after it removes an address, so an entry that might hold a removed address
+    /// no longer matches (a lookup after the removal does not find it; one before it carries
+    /// the older generation). Insertions need no invalidation: the cache holds only
+    /// positive answers. The slot is one `u64`, written and read whole.
+    #[inline(always)]
+    fn skip_local_v4(ctx: &TcContext, src: u32) -> bool {
+        let generation = match LOCAL_ENDPOINTS_GEN.get_ptr(0) {
+            // SAFETY: a valid map value pointer; userspace may write it concurrently.
+            Some(g) => unsafe { core::ptr::read_volatile(g) },
+            None => return is_local_v4(src),
+        };
+        let tag = u64::from(src) | u64::from((generation & LOCAL_SRC_GEN_MASK) | 1 << 31) << 32;
+        // SAFETY: reading a field of the program's context.
+        let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        let slot = LOCAL_SRC_CACHE.get_ptr_mut(iif & (LOCAL_SRC_CACHE_SLOTS - 1));
+        if let Some(slot) = slot
+            && unsafe { core::ptr::read_volatile(slot) } == tag
+        {
+            return true;
+        }
+        if !is_local_v4(src) {
+            return false;
+        }
+        if let Some(slot) = slot {
+            // SAFETY: a valid map value pointer; an aligned 8-byte store is atomic.
+            unsafe { core::ptr::write_volatile(slot, tag) };
+        }
+        true
+    }
+
+    /// Whether the IPv4 address `src` (network order in memory) is in `LOCAL_ENDPOINTS`.
+    #[inline(always)]
+    fn is_local_v4(src: u32) -> bool {
+        let mut a = Addr([0; 16]);
+        map_v4(src, &mut a.0);
+        LOCAL_ENDPOINTS.get_ptr(&a.0).is_some()
     }
 
     /// The packet's segment count and IP byte count (GSO packets count the headers of

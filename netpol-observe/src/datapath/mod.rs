@@ -35,11 +35,11 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use netpol_observe_ebpf::{
-    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LocalEndpoint, MAP_COUNTERS, MAP_EVENTS,
-    MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
+    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK, LocalEndpoint,
+    MAP_COUNTERS, MAP_EVENTS, MAP_FLOWS, MAP_LOCAL_ENDPOINTS, MAP_LOCAL_ENDPOINTS_GEN,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -127,6 +127,26 @@ struct Sweeper {
     reader: kernel::FlowMapReader,
 }
 
+/// The kernel's local-endpoint map and its generation (see [`MAP_LOCAL_ENDPOINTS_GEN`]).
+struct LocalEndpoints {
+    map: BpfHashMap<MapData, [u8; 16], LocalEndpoint>,
+    generation: Array<MapData, u32>,
+}
+
+impl LocalEndpoints {
+    /// Increments the generation: the egress programs' same-node skip cache forgets every
+    /// entry. Called after addresses were removed from the map.
+    fn invalidate_cache(&mut self) -> Result<(), DatapathError> {
+        let g = self
+            .generation
+            .get(&0, 0)
+            .map_err(|e| DatapathError::MapWrite(format!("endpoint generation: {e}")))?;
+        self.generation
+            .set(0, g.wrapping_add(1) & LOCAL_SRC_GEN_MASK, 0)
+            .map_err(|e| DatapathError::MapWrite(format!("endpoint generation: {e}")))
+    }
+}
+
 struct Shared {
     config: DatapathConfig,
     table: Mutex<FlowTable>,
@@ -134,7 +154,7 @@ struct Shared {
     attacher: Mutex<attach::Attacher>,
     sweeper: Mutex<Sweeper>,
     counters: Mutex<PerCpuArray<MapData, u64>>,
-    local: Mutex<BpfHashMap<MapData, [u8; 16], LocalEndpoint>>,
+    local: Mutex<LocalEndpoints>,
     user_local: Mutex<HashSet<[u8; 16]>>,
     stats: Mutex<DatapathStats>,
 }
@@ -200,6 +220,11 @@ impl Datapath {
                 .map_err(|e: aya::maps::MapError| {
                     DatapathError::Map(MAP_LOCAL_ENDPOINTS, e.to_string())
                 })?;
+        let generation: Array<MapData, u32> = take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS_GEN)?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| {
+                DatapathError::Map(MAP_LOCAL_ENDPOINTS_GEN, e.to_string())
+            })?;
 
         let mut attacher = attach::Attacher::new(ebpf)?;
         let logger = if config.ebpf_log {
@@ -244,7 +269,10 @@ impl Datapath {
                 reader: kernel::FlowMapReader::new(dup, config.flow_capacity),
             }),
             counters: Mutex::new(counters),
-            local: Mutex::new(local),
+            local: Mutex::new(LocalEndpoints {
+                map: local,
+                generation,
+            }),
             user_local: Mutex::new(HashSet::new()),
             stats: Mutex::new(DatapathStats {
                 flow_capacity: config.flow_capacity,
@@ -278,15 +306,23 @@ impl Datapath {
     pub fn set_local_endpoints(&self, ips: &[IpAddr]) -> Result<(), DatapathError> {
         let wanted: HashSet<[u8; 16]> = ips.iter().map(ip16).collect();
         let mut user = lock(&self.shared.user_local);
-        let mut map = lock(&self.shared.local);
+        let mut local = lock(&self.shared.local);
+        let mut removed = false;
         for old in user.difference(&wanted) {
-            match map.remove(old) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            match local.map.remove(old) {
+                Ok(()) => removed = true,
+                Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(DatapathError::MapWrite(e.to_string())),
             }
         }
+        if removed {
+            // After the removals, so that no cache entry made before them still matches.
+            local.invalidate_cache()?;
+        }
         for ip in &wanted {
-            map.insert(ip, LocalEndpoint::default(), 0)
+            local
+                .map
+                .insert(ip, LocalEndpoint::default(), 0)
                 .map_err(|e| DatapathError::MapWrite(format!("local endpoint: {e}")))?;
         }
         *user = wanted;
