@@ -413,6 +413,63 @@ async fn bridge_pods_exact_flows_counted_once() {
     }
 }
 
+/// The egress same-node skip caches positive answers per ingress interface: an address
+/// userspace removes from the local endpoints must stop being skipped at once (the cache's
+/// generation), although the cache held it a moment before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_local_endpoint_is_counted_again_at_egress() {
+    if !require_root("removed_local_endpoint_is_counted_again_at_egress") {
+        return;
+    }
+    let br = Bridge::new(
+        "dpD-br",
+        "10.74.0.1/24".parse().unwrap(),
+        "fd74::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpD-a", "dpDa0", &br, v4("10.74.0.2"), v6("fd74::2")).unwrap();
+    let b = Pod::on_bridge("dpD-b", "dpDb0", &br, v4("10.74.0.3"), v6("fd74::3")).unwrap();
+    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    let cfg = DatapathConfig {
+        learn_local_endpoints: false,
+        ..config("dpD?0")
+    };
+    let dp = Datapath::start(cfg).await.unwrap();
+    dp.set_local_endpoints(&[a4, b4]).unwrap();
+
+    // Both local: a's packets counted once (at a's interface); the second flow's packets
+    // find a's address in the cache.
+    udp_echo(&a, &b, SocketAddr::new(b4, 7401), 3, 50);
+    udp_echo(&a, &b, SocketAddr::new(b4, 7402), 3, 50);
+    // a is no longer local: its packets to b are counted at b's interface too.
+    dp.set_local_endpoints(&[b4]).unwrap();
+    udp_echo(&a, &b, SocketAddr::new(b4, 7403), 3, 50);
+
+    dp.sweep_now().unwrap();
+    let flows = dp.snapshot();
+    let once = Directional {
+        sent: 3,
+        received: 3,
+    };
+    assert_eq!(
+        the_flow(&flows, Protocol::Udp, a4, b4, Some(7401)).packets,
+        Some(once)
+    );
+    assert_eq!(
+        the_flow(&flows, Protocol::Udp, a4, b4, Some(7402)).packets,
+        Some(once)
+    );
+    assert_eq!(
+        the_flow(&flows, Protocol::Udp, a4, b4, Some(7403)).packets,
+        Some(Directional {
+            sent: 6,
+            received: 3
+        }),
+        "a removed from the local endpoints: its packets are counted at both interfaces"
+    );
+    dp.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_pods_short_flows_blackhole_and_new_interfaces() {
     if !require_root("routed_pods_short_flows_blackhole_and_new_interfaces") {
