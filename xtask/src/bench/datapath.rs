@@ -6,9 +6,11 @@
 //! interfaces (tcx ingress + egress, the fixed cost of the hooks), `netpol-observe agent`
 //! attached — in an order rotating from round to round — and in each of two placements of the
 //! pods' processes (`same-cpu`: both on CPU 1; `cross-cpu`: client on CPU 0, server on CPU 1).
-//! Reports every run, the medians and their ratios per placement, then runs the hooked arms
-//! once more per placement with `kernel.bpf_stats_enabled=1` for the kernel's ns per program
-//! run (with `-- --baseline PATH`, an older binary's agent alternately, for before/after).
+//! Every run starts after a settle pause and leaves its warm-up out. Reports every run, the
+//! medians and their ratios per placement (with the spread of the per-round ratios), then
+//! runs the hooked arms once more per placement with `kernel.bpf_stats_enabled=1` for the
+//! kernel's ns per program run (with `-- --baseline PATH`, an older binary's agent
+//! alternately, for before/after).
 
 use std::{
     fs::File,
@@ -244,6 +246,19 @@ fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pause after an arm's programs are attached (and before a no-hooks run, alike) so that the
+/// agent's start-up work (socket scan, first sweeps, interface listing) is over before the
+/// measurement starts.
+const SETTLE: Duration = Duration::from_millis(1000);
+
+/// Seconds at the start of an iperf3 run left out of its result (`-O`: slow start, GSO
+/// ramp-up).
+const IPERF_OMIT_SECONDS: &str = "1";
+
+/// Time at the start of a request/response run left out of its rate (connection set-up, the
+/// flow's first packets on the programs' general path, cold caches).
+const RR_WARMUP: Duration = Duration::from_millis(500);
+
 /// iperf3 TCP stream from pod a to pod b, each pinned as `placement` says; Gbit/s received.
 fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
     let server_cpu = placement.server_cpu.to_string();
@@ -279,6 +294,8 @@ fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
             "-A",
             &client_cpu,
             "-J",
+            "-O",
+            IPERF_OMIT_SECONDS,
             "-t",
         ])
         .arg(seconds.to_string())
@@ -322,6 +339,11 @@ fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
         let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
         c.set_nodelay(true)?;
         let mut b = [0u8; 1];
+        let warm_end = Instant::now() + RR_WARMUP;
+        while Instant::now() < warm_end {
+            c.write_all(&[1])?;
+            c.read_exact(&mut b)?;
+        }
         let start = Instant::now();
         let end = start + Duration::from_secs(seconds);
         let mut n: u64 = 0;
@@ -343,6 +365,7 @@ fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
 
 fn measure(arm: Arm, bin: &Path, placement: Placement, seconds: u64) -> Result<(f64, f64)> {
     let attached = arm.start(bin)?;
+    std::thread::sleep(SETTLE);
     let t = throughput(placement, seconds)?;
     let rr = request_response(placement, seconds)?;
     if let Some(a) = attached {

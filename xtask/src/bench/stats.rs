@@ -15,6 +15,22 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The `q`-quantile of `v` (0 ≤ q ≤ 1, linear interpolation between the closest ranks);
+/// 0 for an empty slice.
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    match s.get(i + 1) {
+        Some(next) => s[i] + (next - s[i]) * frac,
+        None => s[i],
+    }
+}
+
 /// Results of interleaved runs of several arms (A/B/C…): `runs[arm][round]`.
 #[derive(Debug, Clone, Default)]
 pub struct Arms {
@@ -46,15 +62,19 @@ impl Arms {
         }
     }
 
-    /// Median over rounds of arm `a`'s figure over arm `b`'s of the same round.
-    pub fn round_ratio(&self, a: usize, b: usize) -> f64 {
-        let r: Vec<f64> = self.runs[a]
+    /// Arm `a`'s figure over arm `b`'s of the same round, per round.
+    pub fn round_ratios(&self, a: usize, b: usize) -> Vec<f64> {
+        self.runs[a]
             .iter()
             .zip(&self.runs[b])
             .filter(|(_, b)| **b > 0.0)
             .map(|(a, b)| a / b)
-            .collect();
-        median(&r)
+            .collect()
+    }
+
+    /// Median over rounds of arm `a`'s figure over arm `b`'s of the same round.
+    pub fn round_ratio(&self, a: usize, b: usize) -> f64 {
+        median(&self.round_ratios(a, b))
     }
 
     /// A human-readable report: every run and median per arm, then each given comparison
@@ -75,12 +95,19 @@ impl Arms {
             out += &format!("  {label:<width$}  {all}  (median {:.2})\n", median(runs));
         }
         for &(a, b) in comparisons {
+            let r = self.round_ratios(a, b);
             out += &format!(
-                "  {} / {}: ratio of medians {:.4}, median of round ratios {:.4}\n",
+                "  {} / {}: ratio of medians {:.4}, median of round ratios {:.4} \
+                 (interquartile {:.4}–{:.4}, min–max {:.4}–{:.4}, {} rounds)\n",
                 self.labels[a],
                 self.labels[b],
                 self.ratio(a, b),
-                self.round_ratio(a, b)
+                median(&r),
+                quantile(&r, 0.25),
+                quantile(&r, 0.75),
+                quantile(&r, 0.0),
+                quantile(&r, 1.0),
+                r.len()
             );
         }
         out
@@ -98,6 +125,17 @@ mod tests {
     }
 
     #[test]
+    fn quantiles() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 0.25), 2.0);
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 1.0), 5.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+    }
+
+    #[test]
     fn arm_ratios() {
         let mut a = Arms::new("x".into(), &["base", "noop", "with"]);
         a.runs = vec![
@@ -108,9 +146,12 @@ mod tests {
         assert_eq!(a.ratio(2, 0), 0.5);
         assert_eq!(a.round_ratio(2, 0), 0.5);
         assert_eq!(a.round_ratio(1, 0), 0.9);
+        let report = a.report(&[(2, 0), (1, 0)]);
+        assert!(report.contains("with / base: ratio of medians 0.5000"));
         assert!(
-            a.report(&[(2, 0)])
-                .contains("with / base: ratio of medians 0.5000")
+            report.contains("min–max 0.5000–0.5000, 3 rounds"),
+            "{report}"
         );
+        assert!(report.contains("interquartile 0.9000–0.9500"), "{report}");
     }
 }
