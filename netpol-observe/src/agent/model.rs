@@ -20,7 +20,7 @@ use crate::{
     flow::{FlowRecord, Protocol, ServiceRef},
     inventory::{Inventory, NetworkPolicy},
     metrics::{self, Direction},
-    policy::{CompactVerdict, PolicyEngine, PolicyError, Reason, SideResult, Verdict},
+    policy::{CompactVerdict, PodTable, PolicyEngine, PolicyError, Reason, SideResult, Verdict},
 };
 
 use super::{
@@ -118,11 +118,14 @@ impl Model {
         subnets: &Subnets,
         staged: Option<&[NetworkPolicy]>,
     ) -> Result<Model, PolicyError> {
-        let engine = PolicyEngine::compile(&inventory.network_policies, &inventory)?;
+        // Both engines share one table of the snapshot's pods.
+        let pods = PodTable::new(&inventory);
+        let engine = PolicyEngine::compile_shared(&inventory.network_policies, &inventory, &pods)?;
         let staged = match staged {
-            Some(p) => Some(PolicyEngine::compile(p, &inventory)?),
+            Some(p) => Some(PolicyEngine::compile_shared(p, &inventory, &pods)?),
             None => None,
         };
+        drop(pods);
         let mut services = FxHashMap::default();
         for svc in &inventory.services {
             let r = Arc::new(ServiceRef {

@@ -19,7 +19,7 @@ pub use subnets::{NamedSubnet, Subnets, is_private};
 
 use crate::{
     flow::{Endpoint, FlowRecord, ServiceRef},
-    inventory::{Inventory, Name, PodInfo, ServiceInfo},
+    inventory::{Inventory, PodInfo, ServiceInfo},
 };
 
 /// The attribution domain's errors (subnets files).
@@ -90,8 +90,13 @@ pub enum Resolved<'a> {
 #[derive(Debug, Clone)]
 pub struct Attributor {
     pods: Pods,
-    by_ip: HashMap<IpAddr, Vec<usize>>,
-    by_name: HashMap<(Name, Name), Vec<usize>>,
+    /// The pods (not hostNetwork) that held each address: a run (start, length) of `ip_pods`.
+    by_ip: HashMap<IpAddr, (u32, u32)>,
+    /// The runs of `by_ip`, pod indices ascending within a run.
+    ip_pods: Box<[usize]>,
+    /// Every pod (index), sorted by namespace then name (ascending index within one name):
+    /// the pods of one name are a contiguous run ([`Attributor::named`]).
+    by_name: Box<[u32]>,
     nodes: HashMap<IpAddr, String>,
     services: HashMap<IpAddr, (ServiceInfo, Option<usize>)>,
     subnets: Subnets,
@@ -110,19 +115,29 @@ impl Attributor {
     }
 
     fn index(pods: Pods, inventory: &Inventory, subnets: &Subnets) -> Self {
-        let mut by_ip: HashMap<IpAddr, Vec<usize>> = HashMap::default();
-        let mut by_name: HashMap<(Name, Name), Vec<usize>> = HashMap::default();
+        let mut by_ip_runs: HashMap<IpAddr, Vec<usize>> = HashMap::default();
         for (i, p) in pods.iter().enumerate() {
             if !p.host_network {
                 for ip in &p.ips {
-                    by_ip.entry(*ip).or_default().push(i);
+                    by_ip_runs.entry(*ip).or_default().push(i);
                 }
             }
-            by_name
-                .entry((p.namespace.clone(), p.name.clone()))
-                .or_default()
-                .push(i);
         }
+        let mut ip_pods = Vec::with_capacity(pods.len());
+        let by_ip = by_ip_runs
+            .into_iter()
+            .map(|(ip, run)| {
+                let start = u32::try_from(ip_pods.len()).unwrap_or(u32::MAX);
+                ip_pods.extend_from_slice(&run);
+                (ip, (start, u32::try_from(run.len()).unwrap_or(u32::MAX)))
+            })
+            .collect();
+        let mut by_name: Vec<u32> = (0..u32::try_from(pods.len()).unwrap_or(u32::MAX)).collect();
+        // Stable: pods of one name stay in ascending index order.
+        by_name.sort_by(|a, b| {
+            let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        });
         let mut nodes = HashMap::default();
         for n in &inventory.nodes {
             for ip in &n.addresses {
@@ -132,10 +147,11 @@ impl Attributor {
         let mut services = HashMap::default();
         for svc in &inventory.services {
             let backend = inventory.service_backends(svc).first().and_then(|b| {
-                by_name
-                    .get(&(b.namespace.clone(), b.name.clone()))
-                    .and_then(|c| c.iter().rev().find(|i| pods[**i].deleted.is_none()))
-                    .copied()
+                named_run(&by_name, &pods, &b.namespace, &b.name)
+                    .iter()
+                    .rev()
+                    .find(|i| pods[**i as usize].deleted.is_none())
+                    .map(|i| *i as usize)
             });
             for ip in &svc.cluster_ips {
                 services.insert(*ip, (svc.clone(), backend));
@@ -144,7 +160,8 @@ impl Attributor {
         Attributor {
             pods,
             by_ip,
-            by_name,
+            ip_pods: ip_pods.into_boxed_slice(),
+            by_name: by_name.into_boxed_slice(),
             nodes,
             services,
             subnets: subnets.clone(),
@@ -154,7 +171,15 @@ impl Attributor {
     /// The pod that held `ip` at time `at` (hostNetwork pods excluded): the one alive then,
     /// else the newest.
     pub fn pod_for_ip(&self, ip: IpAddr, at: Option<Timestamp>) -> Option<&PodInfo> {
-        self.pick(self.by_ip.get(&ip)?, at)
+        self.pick(self.at_ip(ip)?, at)
+    }
+
+    /// The pods (indices, ascending) that held `ip`.
+    #[inline]
+    fn at_ip(&self, ip: IpAddr) -> Option<&[usize]> {
+        let (start, len) = *self.by_ip.get(&ip)?;
+        self.ip_pods
+            .get(start as usize..start as usize + len as usize)
     }
 
     /// The pod at index `i` of the inventory's pod list ([`Resolved::Pod`]).
@@ -170,7 +195,7 @@ impl Attributor {
     /// What a bare address seen at `at` belongs to: the same order as
     /// [`Attributor::attribute`] (a pod, a node, a subnet).
     pub fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> Resolved<'_> {
-        if let Some(i) = self.by_ip.get(&ip).and_then(|c| self.pick_index(c, at)) {
+        if let Some(i) = self.at_ip(ip).and_then(|c| self.pick_index(c, at)) {
             return Resolved::Pod(i);
         }
         match self.nodes.get(&ip) {
@@ -192,11 +217,13 @@ impl Attributor {
         name: &str,
         at: Option<Timestamp>,
     ) -> Option<&PodInfo> {
-        self.pick(
-            self.by_name
-                .get(&(Name::from(namespace), Name::from(name)))?,
-            at,
-        )
+        let run = named_run(&self.by_name, &self.pods, namespace, name);
+        let pod = |i: &&u32| self.pods.get(**i as usize);
+        run.iter()
+            .rev()
+            .find(|i| pod(i).is_some_and(|p| p.alive_at(at)))
+            .or_else(|| run.iter().max_by_key(|i| pod(i).map(|p| p.created)))
+            .and_then(|i| self.pods.get(*i as usize))
     }
 
     fn pick(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<&PodInfo> {
@@ -300,6 +327,17 @@ impl Attributor {
             .and_then(|(ns, n)| self.pod_by_name(ns, n, at));
         Some(svc.backend_port(port, record.protocol, pod).unwrap_or(port))
     }
+}
+
+/// The run of `by_name` (pod indices sorted by namespace then name) naming pod `ns/name`.
+fn named_run<'a>(by_name: &'a [u32], pods: &[PodInfo], ns: &str, name: &str) -> &'a [u32] {
+    let key = |i: &u32| {
+        let p = &pods[*i as usize];
+        (p.namespace.as_str(), p.name.as_str())
+    };
+    let lo = by_name.partition_point(|i| key(i) < (ns, name));
+    let hi = lo + by_name[lo..].partition_point(|i| key(i) == (ns, name));
+    &by_name[lo..hi]
 }
 
 fn set_pod(ep: &mut Endpoint, pod: &PodInfo) {

@@ -21,18 +21,15 @@ use crate::{
     inventory::{ContainerPortInfo, Inventory, NetworkPolicy, ServiceInfo},
 };
 
-/// A pod as the engine sees it (the fields a verdict reads on every flow are in [`PodHot`]).
-/// Trimmed: the namespace is shared, labels are only read while compiling, and only the
-/// container ports a Service's named `targetPort` may resolve to are kept.
+/// A pod as the engines see it (the fields a verdict reads on every flow are in each engine's
+/// [`PodHot`]). Its namespace, name and container ports are the inventory's shared ones (no
+/// copy); labels are only read while compiling.
 #[derive(Debug, Clone)]
 struct PodEntry {
-    namespace: Arc<str>,
-    name: Box<str>,
+    namespace: Name,
+    name: Name,
     ips: Box<[IpAddr]>,
-    ports: Box<[ContainerPortInfo]>,
-    /// The container ports whose names some rule uses: (name id, protocol, port), in
-    /// container order.
-    named_ports: Box<[(u32, Protocol, u16)]>,
+    ports: Arc<[ContainerPortInfo]>,
     created: Option<Timestamp>,
     deleted: Option<Timestamp>,
 }
@@ -51,14 +48,116 @@ impl PodEntry {
             .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
             .map(|p| p.port)
     }
+}
 
-    /// The first container port named by rule name id `id` with `protocol`.
+/// The pods of one inventory snapshot as the engines see them, with their indexes by address
+/// and by name, the nodes and the ClusterIP Services: what does not depend on the policies.
+/// Built once per snapshot ([`PodTable::new`]) and shared by the engines compiled against it
+/// (the policies in force and the staged ones, [`PolicyEngine::compile_shared`]).
+#[derive(Debug)]
+pub struct PodTable {
+    pods: Box<[PodEntry]>,
+    /// The pods (not hostNetwork) that held each address: a run (start, length) of `ip_pods`.
+    by_ip: FxHashMap<IpAddr, (u32, u32)>,
+    /// The runs of `by_ip`, pod indices ascending within a run.
+    ip_pods: Box<[u32]>,
+    /// Every pod (index), sorted by namespace then name (ascending index within one name):
+    /// the pods of one name are a contiguous run ([`PolicyEngine::named`]).
+    by_name: Box<[u32]>,
+    node_ids: HashMap<String, u32>,
+    node_by_ip: FxHashMap<IpAddr, u32>,
+    services: FxHashMap<IpAddr, ServiceEntry>,
+}
+
+impl PodTable {
+    /// Indexes the pods, nodes and Services of `inventory`.
+    pub fn new(inventory: &Inventory) -> Arc<PodTable> {
+        let mut node_ids = HashMap::new();
+        let mut node_by_ip = FxHashMap::default();
+        for (i, n) in inventory.nodes.iter().enumerate() {
+            node_ids.insert(n.name.clone(), to_u32(i));
+            for ip in &n.addresses {
+                node_by_ip.insert(*ip, to_u32(i));
+            }
+        }
+        let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
+        let mut pods = Vec::with_capacity(inventory.pods.len());
+        for p in &inventory.pods {
+            let idx = to_u32(pods.len());
+            if !p.host_network {
+                for ip in &p.ips {
+                    by_ip.entry(*ip).or_default().push(idx);
+                }
+            }
+            pods.push(PodEntry {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ips: p.ips.as_slice().into(),
+                ports: p.container_ports.clone(),
+                created: p.created,
+                deleted: p.deleted,
+            });
+        }
+        let mut by_name: Vec<u32> = (0..to_u32(pods.len())).collect();
+        by_name.sort_by(|a, b| {
+            let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
+            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
+        });
+        let mut services = FxHashMap::default();
+        for svc in &inventory.services {
+            let backend = inventory.service_backends(svc).first().and_then(|b| {
+                by_name_run(&by_name, &pods, &b.namespace, &b.name)
+                    .iter()
+                    .rev()
+                    .find(|i| pods[**i as usize].deleted.is_none())
+                    .copied()
+            });
+            for ip in &svc.cluster_ips {
+                services.insert(
+                    *ip,
+                    ServiceEntry {
+                        info: svc.clone(),
+                        backend,
+                    },
+                );
+            }
+        }
+        let mut ip_pods = Vec::with_capacity(pods.len());
+        let by_ip = by_ip
+            .into_iter()
+            .map(|(ip, run)| {
+                let start = to_u32(ip_pods.len());
+                ip_pods.extend_from_slice(&run);
+                (ip, (start, to_u32(run.len())))
+            })
+            .collect();
+        Arc::new(PodTable {
+            pods: pods.into_boxed_slice(),
+            by_ip,
+            ip_pods: ip_pods.into_boxed_slice(),
+            by_name: by_name.into_boxed_slice(),
+            node_ids,
+            node_by_ip,
+            services,
+        })
+    }
+
+    /// The pods (indices, ascending) that held `ip`.
     #[inline]
-    fn named_port_id(&self, id: u32, protocol: Protocol) -> Option<u16> {
-        self.named_ports
-            .iter()
-            .find(|(n, p, _)| *n == id && *p == protocol)
-            .map(|(_, _, port)| *port)
+    fn at_ip(&self, ip: &IpAddr) -> Option<&[u32]> {
+        let (start, len) = *self.by_ip.get(ip)?;
+        self.ip_pods
+            .get(start as usize..start as usize + len as usize)
+    }
+
+    /// Whether this table was built from `inventory` (same pods, in order).
+    fn indexes(&self, inventory: &Inventory) -> bool {
+        self.pods.len() == inventory.pods.len()
+            && self
+                .pods
+                .iter()
+                .zip(&inventory.pods)
+                .all(|(e, p)| e.namespace == p.namespace && e.name == p.name)
     }
 }
 
@@ -152,16 +251,35 @@ pub struct PodPolicies {
     pub egress: Vec<String>,
 }
 
-/// What an explanation is found from: the merged rule tables, the pods (for named ports)
-/// and the rule names. Shared by the engine and by the verdicts whose explanation is still
-/// pending.
+/// Container ports whose names some rule uses: (name id, protocol, port), in container order.
+type PortList = Box<[(u32, Protocol, u16)]>;
+
+/// What an explanation is found from: the merged rule tables, the pods' named ports and the
+/// rule names. Shared by the engine and by the verdicts whose explanation is still pending.
 #[derive(Debug)]
 struct Core {
     /// Groups of pods selected by the same policies and their merged rule tables.
     tables: Tables,
-    pods: Box<[PodEntry]>,
+    /// Per pod, its list in `port_lists`.
+    named_ports: Box<[u32]>,
+    /// The distinct lists of container ports whose names some rule uses: (name id, protocol,
+    /// port), in container order (pods of one workload share theirs).
+    port_lists: Box<[PortList]>,
     /// Rule and policy names, for lazy explanations.
     rule_names: RuleNames,
+}
+
+impl Core {
+    /// The first container port of pod `pod` named by rule name id `id` with `protocol`.
+    #[inline]
+    fn named_port_id(&self, pod: u32, id: u32, protocol: Protocol) -> Option<u16> {
+        let list = self.named_ports.get(pod as usize)?;
+        self.port_lists
+            .get(*list as usize)?
+            .iter()
+            .find(|(n, p, _)| *n == id && *p == protocol)
+            .map(|(_, _, port)| *port)
+    }
 }
 
 /// An allowed direction whose allowing rules are found only when its explanation is first
@@ -185,14 +303,16 @@ impl Pending {
 
     /// The allowing rules (global ids, ascending).
     pub(crate) fn rules(&self) -> IdList {
-        let dst_pod = self.dst.and_then(|d| self.core.pods.get(d as usize));
         let tables = &self.core.tables;
         tables.allowing_rules(
             self.group,
             self.protocol,
             self.port,
             tables.rows(self.peer),
-            |name| dst_pod.and_then(|d| d.named_port_id(name, self.protocol)),
+            |name| {
+                self.dst
+                    .and_then(|d| self.core.named_port_id(d, name, self.protocol))
+            },
         )
     }
 }
@@ -202,18 +322,13 @@ impl Pending {
 pub struct PolicyEngine {
     /// Policy names (`ns/name`), sorted: policy indices are positions here.
     names: Vec<Name>,
-    /// The rule tables and the pods: shared with the verdicts whose explanation is still to
-    /// be found ([`Pending`]).
+    /// The rule tables and the named ports: shared with the verdicts whose explanation is
+    /// still to be found ([`Pending`]).
     core: Arc<Core>,
+    /// The pods, nodes and Services (possibly shared with another engine).
+    table: Arc<PodTable>,
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
-    by_ip: FxHashMap<IpAddr, Vec<u32>>,
-    /// Every pod (index), sorted by namespace then name (ascending index within one name):
-    /// the pods of one name are a contiguous run ([`PolicyEngine::named`]).
-    by_name: Vec<u32>,
-    node_ids: HashMap<String, u32>,
-    node_by_ip: FxHashMap<IpAddr, u32>,
-    services: FxHashMap<IpAddr, ServiceEntry>,
 }
 
 impl PolicyEngine {
@@ -223,6 +338,23 @@ impl PolicyEngine {
         policies: &[NetworkPolicy],
         inventory: &Inventory,
     ) -> Result<PolicyEngine, PolicyError> {
+        Self::compile_shared(policies, inventory, &PodTable::new(inventory))
+    }
+
+    /// As [`PolicyEngine::compile`], on the pod table `table` built from the same `inventory`
+    /// ([`PodTable::new`]), which the engine then shares (engines compiled against one
+    /// snapshot hold its pods once). A table built from another inventory is not used: the
+    /// engine then indexes `inventory` itself.
+    pub fn compile_shared(
+        policies: &[NetworkPolicy],
+        inventory: &Inventory,
+        table: &Arc<PodTable>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let table = if table.indexes(inventory) {
+            table.clone()
+        } else {
+            PodTable::new(inventory)
+        };
         let mut interner = Interner::default();
         let mut compiled = policies
             .iter()
@@ -246,15 +378,6 @@ impl PolicyEngine {
             ns_labels.push(interner.labels([("kubernetes.io/metadata.name", name)]));
             id
         };
-
-        let mut node_ids = HashMap::new();
-        let mut node_by_ip = FxHashMap::default();
-        for (i, n) in inventory.nodes.iter().enumerate() {
-            node_ids.insert(n.name.clone(), to_u32(i));
-            for ip in &n.addresses {
-                node_by_ip.insert(*ip, to_u32(i));
-            }
-        }
 
         // The label keys peer selectors look at: pods equal on these keys (in one namespace)
         // are indistinguishable as peers.
@@ -280,30 +403,14 @@ impl PolicyEngine {
         let mut class_labels: Vec<Vec<(u32, u32)>> = Vec::new();
         let mut classes_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
 
-        let mut pods = Vec::with_capacity(inventory.pods.len());
         let mut hot = Vec::with_capacity(inventory.pods.len());
-        let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
         let mut pods_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
         // Per pod, its labels (interned): only selectors read them, here.
         let mut pod_labels: Vec<Vec<(u32, u32)>> = Vec::with_capacity(inventory.pods.len());
-        let mut namespaces: HashMap<&str, Arc<str>> = HashMap::new();
-        // The container port names a Service's targetPort may name.
-        let target_names: std::collections::HashSet<&str> = inventory
-            .services
-            .iter()
-            .flat_map(|s| &s.ports)
-            .filter_map(|p| match &p.target_port {
-                crate::inventory::TargetPort::Name(n) => Some(n.as_str()),
-                crate::inventory::TargetPort::Number(_) => None,
-            })
-            .collect();
         for p in &inventory.pods {
-            let idx = to_u32(pods.len());
+            let idx = to_u32(hot.len());
             let ns = ns_id(&p.namespace, &mut interner, &mut ns_labels);
             if !p.host_network {
-                for ip in &p.ips {
-                    by_ip.entry(*ip).or_default().push(idx);
-                }
                 pods_by_ns.entry(ns).or_default().push(idx);
             }
             let labels = interner.labels(&p.labels);
@@ -326,30 +433,12 @@ impl PolicyEngine {
                     }
                 }
             };
-            let namespace = namespaces
-                .entry(p.namespace.as_str())
-                .or_insert_with(|| Arc::from(p.namespace.as_str()))
-                .clone();
-            pods.push(PodEntry {
-                namespace,
-                name: p.name.as_str().into(),
-                ips: p.ips.as_slice().into(),
-                ports: p
-                    .container_ports
-                    .iter()
-                    .filter(|c| c.name.as_deref().is_some_and(|n| target_names.contains(n)))
-                    .cloned()
-                    .collect(),
-                named_ports: Box::default(),
-                created: p.created,
-                deleted: p.deleted,
-            });
             hot.push(PodHot {
                 class,
                 node: p
                     .node_name
                     .as_ref()
-                    .and_then(|n| node_ids.get(n.as_str()).copied())
+                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
                     .unwrap_or(NO_NODE),
                 ingress: NO_GROUP,
                 egress: NO_GROUP,
@@ -357,13 +446,8 @@ impl PolicyEngine {
             });
             pod_labels.push(labels);
         }
-        let mut by_name: Vec<u32> = (0..to_u32(pods.len())).collect();
-        by_name.sort_by(|a, b| {
-            let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
-            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-        });
         // Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it.
-        let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); pods.len()];
+        let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); hot.len()];
 
         let mut policy_ns = Vec::with_capacity(compiled.len());
         for policy in &compiled {
@@ -507,50 +591,37 @@ impl PolicyEngine {
         }
         let tables = builder.finish();
         let rule_names = tables.rule_names(&names);
-        for (pod, p) in pods.iter_mut().zip(&inventory.pods) {
-            pod.named_ports = p
-                .container_ports
-                .iter()
-                .filter_map(|p| {
-                    let id = tables.port_name(p.name.as_deref()?)?;
-                    Some((id, p.protocol, p.port))
-                })
-                .collect();
-        }
-
-        let mut services = FxHashMap::default();
-        for svc in &inventory.services {
-            let backend = inventory.service_backends(svc).first().and_then(|b| {
-                by_name_run(&by_name, &pods, &b.namespace, &b.name)
+        let mut list_ids: HashMap<PortList, u32> = HashMap::new();
+        let mut port_lists = Vec::new();
+        let named_ports = inventory
+            .pods
+            .iter()
+            .map(|p| {
+                let list: Box<[_]> = p
+                    .container_ports
                     .iter()
-                    .rev()
-                    .find(|i| pods[**i as usize].deleted.is_none())
-                    .copied()
-            });
-            for ip in &svc.cluster_ips {
-                services.insert(
-                    *ip,
-                    ServiceEntry {
-                        info: svc.clone(),
-                        backend,
-                    },
-                );
-            }
-        }
+                    .filter_map(|p| {
+                        let id = tables.port_name(p.name.as_deref()?)?;
+                        Some((id, p.protocol, p.port))
+                    })
+                    .collect();
+                *list_ids.entry(list).or_insert_with_key(|list| {
+                    port_lists.push(list.clone());
+                    to_u32(port_lists.len() - 1)
+                })
+            })
+            .collect();
 
         Ok(PolicyEngine {
             names,
             core: Arc::new(Core {
                 tables,
-                pods: pods.into_boxed_slice(),
+                named_ports,
+                port_lists: port_lists.into_boxed_slice(),
                 rule_names,
             }),
+            table,
             hot,
-            by_ip,
-            by_name,
-            node_ids,
-            node_by_ip,
-            services,
         })
     }
 
@@ -588,7 +659,7 @@ impl PolicyEngine {
     /// Every known pod with whether it is isolated for ingress and for egress:
     /// `(namespace, name, ingress_isolated, egress_isolated)`; hostNetwork pods are skipped.
     pub fn pod_isolation(&self) -> impl Iterator<Item = (&str, &str, bool, bool)> + '_ {
-        self.core
+        self.table
             .pods
             .iter()
             .zip(&self.hot)
@@ -719,14 +790,7 @@ impl PolicyEngine {
 
     /// The pods (indices, ascending) named `ns/name`.
     fn named(&self, ns: &str, name: &str) -> &[u32] {
-        by_name_run(&self.by_name, &self.core.pods, ns, name)
-    }
-
-    fn dst_pod(&self, dst: Side) -> Option<&PodEntry> {
-        match dst {
-            Side::Pod(d) => self.core.pods.get(d as usize),
-            _ => None,
-        }
+        by_name_run(&self.table.by_name, &self.table.pods, ns, name)
     }
 
     /// The peer of a direction as the rule tables see it.
@@ -778,11 +842,14 @@ impl PolicyEngine {
     /// Whether a rule of `group` allows the flow `f` from/to `peer`.
     #[inline]
     fn allows(&self, group: u32, peer: PeerKey, f: FlowQuery) -> bool {
-        let dst_pod = self.dst_pod(f.dst);
+        let dst_pod = match f.dst {
+            Side::Pod(d) => Some(d),
+            _ => None,
+        };
         self.core
             .tables
             .allows(group, f.protocol, f.port, peer, |name| {
-                dst_pod.and_then(|d| d.named_port_id(name, f.protocol))
+                dst_pod.and_then(|d| self.core.named_port_id(d, name, f.protocol))
             })
     }
 
@@ -820,7 +887,7 @@ impl PolicyEngine {
         }
         let named = |i: &&u32| {
             names.is_none_or(|(ns, n)| {
-                let p = &self.core.pods[**i as usize];
+                let p = &self.table.pods[**i as usize];
                 *p.namespace == *ns && *p.name == *n
             })
         };
@@ -828,19 +895,19 @@ impl PolicyEngine {
             .iter()
             .filter(named)
             .rev()
-            .find(|i| self.core.pods[**i as usize].alive_at(at))
+            .find(|i| self.table.pods[**i as usize].alive_at(at))
             .or_else(|| {
                 candidates
                     .iter()
                     .filter(named)
-                    .max_by_key(|i| self.core.pods[**i as usize].created)
+                    .max_by_key(|i| self.table.pods[**i as usize].created)
             })
             .copied()
     }
 
     fn resolve(&self, ep: &Endpoint, at: Option<Timestamp>) -> Side {
         let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
-        if let Some(c) = self.by_ip.get(&ep.ip)
+        if let Some(c) = self.table.at_ip(&ep.ip)
             && let Some(i) = self.pick(c, at, names)
         {
             return Side::Pod(i);
@@ -851,10 +918,10 @@ impl PolicyEngine {
         {
             return Side::Pod(i);
         }
-        if let Some(n) = self.node_by_ip.get(&ep.ip) {
+        if let Some(n) = self.table.node_by_ip.get(&ep.ip) {
             return Side::Node(*n);
         }
-        if let Some(n) = ep.node.as_ref().and_then(|n| self.node_ids.get(n)) {
+        if let Some(n) = ep.node.as_ref().and_then(|n| self.table.node_ids.get(n)) {
             return Side::Node(*n);
         }
         Side::Other
@@ -868,7 +935,7 @@ impl PolicyEngine {
         protocol: Protocol,
         at: Option<Timestamp>,
     ) -> (Side, IpAddr, Option<u16>) {
-        let Some(svc) = self.services.get(&ep.ip) else {
+        let Some(svc) = self.table.services.get(&ep.ip) else {
             return (self.resolve(ep, at), ep.ip, ep.port);
         };
         let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
@@ -879,7 +946,7 @@ impl PolicyEngine {
         let Some(pod) = pod else {
             return (Side::Other, ep.ip, ep.port);
         };
-        let entry = &self.core.pods[pod as usize];
+        let entry = &self.table.pods[pod as usize];
         let port = ep.port.map(|p| {
             svc.info
                 .backend_port(p, protocol, None)
@@ -926,7 +993,33 @@ fn to_u32(n: usize) -> u32 {
 mod tests {
     use std::sync::Arc;
 
-    use crate::policy::{PolicyEngine, SideResult, reference::Reference, synth};
+    use crate::policy::{PodTable, PolicyEngine, SideResult, reference::Reference, synth};
+
+    /// Engines compiled on one shared pod table judge as the reference does; a table built
+    /// from another inventory is not used (the engine indexes its own inventory).
+    #[test]
+    fn engines_on_a_shared_pod_table_agree_with_the_reference() {
+        let inv = synth::cluster(6, 600, 21);
+        let other = synth::cluster(6, 500, 22);
+        let in_force = synth::policies(300, 6, 21);
+        let staged = synth::policies(300, 6, 22);
+        let table = PodTable::new(&inv);
+        let foreign = PodTable::new(&other);
+        let a = PolicyEngine::compile_shared(&in_force, &inv, &table).unwrap();
+        let b = PolicyEngine::compile_shared(&staged, &inv, &table).unwrap();
+        let c = PolicyEngine::compile_shared(&staged, &inv, &foreign).unwrap();
+        assert!(Arc::ptr_eq(&a.table, &table) && Arc::ptr_eq(&b.table, &table));
+        assert!(!Arc::ptr_eq(&c.table, &foreign));
+        let (ra, rb) = (
+            Reference::new(&inv, &in_force).unwrap(),
+            Reference::new(&inv, &staged).unwrap(),
+        );
+        for flow in synth::flows(&inv, 3_000, 21) {
+            assert_eq!(a.evaluate(&flow), ra.evaluate(&flow), "{flow:?}");
+            assert_eq!(b.evaluate(&flow), rb.evaluate(&flow), "{flow:?}");
+            assert_eq!(c.evaluate(&flow), rb.evaluate(&flow), "{flow:?}");
+        }
+    }
 
     /// An allowed direction's explanation is found when first read, from the engine's tables:
     /// it is right even after the engine is dropped, and settling it releases the tables.

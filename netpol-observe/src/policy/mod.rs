@@ -33,7 +33,7 @@ mod table;
 mod verdict;
 
 pub use compile::{policy_id, policy_types, validate};
-pub use engine::{CompactSide, CompactVerdict, PodPolicies, PolicyEngine};
+pub use engine::{CompactSide, CompactVerdict, PodPolicies, PodTable, PolicyEngine};
 pub use error::{PolicyError, SelectorError};
 pub use names::{Name, Names};
 pub use selector::label_selector_matches;
