@@ -123,6 +123,7 @@ impl AgentState {
     /// A state for `config` (no inventory, nothing attached yet).
     pub fn new(config: AgentConfig) -> AgentState {
         let node = config.node_name.clone().or_else(hostname);
+        fix_mmap_threshold();
         AgentState {
             metrics: Metrics::new(config.metrics_config()),
             store: Mutex::new(FlowStore::new(config.max_flows)),
@@ -436,6 +437,20 @@ fn release_free_memory() {
     // SAFETY: `malloc_trim` only releases free pages of the allocator's own arenas.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Fixes glibc's mmap threshold at its default (128 KiB). Left dynamic, glibc raises it to
+/// the size of the largest mmapped block freed (up to 32 MiB): after a model build has freed
+/// its large temporaries, the agent's growing tables (store slab, caches, metric families)
+/// then come from the heap, and each table outgrown by doubling stays resident as free
+/// memory. Fixed, every block of 128 KiB or more is its own mapping, returned to the system
+/// when freed (−3 MiB at 10k flows in `cargo xtask bench agent`).
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` only changes a tuning parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

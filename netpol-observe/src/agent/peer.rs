@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     flow::{Endpoint, ServiceRef, WorkloadRef},
-    inventory::{Labels, PodInfo},
+    inventory::{Labels, Name, PodInfo},
     metrics::PeerLabels,
 };
 
@@ -17,12 +17,12 @@ use crate::{
 /// Service).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// Namespace of the pod.
-    pub namespace: Option<String>,
-    /// Name of the pod.
-    pub pod: Option<String>,
-    /// Owning workload of the pod.
-    pub workload: Option<WorkloadRef>,
+    /// Namespace of the pod (for a pod, the inventory's shared name).
+    pub namespace: Option<Name>,
+    /// Name of the pod (for a pod, the inventory's).
+    pub pod: Option<Name>,
+    /// Owning workload of the pod (for a pod, the inventory's interned one).
+    pub workload: Option<Arc<WorkloadRef>>,
     /// The workload's selector labels (for a pod, the inventory's interned set, shared by
     /// every pod of the workload).
     pub labels: Option<Labels>,
@@ -40,9 +40,9 @@ impl Peer {
     /// interned through `workloads`.
     pub fn from_endpoint(ep: &Endpoint, workloads: &mut Workloads) -> Peer {
         Peer {
-            namespace: ep.namespace.clone(),
-            pod: ep.pod.clone(),
-            workload: ep.workload.clone(),
+            namespace: ep.namespace.as_deref().map(Name::from),
+            pod: ep.pod.as_deref().map(Name::from),
+            workload: ep.workload.clone().map(Arc::new),
             labels: ep.labels.as_ref().map(Labels::from),
             node: ep.node.clone(),
             subnet: ep.subnet.clone(),
@@ -61,9 +61,9 @@ impl Peer {
             ip,
             port,
             service: service.cloned(),
-            namespace: self.namespace.clone(),
-            pod: self.pod.clone(),
-            workload: self.workload.clone(),
+            namespace: self.namespace.as_deref().map(str::to_owned),
+            pod: self.pod.as_deref().map(str::to_owned),
+            workload: self.workload.as_deref().cloned(),
             labels: self.labels.as_ref().map(Labels::to_map),
             node: self.node.clone(),
             subnet: self.subnet.clone(),
@@ -77,7 +77,7 @@ impl Peer {
             return self.metric.clone();
         }
         Arc::new(PeerLabels {
-            pod: Some(self.pod.clone().unwrap_or_default()),
+            pod: Some(self.pod.as_deref().unwrap_or_default().to_owned()),
             ..(*self.metric).clone()
         })
     }
@@ -135,9 +135,15 @@ impl Peers {
         ep.namespace = Some(pod.namespace.to_string());
         ep.pod = Some(pod.name.to_string());
         ep.workload = Some((*pod.workload).clone());
+        // The inventory's shared names, workload and selector labels: no copy per pod.
         let peer = Arc::new(Peer {
+            namespace: Some(pod.namespace.clone()),
+            pod: Some(pod.name.clone()),
+            workload: Some(pod.workload.clone()),
             labels: Some(pod.selector_labels.clone()),
-            ..Peer::from_endpoint(&ep, &mut self.workloads)
+            node: None,
+            subnet: None,
+            metric: self.workloads.intern(PeerLabels::from_endpoint(&ep, false)),
         });
         if let Some(slot) = self.pods.get_mut(index) {
             *slot = Some(peer.clone());

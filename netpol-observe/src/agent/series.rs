@@ -9,11 +9,13 @@ use rustc_hash::FxHashMap;
 use super::{model::Attributed, peer::Peer};
 use crate::{
     flow::Protocol,
-    metrics::{Direction, FlowLabels, Metrics, Series, Verdict},
+    metrics::{Direction, FlowLabels, Metrics, PortLabel, Series, Verdict},
 };
 
-/// At most this many workload pairs (or pods, for verdict series) are cached.
-const MAX_ENTRIES: usize = 4096;
+/// At most this many workload pairs (or workloads, for verdict series) are cached: 7/8 of
+/// 4,096, what a hash table of 4,096 buckets holds (one more entry would double it to 8,192
+/// buckets, ~1 MiB more for the pairs).
+const MAX_ENTRIES: usize = 3584;
 
 /// The identity of a flow's label set: both peers' metric labels (shared per workload, or
 /// the peers themselves with pod-level labels), the destination port and the protocol.
@@ -96,7 +98,7 @@ impl SeriesCache {
             labels: FlowLabels {
                 src: peers.src.metric_labels(pod_level),
                 dst: peers.dst.metric_labels(pod_level),
-                dst_port: dst_port.map(|p| p.to_string()).unwrap_or_default(),
+                dst_port: PortLabel::from(dst_port),
                 protocol,
             },
             flows: Default::default(),

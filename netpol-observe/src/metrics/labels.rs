@@ -183,8 +183,8 @@ pub struct FlowLabels {
     pub src: Arc<PeerLabels>,
     /// The responder (shared likewise).
     pub dst: Arc<PeerLabels>,
-    /// Destination port as a decimal string; empty for ICMP, `other` in the overflow bucket.
-    pub dst_port: String,
+    /// Destination port (decimal; empty for ICMP, `other` in the overflow bucket).
+    pub dst_port: PortLabel,
     /// `TCP`, `UDP`, `SCTP`, `ICMP` or `ICMPv6`.
     pub protocol: Protocol,
 }
@@ -195,7 +195,7 @@ impl FlowLabels {
         FlowLabels {
             src: Arc::new(PeerLabels::from_endpoint(&record.src, pod_level)),
             dst: Arc::new(PeerLabels::from_endpoint(&record.dst, pod_level)),
-            dst_port: record.dst.port.map(|p| p.to_string()).unwrap_or_default(),
+            dst_port: PortLabel::from(record.dst.port),
             protocol: record.protocol,
         }
     }
@@ -205,38 +205,70 @@ impl FlowLabels {
         FlowLabels {
             src: Arc::new(PeerLabels::other(pod_level)),
             dst: Arc::new(PeerLabels::other(pod_level)),
-            dst_port: OTHER.to_owned(),
+            dst_port: PortLabel::Other,
             protocol,
         }
     }
 }
 
+/// The `dst_port` label: a port number held as such (no string per label set), written as
+/// the decimal number, empty for a flow without ports (ICMP), `other` in the overflow bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortLabel {
+    /// No port (ICMP): the empty value.
+    None,
+    /// A destination port.
+    Port(u16),
+    /// The overflow bucket: `other`.
+    Other,
+}
+
+impl From<Option<u16>> for PortLabel {
+    fn from(port: Option<u16>) -> Self {
+        port.map_or(PortLabel::None, PortLabel::Port)
+    }
+}
+
+impl EncodeLabelValue for PortLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            PortLabel::None => EncodeLabelValue::encode(&"", encoder),
+            PortLabel::Port(p) => EncodeLabelValue::encode(p, encoder),
+            PortLabel::Other => EncodeLabelValue::encode(&OTHER, encoder),
+        }
+    }
+}
+
 /// Writes one `key="value"` label.
-fn label(encoder: &mut LabelSetEncoder, key: &str, value: &str) -> Result<(), std::fmt::Error> {
+fn label(
+    encoder: &mut LabelSetEncoder,
+    key: &str,
+    value: &impl EncodeLabelValue,
+) -> Result<(), std::fmt::Error> {
     let mut label = encoder.encode_label();
     let mut key_encoder = label.encode_label_key()?;
     EncodeLabelKey::encode(&key, &mut key_encoder)?;
     let mut value_encoder = key_encoder.encode_label_value()?;
-    EncodeLabelValue::encode(&value, &mut value_encoder)?;
+    EncodeLabelValue::encode(value, &mut value_encoder)?;
     value_encoder.finish()
 }
 
 impl EncodeLabelSet for FlowLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        label(encoder, "src_namespace", &self.src.namespace)?;
-        label(encoder, "src_kind", &self.src.kind)?;
-        label(encoder, "src_workload", &self.src.workload)?;
+        label(encoder, "src_namespace", &self.src.namespace.as_str())?;
+        label(encoder, "src_kind", &self.src.kind.as_str())?;
+        label(encoder, "src_workload", &self.src.workload.as_str())?;
         if let Some(pod) = &self.src.pod {
-            label(encoder, "src_pod", pod)?;
+            label(encoder, "src_pod", &pod.as_str())?;
         }
-        label(encoder, "dst_namespace", &self.dst.namespace)?;
-        label(encoder, "dst_kind", &self.dst.kind)?;
-        label(encoder, "dst_workload", &self.dst.workload)?;
+        label(encoder, "dst_namespace", &self.dst.namespace.as_str())?;
+        label(encoder, "dst_kind", &self.dst.kind.as_str())?;
+        label(encoder, "dst_workload", &self.dst.workload.as_str())?;
         if let Some(pod) = &self.dst.pod {
-            label(encoder, "dst_pod", pod)?;
+            label(encoder, "dst_pod", &pod.as_str())?;
         }
         label(encoder, "dst_port", &self.dst_port)?;
-        label(encoder, "protocol", self.protocol.as_str())
+        label(encoder, "protocol", &self.protocol.as_str())
     }
 }
 
@@ -264,19 +296,27 @@ pub struct DropLabels {
 }
 
 /// Labels of `netpol_observe_policy_verdicts_total`: the pod the verdict applies to (the
-/// source for egress, the destination for ingress).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+/// source for egress, the destination for ingress), as `namespace`, `kind`, `workload`,
+/// `direction`, `verdict`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VerdictLabels {
-    /// Namespace of the pod the verdict applies to.
-    pub namespace: String,
-    /// Its workload kind.
-    pub kind: String,
-    /// Its workload name.
-    pub workload: String,
+    /// The workload of the pod the verdict applies to (workload-level: its `pod` is not
+    /// written; shared, as in [`FlowLabels`]).
+    pub peer: Arc<PeerLabels>,
     /// `ingress` or `egress`.
     pub direction: Direction,
     /// `allowed`, `denied`, `not_isolated` or `unknown`.
     pub verdict: Verdict,
+}
+
+impl EncodeLabelSet for VerdictLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(encoder, "namespace", &self.peer.namespace.as_str())?;
+        label(encoder, "kind", &self.peer.kind.as_str())?;
+        label(encoder, "workload", &self.peer.workload.as_str())?;
+        label(encoder, "direction", &self.direction)?;
+        label(encoder, "verdict", &self.verdict)
+    }
 }
 
 /// Labels of `netpol_observe_unprotected_workloads`.

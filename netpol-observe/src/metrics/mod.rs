@@ -28,7 +28,7 @@ pub mod sample;
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
 };
 
 use prometheus_client::{
@@ -43,7 +43,7 @@ use crate::flow::{FlowRecord, Protocol};
 use budget::Budget;
 pub use labels::{
     Direction, DropLabels, ErrorLabels, EvictionLabels, FlowLabels, FlowVerdictLabels,
-    MetricLabels, PeerLabels, ResourceLabels, UnprotectedLabels, Verdict, VerdictLabels,
+    MetricLabels, PeerLabels, PortLabel, ResourceLabels, UnprotectedLabels, Verdict, VerdictLabels,
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text 1.0.0).
@@ -405,28 +405,30 @@ impl Metrics {
     /// labels), `direction` and `verdict`.
     pub fn verdict_series(
         &self,
-        peer: &PeerLabels,
+        peer: &Arc<PeerLabels>,
         direction: Direction,
         verdict: Verdict,
     ) -> Series {
+        // Workload-level: a peer carrying a pod name is labelled without it.
+        let peer = if peer.pod.is_some() {
+            Arc::new(PeerLabels {
+                pod: None,
+                ..(**peer).clone()
+            })
+        } else {
+            peer.clone()
+        };
         self.policy_verdicts.series(
             &VerdictLabels {
-                namespace: peer.namespace.clone(),
-                kind: peer.kind.clone(),
-                workload: peer.workload.clone(),
+                peer,
                 direction,
                 verdict,
             },
             Some(((direction as u32) << 8) | verdict as u32),
-            || {
-                let o = PeerLabels::other(false);
-                VerdictLabels {
-                    namespace: o.namespace,
-                    kind: o.kind,
-                    workload: o.workload,
-                    direction,
-                    verdict,
-                }
+            || VerdictLabels {
+                peer: Arc::new(PeerLabels::other(false)),
+                direction,
+                verdict,
             },
             &self.series_dropped,
         )
@@ -499,7 +501,7 @@ impl Metrics {
             Direction::Egress => &record.src,
             Direction::Ingress => &record.dst,
         };
-        let peer = PeerLabels::from_endpoint(ep, false);
+        let peer = Arc::new(PeerLabels::from_endpoint(ep, false));
         self.verdict_series(&peer, direction, verdict).inc_by(1);
     }
 
