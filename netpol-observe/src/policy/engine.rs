@@ -11,10 +11,10 @@ use rustc_hash::FxHashMap;
 use super::{
     Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
     compile::{NsMatch, Peer, compile_policy},
-    names::{IdList, RuleNames},
+    names::{IdList, List, RuleNames},
     selector::CompiledSelector,
     selector::Interner,
-    table::{PeerKey, Tables, TablesBuilder},
+    table::{PeerKey, Rows, Tables, TablesBuilder},
 };
 use crate::{
     flow::{Endpoint, FlowRecord, Protocol},
@@ -283,17 +283,27 @@ impl Core {
 }
 
 /// An allowed direction whose allowing rules are found only when its explanation is first
-/// read ([`Names::pending`]): the question, and the engine's tables to answer it.
-#[derive(Debug)]
+/// read ([`Names::pending`]): the engine's tables to answer it and the question, inline
+/// (small copies; no allocation, one reference count on the tables).
+#[derive(Debug, Clone)]
 pub(crate) struct Pending {
     core: Arc<Core>,
     group: u32,
+    /// The peer's condition rows (class and address region).
+    rows: Rows,
+    /// The destination pod (its named ports), or [`NO_POD`].
+    dst: u32,
+    /// The destination port, if `has_port`.
+    port: u16,
+    has_port: bool,
     protocol: Protocol,
-    port: Option<u16>,
-    peer: PeerKey,
-    /// The destination pod (its named ports), if the destination is a pod.
-    dst: Option<u32>,
+    /// Which list of the explanation this is (set by [`Names::pending`]; kept here, in what
+    /// would be padding, so that a pending list stays as small as a shared one plus 32 bytes).
+    pub(crate) list: List,
 }
+
+/// No destination pod in a [`Pending`].
+const NO_POD: u32 = u32::MAX;
 
 impl Pending {
     /// The names the rules resolve against.
@@ -303,17 +313,12 @@ impl Pending {
 
     /// The allowing rules (global ids, ascending).
     pub(crate) fn rules(&self) -> IdList {
-        let tables = &self.core.tables;
-        tables.allowing_rules(
-            self.group,
-            self.protocol,
-            self.port,
-            tables.rows(self.peer),
-            |name| {
-                self.dst
-                    .and_then(|d| self.core.named_port_id(d, name, self.protocol))
-            },
-        )
+        let port = self.has_port.then_some(self.port);
+        self.core
+            .tables
+            .allowing_rules(self.group, self.protocol, port, self.rows, |name| {
+                self.core.named_port_id(self.dst, name, self.protocol)
+            })
     }
 }
 
@@ -754,18 +759,20 @@ impl PolicyEngine {
             Err((result, Some(reason))) => return SideVerdict::by_reason(result, reason),
             Err(_) => return SideVerdict::not_isolated(),
         };
-        let peer = self.peer_key(q);
-        if self.allows(group, peer, f) {
+        let rows = self.core.tables.rows(self.peer_key(q));
+        if self.allows(group, rows, f) {
             let (policies, rules) = Names::pending(Pending {
                 core: Arc::clone(&self.core),
                 group,
-                protocol: f.protocol,
-                port: f.port,
-                peer,
+                rows,
                 dst: match f.dst {
-                    Side::Pod(d) => Some(d),
-                    _ => None,
+                    Side::Pod(d) => d,
+                    _ => NO_POD,
                 },
+                port: f.port.unwrap_or(0),
+                has_port: f.port.is_some(),
+                protocol: f.protocol,
+                list: List::Rules,
             });
             SideVerdict {
                 result: SideResult::Allowed,
@@ -839,16 +846,16 @@ impl PolicyEngine {
         Ok(group)
     }
 
-    /// Whether a rule of `group` allows the flow `f` from/to `peer`.
+    /// Whether a rule of `group` allows the flow `f` from/to the peer of `rows`.
     #[inline]
-    fn allows(&self, group: u32, peer: PeerKey, f: FlowQuery) -> bool {
+    fn allows(&self, group: u32, rows: Rows, f: FlowQuery) -> bool {
         let dst_pod = match f.dst {
             Side::Pod(d) => Some(d),
             _ => None,
         };
         self.core
             .tables
-            .allows(group, f.protocol, f.port, peer, |name| {
+            .allows(group, f.protocol, f.port, rows, |name| {
                 dst_pod.and_then(|d| self.core.named_port_id(d, name, f.protocol))
             })
     }
@@ -861,7 +868,7 @@ impl PolicyEngine {
             Ok(group) => group,
             Err((result, reason)) => return CompactSide { result, reason },
         };
-        let allowed = self.allows(group, self.peer_key(q), f);
+        let allowed = self.allows(group, self.core.tables.rows(self.peer_key(q)), f);
         CompactSide {
             result: if allowed {
                 SideResult::Allowed
@@ -993,7 +1000,9 @@ fn to_u32(n: usize) -> u32 {
 mod tests {
     use std::sync::Arc;
 
-    use crate::policy::{PodTable, PolicyEngine, SideResult, reference::Reference, synth};
+    use crate::policy::{
+        PodTable, PolicyEngine, SideResult, SideVerdict, Verdict, reference::Reference, synth,
+    };
 
     /// Engines compiled on one shared pod table judge as the reference does; a table built
     /// from another inventory is not used (the engine indexes its own inventory).
@@ -1021,6 +1030,17 @@ mod tests {
         }
     }
 
+    /// A verdict is moved on every evaluation: its size is part of the cost.
+    #[test]
+    fn verdicts_stay_small() {
+        let names = std::mem::size_of::<crate::policy::Names>();
+        let side = std::mem::size_of::<SideVerdict>();
+        let verdict = std::mem::size_of::<Verdict>();
+        assert!(names <= 48, "Names: {names} bytes");
+        assert!(side <= 104, "SideVerdict: {side} bytes");
+        assert!(verdict <= 216, "Verdict: {verdict} bytes");
+    }
+
     /// An allowed direction's explanation is found when first read, from the engine's tables:
     /// it is right even after the engine is dropped, and settling it releases the tables.
     #[test]
@@ -1037,11 +1057,22 @@ mod tests {
             .filter(|s| s.result == SideResult::Allowed && s.reason.is_none())
             .count();
         assert!(allowed_sides > 1_000, "{allowed_sides}");
-        // One reference to the tables per pending direction, besides the engine's own.
-        assert_eq!(Arc::strong_count(&engine.core), 1 + allowed_sides);
+        // One reference to the tables per pending list (rules, policies) of each allowed
+        // direction, besides the engine's own.
+        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
         let mut settled: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
         settled.iter_mut().for_each(|v| v.settle());
-        assert_eq!(Arc::strong_count(&engine.core), 1 + allowed_sides);
+        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
+        // Reading one list resolves it without touching the other's reference.
+        let mut read = pending.clone();
+        assert_eq!(Arc::strong_count(&engine.core), 1 + 4 * allowed_sides);
+        for v in &mut read {
+            v.ingress.rules.settle();
+            v.egress.rules.settle();
+        }
+        assert_eq!(Arc::strong_count(&engine.core), 1 + 3 * allowed_sides);
+        drop(read);
+        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
         drop(engine);
         for ((flow, p), s) in flows.iter().zip(&pending).zip(&settled) {
             let want = reference.evaluate(flow);

@@ -114,28 +114,57 @@ impl Extend<u32> for IdList {
     }
 }
 
-/// The allowing rules of an allowed direction, found and resolved to names on first read.
-#[derive(Debug)]
-struct Picked {
-    pending: Pending,
-    /// The allowing rules (global ids, ascending).
-    rules: OnceLock<IdList>,
-    labels: OnceLock<Box<[Name]>>,
-    policies: OnceLock<Box<[Name]>>,
-}
+/// The names of a pending list once read (boxed, so that a pending list stays small).
+#[derive(Debug, Clone)]
+struct Resolved(Box<[Name]>);
 
-impl Picked {
-    fn rules(&self) -> &IdList {
-        self.rules.get_or_init(|| self.pending.rules())
-    }
+/// Which list of an allowed direction's explanation a pending [`Names`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum List {
+    /// The labels of the allowing rules.
+    Rules,
+    /// The distinct policies of the allowing rules.
+    Policies,
 }
 
 #[derive(Clone)]
 enum Repr {
     Empty,
     Shared(Arc<[Name]>),
-    /// The rule labels (`false`) or the distinct policies (`true`) of picked rules.
-    Picked(Arc<Picked>, bool),
+    /// The rule labels or the distinct policies ([`Pending::list`]) of the rules allowing a
+    /// pending direction, resolved on first read.
+    Pending(Pending, OnceLock<Box<Resolved>>),
+}
+
+/// The labels of the rules allowing `p` (ascending rule ids).
+fn rule_labels(p: &Pending) -> Box<Resolved> {
+    let names = p.names();
+    Box::new(Resolved(
+        p.rules()
+            .iter()
+            .filter_map(|r| names.labels.get(*r as usize).cloned())
+            .collect(),
+    ))
+}
+
+/// The distinct policies of the rules allowing `p` (rule ids ascend within policy order, so
+/// equal policies are adjacent).
+fn rule_policies(p: &Pending) -> Box<Resolved> {
+    let names = p.names();
+    let mut out: Vec<Name> = Vec::new();
+    let mut last = u32::MAX;
+    for r in p.rules().iter() {
+        let Some(pi) = names.policy.get(*r as usize).copied() else {
+            continue;
+        };
+        if pi != last
+            && let Some(n) = names.policies.get(pi as usize)
+        {
+            out.push(n.clone());
+            last = pi;
+        }
+    }
+    Box::new(Resolved(out.into_boxed_slice()))
 }
 
 /// A list of [`Name`]s, shared: cloning it copies no names (the engine hands out the same
@@ -159,14 +188,14 @@ impl Names {
             Repr::Empty => true,
             Repr::Shared(n) => n.is_empty(),
             // Only an allowed direction is pending, and it has an allowing rule.
-            Repr::Picked(..) => false,
+            Repr::Pending(..) => false,
         }
     }
 
     /// Resolves a pending explanation into a plain list of names, releasing the engine's
     /// tables it kept alive: for verdicts that are stored.
     pub fn settle(&mut self) {
-        if let Repr::Picked(..) = self.0 {
+        if let Repr::Pending(..) = self.0 {
             let names: Vec<Name> = self.iter().cloned().collect();
             *self = Names::from(names);
         }
@@ -178,18 +207,17 @@ impl Names {
     }
 
     /// The explanation of an allowed direction, found when first read: the rule labels and
-    /// the distinct policies of the rules `pending` finds, resolved against its names. Returns
-    /// (policies, rules).
+    /// the distinct policies of the rules `pending` finds, resolved against its names. Each
+    /// list holds the question inline (no allocation until it is read) and one reference to
+    /// the engine's tables. Returns (policies, rules).
     pub(crate) fn pending(pending: Pending) -> (Names, Names) {
-        let p = Arc::new(Picked {
-            pending,
-            rules: OnceLock::new(),
-            labels: OnceLock::new(),
-            policies: OnceLock::new(),
-        });
+        let mut policies = pending.clone();
+        policies.list = List::Policies;
+        let mut rules = pending;
+        rules.list = List::Rules;
         (
-            Names(Repr::Picked(Arc::clone(&p), true)),
-            Names(Repr::Picked(p, false)),
+            Names(Repr::Pending(policies, OnceLock::new())),
+            Names(Repr::Pending(rules, OnceLock::new())),
         )
     }
 }
@@ -200,28 +228,13 @@ impl Deref for Names {
         match &self.0 {
             Repr::Empty => &[],
             Repr::Shared(n) => n,
-            Repr::Picked(p, false) => p.labels.get_or_init(|| {
-                p.rules()
-                    .iter()
-                    .filter_map(|r| p.pending.names().labels.get(*r as usize).cloned())
-                    .collect()
-            }),
-            Repr::Picked(p, true) => p.policies.get_or_init(|| {
-                let mut out: Vec<Name> = Vec::new();
-                let mut last = u32::MAX;
-                for r in p.rules().iter() {
-                    let Some(pi) = p.pending.names().policy.get(*r as usize).copied() else {
-                        continue;
-                    };
-                    if pi != last
-                        && let Some(n) = p.pending.names().policies.get(pi as usize)
-                    {
-                        out.push(n.clone());
-                        last = pi;
-                    }
-                }
-                out.into_boxed_slice()
-            }),
+            Repr::Pending(p, r) => {
+                &r.get_or_init(|| match p.list {
+                    List::Rules => rule_labels(p),
+                    List::Policies => rule_policies(p),
+                })
+                .0
+            }
         }
     }
 }

@@ -308,18 +308,18 @@ impl Tables {
     }
 
     /// Whether some rule of group `g` allows the flow (protocol, destination port, the named
-    /// ports of the destination pod via `named_port`, by name id) from/to `peer`.
+    /// ports of the destination pod via `named_port`, by name id) from/to the peer of `rows`
+    /// ([`Tables::rows`]).
     #[inline]
     pub(crate) fn allows(
         &self,
         g: GroupRef,
         protocol: Protocol,
         port: Option<u16>,
-        peer: PeerKey,
+        rows: Rows,
         named_port: impl Fn(u32) -> Option<u16>,
     ) -> bool {
         let l = self.lookup(g, protocol, port);
-        let rows = self.rows(peer);
         if self.slot_hit(rows, l.slot) {
             return true;
         }
