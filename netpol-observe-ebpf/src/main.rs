@@ -422,10 +422,11 @@ mod programs {
         };
         let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+        // Written whatever `learn` is: two stores. A zeroed array overwritten only when
+        // `learn` compiles to a call of the byte-loop `memset` on every packet (the datapath's
+        // `per_packet_path_calls_no_memset` test checks the object).
         let mut src = Addr([0; 16]);
-        if learn {
-            map_v4(h.src, &mut src.0);
-        }
+        map_v4(h.src, &mut src.0);
         update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
         true
     }

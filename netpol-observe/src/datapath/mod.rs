@@ -671,3 +671,44 @@ pub(crate) fn retry_interrupted_load(
         }
     }
 }
+
+#[cfg(test)]
+mod object_tests {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+    use super::EBPF_OBJECT;
+
+    /// The names of the symbols the TC programs' section (`classifier`: both programs'
+    /// per-packet parts, inlined) calls or references, one per relocation.
+    fn classifier_relocation_targets() -> Vec<String> {
+        let file = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let section = file
+            .section_by_name("classifier")
+            .expect("the object has a classifier section");
+        section
+            .relocations()
+            .filter_map(|(_, r)| match r.target() {
+                RelocationTarget::Symbol(i) => file.symbol_by_index(i).ok(),
+                _ => None,
+            })
+            .map(|s| s.name().unwrap_or("?").to_owned())
+            .collect()
+    }
+
+    /// `memset` on this target is a byte loop in a BPF subprogram: a zeroed local that is
+    /// only partly overwritten calls it, and on the per-packet path that cost as much as a
+    /// third of the ingress program. The general path (first packet of a flow) lives in
+    /// `.text` and may use it; the programs' own section must not.
+    #[test]
+    fn per_packet_path_calls_no_memset() {
+        let targets = classifier_relocation_targets();
+        assert!(
+            targets.iter().any(|t| t == "FLOWS"),
+            "relocations read: {targets:?}"
+        );
+        assert!(
+            !targets.iter().any(|t| t == "memset"),
+            "the TC programs call memset: {targets:?}"
+        );
+    }
+}
