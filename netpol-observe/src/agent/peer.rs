@@ -131,10 +131,13 @@ impl Peers {
         if let Some(Some(p)) = self.pods.get(index) {
             return p.clone();
         }
-        let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
-        ep.namespace = Some(pod.namespace.to_string());
-        ep.pod = Some(pod.name.to_string());
-        ep.workload = Some((*pod.workload).clone());
+        // Workload-level labels, as `PeerLabels::from_endpoint` makes them for a pod.
+        let metric = PeerLabels {
+            namespace: pod.namespace.to_string(),
+            kind: pod.workload.kind.clone(),
+            workload: pod.workload.name.clone(),
+            pod: None,
+        };
         // The inventory's shared names, workload and selector labels: no copy per pod.
         let peer = Arc::new(Peer {
             namespace: Some(pod.namespace.clone()),
@@ -143,7 +146,7 @@ impl Peers {
             labels: Some(pod.selector_labels.clone()),
             node: None,
             subnet: None,
-            metric: self.workloads.intern(PeerLabels::from_endpoint(&ep, false)),
+            metric: self.workloads.intern(metric),
         });
         if let Some(slot) = self.pods.get_mut(index) {
             *slot = Some(peer.clone());
