@@ -9,8 +9,13 @@
 //! Every run starts after a settle pause and leaves its warm-up out. Reports every run, the
 //! medians and their ratios per placement (with the spread of the per-round ratios), then
 //! runs the hooked arms once more per placement with `kernel.bpf_stats_enabled=1` for the
-//! kernel's ns per program run (with `-- --baseline PATH`, an older binary's agent
-//! alternately, for before/after).
+//! kernel's ns per program run.
+//!
+//! Options after `--`: `--bin PATH` measures a prebuilt binary; `--baseline PATH` adds a
+//! fourth arm to every round, another binary's agent (the before/after of a datapath change
+//! within one run: `agent / baseline agent`), and measures its ns per run alternately;
+//! `--placement same-cpu|cross-cpu` keeps one placement; `--rr-only` leaves the throughput
+//! runs and the per-program costs out (a quick request/response comparison).
 
 use std::{
     fs::File,
@@ -147,8 +152,11 @@ enum Arm {
     Noop,
     /// `netpol-observe agent`.
     Agent,
+    /// The agent of the `--baseline` binary (only with `--baseline`).
+    BaselineAgent,
 }
 
+/// The arms of every round: [`Arm::BaselineAgent`] is added with `--baseline`.
 const ARMS: [Arm; 3] = [Arm::Bare, Arm::Noop, Arm::Agent];
 
 impl Arm {
@@ -157,17 +165,22 @@ impl Arm {
             Arm::Bare => "no hooks",
             Arm::Noop => "no-op hooks",
             Arm::Agent => "agent",
+            Arm::BaselineAgent => "baseline agent",
         }
     }
 
-    /// Starts what this arm attaches (nothing for [`Arm::Bare`]).
-    fn start(self, bin: &Path) -> Result<Option<Attached>> {
-        let args: &[&str] = match self {
-            Arm::Bare => return Ok(None),
-            Arm::Noop => &["bench-hooks", "noop", "--interfaces", "nbv*"],
-            Arm::Agent => &["agent", "--interfaces", "nbv*", "--output", "jsonl"],
-        };
-        Attached::start(bin, args).map(Some)
+    /// Starts what this arm attaches (nothing for [`Arm::Bare`]); [`Arm::BaselineAgent`] runs
+    /// `baseline` (or `bin` when there is none).
+    fn start(self, bin: &Path, baseline: Option<&Path>) -> Result<Option<Attached>> {
+        const AGENT: &[&str] = &["agent", "--interfaces", "nbv*", "--output", "jsonl"];
+        match self {
+            Arm::Bare => Ok(None),
+            Arm::Noop => {
+                Attached::start(bin, &["bench-hooks", "noop", "--interfaces", "nbv*"]).map(Some)
+            }
+            Arm::Agent => Attached::start(bin, AGENT).map(Some),
+            Arm::BaselineAgent => Attached::start(baseline.unwrap_or(bin), AGENT).map(Some),
+        }
     }
 }
 
@@ -363,10 +376,24 @@ fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
     Ok(tps)
 }
 
-fn measure(arm: Arm, bin: &Path, placement: Placement, seconds: u64) -> Result<(f64, f64)> {
-    let attached = arm.start(bin)?;
+/// What every run of a benchmark invocation shares.
+struct RunSetup<'a> {
+    bin: &'a Path,
+    baseline: Option<&'a Path>,
+    seconds: u64,
+    /// Leave the throughput runs out (`--rr-only`).
+    rr_only: bool,
+}
+
+fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64)> {
+    let (seconds, rr_only) = (setup.seconds, setup.rr_only);
+    let attached = arm.start(setup.bin, setup.baseline)?;
     std::thread::sleep(SETTLE);
-    let t = throughput(placement, seconds)?;
+    let t = if rr_only {
+        f64::NAN
+    } else {
+        throughput(placement, seconds)?
+    };
     let rr = request_response(placement, seconds)?;
     if let Some(a) = attached {
         a.stop()?;
@@ -507,7 +534,7 @@ fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64) -> Result<()
             placement.label, placement.client_cpu, placement.server_cpu
         );
         for run in &runs {
-            let attached = run.arm.start(run.bin)?;
+            let attached = run.arm.start(run.bin, None)?;
             let stats = BpfStats::enable()?;
             let s0 = prog_stats(run.bin)?;
             let started = Instant::now();
@@ -552,17 +579,30 @@ struct PlacementRuns {
 }
 
 /// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
-/// order in every placement, then the per-program costs. `extra` may hold `--baseline PATH`,
-/// an older `netpol-observe` binary whose agent's ns per run is measured alongside, and
-/// `--bin PATH`, a prebuilt binary to measure instead of building the release binary.
+/// order in every placement, then the per-program costs. `extra` holds the options of the
+/// module documentation (`--bin`, `--baseline`, `--placement`, `--rr-only`).
 pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
     }
     let mut baseline = None;
     let mut prebuilt = None;
+    let mut rr_only = false;
+    let mut placements: Vec<Placement> = PLACEMENTS.to_vec();
     let mut args = extra.iter();
     while let Some(flag) = args.next() {
+        if flag == "--rr-only" {
+            rr_only = true;
+            continue;
+        }
+        if flag == "--placement" {
+            let label = args.next().context("datapath: --placement needs a label")?;
+            placements.retain(|p| p.label == label.as_str());
+            if placements.is_empty() {
+                bail!("datapath: unknown placement {label} (expected same-cpu / cross-cpu)");
+            }
+            continue;
+        }
         let path = args
             .next()
             .map(std::path::PathBuf::from)
@@ -570,7 +610,10 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         match flag.as_str() {
             "--baseline" => baseline = Some(path),
             "--bin" => prebuilt = Some(path),
-            other => bail!("datapath: unknown argument {other} (expected --baseline / --bin PATH)"),
+            other => bail!(
+                "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
+                 --placement LABEL, --rr-only)"
+            ),
         }
     }
     let bin = match prebuilt {
@@ -578,8 +621,18 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         None => super::release_binary(root)?,
     };
     let _topology = Topology::create()?;
-    let labels = ARMS.map(Arm::label);
-    let mut results: Vec<PlacementRuns> = PLACEMENTS
+    let mut arms = ARMS.to_vec();
+    if baseline.is_some() {
+        arms.push(Arm::BaselineAgent);
+    }
+    let labels: Vec<&str> = arms.iter().map(|a| a.label()).collect();
+    let setup = RunSetup {
+        bin: &bin,
+        baseline: baseline.as_deref(),
+        seconds,
+        rr_only,
+    };
+    let mut results: Vec<PlacementRuns> = placements
         .iter()
         .map(|&placement| PlacementRuns {
             placement,
@@ -603,37 +656,54 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         // Alternate which placement goes first, and rotate the arms' order (B N A, N A B,
         // A B N, ...) so drift hits every arm alike.
         for p in 0..results.len() {
-            let pr = &mut results[(round + p) % PLACEMENTS.len()];
-            for k in 0..ARMS.len() {
-                let i = (round + k) % ARMS.len();
-                let (t, r) = measure(ARMS[i], &bin, pr.placement, seconds)?;
+            let n = results.len();
+            let pr = &mut results[(round + p) % n];
+            for k in 0..arms.len() {
+                let i = (round + k) % arms.len();
+                let (t, r) = measure(arms[i], &setup, pr.placement)?;
                 eprintln!(
                     "round {}/{rounds} {:<9} {:<12} throughput {t:.2} Gbit/s, rr {r:.0}/s",
                     round + 1,
                     pr.placement.label,
-                    ARMS[i].label()
+                    arms[i].label()
                 );
                 pr.tput.runs[i].push(t);
                 pr.rr.runs[i].push(r);
             }
         }
     }
-    // Indices into ARMS.
-    let (bare, noop, agent) = (0, 1, 2);
-    let comparisons = [(noop, bare), (agent, bare), (agent, noop)];
+    // Indices into `arms`.
+    let (bare, noop, agent, baseline_agent) = (0, 1, 2, 3);
+    let mut comparisons = vec![(noop, bare), (agent, bare), (agent, noop)];
+    if baseline.is_some() {
+        comparisons.extend([(baseline_agent, bare), (agent, baseline_agent)]);
+    }
     let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
     for pr in &results {
-        println!("{}", pr.tput.report(&comparisons));
+        if !rr_only {
+            println!("{}", pr.tput.report(&comparisons));
+        }
         println!("{}", pr.rr.report(&comparisons));
+        let throughput = if rr_only {
+            String::new()
+        } else {
+            format!(
+                "throughput >= 0.98 ({} / {}), ",
+                verdict(pr.tput.ratio(agent, bare), 0.98),
+                verdict(pr.tput.round_ratio(agent, bare), 0.98),
+            )
+        };
         println!(
             "[{}] targets (agent / no hooks, ratio of medians / median of round ratios): \
-             throughput >= 0.98 ({} / {}), request/response >= 0.97 ({} / {})\n",
+             {throughput}request/response >= 0.97 ({} / {})\n",
             pr.placement.label,
-            verdict(pr.tput.ratio(agent, bare), 0.98),
-            verdict(pr.tput.round_ratio(agent, bare), 0.98),
             verdict(pr.rr.ratio(agent, bare), 0.97),
             verdict(pr.rr.round_ratio(agent, bare), 0.97),
         );
+    }
+    if rr_only {
+        // A quick look at request/response: the per-program costs are left out.
+        return Ok(());
     }
     program_costs(&bin, baseline.as_deref(), seconds)
 }
