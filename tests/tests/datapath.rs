@@ -1,6 +1,6 @@
 //! The eBPF flow datapath on a real kernel: pods as network namespaces, real traffic, exact
 //! flows, counts and states. Each test names its interfaces with its own prefix (`dpA`,
-//! `dpB`, `dpC`) so tests can run in parallel; everything is removed on drop.
+//! `dpB`, `dpC`, …) so tests can run in parallel; everything is removed on drop.
 
 // Tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -422,17 +422,17 @@ async fn removed_local_endpoint_is_counted_again_at_egress() {
         return;
     }
     let br = Bridge::new(
-        "dpD-br",
-        "10.74.0.1/24".parse().unwrap(),
-        "fd74::1/64".parse().unwrap(),
+        "dpG-br",
+        "10.77.0.1/24".parse().unwrap(),
+        "fd77::1/64".parse().unwrap(),
     )
     .unwrap();
-    let a = Pod::on_bridge("dpD-a", "dpDa0", &br, v4("10.74.0.2"), v6("fd74::2")).unwrap();
-    let b = Pod::on_bridge("dpD-b", "dpDb0", &br, v4("10.74.0.3"), v6("fd74::3")).unwrap();
+    let a = Pod::on_bridge("dpG-a", "dpGa0", &br, v4("10.77.0.2"), v6("fd77::2")).unwrap();
+    let b = Pod::on_bridge("dpG-b", "dpGb0", &br, v4("10.77.0.3"), v6("fd77::3")).unwrap();
     let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
     let cfg = DatapathConfig {
         learn_local_endpoints: false,
-        ..config("dpD?0")
+        ..config("dpG?0")
     };
     let dp = Datapath::start(cfg).await.unwrap();
     dp.set_local_endpoints(&[a4, b4]).unwrap();
@@ -654,6 +654,76 @@ async fn thousands_of_flows_all_reported_and_overflow_counted() {
         dp.shutdown().await.unwrap();
         assert_eq!(attachments("dpCa0").unwrap(), "");
     }
+}
+
+/// Many multi-packet flows between the same two pods, interleaved, on the per-CPU front
+/// entries of the flow map (`FLOW_CACHE`: 16 slots per CPU, so flows share slots, take them
+/// over when a slot's flow is idle for a clock tick and flush the previous flow's pending
+/// counts): every flow's packets and bytes are exact after a sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
+    if !require_root("interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly") {
+        return;
+    }
+    const FLOWS: usize = 200;
+    const ROUNDS: u64 = 6;
+    const PAYLOAD: usize = 32;
+    let br = Bridge::new(
+        "dpF-br",
+        "10.76.0.1/24".parse().unwrap(),
+        "fd76::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpF-a", "dpFa0", &br, v4("10.76.0.2"), v6("fd76::2")).unwrap();
+    let b = Pod::on_bridge("dpF-b", "dpFb0", &br, v4("10.76.0.3"), v6("fd76::3")).unwrap();
+    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    // A sink that accepts the datagrams without answering (no ICMP errors).
+    let _sink = b.run(|| UdpSocket::bind("0.0.0.0:7301").unwrap());
+    let dst = SocketAddr::new(b4, 7301);
+    let dp = Datapath::start(config("dpF?0")).await.unwrap();
+    let ports = a.run(move || {
+        let socks: Vec<UdpSocket> = (0..FLOWS)
+            .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+            .collect();
+        for round in 0..ROUNDS {
+            for s in &socks {
+                s.send_to(&[round as u8; PAYLOAD], dst).unwrap();
+            }
+            // Let the coarse clock move between rounds, so slots change hands.
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        socks
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect::<Vec<u16>>()
+    });
+    dp.sweep_now().unwrap();
+    let flows = dp.snapshot();
+    let found = flows_of(&flows, Protocol::Udp, a4, b4, Some(7301));
+    assert_eq!(found.len(), FLOWS, "{found:#?}");
+    for port in ports {
+        let f = found
+            .iter()
+            .find(|f| f.src.port == Some(port))
+            .unwrap_or_else(|| panic!("no flow from port {port}"));
+        assert_eq!(
+            f.packets,
+            Some(Directional {
+                sent: ROUNDS,
+                received: 0
+            }),
+            "{f:?}"
+        );
+        assert_eq!(
+            f.bytes,
+            Some(Directional {
+                sent: ROUNDS * (20 + 8 + PAYLOAD as u64),
+                received: 0
+            }),
+            "{f:?}"
+        );
+    }
+    dp.shutdown().await.unwrap();
 }
 
 #[test]

@@ -1,16 +1,114 @@
-//! Reading the kernel maps: batched reads of the flow map and the per-CPU counters.
+//! Reading the kernel maps: batched reads of the flow map and the per-CPU counters, and the
+//! per-CPU flush of the flow map's front entries that precedes every read.
 
 use std::{
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use netpol_observe_ebpf::{Counter, FlowKey, FlowValue};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::RawTracePoint,
+};
+use netpol_observe_ebpf::{Counter, FlowKey, FlowValue, PROG_FLUSH_FLOW_CACHE};
 
 use super::DatapathError;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
+
+/// `union bpf_attr` as used by `BPF_PROG_TEST_RUN` (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of each
+/// CPU's latest established IPv4 flow in a per-CPU front entry (`FLOW_CACHE`) instead of
+/// updating the flow map per packet, and this moves them into the flow map. The program is
+/// loaded but never attached; `BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU` runs it on
+/// the CPU that owns the entry (Linux >= 5.10).
+#[derive(Debug)]
+pub struct CacheFlusher {
+    fd: OwnedFd,
+    cpus: Vec<u32>,
+}
+
+impl CacheFlusher {
+    /// Loads the flush program from `ebpf` and checks that it runs on every online CPU.
+    pub(crate) fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        let load = |e: String| DatapathError::Load(format!("{PROG_FLUSH_FLOW_CACHE}: {e}"));
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(PROG_FLUSH_FLOW_CACHE)
+            .ok_or_else(|| load("not in the object".into()))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| load(e.to_string()))?;
+        prog.load().map_err(|e| load(e.to_string()))?;
+        let fd = prog
+            .fd()
+            .map_err(|e| load(e.to_string()))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| load(e.to_string()))?;
+        let cpus =
+            aya::util::online_cpus().map_err(|(path, e)| load(format!("reading {path}: {e}")))?;
+        let flusher = CacheFlusher { fd, cpus };
+        flusher.flush().map_err(|e| {
+            load(format!(
+                "running it on each CPU failed ({e}); BPF_F_TEST_RUN_ON_CPU needs Linux >= 5.10"
+            ))
+        })?;
+        Ok(flusher)
+    }
+
+    /// Flushes every CPU's entry; returns how many were busy (an interrupted program was
+    /// changing them: their counts move at the next flush).
+    pub fn flush(&self) -> io::Result<u32> {
+        let mut busy = 0;
+        for &cpu in &self.cpus {
+            let mut attr = TestRunAttr {
+                prog_fd: self.fd.as_raw_fd() as u32,
+                flags: BPF_F_TEST_RUN_ON_CPU,
+                cpu,
+                ..TestRunAttr::default()
+            };
+            // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_PROG_TEST_RUN with no data
+            // or context buffers; the kernel writes only `retval` and `duration`.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_TEST_RUN,
+                    &mut attr as *mut TestRunAttr,
+                    std::mem::size_of::<TestRunAttr>(),
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("CPU {cpu}: {e}")));
+            }
+            busy += attr.retval;
+        }
+        Ok(busy)
+    }
+}
 
 /// `union bpf_attr` as used by `BPF_MAP_*_BATCH` (the `batch` member).
 #[repr(C)]

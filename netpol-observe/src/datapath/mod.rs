@@ -125,6 +125,7 @@ pub struct DatapathStats {
 struct Sweeper {
     map: BpfHashMap<MapData, FlowKey, FlowValue>,
     reader: kernel::FlowMapReader,
+    flusher: kernel::CacheFlusher,
 }
 
 /// The kernel's local-endpoint map and its generation (see [`MAP_LOCAL_ENDPOINTS_GEN`]).
@@ -226,6 +227,7 @@ impl Datapath {
                 DatapathError::Map(MAP_LOCAL_ENDPOINTS_GEN, e.to_string())
             })?;
 
+        let flusher = kernel::CacheFlusher::load(&mut ebpf)?;
         let mut attacher = attach::Attacher::new(ebpf)?;
         let logger = if config.ebpf_log {
             match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
@@ -267,6 +269,7 @@ impl Datapath {
             sweeper: Mutex::new(Sweeper {
                 map: flows,
                 reader: kernel::FlowMapReader::new(dup, config.flow_capacity),
+                flusher,
             }),
             counters: Mutex::new(counters),
             local: Mutex::new(LocalEndpoints {
@@ -511,8 +514,18 @@ fn sweep(shared: &Shared) -> Result<(), DatapathError> {
     let idle_ns = shared.config.idle_timeout.as_nanos() as u64;
     let retention_ns = shared.config.retention.as_nanos() as u64;
     let mut sweeper = lock(&shared.sweeper);
-    let Sweeper { map, reader } = &mut *sweeper;
+    let Sweeper {
+        map,
+        reader,
+        flusher,
+    } = &mut *sweeper;
     let start = monotonic_ns();
+    // The counts the programs keep per CPU go into the flow map first.
+    match flusher.flush() {
+        Ok(0) => {}
+        Ok(busy) => tracing::debug!(busy, "flow cache busy on some CPUs: flushed next sweep"),
+        Err(e) => tracing::warn!("flushing the per-CPU flow cache: {e}"),
+    }
     let mut entries = Vec::new();
     reader.for_each(map, |k, v| entries.push((*k, *v)))?;
     let now = monotonic_ns();
