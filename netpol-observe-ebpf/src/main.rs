@@ -156,7 +156,7 @@ mod programs {
             };
             // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
             let e = unsafe { &mut *e };
-            if unsafe { core::ptr::read_volatile(&e.busy) } != 0 {
+            if get(&e.busy) != 0 {
                 busy += 1;
                 continue;
             }
@@ -172,39 +172,27 @@ mod programs {
     /// holds `e.busy`.
     #[inline(never)]
     fn flush_cache(e: &mut FlowCache) {
-        let k1 = e.key[0];
+        let k1 = get(&e.key[0]);
         if k1 == 0 {
             return;
         }
         set(&mut e.key[0], 0);
-        let (p0, p1, b0, b1) = (e.packets[0], e.packets[1], e.bytes[0], e.bytes[1]);
+        let (p0, p1) = (get(&e.packets[0]), get(&e.packets[1]));
+        let (b0, b1) = (get(&e.bytes[0]), get(&e.bytes[1]));
         if p0 | p1 == 0 {
             return;
         }
-        let last = e.last_seen_ns;
-        let key = KeyWords([0, k1, 0, e.key[1], e.key[2]]);
-        // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
-        // KeyWords has its size and a larger alignment.
-        let key = unsafe { &*((&raw const key) as *const FlowKey) };
+        let last = get(&e.last_seen_ns);
+        let words = KeyWords([0, k1, 0, get(&e.key[1]), get(&e.key[2])]);
+        let key = words.as_key();
         for _ in 0..2 {
             if let Some(v) = FLOWS.get_ptr_mut(key) {
+                // SAFETY: a valid map value pointer; the counters are updated atomically.
                 unsafe {
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).packets[0],
-                        p0,
-                    );
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).packets[1],
-                        p1,
-                    );
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).bytes[0],
-                        b0,
-                    );
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                        &raw mut (*v).bytes[1],
-                        b1,
-                    );
+                    add64(&raw mut (*v).packets[0], p0);
+                    add64(&raw mut (*v).packets[1], p1);
+                    add64(&raw mut (*v).bytes[0], b0);
+                    add64(&raw mut (*v).bytes[1], b1);
                     if (*v).last_seen_ns < last {
                         (*v).last_seen_ns = last;
                     }
@@ -213,10 +201,8 @@ mod programs {
             }
             // On the stack: the flush may interrupt a program that is using the scratch map.
             let now = unsafe { bpf_ktime_get_ns() };
-            let value = KeyWordsValue([p0, p1, b0, b1, now, now, 0, u64::from(INITIATOR_UNKNOWN)]);
-            // SAFETY: FlowValue is 64 bytes of integers ending with `initiator` and zero
-            // padding (layout checked by the crate's tests); this has its size and alignment.
-            let value = unsafe { &*((&raw const value) as *const FlowValue) };
+            let words = ValueWords([p0, p1, b0, b1, now, now, 0, u64::from(INITIATOR_UNKNOWN)]);
+            let value = words.as_value();
             match FLOWS.insert(key, value, BPF_NOEXIST) {
                 Ok(()) => {
                     count(Counter::FlowsCreated);
@@ -508,9 +494,27 @@ mod programs {
     #[repr(C, align(8))]
     struct KeyWords([u64; 5]);
 
-    /// A flow value on the stack, built with eight 64-bit stores.
+    impl KeyWords {
+        #[inline(always)]
+        fn as_key(&self) -> &FlowKey {
+            // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
+            // KeyWords has its size and a larger alignment.
+            unsafe { &*((self as *const KeyWords) as *const FlowKey) }
+        }
+    }
+
+    /// A flow value on the stack, built with eight 64-bit stores (no `memset`).
     #[repr(C, align(8))]
-    struct KeyWordsValue([u64; 8]);
+    struct ValueWords([u64; 8]);
+
+    impl ValueWords {
+        #[inline(always)]
+        fn as_value(&self) -> &FlowValue {
+            // SAFETY: FlowValue is 64 bytes of integers, `initiator` and zero padding last
+            // (layout checked by the crate's tests); ValueWords has its size and alignment.
+            unsafe { &*((self as *const ValueWords) as *const FlowValue) }
+        }
+    }
 
     /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
     /// [`v4_headers`]). Egress checks the same-node skip first ([`skip_local_v4`]).
@@ -557,25 +561,28 @@ mod programs {
         };
         // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
         let e = unsafe { &mut *e };
-        if unsafe { core::ptr::read_volatile(&e.busy) } != 0 {
+        if get(&e.busy) != 0 {
             return flows_v4(ctx, h, from_pod, [k1, k3, tail], dir, segs, bytes).is_some();
         }
         // Set before the entry is read: a flush that interrupts us from here on sees it.
+        // Every access to the entry is volatile (`get` / `set`), so the compiler keeps them
+        // in program order between setting and clearing `busy`.
         set(&mut e.busy, 1);
         let need = tcp_flag_bits(dir, f)
             | if from_pod {
-                e.learn_bits & learned_bit(dir)
+                get(&e.learn_bits) & learned_bit(dir)
             } else {
                 0
             };
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let mine = e.key[0] == k1 && e.key[1] == k3 && e.key[2] == tail;
-        if mine && f & (tcp_flags::FIN | tcp_flags::RST) == 0 && need & !e.flags == 0 {
+        let mine = get(&e.key[0]) == k1 && get(&e.key[1]) == k3 && get(&e.key[2]) == tail;
+        if mine && f & (tcp_flags::FIN | tcp_flags::RST) == 0 && need & !get(&e.flags) == 0 {
             // The common case: plain adds to this CPU's entry, no map lookup, no atomics.
-            e.packets[d] += segs;
-            e.bytes[d] += bytes;
-            if e.last_seen_ns < now {
-                e.last_seen_ns = now;
+            let (p, b) = (get(&e.packets[d]) + segs, get(&e.bytes[d]) + bytes);
+            set(&mut e.packets[d], p);
+            set(&mut e.bytes[d], b);
+            if get(&e.last_seen_ns) < now {
+                set(&mut e.last_seen_ns, now);
             }
             set(&mut e.busy, 0);
             return true;
@@ -584,23 +591,29 @@ mod programs {
         // The flow takes the entry if it is its own (new flag bits), empty, or idle for a
         // clock tick: flows that share a slot do not evict each other on every packet.
         if let Some(v) = v
-            && (mine || e.key[0] == 0 || e.last_seen_ns < now)
+            && (mine || get(&e.key[0]) == 0 || get(&e.last_seen_ns) < now)
         {
             flush_cache(e);
             let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-            e.key = [k1, k3, tail];
-            // One volatile store each: zeroing the arrays compiles to a `memset` call.
+            for (i, w) in [k1, k3, tail].into_iter().enumerate() {
+                set(&mut e.key[i], w);
+            }
             for i in 0..2 {
                 set(&mut e.packets[i], 0);
                 set(&mut e.bytes[i], 0);
             }
-            e.last_seen_ns = now;
-            e.flags = unsafe { core::ptr::read_volatile(&raw const (*v).flags) };
-            e.learn_bits = if learn {
-                learned_bit(0) | learned_bit(1)
-            } else {
-                0
-            };
+            set(&mut e.last_seen_ns, now);
+            set(&mut e.flags, unsafe {
+                core::ptr::read_volatile(&raw const (*v).flags)
+            });
+            set(
+                &mut e.learn_bits,
+                if learn {
+                    learned_bit(0) | learned_bit(1)
+                } else {
+                    0
+                },
+            );
         }
         set(&mut e.busy, 0);
         v.is_some()
@@ -619,10 +632,8 @@ mod programs {
         segs: u64,
         bytes: u64,
     ) -> Option<*mut FlowValue> {
-        let key = KeyWords([0, k[0], 0, k[1], k[2]]);
-        // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
-        // KeyWords has its size and a larger alignment.
-        let key = unsafe { &*((&raw const key) as *const FlowKey) };
+        let words = KeyWords([0, k[0], 0, k[1], k[2]]);
+        let key = words.as_key();
         let v = FLOWS.get_ptr_mut(key)?;
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
         // Written whatever `learn` is: two stores. A zeroed array overwritten only when
@@ -707,8 +718,16 @@ mod programs {
         (pkt.segs, pkt.bytes) = size(ctx, hdr_len);
     }
 
+    /// `*p` as a volatile load (see [`set`]).
+    #[inline(always)]
+    fn get<T: Copy>(p: &T) -> T {
+        // SAFETY: `p` is a valid reference.
+        unsafe { core::ptr::read_volatile(p) }
+    }
+
     /// `*p = v` as a volatile store: LLVM merges runs of plain constant stores into a call of
-    /// the byte-loop `memset` on this target.
+    /// the byte-loop `memset` on this target; and the [`FlowCache`] entries keep their
+    /// accesses in program order with it.
     #[inline(always)]
     fn set<T>(p: &mut T, v: T) {
         // SAFETY: `p` is a valid, exclusive reference.
@@ -1062,8 +1081,8 @@ mod programs {
     ) {
         let d = (dir & 1) as usize;
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).packets[d], segs);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*v).bytes[d], bytes);
+            add64(&raw mut (*v).packets[d], segs);
+            add64(&raw mut (*v).bytes[d], bytes);
             // The coarse clock (last timer tick) is enough for idleness and much cheaper; it
             // may lag first_seen by less than a tick, hence the comparison.
             let now = bpf_ktime_get_coarse_ns();
@@ -1098,6 +1117,12 @@ mod programs {
             let initiator = unsafe { (*v).initiator };
             emit(key, unsafe { bpf_ktime_get_ns() }, close, initiator, dir);
         }
+    }
+
+    /// Atomic `*p += v`.
+    #[inline(always)]
+    unsafe fn add64(p: *mut u64, v: u64) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
     }
 
     /// Atomic `*p |= bits`, returning the previous value.
