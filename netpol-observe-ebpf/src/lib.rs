@@ -28,7 +28,8 @@ pub const PROG_TC_EGRESS: &str = "tc_flow_egress";
 pub const PROG_TC_NOOP: &str = "tc_noop";
 /// The raw tracepoint program userspace runs on each CPU (`BPF_PROG_TEST_RUN` with
 /// `BPF_F_TEST_RUN_ON_CPU`, never attached) before every sweep: it moves the counts pending
-/// in that CPU's [`MAP_FLOW_CACHE`] entry into the flow map.
+/// in that CPU's `FLOW_CACHE` slots (the programs' per-CPU front entries of the flow map,
+/// internal to them) into the flow map.
 pub const PROG_FLUSH_FLOW_CACHE: &str = "flush_flow_cache";
 /// Name of the LRU hash map `FlowKey → FlowValue`.
 pub const MAP_FLOWS: &str = "FLOWS";
@@ -36,9 +37,6 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_EVENTS: &str = "FLOW_EVENTS";
 /// Name of the per-CPU `u64` array of kernel-side counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Per-CPU front entry of the flow map (the CPU's last established IPv4 TCP/UDP flow and its
-/// pending counts); internal to the programs, flushed by [`PROG_FLUSH_FLOW_CACHE`].
-pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Name of the hash map `[u8; 16]` address → [`LocalEndpoint`] of pods on this node.
 pub const MAP_LOCAL_ENDPOINTS: &str = "LOCAL_ENDPOINTS";
 /// Name of the one-slot `u32` array holding the generation of [`MAP_LOCAL_ENDPOINTS`]:

@@ -41,9 +41,9 @@ struct TestRunAttr {
     _pad: u32,
 }
 
-/// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of each
-/// CPU's latest established IPv4 flow in a per-CPU front entry (`FLOW_CACHE`) instead of
-/// updating the flow map per packet, and this moves them into the flow map. The program is
+/// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of the
+/// established IPv4 flows that hold a slot of the CPU's front entries (`FLOW_CACHE`, 16 per
+/// CPU) instead of updating the flow map per packet, and this moves them into the flow map. The program is
 /// loaded but never attached; `BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU` runs it on
 /// the CPU that owns the entry (Linux >= 5.10).
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl CacheFlusher {
         Ok(flusher)
     }
 
-    /// Flushes every CPU's entry; returns how many were busy (an interrupted program was
+    /// Flushes every CPU's slots; returns how many were busy (an interrupted program was
     /// changing them: their counts move at the next flush).
     pub fn flush(&self) -> io::Result<u32> {
         let mut busy = 0;
