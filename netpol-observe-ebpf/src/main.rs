@@ -20,7 +20,7 @@ mod programs {
 
     use aya_ebpf::{
         bindings::TC_ACT_PIPE,
-        helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+        helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
         macros::{classifier, map, raw_tracepoint},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::{RawTracePointContext, TcContext},
@@ -28,8 +28,9 @@ mod programs {
     use netpol_observe_ebpf::{
         COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
         DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
-        FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN, LOCAL_ENDPOINTS_CAPACITY,
-        LOCAL_SRC_GEN_MASK, LocalEndpoint, event_bits, learned_bit, tcp_flag_bits, tcp_flags,
+        FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN,
+        LOCAL_ENDPOINTS_CAPACITY, LOCAL_SRC_GEN_MASK, LocalEndpoint, event_bits, learned_bit,
+        tcp_flag_bits, tcp_flags,
     };
 
     #[map(name = "FLOWS")]
@@ -72,37 +73,71 @@ mod programs {
         value: FlowValue,
     }
 
-    /// Entries of [`FLOW_CACHE`] per CPU (a power of two).
-    const FLOW_CACHE_SLOTS: u32 = 16;
+    /// `BPF_F_MMAPABLE`: see [`FLOW_CACHE`].
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
 
     /// The per-CPU front entries of `FLOWS`: established IPv4 TCP/UDP flows this CPU counts
-    /// often, direct-mapped by a multiplicative hash of the key, with the counts not yet
+    /// often, direct-mapped by a multiplicative hash of the flow, with the counts not yet
     /// added to their `FLOWS` entries. See [`fast_v4`].
+    ///
+    /// CPU `c` owns entries `c * FLOW_CACHE_SLOTS ..` (userspace sizes the map to the
+    /// possible CPUs). A plain array indexed by CPU rather than a per-CPU array: the verifier
+    /// inlines its lookup as an address computation, where a per-CPU array's also loads the
+    /// element's per-CPU pointer from the map (one more cache line per packet). With
+    /// `BPF_F_MMAPABLE` the kernel starts the values on a page boundary, so every 64-byte
+    /// entry is exactly one cache line (were it not, only speed would suffer).
     #[map(name = "FLOW_CACHE")]
-    static FLOW_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+    static FLOW_CACHE: Array<FlowCache> = Array::with_max_entries(FLOW_CACHE_SLOTS, BPF_F_MMAPABLE);
 
-    /// One [`FLOW_CACHE`] entry of one CPU. Only programs running on that CPU touch it; they can
-    /// nest (the flush program runs in an IPI or in process context, where a softirq can
-    /// interrupt it, and a TC program can be interrupted by the flush's IPI), so whoever
-    /// changes it sets `busy` first and clears it last, and a program that finds it set
-    /// leaves the entry alone.
+    /// [`FlowCache::busy`]: a program on the entry's CPU is changing the entry.
+    const BUSY: u8 = 1;
+    /// [`FlowCache::busy`]: and `flush_flow_cache` ran meanwhile; the program flushes the
+    /// entry itself when it is done with it.
+    const FLUSHED: u8 = 2;
+    /// Pending packets per direction an entry takes before the `FLOWS` path flushes it (so
+    /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
+    const PACKETS_MAX: u32 = 0xffff_0000;
+    /// Skipped packets an entry counts before they go to `COUNTERS` directly.
+    const SKIPPED_MAX: u32 = 0xffff_0000;
+
+    /// One [`FLOW_CACHE`] entry, one cache line. Only programs running on the owning CPU
+    /// touch it; they can nest (the flush program runs in an IPI or in process context, where
+    /// a softirq can interrupt it, and a TC program can be interrupted by the flush's IPI), so
+    /// whoever changes it sets `busy` first and clears it last, a program that finds it set
+    /// leaves the entry alone, and a flush that finds it set marks it [`FLUSHED`].
     #[repr(C)]
     struct FlowCache {
-        busy: u64,
-        /// Words 1, 3 and 4 of the flow's key ([`KeyWords`]; words 0 and 2 are zero for
-        /// IPv4); word 1 is never 0 for a flow (v4-mapped), so 0 means empty.
-        key: [u64; 3],
+        /// 0, [`BUSY`] or `BUSY | FLUSHED`.
+        busy: u8,
+        /// Bit `d` set: the sender of direction `d` was in `LOCAL_ENDPOINTS` when the entry
+        /// was filled, so an egress program skips that direction's packets (the same-node
+        /// rule of [`skip_local_v4`]). Userspace runs `flush_flow_cache` on every CPU after
+        /// each change of `LOCAL_ENDPOINTS`, which empties every entry filled before it.
+        skip: u8,
+        /// 1: learning was on at fill time; an ingress packet then needs its direction's
+        /// learned bit in `flags`.
+        learn: u8,
+        _pad: u8,
+        /// The low 32 bits (TCP flags of both directions, learned bits) of the `FLOWS`
+        /// entry's flag word when the entry was filled: a packet with a flag bit not in here
+        /// takes the `FLOWS` path (first SYN/FIN/RST of a direction, learning).
+        flags: u32,
+        /// The IPv4 addresses of the flow's lower (low word) and higher endpoint, as read
+        /// from the packet (see [`pkt_u32`]).
+        addrs: u64,
+        /// Bytes 32..40 of the flow's key (ports, protocol, family); 0: the entry is empty.
+        tail: u64,
         /// Pending counts per direction, not yet in `FLOWS`.
-        packets: [u64; 2],
+        packets: [u32; 2],
         bytes: [u64; 2],
         /// Coarse clock of the latest pending packet.
         last_seen_ns: u64,
-        /// The `FLOWS` entry's flag bits when the entry was filled: a packet with a flag bit
-        /// not in here takes the `FLOWS` path (first SYN/FIN/RST of a direction, learning).
-        flags: u64,
-        /// The learned bits an ingress packet needs (both when learning was on at fill time).
-        learn_bits: u64,
+        /// Packets an egress program skipped by `skip` (added to `COUNTERS` by the flush).
+        skipped: u32,
+        _pad2: u32,
     }
+
+    const _: () = assert!(core::mem::size_of::<FlowCache>() == 64);
 
     /// Set to 1 by userspace to learn local endpoints from packets leaving pods.
     #[unsafe(no_mangle)]
@@ -149,18 +184,21 @@ mod programs {
     /// counts wait for the next sweep).
     #[raw_tracepoint]
     pub fn flush_flow_cache(_ctx: RawTracePointContext) -> i32 {
+        let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(FLOW_CACHE_SLOTS);
         let mut busy = 0;
         for i in 0..FLOW_CACHE_SLOTS {
-            let Some(e) = FLOW_CACHE.get_ptr_mut(i) else {
+            let Some(e) = FLOW_CACHE.get_ptr_mut(base.wrapping_add(i)) else {
                 continue;
             };
             // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
             let e = unsafe { &mut *e };
-            if get(&e.busy) != 0 {
+            let b = get(&e.busy);
+            if b != 0 {
+                set(&mut e.busy, b | FLUSHED);
                 busy += 1;
                 continue;
             }
-            set(&mut e.busy, 1);
+            set(&mut e.busy, BUSY);
             flush_cache(e);
             set(&mut e.busy, 0);
         }
@@ -168,22 +206,34 @@ mod programs {
     }
 
     /// Adds the counts pending in `e` to the flow's `FLOWS` entry (re-creating the entry if
-    /// the LRU evicted it or userspace expired it meanwhile) and empties `e`. The caller
-    /// holds `e.busy`.
+    /// the LRU evicted it or userspace expired it meanwhile) and its skipped packets to
+    /// `COUNTERS`, and empties `e`. The caller holds `e.busy`.
     #[inline(never)]
     fn flush_cache(e: &mut FlowCache) {
-        let k1 = get(&e.key[0]);
-        if k1 == 0 {
+        let skipped = get(&e.skipped);
+        if skipped != 0 {
+            set(&mut e.skipped, 0);
+            count_n(Counter::SkippedLocal, u64::from(skipped));
+        }
+        let tail = get(&e.tail);
+        if tail == 0 {
             return;
         }
-        set(&mut e.key[0], 0);
-        let (p0, p1) = (get(&e.packets[0]), get(&e.packets[1]));
+        set(&mut e.tail, 0);
+        let (p0, p1) = (u64::from(get(&e.packets[0])), u64::from(get(&e.packets[1])));
         let (b0, b1) = (get(&e.bytes[0]), get(&e.bytes[1]));
         if p0 | p1 == 0 {
             return;
         }
         let last = get(&e.last_seen_ns);
-        let words = KeyWords([0, k1, 0, get(&e.key[1]), get(&e.key[2])]);
+        let addrs = get(&e.addrs);
+        let words = KeyWords([
+            0,
+            mapped_v4_word(addrs as u32),
+            0,
+            mapped_v4_word((addrs >> 32) as u32),
+            tail,
+        ]);
         let key = words.as_key();
         for _ in 0..2 {
             if let Some(v) = FLOWS.get_ptr_mut(key) {
@@ -219,9 +269,14 @@ mod programs {
 
     #[inline(always)]
     fn count(c: Counter) {
+        count_n(c, 1);
+    }
+
+    #[inline(always)]
+    fn count_n(c: Counter, n: u64) {
         if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
             // Per-CPU slot: no other CPU writes it.
-            unsafe { *p += 1 };
+            unsafe { *p += n };
         }
     }
 
@@ -516,24 +571,45 @@ mod programs {
         }
     }
 
+    /// An IPv4 TCP/UDP flow as the fast path identifies it.
+    struct FlowV4 {
+        /// As [`FlowCache::addrs`].
+        addrs: u64,
+        /// As [`FlowCache::tail`].
+        tail: u64,
+        /// Direction index of the packet.
+        dir: u8,
+    }
+
+    impl FlowV4 {
+        /// The flow's `FLOWS` key.
+        #[inline(always)]
+        fn key_words(&self) -> KeyWords {
+            KeyWords([
+                0,
+                mapped_v4_word(self.addrs as u32),
+                0,
+                mapped_v4_word((self.addrs >> 32) as u32),
+                self.tail,
+            ])
+        }
+    }
+
     /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
-    /// [`v4_headers`]). Egress checks the same-node skip first ([`skip_local_v4`]).
+    /// [`v4_headers`]).
     ///
     /// A packet of a flow that holds its [`FLOW_CACHE`] slot on this CPU, with no TCP flag
-    /// bit the flow's `FLOWS` entry lacks and no FIN/RST, only adds to that slot: one
-    /// per-CPU line, plain stores. Measured on the real path (docs/benchmarks.md), the cost of
-    /// these programs is the cache lines and atomic operations per packet, and the `FLOWS`
-    /// update (LRU-hash lookup of the 40-byte key, two atomic adds) was most of it. Any other
+    /// bit the flow's `FLOWS` entry lacks and no FIN/RST, only adds to that slot: one cache
+    /// line, plain stores. An egress packet whose sender the slot marks as local is skipped
+    /// there too: on the same-node path the sender's ingress program has just brought that
+    /// line into this CPU's cache. Measured on the real path (docs/benchmarks.md), the cost
+    /// of these programs is the cache lines and atomic operations per packet. Any other
     /// packet takes the `FLOWS` path ([`flows_v4`]) and may then take the slot, flushing its
     /// previous flow's counts into `FLOWS`; userspace flushes every slot before each sweep
     /// (`flush_flow_cache`). Returns false for the first packet of a flow, which the general
     /// path handles (creation, events and learning).
     #[inline(always)]
     fn fast_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool) -> bool {
-        if !from_pod && skip_local_v4(ctx, h.src) {
-            count(Counter::SkippedLocal);
-            return true;
-        }
         let (sport, dport) = (h.sport, h.dport);
         let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
         // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
@@ -544,95 +620,145 @@ mod programs {
         } else {
             (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
         };
-        // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little endian).
-        let tail = u64::from(lo_port)
-            | u64::from(hi_port) << 16
-            | u64::from(h.proto) << 32
-            | u64::from(FAMILY_V4) << 40;
-        let (k1, k3) = (mapped_v4_word(lo), mapped_v4_word(hi));
-        let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
-        let f = h.tcp_flags;
-        let d = (dir & 1) as usize;
-        let slot = ((k1 ^ k3.rotate_left(29) ^ tail).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60)
-            as u32
-            & (FLOW_CACHE_SLOTS - 1);
-        let Some(e) = FLOW_CACHE.get_ptr_mut(slot) else {
-            return flows_v4(ctx, h, from_pod, [k1, k3, tail], dir, segs, bytes).is_some();
+        let flow = FlowV4 {
+            addrs: u64::from(lo) | u64::from(hi) << 32,
+            // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little endian).
+            tail: u64::from(lo_port)
+                | u64::from(hi_port) << 16
+                | u64::from(h.proto) << 32
+                | u64::from(FAMILY_V4) << 40,
+            dir,
         };
-        // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
-        let e = unsafe { &mut *e };
-        if get(&e.busy) != 0 {
-            return flows_v4(ctx, h, from_pod, [k1, k3, tail], dir, segs, bytes).is_some();
-        }
+        let slot = ((flow.addrs ^ flow.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 60) as u32
+            & (FLOW_CACHE_SLOTS - 1);
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        let e = match FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS) | slot) {
+            // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
+            Some(e) if get(unsafe { &(*e).busy }) == 0 => unsafe { &mut *e },
+            _ => return uncached_v4(ctx, h, from_pod, &flow),
+        };
         // Set before the entry is read: a flush that interrupts us from here on sees it.
         // Every access to the entry is volatile (`get` / `set`), so the compiler keeps them
         // in program order between setting and clearing `busy`.
-        set(&mut e.busy, 1);
-        let need = tcp_flag_bits(dir, f)
-            | if from_pod {
-                get(&e.learn_bits) & learned_bit(dir)
+        set(&mut e.busy, BUSY);
+        let handled = cached_v4(ctx, h, from_pod, &flow, e);
+        if get(&e.busy) != BUSY {
+            // A flush ran meanwhile (LOCAL_ENDPOINTS may have changed): do its work.
+            flush_cache(e);
+        }
+        set(&mut e.busy, 0);
+        handled
+    }
+
+    /// [`fast_v4`] without an entry (its slot is held by an interrupted program).
+    #[inline(never)]
+    fn uncached_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool, flow: &FlowV4) -> bool {
+        if !from_pod && skip_local_v4(ctx, h.src) {
+            count(Counter::SkippedLocal);
+            return true;
+        }
+        let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
+        flows_v4(ctx, h, from_pod, flow, segs, bytes).is_some()
+    }
+
+    /// [`fast_v4`] with this CPU's entry `e` of the flow's slot, `busy` held.
+    #[inline(always)]
+    fn cached_v4(
+        ctx: &TcContext,
+        h: &V4Headers,
+        from_pod: bool,
+        flow: &FlowV4,
+        e: &mut FlowCache,
+    ) -> bool {
+        let d = (flow.dir & 1) as usize;
+        let mine = get(&e.addrs) == flow.addrs && get(&e.tail) == flow.tail;
+        if !from_pod {
+            if mine && get(&e.skip) & (1 << d) != 0 {
+                let n = get(&e.skipped);
+                if n < SKIPPED_MAX {
+                    set(&mut e.skipped, n + 1);
+                } else {
+                    count(Counter::SkippedLocal);
+                }
+                return true;
+            }
+            if !mine && skip_local_v4(ctx, h.src) {
+                count(Counter::SkippedLocal);
+                return true;
+            }
+        }
+        let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
+        let f = h.tcp_flags;
+        let need = tcp_flag_bits(flow.dir, f)
+            | if from_pod && get(&e.learn) != 0 {
+                learned_bit(flow.dir)
             } else {
                 0
             };
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let mine = get(&e.key[0]) == k1 && get(&e.key[1]) == k3 && get(&e.key[2]) == tail;
-        if mine && f & (tcp_flags::FIN | tcp_flags::RST) == 0 && need & !get(&e.flags) == 0 {
+        let p = get(&e.packets[d]);
+        if mine
+            && f & (tcp_flags::FIN | tcp_flags::RST) == 0
+            && need & !u64::from(get(&e.flags)) == 0
+            && p < PACKETS_MAX
+        {
             // The common case: plain adds to this CPU's entry, no map lookup, no atomics.
-            let (p, b) = (get(&e.packets[d]) + segs, get(&e.bytes[d]) + bytes);
-            set(&mut e.packets[d], p);
+            let b = get(&e.bytes[d]) + bytes;
+            set(&mut e.packets[d], p + segs as u32);
             set(&mut e.bytes[d], b);
             if get(&e.last_seen_ns) < now {
                 set(&mut e.last_seen_ns, now);
             }
-            set(&mut e.busy, 0);
             return true;
         }
-        let v = flows_v4(ctx, h, from_pod, [k1, k3, tail], dir, segs, bytes);
+        let Some(v) = flows_v4(ctx, h, from_pod, flow, segs, bytes) else {
+            return false;
+        };
         // The flow takes the entry if it is its own (new flag bits), empty, or idle for a
         // clock tick: flows that share a slot do not evict each other on every packet.
-        if let Some(v) = v
-            && (mine || get(&e.key[0]) == 0 || get(&e.last_seen_ns) < now)
-        {
+        if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) < now {
             flush_cache(e);
-            let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-            for (i, w) in [k1, k3, tail].into_iter().enumerate() {
-                set(&mut e.key[i], w);
-            }
-            for i in 0..2 {
-                set(&mut e.packets[i], 0);
-                set(&mut e.bytes[i], 0);
-            }
-            set(&mut e.last_seen_ns, now);
-            set(&mut e.flags, unsafe {
-                core::ptr::read_volatile(&raw const (*v).flags)
-            });
-            set(
-                &mut e.learn_bits,
-                if learn {
-                    learned_bit(0) | learned_bit(1)
-                } else {
-                    0
-                },
-            );
+            fill(e, flow, v, from_pod, now);
         }
-        set(&mut e.busy, 0);
-        v.is_some()
+        true
     }
 
-    /// The `FLOWS` path of an established IPv4 TCP/UDP packet (key words `k` as in
-    /// [`FlowCache`]): one flow-map lookup and the atomic counter update. Returns the flow's
-    /// entry, or `None` when the flow is not in the map (the general path creates it).
+    /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`.
+    #[inline(always)]
+    fn fill(e: &mut FlowCache, flow: &FlowV4, v: *mut FlowValue, from_pod: bool, now: u64) {
+        let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+        set(&mut e.addrs, flow.addrs);
+        set(&mut e.tail, flow.tail);
+        for i in 0..2 {
+            set(&mut e.packets[i], 0);
+            set(&mut e.bytes[i], 0);
+        }
+        set(&mut e.last_seen_ns, now);
+        set(&mut e.learn, u8::from(learn));
+        // SAFETY: a valid map value pointer, read once.
+        let flags = unsafe { core::ptr::read_volatile(&raw const (*v).flags) };
+        set(&mut e.flags, flags as u32);
+        // After the flags: a learned bit in them means its endpoint is already in
+        // LOCAL_ENDPOINTS (`update` inserts it before setting the bit).
+        let skip = u8::from(is_local_v4(flow.addrs as u32))
+            | u8::from(is_local_v4((flow.addrs >> 32) as u32)) << 1;
+        set(&mut e.skip, skip);
+    }
+
+    /// The `FLOWS` path of an established IPv4 TCP/UDP packet: one flow-map lookup and the
+    /// atomic counter update. Returns the flow's entry, or `None` when the flow is not in the
+    /// map (the general path creates it).
     #[inline(always)]
     fn flows_v4(
         ctx: &TcContext,
         h: &V4Headers,
         from_pod: bool,
-        k: [u64; 3],
-        dir: u8,
+        flow: &FlowV4,
         segs: u64,
         bytes: u64,
     ) -> Option<*mut FlowValue> {
-        let words = KeyWords([0, k[0], 0, k[1], k[2]]);
+        let words = flow.key_words();
         let key = words.as_key();
         let v = FLOWS.get_ptr_mut(key)?;
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
@@ -641,7 +767,17 @@ mod programs {
         // `per_packet_path_calls_no_memset` test checks the object).
         let mut src = Addr([0; 16]);
         map_v4(h.src, &mut src.0);
-        update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
+        update(
+            ctx,
+            v,
+            key,
+            segs,
+            bytes,
+            h.tcp_flags,
+            &src.0,
+            flow.dir,
+            learn,
+        );
         Some(v)
     }
 

@@ -38,8 +38,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use netpol_observe_ebpf::{
-    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK, LocalEndpoint,
-    MAP_COUNTERS, MAP_EVENTS, MAP_FLOWS, MAP_LOCAL_ENDPOINTS, MAP_LOCAL_ENDPOINTS_GEN,
+    FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK,
+    LocalEndpoint, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
+    MAP_LOCAL_ENDPOINTS_GEN,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -125,7 +126,6 @@ pub struct DatapathStats {
 struct Sweeper {
     map: BpfHashMap<MapData, FlowKey, FlowValue>,
     reader: kernel::FlowMapReader,
-    flusher: kernel::CacheFlusher,
 }
 
 /// The kernel's local-endpoint map and its generation (see [`MAP_LOCAL_ENDPOINTS_GEN`]).
@@ -154,6 +154,7 @@ struct Shared {
     updates: broadcast::Sender<FlowUpdate>,
     attacher: Mutex<attach::Attacher>,
     sweeper: Mutex<Sweeper>,
+    flusher: kernel::CacheFlusher,
     counters: Mutex<PerCpuArray<MapData, u64>>,
     local: Mutex<LocalEndpoints>,
     user_local: Mutex<HashSet<[u8; 16]>>,
@@ -192,6 +193,7 @@ impl Datapath {
         let learn: u8 = config.learn_local_endpoints.into();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, config.flow_capacity)
+            .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries()?)
             .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
             .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
             .load(EBPF_OBJECT)
@@ -269,8 +271,8 @@ impl Datapath {
             sweeper: Mutex::new(Sweeper {
                 map: flows,
                 reader: kernel::FlowMapReader::new(dup, config.flow_capacity),
-                flusher,
             }),
+            flusher,
             counters: Mutex::new(counters),
             local: Mutex::new(LocalEndpoints {
                 map: local,
@@ -311,6 +313,7 @@ impl Datapath {
         let mut user = lock(&self.shared.user_local);
         let mut local = lock(&self.shared.local);
         let mut removed = false;
+        let added = wanted.difference(&user).next().is_some();
         for old in user.difference(&wanted) {
             match local.map.remove(old) {
                 Ok(()) => removed = true,
@@ -329,6 +332,15 @@ impl Datapath {
                 .map_err(|e| DatapathError::MapWrite(format!("local endpoint: {e}")))?;
         }
         *user = wanted;
+        if removed || added {
+            // The programs' front entries of the flow map remember which endpoints were
+            // local when they were filled: the flush empties them all.
+            self.shared.flusher.flush().map_err(|e| {
+                DatapathError::MapWrite(format!(
+                    "flushing the per-CPU flow cache after a local endpoint change: {e}"
+                ))
+            })?;
+        }
         Ok(())
     }
 
@@ -509,19 +521,29 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Entries of the programs' `FLOW_CACHE`: [`FLOW_CACHE_SLOTS`] for each CPU id the kernel
+/// can have (CPU `c` owns entries `c * FLOW_CACHE_SLOTS ..`; a CPU beyond the map would only
+/// go without them).
+fn flow_cache_entries() -> Result<u32, DatapathError> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| DatapathError::Load(format!("reading {path}: {e}")))?;
+    let online_max = aya::util::online_cpus()
+        .map_err(|(path, e)| DatapathError::Load(format!("reading {path}: {e}")))?
+        .into_iter()
+        .max()
+        .map_or(0, |c| c as usize + 1);
+    Ok((cpus.max(online_max) as u32).saturating_mul(FLOW_CACHE_SLOTS))
+}
+
 /// Reads the whole flow map, merges it into the table, expires idle entries, publishes.
 fn sweep(shared: &Shared) -> Result<(), DatapathError> {
     let idle_ns = shared.config.idle_timeout.as_nanos() as u64;
     let retention_ns = shared.config.retention.as_nanos() as u64;
     let mut sweeper = lock(&shared.sweeper);
-    let Sweeper {
-        map,
-        reader,
-        flusher,
-    } = &mut *sweeper;
+    let Sweeper { map, reader } = &mut *sweeper;
     let start = monotonic_ns();
     // The counts the programs keep per CPU go into the flow map first.
-    match flusher.flush() {
+    match shared.flusher.flush() {
         Ok(0) => {}
         Ok(busy) => tracing::debug!(busy, "flow cache busy on some CPUs: flushed next sweep"),
         Err(e) => tracing::warn!("flushing the per-CPU flow cache: {e}"),
