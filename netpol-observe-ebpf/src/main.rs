@@ -28,7 +28,7 @@ mod programs {
     use netpol_observe_ebpf::{
         COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
         DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
-        FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN,
+        FLOW_CACHE_PER_CPU, FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN,
         LOCAL_ENDPOINTS_CAPACITY, LOCAL_SRC_GEN_MASK, LocalEndpoint, event_bits, learned_bit,
         tcp_flag_bits, tcp_flags,
     };
@@ -78,41 +78,35 @@ mod programs {
 
     /// The per-CPU front entries of `FLOWS`: established IPv4 TCP/UDP flows this CPU counts
     /// often, direct-mapped by a multiplicative hash of the flow, with the counts not yet
-    /// added to their `FLOWS` entries. See [`fast_v4`].
+    /// added to their `FLOWS` entries; and per CPU a [`CpuLine`]. See [`fast_v4`].
     ///
-    /// CPU `c` owns entries `c * FLOW_CACHE_SLOTS ..` (userspace sizes the map to the
-    /// possible CPUs). A plain array indexed by CPU rather than a per-CPU array: the verifier
-    /// inlines its lookup as an address computation, where a per-CPU array's also loads the
+    /// CPU `c` owns entries `c * FLOW_CACHE_PER_CPU ..`: its [`CpuLine`], then its
+    /// [`FLOW_CACHE_SLOTS`] [`FlowCache`] entries (userspace sizes the map to the possible
+    /// CPUs). A plain array indexed by CPU rather than a per-CPU array: the verifier inlines
+    /// its lookup as an address computation, where a per-CPU array's also loads the
     /// element's per-CPU pointer from the map (one more cache line per packet). With
     /// `BPF_F_MMAPABLE` the kernel starts the values on a page boundary, so every 64-byte
-    /// entry is exactly one cache line (were it not, only speed would suffer).
+    /// element is exactly one cache line (were it not, only speed would suffer).
     #[map(name = "FLOW_CACHE")]
-    static FLOW_CACHE: Array<FlowCache> = Array::with_max_entries(FLOW_CACHE_SLOTS, BPF_F_MMAPABLE);
+    static FLOW_CACHE: Array<FlowCache> =
+        Array::with_max_entries(FLOW_CACHE_PER_CPU, BPF_F_MMAPABLE);
 
-    /// [`FlowCache::busy`]: a program on the entry's CPU is changing the entry.
-    const BUSY: u8 = 1;
-    /// [`FlowCache::busy`]: and `flush_flow_cache` ran meanwhile; the program flushes the
-    /// entry itself when it is done with it.
-    const FLUSHED: u8 = 2;
     /// Pending packets per direction an entry takes before the `FLOWS` path flushes it (so
     /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
     const PACKETS_MAX: u32 = 0xffff_0000;
-    /// Skipped packets an entry counts before they go to `COUNTERS` directly.
-    const SKIPPED_MAX: u32 = 0xffff_0000;
+    /// Bit 31 of an epoch tag: set in every valid [`CpuLine::local_src`].
+    const TAG_VALID: u32 = 1 << 31;
 
     /// One [`FLOW_CACHE`] entry, one cache line. Only programs running on the owning CPU
-    /// touch it; they can nest (the flush program runs in an IPI or in process context, where
-    /// a softirq can interrupt it, and a TC program can be interrupted by the flush's IPI), so
-    /// whoever changes it sets `busy` first and clears it last, a program that finds it set
-    /// leaves the entry alone, and a flush that finds it set marks it [`FLUSHED`].
+    /// touch it; they can nest (the flush program runs in an IPI or in process context,
+    /// where a softirq can interrupt it, and a TC program can be interrupted by the flush's
+    /// IPI), so whoever changes it sets `busy` first and clears it last, and whoever finds
+    /// it set leaves the entry alone (a flush leaves its counts for the next one).
     #[repr(C)]
     struct FlowCache {
-        /// 0, [`BUSY`] or `BUSY | FLUSHED`.
         busy: u8,
-        /// Bit `d` set: the sender of direction `d` was in `LOCAL_ENDPOINTS` when the entry
-        /// was filled, so an egress program skips that direction's packets (the same-node
-        /// rule of [`skip_local_v4`]). Userspace runs `flush_flow_cache` on every CPU after
-        /// each change of `LOCAL_ENDPOINTS`, which empties every entry filled before it.
+        /// Bit `d` set: the sender of direction `d` was in `LOCAL_ENDPOINTS` at fill time,
+        /// in the CPU's epoch `epoch` (see [`CpuLine`]).
         skip: u8,
         /// 1: learning was on at fill time; an ingress packet then needs its direction's
         /// learned bit in `flags`.
@@ -132,12 +126,53 @@ mod programs {
         bytes: [u64; 2],
         /// Coarse clock of the latest pending packet.
         last_seen_ns: u64,
-        /// Packets an egress program skipped by `skip` (added to `COUNTERS` by the flush).
-        skipped: u32,
+        /// The CPU's epoch when `skip` was computed.
+        epoch: u32,
         _pad2: u32,
     }
 
+    /// The first element of each CPU's share of [`FLOW_CACHE`]: the same-node skip of
+    /// packets to pods, answered in the one line the sender's ingress program has just
+    /// written on this CPU (veth delivery runs the sender's ingress and the receiver's egress
+    /// program back to back on one CPU).
+    ///
+    /// An ingress program whose flow entry says the sender is local (`skip` of the current
+    /// epoch) writes the packet's source address in `local_src`, tagged with the epoch; an
+    /// egress program whose packet's source equals it skips the packet. The rule stays
+    /// "the source address is in `LOCAL_ENDPOINTS`" ([`skip_local_v4`], which decides
+    /// whenever this line does not): only a source some entry has found local is recorded.
+    /// `flush_flow_cache` increments `epoch` — userspace runs it on every CPU after each
+    /// change of `LOCAL_ENDPOINTS` — so nothing recorded or computed before the change
+    /// matches after it, including what an interrupted program writes when it resumes (its
+    /// tag carries the epoch it read before deciding).
+    #[repr(C)]
+    struct CpuLine {
+        /// 31 bits, incremented by every flush on this CPU.
+        epoch: u32,
+        _pad: u32,
+        /// The IPv4 source (low word, as read from the packet) of the latest packet an
+        /// ingress program counted whose sender is local; the high word is
+        /// `epoch | TAG_VALID` then.
+        local_src: u64,
+        /// Packets an egress program skipped by `local_src` (never reset).
+        skipped: u64,
+        /// The part of `skipped` the flush has added to `COUNTERS`.
+        reported: u64,
+        _rest: [u64; 4],
+    }
+
     const _: () = assert!(core::mem::size_of::<FlowCache>() == 64);
+    const _: () = assert!(core::mem::size_of::<CpuLine>() == 64);
+
+    /// This CPU's [`CpuLine`] and the index of its first [`FlowCache`] entry.
+    #[inline(always)]
+    fn cpu_line() -> Option<(&'static mut CpuLine, u32)> {
+        let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(FLOW_CACHE_PER_CPU);
+        let p = FLOW_CACHE.get_ptr_mut(base)?;
+        // SAFETY: this CPU's line, 64 bytes like every element; only programs on this CPU
+        // use it, and every access is a single load or store.
+        Some((unsafe { &mut *(p as *mut CpuLine) }, base + 1))
+    }
 
     /// Set to 1 by userspace to learn local endpoints from packets leaving pods.
     #[unsafe(no_mangle)]
@@ -184,21 +219,26 @@ mod programs {
     /// counts wait for the next sweep).
     #[raw_tracepoint]
     pub fn flush_flow_cache(_ctx: RawTracePointContext) -> i32 {
-        let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(FLOW_CACHE_SLOTS);
+        let Some((line, first)) = cpu_line() else {
+            return 0;
+        };
+        let epoch = get(&line.epoch).wrapping_add(1) & !TAG_VALID;
+        set(&mut line.epoch, epoch);
+        let skipped = get(&line.skipped);
+        count_n(Counter::SkippedLocal, skipped - get(&line.reported));
+        set(&mut line.reported, skipped);
         let mut busy = 0;
         for i in 0..FLOW_CACHE_SLOTS {
-            let Some(e) = FLOW_CACHE.get_ptr_mut(base.wrapping_add(i)) else {
+            let Some(e) = FLOW_CACHE.get_ptr_mut(first + i) else {
                 continue;
             };
             // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
             let e = unsafe { &mut *e };
-            let b = get(&e.busy);
-            if b != 0 {
-                set(&mut e.busy, b | FLUSHED);
+            if get(&e.busy) != 0 {
                 busy += 1;
                 continue;
             }
-            set(&mut e.busy, BUSY);
+            set(&mut e.busy, 1);
             flush_cache(e);
             set(&mut e.busy, 0);
         }
@@ -206,15 +246,10 @@ mod programs {
     }
 
     /// Adds the counts pending in `e` to the flow's `FLOWS` entry (re-creating the entry if
-    /// the LRU evicted it or userspace expired it meanwhile) and its skipped packets to
-    /// `COUNTERS`, and empties `e`. The caller holds `e.busy`.
+    /// the LRU evicted it or userspace expired it meanwhile) and empties `e`. The caller
+    /// holds `e.busy`.
     #[inline(never)]
     fn flush_cache(e: &mut FlowCache) {
-        let skipped = get(&e.skipped);
-        if skipped != 0 {
-            set(&mut e.skipped, 0);
-            count_n(Counter::SkippedLocal, u64::from(skipped));
-        }
         let tail = get(&e.tail);
         if tail == 0 {
             return;
@@ -341,12 +376,28 @@ mod programs {
     /// [`observe_general`], one shared subprogram.
     #[inline(always)]
     fn observe(ctx: &TcContext, from_pod: bool) {
-        if let Some(h) = v4_headers(ctx)
-            && fast_v4(ctx, &h, from_pod)
-        {
-            return;
+        if let Some(h) = v4_headers(ctx) {
+            let mut line = cpu_line();
+            if !from_pod
+                && let Some((line, _)) = line.as_mut()
+                && get(&line.local_src) == local_src_tag(h.src, get(&line.epoch))
+            {
+                // The sender's ingress program has just counted a packet from this source
+                // and found it local (see `CpuLine`).
+                bump(&mut line.skipped);
+                return;
+            }
+            if fast_v4(ctx, &h, from_pod, line) {
+                return;
+            }
         }
         observe_general(ctx, from_pod);
+    }
+
+    /// [`CpuLine::local_src`] for the IPv4 source `src` in epoch `epoch`.
+    #[inline(always)]
+    fn local_src_tag(src: u32, epoch: u32) -> u64 {
+        u64::from(src) | u64::from(epoch | TAG_VALID) << 32
     }
 
     /// The general path: the first packet of a flow, IPv6, ICMP, options, fragments,
@@ -596,20 +647,23 @@ mod programs {
     }
 
     /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
-    /// [`v4_headers`]).
+    /// [`v4_headers`]; `line`: this CPU's [`CpuLine`] and first entry).
     ///
     /// A packet of a flow that holds its [`FLOW_CACHE`] slot on this CPU, with no TCP flag
     /// bit the flow's `FLOWS` entry lacks and no FIN/RST, only adds to that slot: one cache
-    /// line, plain stores. An egress packet whose sender the slot marks as local is skipped
-    /// there too: on the same-node path the sender's ingress program has just brought that
-    /// line into this CPU's cache. Measured on the real path (docs/benchmarks.md), the cost
-    /// of these programs is the cache lines and atomic operations per packet. Any other
-    /// packet takes the `FLOWS` path ([`flows_v4`]) and may then take the slot, flushing its
-    /// previous flow's counts into `FLOWS`; userspace flushes every slot before each sweep
+    /// line, plain stores. Measured on the real path (docs/benchmarks.md), the cost of these
+    /// programs is the cache lines and atomic operations per packet. Any other packet takes
+    /// the `FLOWS` path ([`flows_v4`]) and may then take the slot, flushing its previous
+    /// flow's counts into `FLOWS`; userspace flushes every slot before each sweep
     /// (`flush_flow_cache`). Returns false for the first packet of a flow, which the general
     /// path handles (creation, events and learning).
     #[inline(always)]
-    fn fast_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool) -> bool {
+    fn fast_v4(
+        ctx: &TcContext,
+        h: &V4Headers,
+        from_pod: bool,
+        line: Option<(&'static mut CpuLine, u32)>,
+    ) -> bool {
         let (sport, dport) = (h.sport, h.dport);
         let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
         // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
@@ -632,8 +686,10 @@ mod programs {
         let slot = ((flow.addrs ^ flow.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
             >> 60) as u32
             & (FLOW_CACHE_SLOTS - 1);
-        let cpu = unsafe { bpf_get_smp_processor_id() };
-        let e = match FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS) | slot) {
+        let Some((line, first)) = line else {
+            return uncached_v4(ctx, h, from_pod, &flow);
+        };
+        let e = match FLOW_CACHE.get_ptr_mut(first + slot) {
             // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
             Some(e) if get(unsafe { &(*e).busy }) == 0 => unsafe { &mut *e },
             _ => return uncached_v4(ctx, h, from_pod, &flow),
@@ -641,12 +697,8 @@ mod programs {
         // Set before the entry is read: a flush that interrupts us from here on sees it.
         // Every access to the entry is volatile (`get` / `set`), so the compiler keeps them
         // in program order between setting and clearing `busy`.
-        set(&mut e.busy, BUSY);
-        let handled = cached_v4(ctx, h, from_pod, &flow, e);
-        if get(&e.busy) != BUSY {
-            // A flush ran meanwhile (LOCAL_ENDPOINTS may have changed): do its work.
-            flush_cache(e);
-        }
+        set(&mut e.busy, 1);
+        let handled = cached_v4(ctx, h, from_pod, &flow, e, line);
         set(&mut e.busy, 0);
         handled
     }
@@ -670,21 +722,20 @@ mod programs {
         from_pod: bool,
         flow: &FlowV4,
         e: &mut FlowCache,
+        line: &mut CpuLine,
     ) -> bool {
         let d = (flow.dir & 1) as usize;
         let mine = get(&e.addrs) == flow.addrs && get(&e.tail) == flow.tail;
         if !from_pod {
-            if mine && get(&e.skip) & (1 << d) != 0 {
-                let n = get(&e.skipped);
-                if n < SKIPPED_MAX {
-                    set(&mut e.skipped, n + 1);
-                } else {
-                    count(Counter::SkippedLocal);
-                }
-                return true;
-            }
-            if !mine && skip_local_v4(ctx, h.src) {
-                count(Counter::SkippedLocal);
+            // The same-node rule: the entry knows its senders (in this epoch), else the
+            // endpoint map decides.
+            let local = if mine && get(&e.epoch) == get(&line.epoch) {
+                get(&e.skip) & (1 << d) != 0
+            } else {
+                skip_local_v4(ctx, h.src)
+            };
+            if local {
+                bump(&mut line.skipped);
                 return true;
             }
         }
@@ -710,6 +761,9 @@ mod programs {
             if get(&e.last_seen_ns) < now {
                 set(&mut e.last_seen_ns, now);
             }
+            if from_pod {
+                record_local_src(line, e, d, h.src);
+            }
             return true;
         }
         let Some(v) = flows_v4(ctx, h, from_pod, flow, segs, bytes) else {
@@ -719,14 +773,43 @@ mod programs {
         // clock tick: flows that share a slot do not evict each other on every packet.
         if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) < now {
             flush_cache(e);
-            fill(e, flow, v, from_pod, now);
+            fill(e, flow, v, from_pod, now, get(&line.epoch));
+            if from_pod {
+                record_local_src(line, e, d, h.src);
+            }
         }
         true
     }
 
-    /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`.
+    /// An ingress packet from `src`, sent in direction `d` of the flow of entry `e`: when
+    /// the entry says that sender is local (in the current epoch), tells the egress program
+    /// that runs next on this CPU (see [`CpuLine`]).
     #[inline(always)]
-    fn fill(e: &mut FlowCache, flow: &FlowV4, v: *mut FlowValue, from_pod: bool, now: u64) {
+    fn record_local_src(line: &mut CpuLine, e: &FlowCache, d: usize, src: u32) {
+        if get(&e.skip) & (1 << d) == 0 {
+            return;
+        }
+        let epoch = get(&line.epoch);
+        if get(&e.epoch) != epoch {
+            return;
+        }
+        let tag = local_src_tag(src, epoch);
+        if get(&line.local_src) != tag {
+            set(&mut line.local_src, tag);
+        }
+    }
+
+    /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`;
+    /// `epoch` is the CPU's epoch, read before this call.
+    #[inline(always)]
+    fn fill(
+        e: &mut FlowCache,
+        flow: &FlowV4,
+        v: *mut FlowValue,
+        from_pod: bool,
+        now: u64,
+        epoch: u32,
+    ) {
         let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
         set(&mut e.addrs, flow.addrs);
         set(&mut e.tail, flow.tail);
@@ -744,6 +827,7 @@ mod programs {
         let skip = u8::from(is_local_v4(flow.addrs as u32))
             | u8::from(is_local_v4((flow.addrs >> 32) as u32)) << 1;
         set(&mut e.skip, skip);
+        set(&mut e.epoch, epoch);
     }
 
     /// The `FLOWS` path of an established IPv4 TCP/UDP packet: one flow-map lookup and the
@@ -852,6 +936,13 @@ mod programs {
     #[inline(always)]
     fn set_size(ctx: &TcContext, pkt: &mut Packet, hdr_len: u64) {
         (pkt.segs, pkt.bytes) = size(ctx, hdr_len);
+    }
+
+    /// `*p += 1` with a volatile load and store.
+    #[inline(always)]
+    fn bump(p: &mut u64) {
+        let v = get(p) + 1;
+        set(p, v);
     }
 
     /// `*p` as a volatile load (see [`set`]).

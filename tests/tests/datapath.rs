@@ -442,16 +442,16 @@ async fn removed_local_endpoint_is_counted_again_at_egress() {
     let long_dst = SocketAddr::new(b4, 7404);
     let long_srv = b.run(move || UdpSocket::bind(long_dst).unwrap());
     let long_cli = a.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    for s in [&long_srv, &long_cli] {
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    }
-    let long_echo = |rounds: usize| {
+    long_srv
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    // One way, a to b: the packet before each change is a's, so what the programs
+    // remember of a's locality is what the first packet after the change meets.
+    let long_send = |n: usize| {
         let mut buf = [0u8; 2048];
-        for _ in 0..rounds {
+        for _ in 0..n {
             long_cli.send_to(&[5u8; 50], long_dst).unwrap();
-            let (len, from) = long_srv.recv_from(&mut buf).unwrap();
-            long_srv.send_to(&buf[..len], from).unwrap();
-            long_cli.recv_from(&mut buf).unwrap();
+            long_srv.recv_from(&mut buf).unwrap();
         }
     };
 
@@ -459,14 +459,14 @@ async fn removed_local_endpoint_is_counted_again_at_egress() {
     // find a's address in the cache.
     udp_echo(&a, &b, SocketAddr::new(b4, 7401), 3, 50);
     udp_echo(&a, &b, SocketAddr::new(b4, 7402), 3, 50);
-    long_echo(3);
+    long_send(3);
     // a is no longer local: its packets to b are counted at b's interface too.
     dp.set_local_endpoints(&[b4]).unwrap();
     udp_echo(&a, &b, SocketAddr::new(b4, 7403), 3, 50);
-    long_echo(3);
+    long_send(3);
     // a is local again: counted once again.
     dp.set_local_endpoints(&[a4, b4]).unwrap();
-    long_echo(3);
+    long_send(3);
 
     dp.sweep_now().unwrap();
     let flows = dp.snapshot();
@@ -494,7 +494,7 @@ async fn removed_local_endpoint_is_counted_again_at_egress() {
         the_flow(&flows, Protocol::Udp, a4, b4, Some(7404)).packets,
         Some(Directional {
             sent: 3 + 6 + 3,
-            received: 9
+            received: 0
         }),
         "a flow alive across the changes follows them: a's 3 middle datagrams counted twice"
     );
