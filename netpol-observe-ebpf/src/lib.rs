@@ -31,15 +31,12 @@ pub const PROG_TC_NOOP: &str = "tc_noop";
 /// in that CPU's `FLOW_CACHE` slots (the programs' per-CPU front entries of the flow map,
 /// internal to them) into the flow map.
 pub const PROG_FLUSH_FLOW_CACHE: &str = "flush_flow_cache";
-/// Name of the array of the programs' per-CPU state (internal to them): CPU `c` owns the
-/// [`FLOW_CACHE_PER_CPU`] 64-byte elements from `c * FLOW_CACHE_PER_CPU`, a line of its own
-/// and [`FLOW_CACHE_SLOTS`] front entries of the flow map; userspace sizes it to the number
-/// of possible CPUs before loading.
+/// Name of the array of the programs' per-CPU state (internal to them): element `c` belongs
+/// to CPU `c` (a line of its own and [`FLOW_CACHE_SLOTS`] front entries of the flow map, 64
+/// bytes each); userspace sizes it to the number of possible CPUs before loading.
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 16;
-/// Elements of [`MAP_FLOW_CACHE`] per CPU.
-pub const FLOW_CACHE_PER_CPU: u32 = FLOW_CACHE_SLOTS + 1;
 /// Name of the LRU hash map `FlowKey → FlowValue`.
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the ring buffer carrying [`FlowEvent`]s.

@@ -28,7 +28,7 @@ mod programs {
     use netpol_observe_ebpf::{
         COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
         DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST, FAMILY_V4, FAMILY_V6,
-        FLOW_CACHE_PER_CPU, FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN,
+        FLOW_CACHE_SLOTS, FlowEvent, FlowKey, FlowValue, INITIATOR_UNKNOWN,
         LOCAL_ENDPOINTS_CAPACITY, LOCAL_SRC_GEN_MASK, LocalEndpoint, event_bits, learned_bit,
         tcp_flag_bits, tcp_flags,
     };
@@ -76,20 +76,24 @@ mod programs {
     /// `BPF_F_MMAPABLE`: see [`FLOW_CACHE`].
     const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-    /// The per-CPU front entries of `FLOWS`: established IPv4 TCP/UDP flows this CPU counts
-    /// often, direct-mapped by a multiplicative hash of the flow, with the counts not yet
-    /// added to their `FLOWS` entries; and per CPU a [`CpuLine`]. See [`fast_v4`].
-    ///
-    /// CPU `c` owns entries `c * FLOW_CACHE_PER_CPU ..`: its [`CpuLine`], then its
-    /// [`FLOW_CACHE_SLOTS`] [`FlowCache`] entries (userspace sizes the map to the possible
-    /// CPUs). A plain array indexed by CPU rather than a per-CPU array: the verifier inlines
-    /// its lookup as an address computation, where a per-CPU array's also loads the
-    /// element's per-CPU pointer from the map (one more cache line per packet). With
-    /// `BPF_F_MMAPABLE` the kernel starts the values on a page boundary, so every 64-byte
-    /// element is exactly one cache line (were it not, only speed would suffer).
+    /// Each CPU's [`CpuState`]: element `c` belongs to CPU `c` (userspace sizes the map to
+    /// the possible CPUs). A plain array indexed by CPU rather than a per-CPU array: the
+    /// verifier inlines its lookup as an address computation, where a per-CPU array's also
+    /// loads the element's per-CPU pointer from the map (one more cache line per packet).
+    /// With `BPF_F_MMAPABLE` the kernel starts the values on a page boundary, so each 64-byte
+    /// part of an element is exactly one cache line (were it not, only speed would suffer).
     #[map(name = "FLOW_CACHE")]
-    static FLOW_CACHE: Array<FlowCache> =
-        Array::with_max_entries(FLOW_CACHE_PER_CPU, BPF_F_MMAPABLE);
+    static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+    /// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the
+    /// established IPv4 TCP/UDP flows it counts often, direct-mapped by a multiplicative
+    /// hash of the flow, with the counts not yet added to their `FLOWS` entries. See
+    /// [`hot_v4`].
+    #[repr(C)]
+    struct CpuState {
+        line: CpuLine,
+        entries: [FlowCache; FLOW_CACHE_SLOTS as usize],
+    }
 
     /// Pending packets per direction an entry takes before the `FLOWS` path flushes it (so
     /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
@@ -164,14 +168,13 @@ mod programs {
     const _: () = assert!(core::mem::size_of::<FlowCache>() == 64);
     const _: () = assert!(core::mem::size_of::<CpuLine>() == 64);
 
-    /// This CPU's [`CpuLine`] and the index of its first [`FlowCache`] entry.
+    /// This CPU's [`CpuState`].
     #[inline(always)]
-    fn cpu_line() -> Option<(&'static mut CpuLine, u32)> {
-        let base = unsafe { bpf_get_smp_processor_id() }.wrapping_mul(FLOW_CACHE_PER_CPU);
-        let p = FLOW_CACHE.get_ptr_mut(base)?;
-        // SAFETY: this CPU's line, 64 bytes like every element; only programs on this CPU
-        // use it, and every access is a single load or store.
-        Some((unsafe { &mut *(p as *mut CpuLine) }, base + 1))
+    fn cpu_state() -> Option<&'static mut CpuState> {
+        let p = FLOW_CACHE.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })?;
+        // SAFETY: this CPU's element; only programs on this CPU use it (see `FlowCache` and
+        // `CpuLine` for their nesting).
+        Some(unsafe { &mut *p })
     }
 
     /// Set to 1 by userspace to learn local endpoints from packets leaving pods.
@@ -219,21 +222,17 @@ mod programs {
     /// counts wait for the next sweep).
     #[raw_tracepoint]
     pub fn flush_flow_cache(_ctx: RawTracePointContext) -> i32 {
-        let Some((line, first)) = cpu_line() else {
+        let Some(st) = cpu_state() else {
             return 0;
         };
+        let line = &mut st.line;
         let epoch = get(&line.epoch).wrapping_add(1) & !TAG_VALID;
         set(&mut line.epoch, epoch);
         let skipped = get(&line.skipped);
         count_n(Counter::SkippedLocal, skipped - get(&line.reported));
         set(&mut line.reported, skipped);
         let mut busy = 0;
-        for i in 0..FLOW_CACHE_SLOTS {
-            let Some(e) = FLOW_CACHE.get_ptr_mut(first + i) else {
-                continue;
-            };
-            // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
-            let e = unsafe { &mut *e };
+        for e in st.entries.iter_mut() {
             if get(&e.busy) != 0 {
                 busy += 1;
                 continue;
@@ -376,20 +375,42 @@ mod programs {
     /// [`observe_general`], one shared subprogram.
     #[inline(always)]
     fn observe(ctx: &TcContext, from_pod: bool) {
-        if let Some(h) = v4_headers(ctx) {
-            let mut line = cpu_line();
-            if !from_pod
-                && let Some((line, _)) = line.as_mut()
-                && get(&line.local_src) == local_src_tag(h.src, get(&line.epoch))
-            {
+        if let Some(h) = v4_headers(ctx)
+            && let Some(st) = cpu_state()
+        {
+            let line = &mut st.line;
+            if !from_pod && get(&line.local_src) == local_src_tag(h.src, get(&line.epoch)) {
                 // The sender's ingress program has just counted a packet from this source
                 // and found it local (see `CpuLine`).
                 bump(&mut line.skipped);
                 return;
             }
-            if fast_v4(ctx, &h, from_pod, line) {
-                return;
+            let flow = FlowV4::new(&h);
+            let e = &mut st.entries[flow.slot()];
+            if get(&e.busy) == 0 {
+                // Set before the entry is read: a flush that interrupts us from here on sees
+                // it. Every access to the entry is volatile (`get` / `set`), so the compiler
+                // keeps them in program order between setting and clearing `busy`.
+                set(&mut e.busy, 1);
+                let done = hot_v4(ctx, &h, from_pod, &flow, e, line);
+                set(&mut e.busy, 0);
+                if done {
+                    return;
+                }
             }
+        }
+        observe_slow(ctx, from_pod);
+    }
+
+    /// Everything [`observe`] leaves: IPv4 TCP/UDP packets that are not simple hits of
+    /// their front entry ([`fast_v4`]), and the general path. A subprogram of its own, so
+    /// that the programs' per-packet code keeps a small frame and few registers.
+    #[inline(never)]
+    fn observe_slow(ctx: &TcContext, from_pod: bool) {
+        if let Some(h) = v4_headers(ctx)
+            && fast_v4(ctx, &h, from_pod, cpu_state())
+        {
+            return;
         }
         observe_general(ctx, from_pod);
     }
@@ -633,6 +654,39 @@ mod programs {
     }
 
     impl FlowV4 {
+        /// The flow of a packet with headers `h`.
+        #[inline(always)]
+        fn new(h: &V4Headers) -> FlowV4 {
+            let (sport, dport) = (h.sport, h.dport);
+            let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
+            // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
+            // addresses, then of the ports (as `canonical`).
+            let src_lower = if s != d { s < d } else { sport <= dport };
+            let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+                (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
+            } else {
+                (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
+            };
+            FlowV4 {
+                addrs: u64::from(lo) | u64::from(hi) << 32,
+                // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little
+                // endian).
+                tail: u64::from(lo_port)
+                    | u64::from(hi_port) << 16
+                    | u64::from(h.proto) << 32
+                    | u64::from(FAMILY_V4) << 40,
+                dir,
+            }
+        }
+
+        /// The flow's [`FlowCache`] slot.
+        #[inline(always)]
+        fn slot(&self) -> usize {
+            ((self.addrs ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60)
+                as usize
+                & (FLOW_CACHE_SLOTS as usize - 1)
+        }
+
         /// The flow's `FLOWS` key.
         #[inline(always)]
         fn key_words(&self) -> KeyWords {
@@ -646,65 +700,90 @@ mod programs {
         }
     }
 
-    /// The per-packet path of an established IPv4 TCP/UDP flow (headers `h` read by
-    /// [`v4_headers`]; `line`: this CPU's [`CpuLine`] and first entry).
-    ///
-    /// A packet of a flow that holds its [`FLOW_CACHE`] slot on this CPU, with no TCP flag
-    /// bit the flow's `FLOWS` entry lacks and no FIN/RST, only adds to that slot: one cache
-    /// line, plain stores. Measured on the real path (docs/benchmarks.md), the cost of these
-    /// programs is the cache lines and atomic operations per packet. Any other packet takes
-    /// the `FLOWS` path ([`flows_v4`]) and may then take the slot, flushing its previous
-    /// flow's counts into `FLOWS`; userspace flushes every slot before each sweep
-    /// (`flush_flow_cache`). Returns false for the first packet of a flow, which the general
-    /// path handles (creation, events and learning).
+    /// The hit of an established IPv4 TCP/UDP flow (headers `h` read by [`v4_headers`]) in
+    /// its front entry `e` on this CPU (`busy` held): the flow holds the entry, the packet
+    /// has no TCP flag bit the flow's `FLOWS` entry lacks and no FIN/RST. Adds to the entry
+    /// (one cache line, plain stores: measured on the real path, docs/benchmarks.md, the
+    /// cost of these programs is the cache lines and atomic operations per packet), or
+    /// skips an egress packet whose sender the entry knows as local. Returns false, having
+    /// changed nothing, for every other packet: [`fast_v4`] handles those.
+    #[inline(always)]
+    fn hot_v4(
+        ctx: &TcContext,
+        h: &V4Headers,
+        from_pod: bool,
+        flow: &FlowV4,
+        e: &mut FlowCache,
+        line: &mut CpuLine,
+    ) -> bool {
+        if get(&e.addrs) != flow.addrs || get(&e.tail) != flow.tail {
+            return false;
+        }
+        let d = (flow.dir & 1) as usize;
+        if !from_pod && get(&e.skip) & (1 << d) != 0 {
+            if get(&e.epoch) != get(&line.epoch) {
+                return false;
+            }
+            bump(&mut line.skipped);
+            return true;
+        }
+        let f = h.tcp_flags;
+        let need = tcp_flag_bits(flow.dir, f)
+            | if from_pod && get(&e.learn) != 0 {
+                learned_bit(flow.dir)
+            } else {
+                0
+            };
+        let p = get(&e.packets[d]);
+        if f & (tcp_flags::FIN | tcp_flags::RST) != 0
+            || need & !u64::from(get(&e.flags)) != 0
+            || p >= PACKETS_MAX
+        {
+            return false;
+        }
+        let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let b = get(&e.bytes[d]) + bytes;
+        set(&mut e.packets[d], p + segs as u32);
+        set(&mut e.bytes[d], b);
+        if get(&e.last_seen_ns) < now {
+            set(&mut e.last_seen_ns, now);
+        }
+        if from_pod {
+            record_local_src(line, e, d, h.src);
+        }
+        true
+    }
+
+    /// The per-packet path of an established IPv4 TCP/UDP flow that is not a hit of
+    /// [`hot_v4`] (`state`: this CPU's). Takes the `FLOWS` path ([`flows_v4`]) and may then
+    /// make the flow's front entry its own, flushing the entry's previous flow's counts into
+    /// `FLOWS`; userspace flushes every entry before each sweep (`flush_flow_cache`).
+    /// Returns false for the first packet of a flow, which the general path handles
+    /// (creation, events and learning).
     #[inline(always)]
     fn fast_v4(
         ctx: &TcContext,
         h: &V4Headers,
         from_pod: bool,
-        line: Option<(&'static mut CpuLine, u32)>,
+        state: Option<&'static mut CpuState>,
     ) -> bool {
-        let (sport, dport) = (h.sport, h.dport);
-        let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
-        // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
-        // addresses, then of the ports (as `canonical`).
-        let src_lower = if s != d { s < d } else { sport <= dport };
-        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-            (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
-        } else {
-            (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
-        };
-        let flow = FlowV4 {
-            addrs: u64::from(lo) | u64::from(hi) << 32,
-            // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little endian).
-            tail: u64::from(lo_port)
-                | u64::from(hi_port) << 16
-                | u64::from(h.proto) << 32
-                | u64::from(FAMILY_V4) << 40,
-            dir,
-        };
-        let slot = ((flow.addrs ^ flow.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> 60) as u32
-            & (FLOW_CACHE_SLOTS - 1);
-        let Some((line, first)) = line else {
+        let flow = FlowV4::new(h);
+        let Some(st) = state else {
             return uncached_v4(ctx, h, from_pod, &flow);
         };
-        let e = match FLOW_CACHE.get_ptr_mut(first + slot) {
-            // SAFETY: this CPU's entry; nesting is handled by `busy` (see `FlowCache`).
-            Some(e) if get(unsafe { &(*e).busy }) == 0 => unsafe { &mut *e },
-            _ => return uncached_v4(ctx, h, from_pod, &flow),
-        };
-        // Set before the entry is read: a flush that interrupts us from here on sees it.
-        // Every access to the entry is volatile (`get` / `set`), so the compiler keeps them
-        // in program order between setting and clearing `busy`.
+        let e = &mut st.entries[flow.slot()];
+        if get(&e.busy) != 0 {
+            return uncached_v4(ctx, h, from_pod, &flow);
+        }
         set(&mut e.busy, 1);
-        let handled = cached_v4(ctx, h, from_pod, &flow, e, line);
+        let handled = cached_v4(ctx, h, from_pod, &flow, e, &mut st.line);
         set(&mut e.busy, 0);
         handled
     }
 
     /// [`fast_v4`] without an entry (its slot is held by an interrupted program).
-    #[inline(never)]
+    #[inline(always)]
     fn uncached_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool, flow: &FlowV4) -> bool {
         if !from_pod && skip_local_v4(ctx, h.src) {
             count(Counter::SkippedLocal);

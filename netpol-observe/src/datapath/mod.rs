@@ -38,8 +38,8 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use netpol_observe_ebpf::{
-    FLOW_CACHE_PER_CPU, FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK,
-    LocalEndpoint, MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
+    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK, LocalEndpoint,
+    MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
     MAP_LOCAL_ENDPOINTS_GEN,
 };
 use tokio::{
@@ -521,8 +521,8 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Elements of the programs' `FLOW_CACHE`: [`FLOW_CACHE_PER_CPU`] for each CPU id the
-/// kernel can have (a CPU beyond the map would only go without them).
+/// Elements of the programs' `FLOW_CACHE`: one for each CPU id the kernel can have (a CPU
+/// beyond the map would only go without its front entries).
 fn flow_cache_entries() -> Result<u32, DatapathError> {
     let cpus = aya::util::nr_cpus()
         .map_err(|(path, e)| DatapathError::Load(format!("reading {path}: {e}")))?;
@@ -531,7 +531,7 @@ fn flow_cache_entries() -> Result<u32, DatapathError> {
         .into_iter()
         .max()
         .map_or(0, |c| c as usize + 1);
-    Ok((cpus.max(online_max) as u32).saturating_mul(FLOW_CACHE_PER_CPU))
+    Ok(cpus.max(online_max) as u32)
 }
 
 /// Reads the whole flow map, merges it into the table, expires idle entries, publishes.
