@@ -20,7 +20,9 @@ mod programs {
 
     use aya_ebpf::{
         bindings::TC_ACT_PIPE,
-        helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+        helpers::{
+            bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        },
         macros::{classifier, map, raw_tracepoint},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::{RawTracePointContext, TcContext},
@@ -132,7 +134,8 @@ mod programs {
         last_seen_ns: u64,
         /// The CPU's epoch when `skip` was computed.
         epoch: u32,
-        _pad2: u32,
+        /// Low 32 bits of `jiffies` at the latest pending packet (see [`add_to_entry`]).
+        last_jiffy: u32,
     }
 
     /// The first element of each CPU's share of [`FLOW_CACHE`]: the same-node skip of
@@ -742,13 +745,7 @@ mod programs {
             return false;
         }
         let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let b = get(&e.bytes[d]) + bytes;
-        set(&mut e.packets[d], p + segs as u32);
-        set(&mut e.bytes[d], b);
-        if get(&e.last_seen_ns) < now {
-            set(&mut e.last_seen_ns, now);
-        }
+        add_to_entry(e, d, segs, bytes);
         if from_pod {
             record_local_src(line, e, d, h.src);
         }
@@ -833,13 +830,8 @@ mod programs {
             && need & !u64::from(get(&e.flags)) == 0
             && p < PACKETS_MAX
         {
-            // The common case: plain adds to this CPU's entry, no map lookup, no atomics.
-            let b = get(&e.bytes[d]) + bytes;
-            set(&mut e.packets[d], p + segs as u32);
-            set(&mut e.bytes[d], b);
-            if get(&e.last_seen_ns) < now {
-                set(&mut e.last_seen_ns, now);
-            }
+            // As `hot_v4` (an egress packet it left to the endpoint map's answer).
+            add_to_entry(e, d, segs, bytes);
             if from_pod {
                 record_local_src(line, e, d, h.src);
             }
@@ -858,6 +850,26 @@ mod programs {
             }
         }
         true
+    }
+
+    /// Adds a packet (`segs` segments, `bytes` IP bytes, direction index `d`) to the pending
+    /// counts of entry `e`, which must be below [`PACKETS_MAX`], and moves its last-seen time.
+    /// Plain adds: only this CPU writes the entry.
+    #[inline(always)]
+    fn add_to_entry(e: &mut FlowCache, d: usize, segs: u64, bytes: u64) {
+        let (p, b) = (get(&e.packets[d]) + segs as u32, get(&e.bytes[d]) + bytes);
+        set(&mut e.packets[d], p);
+        set(&mut e.bytes[d], b);
+        // The coarse clock moves with the tick, and so do the jiffies, which the verifier
+        // inlines as one load (the clock is a call): read it once per tick and entry.
+        let j = unsafe { bpf_jiffies64() } as u32;
+        if get(&e.last_jiffy) != j {
+            set(&mut e.last_jiffy, j);
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            if get(&e.last_seen_ns) < now {
+                set(&mut e.last_seen_ns, now);
+            }
+        }
     }
 
     /// An ingress packet from `src`, sent in direction `d` of the flow of entry `e`: when
@@ -897,6 +909,7 @@ mod programs {
             set(&mut e.bytes[i], 0);
         }
         set(&mut e.last_seen_ns, now);
+        set(&mut e.last_jiffy, unsafe { bpf_jiffies64() } as u32);
         set(&mut e.learn, u8::from(learn));
         // SAFETY: a valid map value pointer, read once.
         let flags = unsafe { core::ptr::read_volatile(&raw const (*v).flags) };
