@@ -115,7 +115,7 @@ mod programs {
         /// in the CPU's epoch `epoch` (see [`CpuLine`]).
         skip: u8,
         /// 1: learning was on at fill time; an ingress packet then needs its direction's
-        /// learned bit in `flags`.
+        /// learned bit in `flags` (else it takes the `FLOWS` path, which learns).
         learn: u8,
         _pad: u8,
         /// The low 32 bits (TCP flags of both directions, learned bits) of the `FLOWS`
@@ -844,7 +844,7 @@ mod programs {
         // clock tick: flows that share a slot do not evict each other on every packet.
         if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) < now {
             flush_cache(e);
-            fill(e, flow, v, from_pod, now, get(&line.epoch));
+            fill(e, flow, v, now, get(&line.epoch));
             if from_pod {
                 record_local_src(line, e, d, h.src);
             }
@@ -893,15 +893,10 @@ mod programs {
     /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`;
     /// `epoch` is the CPU's epoch, read before this call.
     #[inline(always)]
-    fn fill(
-        e: &mut FlowCache,
-        flow: &FlowV4,
-        v: *mut FlowValue,
-        from_pod: bool,
-        now: u64,
-        epoch: u32,
-    ) {
-        let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+    fn fill(e: &mut FlowCache, flow: &FlowV4, v: *mut FlowValue, now: u64, epoch: u32) {
+        // Whichever program fills the entry: the ingress packets of a flow an egress program
+        // put here must still learn their sender.
+        let learn = unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
         set(&mut e.addrs, flow.addrs);
         set(&mut e.tail, flow.tail);
         for i in 0..2 {
