@@ -218,11 +218,13 @@ mod programs {
         TC_ACT_PIPE
     }
 
-    /// Moves the counts pending in this CPU's [`FLOW_CACHE`] entries into `FLOWS`. Never
-    /// attached: userspace runs it on every CPU before each sweep (`BPF_PROG_TEST_RUN` with
-    /// `BPF_F_TEST_RUN_ON_CPU`), so a sweep sees every packet counted before it. Returns the
-    /// number of busy entries (an interrupted program on this CPU is changing them: their
-    /// counts wait for the next sweep).
+    /// Moves the counts pending in this CPU's [`FLOW_CACHE`] entries into `FLOWS` (and its
+    /// skipped packets into `COUNTERS`), and starts a new epoch of its [`CpuLine`]. Never
+    /// attached: userspace runs it on every CPU (`BPF_PROG_TEST_RUN` with
+    /// `BPF_F_TEST_RUN_ON_CPU`) before each sweep, so a sweep sees every packet counted
+    /// before it, and after each change of `LOCAL_ENDPOINTS`. Returns the number of busy
+    /// entries (an interrupted program on this CPU is changing them: their counts wait for
+    /// the next sweep).
     #[raw_tracepoint]
     pub fn flush_flow_cache(_ctx: RawTracePointContext) -> i32 {
         let Some(st) = cpu_state() else {
