@@ -732,18 +732,7 @@ mod programs {
             bump(&mut line.skipped);
             return true;
         }
-        let f = h.tcp_flags;
-        let need = tcp_flag_bits(flow.dir, f)
-            | if from_pod && get(&e.learn) != 0 {
-                learned_bit(flow.dir)
-            } else {
-                0
-            };
-        let p = get(&e.packets[d]);
-        if f & (tcp_flags::FIN | tcp_flags::RST) != 0
-            || need & !u64::from(get(&e.flags)) != 0
-            || p >= PACKETS_MAX
-        {
+        if !entry_takes(h, from_pod, flow.dir, e) {
             return false;
         }
         let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
@@ -818,20 +807,8 @@ mod programs {
             }
         }
         let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
-        let f = h.tcp_flags;
-        let need = tcp_flag_bits(flow.dir, f)
-            | if from_pod && get(&e.learn) != 0 {
-                learned_bit(flow.dir)
-            } else {
-                0
-            };
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let p = get(&e.packets[d]);
-        if mine
-            && f & (tcp_flags::FIN | tcp_flags::RST) == 0
-            && need & !u64::from(get(&e.flags)) == 0
-            && p < PACKETS_MAX
-        {
+        if mine && entry_takes(h, from_pod, flow.dir, e) {
             // As `hot_v4` (an egress packet it left to the endpoint map's answer).
             add_to_entry(e, d, segs, bytes);
             if from_pod {
@@ -852,6 +829,23 @@ mod programs {
             }
         }
         true
+    }
+
+    /// Whether a packet of the flow that holds entry `e` (headers `h`, direction `dir`) may
+    /// only add to it: no FIN/RST, no TCP flag bit (nor, learning on, learned bit) the
+    /// entry's `FLOWS` flags lack, and room in its pending packet count.
+    #[inline(always)]
+    fn entry_takes(h: &V4Headers, from_pod: bool, dir: u8, e: &FlowCache) -> bool {
+        let f = h.tcp_flags;
+        let need = tcp_flag_bits(dir, f)
+            | if from_pod && get(&e.learn) != 0 {
+                learned_bit(dir)
+            } else {
+                0
+            };
+        f & (tcp_flags::FIN | tcp_flags::RST) == 0
+            && need & !u64::from(get(&e.flags)) == 0
+            && get(&e.packets[(dir & 1) as usize]) < PACKETS_MAX
     }
 
     /// Adds a packet (`segs` segments, `bytes` IP bytes, direction index `d`) to the pending
