@@ -5,8 +5,8 @@
 //! packets from the pod, egress = packets to the pod). They parse Ethernet, IPv4/IPv6 (IPv6
 //! extension headers within a bound) and TCP/UDP/SCTP/ICMP/ICMPv6, update the flow map and
 //! announce new flows and first TCP FIN/RST on the ring buffer. They always return
-//! `TC_ACT_PIPE` (tcx: "next"), never drop or change a packet. `tc_noop` only returns
-//! `TC_ACT_PIPE`: the benchmark's baseline for the cost of the hooks themselves.
+//! [`NEXT`], never drop or change a packet. `tc_noop` only returns [`NEXT`]: the
+//! benchmark's baseline for the cost of the hooks themselves.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
@@ -19,7 +19,7 @@ mod programs {
     use core::intrinsics::{AtomicOrdering, atomic_or, atomic_xadd};
 
     use aya_ebpf::{
-        bindings::TC_ACT_PIPE,
+        bindings::tcx_action_base::TCX_NEXT,
         helpers::{
             bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
         },
@@ -197,25 +197,31 @@ mod programs {
     const IPPROTO_ICMP: u8 = 1;
     const IPPROTO_ICMPV6: u8 = 58;
 
+    /// The verdict of every TC program: `TCX_NEXT` (= `TC_ACT_UNSPEC`), "no opinion", which
+    /// runs the next program of a tcx chain and the next classic filter alike. Any other
+    /// value ends a tcx chain (`TC_ACT_PIPE` too), so programs attached after ours — another
+    /// tool's, or a second agent's during a rolling update — would never run.
+    const NEXT: i32 = TCX_NEXT;
+
     /// Packets from the pod.
     #[classifier]
     pub fn tc_flow_ingress(ctx: TcContext) -> i32 {
         observe(&ctx, true);
-        TC_ACT_PIPE
+        NEXT
     }
 
     /// Packets to the pod.
     #[classifier]
     pub fn tc_flow_egress(ctx: TcContext) -> i32 {
         observe(&ctx, false);
-        TC_ACT_PIPE
+        NEXT
     }
 
     /// Does nothing: the benchmark baseline for the fixed cost of a tcx hook
     /// (`cargo xtask bench datapath`); never attached by the agent.
     #[classifier]
     pub fn tc_noop(_ctx: TcContext) -> i32 {
-        TC_ACT_PIPE
+        NEXT
     }
 
     /// Moves the counts pending in this CPU's [`FLOW_CACHE`] entries into `FLOWS` (and its

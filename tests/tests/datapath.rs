@@ -757,6 +757,55 @@ async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     dp.shutdown().await.unwrap();
 }
 
+/// Two datapaths on the same interfaces, as during a DaemonSet rolling update with surge or
+/// next to another tool's tcx programs: the second one's programs are appended after the
+/// first one's, and the first must hand every packet on ("next"), so both see the flow,
+/// exactly. (Returning `TC_ACT_PIPE` ends a tcx chain: the second saw nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_attached_after_ours_still_see_every_packet() {
+    if !require_root("programs_attached_after_ours_still_see_every_packet") {
+        return;
+    }
+    const N: usize = 4;
+    const SIZE: usize = 100;
+    let br = Bridge::new(
+        "dpH-br",
+        "10.79.0.1/24".parse().unwrap(),
+        "fd79::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpH-a", "dpHa0", &br, v4("10.79.0.2"), v6("fd79::2")).unwrap();
+    let b = Pod::on_bridge("dpH-b", "dpHb0", &br, v4("10.79.0.3"), v6("fd79::3")).unwrap();
+    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    let first = Datapath::start(config("dpH?0")).await.unwrap();
+    let second = Datapath::start(config("dpH?0")).await.unwrap();
+    let client = udp_echo(&a, &b, SocketAddr::new(b4, 7801), N, SIZE);
+    for (which, dp) in [("first", &first), ("second", &second)] {
+        dp.sweep_now().unwrap();
+        let flows = dp.snapshot();
+        assert!(!flows.is_empty(), "the {which} datapath saw no flow");
+        let f = the_flow(&flows, Protocol::Udp, a4, b4, Some(7801));
+        assert_eq!(f.src.port, Some(client.port()), "{which}");
+        let (n, bytes) = (N as u64, (N * (20 + 8 + SIZE)) as u64);
+        assert_eq!(
+            (f.packets, f.bytes),
+            (
+                Some(Directional {
+                    sent: n,
+                    received: n
+                }),
+                Some(Directional {
+                    sent: bytes,
+                    received: bytes
+                })
+            ),
+            "{which} datapath: {f:?}"
+        );
+    }
+    second.shutdown().await.unwrap();
+    first.shutdown().await.unwrap();
+}
+
 #[test]
 fn agent_cli_prints_jsonl_on_sigterm_and_detaches() {
     if !require_root("agent_cli_prints_jsonl_on_sigterm_and_detaches") {
