@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod netns;
+pub mod tcx;
 pub mod traffic;
 
 /// Whether the real-kernel tests must run: under `CI=true` they must, and a missing privilege

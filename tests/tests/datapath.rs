@@ -18,6 +18,7 @@ use netpol_observe::{
 use netpol_observe_e2e::{
     netns::{Bridge, Pod, Route, attachments},
     require_root,
+    tcx::{TCX_PASS, VerdictProgram},
     traffic::{TcpCounters, ping, tcp_counters},
 };
 
@@ -757,17 +758,52 @@ async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     dp.shutdown().await.unwrap();
 }
 
-/// Two datapaths on the same interfaces, as during a DaemonSet rolling update with surge or
-/// next to another tool's tcx programs: the second one's programs are appended after the
-/// first one's, and the first must hand every packet on ("next"), so both see the flow,
-/// exactly. (Returning `TC_ACT_PIPE` ends a tcx chain: the second saw nothing.)
+/// The flow of `N` UDP datagrams of `SIZE` bytes each way, exactly, as `dp` reports it.
+fn assert_echo_flow(dp: &Datapath, which: &str, client: SocketAddr, server: SocketAddr) {
+    dp.sweep_now().unwrap();
+    let flows = dp.snapshot();
+    assert!(!flows.is_empty(), "the {which} datapath saw no flow");
+    let f = the_flow(
+        &flows,
+        Protocol::Udp,
+        client.ip(),
+        server.ip(),
+        Some(server.port()),
+    );
+    assert_eq!(f.src.port, Some(client.port()), "{which}");
+    let (n, bytes) = (ECHO_N as u64, (ECHO_N * (20 + 8 + ECHO_SIZE)) as u64);
+    assert_eq!(
+        (f.packets, f.bytes),
+        (
+            Some(Directional {
+                sent: n,
+                received: n
+            }),
+            Some(Directional {
+                sent: bytes,
+                received: bytes
+            })
+        ),
+        "{which} datapath: {f:?}"
+    );
+}
+
+const ECHO_N: usize = 4;
+const ECHO_SIZE: usize = 100;
+
+/// How the programs share a tcx hook with other programs:
+/// - a CNI's program that ends the chain (`TCX_PASS`, attached before the agent starts) does
+///   not hide packets from ours: ours are put first;
+/// - ours hand every packet on ("next"): a second datapath on the same interfaces (as during
+///   a DaemonSet rolling update with surge) sees the flow as exactly as the first.
+///
+/// Appending ours after existing programs, or returning `TC_ACT_PIPE` (which ends a tcx
+/// chain), each makes a datapath here see nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn programs_attached_after_ours_still_see_every_packet() {
-    if !require_root("programs_attached_after_ours_still_see_every_packet") {
+async fn programs_share_the_hooks_with_other_programs() {
+    if !require_root("programs_share_the_hooks_with_other_programs") {
         return;
     }
-    const N: usize = 4;
-    const SIZE: usize = 100;
     let br = Bridge::new(
         "dpH-br",
         "10.79.0.1/24".parse().unwrap(),
@@ -776,32 +812,15 @@ async fn programs_attached_after_ours_still_see_every_packet() {
     .unwrap();
     let a = Pod::on_bridge("dpH-a", "dpHa0", &br, v4("10.79.0.2"), v6("fd79::2")).unwrap();
     let b = Pod::on_bridge("dpH-b", "dpHb0", &br, v4("10.79.0.3"), v6("fd79::3")).unwrap();
-    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    let _cni =
+        [&a, &b].map(|p| VerdictProgram::attach(p.host_ifindex().unwrap(), TCX_PASS).unwrap());
     let first = Datapath::start(config("dpH?0")).await.unwrap();
     let second = Datapath::start(config("dpH?0")).await.unwrap();
-    let client = udp_echo(&a, &b, SocketAddr::new(b4, 7801), N, SIZE);
-    for (which, dp) in [("first", &first), ("second", &second)] {
-        dp.sweep_now().unwrap();
-        let flows = dp.snapshot();
-        assert!(!flows.is_empty(), "the {which} datapath saw no flow");
-        let f = the_flow(&flows, Protocol::Udp, a4, b4, Some(7801));
-        assert_eq!(f.src.port, Some(client.port()), "{which}");
-        let (n, bytes) = (N as u64, (N * (20 + 8 + SIZE)) as u64);
-        assert_eq!(
-            (f.packets, f.bytes),
-            (
-                Some(Directional {
-                    sent: n,
-                    received: n
-                }),
-                Some(Directional {
-                    sent: bytes,
-                    received: bytes
-                })
-            ),
-            "{which} datapath: {f:?}"
-        );
-    }
+    let server = SocketAddr::new(IpAddr::V4(b.v4), 7801);
+    let client = udp_echo(&a, &b, server, ECHO_N, ECHO_SIZE);
+    let client = SocketAddr::new(IpAddr::V4(a.v4), client.port());
+    assert_echo_flow(&first, "first", client, server);
+    assert_echo_flow(&second, "second", client, server);
     second.shutdown().await.unwrap();
     first.shutdown().await.unwrap();
 }

@@ -1,9 +1,11 @@
 //! Attaching the TC programs to interfaces and detaching them.
 //!
-//! On kernels with tcx (≥ 6.6) each interface gets two tcx links appended after any existing
-//! programs (the CNI's run first; ours returns "next" so the chain continues). Older kernels
-//! get classic clsact filters; a clsact qdisc the datapath had to add is remembered and
-//! removed again on detach.
+//! On kernels with tcx (≥ 6.6) each interface gets two tcx links put before any existing
+//! programs: a CNI's program ends the chain with its verdict (`TCX_PASS`, a redirect), so
+//! after it ours would never run; ours return "next", so the CNI's still run, on the packet
+//! unchanged. Older kernels get classic clsact filters with an automatic priority, which the
+//! kernel also puts before existing filters; a clsact qdisc the datapath had to add is
+//! remembered and removed again on detach.
 
 use std::collections::BTreeMap;
 
@@ -142,7 +144,7 @@ impl Attacher {
         ty: TcAttachType,
     ) -> Result<SchedClassifierLinkId, String> {
         let options = match self.mode {
-            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
         };
         prog(&mut self.ebpf, program)
