@@ -12,7 +12,7 @@ use std::{
 };
 
 use netpol_observe::{
-    datapath::{Counter, Datapath, DatapathConfig, FlowUpdate},
+    datapath::{AttachMode, Counter, Datapath, DatapathConfig, FlowUpdate},
     flow::{Directional, FlowRecord, FlowState, Protocol},
 };
 use netpol_observe_e2e::{
@@ -823,6 +823,82 @@ async fn programs_share_the_hooks_with_other_programs() {
     assert_echo_flow(&second, "second", client, server);
     second.shutdown().await.unwrap();
     first.shutdown().await.unwrap();
+}
+
+/// The classic attachment (`clsact`, kernels before 6.6: most managed clusters' nodes), forced
+/// on this kernel: exact counts with another tool's filter that ends the classification
+/// already attached (ours get an automatic priority, which the kernel puts first); after
+/// shutdown the other tool's qdisc and filters are still there, a qdisc the datapath added is
+/// gone, unless another tool has put a filter on it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clsact_attachment_counts_exactly_and_leaves_others_filters() {
+    if !require_root("clsact_attachment_counts_exactly_and_leaves_others_filters") {
+        return;
+    }
+    let br = Bridge::new(
+        "dpI-br",
+        "10.80.0.1/24".parse().unwrap(),
+        "fd80::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let a = Pod::on_bridge("dpI-a", "dpIa0", &br, v4("10.80.0.2"), v6("fd80::2")).unwrap();
+    let b = Pod::on_bridge("dpI-b", "dpIb0", &br, v4("10.80.0.3"), v6("fd80::3")).unwrap();
+    let _c = Pod::on_bridge("dpI-c", "dpIc0", &br, v4("10.80.0.4"), v6("fd80::4")).unwrap();
+    let tc = |args: &[&str]| {
+        let out = netpol_observe_e2e::netns::run("tc", args).unwrap();
+        assert!(out.status.success(), "tc {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Another tool's filter: match everything, end the classification there.
+    let other_filter = |dev: &str, hook: &str| {
+        tc(&[
+            "filter", "add", "dev", dev, hook, "u32", "match", "u32", "0", "0", "classid", "1:1",
+        ])
+    };
+    // Its qdisc and filters on pod a's interface.
+    tc(&["qdisc", "add", "dev", "dpIa0", "clsact"]);
+    other_filter("dpIa0", "ingress");
+    other_filter("dpIa0", "egress");
+    let cfg = DatapathConfig {
+        attach_mode: Some(AttachMode::Clsact),
+        ..config("dpI?0")
+    };
+    let dp = Datapath::start(cfg).await.unwrap();
+    let modes: Vec<_> = dp
+        .attached_interfaces()
+        .into_iter()
+        .map(|i| i.mode)
+        .collect();
+    assert_eq!(modes, [AttachMode::Clsact; 3]);
+    // Its filter, added to the qdisc the datapath added on pod c's interface.
+    other_filter("dpIc0", "egress");
+    let server = SocketAddr::new(IpAddr::V4(b.v4), 7802);
+    let client = udp_echo(&a, &b, server, ECHO_N, ECHO_SIZE);
+    let client = SocketAddr::new(IpAddr::V4(a.v4), client.port());
+    assert_echo_flow(&dp, "clsact", client, server);
+    dp.shutdown().await.unwrap();
+
+    // (interface, clsact qdisc left, other tool's filter left per hook)
+    for (dev, qdisc, others) in [
+        ("dpIa0", true, [true, true]),
+        ("dpIb0", false, [false, false]),
+        ("dpIc0", true, [false, true]),
+    ] {
+        for (hook, other) in ["ingress", "egress"].into_iter().zip(others) {
+            let filters = if qdisc {
+                tc(&["filter", "show", "dev", dev, hook])
+            } else {
+                String::new()
+            };
+            assert!(
+                !filters.contains("bpf"),
+                "{dev} {hook}: left behind: {filters}"
+            );
+            assert_eq!(filters.contains("u32"), other, "{dev} {hook}: {filters}");
+        }
+        let qdiscs = tc(&["qdisc", "show", "dev", dev]);
+        assert_eq!(qdiscs.contains("clsact"), qdisc, "{dev}: {qdiscs}");
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
+    datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
     metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
 };
 
@@ -125,6 +125,8 @@ pub struct AgentConfig {
     pub metrics: MetricsSettings,
     /// Forward the eBPF programs' debug log to the agent's log (default false).
     pub ebpf_log: bool,
+    /// `tcx` or `clsact` (default: tcx on kernels ≥ 6.6, clsact before).
+    pub attach_mode: Option<AttachMode>,
 }
 
 impl Default for AgentConfig {
@@ -149,6 +151,7 @@ impl Default for AgentConfig {
             flow_retention: 600,
             metrics: MetricsSettings::default(),
             ebpf_log: false,
+            attach_mode: None,
         }
     }
 }
@@ -224,6 +227,7 @@ impl AgentConfig {
             sweep_interval: Duration::from_secs(self.sweep_interval),
             node_name: self.node_name.clone(),
             ebpf_log: self.ebpf_log,
+            attach_mode: self.attach_mode,
             ..DatapathConfig::default()
         }
     }
@@ -249,8 +253,10 @@ interfaces: ["veth*", "cali*"]
 metrics:
   seriesBudget: 500
   podLevel: true
+attachMode: clsact
 "#;
         let c = AgentConfig::from_yaml_str(text, Path::new("agent.yaml")).unwrap();
+        assert_eq!(c.datapath().attach_mode, Some(AttachMode::Clsact));
         assert_eq!(c.metrics.series_budget, 500);
         assert!(c.metrics.pod_level);
         assert_eq!(c.interfaces, vec!["veth*", "cali*"]);
@@ -274,6 +280,13 @@ metrics:
             .unwrap_err()
             .to_string();
         assert!(err.contains("field `listen`"), "{err}");
+        let err = AgentConfig::from_yaml_str("attachMode: tc\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("attachMode") && err.contains("clsact"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::{
     agent::{Agent, AgentConfig},
+    datapath::AttachMode,
     flow::{FlowRecord, jsonl, table},
 };
 
@@ -102,6 +103,10 @@ pub struct Args {
     /// Forward the eBPF programs' debug log to the agent's log.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// How the programs are attached: tcx or clsact [default: tcx on kernels ≥ 6.6, clsact
+    /// before].
+    #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
+    pub attach_mode: Option<AttachMode>,
     /// Output format of the flows printed at the end.
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
@@ -164,6 +169,9 @@ impl Args {
         }
         if self.ebpf_log {
             c.ebpf_log = true;
+        }
+        if let Some(v) = self.attach_mode {
+            c.attach_mode = Some(v);
         }
         c.validate()?;
         Ok(c)

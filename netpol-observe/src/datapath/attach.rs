@@ -23,13 +23,36 @@ use netpol_observe_ebpf::{PROG_TC_EGRESS, PROG_TC_INGRESS};
 use super::DatapathError;
 
 /// How programs are attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// tcx links (kernel ≥ 6.6).
     Tcx,
     /// clsact qdisc + direct-action filters (older kernels).
     Clsact,
+}
+
+impl AttachMode {
+    /// tcx where the kernel has it (≥ 6.6), clsact otherwise.
+    pub fn for_this_kernel() -> AttachMode {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcx" => Ok(AttachMode::Tcx),
+            "clsact" => Ok(AttachMode::Clsact),
+            _ => Err(format!("attach mode {s:?} is neither tcx nor clsact")),
+        }
+    }
 }
 
 /// An interface the programs are attached to.
@@ -62,16 +85,17 @@ pub(crate) struct Attacher {
 }
 
 impl Attacher {
-    /// Loads the flow programs into the kernel.
-    pub(crate) fn new(ebpf: Ebpf) -> Result<Self, DatapathError> {
-        Self::with_programs(ebpf, [PROG_TC_INGRESS, PROG_TC_EGRESS])
+    /// Loads the flow programs into the kernel, to be attached in `mode`.
+    pub(crate) fn new(ebpf: Ebpf, mode: AttachMode) -> Result<Self, DatapathError> {
+        Self::with_programs(ebpf, [PROG_TC_INGRESS, PROG_TC_EGRESS], mode)
     }
 
     /// Loads `programs` (attached to the ingress and the egress hook; one program may serve
-    /// both) into the kernel.
+    /// both) into the kernel, to be attached in `mode`.
     pub(crate) fn with_programs(
         mut ebpf: Ebpf,
         programs: [&'static str; 2],
+        mode: AttachMode,
     ) -> Result<Self, DatapathError> {
         for (i, name) in programs.into_iter().enumerate() {
             if i == 1 && name == programs[0] {
@@ -81,11 +105,6 @@ impl Attacher {
             super::retry_interrupted_load(|| program.load())
                 .map_err(|e| DatapathError::Load(format!("program {name}: {e}")))?;
         }
-        let mode = if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
-            AttachMode::Tcx
-        } else {
-            AttachMode::Clsact
-        };
         Ok(Attacher {
             ebpf,
             programs,
@@ -273,6 +292,12 @@ fn force_detach(link: &SchedClassifierLink) {
     }
 }
 
+/// Whether adding the clsact qdisc failed because the interface already has one (`EEXIST`;
+/// the kernel's message then says "Exclusivity flag on, cannot modify").
 fn is_exists(e: &tc::TcError) -> bool {
-    matches!(e, tc::TcError::AlreadyAttached) || e.to_string().contains("exists")
+    match e {
+        tc::TcError::AlreadyAttached => true,
+        tc::TcError::NetlinkError(n) => n.raw_os_error() == Some(libc::EEXIST),
+        _ => false,
+    }
 }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use netpol_observe_ebpf::{DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES};
 
+use super::AttachMode;
+
 /// Interface name patterns attached by default: the host side of pod interfaces of common CNIs
 /// (bridge/ptp `veth*`, Calico `cali*`, Cilium `lxc*`, Azure `azv*`, AWS VPC CNI `eni*`,
 /// GKE `gke*`).
@@ -35,6 +37,8 @@ pub struct DatapathConfig {
     pub learn_local_endpoints: bool,
     /// Forward the eBPF programs' `aya-log` messages (cold paths only) to `tracing`.
     pub ebpf_log: bool,
+    /// How the programs are attached; `None`: [`AttachMode::for_this_kernel`].
+    pub attach_mode: Option<AttachMode>,
 }
 
 impl Default for DatapathConfig {
@@ -50,6 +54,7 @@ impl Default for DatapathConfig {
             node_name: None,
             learn_local_endpoints: true,
             ebpf_log: false,
+            attach_mode: None,
         }
     }
 }

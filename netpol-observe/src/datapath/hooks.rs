@@ -9,7 +9,11 @@ use aya::{
 };
 use netpol_observe_ebpf::PROG_TC_NOOP;
 
-use super::{DatapathError, EBPF_OBJECT, attach::Attacher, links};
+use super::{
+    DatapathError, EBPF_OBJECT,
+    attach::{AttachMode, Attacher},
+    links,
+};
 
 /// The no-op program attached to the ingress and egress hooks of some interfaces; detached
 /// by [`NoopHooks::detach`] (or, without clsact clean-up, on drop).
@@ -28,7 +32,11 @@ impl NoopHooks {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(e.to_string()))?;
-        let mut attacher = Attacher::with_programs(ebpf, [PROG_TC_NOOP, PROG_TC_NOOP])?;
+        let mut attacher = Attacher::with_programs(
+            ebpf,
+            [PROG_TC_NOOP, PROG_TC_NOOP],
+            AttachMode::for_this_kernel(),
+        )?;
         let (present, _messages, netlink) = links::subscribe().await?;
         let mut names = Vec::new();
         for (index, name) in &present {

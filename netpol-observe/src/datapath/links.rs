@@ -64,12 +64,42 @@ fn link_name(link: &LinkMessage) -> Option<String> {
     })
 }
 
-/// Deletes the clsact qdisc of `ifindex` (only ever one the datapath added itself).
+/// Deletes the clsact qdisc of `ifindex` (only ever one the datapath added itself, after
+/// detaching its own filters) unless another tool has added filters to it meanwhile:
+/// deleting it would delete theirs.
 pub(crate) async fn delete_clsact(
     handle: &rtnetlink::Handle,
     ifindex: u32,
 ) -> Result<(), DatapathError> {
+    use futures::TryStreamExt;
     use netlink_packet_route::tc::TcHandle;
+    let err = |e: rtnetlink::Error| {
+        DatapathError::Netlink(format!("listing the tc filters of ifindex {ifindex}: {e}"))
+    };
+    let filters = handle.traffic_filter(ifindex as i32);
+    let ingress: Vec<_> = filters
+        .clone()
+        .get()
+        .ingress()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(err)?;
+    let egress: Vec<_> = filters
+        .clone()
+        .get()
+        .egress()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(err)?;
+    if !ingress.is_empty() || !egress.is_empty() {
+        tracing::info!(
+            ifindex,
+            "keeping the clsact qdisc the datapath added: other filters use it now"
+        );
+        return Ok(());
+    }
     let mut req = handle.qdisc().del(ifindex as i32);
     let header = &mut req.message_mut().header;
     header.parent = TcHandle::from(0xFFFF_FFF1u32);

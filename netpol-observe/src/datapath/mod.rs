@@ -230,7 +230,12 @@ impl Datapath {
             })?;
 
         let flusher = kernel::CacheFlusher::load(&mut ebpf)?;
-        let mut attacher = attach::Attacher::new(ebpf)?;
+        let mut attacher = attach::Attacher::new(
+            ebpf,
+            config
+                .attach_mode
+                .unwrap_or_else(AttachMode::for_this_kernel),
+        )?;
         let logger = if config.ebpf_log {
             match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
                 Ok(l) => Some(l),
