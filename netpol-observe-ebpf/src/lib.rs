@@ -36,7 +36,7 @@ pub const PROG_FLUSH_FLOW_CACHE: &str = "flush_flow_cache";
 /// bytes each); userspace sizes it to the number of possible CPUs before loading.
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// Front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two).
-pub const FLOW_CACHE_SLOTS: u32 = 16;
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
 /// Name of the LRU hash map `FlowKey → FlowValue`.
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the ring buffer carrying [`FlowEvent`]s.

@@ -100,6 +100,9 @@ mod programs {
     /// Pending packets per direction an entry takes before the `FLOWS` path flushes it (so
     /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
     const PACKETS_MAX: u32 = 0xffff_0000;
+    /// How long a [`FlowCache`] entry's flow must have been idle (coarse clock) before
+    /// another flow of its slot takes the entry over.
+    const TAKEOVER_IDLE_NS: u64 = 10_000_000;
     /// Bit 31 of an epoch tag: set in every valid [`CpuLine::local_src`].
     const TAG_VALID: u32 = 1 << 31;
 
@@ -693,8 +696,8 @@ mod programs {
         /// The flow's [`FlowCache`] slot.
         #[inline(always)]
         fn slot(&self) -> usize {
-            ((self.addrs ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60)
-                as usize
+            ((self.addrs ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as usize
                 & (FLOW_CACHE_SLOTS as usize - 1)
         }
 
@@ -825,9 +828,10 @@ mod programs {
         let Some(v) = flows_v4(ctx, h, from_pod, flow, segs, bytes) else {
             return false;
         };
-        // The flow takes the entry if it is its own (new flag bits), empty, or idle for a
-        // clock tick: flows that share a slot do not evict each other on every packet.
-        if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) < now {
+        // The flow takes the entry if it is its own (new flag bits), empty, or idle for
+        // `TAKEOVER_IDLE_NS`: flows that share a slot do not evict each other on every
+        // packet (a takeover costs a second `FLOWS` lookup, for the previous flow's counts).
+        if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) + TAKEOVER_IDLE_NS < now {
             flush_cache(e);
             fill(e, flow, v, now, get(&line.epoch));
             if from_pod {

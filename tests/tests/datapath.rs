@@ -689,15 +689,16 @@ async fn thousands_of_flows_all_reported_and_overflow_counted() {
 }
 
 /// Many multi-packet flows between the same two pods, interleaved, on the per-CPU front
-/// entries of the flow map (`FLOW_CACHE`: 16 slots per CPU, so flows share slots, take them
-/// over when a slot's flow is idle for a clock tick and flush the previous flow's pending
-/// counts): every flow's packets and bytes are exact after a sweep.
+/// entries of the flow map (`FLOW_CACHE`: 1024 slots per CPU, so about a quarter of them are
+/// shared by 1000 flows; a flow takes a slot over when the slot's flow has been idle for
+/// 10 ms, flushing its pending counts, and otherwise counts in the flow map directly): every
+/// flow's packets and bytes are exact after a sweep (fails without the flush at a takeover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     if !require_root("interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly") {
         return;
     }
-    const FLOWS: usize = 200;
+    const FLOWS: usize = 1000;
     const ROUNDS: u64 = 6;
     const PAYLOAD: usize = 32;
     let br = Bridge::new(
@@ -717,12 +718,25 @@ async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
         let socks: Vec<UdpSocket> = (0..FLOWS)
             .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
             .collect();
-        for round in 0..ROUNDS {
-            for s in &socks {
+        // Per round: the order of the flows, and whether the slots' flows then go idle past
+        // the takeover time. A slot is filled by the first of its flows in some round (1),
+        // which then adds to it (2); after a pause, another flow comes first and takes it
+        // over, flushing the pending counts (3); the same again the other way (4, 5). The
+        // other flows of a slot count in the flow map directly.
+        const REVERSED: [bool; ROUNDS as usize] = [false, false, false, true, true, false];
+        const PAUSE_AFTER: [bool; ROUNDS as usize] = [true, false, true, false, true, false];
+        for round in 0..ROUNDS as usize {
+            let order: Vec<&UdpSocket> = if REVERSED[round] {
+                socks.iter().rev().collect()
+            } else {
+                socks.iter().collect()
+            };
+            for s in order {
                 s.send_to(&[round as u8; PAYLOAD], dst).unwrap();
             }
-            // Let the coarse clock move between rounds, so slots change hands.
-            std::thread::sleep(Duration::from_millis(15));
+            if PAUSE_AFTER[round] {
+                std::thread::sleep(Duration::from_millis(15));
+            }
         }
         socks
             .iter()

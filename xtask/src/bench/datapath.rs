@@ -15,7 +15,9 @@
 //! fourth arm to every round, another binary's agent (the before/after of a datapath change
 //! within one run: `agent / baseline agent`), and measures its ns per run alternately;
 //! `--placement same-cpu|cross-cpu` keeps one placement; `--rr-only` leaves the throughput
-//! runs and the per-program costs out (a quick request/response comparison).
+//! runs and the per-program costs out (a quick request/response comparison); `--flows N` runs
+//! the request/response loop over N connections, one transaction on each in turn (many
+//! concurrent flows on one CPU, more than its front entries of the flow map).
 
 use std::{
     fs::File,
@@ -326,9 +328,10 @@ fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-/// 1-byte TCP request/response between the pods, the two threads pinned as `placement`
-/// says; transactions per second.
-fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
+/// 1-byte TCP request/response between the pods over `flows` connections, one transaction
+/// on each in turn (`--flows`: many concurrent flows share the programs' per-CPU entries),
+/// the client and the server threads pinned as `placement` says; transactions per second.
+fn request_response(placement: Placement, seconds: u64, flows: usize) -> Result<f64> {
     let listener = std::thread::spawn(|| -> Result<TcpListener> {
         enter("nb-b")?;
         Ok(TcpListener::bind("0.0.0.0:5300")?)
@@ -337,11 +340,22 @@ fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
     .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
     let server = std::thread::spawn(move || -> Result<()> {
         pin_thread(placement.server_cpu)?;
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 1];
-        while s.read(&mut b)? == 1 {
-            s.write_all(&b)?;
+        let mut echoes = Vec::with_capacity(flows);
+        for _ in 0..flows {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            echoes.push(std::thread::spawn(move || -> Result<()> {
+                pin_thread(placement.server_cpu)?;
+                let mut b = [0u8; 1];
+                while s.read(&mut b)? == 1 {
+                    s.write_all(&b)?;
+                }
+                Ok(())
+            }));
+        }
+        for e in echoes {
+            e.join()
+                .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
         }
         Ok(())
     });
@@ -349,20 +363,31 @@ fn request_response(placement: Placement, seconds: u64) -> Result<f64> {
         enter("nb-a")?;
         pin_thread(placement.client_cpu)?;
         let addr: SocketAddr = format!("{SERVER_IP}:5300").parse()?;
-        let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        c.set_nodelay(true)?;
+        let mut conns = (0..flows)
+            .map(|_| {
+                let c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+                c.set_nodelay(true)?;
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mut b = [0u8; 1];
-        let warm_end = Instant::now() + RR_WARMUP;
-        while Instant::now() < warm_end {
+        let mut transact = |i: u64| -> Result<()> {
+            let c = &mut conns[(i % flows as u64) as usize];
             c.write_all(&[1])?;
             c.read_exact(&mut b)?;
+            Ok(())
+        };
+        let warm_end = Instant::now() + RR_WARMUP;
+        let mut i: u64 = 0;
+        while Instant::now() < warm_end {
+            transact(i)?;
+            i += 1;
         }
         let start = Instant::now();
         let end = start + Duration::from_secs(seconds);
         let mut n: u64 = 0;
         while Instant::now() < end {
-            c.write_all(&[1])?;
-            c.read_exact(&mut b)?;
+            transact(i + n)?;
             n += 1;
         }
         Ok(n as f64 / start.elapsed().as_secs_f64())
@@ -383,6 +408,8 @@ struct RunSetup<'a> {
     seconds: u64,
     /// Leave the throughput runs out (`--rr-only`).
     rr_only: bool,
+    /// Connections of the request/response runs (`--flows`, default 1).
+    flows: usize,
 }
 
 fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64)> {
@@ -394,7 +421,7 @@ fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64
     } else {
         throughput(placement, seconds)?
     };
-    let rr = request_response(placement, seconds)?;
+    let rr = request_response(placement, seconds, setup.flows)?;
     if let Some(a) = attached {
         a.stop()?;
     }
@@ -499,7 +526,7 @@ struct CostRun<'a> {
 /// the kernel's ns per program run — a figure that machine noise hardly moves, unlike
 /// throughput. With a `baseline` binary, its agent runs alternately with this one (new,
 /// baseline, new, baseline) for a before/after comparison within one run.
-fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64) -> Result<()> {
+fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64, flows: usize) -> Result<()> {
     println!(
         "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
     );
@@ -538,7 +565,7 @@ fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64) -> Result<()
             let stats = BpfStats::enable()?;
             let s0 = prog_stats(run.bin)?;
             let started = Instant::now();
-            let tps = request_response(placement, seconds)?;
+            let tps = request_response(placement, seconds, flows)?;
             let transactions = tps * started.elapsed().as_secs_f64();
             let s1 = prog_stats(run.bin)?;
             let gbps = throughput(placement, seconds)?;
@@ -588,11 +615,20 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
     let mut baseline = None;
     let mut prebuilt = None;
     let mut rr_only = false;
+    let mut flows: usize = 1;
     let mut placements: Vec<Placement> = PLACEMENTS.to_vec();
     let mut args = extra.iter();
     while let Some(flag) = args.next() {
         if flag == "--rr-only" {
             rr_only = true;
+            continue;
+        }
+        if flag == "--flows" {
+            flows = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n >= 1)
+                .context("datapath: --flows needs a number of connections (at least 1)")?;
             continue;
         }
         if flag == "--placement" {
@@ -612,7 +648,7 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
             "--bin" => prebuilt = Some(path),
             other => bail!(
                 "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
-                 --placement LABEL, --rr-only)"
+                 --placement LABEL, --rr-only, --flows N)"
             ),
         }
     }
@@ -631,6 +667,7 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         baseline: baseline.as_deref(),
         seconds,
         rr_only,
+        flows,
     };
     let mut results: Vec<PlacementRuns> = placements
         .iter()
@@ -645,7 +682,8 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
             ),
             rr: Arms::new(
                 format!(
-                    "[{}] TCP request/response, transactions/s ({seconds} s runs)",
+                    "[{}] TCP request/response, transactions/s ({seconds} s runs, {flows} \
+                     connection(s) in turn)",
                     placement.label
                 ),
                 &labels,
@@ -705,5 +743,5 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         // A quick look at request/response: the per-program costs are left out.
         return Ok(());
     }
-    program_costs(&bin, baseline.as_deref(), seconds)
+    program_costs(&bin, baseline.as_deref(), seconds, flows)
 }
