@@ -115,10 +115,10 @@ pub enum Counter {
     FlowsCreated = 3,
     /// Ring-buffer events sent.
     EventsSent = 4,
-    /// IP packets counted into flows by the general path: first packets of flows, IPv6 and
-    /// IPv4 other than option-less unfragmented TCP/UDP. Packets of established IPv4 TCP/UDP
-    /// flows take the fast path, which counts them only in the flow map (no per-CPU counter
-    /// access per packet).
+    /// IP packets counted into flows by the general path: first packets of flows, and
+    /// packets other than TCP/UDP in IPv4 without options or IPv6 without extension headers,
+    /// unfragmented. Packets of established flows of that kind take the fast paths, which
+    /// count them only in the flow map (no per-CPU counter access per packet).
     Packets = 5,
     /// Packets not counted because the other pod's interface on this node counts them.
     SkippedLocal = 6,

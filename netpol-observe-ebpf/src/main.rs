@@ -417,12 +417,18 @@ mod programs {
     }
 
     /// Everything [`observe`] leaves: IPv4 TCP/UDP packets that are not simple hits of
-    /// their front entry ([`fast_v4`]), and the general path. A subprogram of its own, so
-    /// that the programs' per-packet code keeps a small frame and few registers.
+    /// their front entry ([`fast_v4`]), IPv6 TCP/UDP packets of established flows
+    /// ([`fast_v6`]), and the general path. A subprogram of its own, so that the programs'
+    /// per-packet code keeps a small frame and few registers.
     #[inline(never)]
     fn observe_slow(ctx: &TcContext, from_pod: bool) {
         if let Some(h) = v4_headers(ctx)
             && fast_v4(ctx, &h, from_pod, cpu_state())
+        {
+            return;
+        }
+        if let Some(h) = v6_headers(ctx)
+            && fast_v6(ctx, &h, from_pod)
         {
             return;
         }
@@ -489,6 +495,30 @@ mod programs {
     /// Length of the headers the IPv4 fast path reads: Ethernet, a 20-byte IPv4 header and
     /// the first 20 bytes of the transport header.
     const FAST_V4_LEN: usize = ETH_HLEN + 20 + 20;
+
+    /// Length of the headers the IPv6 fast path reads: Ethernet, a 40-byte IPv6 header (no
+    /// extension header) and the first 20 bytes of the transport header.
+    const FAST_V6_LEN: usize = ETH_HLEN + 40 + 20;
+
+    /// As [`pkt_u32`], 8 bytes (`ldxdw`).
+    ///
+    /// # Safety
+    /// As [`pkt_u32`], for `p + OFF .. p + OFF + 8`.
+    #[inline(always)]
+    unsafe fn pkt_u64<const OFF: i16>(p: usize) -> u64 {
+        let v: u64;
+        // SAFETY: see the function's contract; the instruction only reads packet memory.
+        unsafe {
+            core::arch::asm!(
+                "{v} = *(u64 *)({p} + {off})",
+                v = lateout(reg) v,
+                p = in(reg) p,
+                off = const OFF,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        v
+    }
 
     /// One 4-byte load from packet memory at `p + OFF`, as a single BPF `ldxw` instruction;
     /// the bytes in memory order (`u32::from_ne_bytes` of the 4 packet bytes).
@@ -600,6 +630,113 @@ mod programs {
             tcp_flags,
             l4_hdr_len,
         })
+    }
+
+    /// The headers of an IPv6 TCP or UDP packet without extension headers whose headers are
+    /// in the linear data, read after one bounds check (the general parser's case otherwise).
+    struct V6Headers {
+        /// Source address: two words as read from the packet (memory order, see [`pkt_u64`]).
+        src: [u64; 2],
+        /// Destination address, likewise.
+        dst: [u64; 2],
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        /// TCP flags (0 for UDP).
+        tcp_flags: u32,
+        /// Transport header length.
+        l4_hdr_len: u64,
+    }
+
+    /// The packet's [`V6Headers`], or `None`. As [`v4_headers`]: little-endian views of the
+    /// packet bytes.
+    #[inline(always)]
+    fn v6_headers(ctx: &TcContext) -> Option<V6Headers> {
+        let p = ctx.data();
+        if p + FAST_V6_LEN > ctx.data_end() {
+            return None;
+        }
+        // SAFETY (every load below): each reads within the first 68 < FAST_V6_LEN bytes,
+        // checked against data_end above.
+        // Bytes 12..16: ethertype (86 dd), version 6 (high nibble of byte 14).
+        let w = unsafe { pkt_u32::<12>(p) };
+        // Byte 20: next header, here the transport protocol.
+        let proto = unsafe { pkt_u16::<20>(p) } as u8;
+        if w & 0x00f0_ffff != 0x0060_dd86 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+            return None;
+        }
+        const L4: i16 = (ETH_HLEN + 40) as i16;
+        let (tcp_flags, l4_hdr_len) = if proto == IPPROTO_TCP {
+            // Bytes 66, 67: data offset, flags.
+            let t = unsafe { pkt_u16::<{ L4 + 12 }>(p) };
+            ((t >> 8) as u32, (((t & 0xff) >> 4) as u64) * 4)
+        } else {
+            (0, 8)
+        };
+        let ports = unsafe { pkt_u32::<L4>(p) };
+        const SRC: i16 = ETH_HLEN as i16 + 8;
+        const DST: i16 = ETH_HLEN as i16 + 24;
+        Some(V6Headers {
+            src: unsafe { [pkt_u64::<SRC>(p), pkt_u64::<{ SRC + 8 }>(p)] },
+            dst: unsafe { [pkt_u64::<DST>(p), pkt_u64::<{ DST + 8 }>(p)] },
+            proto,
+            sport: u16::from_be(ports as u16),
+            dport: u16::from_be((ports >> 16) as u16),
+            tcp_flags,
+            l4_hdr_len,
+        })
+    }
+
+    /// An IPv6 TCP/UDP packet (headers `h`) of an established flow: the same-node skip, then
+    /// the `FLOWS` path (one lookup, the atomic update), as the general path does it without
+    /// its parser and scratch map. Returns false, having changed nothing, for the first
+    /// packet of a flow: the general path creates it.
+    #[inline(always)]
+    fn fast_v6(ctx: &TcContext, h: &V6Headers, from_pod: bool) -> bool {
+        let mut src = Addr([0; 16]);
+        // SAFETY: two aligned 8-byte stores within the 16-byte, 8-aligned array.
+        unsafe {
+            let w = src.0.as_mut_ptr() as *mut u64;
+            core::ptr::write_volatile(w, h.src[0]);
+            core::ptr::write_volatile(w.add(1), h.src[1]);
+        }
+        if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
+            count(Counter::SkippedLocal);
+            return true;
+        }
+        // The order of `canonical`: the addresses bytewise (big-endian words), then the ports.
+        let (s0, d0) = (u64::from_be(h.src[0]), u64::from_be(h.dst[0]));
+        let (s1, d1) = (u64::from_be(h.src[1]), u64::from_be(h.dst[1]));
+        let src_lower = if s0 != d0 {
+            s0 < d0
+        } else if s1 != d1 {
+            s1 < d1
+        } else {
+            h.sport <= h.dport
+        };
+        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+            (h.src, h.sport, h.dst, h.dport, DIR_LO_TO_HI)
+        } else {
+            (h.dst, h.dport, h.src, h.sport, DIR_HI_TO_LO)
+        };
+        let words = KeyWords([
+            lo[0],
+            lo[1],
+            hi[0],
+            hi[1],
+            u64::from(lo_port)
+                | u64::from(hi_port) << 16
+                | u64::from(h.proto) << 32
+                | u64::from(FAMILY_V6) << 40,
+        ]);
+        let key = words.as_key();
+        let Some(v) = FLOWS.get_ptr_mut(key) else {
+            return false;
+        };
+        let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+        let (segs, bytes) = size(ctx, 40 + h.l4_hdr_len);
+        update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
+        true
     }
 
     /// The general path's packet from the fast path's headers `h`: only the first packet of

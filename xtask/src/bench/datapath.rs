@@ -17,12 +17,13 @@
 //! `--placement same-cpu|cross-cpu` keeps one placement; `--rr-only` leaves the throughput
 //! runs and the per-program costs out (a quick request/response comparison); `--flows N` runs
 //! the request/response loop over N connections, one transaction on each in turn (many
-//! concurrent flows on one CPU, more than its front entries of the flow map).
+//! concurrent flows on one CPU, more than its front entries of the flow map); `--ipv6` runs
+//! every stream and loop over the pods' IPv6 addresses.
 
 use std::{
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::Path,
     process::{Child, Command, Stdio},
@@ -34,11 +35,13 @@ use anyhow::{Context, Result, bail};
 use super::stats::Arms;
 
 const BRIDGE: &str = "nbbr0";
-const PODS: [(&str, &str, &str); 2] = [
-    ("nb-a", "nbva0", "10.99.0.2"),
-    ("nb-b", "nbvb0", "10.99.0.3"),
+/// (namespace, host interface, IPv4 address, IPv6 address) of each pod.
+const PODS: [(&str, &str, &str, &str); 2] = [
+    ("nb-a", "nbva0", "10.99.0.2", "fd99::2"),
+    ("nb-b", "nbvb0", "10.99.0.3", "fd99::3"),
 ];
-const SERVER_IP: &str = "10.99.0.3";
+/// Pod b's addresses: the server of every run (`--ipv6` picks the second).
+const SERVER_IPS: [&str; 2] = ["10.99.0.3", "fd99::3"];
 
 /// Removes the bench topology on drop (also on error or panic).
 struct Topology;
@@ -50,7 +53,7 @@ impl Topology {
         ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         ip(&["addr", "add", "10.99.0.1/24", "dev", BRIDGE])?;
         ip(&["link", "set", BRIDGE, "up"])?;
-        for (ns, host_if, addr) in PODS {
+        for (ns, host_if, addr, addr6) in PODS {
             ip(&["netns", "add", ns])?;
             ip(&[
                 "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
@@ -66,13 +69,23 @@ impl Topology {
                 "dev",
                 "eth0",
             ])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
         Ok(t)
     }
 
     fn cleanup(&self) {
-        for (ns, host_if, _) in PODS {
+        for (ns, host_if, _, _) in PODS {
             let _ = quiet(&["netns", "del", ns]);
             let _ = quiet(&["link", "del", host_if]);
         }
@@ -275,7 +288,7 @@ const IPERF_OMIT_SECONDS: &str = "1";
 const RR_WARMUP: Duration = Duration::from_millis(500);
 
 /// iperf3 TCP stream from pod a to pod b, each pinned as `placement` says; Gbit/s received.
-fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
+fn throughput(placement: Placement, traffic: &Traffic) -> Result<f64> {
     let server_cpu = placement.server_cpu.to_string();
     let client_cpu = placement.client_cpu.to_string();
     let mut server = Command::new("ip")
@@ -303,7 +316,7 @@ fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
             "nb-a",
             "iperf3",
             "-c",
-            SERVER_IP,
+            &traffic.server.to_string(),
             "-p",
             "5201",
             "-A",
@@ -313,7 +326,7 @@ fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
             IPERF_OMIT_SECONDS,
             "-t",
         ])
-        .arg(seconds.to_string())
+        .arg(traffic.seconds.to_string())
         .output()
         .context("running iperf3 -c")?;
     let _ = server.wait();
@@ -331,10 +344,11 @@ fn throughput(placement: Placement, seconds: u64) -> Result<f64> {
 /// 1-byte TCP request/response between the pods over `flows` connections, one transaction
 /// on each in turn (`--flows`: many concurrent flows share the programs' per-CPU entries),
 /// the client and the server threads pinned as `placement` says; transactions per second.
-fn request_response(placement: Placement, seconds: u64, flows: usize) -> Result<f64> {
+fn request_response(placement: Placement, traffic: &Traffic) -> Result<f64> {
+    let (seconds, flows, server_ip) = (traffic.seconds, traffic.flows, traffic.server);
     let listener = std::thread::spawn(|| -> Result<TcpListener> {
         enter("nb-b")?;
-        Ok(TcpListener::bind("0.0.0.0:5300")?)
+        Ok(TcpListener::bind("[::]:5300")?)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
@@ -362,7 +376,7 @@ fn request_response(placement: Placement, seconds: u64, flows: usize) -> Result<
     let client = std::thread::spawn(move || -> Result<f64> {
         enter("nb-a")?;
         pin_thread(placement.client_cpu)?;
-        let addr: SocketAddr = format!("{SERVER_IP}:5300").parse()?;
+        let addr = SocketAddr::new(server_ip, 5300);
         let mut conns = (0..flows)
             .map(|_| {
                 let c = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
@@ -401,27 +415,33 @@ fn request_response(placement: Placement, seconds: u64, flows: usize) -> Result<
     Ok(tps)
 }
 
+/// The traffic of every run.
+struct Traffic {
+    seconds: u64,
+    /// Connections of the request/response runs (`--flows`, default 1).
+    flows: usize,
+    /// Pod b's IPv4 address, or its IPv6 address with `--ipv6`.
+    server: IpAddr,
+}
+
 /// What every run of a benchmark invocation shares.
 struct RunSetup<'a> {
     bin: &'a Path,
     baseline: Option<&'a Path>,
-    seconds: u64,
     /// Leave the throughput runs out (`--rr-only`).
     rr_only: bool,
-    /// Connections of the request/response runs (`--flows`, default 1).
-    flows: usize,
+    traffic: Traffic,
 }
 
 fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64)> {
-    let (seconds, rr_only) = (setup.seconds, setup.rr_only);
     let attached = arm.start(setup.bin, setup.baseline)?;
     std::thread::sleep(SETTLE);
-    let t = if rr_only {
+    let t = if setup.rr_only {
         f64::NAN
     } else {
-        throughput(placement, seconds)?
+        throughput(placement, &setup.traffic)?
     };
-    let rr = request_response(placement, seconds, setup.flows)?;
+    let rr = request_response(placement, &setup.traffic)?;
     if let Some(a) = attached {
         a.stop()?;
     }
@@ -526,7 +546,8 @@ struct CostRun<'a> {
 /// the kernel's ns per program run — a figure that machine noise hardly moves, unlike
 /// throughput. With a `baseline` binary, its agent runs alternately with this one (new,
 /// baseline, new, baseline) for a before/after comparison within one run.
-fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64, flows: usize) -> Result<()> {
+fn program_costs(bin: &Path, baseline: Option<&Path>, traffic: &Traffic) -> Result<()> {
+    let seconds = traffic.seconds;
     println!(
         "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
     );
@@ -565,10 +586,10 @@ fn program_costs(bin: &Path, baseline: Option<&Path>, seconds: u64, flows: usize
             let stats = BpfStats::enable()?;
             let s0 = prog_stats(run.bin)?;
             let started = Instant::now();
-            let tps = request_response(placement, seconds, flows)?;
+            let tps = request_response(placement, traffic)?;
             let transactions = tps * started.elapsed().as_secs_f64();
             let s1 = prog_stats(run.bin)?;
-            let gbps = throughput(placement, seconds)?;
+            let gbps = throughput(placement, traffic)?;
             let s2 = prog_stats(run.bin)?;
             drop(stats);
             if let Some(a) = attached {
@@ -616,11 +637,16 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
     let mut prebuilt = None;
     let mut rr_only = false;
     let mut flows: usize = 1;
+    let mut ipv6 = false;
     let mut placements: Vec<Placement> = PLACEMENTS.to_vec();
     let mut args = extra.iter();
     while let Some(flag) = args.next() {
         if flag == "--rr-only" {
             rr_only = true;
+            continue;
+        }
+        if flag == "--ipv6" {
+            ipv6 = true;
             continue;
         }
         if flag == "--flows" {
@@ -648,7 +674,7 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
             "--bin" => prebuilt = Some(path),
             other => bail!(
                 "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
-                 --placement LABEL, --rr-only, --flows N)"
+                 --placement LABEL, --rr-only, --flows N, --ipv6)"
             ),
         }
     }
@@ -665,25 +691,29 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
     let setup = RunSetup {
         bin: &bin,
         baseline: baseline.as_deref(),
-        seconds,
         rr_only,
-        flows,
+        traffic: Traffic {
+            seconds,
+            flows,
+            server: SERVER_IPS[usize::from(ipv6)].parse()?,
+        },
     };
+    let family = if ipv6 { "/IPv6" } else { "" };
     let mut results: Vec<PlacementRuns> = placements
         .iter()
         .map(|&placement| PlacementRuns {
             placement,
             tput: Arms::new(
                 format!(
-                    "[{}] iperf3 TCP throughput, Gbit/s ({seconds} s runs)",
+                    "[{}] iperf3 TCP{family} throughput, Gbit/s ({seconds} s runs)",
                     placement.label
                 ),
                 &labels,
             ),
             rr: Arms::new(
                 format!(
-                    "[{}] TCP request/response, transactions/s ({seconds} s runs, {flows} \
-                     connection(s) in turn)",
+                    "[{}] TCP{family} request/response, transactions/s ({seconds} s runs, \
+                     {flows} connection(s) in turn)",
                     placement.label
                 ),
                 &labels,
@@ -743,5 +773,5 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         // A quick look at request/response: the per-program costs are left out.
         return Ok(());
     }
-    program_costs(&bin, baseline.as_deref(), seconds, flows)
+    program_costs(&bin, baseline.as_deref(), &setup.traffic)
 }
