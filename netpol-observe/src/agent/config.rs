@@ -331,6 +331,9 @@ mod deploy_tests {
         c.validate().unwrap();
         assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 9965)));
         assert_eq!(c.drop_reasons, AgentConfig::default().drop_reasons);
+        // Only pod interfaces: a bridge or tunnel would count pod traffic a second time.
+        assert_eq!(c.interfaces, DEFAULT_INCLUDE);
+        assert_eq!(c.exclude, DEFAULT_EXCLUDE);
         crate::attribution::Subnets::from_yaml_str(
             &data["subnets.yaml"],
             Path::new("subnets.yaml"),
