@@ -1,0 +1,238 @@
+//! The flow map `FLOWS`: the established-flow lookups of both fast paths, the per-packet
+//! update (atomic counters, flag bits, close events), the ring-buffer events and the
+//! kernel-side failure counters.
+
+use super::front::FlowV4;
+use super::local::{LEARN_LOCAL, LOCAL_ENDPOINTS, learn_endpoint};
+use super::mem::{add64, or64};
+use super::packet::{Addr, V4Headers, V6Headers, map_v4, size};
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::TcContext;
+use netpol_observe_ebpf::{
+    COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
+    DIR_LO_TO_HI, EVENT_FIN, EVENT_RST, FAMILY_V6, FlowEvent, FlowKey, FlowValue, event_bits,
+    learned_bit, tcp_flag_bits, tcp_flags,
+};
+
+#[map(name = "FLOWS")]
+pub(super) static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map(name = "FLOW_EVENTS")]
+pub(super) static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+#[map(name = "COUNTERS")]
+pub(super) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+pub(super) const BPF_NOEXIST: u64 = 1;
+pub(super) const EEXIST: i32 = 17;
+
+#[inline(always)]
+pub(super) fn count(c: Counter) {
+    count_n(c, 1);
+}
+
+#[inline(always)]
+pub(super) fn count_n(c: Counter, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *p += n };
+    }
+}
+
+/// An IPv6 TCP/UDP packet (headers `h`) of an established flow: the same-node skip, then
+/// the `FLOWS` path (one lookup, the atomic update), as the general path does it without
+/// its parser and scratch map. Returns false, having changed nothing, for the first
+/// packet of a flow: the general path creates it.
+#[inline(always)]
+pub(super) fn fast_v6(ctx: &TcContext, h: &V6Headers, from_pod: bool) -> bool {
+    let mut src = Addr([0; 16]);
+    // SAFETY: two aligned 8-byte stores within the 16-byte, 8-aligned array.
+    unsafe {
+        let w = src.0.as_mut_ptr() as *mut u64;
+        core::ptr::write_volatile(w, h.src[0]);
+        core::ptr::write_volatile(w.add(1), h.src[1]);
+    }
+    if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
+        count(Counter::SkippedLocal);
+        return true;
+    }
+    // The order of `canonical`: the addresses bytewise (big-endian words), then the ports.
+    let (s0, d0) = (u64::from_be(h.src[0]), u64::from_be(h.dst[0]));
+    let (s1, d1) = (u64::from_be(h.src[1]), u64::from_be(h.dst[1]));
+    let src_lower = if s0 != d0 {
+        s0 < d0
+    } else if s1 != d1 {
+        s1 < d1
+    } else {
+        h.sport <= h.dport
+    };
+    let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+        (h.src, h.sport, h.dst, h.dport, DIR_LO_TO_HI)
+    } else {
+        (h.dst, h.dport, h.src, h.sport, DIR_HI_TO_LO)
+    };
+    let words = KeyWords([
+        lo[0],
+        lo[1],
+        hi[0],
+        hi[1],
+        u64::from(lo_port)
+            | u64::from(hi_port) << 16
+            | u64::from(h.proto) << 32
+            | u64::from(FAMILY_V6) << 40,
+    ]);
+    let key = words.as_key();
+    let Some(v) = FLOWS.get_ptr_mut(key) else {
+        return false;
+    };
+    let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+    let (segs, bytes) = size(ctx, 40 + h.l4_hdr_len);
+    update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
+    true
+}
+
+/// A flow key on the stack, 8-aligned, built with five 64-bit stores.
+#[repr(C, align(8))]
+pub(super) struct KeyWords(pub(super) [u64; 5]);
+
+impl KeyWords {
+    #[inline(always)]
+    pub(super) fn as_key(&self) -> &FlowKey {
+        // SAFETY: FlowKey is 40 bytes of integers (layout checked by the crate's tests);
+        // KeyWords has its size and a larger alignment.
+        unsafe { &*((self as *const KeyWords) as *const FlowKey) }
+    }
+}
+
+/// A flow value on the stack, built with eight 64-bit stores (no `memset`).
+#[repr(C, align(8))]
+pub(super) struct ValueWords(pub(super) [u64; 8]);
+
+impl ValueWords {
+    #[inline(always)]
+    pub(super) fn as_value(&self) -> &FlowValue {
+        // SAFETY: FlowValue is 64 bytes of integers, `initiator` and zero padding last
+        // (layout checked by the crate's tests); ValueWords has its size and alignment.
+        unsafe { &*((self as *const ValueWords) as *const FlowValue) }
+    }
+}
+
+/// The `FLOWS` path of an established IPv4 TCP/UDP packet: one flow-map lookup and the
+/// atomic counter update. Returns the flow's entry, or `None` when the flow is not in the
+/// map (the general path creates it).
+#[inline(always)]
+pub(super) fn flows_v4(
+    ctx: &TcContext,
+    h: &V4Headers,
+    from_pod: bool,
+    flow: &FlowV4,
+    segs: u64,
+    bytes: u64,
+) -> Option<*mut FlowValue> {
+    let words = flow.key_words();
+    let key = words.as_key();
+    let v = FLOWS.get_ptr_mut(key)?;
+    let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
+    // Written whatever `learn` is: two stores. A zeroed array overwritten only when
+    // `learn` compiles to a call of the byte-loop `memset` on every packet (the datapath's
+    // `per_packet_path_calls_no_memset` test checks the object).
+    let mut src = Addr([0; 16]);
+    map_v4(h.src, &mut src.0);
+    update(
+        ctx,
+        v,
+        key,
+        segs,
+        bytes,
+        h.tcp_flags,
+        &src.0,
+        flow.dir,
+        learn,
+    );
+    Some(v)
+}
+
+#[inline(always)]
+pub(super) fn mark_close(key: &FlowKey, kind: u32, initiator: u8, dir: u8, now: u64) {
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        let bits = event_bits(kind);
+        if unsafe { or64(&raw mut (*v).flags, bits) } & bits == 0 {
+            emit(key, now, kind, initiator, dir);
+        }
+    }
+}
+
+/// A packet of an existing flow: atomic adds on the counters; every other write only
+/// when it changes something (`last_seen` moves once per clock tick, flag bits once).
+#[inline(always)]
+pub(super) fn update(
+    ctx: &TcContext,
+    v: *mut FlowValue,
+    key: &FlowKey,
+    segs: u64,
+    bytes: u64,
+    f: u32,
+    src: &[u8; 16],
+    dir: u8,
+    learn: bool,
+) {
+    let d = (dir & 1) as usize;
+    unsafe {
+        add64(&raw mut (*v).packets[d], segs);
+        add64(&raw mut (*v).bytes[d], bytes);
+        // The coarse clock (last timer tick) is enough for idleness and much cheaper; it
+        // may lag first_seen by less than a tick, hence the comparison.
+        let now = bpf_ktime_get_coarse_ns();
+        if (*v).last_seen_ns < now {
+            (*v).last_seen_ns = now;
+        }
+    }
+    let close = if f & tcp_flags::RST != 0 {
+        EVENT_RST
+    } else if f & tcp_flags::FIN != 0 {
+        EVENT_FIN
+    } else {
+        0
+    };
+    let mut bits = tcp_flag_bits(dir, f) | event_bits(close);
+    if learn {
+        bits |= learned_bit(dir);
+    }
+    if bits == 0 {
+        return;
+    }
+    let cur = unsafe { core::ptr::read_volatile(&raw const (*v).flags) };
+    if cur & bits == bits {
+        return;
+    }
+    if learn && cur & learned_bit(dir) == 0 && !learn_endpoint(ctx, src) {
+        // The endpoint map is full: try again with the next packet.
+        bits &= !learned_bit(dir);
+    }
+    let prev = unsafe { or64(&raw mut (*v).flags, bits) };
+    if close != 0 && prev & event_bits(close) == 0 {
+        let initiator = unsafe { (*v).initiator };
+        emit(key, unsafe { bpf_ktime_get_ns() }, close, initiator, dir);
+    }
+}
+
+#[inline(always)]
+pub(super) fn emit(key: &FlowKey, now: u64, kind: u32, initiator: u8, dir: u8) {
+    match FLOW_EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            entry.write(FlowEvent {
+                key: *key,
+                ts_ns: now,
+                kind,
+                initiator,
+                dir,
+                _pad: [0; 2],
+            });
+            entry.submit(0);
+            count(Counter::EventsSent);
+        }
+        None => count(Counter::RingbufFull),
+    }
+}
