@@ -32,11 +32,16 @@ pub const PROG_TC_NOOP: &str = "tc_noop";
 /// internal to them) into the flow map.
 pub const PROG_FLUSH_FLOW_CACHE: &str = "flush_flow_cache";
 /// Name of the array of the programs' per-CPU state (internal to them): element `c` belongs
-/// to CPU `c` (a line of its own and [`FLOW_CACHE_SLOTS`] front entries of the flow map, 64
-/// bytes each); userspace sizes it to the number of possible CPUs before loading.
+/// to CPU `c` (a line of its own, [`FLOW_CACHE_SLOTS`] IPv4 and [`FLOW_CACHE_V6_SLOTS`] IPv6
+/// front entries of the flow map: 96 KiB); userspace sizes it to the number of possible CPUs
+/// before loading.
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
-/// Front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two).
+/// IPv4 front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two; 64
+/// bytes each).
 pub const FLOW_CACHE_SLOTS: u32 = 1024;
+/// IPv6 front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two; 128
+/// bytes each).
+pub const FLOW_CACHE_V6_SLOTS: u32 = 256;
 /// Name of the LRU hash map `FlowKey → FlowValue`.
 pub const MAP_FLOWS: &str = "FLOWS";
 /// Name of the ring buffer carrying [`FlowEvent`]s.

@@ -689,35 +689,63 @@ async fn thousands_of_flows_all_reported_and_overflow_counted() {
 }
 
 /// Many multi-packet flows between the same two pods, interleaved, on the per-CPU front
-/// entries of the flow map (`FLOW_CACHE`: 1024 slots per CPU, so about a quarter of them are
-/// shared by 1000 flows; a flow takes a slot over when the slot's flow has been idle for
-/// 10 ms, flushing its pending counts, and otherwise counts in the flow map directly): every
-/// flow's packets and bytes are exact after a sweep (fails without the flush at a takeover).
+/// entries of the flow map (`FLOW_CACHE`: 1024 IPv4 slots per CPU, so about a quarter of
+/// them are shared by 1000 flows; 256 IPv6 slots, each shared by about four flows; a flow
+/// takes a slot over when the slot's flow has been idle for 10 ms, flushing its pending
+/// counts, and otherwise counts in the flow map directly): every flow's packets and bytes
+/// are exact after a sweep (fails without the flush at a takeover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     if !require_root("interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly") {
         return;
     }
+    interleaved_flows("dpF", 76, false).await;
+}
+
+/// As [`interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly`], over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_ipv6_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
+    if !require_root("interleaved_ipv6_flows_sharing_the_per_cpu_entries_are_counted_exactly") {
+        return;
+    }
+    interleaved_flows("dpJ", 81, true).await;
+}
+
+/// The interleaved-flows test on pods `<tag>-a` and `<tag>-b` of subnets `10.<net>.0.0/24`
+/// and `fd<net>::/64`, over IPv6 when `ipv6`.
+async fn interleaved_flows(tag: &str, net: u8, ipv6: bool) {
     const FLOWS: usize = 1000;
     const ROUNDS: u64 = 6;
     const PAYLOAD: usize = 32;
     let br = Bridge::new(
-        "dpF-br",
-        "10.76.0.1/24".parse().unwrap(),
-        "fd76::1/64".parse().unwrap(),
+        &format!("{tag}-br"),
+        format!("10.{net}.0.1/24").parse().unwrap(),
+        format!("fd{net}::1/64").parse().unwrap(),
     )
     .unwrap();
-    let a = Pod::on_bridge("dpF-a", "dpFa0", &br, v4("10.76.0.2"), v6("fd76::2")).unwrap();
-    let b = Pod::on_bridge("dpF-b", "dpFb0", &br, v4("10.76.0.3"), v6("fd76::3")).unwrap();
-    let (a4, b4) = (IpAddr::V4(a.v4), IpAddr::V4(b.v4));
+    let pod = |name: &str, host: u8| {
+        Pod::on_bridge(
+            &format!("{tag}-{name}"),
+            &format!("{tag}{name}0"),
+            &br,
+            v4(&format!("10.{net}.0.{host}")),
+            v6(&format!("fd{net}::{host}")),
+        )
+        .unwrap()
+    };
+    let (a, b) = (pod("a", 2), pod("b", 3));
+    let (src, dst_ip, any, ip_hdr) = if ipv6 {
+        (IpAddr::V6(a.v6), IpAddr::V6(b.v6), "[::]:0", 40)
+    } else {
+        (IpAddr::V4(a.v4), IpAddr::V4(b.v4), "0.0.0.0:0", 20)
+    };
     // A sink that accepts the datagrams without answering (no ICMP errors).
-    let _sink = b.run(|| UdpSocket::bind("0.0.0.0:7301").unwrap());
-    let dst = SocketAddr::new(b4, 7301);
-    let dp = Datapath::start(config("dpF?0")).await.unwrap();
+    let sink_addr = if ipv6 { "[::]:7301" } else { "0.0.0.0:7301" };
+    let _sink = b.run(move || UdpSocket::bind(sink_addr).unwrap());
+    let dst = SocketAddr::new(dst_ip, 7301);
+    let dp = Datapath::start(config(&format!("{tag}?0"))).await.unwrap();
     let ports = a.run(move || {
-        let socks: Vec<UdpSocket> = (0..FLOWS)
-            .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
-            .collect();
+        let socks: Vec<UdpSocket> = (0..FLOWS).map(|_| UdpSocket::bind(any).unwrap()).collect();
         // Per round: the order of the flows, and whether the slots' flows then go idle past
         // the takeover time. A slot is filled by the first of its flows in some round (1),
         // which then adds to it (2); after a pause, another flow comes first and takes it
@@ -745,7 +773,7 @@ async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     });
     dp.sweep_now().unwrap();
     let flows = dp.snapshot();
-    let found = flows_of(&flows, Protocol::Udp, a4, b4, Some(7301));
+    let found = flows_of(&flows, Protocol::Udp, src, dst_ip, Some(7301));
     assert_eq!(found.len(), FLOWS, "{found:#?}");
     for port in ports {
         let f = found
@@ -763,7 +791,7 @@ async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
         assert_eq!(
             f.bytes,
             Some(Directional {
-                sent: ROUNDS * (20 + 8 + PAYLOAD as u64),
+                sent: ROUNDS * (ip_hdr + 8 + PAYLOAD as u64),
                 received: 0
             }),
             "{f:?}"

@@ -2,18 +2,21 @@
 //! update (atomic counters, flag bits, close events), the ring-buffer events and the
 //! kernel-side failure counters.
 
-use super::front::FlowV4;
-use super::local::{LEARN_LOCAL, LOCAL_ENDPOINTS, learn_endpoint};
-use super::mem::{add64, or64};
-use super::packet::{Addr, V4Headers, V6Headers, map_v4, size};
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
 use netpol_observe_ebpf::{
-    COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, DIR_HI_TO_LO,
-    DIR_LO_TO_HI, EVENT_FIN, EVENT_RST, FAMILY_V6, FlowEvent, FlowKey, FlowValue, event_bits,
-    learned_bit, tcp_flag_bits, tcp_flags,
+    COUNTERS_LEN, Counter, DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES, EVENT_FIN, EVENT_RST,
+    FlowEvent, FlowKey, FlowValue, event_bits, learned_bit, tcp_flag_bits, tcp_flags,
+};
+
+use super::{
+    local::{LEARN_LOCAL, learn_endpoint},
+    mem::{add64, or64},
+    packet::Addr,
 };
 
 #[map(name = "FLOWS")]
@@ -39,58 +42,6 @@ pub(super) fn count_n(c: Counter, n: u64) {
         // Per-CPU slot: no other CPU writes it.
         unsafe { *p += n };
     }
-}
-
-/// An IPv6 TCP/UDP packet (headers `h`) of an established flow: the same-node skip, then
-/// the `FLOWS` path (one lookup, the atomic update), as the general path does it without
-/// its parser and scratch map. Returns false, having changed nothing, for the first
-/// packet of a flow: the general path creates it.
-#[inline(always)]
-pub(super) fn fast_v6(ctx: &TcContext, h: &V6Headers, from_pod: bool) -> bool {
-    let mut src = Addr([0; 16]);
-    // SAFETY: two aligned 8-byte stores within the 16-byte, 8-aligned array.
-    unsafe {
-        let w = src.0.as_mut_ptr() as *mut u64;
-        core::ptr::write_volatile(w, h.src[0]);
-        core::ptr::write_volatile(w.add(1), h.src[1]);
-    }
-    if !from_pod && LOCAL_ENDPOINTS.get_ptr(&src.0).is_some() {
-        count(Counter::SkippedLocal);
-        return true;
-    }
-    // The order of `canonical`: the addresses bytewise (big-endian words), then the ports.
-    let (s0, d0) = (u64::from_be(h.src[0]), u64::from_be(h.dst[0]));
-    let (s1, d1) = (u64::from_be(h.src[1]), u64::from_be(h.dst[1]));
-    let src_lower = if s0 != d0 {
-        s0 < d0
-    } else if s1 != d1 {
-        s1 < d1
-    } else {
-        h.sport <= h.dport
-    };
-    let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-        (h.src, h.sport, h.dst, h.dport, DIR_LO_TO_HI)
-    } else {
-        (h.dst, h.dport, h.src, h.sport, DIR_HI_TO_LO)
-    };
-    let words = KeyWords([
-        lo[0],
-        lo[1],
-        hi[0],
-        hi[1],
-        u64::from(lo_port)
-            | u64::from(hi_port) << 16
-            | u64::from(h.proto) << 32
-            | u64::from(FAMILY_V6) << 40,
-    ]);
-    let key = words.as_key();
-    let Some(v) = FLOWS.get_ptr_mut(key) else {
-        return false;
-    };
-    let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-    let (segs, bytes) = size(ctx, 40 + h.l4_hdr_len);
-    update(ctx, v, key, segs, bytes, h.tcp_flags, &src.0, dir, learn);
-    true
 }
 
 /// A flow key on the stack, 8-aligned, built with five 64-bit stores.
@@ -119,38 +70,25 @@ impl ValueWords {
     }
 }
 
-/// The `FLOWS` path of an established IPv4 TCP/UDP packet: one flow-map lookup and the
-/// atomic counter update. Returns the flow's entry, or `None` when the flow is not in the
-/// map (the general path creates it).
+/// The `FLOWS` path of an established flow's packet (`segs` segments, `bytes` IP bytes,
+/// TCP flags `tcp_flags`, direction `dir`, from `sender`): one lookup of `key` and the
+/// atomic counter update, learning the sender when the packet leaves a pod. Returns the
+/// flow's entry, or `None` when the flow is not in the map (the general path creates it).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(super) fn flows_v4(
+pub(super) fn flows_path(
     ctx: &TcContext,
-    h: &V4Headers,
+    key: &FlowKey,
+    sender: &Addr,
+    dir: u8,
+    tcp_flags: u32,
     from_pod: bool,
-    flow: &FlowV4,
     segs: u64,
     bytes: u64,
 ) -> Option<*mut FlowValue> {
-    let words = flow.key_words();
-    let key = words.as_key();
     let v = FLOWS.get_ptr_mut(key)?;
     let learn = from_pod && unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-    // Written whatever `learn` is: two stores. A zeroed array overwritten only when
-    // `learn` compiles to a call of the byte-loop `memset` on every packet (the datapath's
-    // `per_packet_path_calls_no_memset` test checks the object).
-    let mut src = Addr([0; 16]);
-    map_v4(h.src, &mut src.0);
-    update(
-        ctx,
-        v,
-        key,
-        segs,
-        bytes,
-        h.tcp_flags,
-        &src.0,
-        flow.dir,
-        learn,
-    );
+    update(ctx, v, key, segs, bytes, tcp_flags, &sender.0, dir, learn);
     Some(v)
 }
 

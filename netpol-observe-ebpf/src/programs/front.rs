@@ -1,24 +1,27 @@
-//! The per-CPU front entries of established IPv4 TCP/UDP flows (`FLOW_CACHE`): a hit only
-//! adds to its entry; everything else takes the `FLOWS` path and may take the entry over;
-//! the flush moves pending counts into `FLOWS`.
+//! The per-CPU front entries of established TCP/UDP flows (`FLOW_CACHE`), IPv4 and IPv6: a
+//! hit only adds to its entry; everything else takes the `FLOWS` path and may take the entry
+//! over; the flush moves pending counts into `FLOWS`.
 
-use super::flows::{BPF_NOEXIST, EEXIST, FLOWS, KeyWords, ValueWords, count, count_n, flows_v4};
-use super::local::{LEARN_LOCAL, is_local_v4, skip_local_v4};
-use super::mem::{add64, bump, get, set};
-use super::packet::{V4Headers, mapped_v4_word, size, v4_headers};
-use aya_ebpf::helpers::{
-    bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::map,
+    maps::Array,
+    programs::TcContext,
 };
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::Array;
-use aya_ebpf::programs::TcContext;
 use netpol_observe_ebpf::{
-    Counter, DIR_HI_TO_LO, DIR_LO_TO_HI, FAMILY_V4, FLOW_CACHE_SLOTS, FlowValue, INITIATOR_UNKNOWN,
-    learned_bit, tcp_flag_bits, tcp_flags,
+    Counter, DIR_HI_TO_LO, DIR_LO_TO_HI, FAMILY_V4, FAMILY_V6, FLOW_CACHE_SLOTS,
+    FLOW_CACHE_V6_SLOTS, FlowValue, INITIATOR_UNKNOWN, learned_bit, tcp_flag_bits, tcp_flags,
+};
+
+use super::{
+    flows::{BPF_NOEXIST, EEXIST, FLOWS, KeyWords, ValueWords, count, count_n, flows_path},
+    local::{LEARN_LOCAL, LOCAL_ENDPOINTS, is_local_v4, skip_local_v4},
+    mem::{add64, bump, get, set},
+    packet::{Addr, V4Headers, V6Headers, map_v4, mapped_v4_word, size, v4_headers},
 };
 
 /// `BPF_F_MMAPABLE`: see [`FLOW_CACHE`].
-pub(super) const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Each CPU's [`CpuState`]: element `c` belongs to CPU `c` (userspace sizes the map to
 /// the possible CPUs). A plain array indexed by CPU rather than a per-CPU array: the
@@ -27,34 +30,35 @@ pub(super) const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// With `BPF_F_MMAPABLE` the kernel starts the values on a page boundary, so each 64-byte
 /// part of an element is exactly one cache line (were it not, only speed would suffer).
 #[map(name = "FLOW_CACHE")]
-pub(super) static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the
-/// established IPv4 TCP/UDP flows it counts often, direct-mapped by a multiplicative
-/// hash of the flow, with the counts not yet added to their `FLOWS` entries. See
-/// [`hot_v4`].
+/// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the established
+/// TCP/UDP flows it counts often, per family direct-mapped by a multiplicative hash of the
+/// flow, with the counts not yet added to their `FLOWS` entries. See [`hot`].
 #[repr(C)]
 pub(super) struct CpuState {
     line: CpuLine,
-    entries: [FlowCache; FLOW_CACHE_SLOTS as usize],
+    v4: [Entry<V4Addrs>; FLOW_CACHE_SLOTS as usize],
+    v6: [Entry<V6Addrs>; FLOW_CACHE_V6_SLOTS as usize],
 }
 
 /// Pending packets per direction an entry takes before the `FLOWS` path flushes it (so
 /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
-pub(super) const PACKETS_MAX: u32 = 0xffff_0000;
-/// How long a [`FlowCache`] entry's flow must have been idle (coarse clock) before
-/// another flow of its slot takes the entry over.
-pub(super) const TAKEOVER_IDLE_NS: u64 = 10_000_000;
+const PACKETS_MAX: u32 = 0xffff_0000;
+/// How long an [`Entry`]'s flow must have been idle (coarse clock) before another flow of
+/// its slot takes the entry over.
+const TAKEOVER_IDLE_NS: u64 = 10_000_000;
 /// Bit 31 of an epoch tag: set in every valid [`CpuLine::local_src`].
-pub(super) const TAG_VALID: u32 = 1 << 31;
+const TAG_VALID: u32 = 1 << 31;
 
-/// One [`FLOW_CACHE`] entry, one cache line. Only programs running on the owning CPU
-/// touch it; they can nest (the flush program runs in an IPI or in process context,
-/// where a softirq can interrupt it, and a TC program can be interrupted by the flush's
-/// IPI), so whoever changes it sets `busy` first and clears it last, and whoever finds
-/// it set leaves the entry alone (a flush leaves its counts for the next one).
-#[repr(C)]
-pub(super) struct FlowCache {
+/// One [`FLOW_CACHE`] entry: one cache line for IPv4, two for IPv6 (`align(64)` rounds the
+/// size up). Only programs running on the owning CPU touch it; they can nest (the flush
+/// program runs in an IPI or in process context, where a softirq can interrupt it, and a TC
+/// program can be interrupted by the flush's IPI), so whoever changes it sets `busy` first
+/// and clears it last, and whoever finds it set leaves the entry alone (a flush leaves its
+/// counts for the next one).
+#[repr(C, align(64))]
+pub(super) struct Entry<A> {
     busy: u8,
     /// Bit `d` set: the sender of direction `d` was in `LOCAL_ENDPOINTS` at fill time,
     /// in the CPU's epoch `epoch` (see [`CpuLine`]).
@@ -67,9 +71,6 @@ pub(super) struct FlowCache {
     /// entry's flag word when the entry was filled: a packet with a flag bit not in here
     /// takes the `FLOWS` path (first SYN/FIN/RST of a direction, learning).
     flags: u32,
-    /// The IPv4 addresses of the flow's lower (low word) and higher endpoint, as read
-    /// from the packet (see [`pkt_u32`]).
-    addrs: u64,
     /// Bytes 32..40 of the flow's key (ports, protocol, family); 0: the entry is empty.
     tail: u64,
     /// Pending counts per direction, not yet in `FLOWS`.
@@ -81,9 +82,11 @@ pub(super) struct FlowCache {
     epoch: u32,
     /// Low 32 bits of `jiffies` at the latest pending packet (see [`add_to_entry`]).
     last_jiffy: u32,
+    /// The flow's addresses.
+    addrs: A,
 }
 
-/// The first element of each CPU's share of [`FLOW_CACHE`]: the same-node skip of
+/// The first element of each CPU's share of [`FLOW_CACHE`]: the same-node skip of IPv4
 /// packets to pods, answered in the one line the sender's ingress program has just
 /// written on this CPU (veth delivery runs the sender's ingress and the receiver's egress
 /// program back to back on one CPU).
@@ -106,21 +109,310 @@ pub(super) struct CpuLine {
     /// ingress program counted whose sender is local; the high word is
     /// `epoch | TAG_VALID` then.
     local_src: u64,
-    /// Packets an egress program skipped by `local_src` (never reset).
+    /// Packets an egress program skipped by `local_src` or an entry's `skip` (never reset).
     skipped: u64,
     /// The part of `skipped` the flush has added to `COUNTERS`.
     reported: u64,
     _rest: [u64; 4],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowCache>() == 64);
+const _: () = assert!(core::mem::size_of::<Entry<V4Addrs>>() == 64);
+const _: () = assert!(core::mem::size_of::<Entry<V6Addrs>>() == 128);
 const _: () = assert!(core::mem::size_of::<CpuLine>() == 64);
+
+/// The addresses of an IPv4 flow: the lower endpoint's (low word) and the higher's, each
+/// as read from the packet (see [`super::packet::pkt_u32`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct V4Addrs(u64);
+
+/// The addresses of an IPv6 flow: the lower endpoint's two words, then the higher's, as
+/// read from the packet (see [`super::packet::pkt_u64`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub(super) struct V6Addrs([u64; 4]);
+
+/// What the front entries need of a family's addresses.
+pub(super) trait Addrs: Copy + Sized {
+    /// log2 of the family's entries per CPU.
+    const SLOT_BITS: u32;
+    /// This CPU's line and its entry of `slot` (below `1 << SLOT_BITS`).
+    fn entry(st: &mut CpuState, slot: usize) -> (&mut CpuLine, &mut Entry<Self>);
+    /// Whether `stored`, an entry's addresses, are these (volatile loads, word by word: an
+    /// array comparison could become a `bcmp` call).
+    fn stored_in(&self, stored: &Self) -> bool;
+    /// Reads an entry's addresses (volatile, word by word).
+    fn load(stored: &Self) -> Self;
+    /// Writes these addresses into an entry (volatile, word by word: an aggregate store
+    /// could become a `memcpy` call).
+    fn store(&self, into: &mut Self);
+    /// The addresses folded into one word for the slot hash.
+    fn fold(&self) -> u64;
+    /// The `FLOWS` key of the flow with these addresses and the key's last word `tail`.
+    fn key_words(&self, tail: u64) -> KeyWords;
+    /// The address (16 bytes, IPv4 v4-mapped) of the sender of direction `dir`.
+    fn sender(&self, dir: u8) -> Addr;
+    /// Whether the sender of direction `dir` of a packet to a pod is a local endpoint.
+    fn sender_local(&self, ctx: &TcContext, dir: u8) -> bool;
+    /// Bit 0: the lower endpoint is a local endpoint; bit 1: the higher one.
+    fn local_bits(&self) -> u8;
+    /// After an ingress packet counted in entry `e` (direction index `d`): tells the egress
+    /// program that runs next on this CPU when its sender is local (IPv4 only: the line
+    /// holds an IPv4 address).
+    fn record_sender(&self, _line: &mut CpuLine, _e: &Entry<Self>, _d: usize) {}
+}
+
+impl Addrs for V4Addrs {
+    const SLOT_BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
+
+    #[inline(always)]
+    fn entry(st: &mut CpuState, slot: usize) -> (&mut CpuLine, &mut Entry<Self>) {
+        (
+            &mut st.line,
+            &mut st.v4[slot & (FLOW_CACHE_SLOTS as usize - 1)],
+        )
+    }
+
+    #[inline(always)]
+    fn stored_in(&self, stored: &Self) -> bool {
+        get(&stored.0) == self.0
+    }
+
+    #[inline(always)]
+    fn load(stored: &Self) -> Self {
+        V4Addrs(get(&stored.0))
+    }
+
+    #[inline(always)]
+    fn store(&self, into: &mut Self) {
+        set(&mut into.0, self.0);
+    }
+
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    fn key_words(&self, tail: u64) -> KeyWords {
+        KeyWords([
+            0,
+            mapped_v4_word(self.0 as u32),
+            0,
+            mapped_v4_word((self.0 >> 32) as u32),
+            tail,
+        ])
+    }
+
+    #[inline(always)]
+    fn sender(&self, dir: u8) -> Addr {
+        // Written whatever the caller needs: two stores. A zeroed array overwritten only
+        // when needed compiles to a call of the byte-loop `memset` on every packet (the
+        // datapath's `per_packet_path_calls_no_memset` test checks the object).
+        let mut a = Addr([0; 16]);
+        map_v4(self.sender_word(dir), &mut a.0);
+        a
+    }
+
+    #[inline(always)]
+    fn sender_local(&self, ctx: &TcContext, dir: u8) -> bool {
+        skip_local_v4(ctx, self.sender_word(dir))
+    }
+
+    #[inline(always)]
+    fn local_bits(&self) -> u8 {
+        u8::from(is_local_v4(self.0 as u32)) | u8::from(is_local_v4((self.0 >> 32) as u32)) << 1
+    }
+
+    #[inline(always)]
+    fn record_sender(&self, line: &mut CpuLine, e: &Entry<Self>, d: usize) {
+        if get(&e.skip) & (1 << d) == 0 {
+            return;
+        }
+        let epoch = get(&line.epoch);
+        if get(&e.epoch) != epoch {
+            return;
+        }
+        let tag = local_src_tag(self.sender_word(d as u8), epoch);
+        if get(&line.local_src) != tag {
+            set(&mut line.local_src, tag);
+        }
+    }
+}
+
+impl V4Addrs {
+    /// The IPv4 address of the sender of direction `dir` (as read from the packet).
+    #[inline(always)]
+    fn sender_word(&self, dir: u8) -> u32 {
+        (self.0 >> (32 * u64::from(dir & 1))) as u32
+    }
+}
+
+impl Addrs for V6Addrs {
+    const SLOT_BITS: u32 = FLOW_CACHE_V6_SLOTS.trailing_zeros();
+
+    #[inline(always)]
+    fn entry(st: &mut CpuState, slot: usize) -> (&mut CpuLine, &mut Entry<Self>) {
+        (
+            &mut st.line,
+            &mut st.v6[slot & (FLOW_CACHE_V6_SLOTS as usize - 1)],
+        )
+    }
+
+    #[inline(always)]
+    fn load(stored: &Self) -> Self {
+        V6Addrs([
+            get(&stored.0[0]),
+            get(&stored.0[1]),
+            get(&stored.0[2]),
+            get(&stored.0[3]),
+        ])
+    }
+
+    #[inline(always)]
+    fn store(&self, into: &mut Self) {
+        for i in 0..4 {
+            set(&mut into.0[i], self.0[i]);
+        }
+    }
+
+    #[inline(always)]
+    fn stored_in(&self, stored: &Self) -> bool {
+        get(&stored.0[0]) == self.0[0]
+            && get(&stored.0[1]) == self.0[1]
+            && get(&stored.0[2]) == self.0[2]
+            && get(&stored.0[3]) == self.0[3]
+    }
+
+    #[inline(always)]
+    fn fold(&self) -> u64 {
+        self.0[0] ^ self.0[1].rotate_left(16) ^ self.0[2].rotate_left(32) ^ self.0[3]
+    }
+
+    #[inline(always)]
+    fn key_words(&self, tail: u64) -> KeyWords {
+        KeyWords([self.0[0], self.0[1], self.0[2], self.0[3], tail])
+    }
+
+    #[inline(always)]
+    fn sender(&self, dir: u8) -> Addr {
+        let i = usize::from(dir & 1) * 2;
+        let mut a = Addr([0; 16]);
+        // SAFETY: two aligned 8-byte stores within the 16-byte, 8-aligned array.
+        unsafe {
+            let w = a.0.as_mut_ptr() as *mut u64;
+            core::ptr::write_volatile(w, self.0[i]);
+            core::ptr::write_volatile(w.add(1), self.0[i + 1]);
+        }
+        a
+    }
+
+    #[inline(always)]
+    fn sender_local(&self, _ctx: &TcContext, dir: u8) -> bool {
+        LOCAL_ENDPOINTS.get_ptr(&self.sender(dir).0).is_some()
+    }
+
+    #[inline(always)]
+    fn local_bits(&self) -> u8 {
+        let local = |dir: u8| LOCAL_ENDPOINTS.get_ptr(&self.sender(dir).0).is_some();
+        u8::from(local(DIR_LO_TO_HI)) | u8::from(local(DIR_HI_TO_LO)) << 1
+    }
+}
+
+/// An established TCP/UDP flow as the fast paths identify it.
+pub(super) struct Flow<A> {
+    addrs: A,
+    /// As [`Entry::tail`].
+    tail: u64,
+    /// Direction of the packet.
+    dir: u8,
+}
+
+/// The key's last word: lo_port, hi_port, proto, family, padding (bytes 32..40 of the key,
+/// little endian).
+#[inline(always)]
+fn key_tail(lo_port: u16, hi_port: u16, proto: u8, family: u8) -> u64 {
+    u64::from(lo_port) | u64::from(hi_port) << 16 | u64::from(proto) << 32 | u64::from(family) << 40
+}
+
+impl Flow<V4Addrs> {
+    /// The flow of an IPv4 packet with headers `h`.
+    #[inline(always)]
+    pub(super) fn v4(h: &V4Headers) -> Flow<V4Addrs> {
+        let (sport, dport) = (h.sport, h.dport);
+        let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
+        // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
+        // addresses, then of the ports (as `canonical`).
+        let src_lower = if s != d { s < d } else { sport <= dport };
+        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+            (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
+        } else {
+            (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
+        };
+        Flow {
+            addrs: V4Addrs(u64::from(lo) | u64::from(hi) << 32),
+            tail: key_tail(lo_port, hi_port, h.proto, FAMILY_V4),
+            dir,
+        }
+    }
+}
+
+impl Flow<V6Addrs> {
+    /// The flow of an IPv6 packet with headers `h`.
+    #[inline(always)]
+    pub(super) fn v6(h: &V6Headers) -> Flow<V6Addrs> {
+        // The order of `canonical`: the addresses bytewise (big-endian words), then the
+        // ports.
+        let (s0, d0) = (u64::from_be(h.src[0]), u64::from_be(h.dst[0]));
+        let (s1, d1) = (u64::from_be(h.src[1]), u64::from_be(h.dst[1]));
+        let src_lower = if s0 != d0 {
+            s0 < d0
+        } else if s1 != d1 {
+            s1 < d1
+        } else {
+            h.sport <= h.dport
+        };
+        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
+            (h.src, h.sport, h.dst, h.dport, DIR_LO_TO_HI)
+        } else {
+            (h.dst, h.dport, h.src, h.sport, DIR_HI_TO_LO)
+        };
+        Flow {
+            addrs: V6Addrs([lo[0], lo[1], hi[0], hi[1]]),
+            tail: key_tail(lo_port, hi_port, h.proto, FAMILY_V6),
+            dir,
+        }
+    }
+}
+
+impl<A: Addrs> Flow<A> {
+    /// The flow's slot among its family's entries.
+    #[inline(always)]
+    fn slot(&self) -> usize {
+        ((self.addrs.fold() ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - A::SLOT_BITS)) as usize
+    }
+
+    /// Whether entry `e` holds this flow.
+    #[inline(always)]
+    fn holds(&self, e: &Entry<A>) -> bool {
+        get(&e.tail) == self.tail && self.addrs.stored_in(&e.addrs)
+    }
+}
+
+/// What the front entries need of a packet besides its flow.
+pub(super) struct Pkt {
+    /// TCP flags (0 for UDP).
+    tcp_flags: u32,
+    /// IP header and transport header length of one segment.
+    hdr_len: u64,
+}
 
 /// This CPU's [`CpuState`].
 #[inline(always)]
 pub(super) fn cpu_state() -> Option<&'static mut CpuState> {
     let p = FLOW_CACHE.get_ptr_mut(unsafe { bpf_get_smp_processor_id() })?;
-    // SAFETY: this CPU's element; only programs on this CPU use it (see `FlowCache` and
+    // SAFETY: this CPU's element; only programs on this CPU use it (see `Entry` and
     // `CpuLine` for their nesting).
     Some(unsafe { &mut *p })
 }
@@ -139,8 +431,14 @@ pub(super) fn flush_cpu() -> i32 {
     let skipped = get(&line.skipped);
     count_n(Counter::SkippedLocal, skipped - get(&line.reported));
     set(&mut line.reported, skipped);
+    flush_entries(&mut st.v4) + flush_entries(&mut st.v6)
+}
+
+/// Flushes every entry of `entries` that is not busy; returns the number of busy ones.
+#[inline(always)]
+fn flush_entries<A: Addrs>(entries: &mut [Entry<A>]) -> i32 {
     let mut busy = 0;
-    for e in st.entries.iter_mut() {
+    for e in entries.iter_mut() {
         if get(&e.busy) != 0 {
             busy += 1;
             continue;
@@ -153,7 +451,7 @@ pub(super) fn flush_cpu() -> i32 {
 }
 
 /// The per-packet fast path of every program: the egress same-node skip from this CPU's
-/// line, then the hit of an established IPv4 TCP/UDP flow's front entry ([`hot_v4`]).
+/// line, then the hit of an established IPv4 TCP/UDP flow's front entry ([`hot`]).
 /// Returns false, having changed nothing, for every other packet.
 #[inline(always)]
 pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
@@ -170,8 +468,8 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
         bump(&mut line.skipped);
         return true;
     }
-    let flow = FlowV4::new(&h);
-    let e = &mut st.entries[flow.slot()];
+    let flow = Flow::v4(&h);
+    let (line, e) = V4Addrs::entry(st, flow.slot());
     if get(&e.busy) != 0 {
         return false;
     }
@@ -179,7 +477,11 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
     // access to the entry is volatile (`get` / `set`), so the compiler keeps them in
     // program order between setting and clearing `busy`.
     set(&mut e.busy, 1);
-    let done = hot_v4(ctx, &h, from_pod, &flow, e, line);
+    let pkt = Pkt {
+        tcp_flags: h.tcp_flags,
+        hdr_len: 20 + h.l4_hdr_len,
+    };
+    let done = hot(ctx, &pkt, from_pod, &flow, e, line);
     set(&mut e.busy, 0);
     done
 }
@@ -188,7 +490,7 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
 /// the LRU evicted it or userspace expired it meanwhile) and empties `e`. The caller
 /// holds `e.busy`.
 #[inline(never)]
-pub(super) fn flush_cache(e: &mut FlowCache) {
+fn flush_cache<A: Addrs>(e: &mut Entry<A>) {
     let tail = get(&e.tail);
     if tail == 0 {
         return;
@@ -200,14 +502,8 @@ pub(super) fn flush_cache(e: &mut FlowCache) {
         return;
     }
     let last = get(&e.last_seen_ns);
-    let addrs = get(&e.addrs);
-    let words = KeyWords([
-        0,
-        mapped_v4_word(addrs as u32),
-        0,
-        mapped_v4_word((addrs >> 32) as u32),
-        tail,
-    ]);
+    let addrs = A::load(&e.addrs);
+    let words = addrs.key_words(tail);
     let key = words.as_key();
     for _ in 0..2 {
         if let Some(v) = FLOWS.get_ptr_mut(key) {
@@ -243,84 +539,27 @@ pub(super) fn flush_cache(e: &mut FlowCache) {
 
 /// [`CpuLine::local_src`] for the IPv4 source `src` in epoch `epoch`.
 #[inline(always)]
-pub(super) fn local_src_tag(src: u32, epoch: u32) -> u64 {
+fn local_src_tag(src: u32, epoch: u32) -> u64 {
     u64::from(src) | u64::from(epoch | TAG_VALID) << 32
 }
 
-/// An IPv4 TCP/UDP flow as the fast path identifies it.
-pub(super) struct FlowV4 {
-    /// As [`FlowCache::addrs`].
-    pub(super) addrs: u64,
-    /// As [`FlowCache::tail`].
-    pub(super) tail: u64,
-    /// Direction index of the packet.
-    pub(super) dir: u8,
-}
-
-impl FlowV4 {
-    /// The flow of a packet with headers `h`.
-    #[inline(always)]
-    pub(super) fn new(h: &V4Headers) -> FlowV4 {
-        let (sport, dport) = (h.sport, h.dport);
-        let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
-        // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
-        // addresses, then of the ports (as `canonical`).
-        let src_lower = if s != d { s < d } else { sport <= dport };
-        let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-            (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
-        } else {
-            (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
-        };
-        FlowV4 {
-            addrs: u64::from(lo) | u64::from(hi) << 32,
-            // lo_port, hi_port, proto, family, _pad: bytes 32..40 of the key (little
-            // endian).
-            tail: u64::from(lo_port)
-                | u64::from(hi_port) << 16
-                | u64::from(h.proto) << 32
-                | u64::from(FAMILY_V4) << 40,
-            dir,
-        }
-    }
-
-    /// The flow's [`FlowCache`] slot.
-    #[inline(always)]
-    pub(super) fn slot(&self) -> usize {
-        ((self.addrs ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as usize
-            & (FLOW_CACHE_SLOTS as usize - 1)
-    }
-
-    /// The flow's `FLOWS` key.
-    #[inline(always)]
-    pub(super) fn key_words(&self) -> KeyWords {
-        KeyWords([
-            0,
-            mapped_v4_word(self.addrs as u32),
-            0,
-            mapped_v4_word((self.addrs >> 32) as u32),
-            self.tail,
-        ])
-    }
-}
-
-/// The hit of an established IPv4 TCP/UDP flow (headers `h` read by [`v4_headers`]) in
-/// its front entry `e` on this CPU (`busy` held): the flow holds the entry, the packet
-/// has no TCP flag bit the flow's `FLOWS` entry lacks and no FIN/RST. Adds to the entry
-/// (one cache line, plain stores: measured on the real path, docs/benchmarks.md, the
-/// cost of these programs is the cache lines and atomic operations per packet), or
-/// skips an egress packet whose sender the entry knows as local. Returns false, having
-/// changed nothing, for every other packet: [`fast_v4`] handles those.
+/// The hit of an established flow's packet in its front entry `e` on this CPU (`busy`
+/// held): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
+/// entry lacks and no FIN/RST. Adds to the entry (one cache line for IPv4, plain stores:
+/// measured on the real path, docs/benchmarks.md, the cost of these programs is the cache
+/// lines and atomic operations per packet), or skips an egress packet whose sender the
+/// entry knows as local. Returns false, having changed nothing, for every other packet:
+/// [`fast`] handles those.
 #[inline(always)]
-pub(super) fn hot_v4(
+fn hot<A: Addrs>(
     ctx: &TcContext,
-    h: &V4Headers,
+    pkt: &Pkt,
     from_pod: bool,
-    flow: &FlowV4,
-    e: &mut FlowCache,
+    flow: &Flow<A>,
+    e: &mut Entry<A>,
     line: &mut CpuLine,
 ) -> bool {
-    if get(&e.addrs) != flow.addrs || get(&e.tail) != flow.tail {
+    if !flow.holds(e) {
         return false;
     }
     let d = (flow.dir & 1) as usize;
@@ -331,23 +570,19 @@ pub(super) fn hot_v4(
         bump(&mut line.skipped);
         return true;
     }
-    if !entry_takes(h, from_pod, flow.dir, e) {
+    if !entry_takes(pkt.tcp_flags, from_pod, flow.dir, e) {
         return false;
     }
-    let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
+    let (segs, bytes) = size(ctx, pkt.hdr_len);
     add_to_entry(e, d, segs, bytes);
     if from_pod {
-        record_local_src(line, e, d, h.src);
+        flow.addrs.record_sender(line, e, d);
     }
     true
 }
 
-/// The per-packet path of an established IPv4 TCP/UDP flow that is not a hit of
-/// [`hot_v4`] (`state`: this CPU's). Takes the `FLOWS` path ([`flows_v4`]) and may then
-/// make the flow's front entry its own, flushing the entry's previous flow's counts into
-/// `FLOWS`; userspace flushes every entry before each sweep (`flush_flow_cache`).
-/// Returns false for the first packet of a flow, which the general path handles
-/// (creation, events and learning).
+/// The IPv4 TCP/UDP packet (headers `h`) of an established flow that is not a hit of
+/// [`observe_hot`]: see [`fast`].
 #[inline(always)]
 pub(super) fn fast_v4(
     ctx: &TcContext,
@@ -355,67 +590,127 @@ pub(super) fn fast_v4(
     from_pod: bool,
     state: Option<&'static mut CpuState>,
 ) -> bool {
-    let flow = FlowV4::new(h);
-    let Some(st) = state else {
-        return uncached_v4(ctx, h, from_pod, &flow);
+    let pkt = Pkt {
+        tcp_flags: h.tcp_flags,
+        hdr_len: 20 + h.l4_hdr_len,
     };
-    let e = &mut st.entries[flow.slot()];
+    fast(ctx, &pkt, from_pod, &Flow::v4(h), state)
+}
+
+/// An IPv6 TCP/UDP packet (headers `h`, no extension header): see [`fast`]. IPv6 hits
+/// take this path too (the programs' own code handles IPv4 only, to stay small).
+#[inline(always)]
+pub(super) fn fast_v6(
+    ctx: &TcContext,
+    h: &V6Headers,
+    from_pod: bool,
+    state: Option<&'static mut CpuState>,
+) -> bool {
+    let pkt = Pkt {
+        tcp_flags: h.tcp_flags,
+        hdr_len: 40 + h.l4_hdr_len,
+    };
+    fast(ctx, &pkt, from_pod, &Flow::v6(h), state)
+}
+
+/// The per-packet path of an established TCP/UDP flow's packet (`state`: this CPU's): a
+/// hit of its front entry, else the `FLOWS` path ([`flows_path`]), after which the flow
+/// may make its front entry its own, flushing the entry's previous flow's counts into
+/// `FLOWS`; userspace flushes every entry before each sweep (`flush_flow_cache`). Returns
+/// false for the first packet of a flow, which the general path handles (creation, events
+/// and learning).
+#[inline(always)]
+fn fast<A: Addrs>(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    from_pod: bool,
+    flow: &Flow<A>,
+    state: Option<&'static mut CpuState>,
+) -> bool {
+    let Some(st) = state else {
+        return uncached(ctx, pkt, from_pod, flow);
+    };
+    let (line, e) = A::entry(st, flow.slot());
     if get(&e.busy) != 0 {
-        return uncached_v4(ctx, h, from_pod, &flow);
+        return uncached(ctx, pkt, from_pod, flow);
     }
     set(&mut e.busy, 1);
-    let handled = cached_v4(ctx, h, from_pod, &flow, e, &mut st.line);
+    let handled = cached(ctx, pkt, from_pod, flow, e, line);
     set(&mut e.busy, 0);
     handled
 }
 
-/// [`fast_v4`] without an entry (its slot is held by an interrupted program).
+/// [`fast`] without an entry (its slot is held by an interrupted program).
 #[inline(always)]
-pub(super) fn uncached_v4(ctx: &TcContext, h: &V4Headers, from_pod: bool, flow: &FlowV4) -> bool {
-    if !from_pod && skip_local_v4(ctx, h.src) {
+fn uncached<A: Addrs>(ctx: &TcContext, pkt: &Pkt, from_pod: bool, flow: &Flow<A>) -> bool {
+    if !from_pod && flow.addrs.sender_local(ctx, flow.dir) {
         count(Counter::SkippedLocal);
         return true;
     }
-    let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
-    flows_v4(ctx, h, from_pod, flow, segs, bytes).is_some()
+    let (segs, bytes) = size(ctx, pkt.hdr_len);
+    to_flows(ctx, pkt, from_pod, flow, segs, bytes).is_some()
 }
 
-/// [`fast_v4`] with this CPU's entry `e` of the flow's slot, `busy` held.
+/// The `FLOWS` path of the packet: see [`flows_path`].
 #[inline(always)]
-pub(super) fn cached_v4(
+fn to_flows<A: Addrs>(
     ctx: &TcContext,
-    h: &V4Headers,
+    pkt: &Pkt,
     from_pod: bool,
-    flow: &FlowV4,
-    e: &mut FlowCache,
+    flow: &Flow<A>,
+    segs: u64,
+    bytes: u64,
+) -> Option<*mut FlowValue> {
+    let words = flow.addrs.key_words(flow.tail);
+    let sender = flow.addrs.sender(flow.dir);
+    flows_path(
+        ctx,
+        words.as_key(),
+        &sender,
+        flow.dir,
+        pkt.tcp_flags,
+        from_pod,
+        segs,
+        bytes,
+    )
+}
+
+/// [`fast`] with this CPU's entry `e` of the flow's slot, `busy` held.
+#[inline(always)]
+fn cached<A: Addrs>(
+    ctx: &TcContext,
+    pkt: &Pkt,
+    from_pod: bool,
+    flow: &Flow<A>,
+    e: &mut Entry<A>,
     line: &mut CpuLine,
 ) -> bool {
     let d = (flow.dir & 1) as usize;
-    let mine = get(&e.addrs) == flow.addrs && get(&e.tail) == flow.tail;
+    let mine = flow.holds(e);
     if !from_pod {
         // The same-node rule: the entry knows its senders (in this epoch), else the
         // endpoint map decides.
         let local = if mine && get(&e.epoch) == get(&line.epoch) {
             get(&e.skip) & (1 << d) != 0
         } else {
-            skip_local_v4(ctx, h.src)
+            flow.addrs.sender_local(ctx, flow.dir)
         };
         if local {
             bump(&mut line.skipped);
             return true;
         }
     }
-    let (segs, bytes) = size(ctx, 20 + h.l4_hdr_len);
+    let (segs, bytes) = size(ctx, pkt.hdr_len);
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if mine && entry_takes(h, from_pod, flow.dir, e) {
-        // As `hot_v4` (an egress packet it left to the endpoint map's answer).
+    if mine && entry_takes(pkt.tcp_flags, from_pod, flow.dir, e) {
+        // As `hot` (an egress packet it left to the endpoint map's answer).
         add_to_entry(e, d, segs, bytes);
         if from_pod {
-            record_local_src(line, e, d, h.src);
+            flow.addrs.record_sender(line, e, d);
         }
         return true;
     }
-    let Some(v) = flows_v4(ctx, h, from_pod, flow, segs, bytes) else {
+    let Some(v) = to_flows(ctx, pkt, from_pod, flow, segs, bytes) else {
         return false;
     };
     // The flow takes the entry if it is its own (new flag bits), empty, or idle for
@@ -425,18 +720,17 @@ pub(super) fn cached_v4(
         flush_cache(e);
         fill(e, flow, v, now, get(&line.epoch));
         if from_pod {
-            record_local_src(line, e, d, h.src);
+            flow.addrs.record_sender(line, e, d);
         }
     }
     true
 }
 
-/// Whether a packet of the flow that holds entry `e` (headers `h`, direction `dir`) may
-/// only add to it: no FIN/RST, no TCP flag bit (nor, learning on, learned bit) the
-/// entry's `FLOWS` flags lack, and room in its pending packet count.
+/// Whether a packet (TCP flags `f`, direction `dir`) of the flow that holds entry `e` may
+/// only add to it: no FIN/RST, no TCP flag bit (nor, learning on, learned bit) the entry's
+/// `FLOWS` flags lack, and room in its pending packet count.
 #[inline(always)]
-pub(super) fn entry_takes(h: &V4Headers, from_pod: bool, dir: u8, e: &FlowCache) -> bool {
-    let f = h.tcp_flags;
+fn entry_takes<A>(f: u32, from_pod: bool, dir: u8, e: &Entry<A>) -> bool {
     let need = tcp_flag_bits(dir, f)
         | if from_pod && get(&e.learn) != 0 {
             learned_bit(dir)
@@ -452,7 +746,7 @@ pub(super) fn entry_takes(h: &V4Headers, from_pod: bool, dir: u8, e: &FlowCache)
 /// counts of entry `e`, which must be below [`PACKETS_MAX`], and moves its last-seen time.
 /// Plain adds: only this CPU writes the entry.
 #[inline(always)]
-pub(super) fn add_to_entry(e: &mut FlowCache, d: usize, segs: u64, bytes: u64) {
+fn add_to_entry<A>(e: &mut Entry<A>, d: usize, segs: u64, bytes: u64) {
     let (p, b) = (get(&e.packets[d]) + segs as u32, get(&e.bytes[d]) + bytes);
     set(&mut e.packets[d], p);
     set(&mut e.bytes[d], b);
@@ -468,32 +762,14 @@ pub(super) fn add_to_entry(e: &mut FlowCache, d: usize, segs: u64, bytes: u64) {
     }
 }
 
-/// An ingress packet from `src`, sent in direction `d` of the flow of entry `e`: when
-/// the entry says that sender is local (in the current epoch), tells the egress program
-/// that runs next on this CPU (see [`CpuLine`]).
-#[inline(always)]
-pub(super) fn record_local_src(line: &mut CpuLine, e: &FlowCache, d: usize, src: u32) {
-    if get(&e.skip) & (1 << d) == 0 {
-        return;
-    }
-    let epoch = get(&line.epoch);
-    if get(&e.epoch) != epoch {
-        return;
-    }
-    let tag = local_src_tag(src, epoch);
-    if get(&line.local_src) != tag {
-        set(&mut line.local_src, tag);
-    }
-}
-
 /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`;
 /// `epoch` is the CPU's epoch, read before this call.
 #[inline(always)]
-pub(super) fn fill(e: &mut FlowCache, flow: &FlowV4, v: *mut FlowValue, now: u64, epoch: u32) {
+fn fill<A: Addrs>(e: &mut Entry<A>, flow: &Flow<A>, v: *mut FlowValue, now: u64, epoch: u32) {
     // Whichever program fills the entry: the ingress packets of a flow an egress program
     // put here must still learn their sender.
     let learn = unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
-    set(&mut e.addrs, flow.addrs);
+    flow.addrs.store(&mut e.addrs);
     set(&mut e.tail, flow.tail);
     for i in 0..2 {
         set(&mut e.packets[i], 0);
@@ -507,8 +783,6 @@ pub(super) fn fill(e: &mut FlowCache, flow: &FlowV4, v: *mut FlowValue, now: u64
     set(&mut e.flags, flags as u32);
     // After the flags: a learned bit in them means its endpoint is already in
     // LOCAL_ENDPOINTS (`update` inserts it before setting the bit).
-    let skip = u8::from(is_local_v4(flow.addrs as u32))
-        | u8::from(is_local_v4((flow.addrs >> 32) as u32)) << 1;
-    set(&mut e.skip, skip);
+    set(&mut e.skip, flow.addrs.local_bits());
     set(&mut e.epoch, epoch);
 }

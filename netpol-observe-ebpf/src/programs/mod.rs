@@ -1,6 +1,7 @@
 //! The programs and their per-packet entry. `tc_flow_ingress` / `tc_flow_egress` take a
-//! packet through, in order: the per-CPU front entries ([`front`]), the established-flow
-//! `FLOWS` paths ([`front::fast_v4`], [`flows::fast_v6`]) and the general path
+//! packet through, in order: the per-CPU front entries of established flows and their
+//! `FLOWS` path ([`front`]: [`front::observe_hot`], [`front::fast_v4`], [`front::fast_v6`])
+//! and the general path
 //! ([`general`]); the same-node rule ([`local`]) decides which egress packets are skipped.
 
 mod flows;
@@ -17,8 +18,7 @@ use aya_ebpf::{
 };
 
 use self::{
-    flows::fast_v6,
-    front::{cpu_state, fast_v4, flush_cpu, observe_hot},
+    front::{cpu_state, fast_v4, fast_v6, flush_cpu, observe_hot},
     general::observe_general,
     packet::{v4_headers, v6_headers},
 };
@@ -73,7 +73,7 @@ fn observe(ctx: &TcContext, from_pod: bool) {
 }
 
 /// Everything [`observe_hot`] leaves: IPv4 TCP/UDP packets that are not simple hits of
-/// their front entry ([`fast_v4`]), IPv6 TCP/UDP packets of established flows
+/// their front entry ([`fast_v4`]), IPv6 TCP/UDP packets of established flows, hits or not
 /// ([`fast_v6`]), and the general path. A subprogram of its own, so that the programs'
 /// per-packet code keeps a small frame and few registers.
 #[inline(never)]
@@ -84,7 +84,7 @@ fn observe_slow(ctx: &TcContext, from_pod: bool) {
         return;
     }
     if let Some(h) = v6_headers(ctx)
-        && fast_v6(ctx, &h, from_pod)
+        && fast_v6(ctx, &h, from_pod, cpu_state())
     {
         return;
     }

@@ -42,8 +42,8 @@ struct TestRunAttr {
 }
 
 /// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of the
-/// established IPv4 flows that hold a slot of the CPU's front entries (`FLOW_CACHE`, 16 per
-/// CPU) instead of updating the flow map per packet, and this moves them into the flow map;
+/// established TCP/UDP flows that hold a slot of the CPU's front entries (`FLOW_CACHE`,
+/// 1024 IPv4 and 256 IPv6 per CPU) instead of updating the flow map per packet, and this moves them into the flow map;
 /// it also ends what the CPU remembers of which endpoints are local (needed after every
 /// change of the local-endpoint map). The program is loaded but never attached;
 /// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU` runs it on the CPU that owns the entries
