@@ -701,7 +701,6 @@ fn cached<A: Addrs>(
         }
     }
     let (segs, bytes) = size(ctx, pkt.hdr_len);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if mine && entry_takes(pkt.tcp_flags, from_pod, flow.dir, e) {
         // As `hot` (an egress packet it left to the endpoint map's answer).
         add_to_entry(e, d, segs, bytes);
@@ -713,6 +712,7 @@ fn cached<A: Addrs>(
     let Some(v) = to_flows(ctx, pkt, from_pod, flow, segs, bytes) else {
         return false;
     };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The flow takes the entry if it is its own (new flag bits), empty, or idle for
     // `TAKEOVER_IDLE_NS`: flows that share a slot do not evict each other on every
     // packet (a takeover costs a second `FLOWS` lookup, for the previous flow's counts).

@@ -2,21 +2,21 @@
 //! options, extension headers, fragments, non-linear headers), parsed into the per-CPU
 //! `SCRATCH` map; creates flows and announces them.
 
-use super::flows::{BPF_NOEXIST, EEXIST, FLOWS, count, emit, mark_close, update};
-use super::local::{LEARN_LOCAL, LOCAL_ENDPOINTS, learn_endpoint};
-use super::mem::{or64, set};
-use super::packet::{
-    ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
-    IPPROTO_UDP, V4Headers, be16, byte, ld, map_v4, size, v4_headers, v4_mapped,
-};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::PerCpuArray;
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray, programs::TcContext};
 use netpol_observe_ebpf::{
     Counter, DIR_HI_TO_LO, DIR_LO_TO_HI, EVENT_FIN, EVENT_ICMP_UNREACH, EVENT_NEW, EVENT_RST,
     FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, INITIATOR_UNKNOWN, event_bits, learned_bit,
     tcp_flag_bits, tcp_flags,
+};
+
+use super::{
+    flows::{BPF_NOEXIST, EEXIST, FLOWS, count, emit, mark_close, update},
+    local::{LEARN_LOCAL, LOCAL_ENDPOINTS, learn_endpoint},
+    mem::{or64, set},
+    packet::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+        IPPROTO_UDP, V4Headers, be16, byte, ld, map_v4, size, v4_headers, v4_mapped,
+    },
 };
 
 /// Per-CPU scratch space: the parsed packet and keys do not fit the 512-byte BPF stack.

@@ -2,12 +2,17 @@
 //! egress programs' cache of positive answers, and learning local endpoints from packets
 //! leaving pods.
 
-use super::flows::{BPF_NOEXIST, EEXIST};
-use super::packet::{Addr, map_v4};
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap};
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
 use netpol_observe_ebpf::{LOCAL_ENDPOINTS_CAPACITY, LOCAL_SRC_GEN_MASK, LocalEndpoint};
+
+use super::{
+    flows::{BPF_NOEXIST, EEXIST},
+    packet::{Addr, map_v4},
+};
 
 #[map(name = "LOCAL_ENDPOINTS")]
 pub(super) static LOCAL_ENDPOINTS: HashMap<[u8; 16], LocalEndpoint> =
