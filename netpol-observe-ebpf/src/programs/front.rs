@@ -335,52 +335,80 @@ fn key_tail(lo_port: u16, hi_port: u16, proto: u8, family: u8) -> u64 {
     u64::from(lo_port) | u64::from(hi_port) << 16 | u64::from(proto) << 32 | u64::from(family) << 40
 }
 
-impl Flow<V4Addrs> {
-    /// The flow of an IPv4 packet with headers `h`.
+/// The fast paths' view of a packet's headers (IPv4 or IPv6 TCP/UDP).
+pub(super) trait FastHeaders {
+    /// The family's addresses.
+    type Addrs: Addrs;
+    /// The packet's flow.
+    fn flow(&self) -> Flow<Self::Addrs>;
+    /// What the front entries need of the packet besides its flow.
+    fn pkt(&self) -> Pkt;
+}
+
+impl FastHeaders for V4Headers {
+    type Addrs = V4Addrs;
+
     #[inline(always)]
-    pub(super) fn v4(h: &V4Headers) -> Flow<V4Addrs> {
-        let (sport, dport) = (h.sport, h.dport);
-        let (s, d) = (u32::from_be(h.src), u32::from_be(h.dst));
+    fn flow(&self) -> Flow<V4Addrs> {
+        let (sport, dport) = (self.sport, self.dport);
+        let (s, d) = (u32::from_be(self.src), u32::from_be(self.dst));
         // The v4-mapped prefixes are equal: the canonical order is that of the IPv4
         // addresses, then of the ports (as `canonical`).
         let src_lower = if s != d { s < d } else { sport <= dport };
         let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-            (h.src, sport, h.dst, dport, DIR_LO_TO_HI)
+            (self.src, sport, self.dst, dport, DIR_LO_TO_HI)
         } else {
-            (h.dst, dport, h.src, sport, DIR_HI_TO_LO)
+            (self.dst, dport, self.src, sport, DIR_HI_TO_LO)
         };
         Flow {
             addrs: V4Addrs(u64::from(lo) | u64::from(hi) << 32),
-            tail: key_tail(lo_port, hi_port, h.proto, FAMILY_V4),
+            tail: key_tail(lo_port, hi_port, self.proto, FAMILY_V4),
             dir,
+        }
+    }
+
+    #[inline(always)]
+    fn pkt(&self) -> Pkt {
+        Pkt {
+            tcp_flags: self.tcp_flags,
+            hdr_len: 20 + self.l4_hdr_len,
         }
     }
 }
 
-impl Flow<V6Addrs> {
-    /// The flow of an IPv6 packet with headers `h`.
+impl FastHeaders for V6Headers {
+    type Addrs = V6Addrs;
+
     #[inline(always)]
-    pub(super) fn v6(h: &V6Headers) -> Flow<V6Addrs> {
+    fn flow(&self) -> Flow<V6Addrs> {
         // The order of `canonical`: the addresses bytewise (big-endian words), then the
         // ports.
-        let (s0, d0) = (u64::from_be(h.src[0]), u64::from_be(h.dst[0]));
-        let (s1, d1) = (u64::from_be(h.src[1]), u64::from_be(h.dst[1]));
+        let (s0, d0) = (u64::from_be(self.src[0]), u64::from_be(self.dst[0]));
+        let (s1, d1) = (u64::from_be(self.src[1]), u64::from_be(self.dst[1]));
         let src_lower = if s0 != d0 {
             s0 < d0
         } else if s1 != d1 {
             s1 < d1
         } else {
-            h.sport <= h.dport
+            self.sport <= self.dport
         };
         let (lo, lo_port, hi, hi_port, dir) = if src_lower {
-            (h.src, h.sport, h.dst, h.dport, DIR_LO_TO_HI)
+            (self.src, self.sport, self.dst, self.dport, DIR_LO_TO_HI)
         } else {
-            (h.dst, h.dport, h.src, h.sport, DIR_HI_TO_LO)
+            (self.dst, self.dport, self.src, self.sport, DIR_HI_TO_LO)
         };
         Flow {
             addrs: V6Addrs([lo[0], lo[1], hi[0], hi[1]]),
-            tail: key_tail(lo_port, hi_port, h.proto, FAMILY_V6),
+            tail: key_tail(lo_port, hi_port, self.proto, FAMILY_V6),
             dir,
+        }
+    }
+
+    #[inline(always)]
+    fn pkt(&self) -> Pkt {
+        Pkt {
+            tcp_flags: self.tcp_flags,
+            hdr_len: 40 + self.l4_hdr_len,
         }
     }
 }
@@ -468,7 +496,7 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
         bump(&mut line.skipped);
         return true;
     }
-    let flow = Flow::v4(&h);
+    let flow = h.flow();
     let (line, e) = V4Addrs::entry(st, flow.slot());
     if get(&e.busy) != 0 {
         return false;
@@ -477,11 +505,7 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
     // access to the entry is volatile (`get` / `set`), so the compiler keeps them in
     // program order between setting and clearing `busy`.
     set(&mut e.busy, 1);
-    let pkt = Pkt {
-        tcp_flags: h.tcp_flags,
-        hdr_len: 20 + h.l4_hdr_len,
-    };
-    let done = hot(ctx, &pkt, from_pod, &flow, e, line);
+    let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
     set(&mut e.busy, 0);
     done
 }
@@ -581,56 +605,25 @@ fn hot<A: Addrs>(
     true
 }
 
-/// The IPv4 TCP/UDP packet (headers `h`) of an established flow that is not a hit of
-/// [`observe_hot`]: see [`fast`].
+/// The per-packet path of an established TCP/UDP flow's packet (headers `h`; `state`:
+/// this CPU's) that is not a hit of [`observe_hot`] — IPv6 hits included: the programs'
+/// own code handles IPv4 only, to stay small. A hit of its front entry, else the `FLOWS`
+/// path ([`flows_path`]), after which the flow may make its front entry its own, flushing
+/// the entry's previous flow's counts into `FLOWS`; userspace flushes every entry before
+/// each sweep (`flush_flow_cache`). Returns false for the first packet of a flow, which the
+/// general path handles (creation, events and learning).
 #[inline(always)]
-pub(super) fn fast_v4(
+pub(super) fn fast<H: FastHeaders>(
     ctx: &TcContext,
-    h: &V4Headers,
+    h: &H,
     from_pod: bool,
     state: Option<&'static mut CpuState>,
 ) -> bool {
-    let pkt = Pkt {
-        tcp_flags: h.tcp_flags,
-        hdr_len: 20 + h.l4_hdr_len,
-    };
-    fast(ctx, &pkt, from_pod, &Flow::v4(h), state)
-}
-
-/// An IPv6 TCP/UDP packet (headers `h`, no extension header): see [`fast`]. IPv6 hits
-/// take this path too (the programs' own code handles IPv4 only, to stay small).
-#[inline(always)]
-pub(super) fn fast_v6(
-    ctx: &TcContext,
-    h: &V6Headers,
-    from_pod: bool,
-    state: Option<&'static mut CpuState>,
-) -> bool {
-    let pkt = Pkt {
-        tcp_flags: h.tcp_flags,
-        hdr_len: 40 + h.l4_hdr_len,
-    };
-    fast(ctx, &pkt, from_pod, &Flow::v6(h), state)
-}
-
-/// The per-packet path of an established TCP/UDP flow's packet (`state`: this CPU's): a
-/// hit of its front entry, else the `FLOWS` path ([`flows_path`]), after which the flow
-/// may make its front entry its own, flushing the entry's previous flow's counts into
-/// `FLOWS`; userspace flushes every entry before each sweep (`flush_flow_cache`). Returns
-/// false for the first packet of a flow, which the general path handles (creation, events
-/// and learning).
-#[inline(always)]
-fn fast<A: Addrs>(
-    ctx: &TcContext,
-    pkt: &Pkt,
-    from_pod: bool,
-    flow: &Flow<A>,
-    state: Option<&'static mut CpuState>,
-) -> bool {
+    let (pkt, flow) = (&h.pkt(), &h.flow());
     let Some(st) = state else {
         return uncached(ctx, pkt, from_pod, flow);
     };
-    let (line, e) = A::entry(st, flow.slot());
+    let (line, e) = H::Addrs::entry(st, flow.slot());
     if get(&e.busy) != 0 {
         return uncached(ctx, pkt, from_pod, flow);
     }

@@ -78,7 +78,7 @@ pub(super) fn observe_general(ctx: &TcContext, from_pod: bool) {
 }
 
 /// The general path's packet from the fast path's headers `h`: only the first packet of
-/// a flow gets here ([`fast_v4`] has already skipped packets sent by local pods).
+/// a flow gets here ([`super::front::fast`] has already skipped packets sent by local pods).
 #[inline(always)]
 pub(super) fn parse_v4_fast(ctx: &TcContext, h: &V4Headers, pkt: &mut Packet) -> Parsed {
     map_v4(h.src, &mut pkt.src);

@@ -1,6 +1,6 @@
 //! The programs and their per-packet entry. `tc_flow_ingress` / `tc_flow_egress` take a
 //! packet through, in order: the per-CPU front entries of established flows and their
-//! `FLOWS` path ([`front`]: [`front::observe_hot`], [`front::fast_v4`], [`front::fast_v6`])
+//! `FLOWS` path ([`front`]: [`front::observe_hot`], [`front::fast`])
 //! and the general path
 //! ([`general`]); the same-node rule ([`local`]) decides which egress packets are skipped.
 
@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 
 use self::{
-    front::{cpu_state, fast_v4, fast_v6, flush_cpu, observe_hot},
+    front::{cpu_state, fast, flush_cpu, observe_hot},
     general::observe_general,
     packet::{v4_headers, v6_headers},
 };
@@ -73,18 +73,18 @@ fn observe(ctx: &TcContext, from_pod: bool) {
 }
 
 /// Everything [`observe_hot`] leaves: IPv4 TCP/UDP packets that are not simple hits of
-/// their front entry ([`fast_v4`]), IPv6 TCP/UDP packets of established flows, hits or not
-/// ([`fast_v6`]), and the general path. A subprogram of its own, so that the programs'
+/// their front entry and IPv6 TCP/UDP packets of established flows, hits or not
+/// ([`fast`]), and the general path. A subprogram of its own, so that the programs'
 /// per-packet code keeps a small frame and few registers.
 #[inline(never)]
 fn observe_slow(ctx: &TcContext, from_pod: bool) {
     if let Some(h) = v4_headers(ctx)
-        && fast_v4(ctx, &h, from_pod, cpu_state())
+        && fast(ctx, &h, from_pod, cpu_state())
     {
         return;
     }
     if let Some(h) = v6_headers(ctx)
-        && fast_v6(ctx, &h, from_pod, cpu_state())
+        && fast(ctx, &h, from_pod, cpu_state())
     {
         return;
     }

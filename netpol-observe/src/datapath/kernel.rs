@@ -63,7 +63,7 @@ impl CacheFlusher {
             .ok_or_else(|| load("not in the object".into()))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| load(e.to_string()))?;
-        prog.load().map_err(|e| load(e.to_string()))?;
+        super::retry_interrupted_load(|| prog.load()).map_err(|e| load(e.to_string()))?;
         let fd = prog
             .fd()
             .map_err(|e| load(e.to_string()))?
