@@ -19,23 +19,30 @@ use super::{
     packet::Addr,
 };
 
+/// The flow map: one entry per flow (canonical key), cumulative counts per direction.
 #[map(name = "FLOWS")]
 pub(super) static FLOWS: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
+/// New flows and first FIN/RST, for userspace (never one event per packet).
 #[map(name = "FLOW_EVENTS")]
 pub(super) static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
 
+/// Kernel-side counters, indexed by [`Counter`].
 #[map(name = "COUNTERS")]
 pub(super) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+/// Map update flag: insert only if the key is absent.
 pub(super) const BPF_NOEXIST: u64 = 1;
+/// The errno an insert with [`BPF_NOEXIST`] returns (negated) when the key exists.
 pub(super) const EEXIST: i32 = 17;
 
+/// Adds 1 to counter `c` on this CPU.
 #[inline(always)]
 pub(super) fn count(c: Counter) {
     count_n(c, 1);
 }
 
+/// Adds `n` to counter `c` on this CPU.
 #[inline(always)]
 pub(super) fn count_n(c: Counter, n: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
@@ -92,6 +99,8 @@ pub(super) fn flows_path(
     Some(v)
 }
 
+/// Sets the close event bit `kind` of the flow `key` (just created by a FIN/RST packet) and
+/// announces it, once.
 #[inline(always)]
 pub(super) fn mark_close(key: &FlowKey, kind: u32, initiator: u8, dir: u8, now: u64) {
     if let Some(v) = FLOWS.get_ptr_mut(key) {
@@ -156,6 +165,7 @@ pub(super) fn update(
     }
 }
 
+/// Puts a [`FlowEvent`] on the ring buffer (counting it, or a full ring buffer).
 #[inline(always)]
 pub(super) fn emit(key: &FlowKey, now: u64, kind: u32, initiator: u8, dir: u8) {
     match FLOW_EVENTS.reserve::<FlowEvent>(0) {

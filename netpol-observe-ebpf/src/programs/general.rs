@@ -23,12 +23,15 @@ use super::{
 #[map(name = "SCRATCH")]
 pub(super) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// The general path's per-CPU working set: the parsed packet, a key and a value.
 #[repr(C)]
 pub(super) struct Scratch {
     pkt: Packet,
     key: FlowKey,
     value: FlowValue,
 }
+
+/// IPv6 extension headers skipped at most before the transport header.
 pub(super) const MAX_V6_EXT: usize = 6;
 
 /// A parsed packet, oriented as sent.
@@ -52,6 +55,7 @@ pub(super) struct Packet {
     quoted_off: u32,
 }
 
+/// What [`parse`] made of a packet.
 pub(super) enum Parsed {
     Flow,
     Skip(Counter),
@@ -108,6 +112,9 @@ pub(super) fn set_size(ctx: &TcContext, pkt: &mut Packet, hdr_len: u64) {
     (pkt.segs, pkt.bytes) = size(ctx, hdr_len);
 }
 
+/// Parses the packet into `pkt` (from the fast path's headers `v4` when it read them):
+/// a flow's packet, or one to skip with the counter to bump (non-IP, fragments, other
+/// protocols, a local sender's packet to a pod); `Err` when the headers are cut short.
 pub(super) fn parse(
     ctx: &TcContext,
     pkt: &mut Packet,
@@ -323,6 +330,8 @@ pub(super) fn canonical(
     }
 }
 
+/// Counts the parsed packet of `scratch`: into the flow an ICMP error quotes, or into its
+/// own flow, creating it (and announcing it, and a FIN/RST it carries) when it is new.
 pub(super) fn handle(ctx: &TcContext, scratch: &mut Scratch, from_pod: bool) {
     let Scratch { pkt, key, value } = scratch;
     let pkt = &*pkt;

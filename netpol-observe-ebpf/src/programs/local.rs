@@ -14,6 +14,8 @@ use super::{
     packet::{Addr, map_v4},
 };
 
+/// The pods of this node (address, v4-mapped for IPv4 → interface), from userspace and
+/// learned from packets leaving pods.
 #[map(name = "LOCAL_ENDPOINTS")]
 pub(super) static LOCAL_ENDPOINTS: HashMap<[u8; 16], LocalEndpoint> =
     HashMap::with_max_entries(LOCAL_ENDPOINTS_CAPACITY, 0);

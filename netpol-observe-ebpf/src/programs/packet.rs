@@ -4,10 +4,13 @@
 
 use aya_ebpf::programs::TcContext;
 
+/// Ethernet header length.
 pub(super) const ETH_HLEN: usize = 14;
+/// Ethertypes.
 pub(super) const ETH_P_IP: u16 = 0x0800;
 pub(super) const ETH_P_IPV6: u16 = 0x86dd;
 
+/// IP protocol numbers.
 pub(super) const IPPROTO_TCP: u8 = 6;
 pub(super) const IPPROTO_UDP: u8 = 17;
 pub(super) const IPPROTO_SCTP: u8 = 132;
@@ -28,6 +31,7 @@ pub(super) fn ld<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     }
 }
 
+/// A big-endian `u16` at `off` (see [`ld`]).
 #[inline(always)]
 pub(super) fn be16(ctx: &TcContext, off: usize) -> Result<u16, ()> {
     ld::<u16>(ctx, off).map(u16::from_be)
@@ -68,6 +72,7 @@ pub(super) fn mapped_v4_word(raw: u32) -> u64 {
     u64::from_ne_bytes([0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]])
 }
 
+/// The IPv4 address at `off`, v4-mapped into `out` (see [`map_v4`]).
 #[inline(always)]
 pub(super) fn v4_mapped(ctx: &TcContext, off: usize, out: &mut [u8; 16]) -> Result<(), ()> {
     map_v4(u32::from_ne_bytes(ld(ctx, off)?), out);
