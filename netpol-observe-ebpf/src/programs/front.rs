@@ -154,8 +154,9 @@ pub(super) trait Addrs: Copy + Sized {
     fn sender(&self, dir: u8) -> Addr;
     /// Whether the sender of direction `dir` of a packet to a pod is a local endpoint.
     fn sender_local(&self, ctx: &TcContext, dir: u8) -> bool;
-    /// Bit 0: the lower endpoint is a local endpoint; bit 1: the higher one.
-    fn local_bits(&self) -> u8;
+    /// Bit 0: the lower endpoint is a local endpoint; bit 1: the higher one (`LOCAL_ENDPOINTS`
+    /// itself, not a cache of it: the answer is kept in an entry for a whole epoch).
+    fn local_bits(&self, ctx: &TcContext) -> u8;
     /// After an ingress packet counted in entry `e` (direction index `d`): tells the egress
     /// program that runs next on this CPU when its sender is local (IPv4 only: the line
     /// holds an IPv4 address).
@@ -220,7 +221,7 @@ impl Addrs for V4Addrs {
     }
 
     #[inline(always)]
-    fn local_bits(&self) -> u8 {
+    fn local_bits(&self, _ctx: &TcContext) -> u8 {
         u8::from(is_local_v4(self.0 as u32)) | u8::from(is_local_v4((self.0 >> 32) as u32)) << 1
     }
 
@@ -313,9 +314,9 @@ impl Addrs for V6Addrs {
     }
 
     #[inline(always)]
-    fn local_bits(&self) -> u8 {
-        let local = |dir: u8| LOCAL_ENDPOINTS.get_ptr(&self.sender(dir).0).is_some();
-        u8::from(local(DIR_LO_TO_HI)) | u8::from(local(DIR_HI_TO_LO)) << 1
+    fn local_bits(&self, ctx: &TcContext) -> u8 {
+        u8::from(self.sender_local(ctx, DIR_LO_TO_HI))
+            | u8::from(self.sender_local(ctx, DIR_HI_TO_LO)) << 1
     }
 }
 
@@ -711,7 +712,7 @@ fn cached<A: Addrs>(
     // packet (a takeover costs a second `FLOWS` lookup, for the previous flow's counts).
     if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) + TAKEOVER_IDLE_NS < now {
         flush_cache(e);
-        fill(e, flow, v, now, get(&line.epoch));
+        fill(ctx, e, flow, v, now, get(&line.epoch));
         if from_pod {
             flow.addrs.record_sender(line, e, d);
         }
@@ -758,7 +759,14 @@ fn add_to_entry<A>(e: &mut Entry<A>, d: usize, segs: u64, bytes: u64) {
 /// Makes the empty entry `e` the front entry of `flow`, whose `FLOWS` entry is `v`;
 /// `epoch` is the CPU's epoch, read before this call.
 #[inline(always)]
-fn fill<A: Addrs>(e: &mut Entry<A>, flow: &Flow<A>, v: *mut FlowValue, now: u64, epoch: u32) {
+fn fill<A: Addrs>(
+    ctx: &TcContext,
+    e: &mut Entry<A>,
+    flow: &Flow<A>,
+    v: *mut FlowValue,
+    now: u64,
+    epoch: u32,
+) {
     // Whichever program fills the entry: the ingress packets of a flow an egress program
     // put here must still learn their sender.
     let learn = unsafe { core::ptr::read_volatile(&LEARN_LOCAL) } != 0;
@@ -776,6 +784,6 @@ fn fill<A: Addrs>(e: &mut Entry<A>, flow: &Flow<A>, v: *mut FlowValue, now: u64,
     set(&mut e.flags, flags as u32);
     // After the flags: a learned bit in them means its endpoint is already in
     // LOCAL_ENDPOINTS (`update` inserts it before setting the bit).
-    set(&mut e.skip, flow.addrs.local_bits());
+    set(&mut e.skip, flow.addrs.local_bits(ctx));
     set(&mut e.epoch, epoch);
 }
