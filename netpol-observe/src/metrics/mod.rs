@@ -347,19 +347,7 @@ impl Metrics {
 
     /// The `netpol_observe_flows_total` series of a flow labelled `labels` with `verdict`.
     pub fn flows_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
-        let pod_level = self.config.pod_level;
-        self.flows.series(
-            &FlowVerdictLabels {
-                flow: labels.clone(),
-                verdict,
-            },
-            Some(other_key(labels.protocol, verdict as u32)),
-            || FlowVerdictLabels {
-                flow: FlowLabels::other(labels.protocol, pod_level),
-                verdict,
-            },
-            &self.series_dropped,
-        )
+        self.verdict_flow_series(&self.flows, labels, verdict)
     }
 
     /// The `netpol_observe_flow_packets_total` series of a flow labelled `labels`.
@@ -386,8 +374,19 @@ impl Metrics {
     /// The `netpol_observe_staged_verdicts_total` series of a flow labelled `labels` with
     /// `verdict` (under the staged policies).
     pub fn staged_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
+        self.verdict_flow_series(&self.staged_verdicts, labels, verdict)
+    }
+
+    /// The series of `family` (flow-labelled, with a verdict) for a flow labelled `labels`
+    /// with `verdict`.
+    fn verdict_flow_series(
+        &self,
+        family: &Budgeted<FlowVerdictLabels>,
+        labels: &FlowLabels,
+        verdict: Verdict,
+    ) -> Series {
         let pod_level = self.config.pod_level;
-        self.staged_verdicts.series(
+        family.series(
             &FlowVerdictLabels {
                 flow: labels.clone(),
                 verdict,
