@@ -12,5 +12,6 @@ pub mod http;
 pub mod inventory;
 pub mod lab;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod recommend;

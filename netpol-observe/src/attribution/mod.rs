@@ -43,6 +43,18 @@ pub enum AttributionError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// A subnet name breaks the naming rule (label-value syntax: it becomes a label value and
+    /// an annotation).
+    #[error("{path}: subnet {subnet:?}: {source}")]
+    Name {
+        /// The file.
+        path: PathBuf,
+        /// The subnet name.
+        subnet: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::names::NameError,
+    },
     /// An entry is not a CIDR.
     #[error("{path}: subnet {subnet:?}, entry {index}: {value:?} is not a CIDR (e.g. 10.0.2.0/24)")]
     Cidr {

@@ -66,6 +66,13 @@ impl Subnets {
             })?;
         let mut entries = Vec::new();
         for (name, cidrs) in map.unwrap_or_default() {
+            crate::names::check(crate::names::NameKind::Subnet, &name).map_err(|source| {
+                AttributionError::Name {
+                    path: path.to_owned(),
+                    subnet: name.clone(),
+                    source,
+                }
+            })?;
             let list = match cidrs {
                 OneOrMany::One(c) => vec![c],
                 OneOrMany::Many(v) => v,

@@ -87,8 +87,12 @@ pub async fn fetch(base: &str, query: &str) -> anyhow::Result<Vec<ObservedFlow>>
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{url}: line {}: invalid flow record", i + 1))
+            let f: ObservedFlow = serde_json::from_str(l)
+                .with_context(|| format!("{url}: line {}: invalid flow record", i + 1))?;
+            f.flow
+                .check_names()
+                .with_context(|| format!("{url}: line {}: rejected flow record", i + 1))?;
+            Ok(f)
         })
         .collect()
 }
@@ -143,8 +147,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 continue;
             }
             match serde_json::from_str::<ObservedFlow>(&line) {
-                Ok(f) if query.matches(&f) => flows.push(f),
-                Ok(_) => {}
+                Ok(f) => match f.flow.check_names() {
+                    Ok(()) if query.matches(&f) => flows.push(f),
+                    Ok(()) => {}
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("error: {name}:{}: rejected flow record: {e}", i + 1);
+                    }
+                },
                 Err(e) => {
                     bad += 1;
                     eprintln!("error: {name}:{}: invalid flow record: {e}", i + 1);

@@ -1,7 +1,8 @@
 //! `netpol-observe recommend`: least-privilege NetworkPolicies from observed flows.
 
 use std::{
-    path::{Path, PathBuf},
+    ffi::OsStr,
+    path::{Component, Path, PathBuf},
     process::ExitCode,
 };
 
@@ -12,7 +13,8 @@ use jiff::SignedDuration;
 use crate::{
     attribution::Subnets,
     flow::{FlowRecord, jsonl},
-    inventory::Inventory,
+    inventory::{Inventory, NetworkPolicy},
+    names,
     policy::PolicyEngine,
     recommend::{RecommendConfig, Recommender, diff, render_by_namespace, render_yaml, sources},
 };
@@ -143,12 +145,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "recommended"
     );
 
+    check_output_names(&rec.policies)?;
     match &args.out {
         Some(out) if is_dir_target(out) => {
+            let files = render_by_namespace(&rec.policies)?
+                .into_iter()
+                .map(|(ns, yaml)| Ok((namespace_file(out, &ns)?, yaml)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create the directory {}", out.display()))?;
-            for (ns, yaml) in render_by_namespace(&rec.policies)? {
-                let file = out.join(format!("{ns}.yaml"));
+            for (file, yaml) in files {
                 std::fs::write(&file, yaml)
                     .with_context(|| format!("cannot write {}", file.display()))?;
             }
@@ -179,6 +185,47 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every name of the policies to write (namespace, name, labels) follows the Kubernetes rules:
+/// the last line of defence for names that came from input.
+fn check_output_names(policies: &[NetworkPolicy]) -> anyhow::Result<()> {
+    for p in policies {
+        let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        let id = format!("NetworkPolicy {ns}/{name}");
+        names::check_namespace(ns).with_context(|| format!("{id}: field metadata.namespace"))?;
+        names::check_object(name).with_context(|| format!("{id}: field metadata.name"))?;
+        names::check_labels(p.metadata.labels.iter().flatten()).map_err(|(key, e)| {
+            anyhow::Error::new(e).context(format!("{id}: field metadata.labels[{key:?}]"))
+        })?;
+        crate::policy::validate(p).with_context(|| format!("{id} is not valid"))?;
+    }
+    Ok(())
+}
+
+/// The file `<ns>.yaml` directly in `dir`. `ns` must be a namespace name (DNS-1123 label: no
+/// separator, no `..`), and the joined path is checked to be a plain child of `dir`.
+fn namespace_file(dir: &Path, ns: &str) -> anyhow::Result<PathBuf> {
+    names::check_namespace(ns).with_context(|| {
+        format!(
+            "refusing to write the policies of namespace {ns:?} under {}",
+            dir.display()
+        )
+    })?;
+    let name = format!("{ns}.yaml");
+    let file = dir.join(&name);
+    let plain = matches!(
+        Path::new(&name).components().collect::<Vec<_>>().as_slice(),
+        [Component::Normal(n)] if *n == OsStr::new(&name)
+    );
+    anyhow::ensure!(
+        plain && file.parent() == Some(dir) && file.file_name() == Some(OsStr::new(&name)),
+        "refusing to write {}: not a file directly in {}",
+        file.display(),
+        dir.display()
+    );
+    Ok(file)
 }
 
 fn is_dir_target(path: &Path) -> bool {

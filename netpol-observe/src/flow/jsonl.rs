@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::FlowRecord;
+use super::{FlowNameError, FlowRecord};
 
 /// A flow line that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,18 @@ pub enum FlowLineError {
         #[source]
         source: serde_json::Error,
     },
+    /// The line is a flow record, but a name in it (namespace, pod, label…) breaks the
+    /// Kubernetes rules: the record is rejected, never used.
+    #[error("{path}:{line}: rejected flow record: {source}")]
+    Name {
+        /// File being read.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The field and what is wrong with its name.
+        #[source]
+        source: FlowNameError,
+    },
 }
 
 /// One line of a flow file: its 1-based number and the record or the error.
@@ -45,14 +57,7 @@ pub fn read_lines(path: &Path, reader: impl BufRead) -> Vec<FlowLine> {
         let number = idx + 1;
         match line {
             Ok(text) if text.trim().is_empty() => {}
-            Ok(text) => out.push((
-                number,
-                serde_json::from_str(&text).map_err(|source| FlowLineError::Parse {
-                    path: path.to_owned(),
-                    line: number,
-                    source,
-                }),
-            )),
+            Ok(text) => out.push((number, parse_line(path, number, &text))),
             Err(source) => {
                 out.push((
                     number,
@@ -66,6 +71,21 @@ pub fn read_lines(path: &Path, reader: impl BufRead) -> Vec<FlowLine> {
         }
     }
     out
+}
+
+/// Parses one line into a record whose names are valid ([`FlowRecord::check_names`]).
+fn parse_line(path: &Path, line: usize, text: &str) -> Result<FlowRecord, FlowLineError> {
+    let record: FlowRecord = serde_json::from_str(text).map_err(|source| FlowLineError::Parse {
+        path: path.to_owned(),
+        line,
+        source,
+    })?;
+    record.check_names().map_err(|source| FlowLineError::Name {
+        path: path.to_owned(),
+        line,
+        source,
+    })?;
+    Ok(record)
 }
 
 /// Opens `path` (or stdin for `-`) and reads its lines; an unreadable file is one error line.
@@ -114,5 +134,25 @@ mod tests {
         );
         assert_eq!(lines[3].0, 5);
         assert!(lines[3].1.is_ok());
+    }
+
+    #[test]
+    fn records_with_invalid_names_are_rejected_with_file_line_and_field() {
+        let input = "{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\",\"namespace\":\"../../../../var/x/escaped\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80}}\n\
+                     {\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80,\"namespace\":\"shop\",\"labels\":{\"app\":\"Shop Space\"}}}\n\
+                     {\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80,\"namespace\":\"shop\"}}\n";
+        let lines = read_lines(Path::new("f.jsonl"), input.as_bytes());
+        assert_eq!(lines.len(), 3);
+        let err = lines[0].1.as_ref().unwrap_err().to_string();
+        assert!(
+            err.starts_with("f.jsonl:1: rejected flow record: field src.namespace: \"../../../../var/x/escaped\" is not a valid namespace name"),
+            "{err}"
+        );
+        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        assert!(
+            err.starts_with("f.jsonl:2: rejected flow record: field dst.labels[\"app\"]: \"Shop Space\" is not a valid label value"),
+            "{err}"
+        );
+        assert!(lines[2].1.is_ok());
     }
 }

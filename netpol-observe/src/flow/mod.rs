@@ -5,6 +5,6 @@ mod record;
 pub mod table;
 
 pub use record::{
-    Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol, ServiceRef, UnknownProtocol,
-    WorkloadRef,
+    Directional, Drops, Endpoint, FlowNameError, FlowRecord, FlowState, Protocol, ServiceRef,
+    UnknownProtocol, WorkloadRef,
 };

@@ -9,6 +9,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, str::FromStr};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::names::{self, NameError, NameKind};
+
 /// Transport protocol of a flow, spelled as Kubernetes spells it (`TCP`, `UDP`, `SCTP`) plus
 /// `ICMP` and `ICMPv6`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -210,6 +212,54 @@ impl Endpoint {
     }
 }
 
+/// A name in a flow record that breaks the Kubernetes rules ([`FlowRecord::check_names`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field {field}: {source}")]
+pub struct FlowNameError {
+    /// The field, e.g. `src.namespace` or `dst.labels["app"]`.
+    pub field: String,
+    /// What is wrong with the name.
+    #[source]
+    pub source: NameError,
+}
+
+impl Endpoint {
+    /// Checks every name of this endpoint (`side` is `src` or `dst` in the error's field).
+    fn check_names(&self, side: &str) -> Result<(), FlowNameError> {
+        let fail = |field: String| move |source| FlowNameError { field, source };
+        if let Some(ns) = &self.namespace {
+            names::check(NameKind::Namespace, ns).map_err(fail(format!("{side}.namespace")))?;
+        }
+        if let Some(pod) = &self.pod {
+            names::check(NameKind::Object, pod).map_err(fail(format!("{side}.pod")))?;
+        }
+        if let Some(w) = &self.workload {
+            names::check(NameKind::Kind, &w.kind).map_err(fail(format!("{side}.workload.kind")))?;
+            names::check(NameKind::Object, &w.name)
+                .map_err(fail(format!("{side}.workload.name")))?;
+        }
+        if let Some(labels) = &self.labels {
+            names::check_labels(labels).map_err(|(key, source)| FlowNameError {
+                field: format!("{side}.labels[{key:?}]"),
+                source,
+            })?;
+        }
+        if let Some(svc) = &self.service {
+            names::check(NameKind::Namespace, &svc.namespace)
+                .map_err(fail(format!("{side}.service.namespace")))?;
+            names::check(NameKind::Service, &svc.name)
+                .map_err(fail(format!("{side}.service.name")))?;
+        }
+        if let Some(node) = &self.node {
+            names::check(NameKind::Object, node).map_err(fail(format!("{side}.node")))?;
+        }
+        if let Some(subnet) = &self.subnet {
+            names::check(NameKind::Subnet, subnet).map_err(fail(format!("{side}.subnet")))?;
+        }
+        Ok(())
+    }
+}
+
 /// A counter pair from the initiator's point of view.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Directional {
@@ -266,6 +316,22 @@ pub struct FlowRecord {
 }
 
 impl FlowRecord {
+    /// Checks every name the record carries (namespaces, pods, workloads, labels, Services,
+    /// nodes, subnets) against the Kubernetes rules ([`crate::names`]): attribution given in
+    /// input is used as is, so a name the API server would reject (or one holding path syntax
+    /// such as `../x`) must not reach a file name, a label or a policy.
+    pub fn check_names(&self) -> Result<(), FlowNameError> {
+        self.src.check_names("src")?;
+        self.dst.check_names("dst")?;
+        if let Some(node) = &self.node {
+            names::check(NameKind::Object, node).map_err(|source| FlowNameError {
+                field: "node".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
     /// A minimal record: protocol, source and destination address and destination port.
     pub fn new(protocol: Protocol, src: IpAddr, dst: IpAddr, dst_port: Option<u16>) -> Self {
         FlowRecord {
@@ -298,6 +364,48 @@ mod tests {
         let again: FlowRecord =
             serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
         assert_eq!(rec, again);
+    }
+
+    #[test]
+    fn names_in_records_are_checked() {
+        let line = r#"{"protocol":"TCP","src":{"ip":"10.0.0.1","namespace":"shop","labels":{"app":"web"}},"dst":{"ip":"10.0.0.2","port":80,"namespace":"shop","pod":"api-1","workload":{"kind":"Deployment","name":"api"},"service":{"namespace":"shop","name":"api"}},"node":"node-1"}"#;
+        let rec: FlowRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(rec.check_names(), Ok(()));
+        let bad = [
+            (
+                r#""namespace":"shop","labels""#,
+                r#""namespace":"../../../../var/x/escaped","labels""#,
+                "src.namespace",
+            ),
+            (
+                r#""app":"web""#,
+                r#""-bad key":"web""#,
+                r#"src.labels["-bad key"]"#,
+            ),
+            (
+                r#""app":"web""#,
+                r#""app":"Shop Space""#,
+                r#"src.labels["app"]"#,
+            ),
+            (r#""pod":"api-1""#, r#""pod":"Bad_Name!""#, "dst.pod"),
+            (
+                r#""kind":"Deployment""#,
+                r#""kind":"De ploy""#,
+                "dst.workload.kind",
+            ),
+            (r#""name":"api"}}"#, r#""name":"a/b"}}"#, "dst.service.name"),
+            (r#""node":"node-1""#, r#""node":"node 1""#, "node"),
+        ];
+        for (from, to, field) in bad {
+            assert!(line.contains(from), "{from}");
+            let rec: FlowRecord = serde_json::from_str(&line.replacen(from, to, 1)).unwrap();
+            let err = rec.check_names().unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(
+                err.to_string().starts_with(&format!("field {field}: ")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

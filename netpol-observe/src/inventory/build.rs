@@ -28,7 +28,10 @@ use super::{
     InventoryError, Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo,
     TargetPort,
 };
-use crate::flow::{Protocol, WorkloadRef};
+use crate::{
+    flow::{Protocol, WorkloadRef},
+    names::{self, NameError, NameKind},
+};
 
 /// One Kubernetes object of a kind the inventory knows.
 ///
@@ -177,6 +180,181 @@ impl KubeObject {
             }
         })
     }
+}
+
+impl KubeObject {
+    /// The object's kind and metadata.
+    pub fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+        match self {
+            KubeObject::Namespace(o) => ("Namespace", &o.metadata),
+            KubeObject::Pod(o) => ("Pod", &o.metadata),
+            KubeObject::Service(o) => ("Service", &o.metadata),
+            KubeObject::Node(o) => ("Node", &o.metadata),
+            KubeObject::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
+            KubeObject::NetworkPolicy(o) => ("NetworkPolicy", &o.metadata),
+            KubeObject::ReplicaSet(o) => ("ReplicaSet", &o.metadata),
+            KubeObject::Deployment(o) => ("Deployment", &o.metadata),
+            KubeObject::StatefulSet(o) => ("StatefulSet", &o.metadata),
+            KubeObject::DaemonSet(o) => ("DaemonSet", &o.metadata),
+            KubeObject::Job(o) => ("Job", &o.metadata),
+            KubeObject::CronJob(o) => ("CronJob", &o.metadata),
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace (all but Namespace and Node).
+    pub fn is_namespaced(&self) -> bool {
+        !matches!(self, KubeObject::Namespace(_) | KubeObject::Node(_))
+    }
+
+    /// Checks every name of the object that reaches the inventory (and from there flows,
+    /// labels and recommended policies) against the Kubernetes rules ([`crate::names`]):
+    /// `metadata.name`, `metadata.namespace`, labels, owner references, selectors, node
+    /// names and port names. Objects from the API server follow them; objects from files are
+    /// checked at load. The error names the object and the field.
+    pub fn check_names(&self) -> Result<(), InventoryError> {
+        let (kind, meta) = self.kind_and_meta();
+        let object = object_name(kind, meta);
+        let fail = |field: String| {
+            let object = object.clone();
+            move |e: NameError| invalid(object, field, e.to_string())
+        };
+        let name_kind = match self {
+            KubeObject::Namespace(_) => NameKind::Namespace,
+            KubeObject::Service(_) => NameKind::Service,
+            _ => NameKind::Object,
+        };
+        match meta.name.as_deref() {
+            None | Some("") => return Err(invalid(object, "metadata.name", "missing")),
+            Some(name) => names::check(name_kind, name).map_err(fail("metadata.name".into()))?,
+        }
+        if let Some(ns) = &meta.namespace {
+            names::check(NameKind::Namespace, ns).map_err(fail("metadata.namespace".into()))?;
+        }
+        check_label_map(meta.labels.as_ref(), &object, "metadata.labels")?;
+        for (i, r) in meta.owner_references.iter().flatten().enumerate() {
+            names::check(NameKind::Kind, &r.kind)
+                .map_err(fail(format!("metadata.ownerReferences[{i}].kind")))?;
+            names::check(NameKind::Object, &r.name)
+                .map_err(fail(format!("metadata.ownerReferences[{i}].name")))?;
+        }
+        match self {
+            KubeObject::Pod(pod) => {
+                let Some(spec) = &pod.spec else {
+                    return Ok(());
+                };
+                if let Some(node) = &spec.node_name {
+                    names::check(NameKind::Object, node).map_err(fail("spec.nodeName".into()))?;
+                }
+                let groups = [
+                    ("spec.containers", Some(&spec.containers)),
+                    ("spec.initContainers", spec.init_containers.as_ref()),
+                ];
+                for (prefix, containers) in groups {
+                    for (ci, c) in containers.into_iter().flatten().enumerate() {
+                        for (pi, p) in c.ports.iter().flatten().enumerate() {
+                            if let Some(n) = &p.name {
+                                names::check(NameKind::PortName, n)
+                                    .map_err(fail(format!("{prefix}[{ci}].ports[{pi}].name")))?;
+                            }
+                        }
+                    }
+                }
+            }
+            KubeObject::Service(svc) => {
+                let Some(spec) = &svc.spec else {
+                    return Ok(());
+                };
+                check_label_map(spec.selector.as_ref(), &object, "spec.selector")?;
+                for (i, p) in spec.ports.iter().flatten().enumerate() {
+                    if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                        names::check(NameKind::Service, n)
+                            .map_err(fail(format!("spec.ports[{i}].name")))?;
+                    }
+                    if let Some(IntOrString::String(t)) = &p.target_port
+                        && t.parse::<i32>().is_err()
+                        && !t.is_empty()
+                    {
+                        names::check(NameKind::PortName, t)
+                            .map_err(fail(format!("spec.ports[{i}].targetPort")))?;
+                    }
+                }
+            }
+            KubeObject::EndpointSlice(es) => {
+                for (i, e) in es.endpoints.iter().flatten().enumerate() {
+                    if let Some(n) = e.target_ref.as_ref().and_then(|r| r.name.as_ref()) {
+                        names::check(NameKind::Object, n)
+                            .map_err(fail(format!("endpoints[{i}].targetRef.name")))?;
+                    }
+                    if let Some(n) = &e.node_name {
+                        names::check(NameKind::Object, n)
+                            .map_err(fail(format!("endpoints[{i}].nodeName")))?;
+                    }
+                }
+                for (i, p) in es.ports.iter().flatten().enumerate() {
+                    if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                        names::check(NameKind::Service, n)
+                            .map_err(fail(format!("ports[{i}].name")))?;
+                    }
+                }
+            }
+            KubeObject::ReplicaSet(o) => {
+                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
+            }
+            KubeObject::Deployment(o) => {
+                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
+            }
+            KubeObject::StatefulSet(o) => {
+                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
+            }
+            KubeObject::DaemonSet(o) => {
+                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
+            }
+            KubeObject::Job(o) => {
+                let sel = o.spec.as_ref().and_then(|s| s.selector.as_ref());
+                check_selector(sel, &object, "spec.selector")?;
+            }
+            KubeObject::CronJob(o) => {
+                let sel = o
+                    .spec
+                    .job_template
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.selector.as_ref());
+                check_selector(sel, &object, "spec.jobTemplate.spec.selector")?;
+            }
+            // Selectors and the rest are checked by `policy::validate`.
+            KubeObject::NetworkPolicy(_) | KubeObject::Namespace(_) | KubeObject::Node(_) => {}
+        }
+        Ok(())
+    }
+}
+
+fn check_label_map(
+    labels: Option<&BTreeMap<String, String>>,
+    object: &str,
+    field: &str,
+) -> Result<(), InventoryError> {
+    names::check_labels(labels.into_iter().flatten()).map_err(|(key, e)| {
+        invalid(
+            object.to_owned(),
+            format!("{field}[{key:?}]"),
+            e.to_string(),
+        )
+    })
+}
+
+/// The `matchLabels` of a workload selector (they become the workload's stable labels, and
+/// so the selectors of recommended policies).
+fn check_selector(
+    selector: Option<&LabelSelector>,
+    object: &str,
+    field: &str,
+) -> Result<(), InventoryError> {
+    check_label_map(
+        selector.and_then(|s| s.match_labels.as_ref()),
+        object,
+        &format!("{field}.matchLabels"),
+    )
 }
 
 /// Builds an inventory from objects without a known origin.

@@ -105,11 +105,15 @@ pub(super) fn parse_sourced(
                     m.insert("kind".into(), k.into());
                 }
                 let origin = format!("{}, document {document}, items[{i}]: ", path.display());
-                let obj = KubeObject::from_value(item).map_err(|e| e.with_origin(&origin))?;
+                let obj = KubeObject::from_value(item)
+                    .and_then(|o| o.check_names().map(|()| o))
+                    .map_err(|e| e.with_origin(&origin))?;
                 out.push((origin, obj));
             }
         } else {
-            let obj = KubeObject::from_value(value).map_err(|e| e.with_origin(&origin))?;
+            let obj = KubeObject::from_value(value)
+                .and_then(|o| o.check_names().map(|()| o))
+                .map_err(|e| e.with_origin(&origin))?;
             out.push((origin, obj));
         }
     }

@@ -1,0 +1,266 @@
+//! Hostile and broken input (issue 19): names that would escape the output folder or that the
+//! API server would reject, attribution trusted from input files and agents, through the CLI
+//! binary and the library.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use axum::{Router, routing::get};
+use netpol_observe::{attribution::Subnets, inventory::Inventory};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// An attributed flow line from `src_ns`/`web` to `dst_ns`/`api` on 8080/TCP.
+fn flow_line(src_ns: &str, src_labels: &str, dst_ns: &str) -> String {
+    format!(
+        r#"{{"protocol":"TCP","src":{{"ip":"10.244.1.5","namespace":{src_ns:?},"pod":"web-1","workload":{{"kind":"Deployment","name":"web"}},"labels":{src_labels}}},"dst":{{"ip":"10.244.1.9","port":8080,"namespace":{dst_ns:?},"pod":"api-1","workload":{{"kind":"Deployment","name":"api"}},"labels":{{"app":"api"}}}}}}"#
+    )
+}
+
+/// Every file under `dir`, relative.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A flow whose namespace is `../../../../var/x/escaped` must not make `recommend -o DIR/`
+/// write `escaped.yaml` outside DIR: the line is rejected naming file:line and field, the other
+/// flows are still used, the exit code says a line was bad.
+#[test]
+fn recommend_never_writes_outside_the_output_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // From root/1/2/3/out/, `../../../../var/x/escaped.yaml` is root/var/x/escaped.yaml.
+    std::fs::create_dir_all(root.join("var/x")).unwrap();
+    let out_dir = root.join("1/2/3/out");
+    let flows = root.join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        [
+            flow_line("shop", r#"{"app":"web"}"#, "shop"),
+            flow_line("../../../../var/x/escaped", r#"{"app":"web"}"#, "shop"),
+            flow_line("shop", r#"{"app":"web"}"#, "../../../../var/x/escaped"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["recommend", "--flows"])
+        .arg(&flows)
+        .arg("-o")
+        .arg(format!("{}/", out_dir.display()))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for (line, field) in [(2, "src.namespace"), (3, "dst.namespace")] {
+        assert!(
+            err.contains(&format!(
+                "{}:{line}: rejected flow record: field {field}: \"../../../../var/x/escaped\" is not a valid namespace name",
+                flows.display()
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        files_under(root),
+        [
+            PathBuf::from("1/2/3/out/shop.yaml"),
+            PathBuf::from("flows.jsonl")
+        ],
+        "{err}"
+    );
+    let yaml = std::fs::read_to_string(out_dir.join("shop.yaml")).unwrap();
+    assert!(!yaml.contains("escaped"), "{yaml}");
+}
+
+/// Names the API server would reject never reach a written policy: each such line is
+/// rejected with its file:line and field, the valid flows still give their policies.
+#[test]
+fn recommend_rejects_names_the_api_server_would_reject() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        [
+            flow_line("shop", r#"{"app":"web"}"#, "shop"),
+            flow_line("Bad_Name!", r#"{"app":"web"}"#, "shop"),
+            flow_line("shop", r#"{"app":"Shop Space"}"#, "shop"),
+            flow_line("shop", r#"{"-bad key":"web"}"#, "shop"),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["recommend", "--flows"])
+        .arg(&flows)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let f = flows.display();
+    for expected in [
+        format!("{f}:2: rejected flow record: field src.namespace: \"Bad_Name!\""),
+        format!(
+            "{f}:3: rejected flow record: field src.labels[\"app\"]: \"Shop Space\" is not a valid label value"
+        ),
+        format!(
+            "{f}:4: rejected flow record: field src.labels[\"-bad key\"]: \"-bad key\" is not a valid label key"
+        ),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in {err}");
+    }
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("name: web-np"), "{yaml}");
+    for bad in ["Bad_Name", "Shop Space", "bad key"] {
+        assert!(!yaml.contains(bad), "{bad} in {yaml}");
+    }
+}
+
+/// An agent's answer is input like a file: a flow with a traversal namespace is rejected,
+/// named by the agent's URL and line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_with_invalid_names_are_rejected() {
+    let body = format!(
+        "{}\n{}\n",
+        flow_line("shop", r#"{"app":"web"}"#, "shop"),
+        flow_line("../../../../var/x/escaped", r#"{"app":"web"}"#, "shop")
+    );
+    let app = Router::new().route("/api/v1/flows", get(move || async move { body.clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("a/b/c/out");
+    std::fs::create_dir_all(tmp.path().join("var/x")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
+        .args(["recommend", "--agent", &format!("http://{addr}"), "-o"])
+        .arg(format!("{}/", out_dir.display()))
+        .output()
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "http://{addr}/api/v1/flows:2: rejected flow record: field src.namespace"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        files_under(tmp.path()),
+        [PathBuf::from("a/b/c/out/shop.yaml")],
+        "{err}"
+    );
+}
+
+fn inventory_error(yaml: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("inv.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let err = Inventory::from_path(&file).unwrap_err().to_string();
+    err.replace(&file.display().to_string(), "inv.yaml")
+}
+
+/// Names in inventory files are checked at load: the error names file, document, object and
+/// field.
+#[test]
+fn inventory_files_with_invalid_names_are_rejected() {
+    let pod = |meta: &str, spec: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n{meta}\nspec:\n  containers:\n  - name: c\n{spec}\nstatus:\n  podIP: 10.244.1.5\n"
+        )
+    };
+    let cases = [
+        (
+            pod("  name: web-1\n  namespace: ../../x", ""),
+            "inv.yaml, document 1: Pod ../../x/web-1: field metadata.namespace: \"../../x\" is not a valid namespace name",
+        ),
+        (
+            pod("  name: Bad_Name!\n  namespace: shop", ""),
+            "inv.yaml, document 1: Pod shop/Bad_Name!: field metadata.name: \"Bad_Name!\" is not a valid object name",
+        ),
+        (
+            pod("  name: web-1\n  namespace: shop\n  labels:\n    \"-bad key\": x", ""),
+            "inv.yaml, document 1: Pod shop/web-1: field metadata.labels[\"-bad key\"]: \"-bad key\" is not a valid label key",
+        ),
+        (
+            pod("  name: web-1\n  namespace: shop\n  labels:\n    app: Shop Space", ""),
+            "inv.yaml, document 1: Pod shop/web-1: field metadata.labels[\"app\"]: \"Shop Space\" is not a valid label value",
+        ),
+        (
+            pod(
+                "  name: web-1\n  namespace: shop\n  ownerReferences:\n  - {apiVersion: apps/v1, kind: ReplicaSet, name: ../web, uid: u}",
+                "",
+            ),
+            "field metadata.ownerReferences[0].name: \"../web\" is not a valid object name",
+        ),
+        (
+            pod(
+                "  name: web-1\n  namespace: shop",
+                "    ports:\n    - {name: Http Port, containerPort: 80}",
+            ),
+            "field spec.containers[0].ports[0].name: \"Http Port\" is not a valid port name",
+        ),
+        (
+            pod("  namespace: shop", ""),
+            "inv.yaml, document 1: Pod shop/<unnamed>: field metadata.name: missing",
+        ),
+        (
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: Shop Space}\n".to_owned(),
+            "inv.yaml, document 2: Namespace Shop Space: field metadata.name: \"Shop Space\" is not a valid namespace name",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: \"a b\"}}\n  template: {}\n".to_owned(),
+            "Deployment shop/web: field spec.selector.matchLabels[\"app\"]: \"a b\" is not a valid label value",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: api, namespace: shop}\n  spec:\n    selector: {app: \"x/y\"}\n".to_owned(),
+            "inv.yaml, document 1, items[0]: Service shop/api: field spec.selector[\"app\"]: \"x/y\" is not a valid label value",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let err = inventory_error(&yaml);
+        assert!(
+            err.contains(expected),
+            "expected {expected:?}\n got {err:?}"
+        );
+    }
+}
+
+/// Subnet names become label values and annotations: they follow the label-value rule.
+#[test]
+fn subnet_names_are_checked() {
+    let err = Subnets::from_yaml_str("\"../db subnet\": [10.0.2.0/24]\n", Path::new("s.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "s.yaml: subnet \"../db subnet\": \"../db subnet\" is not a valid subnet name"
+        ),
+        "{err}"
+    );
+    assert!(Subnets::from_yaml_str("db-subnet: [10.0.2.0/24]\n", Path::new("s.yaml")).is_ok());
+}
