@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod names;
 pub mod policy;
 pub mod recommend;
+pub mod tls;

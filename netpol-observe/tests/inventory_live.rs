@@ -110,6 +110,7 @@ async fn live_inventory_from_recorded_api_responses() {
         LiveOptions {
             debounce: Duration::from_millis(20),
             tombstone_retention: Duration::from_secs(60),
+            ..LiveOptions::default()
         },
     );
     tokio::time::timeout(Duration::from_secs(10), inv.wait_synced())

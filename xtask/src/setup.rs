@@ -15,6 +15,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "promtool"),
     ("kubernetes-client", "kubectl"),
+    ("openssl", "openssl"),
+    ("util-linux", "unshare"),
 ];
 
 /// PyPI tools the `deploy/` tests use (package, version, a command it installs), installed into

@@ -97,6 +97,9 @@ pub struct AgentConfig {
     /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change.
     /// Absent: in-cluster mode (service account, watches).
     pub inventory: Option<PathBuf>,
+    /// In-cluster mode: a kubeconfig instead of the pod's ServiceAccount (default: `$KUBECONFIG`,
+    /// else the in-cluster identity, else `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
     /// Named subnets file (`name: CIDR` or `name: [CIDRs]`).
     pub subnets: Option<PathBuf>,
     /// Draft NetworkPolicies (file or directory) evaluated next to the ones in force.
@@ -134,6 +137,7 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9965)),
             inventory: None,
+            kubeconfig: None,
             subnets: None,
             staged_policies: None,
             node_name: None,

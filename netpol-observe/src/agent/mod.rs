@@ -41,7 +41,11 @@ use crate::{
     attribution::{AttributionError, Subnets},
     datapath::{Counter, Datapath, DatapathError, DropSample, DropTracer, DropsError, FlowUpdate},
     flow::{Endpoint, FlowRecord},
-    inventory::{Inventory, InventoryError, NetworkPolicy, WATCHED_RESOURCES},
+    inventory::{
+        Inventory, InventoryError, NetworkPolicy, WATCHED_RESOURCES,
+        kubeapi::{self, KubeAccess},
+        live,
+    },
     metrics::{Direction, FlowLabels, Metrics},
     policy::PolicyError,
 };
@@ -91,12 +95,19 @@ pub enum AgentError {
     Http(String),
 }
 
-/// Why the agent is not ready yet (for `/readyz`).
+/// Why the agent is not ready (for `/readyz`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Readiness {
     datapath: bool,
+    /// A model is installed.
     inventory: bool,
+    /// Why the last model could not be built (cleared by the next model).
     inventory_error: Option<String>,
+    /// What is wrong with the inventory's source now (API watches failing, a file that does not
+    /// load): the model in use may be stale. Cleared when the source works again.
+    source_problem: Option<String>,
+    /// `source_problem` is a failure (not a first sync in progress).
+    source_failed: bool,
 }
 
 /// The agent's shared state: what the HTTP API reads and the event loop writes.
@@ -196,11 +207,14 @@ impl AgentState {
         if !r.datapath {
             missing.push("datapath and drop tracepoint not attached yet".to_owned());
         }
-        if !r.inventory {
+        if !r.inventory && (r.source_problem.is_none() || r.inventory_error.is_some()) {
             missing.push(match &r.inventory_error {
                 Some(e) => format!("inventory not loaded: {e}"),
                 None => "inventory not synced yet".to_owned(),
             });
+        }
+        if let Some(p) = &r.source_problem {
+            missing.push(p.clone());
         }
         if missing.is_empty() {
             Ok(())
@@ -215,6 +229,24 @@ impl AgentState {
 
     fn set_inventory_error(&self, e: String) {
         lock(&self.readiness).inventory_error = Some(e);
+    }
+
+    /// Records what is wrong with the inventory's source (`None`: it works; `failing`: an error,
+    /// not only a sync in progress), logging changes.
+    fn set_source_problem(&self, problem: Option<String>, failing: bool) {
+        let mut r = lock(&self.readiness);
+        if r.source_problem != problem {
+            match &problem {
+                Some(p) if failing => tracing::warn!("not ready: {p}"),
+                Some(p) => tracing::debug!("not ready: {p}"),
+                None if r.source_problem.as_ref().is_some_and(|_| r.source_failed) => {
+                    tracing::info!("inventory source healthy again")
+                }
+                None => tracing::info!("inventory synced"),
+            }
+            r.source_problem = problem;
+            r.source_failed = failing;
+        }
     }
 
     /// Attributes, judges and records one datapath update.
@@ -492,7 +524,7 @@ enum Source {
     /// Standalone: files, polled for changes.
     Files(PathBuf),
     /// In-cluster: the live inventory.
-    Live(crate::inventory::live::LiveInventory),
+    Live(live::LiveInventory),
     /// Neither could be set up: flows stay unattributed.
     None,
 }
@@ -584,18 +616,14 @@ impl Agent {
         state.set_datapath_ready();
 
         if config.inventory.is_none() {
-            source = match kube::Client::try_default().await {
-                Ok(client) => {
-                    let live = crate::inventory::live::start(
-                        client,
-                        crate::inventory::live::LiveOptions::default(),
-                    );
-                    Source::Live(live)
+            let access = KubeAccess::infer(config.kubeconfig.clone());
+            source = match kubeapi::client(&access).await {
+                Ok((client, connected)) => {
+                    tracing::info!(server = %connected.server, via = %connected.via, "watching the API server");
+                    Source::Live(live::start(client, live::LiveOptions::default()))
                 }
                 Err(e) => {
-                    let msg = format!(
-                        "no --inventory and no Kubernetes API access ({e}); flows stay unattributed"
-                    );
+                    let msg = format!("no --inventory and {e}; flows stay unattributed");
                     tracing::warn!("{msg}");
                     state.set_inventory_error(msg);
                     Source::None
@@ -635,6 +663,8 @@ impl Agent {
         tokio::pin!(shutdown);
         loop {
             let mut rebuild = false;
+            // A change of the file source's health: Some(None) healthy again, Some(Some(why)).
+            let mut problem: Option<Option<String>> = None;
             tokio::select! {
                 _ = &mut shutdown => break,
                 u = updates.recv() => match u {
@@ -660,12 +690,14 @@ impl Agent {
                             inv_print = now;
                             match Inventory::from_path(p) {
                                 Ok(inv) => {
+                                    problem = Some(None);
                                     tracing::info!(path = %p.display(), pods = inv.pods.len(), "inventory reloaded");
                                     inventory = Some(Arc::new(inv));
                                     rebuild = true;
                                 }
                                 Err(e) => {
                                     tracing::error!("inventory reload failed, keeping the previous one: {e}");
+                                    problem = Some(Some(format!("inventory reload failed (the previous one is in use): {e}")));
                                 }
                             }
                         }
@@ -700,6 +732,7 @@ impl Agent {
                                 && !s.errors.iter().any(|(r, _)| *r == name);
                             state.metrics.set_inventory_synced(&name, ok);
                         }
+                        state.set_source_problem(live_problem(&s), !s.errors.is_empty());
                         if s.synced && state.model().is_none() {
                             if let Source::Live(l) = &source {
                                 inventory = Some(l.snapshot());
@@ -708,6 +741,15 @@ impl Agent {
                         }
                     }
                 }
+            }
+            if let Some(p) = problem {
+                for (group, resource) in WATCHED_RESOURCES {
+                    state
+                        .metrics
+                        .set_inventory_synced(&resource_label(group, resource), p.is_none());
+                }
+                let failing = p.is_some();
+                state.set_source_problem(p, failing);
             }
             if rebuild && let Some(inv) = &inventory {
                 match Model::new(inv.clone(), &subnets, staged.as_deref()) {
@@ -738,6 +780,44 @@ impl Agent {
         state.metrics.set_attached_interfaces(0);
         Ok(state.final_flows(records))
     }
+}
+
+/// What keeps a live inventory from being trusted (`None`: synced and every watch works).
+fn live_problem(s: &live::SyncState) -> Option<String> {
+    // One line per distinct error (an outage fails every watch the same way).
+    let mut by_error: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (resource, e) in &s.errors {
+        match by_error.iter_mut().find(|(m, _)| *m == e.as_str()) {
+            Some((_, rs)) => rs.push(resource),
+            None => by_error.push((e, vec![resource])),
+        }
+    }
+    let failing = by_error
+        .iter()
+        .map(|(e, rs)| format!("{}: {e}", rs.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !s.synced {
+        let waiting: Vec<String> = WATCHED_RESOURCES
+            .iter()
+            .map(|(g, r)| resource_label(g, r))
+            .filter(|name| !s.listed.contains(name))
+            .collect();
+        let mut why = if waiting.is_empty() {
+            "inventory not synced: building the first snapshot".to_owned()
+        } else {
+            format!(
+                "inventory not synced: waiting for the first list of {}",
+                waiting.join(", ")
+            )
+        };
+        if !failing.is_empty() {
+            why.push_str(&format!(" (failing: {failing})"));
+        }
+        return Some(why);
+    }
+    (!failing.is_empty())
+        .then(|| format!("API server watches failing, the inventory may be stale: {failing}"))
 }
 
 /// Waits for a change on an optional watch receiver (`None` when absent or closed).

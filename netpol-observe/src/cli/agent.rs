@@ -50,6 +50,10 @@ pub struct Args {
     /// [default: in-cluster, from the API server].
     #[arg(long, env = "NETPOL_OBSERVE_INVENTORY", value_name = "PATH")]
     pub inventory: Option<PathBuf>,
+    /// In-cluster mode from outside a pod: this kubeconfig instead of the pod's ServiceAccount
+    /// [default: $KUBECONFIG, else the in-cluster identity, else ~/.kube/config].
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Named subnets outside the cluster: YAML `name: CIDR` or `name: [CIDRs]`.
     #[arg(long, env = "NETPOL_OBSERVE_SUBNETS", value_name = "FILE")]
     pub subnets: Option<PathBuf>,
@@ -127,6 +131,9 @@ impl Args {
         }
         if let Some(v) = &self.inventory {
             c.inventory = Some(v.clone());
+        }
+        if let Some(v) = &self.kubeconfig {
+            c.kubeconfig = Some(v.clone());
         }
         if let Some(v) = &self.subnets {
             c.subnets = Some(v.clone());

@@ -39,6 +39,9 @@ pub struct LiveOptions {
     pub debounce: Duration,
     /// How long deleted pods are kept (with their deletion time) for IP-reuse attribution.
     pub tombstone_retention: Duration,
+    /// How often a resource whose watch failed is checked with a list of one object: when it
+    /// answers, the resource is healthy again (its watch resumes by itself).
+    pub probe_interval: Duration,
 }
 
 impl Default for LiveOptions {
@@ -46,6 +49,7 @@ impl Default for LiveOptions {
         LiveOptions {
             debounce: Duration::from_millis(500),
             tombstone_retention: Duration::from_secs(600),
+            probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -151,6 +155,9 @@ const RESOURCE_NAMES: &[&str] = &[
 /// current tokio runtime; they run until the runtime shuts down.
 pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
     let (tx, rx) = mpsc::channel(1024);
+    let prober = Prober {
+        client: client.clone(),
+    };
     let stores = Stores {
         namespaces: spawn_reflector(
             Api::all(client.clone()),
@@ -207,10 +214,43 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
         listed: Vec::new(),
         errors: Vec::new(),
     });
-    tokio::spawn(builder(stores, rx, snap_tx, state_tx, options));
+    tokio::spawn(builder(stores, prober, rx, snap_tx, state_tx, options));
     LiveInventory {
         snapshot: snap_rx,
         state: state_rx,
+    }
+}
+
+/// Checks that failing resources can be listed again. A watch that resumes after an outage
+/// (same resource version, nothing changed meanwhile) reports nothing, so without this a
+/// recovered resource would stay marked as failing.
+#[derive(Clone)]
+struct Prober {
+    client: Client,
+}
+
+impl Debug for Prober {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prober").finish_non_exhaustive()
+    }
+}
+
+impl Prober {
+    /// Lists one object of `resource` (`group/resource` as in [`RESOURCE_NAMES`]) with the
+    /// agent's own identity: the same verb the reflector needs.
+    async fn can_list(&self, resource: &str) -> Result<(), String> {
+        let path = match resource.split_once('/') {
+            Some((group, name)) => format!("/apis/{group}/v1/{name}?limit=1"),
+            None => format!("/api/v1/{resource}?limit=1"),
+        };
+        let request = http::Request::get(path)
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        self.client
+            .request_text(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -239,7 +279,7 @@ where
                 Ok(_) => Report::Changed(name),
                 Err(err) => {
                     tracing::warn!(resource = name, error = %err, "watch failed; retrying with backoff");
-                    Report::Error(name, err.to_string())
+                    Report::Error(name, describe(&err))
                 }
             };
             if tx.send(report).await.is_err() {
@@ -250,8 +290,24 @@ where
     reader
 }
 
+/// A watch error in a line: the API server's own message for API errors (it names the verb and
+/// resource of a missing permission), else the client's.
+fn describe(err: &watcher::Error) -> String {
+    let client = match err {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => e,
+        other => return other.to_string(),
+    };
+    match client {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
 async fn builder(
     stores: Stores,
+    prober: Prober,
     mut rx: mpsc::Receiver<Report>,
     snap_tx: watch::Sender<Arc<Inventory>>,
     state_tx: watch::Sender<SyncState>,
@@ -259,7 +315,37 @@ async fn builder(
 ) {
     let mut tombstones: Vec<PodInfo> = Vec::new();
     let mut dirty = false;
-    while let Some(first) = rx.recv().await {
+    // When each failing resource last reported an error: the probe clears only errors older than
+    // one probe interval, so the watch has had its own chance to retry (and to fail again).
+    let mut failed_at: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
+    let mut probe = tokio::time::interval_at(
+        tokio::time::Instant::now() + options.probe_interval,
+        options.probe_interval,
+    );
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => break },
+            _ = probe.tick() => {
+                let failing: Vec<&'static str> = failed_at
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() >= options.probe_interval)
+                    .map(|(r, _)| *r)
+                    .collect();
+                for resource in failing {
+                    match prober.can_list(resource).await {
+                        // Listed before: its watch resumes where it was (or relists).
+                        Ok(()) if state_tx.borrow().listed.iter().any(|l| l == resource) => {
+                            failed_at.remove(resource);
+                            state_tx.send_modify(|s| s.errors.retain(|(r, _)| r != resource));
+                        }
+                        Ok(()) => {}
+                        Err(e) => tracing::debug!(resource, error = %e, "still failing"),
+                    }
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         // Debounce: gather what arrives shortly after.
         let deadline = tokio::time::sleep(options.debounce);
@@ -280,6 +366,7 @@ async fn builder(
             match report {
                 Report::Listed(name) => {
                     dirty = true;
+                    failed_at.remove(name);
                     state_tx.send_modify(|s| {
                         if !s.listed.iter().any(|l| l == name) {
                             s.listed.push(name.to_owned());
@@ -289,16 +376,20 @@ async fn builder(
                 }
                 Report::Changed(name) => {
                     dirty = true;
+                    failed_at.remove(name);
                     state_tx.send_if_modified(|s| {
                         let before = s.errors.len();
                         s.errors.retain(|(r, _)| r != name);
                         before != s.errors.len()
                     });
                 }
-                Report::Error(name, err) => state_tx.send_modify(|s| {
-                    s.errors.retain(|(r, _)| r != name);
-                    s.errors.push((name.to_owned(), err));
-                }),
+                Report::Error(name, err) => {
+                    failed_at.insert(name, tokio::time::Instant::now());
+                    state_tx.send_modify(|s| {
+                        s.errors.retain(|(r, _)| r != name);
+                        s.errors.push((name.to_owned(), err));
+                    });
+                }
             }
         }
         let all_listed = state_tx.borrow().listed.len() == WATCHED_RESOURCES.len();

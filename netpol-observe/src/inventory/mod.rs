@@ -10,6 +10,7 @@ mod build;
 mod error;
 mod files;
 mod intern;
+pub mod kubeapi;
 pub mod live;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};

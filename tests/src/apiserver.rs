@@ -1,0 +1,382 @@
+//! A real control plane for the end-to-end tests: `etcd` and `kube-apiserver` on loopback, run
+//! as a cluster runs them (TLS with their own CA, client-certificate admin, RBAC + Node
+//! authorization, ServiceAccount token issuance and validation, a Service CIDR), with no
+//! controllers: the tests create what controllers would (ReplicaSets, Pods and their status,
+//! EndpointSlices).
+//!
+//! The binaries come from `$NETPOL_OBSERVE_KUBE_APISERVER` and `$NETPOL_OBSERVE_ETCD`, else
+//! `../shared/k8s/bin/` next to the workspace. Everything lives in a run directory under the
+//! system temp dir named after the test; it is removed on drop (also on panic), and a killed
+//! run's processes and directory are removed by the next run of the same test (pid files).
+//! The servers also die with the test thread that started them (`PR_SET_PDEATHSIG`).
+
+use std::{
+    io::Write,
+    net::TcpListener,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The two binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `kube-apiserver`.
+    pub apiserver: PathBuf,
+    /// `etcd`.
+    pub etcd: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries if present. Absent: outside CI the test is skipped with a message (`None`);
+    /// under `CI=true` it fails, naming what is missing.
+    pub fn find(test: &str) -> Option<Binaries> {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/k8s/bin");
+        let pick = |var: &str, name: &str| {
+            std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| shared.join(name))
+        };
+        let b = Binaries {
+            apiserver: pick("NETPOL_OBSERVE_KUBE_APISERVER", "kube-apiserver"),
+            etcd: pick("NETPOL_OBSERVE_ETCD", "etcd"),
+        };
+        let missing: Vec<String> = [&b.apiserver, &b.etcd]
+            .into_iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if missing.is_empty() {
+            return Some(b);
+        }
+        let msg = format!(
+            "{test}: needs kube-apiserver and etcd, missing {} (set NETPOL_OBSERVE_KUBE_APISERVER \
+             and NETPOL_OBSERVE_ETCD, or put them in ../shared/k8s/bin)",
+            missing.join(", ")
+        );
+        if crate::ci() {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("SKIPPED {msg}");
+        None
+    }
+}
+
+/// A running etcd + kube-apiserver; stopped and removed on drop.
+#[derive(Debug)]
+pub struct ApiServer {
+    bins: Binaries,
+    /// The run directory (certificates, etcd data, logs, kubeconfig).
+    pub dir: PathBuf,
+    /// The API server's secure port on 127.0.0.1.
+    pub port: u16,
+    etcd_port: u16,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (Debian package openssl)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Kills the processes recorded in `dir/*.pid` by an earlier, killed run, then removes `dir`.
+fn remove_leftovers(dir: &Path) {
+    for name in ["apiserver.pid", "etcd.pid"] {
+        if let Ok(pid) = std::fs::read_to_string(dir.join(name))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            // Only if it is still one of our binaries (the pid may have been reused).
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let exe = exe.to_string_lossy();
+            if exe.ends_with("kube-apiserver") || exe.ends_with("etcd") {
+                // SAFETY: sending a signal has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Makes the child die with the thread that spawned it.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+impl ApiServer {
+    /// Starts etcd and the API server for test `name` (a short unique name) and waits until
+    /// `/readyz` answers (up to two minutes on a loaded machine).
+    pub fn start(bins: &Binaries, name: &str) -> Result<ApiServer> {
+        let dir = std::env::temp_dir().join(format!("netpol-observe-apiserver-{name}"));
+        remove_leftovers(&dir);
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki)?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let sh = |args: &[&str]| openssl(&pki, args);
+        sh(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=netpol-observe-test-ca",
+        ])?;
+        std::fs::write(
+            pki.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
+             DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+        )?;
+        std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+        for (name, subject, ext) in [
+            ("apiserver", "/CN=kube-apiserver", "server.ext"),
+            ("admin", "/O=system:masters/CN=admin", "client.ext"),
+        ] {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            sh(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                subject,
+            ])?;
+            sh(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+            ])?;
+        }
+        sh(&["genrsa", "-out", "sa.key", "2048"])?;
+        sh(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        let mut server = ApiServer {
+            bins: bins.clone(),
+            port: free_port()?,
+            etcd_port: free_port()?,
+            dir,
+            etcd: None,
+            apiserver: None,
+        };
+        server.start_etcd()?;
+        server.start_apiserver()?;
+        std::fs::write(
+            server.kubeconfig(),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \
+                 \"https://127.0.0.1:{}\", certificate-authority: \"{}\"}}\nusers:\n- name: \
+                 admin\n  user: {{client-certificate: \"{}\", client-key: \"{}\"}}\ncontexts:\n- \
+                 name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
+                server.port,
+                pki.join("ca.crt").display(),
+                pki.join("admin.crt").display(),
+                pki.join("admin.key").display()
+            ),
+        )?;
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let peer = free_port()?;
+        let mut cmd = Command::new(&self.bins.etcd);
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(self.dir.join("etcd-data"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join("logs/etcd.log"))?);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("starting etcd")?;
+        std::fs::write(self.dir.join("etcd.pid"), child.id().to_string())?;
+        self.etcd = Some(child);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the API server on the same port, certificates and etcd, without
+    /// waiting for it.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        let pki = self.dir.join("pki");
+        let p = |f: &str| pki.join(f).display().to_string();
+        let mut cmd = Command::new(&self.bins.apiserver);
+        cmd.arg(format!(
+            "--etcd-servers=http://127.0.0.1:{}",
+            self.etcd_port
+        ))
+        .arg("--bind-address=127.0.0.1")
+        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--secure-port={}", self.port))
+        .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
+        .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
+        .arg(format!("--client-ca-file={}", p("ca.crt")))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg(format!("--service-account-key-file={}", p("sa.pub")))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            p("sa.key")
+        ))
+        .arg("--service-cluster-ip-range=10.96.0.0/16")
+        .arg("--authorization-mode=Node,RBAC")
+        .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
+        .arg("--endpoint-reconciler-type=none")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("logs/kube-apiserver.log"))?,
+        );
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().context("starting kube-apiserver")?;
+        std::fs::write(self.dir.join("apiserver.pid"), child.id().to_string())?;
+        self.apiserver = Some(child);
+        Ok(())
+    }
+
+    /// Stops the API server only (etcd keeps the cluster's state), as an outage would.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut c) = self.apiserver.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the API server's `/readyz` answers `ok` (admin identity).
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let out = self.kubectl(&["get", "--raw", "/readyz"], None)?;
+            if out.status.success() {
+                return Ok(());
+            }
+            if let Some(c) = self.apiserver.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                bail!(
+                    "kube-apiserver exited ({status}); see {}",
+                    self.dir.join("logs/kube-apiserver.log").display()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!("kube-apiserver not ready after 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The admin kubeconfig (client certificate in `system:masters`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// The cluster CA (what a pod finds in `ca.crt`).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("pki/ca.crt")
+    }
+
+    /// Runs `kubectl ARGS` as admin, `stdin` fed if given.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .context("running kubectl (Debian package kubernetes-client)")?;
+        if let Some(input) = stdin
+            && let Some(mut w) = child.stdin.take()
+        {
+            w.write_all(input.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs `kubectl ARGS` as admin and fails with its stderr when it does not succeed.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let out = self.kubectl(args, stdin)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of a YAML/JSON stream.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(yaml))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop_apiserver();
+        if let Some(mut c) = self.etcd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
