@@ -264,3 +264,89 @@ fn subnet_names_are_checked() {
     );
     assert!(Subnets::from_yaml_str("db-subnet: [10.0.2.0/24]\n", Path::new("s.yaml")).is_ok());
 }
+
+/// Two pods of namespace `shop`: web (10.244.1.5, app=web) and api (10.244.1.9, app=api).
+const TWO_PODS: &str = "apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: web-1, namespace: shop, labels: {app: web}}, status: {podIP: 10.244.1.5}}
+- {apiVersion: v1, kind: Pod, metadata: {name: api-1, namespace: shop, labels: {app: api}}, status: {podIP: 10.244.1.9}}
+";
+
+/// Flows to every odd port (32,768 ports, so the recommended rule cuts the port space into
+/// 65,536 intervals): the self-check passes, port 65535 included.
+#[test]
+fn recommend_with_65536_port_intervals_passes_its_self_check() {
+    use netpol_observe::{
+        flow::{FlowRecord, Protocol},
+        policy::PolicyEngine,
+        recommend::{RecommendConfig, Recommender},
+    };
+    let inv = Inventory::from_yaml_str(TWO_PODS, "inv.yaml").unwrap();
+    let web = "10.244.1.5".parse().unwrap();
+    let api = "10.244.1.9".parse().unwrap();
+    let flows: Vec<FlowRecord> = (1..=65535u16)
+        .step_by(2)
+        .map(|p| FlowRecord::new(Protocol::Tcp, web, api, Some(p)))
+        .collect();
+    let rec =
+        Recommender::new(&inv, &Subnets::default(), RecommendConfig::default()).recommend(&flows);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_eq!(rec.stats.self_check_denied, 0);
+    let api_np = rec
+        .policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("api-1-np"))
+        .unwrap();
+    let rules = api_np.spec.as_ref().unwrap().ingress.as_ref().unwrap();
+    let ports: usize = rules.iter().map(|r| r.ports.as_ref().unwrap().len()).sum();
+    assert_eq!(ports, 32_768);
+    let engine = PolicyEngine::compile(&rec.policies, &inv).unwrap();
+    assert!(
+        engine
+            .evaluate(&FlowRecord::new(Protocol::Tcp, web, api, Some(65535)))
+            .allowed
+    );
+    assert!(
+        !engine
+            .evaluate(&FlowRecord::new(Protocol::Tcp, web, api, Some(65534)))
+            .allowed
+    );
+}
+
+/// A failed self-check (here: a flow whose attribution contradicts the inventory, so the
+/// policies built from it deny the real pod) is an error: exit 2, a clear message, nothing
+/// written.
+#[test]
+fn a_failed_self_check_exits_non_zero_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = tmp.path().join("inv.yaml");
+    std::fs::write(&inv, TWO_PODS).unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        r#"{"protocol":"TCP","src":{"ip":"10.244.1.5","namespace":"shop","pod":"web-1","workload":{"kind":"Pod","name":"web-1"},"labels":{"app":"web"}},"dst":{"ip":"10.244.1.9","port":8080,"namespace":"shop","pod":"api-1","workload":{"kind":"Pod","name":"api-1"},"labels":{"app":"fake"}}}"#,
+    )
+    .unwrap();
+    let out_file = tmp.path().join("out.yaml");
+    let out = bin()
+        .args(["recommend", "--flows"])
+        .arg(&flows)
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("-o")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("note: self-check: the recommended policies deny an observed flow"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: self-check failed: the recommended policies deny 1 observed flow(s) (see the notes above); nothing was written"),
+        "{err}"
+    );
+    assert!(!out_file.exists());
+}

@@ -40,7 +40,9 @@ pub enum Format {
 Writes one multi-document YAML stream (stdout, or the file given with -o), or with -o DIR
 one <namespace>.yaml per namespace. The same input gives the same bytes. Notes (left-out
 flows, aggregations) go to stderr. A bad flow line is reported (file:line) and the others are
-still used; the exit code is then 2.")]
+still used; the exit code is then 2. The policies are checked against the observed flows
+before they are written: if they would deny one (the self-check), nothing is written and the
+exit code is 2.")]
 pub struct Args {
     /// Flow records, JSON lines (`-` for stdin); several files are merged.
     #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["agent", "prometheus"], conflicts_with_all = ["agent", "prometheus"])]
@@ -145,6 +147,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "recommended"
     );
 
+    if rec.self_check_failed() {
+        anyhow::bail!(
+            "self-check failed: the recommended policies {} (see the notes above); nothing was written",
+            match &rec.stats.self_check_error {
+                Some(err) => format!("do not compile: {err}"),
+                None => format!("deny {} observed flow(s)", rec.stats.self_check_denied),
+            }
+        );
+    }
     check_output_names(&rec.policies)?;
     match &args.out {
         Some(out) if is_dir_target(out) => {

@@ -23,7 +23,10 @@
 //! condition, not per rule; a set whose rules share one condition needs no test at all.
 //! Rule sets are interned: groups share them.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use super::{
     Name, Names,
@@ -166,9 +169,10 @@ struct Lookup {
 // Layout of a group's record in `Tables::flat` (u32 words, offset `o`):
 //   o + 0           group id (index into `Tables::groups`)
 //   o + 1           slot: port-less protocols (ICMP)
-//   o + 2 + 3p      slot: protocol p (TCP, UDP, SCTP) without a port
-//   o + 3 + 3p      intervals n | named ports m << 16 of protocol p
-//   o + 4 + 3p      offset b of protocol p's body
+//   o + 2 + 4p      slot: protocol p (TCP, UDP, SCTP) without a port
+//   o + 3 + 4p      number of intervals n of protocol p (up to 65,536: one per port)
+//   o + 4 + 4p      number of named ports m of protocol p
+//   o + 5 + 4p      offset b of protocol p's body
 // and each protocol's body right after the header:
 //   b .. b+n        interval starts (ports)
 //   b+n .. b+2n     slots: the set of each interval
@@ -176,7 +180,7 @@ struct Lookup {
 // A slot holds the set's condition (set condition space); `flat_sets` holds the set record at
 // the same index. So a decision reads the pod's group record (a few adjacent words) and one
 // word of a condition row.
-const HEADER: usize = 11;
+const HEADER: usize = 14;
 
 /// Every table of an engine.
 #[derive(Debug, Clone, Default)]
@@ -275,16 +279,16 @@ impl Tables {
             };
         };
         let no_port = Lookup {
-            slot: o + 2 + 3 * p,
+            slot: o + 2 + 4 * p,
             named: 0,
             named_len: 0,
         };
         let Some(port) = port else {
             return no_port;
         };
-        let counts = self.word(o + 3 + 3 * p) as usize;
-        let (n, m) = (counts & 0xffff, counts >> 16);
-        let b = self.word(o + 4 + 3 * p) as usize;
+        let n = self.word(o + 3 + 4 * p) as usize;
+        let m = self.word(o + 4 + 4 * p) as usize;
+        let b = self.word(o + 5 + 4 * p) as usize;
         let Some(starts) = self.flat.get(b..b + n) else {
             return no_port;
         };
@@ -685,24 +689,24 @@ impl<'a> TablesBuilder<'a> {
         self.push_word(id);
         self.push_slot(g.other);
         let mut body = o + HEADER;
+        // The counts get a word each: there can be 65,536 intervals (one per port), which
+        // does not fit the 16 bits they once shared a word in.
         for t in &g.protos {
-            let n = t.starts.len().min(0xffff);
-            let m = t.named.len().min(0xffff);
+            let (n, m) = (t.starts.len(), t.named.len());
             self.push_slot(t.no_port);
-            self.push_word(to_u32(n | (m << 16)));
+            self.push_word(to_u32(n));
+            self.push_word(to_u32(m));
             self.push_word(to_u32(body));
             body += 2 * n + 2 * m;
         }
         for t in &g.protos {
-            let n = t.starts.len().min(0xffff);
-            let m = t.named.len().min(0xffff);
-            for s in &t.starts[..n] {
+            for s in &t.starts {
                 self.push_word(u32::from(*s));
             }
-            for set in &t.sets[..n] {
+            for set in &t.sets {
                 self.push_slot(*set);
             }
-            for (name, set) in &t.named[..m] {
+            for (name, set) in &t.named {
                 self.push_word(*name);
                 self.push_slot(*set);
             }
@@ -748,16 +752,34 @@ impl<'a> TablesBuilder<'a> {
         }
         bounds.sort_unstable();
         bounds.dedup();
+        // A sweep over the bounds: the rules whose ranges cover the current interval, with
+        // how many of their ranges do (a rule may list overlapping ranges). Linear in bounds
+        // and ranges, so a rule with tens of thousands of ports compiles quickly.
+        let mut opens: Vec<(u16, u32)> = ranges.iter().map(|(a, _, r)| (*a, *r)).collect();
+        let mut closes: Vec<(u32, u32)> = ranges
+            .iter()
+            .map(|(_, b, r)| (u32::from(*b) + 1, *r))
+            .collect();
+        opens.sort_unstable();
+        closes.sort_unstable();
+        let (mut open, mut close) = (opens.iter().peekable(), closes.iter().peekable());
+        let mut active: BTreeMap<u32, usize> = BTreeMap::new();
         let mut starts = Vec::with_capacity(bounds.len());
         let mut sets: Vec<u32> = Vec::with_capacity(bounds.len());
         for s in bounds {
+            while let Some((_, r)) = open.next_if(|(a, _)| *a <= s) {
+                *active.entry(*r).or_default() += 1;
+            }
+            while let Some((_, r)) = close.next_if(|(end, _)| *end <= u32::from(s)) {
+                if let Some(n) = active.get_mut(r) {
+                    *n -= 1;
+                    if *n == 0 {
+                        active.remove(r);
+                    }
+                }
+            }
             let mut list = base.clone();
-            list.extend(
-                ranges
-                    .iter()
-                    .filter(|(a, b, _)| *a <= s && s <= *b)
-                    .map(|(_, _, r)| *r),
-            );
+            list.extend(active.keys().copied());
             let id = self.intern_set(list);
             if sets.last() != Some(&id) {
                 starts.push(s);
@@ -824,6 +846,55 @@ mod tests {
     use k8s_openapi::{api::networking::v1::IPBlock, apimachinery::pkg::util::intstr::IntOrString};
 
     use crate::policy::{PolicyEngine, SideResult, reference::Reference, synth};
+
+    /// A rule listing every odd port (32,768 entries) cuts the TCP port space into 65,536
+    /// intervals, one per port: every port gets its own verdict, 65535 included. (The interval
+    /// count was packed in 16 bits: the last interval was lost and port 65535 denied.)
+    #[test]
+    fn a_rule_with_65536_port_intervals_decides_every_port() {
+        let inv = crate::inventory::Inventory::from_yaml_str(
+            "apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: shop, labels: {app: web}}, status: {podIP: 10.0.0.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: api, namespace: shop, labels: {app: api}}, status: {podIP: 10.0.0.2}}
+",
+            "inv.yaml",
+        )
+        .unwrap();
+        let ports: Vec<serde_json::Value> = (1..=65535u32)
+            .step_by(2)
+            .map(|p| serde_json::json!({"port": p}))
+            .collect();
+        assert_eq!(ports.len(), 32_768);
+        let policy: crate::inventory::NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "odd-ports", "namespace": "shop"},
+            "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "ingress": [{"ports": ports}]}
+        }))
+        .unwrap();
+        let pols = [policy];
+        let engine = PolicyEngine::compile(&pols, &inv).unwrap();
+        let flow = |port: u16| {
+            crate::flow::FlowRecord::new(
+                crate::flow::Protocol::Tcp,
+                "10.0.0.1".parse().unwrap(),
+                "10.0.0.2".parse().unwrap(),
+                Some(port),
+            )
+        };
+        for port in 0..=u16::MAX {
+            let c = engine.evaluate_compact(&flow(port));
+            assert_eq!(c.allowed, port % 2 == 1, "port {port}");
+        }
+        let reference = Reference::new(&inv, &pols).unwrap();
+        for port in [0, 1, 2, 32_767, 32_768, 65_533, 65_534, 65_535] {
+            let v = engine.evaluate(&flow(port));
+            assert_eq!(v, reference.evaluate(&flow(port)), "port {port}");
+        }
+        let last = engine.evaluate(&flow(65_535));
+        assert_eq!(last.ingress.result, SideResult::Allowed);
+        assert_eq!(last.ingress.rules, ["shop/odd-ports:ingress[0]"]);
+    }
 
     /// Dense policies (dozens selecting each pod, so groups merge many rules with overlapping
     /// port ranges, named ports and ipBlocks): the merged tables must agree with the literal

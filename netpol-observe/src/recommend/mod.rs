@@ -108,6 +108,9 @@ pub struct RecommendStats {
     pub policies: usize,
     /// Edges the self-check found denied by the recommended policies (0 unless a bug).
     pub self_check_denied: usize,
+    /// Why the self-check could not compile the recommended policies (`None` unless a bug).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_check_error: Option<String>,
 }
 
 /// The recommended policies and what the reader should know about them.
@@ -119,6 +122,15 @@ pub struct Recommendation {
     pub notes: Vec<String>,
     /// Counts.
     pub stats: RecommendStats,
+}
+
+impl Recommendation {
+    /// Whether the self-check ([`RecommendConfig::self_check`]) failed: the recommended
+    /// policies deny an observed flow, or the engine cannot compile them. Either is a bug (or
+    /// input whose attribution contradicts the inventory); such policies must not be applied.
+    pub fn self_check_failed(&self) -> bool {
+        self.stats.self_check_denied > 0 || self.stats.self_check_error.is_some()
+    }
 }
 
 /// Builds NetworkPolicies from flows. Create once per inventory snapshot.
@@ -209,6 +221,7 @@ impl<'i> Recommender<'i> {
             workloads: obs.workloads.len(),
             policies: built.policies.len(),
             self_check_denied: 0,
+            self_check_error: None,
         };
         if self.config.self_check {
             match PolicyEngine::compile(&built.policies, self.inventory) {
@@ -232,7 +245,10 @@ impl<'i> Recommender<'i> {
                         }
                     }
                 }
-                Err(err) => notes.push(format!("self-check: {err}")),
+                Err(err) => {
+                    notes.push(format!("self-check: {err}"));
+                    stats.self_check_error = Some(err.to_string());
+                }
             }
         }
         notes.sort();
