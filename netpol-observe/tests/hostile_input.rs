@@ -350,3 +350,100 @@ fn a_failed_self_check_exits_non_zero_and_writes_nothing() {
     );
     assert!(!out_file.exists());
 }
+
+/// A flow file starting with a UTF-8 byte-order mark, with one line holding a byte that is not
+/// UTF-8: line 1 (`web` → `api`) and line 3 (`web` → `db`) are good.
+fn bom_and_bad_byte_file(dir: &Path) -> PathBuf {
+    let line = |dst: &str, ip: &str| {
+        format!(
+            r#"{{"protocol":"TCP","src":{{"ip":"10.244.1.5","namespace":"shop","pod":"web-1","workload":{{"kind":"Deployment","name":"web"}},"labels":{{"app":"web"}}}},"dst":{{"ip":{ip:?},"port":8080,"namespace":"shop","pod":"{dst}-1","workload":{{"kind":"Deployment","name":{dst:?}}},"labels":{{"app":{dst:?}}}}}}}"#
+        )
+    };
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(line("api", "10.244.1.9").as_bytes());
+    bytes.extend_from_slice(b"\n{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.244.1.5\"},\"dst\":{\"ip\":\"10.244.1.7\",\"port\":80,\"namespace\":\"sh\xF6p\"}}\n");
+    bytes.extend_from_slice(line("db", "10.244.1.10").as_bytes());
+    bytes.push(b'\n');
+    let file = dir.join("flows.jsonl");
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+/// `flows --file`: the line that is not UTF-8 is reported as file:line and the others are
+/// printed (the reading used to stop there and print nothing); the BOM costs no line.
+#[test]
+fn flows_file_reports_a_non_utf8_line_and_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = bom_and_bad_byte_file(tmp.path());
+    let out = bin()
+        .args(["flows", "--output", "jsonl", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {}:2: not UTF-8 text (invalid byte at column",
+            file.display()
+        )),
+        "{err}"
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pods: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["dst"]["pod"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(pods, ["api-1", "db-1"], "{err}");
+}
+
+/// `recommend --flows` and `verify --flows` use both good lines (the first one after the BOM
+/// included) and report the bad one.
+#[test]
+fn recommend_and_verify_read_past_a_non_utf8_line_and_a_bom() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = bom_and_bad_byte_file(tmp.path());
+    let out = bin()
+        .args(["recommend", "--flows"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("error: {}:2: not UTF-8 text", file.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("error: 1 flow line(s) could not be read"),
+        "{err}"
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains("name: api-np") && yaml.contains("name: db-np"),
+        "{yaml}"
+    );
+
+    let inv = tmp.path().join("inv.yaml");
+    std::fs::write(&inv, TWO_PODS).unwrap();
+    let out = bin()
+        .args(["verify", "--output", "json", "--policies"])
+        .arg(&inv)
+        .arg("--inventory")
+        .arg(&inv)
+        .arg("--flows")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("error: {}:2: not UTF-8 text", file.display())),
+        "{err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["flows"], 2, "{report}");
+}

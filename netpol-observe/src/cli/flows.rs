@@ -141,23 +141,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?,
             ))
         };
-        for (i, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("reading {name}"))?;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for (number, line) in jsonl::text_lines(path, reader) {
+            let line = match line {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => line,
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            };
             match serde_json::from_str::<ObservedFlow>(&line) {
                 Ok(f) => match f.flow.check_names() {
                     Ok(()) if query.matches(&f) => flows.push(f),
                     Ok(()) => {}
                     Err(e) => {
                         bad += 1;
-                        eprintln!("error: {name}:{}: rejected flow record: {e}", i + 1);
+                        eprintln!("error: {name}:{number}: rejected flow record: {e}");
                     }
                 },
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: {name}:{}: invalid flow record: {e}", i + 1);
+                    eprintln!("error: {name}:{number}: invalid flow record: {e}");
                 }
             }
         }

@@ -1,7 +1,9 @@
 //! Reading and writing flow records as JSON lines.
 //!
 //! A corrupt line never stops the reading: each line yields either a record or an error naming
-//! the file and the line number, so callers report the bad lines and keep the good ones.
+//! the file and the line number, so callers report the bad lines and keep the good ones. A line
+//! that is not UTF-8 is such a bad line (the reading goes on), and a UTF-8 byte-order mark at
+//! the start of the input is skipped ([`text_lines`]).
 
 use std::{
     io::{self, BufRead, Write},
@@ -21,6 +23,16 @@ pub enum FlowLineError {
         /// Underlying I/O error.
         #[source]
         source: io::Error,
+    },
+    /// The line is not UTF-8 text.
+    #[error("{path}:{line}: not UTF-8 text (invalid byte at column {column})")]
+    Encoding {
+        /// File being read.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// 1-based byte offset of the first invalid byte in the line.
+        column: usize,
     },
     /// The line is not a valid flow record.
     #[error("{path}:{line}: invalid flow record: {source}")]
@@ -50,24 +62,91 @@ pub enum FlowLineError {
 /// One line of a flow file: its 1-based number and the record or the error.
 pub type FlowLine = (usize, Result<FlowRecord, FlowLineError>);
 
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The text lines of `reader`, numbered from 1 (`\n` or `\r\n` end a line): a leading UTF-8
+/// byte-order mark is skipped, a line that is not UTF-8 is an [`FlowLineError::Encoding`] and
+/// the reading goes on. An I/O error is the last item. `path` names the source in errors.
+pub fn text_lines<R: BufRead>(path: &Path, reader: R) -> TextLines<R> {
+    TextLines {
+        path: path.to_owned(),
+        reader,
+        number: 0,
+        buf: Vec::new(),
+        done: false,
+    }
+}
+
+/// The iterator of [`text_lines`].
+#[derive(Debug)]
+pub struct TextLines<R> {
+    path: PathBuf,
+    reader: R,
+    number: usize,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for TextLines<R> {
+    type Item = (usize, Result<String, FlowLineError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        self.buf.clear();
+        let read = loop {
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        self.number += 1;
+        match read {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(_) => {
+                let mut bytes = self.buf.as_slice();
+                if self.number == 1 {
+                    bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
+                }
+                bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+                bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+                let line = match std::str::from_utf8(bytes) {
+                    Ok(text) => Ok(text.to_owned()),
+                    Err(e) => Err(FlowLineError::Encoding {
+                        path: self.path.clone(),
+                        line: self.number,
+                        column: e.valid_up_to() + 1,
+                    }),
+                };
+                Some((self.number, line))
+            }
+            Err(source) => {
+                self.done = true;
+                Some((
+                    self.number,
+                    Err(FlowLineError::Io {
+                        path: self.path.clone(),
+                        source,
+                    }),
+                ))
+            }
+        }
+    }
+}
+
 /// Reads every non-blank line of `reader`; `path` names the source in errors (`-` for stdin).
 pub fn read_lines(path: &Path, reader: impl BufRead) -> Vec<FlowLine> {
     let mut out = Vec::new();
-    for (idx, line) in reader.lines().enumerate() {
-        let number = idx + 1;
+    for (number, line) in text_lines(path, reader) {
         match line {
             Ok(text) if text.trim().is_empty() => {}
             Ok(text) => out.push((number, parse_line(path, number, &text))),
-            Err(source) => {
-                out.push((
-                    number,
-                    Err(FlowLineError::Io {
-                        path: path.to_owned(),
-                        source,
-                    }),
-                ));
-                break;
-            }
+            Err(e) => out.push((number, Err(e))),
         }
     }
     out
@@ -134,6 +213,53 @@ mod tests {
         );
         assert_eq!(lines[3].0, 5);
         assert!(lines[3].1.is_ok());
+    }
+
+    #[test]
+    fn a_non_utf8_line_is_reported_and_reading_goes_on() {
+        let good =
+            br#"{"protocol":"TCP","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.0.0.2","port":80}}"#;
+        let mut input = Vec::new();
+        input.extend_from_slice(BOM);
+        input.extend_from_slice(good);
+        input.extend_from_slice(b"\r\n{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\xff\"}}\n");
+        input.extend_from_slice(good);
+        input.extend_from_slice(b"\n\xEF\xBB\xBF");
+        input.extend_from_slice(good);
+        let lines = read_lines(Path::new("f.jsonl"), input.as_slice());
+        assert_eq!(lines.len(), 4);
+        // The byte-order mark costs nothing; `\r\n` ends a line.
+        assert_eq!(lines[0].0, 1);
+        assert!(lines[0].1.is_ok(), "{:?}", lines[0].1);
+        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        assert_eq!(err, "f.jsonl:2: not UTF-8 text (invalid byte at column 40)");
+        assert_eq!(lines[2].0, 3);
+        assert!(lines[2].1.is_ok());
+        // A byte-order mark elsewhere is not skipped: that line is bad JSON.
+        let err = lines[3].1.as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("f.jsonl:4: invalid flow record"), "{err}");
+    }
+
+    #[test]
+    fn an_io_error_ends_the_reading_with_its_line() {
+        struct Failing(usize);
+        impl io::Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                self.0 = 0;
+                let line = b"{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\"}}\n";
+                buf[..line.len()].copy_from_slice(line);
+                Ok(line.len())
+            }
+        }
+        let lines = read_lines(Path::new("f.jsonl"), io::BufReader::new(Failing(1)));
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].1.is_ok());
+        assert_eq!(lines[1].0, 2);
+        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        assert_eq!(err, "f.jsonl: disk on fire");
     }
 
     #[test]
