@@ -75,18 +75,68 @@ fn spell(ep: &FlowEndpoint) -> String {
     }
 }
 
-/// Runs a shipped scenario end to end — agent, recommender, verification, enforcement of the
-/// *recommended* policies — and checks every output against the scenario.
+/// Runs a shipped scenario end to end twice — with inventory files and a standalone agent, and
+/// with the objects in a real kube-apiserver and the agent in in-cluster mode (`--apiserver`;
+/// skipped with a message where the binaries are absent, required under `CI=true`) — checks
+/// every output of both against the scenario, and checks that both ways give the same
+/// policies and the same enforcement results.
 fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden: usize) {
+    let files = run_and_check(name, &[], entries, dns_lookups, forbidden);
+    let test = format!("{name} scenario with --apiserver");
+    let Some(bins) = netpol_observe_e2e::apiserver::Binaries::find(&test) else {
+        return;
+    };
+    let apiserver = [
+        "--apiserver",
+        "--kube-apiserver",
+        bins.apiserver.to_str().expect("path"),
+        "--etcd",
+        bins.etcd.to_str().expect("path"),
+    ];
+    let api = run_and_check(name, &apiserver, entries, dns_lookups, forbidden);
+    let log = std::fs::read_to_string(api.path().join("agent.log")).expect("agent.log");
+    assert!(
+        log.contains("in-cluster"),
+        "the agent ran in-cluster:\n{log}"
+    );
+    // The same policies (evidence timestamps aside) and the same enforcement both ways.
+    let policies = |dir: &Path| -> Vec<NetworkPolicy> {
+        let yaml = std::fs::read_to_string(dir.join("recommended.yaml")).expect("yaml");
+        serde_yaml::Deserializer::from_str(&yaml)
+            .map(|d| {
+                let mut p: NetworkPolicy = serde::Deserialize::deserialize(d).expect("policy");
+                p.metadata.annotations = None;
+                p
+            })
+            .collect()
+    };
+    assert_eq!(policies(files.path()), policies(api.path()));
+    assert_eq!(
+        read_json(&files.path().join("enforce.json")),
+        read_json(&api.path().join("enforce.json"))
+    );
+}
+
+/// One run of a shipped scenario — agent, recommender, verification, enforcement of the
+/// *recommended* policies — with every output checked against the scenario.
+fn run_and_check(
+    name: &str,
+    extra: &[&str],
+    entries: &[Entry],
+    dns_lookups: usize,
+    forbidden: usize,
+) -> tempfile::TempDir {
     let out = tempfile::tempdir().expect("tempdir");
     let scenario = repo(&format!("deploy/lab/{name}.yaml"));
-    let result = lab(&[
+    let mut args = vec![
         "--scenario",
         scenario.to_str().expect("path"),
         "--out",
         out.path().to_str().expect("path"),
         "--enforce",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let result = lab(&args);
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(
@@ -288,6 +338,7 @@ fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden
         log.contains("SIGTERM"),
         "the agent was stopped by SIGTERM:\n{log}"
     );
+    out
 }
 
 #[test]

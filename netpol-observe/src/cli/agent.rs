@@ -1,9 +1,9 @@
 //! `netpol-observe agent`: the node agent (see [`crate::agent`]).
 //!
 //! Configuration: defaults, then `--config FILE` (YAML, camelCase names), then environment
-//! variables (`NETPOL_OBSERVE_*`, `NODE_NAME`) and flags. On SIGINT, SIGTERM or after
-//! `--duration` it sweeps a last time, detaches, prints the flows it saw (`--output`) and
-//! exits 0.
+//! variables (`NETPOL_OBSERVE_*`, `NODE_NAME`) and flags. On SIGINT, SIGTERM, SIGHUP, SIGQUIT
+//! or after `--duration` it sweeps a last time, detaches, prints the flows it saw (`--output`)
+//! and exits 0.
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -188,8 +188,19 @@ impl Args {
 /// Runs `netpol-observe agent`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    // Every signal that ends a process by default ends the agent cleanly: a last sweep, the
+    // programs detached, the final flows written (SIGKILL cannot be caught).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = Vec::new();
+    for (kind, name) in [
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::hangup(), "SIGHUP"),
+        (SignalKind::quit(), "SIGQUIT"),
+    ] {
+        let s = signal(kind).with_context(|| format!("installing the {name} handler"))?;
+        signals.push((s, name));
+    }
     let duration = args.duration;
     let stop = async move {
         let until = async {
@@ -198,9 +209,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => std::future::pending().await,
             }
         };
+        let any_signal = futures::future::select_all(
+            signals
+                .iter_mut()
+                .map(|(s, name)| Box::pin(async move { s.recv().await.map(|_| *name) })),
+        );
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-            _ = sigterm.recv() => tracing::info!("SIGTERM: stopping"),
+            (name, _, _) = any_signal => tracing::info!("{}: stopping", name.unwrap_or("signal")),
             _ = until => tracing::info!("duration elapsed: stopping"),
         }
     };

@@ -7,7 +7,7 @@ use std::{fmt::Write, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 
 use crate::lab::{
-    enforce, expect,
+    control_plane, enforce, expect,
     model::LabModel,
     run::{self, LabOptions, LabReport, Seen},
     scenario,
@@ -20,6 +20,8 @@ use crate::lab::{
   sudo netpol-observe lab --scenario deploy/lab/shop.yaml --out lab-out --enforce
   sudo netpol-observe lab --scenario deploy/lab/voting.yaml --out lab-out
   sudo netpol-observe lab --scenario deploy/lab/shop.yaml --enforce --policies my-policies/
+  sudo netpol-observe lab --scenario deploy/lab/shop.yaml --enforce --apiserver \
+      --kube-apiserver ../shared/k8s/bin/kube-apiserver --etcd ../shared/k8s/bin/etcd
 
 Writes inventory.yaml, subnets.yaml, probes.json, flows.jsonl, recommended.yaml, verify.json,
 metrics.txt and agent.log (with --enforce also enforce.nft and enforce.json) into --out.
@@ -47,6 +49,26 @@ pub struct Args {
     /// Seconds to wait for the agent to be ready and to report the traffic's flows.
     #[arg(long, default_value_t = 30)]
     pub agent_timeout: u64,
+    /// Keep the lab's objects in a real kube-apiserver (with etcd, started in the node's
+    /// namespace) and run the agent in in-cluster mode with the DaemonSet's ServiceAccount.
+    #[arg(long)]
+    pub apiserver: bool,
+    /// The kube-apiserver binary for --apiserver.
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_KUBE_APISERVER",
+        value_name = "FILE",
+        requires = "apiserver"
+    )]
+    pub kube_apiserver: Option<PathBuf>,
+    /// The etcd binary for --apiserver.
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_ETCD",
+        value_name = "FILE",
+        requires = "apiserver"
+    )]
+    pub etcd: Option<PathBuf>,
 }
 
 fn is_root() -> bool {
@@ -65,6 +87,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(p) = &policies {
         enforce::compile(&model, p)?;
     }
+    let apiserver = args
+        .apiserver
+        .then(|| control_plane::Binaries::resolve(args.kube_apiserver.clone(), args.etcd.clone()))
+        .transpose()?;
     if !is_root() {
         anyhow::bail!(
             "the lab creates network namespaces, nftables rules and loads eBPF programs: run it as root"
@@ -82,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         agent_program,
         agent_timeout: Duration::from_secs(args.agent_timeout.max(1)),
+        apiserver,
     };
     let report = run::run(&model, &opts)
         .await

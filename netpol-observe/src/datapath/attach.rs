@@ -123,14 +123,42 @@ impl Attacher {
             reason: e,
         };
         let mut added_clsact = false;
+        let [ingress_prog, egress_prog] = self.programs;
         if self.mode == AttachMode::Clsact {
             match tc::qdisc_add_clsact(name) {
                 Ok(()) => added_clsact = true,
-                Err(e) if is_exists(&e) => {}
+                Err(e) if is_exists(&e) => {
+                    // Filters of ours left by an agent that was killed (SIGKILL, OOM): unlike
+                    // tcx links they outlive the process. One agent per node (the DaemonSet),
+                    // so filters with our programs' names are stale; the qdisc was probably
+                    // added by that agent too, and is deleted at exit unless others use it.
+                    let mut stale = false;
+                    for (ty, program) in [
+                        (TcAttachType::Ingress, ingress_prog),
+                        (TcAttachType::Egress, egress_prog),
+                    ] {
+                        match tc::qdisc_detach_program(name, ty, program) {
+                            Ok(()) => stale = true,
+                            Err(tc::TcError::IoError(e))
+                                if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => {
+                                return Err(err(format!(
+                                    "removing a stale {program} filter left by a killed agent: {e}"
+                                )));
+                            }
+                        }
+                    }
+                    if stale {
+                        tracing::info!(
+                            interface = name,
+                            "removed the filters a killed agent left behind"
+                        );
+                        added_clsact = true;
+                    }
+                }
                 Err(e) => return Err(err(format!("adding the clsact qdisc: {e}"))),
             }
         }
-        let [ingress_prog, egress_prog] = self.programs;
         let ingress = self
             .attach_one(ingress_prog, name, TcAttachType::Ingress)
             .map_err(&err)?;

@@ -81,6 +81,15 @@ pub enum AgentError {
     },
 }
 
+/// Where the lab's agent gets its inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentSource {
+    /// Standalone: the inventory files in this directory.
+    Files(PathBuf),
+    /// In-cluster, as the DaemonSet runs it: the API server and the ServiceAccount files.
+    InCluster(super::control_plane::InCluster),
+}
+
 /// A running agent: the child process in the node's namespace and its log file.
 #[derive(Debug)]
 pub struct AgentHandle {
@@ -90,12 +99,14 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
-    /// Starts `program agent --inventory <inventory_dir> --subnets <subnets> …` inside the
-    /// node's namespace, logging to `log`, and waits (up to `timeout`) until `/readyz` is 200.
+    /// Starts `program agent --subnets <subnets> …` inside the node's namespace, standalone
+    /// (`--inventory DIR`) or in-cluster (the ServiceAccount files bind-mounted where a pod has
+    /// them, in the agent's own mount namespace, and `KUBERNETES_SERVICE_HOST`/`PORT`), logging
+    /// to `log`, and waits (up to `timeout`) until `/readyz` is 200.
     pub async fn start(
         topo: &Topology,
         program: &Path,
-        inventory_dir: &Path,
+        source: &AgentSource,
         subnets: &Path,
         node_name: &str,
         log: &Path,
@@ -110,10 +121,8 @@ impl AgentHandle {
             source,
         })?;
         let secs = AGENT_INTERVAL.as_secs().to_string();
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "agent".into(),
-            "--inventory".into(),
-            inventory_dir.into(),
             "--subnets".into(),
             subnets.into(),
             "--listen".into(),
@@ -128,17 +137,50 @@ impl AgentHandle {
             secs.into(),
             "--output".into(),
             "none".into(),
+            // The lab reads /api/v1 itself, on the node's loopback.
+            "--api-auth".into(),
+            "none".into(),
         ];
+        let mut program = program.as_os_str().to_owned();
+        match source {
+            AgentSource::Files(dir) => args.extend(["--inventory".into(), dir.into()]),
+            AgentSource::InCluster(c) => {
+                let sa = Path::new(crate::inventory::kubeapi::SERVICE_ACCOUNT_DIR);
+                std::fs::create_dir_all(sa).map_err(|source| AgentError::Log {
+                    path: sa.to_owned(),
+                    source,
+                })?;
+                let mut wrapped: Vec<OsString> = vec![
+                    "-u".into(),
+                    "KUBECONFIG".into(),
+                    format!("KUBERNETES_SERVICE_HOST={}", c.api.ip()).into(),
+                    format!("KUBERNETES_SERVICE_PORT={}", c.api.port()).into(),
+                    "unshare".into(),
+                    "--mount".into(),
+                    "--propagation".into(),
+                    "private".into(),
+                    "--".into(),
+                    "sh".into(),
+                    "-c".into(),
+                    format!("mount --bind \"$0\" {} && exec \"$@\"", sa.display()).into(),
+                    c.service_account_dir.as_os_str().to_owned(),
+                    program,
+                ];
+                wrapped.append(&mut args);
+                args = wrapped;
+                program = "env".into();
+            }
+        }
         let child = topo
             .spawn_logged_in(
                 topo.node_netns(),
-                program,
+                Path::new(&program),
                 &args,
                 Stdio::from(log_file),
                 Stdio::from(err_file),
             )
             .map_err(|source| AgentError::Spawn {
-                program: program.to_path_buf(),
+                program: PathBuf::from(&program),
                 source,
             })?;
         let mut handle = AgentHandle {

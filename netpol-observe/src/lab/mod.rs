@@ -8,11 +8,13 @@
 //! - [`traffic`]: the traffic entries and forbidden probes;
 //! - [`enforce`]: NetworkPolicies compiled into nftables rules on the node;
 //! - [`agent`]: the agent run inside the node's namespace and its HTTP API reached there;
+//! - [`control_plane`]: `--apiserver`, a real etcd + kube-apiserver holding the lab's objects;
 //! - [`expect`]: which observed flows belong to which traffic entry or probe;
 //! - [`run`]: the whole pipeline: agent, traffic, flows, recommendation, verification,
 //!   enforcement, metrics.
 
 pub mod agent;
+pub mod control_plane;
 pub mod dns;
 pub mod enforce;
 pub mod expect;

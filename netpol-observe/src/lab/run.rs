@@ -6,6 +6,7 @@
 //! future: the agent gets SIGTERM, then the namespaces are removed).
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -15,7 +16,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
 use super::{
-    agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle},
+    agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle, AgentSource},
+    control_plane::{self, ControlPlane, ControlPlaneError},
     enforce::{self, EnforceError},
     expect::{self, Coverage},
     inventory::{self, InventoryError},
@@ -38,6 +40,9 @@ pub enum LabError {
     /// Building or changing the node failed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The control plane (`--apiserver`) failed.
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
     /// The inventory could not be written.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
@@ -85,6 +90,9 @@ pub struct LabOptions {
     pub agent_program: PathBuf,
     /// How long to wait for the agent to be ready, and for the flows of the traffic.
     pub agent_timeout: Duration,
+    /// `--apiserver`: keep the lab's objects in a real kube-apiserver (these binaries) and run
+    /// the agent in in-cluster mode; `None`: inventory files, standalone agent.
+    pub apiserver: Option<control_plane::Binaries>,
 }
 
 /// What an enforcement probe did: `observed` in `enforce.json` (DESIGN: allowed or denied).
@@ -299,45 +307,60 @@ fn jsonl(flows: &[FlowRecord]) -> Vec<u8> {
     text
 }
 
-/// Counts the agent's "inventory reloaded" log lines.
-fn reloads(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .map(|t| t.matches("inventory reloaded").count())
-        .unwrap_or(0)
+/// The agent's `netpol_observe_inventory_objects` gauge for NetworkPolicies (set once a model
+/// with them is in use).
+async fn policies_in_use(agent: &AgentHandle) -> Result<Option<usize>, LabError> {
+    let metrics = agent.metrics().await?;
+    Ok(metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "netpol_observe_inventory_objects{resource=\"networking.k8s.io/networkpolicies\"}",
+            )
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok()))
 }
 
-/// Gives the agent the policies about to be enforced (a file in its inventory directory,
-/// renamed into place) and waits until it has reloaded its inventory.
+/// Gives the agent the policies about to be enforced — through the API server (`--apiserver`),
+/// else as a file in its inventory directory (renamed into place) — and waits until its model
+/// uses them.
 async fn hand_policies_to_agent(
     agent: &AgentHandle,
+    control_plane: Option<&mut ControlPlane>,
     dir: &Path,
     out: &Path,
     policies: &[NetworkPolicy],
 ) -> Result<(), LabError> {
-    let before = reloads(agent.log());
-    let staging = out.join(".enforced-policies.yaml");
-    let target = dir.join("enforced-policies.yaml");
-    std::fs::write(&staging, render_yaml(policies)?).map_err(|source| LabError::Write {
-        path: staging.clone(),
-        source,
-    })?;
-    std::fs::rename(&staging, &target).map_err(|source| LabError::Write {
-        path: target.clone(),
-        source,
-    })?;
-    let deadline = Instant::now() + AGENT_INTERVAL * 6;
-    while reloads(agent.log()) <= before {
+    let before = policies_in_use(agent).await?.unwrap_or(0);
+    match control_plane {
+        Some(cp) => cp.apply_policies(policies).await?,
+        None => {
+            let staging = out.join(".enforced-policies.yaml");
+            let target = dir.join("enforced-policies.yaml");
+            std::fs::write(&staging, render_yaml(policies)?).map_err(|source| LabError::Write {
+                path: staging.clone(),
+                source,
+            })?;
+            std::fs::rename(&staging, &target).map_err(|source| LabError::Write {
+                path: target.clone(),
+                source,
+            })?;
+        }
+    }
+    let want = before + policies.len();
+    let deadline = Instant::now() + AGENT_INTERVAL * 20;
+    while policies_in_use(agent).await? != Some(want) {
         if Instant::now() > deadline {
             tracing::warn!(
                 log = %agent.log().display(),
-                "the agent did not report reloading its inventory: drops may name no policy"
+                want,
+                "the agent does not use the enforced policies yet: drops may name no policy"
             );
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The model is rebuilt right after the reload is logged.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(())
 }
 
@@ -428,15 +451,42 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         path: agent_dir.clone(),
         source,
     })?;
-    inventory::write(model, &agent_dir.join("inventory.yaml"))?;
     let cluster = crate::inventory::Inventory::from_path(&inventory_path)?;
+    let mut control_plane = None;
+    let source = match &opts.apiserver {
+        None => {
+            inventory::write(model, &agent_dir.join("inventory.yaml"))?;
+            AgentSource::Files(agent_dir.clone())
+        }
+        Some(bins) => {
+            tracing::info!("starting etcd and kube-apiserver in the node's namespace");
+            let dir = opts.out.join("apiserver");
+            let mut cp = ControlPlane::start(
+                &topo,
+                bins,
+                &dir,
+                model.service_cidr,
+                opts.agent_timeout * 4,
+            )
+            .await?;
+            files.push(dir.join("kube-apiserver.log"));
+            cp.create_objects(&inventory::objects(model)?).await?;
+            let sa = dir.join("serviceaccount");
+            cp.agent_identity(&sa).await?;
+            control_plane = Some(cp);
+            AgentSource::InCluster(control_plane::InCluster {
+                service_account_dir: sa,
+                api: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, control_plane::API_PORT)),
+            })
+        }
+    };
 
     tracing::info!("starting the agent in the node's namespace");
     let agent_log = opts.out.join("agent.log");
     let agent = AgentHandle::start(
         &topo,
         &opts.agent_program,
-        &agent_dir,
+        &source,
         &subnets_path,
         &model.node_name,
         &agent_log,
@@ -494,7 +544,14 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         enforced_policies = Some(format!("{} policies from {source}", policies.len()));
         let script = enforce::compile(model, &policies)?;
         write(&opts.out.join("enforce.nft"), script.as_bytes(), &mut files)?;
-        hand_policies_to_agent(&agent, &agent_dir, &opts.out, &policies).await?;
+        hand_policies_to_agent(
+            &agent,
+            control_plane.as_mut(),
+            &agent_dir,
+            &opts.out,
+            &policies,
+        )
+        .await?;
         tracing::info!(
             policies = policies.len(),
             "enforcing the policies on the node"
@@ -554,6 +611,9 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         &mut files,
     )?;
     agent.stop().await;
+    if let Some(cp) = &control_plane {
+        cp.remove_data();
+    }
 
     let run_id = topo.run_id().to_string();
     topo.teardown()?;

@@ -224,6 +224,7 @@ pub struct Metrics {
     kernel_errors: Family<ErrorLabels, Counter>,
     attached_interfaces: Gauge,
     inventory_synced: Family<ResourceLabels, Gauge>,
+    inventory_objects: Family<ResourceLabels, Gauge>,
     evictions: Family<EvictionLabels, Counter>,
     series_dropped: Family<MetricLabels, Counter>,
     cumulative: Cumulative,
@@ -247,6 +248,7 @@ impl Metrics {
             kernel_errors: Family::default(),
             attached_interfaces: Gauge::default(),
             inventory_synced: Family::default(),
+            inventory_objects: Family::default(),
             evictions: Family::default(),
             series_dropped: Family::default(),
             cumulative: Cumulative::default(),
@@ -322,6 +324,11 @@ impl Metrics {
             "inventory_synced",
             "1 when the inventory of this resource is synced with the API (or loaded from files), else 0",
             self.inventory_synced.clone(),
+        );
+        r.register(
+            "inventory_objects",
+            "Objects of this resource in the inventory the verdicts are computed with",
+            self.inventory_objects.clone(),
         );
         r.register(
             "flow_evictions",
@@ -562,6 +569,15 @@ impl Metrics {
                 resource: resource.to_owned(),
             })
             .set(i64::from(synced));
+    }
+
+    /// Sets how many objects of `resource` the inventory in use holds.
+    pub fn set_inventory_objects(&self, resource: &str, n: usize) {
+        self.inventory_objects
+            .get_or_create(&ResourceLabels {
+                resource: resource.to_owned(),
+            })
+            .set(saturating_i64(n as u64));
     }
 
     /// Counts `n` flows removed from the flow table for `reason` (`idle`, `closed`, `lru`, …).
