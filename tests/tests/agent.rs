@@ -918,3 +918,118 @@ fn bad_configuration_and_missing_interface_are_clear_errors() {
         "{err}"
     );
 }
+
+/// A reload that fails is visible: `/readyz` 503 naming the file, every `inventory_synced`
+/// gauge 0, the previous inventory still in use; a good file makes it ready again.
+#[test]
+fn broken_inventory_reload_makes_the_agent_unready_until_fixed() {
+    if !netpol_observe_e2e::require_root(
+        "broken_inventory_reload_makes_the_agent_unready_until_fixed",
+    ) {
+        return;
+    }
+    let mut pods = Pods::new("ag4", 4);
+    pods.add("a");
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    let good = pods.inventory("shop", "node-1", "");
+    std::fs::write(&inventory, &good).unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _agent = start_agent(dir.path(), &pods, listen, &[]);
+    let synced = |resource: &str| {
+        let (_, body) = get(listen, "/metrics").unwrap();
+        let line = format!("netpol_observe_inventory_synced{{resource=\"{resource}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&line).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    assert_eq!(synced("pods"), "1");
+
+    std::fs::write(
+        &inventory,
+        "apiVersion: v1\nkind: Pod\nmetadata: [unclosed\n",
+    )
+    .unwrap();
+    wait_for(
+        "/readyz 503 after the broken reload",
+        Duration::from_secs(30),
+        || matches!(get(listen, "/readyz"), Some((503, body)) if body.contains("inventory reload failed") && body.contains("inventory.yaml")),
+    );
+    assert_eq!(synced("pods"), "0");
+    assert_eq!(synced("networking.k8s.io/networkpolicies"), "0");
+
+    std::fs::write(&inventory, &good).unwrap();
+    wait_for("/readyz 200 after the fix", Duration::from_secs(30), || {
+        matches!(get(listen, "/readyz"), Some((200, _)))
+    });
+    assert_eq!(synced("pods"), "1");
+}
+
+/// Loading a large inventory takes seconds (60k pods: ~15 s in a debug build here): the reload
+/// runs beside the event loop, so flows are still recorded meanwhile and SIGTERM is answered
+/// within seconds, with the final flows written.
+#[test]
+fn slow_inventory_reload_blocks_neither_flows_nor_sigterm() {
+    if !netpol_observe_e2e::require_root("slow_inventory_reload_blocks_neither_flows_nor_sigterm") {
+        return;
+    }
+    let mut pods = Pods::new("ag5", 5);
+    let (a, b) = (pods.add("a"), pods.add("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory, pods.inventory("shop", "node-1", "")).unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut agent = start_agent(dir.path(), &pods, listen, &[]);
+
+    let mut big = pods.inventory("shop", "node-1", "");
+    for i in 0..60_000u32 {
+        big.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: x}}}}\n\
+             spec: {{nodeName: node-2, containers: [{{name: c, image: x}}]}}\n\
+             status: {{phase: Running, podIP: 10.{}.{}.{}}}\n",
+            100 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    let staging = dir.path().join("big.tmp");
+    std::fs::write(&staging, big).unwrap();
+    std::fs::rename(&staging, &inventory).unwrap();
+    // The next poll (1 s) starts the reload.
+    std::thread::sleep(Duration::from_secs(2));
+    tcp_exchange(&pods, a, b, 8081);
+    let seen = Instant::now();
+    wait_for(
+        "the flow during the reload",
+        Duration::from_secs(30),
+        || {
+            flows(listen, "")
+                .iter()
+                .any(|f| f.flow.dst.port == Some(8081))
+        },
+    );
+    eprintln!("flow served {:?} after the exchange", seen.elapsed());
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no exit within 5 s of SIGTERM during a reload"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("exited {:?} after SIGTERM", t.elapsed());
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        !log.contains("inventory reloaded"),
+        "the reload was over before SIGTERM: {log}"
+    );
+}

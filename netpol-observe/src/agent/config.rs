@@ -18,6 +18,9 @@ use crate::{
     metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
 };
 
+/// The largest kernel flow map the agent asks for (16 Mi entries).
+pub const MAX_FLOW_MAP_CAPACITY: u32 = 1 << 24;
+
 /// Default listen address of the HTTP API.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9965";
 
@@ -197,6 +200,16 @@ impl AgentConfig {
         }
         if self.flow_map_capacity == 0 {
             return invalid("flow-map-capacity", "must be at least 1");
+        }
+        if self.flow_map_capacity > MAX_FLOW_MAP_CAPACITY {
+            return Err(ConfigError::Invalid {
+                setting: "flow-map-capacity",
+                message: format!(
+                    "{} is more than {MAX_FLOW_MAP_CAPACITY} (about 150 bytes of kernel memory \
+                     per entry: 2.5 GB at the maximum)",
+                    self.flow_map_capacity
+                ),
+            });
         }
         if self.sweep_interval == 0 {
             return invalid("sweep-interval", "must be at least 1 second");

@@ -589,7 +589,7 @@ impl Agent {
             Some(p) => Subnets::from_path(p)?,
             None => Subnets::default(),
         };
-        let mut staged = match &config.staged_policies {
+        let staged = match &config.staged_policies {
             Some(p) => Some(load_staged(p)?),
             None => None,
         };
@@ -672,6 +672,10 @@ impl Agent {
             .as_deref()
             .map(fingerprint)
             .unwrap_or_default();
+        // Loading files and building models can take seconds at cluster scale: a thread of
+        // its own does it, so flows keep being recorded and a signal is answered at once.
+        let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel();
+        let rebuild = spawn_rebuilder(subnets, inventory, staged, rebuilt_tx);
 
         let mut poll = tokio::time::interval(Duration::from_secs(config.inventory_poll_interval));
         let mut health = tokio::time::interval(Duration::from_secs(config.sweep_interval));
@@ -681,7 +685,6 @@ impl Agent {
         }
         tokio::pin!(shutdown);
         loop {
-            let mut rebuild = false;
             // A change of the file source's health: Some(None) healthy again, Some(Some(why)).
             let mut problem: Option<Option<String>> = None;
             tokio::select! {
@@ -707,39 +710,22 @@ impl Agent {
                         let now = fingerprint(p);
                         if now != inv_print {
                             inv_print = now;
-                            match Inventory::from_path(p) {
-                                Ok(inv) => {
-                                    problem = Some(None);
-                                    tracing::info!(path = %p.display(), pods = inv.pods.len(), "inventory reloaded");
-                                    inventory = Some(Arc::new(inv));
-                                    rebuild = true;
-                                }
-                                Err(e) => {
-                                    tracing::error!("inventory reload failed, keeping the previous one: {e}");
-                                    problem = Some(Some(format!("inventory reload failed (the previous one is in use): {e}")));
-                                }
-                            }
+                            let _ = rebuild.send(Rebuild::LoadInventory(p.clone()));
                         }
                     }
                     if let Some(p) = &config.staged_policies {
                         let now = fingerprint(p);
                         if now != staged_print {
                             staged_print = now;
-                            match load_staged(p) {
-                                Ok(s) => {
-                                    tracing::info!(path = %p.display(), policies = s.len(), "staged policies reloaded");
-                                    staged = Some(s);
-                                    rebuild = true;
-                                }
-                                Err(e) => tracing::error!("staged policies reload failed, keeping the previous ones: {e}"),
-                            }
+                            let _ = rebuild.send(Rebuild::LoadStaged(p.clone()));
                         }
                     }
                 }
                 Some(()) = changed(&mut live_snapshots) => {
-                    if let Some(rx) = &live_snapshots {
-                        inventory = Some(rx.borrow().clone());
-                        rebuild = live_state.as_ref().is_some_and(|s| s.borrow().synced);
+                    if let Some(rx) = &live_snapshots
+                        && live_state.as_ref().is_some_and(|s| s.borrow().synced)
+                    {
+                        let _ = rebuild.send(Rebuild::Snapshot(rx.borrow().clone()));
                     }
                 }
                 Some(()) = changed(&mut live_state) => {
@@ -752,12 +738,27 @@ impl Agent {
                             state.metrics.set_inventory_synced(&name, ok);
                         }
                         state.set_source_problem(live_problem(&s), !s.errors.is_empty());
-                        if s.synced && state.model().is_none() {
-                            if let Source::Live(l) = &source {
-                                inventory = Some(l.snapshot());
-                            }
-                            rebuild = true;
+                        if s.synced
+                            && state.model().is_none()
+                            && let Source::Live(l) = &source
+                        {
+                            let _ = rebuild.send(Rebuild::Snapshot(l.snapshot()));
                         }
+                    }
+                }
+                Some(r) = rebuilt.recv() => {
+                    if let Some(load) = r.inventory_load {
+                        problem = Some(load.err());
+                    }
+                    match r.model {
+                        Some(Ok(m)) => {
+                            if let Some(node) = &state.node {
+                                set_local(&dp, &m, node);
+                            }
+                            state.set_model(m);
+                        }
+                        Some(Err(e)) => state.set_inventory_error(e),
+                        None => {}
                     }
                 }
             }
@@ -769,21 +770,6 @@ impl Agent {
                 }
                 let failing = p.is_some();
                 state.set_source_problem(p, failing);
-            }
-            if rebuild && let Some(inv) = &inventory {
-                match Model::new(inv.clone(), &subnets, staged.as_deref()) {
-                    Ok(m) => {
-                        let m = Arc::new(m);
-                        if let Some(node) = &state.node {
-                            set_local(&dp, &m, node);
-                        }
-                        state.set_model(m);
-                    }
-                    Err(e) => {
-                        tracing::error!("policies do not compile, keeping the previous model: {e}");
-                        state.set_inventory_error(e.to_string());
-                    }
-                }
             }
         }
 
@@ -837,6 +823,93 @@ fn live_problem(s: &live::SyncState) -> Option<String> {
     }
     (!failing.is_empty())
         .then(|| format!("API server watches failing, the inventory may be stale: {failing}"))
+}
+
+/// A request to the model builder thread ([`spawn_rebuilder`]).
+enum Rebuild {
+    /// Reload the inventory files at this path.
+    LoadInventory(PathBuf),
+    /// A new snapshot of the live inventory.
+    Snapshot(Arc<Inventory>),
+    /// Reload the staged policies at this path.
+    LoadStaged(PathBuf),
+}
+
+/// What the model builder thread reports for a batch of requests.
+struct Rebuilt {
+    /// The new model, or why it does not compile; `None` when there is nothing to build.
+    model: Option<Result<Arc<Model>, String>>,
+    /// The outcome of an inventory file reload in the batch (the error names file and field).
+    inventory_load: Option<Result<(), String>>,
+}
+
+/// Starts the thread that loads files and builds models; requests that queue up while it
+/// works are handled together (one model for the lot). It ends when the sender is dropped or
+/// the receiver is gone; nobody waits for it at shutdown.
+fn spawn_rebuilder(
+    subnets: Subnets,
+    mut inventory: Option<Arc<Inventory>>,
+    mut staged: Option<Vec<NetworkPolicy>>,
+    out: tokio::sync::mpsc::UnboundedSender<Rebuilt>,
+) -> std::sync::mpsc::Sender<Rebuild> {
+    let (tx, rx) = std::sync::mpsc::channel::<Rebuild>();
+    let spawned = std::thread::Builder::new()
+        .name("model-builder".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut inventory_load = None;
+                let mut changed = false;
+                for request in std::iter::once(first).chain(rx.try_iter()) {
+                    match request {
+                        Rebuild::LoadInventory(p) => match Inventory::from_path(&p) {
+                            Ok(inv) => {
+                                tracing::info!(path = %p.display(), pods = inv.pods.len(), "inventory reloaded");
+                                inventory = Some(Arc::new(inv));
+                                inventory_load = Some(Ok(()));
+                                changed = true;
+                            }
+                            Err(e) => {
+                                tracing::error!("inventory reload failed, keeping the previous one: {e}");
+                                inventory_load = Some(Err(format!(
+                                    "inventory reload failed (the previous one is in use): {e}"
+                                )));
+                            }
+                        },
+                        Rebuild::Snapshot(inv) => {
+                            inventory = Some(inv);
+                            changed = true;
+                        }
+                        Rebuild::LoadStaged(p) => match load_staged(&p) {
+                            Ok(s) => {
+                                tracing::info!(path = %p.display(), policies = s.len(), "staged policies reloaded");
+                                staged = Some(s);
+                                changed = true;
+                            }
+                            Err(e) => tracing::error!(
+                                "staged policies reload failed, keeping the previous ones: {e}"
+                            ),
+                        },
+                    }
+                }
+                let model = inventory.as_ref().filter(|_| changed).map(|inv| {
+                    Model::new(inv.clone(), &subnets, staged.as_deref())
+                        .map(Arc::new)
+                        .map_err(|e| {
+                            tracing::error!("policies do not compile, keeping the previous model: {e}");
+                            e.to_string()
+                        })
+                });
+                if out.send(Rebuilt { model, inventory_load }).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(
+            "cannot start the model builder thread: {e}; the inventory is not reloaded"
+        );
+    }
+    tx
 }
 
 /// Waits for a change on an optional watch receiver (`None` when absent or closed).
@@ -964,6 +1037,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                     target_port: TargetPort::Number(9000),
                 }],
+                service_type: Default::default(),
             }],
             ..Inventory::default()
         };

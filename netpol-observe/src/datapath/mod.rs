@@ -73,7 +73,7 @@ pub enum DatapathError {
     #[error("invalid datapath configuration: {0}")]
     InvalidConfig(String),
     /// Loading the eBPF object or a program failed.
-    #[error("loading the eBPF programs failed (root or CAP_BPF+CAP_NET_ADMIN needed): {0}")]
+    #[error("loading the eBPF programs failed: {0}")]
     Load(String),
     /// A map is missing from the object or has the wrong type.
     #[error("eBPF map {0}: {1}")]
@@ -197,7 +197,7 @@ impl Datapath {
             .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
             .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
             .load(EBPF_OBJECT)
-            .map_err(|e| DatapathError::Load(e.to_string()))?;
+            .map_err(|e| DatapathError::Load(load_error(&e)))?;
 
         let flows = take_map(&mut ebpf, MAP_FLOWS)?;
         let dup = match &flows {
@@ -751,4 +751,24 @@ mod object_tests {
             "the TC programs call memset: {targets:?}"
         );
     }
+}
+
+/// A load error with every cause (aya's top-level message alone drops the errno), and the
+/// privileges hint only when the kernel said EPERM.
+fn load_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut eperm = false;
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            eperm |= io.raw_os_error() == Some(libc::EPERM);
+        }
+        source = s.source();
+    }
+    if eperm {
+        text.push_str(" (root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are needed)");
+    }
+    text
 }
