@@ -447,3 +447,140 @@ fn recommend_and_verify_read_past_a_non_utf8_line_and_a_bom() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["flows"], 2, "{report}");
 }
+
+/// Inputs for every command that writes to stdout: (name, arguments).
+fn output_commands(dir: &Path) -> Vec<(&'static str, Vec<std::ffi::OsString>)> {
+    let inv = dir.join("inv.yaml");
+    std::fs::write(&inv, TWO_PODS).unwrap();
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, flow_line("shop", r#"{"app":"web"}"#, "shop") + "\n").unwrap();
+    let os = |v: &[&dyn AsRef<std::ffi::OsStr>]| -> Vec<std::ffi::OsString> {
+        v.iter().map(|a| a.as_ref().to_owned()).collect()
+    };
+    vec![
+        ("recommend", os(&[&"recommend", &"--flows", &flows])),
+        (
+            "recommend --diff",
+            os(&[
+                &"recommend",
+                &"--flows",
+                &flows,
+                &"--inventory",
+                &inv,
+                &"--diff",
+            ]),
+        ),
+        (
+            "verify",
+            os(&[
+                &"verify",
+                &"--policies",
+                &inv,
+                &"--inventory",
+                &inv,
+                &"--flows",
+                &flows,
+            ]),
+        ),
+        (
+            "evaluate",
+            os(&[&"evaluate", &"--inventory", &inv, &"--flows", &flows]),
+        ),
+        ("flows", os(&[&"flows", &"--file", &flows])),
+        (
+            "flows jsonl",
+            os(&[&"flows", &"--output", &"jsonl", &"--file", &flows]),
+        ),
+    ]
+}
+
+/// stdout on a full disk (`> /dev/full`): a clear error, exit 2, never a panic (101).
+#[test]
+fn a_full_disk_on_stdout_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, args) in output_commands(tmp.path()) {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = bin().args(&args).stdout(full).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains("error: cannot write to stdout: No space left on device"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+/// stdout closed by its reader (`… | head -c 0`): the command ends quietly with 141 (what a
+/// shell reports for SIGPIPE), never a panic.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, args) in output_commands(tmp.path()) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = bin()
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(141), "{name}: {err}");
+        assert!(!err.contains("error"), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+    }
+}
+
+/// stderr closed by its reader: the notes, errors and logs that cannot be written are
+/// dropped; the command still does its work and exits with its own status.
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        format!(
+            "{}\nnot json\n",
+            flow_line("shop", r#"{"app":"web"}"#, "shop")
+        ),
+    )
+    .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = bin()
+        .args(["recommend", "--log", "debug", "--flows"])
+        .arg(&flows)
+        .stderr(writer)
+        .output()
+        .unwrap();
+    // 2: the bad line (its report could not be written).
+    assert_eq!(out.status.code(), Some(2));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(yaml.contains("name: web-np"), "{yaml}");
+}
+
+/// `--window 200000000000000d` overflowed the duration arithmetic (a panic): now a clear
+/// usage error.
+#[test]
+fn a_huge_window_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(&flows, flow_line("shop", r#"{"app":"web"}"#, "shop")).unwrap();
+    for flag in ["--window", "--min-observation"] {
+        let out = bin()
+            .args(["recommend", flag, "200000000000000d", "--flows"])
+            .arg(&flows)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {err}");
+        assert!(
+            err.contains("\"200000000000000d\" is too long: at most 36600d (100 years)"),
+            "{flag}: {err}"
+        );
+    }
+}

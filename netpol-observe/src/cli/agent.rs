@@ -9,6 +9,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, time::Du
 
 use anyhow::Context;
 
+use super::out::OutputError;
 use crate::{
     agent::{Agent, AgentConfig},
     datapath::AttachMode,
@@ -227,14 +228,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Table => {
             let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
             out.write_all(table::render(&records).as_bytes())
-                .context("writing to stdout")?;
+                .map_err(OutputError::from)?;
         }
         Output::Jsonl => {
             for f in &flows {
-                jsonl::write_line(&mut out, f).context("writing to stdout")?;
+                jsonl::write_line(&mut out, f).map_err(OutputError::from)?;
             }
         }
     }
-    out.flush().context("writing to stdout")?;
+    out.flush().map_err(OutputError::from)?;
     Ok(ExitCode::SUCCESS)
 }

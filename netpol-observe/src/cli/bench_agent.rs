@@ -4,6 +4,7 @@
 //! so RSS figures do not carry over and machine load hits every view alike; the parent prints
 //! per-round figures and medians per view.
 
+use super::out::outln;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -110,7 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.child {
         let inventory = bench::cluster(42);
         let r = bench::round(&inventory, args.flows, args.traffic, args.inputs, 42);
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let exe = std::env::current_exe().context("locating the binary")?;
@@ -119,18 +120,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for (v, (traffic, inputs, name)) in VIEWS.iter().enumerate() {
             let r = child(&exe, &args, *traffic, *inputs)
                 .with_context(|| format!("round {i}, {name}"))?;
-            println!("{}", line(&format!("round {i} [{name}]"), &r, args.flows));
+            outln!("{}", line(&format!("round {i} [{name}]"), &r, args.flows))?;
             figures[v].push(r);
         }
     }
-    println!();
+    outln!()?;
     for (v, (_, _, name)) in VIEWS.iter().enumerate() {
         let rounds = &figures[v];
         let mut m = [0.0; 5];
         for (k, slot) in m.iter_mut().enumerate() {
             *slot = median(rounds.iter().map(|r| r[k]).collect());
         }
-        println!("{}", line(&format!("median [{name}]"), &m, args.flows));
+        outln!("{}", line(&format!("median [{name}]"), &m, args.flows))?;
     }
     Ok(ExitCode::SUCCESS)
 }

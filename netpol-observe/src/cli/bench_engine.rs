@@ -1,6 +1,7 @@
 //! `netpol-observe bench-engine` (hidden): the policy engine benchmark behind
 //! `cargo xtask bench engine`. Runs on one thread.
 
+use super::out::outln;
 use std::process::ExitCode;
 
 use crate::policy::bench::{self, BenchConfig, BenchRow};
@@ -41,24 +42,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // One core: the measurement runs on a single blocking thread.
     let rows = tokio::task::spawn_blocking(move || bench::run(&config)).await??;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let first = |f: fn(&BenchRow) -> f64| rows.first().map(f).unwrap_or(1.0);
     let base = first(|r| r.verdicts_per_sec);
     let base_read = first(|r| r.read_verdicts_per_sec);
     let base_compact = first(|r| r.compact_verdicts_per_sec);
-    println!(
+    outln!(
         "| policies | compile (median) | verdicts/s, explained (median) | slowdown | verdicts/s, explained and read (median) | slowdown | verdicts/s, compact (median) | slowdown | allowed | rounds, explained (verdicts/s) |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    )?;
+    outln!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
     for r in &rows {
         let samples: Vec<String> = r
             .samples
             .iter()
             .map(|s| format!("{:.2}M", s / 1e6))
             .collect();
-        println!(
+        outln!(
             "| {} | {:.1} ms | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.2} M | {:.2}× | {:.0} % | {} |",
             r.policies,
             r.compile_ms,
@@ -70,7 +71,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             base_compact / r.compact_verdicts_per_sec.max(1e-9),
             r.allowed_share * 100.0,
             samples.join(" ")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

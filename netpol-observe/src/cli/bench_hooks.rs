@@ -2,6 +2,7 @@
 //! the no-op program like the agent attaches its flow programs (the baseline arm), and print
 //! the run statistics of the programs attached to interfaces.
 
+use super::out::outln;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -50,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             for i in &interfaces {
                 all.extend(tcx_stats(i)?);
             }
-            println!("{}", serde_json::to_string(&all)?);
+            outln!("{}", serde_json::to_string(&all)?)?;
         }
     }
     Ok(ExitCode::SUCCESS)

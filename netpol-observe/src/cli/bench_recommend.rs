@@ -3,6 +3,7 @@
 //! workloads (`recommend::bench::synthetic`), then `Recommender::new` + `recommend` +
 //! `render_yaml` on one thread; prints one JSON object with the time and the peak memory.
 
+use super::out::outln;
 use std::{process::ExitCode, time::Instant};
 
 use crate::{
@@ -27,7 +28,7 @@ pub struct Args {
 /// Runs one measurement and prints it as JSON.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let result = tokio::task::spawn_blocking(move || measure(&args)).await??;
-    println!("{result}");
+    outln!("{result}")?;
     Ok(ExitCode::SUCCESS)
 }
 

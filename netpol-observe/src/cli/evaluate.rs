@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Context;
 
+use super::out::{OutputError, errln};
 use crate::{
     attribution::{Attributor, Subnets},
     flow::jsonl,
@@ -71,17 +72,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 attributor.attribute(&mut flow);
                 let verdict = engine.evaluate(&flow);
                 jsonl::write_line(&mut out, &EvaluatedFlow { flow, verdict })
-                    .context("cannot write to stdout")?;
+                    .map_err(OutputError::from)?;
             }
             Err(err) => {
                 bad += 1;
-                eprintln!("error: {err}");
+                errln!("error: {err}");
             }
         }
     }
-    out.flush().context("cannot write to stdout")?;
+    out.flush().map_err(OutputError::from)?;
     if bad > 0 {
-        eprintln!("error: {bad} flow line(s) could not be read");
+        errln!("error: {bad} flow line(s) could not be read");
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

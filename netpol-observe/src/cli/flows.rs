@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context;
 
+use super::out::{OutputError, errln};
 use crate::{
     agent::{FlowQuery, ObservedFlow},
     flow::{FlowRecord, jsonl, table},
@@ -147,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(line) => line,
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                     continue;
                 }
             };
@@ -157,12 +158,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     Ok(()) => {}
                     Err(e) => {
                         bad += 1;
-                        eprintln!("error: {name}:{number}: rejected flow record: {e}");
+                        errln!("error: {name}:{number}: rejected flow record: {e}");
                     }
                 },
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: {name}:{number}: invalid flow record: {e}");
+                    errln!("error: {name}:{number}: invalid flow record: {e}");
                 }
             }
         }
@@ -178,17 +179,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Table => {
             let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
             out.write_all(table::render(&records).as_bytes())
-                .context("writing to stdout")?;
+                .map_err(OutputError::from)?;
         }
         Output::Jsonl => {
             for f in &flows {
-                jsonl::write_line(&mut out, f).context("writing to stdout")?;
+                jsonl::write_line(&mut out, f).map_err(OutputError::from)?;
             }
         }
     }
-    out.flush().context("writing to stdout")?;
+    out.flush().map_err(OutputError::from)?;
     if bad > 0 {
-        eprintln!("error: {bad} flow line(s) could not be read");
+        errln!("error: {bad} flow line(s) could not be read");
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)

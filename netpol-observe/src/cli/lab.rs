@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = run::run(&model, &opts)
         .await
         .with_context(|| format!("lab {}", model.name))?;
-    print!("{}", summary(&model, &report));
+    super::out::stdout(summary(&model, &report))?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {

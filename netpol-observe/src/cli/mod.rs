@@ -15,6 +15,7 @@ mod bench_recommend;
 mod evaluate;
 mod flows;
 mod lab;
+mod out;
 mod recommend;
 mod verify;
 
@@ -65,7 +66,8 @@ pub enum Command {
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code:
-/// 0 success, 1 a negative answer (`verify` found denied flows), 2 an error.
+/// 0 success, 1 a negative answer (`verify` found denied flows), 2 an error, 141 stdout closed
+/// by its reader (see [`out`]).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
@@ -76,7 +78,7 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            out::errln!("error: cannot start the async runtime: {err}");
             return ExitCode::from(2);
         }
     };
@@ -96,8 +98,10 @@ pub fn main() -> ExitCode {
     });
     match outcome {
         Ok(code) => code,
+        // `… | head`: the reader has what it wanted; end quietly, as a SIGPIPE would.
+        Err(err) if out::is_closed_stdout(&err) => ExitCode::from(out::CLOSED_PIPE_STATUS),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            out::errln!("error: {err:#}");
             ExitCode::from(2)
         }
     }
@@ -107,8 +111,11 @@ fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr so that stdout stays machine-readable (JSON lines, YAML).
+    // A log line that cannot be written is dropped: the default would `eprintln!` about it,
+    // which panics when stderr is a closed pipe.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use ipnet::IpNet;
 use jiff::SignedDuration;
 
+use super::out::{self, errln};
 use crate::{
     attribution::Subnets,
     flow::{FlowRecord, jsonl},
@@ -95,19 +96,29 @@ pub struct Args {
     pub cluster_range: Vec<IpNet>,
 }
 
+/// The longest `--window` / `--min-observation`: 100 years (36,600 days). Longer durations mean
+/// nothing for an observation and overflow the time arithmetic.
+const MAX_DURATION: SignedDuration = SignedDuration::from_hours(36_600 * 24);
+
 fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     let bad =
         |e: &dyn std::fmt::Display| format!("{s:?} is not a duration like 24h, 90m or 7d: {e}");
+    let too_long = || format!("{s:?} is too long: at most 36600d (100 years)");
     // SignedDuration has no day unit; a day here is 24 hours.
     let d: SignedDuration = match s.trim().strip_suffix('d') {
         Some(days) => {
             let n: i64 = days.trim().parse().map_err(|e| bad(&e))?;
-            SignedDuration::from_hours(n.saturating_mul(24))
+            n.checked_mul(24)
+                .and_then(SignedDuration::try_from_hours)
+                .ok_or_else(too_long)?
         }
         None => s.parse().map_err(|e| bad(&e))?,
     };
     if d.is_negative() || d.is_zero() {
         return Err(format!("{s:?}: the duration must be positive"));
+    }
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(d)
 }
@@ -137,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let recommender = Recommender::new(&inventory, &subnets, config);
     let rec = recommender.recommend(&flows);
     for note in &rec.notes {
-        eprintln!("note: {note}");
+        errln!("note: {note}");
     }
     tracing::info!(
         flows = rec.stats.flows,
@@ -174,7 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::fs::write(out, render_yaml(&rec.policies)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
-        None if !args.diff => print!("{}", render_yaml(&rec.policies)?),
+        None if !args.diff => out::stdout(render_yaml(&rec.policies)?)?,
         None => {}
     }
 
@@ -187,12 +198,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let report = diff::diff(&inventory.network_policies, &engine, &attributed);
         match args.format {
-            Format::Text => print!("{}", report.to_text()),
-            Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            Format::Text => out::stdout(report.to_text())?,
+            Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
         }
     }
     if bad > 0 {
-        eprintln!("error: {bad} flow line(s) could not be read");
+        errln!("error: {bad} flow line(s) could not be read");
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -267,7 +278,7 @@ async fn collect_flows(
         let (flows, notes) =
             sources::parse_prometheus(&body, &endpoint, inventory, subnets, args.window)?;
         for n in notes {
-            eprintln!("note: {n}");
+            errln!("note: {n}");
         }
         return Ok((flows, 0));
     }
@@ -284,7 +295,7 @@ async fn collect_flows(
                 .with_context(|| format!("cannot read flows from {endpoint}"))?;
             let (flows, errors) = sources::parse_agent_flows(&body, &endpoint);
             for e in &errors {
-                eprintln!("error: {e}");
+                errln!("error: {e}");
             }
             bad += errors.len();
             lists.push(flows);
@@ -298,10 +309,34 @@ async fn collect_flows(
                 Ok(f) => flows.push(f),
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                 }
             }
         }
     }
     Ok((flows, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_parsed_and_bounded() {
+        assert_eq!(parse_duration("7d"), Ok(SignedDuration::from_hours(168)));
+        assert_eq!(parse_duration("90m"), Ok(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("36600d"), Ok(MAX_DURATION));
+        for huge in [
+            "200000000000000d",
+            "9223372036854775807d",
+            "36601d",
+            "1000000h",
+        ] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("is too long: at most 36600d"), "{huge}: {err}");
+        }
+        for bad in ["0d", "-1d", "soon", "200000000000000000000h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 
+use super::out::{self, errln};
 use crate::{
     attribution::{Attributor, Subnets},
     flow::jsonl,
@@ -72,18 +73,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     bad += 1;
-                    eprintln!("error: {e}");
+                    errln!("error: {e}");
                 }
             }
         }
     }
     let report = verify(&engine, &flows);
     match args.output {
-        Format::Text => print!("{}", report.to_text()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => out::stdout(report.to_text())?,
+        Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
     }
     if bad > 0 {
-        eprintln!("error: {bad} flow line(s) could not be read");
+        errln!("error: {bad} flow line(s) could not be read");
         return Ok(ExitCode::from(2));
     }
     Ok(if report.is_clean() {
