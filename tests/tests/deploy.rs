@@ -311,6 +311,8 @@ fn daemonset_is_least_privilege() {
     }
 }
 
+/// The agent's ClusterRole grants `get`/`list`/`watch` on exactly the inventory's watches and
+/// `create` on exactly the reviews that check callers of `/api/v1`; nothing else.
 #[test]
 fn rbac_grants_exactly_the_inventory_watches() {
     let text = std::fs::read_to_string(deploy().join("kubernetes/base/clusterrole.yaml"))
@@ -337,8 +339,47 @@ fn rbac_grants_exactly_the_inventory_watches() {
                 .into_iter()
                 .map(move |v| ((*g).to_owned(), (*r).to_owned(), v.to_owned()))
         })
+        .chain(
+            netpol_observe::http::auth::REVIEW_PERMISSIONS
+                .iter()
+                .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())),
+        )
         .collect();
     assert_eq!(granted, wanted);
+}
+
+/// The reader role grants `get` on the agent's two virtual resources (what its
+/// SubjectAccessReviews ask) and nothing else; the agent's ServiceAccount is not bound to it.
+#[test]
+fn reader_role_grants_exactly_the_api_resources() {
+    let text = std::fs::read_to_string(deploy().join("kubernetes/base/clusterrole-reader.yaml"))
+        .expect("read clusterrole-reader.yaml");
+    let role: ClusterRole =
+        serde_yaml::from_str(&text).expect("clusterrole-reader.yaml is a ClusterRole");
+    assert_eq!(role.metadata.name.as_deref(), Some("netpol-observe-reader"));
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    let group = netpol_observe::http::auth::API_GROUP.to_owned();
+    let wanted: BTreeSet<(String, String, String)> = [
+        netpol_observe::http::auth::ApiResource::Flows,
+        netpol_observe::http::auth::ApiResource::Recommendations,
+    ]
+    .iter()
+    .map(|r| (group.clone(), r.name().to_owned(), "get".to_owned()))
+    .collect();
+    assert_eq!(granted, wanted);
+    let binding = std::fs::read_to_string(deploy().join("kubernetes/base/clusterrolebinding.yaml"))
+        .expect("read clusterrolebinding.yaml");
+    assert!(!binding.contains("netpol-observe-reader"));
 }
 
 /// The scrape the dashboard is checked against: the metrics module's encoding of a fully

@@ -13,6 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::http::auth::ApiAuth;
 use crate::{
     datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
     metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
@@ -21,8 +22,9 @@ use crate::{
 /// The largest kernel flow map the agent asks for (16 Mi entries).
 pub const MAX_FLOW_MAP_CAPACITY: u32 = 1 << 24;
 
-/// Default listen address of the HTTP API.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9965";
+/// Default listen address of the HTTP API: loopback only. The DaemonSet listens on every
+/// address (`--listen=0.0.0.0:9965`) with `/api/v1` behind Kubernetes authentication.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9965";
 
 /// Drop reasons recorded by default: the ones a policy or filter decides (names of the
 /// kernel's `enum skb_drop_reason` without the `SKB_DROP_REASON_` prefix). Names the running
@@ -95,8 +97,21 @@ impl Default for MetricsSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
-    /// HTTP listen address (default `0.0.0.0:9965`).
+    /// HTTP listen address (default `127.0.0.1:9965`).
     pub listen: SocketAddr,
+    /// Who may read `/api/v1` (flows, recommendations): `kubernetes` (a bearer token checked by
+    /// the API server's TokenReview and SubjectAccessReview) or `none` (anyone who reaches the
+    /// port). Default: `kubernetes` in-cluster, `none` with `inventory` (standalone). `none` on
+    /// an address other than loopback is refused unless `allowUnauthenticatedRemoteApi`.
+    /// `/metrics`, `/healthz` and `/readyz` are never authenticated.
+    pub api_auth: Option<ApiAuth>,
+    /// Serve `/api/v1` without authentication on a non-loopback address (with `apiAuth: none`;
+    /// default false): anyone who reaches the port reads every flow of the node.
+    pub allow_unauthenticated_remote_api: bool,
+    /// With `apiAuth: kubernetes`: the audiences a token must be valid for (TokenReview
+    /// `spec.audiences`), e.g. `[netpol-observe]` for tokens minted with `kubectl create token
+    /// --audience netpol-observe`. Default empty: the API server's own audiences.
+    pub api_token_audiences: Vec<String>,
     /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change.
     /// Absent: in-cluster mode (service account, watches).
     pub inventory: Option<PathBuf>,
@@ -138,7 +153,10 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9965)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9965)),
+            api_auth: None,
+            allow_unauthenticated_remote_api: false,
+            api_token_audiences: Vec::new(),
             inventory: None,
             kubeconfig: None,
             subnets: None,
@@ -220,6 +238,30 @@ impl AgentConfig {
         if self.max_flows == 0 {
             return invalid("max-flows", "must be at least 1");
         }
+        if self.api_auth() == ApiAuth::None
+            && !self.listen.ip().is_loopback()
+            && !self.allow_unauthenticated_remote_api
+        {
+            return Err(ConfigError::Invalid {
+                setting: "api-auth",
+                message: format!(
+                    "`none` on {}, which is not a loopback address, would let anyone who reaches \
+                     the port read every flow of this node: use --api-auth kubernetes, listen on \
+                     127.0.0.1, or pass --allow-unauthenticated-remote-api",
+                    self.listen
+                ),
+            });
+        }
+        if let Some(bad) = self
+            .api_token_audiences
+            .iter()
+            .find(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                setting: "api-token-audiences",
+                message: format!("{bad:?}: an audience cannot be empty"),
+            });
+        }
         if let Some(bad) = self
             .drop_reasons
             .iter()
@@ -233,6 +275,16 @@ impl AgentConfig {
             });
         }
         Ok(())
+    }
+
+    /// The effective `/api/v1` authentication: the configured one, else `kubernetes`
+    /// in-cluster and `none` standalone (`inventory` set).
+    pub fn api_auth(&self) -> ApiAuth {
+        self.api_auth.unwrap_or(if self.inventory.is_some() {
+            ApiAuth::None
+        } else {
+            ApiAuth::Kubernetes
+        })
     }
 
     /// The datapath part of the configuration.
@@ -328,6 +380,87 @@ attachMode: clsact
                 .to_string()
                 .contains("sweep-interval")
         );
+        let c = AgentConfig {
+            api_token_audiences: vec![" ".into()],
+            ..AgentConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("api-token-audiences")
+        );
+    }
+
+    /// `/api/v1` is open only on loopback (standalone's default) unless explicitly allowed;
+    /// in-cluster it is authenticated by default.
+    #[test]
+    fn unauthenticated_api_only_on_loopback_unless_allowed() {
+        let any: SocketAddr = "0.0.0.0:9965".parse().unwrap();
+        let standalone = AgentConfig {
+            inventory: Some("cluster.yaml".into()),
+            ..AgentConfig::default()
+        };
+        assert_eq!(standalone.listen, "127.0.0.1:9965".parse().unwrap());
+        assert_eq!(standalone.api_auth(), ApiAuth::None);
+        standalone.validate().unwrap();
+        let v6 = AgentConfig {
+            listen: "[::1]:9965".parse().unwrap(),
+            ..standalone.clone()
+        };
+        v6.validate().unwrap();
+
+        let open = AgentConfig {
+            listen: any,
+            ..standalone.clone()
+        };
+        let err = open.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("api-auth") && err.contains("--allow-unauthenticated-remote-api"),
+            "{err}"
+        );
+        AgentConfig {
+            allow_unauthenticated_remote_api: true,
+            ..open.clone()
+        }
+        .validate()
+        .unwrap();
+        AgentConfig {
+            api_auth: Some(ApiAuth::Kubernetes),
+            ..open
+        }
+        .validate()
+        .unwrap();
+
+        let in_cluster = AgentConfig {
+            listen: any,
+            ..AgentConfig::default()
+        };
+        assert_eq!(in_cluster.api_auth(), ApiAuth::Kubernetes);
+        in_cluster.validate().unwrap();
+        let err = AgentConfig {
+            api_auth: Some(ApiAuth::None),
+            ..in_cluster
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api-auth"), "{err}");
+
+        let c = AgentConfig::from_yaml_str(
+            "apiAuth: none\nallowUnauthenticatedRemoteApi: true\napiTokenAudiences: [a]\n",
+            Path::new("a.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.api_auth, Some(ApiAuth::None));
+        assert!(c.allow_unauthenticated_remote_api);
+        let err = AgentConfig::from_yaml_str("apiAuth: token\n", Path::new("a.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("apiAuth") && err.contains("kubernetes"),
+            "{err}"
+        );
     }
 }
 
@@ -347,6 +480,10 @@ mod deploy_tests {
         let c = AgentConfig::from_yaml_str(&data["agent.yaml"], Path::new("agent.yaml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 9965)));
+        // Metrics for the cluster, /api/v1 only for authorised callers with audience-bound
+        // tokens (deploy/README.md).
+        assert_eq!(c.api_auth, Some(ApiAuth::Kubernetes));
+        assert_eq!(c.api_token_audiences, ["netpol-observe"]);
         assert_eq!(c.drop_reasons, AgentConfig::default().drop_reasons);
         // Only pod interfaces: a bridge or tunnel would count pod traffic a second time.
         assert_eq!(c.interfaces, DEFAULT_INCLUDE);

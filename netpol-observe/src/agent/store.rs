@@ -774,6 +774,39 @@ impl FlowStore {
         self.remove_slot(self.head);
     }
 
+    /// The identities of the flows matching `query`, oldest change first (the most recent
+    /// `limit` ones, all without a limit), and whether more flows matched than `limit`. One walk
+    /// of the list, nothing copied but the identities: the store lock is held briefly.
+    pub fn select(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut hits = Vec::new();
+        let mut truncated = false;
+        let mut i = self.tail;
+        while let Some(s) = self.slot(i) {
+            if query.matches_stored(&s.flow) {
+                if hits.len() == limit {
+                    truncated = true;
+                    break;
+                }
+                hits.push(s.id);
+            }
+            i = s.prev;
+        }
+        hits.reverse();
+        (hits, truncated)
+    }
+
+    /// Copies of the flows of `ids` still held and still matching `query`, in that order (a
+    /// stored flow is small: its attribution and verdicts are shared handles).
+    pub fn snapshot(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<(FlowId, StoredFlow)> {
+        ids.iter()
+            .filter_map(|id| {
+                let f = self.get(id)?;
+                query.matches_stored(f).then(|| (*id, f.clone()))
+            })
+            .collect()
+    }
+
     /// The flows matching `query`, oldest change first (the most recent `limit` ones), their
     /// verdicts explained by `model` (the current one) where not yet.
     pub fn query(&self, query: &FlowQuery, model: Option<&Model>) -> Vec<ObservedFlow> {
@@ -794,6 +827,40 @@ impl FlowStore {
             .rev()
             .map(|s| s.flow.to_observed(&s.id, model, &mut explained))
             .collect()
+    }
+}
+
+/// Reading the store in pieces, for `/api/v1/flows` and `/api/v1/recommendations`: the
+/// identities first, then the flows chunk by chunk, each chunk copied under the store lock and
+/// explained and serialised outside it, so the event loop never waits for a whole answer.
+impl super::AgentState {
+    /// The identities of the flows matching `query` (oldest change first, the most recent
+    /// `limit`) and whether more matched ([`FlowStore::select`]).
+    pub fn select_flows(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
+        super::lock(&self.store).select(query)
+    }
+
+    /// The flows of `ids` still held and matching `query`, as served: verdicts explained by
+    /// the model that judged them, outside the store lock.
+    pub fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
+        // The model is read under the store lock: models are swapped under it (after the
+        // outgoing one explained its flows), so every compact verdict copied here is the
+        // current model's.
+        let (model, flows) = {
+            let store = super::lock(&self.store);
+            (self.model(), store.snapshot(ids, query))
+        };
+        let mut explained = Explained::default();
+        flows
+            .iter()
+            .map(|(id, f)| f.to_observed(id, model.as_deref(), &mut explained))
+            .collect()
+    }
+
+    /// The flow records of `ids` still held (attribution, no verdicts).
+    pub fn flow_records(&self, ids: &[FlowId]) -> Vec<FlowRecord> {
+        let flows = super::lock(&self.store).snapshot(ids, &FlowQuery::default());
+        flows.iter().map(|(id, f)| f.to_record(id)).collect()
     }
 }
 
@@ -925,6 +992,25 @@ mod tests {
         assert_eq!(ports(&s, None), [Some(2002), Some(2000), Some(2003)]);
         assert_eq!(ports(&s, Some(2)), [Some(2000), Some(2003)]);
         assert_eq!(ports(&s, Some(0)), Vec::<Option<u16>>::new());
+        // `select` + `snapshot` give the same flows in the same order, and say when `limit`
+        // cut some off.
+        let selected = |limit| {
+            let q = FlowQuery {
+                limit,
+                ..FlowQuery::default()
+            };
+            let (ids, truncated) = s.select(&q);
+            let snap: Vec<Option<u16>> = s
+                .snapshot(&ids, &q)
+                .iter()
+                .map(|(id, f)| f.to_record(id).src.port)
+                .collect();
+            (snap, truncated)
+        };
+        assert_eq!(selected(None), (ports(&s, None), false));
+        assert_eq!(selected(Some(2)), (ports(&s, Some(2)), true));
+        assert_eq!(selected(Some(3)), (ports(&s, None), false));
+        assert_eq!(selected(Some(0)), (Vec::new(), true));
         // Drops touch the flow too.
         s.add_drops(&ids[2], "NETFILTER_DROP", "a/deny", 1);
         assert_eq!(ports(&s, None), [Some(2000), Some(2003), Some(2002)]);

@@ -11,7 +11,7 @@ use anyhow::Context;
 
 use super::out::OutputError;
 use crate::{
-    agent::{Agent, AgentConfig},
+    agent::{Agent, AgentConfig, config::ApiAuth},
     datapath::AttachMode,
     flow::{FlowRecord, jsonl, table},
 };
@@ -32,21 +32,41 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   netpol-observe agent                                   # in-cluster (DaemonSet)
-  netpol-observe agent --inventory cluster.yaml --subnets subnets.yaml --listen 127.0.0.1:9965
+  netpol-observe agent --listen 0.0.0.0:9965 --api-token-audiences netpol-observe   # as the DaemonSet
+  netpol-observe agent --inventory cluster.yaml --subnets subnets.yaml  # standalone, API on 127.0.0.1:9965
   netpol-observe agent --inventory cluster/ --staged-policies drafts/   # what would the drafts block?
   netpol-observe agent --duration 30 --output jsonl > flows.jsonl
   netpol-observe agent --interfaces 'veth*' 'cali*' --exclude 'veth-infra*'
 
 Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
 key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
-flowMapCapacity, dropReasons, metrics.seriesBudget, metrics.podLevel, ...).")]
+flowMapCapacity, dropReasons, apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
+
+/metrics, /healthz and /readyz are open to whoever reaches --listen; /api/v1 needs, with
+--api-auth kubernetes, `Authorization: Bearer <token>` of a user or ServiceAccount allowed `get`
+on flows.netpol-observe.io (recommendations.netpol-observe.io for /api/v1/recommendations),
+e.g. through the ClusterRole netpol-observe-reader (deploy/README.md).")]
 pub struct Args {
     /// YAML configuration file (flags and environment variables override it).
     #[arg(long, env = "NETPOL_OBSERVE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1 [default: 0.0.0.0:9965].
+    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1 [default: 127.0.0.1:9965].
     #[arg(long, env = "NETPOL_OBSERVE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Who may read /api/v1 (flows, recommendations): `kubernetes` (bearer token checked by the
+    /// API server's TokenReview and SubjectAccessReview: `get` on flows.netpol-observe.io or
+    /// recommendations.netpol-observe.io) or `none` [default: kubernetes in-cluster, none with
+    /// --inventory]. /metrics, /healthz and /readyz are always open.
+    #[arg(long, env = "NETPOL_OBSERVE_API_AUTH", value_name = "MODE")]
+    pub api_auth: Option<ApiAuth>,
+    /// Allow `--api-auth none` on an address other than loopback (anyone who reaches the port
+    /// reads every flow of the node).
+    #[arg(long, env = "NETPOL_OBSERVE_ALLOW_UNAUTHENTICATED_REMOTE_API")]
+    pub allow_unauthenticated_remote_api: bool,
+    /// With `--api-auth kubernetes`: audiences a token must be valid for (e.g. netpol-observe,
+    /// for `kubectl create token --audience netpol-observe`) [default: the API server's].
+    #[arg(long, num_args = 1.., value_name = "AUDIENCE")]
+    pub api_token_audiences: Vec<String>,
     /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change
     /// [default: in-cluster, from the API server].
     #[arg(long, env = "NETPOL_OBSERVE_INVENTORY", value_name = "PATH")]
@@ -129,6 +149,15 @@ impl Args {
         };
         if let Some(v) = self.listen {
             c.listen = v;
+        }
+        if let Some(v) = self.api_auth {
+            c.api_auth = Some(v);
+        }
+        if self.allow_unauthenticated_remote_api {
+            c.allow_unauthenticated_remote_api = true;
+        }
+        if !self.api_token_audiences.is_empty() {
+            c.api_token_audiences = self.api_token_audiences.clone();
         }
         if let Some(v) = &self.inventory {
             c.inventory = Some(v.clone());

@@ -13,7 +13,10 @@ use super::out::{OutputError, errln};
 use crate::{
     agent::{FlowQuery, ObservedFlow},
     flow::{FlowRecord, jsonl, table},
-    http::FlowParams,
+    http::{
+        FlowParams, TRUNCATED_HEADER,
+        client::{self, BearerToken},
+    },
 };
 
 /// Output format.
@@ -28,9 +31,15 @@ pub enum Output {
 /// Arguments of `netpol-observe flows`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  netpol-observe flows --agent http://10.0.0.5:9965
-  netpol-observe flows --agent http://node-1:9965 http://node-2:9965 --namespace shop --verdict denied
+  netpol-observe flows --agent http://127.0.0.1:9965
+  kubectl create token reader -n netpol-observe --audience netpol-observe --duration 10m > token
+  netpol-observe flows --agent http://10.0.0.5:9965 http://10.0.0.6:9965 --token-file token --verdict denied
   netpol-observe flows --file flows.jsonl --workload web --output jsonl
+
+Agents deployed in a cluster answer /api/v1 only to a bearer token of an identity bound to the
+ClusterRole netpol-observe-reader: --token-file, else the pod's ServiceAccount token, else the
+kubeconfig's token (deploy/README.md). An agent answers at most 100000 flows (the most recent);
+a warning says when one held more.
 
 A bad line of --file is reported on stderr (file:line) and the others are still printed; the
 exit code is then 2.")]
@@ -53,6 +62,15 @@ pub struct Args {
     /// Only flows seen at or after this time (RFC 3339).
     #[arg(long)]
     pub since: Option<String>,
+    /// Bearer token for the agents (a file holding it) [default: the pod's ServiceAccount
+    /// token, else the kubeconfig's].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "file"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub output: Output,
@@ -70,19 +88,39 @@ impl Args {
     }
 }
 
-/// Reads `/api/v1/flows` of the agent at `base` with `query` (a query string without `?`).
-pub async fn fetch(base: &str, query: &str) -> anyhow::Result<Vec<ObservedFlow>> {
+/// Reads `/api/v1/flows` of the agent at `base` with `query` (a query string without `?`),
+/// sending `token` if any.
+pub async fn fetch(
+    base: &str,
+    query: &str,
+    token: Option<&BearerToken>,
+) -> anyhow::Result<Vec<ObservedFlow>> {
     let url = format!("{}/api/v1/flows?{query}", base.trim_end_matches('/'));
-    let resp = reqwest::get(&url)
+    let resp = client::get(&reqwest::Client::new(), &url, token)
+        .send()
         .await
         .with_context(|| format!("cannot reach the agent at {url}"))?;
     let status = resp.status();
+    let truncated = resp
+        .headers()
+        .get(TRUNCATED_HEADER)
+        .is_some_and(|v| v == "true");
     let body = resp
         .text()
         .await
         .with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
-        anyhow::bail!("{url}: HTTP {status}: {}", body.trim());
+        let mut msg = format!("{url}: HTTP {status}: {}", body.trim());
+        if let Some(hint) = client::refusal_hint(status, token) {
+            msg.push_str(&format!(" ({hint})"));
+        }
+        anyhow::bail!(msg);
+    }
+    if truncated {
+        eprintln!(
+            "warning: {url}: the agent holds more matching flows than one answer carries; \
+             these are the most recent"
+        );
     }
     body.lines()
         .enumerate()
@@ -169,8 +207,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     } else {
         let qs = query_string(&params);
+        let token = client::bearer_token(args.token_file.as_deref()).await?;
         for base in &args.agent {
-            flows.extend(fetch(base, &qs).await?);
+            flows.extend(fetch(base, &qs, token.as_ref()).await?);
         }
     }
     let stdout = std::io::stdout();

@@ -34,7 +34,7 @@ pub enum Format {
 #[command(after_help = "Examples:
   netpol-observe recommend --flows flows.jsonl --inventory cluster.yaml --subnets subnets.yaml
   netpol-observe recommend --flows day1.jsonl day2.jsonl --inventory inv/ -o policies/
-  netpol-observe recommend --agent http://10.0.0.11:9090 http://10.0.0.12:9090 --inventory inv/
+  netpol-observe recommend --agent http://10.0.0.11:9965 http://10.0.0.12:9965 --token-file token --inventory inv/
   netpol-observe recommend --prometheus http://prometheus:9090 --window 24h --inventory inv/
   netpol-observe recommend --flows flows.jsonl --inventory inv/ --diff
 
@@ -51,6 +51,15 @@ pub struct Args {
     /// Running agents whose `GET /api/v1/flows` to read (merged, duplicates dropped).
     #[arg(long, value_name = "URL", num_args = 1.., conflicts_with = "prometheus")]
     pub agent: Vec<String>,
+    /// Bearer token for `--agent` (a file holding it) [default: the pod's ServiceAccount token,
+    /// else the kubeconfig's].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "agent"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Prometheus (or Thanos/Mimir) base URL holding `netpol_observe_flows_total`.
     #[arg(long, value_name = "URL")]
     pub prometheus: Option<String>,
@@ -284,15 +293,39 @@ async fn collect_flows(
     }
     if !args.agent.is_empty() {
         let mut lists = Vec::new();
+        let token = crate::http::client::bearer_token(args.token_file.as_deref()).await?;
+        let client = reqwest::Client::new();
         for url in &args.agent {
             let endpoint = format!("{}/api/v1/flows", url.trim_end_matches('/'));
-            let body = reqwest::get(&endpoint)
+            let resp = crate::http::client::get(&client, &endpoint, token.as_ref())
+                .send()
                 .await
-                .and_then(reqwest::Response::error_for_status)
-                .with_context(|| format!("cannot read flows from {endpoint}"))?
+                .with_context(|| format!("cannot read flows from {endpoint}"))?;
+            let status = resp.status();
+            let truncated = resp
+                .headers()
+                .get(crate::http::TRUNCATED_HEADER)
+                .is_some_and(|v| v == "true");
+            let body = resp
                 .text()
                 .await
                 .with_context(|| format!("cannot read flows from {endpoint}"))?;
+            if !status.is_success() {
+                let mut msg = format!(
+                    "cannot read flows from {endpoint}: HTTP {status}: {}",
+                    body.trim()
+                );
+                if let Some(hint) = crate::http::client::refusal_hint(status, token.as_ref()) {
+                    msg.push_str(&format!(" ({hint})"));
+                }
+                anyhow::bail!(msg);
+            }
+            if truncated {
+                eprintln!(
+                    "warning: {endpoint}: the agent holds more flows than one answer carries; \
+                     the oldest are left out"
+                );
+            }
             let (flows, errors) = sources::parse_agent_flows(&body, &endpoint);
             for e in &errors {
                 errln!("error: {e}");

@@ -1,32 +1,49 @@
-//! The agent's HTTP API (axum):
+//! The agent's HTTP API (axum on [`server`]):
 //!
-//! | path | answer |
-//! |---|---|
-//! | `GET /metrics` | the metrics, OpenMetrics when asked (`Accept`), else Prometheus text |
-//! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /readyz` | `200 ready`, or `503` with what is missing, one item per line |
-//! | `GET /api/v1/flows` | attributed flows with verdicts, JSON lines ([`crate::agent::ObservedFlow`]); query: `namespace`, `workload`, `verdict` (`allowed`, `denied`, `staged-allowed`, `staged-denied`), `since` (RFC 3339), `limit` |
-//! | `GET /api/v1/recommendations` | least-privilege NetworkPolicies for the flows this agent holds, one multi-document YAML stream (the recommender's notes first, as `#` comments); query: `namespace` (only that namespace's policies), `default_deny` (`true`/`false`, default `true`); `503` while no inventory is loaded |
+//! | path | answer | access |
+//! |---|---|---|
+//! | `GET /metrics` | the metrics, OpenMetrics when asked (`Accept`), else Prometheus text | open |
+//! | `GET /healthz` | `200 ok` while the process serves | open |
+//! | `GET /readyz` | `200 ready`, or `503` with what is missing, one item per line | open |
+//! | `GET /api/v1/flows` | attributed flows with verdicts, JSON lines ([`crate::agent::ObservedFlow`]), streamed; query: `namespace`, `workload`, `verdict` (`allowed`, `denied`, `staged-allowed`, `staged-denied`), `since` (RFC 3339), `limit` (default and maximum [`MAX_FLOWS_PER_RESPONSE`]) | [`auth`] |
+//! | `GET /api/v1/recommendations` | least-privilege NetworkPolicies for the flows this agent holds, one multi-document YAML stream (the recommender's notes first, as `#` comments); query: `namespace` (only that namespace's policies), `default_deny` (`true`/`false`, default `true`); `503` while no inventory is loaded | [`auth`] |
 //!
-//! A bad query parameter is a `400` naming it.
+//! A bad query parameter is a `400` naming it. `/api/v1/flows` answers with the most recent
+//! `limit` matching flows (oldest change first) and the header [`TRUNCATED_HEADER`]`: true` when
+//! more matched. The answer is streamed: the store is read in chunks of [`FLOWS_CHUNK`] flows,
+//! each copied under the store lock and serialised outside it, so neither the lock nor the
+//! memory grows with the answer. At most [`MAX_API_REQUESTS`] `/api/v1` answers are in progress
+//! at once; more get `503` with `Retry-After`.
+//!
+//! `/api/v1` is behind [`auth::ApiGuard`] (`--api-auth`): with `kubernetes`, a bearer token
+//! checked by the API server (TokenReview, SubjectAccessReview on the virtual resources
+//! `flows`/`recommendations` of `netpol-observe.io`). The server's timeouts and connection
+//! bound are in [`server`].
+
+pub mod auth;
+pub mod client;
+pub mod server;
 
 use std::sync::Arc;
 
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::{
-    agent::{AgentState, FlowQuery},
-    flow::FlowRecord,
+    agent::{AgentState, FlowId, FlowQuery},
+    inventory::kubeapi::KubeAccess,
     recommend::{RecommendConfig, Recommendation, Recommender, RenderError, render_yaml},
 };
+use auth::{ApiAuth, ApiGuard, CacheLimits};
 
 /// `Content-Type` of `/api/v1/flows`.
 pub const JSONL_CONTENT_TYPE: &str = "application/x-ndjson";
@@ -34,31 +51,101 @@ pub const JSONL_CONTENT_TYPE: &str = "application/x-ndjson";
 /// `Content-Type` of `/api/v1/recommendations`.
 pub const YAML_CONTENT_TYPE: &str = "application/yaml";
 
-/// The API's routes over the agent's state.
-pub fn router(state: Arc<AgentState>) -> Router {
+/// Most flows one `/api/v1/flows` answer holds: the default and the maximum of `limit` (a
+/// larger `limit` is a `400`). The most recently changed flows are the ones sent.
+pub const MAX_FLOWS_PER_RESPONSE: usize = 100_000;
+
+/// Response header of `/api/v1/flows`: `true` when more flows matched than were sent.
+pub const TRUNCATED_HEADER: &str = "x-netpol-observe-truncated";
+
+/// Flows copied from the store (under its lock) and serialised per piece of a streamed
+/// `/api/v1/flows` answer.
+pub const FLOWS_CHUNK: usize = 256;
+
+/// `/api/v1` answers in progress at once (streams included); more get `503`.
+pub const MAX_API_REQUESTS: usize = 4;
+
+/// The API's routes over the agent's state, `/api/v1` behind `guard`.
+pub fn router(state: Arc<AgentState>, guard: Arc<ApiGuard>) -> Router {
+    let api = Api {
+        agent: state.clone(),
+        slots: Arc::new(Semaphore::new(MAX_API_REQUESTS)),
+    };
+    let protected = Router::new()
+        .route("/api/v1/flows", get(flows))
+        .route("/api/v1/recommendations", get(recommendations))
+        .with_state(api)
+        .route_layer(middleware::from_fn_with_state(guard, auth::require));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/api/v1/flows", get(flows))
-        .route("/api/v1/recommendations", get(recommendations))
         .with_state(state)
+        .merge(protected)
 }
 
-/// Serves the API on `listener` until `stop` turns true.
+/// The guard of the agent's configuration: `none`, or the API server reached as the inventory
+/// reaches it (`kubeconfig`, else the in-cluster identity).
+pub fn guard_for(state: &AgentState) -> ApiGuard {
+    let config = state.config();
+    match config.api_auth() {
+        ApiAuth::None => ApiGuard::open(),
+        ApiAuth::Kubernetes => ApiGuard::kubernetes(
+            KubeAccess::infer(config.kubeconfig.clone()),
+            config.api_token_audiences.clone(),
+            config.node_name.clone(),
+            CacheLimits::default(),
+        ),
+    }
+}
+
+/// Serves the API on `listener` until `stop` turns true, within the default
+/// [`server::ServerLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let guard = Arc::new(guard_for(&state));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+        tracing::info!(%addr, api_auth = %guard.mode(), "HTTP API listening");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
+    server::serve(
+        listener,
+        router(state, guard),
+        server::ServerLimits::default(),
+        async move {
             let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+        },
+    )
+    .await
+}
+
+/// State of the `/api/v1` routes.
+#[derive(Debug, Clone)]
+struct Api {
+    agent: Arc<AgentState>,
+    /// One permit per answer in progress.
+    slots: Arc<Semaphore>,
+}
+
+impl Api {
+    /// A slot for one answer, if one is free.
+    fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
+
+/// The answer when every slot is taken.
+fn busy() -> Response {
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("busy: {MAX_API_REQUESTS} API answers in progress, retry later\n"),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Response {
@@ -136,24 +223,94 @@ impl FlowParams {
 }
 
 async fn flows(
-    State(state): State<Arc<AgentState>>,
+    State(api): State<Api>,
     params: Result<Query<FlowParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let params = match params {
         Ok(Query(p)) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let query = match params.into_query() {
+    let mut query = match params.into_query() {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let mut body = Vec::new();
-    for f in state.flows(&query) {
-        if let Err(e) = crate::flow::jsonl::write_line(&mut body, &f) {
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+    match query.limit {
+        Some(n) if n > MAX_FLOWS_PER_RESPONSE => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("limit={n}: at most {MAX_FLOWS_PER_RESPONSE}\n"),
+            )
+                .into_response();
+        }
+        Some(_) => {}
+        None => query.limit = Some(MAX_FLOWS_PER_RESPONSE),
+    }
+    let Some(slot) = api.slot() else {
+        return busy();
+    };
+    let (ids, truncated) = api.agent.select_flows(&query);
+    let stream = FlowStream {
+        agent: api.agent,
+        query,
+        ids,
+        next: 0,
+        _slot: slot,
+    };
+    let body = Body::from_stream(futures::stream::unfold(stream, |mut s| async move {
+        let chunk = s.next_chunk()?;
+        Some((chunk, s))
+    }));
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(JSONL_CONTENT_TYPE),
+    );
+    headers.insert(
+        TRUNCATED_HEADER,
+        HeaderValue::from_static(if truncated { "true" } else { "false" }),
+    );
+    resp
+}
+
+/// The rest of a streamed `/api/v1/flows` answer.
+struct FlowStream {
+    agent: Arc<AgentState>,
+    query: FlowQuery,
+    ids: Vec<FlowId>,
+    next: usize,
+    /// Held until the answer is sent or dropped.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl FlowStream {
+    /// The next chunk's JSON lines (`None`: done). Flows that left the store since the
+    /// selection are skipped.
+    fn next_chunk(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            if self.next >= self.ids.len() {
+                return None;
+            }
+            let end = (self.next + FLOWS_CHUNK).min(self.ids.len());
+            let flows = self
+                .agent
+                .observe_flows(&self.ids[self.next..end], &self.query);
+            self.next = end;
+            if flows.is_empty() {
+                continue;
+            }
+            let mut buf = Vec::with_capacity(flows.len() * 1024);
+            for f in &flows {
+                if let Err(e) = crate::flow::jsonl::write_line(&mut buf, f) {
+                    // Ends the answer early; the client sees a truncated chunked body.
+                    tracing::error!("serialising a flow: {e}");
+                    self.next = self.ids.len();
+                    return Some(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+            return Some(Ok(Bytes::from(buf)));
         }
     }
-    ([(header::CONTENT_TYPE, JSONL_CONTENT_TYPE)], body).into_response()
 }
 
 /// The query string of `/api/v1/recommendations` (strings, checked by
@@ -220,7 +377,7 @@ pub fn render_recommendation(
 }
 
 async fn recommendations(
-    State(state): State<Arc<AgentState>>,
+    State(api): State<Api>,
     params: Result<Query<RecommendParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let options = match params
@@ -230,6 +387,7 @@ async fn recommendations(
         Ok(o) => o,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    let state = &api.agent;
     let Some(model) = state.model() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,11 +395,17 @@ async fn recommendations(
         )
             .into_response();
     };
-    let flows: Vec<FlowRecord> = state
-        .flows(&FlowQuery::default())
-        .into_iter()
-        .map(|f| f.flow)
-        .collect();
+    let Some(_slot) = api.slot() else {
+        return busy();
+    };
+    // Every flow held, copied chunk by chunk (the store lock is held per chunk only); the
+    // recommender needs the records, not the verdicts.
+    let (ids, _) = state.select_flows(&FlowQuery::default());
+    let mut flows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(FLOWS_CHUNK) {
+        flows.extend(state.flow_records(chunk));
+    }
+    drop(ids);
     // The recommender is CPU-bound (self-check included): keep it off the async workers.
     let rendered = tokio::task::spawn_blocking(move || {
         let rec =
@@ -295,6 +459,10 @@ mod tests {
                 .unwrap();
             (status, String::from_utf8(bytes.to_vec()).unwrap())
         }
+    }
+
+    fn open() -> Arc<ApiGuard> {
+        Arc::new(ApiGuard::open())
     }
 
     fn state() -> Arc<AgentState> {
@@ -352,7 +520,12 @@ items:
     #[tokio::test]
     async fn flows_metrics_and_readiness() {
         let s = state();
-        let (code, body) = call(router(s.clone()), "/api/v1/flows?namespace=data", None).await;
+        let (code, body) = call(
+            router(s.clone(), open()),
+            "/api/v1/flows?namespace=data",
+            None,
+        )
+        .await;
         assert_eq!(code, 200);
         let lines: Vec<&str> = body.lines().collect();
         assert_eq!(lines.len(), 1, "{body}");
@@ -363,35 +536,50 @@ items:
         assert!(!v.allowed);
         assert_eq!(v.ingress.policies, vec!["data/deny-all".to_owned()]);
 
-        let (_, body) = call(router(s.clone()), "/api/v1/flows?verdict=allowed", None).await;
+        let (_, body) = call(
+            router(s.clone(), open()),
+            "/api/v1/flows?verdict=allowed",
+            None,
+        )
+        .await;
         assert_eq!(body, "");
-        let (code, body) = call(router(s.clone()), "/api/v1/flows?verdict=maybe", None).await;
+        let (code, body) = call(
+            router(s.clone(), open()),
+            "/api/v1/flows?verdict=maybe",
+            None,
+        )
+        .await;
         assert_eq!(code, 400);
         assert!(body.contains("verdict=\"maybe\""), "{body}");
-        let (code, _) = call(router(s.clone()), "/api/v1/flows?since=yesterday", None).await;
+        let (code, _) = call(
+            router(s.clone(), open()),
+            "/api/v1/flows?since=yesterday",
+            None,
+        )
+        .await;
         assert_eq!(code, 400);
 
-        let (code, body) = call(router(s.clone()), "/metrics", None).await;
+        let (code, body) = call(router(s.clone(), open()), "/metrics", None).await;
         assert_eq!(code, 200);
         assert!(body.contains(
             r#"netpol_observe_flows_total{src_namespace="shop",src_kind="Pod",src_workload="web-1",dst_namespace="data",dst_kind="Pod",dst_workload="db-1",dst_port="5432",protocol="TCP",verdict="denied"} 1"#
         ), "{body}");
         assert!(body.contains(r#"netpol_observe_flow_packets_total{src_namespace="shop",src_kind="Pod",src_workload="web-1",dst_namespace="data",dst_kind="Pod",dst_workload="db-1",dst_port="5432",protocol="TCP"} 3"#), "{body}");
         let (_, om) = call(
-            router(s.clone()),
+            router(s.clone(), open()),
             "/metrics",
             Some("application/openmetrics-text"),
         )
         .await;
         assert!(om.ends_with("# EOF\n"));
 
-        let (code, body) = call(router(s.clone()), "/readyz", None).await;
+        let (code, body) = call(router(s.clone(), open()), "/readyz", None).await;
         assert_eq!(code, 503);
         assert!(
             body.contains("datapath and drop tracepoint not attached"),
             "{body}"
         );
-        let (code, _) = call(router(s), "/healthz", None).await;
+        let (code, _) = call(router(s, open()), "/healthz", None).await;
         assert_eq!(code, 200);
         let _ = Body::empty();
     }
@@ -418,7 +606,7 @@ items:
     #[tokio::test]
     async fn recommendations_cover_the_agents_flows() {
         let s = state();
-        let (code, body) = call(router(s.clone()), "/api/v1/recommendations", None).await;
+        let (code, body) = call(router(s.clone(), open()), "/api/v1/recommendations", None).await;
         assert_eq!(code, 200, "{body}");
         let all = policies(&body);
         assert_eq!(
@@ -468,7 +656,7 @@ items:
 
         // Only one namespace, without default-deny: the same per-workload policy.
         let (code, body) = call(
-            router(s.clone()),
+            router(s.clone(), open()),
             "/api/v1/recommendations?namespace=data&default_deny=false",
             None,
         )
@@ -479,21 +667,173 @@ items:
         assert_eq!(data[0], all[1]);
 
         let (code, body) = call(
-            router(s.clone()),
+            router(s.clone(), open()),
             "/api/v1/recommendations?default_deny=maybe",
             None,
         )
         .await;
         assert_eq!(code, 400);
         assert!(body.contains("default_deny=\"maybe\""), "{body}");
-        let (code, body) = call(router(s), "/api/v1/recommendations?nmespace=x", None).await;
+        let (code, body) = call(
+            router(s, open()),
+            "/api/v1/recommendations?nmespace=x",
+            None,
+        )
+        .await;
         assert_eq!(code, 400);
         assert!(body.contains("nmespace"), "{body}");
 
         // No inventory yet: nothing can be attributed.
         let empty = Arc::new(AgentState::new(AgentConfig::default()));
-        let (code, body) = call(router(empty), "/api/v1/recommendations", None).await;
+        let (code, body) = call(router(empty, open()), "/api/v1/recommendations", None).await;
         assert_eq!(code, 503);
         assert!(body.contains("no inventory loaded"), "{body}");
+    }
+
+    /// `GET uri` with `headers`: status, response headers, number of body frames, body.
+    async fn request(
+        router: Router,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, HeaderMap, usize, String) {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = router
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, mut body) = resp.into_parts();
+        let (mut frames, mut bytes) = (0, Vec::new());
+        while let Some(f) = body.frame().await {
+            if let Ok(data) = f.unwrap().into_data() {
+                frames += 1;
+                bytes.extend_from_slice(&data);
+            }
+        }
+        (
+            parts.status.as_u16(),
+            parts.headers,
+            frames,
+            String::from_utf8(bytes).unwrap(),
+        )
+    }
+
+    /// [`state`] plus `n` more flows from web-1 (source ports 20000…), each newer than the last.
+    fn state_with_flows(n: u16) -> Arc<AgentState> {
+        let s = state();
+        for i in 0..n {
+            let mut r = FlowRecord::new(
+                Protocol::Tcp,
+                [10, 244, 0, 2].into(),
+                [10, 244, 0, 3].into(),
+                Some(5432),
+            );
+            r.src.port = Some(20000 + i);
+            s.on_update(&FlowUpdate {
+                record: r,
+                new: true,
+                delta_packets: Directional::default(),
+                delta_bytes: Directional::default(),
+                ended: false,
+            });
+        }
+        s
+    }
+
+    fn src_ports(body: &str) -> Vec<u16> {
+        body.lines()
+            .map(|l| {
+                let f: crate::agent::ObservedFlow = serde_json::from_str(l).unwrap();
+                f.flow.src.port.unwrap()
+            })
+            .collect()
+    }
+
+    /// `/api/v1/flows` is streamed in chunks of [`FLOWS_CHUNK`] flows, equal to the store's
+    /// query; `limit` keeps the most recent and the answer says when it cut flows off; a limit
+    /// above the maximum is refused.
+    #[tokio::test]
+    async fn flows_are_streamed_in_chunks_and_bounded() {
+        let s = state_with_flows(600);
+        let (code, headers, frames, body) =
+            request(router(s.clone(), open()), "/api/v1/flows", &[]).await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(headers[TRUNCATED_HEADER], "false");
+        assert_eq!(headers[header::CONTENT_TYPE], JSONL_CONTENT_TYPE);
+        let ports = src_ports(&body);
+        assert_eq!(ports.len(), 601);
+        assert_eq!(
+            frames,
+            601usize.div_ceil(FLOWS_CHUNK),
+            "one frame per chunk"
+        );
+        let whole: Vec<u16> = s
+            .flows(&FlowQuery::default())
+            .iter()
+            .map(|f| f.flow.src.port.unwrap())
+            .collect();
+        assert_eq!(ports, whole, "same flows, same order as the store's query");
+        let mut served = Vec::new();
+        for l in body.lines() {
+            served.push(serde_json::from_str::<crate::agent::ObservedFlow>(l).unwrap());
+        }
+        assert_eq!(served, s.flows(&FlowQuery::default()), "verdicts included");
+
+        let (code, headers, _, body) =
+            request(router(s.clone(), open()), "/api/v1/flows?limit=10", &[]).await;
+        assert_eq!(code, 200);
+        assert_eq!(headers[TRUNCATED_HEADER], "true");
+        assert_eq!(src_ports(&body), (20590..20600).collect::<Vec<u16>>());
+
+        let (code, _, _, body) = request(
+            router(s.clone(), open()),
+            &format!("/api/v1/flows?limit={}", MAX_FLOWS_PER_RESPONSE + 1),
+            &[],
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert!(body.contains("limit=100001: at most 100000"), "{body}");
+    }
+
+    /// At most [`MAX_API_REQUESTS`] answers are in progress: an unread stream holds its slot,
+    /// the next request gets `503`, and a slot frees when a stream is dropped.
+    #[tokio::test]
+    async fn api_answers_in_progress_are_bounded() {
+        use tower::ServiceExt;
+        let s = state_with_flows(2 * FLOWS_CHUNK as u16);
+        let app = router(s, open());
+        let get = |uri: &str| {
+            axum::http::Request::builder()
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let mut held = Vec::new();
+        for _ in 0..MAX_API_REQUESTS {
+            let resp = app.clone().oneshot(get("/api/v1/flows")).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            held.push(resp);
+        }
+        let resp = app.clone().oneshot(get("/api/v1/flows")).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let resp = app
+            .clone()
+            .oneshot(get("/api/v1/recommendations"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        // Metrics and probes are not API answers.
+        let resp = app.clone().oneshot(get("/readyz")).await.unwrap();
+        assert_eq!(resp.status(), 503, "not ready (no datapath), but answered");
+        let resp = app.clone().oneshot(get("/metrics")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        held.pop();
+        let resp = app.clone().oneshot(get("/api/v1/flows")).await.unwrap();
+        assert_eq!(resp.status(), 200);
     }
 }
