@@ -117,7 +117,7 @@ pub async fn fetch(
         anyhow::bail!(msg);
     }
     if truncated {
-        eprintln!(
+        errln!(
             "warning: {url}: the agent holds more matching flows than one answer carries; \
              these are the most recent"
         );

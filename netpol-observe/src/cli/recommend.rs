@@ -321,7 +321,7 @@ async fn collect_flows(
                 anyhow::bail!(msg);
             }
             if truncated {
-                eprintln!(
+                errln!(
                     "warning: {endpoint}: the agent holds more flows than one answer carries; \
                      the oldest are left out"
                 );
