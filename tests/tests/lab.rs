@@ -680,6 +680,28 @@ fn killed_lab_leftovers_are_removed_by_the_next_run() {
         leftovers.len() >= 8,
         "SIGKILL leaves the namespaces: {leftovers:?}"
     );
+    // But not the agent: it gets SIGTERM when the lab dies, detaches and exits by itself.
+    let node = leftovers
+        .iter()
+        .find(|n| n.ends_with("-node"))
+        .expect("the node namespace")
+        .clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &node])
+            .output()
+            .expect("ip netns pids");
+        if pids.stdout.trim_ascii().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes left in {node} after the lab was killed: {}",
+            String::from_utf8_lossy(&pids.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The next run clears them first.
     let scenario = repo("deploy/lab/shop.yaml");

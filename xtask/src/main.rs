@@ -30,6 +30,10 @@ enum Verb {
     Setup,
     /// Run every check and test: fmt, clippy, unit, engine and real-kernel tests.
     Test {
+        /// Run the tests with every CPU kept busy by `stress-ng` (the real-kernel tests must
+        /// pass on a loaded machine: they wait for conditions, never for a fixed time).
+        #[arg(long)]
+        under_load: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -52,7 +56,7 @@ fn main() -> Result<()> {
     let root = workspace_root();
     match cli.verb {
         Verb::Setup => setup::all(),
-        Verb::Test { args } => test(&root, &args),
+        Verb::Test { under_load, args } => test(&root, under_load, &args),
         Verb::Lab { scenario, out } => lab(&root, scenario, &out),
         Verb::Bench(args) => bench::run(&root, args),
     }
@@ -90,7 +94,33 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn test(root: &Path, extra: &[String]) -> Result<()> {
+/// A CPU hog for `test --under-load`: `stress-ng` on every CPU, killed on drop.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start() -> Result<Hog> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        eprintln!("xtask: {cpus} stress-ng CPU workers run during the tests");
+        let child = Command::new("stress-ng")
+            // A bound even if this process is killed before it can stop the hog.
+            .args(["--cpu", &cpus.to_string(), "--timeout", "2h", "--quiet"])
+            .spawn()
+            .context("starting stress-ng (cargo xtask setup installs it)")?;
+        Ok(Hog(child))
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        // SIGTERM: stress-ng stops its workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
     setup::all()?;
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if ci && !is_root() {
@@ -113,6 +143,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "netpol-observe",
     ]))?;
     let bin = root.join("target/debug/netpol-observe");
+    let _hog = under_load.then(Hog::start).transpose()?;
     run(cargo(root)
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)

@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("kubernetes-client", "kubectl"),
     ("openssl", "openssl"),
+    ("stress-ng", "stress-ng"),
     ("util-linux", "unshare"),
 ];
 

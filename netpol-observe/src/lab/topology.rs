@@ -40,6 +40,22 @@ pub struct Topology {
     torn_down: bool,
 }
 
+/// A process started in the lab gets SIGTERM when the lab dies, even by SIGKILL (the agent
+/// then detaches its programs and exits instead of staying attached until the next run).
+/// Lab processes are spawned from the runtime's worker threads, which live as long as the lab
+/// (the signal is tied to the thread that forks).
+fn terminate_with_lab(cmd: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn host_veth_name(taken: &[String], pod: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in pod.bytes() {
@@ -219,13 +235,14 @@ impl Topology {
         program: &std::path::Path,
         args: &[&std::ffi::OsStr],
     ) -> Result<tokio::process::Child, NetnsError> {
-        tokio::process::Command::new("ip")
-            .args(["netns", "exec", netns])
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns])
             .arg(program)
             .args(args)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        terminate_with_lab(&mut cmd);
+        cmd.spawn()
             .map_err(|e| NetnsError::Command {
                 command: format!("ip netns exec {netns} {}", program.display()),
                 stderr: e.to_string(),
@@ -242,15 +259,16 @@ impl Topology {
         stdout: std::process::Stdio,
         stderr: std::process::Stdio,
     ) -> Result<tokio::process::Child, NetnsError> {
-        tokio::process::Command::new("ip")
-            .args(["netns", "exec", netns])
+        let mut cmd = tokio::process::Command::new("ip");
+        cmd.args(["netns", "exec", netns])
             .arg(program)
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        terminate_with_lab(&mut cmd);
+        cmd.spawn()
             .map_err(|e| NetnsError::Command {
                 command: format!("ip netns exec {netns} {}", program.display()),
                 stderr: e.to_string(),
