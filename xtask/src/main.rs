@@ -47,6 +47,16 @@ enum Verb {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
     },
+    /// The soak tier (root): the agent for N minutes under ~100k flows and inventory churn;
+    /// fails on a lost flow, growing RSS or a slow exit (tests/tests/soak.rs).
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Flows over the run.
+        #[arg(long, default_value_t = 100_000)]
+        flows: u64,
+    },
     /// Run a benchmark (interleaved A/B runs, medians, ratios); see docs/benchmarks.md.
     Bench(bench::BenchArgs),
 }
@@ -58,6 +68,7 @@ fn main() -> Result<()> {
         Verb::Setup => setup::all(),
         Verb::Test { under_load, args } => test(&root, under_load, &args),
         Verb::Lab { scenario, out } => lab(&root, scenario, &out),
+        Verb::Soak { minutes, flows } => soak(&root, minutes, flows),
         Verb::Bench(args) => bench::run(&root, args),
     }
 }
@@ -113,9 +124,7 @@ impl Hog {
 impl Drop for Hog {
     fn drop(&mut self) {
         // SIGTERM: stress-ng stops its workers too (SIGKILL would orphan them).
-        let _ = Command::new("kill")
-            .arg(self.0.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
         let _ = self.0.wait();
     }
 }
@@ -149,6 +158,34 @@ fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
         .args(extra)
         .env("NETPOL_OBSERVE_BIN", &bin))?;
     Ok(())
+}
+
+fn soak(root: &Path, minutes: u64, flows: u64) -> Result<()> {
+    setup::all()?;
+    if !is_root() {
+        bail!("the soak tier creates network namespaces and loads eBPF programs: run it as root");
+    }
+    run(cargo(root).args([
+        "build",
+        "--package",
+        "netpol-observe",
+        "--bin",
+        "netpol-observe",
+    ]))?;
+    run(cargo(root)
+        .args([
+            "test",
+            "--package",
+            "netpol-observe-e2e",
+            "--test",
+            "soak",
+            "--",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("NETPOL_OBSERVE_BIN", root.join("target/debug/netpol-observe"))
+        .env("NETPOL_OBSERVE_SOAK_MINUTES", minutes.to_string())
+        .env("NETPOL_OBSERVE_SOAK_FLOWS", flows.to_string()))
 }
 
 fn lab(root: &Path, scenario: Option<PathBuf>, out: &Path) -> Result<()> {
