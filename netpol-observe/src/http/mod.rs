@@ -93,7 +93,14 @@ pub fn guard_for(state: &AgentState) -> ApiGuard {
         ApiAuth::Kubernetes => ApiGuard::kubernetes(
             KubeAccess::infer(config.kubeconfig.clone()),
             config.api_token_audiences.clone(),
-            config.node_name.clone(),
+            // The node's name as the agent knows it (flows carry the same): `NODE_NAME`, else
+            // the host name.
+            config.node_name.clone().or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            }),
             CacheLimits::default(),
         ),
     }
