@@ -138,7 +138,14 @@ fn three_tier_app() {
         .map(|p| p.ip_block.as_ref().unwrap().cidr.as_str())
         .collect();
     assert_eq!(blocks, ["203.0.113.0/28"]);
-    assert!(annotation(web, AGGREGATION).unwrap().contains("aggregated"));
+    // The annotation states the real prefix.
+    assert!(
+        annotation(web, AGGREGATION)
+            .unwrap()
+            .contains("2 public address(es) written as 203.0.113.0/28"),
+        "{:?}",
+        annotation(web, AGGREGATION)
+    );
 
     // Evidence on every policy.
     for p in &out.policies {

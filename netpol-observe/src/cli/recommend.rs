@@ -17,7 +17,10 @@ use crate::{
     inventory::{Inventory, NetworkPolicy},
     names,
     policy::PolicyEngine,
-    recommend::{RecommendConfig, Recommender, diff, render_by_namespace, render_yaml, sources},
+    recommend::{
+        PublicIngress, RecommendConfig, Recommender, diff, render_by_namespace, render_yaml,
+        sources,
+    },
 };
 
 /// Report format of `--diff`.
@@ -103,6 +106,11 @@ pub struct Args {
     /// Extra cluster ranges (e.g. the service CIDR) excluded from 0.0.0.0/0 blocks.
     #[arg(long, value_name = "CIDR")]
     pub cluster_range: Vec<IpNet>,
+    /// Public entry points (workloads behind a LoadBalancer or NodePort Service, on its ports,
+    /// with public clients observed): `any` opens them to 0.0.0.0/0 and ::/0 except private
+    /// and cluster ranges; `observed` keeps the observed clients (aggregated).
+    #[arg(long, value_enum, value_name = "RULE", default_value = "any")]
+    pub public_ingress: PublicIngress,
 }
 
 /// The longest `--window` / `--min-observation`: 100 years (36,600 days). Longer durations mean
@@ -153,11 +161,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         min_observation: args.min_observation,
         cluster_ranges: args.cluster_range.clone(),
         self_check: true,
+        public_ingress: args.public_ingress,
     };
     let recommender = Recommender::new(&inventory, &subnets, config);
     let rec = recommender.recommend(&flows);
     for note in &rec.notes {
-        errln!("note: {note}");
+        if note.starts_with("warning: ") {
+            errln!("{note}");
+        } else {
+            errln!("note: {note}");
+        }
     }
     tracing::info!(
         flows = rec.stats.flows,
@@ -205,7 +218,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for f in &mut attributed {
             recommender.attributor().attribute(f);
         }
-        let report = diff::diff(&inventory.network_policies, &engine, &attributed);
+        let report = diff::diff(
+            &inventory.network_policies,
+            &inventory,
+            &engine,
+            &attributed,
+        );
         match args.format {
             Format::Text => out::stdout(report.to_text())?,
             Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,

@@ -78,7 +78,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let report = verify(&engine, &flows);
+    let mut report = verify(&engine, &flows);
+    report.selects_nothing =
+        crate::recommend::verify::selects_nothing(&draft.network_policies, &inventory);
     match args.output {
         Format::Text => out::stdout(report.to_text())?,
         Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,

@@ -26,7 +26,7 @@ use k8s_openapi::{
 use super::{
     ContainerPortInfo, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Interner, Inventory,
     InventoryError, Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo,
-    TargetPort,
+    ServiceType, TargetPort,
 };
 use crate::{
     flow::{Protocol, WorkloadRef},
@@ -816,6 +816,21 @@ pub(super) fn service_info(
             .filter(|s| !s.is_empty())
             .map(|s| interner.labels_of(&s)),
         ports,
+        service_type: match spec.type_.as_deref() {
+            None | Some("" | "ClusterIP") => ServiceType::ClusterIP,
+            Some("NodePort") => ServiceType::NodePort,
+            Some("LoadBalancer") => ServiceType::LoadBalancer,
+            Some("ExternalName") => ServiceType::ExternalName,
+            Some(other) => {
+                return Err(invalid(
+                    object,
+                    "spec.type".to_owned(),
+                    format!(
+                        "{other:?} is not a Service type (ClusterIP, NodePort, LoadBalancer, ExternalName)"
+                    ),
+                ));
+            }
+        },
     })
 }
 

@@ -148,6 +148,60 @@ pub struct ServicePortInfo {
     pub target_port: TargetPort,
 }
 
+/// The `spec.type` of a Service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceType {
+    /// Reachable on its ClusterIP inside the cluster only (the default).
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Also reachable through a cloud load balancer (and a node port).
+    LoadBalancer,
+    /// A DNS alias (no proxying).
+    ExternalName,
+}
+
+impl ServiceType {
+    /// Whether clients outside the cluster reach the Service's backends through it
+    /// (`NodePort`, `LoadBalancer`): a public entry point.
+    pub fn is_entry_point(self) -> bool {
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+
+    /// The name as in `spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
+        }
+    }
+}
+
+/// The endpoints of a Service that are not pods (a Service without selector whose
+/// EndpointSlices list addresses outside the pod network, e.g. `default/kubernetes`: the API
+/// server). See [`Inventory::address_endpoints`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressEndpoints {
+    /// The endpoint addresses (ready ones first, then sorted), without duplicates.
+    pub addresses: Vec<IpAddr>,
+    /// Per Service port `(port, protocol)`: the port the endpoints receive on (the
+    /// EndpointSlice port of the same name, else a numeric `targetPort`, else the port).
+    pub ports: Vec<(u16, Protocol, u16)>,
+}
+
+impl AddressEndpoints {
+    /// The endpoint port for a connection to Service port `port`/`protocol`.
+    pub fn port_for(&self, port: u16, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(p, proto, _)| *p == port && *proto == protocol)
+            .map(|(_, _, n)| *n)
+    }
+}
+
 /// A Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
@@ -161,6 +215,8 @@ pub struct ServiceInfo {
     pub selector: Option<Labels>,
     /// Ports.
     pub ports: Vec<ServicePortInfo>,
+    /// `spec.type` (ClusterIP when omitted).
+    pub service_type: ServiceType,
 }
 
 /// One endpoint of an EndpointSlice.
@@ -332,5 +388,59 @@ impl Inventory {
                     .collect()
             }
         }
+    }
+}
+
+impl Inventory {
+    /// The endpoints of `svc` that are not pods: for a Service without selector, the
+    /// addresses of its EndpointSlices' endpoints that name no pod (the API server behind
+    /// `default/kubernetes`, a database outside the cluster…) with the port each Service port
+    /// reaches. `None` when the Service has a selector or no such endpoint.
+    pub fn address_endpoints(&self, svc: &ServiceInfo) -> Option<AddressEndpoints> {
+        if svc.selector.is_some() {
+            return None;
+        }
+        let slices: Vec<&EndpointSliceInfo> = self
+            .endpoint_slices
+            .iter()
+            .filter(|s| s.namespace == svc.namespace && s.service.as_deref() == Some(&svc.name))
+            .collect();
+        let mut addrs: Vec<(bool, IpAddr)> = slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.pod.is_none())
+            .flat_map(|e| e.addresses.iter().map(move |a| (!e.ready, *a)))
+            .collect();
+        addrs.sort();
+        let mut addresses: Vec<IpAddr> = Vec::new();
+        for (_, a) in addrs {
+            if !addresses.contains(&a) {
+                addresses.push(a);
+            }
+        }
+        if addresses.is_empty() {
+            return None;
+        }
+        let ports = svc
+            .ports
+            .iter()
+            .map(|sp| {
+                let named = slices
+                    .iter()
+                    .flat_map(|s| s.ports.iter())
+                    .find(|ep| {
+                        ep.protocol == sp.protocol
+                            && ep.name.as_deref().unwrap_or_default()
+                                == sp.name.as_deref().unwrap_or_default()
+                    })
+                    .and_then(|ep| ep.port);
+                let n = named.unwrap_or(match &sp.target_port {
+                    TargetPort::Number(n) => *n,
+                    TargetPort::Name(_) => sp.port,
+                });
+                (sp.port, sp.protocol, n)
+            })
+            .collect();
+        Some(AddressEndpoints { addresses, ports })
     }
 }

@@ -118,6 +118,11 @@ impl PodTable {
                     ServiceEntry {
                         info: svc.clone(),
                         backend,
+                        endpoints: backend
+                            .is_none()
+                            .then(|| inventory.address_endpoints(svc))
+                            .flatten()
+                            .and_then(|e| Some((*e.addresses.first()?, e))),
                     },
                 );
             }
@@ -186,6 +191,9 @@ const NO_NODE: u32 = u32::MAX;
 struct ServiceEntry {
     info: ServiceInfo,
     backend: Option<u32>,
+    /// Without a backend pod: the first address endpoint (a Service without selector, e.g.
+    /// the API server) and its ports ([`Inventory::address_endpoints`]).
+    endpoints: Option<(IpAddr, crate::inventory::AddressEndpoints)>,
 }
 
 /// What a direction is asked about: the pod `me`, the other side and its address.
@@ -951,6 +959,13 @@ impl PolicyEngine {
             None => svc.backend,
         };
         let Some(pod) = pod else {
+            // No backend pod: an address endpoint (judged on its address and port, as the
+            // node's DNAT sends the connection there), else the ClusterIP itself.
+            if let Some((addr, eps)) = &svc.endpoints {
+                let port = ep.port.map(|p| eps.port_for(p, protocol).unwrap_or(p));
+                let target = Endpoint::bare(*addr, port);
+                return (self.resolve(&target, at), *addr, port);
+            }
             return (Side::Other, ep.ip, ep.port);
         };
         let entry = &self.table.pods[pod as usize];

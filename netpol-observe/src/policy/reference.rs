@@ -365,6 +365,13 @@ fn resolve_dst<'a>(
         None => inventory.service_backends(svc).first().copied(),
     };
     let Some(pod) = pod else {
+        if let Some(eps) = inventory.address_endpoints(svc)
+            && let Some(addr) = eps.addresses.first().copied()
+        {
+            let port = ep.port.map(|p| eps.port_for(p, protocol).unwrap_or(p));
+            let target = Endpoint::bare(addr, port);
+            return (resolve(inventory, &target, at), addr, port);
+        }
         return (Side::Other, ep.ip, ep.port);
     };
     let port = ep

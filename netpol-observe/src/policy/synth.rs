@@ -223,8 +223,40 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
                     target_port: TargetPort::Number(53),
                 },
             ],
+            service_type: Default::default(),
         });
     }
+    // A Service without selector whose endpoints are addresses outside the pod network (the
+    // API server behind `default/kubernetes`): judged on the endpoint and its port.
+    inv.services.push(ServiceInfo {
+        namespace: "ns-0".into(),
+        name: "kubernetes".into(),
+        cluster_ips: vec![IpAddr::from([10, 96, 255, 1])],
+        selector: None,
+        ports: vec![ServicePortInfo {
+            name: Some("https".into()),
+            port: 443,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(6443),
+        }],
+        service_type: Default::default(),
+    });
+    inv.endpoint_slices
+        .push(crate::inventory::EndpointSliceInfo {
+            namespace: "ns-0".into(),
+            name: "kubernetes".into(),
+            service: Some("kubernetes".into()),
+            endpoints: vec![crate::inventory::EndpointInfo {
+                addresses: vec![IpAddr::from([192, 0, 2, 9])],
+                pod: None,
+                ready: true,
+            }],
+            ports: vec![crate::inventory::EndpointPortInfo {
+                name: Some("https".into()),
+                port: Some(6443),
+                protocol: Protocol::Tcp,
+            }],
+        });
     inv.pods.sort_by(|a, b| {
         (&a.namespace, &a.name, a.created).cmp(&(&b.namespace, &b.name, b.created))
     });

@@ -21,6 +21,15 @@ pub const WORKLOAD: &str = "netpol-observe.io/workload";
 pub const WARNING: &str = "netpol-observe.io/warning";
 /// Which rules are wider than the observed addresses, and why.
 pub const AGGREGATION: &str = "netpol-observe.io/aggregation";
+/// Platform traffic kept automatically: the API server and other Services without selector
+/// (their endpoint addresses and ports), node-local DNS, cloud metadata endpoints.
+pub const PLATFORM: &str = "netpol-observe.io/platform";
+/// On `default-deny`: the namespace's workloads (`Kind/name`, from the inventory) with no
+/// observed flow, which the policy isolates completely.
+pub const UNOBSERVED: &str = "netpol-observe.io/unobserved-workloads";
+/// On `default-deny`: observed flows no rule could be written for and that the recommended
+/// policies deny, with the reason.
+pub const LEFT_OUT: &str = "netpol-observe.io/left-out";
 
 /// The window annotation value, if the flows had timestamps.
 pub(crate) fn window(span: &Span) -> Option<String> {
@@ -61,8 +70,20 @@ pub(crate) fn brief_warning(
     let min = config.min_observation.as_secs();
     if seen < min && seen.saturating_mul(2) < total {
         return Some(format!(
-            "seen for {seen}s of a {total}s window (less than {min}s): traffic may be missing"
+            "{}/{} seen for {seen}s of a {total}s window (less than {min}s): traffic may be missing",
+            w.kind, w.name
         ));
     }
     None
+}
+
+/// A warning for a whole observation window shorter than `min_observation`.
+pub(crate) fn window_warning(window: &Span, config: &RecommendConfig) -> Option<String> {
+    let total = window.seconds()?;
+    let min = config.min_observation.as_secs();
+    (total < min).then(|| {
+        format!(
+            "the observation window is {total}s, shorter than {min}s: periodic traffic (batch jobs, backups, failover, rare clients) is probably missing"
+        )
+    })
 }

@@ -18,11 +18,15 @@ use k8s_openapi::{
 };
 
 use super::{
-    RecommendConfig, annotations,
+    PublicIngress, RecommendConfig, annotations,
     cidr::{aggregate, world_except},
-    observe::{EdgeKey, Labels, Observations, PeerKey, Span, WorkloadObs},
+    observe::{EdgeKey, Labels, Observations, PeerKey, Span, WorkloadObs, platform_address},
 };
-use crate::{attribution::Subnets, flow::Protocol, inventory::ContainerPortInfo};
+use crate::{
+    attribution::Subnets,
+    flow::Protocol,
+    inventory::{AddressEndpoints, ContainerPortInfo, ServiceType},
+};
 
 /// Label key of the namespace name, set on every namespace by the API server.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -58,6 +62,23 @@ pub(crate) struct Context<'c> {
     pub(crate) ports: &'c HashMap<(String, String, String), Vec<ContainerPortInfo>>,
     /// Pod, service and extra cluster ranges excluded from "whole Internet" blocks.
     pub(crate) cluster_ranges: &'c [IpNet],
+    /// Address endpoints of Services without selector, by `(namespace, name)`.
+    pub(crate) endpoints: &'c BTreeMap<(String, String), AddressEndpoints>,
+    /// Per workload `(namespace, kind, name)`: the LoadBalancer/NodePort Services it backs.
+    pub(crate) entry_points: &'c HashMap<(String, String, String), Vec<EntryService>>,
+    /// Per namespace: the workloads (`Kind/name`) of its live pods in the inventory.
+    pub(crate) workloads_by_ns: &'c BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A LoadBalancer or NodePort Service a workload backs: a public entry point.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryService {
+    /// `namespace/name`.
+    pub(crate) service: String,
+    /// LoadBalancer or NodePort.
+    pub(crate) service_type: ServiceType,
+    /// The backend ports it reaches on the workload's pods.
+    pub(crate) ports: BTreeSet<(Protocol, u16)>,
 }
 
 /// Builder output.
@@ -72,6 +93,9 @@ struct Direction {
     peers: BTreeMap<PeerSpec, PortSet>,
     /// External addresses per port: (subnet name, address).
     external: BTreeMap<PortKey, BTreeSet<(String, IpAddr)>>,
+    /// Platform peers kept automatically (API server, Services without selector, node-local
+    /// DNS, metadata endpoints), for the `platform` annotation.
+    platform: BTreeSet<String>,
     span: Span,
 }
 
@@ -103,6 +127,7 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
     };
     // Per workload: (ingress, egress).
     let mut dirs: BTreeMap<u32, (Direction, Direction)> = BTreeMap::new();
+    let mut ns_span: BTreeMap<&str, Span> = BTreeMap::new();
     let mut edges: Vec<(&EdgeKey<'_>, &Span)> =
         obs.edges.iter().map(|(k, v)| (k, &v.span)).collect();
     edges.sort_by_key(|(k, _)| (k.client, k.server, k.protocol, k.port, k.dns));
@@ -114,7 +139,13 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             let dir = &mut dirs.entry(s).or_default().0;
             dir.span.merge(span);
             let ns = obs.workloads[s as usize].namespace;
-            add_edge_peer(obs, dir, edge.client, ns, &ports, edge.dns, &mut notes);
+            let peer = EdgePeer {
+                peer: edge.client,
+                policy_ns: ns,
+                direction: "ingress",
+                dns: edge.dns,
+            };
+            add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
         }
         if let PeerKey::Workload(c) = edge.client
             && in_scope(&obs.workloads[c as usize])
@@ -123,13 +154,36 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             let dir = &mut dirs.entry(c).or_default().1;
             dir.span.merge(span);
             let ns = obs.workloads[c as usize].namespace;
-            add_edge_peer(obs, dir, edge.server, ns, &ports, edge.dns, &mut notes);
+            let peer = EdgePeer {
+                peer: edge.server,
+                policy_ns: ns,
+                direction: "egress",
+                dns: edge.dns,
+            };
+            add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
+        }
+        // The namespaces of the in-scope workload ends: each flow counts once per namespace.
+        let mut namespaces: Vec<&str> = [edge.client, edge.server]
+            .into_iter()
+            .filter_map(|p| match p {
+                PeerKey::Workload(w) if in_scope(&obs.workloads[w as usize]) => {
+                    Some(obs.workloads[w as usize].namespace)
+                }
+                _ => None,
+            })
+            .collect();
+        namespaces.dedup();
+        for ns in namespaces {
+            ns_span.entry(ns).or_default().merge(span);
         }
     }
 
     let window = annotations::window(&obs.window);
+    let window_warning = annotations::window_warning(&obs.window, cx.config);
+    if let Some(w) = &window_warning {
+        notes.push(format!("warning: {w}"));
+    }
     let mut by_ns: BTreeMap<&str, Vec<NetworkPolicy>> = BTreeMap::new();
-    let mut ns_span: BTreeMap<&str, Span> = BTreeMap::new();
     let mut unselectable: BTreeSet<&str> = BTreeSet::new();
     let mut used: BTreeSet<(String, String)> = BTreeSet::new();
     let mut order: Vec<u32> = dirs.keys().copied().collect();
@@ -142,7 +196,6 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             continue;
         };
         let w = &obs.workloads[w_idx as usize];
-        ns_span.entry(w.namespace).or_default().merge(&w.span);
         let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
             notes.push(format!(
                 "{}/{} {}: no selector labels, no policy can select it; namespace {} gets no default-deny",
@@ -152,8 +205,26 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             continue;
         };
         let mut aggregation = Vec::new();
-        resolve_external(cx, &mut ingress, "ingress", &mut aggregation, &mut notes);
-        resolve_external(cx, &mut egress, "egress", &mut aggregation, &mut notes);
+        let key = (w.namespace.to_owned(), w.kind.to_owned(), w.name.to_owned());
+        let entry = cx.entry_points.get(&key).map(Vec::as_slice);
+        let ext = External {
+            workload: &key,
+            entry,
+            direction: "ingress",
+        };
+        resolve_external(cx, &mut ingress, &ext, &mut aggregation, &mut notes);
+        let ext = External {
+            direction: "egress",
+            entry: None,
+            ..ext
+        };
+        resolve_external(cx, &mut egress, &ext, &mut aggregation, &mut notes);
+        let platform: Vec<String> = ingress
+            .platform
+            .iter()
+            .chain(&egress.platform)
+            .cloned()
+            .collect();
 
         let mut name = format!("{}-np", w.name);
         if name == "default-deny" || used.contains(&(w.namespace.to_owned(), name.clone())) {
@@ -166,11 +237,19 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             annotations::WORKLOAD.to_owned(),
             format!("{}/{}", w.kind, w.name),
         );
-        if let Some(warning) = annotations::brief_warning(w, &obs.window, cx.config) {
-            ann.insert(annotations::WARNING.to_owned(), warning);
+        let warnings: Vec<String> = window_warning
+            .iter()
+            .cloned()
+            .chain(annotations::brief_warning(w, &obs.window, cx.config))
+            .collect();
+        if !warnings.is_empty() {
+            ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
         }
         if !aggregation.is_empty() {
             ann.insert(annotations::AGGREGATION.to_owned(), aggregation.join("; "));
+        }
+        if !platform.is_empty() {
+            ann.insert(annotations::PLATFORM.to_owned(), platform.join("; "));
         }
         let ingress_rules: Vec<NetworkPolicyIngressRule> = rules(ingress.peers)
             .into_iter()
@@ -201,8 +280,39 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
     for (ns, span) in &ns_span {
         let mut list = by_ns.remove(ns).unwrap_or_default();
         if cx.config.default_deny && !unselectable.contains(ns) {
+            let mut ann = annotations::evidence(span, &window);
+            let mut warnings: Vec<String> = window_warning.iter().cloned().collect();
+            let observed: BTreeSet<String> = obs
+                .workloads
+                .iter()
+                .filter(|w| w.namespace == *ns)
+                .map(|w| format!("{}/{}", w.kind, w.name))
+                .collect();
+            let unobserved: Vec<&str> = cx
+                .workloads_by_ns
+                .get(*ns)
+                .into_iter()
+                .flatten()
+                .filter(|w| !observed.contains(*w))
+                .map(String::as_str)
+                .collect();
+            if !unobserved.is_empty() {
+                let list = unobserved.join(", ");
+                ann.insert(annotations::UNOBSERVED.to_owned(), list.clone());
+                warnings.push(format!(
+                    "isolates {} workload(s) with no observed flow, which lose all traffic: {list}",
+                    unobserved.len()
+                ));
+                notes.push(format!(
+                    "warning: {ns}/default-deny isolates {} workload(s) with no observed flow (all their traffic will be denied): {list}",
+                    unobserved.len()
+                ));
+            }
+            if !warnings.is_empty() {
+                ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
+            }
             policies.push(NetworkPolicy {
-                metadata: meta("default-deny", ns, annotations::evidence(span, &window)),
+                metadata: meta("default-deny", ns, ann),
                 spec: Some(NetworkPolicySpec {
                     pod_selector: Some(LabelSelector::default()),
                     policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
@@ -273,22 +383,32 @@ fn ports_of(obs: &Observations<'_>, cx: &Context<'_>, edge: &EdgeKey<'_>) -> Vec
     ))]
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The other end of an edge, as seen from the workload whose policy is being written.
+struct EdgePeer<'p> {
+    peer: PeerKey<'p>,
+    /// The namespace of the policy.
+    policy_ns: &'p str,
+    /// `ingress` or `egress`.
+    direction: &'static str,
+    /// A DNS lookup.
+    dns: bool,
+}
+
 fn add_edge_peer(
     obs: &Observations<'_>,
+    cx: &Context<'_>,
     dir: &mut Direction,
-    peer: PeerKey<'_>,
-    policy_ns: &str,
+    edge: &EdgePeer<'_>,
     ports: &[PortKey],
-    dns: bool,
     notes: &mut Vec<String>,
 ) {
-    let specs: Vec<PeerSpec> = match peer {
+    let mut ports: Vec<PortKey> = ports.to_vec();
+    let specs: Vec<PeerSpec> = match edge.peer {
         PeerKey::Workload(p) => {
             let pw = &obs.workloads[p as usize];
             match pw.selector.filter(|s| !s.is_empty()) {
                 Some(labels) => vec![PeerSpec::Pods {
-                    namespace: (pw.namespace != policy_ns).then(|| pw.namespace.to_owned()),
+                    namespace: (pw.namespace != edge.policy_ns).then(|| pw.namespace.to_owned()),
                     labels: labels.clone(),
                 }],
                 None => {
@@ -301,11 +421,54 @@ fn add_edge_peer(
             }
         }
         PeerKey::Node(_, ip) => vec![host_block(ip)],
+        PeerKey::Endpoints(ns, name) => {
+            let Some(eps) = cx.endpoints.get(&(ns.to_owned(), name.to_owned())) else {
+                return; // observe only makes this peer for Services with endpoints
+            };
+            // The Service port → the port the endpoints receive on (the DNAT's target).
+            ports = ports
+                .into_iter()
+                .map(|p| match p {
+                    Some((proto, PortVal::Number(n))) => {
+                        Some((proto, PortVal::Number(eps.port_for(n, proto).unwrap_or(n))))
+                    }
+                    other => other,
+                })
+                .collect();
+            let what = if (ns, name) == ("default", "kubernetes") {
+                "the API server (Service default/kubernetes)".to_owned()
+            } else {
+                format!("Service {ns}/{name} (no selector)")
+            };
+            let addrs: Vec<String> = eps.addresses.iter().map(ToString::to_string).collect();
+            let port_list: Vec<String> = ports.iter().map(port_text).collect();
+            dir.platform.insert(format!(
+                "{} to {what}: its endpoints {} on {}",
+                edge.direction,
+                addrs.join(", "),
+                port_list.join(", ")
+            ));
+            eps.addresses.iter().map(|ip| host_block(*ip)).collect()
+        }
         PeerKey::External(subnet, ip) => {
-            if dns {
+            let platform = platform_address(ip);
+            if let Some(kind) = platform {
+                let what = if edge.dns {
+                    format!("DNS at {kind} {ip}")
+                } else {
+                    format!("{kind} {ip} (observed)")
+                };
+                let port_list: Vec<String> = ports.iter().map(port_text).collect();
+                dir.platform.insert(format!(
+                    "{} {what} on {}",
+                    edge.direction,
+                    port_list.join(", ")
+                ));
+            }
+            if edge.dns || platform.is_some() {
                 vec![host_block(ip)]
             } else {
-                for port in ports {
+                for port in &ports {
                     dir.external
                         .entry(port.clone())
                         .or_default()
@@ -316,7 +479,7 @@ fn add_edge_peer(
         }
     };
     for spec in specs {
-        for port in ports {
+        for port in &ports {
             add_peer(&mut dir.peers, spec.clone(), port.clone());
         }
     }
@@ -329,16 +492,28 @@ fn host_block(ip: IpAddr) -> PeerSpec {
     }
 }
 
+/// Which direction of which workload [`resolve_external`] resolves.
+#[derive(Clone, Copy)]
+struct External<'e> {
+    /// `(namespace, kind, name)`.
+    workload: &'e (String, String, String),
+    /// The LoadBalancer/NodePort Services it backs (ingress only).
+    entry: Option<&'e [EntryService]>,
+    /// `ingress` or `egress`.
+    direction: &'static str,
+}
+
 /// Turns the external addresses of a direction into blocks: named subnets by their CIDRs,
-/// other addresses aggregated within the bound, many public addresses as the whole Internet
-/// minus the cluster and private ranges.
+/// other addresses aggregated within the bound, many public addresses — or any public client
+/// of a public entry point — as the whole Internet minus the cluster and private ranges.
 fn resolve_external(
     cx: &Context<'_>,
     dir: &mut Direction,
-    direction: &str,
+    ext: &External<'_>,
     aggregation: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) {
+    let direction = ext.direction;
     let external = std::mem::take(&mut dir.external);
     for (port, addrs) in external {
         let mut blocks: BTreeSet<PeerSpec> = BTreeSet::new();
@@ -373,14 +548,30 @@ fn resolve_external(
         }
         let bound_v4 = cx.config.aggregate_v4;
         let bound_v6 = cx.config.aggregate_v6;
-        for net in aggregate(&private, bound_v4, bound_v6) {
+        let private_nets = aggregate(&private, bound_v4, bound_v6);
+        if private_nets
+            .iter()
+            .any(|n| n.prefix_len() < n.max_prefix_len())
+        {
+            aggregation.push(format!(
+                "{direction} {}: {} private address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
+                port_text(&port),
+                private.iter().collect::<BTreeSet<_>>().len(),
+                nets_text(&private_nets)
+            ));
+        }
+        for net in private_nets {
             blocks.insert(PeerSpec::Block {
                 cidr: net,
                 except: Vec::new(),
             });
         }
         let distinct: BTreeSet<IpAddr> = world.iter().copied().collect();
-        if distinct.len() > cx.config.world_threshold {
+        let entry = entry_service(cx, ext, &port);
+        let public_entry = !distinct.is_empty()
+            && cx.config.public_ingress == PublicIngress::Any
+            && entry.is_some();
+        if public_entry || distinct.len() > cx.config.world_threshold {
             for all in ["0.0.0.0/0", "::/0"] {
                 if let Ok(all) = all.parse::<IpNet>() {
                     blocks.insert(PeerSpec::Block {
@@ -389,18 +580,40 @@ fn resolve_external(
                     });
                 }
             }
+            let why = match entry.filter(|_| public_entry) {
+                Some(e) => format!(
+                    "public entry point (backs {} Service {}; {} public client(s) observed; --public-ingress any)",
+                    e.service_type.as_str(),
+                    e.service,
+                    distinct.len()
+                ),
+                None => format!(
+                    "{} distinct public addresses (more than {})",
+                    distinct.len(),
+                    cx.config.world_threshold
+                ),
+            };
             aggregation.push(format!(
-                "{direction} {}: {} distinct public addresses (more than {}), allowed as 0.0.0.0/0 and ::/0 except cluster and private ranges",
+                "{direction} {}: {why}, allowed as 0.0.0.0/0 and ::/0 except cluster and private ranges",
                 port_text(&port),
-                distinct.len(),
-                cx.config.world_threshold
             ));
         } else {
             let nets = aggregate(&world, bound_v4, bound_v6);
             if nets.iter().any(|n| n.prefix_len() < n.max_prefix_len()) {
                 aggregation.push(format!(
-                    "{direction} {}: public addresses aggregated into prefixes of at least /{bound_v4} (IPv4) and /{bound_v6} (IPv6)",
-                    port_text(&port)
+                    "{direction} {}: {} public address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
+                    port_text(&port),
+                    distinct.len(),
+                    nets_text(&nets)
+                ));
+            }
+            if let Some(e) = entry {
+                aggregation.push(format!(
+                    "{direction} {}: public entry point (backs {} Service {}) kept to the {} observed public client(s) (--public-ingress observed)",
+                    port_text(&port),
+                    e.service_type.as_str(),
+                    e.service,
+                    distinct.len()
                 ));
             }
             for net in nets {
@@ -414,6 +627,35 @@ fn resolve_external(
             add_peer(&mut dir.peers, b, port.clone());
         }
     }
+}
+
+/// The LoadBalancer/NodePort Service through which `port` of the workload is a public entry
+/// point (ingress only).
+fn entry_service<'e>(
+    cx: &Context<'_>,
+    ext: &External<'e>,
+    port: &PortKey,
+) -> Option<&'e EntryService> {
+    let entry = ext.entry?;
+    let (proto, val) = port.as_ref()?;
+    let number = match val {
+        PortVal::Number(n) => *n,
+        PortVal::Name(name) => {
+            cx.ports
+                .get(ext.workload)?
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name) && p.protocol == *proto)?
+                .port
+        }
+    };
+    entry.iter().find(|e| e.ports.contains(&(*proto, number)))
+}
+
+fn nets_text(nets: &[IpNet]) -> String {
+    nets.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn port_text(port: &PortKey) -> String {
@@ -473,5 +715,34 @@ fn to_peer(spec: PeerSpec) -> NetworkPolicyPeer {
             namespace_selector: None,
             pod_selector: None,
         },
+    }
+}
+
+/// Marks each namespace's `default-deny` with the left-out flows its namespace's workloads
+/// would lose (`denied`: reason → namespaces), so the reviewer sees them in the YAML.
+pub(crate) fn annotate_left_out(
+    policies: &mut [NetworkPolicy],
+    skipped: &BTreeMap<String, u64>,
+    denied: &BTreeMap<&str, BTreeSet<String>>,
+) {
+    for p in policies
+        .iter_mut()
+        .filter(|p| p.metadata.name.as_deref() == Some("default-deny"))
+    {
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let lines: Vec<String> = denied
+            .iter()
+            .filter(|(_, namespaces)| namespaces.contains(&ns))
+            .map(|(reason, _)| {
+                let n = skipped.get(*reason).copied().unwrap_or_default();
+                format!("{n} flow(s): {reason}")
+            })
+            .collect();
+        if !lines.is_empty() {
+            p.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(annotations::LEFT_OUT.to_owned(), lines.join("; "));
+        }
     }
 }

@@ -6,7 +6,11 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::verify::{VerifyReport, verify_with};
-use crate::{flow::FlowRecord, inventory::NetworkPolicy, policy::PolicyEngine};
+use crate::{
+    flow::FlowRecord,
+    inventory::{Inventory, NetworkPolicy},
+    policy::PolicyEngine,
+};
 
 /// What the current policies say about the observed flows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +21,11 @@ pub struct DiffReport {
     pub denied: VerifyReport,
     /// Rules (`ns/name:ingress[i]`, `ns/name:egress[i]`) no observed flow used, sorted.
     pub unused_rules: Vec<String>,
+    /// Policies and rule peers whose selectors match no pod
+    /// ([`selects_nothing`](super::verify::selects_nothing)): not merely unexercised, they
+    /// cannot match anything in the cluster as it is.
+    #[serde(default)]
+    pub selects_nothing: Vec<String>,
 }
 
 impl DiffReport {
@@ -41,14 +50,35 @@ impl DiffReport {
             s.push_str("  none\n");
         }
         for r in &self.unused_rules {
-            s.push_str(&format!("  {r}\n"));
+            let prefix = format!("{r} ");
+            let empty = self
+                .selects_nothing
+                .iter()
+                .any(|w| w.starts_with(&prefix) || w.starts_with(&format!("{r}:")));
+            if empty {
+                s.push_str(&format!("  {r} (selects no pod)\n"));
+            } else {
+                s.push_str(&format!("  {r}\n"));
+            }
+        }
+        s.push_str("\nselectors that match no pod (a typo in a label or namespace?):\n");
+        if self.selects_nothing.is_empty() {
+            s.push_str("  none\n");
+        }
+        for w in &self.selects_nothing {
+            s.push_str(&format!("  warning: {w}\n"));
         }
         s
     }
 }
 
-/// Compares `current` (compiled in `engine`) with the attributed `flows`.
-pub fn diff(current: &[NetworkPolicy], engine: &PolicyEngine, flows: &[FlowRecord]) -> DiffReport {
+/// Compares `current` (compiled in `engine` against `inventory`) with the attributed `flows`.
+pub fn diff(
+    current: &[NetworkPolicy],
+    inventory: &Inventory,
+    engine: &PolicyEngine,
+    flows: &[FlowRecord],
+) -> DiffReport {
     let mut used: BTreeSet<String> = BTreeSet::new();
     let denied = verify_with(engine, flows, |v| {
         for side in [&v.ingress, &v.egress] {
@@ -76,9 +106,11 @@ pub fn diff(current: &[NetworkPolicy], engine: &PolicyEngine, flows: &[FlowRecor
         }
     }
     unused.sort();
+    let selects_nothing = super::verify::selects_nothing(current, inventory);
     DiffReport {
         current_policies: current.len(),
         denied,
         unused_rules: unused,
+        selects_nothing,
     }
 }

@@ -36,21 +36,25 @@ mod render;
 pub mod sources;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ipnet::IpNet;
 use jiff::SignedDuration;
 use serde::Serialize;
 
-pub use annotations::{AGGREGATION, FIRST_SEEN, FLOWS, LAST_SEEN, WARNING, WINDOW, WORKLOAD};
+pub use annotations::{
+    AGGREGATION, FIRST_SEEN, FLOWS, LAST_SEEN, LEFT_OUT, PLATFORM, UNOBSERVED, WARNING, WINDOW,
+    WORKLOAD,
+};
 pub use build::NAMESPACE_NAME_LABEL;
-pub use observe::NODE_LOCAL_DNS;
+pub use observe::{CLOUD_METADATA, NODE_LOCAL_DNS};
 pub use render::{RenderError, render_by_namespace, render_yaml};
 
 use crate::{
     attribution::{Attributor, Subnets},
     flow::FlowRecord,
-    inventory::{ContainerPortInfo, Inventory, NetworkPolicy},
+    flow::Protocol,
+    inventory::{AddressEndpoints, ContainerPortInfo, Inventory, NetworkPolicy},
     policy::PolicyEngine,
 };
 
@@ -76,6 +80,22 @@ pub struct RecommendConfig {
     pub cluster_ranges: Vec<IpNet>,
     /// Re-check the output with the policy engine (every observed flow allowed).
     pub self_check: bool,
+    /// Who may reach a public entry point (a workload behind a LoadBalancer or NodePort
+    /// Service) from outside the cluster (default: [`PublicIngress::Any`]).
+    pub public_ingress: PublicIngress,
+}
+
+/// The rule for public entry points: workloads backing a `LoadBalancer` or `NodePort`
+/// Service, on the Service's ports, when public clients were observed there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublicIngress {
+    /// Open to the whole Internet (`0.0.0.0/0`, `::/0` except private and cluster ranges):
+    /// real users come from anywhere, the window only saw a few of them.
+    #[default]
+    Any,
+    /// Only the observed public clients (aggregated within the bounds), like any other
+    /// external peer.
+    Observed,
 }
 
 impl Default for RecommendConfig {
@@ -89,6 +109,7 @@ impl Default for RecommendConfig {
             min_observation: SignedDuration::from_hours(1),
             cluster_ranges: Vec::new(),
             self_check: true,
+            public_ingress: PublicIngress::Any,
         }
     }
 }
@@ -98,8 +119,14 @@ impl Default for RecommendConfig {
 pub struct RecommendStats {
     /// Flow records read.
     pub flows: usize,
-    /// Flow records left out (not attributable, Service without backend); see the notes.
+    /// Flow records left out (not attributable, Service without backend or endpoint); see
+    /// the notes.
     pub skipped: u64,
+    /// Flow records needing no rule (a pod's traffic to itself or with its own node).
+    pub implicit: u64,
+    /// Of the left-out flows, those the recommended policies deny (listed in the notes and on
+    /// the namespace's `default-deny`; the self-check evaluates every left-out flow).
+    pub left_out_denied: u64,
     /// Distinct workload-level edges (client, server, port, protocol).
     pub edges: usize,
     /// Workloads seen.
@@ -142,6 +169,9 @@ pub struct Recommender<'i> {
     config: RecommendConfig,
     ports: HashMap<(String, String, String), Vec<ContainerPortInfo>>,
     cluster_ranges: Vec<IpNet>,
+    endpoints: BTreeMap<(String, String), AddressEndpoints>,
+    entry_points: HashMap<(String, String, String), Vec<build::EntryService>>,
+    workloads_by_ns: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl<'i> Recommender<'i> {
@@ -165,6 +195,57 @@ impl<'i> Recommender<'i> {
             .collect();
         cluster_ranges.sort();
         cluster_ranges.dedup();
+        let endpoints = inventory
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let eps = inventory.address_endpoints(svc)?;
+                Some(((svc.namespace.clone(), svc.name.clone()), eps))
+            })
+            .collect();
+        let mut entry_points: HashMap<(String, String, String), Vec<build::EntryService>> =
+            HashMap::new();
+        for svc in inventory
+            .services
+            .iter()
+            .filter(|s| s.service_type.is_entry_point())
+        {
+            for pod in inventory.service_backends(svc) {
+                let key = (
+                    pod.namespace.to_string(),
+                    pod.workload.kind.clone(),
+                    pod.workload.name.clone(),
+                );
+                let ports: BTreeSet<(Protocol, u16)> = svc
+                    .ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some((p.protocol, svc.backend_port(p.port, p.protocol, Some(pod))?))
+                    })
+                    .collect();
+                let list = entry_points.entry(key).or_default();
+                let name = format!("{}/{}", svc.namespace, svc.name);
+                match list.iter_mut().find(|e| e.service == name) {
+                    Some(e) => e.ports.extend(ports),
+                    None => list.push(build::EntryService {
+                        service: name,
+                        service_type: svc.service_type,
+                        ports,
+                    }),
+                }
+            }
+        }
+        let mut workloads_by_ns: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for p in inventory
+            .pods
+            .iter()
+            .filter(|p| p.deleted.is_none() && !p.host_network)
+        {
+            workloads_by_ns
+                .entry(p.namespace.to_string())
+                .or_default()
+                .insert(format!("{}/{}", p.workload.kind, p.workload.name));
+        }
         Recommender {
             inventory,
             subnets: subnets.clone(),
@@ -172,6 +253,9 @@ impl<'i> Recommender<'i> {
             config,
             ports,
             cluster_ranges,
+            endpoints,
+            entry_points,
+            workloads_by_ns,
         }
     }
 
@@ -200,57 +284,114 @@ impl<'i> Recommender<'i> {
         } else {
             flows
         };
-        let obs = observe::Observations::collect(flows, &self.attributor);
-        let built = build::build(
+        let has_endpoints = |ns: &str, name: &str| {
+            self.endpoints
+                .contains_key(&(ns.to_owned(), name.to_owned()))
+        };
+        let obs = observe::Observations::collect(flows, &self.attributor, &has_endpoints);
+        let mut built = build::build(
             &obs,
             &build::Context {
                 config: &self.config,
                 subnets: &self.subnets,
                 ports: &self.ports,
                 cluster_ranges: &self.cluster_ranges,
+                endpoints: &self.endpoints,
+                entry_points: &self.entry_points,
+                workloads_by_ns: &self.workloads_by_ns,
             },
         );
-        let mut notes = built.notes;
-        for (reason, n) in &obs.skipped {
-            notes.push(format!("{n} flow(s) left out: {reason}"));
+        let mut notes = std::mem::take(&mut built.notes);
+        for (reason, n) in &obs.implicit {
+            notes.push(format!("{n} flow(s) need no rule: {reason}"));
         }
         let mut stats = RecommendStats {
             flows: flows.len(),
             skipped: obs.skipped.values().sum(),
+            implicit: obs.implicit.values().sum(),
+            left_out_denied: 0,
             edges: obs.edges.len(),
             workloads: obs.workloads.len(),
             policies: built.policies.len(),
             self_check_denied: 0,
             self_check_error: None,
         };
-        if self.config.self_check {
+        let engine = if self.config.self_check {
             match PolicyEngine::compile(&built.policies, self.inventory) {
-                Ok(engine) => {
-                    let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
-                    examples.sort_unstable();
-                    for i in examples {
-                        let v = engine.evaluate(&flows[i]);
-                        if !v.allowed {
-                            stats.self_check_denied += 1;
-                            notes.push(format!(
-                                "self-check: the recommended policies deny an observed flow {} {}:{:?} -> {}:{:?} (ingress {:?}, egress {:?})",
-                                flows[i].protocol,
-                                flows[i].src.ip,
-                                flows[i].src.port,
-                                flows[i].dst.ip,
-                                flows[i].dst.port,
-                                v.ingress.result,
-                                v.egress.result
-                            ));
-                        }
-                    }
-                }
+                Ok(engine) => Some(engine),
                 Err(err) => {
                     notes.push(format!("self-check: {err}"));
                     stats.self_check_error = Some(err.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(engine) = &engine {
+            // One flow per edge stands for all of its flows (they differ only in pods of the
+            // same workload); every distinct left-out flow is evaluated too.
+            let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
+            examples.sort_unstable();
+            for i in examples {
+                let v = engine.evaluate(&flows[i]);
+                if !v.allowed {
+                    stats.self_check_denied += 1;
+                    notes.push(format!(
+                        "self-check: the recommended policies deny an observed flow {} {}:{:?} -> {}:{:?} (ingress {:?}, egress {:?})",
+                        flows[i].protocol,
+                        flows[i].src.ip,
+                        flows[i].src.port,
+                        flows[i].dst.ip,
+                        flows[i].dst.port,
+                        v.ingress.result,
+                        v.egress.result
+                    ));
                 }
             }
         }
+        // Left-out flows: each reason is stated with what the recommended policies do to it.
+        let mut denied_reasons: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut denied_count: BTreeMap<&str, u64> = BTreeMap::new();
+        for (i, reason) in &obs.unruled {
+            let f = &flows[*i];
+            let denied = engine.as_ref().is_some_and(|e| !e.evaluate(f).allowed);
+            if denied {
+                *denied_count.entry(reason.as_str()).or_default() += 1;
+                for ep in [&f.src, &f.dst] {
+                    if let Some(ns) = &ep.namespace {
+                        denied_reasons
+                            .entry(reason.as_str())
+                            .or_default()
+                            .insert(ns.clone());
+                    }
+                }
+            }
+        }
+        for (reason, n) in &obs.skipped {
+            match denied_count.get(reason.as_str()) {
+                Some(d) => {
+                    stats.left_out_denied += n;
+                    notes.push(format!(
+                        "{n} flow(s) left out and DENIED by the recommended policies ({d} distinct): {reason}"
+                    ));
+                }
+                None if engine.is_some() => notes.push(format!(
+                    "{n} flow(s) left out (allowed by the recommended policies): {reason}"
+                )),
+                None => notes.push(format!("{n} flow(s) left out: {reason}")),
+            }
+        }
+        for reason in obs.implicit.keys() {
+            if denied_count.contains_key(reason) {
+                stats.self_check_denied += 1;
+                notes.push(format!(
+                    "self-check: the recommended policies deny flows that are always allowed: {reason}"
+                ));
+            }
+        }
+        build::annotate_left_out(&mut built.policies, &obs.skipped, &denied_reasons);
+        stats.policies = built.policies.len();
         notes.sort();
         notes.dedup();
         Recommendation {

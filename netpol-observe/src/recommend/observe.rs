@@ -20,6 +20,29 @@ pub(crate) type Labels = std::collections::BTreeMap<String, String>;
 /// The node-local DNS cache address (the NodeLocal DNSCache default).
 pub const NODE_LOCAL_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 20, 10));
 
+/// Cloud metadata endpoints (AWS/GCP/Azure/OpenStack `169.254.169.254`, AWS IPv6
+/// `fd00:ec2::254`, Alibaba `100.100.100.200`): written as observed, never aggregated.
+pub const CLOUD_METADATA: &[IpAddr] = &[
+    IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+];
+
+/// What a platform address outside the cluster is (node-local DNS, a cloud metadata
+/// endpoint, another link-local address), or `None` for an ordinary address. Such addresses
+/// are written as observed hosts and named in the `platform` annotation.
+pub(crate) fn platform_address(ip: IpAddr) -> Option<&'static str> {
+    if ip == NODE_LOCAL_DNS {
+        Some("node-local DNS")
+    } else if CLOUD_METADATA.contains(&ip) {
+        Some("cloud metadata endpoint")
+    } else if is_link_local(ip) {
+        Some("link-local address")
+    } else {
+        None
+    }
+}
+
 /// Names (Service, workload, `k8s-app` label) under which cluster DNS servers run.
 const DNS_NAMES: &[&str] = &["kube-dns", "coredns", "node-local-dns"];
 
@@ -82,6 +105,10 @@ pub(crate) enum PeerKey<'a> {
     Node(&'a str, IpAddr),
     /// An address outside the cluster: subnet name (`private`, `world` or a named subnet).
     External(&'a str, IpAddr),
+    /// The address endpoints of a Service without selector (`namespace`, `name`): the API
+    /// server behind `default/kubernetes`, a database registered as a Service… Written as
+    /// their addresses and endpoint ports.
+    Endpoints(&'a str, &'a str),
 }
 
 /// A workload-level connection: client, server, protocol and the port the server receives on.
@@ -110,42 +137,95 @@ pub(crate) struct Observations<'a> {
     index: HashMap<(&'a str, &'a str, &'a str), u32>,
     pub(crate) edges: HashMap<EdgeKey<'a>, EdgeObs>,
     pub(crate) window: Span,
-    /// Flows left out, by reason (for the notes).
+    /// Flows left out (no rule can be written for them), by reason (for the notes).
     pub(crate) skipped: BTreeMap<String, u64>,
+    /// Flows that need no rule (a pod's traffic to itself or with its own node), by reason.
+    pub(crate) implicit: BTreeMap<&'static str, u64>,
+    /// One flow (index) per distinct (protocol, source, destination, port) of the left-out
+    /// and implicit flows, with the reason: the self-check evaluates each.
+    pub(crate) unruled: Vec<(usize, String)>,
+    unruled_seen: HashSet<(Protocol, IpAddr, IpAddr, Option<u16>)>,
 }
+
+/// Reason of the implicit flows between a pod and its own node.
+pub(crate) const OWN_NODE: &str =
+    "traffic between a pod and its own node (kubelet probes), always allowed";
+/// Reason of the implicit flows of a pod to itself.
+pub(crate) const SELF_TRAFFIC: &str = "a pod's traffic to itself, always allowed";
 
 impl<'a> Observations<'a> {
     /// Aggregates attributed `flows`; `attributor` gives backend ports and pod nodes.
-    pub(crate) fn collect(flows: &'a [FlowRecord], attributor: &Attributor) -> Self {
+    /// `endpoints(ns, name)`: whether the Service has address endpoints (no selector,
+    /// EndpointSlice addresses that are not pods).
+    pub(crate) fn collect(
+        flows: &'a [FlowRecord],
+        attributor: &Attributor,
+        endpoints: &dyn Fn(&str, &str) -> bool,
+    ) -> Self {
         let mut obs = Observations::default();
         for (i, f) in flows.iter().enumerate() {
             obs.window.add_flow(f);
-            obs.add(i, f, attributor);
+            obs.add(i, f, attributor, endpoints);
         }
         obs
     }
 
-    fn skip(&mut self, reason: String) {
+    fn note_unruled(&mut self, i: usize, f: &FlowRecord, reason: &str) {
+        if self
+            .unruled_seen
+            .insert((f.protocol, f.src.ip, f.dst.ip, f.dst.port))
+        {
+            self.unruled.push((i, reason.to_owned()));
+        }
+    }
+
+    fn skip(&mut self, i: usize, f: &FlowRecord, reason: String) {
+        self.note_unruled(i, f, &reason);
         *self.skipped.entry(reason).or_default() += 1;
     }
 
-    fn add(&mut self, i: usize, f: &'a FlowRecord, attributor: &Attributor) {
+    fn implicit(&mut self, i: usize, f: &FlowRecord, reason: &'static str) {
+        self.note_unruled(i, f, reason);
+        *self.implicit.entry(reason).or_default() += 1;
+    }
+
+    fn add(
+        &mut self,
+        i: usize,
+        f: &'a FlowRecord,
+        attributor: &Attributor,
+        endpoints: &dyn Fn(&str, &str) -> bool,
+    ) {
         let Some(client) = self.peer(&f.src, true) else {
-            self.skip(format!("source {} not attributed", f.src.ip));
+            self.skip(i, f, format!("source {} not attributed", f.src.ip));
             return;
         };
-        let Some(server) = self.peer(&f.dst, f.dst.service.is_none()) else {
-            match &f.dst.service {
-                Some(s) => self.skip(format!(
-                    "Service {}/{} has no backend pod in the inventory",
-                    s.namespace, s.name
-                )),
-                None => self.skip(format!("destination {} not attributed", f.dst.ip)),
-            }
-            return;
+        let server = match self.peer(&f.dst, f.dst.service.is_none()) {
+            Some(server) => server,
+            None => match &f.dst.service {
+                Some(s) if endpoints(&s.namespace, &s.name) => {
+                    PeerKey::Endpoints(&s.namespace, &s.name)
+                }
+                Some(s) => {
+                    self.skip(
+                        i,
+                        f,
+                        format!(
+                            "Service {}/{} has no backend pod and no endpoint address in the inventory",
+                            s.namespace, s.name
+                        ),
+                    );
+                    return;
+                }
+                None => {
+                    self.skip(i, f, format!("destination {} not attributed", f.dst.ip));
+                    return;
+                }
+            },
         };
         if client == server && f.src.pod.is_some() && f.src.pod == f.dst.pod {
             // A pod's traffic to itself is always allowed.
+            self.implicit(i, f, SELF_TRAFFIC);
             return;
         }
         let at = f.first_seen.or(f.last_seen);
@@ -160,9 +240,12 @@ impl<'a> Observations<'a> {
         };
         if own_node {
             // Traffic between a pod and its own node (kubelet probes) is always allowed.
+            self.implicit(i, f, OWN_NODE);
             return;
         }
-        let port = if f.protocol.has_ports() {
+        let port = if matches!(server, PeerKey::Endpoints(..)) {
+            f.dst.port // the Service port; the builder maps it to the endpoints' port
+        } else if f.protocol.has_ports() {
             attributor.backend_port(f)
         } else {
             None

@@ -29,9 +29,36 @@ pub fn render_yaml(policies: &[NetworkPolicy]) -> Result<String, RenderError> {
             source,
         })?;
         out.push_str("---\n");
-        out.push_str(&doc);
+        out.push_str(&quote_timestamps(&doc));
     }
     Ok(out)
+}
+
+/// The evidence annotations holding timestamps, double-quoted: serde_yaml writes an RFC 3339
+/// string plain, and a YAML 1.1 reader (PyYAML, older Go YAML) turns a plain timestamp into a
+/// datetime, which Kubernetes rejects as an annotation value.
+fn quote_timestamps(doc: &str) -> String {
+    use super::annotations::{FIRST_SEEN, LAST_SEEN, WINDOW};
+    let mut out = String::with_capacity(doc.len() + 64);
+    for line in doc.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let quoted = [FIRST_SEEN, LAST_SEEN, WINDOW].iter().find_map(|key| {
+            let value = trimmed.strip_prefix(key)?.strip_prefix(": ")?;
+            let value = value.trim_end_matches('\n');
+            // Our values are RFC 3339 instants (and `start/end`): nothing to escape.
+            let plain = !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '+' | '.' | '/'));
+            plain.then(|| format!("{indent}{key}: \"{value}\"\n"))
+        });
+        match quoted {
+            Some(q) => out.push_str(&q),
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// The policies grouped per namespace (`namespace → YAML stream`), for `-o DIR`

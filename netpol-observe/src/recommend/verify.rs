@@ -6,9 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::{
+    api::networking::v1::NetworkPolicyPeer, apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+
 use crate::{
     flow::{Endpoint, FlowRecord, Protocol},
-    policy::{PolicyEngine, SideResult, SideVerdict, Verdict},
+    inventory::{Inventory, NetworkPolicy},
+    policy::{
+        PolicyEngine, SideResult, SideVerdict, Verdict, label_selector_matches, policy_id,
+        policy_types,
+    },
 };
 
 /// Observed flows the policies would deny, grouped by (source, destination, port, protocol).
@@ -60,6 +68,12 @@ pub struct VerifyReport {
     pub denied: Vec<DeniedFlow>,
     /// Every pod workload seen in the flows, sorted.
     pub workloads: Vec<WorkloadSummary>,
+    /// Policies and rule peers whose selectors match no pod of the inventory
+    /// ([`selects_nothing`]): a policy that isolates nothing, or a rule that allows nothing —
+    /// usually a typo in a label or a namespace name. Filled by the callers that have the
+    /// inventory (`verify`, the lab); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub selects_nothing: Vec<String>,
 }
 
 impl VerifyReport {
@@ -106,12 +120,133 @@ impl VerifyReport {
                 by.join(",")
             );
         }
+        if !self.selects_nothing.is_empty() {
+            let _ = writeln!(s, "\nselectors that match no pod:");
+            for w in &self.selects_nothing {
+                let _ = writeln!(s, "  warning: {w}");
+            }
+        }
         let _ = writeln!(
             s,
             "\n{} of {} observed flow(s) would be denied",
             self.denied_flows, self.flows
         );
         s
+    }
+}
+
+/// The policies (`ns/name: …`) whose `podSelector` selects no pod of `inventory`, and the
+/// rule peers (`ns/name:ingress[i] from[j]: …`) whose namespace/pod selectors match no pod
+/// (peers with an `ipBlock` are addresses and never reported). Live pods only; hostNetwork
+/// pods are outside policy scope. Sorted.
+pub fn selects_nothing(policies: &[NetworkPolicy], inventory: &Inventory) -> Vec<String> {
+    let live = |p: &&crate::inventory::PodInfo| p.deleted.is_none() && !p.host_network;
+    let selects = |sel: &LabelSelector, labels: &crate::inventory::Labels| {
+        label_selector_matches(sel, labels).unwrap_or(false)
+    };
+    let mut out = Vec::new();
+    for p in policies {
+        let id = policy_id(p);
+        let ns = p.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(spec) = &p.spec else { continue };
+        let default_selector = LabelSelector::default();
+        let pod_selector = spec.pod_selector.as_ref().unwrap_or(&default_selector);
+        if !inventory
+            .pods_in(ns)
+            .filter(live)
+            .any(|pod| selects(pod_selector, &pod.labels))
+        {
+            out.push(format!(
+                "{id}: podSelector selects no pod in namespace {ns} (the policy has no effect)"
+            ));
+        }
+        let (ingress_on, egress_on) = policy_types(p);
+        let peers = |rules: Vec<Option<&Vec<NetworkPolicyPeer>>>, dir: &str, field: &str| {
+            let mut found = Vec::new();
+            for (i, list) in rules.into_iter().enumerate() {
+                for (j, peer) in list.into_iter().flatten().enumerate() {
+                    if peer.ip_block.is_some()
+                        || (peer.pod_selector.is_none() && peer.namespace_selector.is_none())
+                    {
+                        continue;
+                    }
+                    let namespaces: Vec<&str> = match &peer.namespace_selector {
+                        None => vec![ns],
+                        Some(sel) => inventory
+                            .namespaces
+                            .values()
+                            .filter(|n| selects(sel, &n.labels))
+                            .map(|n| n.name.as_str())
+                            .collect(),
+                    };
+                    let any = namespaces.iter().any(|n| {
+                        inventory.pods_in(n).filter(live).any(|pod| {
+                            peer.pod_selector
+                                .as_ref()
+                                .is_none_or(|sel| selects(sel, &pod.labels))
+                        })
+                    });
+                    if !any {
+                        found.push(format!(
+                            "{id}:{dir}[{i}] {field}[{j}]: {} matches no pod (the peer allows nothing)",
+                            peer_text(peer)
+                        ));
+                    }
+                }
+            }
+            found
+        };
+        if ingress_on {
+            let rules = spec
+                .ingress
+                .iter()
+                .flatten()
+                .map(|r| r.from.as_ref())
+                .collect();
+            out.extend(peers(rules, "ingress", "from"));
+        }
+        if egress_on {
+            let rules = spec
+                .egress
+                .iter()
+                .flatten()
+                .map(|r| r.to.as_ref())
+                .collect();
+            out.extend(peers(rules, "egress", "to"));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn peer_text(peer: &NetworkPolicyPeer) -> String {
+    let sel = |s: &LabelSelector| {
+        let mut parts: Vec<String> = s
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for e in s.match_expressions.iter().flatten() {
+            parts.push(format!(
+                "{} {} ({})",
+                e.key,
+                e.operator,
+                e.values
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        format!("{{{}}}", parts.join(", "))
+    };
+    match (&peer.namespace_selector, &peer.pod_selector) {
+        (Some(n), Some(p)) => format!("namespaceSelector {} AND podSelector {}", sel(n), sel(p)),
+        (Some(n), None) => format!("namespaceSelector {}", sel(n)),
+        (None, Some(p)) => format!("podSelector {}", sel(p)),
+        (None, None) => "peer".to_owned(),
     }
 }
 
