@@ -351,7 +351,9 @@ fn start_agent(
         ))
         .arg(netpol_observe_e2e::bin())
         .args(&args)
-        // Test overrides: only this test's interfaces, fast sweeps, the flows at exit.
+        // Test overrides: only this test's interfaces, fast sweeps, the flows at exit, and the
+        // flows API open on loopback (its authentication is tests/tests/api_auth.rs's).
+        .arg("--api-auth=none")
         .arg("--sweep-interval=1")
         .arg("--output=jsonl")
         .arg("--interfaces")
@@ -585,7 +587,10 @@ fn agent_in_cluster_follows_the_api_server() {
     });
     eprintln!("ready {:?} after start", t.elapsed());
     let log = std::fs::read_to_string(&agent.log).unwrap();
-    assert!(!log.contains("403") && !log.contains("forbidden"), "{log}");
+    assert!(
+        !log.contains("is forbidden") && !log.contains("Forbidden"),
+        "{log}"
+    );
     for r in [
         "namespaces",
         "pods",

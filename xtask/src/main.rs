@@ -57,6 +57,16 @@ enum Verb {
         #[arg(long, default_value_t = 100_000)]
         flows: u64,
     },
+    /// The fuzzing tier: every parser of untrusted input under mutated inputs for N seconds
+    /// per target (netpol-observe/tests/fuzz.rs; 2 s each in `test`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// The mutation seed (vary it between runs; a failing run is repeated with its seed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run a benchmark (interleaved A/B runs, medians, ratios); see docs/benchmarks.md.
     Bench(bench::BenchArgs),
 }
@@ -69,6 +79,24 @@ fn main() -> Result<()> {
         Verb::Test { under_load, args } => test(&root, under_load, &args),
         Verb::Lab { scenario, out } => lab(&root, scenario, &out),
         Verb::Soak { minutes, flows } => soak(&root, minutes, flows),
+        Verb::Fuzz { seconds, seed } => {
+            let mut cmd = cargo(&root);
+            cmd.args([
+                "test",
+                "--release",
+                "--package",
+                "netpol-observe",
+                "--test",
+                "fuzz",
+                "--",
+                "--nocapture",
+            ])
+            .env("NETPOL_OBSERVE_FUZZ_SECONDS", seconds.to_string());
+            if let Some(seed) = seed {
+                cmd.env("NETPOL_OBSERVE_FUZZ_SEED", seed.to_string());
+            }
+            run(&mut cmd)
+        }
         Verb::Bench(args) => bench::run(&root, args),
     }
 }
@@ -183,7 +211,10 @@ fn soak(root: &Path, minutes: u64, flows: u64) -> Result<()> {
             "--ignored",
             "--nocapture",
         ])
-        .env("NETPOL_OBSERVE_BIN", root.join("target/debug/netpol-observe"))
+        .env(
+            "NETPOL_OBSERVE_BIN",
+            root.join("target/debug/netpol-observe"),
+        )
         .env("NETPOL_OBSERVE_SOAK_MINUTES", minutes.to_string())
         .env("NETPOL_OBSERVE_SOAK_FLOWS", flows.to_string()))
 }

@@ -175,21 +175,6 @@ impl AgentState {
     /// Installs a new model (new flows are judged with it). The flows the previous model
     /// judged get their explained verdicts from it first (they keep their verdict).
     pub fn set_model(&self, model: Arc<Model>) {
-        let inv = &model.inventory;
-        let counts = [
-            ("namespaces", inv.namespaces.len()),
-            (
-                "pods",
-                inv.pods.iter().filter(|p| p.deleted.is_none()).count(),
-            ),
-            ("services", inv.services.len()),
-            ("nodes", inv.nodes.len()),
-            ("discovery.k8s.io/endpointslices", inv.endpoint_slices.len()),
-            (
-                "networking.k8s.io/networkpolicies",
-                inv.network_policies.len(),
-            ),
-        ];
         self.metrics.set_unprotected(
             model
                 .unprotected(self.node.as_deref())
@@ -208,8 +193,8 @@ impl AgentState {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(model);
         }
         // After the model is in use: a reader seeing the new counts gets the new verdicts.
-        for (resource, n) in counts {
-            self.metrics.set_inventory_objects(resource, n);
+        if let Some(m) = self.model() {
+            self.metrics.set_inventory_objects(&m.inventory);
         }
         let mut r = lock(&self.readiness);
         r.inventory = true;
@@ -1265,6 +1250,7 @@ mod tests {
             series_budget: BUDGET,
             pod_level: false,
         });
+        reference.set_inventory_objects(&model.inventory);
         reference.set_unprotected(
             model
                 .unprotected(Some("node-1"))

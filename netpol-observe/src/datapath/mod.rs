@@ -711,6 +711,26 @@ pub(crate) fn retry_interrupted_load(
     }
 }
 
+/// A load error with every cause (aya's top-level message alone drops the errno), and the
+/// privileges hint only when the kernel said EPERM.
+fn load_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut eperm = false;
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            eperm |= io.raw_os_error() == Some(libc::EPERM);
+        }
+        source = s.source();
+    }
+    if eperm {
+        text.push_str(" (root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are needed)");
+    }
+    text
+}
+
 #[cfg(test)]
 mod object_tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
@@ -751,24 +771,4 @@ mod object_tests {
             "the TC programs call memset: {targets:?}"
         );
     }
-}
-
-/// A load error with every cause (aya's top-level message alone drops the errno), and the
-/// privileges hint only when the kernel said EPERM.
-fn load_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut eperm = false;
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            eperm |= io.raw_os_error() == Some(libc::EPERM);
-        }
-        source = s.source();
-    }
-    if eperm {
-        text.push_str(" (root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are needed)");
-    }
-    text
 }

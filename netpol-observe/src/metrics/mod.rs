@@ -571,13 +571,29 @@ impl Metrics {
             .set(i64::from(synced));
     }
 
-    /// Sets how many objects of `resource` the inventory in use holds.
-    pub fn set_inventory_objects(&self, resource: &str, n: usize) {
-        self.inventory_objects
-            .get_or_create(&ResourceLabels {
-                resource: resource.to_owned(),
-            })
-            .set(saturating_i64(n as u64));
+    /// Sets how many objects of each resource the inventory in use holds.
+    pub fn set_inventory_objects(&self, inv: &crate::inventory::Inventory) {
+        let counts = [
+            ("namespaces", inv.namespaces.len()),
+            (
+                "pods",
+                inv.pods.iter().filter(|p| p.deleted.is_none()).count(),
+            ),
+            ("services", inv.services.len()),
+            ("nodes", inv.nodes.len()),
+            ("discovery.k8s.io/endpointslices", inv.endpoint_slices.len()),
+            (
+                "networking.k8s.io/networkpolicies",
+                inv.network_policies.len(),
+            ),
+        ];
+        for (resource, n) in counts {
+            self.inventory_objects
+                .get_or_create(&ResourceLabels {
+                    resource: resource.to_owned(),
+                })
+                .set(saturating_i64(n as u64));
+        }
     }
 
     /// Counts `n` flows removed from the flow table for `reason` (`idle`, `closed`, `lru`, …).

@@ -115,6 +115,7 @@ pub fn populated() -> Metrics {
     for (_, resource) in crate::inventory::WATCHED_RESOURCES {
         metrics.set_inventory_synced(resource, true);
     }
+    metrics.set_inventory_objects(&crate::inventory::Inventory::default());
     metrics.record_evictions("idle", 7);
     metrics.record_evictions("closed", 2);
     metrics
