@@ -584,3 +584,240 @@ fn a_huge_window_is_a_clear_error() {
         );
     }
 }
+
+/// TWO_PODS and a NetworkPolicy meant to let web reach api on 8080, with two typos.
+const TYPO_POLICY: &str = "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  podSelectr: {matchLabels: {app: api}}
+  ingres:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: 8080}]
+";
+
+fn load(
+    yaml: &str,
+    validation: netpol_observe::inventory::Validation,
+) -> Result<netpol_observe::inventory::LoadedInventory, String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("inv.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    Inventory::load(&file, validation)
+        .map(|mut l| {
+            for w in &mut l.warnings {
+                *w = w.replace(&file.display().to_string(), "inv.yaml");
+            }
+            l
+        })
+        .map_err(|e| {
+            e.to_string()
+                .replace(&file.display().to_string(), "inv.yaml")
+        })
+}
+
+/// A typo in a NetworkPolicy (`podSelectr`, `ingres`) was dropped: the policy then selected
+/// every pod and allowed nothing. It is an error naming file, document, object and fields,
+/// as `kubectl --validate=strict` would; `warn` reports and ignores, `ignore` drops.
+#[test]
+fn unknown_fields_in_a_network_policy_are_an_error() {
+    use netpol_observe::inventory::Validation;
+    let yaml = format!("{TWO_PODS}{TYPO_POLICY}");
+    let err = load(&yaml, Validation::Strict).unwrap_err();
+    assert_eq!(
+        err,
+        "inv.yaml, document 2: NetworkPolicy shop/api: unknown fields spec.podSelectr, spec.ingres"
+    );
+    let warned = load(&yaml, Validation::Warn).unwrap();
+    assert_eq!(
+        warned.warnings,
+        [
+            "inv.yaml, document 2: NetworkPolicy shop/api: unknown field spec.podSelectr (ignored)",
+            "inv.yaml, document 2: NetworkPolicy shop/api: unknown field spec.ingres (ignored)",
+        ]
+    );
+    assert_eq!(warned.inventory.network_policies.len(), 1);
+    let ignored = load(&yaml, Validation::Ignore).unwrap();
+    assert!(ignored.warnings.is_empty());
+    assert_eq!(ignored.inventory, warned.inventory);
+
+    // Through the CLI: verify refuses the draft (exit 2), naming the field and the opt-out.
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = tmp.path().join("inv.yaml");
+    std::fs::write(&inv, TWO_PODS).unwrap();
+    let pol = tmp.path().join("policy.yaml");
+    std::fs::write(&pol, TYPO_POLICY).unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        r#"{"protocol":"TCP","src":{"ip":"10.244.1.5"},"dst":{"ip":"10.244.1.9","port":8080}}"#,
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["verify", "--policies"])
+            .arg(&pol)
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--flows")
+            .arg(&flows)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: cannot load the policies {p}: {p}, document 1: NetworkPolicy shop/api: unknown fields spec.podSelectr, spec.ingres (a typo, or a field of a newer Kubernetes: --validate=warn reports and ignores such fields)",
+            p = pol.display()
+        )),
+        "{err}"
+    );
+    let out = run(&["--validate", "warn"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("NetworkPolicy shop/api: unknown field spec.podSelectr (ignored)"),
+        "{err}"
+    );
+    // What the typo meant: every pod isolated, nothing allowed.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let out = run(&["--validate", "ignore"]);
+    assert!(!stderr(&out).contains("unknown field"));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// Unknown fields are found in every kind of object, at any depth, and in a List itself.
+#[test]
+fn unknown_fields_in_any_inventory_object_are_named() {
+    use netpol_observe::inventory::Validation;
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nstatus: {podIp: 10.244.1.5}\n",
+            "inv.yaml, document 1: Pod shop/web-1: unknown field status.podIp",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nspec:\n  containers:\n  - name: c\n    ports: [{containerPort: 80, protocl: TCP}]\n",
+            "inv.yaml, document 1: Pod shop/web-1: unknown field spec.containers[0].ports[0].protocl",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: api, namespace: shop, lables: {a: b}}\n",
+            "inv.yaml, document 1, items[0]: Service shop/api: unknown field metadata.lables",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitem: []\nitems: []\n",
+            "inv.yaml, document 1: List: unknown field item",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template: {}\n  replica: 2\n",
+            "inv.yaml, document 1: Deployment shop/web: unknown field spec.replica",
+        ),
+        (
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{podSelector: {}, namespaceSelectr: {}}]\n",
+            "inv.yaml, document 1: NetworkPolicy shop/p: unknown field spec.ingress[0].from[0].namespaceSelectr",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\nmetadata: {name: b}\n",
+            "duplicate entry with key \"metadata\"",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let err = load(yaml, Validation::Strict).unwrap_err();
+        assert!(
+            err.contains(expected),
+            "expected {expected:?}\n     got {err:?}"
+        );
+    }
+}
+
+/// A namespaced object without `metadata.namespace` is taken as `default` with a warning
+/// naming it and its file; the CLI prints it.
+#[test]
+fn a_missing_namespace_is_a_warning() {
+    use netpol_observe::inventory::Validation;
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, labels: {app: web}}\nstatus: {podIP: 10.244.1.5}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
+    let loaded = load(yaml, Validation::Strict).unwrap();
+    assert_eq!(
+        loaded.warnings,
+        ["inv.yaml, document 1: Pod web-1: no metadata.namespace, taken as \"default\""]
+    );
+    assert_eq!(loaded.inventory.pods[0].namespace.to_string(), "default");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = tmp.path().join("inv.yaml");
+    std::fs::write(&inv, yaml).unwrap();
+    let flows = tmp.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        r#"{"protocol":"TCP","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.244.1.5","port":80}}"#,
+    )
+    .unwrap();
+    let out = bin()
+        .args(["evaluate", "--inventory"])
+        .arg(&inv)
+        .arg("--flows")
+        .arg(&flows)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}, document 1: Pod web-1: no metadata.namespace, taken as \"default\"",
+            inv.display()
+        )),
+        "{err}"
+    );
+}
+
+/// A subnet name given twice dropped the first one's CIDRs: now an error naming both lines.
+#[test]
+fn duplicate_subnet_names_are_an_error() {
+    let err = Subnets::from_yaml_str(
+        "db-subnet: [10.0.2.0/24]\nweb: 10.0.3.0/24\n\"db-subnet\": 10.0.9.0/24\n",
+        Path::new("s.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "s.yaml: subnet \"db-subnet\" is defined twice (line 1 and line 3): list all its CIDRs under one name"
+    );
+    let ok = Subnets::from_yaml_str(
+        "db-subnet: [10.0.2.0/24, 10.0.9.0/24]\nweb: 10.0.3.0/24\n",
+        Path::new("s.yaml"),
+    )
+    .unwrap();
+    assert_eq!(ok.entries().len(), 3);
+}
+
+/// The lab's `--policies`, its scenario and the agent's configuration are strict too.
+#[test]
+fn lab_policies_scenarios_and_agent_config_reject_unknown_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = tmp.path().join("p.yaml");
+    std::fs::write(&pol, TYPO_POLICY).unwrap();
+    let err = netpol_observe::lab::enforce::load_policies(&pol)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown fields spec.podSelectr, spec.ingres"),
+        "{err}"
+    );
+    let err = netpol_observe::lab::scenario::parse(
+        Path::new("s.yaml"),
+        "name: t\nnamespaces: []\nworkload: []\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `workload`"), "{err}");
+    let err = netpol_observe::agent::AgentConfig::from_yaml_str(
+        "metrics:\n  seriesBudgt: 3\n",
+        Path::new("a.yaml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("seriesBudgt"), "{err}");
+}

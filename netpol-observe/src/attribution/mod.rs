@@ -55,6 +55,20 @@ pub enum AttributionError {
         #[source]
         source: crate::names::NameError,
     },
+    /// A subnet name is given twice (YAML would keep only the last).
+    #[error(
+        "{path}: subnet {subnet:?} is defined twice ({first} and {second}): list all its CIDRs under one name"
+    )]
+    Duplicate {
+        /// The file.
+        path: PathBuf,
+        /// The subnet name.
+        subnet: String,
+        /// Where it is first defined (`line 3`, or `entry 2` when the line is not found).
+        first: String,
+        /// Where it is defined again.
+        second: String,
+    },
     /// An entry is not a CIDR.
     #[error("{path}: subnet {subnet:?}, entry {index}: {value:?} is not a CIDR (e.g. 10.0.2.0/24)")]
     Cidr {

@@ -51,21 +51,32 @@ impl Subnets {
         Self::from_yaml_str(&text, path)
     }
 
-    /// Parses subnets YAML; `path` names the source in errors.
+    /// Parses subnets YAML; `path` names the source in errors. A name given twice is an error
+    /// naming both places (a YAML mapping would silently keep the last).
     pub fn from_yaml_str(text: &str, path: &Path) -> Result<Self, AttributionError> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        let map: Option<std::collections::BTreeMap<String, OneOrMany>> = serde_yaml::from_str(text)
-            .map_err(|source| AttributionError::Yaml {
+        let map: Option<Entries> =
+            serde_yaml::from_str(text).map_err(|source| AttributionError::Yaml {
                 path: path.to_owned(),
                 source,
             })?;
+        let map = map.map(|m| m.0).unwrap_or_default();
+        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (i, (name, _)) in map.iter().enumerate() {
+            if let Some(first) = seen.insert(name, i) {
+                let (first, second) = match top_level_lines(text, name).as_slice() {
+                    [a, b, ..] => (format!("line {a}"), format!("line {b}")),
+                    _ => (format!("entry {}", first + 1), format!("entry {}", i + 1)),
+                };
+                return Err(AttributionError::Duplicate {
+                    path: path.to_owned(),
+                    subnet: name.clone(),
+                    first,
+                    second,
+                });
+            }
+        }
         let mut entries = Vec::new();
-        for (name, cidrs) in map.unwrap_or_default() {
+        for (name, cidrs) in map {
             crate::names::check(crate::names::NameKind::Subnet, &name).map_err(|source| {
                 AttributionError::Name {
                     path: path.to_owned(),
@@ -110,6 +121,57 @@ impl Subnets {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// A subnets file's value: one CIDR or a list.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A subnets file's entries in file order, a name given twice kept twice.
+struct Entries(Vec<(String, OneOrMany)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping `name: [CIDRs]`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        de.deserialize_map(Visit)
+    }
+}
+
+/// The 1-based lines of `text` where the top-level key `name` is defined (`name:`,
+/// `"name":` or `'name':` at the start of a line).
+fn top_level_lines(text: &str, name: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let key = line.split_once(':')?.0.trim_end();
+            let key = key
+                .strip_prefix('"')
+                .and_then(|k| k.strip_suffix('"'))
+                .or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')))
+                .unwrap_or(key);
+            (!line.starts_with([' ', '\t', '#', '-']) && key == name).then_some(i + 1)
+        })
+        .collect()
 }
 
 /// Whether `ip` is private: RFC 1918 for IPv4, unique-local (`fc00::/7`) for IPv6.

@@ -6,13 +6,14 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context;
-
-use super::out::{OutputError, errln};
+use super::{
+    inputs,
+    out::{OutputError, errln},
+};
 use crate::{
     attribution::{Attributor, Subnets},
     flow::jsonl,
-    inventory::Inventory,
+    inventory::Validation,
     policy::{EvaluatedFlow, PolicyEngine},
 };
 
@@ -24,7 +25,12 @@ use crate::{
 
 One JSON line per input line, in input order: the flow (attributed) with a \"verdict\".
 A bad line is reported on stderr (file:line) and the others are still evaluated; the exit
-code is then 2.")]
+code is then 2.
+
+Kubernetes objects are checked strictly: a field their type does not know (a typo such as
+podSelectr, or a field of a newer Kubernetes) is an error naming file, document, object and
+field; --validate=warn reports and ignores such fields, --validate=ignore drops them. A
+namespaced object without metadata.namespace is taken as \"default\" with a warning.")]
 pub struct Args {
     /// Kubernetes objects (a file or a directory of YAML files, `kubectl get … -o yaml`).
     #[arg(long, value_name = "PATH")]
@@ -38,18 +44,16 @@ pub struct Args {
     /// Named subnets, YAML `name: [CIDRs]`.
     #[arg(long, value_name = "FILE")]
     pub subnets: Option<PathBuf>,
+    /// How unknown fields in inventory and policy files are treated.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
+    pub validate: Validation,
 }
 
 /// Runs `netpol-observe evaluate`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let inventory = Inventory::from_path(&args.inventory)
-        .with_context(|| format!("cannot load the inventory {}", args.inventory.display()))?;
+    let inventory = inputs::load(&args.inventory, args.validate, "the inventory")?;
     let policies = match &args.policies {
-        Some(path) => {
-            let extra = Inventory::from_path(path)
-                .with_context(|| format!("cannot load the policies {}", path.display()))?;
-            extra.network_policies
-        }
+        Some(path) => inputs::load(path, args.validate, "the policies")?.network_policies,
         None => inventory.network_policies.clone(),
     };
     let subnets = match &args.subnets {

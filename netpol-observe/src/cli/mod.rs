@@ -14,6 +14,7 @@ mod bench_hooks;
 mod bench_recommend;
 mod evaluate;
 mod flows;
+mod inputs;
 mod lab;
 mod out;
 mod recommend;

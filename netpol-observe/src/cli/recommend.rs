@@ -10,11 +10,14 @@ use anyhow::Context;
 use ipnet::IpNet;
 use jiff::SignedDuration;
 
-use super::out::{self, errln};
+use super::{
+    inputs,
+    out::{self, errln},
+};
 use crate::{
     attribution::Subnets,
     flow::{FlowRecord, jsonl},
-    inventory::{Inventory, NetworkPolicy},
+    inventory::{Inventory, NetworkPolicy, Validation},
     names,
     policy::PolicyEngine,
     recommend::{
@@ -46,7 +49,12 @@ one <namespace>.yaml per namespace. The same input gives the same bytes. Notes (
 flows, aggregations) go to stderr. A bad flow line is reported (file:line) and the others are
 still used; the exit code is then 2. The policies are checked against the observed flows
 before they are written: if they would deny one (the self-check), nothing is written and the
-exit code is 2.")]
+exit code is 2.
+
+Kubernetes objects are checked strictly: a field their type does not know (a typo such as
+podSelectr, or a field of a newer Kubernetes) is an error naming file, document, object and
+field; --validate=warn reports and ignores such fields, --validate=ignore drops them. A
+namespaced object without metadata.namespace is taken as \"default\" with a warning.")]
 pub struct Args {
     /// Flow records, JSON lines (`-` for stdin); several files are merged.
     #[arg(long, value_name = "FILE", num_args = 1.., required_unless_present_any = ["agent", "prometheus"], conflicts_with_all = ["agent", "prometheus"])]
@@ -111,6 +119,9 @@ pub struct Args {
     /// and cluster ranges; `observed` keeps the observed clients (aggregated).
     #[arg(long, value_enum, value_name = "RULE", default_value = "any")]
     pub public_ingress: PublicIngress,
+    /// How unknown fields in inventory and policy files are treated.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
+    pub validate: Validation,
 }
 
 /// The longest `--window` / `--min-observation`: 100 years (36,600 days). Longer durations mean
@@ -143,8 +154,7 @@ fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 /// Runs `netpol-observe recommend`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inventory = match &args.inventory {
-        Some(path) => Inventory::from_path(path)
-            .with_context(|| format!("cannot load the inventory {}", path.display()))?,
+        Some(path) => inputs::load(path, args.validate, "the inventory")?,
         None => Inventory::default(),
     };
     let subnets = match &args.subnets {

@@ -4,11 +4,14 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 
-use super::out::{self, errln};
+use super::{
+    inputs,
+    out::{self, errln},
+};
 use crate::{
     attribution::{Attributor, Subnets},
     flow::jsonl,
-    inventory::Inventory,
+    inventory::Validation,
     policy::PolicyEngine,
     recommend::verify::verify,
 };
@@ -30,7 +33,12 @@ pub enum Format {
 
 Checks every observed flow against the given policies only (the draft replaces the
 inventory's policies) and names the flows it would deny with the isolating policies.
-Exit code: 0 nothing denied, 1 some observed flow would be denied, 2 an error.")]
+Exit code: 0 nothing denied, 1 some observed flow would be denied, 2 an error.
+
+Kubernetes objects are checked strictly: a field their type does not know (a typo such as
+podSelectr, or a field of a newer Kubernetes) is an error naming file, document, object and
+field; --validate=warn reports and ignores such fields, --validate=ignore drops them. A
+namespaced object without metadata.namespace is taken as \"default\" with a warning.")]
 pub struct Args {
     /// The NetworkPolicies to check (a file or a directory of YAML files).
     #[arg(long, value_name = "PATH")]
@@ -47,14 +55,15 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
+    /// How unknown fields in inventory and policy files are treated.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
+    pub validate: Validation,
 }
 
 /// Runs `netpol-observe verify`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let inventory = Inventory::from_path(&args.inventory)
-        .with_context(|| format!("cannot load the inventory {}", args.inventory.display()))?;
-    let draft = Inventory::from_path(&args.policies)
-        .with_context(|| format!("cannot load the policies {}", args.policies.display()))?;
+    let inventory = inputs::load(&args.inventory, args.validate, "the inventory")?;
+    let draft = inputs::load(&args.policies, args.validate, "the policies")?;
     let subnets = match &args.subnets {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),

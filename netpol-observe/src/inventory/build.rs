@@ -26,7 +26,7 @@ use k8s_openapi::{
 use super::{
     ContainerPortInfo, EndpointInfo, EndpointPortInfo, EndpointSliceInfo, Interner, Inventory,
     InventoryError, Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo,
-    ServiceType, TargetPort,
+    ServiceType, TargetPort, Validation,
 };
 use crate::{
     flow::{Protocol, WorkloadRef},
@@ -101,8 +101,22 @@ fn invalid(object: String, field: impl Into<String>, problem: impl Into<String>)
 
 impl KubeObject {
     /// Decodes an object from a YAML/JSON value by its `apiVersion` and `kind`; an unknown kind
-    /// or a field of the wrong type is an error naming the object and the field path.
+    /// or a field of the wrong type is an error naming the object and the field path. Fields
+    /// the Kubernetes types do not know are ignored: [`KubeObject::from_value_checked`]
+    /// reports them.
     pub fn from_value(value: serde_yaml::Value) -> Result<KubeObject, InventoryError> {
+        Self::from_value_checked(value, Validation::Ignore).map(|(o, _)| o)
+    }
+
+    /// [`KubeObject::from_value`], with the fields the Kubernetes types do not know (typos such
+    /// as `spec.podSelectr`, or fields of a newer Kubernetes) handled as `validation` says:
+    /// [`Validation::Strict`] makes them an [`InventoryError::UnknownFields`] naming every
+    /// one, [`Validation::Warn`] returns them (field paths such as `spec.ingress[0].fromm`),
+    /// [`Validation::Ignore`] drops them.
+    pub fn from_value_checked(
+        value: serde_yaml::Value,
+        validation: Validation,
+    ) -> Result<(KubeObject, Vec<String>), InventoryError> {
         let api_version = value
             .get("apiVersion")
             .and_then(|v| v.as_str())
@@ -126,11 +140,15 @@ impl KubeObject {
             None if kind.is_empty() => format!("object {name}"),
             None => format!("{kind} {name}"),
         };
+        let mut unknown = Vec::new();
         fn decode<T: serde::de::DeserializeOwned>(
             value: serde_yaml::Value,
             object: &str,
+            unknown: &mut Vec<String>,
         ) -> Result<T, InventoryError> {
-            serde_path_to_error::deserialize(value).map_err(|e| {
+            let mut track = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+            let de = serde_ignored::Deserializer::new(value, &mut track);
+            serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = e.path().to_string();
                 invalid(
                     object.to_owned(),
@@ -139,23 +157,24 @@ impl KubeObject {
                 )
             })
         }
-        Ok(match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => KubeObject::Namespace(decode(value, &object)?),
-            ("v1", "Pod") => KubeObject::Pod(decode(value, &object)?),
-            ("v1", "Service") => KubeObject::Service(decode(value, &object)?),
-            ("v1", "Node") => KubeObject::Node(decode(value, &object)?),
+        let u = &mut unknown;
+        let obj = match (api_version.as_str(), kind.as_str()) {
+            ("v1", "Namespace") => KubeObject::Namespace(decode(value, &object, u)?),
+            ("v1", "Pod") => KubeObject::Pod(decode(value, &object, u)?),
+            ("v1", "Service") => KubeObject::Service(decode(value, &object, u)?),
+            ("v1", "Node") => KubeObject::Node(decode(value, &object, u)?),
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                KubeObject::EndpointSlice(decode(value, &object)?)
+                KubeObject::EndpointSlice(decode(value, &object, u)?)
             }
             ("networking.k8s.io/v1", "NetworkPolicy") => {
-                KubeObject::NetworkPolicy(decode(value, &object)?)
+                KubeObject::NetworkPolicy(decode(value, &object, u)?)
             }
-            ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, &object)?),
-            ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, &object)?),
-            ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, &object)?),
-            ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(decode(value, &object)?),
-            ("batch/v1", "Job") => KubeObject::Job(decode(value, &object)?),
-            ("batch/v1", "CronJob") => KubeObject::CronJob(decode(value, &object)?),
+            ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, &object, u)?),
+            ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, &object, u)?),
+            ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, &object, u)?),
+            ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(decode(value, &object, u)?),
+            ("batch/v1", "Job") => KubeObject::Job(decode(value, &object, u)?),
+            ("batch/v1", "CronJob") => KubeObject::CronJob(decode(value, &object, u)?),
             ("", _) | (_, "") => {
                 return Err(invalid(
                     object,
@@ -178,7 +197,32 @@ impl KubeObject {
                     ),
                 ));
             }
-        })
+        };
+        match validation {
+            Validation::Strict if !unknown.is_empty() => Err(InventoryError::UnknownFields {
+                origin: String::new(),
+                object,
+                fields: unknown,
+            }),
+            Validation::Strict | Validation::Ignore => Ok((obj, Vec::new())),
+            Validation::Warn => Ok((obj, unknown)),
+        }
+    }
+}
+
+/// A field path as the errors spell it: `spec.ingress[0].from[1].podSelectr`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 

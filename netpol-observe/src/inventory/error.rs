@@ -39,6 +39,17 @@ pub enum InventoryError {
         /// What is wrong.
         problem: String,
     },
+    /// An object has fields its Kubernetes type does not know (a typo such as
+    /// `spec.podSelectr`, or a field of a newer Kubernetes), with strict validation.
+    #[error("{origin}{object}: {}", unknown_fields(.fields))]
+    UnknownFields {
+        /// Where the object came from (`file, document N: `), empty for in-memory objects.
+        origin: String,
+        /// The object, as `Kind namespace/name`.
+        object: String,
+        /// Every unknown field, as a path (`spec.ingress[0].fromm`).
+        fields: Vec<String>,
+    },
     /// A NetworkPolicy is invalid (bad selector, operator, CIDR, port...).
     #[error("{origin}{source}")]
     Policy {
@@ -48,4 +59,26 @@ pub enum InventoryError {
         #[source]
         source: crate::policy::PolicyError,
     },
+}
+
+/// `unknown field a` / `unknown fields a, b, c` (at most 10 named, then how many more).
+fn unknown_fields(fields: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = String::from(if fields.len() == 1 {
+        "unknown field "
+    } else {
+        "unknown fields "
+    });
+    s.push_str(
+        &fields
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if fields.len() > SHOWN {
+        s.push_str(&format!(" and {} more", fields.len() - SHOWN));
+    }
+    s
 }

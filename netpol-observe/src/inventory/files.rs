@@ -8,17 +8,61 @@ use serde::Deserialize;
 
 use super::{Inventory, InventoryError, KubeObject, build};
 
-/// Reads every object under `path` and builds the inventory.
-pub(super) fn from_path(path: &Path) -> Result<Inventory, InventoryError> {
-    let mut objects = Vec::new();
-    for file in files_under(path)? {
-        let text = std::fs::read_to_string(&file).map_err(|source| InventoryError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        objects.extend(parse_sourced(&text, &file)?);
+/// How fields the Kubernetes types do not know are treated in files (`--validate`): a typo
+/// (`podSelectr`, `ingres`) silently dropped would change verdicts where `kubectl` rejects the
+/// object, so the default is strict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// An unknown field is an error naming the file, document, object and field (as
+    /// `kubectl --validate=strict`).
+    #[default]
+    Strict,
+    /// Each unknown field is a warning and is then ignored (files from a newer Kubernetes).
+    Warn,
+    /// Unknown fields are ignored without a word.
+    Ignore,
+}
+
+/// An inventory read from files, with what the reader should be told.
+#[derive(Debug, Clone, Default)]
+pub struct LoadedInventory {
+    /// The inventory.
+    pub inventory: Inventory,
+    /// One line each, naming file, document and object: unknown fields (with
+    /// [`Validation::Warn`]), namespaced objects without `metadata.namespace` (taken as
+    /// `default`).
+    pub warnings: Vec<String>,
+}
+
+impl Inventory {
+    /// Reads a file or a directory of YAML/JSON files holding Kubernetes objects, like
+    /// [`Inventory::from_path`], with unknown fields handled as `validation` says; the
+    /// warnings are returned for the caller to show.
+    pub fn load(path: &Path, validation: Validation) -> Result<LoadedInventory, InventoryError> {
+        let mut objects = Vec::new();
+        let mut warnings = Vec::new();
+        for file in files_under(path)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| InventoryError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            objects.extend(parse_sourced(&text, &file, validation, &mut warnings)?);
+        }
+        Ok(LoadedInventory {
+            inventory: build::from_sourced(objects)?,
+            warnings,
+        })
     }
-    build::from_sourced(objects)
+}
+
+/// Reads every object under `path` and builds the inventory: strict, the warnings logged.
+pub(super) fn from_path(path: &Path) -> Result<Inventory, InventoryError> {
+    let loaded = Inventory::load(path, Validation::Strict)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.inventory)
 }
 
 /// The files a path names: itself, or the YAML/JSON files under a directory, sorted.
@@ -57,20 +101,52 @@ pub(super) fn files_under(path: &Path) -> Result<Vec<PathBuf>, InventoryError> {
     Ok(out)
 }
 
-/// Parses YAML text into objects (without building an inventory).
+/// Parses YAML text into objects (without building an inventory): strict, the warnings logged.
 pub(super) fn parse_yaml(text: &str, path: &Path) -> Result<Vec<KubeObject>, InventoryError> {
-    Ok(parse_sourced(text, path)?
-        .into_iter()
-        .map(|(_, o)| o)
-        .collect())
+    let mut warnings = Vec::new();
+    let objects = parse_sourced(text, path, Validation::Strict, &mut warnings)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(objects.into_iter().map(|(_, o)| o).collect())
 }
 
-/// Parses YAML text into objects, each with the place it came from.
+/// The keys a `List` may have besides its items' own.
+const LIST_FIELDS: &[&str] = &["apiVersion", "kind", "metadata", "items"];
+
+/// Parses YAML text into objects, each with the place it came from; unknown fields as
+/// `validation` says, warnings appended to `warnings`.
 pub(super) fn parse_sourced(
     text: &str,
     path: &Path,
+    validation: Validation,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<(String, KubeObject)>, InventoryError> {
     let mut out = Vec::new();
+    let mut decode = |value: serde_yaml::Value,
+                      origin: String,
+                      warnings: &mut Vec<String>|
+     -> Result<(), InventoryError> {
+        let (obj, unknown) = KubeObject::from_value_checked(value, validation)
+            .and_then(|(o, unknown)| o.check_names().map(|()| (o, unknown)))
+            .map_err(|e| e.with_origin(&origin))?;
+        let (kind, meta) = obj.kind_and_meta();
+        let name = meta.name.as_deref().unwrap_or("<unnamed>");
+        let object = match meta.namespace.as_deref() {
+            Some(ns) => format!("{kind} {ns}/{name}"),
+            None => format!("{kind} {name}"),
+        };
+        for field in unknown {
+            warnings.push(format!("{origin}{object}: unknown field {field} (ignored)"));
+        }
+        if obj.is_namespaced() && meta.namespace.is_none() {
+            warnings.push(format!(
+                "{origin}{object}: no metadata.namespace, taken as \"default\""
+            ));
+        }
+        out.push((origin, obj));
+        Ok(())
+    };
     for (idx, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = idx + 1;
         let value = serde_yaml::Value::deserialize(doc).map_err(|source| InventoryError::Yaml {
@@ -84,6 +160,31 @@ pub(super) fn parse_sourced(
         let origin = format!("{}, document {document}: ", path.display());
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
+            let unknown: Vec<String> = value
+                .as_mapping()
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .map(|k| match k.as_str() {
+                    Some(k) => k.to_owned(),
+                    None => format!("{k:?}"),
+                })
+                .filter(|k| !LIST_FIELDS.contains(&k.as_str()))
+                .collect();
+            match validation {
+                Validation::Strict if !unknown.is_empty() => {
+                    return Err(InventoryError::UnknownFields {
+                        origin,
+                        object: kind.to_owned(),
+                        fields: unknown,
+                    });
+                }
+                Validation::Warn => warnings.extend(
+                    unknown
+                        .iter()
+                        .map(|f| format!("{origin}{kind}: unknown field {f} (ignored)")),
+                ),
+                Validation::Strict | Validation::Ignore => {}
+            }
             let items = match value.get("items") {
                 None | Some(serde_yaml::Value::Null) => continue,
                 Some(serde_yaml::Value::Sequence(items)) => items.clone(),
@@ -105,16 +206,10 @@ pub(super) fn parse_sourced(
                     m.insert("kind".into(), k.into());
                 }
                 let origin = format!("{}, document {document}, items[{i}]: ", path.display());
-                let obj = KubeObject::from_value(item)
-                    .and_then(|o| o.check_names().map(|()| o))
-                    .map_err(|e| e.with_origin(&origin))?;
-                out.push((origin, obj));
+                decode(item, origin, warnings)?;
             }
         } else {
-            let obj = KubeObject::from_value(value)
-                .and_then(|o| o.check_names().map(|()| o))
-                .map_err(|e| e.with_origin(&origin))?;
-            out.push((origin, obj));
+            decode(value, origin, warnings)?;
         }
     }
     Ok(out)
@@ -138,6 +233,11 @@ impl InventoryError {
             InventoryError::Policy { source, .. } => InventoryError::Policy {
                 origin: new.to_owned(),
                 source,
+            },
+            InventoryError::UnknownFields { object, fields, .. } => InventoryError::UnknownFields {
+                origin: new.to_owned(),
+                object,
+                fields,
             },
             other => other,
         }

@@ -21,6 +21,7 @@ pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 pub use build::KubeObject;
 pub use error::InventoryError;
+pub use files::{LoadedInventory, Validation};
 pub use intern::{Interner, Labels, Name};
 
 use crate::flow::{Protocol, WorkloadRef};

@@ -34,7 +34,10 @@ use super::{
     netns::{self, NetnsError},
     topology::Topology,
 };
-use crate::flow::Protocol;
+use crate::{
+    flow::Protocol,
+    inventory::{KubeObject, Validation},
+};
 
 /// The nftables table holding the compiled policies (family `inet`).
 pub const TABLE: &str = "npo_lab_policy";
@@ -124,14 +127,24 @@ pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, EnforceError> {
                 let kind = item
                     .get("kind")
                     .and_then(|k| k.as_str())
-                    .unwrap_or("<none>");
+                    .unwrap_or("<none>")
+                    .to_owned();
                 if kind != "NetworkPolicy" {
                     return Err(parse_err(format!(
                         "object {j}: kind {kind} is not a NetworkPolicy"
                     )));
                 }
-                let policy: NetworkPolicy = serde_yaml::from_value(item)
-                    .map_err(|e| parse_err(format!("object {j}: {e}")))?;
+                // Strict, as `kubectl --validate=strict`: a typo such as `podSelectr` must not
+                // silently select every pod.
+                let policy = match KubeObject::from_value_checked(item, Validation::Strict) {
+                    Ok((KubeObject::NetworkPolicy(p), _)) => p,
+                    Ok(_) => {
+                        return Err(parse_err(format!(
+                            "object {j}: not a NetworkPolicy (apiVersion networking.k8s.io/v1)"
+                        )));
+                    }
+                    Err(e) => return Err(parse_err(format!("object {j}: {e}"))),
+                };
                 out.push(policy);
             }
         }
