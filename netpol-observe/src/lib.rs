@@ -16,3 +16,4 @@ pub mod names;
 pub mod policy;
 pub mod recommend;
 pub mod tls;
+pub mod yaml;

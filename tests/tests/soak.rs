@@ -6,7 +6,8 @@
 //! - the inventory file changes every few seconds (pods added, relabelled and removed: churn
 //!   the agent reloads).
 //!
-//! It requires: the agent counted every flow (`netpol_observe_flows_total` of the pair equals
+//! Ended flows stay in the agent's store for `flowRetention` (set to 60 s here, so the store
+//! reaches its steady size within the first half). It requires: the agent counted every flow (`netpol_observe_flows_total` of the pair equals
 //! the flows sent: none lost), its RSS stayed flat (the second half's peak within 20 % + 8 MiB
 //! of the first half's), every reload was applied, and it exited within 5 s of SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -126,10 +127,16 @@ fn agent_soak() {
             .unwrap()
             .port(),
     ));
+    // Ended flows leave the store a minute after they end (default 10 min: the store would
+    // still be filling at the end of a 10-minute run, and RSS with it, by design).
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, "flowRetention: 60\n").unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut agent = Agent(
         Command::new(netpol_observe_e2e::bin())
             .arg("agent")
+            .arg("--config")
+            .arg(&config)
             .args(["--listen", &listen.to_string()])
             .arg("--inventory")
             .arg(&inv)

@@ -197,6 +197,11 @@ impl AgentConfig {
         if text.trim().is_empty() {
             return Ok(AgentConfig::default());
         }
+        crate::yaml::check_nesting(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            field: ".".into(),
+            message: e.to_string(),
+        })?;
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),

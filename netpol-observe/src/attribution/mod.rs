@@ -34,6 +34,14 @@ pub enum AttributionError {
         #[source]
         source: std::io::Error,
     },
+    /// The subnets file nests too deeply to be parsed.
+    #[error("{path}: {too_deep}")]
+    TooDeep {
+        /// The file.
+        path: PathBuf,
+        /// Where (in the message, not a source: it is the whole cause).
+        too_deep: crate::yaml::TooDeep,
+    },
     /// The subnets file is not a YAML mapping of names to CIDR lists.
     #[error("{path}: expected a mapping `name: [CIDRs]`: {source}")]
     Yaml {

@@ -54,6 +54,10 @@ impl Subnets {
     /// Parses subnets YAML; `path` names the source in errors. A name given twice is an error
     /// naming both places (a YAML mapping would silently keep the last).
     pub fn from_yaml_str(text: &str, path: &Path) -> Result<Self, AttributionError> {
+        crate::yaml::check_nesting(text).map_err(|too_deep| AttributionError::TooDeep {
+            path: path.to_owned(),
+            too_deep,
+        })?;
         let map: Option<Entries> =
             serde_yaml::from_str(text).map_err(|source| AttributionError::Yaml {
                 path: path.to_owned(),

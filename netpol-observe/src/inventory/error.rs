@@ -15,6 +15,14 @@ pub enum InventoryError {
         #[source]
         source: io::Error,
     },
+    /// A file nests too deeply to be parsed.
+    #[error("{path}: {too_deep}")]
+    TooDeep {
+        /// The file.
+        path: PathBuf,
+        /// Where (in the message, not a source: it is the whole cause).
+        too_deep: crate::yaml::TooDeep,
+    },
     /// A document is not valid YAML/JSON.
     #[error("{path}: document {document}: invalid YAML: {source}")]
     Yaml {

@@ -122,6 +122,10 @@ pub(super) fn parse_sourced(
     validation: Validation,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(String, KubeObject)>, InventoryError> {
+    crate::yaml::check_nesting(text).map_err(|too_deep| InventoryError::TooDeep {
+        path: path.to_owned(),
+        too_deep,
+    })?;
     let mut out = Vec::new();
     let mut decode = |value: serde_yaml::Value,
                       origin: String,

@@ -318,6 +318,14 @@ pub fn load(path: &Path) -> Result<(Scenario, String), ScenarioError> {
 
 /// Parses scenario text; `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    crate::yaml::check_nesting(text).map_err(|e| ScenarioError::Syntax {
+        path: path.to_path_buf(),
+        line: e.line,
+        message: format!(
+            "more than {} nested [ or {{ (refused before parsing)",
+            crate::yaml::MAX_FLOW_DEPTH
+        ),
+    })?;
     serde_yaml::from_str(text).map_err(|err| ScenarioError::Syntax {
         path: path.to_path_buf(),
         line: err.location().map(|l| l.line()).unwrap_or(0),
