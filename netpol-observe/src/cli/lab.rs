@@ -233,13 +233,13 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
         );
         let _ = writeln!(
             s,
-            "  {:<9} {:<20} {:<20} {:<9} {:<8} {:<8} {:<8} {:<15} policy",
+            "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} policy",
             "kind", "from", "to", "port", "expected", "observed", "result", "drop reason"
         );
         for p in probes {
             let _ = writeln!(
                 s,
-                "  {:<9} {:<20} {:<20} {:<9} {:<8} {:<8} {:<8} {:<15} {}",
+                "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} {}",
                 format!("{:?}", p.kind).to_lowercase(),
                 p.from,
                 p.to,

@@ -34,10 +34,7 @@ use super::{
     netns::{self, NetnsError},
     topology::Topology,
 };
-use crate::{
-    flow::Protocol,
-    inventory::{KubeObject, Validation},
-};
+use crate::flow::Protocol;
 
 /// The nftables table holding the compiled policies (family `inet`).
 pub const TABLE: &str = "npo_lab_policy";
@@ -64,6 +61,9 @@ pub enum EnforceError {
         /// What is wrong (with serde's location).
         message: String,
     },
+    /// The policies cannot be loaded (file, document, object and field named).
+    #[error(transparent)]
+    Load(#[from] crate::inventory::InventoryError),
     /// A policy is not a valid `networking.k8s.io/v1` NetworkPolicy (the policy engine's
     /// validation, naming the policy and field).
     #[error(transparent)]
@@ -83,73 +83,11 @@ pub enum EnforceError {
 /// Loads every NetworkPolicy in `path` (a YAML file or a directory of `.yaml`/`.yml` files;
 /// multi-document files and `List`s accepted). Other kinds are an error naming the document.
 pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, EnforceError> {
-    let read_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EnforceError::Read { path, source }
-    };
-    let mut files = Vec::new();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(read_err(path))? {
-            let p = entry.map_err(read_err(path))?.path();
-            if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(p);
-            }
-        }
-        files.sort();
-    } else {
-        files.push(path.to_path_buf());
-    }
-    let mut out = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file).map_err(read_err(&file))?;
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let parse_err = |message: String| EnforceError::Parse {
-                path: file.clone(),
-                document: i + 1,
-                message,
-            };
-            let value = serde::Deserialize::deserialize(doc)
-                .map_err(|e: serde_yaml::Error| parse_err(e.to_string()))?;
-            let value: serde_yaml::Value = value;
-            if value.is_null() {
-                continue;
-            }
-            let items = if value.get("kind").and_then(|k| k.as_str()) == Some("List") {
-                value
-                    .get("items")
-                    .and_then(|i| i.as_sequence())
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                vec![value]
-            };
-            for (j, item) in items.into_iter().enumerate() {
-                let kind = item
-                    .get("kind")
-                    .and_then(|k| k.as_str())
-                    .unwrap_or("<none>")
-                    .to_owned();
-                if kind != "NetworkPolicy" {
-                    return Err(parse_err(format!(
-                        "object {j}: kind {kind} is not a NetworkPolicy"
-                    )));
-                }
-                // Strict, as `kubectl --validate=strict`: a typo such as `podSelectr` must not
-                // silently select every pod.
-                let policy = match KubeObject::from_value_checked(item, Validation::Strict) {
-                    Ok((KubeObject::NetworkPolicy(p), _)) => p,
-                    Ok(_) => {
-                        return Err(parse_err(format!(
-                            "object {j}: not a NetworkPolicy (apiVersion networking.k8s.io/v1)"
-                        )));
-                    }
-                    Err(e) => return Err(parse_err(format!("object {j}: {e}"))),
-                };
-                out.push(policy);
-            }
-        }
-    }
-    Ok(out)
+    // The same reader as `verify --policies`: a file or a directory of YAML/JSON, `List`s and
+    // multi-document streams; other objects the inventory knows (a Namespace kept beside the
+    // policies…) are accepted and ignored, unknown kinds are errors naming file and object.
+    let draft = crate::inventory::Inventory::from_path(path)?;
+    Ok(draft.network_policies)
 }
 
 /// Whether `labels` match `selector`, by the policy engine's
@@ -647,16 +585,16 @@ spec:
     }
 
     #[test]
-    fn load_rejects_other_kinds_naming_the_document() {
+    fn load_accepts_what_verify_accepts() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("p.yaml");
-        std::fs::write(&f, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n").unwrap();
-        let err = load_policies(&f).unwrap_err().to_string();
-        assert!(
-            err.contains("document 2") && err.contains("kind Pod"),
-            "{err}"
-        );
-        std::fs::write(&f, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n").unwrap();
+        // A Namespace beside the policies (issue 20): accepted, as by `verify --policies`.
+        std::fs::write(&f, "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n").unwrap();
         assert_eq!(load_policies(dir.path()).unwrap().len(), 1);
+        assert_eq!(load_policies(&f).unwrap().len(), 1);
+        // An unknown kind is an error naming the file and the object.
+        std::fs::write(&f, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: a}\nspec: {podSelector: {}}\n---\napiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n").unwrap();
+        let err = load_policies(&f).unwrap_err().to_string();
+        assert!(err.contains("p.yaml") && err.contains("Gadget"), "{err}");
     }
 }

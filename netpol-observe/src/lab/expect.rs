@@ -69,12 +69,46 @@ pub fn matches_backend(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) 
     else {
         return false;
     };
+    let to_address_endpoint = svc.external.is_some_and(|e| {
+        model.externals[e]
+            .hosts
+            .iter()
+            .any(|h| flow.dst.ip == IpAddr::V4(*h))
+            && flow.dst.port == Some(sp.target_number())
+    });
     flow.protocol == probe.protocol
         && endpoint_is(model, probe.source, &flow.src)
-        && svc.backends.iter().any(|&b| {
-            let pod = &model.pods[b];
-            flow.dst.ip == IpAddr::V4(pod.ip) && flow.dst.port == sp.target_on(pod)
-        })
+        && (to_address_endpoint
+            || svc.backends.iter().any(|&b| {
+                let pod = &model.pods[b];
+                flow.dst.ip == IpAddr::V4(pod.ip) && flow.dst.port == sp.target_on(pod)
+            }))
+}
+
+/// Reports the connections of clients outside the cluster through a Service to the Service,
+/// as the agent reports a pod's: the agent sees them only at the backend, after the node's
+/// DNAT (client → pod:targetPort), but the lab set that DNAT up and knows the original
+/// destination (what the node's conntrack holds). Each such flow gets the Service's address,
+/// port and reference, keeping the backend pod's attribution.
+pub fn attribute_entries(model: &LabModel, flows: &mut [FlowRecord]) {
+    for f in flows.iter_mut() {
+        if f.dst.service.is_some() {
+            continue;
+        }
+        let probe = model
+            .probes
+            .iter()
+            .find(|p| matches!(p.source, PeerRef::External(_)) && matches_backend(model, p, f));
+        if let Some(PeerRef::Service(s)) = probe.map(|p| p.target) {
+            let svc = &model.services[s];
+            f.dst.ip = IpAddr::V4(svc.cluster_ip);
+            f.dst.port = probe.map(|p| p.port);
+            f.dst.service = Some(crate::flow::ServiceRef {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+            });
+        }
+    }
 }
 
 /// Whether `flow` is a DNS lookup to kube-dns (its ClusterIP or its pods, port 53).

@@ -26,7 +26,7 @@ use k8s_openapi::{
 use serde_json::Value;
 
 use super::{
-    model::{LabModel, PodModel, WorkloadModel, protocol_name},
+    model::{ExternalModel, LabModel, PodModel, ServiceModel, WorkloadModel, protocol_name},
     scenario::{PortRef, WorkloadKind},
 };
 
@@ -276,7 +276,7 @@ pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
         out.push(to_value(&Service {
             metadata: meta("Service", Some(ns), &svc.name, BTreeMap::new(), None),
             spec: Some(ServiceSpec {
-                type_: Some("ClusterIP".into()),
+                type_: Some(svc.service_type.as_str().into()),
                 cluster_ip: Some(svc.cluster_ip.to_string()),
                 cluster_ips: Some(vec![svc.cluster_ip.to_string()]),
                 selector: (!svc.selector.is_empty()).then(|| svc.selector.clone()),
@@ -309,8 +309,11 @@ pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
                 .collect();
             groups.entry(key).or_default().push(b);
         }
-        if groups.is_empty() {
+        if groups.is_empty() && svc.external.is_none() {
             groups.insert(vec![], vec![]);
+        }
+        if let Some(e) = svc.external {
+            out.push(to_value(&external_slice(svc, &model.externals[e]))?);
         }
         for (k, (ports, backends)) in groups.iter().enumerate() {
             let name = format!(
@@ -380,6 +383,53 @@ pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
         }
     }
     Ok(out)
+}
+
+/// The EndpointSlice of a Service without selector whose endpoints are an external's hosts
+/// (no `targetRef`, numeric ports), as the API server writes `default/kubernetes`'s.
+fn external_slice(svc: &ServiceModel, ext: &ExternalModel) -> EndpointSlice {
+    let ns = svc.namespace.as_str();
+    EndpointSlice {
+        metadata: meta(
+            "EndpointSlice",
+            Some(ns),
+            &svc.name,
+            BTreeMap::from([
+                ("kubernetes.io/service-name".to_string(), svc.name.clone()),
+                (
+                    "endpointslice.kubernetes.io/managed-by".to_string(),
+                    "netpol-observe-lab".to_string(),
+                ),
+            ]),
+            None,
+        ),
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            ext.hosts
+                .iter()
+                .map(|h| Endpoint {
+                    addresses: vec![h.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    ..Endpoint::default()
+                })
+                .collect(),
+        ),
+        ports: Some(
+            svc.ports
+                .iter()
+                .map(|p| EndpointPort {
+                    name: Some(p.name.clone().unwrap_or_default()),
+                    port: Some(i32::from(p.target_number())),
+                    protocol: Some(protocol_name(p.protocol)),
+                    app_protocol: None,
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// The inventory as YAML: a `v1 List` of every object.

@@ -14,7 +14,8 @@ use std::{
 use ipnet::Ipv4Net;
 
 use super::scenario::{
-    PortRef, PortSpec, Problem, Scenario, ScenarioError, TrafficSpec, WorkloadKind, entry_line,
+    PortRef, PortSpec, Problem, Scenario, ScenarioError, ServiceKind, TrafficSpec, WorkloadKind,
+    entry_line,
 };
 use crate::flow::Protocol;
 
@@ -133,6 +134,21 @@ pub struct ServiceModel {
     pub ports: Vec<ServicePortModel>,
     /// Indexes of the selected pods in [`LabModel::pods`].
     pub backends: Vec<usize>,
+    /// `spec.type`.
+    pub service_type: ServiceKind,
+    /// For a Service without selector: the external (index in [`LabModel::externals`]) whose
+    /// hosts are its endpoints.
+    pub external: Option<usize>,
+}
+
+impl ServicePortModel {
+    /// The numeric target port (the port on address endpoints).
+    pub fn target_number(&self) -> u16 {
+        match self.target {
+            PortRef::Number(n) => n,
+            PortRef::Name(_) => self.port,
+        }
+    }
 }
 
 impl ServiceModel {
@@ -493,7 +509,8 @@ impl LabModel {
         let mut workloads = Vec::new();
         let mut pods = Vec::new();
         let mut next_pod_ip = 10u32;
-        let mut taken: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+        let mut taken: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
         for (spec_index, namespace, name, kind, replicas, labels, wports) in workload_specs {
             let template_hash = suffix(&format!("{namespace}/{name}/template"), 10);
             let wi = workloads.len();
@@ -583,8 +600,11 @@ impl LabModel {
                 },
             ],
             backends: vec![],
+            service_type: ServiceKind::ClusterIP,
+            external: None,
         }];
         let mut next_svc_ip = 20u32;
+        let mut service_endpoints: Vec<(usize, usize, String)> = Vec::new();
         for (i, s) in scenario.services.iter().enumerate() {
             check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
             if !namespaces.iter().any(|n| n.name == s.namespace) {
@@ -622,6 +642,10 @@ impl LabModel {
                             "clusterIP {ip} is taken or outside the service CIDR {service_cidr}"
                         )),
                     ));
+                }
+                // The API server gives its own Service the first address of the range.
+                None if s.namespace == "default" && s.name == "kubernetes" => {
+                    nth_host(service_cidr, 1).unwrap_or(Ipv4Addr::UNSPECIFIED)
                 }
                 None => loop {
                     let ip = nth_host(service_cidr, next_svc_ip).ok_or_else(|| {
@@ -685,6 +709,29 @@ impl LabModel {
                     }
                 }
             }
+            if let Some(ext) = &s.endpoints {
+                if !s.selector.is_empty() {
+                    return Err(cx.err(
+                        "services",
+                        i,
+                        Problem::Other(
+                            "a Service with `endpoints` has no selector (its endpoints are the external's hosts)"
+                                .into(),
+                        ),
+                    ));
+                }
+                if sports.iter().any(|p| matches!(p.target, PortRef::Name(_))) {
+                    return Err(cx.err(
+                        "services",
+                        i,
+                        Problem::Other(
+                            "a Service with `endpoints` needs numeric targetPorts (its endpoints are not pods)"
+                                .into(),
+                        ),
+                    ));
+                }
+                service_endpoints.push((services.len(), i, ext.clone()));
+            }
             services.push(ServiceModel {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
@@ -692,6 +739,8 @@ impl LabModel {
                 selector: s.selector.clone(),
                 ports: sports,
                 backends,
+                service_type: s.service_type,
+                external: None,
             });
         }
         let dns_backends: Vec<usize> = workloads[0].pods.clone();
@@ -754,6 +803,32 @@ impl LabModel {
                 ports: ports(&e.ports),
                 hosts,
             });
+        }
+
+        // Services whose endpoints are an external's hosts: the external must serve the ports.
+        for (si, i, name) in service_endpoints {
+            let Some(e) = externals.iter().position(|x| x.name == name) else {
+                return Err(cx.err("services", i, Problem::UnknownExternal(name)));
+            };
+            for sp in &services[si].ports {
+                let n = sp.target_number();
+                if !externals[e]
+                    .ports
+                    .iter()
+                    .any(|p| p.port == n && p.protocol == sp.protocol)
+                {
+                    return Err(cx.err(
+                        "services",
+                        i,
+                        Problem::UndeclaredPort {
+                            target: name.clone(),
+                            port: n.to_string(),
+                            protocol: protocol_name(sp.protocol),
+                        },
+                    ));
+                }
+            }
+            services[si].external = Some(e);
         }
 
         let mut model = LabModel {
@@ -855,6 +930,7 @@ impl LabModel {
         };
         if let PeerRef::Service(s) = target
             && self.services[s].backends.is_empty()
+            && self.services[s].external.is_none()
             && kind == ProbeKind::Traffic
         {
             return Err(Problem::Other(format!(

@@ -21,7 +21,7 @@ use super::{
     enforce::{self, EnforceError},
     expect::{self, Coverage},
     inventory::{self, InventoryError},
-    model::{LabModel, ProbeKind, ProbeModel},
+    model::{LabModel, PeerRef, ProbeKind, ProbeModel},
     netns::NetnsError,
     topology::Topology,
     traffic::{self, Outcome, ProbeResult, Timeouts},
@@ -294,6 +294,7 @@ async fn collect_flows(
             b.dst.port,
         ))
     });
+    expect::attribute_entries(model, &mut flows);
     let coverage = Coverage::of(model, &flows);
     Ok((flows, coverage))
 }
@@ -377,11 +378,32 @@ fn drop_of(
     flows: &[ObservedFlow],
     since: Timestamp,
 ) -> Option<(String, Option<String>)> {
+    let dropped = |f: &ObservedFlow| {
+        f.flow
+            .drops
+            .as_ref()
+            .filter(|d| d.count > 0)
+            .and_then(|d| d.reason.clone().map(|r| (r, d.policy.clone())))
+    };
     flows
         .iter()
         .filter(|f| is_probe_flow(model, probe, f, since))
-        .filter_map(|f| f.flow.drops.as_ref().filter(|d| d.count > 0))
-        .find_map(|d| d.reason.clone().map(|r| (r, d.policy.clone())))
+        .find_map(dropped)
+        .or_else(|| {
+            // A probe to `svc/…` whose DNS lookup was dropped never reached the Service: the
+            // drop is its lookup's, from the same pod.
+            if !matches!(probe.target, PeerRef::Service(_)) {
+                return None;
+            }
+            flows
+                .iter()
+                .filter(|f| {
+                    f.flow.first_seen.is_some_and(|t| t >= since)
+                        && expect::is_dns(model, &f.flow)
+                        && expect::endpoint_is(model, probe.source, &f.flow.src)
+                })
+                .find_map(dropped)
+        })
 }
 
 /// Waits (up to a few drop-reading ticks) until the agent reported a drop for every probe
@@ -531,7 +553,9 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
     };
 
     let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
-    let verify = crate::recommend::verify::verify(&engine, &flows);
+    let mut verify = crate::recommend::verify::verify(&engine, &flows);
+    verify.selects_nothing =
+        crate::recommend::verify::selects_nothing(&recommended.policies, &cluster);
     write(&opts.out.join("verify.json"), &json(&verify), &mut files)?;
 
     let mut enforced = None;

@@ -147,9 +147,42 @@ pub struct ServiceSpec {
     pub selector: BTreeMap<String, String>,
     /// Service ports.
     pub ports: Vec<ServicePortSpec>,
-    /// Fixed ClusterIP (default: allocated from the service CIDR).
+    /// Fixed ClusterIP (default: allocated from the service CIDR; `default/kubernetes` gets
+    /// the first address, as the API server gives it).
     #[serde(default, rename = "clusterIP")]
     pub cluster_ip: Option<std::net::Ipv4Addr>,
+    /// `ClusterIP` (default), `NodePort` or `LoadBalancer`: the latter two are public entry
+    /// points (externals reach them through the node's DNAT, client address preserved).
+    #[serde(default, rename = "type")]
+    pub service_type: ServiceKind,
+    /// A Service without selector whose endpoints are the hosts of this external (their
+    /// EndpointSlice lists the addresses with numeric `targetPort`s), e.g. the API server
+    /// behind `default/kubernetes`.
+    #[serde(default)]
+    pub endpoints: Option<String>,
+}
+
+/// The `type` of a lab Service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ServiceKind {
+    /// Reachable on its ClusterIP.
+    #[default]
+    ClusterIP,
+    /// Also on a node port (a public entry point).
+    NodePort,
+    /// Through a load balancer (a public entry point).
+    LoadBalancer,
+}
+
+impl ServiceKind {
+    /// The name as in `spec.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::ClusterIP => "ClusterIP",
+            ServiceKind::NodePort => "NodePort",
+            ServiceKind::LoadBalancer => "LoadBalancer",
+        }
+    }
 }
 
 /// A port of a Service.

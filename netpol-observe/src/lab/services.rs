@@ -18,7 +18,7 @@ pub fn compile(model: &LabModel) -> String {
     for svc in &model.services {
         for sp in &svc.ports {
             let proto = protocol_name(sp.protocol).to_lowercase();
-            let targets: Vec<String> = svc
+            let mut targets: Vec<String> = svc
                 .backends
                 .iter()
                 .filter_map(|&b| {
@@ -26,6 +26,16 @@ pub fn compile(model: &LabModel) -> String {
                     sp.target_on(pod).map(|port| format!("{} . {port}", pod.ip))
                 })
                 .collect();
+            // A Service without selector: its endpoints are an external's hosts.
+            if let Some(e) = svc.external {
+                let port = sp.target_number();
+                targets.extend(
+                    model.externals[e]
+                        .hosts
+                        .iter()
+                        .map(|h| format!("{h} . {port}")),
+                );
+            }
             let matcher = format!("ip daddr {} {proto} dport {}", svc.cluster_ip, sp.port);
             let comment = format!("comment \"{}/{}:{}\"", svc.namespace, svc.name, sp.port);
             let _ = match targets.len() {
@@ -108,5 +118,57 @@ services:
             script.contains("ip daddr 10.96.0.21 tcp dport 81 reject"),
             "{script}"
         );
+    }
+
+    /// A Service without selector whose endpoints are an external's hosts (the API server
+    /// behind `default/kubernetes`, which gets the first address of the service CIDR).
+    #[test]
+    fn dnat_to_address_endpoints() {
+        let text = "name: t
+namespaces: [{name: a}, {name: default}]
+workloads:
+  - {namespace: a, name: op, labels: {app: op}, ports: [{port: 80}]}
+services:
+  - {namespace: default, name: kubernetes, endpoints: cp, ports: [{name: https, port: 443, targetPort: 6443}]}
+  - {namespace: a, name: lb, type: LoadBalancer, selector: {app: op}, ports: [{port: 80}]}
+externals:
+  - {name: cp, cidr: 10.0.9.0/24, hosts: 2, ports: [{port: 6443}]}
+traffic:
+  - {from: a/op, to: svc/default/kubernetes, port: 443}
+";
+        let s = parse(Path::new("t"), text).unwrap();
+        let m = LabModel::build(Path::new("t"), text, &s).unwrap();
+        let script = compile(&m);
+        assert!(script.contains(
+            "ip daddr 10.96.0.1 tcp dport 443 dnat to numgen random mod 2 map { 0 : 10.0.9.1 . 6443, 1 : 10.0.9.2 . 6443 }"
+        ), "{script}");
+        let yaml = crate::lab::inventory::to_yaml(&m).unwrap();
+        let inv = crate::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
+        let svc = inv.service("default", "kubernetes").unwrap();
+        let eps = inv.address_endpoints(svc).unwrap();
+        assert_eq!(eps.addresses.len(), 2);
+        assert_eq!(eps.port_for(443, crate::flow::Protocol::Tcp), Some(6443));
+        assert_eq!(
+            inv.service("a", "lb").unwrap().service_type,
+            crate::inventory::ServiceType::LoadBalancer
+        );
+        // The external must serve the target port; endpoints exclude a selector.
+        for (bad, want) in [
+            (text.replace("targetPort: 6443", "targetPort: 7443"), "7443"),
+            (
+                text.replace("endpoints: cp,", "endpoints: cp, selector: {app: op},"),
+                "no selector",
+            ),
+            (
+                text.replace("endpoints: cp,", "endpoints: nowhere,"),
+                "nowhere",
+            ),
+        ] {
+            let s = parse(Path::new("t"), &bad).unwrap();
+            let err = LabModel::build(Path::new("t"), &bad, &s)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want) && err.contains("services[0]"), "{err}");
+        }
     }
 }
