@@ -13,6 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Validation;
+
 pub use crate::http::auth::ApiAuth;
 use crate::{
     datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
@@ -118,6 +120,9 @@ pub struct AgentConfig {
     /// In-cluster mode: a kubeconfig instead of the pod's ServiceAccount (default: `$KUBECONFIG`,
     /// else the in-cluster identity, else `~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
+    /// Unknown fields in the inventory and staged policy files: `strict` (an error naming the
+    /// field), `warn` or `ignore` (files from a newer Kubernetes) (default strict).
+    pub validate: Validation,
     /// Named subnets file (`name: CIDR` or `name: [CIDRs]`).
     pub subnets: Option<PathBuf>,
     /// Draft NetworkPolicies (file or directory) evaluated next to the ones in force.
@@ -159,6 +164,7 @@ impl Default for AgentConfig {
             api_token_audiences: Vec::new(),
             inventory: None,
             kubeconfig: None,
+            validate: Validation::Strict,
             subnets: None,
             staged_policies: None,
             node_name: None,
@@ -361,6 +367,22 @@ attachMode: clsact
             err.contains("attachMode") && err.contains("clsact"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn validation_mode_and_flow_map_bound() {
+        let path = Path::new("agent.yaml");
+        let c = AgentConfig::from_yaml_str("validate: warn\n", path).unwrap();
+        assert_eq!(c.validate, Validation::Warn);
+        assert_eq!(AgentConfig::default().validate, Validation::Strict);
+        let err = AgentConfig::from_yaml_str("validate: lax\n", path).unwrap_err();
+        assert!(err.to_string().contains("validate"), "{err}");
+        let big = AgentConfig {
+            flow_map_capacity: u32::MAX,
+            ..AgentConfig::default()
+        };
+        let err = big.validate().unwrap_err().to_string();
+        assert!(err.contains("flow-map-capacity") && err.contains("16777216"), "{err}");
     }
 
     #[test]

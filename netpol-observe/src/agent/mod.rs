@@ -42,7 +42,7 @@ use crate::{
     datapath::{Counter, Datapath, DatapathError, DropSample, DropTracer, DropsError, FlowUpdate},
     flow::{Endpoint, FlowRecord},
     inventory::{
-        Inventory, InventoryError, NetworkPolicy, WATCHED_RESOURCES,
+        Inventory, InventoryError, NetworkPolicy, Validation, WATCHED_RESOURCES,
         kubeapi::{self, KubeAccess},
         live,
     },
@@ -514,8 +514,17 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-fn load_staged(path: &Path) -> Result<Vec<NetworkPolicy>, AgentError> {
-    Inventory::from_path(path)
+/// Loads inventory files as `validation` says, logging its warnings.
+fn load_inventory(path: &Path, validation: Validation) -> Result<Inventory, InventoryError> {
+    let loaded = Inventory::load(path, validation)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.inventory)
+}
+
+fn load_staged(path: &Path, validation: Validation) -> Result<Vec<NetworkPolicy>, AgentError> {
+    load_inventory(path, validation)
         .map(|i| i.network_policies)
         .map_err(|source| AgentError::Staged {
             path: path.to_owned(),
@@ -575,14 +584,14 @@ impl Agent {
             None => Subnets::default(),
         };
         let staged = match &config.staged_policies {
-            Some(p) => Some(load_staged(p)?),
+            Some(p) => Some(load_staged(p, config.validate)?),
             None => None,
         };
         // Inventory first when it is files: a bad file is an error before attaching anything.
         let mut source = Source::None;
         let mut inventory: Option<Arc<Inventory>> = None;
         if let Some(path) = &config.inventory {
-            let inv = Arc::new(Inventory::from_path(path)?);
+            let inv = Arc::new(load_inventory(path, config.validate)?);
             for (group, resource) in WATCHED_RESOURCES {
                 state
                     .metrics
@@ -660,7 +669,7 @@ impl Agent {
         // Loading files and building models can take seconds at cluster scale: a thread of
         // its own does it, so flows keep being recorded and a signal is answered at once.
         let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel();
-        let rebuild = spawn_rebuilder(subnets, inventory, staged, rebuilt_tx);
+        let rebuild = spawn_rebuilder(subnets, config.validate, inventory, staged, rebuilt_tx);
 
         let mut poll = tokio::time::interval(Duration::from_secs(config.inventory_poll_interval));
         let mut health = tokio::time::interval(Duration::from_secs(config.sweep_interval));
@@ -833,6 +842,7 @@ struct Rebuilt {
 /// the receiver is gone; nobody waits for it at shutdown.
 fn spawn_rebuilder(
     subnets: Subnets,
+    validation: Validation,
     mut inventory: Option<Arc<Inventory>>,
     mut staged: Option<Vec<NetworkPolicy>>,
     out: tokio::sync::mpsc::UnboundedSender<Rebuilt>,
@@ -846,7 +856,7 @@ fn spawn_rebuilder(
                 let mut changed = false;
                 for request in std::iter::once(first).chain(rx.try_iter()) {
                     match request {
-                        Rebuild::LoadInventory(p) => match Inventory::from_path(&p) {
+                        Rebuild::LoadInventory(p) => match load_inventory(&p, validation) {
                             Ok(inv) => {
                                 tracing::info!(path = %p.display(), pods = inv.pods.len(), "inventory reloaded");
                                 inventory = Some(Arc::new(inv));
@@ -864,7 +874,7 @@ fn spawn_rebuilder(
                             inventory = Some(inv);
                             changed = true;
                         }
-                        Rebuild::LoadStaged(p) => match load_staged(&p) {
+                        Rebuild::LoadStaged(p) => match load_staged(&p, validation) {
                             Ok(s) => {
                                 tracing::info!(path = %p.display(), policies = s.len(), "staged policies reloaded");
                                 staged = Some(s);

@@ -75,6 +75,11 @@ pub struct Args {
     /// [default: $KUBECONFIG, else the in-cluster identity, else ~/.kube/config].
     #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// Unknown fields in --inventory and --staged-policies files: strict (an error naming the
+    /// field, as kubectl --validate=strict), warn or ignore (files from a newer Kubernetes)
+    /// [default: strict].
+    #[arg(long, env = "NETPOL_OBSERVE_VALIDATE", value_enum, value_name = "MODE")]
+    pub validate: Option<crate::inventory::Validation>,
     /// Named subnets outside the cluster: YAML `name: CIDR` or `name: [CIDRs]`.
     #[arg(long, env = "NETPOL_OBSERVE_SUBNETS", value_name = "FILE")]
     pub subnets: Option<PathBuf>,
@@ -164,6 +169,9 @@ impl Args {
         }
         if let Some(v) = &self.kubeconfig {
             c.kubeconfig = Some(v.clone());
+        }
+        if let Some(v) = self.validate {
+            c.validate = v;
         }
         if let Some(v) = &self.subnets {
             c.subnets = Some(v.clone());

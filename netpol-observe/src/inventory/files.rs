@@ -11,7 +11,18 @@ use super::{Inventory, InventoryError, KubeObject, build};
 /// How fields the Kubernetes types do not know are treated in files (`--validate`): a typo
 /// (`podSelectr`, `ingres`) silently dropped would change verdicts where `kubectl` rejects the
 /// object, so the default is strict.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Validation {
     /// An unknown field is an error naming the file, document, object and field (as

@@ -242,11 +242,10 @@ impl Topology {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         terminate_with_lab(&mut cmd);
-        cmd.spawn()
-            .map_err(|e| NetnsError::Command {
-                command: format!("ip netns exec {netns} {}", program.display()),
-                stderr: e.to_string(),
-            })
+        cmd.spawn().map_err(|e| NetnsError::Command {
+            command: format!("ip netns exec {netns} {}", program.display()),
+            stderr: e.to_string(),
+        })
     }
 
     /// Like [`spawn_in`](Self::spawn_in), with the process's standard output and error sent
@@ -268,11 +267,10 @@ impl Topology {
             .stderr(stderr)
             .kill_on_drop(true);
         terminate_with_lab(&mut cmd);
-        cmd.spawn()
-            .map_err(|e| NetnsError::Command {
-                command: format!("ip netns exec {netns} {}", program.display()),
-                stderr: e.to_string(),
-            })
+        cmd.spawn().map_err(|e| NetnsError::Command {
+            command: format!("ip netns exec {netns} {}", program.display()),
+            stderr: e.to_string(),
+        })
     }
 
     /// The run id (`<pid>n<k>`).
