@@ -818,14 +818,14 @@ fn bad_scenarios_fail_before_touching_the_machine_naming_the_line() {
             "unknown workload",
             (
                 format!("{base}  - {{from: frontend/wbe, to: backend/api, port: 9000}}\n"),
-                "forbidden[4]: unknown workload `frontend/wbe`",
+                "forbidden[6]: unknown workload `frontend/wbe`",
             ),
         ),
         (
             "undeclared port",
             (
                 format!("{base}  - {{from: frontend/web, to: backend/api, port: 9999}}\n"),
-                "forbidden[4]: port 9999/TCP is not declared by `backend/api`",
+                "forbidden[6]: port 9999/TCP is not declared by `backend/api`",
             ),
         ),
         (
