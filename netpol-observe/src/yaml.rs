@@ -57,11 +57,8 @@ pub fn check_nesting(text: &str) -> Result<(), TooDeep> {
                 while let Some(n) = chars.next() {
                     match n {
                         '\n' => line += 1,
-                        '\\' if c == '"' => {
-                            if chars.next() == Some('\n') {
-                                line += 1;
-                            }
-                        }
+                        // An escaped character is skipped (a line break counted).
+                        '\\' if c == '"' && chars.next() == Some('\n') => line += 1,
                         n if n == c => {
                             // '' inside single quotes is an escaped quote.
                             if c == '\'' && chars.peek() == Some(&'\'') {

@@ -24,11 +24,19 @@ use crate::lab::{
       --kube-apiserver ../shared/k8s/bin/kube-apiserver --etcd ../shared/k8s/bin/etcd
 
 Writes inventory.yaml, subnets.yaml, probes.json, flows.jsonl, recommended.yaml, verify.json,
-metrics.txt and agent.log (with --enforce also enforce.nft and enforce.json) into --out.
+metrics.txt and agent.log (with --enforce also enforce.nft and enforce.json; with Prometheus
+prometheus.json and prometheus/) into --out.
+
+Where a prometheus binary is found (--prometheus-bin, $NETPOL_OBSERVE_PROMETHEUS, or PATH) the
+lab runs its own Prometheus in the node's namespace (127.0.0.1:9090 there, its own config and
+data in --out/prometheus), scraping the agent every second, and checks that
+`recommend --prometheus` gives the policies of `recommend --agent`. With --keep-running the
+lab stays up after the run until Ctrl-C, printing how to reach that Prometheus.
 
 Exit status: 0 when every traffic entry succeeded and was reported by the agent, the
-recommended policies allow every observed flow, and with --enforce every traffic entry still
-succeeded and every forbidden probe was dropped and reported; 1 when something did not;
+recommended policies allow every observed flow, with --enforce every traffic entry still
+succeeded and every forbidden probe was dropped and reported, and with Prometheus
+`recommend --prometheus` equals `recommend --agent`; 1 when something did not;
 2 on error.")]
 pub struct Args {
     /// The scenario file (see DESIGN "Lab").
@@ -69,6 +77,12 @@ pub struct Args {
         requires = "apiserver"
     )]
     pub etcd: Option<PathBuf>,
+    /// The prometheus binary [default: `prometheus` on PATH; none found: no Prometheus].
+    #[arg(long, env = "NETPOL_OBSERVE_PROMETHEUS", value_name = "FILE")]
+    pub prometheus_bin: Option<PathBuf>,
+    /// After the run, keep the node, the agent and Prometheus up until Ctrl-C/SIGTERM.
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
 fn is_root() -> bool {
@@ -91,6 +105,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .apiserver
         .then(|| control_plane::Binaries::resolve(args.kube_apiserver.clone(), args.etcd.clone()))
         .transpose()?;
+    let prometheus = crate::lab::prometheus::find(args.prometheus_bin.clone())?;
+    if prometheus.is_none() {
+        tracing::warn!(
+            "no prometheus binary (--prometheus-bin, $NETPOL_OBSERVE_PROMETHEUS, PATH): the lab runs without Prometheus"
+        );
+    }
     if !is_root() {
         anyhow::bail!(
             "the lab creates network namespaces, nftables rules and loads eBPF programs: run it as root"
@@ -109,11 +129,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         agent_program,
         agent_timeout: Duration::from_secs(args.agent_timeout.max(1)),
         apiserver,
+        prometheus,
     };
-    let report = run::run(&model, &opts)
+    let (report, running) = run::start(&model, &opts)
         .await
         .with_context(|| format!("lab {}", model.name))?;
     super::out::stdout(summary(&model, &report))?;
+    if args.keep_running {
+        super::out::stdout(keep_running_hint(&report, running.prometheus()))?;
+        let why = run::wait_for_signal().await;
+        tracing::info!("{why}: removing the lab");
+    }
+    running
+        .finish()
+        .await
+        .with_context(|| format!("lab {}", model.name))?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
@@ -252,6 +282,25 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
             );
         }
     }
+    if let Some(c) = &report.prometheus {
+        let _ = writeln!(
+            s,
+            "\nprometheus ({} in {}): recommend --prometheus {} recommend --agent ({} and {} policies){}",
+            c.url,
+            c.netns,
+            if c.equal { "==" } else { "!=" },
+            c.prometheus.len(),
+            c.agent.len(),
+            if c.equal {
+                String::new()
+            } else {
+                format!(" — DIFFERENT: {}", c.differing.join(", "))
+            }
+        );
+        for n in &c.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
+    }
     let _ = writeln!(s, "\nwritten:");
     for f in &report.files {
         let _ = writeln!(s, "  {}", f.display());
@@ -265,5 +314,30 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
             "SOME PROBES NOT AS EXPECTED"
         }
     );
+    s
+}
+
+/// What `--keep-running` prints before waiting: how to reach the lab's Prometheus.
+fn keep_running_hint(
+    report: &LabReport,
+    prometheus: Option<&crate::lab::prometheus::PrometheusHandle>,
+) -> String {
+    let mut s = format!("\nthe lab (run {}) keeps running", report.run_id);
+    match prometheus {
+        Some(p) => {
+            let addr = crate::lab::prometheus::PROMETHEUS_LISTEN;
+            let _ = write!(
+                s,
+                "; Prometheus inside the node's namespace:\n  \
+                 ip netns exec {ns} curl -s 'http://{addr}/api/v1/query?query=netpol_observe_flows_total'\n  \
+                 in a browser: socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr \
+                 EXEC:'ip netns exec {ns} socat STDIO TCP:{addr}' then http://localhost:{port}/\n",
+                ns = p.netns(),
+                port = addr.port(),
+            );
+        }
+        None => s.push_str(" (without Prometheus)\n"),
+    }
+    s.push_str("press Ctrl-C to remove it\n");
     s
 }

@@ -15,10 +15,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-
 use super::{netns::NetnsError, servers, topology::Topology};
 use crate::agent::ObservedFlow;
 
@@ -226,41 +222,12 @@ impl AgentHandle {
 
     /// `GET path` on the agent: status code and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String), AgentError> {
-        let http = |message: String| AgentError::Http {
-            path: path.to_owned(),
-            message,
-        };
-        let socket = servers::tcp_client_socket(&self.netns).map_err(|e| http(e.to_string()))?;
-        let stream = tokio::time::timeout(Duration::from_secs(2), socket.connect(AGENT_LISTEN))
+        servers::http_get(&self.netns, AGENT_LISTEN, path)
             .await
-            .map_err(|_| http(format!("no connection to {AGENT_LISTEN} within 2s")))?
-            .map_err(|e| http(format!("connect to {AGENT_LISTEN}: {e}")))?;
-        let exchange = async {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            let conn = tokio::spawn(conn);
-            let request = hyper::Request::get(path)
-                .header(hyper::header::HOST, "localhost")
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| http(e.to_string()))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| http(e.to_string()))?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| http(e.to_string()))?
-                .to_bytes();
-            conn.abort();
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
-        };
-        tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .map_err(|_| http("no answer within 10s".into()))?
+            .map_err(|e| AgentError::Http {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
     }
 
     /// `GET path`, requiring 200.

@@ -9,6 +9,7 @@
 //! - [`enforce`]: NetworkPolicies compiled into nftables rules on the node;
 //! - [`agent`]: the agent run inside the node's namespace and its HTTP API reached there;
 //! - [`control_plane`]: `--apiserver`, a real etcd + kube-apiserver holding the lab's objects;
+//! - [`prometheus`]: a real Prometheus scraping the agents, asked `recommend --prometheus`'s query;
 //! - [`expect`]: which observed flows belong to which traffic entry or probe;
 //! - [`run`]: the whole pipeline: agent, traffic, flows, recommendation, verification,
 //!   enforcement, metrics.
@@ -21,6 +22,7 @@ pub mod expect;
 pub mod inventory;
 pub mod model;
 pub mod netns;
+pub mod prometheus;
 pub mod run;
 pub mod scenario;
 pub mod servers;

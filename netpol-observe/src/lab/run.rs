@@ -23,6 +23,7 @@ use super::{
     inventory::{self, InventoryError},
     model::{LabModel, PeerRef, ProbeKind, ProbeModel},
     netns::NetnsError,
+    prometheus::{self, Comparison, PrometheusError, PrometheusHandle},
     topology::Topology,
     traffic::{self, Outcome, ProbeResult, Timeouts},
 };
@@ -70,6 +71,12 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    /// The lab's Prometheus failed.
+    #[error(transparent)]
+    Prometheus(#[from] PrometheusError),
+    /// Prometheus' answer to the query of `recommend --prometheus` is not usable.
+    #[error(transparent)]
+    Source(#[from] crate::recommend::sources::SourceError),
     /// Ctrl-C or SIGTERM.
     #[error("interrupted by {0}; the lab was removed")]
     Interrupted(&'static str),
@@ -93,6 +100,9 @@ pub struct LabOptions {
     /// `--apiserver`: keep the lab's objects in a real kube-apiserver (these binaries) and run
     /// the agent in in-cluster mode; `None`: inventory files, standalone agent.
     pub apiserver: Option<control_plane::Binaries>,
+    /// The `prometheus` binary: run one Prometheus scraping the agent and compare
+    /// `recommend --prometheus` with `recommend --agent`; `None`: no Prometheus.
+    pub prometheus: Option<PathBuf>,
 }
 
 /// What an enforcement probe did: `observed` in `enforce.json` (DESIGN: allowed or denied).
@@ -188,6 +198,9 @@ pub struct LabReport {
     pub enforced_policies: Option<String>,
     /// The enforcement probes (with `--enforce`).
     pub enforced: Option<Vec<EnforceProbe>>,
+    /// `recommend --prometheus` against `recommend --agent` (`prometheus.json`), when the
+    /// lab ran Prometheus.
+    pub prometheus: Option<Comparison>,
     /// Files written.
     pub files: Vec<PathBuf>,
     /// Run id (names the namespaces `npo-lab-<id>-*`).
@@ -197,9 +210,11 @@ pub struct LabReport {
 impl LabReport {
     /// Whether everything did what it should: every traffic entry went through and was
     /// reported by the agent, the recommended policies allow every observed flow, and with
-    /// `--enforce` every probe did what it should (forbidden probes dropped and reported).
+    /// `--enforce` every probe did what it should (forbidden probes dropped and reported), and
+    /// with Prometheus `recommend --prometheus` gave the policies of `recommend --agent`.
     pub fn ok(&self) -> bool {
         self.learning.iter().all(ProbeResult::as_expected)
+            && self.prometheus.iter().all(|c| c.equal)
             && self.missing.is_empty()
             && self.verify.is_clean()
             && self.enforced.iter().flatten().all(EnforceProbe::ok)
@@ -239,6 +254,15 @@ async fn shutdown_signal() -> &'static str {
 /// Runs the lab for `model` (root). Everything created is removed before this returns, also
 /// when it fails or is interrupted by Ctrl-C/SIGTERM.
 pub async fn run(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabError> {
+    let (report, running) = start(model, opts).await?;
+    running.finish().await?;
+    Ok(report)
+}
+
+/// Runs the pipeline for `model` (root) and leaves the node, the agent and Prometheus running
+/// (for `--keep-running`): [`Running::finish`] removes them, as does dropping it. On error and
+/// on Ctrl-C/SIGTERM during the pipeline everything created is removed before this returns.
+pub async fn start(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Running), LabError> {
     std::fs::create_dir_all(&opts.out).map_err(|source| LabError::Write {
         path: opts.out.clone(),
         source,
@@ -246,6 +270,154 @@ pub async fn run(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabEr
     tokio::select! {
         r = pipeline(model, opts) => r,
         why = shutdown_signal() => Err(LabError::Interrupted(why)),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM and names it (`--keep-running`).
+pub async fn wait_for_signal() -> &'static str {
+    shutdown_signal().await
+}
+
+/// A lab whose pipeline is done but whose node, agent, Prometheus and control plane still run.
+#[derive(Debug)]
+pub struct Running {
+    agent: AgentHandle,
+    prometheus: Option<PrometheusHandle>,
+    control_plane: Option<ControlPlane>,
+    topo: Topology,
+}
+
+impl Running {
+    /// The lab's Prometheus, when it runs one.
+    pub fn prometheus(&self) -> Option<&PrometheusHandle> {
+        self.prometheus.as_ref()
+    }
+
+    /// Stops the agent and Prometheus (SIGTERM), removes the control plane's data and tears
+    /// the node down.
+    pub async fn finish(self) -> Result<(), LabError> {
+        let Running {
+            agent,
+            prometheus,
+            control_plane,
+            mut topo,
+        } = self;
+        agent.stop().await;
+        if let Some(p) = prometheus {
+            p.stop().await;
+        }
+        if let Some(cp) = &control_plane {
+            cp.remove_data();
+        }
+        topo.teardown()?;
+        drop(control_plane);
+        Ok(())
+    }
+}
+
+/// `ns/name` of a policy.
+fn policy_key(p: &NetworkPolicy) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or("default"),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Compares two policy sets by name and content, evidence annotations aside: the names of
+/// each and the names that differ.
+fn compare_policies(
+    a: &[NetworkPolicy],
+    b: &[NetworkPolicy],
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let keyed = |ps: &[NetworkPolicy]| -> std::collections::BTreeMap<String, serde_json::Value> {
+        ps.iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.metadata.annotations = None;
+                (policy_key(&p), serde_json::to_value(&p).unwrap_or_default())
+            })
+            .collect()
+    };
+    let (ka, kb) = (keyed(a), keyed(b));
+    let differing = ka
+        .keys()
+        .chain(kb.keys())
+        .filter(|k| ka.get(*k) != kb.get(*k))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    (
+        ka.into_keys().collect(),
+        kb.into_keys().collect(),
+        differing,
+    )
+}
+
+/// `recommend --agent` (the agent's `/api/v1/flows` as `recommend` reads it) against
+/// `recommend --prometheus` (the instant query over the time Prometheus ran, plus a minute),
+/// both with the lab's recommender configuration. Prometheus is asked again every scrape
+/// interval until both agree or `timeout` passes (its last scrape may predate the agent's
+/// last sweep).
+async fn compare_sources(
+    agent: &AgentHandle,
+    prom: &PrometheusHandle,
+    cluster: &crate::inventory::Inventory,
+    subnets: &Subnets,
+    config: &RecommendConfig,
+    timeout: Duration,
+) -> Result<Comparison, LabError> {
+    use crate::recommend::sources;
+    let body = match agent.get("/api/v1/flows").await? {
+        (200, body) => body,
+        (code, body) => {
+            return Err(AgentError::Http {
+                path: "/api/v1/flows".into(),
+                message: format!("status {code}: {}", body.trim()),
+            }
+            .into());
+        }
+    };
+    let (agent_flows, errors) = sources::parse_agent_flows(&body, "agent /api/v1/flows");
+    for e in &errors {
+        tracing::warn!("{e}");
+    }
+    let from_agent = Recommender::new(cluster, subnets, config.clone())
+        .recommend(&agent_flows)
+        .policies;
+    let url = format!("http://{}", prometheus::PROMETHEUS_LISTEN);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let window = jiff::SignedDuration::try_from(prom.uptime() + Duration::from_secs(60))
+            .unwrap_or(jiff::SignedDuration::from_hours(1));
+        let body = prom.query(&sources::prometheus_query(window)).await?;
+        let (flows, notes) = sources::parse_prometheus(
+            &body,
+            &format!("{url}/api/v1/query"),
+            cluster,
+            subnets,
+            window,
+        )?;
+        let from_prometheus = Recommender::new(cluster, subnets, config.clone())
+            .recommend(&flows)
+            .policies;
+        let (agent_names, prometheus_names, differing) =
+            compare_policies(&from_agent, &from_prometheus);
+        let done = differing.is_empty() || Instant::now() > deadline;
+        if done {
+            return Ok(Comparison {
+                url,
+                netns: prom.netns().to_string(),
+                window_seconds: window.as_secs(),
+                agent: agent_names,
+                prometheus: prometheus_names,
+                equal: differing.is_empty(),
+                differing,
+                notes,
+            });
+        }
+        tokio::time::sleep(prometheus::SCRAPE_INTERVAL).await;
     }
 }
 
@@ -433,7 +605,7 @@ async fn drop_reports(
     }
 }
 
-async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabError> {
+async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Running), LabError> {
     let mut files = Vec::new();
     tracing::info!(
         pods = model.pods.len(),
@@ -516,6 +688,28 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
     )
     .await?;
     files.push(agent_log);
+    let prometheus = match &opts.prometheus {
+        Some(program) => {
+            tracing::info!("starting Prometheus in the node's namespace");
+            let dir = opts.out.join(prometheus::PROMETHEUS_DIR);
+            std::fs::create_dir_all(&dir).map_err(|source| LabError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+            let p = PrometheusHandle::start(
+                &topo,
+                program,
+                &dir,
+                &[super::agent::AGENT_LISTEN],
+                &model.node_name,
+                opts.agent_timeout,
+            )
+            .await?;
+            files.push(p.log().to_path_buf());
+            Some(p)
+        }
+        None => None,
+    };
 
     tracing::info!(
         entries = model
@@ -541,7 +735,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         cluster_ranges: vec![ipnet::IpNet::V4(model.service_cidr)],
         ..RecommendConfig::default()
     };
-    let rec = Recommender::new(&cluster, &subnets, config).recommend(&flows);
+    let rec = Recommender::new(&cluster, &subnets, config.clone()).recommend(&flows);
     write(
         &opts.out.join("recommended.yaml"),
         render_yaml(&rec.policies)?.as_bytes(),
@@ -551,6 +745,25 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         policies: rec.policies,
         notes: rec.notes,
     };
+
+    let mut comparison = None;
+    if let Some(prom) = &prometheus {
+        tracing::info!("comparing recommend --prometheus with recommend --agent");
+        let c = compare_sources(
+            &agent,
+            prom,
+            &cluster,
+            &subnets,
+            &config,
+            opts.agent_timeout,
+        )
+        .await?;
+        if !c.equal {
+            tracing::warn!(differing = ?c.differing, notes = ?c.notes, "recommend --prometheus and --agent differ");
+        }
+        write(&opts.out.join("prometheus.json"), &json(&c), &mut files)?;
+        comparison = Some(c);
+    }
 
     let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
     let mut verify = crate::recommend::verify::verify(&engine, &flows);
@@ -634,14 +847,8 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         metrics.as_bytes(),
         &mut files,
     )?;
-    agent.stop().await;
-    if let Some(cp) = &control_plane {
-        cp.remove_data();
-    }
-
     let run_id = topo.run_id().to_string();
-    topo.teardown()?;
-    Ok(LabReport {
+    let report = LabReport {
         learning,
         flows,
         coverage,
@@ -650,9 +857,17 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<LabReport, LabE
         verify,
         enforced_policies,
         enforced,
+        prometheus: comparison,
         files,
         run_id,
-    })
+    };
+    let running = Running {
+        agent,
+        prometheus,
+        control_plane,
+        topo,
+    };
+    Ok((report, running))
 }
 
 #[cfg(test)]

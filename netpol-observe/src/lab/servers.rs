@@ -100,3 +100,53 @@ pub fn udp_client_socket(netns_name: &str) -> Result<UdpSocket, NetnsError> {
         message: e.to_string(),
     })
 }
+
+/// A failed [`http_get`]: what went wrong, naming the address.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpGetError(pub String);
+
+/// `GET path_and_query` (HTTP/1.1, no TLS) on `addr` over a TCP connection opened inside
+/// `netns` — how the lab reaches the agent's API and Prometheus on the node's loopback.
+/// Status code and body; at most 2 s to connect and 10 s for the answer.
+pub async fn http_get(
+    netns_name: &str,
+    addr: SocketAddr,
+    path_and_query: &str,
+) -> Result<(u16, String), HttpGetError> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
+    let fail = |m: String| HttpGetError(m);
+    let socket = tcp_client_socket(netns_name).map_err(|e| fail(e.to_string()))?;
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(2), socket.connect(addr))
+        .await
+        .map_err(|_| fail(format!("no connection to {addr} within 2s")))?
+        .map_err(|e| fail(format!("connect to {addr}: {e}")))?;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let request = hyper::Request::get(path_and_query)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fail(e.to_string()))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        conn.abort();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| fail(format!("no answer from {addr} within 10s")))?
+}

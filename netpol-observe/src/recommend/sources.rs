@@ -79,10 +79,16 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
 }
 
 /// The PromQL instant query giving the flows per workload-level connection over `window`.
+///
+/// `increase()` alone misses every series that appeared during the window and never grew
+/// after its first scrape (a workload pair whose connections all fell between two scrapes: the
+/// counter is born at its final value, and Prometheus 2 has no zero sample before it), so
+/// series that are present now but were absent when the window began count with their whole
+/// value.
 pub fn prometheus_query(window: SignedDuration) -> String {
+    let w = window.as_secs().max(1);
     format!(
-        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol) (increase(netpol_observe_flows_total[{}s]))",
-        window.as_secs().max(1)
+        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol) ((increase(netpol_observe_flows_total[{w}s]) > 0) or (netpol_observe_flows_total unless netpol_observe_flows_total offset {w}s))"
     )
 }
 
@@ -173,6 +179,39 @@ pub fn parse_prometheus(
             get("dst_kind"),
             get("dst_workload"),
         );
+        // An unattributed destination is a ClusterIP without backend pods: when exactly one
+        // selector-less Service of the inventory serves the port (the API server behind
+        // `default/kubernetes`, a database registered as a Service), it is that Service.
+        let dst = dst.or_else(|| {
+            if get("dst_namespace").is_empty() && get("dst_kind") == "Unknown" {
+                let (ep, svc) = address_service(inventory, port?, protocol)?;
+                notes.push(format!(
+                    "{origin}: series {i}: unattributed destination port {} taken as Service {svc}, the only Service without selector serving it",
+                    port.unwrap_or_default()
+                ));
+                Some((ep, None))
+            } else {
+                None
+            }
+        });
+        // A public client (its addresses are not in the series) of a workload behind a
+        // NodePort/LoadBalancer Service: a public entry point, for which the recommender
+        // allows the whole Internet (`--public-ingress any`), so a placeholder address keeps
+        // the peer. Anywhere else the addresses would matter: skipped with a note.
+        let src = src.or_else(|| {
+            let (_, Some(pod)) = dst.as_ref()? else {
+                return None;
+            };
+            let public = get("src_namespace").is_empty()
+                && get("src_kind") == "Subnet"
+                && get("src_workload") == "world"
+                && is_public_entry(inventory, pod);
+            public.then(|| {
+                let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
+                ep.subnet = Some("world".to_owned());
+                (ep, None)
+            })
+        });
         let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
             notes.push(format!(
                 "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
@@ -218,6 +257,49 @@ pub fn parse_prometheus(
         flows.push(f);
     }
     Ok((flows, notes))
+}
+
+/// Whether a NodePort or LoadBalancer Service selects `pod`.
+fn is_public_entry(inventory: &Inventory, pod: &PodInfo) -> bool {
+    inventory.services.iter().any(|svc| {
+        svc.namespace == pod.namespace
+            && matches!(
+                svc.service_type,
+                crate::inventory::ServiceType::NodePort
+                    | crate::inventory::ServiceType::LoadBalancer
+            )
+            && svc
+                .selector
+                .as_ref()
+                .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+    })
+}
+
+/// The only Service without selector (address endpoints) with a ClusterIP serving
+/// `port`/`protocol`, as a flow destination (its first ClusterIP) and its `ns/name`.
+fn address_service(
+    inventory: &Inventory,
+    port: u16,
+    protocol: Protocol,
+) -> Option<(Endpoint, String)> {
+    let mut found = inventory.services.iter().filter(|svc| {
+        svc.selector.is_none()
+            && !svc.cluster_ips.is_empty()
+            && svc
+                .ports
+                .iter()
+                .any(|sp| sp.port == port && sp.protocol == protocol)
+    });
+    let svc = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let mut ep = Endpoint::bare(*svc.cluster_ips.first()?, Some(port));
+    ep.service = Some(ServiceRef {
+        namespace: svc.namespace.clone(),
+        name: svc.name.clone(),
+    });
+    Some((ep, format!("{}/{}", svc.namespace, svc.name)))
 }
 
 fn endpoint<'i>(
