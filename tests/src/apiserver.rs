@@ -1,5 +1,6 @@
 //! A real control plane for the end-to-end tests: `etcd` and `kube-apiserver` on loopback, run
-//! as a cluster runs them (TLS with their own CA, client-certificate admin, RBAC + Node
+//! as a cluster runs them (the certificates and flags of `netpol_observe::lab::control_plane`,
+//! which `lab --apiserver` uses too) (TLS with their own CA, client-certificate admin, RBAC + Node
 //! authorization, ServiceAccount token issuance and validation, a Service CIDR), with no
 //! controllers: the tests create what controllers would (ReplicaSets, Pods and their status,
 //! EndpointSlices).
@@ -12,7 +13,7 @@
 
 use std::{
     io::Write,
-    net::TcpListener,
+    net::{Ipv4Addr, TcpListener},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -20,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use netpol_observe::lab::control_plane;
 
 /// The two binaries.
 #[derive(Debug, Clone)]
@@ -82,21 +84,6 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("running openssl (Debian package openssl)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Kills the processes recorded in `dir/*.pid` by an earlier, killed run, then removes `dir`.
 fn remove_leftovers(dir: &Path) {
     for name in ["apiserver.pid", "etcd.pid"] {
@@ -135,61 +122,7 @@ impl ApiServer {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki)?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        let sh = |args: &[&str]| openssl(&pki, args);
-        sh(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=netpol-observe-test-ca",
-        ])?;
-        std::fs::write(
-            pki.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,\
-             DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
-        )?;
-        std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
-        for (name, subject, ext) in [
-            ("apiserver", "/CN=kube-apiserver", "server.ext"),
-            ("admin", "/O=system:masters/CN=admin", "client.ext"),
-        ] {
-            let (key, csr, crt) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-            );
-            sh(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-                subject,
-            ])?;
-            sh(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &crt,
-                "-days",
-                "2",
-                "-extfile",
-                ext,
-            ])?;
-        }
-        sh(&["genrsa", "-out", "sa.key", "2048"])?;
-        sh(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+        control_plane::certificates(&pki, Ipv4Addr::new(10, 96, 0, 1))?;
         let mut server = ApiServer {
             bins: bins.clone(),
             port: free_port()?,
@@ -220,25 +153,13 @@ impl ApiServer {
     fn start_etcd(&mut self) -> Result<()> {
         let peer = free_port()?;
         let mut cmd = Command::new(&self.bins.etcd);
-        cmd.arg("--name")
-            .arg("test")
-            .arg("--data-dir")
-            .arg(self.dir.join("etcd-data"))
-            .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
-                self.etcd_port
-            ))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
-                self.etcd_port
-            ))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.join("logs/etcd.log"))?);
+        cmd.args(control_plane::etcd_args(
+            &self.dir.join("etcd-data"),
+            self.etcd_port,
+            peer,
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(self.dir.join("logs/etcd.log"))?);
         die_with_parent(&mut cmd);
         let child = cmd.spawn().context("starting etcd")?;
         std::fs::write(self.dir.join("etcd.pid"), child.id().to_string())?;
@@ -249,29 +170,14 @@ impl ApiServer {
     /// Starts (or restarts) the API server on the same port, certificates and etcd, without
     /// waiting for it.
     pub fn start_apiserver(&mut self) -> Result<()> {
-        let pki = self.dir.join("pki");
-        let p = |f: &str| pki.join(f).display().to_string();
         let mut cmd = Command::new(&self.bins.apiserver);
-        cmd.arg(format!(
-            "--etcd-servers=http://127.0.0.1:{}",
-            self.etcd_port
+        cmd.args(control_plane::apiserver_args(
+            &self.dir.join("pki"),
+            &self.dir,
+            self.etcd_port,
+            self.port,
+            "10.96.0.0/16".parse()?,
         ))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
-        .arg(format!("--secure-port={}", self.port))
-        .arg(format!("--tls-cert-file={}", p("apiserver.crt")))
-        .arg(format!("--tls-private-key-file={}", p("apiserver.key")))
-        .arg(format!("--client-ca-file={}", p("ca.crt")))
-        .arg("--service-account-issuer=https://kubernetes.default.svc")
-        .arg(format!("--service-account-key-file={}", p("sa.pub")))
-        .arg(format!(
-            "--service-account-signing-key-file={}",
-            p("sa.key")
-        ))
-        .arg("--service-cluster-ip-range=10.96.0.0/16")
-        .arg("--authorization-mode=Node,RBAC")
-        .arg(format!("--cert-dir={}", self.dir.join("certs").display()))
-        .arg("--endpoint-reconciler-type=none")
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()

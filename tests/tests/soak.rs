@@ -6,8 +6,8 @@
 //! - the inventory file changes every few seconds (pods added, relabelled and removed: churn
 //!   the agent reloads).
 //!
-//! Ended flows stay in the agent's store for `flowRetention` (set to 60 s here, so the store
-//! reaches its steady size within the first half). It requires: the agent counted every flow (`netpol_observe_flows_total` of the pair equals
+//! The agent's flow store is bounded (`maxFlows` 20,000 and `flowRetention` 60 s here, so it
+//! reaches its steady size within the first half of the run). It requires: the agent counted every flow (`netpol_observe_flows_total` of the pair equals
 //! the flows sent: none lost), its RSS stayed flat (the second half's peak within 20 % + 8 MiB
 //! of the first half's), every reload was applied, and it exited within 5 s of SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -127,10 +127,11 @@ fn agent_soak() {
             .unwrap()
             .port(),
     ));
-    // Ended flows leave the store a minute after they end (default 10 min: the store would
-    // still be filling at the end of a 10-minute run, and RSS with it, by design).
+    // The store's bound (maxFlows, default 100k) reached within the first half, and ended flows
+    // leave it a minute after they end (default 10 min): with the defaults the store would
+    // still be filling at the end of a 10-minute run, and RSS with it, by design.
     let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, "flowRetention: 60\n").unwrap();
+    std::fs::write(&config, "flowRetention: 60\nmaxFlows: 20000\n").unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut agent = Agent(
         Command::new(netpol_observe_e2e::bin())

@@ -382,7 +382,10 @@ attachMode: clsact
             ..AgentConfig::default()
         };
         let err = big.validate().unwrap_err().to_string();
-        assert!(err.contains("flow-map-capacity") && err.contains("16777216"), "{err}");
+        assert!(
+            err.contains("flow-map-capacity") && err.contains("16777216"),
+            "{err}"
+        );
     }
 
     #[test]

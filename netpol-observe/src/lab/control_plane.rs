@@ -12,6 +12,7 @@
 
 use std::{
     collections::HashMap,
+    ffi::OsString,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     pin::Pin,
@@ -211,9 +212,11 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), ControlPlaneError> {
     Ok(())
 }
 
-/// A CA, the API server's certificate (for 127.0.0.1 and the `kubernetes` Service names), an
-/// admin client certificate (`system:masters`) and the ServiceAccount signing key.
-fn certificates(pki: &Path, service_ip: Ipv4Addr) -> Result<(), ControlPlaneError> {
+/// Writes into `pki`: a CA (`ca.crt`), the API server's certificate (`apiserver.crt`, for
+/// 127.0.0.1, `service_ip` and the `kubernetes` Service names), an admin client certificate in
+/// `system:masters` (`admin.crt`) and the ServiceAccount signing keys (`sa.key`, `sa.pub`).
+/// Uses the `openssl` command. Also used by the end-to-end tests' control plane.
+pub fn certificates(pki: &Path, service_ip: Ipv4Addr) -> Result<(), ControlPlaneError> {
     std::fs::create_dir_all(pki).map_err(|source| ControlPlaneError::Write {
         path: pki.to_owned(),
         source,
@@ -301,38 +304,13 @@ impl ControlPlane {
         let first_service_ip = service_cidr.hosts().next().unwrap_or(Ipv4Addr::UNSPECIFIED);
         certificates(&pki, first_service_ip)?;
         let node = topo.node_netns();
-        let p = |f: &str| pki.join(f).display().to_string();
-
         let (out, err) = log_file(&dir.join("etcd.log"))?;
-        let etcd_args: Vec<std::ffi::OsString> = vec![
-            "--name=lab".into(),
-            format!("--data-dir={}", dir.join("etcd-data").display()).into(),
-            "--listen-client-urls=http://127.0.0.1:2379".into(),
-            "--advertise-client-urls=http://127.0.0.1:2379".into(),
-            "--listen-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-cluster=lab=http://127.0.0.1:2380".into(),
-        ];
+        let etcd_args = etcd_args(&dir.join("etcd-data"), 2379, 2380);
         let etcd = topo.spawn_logged_in(node, &bins.etcd, &etcd_args, out, err)?;
 
         let log = dir.join("kube-apiserver.log");
         let (out, err) = log_file(&log)?;
-        let api_args: Vec<std::ffi::OsString> = vec![
-            "--etcd-servers=http://127.0.0.1:2379".into(),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={API_PORT}").into(),
-            format!("--tls-cert-file={}", p("apiserver.crt")).into(),
-            format!("--tls-private-key-file={}", p("apiserver.key")).into(),
-            format!("--client-ca-file={}", p("ca.crt")).into(),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={}", p("sa.pub")).into(),
-            format!("--service-account-signing-key-file={}", p("sa.key")).into(),
-            format!("--service-cluster-ip-range={service_cidr}").into(),
-            "--authorization-mode=Node,RBAC".into(),
-            format!("--cert-dir={}", dir.join("certs").display()).into(),
-            "--endpoint-reconciler-type=none".into(),
-        ];
+        let api_args = apiserver_args(&pki, dir, 2379, API_PORT, service_cidr);
         let apiserver = topo.spawn_logged_in(node, &bins.apiserver, &api_args, out, err)?;
 
         let client = admin_client(node, &pki).await?;
@@ -523,6 +501,49 @@ impl ControlPlane {
     pub fn remove_data(&self) {
         let _ = std::fs::remove_dir_all(self.dir.join("etcd-data"));
     }
+}
+
+/// A single-member etcd on 127.0.0.1 (`client` and `peer` ports), its data in `data_dir`.
+pub fn etcd_args(data_dir: &Path, client: u16, peer: u16) -> Vec<OsString> {
+    vec![
+        "--name=lab".into(),
+        format!("--data-dir={}", data_dir.display()).into(),
+        format!("--listen-client-urls=http://127.0.0.1:{client}").into(),
+        format!("--advertise-client-urls=http://127.0.0.1:{client}").into(),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}").into(),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}").into(),
+        format!("--initial-cluster=lab=http://127.0.0.1:{peer}").into(),
+    ]
+}
+
+/// kube-apiserver as a cluster runs it, on 127.0.0.1:`port`: TLS with the certificates of
+/// [`certificates`] in `pki`, client certificates, ServiceAccount tokens, Node and RBAC
+/// authorization, `service_cidr`, etcd on 127.0.0.1:`etcd`, its own files under `dir`; no
+/// endpoint reconciler (no controllers).
+pub fn apiserver_args(
+    pki: &Path,
+    dir: &Path,
+    etcd: u16,
+    port: u16,
+    service_cidr: Ipv4Net,
+) -> Vec<OsString> {
+    let p = |f: &str| pki.join(f).display().to_string();
+    vec![
+        format!("--etcd-servers=http://127.0.0.1:{etcd}").into(),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={port}").into(),
+        format!("--tls-cert-file={}", p("apiserver.crt")).into(),
+        format!("--tls-private-key-file={}", p("apiserver.key")).into(),
+        format!("--client-ca-file={}", p("ca.crt")).into(),
+        "--service-account-issuer=https://kubernetes.default.svc".into(),
+        format!("--service-account-key-file={}", p("sa.pub")).into(),
+        format!("--service-account-signing-key-file={}", p("sa.key")).into(),
+        format!("--service-cluster-ip-range={service_cidr}").into(),
+        "--authorization-mode=Node,RBAC".into(),
+        format!("--cert-dir={}", dir.join("certs").display()).into(),
+        "--endpoint-reconciler-type=none".into(),
+    ]
 }
 
 /// The resource (plural) and scope of the kinds the lab creates.
