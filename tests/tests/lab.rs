@@ -136,7 +136,15 @@ fn run_and_check(
         "--enforce",
     ];
     args.extend_from_slice(extra);
-    let result = lab(&args);
+    // With Prometheus the lab stays up (--keep-running) while the dashboards are checked
+    // against it.
+    let prometheus = prometheus_present(&format!("{name} scenario with Prometheus"));
+    let result = if prometheus {
+        args.push("--keep-running");
+        lab_kept_running(&args, dashboards_show_data)
+    } else {
+        lab(&args)
+    };
     let stdout = String::from_utf8_lossy(&result.stdout);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(
@@ -305,6 +313,23 @@ fn run_and_check(
         );
     }
 
+    // recommend --prometheus (the lab's Prometheus, scraping the agent) gave the policies of
+    // recommend --agent.
+    if prometheus {
+        let cmp = read_json(&out.path().join("prometheus.json"));
+        assert_eq!(cmp["equal"], true, "{cmp}");
+        assert_eq!(cmp["agent"], cmp["prometheus"], "{cmp}");
+        assert_eq!(
+            cmp["agent"].as_array().expect("names").len(),
+            names.len(),
+            "{cmp}"
+        );
+        assert!(
+            stdout.contains("recommend --prometheus == recommend --agent"),
+            "{stdout}"
+        );
+    }
+
     // The inventory parses into Kubernetes types and names every pod with its IP.
     let inventory: Value = serde_yaml::from_str(
         &std::fs::read_to_string(out.path().join("inventory.yaml")).expect("inventory"),
@@ -340,6 +365,200 @@ fn run_and_check(
         "the agent was stopped by SIGTERM:\n{log}"
     );
     out
+}
+
+/// Whether a `prometheus` binary is there for the lab (`$NETPOL_OBSERVE_PROMETHEUS` or `PATH`,
+/// as the lab finds it): required under `CI=true`, else a missing one skips with a message.
+fn prometheus_present(test: &str) -> bool {
+    match netpol_observe::lab::prometheus::find(None) {
+        Ok(Some(_)) => true,
+        other => {
+            assert!(
+                !netpol_observe_e2e::ci(),
+                "{test}: CI=true requires prometheus (cargo xtask setup installs it): {other:?}"
+            );
+            eprintln!("SKIPPED {test}: no prometheus binary (PATH, NETPOL_OBSERVE_PROMETHEUS)");
+            false
+        }
+    }
+}
+
+/// Runs `lab … --keep-running`, calls `while_up(out)` once the lab waits (its output folder
+/// complete, Prometheus up), then interrupts it with SIGINT and returns its output.
+fn lab_kept_running(args: &[&str], while_up: impl FnOnce(&Path)) -> Output {
+    use std::io::{BufRead, Read};
+    let out = args
+        .iter()
+        .position(|a| *a == "--out")
+        .map(|i| PathBuf::from(args[i + 1]))
+        .expect("--out");
+    let mut child = Command::new(netpol_observe_e2e::bin())
+        .arg("lab")
+        .args(args)
+        .env("NETPOL_OBSERVE_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run netpol-observe lab");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut text = String::new();
+    let mut waiting = false;
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).expect("read stdout") == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if line.contains("press Ctrl-C to remove it") {
+            waiting = true;
+            break;
+        }
+    }
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if waiting {
+            while_up(&out);
+        }
+    }));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = stdout.read_to_string(&mut text);
+    let status = child.wait().expect("wait for the lab");
+    let stderr = errors.join().expect("stderr reader");
+    if let Err(panic) = checked {
+        eprintln!(
+            "lab stdout:\n{text}\nlab stderr:\n{}",
+            String::from_utf8_lossy(&stderr)
+        );
+        std::panic::resume_unwind(panic);
+    }
+    if status.success() {
+        assert!(waiting, "the lab never waited with --keep-running:\n{text}");
+        assert!(text.contains("ip netns exec npo-lab-"), "{text}");
+    }
+    Output {
+        status,
+        stdout: text.into_bytes(),
+        stderr,
+    }
+}
+
+/// Panels of `deploy/grafana/*.json` that show data only in a situation the lab does not
+/// create (each documented in the panel's description and docs/metrics.md): title, situation.
+const SITUATIONAL_PANELS: [(&str, &str); 2] = [
+    (
+        "Staged policies: flows the drafts would deny",
+        "the agent runs with --staged-policies",
+    ),
+    (
+        "Evictions and series dropped by the budget",
+        "the kernel flow table evicted flows or a series budget was spent",
+    ),
+];
+
+/// Grafana's substitutions: `$__rate_interval`, `$__interval`, `$__range`, the data source, and
+/// every template variable of `templating.list` as "All" (its `allValue`, else `.*`).
+fn grafana_expr(expr: &str, dashboard: &Value) -> String {
+    let mut e = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "5s")
+        .replace("$__range", "10m");
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = var["name"].as_str().expect("variable name");
+        let all = var["allValue"].as_str().unwrap_or(".*");
+        e = e
+            .replace(&format!("${{{name}}}"), all)
+            .replace(&format!("${name}"), all);
+    }
+    e
+}
+
+/// Every panel query of every dashboard in `deploy/grafana`, asked of the lab's Prometheus as
+/// Grafana would (a range query over the last 10 minutes): every panel but the documented
+/// situational ones shows data.
+fn dashboards_show_data(out: &Path) {
+    use netpol_observe::lab::{prometheus, servers};
+    let cmp = read_json(&out.join("prometheus.json"));
+    let netns = cmp["netns"].as_str().expect("netns").to_owned();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut empty = Vec::new();
+    let mut panels = 0;
+    for entry in std::fs::read_dir(repo("deploy/grafana")).expect("deploy/grafana") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let dashboard = read_json(&path);
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let Some(targets) = panel["targets"].as_array() else {
+                continue;
+            };
+            let title = panel["title"].as_str().expect("title");
+            panels += 1;
+            // Counters the last phase created need two scrapes before rate()/increase() give
+            // a value: a panel without data is asked again for up to 20 s.
+            let situational = SITUATIONAL_PANELS.iter().find(|(t, _)| *t == title);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut data = false;
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("time")
+                    .as_secs();
+                for target in targets {
+                    let expr = grafana_expr(target["expr"].as_str().expect("expr"), &dashboard);
+                    let query = format!(
+                        "/api/v1/query_range?query={}&start={}&end={now}&step=5",
+                        prometheus::encode(&expr),
+                        now - 600
+                    );
+                    let (status, body) = rt
+                        .block_on(servers::http_get(
+                            &netns,
+                            prometheus::PROMETHEUS_LISTEN,
+                            &query,
+                        ))
+                        .expect("query prometheus");
+                    assert_eq!(status, 200, "{title}: {expr}: {body}");
+                    let answer: Value = serde_json::from_str(&body).expect("json");
+                    assert_eq!(answer["status"], "success", "{title}: {expr}: {body}");
+                    data |= answer["data"]["result"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .any(|s| s["values"].as_array().is_some_and(|v| !v.is_empty()))
+                    });
+                }
+                if data || situational.is_some() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            if let Some((_, when)) = situational {
+                let description = panel["description"].as_str().unwrap_or_default();
+                assert!(
+                    description.contains("Shows data only"),
+                    "{title}: shows data only when {when}; its description must say so"
+                );
+            } else if !data {
+                empty.push(format!("{}: {title}", path.display()));
+            }
+        }
+    }
+    assert!(panels >= 10, "{panels} panels");
+    assert!(
+        empty.is_empty(),
+        "panels without data after the lab: {empty:#?}"
+    );
 }
 
 #[test]
