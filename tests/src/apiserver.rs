@@ -286,3 +286,36 @@ impl Drop for ApiServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `deploy/kubernetes/base` rendered by `kubectl kustomize`, as JSON objects.
+pub fn base_objects() -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base");
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&base)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl kustomize: {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The objects of these kinds.
+pub fn of_kind<'a>(objects: &'a [serde_json::Value], kinds: &[&str]) -> Vec<&'a serde_json::Value> {
+    objects
+        .iter()
+        .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or("")))
+        .collect()
+}
+
+/// A `v1 List` of `items` (what `kubectl apply -f -` takes).
+pub fn list(items: &[&serde_json::Value]) -> String {
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+}

@@ -15,6 +15,11 @@
 //! `CI=true`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use netpol_observe_e2e::{
+    apiserver::{base_objects, list, of_kind},
+    http::{free_port, request as get, wait_for},
+};
+
 use std::{
     fs::File,
     io::{Read, Write},
@@ -29,7 +34,7 @@ use netpol_observe_e2e::{
     apiserver::{ApiServer, Binaries},
     netns::Pod,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Where a pod finds its ServiceAccount files.
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -41,48 +46,6 @@ const AUDIENCE: &str = "netpol-observe";
 /// loaded machine gets on top.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MARGIN: Duration = Duration::from_secs(4);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `deploy/kubernetes/base` rendered by `kubectl kustomize`, as JSON objects.
-fn base_objects() -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(workspace().join("deploy/kubernetes/base"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn of_kind<'a>(objects: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
-    objects
-        .iter()
-        .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or("")))
-        .collect()
-}
-
-fn list(items: &[&Value]) -> String {
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The agent process, killed on drop (its log printed if the test failed).
 struct Agent {
@@ -203,64 +166,6 @@ fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> Agent {
         listen,
         log,
         _sa: sa,
-    }
-}
-
-/// An answer: status, head (lower-cased), body (de-chunked).
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// `GET http://addr/path`, with `Authorization: Bearer <token>` when given.
-fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<Answer> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some(Answer { status, head, body })
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Waits for `f` to return `Some`, up to `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -12,6 +12,11 @@
 //! `CI=true`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use netpol_observe_e2e::{
+    apiserver::{base_objects, list, of_kind},
+    http::{free_port, get, wait_for},
+};
+
 use std::{
     fs::File,
     io::{Read, Write},
@@ -35,40 +40,6 @@ const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// agent debounces snapshots by 0.5 s and sweeps every second here; the bound leaves room for a
 /// loaded CI machine). Measured figures are printed.
 const API_CHANGE_BOUND: Duration = Duration::from_secs(15);
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `deploy/kubernetes/base` rendered by `kubectl kustomize`, as JSON objects.
-fn base_objects() -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(workspace().join("deploy/kubernetes/base"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn of_kind<'a>(objects: &'a [Value], kinds: &[&str]) -> Vec<&'a Value> {
-    objects
-        .iter()
-        .filter(|o| kinds.contains(&o["kind"].as_str().unwrap_or("")))
-        .collect()
-}
-
-fn list(items: &[&Value]) -> String {
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
-}
 
 /// A network-namespace pod plus its objects in the API.
 struct Cluster {
@@ -267,14 +238,6 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Applies the base's Namespace, ServiceAccount, ClusterRole (through `edit_role`) and
 /// ClusterRoleBinding, mints a token for the ServiceAccount and starts the agent with it as the
 /// DaemonSet does (its arguments, the ConfigMap's files), on the test's interfaces.
@@ -372,56 +335,6 @@ fn start_agent(
         listen,
         log,
         _sa: sa,
-    }
-}
-
-/// `GET http://addr/path`: (status, body).
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Waits for `f` to return `Some`, up to `timeout` (conditions, not fixed sleeps).
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
