@@ -24,6 +24,7 @@ mod series;
 pub mod store;
 
 use std::{
+    collections::HashMap,
     future::Future,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, RwLock},
@@ -264,25 +265,42 @@ impl AgentState {
         }
         let known = !u.new && store.update(&u.record, u.ended);
         if !known {
+            // A flow the store had to evict while it was active comes back: counted once.
+            let returning = !u.new && store.take_evicted(&id);
             let flow = self.stored(&mut store, &u.record);
-            // One metrics call for the new flow and its first counters.
-            self.record_new(&flow, id.protocol, delta_packets, delta_bytes);
+            if returning {
+                self.record_counters(&flow, id.protocol, delta_packets, delta_bytes);
+            } else {
+                // One metrics call for the new flow and its first counters.
+                self.record_new(&flow, id.protocol, delta_packets, delta_bytes);
+            }
             store.insert(id, flow, u.ended);
             return;
         }
         if let Some(f) = store.get(&id) {
-            let verdict = model::overall_label(f.verdict().as_ref());
-            lock(&self.series).record_flow(
-                &self.metrics,
-                &f.peers,
-                f.dst_port,
-                id.protocol,
-                false,
-                delta_packets,
-                delta_bytes,
-                verdict,
-            );
+            self.record_counters(f, id.protocol, delta_packets, delta_bytes);
         }
+    }
+
+    /// Adds the packets and bytes of a known flow's update to its series.
+    fn record_counters(
+        &self,
+        f: &StoredFlow,
+        protocol: crate::flow::Protocol,
+        packets: u64,
+        bytes: u64,
+    ) {
+        let verdict = model::overall_label(f.verdict().as_ref());
+        lock(&self.series).record_flow(
+            &self.metrics,
+            &f.peers,
+            f.dst_port,
+            protocol,
+            false,
+            packets,
+            bytes,
+            verdict,
+        );
     }
 
     /// Whether `r` is the backend leg of a Service connection whose client leg is held
@@ -442,26 +460,32 @@ impl AgentState {
 
     /// The flows of the store with the final datapath records folded in (shutdown output).
     fn final_flows(&self, records: Vec<FlowRecord>) -> Vec<ObservedFlow> {
-        let mut out = Vec::with_capacity(records.len());
-        let store = lock(&self.store);
         let model = self.model();
-        for r in records {
-            let id = FlowId::of(&r);
-            let mut f = match (store.observed(&id, model.as_deref()), &model) {
-                (Some(f), _) => f,
-                (None, Some(m)) => m.observe(r.clone()),
-                (None, None) => ObservedFlow {
-                    flow: r.clone(),
-                    verdict: None,
-                    staged_verdict: None,
-                },
-            };
-            f.flow.state = r.state;
-            f.flow.packets = r.packets;
-            f.flow.bytes = r.bytes;
-            f.flow.last_seen = r.last_seen;
-            out.push(f);
+        // The datapath's last counters and states, by flow; its table keeps ended flows only
+        // briefly, the store keeps what the agent saw (flowRetention, maxFlows).
+        let mut last: HashMap<FlowId, FlowRecord> =
+            records.into_iter().map(|r| (FlowId::of(&r), r)).collect();
+        let store = lock(&self.store);
+        let mut out = store.query(&FlowQuery::default(), model.as_deref());
+        for f in &mut out {
+            if let Some(r) = last.remove(&FlowId::of(&f.flow)) {
+                f.flow.state = r.state;
+                f.flow.packets = r.packets;
+                f.flow.bytes = r.bytes;
+                f.flow.last_seen = r.last_seen;
+            }
         }
+        // Flows the store does not hold (a Service connection's backend leg, a flow evicted).
+        let mut rest: Vec<FlowRecord> = last.into_values().collect();
+        rest.sort_by_key(|r| r.first_seen);
+        out.extend(rest.into_iter().map(|r| match &model {
+            Some(m) => m.observe(r),
+            None => ObservedFlow {
+                flow: r,
+                verdict: None,
+                staged_verdict: None,
+            },
+        }));
         out
     }
 }
@@ -1323,5 +1347,51 @@ mod tests {
                 .any(|l| l.starts_with("netpol_observe_series_dropped_total{"))
         );
         assert_eq!(got, want);
+    }
+    /// A store full of active flows evicts some; their later updates are the same flows:
+    /// `flows_total` counts every flow once whatever the store's bound.
+    #[test]
+    fn flows_evicted_while_active_are_not_counted_again() {
+        let state = AgentState::new(AgentConfig {
+            max_flows: 2,
+            ..AgentConfig::default()
+        });
+        let update = |port: u16, new: bool, ended: bool| {
+            let mut r = FlowRecord::new(
+                Protocol::Udp,
+                "10.0.0.1".parse().unwrap(),
+                "10.0.0.2".parse().unwrap(),
+                Some(53),
+            );
+            r.src.port = Some(port);
+            FlowUpdate {
+                record: r,
+                new,
+                delta_packets: Directional {
+                    sent: 1,
+                    received: 0,
+                },
+                delta_bytes: Directional {
+                    sent: 50,
+                    received: 0,
+                },
+                ended,
+            }
+        };
+        for port in [1000, 1001, 1002] {
+            state.on_update(&update(port, true, false));
+        }
+        // 1000 was evicted while active; its next updates (a delta, then its end) come back.
+        state.on_update(&update(1000, false, false));
+        state.on_update(&update(1000, false, true));
+        let text = state.metrics().encode().unwrap();
+        let sum = |family: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(family))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(sum("netpol_observe_flows_total{"), 3.0, "{text}");
+        assert_eq!(sum("netpol_observe_flow_packets_total{"), 5.0, "{text}");
     }
 }

@@ -443,6 +443,10 @@ pub struct FlowStore {
     node: Option<Arc<str>>,
     /// Client legs of Service connections held here, and their joined backend legs.
     legs: ServiceLegs,
+    /// Flows evicted while still active (the store was full of active flows): their later
+    /// updates are the same flows, not new ones. An entry leaves when the flow comes back
+    /// (its next update, the last one at its end), so the set is bounded by the active flows.
+    evicted_active: rustc_hash::FxHashSet<FlowId>,
 }
 
 fn hash_of(id: &FlowId) -> u64 {
@@ -463,6 +467,7 @@ impl FlowStore {
             len: 0,
             node: None,
             legs: ServiceLegs::default(),
+            evicted_active: rustc_hash::FxHashSet::default(),
         }
     }
 
@@ -771,7 +776,18 @@ impl FlowStore {
 
     /// Removes the flow changed longest ago.
     fn evict_one(&mut self) {
+        if let Some(s) = self.slot(self.head)
+            && !s.ended
+        {
+            let id = s.id;
+            self.evicted_active.insert(id);
+        }
         self.remove_slot(self.head);
+    }
+
+    /// Whether `id` was evicted while active (and forgets it): its update is not a new flow.
+    pub fn take_evicted(&mut self, id: &FlowId) -> bool {
+        self.evicted_active.remove(id)
     }
 
     /// The identities of the flows matching `query`, oldest change first (the most recent
