@@ -45,8 +45,11 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
+/// Runs the lab in the system's temp dir (so `--out` may be relative to it, as `cargo xtask
+/// lab`'s `lab-out` is to the workspace).
 fn lab(args: &[&str]) -> Output {
     Command::new(netpol_observe_e2e::bin())
+        .current_dir(std::env::temp_dir())
         .arg("lab")
         .args(args)
         .env("NETPOL_OBSERVE_LOG", "info")
@@ -128,11 +131,16 @@ fn run_and_check(
 ) -> tempfile::TempDir {
     let out = tempfile::tempdir().expect("tempdir");
     let scenario = repo(&format!("deploy/lab/{name}.yaml"));
+    // A relative --out (in the temp dir, where the lab runs), as `cargo xtask lab` gives it:
+    // every path the lab hands its servers must still work (Prometheus' file discovery once
+    // did not).
+    assert!(out.path().starts_with(std::env::temp_dir()));
+    let relative = out.path().file_name().expect("name").to_owned();
     let mut args = vec![
         "--scenario",
         scenario.to_str().expect("path"),
         "--out",
-        out.path().to_str().expect("path"),
+        relative.to_str().expect("path"),
         "--enforce",
     ];
     args.extend_from_slice(extra);
@@ -390,9 +398,10 @@ fn lab_kept_running(args: &[&str], while_up: impl FnOnce(&Path)) -> Output {
     let out = args
         .iter()
         .position(|a| *a == "--out")
-        .map(|i| PathBuf::from(args[i + 1]))
+        .map(|i| std::env::temp_dir().join(args[i + 1]))
         .expect("--out");
     let mut child = Command::new(netpol_observe_e2e::bin())
+        .current_dir(std::env::temp_dir())
         .arg("lab")
         .args(args)
         .env("NETPOL_OBSERVE_LOG", "info")

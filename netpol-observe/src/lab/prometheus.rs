@@ -197,6 +197,12 @@ impl PrometheusHandle {
         let write = |path: PathBuf, text: &str| {
             std::fs::write(&path, text).map_err(|source| PrometheusError::Write { path, source })
         };
+        // Absolute: Prometheus reads paths in its configuration relative to the configuration
+        // file, and `--out` is often relative (`cargo xtask lab` uses `lab-out`).
+        let dir = &std::path::absolute(dir).map_err(|source| PrometheusError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
         let data = dir.join("data");
         if data.exists() {
             std::fs::remove_dir_all(&data).map_err(|source| PrometheusError::Write {
