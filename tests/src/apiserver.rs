@@ -319,3 +319,130 @@ pub fn of_kind<'a>(objects: &'a [serde_json::Value], kinds: &[&str]) -> Vec<&'a 
 pub fn list(items: &[&serde_json::Value]) -> String {
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
+
+/// Where a pod finds its ServiceAccount files.
+pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The agent binary run as the DaemonSet runs it; killed on drop (its log printed when the
+/// test panics).
+#[derive(Debug)]
+pub struct DaemonSetAgent {
+    /// The process (taken by a test that stops it itself).
+    pub child: Option<std::process::Child>,
+    /// Its loopback listener.
+    pub listen: std::net::SocketAddr,
+    /// Its log (stderr).
+    pub log: PathBuf,
+    _sa: tempfile::TempDir,
+}
+
+impl Drop for DaemonSetAgent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- agent log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+impl ApiServer {
+    /// Starts the agent with exactly the DaemonSet's identity, arguments and files (its RBAC
+    /// objects applied by the caller): a token minted for its ServiceAccount (TokenRequest), the
+    /// cluster CA and namespace bind-mounted at [`SA_DIR`] in the agent's own mount namespace
+    /// (nothing changes for the rest of the machine), `KUBERNETES_SERVICE_HOST`/`PORT`, the
+    /// DaemonSet's arguments with the ConfigMap's files from `dir/etc`, listening on a free
+    /// loopback port instead of every address; then the test's `extra` arguments. Logs (at
+    /// `log_filter`) to `dir/agent.log`. A failed set-up fails the test, naming the step.
+    #[allow(clippy::expect_used)]
+    pub fn start_daemonset_agent(
+        &self,
+        dir: &Path,
+        extra: &[&str],
+        log_filter: &str,
+        stdout: Stdio,
+    ) -> DaemonSetAgent {
+        let objects = base_objects();
+        let ds = of_kind(&objects, &["DaemonSet"])[0];
+        let sa_name = ds["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .expect("serviceAccountName");
+        let ns = ds["metadata"]["namespace"].as_str().expect("namespace");
+        let token = self
+            .kubectl_ok(
+                &["create", "token", sa_name, "-n", ns, "--duration=1h"],
+                None,
+            )
+            .expect("a token for the agent");
+        let sa = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(sa.path().join(name), text).expect("ServiceAccount file")
+        };
+        write("token", token.trim());
+        write("namespace", ns);
+        std::fs::copy(self.ca(), sa.path().join("ca.crt")).expect("ca.crt");
+
+        // The ConfigMap's files, mounted at /etc/netpol-observe in the DaemonSet.
+        let cm = of_kind(&objects, &["ConfigMap"])
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == "netpol-observe-config")
+            .expect("the agent's ConfigMap");
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).expect("etc");
+        for (file, text) in cm["data"].as_object().expect("data") {
+            std::fs::write(etc.join(file), text.as_str().unwrap_or_default()).expect("file");
+        }
+        let container = &ds["spec"]["template"]["spec"]["containers"][0];
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], crate::http::free_port()));
+        let mut saw_listen = false;
+        let args: Vec<String> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|a| {
+                let a = a.as_str().unwrap_or_default();
+                if a.starts_with("--listen") {
+                    // The DaemonSet listens on every address; the test on a free loopback port.
+                    assert_eq!(a, "--listen=0.0.0.0:9965");
+                    saw_listen = true;
+                    format!("--listen={listen}")
+                } else {
+                    a.replace("/etc/netpol-observe", &etc.display().to_string())
+                }
+            })
+            .collect();
+        assert!(saw_listen && args[0] == "agent", "{args:?}");
+
+        std::fs::create_dir_all(SA_DIR).expect("the ServiceAccount mount point");
+        let log = dir.join("agent.log");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "mount --bind '{}' {SA_DIR} && exec \"$0\" \"$@\"",
+                sa.path().display()
+            ))
+            .arg(crate::bin())
+            .args(&args)
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir)
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", self.port.to_string())
+            .env("NODE_NAME", "node-1")
+            .env("NETPOL_OBSERVE_LOG", log_filter)
+            .stdout(stdout)
+            .stderr(std::fs::File::create(&log).expect("agent.log"));
+        DaemonSetAgent {
+            child: Some(cmd.spawn().expect("the agent")),
+            listen,
+            log,
+            _sa: sa,
+        }
+    }
+}

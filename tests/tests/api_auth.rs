@@ -16,16 +16,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use netpol_observe_e2e::{
-    apiserver::{base_objects, list, of_kind},
-    http::{free_port, request as get, wait_for},
+    apiserver::{DaemonSetAgent, base_objects, list, of_kind},
+    http::{request as get, wait_for},
 };
 
 use std::{
-    fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -36,9 +35,6 @@ use netpol_observe_e2e::{
 };
 use serde_json::json;
 
-/// Where a pod finds its ServiceAccount files.
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
 /// The audience the shipped ConfigMap makes the agent require (`apiTokenAudiences`).
 const AUDIENCE: &str = "netpol-observe";
 
@@ -47,34 +43,11 @@ const AUDIENCE: &str = "netpol-observe";
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MARGIN: Duration = Duration::from_secs(4);
 
-/// The agent process, killed on drop (its log printed if the test failed).
-struct Agent {
-    child: Option<Child>,
-    listen: SocketAddr,
-    log: PathBuf,
-    _sa: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            if std::thread::panicking() {
-                eprintln!(
-                    "--- agent log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-        }
-    }
-}
-
 /// Applies the base's RBAC objects (both ClusterRoles), mints the agent's token and starts the
 /// agent as the DaemonSet does (its arguments, the ConfigMap's files, the ServiceAccount files
 /// bind-mounted in its own mount namespace), listening on a free loopback port, attached to
 /// `interfaces`.
-fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> Agent {
+fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> DaemonSetAgent {
     let objects = base_objects();
     let rbac = of_kind(
         &objects,
@@ -92,81 +65,17 @@ fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> Agent {
     );
     api.apply(&list(&rbac)).unwrap();
 
-    let ds = of_kind(&objects, &["DaemonSet"])[0];
-    let sa_name = ds["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap();
-    let ns = ds["metadata"]["namespace"].as_str().unwrap();
-    let token = api
-        .kubectl_ok(
-            &["create", "token", sa_name, "-n", ns, "--duration=1h"],
-            None,
-        )
-        .unwrap();
-    let sa = tempfile::tempdir().unwrap();
-    std::fs::write(sa.path().join("token"), token.trim()).unwrap();
-    std::fs::copy(api.ca(), sa.path().join("ca.crt")).unwrap();
-    std::fs::write(sa.path().join("namespace"), ns).unwrap();
-
-    let cm = of_kind(&objects, &["ConfigMap"])
-        .into_iter()
-        .find(|o| o["metadata"]["name"] == "netpol-observe-config")
-        .unwrap();
-    let etc = dir.join("etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    for (file, text) in cm["data"].as_object().unwrap() {
-        std::fs::write(etc.join(file), text.as_str().unwrap()).unwrap();
-    }
-    let container = &ds["spec"]["template"]["spec"]["containers"][0];
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut saw_listen = false;
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let a = a.as_str().unwrap();
-            if a.starts_with("--listen") {
-                // The DaemonSet listens on every address; the test on a free loopback port.
-                assert_eq!(a, "--listen=0.0.0.0:9965");
-                saw_listen = true;
-                format!("--listen={listen}")
-            } else {
-                a.replace("/etc/netpol-observe", etc.to_str().unwrap())
-            }
-        })
-        .collect();
-    assert!(saw_listen && args[0] == "agent", "{args:?}");
-
-    std::fs::create_dir_all(SA_DIR).unwrap();
-    let log = dir.join("agent.log");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!(
-            "mount --bind '{}' {SA_DIR} && exec \"$0\" \"$@\"",
-            sa.path().display()
-        ))
-        .arg(netpol_observe_e2e::bin())
-        .args(&args)
-        .arg("--sweep-interval=1")
-        .arg("--output=none")
-        .arg("--interfaces")
-        .arg(interfaces)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("KUBERNETES_SERVICE_PORT", api.port.to_string())
-        .env("NODE_NAME", "node-1")
-        .env("NETPOL_OBSERVE_LOG", "info,netpol_observe::http=debug")
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).unwrap());
-    Agent {
-        child: Some(cmd.spawn().unwrap()),
-        listen,
-        log,
-        _sa: sa,
-    }
+    api.start_daemonset_agent(
+        dir,
+        &[
+            "--sweep-interval=1",
+            "--output=none",
+            "--interfaces",
+            interfaces,
+        ],
+        "info,netpol_observe::http=debug",
+        Stdio::null(),
+    )
 }
 
 fn flows(body: &str) -> Vec<ObservedFlow> {

@@ -13,16 +13,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use netpol_observe_e2e::{
-    apiserver::{base_objects, list, of_kind},
-    http::{free_port, get, wait_for},
+    apiserver::{DaemonSetAgent, base_objects, list, of_kind},
+    http::{get, wait_for},
 };
 
 use std::{
     fs::File,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -32,9 +32,6 @@ use netpol_observe_e2e::{
     netns::{self, Pod},
 };
 use serde_json::{Value, json};
-
-/// Where a pod finds its ServiceAccount files.
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// How long a change made through the API may take to reach the verdicts of new flows (the
 /// agent debounces snapshots by 0.5 s and sweeps every second here; the bound leaves room for a
@@ -215,29 +212,6 @@ impl Drop for Cluster {
     }
 }
 
-/// The agent process, killed on drop.
-struct Agent {
-    child: Option<Child>,
-    listen: SocketAddr,
-    log: PathBuf,
-    _sa: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            if std::thread::panicking() {
-                eprintln!(
-                    "--- agent log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-        }
-    }
-}
-
 /// Applies the base's Namespace, ServiceAccount, ClusterRole (through `edit_role`) and
 /// ClusterRoleBinding, mints a token for the ServiceAccount and starts the agent with it as the
 /// DaemonSet does (its arguments, the ConfigMap's files), on the test's interfaces.
@@ -246,7 +220,7 @@ fn start_agent(
     dir: &Path,
     edit_role: impl FnOnce(&mut Value),
     output: &Path,
-) -> Agent {
+) -> DaemonSetAgent {
     let objects = base_objects();
     let mut role = (*of_kind(&objects, &["ClusterRole"])[0]).clone();
     edit_role(&mut role);
@@ -257,88 +231,23 @@ fn start_agent(
     rbac.push(&role);
     c.api.apply(&list(&rbac)).unwrap();
 
-    let ds = of_kind(&objects, &["DaemonSet"])[0];
-    let sa_name = ds["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap();
-    let ns = ds["metadata"]["namespace"].as_str().unwrap();
-    let token = c
-        .api
-        .kubectl_ok(
-            &["create", "token", sa_name, "-n", ns, "--duration=1h"],
-            None,
-        )
-        .unwrap();
-    let sa = tempfile::tempdir().unwrap();
-    std::fs::write(sa.path().join("token"), token.trim()).unwrap();
-    std::fs::copy(c.api.ca(), sa.path().join("ca.crt")).unwrap();
-    std::fs::write(sa.path().join("namespace"), ns).unwrap();
-
-    // The ConfigMap's files, mounted at /etc/netpol-observe in the DaemonSet.
-    let cm = of_kind(&objects, &["ConfigMap"])
-        .into_iter()
-        .find(|o| o["metadata"]["name"] == "netpol-observe-config")
-        .unwrap();
-    let etc = dir.join("etc");
-    std::fs::create_dir_all(&etc).unwrap();
-    for (file, text) in cm["data"].as_object().unwrap() {
-        std::fs::write(etc.join(file), text.as_str().unwrap()).unwrap();
-    }
-    let container = &ds["spec"]["template"]["spec"]["containers"][0];
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let a = a.as_str().unwrap();
-            // Test override: a loopback listener on a free port.
-            if a.starts_with("--listen") {
-                format!("--listen={listen}")
-            } else {
-                a.replace("/etc/netpol-observe", etc.to_str().unwrap())
-            }
-        })
-        .collect();
-    assert_eq!(args[0], "agent");
-
-    std::fs::create_dir_all(SA_DIR).unwrap();
-    let log = dir.join("agent.log");
-    // The pod's view: the ServiceAccount files at their fixed path, in the agent's own mount
-    // namespace (nothing changes for the rest of the machine).
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(format!(
-            "mount --bind '{}' {SA_DIR} && exec \"$0\" \"$@\"",
-            sa.path().display()
-        ))
-        .arg(netpol_observe_e2e::bin())
-        .args(&args)
-        // Test overrides: only this test's interfaces, fast sweeps, the flows at exit, and the
-        // flows API open on loopback (its authentication is tests/tests/api_auth.rs's).
-        .arg("--api-auth=none")
-        .arg("--sweep-interval=1")
-        .arg("--output=jsonl")
-        .arg("--interfaces")
-        .arg(c.interfaces())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("KUBERNETES_SERVICE_PORT", c.api.port.to_string())
-        .env("NODE_NAME", "node-1")
-        .env("NETPOL_OBSERVE_LOG", "info,kube=debug")
-        .stdout(File::create(output).unwrap())
-        .stderr(File::create(&log).unwrap());
-    Agent {
-        child: Some(cmd.spawn().unwrap()),
-        listen,
-        log,
-        _sa: sa,
-    }
+    c.api.start_daemonset_agent(
+        dir,
+        &[
+            // Test overrides: only this test's interfaces, fast sweeps, the flows at exit, and
+            // the flows API open on loopback (its authentication is tests/tests/api_auth.rs's).
+            "--api-auth=none",
+            "--sweep-interval=1",
+            "--output=jsonl",
+            "--interfaces",
+            &c.interfaces(),
+        ],
+        "info,kube=debug",
+        Stdio::from(File::create(output).unwrap()),
+    )
 }
 
-fn flows(agent: &Agent) -> Vec<ObservedFlow> {
+fn flows(agent: &DaemonSetAgent) -> Vec<ObservedFlow> {
     let (code, body) = get(agent.listen, "/api/v1/flows").unwrap();
     assert_eq!(code, 200, "{body}");
     body.lines()
@@ -371,7 +280,7 @@ fn connect(c: &Cluster, from: usize, server: usize, dst: SocketAddr) -> u16 {
 }
 
 /// The flow whose client port is `port`, once the agent reports it.
-fn flow_of(agent: &Agent, port: u16) -> ObservedFlow {
+fn flow_of(agent: &DaemonSetAgent, port: u16) -> ObservedFlow {
     wait_for(
         &format!("the flow from port {port}"),
         Duration::from_secs(60),
@@ -403,11 +312,11 @@ fn ingress(f: &ObservedFlow) -> String {
         .to_owned()
 }
 
-fn ready(agent: &Agent) -> Option<(u16, String)> {
+fn ready(agent: &DaemonSetAgent) -> Option<(u16, String)> {
     get(agent.listen, "/readyz")
 }
 
-fn metric(agent: &Agent, line_start: &str) -> Option<f64> {
+fn metric(agent: &DaemonSetAgent, line_start: &str) -> Option<f64> {
     let (_, body) = get(agent.listen, "/metrics")?;
     body.lines()
         .find(|l| l.starts_with(line_start))
@@ -438,7 +347,13 @@ fn policy_api_from(labels: Value) -> Value {
 }
 
 /// New connections until one is judged `want` on its ingress side; the time it took.
-fn until_ingress(c: &Cluster, agent: &Agent, from: usize, to: usize, want: &str) -> Duration {
+fn until_ingress(
+    c: &Cluster,
+    agent: &DaemonSetAgent,
+    from: usize,
+    to: usize,
+    want: &str,
+) -> Duration {
     let start = Instant::now();
     let dst = SocketAddr::from((c.ip(to), 8080));
     loop {

@@ -15,7 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{netns::NetnsError, servers, topology::Topology};
+use super::{
+    netns::NetnsError,
+    servers,
+    topology::{LabProcess, Topology},
+};
 use crate::agent::ObservedFlow;
 
 /// Where the agent listens inside the node's namespace.
@@ -89,7 +93,7 @@ pub enum AgentSource {
 /// A running agent: the child process in the node's namespace and its log file.
 #[derive(Debug)]
 pub struct AgentHandle {
-    child: Option<tokio::process::Child>,
+    process: LabProcess,
     netns: String,
     log: PathBuf,
 }
@@ -180,7 +184,7 @@ impl AgentHandle {
                 source,
             })?;
         let mut handle = AgentHandle {
-            child: Some(child),
+            process: LabProcess::new(child, "the agent"),
             netns: topo.node_netns().to_string(),
             log: log.to_path_buf(),
         };
@@ -191,9 +195,7 @@ impl AgentHandle {
     async fn wait_ready(&mut self, timeout: Duration) -> Result<(), AgentError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
+            if let Some(status) = self.process.exited() {
                 return Err(AgentError::Exited {
                     status: status.to_string(),
                     log: self.log.clone(),
@@ -266,43 +268,7 @@ impl AgentHandle {
 
     /// Stops the agent with SIGTERM (it sweeps a last time and detaches), waiting up to 5 s
     /// before killing it.
-    pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&child);
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("the agent did not stop within 5s of SIGTERM: killing it");
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-fn terminate(child: &tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-impl Drop for AgentHandle {
-    /// On error and interruption paths: SIGTERM, a short grace period, then SIGKILL.
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        terminate(&child);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.start_kill();
+    pub async fn stop(self) {
+        self.process.stop().await;
     }
 }

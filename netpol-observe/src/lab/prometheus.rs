@@ -16,7 +16,11 @@ use std::{
 
 use serde::Serialize;
 
-use super::{netns::NetnsError, servers, topology::Topology};
+use super::{
+    netns::NetnsError,
+    servers,
+    topology::{LabProcess, Topology},
+};
 
 /// Where the lab's Prometheus listens inside the node's namespace (the namespace is the lab's
 /// own, so the port is free whatever runs on the host).
@@ -175,7 +179,7 @@ pub struct Comparison {
 /// A running Prometheus in the node's namespace.
 #[derive(Debug)]
 pub struct PrometheusHandle {
-    child: Option<tokio::process::Child>,
+    process: LabProcess,
     netns: String,
     log: PathBuf,
     started: Instant,
@@ -248,7 +252,7 @@ impl PrometheusHandle {
                 source,
             })?;
         let mut handle = PrometheusHandle {
-            child: Some(child),
+            process: LabProcess::new(child, "prometheus"),
             netns: topo.node_netns().to_string(),
             log,
             started: Instant::now(),
@@ -259,8 +263,7 @@ impl PrometheusHandle {
     }
 
     fn exited(&mut self) -> Option<PrometheusError> {
-        let child = self.child.as_mut()?;
-        let status = child.try_wait().ok()??;
+        let status = self.process.exited()?;
         Some(PrometheusError::Exited {
             status: status.to_string(),
             log: self.log.clone(),
@@ -357,44 +360,8 @@ impl PrometheusHandle {
     }
 
     /// Stops Prometheus with SIGTERM, waiting up to 5 s before killing it.
-    pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&child);
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!("prometheus did not stop within 5s of SIGTERM: killing it");
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-fn terminate(child: &tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-impl Drop for PrometheusHandle {
-    /// On error and interruption paths: SIGTERM, a short grace period, then SIGKILL.
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        terminate(&child);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.start_kill();
+    pub async fn stop(self) {
+        self.process.stop().await;
     }
 }
 

@@ -40,6 +40,74 @@ pub struct Topology {
     torn_down: bool,
 }
 
+/// A long-running process of the lab (the agent, Prometheus): stopped with SIGTERM, then
+/// SIGKILL if it does not exit within 5 s ([`LabProcess::stop`]); dropped (error and
+/// interruption paths) with SIGTERM and a 3 s grace before SIGKILL.
+#[derive(Debug)]
+pub struct LabProcess {
+    child: Option<tokio::process::Child>,
+    /// What it is, for the log.
+    what: &'static str,
+}
+
+impl LabProcess {
+    /// Wraps a process started with [`Topology::spawn_logged_in`] or [`Topology::spawn_in`].
+    pub fn new(child: tokio::process::Child, what: &'static str) -> LabProcess {
+        LabProcess {
+            child: Some(child),
+            what,
+        }
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok()?
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "{} did not stop within 5s of SIGTERM: killing it",
+                    self.what
+                );
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn terminate(child: &tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+impl Drop for LabProcess {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        terminate(&child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.start_kill();
+    }
+}
+
 /// A process started in the lab gets SIGTERM when the lab dies, even by SIGKILL (the agent
 /// then detaches its programs and exits instead of staying attached until the next run).
 /// Lab processes are spawned from the runtime's worker threads, which live as long as the lab
