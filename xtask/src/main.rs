@@ -172,13 +172,7 @@ fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo(root).args([
-        "build",
-        "--package",
-        "netpol-observe",
-        "--bin",
-        "netpol-observe",
-    ]))?;
+    build_binary(root, "debug")?;
     let bin = root.join("target/debug/netpol-observe");
     let _hog = under_load.then(Hog::start).transpose()?;
     run(cargo(root)
@@ -188,18 +182,23 @@ fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Builds the `netpol-observe` binary in `profile` (`debug` or `release`): the agent the tests,
+/// the soak tier and the lab run.
+fn build_binary(root: &Path, profile: &str) -> Result<()> {
+    let mut cmd = cargo(root);
+    cmd.arg("build");
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    run(cmd.args(["--package", "netpol-observe", "--bin", "netpol-observe"]))
+}
+
 fn soak(root: &Path, minutes: u64, flows: u64) -> Result<()> {
     setup::all()?;
     if !is_root() {
         bail!("the soak tier creates network namespaces and loads eBPF programs: run it as root");
     }
-    run(cargo(root).args([
-        "build",
-        "--package",
-        "netpol-observe",
-        "--bin",
-        "netpol-observe",
-    ]))?;
+    build_binary(root, "debug")?;
     run(cargo(root)
         .args([
             "test",
@@ -224,14 +223,7 @@ fn lab(root: &Path, scenario: Option<PathBuf>, out: &Path) -> Result<()> {
     if !is_root() {
         bail!("the lab creates network namespaces and loads eBPF programs: run it as root");
     }
-    run(cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "netpol-observe",
-        "--bin",
-        "netpol-observe",
-    ]))?;
+    build_binary(root, "release")?;
     let scenario = scenario.unwrap_or_else(|| root.join("deploy/lab/shop.yaml"));
     // The main command: the agent observes the scenario's traffic, the recommender writes the
     // policies, and those recommended policies are enforced and probed.
