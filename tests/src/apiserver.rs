@@ -122,7 +122,7 @@ impl ApiServer {
         let pki = dir.join("pki");
         std::fs::create_dir_all(&pki)?;
         std::fs::create_dir_all(dir.join("logs"))?;
-        control_plane::certificates(&pki, Ipv4Addr::new(10, 96, 0, 1))?;
+        control_plane::certificates(&pki, Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::LOCALHOST)?;
         let mut server = ApiServer {
             bins: bins.clone(),
             port: free_port()?,
@@ -175,6 +175,7 @@ impl ApiServer {
             &self.dir.join("pki"),
             &self.dir,
             self.etcd_port,
+            Ipv4Addr::LOCALHOST,
             self.port,
             "10.96.0.0/16".parse()?,
         ))

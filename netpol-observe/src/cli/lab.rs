@@ -136,7 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("lab {}", model.name))?;
     super::out::stdout(summary(&model, &report))?;
     if args.keep_running {
-        super::out::stdout(keep_running_hint(&report, running.prometheus()))?;
+        super::out::stdout(keep_running_hint(&report, &running, &args.out))?;
         let why = run::wait_for_signal().await;
         tracing::info!("{why}: removing the lab");
     }
@@ -178,12 +178,19 @@ fn policy_name(p: &k8s_openapi::api::networking::v1::NetworkPolicy) -> String {
 /// workload pair, the policies written, the verification and the enforcement.
 pub fn summary(model: &LabModel, report: &LabReport) -> String {
     let mut s = String::new();
+    let nodes: Vec<String> = model
+        .nodes
+        .iter()
+        .map(|n| format!("{} ({} pods)", n.name, n.pods.len()))
+        .collect();
     let _ = writeln!(
         s,
-        "lab {} (run {}): {} pods, {} services, {} external subnets",
+        "lab {} (run {}): {} pods on {} {}, {} services, {} external subnets",
         model.name,
         report.run_id,
         model.pods.len(),
+        if nodes.len() == 1 { "node" } else { "nodes" },
+        nodes.join(", "),
         model.services.len(),
         model.externals.len()
     );
@@ -212,7 +219,12 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nflows seen by the agent ({} flows, {} DNS lookups, {} unexpected):",
+        "\nflows seen by the {} ({} flows, {} DNS lookups, {} unexpected):",
+        if model.nodes.len() == 1 {
+            "agent"
+        } else {
+            "agents"
+        },
         report.flows.len(),
         report.coverage.dns,
         report.coverage.unexpected.len()
@@ -318,17 +330,36 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
 }
 
 /// What `--keep-running` prints before waiting: how to reach the lab's Prometheus.
-fn keep_running_hint(
-    report: &LabReport,
-    prometheus: Option<&crate::lab::prometheus::PrometheusHandle>,
-) -> String {
+fn keep_running_hint(report: &LabReport, running: &run::Running, out: &std::path::Path) -> String {
     let mut s = format!("\nthe lab (run {}) keeps running", report.run_id);
-    match prometheus {
+    let urls: Vec<String> = running
+        .agents()
+        .each()
+        .iter()
+        .map(|a| format!("http://{}", a.listen()))
+        .collect();
+    let _ = write!(
+        s,
+        "; its agents ({}), from the first node's namespace:\n  \
+         ip netns exec {ns} netpol-observe recommend --agent {} --inventory {inv} --subnets {sub}\n",
+        running
+            .agents()
+            .each()
+            .iter()
+            .map(|a| format!("{} on {}", a.node(), a.listen()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        urls.join(" "),
+        ns = running.first_node_netns(),
+        inv = out.join("inventory.yaml").display(),
+        sub = out.join("subnets.yaml").display(),
+    );
+    match running.prometheus() {
         Some(p) => {
             let addr = crate::lab::prometheus::PROMETHEUS_LISTEN;
             let _ = write!(
                 s,
-                "; Prometheus inside the node's namespace:\n  \
+                "Prometheus inside the first node's namespace:\n  \
                  ip netns exec {ns} curl -s 'http://{addr}/api/v1/query?query=netpol_observe_flows_total'\n  \
                  in a browser: socat TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr \
                  EXEC:'ip netns exec {ns} socat STDIO TCP:{addr}' then http://localhost:{port}/\n",
@@ -336,7 +367,7 @@ fn keep_running_hint(
                 port = addr.port(),
             );
         }
-        None => s.push_str(" (without Prometheus)\n"),
+        None => s.push_str("(no Prometheus)\n"),
     }
     s.push_str("press Ctrl-C to remove it\n");
     s

@@ -1,6 +1,7 @@
-//! The agent in the lab: `netpol-observe agent` started standalone inside the node's network
-//! namespace (where the pods' `veth*` links are), and a small HTTP client that reaches its API
-//! there (`/readyz`, `/api/v1/flows`, `/metrics`) through sockets made in that namespace.
+//! The agents in the lab: one `netpol-observe agent` per node, started inside the node's
+//! network namespace (where its pods' `veth*` links are), as the DaemonSet runs one per node,
+//! and a small HTTP client that reaches its API (`/readyz`, `/api/v1/flows`, `/metrics`) on
+//! the node's address through sockets made in that namespace.
 //!
 //! The agent reads its inventory from a directory ([`AGENT_INVENTORY_DIR`] in the output
 //! folder): the lab's objects, plus the enforced NetworkPolicies once `--enforce` applies them,
@@ -22,9 +23,9 @@ use super::{
 };
 use crate::agent::ObservedFlow;
 
-/// Where the agent listens inside the node's namespace.
-pub const AGENT_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9965);
+/// The port an agent listens on, on its node's address (where the lab's Prometheus, on the
+/// first node, scrapes it).
+pub const AGENT_PORT: u16 = 9965;
 
 /// The agent's inventory directory inside the output folder.
 pub const AGENT_INVENTORY_DIR: &str = "agent-inventory";
@@ -90,28 +91,34 @@ pub enum AgentSource {
     InCluster(super::control_plane::InCluster),
 }
 
-/// A running agent: the child process in the node's namespace and its log file.
+/// A running agent: the child process in its node's namespace and its log file.
 #[derive(Debug)]
 pub struct AgentHandle {
     process: LabProcess,
+    node: String,
     netns: String,
+    listen: SocketAddr,
     log: PathBuf,
 }
 
 impl AgentHandle {
-    /// Starts `program agent --subnets <subnets> …` inside the node's namespace, standalone
+    /// Starts `program agent --subnets <subnets> …` inside the namespace of node `node`
+    /// (index in [`LabModel::nodes`](super::model::LabModel::nodes)), standalone
     /// (`--inventory DIR`) or in-cluster (the ServiceAccount files bind-mounted where a pod has
     /// them, in the agent's own mount namespace, and `KUBERNETES_SERVICE_HOST`/`PORT`), logging
     /// to `log`, and waits (up to `timeout`) until `/readyz` is 200.
     pub async fn start(
         topo: &Topology,
+        node: (usize, &super::model::NodeModel),
         program: &Path,
         source: &AgentSource,
         subnets: &Path,
-        node_name: &str,
         log: &Path,
         timeout: Duration,
     ) -> Result<AgentHandle, AgentError> {
+        let (index, node) = node;
+        let listen = SocketAddr::from((node.ip, AGENT_PORT));
+        let netns = topo.node_netns_of(index).to_string();
         let log_file = std::fs::File::create(log).map_err(|source| AgentError::Log {
             path: log.to_path_buf(),
             source,
@@ -126,9 +133,9 @@ impl AgentHandle {
             "--subnets".into(),
             subnets.into(),
             "--listen".into(),
-            AGENT_LISTEN.to_string().into(),
+            listen.to_string().into(),
             "--node-name".into(),
-            node_name.into(),
+            node.name.clone().into(),
             "--interfaces".into(),
             "veth*".into(),
             "--sweep-interval".into(),
@@ -137,9 +144,11 @@ impl AgentHandle {
             secs.into(),
             "--output".into(),
             "none".into(),
-            // The lab reads /api/v1 itself, on the node's loopback.
+            // The lab reads /api/v1 itself, on the node's address (only the lab's namespaces
+            // reach it).
             "--api-auth".into(),
             "none".into(),
+            "--allow-unauthenticated-remote-api".into(),
         ];
         let mut program = program.as_os_str().to_owned();
         match source {
@@ -173,7 +182,7 @@ impl AgentHandle {
         }
         let child = topo
             .spawn_logged_in(
-                topo.node_netns(),
+                &netns,
                 Path::new(&program),
                 &args,
                 Stdio::from(log_file),
@@ -185,7 +194,9 @@ impl AgentHandle {
             })?;
         let mut handle = AgentHandle {
             process: LabProcess::new(child, "the agent"),
-            netns: topo.node_netns().to_string(),
+            node: node.name.clone(),
+            netns,
+            listen,
             log: log.to_path_buf(),
         };
         handle.wait_ready(timeout).await?;
@@ -222,9 +233,19 @@ impl AgentHandle {
         &self.log
     }
 
+    /// Its node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Where it listens (its node's address).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// `GET path` on the agent: status code and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String), AgentError> {
-        servers::http_get(&self.netns, AGENT_LISTEN, path)
+        servers::http_get(&self.netns, self.listen, path)
             .await
             .map_err(|e| AgentError::Http {
                 path: path.to_owned(),
@@ -270,5 +291,71 @@ impl AgentHandle {
     /// before killing it.
     pub async fn stop(self) {
         self.process.stop().await;
+    }
+}
+
+/// The lab's agents, one per node (in [`LabModel::nodes`](super::model::LabModel::nodes)
+/// order), as the DaemonSet runs them.
+#[derive(Debug)]
+pub struct Agents(Vec<AgentHandle>);
+
+impl Agents {
+    /// Starts one agent per node of `model` (see [`AgentHandle::start`]), node `n` logging to
+    /// `logs[n]`; every node's agent uses `source` (the other nodes reach an in-cluster API
+    /// server at `remote_api`, the first node's address).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        topo: &Topology,
+        model: &super::model::LabModel,
+        program: &Path,
+        source: &AgentSource,
+        remote_api: Option<SocketAddr>,
+        subnets: &Path,
+        logs: &[PathBuf],
+        timeout: Duration,
+    ) -> Result<Agents, AgentError> {
+        let mut agents = Vec::with_capacity(model.nodes.len());
+        for (n, node) in model.nodes.iter().enumerate() {
+            let source = match (source, remote_api) {
+                (AgentSource::InCluster(c), Some(api)) if n > 0 => {
+                    AgentSource::InCluster(super::control_plane::InCluster { api, ..c.clone() })
+                }
+                _ => source.clone(),
+            };
+            agents.push(
+                AgentHandle::start(
+                    topo,
+                    (n, node),
+                    program,
+                    &source,
+                    subnets,
+                    &logs[n],
+                    timeout,
+                )
+                .await?,
+            );
+        }
+        Ok(Agents(agents))
+    }
+
+    /// Each node's agent.
+    pub fn each(&self) -> &[AgentHandle] {
+        &self.0
+    }
+
+    /// Every flow of every agent (each record names its node), in node order.
+    pub async fn flows(&self) -> Result<Vec<ObservedFlow>, AgentError> {
+        let mut all = Vec::new();
+        for a in &self.0 {
+            all.extend(a.flows().await?);
+        }
+        Ok(all)
+    }
+
+    /// Stops every agent (see [`AgentHandle::stop`]).
+    pub async fn stop(self) {
+        for a in self.0 {
+            a.stop().await;
+        }
     }
 }

@@ -213,10 +213,15 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), ControlPlaneError> {
 }
 
 /// Writes into `pki`: a CA (`ca.crt`), the API server's certificate (`apiserver.crt`, for
-/// 127.0.0.1, `service_ip` and the `kubernetes` Service names), an admin client certificate in
-/// `system:masters` (`admin.crt`) and the ServiceAccount signing keys (`sa.key`, `sa.pub`).
-/// Uses the `openssl` command. Also used by the end-to-end tests' control plane.
-pub fn certificates(pki: &Path, service_ip: Ipv4Addr) -> Result<(), ControlPlaneError> {
+/// 127.0.0.1, `address`, `service_ip` and the `kubernetes` Service names), an admin client
+/// certificate in `system:masters` (`admin.crt`) and the ServiceAccount signing keys
+/// (`sa.key`, `sa.pub`). Uses the `openssl` command. Also used by the end-to-end tests'
+/// control plane.
+pub fn certificates(
+    pki: &Path,
+    service_ip: Ipv4Addr,
+    address: Ipv4Addr,
+) -> Result<(), ControlPlaneError> {
     std::fs::create_dir_all(pki).map_err(|source| ControlPlaneError::Write {
         path: pki.to_owned(),
         source,
@@ -240,7 +245,7 @@ pub fn certificates(pki: &Path, service_ip: Ipv4Addr) -> Result<(), ControlPlane
     write(
         &pki.join("server.ext"),
         &format!(
-            "subjectAltName=IP:127.0.0.1,IP:{service_ip},DNS:localhost,DNS:kubernetes,\
+            "subjectAltName=IP:127.0.0.1,IP:{address},IP:{service_ip},DNS:localhost,DNS:kubernetes,\
              DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n"
         ),
     )?;
@@ -290,19 +295,21 @@ fn log_file(path: &Path) -> Result<(Stdio, Stdio), ControlPlaneError> {
 }
 
 impl ControlPlane {
-    /// Starts etcd and kube-apiserver in the node's namespace (files under `dir`: `pki/`,
-    /// logs, etcd data) and waits until the API server is ready.
+    /// Starts etcd and kube-apiserver in the first node's namespace (files under `dir`:
+    /// `pki/`, logs, etcd data), the API server also on the node's `address` for the other
+    /// nodes' agents, and waits until it is ready.
     pub async fn start(
         topo: &Topology,
         bins: &Binaries,
         dir: &Path,
+        address: Ipv4Addr,
         service_cidr: Ipv4Net,
         timeout: Duration,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let pki = dir.join("pki");
         let _ = std::fs::remove_dir_all(dir);
         let first_service_ip = service_cidr.hosts().next().unwrap_or(Ipv4Addr::UNSPECIFIED);
-        certificates(&pki, first_service_ip)?;
+        certificates(&pki, first_service_ip, address)?;
         let node = topo.node_netns();
         let (out, err) = log_file(&dir.join("etcd.log"))?;
         let etcd_args = etcd_args(&dir.join("etcd-data"), 2379, 2380);
@@ -310,7 +317,7 @@ impl ControlPlane {
 
         let log = dir.join("kube-apiserver.log");
         let (out, err) = log_file(&log)?;
-        let api_args = apiserver_args(&pki, dir, 2379, API_PORT, service_cidr);
+        let api_args = apiserver_args(&pki, dir, 2379, address, API_PORT, service_cidr);
         let apiserver = topo.spawn_logged_in(node, &bins.apiserver, &api_args, out, err)?;
 
         let client = admin_client(node, &pki).await?;
@@ -516,7 +523,8 @@ pub fn etcd_args(data_dir: &Path, client: u16, peer: u16) -> Vec<OsString> {
     ]
 }
 
-/// kube-apiserver as a cluster runs it, on 127.0.0.1:`port`: TLS with the certificates of
+/// kube-apiserver as a cluster runs it, on `address`:`port` (and 127.0.0.1 when `address` is
+/// not the loopback: every address of its namespace): TLS with the certificates of
 /// [`certificates`] in `pki`, client certificates, ServiceAccount tokens, Node and RBAC
 /// authorization, `service_cidr`, etcd on 127.0.0.1:`etcd`, its own files under `dir`; no
 /// endpoint reconciler (no controllers).
@@ -524,14 +532,19 @@ pub fn apiserver_args(
     pki: &Path,
     dir: &Path,
     etcd: u16,
+    address: Ipv4Addr,
     port: u16,
     service_cidr: Ipv4Net,
 ) -> Vec<OsString> {
     let p = |f: &str| pki.join(f).display().to_string();
+    let bind = match address.is_loopback() {
+        true => address,
+        false => Ipv4Addr::UNSPECIFIED,
+    };
     vec![
         format!("--etcd-servers=http://127.0.0.1:{etcd}").into(),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
+        format!("--bind-address={bind}").into(),
+        format!("--advertise-address={address}").into(),
         format!("--secure-port={port}").into(),
         format!("--tls-cert-file={}", p("apiserver.crt")).into(),
         format!("--tls-private-key-file={}", p("apiserver.key")).into(),

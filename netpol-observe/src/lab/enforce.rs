@@ -396,15 +396,31 @@ fn egress_chain(model: &LabModel, policies: &[&NetworkPolicy]) -> Result<String,
     Ok(body)
 }
 
-/// Compiles `policies` for the pods of `model` into an nftables script creating [`TABLE`].
-pub fn compile(model: &LabModel, policies: &[NetworkPolicy]) -> Result<String, EnforceError> {
+/// Compiles `policies` into one nftables script per node (in [`LabModel::nodes`] order), each
+/// creating [`TABLE`] with the rules of that node's pods: a node enforces the egress of its
+/// pods and the ingress of its pods, as a CNI does, so a packet is dropped on the node of the
+/// pod whose side denies it.
+pub fn compile(model: &LabModel, policies: &[NetworkPolicy]) -> Result<Vec<String>, EnforceError> {
     for p in policies {
         crate::policy::validate(p)?;
     }
+    (0..model.nodes.len())
+        .map(|node| compile_node(model, policies, node))
+        .collect()
+}
+
+fn compile_node(
+    model: &LabModel,
+    policies: &[NetworkPolicy],
+    node: usize,
+) -> Result<String, EnforceError> {
     let mut chains = String::new();
     let mut egress_map = Vec::new();
     let mut ingress_map = Vec::new();
     for (i, pod) in model.pods.iter().enumerate() {
+        if pod.node != node {
+            continue;
+        }
         let selecting: Vec<&NetworkPolicy> =
             policies.iter().filter(|p| selects(model, p, pod)).collect();
         let ingress: Vec<&NetworkPolicy> = selecting
@@ -462,15 +478,25 @@ pub fn compile(model: &LabModel, policies: &[NetworkPolicy]) -> Result<String, E
     Ok(format!("table inet {TABLE} {{\n{chains}{forward}}}\n"))
 }
 
-/// Loads the compiled `script` into the lab node, replacing earlier policies.
-pub fn apply(topo: &Topology, script: &str) -> Result<(), NetnsError> {
+/// Loads the compiled `scripts` (from [`compile`]) into the lab's nodes, replacing earlier
+/// policies.
+pub fn apply(topo: &Topology, scripts: &[String]) -> Result<(), NetnsError> {
     let _ = remove(topo);
-    netns::nft(topo.node_netns(), script)
+    for (node, script) in scripts.iter().enumerate() {
+        netns::nft(topo.node_netns_of(node), script)?;
+    }
+    Ok(())
 }
 
-/// Removes the compiled policies from the lab node.
+/// Removes the compiled policies from the lab's nodes.
 pub fn remove(topo: &Topology) -> Result<(), NetnsError> {
-    netns::nft(topo.node_netns(), &format!("delete table inet {TABLE}\n"))
+    let mut result = Ok(());
+    for node in topo.node_namespaces() {
+        if let Err(e) = netns::nft(node, &format!("delete table inet {TABLE}\n")) {
+            result = Err(e);
+        }
+    }
+    result
 }
 
 #[cfg(test)]
@@ -539,7 +565,7 @@ spec:
   - ports: [{port: http}]
 ",
         );
-        let script = compile(&m, &p).unwrap();
+        let script = compile(&m, &p).unwrap().remove(0);
         // web (10.244.0.11) and api (10.244.0.12) resolve `http` differently.
         assert!(
             script.contains("ip saddr { 10.244.0.13 } meta l4proto tcp th dport 8080 accept"),

@@ -213,8 +213,14 @@ pub fn endpoint_label(ep: &Endpoint) -> String {
 
 /// The flow table by workload pair: `from  to  port/PROTO  flows  state(s)`, sorted.
 pub fn flow_table(flows: &[FlowRecord]) -> String {
-    type Row = (usize, BTreeMap<String, usize>);
+    type Row = (usize, BTreeMap<String, usize>, BTreeMap<String, usize>);
     let mut rows: BTreeMap<(String, String, String), Row> = BTreeMap::new();
+    let several_nodes = flows
+        .iter()
+        .filter_map(|f| f.node.as_deref())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
     for f in flows {
         let port = match f.dst.port {
             Some(p) => format!("{p}/{}", protocol_name(f.protocol)),
@@ -229,18 +235,34 @@ pub fn flow_table(flows: &[FlowRecord]) -> String {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         *row.1.entry(state).or_default() += 1;
+        *row.2.entry(f.node.clone().unwrap_or_default()).or_default() += 1;
     }
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "  {:<26} {:<26} {:<10} {:>5}  states",
-        "from", "to", "port", "flows"
+        "  {:<26} {:<26} {:<10} {:>5}  states{}",
+        "from",
+        "to",
+        "port",
+        "flows",
+        if several_nodes { " (seen on)" } else { "" }
     );
-    for ((from, to, port), (n, states)) in rows {
+    for ((from, to, port), (n, states, nodes)) in rows {
         let states: Vec<String> = states.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let nodes = match several_nodes {
+            true => format!(
+                " ({})",
+                nodes
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            false => String::new(),
+        };
         let _ = writeln!(
             s,
-            "  {from:<26} {to:<26} {port:<10} {n:>5}  {}",
+            "  {from:<26} {to:<26} {port:<10} {n:>5}  {}{nodes}",
             states.join(", ")
         );
     }

@@ -213,14 +213,14 @@ fn pod_object(model: &LabModel, pod: &PodModel) -> Pod {
     };
     Pod {
         metadata: meta("Pod", Some(ns), &pod.name, pod.labels.clone(), owner_ref),
-        spec: Some(pod_spec(w, Some(&model.node_name))),
+        spec: Some(pod_spec(w, Some(&model.nodes[pod.node].name))),
         status: Some(PodStatus {
             phase: Some("Running".into()),
             pod_ip: Some(pod.ip.to_string()),
             pod_ips: Some(vec![PodIP {
                 ip: pod.ip.to_string(),
             }]),
-            host_ip: Some(model.node_ip.to_string()),
+            host_ip: Some(model.nodes[pod.node].ip.to_string()),
             ..PodStatus::default()
         }),
     }
@@ -229,36 +229,35 @@ fn pod_object(model: &LabModel, pod: &PodModel) -> Pod {
 /// Every object of the lab, in dependency order.
 pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
     let mut out = Vec::new();
-    out.push(to_value(&Node {
-        metadata: meta(
-            "Node",
-            None,
-            &model.node_name,
-            BTreeMap::from([(
-                "kubernetes.io/hostname".to_string(),
-                model.node_name.clone(),
-            )]),
-            None,
-        ),
-        spec: Some(NodeSpec {
-            pod_cidr: Some(model.pod_cidr.to_string()),
-            pod_cidrs: Some(vec![model.pod_cidr.to_string()]),
-            ..NodeSpec::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(vec![
-                NodeAddress {
-                    address: model.node_ip.to_string(),
-                    type_: "InternalIP".into(),
-                },
-                NodeAddress {
-                    address: model.node_name.clone(),
-                    type_: "Hostname".into(),
-                },
-            ]),
-            ..NodeStatus::default()
-        }),
-    })?);
+    for node in &model.nodes {
+        out.push(to_value(&Node {
+            metadata: meta(
+                "Node",
+                None,
+                &node.name,
+                BTreeMap::from([("kubernetes.io/hostname".to_string(), node.name.clone())]),
+                None,
+            ),
+            spec: Some(NodeSpec {
+                pod_cidr: Some(node.pod_cidr.to_string()),
+                pod_cidrs: Some(vec![node.pod_cidr.to_string()]),
+                ..NodeSpec::default()
+            }),
+            status: Some(NodeStatus {
+                addresses: Some(vec![
+                    NodeAddress {
+                        address: node.ip.to_string(),
+                        type_: "InternalIP".into(),
+                    },
+                    NodeAddress {
+                        address: node.name.clone(),
+                        type_: "Hostname".into(),
+                    },
+                ]),
+                ..NodeStatus::default()
+            }),
+        })?);
+    }
     for ns in &model.namespaces {
         out.push(to_value(&Namespace {
             metadata: meta("Namespace", None, &ns.name, ns.labels.clone(), None),
@@ -354,7 +353,7 @@ pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
                                     serving: Some(true),
                                     terminating: Some(false),
                                 }),
-                                node_name: Some(model.node_name.clone()),
+                                node_name: Some(model.nodes[pod.node].name.clone()),
                                 target_ref: Some(ObjectReference {
                                     kind: Some("Pod".into()),
                                     namespace: Some(pod.namespace.clone()),

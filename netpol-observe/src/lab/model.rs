@@ -1,9 +1,10 @@
 //! The resolved lab: every pod, service, external host and probe of a scenario with its
 //! addresses and port numbers, built and validated before anything touches the machine.
 //!
-//! Addressing: pods get `.10`, `.11`, ... of the pod CIDR (kube-dns first), services get
-//! `.20`, `.21`, ... of the service CIDR (kube-dns is `.10`), external hosts get `.1`, `.2`, ...
-//! of their subnet, and the node is [`NODE_IP`].
+//! Addressing: node `i` is `172.31.0.<i+1>` ([`NODE_IP`] for the first) and gets the `i`-th
+//! equal part of the pod CIDR (all of it for one node); pods get `.10`, `.11`, ... of their
+//! node's pod CIDR (kube-dns first, on the first node), services get `.20`, `.21`, ... of the
+//! service CIDR (kube-dns is `.10`), external hosts get `.1`, `.2`, ... of their subnet.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,16 +20,32 @@ use super::scenario::{
 };
 use crate::flow::Protocol;
 
-/// The node's address (InternalIP), also every pod's and external host's default gateway.
+/// The first node's address (InternalIP), also its pods' and every external host's default
+/// gateway; node `i` is this address plus `i`.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
-/// Default pod CIDR.
+/// Default pod CIDR of a one-node lab.
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+/// Default pod CIDR of a lab with several nodes (a `/24` per node).
+pub const DEFAULT_CLUSTER_POD_CIDR: &str = "10.244.0.0/16";
 /// Default service CIDR.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Namespace of the DNS service.
 pub const DNS_NAMESPACE: &str = "kube-system";
 /// Name of the DNS service.
 pub const DNS_SERVICE: &str = "kube-dns";
+
+/// A node: its own network namespace with its pods, Service DNAT and agent.
+#[derive(Debug, Clone)]
+pub struct NodeModel {
+    /// Node name.
+    pub name: String,
+    /// InternalIP (on the node's loopback; its pods' default gateway).
+    pub ip: Ipv4Addr,
+    /// The node's part of the pod CIDR (`spec.podCIDR`).
+    pub pod_cidr: Ipv4Net,
+    /// Indexes of its pods in [`LabModel::pods`].
+    pub pods: Vec<usize>,
+}
 
 /// A namespace with its labels (including `kubernetes.io/metadata.name`).
 #[derive(Debug, Clone)]
@@ -78,6 +95,8 @@ pub struct PodModel {
     pub name: String,
     /// Index of its workload in [`LabModel::workloads`].
     pub workload: usize,
+    /// Index of its node in [`LabModel::nodes`].
+    pub node: usize,
     /// Pod IP.
     pub ip: Ipv4Addr,
     /// Labels (workload labels plus `pod-template-hash` for Deployments).
@@ -222,11 +241,9 @@ pub struct ProbeModel {
 pub struct LabModel {
     /// Scenario name.
     pub name: String,
-    /// Node name.
-    pub node_name: String,
-    /// Node IP.
-    pub node_ip: Ipv4Addr,
-    /// Pod CIDR.
+    /// Nodes (at least one; the first runs kube-dns and is the gateway of the externals).
+    pub nodes: Vec<NodeModel>,
+    /// Pod CIDR of the cluster.
     pub pod_cidr: Ipv4Net,
     /// Service CIDR.
     pub service_cidr: Ipv4Net,
@@ -244,7 +261,7 @@ pub struct LabModel {
     pub probes: Vec<ProbeModel>,
 }
 
-/// (scenario index, namespace, name, kind, replicas, labels, ports)
+/// (scenario index, namespace, name, kind, replicas, labels, ports, pinned node)
 type WorkloadDraft = (
     Option<usize>,
     String,
@@ -253,6 +270,7 @@ type WorkloadDraft = (
     u32,
     BTreeMap<String, String>,
     Vec<PortModel>,
+    Option<usize>,
 );
 
 struct Ctx<'a> {
@@ -330,6 +348,74 @@ fn check_name(kind: &str, name: &str) -> Result<(), Problem> {
     }
 }
 
+/// The nodes of `scenario` (one, `<name>-node`, when it declares none) with their addresses
+/// and their parts of `pod_cidr`.
+fn node_models(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+    pod_cidr: Ipv4Net,
+) -> Result<Vec<NodeModel>, ScenarioError> {
+    let names: Vec<String> = match scenario.nodes.is_empty() {
+        true => vec![format!("{}-node", scenario.name)],
+        false => scenario.nodes.iter().map(|n| n.name.clone()).collect(),
+    };
+    for (i, name) in names.iter().enumerate() {
+        if scenario.nodes.is_empty() {
+            break;
+        }
+        check_name("node", name).map_err(|p| cx.err("nodes", i, p))?;
+        if names[..i].contains(name) {
+            return Err(cx.err(
+                "nodes",
+                i,
+                Problem::Duplicate {
+                    kind: "node",
+                    name: name.clone(),
+                },
+            ));
+        }
+        if i >= 64 {
+            return Err(cx.err(
+                "nodes",
+                i,
+                Problem::Other("the lab runs at most 64 nodes".into()),
+            ));
+        }
+    }
+    // One node has the whole pod CIDR; several split it in 2^k equal parts, at most /24 each.
+    let parts_bits = (names.len() as u32).next_power_of_two().trailing_zeros();
+    let prefix = match names.len() {
+        1 => pod_cidr.prefix_len(),
+        _ => (pod_cidr.prefix_len() + parts_bits as u8).max(24),
+    };
+    let count = names.len();
+    let too_small = || {
+        cx.err(
+            "podCIDR",
+            0,
+            Problem::Other(format!(
+                "pod CIDR {pod_cidr} is too small for {count} nodes"
+            )),
+        )
+    };
+    if prefix > 27 {
+        return Err(too_small());
+    }
+    let mut parts = pod_cidr.subnets(prefix).map_err(|_| too_small())?;
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            Ok(NodeModel {
+                name,
+                ip: Ipv4Addr::from(u32::from(NODE_IP) + i as u32),
+                pod_cidr: parts.next().ok_or_else(too_small)?,
+                pods: Vec::new(),
+            })
+        })
+        .collect()
+}
+
 fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -338,20 +424,18 @@ impl LabModel {
     /// Validates `scenario` (read from `path`, whose `text` locates errors) and resolves it.
     pub fn build(path: &Path, text: &str, scenario: &Scenario) -> Result<LabModel, ScenarioError> {
         let cx = Ctx { path, text };
+        let node_count = scenario.nodes.len().max(1);
+        let default_pod_cidr = if node_count > 1 {
+            DEFAULT_CLUSTER_POD_CIDR
+        } else {
+            DEFAULT_POD_CIDR
+        };
         let pod_cidr = scenario
             .pod_cidr
-            .unwrap_or_else(|| DEFAULT_POD_CIDR.parse().unwrap_or_default());
+            .unwrap_or_else(|| default_pod_cidr.parse().unwrap_or_default());
         let service_cidr = scenario
             .service_cidr
             .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.parse().unwrap_or_default());
-        let node_net = Ipv4Net::from(NODE_IP);
-
-        // Address ranges must not overlap.
-        let mut ranges: Vec<(String, Ipv4Net)> = vec![
-            ("the pod CIDR".into(), pod_cidr),
-            ("the service CIDR".into(), service_cidr),
-            ("the node address".into(), node_net),
-        ];
         if pod_cidr.prefix_len() > 27 {
             return Err(cx.err(
                 "podCIDR",
@@ -366,6 +450,20 @@ impl LabModel {
                 Problem::Other(format!("service CIDR {service_cidr} is too small")),
             ));
         }
+
+        let mut nodes = node_models(&cx, scenario, pod_cidr)?;
+
+        // Address ranges must not overlap.
+        let mut ranges: Vec<(String, Ipv4Net)> = vec![
+            ("the pod CIDR".into(), pod_cidr),
+            ("the service CIDR".into(), service_cidr),
+        ];
+        ranges.extend(nodes.iter().map(|n| {
+            (
+                format!("the address of node {}", n.name),
+                Ipv4Net::from(n.ip),
+            )
+        }));
         for (section, net) in [("podCIDR", pod_cidr), ("serviceCIDR", service_cidr)] {
             for (name, other) in &ranges {
                 if *other != net
@@ -432,6 +530,7 @@ impl LabModel {
             1,
             BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
             dns_ports.clone(),
+            Some(0),
         )];
         for (i, w) in scenario.workloads.iter().enumerate() {
             check_name("workload", &w.name).map_err(|p| cx.err("workloads", i, p))?;
@@ -456,12 +555,43 @@ impl LabModel {
                 ));
             }
             if matches!(w.kind, WorkloadKind::DaemonSet | WorkloadKind::Pod) && w.replicas != 1 {
+                let one = match w.kind {
+                    WorkloadKind::DaemonSet => "exactly one pod on every node",
+                    _ => "exactly one pod",
+                };
                 return Err(cx.err(
                     "workloads",
                     i,
-                    Problem::Other(format!("a {} has exactly one pod on the lab node", w.kind)),
+                    Problem::Other(format!("a {} has {one}", w.kind)),
                 ));
             }
+            let pinned = match &w.node {
+                None => None,
+                Some(_) if w.kind == WorkloadKind::DaemonSet => {
+                    return Err(cx.err(
+                        "workloads",
+                        i,
+                        Problem::Other("a DaemonSet runs on every node: no `node`".into()),
+                    ));
+                }
+                Some(name) => match nodes.iter().position(|n| n.name == *name) {
+                    Some(n) => Some(n),
+                    None => {
+                        return Err(cx.err(
+                            "workloads",
+                            i,
+                            Problem::Other(format!(
+                                "unknown node `{name}` (declared: {})",
+                                nodes
+                                    .iter()
+                                    .map(|n| n.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )),
+                        ));
+                    }
+                },
+            };
             if w.replicas == 0 {
                 return Err(cx.err(
                     "workloads",
@@ -504,14 +634,21 @@ impl LabModel {
                 w.replicas,
                 w.labels.clone(),
                 ports(&w.ports),
+                pinned,
             ));
         }
         let mut workloads = Vec::new();
         let mut pods = Vec::new();
-        let mut next_pod_ip = 10u32;
+        let mut next_pod_ip = vec![10u32; nodes.len()];
         let mut taken: std::collections::HashSet<(String, String)> =
             std::collections::HashSet::new();
-        for (spec_index, namespace, name, kind, replicas, labels, wports) in workload_specs {
+        for (spec_index, namespace, name, kind, replicas, labels, wports, pinned) in workload_specs
+        {
+            // A DaemonSet has one pod per node.
+            let replicas = match kind {
+                WorkloadKind::DaemonSet => u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+                _ => replicas,
+            };
             let template_hash = suffix(&format!("{namespace}/{name}/template"), 10);
             let wi = workloads.len();
             let mut pod_indexes = Vec::new();
@@ -523,7 +660,11 @@ impl LabModel {
                     ),
                     WorkloadKind::StatefulSet => format!("{name}-{r}"),
                     WorkloadKind::DaemonSet => {
-                        format!("{name}-{}", suffix(&format!("{namespace}/{name}/ds"), 5))
+                        let seed = match r {
+                            0 => format!("{namespace}/{name}/ds"),
+                            _ => format!("{namespace}/{name}/ds/{r}"),
+                        };
+                        format!("{name}-{}", suffix(&seed, 5))
                     }
                     WorkloadKind::Pod => name.clone(),
                 };
@@ -536,14 +677,20 @@ impl LabModel {
                         suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
                     );
                 }
-                let ip = nth_host(pod_cidr, next_pod_ip).ok_or_else(|| {
+                let node = pinned.unwrap_or(r as usize % nodes.len());
+                let node_cidr = nodes[node].pod_cidr;
+                let ip = nth_host(node_cidr, next_pod_ip[node]).ok_or_else(|| {
                     cx.err(
                         "workloads",
                         spec_index.unwrap_or(0),
-                        Problem::Other(format!("pod CIDR {pod_cidr} is full")),
+                        Problem::Other(format!(
+                            "pod CIDR {node_cidr} of node {} is full",
+                            nodes[node].name
+                        )),
                     )
                 })?;
-                next_pod_ip += 1;
+                next_pod_ip[node] += 1;
+                nodes[node].pods.push(pods.len());
                 let mut pod_labels = labels.clone();
                 match kind {
                     WorkloadKind::Deployment => {
@@ -563,6 +710,7 @@ impl LabModel {
                     namespace: namespace.clone(),
                     name: pod_name,
                     workload: wi,
+                    node,
                     ip,
                     labels: pod_labels,
                     ports: wports.clone(),
@@ -833,8 +981,7 @@ impl LabModel {
 
         let mut model = LabModel {
             name: scenario.name.clone(),
-            node_name: format!("{}-node", scenario.name),
-            node_ip: NODE_IP,
+            nodes,
             pod_cidr,
             service_cidr,
             namespaces,
@@ -1170,6 +1317,76 @@ traffic:
         let (line, p) = problem(&text);
         assert_eq!(line, 11, "the second, overlapping entry");
         assert!(matches!(p, Problem::OverlappingCidrs { .. }), "{p:?}");
+    }
+
+    /// Nodes: each its part of the pod CIDR and its address; replicas spread in order,
+    /// `node` pins a workload, a DaemonSet has a pod on every node, kube-dns is on the first.
+    #[test]
+    fn nodes_place_pods_and_split_the_pod_cidr() {
+        let text = "name: t
+nodes: [{name: n1}, {name: n2}, {name: n3}]
+namespaces: [{name: a}]
+workloads:
+  - {namespace: a, name: web, replicas: 4, labels: {app: web}}
+  - {namespace: a, name: db, kind: StatefulSet, replicas: 2, labels: {app: db}, node: n3}
+  - {namespace: a, name: agent, kind: DaemonSet, labels: {app: agent}}
+";
+        let s = parse(Path::new("t"), text).unwrap();
+        let m = LabModel::build(Path::new("t"), text, &s).unwrap();
+        let cidrs: Vec<String> = m.nodes.iter().map(|n| n.pod_cidr.to_string()).collect();
+        assert_eq!(cidrs, ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]);
+        let ips: Vec<String> = m.nodes.iter().map(|n| n.ip.to_string()).collect();
+        assert_eq!(ips, ["172.31.0.1", "172.31.0.2", "172.31.0.3"]);
+        let placed = |w: &str| -> Vec<(usize, String)> {
+            let w = m.workloads.iter().find(|x| x.name == w).unwrap();
+            w.pods
+                .iter()
+                .map(|&p| (m.pods[p].node, m.pods[p].ip.to_string()))
+                .collect()
+        };
+        assert_eq!(placed("coredns"), [(0, "10.244.0.10".to_string())]);
+        let web: Vec<usize> = placed("web").into_iter().map(|p| p.0).collect();
+        assert_eq!(web, [0, 1, 2, 0]);
+        assert!(
+            placed("db")
+                .iter()
+                .all(|p| p.0 == 2 && p.1.starts_with("10.244.2."))
+        );
+        let agent: Vec<usize> = placed("agent").into_iter().map(|p| p.0).collect();
+        assert_eq!(agent, [0, 1, 2]);
+        for (i, n) in m.nodes.iter().enumerate() {
+            assert!(
+                n.pods
+                    .iter()
+                    .all(|&p| m.pods[p].node == i && n.pod_cidr.contains(&m.pods[p].ip))
+            );
+        }
+        // The inventory says where every pod runs.
+        let yaml = crate::lab::inventory::to_yaml(&m).unwrap();
+        let inv = crate::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
+        assert_eq!(inv.nodes.len(), 3);
+        // Errors name the entry.
+        for (bad, want) in [
+            (text.replace("node: n3}", "node: n9}"), "unknown node `n9`"),
+            (
+                text.replace("labels: {app: agent}}", "labels: {app: agent}, node: n1}"),
+                "DaemonSet runs on every node",
+            ),
+            (
+                text.replace("{name: n3}", "{name: n2}"),
+                "duplicate node `n2`",
+            ),
+            (
+                text.replace("name: t\n", "name: t\npodCIDR: 10.244.0.0/26\n"),
+                "too small for 3 nodes",
+            ),
+        ] {
+            let s = parse(Path::new("t"), &bad).unwrap();
+            let err = LabModel::build(Path::new("t"), &bad, &s)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

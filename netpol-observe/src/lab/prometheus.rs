@@ -1,6 +1,6 @@
-//! A real Prometheus in the lab: one instance started inside the node's network namespace
-//! (where the agent listens), on its own loopback port, with its own configuration and data
-//! directory in the output folder (never the machine's system Prometheus). It finds the agents
+//! A real Prometheus in the lab: one instance started inside the first node's network
+//! namespace, on its own loopback port, with its own configuration and data directory in the
+//! output folder (never the machine's system Prometheus). It finds every node's agent
 //! through file-based service discovery (a `file_sd_configs` targets file the lab writes, as
 //! the Prometheus Operator or a hand-written scrape config would) and scrapes them every
 //! second. The lab then asks it the query of `recommend --prometheus` and compares the
@@ -130,12 +130,18 @@ scrape_configs:
     )
 }
 
-/// The `file_sd_configs` targets file: the agents' `host:port`, labelled with the node.
-pub fn targets(agents: &[SocketAddr], node: &str) -> String {
-    let list = serde_json::json!([{
-        "targets": agents.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "labels": {"node": node},
-    }]);
+/// The `file_sd_configs` targets file: one group per agent (`host:port`) labelled with its
+/// node, as Kubernetes service discovery labels a DaemonSet's pods.
+pub fn targets(agents: &[(SocketAddr, &str)]) -> String {
+    let list: Vec<serde_json::Value> = agents
+        .iter()
+        .map(|(addr, node)| {
+            serde_json::json!({
+                "targets": [addr.to_string()],
+                "labels": {"node": node},
+            })
+        })
+        .collect();
     let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
     text.push('\n');
     text
@@ -194,8 +200,7 @@ impl PrometheusHandle {
         topo: &Topology,
         program: &Path,
         dir: &Path,
-        agents: &[SocketAddr],
-        node: &str,
+        agents: &[(SocketAddr, &str)],
         timeout: Duration,
     ) -> Result<PrometheusHandle, PrometheusError> {
         let write = |path: PathBuf, text: &str| {
@@ -219,7 +224,7 @@ impl PrometheusHandle {
             source,
         })?;
         let targets_file = dir.join("targets.json");
-        write(targets_file.clone(), &targets(agents, node))?;
+        write(targets_file.clone(), &targets(agents))?;
         let config_file = dir.join("prometheus.yml");
         write(config_file.clone(), &config(&targets_file))?;
         let log = dir.join("prometheus.log");
@@ -380,11 +385,15 @@ mod tests {
             job["file_sd_configs"][0]["files"][0],
             "/out/prometheus/targets.json"
         );
-        let t: serde_json::Value =
-            serde_json::from_str(&targets(&[SocketAddr::from(([127, 0, 0, 1], 9965))], "n1"))
-                .unwrap();
-        assert_eq!(t[0]["targets"][0], "127.0.0.1:9965");
+        let t: serde_json::Value = serde_json::from_str(&targets(&[
+            (SocketAddr::from(([172, 31, 0, 1], 9965)), "n1"),
+            (SocketAddr::from(([172, 31, 0, 2], 9965)), "n2"),
+        ]))
+        .unwrap();
+        assert_eq!(t[0]["targets"][0], "172.31.0.1:9965");
         assert_eq!(t[0]["labels"]["node"], "n1");
+        assert_eq!(t[1]["targets"][0], "172.31.0.2:9965");
+        assert_eq!(t[1]["labels"]["node"], "n2");
     }
 
     #[test]

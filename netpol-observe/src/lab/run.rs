@@ -16,7 +16,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Serialize;
 
 use super::{
-    agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle, AgentSource},
+    agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle, AgentSource, Agents},
     control_plane::{self, ControlPlane, ControlPlaneError},
     enforce::{self, EnforceError},
     expect::{self, Coverage},
@@ -281,7 +281,7 @@ pub async fn wait_for_signal() -> &'static str {
 /// A lab whose pipeline is done but whose node, agent, Prometheus and control plane still run.
 #[derive(Debug)]
 pub struct Running {
-    agent: AgentHandle,
+    agents: Agents,
     prometheus: Option<PrometheusHandle>,
     control_plane: Option<ControlPlane>,
     topo: Topology,
@@ -293,16 +293,27 @@ impl Running {
         self.prometheus.as_ref()
     }
 
+    /// The agents, one per node.
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// The first node's network namespace, from which every agent is reachable on its node's
+    /// address.
+    pub fn first_node_netns(&self) -> &str {
+        self.topo.node_netns()
+    }
+
     /// Stops the agent and Prometheus (SIGTERM), removes the control plane's data and tears
     /// the node down.
     pub async fn finish(self) -> Result<(), LabError> {
         let Running {
-            agent,
+            agents,
             prometheus,
             control_plane,
             mut topo,
         } = self;
-        agent.stop().await;
+        agents.stop().await;
         if let Some(p) = prometheus {
             p.stop().await;
         }
@@ -355,13 +366,13 @@ fn compare_policies(
     )
 }
 
-/// `recommend --agent` (the agent's `/api/v1/flows` as `recommend` reads it) against
+/// `recommend --agent` (every agent's `/api/v1/flows` as `recommend` reads and merges them) against
 /// `recommend --prometheus` (the instant query over the time Prometheus ran, plus a minute),
 /// both with the lab's recommender configuration. Prometheus is asked again every scrape
 /// interval until both agree or `timeout` passes (its last scrape may predate the agent's
 /// last sweep).
 async fn compare_sources(
-    agent: &AgentHandle,
+    agents: &Agents,
     prom: &PrometheusHandle,
     cluster: &crate::inventory::Inventory,
     subnets: &Subnets,
@@ -369,20 +380,26 @@ async fn compare_sources(
     timeout: Duration,
 ) -> Result<Comparison, LabError> {
     use crate::recommend::sources;
-    let body = match agent.get("/api/v1/flows").await? {
-        (200, body) => body,
-        (code, body) => {
-            return Err(AgentError::Http {
-                path: "/api/v1/flows".into(),
-                message: format!("status {code}: {}", body.trim()),
+    let mut per_agent = Vec::new();
+    for agent in agents.each() {
+        let body = match agent.get("/api/v1/flows").await? {
+            (200, body) => body,
+            (code, body) => {
+                return Err(AgentError::Http {
+                    path: "/api/v1/flows".into(),
+                    message: format!("status {code}: {}", body.trim()),
+                }
+                .into());
             }
-            .into());
+        };
+        let origin = format!("agent {} /api/v1/flows", agent.listen());
+        let (flows, errors) = sources::parse_agent_flows(&body, &origin);
+        for e in &errors {
+            tracing::warn!("{e}");
         }
-    };
-    let (agent_flows, errors) = sources::parse_agent_flows(&body, "agent /api/v1/flows");
-    for e in &errors {
-        tracing::warn!("{e}");
+        per_agent.push(flows);
     }
+    let agent_flows = sources::merge_flows(per_agent);
     let from_agent = Recommender::new(cluster, subnets, config.clone())
         .recommend(&agent_flows)
         .policies;
@@ -436,12 +453,12 @@ fn subnets_of(model: &LabModel) -> Subnets {
 /// traffic entries.
 async fn collect_flows(
     model: &LabModel,
-    agent: &AgentHandle,
+    agents: &Agents,
     timeout: Duration,
 ) -> Result<(Vec<FlowRecord>, Coverage), LabError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let flows: Vec<FlowRecord> = agent.flows().await?.into_iter().map(|f| f.flow).collect();
+        let flows: Vec<FlowRecord> = agents.flows().await?.into_iter().map(|f| f.flow).collect();
         let coverage = Coverage::of(model, &flows);
         if coverage.complete() {
             break;
@@ -456,15 +473,24 @@ async fn collect_flows(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(AGENT_INTERVAL + Duration::from_millis(300)).await;
-    let mut flows: Vec<FlowRecord> = agent.flows().await?.into_iter().map(|f| f.flow).collect();
+    let mut flows: Vec<FlowRecord> = agents.flows().await?.into_iter().map(|f| f.flow).collect();
     flows.sort_by(|a, b| {
-        (a.first_seen, a.src.ip, a.src.port, a.dst.ip, a.dst.port).cmp(&(
-            b.first_seen,
-            b.src.ip,
-            b.src.port,
-            b.dst.ip,
-            b.dst.port,
-        ))
+        (
+            a.first_seen,
+            a.src.ip,
+            a.src.port,
+            a.dst.ip,
+            a.dst.port,
+            &a.node,
+        )
+            .cmp(&(
+                b.first_seen,
+                b.src.ip,
+                b.src.port,
+                b.dst.ip,
+                b.dst.port,
+                &b.node,
+            ))
     });
     expect::attribute_entries(model, &mut flows);
     let coverage = Coverage::of(model, &flows);
@@ -495,17 +521,18 @@ async fn policies_in_use(agent: &AgentHandle) -> Result<Option<usize>, LabError>
         .and_then(|v| v.parse().ok()))
 }
 
-/// Gives the agent the policies about to be enforced — through the API server (`--apiserver`),
-/// else as a file in its inventory directory (renamed into place) — and waits until its model
-/// uses them.
-async fn hand_policies_to_agent(
-    agent: &AgentHandle,
+/// Gives the agents the policies about to be enforced — through the API server
+/// (`--apiserver`), else as a file in their inventory directory (renamed into place) — and
+/// waits until every agent's model uses them.
+async fn hand_policies_to_agents(
+    agents: &Agents,
     control_plane: Option<&mut ControlPlane>,
     dir: &Path,
     out: &Path,
     policies: &[NetworkPolicy],
 ) -> Result<(), LabError> {
-    let before = policies_in_use(agent).await?.unwrap_or(0);
+    // Every agent reads the same objects: the first one's count stands for all.
+    let before = policies_in_use(&agents.each()[0]).await?.unwrap_or(0);
     match control_plane {
         Some(cp) => cp.apply_policies(policies).await?,
         None => {
@@ -523,16 +550,18 @@ async fn hand_policies_to_agent(
     }
     let want = before + policies.len();
     let deadline = Instant::now() + AGENT_INTERVAL * 20;
-    while policies_in_use(agent).await? != Some(want) {
-        if Instant::now() > deadline {
-            tracing::warn!(
-                log = %agent.log().display(),
-                want,
-                "the agent does not use the enforced policies yet: drops may name no policy"
-            );
-            return Ok(());
+    for agent in agents.each() {
+        while policies_in_use(agent).await? != Some(want) {
+            if Instant::now() > deadline {
+                tracing::warn!(
+                    log = %agent.log().display(),
+                    want,
+                    "the agent does not use the enforced policies yet: drops may name no policy"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
 }
@@ -582,14 +611,14 @@ fn drop_of(
 /// that was denied, and returns per probe its drop reason and policy.
 async fn drop_reports(
     model: &LabModel,
-    agent: &AgentHandle,
+    agents: &Agents,
     probes: &[&ProbeModel],
     results: &[ProbeResult],
     since: Timestamp,
 ) -> Result<Vec<Option<(String, Option<String>)>>, LabError> {
     let deadline = Instant::now() + AGENT_INTERVAL * 5;
     loop {
-        let flows = agent.flows().await?;
+        let flows = agents.flows().await?;
         let found: Vec<_> = probes
             .iter()
             .map(|p| drop_of(model, p, &flows, since))
@@ -602,6 +631,15 @@ async fn drop_reports(
             return Ok(found);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `<stem>.<ext>` in a one-node lab, `<stem>-<node>.<ext>` with several nodes (agent logs,
+/// metrics scrapes).
+fn per_node_file(model: &LabModel, stem: &str, node: &str, ext: &str) -> String {
+    match model.nodes.len() {
+        1 => format!("{stem}.{ext}"),
+        _ => format!("{stem}-{node}.{ext}"),
     }
 }
 
@@ -659,6 +697,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
                 &topo,
                 bins,
                 &dir,
+                model.nodes[0].ip,
                 model.service_cidr,
                 opts.agent_timeout * 4,
             )
@@ -675,19 +714,27 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         }
     };
 
-    tracing::info!("starting the agent in the node's namespace");
-    let agent_log = opts.out.join("agent.log");
-    let agent = AgentHandle::start(
+    tracing::info!(nodes = model.nodes.len(), "starting one agent per node");
+    let agent_logs: Vec<PathBuf> = model
+        .nodes
+        .iter()
+        .map(|n| opts.out.join(per_node_file(model, "agent", &n.name, "log")))
+        .collect();
+    let agents = Agents::start(
         &topo,
+        model,
         &opts.agent_program,
         &source,
+        Some(SocketAddr::from((
+            model.nodes[0].ip,
+            control_plane::API_PORT,
+        ))),
         &subnets_path,
-        &model.node_name,
-        &agent_log,
+        &agent_logs,
         opts.agent_timeout,
     )
     .await?;
-    files.push(agent_log);
+    files.extend(agent_logs);
     let prometheus = match &opts.prometheus {
         Some(program) => {
             tracing::info!("starting Prometheus in the node's namespace");
@@ -700,8 +747,11 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
                 &topo,
                 program,
                 &dir,
-                &[super::agent::AGENT_LISTEN],
-                &model.node_name,
+                &agents
+                    .each()
+                    .iter()
+                    .map(|a| (a.listen(), a.node()))
+                    .collect::<Vec<_>>(),
                 opts.agent_timeout,
             )
             .await?;
@@ -722,8 +772,8 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     let learning = traffic::run_all(model, &topo, &[ProbeKind::Traffic], opts.timeouts).await;
     write(&opts.out.join("probes.json"), &json(&learning), &mut files)?;
 
-    tracing::info!("waiting for the agent to report every traffic entry");
-    let (flows, coverage) = collect_flows(model, &agent, opts.agent_timeout).await?;
+    tracing::info!("waiting for the agents to report every traffic entry");
+    let (flows, coverage) = collect_flows(model, &agents, opts.agent_timeout).await?;
     write(&opts.out.join("flows.jsonl"), &jsonl(&flows), &mut files)?;
     let missing = coverage.missing(model);
 
@@ -750,7 +800,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     if let Some(prom) = &prometheus {
         tracing::info!("comparing recommend --prometheus with recommend --agent");
         let c = compare_sources(
-            &agent,
+            &agents,
             prom,
             &cluster,
             &subnets,
@@ -779,10 +829,17 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             None => (recommended.policies.clone(), "recommended.yaml"),
         };
         enforced_policies = Some(format!("{} policies from {source}", policies.len()));
-        let script = enforce::compile(model, &policies)?;
-        write(&opts.out.join("enforce.nft"), script.as_bytes(), &mut files)?;
-        hand_policies_to_agent(
-            &agent,
+        let scripts = enforce::compile(model, &policies)?;
+        let mut text = String::new();
+        for (node, script) in model.nodes.iter().zip(&scripts) {
+            if model.nodes.len() > 1 {
+                text.push_str(&format!("# node {}\n", node.name));
+            }
+            text.push_str(script);
+        }
+        write(&opts.out.join("enforce.nft"), text.as_bytes(), &mut files)?;
+        hand_policies_to_agents(
+            &agents,
             control_plane.as_mut(),
             &agent_dir,
             &opts.out,
@@ -793,7 +850,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             policies = policies.len(),
             "enforcing the policies on the node"
         );
-        enforce::apply(&topo, &script)?;
+        enforce::apply(&topo, &scripts)?;
         // Flow timestamps have second precision at best: a margin, never the learning flows
         // (they ended a sweep ago).
         let since = Timestamp::now()
@@ -806,8 +863,8 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             .iter()
             .filter(|p| kinds.contains(&p.kind))
             .collect();
-        tracing::info!("waiting for the agent to report the drops");
-        let drops = drop_reports(model, &agent, &probes, &results, since).await?;
+        tracing::info!("waiting for the agents to report the drops");
+        let drops = drop_reports(model, &agents, &probes, &results, since).await?;
         let mut out = Vec::new();
         for (r, d) in results.into_iter().zip(drops) {
             let observed = Seen::of(&r);
@@ -841,12 +898,11 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         enforced = Some(out);
     }
 
-    let metrics = agent.metrics().await?;
-    write(
-        &opts.out.join("metrics.txt"),
-        metrics.as_bytes(),
-        &mut files,
-    )?;
+    for agent in agents.each() {
+        let metrics = agent.metrics().await?;
+        let name = per_node_file(model, "metrics", agent.node(), "txt");
+        write(&opts.out.join(name), metrics.as_bytes(), &mut files)?;
+    }
     let run_id = topo.run_id().to_string();
     let report = LabReport {
         learning,
@@ -862,7 +918,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         run_id,
     };
     let running = Running {
-        agent,
+        agents,
         prometheus,
         control_plane,
         topo,

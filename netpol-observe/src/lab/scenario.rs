@@ -20,9 +20,15 @@ use crate::flow::Protocol;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
-    /// Name of the scenario (also names the simulated node: `<name>-node`).
+    /// Name of the scenario (also names the simulated node when `nodes` is empty:
+    /// `<name>-node`).
     pub name: String,
-    /// Pod CIDR of the node (default `10.244.0.0/24`).
+    /// The cluster's nodes (default: one, `<name>-node`). Each is its own network namespace
+    /// with its pods, Service DNAT and agent.
+    #[serde(default)]
+    pub nodes: Vec<NodeSpec>,
+    /// Pod CIDR of the cluster (default `10.244.0.0/24` for one node, else `10.244.0.0/16`),
+    /// split evenly between the nodes (a `/24` each by default).
     #[serde(default, rename = "podCIDR")]
     pub pod_cidr: Option<Ipv4Net>,
     /// Service CIDR of the cluster (default `10.96.0.0/16`); `kube-dns` is at `.10`.
@@ -48,6 +54,14 @@ pub struct Scenario {
     pub forbidden: Vec<TrafficSpec>,
 }
 
+/// A node of the scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name (a DNS label).
+    pub name: String,
+}
+
 /// A namespace of the scenario.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +81,7 @@ pub enum WorkloadKind {
     Deployment,
     /// A StatefulSet (pods `<name>-0`, `<name>-1`, ...).
     StatefulSet,
-    /// A DaemonSet (one pod on the lab node).
+    /// A DaemonSet (one pod on every node).
     DaemonSet,
     /// A bare Pod without owner.
     Pod,
@@ -99,6 +113,10 @@ pub struct WorkloadSpec {
     /// Container ports; a server listens on each.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The node running every pod of the workload (default: replicas spread over the nodes
+    /// in order, replica `r` on node `r mod nodes`).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 /// A declared port (of a container or an external host).

@@ -1,15 +1,23 @@
-//! The simulated node on the machine (root).
+//! The simulated cluster on the machine (root).
 //!
-//! The node is its own network namespace, `npo-lab-<run>-node`, so that labs never touch the
-//! host's routing or firewall and several labs (parallel tests) can run side by side with the
-//! same CIDRs. Inside it:
-//! - the node IP ([`NODE_IP`](super::model::NODE_IP)) on its loopback (answered to ARP on every
-//!   veth, so it is every pod's gateway);
-//! - one routed veth per pod (host side `veth<8 hex>`, matching the usual CNI pattern `veth*`)
-//!   with a `/32` route, the pod's end `eth0` in the pod's namespace with its `/32` address and a
-//!   default route via the node IP (the Calico-style routed layout);
-//! - one routed veth per external host (host side `ext<i>h<j>`), hosts in their own namespaces;
-//! - IPv4 forwarding on, the Service DNAT table ([`services`](super::services)).
+//! Each node is its own network namespace (`npo-lab-<run>-node` for a one-node lab,
+//! `npo-lab-<run>-node-<name>` otherwise), so that labs never touch the host's routing or
+//! firewall and several labs (parallel tests) can run side by side with the same CIDRs.
+//! Inside a node:
+//! - the node IP on its loopback (answered to ARP on every veth, so it is its pods' gateway);
+//! - one routed veth per pod of the node (host side `veth<8 hex>`, matching the usual CNI
+//!   pattern `veth*`) with a `/32` route, the pod's end `eth0` in the pod's namespace with its
+//!   `/32` address and a default route via the node IP (the Calico-style routed layout);
+//! - IPv4 forwarding on, the Service DNAT table for every Service
+//!   ([`services`](super::services)), as kube-proxy has on every node.
+//!
+//! The first node is also the gateway of the externals: one routed veth per external host
+//! (host side `ext<i>h<j>`), hosts in their own namespaces with that node as default gateway.
+//! With several nodes, a `npo-lab-<run>-fabric` namespace holds a bridge (the nodes' L2
+//! network); every node has an `eth0` on it, a route to every other node's pod CIDR via that
+//! node's IP (as a routed CNI installs them), and the other nodes route the externals' subnets
+//! via the first node. A cross-node connection thus leaves the client pod's veth on one node and
+//! enters the server pod's veth on the other, each node's agent seeing its own side.
 //!
 //! Servers answer on every declared port of every pod and external host, kube-dns answers
 //! on the `coredns` pod. [`Topology::teardown`] (also run on drop) aborts the servers, kills
@@ -32,7 +40,10 @@ use crate::flow::Protocol;
 #[derive(Debug)]
 pub struct Topology {
     run: RunLock,
-    node: String,
+    /// The nodes' namespaces, in [`LabModel::nodes`] order.
+    nodes: Vec<String>,
+    /// The namespace of the nodes' bridge (several nodes only).
+    fabric: Option<String>,
     pods: Vec<String>,
     pod_veths: Vec<String>,
     externals: Vec<Vec<String>>,
@@ -164,7 +175,15 @@ impl Topology {
         }
         let run = RunLock::acquire()?;
         let prefix = run.prefix();
-        let node = format!("{prefix}node");
+        let nodes: Vec<String> = match model.nodes.len() {
+            1 => vec![format!("{prefix}node")],
+            _ => model
+                .nodes
+                .iter()
+                .map(|n| format!("{prefix}node-{}", sanitize(&n.name)))
+                .collect(),
+        };
+        let fabric = (model.nodes.len() > 1).then(|| format!("{prefix}fabric"));
         let pods: Vec<String> = model
             .pods
             .iter()
@@ -186,7 +205,8 @@ impl Topology {
             .collect();
         let mut topo = Topology {
             run,
-            node,
+            nodes,
+            fabric,
             pods,
             pod_veths,
             externals,
@@ -199,59 +219,102 @@ impl Topology {
     }
 
     fn all_namespaces(&self) -> Vec<String> {
-        let mut all = vec![self.node.clone()];
+        let mut all = self.nodes.clone();
+        all.extend(self.fabric.iter().cloned());
         all.extend(self.pods.iter().cloned());
         all.extend(self.externals.iter().flatten().cloned());
         all
     }
 
     fn configure(&mut self, model: &LabModel) -> Result<(), NetnsError> {
-        let node_ip = model.node_ip;
         let mut add = String::new();
         for ns in self.all_namespaces() {
             let _ = writeln!(add, "netns add {ns}");
         }
         netns::ip_batch(None, &add)?;
-
-        let mut node = format!("link set lo up\naddr add {node_ip}/32 dev lo\n");
-        for (i, pod) in model.pods.iter().enumerate() {
-            let veth = &self.pod_veths[i];
-            let _ = writeln!(
-                node,
-                "link add {veth} type veth peer name eth0 netns {}\nlink set {veth} up\nroute add {}/32 dev {veth}",
-                self.pods[i], pod.ip
-            );
+        if let Some(fabric) = &self.fabric {
+            netns::ip_batch(
+                Some(fabric),
+                "link set lo up\nlink add br0 type bridge\nlink set br0 up\n",
+            )?;
         }
-        for (i, ext) in model.externals.iter().enumerate() {
-            for (j, host) in ext.hosts.iter().enumerate() {
-                let link = format!("ext{i}h{j}");
+        let gateway = &model.nodes[0];
+        for (n, node) in model.nodes.iter().enumerate() {
+            let mut script = format!("link set lo up\naddr add {}/32 dev lo\n", node.ip);
+            for &i in &node.pods {
+                let veth = &self.pod_veths[i];
                 let _ = writeln!(
-                    node,
-                    "link add {link} type veth peer name eth0 netns {}\nlink set {link} up\nroute add {host}/32 dev {link}",
-                    self.externals[i][j]
+                    script,
+                    "link add {veth} type veth peer name eth0 netns {}\nlink set {veth} up\nroute add {}/32 dev {veth}",
+                    self.pods[i], model.pods[i].ip
                 );
             }
+            if let Some(fabric) = &self.fabric {
+                let _ = writeln!(
+                    script,
+                    "link add eth0 type veth peer name n{n} netns {fabric}\nlink set eth0 up\nroute add {} dev eth0 src {}",
+                    ipnet::Ipv4Net::new(node.ip, 24)
+                        .map(|n| n.trunc())
+                        .unwrap_or_default(),
+                    node.ip
+                );
+                for other in model.nodes.iter().filter(|o| o.name != node.name) {
+                    let _ = writeln!(
+                        script,
+                        "route add {} via {} dev eth0",
+                        other.pod_cidr, other.ip
+                    );
+                }
+                if n > 0 {
+                    for ext in &model.externals {
+                        let _ =
+                            writeln!(script, "route add {} via {} dev eth0", ext.cidr, gateway.ip);
+                    }
+                }
+            }
+            if n == 0 {
+                for (i, ext) in model.externals.iter().enumerate() {
+                    for (j, host) in ext.hosts.iter().enumerate() {
+                        let link = format!("ext{i}h{j}");
+                        let _ = writeln!(
+                            script,
+                            "link add {link} type veth peer name eth0 netns {}\nlink set {link} up\nroute add {host}/32 dev {link}",
+                            self.externals[i][j]
+                        );
+                    }
+                }
+            }
+            netns::ip_batch(Some(&self.nodes[n]), &script)?;
+            netns::sysctl(
+                &self.nodes[n],
+                &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"],
+            )?;
+            if let Some(fabric) = &self.fabric {
+                netns::ip_batch(
+                    Some(fabric),
+                    &format!("link set n{n} master br0\nlink set n{n} up\n"),
+                )?;
+            }
         }
-        netns::ip_batch(Some(&self.node), &node)?;
-        netns::sysctl(
-            &self.node,
-            &["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0"],
-        )?;
 
-        let endpoint = |ip: std::net::Ipv4Addr| {
+        let endpoint = |ip: std::net::Ipv4Addr, gw: std::net::Ipv4Addr| {
             format!(
-                "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {node_ip}/32 dev eth0 scope link\nroute add default via {node_ip} dev eth0\n"
+                "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n"
             )
         };
         for (i, pod) in model.pods.iter().enumerate() {
-            netns::ip_batch(Some(&self.pods[i]), &endpoint(pod.ip))?;
+            let gw = model.nodes[pod.node].ip;
+            netns::ip_batch(Some(&self.pods[i]), &endpoint(pod.ip, gw))?;
         }
         for (i, ext) in model.externals.iter().enumerate() {
             for (j, host) in ext.hosts.iter().enumerate() {
-                netns::ip_batch(Some(&self.externals[i][j]), &endpoint(*host))?;
+                netns::ip_batch(Some(&self.externals[i][j]), &endpoint(*host, gateway.ip))?;
             }
         }
-        netns::nft(&self.node, &services::compile(model))?;
+        let services = services::compile(model);
+        for node in &self.nodes {
+            netns::nft(node, &services)?;
+        }
         Ok(())
     }
 
@@ -346,9 +409,21 @@ impl Topology {
         self.run.id()
     }
 
-    /// The node's network namespace (where the agent runs and the nftables tables live).
+    /// The first node's network namespace (where kube-dns, the externals' links, the control
+    /// plane and Prometheus are).
     pub fn node_netns(&self) -> &str {
-        &self.node
+        &self.nodes[0]
+    }
+
+    /// The nodes' network namespaces, in [`LabModel::nodes`] order.
+    pub fn node_namespaces(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The network namespace of node `node` (index in [`LabModel::nodes`]), where its agent
+    /// runs and its nftables tables live.
+    pub fn node_netns_of(&self, node: usize) -> &str {
+        &self.nodes[node]
     }
 
     /// The network namespace of pod `pod` (index in [`LabModel::pods`]).
