@@ -4,6 +4,8 @@
 //! The program reads `sk_buff` fields at offsets userspace resolved from the kernel's BTF and
 //! wrote into the `SKB_OFF_*` globals before loading; it only counts drops whose reason is
 //! enabled in [`MAP_DROP_REASONS`] (an array indexed by the `enum skb_drop_reason` value).
+//! With [`GLOBAL_DROP_NETNS_INUM`] set it also counts only drops whose device is in that
+//! network namespace (several simulated nodes on one kernel each count their own).
 
 /// Name of the `tp_btf` program attached to `skb:kfree_skb`.
 pub const PROG_KFREE_SKB: &str = "kfree_skb_drops";
@@ -26,6 +28,20 @@ pub const GLOBAL_SKB_OFF_NETWORK_HEADER: &str = "SKB_OFF_NETWORK_HEADER";
 pub const GLOBAL_SKB_OFF_LEN: &str = "SKB_OFF_LEN";
 /// Global (`u32`): 1 once userspace has set the offsets (the program does nothing before).
 pub const GLOBAL_SKB_OFFSETS_SET: &str = "SKB_OFFSETS_SET";
+/// Global (`u32`): the inode number of the network namespace whose drops are counted (the
+/// namespace of `skb->dev`); 0 counts the drops of every namespace (the default; the program
+/// then reads nothing of the namespace). A drop of a packet without a device is not counted
+/// when the filter is set.
+pub const GLOBAL_DROP_NETNS_INUM: &str = "DROP_NETNS_INUM";
+/// Global (`u32`): byte offset of `sk_buff.dev` (a `struct net_device *`), used only with
+/// [`GLOBAL_DROP_NETNS_INUM`].
+pub const GLOBAL_SKB_OFF_DEV: &str = "SKB_OFF_DEV";
+/// Global (`u32`): byte offset of `net_device.nd_net.net` (the `struct net *` of the device's
+/// namespace), used only with [`GLOBAL_DROP_NETNS_INUM`].
+pub const GLOBAL_NET_DEVICE_OFF_NET: &str = "NET_DEVICE_OFF_NET";
+/// Global (`u32`): byte offset of `net.ns.inum` (the namespace's inode number, a `u32`), used
+/// only with [`GLOBAL_DROP_NETNS_INUM`].
+pub const GLOBAL_NET_OFF_NS_INUM: &str = "NET_OFF_NS_INUM";
 
 /// A dropped packet's flow and reason, as the packet went (not canonical): `src` sent it.
 #[repr(C)]

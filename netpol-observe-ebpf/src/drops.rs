@@ -5,6 +5,10 @@
 //! the kernel's BTF and passed in the `SKB_OFF_*` globals) and the transport ports, and adds
 //! the packet to the `DROPS` map keyed by (flow as the packet went, reason). Nothing per
 //! kernel version is hard-coded: reason values and names come from BTF in userspace.
+//!
+//! `DROP_NETNS_INUM` (0: every namespace) limits the count to drops whose device
+//! (`skb->dev->nd_net.net->ns.inum`, offsets from BTF in the `*_OFF_*` globals) is in that
+//! network namespace: several simulated nodes on one kernel each count their own.
 
 use core::{
     ffi::c_void,
@@ -37,6 +41,14 @@ static SKB_OFF_NETWORK_HEADER: u32 = 0;
 static SKB_OFF_LEN: u32 = 0;
 #[unsafe(no_mangle)]
 static SKB_OFFSETS_SET: u32 = 0;
+#[unsafe(no_mangle)]
+static DROP_NETNS_INUM: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_OFF_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static NET_DEVICE_OFF_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static NET_OFF_NS_INUM: u32 = 0;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -76,6 +88,11 @@ fn try_drop(ctx: &BtfTracePointContext) -> Result<(), ()> {
         _ => return Ok(()),
     }
     let skb = skb as *const u8;
+    // The namespace filter: one global read when it is off.
+    let netns = global(&DROP_NETNS_INUM);
+    if netns != 0 && !in_netns(skb, netns)? {
+        return Ok(());
+    }
     let head: u64 = read(skb.wrapping_add(global(&SKB_OFF_HEAD) as usize))?;
     let nh: u16 = read(skb.wrapping_add(global(&SKB_OFF_NETWORK_HEADER) as usize))?;
     let len: u32 = read(skb.wrapping_add(global(&SKB_OFF_LEN) as usize))?;
@@ -140,6 +157,21 @@ fn try_drop(ctx: &BtfTracePointContext) -> Result<(), ()> {
         _ => {}
     }
     count(&key, len)
+}
+
+/// Whether `skb->dev` is in the network namespace of inode `inum` (no device: no).
+#[inline(always)]
+fn in_netns(skb: *const u8, inum: u32) -> Result<bool, ()> {
+    let dev: u64 = read(skb.wrapping_add(global(&SKB_OFF_DEV) as usize))?;
+    if dev == 0 {
+        return Ok(false);
+    }
+    let net: u64 = read((dev as *const u8).wrapping_add(global(&NET_DEVICE_OFF_NET) as usize))?;
+    if net == 0 {
+        return Ok(false);
+    }
+    let ns: u32 = read((net as *const u8).wrapping_add(global(&NET_OFF_NS_INUM) as usize))?;
+    Ok(ns == inum)
 }
 
 #[inline(always)]

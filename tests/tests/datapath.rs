@@ -12,7 +12,7 @@ use std::{
 };
 
 use netpol_observe::{
-    datapath::{AttachMode, Counter, Datapath, DatapathConfig, FlowUpdate},
+    datapath::{AttachMode, Counter, Datapath, DatapathConfig, DropScope, DropTracer, FlowUpdate},
     flow::{Directional, FlowRecord, FlowState, Protocol},
 };
 use netpol_observe_e2e::{
@@ -1142,4 +1142,176 @@ async fn dropping_the_datapath_detaches_and_missing_interface_is_an_error() {
         assert!(Instant::now() < deadline, "still attached after drop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A simulated node for the drop scope test: a network namespace (removed on drop) with `lo`
+/// up and an nftables input rule dropping UDP to [`SCOPE_PORT`] (kernel reason
+/// `NETFILTER_DROP`, `skb->dev` = this namespace's `lo`).
+struct ScopeNode {
+    netns: String,
+}
+
+const SCOPE_PORT: u16 = 40101;
+
+impl ScopeNode {
+    fn new(netns: &str) -> ScopeNode {
+        let _ = netpol_observe_e2e::netns::ip(&["netns", "del", netns]);
+        netpol_observe_e2e::netns::ip(&["netns", "add", netns]).unwrap();
+        let node = ScopeNode {
+            netns: netns.to_owned(),
+        };
+        netpol_observe_e2e::netns::ip(&["-n", netns, "link", "set", "lo", "up"]).unwrap();
+        let rules = format!(
+            "table inet npo_scope {{\n chain input {{\n  type filter hook input priority 0; \
+             policy accept;\n  udp dport {SCOPE_PORT} drop\n }}\n}}\n"
+        );
+        let mut nft = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft in {netns}: {rules}");
+        node
+    }
+
+    /// Runs `f` on a thread inside the namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.netns);
+        std::thread::spawn(move || {
+            netpol_observe_e2e::netns::enter(&path).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Sends `n` UDP datagrams from `127.0.0.1:src_port` to the dropped port; the key of the
+    /// drops.
+    fn send_dropped(&self, src_port: u16, n: usize) -> DropFlow {
+        self.run(move || {
+            let s = UdpSocket::bind(("127.0.0.1", src_port)).unwrap();
+            for _ in 0..n {
+                s.send_to(&[5u8; 64], ("127.0.0.1", SCOPE_PORT)).unwrap();
+            }
+        });
+        (
+            SocketAddr::from(([127, 0, 0, 1], src_port)),
+            SocketAddr::from(([127, 0, 0, 1], SCOPE_PORT)),
+        )
+    }
+}
+
+impl Drop for ScopeNode {
+    fn drop(&mut self) {
+        let _ = netpol_observe_e2e::netns::ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// (sender, destination) of UDP drops.
+type DropFlow = (SocketAddr, SocketAddr);
+
+/// A drop tracer and the `NETFILTER_DROP` UDP packets it counted per flow so far.
+struct Tally {
+    tracer: DropTracer,
+    counts: std::collections::HashMap<DropFlow, u64>,
+}
+
+impl Tally {
+    fn new(tracer: DropTracer) -> Tally {
+        Tally {
+            tracer,
+            counts: std::collections::HashMap::new(),
+        }
+    }
+
+    fn read(&mut self) {
+        for d in self.tracer.read().unwrap() {
+            if d.protocol == Protocol::Udp && d.reason == "NETFILTER_DROP" {
+                *self
+                    .counts
+                    .entry((
+                        SocketAddr::new(d.src, d.src_port),
+                        SocketAddr::new(d.dst, d.dst_port),
+                    ))
+                    .or_default() += d.packets;
+            }
+        }
+    }
+
+    fn of(&self, flow: DropFlow) -> u64 {
+        self.counts.get(&flow).copied().unwrap_or(0)
+    }
+}
+
+/// Reads every tally until each `(tally, flow, packets)` has counted at least `packets`.
+fn wait_drops(tallies: &mut [&mut Tally], want: &[(usize, DropFlow, u64)]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for t in tallies.iter_mut() {
+            t.read();
+        }
+        if want.iter().all(|(i, f, n)| tallies[*i].of(*f) >= *n) {
+            return;
+        }
+        let seen: Vec<_> = want
+            .iter()
+            .map(|(i, f, n)| (i, f, tallies[*i].of(*f), n))
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "drops not counted in time: (tracer, flow, counted, expected) {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two simulated nodes on one kernel (network namespaces A and B, each dropping UDP to the same
+/// address and port with nftables): a tracer with scope `netns` started inside A counts A's
+/// drops exactly and none of B's, one started inside B the reverse, one started in the root
+/// namespace (where nothing drops) none; scope `kernel` counts both nodes' drops exactly.
+#[test]
+fn drop_scope_netns_counts_only_its_own_namespace() {
+    if !require_root("drop_scope_netns_counts_only_its_own_namespace") {
+        return;
+    }
+    let a = ScopeNode::new("dpN-node-a");
+    let b = ScopeNode::new("dpN-node-b");
+    let reasons = ["NETFILTER_DROP".to_owned()];
+    let start = |scope| {
+        let reasons = reasons.clone();
+        move || DropTracer::start(&reasons, true, scope).unwrap()
+    };
+    let mut kernel = Tally::new(start(DropScope::Kernel)());
+    let mut in_a = Tally::new(a.run(start(DropScope::Netns)));
+    let mut in_b = Tally::new(b.run(start(DropScope::Netns)));
+    let mut in_root = Tally::new(start(DropScope::Netns)());
+
+    // B's drops first: by the time A's are all counted, B's are long past in every tracer.
+    let from_b = b.send_dropped(40112, 7);
+    wait_drops(
+        &mut [&mut kernel, &mut in_b],
+        &[(0, from_b, 7), (1, from_b, 7)],
+    );
+    let from_a = a.send_dropped(40111, 5);
+    wait_drops(
+        &mut [&mut kernel, &mut in_a],
+        &[(0, from_a, 5), (1, from_a, 5)],
+    );
+    for t in [&mut kernel, &mut in_a, &mut in_b, &mut in_root] {
+        t.read();
+    }
+    let counts = |t: &Tally| (t.of(from_a), t.of(from_b));
+    assert_eq!(counts(&kernel), (5, 7), "kernel scope: both nodes' drops");
+    assert_eq!(counts(&in_a), (5, 0), "netns scope in A: A's drops only");
+    assert_eq!(counts(&in_b), (0, 7), "netns scope in B: B's drops only");
+    assert_eq!(
+        counts(&in_root),
+        (0, 0),
+        "netns scope in the root namespace"
+    );
 }

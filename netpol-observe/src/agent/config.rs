@@ -17,7 +17,7 @@ use crate::inventory::Validation;
 
 pub use crate::http::auth::ApiAuth;
 use crate::{
-    datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig},
+    datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, DropScope},
     metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
 };
 
@@ -143,6 +143,10 @@ pub struct AgentConfig {
     pub drops: bool,
     /// Drop reasons recorded (default [`DEFAULT_DROP_REASONS`]).
     pub drop_reasons: Vec<String>,
+    /// Which drops are recorded: `kernel`, every drop of the node's kernel (a real node;
+    /// default), or `netns`, only drops whose device is in the agent's network namespace
+    /// (several simulated nodes on one kernel, as `netpol-observe lab` runs them).
+    pub drop_scope: DropScope,
     /// Flows kept for `/api/v1/flows` (default 100000; the oldest ended flows go first).
     pub max_flows: usize,
     /// Seconds an ended flow stays in `/api/v1/flows` (default 600).
@@ -178,6 +182,7 @@ impl Default for AgentConfig {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            drop_scope: DropScope::Kernel,
             max_flows: 100_000,
             flow_retention: 600,
             metrics: MetricsSettings::default(),
@@ -370,6 +375,23 @@ attachMode: clsact
             .to_string();
         assert!(
             err.contains("attachMode") && err.contains("clsact"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_scope_from_the_file() {
+        let path = Path::new("agent.yaml");
+        assert_eq!(AgentConfig::default().drop_scope, DropScope::Kernel);
+        let c = AgentConfig::from_yaml_str("dropScope: netns\n", path).unwrap();
+        assert_eq!(c.drop_scope, DropScope::Netns);
+        let c = AgentConfig::from_yaml_str("dropScope: kernel\n", path).unwrap();
+        assert_eq!(c.drop_scope, DropScope::Kernel);
+        let err = AgentConfig::from_yaml_str("dropScope: node\n", path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dropScope") && err.contains("kernel") && err.contains("netns"),
             "{err}"
         );
     }

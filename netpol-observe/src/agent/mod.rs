@@ -639,7 +639,7 @@ impl Agent {
         state.metrics.set_attached_interfaces(names.len() as u64);
         let mut tracer = if config.drops {
             let strict = config.drop_reasons != config::AgentConfig::default().drop_reasons;
-            match DropTracer::start(&config.drop_reasons, strict) {
+            match DropTracer::start(&config.drop_reasons, strict, config.drop_scope) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let _ = dp.shutdown().await;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use super::out::OutputError;
 use crate::{
     agent::{Agent, AgentConfig, config::ApiAuth},
-    datapath::AttachMode,
+    datapath::{AttachMode, DropScope},
     flow::{FlowRecord, jsonl, table},
 };
 
@@ -40,7 +40,7 @@ pub enum Output {
 
 Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
 key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
-flowMapCapacity, dropReasons, apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
+flowMapCapacity, dropReasons, dropScope, apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
 
 /metrics, /healthz and /readyz are open to whoever reaches --listen; /api/v1 needs, with
 --api-auth kubernetes, `Authorization: Bearer <token>` of a user or ServiceAccount allowed `get`
@@ -127,6 +127,17 @@ pub struct Args {
     /// BPF_CGROUP_EGRESS SOCKET_FILTER NO_SOCKET IP_RPFILTER XFRM_POLICY].
     #[arg(long, num_args = 1.., value_name = "REASON")]
     pub drop_reasons: Vec<String>,
+    /// Which drops are recorded. kernel: every drop of the node's kernel (a real node;
+    /// default). netns: only drops whose device is in the agent's network namespace (several
+    /// simulated nodes on one kernel, as `netpol-observe lab` runs them).
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DROP_SCOPE",
+        value_enum,
+        value_name = "SCOPE",
+        hide_possible_values = true
+    )]
+    pub drop_scope: Option<DropScope>,
     /// Flows kept for /api/v1/flows [default: 100000].
     #[arg(long, env = "NETPOL_OBSERVE_MAX_FLOWS", value_name = "N")]
     pub max_flows: Option<usize>,
@@ -208,6 +219,9 @@ impl Args {
         }
         if !self.drop_reasons.is_empty() {
             c.drop_reasons = self.drop_reasons.clone();
+        }
+        if let Some(v) = self.drop_scope {
+            c.drop_scope = v;
         }
         if let Some(v) = self.max_flows {
             c.max_flows = v;

@@ -1,7 +1,8 @@
 //! Just enough of the kernel's BTF (`/sys/kernel/btf/vmlinux`) for the drop tracepoint: byte
-//! offsets of `struct` members (through anonymous struct/union members) and the values of an
-//! `enum`. aya-obj parses BTF too but keeps members and strings private, so this reads the
-//! (small, stable) format directly: a header, a type section and a string section.
+//! offsets of `struct` members (through anonymous struct/union members, and along dotted
+//! paths of embedded members) and the values of an `enum`. aya-obj parses BTF too but keeps
+//! members and strings private, so this reads the (small, stable) format directly: a header, a
+//! type section and a string section.
 
 use std::{borrow::Cow, collections::HashMap, path::Path};
 
@@ -207,7 +208,9 @@ impl Btf {
         None
     }
 
-    fn find_member(&self, t: &TypeRef, member: &str, depth: usize) -> Option<u32> {
+    /// The byte offset and type of `member` in the struct/union `t`, looking into anonymous
+    /// struct/union members (at any depth, e.g. `sk_buff.dev`).
+    fn find_member(&self, t: &TypeRef, member: &str, depth: usize) -> Option<(u32, u32)> {
         if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
             return None;
         }
@@ -221,26 +224,51 @@ impl Btf {
             let bits = if t.kind_flag { raw & 0x00ff_ffff } else { raw };
             if name_off == 0 {
                 if let Some(inner) = self.resolve(ty)
-                    && let Some(o) = self.find_member(inner, member, depth + 1)
+                    && let Some((o, found)) = self.find_member(inner, member, depth + 1)
                 {
-                    return Some(bits / 8 + o);
+                    return Some((bits / 8 + o, found));
                 }
             } else if self.string(name_off) == member {
-                return Some(bits / 8);
+                return Some((bits / 8, ty));
             }
         }
         None
     }
 
-    /// The byte offset of `member` in `struct name` (looking into anonymous members).
+    /// The byte offset of `member` in `struct name`, looking into anonymous members. `member`
+    /// may be a dotted path through embedded (not pointed-to) structs, unions and typedefs of
+    /// them: `ns.inum` in `net` is `offsetof(struct net, ns) + offsetof(struct ns_common,
+    /// inum)`, `nd_net.net` in `net_device` goes through the typedef `possible_net_t`.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let id = self
             .by_name
             .get(&(KIND_STRUCT, name.to_owned()))
             .ok_or_else(|| self.missing(format!("struct {name}")))?;
-        let t = self.types[*id as usize];
-        self.find_member(&t, member, 0)
-            .ok_or_else(|| self.missing(format!("struct {name} member {member}")))
+        let mut t = self.types[*id as usize];
+        let mut offset = 0u32;
+        let mut steps = member.split('.').peekable();
+        let mut path = String::new();
+        while let Some(step) = steps.next() {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(step);
+            let (o, ty) = self
+                .find_member(&t, step, 0)
+                .ok_or_else(|| self.missing(format!("struct {name} member {path}")))?;
+            offset += o;
+            if steps.peek().is_some() {
+                t = *self
+                    .resolve(ty)
+                    .filter(|inner| matches!(inner.kind, KIND_STRUCT | KIND_UNION))
+                    .ok_or_else(|| {
+                        self.missing(format!(
+                            "struct {name} member {path} as an embedded struct or union"
+                        ))
+                    })?;
+            }
+        }
+        Ok(offset)
     }
 
     /// The `(name, value)` pairs of `enum name`.
@@ -307,5 +335,45 @@ mod tests {
                 .any(|(n, _)| n == "SKB_DROP_REASON_NETFILTER_DROP")
         );
         assert!(btf.member_offset("sk_buff", "no_such_member").is_err());
+    }
+
+    /// The paths the drop tracepoint's namespace filter reads: `sk_buff.dev` (inside
+    /// anonymous unions and structs), `net_device.nd_net.net` (through the typedef
+    /// `possible_net_t`) and `net.ns.inum` (an embedded `struct ns_common`), checked against
+    /// the running kernel's layout as `bpftool btf dump` shows it.
+    #[test]
+    fn running_kernel_netns_paths() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("SKIPPED: no {VMLINUX_BTF}");
+            return;
+        };
+        // `dev` shares its union with `dev_scratch`, after `next` and `prev` (two pointers)
+        // in an anonymous struct of an anonymous union, on every kernel with BTF.
+        assert_eq!(btf.member_offset("sk_buff", "dev").unwrap(), 16);
+        assert_eq!(
+            btf.member_offset("sk_buff", "dev").unwrap(),
+            btf.member_offset("sk_buff", "dev_scratch").unwrap()
+        );
+        let nd_net = btf.member_offset("net_device", "nd_net").unwrap();
+        // `net` is the only member of `possible_net_t`.
+        assert_eq!(
+            btf.member_offset("net_device", "nd_net.net").unwrap(),
+            nd_net
+        );
+        let ns = btf.member_offset("net", "ns").unwrap();
+        let inum = btf.member_offset("ns_common", "inum").unwrap();
+        assert_eq!(btf.member_offset("net", "ns.inum").unwrap(), ns + inum);
+        assert!(ns > 0 && inum > 0);
+        // Errors name the path; a pointer is not followed.
+        let err = btf
+            .member_offset("net", "ns.no_such")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("struct net member ns.no_such"), "{err}");
+        let err = btf
+            .member_offset("sk_buff", "dev.nd_net")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dev as an embedded struct or union"), "{err}");
     }
 }

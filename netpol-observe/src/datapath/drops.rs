@@ -3,10 +3,15 @@
 //! globals and the wanted reasons enabled, and reads the in-kernel (flow, reason) aggregation
 //! as deltas.
 //!
+//! The tracepoint sees every drop of the kernel. [`DropScope::Kernel`] counts them all (a real
+//! node: one kernel per node); [`DropScope::Netns`] only those whose device (`skb->dev`) is in
+//! the caller's network namespace (several simulated nodes on one kernel, each a namespace with
+//! its own agent, as `netpol-observe lab` runs them).
+//!
 //! ```no_run
 //! # fn demo() -> Result<(), netpol_observe::datapath::DropsError> {
-//! use netpol_observe::datapath::DropTracer;
-//! let mut tracer = DropTracer::start(&["NETFILTER_DROP".to_owned()], false)?;
+//! use netpol_observe::datapath::{DropScope, DropTracer};
+//! let mut tracer = DropTracer::start(&["NETFILTER_DROP".to_owned()], false, DropScope::Kernel)?;
 //! for d in tracer.read()? {
 //!     println!("{} {}:{} -> {}:{} {} x{}", d.protocol, d.src, d.src_port, d.dst, d.dst_port, d.reason, d.packets);
 //! }
@@ -16,6 +21,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::fs::MetadataExt,
 };
 
 use aya::{
@@ -26,9 +32,10 @@ use aya::{
 use netpol_observe_ebpf::{
     DropKey, DropValue, FAMILY_V4, MAP_COUNTERS, MAP_EVENTS, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
     drop::{
-        DEFAULT_DROPS_CAPACITY, DROP_REASONS_LEN, GLOBAL_SKB_OFF_HEAD, GLOBAL_SKB_OFF_LEN,
-        GLOBAL_SKB_OFF_NETWORK_HEADER, GLOBAL_SKB_OFFSETS_SET, MAP_DROP_REASONS, MAP_DROPS,
-        PROG_KFREE_SKB, TRACEPOINT_KFREE_SKB,
+        DEFAULT_DROPS_CAPACITY, DROP_REASONS_LEN, GLOBAL_DROP_NETNS_INUM,
+        GLOBAL_NET_DEVICE_OFF_NET, GLOBAL_NET_OFF_NS_INUM, GLOBAL_SKB_OFF_DEV, GLOBAL_SKB_OFF_HEAD,
+        GLOBAL_SKB_OFF_LEN, GLOBAL_SKB_OFF_NETWORK_HEADER, GLOBAL_SKB_OFFSETS_SET,
+        MAP_DROP_REASONS, MAP_DROPS, PROG_KFREE_SKB, TRACEPOINT_KFREE_SKB,
     },
 };
 
@@ -37,6 +44,43 @@ use crate::flow::Protocol;
 
 /// Prefix of the drop reason names in `enum skb_drop_reason`.
 pub const REASON_PREFIX: &str = "SKB_DROP_REASON_";
+
+/// The network namespace of the calling thread (a thread may have entered another namespace
+/// than its process': `/proc/self` would name the process').
+pub const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// Which drops of the kernel are counted.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DropScope {
+    /// Every drop of the kernel: a real node, one kernel per node (the default).
+    #[default]
+    Kernel,
+    /// Only drops whose device (`skb->dev`) is in the network namespace of the thread that
+    /// starts the tracer: several simulated nodes on one kernel, each a namespace with its own
+    /// agent. A drop of a packet without a device is not counted.
+    Netns,
+}
+
+impl std::fmt::Display for DropScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropScope::Kernel => "kernel",
+            DropScope::Netns => "netns",
+        })
+    }
+}
 
 /// What can go wrong with drop tracing.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +99,20 @@ pub enum DropsError {
     /// Reading the drops map failed.
     #[error("reading the drops map: {0}")]
     Read(String),
+    /// `--drop-scope netns`: the calling thread's network namespace cannot be read.
+    #[error("--drop-scope netns: cannot read the network namespace {path}")]
+    Netns {
+        /// The namespace file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `--drop-scope netns`: the kernel's BTF lacks a member the namespace filter reads.
+    #[error(
+        "--drop-scope netns: cannot find a device's network namespace in the kernel BTF \
+         (use --drop-scope kernel)"
+    )]
+    NetnsLayout(#[source] BtfError),
 }
 
 /// Drops of one flow for one reason since the previous [`DropTracer::read`].
@@ -98,6 +156,45 @@ impl SkbOffsets {
     }
 }
 
+/// The offsets the namespace filter ([`DropScope::Netns`]) follows from a dropped `sk_buff`
+/// to its device's namespace inode, from BTF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    /// `sk_buff.dev` (a `struct net_device *`; inside anonymous unions and structs).
+    pub skb_dev: u32,
+    /// `net_device.nd_net.net` (a `struct net *`; `nd_net` is a `possible_net_t`).
+    pub dev_net: u32,
+    /// `net.ns.inum` (a `u32`; `ns` is an embedded `struct ns_common`).
+    pub net_inum: u32,
+}
+
+impl NetnsOffsets {
+    /// Resolves the offsets from `btf`.
+    pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
+        Ok(NetnsOffsets {
+            skb_dev: btf.member_offset("sk_buff", "dev")?,
+            dev_net: btf.member_offset("net_device", "nd_net.net")?,
+            net_inum: btf.member_offset("net", "ns.inum")?,
+        })
+    }
+}
+
+/// The inode number of the calling thread's network namespace ([`OWN_NETNS`]): what
+/// `ns_common.inum` of its `struct net` holds.
+pub fn own_netns_inode() -> Result<u32, DropsError> {
+    let meta = std::fs::metadata(OWN_NETNS).map_err(|source| DropsError::Netns {
+        path: OWN_NETNS.to_owned(),
+        source,
+    })?;
+    u32::try_from(meta.ino()).map_err(|_| DropsError::Netns {
+        path: OWN_NETNS.to_owned(),
+        source: std::io::Error::other(format!(
+            "inode {} does not fit the kernel's 32-bit ns_common.inum",
+            meta.ino()
+        )),
+    })
+}
+
 /// The drop reasons of this kernel (`value → name` without prefix), from BTF.
 pub fn kernel_drop_reasons(btf: &Btf) -> Result<BTreeMap<u32, String>, BtfError> {
     Ok(btf
@@ -130,9 +227,29 @@ impl DropTracer {
     /// Resolves offsets and reasons from `/sys/kernel/btf/vmlinux`, loads and attaches the
     /// program counting `reasons`. A reason unknown to this kernel is an error when `strict`,
     /// else skipped with a warning (the defaults name reasons of several kernel versions).
-    pub fn start(reasons: &[String], strict: bool) -> Result<DropTracer, DropsError> {
+    /// With [`DropScope::Netns`] only drops whose device is in the calling thread's network
+    /// namespace are counted (the namespace is fixed at start).
+    pub fn start(
+        reasons: &[String],
+        strict: bool,
+        scope: DropScope,
+    ) -> Result<DropTracer, DropsError> {
         let btf = Btf::from_sys_fs()?;
         let offsets = SkbOffsets::from_btf(&btf)?;
+        // Kernel scope needs none of the namespace layout (0 turns the filter off).
+        let (netns_inum, netns_offsets) = match scope {
+            DropScope::Kernel => (0, None),
+            DropScope::Netns => (
+                own_netns_inode()?,
+                Some(NetnsOffsets::from_btf(&btf).map_err(DropsError::NetnsLayout)?),
+            ),
+        };
+        let unset = NetnsOffsets {
+            skb_dev: 0,
+            dev_net: 0,
+            net_inum: 0,
+        };
+        let netns = netns_offsets.unwrap_or(unset);
         let known = kernel_drop_reasons(&btf)?;
         let by_name: HashMap<&str, u32> = known.iter().map(|(v, n)| (n.as_str(), *v)).collect();
         let mut names = HashMap::new();
@@ -162,6 +279,10 @@ impl DropTracer {
             .override_global(GLOBAL_SKB_OFF_NETWORK_HEADER, &offsets.network_header, true)
             .override_global(GLOBAL_SKB_OFF_LEN, &offsets.len, true)
             .override_global(GLOBAL_SKB_OFFSETS_SET, &one, true)
+            .override_global(GLOBAL_DROP_NETNS_INUM, &netns_inum, true)
+            .override_global(GLOBAL_SKB_OFF_DEV, &netns.skb_dev, true)
+            .override_global(GLOBAL_NET_DEVICE_OFF_NET, &netns.dev_net, true)
+            .override_global(GLOBAL_NET_OFF_NS_INUM, &netns.net_inum, true)
             .load(super::EBPF_OBJECT)
             .map_err(|e| DropsError::Load(e.to_string()))?;
         let _ = MAP_COUNTERS;
@@ -194,6 +315,9 @@ impl DropTracer {
         tracing::info!(
             reasons = ?names.values().collect::<Vec<_>>(),
             ?offsets,
+            %scope,
+            netns_inode = (scope == DropScope::Netns).then_some(netns_inum),
+            ?netns_offsets,
             "drop tracepoint attached"
         );
         Ok(DropTracer {
@@ -255,5 +379,40 @@ fn addr(b: &[u8; 16], family: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
     } else {
         IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names() {
+        use clap::ValueEnum;
+        assert_eq!(DropScope::default(), DropScope::Kernel);
+        for s in DropScope::value_variants() {
+            assert_eq!(DropScope::from_str(&s.to_string(), false).unwrap(), *s);
+            let yaml = serde_yaml::to_string(s).unwrap();
+            assert_eq!(yaml.trim(), s.to_string());
+        }
+    }
+
+    /// The inode of this thread's namespace is the one `/proc/<pid>/task/<tid>/ns/net` names
+    /// (the test threads never leave the process' namespace), and the running kernel's BTF has
+    /// the layout the filter follows.
+    #[test]
+    fn own_namespace_and_its_layout() {
+        let inum = own_netns_inode().unwrap();
+        let process = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(u64::from(inum), process);
+        let link = std::fs::read_link(OWN_NETNS).unwrap();
+        assert_eq!(link.to_string_lossy(), format!("net:[{inum}]"));
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("SKIPPED: no {}", super::super::btf::VMLINUX_BTF);
+            return;
+        };
+        let o = NetnsOffsets::from_btf(&btf).unwrap();
+        assert_eq!(o.skb_dev, btf.member_offset("sk_buff", "dev").unwrap());
+        assert!(o.dev_net > 0 && o.net_inum > 0, "{o:?}");
     }
 }

@@ -50,7 +50,10 @@ use tokio::{
 
 pub use attach::{AttachMode, AttachedInterface};
 pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, glob_match};
-pub use drops::{DropSample, DropTracer, DropsError, SkbOffsets, kernel_drop_reasons};
+pub use drops::{
+    DropSample, DropScope, DropTracer, DropsError, NetnsOffsets, SkbOffsets, kernel_drop_reasons,
+    own_netns_inode,
+};
 pub use hooks::{HookStats, NoopHooks, tcx_stats};
 pub use kernel::KernelCounters;
 pub use netpol_observe_ebpf::Counter;
