@@ -16,6 +16,8 @@
 
 #[doc(hidden)]
 pub mod bench;
+#[cfg(test)]
+mod cluster_tests;
 pub mod config;
 pub mod model;
 pub mod nat;
@@ -123,6 +125,9 @@ pub struct AgentState {
     /// Peers of the flows seen while no model is loaded.
     unattributed: Mutex<Peers>,
     model: RwLock<Option<Arc<Model>>>,
+    /// The current model's inventory knows `node` ([`Model::knows_node`]): the counting rule
+    /// applies ([`AgentState::counts`]). Set with the model, under the store lock.
+    node_known: std::sync::atomic::AtomicBool,
     readiness: Mutex<Readiness>,
     evictions_seen: std::sync::atomic::AtomicU64,
 }
@@ -142,6 +147,7 @@ impl AgentState {
             series: Mutex::new(SeriesCache::default()),
             unattributed: Mutex::new(Peers::new(0)),
             model: RwLock::new(None),
+            node_known: std::sync::atomic::AtomicBool::new(false),
             readiness: Mutex::new(Readiness::default()),
             evictions_seen: std::sync::atomic::AtomicU64::new(0),
             node,
@@ -182,8 +188,10 @@ impl AgentState {
                 .iter()
                 .map(|(ns, dir, n)| (ns.as_str(), *dir, *n)),
         );
+        let node_known = self.node.as_deref().is_some_and(|n| model.knows_node(n));
         {
-            // Under the store lock: a compact verdict is always the current model's.
+            // Under the store lock: a compact verdict is always the current model's, and new
+            // flows are counted by the rule of the model that attributed them.
             let mut store = lock(&self.store);
             if let Some(old) = self.model() {
                 store.explain_all(&old);
@@ -192,6 +200,8 @@ impl AgentState {
                 .model
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(model);
+            self.node_known
+                .store(node_known, std::sync::atomic::Ordering::Relaxed);
         }
         // After the model is in use: a reader seeing the new counts gets the new verdicts.
         if let Some(m) = self.model() {
@@ -265,14 +275,17 @@ impl AgentState {
         }
         let known = !u.new && store.update(&u.record, u.ended);
         if !known {
-            // A flow the store had to evict while it was active comes back: counted once.
-            let returning = !u.new && store.take_evicted(&id);
-            let flow = self.stored(&mut store, &u.record);
-            if returning {
-                self.record_counters(&flow, id.protocol, delta_packets, delta_bytes);
-            } else {
+            let returning = if u.new { None } else { store.take_evicted(&id) };
+            let mut flow = self.stored(&mut store, &u.record);
+            match returning {
+                // A flow the store had to evict while it was active comes back: counted once,
+                // and here only if it was counted here before.
+                Some(counted) => {
+                    flow.counted = counted;
+                    self.record_counters(&flow, id.protocol, delta_packets, delta_bytes);
+                }
                 // One metrics call for the new flow and its first counters.
-                self.record_new(&flow, id.protocol, delta_packets, delta_bytes);
+                None => self.record_new(&flow, id.protocol, delta_packets, delta_bytes),
             }
             store.insert(id, flow, u.ended);
             return;
@@ -282,7 +295,8 @@ impl AgentState {
         }
     }
 
-    /// Adds the packets and bytes of a known flow's update to its series.
+    /// Adds the packets and bytes of a known flow's update to its series (nothing for a flow
+    /// another node's agent counts).
     fn record_counters(
         &self,
         f: &StoredFlow,
@@ -290,6 +304,9 @@ impl AgentState {
         packets: u64,
         bytes: u64,
     ) {
+        if !f.counted {
+            return;
+        }
         let verdict = model::overall_label(f.verdict().as_ref());
         lock(&self.series).record_flow(
             &self.metrics,
@@ -321,11 +338,44 @@ impl AgentState {
             record.src = Endpoint::bare(id.src.0, client.src_port);
             record.first_seen = client.first_seen();
             record.last_seen = client.last_seen();
+            let was_counted = client.counted;
+            let (packets, bytes) = (
+                client.packets().unwrap_or_default(),
+                client.bytes().unwrap_or_default(),
+            );
             let peers = m.attribute_with_backend(&record, leg.backend.0);
+            let counted = self.counts(&peers, true);
             let verdicts = m.judge(&record, &peers);
-            store.rebind(&leg.client_leg, peers, Some(Judged::Compact(verdicts)));
+            let judged = Some(Judged::Compact(verdicts));
+            if let Some(f) = store.rebind(&id, peers, judged, counted)
+                && f.counted
+                && !was_counted
+            {
+                // Left to the backend's node while the backend was unknown (the initiator is
+                // not a pod): the backend is this node's, so the flow is counted here, with
+                // the packets it carried so far.
+                self.record_new(
+                    f,
+                    id.protocol,
+                    packets.sent + packets.received,
+                    bytes.sent + bytes.received,
+                );
+            }
         }
         true
+    }
+
+    /// Whether this agent counts a flow attributed as `peers` by the current model in its
+    /// metrics: the cluster-wide rule of [`Attributed::counted_on`] for this node, or always
+    /// when there is no model or the inventory does not know the node's name (`--node-name`,
+    /// else the host name).
+    fn counts(&self, peers: &Attributed, backend_known: bool) -> bool {
+        match &self.node {
+            Some(node) if self.node_known.load(std::sync::atomic::Ordering::Relaxed) => {
+                peers.counted_on(node, backend_known)
+            }
+            _ => true,
+        }
     }
 
     /// The compact, attributed and judged form of a new flow's record.
@@ -335,7 +385,10 @@ impl AgentState {
             Some(m) => {
                 let peers = m.attribute(r);
                 let verdicts = m.judge(r, &peers);
-                StoredFlow::new(r, peers, Some(Judged::Compact(verdicts)), node)
+                let counted = self.counts(&peers, false);
+                let mut f = StoredFlow::new(r, peers, Some(Judged::Compact(verdicts)), node);
+                f.counted = counted;
+                f
             }
             None => {
                 let mut p = lock(&self.unattributed);
@@ -349,6 +402,8 @@ impl AgentState {
         }
     }
 
+    /// Counts a new flow (`flows_total`, its first packets and bytes, verdict and staged
+    /// series); nothing for a flow another node's agent counts.
     fn record_new(
         &self,
         f: &StoredFlow,
@@ -356,6 +411,9 @@ impl AgentState {
         delta_packets: u64,
         delta_bytes: u64,
     ) {
+        if !f.counted {
+            return;
+        }
         let verdicts = f.verdicts.as_ref().map(|v| (v.verdict(), v.staged()));
         let verdict = model::overall_label(verdicts.as_ref().map(|(live, _)| live));
         let mut series = lock(&self.series);
@@ -418,6 +476,8 @@ impl AgentState {
                 r.node = self.node.clone();
                 let flow = self.stored(&mut store, &r);
                 let id = FlowId::of(&r);
+                // Counted in `flows_total` only if this node counts it (the drop itself is
+                // counted below in any case: this node's kernel dropped it).
                 self.record_new(&flow, r.protocol, 0, 0);
                 store.insert(id, flow, false);
                 id
@@ -478,13 +538,23 @@ impl AgentState {
         // Flows the store does not hold (a Service connection's backend leg, a flow evicted).
         let mut rest: Vec<FlowRecord> = last.into_values().collect();
         rest.sort_by_key(|r| r.first_seen);
-        out.extend(rest.into_iter().map(|r| match &model {
-            Some(m) => m.observe(r),
-            None => ObservedFlow {
-                flow: r,
-                verdict: None,
-                staged_verdict: None,
-            },
+        out.extend(rest.into_iter().map(|mut r| {
+            let id = FlowId::of(&r);
+            // A joined backend leg is its client leg's packets, counted (or not) there.
+            r.counted = !store.is_joined_backend_leg(&id)
+                && store.evicted_counted(&id).unwrap_or_else(|| {
+                    model
+                        .as_ref()
+                        .is_none_or(|m| self.counts(&m.attribute(&r), false))
+                });
+            match &model {
+                Some(m) => m.observe(r),
+                None => ObservedFlow {
+                    flow: r,
+                    verdict: None,
+                    staged_verdict: None,
+                },
+            }
         }));
         out
     }
@@ -1295,6 +1365,15 @@ mod tests {
         for (i, f) in flows.iter_mut().enumerate() {
             f.src.port = Some(1024 + i as u16);
         }
+        // This agent (node-1) counts the flows the cluster-wide rule gives it; the reference
+        // records those.
+        let here = |f: &FlowRecord| model.attribute(f).counted_on("node-1", false);
+        let counted_here = flows.iter().filter(|f| here(f)).count();
+        assert!(
+            (100..2_000).contains(&counted_here),
+            "{counted_here} of {} flows counted on node-1",
+            flows.len()
+        );
         for (round, new) in [(0, true), (1, false)] {
             for f in &flows {
                 state.on_update(&FlowUpdate {
@@ -1310,6 +1389,9 @@ mod tests {
                     },
                     ended: false,
                 });
+                if !here(f) {
+                    continue;
+                }
                 let o = model.observe(f.clone());
                 let verdict = model::overall_label(o.verdict.as_ref().map(model::compact).as_ref());
                 reference.record_flow(&o.flow, new, 2 + round, 107, verdict);

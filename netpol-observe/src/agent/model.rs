@@ -72,6 +72,34 @@ impl Attributed {
     }
 }
 
+impl Attributed {
+    /// Whether the agent of node `node` counts this flow in its metrics (`flows_total`,
+    /// packets, bytes, verdict and staged series): the rule that has every flow counted by
+    /// exactly one agent across the cluster. A flow between pods of two nodes is seen by both
+    /// agents (at the client pod's interface on one, at the server pod's on the other); it is
+    /// counted by the agent of the node running the initiating pod (`src`). When the initiator
+    /// is not a pod of the cluster (a subnet, a node or hostNetwork pod, an unknown address),
+    /// by the agent of the responding pod's node. When neither end is a pod with a node, by
+    /// the agent that sees it.
+    ///
+    /// `backend_known`: for a flow to a Service (a client leg, seen before the node's DNAT),
+    /// whether `dst` is the backend the DNAT chose ([`Model::attribute_with_backend`]) rather
+    /// than the Service's first backend. A client leg whose initiator is not a pod is counted
+    /// only once its backend is known (it is then a pod of this node: its backend leg was seen
+    /// here); until then the node of the backend really reached counts it, from its backend
+    /// leg.
+    pub fn counted_on(&self, node: &str, backend_known: bool) -> bool {
+        if let Some(n) = self.src.pod_node.as_deref() {
+            return n == node;
+        }
+        match self.dst.pod_node.as_deref() {
+            Some(_) if self.service.is_some() && !backend_known => false,
+            Some(n) => n == node,
+            None => true,
+        }
+    }
+}
+
 /// A flow's verdicts under the policies in force and under the staged ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
@@ -316,6 +344,19 @@ impl Model {
             })
             .flat_map(|p| p.ips.iter().copied())
             .collect()
+    }
+
+    /// Whether the inventory knows node `node`: a Node of that name, or a pod placed on it.
+    /// The agent applies its counting rule ([`Attributed::counted_on`]) only then: a node name
+    /// the inventory does not know (a standalone agent's host name) makes the agent count
+    /// every flow it sees.
+    pub fn knows_node(&self, node: &str) -> bool {
+        self.inventory.node(node).is_some()
+            || self
+                .inventory
+                .pods
+                .iter()
+                .any(|p| p.node_name.as_deref() == Some(node))
     }
 
     /// Whether `ip` belongs to a (non-hostNetwork, live) pod of node `node`.

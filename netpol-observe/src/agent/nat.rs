@@ -111,6 +111,11 @@ impl ServiceLegs {
         }
     }
 
+    /// Whether `id` is a backend leg joined to a remembered client leg.
+    pub fn is_joined(&self, id: &FlowId) -> bool {
+        self.joined.contains_key(id)
+    }
+
     /// Number of client legs remembered.
     pub fn len(&self) -> usize {
         self.clients.len()

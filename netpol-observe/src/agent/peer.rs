@@ -30,6 +30,10 @@ pub struct Peer {
     pub node: Option<String>,
     /// Named subnet, `private` or `world`.
     pub subnet: Option<String>,
+    /// The node running the pod (`spec.nodeName`), for a pod of the model's inventory: which
+    /// agent counts the flow ([`super::model::Attributed::counted_on`]). `None` for any other
+    /// peer, and for a peer taken from a record's own attribution.
+    pub pod_node: Option<Name>,
     /// The workload-level metric labels of this peer, shared by every peer with the same
     /// labels (every pod of a workload): what the agent's metric series are cached by.
     pub metric: Arc<PeerLabels>,
@@ -46,6 +50,7 @@ impl Peer {
             labels: ep.labels.as_ref().map(Labels::from),
             node: ep.node.clone(),
             subnet: ep.subnet.clone(),
+            pod_node: None,
             metric: workloads.intern(PeerLabels::from_endpoint(ep, false)),
         }
     }
@@ -146,6 +151,7 @@ impl Peers {
             labels: Some(pod.selector_labels.clone()),
             node: None,
             subnet: None,
+            pod_node: pod.node_name.clone(),
             metric: self.workloads.intern(metric),
         });
         if let Some(slot) = self.pods.get_mut(index) {

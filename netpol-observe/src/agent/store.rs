@@ -275,6 +275,9 @@ pub struct StoredFlow {
     pub drops: Option<Box<DropState>>,
     /// Verdicts (absent while no inventory was loaded).
     pub verdicts: Option<Judged>,
+    /// Whether this agent counts the flow in its metrics
+    /// ([`super::model::Attributed::counted_on`]); served as the record's `counted`.
+    pub counted: bool,
 }
 
 impl StoredFlow {
@@ -300,6 +303,7 @@ impl StoredFlow {
             node,
             drops: None,
             verdicts,
+            counted: true,
         };
         f.refresh(record);
         f
@@ -362,6 +366,7 @@ impl StoredFlow {
             bytes: self.bytes(),
             drops: self.drops.as_ref().map(|d| d.drops.clone()),
             node: self.node.as_deref().map(str::to_owned),
+            counted: self.counted,
         }
     }
 
@@ -443,10 +448,11 @@ pub struct FlowStore {
     node: Option<Arc<str>>,
     /// Client legs of Service connections held here, and their joined backend legs.
     legs: ServiceLegs,
-    /// Flows evicted while still active (the store was full of active flows): their later
-    /// updates are the same flows, not new ones. An entry leaves when the flow comes back
-    /// (its next update, the last one at its end), so the set is bounded by the active flows.
-    evicted_active: rustc_hash::FxHashSet<FlowId>,
+    /// Flows evicted while still active (the store was full of active flows), with whether
+    /// they were counted here: their later updates are the same flows, not new ones. An entry
+    /// leaves when the flow comes back (its next update, the last one at its end), so the map
+    /// is bounded by the active flows.
+    evicted_active: rustc_hash::FxHashMap<FlowId, bool>,
 }
 
 fn hash_of(id: &FlowId) -> u64 {
@@ -467,7 +473,7 @@ impl FlowStore {
             len: 0,
             node: None,
             legs: ServiceLegs::default(),
-            evicted_active: rustc_hash::FxHashSet::default(),
+            evicted_active: rustc_hash::FxHashMap::default(),
         }
     }
 
@@ -557,12 +563,26 @@ impl FlowStore {
         self.legs.backend_leg(record, is_backend)
     }
 
-    /// Gives flow `id` (a client leg whose backend became known) new attribution and verdicts.
-    pub fn rebind(&mut self, id: &FlowId, peers: Attributed, verdicts: Option<Judged>) {
-        if let Some(s) = self.index(id).and_then(|i| self.slot_mut(i)) {
-            s.flow.peers = peers;
-            s.flow.verdicts = verdicts;
-        }
+    /// Gives flow `id` (a client leg whose backend became known) new attribution and
+    /// verdicts, and marks it counted when `counted` (a flow once counted stays counted, so its
+    /// counters never stop halfway). Returns the flow.
+    pub fn rebind(
+        &mut self,
+        id: &FlowId,
+        peers: Attributed,
+        verdicts: Option<Judged>,
+        counted: bool,
+    ) -> Option<&StoredFlow> {
+        let s = self.index(id).and_then(|i| self.slot_mut(i))?;
+        s.flow.peers = peers;
+        s.flow.verdicts = verdicts;
+        s.flow.counted |= counted;
+        Some(&s.flow)
+    }
+
+    /// Whether `id` is a backend leg joined to a client leg held here ([`super::nat`]).
+    pub fn is_joined_backend_leg(&self, id: &FlowId) -> bool {
+        self.legs.is_joined(id)
     }
 
     /// The flow a packet between these endpoints belongs to, whichever way it went.
@@ -779,15 +799,22 @@ impl FlowStore {
         if let Some(s) = self.slot(self.head)
             && !s.ended
         {
-            let id = s.id;
-            self.evicted_active.insert(id);
+            let (id, counted) = (s.id, s.flow.counted);
+            self.evicted_active.insert(id, counted);
         }
         self.remove_slot(self.head);
     }
 
     /// Whether `id` was evicted while active (and forgets it): its update is not a new flow.
-    pub fn take_evicted(&mut self, id: &FlowId) -> bool {
+    /// `Some(counted)`: it was, and whether it was counted here.
+    pub fn take_evicted(&mut self, id: &FlowId) -> Option<bool> {
         self.evicted_active.remove(id)
+    }
+
+    /// Whether `id` was evicted while active, and was counted here then (without forgetting
+    /// it).
+    pub fn evicted_counted(&self, id: &FlowId) -> Option<bool> {
+        self.evicted_active.get(id).copied()
     }
 
     /// The identities of the flows matching `query`, oldest change first (the most recent

@@ -453,6 +453,7 @@ impl FlowTable {
             bytes: Some(bytes),
             drops: None,
             node: self.node.clone(),
+            counted: true,
         }
     }
 }

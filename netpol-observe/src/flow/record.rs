@@ -313,6 +313,24 @@ pub struct FlowRecord {
     /// The node whose agent observed the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Whether the agent of `node` counted this flow in its metrics (`flows_total`, packets,
+    /// bytes, verdict series). A flow between two nodes is seen by both agents and counted by
+    /// one: the agent of the node running the initiating pod (`src`), or, when the initiator
+    /// is not a pod of the cluster, the agent of the responding pod's node. `false` (written
+    /// `"counted":false`) on the other node's record, which is still served; the field is
+    /// omitted when true, so records without it (older files, input written by hand) are
+    /// counted. The recommender counts evidence (`netpol-observe.io/flows`, left-out counts)
+    /// from counted records only; every record contributes its rules.
+    #[serde(default = "counted_default", skip_serializing_if = "is_counted")]
+    pub counted: bool,
+}
+
+fn counted_default() -> bool {
+    true
+}
+
+fn is_counted(counted: &bool) -> bool {
+    *counted
 }
 
 impl FlowRecord {
@@ -345,6 +363,7 @@ impl FlowRecord {
             bytes: None,
             drops: None,
             node: None,
+            counted: true,
         }
     }
 }
@@ -406,6 +425,29 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// `counted` is written only when false, and a record without it is counted: existing
+    /// files and records read and write as before.
+    #[test]
+    fn counted_is_omitted_when_true() {
+        let line = r#"{"protocol":"TCP","src":{"ip":"10.0.0.1","port":40000},"dst":{"ip":"10.0.0.2","port":80},"node":"node-b"}"#;
+        let mut rec: FlowRecord = serde_json::from_str(line).unwrap();
+        assert!(rec.counted);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), line);
+        rec.counted = false;
+        let text = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            text,
+            line.replace(r#""node":"node-b"}"#, r#""node":"node-b","counted":false}"#)
+        );
+        let again: FlowRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, rec);
+        let explicit: FlowRecord = serde_json::from_str(
+            &line.replace(r#""node":"node-b"}"#, r#""node":"node-b","counted":true}"#),
+        )
+        .unwrap();
+        assert!(explicit.counted);
     }
 
     #[test]

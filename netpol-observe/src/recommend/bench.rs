@@ -99,6 +99,7 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             bytes: None,
             drops: None,
             node: None,
+            counted: true,
         });
     }
     (inv, out)

@@ -119,10 +119,11 @@ impl Default for RecommendConfig {
 pub struct RecommendStats {
     /// Flow records read.
     pub flows: usize,
-    /// Flow records left out (not attributable, Service without backend or endpoint); see
-    /// the notes.
+    /// Flows left out (not attributable, Service without backend or endpoint); see the notes.
+    /// Like every flow count of the output, records marked `counted: false` (another agent
+    /// counts the same flow) are not counted.
     pub skipped: u64,
-    /// Flow records needing no rule (a pod's traffic to itself or with its own node).
+    /// Flows needing no rule (a pod's traffic to itself or with its own node).
     pub implicit: u64,
     /// Of the left-out flows, those the recommended policies deny (listed in the notes and on
     /// the namespace's `default-deny`; the self-check evaluates every left-out flow).

@@ -46,7 +46,13 @@ pub(crate) fn platform_address(ip: IpAddr) -> Option<&'static str> {
 /// Names (Service, workload, `k8s-app` label) under which cluster DNS servers run.
 const DNS_NAMES: &[&str] = &["kube-dns", "coredns", "node-local-dns"];
 
-/// Number of flows and first/last seen.
+/// Number of flows and first/last seen: the evidence of an edge, a workload, a namespace or
+/// the whole input (the observation window).
+///
+/// Only counted records are evidence. A record marked `counted: false` is one agent's view
+/// of a flow that another agent counts (a flow between two nodes is seen on both): it gives
+/// its rules, but neither a count nor times, so each flow counts once and the annotations of
+/// several agents' records are those of one node seeing everything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) flows: u64,
@@ -56,6 +62,9 @@ pub(crate) struct Span {
 
 impl Span {
     pub(crate) fn add_flow(&mut self, f: &FlowRecord) {
+        if !f.counted {
+            return;
+        }
         self.flows += 1;
         let first = f.first_seen.or(f.last_seen);
         let last = f.last_seen.or(f.first_seen);
@@ -179,14 +188,16 @@ impl<'a> Observations<'a> {
         }
     }
 
+    // Left-out and implicit flows are counted once too (`counted: false` records aside), but
+    // every record is evaluated by the self-check.
     fn skip(&mut self, i: usize, f: &FlowRecord, reason: String) {
         self.note_unruled(i, f, &reason);
-        *self.skipped.entry(reason).or_default() += 1;
+        *self.skipped.entry(reason).or_default() += u64::from(f.counted);
     }
 
     fn implicit(&mut self, i: usize, f: &FlowRecord, reason: &'static str) {
         self.note_unruled(i, f, reason);
-        *self.implicit.entry(reason).or_default() += 1;
+        *self.implicit.entry(reason).or_default() += u64::from(f.counted);
     }
 
     fn add(

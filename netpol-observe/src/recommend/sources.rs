@@ -3,7 +3,7 @@
 //! `netpol_observe_flows_total` series (turned into workload-level flows).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     path::Path,
 };
@@ -48,7 +48,11 @@ pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<Flow
 }
 
 /// Merges the flows of several agents, dropping duplicates (same protocol, addresses, ports
-/// and `first_seen`: a flow between two nodes is seen by both agents). The first copy wins.
+/// and `first_seen`: an agent asked twice, or a flow between two nodes both agents stamped
+/// alike). The first copy wins, except that a counted copy replaces one marked
+/// `counted: false`, so the flow keeps its evidence count. Copies that differ (each agent
+/// stamps the flow with its own clock) are all kept: the records of one flow from two nodes
+/// differ in `counted`, and only the counted one counts as evidence.
 pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<FlowRecord> {
     type Key = (
         Protocol,
@@ -58,8 +62,8 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
         Option<u16>,
         Option<Timestamp>,
     );
-    let mut seen: HashSet<Key> = HashSet::new();
-    let mut out = Vec::new();
+    let mut seen: HashMap<Key, usize> = HashMap::new();
+    let mut out: Vec<FlowRecord> = Vec::new();
     for list in sources {
         for f in list {
             let key = (
@@ -70,8 +74,19 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
                 f.dst.port,
                 f.first_seen,
             );
-            if seen.insert(key) {
-                out.push(f);
+            match seen.get(&key) {
+                Some(&i) => {
+                    if let Some(kept) = out.get_mut(i)
+                        && f.counted
+                        && !kept.counted
+                    {
+                        *kept = f;
+                    }
+                }
+                None => {
+                    seen.insert(key, out.len());
+                    out.push(f);
+                }
             }
         }
     }
@@ -343,5 +358,46 @@ fn endpoint<'i>(
             ep.subnet = Some(name.to_owned());
             Some((ep, None))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copies of one flow from two agents: the counted one is kept, whichever agent came
+    /// first; copies stamped differently are all kept (only the counted one is evidence).
+    #[test]
+    fn merging_keeps_the_counted_copy() {
+        let t: Timestamp = "2026-05-04T10:00:00Z".parse().unwrap();
+        let flow = |node: &str, counted: bool, first_seen: Timestamp| {
+            let mut f = FlowRecord::new(
+                Protocol::Tcp,
+                "10.1.0.10".parse().unwrap(),
+                "10.2.0.30".parse().unwrap(),
+                Some(5432),
+            );
+            f.src.port = Some(40001);
+            f.first_seen = Some(first_seen);
+            f.node = Some(node.to_owned());
+            f.counted = counted;
+            f
+        };
+        let (a, b) = (flow("node-a", true, t), flow("node-b", false, t));
+        for lists in [
+            [vec![b.clone()], vec![a.clone()]],
+            [vec![a.clone()], vec![b.clone()]],
+        ] {
+            assert_eq!(merge_flows(lists), vec![a.clone()]);
+        }
+        let later = flow(
+            "node-b",
+            false,
+            t.checked_add(SignedDuration::from_millis(1)).unwrap(),
+        );
+        assert_eq!(
+            merge_flows([vec![later.clone()], vec![a.clone()]]),
+            vec![later, a]
+        );
     }
 }
