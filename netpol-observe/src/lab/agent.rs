@@ -138,6 +138,10 @@ impl AgentHandle {
             node.name.clone().into(),
             "--interfaces".into(),
             "veth*".into(),
+            // Every node of the lab shares the machine's kernel: each agent reports the drops
+            // of its own node (namespace), as on separate machines.
+            "--drop-scope".into(),
+            "netns".into(),
             "--sweep-interval".into(),
             secs.clone().into(),
             "--inventory-poll-interval".into(),

@@ -235,7 +235,11 @@ pub fn flow_table(flows: &[FlowRecord]) -> String {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         *row.1.entry(state).or_default() += 1;
-        *row.2.entry(f.node.clone().unwrap_or_default()).or_default() += 1;
+        // `*`: seen on that node, counted by the other node's agent.
+        let star = if f.counted { "" } else { "*" };
+        *row.2
+            .entry(format!("{}{star}", f.node.as_deref().unwrap_or_default()))
+            .or_default() += 1;
     }
     let mut s = String::new();
     let _ = writeln!(
@@ -245,7 +249,11 @@ pub fn flow_table(flows: &[FlowRecord]) -> String {
         "to",
         "port",
         "flows",
-        if several_nodes { " (seen on)" } else { "" }
+        if several_nodes {
+            " (seen on; * counted by the other node)"
+        } else {
+            ""
+        }
     );
     for ((from, to, port), (n, states, nodes)) in rows {
         let states: Vec<String> = states.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -254,7 +262,10 @@ pub fn flow_table(flows: &[FlowRecord]) -> String {
                 " ({})",
                 nodes
                     .iter()
-                    .map(|(k, v)| format!("{k} {v}"))
+                    .map(|(k, v)| match k.strip_suffix('*') {
+                        Some(node) => format!("{node} {v}*"),
+                        None => format!("{k} {v}"),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

@@ -41,6 +41,16 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    /// Links did not come up (carrier) in time.
+    #[error("links of network namespace {netns} not up within {timeout:?}: {links}")]
+    LinksDown {
+        /// The namespace.
+        netns: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// The links still down.
+        links: String,
+    },
     /// Entering a namespace failed.
     #[error("cannot enter network namespace {netns}: {message}")]
     Enter {
@@ -116,6 +126,32 @@ pub fn sysctl(netns: &str, settings: &[&str]) -> Result<(), NetnsError> {
     let mut args = vec!["netns", "exec", netns, "sysctl", "-q", "-w"];
     args.extend_from_slice(settings);
     command("ip", &args, None).map(drop)
+}
+
+/// Waits (up to `timeout`) until every link of `netns` but the loopback and bridges has its
+/// carrier (`state UP`): a veth's carrier, and with it a bridge port's forwarding, comes up
+/// asynchronously, up to a second after both ends are up, and packets sent before are lost.
+pub fn wait_links_up(netns: &str, timeout: std::time::Duration) -> Result<(), NetnsError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let text = command("ip", &["-n", netns, "-o", "link", "show"], None)?;
+        let down: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("link/ether") && !l.contains(" br0:") && !l.contains("state UP"))
+            .filter_map(|l| l.split(": ").nth(1))
+            .collect();
+        if down.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(NetnsError::LinksDown {
+                netns: netns.to_owned(),
+                timeout,
+                links: down.join(", "),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Runs `f` on a new thread that has entered network namespace `netns`.

@@ -315,6 +315,10 @@ impl Topology {
         for node in &self.nodes {
             netns::nft(node, &services)?;
         }
+        // Traffic may start at once (no agent in some tests): wait for every veth's carrier.
+        for ns in self.nodes.iter().chain(&self.fabric) {
+            netns::wait_links_up(ns, std::time::Duration::from_secs(20))?;
+        }
         Ok(())
     }
 
