@@ -1194,7 +1194,7 @@ fn killed_lab_leftovers_are_removed_by_the_next_run() {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let pids = Command::new("ip")
-                .args(["netns", "pids", &node])
+                .args(["netns", "pids", node])
                 .output()
                 .expect("ip netns pids");
             if pids.stdout.trim_ascii().is_empty() {

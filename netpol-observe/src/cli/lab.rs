@@ -219,7 +219,7 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nflows seen by the {} ({} flows, {} DNS lookups, {} unexpected):",
+        "\nflows seen by the {} ({} flows, {} DNS lookups, {} unexpected{}):",
         if model.nodes.len() == 1 {
             "agent"
         } else {
@@ -227,7 +227,11 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
         },
         report.flows.len(),
         report.coverage.dns,
-        report.coverage.unexpected.len()
+        report.coverage.unexpected.len(),
+        match report.flows.iter().filter(|f| !f.counted).count() {
+            0 => String::new(),
+            n => format!("; {n} are the other node's uncounted view of a cross-node connection"),
+        }
     );
     s.push_str(&expect::flow_table(&report.flows));
     for m in &report.missing {

@@ -131,7 +131,7 @@ pub struct Coverage {
     /// Per traffic entry (in scenario order): (entry index in [`LabModel::probes`], matching
     /// flows, connections expected).
     pub entries: Vec<(usize, usize, u32)>,
-    /// DNS lookups.
+    /// DNS lookups (counted records).
     pub dns: usize,
     /// Flows that belong to no traffic entry and are not DNS.
     pub unexpected: Vec<FlowRecord>,
@@ -154,8 +154,10 @@ impl Coverage {
                 let p = &model.probes[i];
                 matches(model, p, f) || matches_backend(model, p, f)
             }) {
-                Some(k) => counts[k] += 1,
-                None if is_dns(model, f) => cov.dns += 1,
+                // A cross-node connection's other copy (`counted: false`) is not one more.
+                Some(k) if f.counted => counts[k] += 1,
+                Some(_) => {}
+                None if is_dns(model, f) => cov.dns += usize::from(f.counted),
                 None => cov.unexpected.push(f.clone()),
             }
         }
