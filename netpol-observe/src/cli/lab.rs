@@ -272,10 +272,20 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
         );
     }
     if let Some(probes) = &report.enforced {
+        let off: Vec<&str> = model
+            .nodes
+            .iter()
+            .filter(|n| !n.enforce)
+            .map(|n| n.name.as_str())
+            .collect();
         let _ = writeln!(
             s,
-            "\nenforcement ({}):",
-            report.enforced_policies.as_deref().unwrap_or_default()
+            "\nenforcement ({}{}):",
+            report.enforced_policies.as_deref().unwrap_or_default(),
+            match off.is_empty() {
+                true => String::new(),
+                false => format!("; not enforced on {} (scenario)", off.join(", ")),
+            }
         );
         let _ = writeln!(
             s,

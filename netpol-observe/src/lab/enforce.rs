@@ -399,7 +399,7 @@ fn egress_chain(model: &LabModel, policies: &[&NetworkPolicy]) -> Result<String,
 /// Compiles `policies` into one nftables script per node (in [`LabModel::nodes`] order), each
 /// creating [`TABLE`] with the rules of that node's pods: a node enforces the egress of its
 /// pods and the ingress of its pods, as a CNI does, so a packet is dropped on the node of the
-/// pod whose side denies it.
+/// pod whose side denies it. A node with `enforce: false` gets an empty table.
 pub fn compile(model: &LabModel, policies: &[NetworkPolicy]) -> Result<Vec<String>, EnforceError> {
     for p in policies {
         crate::policy::validate(p)?;
@@ -414,6 +414,13 @@ fn compile_node(
     policies: &[NetworkPolicy],
     node: usize,
 ) -> Result<String, EnforceError> {
+    if !model.nodes[node].enforce {
+        // A node whose CNI does not enforce NetworkPolicy (scenario `enforce: false`).
+        return Ok(format!(
+            "table inet {TABLE} {{\n  comment \"node {} does not enforce NetworkPolicy\"\n}}\n",
+            model.nodes[node].name
+        ));
+    }
     let mut chains = String::new();
     let mut egress_map = Vec::new();
     let mut ingress_map = Vec::new();

@@ -43,6 +43,8 @@ pub struct NodeModel {
     pub ip: Ipv4Addr,
     /// The node's part of the pod CIDR (`spec.podCIDR`).
     pub pod_cidr: Ipv4Net,
+    /// Whether `--enforce` loads the policies' rules here (scenario `enforce`, default true).
+    pub enforce: bool,
     /// Indexes of its pods in [`LabModel::pods`].
     pub pods: Vec<usize>,
 }
@@ -359,6 +361,10 @@ fn node_models(
         true => vec![format!("{}-node", scenario.name)],
         false => scenario.nodes.iter().map(|n| n.name.clone()).collect(),
     };
+    let enforcing: Vec<bool> = match scenario.nodes.is_empty() {
+        true => vec![true],
+        false => scenario.nodes.iter().map(|n| n.enforce).collect(),
+    };
     for (i, name) in names.iter().enumerate() {
         if scenario.nodes.is_empty() {
             break;
@@ -410,6 +416,7 @@ fn node_models(
                 name,
                 ip: Ipv4Addr::from(u32::from(NODE_IP) + i as u32),
                 pod_cidr: parts.next().ok_or_else(too_small)?,
+                enforce: enforcing[i],
                 pods: Vec::new(),
             })
         })

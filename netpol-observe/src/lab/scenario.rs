@@ -60,6 +60,15 @@ pub struct Scenario {
 pub struct NodeSpec {
     /// Node name (a DNS label).
     pub name: String,
+    /// Whether `--enforce` loads the policies' rules on this node (default true). `false`
+    /// simulates a node whose CNI does not enforce NetworkPolicy: its agents still judge the
+    /// flows against the policies, and report the denied ones that get through.
+    #[serde(default = "yes")]
+    pub enforce: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A namespace of the scenario.
