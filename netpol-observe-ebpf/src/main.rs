@@ -18,5 +18,14 @@ mod drops;
 #[cfg(target_arch = "bpf")]
 mod programs;
 
+/// The licence the kernel reads from the object's `license` section (aya-obj would otherwise
+/// declare `GPL` for us). The kernel lets only programs with a GPL-compatible licence call
+/// GPL-only helpers (`bpf_probe_read_kernel` in `drops`); `Dual MIT/GPL` is one of the strings
+/// it accepts (`license_is_gpl_compatible`) and matches the crate's `MIT OR GPL-2.0-only`.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -757,6 +757,20 @@ mod object_tests {
             .collect()
     }
 
+    /// The object declares a GPL-compatible licence (the drop tracepoint calls GPL-only
+    /// helpers) that matches the eBPF crate's `MIT OR GPL-2.0-only`.
+    #[test]
+    fn object_declares_dual_mit_gpl_license() {
+        let file = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let section = file
+            .section_by_name("license")
+            .expect("the object has a license section");
+        assert_eq!(
+            section.data().expect("the license section is readable"),
+            b"Dual MIT/GPL\0"
+        );
+    }
+
     /// `memset` on this target is a byte loop in a BPF subprogram: a zeroed local that is
     /// only partly overwritten calls it, and on the per-packet path that cost as much as a
     /// third of the ingress program. The per-packet hit path (the programs' own section,
