@@ -102,10 +102,28 @@ pub fn main() -> ExitCode {
         // `… | head`: the reader has what it wanted; end quietly, as a SIGPIPE would.
         Err(err) if out::is_closed_stdout(&err) => ExitCode::from(out::CLOSED_PIPE_STATUS),
         Err(err) => {
-            out::errln!("error: {err:#}");
+            out::errln!("error: {}", error_chain(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// `err` and its causes joined by `: `, each cause left out when the message before it already
+/// ends with it (many messages name their cause, e.g. `cannot read FILE: <io error>`), so a
+/// cause is printed once.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.ends_with(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
 }
 
 fn init_logging(filter: &str) {
@@ -119,4 +137,25 @@ fn init_logging(filter: &str) {
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cause is printed once, whether or not the message above it repeats it.
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let inventory = crate::inventory::InventoryError::Io {
+            path: "/nonexistent".into(),
+            source: io,
+        };
+        let err = anyhow::Error::new(inventory).context("agent");
+        let text = error_chain(&err);
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+        assert!(text.starts_with("agent: "), "{text}");
+        let plain = anyhow::anyhow!("outer").context("top");
+        assert_eq!(error_chain(&plain), "top: outer");
+    }
 }
