@@ -1,8 +1,9 @@
 //! `cargo xtask <verb>`: everything around the build that cargo alone does not do.
 //!
 //! - `setup`: installs what a fresh machine lacks (nightly `rust-src`, `bpf-linker` 0.10.2,
-//!   Debian packages used by the tests and the lab).
-//! - `test`: setup, then formatting, clippy and every test (the README's test command).
+//!   `cargo-deny`, Debian packages used by the tests and the lab).
+//! - `test`: setup, then formatting, clippy, cargo-deny and every test (the README's test
+//!   command).
 //! - `lab`: setup, build, then the embedded default lab scenario (the README's main command).
 //! - `bench <what>`: benchmarks (see `docs/benchmarks.md`).
 
@@ -28,7 +29,7 @@ struct Cli {
 enum Verb {
     /// Install the prerequisites a fresh machine lacks (idempotent).
     Setup,
-    /// Run every check and test: fmt, clippy, unit, engine and real-kernel tests.
+    /// Run every check and test: fmt, clippy, cargo-deny, unit, engine and real-kernel tests.
     Test {
         /// Run the tests with every CPU kept busy by `stress-ng` (the real-kernel tests must
         /// pass on a loaded machine: they wait for conditions, never for a fixed time).
@@ -172,6 +173,17 @@ fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Licences, banned or duplicate crates, sources (deny.toml). Not `advisories`: its
+    // database comes from GitHub, which the test machines cannot reach.
+    run(cargo(root).args([
+        "deny",
+        "check",
+        "--hide-inclusion-graph",
+        "licenses",
+        "bans",
+        "sources",
+    ]))
+    .context("cargo-deny (cargo xtask setup installs it)")?;
     build_binary(root, "debug")?;
     let bin = root.join("target/debug/netpol-observe");
     let _hog = under_load.then(Hog::start).transpose()?;

@@ -7,6 +7,10 @@ use anyhow::{Context, Result, bail};
 /// The bpf-linker release that uses rustc's own LLVM (22) on this toolchain.
 const BPF_LINKER_VERSION: &str = "0.10.2";
 
+/// The cargo-deny release `cargo xtask test` runs (`deny.toml`); installed only when no
+/// cargo-deny is present.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// Debian packages (package, a command it provides) the tests, the lab and the benchmarks use.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
@@ -34,6 +38,7 @@ const DEPLOY_TOOLS_VENV: &str = "target/deploy-tools";
 pub fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_deny()?;
     debian_packages()?;
     pypi_tools(&crate::workspace_root())?;
     Ok(())
@@ -147,6 +152,27 @@ fn bpf_linker() -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// Installs cargo-deny from crates.io when it is missing (a present one, of any version, is
+/// used as it is).
+fn cargo_deny() -> Result<()> {
+    // Asked the way the test runs it: cargo also finds subcommands in $CARGO_HOME/bin.
+    let present = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deny {CARGO_DENY_VERSION} (a few minutes, once)");
+    crate::run(Command::new("cargo").args([
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+    ]))
 }
 
 fn has_command(name: &str) -> bool {
