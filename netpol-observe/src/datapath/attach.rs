@@ -250,6 +250,11 @@ impl Attacher {
         self.attached.contains_key(&ifindex)
     }
 
+    /// The loaded object (for the flow cache flush, which runs a program of it).
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     /// The loaded object (for aya-log).
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -3,77 +3,51 @@
 
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, RawTracePointRunOptions, TestRun,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::RawTracePoint,
+    programs::{ProgramError, RawTracePoint},
+    sys::SyscallError,
 };
 use netpol_observe_ebpf::{Counter, FlowKey, FlowValue, PROG_FLUSH_FLOW_CACHE};
 
 use super::DatapathError;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_RUN_ON_CPU: u32 = 1;
-
-/// `union bpf_attr` as used by `BPF_PROG_TEST_RUN` (the `test` member).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
 
 /// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of the
 /// established TCP/UDP flows that hold a slot of the CPU's front entries (`FLOW_CACHE`,
 /// 1024 IPv4 and 256 IPv6 per CPU) instead of updating the flow map per packet, and this moves them into the flow map;
 /// it also ends what the CPU remembers of which endpoints are local (needed after every
-/// change of the local-endpoint map). The program is loaded but never attached;
-/// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU` runs it on the CPU that owns the entries
-/// (Linux >= 5.10).
+/// change of the local-endpoint map). The program is loaded but never attached; aya's
+/// [`TestRun`] for raw tracepoints with a CPU (`BPF_PROG_TEST_RUN` with
+/// `BPF_F_TEST_RUN_ON_CPU`, Linux >= 5.10) runs it on the CPU that owns the entries.
+///
+/// The program stays in the [`Ebpf`] object (aya 0.14 cannot take a program out of it, and
+/// a second handle by program id needs `CAP_SYS_ADMIN`, which the agent does not have), so
+/// [`CacheFlusher::flush`] is given the object.
 #[derive(Debug)]
 pub struct CacheFlusher {
-    fd: OwnedFd,
     cpus: Vec<u32>,
 }
 
 impl CacheFlusher {
-    /// Loads the flush program from `ebpf` and checks that it runs on every online CPU.
+    /// Loads the flush program into `ebpf` and checks that it runs on every online CPU.
     pub(crate) fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
         let load = |e: String| DatapathError::Load(format!("{PROG_FLUSH_FLOW_CACHE}: {e}"));
         let prog: &mut RawTracePoint = ebpf
             .program_mut(PROG_FLUSH_FLOW_CACHE)
             .ok_or_else(|| load("not in the object".into()))?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| load(e.to_string()))?;
+            .map_err(|e: ProgramError| load(e.to_string()))?;
         super::retry_interrupted_load(|| prog.load()).map_err(|e| load(e.to_string()))?;
-        let fd = prog
-            .fd()
-            .map_err(|e| load(e.to_string()))?
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| load(e.to_string()))?;
         let cpus =
             aya::util::online_cpus().map_err(|(path, e)| load(format!("reading {path}: {e}")))?;
-        let flusher = CacheFlusher { fd, cpus };
-        flusher.flush().map_err(|e| {
+        let flusher = CacheFlusher { cpus };
+        flusher.flush(ebpf).map_err(|e| {
             load(format!(
                 "running it on each CPU failed ({e}); BPF_F_TEST_RUN_ON_CPU needs Linux >= 5.10"
             ))
@@ -81,32 +55,30 @@ impl CacheFlusher {
         Ok(flusher)
     }
 
-    /// Flushes every CPU's slots; returns how many were busy (an interrupted program was
-    /// changing them: their counts move at the next flush).
-    pub fn flush(&self) -> io::Result<u32> {
+    /// Flushes every CPU's slots with the flush program loaded in `ebpf`; returns how many
+    /// were busy (an interrupted program was changing them: their counts move at the next
+    /// flush).
+    pub fn flush(&self, ebpf: &Ebpf) -> io::Result<u32> {
+        let prog: &RawTracePoint = ebpf
+            .program(PROG_FLUSH_FLOW_CACHE)
+            .ok_or_else(|| io::Error::other(format!("{PROG_FLUSH_FLOW_CACHE} not in the object")))?
+            .try_into()
+            .map_err(io::Error::other)?;
         let mut busy = 0;
         for &cpu in &self.cpus {
-            let mut attr = TestRunAttr {
-                prog_fd: self.fd.as_raw_fd() as u32,
-                flags: BPF_F_TEST_RUN_ON_CPU,
-                cpu,
-                ..TestRunAttr::default()
-            };
-            // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_PROG_TEST_RUN with no data
-            // or context buffers; the kernel writes only `retval` and `duration`.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_TEST_RUN,
-                    &mut attr as *mut TestRunAttr,
-                    std::mem::size_of::<TestRunAttr>(),
-                )
-            };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                return Err(io::Error::new(e.kind(), format!("CPU {cpu}: {e}")));
-            }
-            busy += attr.retval;
+            let run = prog
+                .test_run(RawTracePointRunOptions {
+                    cpu: Some(cpu),
+                    ..RawTracePointRunOptions::new()
+                })
+                .map_err(|e| match e {
+                    // aya's message names only the call: keep the kernel's answer.
+                    ProgramError::SyscallError(SyscallError { io_error, .. }) => {
+                        io::Error::new(io_error.kind(), format!("CPU {cpu}: {io_error}"))
+                    }
+                    e => io::Error::other(format!("CPU {cpu}: {e}")),
+                })?;
+            busy += run.return_value;
         }
         Ok(busy)
     }

@@ -164,6 +164,15 @@ struct Shared {
     stats: Mutex<DatapathStats>,
 }
 
+impl Shared {
+    /// Runs the flush program on every CPU ([`kernel::CacheFlusher`]). The program is part of
+    /// the object the attacher owns, so the attacher's lock is held for the runs (it is taken
+    /// last: no path holds it while waiting for another lock).
+    fn flush_flow_cache(&self) -> std::io::Result<u32> {
+        self.flusher.flush(lock(&self.attacher).ebpf())
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock leaves consistent-enough data for counters and tables.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -343,7 +352,7 @@ impl Datapath {
         if removed || added {
             // The programs' front entries of the flow map remember which endpoints were
             // local when they were filled: the flush empties them all.
-            self.shared.flusher.flush().map_err(|e| {
+            self.shared.flush_flow_cache().map_err(|e| {
                 DatapathError::MapWrite(format!(
                     "flushing the per-CPU flow cache after a local endpoint change: {e}"
                 ))
@@ -550,7 +559,7 @@ fn sweep(shared: &Shared) -> Result<(), DatapathError> {
     let Sweeper { map, reader } = &mut *sweeper;
     let start = monotonic_ns();
     // The counts the programs keep per CPU go into the flow map first.
-    match shared.flusher.flush() {
+    match shared.flush_flow_cache() {
         Ok(0) => {}
         Ok(busy) => tracing::debug!(busy, "flow cache busy on some CPUs: flushed next sweep"),
         Err(e) => tracing::warn!("flushing the per-CPU flow cache: {e}"),
