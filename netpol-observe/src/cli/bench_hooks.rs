@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::datapath::{NoopHooks, glob_match, tcx_stats};
+use crate::datapath::{InterfaceFilter, NoopHooks, tcx_stats};
 
 /// Arguments of `netpol-observe bench-hooks`.
 #[derive(Debug, clap::Args)]
@@ -40,8 +40,9 @@ pub enum HooksCommand {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         HooksCommand::Noop { interfaces } => {
-            let (hooks, names) =
-                NoopHooks::attach(|name| interfaces.iter().any(|p| glob_match(p, name))).await?;
+            let filter =
+                InterfaceFilter::new(&interfaces, &[] as &[&str]).map_err(anyhow::Error::msg)?;
+            let (hooks, names) = NoopHooks::attach(|name| filter.matches(name)).await?;
             tracing::info!(interfaces = ?names, "datapath attached (no-op program)");
             wait_for_signal().await?;
             hooks.detach().await?;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use netpol_observe_ebpf::{DEFAULT_FLOW_CAPACITY, DEFAULT_RINGBUF_BYTES};
 
 use super::AttachMode;
@@ -16,7 +17,8 @@ pub const DEFAULT_EXCLUDE: &[&str] = &["cilium_*", "lo"];
 /// What the datapath attaches to and how it sizes and sweeps its maps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatapathConfig {
-    /// Interfaces to attach to: glob patterns (`*` any run of characters, `?` one character).
+    /// Interfaces to attach to: glob patterns (`*` any run of characters, `?` one byte,
+    /// `[0-9]` a class, `{veth,cali}*` alternatives, `\` escapes; [`globset`] syntax).
     pub include: Vec<String>,
     /// Interfaces never attached even when an `include` pattern matches.
     pub exclude: Vec<String>,
@@ -68,17 +70,17 @@ impl DatapathConfig {
         }
     }
 
-    /// Whether the datapath attaches to an interface named `name`.
-    pub fn matches(&self, name: &str) -> bool {
-        self.include.iter().any(|p| glob_match(p, name))
-            && !self.exclude.iter().any(|p| glob_match(p, name))
+    /// `include` and `exclude` compiled; an invalid pattern is an error naming it.
+    pub fn interface_filter(&self) -> Result<InterfaceFilter, String> {
+        InterfaceFilter::new(&self.include, &self.exclude)
     }
 
-    /// Checks sizes and durations; returns what is wrong.
+    /// Checks patterns, sizes and durations; returns what is wrong.
     pub(crate) fn validate(&self) -> Result<(), String> {
         if self.include.is_empty() {
             return Err("no interface pattern to include".into());
         }
+        self.interface_filter()?;
         if self.flow_capacity == 0 {
             return Err("flow_capacity must be at least 1".into());
         }
@@ -95,37 +97,62 @@ impl DatapathConfig {
     }
 }
 
-/// Matches `name` against a glob `pattern` with `*` (any run) and `?` (one character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
+/// The interface patterns of a [`DatapathConfig`], compiled once: an interface is attached
+/// when an `include` pattern matches its name and no `exclude` pattern does.
+#[derive(Debug, Clone)]
+pub struct InterfaceFilter {
+    include: GlobSet,
+    exclude: GlobSet,
+}
+
+impl InterfaceFilter {
+    /// Compiles the patterns; an invalid one is an error naming it.
+    pub fn new(
+        include: &[impl AsRef<str>],
+        exclude: &[impl AsRef<str>],
+    ) -> Result<InterfaceFilter, String> {
+        Ok(InterfaceFilter {
+            include: glob_set(include)?,
+            exclude: glob_set(exclude)?,
+        })
     }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
+
+    /// Whether an interface named `name` is attached.
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.is_match(name) && !self.exclude.is_match(name)
     }
-    pi == p.len()
+
+    /// Whether `pattern` names one interface (no wildcard, class, alternative or escape): the
+    /// datapath requires such an interface to exist when it starts.
+    pub fn is_literal(pattern: &str) -> bool {
+        !pattern.contains(['*', '?', '[', '{', '\\'])
+    }
+}
+
+/// One set of all `patterns`. Interface names hold no path separator, so `*` matches any
+/// run of bytes.
+fn glob_set(patterns: &[impl AsRef<str>]) -> Result<GlobSet, String> {
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        let pattern = pattern.as_ref();
+        let glob = GlobBuilder::new(pattern)
+            .literal_separator(false)
+            .build()
+            .map_err(|e| format!("interface pattern {pattern:?}: {}", e.kind()))?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| format!("interface patterns: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob_match(pattern: &str, name: &str) -> bool {
+        InterfaceFilter::new(&[pattern], &[] as &[&str])
+            .unwrap()
+            .matches(name)
+    }
 
     #[test]
     fn globs() {
@@ -137,16 +164,43 @@ mod tests {
         assert!(glob_match("*", ""));
         assert!(glob_match("lo", "lo"));
         assert!(!glob_match("lo", "lo0"));
+        // globset's classes and alternatives.
+        assert!(glob_match("eth[0-3]", "eth2"));
+        assert!(!glob_match("eth[0-3]", "eth7"));
+        assert!(glob_match("{veth,cali}*", "cali1"));
+        assert!(!glob_match("{veth,cali}*", "lxc1"));
     }
 
     #[test]
     fn defaults_cover_cnis_and_exclude_cilium_devices() {
-        let c = DatapathConfig::default();
+        let f = DatapathConfig::default().interface_filter().unwrap();
         for name in ["veth9a1b", "cali12ab", "lxc0011", "azv1", "eni3f", "gke77"] {
-            assert!(c.matches(name), "{name}");
+            assert!(f.matches(name), "{name}");
         }
         for name in ["eth0", "cilium_host", "lo", "docker0", "cni0"] {
-            assert!(!c.matches(name), "{name}");
+            assert!(!f.matches(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_pattern_is_an_error_naming_it() {
+        let include = DatapathConfig::with_interfaces(["veth*", "eth[0-"]);
+        let err = include.validate().unwrap_err();
+        assert!(err.contains(r#"interface pattern "eth[0-""#), "{err}");
+        assert!(err.contains("unclosed character class"), "{err}");
+        let exclude = DatapathConfig {
+            exclude: vec!["{cilium_*".into()],
+            ..DatapathConfig::default()
+        };
+        let err = exclude.validate().unwrap_err();
+        assert!(err.contains(r#"interface pattern "{cilium_*""#), "{err}");
+    }
+
+    #[test]
+    fn literal_patterns() {
+        assert!(InterfaceFilter::is_literal("eth0"));
+        for p in ["veth*", "a?", "eth[01]", "{a,b}", "a\\*"] {
+            assert!(!InterfaceFilter::is_literal(p), "{p}");
         }
     }
 

@@ -49,7 +49,7 @@ use tokio::{
 };
 
 pub use attach::{AttachMode, AttachedInterface};
-pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, glob_match};
+pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, InterfaceFilter};
 pub use drops::{
     DropSample, DropScope, DropTracer, DropsError, NetnsOffsets, SkbOffsets, kernel_drop_reasons,
     own_netns_inode,
@@ -153,6 +153,8 @@ impl LocalEndpoints {
 
 struct Shared {
     config: DatapathConfig,
+    /// `config`'s interface patterns, compiled.
+    interfaces: InterfaceFilter,
     table: Mutex<FlowTable>,
     updates: broadcast::Sender<FlowUpdate>,
     attacher: Mutex<attach::Attacher>,
@@ -202,6 +204,9 @@ impl Datapath {
     /// interfaces, reading events and sweeping. Must run inside a tokio runtime.
     pub async fn start(config: DatapathConfig) -> Result<Datapath, DatapathError> {
         config.validate().map_err(DatapathError::InvalidConfig)?;
+        let interfaces = config
+            .interface_filter()
+            .map_err(DatapathError::InvalidConfig)?;
         let learn: u8 = config.learn_local_endpoints.into();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, config.flow_capacity)
@@ -264,13 +269,12 @@ impl Datapath {
         let sockets = scan_sockets().await;
         let (present, messages, netlink) = links::subscribe().await?;
         for pattern in &config.include {
-            let literal = !pattern.contains(['*', '?']);
-            if literal && !present.iter().any(|(_, n)| n == pattern) {
+            if InterfaceFilter::is_literal(pattern) && !present.iter().any(|(_, n)| n == pattern) {
                 return Err(DatapathError::InterfaceNotFound(pattern.clone()));
             }
         }
         for (index, name) in &present {
-            if config.matches(name) {
+            if interfaces.matches(name) {
                 attacher.attach(*index, name)?;
             }
         }
@@ -301,6 +305,7 @@ impl Datapath {
                 ..DatapathStats::default()
             }),
             config,
+            interfaces,
         });
         let (stop, stop_rx) = watch::channel(false);
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
@@ -620,7 +625,7 @@ async fn follow_links(
             Some(links::LinkChange::Present(index, name)) => {
                 let attached = {
                     let mut a = lock(&shared.attacher);
-                    if shared.config.matches(&name) && !a.is_attached(index) {
+                    if shared.interfaces.matches(&name) && !a.is_attached(index) {
                         match a.attach(index, &name) {
                             Ok(()) => true,
                             Err(e) => {
