@@ -720,7 +720,7 @@ fn unknown_fields_in_any_inventory_object_are_named() {
         ),
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\nmetadata: {name: b}\n",
-            "duplicate entry with key \"metadata\"",
+            "inv.yaml: document 1: invalid YAML: duplicate mapping key `metadata` is not allowed here at line 4, column 1",
         ),
     ];
     for (yaml, expected) in cases {
@@ -730,6 +730,53 @@ fn unknown_fields_in_any_inventory_object_are_named() {
             "expected {expected:?}\n     got {err:?}"
         );
     }
+}
+
+/// Nesting as deep as the parser allows is read and its unknown field named (on a test thread's
+/// 2 MB stack, debug build); one level more, or an alias bomb, is an error naming the file, the
+/// document and the line, never a crash.
+#[test]
+fn deep_or_exploding_yaml_is_an_error_naming_its_place() {
+    use netpol_observe::{inventory::Validation, yaml::MAX_DEPTH};
+    let head = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\n";
+    // The document is level 1, `status` level 2.
+    let nested = |levels: usize| -> String {
+        let mut text = format!("{head}status:\n");
+        for i in 0..levels {
+            text.push_str(&format!("{}k:\n", "  ".repeat(i + 1)));
+        }
+        text.push_str(&format!("{}x: 1\n", "  ".repeat(levels + 1)));
+        text
+    };
+    let err = load(&nested(MAX_DEPTH - 2), Validation::Strict).unwrap_err();
+    assert_eq!(
+        err,
+        "inv.yaml, document 2: Pod shop/web-1: unknown field status.k"
+    );
+    let err = load(&nested(MAX_DEPTH - 1), Validation::Strict).unwrap_err();
+    assert!(
+        err.starts_with("inv.yaml: document 2: invalid YAML: ") && err.contains("at line 72,"),
+        "{err}"
+    );
+    let mut bomb =
+        format!("{head}metadata:\n  name: web-1\n  labels:\n    a: &a [x, x, x, x, x, x, x, x]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h"])
+    {
+        bomb.push_str(&format!(
+            "    {name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 8].join(", ")
+        ));
+    }
+    let bomb = bomb.replace("metadata: {name: web-1, namespace: shop}\n", "");
+    let err = load(&bomb, Validation::Strict).unwrap_err();
+    assert!(
+        err.starts_with(
+            "inv.yaml: document 2: invalid YAML: YAML document too large or too complex"
+        ),
+        "{err}"
+    );
 }
 
 /// A namespaced object without `metadata.namespace` is taken as `default` with a warning

@@ -102,12 +102,8 @@ fn model() -> Inventory {
 }
 
 fn policies(yaml: &str) -> Vec<NetworkPolicy> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
-            (!v.is_null()).then(|| serde_yaml::from_value(v).unwrap())
-        })
-        .collect()
+    // Empty documents are skipped.
+    serde_saphyr::from_multiple(yaml).unwrap()
 }
 
 /// A pod of the model: (namespace, pod).

@@ -90,7 +90,7 @@ fn three_tier_app() {
 
     // api egress: the named db subnet and DNS on 53/UDP and 53/TCP to CoreDNS.
     let egress = spec.egress.as_ref().unwrap();
-    let yaml = serde_yaml::to_string(egress).unwrap();
+    let yaml = netpol_observe::yaml::to_string(egress).unwrap();
     assert!(yaml.contains("cidr: 10.0.2.0/24"), "{yaml}");
     let dns_rule = egress
         .iter()
@@ -256,7 +256,7 @@ fn voting_app() {
     );
     // The private load balancer address becomes a host block.
     let vote_p = policy(&out.policies, "vote", "vote-np");
-    let yaml = serde_yaml::to_string(vote_p).unwrap();
+    let yaml = netpol_observe::yaml::to_string(vote_p).unwrap();
     assert!(yaml.contains("cidr: 10.1.0.4/32"), "{yaml}");
 }
 
@@ -338,7 +338,7 @@ fn cronjob_calling_an_external_api() {
     assert_eq!(sel.match_labels, Some(labels(&[("app", "report")])));
     let w = annotation(p, WARNING).unwrap();
     assert!(w.contains("CronJob seen in a single run"), "{w}");
-    let yaml = serde_yaml::to_string(p).unwrap();
+    let yaml = netpol_observe::yaml::to_string(p).unwrap();
     assert!(yaml.contains("cidr: 93.184.215.14/32"), "{yaml}");
 
     // The next run (new Job, new controller-uid) is selected by the same policy.

@@ -161,7 +161,7 @@ async fn prometheus_series_become_workload_flows() {
         .collect();
     assert_eq!(names, ["default-deny", "api-np", "default-deny", "web-np"]);
     let api = policy(&policies, "backend", "api-np");
-    let yaml = serde_yaml::to_string(api).unwrap();
+    let yaml = netpol_observe::yaml::to_string(api).unwrap();
     // The Service port 80 became the backend's named target port.
     assert!(yaml.contains("port: api"), "{yaml}");
     assert!(
@@ -173,7 +173,7 @@ async fn prometheus_series_become_workload_flows() {
         annotation(api, netpol_observe::recommend::WINDOW),
         Some("2026-11-17T11:06:40Z/2026-11-18T11:06:40Z")
     );
-    let web = serde_yaml::to_string(policy(&policies, "frontend", "web-np")).unwrap();
+    let web = netpol_observe::yaml::to_string(policy(&policies, "frontend", "web-np")).unwrap();
     assert!(web.contains("k8s-app: kube-dns"), "{web}");
     assert!(!web.contains("ingress:"), "{web}");
 }

@@ -164,7 +164,7 @@ fn selector_matching_nothing_is_caught() {
 fn and_or_dash_mistake_is_caught() {
     let fx = fixture();
     let mut draft = fx.draft.clone();
-    let peer: NetworkPolicyPeer = serde_yaml::from_str(
+    let peer: NetworkPolicyPeer = serde_saphyr::from_str(
         "namespaceSelector:\n  matchLabels:\n    kubernetes.io/metadata.name: frontend\npodSelector:\n  matchLabels:\n    app: worker\n",
     )
     .unwrap();
@@ -208,7 +208,11 @@ fn forgotten_dns_is_caught() {
         .egress
         .as_mut()
         .unwrap()
-        .retain(|r| !serde_yaml::to_string(r).unwrap().contains("port: 53"));
+        .retain(|r| {
+            !netpol_observe::yaml::to_string(r)
+                .unwrap()
+                .contains("port: 53")
+        });
     let r = run(&fx, &draft);
     assert_eq!(
         denied(&r),
@@ -322,7 +326,11 @@ fn cli_recommend_then_verify() {
         .egress
         .as_mut()
         .unwrap()
-        .retain(|r| !serde_yaml::to_string(r).unwrap().contains("port: 53"));
+        .retain(|r| {
+            !netpol_observe::yaml::to_string(r)
+                .unwrap()
+                .contains("port: 53")
+        });
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, render_yaml(&draft).unwrap()).unwrap();
     let bad = verify_cmd(&broken, false);

@@ -290,7 +290,6 @@ impl Drop for ApiServer {
 
 /// `deploy/kubernetes/base` rendered by `kubectl kustomize`, as JSON objects.
 pub fn base_objects() -> Vec<serde_json::Value> {
-    use serde::Deserialize;
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base");
     let out = Command::new("kubectl")
         .arg("kustomize")
@@ -302,10 +301,9 @@ pub fn base_objects() -> Vec<serde_json::Value> {
         "kubectl kustomize: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .filter_map(|d| serde_json::Value::deserialize(d).ok())
-        .filter(|v| !v.is_null())
-        .collect()
+    // Empty documents are skipped.
+    serde_saphyr::from_slice_multiple(&out.stdout)
+        .unwrap_or_else(|e| panic!("kubectl kustomize printed no YAML: {e}"))
 }
 
 /// The objects of these kinds.

@@ -258,13 +258,7 @@ fn flows(listen: SocketAddr, query: &str) -> Vec<ObservedFlow> {
 
 /// A multi-document YAML stream parsed into NetworkPolicies (panics on anything else).
 fn network_policies(yaml: &str) -> Vec<k8s_openapi::api::networking::v1::NetworkPolicy> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| {
-            k8s_openapi::api::networking::v1::NetworkPolicy::deserialize(d)
-                .unwrap_or_else(|e| panic!("{e}: {yaml}"))
-        })
-        .collect()
+    serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("{e}: {yaml}"))
 }
 
 /// `(src pod, dst pod, dst port, protocol)` → flow.

@@ -72,13 +72,11 @@ fn kustomize(kubectl: &Path, build: &str) -> String {
     String::from_utf8(out.stdout).expect("utf-8 manifests")
 }
 
-fn documents(yaml: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
-        .collect()
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple(yaml).expect("rendered YAML parses")
 }
 
-fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
@@ -233,7 +231,7 @@ fn checkov_passes_except_annotated_exceptions() {
 fn daemonset_is_least_privilege() {
     let text = std::fs::read_to_string(deploy().join("kubernetes/base/daemonset.yaml"))
         .expect("read daemonset.yaml");
-    let ds: DaemonSet = serde_yaml::from_str(&text).expect("daemonset.yaml is a DaemonSet");
+    let ds: DaemonSet = serde_saphyr::from_str(&text).expect("daemonset.yaml is a DaemonSet");
     let pod = ds.spec.template.spec.expect("pod template spec");
     assert_eq!(
         pod.host_network,
@@ -317,7 +315,8 @@ fn daemonset_is_least_privilege() {
 fn rbac_grants_exactly_the_inventory_watches() {
     let text = std::fs::read_to_string(deploy().join("kubernetes/base/clusterrole.yaml"))
         .expect("read clusterrole.yaml");
-    let role: ClusterRole = serde_yaml::from_str(&text).expect("clusterrole.yaml is a ClusterRole");
+    let role: ClusterRole =
+        serde_saphyr::from_str(&text).expect("clusterrole.yaml is a ClusterRole");
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {
         assert!(
@@ -355,7 +354,7 @@ fn reader_role_grants_exactly_the_api_resources() {
     let text = std::fs::read_to_string(deploy().join("kubernetes/base/clusterrole-reader.yaml"))
         .expect("read clusterrole-reader.yaml");
     let role: ClusterRole =
-        serde_yaml::from_str(&text).expect("clusterrole-reader.yaml is a ClusterRole");
+        serde_saphyr::from_str(&text).expect("clusterrole-reader.yaml is a ClusterRole");
     assert_eq!(role.metadata.name.as_deref(), Some("netpol-observe-reader"));
     let mut granted = BTreeSet::new();
     for rule in role.rules.iter().flatten() {

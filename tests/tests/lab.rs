@@ -106,9 +106,10 @@ fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden
     // The same policies (evidence timestamps aside) and the same enforcement both ways.
     let policies = |dir: &Path| -> Vec<NetworkPolicy> {
         let yaml = std::fs::read_to_string(dir.join("recommended.yaml")).expect("yaml");
-        serde_yaml::Deserializer::from_str(&yaml)
-            .map(|d| {
-                let mut p: NetworkPolicy = serde::Deserialize::deserialize(d).expect("policy");
+        serde_saphyr::from_multiple::<NetworkPolicy>(&yaml)
+            .expect("policies")
+            .into_iter()
+            .map(|mut p| {
                 p.metadata.annotations = None;
                 p
             })
@@ -247,9 +248,7 @@ fn run_and_check(
     // The recommended policies parse into Kubernetes types, isolate every namespace of the
     // scenario, and allow every observed flow.
     let yaml = std::fs::read_to_string(out.path().join("recommended.yaml")).expect("yaml");
-    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| serde::Deserialize::deserialize(d).expect("a NetworkPolicy"))
-        .collect();
+    let policies: Vec<NetworkPolicy> = serde_saphyr::from_multiple(&yaml).expect("NetworkPolicies");
     let names: Vec<String> = policies
         .iter()
         .map(|p| {
@@ -365,7 +364,7 @@ fn run_and_check(
     }
 
     // The inventory parses into Kubernetes types and names every pod with its IP.
-    let inventory: Value = serde_yaml::from_str(
+    let inventory: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(out.path().join("inventory.yaml")).expect("inventory"),
     )
     .expect("yaml");
@@ -660,9 +659,10 @@ fn sum_by_pair(scrapes: &[String], series: &str) -> BTreeMap<(String, String), u
 /// evidence once; times and the short-observation warning differ between runs).
 fn policies_in(path: &Path) -> Vec<NetworkPolicy> {
     let yaml = std::fs::read_to_string(path).expect("policies");
-    serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| {
-            let mut p: NetworkPolicy = serde::Deserialize::deserialize(d).expect("policy");
+    serde_saphyr::from_multiple::<NetworkPolicy>(&yaml)
+        .expect("policies")
+        .into_iter()
+        .map(|mut p| {
             if let Some(a) = p.metadata.annotations.as_mut() {
                 a.retain(|k, _| k == "netpol-observe.io/flows");
             }
@@ -1029,9 +1029,8 @@ async fn engine_agreement() {
     let parsed = scenario::parse(path, MATRIX).expect("scenario");
     let mut model = LabModel::build(path, MATRIX, &parsed).expect("model");
     model.probes = all_pairs(&model);
-    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(MATRIX_POLICIES)
-        .map(|d| serde::Deserialize::deserialize(d).expect("policy"))
-        .collect();
+    let policies: Vec<NetworkPolicy> =
+        serde_saphyr::from_multiple(MATRIX_POLICIES).expect("policies");
     let scripts = enforce::compile(&model, &policies).expect("compile");
     assert_eq!(scripts.len(), 2);
 

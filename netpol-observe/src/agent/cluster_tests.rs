@@ -602,7 +602,7 @@ fn merged_records_of_two_agents_recommend_as_one_node() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("netpol-observe.io/flows: "))
         .collect();
-    assert_eq!(flows, ["'8'", "'4'", "'4'", "'5'"], "{}", one.0);
+    assert_eq!(flows, ["\"8\"", "\"4\"", "\"4\"", "\"5\""], "{}", one.0);
     for want in ["name: api-np", "name: db-np", "name: web-np", "port: 9000"] {
         assert!(one.0.contains(want), "{want}\n{}", one.0);
     }

@@ -213,11 +213,10 @@ impl AgentConfig {
             field: ".".into(),
             message: e.to_string(),
         })?;
-        let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| ConfigError::Parse {
+        crate::yaml::from_str_naming_field(text).map_err(|(field, e)| ConfigError::Parse {
             path: path.to_owned(),
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
+            field,
+            message: e.to_string(),
         })
     }
 
@@ -532,7 +531,7 @@ mod deploy_tests {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/configmap.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let cm: k8s_openapi::api::core::v1::ConfigMap = serde_yaml::from_str(&text).unwrap();
+        let cm: k8s_openapi::api::core::v1::ConfigMap = crate::yaml::from_str(&text).unwrap();
         let data = cm.data.unwrap();
         let c = AgentConfig::from_yaml_str(&data["agent.yaml"], Path::new("agent.yaml")).unwrap();
         c.validate().unwrap();

@@ -49,7 +49,7 @@ pub enum AttributionError {
         path: PathBuf,
         /// What the parser said (with line and column).
         #[source]
-        source: serde_yaml::Error,
+        source: crate::yaml::Error,
     },
     /// A subnet name breaks the naming rule (label-value syntax: it becomes a label value and
     /// an annotation).

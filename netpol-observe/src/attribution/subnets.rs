@@ -58,10 +58,15 @@ impl Subnets {
             path: path.to_owned(),
             too_deep,
         })?;
+        // Every entry, a name given twice kept twice: refused below naming both lines.
+        let mut options = crate::yaml::options(text);
+        options.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
         let map: Option<Entries> =
-            serde_yaml::from_str(text).map_err(|source| AttributionError::Yaml {
-                path: path.to_owned(),
-                source,
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+                AttributionError::Yaml {
+                    path: path.to_owned(),
+                    source: e.into(),
+                }
             })?;
         let map = map.map(|m| m.0).unwrap_or_default();
         let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();

@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(DropScope::default(), DropScope::Kernel);
         for s in DropScope::value_variants() {
             assert_eq!(DropScope::from_str(&s.to_string(), false).unwrap(), *s);
-            let yaml = serde_yaml::to_string(s).unwrap();
+            let yaml = crate::yaml::to_string(s).unwrap();
             assert_eq!(yaml.trim(), s.to_string());
         }
     }

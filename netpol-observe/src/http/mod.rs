@@ -592,9 +592,10 @@ items:
     }
 
     fn policies(yaml: &str) -> Vec<k8s_openapi::api::networking::v1::NetworkPolicy> {
-        use serde::Deserialize as _;
-        serde_yaml::Deserializer::from_str(yaml)
-            .map(|d| k8s_openapi::api::networking::v1::NetworkPolicy::deserialize(d).unwrap())
+        crate::yaml::documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.value)
             .collect()
     }
 

@@ -104,7 +104,7 @@ impl KubeObject {
     /// or a field of the wrong type is an error naming the object and the field path. Fields
     /// the Kubernetes types do not know are ignored: [`KubeObject::from_value_checked`]
     /// reports them.
-    pub fn from_value(value: serde_yaml::Value) -> Result<KubeObject, InventoryError> {
+    pub fn from_value(value: crate::yaml::Value) -> Result<KubeObject, InventoryError> {
         Self::from_value_checked(value, Validation::Ignore).map(|(o, _)| o)
     }
 
@@ -114,7 +114,7 @@ impl KubeObject {
     /// one, [`Validation::Warn`] returns them (field paths such as `spec.ingress[0].fromm`),
     /// [`Validation::Ignore`] drops them.
     pub fn from_value_checked(
-        value: serde_yaml::Value,
+        value: crate::yaml::Value,
         validation: Validation,
     ) -> Result<(KubeObject, Vec<String>), InventoryError> {
         let api_version = value
@@ -142,11 +142,13 @@ impl KubeObject {
         };
         let mut unknown = Vec::new();
         fn decode<T: serde::de::DeserializeOwned>(
-            value: serde_yaml::Value,
+            value: crate::yaml::Value,
             object: &str,
             unknown: &mut Vec<String>,
         ) -> Result<T, InventoryError> {
             let mut track = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+            let value: crate::yaml::ValueDeserializer<serde::de::value::Error> =
+                serde::de::IntoDeserializer::into_deserializer(value);
             let de = serde_ignored::Deserializer::new(value, &mut track);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let path = e.path().to_string();

@@ -30,9 +30,9 @@ pub enum InventoryError {
         path: PathBuf,
         /// 1-based document number in the file.
         document: usize,
-        /// What the YAML parser said (with line and column).
+        /// What the YAML parser said (with line and column in the file).
         #[source]
-        source: serde_yaml::Error,
+        source: crate::yaml::Error,
     },
     /// An object is not a valid Kubernetes object of a kind the inventory knows, or one of its
     /// fields is invalid.

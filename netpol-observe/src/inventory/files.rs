@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use crate::yaml::{self, Value};
 
 use super::{Inventory, InventoryError, KubeObject, build};
 
@@ -133,58 +133,54 @@ pub(super) fn parse_sourced(
     validation: Validation,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<(String, KubeObject)>, InventoryError> {
-    crate::yaml::check_nesting(text).map_err(|too_deep| InventoryError::TooDeep {
+    yaml::check_nesting(text).map_err(|too_deep| InventoryError::TooDeep {
         path: path.to_owned(),
         too_deep,
     })?;
     let mut out = Vec::new();
-    let mut decode = |value: serde_yaml::Value,
-                      origin: String,
-                      warnings: &mut Vec<String>|
-     -> Result<(), InventoryError> {
-        let (obj, unknown) = KubeObject::from_value_checked(value, validation)
-            .and_then(|(o, unknown)| o.check_names().map(|()| (o, unknown)))
-            .map_err(|e| e.with_origin(&origin))?;
-        let (kind, meta) = obj.kind_and_meta();
-        let name = meta.name.as_deref().unwrap_or("<unnamed>");
-        let object = match meta.namespace.as_deref() {
-            Some(ns) => format!("{kind} {ns}/{name}"),
-            None => format!("{kind} {name}"),
+    let mut decode =
+        |value: Value, origin: String, warnings: &mut Vec<String>| -> Result<(), InventoryError> {
+            let (obj, unknown) = KubeObject::from_value_checked(value, validation)
+                .and_then(|(o, unknown)| o.check_names().map(|()| (o, unknown)))
+                .map_err(|e| e.with_origin(&origin))?;
+            let (kind, meta) = obj.kind_and_meta();
+            let name = meta.name.as_deref().unwrap_or("<unnamed>");
+            let object = match meta.namespace.as_deref() {
+                Some(ns) => format!("{kind} {ns}/{name}"),
+                None => format!("{kind} {name}"),
+            };
+            for field in unknown {
+                warnings.push(format!("{origin}{object}: unknown field {field} (ignored)"));
+            }
+            if obj.is_namespaced() && meta.namespace.is_none() {
+                warnings.push(format!(
+                    "{origin}{object}: no metadata.namespace, taken as \"default\""
+                ));
+            }
+            out.push((origin, obj));
+            Ok(())
         };
-        for field in unknown {
-            warnings.push(format!("{origin}{object}: unknown field {field} (ignored)"));
-        }
-        if obj.is_namespaced() && meta.namespace.is_none() {
-            warnings.push(format!(
-                "{origin}{object}: no metadata.namespace, taken as \"default\""
-            ));
-        }
-        out.push((origin, obj));
-        Ok(())
-    };
-    for (idx, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let document = idx + 1;
-        let value = serde_yaml::Value::deserialize(doc).map_err(|source| InventoryError::Yaml {
-            path: path.to_owned(),
-            document,
-            source,
-        })?;
-        if value.is_null() {
-            continue;
-        }
+    let documents = yaml::documents::<Value>(text).map_err(|e| InventoryError::Yaml {
+        path: path.to_owned(),
+        document: e.document,
+        source: e.error,
+    })?;
+    for yaml::Document {
+        number: document,
+        value,
+    } in documents
+    {
         let origin = format!("{}, document {document}: ", path.display());
         let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         if kind == "List" || (kind.ends_with("List") && value.get("items").is_some()) {
-            let unknown: Vec<String> = value
-                .as_mapping()
-                .into_iter()
-                .flat_map(|m| m.keys())
-                .map(|k| match k.as_str() {
-                    Some(k) => k.to_owned(),
-                    None => format!("{k:?}"),
-                })
-                .filter(|k| !LIST_FIELDS.contains(&k.as_str()))
-                .collect();
+            let unknown: Vec<String> = match &value {
+                Value::Mapping(entries) => entries
+                    .iter()
+                    .map(|(k, _)| k.clone())
+                    .filter(|k| !LIST_FIELDS.contains(&k.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
             match validation {
                 Validation::Strict if !unknown.is_empty() => {
                     return Err(InventoryError::UnknownFields {
@@ -201,8 +197,8 @@ pub(super) fn parse_sourced(
                 Validation::Strict | Validation::Ignore => {}
             }
             let items = match value.get("items") {
-                None | Some(serde_yaml::Value::Null) => continue,
-                Some(serde_yaml::Value::Sequence(items)) => items.clone(),
+                None | Some(Value::Null) => continue,
+                Some(Value::Sequence(items)) => items.clone(),
                 Some(_) => {
                     return Err(InventoryError::Invalid {
                         origin,
@@ -215,10 +211,10 @@ pub(super) fn parse_sourced(
             // `kubectl get pods -o yaml` prints a `List`; a typed `PodList` omits items' kind.
             let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
             for (i, mut item) in items.into_iter().enumerate() {
-                if let (Some(k), serde_yaml::Value::Mapping(m)) = (item_kind, &mut item)
-                    && !m.contains_key("kind")
+                if let (Some(k), Value::Mapping(m)) = (item_kind, &mut item)
+                    && !m.iter().any(|(key, _)| key == "kind")
                 {
-                    m.insert("kind".into(), k.into());
+                    m.push(("kind".into(), Value::String(k.into())));
                 }
                 let origin = format!("{}, document {document}, items[{i}]: ", path.display());
                 decode(item, origin, warnings)?;

@@ -386,7 +386,7 @@ impl ControlPlane {
     pub async fn agent_identity(&mut self, dir: &Path) -> Result<(), ControlPlaneError> {
         let mut account = None;
         for text in AGENT_RBAC {
-            let value: Value = serde_yaml::from_str(text)
+            let value: Value = crate::yaml::from_str(text)
                 .map_err(|e| ControlPlaneError::Object(format!("deploy RBAC: {e}")))?;
             if value["kind"] == "ServiceAccount" {
                 account = Some((

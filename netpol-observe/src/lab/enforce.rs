@@ -524,20 +524,22 @@ workloads:
     }
 
     fn policies(yaml: &str) -> Vec<NetworkPolicy> {
-        serde_yaml::Deserializer::from_str(yaml)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        crate::yaml::documents(yaml)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.value)
             .collect()
     }
 
     #[test]
     fn selectors_are_the_engines_and_invalid_ones_are_rejected() {
         let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let sel: LabelSelector = serde_yaml::from_str(
+        let sel: LabelSelector = crate::yaml::from_str(
             "{matchLabels: {app: web}, matchExpressions: [{key: tier, operator: DoesNotExist}, {key: app, operator: In, values: [web, api]}]}",
         )
         .unwrap();
         assert!(label_selector_matches(&sel, &labels));
-        let sel: LabelSelector = serde_yaml::from_str(
+        let sel: LabelSelector = crate::yaml::from_str(
             "{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}",
         )
         .unwrap();

@@ -439,7 +439,7 @@ pub fn to_yaml(model: &LabModel) -> Result<String, InventoryError> {
         "metadata": {"resourceVersion": ""},
         "items": objects(model)?,
     });
-    serde_yaml::to_string(&list).map_err(|e| InventoryError::Serialize(e.to_string()))
+    crate::yaml::to_string(&list).map_err(|e| InventoryError::Serialize(e.to_string()))
 }
 
 /// Writes the inventory to `path`.
@@ -468,7 +468,7 @@ services:
         let s = parse(Path::new("t"), text).unwrap();
         let m = LabModel::build(Path::new("t"), text, &s).unwrap();
         let yaml = to_yaml(&m).unwrap();
-        let list: Value = serde_yaml::from_str(&yaml).unwrap();
+        let list: Value = crate::yaml::from_str(&yaml).unwrap();
         assert_eq!(list["kind"], "List");
         let items = list["items"].as_array().unwrap();
         let of_kind = |k: &'static str| items.iter().filter(move |i| i["kind"] == k).cloned();

@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn the_config_discovers_the_agents_from_the_targets_file() {
         let text = config(Path::new("/out/prometheus/targets.json"));
-        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let yaml: serde_json::Value = crate::yaml::from_str(&text).unwrap();
         assert_eq!(yaml["global"]["scrape_interval"], "1s");
         let job = &yaml["scrape_configs"][0];
         assert_eq!(job["job_name"], JOB);

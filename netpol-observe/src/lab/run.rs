@@ -666,7 +666,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     let subnets_path = opts.out.join("subnets.yaml");
     write(
         &subnets_path,
-        serde_yaml::to_string(&subnets)
+        crate::yaml::to_string(&subnets)
             .unwrap_or_default()
             .as_bytes(),
         &mut files,

@@ -1,9 +1,9 @@
 //! The lab scenario file (DESIGN "Lab", a contract): its serde types, defaults, and validation
 //! into a resolved [`LabModel`](super::model::LabModel) before anything touches the machine.
 //!
-//! Every validation error names the file and the line of the offending entry (serde_yaml gives
-//! locations for syntax and type errors; for semantic errors the text is re-scanned for the
-//! N-th entry of the section, see [`entry_line`]).
+//! Every validation error names the file and the line of the offending entry (the YAML parser
+//! gives locations for syntax and type errors; for semantic errors the text is re-scanned for
+//! the N-th entry of the section, see [`entry_line`]).
 
 use std::{
     collections::BTreeMap,
@@ -293,7 +293,7 @@ pub enum ScenarioError {
         path: PathBuf,
         /// 1-based line (0 when unknown).
         line: usize,
-        /// serde_yaml's message.
+        /// The YAML parser's message (with line and column).
         message: String,
     },
     /// An entry is inconsistent with the rest of the scenario.
@@ -386,9 +386,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
             crate::yaml::MAX_FLOW_DEPTH
         ),
     })?;
-    serde_yaml::from_str(text).map_err(|err| ScenarioError::Syntax {
+    crate::yaml::from_str(text).map_err(|err| ScenarioError::Syntax {
         path: path.to_path_buf(),
-        line: err.location().map(|l| l.line()).unwrap_or(0),
+        line: err.line(),
         message: err.to_string(),
     })
 }

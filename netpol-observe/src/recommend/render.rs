@@ -10,9 +10,9 @@ use crate::inventory::NetworkPolicy;
 pub struct RenderError {
     /// The policy, `ns/name`.
     pub policy: String,
-    /// What serde_yaml said.
+    /// What the YAML writer said.
     #[source]
-    pub source: serde_yaml::Error,
+    pub source: serde_saphyr::SerializeError,
 }
 
 /// The policies as one multi-document YAML stream (`---` before each document), in the given
@@ -20,7 +20,7 @@ pub struct RenderError {
 pub fn render_yaml(policies: &[NetworkPolicy]) -> Result<String, RenderError> {
     let mut out = String::new();
     for p in policies {
-        let doc = serde_yaml::to_string(p).map_err(|source| RenderError {
+        let doc = crate::yaml::to_string(p).map_err(|source| RenderError {
             policy: format!(
                 "{}/{}",
                 p.metadata.namespace.as_deref().unwrap_or_default(),
@@ -34,9 +34,10 @@ pub fn render_yaml(policies: &[NetworkPolicy]) -> Result<String, RenderError> {
     Ok(out)
 }
 
-/// The evidence annotations holding timestamps, double-quoted: serde_yaml writes an RFC 3339
-/// string plain, and a YAML 1.1 reader (PyYAML, older Go YAML) turns a plain timestamp into a
-/// datetime, which Kubernetes rejects as an annotation value.
+/// The evidence annotations holding timestamps, double-quoted: a YAML 1.1 reader (PyYAML, older
+/// Go YAML) turns a plain timestamp into a datetime, which Kubernetes rejects as an annotation
+/// value. The writer already quotes a lone RFC 3339 instant; the window (`start/end`) is not a
+/// timestamp to any reader, and is quoted all the same so that every evidence time reads alike.
 fn quote_timestamps(doc: &str) -> String {
     use super::annotations::{FIRST_SEEN, LAST_SEEN, WINDOW};
     let mut out = String::with_capacity(doc.len() + 64);

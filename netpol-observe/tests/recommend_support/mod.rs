@@ -250,7 +250,7 @@ impl Cluster {
     pub fn yaml(&self) -> String {
         self.objects
             .iter()
-            .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+            .map(|o| format!("---\n{}", netpol_observe::yaml::to_string(o).unwrap()))
             .collect()
     }
 
@@ -283,16 +283,8 @@ pub fn ip(s: &str) -> IpAddr {
 
 /// Parses a multi-document YAML stream into k8s-openapi NetworkPolicies.
 pub fn parse_policies(yaml: &str) -> Vec<NetworkPolicy> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|doc| {
-            let v = serde_yaml::Value::deserialize(doc).unwrap();
-            let p: NetworkPolicy = serde_yaml::from_value(v).unwrap();
-            p
-        })
-        .collect()
+    serde_saphyr::from_multiple(yaml).unwrap()
 }
-
-use serde::Deserialize;
 
 /// Everything a scenario needs.
 #[derive(Debug)]
