@@ -375,3 +375,45 @@ fn cli_bad_lines_are_reported_and_the_rest_is_used() {
     let written = parse_policies(&std::fs::read_to_string(&out_file).unwrap());
     assert_eq!(written.len(), 5);
 }
+
+/// kubectl's habit `-o yaml` (or `-o json`) is not taken for a file named `yaml`: a clear
+/// error, nothing written; `-o ./yaml` writes that file.
+#[test]
+fn recommend_o_yaml_is_not_a_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows.jsonl");
+    std::fs::write(
+        &flows,
+        "{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80}}\n",
+    )
+    .unwrap();
+    for format in ["yaml", "json"] {
+        let out = bin()
+            .current_dir(dir.path())
+            .args(["recommend", "--flows"])
+            .arg(&flows)
+            .args(["-o", format])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("not a format") && err.contains(&format!("./{format}")),
+            "{err}"
+        );
+        assert!(!dir.path().join(format).exists());
+    }
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["recommend", "--flows"])
+        .arg(&flows)
+        .args(["-o", "./yaml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("yaml").is_file());
+}

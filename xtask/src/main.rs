@@ -41,12 +41,14 @@ enum Verb {
     },
     /// Run the embedded default lab scenario end to end and show the result.
     Lab {
-        /// Scenario file (default: deploy/lab/shop.yaml).
+        /// Scenario file, relative to the current directory (default: the repository's
+        /// deploy/lab/shop.yaml).
         #[arg(long)]
         scenario: Option<PathBuf>,
-        /// Output folder.
-        #[arg(long, default_value = "lab-out")]
-        out: PathBuf,
+        /// Output folder, relative to the current directory (default: lab-out in the
+        /// repository).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The soak tier (root): the agent for N minutes under ~100k flows and inventory churn;
     /// fails on a lost flow, growing RSS or a slow exit (tests/tests/soak.rs).
@@ -78,7 +80,12 @@ fn main() -> Result<()> {
     match cli.verb {
         Verb::Setup => setup::all(),
         Verb::Test { under_load, args } => test(&root, under_load, &args),
-        Verb::Lab { scenario, out } => lab(&root, scenario, &out),
+        Verb::Lab { scenario, out } => {
+            // The lab runs from the repository root: paths the user gave are the user's.
+            let given = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let out = out.map(given).unwrap_or_else(|| PathBuf::from("lab-out"));
+            lab(&root, scenario.map(given), &out)
+        }
         Verb::Soak { minutes, flows } => soak(&root, minutes, flows),
         Verb::Fuzz { seconds, seed } => {
             let mut cmd = cargo(&root);

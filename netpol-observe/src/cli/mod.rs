@@ -135,13 +135,31 @@ fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .log_internal_errors(false)
         .try_init();
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and not when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>) — never in files, pipes or `kubectl logs`.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!colour(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(!colour(false, None));
+    }
 
     /// A cause is printed once, whether or not the message above it repeats it.
     #[test]

@@ -153,6 +153,18 @@ fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 
 /// Runs `netpol-observe recommend`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // kubectl's `-o yaml`/`-o json` pick a format; here `-o` is where to write.
+    if let Some(out) = &args.out
+        && matches!(out.to_str(), Some("yaml" | "json" | "wide" | "name"))
+        && !out.exists()
+    {
+        anyhow::bail!(
+            "-o/--out takes a file or a directory to write the policies to (YAML), not a format: \
+             policies go to stdout as YAML without -o (--format json formats the --diff report); \
+             for a file named {0:?}, write ./{0}",
+            out.display().to_string()
+        );
+    }
     let inventory = match &args.inventory {
         Some(path) => inputs::load(path, args.validate, "the inventory")?,
         None => Inventory::default(),
@@ -237,6 +249,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         match args.format {
             Format::Text => out::stdout(report.to_text())?,
             Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
+        }
+        if bad == 0 && !report.denied.is_clean() {
+            // As `verify`: observed flows the current policies deny.
+            return Ok(ExitCode::from(1));
         }
     }
     if bad > 0 {

@@ -253,6 +253,7 @@ impl DropTracer {
         let known = kernel_drop_reasons(&btf)?;
         let by_name: HashMap<&str, u32> = known.iter().map(|(v, n)| (n.as_str(), *v)).collect();
         let mut names = HashMap::new();
+        let mut absent = Vec::new();
         for r in reasons {
             let short = r.strip_prefix(REASON_PREFIX).unwrap_or(r);
             match by_name.get(short) {
@@ -263,8 +264,12 @@ impl DropTracer {
                     let list: Vec<&str> = known.values().map(String::as_str).collect();
                     return Err(DropsError::UnknownReason(r.clone(), list.join(", ")));
                 }
-                _ => tracing::warn!(reason = %r, "drop reason not in this kernel; skipped"),
+                // The defaults name reasons of several kernel versions: not a problem.
+                _ => absent.push(r.as_str()),
             }
+        }
+        if !absent.is_empty() {
+            tracing::debug!(reasons = ?absent, "default drop reasons this kernel does not have");
         }
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| DropsError::Load(e.to_string()))?;
         let one: u32 = 1;
