@@ -238,8 +238,10 @@ async fn diff_against_current_policies() {
         out_file.display().to_string(),
     ])
     .await;
-    assert!(
-        out.status.success(),
+    // Observed flows the current policies deny: exit 1, as `verify`.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
