@@ -119,6 +119,11 @@ fn kustomize_builds_and_kubernetes_validate_accepts_every_manifest() {
         };
         if let Some(m) = monitor {
             assert!(kinds.contains(m), "{build}: no {m}");
+            // The alerting rules come with either monitor (../alerts).
+            assert!(
+                kinds.contains("PrometheusRule"),
+                "{build}: no PrometheusRule"
+            );
         }
         // Every namespaced object lands in the agent's namespace.
         for d in &docs {
@@ -157,9 +162,178 @@ fn kustomize_builds_and_kubernetes_validate_accepts_every_manifest() {
             );
         }
         let passed = said.lines().filter(|l| l.contains(" passed for ")).count();
-        let custom = usize::from(monitor.is_some());
+        // The monitor and the PrometheusRule.
+        let custom = if monitor.is_some() { 2 } else { 0 };
         assert_eq!(passed + custom, docs.len(), "{build}:\n{said}");
     }
+}
+
+/// Validates the Prometheus Operator objects against the upstream CRD schemas (arguments: CRD
+/// file, object file, …) and prints the objects as a JSON array. The schemas' Go regexes are
+/// not all valid Python ones, so the schema itself is not checked (only patterns of fields an
+/// object sets are compiled).
+const VALIDATE_CUSTOM_RESOURCES: &str = r#"
+import json, sys, yaml, jsonschema
+out = []
+for crd_path, obj_path in zip(sys.argv[1::2], sys.argv[2::2]):
+    crd = yaml.safe_load(open(crd_path))
+    obj = yaml.safe_load(open(obj_path))
+    assert obj["kind"] == crd["spec"]["names"]["kind"], (obj_path, crd_path)
+    version = obj["apiVersion"].split("/")[1]
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(obj), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{obj_path}: {list(e.path)}: {e.message}" for e in errors)
+    out.append(obj)
+print(json.dumps(out))
+"#;
+
+/// The monitoring objects (the PrometheusRule with the alerts, the ServiceMonitor, the
+/// PodMonitor) are valid against the upstream CRD schemas (`../shared/schemas`, which
+/// `kubernetes-validate` does not have); the alerting rules pass `promtool check rules`, query
+/// only metrics the agent exports, and `promtool test rules` shows
+/// `NetpolObserveUnenforcedFlows` firing per node and namespace pair for a node's first
+/// unenforced flow (a series born in the window) and for more (an older series growing), and
+/// not for flows older than 10 minutes.
+#[test]
+fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
+    let test = "alerting_rules_are_valid_and_fire_on_unenforced_flows";
+    let Some(python) = tool(test, "python") else {
+        return;
+    };
+    let Some(promtool) = tool(test, "promtool") else {
+        return;
+    };
+    let schemas = root().join("../shared/schemas/prometheus-operator");
+    let modules = Command::new(&python)
+        .args(["-c", "import jsonschema, yaml"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !schemas.is_dir() || !modules {
+        assert!(
+            !ci(),
+            "{test}: CI=true requires {} and jsonschema + pyyaml in {} (`cargo xtask setup`)",
+            schemas.display(),
+            python.display()
+        );
+        eprintln!(
+            "SKIPPED {test}: no {} or no jsonschema/pyyaml",
+            schemas.display()
+        );
+        return;
+    }
+    let k = deploy().join("kubernetes");
+    let out = Command::new(&python)
+        .args(["-c", VALIDATE_CUSTOM_RESOURCES])
+        .arg(schemas.join("monitoring.coreos.com_prometheusrules.yaml"))
+        .arg(k.join("alerts/prometheusrule.yaml"))
+        .arg(schemas.join("monitoring.coreos.com_servicemonitors.yaml"))
+        .arg(k.join("servicemonitor/servicemonitor.yaml"))
+        .arg(schemas.join("monitoring.coreos.com_podmonitors.yaml"))
+        .arg(k.join("podmonitor/podmonitor.yaml"))
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "CRD schema validation: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("validated objects as JSON");
+    let rule = &objects[0];
+    assert_eq!(rule["metadata"]["namespace"], "netpol-observe");
+
+    // The rule file Prometheus would load (JSON is YAML).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = serde_json::json!({ "groups": rule["spec"]["groups"] });
+    std::fs::write(dir.path().join("rules.yaml"), rules.to_string()).expect("write rules");
+    let check = Command::new(&promtool)
+        .args(["check", "rules", "rules.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run promtool check rules");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "promtool check rules: {said}");
+    assert!(said.contains("SUCCESS: 1 rules found"), "{said}");
+    let exported = sample_names(&scrape());
+    for r in rules["groups"][0]["rules"].as_array().expect("rules") {
+        let expr = r["expr"].as_str().expect("expr");
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{expr}");
+        for name in names {
+            assert!(exported.contains(&name), "the rule queries {name}: {expr}");
+        }
+    }
+
+    let series = |node: &str, src: &str| {
+        format!(
+            r#"netpol_observe_unenforced_flows_total{{node="{node}",src_namespace="{src}",dst_namespace="backend",dst_workload="api",policy="backend/api-np"}}"#
+        )
+    };
+    let alert = |node: &str, src: &str, n: u32| {
+        let mut labels = serde_json::json!({
+            "severity": "warning", "node": node, "dst_namespace": "backend",
+        });
+        // An empty label is no label.
+        if !src.is_empty() {
+            labels["src_namespace"] = src.into();
+        }
+        serde_json::json!({
+            "exp_labels": labels,
+            "exp_annotations": {
+                "summary": format!("NetworkPolicies not enforced on node {node}"),
+                "description": format!(
+                    "{n} flows from namespace \"{src}\" to namespace \"backend\" (\"\": outside \
+                     the cluster) that the NetworkPolicies in force deny were delivered on node \
+                     {node} in the last 10 minutes: its CNI does not enforce them. The policies: \
+                     the `policy` label of netpol_observe_unenforced_flows_total; the flows: the \
+                     agent's /api/v1/flows (\"unenforced\")."
+                ),
+            },
+        })
+    };
+    let at = |minutes: u32, alerts: Vec<serde_json::Value>| {
+        serde_json::json!({
+            "eval_time": format!("{minutes}m"),
+            "alertname": "NetpolObserveUnenforcedFlows",
+            "exp_alerts": alerts,
+        })
+    };
+    let unit = serde_json::json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                // node-1: its first unenforced flow (world → api) at 20 min.
+                {"series": series("node-1", ""), "values": "_x20 1x40"},
+                // node-2: 5 before, one more at 21 min.
+                {"series": series("node-2", "frontend"), "values": "5x20 6x40"},
+                // node-3: old ones only.
+                {"series": series("node-3", "frontend"), "values": "3x60"},
+            ],
+            "alert_rule_test": [
+                at(15, vec![]),
+                at(25, vec![alert("node-1", "", 1), alert("node-2", "frontend", 1)]),
+                at(45, vec![]),
+            ],
+        }],
+    });
+    std::fs::write(dir.path().join("test.yaml"), unit.to_string()).expect("write test");
+    let run = Command::new(&promtool)
+        .args(["test", "rules", "test.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run promtool test rules");
+    assert!(
+        run.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[test]
@@ -472,6 +646,8 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
         "netpol_observe_ringbuf_events_lost_total",
         "netpol_observe_kernel_errors_total",
         "netpol_observe_inventory_synced",
+        "netpol_observe_unenforced_flows_total",
+        "netpol_observe_policy_enforcement",
     ] {
         assert!(used.contains(name), "the dashboard has no panel on {name}");
     }

@@ -487,10 +487,14 @@ fn lab_kept_running(args: &[&str], while_up: impl FnOnce(&Path)) -> Output {
 
 /// Panels of `deploy/grafana/*.json` that show data only in a situation the lab does not
 /// create (each documented in the panel's description and docs/metrics.md): title, situation.
-const SITUATIONAL_PANELS: [(&str, &str); 2] = [
+const SITUATIONAL_PANELS: [(&str, &str); 3] = [
     (
         "Staged policies: flows the drafts would deny",
         "the agent runs with --staged-policies",
+    ),
+    (
+        "Flows the policies deny that were delivered (CNI not enforcing)",
+        "a node does not enforce the policies",
     ),
     (
         "Evictions and series dropped by the budget",

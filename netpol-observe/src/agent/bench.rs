@@ -198,6 +198,7 @@ pub fn round(
                     received: 200,
                 },
                 ended: false,
+                opened: true,
             });
         }
         busy += t.elapsed();

@@ -121,6 +121,7 @@ fn updates(
             delta_packets: half(packets),
             delta_bytes: half(bytes),
             ended: false,
+            opened: true,
         },
         FlowUpdate {
             record: record(total(packets), total(bytes), FlowState::Closed, 2),
@@ -128,6 +129,7 @@ fn updates(
             delta_packets: rest(packets),
             delta_bytes: rest(bytes),
             ended: true,
+            opened: true,
         },
     ]
 }

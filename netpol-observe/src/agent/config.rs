@@ -45,6 +45,42 @@ pub const DEFAULT_DROP_REASONS: &[&str] = &[
     "XFRM_POLICY",
 ];
 
+/// Default of [`AgentConfig::enforcement_grace`].
+pub const DEFAULT_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
+/// The longest enforcement grace: one day (a longer one would switch the check off).
+pub const MAX_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
+/// Parses an enforcement grace (`--enforcement-grace`, `enforcementGrace`): a duration such as
+/// `10s`, `2m` or `1m30s` (or ISO 8601 `PT10S`), zero or more, at most a day.
+pub fn parse_enforcement_grace(s: &str) -> Result<jiff::SignedDuration, String> {
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 10s, 2m or 1m30s: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?}: the grace cannot be negative"));
+    }
+    if d > MAX_ENFORCEMENT_GRACE {
+        return Err(format!("{s:?} is too long: at most 24h"));
+    }
+    Ok(d)
+}
+
+/// Serde form of [`AgentConfig::enforcement_grace`]: a string such as `10s`.
+mod grace {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &jiff::SignedDuration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{d:#}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::SignedDuration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_enforcement_grace(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Errors of the agent configuration: each names the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -151,6 +187,12 @@ pub struct AgentConfig {
     pub max_flows: usize,
     /// Seconds an ended flow stays in `/api/v1/flows` (default 600).
     pub flow_retention: u64,
+    /// The enforcement check (`netpol_observe_unenforced_flows_total`) only judges flows first
+    /// seen at least this long after the NetworkPolicy set in force last changed (default
+    /// `10s`, `0s` allowed): the CNI's time to program a change, connections it lets finish.
+    /// A duration such as `10s`, `1m`, `1m30s`.
+    #[serde(with = "grace")]
+    pub enforcement_grace: jiff::SignedDuration,
     /// Metric labelling.
     pub metrics: MetricsSettings,
     /// Forward the eBPF programs' debug log to the agent's log (default false).
@@ -185,6 +227,7 @@ impl Default for AgentConfig {
             drop_scope: DropScope::Kernel,
             max_flows: 100_000,
             flow_retention: 600,
+            enforcement_grace: DEFAULT_ENFORCEMENT_GRACE,
             metrics: MetricsSettings::default(),
             ebpf_log: false,
             attach_mode: None,
@@ -252,6 +295,9 @@ impl AgentConfig {
         }
         if self.max_flows == 0 {
             return invalid("max-flows", "must be at least 1");
+        }
+        if self.enforcement_grace.is_negative() || self.enforcement_grace > MAX_ENFORCEMENT_GRACE {
+            return invalid("enforcement-grace", "must be between 0s and 24h");
         }
         if self.api_auth() == ApiAuth::None
             && !self.listen.ip().is_loopback()
@@ -376,6 +422,29 @@ attachMode: clsact
             err.contains("attachMode") && err.contains("clsact"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn enforcement_grace_from_the_file() {
+        let path = Path::new("agent.yaml");
+        assert_eq!(
+            AgentConfig::default().enforcement_grace,
+            jiff::SignedDuration::from_secs(10)
+        );
+        let c = AgentConfig::from_yaml_str("enforcementGrace: 1m30s\n", path).unwrap();
+        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(90));
+        let c = AgentConfig::from_yaml_str("enforcementGrace: 0s\n", path).unwrap();
+        assert_eq!(c.enforcement_grace, jiff::SignedDuration::ZERO);
+        c.validate().unwrap();
+        for bad in ["-5s", "soon", "25h", "10"] {
+            let err = AgentConfig::from_yaml_str(&format!("enforcementGrace: {bad}\n"), path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforcementGrace"), "{bad}: {err}");
+        }
+        // Written back as it is read.
+        let json = serde_json::to_value(AgentConfig::default()).unwrap();
+        assert_eq!(json["enforcementGrace"], "10s");
     }
 
     #[test]
@@ -541,6 +610,10 @@ mod deploy_tests {
         assert_eq!(c.api_auth, Some(ApiAuth::Kubernetes));
         assert_eq!(c.api_token_audiences, ["netpol-observe"]);
         assert_eq!(c.drop_reasons, AgentConfig::default().drop_reasons);
+        assert_eq!(
+            c.enforcement_grace,
+            AgentConfig::default().enforcement_grace
+        );
         // Only pod interfaces: a bridge or tunnel would count pod traffic a second time.
         assert_eq!(c.interfaces, DEFAULT_INCLUDE);
         assert_eq!(c.exclude, DEFAULT_EXCLUDE);

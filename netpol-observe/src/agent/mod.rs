@@ -19,6 +19,8 @@ pub mod bench;
 #[cfg(test)]
 mod cluster_tests;
 pub mod config;
+#[cfg(test)]
+mod enforcement_tests;
 pub mod model;
 pub mod nat;
 pub mod peer;
@@ -38,22 +40,22 @@ use tokio::sync::{broadcast, watch};
 
 pub use config::{AgentConfig, ConfigError, DEFAULT_DROP_REASONS, MetricsSettings};
 pub use model::Model;
-pub use store::{FlowId, FlowQuery, FlowStore, Judged, ObservedFlow, StoredFlow};
+pub use store::{Evicted, FlowId, FlowQuery, FlowStore, Judged, ObservedFlow, StoredFlow};
 
 use crate::{
     attribution::{AttributionError, Subnets},
     datapath::{Counter, Datapath, DatapathError, DropSample, DropTracer, DropsError, FlowUpdate},
-    flow::{Endpoint, FlowRecord},
+    flow::{Directional, Endpoint, FlowRecord, FlowState, Protocol},
     inventory::{
         Inventory, InventoryError, NetworkPolicy, Validation, WATCHED_RESOURCES,
         kubeapi::{self, KubeAccess},
         live,
     },
-    metrics::{Direction, FlowLabels, Metrics},
+    metrics::{Direction, Enforcement, FlowLabels, Metrics, PeerLabels},
     policy::PolicyError,
 };
-use model::Attributed;
-use peer::Peers;
+use model::{Attributed, Sides};
+use peer::{Peer, Peers};
 use series::SeriesCache;
 
 /// What can stop the agent.
@@ -130,6 +132,43 @@ pub struct AgentState {
     node_known: std::sync::atomic::AtomicBool,
     readiness: Mutex<Readiness>,
     evictions_seen: std::sync::atomic::AtomicU64,
+    /// Since when the NetworkPolicy set of the current model is in use (set with the model,
+    /// under the store lock; kept while new models bring the same set): the enforcement check's
+    /// timing rule ([`AgentState::eligible`]).
+    policies_since: Mutex<Option<Timestamp>>,
+    /// This node's enforcement state as seen from traffic ([`Enforcement`] as `u8`).
+    enforcement: std::sync::atomic::AtomicU8,
+    /// Workload pairs whose unenforced flows were logged (once each, bounded).
+    unenforced_logged: Mutex<UnenforcedLog>,
+}
+
+/// The workload pairs whose unenforced flows were logged: one warning per pair, at most
+/// [`UnenforcedLog::MAX`] pairs (then one line saying the rest are only counted).
+#[derive(Debug, Default)]
+struct UnenforcedLog {
+    pairs: std::collections::HashSet<(Arc<PeerLabels>, Arc<PeerLabels>)>,
+    full: bool,
+}
+
+impl UnenforcedLog {
+    const MAX: usize = 1024;
+}
+
+/// Drop reasons that do not come from a filter: such a drop of a denied flow says nothing about
+/// the node enforcing policies (UDP to a closed port, the reverse-path filter).
+const NOT_POLICY_DROPS: [&str; 2] = ["NO_SOCKET", "IP_RPFILTER"];
+
+/// Whether a flow was delivered to its responder: TCP, the handshake completed (`established`
+/// or `closed`, replies seen; not `refused` or `reset`: a CNI rejecting with a RST cannot be
+/// told from the server); the other protocols, the responder sent packets back.
+fn delivered(protocol: Protocol, state: Option<FlowState>, packets: Option<Directional>) -> bool {
+    let replied = packets.is_some_and(|p| p.received > 0);
+    match protocol {
+        Protocol::Tcp => {
+            replied && matches!(state, Some(FlowState::Established | FlowState::Closed))
+        }
+        _ => replied && state != Some(FlowState::Refused),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +189,9 @@ impl AgentState {
             node_known: std::sync::atomic::AtomicBool::new(false),
             readiness: Mutex::new(Readiness::default()),
             evictions_seen: std::sync::atomic::AtomicU64::new(0),
+            policies_since: Mutex::new(None),
+            enforcement: std::sync::atomic::AtomicU8::new(Enforcement::Unknown as u8),
+            unenforced_logged: Mutex::new(UnenforcedLog::default()),
             node,
             config,
         }
@@ -182,6 +224,13 @@ impl AgentState {
     /// Installs a new model (new flows are judged with it). The flows the previous model
     /// judged get their explained verdicts from it first (they keep their verdict).
     pub fn set_model(&self, model: Arc<Model>) {
+        self.set_model_at(model, Timestamp::now());
+    }
+
+    /// [`AgentState::set_model`] at time `now`: when the model's NetworkPolicy set differs
+    /// from the previous model's ([`Model::policy_fingerprint`]), or there was none, the set
+    /// is in use from `now` (the enforcement check's timing rule).
+    pub fn set_model_at(&self, model: Arc<Model>, now: Timestamp) {
         self.metrics.set_unprotected(
             model
                 .unprotected(self.node.as_deref())
@@ -193,9 +242,24 @@ impl AgentState {
             // Under the store lock: a compact verdict is always the current model's, and new
             // flows are counted by the rule of the model that attributed them.
             let mut store = lock(&self.store);
-            if let Some(old) = self.model() {
-                store.explain_all(&old);
+            let old = self.model();
+            if let Some(old) = &old {
+                store.explain_all(old);
             }
+            let same_policies = old
+                .as_ref()
+                .is_some_and(|o| o.policy_fingerprint() == model.policy_fingerprint());
+            let mut since = lock(&self.policies_since);
+            if !same_policies || since.is_none() {
+                *since = Some(now);
+                let grace = self.config.enforcement_grace;
+                tracing::info!(
+                    policies = model.inventory.network_policies.len(),
+                    "NetworkPolicy set in use; the enforcement check judges flows first seen from {} on (enforcementGrace {grace:#})",
+                    now.checked_add(grace).unwrap_or(now)
+                );
+            }
+            drop(since);
             *self
                 .model
                 .write()
@@ -279,20 +343,187 @@ impl AgentState {
             let mut flow = self.stored(&mut store, &u.record);
             match returning {
                 // A flow the store had to evict while it was active comes back: counted once,
-                // and here only if it was counted here before.
-                Some(counted) => {
-                    flow.counted = counted;
+                // and here only if it was counted here before; unenforced once.
+                Some(evicted) => {
+                    flow.counted = evicted.counted;
+                    flow.unenforced = evicted.unenforced;
                     self.record_counters(&flow, id.protocol, delta_packets, delta_bytes);
                 }
                 // One metrics call for the new flow and its first counters.
                 None => self.record_new(&flow, id.protocol, delta_packets, delta_bytes),
             }
             store.insert(id, flow, u.ended);
-            return;
-        }
-        if let Some(f) = store.get(&id) {
+        } else if let Some(f) = store.get(&id) {
             self.record_counters(f, id.protocol, delta_packets, delta_bytes);
         }
+        self.check_enforcement(&mut store, &id, u.opened);
+    }
+
+    /// The enforcement check of flow `id` after a change (`opened`: the datapath saw it open,
+    /// [`FlowUpdate::opened`]). A flow the policies in force deny, first seen at least
+    /// `enforcementGrace` after their set came in use ([`AgentState::eligible`]), whose
+    /// denying side is a pod of this node ([`AgentState::sides_here`]):
+    /// - delivered ([`delivered`]; TCP: opened under the datapath's eyes, without drops
+    ///   joined) proves that this node does not enforce that side's policies: it is marked
+    ///   once, counted in `unenforced_flows_total` with their names, logged once per workload
+    ///   pair, and the node's state becomes `not_enforced`;
+    /// - ended `attempted` (TCP, SCTP: no answer at all), every denying side being this
+    ///   node's, is evidence that it does (`unknown` → `enforced`). UDP and ICMP are not: a
+    ///   responder may never answer.
+    fn check_enforcement(&self, store: &mut FlowStore, id: &FlowId, opened: bool) {
+        let Some(f) = store.get(id) else {
+            return;
+        };
+        if !f.unenforced.is_empty() || f.drops.is_some() {
+            return;
+        }
+        let Some(v) = f.verdict().filter(|v| !v.allowed) else {
+            return;
+        };
+        if opened && !f.opened {
+            store.mark_opened(id);
+        }
+        let Some(f) = store.get(id) else {
+            return;
+        };
+        let denying = Sides::denying(&v);
+        let here = self.sides_here(f, denying);
+        if here.is_empty() {
+            return;
+        }
+        let was_delivered = delivered(id.protocol, f.state, f.packets());
+        let attempted = f.state == Some(FlowState::Attempted)
+            && matches!(id.protocol, Protocol::Tcp | Protocol::Sctp)
+            && store.ended(id);
+        if !(was_delivered || attempted) || !self.eligible(f.first_seen()) {
+            return;
+        }
+        // TCP picked up mid-stream was opened before the datapath watched (before the agent
+        // started, or before its table entry idled out): perhaps before the policies came in
+        // force, and the CNI's conntrack lets such connections finish.
+        if id.protocol == Protocol::Tcp && !f.opened {
+            return;
+        }
+        if attempted {
+            if here == denying {
+                self.note_enforcement(Enforcement::Enforced);
+            }
+            return;
+        }
+        let model = self.model();
+        let explained = f.explained(id, model.as_deref(), &mut Default::default());
+        let policy = explained.and_then(|v| model::unenforced_policy(&v.verdict, here));
+        let labels = lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, id.protocol);
+        let (src, dst) = (f.peers.src.clone(), f.peers.dst.clone());
+        if !store.mark_unenforced(id, here) {
+            return;
+        }
+        self.metrics
+            .record_unenforced(labels.clone(), policy.as_deref());
+        self.note_enforcement(Enforcement::NotEnforced);
+        self.log_unenforced(&labels, &src, &dst, id, policy.as_deref());
+    }
+
+    /// The sides of `denying` whose pod is on this node (all of them when the inventory does
+    /// not know this node: one agent then sees everything). The ingress side of a flow to a
+    /// Service is known only once the backend the DNAT chose is ([`StoredFlow::backend_known`]):
+    /// until then the destination is the Service's first backend, perhaps another node's pod.
+    fn sides_here(&self, f: &StoredFlow, denying: Sides) -> Sides {
+        let node = match &self.node {
+            Some(n) if self.node_known.load(std::sync::atomic::Ordering::Relaxed) => Some(n),
+            _ => None,
+        };
+        let here = |p: &Peer| node.is_none_or(|n| p.pod_node.as_deref() == Some(n.as_str()));
+        let mut s = Sides::NONE;
+        if denying.egress() && here(&f.peers.src) {
+            s = s.union(Sides::EGRESS);
+        }
+        if denying.ingress() && (f.peers.service.is_none() || f.backend_known) && here(&f.peers.dst)
+        {
+            s = s.union(Sides::INGRESS);
+        }
+        s
+    }
+
+    /// The timing rule of the enforcement check: a flow counts only when first seen at least
+    /// `enforcementGrace` after the NetworkPolicy set in force came in use here. A policy
+    /// applied mid-flow, a connection the CNI lets finish, the CNI's delay in programming a
+    /// change: all are flows first seen before that.
+    fn eligible(&self, first_seen: Option<Timestamp>) -> bool {
+        let (Some(t), Some(since)) = (first_seen, *lock(&self.policies_since)) else {
+            return false;
+        };
+        since
+            .checked_add(self.config.enforcement_grace)
+            .is_ok_and(|start| t >= start)
+    }
+
+    /// Moves this node's enforcement state: `not_enforced` once a denied flow was delivered
+    /// (for the agent's lifetime), `enforced` from `unknown` on evidence of enforcement.
+    fn note_enforcement(&self, seen: Enforcement) {
+        use std::sync::atomic::Ordering;
+        let prev = self.enforcement.fetch_max(seen as u8, Ordering::Relaxed);
+        if prev < seen as u8 {
+            self.metrics.set_enforcement(seen);
+            match seen {
+                Enforcement::NotEnforced => tracing::warn!(
+                    "this node delivers flows its NetworkPolicies deny: enforcement is missing (netpol_observe_policy_enforcement{{state=\"not_enforced\"}})"
+                ),
+                _ => {
+                    tracing::info!(
+                        "this node enforces NetworkPolicies: a denied flow was dropped or never answered"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The enforcement state of this node ([`Metrics::set_enforcement`]).
+    pub fn enforcement(&self) -> Enforcement {
+        match self.enforcement.load(std::sync::atomic::Ordering::Relaxed) {
+            2 => Enforcement::NotEnforced,
+            1 => Enforcement::Enforced,
+            _ => Enforcement::Unknown,
+        }
+    }
+
+    /// Logs an unenforced flow, once per workload pair (at most [`UnenforcedLog::MAX`] pairs).
+    fn log_unenforced(
+        &self,
+        labels: &FlowLabels,
+        src: &Peer,
+        dst: &Peer,
+        id: &FlowId,
+        policy: Option<&str>,
+    ) {
+        let mut logged = lock(&self.unenforced_logged);
+        let pair = (labels.src.clone(), labels.dst.clone());
+        if logged.pairs.contains(&pair) {
+            return;
+        }
+        if logged.pairs.len() >= UnenforcedLog::MAX {
+            if !logged.full {
+                logged.full = true;
+                tracing::warn!(
+                    "unenforced flows of more than {} workload pairs: the others are only counted in netpol_observe_unenforced_flows_total",
+                    UnenforcedLog::MAX
+                );
+            }
+            return;
+        }
+        logged.pairs.insert(pair);
+        let name = |p: &Peer, l: &PeerLabels| match &p.pod {
+            Some(pod) => format!("{}/{} (pod {pod})", l.namespace, l.workload),
+            None => l.workload.clone(),
+        };
+        let port = id.dst.1;
+        tracing::warn!(
+            src = %name(src, &labels.src),
+            dst = %name(dst, &labels.dst),
+            port = %format!("{port}/{}", id.protocol),
+            policy = policy.unwrap_or("unknown"),
+            "NetworkPolicy not enforced on this node: a flow the policy denies was delivered (logged once per workload pair; every such flow counts in netpol_observe_unenforced_flows_total)"
+        );
     }
 
     /// Adds the packets and bytes of a known flow's update to its series (nothing for a flow
@@ -361,6 +592,9 @@ impl AgentState {
                     bytes.sent + bytes.received,
                 );
             }
+            // Its ingress side is known now (whether the datapath saw it open, from its own
+            // updates).
+            self.check_enforcement(store, &id, false);
         }
         true
     }
@@ -494,6 +728,14 @@ impl AgentState {
             _ => None,
         };
         let policy = model::drop_policy(explained.as_ref().map(|v| &v.verdict));
+        // This kernel dropped a flow the policies deny, on a side this node enforces: evidence
+        // that it does (a filter's drop, not a closed port's or the reverse-path filter's).
+        if let Some(v) = f.verdict().filter(|v| !v.allowed)
+            && !NOT_POLICY_DROPS.contains(&d.reason.as_str())
+            && !self.sides_here(f, Sides::denying(&v)).is_empty()
+        {
+            self.note_enforcement(Enforcement::Enforced);
+        }
         let labels: FlowLabels =
             lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, id.protocol);
         self.metrics
@@ -1148,6 +1390,7 @@ mod tests {
                 delta_packets: d,
                 delta_bytes: d,
                 ended: false,
+                opened: true,
             }
         };
         let (web_ip, backend_ip) = (web.ips[0], second.ips[0]);
@@ -1235,6 +1478,7 @@ mod tests {
                         received: 40,
                     },
                     ended: false,
+                    opened: true,
                 });
             }
         }
@@ -1290,6 +1534,7 @@ mod tests {
             delta_packets: Directional::default(),
             delta_bytes: Directional::default(),
             ended: false,
+            opened: true,
         };
         for f in &flows {
             state.on_update(&update(f.clone()));
@@ -1388,6 +1633,7 @@ mod tests {
                         received: 7,
                     },
                     ended: false,
+                    opened: true,
                 });
                 if !here(f) {
                     continue;
@@ -1458,6 +1704,7 @@ mod tests {
                     received: 0,
                 },
                 ended,
+                opened: true,
             }
         };
         for port in [1000, 1001, 1002] {

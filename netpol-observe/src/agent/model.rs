@@ -45,6 +45,8 @@ pub struct Model {
     services: FxHashMap<IpAddr, Arc<ServiceRef>>,
     peers: Mutex<Peers>,
     verdicts: Mutex<FxHashMap<VerdictKey, CompactVerdicts>>,
+    /// The identity of the NetworkPolicy set in force ([`policy_fingerprint`]).
+    policy_fingerprint: u64,
 }
 
 /// Both ends of a flow, attributed ([`Model::attribute`]).
@@ -165,7 +167,9 @@ impl Model {
                 services.insert(*ip, r.clone());
             }
         }
+        let policy_fingerprint = policy_fingerprint(&inventory.network_policies);
         Ok(Model {
+            policy_fingerprint,
             attributor: Attributor::shared(inventory.clone(), subnets),
             peers: Mutex::new(Peers::new(inventory.pods.len())),
             subnets: subnets.clone(),
@@ -324,6 +328,13 @@ impl Model {
         }
     }
 
+    /// The identity of the NetworkPolicy set in force: equal for two models whose policies
+    /// have the same namespaces, names and specs (in any order), so the agent knows when the
+    /// set it judges flows with changed (the enforcement check's timing rule).
+    pub fn policy_fingerprint(&self) -> u64 {
+        self.policy_fingerprint
+    }
+
     /// The named subnets the model attributes external peers with.
     pub fn subnets(&self) -> &Subnets {
         &self.subnets
@@ -464,6 +475,90 @@ pub fn drop_policy(v: Option<&Verdict>) -> Option<String> {
     } else {
         Some(side.policies.join(","))
     }
+}
+
+/// The identity of a NetworkPolicy set: a hash of each policy's namespace, name and spec (what
+/// the verdicts depend on; not its resourceVersion or annotations), in a fixed order.
+fn policy_fingerprint(policies: &[NetworkPolicy]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut each: Vec<(&str, &str, String)> = policies
+        .iter()
+        .map(|p| {
+            (
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default(),
+                serde_json::to_string(&p.spec).unwrap_or_default(),
+            )
+        })
+        .collect();
+    each.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    each.hash(&mut h);
+    h.finish()
+}
+
+/// A set of a flow's two policy sides: the source pod's egress, the destination pod's ingress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Sides(u8);
+
+impl Sides {
+    /// Neither side.
+    pub const NONE: Sides = Sides(0);
+    /// The source pod's egress.
+    pub const EGRESS: Sides = Sides(1);
+    /// The destination pod's ingress.
+    pub const INGRESS: Sides = Sides(2);
+    /// Both.
+    pub const BOTH: Sides = Sides(3);
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether the set holds the egress side.
+    pub fn egress(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Whether the set holds the ingress side.
+    pub fn ingress(self) -> bool {
+        self.0 & 2 != 0
+    }
+
+    /// Both sets together.
+    pub fn union(self, other: Sides) -> Sides {
+        Sides(self.0 | other.0)
+    }
+
+    /// The sides whose verdict is `denied` in `v`.
+    pub fn denying(v: &CompactVerdict) -> Sides {
+        let mut s = Sides::NONE;
+        if v.egress.result == SideResult::Denied {
+            s = s.union(Sides::EGRESS);
+        }
+        if v.ingress.result == SideResult::Denied {
+            s = s.union(Sides::INGRESS);
+        }
+        s
+    }
+}
+
+/// The policies a flow with verdict `v` was delivered against, on `sides`: the isolating
+/// policies of those of `sides` that deny (ingress, then egress; sorted and each once, as
+/// `,`-joined `ns/name`), or `None` when none deny or no policy is named. For one side this is
+/// [`drop_policy`]'s label.
+pub fn unenforced_policy(v: &Verdict, sides: Sides) -> Option<String> {
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for (side, wanted) in [(&v.ingress, sides.ingress()), (&v.egress, sides.egress())] {
+        if wanted && side.result == SideResult::Denied {
+            names.extend(side.policies.iter().map(|n| n.as_str()));
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    Some(names.into_iter().collect::<Vec<_>>().join(","))
 }
 
 /// The cache key of a record attributed as `a`, when its peers are a model's shared ones.

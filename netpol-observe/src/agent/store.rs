@@ -16,12 +16,12 @@ use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    model::{Attributed, CompactVerdicts, Explained, Model, Verdicts},
+    model::{Attributed, CompactVerdicts, Explained, Model, Sides, Verdicts},
     nat::{BackendLeg, ServiceLegs},
     peer::Peer,
 };
 use crate::{
-    flow::{Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol},
+    flow::{Directional, Drops, Endpoint, FlowRecord, FlowState, Protocol, Unenforced},
     policy::{CompactVerdict, Verdict},
 };
 
@@ -278,6 +278,16 @@ pub struct StoredFlow {
     /// Whether this agent counts the flow in its metrics
     /// ([`super::model::Attributed::counted_on`]); served as the record's `counted`.
     pub counted: bool,
+    /// For a flow to a Service (a client leg): the destination is the backend the node's DNAT
+    /// chose ([`FlowStore::rebind`]), not the Service's first backend.
+    pub backend_known: bool,
+    /// The datapath saw the flow open ([`crate::datapath::FlowUpdate::opened`]); noted only for
+    /// denied flows, by the enforcement check ([`FlowStore::mark_opened`]).
+    pub opened: bool,
+    /// The denying sides this agent found unenforced: the flow was delivered although they
+    /// deny it (marked once, [`FlowStore::mark_unenforced`]); served as the record's
+    /// `unenforced`.
+    pub unenforced: Sides,
 }
 
 impl StoredFlow {
@@ -304,6 +314,9 @@ impl StoredFlow {
             drops: None,
             verdicts,
             counted: true,
+            backend_known: false,
+            opened: false,
+            unenforced: Sides::NONE,
         };
         f.refresh(record);
         f
@@ -365,6 +378,8 @@ impl StoredFlow {
             packets: self.packets(),
             bytes: self.bytes(),
             drops: self.drops.as_ref().map(|d| d.drops.clone()),
+            // Named from the explained verdict, when served ([`StoredFlow::to_observed`]).
+            unenforced: None,
             node: self.node.as_deref().map(str::to_owned),
             counted: self.counted,
         }
@@ -395,12 +410,20 @@ impl StoredFlow {
         model: Option<&Model>,
         explained: &mut Explained,
     ) -> ObservedFlow {
-        let flow = self.to_record(id);
+        let mut flow = self.to_record(id);
         let v = match &self.verdicts {
             Some(Judged::Explained(v)) => Some(v.clone()),
             Some(Judged::Compact(_)) => model.map(|m| m.explain(&flow, &self.peers, explained)),
             None => None,
         };
+        if !self.unenforced.is_empty() {
+            let policy = v
+                .as_ref()
+                .and_then(|v| super::model::unenforced_policy(&v.verdict, self.unenforced));
+            flow.unenforced = Some(Unenforced {
+                policy: policy.unwrap_or_else(|| "unknown".to_owned()),
+            });
+        }
         ObservedFlow {
             flow,
             verdict: v.as_ref().map(|v| v.verdict.clone()),
@@ -449,10 +472,19 @@ pub struct FlowStore {
     /// Client legs of Service connections held here, and their joined backend legs.
     legs: ServiceLegs,
     /// Flows evicted while still active (the store was full of active flows), with whether
-    /// they were counted here: their later updates are the same flows, not new ones. An entry
-    /// leaves when the flow comes back (its next update, the last one at its end), so the map
-    /// is bounded by the active flows.
-    evicted_active: rustc_hash::FxHashMap<FlowId, bool>,
+    /// they were counted here and found unenforced: their later updates are the same flows,
+    /// not new ones. An entry leaves when the flow comes back (its next update, the last one at
+    /// its end), so the map is bounded by the active flows.
+    evicted_active: rustc_hash::FxHashMap<FlowId, Evicted>,
+}
+
+/// What the store remembers of a flow evicted while active, until it comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    /// It was counted here ([`StoredFlow::counted`]).
+    pub counted: bool,
+    /// Its unenforced sides ([`StoredFlow::unenforced`]): it is not counted unenforced twice.
+    pub unenforced: Sides,
 }
 
 fn hash_of(id: &FlowId) -> u64 {
@@ -565,7 +597,7 @@ impl FlowStore {
 
     /// Gives flow `id` (a client leg whose backend became known) new attribution and
     /// verdicts, and marks it counted when `counted` (a flow once counted stays counted, so its
-    /// counters never stop halfway). Returns the flow.
+    /// counters never stop halfway) and its backend known. Returns the flow.
     pub fn rebind(
         &mut self,
         id: &FlowId,
@@ -577,7 +609,33 @@ impl FlowStore {
         s.flow.peers = peers;
         s.flow.verdicts = verdicts;
         s.flow.counted |= counted;
+        s.flow.backend_known = true;
         Some(&s.flow)
+    }
+
+    /// Marks flow `id` unenforced on `sides` (once: false when it already was, or is not held).
+    pub fn mark_unenforced(&mut self, id: &FlowId, sides: Sides) -> bool {
+        match self.index(id).and_then(|i| self.slot_mut(i)) {
+            Some(s) if s.flow.unenforced.is_empty() && !sides.is_empty() => {
+                s.flow.unenforced = sides;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes that the datapath saw flow `id` open.
+    pub fn mark_opened(&mut self, id: &FlowId) {
+        if let Some(s) = self.index(id).and_then(|i| self.slot_mut(i)) {
+            s.flow.opened = true;
+        }
+    }
+
+    /// Whether flow `id` is held and has ended.
+    pub fn ended(&self, id: &FlowId) -> bool {
+        self.index(id)
+            .and_then(|i| self.slot(i))
+            .is_some_and(|s| s.ended)
     }
 
     /// Whether `id` is a backend leg joined to a client leg held here ([`super::nat`]).
@@ -799,22 +857,25 @@ impl FlowStore {
         if let Some(s) = self.slot(self.head)
             && !s.ended
         {
-            let (id, counted) = (s.id, s.flow.counted);
-            self.evicted_active.insert(id, counted);
+            let evicted = Evicted {
+                counted: s.flow.counted,
+                unenforced: s.flow.unenforced,
+            };
+            self.evicted_active.insert(s.id, evicted);
         }
         self.remove_slot(self.head);
     }
 
     /// Whether `id` was evicted while active (and forgets it): its update is not a new flow.
-    /// `Some(counted)`: it was, and whether it was counted here.
-    pub fn take_evicted(&mut self, id: &FlowId) -> Option<bool> {
+    /// `Some`: it was, with what the store knew of it.
+    pub fn take_evicted(&mut self, id: &FlowId) -> Option<Evicted> {
         self.evicted_active.remove(id)
     }
 
     /// Whether `id` was evicted while active, and was counted here then (without forgetting
     /// it).
     pub fn evicted_counted(&self, id: &FlowId) -> Option<bool> {
-        self.evicted_active.get(id).copied()
+        self.evicted_active.get(id).map(|e| e.counted)
     }
 
     /// The identities of the flows matching `query`, oldest change first (the most recent
@@ -929,6 +990,14 @@ mod tests {
         let mut peers = Peers::new(0);
         let a = Attributed::new(peers.unshared(&r.src), peers.unshared(&r.dst), None);
         (FlowId::of(&r), StoredFlow::new(&r, a, None, None))
+    }
+
+    /// The store holds up to `maxFlows` (100,000 by default) of these: the enforcement check's
+    /// flags (`backend_known`, `opened`, `unenforced`) live in what was padding.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_stored_flow_stays_compact() {
+        assert_eq!(std::mem::size_of::<StoredFlow>(), 136);
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub enum Output {
 
 Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
 key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
-flowMapCapacity, dropReasons, dropScope, apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
+flowMapCapacity, dropReasons, dropScope, enforcementGrace, apiAuth, apiTokenAudiences,
+metrics.seriesBudget, ...).
 
 /metrics, /healthz and /readyz are open to whoever reaches --listen; /api/v1 needs, with
 --api-auth kubernetes, `Authorization: Bearer <token>` of a user or ServiceAccount allowed `get`
@@ -141,6 +142,16 @@ pub struct Args {
     /// Flows kept for /api/v1/flows [default: 100000].
     #[arg(long, env = "NETPOL_OBSERVE_MAX_FLOWS", value_name = "N")]
     pub max_flows: Option<usize>,
+    /// The enforcement check (netpol_observe_unenforced_flows_total: denied flows that were
+    /// delivered) judges only flows first seen at least this long after the NetworkPolicy set
+    /// in force last changed; 0s judges every flow [default: 10s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_ENFORCEMENT_GRACE",
+        value_name = "DURATION",
+        value_parser = crate::agent::config::parse_enforcement_grace
+    )]
+    pub enforcement_grace: Option<jiff::SignedDuration>,
     /// Forward the eBPF programs' debug log to the agent's log.
     #[arg(long)]
     pub ebpf_log: bool,
@@ -226,6 +237,9 @@ impl Args {
         if let Some(v) = self.max_flows {
             c.max_flows = v;
         }
+        if let Some(v) = self.enforcement_grace {
+            c.enforcement_grace = v;
+        }
         if self.ebpf_log {
             c.ebpf_log = true;
         }
@@ -289,4 +303,37 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     out.flush().map_err(OutputError::from)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn resolve(args: &[&str]) -> anyhow::Result<crate::agent::AgentConfig> {
+        let cli = Cli::try_parse_from(["netpol-observe", "agent"].iter().chain(args))?;
+        match cli.command {
+            Command::Agent(a) => a.resolve(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `--enforcement-grace` overrides the configuration's `enforcementGrace` (default 10s);
+    /// `0s` is allowed, a negative or malformed duration is refused.
+    #[test]
+    fn enforcement_grace_flag() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(10));
+        let c = resolve(&["--enforcement-grace", "45s"]).unwrap();
+        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(45));
+        let c = resolve(&["--enforcement-grace", "0s"]).unwrap();
+        assert_eq!(c.enforcement_grace, jiff::SignedDuration::ZERO);
+        for bad in ["-1s", "later", "2d"] {
+            let err = resolve(&[&format!("--enforcement-grace={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("enforcement-grace"), "{bad}: {err}");
+        }
+    }
 }

@@ -80,6 +80,10 @@ pub struct FlowUpdate {
     pub delta_bytes: Directional,
     /// The flow ended (idle expiry or shutdown); no more updates follow for it.
     pub ended: bool,
+    /// The datapath saw the flow open: for TCP, the initiator's SYN. A TCP connection picked up
+    /// mid-stream (older than the agent, or back after its entry idled out of the table) was
+    /// opened before the datapath watched it. Always true for the other protocols.
+    pub opened: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -386,6 +390,7 @@ impl FlowTable {
                     received: delta.bytes[init ^ 1],
                 },
                 ended: e.ended,
+                opened: opened(key.proto, e.flags, init_dir(&key, e.initiator)),
             };
             if let Some(e) = self.flows.get_mut(&key) {
                 e.published = total;
@@ -452,10 +457,23 @@ impl FlowTable {
             packets: Some(packets),
             bytes: Some(bytes),
             drops: None,
+            unenforced: None,
             node: self.node.clone(),
             counted: true,
         }
     }
+}
+
+/// [`FlowUpdate::opened`]: for TCP, whether the initiator's SYN was seen.
+fn opened(proto: u8, flags: u64, init: u8) -> bool {
+    if Protocol::from_ip_number(proto) != Some(Protocol::Tcp) {
+        return true;
+    }
+    let v = FlowValue {
+        flags,
+        ..FlowValue::default()
+    };
+    v.tcp_flags(init) & tcp_flags::SYN != 0
 }
 
 /// The direction index of the initiator; for flows picked up mid-stream (TCP without SYN)
@@ -660,6 +678,38 @@ mod tests {
                 sent: 5,
                 received: 2
             })
+        );
+    }
+
+    /// `opened`: a TCP flow whose initiator's SYN the datapath saw (merged at the sweep), not
+    /// one picked up mid-stream; other protocols always.
+    #[test]
+    fn opened_means_the_syn_was_seen() {
+        let mut t = FlowTable::new(Clock::with_offset_ns(0), None);
+        let (k, mid) = (key(6), {
+            let mut k = key(6);
+            k.lo_port = 40001;
+            k
+        });
+        let syn = tcp_flag_bits(DIR_LO_TO_HI, tcp_flags::SYN);
+        let ack = tcp_flag_bits(DIR_LO_TO_HI, tcp_flags::ACK) | tcp_flag_bits(1, tcp_flags::ACK);
+        t.on_sweep(&k, &value(10, 20, [2, 1], syn | ack), 30, 100 * SEC);
+        t.on_sweep(&mid, &value(10, 20, [2, 1], ack), 30, 100 * SEC);
+        let udp = key(17);
+        t.on_sweep(&udp, &value(10, 20, [1, 1], 0), 30, 100 * SEC);
+        t.publish();
+        let mut seen: Vec<(u8, u16, bool)> = t
+            .take_updates()
+            .iter()
+            .map(|u| {
+                let p = u.record.protocol.ip_number();
+                (p, u.record.src.port.unwrap_or(0), u.opened)
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [(6, 40000, true), (6, 40001, false), (17, 40000, true)]
         );
     }
 

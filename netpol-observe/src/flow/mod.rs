@@ -6,5 +6,5 @@ pub mod table;
 
 pub use record::{
     Directional, Drops, Endpoint, FlowNameError, FlowRecord, FlowState, Protocol, ServiceRef,
-    UnknownProtocol, WorkloadRef,
+    Unenforced, UnknownProtocol, WorkloadRef,
 };

@@ -283,6 +283,15 @@ pub struct Drops {
     pub policy: Option<String>,
 }
 
+/// A flow the policies in force deny that was nevertheless delivered: proof that this node
+/// does not enforce them (see `docs/metrics.md`, *Is the CNI enforcing?*).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unenforced {
+    /// The isolating NetworkPolicies (`ns/name`, `,`-joined, sorted) of the denying side(s)
+    /// this node should have enforced, or `unknown`.
+    pub policy: String,
+}
+
 /// One flow (a connection for TCP/SCTP, a 5-tuple conversation for UDP/ICMP).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowRecord {
@@ -310,6 +319,13 @@ pub struct FlowRecord {
     /// Drops attributed to this flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drops: Option<Drops>,
+    /// Set by the agent of `node` when the policies in force deny the flow and it was
+    /// delivered all the same (TCP: handshake completed; other protocols: the responder
+    /// answered), first seen at least the enforcement grace after the policy set in force
+    /// changed, and a denying side is a pod of `node`. Omitted otherwise (so records without
+    /// it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unenforced: Option<Unenforced>,
     /// The node whose agent observed the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -362,6 +378,7 @@ impl FlowRecord {
             packets: None,
             bytes: None,
             drops: None,
+            unenforced: None,
             node: None,
             counted: true,
         }
@@ -448,6 +465,29 @@ mod tests {
         )
         .unwrap();
         assert!(explicit.counted);
+    }
+
+    /// `unenforced` is written only when set; records without it (every older one) read as
+    /// before.
+    #[test]
+    fn unenforced_is_omitted_unless_set() {
+        let line = r#"{"protocol":"TCP","src":{"ip":"10.0.0.1","port":40000},"dst":{"ip":"10.0.0.2","port":80},"state":"established","node":"node-a"}"#;
+        let mut rec: FlowRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(rec.unenforced, None);
+        assert_eq!(serde_json::to_string(&rec).unwrap(), line);
+        rec.unenforced = Some(Unenforced {
+            policy: "shop/api-np,shop/default-deny".into(),
+        });
+        let text = serde_json::to_string(&rec).unwrap();
+        assert_eq!(
+            text,
+            line.replace(
+                r#""node":"node-a"}"#,
+                r#""unenforced":{"policy":"shop/api-np,shop/default-deny"},"node":"node-a"}"#
+            )
+        );
+        let again: FlowRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(again, rec);
     }
 
     #[test]

@@ -520,6 +520,7 @@ items:
                 received: 0,
             },
             ended: false,
+            opened: true,
         });
         state
     }
@@ -747,6 +748,7 @@ items:
                 delta_packets: Directional::default(),
                 delta_bytes: Directional::default(),
                 ended: false,
+                opened: true,
             });
         }
         s

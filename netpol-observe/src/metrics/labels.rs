@@ -295,6 +295,60 @@ pub struct DropLabels {
     pub policy: String,
 }
 
+/// Labels of `netpol_observe_unenforced_flows_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+pub struct UnenforcedLabels {
+    /// The flow's peers, port and protocol.
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// The isolating NetworkPolicies (`ns/name`, `,`-joined) of the denying side(s) this node
+    /// did not enforce, `unknown` when none is named, `other` in the overflow bucket.
+    pub policy: String,
+}
+
+/// Whether this node enforces the NetworkPolicies in force, as the agent sees it from traffic
+/// (`netpol_observe_policy_enforcement{state}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Enforcement {
+    /// No evidence yet: no denied flow judged since the agent started.
+    Unknown,
+    /// Denied flows were seen, and every one was dropped (or never answered).
+    Enforced,
+    /// A denied flow was delivered (`netpol_observe_unenforced_flows_total`).
+    NotEnforced,
+}
+
+impl Enforcement {
+    /// Every state, in label order.
+    pub const ALL: [Enforcement; 3] = [
+        Enforcement::Unknown,
+        Enforcement::Enforced,
+        Enforcement::NotEnforced,
+    ];
+
+    /// The label value: `unknown`, `enforced` or `not_enforced`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Unknown => "unknown",
+            Enforcement::Enforced => "enforced",
+            Enforcement::NotEnforced => "not_enforced",
+        }
+    }
+}
+
+impl EncodeLabelValue for Enforcement {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Labels of `netpol_observe_policy_enforcement`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+pub struct EnforcementLabels {
+    /// `unknown`, `enforced` or `not_enforced`.
+    pub state: Enforcement,
+}
+
 /// Labels of `netpol_observe_policy_verdicts_total`: the pod the verdict applies to (the
 /// source for egress, the destination for ingress), as `namespace`, `kind`, `workload`,
 /// `direction`, `verdict`.

@@ -5,7 +5,8 @@
 //! family and label is listed in `docs/metrics.md`.
 //!
 //! Cardinality stays bounded under any traffic: each flow-labelled family
-//! (`flows`, `flow_bytes`, `flow_packets`, `drops`, `policy_verdicts`, `staged_verdicts`)
+//! (`flows`, `flow_bytes`, `flow_packets`, `drops`, `unenforced_flows`, `policy_verdicts`,
+//! `staged_verdicts`)
 //! admits at most [`MetricsConfig::series_budget`] distinct label sets; a label set beyond that
 //! is recorded in the family's overflow bucket (every peer label `other`, see
 //! [`labels`]) and counted in `netpol_observe_series_dropped_total{metric}`.
@@ -42,8 +43,9 @@ use rustc_hash::FxHashMap;
 use crate::flow::{FlowRecord, Protocol};
 use budget::Budget;
 pub use labels::{
-    Direction, DropLabels, ErrorLabels, EvictionLabels, FlowLabels, FlowVerdictLabels,
-    MetricLabels, PeerLabels, PortLabel, ResourceLabels, UnprotectedLabels, Verdict, VerdictLabels,
+    Direction, DropLabels, Enforcement, EnforcementLabels, ErrorLabels, EvictionLabels, FlowLabels,
+    FlowVerdictLabels, MetricLabels, PeerLabels, PortLabel, ResourceLabels, UnenforcedLabels,
+    UnprotectedLabels, Verdict, VerdictLabels,
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text 1.0.0).
@@ -215,6 +217,8 @@ pub struct Metrics {
     flow_bytes: Budgeted<FlowLabels>,
     flow_packets: Budgeted<FlowLabels>,
     drops: Budgeted<DropLabels>,
+    unenforced: Budgeted<UnenforcedLabels>,
+    enforcement: Family<EnforcementLabels, Gauge>,
     policy_verdicts: Budgeted<VerdictLabels>,
     staged_verdicts: Budgeted<FlowVerdictLabels>,
     unprotected: Family<UnprotectedLabels, Gauge>,
@@ -239,6 +243,8 @@ impl Metrics {
             flow_bytes: Budgeted::new("netpol_observe_flow_bytes_total", b),
             flow_packets: Budgeted::new("netpol_observe_flow_packets_total", b),
             drops: Budgeted::new("netpol_observe_drops_total", b),
+            unenforced: Budgeted::new("netpol_observe_unenforced_flows_total", b),
+            enforcement: Family::default(),
             policy_verdicts: Budgeted::new("netpol_observe_policy_verdicts_total", b),
             staged_verdicts: Budgeted::new("netpol_observe_staged_verdicts_total", b),
             unprotected: Family::default(),
@@ -255,6 +261,7 @@ impl Metrics {
             registry: Registry::with_prefix("netpol_observe"),
             config,
         };
+        m.set_enforcement(Enforcement::Unknown);
         m.register()
     }
 
@@ -279,6 +286,16 @@ impl Metrics {
             "drops",
             "Packets of observed flows dropped by the kernel, by drop reason and isolating policy",
             self.drops.family.clone(),
+        );
+        r.register(
+            "unenforced_flows",
+            "Flows the NetworkPolicies in force deny that were delivered all the same (this node did not enforce them), by isolating policy",
+            self.unenforced.family.clone(),
+        );
+        r.register(
+            "policy_enforcement",
+            "1 for this node's NetworkPolicy enforcement state as seen from traffic (unknown, enforced, not_enforced), 0 for the others",
+            self.enforcement.clone(),
         );
         r.register(
             "policy_verdicts",
@@ -498,6 +515,35 @@ impl Metrics {
             count,
             &self.series_dropped,
         );
+    }
+
+    /// Counts one flow the policies in force deny that was delivered (`policy`: the isolating
+    /// policies of the denying side(s) not enforced, `unknown` when none is named).
+    pub fn record_unenforced(&self, flow: FlowLabels, policy: Option<&str>) {
+        let protocol = flow.protocol;
+        let labels = UnenforcedLabels {
+            flow,
+            policy: policy.unwrap_or("unknown").to_owned(),
+        };
+        let pod_level = self.config.pod_level;
+        self.unenforced.add(
+            labels,
+            || UnenforcedLabels {
+                flow: FlowLabels::other(protocol, pod_level),
+                policy: labels::OTHER.to_owned(),
+            },
+            1,
+            &self.series_dropped,
+        );
+    }
+
+    /// Sets `netpol_observe_policy_enforcement`: 1 for `state`, 0 for the other states.
+    pub fn set_enforcement(&self, state: Enforcement) {
+        for s in Enforcement::ALL {
+            self.enforcement
+                .get_or_create(&EnforcementLabels { state: s })
+                .set(i64::from(s == state));
+        }
     }
 
     /// Records the verdict of one direction of a new flow, labelled with the pod it applies

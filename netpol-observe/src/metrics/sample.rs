@@ -74,8 +74,9 @@ pub fn sample_flows() -> Vec<FlowRecord> {
 }
 
 /// A [`Metrics`] in which every family has been touched (flows, bytes, packets, drops,
-/// verdicts both ways, staged verdicts, unprotected workloads and every health family), with
-/// a series budget small enough that the `other` bucket and `series_dropped_total` appear too.
+/// unenforced flows and the enforcement state, verdicts both ways, staged verdicts,
+/// unprotected workloads and every health family), with a series budget small enough that the
+/// `other` bucket and `series_dropped_total` appear too.
 pub fn populated() -> Metrics {
     let metrics = Metrics::new(MetricsConfig {
         series_budget: 3,
@@ -102,6 +103,11 @@ pub fn populated() -> Metrics {
     }
     metrics.record_drop(&flows[1], "NETFILTER_DROP", Some("shop/default-deny"), 3);
     metrics.record_drop(&flows[2], "NO_SOCKET", None, 1);
+    metrics.record_unenforced(
+        super::FlowLabels::from_record(&flows[1], false),
+        Some("shop/default-deny"),
+    );
+    metrics.set_enforcement(super::Enforcement::NotEnforced);
     metrics.set_unprotected([
         ("shop", Direction::Egress, 2),
         ("shop", Direction::Ingress, 0),

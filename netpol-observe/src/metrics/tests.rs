@@ -61,6 +61,12 @@ fn exact_values_after_recorded_flows() {
     m.record_flow(&ext, true, 2, 120, Verdict::NotIsolated);
     m.record_drop(&f, "NETFILTER_DROP", Some("shop/deny-all"), 4);
     m.record_drop(&f, "NETFILTER_DROP", None, 1);
+    let labels = FlowLabels::from_record(&f, false);
+    m.record_unenforced(labels.clone(), Some("shop/deny-all"));
+    m.record_unenforced(labels.clone(), Some("shop/deny-all"));
+    m.record_unenforced(labels, None);
+    m.set_enforcement(Enforcement::Enforced);
+    m.set_enforcement(Enforcement::NotEnforced);
     m.record_verdict(&f, Direction::Egress, Verdict::NotIsolated);
     m.record_verdict(&f, Direction::Ingress, Verdict::Allowed);
     m.record_staged(&f, Verdict::Denied);
@@ -102,6 +108,20 @@ fn exact_values_after_recorded_flows() {
         ),
         (
             format!(r#"{p}drops_total{{{WEB_API},reason="NETFILTER_DROP",policy="unknown"}}"#),
+            1.0,
+        ),
+        (
+            format!(r#"{p}unenforced_flows_total{{{WEB_API},policy="shop/deny-all"}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"{p}unenforced_flows_total{{{WEB_API},policy="unknown"}}"#),
+            1.0,
+        ),
+        (format!(r#"{p}policy_enforcement{{state="unknown"}}"#), 0.0),
+        (format!(r#"{p}policy_enforcement{{state="enforced"}}"#), 0.0),
+        (
+            format!(r#"{p}policy_enforcement{{state="not_enforced"}}"#),
             1.0,
         ),
         (
@@ -225,6 +245,46 @@ fn budget_bounds_series_under_all_to_all_traffic() {
     assert_eq!(
         s[r#"netpol_observe_series_dropped_total{metric="netpol_observe_flows_total"}"#],
         collapsed
+    );
+}
+
+/// `unenforced_flows_total` has a series budget like every flow-labelled family: label sets
+/// beyond it go to the `other` bucket (policy `other` too), counted in `series_dropped_total`,
+/// nothing lost; the enforcement state is one gauge per state, exactly one of them 1.
+#[test]
+fn unenforced_flows_respect_the_budget() {
+    let m = Metrics::new(MetricsConfig {
+        series_budget: 2,
+        pod_level: false,
+    });
+    let text = m.encode().unwrap();
+    let s = samples(&text);
+    let state = |s: &BTreeMap<String, f64>, st: &str| {
+        s[&format!(r#"netpol_observe_policy_enforcement{{state="{st}"}}"#)]
+    };
+    assert_eq!(
+        ["unknown", "enforced", "not_enforced"].map(|st| state(&s, st)),
+        [1.0, 0.0, 0.0],
+        "unknown until told"
+    );
+    for i in 0..5 {
+        let f = flow(
+            pod("10.244.0.5", Some(40000), "shop", "web"),
+            pod("10.244.0.9", Some(9000 + i), "shop", "api"),
+            Protocol::Tcp,
+        );
+        m.record_unenforced(FlowLabels::from_record(&f, false), Some("shop/api-np"));
+    }
+    let text = m.encode().unwrap();
+    let s = samples(&text);
+    let series = series_of(&text, "netpol_observe_unenforced_flows_total");
+    assert_eq!(series.len(), 3, "{series:#?}");
+    assert_eq!(series.iter().map(|k| s[k]).sum::<f64>(), 5.0);
+    let other = r#"netpol_observe_unenforced_flows_total{src_namespace="other",src_kind="Other",src_workload="other",dst_namespace="other",dst_kind="Other",dst_workload="other",dst_port="other",protocol="TCP",policy="other"}"#;
+    assert_eq!(s[other], 3.0);
+    assert_eq!(
+        s[r#"netpol_observe_series_dropped_total{metric="netpol_observe_unenforced_flows_total"}"#],
+        3.0
     );
 }
 

@@ -98,6 +98,7 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             packets: None,
             bytes: None,
             drops: None,
+            unenforced: None,
             node: None,
             counted: true,
         });
