@@ -320,6 +320,22 @@ fn run_and_check(
         assert!(!line.contains("policy=\"unknown\""), "{line}");
     }
     assert!(metrics.contains("netpol_observe_flows_total{"), "{metrics}");
+    // Every node enforces: no flow the policies deny was delivered, no node says otherwise.
+    assert!(
+        !metrics.contains("netpol_observe_unenforced_flows_total{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netpol_observe_policy_enforcement{state=\"not_enforced\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("netpol_observe_policy_enforcement{state=\"not_enforced\"} 1"),
+        "{metrics}"
+    );
+    for p in enforced {
+        assert_eq!(p["unenforced"], Value::Null, "{p}");
+    }
     // promtool (installed by `cargo xtask setup` with the deploy tools) has nothing to say.
     for metrics in &scrapes {
         if let Ok(mut check) = Command::new("promtool")
@@ -858,6 +874,88 @@ fn a_cluster_counts_every_flow_once() {
     assert_eq!(policies_in(&multi_out.join("recommended.yaml")), one_node);
     assert_eq!(policies_in(&from_files), one_node);
     assert_eq!(policies_in(&from_agents), one_node);
+}
+
+/// A node whose CNI does not enforce NetworkPolicy: shop with node-2 `enforce: false`. The
+/// recommended policies are given to both agents but loaded only on node-1, so the one forbidden
+/// probe whose denying side is a pod of node-2 (internet → api, api's ingress) gets through:
+/// the lab fails, and node-2's agent reports exactly that flow as unenforced with the isolating
+/// policies; node-1's agent, whose denied flows were all dropped, says it enforces.
+#[test]
+fn a_node_that_does_not_enforce_is_reported() {
+    if !netpol_observe_e2e::require_root("a_node_that_does_not_enforce_is_reported") {
+        return;
+    }
+    let _serial = serial();
+    let shop = std::fs::read_to_string(repo("deploy/lab/shop.yaml")).expect("shop");
+    let nodes = "nodes: [{name: node-1}, {name: node-2}]";
+    assert!(shop.contains(nodes));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("shop-node-2-not-enforcing.yaml");
+    std::fs::write(
+        &scenario,
+        shop.replace(
+            nodes,
+            "nodes: [{name: node-1}, {name: node-2, enforce: false}]",
+        ),
+    )
+    .expect("write");
+    let out = dir.path().join("out");
+    let result = lab(&[
+        "--scenario",
+        scenario.to_str().expect("path"),
+        "--out",
+        out.to_str().expect("path"),
+        "--enforce",
+    ]);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(
+        result.status.code(),
+        Some(1),
+        "a forbidden probe got through: {stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(stdout.contains("not enforced on node-2"), "{stdout}");
+    let enforced = read_json(&out.join("enforce.json"));
+    let through: Vec<&Value> = enforced
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|p| p["kind"] == "forbidden" && p["observed"] == "allowed")
+        .collect();
+    assert_eq!(through.len(), 1, "{enforced}");
+    assert_eq!(through[0]["from"], "internet");
+    assert_eq!(through[0]["to"], "backend/api");
+    assert_eq!(
+        through[0]["unenforced"], "backend/api-np,backend/default-deny",
+        "{enforced}"
+    );
+    for p in enforced.as_array().expect("array") {
+        if p["observed"] == "denied" {
+            assert_eq!(p["unenforced"], Value::Null, "{p}");
+        }
+    }
+    let node1 = std::fs::read_to_string(out.join("metrics-node-1.txt")).expect("node-1");
+    let node2 = std::fs::read_to_string(out.join("metrics-node-2.txt")).expect("node-2");
+    let unenforced: Vec<&str> = node2
+        .lines()
+        .filter(|l| l.starts_with("netpol_observe_unenforced_flows_total{"))
+        .collect();
+    assert_eq!(unenforced.len(), 1, "{node2}");
+    assert!(
+        unenforced[0].contains("src_workload=\"world\"")
+            && unenforced[0].contains("dst_workload=\"api\"")
+            && unenforced[0].contains("policy=\"backend/api-np,backend/default-deny\"")
+            && unenforced[0].ends_with(" 1"),
+        "{}",
+        unenforced[0]
+    );
+    assert!(node2.contains("netpol_observe_policy_enforcement{state=\"not_enforced\"} 1"));
+    assert!(
+        !node1.contains("netpol_observe_unenforced_flows_total{"),
+        "{node1}"
+    );
+    assert!(node1.contains("netpol_observe_policy_enforcement{state=\"enforced\"} 1"));
 }
 
 #[test]

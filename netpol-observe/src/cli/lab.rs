@@ -39,7 +39,7 @@ succeeded and every forbidden probe was dropped and reported, and with Prometheu
 `recommend --prometheus` equals `recommend --agent`; 1 when something did not;
 2 on error.")]
 pub struct Args {
-    /// The scenario file (see DESIGN "Lab").
+    /// The scenario file (format: docs/lab.md).
     #[arg(long)]
     pub scenario: PathBuf,
     /// Output folder.
@@ -302,9 +302,16 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
                 format!("{}/{}", p.port, p.protocol),
                 seen(p.expected),
                 seen(p.observed),
-                if p.ok() { "ok" } else { "MISMATCH" },
+                match (p.ok(), &p.unenforced) {
+                    (true, _) => "ok",
+                    (false, Some(_)) => "UNENFORCED",
+                    (false, None) => "MISMATCH",
+                },
                 p.drop_reason.as_deref().unwrap_or("-"),
-                p.policy.as_deref().unwrap_or("-"),
+                match &p.unenforced {
+                    Some(policies) => format!("not enforced: {policies}"),
+                    None => p.policy.clone().unwrap_or_else(|| "-".to_owned()),
+                },
             );
         }
     }

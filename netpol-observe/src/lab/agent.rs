@@ -142,6 +142,10 @@ impl AgentHandle {
             // of its own node (namespace), as on separate machines.
             "--drop-scope".into(),
             "netns".into(),
+            // The lab hands the agents the policies before it loads their rules and probes
+            // only after: a denied flow first seen after that is judged at once.
+            "--enforcement-grace".into(),
+            "0s".into(),
             "--sweep-interval".into(),
             secs.clone().into(),
             "--inventory-poll-interval".into(),

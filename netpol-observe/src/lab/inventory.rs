@@ -11,6 +11,7 @@ use k8s_openapi::{
             DaemonSet, DaemonSetSpec, Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec,
             StatefulSet, StatefulSetSpec,
         },
+        batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec},
         core::v1::{
             Container, ContainerPort, Namespace, Node, NodeAddress, NodeSpec, NodeStatus,
             ObjectReference, Pod, PodIP, PodSpec, PodStatus, PodTemplateSpec, Service, ServicePort,
@@ -26,7 +27,9 @@ use k8s_openapi::{
 use serde_json::Value;
 
 use super::{
-    model::{ExternalModel, LabModel, PodModel, ServiceModel, WorkloadModel, protocol_name},
+    model::{
+        ExternalModel, LabModel, PodModel, ServiceModel, WorkloadModel, job_name, protocol_name,
+    },
     scenario::{PortRef, WorkloadKind},
 };
 
@@ -192,9 +195,45 @@ fn workload_objects(w: &WorkloadModel) -> Result<Vec<Value>, InventoryError> {
             },
             status: None,
         })?),
+        WorkloadKind::Job | WorkloadKind::CronJob => {
+            let job = job_name(w.kind, &w.name, &w.template_hash);
+            let owner_ref = match w.kind {
+                WorkloadKind::CronJob => {
+                    out.push(to_value(&CronJob {
+                        metadata: meta("CronJob", Some(ns), &w.name, w.labels.clone(), None),
+                        spec: CronJobSpec {
+                            schedule: "*/5 * * * *".into(),
+                            job_template: JobTemplateSpec {
+                                metadata: None,
+                                spec: Some(job_spec(w, replicas)),
+                            },
+                            ..CronJobSpec::default()
+                        },
+                        status: None,
+                    })?);
+                    Some(owner("batch/v1", "CronJob", ns, &w.name))
+                }
+                _ => None,
+            };
+            out.push(to_value(&Job {
+                metadata: meta("Job", Some(ns), &job, w.labels.clone(), owner_ref),
+                spec: Some(job_spec(w, replicas)),
+                status: None,
+            })?);
+        }
         WorkloadKind::Pod => {}
     }
     Ok(out)
+}
+
+/// A Job's spec: `parallelism` = `completions` = the replicas, the pod template.
+fn job_spec(w: &WorkloadModel, replicas: Option<i32>) -> JobSpec {
+    JobSpec {
+        parallelism: replicas,
+        completions: replicas,
+        template: template(w, w.labels.clone()),
+        ..JobSpec::default()
+    }
 }
 
 fn pod_object(model: &LabModel, pod: &PodModel) -> Pod {
@@ -209,6 +248,12 @@ fn pod_object(model: &LabModel, pod: &PodModel) -> Pod {
         )),
         WorkloadKind::StatefulSet => Some(owner("apps/v1", "StatefulSet", ns, &w.name)),
         WorkloadKind::DaemonSet => Some(owner("apps/v1", "DaemonSet", ns, &w.name)),
+        WorkloadKind::Job | WorkloadKind::CronJob => Some(owner(
+            "batch/v1",
+            "Job",
+            ns,
+            &job_name(w.kind, &w.name, &w.template_hash),
+        )),
         WorkloadKind::Pod => None,
     };
     Pod {
@@ -454,6 +499,46 @@ pub fn write(model: &LabModel, path: &Path) -> Result<(), InventoryError> {
 mod tests {
     use super::*;
     use crate::lab::scenario::parse;
+
+    /// Job and CronJob workloads: their pods are attributed to the Job and, through the Job
+    /// of its current run, to the CronJob, with their own labels as selector labels.
+    #[test]
+    fn jobs_and_cronjobs_are_their_pods_workloads() {
+        let text = "name: t
+namespaces: [{name: ops}]
+workloads:
+  - {namespace: ops, name: backup, kind: CronJob, replicas: 2, labels: {app: backup}}
+  - {namespace: ops, name: migrate, kind: Job, labels: {app: migrate}}
+";
+        let s = parse(Path::new("t"), text).unwrap();
+        let m = LabModel::build(Path::new("t"), text, &s).unwrap();
+        let inv = crate::inventory::Inventory::from_yaml_str(&to_yaml(&m).unwrap(), "lab").unwrap();
+        let kinds: Vec<(String, String, String)> = inv
+            .pods
+            .iter()
+            .filter(|p| &*p.namespace == "ops")
+            .map(|p| {
+                (
+                    p.name.to_string(),
+                    p.workload.kind.to_string(),
+                    p.workload.name.to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        for (pod, kind, name) in &kinds {
+            if pod.starts_with("backup-") {
+                assert_eq!(
+                    (kind.as_str(), name.as_str()),
+                    ("CronJob", "backup"),
+                    "{pod}"
+                );
+            } else {
+                assert!(pod.starts_with("migrate-"), "{pod}");
+                assert_eq!((kind.as_str(), name.as_str()), ("Job", "migrate"));
+            }
+        }
+    }
 
     #[test]
     fn parses_back_into_kubernetes_types() {

@@ -350,6 +350,19 @@ fn check_name(kind: &str, name: &str) -> Result<(), Problem> {
     }
 }
 
+/// The Job running a Job or CronJob workload's pods: the Job itself, or the CronJob's current
+/// run `<name>-<8 digits>` (the scheduled time in minutes, as the CronJob controller names it;
+/// here derived from the template hash).
+pub fn job_name(kind: WorkloadKind, name: &str, template_hash: &str) -> String {
+    match kind {
+        WorkloadKind::CronJob => {
+            let minutes = fnv(template_hash) % 90_000_000 + 10_000_000;
+            format!("{name}-{minutes}")
+        }
+        _ => name.to_owned(),
+    }
+}
+
 /// The nodes of `scenario` (one, `<name>-node`, when it declares none) with their addresses
 /// and their parts of `pod_cidr`.
 fn node_models(
@@ -673,6 +686,11 @@ impl LabModel {
                         };
                         format!("{name}-{}", suffix(&seed, 5))
                     }
+                    WorkloadKind::Job | WorkloadKind::CronJob => format!(
+                        "{}-{}",
+                        job_name(kind, &name, &template_hash),
+                        suffix(&format!("{namespace}/{name}/{r}"), 5)
+                    ),
                     WorkloadKind::Pod => name.clone(),
                 };
                 let mut salt = 0;
@@ -708,6 +726,11 @@ impl LabModel {
                             "statefulset.kubernetes.io/pod-name".into(),
                             pod_name.clone(),
                         );
+                    }
+                    WorkloadKind::Job | WorkloadKind::CronJob => {
+                        let job = job_name(kind, &name, &template_hash);
+                        pod_labels.insert("batch.kubernetes.io/job-name".into(), job.clone());
+                        pod_labels.insert("job-name".into(), job);
                     }
                     _ => {}
                 }

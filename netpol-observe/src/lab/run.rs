@@ -153,6 +153,10 @@ pub struct EnforceProbe {
     /// The isolating policy (`ns/name`, comma-separated when several) the agent named for
     /// the drop, `unknown` when it could not name one, null when nothing was dropped.
     pub policy: Option<String>,
+    /// For a probe the policies deny that got through: the policies the agents said were not
+    /// enforced (the flow record's `unenforced`, on a node whose CNI does not enforce), null
+    /// otherwise.
+    pub unenforced: Option<String>,
     /// Connections attempted.
     pub connections: u32,
     /// Connections that went through.
@@ -607,26 +611,52 @@ fn drop_of(
         })
 }
 
-/// Waits (up to a few drop-reading ticks) until the agent reported a drop for every probe
-/// that was denied, and returns per probe its drop reason and policy.
-async fn drop_reports(
+/// The policies the agents reported not enforced for the flows of `probe` since `since`.
+fn unenforced_of(
+    model: &LabModel,
+    probe: &ProbeModel,
+    flows: &[ObservedFlow],
+    since: Timestamp,
+) -> Option<String> {
+    flows
+        .iter()
+        .filter(|f| is_probe_flow(model, probe, f, since))
+        .find_map(|f| f.flow.unenforced.as_ref().map(|u| u.policy.clone()))
+}
+
+/// What the agents said about the enforcement probes: per probe, its drop (reason, policy)
+/// and, for a forbidden probe that got through, the policies they reported not enforced.
+type ProbeReports = Vec<(Option<(String, Option<String>)>, Option<String>)>;
+
+/// Waits (up to a few drop-reading ticks) until the agents reported a drop for every probe
+/// that was denied and an unenforced flow for every forbidden probe that got through, and
+/// returns per probe what they reported.
+async fn probe_reports(
     model: &LabModel,
     agents: &Agents,
     probes: &[&ProbeModel],
     results: &[ProbeResult],
     since: Timestamp,
-) -> Result<Vec<Option<(String, Option<String>)>>, LabError> {
+) -> Result<ProbeReports, LabError> {
     let deadline = Instant::now() + AGENT_INTERVAL * 5;
     loop {
         let flows = agents.flows().await?;
-        let found: Vec<_> = probes
+        let found: ProbeReports = probes
             .iter()
-            .map(|p| drop_of(model, p, &flows, since))
+            .map(|p| {
+                (
+                    drop_of(model, p, &flows, since),
+                    unenforced_of(model, p, &flows, since),
+                )
+            })
             .collect();
         let complete = found
             .iter()
             .zip(results)
-            .all(|(d, r)| d.is_some() || r.observed == Outcome::Allowed);
+            .all(|((d, u), r)| match r.observed {
+                Outcome::Allowed => r.kind != ProbeKind::Forbidden || u.is_some(),
+                _ => d.is_some(),
+            });
         if complete || Instant::now() > deadline {
             return Ok(found);
         }
@@ -864,9 +894,9 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             .filter(|p| kinds.contains(&p.kind))
             .collect();
         tracing::info!("waiting for the agents to report the drops");
-        let drops = drop_reports(model, &agents, &probes, &results, since).await?;
+        let reports = probe_reports(model, &agents, &probes, &results, since).await?;
         let mut out = Vec::new();
-        for (r, d) in results.into_iter().zip(drops) {
+        for (r, (d, unenforced)) in results.into_iter().zip(reports) {
             let observed = Seen::of(&r);
             let (drop_reason, policy) = match d {
                 Some((reason, policy))
@@ -889,6 +919,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
                 observed,
                 drop_reason,
                 policy,
+                unenforced: unenforced.filter(|_| observed == Seen::Allowed),
                 connections: r.connections,
                 succeeded: r.succeeded,
                 error: r.error,
@@ -972,6 +1003,7 @@ mod tests {
             observed,
             drop_reason: drop_reason.map(str::to_owned),
             policy: None,
+            unenforced: None,
             connections: 1,
             succeeded: 0,
             error: None,

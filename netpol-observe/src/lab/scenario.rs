@@ -1,4 +1,4 @@
-//! The lab scenario file (DESIGN "Lab", a contract): its serde types, defaults, and validation
+//! The lab scenario file (format: `docs/lab.md`): its serde types, defaults, and validation
 //! into a resolved [`LabModel`](super::model::LabModel) before anything touches the machine.
 //!
 //! Every validation error names the file and the line of the offending entry (the YAML parser
@@ -92,6 +92,10 @@ pub enum WorkloadKind {
     StatefulSet,
     /// A DaemonSet (one pod on every node).
     DaemonSet,
+    /// A Job (pods `<name>-<5>`, `parallelism` = replicas).
+    Job,
+    /// A CronJob and the Job of its current run (`<name>-<8 digits>`), whose pods are running.
+    CronJob,
     /// A bare Pod without owner.
     Pod,
 }
