@@ -934,6 +934,10 @@ fn a_node_that_does_not_enforce_is_reported() {
         if p["observed"] == "denied" {
             assert_eq!(p["unenforced"], Value::Null, "{p}");
         }
+        // Both sides deny web → cache: the packet met web's egress rules first, on node-1.
+        if p["from"] == "frontend/web" && p["to"] == "backend/cache" {
+            assert_eq!(p["policy"], "frontend/default-deny,frontend/web-np", "{p}");
+        }
     }
     let node1 = std::fs::read_to_string(out.join("metrics-node-1.txt")).expect("node-1");
     let node2 = std::fs::read_to_string(out.join("metrics-node-2.txt")).expect("node-2");

@@ -459,16 +459,19 @@ pub fn side_is_pod(reason: Option<Reason>) -> bool {
 }
 
 /// The policy that explains a drop of a flow with this verdict: the isolating policies of the
-/// denying side (ingress first, `,`-joined), or `None` when the policies allow the flow.
+/// denying side (egress first, as the packet meets them; `,`-joined), or `None` when the policies
+/// allow the flow.
 pub fn drop_policy(v: Option<&Verdict>) -> Option<String> {
     let v = v?;
     if v.allowed {
         return None;
     }
-    let side = if v.ingress.result == SideResult::Denied {
-        &v.ingress
-    } else {
+    // A packet meets its source's egress rules first (on the source's node): when both sides
+    // deny, the egress side is the one that dropped it.
+    let side = if v.egress.result == SideResult::Denied {
         &v.egress
+    } else {
+        &v.ingress
     };
     if side.policies.is_empty() {
         None
