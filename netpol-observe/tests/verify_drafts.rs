@@ -417,3 +417,58 @@ fn recommend_o_yaml_is_not_a_format() {
     );
     assert!(dir.path().join("yaml").is_file());
 }
+
+/// `flows --file`: `--since` takes a duration, `-n` keeps the most recent, the table has a
+/// verdict column, and `--verdict` on records without verdicts is an error, not an empty table.
+#[test]
+fn flows_filters_and_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let flows = dir.path().join("flows.jsonl");
+    let now = jiff::Timestamp::now();
+    let line = |ip: &str, ago: i64, verdict: &str| {
+        let t = now
+            .checked_sub(jiff::SignedDuration::from_mins(ago))
+            .unwrap();
+        format!(
+            "{{\"protocol\":\"TCP\",\"src\":{{\"ip\":\"{ip}\"}},\"dst\":{{\"ip\":\"10.0.0.9\",\"port\":80}},\"first_seen\":\"{t}\",\"last_seen\":\"{t}\"{verdict}}}\n"
+        )
+    };
+    let denied = ",\"verdict\":{\"allowed\":false,\"ingress\":{\"result\":\"denied\"},\"egress\":{\"result\":\"not-isolated\"}}";
+    std::fs::write(
+        &flows,
+        line("10.0.0.1", 60, "") + &line("10.0.0.2", 2, denied) + &line("10.0.0.3", 1, ""),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = bin()
+            .args(["flows", "--file"])
+            .arg(&flows)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, err) = run(&["--since", "5m"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !table.contains("10.0.0.1") && table.contains("10.0.0.2"),
+        "{table}"
+    );
+    assert!(table.lines().next().unwrap().contains("VERDICT"), "{table}");
+    assert!(table.contains("denied"), "{table}");
+    let (code, table, _) = run(&["-n", "1"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.contains("10.0.0.3"), "{table}");
+    let (code, _, err) = run(&["--since", "yesterday"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--since"), "{err}");
+    std::fs::write(&flows, line("10.0.0.1", 1, "")).unwrap();
+    let (code, _, err) = run(&["--verdict", "allowed"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("carry no verdict"), "{err}");
+}

@@ -13,7 +13,7 @@ use super::out::OutputError;
 use crate::{
     agent::{Agent, AgentConfig, config::ApiAuth},
     datapath::{AttachMode, DropScope},
-    flow::{FlowRecord, jsonl, table},
+    flow::jsonl,
 };
 
 /// Output format of the flows printed at the end.
@@ -291,8 +291,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.output {
         Output::None => {}
         Output::Table => {
-            let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
-            out.write_all(table::render(&records).as_bytes())
+            out.write_all(super::flows::observed_table(flows).as_bytes())
                 .map_err(OutputError::from)?;
         }
         Output::Jsonl => {

@@ -59,9 +59,13 @@ pub struct Args {
     /// Only flows with this verdict: allowed, denied, staged-allowed, staged-denied.
     #[arg(long)]
     pub verdict: Option<String>,
-    /// Only flows seen at or after this time (RFC 3339).
+    /// Only flows seen at or after this time: RFC 3339, or a duration back from now (`5m`,
+    /// `2h`, `1d`).
     #[arg(long)]
     pub since: Option<String>,
+    /// At most this many flows (the most recent).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Bearer token for the agents (a file holding it) [default: the pod's ServiceAccount
     /// token, else the kubeconfig's].
     #[arg(
@@ -77,16 +81,53 @@ pub struct Args {
 }
 
 impl Args {
-    fn params(&self) -> FlowParams {
-        FlowParams {
+    fn params(&self) -> anyhow::Result<FlowParams> {
+        Ok(FlowParams {
             namespace: self.namespace.clone(),
             workload: self.workload.clone(),
             verdict: self.verdict.clone(),
-            since: self.since.clone(),
-            limit: None,
-        }
+            since: self.since.as_deref().map(since).transpose()?,
+            limit: self.limit,
+        })
     }
 }
+
+/// `--since`: an RFC 3339 time as is, or a duration (`5m`, `2h`, `1d`, `90s`) back from now.
+fn since(text: &str) -> anyhow::Result<String> {
+    if text.parse::<jiff::Timestamp>().is_ok() {
+        return Ok(text.to_owned());
+    }
+    let back = super::recommend::parse_duration(text).map_err(|e| {
+        anyhow::anyhow!("--since {text:?}: neither an RFC 3339 time nor a duration ({e})")
+    })?;
+    let at = jiff::Timestamp::now()
+        .checked_sub(back)
+        .map_err(|e| anyhow::anyhow!("--since {text:?}: {e}"))?;
+    Ok(at.to_string())
+}
+
+/// The label of a verdict in the table: `denied`, `allowed` (an isolated side allows it) or
+/// `not-isolated`.
+fn verdict_label(v: &crate::policy::Verdict) -> &'static str {
+    use crate::policy::SideResult::NotIsolated;
+    match (v.allowed, v.ingress.result, v.egress.result) {
+        (false, ..) => "denied",
+        (true, NotIsolated, NotIsolated) => "not-isolated",
+        (true, ..) => "allowed",
+    }
+}
+
+/// The table of `flows` (with their verdicts), for people.
+pub(super) fn observed_table(flows: Vec<ObservedFlow>) -> String {
+    let verdicts: Vec<Option<String>> = flows
+        .iter()
+        .map(|f| f.verdict.as_ref().map(|v| verdict_label(v).to_owned()))
+        .collect();
+    let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
+    table::render(&records, &verdicts)
+}
+
+impl Args {}
 
 /// Reads `/api/v1/flows` of the agent at `base` with `query` (a query string without `?`),
 /// sending `token` if any.
@@ -137,12 +178,14 @@ pub async fn fetch(
 }
 
 fn query_string(p: &FlowParams) -> String {
+    let limit = p.limit.map(|n| n.to_string());
     let mut parts = Vec::new();
     for (k, v) in [
         ("namespace", &p.namespace),
         ("workload", &p.workload),
         ("verdict", &p.verdict),
         ("since", &p.since),
+        ("limit", &limit),
     ] {
         if let Some(v) = v {
             parts.push(format!("{k}={}", encode(v)));
@@ -165,12 +208,14 @@ fn encode(v: &str) -> String {
 
 /// Runs `netpol-observe flows`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let params = args.params();
+    let params = args.params()?;
     let query: FlowQuery = params
         .clone_query()
         .map_err(|e| anyhow::anyhow!("invalid filter: {e}"))?;
     let mut flows = Vec::new();
     let mut bad = 0usize;
+    let mut with_verdict = false;
+    let mut read_any = false;
     if let Some(path) = &args.file {
         let name = path.display().to_string();
         let reader: Box<dyn BufRead> = if name == "-" {
@@ -192,8 +237,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             match serde_json::from_str::<ObservedFlow>(&line) {
                 Ok(f) => match f.flow.check_names() {
-                    Ok(()) if query.matches(&f) => flows.push(f),
-                    Ok(()) => {}
+                    Ok(()) => {
+                        read_any = true;
+                        with_verdict |= f.verdict.is_some();
+                        if query.matches(&f) {
+                            flows.push(f);
+                        }
+                    }
                     Err(e) => {
                         bad += 1;
                         errln!("error: {name}:{number}: rejected flow record: {e}");
@@ -204,6 +254,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     errln!("error: {name}:{number}: invalid flow record: {e}");
                 }
             }
+        }
+        if args.verdict.is_some() && read_any && !with_verdict {
+            anyhow::bail!(
+                "--verdict: the flows of {name} carry no verdict (records from an agent's \
+                 /api/v1/flows or `netpol-observe evaluate` do)"
+            );
+        }
+        // The most recent, as an agent answers.
+        if let Some(n) = args.limit
+            && flows.len() > n
+        {
+            flows.sort_by_key(|f| f.flow.last_seen.or(f.flow.first_seen));
+            flows.drain(..flows.len() - n);
         }
     } else {
         let qs = query_string(&params);
@@ -216,8 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     match args.output {
         Output::Table => {
-            let records: Vec<FlowRecord> = flows.into_iter().map(|f| f.flow).collect();
-            out.write_all(table::render(&records).as_bytes())
+            out.write_all(observed_table(flows).as_bytes())
                 .map_err(OutputError::from)?;
         }
         Output::Jsonl => {

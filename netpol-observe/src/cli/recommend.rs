@@ -128,7 +128,7 @@ pub struct Args {
 /// nothing for an observation and overflow the time arithmetic.
 const MAX_DURATION: SignedDuration = SignedDuration::from_hours(36_600 * 24);
 
-fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     let bad =
         |e: &dyn std::fmt::Display| format!("{s:?} is not a duration like 24h, 90m or 7d: {e}");
     let too_long = || format!("{s:?} is too long: at most 36600d (100 years)");
