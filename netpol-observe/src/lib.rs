@@ -7,6 +7,7 @@ pub mod agent;
 pub mod attribution;
 pub mod cli;
 pub mod datapath;
+pub mod drift;
 pub mod flow;
 pub mod http;
 pub mod inventory;

@@ -503,7 +503,7 @@ fn lab_kept_running(args: &[&str], while_up: impl FnOnce(&Path)) -> Output {
 
 /// Panels of `deploy/grafana/*.json` that show data only in a situation the lab does not
 /// create (each documented in the panel's description and docs/metrics.md): title, situation.
-const SITUATIONAL_PANELS: [(&str, &str); 3] = [
+const SITUATIONAL_PANELS: [(&str, &str); 4] = [
     (
         "Staged policies: flows the drafts would deny",
         "the agent runs with --staged-policies",
@@ -511,6 +511,10 @@ const SITUATIONAL_PANELS: [(&str, &str); 3] = [
     (
         "Flows the policies deny that were delivered (CNI not enforcing)",
         "a node does not enforce the policies",
+    ),
+    (
+        "New dependencies (drift)",
+        "the agents run with --drift-baseline and see a flow outside it",
     ),
     (
         "Evictions and series dropped by the budget",

@@ -67,6 +67,48 @@ pub fn parse_enforcement_grace(s: &str) -> Result<jiff::SignedDuration, String> 
     Ok(d)
 }
 
+/// The longest drift learning period: a year.
+pub const MAX_DRIFT_LEARN: jiff::SignedDuration = jiff::SignedDuration::from_hours(366 * 24);
+
+/// Parses a drift learning period (`--drift-learn`, `driftLearn`): a duration such as `0s`
+/// (no learning), `30m`, `168h` (or ISO 8601 `P7D`), at most a year.
+pub fn parse_drift_learn(s: &str) -> Result<jiff::SignedDuration, String> {
+    let text = s.trim();
+    let d: jiff::SignedDuration = match text.parse() {
+        Ok(d) => d,
+        // `7d` / `P7D`: a calendar span of days, taken as 24-hour days.
+        Err(e) => text
+            .parse::<jiff::Span>()
+            .ok()
+            .and_then(|span| {
+                span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+                    .ok()
+            })
+            .ok_or_else(|| format!("{s:?} is not a duration like 0s, 30m, 168h or 7d: {e}"))?,
+    };
+    if d.is_negative() {
+        return Err(format!("{s:?}: the learning period cannot be negative"));
+    }
+    if d > MAX_DRIFT_LEARN {
+        return Err(format!("{s:?} is too long: at most 366 days"));
+    }
+    Ok(d)
+}
+
+/// Serde form of [`AgentConfig::drift_learn`]: a string such as `168h`.
+mod learn {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &jiff::SignedDuration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{d:#}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::SignedDuration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_drift_learn(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Serde form of [`AgentConfig::enforcement_grace`]: a string such as `10s`.
 mod grace {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -193,6 +235,19 @@ pub struct AgentConfig {
     /// A duration such as `10s`, `1m`, `1m30s`.
     #[serde(with = "grace")]
     pub enforcement_grace: jiff::SignedDuration,
+    /// Drift baseline (JSON lines, one edge per line; `netpol_observe::drift`): flows whose
+    /// edge (workload pair, port, protocol) is not in it count in
+    /// `netpol_observe_drift_flows_total` and are listed on `/api/v1/drift`. A missing file is
+    /// an empty baseline; the file is reloaded when it changes (every `inventoryPollInterval`).
+    /// Unset (default): no drift detection.
+    pub drift_baseline: Option<PathBuf>,
+    /// With `driftBaseline`: learn for this long (default `0s`: never). An empty baseline
+    /// (missing file, or no edge and no `learning_since` line) starts a learning period;
+    /// during it every new edge joins the baseline, written to the file (temporary file +
+    /// rename, at most every `inventoryPollInterval`, and at shutdown); a restarted agent
+    /// resumes the period the file records. After it, new edges are drift.
+    #[serde(with = "learn")]
+    pub drift_learn: jiff::SignedDuration,
     /// Metric labelling.
     pub metrics: MetricsSettings,
     /// Forward the eBPF programs' debug log to the agent's log (default false).
@@ -228,6 +283,8 @@ impl Default for AgentConfig {
             max_flows: 100_000,
             flow_retention: 600,
             enforcement_grace: DEFAULT_ENFORCEMENT_GRACE,
+            drift_baseline: None,
+            drift_learn: jiff::SignedDuration::ZERO,
             metrics: MetricsSettings::default(),
             ebpf_log: false,
             attach_mode: None,
@@ -298,6 +355,15 @@ impl AgentConfig {
         }
         if self.enforcement_grace.is_negative() || self.enforcement_grace > MAX_ENFORCEMENT_GRACE {
             return invalid("enforcement-grace", "must be between 0s and 24h");
+        }
+        if self.drift_learn.is_negative() || self.drift_learn > MAX_DRIFT_LEARN {
+            return invalid("drift-learn", "must be between 0s and 366 days");
+        }
+        if self.drift_learn.is_positive() && self.drift_baseline.is_none() {
+            return invalid(
+                "drift-learn",
+                "learning needs a file to keep the baseline in: set --drift-baseline (driftBaseline)",
+            );
         }
         if self.api_auth() == ApiAuth::None
             && !self.listen.ip().is_loopback()
@@ -445,6 +511,42 @@ attachMode: clsact
         // Written back as it is read.
         let json = serde_json::to_value(AgentConfig::default()).unwrap();
         assert_eq!(json["enforcementGrace"], "10s");
+    }
+
+    #[test]
+    fn drift_settings_from_the_file() {
+        let path = Path::new("agent.yaml");
+        let c = AgentConfig::from_yaml_str(
+            "driftBaseline: /var/lib/netpol-observe/baseline.jsonl\ndriftLearn: 7d\n",
+            path,
+        )
+        .unwrap();
+        assert_eq!(c.drift_learn, jiff::SignedDuration::from_hours(168));
+        assert_eq!(
+            c.drift_baseline.as_deref(),
+            Some(Path::new("/var/lib/netpol-observe/baseline.jsonl"))
+        );
+        c.validate().unwrap();
+        assert_eq!(
+            AgentConfig::default().drift_learn,
+            jiff::SignedDuration::ZERO
+        );
+        let c = AgentConfig::from_yaml_str("driftLearn: 30m\n", path).unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("drift-baseline"),
+            "learning without a file"
+        );
+        for bad in ["-1h", "later", "400d"] {
+            let err = AgentConfig::from_yaml_str(&format!("driftLearn: {bad}\n"), path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("driftLearn"), "{bad}: {err}");
+        }
+        let json = serde_json::to_value(AgentConfig::default()).unwrap();
+        assert_eq!(json["driftLearn"], "0s");
     }
 
     #[test]

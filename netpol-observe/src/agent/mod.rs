@@ -20,6 +20,8 @@ pub mod bench;
 mod cluster_tests;
 pub mod config;
 #[cfg(test)]
+mod drift_tests;
+#[cfg(test)]
 mod enforcement_tests;
 pub mod model;
 pub mod nat;
@@ -98,6 +100,9 @@ pub enum AgentError {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(String),
+    /// The drift baseline is unusable at start.
+    #[error(transparent)]
+    Drift(#[from] crate::drift::BaselineError),
 }
 
 /// Why the agent is not ready (for `/readyz`).
@@ -140,6 +145,9 @@ pub struct AgentState {
     enforcement: std::sync::atomic::AtomicU8,
     /// Workload pairs whose unenforced flows were logged (once each, bounded).
     unenforced_logged: Mutex<UnenforcedLog>,
+    /// Drift detection, with `driftBaseline` ([`AgentState::open_drift`]; locked after
+    /// `store` and `series`).
+    drift: std::sync::OnceLock<Mutex<crate::drift::Drift>>,
 }
 
 /// The workload pairs whose unenforced flows were logged: one warning per pair, at most
@@ -192,6 +200,7 @@ impl AgentState {
             policies_since: Mutex::new(None),
             enforcement: std::sync::atomic::AtomicU8::new(Enforcement::Unknown as u8),
             unenforced_logged: Mutex::new(UnenforcedLog::default()),
+            drift: std::sync::OnceLock::new(),
             node,
             config,
         }
@@ -211,6 +220,83 @@ impl AgentState {
     pub fn flows(&self, query: &FlowQuery) -> Vec<ObservedFlow> {
         let store = lock(&self.store);
         store.query(query, self.model().as_deref())
+    }
+
+    /// Loads the drift baseline (`driftBaseline`) at time `now`, starting or resuming a
+    /// learning period (`driftLearn`): nothing without `driftBaseline`. A bad file is an error
+    /// naming `FILE:LINE`. Once per state.
+    pub fn open_drift(&self, now: Timestamp) -> Result<(), AgentError> {
+        let Some(path) = &self.config.drift_baseline else {
+            return Ok(());
+        };
+        let drift = crate::drift::Drift::open(path, self.config.drift_learn, now)?;
+        let _ = self.drift.set(Mutex::new(drift));
+        Ok(())
+    }
+
+    /// The `/api/v1/drift` answer (`None`: drift detection is off).
+    pub fn drift_report(&self) -> Option<crate::drift::DriftReport> {
+        self.drift.get().map(|d| lock(d).report(Timestamp::now()))
+    }
+
+    /// Reloads the drift baseline if its file changed (a bad file: a warning, the baseline in
+    /// use is kept), then writes the edges learned since the last write.
+    pub fn poll_drift(&self, now: Timestamp) {
+        let Some(d) = self.drift.get() else {
+            return;
+        };
+        let mut d = lock(d);
+        if let Some(Err(e)) = d.reload_if_changed(now) {
+            tracing::warn!("drift baseline reload failed, keeping the baseline in use: {e}");
+        }
+        d.persist(now);
+    }
+
+    /// Writes the edges learned since the last write (at shutdown).
+    fn persist_drift(&self, now: Timestamp) {
+        if let Some(d) = self.drift.get() {
+            lock(d).persist(now);
+        }
+    }
+
+    /// Judges a new counted flow's edge against the drift baseline: learned, known, or
+    /// counted in `drift_flows_total` (logged the first time, bounded). Flows without a model
+    /// (unattributed: every peer `unknown`) are not judged.
+    fn observe_drift(&self, f: &StoredFlow, protocol: Protocol) {
+        let Some(drift) = self.drift.get() else {
+            return;
+        };
+        if self.model().is_none() {
+            return;
+        }
+        let edge = crate::drift::Edge::new(
+            &f.peers.src.metric,
+            &f.peers.dst.metric,
+            f.dst_port,
+            protocol,
+        );
+        let at = f.first_seen().unwrap_or_else(Timestamp::now);
+        let mut d = lock(drift);
+        let crate::drift::Observed::Drift { kind, first } = d.observe(edge.clone(), at) else {
+            return;
+        };
+        let log = first && d.should_log();
+        drop(d);
+        let labels = lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, protocol);
+        self.metrics.record_drift(labels, kind);
+        if log {
+            let port = match edge.port {
+                Some(p) => format!("{p}/{protocol}"),
+                None => protocol.to_string(),
+            };
+            tracing::warn!(
+                src = %crate::drift::Edge::peer_name(&edge.src),
+                dst = %crate::drift::Edge::peer_name(&edge.dst),
+                port = %port,
+                kind = kind.as_str(),
+                "new dependency outside the drift baseline (logged once per edge; every such flow counts in netpol_observe_drift_flows_total)"
+            );
+        }
     }
 
     /// The current model, if an inventory is loaded.
@@ -648,6 +734,7 @@ impl AgentState {
         if !f.counted {
             return;
         }
+        self.observe_drift(f, protocol);
         let verdicts = f.verdicts.as_ref().map(|v| (v.verdict(), v.staged()));
         let verdict = model::overall_label(verdicts.as_ref().map(|(live, _)| live));
         let mut series = lock(&self.series);
@@ -923,6 +1010,8 @@ impl Agent {
             Some(p) => Some(load_staged(p, config.validate)?),
             None => None,
         };
+        // The drift baseline likewise.
+        state.open_drift(Timestamp::now())?;
         // Inventory first when it is files: a bad file is an error before attaching anything.
         let mut source = Source::None;
         let mut inventory: Option<Arc<Inventory>> = None;
@@ -1050,6 +1139,7 @@ impl Agent {
                             let _ = rebuild.send(Rebuild::LoadStaged(p.clone()));
                         }
                     }
+                    state.poll_drift(Timestamp::now());
                 }
                 Some(()) = changed(&mut live_snapshots) => {
                     if let Some(rx) = &live_snapshots
@@ -1113,6 +1203,7 @@ impl Agent {
             drop(t);
         }
         state.metrics.set_attached_interfaces(0);
+        state.persist_drift(Timestamp::now());
         Ok(state.final_flows(records))
     }
 }

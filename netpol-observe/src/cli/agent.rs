@@ -36,16 +36,18 @@ pub enum Output {
   netpol-observe agent --inventory cluster.yaml --subnets subnets.yaml  # standalone, API on 127.0.0.1:9965
   netpol-observe agent --inventory cluster/ --staged-policies drafts/   # what would the drafts block?
   netpol-observe agent --duration 30 --output jsonl > flows.jsonl
+  netpol-observe agent --inventory cluster/ --drift-baseline baseline.jsonl --drift-learn 168h   # learn a week, then report new dependencies
   netpol-observe agent --interfaces 'veth*' 'cali*' --exclude 'veth-infra*'
 
 Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
 key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
-flowMapCapacity, dropReasons, dropScope, enforcementGrace, apiAuth, apiTokenAudiences,
+flowMapCapacity, dropReasons, dropScope, enforcementGrace, driftBaseline, driftLearn, apiAuth, apiTokenAudiences,
 metrics.seriesBudget, ...).
 
 /metrics, /healthz and /readyz are open to whoever reaches --listen; /api/v1 needs, with
 --api-auth kubernetes, `Authorization: Bearer <token>` of a user or ServiceAccount allowed `get`
-on flows.netpol-observe.io (recommendations.netpol-observe.io for /api/v1/recommendations),
+on flows.netpol-observe.io (also for /api/v1/drift; recommendations.netpol-observe.io for
+/api/v1/recommendations),
 e.g. through the ClusterRole netpol-observe-reader (deploy/README.md).")]
 pub struct Args {
     /// YAML configuration file (flags and environment variables override it).
@@ -152,6 +154,22 @@ pub struct Args {
         value_parser = crate::agent::config::parse_enforcement_grace
     )]
     pub enforcement_grace: Option<jiff::SignedDuration>,
+    /// Drift baseline, JSON lines of edges (workload pair, port, protocol; see `netpol-observe
+    /// baseline`): counted flows outside it count in netpol_observe_drift_flows_total{kind} and
+    /// are listed on /api/v1/drift. A missing file is an empty baseline; the file is reloaded
+    /// when it changes. Unset: no drift detection.
+    #[arg(long, env = "NETPOL_OBSERVE_DRIFT_BASELINE", value_name = "PATH")]
+    pub drift_baseline: Option<PathBuf>,
+    /// Learn for this long when the baseline is empty (missing file, no edge): every new edge
+    /// joins it and is written to the file; a restarted agent resumes the period the file
+    /// records. 0s never learns [default: 0s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DRIFT_LEARN",
+        value_name = "DURATION",
+        value_parser = crate::agent::config::parse_drift_learn
+    )]
+    pub drift_learn: Option<jiff::SignedDuration>,
     /// Forward the eBPF programs' debug log to the agent's log.
     #[arg(long)]
     pub ebpf_log: bool,
@@ -239,6 +257,12 @@ impl Args {
         }
         if let Some(v) = self.enforcement_grace {
             c.enforcement_grace = v;
+        }
+        if let Some(v) = &self.drift_baseline {
+            c.drift_baseline = Some(v.clone());
+        }
+        if let Some(v) = self.drift_learn {
+            c.drift_learn = v;
         }
         if self.ebpf_log {
             c.ebpf_log = true;

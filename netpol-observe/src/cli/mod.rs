@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod baseline;
 mod bench_agent;
 mod bench_engine;
 mod bench_hooks;
@@ -50,6 +51,8 @@ pub enum Command {
     Recommend(recommend::Args),
     /// Check policies against observed flows; exit 1 if any observed flow would be denied.
     Verify(verify::Args),
+    /// Build a drift baseline (agent --drift-baseline) from recorded flows.
+    Baseline(baseline::Args),
     /// Simulate a Kubernetes node from a scenario file and run the whole product on it (root).
     Lab(lab::Args),
     /// Policy engine benchmark (used by `cargo xtask bench engine`).
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
             Command::Evaluate(args) => evaluate::run(args).await,
             Command::Recommend(args) => recommend::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Baseline(args) => baseline::run(args).await,
             Command::Lab(args) => lab::run(args).await,
             Command::BenchEngine(args) => bench_engine::run(args).await,
             Command::BenchRecommend(args) => bench_recommend::run(args).await,

@@ -9,7 +9,7 @@
 //!
 //! | path | SubjectAccessReview `resourceAttributes` |
 //! |---|---|
-//! | `/api/v1/flows` | group `netpol-observe.io`, resource `flows`, verb `get`, name = the node's name |
+//! | `/api/v1/flows`, `/api/v1/drift` | group `netpol-observe.io`, resource `flows`, verb `get`, name = the node's name |
 //! | `/api/v1/recommendations` | group `netpol-observe.io`, resource `recommendations`, verb `get`, name = the node's name |
 //!
 //! so a ClusterRole rule `{apiGroups: [netpol-observe.io], resources: [flows], verbs: [get]}`
@@ -97,7 +97,8 @@ impl ApiResource {
     /// The resource of an `/api/v1` path (`None`: not one of the API's).
     pub fn of_path(path: &str) -> Option<ApiResource> {
         match path.trim_end_matches('/') {
-            "/api/v1/flows" => Some(ApiResource::Flows),
+            // Drift edges are a summary of the flows: whoever may read these may read it.
+            "/api/v1/flows" | "/api/v1/drift" => Some(ApiResource::Flows),
             "/api/v1/recommendations" => Some(ApiResource::Recommendations),
             _ => None,
         }
@@ -585,6 +586,10 @@ mod tests {
     fn paths_name_their_resources() {
         assert_eq!(
             ApiResource::of_path("/api/v1/flows"),
+            Some(ApiResource::Flows)
+        );
+        assert_eq!(
+            ApiResource::of_path("/api/v1/drift"),
             Some(ApiResource::Flows)
         );
         assert_eq!(

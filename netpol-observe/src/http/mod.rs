@@ -6,6 +6,7 @@
 //! | `GET /healthz` | `200 ok` while the process serves | open |
 //! | `GET /readyz` | `200 ready`, or `503` with what is missing, one item per line | open |
 //! | `GET /api/v1/flows` | attributed flows with verdicts, JSON lines ([`crate::agent::ObservedFlow`]), streamed; query: `namespace`, `workload`, `verdict` (`allowed`, `denied`, `staged-allowed`, `staged-denied`), `since` (RFC 3339), `limit` (default and maximum [`MAX_FLOWS_PER_RESPONSE`]) | [`auth`] |
+//! | `GET /api/v1/drift` | drift detection (`--drift-baseline`): one JSON object, [`crate::drift::DriftReport`] — the baseline file, its edge count, `learning_until`, `learning`, the drift edges (`src`, `dst`, `port`, `protocol`, `kind`, `first_seen`, `last_seen`, `flows`; at most [`crate::drift::MAX_DRIFT_ENTRIES`], oldest first) and `overflow` (drift flows of edges not listed); `404` when drift detection is off | [`auth`] (resource `flows`) |
 //! | `GET /api/v1/recommendations` | least-privilege NetworkPolicies for the flows this agent holds, one multi-document YAML stream (the recommender's notes first, as `#` comments); query: `namespace` (only that namespace's policies), `default_deny` (`true`/`false`, default `true`); `503` while no inventory is loaded | [`auth`] |
 //!
 //! A bad query parameter is a `400` naming it. `/api/v1/flows` answers with the most recent
@@ -74,6 +75,7 @@ pub fn router(state: Arc<AgentState>, guard: Arc<ApiGuard>) -> Router {
     let protected = Router::new()
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/recommendations", get(recommendations))
+        .route("/api/v1/drift", get(drift))
         .with_state(api)
         .route_layer(middleware::from_fn_with_state(guard, auth::require));
     Router::new()
@@ -171,6 +173,28 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> Response {
             body.push('\n');
             (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
         }
+    }
+}
+
+/// `/api/v1/drift`: the drift baseline's state and the drift edges seen
+/// ([`crate::drift::DriftReport`], one JSON object); `404` when drift detection is off.
+async fn drift(State(api): State<Api>) -> Response {
+    let Some(_slot) = api.slot() else {
+        return busy();
+    };
+    match api.agent.drift_report() {
+        None => (
+            StatusCode::NOT_FOUND,
+            "drift detection is off: the agent runs without --drift-baseline (driftBaseline)\n",
+        )
+            .into_response(),
+        Some(report) => match serde_json::to_string(&report) {
+            Ok(mut body) => {
+                body.push('\n');
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        },
     }
 }
 

@@ -295,6 +295,17 @@ pub struct DropLabels {
     pub policy: String,
 }
 
+/// Labels of `netpol_observe_drift_flows_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// The flow's peers, port and protocol.
+    #[prometheus(flatten)]
+    pub flow: FlowLabels,
+    /// How the flow's edge is outside the baseline: `new_pair`, `new_port`, `new_destination`
+    /// (kept in the overflow bucket).
+    pub kind: crate::drift::DriftKind,
+}
+
 /// Labels of `netpol_observe_unenforced_flows_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 pub struct UnenforcedLabels {

@@ -5,7 +5,7 @@
 //! family and label is listed in `docs/metrics.md`.
 //!
 //! Cardinality stays bounded under any traffic: each flow-labelled family
-//! (`flows`, `flow_bytes`, `flow_packets`, `drops`, `unenforced_flows`, `policy_verdicts`,
+//! (`flows`, `flow_bytes`, `flow_packets`, `drops`, `unenforced_flows`, `drift_flows`, `policy_verdicts`,
 //! `staged_verdicts`)
 //! admits at most [`MetricsConfig::series_budget`] distinct label sets; a label set beyond that
 //! is recorded in the family's overflow bucket (every peer label `other`, see
@@ -43,9 +43,9 @@ use rustc_hash::FxHashMap;
 use crate::flow::{FlowRecord, Protocol};
 use budget::Budget;
 pub use labels::{
-    Direction, DropLabels, Enforcement, EnforcementLabels, ErrorLabels, EvictionLabels, FlowLabels,
-    FlowVerdictLabels, MetricLabels, PeerLabels, PortLabel, ResourceLabels, UnenforcedLabels,
-    UnprotectedLabels, Verdict, VerdictLabels,
+    Direction, DriftLabels, DropLabels, Enforcement, EnforcementLabels, ErrorLabels,
+    EvictionLabels, FlowLabels, FlowVerdictLabels, MetricLabels, PeerLabels, PortLabel,
+    ResourceLabels, UnenforcedLabels, UnprotectedLabels, Verdict, VerdictLabels,
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text 1.0.0).
@@ -218,6 +218,7 @@ pub struct Metrics {
     flow_packets: Budgeted<FlowLabels>,
     drops: Budgeted<DropLabels>,
     unenforced: Budgeted<UnenforcedLabels>,
+    drift: Budgeted<DriftLabels>,
     enforcement: Family<EnforcementLabels, Gauge>,
     policy_verdicts: Budgeted<VerdictLabels>,
     staged_verdicts: Budgeted<FlowVerdictLabels>,
@@ -244,6 +245,7 @@ impl Metrics {
             flow_packets: Budgeted::new("netpol_observe_flow_packets_total", b),
             drops: Budgeted::new("netpol_observe_drops_total", b),
             unenforced: Budgeted::new("netpol_observe_unenforced_flows_total", b),
+            drift: Budgeted::new("netpol_observe_drift_flows_total", b),
             enforcement: Family::default(),
             policy_verdicts: Budgeted::new("netpol_observe_policy_verdicts_total", b),
             staged_verdicts: Budgeted::new("netpol_observe_staged_verdicts_total", b),
@@ -291,6 +293,11 @@ impl Metrics {
             "unenforced_flows",
             "Flows the NetworkPolicies in force deny that were delivered all the same (this node did not enforce them), by isolating policy",
             self.unenforced.family.clone(),
+        );
+        r.register(
+            "drift_flows",
+            "Counted flows whose edge (workload pair, port, protocol) is outside the drift baseline, by how it is new",
+            self.drift.family.clone(),
         );
         r.register(
             "policy_enforcement",
@@ -531,6 +538,21 @@ impl Metrics {
             || UnenforcedLabels {
                 flow: FlowLabels::other(protocol, pod_level),
                 policy: labels::OTHER.to_owned(),
+            },
+            1,
+            &self.series_dropped,
+        );
+    }
+
+    /// Counts one flow outside the drift baseline (`kind`: how its edge is new).
+    pub fn record_drift(&self, flow: FlowLabels, kind: crate::drift::DriftKind) {
+        let protocol = flow.protocol;
+        let pod_level = self.config.pod_level;
+        self.drift.add(
+            DriftLabels { flow, kind },
+            || DriftLabels {
+                flow: FlowLabels::other(protocol, pod_level),
+                kind,
             },
             1,
             &self.series_dropped,

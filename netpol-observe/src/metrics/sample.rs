@@ -108,6 +108,10 @@ pub fn populated() -> Metrics {
         Some("shop/default-deny"),
     );
     metrics.set_enforcement(super::Enforcement::NotEnforced);
+    metrics.record_drift(
+        super::FlowLabels::from_record(&flows[2], false),
+        crate::drift::DriftKind::NewPort,
+    );
     metrics.set_unprotected([
         ("shop", Direction::Egress, 2),
         ("shop", Direction::Ingress, 0),
