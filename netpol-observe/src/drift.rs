@@ -329,6 +329,26 @@ impl Baseline {
         Ok(b)
     }
 
+    /// Adds the edge of flow record `f`, attributed with `attributor` as the agent attributes
+    /// it (fields already there are kept): what an agent would learn from it. A record another
+    /// node counts (`counted: false`) adds nothing: `false`.
+    pub fn insert_record(
+        &mut self,
+        f: &crate::flow::FlowRecord,
+        attributor: &crate::attribution::Attributor,
+    ) -> bool {
+        if !f.counted {
+            return false;
+        }
+        let mut f = f.clone();
+        attributor.attribute(&mut f);
+        let src = Arc::new(PeerLabels::from_endpoint(&f.src, false));
+        let dst = Arc::new(PeerLabels::from_endpoint(&f.dst, false));
+        let edge = Edge::new(&src, &dst, f.dst.port, f.protocol);
+        self.insert(edge, f.first_seen.or(f.last_seen));
+        true
+    }
+
     /// Adds `edge` (first seen at `first_seen`); `false` when it was already there (an earlier
     /// `first_seen` is kept).
     pub fn insert(&mut self, edge: Edge, first_seen: Option<Timestamp>) -> bool {

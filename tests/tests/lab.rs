@@ -78,13 +78,23 @@ fn spell(ep: &FlowEndpoint) -> String {
     }
 }
 
+/// A dependency the agents must report as drift after the learning phase: (source,
+/// destination, port/protocol, kind), peers as the metrics name them.
+type DriftEdge = (&'static str, &'static str, &'static str, &'static str);
+
 /// Runs a shipped scenario end to end twice — with inventory files and a standalone agent, and
 /// with the objects in a real kube-apiserver and the agent in in-cluster mode (`--apiserver`;
 /// skipped with a message where the binaries are absent, required under `CI=true`) — checks
 /// every output of both against the scenario, and checks that both ways give the same
 /// policies and the same enforcement results.
-fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden: usize) {
-    let files = run_and_check(name, &[], entries, dns_lookups, forbidden);
+fn shipped_scenario(
+    name: &str,
+    entries: &[Entry],
+    dns_lookups: usize,
+    forbidden: usize,
+    drift: &[DriftEdge],
+) {
+    let files = run_and_check(name, &[], entries, dns_lookups, forbidden, drift);
     let test = format!("{name} scenario with --apiserver");
     let Some(bins) = netpol_observe_e2e::apiserver::Binaries::find(&test) else {
         return;
@@ -96,7 +106,7 @@ fn shipped_scenario(name: &str, entries: &[Entry], dns_lookups: usize, forbidden
         "--etcd",
         bins.etcd.to_str().expect("path"),
     ];
-    let api = run_and_check(name, &apiserver, entries, dns_lookups, forbidden);
+    let api = run_and_check(name, &apiserver, entries, dns_lookups, forbidden, drift);
     for log in per_node(api.path(), "agent", "log") {
         assert!(
             log.contains("in-cluster"),
@@ -150,6 +160,7 @@ fn run_and_check(
     entries: &[Entry],
     dns_lookups: usize,
     forbidden: usize,
+    drift: &[DriftEdge],
 ) -> tempfile::TempDir {
     let out = tempfile::tempdir().expect("tempdir");
     let scenario = repo(&format!("deploy/lab/{name}.yaml"));
@@ -320,6 +331,34 @@ fn run_and_check(
         assert!(!line.contains("policy=\"unknown\""), "{line}");
     }
     assert!(metrics.contains("netpol_observe_flows_total{"), "{metrics}");
+    // Drift: the learning phase is every agent's baseline, so exactly the forbidden probes'
+    // dependencies are new afterwards — the traffic entries, run again, never are.
+    let report = read_json(&out.path().join("drift.json"));
+    let mut seen_drift = std::collections::BTreeSet::new();
+    for (node, r) in report.as_object().expect("by node") {
+        assert_eq!(r["learning"], false, "{node}: {r}");
+        for e in r["drift"].as_array().expect("drift") {
+            let peer = |p: &Value| match p["namespace"].as_str() {
+                Some(ns) => format!("{ns}/{}", p["workload"].as_str().expect("workload")),
+                None => p["workload"].as_str().expect("workload").to_owned(),
+            };
+            seen_drift.insert((
+                peer(&e["src"]),
+                peer(&e["dst"]),
+                format!(
+                    "{}/{}",
+                    e["port"],
+                    e["protocol"].as_str().expect("protocol")
+                ),
+                e["kind"].as_str().expect("kind").to_owned(),
+            ));
+        }
+    }
+    let expected_drift: std::collections::BTreeSet<_> = drift
+        .iter()
+        .map(|(a, b, p, k)| (a.to_string(), b.to_string(), p.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(seen_drift, expected_drift, "{report}");
     // Every node enforces: no flow the policies deny was delivered, no node says otherwise.
     assert!(
         !metrics.contains("netpol_observe_unenforced_flows_total{"),
@@ -639,6 +678,23 @@ fn shop_scenario_end_to_end() {
         ],
         6,
         6,
+        &[
+            ("frontend/web", "db-subnet", "5432/TCP", "new_destination"),
+            ("world", "backend/api", "9000/TCP", "new_pair"),
+            ("frontend/web", "backend/cache", "6379/TCP", "new_pair"),
+            ("frontend/web", "backend/api", "9100/TCP", "new_port"),
+            // web → the API server: its ClusterIP (unknown in metrics), and the dropped
+            // packet's DNATed address (the control-plane subnet).
+            ("frontend/web", "unknown", "443/TCP", "new_pair"),
+            (
+                "frontend/web",
+                "control-plane",
+                "6443/TCP",
+                "new_destination",
+            ),
+            // cache's DNS lookup for svc/backend/api, dropped.
+            ("backend/cache", "kube-system/coredns", "53/UDP", "new_pair"),
+        ],
     );
 }
 
@@ -985,6 +1041,12 @@ fn voting_scenario_end_to_end() {
         ],
         5,
         4,
+        &[
+            ("vote/ui", "vote/postgres", "5432/TCP", "new_pair"),
+            ("vote/ui", "monitoring", "8125/UDP", "new_destination"),
+            ("vote/ui", "vote/redis", "6379/TCP", "new_pair"),
+            ("world", "vote/appserver", "8000/TCP", "new_pair"),
+        ],
     );
 }
 

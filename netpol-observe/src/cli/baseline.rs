@@ -1,6 +1,6 @@
 //! `netpol-observe baseline`: a drift baseline from recorded flows.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 
@@ -10,10 +10,9 @@ use super::{
 };
 use crate::{
     attribution::{Attributor, Subnets},
-    drift::{Baseline, Edge},
+    drift::Baseline,
     flow::jsonl,
     inventory::{Inventory, Validation},
-    metrics::PeerLabels,
 };
 
 /// Arguments of `netpol-observe baseline`.
@@ -66,18 +65,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for path in &args.flows {
         for (_, line) in jsonl::read_file(path) {
             match line {
-                Ok(mut f) => {
-                    if !f.counted {
-                        skipped += 1;
-                        continue;
-                    }
-                    attributor.attribute(&mut f);
-                    let src = Arc::new(PeerLabels::from_endpoint(&f.src, false));
-                    let dst = Arc::new(PeerLabels::from_endpoint(&f.dst, false));
-                    let edge = Edge::new(&src, &dst, f.dst.port, f.protocol);
-                    baseline.insert(edge, f.first_seen.or(f.last_seen));
-                    flows += 1;
-                }
+                Ok(f) if baseline.insert_record(&f, &attributor) => flows += 1,
+                Ok(_) => skipped += 1,
                 Err(e) => {
                     bad += 1;
                     errln!("error: {e}");

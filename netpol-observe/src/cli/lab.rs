@@ -315,6 +315,19 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
             );
         }
     }
+    if !report.drift.is_empty() {
+        let _ = writeln!(
+            s,
+            "\ndrift (dependencies outside the learning phase's baseline, drift.json):"
+        );
+        for d in &report.drift {
+            let _ = writeln!(
+                s,
+                "  {:<8} {:<20} {:<24} {:<9} {:<15} {} flow(s)",
+                d.node, d.src, d.dst, d.port, d.kind, d.flows
+            );
+        }
+    }
     if let Some(c) = &report.prometheus {
         let _ = writeln!(
             s,

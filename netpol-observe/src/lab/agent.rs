@@ -99,6 +99,7 @@ pub struct AgentHandle {
     netns: String,
     listen: SocketAddr,
     log: PathBuf,
+    drift_baseline: PathBuf,
 }
 
 impl AgentHandle {
@@ -119,6 +120,9 @@ impl AgentHandle {
         let (index, node) = node;
         let listen = SocketAddr::from((node.ip, AGENT_PORT));
         let netns = topo.node_netns_of(index).to_string();
+        // Next to the log: the node's drift baseline, learned during the learning phase.
+        let drift_baseline = log.with_file_name(format!("drift-baseline-{}.jsonl", node.name));
+        let _ = std::fs::remove_file(&drift_baseline);
         let log_file = std::fs::File::create(log).map_err(|source| AgentError::Log {
             path: log.to_path_buf(),
             source,
@@ -146,6 +150,12 @@ impl AgentHandle {
             // only after: a denied flow first seen after that is judged at once.
             "--enforcement-grace".into(),
             "0s".into(),
+            // The agents learn the dependencies of the learning phase; the lab then ends the
+            // learning (`Agents::end_drift_learning`) and what comes after is drift.
+            "--drift-baseline".into(),
+            drift_baseline.clone().into(),
+            "--drift-learn".into(),
+            "24h".into(),
             "--sweep-interval".into(),
             secs.clone().into(),
             "--inventory-poll-interval".into(),
@@ -206,6 +216,7 @@ impl AgentHandle {
             netns,
             listen,
             log: log.to_path_buf(),
+            drift_baseline,
         };
         handle.wait_ready(timeout).await?;
         Ok(handle)
@@ -356,6 +367,65 @@ impl Agents {
         let mut all = Vec::new();
         for a in &self.0 {
             all.extend(a.flows().await?);
+        }
+        Ok(all)
+    }
+
+    /// Ends the agents' drift learning: every node's baseline file becomes `baseline` (the
+    /// dependencies the whole cluster learned, without a learning period), and waits (up to
+    /// `timeout`) until every agent has reloaded it. From then on, a new dependency is drift.
+    pub async fn end_drift_learning(
+        &self,
+        baseline: &crate::drift::Baseline,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        for a in &self.0 {
+            baseline
+                .save(&a.drift_baseline)
+                .map_err(|e| AgentError::Http {
+                    path: a.drift_baseline.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        let deadline = Instant::now() + timeout;
+        for a in &self.0 {
+            loop {
+                let report: serde_json::Value =
+                    serde_json::from_str(&a.get_ok("/api/v1/drift").await?).map_err(|e| {
+                        AgentError::Http {
+                            path: "/api/v1/drift".into(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                if report["learning"] == false && report["baseline_edges"] == baseline.len() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(AgentError::Http {
+                        path: "/api/v1/drift".into(),
+                        message: format!(
+                            "the agent on {} did not load the drift baseline within {timeout:?}: {report}",
+                            a.node
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every agent's `/api/v1/drift`, by node.
+    pub async fn drift(&self) -> Result<Vec<(String, serde_json::Value)>, AgentError> {
+        let mut all = Vec::new();
+        for a in &self.0 {
+            let report = serde_json::from_str(&a.get_ok("/api/v1/drift").await?).map_err(|e| {
+                AgentError::Http {
+                    path: "/api/v1/drift".into(),
+                    message: e.to_string(),
+                }
+            })?;
+            all.push((a.node.clone(), report));
         }
         Ok(all)
     }

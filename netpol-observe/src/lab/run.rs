@@ -174,6 +174,49 @@ impl EnforceProbe {
     }
 }
 
+/// A drift edge an agent reported: `node: src → dst port/protocol kind (N flows)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftLine {
+    /// The agent's node.
+    pub node: String,
+    /// Source peer (`ns/workload` or subnet).
+    pub src: String,
+    /// Destination peer.
+    pub dst: String,
+    /// `port/protocol`.
+    pub port: String,
+    /// `new_pair`, `new_port` or `new_destination`.
+    pub kind: String,
+    /// Flows.
+    pub flows: u64,
+}
+
+impl DriftLine {
+    fn of(node: &str, e: &serde_json::Value) -> DriftLine {
+        let peer = |p: &serde_json::Value| match p["namespace"].as_str() {
+            Some(ns) if !ns.is_empty() => {
+                format!("{ns}/{}", p["workload"].as_str().unwrap_or_default())
+            }
+            _ => p["workload"].as_str().unwrap_or_default().to_owned(),
+        };
+        DriftLine {
+            node: node.to_owned(),
+            src: peer(&e["src"]),
+            dst: peer(&e["dst"]),
+            port: format!(
+                "{}/{}",
+                e["port"]
+                    .as_u64()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                e["protocol"].as_str().unwrap_or_default()
+            ),
+            kind: e["kind"].as_str().unwrap_or_default().to_owned(),
+            flows: e["flows"].as_u64().unwrap_or_default(),
+        }
+    }
+}
+
 /// The recommendation the lab wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Recommended {
@@ -205,6 +248,9 @@ pub struct LabReport {
     /// `recommend --prometheus` against `recommend --agent` (`prometheus.json`), when the
     /// lab ran Prometheus.
     pub prometheus: Option<Comparison>,
+    /// The dependencies the agents reported as drift after the learning phase (`drift.json`):
+    /// with `--enforce`, the forbidden probes; never a traffic entry.
+    pub drift: Vec<DriftLine>,
     /// Files written.
     pub files: Vec<PathBuf>,
     /// Run id (names the namespaces `npo-lab-<id>-*`).
@@ -804,6 +850,16 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
 
     tracing::info!("waiting for the agents to report every traffic entry");
     let (flows, coverage) = collect_flows(model, &agents, opts.agent_timeout).await?;
+    // The learning phase is the baseline: what the agents counted (as they saw it) is every
+    // node's baseline from now on, and any new dependency is drift.
+    let mut baseline = crate::drift::Baseline::default();
+    let attributor = crate::attribution::Attributor::new(&cluster, &subnets_of(model));
+    for f in agents.flows().await? {
+        baseline.insert_record(&f.flow, &attributor);
+    }
+    agents
+        .end_drift_learning(&baseline, opts.agent_timeout)
+        .await?;
     write(&opts.out.join("flows.jsonl"), &jsonl(&flows), &mut files)?;
     let missing = coverage.missing(model);
 
@@ -929,6 +985,15 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         enforced = Some(out);
     }
 
+    // What came after the learning phase and is not in its baseline: drift (probes only).
+    let drift = agents.drift().await?;
+    let drift_file = serde_json::Value::Object(
+        drift
+            .iter()
+            .map(|(node, report)| (node.clone(), report.clone()))
+            .collect(),
+    );
+    write(&opts.out.join("drift.json"), &json(&drift_file), &mut files)?;
     for agent in agents.each() {
         let metrics = agent.metrics().await?;
         let name = per_node_file(model, "metrics", agent.node(), "txt");
@@ -945,6 +1010,16 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         enforced_policies,
         enforced,
         prometheus: comparison,
+        drift: drift
+            .iter()
+            .flat_map(|(node, report)| {
+                report["drift"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |e| DriftLine::of(node, e))
+            })
+            .collect(),
         files,
         run_id,
     };
