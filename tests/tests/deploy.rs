@@ -193,7 +193,8 @@ print(json.dumps(out))
 /// only metrics the agent exports, and `promtool test rules` shows
 /// `NetpolObserveUnenforcedFlows` firing per node and namespace pair for a node's first
 /// unenforced flow (a series born in the window) and for more (an older series growing), and
-/// not for flows older than 10 minutes.
+/// not for flows older than 10 minutes; `NetpolObserveNewDependencies` fires for a workload's
+/// first flow outside the drift baseline, not for old drift.
 #[test]
 fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
     let test = "alerting_rules_are_valid_and_fire_on_unenforced_flows";
@@ -257,7 +258,7 @@ fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(check.status.success(), "promtool check rules: {said}");
-    assert!(said.contains("SUCCESS: 1 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 2 rules found"), "{said}");
     let exported = sample_names(&scrape());
     for r in rules["groups"][0]["rules"].as_array().expect("rules") {
         let expr = r["expr"].as_str().expect("expr");
@@ -319,6 +320,32 @@ fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
                 at(15, vec![]),
                 at(25, vec![alert("node-1", "", 1), alert("node-2", "frontend", 1)]),
                 at(45, vec![]),
+            ],
+        }, {
+            "interval": "1m",
+            "input_series": [
+                // web's first flow to db-subnet outside the baseline at 20 min; api's old
+                // drift only.
+                {"series": r#"netpol_observe_drift_flows_total{src_namespace="frontend",src_workload="web",dst_namespace="",dst_workload="db-subnet",dst_port="5432",protocol="TCP",kind="new_destination"}"#,
+                 "values": "_x20 1x40"},
+                {"series": r#"netpol_observe_drift_flows_total{src_namespace="backend",src_workload="api",dst_namespace="backend",dst_workload="cache",dst_port="6380",protocol="TCP",kind="new_port"}"#,
+                 "values": "4x60"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": "NetpolObserveNewDependencies", "exp_alerts": []},
+                {"eval_time": "25m", "alertname": "NetpolObserveNewDependencies", "exp_alerts": [{
+                    "exp_labels": {
+                        "severity": "info", "src_namespace": "frontend", "src_workload": "web",
+                        "dst_workload": "db-subnet", "kind": "new_destination",
+                    },
+                    "exp_annotations": {
+                        "summary": "New dependency web -> db-subnet (new_destination)",
+                        "description": "1 flows from frontend/web to /db-subnet in the last 10 \
+                            minutes are outside the drift baseline (new_destination). The edges: \
+                            the agents' /api/v1/drift.",
+                    },
+                }]},
+                {"eval_time": "45m", "alertname": "NetpolObserveNewDependencies", "exp_alerts": []},
             ],
         }],
     });
