@@ -9,10 +9,15 @@ use std::path::PathBuf;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use netpol_observe::{
-    attribution::Subnets,
-    flow::Protocol,
+    attribution::{Attributor, Subnets},
+    flow::{FlowRecord, Protocol},
+    inventory::Inventory,
     policy::PolicyEngine,
-    recommend::{AGGREGATION, FIRST_SEEN, FLOWS, LAST_SEEN, WARNING, WINDOW, WORKLOAD},
+    recommend::{
+        AGGREGATION, DENIED_IN_FORCE, DeniedOutcome, FIRST_SEEN, FLOWS, LAST_SEEN, RecommendConfig,
+        Recommendation, Recommender, RecordedFlows, RecordedVerdict, UNOBSERVED, WARNING, WINDOW,
+        WORKLOAD,
+    },
 };
 use recommend_support::*;
 
@@ -435,4 +440,220 @@ fn node_local_dns_link_local_resolver_and_other_nodes() {
         .collect();
     assert_eq!(from, ["192.168.1.11/32"]);
     assert_eq!(annotation(p, FLOWS), Some("3"));
+}
+
+/// The recommended policies, compiled: whether each of `flows` (attributed) is allowed.
+fn allowed(rec: &Recommendation, inventory: &Inventory, flows: &[&FlowRecord]) -> Vec<bool> {
+    let engine = PolicyEngine::compile(&rec.policies, inventory).unwrap();
+    flows.iter().map(|f| engine.evaluate(f).allowed).collect()
+}
+
+/// Learning under enforcement (issue 26, item 1): web → api is legitimate; web's 5
+/// connections to db:5432 the kernel dropped (`attempted`, drops by shop/db-np) and the knock
+/// of 203.0.113.1 on api:9000 (`attempted`, denied by shop/api-np, no drop seen) were denied
+/// by the policies in force and never got through. By default they get no allow rule and are
+/// listed for review with their isolating policy (notes, stats, the list, an annotation on
+/// default-deny); `include_denied` learns them.
+#[test]
+fn flows_the_policies_in_force_denied_are_not_learned() {
+    let (s, knock) = knocked_shop(true);
+    let inventory = s.cluster.inventory();
+    let attributor = Attributor::new(&inventory, &s.subnets);
+    let attributed: Vec<FlowRecord> = s
+        .flows
+        .iter()
+        .cloned()
+        .map(|mut f| {
+            attributor.attribute(&mut f);
+            f
+        })
+        .collect();
+    let (legit, db, world) = (&attributed[0], &attributed[6], &attributed[knock]);
+    assert_eq!(db.dst.port, Some(5432));
+
+    let rec =
+        Recommender::new(&inventory, &s.subnets, RecommendConfig::default()).recommend(&s.flows);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_eq!(
+        allowed(&rec, &inventory, &[legit, db, world]),
+        [true, false, false]
+    );
+    let names: Vec<&str> = rec
+        .policies
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["default-deny", "api-np", "web-np"]);
+    assert_eq!((rec.stats.denied, rec.stats.denied_not_learned), (6, 6));
+    let listed: Vec<(String, u64, &str, DeniedOutcome, Option<bool>)> = rec
+        .denied
+        .iter()
+        .map(|d| {
+            (
+                d.connection(),
+                d.flows,
+                d.denied_by.as_str(),
+                d.outcome,
+                d.recommended_allows,
+            )
+        })
+        .collect();
+    let db_why = "ingress denied, isolated by shop/db-np; 2 packet(s) dropped (NETFILTER_DROP) by shop/db-np";
+    let world_why = "ingress denied, isolated by shop/api-np";
+    assert_eq!(
+        listed,
+        [
+            (
+                "shop/Deployment/web -> shop/StatefulSet/db:5432/TCP".to_owned(),
+                5,
+                db_why,
+                DeniedOutcome::NotLearned,
+                Some(false)
+            ),
+            (
+                "subnet/world -> shop/Deployment/api:9000/TCP".to_owned(),
+                1,
+                world_why,
+                DeniedOutcome::NotLearned,
+                Some(false)
+            ),
+        ]
+    );
+    for want in [
+        "denied by the policies in force — 6 flow(s): 6 not turned into allow rules".to_owned(),
+        format!(
+            "denied by the policies in force — review: shop/Deployment/web -> shop/StatefulSet/db:5432/TCP (5 flow(s); {db_why}): not learned: no allow rule written (--include-denied to learn it)"
+        ),
+        format!(
+            "denied by the policies in force — review: subnet/world -> shop/Deployment/api:9000/TCP (1 flow(s); {world_why}): not learned: no allow rule written (--include-denied to learn it)"
+        ),
+    ] {
+        assert!(
+            rec.notes.iter().any(|n| n.starts_with(&want)),
+            "{want}\n{:#?}",
+            rec.notes
+        );
+    }
+    let deny = policy(&rec.policies, "shop", "default-deny");
+    assert_eq!(
+        annotation(deny, DENIED_IN_FORCE),
+        Some(
+            format!(
+                "5 flow(s) shop/Deployment/web -> shop/StatefulSet/db:5432/TCP ({db_why}); 1 flow(s) subnet/world -> shop/Deployment/api:9000/TCP ({world_why})"
+            )
+            .as_str()
+        )
+    );
+    // db received nothing legitimate: default-deny isolates it, and says so.
+    assert!(
+        annotation(deny, UNOBSERVED).is_some_and(|u| u.contains("StatefulSet/db")),
+        "{deny:?}"
+    );
+
+    // --include-denied: both are learned, and still listed.
+    let config = RecommendConfig {
+        include_denied: true,
+        ..RecommendConfig::default()
+    };
+    let rec = Recommender::new(&inventory, &s.subnets, config).recommend(&s.flows);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_eq!(
+        allowed(&rec, &inventory, &[legit, db, world]),
+        [true, true, true]
+    );
+    assert_eq!((rec.stats.denied, rec.stats.denied_not_learned), (6, 0));
+    assert!(
+        rec.denied
+            .iter()
+            .all(|d| d.outcome == DeniedOutcome::Included)
+    );
+    assert_eq!(
+        annotation(
+            policy(&rec.policies, "shop", "default-deny"),
+            DENIED_IN_FORCE
+        ),
+        None
+    );
+}
+
+/// A flow the policies in force denied that was delivered all the same (the agent marked it
+/// `unenforced`; another completed its handshake) is real traffic the CNI did not block:
+/// learned, and noted. A verdict recorded with the flow (allowed when it was observed) wins
+/// over the inventory's policies. Without state and packets (hand-written records), a flow
+/// only the inventory's policies deny is learned, with a note.
+#[test]
+fn denied_but_delivered_flows_are_learned_and_noted() {
+    use netpol_observe::flow::{FlowState, Unenforced};
+    let (mut s, knock) = knocked_shop(true);
+    // web → db: one connection got through (the node did not enforce shop/db-np).
+    let mut through = s.flows[6].clone();
+    through.src.port = Some(45000);
+    through.state = Some(FlowState::Closed);
+    through.drops = None;
+    through.packets = Some(netpol_observe::flow::Directional {
+        sent: 8,
+        received: 7,
+    });
+    through.unenforced = Some(Unenforced {
+        policy: "shop/db-np".into(),
+    });
+    s.flows.push(through);
+    // A hand-written record: web → api:9000 directly (api-np allows web), and 203.0.113.9 →
+    // api:9000 (api-np denies it) with neither state nor packets.
+    let api = s.flows[knock].dst.ip.to_string();
+    s.flows.push(tcp(ip("203.0.113.9"), &api, 9000, 200));
+    let inventory = s.cluster.inventory();
+    let mut input = RecordedFlows::default();
+    for (i, f) in s.flows.iter().enumerate() {
+        // The knock's source said: allowed when observed (before shop/api-np existed).
+        let v = (i == knock).then_some(RecordedVerdict::Allowed);
+        input.push(f.clone(), v);
+    }
+    let rec = Recommender::new(&inventory, &s.subnets, RecommendConfig::default())
+        .recommend_recorded(&input);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    let listed: Vec<(String, u64, DeniedOutcome)> = rec
+        .denied
+        .iter()
+        .map(|d| (d.connection(), d.flows, d.outcome))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "shop/Deployment/web -> shop/StatefulSet/db:5432/TCP".to_owned(),
+                5,
+                DeniedOutcome::NotLearned
+            ),
+            (
+                "shop/Deployment/web -> shop/StatefulSet/db:5432/TCP".to_owned(),
+                1,
+                DeniedOutcome::Delivered
+            ),
+            (
+                "subnet/world -> shop/Deployment/api:9000/TCP".to_owned(),
+                1,
+                DeniedOutcome::Unverified
+            ),
+        ]
+    );
+    // The delivered connection opened web → db, so the dropped ones are allowed too: said.
+    assert_eq!(rec.denied[0].recommended_allows, Some(true));
+    for want in [
+        "shop/Deployment/web -> shop/StatefulSet/db:5432/TCP (5 flow(s); ingress denied, isolated by shop/db-np; 2 packet(s) dropped (NETFILTER_DROP) by shop/db-np): not learned, though the rules of the same observed connection allow it",
+        "shop/Deployment/web -> shop/StatefulSet/db:5432/TCP (1 flow(s); ingress denied, isolated by shop/db-np): delivered all the same (the CNI did not enforce the policy): kept as observed traffic",
+        "subnet/world -> shop/Deployment/api:9000/TCP (1 flow(s); ingress denied, isolated by shop/api-np): the records say nothing of delivery (no state, no packets): kept as observed traffic",
+    ] {
+        assert!(
+            rec.notes.iter().any(|n| n.ends_with(want)),
+            "{want}\n{:#?}",
+            rec.notes
+        );
+    }
+    let names: Vec<&str> = rec
+        .policies
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["default-deny", "api-np", "db-np", "web-np"]);
 }

@@ -12,8 +12,10 @@ use std::{
 use axum::{Router, extract::Query, routing::get};
 use netpol_observe::{
     attribution::Attributor,
+    policy::PolicyEngine,
     recommend::{
-        FLOWS, RecommendConfig, Recommender, diff::DiffReport, render_yaml, sources::merge_flows,
+        DENIED_IN_FORCE, DeniedOutcome, FLOWS, RecommendConfig, Recommender, diff::DiffReport,
+        render_yaml, sources::merge_flows,
     },
 };
 use recommend_support::*;
@@ -275,9 +277,310 @@ async fn diff_against_current_policies() {
             ),
         ]
     );
+    // The same flows, as the recommendation judged them: the records (hand-written: no state,
+    // no packets) say nothing of their delivery, so they are learned, and listed.
+    let judged: Vec<(&str, DeniedOutcome)> = report
+        .denied_in_force
+        .iter()
+        .map(|d| (d.src.as_str(), d.outcome))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            ("backend/Deployment/worker", DeniedOutcome::Unverified),
+            ("frontend/Deployment/web", DeniedOutcome::Unverified),
+            ("frontend/Deployment/web", DeniedOutcome::Unverified),
+            ("subnet/world", DeniedOutcome::Unverified),
+        ]
+    );
     // The recommendation was still written.
     assert_eq!(
         parse_policies(&std::fs::read_to_string(&out_file).unwrap()).len(),
         5
+    );
+}
+
+/// The recommended policies (YAML) against the inventory: whether each flow is allowed.
+fn allows(yaml: &str, s: &Scenario, flows: &[&netpol_observe::flow::FlowRecord]) -> Vec<bool> {
+    let inv = s.cluster.inventory();
+    let attributor = Attributor::new(&inv, &s.subnets);
+    let engine = PolicyEngine::compile(&parse_policies(yaml), &inv).unwrap();
+    flows
+        .iter()
+        .map(|f| {
+            let mut f = (*f).clone();
+            attributor.attribute(&mut f);
+            engine.evaluate(&f).allowed
+        })
+        .collect()
+}
+
+/// The knocked shop's verdict of `i` under the policies in force, as agents and `evaluate`
+/// write it: web → db and the knock on api denied (by shop/db-np, shop/api-np).
+fn shop_verdict(s: &Scenario, i: usize, knock: usize) -> serde_json::Value {
+    let denied = |policy: &str| {
+        serde_json::json!({"allowed": false,
+            "ingress": {"result": "denied", "policies": [policy]},
+            "egress": {"result": "not-isolated", "reason": "not-a-pod"}})
+    };
+    match s.flows[i].dst.port {
+        _ if i == knock => denied("shop/api-np"),
+        Some(5432) => denied("shop/db-np"),
+        _ => serde_json::json!({"allowed": true,
+            "ingress": {"result": "allowed", "policies": ["shop/api-np"], "rules": ["shop/api-np:ingress[0]"]},
+            "egress": {"result": "not-isolated"}}),
+    }
+}
+
+const KNOCK_NOTES: [&str; 2] = [
+    "note: denied by the policies in force — review: shop/Deployment/web -> shop/StatefulSet/db:5432/TCP (5 flow(s); ",
+    "note: denied by the policies in force — review: subnet/world -> shop/Deployment/api:9000/TCP (1 flow(s); ingress denied, isolated by shop/api-np): not learned: no allow rule written (--include-denied to learn it)\n",
+];
+
+/// `recommend --flows`: web's connections to db the kernel dropped (drops in the records) and
+/// the knock on api (a `verdict` from `evaluate` says denied; the inventory holds no policy)
+/// get no allow rule and are listed for review; `--include-denied` learns them. A `verdict`
+/// that is not one is a bad line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_files_denied_flows_are_not_learned() {
+    let (s, knock) = knocked_shop(false);
+    let dir = tempfile::tempdir().unwrap();
+    let (inv_path, _) = files(&s, dir.path());
+    let flows = dir.path().join("flows.jsonl");
+    let text: String = s
+        .flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut v = serde_json::to_value(f).unwrap();
+            if i == knock {
+                v["verdict"] = shop_verdict(&s, i, knock);
+            }
+            format!("{v}\n")
+        })
+        .collect();
+    std::fs::write(&flows, &text).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "recommend".to_owned(),
+            "--flows".into(),
+            flows.display().to_string(),
+            "--inventory".into(),
+            inv_path.clone(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        bin(args)
+    };
+    let (legit, db, world) = (&s.flows[0], &s.flows[6], &s.flows[knock]);
+    let out = run(&[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for want in KNOCK_NOTES {
+        assert!(stderr.contains(want), "{want}\n{stderr}");
+    }
+    assert!(
+        stderr.contains(
+            "(5 flow(s); 2 packet(s) dropped (NETFILTER_DROP) by shop/db-np): not learned"
+        ),
+        "{stderr}"
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(allows(&yaml, &s, &[legit, db, world]), [true, false, false]);
+    let deny = policy(&parse_policies(&yaml), "shop", "default-deny").clone();
+    let annotated = annotation(&deny, DENIED_IN_FORCE).unwrap();
+    assert!(
+        annotated.contains("1 flow(s) subnet/world -> shop/Deployment/api:9000/TCP"),
+        "{annotated}"
+    );
+
+    let out = run(&["--include-denied"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("subnet/world -> shop/Deployment/api:9000/TCP (1 flow(s); ingress denied, isolated by shop/api-np): never got through; learned (--include-denied)"),
+        "{stderr}"
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(allows(&yaml, &s, &[legit, db, world]), [true, true, true]);
+
+    // A verdict that is not one: the line is bad (exit 2), the others are used.
+    std::fs::write(
+        &flows,
+        text.replacen(
+            "\"verdict\":{\"allowed\":false",
+            "\"verdict\":{\"allowed\":\"maybe\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = run(&[]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: {}:{}: invalid verdict: ",
+            flows.display(),
+            knock + 1
+        )),
+        "{stderr}"
+    );
+}
+
+/// `recommend --agent`: the agents' answers carry the verdict under the policies in force;
+/// the knock on api (no drop seen) is denied only there. The dropped and the denied flows get
+/// no allow rule and are listed; `--include-denied` learns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_answers_denied_flows_are_not_learned() {
+    let (s, knock) = knocked_shop(false);
+    let inv = s.cluster.inventory();
+    let attributor = Attributor::new(&inv, &s.subnets);
+    let body: String = s
+        .flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut f = f.clone();
+            attributor.attribute(&mut f);
+            f.node = Some("node-1".into());
+            let mut v = serde_json::to_value(&f).unwrap();
+            v["verdict"] = shop_verdict(&s, i, knock);
+            format!("{v}\n")
+        })
+        .collect();
+    let url = serve(Router::new().route("/api/v1/flows", get(move || async move { body }))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (inv_path, _) = files(&s, dir.path());
+    let run = |extra: Option<&str>| {
+        let mut args = vec![
+            "recommend".to_owned(),
+            "--agent".into(),
+            url.clone(),
+            "--inventory".into(),
+            inv_path.clone(),
+        ];
+        args.extend(extra.map(str::to_owned));
+        bin(args)
+    };
+    let (legit, db, world) = (&s.flows[0], &s.flows[6], &s.flows[knock]);
+    let out = run(None).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for want in KNOCK_NOTES {
+        assert!(stderr.contains(want), "{want}\n{stderr}");
+    }
+    assert!(
+        stderr.contains("(5 flow(s); ingress denied, isolated by shop/db-np; 2 packet(s) dropped (NETFILTER_DROP) by shop/db-np): not learned"),
+        "{stderr}"
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(allows(&yaml, &s, &[legit, db, world]), [true, false, false]);
+    let out = run(Some("--include-denied")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(allows(&yaml, &s, &[legit, db, world]), [true, true, true]);
+}
+
+const PROM_DENIED: &str = r#"{"status":"success","data":{"resultType":"vector","result":[
+ {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"backend","dst_kind":"Deployment","dst_workload":"api","dst_port":"80","protocol":"TCP","verdict":"allowed"},"value":[1795000000,"42"]},
+ {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"","dst_kind":"Subnet","dst_workload":"db-subnet","dst_port":"5432","protocol":"TCP","verdict":"denied"},"value":[1795000000,"5"]},
+ {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"","dst_kind":"Subnet","dst_workload":"db-subnet","dst_port":"5432","protocol":"TCP","verdict":"dropped","policy":"frontend/web-np"},"value":[1795000000,"10"]},
+ {"metric":{"src_namespace":"backend","src_kind":"Deployment","src_workload":"worker","dst_namespace":"backend","dst_kind":"Deployment","dst_workload":"api","dst_port":"80","protocol":"TCP","verdict":"denied"},"value":[1795000000,"3"]},
+ {"metric":{"src_namespace":"backend","src_kind":"Deployment","src_workload":"worker","dst_namespace":"backend","dst_kind":"Deployment","dst_workload":"api","dst_port":"80","protocol":"TCP","verdict":"unenforced","policy":"backend/api-np"},"value":[1795000000,"3"]}
+]}}"#;
+
+/// `recommend --prometheus`: the query asks for the verdict of `netpol_observe_flows_total`,
+/// the drops and the unenforced flows. web → db-subnet (`denied` series, dropped by
+/// frontend/web-np) is not learned; worker → api (`denied`, but `unenforced`: delivered all the
+/// same) is learned and noted; `--include-denied` learns web → db-subnet too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_denied_series_are_not_learned() {
+    let s = three_tier();
+    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let q2 = queries.clone();
+    let url = serve(Router::new().route(
+        "/api/v1/query",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let q2 = q2.clone();
+            async move {
+                q2.lock()
+                    .unwrap()
+                    .push(q.get("query").cloned().unwrap_or_default());
+                PROM_DENIED
+            }
+        }),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (inv_path, subnets) = files(&s, dir.path());
+    let run = |extra: Option<&str>| {
+        let mut args = vec![
+            "recommend".to_owned(),
+            "--prometheus".into(),
+            url.clone(),
+            "--inventory".into(),
+            inv_path.clone(),
+            "--subnets".into(),
+            subnets.clone(),
+        ];
+        args.extend(extra.map(str::to_owned));
+        bin(args)
+    };
+    // The flows the series stand for (web and worker pods, api's Service, the database).
+    let web = s
+        .cluster
+        .pods
+        .iter()
+        .find(|p| p.workload == "web")
+        .unwrap()
+        .ip;
+    let worker = s
+        .cluster
+        .pods
+        .iter()
+        .find(|p| p.workload == "worker")
+        .unwrap()
+        .ip;
+    let legit = tcp(web, "10.96.0.20", 80, 0);
+    let db = tcp(web, "10.0.2.10", 5432, 0);
+    let delivered = tcp(worker, "10.96.0.20", 80, 0);
+
+    let out = run(None).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let q = queries.lock().unwrap().clone();
+    for want in [
+        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol, verdict) ((increase(netpol_observe_flows_total[86400s]) > 0)",
+        "increase(netpol_observe_drops_total{reason!~\"NO_SOCKET|IP_RPFILTER\"}[86400s])",
+        "\"verdict\", \"dropped\"",
+        "increase(netpol_observe_unenforced_flows_total[86400s])",
+        "\"verdict\", \"unenforced\"",
+    ] {
+        assert!(q[0].contains(want), "{want}\n{q:?}");
+    }
+    for want in [
+        "note: denied by the policies in force — review: frontend/Deployment/web -> subnet/db-subnet:5432/TCP (1 flow(s); verdict=\"denied\" in Prometheus, isolated by frontend/web-np; 10 packet(s) dropped by frontend/web-np): not learned: no allow rule written (--include-denied to learn it)\n",
+        "note: denied by the policies in force — review: backend/Deployment/worker -> backend/Deployment/api via Service backend/api:80/TCP (1 flow(s); verdict=\"denied\" in Prometheus, isolated by backend/api-np): delivered all the same (the CNI did not enforce the policy): kept as observed traffic\n",
+    ] {
+        assert!(stderr.contains(want), "{want}\n{stderr}");
+    }
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        allows(&yaml, &s, &[&legit, &db, &delivered]),
+        [true, false, true]
+    );
+    let out = run(Some("--include-denied")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        allows(&yaml, &s, &[&legit, &db, &delivered]),
+        [true, true, true]
     );
 }

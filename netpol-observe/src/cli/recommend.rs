@@ -16,13 +16,12 @@ use super::{
 };
 use crate::{
     attribution::Subnets,
-    flow::{FlowRecord, jsonl},
     inventory::{Inventory, NetworkPolicy, Validation},
     names,
     policy::PolicyEngine,
     recommend::{
-        PublicIngress, RecommendConfig, Recommender, diff, render_by_namespace, render_yaml,
-        sources,
+        PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff, render_by_namespace,
+        render_yaml, sources,
     },
 };
 
@@ -50,6 +49,19 @@ flows, aggregations) go to stderr. A bad flow line is reported (file:line) and t
 still used; the exit code is then 2. The policies are checked against the observed flows
 before they are written: if they would deny one (the self-check), nothing is written and the
 exit code is 2.
+
+Flows the policies in force denied are not evidence: a connection the kernel dropped gets no
+allow rule (anyone can knock on a port while the agent learns). A flow counts as denied when
+it has drops of a filter (drops.count > 0, not NO_SOCKET or IP_RPFILTER), when its source
+recorded a verdict saying denied (the agent's /api/v1/flows, evaluate's output, Prometheus'
+verdict=\"denied\" series), or, without a recorded verdict, when the --inventory's
+NetworkPolicies deny it. Unless it was delivered all the same (the agent's \"unenforced\",
+a completed TCP handshake, an answer), it is not learned and is listed as \"denied by the
+policies in force — review\" in the notes, in the netpol-observe.io/denied-in-force
+annotation of the namespace's default-deny and in the --diff report; --include-denied learns
+it. A denied flow that was delivered is real traffic the CNI did not block: it is learned,
+and noted; so is a record with neither state nor packets that only the --inventory's
+policies deny (they may postdate it).
 
 Kubernetes objects are checked strictly: a field their type does not know (a typo such as
 podSelectr, or a field of a newer Kubernetes) is an error naming file, document, object and
@@ -119,6 +131,11 @@ pub struct Args {
     /// and cluster ranges; `observed` keeps the observed clients (aggregated).
     #[arg(long, value_enum, value_name = "RULE", default_value = "any")]
     pub public_ingress: PublicIngress,
+    /// Learn the flows the policies in force denied that never got through (dropped, or
+    /// attempted while a policy denied them) as legitimate traffic: by default they get no
+    /// allow rule and are listed for review.
+    #[arg(long)]
+    pub include_denied: bool,
     /// How unknown fields in inventory and policy files are treated.
     #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
     pub validate: Validation,
@@ -184,9 +201,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         cluster_ranges: args.cluster_range.clone(),
         self_check: true,
         public_ingress: args.public_ingress,
+        include_denied: args.include_denied,
     };
     let recommender = Recommender::new(&inventory, &subnets, config);
-    let rec = recommender.recommend(&flows);
+    let rec = recommender.recommend_recorded(&flows);
     for note in &rec.notes {
         if note.starts_with("warning: ") {
             errln!("{note}");
@@ -236,16 +254,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.diff {
         let engine = PolicyEngine::compile(&inventory.network_policies, &inventory)
             .context("the inventory's current NetworkPolicies")?;
-        let mut attributed = flows;
+        let mut attributed = flows.flows;
         for f in &mut attributed {
             recommender.attributor().attribute(f);
         }
-        let report = diff::diff(
+        let mut report = diff::diff(
             &inventory.network_policies,
             &inventory,
             &engine,
             &attributed,
         );
+        report.denied_in_force = rec.denied.clone();
         match args.format {
             Format::Text => out::stdout(report.to_text())?,
             Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
@@ -307,13 +326,13 @@ fn is_dir_target(path: &Path) -> bool {
     path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/')
 }
 
-/// The flows of `--flows`, `--agent` or `--prometheus`, and the number of unreadable lines
-/// (each reported on stderr).
+/// The flows of `--flows`, `--agent` or `--prometheus` with the verdicts their source recorded,
+/// and the number of unreadable lines (each reported on stderr).
 async fn collect_flows(
     args: &Args,
     inventory: &Inventory,
     subnets: &Subnets,
-) -> anyhow::Result<(Vec<FlowRecord>, usize)> {
+) -> anyhow::Result<(RecordedFlows, usize)> {
     let mut bad = 0;
     if let Some(url) = &args.prometheus {
         let base = url.trim_end_matches('/');
@@ -329,7 +348,7 @@ async fn collect_flows(
             .await
             .with_context(|| format!("cannot read the answer of {endpoint}"))?;
         let (flows, notes) =
-            sources::parse_prometheus(&body, &endpoint, inventory, subnets, args.window)?;
+            sources::parse_prometheus_recorded(&body, &endpoint, inventory, subnets, args.window)?;
         for n in notes {
             errln!("note: {n}");
         }
@@ -370,25 +389,30 @@ async fn collect_flows(
                      the oldest are left out"
                 );
             }
-            let (flows, errors) = sources::parse_agent_flows(&body, &endpoint);
+            let (flows, errors) = sources::parse_agent_answer(&body, &endpoint);
             for e in &errors {
                 errln!("error: {e}");
             }
             bad += errors.len();
             lists.push(flows);
         }
-        return Ok((sources::merge_flows(lists), bad));
+        return Ok((sources::merge_recorded(lists), bad));
     }
-    let mut flows = Vec::new();
+    let mut lists = Vec::new();
     for path in &args.flows {
-        for (_, line) in jsonl::read_file(path) {
-            match line {
-                Ok(f) => flows.push(f),
-                Err(e) => {
-                    bad += 1;
-                    errln!("error: {e}");
-                }
-            }
+        let (flows, errors) = sources::read_flow_file(path);
+        for e in &errors {
+            errln!("error: {e}");
+        }
+        bad += errors.len();
+        lists.push(flows);
+    }
+    // Several files are concatenated, as before: only agents' answers are de-duplicated.
+    let mut flows = RecordedFlows::default();
+    for list in lists {
+        let mut verdicts = list.verdicts.into_iter();
+        for f in list.flows {
+            flows.push(f, verdicts.next().flatten());
         }
     }
     Ok((flows, bad))

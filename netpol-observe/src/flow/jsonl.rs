@@ -45,6 +45,20 @@ pub enum FlowLineError {
         #[source]
         source: serde_json::Error,
     },
+    /// The line is a flow record, but what the reader also takes from it (the `verdict` an
+    /// agent or `evaluate` wrote) is not valid.
+    #[error("{path}:{line}: invalid {field}: {source}")]
+    Extra {
+        /// File being read.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The field at fault.
+        field: &'static str,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The line is a flow record, but a name in it (namespace, pod, label…) breaks the
     /// Kubernetes rules: the record is rejected, never used.
     #[error("{path}:{line}: rejected flow record: {source}")]
@@ -141,11 +155,40 @@ impl<R: BufRead> Iterator for TextLines<R> {
 
 /// Reads every non-blank line of `reader`; `path` names the source in errors (`-` for stdin).
 pub fn read_lines(path: &Path, reader: impl BufRead) -> Vec<FlowLine> {
+    read_lines_with(path, reader, "", |_| Ok(()))
+        .into_iter()
+        .map(|(n, line)| (n, line.map(|(record, ())| record)))
+        .collect()
+}
+
+/// One line read by [`read_lines_with`]: the record and what `extra` took from the same line.
+pub type FlowLineWith<T> = (usize, Result<(FlowRecord, T), FlowLineError>);
+
+/// [`read_lines`], also handing each good line's text to `extra`, which reads more of it (such
+/// as the `verdict` of an agent's answer); its error makes the line bad
+/// ([`FlowLineError::Extra`] naming `field`).
+pub fn read_lines_with<T>(
+    path: &Path,
+    reader: impl BufRead,
+    field: &'static str,
+    mut extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+) -> Vec<FlowLineWith<T>> {
     let mut out = Vec::new();
     for (number, line) in text_lines(path, reader) {
         match line {
             Ok(text) if text.trim().is_empty() => {}
-            Ok(text) => out.push((number, parse_line(path, number, &text))),
+            Ok(text) => {
+                let parsed = parse_line(path, number, &text).and_then(|record| {
+                    let more = extra(&text).map_err(|source| FlowLineError::Extra {
+                        path: path.to_owned(),
+                        line: number,
+                        field,
+                        source,
+                    })?;
+                    Ok((record, more))
+                });
+                out.push((number, parsed));
+            }
             Err(e) => out.push((number, Err(e))),
         }
     }
@@ -174,6 +217,27 @@ pub fn read_file(path: &Path) -> Vec<FlowLine> {
     }
     match std::fs::File::open(path) {
         Ok(file) => read_lines(path, io::BufReader::new(file)),
+        Err(source) => vec![(
+            0,
+            Err(FlowLineError::Io {
+                path: path.to_owned(),
+                source,
+            }),
+        )],
+    }
+}
+
+/// [`read_file`] with [`read_lines_with`]'s `extra`.
+pub fn read_file_with<T>(
+    path: &Path,
+    field: &'static str,
+    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+) -> Vec<FlowLineWith<T>> {
+    if path == Path::new("-") {
+        return read_lines_with(path, io::stdin().lock(), field, extra);
+    }
+    match std::fs::File::open(path) {
+        Ok(file) => read_lines_with(path, io::BufReader::new(file), field, extra),
         Err(source) => vec![(
             0,
             Err(FlowLineError::Io {

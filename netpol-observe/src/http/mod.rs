@@ -7,7 +7,7 @@
 //! | `GET /readyz` | `200 ready`, or `503` with what is missing, one item per line | open |
 //! | `GET /api/v1/flows` | attributed flows with verdicts, JSON lines ([`crate::agent::ObservedFlow`]), streamed; query: `namespace`, `workload`, `verdict` (`allowed`, `denied`, `staged-allowed`, `staged-denied`), `since` (RFC 3339), `limit` (default and maximum [`MAX_FLOWS_PER_RESPONSE`]) | [`auth`] |
 //! | `GET /api/v1/drift` | drift detection (`--drift-baseline`): one JSON object, [`crate::drift::DriftReport`] — the baseline file, its edge count, `learning_until`, `learning`, the drift edges (`src`, `dst`, `port`, `protocol`, `kind`, `first_seen`, `last_seen`, `flows`; at most [`crate::drift::MAX_DRIFT_ENTRIES`], oldest first) and `overflow` (drift flows of edges not listed); `404` when drift detection is off | [`auth`] (resource `flows`) |
-//! | `GET /api/v1/recommendations` | least-privilege NetworkPolicies for the flows this agent holds, one multi-document YAML stream (the recommender's notes first, as `#` comments); query: `namespace` (only that namespace's policies), `default_deny` (`true`/`false`, default `true`); `503` while no inventory is loaded | [`auth`] |
+//! | `GET /api/v1/recommendations` | least-privilege NetworkPolicies for the flows this agent holds, one multi-document YAML stream (the recommender's notes first, as `#` comments, among them the flows the policies in force denied, which get no allow rule); query: `namespace` (only that namespace's policies), `default_deny` (`true`/`false`, default `true`), `include_denied` (`true`/`false`, default `false`: learn the denied flows that never got through, as `recommend --include-denied`); `503` while no inventory is loaded | [`auth`] |
 //!
 //! A bad query parameter is a `400` naming it. `/api/v1/flows` answers with the most recent
 //! `limit` matching flows (oldest change first) and the header [`TRUNCATED_HEADER`]`: true` when
@@ -354,6 +354,9 @@ pub struct RecommendParams {
     pub namespace: Option<String>,
     /// `true` (default) or `false`: write a `default-deny` policy per namespace.
     pub default_deny: Option<String>,
+    /// `true` or `false` (default): learn the flows the policies in force denied that never
+    /// got through ([`RecommendConfig::include_denied`]).
+    pub include_denied: Option<String>,
 }
 
 /// Checked [`RecommendParams`].
@@ -368,15 +371,19 @@ pub struct RecommendOptions {
 impl RecommendParams {
     /// Checks the parameters; the error names the one at fault.
     pub fn into_options(self) -> Result<RecommendOptions, String> {
-        let default_deny = match self.default_deny.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(v) => return Err(format!("default_deny={v:?}: expected true or false")),
+        let flag = |name: &str, value: Option<&str>, default: bool| match value {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(v) => Err(format!("{name}={v:?}: expected true or false")),
         };
+        let default_deny = flag("default_deny", self.default_deny.as_deref(), true)?;
+        let include_denied = flag("include_denied", self.include_denied.as_deref(), false)?;
         Ok(RecommendOptions {
             namespace: self.namespace.filter(|n| !n.is_empty()),
             config: RecommendConfig {
                 default_deny,
+                include_denied,
                 ..RecommendConfig::default()
             },
         })
@@ -430,7 +437,8 @@ async fn recommendations(
         return busy();
     };
     // Every flow held, copied chunk by chunk (the store lock is held per chunk only); the
-    // recommender needs the records, not the verdicts.
+    // recommender needs the records, not the verdicts: it judges the denied ones with the
+    // model's inventory, whose NetworkPolicies are the policies in force.
     let (ids, _) = state.select_flows(&FlowQuery::default());
     let mut flows = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(FLOWS_CHUNK) {
@@ -634,6 +642,87 @@ items:
                 )
             })
             .collect()
+    }
+
+    /// A flow the policies in force deny that never got through (web-1 knocking on db-1:22,
+    /// `attempted`, no reply) gets no allow rule: the notes list it with its isolating policy;
+    /// `include_denied=true` learns it.
+    #[tokio::test]
+    async fn recommendations_leave_out_flows_the_policies_in_force_denied() {
+        let s = state();
+        let mut knock = FlowRecord::new(
+            Protocol::Tcp,
+            [10, 244, 0, 2].into(),
+            [10, 244, 0, 3].into(),
+            Some(22),
+        );
+        knock.src.port = Some(40001);
+        knock.state = Some(crate::flow::FlowState::Attempted);
+        knock.packets = Some(Directional {
+            sent: 2,
+            received: 0,
+        });
+        s.on_update(&FlowUpdate {
+            record: knock,
+            new: true,
+            delta_packets: Directional {
+                sent: 2,
+                received: 0,
+            },
+            delta_bytes: Directional {
+                sent: 120,
+                received: 0,
+            },
+            ended: false,
+            opened: true,
+        });
+        let db_ports = |body: &str| -> Vec<serde_json::Value> {
+            let db = policies(body)
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some("db-1-np"))
+                .unwrap();
+            let spec = serde_json::to_value(db.spec.unwrap()).unwrap();
+            spec["ingress"][0]["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].clone())
+                .collect()
+        };
+        let (code, body) = call(router(s.clone(), open()), "/api/v1/recommendations", None).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(
+                "# note: denied by the policies in force — review: shop/Pod/web-1 -> data/Pod/db-1:22/TCP (1 flow(s); ingress denied, isolated by data/deny-all): not learned: no allow rule written (--include-denied to learn it)\n"
+            ),
+            "{body}"
+        );
+        // The other flow (state and packets unknown: the test's record has neither) is kept.
+        assert_eq!(db_ports(&body), [serde_json::json!(5432)], "{body}");
+        let (code, body) = call(
+            router(s.clone(), open()),
+            "/api/v1/recommendations?include_denied=true",
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("db-1:22/TCP (1 flow(s); ingress denied, isolated by data/deny-all): never got through; learned (--include-denied)"),
+            "{body}"
+        );
+        assert_eq!(
+            db_ports(&body),
+            [serde_json::json!(22), serde_json::json!(5432)],
+            "{body}"
+        );
+        let (code, body) = call(
+            router(s, open()),
+            "/api/v1/recommendations?include_denied=yes",
+            None,
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert!(body.contains("include_denied=\"yes\""), "{body}");
     }
 
     #[tokio::test]

@@ -30,6 +30,9 @@ pub const UNOBSERVED: &str = "netpol-observe.io/unobserved-workloads";
 /// On `default-deny`: observed flows no rule could be written for and that the recommended
 /// policies deny, with the reason.
 pub const LEFT_OUT: &str = "netpol-observe.io/left-out";
+/// On `default-deny`: flows the policies in force denied that never got through, with an end
+/// in the namespace: no rule allows them (review; `--include-denied` learns them).
+pub const DENIED_IN_FORCE: &str = "netpol-observe.io/denied-in-force";
 
 /// The window annotation value, if the flows had timestamps.
 pub(crate) fn window(span: &Span) -> Option<String> {

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::verify::{VerifyReport, verify_with};
+use super::{
+    DENIED_NOTE, DeniedInForce,
+    verify::{VerifyReport, verify_with},
+};
 use crate::{
     flow::FlowRecord,
     inventory::{Inventory, NetworkPolicy},
@@ -26,6 +29,11 @@ pub struct DiffReport {
     /// cannot match anything in the cluster as it is.
     #[serde(default)]
     pub selects_nothing: Vec<String>,
+    /// The flows the policies in force denied, as the recommendation judged them
+    /// ([`Recommendation::denied`](super::Recommendation::denied), set by `recommend --diff`):
+    /// those not learned get no allow rule in the recommended policies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied_in_force: Vec<DeniedInForce>,
 }
 
 impl DiffReport {
@@ -44,6 +52,14 @@ impl DiffReport {
                 "  {} -> {}{port}/{} ({} flow(s))\n",
                 d.src, d.dst, d.protocol, d.count
             ));
+        }
+        if !self.denied_in_force.is_empty() {
+            s.push_str(&format!(
+                "\n{DENIED_NOTE} — review (those not learned get no allow rule in the recommended policies):\n"
+            ));
+            for d in &self.denied_in_force {
+                s.push_str(&format!("  {}\n", d.note()));
+            }
         }
         s.push_str("\nrules never exercised in the window (candidates for tightening):\n");
         if self.unused_rules.is_empty() {
@@ -112,5 +128,6 @@ pub fn diff(
         denied,
         unused_rules: unused,
         selects_nothing,
+        denied_in_force: Vec::new(),
     }
 }

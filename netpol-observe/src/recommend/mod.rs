@@ -23,7 +23,10 @@
 //! - outside the cluster: named subnets as their CIDRs; other addresses aggregated within a
 //!   bound; more than `world_threshold` public addresses: `0.0.0.0/0` and `::/0` except
 //!   private and cluster ranges, flagged by an annotation;
-//! - traffic between a pod and its own node needs no rule; ICMP peers get every port.
+//! - traffic between a pod and its own node needs no rule; ICMP peers get every port;
+//! - flows the policies in force denied that never got through (dropped, or attempted while a
+//!   policy denied them) are not learned but reported for review, unless
+//!   [`RecommendConfig::include_denied`] (see [`judge`](self::judge) for the exact rule).
 
 mod annotations;
 #[doc(hidden)]
@@ -31,6 +34,7 @@ pub mod bench;
 mod build;
 pub mod cidr;
 pub mod diff;
+pub mod judge;
 mod observe;
 mod render;
 pub mod sources;
@@ -43,10 +47,11 @@ use jiff::SignedDuration;
 use serde::Serialize;
 
 pub use annotations::{
-    AGGREGATION, FIRST_SEEN, FLOWS, LAST_SEEN, LEFT_OUT, PLATFORM, UNOBSERVED, WARNING, WINDOW,
-    WORKLOAD,
+    AGGREGATION, DENIED_IN_FORCE, FIRST_SEEN, FLOWS, LAST_SEEN, LEFT_OUT, PLATFORM, UNOBSERVED,
+    WARNING, WINDOW, WORKLOAD,
 };
 pub use build::NAMESPACE_NAME_LABEL;
+pub use judge::{DeniedInForce, DeniedOutcome, RecordedFlows, RecordedVerdict};
 pub use observe::{CLOUD_METADATA, NODE_LOCAL_DNS};
 pub use render::{RenderError, render_by_namespace, render_yaml};
 
@@ -83,6 +88,10 @@ pub struct RecommendConfig {
     /// Who may reach a public entry point (a workload behind a LoadBalancer or NodePort
     /// Service) from outside the cluster (default: [`PublicIngress::Any`]).
     pub public_ingress: PublicIngress,
+    /// Learn flows the policies in force denied that never got through, as if they were
+    /// legitimate (default: false: they get no allow rule and are listed for review). See
+    /// [`judge`](self::judge).
+    pub include_denied: bool,
 }
 
 /// The rule for public entry points: workloads backing a `LoadBalancer` or `NodePort`
@@ -110,6 +119,7 @@ impl Default for RecommendConfig {
             cluster_ranges: Vec::new(),
             self_check: true,
             public_ingress: PublicIngress::Any,
+            include_denied: false,
         }
     }
 }
@@ -128,6 +138,12 @@ pub struct RecommendStats {
     /// Of the left-out flows, those the recommended policies deny (listed in the notes and on
     /// the namespace's `default-deny`; the self-check evaluates every left-out flow).
     pub left_out_denied: u64,
+    /// Flows the policies in force denied (drops, a recorded verdict, the inventory's
+    /// policies; [`Recommendation::denied`]), learned or not.
+    pub denied: u64,
+    /// Of those, the flows not turned into allow rules (never got through; not with
+    /// [`RecommendConfig::include_denied`]).
+    pub denied_not_learned: u64,
     /// Distinct workload-level edges (client, server, port, protocol).
     pub edges: usize,
     /// Workloads seen.
@@ -146,10 +162,14 @@ pub struct RecommendStats {
 pub struct Recommendation {
     /// The policies, sorted by namespace, `default-deny` first, then by name.
     pub policies: Vec<NetworkPolicy>,
-    /// Human-readable notes (left-out flows, unselectable workloads, self-check findings).
+    /// Human-readable notes (left-out flows, unselectable workloads, self-check findings,
+    /// flows the policies in force denied).
     pub notes: Vec<String>,
     /// Counts.
     pub stats: RecommendStats,
+    /// Flows the policies in force denied, per workload pair, port and outcome (learned or
+    /// not), sorted.
+    pub denied: Vec<DeniedInForce>,
 }
 
 impl Recommendation {
@@ -173,7 +193,18 @@ pub struct Recommender<'i> {
     endpoints: BTreeMap<(String, String), AddressEndpoints>,
     entry_points: HashMap<(String, String, String), Vec<build::EntryService>>,
     workloads_by_ns: BTreeMap<String, BTreeSet<String>>,
+    /// The inventory's NetworkPolicies compiled (the policies in force), if it has any; the
+    /// error when they do not compile.
+    in_force: Option<Result<PolicyEngine, String>>,
 }
+
+/// The first words of the notes about flows the policies in force denied.
+pub const DENIED_NOTE: &str = "denied by the policies in force";
+
+/// At most this many denied connections are listed in the notes (all are in
+/// [`Recommendation::denied`]) and on a `default-deny`.
+const DENIED_LISTED: usize = 50;
+const DENIED_ANNOTATED: usize = 20;
 
 impl<'i> Recommender<'i> {
     /// Indexes the inventory (pods, Services, nodes) and the named subnets.
@@ -247,7 +278,11 @@ impl<'i> Recommender<'i> {
                 .or_default()
                 .insert(format!("{}/{}", p.workload.kind, p.workload.name));
         }
+        let in_force = (!inventory.network_policies.is_empty()).then(|| {
+            PolicyEngine::compile(&inventory.network_policies, inventory).map_err(|e| e.to_string())
+        });
         Recommender {
+            in_force,
             inventory,
             subnets: subnets.clone(),
             attributor: Attributor::new(inventory, subnets),
@@ -267,7 +302,24 @@ impl<'i> Recommender<'i> {
 
     /// Recommends policies for `flows` (attributed or not: missing attribution is filled from
     /// the inventory). Deterministic: the same flows in any order give the same policies.
+    /// Flows the policies in force denied (drops, the inventory's policies) are judged as
+    /// [`Self::recommend_recorded`] does, without recorded verdicts.
     pub fn recommend(&self, flows: &[FlowRecord]) -> Recommendation {
+        self.recommend_with(flows, &[])
+    }
+
+    /// [`Self::recommend`] for records whose source also said what the policies in force did
+    /// with them (an agent's or `evaluate`'s `verdict`, a Prometheus series' `verdict` label):
+    /// that verdict replaces the inventory's policies in the judgement of denied flows.
+    pub fn recommend_recorded(&self, input: &RecordedFlows) -> Recommendation {
+        self.recommend_with(&input.flows, &input.verdicts)
+    }
+
+    fn recommend_with(
+        &self,
+        flows: &[FlowRecord],
+        recorded: &[Option<RecordedVerdict>],
+    ) -> Recommendation {
         let needs = flows
             .iter()
             .any(|f| !f.src.is_attributed() || !f.dst.is_attributed() || needs_labels(f));
@@ -289,7 +341,24 @@ impl<'i> Recommender<'i> {
             self.endpoints
                 .contains_key(&(ns.to_owned(), name.to_owned()))
         };
-        let obs = observe::Observations::collect(flows, &self.attributor, &has_endpoints);
+        let mut notes = Vec::new();
+        let in_force = match &self.in_force {
+            Some(Ok(engine)) => Some(engine),
+            Some(Err(err)) => {
+                notes.push(format!(
+                    "warning: the inventory's NetworkPolicies do not compile ({err}): flows are not checked against the policies in force"
+                ));
+                None
+            }
+            None => None,
+        };
+        let mut judged = judge::judge(flows, recorded, in_force, self.config.include_denied);
+        let obs = observe::Observations::collect(
+            flows,
+            &judged.excluded,
+            &self.attributor,
+            &has_endpoints,
+        );
         let mut built = build::build(
             &obs,
             &build::Context {
@@ -302,7 +371,7 @@ impl<'i> Recommender<'i> {
                 workloads_by_ns: &self.workloads_by_ns,
             },
         );
-        let mut notes = std::mem::take(&mut built.notes);
+        notes.append(&mut built.notes);
         for (reason, n) in &obs.implicit {
             notes.push(format!("{n} flow(s) need no rule: {reason}"));
         }
@@ -316,6 +385,13 @@ impl<'i> Recommender<'i> {
             policies: built.policies.len(),
             self_check_denied: 0,
             self_check_error: None,
+            denied: judged.denied.iter().map(|d| d.flows).sum(),
+            denied_not_learned: judged
+                .denied
+                .iter()
+                .filter(|d| !d.outcome.learned())
+                .map(|d| d.flows)
+                .sum(),
         };
         let engine = if self.config.self_check {
             match PolicyEngine::compile(&built.policies, self.inventory) {
@@ -392,6 +468,14 @@ impl<'i> Recommender<'i> {
             }
         }
         build::annotate_left_out(&mut built.policies, &obs.skipped, &denied_reasons);
+        // Denied flows not learned: would the recommended policies allow them all the same?
+        if let Some(engine) = &engine {
+            for d in judged.denied.iter_mut().filter(|d| !d.outcome.learned()) {
+                d.recommended_allows = Some(engine.evaluate(&flows[d.example]).allowed);
+            }
+        }
+        notes.extend(denied_notes(&judged.denied, &stats));
+        annotate_denied(&mut built.policies, &judged.denied, flows);
         stats.policies = built.policies.len();
         notes.sort();
         notes.dedup();
@@ -399,7 +483,74 @@ impl<'i> Recommender<'i> {
             policies: built.policies,
             notes,
             stats,
+            denied: judged.denied,
         }
+    }
+}
+
+/// The notes about flows the policies in force denied: a summary, then one line per
+/// connection (the first [`DENIED_LISTED`]). Every line starts with [`DENIED_NOTE`], so the
+/// sorted notes keep them together, the summary first.
+fn denied_notes(denied: &[DeniedInForce], stats: &RecommendStats) -> Vec<String> {
+    if denied.is_empty() {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    let learned = stats.denied - stats.denied_not_learned;
+    notes.push(format!(
+        "{DENIED_NOTE} — {} flow(s): {} not turned into allow rules (never got through; --include-denied learns them), {learned} learned; review the list",
+        stats.denied, stats.denied_not_learned
+    ));
+    // Not learned first: those are what the reader must review.
+    let mut ordered: Vec<&DeniedInForce> = denied.iter().collect();
+    ordered.sort_by_key(|d| d.outcome.learned());
+    for d in ordered.iter().take(DENIED_LISTED) {
+        notes.push(format!("{DENIED_NOTE} — review: {}", d.note()));
+    }
+    if ordered.len() > DENIED_LISTED {
+        notes.push(format!(
+            "{DENIED_NOTE} — review: … and {} more connection(s) not listed",
+            ordered.len() - DENIED_LISTED
+        ));
+    }
+    notes
+}
+
+/// [`DENIED_IN_FORCE`] on the `default-deny` of each namespace with a pod end of a denied
+/// connection that was not learned (what the output blocks, for review).
+fn annotate_denied(policies: &mut [NetworkPolicy], denied: &[DeniedInForce], flows: &[FlowRecord]) {
+    let mut per_ns: BTreeMap<&str, Vec<&DeniedInForce>> = BTreeMap::new();
+    for d in denied.iter().filter(|d| !d.outcome.learned()) {
+        let f = &flows[d.example];
+        let mut namespaces: Vec<&str> = [&f.src.namespace, &f.dst.namespace]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        namespaces.dedup();
+        for ns in namespaces {
+            per_ns.entry(ns).or_default().push(d);
+        }
+    }
+    for p in policies
+        .iter_mut()
+        .filter(|p| p.metadata.name.as_deref() == Some("default-deny"))
+    {
+        let Some(list) = per_ns.get(p.metadata.namespace.as_deref().unwrap_or_default()) else {
+            continue;
+        };
+        let mut lines: Vec<String> = list
+            .iter()
+            .take(DENIED_ANNOTATED)
+            .map(|d| format!("{} flow(s) {} ({})", d.flows, d.connection(), d.denied_by))
+            .collect();
+        if list.len() > DENIED_ANNOTATED {
+            lines.push(format!("and {} more", list.len() - DENIED_ANNOTATED));
+        }
+        p.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(DENIED_IN_FORCE.to_owned(), lines.join("; "));
     }
 }
 

@@ -163,17 +163,22 @@ pub(crate) const OWN_NODE: &str =
 pub(crate) const SELF_TRAFFIC: &str = "a pod's traffic to itself, always allowed";
 
 impl<'a> Observations<'a> {
-    /// Aggregates attributed `flows`; `attributor` gives backend ports and pod nodes.
-    /// `endpoints(ns, name)`: whether the Service has address endpoints (no selector,
+    /// Aggregates attributed `flows`, except those `excluded` (`excluded[i]`; empty: none),
+    /// which only widen the observation window; `attributor` gives backend ports and pod
+    /// nodes. `endpoints(ns, name)`: whether the Service has address endpoints (no selector,
     /// EndpointSlice addresses that are not pods).
     pub(crate) fn collect(
         flows: &'a [FlowRecord],
+        excluded: &[bool],
         attributor: &Attributor,
         endpoints: &dyn Fn(&str, &str) -> bool,
     ) -> Self {
         let mut obs = Observations::default();
         for (i, f) in flows.iter().enumerate() {
             obs.window.add_flow(f);
+            if excluded.get(i).copied().unwrap_or(false) {
+                continue;
+            }
             obs.add(i, f, attributor, endpoints);
         }
         obs

@@ -1,9 +1,11 @@
-//! Where `recommend` gets flows besides files (pure parts; the HTTP calls are in the CLI):
-//! agents' `/api/v1/flows` (JSON lines, merged and de-duplicated) and Prometheus'
-//! `netpol_observe_flows_total` series (turned into workload-level flows).
+//! Where `recommend` gets flows (pure parts; the HTTP calls are in the CLI): flow files and
+//! agents' `/api/v1/flows` (JSON lines with the verdict under the policies in force, merged
+//! and de-duplicated) and Prometheus' `netpol_observe_flows_total` series with their
+//! `verdict`, `netpol_observe_drops_total` and `netpol_observe_unenforced_flows_total`
+//! (turned into workload-level flows).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::Path,
 };
@@ -11,13 +13,15 @@ use std::{
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
+use super::{RecordedFlows, RecordedVerdict};
 use crate::{
     attribution::Subnets,
     flow::{
-        Endpoint, FlowRecord, Protocol, ServiceRef, WorkloadRef,
-        jsonl::{self, FlowLineError},
+        Drops, Endpoint, FlowRecord, Protocol, ServiceRef, Unenforced, WorkloadRef,
+        jsonl::{self, FlowLineError, FlowLineWith},
     },
     inventory::{Inventory, PodInfo},
+    policy::SideResult,
 };
 
 /// Errors of the flow sources.
@@ -33,18 +37,82 @@ pub enum SourceError {
     },
 }
 
-/// Reads an agent's `/api/v1/flows` body (JSON lines; extra fields such as `verdict` are
-/// ignored). Bad lines are returned as errors naming `origin` and the line; good ones are kept.
-pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<FlowLineError>) {
-    let mut flows = Vec::new();
+/// The verdict under the policies in force a flow line carries (`verdict`: the agent's
+/// `/api/v1/flows`, `flows -o jsonl`, `evaluate`), if any: an object with `allowed` and,
+/// optionally, the `ingress` and `egress` sides naming the isolating `policies` (the form of
+/// [`crate::policy::Verdict`]). `staged_verdict` is not one.
+pub fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Line {
+        #[serde(default)]
+        verdict: Option<Recorded>,
+    }
+    #[derive(Deserialize)]
+    struct Recorded {
+        allowed: bool,
+        #[serde(default)]
+        ingress: Option<Side>,
+        #[serde(default)]
+        egress: Option<Side>,
+    }
+    #[derive(Deserialize)]
+    struct Side {
+        result: SideResult,
+        #[serde(default)]
+        policies: Vec<String>,
+    }
+    let Some(v) = serde_json::from_str::<Line>(line)?.verdict else {
+        return Ok(None);
+    };
+    if v.allowed {
+        return Ok(Some(RecordedVerdict::Allowed));
+    }
+    let denied = |s: Option<Side>| {
+        s.filter(|s| s.result == SideResult::Denied)
+            .map(|s| s.policies)
+    };
+    Ok(Some(RecordedVerdict::Denied(super::judge::denial_of(
+        denied(v.egress),
+        denied(v.ingress),
+    ))))
+}
+
+/// The records of [`jsonl::read_lines_with`] / [`jsonl::read_file_with`] read with
+/// [`recorded_verdict`], and the bad lines.
+pub fn recorded_lines(
+    lines: Vec<FlowLineWith<Option<RecordedVerdict>>>,
+) -> (RecordedFlows, Vec<FlowLineError>) {
+    let mut flows = RecordedFlows::default();
     let mut errors = Vec::new();
-    for (_, line) in jsonl::read_lines(Path::new(origin), body.as_bytes()) {
+    for (_, line) in lines {
         match line {
-            Ok(f) => flows.push(f),
+            Ok((f, v)) => flows.push(f, v),
             Err(e) => errors.push(e),
         }
     }
     (flows, errors)
+}
+
+/// Reads a flow file (`-`: stdin) with the verdicts its lines carry.
+pub fn read_flow_file(path: &Path) -> (RecordedFlows, Vec<FlowLineError>) {
+    recorded_lines(jsonl::read_file_with(path, "verdict", recorded_verdict))
+}
+
+/// Reads an agent's `/api/v1/flows` body (JSON lines) with the verdict of each line. Bad lines
+/// are returned as errors naming `origin` and the line; good ones are kept.
+pub fn parse_agent_answer(body: &str, origin: &str) -> (RecordedFlows, Vec<FlowLineError>) {
+    recorded_lines(jsonl::read_lines_with(
+        Path::new(origin),
+        body.as_bytes(),
+        "verdict",
+        recorded_verdict,
+    ))
+}
+
+/// [`parse_agent_answer`] without the verdicts.
+pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<FlowLineError>) {
+    let (flows, errors) = parse_agent_answer(body, origin);
+    (flows.flows, errors)
 }
 
 /// Merges the flows of several agents, dropping duplicates (same protocol, addresses, ports
@@ -54,6 +122,11 @@ pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<Flow
 /// stamps the flow with its own clock) are all kept: the records of one flow from two nodes
 /// differ in `counted`, and only the counted one counts as evidence.
 pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<FlowRecord> {
+    merge_recorded(sources.into_iter().map(RecordedFlows::from)).flows
+}
+
+/// [`merge_flows`], each kept record with its recorded verdict.
+pub fn merge_recorded(sources: impl IntoIterator<Item = RecordedFlows>) -> RecordedFlows {
     type Key = (
         Protocol,
         IpAddr,
@@ -63,9 +136,11 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
         Option<Timestamp>,
     );
     let mut seen: HashMap<Key, usize> = HashMap::new();
-    let mut out: Vec<FlowRecord> = Vec::new();
+    let mut out = RecordedFlows::default();
     for list in sources {
-        for f in list {
+        let mut verdicts = list.verdicts.into_iter();
+        for f in list.flows {
+            let v = verdicts.next().flatten();
             let key = (
                 f.protocol,
                 f.src.ip,
@@ -76,16 +151,20 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
             );
             match seen.get(&key) {
                 Some(&i) => {
-                    if let Some(kept) = out.get_mut(i)
+                    if let Some(kept) = out.flows.get_mut(i)
                         && f.counted
                         && !kept.counted
                     {
                         *kept = f;
+                        if v.is_some() || !out.verdicts.is_empty() {
+                            out.verdicts.resize(out.flows.len(), None);
+                            out.verdicts[i] = v;
+                        }
                     }
                 }
                 None => {
-                    seen.insert(key, out.len());
-                    out.push(f);
+                    seen.insert(key, out.flows.len());
+                    out.push(f, v);
                 }
             }
         }
@@ -93,7 +172,15 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
     out
 }
 
-/// The PromQL instant query giving the flows per workload-level connection over `window`.
+/// The flow labels the Prometheus query keeps.
+const FLOW_LABELS: &str = "src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol";
+
+/// The PromQL instant query giving, per workload-level connection over `window`: the flows by
+/// `verdict` under the policies in force (`netpol_observe_flows_total`), and, marked
+/// `verdict="dropped"` and `verdict="unenforced"` with their `policy`, the packets a filter
+/// dropped (`netpol_observe_drops_total`, without the `NO_SOCKET` and `IP_RPFILTER` reasons,
+/// which no filter causes) and the denied flows delivered all the same
+/// (`netpol_observe_unenforced_flows_total`).
 ///
 /// `increase()` alone misses every series that appeared during the window and never grew
 /// after its first scrape (a workload pair whose connections all fell between two scrapes: the
@@ -102,8 +189,12 @@ pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<Fl
 /// value.
 pub fn prometheus_query(window: SignedDuration) -> String {
     let w = window.as_secs().max(1);
+    let grown = |m: &str| format!("(increase({m}[{w}s]) > 0) or ({m} unless {m} offset {w}s)");
     format!(
-        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol) ((increase(netpol_observe_flows_total[{w}s]) > 0) or (netpol_observe_flows_total unless netpol_observe_flows_total offset {w}s))"
+        "sum by ({FLOW_LABELS}, verdict) ({}) or label_replace(sum by ({FLOW_LABELS}, policy) ({}), \"verdict\", \"dropped\", \"\", \"\") or label_replace(sum by ({FLOW_LABELS}, policy) ({}), \"verdict\", \"unenforced\", \"\", \"\")",
+        grown("netpol_observe_flows_total"),
+        grown("netpol_observe_drops_total{reason!~\"NO_SOCKET|IP_RPFILTER\"}"),
+        grown("netpol_observe_unenforced_flows_total"),
     )
 }
 
@@ -129,19 +220,26 @@ struct PromSample {
     value: (f64, String),
 }
 
-/// Turns a Prometheus `/api/v1/query` answer to [`prometheus_query`] into one workload-level
-/// flow per series with a positive value: pods are named from the inventory (a pod of the
-/// workload), subnets from `subnets`, nodes from the inventory; `first_seen`/`last_seen` span
-/// `window` ending at the evaluation time. A destination port that is a Service port of the
-/// destination workload becomes a flow to that Service (so the target port is used). Series
-/// that cannot be placed are returned as notes.
-pub fn parse_prometheus(
+/// Turns a Prometheus `/api/v1/query` answer to [`prometheus_query`] into workload-level
+/// flows: pods are named from the inventory (a pod of the workload), subnets from `subnets`,
+/// nodes from the inventory; `first_seen`/`last_seen` span `window` ending at the evaluation
+/// time. A destination port that is a Service port of the destination workload becomes a flow
+/// to that Service (so the target port is used). Series that cannot be placed are returned as
+/// notes.
+///
+/// Per connection (the series with the same flow labels, positive values only): one flow for
+/// the `allowed`/`not_isolated` series (recorded [`RecordedVerdict::Allowed`]) and the
+/// `unknown` or unlabelled ones (no recorded verdict); one flow for the `denied` series
+/// (recorded [`RecordedVerdict::Denied`], with `drops` from the `dropped` series and
+/// `unenforced` from the `unenforced` ones, so the recommender learns it only if it was
+/// delivered); drops on a connection without any flow series are a denied flow too.
+pub fn parse_prometheus_recorded(
     body: &str,
     origin: &str,
     inventory: &Inventory,
     subnets: &Subnets,
     window: SignedDuration,
-) -> Result<(Vec<FlowRecord>, Vec<String>), SourceError> {
+) -> Result<(RecordedFlows, Vec<String>), SourceError> {
     let bad = |problem: String| SourceError::Prometheus {
         origin: origin.to_owned(),
         problem,
@@ -163,115 +261,222 @@ pub fn parse_prometheus(
             data.result_type
         )));
     }
-    let mut flows = Vec::new();
-    let mut notes = Vec::new();
+    // The series of each connection, in the order of their first series.
+    let mut groups: Vec<Connection> = Vec::new();
+    let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
     for (i, s) in data.result.iter().enumerate() {
         let count: f64 = s.value.1.parse().unwrap_or(0.0);
         if count <= 0.0 {
             continue;
         }
-        let get = |k: &str| s.metric.get(k).map(String::as_str).unwrap_or_default();
-        let Ok(protocol) = get("protocol").parse::<Protocol>() else {
-            notes.push(format!(
-                "{origin}: series {i}: protocol {:?} unknown, skipped",
-                get("protocol")
-            ));
-            continue;
-        };
-        let port = get("dst_port").parse::<u16>().ok();
-        let at = Timestamp::from_millisecond((s.value.0 * 1000.0) as i64).ok();
-        let src = endpoint(
-            inventory,
-            subnets,
-            get("src_namespace"),
-            get("src_kind"),
-            get("src_workload"),
-        );
-        let dst = endpoint(
-            inventory,
-            subnets,
-            get("dst_namespace"),
-            get("dst_kind"),
-            get("dst_workload"),
-        );
-        // An unattributed destination is a ClusterIP without backend pods: when exactly one
-        // selector-less Service of the inventory serves the port (the API server behind
-        // `default/kubernetes`, a database registered as a Service), it is that Service.
-        let dst = dst.or_else(|| {
-            if get("dst_namespace").is_empty() && get("dst_kind") == "Unknown" {
-                let (ep, svc) = address_service(inventory, port?, protocol)?;
-                notes.push(format!(
-                    "{origin}: series {i}: unattributed destination port {} taken as Service {svc}, the only Service without selector serving it",
-                    port.unwrap_or_default()
-                ));
-                Some((ep, None))
-            } else {
-                None
-            }
-        });
-        // A public client (its addresses are not in the series) of a workload behind a
-        // NodePort/LoadBalancer Service: a public entry point, for which the recommender
-        // allows the whole Internet (`--public-ingress any`), so a placeholder address keeps
-        // the peer. Anywhere else the addresses would matter: skipped with a note.
-        let src = src.or_else(|| {
-            let (_, Some(pod)) = dst.as_ref()? else {
-                return None;
-            };
-            let public = get("src_namespace").is_empty()
-                && get("src_kind") == "Subnet"
-                && get("src_workload") == "world"
-                && is_public_entry(inventory, pod);
-            public.then(|| {
-                let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
-                ep.subnet = Some("world".to_owned());
-                (ep, None)
-            })
-        });
-        let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
-            notes.push(format!(
-                "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
-                get("src_namespace"),
-                get("src_workload"),
-                get("dst_namespace"),
-                get("dst_workload")
-            ));
-            continue;
-        };
-        dst.port = port;
-        if let (Some(pod), Some(p)) = (dst_pod, port)
-            && protocol.has_ports()
-            && !pod
-                .container_ports
-                .iter()
-                .any(|c| c.port == p && c.protocol == protocol)
-            && let Some(svc) = inventory.services.iter().find(|svc| {
-                svc.namespace == pod.namespace
-                    && !svc.cluster_ips.is_empty()
-                    && svc
-                        .ports
-                        .iter()
-                        .any(|sp| sp.port == p && sp.protocol == protocol)
-                    && svc
-                        .selector
-                        .as_ref()
-                        .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
-            })
-            && let Some(ip) = svc.cluster_ips.first()
-        {
-            dst.ip = *ip;
-            dst.service = Some(ServiceRef {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
+        let key: Vec<&str> = FLOW_LABELS
+            .split(", ")
+            .map(|k| s.metric.get(k).map(String::as_str).unwrap_or_default())
+            .collect();
+        let g = *index.entry(key).or_insert_with(|| {
+            groups.push(Connection {
+                first: i,
+                ..Connection::default()
             });
+            groups.len() - 1
+        });
+        let g = &mut groups[g];
+        let policy = s.metric.get("policy").filter(|p| !p.is_empty());
+        match s.metric.get("verdict").map(String::as_str) {
+            Some("allowed" | "not_isolated") => g.allowed += count,
+            Some("denied") => g.denied += count,
+            Some("dropped") => {
+                g.dropped += count;
+                g.drop_policies.extend(policy.cloned());
+            }
+            Some("unenforced") => {
+                g.unenforced += count;
+                g.unenforced_policies.extend(policy.cloned());
+            }
+            _ => g.unjudged += count,
         }
-        let mut f = FlowRecord::new(protocol, src.ip, dst.ip, port);
-        f.src = src;
-        f.dst = dst;
-        f.last_seen = at;
-        f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
-        flows.push(f);
+    }
+    let mut flows = RecordedFlows::default();
+    let mut notes = Vec::new();
+    for g in &groups {
+        let i = g.first;
+        let s = &data.result[i];
+        let Some(f) = place(s, i, origin, inventory, subnets, window, &mut notes) else {
+            continue;
+        };
+        if g.allowed + g.unjudged > 0.0 {
+            let v = (g.allowed > 0.0).then_some(RecordedVerdict::Allowed);
+            flows.push(f.clone(), v);
+        }
+        let drops_only = g.denied <= 0.0 && g.allowed + g.unjudged <= 0.0 && g.dropped > 0.0;
+        if g.denied > 0.0 || drops_only {
+            let mut f = f;
+            let policies = |set: &BTreeSet<String>| {
+                (!set.is_empty()).then(|| set.iter().cloned().collect::<Vec<_>>().join(","))
+            };
+            if g.dropped > 0.0 {
+                f.drops = Some(Drops {
+                    count: g.dropped as u64,
+                    reason: None,
+                    policy: policies(&g.drop_policies),
+                });
+            }
+            if g.unenforced > 0.0 {
+                f.unenforced = Some(Unenforced {
+                    policy: policies(&g.unenforced_policies).unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            let v = (g.denied > 0.0).then(|| {
+                let mut isolating = g.drop_policies.clone();
+                isolating.extend(g.unenforced_policies.iter().cloned());
+                isolating.remove("unknown");
+                RecordedVerdict::Denied(match policies(&isolating) {
+                    Some(p) => format!("verdict=\"denied\" in Prometheus, isolated by {p}"),
+                    None => "verdict=\"denied\" in Prometheus".to_owned(),
+                })
+            });
+            flows.push(f, v);
+        }
     }
     Ok((flows, notes))
+}
+
+/// [`parse_prometheus_recorded`] without the recorded verdicts.
+pub fn parse_prometheus(
+    body: &str,
+    origin: &str,
+    inventory: &Inventory,
+    subnets: &Subnets,
+    window: SignedDuration,
+) -> Result<(Vec<FlowRecord>, Vec<String>), SourceError> {
+    let (flows, notes) = parse_prometheus_recorded(body, origin, inventory, subnets, window)?;
+    Ok((flows.flows, notes))
+}
+
+/// The series of one workload-level connection: their values summed by kind.
+#[derive(Debug, Default)]
+struct Connection {
+    /// Index of its first series (naming it in notes; its labels place the flow).
+    first: usize,
+    allowed: f64,
+    unjudged: f64,
+    denied: f64,
+    dropped: f64,
+    drop_policies: BTreeSet<String>,
+    unenforced: f64,
+    unenforced_policies: BTreeSet<String>,
+}
+
+/// The workload-level flow of series `i` (`s`), or `None` with a note.
+fn place(
+    s: &PromSample,
+    i: usize,
+    origin: &str,
+    inventory: &Inventory,
+    subnets: &Subnets,
+    window: SignedDuration,
+    notes: &mut Vec<String>,
+) -> Option<FlowRecord> {
+    let get = |k: &str| s.metric.get(k).map(String::as_str).unwrap_or_default();
+    let Ok(protocol) = get("protocol").parse::<Protocol>() else {
+        notes.push(format!(
+            "{origin}: series {i}: protocol {:?} unknown, skipped",
+            get("protocol")
+        ));
+        return None;
+    };
+    let port = get("dst_port").parse::<u16>().ok();
+    let at = Timestamp::from_millisecond((s.value.0 * 1000.0) as i64).ok();
+    let src = endpoint(
+        inventory,
+        subnets,
+        get("src_namespace"),
+        get("src_kind"),
+        get("src_workload"),
+    );
+    let dst = endpoint(
+        inventory,
+        subnets,
+        get("dst_namespace"),
+        get("dst_kind"),
+        get("dst_workload"),
+    );
+    // An unattributed destination is a ClusterIP without backend pods: when exactly one
+    // selector-less Service of the inventory serves the port (the API server behind
+    // `default/kubernetes`, a database registered as a Service), it is that Service.
+    let dst = dst.or_else(|| {
+        if get("dst_namespace").is_empty() && get("dst_kind") == "Unknown" {
+            let (ep, svc) = address_service(inventory, port?, protocol)?;
+            notes.push(format!(
+                "{origin}: series {i}: unattributed destination port {} taken as Service {svc}, the only Service without selector serving it",
+                port.unwrap_or_default()
+            ));
+            Some((ep, None))
+        } else {
+            None
+        }
+    });
+    // A public client (its addresses are not in the series) of a workload behind a
+    // NodePort/LoadBalancer Service: a public entry point, for which the recommender
+    // allows the whole Internet (`--public-ingress any`), so a placeholder address keeps
+    // the peer. Anywhere else the addresses would matter: skipped with a note.
+    let src = src.or_else(|| {
+        let (_, Some(pod)) = dst.as_ref()? else {
+            return None;
+        };
+        let public = get("src_namespace").is_empty()
+            && get("src_kind") == "Subnet"
+            && get("src_workload") == "world"
+            && is_public_entry(inventory, pod);
+        public.then(|| {
+            let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
+            ep.subnet = Some("world".to_owned());
+            (ep, None)
+        })
+    });
+    let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
+        notes.push(format!(
+            "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
+            get("src_namespace"),
+            get("src_workload"),
+            get("dst_namespace"),
+            get("dst_workload")
+        ));
+        return None;
+    };
+    dst.port = port;
+    if let (Some(pod), Some(p)) = (dst_pod, port)
+        && protocol.has_ports()
+        && !pod
+            .container_ports
+            .iter()
+            .any(|c| c.port == p && c.protocol == protocol)
+        && let Some(svc) = inventory.services.iter().find(|svc| {
+            svc.namespace == pod.namespace
+                && !svc.cluster_ips.is_empty()
+                && svc
+                    .ports
+                    .iter()
+                    .any(|sp| sp.port == p && sp.protocol == protocol)
+                && svc
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+        })
+        && let Some(ip) = svc.cluster_ips.first()
+    {
+        dst.ip = *ip;
+        dst.service = Some(ServiceRef {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+        });
+    }
+    let mut f = FlowRecord::new(protocol, src.ip, dst.ip, port);
+    f.src = src;
+    f.dst = dst;
+    f.last_seen = at;
+    f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
+    Some(f)
 }
 
 /// Whether a NodePort or LoadBalancer Service selects `pod`.

@@ -478,3 +478,75 @@ pub fn three_tier() -> Scenario {
     let _ = dns;
     s
 }
+
+/// A shop learning under enforcement: web → api (via its Service, `closed`) is legitimate; web
+/// knocked 5 times on db:5432 (`attempted`, 2 packets each dropped by `shop/db-np`) and
+/// 203.0.113.1 once on api:9000 (`attempted`, no drop seen). With `policies_in_force`, the
+/// inventory holds the policies that denied the knocks (`shop/db-np`: db only from api;
+/// `shop/api-np`: api only from web). Returns the scenario and the index of the knock on api.
+pub fn knocked_shop(policies_in_force: bool) -> (Scenario, usize) {
+    use netpol_observe::flow::{Directional, Drops, FlowState};
+    let mut c = Cluster::new();
+    let web = c.deployment("shop", "web", 2, &[("http", 8080, "TCP")]);
+    let api = c.deployment("shop", "api", 1, &[("api", 9000, "TCP")]);
+    let db = c.statefulset("shop", "db", 1, &[("pg", 5432, "TCP")]);
+    c.service(
+        "shop",
+        "api",
+        "10.96.0.20",
+        json!({"app": "api"}),
+        &[(80, json!("api"), "TCP")],
+    );
+    if policies_in_force {
+        for (name, server, client, port) in
+            [("db-np", "db", "api", 5432), ("api-np", "api", "web", 9000)]
+        {
+            c.objects.push(json!({
+                "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"podSelector": {"matchLabels": {"app": server}}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": client}}}],
+                                      "ports": [{"port": port, "protocol": "TCP"}]}]}
+            }));
+        }
+    }
+    let mut s = Scenario::new(c);
+    let mut minute = 0;
+    for w in &web {
+        for _ in 0..3 {
+            minute += 1;
+            let mut f = tcp(*w, "10.96.0.20", 80, minute);
+            f.state = Some(FlowState::Closed);
+            f.packets = Some(Directional {
+                sent: 6,
+                received: 5,
+            });
+            s.flows.push(f);
+        }
+    }
+    for _ in 0..5 {
+        minute += 1;
+        let mut f = tcp(web[0], &db[0].to_string(), 5432, minute);
+        f.state = Some(FlowState::Attempted);
+        f.packets = Some(Directional {
+            sent: 2,
+            received: 0,
+        });
+        f.drops = Some(Drops {
+            count: 2,
+            reason: Some("NETFILTER_DROP".into()),
+            policy: Some("shop/db-np".into()),
+        });
+        s.flows.push(f);
+    }
+    minute += 1;
+    let mut knock = tcp(ip("203.0.113.1"), &api[0].to_string(), 9000, minute);
+    knock.state = Some(FlowState::Attempted);
+    knock.packets = Some(Directional {
+        sent: 3,
+        received: 0,
+    });
+    s.flows.push(knock);
+    let knock = s.flows.len() - 1;
+    (s, knock)
+}
