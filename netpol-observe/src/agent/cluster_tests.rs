@@ -8,10 +8,11 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::test_kit::{ip, node, pod};
 use super::*;
 use crate::{
-    flow::{Directional, FlowState, Protocol, WorkloadRef},
-    inventory::{Labels, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo, ServiceType, TargetPort},
+    flow::{Directional, FlowState, Protocol},
+    inventory::{ServiceInfo, ServicePortInfo, ServiceType, TargetPort},
     recommend::{RecommendConfig, Recommender, render_yaml, sources::merge_flows},
 };
 
@@ -26,41 +27,10 @@ const CLUSTER_IP: [u8; 4] = [10, 96, 0, 20];
 const UNKNOWN: [u8; 4] = [10, 1, 9, 9];
 const INTERNET: [u8; 4] = [203, 0, 113, 7];
 
-fn ip(a: [u8; 4]) -> IpAddr {
-    IpAddr::from(a)
-}
-
-fn pod(name: &str, kind: &str, workload: &str, addr: [u8; 4], node: &str) -> PodInfo {
-    let app: Labels = [("app", workload)].into();
-    PodInfo {
-        namespace: "shop".into(),
-        name: name.into(),
-        uid: format!("uid-{name}").into(),
-        labels: app.clone(),
-        ips: vec![ip(addr)],
-        host_network: false,
-        node_name: Some(node.into()),
-        workload: Arc::new(WorkloadRef {
-            kind: kind.to_owned(),
-            name: workload.to_owned(),
-        }),
-        selector_labels: app,
-        container_ports: Arc::from(Vec::new()),
-        created: None,
-        deleted: None,
-    }
-}
-
 /// web on node-a; api with one replica per node (`api-…-aaaaa`, the Service's first
 /// backend, on node-a; `api-…-bbbbb` on node-b) behind Service shop/api (80 → 9000); db on
 /// node-b.
 fn inventory() -> Arc<Inventory> {
-    let node = |name: &str, addr| NodeInfo {
-        name: name.to_owned(),
-        addresses: vec![ip(addr)],
-        pod_cidrs: Vec::new(),
-        labels: Labels::default(),
-    };
     Arc::new(Inventory {
         pods: vec![
             pod("api-7c9d-aaaaa", "Deployment", "api", API_A, "node-a"),

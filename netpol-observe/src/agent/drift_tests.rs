@@ -3,14 +3,15 @@
 //! learns and persists edges during a learning period, resumes it after a restart, picks up a
 //! replaced baseline file, and refuses a corrupt one naming FILE:LINE.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::test_kit::{ip, node, pod};
 use super::*;
 use crate::{
-    flow::{Directional, Protocol, WorkloadRef},
-    inventory::{Labels, NamespaceInfo, NodeInfo, PodInfo},
+    flow::{Directional, Protocol},
+    inventory::NamespaceInfo,
 };
 
 const WEB: [u8; 4] = [10, 1, 0, 10];
@@ -23,38 +24,7 @@ const DB: [u8; 4] = [10, 50, 0, 5];
 
 const WEB_API_9000: &str = r#"{"version":1,"src":{"namespace":"shop","kind":"Deployment","workload":"web"},"dst":{"namespace":"shop","kind":"Deployment","workload":"api"},"port":9000,"protocol":"TCP","first_seen":"2026-05-01T00:00:00Z"}"#;
 
-fn ip(a: [u8; 4]) -> IpAddr {
-    IpAddr::from(a)
-}
-
-fn pod(workload: &str, addr: [u8; 4], node: &str) -> PodInfo {
-    let app: Labels = [("app", workload)].into();
-    PodInfo {
-        namespace: "shop".into(),
-        name: format!("{workload}-0").into(),
-        uid: format!("uid-{workload}").into(),
-        labels: app.clone(),
-        ips: vec![ip(addr)],
-        host_network: false,
-        node_name: Some(node.into()),
-        workload: Arc::new(WorkloadRef {
-            kind: "Deployment".to_owned(),
-            name: workload.to_owned(),
-        }),
-        selector_labels: app,
-        container_ports: Arc::from(Vec::new()),
-        created: None,
-        deleted: None,
-    }
-}
-
 fn model() -> Arc<Model> {
-    let node = |name: &str, addr: [u8; 4]| NodeInfo {
-        name: name.to_owned(),
-        addresses: vec![ip(addr)],
-        pod_cidrs: Vec::new(),
-        labels: Labels::default(),
-    };
     let inventory = Inventory {
         namespaces: BTreeMap::from([(
             "shop".to_owned(),
@@ -64,10 +34,10 @@ fn model() -> Arc<Model> {
             },
         )]),
         pods: vec![
-            pod("web", WEB, "node-a"),
-            pod("api", API, "node-a"),
-            pod("cache", CACHE, "node-a"),
-            pod("client", CLIENT, "node-b"),
+            pod("web-0", "Deployment", "web", WEB, "node-a"),
+            pod("api-0", "Deployment", "api", API, "node-a"),
+            pod("cache-0", "Deployment", "cache", CACHE, "node-a"),
+            pod("client-0", "Deployment", "client", CLIENT, "node-b"),
         ],
         nodes: vec![node("node-a", [10, 0, 0, 1]), node("node-b", [10, 0, 0, 2])],
         ..Inventory::default()

@@ -5,17 +5,15 @@
 //! node's state to `not_enforced`; denied flows that were dropped or never answered turn it
 //! `enforced`; nothing else counts.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::test_kit::{ip, node, pod};
 use super::*;
 use crate::{
-    flow::{Directional, FlowState, Protocol, WorkloadRef},
-    inventory::{
-        Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo, ServiceType,
-        TargetPort,
-    },
+    flow::{Directional, FlowState, Protocol},
+    inventory::{NamespaceInfo, ServiceInfo, ServicePortInfo, ServiceType, TargetPort},
 };
 
 /// web and api on node-a; db and client on node-b.
@@ -25,31 +23,6 @@ const DB: [u8; 4] = [10, 2, 0, 30];
 const CLIENT: [u8; 4] = [10, 2, 0, 40];
 const CLUSTER_IP: [u8; 4] = [10, 96, 0, 20];
 const INTERNET: [u8; 4] = [203, 0, 113, 7];
-
-fn ip(a: [u8; 4]) -> IpAddr {
-    IpAddr::from(a)
-}
-
-fn pod(name: &str, workload: &str, addr: [u8; 4], node: &str) -> PodInfo {
-    let app: Labels = [("app", workload)].into();
-    PodInfo {
-        namespace: "shop".into(),
-        name: name.into(),
-        uid: format!("uid-{name}").into(),
-        labels: app.clone(),
-        ips: vec![ip(addr)],
-        host_network: false,
-        node_name: Some(node.into()),
-        workload: Arc::new(WorkloadRef {
-            kind: "Deployment".to_owned(),
-            name: workload.to_owned(),
-        }),
-        selector_labels: app,
-        container_ports: Arc::from(Vec::new()),
-        created: None,
-        deleted: None,
-    }
-}
 
 fn policy(value: serde_json::Value) -> NetworkPolicy {
     serde_json::from_value(value).unwrap()
@@ -85,12 +58,6 @@ fn policies() -> Vec<NetworkPolicy> {
 }
 
 fn inventory(policies: Vec<NetworkPolicy>) -> Arc<Inventory> {
-    let node = |name: &str, addr: [u8; 4]| NodeInfo {
-        name: name.to_owned(),
-        addresses: vec![ip(addr)],
-        pod_cidrs: Vec::new(),
-        labels: Labels::default(),
-    };
     Arc::new(Inventory {
         namespaces: BTreeMap::from([(
             "shop".to_owned(),
@@ -100,10 +67,10 @@ fn inventory(policies: Vec<NetworkPolicy>) -> Arc<Inventory> {
             },
         )]),
         pods: vec![
-            pod("api-0", "api", API, "node-a"),
-            pod("client-0", "client", CLIENT, "node-b"),
-            pod("db-0", "db", DB, "node-b"),
-            pod("web-0", "web", WEB, "node-a"),
+            pod("api-0", "Deployment", "api", API, "node-a"),
+            pod("client-0", "Deployment", "client", CLIENT, "node-b"),
+            pod("db-0", "Deployment", "db", DB, "node-b"),
+            pod("web-0", "Deployment", "web", WEB, "node-a"),
         ],
         services: vec![ServiceInfo {
             namespace: "shop".to_owned(),
@@ -369,7 +336,8 @@ fn only_a_change_of_the_policies_restarts_the_grace() {
     let a = agent("node-a");
     // Same policies, another pod: the set is in use since t0 still.
     let mut inv = (*inventory(policies())).clone();
-    inv.pods.push(pod("web-1", "web", [10, 1, 0, 11], "node-a"));
+    inv.pods
+        .push(pod("web-1", "Deployment", "web", [10, 1, 0, 11], "node-a"));
     let same = Model::new(Arc::new(inv.clone()), &Subnets::default(), None).unwrap();
     a.set_model_at(Arc::new(same), at(100));
     connection(&a, (WEB, 40001), (API, 9100), 20);

@@ -23,6 +23,8 @@ pub mod config;
 mod drift_tests;
 #[cfg(test)]
 mod enforcement_tests;
+#[cfg(test)]
+mod test_kit;
 pub mod model;
 pub mod nat;
 pub mod peer;
