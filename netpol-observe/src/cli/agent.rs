@@ -39,10 +39,11 @@ pub enum Output {
   netpol-observe agent --inventory cluster/ --drift-baseline baseline.jsonl --drift-learn 168h   # learn a week, then report new dependencies
   netpol-observe agent --interfaces 'veth*' 'cali*' --exclude 'veth-infra*'
 
-Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name) and a
-key in the --config file (camelCase: listen, inventory, stagedPolicies, interfaces,
-flowMapCapacity, dropReasons, dropScope, enforcementGrace, driftBaseline, driftLearn, apiAuth, apiTokenAudiences,
-metrics.seriesBudget, ...).
+Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name;
+lists comma-separated), and every setting of the agent (not --output and --duration, which are
+about this run) a key in the --config file (camelCase: listen, inventory, stagedPolicies,
+interfaces, flowMapCapacity, dropReasons, dropScope, enforcementGrace, driftBaseline, driftLearn,
+apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
 
 /metrics, /healthz and /readyz are open to whoever reaches --listen; /api/v1 needs, with
 --api-auth kubernetes, `Authorization: Bearer <token>` of a user or ServiceAccount allowed `get`
@@ -68,7 +69,13 @@ pub struct Args {
     pub allow_unauthenticated_remote_api: bool,
     /// With `--api-auth kubernetes`: audiences a token must be valid for (e.g. netpol-observe,
     /// for `kubectl create token --audience netpol-observe`) [default: the API server's].
-    #[arg(long, num_args = 1.., value_name = "AUDIENCE")]
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_API_TOKEN_AUDIENCES",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "AUDIENCE"
+    )]
     pub api_token_audiences: Vec<String>,
     /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change
     /// [default: in-cluster, from the API server].
@@ -91,10 +98,22 @@ pub struct Args {
     #[arg(long, env = "NETPOL_OBSERVE_STAGED_POLICIES", value_name = "PATH")]
     pub staged_policies: Option<PathBuf>,
     /// Interfaces to attach to (glob patterns) [default: veth* cali* lxc* azv* eni* gke*].
-    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_INTERFACES",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
     pub interfaces: Vec<String>,
     /// Interfaces never attached (glob patterns) [default: cilium_* lo].
-    #[arg(long, num_args = 1.., value_name = "PATTERN")]
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_EXCLUDE",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "PATTERN"
+    )]
     pub exclude: Vec<String>,
     /// Label sets per flow-labelled metric family before the `other` bucket [default: 2000].
     #[arg(long, env = "NETPOL_OBSERVE_METRICS_SERIES_BUDGET", value_name = "N")]
@@ -128,7 +147,13 @@ pub struct Args {
     /// Drop reasons counted (kernel `enum skb_drop_reason` names without `SKB_DROP_REASON_`)
     /// [default: NETFILTER_DROP TC_INGRESS TC_EGRESS TC_DROP BPF_CGROUP_INGRESS
     /// BPF_CGROUP_EGRESS SOCKET_FILTER NO_SOCKET IP_RPFILTER XFRM_POLICY].
-    #[arg(long, num_args = 1.., value_name = "REASON")]
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DROP_REASONS",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "REASON"
+    )]
     pub drop_reasons: Vec<String>,
     /// Which drops are recorded. kernel: every drop of the node's kernel (a real node;
     /// default). netns: only drops whose device is in the agent's network namespace (several
@@ -171,17 +196,22 @@ pub struct Args {
     )]
     pub drift_learn: Option<jiff::SignedDuration>,
     /// Forward the eBPF programs' debug log to the agent's log.
-    #[arg(long)]
+    #[arg(long, env = "NETPOL_OBSERVE_EBPF_LOG")]
     pub ebpf_log: bool,
     /// How the programs are attached: tcx or clsact [default: tcx on kernels ≥ 6.6, clsact
     /// before].
     #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
     pub attach_mode: Option<AttachMode>,
     /// Output format of the flows printed at the end.
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     pub output: Output,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "NETPOL_OBSERVE_DURATION", value_name = "SECS")]
     pub duration: Option<u64>,
 }
 
@@ -333,6 +363,42 @@ mod tests {
     use clap::Parser;
 
     use super::super::{Cli, Command};
+
+    /// `--help` says every flag has an environment variable: it does.
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let cmd = <super::Args as clap::Args>::augment_args(clap::Command::new("agent"));
+        let missing: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_env().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "flags without environment variable: {missing:?}"
+        );
+    }
+
+    /// List flags take a comma-separated value (as their environment variables do) as well as
+    /// several values.
+    #[test]
+    fn list_flags_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "netpol-observe",
+            "agent",
+            "--exclude",
+            "veth-infra*,lo",
+            "--interfaces",
+            "veth*",
+            "cali*",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent command")
+        };
+        assert_eq!(args.exclude, ["veth-infra*", "lo"]);
+        assert_eq!(args.interfaces, ["veth*", "cali*"]);
+    }
 
     fn resolve(args: &[&str]) -> anyhow::Result<crate::agent::AgentConfig> {
         let cli = Cli::try_parse_from(["netpol-observe", "agent"].iter().chain(args))?;
