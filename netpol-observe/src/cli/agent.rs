@@ -40,7 +40,7 @@ pub enum Output {
   netpol-observe agent --interfaces 'veth*' 'cali*' --exclude 'veth-infra*'
 
 Every flag has an environment variable (NETPOL_OBSERVE_<FLAG>, NODE_NAME for --node-name;
-lists comma-separated), and every setting of the agent (not --output and --duration, which are
+lists comma-separated, but --interfaces/--exclude take one glob there: '{veth*,cali*}'), and every setting of the agent (not --output and --duration, which are
 about this run) a key in the --config file (camelCase: listen, inventory, stagedPolicies,
 interfaces, flowMapCapacity, dropReasons, dropScope, enforcementGrace, driftBaseline, driftLearn,
 apiAuth, apiTokenAudiences, metrics.seriesBudget, ...).
@@ -102,7 +102,6 @@ pub struct Args {
         long,
         env = "NETPOL_OBSERVE_INTERFACES",
         num_args = 1..,
-        value_delimiter = ',',
         value_name = "PATTERN"
     )]
     pub interfaces: Vec<String>,
@@ -111,7 +110,6 @@ pub struct Args {
         long,
         env = "NETPOL_OBSERVE_EXCLUDE",
         num_args = 1..,
-        value_delimiter = ',',
         value_name = "PATTERN"
     )]
     pub exclude: Vec<String>,
@@ -380,14 +378,16 @@ mod tests {
     }
 
     /// List flags take a comma-separated value (as their environment variables do) as well as
-    /// several values.
+    /// several values; interface patterns keep their commas (glob alternatives).
     #[test]
-    fn list_flags_split_on_commas() {
+    fn list_flags_split_on_commas_but_globs_keep_theirs() {
         let cli = Cli::try_parse_from([
             "netpol-observe",
             "agent",
+            "--drop-reasons",
+            "NETFILTER_DROP,TC_INGRESS",
             "--exclude",
-            "veth-infra*,lo",
+            "{veth-infra*,lo}",
             "--interfaces",
             "veth*",
             "cali*",
@@ -396,7 +396,8 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("not the agent command")
         };
-        assert_eq!(args.exclude, ["veth-infra*", "lo"]);
+        assert_eq!(args.drop_reasons, ["NETFILTER_DROP", "TC_INGRESS"]);
+        assert_eq!(args.exclude, ["{veth-infra*,lo}"]);
         assert_eq!(args.interfaces, ["veth*", "cali*"]);
     }
 
