@@ -23,13 +23,13 @@ pub mod config;
 mod drift_tests;
 #[cfg(test)]
 mod enforcement_tests;
-#[cfg(test)]
-mod test_kit;
 pub mod model;
 pub mod nat;
 pub mod peer;
 mod series;
 pub mod store;
+#[cfg(test)]
+mod test_kit;
 
 use std::{
     collections::HashMap,
