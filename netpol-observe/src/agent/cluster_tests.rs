@@ -8,11 +8,10 @@ use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::test_kit::{ip, node, pod};
+use super::test_kit::{api_service, ip, node, pod};
 use super::*;
 use crate::{
     flow::{Directional, FlowState, Protocol},
-    inventory::{ServiceInfo, ServicePortInfo, ServiceType, TargetPort},
     recommend::{RecommendConfig, Recommender, render_yaml, sources::merge_flows},
 };
 
@@ -38,19 +37,7 @@ fn inventory() -> Arc<Inventory> {
             pod("db-0", "StatefulSet", "db", DB, "node-b"),
             pod("web-6f4b-xxxxx", "Deployment", "web", WEB, "node-a"),
         ],
-        services: vec![ServiceInfo {
-            namespace: "shop".to_owned(),
-            name: "api".to_owned(),
-            cluster_ips: vec![ip(CLUSTER_IP)],
-            selector: Some([("app", "api")].into()),
-            ports: vec![ServicePortInfo {
-                name: None,
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(9000),
-            }],
-            service_type: ServiceType::ClusterIP,
-        }],
+        services: vec![api_service(CLUSTER_IP, 9000)],
         nodes: vec![node("node-a", NODE_A), node("node-b", NODE_B)],
         ..Inventory::default()
     })

@@ -7,12 +7,9 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::test_kit::{ip, node, pod};
+use super::test_kit::{ip, node, pod, shop_namespace};
 use super::*;
-use crate::{
-    flow::{Directional, Protocol},
-    inventory::NamespaceInfo,
-};
+use crate::flow::{Directional, Protocol};
 
 const WEB: [u8; 4] = [10, 1, 0, 10];
 const API: [u8; 4] = [10, 1, 0, 20];
@@ -26,13 +23,7 @@ const WEB_API_9000: &str = r#"{"version":1,"src":{"namespace":"shop","kind":"Dep
 
 fn model() -> Arc<Model> {
     let inventory = Inventory {
-        namespaces: BTreeMap::from([(
-            "shop".to_owned(),
-            NamespaceInfo {
-                name: "shop".to_owned(),
-                labels: [("kubernetes.io/metadata.name", "shop")].into(),
-            },
-        )]),
+        namespaces: shop_namespace(),
         pods: vec![
             pod("web-0", "Deployment", "web", WEB, "node-a"),
             pod("api-0", "Deployment", "api", API, "node-a"),

@@ -9,12 +9,9 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::test_kit::{ip, node, pod};
+use super::test_kit::{api_service, ip, node, pod, shop_namespace};
 use super::*;
-use crate::{
-    flow::{Directional, FlowState, Protocol},
-    inventory::{NamespaceInfo, ServiceInfo, ServicePortInfo, ServiceType, TargetPort},
-};
+use crate::flow::{Directional, FlowState, Protocol};
 
 /// web and api on node-a; db and client on node-b.
 const WEB: [u8; 4] = [10, 1, 0, 10];
@@ -59,32 +56,14 @@ fn policies() -> Vec<NetworkPolicy> {
 
 fn inventory(policies: Vec<NetworkPolicy>) -> Arc<Inventory> {
     Arc::new(Inventory {
-        namespaces: BTreeMap::from([(
-            "shop".to_owned(),
-            NamespaceInfo {
-                name: "shop".to_owned(),
-                labels: [("kubernetes.io/metadata.name", "shop")].into(),
-            },
-        )]),
+        namespaces: shop_namespace(),
         pods: vec![
             pod("api-0", "Deployment", "api", API, "node-a"),
             pod("client-0", "Deployment", "client", CLIENT, "node-b"),
             pod("db-0", "Deployment", "db", DB, "node-b"),
             pod("web-0", "Deployment", "web", WEB, "node-a"),
         ],
-        services: vec![ServiceInfo {
-            namespace: "shop".to_owned(),
-            name: "api".to_owned(),
-            cluster_ips: vec![ip(CLUSTER_IP)],
-            selector: Some([("app", "api")].into()),
-            ports: vec![ServicePortInfo {
-                name: None,
-                port: 80,
-                protocol: Protocol::Tcp,
-                target_port: TargetPort::Number(9100),
-            }],
-            service_type: ServiceType::ClusterIP,
-        }],
+        services: vec![api_service(CLUSTER_IP, 9100)],
         nodes: vec![node("node-a", [10, 0, 0, 1]), node("node-b", [10, 0, 0, 2])],
         network_policies: policies,
         ..Inventory::default()

@@ -1,11 +1,14 @@
 //! Builders shared by the agent's multi-node test modules (`cluster_tests`,
 //! `enforcement_tests`, `drift_tests`): addresses, pods and nodes of a `shop` namespace.
 
-use std::{net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use crate::{
-    flow::WorkloadRef,
-    inventory::{Labels, NodeInfo, PodInfo},
+    flow::{Protocol, WorkloadRef},
+    inventory::{
+        Labels, NamespaceInfo, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo, ServiceType,
+        TargetPort,
+    },
 };
 
 /// The address `a`.
@@ -43,5 +46,33 @@ pub(super) fn node(name: &str, addr: [u8; 4]) -> NodeInfo {
         addresses: vec![ip(addr)],
         pod_cidrs: Vec::new(),
         labels: Labels::default(),
+    }
+}
+
+/// The namespace `shop` (with its `kubernetes.io/metadata.name` label).
+pub(super) fn shop_namespace() -> BTreeMap<String, NamespaceInfo> {
+    BTreeMap::from([(
+        "shop".to_owned(),
+        NamespaceInfo {
+            name: "shop".to_owned(),
+            labels: [("kubernetes.io/metadata.name", "shop")].into(),
+        },
+    )])
+}
+
+/// Service `shop/api` (`app: api`) at `cluster_ip`, TCP 80 → `target`.
+pub(super) fn api_service(cluster_ip: [u8; 4], target: u16) -> ServiceInfo {
+    ServiceInfo {
+        namespace: "shop".to_owned(),
+        name: "api".to_owned(),
+        cluster_ips: vec![ip(cluster_ip)],
+        selector: Some([("app", "api")].into()),
+        ports: vec![ServicePortInfo {
+            name: None,
+            port: 80,
+            protocol: Protocol::Tcp,
+            target_port: TargetPort::Number(target),
+        }],
+        service_type: ServiceType::ClusterIP,
     }
 }
