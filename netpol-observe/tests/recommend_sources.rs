@@ -100,6 +100,27 @@ async fn agents_are_merged_and_deduplicated() {
     assert_eq!(annotation(&web, FLOWS), Some("8"));
 }
 
+/// A Prometheus answering every instant query with `answer`; the URL and the queries asked.
+async fn fake_prometheus(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let asked = queries.clone();
+    let url = serve(Router::new().route(
+        "/api/v1/query",
+        get(move |Query(q): Query<HashMap<String, String>>| {
+            let asked = asked.clone();
+            async move {
+                asked
+                    .lock()
+                    .unwrap()
+                    .push(q.get("query").cloned().unwrap_or_default());
+                answer
+            }
+        }),
+    ))
+    .await;
+    (url, queries)
+}
+
 const PROM_ANSWER: &str = r#"{"status":"success","data":{"resultType":"vector","result":[
  {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"backend","dst_kind":"Deployment","dst_workload":"api","dst_port":"80","protocol":"TCP"},"value":[1795000000,"42"]},
  {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"kube-system","dst_kind":"Deployment","dst_workload":"coredns","dst_port":"53","protocol":"UDP"},"value":[1795000000,"310.5"]},
@@ -111,21 +132,7 @@ const PROM_ANSWER: &str = r#"{"status":"success","data":{"resultType":"vector","
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_series_become_workload_flows() {
     let s = three_tier();
-    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-    let q2 = queries.clone();
-    let url = serve(Router::new().route(
-        "/api/v1/query",
-        get(move |Query(q): Query<HashMap<String, String>>| {
-            let q2 = q2.clone();
-            async move {
-                q2.lock()
-                    .unwrap()
-                    .push(q.get("query").cloned().unwrap_or_default());
-                PROM_ANSWER
-            }
-        }),
-    ))
-    .await;
+    let (url, queries) = fake_prometheus(PROM_ANSWER).await;
     let dir = tempfile::tempdir().unwrap();
     let (inv_path, subnets) = files(&s, dir.path());
     let out = bin(vec![
@@ -499,21 +506,7 @@ const PROM_DENIED: &str = r#"{"status":"success","data":{"resultType":"vector","
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_denied_series_are_not_learned() {
     let s = three_tier();
-    let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-    let q2 = queries.clone();
-    let url = serve(Router::new().route(
-        "/api/v1/query",
-        get(move |Query(q): Query<HashMap<String, String>>| {
-            let q2 = q2.clone();
-            async move {
-                q2.lock()
-                    .unwrap()
-                    .push(q.get("query").cloned().unwrap_or_default());
-                PROM_DENIED
-            }
-        }),
-    ))
-    .await;
+    let (url, queries) = fake_prometheus(PROM_DENIED).await;
     let dir = tempfile::tempdir().unwrap();
     let (inv_path, subnets) = files(&s, dir.path());
     let run = |extra: Option<&str>| {
