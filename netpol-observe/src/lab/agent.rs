@@ -54,6 +54,15 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The drift baseline could not be written for the agents.
+    #[error("cannot write the drift baseline {path}")]
+    Baseline {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::drift::BaselineError,
+    },
     /// The agent exited.
     #[error("the agent exited ({status}); see {log}")]
     Exited {
@@ -382,9 +391,9 @@ impl Agents {
         for a in &self.0 {
             baseline
                 .save(&a.drift_baseline)
-                .map_err(|e| AgentError::Http {
-                    path: a.drift_baseline.display().to_string(),
-                    message: e.to_string(),
+                .map_err(|source| AgentError::Baseline {
+                    path: a.drift_baseline.clone(),
+                    source,
                 })?;
         }
         let deadline = Instant::now() + timeout;

@@ -498,14 +498,14 @@ fn subnets_of(model: &LabModel) -> Subnets {
     )
 }
 
-/// Polls the agent until every traffic entry's flows are there (or `timeout`), then waits one
-/// more sweep so the counters and states are final. Returns the flows and the coverage of the
-/// traffic entries.
+/// Polls the agents until every traffic entry's flows are there (or `timeout`), then waits one
+/// more sweep so the counters and states are final. Returns every agent's flows as reported,
+/// sorted by first seen.
 async fn collect_flows(
     model: &LabModel,
     agents: &Agents,
     timeout: Duration,
-) -> Result<(Vec<FlowRecord>, Coverage), LabError> {
+) -> Result<Vec<FlowRecord>, LabError> {
     let deadline = Instant::now() + timeout;
     loop {
         let flows: Vec<FlowRecord> = agents.flows().await?.into_iter().map(|f| f.flow).collect();
@@ -542,9 +542,7 @@ async fn collect_flows(
                 &b.node,
             ))
     });
-    expect::attribute_entries(model, &mut flows);
-    let coverage = Coverage::of(model, &flows);
-    Ok((flows, coverage))
+    Ok(flows)
 }
 
 fn jsonl(flows: &[FlowRecord]) -> Vec<u8> {
@@ -849,14 +847,16 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     write(&opts.out.join("probes.json"), &json(&learning), &mut files)?;
 
     tracing::info!("waiting for the agents to report every traffic entry");
-    let (flows, coverage) = collect_flows(model, &agents, opts.agent_timeout).await?;
+    let mut flows = collect_flows(model, &agents, opts.agent_timeout).await?;
     // The learning phase is the baseline: what the agents counted (as they saw it) is every
     // node's baseline from now on, and any new dependency is drift.
     let mut baseline = crate::drift::Baseline::default();
     let attributor = crate::attribution::Attributor::new(&cluster, &subnets_of(model));
-    for f in agents.flows().await? {
-        baseline.insert_record(&f.flow, &attributor);
+    for f in &flows {
+        baseline.insert_record(f, &attributor);
     }
+    expect::attribute_entries(model, &mut flows);
+    let coverage = Coverage::of(model, &flows);
     agents
         .end_drift_learning(&baseline, opts.agent_timeout)
         .await?;
