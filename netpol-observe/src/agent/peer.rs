@@ -72,6 +72,7 @@ impl Peer {
             labels: self.labels.as_ref().map(Labels::to_map),
             node: self.node.clone(),
             subnet: self.subnet.clone(),
+            dns_names: Vec::new(),
         }
     }
 

@@ -188,6 +188,10 @@ pub struct Endpoint {
     /// Named subnet, `private` or `world` for peers outside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    /// DNS names the flow's client resolved to this address (destination only), from the DNS
+    /// answers the node saw, sorted. Never a metric label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
 }
 
 impl Endpoint {
@@ -203,6 +207,7 @@ impl Endpoint {
             labels: None,
             node: None,
             subnet: None,
+            dns_names: Vec::new(),
         }
     }
 
