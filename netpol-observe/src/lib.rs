@@ -1,20 +1,11 @@
 //! netpol-observe: an eBPF-backed flow observer and NetworkPolicy recommender for Kubernetes.
-//!
-//! See `docs/architecture.md` for how the modules fit together. The engine modules
-//! ([`policy`], [`recommend`], [`attribution`]) are pure: no I/O, fed by plain data.
+//! This crate is the command line on top of the core ([`netpol_observe_core`]: model and
+//! engine), the agent ([`netpol_observe_agent`]) and the lab ([`netpol_observe_lab`]). See
+//! `docs/architecture.md`.
 
-pub mod agent;
-pub mod attribution;
+// The other crates' modules under their short names, as the command line's code reads them.
+use netpol_observe_agent::{agent, datapath, drift, http, inventory, tls};
+use netpol_observe_core::{attribution, flow, names, policy, recommend};
+use netpol_observe_lab as lab;
+
 pub mod cli;
-pub mod datapath;
-pub mod drift;
-pub mod flow;
-pub mod http;
-pub mod inventory;
-pub mod lab;
-pub mod metrics;
-pub mod names;
-pub mod policy;
-pub mod recommend;
-pub mod tls;
-pub mod yaml;

@@ -5,11 +5,11 @@
 
 use std::{path::Path, process::Command, sync::Arc};
 
-use netpol_observe::{
+use netpol_observe_agent::{
     drift::{Baseline, DriftKind, Edge},
-    flow::Protocol,
     metrics::PeerLabels,
 };
+use netpol_observe_core::flow::Protocol;
 
 const INVENTORY: &str = r#"
 apiVersion: v1

@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Command};
 
-use netpol_observe::policy::{EvaluatedFlow, SideResult};
+use netpol_observe_core::policy::{EvaluatedFlow, SideResult};
 
 fn fixture() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop")

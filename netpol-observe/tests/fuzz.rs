@@ -19,15 +19,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_observe::{
+use netpol_observe_agent::{
     agent::{AgentConfig, AgentState},
-    attribution::Subnets,
-    flow::jsonl,
     http::{auth::ApiGuard, router},
-    inventory::Inventory,
-    lab::{dns, model::LabModel, scenario},
-    recommend::sources,
 };
+use netpol_observe_core::{
+    attribution::Subnets, flow::jsonl, inventory::Inventory, recommend::sources,
+};
+use netpol_observe_lab::{dns, model::LabModel, scenario};
 
 /// The slowest any single input may be.
 const SLOW: Duration = Duration::from_secs(5);

@@ -10,7 +10,7 @@ use std::{
 };
 
 use axum::{Router, routing::get};
-use netpol_observe::{attribution::Subnets, inventory::Inventory};
+use netpol_observe_core::{attribution::Subnets, inventory::Inventory};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
@@ -277,7 +277,7 @@ items:
 /// 65,536 intervals): the self-check passes, port 65535 included.
 #[test]
 fn recommend_with_65536_port_intervals_passes_its_self_check() {
-    use netpol_observe::{
+    use netpol_observe_core::{
         flow::{FlowRecord, Protocol},
         policy::PolicyEngine,
         recommend::{RecommendConfig, Recommender},
@@ -599,8 +599,8 @@ spec:
 
 fn load(
     yaml: &str,
-    validation: netpol_observe::inventory::Validation,
-) -> Result<netpol_observe::inventory::LoadedInventory, String> {
+    validation: netpol_observe_core::inventory::Validation,
+) -> Result<netpol_observe_core::inventory::LoadedInventory, String> {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("inv.yaml");
     std::fs::write(&file, yaml).unwrap();
@@ -622,7 +622,7 @@ fn load(
 /// as `kubectl --validate=strict` would; `warn` reports and ignores, `ignore` drops.
 #[test]
 fn unknown_fields_in_a_network_policy_are_an_error() {
-    use netpol_observe::inventory::Validation;
+    use netpol_observe_core::inventory::Validation;
     let yaml = format!("{TWO_PODS}{TYPO_POLICY}");
     let err = load(&yaml, Validation::Strict).unwrap_err();
     assert_eq!(
@@ -692,7 +692,7 @@ fn unknown_fields_in_a_network_policy_are_an_error() {
 /// Unknown fields are found in every kind of object, at any depth, and in a List itself.
 #[test]
 fn unknown_fields_in_any_inventory_object_are_named() {
-    use netpol_observe::inventory::Validation;
+    use netpol_observe_core::inventory::Validation;
     let cases = [
         (
             "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\nstatus: {podIp: 10.244.1.5}\n",
@@ -737,7 +737,7 @@ fn unknown_fields_in_any_inventory_object_are_named() {
 /// document and the line, never a crash.
 #[test]
 fn deep_or_exploding_yaml_is_an_error_naming_its_place() {
-    use netpol_observe::{inventory::Validation, yaml::MAX_DEPTH};
+    use netpol_observe_core::{inventory::Validation, yaml::MAX_DEPTH};
     let head = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: shop}\n";
     // The document is level 1, `status` level 2.
     let nested = |levels: usize| -> String {
@@ -783,7 +783,7 @@ fn deep_or_exploding_yaml_is_an_error_naming_its_place() {
 /// naming it and its file; the CLI prints it.
 #[test]
 fn a_missing_namespace_is_a_warning() {
-    use netpol_observe::inventory::Validation;
+    use netpol_observe_core::inventory::Validation;
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, labels: {app: web}}\nstatus: {podIP: 10.244.1.5}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n";
     let loaded = load(yaml, Validation::Strict).unwrap();
     assert_eq!(
@@ -846,21 +846,21 @@ fn lab_policies_scenarios_and_agent_config_reject_unknown_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let pol = tmp.path().join("p.yaml");
     std::fs::write(&pol, TYPO_POLICY).unwrap();
-    let err = netpol_observe::lab::enforce::load_policies(&pol)
+    let err = netpol_observe_lab::enforce::load_policies(&pol)
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("unknown fields spec.podSelectr, spec.ingres"),
         "{err}"
     );
-    let err = netpol_observe::lab::scenario::parse(
+    let err = netpol_observe_lab::scenario::parse(
         Path::new("s.yaml"),
         "name: t\nnamespaces: []\nworkload: []\n",
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("unknown field `workload`"), "{err}");
-    let err = netpol_observe::agent::AgentConfig::from_yaml_str(
+    let err = netpol_observe_agent::agent::AgentConfig::from_yaml_str(
         "metrics:\n  seriesBudgt: 3\n",
         Path::new("a.yaml"),
     )

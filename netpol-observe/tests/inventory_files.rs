@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::{Attributor, Subnets},
     flow::{FlowRecord, Protocol, WorkloadRef},
     inventory::{Inventory, Labels, TargetPort},

@@ -15,7 +15,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use netpol_observe::{
+use netpol_observe_core::{
     flow::{FlowRecord, Protocol},
     inventory::{Inventory, KubeObject},
     policy::{PolicyEngine, Reason, SideResult, reference},

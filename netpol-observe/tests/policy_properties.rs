@@ -7,7 +7,7 @@ use k8s_openapi::{
     api::networking::v1::{NetworkPolicy, NetworkPolicySpec},
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
-use netpol_observe::policy::{
+use netpol_observe_core::policy::{
     PolicyEngine, SideResult, SideVerdict,
     reference::Reference,
     synth::{self, Rng},

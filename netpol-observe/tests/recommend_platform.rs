@@ -6,7 +6,7 @@
 
 mod recommend_support;
 
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::{Attributor, Subnets},
     flow::FlowRecord,
     inventory::Inventory,

@@ -6,7 +6,7 @@
 
 mod recommend_support;
 
-use netpol_observe::{attribution::Subnets, flow::FlowRecord};
+use netpol_observe_core::{attribution::Subnets, flow::FlowRecord};
 use proptest::prelude::*;
 use recommend_support::*;
 

@@ -8,7 +8,7 @@ mod recommend_support;
 use std::path::PathBuf;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::{Attributor, Subnets},
     flow::{FlowRecord, Protocol},
     inventory::Inventory,
@@ -95,7 +95,7 @@ fn three_tier_app() {
 
     // api egress: the named db subnet and DNS on 53/UDP and 53/TCP to CoreDNS.
     let egress = spec.egress.as_ref().unwrap();
-    let yaml = netpol_observe::yaml::to_string(egress).unwrap();
+    let yaml = netpol_observe_core::yaml::to_string(egress).unwrap();
     assert!(yaml.contains("cidr: 10.0.2.0/24"), "{yaml}");
     let dns_rule = egress
         .iter()
@@ -261,7 +261,7 @@ fn voting_app() {
     );
     // The private load balancer address becomes a host block.
     let vote_p = policy(&out.policies, "vote", "vote-np");
-    let yaml = netpol_observe::yaml::to_string(vote_p).unwrap();
+    let yaml = netpol_observe_core::yaml::to_string(vote_p).unwrap();
     assert!(yaml.contains("cidr: 10.1.0.4/32"), "{yaml}");
 }
 
@@ -343,7 +343,7 @@ fn cronjob_calling_an_external_api() {
     assert_eq!(sel.match_labels, Some(labels(&[("app", "report")])));
     let w = annotation(p, WARNING).unwrap();
     assert!(w.contains("CronJob seen in a single run"), "{w}");
-    let yaml = netpol_observe::yaml::to_string(p).unwrap();
+    let yaml = netpol_observe_core::yaml::to_string(p).unwrap();
     assert!(yaml.contains("cidr: 93.184.215.14/32"), "{yaml}");
 
     // The next run (new Job, new controller-uid) is selected by the same policy.
@@ -356,7 +356,7 @@ fn cronjob_calling_an_external_api() {
         .unwrap();
     assert_eq!(sel.egress, ["batch/default-deny", "batch/report-np"]);
     let mut f = tcp(next.pods.last().unwrap().ip, "93.184.215.14", 443, 60);
-    netpol_observe::attribution::Attributor::new(&inv, &Subnets::default()).attribute(&mut f);
+    netpol_observe_core::attribution::Attributor::new(&inv, &Subnets::default()).attribute(&mut f);
     assert!(engine.evaluate(&f).allowed);
     let _ = Protocol::Tcp;
 }
@@ -368,7 +368,7 @@ fn icmp_peer_gets_every_port_and_default_deny_is_opt_out() {
     let a = c.deployment("net", "pinger", 1, &[]);
     let b = c.deployment("net", "target", 1, &[("http", 80, "TCP")]);
     let mut s = Scenario::new(c);
-    s.flows.push(netpol_observe::flow::FlowRecord::new(
+    s.flows.push(netpol_observe_core::flow::FlowRecord::new(
         Protocol::Icmp,
         a[0],
         b[0],
@@ -376,7 +376,7 @@ fn icmp_peer_gets_every_port_and_default_deny_is_opt_out() {
     ));
     s.config.default_deny = false;
     let inv = s.cluster.inventory();
-    let rec = netpol_observe::recommend::Recommender::new(&inv, &s.subnets, s.config.clone())
+    let rec = netpol_observe_core::recommend::Recommender::new(&inv, &s.subnets, s.config.clone())
         .recommend(&s.flows);
     assert_eq!(rec.stats.self_check_denied, 0);
     assert!(
@@ -583,14 +583,14 @@ fn flows_the_policies_in_force_denied_are_not_learned() {
 /// only the inventory's policies deny is learned, with a note.
 #[test]
 fn denied_but_delivered_flows_are_learned_and_noted() {
-    use netpol_observe::flow::{FlowState, Unenforced};
+    use netpol_observe_core::flow::{FlowState, Unenforced};
     let (mut s, knock) = knocked_shop(true);
     // web → db: one connection got through (the node did not enforce shop/db-np).
     let mut through = s.flows[6].clone();
     through.src.port = Some(45000);
     through.state = Some(FlowState::Closed);
     through.drops = None;
-    through.packets = Some(netpol_observe::flow::Directional {
+    through.packets = Some(netpol_observe_core::flow::Directional {
         sent: 8,
         received: 7,
     });

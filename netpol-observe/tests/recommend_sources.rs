@@ -10,7 +10,7 @@ use std::{
 };
 
 use axum::{Router, extract::Query, routing::get};
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::Attributor,
     policy::PolicyEngine,
     recommend::{
@@ -59,7 +59,7 @@ async fn agents_are_merged_and_deduplicated() {
             f
         })
         .collect();
-    let line = |f: &netpol_observe::flow::FlowRecord| {
+    let line = |f: &netpol_observe_core::flow::FlowRecord| {
         let mut v = serde_json::to_value(f).unwrap();
         v["verdict"] = serde_json::json!({"allowed": true});
         format!("{v}\n")
@@ -170,7 +170,7 @@ async fn prometheus_series_become_workload_flows() {
         .collect();
     assert_eq!(names, ["default-deny", "api-np", "default-deny", "web-np"]);
     let api = policy(&policies, "backend", "api-np");
-    let yaml = netpol_observe::yaml::to_string(api).unwrap();
+    let yaml = netpol_observe_core::yaml::to_string(api).unwrap();
     // The Service port 80 became the backend's named target port.
     assert!(yaml.contains("port: api"), "{yaml}");
     assert!(
@@ -179,10 +179,11 @@ async fn prometheus_series_become_workload_flows() {
     );
     assert!(yaml.contains("cidr: 10.0.2.0/24"), "{yaml}");
     assert_eq!(
-        annotation(api, netpol_observe::recommend::WINDOW),
+        annotation(api, netpol_observe_core::recommend::WINDOW),
         Some("2026-11-17T11:06:40Z/2026-11-18T11:06:40Z")
     );
-    let web = netpol_observe::yaml::to_string(policy(&policies, "frontend", "web-np")).unwrap();
+    let web =
+        netpol_observe_core::yaml::to_string(policy(&policies, "frontend", "web-np")).unwrap();
     assert!(web.contains("k8s-app: kube-dns"), "{web}");
     assert!(!web.contains("ingress:"), "{web}");
 }
@@ -308,7 +309,7 @@ async fn diff_against_current_policies() {
 }
 
 /// The recommended policies (YAML) against the inventory: whether each flow is allowed.
-fn allows(yaml: &str, s: &Scenario, flows: &[&netpol_observe::flow::FlowRecord]) -> Vec<bool> {
+fn allows(yaml: &str, s: &Scenario, flows: &[&netpol_observe_core::flow::FlowRecord]) -> Vec<bool> {
     let inv = s.cluster.inventory();
     let attributor = Attributor::new(&inv, &s.subnets);
     let engine = PolicyEngine::compile(&parse_policies(yaml), &inv).unwrap();

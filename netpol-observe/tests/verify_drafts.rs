@@ -8,7 +8,7 @@ use std::process::Command;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::Attributor,
     flow::{FlowRecord, Protocol},
     policy::PolicyEngine,
@@ -209,7 +209,7 @@ fn forgotten_dns_is_caught() {
         .as_mut()
         .unwrap()
         .retain(|r| {
-            !netpol_observe::yaml::to_string(r)
+            !netpol_observe_core::yaml::to_string(r)
                 .unwrap()
                 .contains("port: 53")
         });
@@ -327,7 +327,7 @@ fn cli_recommend_then_verify() {
         .as_mut()
         .unwrap()
         .retain(|r| {
-            !netpol_observe::yaml::to_string(r)
+            !netpol_observe_core::yaml::to_string(r)
                 .unwrap()
                 .contains("port: 53")
         });

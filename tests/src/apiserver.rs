@@ -1,5 +1,5 @@
 //! A real control plane for the end-to-end tests: `etcd` and `kube-apiserver` on loopback, run
-//! as a cluster runs them (the certificates and flags of `netpol_observe::lab::control_plane`,
+//! as a cluster runs them (the certificates and flags of `netpol_observe_lab::control_plane`,
 //! which `lab --apiserver` uses too) (TLS with their own CA, client-certificate admin, RBAC + Node
 //! authorization, ServiceAccount token issuance and validation, a Service CIDR), with no
 //! controllers: the tests create what controllers would (ReplicaSets, Pods and their status,
@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use netpol_observe::lab::control_plane;
+use netpol_observe_lab::control_plane;
 
 /// The two binaries.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_observe::agent::{FlowId, ObservedFlow};
+use netpol_observe_agent::agent::{FlowId, ObservedFlow};
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
@@ -685,7 +685,10 @@ fn connection_older_than_the_agent_is_oriented_by_the_listening_socket() {
         (Some("server"), dst.ip(), Some(SERVER_PORT)),
         "{f:?}"
     );
-    assert_eq!(f.state, Some(netpol_observe::flow::FlowState::Established));
+    assert_eq!(
+        f.state,
+        Some(netpol_observe_core::flow::FlowState::Established)
+    );
     // Counted from the client's point of view: 3 requests of 5 bytes sent, 3 answers received.
     let p = f.packets.unwrap();
     assert!(p.sent >= 3 && p.received >= 3, "{p:?}");

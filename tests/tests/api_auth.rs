@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_observe::agent::ObservedFlow;
+use netpol_observe_agent::agent::ObservedFlow;
 use netpol_observe_e2e::{
     apiserver::{ApiServer, Binaries},
     netns::Pod,
@@ -73,7 +73,7 @@ fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> DaemonSetAgent 
             "--interfaces",
             interfaces,
         ],
-        "info,netpol_observe::http=debug",
+        "info,netpol_observe_agent::http=debug",
         Stdio::null(),
     )
 }

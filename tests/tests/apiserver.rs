@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_observe::agent::ObservedFlow;
+use netpol_observe_agent::agent::ObservedFlow;
 use netpol_observe_e2e::{
     apiserver::{ApiServer, Binaries},
     netns::{self, Pod},

@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netpol_observe::{
-    datapath::{AttachMode, Counter, Datapath, DatapathConfig, DropScope, DropTracer, FlowUpdate},
-    flow::{Directional, FlowRecord, FlowState, Protocol},
+use netpol_observe_agent::datapath::{
+    AttachMode, Counter, Datapath, DatapathConfig, DropScope, DropTracer, FlowUpdate,
 };
+use netpol_observe_core::flow::{Directional, FlowRecord, FlowState, Protocol};
 use netpol_observe_e2e::{
     netns::{Bridge, Pod, Route, attachments},
     require_root,
@@ -1010,11 +1010,13 @@ fn agent_cli_prints_jsonl_on_sigterm_sighup_sigquit_and_detaches() {
             .read_to_string(&mut out)
             .unwrap();
         assert!(child.0.wait().unwrap().success());
-        let records: Vec<FlowRecord> =
-            netpol_observe::flow::jsonl::read_lines(std::path::Path::new("stdout"), out.as_bytes())
-                .into_iter()
-                .map(|(_, r)| r.unwrap())
-                .collect();
+        let records: Vec<FlowRecord> = netpol_observe_core::flow::jsonl::read_lines(
+            std::path::Path::new("stdout"),
+            out.as_bytes(),
+        )
+        .into_iter()
+        .map(|(_, r)| r.unwrap())
+        .collect();
         let f = the_flow(
             &records,
             Protocol::Udp,

@@ -532,19 +532,20 @@ fn rbac_grants_exactly_the_inventory_watches() {
             }
         }
     }
-    let wanted: BTreeSet<(String, String, String)> = netpol_observe::inventory::WATCHED_RESOURCES
-        .iter()
-        .flat_map(|(g, r)| {
-            ["get", "list", "watch"]
-                .into_iter()
-                .map(move |v| ((*g).to_owned(), (*r).to_owned(), v.to_owned()))
-        })
-        .chain(
-            netpol_observe::http::auth::REVIEW_PERMISSIONS
-                .iter()
-                .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())),
-        )
-        .collect();
+    let wanted: BTreeSet<(String, String, String)> =
+        netpol_observe_core::inventory::WATCHED_RESOURCES
+            .iter()
+            .flat_map(|(g, r)| {
+                ["get", "list", "watch"]
+                    .into_iter()
+                    .map(move |v| ((*g).to_owned(), (*r).to_owned(), v.to_owned()))
+            })
+            .chain(
+                netpol_observe_agent::http::auth::REVIEW_PERMISSIONS
+                    .iter()
+                    .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned())),
+            )
+            .collect();
     assert_eq!(granted, wanted);
 }
 
@@ -568,10 +569,10 @@ fn reader_role_grants_exactly_the_api_resources() {
             }
         }
     }
-    let group = netpol_observe::http::auth::API_GROUP.to_owned();
+    let group = netpol_observe_agent::http::auth::API_GROUP.to_owned();
     let wanted: BTreeSet<(String, String, String)> = [
-        netpol_observe::http::auth::ApiResource::Flows,
-        netpol_observe::http::auth::ApiResource::Recommendations,
+        netpol_observe_agent::http::auth::ApiResource::Flows,
+        netpol_observe_agent::http::auth::ApiResource::Recommendations,
     ]
     .iter()
     .map(|r| (group.clone(), r.name().to_owned(), "get".to_owned()))
@@ -585,7 +586,7 @@ fn reader_role_grants_exactly_the_api_resources() {
 /// The scrape the dashboard is checked against: the metrics module's encoding of a fully
 /// populated registry. When the agent can run here, feed a real `/metrics` scrape instead.
 fn scrape() -> String {
-    netpol_observe::metrics::sample::populated_scrape().expect("encode the populated metrics")
+    netpol_observe_agent::metrics::sample::populated_scrape().expect("encode the populated metrics")
 }
 
 /// Sample names (without labels) of an OpenMetrics or Prometheus text scrape.

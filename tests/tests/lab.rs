@@ -16,18 +16,18 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Pod, networking::v1::NetworkPolicy};
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::{Attributor, Subnets},
     flow::{Endpoint as FlowEndpoint, FlowRecord, Protocol},
     inventory::Inventory,
-    lab::{
-        dns, enforce,
-        model::{LabModel, PeerRef, ProbeKind, ProbeModel},
-        netns, scenario,
-        topology::Topology,
-        traffic::{self, Outcome, Timeouts},
-    },
     policy::PolicyEngine,
+};
+use netpol_observe_lab::{
+    dns, enforce,
+    model::{LabModel, PeerRef, ProbeKind, ProbeModel},
+    netns, scenario,
+    topology::Topology,
+    traffic::{self, Outcome, Timeouts},
 };
 use serde_json::Value;
 
@@ -459,7 +459,7 @@ fn run_and_check(
 /// Whether a `prometheus` binary is there for the lab (`$NETPOL_OBSERVE_PROMETHEUS` or `PATH`,
 /// as the lab finds it): required under `CI=true`, else a missing one skips with a message.
 fn prometheus_present(test: &str) -> bool {
-    match netpol_observe::lab::prometheus::find(None) {
+    match netpol_observe_lab::prometheus::find(None) {
         Ok(Some(_)) => true,
         other => {
             assert!(
@@ -586,7 +586,7 @@ fn grafana_expr(expr: &str, dashboard: &Value) -> String {
 /// Grafana would (a range query over the last 10 minutes): every panel but the documented
 /// situational ones shows data.
 fn dashboards_show_data(out: &Path) {
-    use netpol_observe::lab::{prometheus, servers};
+    use netpol_observe_lab::{prometheus, servers};
     let cmp = read_json(&out.join("prometheus.json"));
     let netns = cmp["netns"].as_str().expect("netns").to_owned();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -1208,7 +1208,7 @@ async fn engine_agreement() {
 
     // The engine's verdict for each probe's first connection, on the lab's own inventory.
     let inventory = Inventory::from_yaml_str(
-        &netpol_observe::lab::inventory::to_yaml(&model).expect("inventory"),
+        &netpol_observe_lab::inventory::to_yaml(&model).expect("inventory"),
         "inventory.yaml",
     )
     .expect("the lab's inventory loads");
@@ -1248,7 +1248,7 @@ async fn engine_agreement() {
         .expect("web")
         .pods[0];
     let socket =
-        netpol_observe::lab::servers::udp_client_socket(topo.pod_netns(web)).expect("socket");
+        netpol_observe_lab::servers::udp_client_socket(topo.pod_netns(web)).expect("socket");
     let server = std::net::SocketAddr::from((model.dns_service().cluster_ip, 53));
     let api_ip = dns::resolve(&socket, server, "api.a.svc.cluster.local", timeouts.dns)
         .await

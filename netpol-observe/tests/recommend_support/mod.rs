@@ -15,7 +15,7 @@ use std::{
 };
 
 use jiff::Timestamp;
-use netpol_observe::{
+use netpol_observe_core::{
     attribution::{Attributor, Subnets},
     flow::{FlowRecord, Protocol},
     inventory::{Inventory, NetworkPolicy},
@@ -250,7 +250,7 @@ impl Cluster {
     pub fn yaml(&self) -> String {
         self.objects
             .iter()
-            .map(|o| format!("---\n{}", netpol_observe::yaml::to_string(o).unwrap()))
+            .map(|o| format!("---\n{}", netpol_observe_core::yaml::to_string(o).unwrap()))
             .collect()
     }
 
@@ -402,7 +402,7 @@ impl Scenario {
     }
 }
 
-pub fn workload_of(ep: &netpol_observe::flow::Endpoint) -> Option<String> {
+pub fn workload_of(ep: &netpol_observe_core::flow::Endpoint) -> Option<String> {
     let w = ep.workload.as_ref()?;
     Some(format!("{}/{}/{}", ep.namespace.as_ref()?, w.kind, w.name))
 }
@@ -485,7 +485,7 @@ pub fn three_tier() -> Scenario {
 /// inventory holds the policies that denied the knocks (`shop/db-np`: db only from api;
 /// `shop/api-np`: api only from web). Returns the scenario and the index of the knock on api.
 pub fn knocked_shop(policies_in_force: bool) -> (Scenario, usize) {
-    use netpol_observe::flow::{Directional, Drops, FlowState};
+    use netpol_observe_core::flow::{Directional, Drops, FlowState};
     let mut c = Cluster::new();
     let web = c.deployment("shop", "web", 2, &[("http", 8080, "TCP")]);
     let api = c.deployment("shop", "api", 1, &[("api", 9000, "TCP")]);

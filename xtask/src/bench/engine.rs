@@ -1,6 +1,6 @@
 //! `cargo xtask bench engine`: the policy engine on one core — 1M verdicts against 10 / 100 /
 //! 1k / 10k policies over 10k pods in 100 namespaces, interleaved rounds, medians (the work is
-//! in `netpol_observe::policy::bench`, run through the hidden `netpol-observe bench-engine`).
+//! in `netpol_observe_core::policy::bench`, run through the hidden `netpol-observe bench-engine`).
 
 use std::path::Path;
 

@@ -21,7 +21,7 @@ use super::{
     servers,
     topology::{LabProcess, Topology},
 };
-use crate::agent::ObservedFlow;
+use netpol_observe_agent::agent::ObservedFlow;
 
 /// The port an agent listens on, on its node's address (where the lab's Prometheus, on the
 /// first node, scrapes it).
@@ -181,7 +181,7 @@ impl AgentHandle {
         match source {
             AgentSource::Files(dir) => args.extend(["--inventory".into(), dir.into()]),
             AgentSource::InCluster(c) => {
-                let sa = Path::new(crate::inventory::kubeapi::SERVICE_ACCOUNT_DIR);
+                let sa = Path::new(netpol_observe_agent::inventory::kubeapi::SERVICE_ACCOUNT_DIR);
                 std::fs::create_dir_all(sa).map_err(|source| AgentError::Log {
                     path: sa.to_owned(),
                     source,

@@ -237,7 +237,7 @@ mod tests {
     use super::*;
 
     /// A CA certificate (self-signed, valid until 2126): only parsed, never used to verify.
-    const CA: &str = include_str!("../../tests/data/test-ca.crt");
+    const CA: &str = include_str!("../../../tests/data/test-ca.crt");
 
     /// Both cases in one test: they set process environment variables.
     #[tokio::test]

@@ -406,8 +406,8 @@ mod tests {
             "k: \"[[[[\" # [[[[\n",
             "msg: don't [panic]\nother: 'it''s [ fine'\n",
             "list:\n  - [a, b]\n  - {x: y}\n",
-            include_str!("../../deploy/lab/shop.yaml"),
-            include_str!("../../deploy/kubernetes/base/daemonset.yaml"),
+            include_str!("../../../deploy/lab/shop.yaml"),
+            include_str!("../../../deploy/kubernetes/base/daemonset.yaml"),
         ] {
             assert_eq!(check_nesting(text), Ok(()), "{text}");
         }

@@ -287,7 +287,7 @@ mod tests {
     use super::*;
     use crate::{
         flow::{ServiceRef, WorkloadRef},
-        lab::scenario,
+        scenario,
     };
     use std::path::Path;
 

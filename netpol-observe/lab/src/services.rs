@@ -92,7 +92,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::lab::scenario::parse;
+    use crate::scenario::parse;
 
     #[test]
     fn dnat_per_service_port_with_named_targets() {
@@ -142,15 +142,15 @@ traffic:
         assert!(script.contains(
             "ip daddr 10.96.0.1 tcp dport 443 dnat to numgen random mod 2 map { 0 : 10.0.9.1 . 6443, 1 : 10.0.9.2 . 6443 }"
         ), "{script}");
-        let yaml = crate::lab::inventory::to_yaml(&m).unwrap();
-        let inv = crate::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
+        let yaml = crate::inventory::to_yaml(&m).unwrap();
+        let inv = netpol_observe_agent::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
         let svc = inv.service("default", "kubernetes").unwrap();
         let eps = inv.address_endpoints(svc).unwrap();
         assert_eq!(eps.addresses.len(), 2);
         assert_eq!(eps.port_for(443, crate::flow::Protocol::Tcp), Some(6443));
         assert_eq!(
             inv.service("a", "lb").unwrap().service_type,
-            crate::inventory::ServiceType::LoadBalancer
+            netpol_observe_agent::inventory::ServiceType::LoadBalancer
         );
         // The external must serve the target port; endpoints exclude a selector.
         for (bad, want) in [

@@ -27,8 +27,9 @@ use super::{
     topology::Topology,
     traffic::{self, Outcome, ProbeResult, Timeouts},
 };
+use netpol_observe_agent::agent::ObservedFlow;
+
 use crate::{
-    agent::ObservedFlow,
     attribution::Subnets,
     flow::FlowRecord,
     policy::{PolicyEngine, PolicyError},
@@ -49,7 +50,7 @@ pub enum LabError {
     Inventory(#[from] InventoryError),
     /// The written inventory could not be read back (a bug of the lab's inventory writer).
     #[error("the lab's inventory does not load: {0}")]
-    Cluster(#[from] crate::inventory::InventoryError),
+    Cluster(#[from] netpol_observe_agent::inventory::InventoryError),
     /// The policies could not be compiled.
     #[error(transparent)]
     Enforce(#[from] EnforceError),
@@ -424,7 +425,7 @@ fn compare_policies(
 async fn compare_sources(
     agents: &Agents,
     prom: &PrometheusHandle,
-    cluster: &crate::inventory::Inventory,
+    cluster: &netpol_observe_agent::inventory::Inventory,
     subnets: &Subnets,
     config: &RecommendConfig,
     timeout: Duration,
@@ -757,7 +758,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         path: agent_dir.clone(),
         source,
     })?;
-    let cluster = crate::inventory::Inventory::from_path(&inventory_path)?;
+    let cluster = netpol_observe_agent::inventory::Inventory::from_path(&inventory_path)?;
     let mut control_plane = None;
     let source = match &opts.apiserver {
         None => {

@@ -343,7 +343,7 @@ fn promtool_finds_nothing_to_say() {
 
 #[test]
 fn docs_list_every_family() {
-    let docs = include_str!("../../../docs/metrics.md");
+    let docs = include_str!("../../../../docs/metrics.md");
     let text = sample::populated_scrape().unwrap();
     let mut names: Vec<String> = samples(&text)
         .into_keys()

@@ -63,7 +63,7 @@ pub enum EnforceError {
     },
     /// The policies cannot be loaded (file, document, object and field named).
     #[error(transparent)]
-    Load(#[from] crate::inventory::InventoryError),
+    Load(#[from] netpol_observe_agent::inventory::InventoryError),
     /// A policy is not a valid `networking.k8s.io/v1` NetworkPolicy (the policy engine's
     /// validation, naming the policy and field).
     #[error(transparent)]
@@ -86,7 +86,7 @@ pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, EnforceError> {
     // The same reader as `verify --policies`: a file or a directory of YAML/JSON, `List`s and
     // multi-document streams; other objects the inventory knows (a Namespace kept beside the
     // policies…) are accepted and ignored, unknown kinds are errors naming file and object.
-    let draft = crate::inventory::Inventory::from_path(path)?;
+    let draft = netpol_observe_agent::inventory::Inventory::from_path(path)?;
     Ok(draft.network_policies)
 }
 
@@ -509,7 +509,7 @@ pub fn remove(topo: &Topology) -> Result<(), NetnsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::scenario::parse;
+    use crate::scenario::parse;
 
     fn model() -> LabModel {
         let text = "name: t

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn main() -> anyhow::Result<()> {
-    let ebpf_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../netpol-observe-ebpf");
+    let ebpf_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../netpol-observe-ebpf");
     if Command::new("bpf-linker")
         .arg("--version")
         .output()

@@ -14,6 +14,10 @@
 //! - [`run`]: the whole pipeline: agent, traffic, flows, recommendation, verification,
 //!   enforcement, metrics.
 
+// The core's modules under their short names, as the lab's code reads them.
+use netpol_observe_agent::drift;
+use netpol_observe_core::{attribution, flow, policy, recommend, yaml};
+
 pub mod agent;
 pub mod control_plane;
 pub mod dns;

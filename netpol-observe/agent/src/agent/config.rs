@@ -699,8 +699,8 @@ mod deploy_tests {
     /// into named subnets.
     #[test]
     fn deploy_configmap_matches_the_agent() {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/base/configmap.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/kubernetes/base/configmap.yaml");
         let text = std::fs::read_to_string(&path).unwrap();
         let cm: k8s_openapi::api::core::v1::ConfigMap = crate::yaml::from_str(&text).unwrap();
         let data = cm.data.unwrap();

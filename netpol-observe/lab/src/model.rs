@@ -1186,7 +1186,7 @@ pub fn protocol_name(protocol: Protocol) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::scenario::parse;
+    use crate::scenario::parse;
 
     const BASE: &str = "name: t
 namespaces:
@@ -1392,8 +1392,8 @@ workloads:
             );
         }
         // The inventory says where every pod runs.
-        let yaml = crate::lab::inventory::to_yaml(&m).unwrap();
-        let inv = crate::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
+        let yaml = crate::inventory::to_yaml(&m).unwrap();
+        let inv = netpol_observe_agent::inventory::Inventory::from_yaml_str(&yaml, "lab").unwrap();
         assert_eq!(inv.nodes.len(), 3);
         // Errors name the entry.
         for (bad, want) in [

@@ -6,12 +6,10 @@
 //! Pods are trimmed to what attribution and policy need ([`PodInfo`]) so that 100k pods fit
 //! comfortably; NetworkPolicies are kept whole.
 
-mod build;
+pub mod build;
 mod error;
 mod files;
 mod intern;
-pub mod kubeapi;
-pub mod live;
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 

@@ -583,7 +583,7 @@ fn resource_of(kind: &str) -> Option<(&'static str, bool)> {
 
 /// An admin client (client certificate) for the API server in `netns`.
 async fn admin_client(netns: &str, pki: &Path) -> Result<Client, ControlPlaneError> {
-    crate::tls::install_crypto_provider();
+    netpol_observe_agent::tls::install_crypto_provider();
     let p = |f: &str| Some(pki.join(f).display().to_string());
     let kubeconfig = Kubeconfig {
         clusters: vec![NamedCluster {

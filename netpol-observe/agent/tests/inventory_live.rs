@@ -15,13 +15,11 @@ use std::{
 
 use http::{Request, Response, StatusCode};
 use kube::{Client, client::Body};
-use netpol_observe::{
-    flow::WorkloadRef,
-    inventory::{
-        WATCHED_RESOURCES,
-        live::{self, LiveOptions},
-    },
+use netpol_observe_agent::inventory::{
+    WATCHED_RESOURCES,
+    live::{self, LiveOptions},
 };
+use netpol_observe_core::flow::WorkloadRef;
 use tokio::sync::oneshot;
 
 fn recorded(name: &str) -> Vec<u8> {
@@ -130,7 +128,7 @@ async fn live_inventory_from_recorded_api_responses() {
     );
     assert_eq!(web.selector_labels.len(), 1);
     assert_eq!(
-        web.named_port("http", netpol_observe::flow::Protocol::Tcp),
+        web.named_port("http", netpol_observe_core::flow::Protocol::Tcp),
         Some(8080)
     );
     assert_eq!(

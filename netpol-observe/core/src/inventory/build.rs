@@ -412,21 +412,20 @@ pub(super) fn from_objects(
 
 /// Owner-resolution tables: controllers by `(namespace, name)`.
 #[derive(Debug, Default)]
-pub(super) struct Owners {
+pub struct Owners {
     /// ReplicaSets: their controller and selector.
-    pub(super) replica_sets:
-        HashMap<(String, String), (Option<OwnerReference>, Option<LabelSelector>)>,
+    pub replica_sets: HashMap<(String, String), (Option<OwnerReference>, Option<LabelSelector>)>,
     /// Jobs: their controller.
-    pub(super) jobs: HashMap<(String, String), Option<OwnerReference>>,
+    pub jobs: HashMap<(String, String), Option<OwnerReference>>,
     /// Top-level controllers' selectors by `(namespace, kind, name)`.
-    pub(super) selectors: HashMap<(String, String, String), Option<LabelSelector>>,
+    pub selectors: HashMap<(String, String, String), Option<LabelSelector>>,
 }
 
-pub(super) fn key(meta: &ObjectMeta) -> (String, String) {
+pub fn key(meta: &ObjectMeta) -> (String, String) {
     (namespace_of(meta), meta.name.clone().unwrap_or_default())
 }
 
-pub(super) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
     let refs = meta.owner_references.as_ref()?;
     refs.iter()
         .find(|r| r.controller == Some(true))
@@ -520,7 +519,7 @@ pub(super) fn from_sourced(
 
 /// Sorts everything and adds the namespaces that objects refer to but that were not given
 /// (with only their `kubernetes.io/metadata.name` label, as the API server sets it).
-pub(super) fn finish(inv: &mut Inventory) {
+pub fn finish(inv: &mut Inventory) {
     let referenced: Vec<String> = inv
         .pods
         .iter()
@@ -556,7 +555,7 @@ pub(super) fn finish(inv: &mut Inventory) {
 /// The label the API server puts on every namespace.
 pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
 
-pub(super) fn namespace_info(ns: &Namespace, interner: &mut Interner) -> NamespaceInfo {
+pub fn namespace_info(ns: &Namespace, interner: &mut Interner) -> NamespaceInfo {
     let name = ns.metadata.name.clone().unwrap_or_default();
     let mut labels = ns.metadata.labels.clone().unwrap_or_default();
     labels
@@ -711,7 +710,7 @@ fn resolve_owner(
     }
 }
 
-pub(super) fn pod_info(
+pub fn pod_info(
     pod: &Pod,
     owners: &Owners,
     interner: &mut Interner,
@@ -803,10 +802,7 @@ pub(super) fn pod_info(
     })
 }
 
-pub(super) fn service_info(
-    svc: &Service,
-    interner: &mut Interner,
-) -> Result<ServiceInfo, InventoryError> {
+pub fn service_info(svc: &Service, interner: &mut Interner) -> Result<ServiceInfo, InventoryError> {
     let meta = &svc.metadata;
     let object = object_name("Service", meta);
     let spec = svc.spec.clone().unwrap_or_default();
@@ -880,7 +876,7 @@ pub(super) fn service_info(
     })
 }
 
-pub(super) fn node_info(node: &Node, interner: &mut Interner) -> Result<NodeInfo, InventoryError> {
+pub fn node_info(node: &Node, interner: &mut Interner) -> Result<NodeInfo, InventoryError> {
     let meta = &node.metadata;
     let object = object_name("Node", meta);
     let mut addresses = Vec::new();
@@ -929,7 +925,7 @@ pub(super) fn node_info(node: &Node, interner: &mut Interner) -> Result<NodeInfo
     })
 }
 
-pub(super) fn endpoint_slice_info(es: &EndpointSlice) -> Result<EndpointSliceInfo, InventoryError> {
+pub fn endpoint_slice_info(es: &EndpointSlice) -> Result<EndpointSliceInfo, InventoryError> {
     let meta = &es.metadata;
     let object = object_name("EndpointSlice", meta);
     let is_ip = matches!(es.address_type.as_str(), "IPv4" | "IPv6");

@@ -498,7 +498,7 @@ pub fn write(model: &LabModel, path: &Path) -> Result<(), InventoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lab::scenario::parse;
+    use crate::scenario::parse;
 
     /// Job and CronJob workloads: their pods are attributed to the Job and, through the Job
     /// of its current run, to the CronJob, with their own labels as selector labels.
@@ -512,7 +512,9 @@ workloads:
 ";
         let s = parse(Path::new("t"), text).unwrap();
         let m = LabModel::build(Path::new("t"), text, &s).unwrap();
-        let inv = crate::inventory::Inventory::from_yaml_str(&to_yaml(&m).unwrap(), "lab").unwrap();
+        let inv =
+            netpol_observe_agent::inventory::Inventory::from_yaml_str(&to_yaml(&m).unwrap(), "lab")
+                .unwrap();
         let kinds: Vec<(String, String, String)> = inv
             .pods
             .iter()

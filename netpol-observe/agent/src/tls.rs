@@ -23,7 +23,7 @@ mod tests {
     /// own features) would make the choice depend on install order again.
     #[test]
     fn the_build_has_one_crypto_provider() {
-        let lock = include_str!("../../Cargo.lock");
+        let lock = include_str!("../../../Cargo.lock");
         assert!(
             lock.contains("name = \"ring\""),
             "ring is the chosen provider"
