@@ -235,7 +235,7 @@ pub struct AgentConfig {
     /// A duration such as `10s`, `1m`, `1m30s`.
     #[serde(with = "grace")]
     pub enforcement_grace: jiff::SignedDuration,
-    /// Drift baseline (JSON lines, one edge per line; `netpol_observe::drift`): flows whose
+    /// Drift baseline (JSON lines, one edge per line; `netpol_observe_agent::drift`): flows whose
     /// edge (workload pair, port, protocol) is not in it count in
     /// `netpol_observe_drift_flows_total` and are listed on `/api/v1/drift`. A missing file is
     /// an empty baseline; the file is reloaded when it changes (every `inventoryPollInterval`).

@@ -3,8 +3,8 @@
 //! their flows, served over HTTP ([`crate::http`]).
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), netpol_observe::agent::AgentError> {
-//! use netpol_observe::agent::{Agent, AgentConfig};
+//! # async fn demo() -> Result<(), netpol_observe_agent::agent::AgentError> {
+//! use netpol_observe_agent::agent::{Agent, AgentConfig};
 //! let config = AgentConfig { inventory: Some("cluster.yaml".into()), ..AgentConfig::default() };
 //! let flows = Agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
 //! # let _ = flows; Ok(()) }

@@ -9,8 +9,8 @@
 //! its own agent, as `netpol-observe lab` runs them).
 //!
 //! ```no_run
-//! # fn demo() -> Result<(), netpol_observe::datapath::DropsError> {
-//! use netpol_observe::datapath::{DropScope, DropTracer};
+//! # fn demo() -> Result<(), netpol_observe_agent::datapath::DropsError> {
+//! use netpol_observe_agent::datapath::{DropScope, DropTracer};
 //! let mut tracer = DropTracer::start(&["NETFILTER_DROP".to_owned()], false, DropScope::Kernel)?;
 //! for d in tracer.read()? {
 //!     println!("{} {}:{} -> {}:{} {} x{}", d.protocol, d.src, d.src_port, d.dst, d.dst_port, d.reason, d.packets);

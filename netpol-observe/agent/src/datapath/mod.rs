@@ -2,8 +2,8 @@
 //! buffer and sweeps the flow map into [`crate::flow::FlowRecord`]s.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), netpol_observe::datapath::DatapathError> {
-//! use netpol_observe::datapath::{Datapath, DatapathConfig};
+//! # async fn demo() -> Result<(), netpol_observe_agent::datapath::DatapathError> {
+//! use netpol_observe_agent::datapath::{Datapath, DatapathConfig};
 //! let dp = Datapath::start(DatapathConfig::default()).await?;
 //! let mut updates = dp.subscribe();
 //! // ... later

@@ -12,8 +12,8 @@
 //! [`labels`]) and counted in `netpol_observe_series_dropped_total{metric}`.
 //!
 //! ```
-//! use netpol_observe::flow::{FlowRecord, Protocol};
-//! use netpol_observe::metrics::{Metrics, MetricsConfig, Verdict};
+//! use netpol_observe_core::flow::{FlowRecord, Protocol};
+//! use netpol_observe_agent::metrics::{Metrics, MetricsConfig, Verdict};
 //!
 //! let metrics = Metrics::new(MetricsConfig::default());
 //! let flow = FlowRecord::new(Protocol::Tcp, "10.0.0.1".parse()?, "10.0.0.2".parse()?, Some(80));

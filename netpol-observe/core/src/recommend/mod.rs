@@ -3,8 +3,8 @@
 //! apart from the documented aggregations.
 //!
 //! ```no_run
-//! # use netpol_observe::{attribution::Subnets, inventory::Inventory, flow::FlowRecord};
-//! # use netpol_observe::recommend::{Recommender, RecommendConfig, render_yaml};
+//! # use netpol_observe_core::{attribution::Subnets, inventory::Inventory, flow::FlowRecord};
+//! # use netpol_observe_core::recommend::{Recommender, RecommendConfig, render_yaml};
 //! # let (inventory, flows): (Inventory, Vec<FlowRecord>) = Default::default();
 //! let rec = Recommender::new(&inventory, &Subnets::default(), RecommendConfig::default())
 //!     .recommend(&flows);
