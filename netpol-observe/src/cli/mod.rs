@@ -9,10 +9,6 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod baseline;
-mod bench_agent;
-mod bench_engine;
-mod bench_hooks;
-mod bench_recommend;
 mod evaluate;
 mod flows;
 mod inputs;
@@ -55,18 +51,6 @@ pub enum Command {
     Baseline(baseline::Args),
     /// Simulate a Kubernetes node from a scenario file and run the whole product on it (root).
     Lab(lab::Args),
-    /// Policy engine benchmark (used by `cargo xtask bench engine`).
-    #[command(hide = true)]
-    BenchEngine(bench_engine::Args),
-    /// Recommender benchmark (used by `cargo xtask bench recommend`).
-    #[command(hide = true)]
-    BenchRecommend(bench_recommend::Args),
-    /// Agent pipeline benchmark (used by `cargo xtask bench agent`).
-    #[command(hide = true)]
-    BenchAgent(bench_agent::Args),
-    /// Datapath hook helpers (used by `cargo xtask bench datapath`).
-    #[command(hide = true)]
-    BenchHooks(bench_hooks::Args),
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code:
@@ -95,10 +79,6 @@ pub fn main() -> ExitCode {
             Command::Verify(args) => verify::run(args).await,
             Command::Baseline(args) => baseline::run(args).await,
             Command::Lab(args) => lab::run(args).await,
-            Command::BenchEngine(args) => bench_engine::run(args).await,
-            Command::BenchRecommend(args) => bench_recommend::run(args).await,
-            Command::BenchAgent(args) => bench_agent::run(args).await,
-            Command::BenchHooks(args) => bench_hooks::run(args).await,
         }
     });
     match outcome {

@@ -68,17 +68,6 @@ macro_rules! errln {
 }
 pub(crate) use errln;
 
-/// `println!` through [`stdout`]: `outln!("…", …)?` (the error is an [`OutputError`]).
-macro_rules! outln {
-    () => {
-        $crate::cli::out::stdout("\n")
-    };
-    ($($arg:tt)*) => {
-        $crate::cli::out::stdout(format!("{}\n", format_args!($($arg)*)))
-    };
-}
-pub(crate) use outln;
-
 #[cfg(test)]
 mod tests {
     use super::*;

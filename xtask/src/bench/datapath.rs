@@ -185,13 +185,14 @@ impl Arm {
     }
 
     /// Starts what this arm attaches (nothing for [`Arm::Bare`]); [`Arm::BaselineAgent`] runs
-    /// `baseline` (or `bin` when there is none).
-    fn start(self, bin: &Path, baseline: Option<&Path>) -> Result<Option<Attached>> {
+    /// `baseline` (or `bin` when there is none); the no-op arm runs `hooks`
+    /// (`netpol-observe-bench`).
+    fn start(self, bin: &Path, baseline: Option<&Path>, hooks: &Path) -> Result<Option<Attached>> {
         const AGENT: &[&str] = &["agent", "--interfaces", "nbv*", "--output", "jsonl"];
         match self {
             Arm::Bare => Ok(None),
             Arm::Noop => {
-                Attached::start(bin, &["bench-hooks", "noop", "--interfaces", "nbv*"]).map(Some)
+                Attached::start(hooks, &["hooks", "noop", "--interfaces", "nbv*"]).map(Some)
             }
             Arm::Agent => Attached::start(bin, AGENT).map(Some),
             Arm::BaselineAgent => Attached::start(baseline.unwrap_or(bin), AGENT).map(Some),
@@ -427,6 +428,8 @@ struct Traffic {
 /// What every run of a benchmark invocation shares.
 struct RunSetup<'a> {
     bin: &'a Path,
+    /// `netpol-observe-bench` (the no-op arm, program statistics).
+    hooks: &'a Path,
     baseline: Option<&'a Path>,
     /// Leave the throughput runs out (`--rr-only`).
     rr_only: bool,
@@ -434,7 +437,7 @@ struct RunSetup<'a> {
 }
 
 fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64)> {
-    let attached = arm.start(setup.bin, setup.baseline)?;
+    let attached = arm.start(setup.bin, setup.baseline, setup.hooks)?;
     std::thread::sleep(SETTLE);
     let t = if setup.rr_only {
         f64::NAN
@@ -484,20 +487,23 @@ struct ProgStats {
 /// The programs attached to the pods' host interfaces, by id (a program attached to both
 /// interfaces appears once).
 fn prog_stats(bin: &Path) -> Result<std::collections::BTreeMap<u64, ProgStats>> {
-    let mut args = vec!["bench-hooks", "stats"];
+    let mut args = vec!["hooks", "stats"];
     args.extend(PODS.iter().map(|p| p.1));
     let out = Command::new(bin)
         .args(&args)
         .stderr(Stdio::inherit())
         .output()
-        .context("running bench-hooks stats")?;
+        .context("running netpol-observe-bench hooks stats")?;
     if !out.status.success() {
-        bail!("bench-hooks stats failed ({})", out.status);
+        bail!("netpol-observe-bench hooks stats failed ({})", out.status);
     }
     let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing bench-hooks stats")?;
+        serde_json::from_slice(&out.stdout).context("parsing netpol-observe-bench hooks stats")?;
     let mut m = std::collections::BTreeMap::new();
-    for p in v.as_array().context("bench-hooks stats: not an array")? {
+    for p in v
+        .as_array()
+        .context("netpol-observe-bench hooks stats: not an array")?
+    {
         let num = |k: &str| p[k].as_u64().unwrap_or(0);
         m.insert(
             num("id"),
@@ -546,7 +552,12 @@ struct CostRun<'a> {
 /// the kernel's ns per program run — a figure that machine noise hardly moves, unlike
 /// throughput. With a `baseline` binary, its agent runs alternately with this one (new,
 /// baseline, new, baseline) for a before/after comparison within one run.
-fn program_costs(bin: &Path, baseline: Option<&Path>, traffic: &Traffic) -> Result<()> {
+fn program_costs(
+    bin: &Path,
+    baseline: Option<&Path>,
+    hooks: &Path,
+    traffic: &Traffic,
+) -> Result<()> {
     let seconds = traffic.seconds;
     println!(
         "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
@@ -582,15 +593,15 @@ fn program_costs(bin: &Path, baseline: Option<&Path>, traffic: &Traffic) -> Resu
             placement.label, placement.client_cpu, placement.server_cpu
         );
         for run in &runs {
-            let attached = run.arm.start(run.bin, None)?;
+            let attached = run.arm.start(run.bin, None, hooks)?;
             let stats = BpfStats::enable()?;
-            let s0 = prog_stats(run.bin)?;
+            let s0 = prog_stats(hooks)?;
             let started = Instant::now();
             let tps = request_response(placement, traffic)?;
             let transactions = tps * started.elapsed().as_secs_f64();
-            let s1 = prog_stats(run.bin)?;
+            let s1 = prog_stats(hooks)?;
             let gbps = throughput(placement, traffic)?;
-            let s2 = prog_stats(run.bin)?;
+            let s2 = prog_stats(hooks)?;
             drop(stats);
             if let Some(a) = attached {
                 a.stop()?;
@@ -682,6 +693,7 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         Some(b) => b,
         None => super::release_binary(root)?,
     };
+    let hooks = super::bench_binary(root)?;
     let _topology = Topology::create()?;
     let mut arms = ARMS.to_vec();
     if baseline.is_some() {
@@ -690,6 +702,7 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
     let labels: Vec<&str> = arms.iter().map(|a| a.label()).collect();
     let setup = RunSetup {
         bin: &bin,
+        hooks: &hooks,
         baseline: baseline.as_deref(),
         rr_only,
         traffic: Traffic {
@@ -773,5 +786,5 @@ pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result
         // A quick look at request/response: the per-program costs are left out.
         return Ok(());
     }
-    program_costs(&bin, baseline.as_deref(), &setup.traffic)
+    program_costs(&bin, baseline.as_deref(), &hooks, &setup.traffic)
 }

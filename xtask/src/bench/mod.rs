@@ -72,6 +72,20 @@ pub(crate) fn release_binary(root: &Path) -> Result<PathBuf> {
     Ok(root.join("target/release/netpol-observe"))
 }
 
+/// Builds the release `netpol-observe-bench` binary (the development kit's benchmark runner)
+/// and returns its path.
+pub(crate) fn bench_binary(root: &Path) -> Result<PathBuf> {
+    crate::run(crate::cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "netpol-observe-devkit",
+        "--bin",
+        "netpol-observe-bench",
+    ]))?;
+    Ok(root.join("target/release/netpol-observe-bench"))
+}
+
 /// A command running `bin` pinned to CPU 1 with `taskset` when it exists (one core, as the
 /// targets are stated), else unpinned.
 pub(crate) fn pinned(bin: &Path) -> Command {

@@ -1,6 +1,6 @@
 //! `cargo xtask bench recommend [ROUNDS]`: the recommender on one core — 10k, 100k and 1M
 //! attributed flow records over 5k workloads. Each measurement is its own process
-//! (`netpol-observe bench-recommend`, pinned to one CPU when `taskset` exists) so that the
+//! (`netpol-observe-bench recommend`, pinned to one CPU when `taskset` exists) so that the
 //! peak memory (VmHWM) is per size; sizes are interleaved round by round; medians are printed
 //! as a Markdown table for `docs/benchmarks.md`.
 
@@ -18,12 +18,12 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .with_context(|| format!("rounds {n:?} is not a number"))?,
         None => 5,
     };
-    let bin = super::release_binary(root)?;
+    let bin = super::bench_binary(root)?;
     let mut samples: Vec<Vec<serde_json::Value>> = vec![Vec::new(); SIZES.len()];
     for round in 0..rounds {
         for (i, size) in SIZES.iter().enumerate() {
             let mut cmd = super::pinned(&bin);
-            cmd.args(["bench-recommend", "--workloads", "5000", "--flows"])
+            cmd.args(["recommend", "--workloads", "5000", "--flows"])
                 .arg(size.to_string());
             let out = cmd
                 .output()

@@ -14,8 +14,6 @@
 //! the drop tracepoint and the inventory; `/readyz` turns 200 once the datapath is attached
 //! and the inventory loaded (standalone) or synced (in-cluster).
 
-#[doc(hidden)]
-pub mod bench;
 #[cfg(test)]
 mod cluster_tests;
 pub mod config;

@@ -20,14 +20,15 @@
 //!
 //! [`reference`] is a slow literal evaluator kept to check the engine.
 
-pub mod bench;
 mod compile;
 mod engine;
 mod error;
 mod names;
+#[cfg(any(test, feature = "testing"))]
 pub mod reference;
 mod regions;
 mod selector;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 mod table;
 mod verdict;

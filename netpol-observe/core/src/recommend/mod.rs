@@ -29,8 +29,6 @@
 //!   [`RecommendConfig::include_denied`] (see [`judge`](self::judge) for the exact rule).
 
 mod annotations;
-#[doc(hidden)]
-pub mod bench;
 mod build;
 pub mod cidr;
 pub mod diff;

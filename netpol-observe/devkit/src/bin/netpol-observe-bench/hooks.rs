@@ -1,15 +1,15 @@
-//! `netpol-observe bench-hooks` (hidden): helpers of `cargo xtask bench datapath` — attach
+//! `netpol-observe-bench hooks`: helpers of `cargo xtask bench datapath` — attach
 //! the no-op program like the agent attaches its flow programs (the baseline arm), and print
 //! the run statistics of the programs attached to interfaces.
 
-use super::out::outln;
+use crate::outln;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::datapath::{InterfaceFilter, NoopHooks, tcx_stats};
+use netpol_observe_agent::datapath::{InterfaceFilter, NoopHooks, tcx_stats};
 
-/// Arguments of `netpol-observe bench-hooks`.
+/// Arguments of `netpol-observe-bench hooks`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// What to do.
@@ -17,7 +17,7 @@ pub struct Args {
     pub command: HooksCommand,
 }
 
-/// The `bench-hooks` commands.
+/// The `hooks` commands.
 #[derive(Debug, clap::Subcommand)]
 pub enum HooksCommand {
     /// Attach the no-op program (tcx ingress + egress) to matching interfaces until SIGINT or
@@ -36,7 +36,7 @@ pub enum HooksCommand {
     },
 }
 
-/// Runs `netpol-observe bench-hooks`.
+/// Runs `netpol-observe-bench hooks`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         HooksCommand::Noop { interfaces } => {

@@ -1,12 +1,12 @@
-//! `netpol-observe bench-engine` (hidden): the policy engine benchmark behind
+//! `netpol-observe-bench engine`: the policy engine benchmark behind
 //! `cargo xtask bench engine`. Runs on one thread.
 
-use super::out::outln;
+use crate::outln;
 use std::process::ExitCode;
 
-use crate::policy::bench::{self, BenchConfig, BenchRow};
+use netpol_observe_devkit::bench::engine::{self as bench, BenchConfig, BenchRow};
 
-/// Arguments of `netpol-observe bench-engine`.
+/// Arguments of `netpol-observe-bench engine`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Pods in the synthetic cluster.

@@ -1,17 +1,18 @@
-//! `netpol-observe bench-recommend` (hidden): one measurement of the recommender benchmark
+//! `netpol-observe-bench recommend`: one measurement of the recommender benchmark
 //! behind `cargo xtask bench recommend`. Synthetic attributed flows over `--workloads`
-//! workloads (`recommend::bench::synthetic`), then `Recommender::new` + `recommend` +
+//! workloads (`bench::recommend::synthetic`), then `Recommender::new` + `recommend` +
 //! `render_yaml` on one thread; prints one JSON object with the time and the peak memory.
 
-use super::out::outln;
+use crate::outln;
 use std::{process::ExitCode, time::Instant};
 
-use crate::{
+use netpol_observe_core::{
     attribution::Subnets,
-    recommend::{RecommendConfig, Recommender, bench, render_yaml},
+    recommend::{RecommendConfig, Recommender, render_yaml},
 };
+use netpol_observe_devkit::bench::recommend as bench;
 
-/// Arguments of `netpol-observe bench-recommend`.
+/// Arguments of `netpol-observe-bench recommend`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Workloads (Deployments of two pods, 100 per namespace).

@@ -1,11 +1,13 @@
 //! The engine benchmark (`cargo xtask bench engine`, via the hidden `netpol-observe
 //! bench-engine`): verdicts per second and compile time against growing policy counts over a
-//! synthetic cluster ([`super::synth`]), on one thread, with interleaved rounds and medians.
+//! synthetic cluster ([`synth`]), on one thread, with interleaved rounds and medians.
 
 use std::{hint::black_box, time::Instant};
 
-use super::{PolicyEngine, PolicyError, SideVerdict, synth};
-use crate::flow::FlowRecord;
+use netpol_observe_core::{
+    flow::FlowRecord,
+    policy::{PolicyEngine, PolicyError, SideVerdict, synth},
+};
 
 /// What to measure.
 #[derive(Debug, Clone)]

@@ -13,15 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    attribution::Subnets,
+use netpol_observe_agent::{
+    agent::{AgentConfig, AgentState, Model},
     datapath::FlowUpdate,
+};
+use netpol_observe_core::{
+    attribution::Subnets,
     flow::{Directional, FlowRecord},
     inventory::Inventory,
     policy::synth,
 };
-
-use super::{AgentConfig, AgentState, Model};
 
 /// Records generated (and fed) at a time.
 pub const BATCH: usize = 1_000;

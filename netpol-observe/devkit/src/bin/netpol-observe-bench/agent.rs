@@ -1,17 +1,17 @@
-//! `netpol-observe bench-agent` (hidden): the agent pipeline benchmark behind
+//! `netpol-observe-bench agent`: the agent pipeline benchmark behind
 //! `cargo xtask bench agent`. Each round runs every view (random traffic with streamed
 //! inputs, the same with held inputs, repeated traffic) in fresh child processes, interleaved,
 //! so RSS figures do not carry over and machine load hits every view alike; the parent prints
 //! per-round figures and medians per view.
 
-use super::out::outln;
+use crate::outln;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::agent::bench::{self, Inputs, Traffic};
+use netpol_observe_devkit::bench::agent::{self as bench, Inputs, Traffic};
 
-/// Arguments of `netpol-observe bench-agent`.
+/// Arguments of `netpol-observe-bench agent`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Rounds (each runs every view in its own child process).
@@ -79,7 +79,7 @@ fn child(
     inputs: Inputs,
 ) -> anyhow::Result<Figures> {
     let out = std::process::Command::new(exe)
-        .args(["bench-agent", "--child", "--flows", &args.flows.to_string()])
+        .args(["agent", "--child", "--flows", &args.flows.to_string()])
         .args(["--traffic", &value(&traffic), "--inputs", &value(&inputs)])
         .output()
         .context("running a round")?;
@@ -106,7 +106,7 @@ fn value(v: &impl clap::ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-/// Runs `netpol-observe bench-agent`.
+/// Runs `netpol-observe-bench agent`.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.child {
         let inventory = bench::cluster(42);

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use jiff::Timestamp;
 
-use crate::{
+use netpol_observe_core::{
     flow::{Endpoint, FlowRecord, FlowState, Protocol},
     inventory::{ContainerPortInfo, Interner, Inventory, NamespaceInfo, PodInfo},
 };
