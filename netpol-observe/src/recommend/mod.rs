@@ -34,6 +34,7 @@ pub mod bench;
 mod build;
 pub mod cidr;
 pub mod diff;
+pub mod format;
 pub mod judge;
 mod observe;
 mod render;
@@ -51,6 +52,7 @@ pub use annotations::{
     WARNING, WINDOW, WORKLOAD,
 };
 pub use build::NAMESPACE_NAME_LABEL;
+pub use format::{FormatError, PolicyFormat, RenderedObject, render_objects};
 pub use judge::{DeniedInForce, DeniedOutcome, RecordedFlows, RecordedVerdict};
 pub use observe::{CLOUD_METADATA, NODE_LOCAL_DNS};
 pub use render::{RenderError, render_by_namespace, render_yaml};
