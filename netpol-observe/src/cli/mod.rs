@@ -15,6 +15,8 @@ mod bench_hooks;
 mod bench_recommend;
 mod evaluate;
 mod flows;
+#[cfg(test)]
+mod help_examples;
 mod inputs;
 mod lab;
 mod out;

@@ -38,6 +38,7 @@ pub mod format;
 pub mod judge;
 mod observe;
 mod render;
+pub mod rule_text;
 pub mod sources;
 pub mod verify;
 
