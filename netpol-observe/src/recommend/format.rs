@@ -51,6 +51,9 @@ pub enum FormatError {
     /// A NetworkPolicy could not be rendered.
     #[error(transparent)]
     NetworkPolicy(#[from] RenderError),
+    /// A policy has no CiliumNetworkPolicy form.
+    #[error(transparent)]
+    Cilium(#[from] super::cilium::CiliumError),
     /// An object of another API could not be rendered as YAML.
     #[error("cannot render {id} as YAML: {source}")]
     Yaml {
@@ -66,7 +69,7 @@ pub enum FormatError {
 pub fn render_objects(
     format: PolicyFormat,
     rec: &Recommendation,
-    _inventory: &Inventory,
+    inventory: &Inventory,
 ) -> Result<Vec<RenderedObject>, FormatError> {
     match format {
         PolicyFormat::NetworkPolicy => rec
@@ -82,6 +85,26 @@ pub fn render_objects(
                         p.metadata.name.as_deref().unwrap_or_default()
                     ),
                     yaml: yaml.strip_prefix("---\n").unwrap_or(&yaml).to_owned(),
+                })
+            })
+            .collect(),
+        PolicyFormat::Cilium => super::cilium::render(rec, inventory)?
+            .into_iter()
+            .map(|p| {
+                let id = format!(
+                    "{}/{}/{}",
+                    p.kind,
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                );
+                let yaml = crate::yaml::to_string(&p).map_err(|source| FormatError::Yaml {
+                    id: id.clone(),
+                    source,
+                })?;
+                Ok(RenderedObject {
+                    namespace: p.metadata.namespace.clone(),
+                    id,
+                    yaml: super::render::quote_timestamps(&yaml),
                 })
             })
             .collect(),
