@@ -33,9 +33,9 @@ pub enum Side {
     NotEnforced,
     /// Always allowed (ingress from the endpoint's own node, a pod's traffic to itself).
     Implicit,
-    /// Allowed by these policies (`ns/name`).
+    /// Allowed by these policies (`ns/name`, sorted).
     Allowed(Vec<String>),
-    /// Denied; these policies (`ns/name`) put the endpoint in default deny.
+    /// Denied; these policies (`ns/name`, sorted) put the endpoint in default deny.
     Denied(Vec<String>),
 }
 
@@ -289,6 +289,8 @@ impl<'a> Checker<'a> {
                 allowing.push(id);
             }
         }
+        enforcing.sort();
+        allowing.sort();
         if enforcing.is_empty() {
             Side::NotEnforced
         } else if allowing.is_empty() {
