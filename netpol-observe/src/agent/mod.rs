@@ -19,6 +19,7 @@ pub mod bench;
 #[cfg(test)]
 mod cluster_tests;
 pub mod config;
+pub mod dns;
 #[cfg(test)]
 mod drift_tests;
 #[cfg(test)]
