@@ -16,7 +16,12 @@
 //! flow they quote and flag it with [`EVENT_ICMP_UNREACH`] instead of creating a flow.
 #![no_std]
 
+pub mod dns;
 pub mod drop;
+pub use dns::{
+    DEFAULT_DNS_RINGBUF_BYTES, DNS_PAYLOAD_MAX, DNS_PROTO_TCP, DNS_PROTO_UDP, DnsEvent,
+    GLOBAL_CAPTURE_DNS, MAP_DNS_EVENTS,
+};
 pub use drop::{DropKey, DropValue};
 
 /// Name of the TC program attached to the ingress hook of pod interfaces (packets from the pod).
@@ -133,11 +138,16 @@ pub enum Counter {
     Fragments = 8,
     /// IP packets of a transport protocol that is not tracked (e.g. GRE).
     OtherProtocol = 9,
+    /// DNS answers (packets to a pod from port 53 with a payload) copied to
+    /// [`dns::MAP_DNS_EVENTS`].
+    DnsAnswers = 10,
+    /// DNS answers not copied: [`dns::MAP_DNS_EVENTS`] was full.
+    DnsRingbufFull = 11,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 12] = [
         Counter::MapInsertFailed,
         Counter::RingbufFull,
         Counter::ParseFailed,
@@ -148,6 +158,8 @@ impl Counter {
         Counter::NonIp,
         Counter::Fragments,
         Counter::OtherProtocol,
+        Counter::DnsAnswers,
+        Counter::DnsRingbufFull,
     ];
 
     /// Stable snake_case name (used in logs and metric labels).
@@ -163,6 +175,8 @@ impl Counter {
             Counter::NonIp => "non_ip",
             Counter::Fragments => "fragments",
             Counter::OtherProtocol => "other_protocol",
+            Counter::DnsAnswers => "dns_answers",
+            Counter::DnsRingbufFull => "dns_ringbuf_full",
         }
     }
 }
@@ -287,6 +301,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LocalEndpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::dns::DnsEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::drop::DropKey {}
     // SAFETY: as above.

@@ -68,7 +68,7 @@ fn baseline_from_recorded_flows() {
             "inventory.yaml",
             "--subnets",
             "subnets.yaml",
-            "-o",
+            "--write",
             "baseline.jsonl",
         ],
     );
@@ -118,7 +118,10 @@ fn baseline_from_recorded_flows() {
         format!("{}\n{{\"protocol\":\n", flows[0]),
     )
     .unwrap();
-    let out = run(d.path(), &["--flows", "bad.jsonl", "-o", "baseline.jsonl"]);
+    let out = run(
+        d.path(),
+        &["--flows", "bad.jsonl", "--write", "baseline.jsonl"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("bad.jsonl:2:"), "{stderr}");

@@ -242,7 +242,7 @@ async fn diff_against_current_policies() {
         "--subnets".into(),
         subnets,
         "--diff".into(),
-        "--format".into(),
+        "--report".into(),
         "json".into(),
         "-o".into(),
         out_file.display().to_string(),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod apiserver;
+pub mod dns;
 pub mod http;
 pub mod netns;
 pub mod tcx;

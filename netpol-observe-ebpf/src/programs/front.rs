@@ -487,6 +487,11 @@ pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
     let Some(h) = v4_headers(ctx) else {
         return false;
     };
+    if !from_pod && h.sport == super::dns::DNS_PORT {
+        // A DNS answer to a pod: copied (only port-53 packets pay more than this
+        // comparison), then counted as any packet.
+        super::dns::capture(ctx, false, h.proto, h.l4_hdr_len);
+    }
     let Some(st) = cpu_state() else {
         return false;
     };

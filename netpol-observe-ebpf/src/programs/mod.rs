@@ -4,6 +4,7 @@
 //! and the general path
 //! ([`general`]); the same-node rule ([`local`]) decides which egress packets are skipped.
 
+mod dns;
 mod flows;
 mod front;
 mod general;
@@ -83,10 +84,14 @@ fn observe_slow(ctx: &TcContext, from_pod: bool) {
     {
         return;
     }
-    if let Some(h) = v6_headers(ctx)
-        && fast(ctx, &h, from_pod, cpu_state())
-    {
-        return;
+    if let Some(h) = v6_headers(ctx) {
+        // A DNS answer to a pod (IPv4 answers are caught in `observe_hot`).
+        if !from_pod && h.sport == dns::DNS_PORT {
+            dns::capture(ctx, true, h.proto, h.l4_hdr_len);
+        }
+        if fast(ctx, &h, from_pod, cpu_state()) {
+            return;
+        }
     }
     observe_general(ctx, from_pod);
 }

@@ -1,12 +1,14 @@
 //! The lab's kube-dns: an in-process DNS server (wire format by `hickory-proto`) answering A
-//! queries for `<service>.<namespace>.svc.cluster.local` with the ClusterIP, AAAA with an empty
+//! queries for `<service>.<namespace>.svc.cluster.local` with the ClusterIP and for the
+//! externals' DNS names with their current host (each with its TTL), AAAA with an empty
 //! answer (the lab is IPv4), anything else with NXDOMAIN; and the client used by pods to
-//! resolve `svc/ns/name` targets through it.
+//! resolve `svc/ns/name` targets and external names through it. The zone is shared with the
+//! lab ([`SharedZone`]): the rotation step moves a name while the server runs.
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -22,8 +24,23 @@ use tokio::{
 
 use super::model::LabModel;
 
-/// Name → address records served by the lab DNS (names lower case, without trailing dot).
-pub type Zone = BTreeMap<String, Ipv4Addr>;
+/// One A record of the lab DNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneRecord {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// TTL of the answer, seconds.
+    pub ttl: u32,
+}
+
+/// TTL of the answers for Services' names (seconds).
+pub const SERVICE_TTL: u32 = 5;
+
+/// Name → record served by the lab DNS (names lower case, without trailing dot).
+pub type Zone = BTreeMap<String, ZoneRecord>;
+
+/// The zone as the running server reads it, changed by the rotation step.
+pub type SharedZone = Arc<RwLock<Zone>>;
 
 /// A failed lookup.
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +71,40 @@ pub enum DnsError {
     Io(#[from] std::io::Error),
 }
 
-/// The zone of `model`: every Service's FQDN and its ClusterIP.
+/// The zone of `model`: every Service's FQDN and its ClusterIP, every external's DNS names
+/// and its first host (with the external's TTL).
 pub fn zone(model: &LabModel) -> Zone {
-    model
-        .services
-        .iter()
-        .map(|s| (s.fqdn(), s.cluster_ip))
-        .collect()
+    let services = model.services.iter().map(|s| {
+        let record = ZoneRecord {
+            addr: s.cluster_ip,
+            ttl: SERVICE_TTL,
+        };
+        (s.fqdn(), record)
+    });
+    let externals = model.externals.iter().flat_map(|e| {
+        let record = ZoneRecord {
+            addr: e.hosts[0],
+            ttl: e.ttl,
+        };
+        e.dns.iter().map(move |n| (n.clone(), record))
+    });
+    services.chain(externals).collect()
+}
+
+/// Points every name in `names` at `addr` (keeping each name's TTL); returns the address they
+/// had (the first name's).
+pub fn move_names(zone: &SharedZone, names: &[String], addr: Ipv4Addr) -> Option<Ipv4Addr> {
+    let mut zone = zone
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut old = None;
+    for n in names {
+        if let Some(r) = zone.get_mut(n) {
+            old.get_or_insert(r.addr);
+            r.addr = addr;
+        }
+    }
+    old
 }
 
 /// Answers one DNS query message; `None` when the bytes are not a query.
@@ -85,8 +129,12 @@ pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
         response.add_query(q.clone());
         let name = q.name().to_ascii().trim_end_matches('.').to_lowercase();
         match zone.get(&name) {
-            Some(ip) if q.query_type() == RecordType::A => {
-                response.add_answer(Record::from_rdata(q.name().clone(), 5, RData::A(A(*ip))));
+            Some(r) if q.query_type() == RecordType::A => {
+                response.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    r.ttl,
+                    RData::A(A(r.addr)),
+                ));
             }
             Some(_) => {} // AAAA and others: the name exists, no data.
             None => code = ResponseCode::NXDomain,
@@ -97,14 +145,17 @@ pub fn answer(query: &[u8], zone: &Zone) -> Option<Vec<u8>> {
 }
 
 /// Serves the zone over UDP and TCP (length-prefixed) until the tasks are aborted.
-pub fn spawn(tasks: &mut JoinSet<()>, udp: UdpSocket, tcp: TcpListener, zone: Zone) {
-    let zone = Arc::new(zone);
+pub fn spawn(tasks: &mut JoinSet<()>, udp: UdpSocket, tcp: TcpListener, zone: SharedZone) {
     let udp_zone = Arc::clone(&zone);
+    let reply_to = |msg: &[u8], zone: &SharedZone| {
+        let zone = zone.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        answer(msg, &zone)
+    };
     tasks.spawn(async move {
         let mut buf = [0u8; 1500];
         loop {
             if let Ok((n, peer)) = udp.recv_from(&mut buf).await
-                && let Some(reply) = answer(&buf[..n], &udp_zone)
+                && let Some(reply) = reply_to(&buf[..n], &udp_zone)
             {
                 let _ = udp.send_to(&reply, peer).await;
             }
@@ -122,7 +173,7 @@ pub fn spawn(tasks: &mut JoinSet<()>, udp: UdpSocket, tcp: TcpListener, zone: Zo
                     if stream.read_exact(&mut msg).await.is_err() {
                         break;
                     }
-                    let Some(reply) = answer(&msg, &zone) else {
+                    let Some(reply) = reply_to(&msg, &zone) else {
                         break;
                     };
                     let Ok(len) = u16::try_from(reply.len()) else {
@@ -203,7 +254,10 @@ mod tests {
     fn answers_a_empty_aaaa_and_nxdomain() {
         let zone = Zone::from([(
             "api.shop.svc.cluster.local".to_string(),
-            Ipv4Addr::new(10, 96, 0, 20),
+            ZoneRecord {
+                addr: Ipv4Addr::new(10, 96, 0, 20),
+                ttl: SERVICE_TTL,
+            },
         )]);
         let a = Message::from_vec(
             &answer(&query("API.shop.svc.cluster.local.", RecordType::A), &zone).unwrap(),
@@ -232,5 +286,55 @@ mod tests {
         .unwrap();
         assert_eq!(nx.response_code(), ResponseCode::NXDomain);
         assert!(answer(b"garbage", &zone).is_none());
+    }
+
+    #[test]
+    fn external_names_answer_with_their_ttl_and_move() {
+        let zone: SharedZone = Arc::new(RwLock::new(Zone::from([
+            (
+                "api.payments.example".to_string(),
+                ZoneRecord {
+                    addr: Ipv4Addr::new(198, 51, 100, 1),
+                    ttl: 30,
+                },
+            ),
+            (
+                "pay.example".to_string(),
+                ZoneRecord {
+                    addr: Ipv4Addr::new(198, 51, 100, 1),
+                    ttl: 7,
+                },
+            ),
+        ])));
+        let ask = |name: &str| {
+            let reply = answer(&query(name, RecordType::A), &zone.read().unwrap()).unwrap();
+            let reply = Message::from_vec(&reply).unwrap();
+            assert_eq!(reply.answers().len(), 1, "{name}");
+            (reply.answers()[0].data().clone(), reply.answers()[0].ttl())
+        };
+        assert_eq!(
+            ask("api.payments.example."),
+            (RData::A(A(Ipv4Addr::new(198, 51, 100, 1))), 30)
+        );
+        let names = [
+            "api.payments.example".to_string(),
+            "pay.example".to_string(),
+        ];
+        assert_eq!(
+            move_names(&zone, &names, Ipv4Addr::new(198, 51, 100, 2)),
+            Some(Ipv4Addr::new(198, 51, 100, 1))
+        );
+        assert_eq!(
+            ask("api.payments.example."),
+            (RData::A(A(Ipv4Addr::new(198, 51, 100, 2))), 30)
+        );
+        assert_eq!(
+            ask("pay.example."),
+            (RData::A(A(Ipv4Addr::new(198, 51, 100, 2))), 7)
+        );
+        assert_eq!(
+            move_names(&zone, &["nope.example".to_string()], Ipv4Addr::LOCALHOST),
+            None
+        );
     }
 }

@@ -192,6 +192,13 @@ pub struct ExternalModel {
     pub ports: Vec<PortModel>,
     /// Host addresses.
     pub hosts: Vec<Ipv4Addr>,
+    /// DNS names the lab's DNS answers with the first host (lower case, no trailing dot).
+    pub dns: Vec<String>,
+    /// TTL of those answers, seconds.
+    pub ttl: u32,
+    /// The rotation step: the address the names move to after the enforcement probes, and
+    /// the external it belongs to (index in [`LabModel::externals`]).
+    pub rotate_to: Option<(Ipv4Addr, usize)>,
 }
 
 /// One end of a probe.
@@ -973,6 +980,8 @@ impl LabModel {
                     ));
                 }
             }
+            let ttl = super::names::check_external(e, &externals)
+                .map_err(|p| cx.err("externals", i, p))?;
             ranges.push((format!("external {}", e.name), e.cidr));
             externals.push(ExternalModel {
                 name: e.name.clone(),
@@ -980,7 +989,16 @@ impl LabModel {
                 anonymous: e.anonymous,
                 ports: ports(&e.ports),
                 hosts,
+                dns: e.dns.clone(),
+                ttl,
+                rotate_to: None,
             });
+        }
+
+        // Rotation steps: to another host of the external, or to another external.
+        for (i, e) in scenario.externals.iter().enumerate() {
+            externals[i].rotate_to = super::names::rotation_target(e, i, &externals)
+                .map_err(|p| cx.err("externals", i, p))?;
         }
 
         // Services whose endpoints are an external's hosts: the external must serve the ports.
@@ -1065,7 +1083,7 @@ impl LabModel {
             [name] => self
                 .externals
                 .iter()
-                .position(|e| e.name == *name)
+                .position(|e| e.name == *name || e.dns.iter().any(|n| n == name))
                 .map(PeerRef::External)
                 .ok_or_else(|| Problem::UnknownExternal(text.into())),
             _ => Err(Problem::Other(format!(

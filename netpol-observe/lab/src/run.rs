@@ -24,6 +24,7 @@ use super::{
     model::{LabModel, PeerRef, ProbeKind, ProbeModel},
     netns::NetnsError,
     prometheus::{self, Comparison, PrometheusError, PrometheusHandle},
+    rotation::{self, RotationReport},
     topology::Topology,
     traffic::{self, Outcome, ProbeResult, Timeouts},
 };
@@ -252,6 +253,8 @@ pub struct LabReport {
     /// The dependencies the agents reported as drift after the learning phase (`drift.json`):
     /// with `--enforce`, the forbidden probes; never a traffic entry.
     pub drift: Vec<DriftLine>,
+    /// The rotation steps (`rotation.json`; with `--enforce`, externals with `rotateTo`).
+    pub rotations: Vec<RotationReport>,
     /// Files written.
     pub files: Vec<PathBuf>,
     /// Run id (names the namespaces `npo-lab-<id>-*`).
@@ -269,6 +272,7 @@ impl LabReport {
             && self.missing.is_empty()
             && self.verify.is_clean()
             && self.enforced.iter().flatten().all(EnforceProbe::ok)
+            && self.rotations.iter().all(RotationReport::ok)
     }
 }
 
@@ -622,7 +626,7 @@ fn is_probe_flow(model: &LabModel, probe: &ProbeModel, f: &ObservedFlow, since: 
 }
 
 /// The drop reason and policy the agent reported for the flows of `probe` since `since`.
-fn drop_of(
+pub(super) fn drop_of(
     model: &LabModel,
     probe: &ProbeModel,
     flows: &[ObservedFlow],
@@ -910,6 +914,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
 
     let mut enforced = None;
     let mut enforced_policies = None;
+    let mut rotations = Vec::new();
     if opts.enforce {
         let (policies, source) = match &opts.policies {
             Some(p) => (p.clone(), "--policies"),
@@ -984,6 +989,15 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         }
         write(&opts.out.join("enforce.json"), &json(&out), &mut files)?;
         enforced = Some(out);
+        // The rotation step: names move, the policies written for the old address drop.
+        rotations = rotation::run(model, &topo, &agents, opts.timeouts, opts.agent_timeout).await?;
+        if !rotations.is_empty() {
+            write(
+                &opts.out.join("rotation.json"),
+                &json(&rotations),
+                &mut files,
+            )?;
+        }
     }
 
     // What came after the learning phase and is not in its baseline: drift (probes only).
@@ -1021,6 +1035,7 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
                     .map(move |e| DriftLine::of(node, e))
             })
             .collect(),
+        rotations,
         files,
         run_id,
     };

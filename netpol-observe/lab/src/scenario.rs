@@ -250,7 +250,36 @@ pub struct ExternalSpec {
     /// Not named to the agent (shows as `private`/`world`).
     #[serde(default)]
     pub anonymous: bool,
+    /// DNS names the lab's DNS answers with the first host's address (A records), e.g.
+    /// `api.payments.example`; a traffic entry or probe `to:` one of them resolves it from the
+    /// client pod first.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// TTL of the answers for `dns`, seconds (default [`DEFAULT_DNS_TTL`]).
+    #[serde(default)]
+    pub ttl: Option<u32>,
+    /// The rotation step: with `--enforce`, after the enforcement probes, the names move to
+    /// another address and every traffic entry to one of them runs again; the policies,
+    /// written for the old address, must drop it and the agents must count the rotation.
+    /// Needs `dns`.
+    #[serde(default, rename = "rotateTo")]
+    pub rotate_to: Option<RotateTo>,
 }
+
+/// Where an external's DNS names move in the rotation step.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RotateTo {
+    /// Another host of the same external (1-based: `2` is `.2`); the external must be
+    /// `anonymous` (the policies allow a named subnet as a whole).
+    Host(u32),
+    /// The first host of another external (a new range of the provider), which serves the
+    /// external's ports.
+    External(String),
+}
+
+/// TTL of the lab DNS's answers for externals' names when the scenario gives none (seconds).
+pub const DEFAULT_DNS_TTL: u32 = 5;
 
 /// One traffic entry or forbidden probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -337,7 +366,9 @@ pub enum Problem {
     #[error("unknown service `{0}`")]
     UnknownService(String),
     /// A peer that is neither `ns/workload`, `svc/ns/name` nor an external.
-    #[error("unknown external `{0}` (expected `ns/workload`, `svc/ns/name` or an external name)")]
+    #[error(
+        "unknown external `{0}` (expected `ns/workload`, `svc/ns/name`, an external name or an external's DNS name)"
+    )]
     UnknownExternal(String),
     /// A port the target does not declare.
     #[error("port {port}/{protocol} is not declared by `{target}`")]

@@ -48,6 +48,8 @@ pub struct Topology {
     pod_veths: Vec<String>,
     externals: Vec<Vec<String>>,
     tasks: JoinSet<()>,
+    /// The zone kube-dns serves (set by [`Topology::start_servers`]).
+    zone: Option<dns::SharedZone>,
     torn_down: bool,
 }
 
@@ -211,6 +213,7 @@ impl Topology {
             pod_veths,
             externals,
             tasks: JoinSet::new(),
+            zone: None,
             torn_down: false,
         };
         // On error, `topo` is dropped and its Drop removes what was created.
@@ -330,7 +333,10 @@ impl Topology {
             if is_dns {
                 let udp = servers::bind_udp(&self.pods[i], 53)?;
                 let tcp = servers::bind_tcp(&self.pods[i], 53)?;
-                dns::spawn(&mut self.tasks, udp, tcp, dns::zone(model));
+                let zone = self
+                    .zone
+                    .get_or_insert_with(|| std::sync::Arc::new(dns::zone(model).into()));
+                dns::spawn(&mut self.tasks, udp, tcp, std::sync::Arc::clone(zone));
                 continue;
             }
             for port in &pod.ports {
@@ -345,6 +351,11 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The zone kube-dns serves, once the servers run (the rotation step changes it).
+    pub fn dns_zone(&self) -> Option<&dns::SharedZone> {
+        self.zone.as_ref()
     }
 
     fn serve(&mut self, ns: &str, port: u16, protocol: Protocol) -> Result<(), NetnsError> {

@@ -3,8 +3,9 @@
 //!
 //! A TCP connection counts as allowed when it connects and its payload comes back from the
 //! echo server; UDP when the datagram comes back. Sources and targets with several pods or
-//! hosts are used round robin, connection by connection. `svc/ns/name` targets are resolved
-//! through kube-dns (a real UDP query from the client pod) before each connection.
+//! hosts are used round robin, connection by connection. `svc/ns/name` targets and externals'
+//! DNS names are resolved through kube-dns (a real UDP query from the client pod) before each
+//! connection, which goes to the answered address.
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -97,7 +98,11 @@ struct Leg {
 #[derive(Debug, Clone)]
 enum Target {
     Addr(SocketAddrV4),
-    Service { fqdn: String, port: u16 },
+    /// A name resolved through kube-dns first (a Service's, or an external's DNS name).
+    Service {
+        fqdn: String,
+        port: u16,
+    },
 }
 
 fn leg(model: &LabModel, topo: &Topology, probe: &ProbeModel, n: usize) -> Leg {
@@ -120,10 +125,16 @@ fn leg(model: &LabModel, topo: &Topology, probe: &ProbeModel, n: usize) -> Leg {
                 probe.port,
             ))
         }
-        PeerRef::External(e) => {
-            let hosts = &model.externals[e].hosts;
-            Target::Addr(SocketAddrV4::new(hosts[n % hosts.len()], probe.port))
-        }
+        PeerRef::External(e) => match probe.dns_name(model) {
+            Some(name) if from_pod => Target::Service {
+                fqdn: name.to_owned(),
+                port: probe.port,
+            },
+            _ => {
+                let hosts = &model.externals[e].hosts;
+                Target::Addr(SocketAddrV4::new(hosts[n % hosts.len()], probe.port))
+            }
+        },
         PeerRef::Service(s) => {
             let svc = &model.services[s];
             if from_pod {

@@ -200,8 +200,9 @@ pub struct Args {
     /// before].
     #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
     pub attach_mode: Option<AttachMode>,
-    /// Output format of the flows printed at the end.
+    /// Output format of the flows printed at the end (as kubectl's `-o`).
     #[arg(
+        short = 'o',
         long,
         env = "NETPOL_OBSERVE_OUTPUT",
         value_enum,

@@ -18,21 +18,22 @@ use crate::{
 /// Arguments of `netpol-observe baseline`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
-  netpol-observe baseline --flows lab-out/flows.jsonl -o baseline.jsonl
-  netpol-observe agent --duration 86400 --output jsonl > day.jsonl   # a recorded learning period
-  netpol-observe baseline --flows day.jsonl --inventory cluster/ --subnets subnets.yaml -o baseline.jsonl
+  netpol-observe baseline --flows lab-out/flows.jsonl --write baseline.jsonl
+  netpol-observe agent --duration 86400 -o jsonl > day.jsonl   # a recorded learning period
+  netpol-observe baseline --flows day.jsonl --inventory cluster/ --subnets subnets.yaml --write baseline.jsonl
 
 Writes the edges (source workload, destination workload, destination port, protocol; peers
 named as the metrics name them: pods by namespace, workload kind and workload, a Service by
 its backend workload, outside peers by subnet name or private/world, nodes by name) of the
-flows, one JSON line each with its earliest first_seen, for `agent --drift-baseline`.
+flows, one JSON line each with its earliest first_seen, for `agent --drift-baseline`, to the
+--write file (stdout without it).
 Records an agent already attributed keep their attribution; --inventory and --subnets
 attribute the others (as recommend does). Records marked \"counted\": false (another node's
 view of a connection its own agent counts) are left out, as the agents' drift check leaves
 them. A bad flow line is an error naming FILE:LINE (exit 2, nothing written).")]
 pub struct Args {
-    /// Flow records, JSON lines (`-` for stdin), e.g. an agent's `--output jsonl`, `flows
-    /// --output jsonl`, or the lab's flows.jsonl.
+    /// Flow records, JSON lines (`-` for stdin), e.g. an agent's `-o jsonl`, `flows -o
+    /// jsonl`, or the lab's flows.jsonl.
     #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
     pub flows: Vec<PathBuf>,
     /// Kubernetes objects (a file or a directory of YAML files) to attribute bare records.
@@ -41,9 +42,9 @@ pub struct Args {
     /// Named subnets, YAML `name: [CIDRs]`.
     #[arg(long, value_name = "FILE")]
     pub subnets: Option<PathBuf>,
-    /// The baseline file to write (`-` for stdout).
-    #[arg(short = 'o', long = "output", value_name = "PATH")]
-    pub output: PathBuf,
+    /// The baseline file to write (`-` or absent: stdout).
+    #[arg(long = "write", value_name = "PATH", default_value = "-")]
+    pub write: PathBuf,
     /// How unknown fields in inventory files are treated.
     #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
     pub validate: Validation,
@@ -77,19 +78,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if bad > 0 {
         anyhow::bail!("{bad} flow line(s) could not be read; no baseline written");
     }
-    if args.output == std::path::Path::new("-") {
+    if args.write == std::path::Path::new("-") {
         let mut text = Vec::new();
         baseline.write(&mut text)?;
         out::stdout(String::from_utf8(text)?)?;
     } else {
         baseline
-            .save(&args.output)
-            .with_context(|| format!("writing {}", args.output.display()))?;
+            .save(&args.write)
+            .with_context(|| format!("writing {}", args.write.display()))?;
     }
     errln!(
         "{} edges from {flows} flows ({skipped} counted:false records left out) written to {}",
         baseline.len(),
-        args.output.display()
+        match args.write.to_str() {
+            Some("-") => "stdout".to_owned(),
+            _ => args.write.display().to_string(),
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

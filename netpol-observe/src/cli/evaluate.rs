@@ -17,13 +17,26 @@ use crate::{
     policy::{EvaluatedFlow, PolicyEngine},
 };
 
+/// Output format of `evaluate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// One JSON line per input line (streamed).
+    Jsonl,
+    /// One JSON array of the evaluated flows.
+    Json,
+    /// The table of `flows`, for people.
+    Table,
+}
+
 /// Arguments of `netpol-observe evaluate`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   netpol-observe evaluate --inventory cluster.yaml --flows flows.jsonl
   netpol-observe evaluate --inventory inventory/ --policies policies/ --flows - --subnets subnets.yaml
+  netpol-observe evaluate --inventory cluster.yaml --flows flows.jsonl -o table
 
-One JSON line per input line, in input order: the flow (attributed) with a \"verdict\".
+One JSON line per input line, in input order: the flow (attributed) with a \"verdict\"
+(-o json: one JSON array of them, -o table: the table of `flows`).
 A bad line is reported on stderr (file:line) and the others are still evaluated; the exit
 code is then 2.
 
@@ -44,6 +57,15 @@ pub struct Args {
     /// Named subnets, YAML `name: [CIDRs]`.
     #[arg(long, value_name = "FILE")]
     pub subnets: Option<PathBuf>,
+    /// Output format (as kubectl's `-o`).
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "jsonl"
+    )]
+    pub output: Output,
     /// How unknown fields in inventory and policy files are treated.
     #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]
     pub validate: Validation,
@@ -70,18 +92,44 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut bad = 0usize;
+    let mut held = Vec::new();
     for (_, line) in jsonl::read_file(&args.flows) {
         match line {
             Ok(mut flow) => {
                 attributor.attribute(&mut flow);
                 let verdict = engine.evaluate(&flow);
-                jsonl::write_line(&mut out, &EvaluatedFlow { flow, verdict })
-                    .map_err(OutputError::from)?;
+                let evaluated = EvaluatedFlow { flow, verdict };
+                match args.output {
+                    Output::Jsonl => {
+                        jsonl::write_line(&mut out, &evaluated).map_err(OutputError::from)?
+                    }
+                    Output::Json | Output::Table => held.push(evaluated),
+                }
             }
             Err(err) => {
                 bad += 1;
                 errln!("error: {err}");
             }
+        }
+    }
+    match args.output {
+        Output::Jsonl => {}
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, &held)
+                .map_err(|e| OutputError::from(std::io::Error::from(e)))?;
+            out.write_all(b"\n").map_err(OutputError::from)?;
+        }
+        Output::Table => {
+            let observed = held
+                .into_iter()
+                .map(|e| crate::agent::ObservedFlow {
+                    flow: e.flow,
+                    verdict: Some(e.verdict),
+                    staged_verdict: None,
+                })
+                .collect();
+            out.write_all(super::flows::observed_table(observed).as_bytes())
+                .map_err(OutputError::from)?;
         }
     }
     out.flush().map_err(OutputError::from)?;

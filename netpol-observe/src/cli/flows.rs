@@ -26,6 +26,8 @@ pub enum Output {
     Table,
     /// One JSON line per flow (the flow record with its `verdict`).
     Jsonl,
+    /// One JSON array of the flows (as `jsonl`'s lines).
+    Json,
 }
 
 /// Arguments of `netpol-observe flows`.
@@ -34,7 +36,8 @@ pub enum Output {
   netpol-observe flows --agent http://127.0.0.1:9965
   kubectl create token reader -n netpol-observe --audience netpol-observe --duration 10m > token
   netpol-observe flows --agent http://10.0.0.5:9965 http://10.0.0.6:9965 --token-file token --verdict denied
-  netpol-observe flows --file flows.jsonl --workload web --output jsonl
+  netpol-observe flows --file flows.jsonl --workload web -o jsonl
+  netpol-observe flows --file flows.jsonl --since 5m -n 20
 
 Agents deployed in a cluster answer /api/v1 only to a bearer token of an identity bound to the
 ClusterRole netpol-observe-reader: --token-file, else the pod's ServiceAccount token, else the
@@ -75,8 +78,14 @@ pub struct Args {
         conflicts_with = "file"
     )]
     pub token_file: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
+    /// Output format (as kubectl's `-o`).
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "table"
+    )]
     pub output: Output,
 }
 
@@ -286,6 +295,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             for f in &flows {
                 jsonl::write_line(&mut out, f).map_err(OutputError::from)?;
             }
+        }
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, &flows)
+                .map_err(|e| OutputError::from(std::io::Error::from(e)))?;
+            out.write_all(b"\n").map_err(OutputError::from)?;
         }
     }
     out.flush().map_err(OutputError::from)?;

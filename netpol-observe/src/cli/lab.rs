@@ -24,8 +24,8 @@ use crate::lab::{
       --kube-apiserver ../shared/k8s/bin/kube-apiserver --etcd ../shared/k8s/bin/etcd
 
 Writes inventory.yaml, subnets.yaml, probes.json, flows.jsonl, recommended.yaml, verify.json,
-metrics.txt and agent.log (with --enforce also enforce.nft and enforce.json; with Prometheus
-prometheus.json and prometheus/) into --out.
+metrics.txt and agent.log (with --enforce also enforce.nft, enforce.json and, for externals
+with rotateTo, rotation.json; with Prometheus prometheus.json and prometheus/) into --out.
 
 Where a prometheus binary is found (--prometheus-bin, $NETPOL_OBSERVE_PROMETHEUS, or PATH) the
 lab runs its own Prometheus in the node's namespace (127.0.0.1:9090 there, its own config and
@@ -35,7 +35,8 @@ lab stays up after the run until Ctrl-C, printing how to reach that Prometheus.
 
 Exit status: 0 when every traffic entry succeeded and was reported by the agent, the
 recommended policies allow every observed flow, with --enforce every traffic entry still
-succeeded and every forbidden probe was dropped and reported, and with Prometheus
+succeeded and every forbidden probe was dropped and reported, every rotation was counted by
+the agents before its connection, which was dropped, and with Prometheus
 `recommend --prometheus` equals `recommend --agent`; 1 when something did not;
 2 on error.")]
 pub struct Args {
@@ -315,6 +316,7 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
             );
         }
     }
+    rotation_summary(&mut s, report);
     if !report.drift.is_empty() {
         let _ = writeln!(
             s,
@@ -361,6 +363,60 @@ pub fn summary(model: &LabModel, report: &LabReport) -> String {
         }
     );
     s
+}
+
+/// The rotation steps: where the names moved, and per traffic entry run again the answer,
+/// the drop and the rotations the agents counted (before the connection, and in all).
+fn rotation_summary(s: &mut String, report: &LabReport) {
+    for r in &report.rotations {
+        let _ = writeln!(
+            s,
+            "\ndns rotation (rotation.json): {} of {} moved {} -> {} ({}; ttl {} s)",
+            r.names.join(", "),
+            r.external,
+            r.from_address,
+            r.to_address,
+            r.to_external,
+            r.ttl
+        );
+        let _ = writeln!(
+            s,
+            "  {:<20} {:<24} {:<9} {:<15} {:<8} {:<8} {:<15} {:<36} rotations counted",
+            "from", "to", "port", "answered", "observed", "result", "drop reason", "policy"
+        );
+        for p in &r.probes {
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<24} {:<9} {:<15} {:<8} {:<8} {:<15} {:<36} {} of {} expected, {} before connecting",
+                p.from,
+                p.to,
+                format!("{}/{}", p.port, p.protocol),
+                p.answered
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".to_owned()),
+                seen(p.observed),
+                if p.ok(r.to_address) { "ok" } else { "MISMATCH" },
+                p.drop_reason.as_deref().unwrap_or("-"),
+                p.policy.as_deref().unwrap_or("-"),
+                p.alerts,
+                p.expected_alerts,
+                p.alerts_before_connect,
+            );
+            for series in &p.alert_series {
+                let _ = writeln!(s, "    counted: {series}");
+            }
+            if let Some(e) = p.error.as_deref().filter(|_| !p.ok(r.to_address)) {
+                let _ = writeln!(s, "    error: {e}");
+            }
+        }
+        if r.probes.is_empty() {
+            let _ = writeln!(
+                s,
+                "  MISMATCH no traffic entry from a pod to {}: nothing ran after the move",
+                r.names.join(", ")
+            );
+        }
+    }
 }
 
 /// What `--keep-running` prints before waiting: how to reach the lab's Prometheus.

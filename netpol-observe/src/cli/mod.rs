@@ -11,6 +11,8 @@ mod agent;
 mod baseline;
 mod evaluate;
 mod flows;
+#[cfg(test)]
+mod help_examples;
 mod inputs;
 mod lab;
 mod out;

@@ -20,12 +20,13 @@ use crate::{
     names,
     policy::PolicyEngine,
     recommend::{
-        PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff, render_by_namespace,
-        render_yaml, sources,
+        PolicyFormat, PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff,
+        format::{RenderedObject, join_stream},
+        render_objects, sources,
     },
 };
 
-/// Report format of `--diff`.
+/// Report format of `--diff` (`--report`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Human-readable text.
@@ -42,9 +43,12 @@ pub enum Format {
   netpol-observe recommend --agent http://10.0.0.11:9965 http://10.0.0.12:9965 --token-file token --inventory inv/
   netpol-observe recommend --prometheus http://prometheus:9090 --window 24h --inventory inv/
   netpol-observe recommend --flows flows.jsonl --inventory inv/ --diff
+  netpol-observe recommend --flows flows.jsonl --inventory inv/ --format cilium
 
 Writes one multi-document YAML stream (stdout, or the file given with -o), or with -o DIR
-one <namespace>.yaml per namespace. The same input gives the same bytes. Notes (left-out
+one <namespace>.yaml per namespace (_cluster.yaml for cluster-scoped objects). --format picks
+the policy API: networkpolicy (default; every CNI), cilium (CiliumNetworkPolicy),
+clusternetworkpolicy. The same input gives the same bytes. Notes (left-out
 flows, aggregations) go to stderr. A bad flow line is reported (file:line) and the others are
 still used; the exit code is then 2. The policies are checked against the observed flows
 before they are written: if they would deny one (the self-check), nothing is written and the
@@ -103,8 +107,12 @@ pub struct Args {
     #[arg(long, requires = "inventory")]
     pub diff: bool,
     /// Format of the `--diff` report.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    pub report: Format,
+    /// The policy API written: NetworkPolicy (every CNI), CiliumNetworkPolicy (Cilium), or
+    /// ClusterNetworkPolicy next to the NetworkPolicies (Calico 3.32, Cilium 1.20, AWS).
+    #[arg(long, value_enum, value_name = "API", default_value = "networkpolicy")]
+    pub format: PolicyFormat,
     /// Do not write a `default-deny` policy per namespace.
     #[arg(long)]
     pub no_default_deny: bool,
@@ -177,7 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!(
             "-o/--out takes a file or a directory to write the policies to (YAML), not a format: \
-             policies go to stdout as YAML without -o (--format json formats the --diff report); \
+             policies go to stdout as YAML without -o (--report json formats the --diff report, --format picks the policy API); \
              for a file named {0:?}, write ./{0}",
             out.display().to_string()
         );
@@ -230,12 +238,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     check_output_names(&rec.policies)?;
+    let objects = render_objects(args.format, &rec, &inventory)?;
     match &args.out {
         Some(out) if is_dir_target(out) => {
-            let files = render_by_namespace(&rec.policies)?
-                .into_iter()
-                .map(|(ns, yaml)| Ok((namespace_file(out, &ns)?, yaml)))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let files = by_file(out, &objects)?;
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create the directory {}", out.display()))?;
             for (file, yaml) in files {
@@ -244,10 +250,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Some(out) => {
-            std::fs::write(out, render_yaml(&rec.policies)?)
+            std::fs::write(out, join_stream(&objects))
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
-        None if !args.diff => out::stdout(render_yaml(&rec.policies)?)?,
+        None if !args.diff => out::stdout(join_stream(&objects))?,
         None => {}
     }
 
@@ -265,7 +271,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &attributed,
         );
         report.denied_in_force = rec.denied.clone();
-        match args.format {
+        match args.report {
             Format::Text => out::stdout(report.to_text())?,
             Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
         }
@@ -279,6 +285,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files of `-o DIR`: `<namespace>.yaml` per namespace, `_cluster.yaml` for cluster-scoped
+/// objects (no namespace can be named so), each a stream in the objects' order.
+fn by_file(dir: &Path, objects: &[RenderedObject]) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&RenderedObject>> =
+        std::collections::BTreeMap::new();
+    for o in objects {
+        groups.entry(o.namespace.as_deref()).or_default().push(o);
+    }
+    groups
+        .into_iter()
+        .map(|(ns, list)| {
+            let file = match ns {
+                Some(ns) => namespace_file(dir, ns)?,
+                None => dir.join("_cluster.yaml"),
+            };
+            Ok((file, join_stream(list)))
+        })
+        .collect()
 }
 
 /// Every name of the policies to write (namespace, name, labels) follows the Kubernetes rules:

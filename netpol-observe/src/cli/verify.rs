@@ -29,7 +29,7 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   netpol-observe verify --policies draft.yaml --flows flows.jsonl --inventory cluster.yaml
-  netpol-observe verify --policies policies/ --flows flows.jsonl --inventory inv/ --output json
+  netpol-observe verify --policies policies/ --flows flows.jsonl --inventory inv/ -o json
 
 Checks every observed flow against the given policies only (the draft replaces the
 inventory's policies) and names the flows it would deny with the isolating policies.
@@ -52,8 +52,14 @@ pub struct Args {
     /// Named subnets, YAML `name: [CIDRs]`.
     #[arg(long, value_name = "FILE")]
     pub subnets: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
+    /// Output format (as kubectl's `-o`).
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
     pub output: Format,
     /// How unknown fields in inventory and policy files are treated.
     #[arg(long, value_enum, value_name = "MODE", default_value = "strict", long_help = inputs::VALIDATE_HELP)]

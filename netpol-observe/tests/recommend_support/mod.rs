@@ -24,6 +24,8 @@ use netpol_observe_core::{
 };
 use serde_json::{Value, json};
 
+pub mod cilium;
+
 /// A pod of the builder: namespace, name, IP, workload kind and name, node.
 #[derive(Debug, Clone)]
 pub struct Pod {
@@ -302,6 +304,10 @@ pub struct Checked {
     pub yaml: String,
     pub policies: Vec<NetworkPolicy>,
     pub inventory: Inventory,
+    /// The same recommendation as CiliumNetworkPolicies (`--format cilium`), read back.
+    pub cilium: Vec<netpol_observe_core::recommend::cilium::types::CiliumNetworkPolicy>,
+    /// Flows the Cilium checker evaluated: observed (allowed) and unobserved (denied).
+    pub cilium_checked: (usize, usize),
 }
 
 impl Scenario {
@@ -326,14 +332,23 @@ impl Scenario {
         assert_eq!(policies, rec.policies, "YAML round trip");
         let engine = PolicyEngine::compile(&policies, &inventory).unwrap();
         let attributor = Attributor::new(&inventory, &self.subnets);
+        let (cilium_policies, cilium_yaml) = cilium::cilium_policies(&rec, &inventory);
+        let cilium = cilium::checker(&cilium_policies, &inventory, &attributor);
+        let mut cilium_checked = (0, 0);
 
-        // 1. Every observed flow is allowed.
+        // 1. Every observed flow is allowed (by the NetworkPolicies and by their Cilium form).
         let mut observed: BTreeSet<(String, String, u16, Protocol)> = BTreeSet::new();
         for f in &self.flows {
             let mut f = f.clone();
             attributor.attribute(&mut f);
             let v = engine.evaluate(&f);
             assert!(v.allowed, "observed flow denied: {f:?}\n{v:?}\n{yaml}");
+            let c = cilium.evaluate(&f);
+            assert!(
+                c.allowed,
+                "observed flow denied by the Cilium policies: {f:?}\n{c:?}\n{cilium_yaml}"
+            );
+            cilium_checked.0 += 1;
             if let (Some(s), Some(d), Some(port)) = (
                 workload_of(&f.src),
                 workload_of(&f.dst),
@@ -388,6 +403,12 @@ impl Scenario {
                         !v.allowed,
                         "unobserved {ck} -> {sk}:{port}/{proto} allowed: {v:?}\n{yaml}"
                     );
+                    let c = cilium.evaluate(&f);
+                    assert!(
+                        !c.allowed,
+                        "unobserved {ck} -> {sk}:{port}/{proto} allowed by the Cilium policies: {c:?}\n{cilium_yaml}"
+                    );
+                    cilium_checked.1 += 1;
                     checked += 1;
                 }
             }
@@ -398,6 +419,8 @@ impl Scenario {
             yaml,
             policies,
             inventory,
+            cilium: cilium_policies,
+            cilium_checked,
         }
     }
 }

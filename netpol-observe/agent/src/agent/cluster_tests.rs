@@ -499,14 +499,15 @@ fn two_agents_count_every_flow_once() {
         json(&b, 0)
     );
     assert!(!json(&a, 0).contains("counted"), "{}", json(&a, 0));
-    // The shutdown output: the joined backend leg of the same-node Service connection (not
-    // held in the store) is not counted either.
+    // The shutdown output (`--output jsonl`) is what /api/v1/flows serves: the joined backend
+    // leg of the same-node Service connection is not a record of its own there either.
+    let served = a.flows(&FlowQuery::default());
     let out = a.final_flows(seen_a.records());
-    let backend_leg = out
-        .iter()
-        .find(|o| o.flow.src.port == Some(40003) && o.flow.dst.ip == ip(API_A))
-        .unwrap();
-    assert!(!backend_leg.flow.counted);
+    assert_eq!(out, served);
+    assert!(
+        !out.iter()
+            .any(|o| o.flow.src.port == Some(40003) && o.flow.dst.ip == ip(API_A))
+    );
     assert_eq!(out.iter().filter(|o| o.flow.counted).count(), 5);
 
     // Without the rule both agents count the cross-node flows: 11 flows for 8 connections
@@ -658,4 +659,80 @@ fn a_client_leg_from_outside_the_inventory_is_counted_once_its_backend_is_here()
     a.on_update(&client_new);
     a.on_update(&client_end);
     assert_eq!(sums(&a), [0, 0, 0]);
+}
+
+/// One flow view (issue 26, item 3): the agent's shutdown output (`--output jsonl`) holds
+/// exactly the records `/api/v1/flows` serves after the final sweep. A same-node Service
+/// connection is one record to the Service (its backend leg, `sent 0`, is not a record of its
+/// own), a drop of a flow the datapath never saw is a drop-only record in both, and a flow
+/// whose last update the agent missed gets its final counters from the datapath's last record.
+#[test]
+fn the_shutdown_output_is_what_the_api_serves() {
+    let a = agent("node-a");
+    let t: Timestamp = "2026-05-04T10:00:00Z".parse().unwrap();
+    let [client_new, client_end] = updates((WEB, 40003), (CLUSTER_IP, 80), (7, 6), (700, 3000), t);
+    let [backend_new, backend_end] = updates((WEB, 40003), (API_A, 9000), (0, 6), (0, 3000), t);
+    let [db_new, db_end] = updates((WEB, 40001), (DB, 5432), (10, 8), (1000, 4000), t);
+    for u in [
+        &client_new,
+        &backend_new,
+        &db_new,
+        &client_end,
+        &backend_end,
+    ] {
+        a.on_update(u);
+    }
+    // web → db:5433, dropped before the datapath saw it.
+    a.on_drop(&DropSample {
+        protocol: Protocol::Tcp,
+        src: ip(WEB),
+        src_port: 40008,
+        dst: ip(DB),
+        dst_port: 5433,
+        reason: "NETFILTER_DROP".to_owned(),
+        packets: 3,
+    });
+    // db_end never arrived as an update: only the datapath's last records carry it.
+    let records = vec![
+        client_end.record.clone(),
+        backend_end.record.clone(),
+        db_end.record.clone(),
+    ];
+    let out = a.final_flows(records);
+    let served = a.flows(&FlowQuery::default());
+    assert_eq!(out, served, "the shutdown output is the API's answer");
+    let mut summary: Vec<_> = out
+        .iter()
+        .map(|o| {
+            let f = &o.flow;
+            (
+                f.src.port.unwrap(),
+                f.dst.ip,
+                f.dst.service.as_ref().map(|s| s.name.clone()),
+                f.packets.map(|p| (p.sent, p.received)),
+                f.drops.as_ref().map(|d| d.count),
+            )
+        })
+        .collect();
+    summary.sort_by_key(|s| s.0);
+    assert_eq!(
+        summary,
+        vec![
+            (40001, ip(DB), None, Some((10, 8)), None),
+            (
+                40003,
+                ip(CLUSTER_IP),
+                Some("api".to_owned()),
+                Some((7, 6)),
+                None
+            ),
+            (40008, ip(DB), None, None, Some(3)),
+        ]
+    );
+    // The Service connection names the backend the DNAT chose.
+    let svc = out.iter().find(|o| o.flow.src.port == Some(40003)).unwrap();
+    assert_eq!(svc.flow.dst.pod.as_deref(), Some("api-7c9d-aaaaa"));
+    assert_eq!(svc.flow.state, Some(FlowState::Closed));
+    let db = out.iter().find(|o| o.flow.src.port == Some(40001)).unwrap();
+    assert_eq!(db.flow.state, Some(FlowState::Closed));
 }

@@ -17,6 +17,7 @@
 #[cfg(test)]
 mod cluster_tests;
 pub mod config;
+pub mod dns;
 #[cfg(test)]
 mod drift_tests;
 #[cfg(test)]
@@ -30,7 +31,6 @@ pub mod store;
 mod test_kit;
 
 use std::{
-    collections::HashMap,
     future::Future,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, RwLock},
@@ -847,45 +847,26 @@ impl AgentState {
         lock(&self.store).expire(cutoff);
     }
 
-    /// The flows of the store with the final datapath records folded in (shutdown output).
+    /// The flows of the store with the final datapath records folded in (shutdown output):
+    /// exactly what `/api/v1/flows` serves then. Each final record goes the way of a datapath
+    /// update (an ended one without new counters): a Service connection's backend leg joins
+    /// its client leg (reported once, to the Service), a known flow takes its last counters
+    /// and state, a flow the store no longer held (evicted while active, or expired) comes back
+    /// as it would on an update. Drop-only flows are the store's like any other.
     fn final_flows(&self, records: Vec<FlowRecord>) -> Vec<ObservedFlow> {
-        let model = self.model();
-        // The datapath's last counters and states, by flow; its table keeps ended flows only
-        // briefly, the store keeps what the agent saw (flowRetention, maxFlows).
-        let mut last: HashMap<FlowId, FlowRecord> =
-            records.into_iter().map(|r| (FlowId::of(&r), r)).collect();
-        let store = lock(&self.store);
-        let mut out = store.query(&FlowQuery::default(), model.as_deref());
-        for f in &mut out {
-            if let Some(r) = last.remove(&FlowId::of(&f.flow)) {
-                f.flow.state = r.state;
-                f.flow.packets = r.packets;
-                f.flow.bytes = r.bytes;
-                f.flow.last_seen = r.last_seen;
-            }
+        let mut records = records;
+        records.sort_by_key(|r| r.first_seen);
+        for record in records {
+            self.on_update(&FlowUpdate {
+                record,
+                new: false,
+                delta_packets: Directional::default(),
+                delta_bytes: Directional::default(),
+                ended: true,
+                opened: false,
+            });
         }
-        // Flows the store does not hold (a Service connection's backend leg, a flow evicted).
-        let mut rest: Vec<FlowRecord> = last.into_values().collect();
-        rest.sort_by_key(|r| r.first_seen);
-        out.extend(rest.into_iter().map(|mut r| {
-            let id = FlowId::of(&r);
-            // A joined backend leg is its client leg's packets, counted (or not) there.
-            r.counted = !store.is_joined_backend_leg(&id)
-                && store.evicted_counted(&id).unwrap_or_else(|| {
-                    model
-                        .as_ref()
-                        .is_none_or(|m| self.counts(&m.attribute(&r), false))
-                });
-            match &model {
-                Some(m) => m.observe(r),
-                None => ObservedFlow {
-                    flow: r,
-                    verdict: None,
-                    staged_verdict: None,
-                },
-            }
-        }));
-        out
+        self.flows(&FlowQuery::default())
     }
 }
 

@@ -41,6 +41,11 @@ pub struct DatapathConfig {
     pub ebpf_log: bool,
     /// How the programs are attached; `None`: [`AttachMode::for_this_kernel`].
     pub attach_mode: Option<AttachMode>,
+    /// Copy DNS answers to pods (packets from port 53) to userspace
+    /// ([`super::Datapath::subscribe_dns`]).
+    pub capture_dns: bool,
+    /// Size of the DNS-answer ring buffer in bytes (a power of two, at least 4096).
+    pub dns_ringbuf_bytes: u32,
 }
 
 impl Default for DatapathConfig {
@@ -57,6 +62,8 @@ impl Default for DatapathConfig {
             learn_local_endpoints: true,
             ebpf_log: false,
             attach_mode: None,
+            capture_dns: true,
+            dns_ringbuf_bytes: netpol_observe_ebpf::DEFAULT_DNS_RINGBUF_BYTES,
         }
     }
 }
@@ -88,6 +95,12 @@ impl DatapathConfig {
             return Err(format!(
                 "ringbuf_bytes {} must be a power of two of at least 4096",
                 self.ringbuf_bytes
+            ));
+        }
+        if !self.dns_ringbuf_bytes.is_power_of_two() || self.dns_ringbuf_bytes < 4096 {
+            return Err(format!(
+                "dns_ringbuf_bytes {} must be a power of two of at least 4096",
+                self.dns_ringbuf_bytes
             ));
         }
         if self.sweep_interval.is_zero() {

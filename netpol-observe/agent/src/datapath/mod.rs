@@ -19,6 +19,7 @@
 mod attach;
 pub mod btf;
 mod config;
+pub mod dns;
 mod drops;
 mod hooks;
 mod kernel;
@@ -38,9 +39,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
 use netpol_observe_ebpf::{
-    FlowEvent, FlowKey, FlowValue, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK, LocalEndpoint,
-    MAP_COUNTERS, MAP_EVENTS, MAP_FLOW_CACHE, MAP_FLOWS, MAP_LOCAL_ENDPOINTS,
-    MAP_LOCAL_ENDPOINTS_GEN,
+    FlowEvent, FlowKey, FlowValue, GLOBAL_CAPTURE_DNS, GLOBAL_LEARN_LOCAL, LOCAL_SRC_GEN_MASK,
+    LocalEndpoint, MAP_COUNTERS, MAP_DNS_EVENTS, MAP_EVENTS, MAP_FLOW_CACHE, MAP_FLOWS,
+    MAP_LOCAL_ENDPOINTS, MAP_LOCAL_ENDPOINTS_GEN,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -50,6 +51,7 @@ use tokio::{
 
 pub use attach::{AttachMode, AttachedInterface};
 pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, InterfaceFilter};
+pub use dns::DnsAnswer;
 pub use drops::{
     DropSample, DropScope, DropTracer, DropsError, NetnsOffsets, SkbOffsets, kernel_drop_reasons,
     own_netns_inode,
@@ -157,6 +159,8 @@ struct Shared {
     interfaces: InterfaceFilter,
     table: Mutex<FlowTable>,
     updates: broadcast::Sender<FlowUpdate>,
+    /// DNS answers to pods ([`Datapath::subscribe_dns`]).
+    dns: broadcast::Sender<DnsAnswer>,
     attacher: Mutex<attach::Attacher>,
     sweeper: Mutex<Sweeper>,
     flusher: kernel::CacheFlusher,
@@ -208,11 +212,14 @@ impl Datapath {
             .interface_filter()
             .map_err(DatapathError::InvalidConfig)?;
         let learn: u8 = config.learn_local_endpoints.into();
+        let capture_dns: u8 = config.capture_dns.into();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_FLOWS, config.flow_capacity)
             .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries()?)
             .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
+            .map_max_entries(MAP_DNS_EVENTS, config.dns_ringbuf_bytes)
             .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
+            .override_global(GLOBAL_CAPTURE_DNS, &capture_dns, true)
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(load_error(&e)))?;
 
@@ -231,6 +238,9 @@ impl Datapath {
         let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
             .try_into()
             .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
+        let dns_ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_DNS_EVENTS)?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_DNS_EVENTS, e.to_string()))?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_COUNTERS)?
             .try_into()
             .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_COUNTERS, e.to_string()))?;
@@ -281,7 +291,9 @@ impl Datapath {
 
         let node = config.node_name.clone().or_else(hostname);
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
+        let (dns_tx, _) = broadcast::channel(dns::DNS_CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
+            dns: dns_tx.clone(),
             table: Mutex::new({
                 let mut t = FlowTable::new(Clock::now(), node);
                 t.set_sockets(sockets);
@@ -316,6 +328,14 @@ impl Datapath {
             tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone())),
             tokio::spawn(follow_links(shared.clone(), messages, stop_rx.clone())),
         ];
+        // SAFETY: as the flow ring buffer above.
+        let dns_ring = unsafe { AsyncFd::register(dns_ring) }
+            .map_err(|e| DatapathError::Map(MAP_DNS_EVENTS, e.to_string()))?;
+        tasks.push(tokio::spawn(dns::read_answers(
+            dns_ring,
+            dns_tx,
+            stop_rx.clone(),
+        )));
         if let Some(logger) = logger {
             tasks.push(tokio::spawn(forward_logs(logger, stop_rx)));
         }
@@ -374,6 +394,12 @@ impl Datapath {
     /// A stream of flow updates (new flows, deltas after each sweep, ends).
     pub fn subscribe(&self) -> broadcast::Receiver<FlowUpdate> {
         self.shared.updates.subscribe()
+    }
+
+    /// A stream of the DNS answers the pods receive (empty unless
+    /// [`DatapathConfig::capture_dns`]).
+    pub fn subscribe_dns(&self) -> broadcast::Receiver<DnsAnswer> {
+        self.shared.dns.subscribe()
     }
 
     /// The kernel-side counters summed over CPUs.

@@ -53,6 +53,8 @@ pub enum KubeObject {
     EndpointSlice(EndpointSlice),
     /// `networking.k8s.io/v1/NetworkPolicy`.
     NetworkPolicy(NetworkPolicy),
+    /// `policy.networking.k8s.io/v1alpha2/ClusterNetworkPolicy`.
+    ClusterNetworkPolicy(crate::policy::cluster::ClusterNetworkPolicy),
     /// `apps/v1/ReplicaSet`.
     ReplicaSet(ReplicaSet),
     /// `apps/v1/Deployment`.
@@ -171,6 +173,9 @@ impl KubeObject {
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 KubeObject::NetworkPolicy(decode(value, &object, u)?)
             }
+            ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+                KubeObject::ClusterNetworkPolicy(decode(value, &object, u)?)
+            }
             ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, &object, u)?),
             ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, &object, u)?),
             ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, &object, u)?),
@@ -194,7 +199,7 @@ impl KubeObject {
                     "kind",
                     format!(
                         "unknown kind {k:?} (apiVersion {av:?}); expected Namespace, Pod, Service, \
-                         Node, EndpointSlice, NetworkPolicy, ReplicaSet, Deployment, StatefulSet, \
+                         Node, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, ReplicaSet, Deployment, StatefulSet, \
                          DaemonSet, Job or CronJob"
                     ),
                 ));
@@ -238,6 +243,7 @@ impl KubeObject {
             KubeObject::Node(o) => ("Node", &o.metadata),
             KubeObject::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
             KubeObject::NetworkPolicy(o) => ("NetworkPolicy", &o.metadata),
+            KubeObject::ClusterNetworkPolicy(o) => ("ClusterNetworkPolicy", &o.metadata),
             KubeObject::ReplicaSet(o) => ("ReplicaSet", &o.metadata),
             KubeObject::Deployment(o) => ("Deployment", &o.metadata),
             KubeObject::StatefulSet(o) => ("StatefulSet", &o.metadata),
@@ -249,7 +255,10 @@ impl KubeObject {
 
     /// Whether objects of this kind live in a namespace (all but Namespace and Node).
     pub fn is_namespaced(&self) -> bool {
-        !matches!(self, KubeObject::Namespace(_) | KubeObject::Node(_))
+        !matches!(
+            self,
+            KubeObject::Namespace(_) | KubeObject::Node(_) | KubeObject::ClusterNetworkPolicy(_)
+        )
     }
 
     /// Checks every name of the object that reaches the inventory (and from there flows,
@@ -369,7 +378,10 @@ impl KubeObject {
                 check_selector(sel, &object, "spec.jobTemplate.spec.selector")?;
             }
             // Selectors and the rest are checked by `policy::validate`.
-            KubeObject::NetworkPolicy(_) | KubeObject::Namespace(_) | KubeObject::Node(_) => {}
+            KubeObject::NetworkPolicy(_)
+            | KubeObject::ClusterNetworkPolicy(_)
+            | KubeObject::Namespace(_)
+            | KubeObject::Node(_) => {}
         }
         Ok(())
     }
@@ -504,6 +516,12 @@ pub(super) fn from_sourced(
                     origin: String::new(),
                     source,
                 }),
+            KubeObject::ClusterNetworkPolicy(cnp) => crate::policy::cluster::validate(&cnp)
+                .map(|()| inv.cluster_network_policies.push(cnp))
+                .map_err(|source| InventoryError::Policy {
+                    origin: String::new(),
+                    source,
+                }),
             KubeObject::ReplicaSet(_)
             | KubeObject::Job(_)
             | KubeObject::Deployment(_)
@@ -550,6 +568,8 @@ pub fn finish(inv: &mut Inventory) {
     inv.network_policies.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
+    inv.cluster_network_policies
+        .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
 }
 
 /// The label the API server puts on every namespace.

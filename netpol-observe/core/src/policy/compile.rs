@@ -121,6 +121,7 @@ pub(crate) fn compile_policy(
 ) -> Result<CompiledPolicy, PolicyError> {
     let id = policy_id(policy);
     let fail = |field: String, problem: String| PolicyError {
+        kind: PolicyError::NETWORK_POLICY,
         policy: id.clone(),
         field,
         problem,
@@ -187,6 +188,7 @@ fn compile_peers(
     for (i, p) in peers.iter().enumerate() {
         let field = format!("{field}[{i}]");
         let fail = |f: String, problem: String| PolicyError {
+            kind: PolicyError::NETWORK_POLICY,
             policy: id.to_owned(),
             field: f,
             problem,
@@ -282,6 +284,7 @@ fn compile_ports(
     for (i, p) in ports.iter().enumerate() {
         let field = format!("{field}[{i}]");
         let fail = |f: &str, problem: String| PolicyError {
+            kind: PolicyError::NETWORK_POLICY,
             policy: id.to_owned(),
             field: format!("{field}.{f}"),
             problem,

@@ -10,6 +10,10 @@ use rustc_hash::FxHashMap;
 
 use super::{
     Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
+    cluster::{
+        Action, ClusterNetworkPolicy, Tier,
+        tiers::{ClusterTiers, TierQuery},
+    },
     compile::{NsMatch, Peer, compile_policy},
     names::{IdList, List, RuleNames},
     selector::CompiledSelector,
@@ -342,6 +346,9 @@ pub struct PolicyEngine {
     table: Arc<PodTable>,
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
+    /// The ClusterNetworkPolicy tiers, when there are any (`None`: the NetworkPolicy-only
+    /// path, unchanged).
+    tiers: Option<Arc<ClusterTiers>>,
 }
 
 impl PolicyEngine {
@@ -363,6 +370,30 @@ impl PolicyEngine {
         inventory: &Inventory,
         table: &Arc<PodTable>,
     ) -> Result<PolicyEngine, PolicyError> {
+        Self::compile_shared_with_cluster(policies, &[], inventory, table)
+    }
+
+    /// As [`PolicyEngine::compile`], with ClusterNetworkPolicies `cluster`: their Admin tier
+    /// decides before the NetworkPolicies, their Baseline tier after them for pods no
+    /// NetworkPolicy isolates ([`super::cluster`]). The first invalid policy of either kind is
+    /// an error naming it and the field.
+    pub fn compile_with_cluster(
+        policies: &[NetworkPolicy],
+        cluster: &[ClusterNetworkPolicy],
+        inventory: &Inventory,
+    ) -> Result<PolicyEngine, PolicyError> {
+        Self::compile_shared_with_cluster(policies, cluster, inventory, &PodTable::new(inventory))
+    }
+
+    /// [`PolicyEngine::compile_with_cluster`] on a shared pod table (see
+    /// [`PolicyEngine::compile_shared`]).
+    pub fn compile_shared_with_cluster(
+        policies: &[NetworkPolicy],
+        cluster: &[ClusterNetworkPolicy],
+        inventory: &Inventory,
+        table: &Arc<PodTable>,
+    ) -> Result<PolicyEngine, PolicyError> {
+        let tiers = ClusterTiers::compile(cluster, inventory)?.map(Arc::new);
         let table = if table.indexes(inventory) {
             table.clone()
         } else {
@@ -635,12 +666,18 @@ impl PolicyEngine {
             }),
             table,
             hot,
+            tiers,
         })
     }
 
     /// Number of compiled policies.
     pub fn policy_count(&self) -> usize {
         self.names.len()
+    }
+
+    /// Number of compiled ClusterNetworkPolicies.
+    pub fn cluster_policy_count(&self) -> usize {
+        self.tiers.as_ref().map_or(0, |t| t.len())
     }
 
     /// The policies selecting pod `namespace/name` (the newest pod of that name), or `None` if
@@ -695,7 +732,8 @@ impl PolicyEngine {
     /// The explanation of an allowed direction is found when it is first read; until then the
     /// verdict shares this engine's tables ([`Verdict::settle`] resolves it for storage).
     pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
-        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q));
+        let names = flow.dst.dns_names.as_slice();
+        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q, names));
         Verdict::new(ingress, egress)
     }
 
@@ -703,7 +741,8 @@ impl PolicyEngine {
     /// needs for counters. Stops at the first allowing rule. Same decision as
     /// [`PolicyEngine::evaluate`].
     pub fn evaluate_compact(&self, flow: &FlowRecord) -> CompactVerdict {
-        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.decide(e, q));
+        let names = flow.dst.dns_names.as_slice();
+        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.decide(e, q, names));
         CompactVerdict {
             allowed: ingress.result != SideResult::Denied && egress.result != SideResult::Denied,
             ingress,
@@ -761,12 +800,118 @@ impl PolicyEngine {
     /// One direction with its explanation. The decision is made as in [`Self::decide`]; an
     /// allowed direction's allowing rules are found only when its explanation is first read
     /// ([`Pending`]), a denied one lists the group's isolating policies (shared).
-    fn explained(&self, q: Query, f: FlowQuery) -> SideVerdict {
+    fn explained(&self, q: Query, f: FlowQuery, names: &[String]) -> SideVerdict {
+        if let Some(tiers) = &self.tiers {
+            return self.explained_tiered(tiers, q, f, names);
+        }
         let group = match self.isolating_group(q) {
             Ok(group) => group,
             Err((result, Some(reason))) => return SideVerdict::by_reason(result, reason),
             Err(_) => return SideVerdict::not_isolated(),
         };
+        self.explained_group(group, q, f)
+    }
+
+    /// [`Self::explained`] with ClusterNetworkPolicies: the Admin tier, the NetworkPolicies
+    /// (when some isolate the pod), else the Baseline tier.
+    fn explained_tiered(
+        &self,
+        tiers: &ClusterTiers,
+        q: Query,
+        f: FlowQuery,
+        names: &[String],
+    ) -> SideVerdict {
+        let group = match self.isolating_group(q) {
+            Ok(group) => Some(group),
+            Err((result, Some(reason))) => return SideVerdict::by_reason(result, reason),
+            Err(_) => None,
+        };
+        let tq = self.tier_query(q, f, names);
+        if let Some(rule) = tiers.decide(Tier::Admin, &tq)
+            && rule.action != Action::Pass
+        {
+            return rule.verdict();
+        }
+        if let Some(group) = group {
+            return self.explained_group(group, q, f);
+        }
+        match tiers.decide(Tier::Baseline, &tq) {
+            Some(rule) if rule.action != Action::Pass => rule.verdict(),
+            _ => SideVerdict::not_isolated(),
+        }
+    }
+
+    /// [`Self::decide`] with ClusterNetworkPolicies (as [`Self::explained_tiered`]).
+    fn decide_tiered(
+        &self,
+        tiers: &ClusterTiers,
+        q: Query,
+        f: FlowQuery,
+        names: &[String],
+    ) -> CompactSide {
+        let group = match self.isolating_group(q) {
+            Ok(group) => Some(group),
+            Err((result, Some(reason))) => {
+                return CompactSide {
+                    result,
+                    reason: Some(reason),
+                };
+            }
+            Err(_) => None,
+        };
+        let decided = |result| CompactSide {
+            result,
+            reason: None,
+        };
+        let tq = self.tier_query(q, f, names);
+        if let Some(rule) = tiers.decide(Tier::Admin, &tq)
+            && rule.action != Action::Pass
+        {
+            return decided(rule.result());
+        }
+        if let Some(group) = group {
+            let allowed = self.allows(group, self.core.tables.rows(self.peer_key(q)), f);
+            return decided(if allowed {
+                SideResult::Allowed
+            } else {
+                SideResult::Denied
+            });
+        }
+        match tiers.decide(Tier::Baseline, &tq) {
+            Some(rule) if rule.action != Action::Pass => decided(rule.result()),
+            _ => decided(SideResult::NotIsolated),
+        }
+    }
+
+    /// A direction as the ClusterNetworkPolicy tiers see it.
+    fn tier_query<'a>(&self, q: Query, f: FlowQuery, names: &'a [String]) -> TierQuery<'a> {
+        let (peer_pod, peer_node) = match q.peer {
+            Side::Pod(p) => match self.hot.get(p as usize) {
+                Some(h) if h.host_network => (None, Some(h.node).filter(|n| *n != NO_NODE)),
+                Some(_) => (Some(p), None),
+                None => (None, None),
+            },
+            Side::Node(n) => (None, Some(n)),
+            Side::Other => (None, None),
+        };
+        TierQuery {
+            me: q.me,
+            ingress: q.ingress,
+            peer_pod,
+            peer_node,
+            peer_ip: q.peer_ip,
+            dst_pod: match f.dst {
+                Side::Pod(d) => Some(d),
+                _ => None,
+            },
+            port: f.port,
+            protocol: f.protocol,
+            dns_names: names,
+        }
+    }
+
+    /// An isolated direction decided by the NetworkPolicies of `group`.
+    fn explained_group(&self, group: u32, q: Query, f: FlowQuery) -> SideVerdict {
         let rows = self.core.tables.rows(self.peer_key(q));
         if self.allows(group, rows, f) {
             let (policies, rules) = Names::pending(Pending {
@@ -871,7 +1016,10 @@ impl PolicyEngine {
     /// Decides one direction of pod `q.me` (`f` carries the flow's destination, port and
     /// protocol): always-allowed cases first, then the pod's group table.
     #[inline]
-    fn decide(&self, q: Query, f: FlowQuery) -> CompactSide {
+    fn decide(&self, q: Query, f: FlowQuery, names: &[String]) -> CompactSide {
+        if let Some(tiers) = &self.tiers {
+            return self.decide_tiered(tiers, q, f, names);
+        }
         let group = match self.isolating_group(q) {
             Ok(group) => group,
             Err((result, reason)) => return CompactSide { result, reason },

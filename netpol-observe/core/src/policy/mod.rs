@@ -18,8 +18,12 @@
 //!   itself and traffic between a pod and its own node are always allowed; hostNetwork pods are
 //!   outside policy scope (never selected; as peers they are their node's address).
 //!
+//! ClusterNetworkPolicies ([`cluster`]) add an Admin tier before these rules and a Baseline
+//! tier after them ([`PolicyEngine::compile_with_cluster`]).
+//!
 //! [`reference`] is a slow literal evaluator kept to check the engine.
 
+pub mod cluster;
 mod compile;
 mod engine;
 mod error;

@@ -11,8 +11,12 @@ use k8s_openapi::{
 };
 
 use super::{
-    Names, PolicyError, Reason, SideResult, SideVerdict, Verdict, label_selector_matches,
-    policy_id, policy_types, validate,
+    Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
+    cluster::{
+        Action, ClusterNetworkPolicy, Tier,
+        reference::{Question, decide},
+    },
+    label_selector_matches, policy_id, policy_types, validate,
 };
 use crate::{
     flow::{Endpoint, FlowRecord, Protocol},
@@ -37,6 +41,7 @@ enum Side<'a> {
 pub struct Reference<'a> {
     inventory: &'a Inventory,
     policies: Vec<&'a NetworkPolicy>,
+    cluster: Vec<&'a ClusterNetworkPolicy>,
 }
 
 impl<'a> Reference<'a> {
@@ -53,12 +58,28 @@ impl<'a> Reference<'a> {
         Ok(Reference {
             inventory,
             policies: sorted,
+            cluster: Vec::new(),
         })
+    }
+
+    /// Validates `policies` and the ClusterNetworkPolicies `cluster` (Admin tier before the
+    /// NetworkPolicies, Baseline after).
+    pub fn with_cluster(
+        inventory: &'a Inventory,
+        policies: &'a [NetworkPolicy],
+        cluster: &'a [ClusterNetworkPolicy],
+    ) -> Result<Self, PolicyError> {
+        for p in cluster {
+            super::cluster::validate(p)?;
+        }
+        let mut reference = Reference::new(inventory, policies)?;
+        reference.cluster = cluster.iter().collect();
+        Ok(reference)
     }
 
     /// Evaluates `flow`, literally. Slow: for tests.
     pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
-        evaluate_sorted(self.inventory, &self.policies, flow)
+        evaluate_sorted(self.inventory, &self.policies, &self.cluster, flow)
     }
 }
 
@@ -71,7 +92,16 @@ pub fn evaluate(
     Ok(Reference::new(inventory, policies)?.evaluate(flow))
 }
 
-fn evaluate_sorted(inventory: &Inventory, sorted: &[&NetworkPolicy], flow: &FlowRecord) -> Verdict {
+fn evaluate_sorted(
+    inventory: &Inventory,
+    sorted: &[&NetworkPolicy],
+    cluster: &[&ClusterNetworkPolicy],
+    flow: &FlowRecord,
+) -> Verdict {
+    let tiers = Tiers {
+        cluster,
+        dns_names: &flow.dst.dns_names,
+    };
     let at = flow.first_seen.or(flow.last_seen);
     let src = resolve(inventory, &flow.src, at);
     let (dst, dst_ip, port) = resolve_dst(inventory, &flow.dst, flow.protocol, at);
@@ -91,6 +121,7 @@ fn evaluate_sorted(inventory: &Inventory, sorted: &[&NetworkPolicy], flow: &Flow
         Side::Pod(s) => side(
             inventory,
             sorted,
+            &tiers,
             s,
             &dst,
             dst_ip,
@@ -105,6 +136,7 @@ fn evaluate_sorted(inventory: &Inventory, sorted: &[&NetworkPolicy], flow: &Flow
         Side::Pod(d) => side(
             inventory,
             sorted,
+            &tiers,
             d,
             &src,
             flow.src.ip,
@@ -118,10 +150,17 @@ fn evaluate_sorted(inventory: &Inventory, sorted: &[&NetworkPolicy], flow: &Flow
     Verdict::new(ingress, egress)
 }
 
+/// The ClusterNetworkPolicies and the flow's destination names.
+struct Tiers<'a> {
+    cluster: &'a [&'a ClusterNetworkPolicy],
+    dns_names: &'a [String],
+}
+
 #[allow(clippy::too_many_arguments)]
 fn side(
     inventory: &Inventory,
     policies: &[&NetworkPolicy],
+    tiers: &Tiers<'_>,
     me: &PodInfo,
     peer: &Side<'_>,
     peer_ip: std::net::IpAddr,
@@ -140,6 +179,33 @@ fn side(
     };
     if peer_node.is_some() && peer_node == me.node_name.as_deref() {
         return SideVerdict::by_reason(SideResult::Allowed, Reason::OwnNode);
+    }
+    let question = Question {
+        me,
+        ingress,
+        peer_pod: match peer {
+            Side::Pod(p) if !p.host_network => Some(*p),
+            _ => None,
+        },
+        peer_node: match peer {
+            Side::Node(n) => Some(*n),
+            Side::Pod(p) if p.host_network => {
+                p.node_name.as_deref().and_then(|n| inventory.node(n))
+            }
+            _ => None,
+        },
+        peer_ip,
+        dst_pod,
+        port,
+        protocol,
+        dns_names: tiers.dns_names,
+    };
+    let tier = |tier: Tier| match decide(inventory, tiers.cluster, tier, &question) {
+        Some((Action::Accept | Action::Deny, verdict)) => Some(verdict),
+        Some((Action::Pass, _)) | None => None,
+    };
+    if let Some(verdict) = tier(Tier::Admin) {
+        return verdict;
     }
     let mut isolating = Vec::new();
     let mut allowed = Vec::new();
@@ -203,7 +269,7 @@ fn side(
         }
     }
     if isolating.is_empty() {
-        SideVerdict::not_isolated()
+        tier(Tier::Baseline).unwrap_or_else(SideVerdict::not_isolated)
     } else if allowed.is_empty() {
         SideVerdict {
             result: SideResult::Denied,

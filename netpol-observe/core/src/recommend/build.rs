@@ -20,6 +20,7 @@ use k8s_openapi::{
 use super::{
     PublicIngress, RecommendConfig, annotations,
     cidr::{aggregate, world_except},
+    dns_names::{self, PolicyHints, RulePort},
     observe::{EdgeKey, Labels, Observations, PeerKey, Span, WorkloadObs, platform_address},
 };
 use crate::{
@@ -85,6 +86,8 @@ pub(crate) struct EntryService {
 pub(crate) struct Built {
     pub(crate) policies: Vec<NetworkPolicy>,
     pub(crate) notes: Vec<String>,
+    /// Per policy `(namespace, name)`: what other formats need besides its rules.
+    pub(crate) hints: BTreeMap<(String, String), PolicyHints>,
 }
 
 /// One direction's rules for one workload, being collected.
@@ -97,6 +100,10 @@ struct Direction {
     /// DNS, metadata endpoints), for the `platform` annotation.
     platform: BTreeSet<String>,
     span: Span,
+    /// DNS names of external addresses per port (`dst.dns_names`), for the evidence.
+    names: BTreeMap<(PortKey, IpAddr), BTreeSet<String>>,
+    /// The named addresses behind the blocks written (see [`dns_names`]).
+    hints: PolicyHints,
 }
 
 type PortKey = Option<(Protocol, PortVal)>;
@@ -144,6 +151,7 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 policy_ns: ns,
                 direction: "ingress",
                 dns: edge.dns,
+                names: None,
             };
             add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
         }
@@ -159,6 +167,7 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 policy_ns: ns,
                 direction: "egress",
                 dns: edge.dns,
+                names: obs.names.get(edge),
             };
             add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
         }
@@ -186,6 +195,7 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
     let mut by_ns: BTreeMap<&str, Vec<NetworkPolicy>> = BTreeMap::new();
     let mut unselectable: BTreeSet<&str> = BTreeSet::new();
     let mut used: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut built_hints = BTreeMap::new();
     let mut order: Vec<u32> = dirs.keys().copied().collect();
     order.sort_by_key(|w| {
         let w = &obs.workloads[*w as usize];
@@ -233,6 +243,20 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
         used.insert((w.namespace.to_owned(), name.clone()));
 
         let mut ann = annotations::evidence(&w.span, &window);
+        let mut hints = std::mem::take(&mut egress.hints);
+        hints.own_node_egress = obs
+            .own_node_egress
+            .get(&w_idx)
+            .into_iter()
+            .flatten()
+            .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
+            .collect();
+        if let Some(names) = dns_names::annotation(&hints) {
+            ann.insert(dns_names::DNS_NAMES.to_owned(), names);
+        }
+        if !hints.is_empty() {
+            built_hints.insert((w.namespace.to_owned(), name.clone()), hints);
+        }
         ann.insert(
             annotations::WORKLOAD.to_owned(),
             format!("{}/{}", w.kind, w.name),
@@ -326,7 +350,11 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
     }
     notes.sort();
     notes.dedup();
-    Built { policies, notes }
+    Built {
+        policies,
+        notes,
+        hints: built_hints,
+    }
 }
 
 fn meta(name: &str, ns: &str, annotations: BTreeMap<String, String>) -> ObjectMeta {
@@ -392,6 +420,8 @@ struct EdgePeer<'p> {
     direction: &'static str,
     /// A DNS lookup.
     dns: bool,
+    /// The DNS names the clients resolved to an external peer.
+    names: Option<&'p BTreeSet<&'p str>>,
 }
 
 fn add_edge_peer(
@@ -468,11 +498,31 @@ fn add_edge_peer(
             if edge.dns || platform.is_some() {
                 vec![host_block(ip)]
             } else {
+                let names: BTreeSet<String> = edge
+                    .names
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| {
+                        let name = dns_names::normalize(n);
+                        if name.is_none() {
+                            notes.push(format!(
+                                "DNS name {n:?} of {ip} is not a valid name: left out of the evidence"
+                            ));
+                        }
+                        name
+                    })
+                    .collect();
                 for port in &ports {
                     dir.external
                         .entry(port.clone())
                         .or_default()
                         .insert((subnet.to_owned(), ip));
+                    if !names.is_empty() {
+                        dir.names
+                            .entry((port.clone(), ip))
+                            .or_default()
+                            .extend(names.iter().cloned());
+                    }
                 }
                 Vec::new()
             }
@@ -515,11 +565,13 @@ fn resolve_external(
 ) {
     let direction = ext.direction;
     let external = std::mem::take(&mut dir.external);
+    let names = std::mem::take(&mut dir.names);
     for (port, addrs) in external {
         let mut blocks: BTreeSet<PeerSpec> = BTreeSet::new();
+        let mut subnet_nets: BTreeSet<IpNet> = BTreeSet::new();
         let mut private = Vec::new();
         let mut world = Vec::new();
-        for (subnet, ip) in addrs {
+        for (subnet, ip) in addrs.iter().cloned() {
             match subnet.as_str() {
                 "world" => world.push(ip),
                 "private" => private.push(ip),
@@ -538,6 +590,7 @@ fn resolve_external(
                         private.push(ip);
                     }
                     for net in nets {
+                        subnet_nets.insert(net);
                         blocks.insert(PeerSpec::Block {
                             cidr: net,
                             except: Vec::new(),
@@ -623,10 +676,53 @@ fn resolve_external(
                 });
             }
         }
+        record_names(dir, &port, &blocks, &subnet_nets, &addrs, &names);
         for b in blocks {
             add_peer(&mut dir.peers, b, port.clone());
         }
     }
+}
+
+/// The named addresses of one port's `blocks` into the direction's hints.
+fn record_names(
+    dir: &mut Direction,
+    port: &PortKey,
+    blocks: &BTreeSet<PeerSpec>,
+    subnet_nets: &BTreeSet<IpNet>,
+    addrs: &BTreeSet<(String, IpAddr)>,
+    names: &BTreeMap<(PortKey, IpAddr), BTreeSet<String>>,
+) {
+    if !names.keys().any(|(p, _)| p == port) {
+        return;
+    }
+    let nets: Vec<(IpNet, &[IpNet], bool)> = blocks
+        .iter()
+        .filter_map(|b| match b {
+            PeerSpec::Block { cidr, except } => {
+                Some((*cidr, except.as_slice(), subnet_nets.contains(cidr)))
+            }
+            PeerSpec::Pods { .. } => None,
+        })
+        .collect();
+    let ips: Vec<IpAddr> = addrs.iter().map(|(_, ip)| *ip).collect();
+    let lookup = |ip: IpAddr| names.get(&(port.clone(), ip));
+    let rule_port = rule_port(port);
+    for (cidr, block) in dns_names::named_blocks(&nets, &ips, &lookup) {
+        dir.hints
+            .egress_names
+            .insert((rule_port.clone(), cidr), block);
+    }
+}
+
+/// A port as other formats read it.
+fn rule_port(port: &PortKey) -> RulePort {
+    port.as_ref().map(|(proto, val)| {
+        let text = match val {
+            PortVal::Number(n) => n.to_string(),
+            PortVal::Name(name) => name.clone(),
+        };
+        (*proto, text)
+    })
 }
 
 /// The LoadBalancer/NodePort Service through which `port` of the workload is a public entry

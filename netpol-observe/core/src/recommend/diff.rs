@@ -1,7 +1,7 @@
 //! `recommend --diff`: the policies in force against the observed traffic — flows they deny,
 //! and rules never exercised in the window (candidates for tightening).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,10 @@ pub struct DiffReport {
     pub denied: VerifyReport,
     /// Rules (`ns/name:ingress[i]`, `ns/name:egress[i]`) no observed flow used, sorted.
     pub unused_rules: Vec<String>,
+    /// What each unused rule allows, by rule (`to app=api TCP 8080`,
+    /// [`rule_text`](super::rule_text)): NetworkPolicy rules have no names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unused_rule_descriptions: BTreeMap<String, String>,
     /// Policies and rule peers whose selectors match no pod
     /// ([`selects_nothing`](super::verify::selects_nothing)): not merely unexercised, they
     /// cannot match anything in the cluster as it is.
@@ -71,10 +75,18 @@ impl DiffReport {
                 .selects_nothing
                 .iter()
                 .any(|w| w.starts_with(&prefix) || w.starts_with(&format!("{r}:")));
+            let mut what: Vec<&str> = self
+                .unused_rule_descriptions
+                .get(r)
+                .map(String::as_str)
+                .into_iter()
+                .collect();
             if empty {
-                s.push_str(&format!("  {r} (selects no pod)\n"));
-            } else {
-                s.push_str(&format!("  {r}\n"));
+                what.push("selects no pod");
+            }
+            match what.as_slice() {
+                [] => s.push_str(&format!("  {r}\n")),
+                what => s.push_str(&format!("  {r} ({})\n", what.join("; "))),
             }
         }
         s.push_str("\nselectors that match no pod (a typo in a label or namespace?):\n");
@@ -106,6 +118,7 @@ pub fn diff(
         }
     });
     let mut unused = Vec::new();
+    let mut descriptions = BTreeMap::new();
     for p in current {
         let id = crate::policy::policy_id(p);
         let Some(spec) = &p.spec else { continue };
@@ -116,6 +129,21 @@ pub fn diff(
             for i in 0..n {
                 let label = format!("{id}:{dir}[{i}]");
                 if on && !used.contains(&label) {
+                    let text = match dir {
+                        "ingress" => spec
+                            .ingress
+                            .as_ref()
+                            .and_then(|r| r.get(i))
+                            .map(super::rule_text::ingress),
+                        _ => spec
+                            .egress
+                            .as_ref()
+                            .and_then(|r| r.get(i))
+                            .map(super::rule_text::egress),
+                    };
+                    if let Some(text) = text {
+                        descriptions.insert(label.clone(), text);
+                    }
                     unused.push(label);
                 }
             }
@@ -127,6 +155,7 @@ pub fn diff(
         current_policies: current.len(),
         denied,
         unused_rules: unused,
+        unused_rule_descriptions: descriptions,
         selects_nothing,
         denied_in_force: Vec::new(),
     }

@@ -31,10 +31,14 @@
 mod annotations;
 mod build;
 pub mod cidr;
+pub mod cilium;
 pub mod diff;
+pub mod dns_names;
+pub mod format;
 pub mod judge;
 mod observe;
 mod render;
+pub mod rule_text;
 pub mod sources;
 pub mod verify;
 
@@ -49,6 +53,8 @@ pub use annotations::{
     WARNING, WINDOW, WORKLOAD,
 };
 pub use build::NAMESPACE_NAME_LABEL;
+pub use dns_names::{DNS_NAMES, PolicyHints};
+pub use format::{FormatError, PolicyFormat, RenderedObject, render_objects};
 pub use judge::{DeniedInForce, DeniedOutcome, RecordedFlows, RecordedVerdict};
 pub use observe::{CLOUD_METADATA, NODE_LOCAL_DNS};
 pub use render::{RenderError, render_by_namespace, render_yaml};
@@ -168,6 +174,10 @@ pub struct Recommendation {
     /// Flows the policies in force denied, per workload pair, port and outcome (learned or
     /// not), sorted.
     pub denied: Vec<DeniedInForce>,
+    /// Per workload policy `(namespace, name)`: what other formats (`--format cilium`) need to
+    /// write the same least privilege: DNS names behind its egress blocks, traffic to the
+    /// pod's own node.
+    pub hints: BTreeMap<(String, String), dns_names::PolicyHints>,
 }
 
 impl Recommendation {
@@ -276,8 +286,15 @@ impl<'i> Recommender<'i> {
                 .or_default()
                 .insert(format!("{}/{}", p.workload.kind, p.workload.name));
         }
-        let in_force = (!inventory.network_policies.is_empty()).then(|| {
-            PolicyEngine::compile(&inventory.network_policies, inventory).map_err(|e| e.to_string())
+        let in_force = (!inventory.network_policies.is_empty()
+            || !inventory.cluster_network_policies.is_empty())
+        .then(|| {
+            PolicyEngine::compile_with_cluster(
+                &inventory.network_policies,
+                &inventory.cluster_network_policies,
+                inventory,
+            )
+            .map_err(|e| e.to_string())
         });
         Recommender {
             in_force,
@@ -482,6 +499,7 @@ impl<'i> Recommender<'i> {
             notes,
             stats,
             denied: judged.denied,
+            hints: built.hints,
         }
     }
 }

@@ -154,6 +154,12 @@ pub(crate) struct Observations<'a> {
     /// and implicit flows, with the reason: the self-check evaluates each.
     pub(crate) unruled: Vec<(usize, String)>,
     unruled_seen: HashSet<(Protocol, IpAddr, IpAddr, Option<u16>)>,
+    /// Per edge to an address outside the cluster: the DNS names its clients resolved to it
+    /// (`dst.dns_names`).
+    pub(crate) names: HashMap<EdgeKey<'a>, BTreeSet<&'a str>>,
+    /// Per workload: the (protocol, port) of its traffic to its own node (implicit in
+    /// NetworkPolicy; Cilium needs a rule to its `host`).
+    pub(crate) own_node_egress: BTreeMap<u32, BTreeSet<(Protocol, Option<u16>)>>,
 }
 
 /// Reason of the implicit flows between a pod and its own node.
@@ -256,6 +262,13 @@ impl<'a> Observations<'a> {
         };
         if own_node {
             // Traffic between a pod and its own node (kubelet probes) is always allowed.
+            if let (PeerKey::Workload(w), PeerKey::Node(..)) = (client, server) {
+                let port = f.dst.port.filter(|_| f.protocol.has_ports());
+                self.own_node_egress
+                    .entry(w)
+                    .or_default()
+                    .insert((f.protocol, port));
+            }
             self.implicit(i, f, OWN_NODE);
             return;
         }
@@ -273,6 +286,12 @@ impl<'a> Observations<'a> {
             port,
             dns: is_dns(f),
         };
+        if matches!(server, PeerKey::External(..)) && !f.dst.dns_names.is_empty() {
+            self.names
+                .entry(key)
+                .or_default()
+                .extend(f.dst.dns_names.iter().map(String::as_str));
+        }
         self.edges
             .entry(key)
             .or_insert(EdgeObs {

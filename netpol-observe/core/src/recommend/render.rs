@@ -38,7 +38,7 @@ pub fn render_yaml(policies: &[NetworkPolicy]) -> Result<String, RenderError> {
 /// Go YAML) turns a plain timestamp into a datetime, which Kubernetes rejects as an annotation
 /// value. The writer already quotes a lone RFC 3339 instant; the window (`start/end`) is not a
 /// timestamp to any reader, and is quoted all the same so that every evidence time reads alike.
-fn quote_timestamps(doc: &str) -> String {
+pub(crate) fn quote_timestamps(doc: &str) -> String {
     use super::annotations::{FIRST_SEEN, LAST_SEEN, WINDOW};
     let mut out = String::with_capacity(doc.len() + 64);
     for line in doc.split_inclusive('\n') {
