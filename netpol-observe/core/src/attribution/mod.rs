@@ -204,7 +204,7 @@ impl Attributor {
 
     /// The pod that held `ip` at time `at` (hostNetwork pods excluded): the one alive then,
     /// else the newest.
-    pub fn pod_for_ip(&self, ip: IpAddr, at: Option<Timestamp>) -> Option<&PodInfo> {
+    pub(crate) fn pod_for_ip(&self, ip: IpAddr, at: Option<Timestamp>) -> Option<&PodInfo> {
         self.pick(self.at_ip(ip)?, at)
     }
 
@@ -245,7 +245,7 @@ impl Attributor {
     }
 
     /// The pod `namespace/name` alive at `at` (else the newest of that name).
-    pub fn pod_by_name(
+    pub(crate) fn pod_by_name(
         &self,
         namespace: &str,
         name: &str,
@@ -322,7 +322,7 @@ impl Attributor {
     }
 
     /// The subnet name for an address outside the cluster: a named subnet, `private` or `world`.
-    pub fn subnet_name(&self, ip: IpAddr) -> &str {
+    pub(crate) fn subnet_name(&self, ip: IpAddr) -> &str {
         match self.subnets.lookup(ip) {
             Some(name) => name,
             None if is_private(ip) => "private",

@@ -74,7 +74,7 @@ pub enum FlowLineError {
 }
 
 /// One line of a flow file: its 1-based number and the record or the error.
-pub type FlowLine = (usize, Result<FlowRecord, FlowLineError>);
+pub(crate) type FlowLine = (usize, Result<FlowRecord, FlowLineError>);
 
 /// The UTF-8 byte-order mark some editors put at the start of a file.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -162,12 +162,12 @@ pub fn read_lines(path: &Path, reader: impl BufRead) -> Vec<FlowLine> {
 }
 
 /// One line read by [`read_lines_with`]: the record and what `extra` took from the same line.
-pub type FlowLineWith<T> = (usize, Result<(FlowRecord, T), FlowLineError>);
+pub(crate) type FlowLineWith<T> = (usize, Result<(FlowRecord, T), FlowLineError>);
 
 /// [`read_lines`], also handing each good line's text to `extra`, which reads more of it (such
 /// as the `verdict` of an agent's answer); its error makes the line bad
 /// ([`FlowLineError::Extra`] naming `field`).
-pub fn read_lines_with<T>(
+pub(crate) fn read_lines_with<T>(
     path: &Path,
     reader: impl BufRead,
     field: &'static str,
@@ -228,7 +228,7 @@ pub fn read_file(path: &Path) -> Vec<FlowLine> {
 }
 
 /// [`read_file`] with [`read_lines_with`]'s `extra`.
-pub fn read_file_with<T>(
+pub(crate) fn read_file_with<T>(
     path: &Path,
     field: &'static str,
     extra: impl FnMut(&str) -> Result<T, serde_json::Error>,

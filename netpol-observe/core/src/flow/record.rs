@@ -212,7 +212,7 @@ impl Endpoint {
     }
 
     /// Whether any attribution field is set.
-    pub fn is_attributed(&self) -> bool {
+    pub(crate) fn is_attributed(&self) -> bool {
         self.namespace.is_some() || self.node.is_some() || self.subnet.is_some()
     }
 }

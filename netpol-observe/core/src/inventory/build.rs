@@ -71,7 +71,7 @@ pub enum KubeObject {
 
 /// Labels that vary between pods of one workload or between revisions: never part of a
 /// workload's stable selector labels.
-pub const VOLATILE_LABELS: &[&str] = &[
+pub(crate) const VOLATILE_LABELS: &[&str] = &[
     "pod-template-hash",
     "controller-revision-hash",
     "pod-template-generation",
@@ -115,7 +115,7 @@ impl KubeObject {
     /// [`Validation::Strict`] makes them an [`InventoryError::UnknownFields`] naming every
     /// one, [`Validation::Warn`] returns them (field paths such as `spec.ingress[0].fromm`),
     /// [`Validation::Ignore`] drops them.
-    pub fn from_value_checked(
+    pub(crate) fn from_value_checked(
         value: crate::yaml::Value,
         validation: Validation,
     ) -> Result<(KubeObject, Vec<String>), InventoryError> {
@@ -235,7 +235,7 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 
 impl KubeObject {
     /// The object's kind and metadata.
-    pub fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+    pub(crate) fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
         match self {
             KubeObject::Namespace(o) => ("Namespace", &o.metadata),
             KubeObject::Pod(o) => ("Pod", &o.metadata),
@@ -254,7 +254,7 @@ impl KubeObject {
     }
 
     /// Whether objects of this kind live in a namespace (all but Namespace and Node).
-    pub fn is_namespaced(&self) -> bool {
+    pub(crate) fn is_namespaced(&self) -> bool {
         !matches!(
             self,
             KubeObject::Namespace(_) | KubeObject::Node(_) | KubeObject::ClusterNetworkPolicy(_)
@@ -573,7 +573,7 @@ pub fn finish(inv: &mut Inventory) {
 }
 
 /// The label the API server puts on every namespace.
-pub const METADATA_NAME: &str = "kubernetes.io/metadata.name";
+pub(crate) const METADATA_NAME: &str = "kubernetes.io/metadata.name";
 
 pub fn namespace_info(ns: &Namespace, interner: &mut Interner) -> NamespaceInfo {
     let name = ns.metadata.name.clone().unwrap_or_default();

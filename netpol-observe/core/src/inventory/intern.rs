@@ -309,12 +309,12 @@ impl Interner {
     }
 
     /// The shared copy of a label map.
-    pub fn labels_of(&mut self, map: &BTreeMap<String, String>) -> Labels {
+    pub(crate) fn labels_of(&mut self, map: &BTreeMap<String, String>) -> Labels {
         self.labels(map.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
     /// The shared copy of a label set already built.
-    pub fn intern_labels(&mut self, labels: Labels) -> Labels {
+    pub(crate) fn intern_labels(&mut self, labels: Labels) -> Labels {
         if let Some(l) = self.label_sets.get(&labels) {
             return l.clone();
         }

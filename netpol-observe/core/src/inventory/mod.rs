@@ -111,7 +111,7 @@ pub struct PodInfo {
 
 impl PodInfo {
     /// Whether this pod held its IPs at time `at` (always true when `at` is unknown).
-    pub fn alive_at(&self, at: Option<Timestamp>) -> bool {
+    pub(crate) fn alive_at(&self, at: Option<Timestamp>) -> bool {
         let Some(at) = at else {
             return self.deleted.is_none();
         };
@@ -166,7 +166,7 @@ pub enum ServiceType {
 impl ServiceType {
     /// Whether clients outside the cluster reach the Service's backends through it
     /// (`NodePort`, `LoadBalancer`): a public entry point.
-    pub fn is_entry_point(self) -> bool {
+    pub(crate) fn is_entry_point(self) -> bool {
         matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
 

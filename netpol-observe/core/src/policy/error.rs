@@ -27,14 +27,14 @@ pub struct SelectorError {
 
 impl PolicyError {
     /// The kind of a NetworkPolicy error.
-    pub const NETWORK_POLICY: &'static str = "NetworkPolicy";
+    pub(crate) const NETWORK_POLICY: &'static str = "NetworkPolicy";
     /// The kind of a ClusterNetworkPolicy error.
-    pub const CLUSTER_NETWORK_POLICY: &'static str = "ClusterNetworkPolicy";
+    pub(crate) const CLUSTER_NETWORK_POLICY: &'static str = "ClusterNetworkPolicy";
 }
 
 impl SelectorError {
     /// Turns this into a [`PolicyError`] for `policy`, prefixing the field with `prefix`.
-    pub fn in_policy(self, policy: &str, prefix: &str) -> PolicyError {
+    pub(crate) fn in_policy(self, policy: &str, prefix: &str) -> PolicyError {
         PolicyError {
             kind: PolicyError::NETWORK_POLICY,
             policy: policy.to_owned(),

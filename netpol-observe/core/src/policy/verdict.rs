@@ -62,7 +62,7 @@ impl SideVerdict {
     }
 
     /// Decided by an always-applicable reason.
-    pub fn by_reason(result: SideResult, reason: Reason) -> Self {
+    pub(crate) fn by_reason(result: SideResult, reason: Reason) -> Self {
         SideVerdict {
             result,
             policies: Names::default(),

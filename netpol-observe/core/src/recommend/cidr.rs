@@ -7,7 +7,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The private and special-purpose IPv4 ranges always excluded from a `0.0.0.0/0` block:
 /// RFC 1918, shared address space (RFC 6598) and link-local.
-pub const PRIVATE_V4: &[&str] = &[
+pub(crate) const PRIVATE_V4: &[&str] = &[
     "10.0.0.0/8",
     "100.64.0.0/10",
     "169.254.0.0/16",
@@ -16,12 +16,12 @@ pub const PRIVATE_V4: &[&str] = &[
 ];
 
 /// The private and link-local IPv6 ranges always excluded from a `::/0` block.
-pub const PRIVATE_V6: &[&str] = &["fc00::/7", "fe80::/10"];
+pub(crate) const PRIVATE_V6: &[&str] = &["fc00::/7", "fe80::/10"];
 
 /// Covering prefixes of `addrs`: addresses sharing a prefix of length `bound_v4` (IPv4) or
 /// `bound_v6` (IPv6) become the longest prefix that covers all of them (never shorter than the
 /// bound); an address alone in its bound stays a host prefix (`/32`, `/128`). Sorted, distinct.
-pub fn aggregate(addrs: &[IpAddr], bound_v4: u8, bound_v6: u8) -> Vec<IpNet> {
+pub(crate) fn aggregate(addrs: &[IpAddr], bound_v4: u8, bound_v6: u8) -> Vec<IpNet> {
     let mut sorted: Vec<IpAddr> = addrs.to_vec();
     sorted.sort();
     sorted.dedup();
@@ -72,7 +72,7 @@ fn trunc(net: IpNet, len: u8) -> Option<IpNet> {
 }
 
 /// The longest prefix containing both `a` and `b` (same family), else `None`.
-pub fn common_prefix(a: IpAddr, b: IpAddr) -> Option<IpNet> {
+pub(crate) fn common_prefix(a: IpAddr, b: IpAddr) -> Option<IpNet> {
     match (a, b) {
         (IpAddr::V4(x), IpAddr::V4(y)) => {
             let len = (u32::from(x) ^ u32::from(y)).leading_zeros();
@@ -92,7 +92,7 @@ pub fn common_prefix(a: IpAddr, b: IpAddr) -> Option<IpNet> {
 
 /// The `except` list of an "everything" block of the family of `all` (`0.0.0.0/0` or `::/0`):
 /// the private ranges plus the cluster ranges of that family not already covered. Sorted.
-pub fn world_except(all: IpNet, cluster: &[IpNet]) -> Vec<IpNet> {
+pub(crate) fn world_except(all: IpNet, cluster: &[IpNet]) -> Vec<IpNet> {
     let fixed = if all.addr().is_ipv4() {
         PRIVATE_V4
     } else {

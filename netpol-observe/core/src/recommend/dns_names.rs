@@ -19,7 +19,7 @@ pub const DNS_NAMES: &str = "netpol-observe.io/dns-names";
 
 /// A port of a rule as written: protocol and port (number or name, as text); `None` for every
 /// port and protocol.
-pub type RulePort = Option<(Protocol, String)>;
+pub(crate) type RulePort = Option<(Protocol, String)>;
 
 /// The named addresses behind one `ipBlock` of one port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -207,7 +207,7 @@ pub struct Recommender<'i> {
 }
 
 /// The first words of the notes about flows the policies in force denied.
-pub const DENIED_NOTE: &str = "denied by the policies in force";
+pub(crate) const DENIED_NOTE: &str = "denied by the policies in force";
 
 /// At most this many denied connections are listed in the notes (all are in
 /// [`Recommendation::denied`]) and on a `default-deny`.

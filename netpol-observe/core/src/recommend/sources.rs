@@ -41,7 +41,7 @@ pub enum SourceError {
 /// `/api/v1/flows`, `flows -o jsonl`, `evaluate`), if any: an object with `allowed` and,
 /// optionally, the `ingress` and `egress` sides naming the isolating `policies` (the form of
 /// [`crate::policy::Verdict`]). `staged_verdict` is not one.
-pub fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, serde_json::Error> {
+pub(crate) fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, serde_json::Error> {
     #[derive(Deserialize)]
     struct Line {
         #[serde(default)]
@@ -79,7 +79,7 @@ pub fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, serde_jso
 
 /// The records of [`jsonl::read_lines_with`] / [`jsonl::read_file_with`] read with
 /// [`recorded_verdict`], and the bad lines.
-pub fn recorded_lines(
+pub(crate) fn recorded_lines(
     lines: Vec<FlowLineWith<Option<RecordedVerdict>>>,
 ) -> (RecordedFlows, Vec<FlowLineError>) {
     let mut flows = RecordedFlows::default();

@@ -25,6 +25,7 @@
 //! the rule has a name).
 
 mod compile;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) mod reference;
 pub(crate) mod tiers;
 pub mod types;

@@ -12,7 +12,7 @@ pub const API_VERSION: &str = "cilium.io/v2";
 /// `kind` of CiliumNetworkPolicy.
 pub const KIND: &str = "CiliumNetworkPolicy";
 /// The label Cilium gives every endpoint with its pod's namespace (source `k8s`).
-pub const NAMESPACE_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
+pub(crate) const NAMESPACE_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
 
 /// A CiliumNetworkPolicy (namespaced).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
