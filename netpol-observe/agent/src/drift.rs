@@ -43,17 +43,17 @@ use crate::{
 };
 
 /// The baseline format's version (the `version` field of every line).
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// Drift edges listed by `/api/v1/drift` at most; the flows of further edges count in
 /// `overflow`.
-pub const MAX_DRIFT_ENTRIES: usize = 10_000;
+pub(crate) const MAX_DRIFT_ENTRIES: usize = 10_000;
 
 /// Edges an agent learns at most (a baseline file may hold more).
-pub const MAX_LEARNED_EDGES: usize = 100_000;
+pub(crate) const MAX_LEARNED_EDGES: usize = 100_000;
 
 /// Drift edges logged (one line each) at most; then one line saying the rest are only counted.
-pub const MAX_LOGGED: usize = 1_024;
+pub(crate) const MAX_LOGGED: usize = 1_024;
 
 /// One dependency: who talks to whom on which port, at workload level.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -615,7 +615,7 @@ impl Drift {
     }
 
     /// The end of the learning period (`None`: no learning).
-    pub fn learning_until(&self) -> Option<Timestamp> {
+    pub(crate) fn learning_until(&self) -> Option<Timestamp> {
         if !self.learn.is_positive() {
             return None;
         }
@@ -675,7 +675,7 @@ impl Drift {
 
     /// Whether a drift edge should be logged (the first [`MAX_LOGGED`]; one line then says
     /// the rest are only counted).
-    pub fn should_log(&mut self) -> bool {
+    pub(crate) fn should_log(&mut self) -> bool {
         if self.logged < MAX_LOGGED {
             self.logged += 1;
             return true;
@@ -692,7 +692,10 @@ impl Drift {
     /// Reloads the baseline when its file changed since it was last read or written (a
     /// replacement, a removal: an empty baseline). A bad file is an error and the baseline in
     /// use is kept. `None`: unchanged.
-    pub fn reload_if_changed(&mut self, now: Timestamp) -> Option<Result<(), BaselineError>> {
+    pub(crate) fn reload_if_changed(
+        &mut self,
+        now: Timestamp,
+    ) -> Option<Result<(), BaselineError>> {
         let current = stamp(&self.path);
         if current == self.stamp {
             return None;
@@ -710,7 +713,7 @@ impl Drift {
     /// Writes the learned edges when there are new ones (and logs the end of the learning
     /// period once). A failure is logged once until a write succeeds; the edges stay learned
     /// in memory and the write is tried again next time.
-    pub fn persist(&mut self, now: Timestamp) {
+    pub(crate) fn persist(&mut self, now: Timestamp) {
         if let Some(until) = self.learning_until()
             && now >= until
             && !self.learning_ended_logged

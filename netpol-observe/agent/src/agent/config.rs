@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The largest kernel flow map the agent asks for (16 Mi entries).
-pub const MAX_FLOW_MAP_CAPACITY: u32 = 1 << 24;
+pub(crate) const MAX_FLOW_MAP_CAPACITY: u32 = 1 << 24;
 
 /// Default listen address of the HTTP API: loopback only. The DaemonSet listens on every
 /// address (`--listen=0.0.0.0:9965`) with `/api/v1` behind Kubernetes authentication.
@@ -46,10 +46,11 @@ pub const DEFAULT_DROP_REASONS: &[&str] = &[
 ];
 
 /// Default of [`AgentConfig::enforcement_grace`].
-pub const DEFAULT_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+pub(crate) const DEFAULT_ENFORCEMENT_GRACE: jiff::SignedDuration =
+    jiff::SignedDuration::from_secs(10);
 
 /// The longest enforcement grace: one day (a longer one would switch the check off).
-pub const MAX_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+pub(crate) const MAX_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
 
 /// Parses an enforcement grace (`--enforcement-grace`, `enforcementGrace`): a duration such as
 /// `10s`, `2m` or `1m30s` (or ISO 8601 `PT10S`), zero or more, at most a day.
@@ -68,7 +69,7 @@ pub fn parse_enforcement_grace(s: &str) -> Result<jiff::SignedDuration, String> 
 }
 
 /// The longest drift learning period: a year.
-pub const MAX_DRIFT_LEARN: jiff::SignedDuration = jiff::SignedDuration::from_hours(366 * 24);
+pub(crate) const MAX_DRIFT_LEARN: jiff::SignedDuration = jiff::SignedDuration::from_hours(366 * 24);
 
 /// Parses a drift learning period (`--drift-learn`, `driftLearn`): a duration such as `0s`
 /// (no learning), `30m`, `168h` (or ISO 8601 `P7D`), at most a year.
@@ -434,7 +435,7 @@ impl AgentConfig {
     }
 
     /// The metrics part of the configuration.
-    pub fn metrics_config(&self) -> MetricsConfig {
+    pub(crate) fn metrics_config(&self) -> MetricsConfig {
         MetricsConfig {
             series_budget: self.metrics.series_budget,
             pod_level: self.metrics.pod_level,

@@ -35,7 +35,7 @@ pub const DEFAULT_DNS_PER_POD: usize = 1024;
 /// Default bound of (pod, address) entries in total.
 pub const DEFAULT_DNS_ENTRIES: usize = 65_536;
 /// Names kept per (pod, address) at most (the most recently answered win).
-pub const MAX_NAMES_PER_ADDRESS: usize = 16;
+pub(crate) const MAX_NAMES_PER_ADDRESS: usize = 16;
 /// CNAME links followed from the question at most.
 const MAX_CNAME_CHAIN: usize = 16;
 

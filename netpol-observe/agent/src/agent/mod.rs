@@ -225,7 +225,7 @@ impl AgentState {
     /// Loads the drift baseline (`driftBaseline`) at time `now`, starting or resuming a
     /// learning period (`driftLearn`): nothing without `driftBaseline`. A bad file is an error
     /// naming `FILE:LINE`. Once per state.
-    pub fn open_drift(&self, now: Timestamp) -> Result<(), AgentError> {
+    pub(crate) fn open_drift(&self, now: Timestamp) -> Result<(), AgentError> {
         let Some(path) = &self.config.drift_baseline else {
             return Ok(());
         };
@@ -235,13 +235,13 @@ impl AgentState {
     }
 
     /// The `/api/v1/drift` answer (`None`: drift detection is off).
-    pub fn drift_report(&self) -> Option<crate::drift::DriftReport> {
+    pub(crate) fn drift_report(&self) -> Option<crate::drift::DriftReport> {
         self.drift.get().map(|d| lock(d).report(Timestamp::now()))
     }
 
     /// Reloads the drift baseline if its file changed (a bad file: a warning, the baseline in
     /// use is kept), then writes the edges learned since the last write.
-    pub fn poll_drift(&self, now: Timestamp) {
+    pub(crate) fn poll_drift(&self, now: Timestamp) {
         let Some(d) = self.drift.get() else {
             return;
         };
@@ -316,7 +316,7 @@ impl AgentState {
     /// [`AgentState::set_model`] at time `now`: when the model's NetworkPolicy set differs
     /// from the previous model's ([`Model::policy_fingerprint`]), or there was none, the set
     /// is in use from `now` (the enforcement check's timing rule).
-    pub fn set_model_at(&self, model: Arc<Model>, now: Timestamp) {
+    pub(crate) fn set_model_at(&self, model: Arc<Model>, now: Timestamp) {
         self.metrics.set_unprotected(
             model
                 .unprotected(self.node.as_deref())
@@ -774,7 +774,7 @@ impl AgentState {
 
     /// Joins kernel drops to their flow (creating the flow when the datapath did not see it)
     /// and records them, naming the isolating policy when the flow is denied.
-    pub fn on_drop(&self, d: &DropSample) {
+    pub(crate) fn on_drop(&self, d: &DropSample) {
         let mut store = lock(&self.store);
         let probe = FlowId {
             protocol: d.protocol,

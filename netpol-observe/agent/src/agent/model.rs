@@ -90,7 +90,7 @@ impl Attributed {
     /// only once its backend is known (it is then a pod of this node: its backend leg was seen
     /// here); until then the node of the backend really reached counts it, from its backend
     /// leg.
-    pub fn counted_on(&self, node: &str, backend_known: bool) -> bool {
+    pub(crate) fn counted_on(&self, node: &str, backend_known: bool) -> bool {
         if let Some(n) = self.src.pod_node.as_deref() {
             return n == node;
         }
@@ -122,7 +122,7 @@ pub struct CompactVerdicts {
 
 /// Explained verdicts shared by the flows that have the same [`VerdictKey`] (while a model's
 /// flows are explained at once, [`Model::explainer`]).
-pub type Explained = FxHashMap<VerdictKey, Arc<Verdicts>>;
+pub(crate) type Explained = FxHashMap<VerdictKey, Arc<Verdicts>>;
 
 /// What a verdict depends on for a flow whose peers are the model's shared ones: the
 /// protocol, both addresses (ipBlocks, ClusterIPs), the destination port, and the peers
@@ -243,7 +243,7 @@ impl Model {
     /// ClusterIP) whose backend is known — the address the node's DNAT chose, seen on the
     /// backend leg ([`super::nat`]): that backend pod becomes the destination, judged on its own
     /// (the engines would otherwise take the Service's first backend).
-    pub fn attribute_with_backend(&self, flow: &FlowRecord, backend: IpAddr) -> Attributed {
+    pub(crate) fn attribute_with_backend(&self, flow: &FlowRecord, backend: IpAddr) -> Attributed {
         let mut a = self.attribute(flow);
         let at = flow.first_seen.or(flow.last_seen);
         if let Resolved::Pod(i) = self.attributor.resolve(backend, at)
@@ -260,7 +260,7 @@ impl Model {
 
     /// Whether `addr` is the address of a backend pod of the Service whose ClusterIP is
     /// `cluster_ip`.
-    pub fn is_service_backend(&self, cluster_ip: IpAddr, addr: IpAddr) -> bool {
+    pub(crate) fn is_service_backend(&self, cluster_ip: IpAddr, addr: IpAddr) -> bool {
         self.attributor.service(cluster_ip).is_some_and(|(svc, _)| {
             self.inventory
                 .service_backends(svc)
@@ -292,7 +292,7 @@ impl Model {
     /// The explained verdicts of `record` (attributed as `a` by this model): the same
     /// decisions as [`Model::judge`], with the policies and rules behind them. Shared through
     /// `explained` by the flows with the same [`VerdictKey`].
-    pub fn explain(
+    pub(crate) fn explain(
         &self,
         record: &FlowRecord,
         a: &Attributed,
@@ -331,7 +331,7 @@ impl Model {
     /// The identity of the NetworkPolicy set in force: equal for two models whose policies
     /// have the same namespaces, names and specs (in any order), so the agent knows when the
     /// set it judges flows with changed (the enforcement check's timing rule).
-    pub fn policy_fingerprint(&self) -> u64 {
+    pub(crate) fn policy_fingerprint(&self) -> u64 {
         self.policy_fingerprint
     }
 
@@ -346,7 +346,7 @@ impl Model {
     }
 
     /// The IPs of the (non-hostNetwork) pods on node `node`.
-    pub fn local_pod_ips(&self, node: &str) -> Vec<IpAddr> {
+    pub(crate) fn local_pod_ips(&self, node: &str) -> Vec<IpAddr> {
         self.inventory
             .pods
             .iter()
@@ -361,7 +361,7 @@ impl Model {
     /// The agent applies its counting rule ([`Attributed::counted_on`]) only then: a node name
     /// the inventory does not know (a standalone agent's host name) makes the agent count
     /// every flow it sees.
-    pub fn knows_node(&self, node: &str) -> bool {
+    pub(crate) fn knows_node(&self, node: &str) -> bool {
         self.inventory.node(node).is_some()
             || self
                 .inventory
@@ -371,7 +371,7 @@ impl Model {
     }
 
     /// Whether `ip` belongs to a (non-hostNetwork, live) pod of node `node`.
-    pub fn is_local_pod_ip(&self, node: &str, ip: IpAddr) -> bool {
+    pub(crate) fn is_local_pod_ip(&self, node: &str, ip: IpAddr) -> bool {
         self.inventory.pods.iter().any(|p| {
             !p.host_network
                 && p.deleted.is_none()
@@ -383,7 +383,7 @@ impl Model {
     /// Workloads no policy isolates, per namespace and direction: `(namespace, direction,
     /// count)`. Restricted to the pods of `node` when the inventory places any pod there
     /// (each agent then reports its own node), else every pod.
-    pub fn unprotected(&self, node: Option<&str>) -> Vec<(String, Direction, u64)> {
+    pub(crate) fn unprotected(&self, node: Option<&str>) -> Vec<(String, Direction, u64)> {
         let on_node =
             |p: &crate::inventory::PodInfo| node.is_some_and(|n| p.node_name.as_deref() == Some(n));
         let restrict = self.inventory.pods.iter().any(on_node);
@@ -421,7 +421,7 @@ impl Model {
 }
 
 /// A side's result as the metrics label it.
-pub fn side_label(result: SideResult) -> metrics::Verdict {
+pub(crate) fn side_label(result: SideResult) -> metrics::Verdict {
     match result {
         SideResult::Allowed => metrics::Verdict::Allowed,
         SideResult::Denied => metrics::Verdict::Denied,
@@ -430,7 +430,7 @@ pub fn side_label(result: SideResult) -> metrics::Verdict {
 }
 
 /// The overall verdict label of a flow (`unknown` without a verdict).
-pub fn overall_label(v: Option<&CompactVerdict>) -> metrics::Verdict {
+pub(crate) fn overall_label(v: Option<&CompactVerdict>) -> metrics::Verdict {
     match v {
         Some(v) => {
             metrics::Verdict::overall(side_label(v.egress.result), side_label(v.ingress.result))
@@ -454,14 +454,14 @@ pub fn compact(v: &Verdict) -> CompactVerdict {
 
 /// Whether a side (decided for `reason`) concerns a pod (so a per-pod verdict series makes
 /// sense).
-pub fn side_is_pod(reason: Option<Reason>) -> bool {
+pub(crate) fn side_is_pod(reason: Option<Reason>) -> bool {
     !matches!(reason, Some(Reason::NotAPod | Reason::HostNetwork))
 }
 
 /// The policy that explains a drop of a flow with this verdict: the isolating policies of the
 /// denying side (egress first, as the packet meets them; `,`-joined), or `None` when the policies
 /// allow the flow.
-pub fn drop_policy(v: Option<&Verdict>) -> Option<String> {
+pub(crate) fn drop_policy(v: Option<&Verdict>) -> Option<String> {
     let v = v?;
     if v.allowed {
         return None;
@@ -506,11 +506,11 @@ pub struct Sides(u8);
 
 impl Sides {
     /// Neither side.
-    pub const NONE: Sides = Sides(0);
+    pub(crate) const NONE: Sides = Sides(0);
     /// The source pod's egress.
-    pub const EGRESS: Sides = Sides(1);
+    pub(crate) const EGRESS: Sides = Sides(1);
     /// The destination pod's ingress.
-    pub const INGRESS: Sides = Sides(2);
+    pub(crate) const INGRESS: Sides = Sides(2);
     /// Both.
     pub const BOTH: Sides = Sides(3);
 
@@ -551,7 +551,7 @@ impl Sides {
 /// policies of those of `sides` that deny (ingress, then egress; sorted and each once, as
 /// `,`-joined `ns/name`), or `None` when none deny or no policy is named. For one side this is
 /// [`drop_policy`]'s label.
-pub fn unenforced_policy(v: &Verdict, sides: Sides) -> Option<String> {
+pub(crate) fn unenforced_policy(v: &Verdict, sides: Sides) -> Option<String> {
     let mut names: BTreeSet<&str> = BTreeSet::new();
     for (side, wanted) in [(&v.ingress, sides.ingress()), (&v.egress, sides.egress())] {
         if wanted && side.result == SideResult::Denied {
@@ -591,7 +591,7 @@ fn is_bare(r: &FlowRecord) -> bool {
 }
 
 /// `flow` with the attribution `a` filled in.
-pub fn to_record(mut flow: FlowRecord, a: &Attributed) -> FlowRecord {
+pub(crate) fn to_record(mut flow: FlowRecord, a: &Attributed) -> FlowRecord {
     flow.src = a.src.endpoint(flow.src.ip, flow.src.port, None);
     flow.dst = a
         .dst

@@ -32,7 +32,7 @@ struct ClientLeg {
 
 /// A backend leg recognised by [`ServiceLegs::backend_leg`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendLeg {
+pub(crate) struct BackendLeg {
     /// The client leg (the flow to the ClusterIP) it belongs to.
     pub client_leg: FlowId,
     /// The backend address and port the connection reached.
@@ -44,14 +44,14 @@ pub struct BackendLeg {
 /// Client legs of Service connections and the backend legs joined to them. Bounded by the
 /// agent's flow store: a client leg is forgotten when the store drops it.
 #[derive(Debug, Default)]
-pub struct ServiceLegs {
+pub(crate) struct ServiceLegs {
     clients: HashMap<Client, ClientLeg>,
     joined: HashMap<FlowId, Client>,
 }
 
 impl ServiceLegs {
     /// Remembers the flow `id`, whose destination is a Service ClusterIP, as a client leg.
-    pub fn note_client_leg(&mut self, id: FlowId) {
+    pub(crate) fn note_client_leg(&mut self, id: FlowId) {
         if id.src.1 == 0 {
             return; // no client port (ICMP): nothing to join on
         }
@@ -65,7 +65,7 @@ impl ServiceLegs {
 
     /// Whether `record` is the backend leg of a known client leg. `is_backend(cluster_ip,
     /// addr)` says whether `addr` is a backend of the Service at `cluster_ip`.
-    pub fn backend_leg(
+    pub(crate) fn backend_leg(
         &mut self,
         record: &FlowRecord,
         is_backend: impl Fn(IpAddr, IpAddr) -> bool,
@@ -100,7 +100,7 @@ impl ServiceLegs {
     }
 
     /// Forgets the client leg `id` and the backend legs joined to it.
-    pub fn forget(&mut self, id: &FlowId) {
+    pub(crate) fn forget(&mut self, id: &FlowId) {
         let key = (id.protocol, id.src.0, id.src.1);
         if self.clients.get(&key).is_some_and(|l| l.id == *id)
             && let Some(leg) = self.clients.remove(&key)
@@ -117,7 +117,8 @@ impl ServiceLegs {
     }
 
     /// Number of client legs remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.clients.len()
     }
 

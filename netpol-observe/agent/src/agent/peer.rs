@@ -42,7 +42,7 @@ pub struct Peer {
 impl Peer {
     /// The attribution of an endpoint (its address, port and Service aside); `metric` is
     /// interned through `workloads`.
-    pub fn from_endpoint(ep: &Endpoint, workloads: &mut Workloads) -> Peer {
+    pub(crate) fn from_endpoint(ep: &Endpoint, workloads: &mut Workloads) -> Peer {
         Peer {
             namespace: ep.namespace.as_deref().map(Name::from),
             pod: ep.pod.as_deref().map(Name::from),
@@ -78,7 +78,7 @@ impl Peer {
 
     /// The metric labels of this peer, with the pod name when `pod_level`.
     /// Without `pod_level` this is the shared workload-level copy.
-    pub fn metric_labels(&self, pod_level: bool) -> Arc<PeerLabels> {
+    pub(crate) fn metric_labels(&self, pod_level: bool) -> Arc<PeerLabels> {
         if !pod_level {
             return self.metric.clone();
         }
@@ -182,7 +182,7 @@ impl Peers {
 
     /// A peer for an endpoint attributed some other way (not shared with other flows; its
     /// metric labels are).
-    pub fn unshared(&mut self, ep: &Endpoint) -> Arc<Peer> {
+    pub(crate) fn unshared(&mut self, ep: &Endpoint) -> Arc<Peer> {
         Arc::new(Peer::from_endpoint(ep, &mut self.workloads))
     }
 }

@@ -49,7 +49,7 @@ struct PeerSeries {
 
 /// Cached series of the flow-labelled families.
 #[derive(Debug, Default)]
-pub struct SeriesCache {
+pub(crate) struct SeriesCache {
     pairs: FxHashMap<PairKey, PairSeries>,
     peers: FxHashMap<usize, PeerSeries>,
 }
@@ -121,7 +121,7 @@ impl SeriesCache {
 
     /// [`Metrics::record_flow`] for a flow between `peers`.
     #[allow(clippy::too_many_arguments)]
-    pub fn record_flow(
+    pub(crate) fn record_flow(
         &mut self,
         metrics: &Metrics,
         peers: &Attributed,
@@ -149,7 +149,7 @@ impl SeriesCache {
     }
 
     /// [`Metrics::record_staged`] for a flow between `peers`.
-    pub fn record_staged(
+    pub(crate) fn record_staged(
         &mut self,
         metrics: &Metrics,
         peers: &Attributed,
@@ -166,7 +166,7 @@ impl SeriesCache {
     }
 
     /// [`Metrics::record_verdict`] for the pod `peer`.
-    pub fn record_verdict(
+    pub(crate) fn record_verdict(
         &mut self,
         metrics: &Metrics,
         peer: &Arc<Peer>,

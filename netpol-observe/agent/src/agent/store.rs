@@ -89,7 +89,7 @@ impl FlowId {
     }
 
     /// The identity without orientation (for matching a dropped packet going either way).
-    pub fn unoriented(&self) -> FlowId {
+    pub(crate) fn unoriented(&self) -> FlowId {
         if self.src <= self.dst {
             *self
         } else {
@@ -230,7 +230,7 @@ pub struct DropState {
 /// A time as nanoseconds since the Unix epoch, 8 bytes instead of an `Option<Timestamp>`'s
 /// 24. Covers 1678–2262; a time outside that range (or `None`) is kept as "no time".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactTime(i64);
+pub(crate) struct CompactTime(i64);
 
 impl CompactTime {
     const NONE: CompactTime = CompactTime(i64::MIN);
@@ -364,7 +364,7 @@ impl StoredFlow {
     }
 
     /// The record of flow `id` as served, without verdicts.
-    pub fn to_record(&self, id: &FlowId) -> FlowRecord {
+    pub(crate) fn to_record(&self, id: &FlowId) -> FlowRecord {
         let p = &self.peers;
         FlowRecord {
             protocol: id.protocol,
@@ -404,7 +404,7 @@ impl StoredFlow {
 
     /// The full flow (flow `id`) as served, its verdicts explained by `model` (the current
     /// one) if not yet.
-    pub fn to_observed(
+    pub(crate) fn to_observed(
         &self,
         id: &FlowId,
         model: Option<&Model>,
@@ -566,7 +566,7 @@ impl FlowStore {
 
     /// Explains the verdicts of every flow judged by `model` (which is being replaced), so
     /// each flow keeps the verdict it got when first seen.
-    pub fn explain_all(&mut self, model: &Model) {
+    pub(crate) fn explain_all(&mut self, model: &Model) {
         let mut explained = Explained::default();
         for s in self.slots.iter_mut().flatten() {
             if let Some(Judged::Compact(_)) = s.flow.verdicts {
@@ -584,7 +584,7 @@ impl FlowStore {
     /// Whether `record` is the backend leg of the client leg of a Service connection held
     /// here ([`super::nat`]); `is_backend(cluster_ip, addr)` says which addresses are a
     /// Service's backends.
-    pub fn backend_leg(
+    pub(crate) fn backend_leg(
         &mut self,
         record: &FlowRecord,
         is_backend: impl Fn(IpAddr, IpAddr) -> bool,
@@ -598,7 +598,7 @@ impl FlowStore {
     /// Gives flow `id` (a client leg whose backend became known) new attribution and
     /// verdicts, and marks it counted when `counted` (a flow once counted stays counted, so its
     /// counters never stop halfway) and its backend known. Returns the flow.
-    pub fn rebind(
+    pub(crate) fn rebind(
         &mut self,
         id: &FlowId,
         peers: Attributed,
@@ -614,7 +614,7 @@ impl FlowStore {
     }
 
     /// Marks flow `id` unenforced on `sides` (once: false when it already was, or is not held).
-    pub fn mark_unenforced(&mut self, id: &FlowId, sides: Sides) -> bool {
+    pub(crate) fn mark_unenforced(&mut self, id: &FlowId, sides: Sides) -> bool {
         match self.index(id).and_then(|i| self.slot_mut(i)) {
             Some(s) if s.flow.unenforced.is_empty() && !sides.is_empty() => {
                 s.flow.unenforced = sides;
@@ -625,7 +625,7 @@ impl FlowStore {
     }
 
     /// Notes that the datapath saw flow `id` open.
-    pub fn mark_opened(&mut self, id: &FlowId) {
+    pub(crate) fn mark_opened(&mut self, id: &FlowId) {
         if let Some(s) = self.index(id).and_then(|i| self.slot_mut(i)) {
             s.flow.opened = true;
         }
@@ -644,7 +644,7 @@ impl FlowStore {
     }
 
     /// The flow a packet between these endpoints belongs to, whichever way it went.
-    pub fn find_unoriented(&self, id: &FlowId) -> Option<FlowId> {
+    pub(crate) fn find_unoriented(&self, id: &FlowId) -> Option<FlowId> {
         let key = id.unoriented();
         let slots = &self.slots;
         self.by_unoriented
@@ -786,7 +786,7 @@ impl FlowStore {
     }
 
     /// Adds `count` drops for `reason` (with the explaining `policy`) to flow `id`.
-    pub fn add_drops(&mut self, id: &FlowId, reason: &str, policy: &str, count: u64) {
+    pub(crate) fn add_drops(&mut self, id: &FlowId, reason: &str, policy: &str, count: u64) {
         let Some(i) = self.index(id) else {
             return;
         };
@@ -868,7 +868,7 @@ impl FlowStore {
 
     /// Whether `id` was evicted while active (and forgets it): its update is not a new flow.
     /// `Some`: it was, with what the store knew of it.
-    pub fn take_evicted(&mut self, id: &FlowId) -> Option<Evicted> {
+    pub(crate) fn take_evicted(&mut self, id: &FlowId) -> Option<Evicted> {
         self.evicted_active.remove(id)
     }
 
@@ -940,13 +940,13 @@ impl FlowStore {
 impl super::AgentState {
     /// The identities of the flows matching `query` (oldest change first, the most recent
     /// `limit`) and whether more matched ([`FlowStore::select`]).
-    pub fn select_flows(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
+    pub(crate) fn select_flows(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
         super::lock(&self.store).select(query)
     }
 
     /// The flows of `ids` still held and matching `query`, as served: verdicts explained by
     /// the model that judged them, outside the store lock.
-    pub fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
+    pub(crate) fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
         // The model is read under the store lock: models are swapped under it (after the
         // outgoing one explained its flows), so every compact verdict copied here is the
         // current model's.
@@ -962,7 +962,7 @@ impl super::AgentState {
     }
 
     /// The flow records of `ids` still held (attribution, no verdicts).
-    pub fn flow_records(&self, ids: &[FlowId]) -> Vec<FlowRecord> {
+    pub(crate) fn flow_records(&self, ids: &[FlowId]) -> Vec<FlowRecord> {
         let flows = super::lock(&self.store).snapshot(ids, &FlowQuery::default());
         flows.iter().map(|(id, f)| f.to_record(id)).collect()
     }

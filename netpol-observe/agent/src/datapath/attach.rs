@@ -34,7 +34,7 @@ pub enum AttachMode {
 
 impl AttachMode {
     /// tcx where the kernel has it (≥ 6.6), clsact otherwise.
-    pub fn for_this_kernel() -> AttachMode {
+    pub(crate) fn for_this_kernel() -> AttachMode {
         if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
             AttachMode::Tcx
         } else {

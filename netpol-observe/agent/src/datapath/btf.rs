@@ -7,7 +7,7 @@
 use std::{borrow::Cow, collections::HashMap, path::Path};
 
 /// The path of the running kernel's BTF.
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 const BTF_MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
@@ -87,7 +87,7 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 
 impl Btf {
     /// Reads the running kernel's BTF.
-    pub fn from_sys_fs() -> Result<Btf, BtfError> {
+    pub(crate) fn from_sys_fs() -> Result<Btf, BtfError> {
         Self::from_file(Path::new(VMLINUX_BTF))
     }
 
@@ -239,7 +239,7 @@ impl Btf {
     /// may be a dotted path through embedded (not pointed-to) structs, unions and typedefs of
     /// them: `ns.inum` in `net` is `offsetof(struct net, ns) + offsetof(struct ns_common,
     /// inum)`, `nd_net.net` in `net_device` goes through the typedef `possible_net_t`.
-    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+    pub(crate) fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let id = self
             .by_name
             .get(&(KIND_STRUCT, name.to_owned()))
@@ -272,7 +272,7 @@ impl Btf {
     }
 
     /// The `(name, value)` pairs of `enum name`.
-    pub fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>, BtfError> {
+    pub(crate) fn enum_values(&self, name: &str) -> Result<Vec<(String, u64)>, BtfError> {
         let (id, wide) = match self.by_name.get(&(KIND_ENUM, name.to_owned())) {
             Some(id) => (*id, false),
             None => (

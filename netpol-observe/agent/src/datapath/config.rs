@@ -78,7 +78,7 @@ impl DatapathConfig {
     }
 
     /// `include` and `exclude` compiled; an invalid pattern is an error naming it.
-    pub fn interface_filter(&self) -> Result<InterfaceFilter, String> {
+    pub(crate) fn interface_filter(&self) -> Result<InterfaceFilter, String> {
         InterfaceFilter::new(&self.include, &self.exclude)
     }
 
@@ -137,7 +137,7 @@ impl InterfaceFilter {
 
     /// Whether `pattern` names one interface (no wildcard, class, alternative or escape): the
     /// datapath requires such an interface to exist when it starts.
-    pub fn is_literal(pattern: &str) -> bool {
+    pub(crate) fn is_literal(pattern: &str) -> bool {
         !pattern.contains(['*', '?', '[', '{', '\\'])
     }
 }

@@ -13,7 +13,7 @@ use tokio::{
 
 /// Capacity of the channel of [`super::Datapath::subscribe_dns`]; a subscriber that lags is
 /// told how many answers it missed.
-pub const DNS_CHANNEL_CAPACITY: usize = 4096;
+pub(crate) const DNS_CHANNEL_CAPACITY: usize = 4096;
 
 /// One DNS answer (or TCP segment from port 53 with data) the kernel copied on its way to a
 /// pod.
@@ -33,7 +33,7 @@ pub struct DnsAnswer {
 
 impl DnsAnswer {
     /// The answer in a kernel event.
-    pub fn from_event(ev: &DnsEvent) -> DnsAnswer {
+    pub(crate) fn from_event(ev: &DnsEvent) -> DnsAnswer {
         DnsAnswer {
             client: addr(&ev.client, ev.family),
             server: addr(&ev.server, ev.family),

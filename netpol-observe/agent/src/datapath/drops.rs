@@ -43,11 +43,11 @@ use super::btf::{Btf, BtfError};
 use crate::flow::Protocol;
 
 /// Prefix of the drop reason names in `enum skb_drop_reason`.
-pub const REASON_PREFIX: &str = "SKB_DROP_REASON_";
+pub(crate) const REASON_PREFIX: &str = "SKB_DROP_REASON_";
 
 /// The network namespace of the calling thread (a thread may have entered another namespace
 /// than its process': `/proc/self` would name the process').
-pub const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+pub(crate) const OWN_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Which drops of the kernel are counted.
 #[derive(
@@ -147,7 +147,7 @@ pub struct SkbOffsets {
 
 impl SkbOffsets {
     /// Resolves the offsets from `btf`.
-    pub fn from_btf(btf: &Btf) -> Result<SkbOffsets, BtfError> {
+    pub(crate) fn from_btf(btf: &Btf) -> Result<SkbOffsets, BtfError> {
         Ok(SkbOffsets {
             head: btf.member_offset("sk_buff", "head")?,
             network_header: btf.member_offset("sk_buff", "network_header")?,
@@ -170,7 +170,7 @@ pub struct NetnsOffsets {
 
 impl NetnsOffsets {
     /// Resolves the offsets from `btf`.
-    pub fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
+    pub(crate) fn from_btf(btf: &Btf) -> Result<NetnsOffsets, BtfError> {
         Ok(NetnsOffsets {
             skb_dev: btf.member_offset("sk_buff", "dev")?,
             dev_net: btf.member_offset("net_device", "nd_net.net")?,

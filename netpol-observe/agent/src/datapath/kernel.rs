@@ -30,7 +30,7 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// a second handle by program id needs `CAP_SYS_ADMIN`, which the agent does not have), so
 /// [`CacheFlusher::flush`] is given the object.
 #[derive(Debug)]
-pub struct CacheFlusher {
+pub(crate) struct CacheFlusher {
     cpus: Vec<u32>,
 }
 
@@ -101,7 +101,7 @@ struct BatchAttr {
 /// Reads every entry of the flow map with `BPF_MAP_LOOKUP_BATCH` (falls back to key-by-key
 /// iteration where the kernel lacks batch operations).
 #[derive(Debug)]
-pub struct FlowMapReader {
+pub(crate) struct FlowMapReader {
     fd: OwnedFd,
     chunk: usize,
     batch_supported: bool,

@@ -69,7 +69,7 @@ static EBPF_OBJECT: &[u8] =
 
 /// Capacity of the update channel of [`Datapath::subscribe`]; slow subscribers lag and are
 /// told how many updates they missed.
-pub const UPDATE_CHANNEL_CAPACITY: usize = 16_384;
+pub(crate) const UPDATE_CHANNEL_CAPACITY: usize = 16_384;
 
 /// What can go wrong in the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -476,7 +476,7 @@ fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, 
 }
 
 /// An address as the 16-byte key the kernel uses (IPv4 v4-mapped).
-pub fn ip16(ip: &IpAddr) -> [u8; 16] {
+pub(crate) fn ip16(ip: &IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),

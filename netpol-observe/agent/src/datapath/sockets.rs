@@ -61,7 +61,7 @@ pub enum SocketsError {
 }
 
 /// An `(address, port)` endpoint.
-pub type SockAddr = (IpAddr, u16);
+pub(crate) type SockAddr = (IpAddr, u16);
 
 /// What the sockets of the scanned namespaces say about who initiates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,17 +76,17 @@ pub struct Sockets {
 
 impl Sockets {
     /// Records a listening TCP socket on `addr`.
-    pub fn add_tcp_listener(&mut self, addr: SockAddr) {
+    pub(crate) fn add_tcp_listener(&mut self, addr: SockAddr) {
         self.tcp_listening.insert(addr);
     }
 
     /// Records a UDP socket on `local` connected to `remote`.
-    pub fn add_udp_connected(&mut self, local: SockAddr, remote: SockAddr) {
+    pub(crate) fn add_udp_connected(&mut self, local: SockAddr, remote: SockAddr) {
         self.udp_connected.insert((local, remote));
     }
 
     /// Whether a TCP socket listens on `addr`.
-    pub fn tcp_listening(&self, addr: SockAddr) -> bool {
+    pub(crate) fn tcp_listening(&self, addr: SockAddr) -> bool {
         self.tcp_listening.contains(&addr)
     }
 
@@ -103,7 +103,7 @@ impl Sockets {
     /// (a direction, or [`INITIATOR_UNKNOWN`] for TCP without SYN). TCP without SYN: the side
     /// listening is the responder (unknown when neither or both listen). UDP: a first packet
     /// sent to a socket connected to its sender is a reply, so the receiver initiated.
-    pub fn orient(&self, protocol: Protocol, lo: SockAddr, hi: SockAddr, kernel: u8) -> u8 {
+    pub(crate) fn orient(&self, protocol: Protocol, lo: SockAddr, hi: SockAddr, kernel: u8) -> u8 {
         match protocol {
             Protocol::Tcp if kernel == INITIATOR_UNKNOWN => {
                 match (self.tcp_listening(lo), self.tcp_listening(hi)) {
@@ -135,7 +135,7 @@ impl Sockets {
 
 /// The network namespaces to scan: the agent's own, `/var/run/netns/*` and every process's,
 /// one path per namespace (deduplicated by device and inode).
-pub fn namespace_paths() -> Vec<PathBuf> {
+pub(crate) fn namespace_paths() -> Vec<PathBuf> {
     let mut candidates = vec![PathBuf::from("/proc/self/ns/net")];
     for dir in ["/var/run/netns", "/run/netns"] {
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -179,7 +179,7 @@ pub fn scan() -> (Sockets, Vec<SocketsError>) {
 
 /// Scans one network namespace (a file such as `/var/run/netns/<name>`) from a thread that
 /// enters it; the calling thread stays where it is.
-pub fn scan_namespace(path: &Path) -> Result<Sockets, SocketsError> {
+pub(crate) fn scan_namespace(path: &Path) -> Result<Sockets, SocketsError> {
     let enter = |source| SocketsError::Enter {
         path: path.to_owned(),
         source,

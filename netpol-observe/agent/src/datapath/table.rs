@@ -185,7 +185,7 @@ impl FlowTable {
 
     /// Replaces the socket snapshot that orients flows first seen mid-stream (see
     /// [`super::sockets`]); flows already tracked keep their orientation.
-    pub fn set_sockets(&mut self, sockets: Sockets) {
+    pub(crate) fn set_sockets(&mut self, sockets: Sockets) {
         self.sockets = sockets;
     }
 
@@ -211,7 +211,14 @@ impl FlowTable {
     }
 
     /// A ring-buffer event: `kind` is `EVENT_NEW`, `EVENT_FIN` or `EVENT_RST`.
-    pub fn on_event(&mut self, key: &FlowKey, kind: u32, ts_ns: u64, initiator: u8, dir: u8) {
+    pub(crate) fn on_event(
+        &mut self,
+        key: &FlowKey,
+        kind: u32,
+        ts_ns: u64,
+        initiator: u8,
+        dir: u8,
+    ) {
         if kind == netpol_observe_ebpf::EVENT_NEW {
             self.begin_incarnation(key, ts_ns, initiator);
         } else if let Some(e) = self.flows.get_mut(key) {
@@ -283,7 +290,7 @@ impl FlowTable {
     }
 
     /// Merges one kernel entry read by the sweeper at `now_ns`; says whether to expire it.
-    pub fn on_sweep(
+    pub(crate) fn on_sweep(
         &mut self,
         key: &FlowKey,
         value: &FlowValue,
@@ -314,7 +321,7 @@ impl FlowTable {
     /// After a sweep that started at `sweep_start_ns` and read every entry in `seen`
     /// (incarnations), marks flows missing from the map as evicted, ends the `expired` ones
     /// and idle flows that left the map, and publishes updates.
-    pub fn finish_sweep(
+    pub(crate) fn finish_sweep(
         &mut self,
         seen: &HashMap<FlowKey, u64>,
         expired: &[FlowKey],
@@ -352,7 +359,7 @@ impl FlowTable {
     }
 
     /// Ends every flow (shutdown) and publishes the final updates.
-    pub fn end_all(&mut self) {
+    pub(crate) fn end_all(&mut self) {
         for e in self.flows.values_mut() {
             e.ended = true;
             e.in_kernel = false;
@@ -361,7 +368,7 @@ impl FlowTable {
     }
 
     /// Computes pending updates (new flows, counter deltas, ends) into the outbox.
-    pub fn publish(&mut self) {
+    pub(crate) fn publish(&mut self) {
         let keys: Vec<FlowKey> = self.flows.keys().copied().collect();
         for key in keys {
             let Some(e) = self.flows.get(&key) else {
@@ -402,7 +409,7 @@ impl FlowTable {
     }
 
     /// Takes the updates computed since the last call.
-    pub fn take_updates(&mut self) -> Vec<FlowUpdate> {
+    pub(crate) fn take_updates(&mut self) -> Vec<FlowUpdate> {
         std::mem::take(&mut self.updates)
     }
 

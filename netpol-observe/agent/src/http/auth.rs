@@ -59,10 +59,10 @@ pub const REVIEW_PERMISSIONS: &[(&str, &str, &str)] = &[
 ];
 
 /// At most this many TokenReviews/SubjectAccessReviews in flight at once; more requests wait.
-pub const MAX_REVIEWS_IN_FLIGHT: usize = 8;
+pub(crate) const MAX_REVIEWS_IN_FLIGHT: usize = 8;
 
 /// How long a review may take before the request is answered `503`.
-pub const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How `/api/v1` is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -95,7 +95,7 @@ pub enum ApiResource {
 
 impl ApiResource {
     /// The resource of an `/api/v1` path (`None`: not one of the API's).
-    pub fn of_path(path: &str) -> Option<ApiResource> {
+    pub(crate) fn of_path(path: &str) -> Option<ApiResource> {
         match path.trim_end_matches('/') {
             // Drift edges are a summary of the flows: whoever may read these may read it.
             "/api/v1/flows" | "/api/v1/drift" => Some(ApiResource::Flows),

@@ -47,7 +47,7 @@ impl BearerToken {
     }
 
     /// The token.
-    pub fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         &self.token
     }
 }

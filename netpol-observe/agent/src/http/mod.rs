@@ -47,24 +47,24 @@ use crate::{
 use auth::{ApiAuth, ApiGuard, CacheLimits};
 
 /// `Content-Type` of `/api/v1/flows`.
-pub const JSONL_CONTENT_TYPE: &str = "application/x-ndjson";
+pub(crate) const JSONL_CONTENT_TYPE: &str = "application/x-ndjson";
 
 /// `Content-Type` of `/api/v1/recommendations`.
-pub const YAML_CONTENT_TYPE: &str = "application/yaml";
+pub(crate) const YAML_CONTENT_TYPE: &str = "application/yaml";
 
 /// Most flows one `/api/v1/flows` answer holds: the default and the maximum of `limit` (a
 /// larger `limit` is a `400`). The most recently changed flows are the ones sent.
-pub const MAX_FLOWS_PER_RESPONSE: usize = 100_000;
+pub(crate) const MAX_FLOWS_PER_RESPONSE: usize = 100_000;
 
 /// Response header of `/api/v1/flows`: `true` when more flows matched than were sent.
 pub const TRUNCATED_HEADER: &str = "x-netpol-observe-truncated";
 
 /// Flows copied from the store (under its lock) and serialised per piece of a streamed
 /// `/api/v1/flows` answer.
-pub const FLOWS_CHUNK: usize = 256;
+pub(crate) const FLOWS_CHUNK: usize = 256;
 
 /// `/api/v1` answers in progress at once (streams included); more get `503`.
-pub const MAX_API_REQUESTS: usize = 4;
+pub(crate) const MAX_API_REQUESTS: usize = 4;
 
 /// The API's routes over the agent's state, `/api/v1` behind `guard`.
 pub fn router(state: Arc<AgentState>, guard: Arc<ApiGuard>) -> Router {
@@ -88,7 +88,7 @@ pub fn router(state: Arc<AgentState>, guard: Arc<ApiGuard>) -> Router {
 
 /// The guard of the agent's configuration: `none`, or the API server reached as the inventory
 /// reaches it (`kubeconfig`, else the in-cluster identity).
-pub fn guard_for(state: &AgentState) -> ApiGuard {
+pub(crate) fn guard_for(state: &AgentState) -> ApiGuard {
     let config = state.config();
     match config.api_auth() {
         ApiAuth::None => ApiGuard::open(),
@@ -228,7 +228,7 @@ impl FlowParams {
     }
 
     /// Checks the parameters; the error names the one at fault.
-    pub fn into_query(self) -> Result<FlowQuery, String> {
+    pub(crate) fn into_query(self) -> Result<FlowQuery, String> {
         if let Some(v) = &self.verdict
             && !["allowed", "denied", "staged-allowed", "staged-denied"].contains(&v.as_str())
         {
@@ -348,7 +348,7 @@ impl FlowStream {
 /// [`RecommendParams::into_options`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RecommendParams {
+pub(crate) struct RecommendParams {
     /// Only the policies of this namespace (the flows of every namespace still count, so
     /// peers are complete).
     pub namespace: Option<String>,
@@ -361,7 +361,7 @@ pub struct RecommendParams {
 
 /// Checked [`RecommendParams`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecommendOptions {
+pub(crate) struct RecommendOptions {
     /// Only the policies of this namespace.
     pub namespace: Option<String>,
     /// The recommender's configuration.
@@ -370,7 +370,7 @@ pub struct RecommendOptions {
 
 impl RecommendParams {
     /// Checks the parameters; the error names the one at fault.
-    pub fn into_options(self) -> Result<RecommendOptions, String> {
+    pub(crate) fn into_options(self) -> Result<RecommendOptions, String> {
         let flag = |name: &str, value: Option<&str>, default: bool| match value {
             None => Ok(default),
             Some("true") => Ok(true),
@@ -392,7 +392,7 @@ impl RecommendParams {
 
 /// The body of `/api/v1/recommendations`: the notes as `# note:` comment lines, then the
 /// policies (of `namespace` only, when given) as one multi-document YAML stream.
-pub fn render_recommendation(
+pub(crate) fn render_recommendation(
     rec: &Recommendation,
     namespace: Option<&str>,
 ) -> Result<String, RenderError> {

@@ -126,7 +126,7 @@ pub async fn serve(
 /// A stream whose writes fail with [`io::ErrorKind::TimedOut`] once one has made no progress
 /// for the timeout (the peer stopped reading).
 #[derive(Debug)]
-pub struct WriteTimeout<S> {
+pub(crate) struct WriteTimeout<S> {
     inner: S,
     timeout: Duration,
     /// Armed while a write is pending.

@@ -96,7 +96,7 @@ impl LiveInventory {
     }
 
     /// A receiver notified at every sync-state change.
-    pub fn subscribe_state(&self) -> watch::Receiver<SyncState> {
+    pub(crate) fn subscribe_state(&self) -> watch::Receiver<SyncState> {
         self.state.clone()
     }
 

@@ -18,18 +18,18 @@ use prometheus_client::encoding::{
 use crate::flow::{Endpoint, FlowRecord, Protocol};
 
 /// The value of every collapsed peer label in the budget's overflow bucket.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// Kind of a peer collapsed into the overflow bucket.
-pub const KIND_OTHER: &str = "Other";
+pub(crate) const KIND_OTHER: &str = "Other";
 /// Kind of a peer outside the cluster (workload = subnet name, `private` or `world`).
-pub const KIND_SUBNET: &str = "Subnet";
+pub(crate) const KIND_SUBNET: &str = "Subnet";
 /// Kind of a node address (or a hostNetwork pod).
-pub const KIND_NODE: &str = "Node";
+pub(crate) const KIND_NODE: &str = "Node";
 /// Kind of an address nothing could be attributed to.
-pub const KIND_UNKNOWN: &str = "Unknown";
+pub(crate) const KIND_UNKNOWN: &str = "Unknown";
 /// Kind of a pod without a known owner.
-pub const KIND_POD: &str = "Pod";
+pub(crate) const KIND_POD: &str = "Pod";
 
 /// A policy verdict, as the `verdict` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,7 +123,7 @@ pub struct PeerLabels {
 
 impl PeerLabels {
     /// The labels of one endpoint of an attributed flow record.
-    pub fn from_endpoint(ep: &Endpoint, pod_level: bool) -> Self {
+    pub(crate) fn from_endpoint(ep: &Endpoint, pod_level: bool) -> Self {
         let pod = if pod_level {
             Some(ep.pod.clone().unwrap_or_default())
         } else {
@@ -191,7 +191,7 @@ pub struct FlowLabels {
 
 impl FlowLabels {
     /// The labels of an attributed flow record.
-    pub fn from_record(record: &FlowRecord, pod_level: bool) -> Self {
+    pub(crate) fn from_record(record: &FlowRecord, pod_level: bool) -> Self {
         FlowLabels {
             src: Arc::new(PeerLabels::from_endpoint(&record.src, pod_level)),
             dst: Arc::new(PeerLabels::from_endpoint(&record.dst, pod_level)),

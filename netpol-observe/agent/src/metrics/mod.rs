@@ -49,14 +49,14 @@ pub use labels::{
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s output (OpenMetrics text 1.0.0).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The `Content-Type` of [`Metrics::encode_text`]'s output (Prometheus text format 0.0.4).
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Default number of label sets each flow-labelled family may hold before collapsing into
 /// `other`.
-pub const DEFAULT_SERIES_BUDGET: usize = 2000;
+pub(crate) const DEFAULT_SERIES_BUDGET: usize = 2000;
 
 /// Errors of the metrics module.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,7 @@ pub struct Series {
 
 impl Series {
     /// Records one observation of `v`.
-    pub fn inc_by(&self, v: u64) {
+    pub(crate) fn inc_by(&self, v: u64) {
         self.counter.inc_by(v);
         if let Some(d) = &self.dropped {
             d.inc();
@@ -377,17 +377,17 @@ impl Metrics {
     }
 
     /// The `netpol_observe_flows_total` series of a flow labelled `labels` with `verdict`.
-    pub fn flows_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
+    pub(crate) fn flows_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
         self.verdict_flow_series(&self.flows, labels, verdict)
     }
 
     /// The `netpol_observe_flow_packets_total` series of a flow labelled `labels`.
-    pub fn packets_series(&self, labels: &FlowLabels) -> Series {
+    pub(crate) fn packets_series(&self, labels: &FlowLabels) -> Series {
         self.counter_series(&self.flow_packets, labels)
     }
 
     /// The `netpol_observe_flow_bytes_total` series of a flow labelled `labels`.
-    pub fn bytes_series(&self, labels: &FlowLabels) -> Series {
+    pub(crate) fn bytes_series(&self, labels: &FlowLabels) -> Series {
         self.counter_series(&self.flow_bytes, labels)
     }
 
@@ -404,7 +404,7 @@ impl Metrics {
 
     /// The `netpol_observe_staged_verdicts_total` series of a flow labelled `labels` with
     /// `verdict` (under the staged policies).
-    pub fn staged_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
+    pub(crate) fn staged_series(&self, labels: &FlowLabels, verdict: Verdict) -> Series {
         self.verdict_flow_series(&self.staged_verdicts, labels, verdict)
     }
 
@@ -433,7 +433,7 @@ impl Metrics {
 
     /// The `netpol_observe_policy_verdicts_total` series of the pod `peer` (workload-level
     /// labels), `direction` and `verdict`.
-    pub fn verdict_series(
+    pub(crate) fn verdict_series(
         &self,
         peer: &Arc<PeerLabels>,
         direction: Direction,
@@ -467,7 +467,7 @@ impl Metrics {
     /// Records traffic of an attributed flow: `new` counts it once in
     /// `netpol_observe_flows_total{verdict}`; the packet and byte deltas (both directions, since
     /// the last call for this flow) go to `flow_packets_total` and `flow_bytes_total`.
-    pub fn record_flow(
+    pub(crate) fn record_flow(
         &self,
         record: &FlowRecord,
         new: bool,
@@ -490,12 +490,18 @@ impl Metrics {
     /// Records `count` packets of a flow dropped by the kernel for `reason` (the kernel's drop
     /// reason name); `policy` is the isolating policy `ns/name` that explains it, if any
     /// (`unknown` otherwise).
-    pub fn record_drop(&self, record: &FlowRecord, reason: &str, policy: Option<&str>, count: u64) {
+    pub(crate) fn record_drop(
+        &self,
+        record: &FlowRecord,
+        reason: &str,
+        policy: Option<&str>,
+        count: u64,
+    ) {
         self.record_drop_labelled(self.flow_labels(record), reason, policy, count);
     }
 
     /// [`Metrics::record_drop`] for a flow already labelled.
-    pub fn record_drop_labelled(
+    pub(crate) fn record_drop_labelled(
         &self,
         flow: FlowLabels,
         reason: &str,
@@ -526,7 +532,7 @@ impl Metrics {
 
     /// Counts one flow the policies in force deny that was delivered (`policy`: the isolating
     /// policies of the denying side(s) not enforced, `unknown` when none is named).
-    pub fn record_unenforced(&self, flow: FlowLabels, policy: Option<&str>) {
+    pub(crate) fn record_unenforced(&self, flow: FlowLabels, policy: Option<&str>) {
         let protocol = flow.protocol;
         let labels = UnenforcedLabels {
             flow,
@@ -545,7 +551,7 @@ impl Metrics {
     }
 
     /// Counts one flow outside the drift baseline (`kind`: how its edge is new).
-    pub fn record_drift(&self, flow: FlowLabels, kind: crate::drift::DriftKind) {
+    pub(crate) fn record_drift(&self, flow: FlowLabels, kind: crate::drift::DriftKind) {
         let protocol = flow.protocol;
         let pod_level = self.config.pod_level;
         self.drift.add(
@@ -560,7 +566,7 @@ impl Metrics {
     }
 
     /// Sets `netpol_observe_policy_enforcement`: 1 for `state`, 0 for the other states.
-    pub fn set_enforcement(&self, state: Enforcement) {
+    pub(crate) fn set_enforcement(&self, state: Enforcement) {
         for s in Enforcement::ALL {
             self.enforcement
                 .get_or_create(&EnforcementLabels { state: s })
@@ -570,7 +576,12 @@ impl Metrics {
 
     /// Records the verdict of one direction of a new flow, labelled with the pod it applies
     /// to (the source for egress, the destination for ingress).
-    pub fn record_verdict(&self, record: &FlowRecord, direction: Direction, verdict: Verdict) {
+    pub(crate) fn record_verdict(
+        &self,
+        record: &FlowRecord,
+        direction: Direction,
+        verdict: Verdict,
+    ) {
         let ep = match direction {
             Direction::Egress => &record.src,
             Direction::Ingress => &record.dst,
@@ -581,14 +592,17 @@ impl Metrics {
 
     /// Records the overall verdict the staged (draft) policies give a new flow
     /// (`--staged-policies`).
-    pub fn record_staged(&self, record: &FlowRecord, verdict: Verdict) {
+    pub(crate) fn record_staged(&self, record: &FlowRecord, verdict: Verdict) {
         self.staged_series(&self.flow_labels(record), verdict)
             .inc_by(1);
     }
 
     /// Replaces every `netpol_observe_unprotected_workloads` series with these
     /// `(namespace, direction, workloads)` counts (namespaces absent now disappear).
-    pub fn set_unprotected<'a>(&self, counts: impl IntoIterator<Item = (&'a str, Direction, u64)>) {
+    pub(crate) fn set_unprotected<'a>(
+        &self,
+        counts: impl IntoIterator<Item = (&'a str, Direction, u64)>,
+    ) {
         self.unprotected.clear();
         for (namespace, direction, n) in counts {
             self.unprotected
@@ -601,14 +615,14 @@ impl Metrics {
     }
 
     /// Sets the flow table fill (`entries`) and size (`capacity`).
-    pub fn set_flow_table(&self, entries: u64, capacity: u64) {
+    pub(crate) fn set_flow_table(&self, entries: u64, capacity: u64) {
         self.flow_table_entries.set(saturating_i64(entries));
         self.flow_table_capacity.set(saturating_i64(capacity));
     }
 
     /// Feeds the kernel's cumulative count of ring-buffer events lost (summed over CPUs); the
     /// counter grows by the difference from the previous call.
-    pub fn set_ringbuf_lost_total(&self, total: u64) {
+    pub(crate) fn set_ringbuf_lost_total(&self, total: u64) {
         self.ringbuf_lost
             .inc_by(self.cumulative.delta("\0ringbuf", total));
     }
@@ -616,7 +630,7 @@ impl Metrics {
     /// Feeds the kernel's cumulative count of one error counter (summed over CPUs), e.g.
     /// `flow_map_full`, `parse_error`; the counter grows by the difference from the previous
     /// call for this error.
-    pub fn set_kernel_error_total(&self, error: &str, total: u64) {
+    pub(crate) fn set_kernel_error_total(&self, error: &str, total: u64) {
         let delta = self.cumulative.delta(error, total);
         self.kernel_errors
             .get_or_create(&ErrorLabels {
@@ -626,12 +640,12 @@ impl Metrics {
     }
 
     /// Sets how many interfaces the flow programs are attached to.
-    pub fn set_attached_interfaces(&self, n: u64) {
+    pub(crate) fn set_attached_interfaces(&self, n: u64) {
         self.attached_interfaces.set(saturating_i64(n));
     }
 
     /// Sets whether the inventory of `resource` (e.g. `pods`) is synced.
-    pub fn set_inventory_synced(&self, resource: &str, synced: bool) {
+    pub(crate) fn set_inventory_synced(&self, resource: &str, synced: bool) {
         self.inventory_synced
             .get_or_create(&ResourceLabels {
                 resource: resource.to_owned(),
@@ -640,7 +654,7 @@ impl Metrics {
     }
 
     /// Sets how many objects of each resource the inventory in use holds.
-    pub fn set_inventory_objects(&self, inv: &crate::inventory::Inventory) {
+    pub(crate) fn set_inventory_objects(&self, inv: &crate::inventory::Inventory) {
         let counts = [
             ("namespaces", inv.namespaces.len()),
             (
@@ -665,7 +679,7 @@ impl Metrics {
     }
 
     /// Counts `n` flows removed from the flow table for `reason` (`idle`, `closed`, `lru`, …).
-    pub fn record_evictions(&self, reason: &str, n: u64) {
+    pub(crate) fn record_evictions(&self, reason: &str, n: u64) {
         self.evictions
             .get_or_create(&EvictionLabels {
                 reason: reason.to_owned(),
@@ -682,14 +696,17 @@ impl Metrics {
 
     /// The whole registry in the Prometheus text format 0.0.4, for clients that do not ask
     /// for OpenMetrics (`curl`, `promtool check metrics`). Same samples as [`Self::encode`].
-    pub fn encode_text(&self) -> Result<String, MetricsError> {
+    pub(crate) fn encode_text(&self) -> Result<String, MetricsError> {
         Ok(openmetrics_to_text(&self.encode()?))
     }
 
     /// Content negotiation for `/metrics`: OpenMetrics when the `Accept` header asks for
     /// `application/openmetrics-text` (as Prometheus does), else the Prometheus text format.
     /// Returns the `Content-Type` and the body.
-    pub fn negotiate(&self, accept: Option<&str>) -> Result<(&'static str, String), MetricsError> {
+    pub(crate) fn negotiate(
+        &self,
+        accept: Option<&str>,
+    ) -> Result<(&'static str, String), MetricsError> {
         if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
             Ok((CONTENT_TYPE, self.encode()?))
         } else {

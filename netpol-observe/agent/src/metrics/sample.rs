@@ -21,7 +21,7 @@ fn pod_endpoint(ip: [u8; 4], port: Option<u16>, ns: &str, workload: &str, pod: &
 
 /// The flows of the sample: web → api (through a Service), api → db-subnet, world → web,
 /// and an ICMP ping from web to a node.
-pub fn sample_flows() -> Vec<FlowRecord> {
+pub(crate) fn sample_flows() -> Vec<FlowRecord> {
     let mut web_api = FlowRecord::new(
         Protocol::Tcp,
         [10, 244, 0, 5].into(),
