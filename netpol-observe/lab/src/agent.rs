@@ -25,13 +25,13 @@ use netpol_observe_agent::agent::ObservedFlow;
 
 /// The port an agent listens on, on its node's address (where the lab's Prometheus, on the
 /// first node, scrapes it).
-pub const AGENT_PORT: u16 = 9965;
+pub(crate) const AGENT_PORT: u16 = 9965;
 
 /// The agent's inventory directory inside the output folder.
-pub const AGENT_INVENTORY_DIR: &str = "agent-inventory";
+pub(crate) const AGENT_INVENTORY_DIR: &str = "agent-inventory";
 
 /// The agent's sweep and inventory poll interval in the lab.
-pub const AGENT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const AGENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Errors of the lab's agent.
 #[derive(Debug, thiserror::Error)]
@@ -383,7 +383,7 @@ impl Agents {
     /// Ends the agents' drift learning: every node's baseline file becomes `baseline` (the
     /// dependencies the whole cluster learned, without a learning period), and waits (up to
     /// `timeout`) until every agent has reloaded it. From then on, a new dependency is drift.
-    pub async fn end_drift_learning(
+    pub(crate) async fn end_drift_learning(
         &self,
         baseline: &crate::drift::Baseline,
         timeout: Duration,

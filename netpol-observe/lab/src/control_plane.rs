@@ -42,7 +42,7 @@ use super::{
 };
 
 /// The API server's port inside the node's namespace (bound to 127.0.0.1 there).
-pub const API_PORT: u16 = 6443;
+pub(crate) const API_PORT: u16 = 6443;
 
 /// The DaemonSet's identity objects, applied as they ship.
 const AGENT_RBAC: [&str; 4] = [
@@ -178,7 +178,7 @@ impl tower::Service<http::Uri> for NetnsConnector {
 
 /// A running control plane in the node's namespace and an admin client for it.
 #[derive(Debug)]
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     dir: PathBuf,
     client: ClientDebug,
     /// Server-assigned uids by `(kind, namespace, name)`, for owner references.
@@ -353,7 +353,10 @@ impl ControlPlane {
     /// Creates `objects` (the lab's inventory, in dependency order) as the controllers would:
     /// owner references point at the server's uids, each namespace gets its `default`
     /// ServiceAccount, status (Pods, Nodes) is set through the status subresource.
-    pub async fn create_objects(&mut self, objects: &[Value]) -> Result<(), ControlPlaneError> {
+    pub(crate) async fn create_objects(
+        &mut self,
+        objects: &[Value],
+    ) -> Result<(), ControlPlaneError> {
         for object in objects {
             self.create(object.clone()).await?;
             if object["kind"] == "Namespace" {
@@ -367,7 +370,7 @@ impl ControlPlane {
     }
 
     /// Creates (or replaces) NetworkPolicies.
-    pub async fn apply_policies(
+    pub(crate) async fn apply_policies(
         &mut self,
         policies: &[NetworkPolicy],
     ) -> Result<(), ControlPlaneError> {
@@ -383,7 +386,7 @@ impl ControlPlane {
     /// mints a token for the ServiceAccount (TokenRequest, one hour) and writes what a pod of
     /// the DaemonSet finds in its ServiceAccount directory (`token`, `ca.crt`, `namespace`)
     /// into `dir`.
-    pub async fn agent_identity(&mut self, dir: &Path) -> Result<(), ControlPlaneError> {
+    pub(crate) async fn agent_identity(&mut self, dir: &Path) -> Result<(), ControlPlaneError> {
         let mut account = None;
         for text in AGENT_RBAC {
             let value: Value = crate::yaml::from_str(text)
@@ -505,7 +508,7 @@ impl ControlPlane {
     }
 
     /// Removes the etcd data (tens of MB of preallocated log); logs and certificates stay.
-    pub fn remove_data(&self) {
+    pub(crate) fn remove_data(&self) {
         let _ = std::fs::remove_dir_all(self.dir.join("etcd-data"));
     }
 }

@@ -34,13 +34,13 @@ pub struct ZoneRecord {
 }
 
 /// TTL of the answers for Services' names (seconds).
-pub const SERVICE_TTL: u32 = 5;
+pub(crate) const SERVICE_TTL: u32 = 5;
 
 /// Name → record served by the lab DNS (names lower case, without trailing dot).
 pub type Zone = BTreeMap<String, ZoneRecord>;
 
 /// The zone as the running server reads it, changed by the rotation step.
-pub type SharedZone = Arc<RwLock<Zone>>;
+pub(crate) type SharedZone = Arc<RwLock<Zone>>;
 
 /// A failed lookup.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,7 @@ pub fn zone(model: &LabModel) -> Zone {
 
 /// Points every name in `names` at `addr` (keeping each name's TTL); returns the address they
 /// had (the first name's).
-pub fn move_names(zone: &SharedZone, names: &[String], addr: Ipv4Addr) -> Option<Ipv4Addr> {
+pub(crate) fn move_names(zone: &SharedZone, names: &[String], addr: Ipv4Addr) -> Option<Ipv4Addr> {
     let mut zone = zone
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -19,7 +19,7 @@ fn pod_ips(model: &LabModel, workload: usize) -> impl Iterator<Item = IpAddr> + 
 
 /// Whether endpoint `ep` is the peer `peer` of the lab (a pod of the workload, with its
 /// attribution; a host of the external subnet, named when the subnet is not anonymous).
-pub fn endpoint_is(model: &LabModel, peer: PeerRef, ep: &Endpoint) -> bool {
+pub(crate) fn endpoint_is(model: &LabModel, peer: PeerRef, ep: &Endpoint) -> bool {
     match peer {
         PeerRef::Workload(w) => {
             let wl = &model.workloads[w];
@@ -57,7 +57,7 @@ pub fn matches(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) -> bool 
 
 /// Whether `flow` is a connection of a `probe` to a Service seen after the DNAT: the client
 /// to one of the Service's backends on its target port.
-pub fn matches_backend(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) -> bool {
+pub(crate) fn matches_backend(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) -> bool {
     let PeerRef::Service(s) = probe.target else {
         return false;
     };
@@ -90,7 +90,7 @@ pub fn matches_backend(model: &LabModel, probe: &ProbeModel, flow: &FlowRecord) 
 /// DNAT (client → pod:targetPort), but the lab set that DNAT up and knows the original
 /// destination (what the node's conntrack holds). Each such flow gets the Service's address,
 /// port and reference, keeping the backend pod's attribution.
-pub fn attribute_entries(model: &LabModel, flows: &mut [FlowRecord]) {
+pub(crate) fn attribute_entries(model: &LabModel, flows: &mut [FlowRecord]) {
     for f in flows.iter_mut() {
         if f.dst.service.is_some() {
             continue;
@@ -197,7 +197,7 @@ impl Coverage {
 
 /// How an endpoint reads in the flow table: `ns/workload`, `svc/ns/name`, the subnet name,
 /// `node/<name>`, else the address.
-pub fn endpoint_label(ep: &Endpoint) -> String {
+pub(crate) fn endpoint_label(ep: &Endpoint) -> String {
     if let Some(s) = &ep.service {
         return format!("svc/{}/{}", s.namespace, s.name);
     }

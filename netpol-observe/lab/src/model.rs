@@ -24,15 +24,15 @@ use crate::flow::Protocol;
 /// gateway; node `i` is this address plus `i`.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 /// Default pod CIDR of a one-node lab.
-pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
+pub(crate) const DEFAULT_POD_CIDR: &str = "10.244.0.0/24";
 /// Default pod CIDR of a lab with several nodes (a `/24` per node).
-pub const DEFAULT_CLUSTER_POD_CIDR: &str = "10.244.0.0/16";
+pub(crate) const DEFAULT_CLUSTER_POD_CIDR: &str = "10.244.0.0/16";
 /// Default service CIDR.
-pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
+pub(crate) const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Namespace of the DNS service.
-pub const DNS_NAMESPACE: &str = "kube-system";
+pub(crate) const DNS_NAMESPACE: &str = "kube-system";
 /// Name of the DNS service.
-pub const DNS_SERVICE: &str = "kube-dns";
+pub(crate) const DNS_SERVICE: &str = "kube-dns";
 
 /// A node: its own network namespace with its pods, Service DNAT and agent.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ pub struct ServicePortModel {
 
 impl ServicePortModel {
     /// The backend port on `pod`, resolving a named target port.
-    pub fn target_on(&self, pod: &PodModel) -> Option<u16> {
+    pub(crate) fn target_on(&self, pod: &PodModel) -> Option<u16> {
         match &self.target {
             PortRef::Number(n) => Some(*n),
             PortRef::Name(name) => pod.named_port(name, self.protocol),
@@ -164,7 +164,7 @@ pub struct ServiceModel {
 
 impl ServicePortModel {
     /// The numeric target port (the port on address endpoints).
-    pub fn target_number(&self) -> u16 {
+    pub(crate) fn target_number(&self) -> u16 {
         match self.target {
             PortRef::Number(n) => n,
             PortRef::Name(_) => self.port,
@@ -1189,7 +1189,7 @@ fn find_port(
 }
 
 /// `TCP`/`UDP`/... as written in Kubernetes objects.
-pub fn protocol_name(protocol: Protocol) -> String {
+pub(crate) fn protocol_name(protocol: Protocol) -> String {
     match protocol {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",

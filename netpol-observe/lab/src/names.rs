@@ -15,7 +15,7 @@ use super::{
 };
 
 /// The longest TTL a scenario may give (one day).
-pub const MAX_DNS_TTL: u32 = 86_400;
+pub(crate) const MAX_DNS_TTL: u32 = 86_400;
 
 /// Whether `name` is a DNS name the lab serves for an external: at least two labels of lower
 /// case letters, digits and `-` (each 1–63, not starting or ending with `-`), at most 253
@@ -35,7 +35,7 @@ fn is_host_name(name: &str) -> bool {
 
 /// Checks the DNS names and TTL of external `e` against the externals declared before it;
 /// returns its TTL.
-pub fn check_external(e: &ExternalSpec, earlier: &[ExternalModel]) -> Result<u32, Problem> {
+pub(crate) fn check_external(e: &ExternalSpec, earlier: &[ExternalModel]) -> Result<u32, Problem> {
     for (k, name) in e.dns.iter().enumerate() {
         if !is_host_name(name) {
             return Err(Problem::Other(format!(
@@ -68,7 +68,7 @@ pub fn check_external(e: &ExternalSpec, earlier: &[ExternalModel]) -> Result<u32
 
 /// The address (and its external) where the names of external `index` (`e` as written) move
 /// in the rotation step, checked against every external of the scenario.
-pub fn rotation_target(
+pub(crate) fn rotation_target(
     e: &ExternalSpec,
     index: usize,
     externals: &[ExternalModel],
@@ -121,7 +121,7 @@ pub fn rotation_target(
 impl ProbeModel {
     /// The DNS name the client resolves before connecting when `to` is an external's DNS
     /// name (not its name, whose hosts are reached by address).
-    pub fn dns_name<'m>(&self, model: &'m LabModel) -> Option<&'m str> {
+    pub(crate) fn dns_name<'m>(&self, model: &'m LabModel) -> Option<&'m str> {
         match self.target {
             PeerRef::External(e) => model.externals[e]
                 .dns

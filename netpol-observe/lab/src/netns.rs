@@ -17,7 +17,7 @@ use std::{
 use nix::fcntl::{Flock, FlockArg};
 
 /// Prefix of every network namespace the lab creates.
-pub const PREFIX: &str = "npo-lab-";
+pub(crate) const PREFIX: &str = "npo-lab-";
 const NETNS_DIR: &str = "/run/netns";
 const LOCK_DIR: &str = "/run/netpol-observe/lab";
 
@@ -102,7 +102,7 @@ pub fn command(program: &str, args: &[&str], stdin: Option<&str>) -> Result<Stri
 }
 
 /// Runs `ip -batch -` (in `netns` when given) with one command per line.
-pub fn ip_batch(netns: Option<&str>, script: &str) -> Result<(), NetnsError> {
+pub(crate) fn ip_batch(netns: Option<&str>, script: &str) -> Result<(), NetnsError> {
     let mut args = vec![];
     if let Some(ns) = netns {
         args.extend(["-n", ns]);
@@ -131,7 +131,7 @@ pub fn sysctl(netns: &str, settings: &[&str]) -> Result<(), NetnsError> {
 /// Waits (up to `timeout`) until every link of `netns` but the loopback and bridges has its
 /// carrier (`state UP`): a veth's carrier, and with it a bridge port's forwarding, comes up
 /// asynchronously, up to a second after both ends are up, and packets sent before are lost.
-pub fn wait_links_up(netns: &str, timeout: std::time::Duration) -> Result<(), NetnsError> {
+pub(crate) fn wait_links_up(netns: &str, timeout: std::time::Duration) -> Result<(), NetnsError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let text = command("ip", &["-n", netns, "-o", "link", "show"], None)?;
@@ -200,7 +200,7 @@ pub fn list(prefix: &str) -> Vec<String> {
 
 /// Kills (SIGKILL) every process whose network namespace is `name` (`ip netns pids`), never
 /// this process. Returns the pids killed.
-pub fn kill_processes(name: &str) -> Vec<i32> {
+pub(crate) fn kill_processes(name: &str) -> Vec<i32> {
     let own = std::process::id();
     let pids = command("ip", &["netns", "pids", name], None).unwrap_or_default();
     pids.split_whitespace()
@@ -234,7 +234,7 @@ pub fn delete(names: &[String]) -> Result<(), NetnsError> {
 
 /// The identity of one lab run, alive while this value (its lock) is.
 #[derive(Debug)]
-pub struct RunLock {
+pub(crate) struct RunLock {
     id: String,
     path: PathBuf,
     _lock: Flock<File>,
@@ -305,7 +305,7 @@ impl Drop for RunLock {
 /// Removes what killed runs left behind: the namespaces of every run whose lock is free
 /// (deleting a namespace also removes its veths, routes and nftables tables). Returns the
 /// namespaces removed.
-pub fn clear_leftovers() -> Result<Vec<String>, NetnsError> {
+pub(crate) fn clear_leftovers() -> Result<Vec<String>, NetnsError> {
     let mut removed = Vec::new();
     let mut runs: Vec<String> = list(PREFIX)
         .iter()

@@ -28,16 +28,16 @@ pub const PROMETHEUS_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9090);
 
 /// The Prometheus folder inside the output folder: `prometheus.yml`, `targets.json`, `data/`.
-pub const PROMETHEUS_DIR: &str = "prometheus";
+pub(crate) const PROMETHEUS_DIR: &str = "prometheus";
 
 /// The scrape (and file discovery refresh) interval.
-pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The scrape job of the agents.
-pub const JOB: &str = "netpol-observe";
+pub(crate) const JOB: &str = "netpol-observe";
 
 /// The environment variable naming the `prometheus` binary.
-pub const PROMETHEUS_ENV: &str = "NETPOL_OBSERVE_PROMETHEUS";
+pub(crate) const PROMETHEUS_ENV: &str = "NETPOL_OBSERVE_PROMETHEUS";
 
 /// Errors of the lab's Prometheus.
 #[derive(Debug, thiserror::Error)]
@@ -333,7 +333,7 @@ impl PrometheusHandle {
     }
 
     /// How long it has been running.
-    pub fn uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 

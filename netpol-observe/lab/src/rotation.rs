@@ -30,7 +30,7 @@ use super::{
 };
 
 /// The agents' rotation counter (one series per workload and policy).
-pub const ROTATION_METRIC: &str = "netpol_observe_dns_rotations_total";
+pub(crate) const ROTATION_METRIC: &str = "netpol_observe_dns_rotations_total";
 
 /// One traffic entry run again after its name moved (a line of `rotation.json`'s `probes`).
 #[derive(Debug, Clone, Serialize)]
@@ -112,7 +112,7 @@ impl RotationReport {
 }
 
 /// Every `netpol_observe_dns_rotations_total` series of one scrape: labels → value.
-pub fn rotation_series(scrape: &str) -> BTreeMap<String, u64> {
+pub(crate) fn rotation_series(scrape: &str) -> BTreeMap<String, u64> {
     scrape
         .lines()
         .filter_map(|l| l.strip_prefix(ROTATION_METRIC))

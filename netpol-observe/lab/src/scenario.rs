@@ -279,7 +279,7 @@ pub enum RotateTo {
 }
 
 /// TTL of the lab DNS's answers for externals' names when the scenario gives none (seconds).
-pub const DEFAULT_DNS_TTL: u32 = 5;
+pub(crate) const DEFAULT_DNS_TTL: u32 = 5;
 
 /// One traffic entry or forbidden probe.
 #[derive(Debug, Clone, Deserialize)]
@@ -430,7 +430,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
 
 /// The 1-based line where entry `index` of the top-level sequence `section` starts, found by
 /// re-scanning the text (block sequences `- ...`; a flow sequence gives the section's line).
-pub fn entry_line(text: &str, section: &str, index: usize) -> Option<usize> {
+pub(crate) fn entry_line(text: &str, section: &str, index: usize) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let key = format!("{section}:");
     let start = lines

@@ -13,7 +13,7 @@ use tokio::{
 use super::netns::{self, NetnsError};
 
 /// Binds a TCP listener on `0.0.0.0:port` inside `netns`.
-pub fn bind_tcp(netns_name: &str, port: u16) -> Result<TcpListener, NetnsError> {
+pub(crate) fn bind_tcp(netns_name: &str, port: u16) -> Result<TcpListener, NetnsError> {
     let std_listener = netns::run_in(netns_name, move || {
         let l = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         l.set_nonblocking(true)?;
@@ -26,7 +26,7 @@ pub fn bind_tcp(netns_name: &str, port: u16) -> Result<TcpListener, NetnsError> 
 }
 
 /// Binds a UDP socket on `0.0.0.0:port` inside `netns`.
-pub fn bind_udp(netns_name: &str, port: u16) -> Result<UdpSocket, NetnsError> {
+pub(crate) fn bind_udp(netns_name: &str, port: u16) -> Result<UdpSocket, NetnsError> {
     let std_socket = netns::run_in(netns_name, move || {
         let s = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
         s.set_nonblocking(true)?;
@@ -39,7 +39,7 @@ pub fn bind_udp(netns_name: &str, port: u16) -> Result<UdpSocket, NetnsError> {
 }
 
 /// Serves TCP echo on `listener` until the task is aborted.
-pub fn spawn_tcp_echo(tasks: &mut JoinSet<()>, listener: TcpListener) {
+pub(crate) fn spawn_tcp_echo(tasks: &mut JoinSet<()>, listener: TcpListener) {
     tasks.spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -63,7 +63,7 @@ pub fn spawn_tcp_echo(tasks: &mut JoinSet<()>, listener: TcpListener) {
 }
 
 /// Serves UDP echo on `socket` until the task is aborted.
-pub fn spawn_udp_echo(tasks: &mut JoinSet<()>, socket: UdpSocket) {
+pub(crate) fn spawn_udp_echo(tasks: &mut JoinSet<()>, socket: UdpSocket) {
     tasks.spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
@@ -75,7 +75,7 @@ pub fn spawn_udp_echo(tasks: &mut JoinSet<()>, socket: UdpSocket) {
 }
 
 /// Creates an unconnected TCP socket inside `netns`, for a client.
-pub fn tcp_client_socket(netns_name: &str) -> Result<tokio::net::TcpSocket, NetnsError> {
+pub(crate) fn tcp_client_socket(netns_name: &str) -> Result<tokio::net::TcpSocket, NetnsError> {
     let socket = netns::run_in(netns_name, || {
         let s = socket2::Socket::new(
             socket2::Domain::IPV4,

@@ -57,7 +57,7 @@ pub struct Topology {
 /// SIGKILL if it does not exit within 5 s ([`LabProcess::stop`]); dropped (error and
 /// interruption paths) with SIGTERM and a 3 s grace before SIGKILL.
 #[derive(Debug)]
-pub struct LabProcess {
+pub(crate) struct LabProcess {
     child: Option<tokio::process::Child>,
     /// What it is, for the log.
     what: &'static str,
@@ -354,7 +354,7 @@ impl Topology {
     }
 
     /// The zone kube-dns serves, once the servers run (the rotation step changes it).
-    pub fn dns_zone(&self) -> Option<&dns::SharedZone> {
+    pub(crate) fn dns_zone(&self) -> Option<&dns::SharedZone> {
         self.zone.as_ref()
     }
 
@@ -396,7 +396,7 @@ impl Topology {
 
     /// Like [`spawn_in`](Self::spawn_in), with the process's standard output and error sent
     /// to `stdout`/`stderr` (e.g. a log file).
-    pub fn spawn_logged_in(
+    pub(crate) fn spawn_logged_in(
         &self,
         netns: &str,
         program: &std::path::Path,
@@ -431,13 +431,13 @@ impl Topology {
     }
 
     /// The nodes' network namespaces, in [`LabModel::nodes`] order.
-    pub fn node_namespaces(&self) -> &[String] {
+    pub(crate) fn node_namespaces(&self) -> &[String] {
         &self.nodes
     }
 
     /// The network namespace of node `node` (index in [`LabModel::nodes`]), where its agent
     /// runs and its nftables tables live.
-    pub fn node_netns_of(&self, node: usize) -> &str {
+    pub(crate) fn node_netns_of(&self, node: usize) -> &str {
         &self.nodes[node]
     }
 
@@ -452,7 +452,7 @@ impl Topology {
     }
 
     /// The network namespace of host `host` of external `external`.
-    pub fn external_netns(&self, external: usize, host: usize) -> &str {
+    pub(crate) fn external_netns(&self, external: usize, host: usize) -> &str {
         &self.externals[external][host]
     }
 

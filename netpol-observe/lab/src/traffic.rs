@@ -64,7 +64,7 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     /// Whether what happened is what was expected.
-    pub fn as_expected(&self) -> bool {
+    pub(crate) fn as_expected(&self) -> bool {
         self.expected == self.observed
     }
 }
@@ -156,7 +156,7 @@ fn leg(model: &LabModel, topo: &Topology, probe: &ProbeModel, n: usize) -> Leg {
 }
 
 /// Runs `probe` (all its connections, one after the other).
-pub async fn run_probe(
+pub(crate) async fn run_probe(
     model: &LabModel,
     topo: &Topology,
     probe: &ProbeModel,
