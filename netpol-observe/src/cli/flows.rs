@@ -140,7 +140,7 @@ impl Args {}
 
 /// Reads `/api/v1/flows` of the agent at `base` with `query` (a query string without `?`),
 /// sending `token` if any.
-pub async fn fetch(
+pub(crate) async fn fetch(
     base: &str,
     query: &str,
     token: Option<&BearerToken>,

@@ -13,11 +13,11 @@ use std::{
 };
 
 /// Exit status when stdout was closed by its reader: 128 + `SIGPIPE` (13).
-pub const CLOSED_PIPE_STATUS: u8 = 141;
+pub(crate) const CLOSED_PIPE_STATUS: u8 = 141;
 
 /// Writing to stdout failed.
 #[derive(Debug, thiserror::Error)]
-pub enum OutputError {
+pub(crate) enum OutputError {
     /// The reader of stdout went away (`… | head`): the command ends quietly.
     #[error("stdout was closed by its reader")]
     Closed(#[source] io::Error),
@@ -45,13 +45,13 @@ pub fn stdout(bytes: impl AsRef<[u8]>) -> Result<(), OutputError> {
 }
 
 /// Writes one line to stderr; a failure is ignored (stderr is where it would be reported).
-pub fn stderr_line(args: fmt::Arguments<'_>) {
+pub(crate) fn stderr_line(args: fmt::Arguments<'_>) {
     let mut err = io::stderr().lock();
     let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
 }
 
 /// Whether `err` (anywhere in its chain) is stdout closed by its reader.
-pub fn is_closed_stdout(err: &anyhow::Error) -> bool {
+pub(crate) fn is_closed_stdout(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         matches!(
             e.downcast_ref::<OutputError>(),
