@@ -356,7 +356,7 @@ fn cronjob_calling_an_external_api() {
         .unwrap();
     assert_eq!(sel.egress, ["batch/default-deny", "batch/report-np"]);
     let mut f = tcp(next.pods.last().unwrap().ip, "93.184.215.14", 443, 60);
-    netpol_observe_core::attribution::Attributor::new(&inv, &Subnets::default()).attribute(&mut f);
+    Attributor::new(&inv, &Subnets::default()).attribute(&mut f);
     assert!(engine.evaluate(&f).allowed);
     let _ = Protocol::Tcp;
 }
@@ -368,16 +368,11 @@ fn icmp_peer_gets_every_port_and_default_deny_is_opt_out() {
     let a = c.deployment("net", "pinger", 1, &[]);
     let b = c.deployment("net", "target", 1, &[("http", 80, "TCP")]);
     let mut s = Scenario::new(c);
-    s.flows.push(netpol_observe_core::flow::FlowRecord::new(
-        Protocol::Icmp,
-        a[0],
-        b[0],
-        None,
-    ));
+    s.flows
+        .push(FlowRecord::new(Protocol::Icmp, a[0], b[0], None));
     s.config.default_deny = false;
     let inv = s.cluster.inventory();
-    let rec = netpol_observe_core::recommend::Recommender::new(&inv, &s.subnets, s.config.clone())
-        .recommend(&s.flows);
+    let rec = Recommender::new(&inv, &s.subnets, s.config.clone()).recommend(&s.flows);
     assert_eq!(rec.stats.self_check_denied, 0);
     assert!(
         rec.policies

@@ -103,11 +103,11 @@ async fn agents_are_merged_and_deduplicated() {
 /// A Prometheus answering every instant query with `answer`; the URL and the queries asked.
 async fn fake_prometheus(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
     let queries: Arc<Mutex<Vec<String>>> = Arc::default();
-    let asked = queries.clone();
+    let asked = Arc::clone(&queries);
     let url = serve(Router::new().route(
         "/api/v1/query",
         get(move |Query(q): Query<HashMap<String, String>>| {
-            let asked = asked.clone();
+            let asked = Arc::clone(&asked);
             async move {
                 asked
                     .lock()

@@ -318,7 +318,7 @@ fn cli_recommend_then_verify() {
     );
 
     // DNS forgotten in the draft: exit 1, the flows named.
-    let mut draft = fx.draft.clone();
+    let mut draft = fx.draft;
     find(&mut draft, "frontend", "web-np")
         .spec
         .as_mut()

@@ -327,7 +327,7 @@ pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 #[derive(Debug)]
 pub struct DaemonSetAgent {
     /// The process (taken by a test that stops it itself).
-    pub child: Option<std::process::Child>,
+    pub child: Option<Child>,
     /// Its loopback listener.
     pub listen: std::net::SocketAddr,
     /// Its log (stderr).

@@ -112,7 +112,7 @@ impl DnsServer {
             Ok((u, t))
         })?;
         let mut threads = Vec::new();
-        let (z, s) = (zone.clone(), stop.clone());
+        let (z, s) = (Arc::clone(&zone), Arc::clone(&stop));
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !s.load(Ordering::Relaxed) {
@@ -124,7 +124,7 @@ impl DnsServer {
                 }
             }
         }));
-        let (z, s) = (zone.clone(), stop.clone());
+        let (z, s) = (Arc::clone(&zone), Arc::clone(&stop));
         threads.push(std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match tcp.accept() {

@@ -109,7 +109,7 @@ impl Cluster {
             )
             .unwrap();
         let rs = format!("{name}-rs1");
-        let mut rs_labels = labels.clone();
+        let mut rs_labels = labels;
         rs_labels["pod-template-hash"] = json!("rs1");
         self.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": rs, "namespace": ns, "labels": rs_labels,

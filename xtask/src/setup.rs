@@ -35,7 +35,7 @@ const PYPI_TOOLS: &[(&str, &str, &str)] = &[
 const DEPLOY_TOOLS_VENV: &str = "target/deploy-tools";
 
 /// Runs every setup step.
-pub fn all() -> Result<()> {
+pub(crate) fn all() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     cargo_deny()?;

@@ -78,7 +78,7 @@ impl Edge {
     ) -> Edge {
         let workload = |p: &Arc<PeerLabels>| {
             if p.pod.is_none() {
-                p.clone()
+                Arc::clone(p)
             } else {
                 Arc::new(PeerLabels {
                     pod: None,
@@ -130,7 +130,7 @@ impl DriftKind {
 }
 
 impl EncodeLabelValue for DriftKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
@@ -352,7 +352,8 @@ impl Baseline {
     /// Adds `edge` (first seen at `first_seen`); `false` when it was already there (an earlier
     /// `first_seen` is kept).
     pub fn insert(&mut self, edge: Edge, first_seen: Option<Timestamp>) -> bool {
-        self.pairs.insert((edge.src.clone(), edge.dst.clone()));
+        self.pairs
+            .insert((Arc::clone(&edge.src), Arc::clone(&edge.dst)));
         match self.edges.get_mut(&edge) {
             Some(t) => {
                 *t = match (*t, first_seen) {
@@ -379,7 +380,10 @@ impl Baseline {
             return None;
         }
         Some(
-            if self.pairs.contains(&(edge.src.clone(), edge.dst.clone())) {
+            if self
+                .pairs
+                .contains(&(Arc::clone(&edge.src), Arc::clone(&edge.dst)))
+            {
                 DriftKind::NewPort
             } else if edge.dst.kind == KIND_SUBNET {
                 DriftKind::NewDestination

@@ -56,7 +56,7 @@ async fn live_inventory_from_recorded_api_responses() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let requested: Arc<Mutex<BTreeSet<(String, String)>>> = Arc::default();
     let (release_tx, release_rx) = oneshot::channel::<()>();
-    let seen = requested.clone();
+    let seen = Arc::clone(&requested);
     let server = tokio::spawn(async move {
         let mut release = Some(release_rx);
         let mut pod_watches = 0;

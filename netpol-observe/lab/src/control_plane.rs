@@ -162,7 +162,7 @@ impl tower::Service<http::Uri> for NetnsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let netns = self.netns.clone();
+        let netns = Arc::clone(&self.netns);
         Box::pin(async move {
             let ip: IpAddr = uri
                 .host()
@@ -298,7 +298,7 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver in the first node's namespace (files under `dir`:
     /// `pki/`, logs, etcd data), the API server also on the node's `address` for the other
     /// nodes' agents, and waits until it is ready.
-    pub async fn start(
+    pub(crate) async fn start(
         topo: &Topology,
         bins: &Binaries,
         dir: &Path,
@@ -346,7 +346,7 @@ impl ControlPlane {
     }
 
     /// The admin client (reaches the API server inside the node's namespace).
-    pub fn client(&self) -> &Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.client.0
     }
 

@@ -343,7 +343,7 @@ forbidden:
             name: "api".into(),
         });
         let web = pod_ep(&m, "web", 0);
-        let one = flow(web.clone(), to_svc.clone());
+        let one = flow(web.clone(), to_svc);
         let mut wrong_port = one.clone();
         wrong_port.dst.port = Some(81);
         let mut db = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));

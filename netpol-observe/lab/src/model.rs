@@ -556,7 +556,7 @@ impl LabModel {
             WorkloadKind::Deployment,
             1,
             BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
-            dns_ports.clone(),
+            dns_ports,
             Some(0),
         )];
         for (i, w) in scenario.workloads.iter().enumerate() {
@@ -1017,7 +1017,7 @@ impl LabModel {
                         "services",
                         i,
                         Problem::UndeclaredPort {
-                            target: name.clone(),
+                            target: name,
                             port: n.to_string(),
                             protocol: protocol_name(sp.protocol),
                         },

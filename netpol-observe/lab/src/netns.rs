@@ -243,7 +243,7 @@ pub(crate) struct RunLock {
 impl RunLock {
     /// Takes a fresh run id (`<pid>n<k>`) and its lock, then removes whatever a dead run with
     /// the same id left (pid reuse).
-    pub fn acquire() -> Result<RunLock, NetnsError> {
+    pub(crate) fn acquire() -> Result<RunLock, NetnsError> {
         use std::os::unix::fs::MetadataExt;
         let dir = Path::new(LOCK_DIR);
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -286,12 +286,12 @@ impl RunLock {
     }
 
     /// The run id, e.g. `4242n0`.
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.id
     }
 
     /// The prefix of this run's namespaces: `npo-lab-<id>-`.
-    pub fn prefix(&self) -> String {
+    pub(crate) fn prefix(&self) -> String {
         format!("{PREFIX}{}-", self.id)
     }
 }

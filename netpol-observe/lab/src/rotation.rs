@@ -385,7 +385,7 @@ mod tests {
         assert!(
             !RotationProbe {
                 drop_reason: None,
-                ..p.clone()
+                ..p
             }
             .ok(to)
         );

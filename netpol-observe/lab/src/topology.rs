@@ -65,7 +65,7 @@ pub(crate) struct LabProcess {
 
 impl LabProcess {
     /// Wraps a process started with [`Topology::spawn_logged_in`] or [`Topology::spawn_in`].
-    pub fn new(child: tokio::process::Child, what: &'static str) -> LabProcess {
+    pub(crate) fn new(child: tokio::process::Child, what: &'static str) -> LabProcess {
         LabProcess {
             child: Some(child),
             what,
@@ -73,12 +73,12 @@ impl LabProcess {
     }
 
     /// Its exit status, if it has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().ok()?
     }
 
     /// SIGTERM, then SIGKILL after 5 s.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&child);
             if tokio::time::timeout(std::time::Duration::from_secs(5), child.wait())

@@ -305,7 +305,7 @@ impl Args {
 }
 
 /// Runs `netpol-observe agent`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.resolve()?;
     // Every signal that ends a process by default ends the agent cleanly: a last sweep, the
     // programs detached, the final flows written (SIGKILL cannot be caught).

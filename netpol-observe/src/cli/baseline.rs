@@ -51,7 +51,7 @@ pub struct Args {
 }
 
 /// Runs `netpol-observe baseline`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inventory = match &args.inventory {
         Some(p) => inputs::load(p, args.validate, "the inventory")?,
         None => Inventory::default(),

@@ -72,7 +72,7 @@ pub struct Args {
 }
 
 /// Runs `netpol-observe evaluate`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inventory = inputs::load(&args.inventory, args.validate, "the inventory")?;
     let policies = match &args.policies {
         Some(path) => inputs::load(path, args.validate, "the policies")?.network_policies,

@@ -216,7 +216,7 @@ fn encode(v: &str) -> String {
 }
 
 /// Runs `netpol-observe flows`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let params = args.params()?;
     let query: FlowQuery = params
         .clone_query()

@@ -91,7 +91,7 @@ fn is_root() -> bool {
 }
 
 /// Runs `netpol-observe lab`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Everything that can be wrong with the input is checked before touching the machine.
     let (scenario, text) = scenario::load(&args.scenario)?;
     let model = LabModel::build(&args.scenario, &text, &scenario)?;
@@ -177,7 +177,7 @@ fn policy_name(p: &k8s_openapi::api::networking::v1::NetworkPolicy) -> String {
 
 /// The readable summary printed at the end of a run: the traffic, the flows the agent saw by
 /// workload pair, the policies written, the verification and the enforcement.
-pub fn summary(model: &LabModel, report: &LabReport) -> String {
+pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
     let mut s = String::new();
     let nodes: Vec<String> = model
         .nodes

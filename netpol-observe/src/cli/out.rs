@@ -37,7 +37,7 @@ impl From<io::Error> for OutputError {
 }
 
 /// Writes `bytes` to stdout and flushes.
-pub fn stdout(bytes: impl AsRef<[u8]>) -> Result<(), OutputError> {
+pub(super) fn stdout(bytes: impl AsRef<[u8]>) -> Result<(), OutputError> {
     let mut out = io::stdout().lock();
     out.write_all(bytes.as_ref())?;
     out.flush()?;

@@ -177,7 +177,7 @@ pub(super) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 }
 
 /// Runs `netpol-observe recommend`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // kubectl's `-o yaml`/`-o json` pick a format; here `-o` is where to write.
     if let Some(out) = &args.out
         && matches!(out.to_str(), Some("yaml" | "json" | "wide" | "name"))
@@ -270,7 +270,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &engine,
             &attributed,
         );
-        report.denied_in_force = rec.denied.clone();
+        report.denied_in_force = rec.denied;
         match args.report {
             Format::Text => out::stdout(report.to_text())?,
             Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,

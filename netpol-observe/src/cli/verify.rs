@@ -67,7 +67,7 @@ pub struct Args {
 }
 
 /// Runs `netpol-observe verify`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inventory = inputs::load(&args.inventory, args.validate, "the inventory")?;
     let draft = inputs::load(&args.policies, args.validate, "the policies")?;
     let subnets = match &args.subnets {

@@ -15,7 +15,7 @@ use netpol_observe_core::{
 
 /// The CiliumNetworkPolicies of `rec`, rendered and read back (asserting the round trip and
 /// one object per NetworkPolicy, same namespace and name).
-pub fn cilium_policies(
+pub(crate) fn cilium_policies(
     rec: &Recommendation,
     inventory: &Inventory,
 ) -> (Vec<CiliumNetworkPolicy>, String) {
@@ -56,7 +56,7 @@ pub fn cilium_policies(
 }
 
 /// A checker over `policies`.
-pub fn checker<'a>(
+pub(crate) fn checker<'a>(
     policies: &'a [CiliumNetworkPolicy],
     inventory: &'a Inventory,
     attributor: &'a Attributor,

@@ -24,11 +24,11 @@ use netpol_observe_core::{
 };
 use serde_json::{Value, json};
 
-pub mod cilium;
+pub(crate) mod cilium;
 
 /// A pod of the builder: namespace, name, IP, workload kind and name, node.
 #[derive(Debug, Clone)]
-pub struct Pod {
+pub(crate) struct Pod {
     pub namespace: String,
     pub name: String,
     pub ip: IpAddr,
@@ -39,7 +39,7 @@ pub struct Pod {
 
 /// Builds Kubernetes objects.
 #[derive(Debug, Default)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub objects: Vec<Value>,
     pub pods: Vec<Pod>,
     next_ip: u32,
@@ -62,7 +62,7 @@ fn ports_json(ports: &[(&str, u16, &str)]) -> Value {
 }
 
 impl Cluster {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut c = Cluster::default();
         for (name, ip) in [("node-1", "192.168.1.10"), ("node-2", "192.168.1.11")] {
             c.objects.push(json!({
@@ -75,7 +75,7 @@ impl Cluster {
         c
     }
 
-    pub fn namespace(&mut self, name: &str) {
+    pub(crate) fn namespace(&mut self, name: &str) {
         if self.namespaces.insert(name.to_owned()) {
             self.objects.push(json!({
                 "apiVersion": "v1", "kind": "Namespace",
@@ -128,7 +128,7 @@ impl Cluster {
     }
 
     /// A Deployment's pods (labels `app: <name>` unless given), alternating nodes.
-    pub fn deployment(
+    pub(crate) fn deployment(
         &mut self,
         ns: &str,
         name: &str,
@@ -153,7 +153,7 @@ impl Cluster {
     }
 
     /// A StatefulSet's pods.
-    pub fn statefulset(
+    pub(crate) fn statefulset(
         &mut self,
         ns: &str,
         name: &str,
@@ -178,7 +178,7 @@ impl Cluster {
     }
 
     /// One run of a CronJob: the Job object and its pod, with the Job's volatile labels.
-    pub fn cronjob_run(&mut self, ns: &str, cronjob: &str, run: &str, node: &str) -> IpAddr {
+    pub(crate) fn cronjob_run(&mut self, ns: &str, cronjob: &str, run: &str, node: &str) -> IpAddr {
         self.namespace(ns);
         let job = format!("{cronjob}-{run}");
         self.objects.push(json!({
@@ -202,7 +202,7 @@ impl Cluster {
     }
 
     /// CoreDNS in kube-system (labels `k8s-app: kube-dns`) and the `kube-dns` Service.
-    pub fn kube_dns(&mut self, cluster_ip: &str) -> IpAddr {
+    pub(crate) fn kube_dns(&mut self, cluster_ip: &str) -> IpAddr {
         self.namespace("kube-system");
         let ip = self.pod(
             "kube-system",
@@ -227,7 +227,7 @@ impl Cluster {
         ip
     }
 
-    pub fn service(
+    pub(crate) fn service(
         &mut self,
         ns: &str,
         name: &str,
@@ -249,20 +249,26 @@ impl Cluster {
         }));
     }
 
-    pub fn yaml(&self) -> String {
+    pub(crate) fn yaml(&self) -> String {
         self.objects
             .iter()
             .map(|o| format!("---\n{}", netpol_observe_core::yaml::to_string(o).unwrap()))
             .collect()
     }
 
-    pub fn inventory(&self) -> Inventory {
+    pub(crate) fn inventory(&self) -> Inventory {
         Inventory::from_yaml_str(&self.yaml(), "test-cluster.yaml").unwrap()
     }
 }
 
 /// An unattributed flow, as input files may hold them.
-pub fn flow(proto: Protocol, src: IpAddr, dst: &str, port: Option<u16>, minute: i64) -> FlowRecord {
+pub(crate) fn flow(
+    proto: Protocol,
+    src: IpAddr,
+    dst: &str,
+    port: Option<u16>,
+    minute: i64,
+) -> FlowRecord {
     let mut f = FlowRecord::new(proto, src, dst.parse().unwrap(), port);
     f.src.port = Some(40000 + (minute as u16 % 1000));
     let t = Timestamp::from_second(1_795_000_000 + minute * 60).unwrap();
@@ -271,26 +277,26 @@ pub fn flow(proto: Protocol, src: IpAddr, dst: &str, port: Option<u16>, minute: 
     f
 }
 
-pub fn tcp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
+pub(crate) fn tcp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
     flow(Protocol::Tcp, src, dst, Some(port), minute)
 }
 
-pub fn udp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
+pub(crate) fn udp(src: IpAddr, dst: &str, port: u16, minute: i64) -> FlowRecord {
     flow(Protocol::Udp, src, dst, Some(port), minute)
 }
 
-pub fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 /// Parses a multi-document YAML stream into k8s-openapi NetworkPolicies.
-pub fn parse_policies(yaml: &str) -> Vec<NetworkPolicy> {
+pub(crate) fn parse_policies(yaml: &str) -> Vec<NetworkPolicy> {
     serde_saphyr::from_multiple(yaml).unwrap()
 }
 
 /// Everything a scenario needs.
 #[derive(Debug)]
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub cluster: Cluster,
     pub subnets: Subnets,
     pub flows: Vec<FlowRecord>,
@@ -299,7 +305,7 @@ pub struct Scenario {
 
 /// The recommendation and the engine compiled from its YAML (re-parsed).
 #[derive(Debug)]
-pub struct Checked {
+pub(crate) struct Checked {
     pub rec: Recommendation,
     pub yaml: String,
     pub policies: Vec<NetworkPolicy>,
@@ -311,7 +317,7 @@ pub struct Checked {
 }
 
 impl Scenario {
-    pub fn new(cluster: Cluster) -> Self {
+    pub(crate) fn new(cluster: Cluster) -> Self {
         Scenario {
             cluster,
             subnets: Subnets::default(),
@@ -322,7 +328,7 @@ impl Scenario {
 
     /// Recommends, renders, re-parses, and checks the two scenario invariants; returns the
     /// results for scenario-specific assertions.
-    pub fn check(&self) -> Checked {
+    pub(crate) fn check(&self) -> Checked {
         let inventory = self.cluster.inventory();
         let rec =
             Recommender::new(&inventory, &self.subnets, self.config.clone()).recommend(&self.flows);
@@ -425,13 +431,13 @@ impl Scenario {
     }
 }
 
-pub fn workload_of(ep: &netpol_observe_core::flow::Endpoint) -> Option<String> {
+pub(crate) fn workload_of(ep: &netpol_observe_core::flow::Endpoint) -> Option<String> {
     let w = ep.workload.as_ref()?;
     Some(format!("{}/{}/{}", ep.namespace.as_ref()?, w.kind, w.name))
 }
 
 /// The policy `ns/name`.
-pub fn policy<'a>(list: &'a [NetworkPolicy], ns: &str, name: &str) -> &'a NetworkPolicy {
+pub(crate) fn policy<'a>(list: &'a [NetworkPolicy], ns: &str, name: &str) -> &'a NetworkPolicy {
     list.iter()
         .find(|p| {
             p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name)
@@ -439,7 +445,7 @@ pub fn policy<'a>(list: &'a [NetworkPolicy], ns: &str, name: &str) -> &'a Networ
         .unwrap_or_else(|| panic!("no policy {ns}/{name}"))
 }
 
-pub fn annotation<'a>(p: &'a NetworkPolicy, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(p: &'a NetworkPolicy, key: &str) -> Option<&'a str> {
     p.metadata
         .annotations
         .as_ref()?
@@ -447,7 +453,7 @@ pub fn annotation<'a>(p: &'a NetworkPolicy, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -457,7 +463,7 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// 3-tier web app across namespaces: internet → frontend/web → backend/api (via Service, named
 /// target port) → db-subnet outside the cluster; backend/worker → api; DNS via kube-dns;
 /// kubelet probes from the pods' own nodes.
-pub fn three_tier() -> Scenario {
+pub(crate) fn three_tier() -> Scenario {
     let mut c = Cluster::new();
     let dns = c.kube_dns("10.96.0.10");
     let web = c.deployment("frontend", "web", 2, &[("http", 8080, "TCP")]);
@@ -507,7 +513,7 @@ pub fn three_tier() -> Scenario {
 /// 203.0.113.1 once on api:9000 (`attempted`, no drop seen). With `policies_in_force`, the
 /// inventory holds the policies that denied the knocks (`shop/db-np`: db only from api;
 /// `shop/api-np`: api only from web). Returns the scenario and the index of the knock on api.
-pub fn knocked_shop(policies_in_force: bool) -> (Scenario, usize) {
+pub(crate) fn knocked_shop(policies_in_force: bool) -> (Scenario, usize) {
     use netpol_observe_core::flow::{Directional, Drops, FlowState};
     let mut c = Cluster::new();
     let web = c.deployment("shop", "web", 2, &[("http", 8080, "TCP")]);

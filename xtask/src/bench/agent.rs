@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::Result;
 
 /// Builds the release binary and runs the benchmark pinned to one CPU when `taskset` exists.
-pub fn run(root: &Path, rounds: usize) -> Result<()> {
+pub(super) fn run(root: &Path, rounds: usize) -> Result<()> {
     let bin = super::bench_binary(root)?;
     let mut cmd = super::pinned(&bin);
     cmd.current_dir(root)

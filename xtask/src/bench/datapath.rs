@@ -148,7 +148,7 @@ fn pin_thread(cpu: usize) -> Result<()> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
             bail!(
                 "sched_setaffinity to CPU {cpu}: {}",
                 std::io::Error::last_os_error()
@@ -436,7 +436,7 @@ struct RunSetup<'a> {
     traffic: Traffic,
 }
 
-fn measure(arm: Arm, setup: &RunSetup, placement: Placement) -> Result<(f64, f64)> {
+fn measure(arm: Arm, setup: &RunSetup<'_>, placement: Placement) -> Result<(f64, f64)> {
     let attached = arm.start(setup.bin, setup.baseline, setup.hooks)?;
     std::thread::sleep(SETTLE);
     let t = if setup.rr_only {
@@ -640,7 +640,7 @@ struct PlacementRuns {
 /// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
 /// order in every placement, then the per-program costs. `extra` holds the options of the
 /// module documentation (`--bin`, `--baseline`, `--placement`, `--rr-only`).
-pub fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
+pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
     if !crate::is_root() {
         bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
     }

@@ -19,7 +19,7 @@ use anyhow::Result;
 
 /// What to benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum What {
+pub(crate) enum What {
     /// The eBPF datapath: iperf3 throughput and TCP request/response between two namespaces,
     /// with nothing, a no-op program and the agent attached; then ns per program run.
     Datapath,
@@ -34,7 +34,7 @@ pub enum What {
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The subject.
     #[arg(value_enum)]
     pub what: What,
@@ -50,7 +50,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the benchmark named by `args`.
-pub fn run(root: &Path, args: BenchArgs) -> Result<()> {
+pub(crate) fn run(root: &Path, args: BenchArgs) -> Result<()> {
     match args.what {
         What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1), &args.extra),
         What::Engine => engine::run(root, &args.extra),

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 const SIZES: &[usize] = &[10_000, 100_000, 1_000_000];
 
 /// Builds the release binary and runs the interleaved rounds.
-pub fn run(root: &Path, args: &[String]) -> Result<()> {
+pub(super) fn run(root: &Path, args: &[String]) -> Result<()> {
     let rounds: usize = match args.first() {
         Some(n) => n
             .parse()
@@ -55,7 +55,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             first.map_or(0, |v| v["edges"].as_u64().unwrap_or(0)),
             first.map_or(0, |v| v["policies"].as_u64().unwrap_or(0)),
             *size as f64 / (ms / 1e3) / 1e6,
-            prev.map_or("–".to_owned(), |p| format!("{:.1}×", ms / p)),
+            prev.map_or_else(|| "–".to_owned(), |p| format!("{:.1}×", ms / p)),
             med("peak_rss_kb") / 1024.0,
             med("input_rss_kb") / 1024.0,
         );

@@ -1,7 +1,7 @@
 //! Medians and ratios of interleaved A/B(/C…) runs.
 
 /// The median of `v` (mean of the middle two for an even count); 0 for an empty slice.
-pub fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -17,7 +17,7 @@ pub fn median(v: &[f64]) -> f64 {
 
 /// The `q`-quantile of `v` (0 ≤ q ≤ 1, linear interpolation between the closest ranks);
 /// 0 for an empty slice.
-pub fn quantile(v: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(v: &[f64], q: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -33,7 +33,7 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
 
 /// Results of interleaved runs of several arms (A/B/C…): `runs[arm][round]`.
 #[derive(Debug, Clone, Default)]
-pub struct Arms {
+pub(crate) struct Arms {
     /// What was measured.
     pub name: String,
     /// One label per arm.
@@ -44,7 +44,7 @@ pub struct Arms {
 
 impl Arms {
     /// Arms named `labels`, without runs yet.
-    pub fn new(name: String, labels: &[&'static str]) -> Arms {
+    pub(crate) fn new(name: String, labels: &[&'static str]) -> Arms {
         Arms {
             name,
             labels: labels.to_vec(),
@@ -53,7 +53,7 @@ impl Arms {
     }
 
     /// Median of arm `a` over median of arm `b`.
-    pub fn ratio(&self, a: usize, b: usize) -> f64 {
+    pub(crate) fn ratio(&self, a: usize, b: usize) -> f64 {
         let m = median(&self.runs[b]);
         if m == 0.0 {
             0.0
@@ -63,7 +63,7 @@ impl Arms {
     }
 
     /// Arm `a`'s figure over arm `b`'s of the same round, per round.
-    pub fn round_ratios(&self, a: usize, b: usize) -> Vec<f64> {
+    pub(crate) fn round_ratios(&self, a: usize, b: usize) -> Vec<f64> {
         self.runs[a]
             .iter()
             .zip(&self.runs[b])
@@ -73,13 +73,13 @@ impl Arms {
     }
 
     /// Median over rounds of arm `a`'s figure over arm `b`'s of the same round.
-    pub fn round_ratio(&self, a: usize, b: usize) -> f64 {
+    pub(crate) fn round_ratio(&self, a: usize, b: usize) -> f64 {
         median(&self.round_ratios(a, b))
     }
 
     /// A human-readable report: every run and median per arm, then each given comparison
     /// `(a, b)` as ratio of medians and median of per-round ratios.
-    pub fn report(&self, comparisons: &[(usize, usize)]) -> String {
+    pub(crate) fn report(&self, comparisons: &[(usize, usize)]) -> String {
         let width = self.labels.iter().map(|l| l.len()).max().unwrap_or(0);
         let mut out = format!(
             "{}

@@ -693,11 +693,7 @@ fn the_shutdown_output_is_what_the_api_serves() {
         packets: 3,
     });
     // db_end never arrived as an update: only the datapath's last records carry it.
-    let records = vec![
-        client_end.record.clone(),
-        backend_end.record.clone(),
-        db_end.record.clone(),
-    ];
+    let records = vec![client_end.record, backend_end.record, db_end.record];
     let out = a.final_flows(records);
     let served = a.flows(&FlowQuery::default());
     assert_eq!(out, served, "the shutdown output is the API's answer");

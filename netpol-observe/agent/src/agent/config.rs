@@ -100,11 +100,16 @@ pub fn parse_drift_learn(s: &str) -> Result<jiff::SignedDuration, String> {
 mod learn {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &jiff::SignedDuration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        d: &jiff::SignedDuration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{d:#}"))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::SignedDuration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<jiff::SignedDuration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse_drift_learn(&text).map_err(serde::de::Error::custom)
     }
@@ -114,11 +119,16 @@ mod learn {
 mod grace {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &jiff::SignedDuration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(
+        d: &jiff::SignedDuration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_str(&format_args!("{d:#}"))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::SignedDuration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<jiff::SignedDuration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse_enforcement_grace(&text).map_err(serde::de::Error::custom)
     }
@@ -408,10 +418,12 @@ impl AgentConfig {
     /// The effective `/api/v1` authentication: the configured one, else `kubernetes`
     /// in-cluster and `none` standalone (`inventory` set).
     pub fn api_auth(&self) -> ApiAuth {
-        self.api_auth.unwrap_or(if self.inventory.is_some() {
-            ApiAuth::None
-        } else {
-            ApiAuth::Kubernetes
+        self.api_auth.unwrap_or_else(|| {
+            if self.inventory.is_some() {
+                ApiAuth::None
+            } else {
+                ApiAuth::Kubernetes
+            }
         })
     }
 
@@ -640,7 +652,7 @@ attachMode: clsact
 
         let open = AgentConfig {
             listen: any,
-            ..standalone.clone()
+            ..standalone
         };
         let err = open.validate().unwrap_err().to_string();
         assert!(

@@ -153,7 +153,9 @@ fn resolve(question: String, records: &[Record<RData>]) -> Option<Resolution> {
         let owner = name_str(r.name());
         match r.data() {
             RData::CNAME(c) => {
-                cnames.entry(owner).or_insert((name_str(&c.0), r.ttl()));
+                cnames
+                    .entry(owner)
+                    .or_insert_with(|| (name_str(&c.0), r.ttl()));
             }
             RData::A(a) => addrs
                 .entry(owner)
@@ -548,7 +550,7 @@ impl DnsPolicies {
                         .entry(*ip)
                         .or_insert_with(|| (w.clone(), Vec::new()))
                         .1
-                        .push(watched.clone());
+                        .push(Arc::clone(&watched));
                 }
             }
         }

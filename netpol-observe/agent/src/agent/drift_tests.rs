@@ -137,10 +137,13 @@ async fn flows_outside_the_baseline_are_counted_by_kind_and_listed() {
         ])
     );
 
-    let router = crate::http::router(state.clone(), Arc::new(crate::http::auth::ApiGuard::open()));
+    let router = crate::http::router(
+        std::sync::Arc::clone(&state),
+        Arc::new(crate::http::auth::ApiGuard::open()),
+    );
     let resp = tower::ServiceExt::oneshot(
         router,
-        axum::http::Request::builder()
+        http::Request::builder()
             .uri("/api/v1/drift")
             .body(axum::body::Body::empty())
             .unwrap(),
@@ -219,10 +222,13 @@ async fn no_baseline_no_drift() {
     state.open_drift(t0()).unwrap();
     flow(&state, CACHE, 40004, API, 9000, 4);
     assert!(drift_samples(&state).is_empty());
-    let router = crate::http::router(state.clone(), Arc::new(crate::http::auth::ApiGuard::open()));
+    let router = crate::http::router(
+        std::sync::Arc::clone(&state),
+        Arc::new(crate::http::auth::ApiGuard::open()),
+    );
     let resp = tower::ServiceExt::oneshot(
         router,
-        axum::http::Request::builder()
+        http::Request::builder()
             .uri("/api/v1/drift")
             .body(axum::body::Body::empty())
             .unwrap(),

@@ -500,7 +500,7 @@ impl AgentState {
         let explained = f.explained(id, model.as_deref(), &mut Default::default());
         let policy = explained.and_then(|v| model::unenforced_policy(&v.verdict, here));
         let labels = lock(&self.series).labels(&self.metrics, &f.peers, f.dst_port, id.protocol);
-        let (src, dst) = (f.peers.src.clone(), f.peers.dst.clone());
+        let (src, dst) = (Arc::clone(&f.peers.src), Arc::clone(&f.peers.dst));
         if !store.mark_unenforced(id, here) {
             return;
         }
@@ -583,7 +583,7 @@ impl AgentState {
         policy: Option<&str>,
     ) {
         let mut logged = lock(&self.unenforced_logged);
-        let pair = (labels.src.clone(), labels.dst.clone());
+        let pair = (Arc::clone(&labels.src), Arc::clone(&labels.dst));
         if logged.pairs.contains(&pair) {
             return;
         }
@@ -614,13 +614,7 @@ impl AgentState {
 
     /// Adds the packets and bytes of a known flow's update to its series (nothing for a flow
     /// another node's agent counts).
-    fn record_counters(
-        &self,
-        f: &StoredFlow,
-        protocol: crate::flow::Protocol,
-        packets: u64,
-        bytes: u64,
-    ) {
+    fn record_counters(&self, f: &StoredFlow, protocol: Protocol, packets: u64, bytes: u64) {
         if !f.counted {
             return;
         }
@@ -724,13 +718,7 @@ impl AgentState {
 
     /// Counts a new flow (`flows_total`, its first packets and bytes, verdict and staged
     /// series); nothing for a flow another node's agent counts.
-    fn record_new(
-        &self,
-        f: &StoredFlow,
-        protocol: crate::flow::Protocol,
-        delta_packets: u64,
-        delta_bytes: u64,
-    ) {
+    fn record_new(&self, f: &StoredFlow, protocol: Protocol, delta_packets: u64, delta_bytes: u64) {
         if !f.counted {
             return;
         }
@@ -907,7 +895,7 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let stat = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| (p.to_owned(), m.len(), m.modified().ok()))
-            .unwrap_or((p.to_owned(), 0, None))
+            .unwrap_or_else(|_| (p.to_owned(), 0, None))
     };
     let mut out = vec![stat(path)];
     if let Ok(dir) = std::fs::read_dir(path) {
@@ -967,8 +955,12 @@ impl Agent {
                 source,
             })?;
         let (stop_http, stop_http_rx) = watch::channel(false);
-        let server = tokio::spawn(crate::http::serve(listener, state.clone(), stop_http_rx));
-        let result = Self::run_inner(state.clone(), shutdown).await;
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            Arc::clone(&state),
+            stop_http_rx,
+        ));
+        let result = Self::run_inner(Arc::clone(&state), shutdown).await;
         let _ = stop_http.send(true);
         match server.await {
             Ok(Ok(())) => {}
@@ -1003,7 +995,7 @@ impl Agent {
                     .metrics
                     .set_inventory_synced(&resource_label(group, resource), true);
             }
-            let model = Model::new(inv.clone(), &subnets, staged.as_deref())?;
+            let model = Model::new(Arc::clone(&inv), &subnets, staged.as_deref())?;
             state.set_model(Arc::new(model));
             inventory = Some(inv);
             source = Source::Files(path.clone());
@@ -1020,7 +1012,7 @@ impl Agent {
         tracing::info!(interfaces = ?names, "datapath attached");
         state.metrics.set_attached_interfaces(names.len() as u64);
         let mut tracer = if config.drops {
-            let strict = config.drop_reasons != config::AgentConfig::default().drop_reasons;
+            let strict = config.drop_reasons != AgentConfig::default().drop_reasons;
             match DropTracer::start(&config.drop_reasons, strict, config.drop_scope) {
                 Ok(t) => Some(t),
                 Err(e) => {
@@ -1295,7 +1287,7 @@ fn spawn_rebuilder(
                     }
                 }
                 let model = inventory.as_ref().filter(|_| changed).map(|inv| {
-                    Model::new(inv.clone(), &subnets, staged.as_deref())
+                    Model::new(Arc::clone(inv), &subnets, staged.as_deref())
                         .map(Arc::new)
                         .map_err(|e| {
                             tracing::error!("policies do not compile, keeping the previous model: {e}");
@@ -1598,7 +1590,7 @@ mod tests {
             node_name: Some("node-1".to_owned()),
             ..AgentConfig::default()
         });
-        state.set_model(first.clone());
+        state.set_model(Arc::clone(&first));
         let flows = synth::flows(&inv, 2_000, 9);
         let update = |record: FlowRecord| FlowUpdate {
             record,
@@ -1632,7 +1624,7 @@ mod tests {
             .count();
         assert!(denied > 100, "{denied} denied flows");
         check(state.flows(&FlowQuery::default()));
-        state.set_model(second.clone());
+        state.set_model(Arc::clone(&second));
         check(state.flows(&FlowQuery::default()));
         // A new flow is judged by the new model: no policy, allowed, no staged verdict.
         let mut late = flows[0].clone();
@@ -1665,8 +1657,9 @@ mod tests {
             ..AgentConfig::default()
         };
         let state = AgentState::new(config);
-        let model = Arc::new(Model::new(inv.clone(), &Subnets::default(), Some(&staged)).unwrap());
-        state.set_model(model.clone());
+        let model =
+            Arc::new(Model::new(Arc::clone(&inv), &Subnets::default(), Some(&staged)).unwrap());
+        state.set_model(Arc::clone(&model));
         let reference = Metrics::new(MetricsConfig {
             series_budget: BUDGET,
             pod_level: false,

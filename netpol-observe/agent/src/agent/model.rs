@@ -164,13 +164,13 @@ impl Model {
                 name: svc.name.clone(),
             });
             for ip in &svc.cluster_ips {
-                services.insert(*ip, r.clone());
+                services.insert(*ip, Arc::clone(&r));
             }
         }
         let policy_fingerprint = policy_fingerprint(&inventory.network_policies);
         Ok(Model {
             policy_fingerprint,
-            attributor: Attributor::shared(inventory.clone(), subnets),
+            attributor: Attributor::shared(Arc::clone(&inventory), subnets),
             peers: Mutex::new(Peers::new(inventory.pods.len())),
             subnets: subnets.clone(),
             inventory,
@@ -301,10 +301,11 @@ impl Model {
         let Some(key) = verdict_key(record, a) else {
             return Arc::new(self.evaluate(record));
         };
-        explained
-            .entry(key)
-            .or_insert_with(|| Arc::new(self.evaluate(record)))
-            .clone()
+        Arc::clone(
+            explained
+                .entry(key)
+                .or_insert_with(|| Arc::new(self.evaluate(record))),
+        )
     }
 
     /// Explained verdicts, settled: they are stored, and must not keep this model's engines
@@ -614,7 +615,7 @@ mod tests {
         inv.network_policies = synth::policies(200, 20, 7);
         let inv = Arc::new(inv);
         let staged = synth::policies(200, 20, 8);
-        let model = Model::new(inv.clone(), &Subnets::default(), Some(&staged)).unwrap();
+        let model = Model::new(Arc::clone(&inv), &Subnets::default(), Some(&staged)).unwrap();
         let attributor = Attributor::new(&inv, &Subnets::default());
         let engine = PolicyEngine::compile(&inv.network_policies, &inv).unwrap();
         let staged_engine = PolicyEngine::compile(&staged, &inv).unwrap();

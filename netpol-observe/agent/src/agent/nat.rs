@@ -112,7 +112,7 @@ impl ServiceLegs {
     }
 
     /// Whether `id` is a backend leg joined to a remembered client leg.
-    pub fn is_joined(&self, id: &FlowId) -> bool {
+    pub(crate) fn is_joined(&self, id: &FlowId) -> bool {
         self.joined.contains_key(id)
     }
 
@@ -123,7 +123,7 @@ impl ServiceLegs {
     }
 
     /// Whether no client leg is remembered.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }
 }

@@ -80,7 +80,7 @@ impl Peer {
     /// Without `pod_level` this is the shared workload-level copy.
     pub(crate) fn metric_labels(&self, pod_level: bool) -> Arc<PeerLabels> {
         if !pod_level {
-            return self.metric.clone();
+            return Arc::clone(&self.metric);
         }
         Arc::new(PeerLabels {
             pod: Some(self.pod.as_deref().unwrap_or_default().to_owned()),
@@ -96,10 +96,11 @@ pub struct Workloads(HashMap<PeerLabels, Arc<PeerLabels>>);
 impl Workloads {
     /// The shared copy of `labels`.
     pub fn intern(&mut self, labels: PeerLabels) -> Arc<PeerLabels> {
-        self.0
-            .entry(labels)
-            .or_insert_with_key(|l| Arc::new(l.clone()))
-            .clone()
+        Arc::clone(
+            self.0
+                .entry(labels)
+                .or_insert_with_key(|l| Arc::new(l.clone())),
+        )
     }
 }
 
@@ -135,7 +136,7 @@ impl Peers {
     /// The peer of pod `index` (`pod` is its inventory entry).
     pub fn pod(&mut self, index: usize, pod: &PodInfo) -> Arc<Peer> {
         if let Some(Some(p)) = self.pods.get(index) {
-            return p.clone();
+            return Arc::clone(p);
         }
         // Workload-level labels, as `PeerLabels::from_endpoint` makes them for a pod.
         let metric = PeerLabels {
@@ -148,7 +149,7 @@ impl Peers {
         let peer = Arc::new(Peer {
             namespace: Some(pod.namespace.clone()),
             pod: Some(pod.name.clone()),
-            workload: Some(pod.workload.clone()),
+            workload: Some(Arc::clone(&pod.workload)),
             labels: Some(pod.selector_labels.clone()),
             node: None,
             subnet: None,
@@ -156,7 +157,7 @@ impl Peers {
             metric: self.workloads.intern(metric),
         });
         if let Some(slot) = self.pods.get_mut(index) {
-            *slot = Some(peer.clone());
+            *slot = Some(Arc::clone(&peer));
         }
         peer
     }
@@ -177,7 +178,7 @@ impl Peers {
 
     /// The peer of an address nothing is known about.
     pub fn bare(&self) -> Arc<Peer> {
-        self.bare.clone()
+        Arc::clone(&self.bare)
     }
 
     /// A peer for an endpoint attributed some other way (not shared with other flows; its
@@ -195,11 +196,11 @@ fn named(
     set: impl FnOnce(&mut Endpoint),
 ) -> Arc<Peer> {
     if let Some(p) = peers.get(name) {
-        return p.clone();
+        return Arc::clone(p);
     }
     let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
     set(&mut ep);
     let peer = Arc::new(Peer::from_endpoint(&ep, workloads));
-    peers.insert(name.to_owned(), peer.clone());
+    peers.insert(name.to_owned(), Arc::clone(&peer));
     peer
 }

@@ -93,8 +93,8 @@ impl SeriesCache {
             self.pairs.clear();
         }
         self.pairs.entry(key).or_insert_with(|| PairSeries {
-            _src: peers.src.clone(),
-            _dst: peers.dst.clone(),
+            _src: Arc::clone(&peers.src),
+            _dst: Arc::clone(&peers.dst),
             labels: FlowLabels {
                 src: peers.src.metric_labels(pod_level),
                 dst: peers.dst.metric_labels(pod_level),
@@ -109,7 +109,7 @@ impl SeriesCache {
     }
 
     /// The labels of a flow between `peers`.
-    pub fn labels(
+    pub(super) fn labels(
         &mut self,
         metrics: &Metrics,
         peers: &Attributed,
@@ -178,7 +178,7 @@ impl SeriesCache {
             self.peers.clear();
         }
         let p = self.peers.entry(key).or_insert_with(|| PeerSeries {
-            _peer: peer.clone(),
+            _peer: Arc::clone(peer),
             series: Default::default(),
         });
         let d = match direction {

@@ -173,7 +173,7 @@ impl FlowQuery {
             PeerView::of_peer(&f.peers.dst),
             v.map(|v| v.verdict().allowed),
             v.and_then(|v| v.staged()).map(|s| s.allowed),
-            f.last_seen().or(f.first_seen()),
+            f.last_seen().or_else(|| f.first_seen()),
         )
     }
 
@@ -236,14 +236,14 @@ impl CompactTime {
     const NONE: CompactTime = CompactTime(i64::MIN);
 
     /// The compact form of `t`.
-    pub fn new(t: Option<Timestamp>) -> Self {
+    pub(crate) fn new(t: Option<Timestamp>) -> Self {
         t.and_then(|t| i64::try_from(t.as_nanosecond()).ok())
             .filter(|&n| n != i64::MIN)
             .map_or(Self::NONE, CompactTime)
     }
 
     /// The time, if any.
-    pub fn get(self) -> Option<Timestamp> {
+    pub(crate) fn get(self) -> Option<Timestamp> {
         if self == Self::NONE {
             return None;
         }
@@ -394,7 +394,7 @@ impl StoredFlow {
         explained: &mut Explained,
     ) -> Option<Arc<Verdicts>> {
         match self.verdicts.as_ref()? {
-            Judged::Explained(v) => Some(v.clone()),
+            Judged::Explained(v) => Some(Arc::clone(v)),
             Judged::Compact(_) => {
                 let m = model?;
                 Some(m.explain(&self.to_record(id), &self.peers, explained))
@@ -412,7 +412,7 @@ impl StoredFlow {
     ) -> ObservedFlow {
         let mut flow = self.to_record(id);
         let v = match &self.verdicts {
-            Some(Judged::Explained(v)) => Some(v.clone()),
+            Some(Judged::Explained(v)) => Some(Arc::clone(v)),
             Some(Judged::Compact(_)) => model.map(|m| m.explain(&flow, &self.peers, explained)),
             None => None,
         };
@@ -523,10 +523,10 @@ impl FlowStore {
     pub fn node(&mut self, name: Option<&str>) -> Option<Arc<str>> {
         let name = name?;
         match &self.node {
-            Some(n) if **n == *name => Some(n.clone()),
+            Some(n) if **n == *name => Some(Arc::clone(n)),
             _ => {
                 let n: Arc<str> = name.into();
-                self.node = Some(n.clone());
+                self.node = Some(Arc::clone(&n));
                 Some(n)
             }
         }
@@ -819,7 +819,7 @@ impl FlowStore {
                 let old = s.ended
                     && s.flow
                         .last_seen()
-                        .or(s.flow.first_seen())
+                        .or_else(|| s.flow.first_seen())
                         .is_none_or(|t| t < cutoff);
                 old.then_some(i as u32)
             })
@@ -997,7 +997,7 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_stored_flow_stays_compact() {
-        assert_eq!(std::mem::size_of::<StoredFlow>(), 136);
+        assert_eq!(size_of::<StoredFlow>(), 136);
     }
 
     #[test]

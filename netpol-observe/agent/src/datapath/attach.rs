@@ -302,7 +302,7 @@ fn force_detach(link: &SchedClassifierLink) {
             libc::SYS_bpf,
             BPF_LINK_GET_FD_BY_ID,
             &get as *const GetFdById,
-            std::mem::size_of::<GetFdById>(),
+            size_of::<GetFdById>(),
         )
     };
     if fd < 0 {
@@ -316,7 +316,7 @@ fn force_detach(link: &SchedClassifierLink) {
             libc::SYS_bpf,
             BPF_LINK_DETACH,
             &detach as *const LinkDetach,
-            std::mem::size_of::<LinkDetach>(),
+            size_of::<LinkDetach>(),
         ) != 0
         {
             tracing::debug!("BPF_LINK_DETACH: {}", std::io::Error::last_os_error());

@@ -57,7 +57,7 @@ fn addr(a: &[u8; 16], family: u8) -> IpAddr {
 pub(super) fn drain(ring: &mut RingBuf<MapData>, tx: &broadcast::Sender<DnsAnswer>) -> usize {
     let mut n = 0;
     while let Some(item) = ring.next() {
-        if item.len() < std::mem::size_of::<DnsEvent>() {
+        if item.len() < size_of::<DnsEvent>() {
             continue;
         }
         // SAFETY: the kernel wrote a `DnsEvent` (plain `#[repr(C)]` data) here;

@@ -58,7 +58,7 @@ impl CacheFlusher {
     /// Flushes every CPU's slots with the flush program loaded in `ebpf`; returns how many
     /// were busy (an interrupted program was changing them: their counts move at the next
     /// flush).
-    pub fn flush(&self, ebpf: &Ebpf) -> io::Result<u32> {
+    pub(super) fn flush(&self, ebpf: &Ebpf) -> io::Result<u32> {
         let prog: &RawTracePoint = ebpf
             .program(PROG_FLUSH_FLOW_CACHE)
             .ok_or_else(|| io::Error::other(format!("{PROG_FLUSH_FLOW_CACHE} not in the object")))?
@@ -111,7 +111,7 @@ pub(crate) struct FlowMapReader {
 
 impl FlowMapReader {
     /// A reader over the map behind `fd` (a duplicate of the flow map's descriptor).
-    pub fn new(fd: OwnedFd, capacity: u32) -> Self {
+    pub(super) fn new(fd: OwnedFd, capacity: u32) -> Self {
         let chunk = (capacity as usize).clamp(64, 4096);
         FlowMapReader {
             fd,
@@ -123,7 +123,7 @@ impl FlowMapReader {
     }
 
     /// Calls `f` with every entry; `map` serves the fallback path.
-    pub fn for_each(
+    pub(super) fn for_each(
         &mut self,
         map: &BpfHashMap<MapData, FlowKey, FlowValue>,
         mut f: impl FnMut(&FlowKey, &FlowValue),
@@ -170,7 +170,7 @@ impl FlowMapReader {
                     libc::SYS_bpf,
                     BPF_MAP_LOOKUP_BATCH,
                     &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
+                    size_of::<BatchAttr>(),
                 )
             };
             let err = (rc < 0).then(io::Error::last_os_error);

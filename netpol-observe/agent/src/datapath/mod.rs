@@ -323,10 +323,10 @@ impl Datapath {
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
-        let ring_task = tokio::spawn(read_events(shared.clone(), ring, stop_rx.clone()));
+        let ring_task = tokio::spawn(read_events(Arc::clone(&shared), ring, stop_rx.clone()));
         let mut tasks = vec![
-            tokio::spawn(sweep_loop(shared.clone(), stop_rx.clone())),
-            tokio::spawn(follow_links(shared.clone(), messages, stop_rx.clone())),
+            tokio::spawn(sweep_loop(Arc::clone(&shared), stop_rx.clone())),
+            tokio::spawn(follow_links(Arc::clone(&shared), messages, stop_rx.clone())),
         ];
         // SAFETY: as the flow ring buffer above.
         let dns_ring = unsafe { AsyncFd::register(dns_ring) }
@@ -507,7 +507,7 @@ fn broadcast_updates(shared: &Shared, table: &mut FlowTable) {
 fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) -> usize {
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<FlowEvent>() {
+        if item.len() >= size_of::<FlowEvent>() {
             // SAFETY: the kernel wrote a `FlowEvent` (plain `#[repr(C)]` data) here;
             // `read_unaligned` copes with any alignment.
             let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) };
@@ -558,7 +558,7 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {
-                let s = shared.clone();
+                let s = Arc::clone(&shared);
                 match tokio::task::spawn_blocking(move || sweep(&s)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::warn!("sweep: {e}"),
@@ -666,7 +666,7 @@ async fn follow_links(
                 };
                 if attached {
                     // A new pod (or one moved here): refresh who listens, in the background.
-                    let s = shared.clone();
+                    let s = Arc::clone(&shared);
                     tokio::spawn(async move {
                         let sockets = scan_sockets().await;
                         lock(&s.table).set_sockets(sockets);

@@ -555,7 +555,7 @@ mod tests {
             reason: String::new(),
         };
         c.insert("a", ApiResource::Flows, ok.clone(), t0);
-        c.insert("b", ApiResource::Flows, no.clone(), t0);
+        c.insert("b", ApiResource::Flows, no, t0);
         assert_eq!(c.get("a", ApiResource::Flows, t0), Some(ok.clone()));
         assert_eq!(c.get("a", ApiResource::Recommendations, t0), None);
         let later = t0 + Duration::from_secs(11);
@@ -613,8 +613,8 @@ mod tests {
         use axum::{Json, routing::post};
         use std::sync::atomic::Ordering;
         let fake = Arc::new(FakeApiServer::default());
-        let f1 = fake.clone();
-        let f2 = fake.clone();
+        let f1 = Arc::clone(&fake);
+        let f2 = Arc::clone(&fake);
         let app = axum::Router::new()
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
@@ -694,7 +694,7 @@ mod tests {
         let call = |path: &'static str, token: Option<&'static str>| {
             let app = app.clone();
             async move {
-                let mut req = axum::http::Request::builder().uri(path);
+                let mut req = http::Request::builder().uri(path);
                 if let Some(t) = token {
                     req = req.header("authorization", format!("Bearer {t}"));
                 }
@@ -781,8 +781,11 @@ mod tests {
         ));
         let app = axum::Router::new()
             .route("/api/v1/flows", axum::routing::get(|| async { "flows\n" }))
-            .route_layer(axum::middleware::from_fn_with_state(guard.clone(), require));
-        let req = axum::http::Request::builder()
+            .route_layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&guard),
+                require,
+            ));
+        let req = http::Request::builder()
             .uri("/api/v1/flows")
             .header("authorization", "Bearer reader-token")
             .body(axum::body::Body::empty())

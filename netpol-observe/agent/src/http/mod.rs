@@ -69,7 +69,7 @@ pub(crate) const MAX_API_REQUESTS: usize = 4;
 /// The API's routes over the agent's state, `/api/v1` behind `guard`.
 pub fn router(state: Arc<AgentState>, guard: Arc<ApiGuard>) -> Router {
     let api = Api {
-        agent: state.clone(),
+        agent: Arc::clone(&state),
         slots: Arc::new(Semaphore::new(MAX_API_REQUESTS)),
     };
     let protected = Router::new()
@@ -141,7 +141,7 @@ struct Api {
 impl Api {
     /// A slot for one answer, if one is free.
     fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().try_acquire_owned().ok()
+        Arc::clone(&self.slots).try_acquire_owned().ok()
     }
 }
 
@@ -482,7 +482,7 @@ mod tests {
     mod tower_test_shim {
         use axum::{Router, body::Body, http::Request};
 
-        pub async fn call(router: Router, uri: &str, accept: Option<&str>) -> (u16, String) {
+        pub(super) async fn call(router: Router, uri: &str, accept: Option<&str>) -> (u16, String) {
             use tower::ServiceExt;
             let mut req = Request::builder().uri(uri);
             if let Some(a) = accept {
@@ -561,7 +561,7 @@ items:
     async fn flows_metrics_and_readiness() {
         let s = state();
         let (code, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/flows?namespace=data",
             None,
         )
@@ -577,14 +577,14 @@ items:
         assert_eq!(v.ingress.policies, vec!["data/deny-all".to_owned()]);
 
         let (_, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/flows?verdict=allowed",
             None,
         )
         .await;
         assert_eq!(body, "");
         let (code, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/flows?verdict=maybe",
             None,
         )
@@ -592,28 +592,28 @@ items:
         assert_eq!(code, 400);
         assert!(body.contains("verdict=\"maybe\""), "{body}");
         let (code, _) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/flows?since=yesterday",
             None,
         )
         .await;
         assert_eq!(code, 400);
 
-        let (code, body) = call(router(s.clone(), open()), "/metrics", None).await;
+        let (code, body) = call(router(Arc::clone(&s), open()), "/metrics", None).await;
         assert_eq!(code, 200);
         assert!(body.contains(
             r#"netpol_observe_flows_total{src_namespace="shop",src_kind="Pod",src_workload="web-1",dst_namespace="data",dst_kind="Pod",dst_workload="db-1",dst_port="5432",protocol="TCP",verdict="denied"} 1"#
         ), "{body}");
         assert!(body.contains(r#"netpol_observe_flow_packets_total{src_namespace="shop",src_kind="Pod",src_workload="web-1",dst_namespace="data",dst_kind="Pod",dst_workload="db-1",dst_port="5432",protocol="TCP"} 3"#), "{body}");
         let (_, om) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/metrics",
             Some("application/openmetrics-text"),
         )
         .await;
         assert!(om.ends_with("# EOF\n"));
 
-        let (code, body) = call(router(s.clone(), open()), "/readyz", None).await;
+        let (code, body) = call(router(Arc::clone(&s), open()), "/readyz", None).await;
         assert_eq!(code, 503);
         assert!(
             body.contains("datapath and drop tracepoint not attached"),
@@ -689,7 +689,12 @@ items:
                 .map(|p| p["port"].clone())
                 .collect()
         };
-        let (code, body) = call(router(s.clone(), open()), "/api/v1/recommendations", None).await;
+        let (code, body) = call(
+            router(Arc::clone(&s), open()),
+            "/api/v1/recommendations",
+            None,
+        )
+        .await;
         assert_eq!(code, 200, "{body}");
         assert!(
             body.contains(
@@ -700,7 +705,7 @@ items:
         // The other flow (state and packets unknown: the test's record has neither) is kept.
         assert_eq!(db_ports(&body), [serde_json::json!(5432)], "{body}");
         let (code, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/recommendations?include_denied=true",
             None,
         )
@@ -728,7 +733,12 @@ items:
     #[tokio::test]
     async fn recommendations_cover_the_agents_flows() {
         let s = state();
-        let (code, body) = call(router(s.clone(), open()), "/api/v1/recommendations", None).await;
+        let (code, body) = call(
+            router(Arc::clone(&s), open()),
+            "/api/v1/recommendations",
+            None,
+        )
+        .await;
         assert_eq!(code, 200, "{body}");
         let all = policies(&body);
         assert_eq!(
@@ -778,7 +788,7 @@ items:
 
         // Only one namespace, without default-deny: the same per-workload policy.
         let (code, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/recommendations?namespace=data&default_deny=false",
             None,
         )
@@ -789,7 +799,7 @@ items:
         assert_eq!(data[0], all[1]);
 
         let (code, body) = call(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             "/api/v1/recommendations?default_deny=maybe",
             None,
         )
@@ -820,7 +830,7 @@ items:
     ) -> (u16, HeaderMap, usize, String) {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let mut req = axum::http::Request::builder().uri(uri);
+        let mut req = http::Request::builder().uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -883,7 +893,7 @@ items:
     async fn flows_are_streamed_in_chunks_and_bounded() {
         let s = state_with_flows(600);
         let (code, headers, frames, body) =
-            request(router(s.clone(), open()), "/api/v1/flows", &[]).await;
+            request(router(Arc::clone(&s), open()), "/api/v1/flows", &[]).await;
         assert_eq!(code, 200, "{body}");
         assert_eq!(headers[TRUNCATED_HEADER], "false");
         assert_eq!(headers[header::CONTENT_TYPE], JSONL_CONTENT_TYPE);
@@ -906,14 +916,18 @@ items:
         }
         assert_eq!(served, s.flows(&FlowQuery::default()), "verdicts included");
 
-        let (code, headers, _, body) =
-            request(router(s.clone(), open()), "/api/v1/flows?limit=10", &[]).await;
+        let (code, headers, _, body) = request(
+            router(Arc::clone(&s), open()),
+            "/api/v1/flows?limit=10",
+            &[],
+        )
+        .await;
         assert_eq!(code, 200);
         assert_eq!(headers[TRUNCATED_HEADER], "true");
         assert_eq!(src_ports(&body), (20590..20600).collect::<Vec<u16>>());
 
         let (code, _, _, body) = request(
-            router(s.clone(), open()),
+            router(Arc::clone(&s), open()),
             &format!("/api/v1/flows?limit={}", MAX_FLOWS_PER_RESPONSE + 1),
             &[],
         )
@@ -930,7 +944,7 @@ items:
         let s = state_with_flows(2 * FLOWS_CHUNK as u16);
         let app = router(s, open());
         let get = |uri: &str| {
-            axum::http::Request::builder()
+            http::Request::builder()
                 .uri(uri)
                 .body(Body::empty())
                 .unwrap()

@@ -80,7 +80,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
+            p = Arc::clone(&slots).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -135,7 +135,7 @@ pub(crate) struct WriteTimeout<S> {
 
 impl<S> WriteTimeout<S> {
     /// `inner` with writes bounded by `timeout`.
-    pub fn new(inner: S, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
         WriteTimeout {
             inner,
             timeout,
@@ -234,12 +234,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let router = Router::new().route(
             "/hello",
-            get(
-                |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>| async move {
-                    assert!(peer.ip().is_loopback());
-                    "hello\n"
-                },
-            ),
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                assert!(peer.ip().is_loopback());
+                "hello\n"
+            }),
         );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve(listener, router, limits, async move {

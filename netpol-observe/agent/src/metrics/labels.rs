@@ -78,7 +78,7 @@ impl Verdict {
 }
 
 impl EncodeLabelValue for Verdict {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
@@ -103,7 +103,7 @@ impl Direction {
 }
 
 impl EncodeLabelValue for Direction {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
@@ -230,7 +230,7 @@ impl From<Option<u16>> for PortLabel {
 }
 
 impl EncodeLabelValue for PortLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         match self {
             PortLabel::None => EncodeLabelValue::encode(&"", encoder),
             PortLabel::Port(p) => EncodeLabelValue::encode(p, encoder),
@@ -241,7 +241,7 @@ impl EncodeLabelValue for PortLabel {
 
 /// Writes one `key="value"` label.
 fn label(
-    encoder: &mut LabelSetEncoder,
+    encoder: &mut LabelSetEncoder<'_>,
     key: &str,
     value: &impl EncodeLabelValue,
 ) -> Result<(), std::fmt::Error> {
@@ -254,7 +254,7 @@ fn label(
 }
 
 impl EncodeLabelSet for FlowLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         label(encoder, "src_namespace", &self.src.namespace.as_str())?;
         label(encoder, "src_kind", &self.src.kind.as_str())?;
         label(encoder, "src_workload", &self.src.workload.as_str())?;
@@ -348,7 +348,7 @@ impl Enforcement {
 }
 
 impl EncodeLabelValue for Enforcement {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
@@ -375,7 +375,7 @@ pub struct VerdictLabels {
 }
 
 impl EncodeLabelSet for VerdictLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
         label(encoder, "namespace", &self.peer.namespace.as_str())?;
         label(encoder, "kind", &self.peer.kind.as_str())?;
         label(encoder, "workload", &self.peer.workload.as_str())?;

@@ -446,7 +446,7 @@ impl Metrics {
                 ..(**peer).clone()
             })
         } else {
-            peer.clone()
+            Arc::clone(peer)
         };
         self.policy_verdicts.series(
             &VerdictLabels {

@@ -145,7 +145,7 @@ impl Attributor {
     /// Indexes a shared inventory snapshot without copying its pods (what the agent does:
     /// the snapshot is held anyway).
     pub fn shared(inventory: Arc<Inventory>, subnets: &Subnets) -> Self {
-        Self::index(Pods::Shared(inventory.clone()), &inventory, subnets)
+        Self::index(Pods::Shared(Arc::clone(&inventory)), &inventory, subnets)
     }
 
     fn index(pods: Pods, inventory: &Inventory, subnets: &Subnets) -> Self {

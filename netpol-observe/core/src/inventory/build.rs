@@ -694,7 +694,7 @@ fn resolve_owner(
             };
             match deployment {
                 Some(d) => {
-                    let sel = lookup("Deployment", &d).or(rs.and_then(|(_, s)| s.as_ref()));
+                    let sel = lookup("Deployment", &d).or_else(|| rs.and_then(|(_, s)| s.as_ref()));
                     (
                         interner.workload("Deployment", &d),
                         stable_labels(labels, sel, interner),

@@ -337,20 +337,20 @@ impl Interner {
             name: name.to_owned(),
         };
         if let Some(shared) = self.workloads.get(&w) {
-            return shared.clone();
+            return Arc::clone(shared);
         }
         let shared = Arc::new(w);
-        self.workloads.insert(shared.clone());
+        self.workloads.insert(Arc::clone(&shared));
         shared
     }
 
     /// The shared copy of a container-port list.
     pub fn ports(&mut self, ports: Vec<ContainerPortInfo>) -> Arc<[ContainerPortInfo]> {
         if let Some(shared) = self.ports.get(ports.as_slice()) {
-            return shared.clone();
+            return Arc::clone(shared);
         }
         let shared: Arc<[ContainerPortInfo]> = Arc::from(ports);
-        self.ports.insert(shared.clone());
+        self.ports.insert(Arc::clone(&shared));
         shared
     }
 }

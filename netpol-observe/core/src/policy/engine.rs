@@ -97,7 +97,7 @@ impl PodTable {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
                 ips: p.ips.as_slice().into(),
-                ports: p.container_ports.clone(),
+                ports: Arc::clone(&p.container_ports),
                 created: p.created,
                 deleted: p.deleted,
             });
@@ -395,7 +395,7 @@ impl PolicyEngine {
     ) -> Result<PolicyEngine, PolicyError> {
         let tiers = ClusterTiers::compile(cluster, inventory)?.map(Arc::new);
         let table = if table.indexes(inventory) {
-            table.clone()
+            Arc::clone(table)
         } else {
             PodTable::new(inventory)
         };
@@ -1137,7 +1137,7 @@ impl PolicyEngine {
             .ips
             .iter()
             .find(|i| i.is_ipv4() == ep.ip.is_ipv4())
-            .or(entry.ips.first())
+            .or_else(|| entry.ips.first())
             .copied()
             .unwrap_or(ep.ip);
         (Side::Pod(pod), ip, port)
@@ -1196,9 +1196,9 @@ mod tests {
     /// A verdict is moved on every evaluation: its size is part of the cost.
     #[test]
     fn verdicts_stay_small() {
-        let names = std::mem::size_of::<crate::policy::Names>();
-        let side = std::mem::size_of::<SideVerdict>();
-        let verdict = std::mem::size_of::<Verdict>();
+        let names = size_of::<crate::policy::Names>();
+        let side = size_of::<SideVerdict>();
+        let verdict = size_of::<Verdict>();
         assert!(names <= 48, "Names: {names} bytes");
         assert!(side <= 104, "SideVerdict: {side} bytes");
         assert!(verdict <= 216, "Verdict: {verdict} bytes");

@@ -447,7 +447,7 @@ fn resolve_dst<'a>(
         .ips
         .iter()
         .find(|i| i.is_ipv4() == ep.ip.is_ipv4())
-        .or(pod.ips.first())
+        .or_else(|| pod.ips.first())
         .copied()
         .unwrap_or(ep.ip);
     (Side::Pod(pod), ip, port)

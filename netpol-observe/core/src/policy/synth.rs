@@ -177,7 +177,7 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             host_network,
             node_name: Some(interner.name(&format!("node-{node}"))),
             workload: interner.workload("Deployment", &format!("app-{app}")),
-            container_ports: ports.clone(),
+            container_ports: std::sync::Arc::clone(&ports),
             created: Some(created),
             deleted: None,
         });
@@ -197,7 +197,7 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
                 host_network: false,
                 node_name: Some(interner.name(&format!("node-{node}"))),
                 workload: interner.workload("Pod", &format!("old-{i}")),
-                container_ports: ports.clone(),
+                container_ports: std::sync::Arc::clone(&ports),
                 created: Some(t0),
                 deleted: Some(created),
             });

@@ -102,7 +102,7 @@ pub fn render_objects(
                     source,
                 })?;
                 Ok(RenderedObject {
-                    namespace: p.metadata.namespace.clone(),
+                    namespace: p.metadata.namespace,
                     id,
                     yaml: super::render::quote_timestamps(&yaml),
                 })

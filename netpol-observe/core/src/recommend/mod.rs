@@ -177,7 +177,7 @@ pub struct Recommendation {
     /// Per workload policy `(namespace, name)`: what other formats (`--format cilium`) need to
     /// write the same least privilege: DNS names behind its egress blocks, traffic to the
     /// pod's own node.
-    pub hints: BTreeMap<(String, String), dns_names::PolicyHints>,
+    pub hints: BTreeMap<(String, String), PolicyHints>,
 }
 
 impl Recommendation {

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Selector labels as flow records carry them.
-pub(crate) type Labels = std::collections::BTreeMap<String, String>;
+pub(crate) type Labels = BTreeMap<String, String>;
 
 /// The node-local DNS cache address (the NodeLocal DNSCache default).
 pub const NODE_LOCAL_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 20, 10));
@@ -294,7 +294,7 @@ impl<'a> Observations<'a> {
         }
         self.edges
             .entry(key)
-            .or_insert(EdgeObs {
+            .or_insert_with(|| EdgeObs {
                 span: Span::default(),
                 example: i,
             })

@@ -591,7 +591,7 @@ mod tests {
         let (a, b) = (flow("node-a", true, t), flow("node-b", false, t));
         for lists in [
             [vec![b.clone()], vec![a.clone()]],
-            [vec![a.clone()], vec![b.clone()]],
+            [vec![a.clone()], vec![b]],
         ] {
             assert_eq!(merge_flows(lists), vec![a.clone()]);
         }

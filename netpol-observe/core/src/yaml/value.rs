@@ -258,7 +258,7 @@ mod tests {
 
     use super::*;
 
-    fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, de::value::Error> {
+    fn decode<T: de::DeserializeOwned>(v: Value) -> Result<T, de::value::Error> {
         T::deserialize(v.into_deserializer())
     }
 

@@ -155,7 +155,7 @@ pub fn round(
     };
     let rss_inputs = rss_mib();
     // The agent shares the inventory snapshot (no copy), as it does with a loaded one.
-    let inv = inventory.clone();
+    let inv = Arc::clone(inventory);
     let state = AgentState::new(AgentConfig {
         max_flows: count,
         node_name: Some("node-1".into()),

@@ -252,7 +252,7 @@ impl ClusterTiers {
             ports: inventory
                 .pods
                 .iter()
-                .map(|p| p.container_ports.clone())
+                .map(|p| Arc::clone(&p.container_ports))
                 .collect(),
         }))
     }

@@ -192,7 +192,7 @@ fn translate(
         notes.push(format!(
             "egress to the pod's own node on {} (always allowed by NetworkPolicy) as the entity host",
             port.as_ref()
-                .map_or("all ports".to_owned(), |p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("ANY")))
+                .map_or_else(|| "all ports".to_owned(), |p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("ANY")))
         ));
     }
 

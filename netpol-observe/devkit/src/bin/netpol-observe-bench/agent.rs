@@ -13,7 +13,7 @@ use netpol_observe_devkit::bench::agent::{self as bench, Inputs, Traffic};
 
 /// Arguments of `netpol-observe-bench agent`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Rounds (each runs every view in its own child process).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
@@ -107,7 +107,7 @@ fn value(v: &impl clap::ValueEnum) -> String {
 }
 
 /// Runs `netpol-observe-bench agent`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.child {
         let inventory = bench::cluster(42);
         let r = bench::round(&inventory, args.flows, args.traffic, args.inputs, 42);

@@ -8,7 +8,7 @@ use netpol_observe_devkit::bench::engine::{self as bench, BenchConfig, BenchRow}
 
 /// Arguments of `netpol-observe-bench engine`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Pods in the synthetic cluster.
     #[arg(long, default_value_t = 10_000)]
     pub pods: usize,
@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 /// Runs the benchmark and prints the medians.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = BenchConfig {
         pods: args.pods,
         namespaces: args.namespaces,

@@ -11,7 +11,7 @@ use netpol_observe_agent::datapath::{InterfaceFilter, NoopHooks, tcx_stats};
 
 /// Arguments of `netpol-observe-bench hooks`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// What to do.
     #[command(subcommand)]
     pub command: HooksCommand,
@@ -19,7 +19,7 @@ pub struct Args {
 
 /// The `hooks` commands.
 #[derive(Debug, clap::Subcommand)]
-pub enum HooksCommand {
+pub(crate) enum HooksCommand {
     /// Attach the no-op program (tcx ingress + egress) to matching interfaces until SIGINT or
     /// SIGTERM; logs "datapath attached" once attached.
     Noop {
@@ -37,7 +37,7 @@ pub enum HooksCommand {
 }
 
 /// Runs `netpol-observe-bench hooks`.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         HooksCommand::Noop { interfaces } => {
             let filter =

@@ -14,7 +14,7 @@ use netpol_observe_devkit::bench::recommend as bench;
 
 /// Arguments of `netpol-observe-bench recommend`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Workloads (Deployments of two pods, 100 per namespace).
     #[arg(long, default_value_t = 5_000)]
     pub workloads: usize,
@@ -27,7 +27,7 @@ pub struct Args {
 }
 
 /// Runs one measurement and prints it as JSON.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let result = tokio::task::spawn_blocking(move || measure(&args)).await??;
     outln!("{result}")?;
     Ok(ExitCode::SUCCESS)
