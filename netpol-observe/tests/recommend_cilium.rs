@@ -410,3 +410,89 @@ fn cli_writes_cilium_policies_per_namespace() {
     let policies = parse_policies(&String::from_utf8(np.stdout).unwrap());
     assert_eq!(policies.len(), 2);
 }
+
+/// The flows the agents recorded in a run of the lab's shop scenario (`deploy/lab/shop.yaml`,
+/// `cargo xtask lab`: its `flows.jsonl`, `inventory.yaml`, `subnets.yaml`): the Cilium output
+/// keeps all 23 (API server as kube-apiserver, DNS, Services by their backends, the database
+/// subnet, the public entry point) and denies the scenario's six forbidden probes, as the
+/// NetworkPolicies do.
+#[test]
+fn lab_shop_flows_under_cilium() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab-shop");
+    let inventory = netpol_observe::inventory::Inventory::from_yaml_str(
+        &std::fs::read_to_string(dir.join("inventory.yaml")).unwrap(),
+        "inventory.yaml",
+    )
+    .unwrap();
+    let subnets = Subnets::from_path(&dir.join("subnets.yaml")).unwrap();
+    let flows: Vec<netpol_observe::flow::FlowRecord> =
+        std::fs::read_to_string(dir.join("flows.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(flows.len(), 23);
+    let rec = netpol_observe::recommend::Recommender::new(
+        &inventory,
+        &subnets,
+        netpol_observe::recommend::RecommendConfig::default(),
+    )
+    .recommend(&flows);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    let stream = join_stream(&render_objects(PolicyFormat::Cilium, &rec, &inventory).unwrap());
+    let cilium: Vec<CiliumNetworkPolicy> = serde_saphyr::from_multiple(&stream).unwrap();
+    assert_eq!(cilium.len(), 5);
+    let attributor = Attributor::new(&inventory, &subnets);
+    let engine = PolicyEngine::compile(&rec.policies, &inventory).unwrap();
+    let checker = Checker::new(&cilium, &inventory, &attributor);
+    for f in &flows {
+        let mut f = f.clone();
+        attributor.attribute(&mut f);
+        assert!(engine.evaluate(&f).allowed, "{f:?}");
+        let v = checker.evaluate(&f);
+        assert!(v.allowed, "{f:?}\n{v:?}\n{stream}");
+    }
+    let (web, cache) = (ip("10.244.0.11"), ip("10.244.0.12"));
+    let forbidden = [
+        tcp(web, "10.0.2.1", 5432, 1),
+        tcp(ip("203.0.113.1"), "10.244.1.11", 9000, 2),
+        tcp(web, "10.244.0.12", 6379, 3),
+        tcp(web, "10.244.1.11", 9100, 4),
+        tcp(web, "10.96.0.1", 443, 5),
+        tcp(cache, "10.96.0.21", 80, 6),
+    ];
+    let mut denied = Vec::new();
+    for f in &forbidden {
+        let mut f = f.clone();
+        attributor.attribute(&mut f);
+        assert!(!engine.evaluate(&f).allowed, "{f:?}");
+        let v = checker.evaluate(&f);
+        assert!(
+            !v.allowed,
+            "forbidden probe allowed by the Cilium policies: {f:?}\n{v:?}\n{stream}"
+        );
+        denied.push(match (&v.egress, &v.ingress) {
+            (Side::Denied(p), _) => format!("egress {}", p.join(",")),
+            (_, Side::Denied(p)) => format!("ingress {}", p.join(",")),
+            _ => unreachable!(),
+        });
+    }
+    assert_eq!(
+        denied,
+        [
+            "egress frontend/default-deny,frontend/web-np",
+            "ingress backend/api-np,backend/default-deny",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress backend/cache-np,backend/default-deny",
+        ]
+    );
+    // The API server is reached as the entity.
+    let api_np = cilium_policy(&cilium, "backend", "api-np");
+    assert!(
+        egress(api_np)
+            .iter()
+            .any(|r| r.to_entities.as_deref() == Some(&[Entity::KubeApiserver][..]))
+    );
+}
