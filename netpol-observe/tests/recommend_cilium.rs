@@ -193,6 +193,7 @@ fn platform_peers() -> Scenario {
     let mut c = Cluster::new();
     let app = c.deployment("app", "app", 1, &[("http", 8080, "TCP")]);
     c.deployment("app", "other", 1, &[("http", 8080, "TCP")]);
+    let agent = c.deployment("app", "agent", 1, &[]);
     c.objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default"},
@@ -215,6 +216,8 @@ fn platform_peers() -> Scenario {
         .push(tcp(ip("192.168.1.11"), &app[0].to_string(), 8080, 4));
     s.flows
         .push(tcp(ip("192.168.1.10"), &app[0].to_string(), 8080, 5));
+    // agent's only traffic: the kubelet of its own node (node-1).
+    s.flows.push(tcp(agent[0], "192.168.1.10", 10250, 6));
     s
 }
 
@@ -260,6 +263,27 @@ fn api_server_and_nodes_become_entities() {
     );
     assert_eq!(v.ingress, Side::NotEnforced);
     assert_eq!(out.cilium_checked.0, s.flows.len());
+    // agent has no NetworkPolicy (its traffic is implicit there) but a Cilium policy allowing
+    // exactly that traffic, which the namespace's default deny would block.
+    let names: Vec<&str> = out
+        .cilium
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["default-deny", "app-np", "agent-np"]);
+    let nps: Vec<&str> = out
+        .policies
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(nps, ["default-deny", "app-np"]);
+    let agent = cilium_policy(&out.cilium, "app", "agent-np");
+    assert_eq!(
+        serde_json::to_value(&agent.spec).unwrap(),
+        json!({"endpointSelector": {"matchLabels": {"app": "agent"}},
+               "egress": [{"toEntities": ["host"],
+                           "toPorts": [{"ports": [{"port": "10250", "protocol": "TCP"}]}]}]})
+    );
 }
 
 /// Every scenario's Cilium output, in one stream (the golden file, also applied to a real API
@@ -344,7 +368,7 @@ fn cilium_output_validates_against_the_crd_schema() {
     // And they round-trip through the typed structs (unknown fields refused).
     let typed: Vec<CiliumNetworkPolicy> = serde_saphyr::from_multiple(&stream).unwrap();
     assert_eq!(typed.len(), docs);
-    assert_eq!(docs, 9);
+    assert_eq!(docs, 10);
 }
 
 #[test]

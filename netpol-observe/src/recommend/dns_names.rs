@@ -40,6 +40,9 @@ pub struct PolicyHints {
     /// The ports of the workload's traffic to its own node (always allowed by NetworkPolicy,
     /// so not in its rules; Cilium needs them to its `host`).
     pub own_node_egress: BTreeSet<RulePort>,
+    /// For a workload with no NetworkPolicy (its only traffic is with its own node): the
+    /// selector labels a policy of another API selects it by (the key names that policy).
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 impl PolicyHints {

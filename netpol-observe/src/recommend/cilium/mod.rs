@@ -122,7 +122,8 @@ pub fn render(
 ) -> Result<Vec<CiliumNetworkPolicy>, CiliumError> {
     let cluster = Cluster::new(inventory);
     let empty = PolicyHints::default();
-    rec.policies
+    let mut out = rec
+        .policies
         .iter()
         .map(|p| {
             let key = (
@@ -131,7 +132,61 @@ pub fn render(
             );
             translate(p, rec.hints.get(&key).unwrap_or(&empty), &cluster)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // Workloads whose only traffic is with their own node: a policy allowing just that (the
+    // namespace's default deny would block it in Cilium), after their namespace's others.
+    for ((ns, name), hints) in &rec.hints {
+        let Some(selector) = &hints.selector else {
+            continue;
+        };
+        let np = own_node_policy(ns, name, selector, rec);
+        let cnp = translate(&np, hints, &cluster)?;
+        let at = out
+            .iter()
+            .rposition(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .map_or(out.len(), |i| i + 1);
+        out.insert(at, cnp);
+    }
+    Ok(out)
+}
+
+/// A NetworkPolicy selecting a workload, with no rules (egress only), labelled and annotated
+/// as the recommender's: what [`translate`] turns into its own-node rule.
+fn own_node_policy(
+    ns: &str,
+    name: &str,
+    selector: &BTreeMap<String, String>,
+    rec: &Recommendation,
+) -> NetworkPolicy {
+    let labels = rec
+        .policies
+        .iter()
+        .find(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .and_then(|p| p.metadata.labels.clone())
+        .unwrap_or_else(|| {
+            [(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "netpol-observe".to_owned(),
+            )]
+            .into()
+        });
+    NetworkPolicy {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::networking::v1::NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Egress".to_owned()]),
+            ingress: None,
+            egress: None,
+        }),
+    }
 }
 
 fn translate(
