@@ -390,7 +390,7 @@ fn cli_writes_cilium_policies_per_namespace() {
         .arg(&flows)
         .arg("--inventory")
         .arg(&inv)
-        .arg("-o")
+        .arg("--write")
         .arg(&out_dir)
         .output()
         .unwrap();
@@ -433,6 +433,22 @@ fn cli_writes_cilium_policies_per_namespace() {
     assert!(np.status.success());
     let policies = parse_policies(&String::from_utf8(np.stdout).unwrap());
     assert_eq!(policies.len(), 2);
+    // -o json: one List of the same objects.
+    let json = Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
+        .args(["recommend", "--format", "cilium", "-o", "json", "--flows"])
+        .arg(&flows)
+        .arg("--inventory")
+        .arg(&inv)
+        .output()
+        .unwrap();
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let items: Vec<CiliumNetworkPolicy> = serde_json::from_value(list["items"].clone()).unwrap();
+    assert_eq!(items, typed);
 }
 
 /// The flows the agents recorded in a run of the lab's shop scenario (`deploy/lab/shop.yaml`,
@@ -519,4 +535,36 @@ fn lab_shop_flows_under_cilium() {
             .iter()
             .any(|r| r.to_entities.as_deref() == Some(&[Entity::KubeApiserver][..]))
     );
+}
+
+/// Lookups through node-local DNS (169.254.20.10): Cilium never sees that address (the cache is
+/// a hostNetwork DaemonSet, or pods behind a Local Redirect Policy), so the rule names the host
+/// and the node-local-dns pods, with the DNS-proxy rule when names are followed.
+#[test]
+fn node_local_dns_is_the_host_or_its_pods() {
+    let mut c = Cluster::new();
+    let app = c.deployment("app", "app", 2, &[]);
+    let mut s = Scenario::new(c);
+    for (i, p) in app.iter().enumerate() {
+        let m = i64::try_from(i).unwrap() * 10;
+        s.flows.push(udp(*p, "169.254.20.10", 53, m + 1));
+        let mut f = tcp(*p, "35.190.0.5", 443, m + 2);
+        f.dst.dns_names = vec!["hooks.slack.com".to_owned()];
+        s.flows.push(f);
+    }
+    let out = s.check();
+    let cnp = cilium_policy(&out.cilium, "app", "app-np");
+    assert_eq!(
+        serde_json::to_value(egress(cnp)).unwrap(),
+        json!([
+            {"toFQDNs": [{"matchName": "hooks.slack.com"}],
+             "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
+            {"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",
+                                              "k8s:k8s-app": "node-local-dns"}}],
+             "toEntities": ["host"],
+             "toPorts": [{"ports": [{"port": "53", "protocol": "TCP"}, {"port": "53", "protocol": "UDP"}],
+                          "rules": {"dns": [{"matchPattern": "*"}]}}]}
+        ])
+    );
+    assert_eq!(out.cilium_checked.0, s.flows.len());
 }

@@ -10,6 +10,8 @@
 //!   (`rules.dns: [matchPattern: "*"]`; every lookup stays allowed, the proxy learns the
 //!   answers); a block that also held unnamed addresses, or a named subnet, stays a CIDR too;
 //! - the API server (the endpoints of `default/kubernetes`) as `toEntities: [kube-apiserver]`;
+//! - node-local DNS (`169.254.20.10`) as the entity `host` and the `k8s-app=node-local-dns`
+//!   pods (a hostNetwork DaemonSet, or pods behind a Local Redirect Policy);
 //! - nodes and hostNetwork pods as the entities `host` and `remote-node` (Cilium does not
 //!   select nodes by address), and a pod's traffic to its own node, implicit in NetworkPolicy,
 //!   as `toEntities: [host]` on its ports;
@@ -36,7 +38,7 @@ use self::types::{
     IngressRule, KIND, L7Rules, NAMESPACE_LABEL, PortProtocol, PortRule, Spec,
 };
 use super::{
-    NAMESPACE_NAME_LABEL, Recommendation, annotations,
+    NAMESPACE_NAME_LABEL, NODE_LOCAL_DNS, Recommendation, annotations,
     dns_names::{PolicyHints, RulePort},
 };
 use crate::{
@@ -351,6 +353,26 @@ fn peers_of(
         let host = cidr.prefix_len() == cidr.max_prefix_len();
         if host && hints.is_some() && cluster.api_server.contains(&cidr.addr()) {
             return Ok(vec![Peer::Entity(Entity::KubeApiserver)]);
+        }
+        if host && hints.is_some() && cidr.addr() == NODE_LOCAL_DNS {
+            // Cilium sees node-local DNS as the host (a hostNetwork DaemonSet) or, behind a
+            // Local Redirect Policy, as its pods: never as this address.
+            notes.push(format!(
+                "egress to node-local DNS {NODE_LOCAL_DNS} as the entity host and the kube-system pods k8s-app=node-local-dns (Cilium never sees its address)"
+            ));
+            return Ok(vec![
+                Peer::Entity(Entity::Host),
+                Peer::Endpoints(EndpointSelector {
+                    match_labels: Some(
+                        [
+                            (NAMESPACE_LABEL.to_owned(), "kube-system".to_owned()),
+                            ("k8s:k8s-app".to_owned(), "node-local-dns".to_owned()),
+                        ]
+                        .into(),
+                    ),
+                    match_expressions: None,
+                }),
+            ]);
         }
         if host && cluster.nodes.contains(&cidr.addr()) {
             notes.push(format!(
