@@ -451,14 +451,25 @@ fn cli_writes_cilium_policies_per_namespace() {
     assert_eq!(items, typed);
 }
 
-/// The flows the agents recorded in a run of the lab's shop scenario (`deploy/lab/shop.yaml`,
-/// `cargo xtask lab`: its `flows.jsonl`, `inventory.yaml`, `subnets.yaml`): the Cilium output
-/// keeps all 23 (API server as kube-apiserver, DNS, Services by their backends, the database
-/// subnet, the public entry point) and denies the scenario's six forbidden probes, as the
-/// NetworkPolicies do.
-#[test]
-fn lab_shop_flows_under_cilium() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lab-shop");
+/// What [`lab_flows_under_cilium`] found: the Cilium policies and, per forbidden probe, the
+/// denying side and policies.
+struct LabCheck {
+    cilium: Vec<CiliumNetworkPolicy>,
+    denied: Vec<String>,
+}
+
+/// The flows the agents recorded in a run of a shipped lab scenario (`cargo xtask lab`: its
+/// `flows.jsonl`, `inventory.yaml`, `subnets.yaml` in `tests/fixtures/<dir>`): every flow is
+/// allowed by the recommended NetworkPolicies and by their Cilium form; each `forbidden` probe
+/// is denied by both.
+fn lab_flows_under_cilium(
+    dir: &str,
+    flows_expected: usize,
+    forbidden: &[netpol_observe::flow::FlowRecord],
+) -> LabCheck {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
     let inventory = netpol_observe::inventory::Inventory::from_yaml_str(
         &std::fs::read_to_string(dir.join("inventory.yaml")).unwrap(),
         "inventory.yaml",
@@ -471,7 +482,7 @@ fn lab_shop_flows_under_cilium() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-    assert_eq!(flows.len(), 23);
+    assert_eq!(flows.len(), flows_expected);
     let rec = netpol_observe::recommend::Recommender::new(
         &inventory,
         &subnets,
@@ -481,7 +492,6 @@ fn lab_shop_flows_under_cilium() {
     assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
     let stream = join_stream(&render_objects(PolicyFormat::Cilium, &rec, &inventory).unwrap());
     let cilium: Vec<CiliumNetworkPolicy> = serde_saphyr::from_multiple(&stream).unwrap();
-    assert_eq!(cilium.len(), 5);
     let attributor = Attributor::new(&inventory, &subnets);
     let engine = PolicyEngine::compile(&rec.policies, &inventory).unwrap();
     let checker = Checker::new(&cilium, &inventory, &attributor);
@@ -492,17 +502,8 @@ fn lab_shop_flows_under_cilium() {
         let v = checker.evaluate(&f);
         assert!(v.allowed, "{f:?}\n{v:?}\n{stream}");
     }
-    let (web, cache) = (ip("10.244.0.11"), ip("10.244.0.12"));
-    let forbidden = [
-        tcp(web, "10.0.2.1", 5432, 1),
-        tcp(ip("203.0.113.1"), "10.244.1.11", 9000, 2),
-        tcp(web, "10.244.0.12", 6379, 3),
-        tcp(web, "10.244.1.11", 9100, 4),
-        tcp(web, "10.96.0.1", 443, 5),
-        tcp(cache, "10.96.0.21", 80, 6),
-    ];
     let mut denied = Vec::new();
-    for f in &forbidden {
+    for f in forbidden {
         let mut f = f.clone();
         attributor.attribute(&mut f);
         assert!(!engine.evaluate(&f).allowed, "{f:?}");
@@ -517,8 +518,30 @@ fn lab_shop_flows_under_cilium() {
             _ => unreachable!(),
         });
     }
+    LabCheck { cilium, denied }
+}
+
+/// `deploy/lab/shop.yaml` (two nodes): all 23 recorded flows kept (API server as
+/// kube-apiserver, DNS, Services by their backends, the database subnet, the public entry
+/// point), the six forbidden probes denied by the policies the lab's enforcement names.
+#[test]
+fn lab_shop_flows_under_cilium() {
+    let (web, cache) = (ip("10.244.0.11"), ip("10.244.0.12"));
+    let out = lab_flows_under_cilium(
+        "lab-shop",
+        23,
+        &[
+            tcp(web, "10.0.2.1", 5432, 1),
+            tcp(ip("203.0.113.1"), "10.244.1.11", 9000, 2),
+            tcp(web, "10.244.0.12", 6379, 3),
+            tcp(web, "10.244.1.11", 9100, 4),
+            tcp(web, "10.96.0.1", 443, 5),
+            tcp(cache, "10.96.0.21", 80, 6),
+        ],
+    );
+    assert_eq!(out.cilium.len(), 5);
     assert_eq!(
-        denied,
+        out.denied,
         [
             "egress frontend/default-deny,frontend/web-np",
             "ingress backend/api-np,backend/default-deny",
@@ -529,12 +552,46 @@ fn lab_shop_flows_under_cilium() {
         ]
     );
     // The API server is reached as the entity.
-    let api_np = cilium_policy(&cilium, "backend", "api-np");
+    let api_np = cilium_policy(&out.cilium, "backend", "api-np");
     assert!(
         egress(api_np)
             .iter()
             .any(|r| r.to_entities.as_deref() == Some(&[Entity::KubeApiserver][..]))
     );
+}
+
+/// `deploy/lab/voting.yaml` (one node): all 15 recorded flows kept (clients through the load
+/// balancer, Services, the UDP statsd subnet), the four forbidden probes denied.
+#[test]
+fn lab_voting_flows_under_cilium() {
+    let ui = ip("10.244.0.11");
+    let out = lab_flows_under_cilium(
+        "lab-voting",
+        15,
+        &[
+            tcp(ui, "10.244.0.14", 5432, 1),
+            tcp(ui, "10.96.0.23", 6379, 2),
+            tcp(ip("198.51.100.1"), "10.244.0.13", 8000, 3),
+            udp(ui, "192.0.2.1", 8125, 4),
+        ],
+    );
+    assert_eq!(out.cilium.len(), 5);
+    assert_eq!(
+        out.denied,
+        [
+            "egress vote/default-deny,vote/ui-np",
+            "egress vote/default-deny,vote/ui-np",
+            "ingress vote/appserver-np,vote/default-deny",
+            "egress vote/default-deny,vote/ui-np",
+        ]
+    );
+    let appserver = cilium_policy(&out.cilium, "vote", "appserver-np");
+    assert!(egress(appserver).iter().any(|r| {
+        r.to_cidr_set
+            .iter()
+            .flatten()
+            .any(|c| c.cidr == "192.0.2.0/28")
+    }));
 }
 
 /// Lookups through node-local DNS (169.254.20.10): Cilium never sees that address (the cache is
