@@ -200,6 +200,7 @@ impl Model {
             flow: record,
             verdict: Some(v.verdict),
             staged_verdict: v.staged,
+            dns_rotation: None,
         }
     }
 

@@ -135,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     flow: e.flow,
                     verdict: Some(e.verdict),
                     staged_verdict: None,
+                    dns_rotation: None,
                 })
                 .collect();
             out.write_all(super::flows::observed_table(observed).as_bytes())
