@@ -45,7 +45,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A flow whose namespace is `../../../../var/x/escaped` must not make `recommend -o DIR/`
+/// A flow whose namespace is `../../../../var/x/escaped` must not make `recommend --write DIR/`
 /// write `escaped.yaml` outside DIR: the line is rejected naming file:line and field, the other
 /// flows are still used, the exit code says a line was bad.
 #[test]
@@ -69,7 +69,7 @@ fn recommend_never_writes_outside_the_output_directory() {
     let out = bin()
         .args(["recommend", "--flows"])
         .arg(&flows)
-        .arg("-o")
+        .arg("--write")
         .arg(format!("{}/", out_dir.display()))
         .output()
         .unwrap();
@@ -156,7 +156,7 @@ async fn agent_answers_with_invalid_names_are_rejected() {
     let out_dir = tmp.path().join("a/b/c/out");
     std::fs::create_dir_all(tmp.path().join("var/x")).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
-        .args(["recommend", "--agent", &format!("http://{addr}"), "-o"])
+        .args(["recommend", "--agent", &format!("http://{addr}"), "--write"])
         .arg(format!("{}/", out_dir.display()))
         .output()
         .await
@@ -334,7 +334,7 @@ fn a_failed_self_check_exits_non_zero_and_writes_nothing() {
         .arg(&flows)
         .arg("--inventory")
         .arg(&inv)
-        .arg("-o")
+        .arg("--write")
         .arg(&out_file)
         .output()
         .unwrap();

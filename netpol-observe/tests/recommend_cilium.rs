@@ -193,6 +193,7 @@ fn platform_peers() -> Scenario {
     let mut c = Cluster::new();
     let app = c.deployment("app", "app", 1, &[("http", 8080, "TCP")]);
     c.deployment("app", "other", 1, &[("http", 8080, "TCP")]);
+    let agent = c.deployment("app", "agent", 1, &[]);
     c.objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "kubernetes", "namespace": "default"},
@@ -215,6 +216,8 @@ fn platform_peers() -> Scenario {
         .push(tcp(ip("192.168.1.11"), &app[0].to_string(), 8080, 4));
     s.flows
         .push(tcp(ip("192.168.1.10"), &app[0].to_string(), 8080, 5));
+    // agent's only traffic: the kubelet of its own node (node-1).
+    s.flows.push(tcp(agent[0], "192.168.1.10", 10250, 6));
     s
 }
 
@@ -260,6 +263,27 @@ fn api_server_and_nodes_become_entities() {
     );
     assert_eq!(v.ingress, Side::NotEnforced);
     assert_eq!(out.cilium_checked.0, s.flows.len());
+    // agent has no NetworkPolicy (its traffic is implicit there) but a Cilium policy allowing
+    // exactly that traffic, which the namespace's default deny would block.
+    let names: Vec<&str> = out
+        .cilium
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["default-deny", "app-np", "agent-np"]);
+    let nps: Vec<&str> = out
+        .policies
+        .iter()
+        .map(|p| p.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(nps, ["default-deny", "app-np"]);
+    let agent = cilium_policy(&out.cilium, "app", "agent-np");
+    assert_eq!(
+        serde_json::to_value(&agent.spec).unwrap(),
+        json!({"endpointSelector": {"matchLabels": {"app": "agent"}},
+               "egress": [{"toEntities": ["host"],
+                           "toPorts": [{"ports": [{"port": "10250", "protocol": "TCP"}]}]}]})
+    );
 }
 
 /// Every scenario's Cilium output, in one stream (the golden file, also applied to a real API
@@ -347,7 +371,7 @@ fn cilium_output_validates_against_the_crd_schema() {
     // And they round-trip through the typed structs (unknown fields refused).
     let typed: Vec<CiliumNetworkPolicy> = serde_saphyr::from_multiple(&stream).unwrap();
     assert_eq!(typed.len(), docs);
-    assert_eq!(docs, 9);
+    assert_eq!(docs, 10);
 }
 
 #[test]
@@ -369,7 +393,7 @@ fn cli_writes_cilium_policies_per_namespace() {
         .arg(&flows)
         .arg("--inventory")
         .arg(&inv)
-        .arg("-o")
+        .arg("--write")
         .arg(&out_dir)
         .output()
         .unwrap();
@@ -412,4 +436,195 @@ fn cli_writes_cilium_policies_per_namespace() {
     assert!(np.status.success());
     let policies = parse_policies(&String::from_utf8(np.stdout).unwrap());
     assert_eq!(policies.len(), 2);
+    // -o json: one List of the same objects.
+    let json = Command::new(env!("CARGO_BIN_EXE_netpol-observe"))
+        .args(["recommend", "--format", "cilium", "-o", "json", "--flows"])
+        .arg(&flows)
+        .arg("--inventory")
+        .arg(&inv)
+        .output()
+        .unwrap();
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let items: Vec<CiliumNetworkPolicy> = serde_json::from_value(list["items"].clone()).unwrap();
+    assert_eq!(items, typed);
+}
+
+/// What [`lab_flows_under_cilium`] found: the Cilium policies and, per forbidden probe, the
+/// denying side and policies.
+struct LabCheck {
+    cilium: Vec<CiliumNetworkPolicy>,
+    denied: Vec<String>,
+}
+
+/// The flows the agents recorded in a run of a shipped lab scenario (`cargo xtask lab`: its
+/// `flows.jsonl`, `inventory.yaml`, `subnets.yaml` in `tests/fixtures/<dir>`): every flow is
+/// allowed by the recommended NetworkPolicies and by their Cilium form; each `forbidden` probe
+/// is denied by both.
+fn lab_flows_under_cilium(
+    dir: &str,
+    flows_expected: usize,
+    forbidden: &[netpol_observe_core::flow::FlowRecord],
+) -> LabCheck {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir);
+    let inventory = netpol_observe_core::inventory::Inventory::from_yaml_str(
+        &std::fs::read_to_string(dir.join("inventory.yaml")).unwrap(),
+        "inventory.yaml",
+    )
+    .unwrap();
+    let subnets = Subnets::from_path(&dir.join("subnets.yaml")).unwrap();
+    let flows: Vec<netpol_observe_core::flow::FlowRecord> =
+        std::fs::read_to_string(dir.join("flows.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(flows.len(), flows_expected);
+    let rec = netpol_observe_core::recommend::Recommender::new(
+        &inventory,
+        &subnets,
+        netpol_observe_core::recommend::RecommendConfig::default(),
+    )
+    .recommend(&flows);
+    assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    let stream = join_stream(&render_objects(PolicyFormat::Cilium, &rec, &inventory).unwrap());
+    let cilium: Vec<CiliumNetworkPolicy> = serde_saphyr::from_multiple(&stream).unwrap();
+    let attributor = Attributor::new(&inventory, &subnets);
+    let engine = PolicyEngine::compile(&rec.policies, &inventory).unwrap();
+    let checker = Checker::new(&cilium, &inventory, &attributor);
+    for f in &flows {
+        let mut f = f.clone();
+        attributor.attribute(&mut f);
+        assert!(engine.evaluate(&f).allowed, "{f:?}");
+        let v = checker.evaluate(&f);
+        assert!(v.allowed, "{f:?}\n{v:?}\n{stream}");
+    }
+    let mut denied = Vec::new();
+    for f in forbidden {
+        let mut f = f.clone();
+        attributor.attribute(&mut f);
+        assert!(!engine.evaluate(&f).allowed, "{f:?}");
+        let v = checker.evaluate(&f);
+        assert!(
+            !v.allowed,
+            "forbidden probe allowed by the Cilium policies: {f:?}\n{v:?}\n{stream}"
+        );
+        denied.push(match (&v.egress, &v.ingress) {
+            (Side::Denied(p), _) => format!("egress {}", p.join(",")),
+            (_, Side::Denied(p)) => format!("ingress {}", p.join(",")),
+            _ => unreachable!(),
+        });
+    }
+    LabCheck { cilium, denied }
+}
+
+/// `deploy/lab/shop.yaml` (two nodes): all 23 recorded flows kept (API server as
+/// kube-apiserver, DNS, Services by their backends, the database subnet, the public entry
+/// point), the six forbidden probes denied by the policies the lab's enforcement names.
+#[test]
+fn lab_shop_flows_under_cilium() {
+    let (web, cache) = (ip("10.244.0.11"), ip("10.244.0.12"));
+    let out = lab_flows_under_cilium(
+        "lab-shop",
+        23,
+        &[
+            tcp(web, "10.0.2.1", 5432, 1),
+            tcp(ip("203.0.113.1"), "10.244.1.11", 9000, 2),
+            tcp(web, "10.244.0.12", 6379, 3),
+            tcp(web, "10.244.1.11", 9100, 4),
+            tcp(web, "10.96.0.1", 443, 5),
+            tcp(cache, "10.96.0.21", 80, 6),
+        ],
+    );
+    assert_eq!(out.cilium.len(), 5);
+    assert_eq!(
+        out.denied,
+        [
+            "egress frontend/default-deny,frontend/web-np",
+            "ingress backend/api-np,backend/default-deny",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress frontend/default-deny,frontend/web-np",
+            "egress backend/cache-np,backend/default-deny",
+        ]
+    );
+    // The API server is reached as the entity.
+    let api_np = cilium_policy(&out.cilium, "backend", "api-np");
+    assert!(
+        egress(api_np)
+            .iter()
+            .any(|r| r.to_entities.as_deref() == Some(&[Entity::KubeApiserver][..]))
+    );
+}
+
+/// `deploy/lab/voting.yaml` (one node): all 15 recorded flows kept (clients through the load
+/// balancer, Services, the UDP statsd subnet), the four forbidden probes denied.
+#[test]
+fn lab_voting_flows_under_cilium() {
+    let ui = ip("10.244.0.11");
+    let out = lab_flows_under_cilium(
+        "lab-voting",
+        15,
+        &[
+            tcp(ui, "10.244.0.14", 5432, 1),
+            tcp(ui, "10.96.0.23", 6379, 2),
+            tcp(ip("198.51.100.1"), "10.244.0.13", 8000, 3),
+            udp(ui, "192.0.2.1", 8125, 4),
+        ],
+    );
+    assert_eq!(out.cilium.len(), 5);
+    assert_eq!(
+        out.denied,
+        [
+            "egress vote/default-deny,vote/ui-np",
+            "egress vote/default-deny,vote/ui-np",
+            "ingress vote/appserver-np,vote/default-deny",
+            "egress vote/default-deny,vote/ui-np",
+        ]
+    );
+    let appserver = cilium_policy(&out.cilium, "vote", "appserver-np");
+    assert!(egress(appserver).iter().any(|r| {
+        r.to_cidr_set
+            .iter()
+            .flatten()
+            .any(|c| c.cidr == "192.0.2.0/28")
+    }));
+}
+
+/// Lookups through node-local DNS (169.254.20.10): Cilium never sees that address (the cache is
+/// a hostNetwork DaemonSet, or pods behind a Local Redirect Policy), so the rule names the host
+/// and the node-local-dns pods, with the DNS-proxy rule when names are followed.
+#[test]
+fn node_local_dns_is_the_host_or_its_pods() {
+    let mut c = Cluster::new();
+    let app = c.deployment("app", "app", 2, &[]);
+    let mut s = Scenario::new(c);
+    for (i, p) in app.iter().enumerate() {
+        let m = i64::try_from(i).unwrap() * 10;
+        s.flows.push(udp(*p, "169.254.20.10", 53, m + 1));
+        let mut f = tcp(*p, "35.190.0.5", 443, m + 2);
+        f.dst.dns_names = vec!["hooks.slack.com".to_owned()];
+        s.flows.push(f);
+    }
+    let out = s.check();
+    let cnp = cilium_policy(&out.cilium, "app", "app-np");
+    assert_eq!(
+        serde_json::to_value(egress(cnp)).unwrap(),
+        json!([
+            {"toFQDNs": [{"matchName": "hooks.slack.com"}],
+             "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
+            {"toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system",
+                                              "k8s:k8s-app": "node-local-dns"}}],
+             "toEntities": ["host"],
+             "toPorts": [{"ports": [{"port": "53", "protocol": "TCP"}, {"port": "53", "protocol": "UDP"}],
+                          "rules": {"dns": [{"matchPattern": "*"}]}}]}
+        ])
+    );
+    assert_eq!(out.cilium_checked.0, s.flows.len());
 }

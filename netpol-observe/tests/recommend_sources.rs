@@ -242,9 +242,9 @@ async fn diff_against_current_policies() {
         "--subnets".into(),
         subnets,
         "--diff".into(),
-        "--report".into(),
-        "json".into(),
         "-o".into(),
+        "json".into(),
+        "--write".into(),
         out_file.display().to_string(),
     ])
     .await;
@@ -258,6 +258,14 @@ async fn diff_against_current_policies() {
     let report: DiffReport = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report.current_policies, 2);
     assert_eq!(report.unused_rules, ["backend/api-allow:ingress[0]"]);
+    // Named by index, with what the rule allows (NetworkPolicy rules have no names).
+    assert_eq!(
+        report.unused_rule_descriptions,
+        std::collections::BTreeMap::from([(
+            "backend/api-allow:ingress[0]".to_owned(),
+            "from app=web any port".to_owned()
+        )])
+    );
     let denied: Vec<(String, String)> = report
         .denied
         .denied

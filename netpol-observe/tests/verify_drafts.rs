@@ -266,7 +266,7 @@ fn cli_recommend_then_verify() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, render_yaml(&fx.draft).unwrap());
 
-    // -o DIR: one file per namespace.
+    // --write DIR: one file per namespace.
     let pdir = dir.path().join("policies/");
     let out = bin()
         .args(["recommend", "--flows"])
@@ -275,7 +275,7 @@ fn cli_recommend_then_verify() {
         .arg(&inv)
         .arg("--subnets")
         .arg(&subnets)
-        .arg("-o")
+        .arg("--write")
         .arg(&pdir)
         .output()
         .unwrap();
@@ -362,7 +362,7 @@ fn cli_bad_lines_are_reported_and_the_rest_is_used() {
         .arg(&flows)
         .arg("--inventory")
         .arg(&inv)
-        .arg("-o")
+        .arg("--write")
         .arg(&out_file)
         .output()
         .unwrap();
@@ -376,46 +376,78 @@ fn cli_bad_lines_are_reported_and_the_rest_is_used() {
     assert_eq!(written.len(), 5);
 }
 
-/// kubectl's habit `-o yaml` (or `-o json`) is not taken for a file named `yaml`: a clear
-/// error, nothing written; `-o ./yaml` writes that file.
+/// `-o` is the format, as kubectl's (issue 26, item 6): `-o yaml` prints the YAML stream,
+/// `-o json` one `List` of the same policies, nothing is written to a file named `yaml` or
+/// `json`; a path given to `-o` is an error pointing at `--write`, which takes the path (a
+/// directory gets `<namespace>.json` files with `-o json`).
 #[test]
-fn recommend_o_yaml_is_not_a_format() {
+fn recommend_o_is_the_format_and_write_the_path() {
+    let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yaml");
+    std::fs::write(&inv, fx.scenario.cluster.yaml()).unwrap();
+    let subnets = dir.path().join("subnets.yaml");
+    std::fs::write(&subnets, "db-subnet: [10.0.2.0/24]\n").unwrap();
     let flows = dir.path().join("flows.jsonl");
-    std::fs::write(
-        &flows,
-        "{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80}}\n",
-    )
-    .unwrap();
-    for format in ["yaml", "json"] {
-        let out = bin()
+    write_flows(&flows, &fx.scenario.flows);
+    let run = |args: &[&str]| {
+        bin()
             .current_dir(dir.path())
             .args(["recommend", "--flows"])
             .arg(&flows)
-            .args(["-o", format])
+            .arg("--inventory")
+            .arg(&inv)
+            .arg("--subnets")
+            .arg(&subnets)
+            .args(args)
             .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+            .unwrap()
+    };
+    let ok = |out: std::process::Output| {
         assert!(
-            err.contains("not a format") && err.contains(&format!("./{format}")),
-            "{err}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert!(!dir.path().join(format).exists());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let yaml = ok(run(&["-o", "yaml"]));
+    assert_eq!(yaml, ok(run(&[])), "yaml is the default");
+    let from_yaml = parse_policies(&yaml);
+    let list: serde_json::Value = serde_json::from_str(&ok(run(&["-o", "json"]))).unwrap();
+    assert_eq!(list["kind"], "List");
+    let from_json: Vec<NetworkPolicy> = serde_json::from_value(list["items"].clone()).unwrap();
+    assert_eq!(from_json, from_yaml);
+    assert_eq!(from_json, fx.draft);
+    assert!(!dir.path().join("yaml").exists() && !dir.path().join("json").exists());
+
+    let out = run(&["-o", "policies/"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--write policies/"), "{err}");
+    assert!(!dir.path().join("policies").exists());
+
+    ok(run(&["-o", "json", "--write", "policies/"]));
+    let mut files: Vec<String> = std::fs::read_dir(dir.path().join("policies"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["backend.json", "frontend.json"]);
+    let mut written = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(dir.path().join("policies").join(f)).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let items: Vec<NetworkPolicy> = serde_json::from_value(list["items"].clone()).unwrap();
+        written.extend(items);
     }
-    let out = bin()
-        .current_dir(dir.path())
-        .args(["recommend", "--flows"])
-        .arg(&flows)
-        .args(["-o", "./yaml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(dir.path().join("yaml").is_file());
+    written.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    let mut want = from_yaml;
+    want.sort_by_key(|p| (p.metadata.namespace.clone(), p.metadata.name.clone()));
+    assert_eq!(written, want);
+    // -o text is the --diff report's format.
+    let out = run(&["-o", "text"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// `flows --file`: `--since` takes a duration, `-n` keeps the most recent, the table has a

@@ -7,16 +7,20 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::Duration,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use netpol_observe_agent::{
-    agent::dns::parse_answer,
+    agent::{ObservedFlow, dns::parse_answer},
     datapath::{Counter, Datapath, DatapathConfig, DnsAnswer},
 };
 use netpol_observe_e2e::{
     dns::{DnsServer, ZoneEntry, resolve},
+    http::{free_port, get},
     netns::{Bridge, Pod},
     require_root,
 };
@@ -149,4 +153,267 @@ async fn dns_answers_to_pods_are_captured_over_udp_tcp_and_ipv6() {
     assert!(rx.try_recv().is_err());
     drop((dns4, dns6));
     dp.shutdown().await.unwrap();
+}
+
+/// A child process killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (polling) until `f` returns `Some`, or panics after `timeout` with `what` and the
+/// agent's log.
+fn wait_for<T>(what: &str, log: &Path, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}; agent log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A TCP connection from `client` to `server` (`addr`:`port`), one message each way; returns
+/// the client's local address.
+fn connect(client: &Pod, server: &Pod, addr: IpAddr, port: u16) -> SocketAddr {
+    let dst = SocketAddr::new(addr, port);
+    let listener = server.run(move || TcpListener::bind(dst).unwrap());
+    let t = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).unwrap();
+        c.write_all(b"ok").unwrap();
+    });
+    let local = client.run(move || {
+        let mut c = TcpStream::connect_timeout(&dst, Duration::from_secs(20)).unwrap();
+        c.write_all(b"hi").unwrap();
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).unwrap();
+        c.local_addr().unwrap()
+    });
+    t.join().unwrap();
+    local
+}
+
+/// The served flow from `src` (address and port), once the agent has it.
+fn served_flow(listen: SocketAddr, log: &Path, src: SocketAddr) -> ObservedFlow {
+    wait_for(&format!("the flow from {src}"), log, || {
+        let (code, body) = get(listen, "/api/v1/flows")?;
+        assert_eq!(code, 200, "{body}");
+        body.lines()
+            .map(|l| serde_json::from_str::<ObservedFlow>(l).unwrap())
+            .find(|f| f.flow.src.ip == src.ip() && f.flow.src.port == Some(src.port()))
+    })
+}
+
+/// The value of the sample `series` (name and labels exactly as served) on `/metrics`, 0 when
+/// absent.
+fn sample(listen: SocketAddr, series: &str) -> u64 {
+    let (code, body) = get(listen, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+const ROTATIONS: &str = r#"netpol_observe_dns_rotations_total{namespace="shop",kind="Pod",workload="web",policy="shop/web-egress"}"#;
+
+#[test]
+fn agent_names_flows_from_dns_answers_and_counts_rotations_once() {
+    if !require_root("agent_names_flows_from_dns_answers_and_counts_rotations_once") {
+        return;
+    }
+    let br = Bridge::new(
+        "dnB-br",
+        "10.74.0.1/24".parse().unwrap(),
+        "fd74::1/64".parse().unwrap(),
+    )
+    .unwrap();
+    let pod = |ns: &str, host: &str, i: u8| {
+        Pod::on_bridge(
+            ns,
+            host,
+            &br,
+            Ipv4Addr::new(10, 74, 0, i),
+            format!("fd74::{i}").parse().unwrap(),
+        )
+        .unwrap()
+    };
+    let web = pod("dnB-web", "dnBw0", 2);
+    let dns = pod("dnB-dns", "dnBd0", 3);
+    // Outside hosts the names resolve to.
+    let ext4 = pod("dnB-x4", "dnBx0", 4);
+    let ext5 = pod("dnB-x5", "dnBy0", 5);
+    let ext6 = pod("dnB-x6", "dnBz0", 6);
+    let a = |i: u8| IpAddr::V4(Ipv4Addr::new(10, 74, 0, i));
+    let server = DnsServer::start(
+        &dns,
+        a(3),
+        BTreeMap::from([
+            (
+                "api.example.com".to_owned(),
+                ZoneEntry::Addrs(vec![a(4)], 30),
+            ),
+            (
+                "db.example.com".to_owned(),
+                ZoneEntry::Cname("db-1.example.net".to_owned(), 30),
+            ),
+            (
+                "db-1.example.net".to_owned(),
+                ZoneEntry::Addrs(vec![a(5)], 30),
+            ),
+            (
+                "short.example.com".to_owned(),
+                ZoneEntry::Addrs(vec![a(6)], 2),
+            ),
+        ]),
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("agent.log");
+    std::fs::write(
+        dir.path().join("inventory.yaml"),
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.74.0.2, podIPs: [{ip: 10.74.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: shop, labels: {app: dns}}
+spec: {nodeName: node-1, containers: [{name: c, image: x}]}
+status: {phase: Running, podIP: 10.74.0.3, podIPs: [{ip: 10.74.0.3}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-egress
+  namespace: shop
+  annotations:
+    netpol-observe.io/dns-names: '{"10.74.0.4/32": ["api.example.com"]}'
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.74.0.4/32}}]
+    ports: [{port: 8080, protocol: TCP}]
+  - to: [{podSelector: {matchLabels: {app: dns}}}]
+    ports: [{port: 53, protocol: UDP}, {port: 53, protocol: TCP}]
+"#,
+    )
+    .unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _agent = Proc(
+        Command::new(netpol_observe_e2e::bin())
+            .args(["agent", "--listen", &listen.to_string(), "--inventory"])
+            .arg(dir.path().join("inventory.yaml"))
+            .args([
+                "--node-name",
+                "node-1",
+                "--sweep-interval",
+                "1",
+                "--output",
+                "none",
+                "--interfaces",
+                "dnB?0",
+                "--dns-grace",
+                "3s",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the agent to be ready", &log, || {
+        matches!(get(listen, "/readyz"), Some((200, _))).then_some(())
+    });
+
+    // UDP: the name asked.
+    let (addrs, _) = resolve(&web, a(3), "api.example.com", false, false).unwrap();
+    assert_eq!(addrs, vec![a(4)]);
+    let src = connect(&web, &ext4, a(4), 8080);
+    let f = served_flow(listen, &log, src);
+    assert_eq!(f.flow.dst.ip, a(4));
+    assert_eq!(f.flow.dst.dns_names, vec!["api.example.com".to_owned()]);
+    assert_eq!(f.dns_rotation, None);
+    // The DNS flow itself names nothing.
+    assert_eq!(sample(listen, ROTATIONS), 0);
+
+    // TCP, through a CNAME: both names.
+    let (addrs, _) = resolve(&web, a(3), "db.example.com", false, true).unwrap();
+    assert_eq!(addrs, vec![a(5)]);
+    let src = connect(&web, &ext5, a(5), 8081);
+    let f = served_flow(listen, &log, src);
+    assert_eq!(
+        f.flow.dst.dns_names,
+        vec!["db-1.example.net".to_owned(), "db.example.com".to_owned()]
+    );
+    // The DNS server's own flows carry no names (nobody resolved its address).
+    let (_, body) = get(listen, "/api/v1/flows").unwrap();
+    for l in body.lines() {
+        let f: ObservedFlow = serde_json::from_str(l).unwrap();
+        if f.flow.dst.ip == a(3) {
+            assert!(f.flow.dst.dns_names.is_empty(), "{l}");
+        }
+    }
+
+    // TTL 2s + grace 3s: named now, not after 5s.
+    resolve(&web, a(3), "short.example.com", false, false).unwrap();
+    let answered = Instant::now();
+    let src = connect(&web, &ext6, a(6), 8082);
+    let named_within = answered.elapsed();
+    let f = served_flow(listen, &log, src);
+    if named_within < Duration::from_secs(5) {
+        assert_eq!(f.flow.dst.dns_names, vec!["short.example.com".to_owned()]);
+    }
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(answered.elapsed()));
+    let src = connect(&web, &ext6, a(6), 8083);
+    let f = served_flow(listen, &log, src);
+    assert!(f.flow.dst.dns_names.is_empty(), "{:?}", f.flow.dst);
+
+    // The rotation: api.example.com moves outside the policy's ipBlock for it. Counted when
+    // the answer arrives, before any connection; once per new address.
+    server.set("api.example.com", ZoneEntry::Addrs(vec![a(6)], 30));
+    resolve(&web, a(3), "api.example.com", false, false).unwrap();
+    wait_for("the rotation to be counted", &log, || {
+        (sample(listen, ROTATIONS) == 1).then_some(())
+    });
+    resolve(&web, a(3), "api.example.com", false, true).unwrap();
+    let src = connect(&web, &ext6, a(6), 8084);
+    let f = served_flow(listen, &log, src);
+    assert_eq!(f.flow.dst.dns_names, vec!["api.example.com".to_owned()]);
+    let r = f.dns_rotation.expect("dns_rotation on the flow");
+    assert_eq!(
+        (r.policy.as_str(), r.name.as_str()),
+        ("shop/web-egress", "api.example.com")
+    );
+    assert_eq!(sample(listen, ROTATIONS), 1);
+    // Back inside: nothing; to another outside address: counted once more.
+    server.set("api.example.com", ZoneEntry::Addrs(vec![a(4)], 30));
+    resolve(&web, a(3), "api.example.com", false, false).unwrap();
+    server.set("api.example.com", ZoneEntry::Addrs(vec![a(5)], 30));
+    resolve(&web, a(3), "api.example.com", false, false).unwrap();
+    wait_for("the second rotation to be counted", &log, || {
+        (sample(listen, ROTATIONS) == 2).then_some(())
+    });
+    // Every answer read, none lost or malformed.
+    let answers = sample(listen, "netpol_observe_dns_answers_total");
+    assert_eq!(answers, 7);
+    assert_eq!(sample(listen, "netpol_observe_dns_parse_errors_total"), 0);
+    assert_eq!(sample(listen, "netpol_observe_dns_answers_lost_total"), 0);
 }

@@ -827,7 +827,7 @@ fn a_cluster_counts_every_flow_once() {
                 .arg(out.join("inventory.yaml"))
                 .arg("--subnets")
                 .arg(out.join("subnets.yaml"))
-                .arg("-o")
+                .arg("--write")
                 .arg(&from_agents);
             let done = cmd.output().expect("recommend --agent");
             assert!(
@@ -920,7 +920,7 @@ fn a_cluster_counts_every_flow_once() {
         .arg(multi_out.join("inventory.yaml"))
         .arg("--subnets")
         .arg(multi_out.join("subnets.yaml"))
-        .arg("-o")
+        .arg("--write")
         .arg(&from_files)
         .output()
         .expect("recommend --flows");

@@ -141,6 +141,12 @@ async fn live_inventory_from_recorded_api_responses() {
     );
     assert_eq!(snap.services[0].name, "api");
     assert_eq!(snap.network_policies.len(), 1);
+    let names: Vec<_> = snap
+        .cluster_network_policies
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    assert_eq!(names, ["baseline-deny"]);
 
     // The failed pod watch is reported, and the last known state is still served.
     wait_for("the pod watch error", || {
@@ -173,5 +179,67 @@ async fn live_inventory_from_recorded_api_responses() {
         .map(|(g, r)| (g.to_string(), r.to_string()))
         .collect();
     assert_eq!(*requested.lock().unwrap(), expected);
+    server.abort();
+}
+
+/// A cluster without the ClusterNetworkPolicy CRD answers 404 for them: the inventory syncs
+/// with none (the other resources as usual), and the state is healthy.
+#[tokio::test]
+async fn a_missing_cluster_network_policy_crd_counts_as_none() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let cnp_requests = Arc::new(Mutex::new(0usize));
+    let counted = Arc::clone(&cnp_requests);
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let (_, res) = resource_of(&path);
+            if res == "clusternetworkpolicies" {
+                *counted.lock().unwrap() += 1;
+                send.send_response(
+                    Response::builder()
+                        .status(StatusCode::NOT_FOUND)
+                        .body(Body::from(br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","code":404}"#.to_vec()))
+                        .unwrap(),
+                );
+                continue;
+            }
+            if query.contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .body(Body::from(recorded(&format!("{res}.json"))))
+                    .unwrap(),
+            );
+        }
+    });
+    let inv = live::start(
+        Client::new(service, "default"),
+        LiveOptions {
+            debounce: Duration::from_millis(20),
+            ..LiveOptions::default()
+        },
+    );
+    tokio::time::timeout(Duration::from_secs(10), inv.wait_synced())
+        .await
+        .expect("synced without the CRD");
+    let state = inv.sync_state();
+    assert!(state.healthy(), "{state:?}");
+    assert!(
+        state
+            .listed
+            .iter()
+            .any(|r| r == "policy.networking.k8s.io/clusternetworkpolicies"),
+        "{state:?}"
+    );
+    let snap = inv.snapshot();
+    assert!(snap.cluster_network_policies.is_empty());
+    assert_eq!(snap.network_policies.len(), 1);
+    assert_eq!(snap.pods.len(), 2);
+    assert!(*cnp_requests.lock().unwrap() >= 1);
     server.abort();
 }

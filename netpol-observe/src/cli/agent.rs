@@ -196,6 +196,20 @@ pub struct Args {
     /// Forward the eBPF programs' debug log to the agent's log.
     #[arg(long, env = "NETPOL_OBSERVE_EBPF_LOG")]
     pub ebpf_log: bool,
+    /// Capture the DNS answers the pods receive (packets from port 53) to name their flows'
+    /// destinations (dst.dns_names) and count rotations of the names policies allow
+    /// [default: true].
+    #[arg(long, env = "NETPOL_OBSERVE_DNS_CAPTURE", value_name = "BOOL")]
+    pub dns_capture: Option<bool>,
+    /// How long after a DNS record's TTL its names still name flows (clients keep using an
+    /// address a while), at most 24h [default: 5m].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DNS_GRACE",
+        value_name = "DURATION",
+        value_parser = crate::agent::dns::parse_dns_grace
+    )]
+    pub dns_grace: Option<jiff::SignedDuration>,
     /// How the programs are attached: tcx or clsact [default: tcx on kernels ≥ 6.6, clsact
     /// before].
     #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
@@ -298,6 +312,12 @@ impl Args {
         }
         if let Some(v) = self.attach_mode {
             c.attach_mode = Some(v);
+        }
+        if let Some(v) = self.dns_capture {
+            c.dns_capture = v;
+        }
+        if let Some(v) = self.dns_grace {
+            c.dns_grace = v;
         }
         c.validate()?;
         Ok(c)

@@ -48,7 +48,8 @@ pub struct Args {
     /// Kubernetes objects (a file or a directory of YAML files, `kubectl get … -o yaml`).
     #[arg(long, value_name = "PATH")]
     pub inventory: PathBuf,
-    /// NetworkPolicies to evaluate instead of the inventory's (a file or a directory).
+    /// NetworkPolicies and ClusterNetworkPolicies to evaluate instead of the inventory's (a
+    /// file or a directory).
     #[arg(long, value_name = "PATH")]
     pub policies: Option<PathBuf>,
     /// Flow records, JSON lines (`-` for stdin).
@@ -74,19 +75,27 @@ pub struct Args {
 /// Runs `netpol-observe evaluate`.
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let inventory = inputs::load(&args.inventory, args.validate, "the inventory")?;
-    let policies = match &args.policies {
-        Some(path) => inputs::load(path, args.validate, "the policies")?.network_policies,
-        None => inventory.network_policies.clone(),
+    // `--policies` replaces the inventory's policies, ClusterNetworkPolicies included.
+    let (policies, cluster) = match &args.policies {
+        Some(path) => {
+            let loaded = inputs::load(path, args.validate, "the policies")?;
+            (loaded.network_policies, loaded.cluster_network_policies)
+        }
+        None => (
+            inventory.network_policies.clone(),
+            inventory.cluster_network_policies.clone(),
+        ),
     };
     let subnets = match &args.subnets {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),
     };
-    let engine = PolicyEngine::compile(&policies, &inventory)?;
+    let engine = PolicyEngine::compile_with_cluster(&policies, &cluster, &inventory)?;
     let attributor = Attributor::new(&inventory, &subnets);
     tracing::info!(
         pods = inventory.pods.len(),
         policies = engine.policy_count(),
+        cluster_policies = engine.cluster_policy_count(),
         "evaluating flows"
     );
     let stdout = std::io::stdout();
@@ -126,6 +135,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     flow: e.flow,
                     verdict: Some(e.verdict),
                     staged_verdict: None,
+                    dns_rotation: None,
                 })
                 .collect();
             out.write_all(super::flows::observed_table(observed).as_bytes())

@@ -17,6 +17,7 @@ mod inputs;
 mod lab;
 mod out;
 mod recommend;
+mod recommend_output;
 mod verify;
 
 /// eBPF-backed flow observer and NetworkPolicy recommender for Kubernetes.

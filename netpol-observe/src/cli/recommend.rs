@@ -21,32 +21,29 @@ use crate::{
     policy::PolicyEngine,
     recommend::{
         PolicyFormat, PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff,
-        format::{RenderedObject, join_stream},
-        render_objects, sources,
+        format::RenderedObject, render_objects, sources,
     },
 };
 
-/// Report format of `--diff` (`--report`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Human-readable text.
-    Text,
-    /// One JSON object.
-    Json,
-}
+use super::recommend_output::{self as output, Output};
 
 /// Arguments of `netpol-observe recommend`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:
   netpol-observe recommend --flows flows.jsonl --inventory cluster.yaml --subnets subnets.yaml
-  netpol-observe recommend --flows day1.jsonl day2.jsonl --inventory inv/ -o policies/
+  netpol-observe recommend --flows day1.jsonl day2.jsonl --inventory inv/ --write policies/
+  netpol-observe recommend --flows flows.jsonl --inventory inv/ -o json
   netpol-observe recommend --agent http://10.0.0.11:9965 http://10.0.0.12:9965 --token-file token --inventory inv/
   netpol-observe recommend --prometheus http://prometheus:9090 --window 24h --inventory inv/
   netpol-observe recommend --flows flows.jsonl --inventory inv/ --diff
+  netpol-observe recommend --flows flows.jsonl --inventory inv/ --diff -o json --write policies/
   netpol-observe recommend --flows flows.jsonl --inventory inv/ --format cilium
 
-Writes one multi-document YAML stream (stdout, or the file given with -o), or with -o DIR
-one <namespace>.yaml per namespace (_cluster.yaml for cluster-scoped objects). --format picks
+Writes one multi-document YAML stream (-o yaml, the default; -o json: one JSON List) to
+stdout, or to the file given with --write, or with --write DIR one <namespace>.yaml (.json)
+per namespace (_cluster.yaml for cluster-scoped objects). With --diff, -o is the report's
+format (text, the default, or json; to stdout) and the policies are written only with --write
+(YAML). --format picks
 the policy API: networkpolicy (default; every CNI), cilium (CiliumNetworkPolicy),
 clusternetworkpolicy. The same input gives the same bytes. Notes (left-out
 flows, aggregations) go to stderr. A bad flow line is reported (file:line) and the others are
@@ -99,16 +96,19 @@ pub struct Args {
     /// Named subnets, YAML `name: [CIDRs]`; written as their CIDRs.
     #[arg(long, value_name = "FILE")]
     pub subnets: Option<PathBuf>,
-    /// Output: a file (one multi-document stream) or a directory (existing, or ending in `/`).
-    #[arg(short = 'o', long = "out", value_name = "PATH")]
-    pub out: Option<PathBuf>,
+    /// Output format (as kubectl's `-o`): `yaml` (default) or `json` for the policies;
+    /// with `--diff`, `text` (default) or `json` for the report.
+    #[arg(short = 'o', long = "output", value_name = "FORMAT", value_parser = output::parse)]
+    pub output: Option<Output>,
+    /// Write the policies to this file (one stream) or directory (existing, or ending in `/`:
+    /// one file per namespace) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub write: Option<PathBuf>,
     /// Instead of only writing policies, report the current policies of the inventory against
-    /// the flows: flows they deny and rules never exercised (to stdout; policies only with -o).
+    /// the flows: flows they deny and rules never exercised (to stdout; policies only with
+    /// --write).
     #[arg(long, requires = "inventory")]
     pub diff: bool,
-    /// Format of the `--diff` report.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
-    pub report: Format,
     /// The policy API written: NetworkPolicy (every CNI), CiliumNetworkPolicy (Cilium), or
     /// ClusterNetworkPolicy next to the NetworkPolicies (Calico 3.32, Cilium 1.20, AWS).
     #[arg(long, value_enum, value_name = "API", default_value = "networkpolicy")]
@@ -178,18 +178,19 @@ pub(super) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 
 /// Runs `netpol-observe recommend`.
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // kubectl's `-o yaml`/`-o json` pick a format; here `-o` is where to write.
-    if let Some(out) = &args.out
-        && matches!(out.to_str(), Some("yaml" | "json" | "wide" | "name"))
-        && !out.exists()
-    {
-        anyhow::bail!(
-            "-o/--out takes a file or a directory to write the policies to (YAML), not a format: \
-             policies go to stdout as YAML without -o (--report json formats the --diff report, --format picks the policy API); \
-             for a file named {0:?}, write ./{0}",
-            out.display().to_string()
-        );
-    }
+    // `-o` is the format of what goes to stdout: the policies, or with --diff the report.
+    let (policy_output, report_output) = match (args.diff, args.output) {
+        (false, None) => (Output::Yaml, Output::Text),
+        (false, Some(Output::Text)) => anyhow::bail!(
+            "-o text is the --diff report's format; the policies are written as -o yaml or -o json"
+        ),
+        (false, Some(o)) => (o, Output::Text),
+        (true, None) => (Output::Yaml, Output::Text),
+        (true, Some(Output::Yaml)) => anyhow::bail!(
+            "-o yaml: the --diff report is -o text or -o json (the policies go to --write as YAML)"
+        ),
+        (true, Some(o)) => (Output::Yaml, o),
+    };
     let inventory = match &args.inventory {
         Some(path) => inputs::load(path, args.validate, "the inventory")?,
         None => Inventory::default(),
@@ -239,9 +240,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     check_output_names(&rec.policies)?;
     let objects = render_objects(args.format, &rec, &inventory)?;
-    match &args.out {
+    match &args.write {
         Some(out) if is_dir_target(out) => {
-            let files = by_file(out, &objects)?;
+            let files = by_file(out, &objects, policy_output)?;
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create the directory {}", out.display()))?;
             for (file, yaml) in files {
@@ -250,10 +251,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Some(out) => {
-            std::fs::write(out, join_stream(&objects))
+            std::fs::write(out, output::render(&objects, policy_output)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
         }
-        None if !args.diff => out::stdout(join_stream(&objects))?,
+        None if !args.diff => out::stdout(output::render(&objects, policy_output)?)?,
         None => {}
     }
 
@@ -271,9 +272,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &attributed,
         );
         report.denied_in_force = rec.denied;
-        match args.report {
-            Format::Text => out::stdout(report.to_text())?,
-            Format::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
+        match report_output {
+            Output::Json => out::stdout(serde_json::to_string_pretty(&report)? + "\n")?,
+            _ => out::stdout(report.to_text())?,
         }
         if bad == 0 && !report.denied.is_clean() {
             // As `verify`: observed flows the current policies deny.
@@ -287,9 +288,14 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The files of `-o DIR`: `<namespace>.yaml` per namespace, `_cluster.yaml` for cluster-scoped
-/// objects (no namespace can be named so), each a stream in the objects' order.
-fn by_file(dir: &Path, objects: &[RenderedObject]) -> anyhow::Result<Vec<(PathBuf, String)>> {
+/// The files of `--write DIR`: `<namespace>.yaml` per namespace, `_cluster.yaml` for
+/// cluster-scoped objects (no namespace can be named so), each a stream in the objects' order
+/// (`.json`, one List each, with `-o json`).
+fn by_file(
+    dir: &Path,
+    objects: &[RenderedObject],
+    format: Output,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
     let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&RenderedObject>> =
         std::collections::BTreeMap::new();
     for o in objects {
@@ -298,11 +304,12 @@ fn by_file(dir: &Path, objects: &[RenderedObject]) -> anyhow::Result<Vec<(PathBu
     groups
         .into_iter()
         .map(|(ns, list)| {
+            let ext = output::extension(format);
             let file = match ns {
-                Some(ns) => namespace_file(dir, ns)?,
-                None => dir.join("_cluster.yaml"),
+                Some(ns) => namespace_file(dir, ns, ext)?,
+                None => dir.join(format!("_cluster.{ext}")),
             };
-            Ok((file, join_stream(list)))
+            Ok((file, output::render_refs(list, format)?))
         })
         .collect()
 }
@@ -324,16 +331,16 @@ fn check_output_names(policies: &[NetworkPolicy]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The file `<ns>.yaml` directly in `dir`. `ns` must be a namespace name (DNS-1123 label: no
+/// The file `<ns>.<ext>` directly in `dir`. `ns` must be a namespace name (DNS-1123 label: no
 /// separator, no `..`), and the joined path is checked to be a plain child of `dir`.
-fn namespace_file(dir: &Path, ns: &str) -> anyhow::Result<PathBuf> {
+fn namespace_file(dir: &Path, ns: &str, ext: &str) -> anyhow::Result<PathBuf> {
     names::check_namespace(ns).with_context(|| {
         format!(
             "refusing to write the policies of namespace {ns:?} under {}",
             dir.display()
         )
     })?;
-    let name = format!("{ns}.yaml");
+    let name = format!("{ns}.{ext}");
     let file = dir.join(&name);
     let plain = matches!(
         Path::new(&name).components().collect::<Vec<_>>().as_slice(),

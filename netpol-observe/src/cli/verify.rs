@@ -32,7 +32,8 @@ pub enum Format {
   netpol-observe verify --policies policies/ --flows flows.jsonl --inventory inv/ -o json
 
 Checks every observed flow against the given policies only (the draft replaces the
-inventory's policies) and names the flows it would deny with the isolating policies.
+inventory's policies; ClusterNetworkPolicies in it are evaluated in their tiers: Admin
+before the NetworkPolicies, Baseline after) and names the flows it would deny with the isolating policies.
 Exit code: 0 nothing denied, 1 some observed flow would be denied, 2 an error.
 
 Kubernetes objects are checked strictly: a field their type does not know (a typo such as
@@ -40,7 +41,8 @@ podSelectr, or a field of a newer Kubernetes) is an error naming file, document,
 field; --validate=warn reports and ignores such fields, --validate=ignore drops them. A
 namespaced object without metadata.namespace is taken as \"default\" with a warning.")]
 pub struct Args {
-    /// The NetworkPolicies to check (a file or a directory of YAML files).
+    /// The NetworkPolicies and ClusterNetworkPolicies to check (a file or a directory of YAML
+    /// files).
     #[arg(long, value_name = "PATH")]
     pub policies: PathBuf,
     /// Flow records, JSON lines (`-` for stdin).
@@ -74,8 +76,12 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),
     };
-    let engine = PolicyEngine::compile(&draft.network_policies, &inventory)
-        .with_context(|| format!("in {}", args.policies.display()))?;
+    let engine = PolicyEngine::compile_with_cluster(
+        &draft.network_policies,
+        &draft.cluster_network_policies,
+        &inventory,
+    )
+    .with_context(|| format!("in {}", args.policies.display()))?;
     let attributor = Attributor::new(&inventory, &subnets);
     let mut flows = Vec::new();
     let mut bad = 0usize;

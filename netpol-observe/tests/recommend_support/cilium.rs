@@ -14,7 +14,7 @@ use netpol_observe_core::{
 };
 
 /// The CiliumNetworkPolicies of `rec`, rendered and read back (asserting the round trip and
-/// one object per NetworkPolicy, same namespace and name).
+/// one object per NetworkPolicy, same namespace and name, plus the own-node-only workloads').
 pub(crate) fn cilium_policies(
     rec: &Recommendation,
     inventory: &Inventory,
@@ -45,7 +45,18 @@ pub(crate) fn cilium_policies(
             )
         })
         .collect();
-    assert_eq!(rendered, expected);
+    // One per NetworkPolicy, in order, plus one per workload whose only traffic is with its
+    // own node (no NetworkPolicy needed; the hints name it).
+    let extra: Vec<String> = rec
+        .hints
+        .iter()
+        .filter(|(_, h)| h.selector.is_some())
+        .map(|((ns, name), _)| format!("{ns}/{name}"))
+        .collect();
+    let (kept, added): (Vec<String>, Vec<String>) =
+        rendered.iter().cloned().partition(|r| !extra.contains(r));
+    assert_eq!(kept, expected);
+    assert_eq!(added, extra);
     for p in &policies {
         assert_eq!(p.api_version, "cilium.io/v2");
         assert_eq!(p.kind, "CiliumNetworkPolicy");

@@ -265,6 +265,14 @@ pub struct AgentConfig {
     pub ebpf_log: bool,
     /// `tcx` or `clsact` (default: tcx on kernels ≥ 6.6, clsact before).
     pub attach_mode: Option<AttachMode>,
+    /// Capture the DNS answers this node's pods receive (packets from port 53) to name the
+    /// destinations of their flows (`dst.dns_names`) and watch the names policies allow
+    /// (default true).
+    pub dns_capture: bool,
+    /// How long after a DNS record's TTL its names still name flows (default `5m`, at most
+    /// 24h).
+    #[serde(with = "super::dns::grace_serde")]
+    pub dns_grace: jiff::SignedDuration,
 }
 
 impl Default for AgentConfig {
@@ -299,6 +307,8 @@ impl Default for AgentConfig {
             metrics: MetricsSettings::default(),
             ebpf_log: false,
             attach_mode: None,
+            dns_capture: true,
+            dns_grace: super::dns::DEFAULT_DNS_GRACE_CONFIG,
         }
     }
 }
@@ -369,6 +379,9 @@ impl AgentConfig {
         }
         if self.drift_learn.is_negative() || self.drift_learn > MAX_DRIFT_LEARN {
             return invalid("drift-learn", "must be between 0s and 366 days");
+        }
+        if self.dns_grace.is_negative() || self.dns_grace > jiff::SignedDuration::from_hours(24) {
+            return invalid("dns-grace", "must be between 0s and 24h");
         }
         if self.drift_learn.is_positive() && self.drift_baseline.is_none() {
             return invalid(
@@ -442,6 +455,7 @@ impl AgentConfig {
             node_name: self.node_name.clone(),
             ebpf_log: self.ebpf_log,
             attach_mode: self.attach_mode,
+            capture_dns: self.dns_capture,
             ..DatapathConfig::default()
         }
     }

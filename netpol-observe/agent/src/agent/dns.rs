@@ -605,6 +605,145 @@ impl DnsPolicies {
     }
 }
 
+/// [`DEFAULT_DNS_GRACE`] as the agent configuration holds it.
+pub const DEFAULT_DNS_GRACE_CONFIG: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
+
+/// Parses a DNS grace period (`--dns-grace`, `dnsGrace`): a duration such as `5m`, `30s` or
+/// `0s`, at most 24h.
+pub fn parse_dns_grace(s: &str) -> Result<jiff::SignedDuration, String> {
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 5m, 30s or 0s: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?}: the grace cannot be negative"));
+    }
+    if d > jiff::SignedDuration::from_hours(24) {
+        return Err(format!("{s:?} is too long: at most 24h"));
+    }
+    Ok(d)
+}
+
+/// Serde form of the agent's `dnsGrace`: a string such as `5m`.
+pub(super) mod grace_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        d: &jiff::SignedDuration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{d:#}"))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<jiff::SignedDuration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_dns_grace(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The agent's DNS state: the name cache and the watched policies of the current model.
+#[derive(Debug)]
+pub struct DnsState {
+    cache: DnsCache,
+    policies: DnsPolicies,
+    /// The model `policies` were built from (its address; 0: none yet).
+    model: usize,
+}
+
+impl DnsState {
+    /// An empty state with `grace` after each TTL and the default bounds.
+    pub fn new(grace: Duration) -> DnsState {
+        DnsState {
+            cache: DnsCache::new(DnsCacheLimits {
+                grace,
+                ..DnsCacheLimits::default()
+            }),
+            policies: DnsPolicies::default(),
+            model: 0,
+        }
+    }
+}
+
+impl super::AgentState {
+    /// Takes one DNS answer the datapath captured: parsed into the client's name cache, and
+    /// checked against the names the policies in force allow (a rotation is counted, logged
+    /// and marked on the client's later flows to the address).
+    pub fn on_dns(&self, answer: &crate::datapath::DnsAnswer) {
+        self.on_dns_at(answer, Instant::now());
+    }
+
+    /// [`super::AgentState::on_dns`] at `now`.
+    pub fn on_dns_at(&self, answer: &crate::datapath::DnsAnswer, now: Instant) {
+        let m = self.metrics.dns();
+        m.answer();
+        let resolution = match parse_answer(&answer.payload, answer.tcp, answer.payload_len) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                m.parse_error();
+                tracing::debug!(client = %answer.client, server = %answer.server, "DNS answer: {e}");
+                return;
+            }
+        };
+        let model = self.model();
+        let mut st = super::lock(&self.dns);
+        let id = model.as_ref().map_or(0, |m| Arc::as_ptr(m) as usize);
+        if st.model != id {
+            let (mut policies, errors) = match &model {
+                Some(m) => DnsPolicies::new(&m.inventory),
+                None => (DnsPolicies::default(), Vec::new()),
+            };
+            for e in errors {
+                tracing::warn!("{e}");
+            }
+            policies.keep_seen(&mut st.policies);
+            st.policies = policies;
+            st.model = id;
+        }
+        for (addr, names, ttl) in &resolution.addresses {
+            st.cache.insert(answer.client, *addr, names, *ttl, now);
+            for found in st.policies.check(answer.client, *addr, names) {
+                tracing::warn!(
+                    namespace = %found.pod.namespace,
+                    workload = %found.pod.workload,
+                    policy = %found.rotation.policy,
+                    name = %found.rotation.name,
+                    address = %found.addr,
+                    "DNS rotation: a name the policy allows resolved to an address outside its ipBlocks for the name"
+                );
+                m.rotation(crate::metrics::dns::RotationLabels {
+                    namespace: Arc::clone(&found.pod.namespace),
+                    kind: Arc::clone(&found.pod.kind),
+                    workload: Arc::clone(&found.pod.workload),
+                    policy: found.rotation.policy.clone(),
+                });
+                st.cache.set_rotation(answer.client, *addr, found.rotation);
+            }
+        }
+        m.set_cache(st.cache.len(), st.cache.evictions());
+    }
+
+    /// What the DNS answers `client` received say of `addr` now.
+    pub(super) fn flow_dns(&self, client: IpAddr, addr: IpAddr) -> Option<Arc<FlowDns>> {
+        let st = super::lock(&self.dns);
+        if !st.cache.knows_client(client) {
+            return None;
+        }
+        st.cache.lookup(client, addr, Instant::now()).map(Arc::new)
+    }
+
+    /// Forgets expired names (every sweep interval) and updates the cache gauges.
+    pub(super) fn expire_dns(&self) {
+        let mut st = super::lock(&self.dns);
+        st.cache.expire(Instant::now());
+        self.metrics
+            .dns()
+            .set_cache(st.cache.len(), st.cache.evictions());
+    }
+}
+
 #[cfg(test)]
 #[path = "dns_tests.rs"]
 mod tests;

@@ -148,6 +148,9 @@ pub struct AgentState {
     /// Drift detection, with `driftBaseline` ([`AgentState::open_drift`]; locked after
     /// `store` and `series`).
     drift: std::sync::OnceLock<Mutex<crate::drift::Drift>>,
+    /// DNS names of the pods' destinations and the rotation watch ([`dns`]; locked after
+    /// `store`).
+    dns: Mutex<dns::DnsState>,
 }
 
 /// The workload pairs whose unenforced flows were logged: one warning per pair, at most
@@ -201,6 +204,7 @@ impl AgentState {
             enforcement: std::sync::atomic::AtomicU8::new(Enforcement::Unknown as u8),
             unenforced_logged: Mutex::new(UnenforcedLog::default()),
             drift: std::sync::OnceLock::new(),
+            dns: Mutex::new(dns::DnsState::new(config.dns_grace.unsigned_abs())),
             node,
             config,
         }
@@ -694,6 +698,13 @@ impl AgentState {
 
     /// The compact, attributed and judged form of a new flow's record.
     fn stored(&self, store: &mut FlowStore, r: &FlowRecord) -> StoredFlow {
+        let mut f = self.stored_peers(store, r);
+        f.dns = self.flow_dns(r.src.ip, r.dst.ip);
+        f
+    }
+
+    /// [`AgentState::stored`] without the DNS names.
+    fn stored_peers(&self, store: &mut FlowStore, r: &FlowRecord) -> StoredFlow {
         let node = store.node(r.node.as_deref());
         match self.model() {
             Some(m) => {
@@ -1003,6 +1014,7 @@ impl Agent {
 
         let dp = Datapath::start(config.datapath()).await?;
         let mut updates = dp.subscribe();
+        let mut dns_answers = dp.subscribe_dns();
         let names: Vec<String> = dp
             .attached_interfaces()
             .into_iter()
@@ -1082,11 +1094,20 @@ impl Agent {
             tokio::select! {
                 _ = &mut shutdown => break,
                 u = updates.recv() => match u {
-                    Ok(u) => state.on_update(&u),
+                    Ok(u) => {
+                        // The answers the pods received before this flow began name it.
+                        drain_dns(&state, &mut dns_answers);
+                        state.on_update(&u);
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "flow updates lagged; their flows are picked up at the next sweep");
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
+                },
+                a = dns_answers.recv() => match a {
+                    Ok(a) => state.on_dns(&a),
+                    Err(broadcast::error::RecvError::Lagged(n)) => state.metrics.dns().lost(n),
+                    Err(broadcast::error::RecvError::Closed) => {}
                 },
                 _ = drop_tick.tick() => {
                     if let Some(t) = tracer.as_mut() {
@@ -1096,6 +1117,7 @@ impl Agent {
                 _ = health.tick() => {
                     report_health(&state, &dp);
                     state.expire();
+                    state.expire_dns();
                 }
                 _ = poll.tick() => {
                     if let Source::Files(p) = &source {
@@ -1178,6 +1200,17 @@ impl Agent {
         state.metrics.set_attached_interfaces(0);
         state.persist_drift(Timestamp::now());
         Ok(state.final_flows(records))
+    }
+}
+
+/// Takes the DNS answers waiting in `rx`.
+fn drain_dns(state: &AgentState, rx: &mut broadcast::Receiver<crate::datapath::DnsAnswer>) {
+    loop {
+        match rx.try_recv() {
+            Ok(a) => state.on_dns(&a),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => state.metrics.dns().lost(n),
+            Err(_) => return,
+        }
     }
 }
 
@@ -1352,6 +1385,8 @@ fn report_health(state: &AgentState, dp: &Datapath) {
             m.set_ringbuf_lost_total(c.get(Counter::RingbufFull));
             m.set_kernel_error_total("map_insert_failed", c.get(Counter::MapInsertFailed));
             m.set_kernel_error_total("parse_failed", c.get(Counter::ParseFailed));
+            m.dns()
+                .set_kernel_lost_total(c.get(Counter::DnsRingbufFull));
         }
         Err(e) => tracing::warn!("kernel counters: {e}"),
     }

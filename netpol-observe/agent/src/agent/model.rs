@@ -151,9 +151,18 @@ impl Model {
     ) -> Result<Model, PolicyError> {
         // Both engines share one table of the snapshot's pods.
         let pods = PodTable::new(&inventory);
-        let engine = PolicyEngine::compile_shared(&inventory.network_policies, &inventory, &pods)?;
+        // ClusterNetworkPolicies stay in force under staged NetworkPolicies.
+        let cluster = &inventory.cluster_network_policies;
+        let engine = PolicyEngine::compile_shared_with_cluster(
+            &inventory.network_policies,
+            cluster,
+            &inventory,
+            &pods,
+        )?;
         let staged = match staged {
-            Some(p) => Some(PolicyEngine::compile_shared(p, &inventory, &pods)?),
+            Some(p) => Some(PolicyEngine::compile_shared_with_cluster(
+                p, cluster, &inventory, &pods,
+            )?),
             None => None,
         };
         drop(pods);
@@ -167,7 +176,8 @@ impl Model {
                 services.insert(*ip, Arc::clone(&r));
             }
         }
-        let policy_fingerprint = policy_fingerprint(&inventory.network_policies);
+        let policy_fingerprint =
+            policy_fingerprint(&inventory.network_policies) ^ cluster_fingerprint(cluster);
         Ok(Model {
             policy_fingerprint,
             attributor: Attributor::shared(Arc::clone(&inventory), subnets),
@@ -190,6 +200,7 @@ impl Model {
             flow: record,
             verdict: Some(v.verdict),
             staged_verdict: v.staged,
+            dns_rotation: None,
         }
     }
 
@@ -502,6 +513,23 @@ fn policy_fingerprint(policies: &[NetworkPolicy]) -> u64 {
 }
 
 /// A set of a flow's two policy sides: the source pod's egress, the destination pod's ingress.
+/// The identity of a ClusterNetworkPolicy set (0 for none, so that a NetworkPolicy-only
+/// cluster keeps its fingerprint).
+fn cluster_fingerprint(policies: &[crate::policy::cluster::ClusterNetworkPolicy]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    if policies.is_empty() {
+        return 0;
+    }
+    let mut each: Vec<(&str, String)> = policies
+        .iter()
+        .map(|p| (p.name(), serde_json::to_string(&p.spec).unwrap_or_default()))
+        .collect();
+    each.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    each.hash(&mut h);
+    h.finish()
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Sides(u8);
 
@@ -565,9 +593,11 @@ pub(crate) fn unenforced_policy(v: &Verdict, sides: Sides) -> Option<String> {
     Some(names.into_iter().collect::<Vec<_>>().join(","))
 }
 
-/// The cache key of a record attributed as `a`, when its peers are a model's shared ones.
+/// The cache key of a record attributed as `a`, when its peers are a model's shared ones and
+/// it carries no DNS names (a ClusterNetworkPolicy `domainNames` rule judges by them, and the
+/// key does not hold them: such records are judged each time).
 fn verdict_key(flow: &FlowRecord, a: &Attributed) -> Option<VerdictKey> {
-    a.shared.then_some(VerdictKey {
+    (a.shared && flow.dst.dns_names.is_empty()).then_some(VerdictKey {
         protocol: flow.protocol,
         src: flow.src.ip,
         dst: flow.dst.ip,

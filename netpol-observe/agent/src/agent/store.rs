@@ -65,6 +65,10 @@ pub struct ObservedFlow {
     /// Verdict under the staged (draft) policies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub staged_verdict: Option<Verdict>,
+    /// A DNS rotation seen for this flow's client and destination: a name a policy in force
+    /// allows resolved to this address, outside the policy's ipBlocks for the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_rotation: Option<super::dns::DnsRotation>,
 }
 
 /// The identity of a flow: protocol and both endpoints as oriented by the datapath.
@@ -288,6 +292,8 @@ pub struct StoredFlow {
     /// deny it (marked once, [`FlowStore::mark_unenforced`]); served as the record's
     /// `unenforced`.
     pub unenforced: Sides,
+    /// What the client's DNS answers said of the destination when the flow was first seen.
+    pub dns: Option<Arc<super::dns::FlowDns>>,
 }
 
 impl StoredFlow {
@@ -317,6 +323,7 @@ impl StoredFlow {
             backend_known: false,
             opened: false,
             unenforced: Sides::NONE,
+            dns: None,
         };
         f.refresh(record);
         f
@@ -366,12 +373,16 @@ impl StoredFlow {
     /// The record of flow `id` as served, without verdicts.
     pub(crate) fn to_record(&self, id: &FlowId) -> FlowRecord {
         let p = &self.peers;
+        let mut dst = p
+            .dst
+            .endpoint(id.dst.0, self.dst_port, p.service.as_deref());
+        if let Some(d) = &self.dns {
+            dst.dns_names = d.names.clone();
+        }
         FlowRecord {
             protocol: id.protocol,
             src: p.src.endpoint(id.src.0, self.src_port, None),
-            dst: p
-                .dst
-                .endpoint(id.dst.0, self.dst_port, p.service.as_deref()),
+            dst,
             state: self.state,
             first_seen: self.first_seen(),
             last_seen: self.last_seen(),
@@ -428,6 +439,7 @@ impl StoredFlow {
             flow,
             verdict: v.as_ref().map(|v| v.verdict.clone()),
             staged_verdict: v.and_then(|v| v.staged.clone()),
+            dns_rotation: self.dns.as_ref().and_then(|d| d.rotation.clone()),
         }
     }
 }
@@ -993,11 +1005,12 @@ mod tests {
     }
 
     /// The store holds up to `maxFlows` (100,000 by default) of these: the enforcement check's
-    /// flags (`backend_known`, `opened`, `unenforced`) live in what was padding.
+    /// flags (`backend_known`, `opened`, `unenforced`) live in what was padding; the DNS
+    /// names are one shared pointer (8 bytes, 0.8 MB at 100,000 flows).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_stored_flow_stays_compact() {
-        assert_eq!(size_of::<StoredFlow>(), 136);
+        assert_eq!(size_of::<StoredFlow>(), 144);
     }
 
     #[test]

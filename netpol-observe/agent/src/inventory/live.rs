@@ -7,6 +7,10 @@
 //! listed, then again (debounced) after changes. Pods deleted since the previous snapshot are
 //! kept for [`LiveOptions::tombstone_retention`] with their deletion time, so that flows seen
 //! while a pod still held an IP are attributed to it even after the IP is reused.
+//!
+//! ClusterNetworkPolicies are optional: in a cluster without their CRD the API answers 404,
+//! which counts as listed with none (said once in the log); the watch keeps retrying with its
+//! backoff and picks them up when the CRD is installed.
 
 use std::{collections::HashMap, fmt::Debug, sync::Arc, time::Duration};
 
@@ -31,6 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use super::{Interner, Inventory, PodInfo, WATCHED_RESOURCES, build};
+use crate::policy::cluster::ClusterNetworkPolicy;
 
 /// How the live inventory behaves.
 #[derive(Debug, Clone)]
@@ -129,6 +134,7 @@ struct Stores {
     network_policies: Store<NetworkPolicy>,
     replica_sets: Store<ReplicaSet>,
     jobs: Store<Job>,
+    cluster_network_policies: Store<ClusterNetworkPolicy>,
 }
 
 /// The `group/resource` name of each watched resource, in [`WATCHED_RESOURCES`] order.
@@ -149,7 +155,11 @@ const RESOURCE_NAMES: &[&str] = &[
     "networking.k8s.io/networkpolicies",
     "apps/replicasets",
     "batch/jobs",
+    "policy.networking.k8s.io/clusternetworkpolicies",
 ];
+
+/// Resources a cluster may lack (a CRD): a 404 means none.
+const OPTIONAL: &[&str] = &["policy.networking.k8s.io/clusternetworkpolicies"];
 
 /// Starts the reflectors (one per [`WATCHED_RESOURCES`] entry) and the snapshot builder on the
 /// current tokio runtime; they run until the runtime shuts down.
@@ -202,9 +212,18 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
             tx.clone(),
         ),
         jobs: spawn_reflector(
-            Api::all(client),
+            Api::all(client.clone()),
             resource_name("batch", "jobs"),
             trim_job,
+            tx.clone(),
+        ),
+        cluster_network_policies: spawn_reflector(
+            Api::all(client),
+            resource_name(
+                crate::policy::cluster::GROUP,
+                crate::policy::cluster::PLURAL,
+            ),
+            trim_meta,
             tx,
         ),
     };
@@ -240,6 +259,10 @@ impl Prober {
     /// agent's own identity: the same verb the reflector needs.
     async fn can_list(&self, resource: &str) -> Result<(), String> {
         let path = match resource.split_once('/') {
+            Some((group, name)) if group == crate::policy::cluster::GROUP => format!(
+                "/apis/{group}/{}/{name}?limit=1",
+                crate::policy::cluster::VERSION
+            ),
             Some((group, name)) => format!("/apis/{group}/v1/{name}?limit=1"),
             None => format!("/api/v1/{resource}?limit=1"),
         };
@@ -272,11 +295,29 @@ where
     );
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        // An optional resource the API server does not serve (404): listed, with none.
+        let mut absent = false;
         while let Some(event) = stream.next().await {
             let report = match event {
-                Ok(watcher::Event::InitDone) => Report::Listed(name),
+                Ok(watcher::Event::InitDone) => {
+                    if std::mem::take(&mut absent) {
+                        tracing::info!(resource = name, "the resource is served now");
+                    }
+                    Report::Listed(name)
+                }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => continue,
                 Ok(_) => Report::Changed(name),
+                Err(err) if OPTIONAL.contains(&name) && is_not_found(&err) => {
+                    if absent {
+                        continue;
+                    }
+                    absent = true;
+                    tracing::info!(
+                        resource = name,
+                        "the API server does not serve this resource (its CRD is not installed): taken as none; checked again with the watch's backoff"
+                    );
+                    Report::Listed(name)
+                }
                 Err(err) => {
                     tracing::warn!(resource = name, error = %err, "watch failed; retrying with backoff");
                     Report::Error(name, describe(&err))
@@ -288,6 +329,17 @@ where
         }
     });
     reader
+}
+
+/// Whether a watch error is the API server's 404 (the resource is not served).
+fn is_not_found(err: &watcher::Error) -> bool {
+    matches!(
+        err,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 404
+    )
 }
 
 /// A watch error in a line: the API server's own message for API errors (it names the verb and
@@ -468,6 +520,12 @@ fn snapshot(
         match crate::policy::validate(&np) {
             Ok(()) => inv.network_policies.push((*np).clone()),
             Err(err) => tracing::warn!(error = %err, "skipping network policy"),
+        }
+    }
+    for cnp in stores.cluster_network_policies.state() {
+        match crate::policy::cluster::validate(&cnp) {
+            Ok(()) => inv.cluster_network_policies.push((*cnp).clone()),
+            Err(err) => tracing::warn!(error = %err, "skipping cluster network policy"),
         }
     }
     // Tombstones: pods of the previous snapshot that are gone now.

@@ -24,6 +24,7 @@
 //! ```
 
 mod budget;
+pub mod dns;
 pub mod labels;
 pub mod sample;
 
@@ -232,6 +233,7 @@ pub struct Metrics {
     inventory_objects: Family<ResourceLabels, Gauge>,
     evictions: Family<EvictionLabels, Counter>,
     series_dropped: Family<MetricLabels, Counter>,
+    dns: dns::DnsMetrics,
     cumulative: Cumulative,
 }
 
@@ -259,6 +261,7 @@ impl Metrics {
             inventory_objects: Family::default(),
             evictions: Family::default(),
             series_dropped: Family::default(),
+            dns: dns::DnsMetrics::default(),
             cumulative: Cumulative::default(),
             registry: Registry::with_prefix("netpol_observe"),
             config,
@@ -364,7 +367,13 @@ impl Metrics {
             "Observations collapsed into the other bucket because their family's series budget was spent",
             self.series_dropped.clone(),
         );
+        self.dns.register(r);
         self
+    }
+
+    /// The DNS-capture families.
+    pub fn dns(&self) -> &dns::DnsMetrics {
+        &self.dns
     }
 
     /// The configuration the metrics were created with.

@@ -128,6 +128,17 @@ pub fn populated() -> Metrics {
     metrics.set_inventory_objects(&crate::inventory::Inventory::default());
     metrics.record_evictions("idle", 7);
     metrics.record_evictions("closed", 2);
+    let dns = metrics.dns();
+    dns.answer();
+    dns.parse_error();
+    dns.set_kernel_lost_total(1);
+    dns.set_cache(3, 1);
+    dns.rotation(super::dns::RotationLabels {
+        namespace: "shop".into(),
+        kind: "Deployment".into(),
+        workload: "web".into(),
+        policy: "shop/web-egress".to_owned(),
+    });
     metrics
 }
 

@@ -77,6 +77,23 @@ fn exact_values_after_recorded_flows() {
     m.set_kernel_error_total("parse_error", 7);
     m.set_kernel_error_total("parse_error", 9);
     m.set_attached_interfaces(4);
+    let dns = m.dns();
+    dns.answer();
+    dns.answer();
+    dns.parse_error();
+    dns.set_kernel_lost_total(2);
+    dns.set_kernel_lost_total(3);
+    dns.lost(1);
+    dns.set_cache(7, 1);
+    dns.set_cache(5, 4);
+    for _ in 0..2 {
+        dns.rotation(dns::RotationLabels {
+            namespace: "shop".into(),
+            kind: "Deployment".into(),
+            workload: "web".into(),
+            policy: "shop/web-egress".to_owned(),
+        });
+    }
     m.set_inventory_synced("pods", true);
     m.set_inventory_synced("nodes", false);
     m.record_evictions("idle", 6);
@@ -155,6 +172,17 @@ fn exact_values_after_recorded_flows() {
         (format!(r#"{p}inventory_synced{{resource="pods"}}"#), 1.0),
         (format!(r#"{p}inventory_synced{{resource="nodes"}}"#), 0.0),
         (format!(r#"{p}flow_evictions_total{{reason="idle"}}"#), 6.0),
+        (format!("{p}dns_answers_total"), 2.0),
+        (format!("{p}dns_parse_errors_total"), 1.0),
+        (format!("{p}dns_answers_lost_total"), 4.0),
+        (format!("{p}dns_cache_entries"), 5.0),
+        (format!("{p}dns_cache_evictions_total"), 4.0),
+        (
+            format!(
+                r#"{p}dns_rotations_total{{namespace="shop",kind="Deployment",workload="web",policy="shop/web-egress"}}"#
+            ),
+            2.0,
+        ),
     ];
     for (series, value) in &expect {
         assert_eq!(s.get(series), Some(value), "{series}\nin {s:#?}");

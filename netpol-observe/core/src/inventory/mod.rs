@@ -35,6 +35,8 @@ pub const WATCHED_RESOURCES: &[(&str, &str)] = &[
     ("networking.k8s.io", "networkpolicies"),
     ("apps", "replicasets"),
     ("batch", "jobs"),
+    // Optional: a cluster without the CRD has none (see `live`).
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
 ];
 
 /// One model of the cluster: plain data, no client, cheap to share behind an `Arc`.

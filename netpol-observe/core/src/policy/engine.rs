@@ -377,7 +377,7 @@ impl PolicyEngine {
     /// decides before the NetworkPolicies, their Baseline tier after them for pods no
     /// NetworkPolicy isolates ([`super::cluster`]). The first invalid policy of either kind is
     /// an error naming it and the field.
-    pub(crate) fn compile_with_cluster(
+    pub fn compile_with_cluster(
         policies: &[NetworkPolicy],
         cluster: &[ClusterNetworkPolicy],
         inventory: &Inventory,
@@ -387,7 +387,7 @@ impl PolicyEngine {
 
     /// [`PolicyEngine::compile_with_cluster`] on a shared pod table (see
     /// [`PolicyEngine::compile_shared`]).
-    pub(crate) fn compile_shared_with_cluster(
+    pub fn compile_shared_with_cluster(
         policies: &[NetworkPolicy],
         cluster: &[ClusterNetworkPolicy],
         inventory: &Inventory,

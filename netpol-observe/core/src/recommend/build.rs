@@ -201,10 +201,12 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
         let w = &obs.workloads[*w as usize];
         (w.namespace, w.name, w.kind)
     });
+    let mut ruled: BTreeSet<u32> = BTreeSet::new();
     for w_idx in order {
         let Some((mut ingress, mut egress)) = dirs.remove(&w_idx) else {
             continue;
         };
+        ruled.insert(w_idx);
         let w = &obs.workloads[w_idx as usize];
         let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
             notes.push(format!(
@@ -298,6 +300,32 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 egress: (!egress_rules.is_empty()).then_some(egress_rules),
             }),
         });
+    }
+
+    // A workload whose only traffic is with its own node gets no NetworkPolicy (that traffic
+    // is implicit); other APIs need a rule for it: hints with its selector.
+    for (w_idx, ports) in &obs.own_node_egress {
+        let w = &obs.workloads[*w_idx as usize];
+        let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        if ruled.contains(w_idx) || !in_scope(w) {
+            continue;
+        }
+        let mut name = format!("{}-np", w.name);
+        if name == "default-deny" || used.contains(&(w.namespace.to_owned(), name.clone())) {
+            name = format!("{}-{}-np", w.name, w.kind.to_ascii_lowercase());
+        }
+        used.insert((w.namespace.to_owned(), name.clone()));
+        let hints = PolicyHints {
+            own_node_egress: ports
+                .iter()
+                .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
+                .collect(),
+            selector: Some(selector.clone()),
+            ..PolicyHints::default()
+        };
+        built_hints.insert((w.namespace.to_owned(), name), hints);
     }
 
     let mut policies = Vec::new();

@@ -17,6 +17,10 @@ use crate::flow::Protocol;
 /// and names sorted). Whole-Internet blocks (`/0`) are not listed.
 pub const DNS_NAMES: &str = "netpol-observe.io/dns-names";
 
+/// At most this many names per block: beyond, the block keeps its CIDR in other formats and
+/// the evidence lists the first names (sorted), so the annotation stays bounded.
+pub const MAX_NAMES_PER_BLOCK: usize = 64;
+
 /// A port of a rule as written: protocol and port (number or name, as text); `None` for every
 /// port and protocol.
 pub(crate) type RulePort = Option<(Protocol, String)>;
@@ -27,7 +31,8 @@ pub struct NamedBlock {
     /// The DNS names (lowercase, without a trailing dot), sorted.
     pub names: BTreeSet<String>,
     /// The block must stay an address block where names can replace it (`toFQDNs`): some of
-    /// its observed addresses had no name, or it is a named subnet (a stable range by choice).
+    /// its observed addresses had no name, it is a named subnet (a stable range by choice), or
+    /// it had more than [`MAX_NAMES_PER_BLOCK`] names.
     pub keep_cidr: bool,
 }
 
@@ -40,6 +45,9 @@ pub struct PolicyHints {
     /// The ports of the workload's traffic to its own node (always allowed by NetworkPolicy,
     /// so not in its rules; Cilium needs them to its `host`).
     pub own_node_egress: BTreeSet<RulePort>,
+    /// For a workload with no NetworkPolicy (its only traffic is with its own node): the
+    /// selector labels a policy of another API selects it by (the key names that policy).
+    pub selector: Option<BTreeMap<String, String>>,
 }
 
 impl PolicyHints {
@@ -90,6 +98,10 @@ pub(crate) fn named_blocks<'n>(
                 None => block.keep_cidr = true,
             }
         }
+        if block.names.len() > MAX_NAMES_PER_BLOCK {
+            block.names = block.names.into_iter().take(MAX_NAMES_PER_BLOCK).collect();
+            block.keep_cidr = true;
+        }
         if !block.names.is_empty() {
             out.push((*cidr, block));
         }
@@ -130,6 +142,24 @@ mod tests {
         for bad in ["", ".", "a..b", "a b.io", "x/y", &"a".repeat(64), "*.x.io"] {
             assert_eq!(normalize(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_per_block_are_bounded() {
+        let net: IpNet = "10.0.2.0/24".parse().unwrap();
+        let addrs: Vec<IpAddr> = (1..=100u8).map(|i| IpAddr::from([10, 0, 2, i])).collect();
+        let names: Vec<BTreeSet<String>> = (1..=addrs.len())
+            .map(|i| [format!("h{i:03}.example.com")].into())
+            .collect();
+        let lookup = |ip: IpAddr| addrs.iter().position(|a| *a == ip).map(|i| &names[i]);
+        let out = named_blocks(&[(net, &[], false)], &addrs, &lookup);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.names.len(), MAX_NAMES_PER_BLOCK);
+        assert_eq!(
+            out[0].1.names.first().map(String::as_str),
+            Some("h001.example.com")
+        );
+        assert!(out[0].1.keep_cidr);
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub mod types;
 pub use compile::validate;
 pub use types::{
     API_VERSION, Action, ClusterNetworkPolicy, ClusterNetworkPolicySpec,
-    ClusterNetworkPolicyStatus, EgressPeer, EgressRule, IngressPeer, IngressRule, KIND,
-    NamespacedPod, Port, PortRange, ProtocolMatch, ProtocolPort, Subject, Tier,
+    ClusterNetworkPolicyStatus, EgressPeer, EgressRule, GROUP, IngressPeer, IngressRule, KIND,
+    NamespacedPod, PLURAL, Port, PortRange, ProtocolMatch, ProtocolPort, Subject, Tier, VERSION,
 };
 
 #[cfg(test)]

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 /// The kind.
 pub const KIND: &str = "ClusterNetworkPolicy";
+/// The API group.
+pub const GROUP: &str = "policy.networking.k8s.io";
+/// The API version within the group.
+pub const VERSION: &str = "v1alpha2";
+/// The resource (what RBAC names).
+pub const PLURAL: &str = "clusternetworkpolicies";
 
 /// A cluster-wide network policy: a tier (Admin before NetworkPolicy, Baseline after), a
 /// priority within it, the pods it applies to and ordered rules with an action.
@@ -300,5 +306,36 @@ impl ProtocolPort {
                 range: None,
             }),
         }
+    }
+}
+
+/// For the live inventory's watch (`Api::all`): a cluster-scoped resource
+/// `clusternetworkpolicies` of `policy.networking.k8s.io/v1alpha2`.
+impl kube_core::Resource for ClusterNetworkPolicy {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        KIND.into()
+    }
+
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        GROUP.into()
+    }
+
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        VERSION.into()
+    }
+
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        PLURAL.into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
     }
 }

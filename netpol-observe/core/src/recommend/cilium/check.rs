@@ -7,7 +7,7 @@
 //! endpoint's own node), `remote-node` and `kube-apiserver` select; `toFQDNs` matches the
 //! addresses the client resolved from those names (the flow's `dst.dns_names`); ingress from
 //! the endpoint's own node is always allowed (Cilium's `allow-localhost`), egress to it is
-//! not; ports are the ports after Service translation, a named port is the destination pod's
+//! not; node-local DNS (`169.254.20.10`) is the client's own node (a hostNetwork cache); ports are the ports after Service translation, a named port is the destination pod's
 //! container port of that name.
 //!
 //! Pass attributed flows ([`crate::attribution::Attributor::attribute`]).
@@ -23,7 +23,7 @@ use crate::{
     attribution::Attributor,
     flow::{Endpoint, FlowRecord, Protocol},
     inventory::{ContainerPortInfo, Inventory},
-    recommend::dns_names::normalize,
+    recommend::{NODE_LOCAL_DNS, dns_names::normalize},
 };
 
 /// What Cilium does with one direction of a flow.
@@ -161,6 +161,20 @@ impl<'a> Checker<'a> {
         }
         if let Some(node) = &ep.node {
             return Identity::Node(node.clone());
+        }
+        if dst && ep.ip == NODE_LOCAL_DNS {
+            // The node-local DNS cache on the client's node (hostNetwork): Cilium sees the host.
+            let at = f.first_seen.or(f.last_seen);
+            let node = f
+                .src
+                .namespace
+                .as_deref()
+                .zip(f.src.pod.as_deref())
+                .and_then(|(ns, pod)| self.attributor.pod_by_name(ns, pod, at))
+                .and_then(|p| p.node_name.as_deref());
+            if let Some(node) = node {
+                return Identity::Node(node.to_owned());
+            }
         }
         if let Some(s) = service
             && let Some(svc) = self

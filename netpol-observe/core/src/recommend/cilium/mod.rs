@@ -10,6 +10,8 @@
 //!   (`rules.dns: [matchPattern: "*"]`; every lookup stays allowed, the proxy learns the
 //!   answers); a block that also held unnamed addresses, or a named subnet, stays a CIDR too;
 //! - the API server (the endpoints of `default/kubernetes`) as `toEntities: [kube-apiserver]`;
+//! - node-local DNS (`169.254.20.10`) as the entity `host` and the `k8s-app=node-local-dns`
+//!   pods (a hostNetwork DaemonSet, or pods behind a Local Redirect Policy);
 //! - nodes and hostNetwork pods as the entities `host` and `remote-node` (Cilium does not
 //!   select nodes by address), and a pod's traffic to its own node, implicit in NetworkPolicy,
 //!   as `toEntities: [host]` on its ports;
@@ -36,7 +38,7 @@ use self::types::{
     IngressRule, KIND, L7Rules, NAMESPACE_LABEL, PortProtocol, PortRule, Spec,
 };
 use super::{
-    NAMESPACE_NAME_LABEL, Recommendation, annotations,
+    NAMESPACE_NAME_LABEL, NODE_LOCAL_DNS, Recommendation, annotations,
     dns_names::{PolicyHints, RulePort},
 };
 use crate::{
@@ -122,7 +124,8 @@ pub fn render(
 ) -> Result<Vec<CiliumNetworkPolicy>, CiliumError> {
     let cluster = Cluster::new(inventory);
     let empty = PolicyHints::default();
-    rec.policies
+    let mut out = rec
+        .policies
         .iter()
         .map(|p| {
             let key = (
@@ -131,7 +134,61 @@ pub fn render(
             );
             translate(p, rec.hints.get(&key).unwrap_or(&empty), &cluster)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // Workloads whose only traffic is with their own node: a policy allowing just that (the
+    // namespace's default deny would block it in Cilium), after their namespace's others.
+    for ((ns, name), hints) in &rec.hints {
+        let Some(selector) = &hints.selector else {
+            continue;
+        };
+        let np = own_node_policy(ns, name, selector, rec);
+        let cnp = translate(&np, hints, &cluster)?;
+        let at = out
+            .iter()
+            .rposition(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .map_or(out.len(), |i| i + 1);
+        out.insert(at, cnp);
+    }
+    Ok(out)
+}
+
+/// A NetworkPolicy selecting a workload, with no rules (egress only), labelled and annotated
+/// as the recommender's: what [`translate`] turns into its own-node rule.
+fn own_node_policy(
+    ns: &str,
+    name: &str,
+    selector: &BTreeMap<String, String>,
+    rec: &Recommendation,
+) -> NetworkPolicy {
+    let labels = rec
+        .policies
+        .iter()
+        .find(|p| p.metadata.namespace.as_deref() == Some(ns))
+        .and_then(|p| p.metadata.labels.clone())
+        .unwrap_or_else(|| {
+            [(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "netpol-observe".to_owned(),
+            )]
+            .into()
+        });
+    NetworkPolicy {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ns.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(k8s_openapi::api::networking::v1::NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Egress".to_owned()]),
+            ingress: None,
+            egress: None,
+        }),
+    }
 }
 
 fn translate(
@@ -296,6 +353,26 @@ fn peers_of(
         let host = cidr.prefix_len() == cidr.max_prefix_len();
         if host && hints.is_some() && cluster.api_server.contains(&cidr.addr()) {
             return Ok(vec![Peer::Entity(Entity::KubeApiserver)]);
+        }
+        if host && hints.is_some() && cidr.addr() == NODE_LOCAL_DNS {
+            // Cilium sees node-local DNS as the host (a hostNetwork DaemonSet) or, behind a
+            // Local Redirect Policy, as its pods: never as this address.
+            notes.push(format!(
+                "egress to node-local DNS {NODE_LOCAL_DNS} as the entity host and the kube-system pods k8s-app=node-local-dns (Cilium never sees its address)"
+            ));
+            return Ok(vec![
+                Peer::Entity(Entity::Host),
+                Peer::Endpoints(EndpointSelector {
+                    match_labels: Some(
+                        [
+                            (NAMESPACE_LABEL.to_owned(), "kube-system".to_owned()),
+                            ("k8s:k8s-app".to_owned(), "node-local-dns".to_owned()),
+                        ]
+                        .into(),
+                    ),
+                    match_expressions: None,
+                }),
+            ]);
         }
         if host && cluster.nodes.contains(&cidr.addr()) {
             notes.push(format!(
