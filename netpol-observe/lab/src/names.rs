@@ -190,7 +190,9 @@ traffic:
     }
 
     fn repo(path: &str) -> (std::path::PathBuf, String) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path);
         let text = std::fs::read_to_string(&path).unwrap();
         (path, text)
     }

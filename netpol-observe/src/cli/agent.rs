@@ -167,6 +167,9 @@ pub struct Args {
     /// Flows kept for /api/v1/flows [default: 100000].
     #[arg(long, env = "NETPOL_OBSERVE_MAX_FLOWS", value_name = "N")]
     pub max_flows: Option<usize>,
+    /// Seconds an ended flow stays in /api/v1/flows [default: 600].
+    #[arg(long, env = "NETPOL_OBSERVE_FLOW_RETENTION", value_name = "SECONDS")]
+    pub flow_retention: Option<u64>,
     /// The enforcement check (netpol_observe_unenforced_flows_total: denied flows that were
     /// delivered) judges only flows first seen at least this long after the NetworkPolicy set
     /// in force last changed; 0s judges every flow [default: 10s].
@@ -297,6 +300,9 @@ impl Args {
         }
         if let Some(v) = self.max_flows {
             c.max_flows = v;
+        }
+        if let Some(v) = self.flow_retention {
+            c.flow_retention = v;
         }
         if let Some(v) = self.enforcement_grace {
             c.enforcement_grace = v;

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+
 mod baseline;
+#[cfg(test)]
+mod config_docs;
 mod evaluate;
 mod flows;
 #[cfg(test)]

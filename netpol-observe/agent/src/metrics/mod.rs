@@ -476,7 +476,7 @@ impl Metrics {
     /// Records traffic of an attributed flow: `new` counts it once in
     /// `netpol_observe_flows_total{verdict}`; the packet and byte deltas (both directions, since
     /// the last call for this flow) go to `flow_packets_total` and `flow_bytes_total`.
-    pub(crate) fn record_flow(
+    pub fn record_flow(
         &self,
         record: &FlowRecord,
         new: bool,
