@@ -240,6 +240,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     check_output_names(&rec.policies)?;
     let objects = render_objects(args.format, &rec, &inventory)?;
+    if args.format == PolicyFormat::ClusterNetworkPolicy {
+        // The ClusterNetworkPolicies must take away nothing the NetworkPolicies allow.
+        let cluster = crate::recommend::cluster_policy::render(&rec, &inventory);
+        let mut attributed = flows.flows.clone();
+        for f in &mut attributed {
+            recommender.attributor().attribute(f);
+        }
+        let denied =
+            crate::recommend::cluster_policy::check(&rec, &cluster, &inventory, &attributed)
+                .context("self-check of the ClusterNetworkPolicies")?;
+        if !denied.is_empty() {
+            for d in denied.iter().take(20) {
+                errln!("self-check: the ClusterNetworkPolicies deny an observed flow {d}");
+            }
+            anyhow::bail!(
+                "self-check failed: the ClusterNetworkPolicies deny {} observed flow(s) the NetworkPolicies allow; nothing was written",
+                denied.len()
+            );
+        }
+    }
     match &args.write {
         Some(out) if is_dir_target(out) => {
             let files = by_file(out, &objects, policy_output)?;
@@ -259,8 +279,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     if args.diff {
-        let engine = PolicyEngine::compile(&inventory.network_policies, &inventory)
-            .context("the inventory's current NetworkPolicies")?;
+        let engine = PolicyEngine::compile_with_cluster(
+            &inventory.network_policies,
+            &inventory.cluster_network_policies,
+            &inventory,
+        )
+        .context("the inventory's current NetworkPolicies")?;
         let mut attributed = flows.flows;
         for f in &mut attributed {
             recommender.attributor().attribute(f);

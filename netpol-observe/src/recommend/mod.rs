@@ -34,6 +34,7 @@ pub mod bench;
 mod build;
 pub mod cidr;
 pub mod cilium;
+pub mod cluster_policy;
 pub mod diff;
 pub mod dns_names;
 pub mod format;
@@ -181,6 +182,9 @@ pub struct Recommendation {
     /// pod's own node.
     pub hints: BTreeMap<(String, String), dns_names::PolicyHints>,
 }
+    /// The namespaces left out ([`RecommendConfig::exclude_namespaces`]): other formats leave
+    /// them out of cluster-wide defaults.
+    pub excluded_namespaces: Vec<String>,
 
 impl Recommendation {
     /// Whether the self-check ([`RecommendConfig::self_check`]) failed: the recommended
@@ -503,6 +507,7 @@ impl<'i> Recommender<'i> {
             denied: judged.denied,
             hints: built.hints,
         }
+            excluded_namespaces: self.config.exclude_namespaces.clone(),
     }
 }
 
