@@ -182,10 +182,10 @@ pub struct Recommendation {
     /// write the same least privilege: DNS names behind its egress blocks, traffic to the
     /// pod's own node.
     pub hints: BTreeMap<(String, String), dns_names::PolicyHints>,
-}
     /// The namespaces left out ([`RecommendConfig::exclude_namespaces`]): other formats leave
     /// them out of cluster-wide defaults.
     pub excluded_namespaces: Vec<String>,
+}
 
 impl Recommendation {
     /// Whether the self-check ([`RecommendConfig::self_check`]) failed: the recommended
@@ -507,8 +507,8 @@ impl<'i> Recommender<'i> {
             stats,
             denied: judged.denied,
             hints: built.hints,
-        }
             excluded_namespaces: self.config.exclude_namespaces.clone(),
+        }
     }
 }
 
