@@ -20,6 +20,8 @@ mod attach;
 pub mod btf;
 mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod dns_cost;
 mod drops;
 mod hooks;
 mod kernel;
@@ -50,8 +52,8 @@ use tokio::{
 };
 
 pub use attach::{AttachMode, AttachedInterface};
-pub use dns::DnsAnswer;
 pub use config::{DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, InterfaceFilter};
+pub use dns::DnsAnswer;
 pub use drops::{
     DropSample, DropScope, DropTracer, DropsError, NetnsOffsets, SkbOffsets, kernel_drop_reasons,
     own_netns_inode,
