@@ -576,8 +576,8 @@ const SITUATIONAL_PANELS: [(&str, &str); 4] = [
         "the agents run with --drift-baseline and see a flow outside it",
     ),
     (
-        "Evictions and series dropped by the budget",
-        "the kernel flow table evicted flows or a series budget was spent",
+        "Flow table LRU evictions and series over budget",
+        "the kernel flow table was full or a series budget was spent",
     ),
 ];
 
@@ -676,6 +676,107 @@ fn dashboards_show_data(out: &Path) {
     assert!(
         empty.is_empty(),
         "panels without data after the lab: {empty:#?}"
+    );
+    pair_panels_filter_both_sides(&rt, &netns);
+}
+
+/// The `namespace` variable lists the namespaces of both ends of the flows (`kube-system`,
+/// only ever a destination, too), and each pair panel (flows, bytes, packets) shows data with
+/// each of them chosen: the variables filter both sides.
+fn pair_panels_filter_both_sides(rt: &tokio::runtime::Runtime, netns: &str) {
+    use netpol_observe::lab::{prometheus, servers};
+    let ask = |path: String| -> Value {
+        let (status, body) = rt
+            .block_on(servers::http_get(
+                netns,
+                prometheus::PROMETHEUS_LISTEN,
+                &path,
+            ))
+            .expect("query prometheus");
+        assert_eq!(status, 200, "{path}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(answer["status"], "success", "{path}: {body}");
+        answer
+    };
+    let labels = |promql: &str, label: &str| -> std::collections::BTreeSet<String> {
+        let answer = ask(format!(
+            "/api/v1/query?query={}",
+            prometheus::encode(promql)
+        ));
+        answer["data"]["result"]
+            .as_array()
+            .expect("result")
+            .iter()
+            .filter_map(|s| s["metric"][label].as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let dashboard = read_json(&repo("deploy/grafana/netpol-observe.json"));
+    let var = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == "namespace")
+        .expect("the namespace variable");
+    let query = var["query"]["query"].as_str().expect("query");
+    let promql = query
+        .strip_prefix("query_result(")
+        .and_then(|q| q.strip_suffix(')'))
+        .expect("a query_result variable");
+    let listed = labels(promql, "namespace");
+    let mut ends = labels(
+        "group by (src_namespace) (netpol_observe_flows_total)",
+        "src_namespace",
+    );
+    let dst_only: std::collections::BTreeSet<String> = labels(
+        "group by (dst_namespace) (netpol_observe_flows_total)",
+        "dst_namespace",
+    )
+    .difference(&ends)
+    .cloned()
+    .collect();
+    ends.extend(dst_only.iter().cloned());
+    assert_eq!(listed, ends, "the namespace variable lists both ends");
+    let mut empty = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        if !title.ends_with("by workload pair") && !title.starts_with("Flows by workload pair") {
+            continue;
+        }
+        for ns in &listed {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs();
+            let data = panel["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .any(|t| {
+                    let expr = t["expr"]
+                        .as_str()
+                        .expect("expr")
+                        .replace("$__rate_interval", "1m")
+                        .replace("$namespace", ns)
+                        .replace("$workload", ".*");
+                    let answer = ask(format!(
+                        "/api/v1/query_range?query={}&start={}&end={now}&step=5",
+                        prometheus::encode(&expr),
+                        now - 600
+                    ));
+                    answer["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty())
+                });
+            if !data {
+                empty.push(format!("{title} with namespace {ns}"));
+            }
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "pair panels without data for a namespace of the variable (destination-only: {dst_only:?}): {empty:#?}"
     );
 }
 
