@@ -440,8 +440,8 @@ impl StoredFlow {
             flow,
             verdict: v.as_ref().map(|v| v.verdict.clone()),
             staged_verdict: v.and_then(|v| v.staged.clone()),
-        }
             dns_rotation: self.dns.as_ref().and_then(|d| d.rotation.clone()),
+        }
     }
 }
 
