@@ -93,11 +93,11 @@ fn shipped_scenario(
     dns_lookups: usize,
     forbidden: usize,
     drift: &[DriftEdge],
-) -> tempfile::TempDir {
-    let files = run_and_check(name, &[], entries, dns_lookups, forbidden, drift);
+) -> (tempfile::TempDir, String) {
+    let (files, summary) = run_and_check(name, &[], entries, dns_lookups, forbidden, drift);
     let test = format!("{name} scenario with --apiserver");
     let Some(bins) = netpol_observe_e2e::apiserver::Binaries::find(&test) else {
-        return files;
+        return (files, summary);
     };
     let apiserver = [
         "--apiserver",
@@ -106,7 +106,7 @@ fn shipped_scenario(
         "--etcd",
         bins.etcd.to_str().expect("path"),
     ];
-    let api = run_and_check(name, &apiserver, entries, dns_lookups, forbidden, drift);
+    let (api, _) = run_and_check(name, &apiserver, entries, dns_lookups, forbidden, drift);
     for log in per_node(api.path(), "agent", "log") {
         assert!(
             log.contains("in-cluster"),
@@ -138,7 +138,7 @@ fn shipped_scenario(
             read_json(&api.path().join("rotation.json"))
         );
     }
-    files
+    (files, summary)
 }
 
 /// The per-node files `<stem>.<ext>` (one node) or `<stem>-<node>.<ext>` (several) of a lab's
@@ -162,7 +162,8 @@ fn per_node(out: &Path, stem: &str, ext: &str) -> Vec<String> {
 }
 
 /// One run of a shipped scenario — agent, recommender, verification, enforcement of the
-/// *recommended* policies — with every output checked against the scenario.
+/// *recommended* policies — with every output checked against the scenario; the output folder
+/// and the summary the lab printed.
 fn run_and_check(
     name: &str,
     extra: &[&str],
@@ -170,7 +171,7 @@ fn run_and_check(
     dns_lookups: usize,
     forbidden: usize,
     drift: &[DriftEdge],
-) -> tempfile::TempDir {
+) -> (tempfile::TempDir, String) {
     let out = tempfile::tempdir().expect("tempdir");
     let scenario = repo(&format!("deploy/lab/{name}.yaml"));
     // A relative --out (in the temp dir, where the lab runs), as `cargo xtask lab` gives it:
@@ -424,6 +425,14 @@ fn run_and_check(
     if prometheus {
         let cmp = read_json(&out.path().join("prometheus.json"));
         assert_eq!(cmp["equal"], true, "{cmp}");
+        // Real flow counts from Prometheus: the evidence of every policy is the agents'.
+        assert_eq!(cmp["prometheus_flows"], cmp["agent_flows"], "{cmp}");
+        assert!(
+            cmp["agent_flows"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{cmp}"
+        );
         assert_eq!(cmp["agent"], cmp["prometheus"], "{cmp}");
         assert_eq!(
             cmp["agent"].as_array().expect("names").len(),
@@ -473,7 +482,7 @@ fn run_and_check(
             "every agent was stopped by SIGTERM:\n{log}"
         );
     }
-    out
+    (out, stdout.into_owned())
 }
 
 /// Whether a `prometheus` binary is there for the lab (`$NETPOL_OBSERVE_PROMETHEUS` or `PATH`,
@@ -1183,7 +1192,7 @@ fn egress_by_name_and_rotation() {
         return;
     }
     let _serial = serial();
-    let out = shipped_scenario(
+    let (out, summary) = shipped_scenario(
         "egress",
         &[
             ("shop/web", "svc/shop/checkout", 80, "TCP", 2),
@@ -1379,6 +1388,15 @@ fn egress_by_name_and_rotation() {
         "policy=\"shop/checkout-np\"",
     ] {
         assert!(line.contains(label), "{label}: {line}");
+    }
+    // The summary says so: the names on the outside destinations, the rotation and its count.
+    for said in [
+        "  by name: shop/checkout -> payments 443/TCP: api.payments.example\n",
+        "  by name: shop/checkout -> receipts 443/TCP: receipts.blob.example\n",
+        "dns rotation (rotation.json): api.payments.example of payments moved 198.51.100.1 -> 198.51.100.17 (payments-new; ttl 5 s)\n",
+        "1 of 1 expected, 1 before connecting\n",
+    ] {
+        assert!(summary.contains(said), "{said}{summary}");
     }
 }
 
