@@ -14,6 +14,13 @@ fn main() -> anyhow::Result<()> {
              and the nightly rust-src component the eBPF build needs)"
         );
     }
+    // aya-build runs a child cargo and forwards each line of its stderr as a
+    // `cargo:warning`: its progress ("Compiling …", "Finished …") would be ~40 warning lines on
+    // every build. Quiet, that cargo prints only what matters (errors and the compiler's
+    // warnings, which stay visible).
+    // SAFETY: the build script is single-threaded here; the variable is read only by the
+    // child processes it spawns.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "netpol-observe-ebpf",

@@ -465,7 +465,9 @@ spec:
     assert_eq!(report.selects_nothing, found);
     let text = report.to_text();
     assert!(
-        text.contains("backend/api:ingress[0] (selects no pod)"),
+        text.contains(
+            "backend/api:ingress[0] (from app=web in namespace frontnd any port; selects no pod)"
+        ),
         "{text}"
     );
     assert!(

@@ -100,11 +100,23 @@ async fn agents_are_merged_and_deduplicated() {
     assert_eq!(annotation(&web, FLOWS), Some("8"));
 }
 
-/// A Prometheus answering every instant query with `answer`; the URL and the queries asked.
+/// A Prometheus answering every instant query with `answer` (and no range query); the URL
+/// and the queries asked.
 async fn fake_prometheus(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    fake_prometheus_with_range(answer, None).await
+}
+
+/// A Prometheus answering every instant query with `answer` and every range query with
+/// `range` (`None`: 404, as a store without range queries); the URL and the queries asked
+/// (range queries prefixed `range:`).
+async fn fake_prometheus_with_range(
+    answer: &'static str,
+    range: Option<&'static str>,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let queries: Arc<Mutex<Vec<String>>> = Arc::default();
     let asked = Arc::clone(&queries);
-    let url = serve(Router::new().route(
+    let asked_range = Arc::clone(&queries);
+    let mut app = Router::new().route(
         "/api/v1/query",
         get(move |Query(q): Query<HashMap<String, String>>| {
             let asked = Arc::clone(&asked);
@@ -116,9 +128,24 @@ async fn fake_prometheus(answer: &'static str) -> (String, Arc<Mutex<Vec<String>
                 answer
             }
         }),
-    ))
-    .await;
-    (url, queries)
+    );
+    if let Some(range) = range {
+        app = app.route(
+            "/api/v1/query_range",
+            get(move |Query(q): Query<HashMap<String, String>>| {
+                let asked = Arc::clone(&asked_range);
+                async move {
+                    asked.lock().unwrap().push(format!(
+                        "range:{} step={}",
+                        q.get("query").cloned().unwrap_or_default(),
+                        q.get("step").cloned().unwrap_or_default()
+                    ));
+                    range
+                }
+            }),
+        );
+    }
+    (serve(app).await, queries)
 }
 
 const PROM_ANSWER: &str = r#"{"status":"success","data":{"resultType":"vector","result":[
@@ -129,10 +156,18 @@ const PROM_ANSWER: &str = r#"{"status":"success","data":{"resultType":"vector","
  {"metric":{"src_namespace":"","src_kind":"Subnet","src_workload":"world","dst_namespace":"frontend","dst_kind":"Deployment","dst_workload":"web","dst_port":"8080","protocol":"TCP"},"value":[1795000000,"7"]}
 ]}}"#;
 
+/// The samples of the range query: web → api grew at 1794950000 and 1794990000 (first and
+/// last seen), api → db-subnet once at 1794960000; world → web was born in the window's
+/// middle (the range began before its first sample).
+const PROM_RANGE: &str = r#"{"status":"success","data":{"resultType":"matrix","result":[
+ {"metric":{"src_namespace":"frontend","src_kind":"Deployment","src_workload":"web","dst_namespace":"backend","dst_kind":"Deployment","dst_workload":"api","dst_port":"80","protocol":"TCP"},"values":[[1794913600,"100"],[1794950000,"120"],[1794990000,"142"],[1795000000,"142"]]},
+ {"metric":{"src_namespace":"backend","src_kind":"Deployment","src_workload":"api","dst_namespace":"","dst_kind":"Subnet","dst_workload":"db-subnet","dst_port":"5432","protocol":"TCP"},"values":[[1794913600,"3"],[1794960000,"15"],[1795000000,"15"]]}
+]}}"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_series_become_workload_flows() {
     let s = three_tier();
-    let (url, queries) = fake_prometheus(PROM_ANSWER).await;
+    let (url, queries) = fake_prometheus_with_range(PROM_ANSWER, Some(PROM_RANGE)).await;
     let dir = tempfile::tempdir().unwrap();
     let (inv_path, subnets) = files(&s, dir.path());
     let out = bin(vec![
@@ -153,15 +188,20 @@ async fn prometheus_series_become_workload_flows() {
         String::from_utf8_lossy(&out.stderr)
     );
     let q = queries.lock().unwrap().clone();
-    assert_eq!(q.len(), 1);
+    assert_eq!(q.len(), 2);
     assert!(
         q[0].contains("increase(netpol_observe_flows_total[86400s])"),
         "{q:?}"
     );
+    assert!(
+        q[1].starts_with("range:sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol) (netpol_observe_flows_total)")
+            && q[1].ends_with(" step=87s"),
+        "{q:?}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("series 4 (/world -> frontend/web)"),
-        "{stderr}"
+        !stderr.contains("world"),
+        "no world peer left out: {stderr}"
     );
     let policies = parse_policies(&String::from_utf8(out.stdout).unwrap());
     let names: Vec<_> = policies
@@ -182,10 +222,37 @@ async fn prometheus_series_become_workload_flows() {
         annotation(api, netpol_observe_core::recommend::WINDOW),
         Some("2026-11-17T11:06:40Z/2026-11-18T11:06:40Z")
     );
-    let web =
-        netpol_observe_core::yaml::to_string(policy(&policies, "frontend", "web-np")).unwrap();
+    // Evidence: real flow counts (the series' increases: web → api 42 + api → db-subnet 12),
+    // first and last seen from the samples (the first and last increase), not the window.
+    assert_eq!(annotation(api, FLOWS), Some("54"));
+    assert_eq!(
+        annotation(api, netpol_observe_core::recommend::FIRST_SEEN),
+        Some("2026-11-17T21:13:20Z")
+    );
+    assert_eq!(
+        annotation(api, netpol_observe_core::recommend::LAST_SEEN),
+        Some("2026-11-18T08:20:00Z")
+    );
+    let web_np = policy(&policies, "frontend", "web-np");
+    let web = netpol_observe_core::yaml::to_string(web_np).unwrap();
     assert!(web.contains("k8s-app: kube-dns"), "{web}");
-    assert!(!web.contains("ingress:"), "{web}");
+    // 42 + 311 (310.5: Prometheus extrapolates) + 7.
+    assert_eq!(annotation(web_np, FLOWS), Some("360"));
+    // Internet ingress (a `world` series): kept, as the whole Internet on the port.
+    let ingress = web_np.spec.as_ref().unwrap().ingress.as_ref().unwrap();
+    assert_eq!(ingress.len(), 1, "{web}");
+    let cidrs: Vec<&str> = ingress[0]
+        .from
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip_block.as_ref().map(|b| b.cidr.as_str()))
+        .collect();
+    assert_eq!(cidrs, ["0.0.0.0/0", "::/0"], "{web}");
+    assert!(
+        annotation(web_np, netpol_observe_core::recommend::AGGREGATION)
+            .is_some_and(|a| a.contains("Prometheus series say only `world`")),
+        "{web}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,7 +258,7 @@ fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
         String::from_utf8_lossy(&check.stderr)
     );
     assert!(check.status.success(), "promtool check rules: {said}");
-    assert!(said.contains("SUCCESS: 2 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 3 rules found"), "{said}");
     let exported = sample_names(&scrape());
     for r in rules["groups"][0]["rules"].as_array().expect("rules") {
         let expr = r["expr"].as_str().expect("expr");
@@ -292,6 +292,24 @@ fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
                      {node} in the last 10 minutes: its CNI does not enforce them. The policies: \
                      the `policy` label of netpol_observe_unenforced_flows_total; the flows: the \
                      agent's /api/v1/flows (\"unenforced\")."
+                ),
+            },
+        })
+    };
+    let dns_alert = |n: u32| {
+        serde_json::json!({
+            "exp_labels": {
+                "severity": "warning", "policy": "shop/web-egress", "kind": "Deployment",
+                "workload": "web",
+            },
+            "exp_annotations": {
+                "summary": "A DNS name shop/web-egress allows moved outside its ipBlocks",
+                "description": format!(
+                    "{n} times in the last 10 minutes a name that NetworkPolicy shop/web-egress \
+                     allows by name resolved, for Deployment web, to an address outside the \
+                     policy's ipBlocks for it: its connections there will be denied. The name \
+                     and address: the agent's log (\"DNS rotation\") and \"dns_rotation\" on \
+                     the flows in /api/v1/flows."
                 ),
             },
         })
@@ -346,6 +364,21 @@ fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
                     },
                 }]},
                 {"eval_time": "45m", "alertname": "NetpolObserveNewDependencies", "exp_alerts": []},
+            ],
+        }, {
+            "interval": "1m",
+            "input_series": [
+                // web's first rotation at 20 min, a second at 30 min; api's old one only.
+                {"series": r#"netpol_observe_dns_rotations_total{namespace="shop",kind="Deployment",workload="web",policy="shop/web-egress"}"#,
+                 "values": "_x20 1x10 2x30"},
+                {"series": r#"netpol_observe_dns_rotations_total{namespace="shop",kind="Deployment",workload="api",policy="shop/api-egress"}"#,
+                 "values": "1x60"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": "NetpolObserveDnsRotation", "exp_alerts": []},
+                {"eval_time": "25m", "alertname": "NetpolObserveDnsRotation", "exp_alerts": [dns_alert(1)]},
+                {"eval_time": "35m", "alertname": "NetpolObserveDnsRotation", "exp_alerts": [dns_alert(1)]},
+                {"eval_time": "55m", "alertname": "NetpolObserveDnsRotation", "exp_alerts": []},
             ],
         }],
     });

@@ -93,11 +93,11 @@ fn shipped_scenario(
     dns_lookups: usize,
     forbidden: usize,
     drift: &[DriftEdge],
-) {
-    let files = run_and_check(name, &[], entries, dns_lookups, forbidden, drift);
+) -> (tempfile::TempDir, String) {
+    let (files, summary) = run_and_check(name, &[], entries, dns_lookups, forbidden, drift);
     let test = format!("{name} scenario with --apiserver");
     let Some(bins) = netpol_observe_e2e::apiserver::Binaries::find(&test) else {
-        return;
+        return (files, summary);
     };
     let apiserver = [
         "--apiserver",
@@ -106,7 +106,7 @@ fn shipped_scenario(
         "--etcd",
         bins.etcd.to_str().expect("path"),
     ];
-    let api = run_and_check(name, &apiserver, entries, dns_lookups, forbidden, drift);
+    let (api, _) = run_and_check(name, &apiserver, entries, dns_lookups, forbidden, drift);
     for log in per_node(api.path(), "agent", "log") {
         assert!(
             log.contains("in-cluster"),
@@ -130,6 +130,15 @@ fn shipped_scenario(
         read_json(&files.path().join("enforce.json")),
         read_json(&api.path().join("enforce.json"))
     );
+    // The same rotation step, where the scenario has one.
+    let rotation = files.path().join("rotation.json");
+    if rotation.exists() {
+        assert_eq!(
+            read_json(&rotation),
+            read_json(&api.path().join("rotation.json"))
+        );
+    }
+    (files, summary)
 }
 
 /// The per-node files `<stem>.<ext>` (one node) or `<stem>-<node>.<ext>` (several) of a lab's
@@ -153,7 +162,8 @@ fn per_node(out: &Path, stem: &str, ext: &str) -> Vec<String> {
 }
 
 /// One run of a shipped scenario — agent, recommender, verification, enforcement of the
-/// *recommended* policies — with every output checked against the scenario.
+/// *recommended* policies — with every output checked against the scenario; the output folder
+/// and the summary the lab printed.
 fn run_and_check(
     name: &str,
     extra: &[&str],
@@ -161,7 +171,7 @@ fn run_and_check(
     dns_lookups: usize,
     forbidden: usize,
     drift: &[DriftEdge],
-) -> tempfile::TempDir {
+) -> (tempfile::TempDir, String) {
     let out = tempfile::tempdir().expect("tempdir");
     let scenario = repo(&format!("deploy/lab/{name}.yaml"));
     // A relative --out (in the temp dir, where the lab runs), as `cargo xtask lab` gives it:
@@ -316,8 +326,8 @@ fn run_and_check(
     }
     assert_eq!(dropped, forbidden);
 
-    // The final scrapes count those drops, by reason and policy, each on the node that
-    // dropped it.
+    // The final scrapes count those drops (and a rotation step's, checked by its own test), by
+    // reason and policy, each on the node that dropped it.
     let scrapes = per_node(out.path(), "metrics", "txt");
     let metrics = scrapes.join("");
     let drop_series: Vec<&str> = metrics
@@ -326,7 +336,16 @@ fn run_and_check(
             l.starts_with("netpol_observe_drops_total{") && l.contains("reason=\"NETFILTER_DROP\"")
         })
         .collect();
-    assert_eq!(drop_series.len(), forbidden, "{metrics}");
+    let rotated = match out.path().join("rotation.json") {
+        p if p.exists() => read_json(&p)
+            .as_array()
+            .expect("rotations")
+            .iter()
+            .map(|r| r["probes"].as_array().expect("probes").len())
+            .sum(),
+        _ => 0,
+    };
+    assert_eq!(drop_series.len(), forbidden + rotated, "{metrics}");
     for line in &drop_series {
         assert!(!line.contains("policy=\"unknown\""), "{line}");
     }
@@ -406,6 +425,14 @@ fn run_and_check(
     if prometheus {
         let cmp = read_json(&out.path().join("prometheus.json"));
         assert_eq!(cmp["equal"], true, "{cmp}");
+        // Real flow counts from Prometheus: the evidence of every policy is the agents'.
+        assert_eq!(cmp["prometheus_flows"], cmp["agent_flows"], "{cmp}");
+        assert!(
+            cmp["agent_flows"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{cmp}"
+        );
         assert_eq!(cmp["agent"], cmp["prometheus"], "{cmp}");
         assert_eq!(
             cmp["agent"].as_array().expect("names").len(),
@@ -430,7 +457,9 @@ fn run_and_check(
         .filter(|i| i["kind"] == "Pod")
         .map(|i| serde_json::from_value(i.clone()).expect("a Pod"))
         .collect();
-    assert!(pods.len() >= 5);
+    let (spec, text) = scenario::load(&scenario).expect("scenario");
+    let model = LabModel::build(&scenario, &text, &spec).expect("model");
+    assert_eq!(pods.len(), model.pods.len());
     for pod in &pods {
         let ip = pod
             .status
@@ -453,7 +482,7 @@ fn run_and_check(
             "every agent was stopped by SIGTERM:\n{log}"
         );
     }
-    out
+    (out, stdout.into_owned())
 }
 
 /// Whether a `prometheus` binary is there for the lab (`$NETPOL_OBSERVE_PROMETHEUS` or `PATH`,
@@ -556,8 +585,8 @@ const SITUATIONAL_PANELS: [(&str, &str); 4] = [
         "the agents run with --drift-baseline and see a flow outside it",
     ),
     (
-        "Evictions and series dropped by the budget",
-        "the kernel flow table evicted flows or a series budget was spent",
+        "Flow table LRU evictions and series over budget",
+        "the kernel flow table was full or a series budget was spent",
     ),
 ];
 
@@ -656,6 +685,107 @@ fn dashboards_show_data(out: &Path) {
     assert!(
         empty.is_empty(),
         "panels without data after the lab: {empty:#?}"
+    );
+    pair_panels_filter_both_sides(&rt, &netns);
+}
+
+/// The `namespace` variable lists the namespaces of both ends of the flows (`kube-system`,
+/// only ever a destination, too), and each pair panel (flows, bytes, packets) shows data with
+/// each of them chosen: the variables filter both sides.
+fn pair_panels_filter_both_sides(rt: &tokio::runtime::Runtime, netns: &str) {
+    use netpol_observe_lab::{prometheus, servers};
+    let ask = |path: String| -> Value {
+        let (status, body) = rt
+            .block_on(servers::http_get(
+                netns,
+                prometheus::PROMETHEUS_LISTEN,
+                &path,
+            ))
+            .expect("query prometheus");
+        assert_eq!(status, 200, "{path}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(answer["status"], "success", "{path}: {body}");
+        answer
+    };
+    let labels = |promql: &str, label: &str| -> std::collections::BTreeSet<String> {
+        let answer = ask(format!(
+            "/api/v1/query?query={}",
+            prometheus::encode(promql)
+        ));
+        answer["data"]["result"]
+            .as_array()
+            .expect("result")
+            .iter()
+            .filter_map(|s| s["metric"][label].as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let dashboard = read_json(&repo("deploy/grafana/netpol-observe.json"));
+    let var = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == "namespace")
+        .expect("the namespace variable");
+    let query = var["query"]["query"].as_str().expect("query");
+    let promql = query
+        .strip_prefix("query_result(")
+        .and_then(|q| q.strip_suffix(')'))
+        .expect("a query_result variable");
+    let listed = labels(promql, "namespace");
+    let mut ends = labels(
+        "group by (src_namespace) (netpol_observe_flows_total)",
+        "src_namespace",
+    );
+    let dst_only: std::collections::BTreeSet<String> = labels(
+        "group by (dst_namespace) (netpol_observe_flows_total)",
+        "dst_namespace",
+    )
+    .difference(&ends)
+    .cloned()
+    .collect();
+    ends.extend(dst_only.iter().cloned());
+    assert_eq!(listed, ends, "the namespace variable lists both ends");
+    let mut empty = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        if !title.ends_with("by workload pair") && !title.starts_with("Flows by workload pair") {
+            continue;
+        }
+        for ns in &listed {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs();
+            let data = panel["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .any(|t| {
+                    let expr = t["expr"]
+                        .as_str()
+                        .expect("expr")
+                        .replace("$__rate_interval", "1m")
+                        .replace("$namespace", ns)
+                        .replace("$workload", ".*");
+                    let answer = ask(format!(
+                        "/api/v1/query_range?query={}&start={}&end={now}&step=5",
+                        prometheus::encode(&expr),
+                        now - 600
+                    ));
+                    answer["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty())
+                });
+            if !data {
+                empty.push(format!("{title} with namespace {ns}"));
+            }
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "pair panels without data for a namespace of the variable (destination-only: {dst_only:?}): {empty:#?}"
     );
 }
 
@@ -1048,6 +1178,226 @@ fn voting_scenario_end_to_end() {
             ("world", "vote/appserver", "8000/TCP", "new_pair"),
         ],
     );
+}
+
+/// Egress by DNS name, with a rotation (`deploy/lab/egress.yaml`): the agents put exactly the
+/// names each client resolved on its flows (`dst.dns_names`, from the real DNS answers on the
+/// pods' veths), the recommended policy keeps the named peers, and after the enforcement the
+/// payment API's name moves to its other address: the client's lookup answers it, the agents
+/// count the rotation exactly once (on checkout's node, for checkout's policy) before the
+/// connection, and the connection is dropped by the policy written for the old address.
+#[test]
+fn egress_by_name_and_rotation() {
+    if !netpol_observe_e2e::require_root("egress_by_name_and_rotation") {
+        return;
+    }
+    let _serial = serial();
+    let (out, summary) = shipped_scenario(
+        "egress",
+        &[
+            ("shop/web", "svc/shop/checkout", 80, "TCP", 2),
+            // A public API and a private endpoint, named subnets, both by DNS name.
+            ("shop/checkout", "payments", 443, "TCP", 2),
+            ("shop/checkout", "receipts", 443, "TCP", 1),
+        ],
+        5,
+        2,
+        &[
+            ("shop/web", "payments", "443/TCP", "new_destination"),
+            ("shop/web", "receipts", "443/TCP", "new_destination"),
+            // The connection after the rotation: to the provider's new range.
+            ("shop/checkout", "world", "443/TCP", "new_destination"),
+        ],
+    );
+    let out = out.path();
+
+    // Names on flows: each counted flow carries exactly the name its client resolved.
+    let text = std::fs::read_to_string(out.join("flows.jsonl")).expect("flows.jsonl");
+    let mut named: BTreeMap<(String, String), (Vec<String>, usize)> = BTreeMap::new();
+    for f in text
+        .lines()
+        .map(|l| serde_json::from_str::<FlowRecord>(l).expect("a flow record"))
+        .filter(|f| f.counted)
+    {
+        // The lookups themselves go to kube-dns by address: no name (their number is
+        // checked by the run: a retry may add one).
+        if spell(&f.dst) == "svc/kube-system/kube-dns" {
+            assert!(f.dst.dns_names.is_empty(), "{f:?}");
+            continue;
+        }
+        let e = named
+            .entry((spell(&f.src), spell(&f.dst)))
+            .or_insert_with(|| (f.dst.dns_names.clone(), 0));
+        assert_eq!(e.0, f.dst.dns_names, "one set of names per pair: {f:?}");
+        e.1 += 1;
+    }
+    let names = |v: &[&str]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let expected: BTreeMap<(String, String), (Vec<String>, usize)> = [
+        (
+            ("shop/web", "svc/shop/checkout"),
+            (names(&["checkout.shop.svc.cluster.local"]), 2),
+        ),
+        (
+            ("shop/checkout", "payments"),
+            (names(&["api.payments.example"]), 2),
+        ),
+        (
+            ("shop/checkout", "receipts"),
+            (names(&["receipts.blob.example"]), 1),
+        ),
+    ]
+    .into_iter()
+    .map(|((a, b), v)| ((a.to_string(), b.to_string()), v))
+    .collect();
+    assert_eq!(named, expected, "flows.jsonl:\n{text}");
+
+    // The recommended policy keeps both named peers as their subnets.
+    let policies = policies_in(&out.join("recommended.yaml"));
+    let checkout = policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("checkout-np"))
+        .expect("checkout-np");
+    let mut blocks: Vec<String> = checkout
+        .spec
+        .as_ref()
+        .and_then(|s| s.egress.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.to.iter().flatten())
+        .filter_map(|peer| peer.ip_block.as_ref().map(|b| b.cidr.clone()))
+        .collect();
+    blocks.sort();
+    assert_eq!(blocks, ["10.0.3.0/24", "198.51.100.0/28"], "{checkout:?}");
+
+    // The names are the evidence of their ipBlocks (netpol-observe.io/dns-names, the contract
+    // the agents' rotation check reads).
+    let yaml = std::fs::read_to_string(out.join("recommended.yaml")).expect("yaml");
+    let checkout = serde_saphyr::from_multiple::<NetworkPolicy>(&yaml)
+        .expect("policies")
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some("checkout-np"))
+        .expect("checkout-np");
+    let evidence: Value = serde_json::from_str(
+        checkout
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("netpol-observe.io/dns-names"))
+            .expect("dns-names annotation"),
+    )
+    .expect("json");
+    assert_eq!(
+        evidence,
+        serde_json::json!({
+            "10.0.3.0/24": ["receipts.blob.example"],
+            "198.51.100.0/28": ["api.payments.example"],
+        })
+    );
+    // `recommend --format cilium` over the lab's flows: checkout's egress by name (toFQDNs).
+    let cilium = Command::new(netpol_observe_e2e::bin())
+        .arg("recommend")
+        .arg("--flows")
+        .arg(out.join("flows.jsonl"))
+        .arg("--inventory")
+        .arg(out.join("inventory.yaml"))
+        .arg("--subnets")
+        .arg(out.join("subnets.yaml"))
+        .args(["--format", "cilium"])
+        .output()
+        .expect("recommend --format cilium");
+    assert!(
+        cilium.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cilium.stderr)
+    );
+    let cnps: Vec<netpol_observe_core::recommend::cilium::types::CiliumNetworkPolicy> =
+        serde_saphyr::from_multiple(&String::from_utf8_lossy(&cilium.stdout))
+            .expect("CiliumNetworkPolicies");
+    let mut fqdns: Vec<(String, String)> = cnps
+        .iter()
+        .flat_map(|p| {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            p.spec
+                .egress
+                .iter()
+                .flatten()
+                .flat_map(|r| r.to_fqdns.iter().flatten())
+                .filter_map(move |f| f.match_name.clone().map(|m| (name.clone(), m)))
+        })
+        .collect();
+    fqdns.sort();
+    assert_eq!(
+        fqdns,
+        [
+            ("checkout-np".to_owned(), "api.payments.example".to_owned()),
+            ("checkout-np".to_owned(), "receipts.blob.example".to_owned()),
+        ],
+        "{}",
+        String::from_utf8_lossy(&cilium.stdout)
+    );
+
+    // The rotation: the name moved to the provider's new range, the client's lookup answered
+    // it, the agents counted it once before the connection, the policy for the old range
+    // dropped the connection.
+    let rotation = read_json(&out.join("rotation.json"));
+    let rotation = rotation.as_array().expect("rotations");
+    assert_eq!(rotation.len(), 1, "{rotation:?}");
+    let r = &rotation[0];
+    assert_eq!(r["external"], "payments", "{r}");
+    assert_eq!(
+        r["names"],
+        serde_json::json!(["api.payments.example"]),
+        "{r}"
+    );
+    assert_eq!(r["ttl"], 5, "{r}");
+    assert_eq!(r["from_address"], "198.51.100.1", "{r}");
+    assert_eq!(r["to_address"], "198.51.100.17", "{r}");
+    assert_eq!(r["to_external"], "payments-new", "{r}");
+    let probes = r["probes"].as_array().expect("probes");
+    assert_eq!(probes.len(), 1, "{r}");
+    let p = &probes[0];
+    assert_eq!(p["from"], "shop/checkout", "{p}");
+    assert_eq!(p["to"], "api.payments.example", "{p}");
+    assert_eq!(p["answered"], "198.51.100.17", "{p}");
+    assert_eq!(p["observed"], "denied", "{p}");
+    assert_eq!(p["succeeded"], 0, "{p}");
+    assert_eq!(p["drop_reason"], "NETFILTER_DROP", "{p}");
+    assert_eq!(p["policy"], "shop/checkout-np,shop/default-deny", "{p}");
+    assert_eq!(p["alerts_before_connect"], 1, "{p}");
+    assert_eq!(p["alerts"], 1, "{p}");
+    assert_eq!(p["expected_alerts"], 1, "{p}");
+    // The agents' final scrapes: exactly one rotation, on checkout's node (node-2), for
+    // checkout and its policy.
+    let scrapes = per_node(out, "metrics", "txt");
+    let series: Vec<(usize, &str)> = scrapes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.lines()
+                .filter(|l| l.starts_with("netpol_observe_dns_rotations_total{"))
+                .map(move |l| (i, l))
+        })
+        .collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    let (node, line) = series[0];
+    assert_eq!(node, 1, "counted on node-2: {line}");
+    assert!(line.ends_with(" 1"), "{line}");
+    for label in [
+        "namespace=\"shop\"",
+        "workload=\"checkout\"",
+        "policy=\"shop/checkout-np\"",
+    ] {
+        assert!(line.contains(label), "{label}: {line}");
+    }
+    // The summary says so: the names on the outside destinations, the rotation and its count.
+    for said in [
+        "  by name: shop/checkout -> payments 443/TCP: api.payments.example\n",
+        "  by name: shop/checkout -> receipts 443/TCP: receipts.blob.example\n",
+        "dns rotation (rotation.json): api.payments.example of payments moved 198.51.100.1 -> 198.51.100.17 (payments-new; ttl 5 s)\n",
+        "1 of 1 expected, 1 before connecting\n",
+    ] {
+        assert!(summary.contains(said), "{said}{summary}");
+    }
 }
 
 /// Two nodes: web (and kube-dns) on n1, api and cli on n2, so pairs cross nodes both ways and

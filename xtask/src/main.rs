@@ -127,10 +127,43 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// A cargo command in `root`, without the variables cargo set for xtask itself
+/// ([`inherited_cargo_vars`]).
 pub(crate) fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(root);
+    for (name, _) in inherited_cargo_vars(std::env::vars_os()) {
+        cmd.env_remove(name);
+    }
     cmd
+}
+
+/// The variables of `vars` that cargo sets for the program it runs (`cargo xtask` is `cargo
+/// run -p xtask`): xtask's own `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, `CARGO_CRATE_NAME`… Passed
+/// on to a child cargo, build scripts that watch them (`rerun-if-env-changed`, `ring`'s among
+/// them) see a changed environment and everything above them is rebuilt: `cargo build
+/// --release` then `cargo xtask lab` rebuilt from `ring` up. Configuration (`CARGO_HOME`,
+/// `CARGO_TARGET_DIR`, `CARGO_TERM_*`, `CARGO_BUILD_*`…) and `CARGO` itself are kept.
+fn inherited_cargo_vars(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    const SET_BY_CARGO: &[&str] = &[
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    vars.into_iter()
+        .filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(|n| n.starts_with("CARGO_PKG_") || SET_BY_CARGO.contains(&n))
+        })
+        .collect()
 }
 
 fn is_root() -> bool {
@@ -166,7 +199,7 @@ impl Drop for Hog {
 }
 
 fn test(root: &Path, under_load: bool, extra: &[String]) -> Result<()> {
-    setup::all()?;
+    setup::run(setup::Purpose::Test)?;
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     if ci && !is_root() {
         bail!("CI=true: the real-kernel tests need root, and this is not root");
@@ -207,13 +240,16 @@ fn build_binary(root: &Path, profile: &str) -> Result<()> {
     let mut cmd = cargo(root);
     cmd.arg("build");
     if profile == "release" {
-        cmd.arg("--release");
+        // The user's `cargo build --release`, exactly: the default members together (one
+        // package alone unifies its dependencies' features differently, and that is a
+        // rebuild of them), so after it this build has nothing to do.
+        return run(cmd.arg("--release"));
     }
     run(cmd.args(["--package", "netpol-observe", "--bin", "netpol-observe"]))
 }
 
 fn soak(root: &Path, minutes: u64, flows: u64) -> Result<()> {
-    setup::all()?;
+    setup::run(setup::Purpose::Soak)?;
     if !is_root() {
         bail!("the soak tier creates network namespaces and loads eBPF programs: run it as root");
     }
@@ -238,7 +274,7 @@ fn soak(root: &Path, minutes: u64, flows: u64) -> Result<()> {
 }
 
 fn lab(root: &Path, scenario: Option<PathBuf>, out: &Path) -> Result<()> {
-    setup::all()?;
+    setup::run(setup::Purpose::Lab)?;
     if !is_root() {
         bail!("the lab creates network namespaces and loads eBPF programs: run it as root");
     }
@@ -254,4 +290,70 @@ fn lab(root: &Path, scenario: Option<PathBuf>, out: &Path) -> Result<()> {
         .arg("--out")
         .arg(out)
         .arg("--enforce"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The child cargo gets none of the variables cargo set for xtask (a test binary gets the
+    /// same ones): only configuration and `CARGO` pass.
+    #[test]
+    fn the_child_cargo_gets_a_clean_environment() {
+        let os = |s: &str| std::ffi::OsString::from(s);
+        let vars = [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_TERM_COLOR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION",
+            "CARGO_PKG_AUTHORS",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "PATH",
+        ]
+        .map(|n| (os(n), os("x")));
+        let removed: Vec<String> = inherited_cargo_vars(vars)
+            .into_iter()
+            .map(|(n, _)| n.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PKG_NAME",
+                "CARGO_PKG_VERSION",
+                "CARGO_PKG_AUTHORS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+        );
+        // This test runs under cargo, which set xtask's CARGO_MANIFEST_DIR and CARGO_PKG_*:
+        // the command removes them.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = cargo(Path::new("."));
+        let envs: Vec<(String, Option<String>)> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME", "CARGO_PKG_VERSION"] {
+            assert!(
+                envs.contains(&(name.to_owned(), None)),
+                "{name} not removed: {envs:?}"
+            );
+        }
+        assert!(envs.iter().all(|(k, v)| v.is_none() && k != "CARGO"));
+    }
 }

@@ -34,13 +34,96 @@ const PYPI_TOOLS: &[(&str, &str, &str)] = &[
 /// Where the PyPI tools live; `tests/tests/deploy.rs` looks there first.
 const DEPLOY_TOOLS_VENV: &str = "target/deploy-tools";
 
+/// What a command needs installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// `cargo xtask setup`: everything.
+    All,
+    /// `cargo xtask test`: everything (clippy, cargo-deny, the deploy validators, every tier).
+    Test,
+    /// `cargo xtask lab`: the eBPF build, and the lab's commands (`ip`, `nft`, `unshare`,
+    /// `openssl` for `--apiserver`, Prometheus) — not cargo-deny, the PyPI validators or the
+    /// benchmarks' tools.
+    Lab,
+    /// `cargo xtask soak`: the eBPF build and the namespaces' commands.
+    Soak,
+}
+
+/// One setup step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    RustSrc,
+    BpfLinker,
+    CargoDeny,
+    /// The Debian packages providing these commands.
+    Debian(&'static [&'static str]),
+    PypiTools,
+}
+
+impl Step {
+    fn name(self) -> &'static str {
+        match self {
+            Step::RustSrc => "nightly rust-src",
+            Step::BpfLinker => "bpf-linker",
+            Step::CargoDeny => "cargo-deny",
+            Step::Debian(_) => "Debian packages",
+            Step::PypiTools => "PyPI validators (deploy tests)",
+        }
+    }
+}
+
+/// Commands of [`DEBIAN_PACKAGES`] the lab runs.
+const LAB_COMMANDS: &[&str] = &["ip", "nft", "unshare", "openssl", "promtool"];
+/// Commands of [`DEBIAN_PACKAGES`] the soak tier runs.
+const SOAK_COMMANDS: &[&str] = &["ip", "nft", "unshare"];
+/// Every command of [`DEBIAN_PACKAGES`].
+const ALL_COMMANDS: &[&str] = &[
+    "ip",
+    "nft",
+    "iperf3",
+    "bpftool",
+    "promtool",
+    "kubectl",
+    "openssl",
+    "stress-ng",
+    "unshare",
+];
+
+/// The steps `purpose` needs, in order.
+fn steps(purpose: Purpose) -> Vec<Step> {
+    match purpose {
+        Purpose::All | Purpose::Test => vec![
+            Step::RustSrc,
+            Step::BpfLinker,
+            Step::CargoDeny,
+            Step::Debian(ALL_COMMANDS),
+            Step::PypiTools,
+        ],
+        Purpose::Lab => vec![Step::RustSrc, Step::BpfLinker, Step::Debian(LAB_COMMANDS)],
+        Purpose::Soak => vec![Step::RustSrc, Step::BpfLinker, Step::Debian(SOAK_COMMANDS)],
+    }
+}
+
 /// Runs every setup step.
 pub(crate) fn all() -> Result<()> {
-    rust_src()?;
-    bpf_linker()?;
-    cargo_deny()?;
-    debian_packages()?;
-    pypi_tools(&crate::workspace_root())?;
+    run(Purpose::All)
+}
+
+/// Runs the steps `purpose` needs, one progress line each (`setup 2/3: bpf-linker`), then
+/// what it installs, if anything.
+pub(crate) fn run(purpose: Purpose) -> Result<()> {
+    let steps = steps(purpose);
+    let n = steps.len();
+    for (i, step) in steps.into_iter().enumerate() {
+        eprintln!("setup {}/{n}: {}", i + 1, step.name());
+        match step {
+            Step::RustSrc => rust_src()?,
+            Step::BpfLinker => bpf_linker()?,
+            Step::CargoDeny => cargo_deny()?,
+            Step::Debian(commands) => debian_packages(commands)?,
+            Step::PypiTools => pypi_tools(&crate::workspace_root())?,
+        }
+    }
     Ok(())
 }
 
@@ -87,10 +170,18 @@ fn pypi_tools(root: &std::path::Path) -> Result<()> {
         );
         crate::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    eprintln!("setup: installing PyPI tools: {}", missing.join(" "));
+    eprintln!(
+        "setup: installing PyPI tools (about 400 MB, a few minutes, once): {}",
+        missing.join(" ")
+    );
     crate::run(
         Command::new(&pip)
-            .args(["install", "-q", "--disable-pip-version-check"])
+            .args([
+                "install",
+                "--progress-bar",
+                "on",
+                "--disable-pip-version-check",
+            ])
             .args(&missing),
     )
 }
@@ -183,10 +274,11 @@ fn has_command(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn debian_packages() -> Result<()> {
+/// Installs the packages of [`DEBIAN_PACKAGES`] whose command is one of `commands` and missing.
+fn debian_packages(commands: &[&str]) -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(_, cmd)| !has_command(cmd))
+        .filter(|(_, cmd)| commands.contains(cmd) && !has_command(cmd))
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -200,4 +292,38 @@ fn debian_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lab installs neither cargo-deny nor the 400 MB of PyPI validators nor the
+    /// benchmarks' tools; `test` and `setup` install everything; every command named is one
+    /// of [`DEBIAN_PACKAGES`].
+    #[test]
+    fn each_command_installs_what_it_needs() {
+        let lab = steps(Purpose::Lab);
+        assert_eq!(
+            lab,
+            [
+                Step::RustSrc,
+                Step::BpfLinker,
+                Step::Debian(&["ip", "nft", "unshare", "openssl", "promtool"])
+            ]
+        );
+        assert!(!lab.contains(&Step::PypiTools) && !lab.contains(&Step::CargoDeny));
+        assert_eq!(steps(Purpose::Test), steps(Purpose::All));
+        assert!(steps(Purpose::Test).contains(&Step::PypiTools));
+        assert!(!steps(Purpose::Soak).contains(&Step::PypiTools));
+        let known: Vec<&str> = DEBIAN_PACKAGES.iter().map(|(_, c)| *c).collect();
+        assert_eq!(ALL_COMMANDS, known.as_slice());
+        for purpose in [Purpose::Lab, Purpose::Soak] {
+            for step in steps(purpose) {
+                if let Step::Debian(commands) = step {
+                    assert!(commands.iter().all(|c| known.contains(c)), "{commands:?}");
+                }
+            }
+        }
+    }
 }

@@ -235,6 +235,9 @@ pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
         }
     );
     s.push_str(&expect::flow_table(&report.flows));
+    for line in crate::lab::names::named_destinations(&report.flows) {
+        let _ = writeln!(s, "  by name: {line}");
+    }
     for m in &report.missing {
         let _ = writeln!(s, "  MISSING {m}");
     }

@@ -21,7 +21,7 @@ use crate::{
     policy::PolicyEngine,
     recommend::{
         PolicyFormat, PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff,
-        format::RenderedObject, render_objects, sources,
+        format::RenderedObject, prometheus_seen, render_objects, sources,
     },
 };
 
@@ -240,6 +240,26 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     check_output_names(&rec.policies)?;
     let objects = render_objects(args.format, &rec, &inventory)?;
+    if args.format == PolicyFormat::ClusterNetworkPolicy {
+        // The ClusterNetworkPolicies must take away nothing the NetworkPolicies allow.
+        let cluster = crate::recommend::cluster_policy::render(&rec, &inventory);
+        let mut attributed = flows.flows.clone();
+        for f in &mut attributed {
+            recommender.attributor().attribute(f);
+        }
+        let denied =
+            crate::recommend::cluster_policy::check(&rec, &cluster, &inventory, &attributed)
+                .context("self-check of the ClusterNetworkPolicies")?;
+        if !denied.is_empty() {
+            for d in denied.iter().take(20) {
+                errln!("self-check: the ClusterNetworkPolicies deny an observed flow {d}");
+            }
+            anyhow::bail!(
+                "self-check failed: the ClusterNetworkPolicies deny {} observed flow(s) the NetworkPolicies allow; nothing was written",
+                denied.len()
+            );
+        }
+    }
     match &args.write {
         Some(out) if is_dir_target(out) => {
             let files = by_file(out, &objects, policy_output)?;
@@ -259,8 +279,12 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     if args.diff {
-        let engine = PolicyEngine::compile(&inventory.network_policies, &inventory)
-            .context("the inventory's current NetworkPolicies")?;
+        let engine = PolicyEngine::compile_with_cluster(
+            &inventory.network_policies,
+            &inventory.cluster_network_policies,
+            &inventory,
+        )
+        .context("the inventory's current NetworkPolicies")?;
         let mut attributed = flows.flows;
         for f in &mut attributed {
             recommender.attributor().attribute(f);
@@ -371,8 +395,14 @@ async fn collect_flows(
         let base = url.trim_end_matches('/');
         let endpoint = format!("{base}/api/v1/query");
         let query = sources::prometheus_query(args.window);
-        let full = reqwest::Url::parse_with_params(&endpoint, &[("query", query.as_str())])
-            .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
+        // One evaluation time for both queries.
+        let end = jiff::Timestamp::now();
+        let time = end.as_second().to_string();
+        let full = reqwest::Url::parse_with_params(
+            &endpoint,
+            &[("query", query.as_str()), ("time", time.as_str())],
+        )
+        .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
         let body = reqwest::get(full)
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -380,8 +410,39 @@ async fn collect_flows(
             .text()
             .await
             .with_context(|| format!("cannot read the answer of {endpoint}"))?;
-        let (flows, notes) =
-            sources::parse_prometheus_recorded(&body, &endpoint, inventory, subnets, args.window)?;
+        // First and last seen: the first and last increase of each connection's counter. A
+        // Prometheus-compatible store without range queries: the window, with a warning.
+        let range = format!("{base}/api/v1/query_range");
+        let start = end.checked_sub(args.window).unwrap_or(end);
+        let seen = async {
+            let params = prometheus_seen::range_params(args.window, end);
+            let full = reqwest::Url::parse_with_params(&range, &params)
+                .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
+            let answer = reqwest::get(full)
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot query {range}"))?
+                .text()
+                .await
+                .with_context(|| format!("cannot read the answer of {range}"))?;
+            anyhow::Ok(prometheus_seen::parse_range(&answer, &range, start)?)
+        }
+        .await
+        .unwrap_or_else(|e| {
+            errln!(
+                "warning: {}: first/last seen are the query window",
+                super::error_chain(&e)
+            );
+            prometheus_seen::Seen::default()
+        });
+        let (flows, notes) = sources::parse_prometheus_seen(
+            &body,
+            &seen,
+            &endpoint,
+            inventory,
+            subnets,
+            args.window,
+        )?;
         for n in notes {
             errln!("note: {n}");
         }

@@ -18,7 +18,9 @@
 //! runs and the per-program costs out (a quick request/response comparison); `--flows N` runs
 //! the request/response loop over N connections, one transaction on each in turn (many
 //! concurrent flows on one CPU, more than its front entries of the flow map); `--ipv6` runs
-//! every stream and loop over the pods' IPv6 addresses.
+//! every stream and loop over the pods' IPv6 addresses. `--dns-cost` measures only the DNS-answer
+//! capture instead (`bench/dns_cost.rs`; with `--baseline-object PATH`, another build's eBPF
+//! object too).
 
 use std::{
     fs::File,
@@ -650,8 +652,14 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
     let mut flows: usize = 1;
     let mut ipv6 = false;
     let mut placements: Vec<Placement> = PLACEMENTS.to_vec();
+    let mut dns_cost = false;
+    let mut baseline_object = None;
     let mut args = extra.iter();
     while let Some(flag) = args.next() {
+        if flag == "--dns-cost" {
+            dns_cost = true;
+            continue;
+        }
         if flag == "--rr-only" {
             rr_only = true;
             continue;
@@ -683,9 +691,11 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         match flag.as_str() {
             "--baseline" => baseline = Some(path),
             "--bin" => prebuilt = Some(path),
+            "--baseline-object" => baseline_object = Some(path),
             other => bail!(
                 "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
-                 --placement LABEL, --rr-only, --flows N, --ipv6)"
+                 --placement LABEL, --rr-only, --flows N, --ipv6, --dns-cost, \
+                 --baseline-object PATH)"
             ),
         }
     }
@@ -694,6 +704,9 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         None => super::release_binary(root)?,
     };
     let hooks = super::bench_binary(root)?;
+    if dns_cost {
+        return super::dns_cost::run(&hooks, rounds, baseline_object.as_deref());
+    }
     let _topology = Topology::create()?;
     let mut arms = ARMS.to_vec();
     if baseline.is_some() {

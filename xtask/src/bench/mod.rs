@@ -6,6 +6,7 @@
 
 mod agent;
 mod datapath;
+mod dns_cost;
 mod engine;
 mod recommend;
 pub(crate) mod stats;

@@ -79,9 +79,42 @@ fn name_str(n: &Name) -> String {
 /// Parses a captured DNS payload (`tcp`: one TCP segment, which starts with the message's
 /// 2-byte length; `payload_len`: the payload's length in the packet, more than
 /// `payload.len()` when the capture cut it). `Ok(None)`: not an answer with addresses
-/// (a query, an error code, no question, no A/AAAA record). A message cut by the capture
+/// (a query, an error code, no question, no A/AAAA record, a TCP segment holding only the
+/// length; a TCP segment holding a whole message without its length, sent after the length
+/// alone, is read too). A message cut by the capture
 /// keeps the records before the cut; anything else malformed is an error. Never panics.
 pub fn parse_answer(
+    payload: &[u8],
+    tcp: bool,
+    payload_len: u32,
+) -> Result<Option<Resolution>, DnsParseError> {
+    if !tcp {
+        return parse_message(payload, false, payload_len);
+    }
+    // A server that writes the length and the message separately sends the length alone in
+    // a segment, then the message without it.
+    if payload.len() == 2 && payload_len == 2 {
+        return Ok(None);
+    }
+    // The length the segment would start with: a whole message (or more) in the segment is
+    // read with its length first; a longer one is a message continuing in later segments, or
+    // a message without its length. Either reading that finds addresses wins.
+    let declared = payload
+        .get(..2)
+        .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]])));
+    let prefixed_first = declared + 2 <= payload_len;
+    let first = parse_message(payload, prefixed_first, payload_len);
+    if matches!(first, Ok(Some(_))) {
+        return first;
+    }
+    match parse_message(payload, !prefixed_first, payload_len) {
+        Ok(Some(r)) => Ok(Some(r)),
+        _ => first,
+    }
+}
+
+/// [`parse_answer`] of one message (`tcp`: after its 2-byte length).
+fn parse_message(
     payload: &[u8],
     tcp: bool,
     payload_len: u32,

@@ -120,6 +120,22 @@ fn aaaa_over_tcp_with_its_length_prefix() {
 }
 
 #[test]
+fn tcp_length_and_message_in_two_segments() {
+    let msg = response(
+        "two.example.",
+        RecordType::A,
+        vec![a("two.example.", 9, [5, 6, 7, 8])],
+    );
+    let len = (msg.len() as u16).to_be_bytes();
+    assert_eq!(parse_answer(&len, true, 2).unwrap(), None);
+    let r = parse_answer(&msg, true, msg.len() as u32).unwrap().unwrap();
+    assert_eq!(
+        r.addresses,
+        vec![(ip("5.6.7.8"), vec!["two.example".to_owned()], 9)]
+    );
+}
+
+#[test]
 fn queries_errors_and_answers_without_addresses_are_not_resolutions() {
     let mut m = Message::new();
     m.set_message_type(MessageType::Query)

@@ -15,6 +15,8 @@
 //! and the inventory loaded (standalone) or synced (in-cluster).
 
 #[cfg(test)]
+mod cluster_policy_tests;
+#[cfg(test)]
 mod cluster_tests;
 pub mod config;
 pub mod dns;

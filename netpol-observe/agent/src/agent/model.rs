@@ -512,7 +512,6 @@ fn policy_fingerprint(policies: &[NetworkPolicy]) -> u64 {
     h.finish()
 }
 
-/// A set of a flow's two policy sides: the source pod's egress, the destination pod's ingress.
 /// The identity of a ClusterNetworkPolicy set (0 for none, so that a NetworkPolicy-only
 /// cluster keeps its fingerprint).
 fn cluster_fingerprint(policies: &[crate::policy::cluster::ClusterNetworkPolicy]) -> u64 {
@@ -530,6 +529,7 @@ fn cluster_fingerprint(policies: &[crate::policy::cluster::ClusterNetworkPolicy]
     h.finish()
 }
 
+/// A set of a flow's two policy sides: the source pod's egress, the destination pod's ingress.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Sides(u8);
 

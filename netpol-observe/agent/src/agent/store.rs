@@ -393,6 +393,7 @@ impl StoredFlow {
             unenforced: None,
             node: self.node.as_deref().map(str::to_owned),
             counted: self.counted,
+            connections: None,
         }
     }
 

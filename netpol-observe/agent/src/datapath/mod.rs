@@ -20,6 +20,8 @@ mod attach;
 pub mod btf;
 mod config;
 pub mod dns;
+#[doc(hidden)]
+pub mod dns_cost;
 mod drops;
 mod hooks;
 mod kernel;

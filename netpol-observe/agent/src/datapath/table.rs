@@ -467,6 +467,7 @@ impl FlowTable {
             unenforced: None,
             node: self.node.clone(),
             counted: true,
+            connections: None,
         }
     }
 }

@@ -36,7 +36,7 @@ pub enum KubeAccess {
 
 impl KubeAccess {
     /// [`KubeAccess::Infer`] with an optional explicit kubeconfig.
-    pub(crate) fn infer(kubeconfig: Option<PathBuf>) -> KubeAccess {
+    pub fn infer(kubeconfig: Option<PathBuf>) -> KubeAccess {
         KubeAccess::Infer { kubeconfig }
     }
 }

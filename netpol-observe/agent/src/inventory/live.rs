@@ -202,7 +202,7 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
         network_policies: spawn_reflector(
             Api::all(client.clone()),
             resource_name("networking.k8s.io", "networkpolicies"),
-            trim_meta,
+            trim_network_policy,
             tx.clone(),
         ),
         replica_sets: spawn_reflector(
@@ -556,6 +556,23 @@ fn trim_meta<K: Resource>(obj: &mut K) {
     meta.annotations = None;
 }
 
+/// A NetworkPolicy keeps one annotation: `netpol-observe.io/dns-names`, the names its
+/// ipBlocks were written for, which the agent's DNS rotation check reads.
+fn trim_network_policy(np: &mut NetworkPolicy) {
+    let names = np
+        .metadata
+        .annotations
+        .as_mut()
+        .and_then(|a| a.remove(crate::recommend::dns_names::DNS_NAMES));
+    trim_meta(np);
+    if let Some(names) = names {
+        np.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            crate::recommend::dns_names::DNS_NAMES.to_owned(),
+            names,
+        )]));
+    }
+}
+
 /// Keeps only what [`build::pod_info`] reads: 100k trimmed pods fit in a few hundred MB less.
 fn trim_pod(pod: &mut Pod) {
     trim_meta(pod);
@@ -618,4 +635,36 @@ fn trim_job(job: &mut Job) {
     trim_meta(job);
     job.spec = None;
     job.status = None;
+}
+
+#[cfg(test)]
+mod trim_tests {
+    use super::*;
+
+    #[test]
+    fn a_network_policy_keeps_only_its_dns_names_annotation() {
+        let mut np = NetworkPolicy::default();
+        np.metadata.annotations = Some(std::collections::BTreeMap::from([
+            (
+                crate::recommend::dns_names::DNS_NAMES.to_owned(),
+                r#"{"198.51.100.0/28":["api.payments.example"]}"#.to_owned(),
+            ),
+            ("netpol-observe.io/flows".to_owned(), "12".to_owned()),
+        ]));
+        trim_network_policy(&mut np);
+        assert_eq!(
+            np.metadata.annotations,
+            Some(std::collections::BTreeMap::from([(
+                crate::recommend::dns_names::DNS_NAMES.to_owned(),
+                r#"{"198.51.100.0/28":["api.payments.example"]}"#.to_owned(),
+            )]))
+        );
+        let mut bare = NetworkPolicy::default();
+        bare.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            "a".to_owned(),
+            "b".to_owned(),
+        )]));
+        trim_network_policy(&mut bare);
+        assert_eq!(bare.metadata.annotations, None);
+    }
 }

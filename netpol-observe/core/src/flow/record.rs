@@ -344,6 +344,12 @@ pub struct FlowRecord {
     /// from counted records only; every record contributes its rules.
     #[serde(default = "counted_default", skip_serializing_if = "is_counted")]
     pub counted: bool,
+    /// How many connections this record stands for; absent: one (every record of an agent).
+    /// A workload-level record made from Prometheus series (`recommend --prometheus`) carries
+    /// the increase of `netpol_observe_flows_total` in the window, so the evidence counts
+    /// (`netpol-observe.io/flows`) are real flow counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 fn counted_default() -> bool {
@@ -386,6 +392,7 @@ impl FlowRecord {
             unenforced: None,
             node: None,
             counted: true,
+            connections: None,
         }
     }
 }

@@ -648,11 +648,14 @@ fn resolve_external(
             });
         }
         let distinct: BTreeSet<IpAddr> = world.iter().copied().collect();
+        // A public peer without its address (a workload-level record of Prometheus series,
+        // whose labels say only `world`): no narrower block can be known.
+        let unknown = distinct.iter().any(IpAddr::is_unspecified);
         let entry = entry_service(cx, ext, &port);
         let public_entry = !distinct.is_empty()
             && cx.config.public_ingress == PublicIngress::Any
             && entry.is_some();
-        if public_entry || distinct.len() > cx.config.world_threshold {
+        if public_entry || unknown || distinct.len() > cx.config.world_threshold {
             for all in ["0.0.0.0/0", "::/0"] {
                 if let Ok(all) = all.parse::<IpNet>() {
                     blocks.insert(PeerSpec::Block {
@@ -662,6 +665,7 @@ fn resolve_external(
                 }
             }
             let why = match entry.filter(|_| public_entry) {
+                None if unknown => "public peers whose addresses the source does not carry (Prometheus series say only `world`)".to_owned(),
                 Some(e) => format!(
                     "public entry point (backs {} Service {}; {} public client(s) observed; --public-ingress any)",
                     e.service_type.as_str(),

@@ -108,7 +108,23 @@ pub fn render_objects(
                 })
             })
             .collect(),
-        other => Err(FormatError::Unsupported(other)),
+        PolicyFormat::ClusterNetworkPolicy => {
+            let mut out = Vec::new();
+            for p in super::cluster_policy::render(rec, inventory) {
+                let id = format!("ClusterNetworkPolicy/{}", p.name());
+                let yaml = crate::yaml::to_string(&p).map_err(|source| FormatError::Yaml {
+                    id: id.clone(),
+                    source,
+                })?;
+                out.push(RenderedObject {
+                    namespace: None,
+                    id,
+                    yaml: super::render::quote_timestamps(&yaml),
+                });
+            }
+            out.extend(render_objects(PolicyFormat::NetworkPolicy, rec, inventory)?);
+            Ok(out)
+        }
     }
 }
 

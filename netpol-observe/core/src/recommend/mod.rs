@@ -32,11 +32,13 @@ mod annotations;
 mod build;
 pub mod cidr;
 pub mod cilium;
+pub mod cluster_policy;
 pub mod diff;
 pub mod dns_names;
 pub mod format;
 pub mod judge;
 mod observe;
+pub mod prometheus_seen;
 mod render;
 pub mod rule_text;
 pub mod sources;
@@ -178,6 +180,9 @@ pub struct Recommendation {
     /// write the same least privilege: DNS names behind its egress blocks, traffic to the
     /// pod's own node.
     pub hints: BTreeMap<(String, String), PolicyHints>,
+    /// The namespaces left out ([`RecommendConfig::exclude_namespaces`]): other formats leave
+    /// them out of cluster-wide defaults.
+    pub excluded_namespaces: Vec<String>,
 }
 
 impl Recommendation {
@@ -500,6 +505,7 @@ impl<'i> Recommender<'i> {
             stats,
             denied: judged.denied,
             hints: built.hints,
+            excluded_namespaces: self.config.exclude_namespaces.clone(),
         }
     }
 }

@@ -65,7 +65,7 @@ impl Span {
         if !f.counted {
             return;
         }
-        self.flows += 1;
+        self.flows += f.connections.unwrap_or(1);
         let first = f.first_seen.or(f.last_seen);
         let last = f.last_seen.or(f.first_seen);
         if let Some(t) = first {

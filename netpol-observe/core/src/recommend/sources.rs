@@ -173,7 +173,7 @@ pub fn merge_recorded(sources: impl IntoIterator<Item = RecordedFlows>) -> Recor
 }
 
 /// The flow labels the Prometheus query keeps.
-const FLOW_LABELS: &str = "src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol";
+pub(crate) const FLOW_LABELS: &str = "src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol";
 
 /// The PromQL instant query giving, per workload-level connection over `window`: the flows by
 /// `verdict` under the policies in force (`netpol_observe_flows_total`), and, marked
@@ -240,6 +240,28 @@ pub fn parse_prometheus_recorded(
     subnets: &Subnets,
     window: SignedDuration,
 ) -> Result<(RecordedFlows, Vec<String>), SourceError> {
+    parse_prometheus_seen(
+        body,
+        &super::prometheus_seen::Seen::default(),
+        origin,
+        inventory,
+        subnets,
+        window,
+    )
+}
+
+/// [`parse_prometheus_recorded`] with the first and last increase of each connection's series
+/// in the window ([`super::prometheus_seen`]): a connection found there gets them as its
+/// `first_seen`/`last_seen`, the others span the window. Each record carries its connection
+/// count ([`FlowRecord::connections`]: the increase of its series).
+pub fn parse_prometheus_seen(
+    body: &str,
+    seen: &super::prometheus_seen::Seen,
+    origin: &str,
+    inventory: &Inventory,
+    subnets: &Subnets,
+    window: SignedDuration,
+) -> Result<(RecordedFlows, Vec<String>), SourceError> {
     let bad = |problem: String| SourceError::Prometheus {
         origin: origin.to_owned(),
         problem,
@@ -301,16 +323,25 @@ pub fn parse_prometheus_recorded(
     for g in &groups {
         let i = g.first;
         let s = &data.result[i];
-        let Some(f) = place(s, i, origin, inventory, subnets, window, &mut notes) else {
+        let Some(mut f) = place(s, i, origin, inventory, subnets, window, &mut notes) else {
             continue;
         };
+        if let Some((first, last)) = seen.of(&s.metric) {
+            f.first_seen = Some(first);
+            f.last_seen = Some(last);
+        }
         if g.allowed + g.unjudged > 0.0 {
             let v = (g.allowed > 0.0).then_some(RecordedVerdict::Allowed);
-            flows.push(f.clone(), v);
+            let mut f = f.clone();
+            f.connections = Some(connections(g.allowed + g.unjudged));
+            flows.push(f, v);
         }
         let drops_only = g.denied <= 0.0 && g.allowed + g.unjudged <= 0.0 && g.dropped > 0.0;
         if g.denied > 0.0 || drops_only {
             let mut f = f;
+            if g.denied > 0.0 {
+                f.connections = Some(connections(g.denied));
+            }
             let policies = |set: &BTreeSet<String>| {
                 (!set.is_empty()).then(|| set.iter().cloned().collect::<Vec<_>>().join(","))
             };
@@ -339,6 +370,12 @@ pub fn parse_prometheus_recorded(
         }
     }
     Ok((flows, notes))
+}
+
+/// A series increase as a number of connections (Prometheus extrapolates `increase()`: not a
+/// whole number; at least one).
+fn connections(increase: f64) -> u64 {
+    (increase.round() as u64).max(1)
 }
 
 /// [`parse_prometheus_recorded`] without the recorded verdicts.
@@ -416,24 +453,23 @@ fn place(
             None
         }
     });
-    // A public client (its addresses are not in the series) of a workload behind a
-    // NodePort/LoadBalancer Service: a public entry point, for which the recommender
-    // allows the whole Internet (`--public-ingress any`), so a placeholder address keeps
-    // the peer. Anywhere else the addresses would matter: skipped with a note.
-    let src = src.or_else(|| {
-        let (_, Some(pod)) = dst.as_ref()? else {
-            return None;
-        };
-        let public = get("src_namespace").is_empty()
-            && get("src_kind") == "Subnet"
-            && get("src_workload") == "world"
-            && is_public_entry(inventory, pod);
-        public.then(|| {
-            let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
-            ep.subnet = Some("world".to_owned());
-            (ep, None)
-        })
-    });
+    // A public peer (`world`, either side): its addresses are not in the series. The
+    // unspecified address stands for them: the recommender allows the whole Internet except
+    // private and cluster ranges for it, as for a public entry point (a workload behind a
+    // NodePort/LoadBalancer Service) or more public addresses than `--world-threshold`, and
+    // says so in `netpol-observe.io/aggregation`.
+    let world = |side: &str| {
+        (get(&format!("{side}_namespace")).is_empty()
+            && get(&format!("{side}_kind")) == "Subnet"
+            && get(&format!("{side}_workload")) == "world")
+            .then(|| {
+                let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
+                ep.subnet = Some("world".to_owned());
+                (ep, None)
+            })
+    };
+    let dst = dst.or_else(|| world("dst"));
+    let src = src.or_else(|| world("src"));
     let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
         notes.push(format!(
             "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
@@ -477,22 +513,6 @@ fn place(
     f.last_seen = at;
     f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
     Some(f)
-}
-
-/// Whether a NodePort or LoadBalancer Service selects `pod`.
-fn is_public_entry(inventory: &Inventory, pod: &PodInfo) -> bool {
-    inventory.services.iter().any(|svc| {
-        svc.namespace == pod.namespace
-            && matches!(
-                svc.service_type,
-                crate::inventory::ServiceType::NodePort
-                    | crate::inventory::ServiceType::LoadBalancer
-            )
-            && svc
-                .selector
-                .as_ref()
-                .is_some_and(|sel| sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
-    })
 }
 
 /// The only Service without selector (address endpoints) with a ClusterIP serving

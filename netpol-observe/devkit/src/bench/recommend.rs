@@ -101,6 +101,7 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             unenforced: None,
             node: None,
             counted: true,
+            connections: None,
         });
     }
     (inv, out)

@@ -37,5 +37,7 @@ pub use types::{
     NamespacedPod, PLURAL, Port, PortRange, ProtocolMatch, ProtocolPort, Subject, Tier, VERSION,
 };
 
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures;
 #[cfg(test)]
 mod tests;

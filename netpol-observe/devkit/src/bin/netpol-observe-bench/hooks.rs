@@ -27,6 +27,20 @@ pub(crate) enum HooksCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         interfaces: Vec<String>,
     },
+    /// Print, as JSON lines, the ns per run of the egress program on a DNS answer and on
+    /// another UDP packet, with the DNS capture on and off (and through `--baseline-object`),
+    /// interleaved (`BPF_PROG_TEST_RUN`).
+    DnsCost {
+        /// Rounds of every arm.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Program runs per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        repeat: u32,
+        /// Another build's eBPF object (the before of a change).
+        #[arg(long, value_name = "PATH")]
+        baseline_object: Option<std::path::PathBuf>,
+    },
     /// Print, as JSON, the tcx programs attached to these interfaces with their run counts and
     /// run times (counted only while `kernel.bpf_stats_enabled` is 1).
     Stats {
@@ -46,6 +60,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tracing::info!(interfaces = ?names, "datapath attached (no-op program)");
             wait_for_signal().await?;
             hooks.detach().await?;
+        }
+        HooksCommand::DnsCost {
+            rounds,
+            repeat,
+            baseline_object,
+        } => {
+            let arms = netpol_observe_agent::datapath::dns_cost::dns_capture_cost(
+                rounds,
+                repeat,
+                baseline_object.as_deref(),
+            )?;
+            for a in arms {
+                outln!("{}", serde_json::to_string(&a)?)?;
+            }
         }
         HooksCommand::Stats { interfaces } => {
             let mut all = Vec::new();
