@@ -2,7 +2,8 @@
 //! tokens, insertions, deletions, duplications, splices between corpus entries; no coverage
 //! guidance) over every parser of untrusted input — flow lines, agents' and Prometheus'
 //! answers, inventory and policy YAML, subnets, the agent's configuration file, lab scenarios
-//! (parsed and resolved), DNS queries to the lab's kube-dns, and the agent's HTTP API (paths
+//! (parsed and resolved), DNS queries to the lab's kube-dns, DNS answers the datapath captures
+//! (UDP, and TCP with its length), and the agent's HTTP API (paths
 //! and query strings through the real router). Seeds are in `tests/fuzz-corpus/<target>/`.
 //!
 //! Each input must be handled without a panic and within 5 s; a failing input is written to
@@ -20,7 +21,7 @@ use std::{
 };
 
 use netpol_observe_agent::{
-    agent::{AgentConfig, AgentState},
+    agent::{AgentConfig, AgentState, dns::parse_answer},
     http::{auth::ApiGuard, router},
 };
 use netpol_observe_core::{
@@ -315,6 +316,18 @@ fn fuzz_dns_queries() {
     let zone = dns::zone(&model);
     fuzz("dns", |input| {
         let _ = dns::answer(input, &zone);
+    });
+}
+
+#[test]
+fn fuzz_dns_answers() {
+    fuzz("dns-answers", |input| {
+        let n = input.len() as u32;
+        let _ = parse_answer(input, false, n);
+        let _ = parse_answer(input, true, n);
+        // As if the capture had cut a longer payload.
+        let _ = parse_answer(input, false, n.saturating_add(100));
+        let _ = parse_answer(input, true, n.saturating_add(100));
     });
 }
 

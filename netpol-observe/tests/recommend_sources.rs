@@ -622,7 +622,7 @@ async fn prometheus_denied_series_are_not_learned() {
     assert!(out.status.success(), "{stderr}");
     let q = queries.lock().unwrap().clone();
     for want in [
-        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol, verdict) ((increase(netpol_observe_flows_total[86400s]) > 0)",
+        "sum by (src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol, verdict) ((netpol_observe_flows_total unless netpol_observe_flows_total offset 86400s) or (increase(netpol_observe_flows_total[86400s]) > 0))",
         "increase(netpol_observe_drops_total{reason!~\"NO_SOCKET|IP_RPFILTER\"}[86400s])",
         "\"verdict\", \"dropped\"",
         "increase(netpol_observe_unenforced_flows_total[86400s])",

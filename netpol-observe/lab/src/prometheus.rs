@@ -178,6 +178,11 @@ pub struct Comparison {
     pub equal: bool,
     /// The policies that differ (`ns/name`), when not equal.
     pub differing: Vec<String>,
+    /// The evidence flow counts (`netpol-observe.io/flows`) of the agents' policies, by
+    /// `ns/name`.
+    pub agent_flows: std::collections::BTreeMap<String, String>,
+    /// The same of Prometheus' policies: equal when its counts are real flow counts.
+    pub prometheus_flows: std::collections::BTreeMap<String, String>,
     /// The notes of parsing Prometheus' answer (series that could not be placed).
     pub notes: Vec<String>,
 }

@@ -381,6 +381,20 @@ impl Running {
     }
 }
 
+/// The `netpol-observe.io/flows` evidence of each policy, by `ns/name`.
+fn evidence_flows(ps: &[NetworkPolicy]) -> std::collections::BTreeMap<String, String> {
+    ps.iter()
+        .filter_map(|p| {
+            let n = p
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(crate::recommend::FLOWS)?;
+            Some((policy_key(p), n.clone()))
+        })
+        .collect()
+}
+
 /// `ns/name` of a policy.
 fn policy_key(p: &NetworkPolicy) -> String {
     format!(
@@ -476,7 +490,12 @@ async fn compare_sources(
             .policies;
         let (agent_names, prometheus_names, differing) =
             compare_policies(&from_agent, &from_prometheus);
-        let done = differing.is_empty() || Instant::now() > deadline;
+        let (agent_flows, prometheus_flows) = (
+            evidence_flows(&from_agent),
+            evidence_flows(&from_prometheus),
+        );
+        let done =
+            (differing.is_empty() && agent_flows == prometheus_flows) || Instant::now() > deadline;
         if done {
             return Ok(Comparison {
                 url,
@@ -486,6 +505,8 @@ async fn compare_sources(
                 prometheus: prometheus_names,
                 equal: differing.is_empty(),
                 differing,
+                agent_flows,
+                prometheus_flows,
                 notes,
             });
         }

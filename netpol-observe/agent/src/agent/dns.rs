@@ -681,8 +681,9 @@ pub(super) mod grace_serde {
 pub struct DnsState {
     cache: DnsCache,
     policies: DnsPolicies,
-    /// The model `policies` were built from (its address; 0: none yet).
-    model: usize,
+    /// The model `policies` were built from (a weak reference: its address stays its own
+    /// while held, so a new model is never taken for it).
+    model: std::sync::Weak<super::Model>,
 }
 
 impl DnsState {
@@ -694,7 +695,7 @@ impl DnsState {
                 ..DnsCacheLimits::default()
             }),
             policies: DnsPolicies::default(),
-            model: 0,
+            model: std::sync::Weak::new(),
         }
     }
 }
@@ -722,8 +723,10 @@ impl super::AgentState {
         };
         let model = self.model();
         let mut st = super::lock(&self.dns);
-        let id = model.as_ref().map_or(0, |m| Arc::as_ptr(m) as usize);
-        if st.model != id {
+        let current = model
+            .as_ref()
+            .map_or_else(std::sync::Weak::new, Arc::downgrade);
+        if !st.model.ptr_eq(&current) {
             let (mut policies, errors) = match &model {
                 Some(m) => DnsPolicies::new(&m.inventory),
                 None => (DnsPolicies::default(), Vec::new()),
@@ -733,7 +736,7 @@ impl super::AgentState {
             }
             policies.keep_seen(&mut st.policies);
             st.policies = policies;
-            st.model = id;
+            st.model = current;
         }
         for (addr, names, ttl) in &resolution.addresses {
             st.cache.insert(answer.client, *addr, names, *ttl, now);

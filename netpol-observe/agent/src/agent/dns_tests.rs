@@ -399,3 +399,66 @@ fn a_bad_annotation_is_an_error_naming_the_policy() {
         assert!(e.contains("shop/web-egress") && e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn the_agent_names_flows_and_counts_a_rotation_once_across_models() {
+    use crate::{
+        agent::{AgentConfig, AgentState, Model},
+        attribution::Subnets,
+        datapath::DnsAnswer,
+    };
+    let inv = Arc::new(inventory(r#"{"203.0.113.0/28": ["api.example.com"]}"#));
+    let state = AgentState::new(AgentConfig::default());
+    let model = || Arc::new(Model::new(Arc::clone(&inv), &Subnets::default(), None).unwrap());
+    state.set_model(model());
+    let answer = |to: [u8; 4]| {
+        let msg = response(
+            "api.example.com.",
+            RecordType::A,
+            vec![a("api.example.com.", 30, to)],
+        );
+        DnsAnswer {
+            client: ip("10.244.0.2"),
+            server: ip("10.96.0.10"),
+            tcp: false,
+            payload_len: msg.len() as u32,
+            payload: msg.into(),
+        }
+    };
+    let t0 = Instant::now();
+    state.on_dns_at(&answer([203, 0, 113, 4]), t0);
+    let inside = state.flow_dns(ip("10.244.0.2"), ip("203.0.113.4")).unwrap();
+    assert_eq!(inside.names, names(&["api.example.com"]));
+    assert_eq!(inside.rotation, None);
+    state.on_dns_at(&answer([192, 0, 2, 1]), t0);
+    let outside = state.flow_dns(ip("10.244.0.2"), ip("192.0.2.1")).unwrap();
+    assert_eq!(
+        outside.rotation,
+        Some(DnsRotation {
+            policy: "shop/web-egress".into(),
+            name: "api.example.com".into()
+        })
+    );
+    // Another pod's flows to the address are not named.
+    assert_eq!(state.flow_dns(ip("10.244.0.3"), ip("192.0.2.1")), None);
+    // A new model: the same rotation is not counted again.
+    state.set_model(model());
+    state.on_dns_at(&answer([192, 0, 2, 1]), t0);
+    let text = state.metrics().encode_text().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("netpol_observe_dns_rotations_total{"))
+        .unwrap();
+    assert_eq!(
+        line,
+        r#"netpol_observe_dns_rotations_total{namespace="shop",kind="Pod",workload="web-1",policy="shop/web-egress"} 1"#
+    );
+    assert!(
+        text.contains("\nnetpol_observe_dns_answers_total 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nnetpol_observe_dns_cache_entries 2\n"),
+        "{text}"
+    );
+}

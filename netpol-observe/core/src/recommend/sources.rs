@@ -182,14 +182,14 @@ pub(crate) const FLOW_LABELS: &str = "src_namespace, src_kind, src_workload, dst
 /// which no filter causes) and the denied flows delivered all the same
 /// (`netpol_observe_unenforced_flows_total`).
 ///
-/// `increase()` alone misses every series that appeared during the window and never grew
-/// after its first scrape (a workload pair whose connections all fell between two scrapes: the
-/// counter is born at its final value, and Prometheus 2 has no zero sample before it), so
-/// series that are present now but were absent when the window began count with their whole
-/// value.
+/// `increase()` alone misses what a series counted before its first sample (the counter is
+/// born at its first value, and Prometheus 2 has no zero sample before it: a workload pair
+/// whose connections all fell between two scrapes never increases), so series that are
+/// present now but were absent when the window began count with their whole value (every
+/// flow they counted is in the window), the others with their increase.
 pub fn prometheus_query(window: SignedDuration) -> String {
     let w = window.as_secs().max(1);
-    let grown = |m: &str| format!("(increase({m}[{w}s]) > 0) or ({m} unless {m} offset {w}s)");
+    let grown = |m: &str| format!("({m} unless {m} offset {w}s) or (increase({m}[{w}s]) > 0)");
     format!(
         "sum by ({FLOW_LABELS}, verdict) ({}) or label_replace(sum by ({FLOW_LABELS}, policy) ({}), \"verdict\", \"dropped\", \"\", \"\") or label_replace(sum by ({FLOW_LABELS}, policy) ({}), \"verdict\", \"unenforced\", \"\", \"\")",
         grown("netpol_observe_flows_total"),

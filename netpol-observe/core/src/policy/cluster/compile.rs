@@ -192,13 +192,7 @@ pub(crate) fn compile(policy: &ClusterNetworkPolicy) -> Result<CompiledCnp, Poli
     if name.is_empty() {
         return Err(fail(policy, "metadata.name", "missing"));
     }
-    if policy.metadata.namespace.is_some() {
-        return Err(fail(
-            policy,
-            "metadata.namespace",
-            "a ClusterNetworkPolicy is cluster-scoped: remove the namespace",
-        ));
-    }
+    // A metadata.namespace is ignored, as the API server clears it on a cluster-scoped object.
     let spec = &policy.spec;
     if !(0..=1000).contains(&spec.priority) {
         return Err(fail(
