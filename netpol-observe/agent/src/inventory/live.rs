@@ -269,11 +269,12 @@ impl Prober {
         let request = http::Request::get(path)
             .body(Vec::new())
             .map_err(|e| e.to_string())?;
-        self.client
-            .request_text(request)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        match self.client.request_text(request).await {
+            Ok(_) => Ok(()),
+            // An optional resource that is not served is listed, with none.
+            Err(kube::Error::Api(s)) if s.code == 404 && OPTIONAL.contains(&resource) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -319,6 +320,9 @@ where
                     Report::Listed(name)
                 }
                 Err(err) => {
+                    // A 404 after this (the API server back, still without the CRD) must
+                    // report the resource listed again.
+                    absent = false;
                     tracing::warn!(resource = name, error = %err, "watch failed; retrying with backoff");
                     Report::Error(name, describe(&err))
                 }
