@@ -1,5 +1,4 @@
-//! The engine benchmark (`cargo xtask bench engine`, via the hidden `netpol-observe
-//! bench-engine`): verdicts per second and compile time against growing policy counts over a
+//! The engine benchmark (`cargo xtask bench engine`, via `netpol-observe-bench engine`): verdicts per second and compile time against growing policy counts over a
 //! synthetic cluster ([`synth`]), on one thread, with interleaved rounds and medians.
 
 use std::{hint::black_box, time::Instant};

@@ -1,4 +1,4 @@
-//! Synthetic inputs for the recommender benchmark (`netpol-observe/examples/recommend_bench.rs`):
+//! Synthetic inputs for the recommender benchmark (`cargo xtask bench recommend`, via `netpol-observe-bench recommend`):
 //! an inventory of `workloads` Deployments (two pods each, 100 per namespace) and `flows`
 //! attributed flow records over a few thousand workload-level edges, as agents write them.
 //! Not part of the supported API.
