@@ -46,35 +46,6 @@ fn golden(name: &str, actual: &str) {
     );
 }
 
-/// shop/checkout calls two SaaS APIs by name and one partner address without a name:
-/// `api.stripe.com` at 54.1.2.3 and 54.1.2.9 (the same /24 as the unnamed 54.1.2.20),
-/// `hooks.slack.com` at 35.190.0.5 (alone); its lookups go to kube-dns.
-fn saas_egress() -> Scenario {
-    let mut c = Cluster::new();
-    c.kube_dns("10.96.0.10");
-    let checkout = c.deployment("shop", "checkout", 2, &[("http", 8080, "TCP")]);
-    let mut s = Scenario::new(c);
-    let mut m = 0;
-    let mut t = || {
-        m += 3;
-        m
-    };
-    for p in &checkout {
-        s.flows.push(udp(*p, "10.96.0.10", 53, t()));
-        for (addr, names) in [
-            ("54.1.2.3", &["api.stripe.com"][..]),
-            ("54.1.2.9", &["API.Stripe.com."][..]),
-            ("35.190.0.5", &["hooks.slack.com"][..]),
-            ("54.1.2.20", &[][..]),
-        ] {
-            let mut f = tcp(*p, addr, 443, t());
-            f.dst.dns_names = names.iter().map(|n| (*n).to_owned()).collect();
-            s.flows.push(f);
-        }
-    }
-    s
-}
-
 fn egress(p: &CiliumNetworkPolicy) -> &[EgressRule] {
     p.spec.egress.as_deref().unwrap()
 }
@@ -93,7 +64,7 @@ fn cilium_policy<'a>(
 
 #[test]
 fn named_external_peers_become_fqdn_rules_and_evidence() {
-    let s = saas_egress();
+    let s = saas_egress(false);
     let out = s.check();
     // NetworkPolicy: unchanged rules, the names as evidence on the policy.
     let np = policy(&out.policies, "shop", "checkout-np");
@@ -290,7 +261,7 @@ fn api_server_and_nodes_become_entities() {
 /// server by `tests/tests/policy_formats.rs`).
 fn all_outputs() -> String {
     let mut stream = String::new();
-    for s in [three_tier(), saas_egress(), platform_peers()] {
+    for s in [three_tier(), saas_egress(false), platform_peers()] {
         let inventory = s.cluster.inventory();
         let rec = netpol_observe_core::recommend::Recommender::new(
             &inventory,
@@ -376,7 +347,7 @@ fn cilium_output_validates_against_the_crd_schema() {
 
 #[test]
 fn cli_writes_cilium_policies_per_namespace() {
-    let s = saas_egress();
+    let s = saas_egress(false);
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("inventory.yaml");
     std::fs::write(&inv, s.cluster.yaml()).unwrap();

@@ -25,36 +25,6 @@ use netpol_observe_core::{
 };
 use recommend_support::*;
 
-/// shop/checkout calls two SaaS APIs by name (`api.stripe.com` at two addresses,
-/// `hooks.slack.com`) and an unnamed partner address on 443; a pod of namespace `idle` has no
-/// traffic; lookups go to kube-dns.
-fn saas() -> Scenario {
-    let mut c = Cluster::new();
-    c.kube_dns("10.96.0.10");
-    let checkout = c.deployment("shop", "checkout", 2, &[("http", 8080, "TCP")]);
-    c.deployment("idle", "sleeper", 1, &[]);
-    let mut s = Scenario::new(c);
-    let mut m = 0;
-    let mut t = || {
-        m += 3;
-        m
-    };
-    for p in &checkout {
-        s.flows.push(udp(*p, "10.96.0.10", 53, t()));
-        for (addr, names) in [
-            ("54.1.2.3", &["api.stripe.com"][..]),
-            ("54.1.2.9", &["API.Stripe.com."][..]),
-            ("35.190.0.5", &["hooks.slack.com"][..]),
-            ("54.1.2.20", &[][..]),
-        ] {
-            let mut f = tcp(*p, addr, 443, t());
-            f.dst.dns_names = names.iter().map(|n| (*n).to_owned()).collect();
-            s.flows.push(f);
-        }
-    }
-    s
-}
-
 struct Output {
     inventory: Inventory,
     rec: Recommendation,
@@ -119,7 +89,7 @@ impl Output {
 
 #[test]
 fn named_external_peers_become_admin_domain_rules_and_the_baseline_closes_the_rest() {
-    let s = saas();
+    let s = saas_egress(true);
     let out = output(s.cluster.inventory(), &s.subnets, &s.flows);
     out.keeps_every_flow(&s.flows);
     let names: Vec<&str> = out.cluster.iter().map(|p| p.name()).collect();
@@ -319,7 +289,7 @@ fn output_validates_against_the_crd_schema() {
         );
         return;
     }
-    let s = saas();
+    let s = saas_egress(true);
     let out = output(s.cluster.inventory(), &s.subnets, &s.flows);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out.yaml");
@@ -341,7 +311,7 @@ fn output_validates_against_the_crd_schema() {
 
 #[test]
 fn cli_writes_the_cluster_policies_and_checks_them() {
-    let s = saas();
+    let s = saas_egress(true);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("inventory.yaml"), s.cluster.yaml()).unwrap();
     let flows: String = s

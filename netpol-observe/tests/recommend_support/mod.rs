@@ -460,6 +460,39 @@ pub(crate) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// shop/checkout calls two SaaS APIs by name and one partner address without a name:
+/// `api.stripe.com` at 54.1.2.3 and 54.1.2.9 (the same /24 as the unnamed 54.1.2.20),
+/// `hooks.slack.com` at 35.190.0.5 (alone), all on 443; its lookups go to kube-dns. With
+/// `idle_namespace`, a pod of namespace `idle` has no traffic.
+pub(crate) fn saas_egress(idle_namespace: bool) -> Scenario {
+    let mut c = Cluster::new();
+    c.kube_dns("10.96.0.10");
+    let checkout = c.deployment("shop", "checkout", 2, &[("http", 8080, "TCP")]);
+    if idle_namespace {
+        c.deployment("idle", "sleeper", 1, &[]);
+    }
+    let mut s = Scenario::new(c);
+    let mut m = 0;
+    let mut t = || {
+        m += 3;
+        m
+    };
+    for p in &checkout {
+        s.flows.push(udp(*p, "10.96.0.10", 53, t()));
+        for (addr, names) in [
+            ("54.1.2.3", &["api.stripe.com"][..]),
+            ("54.1.2.9", &["API.Stripe.com."][..]),
+            ("35.190.0.5", &["hooks.slack.com"][..]),
+            ("54.1.2.20", &[][..]),
+        ] {
+            let mut f = tcp(*p, addr, 443, t());
+            f.dst.dns_names = names.iter().map(|n| (*n).to_owned()).collect();
+            s.flows.push(f);
+        }
+    }
+    s
+}
+
 /// 3-tier web app across namespaces: internet → frontend/web → backend/api (via Service, named
 /// target port) → db-subnet outside the cluster; backend/worker → api; DNS via kube-dns;
 /// kubelet probes from the pods' own nodes.
