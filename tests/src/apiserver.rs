@@ -445,3 +445,30 @@ impl ApiServer {
         }
     }
 }
+
+/// The objects of a `kubectl get … -o json` list as they were sent: without what the API server
+/// adds (uid, resourceVersion, generation, creationTimestamp, managedFields, status).
+pub fn as_sent<T: serde::de::DeserializeOwned>(list_json: &str) -> Result<Vec<T>> {
+    let list: serde_json::Value = serde_json::from_str(list_json).context("a JSON list")?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    items
+        .into_iter()
+        .map(|mut item| {
+            if let Some(meta) = item["metadata"].as_object_mut() {
+                for field in [
+                    "uid",
+                    "resourceVersion",
+                    "generation",
+                    "creationTimestamp",
+                    "managedFields",
+                ] {
+                    meta.remove(field);
+                }
+            }
+            if let Some(obj) = item.as_object_mut() {
+                obj.remove("status");
+            }
+            serde_json::from_value(item).context("an object of the requested type")
+        })
+        .collect()
+}

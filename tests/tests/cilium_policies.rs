@@ -16,8 +16,7 @@ use std::{
 };
 
 use netpol_observe_core::recommend::cilium::types::CiliumNetworkPolicy;
-use netpol_observe_e2e::apiserver::{ApiServer, Binaries};
-use serde_json::Value;
+use netpol_observe_e2e::apiserver::{ApiServer, Binaries, as_sent};
 
 /// Generous: the API server serves a new CRD within a second or two; a loaded CI machine may
 /// take much longer, and the loop stops as soon as it is served.
@@ -79,30 +78,7 @@ fn cilium_policies_are_accepted_by_the_api_server() {
             None,
         )
         .unwrap();
-    let list: Value = serde_json::from_str(&got).unwrap();
-    let mut back: Vec<CiliumNetworkPolicy> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| {
-            let mut item = item.clone();
-            // What the API server adds; everything else must be what was sent.
-            let meta = item["metadata"].as_object_mut().unwrap();
-            for field in [
-                "uid",
-                "resourceVersion",
-                "generation",
-                "creationTimestamp",
-                "managedFields",
-            ] {
-                meta.remove(field);
-            }
-            if let Some(obj) = item.as_object_mut() {
-                obj.remove("status");
-            }
-            serde_json::from_value(item).unwrap()
-        })
-        .collect();
+    let mut back: Vec<CiliumNetworkPolicy> = as_sent(&got).unwrap();
     let key = |p: &CiliumNetworkPolicy| {
         (
             p.metadata.namespace.clone().unwrap_or_default(),

@@ -27,8 +27,7 @@ use netpol_observe_core::{
     policy::{PolicyEngine, SideResult, cluster::ClusterNetworkPolicy},
     recommend::{PolicyFormat, RecommendConfig, Recommender, render_objects},
 };
-use netpol_observe_e2e::apiserver::{ApiServer, Binaries};
-use serde_json::Value;
+use netpol_observe_e2e::apiserver::{ApiServer, Binaries, as_sent};
 
 /// Generous: the API server serves a new CRD within a second or two; a loaded CI machine may
 /// take much longer, and the loops stop as soon as the condition holds.
@@ -182,29 +181,7 @@ fn cluster_policies_live_and_recommended_against_the_api_server() {
             None,
         )
         .unwrap();
-    let list: Value = serde_json::from_str(&got).unwrap();
-    let mut back: Vec<ClusterNetworkPolicy> = list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| {
-            let mut item = item.clone();
-            let meta = item["metadata"].as_object_mut().unwrap();
-            for field in [
-                "uid",
-                "resourceVersion",
-                "generation",
-                "creationTimestamp",
-                "managedFields",
-            ] {
-                meta.remove(field);
-            }
-            if let Some(obj) = item.as_object_mut() {
-                obj.remove("status");
-            }
-            serde_json::from_value(item).unwrap()
-        })
-        .collect();
+    let mut back: Vec<ClusterNetworkPolicy> = as_sent(&got).unwrap();
     back.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     sent.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     assert_eq!(
