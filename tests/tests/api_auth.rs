@@ -68,7 +68,7 @@ fn start_agent(api: &ApiServer, dir: &Path, interfaces: &str) -> DaemonSetAgent 
     api.start_daemonset_agent(
         dir,
         &[
-            "--sweep-interval=1",
+            "--sweep-interval=1s",
             "--output=none",
             "--interfaces",
             interfaces,

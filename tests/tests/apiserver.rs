@@ -237,7 +237,7 @@ fn start_agent(
             // Test overrides: only this test's interfaces, fast sweeps, the flows at exit, and
             // the flows API open on loopback (its authentication is tests/tests/api_auth.rs's).
             "--api-auth=none",
-            "--sweep-interval=1",
+            "--sweep-interval=1s",
             "--output=jsonl",
             "--interfaces",
             &c.interfaces(),

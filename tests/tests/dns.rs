@@ -326,7 +326,7 @@ spec:
                 "--node-name",
                 "node-1",
                 "--sweep-interval",
-                "1",
+                "1s",
                 "--output",
                 "none",
                 "--interfaces",

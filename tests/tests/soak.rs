@@ -114,7 +114,7 @@ fn agent_soak() {
     // leave it a minute after they end (default 10 min): with the defaults the store would
     // still be filling at the end of a 10-minute run, and RSS with it, by design.
     let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, "flowRetention: 60\nmaxFlows: 20000\n").unwrap();
+    std::fs::write(&config, "flowRetention: 60s\nmaxFlows: 20000\n").unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     let mut agent = Agent(
         Command::new(netpol_observe_e2e::bin())
@@ -125,7 +125,7 @@ fn agent_soak() {
             .arg("--inventory")
             .arg(&inv)
             .args(["--node-name", "node-1", "--interfaces", "vsoak*"])
-            .args(["--sweep-interval", "2", "--inventory-poll-interval", "1"])
+            .args(["--sweep-interval", "2s", "--inventory-poll-interval", "1s"])
             .args(["--flow-map-capacity", "262144", "--output", "none"])
             .stdout(Stdio::null())
             .stderr(log)

@@ -140,7 +140,7 @@ impl AgentHandle {
             path: log.to_path_buf(),
             source,
         })?;
-        let secs = AGENT_INTERVAL.as_secs().to_string();
+        let secs = format!("{}s", AGENT_INTERVAL.as_secs());
         let mut args: Vec<OsString> = vec![
             "agent".into(),
             "--subnets".into(),

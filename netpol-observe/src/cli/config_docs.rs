@@ -1,6 +1,6 @@
-//! `docs/config.md`, generated from the agent's one definition of its settings: the `agent`
-//! command's flags (with their environment variables and help) and the `--config` file's keys
-//! (the serialised [`AgentConfig`]). The test fails when the page is stale or when a setting
+//! `docs/config.md`, generated from the agent's one definition of its settings,
+//! [`AgentConfig`]: its clap arguments (flags, environment variables, help) and its serde form
+//! (the `--config` file's keys and defaults). The test fails when the page is stale or when a setting
 //! exists in one source and not the other; `NETPOL_OBSERVE_BLESS=1` rewrites the page.
 
 use std::{collections::BTreeMap, fmt::Write as _};
@@ -61,7 +61,8 @@ fn render() -> String {
          current). Every setting of `netpol-observe agent` is a flag, an environment variable \
          and a key of the `--config` YAML file; flags and environment variables override the \
          file, the file overrides the defaults. Lists in environment variables are \
-         comma-separated (`--interfaces`/`--exclude` take one glob there: `{veth*,cali*}`).\n\n\
+         comma-separated (`--interfaces`/`--exclude` take one glob there: `{veth*,cali*}`). \
+         Durations carry their unit: `500ms`, `10s`, `2m`, `1m30s`, `7d`.\n\n\
          | Flag | Environment | File key | Default (file) | Meaning |\n\
          |---|---|---|---|---|\n",
     );

@@ -1,16 +1,18 @@
-//! The agent's one typed configuration: defaults, then an optional YAML file (`--config`),
-//! then environment variables and flags (clap reads `NETPOL_OBSERVE_*` and `NODE_NAME` for
-//! the flags), the later overriding the earlier.
-//!
-//! The file uses the same names as the flags, in camelCase (`seriesBudget` under `metrics`),
-//! exactly as `deploy/kubernetes/base/configmap.yaml` writes it. Unknown keys are errors.
+//! The agent's configuration, defined once: [`AgentConfig`] is at the same time the `agent`
+//! command's flags (with their environment variables), the `--config` YAML file's keys
+//! (camelCase, `seriesBudget` under `metrics`, exactly as
+//! `deploy/kubernetes/base/configmap.yaml` writes it) and the typed value the agent runs
+//! with. Layers: defaults, then the file, then environment variables and flags
+//! ([`ConfigOverrides`]), the later overriding the earlier. Unknown keys are errors; durations
+//! are typed (`10s`, `2m`, `1m30s`, `7d`).
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
+use clap::{ArgAction, FromArgMatches};
+use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::Validation;
@@ -45,59 +47,31 @@ pub const DEFAULT_DROP_REASONS: &[&str] = &[
     "XFRM_POLICY",
 ];
 
-/// Default of [`AgentConfig::enforcement_grace`].
-pub(crate) const DEFAULT_ENFORCEMENT_GRACE: jiff::SignedDuration =
-    jiff::SignedDuration::from_secs(10);
+const DAY: SignedDuration = SignedDuration::from_hours(24);
 
-/// The longest enforcement grace: one day (a longer one would switch the check off).
-pub(crate) const MAX_ENFORCEMENT_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
-
-/// Parses an enforcement grace (`--enforcement-grace`, `enforcementGrace`): a duration such as
-/// `10s`, `2m` or `1m30s` (or ISO 8601 `PT10S`), zero or more, at most a day.
-pub fn parse_enforcement_grace(s: &str) -> Result<jiff::SignedDuration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 10s, 2m or 1m30s: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?}: the grace cannot be negative"));
-    }
-    if d > MAX_ENFORCEMENT_GRACE {
-        return Err(format!("{s:?} is too long: at most 24h"));
-    }
-    Ok(d)
-}
-
-/// The longest drift learning period: a year.
-pub(crate) const MAX_DRIFT_LEARN: jiff::SignedDuration = jiff::SignedDuration::from_hours(366 * 24);
-
-/// Parses a drift learning period (`--drift-learn`, `driftLearn`): a duration such as `0s`
-/// (no learning), `30m`, `168h` (or ISO 8601 `P7D`), at most a year.
-pub fn parse_drift_learn(s: &str) -> Result<jiff::SignedDuration, String> {
+/// Parses a duration setting: `10s`, `2m`, `1m30s`, `500ms`, `7d` (24-hour days) or ISO 8601
+/// (`PT10S`, `P7D`). A bare number is refused: its unit would be a guess.
+pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     let text = s.trim();
-    let d: jiff::SignedDuration = match text.parse() {
-        Ok(d) => d,
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{s:?} has no unit: write {text}s, {text}m or {text}h"
+        ));
+    }
+    text.parse::<SignedDuration>().or_else(|e| {
         // `7d` / `P7D`: a calendar span of days, taken as 24-hour days.
-        Err(e) => text
-            .parse::<jiff::Span>()
+        text.parse::<jiff::Span>()
             .ok()
             .and_then(|span| {
                 span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
                     .ok()
             })
-            .ok_or_else(|| format!("{s:?} is not a duration like 0s, 30m, 168h or 7d: {e}"))?,
-    };
-    if d.is_negative() {
-        return Err(format!("{s:?}: the learning period cannot be negative"));
-    }
-    if d > MAX_DRIFT_LEARN {
-        return Err(format!("{s:?} is too long: at most 366 days"));
-    }
-    Ok(d)
+            .ok_or_else(|| format!("{s:?} is not a duration like 10s, 2m, 1m30s or 7d: {e}"))
+    })
 }
 
-/// Serde form of [`AgentConfig::drift_learn`]: a string such as `168h`.
-mod learn {
+/// Serde form of the duration settings: a string such as `10s`, read with [`parse_duration`].
+mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(
@@ -110,27 +84,17 @@ mod learn {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<jiff::SignedDuration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_drift_learn(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Serde form of [`AgentConfig::enforcement_grace`]: a string such as `10s`.
-mod grace {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        d: &jiff::SignedDuration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{d:#}"))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<jiff::SignedDuration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_enforcement_grace(&text).map_err(serde::de::Error::custom)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Text(String),
+            Number(serde_json::Number),
+        }
+        let text = match Text::deserialize(d)? {
+            Text::Text(t) => t,
+            Text::Number(n) => n.to_string(),
+        };
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -138,7 +102,7 @@ mod grace {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The configuration file cannot be read.
-    #[error("cannot read the configuration file {path}: {source}")]
+    #[error("cannot read the configuration file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -156,22 +120,68 @@ pub enum ConfigError {
         message: String,
     },
     /// A setting has an unusable value.
-    #[error("invalid setting `{setting}`: {message}")]
+    #[error(
+        "invalid setting --{setting} (file key {}): {message}",
+        file_key(setting)
+    )]
     Invalid {
         /// The setting (flag name without dashes).
         setting: &'static str,
         /// What is wrong.
         message: String,
     },
+    /// A flag or environment variable could not be applied.
+    #[error("applying the flags and environment variables")]
+    Flags(#[source] clap::Error),
+}
+
+/// The file key of a flag: `metrics-series-budget` → `metrics.seriesBudget`,
+/// `flow-map-capacity` → `flowMapCapacity`.
+fn file_key(flag: &str) -> String {
+    let (prefix, rest) = match flag.strip_prefix("metrics-") {
+        Some(rest) => ("metrics.", rest),
+        None => ("", flag),
+    };
+    let mut key = String::from(prefix);
+    let mut upper = false;
+    for c in rest.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            key.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            key.push(c);
+        }
+    }
+    key
 }
 
 /// Metric settings of the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetricsSettings {
-    /// Label sets per flow-labelled family before collapsing into `other` (default 2000).
+    /// Label sets per flow-labelled metric family before the `other` bucket [default: 2000].
+    #[arg(
+        id = "metrics_series_budget",
+        long = "metrics-series-budget",
+        env = "NETPOL_OBSERVE_METRICS_SERIES_BUDGET",
+        value_name = "N",
+        required = false
+    )]
     pub series_budget: usize,
-    /// Add `src_pod`/`dst_pod` labels (default false).
+    /// Add src_pod/dst_pod labels to the flow metrics (high cardinality) [default: false].
+    #[arg(
+        id = "metrics_pod_level",
+        long = "metrics-pod-level",
+        env = "NETPOL_OBSERVE_METRICS_POD_LEVEL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL",
+        required = false
+    )]
     pub pod_level: bool,
 }
 
@@ -184,95 +194,249 @@ impl Default for MetricsSettings {
     }
 }
 
-/// Everything the agent can be told. Every field has a documented default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Everything the agent can be told, in the order `--help` shows it. Every field is a flag
+/// (with an environment variable, `NETPOL_OBSERVE_<FLAG>`), a key of the `--config` file and
+/// has the default [`AgentConfig::default`] gives (shown as `[default: …]`). No flag has a
+/// clap default: an unset flag leaves the file's value ([`ConfigOverrides`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
-    /// HTTP listen address (default `127.0.0.1:9965`).
+    /// HTTP listen address for /metrics, /healthz, /readyz and /api/v1 [default: 127.0.0.1:9965].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_LISTEN",
+        value_name = "ADDR",
+        required = false
+    )]
     pub listen: SocketAddr,
-    /// Who may read `/api/v1` (flows, recommendations): `kubernetes` (a bearer token checked by
-    /// the API server's TokenReview and SubjectAccessReview) or `none` (anyone who reaches the
-    /// port). Default: `kubernetes` in-cluster, `none` with `inventory` (standalone). `none` on
-    /// an address other than loopback is refused unless `allowUnauthenticatedRemoteApi`.
-    /// `/metrics`, `/healthz` and `/readyz` are never authenticated.
+    /// Who may read /api/v1 (flows, recommendations): `kubernetes` (bearer token checked by the
+    /// API server's TokenReview and SubjectAccessReview: `get` on flows.netpol-observe.io or
+    /// recommendations.netpol-observe.io) or `none` [default: kubernetes in-cluster, none with
+    /// --inventory]. /metrics, /healthz and /readyz are always open.
+    #[arg(long, env = "NETPOL_OBSERVE_API_AUTH", value_name = "MODE")]
     pub api_auth: Option<ApiAuth>,
-    /// Serve `/api/v1` without authentication on a non-loopback address (with `apiAuth: none`;
-    /// default false): anyone who reaches the port reads every flow of the node.
+    /// Allow `--api-auth none` on an address other than loopback (anyone who reaches the port
+    /// reads every flow of the node) [default: false].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_ALLOW_UNAUTHENTICATED_REMOTE_API",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL",
+        required = false
+    )]
     pub allow_unauthenticated_remote_api: bool,
-    /// With `apiAuth: kubernetes`: the audiences a token must be valid for (TokenReview
-    /// `spec.audiences`), e.g. `[netpol-observe]` for tokens minted with `kubectl create token
-    /// --audience netpol-observe`. Default empty: the API server's own audiences.
+    /// With `--api-auth kubernetes`: audiences a token must be valid for (e.g. netpol-observe,
+    /// for `kubectl create token --audience netpol-observe`) [default: the API server's].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_API_TOKEN_AUDIENCES",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "AUDIENCE"
+    )]
     pub api_token_audiences: Vec<String>,
-    /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change.
-    /// Absent: in-cluster mode (service account, watches).
+    /// Standalone mode: Kubernetes objects (file or directory), reloaded when they change
+    /// [default: in-cluster, from the API server].
+    #[arg(long, env = "NETPOL_OBSERVE_INVENTORY", value_name = "PATH")]
     pub inventory: Option<PathBuf>,
-    /// In-cluster mode: a kubeconfig instead of the pod's ServiceAccount (default: `$KUBECONFIG`,
-    /// else the in-cluster identity, else `~/.kube/config`).
+    /// In-cluster mode from outside a pod: this kubeconfig instead of the pod's ServiceAccount
+    /// [default: $KUBECONFIG, else the in-cluster identity, else ~/.kube/config].
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Unknown fields in the inventory and staged policy files: `strict` (an error naming the
-    /// field), `warn` or `ignore` (files from a newer Kubernetes) (default strict).
+    /// Unknown fields in --inventory and --staged-policies files: strict (an error naming the
+    /// field, as kubectl --validate=strict), warn or ignore (files from a newer Kubernetes)
+    /// [default: strict].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_VALIDATE",
+        value_enum,
+        value_name = "MODE",
+        required = false
+    )]
     pub validate: Validation,
-    /// Named subnets file (`name: CIDR` or `name: [CIDRs]`).
+    /// Named subnets outside the cluster: YAML `name: CIDR` or `name: [CIDRs]`.
+    #[arg(long, env = "NETPOL_OBSERVE_SUBNETS", value_name = "FILE")]
     pub subnets: Option<PathBuf>,
-    /// Draft NetworkPolicies (file or directory) evaluated next to the ones in force.
+    /// Draft NetworkPolicies (file or directory): every flow is also judged against them
+    /// (`netpol_observe_staged_verdicts_total`).
+    #[arg(long, env = "NETPOL_OBSERVE_STAGED_POLICIES", value_name = "PATH")]
     pub staged_policies: Option<PathBuf>,
-    /// This node's name (`NODE_NAME` from the downward API); default: the host name.
-    pub node_name: Option<String>,
-    /// Interface patterns to attach to (default: common CNI pod interfaces).
+    /// Interfaces to attach to (glob patterns) [default: veth* cali* lxc* azv* eni* gke*].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_INTERFACES",
+        num_args = 1..,
+        value_name = "PATTERN"
+    )]
     pub interfaces: Vec<String>,
-    /// Interface patterns never attached (default `cilium_*`, `lo`).
+    /// Interfaces never attached (glob patterns) [default: cilium_* lo].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_EXCLUDE",
+        num_args = 1..,
+        value_name = "PATTERN"
+    )]
     pub exclude: Vec<String>,
-    /// Capacity of the kernel flow map (default 65536).
-    pub flow_map_capacity: u32,
-    /// Seconds between sweeps of the flow map (default 5).
-    pub sweep_interval: u64,
-    /// Seconds between checks of the inventory files for changes (default 2).
-    pub inventory_poll_interval: u64,
-    /// Record kernel drops (default true).
-    pub drops: bool,
-    /// Drop reasons recorded (default [`DEFAULT_DROP_REASONS`]).
-    pub drop_reasons: Vec<String>,
-    /// Which drops are recorded: `kernel`, every drop of the node's kernel (a real node;
-    /// default), or `netns`, only drops whose device is in the agent's network namespace
-    /// (several simulated nodes on one kernel, as `netpol-observe lab` runs them).
-    pub drop_scope: DropScope,
-    /// Flows kept for `/api/v1/flows` (default 100000; the oldest ended flows go first).
-    pub max_flows: usize,
-    /// Seconds an ended flow stays in `/api/v1/flows` (default 600).
-    pub flow_retention: u64,
-    /// The enforcement check (`netpol_observe_unenforced_flows_total`) only judges flows first
-    /// seen at least this long after the NetworkPolicy set in force last changed (default
-    /// `10s`, `0s` allowed): the CNI's time to program a change, connections it lets finish.
-    /// A duration such as `10s`, `1m`, `1m30s`.
-    #[serde(with = "grace")]
-    pub enforcement_grace: jiff::SignedDuration,
-    /// Drift baseline (JSON lines, one edge per line; `netpol_observe_agent::drift`): flows whose
-    /// edge (workload pair, port, protocol) is not in it count in
-    /// `netpol_observe_drift_flows_total` and are listed on `/api/v1/drift`. A missing file is
-    /// an empty baseline; the file is reloaded when it changes (every `inventoryPollInterval`).
-    /// Unset (default): no drift detection.
-    pub drift_baseline: Option<PathBuf>,
-    /// With `driftBaseline`: learn for this long (default `0s`: never). An empty baseline
-    /// (missing file, or no edge and no `learning_since` line) starts a learning period;
-    /// during it every new edge joins the baseline, written to the file (temporary file +
-    /// rename, at most every `inventoryPollInterval`, and at shutdown); a restarted agent
-    /// resumes the period the file records. After it, new edges are drift.
-    #[serde(with = "learn")]
-    pub drift_learn: jiff::SignedDuration,
     /// Metric labelling.
+    #[command(flatten)]
     pub metrics: MetricsSettings,
-    /// Forward the eBPF programs' debug log to the agent's log (default false).
+    /// This node's name (from the downward API) [default: the host name].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Capacity of the kernel flow map [default: 65536].
+    #[arg(
+        long,
+        alias = "flow-capacity",
+        env = "NETPOL_OBSERVE_FLOW_MAP_CAPACITY",
+        value_name = "N",
+        required = false
+    )]
+    pub flow_map_capacity: u32,
+    /// Time between sweeps of the flow map [default: 5s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_SWEEP_INTERVAL",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub sweep_interval: SignedDuration,
+    /// Time between checks of the inventory files (and the drift baseline) for changes
+    /// [default: 2s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_INVENTORY_POLL_INTERVAL",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub inventory_poll_interval: SignedDuration,
+    /// Record kernel drops (`--drops=false` on kernels without BTF) [default: true].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DROPS",
+        action = ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL",
+        required = false
+    )]
+    pub drops: bool,
+    /// Drop reasons counted (kernel `enum skb_drop_reason` names without `SKB_DROP_REASON_`)
+    /// [default: NETFILTER_DROP TC_INGRESS TC_EGRESS TC_DROP BPF_CGROUP_INGRESS
+    /// BPF_CGROUP_EGRESS SOCKET_FILTER NO_SOCKET IP_RPFILTER XFRM_POLICY].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DROP_REASONS",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_name = "REASON"
+    )]
+    pub drop_reasons: Vec<String>,
+    /// Which drops are recorded. kernel: every drop of the node's kernel (a real node;
+    /// default). netns: only drops whose device is in the agent's network namespace (several
+    /// simulated nodes on one kernel, as `netpol-observe lab` runs them).
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DROP_SCOPE",
+        value_enum,
+        value_name = "SCOPE",
+        hide_possible_values = true,
+        required = false
+    )]
+    pub drop_scope: DropScope,
+    /// Flows kept for /api/v1/flows; the oldest ended flows go first [default: 100000].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_MAX_FLOWS",
+        value_name = "N",
+        required = false
+    )]
+    pub max_flows: usize,
+    /// How long an ended flow stays in /api/v1/flows [default: 10m].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_FLOW_RETENTION",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub flow_retention: SignedDuration,
+    /// The enforcement check (netpol_observe_unenforced_flows_total: denied flows that were
+    /// delivered) judges only flows first seen at least this long after the NetworkPolicy set
+    /// in force last changed (the CNI's time to program a change); 0s judges every flow, at
+    /// most 24h [default: 10s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_ENFORCEMENT_GRACE",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub enforcement_grace: SignedDuration,
+    /// Drift baseline, JSON lines of edges (workload pair, port, protocol; see `netpol-observe
+    /// baseline`): counted flows outside it count in netpol_observe_drift_flows_total{kind} and
+    /// are listed on /api/v1/drift. A missing file is an empty baseline; the file is reloaded
+    /// when it changes. Unset: no drift detection.
+    #[arg(long, env = "NETPOL_OBSERVE_DRIFT_BASELINE", value_name = "PATH")]
+    pub drift_baseline: Option<PathBuf>,
+    /// Learn for this long when the baseline is empty (missing file, no edge): every new edge
+    /// joins it and is written to the file; a restarted agent resumes the period the file
+    /// records. 0s never learns; at most 366 days [default: 0s].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DRIFT_LEARN",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub drift_learn: SignedDuration,
+    /// Forward the eBPF programs' debug log to the agent's log [default: false].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_EBPF_LOG",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL",
+        required = false
+    )]
     pub ebpf_log: bool,
-    /// `tcx` or `clsact` (default: tcx on kernels ≥ 6.6, clsact before).
-    pub attach_mode: Option<AttachMode>,
-    /// Capture the DNS answers this node's pods receive (packets from port 53) to name the
-    /// destinations of their flows (`dst.dns_names`) and watch the names policies allow
-    /// (default true).
+    /// Capture the DNS answers the pods receive (packets from port 53) to name their flows'
+    /// destinations (dst.dns_names) and count rotations of the names policies allow
+    /// [default: true].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DNS_CAPTURE",
+        action = ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL",
+        required = false
+    )]
     pub dns_capture: bool,
-    /// How long after a DNS record's TTL its names still name flows (default `5m`, at most
-    /// 24h).
-    #[serde(with = "super::dns::grace_serde")]
-    pub dns_grace: jiff::SignedDuration,
+    /// How long after a DNS record's TTL its names still name flows (clients keep using an
+    /// address a while), at most 24h [default: 5m].
+    #[arg(
+        long,
+        env = "NETPOL_OBSERVE_DNS_GRACE",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        required = false
+    )]
+    #[serde(with = "duration")]
+    pub dns_grace: SignedDuration,
+    /// How the programs are attached: tcx or clsact [default: tcx on kernels ≥ 6.6, clsact
+    /// before].
+    #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
+    pub attach_mode: Option<AttachMode>,
 }
 
 impl Default for AgentConfig {
@@ -287,12 +451,13 @@ impl Default for AgentConfig {
             validate: Validation::Strict,
             subnets: None,
             staged_policies: None,
-            node_name: None,
             interfaces: DEFAULT_INCLUDE.iter().map(|s| (*s).to_owned()).collect(),
             exclude: DEFAULT_EXCLUDE.iter().map(|s| (*s).to_owned()).collect(),
+            metrics: MetricsSettings::default(),
+            node_name: None,
             flow_map_capacity: netpol_observe_ebpf::DEFAULT_FLOW_CAPACITY,
-            sweep_interval: 5,
-            inventory_poll_interval: 2,
+            sweep_interval: SignedDuration::from_secs(5),
+            inventory_poll_interval: SignedDuration::from_secs(2),
             drops: true,
             drop_reasons: DEFAULT_DROP_REASONS
                 .iter()
@@ -300,16 +465,58 @@ impl Default for AgentConfig {
                 .collect(),
             drop_scope: DropScope::Kernel,
             max_flows: 100_000,
-            flow_retention: 600,
-            enforcement_grace: DEFAULT_ENFORCEMENT_GRACE,
+            flow_retention: SignedDuration::from_mins(10),
+            enforcement_grace: SignedDuration::from_secs(10),
             drift_baseline: None,
-            drift_learn: jiff::SignedDuration::ZERO,
-            metrics: MetricsSettings::default(),
+            drift_learn: SignedDuration::ZERO,
             ebpf_log: false,
-            attach_mode: None,
             dns_capture: true,
             dns_grace: super::dns::DEFAULT_DNS_GRACE_CONFIG,
+            attach_mode: None,
         }
+    }
+}
+
+/// The flags and environment variables given to one `agent` command: the top layer over the
+/// file. It holds clap's matches of [`AgentConfig`]'s arguments; applying them sets exactly
+/// the settings that were given (clap knows no defaults for them), so the file keeps the rest.
+#[derive(Debug, Clone)]
+pub struct ConfigOverrides(clap::ArgMatches);
+
+impl FromArgMatches for ConfigOverrides {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Ok(ConfigOverrides(matches.clone()))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0 = matches.clone();
+        Ok(())
+    }
+}
+
+impl clap::Args for ConfigOverrides {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        AgentConfig::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        AgentConfig::augment_args_for_update(cmd)
+    }
+}
+
+impl ConfigOverrides {
+    /// The configuration: defaults, then `file` (if any), then these flags and environment
+    /// variables, validated.
+    pub fn resolve(&self, file: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let mut config = match file {
+            Some(path) => AgentConfig::from_file(path)?,
+            None => AgentConfig::default(),
+        };
+        config
+            .update_from_arg_matches(&self.0)
+            .map_err(ConfigError::Flags)?;
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -341,6 +548,26 @@ impl AgentConfig {
         })
     }
 
+    /// The duration settings: flag name, value, and the allowed range.
+    fn durations(&self) -> [(&'static str, SignedDuration, SignedDuration, SignedDuration); 6] {
+        const SECOND: SignedDuration = SignedDuration::from_secs(1);
+        const YEAR: SignedDuration = SignedDuration::from_hours(366 * 24);
+        let zero = SignedDuration::ZERO;
+        [
+            ("sweep-interval", self.sweep_interval, SECOND, DAY),
+            (
+                "inventory-poll-interval",
+                self.inventory_poll_interval,
+                SECOND,
+                DAY,
+            ),
+            ("flow-retention", self.flow_retention, zero, YEAR),
+            ("enforcement-grace", self.enforcement_grace, zero, DAY),
+            ("drift-learn", self.drift_learn, zero, YEAR),
+            ("dns-grace", self.dns_grace, zero, DAY),
+        ]
+    }
+
     /// Checks the values that have limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |setting, message: &str| {
@@ -365,23 +592,16 @@ impl AgentConfig {
                 ),
             });
         }
-        if self.sweep_interval == 0 {
-            return invalid("sweep-interval", "must be at least 1 second");
-        }
-        if self.inventory_poll_interval == 0 {
-            return invalid("inventory-poll-interval", "must be at least 1 second");
+        for (setting, value, min, max) in self.durations() {
+            if value < min || value > max {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    message: format!("{value:#} is not between {min:#} and {max:#}"),
+                });
+            }
         }
         if self.max_flows == 0 {
             return invalid("max-flows", "must be at least 1");
-        }
-        if self.enforcement_grace.is_negative() || self.enforcement_grace > MAX_ENFORCEMENT_GRACE {
-            return invalid("enforcement-grace", "must be between 0s and 24h");
-        }
-        if self.drift_learn.is_negative() || self.drift_learn > MAX_DRIFT_LEARN {
-            return invalid("drift-learn", "must be between 0s and 366 days");
-        }
-        if self.dns_grace.is_negative() || self.dns_grace > jiff::SignedDuration::from_hours(24) {
-            return invalid("dns-grace", "must be between 0s and 24h");
         }
         if self.drift_learn.is_positive() && self.drift_baseline.is_none() {
             return invalid(
@@ -442,16 +662,17 @@ impl AgentConfig {
 
     /// The datapath part of the configuration.
     pub fn datapath(&self) -> DatapathConfig {
+        let sweep = self.sweep_interval.unsigned_abs();
         DatapathConfig {
             include: self.interfaces.clone(),
             exclude: self.exclude.clone(),
             flow_capacity: self.flow_map_capacity,
-            sweep_interval: Duration::from_secs(self.sweep_interval),
+            sweep_interval: sweep,
             // The agent's store keeps ended flows (flowRetention, bounded by maxFlows); the
             // datapath's table needs them only until their end is published. Its default (10
             // min) kept a second, unbounded copy of every ended flow: RSS grew with the flow
             // rate (the soak tier: +45 MB over 100k flows in 10 min).
-            retention: Duration::from_secs(self.sweep_interval.saturating_mul(2)),
+            retention: sweep.saturating_mul(2),
             node_name: self.node_name.clone(),
             ebpf_log: self.ebpf_log,
             attach_mode: self.attach_mode,
@@ -522,15 +743,16 @@ attachMode: clsact
         let path = Path::new("agent.yaml");
         assert_eq!(
             AgentConfig::default().enforcement_grace,
-            jiff::SignedDuration::from_secs(10)
+            SignedDuration::from_secs(10)
         );
         let c = AgentConfig::from_yaml_str("enforcementGrace: 1m30s\n", path).unwrap();
-        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(90));
+        assert_eq!(c.enforcement_grace, SignedDuration::from_secs(90));
         let c = AgentConfig::from_yaml_str("enforcementGrace: 0s\n", path).unwrap();
-        assert_eq!(c.enforcement_grace, jiff::SignedDuration::ZERO);
+        assert_eq!(c.enforcement_grace, SignedDuration::ZERO);
         c.validate().unwrap();
         for bad in ["-5s", "soon", "25h", "10"] {
             let err = AgentConfig::from_yaml_str(&format!("enforcementGrace: {bad}\n"), path)
+                .and_then(|c| c.validate())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("enforcementGrace"), "{bad}: {err}");
@@ -548,16 +770,13 @@ attachMode: clsact
             path,
         )
         .unwrap();
-        assert_eq!(c.drift_learn, jiff::SignedDuration::from_hours(168));
+        assert_eq!(c.drift_learn, SignedDuration::from_hours(168));
         assert_eq!(
             c.drift_baseline.as_deref(),
             Some(Path::new("/var/lib/netpol-observe/baseline.jsonl"))
         );
         c.validate().unwrap();
-        assert_eq!(
-            AgentConfig::default().drift_learn,
-            jiff::SignedDuration::ZERO
-        );
+        assert_eq!(AgentConfig::default().drift_learn, SignedDuration::ZERO);
         let c = AgentConfig::from_yaml_str("driftLearn: 30m\n", path).unwrap();
         assert!(
             c.validate()
@@ -568,6 +787,7 @@ attachMode: clsact
         );
         for bad in ["-1h", "later", "400d"] {
             let err = AgentConfig::from_yaml_str(&format!("driftLearn: {bad}\n"), path)
+                .and_then(|c| c.validate())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("driftLearn"), "{bad}: {err}");
@@ -625,7 +845,7 @@ attachMode: clsact
                 .contains("drop-reasons")
         );
         let c = AgentConfig {
-            sweep_interval: 0,
+            sweep_interval: SignedDuration::ZERO,
             ..AgentConfig::default()
         };
         assert!(

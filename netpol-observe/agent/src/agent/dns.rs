@@ -641,41 +641,6 @@ impl DnsPolicies {
 /// [`DEFAULT_DNS_GRACE`] as the agent configuration holds it.
 pub const DEFAULT_DNS_GRACE_CONFIG: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
 
-/// Parses a DNS grace period (`--dns-grace`, `dnsGrace`): a duration such as `5m`, `30s` or
-/// `0s`, at most 24h.
-pub fn parse_dns_grace(s: &str) -> Result<jiff::SignedDuration, String> {
-    let d: jiff::SignedDuration = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 5m, 30s or 0s: {e}"))?;
-    if d.is_negative() {
-        return Err(format!("{s:?}: the grace cannot be negative"));
-    }
-    if d > jiff::SignedDuration::from_hours(24) {
-        return Err(format!("{s:?} is too long: at most 24h"));
-    }
-    Ok(d)
-}
-
-/// Serde form of the agent's `dnsGrace`: a string such as `5m`.
-pub(super) mod grace_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(
-        d: &jiff::SignedDuration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{d:#}"))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<jiff::SignedDuration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_dns_grace(&text).map_err(serde::de::Error::custom)
-    }
-}
-
 /// The agent's DNS state: the name cache and the watched policies of the current model.
 #[derive(Debug)]
 pub struct DnsState {

@@ -841,9 +841,7 @@ impl AgentState {
 
     fn expire(&self) {
         let cutoff = Timestamp::now()
-            .checked_sub(jiff::SignedDuration::from_secs(
-                i64::try_from(self.config.flow_retention).unwrap_or(i64::MAX),
-            ))
+            .checked_sub(self.config.flow_retention)
             .unwrap_or(Timestamp::UNIX_EPOCH);
         lock(&self.store).expire(cutoff);
     }
@@ -1083,8 +1081,8 @@ impl Agent {
         let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel();
         let rebuild = spawn_rebuilder(subnets, config.validate, inventory, staged, rebuilt_tx);
 
-        let mut poll = tokio::time::interval(Duration::from_secs(config.inventory_poll_interval));
-        let mut health = tokio::time::interval(Duration::from_secs(config.sweep_interval));
+        let mut poll = tokio::time::interval(config.inventory_poll_interval.unsigned_abs());
+        let mut health = tokio::time::interval(config.sweep_interval.unsigned_abs());
         let mut drop_tick = tokio::time::interval(Duration::from_secs(1));
         for t in [&mut poll, &mut health, &mut drop_tick] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
