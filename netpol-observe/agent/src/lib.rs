@@ -1,11 +1,12 @@
 //! The netpol-observe node agent: the eBPF datapath ([`datapath`]), the live inventory
 //! ([`inventory`]), the flow store and verdicts ([`agent`]), Prometheus metrics ([`metrics`]) and
-//! the HTTP API ([`http`]). See `docs/architecture.md`.
+//! the HTTP API ([`http`]), composed by [`app`]. See `docs/architecture.md`.
 
 // The core's modules under their short names, as the agent's code reads them.
 use netpol_observe_core::{attribution, flow, policy, recommend, yaml};
 
 pub mod agent;
+pub mod app;
 pub mod datapath;
 pub mod drift;
 pub mod http;

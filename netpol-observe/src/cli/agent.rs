@@ -8,13 +8,15 @@
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use super::out::OutputError;
 use crate::{
     agent::{
-        Agent, AgentConfig,
+        AgentConfig,
         config::{ConfigError, ConfigOverrides},
     },
+    app,
     flow::jsonl,
 };
 
@@ -96,8 +98,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let s = signal(kind).with_context(|| format!("installing the {name} handler"))?;
         signals.push((s, name));
     }
+    let stop = CancellationToken::new();
     let duration = args.duration;
-    let stop = async move {
+    let trigger = stop.clone();
+    tokio::spawn(async move {
         let until = async {
             match duration {
                 Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
@@ -113,8 +117,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (name, _, _) = any_signal => tracing::info!("{}: stopping", name.unwrap_or("signal")),
             _ = until => tracing::info!("duration elapsed: stopping"),
         }
-    };
-    let flows = Agent::run(config, stop).await?;
+        trigger.cancel();
+    });
+    let flows = app::run(config, stop).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::inventory::Validation;
 
-pub use crate::http::auth::ApiAuth;
 use crate::{
     datapath::{AttachMode, DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DatapathConfig, DropScope},
     metrics::{DEFAULT_SERIES_BUDGET, MetricsConfig},
@@ -155,6 +154,26 @@ fn file_key(flag: &str) -> String {
         }
     }
     key
+}
+
+/// How `/api/v1` is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiAuth {
+    /// Everyone who reaches the port (loopback only, unless explicitly allowed).
+    None,
+    /// A bearer token, authenticated (TokenReview) and authorised (SubjectAccessReview) by the
+    /// Kubernetes API server.
+    Kubernetes,
+}
+
+impl std::fmt::Display for ApiAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApiAuth::None => "none",
+            ApiAuth::Kubernetes => "kubernetes",
+        })
+    }
 }
 
 /// Metric settings of the agent.

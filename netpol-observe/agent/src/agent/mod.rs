@@ -1,19 +1,17 @@
 //! The node agent: datapath updates → attribution → verdicts (policies in force and staged
 //! drafts) → metrics and an in-memory store of attributed flows, with kernel drops joined to
-//! their flows, served over HTTP ([`crate::http`]).
+//! their flows. [`AgentState`] is what the HTTP API ([`crate::http`]) reads; [`Agent::run`]
+//! is the loop that writes it, fed by a [`Capture`] (the kernel's, [`KernelCapture`], or a
+//! fake in tests). [`crate::app`] runs both under one cancellation token.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), netpol_observe_agent::agent::AgentError> {
-//! use netpol_observe_agent::agent::{Agent, AgentConfig};
-//! let config = AgentConfig { inventory: Some("cluster.yaml".into()), ..AgentConfig::default() };
-//! let flows = Agent::run(config, async { let _ = tokio::signal::ctrl_c().await; }).await?;
-//! # let _ = flows; Ok(()) }
-//! ```
-//!
-//! Order of start: the HTTP server first (so `/healthz` answers at once), then the datapath,
-//! the drop tracepoint and the inventory; `/readyz` turns 200 once the datapath is attached
-//! and the inventory loaded (standalone) or synced (in-cluster).
+//! Order of start: the configured files (a bad file stops the agent before anything is
+//! attached), then the capture (datapath and drop tracepoint) and the inventory; `/readyz`
+//! turns 200 once the datapath is attached and the inventory loaded (standalone) or synced
+//! (in-cluster).
 
+mod capture;
+#[cfg(test)]
+mod capture_tests;
 #[cfg(test)]
 mod cluster_policy_tests;
 #[cfg(test)]
@@ -33,7 +31,6 @@ pub mod store;
 mod test_kit;
 
 use std::{
-    future::Future,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, RwLock},
     time::{Duration, SystemTime},
@@ -41,14 +38,16 @@ use std::{
 
 use jiff::Timestamp;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
+pub use capture::{Capture, CaptureEnd, KernelCapture};
 pub use config::{AgentConfig, ConfigError, DEFAULT_DROP_REASONS, MetricsSettings};
 pub use model::Model;
 pub use store::{Evicted, FlowId, FlowQuery, FlowStore, Judged, ObservedFlow, StoredFlow};
 
 use crate::{
     attribution::{AttributionError, Subnets},
-    datapath::{Counter, Datapath, DatapathError, DropSample, DropTracer, DropsError, FlowUpdate},
+    datapath::{Counter, DatapathError, DropSample, DropsError, FlowUpdate},
     flow::{Directional, Endpoint, FlowRecord, FlowState, Protocol},
     inventory::{
         Inventory, InventoryError, NetworkPolicy, Validation, WATCHED_RESOURCES,
@@ -99,9 +98,6 @@ pub enum AgentError {
     /// The drop tracepoint failed.
     #[error(transparent)]
     Drops(#[from] DropsError),
-    /// The HTTP server failed.
-    #[error("HTTP server: {0}")]
-    Http(String),
     /// The drift baseline is unusable at start.
     #[error(transparent)]
     Drift(#[from] crate::drift::BaselineError),
@@ -950,40 +946,14 @@ enum Source {
 pub struct Agent;
 
 impl Agent {
-    /// Runs the agent until `shutdown` completes: serves HTTP, attaches the datapath and the
-    /// drop tracepoint, follows the inventory. On shutdown: final sweep, detach, and the flows
-    /// seen (attributed, with verdicts) are returned.
-    pub async fn run(
-        config: AgentConfig,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<Vec<ObservedFlow>, AgentError> {
-        config.validate()?;
-        let state = Arc::new(AgentState::new(config.clone()));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| AgentError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let (stop_http, stop_http_rx) = watch::channel(false);
-        let server = tokio::spawn(crate::http::serve(
-            listener,
-            Arc::clone(&state),
-            stop_http_rx,
-        ));
-        let result = Self::run_inner(Arc::clone(&state), shutdown).await;
-        let _ = stop_http.send(true);
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("HTTP server: {e}"),
-            Err(e) => tracing::warn!("HTTP server task: {e}"),
-        }
-        result
-    }
-
-    async fn run_inner(
+    /// Runs the agent on `state` until `stop` is cancelled: loads the configured files,
+    /// starts the capture with `start` (after the files: a bad file stops the agent before
+    /// anything is attached), follows the inventory and feeds every update to `state`. On stop:
+    /// the capture's last sweep, and the flows seen (attributed, with verdicts) are returned.
+    pub async fn run<C: Capture>(
         state: Arc<AgentState>,
-        shutdown: impl Future<Output = ()>,
+        start: impl AsyncFnOnce(&AgentConfig) -> Result<C, AgentError>,
+        stop: CancellationToken,
     ) -> Result<Vec<ObservedFlow>, AgentError> {
         let config = state.config().clone();
         let subnets = match &config.subnets {
@@ -1012,30 +982,15 @@ impl Agent {
             source = Source::Files(path.clone());
         }
 
-        let dp = Datapath::start(config.datapath()).await?;
+        // The drop tracepoint starts with the datapath: ready only once drops are traced
+        // too, so no early drop goes unseen.
+        let mut dp = start(&config).await?;
         let mut updates = dp.subscribe();
         let mut dns_answers = dp.subscribe_dns();
-        let names: Vec<String> = dp
-            .attached_interfaces()
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
+        let names = dp.interfaces();
         // `cargo xtask bench datapath` waits for this line.
         tracing::info!(interfaces = ?names, "datapath attached");
         state.metrics.set_attached_interfaces(names.len() as u64);
-        let mut tracer = if config.drops {
-            let strict = config.drop_reasons != AgentConfig::default().drop_reasons;
-            match DropTracer::start(&config.drop_reasons, strict, config.drop_scope) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    let _ = dp.shutdown().await;
-                    return Err(e.into());
-                }
-            }
-        } else {
-            None
-        };
-        // Ready only once drops are traced too, so no early drop goes unseen.
         state.set_datapath_ready();
 
         if config.inventory.is_none() {
@@ -1087,12 +1042,11 @@ impl Agent {
         for t in [&mut poll, &mut health, &mut drop_tick] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        tokio::pin!(shutdown);
         loop {
             // A change of the file source's health: Some(None) healthy again, Some(Some(why)).
             let mut problem: Option<Option<String>> = None;
             tokio::select! {
-                _ = &mut shutdown => break,
+                () = stop.cancelled() => break,
                 u = updates.recv() => match u {
                     Ok(u) => {
                         // The answers the pods received before this flow began name it.
@@ -1109,11 +1063,7 @@ impl Agent {
                     Err(broadcast::error::RecvError::Lagged(n)) => state.metrics.dns().lost(n),
                     Err(broadcast::error::RecvError::Closed) => {}
                 },
-                _ = drop_tick.tick() => {
-                    if let Some(t) = tracer.as_mut() {
-                        read_drops(&state, t);
-                    }
-                }
+                _ = drop_tick.tick() => read_drops(&state, &mut dp),
                 _ = health.tick() => {
                     report_health(&state, &dp);
                     state.expire();
@@ -1189,17 +1139,16 @@ impl Agent {
         }
 
         tracing::info!("stopping: final sweep and detach");
-        let records = dp.shutdown().await?;
+        let end = dp.shutdown().await?;
         while let Ok(u) = updates.try_recv() {
             state.on_update(&u);
         }
-        if let Some(mut t) = tracer.take() {
-            read_drops(&state, &mut t);
-            drop(t);
+        for d in &end.drops {
+            state.on_drop(d);
         }
         state.metrics.set_attached_interfaces(0);
         state.persist_drift(Timestamp::now());
-        Ok(state.final_flows(records))
+        Ok(state.final_flows(end.records))
     }
 }
 
@@ -1354,7 +1303,7 @@ async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> Option<()> {
     }
 }
 
-fn set_local(dp: &Datapath, model: &Model, node: &str) {
+fn set_local(dp: &impl Capture, model: &Model, node: &str) {
     let ips = model.local_pod_ips(node);
     if ips.is_empty() {
         return;
@@ -1364,8 +1313,8 @@ fn set_local(dp: &Datapath, model: &Model, node: &str) {
     }
 }
 
-fn read_drops(state: &AgentState, tracer: &mut DropTracer) {
-    match tracer.read() {
+fn read_drops(state: &AgentState, capture: &mut impl Capture) {
+    match capture.read_drops() {
         Ok(samples) => {
             for d in &samples {
                 state.on_drop(d);
@@ -1375,11 +1324,11 @@ fn read_drops(state: &AgentState, tracer: &mut DropTracer) {
     }
 }
 
-fn report_health(state: &AgentState, dp: &Datapath) {
+fn report_health(state: &AgentState, dp: &impl Capture) {
     let stats = dp.stats();
     let m = &state.metrics;
     m.set_flow_table(stats.kernel_flows as u64, u64::from(stats.flow_capacity));
-    m.set_attached_interfaces(dp.attached_interfaces().len() as u64);
+    m.set_attached_interfaces(dp.interfaces().len() as u64);
     match dp.kernel_counters() {
         Ok(c) => {
             m.set_ringbuf_lost_total(c.get(Counter::RingbufFull));

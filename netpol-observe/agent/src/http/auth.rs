@@ -25,6 +25,7 @@
 //! [`ApiAuth::None`] lets every request through (the standalone default, loopback only unless
 //! explicitly allowed: [`crate::agent::AgentConfig::validate`]).
 
+pub use crate::agent::config::ApiAuth;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -42,7 +43,6 @@ use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
 };
 use kube::api::{Api, PostParams};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::inventory::kubeapi::{self, KubeAccess, KubeAccessError};
@@ -63,26 +63,6 @@ pub(crate) const MAX_REVIEWS_IN_FLIGHT: usize = 8;
 
 /// How long a review may take before the request is answered `503`.
 pub(crate) const REVIEW_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How `/api/v1` is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiAuth {
-    /// Everyone who reaches the port (loopback only, unless explicitly allowed).
-    None,
-    /// A bearer token, authenticated (TokenReview) and authorised (SubjectAccessReview) by the
-    /// Kubernetes API server.
-    Kubernetes,
-}
-
-impl std::fmt::Display for ApiAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ApiAuth::None => "none",
-            ApiAuth::Kubernetes => "kubernetes",
-        })
-    }
-}
 
 /// The virtual resource a path of `/api/v1` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -37,7 +37,8 @@ use axum::{
     routing::get,
 };
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::{AgentState, FlowId, FlowQuery},
@@ -108,12 +109,12 @@ pub(crate) fn guard_for(state: &AgentState) -> ApiGuard {
     }
 }
 
-/// Serves the API on `listener` until `stop` turns true, within the default
+/// Serves the API on `listener` until `stop` is cancelled, within the default
 /// [`server::ServerLimits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> std::io::Result<()> {
     let guard = Arc::new(guard_for(&state));
     if let Ok(addr) = listener.local_addr() {
@@ -123,9 +124,7 @@ pub async fn serve(
         listener,
         router(state, guard),
         server::ServerLimits::default(),
-        async move {
-            let _ = stop.wait_for(|s| *s).await;
-        },
+        async move { stop.cancelled().await },
     )
     .await
 }
