@@ -12,4 +12,5 @@ pub mod drift;
 pub mod http;
 pub mod inventory;
 pub mod metrics;
+mod report;
 pub mod tls;

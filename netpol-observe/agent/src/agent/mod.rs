@@ -56,6 +56,7 @@ use crate::{
     },
     metrics::{Direction, Enforcement, FlowLabels, Metrics, PeerLabels},
     policy::PolicyError,
+    report::Chain,
 };
 use model::{Attributed, Sides};
 use peer::{Peer, Peers};
@@ -1309,7 +1310,7 @@ fn set_local(dp: &impl Capture, model: &Model, node: &str) {
         return;
     }
     if let Err(e) = dp.set_local_endpoints(&ips) {
-        tracing::warn!("local endpoints: {e}");
+        tracing::warn!("local endpoints: {}", Chain(&e));
     }
 }
 
@@ -1337,7 +1338,7 @@ fn report_health(state: &AgentState, dp: &impl Capture) {
             m.dns()
                 .set_kernel_lost_total(c.get(Counter::DnsRingbufFull));
         }
-        Err(e) => tracing::warn!("kernel counters: {e}"),
+        Err(e) => tracing::warn!("kernel counters: {}", Chain(&e)),
     }
     // Evictions are cumulative in the datapath; feed the difference.
     let now = stats.evictions;

@@ -20,7 +20,7 @@ use aya::{
 };
 use netpol_observe_ebpf::{PROG_TC_EGRESS, PROG_TC_INGRESS};
 
-use super::DatapathError;
+use super::{Cause, DatapathError};
 
 /// How programs are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -103,7 +103,7 @@ impl Attacher {
             }
             let program = prog(&mut ebpf, name)?;
             super::retry_interrupted_load(|| program.load())
-                .map_err(|e| DatapathError::Load(format!("program {name}: {e}")))?;
+                .map_err(|e| DatapathError::load(format!("program {name}"), e))?;
         }
         Ok(Attacher {
             ebpf,
@@ -118,9 +118,10 @@ impl Attacher {
         if self.attached.contains_key(&ifindex) {
             return Ok(());
         }
-        let err = |e: String| DatapathError::Attach {
+        let err = |step: String, source: Cause| DatapathError::Attach {
             interface: name.to_owned(),
-            reason: e,
+            step,
+            source,
         };
         let mut added_clsact = false;
         let [ingress_prog, egress_prog] = self.programs;
@@ -142,9 +143,12 @@ impl Attacher {
                             Err(tc::TcError::IoError(e))
                                 if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => {
-                                return Err(err(format!(
-                                    "removing a stale {program} filter left by a killed agent: {e}"
-                                )));
+                                return Err(err(
+                                    format!(
+                                        "removing a stale {program} filter left by a killed agent"
+                                    ),
+                                    e.into(),
+                                ));
                             }
                         }
                     }
@@ -156,19 +160,17 @@ impl Attacher {
                         added_clsact = true;
                     }
                 }
-                Err(e) => return Err(err(format!("adding the clsact qdisc: {e}"))),
+                Err(e) => return Err(err("adding the clsact qdisc".into(), e.into())),
             }
         }
-        let ingress = self
-            .attach_one(ingress_prog, name, TcAttachType::Ingress)
-            .map_err(&err)?;
+        let ingress = self.attach_one(ingress_prog, name, TcAttachType::Ingress)?;
         let egress = match self.attach_one(egress_prog, name, TcAttachType::Egress) {
             Ok(l) => l,
             Err(e) => {
                 if let Ok(p) = prog(&mut self.ebpf, ingress_prog) {
                     let _ = p.detach(ingress);
                 }
-                return Err(err(e));
+                return Err(e);
             }
         };
         tracing::debug!(interface = name, ifindex, mode = ?self.mode, "attached");
@@ -189,15 +191,18 @@ impl Attacher {
         program: &str,
         name: &str,
         ty: TcAttachType,
-    ) -> Result<SchedClassifierLinkId, String> {
+    ) -> Result<SchedClassifierLinkId, DatapathError> {
         let options = match self.mode {
             AttachMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
             AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
         };
-        prog(&mut self.ebpf, program)
-            .map_err(|e| e.to_string())?
+        prog(&mut self.ebpf, program)?
             .attach_with_options(name, ty, options)
-            .map_err(|e| format!("{program}: {e}"))
+            .map_err(|e| DatapathError::Attach {
+                interface: name.to_owned(),
+                step: format!("attaching {program}"),
+                source: e.into(),
+            })
     }
 
     /// Detaches from `ifindex`. When the interface is already gone (`gone`), the kernel has
@@ -263,9 +268,9 @@ impl Attacher {
 
 fn prog<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, DatapathError> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DatapathError::Load(format!("program {name} missing from the object")))?
+        .ok_or_else(|| DatapathError::Missing(format!("program {name}")))?
         .try_into()
-        .map_err(|e| DatapathError::Load(format!("program {name}: {e}")))
+        .map_err(|e| DatapathError::load(format!("program {name}"), e))
 }
 
 /// Detaches a tcx link in the kernel at once (`BPF_LINK_DETACH`), even if another process

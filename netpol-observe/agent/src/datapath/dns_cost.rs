@@ -60,7 +60,7 @@ fn dns_payload() -> Result<Vec<u8>, DatapathError> {
         rr::{Name, RData, Record, RecordType, rdata::A},
     };
     let name = Name::from_ascii("api.example.com.")
-        .map_err(|e| DatapathError::InvalidConfig(e.to_string()))?;
+        .map_err(|e| DatapathError::InvalidConfig(format!("the DNS test answer: {e}")))?;
     let mut m = Message::new();
     m.set_id(1)
         .set_message_type(MessageType::Response)
@@ -74,7 +74,7 @@ fn dns_payload() -> Result<Vec<u8>, DatapathError> {
         ));
     }
     m.to_vec()
-        .map_err(|e| DatapathError::InvalidConfig(e.to_string()))
+        .map_err(|e| DatapathError::InvalidConfig(format!("the DNS test answer: {e}")))
 }
 
 /// A loaded object with its egress program.
@@ -95,24 +95,24 @@ impl Loaded {
         }
         let mut ebpf = loader
             .load(object)
-            .map_err(|e| DatapathError::Load(super::load_error(&e)))?;
+            .map_err(|e| DatapathError::load("the eBPF object", e))?;
         let ring = match capture {
             Some(_) => Some(
                 super::take_map(&mut ebpf, MAP_DNS_EVENTS)?
                     .try_into()
-                    .map_err(|e: aya::maps::MapError| {
-                        DatapathError::Map(MAP_DNS_EVENTS, e.to_string())
-                    })?,
+                    .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?,
             ),
             None => None,
         };
         let prog: &mut SchedClassifier = ebpf
             .program_mut(PROG_TC_EGRESS)
-            .ok_or_else(|| DatapathError::Load(format!("{PROG_TC_EGRESS} missing")))?
+            .ok_or_else(|| DatapathError::Missing(format!("program {PROG_TC_EGRESS}")))?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| DatapathError::Load(e.to_string()))?;
+            .map_err(|e: aya::programs::ProgramError| {
+                DatapathError::load(format!("program {PROG_TC_EGRESS}"), e)
+            })?;
         prog.load()
-            .map_err(|e| DatapathError::Load(super::load_error(&e)))?;
+            .map_err(|e| DatapathError::load(format!("program {PROG_TC_EGRESS}"), e))?;
         Ok(Loaded { ebpf, ring })
     }
 
@@ -121,16 +121,20 @@ impl Loaded {
         let prog: &SchedClassifier = self
             .ebpf
             .program(PROG_TC_EGRESS)
-            .ok_or_else(|| DatapathError::Load(format!("{PROG_TC_EGRESS} missing")))?
+            .ok_or_else(|| DatapathError::Missing(format!("program {PROG_TC_EGRESS}")))?
             .try_into()
-            .map_err(|e: aya::programs::ProgramError| DatapathError::Load(e.to_string()))?;
+            .map_err(|e: aya::programs::ProgramError| {
+                DatapathError::load(format!("program {PROG_TC_EGRESS}"), e)
+            })?;
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 repeat,
                 ..TestRunOptions::default()
             })
-            .map_err(|e| DatapathError::Load(format!("BPF_PROG_TEST_RUN: {e}")))?;
+            .map_err(|e| {
+                DatapathError::load(format!("program {PROG_TC_EGRESS}: BPF_PROG_TEST_RUN"), e)
+            })?;
         if let Some(ring) = &mut self.ring {
             while ring.next().is_some() {}
         }

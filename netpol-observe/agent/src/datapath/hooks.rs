@@ -31,7 +31,7 @@ impl NoopHooks {
     ) -> Result<(NoopHooks, Vec<String>), DatapathError> {
         let ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
-            .map_err(|e| DatapathError::Load(e.to_string()))?;
+            .map_err(|e| DatapathError::load("the eBPF object", e))?;
         let mut attacher = Attacher::with_programs(
             ebpf,
             [PROG_TC_NOOP, PROG_TC_NOOP],
@@ -85,8 +85,11 @@ pub fn tcx_stats(interface: &str) -> Result<Vec<HookStats>, DatapathError> {
         (TcAttachType::Ingress, "ingress"),
         (TcAttachType::Egress, "egress"),
     ] {
-        let (_, programs) = SchedClassifier::query_tcx(interface, ty)
-            .map_err(|e| DatapathError::Query(format!("tcx {hook} hook of {interface}: {e}")))?;
+        let (_, programs) =
+            SchedClassifier::query_tcx(interface, ty).map_err(|e| DatapathError::Query {
+                what: format!("the tcx {hook} hook of {interface}"),
+                source: e.into(),
+            })?;
         for p in programs {
             out.push(HookStats {
                 interface: interface.to_owned(),

@@ -37,20 +37,23 @@ pub(crate) struct CacheFlusher {
 impl CacheFlusher {
     /// Loads the flush program into `ebpf` and checks that it runs on every online CPU.
     pub(crate) fn load(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let load = |e: String| DatapathError::Load(format!("{PROG_FLUSH_FLOW_CACHE}: {e}"));
+        let what = format!("program {PROG_FLUSH_FLOW_CACHE}");
         let prog: &mut RawTracePoint = ebpf
             .program_mut(PROG_FLUSH_FLOW_CACHE)
-            .ok_or_else(|| load("not in the object".into()))?
+            .ok_or_else(|| DatapathError::Missing(what.clone()))?
             .try_into()
-            .map_err(|e: ProgramError| load(e.to_string()))?;
-        super::retry_interrupted_load(|| prog.load()).map_err(|e| load(e.to_string()))?;
-        let cpus =
-            aya::util::online_cpus().map_err(|(path, e)| load(format!("reading {path}: {e}")))?;
+            .map_err(|e: ProgramError| DatapathError::load(what.clone(), e))?;
+        super::retry_interrupted_load(|| prog.load())
+            .map_err(|e| DatapathError::load(what.clone(), e))?;
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| DatapathError::load(path, e))?;
         let flusher = CacheFlusher { cpus };
         flusher.flush(ebpf).map_err(|e| {
-            load(format!(
-                "running it on each CPU failed ({e}); BPF_F_TEST_RUN_ON_CPU needs Linux >= 5.10"
-            ))
+            DatapathError::load(
+                format!(
+                    "{what}: running it on each CPU (BPF_F_TEST_RUN_ON_CPU needs Linux >= 5.10)"
+                ),
+                e,
+            )
         })?;
         Ok(flusher)
     }
@@ -135,7 +138,12 @@ impl FlowMapReader {
                     tracing::info!("BPF_MAP_LOOKUP_BATCH unsupported ({e}); reading key by key");
                     self.batch_supported = false;
                 }
-                Err(e) => return Err(DatapathError::MapRead(e.to_string())),
+                Err(e) => {
+                    return Err(DatapathError::MapRead {
+                        what: "the flow map".into(),
+                        source: e.into(),
+                    });
+                }
             }
         }
         for item in map.iter() {
@@ -143,7 +151,12 @@ impl FlowMapReader {
                 Ok((k, v)) => f(&k, &v),
                 // The entry went away between the key walk and the lookup.
                 Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(DatapathError::MapRead(e.to_string())),
+                Err(e) => {
+                    return Err(DatapathError::MapRead {
+                        what: "the flow map".into(),
+                        source: e.into(),
+                    });
+                }
             }
         }
         Ok(())
@@ -213,7 +226,10 @@ impl KernelCounters {
         for c in Counter::ALL {
             let per_cpu = map
                 .get(&(c as u32), 0)
-                .map_err(|e| DatapathError::MapRead(format!("counter {}: {e}", c.name())))?;
+                .map_err(|e| DatapathError::MapRead {
+                    what: format!("counter {}", c.name()),
+                    source: e.into(),
+                })?;
             values[c as usize] = per_cpu.iter().sum();
         }
         Ok(KernelCounters { values })

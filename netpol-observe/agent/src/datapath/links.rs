@@ -30,13 +30,19 @@ pub(crate) type LinkMessages =
 /// that nothing falls between the dump and the notifications).
 pub(crate) async fn subscribe()
 -> Result<(Vec<(u32, String)>, LinkMessages, rtnetlink::Handle), DatapathError> {
-    let (conn, handle, messages) = new_multicast_connection(&[MulticastGroup::Link])
-        .map_err(|e| DatapathError::Netlink(format!("opening a netlink socket: {e}")))?;
+    let (conn, handle, messages) =
+        new_multicast_connection(&[MulticastGroup::Link]).map_err(|e| DatapathError::Netlink {
+            what: "opening a socket".into(),
+            source: e.into(),
+        })?;
     tokio::spawn(conn);
     let mut links = Vec::new();
     let mut dump = handle.link().get().execute();
     while let Some(msg) = dump.next().await {
-        let msg = msg.map_err(|e| DatapathError::Netlink(format!("listing links: {e}")))?;
+        let msg = msg.map_err(|e| DatapathError::Netlink {
+            what: "listing links".into(),
+            source: e.into(),
+        })?;
         if let Some(name) = link_name(&msg) {
             links.push((msg.header.index, name));
         }
@@ -73,8 +79,9 @@ pub(crate) async fn delete_clsact(
 ) -> Result<(), DatapathError> {
     use futures::TryStreamExt;
     use netlink_packet_route::tc::TcHandle;
-    let err = |e: rtnetlink::Error| {
-        DatapathError::Netlink(format!("listing the tc filters of ifindex {ifindex}: {e}"))
+    let err = |e: rtnetlink::Error| DatapathError::Netlink {
+        what: format!("listing the tc filters of ifindex {ifindex}"),
+        source: e.into(),
     };
     let filters = handle.traffic_filter(ifindex as i32);
     let ingress: Vec<_> = filters
@@ -104,7 +111,8 @@ pub(crate) async fn delete_clsact(
     let header = &mut req.message_mut().header;
     header.parent = TcHandle::from(0xFFFF_FFF1u32);
     header.handle = TcHandle::from(0xFFFF_0000u32);
-    req.execute()
-        .await
-        .map_err(|e| DatapathError::Netlink(format!("deleting clsact on ifindex {ifindex}: {e}")))
+    req.execute().await.map_err(|e| DatapathError::Netlink {
+        what: format!("deleting clsact on ifindex {ifindex}"),
+        source: e.into(),
+    })
 }

@@ -63,7 +63,7 @@ pub use kernel::KernelCounters;
 pub use netpol_observe_ebpf::Counter;
 pub use table::{Clock, FlowTable, FlowUpdate, SweepAction, derive_state, monotonic_ns};
 
-use crate::flow::FlowRecord;
+use crate::{flow::FlowRecord, report::Chain};
 
 /// The eBPF object built by `build.rs` (aya-build), embedded in the binary.
 static EBPF_OBJECT: &[u8] =
@@ -79,38 +79,109 @@ pub enum DatapathError {
     /// The configuration is unusable.
     #[error("invalid datapath configuration: {0}")]
     InvalidConfig(String),
-    /// Loading the eBPF object or a program failed.
-    #[error("loading the eBPF programs failed: {0}")]
-    Load(String),
-    /// A map is missing from the object or has the wrong type.
-    #[error("eBPF map {0}: {1}")]
-    Map(&'static str, String),
+    /// Loading the eBPF object, one of its programs, or what it needs failed.
+    #[error("loading {what}{hint}")]
+    Load {
+        /// What was being loaded.
+        what: String,
+        /// What to do about it (the privileges needed), or nothing.
+        hint: &'static str,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
+    /// A program or map is not in the eBPF object.
+    #[error("{0} is missing from the eBPF object")]
+    Missing(String),
+    /// A map of the object cannot be used.
+    #[error("eBPF map {name}")]
+    Map {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// Attaching to an interface failed.
-    #[error("attaching to interface {interface} failed: {reason}")]
+    #[error("attaching to interface {interface} failed: {step}")]
     Attach {
         /// The interface.
         interface: String,
+        /// The step that failed.
+        step: String,
         /// What the kernel said.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// A configured interface name (without wildcards) does not exist.
     #[error("interface {0} does not exist")]
     InterfaceNotFound(String),
     /// A netlink request failed.
-    #[error("netlink: {0}")]
-    Netlink(String),
+    #[error("netlink: {what}")]
+    Netlink {
+        /// The request.
+        what: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// Reading a kernel map failed.
-    #[error("reading a kernel map failed: {0}")]
-    MapRead(String),
+    #[error("reading {what} from the kernel")]
+    MapRead {
+        /// What was read.
+        what: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// Writing a kernel map failed.
-    #[error("writing a kernel map failed: {0}")]
-    MapWrite(String),
+    #[error("writing {what} to the kernel")]
+    MapWrite {
+        /// What was written.
+        what: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
     /// A background task failed.
-    #[error("datapath task failed: {0}")]
-    Task(String),
+    #[error("datapath task failed")]
+    Task(#[source] tokio::task::JoinError),
     /// Asking the kernel which programs are attached (and their statistics) failed.
-    #[error("querying attached programs: {0}")]
-    Query(String),
+    #[error("querying {what}")]
+    Query {
+        /// What was asked.
+        what: String,
+        /// Why.
+        #[source]
+        source: Cause,
+    },
+}
+
+/// The cause of a [`DatapathError`]: aya's, netlink's or the system's error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl DatapathError {
+    /// Loading `what` failed with `e`; names the privileges needed when the kernel said EPERM.
+    fn load(what: impl Into<String>, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let hint = if permission_denied(&e) {
+            " (root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are needed)"
+        } else {
+            ""
+        };
+        DatapathError::Load {
+            what: what.into(),
+            hint,
+            source: Box::new(e),
+        }
+    }
+
+    /// Map `name` cannot be used: `e`.
+    fn map(name: &'static str, e: impl Into<Cause>) -> Self {
+        DatapathError::Map {
+            name,
+            source: e.into(),
+        }
+    }
 }
 
 /// Counters of the datapath itself (userspace side).
@@ -148,10 +219,16 @@ impl LocalEndpoints {
         let g = self
             .generation
             .get(&0, 0)
-            .map_err(|e| DatapathError::MapWrite(format!("endpoint generation: {e}")))?;
+            .map_err(|e| DatapathError::MapWrite {
+                what: "the endpoint generation".into(),
+                source: e.into(),
+            })?;
         self.generation
             .set(0, g.wrapping_add(1) & LOCAL_SRC_GEN_MASK, 0)
-            .map_err(|e| DatapathError::MapWrite(format!("endpoint generation: {e}")))
+            .map_err(|e| DatapathError::MapWrite {
+                what: "the endpoint generation".into(),
+                source: e.into(),
+            })
     }
 }
 
@@ -223,7 +300,7 @@ impl Datapath {
             .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
             .override_global(GLOBAL_CAPTURE_DNS, &capture_dns, true)
             .load(EBPF_OBJECT)
-            .map_err(|e| DatapathError::Load(load_error(&e)))?;
+            .map_err(|e| DatapathError::load("the eBPF object", e))?;
 
         let flows = take_map(&mut ebpf, MAP_FLOWS)?;
         let dup = match &flows {
@@ -231,32 +308,28 @@ impl Datapath {
                 .fd()
                 .as_fd()
                 .try_clone_to_owned()
-                .map_err(|e| DatapathError::Map(MAP_FLOWS, e.to_string()))?,
-            _ => return Err(DatapathError::Map(MAP_FLOWS, "not an LRU hash map".into())),
+                .map_err(|e| DatapathError::map(MAP_FLOWS, e))?,
+            _ => return Err(DatapathError::map(MAP_FLOWS, "not an LRU hash map")),
         };
         let flows: BpfHashMap<MapData, FlowKey, FlowValue> = flows
             .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_FLOWS, e.to_string()))?;
+            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_FLOWS, e))?;
         let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
             .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
+            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_EVENTS, e))?;
         let dns_ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_DNS_EVENTS)?
             .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_DNS_EVENTS, e.to_string()))?;
+            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_COUNTERS)?
             .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::Map(MAP_COUNTERS, e.to_string()))?;
+            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_COUNTERS, e))?;
         let local: BpfHashMap<MapData, [u8; 16], LocalEndpoint> =
             take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS)?
                 .try_into()
-                .map_err(|e: aya::maps::MapError| {
-                    DatapathError::Map(MAP_LOCAL_ENDPOINTS, e.to_string())
-                })?;
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS, e))?;
         let generation: Array<MapData, u32> = take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS_GEN)?
             .try_into()
-            .map_err(|e: aya::maps::MapError| {
-                DatapathError::Map(MAP_LOCAL_ENDPOINTS_GEN, e.to_string())
-            })?;
+            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS_GEN, e))?;
 
         let flusher = kernel::CacheFlusher::load(&mut ebpf)?;
         let mut attacher = attach::Attacher::new(
@@ -323,8 +396,8 @@ impl Datapath {
         });
         let (stop, stop_rx) = watch::channel(false);
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
-        let ring = unsafe { AsyncFd::register(ring) }
-            .map_err(|e| DatapathError::Map(MAP_EVENTS, e.to_string()))?;
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| DatapathError::map(MAP_EVENTS, e))?;
         let ring_task = tokio::spawn(read_events(Arc::clone(&shared), ring, stop_rx.clone()));
         let mut tasks = vec![
             tokio::spawn(sweep_loop(Arc::clone(&shared), stop_rx.clone())),
@@ -332,7 +405,7 @@ impl Datapath {
         ];
         // SAFETY: as the flow ring buffer above.
         let dns_ring = unsafe { AsyncFd::register(dns_ring) }
-            .map_err(|e| DatapathError::Map(MAP_DNS_EVENTS, e.to_string()))?;
+            .map_err(|e| DatapathError::map(MAP_DNS_EVENTS, e))?;
         tasks.push(tokio::spawn(dns::read_answers(
             dns_ring,
             dns_tx,
@@ -362,7 +435,12 @@ impl Datapath {
             match local.map.remove(old) {
                 Ok(()) => removed = true,
                 Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(DatapathError::MapWrite(e.to_string())),
+                Err(e) => {
+                    return Err(DatapathError::MapWrite {
+                        what: "a local endpoint".into(),
+                        source: e.into(),
+                    });
+                }
             }
         }
         if removed {
@@ -373,17 +451,21 @@ impl Datapath {
             local
                 .map
                 .insert(ip, LocalEndpoint::default(), 0)
-                .map_err(|e| DatapathError::MapWrite(format!("local endpoint: {e}")))?;
+                .map_err(|e| DatapathError::MapWrite {
+                    what: "a local endpoint".into(),
+                    source: e.into(),
+                })?;
         }
         *user = wanted;
         if removed || added {
             // The programs' front entries of the flow map remember which endpoints were
             // local when they were filled: the flush empties them all.
-            self.shared.flush_flow_cache().map_err(|e| {
-                DatapathError::MapWrite(format!(
-                    "flushing the per-CPU flow cache after a local endpoint change: {e}"
-                ))
-            })?;
+            self.shared
+                .flush_flow_cache()
+                .map_err(|e| DatapathError::MapWrite {
+                    what: "the per-CPU flow cache's flush after a local endpoint change".into(),
+                    source: e.into(),
+                })?;
         }
         Ok(())
     }
@@ -437,13 +519,13 @@ impl Datapath {
             let _ = t.await;
         }
         let ring = match self.ring_task.take() {
-            Some(t) => t.await.map_err(|e| DatapathError::Task(e.to_string()))?,
+            Some(t) => t.await.map_err(DatapathError::Task)?,
             None => None,
         };
         let qdiscs = lock(&self.shared.attacher).detach_all();
         for (ifindex, name) in qdiscs {
             if let Err(e) = links::delete_clsact(&self.netlink, ifindex).await {
-                tracing::warn!(interface = %name, "{e}");
+                tracing::warn!(interface = %name, "{}", Chain(&e));
             }
         }
         if let Some(mut ring) = ring {
@@ -474,7 +556,7 @@ impl Drop for Datapath {
 
 fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
     ebpf.take_map(name)
-        .ok_or_else(|| DatapathError::Map(name, "missing from the object".into()))
+        .ok_or_else(|| DatapathError::Missing(format!("map {name}")))
 }
 
 /// An address as the 16-byte key the kernel uses (IPv4 v4-mapped).
@@ -563,7 +645,7 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 let s = Arc::clone(&shared);
                 match tokio::task::spawn_blocking(move || sweep(&s)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!("sweep: {e}"),
+                    Ok(Err(e)) => tracing::warn!("sweep: {}", Chain(&e)),
                     Err(e) => tracing::error!("sweep task: {e}"),
                 }
             }
@@ -574,10 +656,9 @@ async fn sweep_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Elements of the programs' `FLOW_CACHE`: one for each CPU id the kernel can have (a CPU
 /// beyond the map would only go without its front entries).
 fn flow_cache_entries() -> Result<u32, DatapathError> {
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(path, e)| DatapathError::Load(format!("reading {path}: {e}")))?;
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| DatapathError::load(path, e))?;
     let online_max = aya::util::online_cpus()
-        .map_err(|(path, e)| DatapathError::Load(format!("reading {path}: {e}")))?
+        .map_err(|(path, e)| DatapathError::load(path, e))?
         .into_iter()
         .max()
         .map_or(0, |c| c as usize + 1);
@@ -658,7 +739,7 @@ async fn follow_links(
                             Ok(()) => true,
                             Err(e) => {
                                 // Interfaces can vanish right after appearing; not fatal.
-                                tracing::warn!("{e}");
+                                tracing::warn!("{}", Chain(&e));
                                 false
                             }
                         }
@@ -758,22 +839,18 @@ pub(crate) fn retry_interrupted_load(
 
 /// A load error with every cause (aya's top-level message alone drops the errno), and the
 /// privileges hint only when the kernel said EPERM.
-fn load_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut eperm = false;
-    let mut source = e.source();
+/// Whether `e` or one of its causes is the kernel's EPERM.
+fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            eperm |= io.raw_os_error() == Some(libc::EPERM);
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
         }
         source = s.source();
     }
-    if eperm {
-        text.push_str(" (root or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN are needed)");
-    }
-    text
+    false
 }
 
 #[cfg(test)]
