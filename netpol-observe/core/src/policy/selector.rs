@@ -345,4 +345,58 @@ mod tests {
         assert!(err(sel(&[("-a", "x")], &[])).contains("invalid label key"));
         assert!(label_selector_matches(&sel(&[("example.com/app", "x")], &[]), &pod).is_ok());
     }
+
+    /// Our matcher and kube-rs's `Selector` agree on every valid selector: the one place the
+    /// Kubernetes semantics are written here (the engine compiles from the same requirements)
+    /// is checked against the library the ecosystem uses. kube's type is not used directly:
+    /// it matches only `BTreeMap`s (the inventory's labels are interned) and accepts what
+    /// the API server refuses (`In` without values, `Exists` with values, bad keys).
+    mod against_kube {
+        use kube_core::{Selector, labels::SelectorExt};
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["app", "tier", "example.com/team"]).prop_map(str::to_owned)
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_owned)
+        }
+
+        fn requirement() -> impl Strategy<Value = LabelSelectorRequirement> {
+            let op = prop::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist"]);
+            (key(), op, prop::collection::btree_set(value(), 1..3)).prop_map(|(key, op, values)| {
+                LabelSelectorRequirement {
+                    key,
+                    operator: op.to_owned(),
+                    values: matches!(op, "In" | "NotIn").then(|| values.into_iter().collect()),
+                }
+            })
+        }
+
+        fn selector() -> impl Strategy<Value = LabelSelector> {
+            (
+                prop::option::of(prop::collection::btree_map(key(), value(), 0..3)),
+                prop::option::of(prop::collection::vec(requirement(), 0..3)),
+            )
+                .prop_map(|(match_labels, match_expressions)| LabelSelector {
+                    match_labels,
+                    match_expressions,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn same_answer_as_kube_rs(
+                selector in selector(),
+                labels in prop::collection::btree_map(key(), value(), 0..4),
+            ) {
+                let ours = label_selector_matches(&selector, &labels).unwrap();
+                let kube = Selector::try_from(selector.clone()).unwrap().matches(&labels);
+                prop_assert_eq!(ours, kube, "{:?} on {:?}", selector, labels);
+            }
+        }
+    }
 }
