@@ -443,6 +443,689 @@ fn node_models(
         .collect()
 }
 
+/// The pod and service CIDRs (the defaults unless set), each large enough for the lab.
+fn cidrs(cx: &Ctx<'_>, scenario: &Scenario) -> Result<(Ipv4Net, Ipv4Net), ScenarioError> {
+    let node_count = scenario.nodes.len().max(1);
+    let default_pod_cidr = if node_count > 1 {
+        DEFAULT_CLUSTER_POD_CIDR
+    } else {
+        DEFAULT_POD_CIDR
+    };
+    let pod_cidr = scenario
+        .pod_cidr
+        .unwrap_or_else(|| default_pod_cidr.parse().unwrap_or_default());
+    let service_cidr = scenario
+        .service_cidr
+        .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.parse().unwrap_or_default());
+    if pod_cidr.prefix_len() > 27 {
+        return Err(cx.err(
+            "podCIDR",
+            0,
+            Problem::Other(format!("pod CIDR {pod_cidr} is too small")),
+        ));
+    }
+    if service_cidr.prefix_len() > 27 {
+        return Err(cx.err(
+            "serviceCIDR",
+            0,
+            Problem::Other(format!("service CIDR {service_cidr} is too small")),
+        ));
+    }
+    Ok((pod_cidr, service_cidr))
+}
+
+/// The address ranges in use (pod and service CIDRs, node addresses), checked not to overlap.
+fn address_ranges(
+    cx: &Ctx<'_>,
+    pod_cidr: Ipv4Net,
+    service_cidr: Ipv4Net,
+    nodes: &[NodeModel],
+) -> Result<Vec<(String, Ipv4Net)>, ScenarioError> {
+    // Address ranges must not overlap.
+    let mut ranges: Vec<(String, Ipv4Net)> = vec![
+        ("the pod CIDR".into(), pod_cidr),
+        ("the service CIDR".into(), service_cidr),
+    ];
+    ranges.extend(nodes.iter().map(|n| {
+        (
+            format!("the address of node {}", n.name),
+            Ipv4Net::from(n.ip),
+        )
+    }));
+    for (section, net) in [("podCIDR", pod_cidr), ("serviceCIDR", service_cidr)] {
+        for (name, other) in &ranges {
+            if *other != net && (other.contains(&net.network()) || net.contains(&other.network())) {
+                return Err(cx.err(
+                    section,
+                    0,
+                    Problem::OverlappingCidrs {
+                        a: net.to_string(),
+                        b: format!("{other} ({name})"),
+                    },
+                ));
+            }
+        }
+    }
+
+    Ok(ranges)
+}
+
+/// The namespaces: kube-system first, each labelled with its name.
+fn namespace_models(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+) -> Result<Vec<NamespaceModel>, ScenarioError> {
+    let mut namespaces = vec![NamespaceModel {
+        name: DNS_NAMESPACE.into(),
+        labels: BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            DNS_NAMESPACE.to_string(),
+        )]),
+    }];
+    for (i, ns) in scenario.namespaces.iter().enumerate() {
+        check_name("namespace", &ns.name).map_err(|p| cx.err("namespaces", i, p))?;
+        if namespaces.iter().any(|n| n.name == ns.name) {
+            return Err(cx.err(
+                "namespaces",
+                i,
+                Problem::Duplicate {
+                    kind: "namespace",
+                    name: ns.name.clone(),
+                },
+            ));
+        }
+        let mut labels = ns.labels.clone();
+        labels.insert("kubernetes.io/metadata.name".into(), ns.name.clone());
+        namespaces.push(NamespaceModel {
+            name: ns.name.clone(),
+            labels,
+        });
+    }
+
+    Ok(namespaces)
+}
+
+/// The workloads, validated, kube-dns (coredns) first; pods are placed by [`place_pods`].
+fn workload_drafts(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+    namespaces: &[NamespaceModel],
+    nodes: &[NodeModel],
+) -> Result<Vec<WorkloadDraft>, ScenarioError> {
+    let dns_ports = vec![
+        PortModel {
+            name: Some("dns".into()),
+            port: 53,
+            protocol: Protocol::Udp,
+        },
+        PortModel {
+            name: Some("dns-tcp".into()),
+            port: 53,
+            protocol: Protocol::Tcp,
+        },
+    ];
+    let mut workload_specs: Vec<WorkloadDraft> = vec![(
+        None,
+        DNS_NAMESPACE.into(),
+        "coredns".into(),
+        WorkloadKind::Deployment,
+        1,
+        BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        dns_ports,
+        Some(0),
+    )];
+    for (i, w) in scenario.workloads.iter().enumerate() {
+        let draft = workload_draft(cx, i, w, namespaces, nodes, &workload_specs)?;
+        workload_specs.push(draft);
+    }
+    Ok(workload_specs)
+}
+
+/// Scenario workload `i`, validated against the namespaces, the nodes and the `earlier`
+/// workloads.
+fn workload_draft(
+    cx: &Ctx<'_>,
+    i: usize,
+    w: &super::scenario::WorkloadSpec,
+    namespaces: &[NamespaceModel],
+    nodes: &[NodeModel],
+    earlier: &[WorkloadDraft],
+) -> Result<WorkloadDraft, ScenarioError> {
+    check_name("workload", &w.name).map_err(|p| cx.err("workloads", i, p))?;
+    if !namespaces.iter().any(|n| n.name == w.namespace) {
+        return Err(cx.err(
+            "workloads",
+            i,
+            Problem::UnknownNamespace(w.namespace.clone()),
+        ));
+    }
+    if earlier
+        .iter()
+        .any(|(_, ns, name, ..)| *ns == w.namespace && *name == w.name)
+    {
+        return Err(cx.err(
+            "workloads",
+            i,
+            Problem::Duplicate {
+                kind: "workload",
+                name: format!("{}/{}", w.namespace, w.name),
+            },
+        ));
+    }
+    if matches!(w.kind, WorkloadKind::DaemonSet | WorkloadKind::Pod) && w.replicas != 1 {
+        let one = match w.kind {
+            WorkloadKind::DaemonSet => "exactly one pod on every node",
+            _ => "exactly one pod",
+        };
+        return Err(cx.err(
+            "workloads",
+            i,
+            Problem::Other(format!("a {} has {one}", w.kind)),
+        ));
+    }
+    let pinned = match &w.node {
+        None => None,
+        Some(_) if w.kind == WorkloadKind::DaemonSet => {
+            return Err(cx.err(
+                "workloads",
+                i,
+                Problem::Other("a DaemonSet runs on every node: no `node`".into()),
+            ));
+        }
+        Some(name) => match nodes.iter().position(|n| n.name == *name) {
+            Some(n) => Some(n),
+            None => {
+                return Err(cx.err(
+                    "workloads",
+                    i,
+                    Problem::Other(format!(
+                        "unknown node `{name}` (declared: {})",
+                        nodes
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                ));
+            }
+        },
+    };
+    if w.replicas == 0 {
+        return Err(cx.err(
+            "workloads",
+            i,
+            Problem::Other("replicas must be at least 1".into()),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for p in &w.ports {
+        if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+            return Err(cx.err(
+                "workloads",
+                i,
+                Problem::Other("the lab serves TCP and UDP ports only".into()),
+            ));
+        }
+        let dup_name = p.name.as_ref().is_some_and(|n| {
+            w.ports
+                .iter()
+                .filter(|q| q.name.as_ref() == Some(n))
+                .count()
+                > 1
+        });
+        if !seen.insert((p.port, p.protocol)) || dup_name {
+            return Err(cx.err(
+                "workloads",
+                i,
+                Problem::Duplicate {
+                    kind: "port",
+                    name: p.name.clone().unwrap_or_else(|| p.port.to_string()),
+                },
+            ));
+        }
+    }
+    Ok((
+        Some(i),
+        w.namespace.clone(),
+        w.name.clone(),
+        w.kind,
+        w.replicas,
+        w.labels.clone(),
+        ports(&w.ports),
+        pinned,
+    ))
+}
+
+/// The pods of every workload: names as their controllers name them, addresses from their
+/// node's pod CIDR, the controllers' labels.
+fn place_pods(
+    cx: &Ctx<'_>,
+    workload_specs: Vec<WorkloadDraft>,
+    nodes: &mut [NodeModel],
+) -> Result<(Vec<WorkloadModel>, Vec<PodModel>), ScenarioError> {
+    let mut workloads = Vec::new();
+    let mut pods = Vec::new();
+    let mut next_pod_ip = vec![10u32; nodes.len()];
+    let mut taken: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for (spec_index, namespace, name, kind, replicas, labels, wports, pinned) in workload_specs {
+        // A DaemonSet has one pod per node.
+        let replicas = match kind {
+            WorkloadKind::DaemonSet => u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            _ => replicas,
+        };
+        let template_hash = suffix(&format!("{namespace}/{name}/template"), 10);
+        let wi = workloads.len();
+        let mut pod_indexes = Vec::new();
+        for r in 0..replicas {
+            let mut pod_name = match kind {
+                WorkloadKind::Deployment => format!(
+                    "{name}-{template_hash}-{}",
+                    suffix(&format!("{namespace}/{name}/{r}"), 5)
+                ),
+                WorkloadKind::StatefulSet => format!("{name}-{r}"),
+                WorkloadKind::DaemonSet => {
+                    let seed = match r {
+                        0 => format!("{namespace}/{name}/ds"),
+                        _ => format!("{namespace}/{name}/ds/{r}"),
+                    };
+                    format!("{name}-{}", suffix(&seed, 5))
+                }
+                WorkloadKind::Job | WorkloadKind::CronJob => format!(
+                    "{}-{}",
+                    job_name(kind, &name, &template_hash),
+                    suffix(&format!("{namespace}/{name}/{r}"), 5)
+                ),
+                WorkloadKind::Pod => name.clone(),
+            };
+            let mut salt = 0;
+            // A set, not a scan of the pods: 100k replicas stay linear.
+            while taken.contains(&(namespace.clone(), pod_name.clone())) {
+                salt += 1;
+                pod_name = format!(
+                    "{name}-{template_hash}-{}",
+                    suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
+                );
+            }
+            let node = pinned.unwrap_or(r as usize % nodes.len());
+            let node_cidr = nodes[node].pod_cidr;
+            let ip = nth_host(node_cidr, next_pod_ip[node]).ok_or_else(|| {
+                cx.err(
+                    "workloads",
+                    spec_index.unwrap_or(0),
+                    Problem::Other(format!(
+                        "pod CIDR {node_cidr} of node {} is full",
+                        nodes[node].name
+                    )),
+                )
+            })?;
+            next_pod_ip[node] += 1;
+            nodes[node].pods.push(pods.len());
+            let mut pod_labels = labels.clone();
+            match kind {
+                WorkloadKind::Deployment => {
+                    pod_labels.insert("pod-template-hash".into(), template_hash.clone());
+                }
+                WorkloadKind::StatefulSet => {
+                    pod_labels.insert(
+                        "statefulset.kubernetes.io/pod-name".into(),
+                        pod_name.clone(),
+                    );
+                }
+                WorkloadKind::Job | WorkloadKind::CronJob => {
+                    let job = job_name(kind, &name, &template_hash);
+                    pod_labels.insert("batch.kubernetes.io/job-name".into(), job.clone());
+                    pod_labels.insert("job-name".into(), job);
+                }
+                _ => {}
+            }
+            pod_indexes.push(pods.len());
+            taken.insert((namespace.clone(), pod_name.clone()));
+            pods.push(PodModel {
+                namespace: namespace.clone(),
+                name: pod_name,
+                workload: wi,
+                node,
+                ip,
+                labels: pod_labels,
+                ports: wports.clone(),
+            });
+        }
+        workloads.push(WorkloadModel {
+            namespace,
+            name,
+            kind,
+            labels,
+            ports: wports,
+            template_hash,
+            pods: pod_indexes,
+        });
+    }
+
+    Ok((workloads, pods))
+}
+
+/// A Service whose endpoints are an external's hosts: (service index, scenario index,
+/// external name), linked by [`link_service_endpoints`] once the externals are known.
+type ServiceEndpoints = Vec<(usize, usize, String)>;
+
+/// The Services, kube-dns first: cluster IPs, ports, backends (every target port declared by
+/// every backend).
+fn service_models(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+    service_cidr: Ipv4Net,
+    namespaces: &[NamespaceModel],
+    workloads: &[WorkloadModel],
+    pods: &[PodModel],
+) -> Result<(Vec<ServiceModel>, ServiceEndpoints), ScenarioError> {
+    let mut services = vec![ServiceModel {
+        namespace: DNS_NAMESPACE.into(),
+        name: DNS_SERVICE.into(),
+        cluster_ip: nth_host(service_cidr, 10).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        selector: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        ports: vec![
+            ServicePortModel {
+                name: Some("dns".into()),
+                port: 53,
+                target: PortRef::Name("dns".into()),
+                protocol: Protocol::Udp,
+            },
+            ServicePortModel {
+                name: Some("dns-tcp".into()),
+                port: 53,
+                target: PortRef::Name("dns-tcp".into()),
+                protocol: Protocol::Tcp,
+            },
+        ],
+        backends: vec![],
+        service_type: ServiceKind::ClusterIP,
+        external: None,
+    }];
+    let mut next_svc_ip = 20u32;
+    let mut service_endpoints: ServiceEndpoints = Vec::new();
+    for (i, s) in scenario.services.iter().enumerate() {
+        check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
+        if !namespaces.iter().any(|n| n.name == s.namespace) {
+            return Err(cx.err(
+                "services",
+                i,
+                Problem::UnknownNamespace(s.namespace.clone()),
+            ));
+        }
+        if services
+            .iter()
+            .any(|o| o.namespace == s.namespace && o.name == s.name)
+        {
+            return Err(cx.err(
+                "services",
+                i,
+                Problem::Duplicate {
+                    kind: "service",
+                    name: format!("{}/{}", s.namespace, s.name),
+                },
+            ));
+        }
+        let cluster_ip = cluster_ip(
+            cx,
+            i,
+            s,
+            scenario,
+            service_cidr,
+            &services,
+            &mut next_svc_ip,
+        )?;
+        let mut sports = Vec::new();
+        for p in &s.ports {
+            if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::Other("the lab serves TCP and UDP ports only".into()),
+                ));
+            }
+            sports.push(ServicePortModel {
+                name: p.name.clone(),
+                port: p.port,
+                target: p.target_port.clone().unwrap_or(PortRef::Number(p.port)),
+                protocol: p.protocol,
+            });
+        }
+        let backends: Vec<usize> = (0..pods.len())
+            .filter(|&pi| {
+                pods[pi].namespace == s.namespace
+                    && !s.selector.is_empty()
+                    && matches(&s.selector, &pods[pi].labels)
+            })
+            .collect();
+        check_target_ports(cx, i, &sports, &backends, workloads, pods)?;
+        if let Some(ext) = &s.endpoints {
+            if !s.selector.is_empty() {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::Other(
+                        "a Service with `endpoints` has no selector (its endpoints are the external's hosts)"
+                            .into(),
+                    ),
+                ));
+            }
+            if sports.iter().any(|p| matches!(p.target, PortRef::Name(_))) {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::Other(
+                        "a Service with `endpoints` needs numeric targetPorts (its endpoints are not pods)"
+                            .into(),
+                    ),
+                ));
+            }
+            service_endpoints.push((services.len(), i, ext.clone()));
+        }
+        services.push(ServiceModel {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            cluster_ip,
+            selector: s.selector.clone(),
+            ports: sports,
+            backends,
+            service_type: s.service_type,
+            external: None,
+        });
+    }
+    services[0].backends = workloads[0].pods.clone();
+    Ok((services, service_endpoints))
+}
+
+/// The cluster IP of scenario Service `i`: its own (free, in the range), the range's first
+/// for `default/kubernetes` (as the API server gives it), else the next free one.
+fn cluster_ip(
+    cx: &Ctx<'_>,
+    i: usize,
+    s: &super::scenario::ServiceSpec,
+    scenario: &Scenario,
+    service_cidr: Ipv4Net,
+    services: &[ServiceModel],
+    next_svc_ip: &mut u32,
+) -> Result<Ipv4Addr, ScenarioError> {
+    Ok(match s.cluster_ip {
+        Some(ip) if service_cidr.contains(&ip) && !services.iter().any(|o| o.cluster_ip == ip) => {
+            ip
+        }
+        Some(ip) => {
+            return Err(cx.err(
+                "services",
+                i,
+                Problem::Other(format!(
+                    "clusterIP {ip} is taken or outside the service CIDR {service_cidr}"
+                )),
+            ));
+        }
+        // The API server gives its own Service the first address of the range.
+        None if s.namespace == "default" && s.name == "kubernetes" => {
+            nth_host(service_cidr, 1).unwrap_or(Ipv4Addr::UNSPECIFIED)
+        }
+        None => loop {
+            let ip = nth_host(service_cidr, *next_svc_ip).ok_or_else(|| {
+                cx.err("services", i, Problem::Other("service CIDR is full".into()))
+            })?;
+            *next_svc_ip += 1;
+            if !services.iter().any(|o| o.cluster_ip == ip)
+                && scenario.services.iter().all(|o| o.cluster_ip != Some(ip))
+            {
+                break ip;
+            }
+        },
+    })
+}
+
+/// Every target port of scenario Service `i` must be declared by every backend.
+fn check_target_ports(
+    cx: &Ctx<'_>,
+    i: usize,
+    sports: &[ServicePortModel],
+    backends: &[usize],
+    workloads: &[WorkloadModel],
+    pods: &[PodModel],
+) -> Result<(), ScenarioError> {
+    for sp in sports {
+        for &b in backends {
+            let pod = &pods[b];
+            let declared = match sp.target_on(pod) {
+                Some(n) => pod
+                    .ports
+                    .iter()
+                    .any(|p| p.port == n && p.protocol == sp.protocol),
+                None => false,
+            };
+            if !declared {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::UndeclaredPort {
+                        target: format!("{}/{}", pod.namespace, workloads[pod.workload].name),
+                        port: sp.target.to_string(),
+                        protocol: protocol_name(sp.protocol),
+                    },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The externals (their ranges join `ranges`, which they must not overlap) and their
+/// rotation steps: to another host of the external, or to another external.
+fn external_models(
+    cx: &Ctx<'_>,
+    scenario: &Scenario,
+    ranges: &mut Vec<(String, Ipv4Net)>,
+) -> Result<Vec<ExternalModel>, ScenarioError> {
+    let mut externals: Vec<ExternalModel> = Vec::new();
+    for (i, e) in scenario.externals.iter().enumerate() {
+        check_name("external", &e.name).map_err(|p| cx.err("externals", i, p))?;
+        if externals.iter().any(|o| o.name == e.name) || e.name.contains('/') {
+            return Err(cx.err(
+                "externals",
+                i,
+                Problem::Duplicate {
+                    kind: "external",
+                    name: e.name.clone(),
+                },
+            ));
+        }
+        for (name, other) in ranges.iter() {
+            if other.contains(&e.cidr.network()) || e.cidr.contains(&other.network()) {
+                return Err(cx.err(
+                    "externals",
+                    i,
+                    Problem::OverlappingCidrs {
+                        a: e.cidr.to_string(),
+                        b: format!("{other} ({name})"),
+                    },
+                ));
+            }
+        }
+        let hosts: Option<Vec<Ipv4Addr>> = (1..=e.hosts).map(|n| nth_host(e.cidr, n)).collect();
+        let hosts = match hosts {
+            Some(h) if !h.is_empty() && e.hosts <= 16 => h,
+            _ => {
+                return Err(cx.err(
+                    "externals",
+                    i,
+                    Problem::Other(format!(
+                        "{} hosts do not fit in {} (1 to 16 hosts)",
+                        e.hosts, e.cidr
+                    )),
+                ));
+            }
+        };
+        for p in &e.ports {
+            if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
+                return Err(cx.err(
+                    "externals",
+                    i,
+                    Problem::Other("the lab serves TCP and UDP ports only".into()),
+                ));
+            }
+        }
+        let ttl =
+            super::names::check_external(e, &externals).map_err(|p| cx.err("externals", i, p))?;
+        ranges.push((format!("external {}", e.name), e.cidr));
+        externals.push(ExternalModel {
+            name: e.name.clone(),
+            cidr: e.cidr,
+            anonymous: e.anonymous,
+            ports: ports(&e.ports),
+            hosts,
+            dns: e.dns.clone(),
+            ttl,
+            rotate_to: None,
+        });
+    }
+
+    for (i, e) in scenario.externals.iter().enumerate() {
+        externals[i].rotate_to = super::names::rotation_target(e, i, &externals)
+            .map_err(|p| cx.err("externals", i, p))?;
+    }
+
+    Ok(externals)
+}
+
+/// Services whose endpoints are an external's hosts: the external must serve the ports.
+fn link_service_endpoints(
+    cx: &Ctx<'_>,
+    service_endpoints: ServiceEndpoints,
+    services: &mut [ServiceModel],
+    externals: &[ExternalModel],
+) -> Result<(), ScenarioError> {
+    for (si, i, name) in service_endpoints {
+        let Some(e) = externals.iter().position(|x| x.name == name) else {
+            return Err(cx.err("services", i, Problem::UnknownExternal(name)));
+        };
+        for sp in &services[si].ports {
+            let n = sp.target_number();
+            if !externals[e]
+                .ports
+                .iter()
+                .any(|p| p.port == n && p.protocol == sp.protocol)
+            {
+                return Err(cx.err(
+                    "services",
+                    i,
+                    Problem::UndeclaredPort {
+                        target: name,
+                        port: n.to_string(),
+                        protocol: protocol_name(sp.protocol),
+                    },
+                ));
+            }
+        }
+        services[si].external = Some(e);
+    }
+
+    Ok(())
+}
+
 fn matches(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -451,582 +1134,16 @@ impl LabModel {
     /// Validates `scenario` (read from `path`, whose `text` locates errors) and resolves it.
     pub fn build(path: &Path, text: &str, scenario: &Scenario) -> Result<LabModel, ScenarioError> {
         let cx = Ctx { path, text };
-        let node_count = scenario.nodes.len().max(1);
-        let default_pod_cidr = if node_count > 1 {
-            DEFAULT_CLUSTER_POD_CIDR
-        } else {
-            DEFAULT_POD_CIDR
-        };
-        let pod_cidr = scenario
-            .pod_cidr
-            .unwrap_or_else(|| default_pod_cidr.parse().unwrap_or_default());
-        let service_cidr = scenario
-            .service_cidr
-            .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.parse().unwrap_or_default());
-        if pod_cidr.prefix_len() > 27 {
-            return Err(cx.err(
-                "podCIDR",
-                0,
-                Problem::Other(format!("pod CIDR {pod_cidr} is too small")),
-            ));
-        }
-        if service_cidr.prefix_len() > 27 {
-            return Err(cx.err(
-                "serviceCIDR",
-                0,
-                Problem::Other(format!("service CIDR {service_cidr} is too small")),
-            ));
-        }
-
+        let (pod_cidr, service_cidr) = cidrs(&cx, scenario)?;
         let mut nodes = node_models(&cx, scenario, pod_cidr)?;
-
-        // Address ranges must not overlap.
-        let mut ranges: Vec<(String, Ipv4Net)> = vec![
-            ("the pod CIDR".into(), pod_cidr),
-            ("the service CIDR".into(), service_cidr),
-        ];
-        ranges.extend(nodes.iter().map(|n| {
-            (
-                format!("the address of node {}", n.name),
-                Ipv4Net::from(n.ip),
-            )
-        }));
-        for (section, net) in [("podCIDR", pod_cidr), ("serviceCIDR", service_cidr)] {
-            for (name, other) in &ranges {
-                if *other != net
-                    && (other.contains(&net.network()) || net.contains(&other.network()))
-                {
-                    return Err(cx.err(
-                        section,
-                        0,
-                        Problem::OverlappingCidrs {
-                            a: net.to_string(),
-                            b: format!("{other} ({name})"),
-                        },
-                    ));
-                }
-            }
-        }
-
-        // Namespaces.
-        let mut namespaces = vec![NamespaceModel {
-            name: DNS_NAMESPACE.into(),
-            labels: BTreeMap::from([(
-                "kubernetes.io/metadata.name".to_string(),
-                DNS_NAMESPACE.to_string(),
-            )]),
-        }];
-        for (i, ns) in scenario.namespaces.iter().enumerate() {
-            check_name("namespace", &ns.name).map_err(|p| cx.err("namespaces", i, p))?;
-            if namespaces.iter().any(|n| n.name == ns.name) {
-                return Err(cx.err(
-                    "namespaces",
-                    i,
-                    Problem::Duplicate {
-                        kind: "namespace",
-                        name: ns.name.clone(),
-                    },
-                ));
-            }
-            let mut labels = ns.labels.clone();
-            labels.insert("kubernetes.io/metadata.name".into(), ns.name.clone());
-            namespaces.push(NamespaceModel {
-                name: ns.name.clone(),
-                labels,
-            });
-        }
-
-        // Workloads and pods; kube-dns first.
-        let dns_ports = vec![
-            PortModel {
-                name: Some("dns".into()),
-                port: 53,
-                protocol: Protocol::Udp,
-            },
-            PortModel {
-                name: Some("dns-tcp".into()),
-                port: 53,
-                protocol: Protocol::Tcp,
-            },
-        ];
-        let mut workload_specs: Vec<WorkloadDraft> = vec![(
-            None,
-            DNS_NAMESPACE.into(),
-            "coredns".into(),
-            WorkloadKind::Deployment,
-            1,
-            BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
-            dns_ports,
-            Some(0),
-        )];
-        for (i, w) in scenario.workloads.iter().enumerate() {
-            check_name("workload", &w.name).map_err(|p| cx.err("workloads", i, p))?;
-            if !namespaces.iter().any(|n| n.name == w.namespace) {
-                return Err(cx.err(
-                    "workloads",
-                    i,
-                    Problem::UnknownNamespace(w.namespace.clone()),
-                ));
-            }
-            if workload_specs
-                .iter()
-                .any(|(_, ns, name, ..)| *ns == w.namespace && *name == w.name)
-            {
-                return Err(cx.err(
-                    "workloads",
-                    i,
-                    Problem::Duplicate {
-                        kind: "workload",
-                        name: format!("{}/{}", w.namespace, w.name),
-                    },
-                ));
-            }
-            if matches!(w.kind, WorkloadKind::DaemonSet | WorkloadKind::Pod) && w.replicas != 1 {
-                let one = match w.kind {
-                    WorkloadKind::DaemonSet => "exactly one pod on every node",
-                    _ => "exactly one pod",
-                };
-                return Err(cx.err(
-                    "workloads",
-                    i,
-                    Problem::Other(format!("a {} has {one}", w.kind)),
-                ));
-            }
-            let pinned = match &w.node {
-                None => None,
-                Some(_) if w.kind == WorkloadKind::DaemonSet => {
-                    return Err(cx.err(
-                        "workloads",
-                        i,
-                        Problem::Other("a DaemonSet runs on every node: no `node`".into()),
-                    ));
-                }
-                Some(name) => match nodes.iter().position(|n| n.name == *name) {
-                    Some(n) => Some(n),
-                    None => {
-                        return Err(cx.err(
-                            "workloads",
-                            i,
-                            Problem::Other(format!(
-                                "unknown node `{name}` (declared: {})",
-                                nodes
-                                    .iter()
-                                    .map(|n| n.name.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )),
-                        ));
-                    }
-                },
-            };
-            if w.replicas == 0 {
-                return Err(cx.err(
-                    "workloads",
-                    i,
-                    Problem::Other("replicas must be at least 1".into()),
-                ));
-            }
-            let mut seen = BTreeSet::new();
-            for p in &w.ports {
-                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
-                    return Err(cx.err(
-                        "workloads",
-                        i,
-                        Problem::Other("the lab serves TCP and UDP ports only".into()),
-                    ));
-                }
-                let dup_name = p.name.as_ref().is_some_and(|n| {
-                    w.ports
-                        .iter()
-                        .filter(|q| q.name.as_ref() == Some(n))
-                        .count()
-                        > 1
-                });
-                if !seen.insert((p.port, p.protocol)) || dup_name {
-                    return Err(cx.err(
-                        "workloads",
-                        i,
-                        Problem::Duplicate {
-                            kind: "port",
-                            name: p.name.clone().unwrap_or_else(|| p.port.to_string()),
-                        },
-                    ));
-                }
-            }
-            workload_specs.push((
-                Some(i),
-                w.namespace.clone(),
-                w.name.clone(),
-                w.kind,
-                w.replicas,
-                w.labels.clone(),
-                ports(&w.ports),
-                pinned,
-            ));
-        }
-        let mut workloads = Vec::new();
-        let mut pods = Vec::new();
-        let mut next_pod_ip = vec![10u32; nodes.len()];
-        let mut taken: std::collections::HashSet<(String, String)> =
-            std::collections::HashSet::new();
-        for (spec_index, namespace, name, kind, replicas, labels, wports, pinned) in workload_specs
-        {
-            // A DaemonSet has one pod per node.
-            let replicas = match kind {
-                WorkloadKind::DaemonSet => u32::try_from(nodes.len()).unwrap_or(u32::MAX),
-                _ => replicas,
-            };
-            let template_hash = suffix(&format!("{namespace}/{name}/template"), 10);
-            let wi = workloads.len();
-            let mut pod_indexes = Vec::new();
-            for r in 0..replicas {
-                let mut pod_name = match kind {
-                    WorkloadKind::Deployment => format!(
-                        "{name}-{template_hash}-{}",
-                        suffix(&format!("{namespace}/{name}/{r}"), 5)
-                    ),
-                    WorkloadKind::StatefulSet => format!("{name}-{r}"),
-                    WorkloadKind::DaemonSet => {
-                        let seed = match r {
-                            0 => format!("{namespace}/{name}/ds"),
-                            _ => format!("{namespace}/{name}/ds/{r}"),
-                        };
-                        format!("{name}-{}", suffix(&seed, 5))
-                    }
-                    WorkloadKind::Job | WorkloadKind::CronJob => format!(
-                        "{}-{}",
-                        job_name(kind, &name, &template_hash),
-                        suffix(&format!("{namespace}/{name}/{r}"), 5)
-                    ),
-                    WorkloadKind::Pod => name.clone(),
-                };
-                let mut salt = 0;
-                // A set, not a scan of the pods: 100k replicas stay linear.
-                while taken.contains(&(namespace.clone(), pod_name.clone())) {
-                    salt += 1;
-                    pod_name = format!(
-                        "{name}-{template_hash}-{}",
-                        suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
-                    );
-                }
-                let node = pinned.unwrap_or(r as usize % nodes.len());
-                let node_cidr = nodes[node].pod_cidr;
-                let ip = nth_host(node_cidr, next_pod_ip[node]).ok_or_else(|| {
-                    cx.err(
-                        "workloads",
-                        spec_index.unwrap_or(0),
-                        Problem::Other(format!(
-                            "pod CIDR {node_cidr} of node {} is full",
-                            nodes[node].name
-                        )),
-                    )
-                })?;
-                next_pod_ip[node] += 1;
-                nodes[node].pods.push(pods.len());
-                let mut pod_labels = labels.clone();
-                match kind {
-                    WorkloadKind::Deployment => {
-                        pod_labels.insert("pod-template-hash".into(), template_hash.clone());
-                    }
-                    WorkloadKind::StatefulSet => {
-                        pod_labels.insert(
-                            "statefulset.kubernetes.io/pod-name".into(),
-                            pod_name.clone(),
-                        );
-                    }
-                    WorkloadKind::Job | WorkloadKind::CronJob => {
-                        let job = job_name(kind, &name, &template_hash);
-                        pod_labels.insert("batch.kubernetes.io/job-name".into(), job.clone());
-                        pod_labels.insert("job-name".into(), job);
-                    }
-                    _ => {}
-                }
-                pod_indexes.push(pods.len());
-                taken.insert((namespace.clone(), pod_name.clone()));
-                pods.push(PodModel {
-                    namespace: namespace.clone(),
-                    name: pod_name,
-                    workload: wi,
-                    node,
-                    ip,
-                    labels: pod_labels,
-                    ports: wports.clone(),
-                });
-            }
-            workloads.push(WorkloadModel {
-                namespace,
-                name,
-                kind,
-                labels,
-                ports: wports,
-                template_hash,
-                pods: pod_indexes,
-            });
-        }
-
-        // Services; kube-dns first.
-        let mut services = vec![ServiceModel {
-            namespace: DNS_NAMESPACE.into(),
-            name: DNS_SERVICE.into(),
-            cluster_ip: nth_host(service_cidr, 10).unwrap_or(Ipv4Addr::UNSPECIFIED),
-            selector: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
-            ports: vec![
-                ServicePortModel {
-                    name: Some("dns".into()),
-                    port: 53,
-                    target: PortRef::Name("dns".into()),
-                    protocol: Protocol::Udp,
-                },
-                ServicePortModel {
-                    name: Some("dns-tcp".into()),
-                    port: 53,
-                    target: PortRef::Name("dns-tcp".into()),
-                    protocol: Protocol::Tcp,
-                },
-            ],
-            backends: vec![],
-            service_type: ServiceKind::ClusterIP,
-            external: None,
-        }];
-        let mut next_svc_ip = 20u32;
-        let mut service_endpoints: Vec<(usize, usize, String)> = Vec::new();
-        for (i, s) in scenario.services.iter().enumerate() {
-            check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
-            if !namespaces.iter().any(|n| n.name == s.namespace) {
-                return Err(cx.err(
-                    "services",
-                    i,
-                    Problem::UnknownNamespace(s.namespace.clone()),
-                ));
-            }
-            if services
-                .iter()
-                .any(|o| o.namespace == s.namespace && o.name == s.name)
-            {
-                return Err(cx.err(
-                    "services",
-                    i,
-                    Problem::Duplicate {
-                        kind: "service",
-                        name: format!("{}/{}", s.namespace, s.name),
-                    },
-                ));
-            }
-            let cluster_ip = match s.cluster_ip {
-                Some(ip)
-                    if service_cidr.contains(&ip)
-                        && !services.iter().any(|o| o.cluster_ip == ip) =>
-                {
-                    ip
-                }
-                Some(ip) => {
-                    return Err(cx.err(
-                        "services",
-                        i,
-                        Problem::Other(format!(
-                            "clusterIP {ip} is taken or outside the service CIDR {service_cidr}"
-                        )),
-                    ));
-                }
-                // The API server gives its own Service the first address of the range.
-                None if s.namespace == "default" && s.name == "kubernetes" => {
-                    nth_host(service_cidr, 1).unwrap_or(Ipv4Addr::UNSPECIFIED)
-                }
-                None => loop {
-                    let ip = nth_host(service_cidr, next_svc_ip).ok_or_else(|| {
-                        cx.err("services", i, Problem::Other("service CIDR is full".into()))
-                    })?;
-                    next_svc_ip += 1;
-                    if !services.iter().any(|o| o.cluster_ip == ip)
-                        && scenario.services.iter().all(|o| o.cluster_ip != Some(ip))
-                    {
-                        break ip;
-                    }
-                },
-            };
-            let mut sports = Vec::new();
-            for p in &s.ports {
-                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
-                    return Err(cx.err(
-                        "services",
-                        i,
-                        Problem::Other("the lab serves TCP and UDP ports only".into()),
-                    ));
-                }
-                sports.push(ServicePortModel {
-                    name: p.name.clone(),
-                    port: p.port,
-                    target: p.target_port.clone().unwrap_or(PortRef::Number(p.port)),
-                    protocol: p.protocol,
-                });
-            }
-            let backends: Vec<usize> = (0..pods.len())
-                .filter(|&pi| {
-                    pods[pi].namespace == s.namespace
-                        && !s.selector.is_empty()
-                        && matches(&s.selector, &pods[pi].labels)
-                })
-                .collect();
-            // Every target port must be declared by every backend.
-            for sp in &sports {
-                for &b in &backends {
-                    let pod = &pods[b];
-                    let declared = match sp.target_on(pod) {
-                        Some(n) => pod
-                            .ports
-                            .iter()
-                            .any(|p| p.port == n && p.protocol == sp.protocol),
-                        None => false,
-                    };
-                    if !declared {
-                        return Err(cx.err(
-                            "services",
-                            i,
-                            Problem::UndeclaredPort {
-                                target: format!(
-                                    "{}/{}",
-                                    pod.namespace, workloads[pod.workload].name
-                                ),
-                                port: sp.target.to_string(),
-                                protocol: protocol_name(sp.protocol),
-                            },
-                        ));
-                    }
-                }
-            }
-            if let Some(ext) = &s.endpoints {
-                if !s.selector.is_empty() {
-                    return Err(cx.err(
-                        "services",
-                        i,
-                        Problem::Other(
-                            "a Service with `endpoints` has no selector (its endpoints are the external's hosts)"
-                                .into(),
-                        ),
-                    ));
-                }
-                if sports.iter().any(|p| matches!(p.target, PortRef::Name(_))) {
-                    return Err(cx.err(
-                        "services",
-                        i,
-                        Problem::Other(
-                            "a Service with `endpoints` needs numeric targetPorts (its endpoints are not pods)"
-                                .into(),
-                        ),
-                    ));
-                }
-                service_endpoints.push((services.len(), i, ext.clone()));
-            }
-            services.push(ServiceModel {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                cluster_ip,
-                selector: s.selector.clone(),
-                ports: sports,
-                backends,
-                service_type: s.service_type,
-                external: None,
-            });
-        }
-        let dns_backends: Vec<usize> = workloads[0].pods.clone();
-        services[0].backends = dns_backends;
-
-        // Externals.
-        let mut externals: Vec<ExternalModel> = Vec::new();
-        for (i, e) in scenario.externals.iter().enumerate() {
-            check_name("external", &e.name).map_err(|p| cx.err("externals", i, p))?;
-            if externals.iter().any(|o| o.name == e.name) || e.name.contains('/') {
-                return Err(cx.err(
-                    "externals",
-                    i,
-                    Problem::Duplicate {
-                        kind: "external",
-                        name: e.name.clone(),
-                    },
-                ));
-            }
-            for (name, other) in &ranges {
-                if other.contains(&e.cidr.network()) || e.cidr.contains(&other.network()) {
-                    return Err(cx.err(
-                        "externals",
-                        i,
-                        Problem::OverlappingCidrs {
-                            a: e.cidr.to_string(),
-                            b: format!("{other} ({name})"),
-                        },
-                    ));
-                }
-            }
-            let hosts: Option<Vec<Ipv4Addr>> = (1..=e.hosts).map(|n| nth_host(e.cidr, n)).collect();
-            let hosts = match hosts {
-                Some(h) if !h.is_empty() && e.hosts <= 16 => h,
-                _ => {
-                    return Err(cx.err(
-                        "externals",
-                        i,
-                        Problem::Other(format!(
-                            "{} hosts do not fit in {} (1 to 16 hosts)",
-                            e.hosts, e.cidr
-                        )),
-                    ));
-                }
-            };
-            for p in &e.ports {
-                if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
-                    return Err(cx.err(
-                        "externals",
-                        i,
-                        Problem::Other("the lab serves TCP and UDP ports only".into()),
-                    ));
-                }
-            }
-            let ttl = super::names::check_external(e, &externals)
-                .map_err(|p| cx.err("externals", i, p))?;
-            ranges.push((format!("external {}", e.name), e.cidr));
-            externals.push(ExternalModel {
-                name: e.name.clone(),
-                cidr: e.cidr,
-                anonymous: e.anonymous,
-                ports: ports(&e.ports),
-                hosts,
-                dns: e.dns.clone(),
-                ttl,
-                rotate_to: None,
-            });
-        }
-
-        // Rotation steps: to another host of the external, or to another external.
-        for (i, e) in scenario.externals.iter().enumerate() {
-            externals[i].rotate_to = super::names::rotation_target(e, i, &externals)
-                .map_err(|p| cx.err("externals", i, p))?;
-        }
-
-        // Services whose endpoints are an external's hosts: the external must serve the ports.
-        for (si, i, name) in service_endpoints {
-            let Some(e) = externals.iter().position(|x| x.name == name) else {
-                return Err(cx.err("services", i, Problem::UnknownExternal(name)));
-            };
-            for sp in &services[si].ports {
-                let n = sp.target_number();
-                if !externals[e]
-                    .ports
-                    .iter()
-                    .any(|p| p.port == n && p.protocol == sp.protocol)
-                {
-                    return Err(cx.err(
-                        "services",
-                        i,
-                        Problem::UndeclaredPort {
-                            target: name,
-                            port: n.to_string(),
-                            protocol: protocol_name(sp.protocol),
-                        },
-                    ));
-                }
-            }
-            services[si].external = Some(e);
-        }
-
+        let mut ranges = address_ranges(&cx, pod_cidr, service_cidr, &nodes)?;
+        let namespaces = namespace_models(&cx, scenario)?;
+        let drafts = workload_drafts(&cx, scenario, &namespaces, &nodes)?;
+        let (workloads, pods) = place_pods(&cx, drafts, &mut nodes)?;
+        let (mut services, service_endpoints) =
+            service_models(&cx, scenario, service_cidr, &namespaces, &workloads, &pods)?;
+        let externals = external_models(&cx, scenario, &mut ranges)?;
+        link_service_endpoints(&cx, service_endpoints, &mut services, &externals)?;
         let mut model = LabModel {
             name: scenario.name.clone(),
             nodes,
@@ -1048,7 +1165,7 @@ impl LabModel {
                     .resolve_probe(t, kind)
                     .map_err(|p| cx.err(section, i, p))?;
                 let probe = ProbeModel {
-                    line: entry_line(text, section, i).unwrap_or(0),
+                    line: entry_line(cx.text, section, i).unwrap_or(0),
                     ..probe
                 };
                 model.probes.push(probe);
