@@ -957,31 +957,12 @@ impl Agent {
         stop: CancellationToken,
     ) -> Result<Vec<ObservedFlow>, AgentError> {
         let config = state.config().clone();
-        let subnets = match &config.subnets {
-            Some(p) => Subnets::from_path(p)?,
-            None => Subnets::default(),
-        };
-        let staged = match &config.staged_policies {
-            Some(p) => Some(load_staged(p, config.validate)?),
-            None => None,
-        };
-        // The drift baseline likewise.
-        state.open_drift(Timestamp::now())?;
-        // Inventory first when it is files: a bad file is an error before attaching anything.
-        let mut source = Source::None;
-        let mut inventory: Option<Arc<Inventory>> = None;
-        if let Some(path) = &config.inventory {
-            let inv = Arc::new(load_inventory(path, config.validate)?);
-            for (group, resource) in WATCHED_RESOURCES {
-                state
-                    .metrics
-                    .set_inventory_synced(&resource_label(group, resource), true);
-            }
-            let model = Model::new(Arc::clone(&inv), &subnets, staged.as_deref())?;
-            state.set_model(Arc::new(model));
-            inventory = Some(inv);
-            source = Source::Files(path.clone());
-        }
+        let Files {
+            subnets,
+            staged,
+            inventory,
+            mut source,
+        } = load_files(&state, &config)?;
 
         // The drop tracepoint starts with the datapath: ready only once drops are traced
         // too, so no early drop goes unseen.
@@ -995,19 +976,7 @@ impl Agent {
         state.set_datapath_ready();
 
         if config.inventory.is_none() {
-            let access = KubeAccess::infer(config.kubeconfig.clone());
-            source = match kubeapi::client(&access).await {
-                Ok((client, connected)) => {
-                    tracing::info!(server = %connected.server, via = %connected.via, "watching the API server");
-                    Source::Live(live::start(client, live::LiveOptions::default()))
-                }
-                Err(e) => {
-                    let msg = format!("no --inventory and {e}; flows stay unattributed");
-                    tracing::warn!("{msg}");
-                    state.set_inventory_error(msg);
-                    Source::None
-                }
-            };
+            source = connect_live(&state, &config).await;
         }
         if let Some(m) = state.model()
             && let Some(node) = &state.node
@@ -1097,36 +1066,10 @@ impl Agent {
                 Some(()) = changed(&mut live_state) => {
                     if let Some(rx) = &live_state {
                         let s = rx.borrow().clone();
-                        for (group, resource) in WATCHED_RESOURCES {
-                            let name = resource_label(group, resource);
-                            let ok = s.listed.contains(&name)
-                                && !s.errors.iter().any(|(r, _)| *r == name);
-                            state.metrics.set_inventory_synced(&name, ok);
-                        }
-                        state.set_source_problem(live_problem(&s), !s.errors.is_empty());
-                        if s.synced
-                            && state.model().is_none()
-                            && let Source::Live(l) = &source
-                        {
-                            let _ = rebuild.send(Rebuild::Snapshot(l.snapshot()));
-                        }
+                        on_live_state(&state, &s, &source, &rebuild);
                     }
                 }
-                Some(r) = rebuilt.recv() => {
-                    if let Some(load) = r.inventory_load {
-                        problem = Some(load.err());
-                    }
-                    match r.model {
-                        Some(Ok(m)) => {
-                            if let Some(node) = &state.node {
-                                set_local(&dp, &m, node);
-                            }
-                            state.set_model(m);
-                        }
-                        Some(Err(e)) => state.set_inventory_error(e),
-                        None => {}
-                    }
-                }
+                Some(r) = rebuilt.recv() => problem = install(&state, &dp, r),
             }
             if let Some(p) = problem {
                 for (group, resource) in WATCHED_RESOURCES {
@@ -1151,6 +1094,108 @@ impl Agent {
         state.persist_drift(Timestamp::now());
         Ok(state.final_flows(end.records))
     }
+}
+
+/// What the agent reads from files at start.
+struct Files {
+    subnets: Subnets,
+    staged: Option<Vec<NetworkPolicy>>,
+    /// The inventory files' objects (standalone).
+    inventory: Option<Arc<Inventory>>,
+    source: Source,
+}
+
+/// Loads subnets, staged policies, the drift baseline and, standalone, the inventory files,
+/// and installs the first model: a bad file is an error before anything is attached.
+fn load_files(state: &AgentState, config: &AgentConfig) -> Result<Files, AgentError> {
+    let subnets = match &config.subnets {
+        Some(p) => Subnets::from_path(p)?,
+        None => Subnets::default(),
+    };
+    let staged = match &config.staged_policies {
+        Some(p) => Some(load_staged(p, config.validate)?),
+        None => None,
+    };
+    state.open_drift(Timestamp::now())?;
+    let Some(path) = &config.inventory else {
+        return Ok(Files {
+            subnets,
+            staged,
+            inventory: None,
+            source: Source::None,
+        });
+    };
+    let inv = Arc::new(load_inventory(path, config.validate)?);
+    for (group, resource) in WATCHED_RESOURCES {
+        state
+            .metrics
+            .set_inventory_synced(&resource_label(group, resource), true);
+    }
+    let model = Model::new(Arc::clone(&inv), &subnets, staged.as_deref())?;
+    state.set_model(Arc::new(model));
+    Ok(Files {
+        subnets,
+        staged,
+        inventory: Some(inv),
+        source: Source::Files(path.clone()),
+    })
+}
+
+/// In-cluster: the live inventory from the API server, or none (flows stay unattributed,
+/// `/readyz` says why).
+async fn connect_live(state: &AgentState, config: &AgentConfig) -> Source {
+    let access = KubeAccess::infer(config.kubeconfig.clone());
+    match kubeapi::client(&access).await {
+        Ok((client, connected)) => {
+            tracing::info!(server = %connected.server, via = %connected.via, "watching the API server");
+            Source::Live(live::start(client, live::LiveOptions::default()))
+        }
+        Err(e) => {
+            let msg = format!("no --inventory and {e}; flows stay unattributed");
+            tracing::warn!("{msg}");
+            state.set_inventory_error(msg);
+            Source::None
+        }
+    }
+}
+
+/// A change of the live inventory's health: the synced gauges, `/readyz`, and the first model
+/// once everything is listed.
+fn on_live_state(
+    state: &AgentState,
+    s: &live::SyncState,
+    source: &Source,
+    rebuild: &std::sync::mpsc::Sender<Rebuild>,
+) {
+    for (group, resource) in WATCHED_RESOURCES {
+        let name = resource_label(group, resource);
+        let ok = s.listed.contains(&name) && !s.errors.iter().any(|(r, _)| *r == name);
+        state.metrics.set_inventory_synced(&name, ok);
+    }
+    state.set_source_problem(live_problem(s), !s.errors.is_empty());
+    if s.synced
+        && state.model().is_none()
+        && let Source::Live(l) = source
+    {
+        let _ = rebuild.send(Rebuild::Snapshot(l.snapshot()));
+    }
+}
+
+/// Installs what the model builder made (telling the capture this node's pods); returns the
+/// file source's health change, if the batch reloaded the inventory files: `Some(None)`
+/// healthy again, `Some(Some(why))`.
+fn install(state: &AgentState, dp: &impl Capture, r: Rebuilt) -> Option<Option<String>> {
+    match r.model {
+        Some(Ok(m)) => {
+            if let Some(node) = &state.node {
+                set_local(dp, &m, node);
+            }
+            state.set_model(m);
+        }
+        Some(Err(e)) => state.set_inventory_error(e),
+        None => {}
+    }
+    r.inventory_load.map(Result::err)
 }
 
 /// Takes the DNS answers waiting in `rx`.
