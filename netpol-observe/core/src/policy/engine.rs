@@ -857,6 +857,12 @@ impl PolicyEngine {
         ))
     }
 
+    /// The pod table this engine was compiled on (shared with the engines compiled against
+    /// the same snapshot).
+    pub fn pod_table(&self) -> &Arc<PodTable> {
+        &self.table
+    }
+
     /// Number of compiled policies.
     pub fn policy_count(&self) -> usize {
         self.names.len()
