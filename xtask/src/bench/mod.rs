@@ -8,6 +8,7 @@ mod agent;
 mod datapath;
 mod dns_cost;
 mod engine;
+mod inventory;
 mod recommend;
 pub(crate) mod stats;
 
@@ -31,6 +32,9 @@ pub(crate) enum What {
     Engine,
     /// The recommender: 10k, 100k and 1M flow records over 5k workloads (rounds = `--pairs`).
     Recommend,
+    /// The inventory at cluster scale: 100k pods, 5k policies, 100 pod changes/s; full
+    /// builds against incremental updates (CPU, change-to-verdict latency, RSS).
+    Inventory,
 }
 
 /// Arguments of `cargo xtask bench`.
@@ -57,6 +61,7 @@ pub(crate) fn run(root: &Path, args: BenchArgs) -> Result<()> {
         What::Engine => engine::run(root, &args.extra),
         What::Recommend => recommend::run(root, &[args.pairs.to_string()]),
         What::Agent => agent::run(root, args.pairs.max(1)),
+        What::Inventory => inventory::run(root, args.pairs.max(1), &args.extra),
     }
 }
 

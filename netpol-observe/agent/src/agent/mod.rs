@@ -1279,10 +1279,15 @@ fn spawn_rebuilder(
     let spawned = std::thread::Builder::new()
         .name("model-builder".into())
         .spawn(move || {
+            // The last model built: a batch of live snapshots alone updates it for the pods
+            // that changed (`Model::next`); anything else builds anew.
+            let mut last: Option<Arc<Model>> = None;
             while let Ok(first) = rx.recv() {
                 let mut inventory_load = None;
                 let mut changed = false;
+                let mut snapshots_only = true;
                 for request in std::iter::once(first).chain(rx.try_iter()) {
+                    snapshots_only &= matches!(request, Rebuild::Snapshot(_));
                     match request {
                         Rebuild::LoadInventory(p) => match load_inventory(&p, validation) {
                             Ok(inv) => {
@@ -1315,8 +1320,13 @@ fn spawn_rebuilder(
                     }
                 }
                 let model = inventory.as_ref().filter(|_| changed).map(|inv| {
-                    Model::new(Arc::clone(inv), &subnets, staged.as_deref())
+                    let built = match last.as_ref().filter(|_| snapshots_only) {
+                        Some(prev) => prev.next(Arc::clone(inv), &subnets, staged.as_deref()),
+                        None => Model::new(Arc::clone(inv), &subnets, staged.as_deref()),
+                    };
+                    built
                         .map(Arc::new)
+                        .inspect(|m| last = Some(Arc::clone(m)))
                         .map_err(|e| {
                             tracing::error!("policies do not compile, keeping the previous model: {e}");
                             e.to_string()

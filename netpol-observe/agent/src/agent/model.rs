@@ -18,7 +18,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     attribution::{Attributor, Resolved, Subnets},
     flow::{FlowRecord, Protocol, ServiceRef},
-    inventory::{Inventory, NetworkPolicy},
+    inventory::{Inventory, NetworkPolicy, PodDiff},
     metrics::{self, Direction},
     policy::{CompactVerdict, PodTable, PolicyEngine, PolicyError, Reason, SideResult, Verdict},
 };
@@ -187,6 +187,61 @@ impl Model {
             engine,
             staged,
             services,
+            verdicts: Mutex::new(FxHashMap::default()),
+        })
+    }
+
+    /// The model for `inventory`, from this one when only pods changed since its snapshot:
+    /// the pod table, the engines' per-pod placement and the attributor are updated for just
+    /// the changed pods ([`PolicyEngine::update_pods`]); anything else (namespaces, Services,
+    /// policies, a pod the compiled engine cannot place) compiles anew ([`Model::new`]). The
+    /// verdicts are those of [`Model::new`] on `inventory`. `staged` must be the staged
+    /// policies this model was built with.
+    pub fn next(
+        &self,
+        inventory: Arc<Inventory>,
+        subnets: &Subnets,
+        staged: Option<&[NetworkPolicy]>,
+    ) -> Result<Model, PolicyError> {
+        match self.update_pods(&inventory, subnets, staged.is_some()) {
+            Some(m) => Ok(m),
+            None => Model::new(inventory, subnets, staged),
+        }
+    }
+
+    /// [`Model::next`]'s incremental path; `None` when a full build is needed.
+    fn update_pods(
+        &self,
+        inventory: &Arc<Inventory>,
+        subnets: &Subnets,
+        staged: bool,
+    ) -> Option<Model> {
+        if *subnets != self.subnets || staged != self.staged.is_some() {
+            return None;
+        }
+        let diff = PodDiff::between(&self.inventory, inventory)?;
+        let pods = self
+            .engine
+            .pod_table()
+            .update(&self.inventory, inventory, &diff);
+        let engine = self.engine.update_pods(inventory, &diff, &pods)?;
+        let staged = match &self.staged {
+            Some(s) => Some(s.update_pods(inventory, &diff, &pods)?),
+            None => None,
+        };
+        tracing::debug!(
+            changed = diff.changed(),
+            "model updated for the changed pods"
+        );
+        Some(Model {
+            policy_fingerprint: self.policy_fingerprint,
+            attributor: self.attributor.update_pods(Arc::clone(inventory), &diff),
+            peers: Mutex::new(Peers::new(inventory.pods.len())),
+            subnets: self.subnets.clone(),
+            inventory: Arc::clone(inventory),
+            engine,
+            staged,
+            services: self.services.clone(),
             verdicts: Mutex::new(FxHashMap::default()),
         })
     }

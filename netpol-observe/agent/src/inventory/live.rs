@@ -240,6 +240,111 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
     }
 }
 
+/// The live inventory without an API server: the caller delivers the watch events the
+/// reflectors would (trimmed the same way) to the same stores and snapshot builder as
+/// [`start`]. For benchmarks and tests of the update path; the pod and NetworkPolicy
+/// resources take events, every other resource is listed empty by [`Feed::list_others`].
+#[derive(Debug)]
+pub struct Feed {
+    pods: reflector::store::Writer<Pod>,
+    namespaces: reflector::store::Writer<Namespace>,
+    network_policies: reflector::store::Writer<NetworkPolicy>,
+    tx: mpsc::Sender<Report>,
+}
+
+/// Starts the snapshot builder on stores fed by the returned [`Feed`] (see [`start`]).
+pub fn feed(client: Client, options: LiveOptions) -> (LiveInventory, Feed) {
+    let (tx, rx) = mpsc::channel(1024);
+    let (pods, pods_w) = reflector::store();
+    let (namespaces, namespaces_w) = reflector::store();
+    let (network_policies, network_policies_w) = reflector::store();
+    let stores = Stores {
+        namespaces,
+        pods,
+        services: reflector::store().0,
+        nodes: reflector::store().0,
+        endpoint_slices: reflector::store().0,
+        network_policies,
+        replica_sets: reflector::store().0,
+        jobs: reflector::store().0,
+        cluster_network_policies: reflector::store().0,
+    };
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Inventory::default()));
+    let (state_tx, state_rx) = watch::channel(SyncState {
+        synced: false,
+        listed: Vec::new(),
+        errors: Vec::new(),
+    });
+    tokio::spawn(builder(
+        stores,
+        Prober { client },
+        rx,
+        snap_tx,
+        state_tx,
+        options,
+    ));
+    (
+        LiveInventory {
+            snapshot: snap_rx,
+            state: state_rx,
+        },
+        Feed {
+            pods: pods_w,
+            namespaces: namespaces_w,
+            network_policies: network_policies_w,
+            tx,
+        },
+    )
+}
+
+impl Feed {
+    /// A pod watch event, trimmed as the reflector trims it.
+    pub async fn pod(&mut self, event: watcher::Event<Pod>) {
+        let event = event.modify(trim_pod);
+        self.pods.apply_watcher_event(&event);
+        self.report(&event, resource_name("", "pods")).await;
+    }
+
+    /// A namespace watch event.
+    pub async fn namespace(&mut self, event: watcher::Event<Namespace>) {
+        let event = event.modify(trim_meta);
+        self.namespaces.apply_watcher_event(&event);
+        self.report(&event, resource_name("", "namespaces")).await;
+    }
+
+    /// A NetworkPolicy watch event.
+    pub async fn network_policy(&mut self, event: watcher::Event<NetworkPolicy>) {
+        let event = event.modify(trim_network_policy);
+        self.network_policies.apply_watcher_event(&event);
+        self.report(
+            &event,
+            resource_name("networking.k8s.io", "networkpolicies"),
+        )
+        .await;
+    }
+
+    /// Every other watched resource listed, with none.
+    pub async fn list_others(&mut self) {
+        for name in RESOURCE_NAMES {
+            if !matches!(
+                *name,
+                "pods" | "namespaces" | "networking.k8s.io/networkpolicies"
+            ) {
+                let _ = self.tx.send(Report::Listed(name)).await;
+            }
+        }
+    }
+
+    async fn report<K>(&self, event: &watcher::Event<K>, name: &'static str) {
+        let report = match event {
+            watcher::Event::InitDone => Report::Listed(name),
+            watcher::Event::Init | watcher::Event::InitApply(_) => return,
+            _ => Report::Changed(name),
+        };
+        let _ = self.tx.send(report).await;
+    }
+}
+
 /// Checks that failing resources can be listed again. A watch that resumes after an outage
 /// (same resource version, nothing changed meanwhile) reports nothing, so without this a
 /// recovered resource would stay marked as failing.
@@ -370,6 +475,7 @@ async fn builder(
     options: LiveOptions,
 ) {
     let mut tombstones: Vec<PodInfo> = Vec::new();
+    let mut cache = PodCache::default();
     let mut dirty = false;
     // When each failing resource last reported an error: the probe clears only errors older than
     // one probe interval, so the watch has had its own chance to retry (and to fail again).
@@ -422,6 +528,7 @@ async fn builder(
             match report {
                 Report::Listed(name) => {
                     dirty = true;
+                    cache.touched(name);
                     failed_at.remove(name);
                     state_tx.send_modify(|s| {
                         if !s.listed.iter().any(|l| l == name) {
@@ -432,6 +539,7 @@ async fn builder(
                 }
                 Report::Changed(name) => {
                     dirty = true;
+                    cache.touched(name);
                     failed_at.remove(name);
                     state_tx.send_if_modified(|s| {
                         let before = s.errors.len();
@@ -456,6 +564,7 @@ async fn builder(
                 &stores,
                 &previous,
                 &mut tombstones,
+                &mut cache,
                 options.tombstone_retention,
             );
             tracing::debug!(pods = inventory.pods.len(), "inventory snapshot");
@@ -465,29 +574,59 @@ async fn builder(
     }
 }
 
+/// What the snapshots keep between them so that a pod change costs the changed pod: the owner
+/// tables (rebuilt only when ReplicaSets or Jobs changed) and each pod's conversion by uid and
+/// resource version (valid while the owners are unchanged).
+#[derive(Debug, Default)]
+struct PodCache {
+    owners: Option<build::Owners>,
+    pods: HashMap<String, (String, PodInfo)>,
+}
+
+impl PodCache {
+    /// Resource `name` changed: owner changes invalidate the conversions.
+    fn touched(&mut self, name: &str) {
+        if name == "apps/replicasets" || name == "batch/jobs" {
+            self.owners = None;
+            self.pods.clear();
+        }
+    }
+
+    /// The owner tables, rebuilt from the stores when invalidated.
+    fn owners(&mut self, stores: &Stores) -> &build::Owners {
+        self.owners.get_or_insert_with(|| {
+            let mut owners = build::Owners::default();
+            for rs in stores.replica_sets.state() {
+                owners.replica_sets.insert(
+                    build::key(&rs.metadata),
+                    (
+                        build::controller_of(&rs.metadata).cloned(),
+                        Some(rs.spec.selector.clone()),
+                    ),
+                );
+            }
+            for job in stores.jobs.state() {
+                owners.jobs.insert(
+                    build::key(&job.metadata),
+                    build::controller_of(&job.metadata).cloned(),
+                );
+            }
+            owners
+        })
+    }
+}
+
 /// Builds a snapshot from the stores; objects that do not convert are logged and skipped.
+/// Pods unchanged since the previous snapshot (same uid and resource version) reuse their
+/// conversion.
 fn snapshot(
     stores: &Stores,
     previous: &Inventory,
     tombstones: &mut Vec<PodInfo>,
+    cache: &mut PodCache,
     retention: Duration,
 ) -> Inventory {
-    let mut owners = build::Owners::default();
-    for rs in stores.replica_sets.state() {
-        owners.replica_sets.insert(
-            build::key(&rs.metadata),
-            (
-                build::controller_of(&rs.metadata).cloned(),
-                Some(rs.spec.selector.clone()),
-            ),
-        );
-    }
-    for job in stores.jobs.state() {
-        owners.jobs.insert(
-            build::key(&job.metadata),
-            build::controller_of(&job.metadata).cloned(),
-        );
-    }
+    cache.owners(stores);
     let mut inv = Inventory::default();
     // One interner per snapshot: what the previous snapshot's pods (tombstones) share stays
     // shared through their own `Arc`s.
@@ -496,12 +635,30 @@ fn snapshot(
         let info = build::namespace_info(&ns, &mut interner);
         inv.namespaces.insert(info.name.clone(), info);
     }
+    let mut pods = HashMap::with_capacity(cache.pods.len());
+    let owners = cache.owners.take().unwrap_or_default();
     for pod in stores.pods.state() {
-        match build::pod_info(&pod, &owners, &mut interner) {
-            Ok(p) => inv.pods.push(p),
-            Err(err) => tracing::warn!(error = %err, "skipping pod"),
-        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let version = pod.metadata.resource_version.clone().unwrap_or_default();
+        let cached = cache
+            .pods
+            .remove(&uid)
+            .filter(|(v, _)| !uid.is_empty() && !version.is_empty() && *v == version);
+        let info = match cached {
+            Some((_, info)) => info,
+            None => match build::pod_info(&pod, &owners, &mut interner) {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::warn!(error = %err, "skipping pod");
+                    continue;
+                }
+            },
+        };
+        inv.pods.push(info.clone());
+        pods.insert(uid, (version, info));
     }
+    cache.owners = Some(owners);
+    cache.pods = pods;
     for svc in stores.services.state() {
         match build::service_info(&svc, &mut interner) {
             Ok(s) => inv.services.push(s),

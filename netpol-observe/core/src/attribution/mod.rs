@@ -19,7 +19,7 @@ pub use subnets::{NamedSubnet, Subnets, is_private};
 
 use crate::{
     flow::{Endpoint, FlowRecord, ServiceRef},
-    inventory::{Inventory, PodInfo, ServiceInfo},
+    inventory::{Inventory, PodDiff, PodInfo, ServiceInfo},
 };
 
 /// The attribution domain's errors (subnets files).
@@ -199,6 +199,59 @@ impl Attributor {
             nodes,
             services,
             subnets: subnets.clone(),
+        }
+    }
+
+    /// This attributor for the snapshot `new` when only its pods differ from the one it
+    /// indexes (`diff`, from that snapshot to `new`): the address runs of unchanged pods are
+    /// renumbered, not rebuilt, and only the Services of namespaces with changed pods look
+    /// for their backend again. Attributes as [`Attributor::shared`] on `new` does.
+    pub fn update_pods(&self, new: Arc<Inventory>, diff: &PodDiff) -> Self {
+        let old: &[PodInfo] = &self.pods;
+        let old_inv = match &self.pods {
+            Pods::Shared(inv) => Arc::clone(inv),
+            Pods::Owned(pods) => Arc::new(Inventory {
+                pods: pods.clone(),
+                ..Inventory::default()
+            }),
+        };
+        debug_assert_eq!(old.len(), old_inv.pods.len());
+        let (by_ip, ip_pods) =
+            diff.update_ip_runs(&old_inv, &new, &self.by_ip, &self.ip_pods, |i| i, |i| i);
+        let by_name: Box<[u32]> = (0..u32::try_from(new.pods.len()).unwrap_or(u32::MAX)).collect();
+        let services = self
+            .services
+            .iter()
+            .map(|(ip, (svc, backend))| {
+                let kept = if diff.touches(&svc.namespace) {
+                    None
+                } else {
+                    match backend {
+                        None => Some(None),
+                        Some(b) => diff.renumber(*b).map(Some),
+                    }
+                };
+                let backend = match kept {
+                    Some(b) => b,
+                    None => PodDiff::first_backend(&new, svc).and_then(|b| {
+                        named_run(&by_name, &new.pods, &b.namespace, &b.name)
+                            .iter()
+                            .rev()
+                            .find(|i| new.pods[**i as usize].deleted.is_none())
+                            .map(|i| *i as usize)
+                    }),
+                };
+                (*ip, (svc.clone(), backend))
+            })
+            .collect();
+        Attributor {
+            pods: Pods::Shared(new),
+            by_ip,
+            ip_pods: ip_pods.into_boxed_slice(),
+            by_name,
+            nodes: self.nodes.clone(),
+            services,
+            subnets: self.subnets.clone(),
         }
     }
 

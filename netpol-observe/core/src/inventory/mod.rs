@@ -7,6 +7,7 @@
 //! comfortably; NetworkPolicies are kept whole.
 
 pub mod build;
+mod diff;
 mod error;
 mod files;
 mod intern;
@@ -18,6 +19,7 @@ use jiff::Timestamp;
 pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 pub use build::KubeObject;
+pub use diff::PodDiff;
 pub use error::InventoryError;
 pub use files::{LoadedInventory, Validation};
 pub use intern::{Interner, Labels, Name};

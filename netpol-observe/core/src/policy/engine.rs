@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     flow::{Endpoint, FlowRecord, Protocol},
-    inventory::{ContainerPortInfo, Inventory, NetworkPolicy, ServiceInfo},
+    inventory::{ContainerPortInfo, Inventory, NetworkPolicy, PodDiff, PodInfo, ServiceInfo},
 };
 
 /// A pod as the engines see it (the fields a verdict reads on every flow are in each engine's
@@ -93,14 +93,7 @@ impl PodTable {
                     by_ip.entry(*ip).or_default().push(idx);
                 }
             }
-            pods.push(PodEntry {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                ips: p.ips.as_slice().into(),
-                ports: Arc::clone(&p.container_ports),
-                created: p.created,
-                deleted: p.deleted,
-            });
+            pods.push(pod_entry(p));
         }
         let mut by_name: Vec<u32> = (0..to_u32(pods.len())).collect();
         by_name.sort_by(|a, b| {
@@ -109,26 +102,10 @@ impl PodTable {
         });
         let mut services = FxHashMap::default();
         for svc in &inventory.services {
-            let backend = inventory.service_backends(svc).first().and_then(|b| {
-                by_name_run(&by_name, &pods, &b.namespace, &b.name)
-                    .iter()
-                    .rev()
-                    .find(|i| pods[**i as usize].deleted.is_none())
-                    .copied()
-            });
+            let first = inventory.service_backends(svc).first().copied();
+            let entry = service_entry(inventory, svc, first, &by_name, &pods);
             for ip in &svc.cluster_ips {
-                services.insert(
-                    *ip,
-                    ServiceEntry {
-                        info: svc.clone(),
-                        backend,
-                        endpoints: backend
-                            .is_none()
-                            .then(|| inventory.address_endpoints(svc))
-                            .flatten()
-                            .and_then(|e| Some((*e.addresses.first()?, e))),
-                    },
-                );
+                services.insert(*ip, entry.clone());
             }
         }
         let mut ip_pods = Vec::with_capacity(pods.len());
@@ -147,6 +124,55 @@ impl PodTable {
             by_name: by_name.into_boxed_slice(),
             node_ids,
             node_by_ip,
+            services,
+        })
+    }
+
+    /// The table of `new` from this one, built from `old`, when only pods changed (`diff`):
+    /// the address runs of unchanged pods are renumbered, not rebuilt, and only the Services
+    /// of namespaces with changed pods look for their backend again.
+    pub fn update(&self, old: &Inventory, new: &Inventory, diff: &PodDiff) -> Arc<PodTable> {
+        let pods: Vec<PodEntry> = new.pods.iter().map(pod_entry).collect();
+        // Pods are in namespace, name order: the name index is the identity.
+        let by_name: Box<[u32]> = (0..to_u32(pods.len())).collect();
+        let (by_ip, ip_pods) =
+            diff.update_ip_runs(old, new, &self.by_ip, &self.ip_pods, |i| i as usize, to_u32);
+        let services = self
+            .services
+            .iter()
+            .map(|(ip, e)| {
+                let kept = if diff.touches(&e.info.namespace) {
+                    None
+                } else {
+                    match e.backend {
+                        None => Some(None),
+                        Some(b) => diff.renumber(b as usize).map(|n| Some(to_u32(n))),
+                    }
+                };
+                let entry = match kept {
+                    Some(backend) => ServiceEntry {
+                        info: e.info.clone(),
+                        backend,
+                        endpoints: e.endpoints.clone(),
+                    },
+                    None => service_entry(
+                        new,
+                        &e.info,
+                        PodDiff::first_backend(new, &e.info),
+                        &by_name,
+                        &pods,
+                    ),
+                };
+                (*ip, entry)
+            })
+            .collect();
+        Arc::new(PodTable {
+            pods: pods.into_boxed_slice(),
+            by_ip,
+            ip_pods: ip_pods.into_boxed_slice(),
+            by_name,
+            node_ids: self.node_ids.clone(),
+            node_by_ip: self.node_by_ip.clone(),
             services,
         })
     }
@@ -271,14 +297,14 @@ type PortList = Box<[(u32, Protocol, u16)]>;
 #[derive(Debug)]
 struct Core {
     /// Groups of pods selected by the same policies and their merged rule tables.
-    tables: Tables,
+    tables: Arc<Tables>,
     /// Per pod, its list in `port_lists`.
     named_ports: Box<[u32]>,
     /// The distinct lists of container ports whose names some rule uses: (name id, protocol,
     /// port), in container order (pods of one workload share theirs).
-    port_lists: Box<[PortList]>,
+    port_lists: Arc<[PortList]>,
     /// Rule and policy names, for lazy explanations.
-    rule_names: RuleNames,
+    rule_names: Arc<RuleNames>,
 }
 
 impl Core {
@@ -349,6 +375,28 @@ pub struct PolicyEngine {
     /// The ClusterNetworkPolicy tiers, when there are any (`None`: the NetworkPolicy-only
     /// path, unchanged).
     tiers: Option<Arc<ClusterTiers>>,
+    /// What places a changed pod without recompiling ([`PolicyEngine::update_pods`]).
+    selection: Arc<Selection>,
+}
+
+/// What an engine keeps from its compile to place a new or changed pod (its peer class, the
+/// groups of the policies selecting it, its named ports) without recompiling.
+#[derive(Debug)]
+struct Selection {
+    /// The compile's label interner (looked up, never extended).
+    interner: Interner,
+    /// The label keys peer selectors look at.
+    peer_keys: std::collections::HashSet<u32>,
+    /// Namespace ids.
+    ns_ids: HashMap<String, u32>,
+    /// Peer classes by (namespace, labels projected on `peer_keys`).
+    class_ids: HashMap<(u32, Vec<(u32, u32)>), u32>,
+    /// Per namespace, its policies: (index, podSelector, has Ingress, has Egress), ascending.
+    ns_policies: HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>>,
+    /// The groups by direction (ingress) and list of selecting policies.
+    groups: HashMap<(bool, Box<[u32]>), u32>,
+    /// The named-port lists by content.
+    port_list_ids: HashMap<PortList, u32>,
 }
 
 impl PolicyEngine {
@@ -497,6 +545,16 @@ impl PolicyEngine {
         for policy in &compiled {
             policy_ns.push(ns_id(&policy.namespace, &mut interner, &mut ns_labels));
         }
+        let mut ns_policies: HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>> =
+            HashMap::new();
+        for (pi, policy) in compiled.iter().enumerate() {
+            ns_policies.entry(policy_ns[pi]).or_default().push((
+                to_u32(pi),
+                policy.pod_selector.clone(),
+                policy.ingress.is_some(),
+                policy.egress.is_some(),
+            ));
+        }
         for (pi, policy) in compiled.iter_mut().enumerate() {
             for rule in policy
                 .ingress
@@ -633,6 +691,7 @@ impl PolicyEngine {
                 );
             }
         }
+        let groups = builder.groups();
         let tables = builder.finish();
         let rule_names = tables.rule_names(&names);
         let mut list_ids: HashMap<PortList, u32> = HashMap::new();
@@ -659,15 +718,149 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             names,
             core: Arc::new(Core {
-                tables,
+                tables: Arc::new(tables),
                 named_ports,
-                port_lists: port_lists.into_boxed_slice(),
-                rule_names,
+                port_lists: port_lists.into(),
+                rule_names: Arc::new(rule_names),
             }),
             table,
             hot,
             tiers,
+            selection: Arc::new(Selection {
+                interner,
+                peer_keys,
+                ns_ids,
+                class_ids,
+                ns_policies,
+                groups,
+                port_list_ids: list_ids,
+            }),
         })
+    }
+
+    /// This engine for `new` (its policies compiled against `new`), made from this one
+    /// (compiled against `old`) when only pods changed (`diff`), on the pod table `table`
+    /// built for `new` ([`PodTable::update`]): unchanged pods keep their place, changed ones
+    /// are placed by the compile's lookups (peer class, groups of the policies selecting them,
+    /// named ports). `None` when that is not enough — a pod whose labels make a peer class or
+    /// a list of selecting policies the compile did not see, a new list of named ports, or
+    /// ClusterNetworkPolicies (compiled per pod): then compile again. The verdicts are those
+    /// of an engine compiled against `new`.
+    pub fn update_pods(
+        &self,
+        new: &Inventory,
+        diff: &PodDiff,
+        table: &Arc<PodTable>,
+    ) -> Option<PolicyEngine> {
+        if self.tiers.is_some() || !table.indexes(new) || diff.old_of_new.len() != new.pods.len() {
+            return None;
+        }
+        let mut hot = Vec::with_capacity(new.pods.len());
+        let mut named_ports = Vec::with_capacity(new.pods.len());
+        for (p, old) in new.pods.iter().zip(&diff.old_of_new) {
+            let kept = old.and_then(|o| {
+                Some((
+                    *self.hot.get(o as usize)?,
+                    *self.core.named_ports.get(o as usize)?,
+                ))
+            });
+            let (h, n) = match kept {
+                Some(k) => k,
+                None => self.place(p, table)?,
+            };
+            hot.push(h);
+            named_ports.push(n);
+        }
+        Some(PolicyEngine {
+            names: self.names.clone(),
+            core: Arc::new(Core {
+                tables: Arc::clone(&self.core.tables),
+                named_ports: named_ports.into_boxed_slice(),
+                port_lists: Arc::clone(&self.core.port_lists),
+                rule_names: Arc::clone(&self.core.rule_names),
+            }),
+            table: Arc::clone(table),
+            hot,
+            tiers: None,
+            selection: Arc::clone(&self.selection),
+        })
+    }
+
+    /// A new or changed pod's place as the compile would give it, when the compile saw its
+    /// peer class, groups and named-port list.
+    fn place(&self, p: &PodInfo, table: &PodTable) -> Option<(PodHot, u32)> {
+        let sel = &*self.selection;
+        let ns = *sel.ns_ids.get(p.namespace.as_str())?;
+        // Strings the compile never saw cannot be named by a selector: such a key is dropped,
+        // such a value is one that no selector value equals.
+        let mut labels: Vec<(u32, u32)> = p
+            .labels
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    sel.interner.get(k)?,
+                    sel.interner.get(v).unwrap_or(u32::MAX),
+                ))
+            })
+            .collect();
+        labels.sort_unstable();
+        let (class, ingress, egress) = if p.host_network {
+            (NO_CLASS, NO_GROUP, NO_GROUP)
+        } else {
+            let projected: Vec<(u32, u32)> = labels
+                .iter()
+                .filter(|(k, _)| sel.peer_keys.contains(k))
+                .copied()
+                .collect();
+            let class = *sel.class_ids.get(&(ns, projected))?;
+            let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+            for (pi, selector, i, e) in sel.ns_policies.get(&ns).into_iter().flatten() {
+                if selector.matches(&labels) {
+                    if *i {
+                        ingress.push(*pi);
+                    }
+                    if *e {
+                        egress.push(*pi);
+                    }
+                }
+            }
+            let group = |dir: bool, list: Vec<u32>| -> Option<u32> {
+                if list.is_empty() {
+                    return Some(NO_GROUP);
+                }
+                sel.groups.get(&(dir, list.into_boxed_slice())).copied()
+            };
+            (class, group(true, ingress)?, group(false, egress)?)
+        };
+        let list: Box<[_]> = p
+            .container_ports
+            .iter()
+            .filter_map(|c| {
+                let id = self.core.tables.port_name(c.name.as_deref()?)?;
+                Some((id, c.protocol, c.port))
+            })
+            .collect();
+        let named = *sel.port_list_ids.get(&list)?;
+        Some((
+            PodHot {
+                class,
+                node: p
+                    .node_name
+                    .as_ref()
+                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
+                    .unwrap_or(NO_NODE),
+                ingress,
+                egress,
+                host_network: p.host_network,
+            },
+            named,
+        ))
+    }
+
+    /// The pod table this engine was compiled on (shared with the engines compiled against
+    /// the same snapshot).
+    pub fn pod_table(&self) -> &Arc<PodTable> {
+        &self.table
     }
 
     /// Number of compiled policies.
@@ -1145,6 +1338,44 @@ impl PolicyEngine {
 }
 
 /// The run of `by_name` (pod indices sorted by namespace then name) naming pod `ns/name`.
+fn pod_entry(p: &PodInfo) -> PodEntry {
+    PodEntry {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        ips: p.ips.as_slice().into(),
+        ports: Arc::clone(&p.container_ports),
+        created: p.created,
+        deleted: p.deleted,
+    }
+}
+
+/// The entry of `svc` whose first backend (in [`Inventory::service_backends`] order) is
+/// `first`: the newest live pod of that name.
+fn service_entry(
+    inventory: &Inventory,
+    svc: &ServiceInfo,
+    first: Option<&PodInfo>,
+    by_name: &[u32],
+    pods: &[PodEntry],
+) -> ServiceEntry {
+    let backend = first.and_then(|b| {
+        by_name_run(by_name, pods, &b.namespace, &b.name)
+            .iter()
+            .rev()
+            .find(|i| pods[**i as usize].deleted.is_none())
+            .copied()
+    });
+    ServiceEntry {
+        info: svc.clone(),
+        backend,
+        endpoints: backend
+            .is_none()
+            .then(|| inventory.address_endpoints(svc))
+            .flatten()
+            .and_then(|e| Some((*e.addresses.first()?, e))),
+    }
+}
+
 fn by_name_run<'a>(by_name: &'a [u32], pods: &[PodEntry], ns: &str, name: &str) -> &'a [u32] {
     let key = |i: &u32| {
         let p = &pods[*i as usize];

@@ -27,6 +27,8 @@ pub mod cluster;
 mod compile;
 mod engine;
 mod error;
+#[cfg(test)]
+mod incremental_tests;
 mod names;
 #[cfg(any(test, feature = "testing"))]
 pub mod reference;

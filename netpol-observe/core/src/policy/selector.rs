@@ -186,6 +186,11 @@ impl Interner {
         id
     }
 
+    /// The id of `s`, if interned.
+    pub(crate) fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
     /// Interned labels, sorted by key id.
     pub(crate) fn labels<K: AsRef<str>, V: AsRef<str>>(
         &mut self,

@@ -518,3 +518,121 @@ pub fn flows(inventory: &Inventory, count: usize, seed: u64) -> Vec<FlowRecord> 
         })
         .collect()
 }
+
+/// One kind of pod change ([`churn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodChange {
+    /// A new pod (sometimes on the address of a deleted one).
+    Add,
+    /// A live pod deleted: kept with its deletion time (a tombstone).
+    Delete,
+    /// A live pod's labels changed (another app, canary toggled).
+    Labels,
+    /// A live pod's address changed (a fresh one).
+    Ip,
+}
+
+/// Applies one random pod change to `inventory` (pods only; namespaces, Services and
+/// policies untouched) at time `now`, with `serial` making the new pod's name, uid and
+/// address unique; the pods stay in inventory order. Returns the change and the changed
+/// pod's uid. The changes are what a pod watch delivers at cluster scale: adds, deletes,
+/// label and address changes.
+pub fn churn(
+    inventory: &mut Inventory,
+    rng: &mut Rng,
+    serial: usize,
+    now: Timestamp,
+) -> (PodChange, String) {
+    let mut interner = Interner::default();
+    let live: Vec<usize> = (0..inventory.pods.len())
+        .filter(|i| inventory.pods[*i].deleted.is_none() && !inventory.pods[*i].host_network)
+        .collect();
+    let change = match rng.below(4) {
+        _ if live.is_empty() => PodChange::Add,
+        0 => PodChange::Add,
+        1 => PodChange::Delete,
+        2 => PodChange::Labels,
+        _ => PodChange::Ip,
+    };
+    let fresh_ip = |serial: usize| {
+        IpAddr::from([
+            10,
+            200 + (serial >> 16) as u8,
+            (serial >> 8) as u8,
+            serial as u8,
+        ])
+    };
+    let uid = match change {
+        PodChange::Add => {
+            let template = inventory.pods[rng.below(inventory.pods.len())].clone();
+            let namespaces: Vec<&String> = inventory.namespaces.keys().collect();
+            let ns = (*rng.pick(&namespaces)).clone();
+            let app = rng.below(APPS);
+            let mut l = vec![
+                ("app", format!("app-{app}")),
+                ("tier", TIERS[app % 3].to_owned()),
+                (
+                    "pod-template-hash",
+                    format!("{:x}", rng.next_u64() & 0xffff),
+                ),
+            ];
+            if rng.chance(10) {
+                l.push(("canary", "true".into()));
+            }
+            // Sometimes the address of a deleted pod (IP reuse).
+            let reused = inventory
+                .pods
+                .iter()
+                .filter(|p| p.deleted.is_some() && !p.host_network)
+                .nth(rng.below(8))
+                .and_then(|p| p.ips.first().copied())
+                .filter(|_| rng.chance(30));
+            let uid = format!("churn-uid-{serial}");
+            inventory.pods.push(PodInfo {
+                namespace: interner.name(&ns),
+                name: format!("app-{app}-churn-{serial}").into(),
+                uid: uid.as_str().into(),
+                labels: labels_in(&mut interner, &l),
+                selector_labels: labels_in(&mut interner, &[("app", format!("app-{app}"))]),
+                ips: vec![reused.unwrap_or_else(|| fresh_ip(serial))],
+                host_network: false,
+                node_name: template.node_name,
+                workload: interner.workload("Deployment", &format!("app-{app}")),
+                container_ports: template.container_ports,
+                created: Some(now),
+                deleted: None,
+            });
+            uid
+        }
+        PodChange::Delete => {
+            let p = &mut inventory.pods[*rng.pick(&live)];
+            p.deleted = Some(now);
+            p.uid.to_string()
+        }
+        PodChange::Labels => {
+            let p = &mut inventory.pods[*rng.pick(&live)];
+            let app = rng.below(APPS);
+            let mut l: Vec<(&str, String)> = p
+                .labels
+                .iter()
+                .filter(|(k, _)| !matches!(&**k, "app" | "tier" | "canary"))
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+            l.push(("app", format!("app-{app}")));
+            l.push(("tier", TIERS[app % 3].to_owned()));
+            if rng.chance(20) {
+                l.push(("canary", "true".into()));
+            }
+            let labels = labels_in(&mut interner, &l);
+            p.labels = labels;
+            p.uid.to_string()
+        }
+        PodChange::Ip => {
+            let p = &mut inventory.pods[*rng.pick(&live)];
+            p.ips = vec![fresh_ip(serial)];
+            p.uid.to_string()
+        }
+    };
+    crate::inventory::build::finish(inventory);
+    (change, uid)
+}

@@ -807,6 +807,11 @@ impl<'a> TablesBuilder<'a> {
         }
     }
 
+    /// The groups made so far, by direction (ingress) and list of selecting policies.
+    pub(crate) fn groups(&self) -> HashMap<(bool, Box<[u32]>), GroupRef> {
+        self.group_ids.clone()
+    }
+
     /// The finished tables: the group records, the address regions of the ipBlocks and the
     /// condition rows.
     pub(crate) fn finish(self) -> Tables {

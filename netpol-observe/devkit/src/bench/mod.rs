@@ -3,4 +3,5 @@
 
 pub mod agent;
 pub mod engine;
+pub mod inventory;
 pub mod recommend;

@@ -4,6 +4,7 @@
 mod agent;
 mod engine;
 mod hooks;
+mod inventory;
 mod recommend;
 
 use std::{io::Write, process::ExitCode};
@@ -40,6 +41,9 @@ enum Command {
     Recommend(recommend::Args),
     /// Agent pipeline benchmark (`cargo xtask bench agent`).
     Agent(agent::Args),
+    /// Inventory at cluster scale: pod churn through the live inventory into models
+    /// (`cargo xtask bench inventory`).
+    Inventory(inventory::Args),
     /// Datapath hook helpers (`cargo xtask bench datapath`).
     Hooks(hooks::Args),
 }
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Recommend(args) => recommend::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Hooks(args) => hooks::run(args).await,
+            Command::Inventory(args) => inventory::run(args).await,
         }
     });
     match outcome {
