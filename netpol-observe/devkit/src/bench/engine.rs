@@ -56,8 +56,12 @@ pub struct BenchRow {
     /// Median verdicts per second of [`PolicyEngine::evaluate`] with both explanations read
     /// (every allowing rule found, rule and policy names resolved): what printing costs.
     pub read_verdicts_per_sec: f64,
+    /// Every round's explained-and-read verdicts per second, in round order.
+    pub read_samples: Vec<f64>,
     /// Median verdicts per second of [`PolicyEngine::evaluate_compact`] (no explanation).
     pub compact_verdicts_per_sec: f64,
+    /// Every round's compact verdicts per second, in round order.
+    pub compact_samples: Vec<f64>,
     /// Share of allowed verdicts (sanity: the workload is not trivial).
     pub allowed_share: f64,
 }
@@ -128,7 +132,9 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, PolicyError> {
             verdicts_per_sec: median(&speed[i]),
             samples: speed[i].clone(),
             read_verdicts_per_sec: median(&read[i]),
+            read_samples: read[i].clone(),
             compact_verdicts_per_sec: median(&compact[i]),
+            compact_samples: compact[i].clone(),
             allowed_share: allowed_share[i],
         })
         .collect())

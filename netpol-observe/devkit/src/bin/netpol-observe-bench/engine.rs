@@ -73,5 +73,26 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             samples.join(" ")
         )?;
     }
+    // The quality bar: explained-and-read verdicts at 10k policies, and their slowdown from
+    // the first (smallest) count.
+    if let (Some(first), Some(at_10k)) = (rows.first(), rows.iter().find(|r| r.policies == 10_000))
+    {
+        let (lo, hi) = spread(&at_10k.read_samples);
+        outln!(
+            "explained and read at 10k: {:.2} M/s (rounds {:.2}–{:.2} M), target ≥ 1M/s; slowdown {}→10k: {:.2}×, target ≤ 3×",
+            at_10k.read_verdicts_per_sec / 1e6,
+            lo / 1e6,
+            hi / 1e6,
+            first.policies,
+            first.read_verdicts_per_sec / at_10k.read_verdicts_per_sec.max(1e-9),
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The smallest and largest of `samples` (0 when there are none).
+fn spread(samples: &[f64]) -> (f64, f64) {
+    let lo = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = samples.iter().copied().fold(0.0, f64::max);
+    (if lo.is_finite() { lo } else { 0.0 }, hi)
 }
