@@ -50,7 +50,7 @@ pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
         )?;
         files.push(file);
     }
-    let mut arms: Vec<(&str, PathBuf)> = vec![("jsonl", bin.clone()), ("streamed", bin.clone())];
+    let mut arms: Vec<(&str, PathBuf)> = vec![("jsonl", bin.clone()), ("streamed", bin)];
     if let Some(b) = &before {
         arms.insert(0, ("before", b.clone()));
     }
