@@ -469,6 +469,13 @@ fn flows_the_policies_in_force_denied_are_not_learned() {
     let rec =
         Recommender::new(&inventory, &s.subnets, RecommendConfig::default()).recommend(&s.flows);
     assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_streamed(
+        &inventory,
+        &s.subnets,
+        RecommendConfig::default(),
+        &s.flows.clone().into(),
+        &rec,
+    );
     assert_eq!(
         allowed(&rec, &inventory, &[legit, db, world]),
         [true, false, false]
@@ -550,8 +557,15 @@ fn flows_the_policies_in_force_denied_are_not_learned() {
         include_denied: true,
         ..RecommendConfig::default()
     };
-    let rec = Recommender::new(&inventory, &s.subnets, config).recommend(&s.flows);
+    let rec = Recommender::new(&inventory, &s.subnets, config.clone()).recommend(&s.flows);
     assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_streamed(
+        &inventory,
+        &s.subnets,
+        config,
+        &s.flows.clone().into(),
+        &rec,
+    );
     assert_eq!(
         allowed(&rec, &inventory, &[legit, db, world]),
         [true, true, true]
@@ -607,6 +621,13 @@ fn denied_but_delivered_flows_are_learned_and_noted() {
     let rec = Recommender::new(&inventory, &s.subnets, RecommendConfig::default())
         .recommend_recorded(&input);
     assert!(!rec.self_check_failed(), "{:#?}", rec.notes);
+    assert_streamed(
+        &inventory,
+        &s.subnets,
+        RecommendConfig::default(),
+        &input,
+        &rec,
+    );
     let listed: Vec<(String, u64, DeniedOutcome)> = rec
         .denied
         .iter()

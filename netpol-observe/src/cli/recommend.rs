@@ -16,11 +16,12 @@ use super::{
 };
 use crate::{
     attribution::Subnets,
+    flow::{FlowRecord, jsonl::FlowLineError},
     inventory::{Inventory, NetworkPolicy, Validation},
     names,
     policy::PolicyEngine,
     recommend::{
-        PolicyFormat, PublicIngress, RecommendConfig, Recommender, RecordedFlows, diff,
+        FlowAggregate, PolicyFormat, PublicIngress, RecommendConfig, Recommender, diff,
         format::RenderedObject, prometheus_seen, render_objects, sources,
     },
 };
@@ -199,7 +200,6 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),
     };
-    let (flows, bad) = collect_flows(&args, &inventory, &subnets).await?;
     let config = RecommendConfig {
         default_deny: !args.no_default_deny,
         exclude_namespaces: args.exclude_namespace.clone(),
@@ -213,7 +213,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         include_denied: args.include_denied,
     };
     let recommender = Recommender::new(&inventory, &subnets, config);
-    let rec = recommender.recommend_recorded(&flows);
+    // The records are folded as they are read: memory follows the distinct connections, not
+    // the number of records (see `recommend::aggregate`).
+    let (flows, bad) = collect_flows(&args, &inventory, &subnets, &recommender).await?;
+    let rec = recommender.recommend_aggregate(&flows);
     for note in &rec.notes {
         if note.starts_with("warning: ") {
             errln!("{note}");
@@ -243,20 +246,24 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.format == PolicyFormat::ClusterNetworkPolicy {
         // The ClusterNetworkPolicies must take away nothing the NetworkPolicies allow.
         let cluster = crate::recommend::cluster_policy::render(&rec, &inventory);
-        let mut attributed = flows.flows.clone();
-        for f in &mut attributed {
-            recommender.attributor().attribute(f);
-        }
-        let denied =
-            crate::recommend::cluster_policy::check(&rec, &cluster, &inventory, &attributed)
-                .context("self-check of the ClusterNetworkPolicies")?;
+        let attributed = attributed(&flows, &recommender);
+        let denied = crate::recommend::cluster_policy::check_weighted(
+            &rec,
+            &cluster,
+            &inventory,
+            attributed.iter().map(|(f, n)| (f, *n)),
+        )
+        .context("self-check of the ClusterNetworkPolicies")?;
         if !denied.is_empty() {
-            for d in denied.iter().take(20) {
+            let lines = denied
+                .iter()
+                .flat_map(|(d, n)| std::iter::repeat_n(d, usize::try_from(*n).unwrap_or(0)));
+            for d in lines.take(20) {
                 errln!("self-check: the ClusterNetworkPolicies deny an observed flow {d}");
             }
             anyhow::bail!(
                 "self-check failed: the ClusterNetworkPolicies deny {} observed flow(s) the NetworkPolicies allow; nothing was written",
-                denied.len()
+                denied.iter().map(|(_, n)| n).sum::<u64>()
             );
         }
     }
@@ -285,15 +292,12 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             &inventory,
         )
         .context("the inventory's current NetworkPolicies")?;
-        let mut attributed = flows.flows;
-        for f in &mut attributed {
-            recommender.attributor().attribute(f);
-        }
-        let mut report = diff::diff(
+        let attributed = attributed(&flows, &recommender);
+        let mut report = diff::diff_weighted(
             &inventory.network_policies,
             &inventory,
             &engine,
-            &attributed,
+            attributed.iter().map(|(f, n)| (f, *n)),
         );
         report.denied_in_force = rec.denied;
         match report_output {
@@ -383,13 +387,26 @@ fn is_dir_target(path: &Path) -> bool {
     path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/')
 }
 
+/// Each group's first record of `flows` attributed, with the records it stands for.
+fn attributed(flows: &FlowAggregate, recommender: &Recommender<'_>) -> Vec<(FlowRecord, u64)> {
+    flows
+        .records_weighted()
+        .map(|(f, n)| {
+            let mut f = f.clone();
+            recommender.attributor().attribute(&mut f);
+            (f, n)
+        })
+        .collect()
+}
+
 /// The flows of `--flows`, `--agent` or `--prometheus` with the verdicts their source recorded,
-/// and the number of unreadable lines (each reported on stderr).
+/// folded as they are read, and the number of unreadable lines (each reported on stderr).
 async fn collect_flows(
     args: &Args,
     inventory: &Inventory,
     subnets: &Subnets,
-) -> anyhow::Result<(RecordedFlows, usize)> {
+    recommender: &Recommender<'_>,
+) -> anyhow::Result<(FlowAggregate, usize)> {
     let mut bad = 0;
     if let Some(url) = &args.prometheus {
         let base = url.trim_end_matches('/');
@@ -446,7 +463,7 @@ async fn collect_flows(
         for n in notes {
             errln!("note: {n}");
         }
-        return Ok((flows, 0));
+        return Ok((recommender.aggregate_recorded(&flows), 0));
     }
     if !args.agent.is_empty() {
         let mut lists = Vec::new();
@@ -490,26 +507,75 @@ async fn collect_flows(
             bad += errors.len();
             lists.push(flows);
         }
-        return Ok((sources::merge_recorded(lists), bad));
+        // The agents' answers are held (each is bounded by its agent's flow store) to drop
+        // the records several agents made of one flow.
+        let merged = sources::merge_recorded(lists);
+        return Ok((recommender.aggregate_recorded(&merged), bad));
     }
-    let mut lists = Vec::new();
-    for path in &args.flows {
-        let (flows, errors) = sources::read_flow_file(path);
-        for e in &errors {
-            errln!("error: {e}");
-        }
-        bad += errors.len();
-        lists.push(flows);
-    }
+    // stdin cannot be read twice (a pass may ask for another): it is kept in a file.
+    let stdin = match args.flows.iter().any(|p| p == Path::new("-")) {
+        true => Some(Spool::stdin()?),
+        false => None,
+    };
     // Several files are concatenated, as before: only agents' answers are de-duplicated.
-    let mut flows = RecordedFlows::default();
-    for list in lists {
-        let mut verdicts = list.verdicts.into_iter();
-        for f in list.flows {
-            flows.push(f, verdicts.next().flatten());
+    let flows = recommender.aggregate(|agg| {
+        let report = agg.pass() == 0;
+        let mut each = |line: Result<_, FlowLineError>| match line {
+            Ok((f, v)) => agg.push(f, v),
+            Err(e) => {
+                if report {
+                    errln!("error: {e}");
+                    bad += 1;
+                }
+            }
+        };
+        for path in &args.flows {
+            match &stdin {
+                Some(spool) if path == Path::new("-") => {
+                    let file = std::fs::File::open(&spool.0)
+                        .with_context(|| format!("cannot read {}", spool.0.display()))?;
+                    sources::stream_flow_reader(
+                        path,
+                        std::io::BufReader::with_capacity(1 << 16, file),
+                        &mut each,
+                    );
+                }
+                _ => sources::stream_flow_file(path, &mut each),
+            }
         }
-    }
+        anyhow::Ok(())
+    })?;
     Ok((flows, bad))
+}
+
+/// stdin copied to a temporary file (removed when dropped).
+struct Spool(PathBuf);
+
+impl Spool {
+    fn stdin() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "netpol-observe-stdin-{}-{nanos}.jsonl",
+            std::process::id()
+        ));
+        let spool = Spool(path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&spool.0)
+            .with_context(|| format!("cannot create {}", spool.0.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut file)
+            .with_context(|| format!("cannot copy stdin to {}", spool.0.display()))?;
+        Ok(spool)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use netpol_observe_core::{
     flow::{FlowRecord, Protocol},
     inventory::{Inventory, NetworkPolicy},
     policy::PolicyEngine,
-    recommend::{RecommendConfig, Recommendation, Recommender, render_yaml},
+    recommend::{RecommendConfig, Recommendation, Recommender, RecordedFlows, render_yaml},
 };
 use serde_json::{Value, json};
 
@@ -294,6 +294,36 @@ pub(crate) fn parse_policies(yaml: &str) -> Vec<NetworkPolicy> {
     serde_saphyr::from_multiple(yaml).unwrap()
 }
 
+/// The streamed path (records folded as they are read) says what `rec`, made from `input`
+/// held, says.
+pub(crate) fn assert_streamed(
+    inventory: &Inventory,
+    subnets: &Subnets,
+    config: RecommendConfig,
+    input: &RecordedFlows,
+    rec: &Recommendation,
+) {
+    let recommender = Recommender::new(inventory, subnets, config);
+    let streamed = recommender.recommend_aggregate(&recommender.aggregate_recorded(input));
+    assert_same(rec, &streamed);
+}
+
+/// `a` and `b` say the same: policies (as YAML), notes, counts, denied flows, hints.
+pub(crate) fn assert_same(a: &Recommendation, b: &Recommendation) {
+    assert_eq!(
+        render_yaml(&a.policies).unwrap(),
+        render_yaml(&b.policies).unwrap()
+    );
+    assert_eq!(a.notes, b.notes);
+    assert_eq!(a.stats, b.stats);
+    assert_eq!(
+        serde_json::to_string(&a.denied).unwrap(),
+        serde_json::to_string(&b.denied).unwrap()
+    );
+    assert_eq!(a.hints, b.hints);
+    assert_eq!(a.excluded_namespaces, b.excluded_namespaces);
+}
+
 /// Everything a scenario needs.
 #[derive(Debug)]
 pub(crate) struct Scenario {
@@ -330,10 +360,15 @@ impl Scenario {
     /// results for scenario-specific assertions.
     pub(crate) fn check(&self) -> Checked {
         let inventory = self.cluster.inventory();
-        let rec =
-            Recommender::new(&inventory, &self.subnets, self.config.clone()).recommend(&self.flows);
+        let recommender = Recommender::new(&inventory, &self.subnets, self.config.clone());
+        let rec = recommender.recommend(&self.flows);
         assert_eq!(rec.stats.self_check_denied, 0, "notes: {:#?}", rec.notes);
         let yaml = render_yaml(&rec.policies).unwrap();
+        // The streamed path (records folded as they are read, `recommend` on the CLI) gives the
+        // same recommendation, byte for byte.
+        let streamed = recommender
+            .recommend_aggregate(&recommender.aggregate_recorded(&self.flows.clone().into()));
+        assert_same(&rec, &streamed);
         let policies = parse_policies(&yaml);
         assert_eq!(policies, rec.policies, "YAML round trip");
         let engine = PolicyEngine::compile(&policies, &inventory).unwrap();

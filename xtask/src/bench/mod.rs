@@ -30,7 +30,8 @@ pub(crate) enum What {
     Agent,
     /// The policy engine: 1M verdicts against 10 / 100 / 1k / 10k policies over 10k pods.
     Engine,
-    /// The recommender: 10k, 100k and 1M flow records over 5k workloads (rounds = `--pairs`).
+    /// The recommender: 1M and 10M flow records over 5k workloads, streamed from a JSON-lines
+    /// file as `recommend --flows` reads them (rounds = `--pairs`; `-- --before BIN`).
     Recommend,
     /// The inventory at cluster scale: 100k pods, 5k policies, 100 pod changes/s; full
     /// builds against incremental updates (CPU, change-to-verdict latency, RSS).
@@ -59,7 +60,7 @@ pub(crate) fn run(root: &Path, args: BenchArgs) -> Result<()> {
     match args.what {
         What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1), &args.extra),
         What::Engine => engine::run(root, &args.extra),
-        What::Recommend => recommend::run(root, &[args.pairs.to_string()]),
+        What::Recommend => recommend::run(root, args.pairs.max(1), &args.extra),
         What::Agent => agent::run(root, args.pairs.max(1)),
         What::Inventory => inventory::run(root, args.pairs.max(1), &args.extra),
     }

@@ -171,9 +171,21 @@ pub(crate) fn read_lines_with<T>(
     path: &Path,
     reader: impl BufRead,
     field: &'static str,
-    mut extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
 ) -> Vec<FlowLineWith<T>> {
     let mut out = Vec::new();
+    for_each_line_with(path, reader, field, extra, |line| out.push(line));
+    out
+}
+
+/// [`read_lines_with`] as a stream: `each` gets every line as it is read (nothing is held).
+pub(crate) fn for_each_line_with<T>(
+    path: &Path,
+    reader: impl BufRead,
+    field: &'static str,
+    mut extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    mut each: impl FnMut(FlowLineWith<T>),
+) {
     for (number, line) in text_lines(path, reader) {
         match line {
             Ok(text) if text.trim().is_empty() => {}
@@ -187,12 +199,11 @@ pub(crate) fn read_lines_with<T>(
                     })?;
                     Ok((record, more))
                 });
-                out.push((number, parsed));
+                each((number, parsed));
             }
-            Err(e) => out.push((number, Err(e))),
+            Err(e) => each((number, Err(e))),
         }
     }
-    out
 }
 
 /// Parses one line into a record whose names are valid ([`FlowRecord::check_names`]).
@@ -233,18 +244,36 @@ pub(crate) fn read_file_with<T>(
     field: &'static str,
     extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
 ) -> Vec<FlowLineWith<T>> {
+    let mut out = Vec::new();
+    for_each_file_line_with(path, field, extra, |line| out.push(line));
+    out
+}
+
+/// [`read_file_with`] as a stream ([`for_each_line_with`]).
+pub(crate) fn for_each_file_line_with<T>(
+    path: &Path,
+    field: &'static str,
+    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    mut each: impl FnMut(FlowLineWith<T>),
+) {
     if path == Path::new("-") {
-        return read_lines_with(path, io::stdin().lock(), field, extra);
+        return for_each_line_with(path, io::stdin().lock(), field, extra, each);
     }
     match std::fs::File::open(path) {
-        Ok(file) => read_lines_with(path, io::BufReader::new(file), field, extra),
-        Err(source) => vec![(
+        Ok(file) => for_each_line_with(
+            path,
+            io::BufReader::with_capacity(1 << 16, file),
+            field,
+            extra,
+            each,
+        ),
+        Err(source) => each((
             0,
             Err(FlowLineError::Io {
                 path: path.to_owned(),
                 source,
             }),
-        )],
+        )),
     }
 }
 

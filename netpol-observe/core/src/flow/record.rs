@@ -159,7 +159,7 @@ pub struct ServiceRef {
 ///
 /// Exactly one attribution family is normally filled: pod fields (`namespace`, `pod`,
 /// `workload`, `labels`), `node`, or `subnet` (`<named subnet>`, `private` or `world`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Endpoint {
     /// The address as seen on the wire at the observation point (a ClusterIP for `dst` when the
     /// flow was to a Service and was observed before DNAT).
@@ -266,7 +266,7 @@ impl Endpoint {
 }
 
 /// A counter pair from the initiator's point of view.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Directional {
     /// Sent by `src` (the initiator).
     pub sent: u64,
@@ -275,7 +275,7 @@ pub struct Directional {
 }
 
 /// Packets of this flow the kernel dropped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Drops {
     /// Number of dropped packets.
     pub count: u64,
@@ -290,7 +290,7 @@ pub struct Drops {
 
 /// A flow the policies in force deny that was nevertheless delivered: proof that this node
 /// does not enforce them (see `docs/metrics.md`, *Is the CNI enforcing?*).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Unenforced {
     /// The isolating NetworkPolicies (`ns/name`, `,`-joined, sorted) of the denying side(s)
     /// this node should have enforced, or `unknown`.
@@ -298,7 +298,7 @@ pub struct Unenforced {
 }
 
 /// One flow (a connection for TCP/SCTP, a 5-tuple conversation for UDP/ICMP).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowRecord {
     /// Transport protocol.
     pub protocol: Protocol,

@@ -250,24 +250,44 @@ pub fn check(
     inventory: &Inventory,
     flows: &[FlowRecord],
 ) -> Result<Vec<String>, PolicyError> {
+    Ok(
+        check_weighted(rec, cluster, inventory, flows.iter().map(|f| (f, 1)))?
+            .into_iter()
+            .flat_map(|(d, n)| std::iter::repeat_n(d, usize::try_from(n).unwrap_or(usize::MAX)))
+            .collect(),
+    )
+}
+
+/// [`check`] of attributed flows each standing for a number of records (the groups of a
+/// [`FlowAggregate`](super::FlowAggregate)): each denied flow described once, with its number
+/// of records.
+pub fn check_weighted<'f>(
+    rec: &Recommendation,
+    cluster: &[ClusterNetworkPolicy],
+    inventory: &Inventory,
+    flows: impl IntoIterator<Item = (&'f FlowRecord, u64)>,
+) -> Result<Vec<(String, u64)>, PolicyError> {
     let alone = PolicyEngine::compile(&rec.policies, inventory)?;
     let whole = PolicyEngine::compile_with_cluster(&rec.policies, cluster, inventory)?;
     Ok(flows
-        .iter()
-        .filter(|f| alone.evaluate_compact(f).allowed)
-        .filter_map(|f| {
+        .into_iter()
+        .filter(|(f, _)| alone.evaluate_compact(f).allowed)
+        .filter_map(|(f, n)| {
             let v = whole.evaluate(f);
             (!v.allowed).then(|| {
-                format!(
-                    "{} {} -> {}:{} (ingress {:?} {}, egress {:?} {})",
-                    f.protocol,
-                    f.src.ip,
-                    f.dst.ip,
-                    f.dst.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                    v.ingress.result,
-                    v.ingress.policies.join(","),
-                    v.egress.result,
-                    v.egress.policies.join(",")
+                (
+                    format!(
+                        "{} {} -> {}:{} (ingress {:?} {}, egress {:?} {})",
+                        f.protocol,
+                        f.src.ip,
+                        f.dst.ip,
+                        f.dst.port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                        v.ingress.result,
+                        v.ingress.policies.join(","),
+                        v.egress.result,
+                        v.egress.policies.join(",")
+                    ),
+                    n,
                 )
             })
         })

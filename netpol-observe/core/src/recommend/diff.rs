@@ -107,6 +107,18 @@ pub fn diff(
     engine: &PolicyEngine,
     flows: &[FlowRecord],
 ) -> DiffReport {
+    diff_weighted(current, inventory, engine, flows.iter().map(|f| (f, 1)))
+}
+
+/// [`diff`] of attributed flows each standing for a number of records (the groups of a
+/// [`FlowAggregate`](super::FlowAggregate), [`records_weighted`](super::FlowAggregate::records_weighted)):
+/// the same report as from the records themselves.
+pub fn diff_weighted<'f>(
+    current: &[NetworkPolicy],
+    inventory: &Inventory,
+    engine: &PolicyEngine,
+    flows: impl IntoIterator<Item = (&'f FlowRecord, u64)>,
+) -> DiffReport {
     let mut used: BTreeSet<String> = BTreeSet::new();
     let denied = verify_with(engine, flows, |v| {
         for side in [&v.ingress, &v.egress] {

@@ -39,7 +39,7 @@ use crate::{
 /// What the policies in force said of a flow when it was observed, as its source recorded it:
 /// the `verdict` of an agent's `/api/v1/flows` line or of `evaluate`'s output, the `verdict`
 /// label of a Prometheus series.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RecordedVerdict {
     /// Allowed, or not isolated.
     Allowed,
@@ -165,7 +165,7 @@ pub(crate) fn delivery(f: &FlowRecord) -> Delivery {
 const NOT_A_FILTER: &[&str] = &["NO_SOCKET", "IP_RPFILTER"];
 
 /// `dropped by the kernel (REASON), policy P` when a filter dropped packets of `f`.
-fn dropped(f: &FlowRecord) -> Option<String> {
+pub(crate) fn dropped(f: &FlowRecord) -> Option<String> {
     let d = f.drops.as_ref().filter(|d| d.count > 0)?;
     let reason = d.reason.as_deref();
     if reason.is_some_and(|r| NOT_A_FILTER.contains(&r)) {
@@ -316,19 +316,20 @@ struct Connection {
 /// The identity of a connection, as the records of several agents share it (a flow between
 /// pods of two nodes: the client's node records it, the server's node the drops its kernel
 /// saw).
-type ConnectionKey = (Protocol, IpAddr, Option<u16>, IpAddr, Option<u16>);
+pub(crate) type ConnectionKey = (Protocol, IpAddr, Option<u16>, IpAddr, Option<u16>);
 
-fn connection_key(f: &FlowRecord) -> ConnectionKey {
+pub(crate) fn connection_key(f: &FlowRecord) -> ConnectionKey {
     (f.protocol, f.src.ip, f.src.port, f.dst.ip, f.dst.port)
 }
 
 /// Judges every attributed flow (see the module documentation). `in_force`: the inventory's
 /// policies, compiled. The copies of one connection (same protocol, addresses and ports: the
 /// records several agents made of it) are judged together: denied if a copy says so, delivered
-/// if a copy was.
+/// if a copy was. `weights[i]`: the records `flows[i]` stands for (empty: one each).
 pub(crate) fn judge(
     flows: &[FlowRecord],
     recorded: &[Option<RecordedVerdict>],
+    weights: &[u64],
     in_force: Option<&PolicyEngine>,
     include_denied: bool,
 ) -> Judgement {
@@ -431,7 +432,7 @@ pub(crate) fn judge(
                     BTreeSet::new(),
                 )
             });
-        entry.flows += u64::from(f.counted);
+        entry.flows += u64::from(f.counted) * weights.get(i).copied().unwrap_or(1);
         if whys.len() < MAX_REASONS {
             whys.insert(bounded(why));
         }
@@ -527,7 +528,7 @@ mod tests {
             "ingress denied, isolated by data/db-np".into(),
         ));
         let recorded = [None, None, None, denied.clone(), denied.clone(), denied];
-        let j = judge(&flows, &recorded, None, false);
+        let j = judge(&flows, &recorded, &[], None, false);
         assert_eq!(j.excluded, [true, false, false, false, true, true]);
         let outcomes: Vec<_> = j.denied.iter().map(|d| (d.outcome, d.flows)).collect();
         // One workload pair and port: the not-learned flows together, the delivered one apart.
@@ -542,7 +543,7 @@ mod tests {
             j.denied[0].denied_by,
             "3 packet(s) dropped (NETFILTER_DROP) by data/db-np | ingress denied, isolated by data/db-np"
         );
-        let j = judge(&flows, &recorded, None, true);
+        let j = judge(&flows, &recorded, &[], None, true);
         assert!(j.excluded.is_empty());
         let outcomes: Vec<_> = j.denied.iter().map(|d| (d.outcome, d.flows)).collect();
         assert_eq!(
@@ -567,7 +568,7 @@ mod tests {
             reason: Some("NETFILTER_DROP".into()),
             policy: None,
         });
-        let j = judge(&[client.clone(), server.clone()], &[], None, false);
+        let j = judge(&[client.clone(), server.clone()], &[], &[], None, false);
         assert_eq!(j.excluded, [true, true]);
         assert_eq!(j.denied.len(), 1);
         assert_eq!(j.denied[0].flows, 1);
@@ -577,7 +578,7 @@ mod tests {
         );
         let mut delivered = client;
         delivered.state = Some(FlowState::Closed);
-        let j = judge(&[delivered, server], &[], None, false);
+        let j = judge(&[delivered, server], &[], &[], None, false);
         assert!(j.excluded.is_empty() && j.denied.is_empty());
     }
 }

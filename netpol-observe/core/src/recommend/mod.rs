@@ -28,6 +28,7 @@
 //!   policy denied them) are not learned but reported for review, unless
 //!   [`RecommendConfig::include_denied`] (see [`judge`](self::judge) for the exact rule).
 
+pub mod aggregate;
 mod annotations;
 mod build;
 pub mod cidr;
@@ -50,6 +51,7 @@ use ipnet::IpNet;
 use jiff::SignedDuration;
 use serde::Serialize;
 
+pub use aggregate::{Aggregator, FlowAggregate, Pass};
 pub use annotations::{
     AGGREGATION, DENIED_IN_FORCE, FIRST_SEEN, FLOWS, LAST_SEEN, LEFT_OUT, PLATFORM, UNOBSERVED,
     WARNING, WINDOW, WORKLOAD,
@@ -325,24 +327,33 @@ impl<'i> Recommender<'i> {
     /// Flows the policies in force denied (drops, the inventory's policies) are judged as
     /// [`Self::recommend_recorded`] does, without recorded verdicts.
     pub fn recommend(&self, flows: &[FlowRecord]) -> Recommendation {
-        self.recommend_with(flows, &[])
+        self.recommend_with(flows, &[], &[], flows.len())
     }
 
     /// [`Self::recommend`] for records whose source also said what the policies in force did
     /// with them (an agent's or `evaluate`'s `verdict`, a Prometheus series' `verdict` label):
     /// that verdict replaces the inventory's policies in the judgement of denied flows.
     pub fn recommend_recorded(&self, input: &RecordedFlows) -> Recommendation {
-        self.recommend_with(&input.flows, &input.verdicts)
+        self.recommend_with(&input.flows, &input.verdicts, &[], input.flows.len())
     }
 
+    /// [`Self::recommend_recorded`] for records folded into a [`FlowAggregate`] as they were
+    /// read ([`Self::aggregate`]): the same recommendation as from the records themselves,
+    /// in memory that depends on the distinct connections, not on the number of records.
+    pub fn recommend_aggregate(&self, input: &FlowAggregate) -> Recommendation {
+        self.recommend_with(&input.flows, &input.verdicts, &input.weights, input.records)
+    }
+
+    /// `weights[i]`: the records `flows[i]` stands for (empty: one each); `records`: how many
+    /// records were read.
     fn recommend_with(
         &self,
         flows: &[FlowRecord],
         recorded: &[Option<RecordedVerdict>],
+        weights: &[u64],
+        records: usize,
     ) -> Recommendation {
-        let needs = flows
-            .iter()
-            .any(|f| !f.src.is_attributed() || !f.dst.is_attributed() || needs_labels(f));
+        let needs = flows.iter().any(needs_attribution);
         let owned;
         let flows: &[FlowRecord] = if needs {
             owned = flows
@@ -372,10 +383,17 @@ impl<'i> Recommender<'i> {
             }
             None => None,
         };
-        let mut judged = judge::judge(flows, recorded, in_force, self.config.include_denied);
+        let mut judged = judge::judge(
+            flows,
+            recorded,
+            weights,
+            in_force,
+            self.config.include_denied,
+        );
         let obs = observe::Observations::collect(
             flows,
             &judged.excluded,
+            weights,
             &self.attributor,
             &has_endpoints,
         );
@@ -396,7 +414,7 @@ impl<'i> Recommender<'i> {
             notes.push(format!("{n} flow(s) need no rule: {reason}"));
         }
         let mut stats = RecommendStats {
-            flows: flows.len(),
+            flows: records,
             skipped: obs.skipped.values().sum(),
             implicit: obs.implicit.values().sum(),
             left_out_denied: 0,
@@ -574,6 +592,12 @@ fn annotate_denied(policies: &mut [NetworkPolicy], denied: &[DeniedInForce], flo
             .get_or_insert_with(BTreeMap::new)
             .insert(DENIED_IN_FORCE.to_owned(), lines.join("; "));
     }
+}
+
+/// Whether `f` lacks attribution the recommender fills from the inventory (then every input
+/// record is attributed).
+pub(crate) fn needs_attribution(f: &FlowRecord) -> bool {
+    !f.src.is_attributed() || !f.dst.is_attributed() || needs_labels(f)
 }
 
 fn needs_labels(f: &FlowRecord) -> bool {

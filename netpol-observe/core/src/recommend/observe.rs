@@ -160,6 +160,8 @@ pub(crate) struct Observations<'a> {
     /// Per workload: the (protocol, port) of its traffic to its own node (implicit in
     /// NetworkPolicy; Cilium needs a rule to its `host`).
     pub(crate) own_node_egress: BTreeMap<u32, BTreeSet<(Protocol, Option<u16>)>>,
+    /// The records the flow being added stands for.
+    weight: u64,
 }
 
 /// Reason of the implicit flows between a pod and its own node.
@@ -173,9 +175,13 @@ impl<'a> Observations<'a> {
     /// which only widen the observation window; `attributor` gives backend ports and pod
     /// nodes. `endpoints(ns, name)`: whether the Service has address endpoints (no selector,
     /// EndpointSlice addresses that are not pods).
+    ///
+    /// `weights[i]`: the records `flows[i]` stands for (empty: one each), for the counts of
+    /// left-out and implicit flows; the other evidence comes from the records' own fields.
     pub(crate) fn collect(
         flows: &'a [FlowRecord],
         excluded: &[bool],
+        weights: &[u64],
         attributor: &Attributor,
         endpoints: &dyn Fn(&str, &str) -> bool,
     ) -> Self {
@@ -185,6 +191,7 @@ impl<'a> Observations<'a> {
             if excluded.get(i).copied().unwrap_or(false) {
                 continue;
             }
+            obs.weight = weights.get(i).copied().unwrap_or(1);
             obs.add(i, f, attributor, endpoints);
         }
         obs
@@ -203,12 +210,12 @@ impl<'a> Observations<'a> {
     // every record is evaluated by the self-check.
     fn skip(&mut self, i: usize, f: &FlowRecord, reason: String) {
         self.note_unruled(i, f, &reason);
-        *self.skipped.entry(reason).or_default() += u64::from(f.counted);
+        *self.skipped.entry(reason).or_default() += u64::from(f.counted) * self.weight;
     }
 
     fn implicit(&mut self, i: usize, f: &FlowRecord, reason: &'static str) {
         self.note_unruled(i, f, reason);
-        *self.implicit.entry(reason).or_default() += u64::from(f.counted);
+        *self.implicit.entry(reason).or_default() += u64::from(f.counted) * self.weight;
     }
 
     fn add(

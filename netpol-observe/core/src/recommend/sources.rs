@@ -61,6 +61,11 @@ pub(crate) fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, se
         #[serde(default)]
         policies: Vec<String>,
     }
+    // A line without the word (nor an escape that could spell it) has no verdict: most lines
+    // are read once, not twice.
+    if !line.contains("verdict") && !line.contains('\\') {
+        return Ok(None);
+    }
     let Some(v) = serde_json::from_str::<Line>(line)?.verdict else {
         return Ok(None);
     };
@@ -96,6 +101,26 @@ pub(crate) fn recorded_lines(
 /// Reads a flow file (`-`: stdin) with the verdicts its lines carry.
 pub fn read_flow_file(path: &Path) -> (RecordedFlows, Vec<FlowLineError>) {
     recorded_lines(jsonl::read_file_with(path, "verdict", recorded_verdict))
+}
+
+/// [`read_flow_file`] as a stream: `each` gets every record with its verdict, or the error of a
+/// bad line (file and line number), as it is read; nothing is held.
+pub fn stream_flow_file(
+    path: &Path,
+    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
+) {
+    jsonl::for_each_file_line_with(path, "verdict", recorded_verdict, |(_, line)| each(line));
+}
+
+/// [`stream_flow_file`] of an open reader; `path` names it in errors.
+pub fn stream_flow_reader(
+    path: &Path,
+    reader: impl std::io::BufRead,
+    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
+) {
+    jsonl::for_each_line_with(path, reader, "verdict", recorded_verdict, |(_, line)| {
+        each(line)
+    });
 }
 
 /// Reads an agent's `/api/v1/flows` body (JSON lines) with the verdict of each line. Bad lines

@@ -278,23 +278,25 @@ pub fn peer_name(ep: &Endpoint) -> String {
 
 /// Checks every (attributed) flow against `engine`.
 pub fn verify(engine: &PolicyEngine, flows: &[FlowRecord]) -> VerifyReport {
-    verify_with(engine, flows, |_| {})
+    verify_with(engine, flows.iter().map(|f| (f, 1)), |_| {})
 }
 
-/// [`verify`], calling `each` with every verdict (the diff collects exercised rules).
-pub(crate) fn verify_with(
+/// [`verify`], calling `each` with every verdict (the diff collects exercised rules); each
+/// flow comes with the number of records it stands for (every record of a
+/// [`FlowAggregate`](super::FlowAggregate) group gets the same verdict).
+pub(crate) fn verify_with<'f>(
     engine: &PolicyEngine,
-    flows: &[FlowRecord],
+    flows: impl IntoIterator<Item = (&'f FlowRecord, u64)>,
     mut each: impl FnMut(&Verdict),
 ) -> VerifyReport {
     type Key = (String, String, Protocol, Option<u16>);
     let mut denied: BTreeMap<Key, DeniedFlow> = BTreeMap::new();
     let mut workloads: BTreeMap<String, WorkloadSummary> = BTreeMap::new();
     let mut report = VerifyReport::default();
-    for f in flows {
+    for (f, n) in flows {
         let v = engine.evaluate(f);
         each(&v);
-        report.flows += 1;
+        report.flows += n;
         let src = peer_name(&f.src);
         let mut dst = peer_name(&f.dst);
         if let Some(svc) = &f.dst.service {
@@ -308,31 +310,31 @@ pub(crate) fn verify_with(
         }
         if f.src.namespace.is_some() {
             let w = workloads.entry(src.clone()).or_default();
-            w.flows_out += 1;
+            w.flows_out += n;
             if !v.allowed {
-                w.denied_out += 1;
+                w.denied_out += n;
                 w.denied_by.extend(by.iter().map(|n| n.to_string()));
             }
         }
         if f.dst.namespace.is_some() {
             let w = workloads.entry(peer_name(&f.dst)).or_default();
-            w.flows_in += 1;
+            w.flows_in += n;
             if !v.allowed {
-                w.denied_in += 1;
+                w.denied_in += n;
                 w.denied_by.extend(by.iter().map(|n| n.to_string()));
             }
         }
         if !v.allowed {
-            report.denied_flows += 1;
+            report.denied_flows += n;
             denied
                 .entry((src.clone(), dst.clone(), f.protocol, f.dst.port))
-                .and_modify(|d| d.count += 1)
+                .and_modify(|d| d.count += n)
                 .or_insert_with(|| DeniedFlow {
                     src,
                     dst,
                     protocol: f.protocol,
                     port: f.dst.port,
-                    count: 1,
+                    count: n,
                     ingress: v.ingress.clone(),
                     egress: v.egress.clone(),
                     example: f.clone(),

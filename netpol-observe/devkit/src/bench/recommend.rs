@@ -14,9 +14,15 @@ use netpol_observe_core::{
 
 /// A deterministic inventory of `workloads` Deployments and `flows` attributed flows.
 pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>) {
+    let inv = synthetic_inventory(workloads);
+    let out = synthetic_flows(&inv, workloads, flows).collect();
+    (inv, out)
+}
+
+/// The inventory of [`synthetic`].
+pub fn synthetic_inventory(workloads: usize) -> Inventory {
     let mut inv = Inventory::default();
     let mut interner = Interner::default();
-    let mut pods_of: Vec<[usize; 2]> = Vec::with_capacity(workloads);
     for w in 0..workloads {
         let ns = format!("ns-{}", w / 100);
         inv.namespaces
@@ -27,11 +33,9 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             });
         let name = format!("app-{w}");
         let labels = interner.labels([("app", name.as_str())]);
-        let mut idx = [0; 2];
-        for (r, slot) in idx.iter_mut().enumerate() {
+        for r in 0..2 {
             let n = w * 2 + r;
             let ip = IpAddr::from([10, 244, (n / 250) as u8, (n % 250) as u8 + 1]);
-            *slot = inv.pods.len();
             inv.pods.push(PodInfo {
                 namespace: interner.name(&ns),
                 name: format!("{name}-{r}").into(),
@@ -51,19 +55,29 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
                 deleted: None,
             });
         }
-        pods_of.push(idx);
     }
+    inv
+}
+
+/// The flows of [`synthetic`], generated one by one (nothing held): `inv` is
+/// [`synthetic_inventory`]`(workloads)`.
+pub fn synthetic_flows(
+    inv: &Inventory,
+    workloads: usize,
+    flows: usize,
+) -> impl Iterator<Item = FlowRecord> + '_ {
+    // The pods of workload `w` are `2w` and `2w + 1`.
+    let pods_of = |w: usize| [w * 2, w * 2 + 1];
     let start = Timestamp::from_second(1_790_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
-    let mut out = Vec::with_capacity(flows);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..flows {
+    (0..flows).map(move |i| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let client = i % workloads.max(1);
         // Each client talks to 3 servers; one in 16 flows goes outside the cluster.
         let server = (client * 7 + 1 + (x as usize % 3) * 13) % workloads.max(1);
-        let src_pod = &inv.pods[pods_of[client][i % 2]];
+        let src_pod = &inv.pods[pods_of(client)[i % 2]];
         let mut src = Endpoint::bare(src_pod.ips[0], Some(30000 + (i % 30000) as u16));
         src.namespace = Some(src_pod.namespace.to_string());
         src.pod = Some(src_pod.name.to_string());
@@ -77,7 +91,7 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             d.subnet = Some("world".to_owned());
             d
         } else {
-            let dst_pod = &inv.pods[pods_of[server][(i / 2) % 2]];
+            let dst_pod = &inv.pods[pods_of(server)[(i / 2) % 2]];
             let mut d = Endpoint::bare(dst_pod.ips[0], Some(8080));
             d.namespace = Some(dst_pod.namespace.to_string());
             d.pod = Some(dst_pod.name.to_string());
@@ -88,7 +102,7 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
         let t = start
             .checked_add(jiff::SignedDuration::from_secs((i / 100) as i64))
             .unwrap_or(start);
-        out.push(FlowRecord {
+        FlowRecord {
             protocol: Protocol::Tcp,
             src,
             dst,
@@ -102,7 +116,6 @@ pub fn synthetic(workloads: usize, flows: usize) -> (Inventory, Vec<FlowRecord>)
             node: None,
             counted: true,
             connections: None,
-        });
-    }
-    (inv, out)
+        }
+    })
 }
