@@ -690,12 +690,11 @@ async fn thousands_of_flows_all_reported_and_overflow_counted() {
 }
 
 /// Many multi-packet flows between the same two pods, interleaved, on the per-CPU front
-/// entries of the flow map (`FLOW_CACHE`: 2048 IPv4 entries per CPU in sets of two, so
-/// about a tenth of 1000 flows find their set full; 256 IPv6 entries, 128 sets, each
-/// shared by about eight flows; a flow takes an entry of its set over when the entry's
-/// flow has been idle for 10 ms, flushing its pending counts, and otherwise counts in the
-/// flow map directly): every flow's packets and bytes are exact after a sweep (fails
-/// without the flush at a takeover).
+/// entries of the flow map (`FLOW_CACHE`: 1024 IPv4 slots per CPU, so about a quarter of
+/// them are shared by 1000 flows; 256 IPv6 slots, each shared by about four flows; a flow
+/// takes a slot over when the slot's flow has been idle for 10 ms, flushing its pending
+/// counts, and otherwise counts in the flow map directly): every flow's packets and bytes
+/// are exact after a sweep (fails without the flush at a takeover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     if !require_root("interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly") {

@@ -33,9 +33,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the established
-/// TCP/UDP flows it counts often, per family in sets of [`WAYS`] entries chosen by a
-/// multiplicative hash of the flow, with the counts not yet added to their `FLOWS`
-/// entries. See [`hot`].
+/// TCP/UDP flows it counts often, per family direct-mapped by a multiplicative hash of the
+/// flow, with the counts not yet added to their `FLOWS` entries. See [`hot`].
 #[repr(C)]
 pub(super) struct CpuState {
     line: CpuLine,
@@ -459,19 +458,12 @@ impl FastHeaders for V6Headers {
     }
 }
 
-/// Entries per set: a flow's front entry is one of the [`WAYS`] entries of its set (two
-/// adjacent cache lines for IPv4), so that two flows of one set do not take each other's
-/// entry over.
-const WAYS: usize = 2;
-
 impl<A: Addrs> Flow<A> {
-    /// The first of the flow's set's entries among its family's (the others follow it).
+    /// The flow's slot among its family's entries.
     #[inline(always)]
-    fn set_start(&self) -> usize {
-        let set = (self.addrs.fold() ^ self.tail.rotate_left(29))
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (64 - (A::SLOT_BITS - WAYS.trailing_zeros()));
-        set as usize * WAYS
+    fn slot(&self) -> usize {
+        ((self.addrs.fold() ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - A::SLOT_BITS)) as usize
     }
 
     /// Whether entry `e` holds this flow.
@@ -580,26 +572,17 @@ fn hot_headers<H: FastHeaders>(ctx: &TcContext, h: &H, from_pod: bool) -> bool {
         return true;
     }
     let flow = h.flow();
-    let start = flow.set_start();
-    for way in 0..WAYS {
-        let (line, e) = H::Addrs::entry(st, start + way);
-        // Read without `busy` to pick the way (nothing written to an entry that is not
-        // the flow's); `hot` checks again with `busy` held.
-        if !flow.holds(e) {
-            continue;
-        }
-        if get(&e.busy) != 0 {
-            return false;
-        }
-        // Set before the entry is read again: a flush that interrupts us from here on sees
-        // it. Every access to the entry is volatile (`get` / `set`), so the compiler keeps
-        // them in program order between setting and clearing `busy`.
-        set(&mut e.busy, 1);
-        let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
-        set(&mut e.busy, 0);
-        return done;
+    let (line, e) = H::Addrs::entry(st, flow.slot());
+    if get(&e.busy) != 0 {
+        return false;
     }
-    false
+    // Set before the entry is read: a flush that interrupts us from here on sees it. Every
+    // access to the entry is volatile (`get` / `set`), so the compiler keeps them in
+    // program order between setting and clearing `busy`.
+    set(&mut e.busy, 1);
+    let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
+    set(&mut e.busy, 0);
+    done
 }
 
 /// Adds the counts pending in `e` to the flow's `FLOWS` entry (re-creating the entry if
@@ -660,7 +643,7 @@ fn local_src_tag(src: u32, epoch: u32) -> u64 {
 }
 
 /// The hit of an established flow's packet in its front entry `e` on this CPU (`busy`
-/// held; checked again here): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
+/// held): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
 /// entry lacks and no FIN/RST. Adds to the entry (one cache line for IPv4, plain stores:
 /// measured on the real path, docs/benchmarks.md, the cost of these programs is the cache
 /// lines and atomic operations per packet), or skips an egress packet whose sender the
@@ -714,8 +697,7 @@ pub(super) fn fast<H: FastHeaders>(
     let Some(st) = state else {
         return uncached(ctx, pkt, from_pod, flow);
     };
-    let way = pick_way(st, flow);
-    let (line, e) = H::Addrs::entry(st, way);
+    let (line, e) = H::Addrs::entry(st, flow.slot());
     if get(&e.busy) != 0 {
         return uncached(ctx, pkt, from_pod, flow);
     }
@@ -723,32 +705,6 @@ pub(super) fn fast<H: FastHeaders>(
     let handled = cached(ctx, pkt, from_pod, flow, e, line);
     set(&mut e.busy, 0);
     handled
-}
-
-/// The entry of `flow`'s set [`fast`] uses: the one holding the flow, else an empty one,
-/// else the one idle longest (which [`cached`] takes over only when idle long enough).
-/// Read without `busy`: [`cached`] checks again with it held.
-#[inline(always)]
-fn pick_way<A: Addrs>(st: &mut CpuState, flow: &Flow<A>) -> usize {
-    let start = flow.set_start();
-    let mut pick = start;
-    let mut oldest = u64::MAX;
-    for way in 0..WAYS {
-        let (_, e) = A::entry(st, start + way);
-        if flow.holds(e) {
-            return start + way;
-        }
-        let seen = if get(&e.tail) == 0 {
-            0
-        } else {
-            get(&e.last_seen_ns)
-        };
-        if seen < oldest {
-            oldest = seen;
-            pick = start + way;
-        }
-    }
-    pick
 }
 
 /// [`fast`] without an entry (its slot is held by an interrupted program).
