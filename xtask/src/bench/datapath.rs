@@ -14,7 +14,8 @@
 //! their ratios per placement (with the spread of the per-round ratios), and the ns per run of
 //! each program.
 //!
-//! Options after `--`: `--bin PATH` measures a prebuilt binary; `--baseline PATH` adds a
+//! Options after `--`: `--bin PATH` measures a prebuilt binary (`--hooks PATH`: a prebuilt
+//! `netpol-observe-bench` for the no-op hooks and the statistics); `--baseline PATH` adds a
 //! fourth arm to every round, another binary's agent (the before/after of a datapath change
 //! within one run: `agent / baseline agent`, in rates and in ns per transaction);
 //! `--placement same-cpu|cross-cpu` keeps one placement; `--rr-only` leaves the throughput
@@ -627,6 +628,7 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
     }
     let mut baseline = None;
     let mut prebuilt = None;
+    let mut prebuilt_hooks = None;
     let mut rr_only = false;
     let mut flows: usize = 1;
     let mut ipv6 = false;
@@ -670,9 +672,10 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         match flag.as_str() {
             "--baseline" => baseline = Some(path),
             "--bin" => prebuilt = Some(path),
+            "--hooks" => prebuilt_hooks = Some(path),
             "--baseline-object" => baseline_object = Some(path),
             other => bail!(
-                "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
+                "datapath: unknown argument {other} (expected --baseline / --bin / --hooks PATH, \
                  --placement LABEL, --rr-only, --flows N, --ipv6, --dns-cost, \
                  --baseline-object PATH)"
             ),
@@ -682,7 +685,10 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         Some(b) => b,
         None => super::release_binary(root)?,
     };
-    let hooks = super::bench_binary(root)?;
+    let hooks = match prebuilt_hooks {
+        Some(h) => h,
+        None => super::bench_binary(root)?,
+    };
     if dns_cost {
         return super::dns_cost::run(&hooks, rounds, baseline_object.as_deref());
     }
