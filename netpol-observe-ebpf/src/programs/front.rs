@@ -17,7 +17,7 @@ use super::{
     flows::{BPF_NOEXIST, EEXIST, FLOWS, KeyWords, ValueWords, count, count_n, flows_path},
     local::{LEARN_LOCAL, LOCAL_ENDPOINTS, is_local_v4, skip_local_v4},
     mem::{add64, bump, get, set},
-    packet::{Addr, V4Headers, V6Headers, map_v4, mapped_v4_word, size, v4_headers},
+    packet::{Addr, V4Headers, V6Headers, map_v4, mapped_v4_word, size, v4_headers, v6_headers},
 };
 
 /// `BPF_F_MMAPABLE`: see [`FLOW_CACHE`].
@@ -113,7 +113,13 @@ pub(super) struct CpuLine {
     skipped: u64,
     /// The part of `skipped` the flush has added to `COUNTERS`.
     reported: u64,
-    _rest: [u64; 4],
+    /// As `local_src` for IPv6: `epoch | TAG_VALID` when `local_src6` is valid (a writer
+    /// clears it first and sets it last).
+    local_src6_tag: u64,
+    /// The IPv6 source (two words, as read from the packet) of the latest packet an
+    /// ingress program counted whose sender is local.
+    local_src6: [u64; 2],
+    _rest: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Entry<V4Addrs>>() == 64);
@@ -158,9 +164,8 @@ pub(super) trait Addrs: Copy + Sized {
     /// itself, not a cache of it: the answer is kept in an entry for a whole epoch).
     fn local_bits(&self, ctx: &TcContext) -> u8;
     /// After an ingress packet counted in entry `e` (direction index `d`): tells the egress
-    /// program that runs next on this CPU when its sender is local (IPv4 only: the line
-    /// holds an IPv4 address).
-    fn record_sender(&self, _line: &mut CpuLine, _e: &Entry<Self>, _d: usize) {}
+    /// program that runs next on this CPU when its sender is local (see [`CpuLine`]).
+    fn record_sender(&self, line: &mut CpuLine, e: &Entry<Self>, d: usize);
 }
 
 impl Addrs for V4Addrs {
@@ -318,6 +323,30 @@ impl Addrs for V6Addrs {
         u8::from(self.sender_local(ctx, DIR_LO_TO_HI))
             | u8::from(self.sender_local(ctx, DIR_HI_TO_LO)) << 1
     }
+
+    #[inline(always)]
+    fn record_sender(&self, line: &mut CpuLine, e: &Entry<Self>, d: usize) {
+        if get(&e.skip) & (1 << d) == 0 {
+            return;
+        }
+        let epoch = get(&line.epoch);
+        if get(&e.epoch) != epoch {
+            return;
+        }
+        let tag = u64::from(epoch | TAG_VALID);
+        let (w0, w1) = (self.0[d * 2], self.0[d * 2 + 1]);
+        if get(&line.local_src6_tag) != tag
+            || get(&line.local_src6[0]) != w0
+            || get(&line.local_src6[1]) != w1
+        {
+            // Invalid while the words change: a reader never pairs the tag with
+            // half-written words.
+            set(&mut line.local_src6_tag, 0);
+            set(&mut line.local_src6[0], w0);
+            set(&mut line.local_src6[1], w1);
+            set(&mut line.local_src6_tag, tag);
+        }
+    }
 }
 
 /// An established TCP/UDP flow as the fast paths identify it.
@@ -344,6 +373,9 @@ pub(super) trait FastHeaders {
     fn flow(&self) -> Flow<Self::Addrs>;
     /// What the front entries need of the packet besides its flow.
     fn pkt(&self) -> Pkt;
+    /// Whether this CPU's line records the packet's source as a local sender (see
+    /// [`CpuLine`]): an egress program skips the packet then.
+    fn sent_by_recorded(&self, line: &CpuLine) -> bool;
 }
 
 impl FastHeaders for V4Headers {
@@ -374,6 +406,11 @@ impl FastHeaders for V4Headers {
             tcp_flags: self.tcp_flags,
             hdr_len: 20 + self.l4_hdr_len,
         }
+    }
+
+    #[inline(always)]
+    fn sent_by_recorded(&self, line: &CpuLine) -> bool {
+        get(&line.local_src) == local_src_tag(self.src, get(&line.epoch))
     }
 }
 
@@ -411,6 +448,13 @@ impl FastHeaders for V6Headers {
             tcp_flags: self.tcp_flags,
             hdr_len: 40 + self.l4_hdr_len,
         }
+    }
+
+    #[inline(always)]
+    fn sent_by_recorded(&self, line: &CpuLine) -> bool {
+        get(&line.local_src6_tag) == u64::from(get(&line.epoch) | TAG_VALID)
+            && get(&line.local_src6[0]) == self.src[0]
+            && get(&line.local_src6[1]) == self.src[1]
     }
 }
 
@@ -480,30 +524,55 @@ fn flush_entries<A: Addrs>(entries: &mut [Entry<A>]) -> i32 {
 }
 
 /// The per-packet fast path of every program: the egress same-node skip from this CPU's
-/// line, then the hit of an established IPv4 TCP/UDP flow's front entry ([`hot`]).
-/// Returns false, having changed nothing, for every other packet.
+/// line, then the hit of an established TCP/UDP flow's front entry ([`hot`]), IPv4 or
+/// IPv6 (without extension headers). Returns false, having changed nothing, for every
+/// other packet.
 #[inline(always)]
 pub(super) fn observe_hot(ctx: &TcContext, from_pod: bool) -> bool {
-    let Some(h) = v4_headers(ctx) else {
+    if let Some(h) = v4_headers(ctx) {
+        if !from_pod && h.sport == super::dns::DNS_PORT {
+            // A DNS answer to a pod: copied (only port-53 packets pay more than this
+            // comparison), then counted as any packet.
+            super::dns::capture(ctx, false, h.proto, h.l4_hdr_len);
+        }
+        return hot_headers(ctx, &h, from_pod);
+    }
+    if from_pod {
+        observe_hot_v6::<true>(ctx)
+    } else {
+        observe_hot_v6::<false>(ctx)
+    }
+}
+
+/// [`observe_hot`] for IPv6: a subprogram of its own (one per direction), so that the
+/// programs' own frame stays as small as the IPv4 path needs (the verifier bounds the
+/// combined stack of a call chain to 512 bytes, and the general path's chain starts there).
+#[inline(never)]
+fn observe_hot_v6<const FROM_POD: bool>(ctx: &TcContext) -> bool {
+    let Some(h) = v6_headers(ctx) else {
         return false;
     };
-    if !from_pod && h.sport == super::dns::DNS_PORT {
-        // A DNS answer to a pod: copied (only port-53 packets pay more than this
-        // comparison), then counted as any packet.
-        super::dns::capture(ctx, false, h.proto, h.l4_hdr_len);
+    if !FROM_POD && h.sport == super::dns::DNS_PORT {
+        super::dns::capture(ctx, true, h.proto, h.l4_hdr_len);
     }
+    hot_headers(ctx, &h, FROM_POD)
+}
+
+/// [`observe_hot`] for a packet with fast-path headers `h`.
+#[inline(always)]
+fn hot_headers<H: FastHeaders>(ctx: &TcContext, h: &H, from_pod: bool) -> bool {
     let Some(st) = cpu_state() else {
         return false;
     };
     let line = &mut st.line;
-    if !from_pod && get(&line.local_src) == local_src_tag(h.src, get(&line.epoch)) {
+    if !from_pod && h.sent_by_recorded(line) {
         // The sender's ingress program has just counted a packet from this source and
         // found it local (see `CpuLine`).
         bump(&mut line.skipped);
         return true;
     }
     let flow = h.flow();
-    let (line, e) = V4Addrs::entry(st, flow.slot());
+    let (line, e) = H::Addrs::entry(st, flow.slot());
     if get(&e.busy) != 0 {
         return false;
     }
@@ -612,8 +681,7 @@ fn hot<A: Addrs>(
 }
 
 /// The per-packet path of an established TCP/UDP flow's packet (headers `h`; `state`:
-/// this CPU's) that is not a hit of [`observe_hot`] — IPv6 hits included: the programs'
-/// own code handles IPv4 only, to stay small. A hit of its front entry, else the `FLOWS`
+/// this CPU's) that is not a hit of [`observe_hot`]. A hit of its front entry, else the `FLOWS`
 /// path ([`flows_path`]), after which the flow may make its front entry its own, flushing
 /// the entry's previous flow's counts into `FLOWS`; userspace flushes every entry before
 /// each sweep (`flush_flow_cache`). Returns false for the first packet of a flow, which the

@@ -63,8 +63,8 @@ pub fn flush_flow_cache(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// The per-packet entry, inlined into each program so that `from_pod` is a constant
-/// there: the hit of an established IPv4 TCP/UDP flow's front entry (or an egress packet
-/// from a local sender) is handled by [`observe_hot`] without a BPF-to-BPF call;
+/// there: the hit of an established TCP/UDP flow's front entry (or an egress packet from
+/// a local sender) is handled by [`observe_hot`] without a BPF-to-BPF call;
 /// everything else goes to [`observe_slow`], one shared subprogram.
 #[inline(always)]
 fn observe(ctx: &TcContext, from_pod: bool) {
@@ -73,9 +73,8 @@ fn observe(ctx: &TcContext, from_pod: bool) {
     }
 }
 
-/// Everything [`observe_hot`] leaves: IPv4 TCP/UDP packets that are not simple hits of
-/// their front entry and IPv6 TCP/UDP packets of established flows, hits or not
-/// ([`fast`]), and the general path. A subprogram of its own, so that the programs'
+/// Everything [`observe_hot`] leaves: TCP/UDP packets that are not simple hits of their
+/// front entry ([`fast`]), and the general path. A subprogram of its own, so that the programs'
 /// per-packet code keeps a small frame and few registers.
 #[inline(never)]
 fn observe_slow(ctx: &TcContext, from_pod: bool) {
@@ -84,14 +83,11 @@ fn observe_slow(ctx: &TcContext, from_pod: bool) {
     {
         return;
     }
-    if let Some(h) = v6_headers(ctx) {
-        // A DNS answer to a pod (IPv4 answers are caught in `observe_hot`).
-        if !from_pod && h.sport == dns::DNS_PORT {
-            dns::capture(ctx, true, h.proto, h.l4_hdr_len);
-        }
-        if fast(ctx, &h, from_pod, cpu_state()) {
-            return;
-        }
+    // DNS answers (IPv4 and IPv6) were copied in `observe_hot`.
+    if let Some(h) = v6_headers(ctx)
+        && fast(ctx, &h, from_pod, cpu_state())
+    {
+        return;
     }
     observe_general(ctx, from_pod);
 }

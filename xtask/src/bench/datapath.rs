@@ -6,16 +6,20 @@
 //! interfaces (tcx ingress + egress, the fixed cost of the hooks), `netpol-observe agent`
 //! attached — in an order rotating from round to round — and in each of two placements of the
 //! pods' processes (`same-cpu`: both on CPU 1; `cross-cpu`: client on CPU 0, server on CPU 1).
-//! Every run starts after a settle pause and leaves its warm-up out. Reports every run, the
-//! medians and their ratios per placement (with the spread of the per-round ratios), then
-//! runs the hooked arms once more per placement with `kernel.bpf_stats_enabled=1` for the
-//! kernel's ns per program run.
+//! Every run starts after a settle pause and leaves its warm-up out. With
+//! `kernel.bpf_stats_enabled=1` for the whole run, every hooked request/response run also
+//! reads the kernel's ns of the programs over its measured window. Reports first the
+//! datapath bar — kernel ns of programs per transaction, agent / no-op hooks, median and
+//! min–max of the per-round ratios per placement — then every run's rate, the medians and
+//! their ratios per placement (with the spread of the per-round ratios), and the ns per run of
+//! each program.
 //!
-//! Options after `--`: `--bin PATH` measures a prebuilt binary; `--baseline PATH` adds a
+//! Options after `--`: `--bin PATH` measures a prebuilt binary (`--hooks PATH`: a prebuilt
+//! `netpol-observe-bench` for the no-op hooks and the statistics); `--baseline PATH` adds a
 //! fourth arm to every round, another binary's agent (the before/after of a datapath change
-//! within one run: `agent / baseline agent`), and measures its ns per run alternately;
+//! within one run: `agent / baseline agent`, in rates and in ns per transaction);
 //! `--placement same-cpu|cross-cpu` keeps one placement; `--rr-only` leaves the throughput
-//! runs and the per-program costs out (a quick request/response comparison); `--flows N` runs
+//! runs out; `--flows N` runs
 //! the request/response loop over N connections, one transaction on each in turn (many
 //! concurrent flows on one CPU, more than its front entries of the flow map); `--ipv6` runs
 //! every stream and loop over the pods' IPv6 addresses. `--dns-cost` measures only the DNS-answer
@@ -34,7 +38,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::stats::Arms;
+use super::stats::{Arms, median, quantile};
 
 const BRIDGE: &str = "nbbr0";
 /// (namespace, host interface, IPv4 address, IPv6 address) of each pod.
@@ -347,7 +351,14 @@ fn throughput(placement: Placement, traffic: &Traffic) -> Result<f64> {
 /// 1-byte TCP request/response between the pods over `flows` connections, one transaction
 /// on each in turn (`--flows`: many concurrent flows share the programs' per-CPU entries),
 /// the client and the server threads pinned as `placement` says; transactions per second.
-fn request_response(placement: Placement, traffic: &Traffic) -> Result<f64> {
+/// With `hooks` (`netpol-observe-bench`), also the kernel's statistics of the programs on the
+/// pods' interfaces over the measured window only (after the connections are set up and
+/// warmed up, before they close): see [`Cost`].
+fn request_response(
+    placement: Placement,
+    traffic: &Traffic,
+    hooks: Option<&Path>,
+) -> Result<(f64, Option<Cost>)> {
     let (seconds, flows, server_ip) = (traffic.seconds, traffic.flows, traffic.server);
     let listener = std::thread::spawn(|| -> Result<TcpListener> {
         enter("nb-b")?;
@@ -376,6 +387,8 @@ fn request_response(placement: Placement, traffic: &Traffic) -> Result<f64> {
         }
         Ok(())
     });
+    let (to_main, from_client) = std::sync::mpsc::channel::<f64>();
+    let (to_client, from_main) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || -> Result<f64> {
         enter("nb-a")?;
         pin_thread(placement.client_cpu)?;
@@ -400,6 +413,9 @@ fn request_response(placement: Placement, traffic: &Traffic) -> Result<f64> {
             transact(i)?;
             i += 1;
         }
+        // The main thread snapshots the program statistics (outside this namespace).
+        let _ = to_main.send(0.0);
+        let _ = from_main.recv();
         let start = Instant::now();
         let end = start + Duration::from_secs(seconds);
         let mut n: u64 = 0;
@@ -407,15 +423,79 @@ fn request_response(placement: Placement, traffic: &Traffic) -> Result<f64> {
             transact(i + n)?;
             n += 1;
         }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
+        let elapsed = start.elapsed().as_secs_f64();
+        // The connections stay open until the main thread has read the statistics again.
+        let _ = to_main.send(n as f64);
+        let _ = from_main.recv();
+        Ok(n as f64 / elapsed)
     });
+    let mut cost = None;
+    if let (Ok(_), Some(hooks)) = (from_client.recv(), hooks) {
+        let s0 = prog_stats(hooks)?;
+        let _ = to_client.send(());
+        if let Ok(n) = from_client.recv() {
+            let s1 = prog_stats(hooks)?;
+            cost = Some(Cost::between(&s0, &s1, n));
+        }
+    }
+    // Without `hooks` both waits are released at once.
+    drop(to_client);
     let tps = client
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     server
         .join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
-    Ok(tps)
+    Ok((tps, cost))
+}
+
+/// The kernel's cost of the programs on the pods' interfaces over a request/response window.
+#[derive(Debug, Clone)]
+struct Cost {
+    /// Kernel ns of all programs per transaction (`run_time_ns` / transactions): the
+    /// datapath bar's figure.
+    per_transaction: f64,
+    /// Per program name: ns per run.
+    per_run: Vec<(String, f64)>,
+    /// Per program name: its sizes (xlated / jited bytes).
+    sizes: String,
+}
+
+impl Cost {
+    fn between(
+        before: &std::collections::BTreeMap<u64, ProgStats>,
+        after: &std::collections::BTreeMap<u64, ProgStats>,
+        transactions: f64,
+    ) -> Cost {
+        let mut per_run = Vec::new();
+        let mut total = 0;
+        for (id, a) in after {
+            let b = before.get(id).cloned().unwrap_or_default();
+            let runs = a.runs.saturating_sub(b.runs);
+            let ns = a.ns.saturating_sub(b.ns);
+            total += ns;
+            let per = if runs == 0 {
+                0.0
+            } else {
+                ns as f64 / runs as f64
+            };
+            per_run.push((a.name.clone(), per));
+        }
+        let sizes = after
+            .values()
+            .map(|p| format!("{} {} B xlated / {} B jited", p.name, p.xlated, p.jited))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Cost {
+            per_transaction: if transactions > 0.0 {
+                total as f64 / transactions
+            } else {
+                0.0
+            },
+            per_run,
+            sizes,
+        }
+    }
 }
 
 /// The traffic of every run.
@@ -438,7 +518,13 @@ struct RunSetup<'a> {
     traffic: Traffic,
 }
 
-fn measure(arm: Arm, setup: &RunSetup<'_>, placement: Placement) -> Result<(f64, f64)> {
+/// One run of `arm`: throughput (NaN with `--rr-only`), request/response rate and, for a
+/// hooked arm, the programs' kernel cost over the request/response window.
+fn measure(
+    arm: Arm,
+    setup: &RunSetup<'_>,
+    placement: Placement,
+) -> Result<(f64, f64, Option<Cost>)> {
     let attached = arm.start(setup.bin, setup.baseline, setup.hooks)?;
     std::thread::sleep(SETTLE);
     let t = if setup.rr_only {
@@ -446,11 +532,12 @@ fn measure(arm: Arm, setup: &RunSetup<'_>, placement: Placement) -> Result<(f64,
     } else {
         throughput(placement, &setup.traffic)?
     };
-    let rr = request_response(placement, &setup.traffic)?;
+    let hooks = attached.as_ref().map(|_| setup.hooks);
+    let (rr, cost) = request_response(placement, &setup.traffic, hooks)?;
     if let Some(a) = attached {
         a.stop()?;
     }
-    Ok((t, rr))
+    Ok((t, rr, cost))
 }
 
 /// Sets `kernel.bpf_stats_enabled` to 1 and restores the previous value on drop.
@@ -521,122 +608,15 @@ fn prog_stats(bin: &Path) -> Result<std::collections::BTreeMap<u64, ProgStats>> 
     Ok(m)
 }
 
-/// Per-program ns per run between two snapshots, and the total program time.
-fn per_run(
-    before: &std::collections::BTreeMap<u64, ProgStats>,
-    after: &std::collections::BTreeMap<u64, ProgStats>,
-) -> (String, u64) {
-    let mut parts = Vec::new();
-    let mut total = 0;
-    for (id, a) in after {
-        let b = before.get(id).cloned().unwrap_or_default();
-        let runs = a.runs.saturating_sub(b.runs);
-        let ns = a.ns.saturating_sub(b.ns);
-        total += ns;
-        let per = if runs == 0 {
-            0.0
-        } else {
-            ns as f64 / runs as f64
-        };
-        parts.push(format!("{} {per:.1} ns/run ({runs} runs)", a.name));
-    }
-    (parts.join(", "), total)
-}
-
-/// One program-cost run: the binary and arm attached, with their label in the report.
-struct CostRun<'a> {
-    label: &'static str,
-    arm: Arm,
-    bin: &'a Path,
-}
-
-/// Runs each hooked arm once more per placement with `kernel.bpf_stats_enabled=1` and prints
-/// the kernel's ns per program run — a figure that machine noise hardly moves, unlike
-/// throughput. With a `baseline` binary, its agent runs alternately with this one (new,
-/// baseline, new, baseline) for a before/after comparison within one run.
-fn program_costs(
-    bin: &Path,
-    baseline: Option<&Path>,
-    hooks: &Path,
-    traffic: &Traffic,
-) -> Result<()> {
-    let seconds = traffic.seconds;
-    println!(
-        "ns per program run (kernel.bpf_stats_enabled=1; separate {seconds} s runs after the rounds):"
-    );
-    let mut runs = vec![
-        CostRun {
-            label: "no-op hooks",
-            arm: Arm::Noop,
-            bin,
-        },
-        CostRun {
-            label: "agent",
-            arm: Arm::Agent,
-            bin,
-        },
-    ];
-    if let Some(base) = baseline {
-        for (label, b) in [
-            ("baseline agent", base),
-            ("agent", bin),
-            ("baseline agent", base),
-        ] {
-            runs.push(CostRun {
-                label,
-                arm: Arm::Agent,
-                bin: b,
-            });
-        }
-    }
-    for placement in PLACEMENTS {
-        println!(
-            "  {} (client CPU {}, server CPU {}):",
-            placement.label, placement.client_cpu, placement.server_cpu
-        );
-        for run in &runs {
-            let attached = run.arm.start(run.bin, None, hooks)?;
-            let stats = BpfStats::enable()?;
-            let s0 = prog_stats(hooks)?;
-            let started = Instant::now();
-            let tps = request_response(placement, traffic)?;
-            let transactions = tps * started.elapsed().as_secs_f64();
-            let s1 = prog_stats(hooks)?;
-            let gbps = throughput(placement, traffic)?;
-            let s2 = prog_stats(hooks)?;
-            drop(stats);
-            if let Some(a) = attached {
-                a.stop()?;
-            }
-            let (rr_runs, rr_total) = per_run(&s0, &s1);
-            let (tput_runs, _) = per_run(&s1, &s2);
-            let per_tx = if transactions > 0.0 {
-                rr_total as f64 / transactions
-            } else {
-                0.0
-            };
-            let sizes = s2
-                .values()
-                .map(|p| format!("{} {} B xlated / {} B jited", p.name, p.xlated, p.jited))
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!("    {}: {sizes}", run.label);
-            println!(
-                "      request/response ({tps:.0}/s): {rr_runs}; {per_tx:.0} ns of programs per \
-                 transaction ({:.0} ns per transaction)",
-                1e9 / tps.max(1.0)
-            );
-            println!("      throughput ({gbps:.2} Gbit/s): {tput_runs}");
-        }
-    }
-    Ok(())
-}
-
 /// Per placement, the throughput and request/response runs of every arm.
 struct PlacementRuns {
     placement: Placement,
     tput: Arms,
     rr: Arms,
+    /// Kernel ns of programs per transaction, per arm (the no-hooks arm's stay empty).
+    ns: Arms,
+    /// Per arm: every run's cost (ns per run of each program, sizes).
+    costs: Vec<Vec<Cost>>,
 }
 
 /// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
@@ -648,6 +628,7 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
     }
     let mut baseline = None;
     let mut prebuilt = None;
+    let mut prebuilt_hooks = None;
     let mut rr_only = false;
     let mut flows: usize = 1;
     let mut ipv6 = false;
@@ -691,9 +672,10 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         match flag.as_str() {
             "--baseline" => baseline = Some(path),
             "--bin" => prebuilt = Some(path),
+            "--hooks" => prebuilt_hooks = Some(path),
             "--baseline-object" => baseline_object = Some(path),
             other => bail!(
-                "datapath: unknown argument {other} (expected --baseline / --bin PATH, \
+                "datapath: unknown argument {other} (expected --baseline / --bin / --hooks PATH, \
                  --placement LABEL, --rr-only, --flows N, --ipv6, --dns-cost, \
                  --baseline-object PATH)"
             ),
@@ -703,7 +685,10 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         Some(b) => b,
         None => super::release_binary(root)?,
     };
-    let hooks = super::bench_binary(root)?;
+    let hooks = match prebuilt_hooks {
+        Some(h) => h,
+        None => super::bench_binary(root)?,
+    };
     if dns_cost {
         return super::dns_cost::run(&hooks, rounds, baseline_object.as_deref());
     }
@@ -744,8 +729,20 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
                 ),
                 &labels,
             ),
+            ns: Arms::new(
+                format!(
+                    "[{}] TCP{family} request/response, kernel ns of programs per transaction \
+                     ({flows} connection(s) in turn)",
+                    placement.label
+                ),
+                &labels,
+            ),
+            costs: vec![Vec::new(); labels.len()],
         })
         .collect();
+    // For the whole run: every hooked run reads its programs' cost (the statistics add a
+    // few ns per program run to every hooked arm alike).
+    let _stats = BpfStats::enable()?;
     for round in 0..rounds {
         // Alternate which placement goes first, and rotate the arms' order (B N A, N A B,
         // A B N, ...) so drift hits every arm alike.
@@ -754,15 +751,19 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
             let pr = &mut results[(round + p) % n];
             for k in 0..arms.len() {
                 let i = (round + k) % arms.len();
-                let (t, r) = measure(arms[i], &setup, pr.placement)?;
+                let (t, r, cost) = measure(arms[i], &setup, pr.placement)?;
+                let per_tx = cost.as_ref().map_or(0.0, |c| c.per_transaction);
                 eprintln!(
-                    "round {}/{rounds} {:<9} {:<12} throughput {t:.2} Gbit/s, rr {r:.0}/s",
+                    "round {}/{rounds} {:<9} {:<14} throughput {t:.2} Gbit/s, rr {r:.0}/s, \
+                     {per_tx:.0} ns of programs per transaction",
                     round + 1,
                     pr.placement.label,
                     arms[i].label()
                 );
                 pr.tput.runs[i].push(t);
                 pr.rr.runs[i].push(r);
+                pr.ns.runs[i].push(per_tx);
+                pr.costs[i].extend(cost);
             }
         }
     }
@@ -773,6 +774,7 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
         comparisons.extend([(baseline_agent, bare), (agent, baseline_agent)]);
     }
     let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
+    println!("{}", bar_summary(&results, &arms, flows, ipv6));
     for pr in &results {
         if !rr_only {
             println!("{}", pr.tput.report(&comparisons));
@@ -795,9 +797,90 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
             verdict(pr.rr.round_ratio(agent, bare), 0.97),
         );
     }
-    if rr_only {
-        // A quick look at request/response: the per-program costs are left out.
-        return Ok(());
+    for pr in &results {
+        println!(
+            "[{}] ns per program run (median over rounds):",
+            pr.placement.label
+        );
+        for (i, arm) in arms.iter().enumerate() {
+            let Some(last) = pr.costs[i].last() else {
+                continue;
+            };
+            let programs = last
+                .per_run
+                .iter()
+                .map(|(name, _)| {
+                    let v: Vec<f64> = pr.costs[i]
+                        .iter()
+                        .flat_map(|c| c.per_run.iter().filter(|(n, _)| n == name))
+                        .map(|(_, ns)| *ns)
+                        .collect();
+                    format!("{name} {:.1}", median(&v))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("  {:<14} {programs}  ({})", arm.label(), last.sizes);
+        }
     }
-    program_costs(&bin, baseline.as_deref(), &hooks, &setup.traffic)
+    Ok(())
 }
+
+/// The datapath bar, printed first: per placement, the kernel ns of programs per
+/// transaction of every hooked arm (median, min–max over rounds) and the agent's over the
+/// no-op hooks' (median of the per-round ratios, min–max; target ≤ 1.3), and with
+/// `--baseline` the baseline agent's and agent / baseline agent.
+fn bar_summary(results: &[PlacementRuns], arms: &[Arm], flows: usize, ipv6: bool) -> String {
+    let (noop, agent, baseline_agent) = (1, 2, 3);
+    let family = if ipv6 { "IPv6" } else { "IPv4" };
+    let mut out = format!(
+        "DATAPATH BAR: kernel ns of programs per request/response transaction, {family}, \
+         {flows} connection(s); agent / no-op hooks <= {BAR_RATIO}\n"
+    );
+    for pr in results {
+        let rounds = pr.ns.runs[noop].len();
+        let spread = |r: &[f64]| {
+            format!(
+                "{:.3} (min–max {:.3}–{:.3})",
+                median(r),
+                quantile(r, 0.0),
+                quantile(r, 1.0)
+            )
+        };
+        let r = pr.ns.round_ratios(agent, noop);
+        let met = if median(&r) <= BAR_RATIO {
+            "met"
+        } else {
+            "NOT met"
+        };
+        out += &format!(
+            "  [{}] agent / no-op hooks {} over {rounds} rounds: {met}\n",
+            pr.placement.label,
+            spread(&r)
+        );
+        if arms.len() > baseline_agent {
+            let rb = pr.ns.round_ratios(baseline_agent, noop);
+            let ab = pr.ns.round_ratios(agent, baseline_agent);
+            out += &format!(
+                "  [{}] baseline agent / no-op hooks {}; agent / baseline agent {}\n",
+                pr.placement.label,
+                spread(&rb),
+                spread(&ab)
+            );
+        }
+        for (i, arm) in arms.iter().enumerate().skip(noop) {
+            let v = &pr.ns.runs[i];
+            out += &format!(
+                "    {:<14} {:.0} ns (min–max {:.0}–{:.0})\n",
+                arm.label(),
+                median(v),
+                quantile(v, 0.0),
+                quantile(v, 1.0)
+            );
+        }
+    }
+    out
+}
+
+/// The datapath bar: the agent's programs at most this multiple of the no-op hooks' kernel
+/// ns per transaction.
+const BAR_RATIO: f64 = 1.3;
