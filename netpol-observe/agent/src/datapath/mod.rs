@@ -815,16 +815,28 @@ async fn forward_logs(
     }
 }
 
-/// Runs a `BPF_PROG_LOAD` (`load`), retrying while the kernel answers `EAGAIN`.
+/// Runs a `BPF_PROG_LOAD` (`load`) with this thread's signals blocked, retrying while the
+/// kernel answers `EAGAIN`.
 ///
-/// The verifier gives up with `EAGAIN` when a signal is pending for the loading thread (e.g. a
-/// `SIGCHLD` from a child process); like libbpf, we simply try again a few times.
+/// The verifier gives up with `EAGAIN` when a signal is pending for the loading thread: a
+/// long verification (the flush program's loop) in a process whose children keep exiting
+/// (`SIGCHLD`) failed five tries in a row on a busy machine. With the signals blocked here,
+/// the kernel delivers process-wide signals to another thread, and those sent to this one
+/// wait until the load is done. A few retries remain, as libbpf does.
 pub(crate) fn retry_interrupted_load(
     mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
 ) -> Result<(), aya::programs::ProgramError> {
-    const ATTEMPTS: usize = 5;
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    const ATTEMPTS: usize = 10;
+    let mut previous = SigSet::empty();
+    let blocked = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut previous),
+    )
+    .is_ok();
     let mut attempt = 1;
-    loop {
+    let result = loop {
         match load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
@@ -832,13 +844,15 @@ pub(crate) fn retry_interrupted_load(
                 tracing::debug!(attempt, "program load interrupted (EAGAIN), retrying");
                 attempt += 1;
             }
-            other => return other,
+            other => break other,
         }
+    };
+    if blocked {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     }
+    result
 }
 
-/// A load error with every cause (aya's top-level message alone drops the errno), and the
-/// privileges hint only when the kernel said EPERM.
 /// Whether `e` or one of its causes is the kernel's EPERM.
 fn permission_denied(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
