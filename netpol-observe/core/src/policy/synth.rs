@@ -68,6 +68,24 @@ impl Rng {
 
 const APPS: usize = 10;
 const TIERS: [&str; 3] = ["web", "api", "db"];
+
+/// A random app of [`APPS`] and its pods' labels: app, tier, a template hash and, one pod in
+/// ten, `canary`.
+fn app_labels(rng: &mut Rng) -> (usize, Vec<(&'static str, String)>) {
+    let app = rng.below(APPS);
+    let mut labels = vec![
+        ("app", format!("app-{app}")),
+        ("tier", TIERS[app % 3].to_owned()),
+        (
+            "pod-template-hash",
+            format!("{:x}", rng.next_u64() & 0xffff),
+        ),
+    ];
+    if rng.chance(10) {
+        labels.push(("canary", "true".into()));
+    }
+    (app, labels)
+}
 const TEAMS: usize = 5;
 const NODES: usize = 10;
 
@@ -145,18 +163,7 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
     ]);
     for i in 0..pods {
         let ns = i % namespaces.max(1);
-        let app = rng.below(APPS);
-        let mut l = vec![
-            ("app", format!("app-{app}")),
-            ("tier", TIERS[app % 3].to_owned()),
-            (
-                "pod-template-hash",
-                format!("{:x}", rng.next_u64() & 0xffff),
-            ),
-        ];
-        if rng.chance(10) {
-            l.push(("canary", "true".into()));
-        }
+        let (app, l) = app_labels(&mut rng);
         let node = rng.below(NODES);
         let host_network = rng.chance(1);
         let ip = if host_network {
@@ -567,18 +574,7 @@ pub fn churn(
             let template = inventory.pods[rng.below(inventory.pods.len())].clone();
             let namespaces: Vec<&String> = inventory.namespaces.keys().collect();
             let ns = (*rng.pick(&namespaces)).clone();
-            let app = rng.below(APPS);
-            let mut l = vec![
-                ("app", format!("app-{app}")),
-                ("tier", TIERS[app % 3].to_owned()),
-                (
-                    "pod-template-hash",
-                    format!("{:x}", rng.next_u64() & 0xffff),
-                ),
-            ];
-            if rng.chance(10) {
-                l.push(("canary", "true".into()));
-            }
+            let (app, l) = app_labels(rng);
             // Sometimes the address of a deleted pod (IP reuse).
             let reused = inventory
                 .pods
