@@ -73,22 +73,6 @@ fn key(metric: &BTreeMap<String, String>) -> Vec<String> {
 }
 
 #[derive(Deserialize)]
-struct Answer {
-    status: String,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    data: Option<Data>,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    #[serde(rename = "resultType")]
-    result_type: String,
-    result: Vec<Series>,
-}
-
-#[derive(Deserialize)]
 struct Series {
     metric: BTreeMap<String, String>,
     values: Vec<(f64, String)>,
@@ -99,30 +83,10 @@ struct Series {
 /// positive (the counter was reset by an agent restart and counted again), or when it is a
 /// series' first sample after `start` (the series was born in the window).
 pub fn parse_range(body: &str, origin: &str, start: Timestamp) -> Result<Seen, SourceError> {
-    let bad = |problem: String| SourceError::Prometheus {
-        origin: origin.to_owned(),
-        problem,
-    };
-    let answer: Answer = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
-    if answer.status != "success" {
-        return Err(bad(format!(
-            "status {:?}: {}",
-            answer.status,
-            answer.error.unwrap_or_default()
-        )));
-    }
-    let data = answer
-        .data
-        .ok_or_else(|| bad("no `data` field".to_owned()))?;
-    if data.result_type != "matrix" {
-        return Err(bad(format!(
-            "resultType {:?}, expected \"matrix\"",
-            data.result_type
-        )));
-    }
+    let result: Vec<Series> = super::sources::prometheus_result(body, origin, "matrix")?;
     let start_ms = start.as_millisecond();
     let mut seen = Seen::default();
-    for s in &data.result {
+    for s in &result {
         let mut prev: Option<f64> = None;
         let mut span: Option<(Timestamp, Timestamp)> = None;
         for (t, v) in &s.values {

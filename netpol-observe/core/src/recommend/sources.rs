@@ -223,20 +223,52 @@ pub fn prometheus_query(window: SignedDuration) -> String {
     )
 }
 
+/// A Prometheus HTTP API answer whose `result` holds `S`s.
 #[derive(Deserialize)]
-struct PromAnswer {
+struct PromAnswer<S> {
     status: String,
     #[serde(default)]
     error: Option<String>,
-    #[serde(default)]
-    data: Option<PromData>,
+    #[serde(default = "Option::default")]
+    data: Option<PromData<S>>,
 }
 
 #[derive(Deserialize)]
-struct PromData {
+struct PromData<S> {
     #[serde(rename = "resultType")]
     result_type: String,
-    result: Vec<PromSample>,
+    result: Vec<S>,
+}
+
+/// The `result` of a Prometheus answer from `origin`, which must be a success of
+/// `result_type` (`vector` for a query, `matrix` for a range query).
+pub(crate) fn prometheus_result<S: serde::de::DeserializeOwned>(
+    body: &str,
+    origin: &str,
+    result_type: &str,
+) -> Result<Vec<S>, SourceError> {
+    let bad = |problem: String| SourceError::Prometheus {
+        origin: origin.to_owned(),
+        problem,
+    };
+    let answer: PromAnswer<S> = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
+    if answer.status != "success" {
+        return Err(bad(format!(
+            "status {:?}: {}",
+            answer.status,
+            answer.error.unwrap_or_default()
+        )));
+    }
+    let data = answer
+        .data
+        .ok_or_else(|| bad("no `data` field".to_owned()))?;
+    if data.result_type != result_type {
+        return Err(bad(format!(
+            "resultType {:?}, expected {result_type:?}",
+            data.result_type
+        )));
+    }
+    Ok(data.result)
 }
 
 #[derive(Deserialize)]
@@ -287,31 +319,11 @@ pub fn parse_prometheus_seen(
     subnets: &Subnets,
     window: SignedDuration,
 ) -> Result<(RecordedFlows, Vec<String>), SourceError> {
-    let bad = |problem: String| SourceError::Prometheus {
-        origin: origin.to_owned(),
-        problem,
-    };
-    let answer: PromAnswer = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
-    if answer.status != "success" {
-        return Err(bad(format!(
-            "status {:?}: {}",
-            answer.status,
-            answer.error.unwrap_or_default()
-        )));
-    }
-    let data = answer
-        .data
-        .ok_or_else(|| bad("no `data` field".to_owned()))?;
-    if data.result_type != "vector" {
-        return Err(bad(format!(
-            "resultType {:?}, expected \"vector\"",
-            data.result_type
-        )));
-    }
+    let result: Vec<PromSample> = prometheus_result(body, origin, "vector")?;
     // The series of each connection, in the order of their first series.
     let mut groups: Vec<Connection> = Vec::new();
     let mut index: HashMap<Vec<&str>, usize> = HashMap::new();
-    for (i, s) in data.result.iter().enumerate() {
+    for (i, s) in result.iter().enumerate() {
         let count: f64 = s.value.1.parse().unwrap_or(0.0);
         if count <= 0.0 {
             continue;
@@ -347,7 +359,7 @@ pub fn parse_prometheus_seen(
     let mut notes = Vec::new();
     for g in &groups {
         let i = g.first;
-        let s = &data.result[i];
+        let s = &result[i];
         let Some(mut f) = place(s, i, origin, inventory, subnets, window, &mut notes) else {
             continue;
         };
