@@ -282,6 +282,29 @@ pub fn flow_table(flows: &[FlowRecord]) -> String {
     s
 }
 
+/// The outside destinations the flows reached by name: `from -> to port/PROTO: names` per
+/// workload pair, port and set of names (`dst.dns_names` of flows to a subnet peer; Services'
+/// names left out), sorted.
+pub fn named_destinations(flows: &[FlowRecord]) -> Vec<String> {
+    let lines: std::collections::BTreeSet<String> = flows
+        .iter()
+        .filter(|f| {
+            f.dst.subnet.is_some() && f.dst.service.is_none() && !f.dst.dns_names.is_empty()
+        })
+        .map(|f| {
+            format!(
+                "{} -> {} {}/{}: {}",
+                endpoint_label(&f.src),
+                endpoint_label(&f.dst),
+                f.dst.port.map(|p| p.to_string()).unwrap_or_default(),
+                protocol_name(f.protocol),
+                f.dst.dns_names.join(", ")
+            )
+        })
+        .collect();
+    lines.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +313,43 @@ mod tests {
         scenario,
     };
     use std::path::Path;
+
+    #[test]
+    fn named_destinations_list_outside_peers_reached_by_name() {
+        let client = || {
+            let mut src = Endpoint::bare("10.244.1.10".parse().unwrap(), Some(40000));
+            src.namespace = Some("shop".into());
+            src.workload = Some(WorkloadRef {
+                kind: "Deployment".into(),
+                name: "checkout".into(),
+            });
+            src
+        };
+        let mut to_api = Endpoint::bare("198.51.100.1".parse().unwrap(), Some(443));
+        to_api.subnet = Some("payments".into());
+        to_api.dns_names = vec!["api.payments.example".into()];
+        let mut to_svc = Endpoint::bare("10.96.0.20".parse().unwrap(), Some(80));
+        to_svc.service = Some(ServiceRef {
+            namespace: "shop".into(),
+            name: "checkout".into(),
+        });
+        to_svc.dns_names = vec!["checkout.shop.svc.cluster.local".into()];
+        let mut by_address = Endpoint::bare("10.0.2.1".parse().unwrap(), Some(5432));
+        by_address.subnet = Some("db".into());
+        let flows: Vec<FlowRecord> = [to_api.clone(), to_api, to_svc, by_address]
+            .into_iter()
+            .map(|dst| {
+                let mut f = FlowRecord::new(Protocol::Tcp, client().ip, dst.ip, dst.port);
+                f.src = client();
+                f.dst = dst;
+                f
+            })
+            .collect();
+        assert_eq!(
+            super::named_destinations(&flows),
+            ["shop/checkout -> payments 443/TCP: api.payments.example"]
+        );
+    }
 
     const TEXT: &str = "name: t
 namespaces: [{name: a}]

@@ -235,7 +235,7 @@ pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
         }
     );
     s.push_str(&expect::flow_table(&report.flows));
-    for line in crate::lab::names::named_destinations(&report.flows) {
+    for line in crate::lab::expect::named_destinations(&report.flows) {
         let _ = writeln!(s, "  by name: {line}");
     }
     for m in &report.missing {
