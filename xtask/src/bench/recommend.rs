@@ -77,9 +77,9 @@ pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
         let _ = std::fs::remove_file(file);
     }
     println!(
-        "| records | arm | groups | policies | wall (median, min–max) | on-CPU (median) | µs per record (on-CPU) | peak RSS (median, min–max) | YAML |"
+        "| records | arm | groups | policies | wall (median, min–max) | on-CPU (median) | µs per record (on-CPU) | CPU, all threads (median) | peak RSS (median, min–max) | YAML |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (s, size) in sizes.iter().enumerate() {
         for (a, (arm, _)) in arms.iter().enumerate() {
             let runs = &samples[s][a];
@@ -93,10 +93,16 @@ pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
             };
             let (wall, wmin, wmax) = spread(&field("total_ms"));
             let (cpu, _, _) = spread(&field("cpu_ms"));
+            // Builds before the parallel flow-file reader do not report it.
+            let process = field("process_cpu_ms");
+            let process = match process.is_empty() {
+                true => "–".to_owned(),
+                false => format!("{:.2} s", spread(&process).0 / 1e3),
+            };
             let rss: Vec<f64> = field("peak_rss_kb").iter().map(|k| k / 1024.0).collect();
             let (rss, rmin, rmax) = spread(&rss);
             println!(
-                "| {size} | {arm} | {} | {} | {:.2} s ({:.2}–{:.2}) | {:.2} s | {:.2} | {rss:.0} MiB ({rmin:.0}–{rmax:.0}) | {} |",
+                "| {size} | {arm} | {} | {} | {:.2} s ({:.2}–{:.2}) | {:.2} s | {:.2} | {process} | {rss:.0} MiB ({rmin:.0}–{rmax:.0}) | {} |",
                 first["groups"].as_u64().unwrap_or(0),
                 first["policies"].as_u64().unwrap_or(0),
                 wall / 1e3,

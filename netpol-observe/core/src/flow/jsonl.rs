@@ -167,43 +167,120 @@ pub(crate) type FlowLineWith<T> = (usize, Result<(FlowRecord, T), FlowLineError>
 /// [`read_lines`], also handing each good line's text to `extra`, which reads more of it (such
 /// as the `verdict` of an agent's answer); its error makes the line bad
 /// ([`FlowLineError::Extra`] naming `field`).
-pub(crate) fn read_lines_with<T>(
+pub(crate) fn read_lines_with<T: Send>(
     path: &Path,
     reader: impl BufRead,
     field: &'static str,
-    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
 ) -> Vec<FlowLineWith<T>> {
     let mut out = Vec::new();
     for_each_line_with(path, reader, field, extra, |line| out.push(line));
     out
 }
 
-/// [`read_lines_with`] as a stream: `each` gets every line as it is read (nothing is held).
-pub(crate) fn for_each_line_with<T>(
+/// Lines parsed per batch by [`for_each_line_with`]'s workers.
+const BATCH: usize = 1024;
+
+/// [`read_lines_with`] as a stream: `each` gets every line as it is read, in the order of the
+/// input (nothing is held but a few batches in flight).
+///
+/// Parsing (JSON, name checks, `extra`) is most of the cost of a large flow file, so batches of
+/// [`BATCH`] lines are parsed on worker threads (one per available CPU) while this thread reads
+/// the next lines and hands the parsed ones to `each` in order; an input of one batch is parsed
+/// here.
+pub(crate) fn for_each_line_with<T: Send>(
     path: &Path,
     reader: impl BufRead,
     field: &'static str,
-    mut extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
     mut each: impl FnMut(FlowLineWith<T>),
 ) {
-    for (number, line) in text_lines(path, reader) {
-        match line {
-            Ok(text) if text.trim().is_empty() => {}
-            Ok(text) => {
-                let parsed = parse_line(path, number, &text).and_then(|record| {
-                    let more = extra(&text).map_err(|source| FlowLineError::Extra {
-                        path: path.to_owned(),
-                        line: number,
-                        field,
-                        source,
-                    })?;
-                    Ok((record, more))
-                });
-                each((number, parsed));
+    let parse =
+        |(number, line): (usize, Result<String, FlowLineError>)| -> Option<FlowLineWith<T>> {
+            match line {
+                Ok(text) if text.trim().is_empty() => None,
+                Ok(text) => Some((
+                    number,
+                    parse_line(path, number, &text).and_then(|record| {
+                        let more = extra(&text).map_err(|source| FlowLineError::Extra {
+                            path: path.to_owned(),
+                            line: number,
+                            field,
+                            source,
+                        })?;
+                        Ok((record, more))
+                    }),
+                )),
+                Err(e) => Some((number, Err(e))),
             }
-            Err(e) => each((number, Err(e))),
-        }
+        };
+    let mut lines = text_lines(path, reader);
+    let first: Vec<_> = lines.by_ref().take(BATCH).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if first.len() < BATCH || workers < 2 {
+        first
+            .into_iter()
+            .chain(lines)
+            .filter_map(parse)
+            .for_each(each);
+        return;
     }
+    let (work_tx, work_rx) = std::sync::mpsc::channel::<(usize, Vec<_>)>();
+    let work_rx = std::sync::Mutex::new(work_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<FlowLineWith<T>>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (work_rx, done_tx, parse) = (&work_rx, done_tx.clone(), &parse);
+            scope.spawn(move || {
+                loop {
+                    let next = work_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((seq, batch))) = next else { break };
+                    let parsed = batch.into_iter().filter_map(parse).collect();
+                    if done_tx.send((seq, parsed)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Batches sent, batches handed to `each`, and the ones parsed ahead of their turn.
+        let (mut sent, mut handed) = (0, 0);
+        let mut ahead = std::collections::BTreeMap::new();
+        let mut batch = Some(first);
+        loop {
+            while let Some(b) = batch.take() {
+                if work_tx.send((sent, b)).is_err() {
+                    break;
+                }
+                sent += 1;
+                if sent - handed < 2 * workers {
+                    let next: Vec<_> = lines.by_ref().take(BATCH).collect();
+                    batch = (!next.is_empty()).then_some(next);
+                }
+            }
+            if handed == sent {
+                break;
+            }
+            // The next batch in order (workers finish out of order).
+            let parsed = loop {
+                if let Some(p) = ahead.remove(&handed) {
+                    break Some(p);
+                }
+                match done_rx.recv() {
+                    Ok((seq, p)) => {
+                        ahead.insert(seq, p);
+                    }
+                    Err(_) => break None,
+                }
+            };
+            let Some(parsed) = parsed else { break };
+            parsed.into_iter().for_each(&mut each);
+            handed += 1;
+            let next: Vec<_> = lines.by_ref().take(BATCH).collect();
+            batch = (!next.is_empty()).then_some(next);
+        }
+        drop(work_tx);
+    });
 }
 
 /// Parses one line into a record whose names are valid ([`FlowRecord::check_names`]).
@@ -239,10 +316,10 @@ pub fn read_file(path: &Path) -> Vec<FlowLine> {
 }
 
 /// [`read_file`] with [`read_lines_with`]'s `extra`.
-pub(crate) fn read_file_with<T>(
+pub(crate) fn read_file_with<T: Send>(
     path: &Path,
     field: &'static str,
-    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
 ) -> Vec<FlowLineWith<T>> {
     let mut out = Vec::new();
     for_each_file_line_with(path, field, extra, |line| out.push(line));
@@ -250,10 +327,10 @@ pub(crate) fn read_file_with<T>(
 }
 
 /// [`read_file_with`] as a stream ([`for_each_line_with`]).
-pub(crate) fn for_each_file_line_with<T>(
+pub(crate) fn for_each_file_line_with<T: Send>(
     path: &Path,
     field: &'static str,
-    extra: impl FnMut(&str) -> Result<T, serde_json::Error>,
+    extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
     mut each: impl FnMut(FlowLineWith<T>),
 ) {
     if path == Path::new("-") {
@@ -373,5 +450,44 @@ mod tests {
             "{err}"
         );
         assert!(lines[2].1.is_ok());
+    }
+
+    #[test]
+    fn many_batches_come_in_input_order_with_their_bad_lines() {
+        // Several batches per worker, bad and blank lines in between, an unfinished last batch.
+        let mut input = String::new();
+        for i in 0..(BATCH * 9 + 17) {
+            match i % 101 {
+                7 => input.push_str("not json\n"),
+                8 => input.push_str("   \n"),
+                9 => input.push_str("{\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\",\"namespace\":\"Bad\"},\"dst\":{\"ip\":\"10.0.0.2\"}}\n"),
+                _ => input.push_str(&format!(
+                    "{{\"protocol\":\"UDP\",\"src\":{{\"ip\":\"10.0.0.1\",\"port\":{}}},\"dst\":{{\"ip\":\"10.0.0.2\",\"port\":53}}}}\n",
+                    i % 65536
+                )),
+            }
+        }
+        let mut seen = Vec::new();
+        for_each_line_with(
+            Path::new("f"),
+            input.as_bytes(),
+            "",
+            |_| Ok(()),
+            |(n, line)| {
+                seen.push((n, line.map(|(r, ())| r.src.port).map_err(|e| e.to_string())));
+            },
+        );
+        let expected: Vec<_> = text_lines(Path::new("f"), input.as_bytes())
+            .filter(|(_, l)| l.as_ref().map_or(true, |t| !t.trim().is_empty()))
+            .map(|(n, l)| {
+                let r = l.and_then(|t| parse_line(Path::new("f"), n, &t));
+                (n, r.map(|r| r.src.port).map_err(|e| e.to_string()))
+            })
+            .collect();
+        let count = |k| (0..BATCH * 9 + 17).filter(|i| i % 101 == k).count();
+        assert_eq!(seen.len(), BATCH * 9 + 17 - count(8));
+        assert_eq!(seen, expected);
+        let bad = seen.iter().filter(|(_, r)| r.is_err()).count();
+        assert_eq!(bad, count(7) + count(9));
     }
 }

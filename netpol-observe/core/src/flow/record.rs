@@ -231,17 +231,22 @@ pub struct FlowNameError {
 impl Endpoint {
     /// Checks every name of this endpoint (`side` is `src` or `dst` in the error's field).
     fn check_names(&self, side: &str) -> Result<(), FlowNameError> {
-        let fail = |field: String| move |source| FlowNameError { field, source };
+        // The field's name is formatted only for an error: this runs on every record read.
+        let fail = |field: &'static str| {
+            move |source| FlowNameError {
+                field: format!("{side}.{field}"),
+                source,
+            }
+        };
         if let Some(ns) = &self.namespace {
-            names::check(NameKind::Namespace, ns).map_err(fail(format!("{side}.namespace")))?;
+            names::check(NameKind::Namespace, ns).map_err(fail("namespace"))?;
         }
         if let Some(pod) = &self.pod {
-            names::check(NameKind::Object, pod).map_err(fail(format!("{side}.pod")))?;
+            names::check(NameKind::Object, pod).map_err(fail("pod"))?;
         }
         if let Some(w) = &self.workload {
-            names::check(NameKind::Kind, &w.kind).map_err(fail(format!("{side}.workload.kind")))?;
-            names::check(NameKind::Object, &w.name)
-                .map_err(fail(format!("{side}.workload.name")))?;
+            names::check(NameKind::Kind, &w.kind).map_err(fail("workload.kind"))?;
+            names::check(NameKind::Object, &w.name).map_err(fail("workload.name"))?;
         }
         if let Some(labels) = &self.labels {
             names::check_labels(labels).map_err(|(key, source)| FlowNameError {
@@ -250,16 +255,14 @@ impl Endpoint {
             })?;
         }
         if let Some(svc) = &self.service {
-            names::check(NameKind::Namespace, &svc.namespace)
-                .map_err(fail(format!("{side}.service.namespace")))?;
-            names::check(NameKind::Service, &svc.name)
-                .map_err(fail(format!("{side}.service.name")))?;
+            names::check(NameKind::Namespace, &svc.namespace).map_err(fail("service.namespace"))?;
+            names::check(NameKind::Service, &svc.name).map_err(fail("service.name"))?;
         }
         if let Some(node) = &self.node {
-            names::check(NameKind::Object, node).map_err(fail(format!("{side}.node")))?;
+            names::check(NameKind::Object, node).map_err(fail("node"))?;
         }
         if let Some(subnet) = &self.subnet {
-            names::check(NameKind::Subnet, subnet).map_err(fail(format!("{side}.subnet")))?;
+            names::check(NameKind::Subnet, subnet).map_err(fail("subnet"))?;
         }
         Ok(())
     }
