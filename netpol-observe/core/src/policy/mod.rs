@@ -21,7 +21,8 @@
 //! ClusterNetworkPolicies ([`cluster`]) add an Admin tier before these rules and a Baseline
 //! tier after them ([`PolicyEngine::compile_with_cluster`]).
 //!
-//! [`reference`] is a slow literal evaluator kept to check the engine.
+//! `reference` (tests only: the core's own and, with the `reference` feature, other crates'
+//! tests) is a slow literal evaluator kept to check the engine.
 
 pub mod cluster;
 mod compile;
@@ -30,7 +31,7 @@ mod error;
 #[cfg(test)]
 mod incremental_tests;
 mod names;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, feature = "reference"))]
 pub mod reference;
 mod regions;
 mod selector;
