@@ -1,40 +1,46 @@
-//! NetworkPolicies (`networking.k8s.io/v1`, k8s-openapi types) compiled into nftables rules on
-//! the lab node, in their own table [`TABLE`] (removal is one `nft delete table`).
+//! NetworkPolicies (`networking.k8s.io/v1`, k8s-openapi types) enforced by nftables rules on
+//! the lab's nodes, in their own table [`TABLE`] (removal is one `nft delete table`).
 //!
-//! The compiled rules follow NetworkPolicy semantics:
-//! - a pod is isolated for a direction when a policy selecting it has that policy type
-//!   (`policyTypes` default: Ingress, plus Egress when the policy has egress rules);
+//! The semantics are the policy engine's, not this module's: the policies are compiled by
+//! [`PolicyEngine`] against the lab's inventory, and its [`Plan`] (per pod and direction:
+//! isolated or not, the allowing rules with their peer pods, ipBlocks and ports, named ports
+//! already resolved) is only written out in nftables syntax here:
+//! - an isolated direction of a pod is a chain (`pod_in_<i>`, `pod_eg_<i>`) of one rule per
+//!   (peer match, port match) of each allowing rule, then `drop`; peer pods are a set of their
+//!   addresses, an ipBlock its CIDR minus its excepts, ports a protocol and a port range;
 //! - a connection needs the egress of its source (if isolated) AND the ingress of its
-//!   destination (if isolated) to allow it; rules are unions, peers in one rule are unions;
-//! - peers: `podSelector` (policy namespace), `namespaceSelector`, both (AND), `ipBlock` with
-//!   `except`; ports with protocol (default TCP), named ports (resolved on the destination
-//!   pod), `endPort` ranges; an empty/missing `from`/`to`/`ports` means all;
+//!   destination (if isolated): egress rules `return` to the forward chain, which then jumps
+//!   to the destination's ingress chain;
+//! - a pod reaching itself (through a Service: hairpin) is always allowed, as the engine has it;
 //! - stateful: `ct state established,related accept` first, so replies always pass;
 //! - traffic to and from the node is never filtered (it does not cross the forward hook);
 //! - the chain sits on the forward hook, after the Service DNAT, so Service traffic is judged on
 //!   the backend pod and target port, as Kubernetes does.
 //!
-//! Denied packets are dropped (`drop`, the kernel's `NETFILTER_DROP`), never rejected.
+//! Denied packets are dropped (`drop`, the kernel's `NETFILTER_DROP`), never rejected. Rules
+//! carry the policy's name as their comment. ClusterNetworkPolicies are not enforced.
 
 use std::{
-    collections::BTreeMap,
     fmt::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
 };
 
-use ipnet::Ipv4Net;
-use k8s_openapi::{
-    api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
-};
+use ipnet::IpNet;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
-    model::{LabModel, PodModel},
+    model::LabModel,
     netns::{self, NetnsError},
     topology::Topology,
 };
-use crate::flow::Protocol;
+use crate::{
+    flow::Protocol,
+    policy::{
+        Plan, PolicyEngine,
+        plan::{Direction, PeerPlan, PortPlan, RulePlan},
+    },
+};
 
 /// The nftables table holding the compiled policies (family `inet`).
 pub const TABLE: &str = "npo_lab_policy";
@@ -68,16 +74,13 @@ pub enum EnforceError {
     /// validation, naming the policy and field).
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
-    /// A field of a policy is invalid.
-    #[error("NetworkPolicy {policy}: {field}: {message}")]
-    Invalid {
-        /// `namespace/name`.
-        policy: String,
-        /// The field path, e.g. `spec.ingress[0].from[1].ipBlock.cidr`.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The lab's objects cannot be written as an inventory.
+    #[error("the lab's inventory")]
+    Inventory(#[from] crate::inventory::InventoryError),
+    /// The engine has ClusterNetworkPolicies, which the lab does not enforce (its plan does
+    /// not describe them; [`compile`] compiles NetworkPolicies only).
+    #[error("ClusterNetworkPolicies are not enforced by the lab")]
+    ClusterPolicies,
 }
 
 /// Loads every NetworkPolicy in `path` (a YAML file or a directory of `.yaml`/`.yml` files;
@@ -88,155 +91,6 @@ pub fn load_policies(path: &Path) -> Result<Vec<NetworkPolicy>, EnforceError> {
     // policies…) are accepted and ignored, unknown kinds are errors naming file and object.
     let draft = netpol_observe_agent::inventory::Inventory::from_path(path)?;
     Ok(draft.network_policies)
-}
-
-/// Whether `labels` match `selector`, by the policy engine's
-/// [`label_selector_matches`](crate::policy::label_selector_matches) (Kubernetes semantics).
-/// [`compile`] validates every policy with the engine first, so an invalid selector never
-/// gets here; it would match nothing.
-fn label_selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    crate::policy::label_selector_matches(selector, labels).unwrap_or(false)
-}
-
-fn name_of(p: &NetworkPolicy) -> String {
-    format!(
-        "{}/{}",
-        p.metadata.namespace.as_deref().unwrap_or("default"),
-        p.metadata.name.as_deref().unwrap_or("")
-    )
-}
-
-use crate::policy::policy_types;
-
-fn selects(model: &LabModel, p: &NetworkPolicy, pod: &PodModel) -> bool {
-    let ns = p.metadata.namespace.as_deref().unwrap_or("default");
-    let selector = p.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
-    pod.namespace == ns
-        && selector.is_none_or(|s| label_selector_matches(s, &pod.labels))
-        && model.namespaces.iter().any(|n| n.name == ns)
-}
-
-/// Peers of a rule: any, or pods and CIDRs (with exceptions).
-enum Peers {
-    Any,
-    Some {
-        pods: Vec<usize>,
-        cidrs: Vec<(Ipv4Net, Vec<Ipv4Net>)>,
-    },
-}
-
-fn parse_net(policy: &str, field: &str, text: &str) -> Result<Option<Ipv4Net>, EnforceError> {
-    match text.parse::<ipnet::IpNet>() {
-        Ok(ipnet::IpNet::V4(n)) => Ok(Some(n.trunc())),
-        Ok(ipnet::IpNet::V6(_)) => Ok(None), // the lab is IPv4: an IPv6 block matches nothing here
-        Err(e) => Err(EnforceError::Invalid {
-            policy: policy.into(),
-            field: field.into(),
-            message: format!("`{text}` is not a CIDR: {e}"),
-        }),
-    }
-}
-
-fn peers(
-    model: &LabModel,
-    policy: &NetworkPolicy,
-    list: Option<&Vec<NetworkPolicyPeer>>,
-    field: &str,
-) -> Result<Peers, EnforceError> {
-    let Some(list) = list.filter(|l| !l.is_empty()) else {
-        return Ok(Peers::Any);
-    };
-    let pname = name_of(policy);
-    let policy_ns = policy.metadata.namespace.as_deref().unwrap_or("default");
-    let mut pods = Vec::new();
-    let mut cidrs = Vec::new();
-    for (i, peer) in list.iter().enumerate() {
-        if let Some(block) = &peer.ip_block {
-            let f = format!("{field}[{i}].ipBlock");
-            let Some(cidr) = parse_net(&pname, &format!("{f}.cidr"), &block.cidr)? else {
-                continue;
-            };
-            let mut except = Vec::new();
-            for (k, e) in block.except.iter().flatten().enumerate() {
-                if let Some(n) = parse_net(&pname, &format!("{f}.except[{k}]"), e)? {
-                    except.push(n);
-                }
-            }
-            cidrs.push((cidr, except));
-            continue;
-        }
-        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-            return Err(EnforceError::Invalid {
-                policy: pname,
-                field: format!("{field}[{i}]"),
-                message: "a peer needs podSelector, namespaceSelector or ipBlock".into(),
-            });
-        }
-        for (pi, pod) in model.pods.iter().enumerate() {
-            let ns_ok = match &peer.namespace_selector {
-                Some(sel) => label_selector_matches(sel, &model.namespace_labels(&pod.namespace)),
-                None => pod.namespace == policy_ns,
-            };
-            let pod_ok = peer
-                .pod_selector
-                .as_ref()
-                .is_none_or(|sel| label_selector_matches(sel, &pod.labels));
-            if ns_ok && pod_ok && !pods.contains(&pi) {
-                pods.push(pi);
-            }
-        }
-    }
-    Ok(Peers::Some { pods, cidrs })
-}
-
-/// One port item: protocol and port (none = all ports of the protocol).
-enum PortItem {
-    All(Protocol),
-    Range(Protocol, u16, u16),
-    Named(Protocol, String),
-}
-
-fn port_items(
-    policy: &NetworkPolicy,
-    list: Option<&Vec<NetworkPolicyPort>>,
-    field: &str,
-) -> Result<Option<Vec<PortItem>>, EnforceError> {
-    let Some(list) = list.filter(|l| !l.is_empty()) else {
-        return Ok(None);
-    };
-    let invalid = |i: usize, message: String| EnforceError::Invalid {
-        policy: name_of(policy),
-        field: format!("{field}[{i}]"),
-        message,
-    };
-    let mut items = Vec::new();
-    for (i, p) in list.iter().enumerate() {
-        let proto = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => Protocol::Sctp,
-            other => return Err(invalid(i, format!("unknown protocol `{other}`"))),
-        };
-        items.push(match &p.port {
-            None => PortItem::All(proto),
-            Some(IntOrString::Int(n)) => {
-                let start = u16::try_from(*n)
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid(i, format!("port {n} out of range")))?;
-                let end = match p.end_port {
-                    Some(e) => u16::try_from(e)
-                        .ok()
-                        .filter(|e| *e >= start)
-                        .ok_or_else(|| invalid(i, format!("endPort {e} below port {start}")))?,
-                    None => start,
-                };
-                PortItem::Range(proto, start, end)
-            }
-            Some(IntOrString::String(name)) => PortItem::Named(proto, name.clone()),
-        });
-    }
-    Ok(Some(items))
 }
 
 fn proto_expr(proto: Protocol) -> &'static str {
@@ -260,21 +114,57 @@ fn set(ips: &[Ipv4Addr]) -> String {
     format!("{{ {} }}", list.join(", "))
 }
 
-/// Address matches for peers in direction `dir` (`saddr`/`daddr`); empty when nothing matches.
-fn peer_exprs(model: &LabModel, peers: &Peers, dir: &str) -> Vec<String> {
+/// The lab's view of the plan's pods: each plan pod's model pod (by address).
+struct Pods<'a> {
+    model: &'a LabModel,
+    of_plan: Vec<Option<usize>>,
+}
+
+impl Pods<'_> {
+    /// The addresses of plan pods `pods`, in model order.
+    fn ips(&self, pods: &[usize]) -> Vec<Ipv4Addr> {
+        let mut model: Vec<usize> = pods
+            .iter()
+            .filter_map(|p| self.of_plan.get(*p).copied().flatten())
+            .collect();
+        model.sort_unstable();
+        model.dedup();
+        model.iter().map(|m| self.model.pods[*m].ip).collect()
+    }
+}
+
+/// The lab is IPv4: an IPv6 block matches nothing here.
+fn v4(net: &IpNet) -> Option<IpNet> {
+    matches!(net, IpNet::V4(_)).then_some(*net)
+}
+
+/// Address matches for a rule's peers in direction `dir` (`saddr`/`daddr`); empty when
+/// nothing matches.
+fn peer_exprs(pods: &Pods<'_>, peers: &PeerPlan, dir: &str) -> Vec<String> {
     match peers {
-        Peers::Any => vec![String::new()],
-        Peers::Some { pods, cidrs } => {
+        PeerPlan::Any => vec![String::new()],
+        PeerPlan::Listed {
+            pods: listed,
+            blocks,
+        } => {
             let mut out = Vec::new();
-            if !pods.is_empty() {
-                let ips: Vec<Ipv4Addr> = pods.iter().map(|&p| model.pods[p].ip).collect();
+            let ips = pods.ips(listed);
+            if !ips.is_empty() {
                 out.push(format!("ip {dir} {}", set(&ips)));
             }
-            for (cidr, except) in cidrs {
+            for block in blocks {
+                let Some(cidr) = v4(&block.cidr) else {
+                    continue;
+                };
                 let mut e = format!("ip {dir} {cidr}");
+                let except: Vec<String> = block
+                    .except
+                    .iter()
+                    .filter_map(v4)
+                    .map(|n| n.to_string())
+                    .collect();
                 if !except.is_empty() {
-                    let ex: Vec<String> = except.iter().map(Ipv4Net::to_string).collect();
-                    let _ = write!(e, " ip {dir} != {{ {} }}", ex.join(", "));
+                    let _ = write!(e, " ip {dir} != {{ {} }}", except.join(", "));
                 }
                 out.push(e);
             }
@@ -292,134 +182,108 @@ fn rule(parts: &[&str], verdict: &str, comment: &str) -> String {
     format!("{line}{verdict} comment \"{comment}\"\n")
 }
 
-fn ingress_chain(
-    model: &LabModel,
-    pod: &PodModel,
-    policies: &[&NetworkPolicy],
-) -> Result<String, EnforceError> {
+/// The nftables rules of one allowing rule of an ingress (`saddr`, `accept`) or egress
+/// (`daddr`, `return`) chain. A named port on egress is matched with the destination pods
+/// that resolve it to that number (the plan's [`PortPlan::Named`]).
+fn rule_lines(pods: &Pods<'_>, r: &RulePlan, direction: Direction) -> String {
+    let (dir, verdict) = match direction {
+        Direction::Ingress => ("saddr", "accept"),
+        Direction::Egress => ("daddr", "return"),
+    };
+    let peers = peer_exprs(pods, &r.peers, dir);
     let mut body = String::new();
-    for p in policies {
-        let pname = name_of(p);
-        for (ri, r) in p
-            .spec
-            .iter()
-            .flat_map(|s| s.ingress.iter().flatten())
-            .enumerate()
-        {
-            let field = format!("spec.ingress[{ri}]");
-            let from = peers(model, p, r.from.as_ref(), &format!("{field}.from"))?;
-            let srcs = peer_exprs(model, &from, "saddr");
-            let ports: Vec<String> =
-                match port_items(p, r.ports.as_ref(), &format!("{field}.ports"))? {
-                    None => vec![String::new()],
-                    Some(items) => items
-                        .iter()
-                        .filter_map(|item| match item {
-                            PortItem::All(proto) => Some(proto_expr(*proto).to_string()),
-                            PortItem::Range(proto, a, b) => Some(range_expr(*proto, *a, *b)),
-                            PortItem::Named(proto, name) => pod
-                                .named_port(name, *proto)
-                                .map(|n| range_expr(*proto, n, n)),
-                        })
-                        .collect(),
-                };
-            for s in &srcs {
-                for port in &ports {
-                    body.push_str(&rule(&[s, port], "accept", &pname));
-                }
+    let Some(items) = &r.ports else {
+        for p in &peers {
+            body.push_str(&rule(&[p], verdict, &r.policy));
+        }
+        return body;
+    };
+    let simple = |item: &PortPlan| match item {
+        PortPlan::Protocol(proto) => Some(proto_expr(*proto).to_string()),
+        PortPlan::Range {
+            protocol,
+            start,
+            end,
+        } => Some(range_expr(*protocol, *start, *end)),
+        PortPlan::Named { .. } => None,
+    };
+    if direction == Direction::Ingress {
+        // Named ports are resolved on the pod itself: the plan gives them as ranges.
+        let ports: Vec<String> = items.iter().filter_map(simple).collect();
+        for p in &peers {
+            for port in &ports {
+                body.push_str(&rule(&[p, port], verdict, &r.policy));
             }
         }
+        return body;
     }
-    Ok(body)
-}
-
-fn egress_chain(model: &LabModel, policies: &[&NetworkPolicy]) -> Result<String, EnforceError> {
-    let mut body = String::new();
-    for p in policies {
-        let pname = name_of(p);
-        for (ri, r) in p
-            .spec
-            .iter()
-            .flat_map(|s| s.egress.iter().flatten())
-            .enumerate()
-        {
-            let field = format!("spec.egress[{ri}]");
-            let to = peers(model, p, r.to.as_ref(), &format!("{field}.to"))?;
-            let dsts = peer_exprs(model, &to, "daddr");
-            let Some(items) = port_items(p, r.ports.as_ref(), &format!("{field}.ports"))? else {
-                for d in &dsts {
-                    body.push_str(&rule(&[d], "return", &pname));
-                }
-                continue;
-            };
-            for item in &items {
-                match item {
-                    PortItem::All(proto) => {
-                        for d in &dsts {
-                            body.push_str(&rule(&[d, proto_expr(*proto)], "return", &pname));
-                        }
-                    }
-                    PortItem::Range(proto, a, b) => {
-                        for d in &dsts {
-                            body.push_str(&rule(
-                                &[d, &range_expr(*proto, *a, *b)],
-                                "return",
-                                &pname,
-                            ));
-                        }
-                    }
-                    PortItem::Named(proto, name) => {
-                        // Resolved on each destination pod; ipBlocks have no named ports.
-                        let candidates: Vec<usize> = match &to {
-                            Peers::Any => (0..model.pods.len()).collect(),
-                            Peers::Some { pods, .. } => pods.clone(),
-                        };
-                        let mut by_port: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
-                        for c in candidates {
-                            if let Some(n) = model.pods[c].named_port(name, *proto) {
-                                by_port.entry(n).or_default().push(model.pods[c].ip);
-                            }
-                        }
-                        for (n, ips) in by_port {
-                            let d = format!("ip daddr {}", set(&ips));
-                            body.push_str(&rule(
-                                &[&d, &range_expr(*proto, n, n)],
-                                "return",
-                                &pname,
-                            ));
-                        }
-                    }
+    for item in items {
+        match (item, simple(item)) {
+            (_, Some(port)) => {
+                for p in &peers {
+                    body.push_str(&rule(&[p, &port], verdict, &r.policy));
                 }
             }
+            (
+                PortPlan::Named {
+                    protocol, ports, ..
+                },
+                None,
+            ) => {
+                for (n, dst) in ports {
+                    let ips = pods.ips(dst);
+                    if ips.is_empty() {
+                        continue;
+                    }
+                    let d = format!("ip daddr {}", set(&ips));
+                    body.push_str(&rule(
+                        &[&d, &range_expr(*protocol, *n, *n)],
+                        verdict,
+                        &r.policy,
+                    ));
+                }
+            }
+            _ => {}
         }
     }
-    Ok(body)
+    body
 }
 
 /// Compiles `policies` into one nftables script per node (in [`LabModel::nodes`] order), each
 /// creating [`TABLE`] with the rules of that node's pods: a node enforces the egress of its
 /// pods and the ingress of its pods, as a CNI does, so a packet is dropped on the node of the
-/// pod whose side denies it. A node with `enforce: false` gets an empty table.
+/// pod whose side denies it. A node with `enforce: false` gets an empty table. The policies are
+/// compiled by the policy engine against the lab's inventory ([`crate::inventory`]), which
+/// validates them.
 pub fn compile(model: &LabModel, policies: &[NetworkPolicy]) -> Result<Vec<String>, EnforceError> {
-    for p in policies {
-        crate::policy::validate(p)?;
-    }
-    (0..model.nodes.len())
-        .map(|node| compile_node(model, policies, node))
-        .collect()
+    let text = crate::inventory::to_yaml(model)?;
+    let inventory =
+        netpol_observe_agent::inventory::Inventory::from_yaml_str(&text, "the lab's inventory")?;
+    let engine = PolicyEngine::compile(policies, &inventory)?;
+    let plan = engine.plan().ok_or(EnforceError::ClusterPolicies)?;
+    let of_plan = (0..plan.pod_count())
+        .map(|i| {
+            let pod = plan.pod(i)?;
+            pod.ips.iter().find_map(|ip| match ip {
+                IpAddr::V4(a) => model.pods.iter().position(|m| m.ip == *a),
+                IpAddr::V6(_) => None,
+            })
+        })
+        .collect();
+    let pods = Pods { model, of_plan };
+    Ok((0..model.nodes.len())
+        .map(|node| compile_node(&plan, &pods, node))
+        .collect())
 }
 
-fn compile_node(
-    model: &LabModel,
-    policies: &[NetworkPolicy],
-    node: usize,
-) -> Result<String, EnforceError> {
+fn compile_node(plan: &Plan<'_>, pods: &Pods<'_>, node: usize) -> String {
+    let model = pods.model;
     if !model.nodes[node].enforce {
         // A node whose CNI does not enforce NetworkPolicy (scenario `enforce: false`).
-        return Ok(format!(
+        return format!(
             "table inet {TABLE} {{\n  comment \"node {} does not enforce NetworkPolicy\"\n}}\n",
             model.nodes[node].name
-        ));
+        );
     }
     let mut chains = String::new();
     let mut egress_map = Vec::new();
@@ -428,39 +292,28 @@ fn compile_node(
         if pod.node != node {
             continue;
         }
-        let selecting: Vec<&NetworkPolicy> =
-            policies.iter().filter(|p| selects(model, p, pod)).collect();
-        let ingress: Vec<&NetworkPolicy> = selecting
-            .iter()
-            .copied()
-            .filter(|p| policy_types(p).0)
-            .collect();
-        let egress: Vec<&NetworkPolicy> = selecting
-            .iter()
-            .copied()
-            .filter(|p| policy_types(p).1)
-            .collect();
+        let Some(p) = pods.of_plan.iter().position(|m| *m == Some(i)) else {
+            continue;
+        };
         let who = format!("{}/{}", pod.namespace, pod.name);
-        if !ingress.is_empty() {
+        if let Some(side) = plan.side(p, Direction::Ingress) {
             // A pod reaching itself through a Service (hairpin) is self-traffic: always
             // allowed, as the policy engine has it.
-            let body = format!(
-                "    ip saddr {} accept comment \"self\"\n{}",
-                pod.ip,
-                ingress_chain(model, pod, &ingress)?
-            );
+            let mut body = format!("    ip saddr {} accept comment \"self\"\n", pod.ip);
+            for r in &side.rules {
+                body.push_str(&rule_lines(pods, r, Direction::Ingress));
+            }
             let _ = write!(
                 chains,
                 "  chain pod_in_{i} {{\n{body}    drop comment \"ingress isolated: {who}\"\n  }}\n"
             );
             ingress_map.push(format!("{} : jump pod_in_{i}", pod.ip));
         }
-        if !egress.is_empty() {
-            let body = format!(
-                "    ip daddr {} return comment \"self\"\n{}",
-                pod.ip,
-                egress_chain(model, &egress)?
-            );
+        if let Some(side) = plan.side(p, Direction::Egress) {
+            let mut body = format!("    ip daddr {} return comment \"self\"\n", pod.ip);
+            for r in &side.rules {
+                body.push_str(&rule_lines(pods, r, Direction::Egress));
+            }
             let _ = write!(
                 chains,
                 "  chain pod_eg_{i} {{\n{body}    drop comment \"egress isolated: {who}\"\n  }}\n"
@@ -482,7 +335,7 @@ fn compile_node(
         );
     }
     forward.push_str("  }\n");
-    Ok(format!("table inet {TABLE} {{\n{chains}{forward}}}\n"))
+    format!("table inet {TABLE} {{\n{chains}{forward}}}\n")
 }
 
 /// Loads the compiled `scripts` (from [`compile`]) into the lab's nodes, replacing earlier
@@ -533,18 +386,31 @@ workloads:
 
     #[test]
     fn selectors_are_the_engines_and_invalid_ones_are_rejected() {
-        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let sel: LabelSelector = crate::yaml::from_str(
-            "{matchLabels: {app: web}, matchExpressions: [{key: tier, operator: DoesNotExist}, {key: app, operator: In, values: [web, api]}]}",
-        )
-        .unwrap();
-        assert!(label_selector_matches(&sel, &labels));
-        let sel: LabelSelector = crate::yaml::from_str(
-            "{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}",
-        )
-        .unwrap();
-        assert!(!label_selector_matches(&sel, &labels));
-        assert!(label_selector_matches(&LabelSelector::default(), &labels));
+        let m = model();
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}, matchExpressions: [{key: tier, operator: DoesNotExist}, {key: app, operator: In, values: [web, api]}]}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: x}}, podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [web]}]}}]
+",
+        );
+        let script = compile(&m, &p).unwrap().remove(0);
+        // web (10.244.0.11) alone is isolated; api (10.244.0.12, namespace a of team x, not
+        // web) alone may reach it.
+        assert!(script.contains("10.244.0.11 : jump pod_in_1"), "{script}");
+        assert!(!script.contains("10.244.0.12 : jump"), "{script}");
+        assert!(
+            script.contains("    ip saddr { 10.244.0.12 } accept comment \"a/p\"\n"),
+            "{script}"
+        );
+        assert_eq!(
+            script.matches("accept comment \"a/p\"").count(),
+            1,
+            "{script}"
+        );
         let bad = policies(
             "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -553,7 +419,7 @@ spec:
   podSelector: {matchExpressions: [{key: app, operator: Bogus}]}
 ",
         );
-        let err = compile(&model(), &bad).unwrap_err().to_string();
+        let err = compile(&m, &bad).unwrap_err().to_string();
         assert!(err.contains("a/bad") && err.contains("Bogus"), "{err}");
     }
 
@@ -596,6 +462,45 @@ spec:
         assert!(!script.contains("10.244.0.13 : jump"), "{script}");
         assert!(!script.contains("10.244.0.10 : jump"), "{script}");
         assert!(script.contains("10.244.0.11 : jump pod_in_1"), "{script}");
+    }
+
+    #[test]
+    fn ip_blocks_ranges_and_named_ports_are_the_engines() {
+        let m = model();
+        let p = policies(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.0.12/32]}}]
+    ports: [{port: http}]
+  - to: [{ipBlock: {cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}, {ipBlock: {cidr: 'fd00::/8'}}]
+    ports: [{port: 9000, endPort: 9100, protocol: UDP}]
+",
+        );
+        let script = compile(&m, &p).unwrap().remove(0);
+        // Only web's egress is isolated.
+        assert!(
+            script.contains("ip saddr vmap { 10.244.0.11 : jump pod_eg_1 }"),
+            "{script}"
+        );
+        assert!(!script.contains("pod_in_"), "{script}");
+        // A named port is the destination pod's: the pods in the block with a port `http`
+        // (web, 8080; api, 9000, is excepted; cli has none), as the engine resolves it.
+        assert!(
+            script.contains("    ip daddr { 10.244.0.11 } meta l4proto tcp th dport 8080 return comment \"a/p\"\n"),
+            "{script}"
+        );
+        assert!(!script.contains("10.244.0.0/16"), "{script}");
+        assert!(
+            script.contains("    ip daddr 192.0.2.0/24 ip daddr != { 192.0.2.128/25 } meta l4proto udp th dport 9000-9100 return comment \"a/p\"\n"),
+            "{script}"
+        );
+        // The lab is IPv4: the IPv6 block is left out.
+        assert!(!script.contains("fd00"), "{script}");
     }
 
     #[test]

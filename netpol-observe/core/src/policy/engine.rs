@@ -1390,6 +1390,50 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Read-only accessors for [`super::plan`]: what the engine compiled, per pod.
+impl PolicyEngine {
+    /// The rule tables.
+    pub(super) fn compiled_tables(&self) -> &Tables {
+        &self.core.tables
+    }
+
+    /// Policy names (`ns/name`) by index.
+    pub(super) fn compiled_policy_names(&self) -> &[Name] {
+        &self.names
+    }
+
+    /// Number of pods (the inventory's, in its order).
+    pub(super) fn compiled_pod_count(&self) -> usize {
+        self.hot.len()
+    }
+
+    /// Pod `pod` as compiled.
+    pub(super) fn compiled_pod(&self, pod: usize) -> Option<super::plan::CompiledPod<'_>> {
+        let (hot, entry) = (self.hot.get(pod)?, self.table.pods.get(pod)?);
+        let group = |g: u32| (g != NO_GROUP).then_some(g);
+        Some(super::plan::CompiledPod {
+            namespace: &entry.namespace,
+            name: &entry.name,
+            ips: &entry.ips,
+            host_network: hot.host_network,
+            class: (hot.class != NO_CLASS).then_some(hot.class),
+            ingress: group(hot.ingress),
+            egress: group(hot.egress),
+        })
+    }
+
+    /// The port of pod `pod` named `name` with `protocol`, as a verdict resolves it.
+    pub(super) fn compiled_named_port(
+        &self,
+        pod: usize,
+        name: &str,
+        protocol: Protocol,
+    ) -> Option<u16> {
+        let id = self.core.tables.port_name(name)?;
+        self.core.named_port_id(to_u32(pod), id, protocol)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -21,7 +21,12 @@
 //! ClusterNetworkPolicies ([`cluster`]) add an Admin tier before these rules and a Baseline
 //! tier after them ([`PolicyEngine::compile_with_cluster`]).
 //!
-//! [`reference`] is a slow literal evaluator kept to check the engine.
+//! [`PolicyEngine::plan`] is a read-only view of what the engine compiled (per pod and
+//! direction: isolation, rules with their peers and ports resolved), from which an enforcer
+//! (the lab's nftables) writes its rules: one semantics.
+//!
+//! `reference` (tests only: the core's own and, with the `reference` feature, other crates'
+//! tests) is a slow literal evaluator kept to check the engine.
 
 pub mod cluster;
 mod compile;
@@ -30,7 +35,8 @@ mod error;
 #[cfg(test)]
 mod incremental_tests;
 mod names;
-#[cfg(any(test, feature = "testing"))]
+pub mod plan;
+#[cfg(any(test, feature = "reference"))]
 pub mod reference;
 mod regions;
 mod selector;
@@ -43,5 +49,6 @@ pub use compile::{policy_id, policy_types, validate};
 pub use engine::{CompactSide, CompactVerdict, PodPolicies, PodTable, PolicyEngine};
 pub use error::{PolicyError, SelectorError};
 pub use names::{Name, Names};
+pub use plan::Plan;
 pub use selector::label_selector_matches;
 pub use verdict::{EvaluatedFlow, Reason, SideResult, SideVerdict, Verdict};

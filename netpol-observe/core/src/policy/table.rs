@@ -58,6 +58,11 @@ pub(crate) struct RuleInfo {
     cond: u32,
     /// `ns/name:ingress[i]`.
     pub(crate) label: Name,
+    /// Its ports as compiled (`None`: every port and protocol), read by [`super::plan`].
+    pub(crate) ports: Option<Box<[PortMatch]>>,
+    /// Its ipBlocks (ids into [`Tables::block`], in the order the rule names them; `None`:
+    /// the rule allows every peer), read by [`super::plan`].
+    pub(crate) blocks: Option<Box<[u32]>>,
 }
 
 /// Rules (global ids, ascending = policy order then rule order) with their peers merged.
@@ -100,6 +105,8 @@ pub(crate) struct Group {
     pub(crate) policies: Box<[u32]>,
     /// Their names: the explanation of a denial.
     pub(crate) denied: Names,
+    /// Their rules in this direction (global ids: policy order, then rule order).
+    pub(crate) rules: Box<[u32]>,
 }
 
 /// A group as pods refer to it: the offset of its record in [`Tables::flat`].
@@ -151,6 +158,14 @@ impl CondRows {
             .copied()
             .unwrap_or(0);
         ((class | region) >> (cond % 64)) & 1 == 1
+    }
+
+    /// Whether condition `cond` allows pods of peer class `class` (by a pod peer; ipBlocks and
+    /// "every peer" aside).
+    fn class_hit(&self, class: u32, cond: u32) -> bool {
+        self.class
+            .get(class as usize * self.words + cond as usize / 64)
+            .is_some_and(|w| (w >> (cond % 64)) & 1 == 1)
     }
 }
 
@@ -207,6 +222,8 @@ pub(crate) struct Tables {
     /// The conditions of single rules (what an explanation tests).
     rule_rows: CondRows,
     regions: Regions,
+    /// The distinct ipBlocks, by id (read by [`super::plan`]).
+    blocks: Box<[Block]>,
 }
 
 fn proto_index(p: Protocol) -> Option<usize> {
@@ -252,6 +269,29 @@ impl Tables {
             class: u32::try_from(class).unwrap_or(u32::MAX),
             region: self.regions.region(peer.ip),
         }
+    }
+
+    /// Rule `r` (global id).
+    pub(crate) fn rule(&self, r: u32) -> Option<&RuleInfo> {
+        self.rules.get(r as usize)
+    }
+
+    /// ipBlock `b` (an id of [`RuleInfo::blocks`]).
+    pub(crate) fn block(&self, b: u32) -> Option<&Block> {
+        self.blocks.get(b as usize)
+    }
+
+    /// Whether rule `r` allows pods of peer class `class` by one of its pod peers.
+    pub(crate) fn rule_allows_class(&self, r: u32, class: u32) -> bool {
+        self.rule(r)
+            .is_some_and(|info| self.rule_rows.class_hit(class, info.cond))
+    }
+
+    /// Whether rule `r` allows the peer of `rows` ([`Tables::rows`]): what an explanation
+    /// tests.
+    pub(crate) fn rule_allows(&self, r: u32, rows: Rows) -> bool {
+        self.rule(r)
+            .is_some_and(|info| self.rule_rows.hit(rows, info.cond))
     }
 
     #[inline]
@@ -539,6 +579,7 @@ impl<'a> TablesBuilder<'a> {
         pod_sets: &[&[u64]],
         label: Name,
     ) -> u32 {
+        let mut named_blocks = None;
         let cond = match &rule.peers {
             None => CondSpec {
                 all: true,
@@ -557,6 +598,13 @@ impl<'a> TablesBuilder<'a> {
                         blocks.push(self.intern_block((*cidr, except.clone().into_boxed_slice())));
                     }
                 }
+                let mut in_order: Vec<u32> = Vec::with_capacity(blocks.len());
+                for b in &blocks {
+                    if !in_order.contains(b) {
+                        in_order.push(*b);
+                    }
+                }
+                named_blocks = Some(in_order.into_boxed_slice());
                 blocks.sort_unstable();
                 blocks.dedup();
                 CondSpec {
@@ -572,6 +620,8 @@ impl<'a> TablesBuilder<'a> {
             policy,
             cond,
             label,
+            ports: rule.ports.as_deref().map(Box::from),
+            blocks: named_blocks,
         });
         self.ports.push(rule.ports.as_deref());
         id
@@ -660,6 +710,7 @@ impl<'a> TablesBuilder<'a> {
                 .iter()
                 .filter_map(|p| names.get(*p as usize).cloned())
                 .collect(),
+            rules: all_rules.into_boxed_slice(),
         });
         let at = self.lay_out(id, &GroupTables { other, protos });
         self.group_ids.insert(key, at);
@@ -836,6 +887,7 @@ impl<'a> TablesBuilder<'a> {
         tables.flat_sets = self.flat_sets.into_boxed_slice();
         tables.set_flat = self.set_flat.into_boxed_slice();
         tables.regions = regions;
+        tables.blocks = self.blocks.into_boxed_slice();
         tables
     }
 }

@@ -25,7 +25,7 @@
 //! the rule has a name).
 
 mod compile;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, feature = "reference"))]
 pub(crate) mod reference;
 pub(crate) mod tiers;
 pub mod types;
