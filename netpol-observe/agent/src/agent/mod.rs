@@ -69,22 +69,24 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The HTTP listener cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The inventory files are unusable at start.
     #[error("inventory: {0}")]
     Inventory(#[from] InventoryError),
     /// The staged policies are unusable at start.
-    #[error("staged policies {path}: {source}")]
+    #[error("staged policies {path}")]
     Staged {
         /// The file or directory.
         path: PathBuf,
         /// Why.
+        #[source]
         source: Box<InventoryError>,
     },
     /// A policy does not compile.
@@ -250,7 +252,10 @@ impl AgentState {
         };
         let mut d = lock(d);
         if let Some(Err(e)) = d.reload_if_changed(now) {
-            tracing::warn!("drift baseline reload failed, keeping the baseline in use: {e}");
+            tracing::warn!(
+                "drift baseline reload failed, keeping the baseline in use: {}",
+                Chain(&e)
+            );
         }
         d.persist(now);
     }
@@ -1191,7 +1196,7 @@ async fn connect_live(state: &AgentState, config: &AgentConfig) -> Source {
             Source::Live(live::start(client, live::LiveOptions::default()))
         }
         Err(e) => {
-            let msg = format!("no --inventory and {e}; flows stay unattributed");
+            let msg = format!("no --inventory and {}; flows stay unattributed", Chain(&e));
             tracing::warn!("{msg}");
             state.set_inventory_error(msg);
             Source::None
@@ -1354,7 +1359,8 @@ fn spawn_rebuilder(
                                 changed = true;
                             }
                             Err(e) => tracing::error!(
-                                "staged policies reload failed, keeping the previous ones: {e}"
+                                "staged policies reload failed, keeping the previous ones: {}",
+                                Chain(&e)
                             ),
                         },
                     }
@@ -1416,7 +1422,7 @@ fn read_drops(state: &AgentState, capture: &mut impl Capture) {
                 state.on_drop(d);
             }
         }
-        Err(e) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("{}", Chain(&e)),
     }
 }
 

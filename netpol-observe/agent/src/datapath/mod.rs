@@ -793,7 +793,7 @@ async fn scan_sockets() -> sockets::Sockets {
     match tokio::task::spawn_blocking(sockets::scan).await {
         Ok((found, errors)) => {
             for e in &errors {
-                tracing::debug!("sockets: {e}");
+                tracing::debug!("sockets: {}", Chain(e));
             }
             let (namespaces, listening, connected) = found.counts();
             tracing::info!(
