@@ -41,7 +41,7 @@ pub enum InventoryError {
     #[error("cannot serialize the inventory: {0}")]
     Serialize(String),
     /// The file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: std::path::PathBuf,

@@ -65,7 +65,7 @@ pub enum LabError {
     #[error(transparent)]
     Render(#[from] RenderError),
     /// An output file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
