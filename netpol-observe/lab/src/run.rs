@@ -769,44 +769,14 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
 
     let learned = learn(model, opts, &topo, &agents, &cluster, &mut files).await?;
 
-    tracing::info!(flows = learned.flows.len(), "recommending policies");
-    let subnets = subnets_of(model);
-    let config = RecommendConfig {
-        // The lab's traffic list is the whole legitimate traffic: no "observed too briefly".
-        min_observation: jiff::SignedDuration::ZERO,
-        cluster_ranges: vec![ipnet::IpNet::V4(model.service_cidr)],
-        ..RecommendConfig::default()
+    let (recommended, config) = recommend(model, &cluster, &learned.flows, opts, &mut files)?;
+    let comparison = match &prometheus {
+        Some(prom) => Some(
+            compare_with_prometheus(&agents, prom, model, opts, &cluster, &config, &mut files)
+                .await?,
+        ),
+        None => None,
     };
-    let rec = Recommender::new(&cluster, &subnets, config.clone()).recommend(&learned.flows);
-    write(
-        &opts.out.join("recommended.yaml"),
-        render_yaml(&rec.policies)?.as_bytes(),
-        &mut files,
-    )?;
-    let recommended = Recommended {
-        policies: rec.policies,
-        notes: rec.notes,
-    };
-
-    let mut comparison = None;
-    if let Some(prom) = &prometheus {
-        tracing::info!("comparing recommend --prometheus with recommend --agent");
-        let c = compare_sources(
-            &agents,
-            prom,
-            &cluster,
-            &subnets,
-            &config,
-            opts.agent_timeout,
-        )
-        .await?;
-        if !c.equal {
-            tracing::warn!(differing = ?c.differing, notes = ?c.notes, "recommend --prometheus and --agent differ");
-        }
-        write(&opts.out.join("prometheus.json"), &json(&c), &mut files)?;
-        comparison = Some(c);
-    }
-
     let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
     let mut verify = crate::recommend::verify::verify(&engine, &learned.flows);
     verify.selects_nothing =
@@ -1059,6 +1029,64 @@ async fn learn(
         coverage,
         missing,
     })
+}
+
+/// Recommends policies from the learning phase's `flows` (`recommended.yaml`), with the
+/// lab's recommender configuration (returned, for the comparison with Prometheus).
+fn recommend(
+    model: &LabModel,
+    cluster: &netpol_observe_agent::inventory::Inventory,
+    flows: &[FlowRecord],
+    opts: &LabOptions,
+    files: &mut Vec<PathBuf>,
+) -> Result<(Recommended, RecommendConfig), LabError> {
+    tracing::info!(flows = flows.len(), "recommending policies");
+    let subnets = subnets_of(model);
+    let config = RecommendConfig {
+        // The lab's traffic list is the whole legitimate traffic: no "observed too briefly".
+        min_observation: jiff::SignedDuration::ZERO,
+        cluster_ranges: vec![ipnet::IpNet::V4(model.service_cidr)],
+        ..RecommendConfig::default()
+    };
+    let rec = Recommender::new(cluster, &subnets, config.clone()).recommend(flows);
+    write(
+        &opts.out.join("recommended.yaml"),
+        render_yaml(&rec.policies)?.as_bytes(),
+        files,
+    )?;
+    let recommended = Recommended {
+        policies: rec.policies,
+        notes: rec.notes,
+    };
+    Ok((recommended, config))
+}
+
+/// Compares `recommend --prometheus` with `recommend --agent` (see [`compare_sources`]) and
+/// writes `prometheus.json`.
+async fn compare_with_prometheus(
+    agents: &Agents,
+    prom: &PrometheusHandle,
+    model: &LabModel,
+    opts: &LabOptions,
+    cluster: &netpol_observe_agent::inventory::Inventory,
+    config: &RecommendConfig,
+    files: &mut Vec<PathBuf>,
+) -> Result<Comparison, LabError> {
+    tracing::info!("comparing recommend --prometheus with recommend --agent");
+    let c = compare_sources(
+        agents,
+        prom,
+        cluster,
+        &subnets_of(model),
+        config,
+        opts.agent_timeout,
+    )
+    .await?;
+    if !c.equal {
+        tracing::warn!(differing = ?c.differing, notes = ?c.notes, "recommend --prometheus and --agent differ");
+    }
+    write(&opts.out.join("prometheus.json"), &json(&c), files)?;
+    Ok(c)
 }
 
 /// What the enforcement stage produced (see [`LabReport::enforced_policies`],

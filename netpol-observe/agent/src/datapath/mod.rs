@@ -299,31 +299,13 @@ impl Datapath {
                 .attach_mode
                 .unwrap_or_else(AttachMode::for_this_kernel),
         )?;
-        let logger = if config.ebpf_log {
-            match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!("eBPF logging unavailable: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
+        let logger = config
+            .ebpf_log
+            .then(|| ebpf_logger(&mut attacher))
+            .flatten();
         // Sockets first: connections older than the attach are oriented by who listens.
         let sockets = scan_sockets().await;
-        let (present, messages, netlink) = links::subscribe().await?;
-        for pattern in &config.include {
-            if InterfaceFilter::is_literal(pattern) && !present.iter().any(|(_, n)| n == pattern) {
-                return Err(DatapathError::InterfaceNotFound(pattern.clone()));
-            }
-        }
-        for (index, name) in &present {
-            if interfaces.matches(name) {
-                attacher.attach(*index, name)?;
-            }
-        }
+        let (messages, netlink) = attach_present(&config, &interfaces, &mut attacher).await?;
 
         let node = config.node_name.clone().or_else(hostname);
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
@@ -513,6 +495,40 @@ impl Drop for Datapath {
             t.abort();
         }
     }
+}
+
+/// The logger of the programs' `aya_log` lines (`--ebpf-log`); unavailable: a warning.
+fn ebpf_logger(
+    attacher: &mut attach::Attacher,
+) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("eBPF logging unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// Subscribes to the link changes and attaches to every present interface `interfaces`
+/// matches; an interface named literally in `--include` must be present.
+async fn attach_present(
+    config: &DatapathConfig,
+    interfaces: &InterfaceFilter,
+    attacher: &mut attach::Attacher,
+) -> Result<(links::LinkMessages, rtnetlink::Handle), DatapathError> {
+    let (present, messages, netlink) = links::subscribe().await?;
+    for pattern in &config.include {
+        if InterfaceFilter::is_literal(pattern) && !present.iter().any(|(_, n)| n == pattern) {
+            return Err(DatapathError::InterfaceNotFound(pattern.clone()));
+        }
+    }
+    for (index, name) in &present {
+        if interfaces.matches(name) {
+            attacher.attach(*index, name)?;
+        }
+    }
+    Ok((messages, netlink))
 }
 
 /// Loads the eBPF object with the maps sized and the globals set as `config` says.
