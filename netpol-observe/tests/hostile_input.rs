@@ -254,8 +254,9 @@ fn inventory_files_with_invalid_names_are_rejected() {
 #[test]
 fn subnet_names_are_checked() {
     let err = Subnets::from_yaml_str("\"../db subnet\": [10.0.2.0/24]\n", Path::new("s.yaml"))
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // As the CLI prints it: the message, then its cause.
+    let err = format!("{:#}", anyhow::Error::new(err));
     assert!(
         err.starts_with(
             "s.yaml: subnet \"../db subnet\": \"../db subnet\" is not a valid subnet name"

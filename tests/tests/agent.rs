@@ -324,6 +324,8 @@ spec:
     ports: [{port: 9090, protocol: UDP}]
 ";
 
+// One scenario: each step reads the flows, drops and metrics the steps before left in the
+// one running agent.
 #[test]
 fn standalone_agent_serves_attributed_flows_verdicts_and_drops() {
     if !netpol_observe_e2e::require_root(

@@ -123,6 +123,8 @@ fn cli(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String, String) {
     )
 }
 
+// One scenario: each step depends on the previous one's state (RBAC bindings, cached
+// refusals, one agent).
 #[test]
 fn api_needs_an_authorised_token_and_metrics_stay_open() {
     let test = "api_needs_an_authorised_token_and_metrics_stay_open";

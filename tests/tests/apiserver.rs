@@ -371,6 +371,8 @@ fn until_ingress(
     }
 }
 
+// One scenario: each step changes the API server the one agent follows and checks what it
+// made of the steps before.
 #[test]
 fn agent_in_cluster_follows_the_api_server() {
     let test = "agent_in_cluster_follows_the_api_server";

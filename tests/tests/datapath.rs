@@ -160,6 +160,8 @@ const IPV4_TCP_HDR: u64 = 20 + 32; // IPv4 + TCP with timestamps
 const IPV6_TCP_HDR: u64 = 40 + 32;
 const SYN_EXTRA: u64 = 8; // SYN options (mss, sack-perm, timestamps, wscale) beyond timestamps
 
+// One datapath run: every exchange is checked in its one snapshot, then the update stream and
+// the shutdown against those totals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_pods_exact_flows_counted_once() {
     if !require_root("bridge_pods_exact_flows_counted_once") {

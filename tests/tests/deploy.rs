@@ -195,6 +195,7 @@ print(json.dumps(out))
 /// unenforced flow (a series born in the window) and for more (an older series growing), and
 /// not for flows older than 10 minutes; `NetpolObserveNewDependencies` fires for a workload's
 /// first flow outside the drift baseline, not for old drift.
+// One rule file: rendered, checked, then tested with promtool against the series written for it.
 #[test]
 fn alerting_rules_are_valid_and_fire_on_unenforced_flows() {
     let test = "alerting_rules_are_valid_and_fire_on_unenforced_flows";

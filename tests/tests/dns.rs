@@ -227,6 +227,8 @@ fn sample(listen: SocketAddr, series: &str) -> u64 {
 
 const ROTATIONS: &str = r#"netpol_observe_dns_rotations_total{namespace="shop",kind="Pod",workload="web",policy="shop/web-egress"}"#;
 
+// One scenario: each step depends on the names and rotations the one agent learned in the
+// steps before.
 #[test]
 fn agent_names_flows_from_dns_answers_and_counts_rotations_once() {
     if !require_root("agent_names_flows_from_dns_answers_and_counts_rotations_once") {

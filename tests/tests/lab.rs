@@ -213,19 +213,38 @@ fn run_and_check(
         "{stdout}"
     );
 
+    check_learning(out.path(), entries);
+    let flows = check_flows(out.path(), entries, dns_lookups);
+    let names = check_recommended(out.path(), entries, flows);
+    let enforced = check_enforcement(out.path(), entries.len(), forbidden, &names);
+    check_metrics_and_drift(out.path(), forbidden, drift, &enforced);
+    if prometheus {
+        check_prometheus(out.path(), &names, &stdout);
+    }
+    check_inventory(&scenario, out.path());
+    check_cleanup(out.path(), &stdout);
+    (out, stdout.into_owned())
+}
+
+/// `probes.json`: every traffic entry of the learning phase, every connection, went through.
+fn check_learning(out: &Path, entries: &[Entry]) {
     // Learning phase: every traffic entry, every connection, went through (DNS + ClusterIP
     // DNAT for `svc/...` targets).
-    let probes = read_json(&out.path().join("probes.json"));
+    let probes = read_json(&out.join("probes.json"));
     let probes = probes.as_array().expect("array");
     assert_eq!(probes.len(), entries.len());
     for p in probes {
         assert_eq!(p["observed"], "allowed", "{p}");
         assert_eq!(p["succeeded"], p["connections"], "{p}");
     }
+}
 
+/// `flows.jsonl`: the flows the agents counted are the traffic entries, plus at least
+/// `dns_lookups` DNS lookups; returns how many flows it holds.
+fn check_flows(out: &Path, entries: &[Entry], dns_lookups: usize) -> usize {
     // The flows the agents counted are exactly the traffic list, plus DNS lookups (a flow
     // between two nodes is also reported, uncounted, by the other node's agent).
-    let text = std::fs::read_to_string(out.path().join("flows.jsonl")).expect("flows.jsonl");
+    let text = std::fs::read_to_string(out.join("flows.jsonl")).expect("flows.jsonl");
     let flows: Vec<FlowRecord> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("a flow record"))
@@ -265,10 +284,15 @@ fn run_and_check(
             "{f:?}"
         );
     }
+    flows.len()
+}
 
+/// `recommended.yaml` and `verify.json`: the policies isolate every namespace of the
+/// scenario and allow all `flows` observed flows; returns their `namespace/name`s.
+fn check_recommended(out: &Path, entries: &[Entry], flows: usize) -> Vec<String> {
     // The recommended policies parse into Kubernetes types, isolate every namespace of the
     // scenario, and allow every observed flow.
-    let yaml = std::fs::read_to_string(out.path().join("recommended.yaml")).expect("yaml");
+    let yaml = std::fs::read_to_string(out.join("recommended.yaml")).expect("yaml");
     let policies: Vec<NetworkPolicy> = serde_saphyr::from_multiple(&yaml).expect("NetworkPolicies");
     let names: Vec<String> = policies
         .iter()
@@ -296,17 +320,23 @@ fn run_and_check(
             }
         }
     }
-    let verify = read_json(&out.path().join("verify.json"));
-    assert_eq!(verify["flows"], flows.len(), "{verify}");
+    let verify = read_json(&out.join("verify.json"));
+    assert_eq!(verify["flows"], flows, "{verify}");
     assert_eq!(verify["denied_flows"], 0, "{verify}");
+    names
+}
 
+/// `enforce.json`: the `entries` traffic entries still work and the `forbidden` probes were
+/// dropped, with the kernel's reason and a recommended policy (one of `names`); returns the
+/// probes.
+fn check_enforcement(out: &Path, entries: usize, forbidden: usize, names: &[String]) -> Vec<Value> {
     // Enforcement of the recommended policies: traffic still works, forbidden probes are
     // dropped, and the agent reported the kernel's drop reason and a recommended policy.
-    let enforced = read_json(&out.path().join("enforce.json"));
-    let enforced = enforced.as_array().expect("array");
-    assert_eq!(enforced.len(), entries.len() + forbidden);
+    let enforced = read_json(&out.join("enforce.json"));
+    let enforced = enforced.as_array().expect("array").clone();
+    assert_eq!(enforced.len(), entries + forbidden);
     let mut dropped = 0;
-    for p in enforced {
+    for p in &enforced {
         if p["kind"] == "traffic" {
             assert_eq!(p["expected"], "allowed", "{p}");
             assert_eq!(p["observed"], "allowed", "{p}");
@@ -325,10 +355,16 @@ fn run_and_check(
         dropped += 1;
     }
     assert_eq!(dropped, forbidden);
+    enforced
+}
 
+/// The agents' final scrapes and `drift.json`: the drops counted, the drift exactly the
+/// forbidden probes' dependencies, every node enforcing (`enforced`: the probes), and
+/// promtool content.
+fn check_metrics_and_drift(out: &Path, forbidden: usize, drift: &[DriftEdge], enforced: &[Value]) {
     // The final scrapes count those drops (and a rotation step's, checked by its own test), by
     // reason and policy, each on the node that dropped it.
-    let scrapes = per_node(out.path(), "metrics", "txt");
+    let scrapes = per_node(out, "metrics", "txt");
     let metrics = scrapes.join("");
     let drop_series: Vec<&str> = metrics
         .lines()
@@ -336,7 +372,7 @@ fn run_and_check(
             l.starts_with("netpol_observe_drops_total{") && l.contains("reason=\"NETFILTER_DROP\"")
         })
         .collect();
-    let rotated = match out.path().join("rotation.json") {
+    let rotated = match out.join("rotation.json") {
         p if p.exists() => read_json(&p)
             .as_array()
             .expect("rotations")
@@ -352,7 +388,7 @@ fn run_and_check(
     assert!(metrics.contains("netpol_observe_flows_total{"), "{metrics}");
     // Drift: the learning phase is every agent's baseline, so exactly the forbidden probes'
     // dependencies are new afterwards — the traffic entries, run again, never are.
-    let report = read_json(&out.path().join("drift.json"));
+    let report = read_json(&out.join("drift.json"));
     let mut seen_drift = std::collections::BTreeSet::new();
     for (node, r) in report.as_object().expect("by node") {
         assert_eq!(r["learning"], false, "{node}: {r}");
@@ -419,35 +455,40 @@ fn run_and_check(
             );
         }
     }
+}
 
+/// `prometheus.json`: `recommend --prometheus` gave the policies (`names`) of
+/// `recommend --agent`, and the summary (`stdout`) says so.
+fn check_prometheus(out: &Path, names: &[String], stdout: &str) {
     // recommend --prometheus (the lab's Prometheus, scraping the agent) gave the policies of
     // recommend --agent.
-    if prometheus {
-        let cmp = read_json(&out.path().join("prometheus.json"));
-        assert_eq!(cmp["equal"], true, "{cmp}");
-        // Real flow counts from Prometheus: the evidence of every policy is the agents'.
-        assert_eq!(cmp["prometheus_flows"], cmp["agent_flows"], "{cmp}");
-        assert!(
-            cmp["agent_flows"]
-                .as_object()
-                .is_some_and(|m| !m.is_empty()),
-            "{cmp}"
-        );
-        assert_eq!(cmp["agent"], cmp["prometheus"], "{cmp}");
-        assert_eq!(
-            cmp["agent"].as_array().expect("names").len(),
-            names.len(),
-            "{cmp}"
-        );
-        assert!(
-            stdout.contains("recommend --prometheus == recommend --agent"),
-            "{stdout}"
-        );
-    }
+    let cmp = read_json(&out.join("prometheus.json"));
+    assert_eq!(cmp["equal"], true, "{cmp}");
+    // Real flow counts from Prometheus: the evidence of every policy is the agents'.
+    assert_eq!(cmp["prometheus_flows"], cmp["agent_flows"], "{cmp}");
+    assert!(
+        cmp["agent_flows"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
+        "{cmp}"
+    );
+    assert_eq!(cmp["agent"], cmp["prometheus"], "{cmp}");
+    assert_eq!(
+        cmp["agent"].as_array().expect("names").len(),
+        names.len(),
+        "{cmp}"
+    );
+    assert!(
+        stdout.contains("recommend --prometheus == recommend --agent"),
+        "{stdout}"
+    );
+}
 
+/// `inventory.yaml` parses into Kubernetes types and names every pod of `scenario` with its IP.
+fn check_inventory(scenario: &Path, out: &Path) {
     // The inventory parses into Kubernetes types and names every pod with its IP.
     let inventory: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(out.path().join("inventory.yaml")).expect("inventory"),
+        &std::fs::read_to_string(out.join("inventory.yaml")).expect("inventory"),
     )
     .expect("yaml");
     let pods: Vec<Pod> = inventory["items"]
@@ -457,8 +498,8 @@ fn run_and_check(
         .filter(|i| i["kind"] == "Pod")
         .map(|i| serde_json::from_value(i.clone()).expect("a Pod"))
         .collect();
-    let (spec, text) = scenario::load(&scenario).expect("scenario");
-    let model = LabModel::build(&scenario, &text, &spec).expect("model");
+    let (spec, text) = scenario::load(scenario).expect("scenario");
+    let model = LabModel::build(scenario, &text, &spec).expect("model");
     assert_eq!(pods.len(), model.pods.len());
     for pod in &pods {
         let ip = pod
@@ -468,7 +509,10 @@ fn run_and_check(
             .expect("pod IP");
         assert!(ip.starts_with("10.244."), "{ip}");
     }
+}
 
+/// Nothing of the run (named in the summary, `stdout`) is left, and every agent was stopped.
+fn check_cleanup(out: &Path, stdout: &str) {
     // Nothing of this run is left, and the agent is gone.
     let run = stdout
         .split("(run ")
@@ -476,13 +520,12 @@ fn run_and_check(
         .and_then(|s| s.split(')').next())
         .expect("run id in the summary");
     assert!(netns::list(&format!("npo-lab-{run}-")).is_empty());
-    for log in per_node(out.path(), "agent", "log") {
+    for log in per_node(out, "agent", "log") {
         assert!(
             log.contains("SIGTERM"),
             "every agent was stopped by SIGTERM:\n{log}"
         );
     }
-    (out, stdout.into_owned())
 }
 
 /// Whether a `prometheus` binary is there for the lab (`$NETPOL_OBSERVE_PROMETHEUS` or `PATH`,
@@ -888,6 +931,8 @@ fn policies_in(path: &Path) -> Vec<NetworkPolicy> {
 /// records of both nodes are kept (the other node's marked `counted: false`), and
 /// `recommend --agent` over both running agents, `recommend --flows` of the merged records and
 /// the one-node lab give the same policies.
+// One scenario: every check reads the outputs of one two-node lab run (kept running for
+// `recommend --agent`).
 #[test]
 fn a_cluster_counts_every_flow_once() {
     if !netpol_observe_e2e::require_root("a_cluster_counts_every_flow_once") {
@@ -1186,6 +1231,7 @@ fn voting_scenario_end_to_end() {
 /// payment API's name moves to its other address: the client's lookup answers it, the agents
 /// count the rotation exactly once (on checkout's node, for checkout's policy) before the
 /// connection, and the connection is dropped by the policy written for the old address.
+// One scenario: every check reads the outputs of one lab run (names learned, then rotated).
 #[test]
 fn egress_by_name_and_rotation() {
     if !netpol_observe_e2e::require_root("egress_by_name_and_rotation") {

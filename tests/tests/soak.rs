@@ -65,6 +65,7 @@ fn inventory(pods: &[&Pod], extra: usize, generation: usize) -> String {
     y
 }
 
+// One scenario: the load, the churn and the measurements run together against one agent.
 #[test]
 #[ignore = "the soak tier: cargo xtask soak"]
 fn agent_soak() {

@@ -139,11 +139,12 @@ impl EncodeLabelValue for DriftKind {
 #[derive(Debug, thiserror::Error)]
 pub enum BaselineError {
     /// The file cannot be read.
-    #[error("cannot read the drift baseline {path}: {source}")]
+    #[error("cannot read the drift baseline {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// A line is not a baseline line.
@@ -157,11 +158,12 @@ pub enum BaselineError {
         message: String,
     },
     /// The file cannot be written.
-    #[error("cannot write the drift baseline {path}: {source}")]
+    #[error("cannot write the drift baseline {path}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -741,7 +743,8 @@ impl Drift {
                 if !self.write_failed {
                     self.write_failed = true;
                     tracing::warn!(
-                        "{e}; the learned edges are kept in memory and written again later"
+                        "{}; the learned edges are kept in memory and written again later",
+                        crate::report::Chain(&e)
                     );
                 }
             }

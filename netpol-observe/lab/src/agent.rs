@@ -37,7 +37,7 @@ pub(crate) const AGENT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The agent process could not be started.
-    #[error("cannot start the agent {program}: {source}")]
+    #[error("cannot start the agent {program}")]
     Spawn {
         /// The binary.
         program: PathBuf,
@@ -46,7 +46,7 @@ pub enum AgentError {
         source: NetnsError,
     },
     /// The agent log file could not be created.
-    #[error("cannot create the agent log {path}: {source}")]
+    #[error("cannot create the agent log {path}")]
     Log {
         /// The file.
         path: PathBuf,

@@ -75,7 +75,7 @@ pub enum ControlPlaneError {
         path: PathBuf,
     },
     /// A file of the run directory could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -100,7 +100,7 @@ pub enum ControlPlaneError {
     #[error("API client: {0}")]
     Client(String),
     /// An API request failed.
-    #[error("{action}: {source}")]
+    #[error("{action}")]
     Api {
         /// What was being done (`create Pod shop/web-1`).
         action: String,

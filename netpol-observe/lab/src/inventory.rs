@@ -28,7 +28,8 @@ use serde_json::Value;
 
 use super::{
     model::{
-        ExternalModel, LabModel, PodModel, ServiceModel, WorkloadModel, job_name, protocol_name,
+        ExternalModel, LabModel, NodeModel, PodModel, ServiceModel, WorkloadModel, job_name,
+        protocol_name,
     },
     scenario::{PortRef, WorkloadKind},
 };
@@ -40,7 +41,7 @@ pub enum InventoryError {
     #[error("cannot serialize the inventory: {0}")]
     Serialize(String),
     /// The file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: std::path::PathBuf,
@@ -275,33 +276,7 @@ fn pod_object(model: &LabModel, pod: &PodModel) -> Pod {
 pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
     let mut out = Vec::new();
     for node in &model.nodes {
-        out.push(to_value(&Node {
-            metadata: meta(
-                "Node",
-                None,
-                &node.name,
-                BTreeMap::from([("kubernetes.io/hostname".to_string(), node.name.clone())]),
-                None,
-            ),
-            spec: Some(NodeSpec {
-                pod_cidr: Some(node.pod_cidr.to_string()),
-                pod_cidrs: Some(vec![node.pod_cidr.to_string()]),
-                ..NodeSpec::default()
-            }),
-            status: Some(NodeStatus {
-                addresses: Some(vec![
-                    NodeAddress {
-                        address: node.ip.to_string(),
-                        type_: "InternalIP".into(),
-                    },
-                    NodeAddress {
-                        address: node.name.clone(),
-                        type_: "Hostname".into(),
-                    },
-                ]),
-                ..NodeStatus::default()
-            }),
-        })?);
+        out.push(to_value(&node_object(node))?);
     }
     for ns in &model.namespaces {
         out.push(to_value(&Namespace {
@@ -316,117 +291,181 @@ pub fn objects(model: &LabModel) -> Result<Vec<Value>, InventoryError> {
         out.push(to_value(&pod_object(model, pod))?);
     }
     for svc in &model.services {
-        let ns = svc.namespace.as_str();
-        out.push(to_value(&Service {
-            metadata: meta("Service", Some(ns), &svc.name, BTreeMap::new(), None),
-            spec: Some(ServiceSpec {
-                type_: Some(svc.service_type.as_str().into()),
-                cluster_ip: Some(svc.cluster_ip.to_string()),
-                cluster_ips: Some(vec![svc.cluster_ip.to_string()]),
-                selector: (!svc.selector.is_empty()).then(|| svc.selector.clone()),
-                ports: Some(
-                    svc.ports
-                        .iter()
-                        .map(|p| ServicePort {
-                            name: p.name.clone(),
-                            port: i32::from(p.port),
-                            protocol: Some(protocol_name(p.protocol)),
-                            target_port: Some(match &p.target {
-                                PortRef::Number(n) => IntOrString::Int(i32::from(*n)),
-                                PortRef::Name(n) => IntOrString::String(n.clone()),
-                            }),
-                            ..ServicePort::default()
-                        })
-                        .collect(),
-                ),
-                ..ServiceSpec::default()
-            }),
-            status: None,
-        })?);
-        // One slice per distinct resolution of the target ports (named ports may differ).
-        let mut groups: BTreeMap<Vec<Option<u16>>, Vec<usize>> = BTreeMap::new();
-        for &b in &svc.backends {
-            let key = svc
-                .ports
-                .iter()
-                .map(|p| p.target_on(&model.pods[b]))
-                .collect();
-            groups.entry(key).or_default().push(b);
-        }
-        if groups.is_empty() && svc.external.is_none() {
-            groups.insert(vec![], vec![]);
-        }
-        if let Some(e) = svc.external {
-            out.push(to_value(&external_slice(svc, &model.externals[e]))?);
-        }
-        for (k, (ports, backends)) in groups.iter().enumerate() {
-            let name = format!(
-                "{}-{}",
-                svc.name,
-                &uid("EndpointSlice", ns, &format!("{}{k}", svc.name))[..5]
-            );
-            let mut metadata = meta(
-                "EndpointSlice",
-                Some(ns),
-                &name,
-                BTreeMap::from([
-                    ("kubernetes.io/service-name".to_string(), svc.name.clone()),
-                    (
-                        "endpointslice.kubernetes.io/managed-by".to_string(),
-                        "endpointslice-controller.k8s.io".to_string(),
-                    ),
-                ]),
-                Some(owner("v1", "Service", ns, &svc.name)),
-            );
-            if let Some(refs) = metadata.owner_references.as_mut() {
-                for r in refs {
-                    r.block_owner_deletion = Some(true);
-                }
-            }
-            out.push(to_value(&EndpointSlice {
-                metadata,
-                address_type: "IPv4".into(),
-                endpoints: Some(
-                    backends
-                        .iter()
-                        .map(|&b| {
-                            let pod = &model.pods[b];
-                            Endpoint {
-                                addresses: vec![pod.ip.to_string()],
-                                conditions: Some(EndpointConditions {
-                                    ready: Some(true),
-                                    serving: Some(true),
-                                    terminating: Some(false),
-                                }),
-                                node_name: Some(model.nodes[pod.node].name.clone()),
-                                target_ref: Some(ObjectReference {
-                                    kind: Some("Pod".into()),
-                                    namespace: Some(pod.namespace.clone()),
-                                    name: Some(pod.name.clone()),
-                                    uid: Some(uid("Pod", &pod.namespace, &pod.name)),
-                                    ..ObjectReference::default()
-                                }),
-                                ..Endpoint::default()
-                            }
-                        })
-                        .collect(),
-                ),
-                ports: Some(
-                    svc.ports
-                        .iter()
-                        .zip(ports.iter().chain(std::iter::repeat(&None)))
-                        .map(|(p, n)| EndpointPort {
-                            name: Some(p.name.clone().unwrap_or_default()),
-                            port: n.map(i32::from),
-                            protocol: Some(protocol_name(p.protocol)),
-                            app_protocol: None,
-                        })
-                        .collect(),
-                ),
-            })?);
+        out.push(to_value(&service_object(svc))?);
+        for slice in endpoint_slices(model, svc) {
+            out.push(to_value(&slice)?);
         }
     }
     Ok(out)
+}
+
+/// A node: its pod range, its address and host name.
+fn node_object(node: &NodeModel) -> Node {
+    Node {
+        metadata: meta(
+            "Node",
+            None,
+            &node.name,
+            BTreeMap::from([("kubernetes.io/hostname".to_string(), node.name.clone())]),
+            None,
+        ),
+        spec: Some(NodeSpec {
+            pod_cidr: Some(node.pod_cidr.to_string()),
+            pod_cidrs: Some(vec![node.pod_cidr.to_string()]),
+            ..NodeSpec::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(vec![
+                NodeAddress {
+                    address: node.ip.to_string(),
+                    type_: "InternalIP".into(),
+                },
+                NodeAddress {
+                    address: node.name.clone(),
+                    type_: "Hostname".into(),
+                },
+            ]),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+/// A Service: its type, cluster IP, selector and ports.
+fn service_object(svc: &ServiceModel) -> Service {
+    Service {
+        metadata: meta(
+            "Service",
+            Some(svc.namespace.as_str()),
+            &svc.name,
+            BTreeMap::new(),
+            None,
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some(svc.service_type.as_str().into()),
+            cluster_ip: Some(svc.cluster_ip.to_string()),
+            cluster_ips: Some(vec![svc.cluster_ip.to_string()]),
+            selector: (!svc.selector.is_empty()).then(|| svc.selector.clone()),
+            ports: Some(
+                svc.ports
+                    .iter()
+                    .map(|p| ServicePort {
+                        name: p.name.clone(),
+                        port: i32::from(p.port),
+                        protocol: Some(protocol_name(p.protocol)),
+                        target_port: Some(match &p.target {
+                            PortRef::Number(n) => IntOrString::Int(i32::from(*n)),
+                            PortRef::Name(n) => IntOrString::String(n.clone()),
+                        }),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The EndpointSlices of a Service: an external's (without selector), then one per distinct
+/// resolution of the target ports on its backends (named ports may differ); an empty one for
+/// a Service with neither.
+fn endpoint_slices(model: &LabModel, svc: &ServiceModel) -> Vec<EndpointSlice> {
+    let mut groups: BTreeMap<Vec<Option<u16>>, Vec<usize>> = BTreeMap::new();
+    for &b in &svc.backends {
+        let key = svc
+            .ports
+            .iter()
+            .map(|p| p.target_on(&model.pods[b]))
+            .collect();
+        groups.entry(key).or_default().push(b);
+    }
+    if groups.is_empty() && svc.external.is_none() {
+        groups.insert(vec![], vec![]);
+    }
+    let mut out = Vec::new();
+    if let Some(e) = svc.external {
+        out.push(external_slice(svc, &model.externals[e]));
+    }
+    for (k, (ports, backends)) in groups.iter().enumerate() {
+        out.push(backend_slice(model, svc, k, ports, backends));
+    }
+    out
+}
+
+/// The `k`-th EndpointSlice of a Service: its `backends` (pod indices) with the target
+/// ports resolved on them (`ports`, in the Service's port order).
+fn backend_slice(
+    model: &LabModel,
+    svc: &ServiceModel,
+    k: usize,
+    ports: &[Option<u16>],
+    backends: &[usize],
+) -> EndpointSlice {
+    let ns = svc.namespace.as_str();
+    let name = format!(
+        "{}-{}",
+        svc.name,
+        &uid("EndpointSlice", ns, &format!("{}{k}", svc.name))[..5]
+    );
+    let mut metadata = meta(
+        "EndpointSlice",
+        Some(ns),
+        &name,
+        BTreeMap::from([
+            ("kubernetes.io/service-name".to_string(), svc.name.clone()),
+            (
+                "endpointslice.kubernetes.io/managed-by".to_string(),
+                "endpointslice-controller.k8s.io".to_string(),
+            ),
+        ]),
+        Some(owner("v1", "Service", ns, &svc.name)),
+    );
+    if let Some(refs) = metadata.owner_references.as_mut() {
+        for r in refs {
+            r.block_owner_deletion = Some(true);
+        }
+    }
+    EndpointSlice {
+        metadata,
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            backends
+                .iter()
+                .map(|&b| {
+                    let pod = &model.pods[b];
+                    Endpoint {
+                        addresses: vec![pod.ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: Some(true),
+                            serving: Some(true),
+                            terminating: Some(false),
+                        }),
+                        node_name: Some(model.nodes[pod.node].name.clone()),
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            namespace: Some(pod.namespace.clone()),
+                            name: Some(pod.name.clone()),
+                            uid: Some(uid("Pod", &pod.namespace, &pod.name)),
+                            ..ObjectReference::default()
+                        }),
+                        ..Endpoint::default()
+                    }
+                })
+                .collect(),
+        ),
+        ports: Some(
+            svc.ports
+                .iter()
+                .zip(ports.iter().chain(std::iter::repeat(&None)))
+                .map(|(p, n)| EndpointPort {
+                    name: Some(p.name.clone().unwrap_or_default()),
+                    port: n.map(i32::from),
+                    protocol: Some(protocol_name(p.protocol)),
+                    app_protocol: None,
+                })
+                .collect(),
+        ),
+    }
 }
 
 /// The EndpointSlice of a Service without selector whose endpoints are an external's hosts

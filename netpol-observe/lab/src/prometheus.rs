@@ -46,7 +46,7 @@ pub enum PrometheusError {
     #[error("prometheus binary {0} not found")]
     Missing(PathBuf),
     /// A configuration file or the log could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -55,7 +55,7 @@ pub enum PrometheusError {
         source: std::io::Error,
     },
     /// The process could not be started.
-    #[error("cannot start prometheus {program}: {source}")]
+    #[error("cannot start prometheus {program}")]
     Spawn {
         /// The binary.
         program: PathBuf,

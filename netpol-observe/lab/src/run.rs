@@ -65,7 +65,7 @@ pub enum LabError {
     #[error(transparent)]
     Render(#[from] RenderError),
     /// An output file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -743,6 +743,9 @@ fn per_node_file(model: &LabModel, stem: &str, node: &str, ext: &str) -> String 
     }
 }
 
+/// The pipeline, stage by stage. The node, the control plane, the agents and Prometheus are
+/// locals here, declared in this order, so that on error they are dropped (stopped) in the
+/// reverse order: Prometheus and the agents before the control plane, the node last.
 async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Running), LabError> {
     let mut files = Vec::new();
     tracing::info!(
@@ -754,6 +757,93 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     let mut topo = Topology::create(model)?;
     topo.start_servers(model)?;
 
+    let inputs = write_inputs(model, opts, &mut files)?;
+    let cluster = netpol_observe_agent::inventory::Inventory::from_path(&inputs.inventory)?;
+    let (source, mut control_plane) =
+        agent_source(model, opts, &topo, &inputs.agent_dir, &mut files).await?;
+    let agents = start_agents(model, opts, &topo, &source, &inputs.subnets, &mut files).await?;
+    let prometheus = match &opts.prometheus {
+        Some(program) => Some(start_prometheus(opts, &topo, &agents, program, &mut files).await?),
+        None => None,
+    };
+
+    let learned = learn(model, opts, &topo, &agents, &cluster, &mut files).await?;
+
+    let (recommended, config) = recommend(model, &cluster, &learned.flows, opts, &mut files)?;
+    let comparison = match &prometheus {
+        Some(prom) => Some(
+            compare_with_prometheus(&agents, prom, model, opts, &cluster, &config, &mut files)
+                .await?,
+        ),
+        None => None,
+    };
+    let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
+    let mut verify = crate::recommend::verify::verify(&engine, &learned.flows);
+    verify.selects_nothing =
+        crate::recommend::verify::selects_nothing(&recommended.policies, &cluster);
+    write(&opts.out.join("verify.json"), &json(&verify), &mut files)?;
+
+    let enforcement = if opts.enforce {
+        let (policies, from) = match &opts.policies {
+            Some(p) => (p.clone(), "--policies"),
+            None => (recommended.policies.clone(), "recommended.yaml"),
+        };
+        let stage = EnforceStage {
+            model,
+            opts,
+            topo: &topo,
+            agents: &agents,
+            agent_dir: &inputs.agent_dir,
+        };
+        stage
+            .run(policies, from, control_plane.as_mut(), &mut files)
+            .await?
+    } else {
+        Enforcement::default()
+    };
+
+    let drift = write_drift_and_metrics(model, opts, &agents, &mut files).await?;
+    let report = LabReport {
+        learning: learned.learning,
+        flows: learned.flows,
+        coverage: learned.coverage,
+        missing: learned.missing,
+        recommended,
+        verify,
+        enforced_policies: enforcement.policies,
+        enforced: enforcement.probes,
+        prometheus: comparison,
+        drift,
+        rotations: enforcement.rotations,
+        files,
+        run_id: topo.run_id().to_string(),
+    };
+    let running = Running {
+        agents,
+        prometheus,
+        control_plane,
+        topo,
+    };
+    Ok((report, running))
+}
+
+/// The files the lab writes before starting anything else.
+struct Inputs {
+    /// `inventory.yaml`: the lab's objects.
+    inventory: PathBuf,
+    /// `subnets.yaml`: the named externals.
+    subnets: PathBuf,
+    /// The agents' inventory folder ([`AGENT_INVENTORY_DIR`]), emptied.
+    agent_dir: PathBuf,
+}
+
+/// Writes `inventory.yaml` and `subnets.yaml` and empties the agents' inventory folder (the
+/// lab's objects go there, later also the enforced policies).
+fn write_inputs(
+    model: &LabModel,
+    opts: &LabOptions,
+    files: &mut Vec<PathBuf>,
+) -> Result<Inputs, LabError> {
     let inventory_path = opts.out.join("inventory.yaml");
     inventory::write(model, &inventory_path)?;
     files.push(inventory_path.clone());
@@ -769,9 +859,8 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         crate::yaml::to_string(&subnets)
             .unwrap_or_default()
             .as_bytes(),
-        &mut files,
+        files,
     )?;
-    // The agent's inventory: the lab's objects, later also the enforced policies.
     let agent_dir = opts.out.join(AGENT_INVENTORY_DIR);
     if agent_dir.exists() {
         std::fs::remove_dir_all(&agent_dir).map_err(|source| LabError::Write {
@@ -783,37 +872,58 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         path: agent_dir.clone(),
         source,
     })?;
-    let cluster = netpol_observe_agent::inventory::Inventory::from_path(&inventory_path)?;
-    let mut control_plane = None;
-    let source = match &opts.apiserver {
-        None => {
-            inventory::write(model, &agent_dir.join("inventory.yaml"))?;
-            AgentSource::Files(agent_dir.clone())
-        }
-        Some(bins) => {
-            tracing::info!("starting etcd and kube-apiserver in the node's namespace");
-            let dir = opts.out.join("apiserver");
-            let mut cp = ControlPlane::start(
-                &topo,
-                bins,
-                &dir,
-                model.nodes[0].ip,
-                model.service_cidr,
-                opts.agent_timeout * 4,
-            )
-            .await?;
-            files.push(dir.join("kube-apiserver.log"));
-            cp.create_objects(&inventory::objects(model)?).await?;
-            let sa = dir.join("serviceaccount");
-            cp.agent_identity(&sa).await?;
-            control_plane = Some(cp);
-            AgentSource::InCluster(control_plane::InCluster {
-                service_account_dir: sa,
-                api: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, control_plane::API_PORT)),
-            })
-        }
-    };
+    Ok(Inputs {
+        inventory: inventory_path,
+        subnets: subnets_path,
+        agent_dir,
+    })
+}
 
+/// Where the agents read the cluster from: without `--apiserver`, the lab's objects written
+/// into `agent_dir`; with it, a control plane started in the node's namespace, holding the
+/// lab's objects, with a service account for the agents (returned, to be stopped later).
+async fn agent_source(
+    model: &LabModel,
+    opts: &LabOptions,
+    topo: &Topology,
+    agent_dir: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Result<(AgentSource, Option<ControlPlane>), LabError> {
+    let Some(bins) = &opts.apiserver else {
+        inventory::write(model, &agent_dir.join("inventory.yaml"))?;
+        return Ok((AgentSource::Files(agent_dir.to_path_buf()), None));
+    };
+    tracing::info!("starting etcd and kube-apiserver in the node's namespace");
+    let dir = opts.out.join("apiserver");
+    let mut cp = ControlPlane::start(
+        topo,
+        bins,
+        &dir,
+        model.nodes[0].ip,
+        model.service_cidr,
+        opts.agent_timeout * 4,
+    )
+    .await?;
+    files.push(dir.join("kube-apiserver.log"));
+    cp.create_objects(&inventory::objects(model)?).await?;
+    let sa = dir.join("serviceaccount");
+    cp.agent_identity(&sa).await?;
+    let source = AgentSource::InCluster(control_plane::InCluster {
+        service_account_dir: sa,
+        api: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, control_plane::API_PORT)),
+    });
+    Ok((source, Some(cp)))
+}
+
+/// Starts one agent per node, each logging to `agent[-<node>].log`.
+async fn start_agents(
+    model: &LabModel,
+    opts: &LabOptions,
+    topo: &Topology,
+    source: &AgentSource,
+    subnets_path: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Result<Agents, LabError> {
     tracing::info!(nodes = model.nodes.len(), "starting one agent per node");
     let agent_logs: Vec<PathBuf> = model
         .nodes
@@ -821,46 +931,71 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         .map(|n| opts.out.join(per_node_file(model, "agent", &n.name, "log")))
         .collect();
     let agents = Agents::start(
-        &topo,
+        topo,
         model,
         &opts.agent_program,
-        &source,
+        source,
         Some(SocketAddr::from((
             model.nodes[0].ip,
             control_plane::API_PORT,
         ))),
-        &subnets_path,
+        subnets_path,
         &agent_logs,
         opts.agent_timeout,
     )
     .await?;
     files.extend(agent_logs);
-    let prometheus = match &opts.prometheus {
-        Some(program) => {
-            tracing::info!("starting Prometheus in the node's namespace");
-            let dir = opts.out.join(prometheus::PROMETHEUS_DIR);
-            std::fs::create_dir_all(&dir).map_err(|source| LabError::Write {
-                path: dir.clone(),
-                source,
-            })?;
-            let p = PrometheusHandle::start(
-                &topo,
-                program,
-                &dir,
-                &agents
-                    .each()
-                    .iter()
-                    .map(|a| (a.listen(), a.node()))
-                    .collect::<Vec<_>>(),
-                opts.agent_timeout,
-            )
-            .await?;
-            files.push(p.log().to_path_buf());
-            Some(p)
-        }
-        None => None,
-    };
+    Ok(agents)
+}
 
+/// Starts Prometheus (`program`) in the node's namespace, scraping every agent.
+async fn start_prometheus(
+    opts: &LabOptions,
+    topo: &Topology,
+    agents: &Agents,
+    program: &Path,
+    files: &mut Vec<PathBuf>,
+) -> Result<PrometheusHandle, LabError> {
+    tracing::info!("starting Prometheus in the node's namespace");
+    let dir = opts.out.join(prometheus::PROMETHEUS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| LabError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let p = PrometheusHandle::start(
+        topo,
+        program,
+        &dir,
+        &agents
+            .each()
+            .iter()
+            .map(|a| (a.listen(), a.node()))
+            .collect::<Vec<_>>(),
+        opts.agent_timeout,
+    )
+    .await?;
+    files.push(p.log().to_path_buf());
+    Ok(p)
+}
+
+/// What the learning phase produced (see the fields of the same names in [`LabReport`]).
+struct Learned {
+    learning: Vec<ProbeResult>,
+    flows: Vec<FlowRecord>,
+    coverage: Coverage,
+    missing: Vec<String>,
+}
+
+/// The learning phase: drives the traffic entries, collects the agents' flows (sorted against
+/// the entries), and ends the agents' drift learning with what they counted as the baseline.
+async fn learn(
+    model: &LabModel,
+    opts: &LabOptions,
+    topo: &Topology,
+    agents: &Agents,
+    cluster: &netpol_observe_agent::inventory::Inventory,
+    files: &mut Vec<PathBuf>,
+) -> Result<Learned, LabError> {
     tracing::info!(
         entries = model
             .probes
@@ -869,15 +1004,15 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             .count(),
         "driving the traffic"
     );
-    let learning = traffic::run_all(model, &topo, &[ProbeKind::Traffic], opts.timeouts).await;
-    write(&opts.out.join("probes.json"), &json(&learning), &mut files)?;
+    let learning = traffic::run_all(model, topo, &[ProbeKind::Traffic], opts.timeouts).await;
+    write(&opts.out.join("probes.json"), &json(&learning), files)?;
 
     tracing::info!("waiting for the agents to report every traffic entry");
-    let mut flows = collect_flows(model, &agents, opts.agent_timeout).await?;
+    let mut flows = collect_flows(model, agents, opts.agent_timeout).await?;
     // The learning phase is the baseline: what the agents counted (as they saw it) is every
     // node's baseline from now on, and any new dependency is drift.
     let mut baseline = crate::drift::Baseline::default();
-    let attributor = crate::attribution::Attributor::new(&cluster, &subnets_of(model));
+    let attributor = crate::attribution::Attributor::new(cluster, &subnets_of(model));
     for f in &flows {
         baseline.insert_record(f, &attributor);
     }
@@ -886,9 +1021,25 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
     agents
         .end_drift_learning(&baseline, opts.agent_timeout)
         .await?;
-    write(&opts.out.join("flows.jsonl"), &jsonl(&flows), &mut files)?;
+    write(&opts.out.join("flows.jsonl"), &jsonl(&flows), files)?;
     let missing = coverage.missing(model);
+    Ok(Learned {
+        learning,
+        flows,
+        coverage,
+        missing,
+    })
+}
 
+/// Recommends policies from the learning phase's `flows` (`recommended.yaml`), with the
+/// lab's recommender configuration (returned, for the comparison with Prometheus).
+fn recommend(
+    model: &LabModel,
+    cluster: &netpol_observe_agent::inventory::Inventory,
+    flows: &[FlowRecord],
+    opts: &LabOptions,
+    files: &mut Vec<PathBuf>,
+) -> Result<(Recommended, RecommendConfig), LabError> {
     tracing::info!(flows = flows.len(), "recommending policies");
     let subnets = subnets_of(model);
     let config = RecommendConfig {
@@ -897,51 +1048,78 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
         cluster_ranges: vec![ipnet::IpNet::V4(model.service_cidr)],
         ..RecommendConfig::default()
     };
-    let rec = Recommender::new(&cluster, &subnets, config.clone()).recommend(&flows);
+    let rec = Recommender::new(cluster, &subnets, config.clone()).recommend(flows);
     write(
         &opts.out.join("recommended.yaml"),
         render_yaml(&rec.policies)?.as_bytes(),
-        &mut files,
+        files,
     )?;
     let recommended = Recommended {
         policies: rec.policies,
         notes: rec.notes,
     };
+    Ok((recommended, config))
+}
 
-    let mut comparison = None;
-    if let Some(prom) = &prometheus {
-        tracing::info!("comparing recommend --prometheus with recommend --agent");
-        let c = compare_sources(
-            &agents,
-            prom,
-            &cluster,
-            &subnets,
-            &config,
-            opts.agent_timeout,
-        )
-        .await?;
-        if !c.equal {
-            tracing::warn!(differing = ?c.differing, notes = ?c.notes, "recommend --prometheus and --agent differ");
-        }
-        write(&opts.out.join("prometheus.json"), &json(&c), &mut files)?;
-        comparison = Some(c);
+/// Compares `recommend --prometheus` with `recommend --agent` (see [`compare_sources`]) and
+/// writes `prometheus.json`.
+async fn compare_with_prometheus(
+    agents: &Agents,
+    prom: &PrometheusHandle,
+    model: &LabModel,
+    opts: &LabOptions,
+    cluster: &netpol_observe_agent::inventory::Inventory,
+    config: &RecommendConfig,
+    files: &mut Vec<PathBuf>,
+) -> Result<Comparison, LabError> {
+    tracing::info!("comparing recommend --prometheus with recommend --agent");
+    let c = compare_sources(
+        agents,
+        prom,
+        cluster,
+        &subnets_of(model),
+        config,
+        opts.agent_timeout,
+    )
+    .await?;
+    if !c.equal {
+        tracing::warn!(differing = ?c.differing, notes = ?c.notes, "recommend --prometheus and --agent differ");
     }
+    write(&opts.out.join("prometheus.json"), &json(&c), files)?;
+    Ok(c)
+}
 
-    let engine = PolicyEngine::compile(&recommended.policies, &cluster)?;
-    let mut verify = crate::recommend::verify::verify(&engine, &flows);
-    verify.selects_nothing =
-        crate::recommend::verify::selects_nothing(&recommended.policies, &cluster);
-    write(&opts.out.join("verify.json"), &json(&verify), &mut files)?;
+/// What the enforcement stage produced (see [`LabReport::enforced_policies`],
+/// [`LabReport::enforced`], [`LabReport::rotations`]); empty without `--enforce`.
+#[derive(Default)]
+struct Enforcement {
+    policies: Option<String>,
+    probes: Option<Vec<EnforceProbe>>,
+    rotations: Vec<RotationReport>,
+}
 
-    let mut enforced = None;
-    let mut enforced_policies = None;
-    let mut rotations = Vec::new();
-    if opts.enforce {
-        let (policies, source) = match &opts.policies {
-            Some(p) => (p.clone(), "--policies"),
-            None => (recommended.policies.clone(), "recommended.yaml"),
-        };
-        enforced_policies = Some(format!("{} policies from {source}", policies.len()));
+/// What the enforcement stage works on.
+struct EnforceStage<'a> {
+    model: &'a LabModel,
+    opts: &'a LabOptions,
+    topo: &'a Topology,
+    agents: &'a Agents,
+    agent_dir: &'a Path,
+}
+
+impl EnforceStage<'_> {
+    /// `--enforce`: compiles `policies` (read from `from`) into nft scripts, hands
+    /// them to the agents, applies them on the nodes, probes every traffic entry and forbidden
+    /// probe again with the drops the agents reported, then runs the rotation step.
+    async fn run(
+        &self,
+        policies: Vec<NetworkPolicy>,
+        from: &str,
+        control_plane: Option<&mut ControlPlane>,
+        files: &mut Vec<PathBuf>,
+    ) -> Result<Enforcement, LabError> {
+        let (model, opts) = (self.model, self.opts);
+        let described = format!("{} policies from {from}", policies.len());
         let scripts = enforce::compile(model, &policies)?;
         let mut text = String::new();
         for (node, script) in model.nodes.iter().zip(&scripts) {
@@ -950,11 +1128,11 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             }
             text.push_str(script);
         }
-        write(&opts.out.join("enforce.nft"), text.as_bytes(), &mut files)?;
+        write(&opts.out.join("enforce.nft"), text.as_bytes(), files)?;
         hand_policies_to_agents(
-            &agents,
-            control_plane.as_mut(),
-            &agent_dir,
+            self.agents,
+            control_plane,
+            self.agent_dir,
             &opts.out,
             &policies,
         )
@@ -963,65 +1141,97 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             policies = policies.len(),
             "enforcing the policies on the node"
         );
-        enforce::apply(&topo, &scripts)?;
+        enforce::apply(self.topo, &scripts)?;
+        let probes = self.probe_again().await?;
+        write(&opts.out.join("enforce.json"), &json(&probes), files)?;
+        // The rotation step: names move, the policies written for the old address drop.
+        let rotations = rotation::run(
+            model,
+            self.topo,
+            self.agents,
+            opts.timeouts,
+            opts.agent_timeout,
+        )
+        .await?;
+        if !rotations.is_empty() {
+            write(&opts.out.join("rotation.json"), &json(&rotations), files)?;
+        }
+        Ok(Enforcement {
+            policies: Some(described),
+            probes: Some(probes),
+            rotations,
+        })
+    }
+
+    /// Probes every traffic entry and forbidden probe with the policies enforced, and pairs
+    /// each result with the drop (or unenforced policy) the agents reported for it.
+    async fn probe_again(&self) -> Result<Vec<EnforceProbe>, LabError> {
+        let model = self.model;
         // Flow timestamps have second precision at best: a margin, never the learning flows
         // (they ended a sweep ago).
         let since = Timestamp::now()
             .checked_sub(jiff::SignedDuration::from_millis(500))
             .unwrap_or_else(|_| Timestamp::now());
         let kinds = [ProbeKind::Traffic, ProbeKind::Forbidden];
-        let results = traffic::run_all(model, &topo, &kinds, opts.timeouts).await;
+        let results = traffic::run_all(model, self.topo, &kinds, self.opts.timeouts).await;
         let probes: Vec<&ProbeModel> = model
             .probes
             .iter()
             .filter(|p| kinds.contains(&p.kind))
             .collect();
         tracing::info!("waiting for the agents to report the drops");
-        let reports = probe_reports(model, &agents, &probes, &results, since).await?;
-        let mut out = Vec::new();
-        for (r, (d, unenforced)) in results.into_iter().zip(reports) {
-            let observed = Seen::of(&r);
-            let (drop_reason, policy) = match d {
-                Some((reason, policy))
-                    if observed == Seen::Denied || r.succeeded < r.connections =>
-                {
-                    (Some(reason), policy)
-                }
-                _ => (None, None),
-            };
-            out.push(EnforceProbe {
-                kind: r.kind,
-                from: r.from,
-                to: r.to,
-                port: r.port,
-                protocol: r.protocol,
-                expected: match r.expected {
-                    Outcome::Allowed => Seen::Allowed,
-                    _ => Seen::Denied,
-                },
-                observed,
-                drop_reason,
-                policy,
-                unenforced: unenforced.filter(|_| observed == Seen::Allowed),
-                connections: r.connections,
-                succeeded: r.succeeded,
-                error: r.error,
-            });
-        }
-        write(&opts.out.join("enforce.json"), &json(&out), &mut files)?;
-        enforced = Some(out);
-        // The rotation step: names move, the policies written for the old address drop.
-        rotations = rotation::run(model, &topo, &agents, opts.timeouts, opts.agent_timeout).await?;
-        if !rotations.is_empty() {
-            write(
-                &opts.out.join("rotation.json"),
-                &json(&rotations),
-                &mut files,
-            )?;
-        }
+        let reports = probe_reports(model, self.agents, &probes, &results, since).await?;
+        Ok(results
+            .into_iter()
+            .zip(reports)
+            .map(|(r, (d, unenforced))| enforce_probe(r, d, unenforced))
+            .collect())
     }
+}
 
-    // What came after the learning phase and is not in its baseline: drift (probes only).
+/// One line of `enforce.json`: a probe's result with the drop `d` (reason, policy) and the
+/// policy not enforced the agents reported for it, each kept only where the probe's outcome
+/// shows it (a drop where connections failed, an unenforced policy where it got through).
+fn enforce_probe(
+    r: ProbeResult,
+    d: Option<(String, Option<String>)>,
+    unenforced: Option<String>,
+) -> EnforceProbe {
+    let observed = Seen::of(&r);
+    let (drop_reason, policy) = match d {
+        Some((reason, policy)) if observed == Seen::Denied || r.succeeded < r.connections => {
+            (Some(reason), policy)
+        }
+        _ => (None, None),
+    };
+    EnforceProbe {
+        kind: r.kind,
+        from: r.from,
+        to: r.to,
+        port: r.port,
+        protocol: r.protocol,
+        expected: match r.expected {
+            Outcome::Allowed => Seen::Allowed,
+            _ => Seen::Denied,
+        },
+        observed,
+        drop_reason,
+        policy,
+        unenforced: unenforced.filter(|_| observed == Seen::Allowed),
+        connections: r.connections,
+        succeeded: r.succeeded,
+        error: r.error,
+    }
+}
+
+/// Writes `drift.json` (what came after the learning phase and is not in its baseline: the
+/// probes only) and every agent's metrics; returns the drift as report lines.
+async fn write_drift_and_metrics(
+    model: &LabModel,
+    opts: &LabOptions,
+    agents: &Agents,
+    files: &mut Vec<PathBuf>,
+) -> Result<Vec<DriftLine>, LabError> {
     let drift = agents.drift().await?;
     let drift_file = serde_json::Value::Object(
         drift
@@ -1029,44 +1239,22 @@ async fn pipeline(model: &LabModel, opts: &LabOptions) -> Result<(LabReport, Run
             .map(|(node, report)| (node.clone(), report.clone()))
             .collect(),
     );
-    write(&opts.out.join("drift.json"), &json(&drift_file), &mut files)?;
+    write(&opts.out.join("drift.json"), &json(&drift_file), files)?;
     for agent in agents.each() {
         let metrics = agent.metrics().await?;
         let name = per_node_file(model, "metrics", agent.node(), "txt");
-        write(&opts.out.join(name), metrics.as_bytes(), &mut files)?;
+        write(&opts.out.join(name), metrics.as_bytes(), files)?;
     }
-    let run_id = topo.run_id().to_string();
-    let report = LabReport {
-        learning,
-        flows,
-        coverage,
-        missing,
-        recommended,
-        verify,
-        enforced_policies,
-        enforced,
-        prometheus: comparison,
-        drift: drift
-            .iter()
-            .flat_map(|(node, report)| {
-                report["drift"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(move |e| DriftLine::of(node, e))
-            })
-            .collect(),
-        rotations,
-        files,
-        run_id,
-    };
-    let running = Running {
-        agents,
-        prometheus,
-        control_plane,
-        topo,
-    };
-    Ok((report, running))
+    Ok(drift
+        .iter()
+        .flat_map(|(node, report)| {
+            report["drift"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |e| DriftLine::of(node, e))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -311,7 +311,7 @@ fn tcp() -> Protocol {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file cannot be read.
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     Read {
         /// The scenario file.
         path: PathBuf,

@@ -9,7 +9,8 @@ use anyhow::Context;
 use crate::lab::{
     control_plane, enforce, expect,
     model::LabModel,
-    run::{self, LabOptions, LabReport, Seen},
+    prometheus::Comparison,
+    run::{self, EnforceProbe, LabOptions, LabReport, Seen},
     scenario,
     traffic::{Outcome, Timeouts},
 };
@@ -179,6 +180,36 @@ fn policy_name(p: &k8s_openapi::api::networking::v1::NetworkPolicy) -> String {
 /// workload pair, the policies written, the verification and the enforcement.
 pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
     let mut s = String::new();
+    traffic_summary(&mut s, model, report);
+    flows_summary(&mut s, model, report);
+    recommended_summary(&mut s, report);
+    if let Some(probes) = &report.enforced {
+        enforcement_summary(&mut s, model, report, probes);
+    }
+    rotation_summary(&mut s, report);
+    drift_summary(&mut s, report);
+    if let Some(c) = &report.prometheus {
+        prometheus_summary(&mut s, c);
+    }
+    let _ = writeln!(s, "\nwritten:");
+    for f in &report.files {
+        let _ = writeln!(s, "  {}", f.display());
+    }
+    let _ = writeln!(
+        s,
+        "\nresult: {}",
+        if report.ok() {
+            "every probe as expected"
+        } else {
+            "SOME PROBES NOT AS EXPECTED"
+        }
+    );
+    s
+}
+
+/// The lab's line, then the traffic entries: per entry, the connections that got through and
+/// the flows the agents reported.
+fn traffic_summary(s: &mut String, model: &LabModel, report: &LabReport) {
     let nodes: Vec<String> = model
         .nodes
         .iter()
@@ -218,6 +249,11 @@ pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
                 .unwrap_or_default()
         );
     }
+}
+
+/// The flows the agents saw, by workload pair, with the destinations reached by name and the
+/// traffic entries whose flows are missing.
+fn flows_summary(s: &mut String, model: &LabModel, report: &LabReport) {
     let _ = writeln!(
         s,
         "\nflows seen by the {} ({} flows, {} DNS lookups, {} unexpected{}):",
@@ -241,6 +277,10 @@ pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
     for m in &report.missing {
         let _ = writeln!(s, "  MISSING {m}");
     }
+}
+
+/// The recommended policies (names, notes) and their verification against the flows.
+fn recommended_summary(s: &mut String, report: &LabReport) {
     let _ = writeln!(
         s,
         "\nrecommended policies ({}):",
@@ -275,97 +315,97 @@ pub(super) fn summary(model: &LabModel, report: &LabReport) -> String {
             d.port.map(|p| p.to_string()).unwrap_or_default()
         );
     }
-    if let Some(probes) = &report.enforced {
-        let off: Vec<&str> = model
-            .nodes
-            .iter()
-            .filter(|n| !n.enforce)
-            .map(|n| n.name.as_str())
-            .collect();
-        let _ = writeln!(
-            s,
-            "\nenforcement ({}{}):",
-            report.enforced_policies.as_deref().unwrap_or_default(),
-            match off.is_empty() {
-                true => String::new(),
-                false => format!("; not enforced on {} (scenario)", off.join(", ")),
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} policy",
-            "kind", "from", "to", "port", "expected", "observed", "result", "drop reason"
-        );
-        for p in probes {
-            let _ = writeln!(
-                s,
-                "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} {}",
-                format!("{:?}", p.kind).to_lowercase(),
-                p.from,
-                p.to,
-                format!("{}/{}", p.port, p.protocol),
-                seen(p.expected),
-                seen(p.observed),
-                match (p.ok(), &p.unenforced) {
-                    (true, _) => "ok",
-                    (false, Some(_)) => "UNENFORCED",
-                    (false, None) => "MISMATCH",
-                },
-                p.drop_reason.as_deref().unwrap_or("-"),
-                match &p.unenforced {
-                    Some(policies) => format!("not enforced: {policies}"),
-                    None => p.policy.clone().unwrap_or_else(|| "-".to_owned()),
-                },
-            );
+}
+
+/// The enforcement `probes` (`--enforce`): per probe, what was expected and observed, the
+/// drop and the policy the agents reported.
+fn enforcement_summary(
+    s: &mut String,
+    model: &LabModel,
+    report: &LabReport,
+    probes: &[EnforceProbe],
+) {
+    let off: Vec<&str> = model
+        .nodes
+        .iter()
+        .filter(|n| !n.enforce)
+        .map(|n| n.name.as_str())
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nenforcement ({}{}):",
+        report.enforced_policies.as_deref().unwrap_or_default(),
+        match off.is_empty() {
+            true => String::new(),
+            false => format!("; not enforced on {} (scenario)", off.join(", ")),
         }
-    }
-    rotation_summary(&mut s, report);
-    if !report.drift.is_empty() {
+    );
+    let _ = writeln!(
+        s,
+        "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} policy",
+        "kind", "from", "to", "port", "expected", "observed", "result", "drop reason"
+    );
+    for p in probes {
         let _ = writeln!(
             s,
-            "\ndrift (dependencies outside the learning phase's baseline, drift.json):"
+            "  {:<9} {:<20} {:<24} {:<9} {:<8} {:<8} {:<8} {:<15} {}",
+            format!("{:?}", p.kind).to_lowercase(),
+            p.from,
+            p.to,
+            format!("{}/{}", p.port, p.protocol),
+            seen(p.expected),
+            seen(p.observed),
+            match (p.ok(), &p.unenforced) {
+                (true, _) => "ok",
+                (false, Some(_)) => "UNENFORCED",
+                (false, None) => "MISMATCH",
+            },
+            p.drop_reason.as_deref().unwrap_or("-"),
+            match &p.unenforced {
+                Some(policies) => format!("not enforced: {policies}"),
+                None => p.policy.clone().unwrap_or_else(|| "-".to_owned()),
+            },
         );
-        for d in &report.drift {
-            let _ = writeln!(
-                s,
-                "  {:<8} {:<20} {:<24} {:<9} {:<15} {} flow(s)",
-                d.node, d.src, d.dst, d.port, d.kind, d.flows
-            );
-        }
     }
-    if let Some(c) = &report.prometheus {
-        let _ = writeln!(
-            s,
-            "\nprometheus ({} in {}): recommend --prometheus {} recommend --agent ({} and {} policies){}",
-            c.url,
-            c.netns,
-            if c.equal { "==" } else { "!=" },
-            c.prometheus.len(),
-            c.agent.len(),
-            if c.equal {
-                String::new()
-            } else {
-                format!(" — DIFFERENT: {}", c.differing.join(", "))
-            }
-        );
-        for n in &c.notes {
-            let _ = writeln!(s, "  note: {n}");
-        }
-    }
-    let _ = writeln!(s, "\nwritten:");
-    for f in &report.files {
-        let _ = writeln!(s, "  {}", f.display());
+}
+
+/// The dependencies the agents reported as drift, if any.
+fn drift_summary(s: &mut String, report: &LabReport) {
+    if report.drift.is_empty() {
+        return;
     }
     let _ = writeln!(
         s,
-        "\nresult: {}",
-        if report.ok() {
-            "every probe as expected"
+        "\ndrift (dependencies outside the learning phase's baseline, drift.json):"
+    );
+    for d in &report.drift {
+        let _ = writeln!(
+            s,
+            "  {:<8} {:<20} {:<24} {:<9} {:<15} {} flow(s)",
+            d.node, d.src, d.dst, d.port, d.kind, d.flows
+        );
+    }
+}
+
+/// `recommend --prometheus` against `recommend --agent` (with Prometheus).
+fn prometheus_summary(s: &mut String, c: &Comparison) {
+    let _ = writeln!(
+        s,
+        "\nprometheus ({} in {}): recommend --prometheus {} recommend --agent ({} and {} policies){}",
+        c.url,
+        c.netns,
+        if c.equal { "==" } else { "!=" },
+        c.prometheus.len(),
+        c.agent.len(),
+        if c.equal {
+            String::new()
         } else {
-            "SOME PROBES NOT AS EXPECTED"
+            format!(" — DIFFERENT: {}", c.differing.join(", "))
         }
     );
-    s
+    for n in &c.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
 }
 
 /// The rotation steps: where the names moved, and per traffic entry run again the answer,

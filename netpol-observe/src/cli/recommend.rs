@@ -21,8 +21,8 @@ use crate::{
     names,
     policy::PolicyEngine,
     recommend::{
-        FlowAggregate, PolicyFormat, PublicIngress, RecommendConfig, Recommender, diff,
-        format::RenderedObject, prometheus_seen, render_objects, sources,
+        FlowAggregate, PolicyFormat, PublicIngress, RecommendConfig, Recommendation, Recommender,
+        RecordedFlows, diff, format::RenderedObject, prometheus_seen, render_objects, sources,
     },
 };
 
@@ -179,19 +179,7 @@ pub(super) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 
 /// Runs `netpol-observe recommend`.
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // `-o` is the format of what goes to stdout: the policies, or with --diff the report.
-    let (policy_output, report_output) = match (args.diff, args.output) {
-        (false, None) => (Output::Yaml, Output::Text),
-        (false, Some(Output::Text)) => anyhow::bail!(
-            "-o text is the --diff report's format; the policies are written as -o yaml or -o json"
-        ),
-        (false, Some(o)) => (o, Output::Text),
-        (true, None) => (Output::Yaml, Output::Text),
-        (true, Some(Output::Yaml)) => anyhow::bail!(
-            "-o yaml: the --diff report is -o text or -o json (the policies go to --write as YAML)"
-        ),
-        (true, Some(o)) => (Output::Yaml, o),
-    };
+    let (policy_output, report_output) = outputs(&args)?;
     let inventory = match &args.inventory {
         Some(path) => inputs::load(path, args.validate, "the inventory")?,
         None => Inventory::default(),
@@ -200,19 +188,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),
     };
-    let config = RecommendConfig {
-        default_deny: !args.no_default_deny,
-        exclude_namespaces: args.exclude_namespace.clone(),
-        aggregate_v4: args.aggregate_v4,
-        aggregate_v6: args.aggregate_v6,
-        world_threshold: args.world_threshold,
-        min_observation: args.min_observation,
-        cluster_ranges: args.cluster_range.clone(),
-        self_check: true,
-        public_ingress: args.public_ingress,
-        include_denied: args.include_denied,
-    };
-    let recommender = Recommender::new(&inventory, &subnets, config);
+    let recommender = Recommender::new(&inventory, &subnets, config(&args));
     // The records are folded as they are read: memory follows the distinct connections, not
     // the number of records (see `recommend::aggregate`).
     let (flows, bad) = collect_flows(&args, &inventory, &subnets, &recommender).await?;
@@ -244,46 +220,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_output_names(&rec.policies)?;
     let objects = render_objects(args.format, &rec, &inventory)?;
     if args.format == PolicyFormat::ClusterNetworkPolicy {
-        // The ClusterNetworkPolicies must take away nothing the NetworkPolicies allow.
-        let cluster = crate::recommend::cluster_policy::render(&rec, &inventory);
-        let attributed = attributed(&flows, &recommender);
-        let denied = crate::recommend::cluster_policy::check_weighted(
-            &rec,
-            &cluster,
-            &inventory,
-            attributed.iter().map(|(f, n)| (f, *n)),
-        )
-        .context("self-check of the ClusterNetworkPolicies")?;
-        if !denied.is_empty() {
-            let lines = denied
-                .iter()
-                .flat_map(|(d, n)| std::iter::repeat_n(d, usize::try_from(*n).unwrap_or(0)));
-            for d in lines.take(20) {
-                errln!("self-check: the ClusterNetworkPolicies deny an observed flow {d}");
-            }
-            anyhow::bail!(
-                "self-check failed: the ClusterNetworkPolicies deny {} observed flow(s) the NetworkPolicies allow; nothing was written",
-                denied.iter().map(|(_, n)| n).sum::<u64>()
-            );
-        }
+        check_cluster_policies(&rec, &inventory, &flows, &recommender)?;
     }
-    match &args.write {
-        Some(out) if is_dir_target(out) => {
-            let files = by_file(out, &objects, policy_output)?;
-            std::fs::create_dir_all(out)
-                .with_context(|| format!("cannot create the directory {}", out.display()))?;
-            for (file, yaml) in files {
-                std::fs::write(&file, yaml)
-                    .with_context(|| format!("cannot write {}", file.display()))?;
-            }
-        }
-        Some(out) => {
-            std::fs::write(out, output::render(&objects, policy_output)?)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-        }
-        None if !args.diff => out::stdout(output::render(&objects, policy_output)?)?,
-        None => {}
-    }
+    write_policies(&args, &objects, policy_output)?;
 
     if args.diff {
         let engine = PolicyEngine::compile_with_cluster(
@@ -314,6 +253,94 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The formats of the policies and of the `--diff` report. `-o` is the format of what goes
+/// to stdout: the policies, or with `--diff` the report.
+fn outputs(args: &Args) -> anyhow::Result<(Output, Output)> {
+    Ok(match (args.diff, args.output) {
+        (false, None) => (Output::Yaml, Output::Text),
+        (false, Some(Output::Text)) => anyhow::bail!(
+            "-o text is the --diff report's format; the policies are written as -o yaml or -o json"
+        ),
+        (false, Some(o)) => (o, Output::Text),
+        (true, None) => (Output::Yaml, Output::Text),
+        (true, Some(Output::Yaml)) => anyhow::bail!(
+            "-o yaml: the --diff report is -o text or -o json (the policies go to --write as YAML)"
+        ),
+        (true, Some(o)) => (Output::Yaml, o),
+    })
+}
+
+/// The recommender's configuration from the command line.
+fn config(args: &Args) -> RecommendConfig {
+    RecommendConfig {
+        default_deny: !args.no_default_deny,
+        exclude_namespaces: args.exclude_namespace.clone(),
+        aggregate_v4: args.aggregate_v4,
+        aggregate_v6: args.aggregate_v6,
+        world_threshold: args.world_threshold,
+        min_observation: args.min_observation,
+        cluster_ranges: args.cluster_range.clone(),
+        self_check: true,
+        public_ingress: args.public_ingress,
+        include_denied: args.include_denied,
+    }
+}
+
+/// The self-check of `--format cluster-network-policy`: the ClusterNetworkPolicies must take
+/// away nothing the NetworkPolicies allow (the first denied flows go to stderr).
+fn check_cluster_policies(
+    rec: &Recommendation,
+    inventory: &Inventory,
+    flows: &FlowAggregate,
+    recommender: &Recommender<'_>,
+) -> anyhow::Result<()> {
+    let cluster = crate::recommend::cluster_policy::render(rec, inventory);
+    let attributed = attributed(flows, recommender);
+    let denied = crate::recommend::cluster_policy::check_weighted(
+        rec,
+        &cluster,
+        inventory,
+        attributed.iter().map(|(f, n)| (f, *n)),
+    )
+    .context("self-check of the ClusterNetworkPolicies")?;
+    if denied.is_empty() {
+        return Ok(());
+    }
+    let lines = denied
+        .iter()
+        .flat_map(|(d, n)| std::iter::repeat_n(d, usize::try_from(*n).unwrap_or(0)));
+    for d in lines.take(20) {
+        errln!("self-check: the ClusterNetworkPolicies deny an observed flow {d}");
+    }
+    anyhow::bail!(
+        "self-check failed: the ClusterNetworkPolicies deny {} observed flow(s) the NetworkPolicies allow; nothing was written",
+        denied.iter().map(|(_, n)| n).sum::<u64>()
+    );
+}
+
+/// Writes the policies to `--write` (a file, or a directory: one file per namespace), else to
+/// stdout unless `--diff` prints its report there.
+fn write_policies(args: &Args, objects: &[RenderedObject], format: Output) -> anyhow::Result<()> {
+    match &args.write {
+        Some(out) if is_dir_target(out) => {
+            let files = by_file(out, objects, format)?;
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create the directory {}", out.display()))?;
+            for (file, yaml) in files {
+                std::fs::write(&file, yaml)
+                    .with_context(|| format!("cannot write {}", file.display()))?;
+            }
+        }
+        Some(out) => {
+            std::fs::write(out, output::render(objects, format)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+        }
+        None if !args.diff => out::stdout(output::render(objects, format)?)?,
+        None => {}
+    }
+    Ok(())
 }
 
 /// The files of `--write DIR`: `<namespace>.yaml` per namespace, `_cluster.yaml` for
@@ -407,99 +434,18 @@ async fn collect_flows(
     subnets: &Subnets,
     recommender: &Recommender<'_>,
 ) -> anyhow::Result<(FlowAggregate, usize)> {
-    let mut bad = 0;
     if let Some(url) = &args.prometheus {
-        let base = url.trim_end_matches('/');
-        let endpoint = format!("{base}/api/v1/query");
-        let query = sources::prometheus_query(args.window);
-        // One evaluation time for both queries.
-        let end = jiff::Timestamp::now();
-        let time = end.as_second().to_string();
-        let full = reqwest::Url::parse_with_params(
-            &endpoint,
-            &[("query", query.as_str()), ("time", time.as_str())],
-        )
-        .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
-        let body = reqwest::get(full)
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .with_context(|| format!("cannot query {endpoint}"))?
-            .text()
-            .await
-            .with_context(|| format!("cannot read the answer of {endpoint}"))?;
-        // First and last seen: the first and last increase of each connection's counter. A
-        // Prometheus-compatible store without range queries: the window, with a warning.
-        let range = format!("{base}/api/v1/query_range");
-        let start = end.checked_sub(args.window).unwrap_or(end);
-        let seen = async {
-            let params = prometheus_seen::range_params(args.window, end);
-            let full = reqwest::Url::parse_with_params(&range, &params)
-                .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
-            let answer = reqwest::get(full)
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .with_context(|| format!("cannot query {range}"))?
-                .text()
-                .await
-                .with_context(|| format!("cannot read the answer of {range}"))?;
-            anyhow::Ok(prometheus_seen::parse_range(&answer, &range, start)?)
-        }
-        .await
-        .unwrap_or_else(|e| {
-            errln!(
-                "warning: {}: first/last seen are the query window",
-                super::error_chain(&e)
-            );
-            prometheus_seen::Seen::default()
-        });
-        let (flows, notes) = sources::parse_prometheus_seen(
-            &body,
-            &seen,
-            &endpoint,
-            inventory,
-            subnets,
-            args.window,
-        )?;
-        for n in notes {
-            errln!("note: {n}");
-        }
+        let flows = flows_from_prometheus(args, url, inventory, subnets).await?;
         return Ok((recommender.aggregate_recorded(&flows), 0));
     }
     if !args.agent.is_empty() {
         let mut lists = Vec::new();
+        let mut bad = 0;
         let token = crate::http::client::bearer_token(args.token_file.as_deref()).await?;
         let client = reqwest::Client::new();
         for url in &args.agent {
             let endpoint = format!("{}/api/v1/flows", url.trim_end_matches('/'));
-            let resp = crate::http::client::get(&client, &endpoint, token.as_ref())
-                .send()
-                .await
-                .with_context(|| format!("cannot read flows from {endpoint}"))?;
-            let status = resp.status();
-            let truncated = resp
-                .headers()
-                .get(crate::http::TRUNCATED_HEADER)
-                .is_some_and(|v| v == "true");
-            let body = resp
-                .text()
-                .await
-                .with_context(|| format!("cannot read flows from {endpoint}"))?;
-            if !status.is_success() {
-                let mut msg = format!(
-                    "cannot read flows from {endpoint}: HTTP {status}: {}",
-                    body.trim()
-                );
-                if let Some(hint) = crate::http::client::refusal_hint(status, token.as_ref()) {
-                    msg.push_str(&format!(" ({hint})"));
-                }
-                anyhow::bail!(msg);
-            }
-            if truncated {
-                errln!(
-                    "warning: {endpoint}: the agent holds more flows than one answer carries; \
-                     the oldest are left out"
-                );
-            }
+            let body = agent_flows(&client, &endpoint, token.as_ref()).await?;
             let (flows, errors) = sources::parse_agent_answer(&body, &endpoint);
             for e in &errors {
                 errln!("error: {e}");
@@ -512,6 +458,112 @@ async fn collect_flows(
         let merged = sources::merge_recorded(lists);
         return Ok((recommender.aggregate_recorded(&merged), bad));
     }
+    flows_from_files(args, recommender)
+}
+
+/// The flows of `--prometheus url` in the window: the counters at one evaluation time, with
+/// the first and last increase of each connection's counter as first and last seen (a store
+/// without range queries: the window, with a warning).
+async fn flows_from_prometheus(
+    args: &Args,
+    url: &str,
+    inventory: &Inventory,
+    subnets: &Subnets,
+) -> anyhow::Result<RecordedFlows> {
+    let base = url.trim_end_matches('/');
+    let endpoint = format!("{base}/api/v1/query");
+    let query = sources::prometheus_query(args.window);
+    // One evaluation time for both queries.
+    let end = jiff::Timestamp::now();
+    let time = end.as_second().to_string();
+    let params = [("query", query.as_str()), ("time", time.as_str())];
+    let body = prometheus_get(url, &endpoint, &params).await?;
+    let range = format!("{base}/api/v1/query_range");
+    let start = end.checked_sub(args.window).unwrap_or(end);
+    let seen = async {
+        let params = prometheus_seen::range_params(args.window, end);
+        let answer = prometheus_get(url, &range, &params).await?;
+        anyhow::Ok(prometheus_seen::parse_range(&answer, &range, start)?)
+    }
+    .await
+    .unwrap_or_else(|e| {
+        errln!(
+            "warning: {}: first/last seen are the query window",
+            super::error_chain(&e)
+        );
+        prometheus_seen::Seen::default()
+    });
+    let (flows, notes) =
+        sources::parse_prometheus_seen(&body, &seen, &endpoint, inventory, subnets, args.window)?;
+    for n in notes {
+        errln!("note: {n}");
+    }
+    Ok(flows)
+}
+
+/// The body of Prometheus' answer to `endpoint` with `params` (`url`: as given).
+async fn prometheus_get<V: AsRef<str>>(
+    url: &str,
+    endpoint: &str,
+    params: &[(&str, V)],
+) -> anyhow::Result<String> {
+    let full = reqwest::Url::parse_with_params(endpoint, params)
+        .with_context(|| format!("--prometheus {url:?} is not a URL"))?;
+    reqwest::get(full)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot query {endpoint}"))?
+        .text()
+        .await
+        .with_context(|| format!("cannot read the answer of {endpoint}"))
+}
+
+/// The body of an agent's answer to `endpoint` (its flows); a refusal names the status, the
+/// agent's answer, and what to do about a token; a truncated answer is warned about.
+async fn agent_flows(
+    client: &reqwest::Client,
+    endpoint: &str,
+    token: Option<&crate::http::client::BearerToken>,
+) -> anyhow::Result<String> {
+    let resp = crate::http::client::get(client, endpoint, token)
+        .send()
+        .await
+        .with_context(|| format!("cannot read flows from {endpoint}"))?;
+    let status = resp.status();
+    let truncated = resp
+        .headers()
+        .get(crate::http::TRUNCATED_HEADER)
+        .is_some_and(|v| v == "true");
+    let body = resp
+        .text()
+        .await
+        .with_context(|| format!("cannot read flows from {endpoint}"))?;
+    if !status.is_success() {
+        let mut msg = format!(
+            "cannot read flows from {endpoint}: HTTP {status}: {}",
+            body.trim()
+        );
+        if let Some(hint) = crate::http::client::refusal_hint(status, token) {
+            msg.push_str(&format!(" ({hint})"));
+        }
+        anyhow::bail!(msg);
+    }
+    if truncated {
+        errln!(
+            "warning: {endpoint}: the agent holds more flows than one answer carries; \
+             the oldest are left out"
+        );
+    }
+    Ok(body)
+}
+
+/// The flows of `--flows` files (`-`: stdin), folded as they are read, and the number of
+/// unreadable lines (each reported on stderr, in the first pass only).
+fn flows_from_files(
+    args: &Args,
+    recommender: &Recommender<'_>,
+) -> anyhow::Result<(FlowAggregate, usize)> {
+    let mut bad = 0;
     // stdin cannot be read twice (a pass may ask for another): it is kept in a file.
     let stdin = match args.flows.iter().any(|p| p == Path::new("-")) {
         true => Some(Spool::stdin()?),

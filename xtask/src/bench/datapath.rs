@@ -31,7 +31,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -619,107 +619,97 @@ struct PlacementRuns {
     costs: Vec<Vec<Cost>>,
 }
 
-/// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
-/// order in every placement, then the per-program costs. `extra` holds the options of the
-/// module documentation (`--bin`, `--baseline`, `--placement`, `--rr-only`).
-pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
-    if !crate::is_root() {
-        bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
-    }
-    let mut baseline = None;
-    let mut prebuilt = None;
-    let mut prebuilt_hooks = None;
-    let mut rr_only = false;
-    let mut flows: usize = 1;
-    let mut ipv6 = false;
-    let mut placements: Vec<Placement> = PLACEMENTS.to_vec();
-    let mut dns_cost = false;
-    let mut baseline_object = None;
-    let mut args = extra.iter();
-    while let Some(flag) = args.next() {
-        if flag == "--dns-cost" {
-            dns_cost = true;
-            continue;
-        }
-        if flag == "--rr-only" {
-            rr_only = true;
-            continue;
-        }
-        if flag == "--ipv6" {
-            ipv6 = true;
-            continue;
-        }
-        if flag == "--flows" {
-            flows = args
-                .next()
-                .and_then(|n| n.parse().ok())
-                .filter(|&n| n >= 1)
-                .context("datapath: --flows needs a number of connections (at least 1)")?;
-            continue;
-        }
-        if flag == "--placement" {
-            let label = args.next().context("datapath: --placement needs a label")?;
-            placements.retain(|p| p.label == label.as_str());
-            if placements.is_empty() {
-                bail!("datapath: unknown placement {label} (expected same-cpu / cross-cpu)");
+/// The options of [`run`] (see the module documentation).
+#[derive(Default)]
+struct Options {
+    /// `--baseline`: a baseline agent binary, measured as one more arm.
+    baseline: Option<PathBuf>,
+    /// `--bin`: the agent binary (default: the release build).
+    bin: Option<PathBuf>,
+    /// `--hooks`: the bench binary with the no-op hooks (default: its build).
+    hooks: Option<PathBuf>,
+    rr_only: bool,
+    /// `--flows`: connections in turn.
+    flows: usize,
+    ipv6: bool,
+    placements: Vec<Placement>,
+    /// `--dns-cost`: run [`super::dns_cost`] instead.
+    dns_cost: bool,
+    /// `--baseline-object`: for `--dns-cost`.
+    baseline_object: Option<PathBuf>,
+}
+
+impl Options {
+    /// Reads `extra` (the options after the benchmark's name).
+    fn parse(extra: &[String]) -> Result<Options> {
+        let mut o = Options {
+            flows: 1,
+            placements: PLACEMENTS.to_vec(),
+            ..Options::default()
+        };
+        let mut args = extra.iter();
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--dns-cost" => o.dns_cost = true,
+                "--rr-only" => o.rr_only = true,
+                "--ipv6" => o.ipv6 = true,
+                "--flows" => {
+                    o.flows = args
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|&n| n >= 1)
+                        .context("datapath: --flows needs a number of connections (at least 1)")?;
+                }
+                "--placement" => {
+                    let label = args.next().context("datapath: --placement needs a label")?;
+                    o.placements.retain(|p| p.label == label.as_str());
+                    if o.placements.is_empty() {
+                        bail!(
+                            "datapath: unknown placement {label} (expected same-cpu / cross-cpu)"
+                        );
+                    }
+                }
+                _ => {
+                    let path = args
+                        .next()
+                        .map(PathBuf::from)
+                        .with_context(|| format!("datapath: {flag} needs a path"))?;
+                    match flag.as_str() {
+                        "--baseline" => o.baseline = Some(path),
+                        "--bin" => o.bin = Some(path),
+                        "--hooks" => o.hooks = Some(path),
+                        "--baseline-object" => o.baseline_object = Some(path),
+                        other => bail!(
+                            "datapath: unknown argument {other} (expected --baseline / --bin / \
+                             --hooks PATH, --placement LABEL, --rr-only, --flows N, --ipv6, \
+                             --dns-cost, --baseline-object PATH)"
+                        ),
+                    }
+                }
             }
-            continue;
         }
-        let path = args
-            .next()
-            .map(std::path::PathBuf::from)
-            .with_context(|| format!("datapath: {flag} needs a path"))?;
-        match flag.as_str() {
-            "--baseline" => baseline = Some(path),
-            "--bin" => prebuilt = Some(path),
-            "--hooks" => prebuilt_hooks = Some(path),
-            "--baseline-object" => baseline_object = Some(path),
-            other => bail!(
-                "datapath: unknown argument {other} (expected --baseline / --bin / --hooks PATH, \
-                 --placement LABEL, --rr-only, --flows N, --ipv6, --dns-cost, \
-                 --baseline-object PATH)"
-            ),
-        }
+        Ok(o)
     }
-    let bin = match prebuilt {
-        Some(b) => b,
-        None => super::release_binary(root)?,
-    };
-    let hooks = match prebuilt_hooks {
-        Some(h) => h,
-        None => super::bench_binary(root)?,
-    };
-    if dns_cost {
-        return super::dns_cost::run(&hooks, rounds, baseline_object.as_deref());
-    }
-    let _topology = Topology::create()?;
-    let mut arms = ARMS.to_vec();
-    if baseline.is_some() {
-        arms.push(Arm::BaselineAgent);
-    }
-    let labels: Vec<&str> = arms.iter().map(|a| a.label()).collect();
-    let setup = RunSetup {
-        bin: &bin,
-        hooks: &hooks,
-        baseline: baseline.as_deref(),
-        rr_only,
-        traffic: Traffic {
-            seconds,
-            flows,
-            server: SERVER_IPS[usize::from(ipv6)].parse()?,
-        },
-    };
-    let family = if ipv6 { "/IPv6" } else { "" };
-    let mut results: Vec<PlacementRuns> = placements
-        .iter()
-        .map(|&placement| PlacementRuns {
+}
+
+impl PlacementRuns {
+    /// No runs yet in `placement`, for the arms `labels`.
+    fn new(
+        placement: Placement,
+        labels: &[&'static str],
+        seconds: u64,
+        flows: usize,
+        ipv6: bool,
+    ) -> Self {
+        let family = if ipv6 { "/IPv6" } else { "" };
+        PlacementRuns {
             placement,
             tput: Arms::new(
                 format!(
                     "[{}] iperf3 TCP{family} throughput, Gbit/s ({seconds} s runs)",
                     placement.label
                 ),
-                &labels,
+                labels,
             ),
             rr: Arms::new(
                 format!(
@@ -727,7 +717,7 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
                      {flows} connection(s) in turn)",
                     placement.label
                 ),
-                &labels,
+                labels,
             ),
             ns: Arms::new(
                 format!(
@@ -735,10 +725,53 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
                      ({flows} connection(s) in turn)",
                     placement.label
                 ),
-                &labels,
+                labels,
             ),
             costs: vec![Vec::new(); labels.len()],
-        })
+        }
+    }
+}
+
+/// Runs the datapath benchmark: `rounds` rounds, each measuring the three arms in a rotating
+/// order in every placement, then the per-program costs. `extra` holds the options of the
+/// module documentation (`--bin`, `--baseline`, `--placement`, `--rr-only`).
+pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) -> Result<()> {
+    if !crate::is_root() {
+        bail!("the datapath benchmark creates namespaces and loads eBPF programs: run it as root");
+    }
+    let o = Options::parse(extra)?;
+    let bin = match o.bin {
+        Some(b) => b,
+        None => super::release_binary(root)?,
+    };
+    let hooks = match o.hooks {
+        Some(h) => h,
+        None => super::bench_binary(root)?,
+    };
+    if o.dns_cost {
+        return super::dns_cost::run(&hooks, rounds, o.baseline_object.as_deref());
+    }
+    let _topology = Topology::create()?;
+    let mut arms = ARMS.to_vec();
+    if o.baseline.is_some() {
+        arms.push(Arm::BaselineAgent);
+    }
+    let labels: Vec<&str> = arms.iter().map(|a| a.label()).collect();
+    let setup = RunSetup {
+        bin: &bin,
+        hooks: &hooks,
+        baseline: o.baseline.as_deref(),
+        rr_only: o.rr_only,
+        traffic: Traffic {
+            seconds,
+            flows: o.flows,
+            server: SERVER_IPS[usize::from(o.ipv6)].parse()?,
+        },
+    };
+    let mut results: Vec<PlacementRuns> = o
+        .placements
+        .iter()
+        .map(|&p| PlacementRuns::new(p, &labels, seconds, o.flows, o.ipv6))
         .collect();
     // For the whole run: every hooked run reads its programs' cost (the statistics add a
     // few ns per program run to every hooked arm alike).
@@ -767,15 +800,23 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
             }
         }
     }
-    // Indices into `arms`.
+    println!("{}", bar_summary(&results, &arms, o.flows, o.ipv6));
+    print_targets(&results, o.baseline.is_some(), o.rr_only);
+    print_costs(&results, &arms);
+    Ok(())
+}
+
+/// Prints every placement's throughput and request/response comparisons of the arms, and
+/// whether the agent met its targets against no hooks.
+fn print_targets(results: &[PlacementRuns], with_baseline: bool, rr_only: bool) {
+    // Indices into the arms.
     let (bare, noop, agent, baseline_agent) = (0, 1, 2, 3);
     let mut comparisons = vec![(noop, bare), (agent, bare), (agent, noop)];
-    if baseline.is_some() {
+    if with_baseline {
         comparisons.extend([(baseline_agent, bare), (agent, baseline_agent)]);
     }
     let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "NOT met" };
-    println!("{}", bar_summary(&results, &arms, flows, ipv6));
-    for pr in &results {
+    for pr in results {
         if !rr_only {
             println!("{}", pr.tput.report(&comparisons));
         }
@@ -797,7 +838,12 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
             verdict(pr.rr.round_ratio(agent, bare), 0.97),
         );
     }
-    for pr in &results {
+}
+
+/// Prints per placement and hooked arm the ns per run of each program (median over rounds)
+/// and the programs' sizes.
+fn print_costs(results: &[PlacementRuns], arms: &[Arm]) {
+    for pr in results {
         println!(
             "[{}] ns per program run (median over rounds):",
             pr.placement.label
@@ -822,7 +868,6 @@ pub(super) fn run(root: &Path, rounds: usize, seconds: u64, extra: &[String]) ->
             println!("  {:<14} {programs}  ({})", arm.label(), last.sizes);
         }
     }
-    Ok(())
 }
 
 /// The datapath bar, printed first: per placement, the kernel ns of programs per
@@ -884,3 +929,69 @@ fn bar_summary(results: &[PlacementRuns], arms: &[Arm], flows: usize, ipv6: bool
 /// The datapath bar: the agent's programs at most this multiple of the no-op hooks' kernel
 /// ns per transaction.
 const BAR_RATIO: f64 = 1.3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options> {
+        Options::parse(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_as_the_module_documents_them() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(
+            (o.flows, o.rr_only, o.ipv6, o.dns_cost),
+            (1, false, false, false)
+        );
+        assert_eq!(o.placements.len(), PLACEMENTS.len());
+        assert!(o.bin.is_none() && o.hooks.is_none() && o.baseline.is_none());
+
+        let o = parse(&[
+            "--rr-only",
+            "--flows",
+            "8",
+            "--ipv6",
+            "--placement",
+            "cross-cpu",
+            "--bin",
+            "/b",
+            "--hooks",
+            "/h",
+            "--baseline",
+            "/old",
+            "--dns-cost",
+            "--baseline-object",
+            "/o",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.flows, o.rr_only, o.ipv6, o.dns_cost),
+            (8, true, true, true)
+        );
+        let labels: Vec<&str> = o.placements.iter().map(|p| p.label).collect();
+        assert_eq!(labels, ["cross-cpu"]);
+        assert_eq!(o.bin.as_deref(), Some(Path::new("/b")));
+        assert_eq!(o.hooks.as_deref(), Some(Path::new("/h")));
+        assert_eq!(o.baseline.as_deref(), Some(Path::new("/old")));
+        assert_eq!(o.baseline_object.as_deref(), Some(Path::new("/o")));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        for (args, want) in [
+            (&["--flows", "0"][..], "--flows needs a number"),
+            (
+                &["--placement", "elsewhere"][..],
+                "unknown placement elsewhere",
+            ),
+            (&["--placement"][..], "--placement needs a label"),
+            (&["--bin"][..], "--bin needs a path"),
+            (&["--nope", "x"][..], "unknown argument --nope"),
+        ] {
+            let err = parse(args).err().expect("an error").to_string();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+}

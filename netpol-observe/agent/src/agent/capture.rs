@@ -124,7 +124,7 @@ impl Capture for KernelCapture {
             None => Vec::new(),
             Some(Ok(d)) => d,
             Some(Err(e)) => {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::report::Chain(&e));
                 Vec::new()
             }
         };

@@ -69,22 +69,24 @@ pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The HTTP listener cannot be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The inventory files are unusable at start.
     #[error("inventory: {0}")]
     Inventory(#[from] InventoryError),
     /// The staged policies are unusable at start.
-    #[error("staged policies {path}: {source}")]
+    #[error("staged policies {path}")]
     Staged {
         /// The file or directory.
         path: PathBuf,
         /// Why.
+        #[source]
         source: Box<InventoryError>,
     },
     /// A policy does not compile.
@@ -250,7 +252,10 @@ impl AgentState {
         };
         let mut d = lock(d);
         if let Some(Err(e)) = d.reload_if_changed(now) {
-            tracing::warn!("drift baseline reload failed, keeping the baseline in use: {e}");
+            tracing::warn!(
+                "drift baseline reload failed, keeping the baseline in use: {}",
+                Chain(&e)
+            );
         }
         d.persist(now);
     }
@@ -951,6 +956,7 @@ impl Agent {
     /// starts the capture with `start` (after the files: a bad file stops the agent before
     /// anything is attached), follows the inventory and feeds every update to `state`. On stop:
     /// the capture's last sweep, and the flows seen (attributed, with verdicts) are returned.
+    // Long: one `select!` loop over the agent's event sources, whose branches share its state.
     pub async fn run<C: Capture>(
         state: Arc<AgentState>,
         start: impl AsyncFnOnce(&AgentConfig) -> Result<C, AgentError>,
@@ -992,15 +998,7 @@ impl Agent {
             Source::Live(l) => Some(l.subscribe_state()),
             _ => None,
         };
-        let mut inv_print = match &source {
-            Source::Files(p) => fingerprint(p),
-            _ => Vec::new(),
-        };
-        let mut staged_print = config
-            .staged_policies
-            .as_deref()
-            .map(fingerprint)
-            .unwrap_or_default();
+        let mut prints = Fingerprints::new(&source, &config);
         // Loading files and building models can take seconds at cluster scale: a thread of
         // its own does it, so flows keep being recorded and a signal is answered at once.
         let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel();
@@ -1040,20 +1038,7 @@ impl Agent {
                     state.expire_dns();
                 }
                 _ = poll.tick() => {
-                    if let Source::Files(p) = &source {
-                        let now = fingerprint(p);
-                        if now != inv_print {
-                            inv_print = now;
-                            let _ = rebuild.send(Rebuild::LoadInventory(p.clone()));
-                        }
-                    }
-                    if let Some(p) = &config.staged_policies {
-                        let now = fingerprint(p);
-                        if now != staged_print {
-                            staged_print = now;
-                            let _ = rebuild.send(Rebuild::LoadStaged(p.clone()));
-                        }
-                    }
+                    prints.reload_changed(&source, &config, &rebuild);
                     state.poll_drift(Timestamp::now());
                 }
                 Some(()) = changed(&mut live_snapshots) => {
@@ -1072,27 +1057,87 @@ impl Agent {
                 Some(r) = rebuilt.recv() => problem = install(&state, &dp, r),
             }
             if let Some(p) = problem {
-                for (group, resource) in WATCHED_RESOURCES {
-                    state
-                        .metrics
-                        .set_inventory_synced(&resource_label(group, resource), p.is_none());
-                }
-                let failing = p.is_some();
-                state.set_source_problem(p, failing);
+                set_source_health(&state, p);
             }
         }
+        stop_capture(&state, dp, updates).await
+    }
+}
 
-        tracing::info!("stopping: final sweep and detach");
-        let end = dp.shutdown().await?;
-        while let Ok(u) = updates.try_recv() {
-            state.on_update(&u);
+/// The file source's health changed: `None` healthy again, `Some(why)` failing.
+fn set_source_health(state: &AgentState, problem: Option<String>) {
+    for (group, resource) in WATCHED_RESOURCES {
+        state
+            .metrics
+            .set_inventory_synced(&resource_label(group, resource), problem.is_none());
+    }
+    let failing = problem.is_some();
+    state.set_source_problem(problem, failing);
+}
+
+/// On stop: the capture's last sweep and detach; the updates still queued and the last
+/// drops are recorded, the drift baseline is saved, and the flows seen are returned.
+async fn stop_capture<C: Capture>(
+    state: &AgentState,
+    dp: C,
+    mut updates: broadcast::Receiver<FlowUpdate>,
+) -> Result<Vec<ObservedFlow>, AgentError> {
+    tracing::info!("stopping: final sweep and detach");
+    let end = dp.shutdown().await?;
+    while let Ok(u) = updates.try_recv() {
+        state.on_update(&u);
+    }
+    for d in &end.drops {
+        state.on_drop(d);
+    }
+    state.metrics.set_attached_interfaces(0);
+    state.persist_drift(Timestamp::now());
+    Ok(state.final_flows(end.records))
+}
+
+/// The fingerprints of the inventory files (standalone) and of the staged policies, polled
+/// for changes.
+struct Fingerprints {
+    inventory: Vec<(PathBuf, u64, Option<SystemTime>)>,
+    staged: Vec<(PathBuf, u64, Option<SystemTime>)>,
+}
+
+impl Fingerprints {
+    fn new(source: &Source, config: &AgentConfig) -> Self {
+        Fingerprints {
+            inventory: match source {
+                Source::Files(p) => fingerprint(p),
+                _ => Vec::new(),
+            },
+            staged: config
+                .staged_policies
+                .as_deref()
+                .map(fingerprint)
+                .unwrap_or_default(),
         }
-        for d in &end.drops {
-            state.on_drop(d);
+    }
+
+    /// Asks `rebuild` to load again the files whose fingerprint changed.
+    fn reload_changed(
+        &mut self,
+        source: &Source,
+        config: &AgentConfig,
+        rebuild: &std::sync::mpsc::Sender<Rebuild>,
+    ) {
+        if let Source::Files(p) = source {
+            let now = fingerprint(p);
+            if now != self.inventory {
+                self.inventory = now;
+                let _ = rebuild.send(Rebuild::LoadInventory(p.clone()));
+            }
         }
-        state.metrics.set_attached_interfaces(0);
-        state.persist_drift(Timestamp::now());
-        Ok(state.final_flows(end.records))
+        if let Some(p) = &config.staged_policies {
+            let now = fingerprint(p);
+            if now != self.staged {
+                self.staged = now;
+                let _ = rebuild.send(Rebuild::LoadStaged(p.clone()));
+            }
+        }
     }
 }
 
@@ -1151,7 +1196,7 @@ async fn connect_live(state: &AgentState, config: &AgentConfig) -> Source {
             Source::Live(live::start(client, live::LiveOptions::default()))
         }
         Err(e) => {
-            let msg = format!("no --inventory and {e}; flows stay unattributed");
+            let msg = format!("no --inventory and {}; flows stay unattributed", Chain(&e));
             tracing::warn!("{msg}");
             state.set_inventory_error(msg);
             Source::None
@@ -1314,7 +1359,8 @@ fn spawn_rebuilder(
                                 changed = true;
                             }
                             Err(e) => tracing::error!(
-                                "staged policies reload failed, keeping the previous ones: {e}"
+                                "staged policies reload failed, keeping the previous ones: {}",
+                                Chain(&e)
                             ),
                         },
                     }
@@ -1376,7 +1422,7 @@ fn read_drops(state: &AgentState, capture: &mut impl Capture) {
                 state.on_drop(d);
             }
         }
-        Err(e) => tracing::warn!("{e}"),
+        Err(e) => tracing::warn!("{}", Chain(&e)),
     }
 }
 

@@ -31,13 +31,14 @@ const KIND_ENUM64: u32 = 19;
 pub enum BtfError {
     /// The file cannot be read (no BTF: a kernel without `CONFIG_DEBUG_INFO_BTF`).
     #[error(
-        "cannot read the kernel BTF {path}: {source} (the kernel needs CONFIG_DEBUG_INFO_BTF=y; \
-         run the agent with --drops=false to skip drop tracing)"
+        "cannot read the kernel BTF {path} (the kernel needs CONFIG_DEBUG_INFO_BTF=y; run the \
+         agent with --drops=false to skip drop tracing)"
     )]
     Read {
         /// The file.
         path: String,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The data is not BTF or is truncated.

@@ -290,47 +290,8 @@ impl Datapath {
         let interfaces = config
             .interface_filter()
             .map_err(DatapathError::InvalidConfig)?;
-        let learn: u8 = config.learn_local_endpoints.into();
-        let capture_dns: u8 = config.capture_dns.into();
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_FLOWS, config.flow_capacity)
-            .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries()?)
-            .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
-            .map_max_entries(MAP_DNS_EVENTS, config.dns_ringbuf_bytes)
-            .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
-            .override_global(GLOBAL_CAPTURE_DNS, &capture_dns, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| DatapathError::load("the eBPF object", e))?;
-
-        let flows = take_map(&mut ebpf, MAP_FLOWS)?;
-        let dup = match &flows {
-            aya::maps::Map::LruHashMap(data) => data
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(|e| DatapathError::map(MAP_FLOWS, e))?,
-            _ => return Err(DatapathError::map(MAP_FLOWS, "not an LRU hash map")),
-        };
-        let flows: BpfHashMap<MapData, FlowKey, FlowValue> = flows
-            .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_FLOWS, e))?;
-        let ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_EVENTS)?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_EVENTS, e))?;
-        let dns_ring: RingBuf<MapData> = take_map(&mut ebpf, MAP_DNS_EVENTS)?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?;
-        let counters: PerCpuArray<MapData, u64> = take_map(&mut ebpf, MAP_COUNTERS)?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_COUNTERS, e))?;
-        let local: BpfHashMap<MapData, [u8; 16], LocalEndpoint> =
-            take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS, e))?;
-        let generation: Array<MapData, u32> = take_map(&mut ebpf, MAP_LOCAL_ENDPOINTS_GEN)?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS_GEN, e))?;
-
+        let mut ebpf = load_object(&config)?;
+        let maps = Maps::take(&mut ebpf)?;
         let flusher = kernel::CacheFlusher::load(&mut ebpf)?;
         let mut attacher = attach::Attacher::new(
             ebpf,
@@ -338,31 +299,13 @@ impl Datapath {
                 .attach_mode
                 .unwrap_or_else(AttachMode::for_this_kernel),
         )?;
-        let logger = if config.ebpf_log {
-            match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!("eBPF logging unavailable: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
+        let logger = config
+            .ebpf_log
+            .then(|| ebpf_logger(&mut attacher))
+            .flatten();
         // Sockets first: connections older than the attach are oriented by who listens.
         let sockets = scan_sockets().await;
-        let (present, messages, netlink) = links::subscribe().await?;
-        for pattern in &config.include {
-            if InterfaceFilter::is_literal(pattern) && !present.iter().any(|(_, n)| n == pattern) {
-                return Err(DatapathError::InterfaceNotFound(pattern.clone()));
-            }
-        }
-        for (index, name) in &present {
-            if interfaces.matches(name) {
-                attacher.attach(*index, name)?;
-            }
-        }
+        let (messages, netlink) = attach_present(&config, &interfaces, &mut attacher).await?;
 
         let node = config.node_name.clone().or_else(hostname);
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
@@ -377,14 +320,14 @@ impl Datapath {
             updates,
             attacher: Mutex::new(attacher),
             sweeper: Mutex::new(Sweeper {
-                map: flows,
-                reader: kernel::FlowMapReader::new(dup, config.flow_capacity),
+                map: maps.flows,
+                reader: kernel::FlowMapReader::new(maps.flows_fd, config.flow_capacity),
             }),
             flusher,
-            counters: Mutex::new(counters),
+            counters: Mutex::new(maps.counters),
             local: Mutex::new(LocalEndpoints {
-                map: local,
-                generation,
+                map: maps.local,
+                generation: maps.generation,
             }),
             user_local: Mutex::new(HashSet::new()),
             stats: Mutex::new(DatapathStats {
@@ -396,15 +339,15 @@ impl Datapath {
         });
         let (stop, stop_rx) = watch::channel(false);
         // SAFETY: the ring buffer owns its descriptor and keeps it open while registered.
-        let ring =
-            unsafe { AsyncFd::register(ring) }.map_err(|e| DatapathError::map(MAP_EVENTS, e))?;
+        let ring = unsafe { AsyncFd::register(maps.ring) }
+            .map_err(|e| DatapathError::map(MAP_EVENTS, e))?;
         let ring_task = tokio::spawn(read_events(Arc::clone(&shared), ring, stop_rx.clone()));
         let mut tasks = vec![
             tokio::spawn(sweep_loop(Arc::clone(&shared), stop_rx.clone())),
             tokio::spawn(follow_links(Arc::clone(&shared), messages, stop_rx.clone())),
         ];
         // SAFETY: as the flow ring buffer above.
-        let dns_ring = unsafe { AsyncFd::register(dns_ring) }
+        let dns_ring = unsafe { AsyncFd::register(maps.dns_ring) }
             .map_err(|e| DatapathError::map(MAP_DNS_EVENTS, e))?;
         tasks.push(tokio::spawn(dns::read_answers(
             dns_ring,
@@ -551,6 +494,102 @@ impl Drop for Datapath {
         if let Some(t) = &self.ring_task {
             t.abort();
         }
+    }
+}
+
+/// The logger of the programs' `aya_log` lines (`--ebpf-log`); unavailable: a warning.
+fn ebpf_logger(
+    attacher: &mut attach::Attacher,
+) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+    match aya_log::EbpfLogger::init(attacher.ebpf_mut()) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("eBPF logging unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// Subscribes to the link changes and attaches to every present interface `interfaces`
+/// matches; an interface named literally in `--include` must be present.
+async fn attach_present(
+    config: &DatapathConfig,
+    interfaces: &InterfaceFilter,
+    attacher: &mut attach::Attacher,
+) -> Result<(links::LinkMessages, rtnetlink::Handle), DatapathError> {
+    let (present, messages, netlink) = links::subscribe().await?;
+    for pattern in &config.include {
+        if InterfaceFilter::is_literal(pattern) && !present.iter().any(|(_, n)| n == pattern) {
+            return Err(DatapathError::InterfaceNotFound(pattern.clone()));
+        }
+    }
+    for (index, name) in &present {
+        if interfaces.matches(name) {
+            attacher.attach(*index, name)?;
+        }
+    }
+    Ok((messages, netlink))
+}
+
+/// Loads the eBPF object with the maps sized and the globals set as `config` says.
+fn load_object(config: &DatapathConfig) -> Result<aya::Ebpf, DatapathError> {
+    let learn: u8 = config.learn_local_endpoints.into();
+    let capture_dns: u8 = config.capture_dns.into();
+    EbpfLoader::new()
+        .map_max_entries(MAP_FLOWS, config.flow_capacity)
+        .map_max_entries(MAP_FLOW_CACHE, flow_cache_entries()?)
+        .map_max_entries(MAP_EVENTS, config.ringbuf_bytes)
+        .map_max_entries(MAP_DNS_EVENTS, config.dns_ringbuf_bytes)
+        .override_global(GLOBAL_LEARN_LOCAL, &learn, true)
+        .override_global(GLOBAL_CAPTURE_DNS, &capture_dns, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| DatapathError::load("the eBPF object", e))
+}
+
+/// The maps userspace works with, taken out of the loaded object.
+struct Maps {
+    flows: BpfHashMap<MapData, FlowKey, FlowValue>,
+    /// A second descriptor of the flow map, for the batch reader.
+    flows_fd: std::os::fd::OwnedFd,
+    ring: RingBuf<MapData>,
+    dns_ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    local: BpfHashMap<MapData, [u8; 16], LocalEndpoint>,
+    generation: Array<MapData, u32>,
+}
+
+impl Maps {
+    fn take(ebpf: &mut aya::Ebpf) -> Result<Maps, DatapathError> {
+        let flows = take_map(ebpf, MAP_FLOWS)?;
+        let flows_fd = match &flows {
+            aya::maps::Map::LruHashMap(data) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| DatapathError::map(MAP_FLOWS, e))?,
+            _ => return Err(DatapathError::map(MAP_FLOWS, "not an LRU hash map")),
+        };
+        Ok(Maps {
+            flows: flows
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_FLOWS, e))?,
+            flows_fd,
+            ring: take_map(ebpf, MAP_EVENTS)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_EVENTS, e))?,
+            dns_ring: take_map(ebpf, MAP_DNS_EVENTS)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?,
+            counters: take_map(ebpf, MAP_COUNTERS)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_COUNTERS, e))?,
+            local: take_map(ebpf, MAP_LOCAL_ENDPOINTS)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS, e))?,
+            generation: take_map(ebpf, MAP_LOCAL_ENDPOINTS_GEN)?
+                .try_into()
+                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS_GEN, e))?,
+        })
     }
 }
 
@@ -770,7 +809,7 @@ async fn scan_sockets() -> sockets::Sockets {
     match tokio::task::spawn_blocking(sockets::scan).await {
         Ok((found, errors)) => {
             for e in &errors {
-                tracing::debug!("sockets: {e}");
+                tracing::debug!("sockets: {}", Chain(e));
             }
             let (namespaces, listening, connected) = found.counts();
             tracing::info!(

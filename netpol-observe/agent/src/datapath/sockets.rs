@@ -41,21 +41,23 @@ use crate::flow::Protocol;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketsError {
     /// The namespace file cannot be opened or entered.
-    #[error("network namespace {path}: {source}")]
+    #[error("network namespace {path}")]
     Enter {
         /// `/var/run/netns/<name>` or `/proc/<pid>/ns/net`.
         path: PathBuf,
         /// Why.
+        #[source]
         source: io::Error,
     },
     /// The sock_diag dump failed.
-    #[error("network namespace {path}: sock_diag dump of {what}: {source}")]
+    #[error("network namespace {path}: sock_diag dump of {what}")]
     Dump {
         /// The namespace.
         path: PathBuf,
         /// `TCP/IPv4 listeners`, …
         what: &'static str,
         /// Why.
+        #[source]
         source: io::Error,
     },
 }

@@ -45,7 +45,10 @@ use k8s_openapi::api::{
 use kube::api::{Api, PostParams};
 use tokio::sync::Semaphore;
 
-use crate::inventory::kubeapi::{self, KubeAccess, KubeAccessError};
+use crate::{
+    inventory::kubeapi::{self, KubeAccess, KubeAccessError},
+    report::Chain,
+};
 
 /// The API group of the agent's virtual resources (`flows`, `recommendations`) in
 /// SubjectAccessReviews and RBAC rules.
@@ -98,21 +101,21 @@ impl ApiResource {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// No client for the API server could be built.
-    #[error("no API server access to check tokens: {source}")]
+    #[error("no API server access to check tokens")]
     Access {
         /// Why.
         #[source]
         source: KubeAccessError,
     },
     /// The TokenReview failed (e.g. the agent may not create TokenReviews).
-    #[error("TokenReview failed: {source}")]
+    #[error("TokenReview failed")]
     TokenReview {
         /// What kube said.
         #[source]
         source: kube::Error,
     },
     /// The SubjectAccessReview failed.
-    #[error("SubjectAccessReview failed: {source}")]
+    #[error("SubjectAccessReview failed")]
     AccessReview {
         /// What kube said.
         #[source]
@@ -481,11 +484,12 @@ pub async fn require(State(guard): State<Arc<ApiGuard>>, req: Request, next: Nex
         Err(e) => {
             tracing::warn!(
                 resource = resource.name(),
-                "cannot check an API request: {e}"
+                "cannot check an API request: {}",
+                Chain(&e)
             );
             let mut resp = (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot check the token now: {e}\n"),
+                format!("cannot check the token now: {}\n", Chain(&e)),
             )
                 .into_response();
             resp.headers_mut()

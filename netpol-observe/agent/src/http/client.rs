@@ -56,7 +56,7 @@ impl BearerToken {
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     /// A token file cannot be read.
-    #[error("cannot read the token file {path}: {source}")]
+    #[error("cannot read the token file {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -458,7 +458,11 @@ async fn recommendations(
     .await;
     match rendered {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, YAML_CONTENT_TYPE)], body).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}\n", crate::report::Chain(&e)),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("recommender task failed: {e}\n"),

@@ -45,7 +45,7 @@ impl KubeAccess {
 #[derive(Debug, thiserror::Error)]
 pub enum KubeAccessError {
     /// The kubeconfig file is unusable.
-    #[error("kubeconfig {path}: {source}")]
+    #[error("kubeconfig {path}")]
     Kubeconfig {
         /// The file.
         path: PathBuf,
@@ -63,7 +63,7 @@ pub enum KubeAccessError {
         source: Option<std::io::Error>,
     },
     /// The in-cluster identity's files do not form a usable configuration.
-    #[error("in-cluster identity from {dir}: {source}")]
+    #[error("in-cluster identity from {dir}")]
     InClusterConfig {
         /// The ServiceAccount directory.
         dir: PathBuf,
@@ -74,7 +74,7 @@ pub enum KubeAccessError {
     /// Neither a kubeconfig nor the in-cluster identity was found.
     #[error(
         "no Kubernetes API access: no --kubeconfig/$KUBECONFIG, KUBERNETES_SERVICE_HOST is not \
-         set (not in a pod), and ~/.kube/config is unusable: {source}"
+         set (not in a pod), and ~/.kube/config is unusable"
     )]
     Nothing {
         /// Why `~/.kube/config` was not usable.
@@ -82,7 +82,7 @@ pub enum KubeAccessError {
         source: KubeconfigError,
     },
     /// The client cannot be built from the configuration (TLS set-up, proxy...).
-    #[error("building the API client: {source}")]
+    #[error("building the API client")]
     Client {
         /// What kube said.
         #[source]

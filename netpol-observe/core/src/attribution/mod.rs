@@ -26,7 +26,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum AttributionError {
     /// The subnets file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -43,7 +43,7 @@ pub enum AttributionError {
         too_deep: crate::yaml::TooDeep,
     },
     /// The subnets file is not a YAML mapping of names to CIDR lists.
-    #[error("{path}: expected a mapping `name: [CIDRs]`: {source}")]
+    #[error("{path}: expected a mapping `name: [CIDRs]`")]
     Yaml {
         /// The file.
         path: PathBuf,
@@ -53,7 +53,7 @@ pub enum AttributionError {
     },
     /// A subnet name breaks the naming rule (label-value syntax: it becomes a label value and
     /// an annotation).
-    #[error("{path}: subnet {subnet:?}: {source}")]
+    #[error("{path}: subnet {subnet:?}")]
     Name {
         /// The file.
         path: PathBuf,

@@ -124,23 +124,58 @@ fn add_peer(peers: &mut BTreeMap<PeerSpec, PortSet>, peer: PeerSpec, port: PortK
     }
 }
 
+/// Builds the policies: the observed edges sorted into each workload's ingress and egress,
+/// one policy per workload with a selector, hints for workloads whose only traffic is with
+/// their own node, and a default-deny per namespace with observed traffic.
 pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
     let mut notes = Vec::new();
-    let in_scope = |w: &WorkloadObs<'_>| {
-        !cx.config
-            .exclude_namespaces
-            .iter()
-            .any(|n| n == w.namespace)
+    let (dirs, ns_span) = directions(obs, cx, &mut notes);
+    let window_warning = annotations::window_warning(&obs.window, cx.config);
+    if let Some(w) = &window_warning {
+        notes.push(format!("warning: {w}"));
+    }
+    let mut writer = Writer {
+        obs,
+        cx,
+        window: annotations::window(&obs.window),
+        window_warning,
+        notes,
+        by_ns: BTreeMap::new(),
+        unselectable: BTreeSet::new(),
+        used: BTreeSet::new(),
+        hints: BTreeMap::new(),
     };
-    // Per workload: (ingress, egress).
-    let mut dirs: BTreeMap<u32, (Direction, Direction)> = BTreeMap::new();
+    let ruled = writer.workload_policies(dirs);
+    writer.own_node_hints(&ruled);
+    writer.finish(&ns_span)
+}
+
+/// Whether the recommendation covers the namespace of `w` (not `--exclude-namespace`).
+fn in_scope(cx: &Context<'_>, w: &WorkloadObs<'_>) -> bool {
+    !cx.config
+        .exclude_namespaces
+        .iter()
+        .any(|n| n == w.namespace)
+}
+
+/// Per workload (index): its (ingress, egress) rules being collected.
+type Directions = BTreeMap<u32, (Direction, Direction)>;
+
+/// Per workload (index), its (ingress, egress) peers from every edge it is the server or
+/// client of; and per namespace, the span of the flows with an in-scope workload end there.
+fn directions<'o>(
+    obs: &Observations<'o>,
+    cx: &Context<'_>,
+    notes: &mut Vec<String>,
+) -> (Directions, BTreeMap<&'o str, Span>) {
+    let mut dirs = Directions::new();
     let mut ns_span: BTreeMap<&str, Span> = BTreeMap::new();
     let mut edges: Vec<(&EdgeKey<'_>, &Span)> =
         obs.edges.iter().map(|(k, v)| (k, &v.span)).collect();
     edges.sort_by_key(|(k, _)| (k.client, k.server, k.protocol, k.port, k.dns));
     for (edge, span) in edges {
         if let PeerKey::Workload(s) = edge.server
-            && in_scope(&obs.workloads[s as usize])
+            && in_scope(cx, &obs.workloads[s as usize])
         {
             let ports = ports_of(obs, cx, edge);
             let dir = &mut dirs.entry(s).or_default().0;
@@ -153,10 +188,10 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 dns: edge.dns,
                 names: None,
             };
-            add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
+            add_edge_peer(obs, cx, dir, &peer, &ports, notes);
         }
         if let PeerKey::Workload(c) = edge.client
-            && in_scope(&obs.workloads[c as usize])
+            && in_scope(cx, &obs.workloads[c as usize])
         {
             let ports = ports_of(obs, cx, edge);
             let dir = &mut dirs.entry(c).or_default().1;
@@ -169,13 +204,13 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 dns: edge.dns,
                 names: obs.names.get(edge),
             };
-            add_edge_peer(obs, cx, dir, &peer, &ports, &mut notes);
+            add_edge_peer(obs, cx, dir, &peer, &ports, notes);
         }
         // The namespaces of the in-scope workload ends: each flow counts once per namespace.
         let mut namespaces: Vec<&str> = [edge.client, edge.server]
             .into_iter()
             .filter_map(|p| match p {
-                PeerKey::Workload(w) if in_scope(&obs.workloads[w as usize]) => {
+                PeerKey::Workload(w) if in_scope(cx, &obs.workloads[w as usize]) => {
                     Some(obs.workloads[w as usize].namespace)
                 }
                 _ => None,
@@ -186,35 +221,59 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             ns_span.entry(ns).or_default().merge(span);
         }
     }
+    (dirs, ns_span)
+}
 
-    let window = annotations::window(&obs.window);
-    let window_warning = annotations::window_warning(&obs.window, cx.config);
-    if let Some(w) = &window_warning {
-        notes.push(format!("warning: {w}"));
+/// The policies being written, and what the steps of [`build`] share.
+struct Writer<'a> {
+    obs: &'a Observations<'a>,
+    cx: &'a Context<'a>,
+    /// The observation window, for the evidence annotations.
+    window: Option<String>,
+    /// The window was too short (see [`annotations::window_warning`]).
+    window_warning: Option<String>,
+    notes: Vec<String>,
+    /// The workload policies per namespace.
+    by_ns: BTreeMap<&'a str, Vec<NetworkPolicy>>,
+    /// The namespaces with a workload no policy can select: no default-deny there.
+    unselectable: BTreeSet<&'a str>,
+    /// The policy names taken, per namespace.
+    used: BTreeSet<(String, String)>,
+    hints: BTreeMap<(String, String), PolicyHints>,
+}
+
+impl<'a> Writer<'a> {
+    /// One policy per workload with peers (in namespace, name, kind order); returns the
+    /// workloads that had some.
+    fn workload_policies(&mut self, mut dirs: Directions) -> BTreeSet<u32> {
+        let mut order: Vec<u32> = dirs.keys().copied().collect();
+        order.sort_by_key(|w| {
+            let w = &self.obs.workloads[*w as usize];
+            (w.namespace, w.name, w.kind)
+        });
+        let mut ruled: BTreeSet<u32> = BTreeSet::new();
+        for w_idx in order {
+            let Some((ingress, egress)) = dirs.remove(&w_idx) else {
+                continue;
+            };
+            ruled.insert(w_idx);
+            self.workload_policy(w_idx, ingress, egress);
+        }
+        ruled
     }
-    let mut by_ns: BTreeMap<&str, Vec<NetworkPolicy>> = BTreeMap::new();
-    let mut unselectable: BTreeSet<&str> = BTreeSet::new();
-    let mut used: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut built_hints = BTreeMap::new();
-    let mut order: Vec<u32> = dirs.keys().copied().collect();
-    order.sort_by_key(|w| {
-        let w = &obs.workloads[*w as usize];
-        (w.namespace, w.name, w.kind)
-    });
-    let mut ruled: BTreeSet<u32> = BTreeSet::new();
-    for w_idx in order {
-        let Some((mut ingress, mut egress)) = dirs.remove(&w_idx) else {
-            continue;
-        };
-        ruled.insert(w_idx);
+
+    /// The policy of workload `w_idx`, or a note (and no default-deny in its namespace) when
+    /// it has no selector labels.
+    fn workload_policy(&mut self, w_idx: u32, mut ingress: Direction, mut egress: Direction) {
+        let (obs, cx) = (self.obs, self.cx);
         let w = &obs.workloads[w_idx as usize];
         let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
-            notes.push(format!(
+            self.notes.push(format!(
                 "{}/{} {}: no selector labels, no policy can select it; namespace {} gets no default-deny",
                 w.namespace, w.kind, w.name, w.namespace
             ));
-            unselectable.insert(w.namespace);
-            continue;
+            self.unselectable.insert(w.namespace);
+            return;
         };
         let mut aggregation = Vec::new();
         let key = (w.namespace.to_owned(), w.kind.to_owned(), w.name.to_owned());
@@ -224,59 +283,22 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
             entry,
             direction: "ingress",
         };
-        resolve_external(cx, &mut ingress, &ext, &mut aggregation, &mut notes);
+        resolve_external(cx, &mut ingress, &ext, &mut aggregation, &mut self.notes);
         let ext = External {
             direction: "egress",
             entry: None,
             ..ext
         };
-        resolve_external(cx, &mut egress, &ext, &mut aggregation, &mut notes);
+        resolve_external(cx, &mut egress, &ext, &mut aggregation, &mut self.notes);
         let platform: Vec<String> = ingress
             .platform
             .iter()
             .chain(&egress.platform)
             .cloned()
             .collect();
-
-        let mut name = format!("{}-np", w.name);
-        if name == "default-deny" || used.contains(&(w.namespace.to_owned(), name.clone())) {
-            name = format!("{}-{}-np", w.name, w.kind.to_ascii_lowercase());
-        }
-        used.insert((w.namespace.to_owned(), name.clone()));
-
-        let mut ann = annotations::evidence(&w.span, &window);
-        let mut hints = std::mem::take(&mut egress.hints);
-        hints.own_node_egress = obs
-            .own_node_egress
-            .get(&w_idx)
-            .into_iter()
-            .flatten()
-            .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
-            .collect();
-        if let Some(names) = dns_names::annotation(&hints) {
-            ann.insert(dns_names::DNS_NAMES.to_owned(), names);
-        }
-        if !hints.is_empty() {
-            built_hints.insert((w.namespace.to_owned(), name.clone()), hints);
-        }
-        ann.insert(
-            annotations::WORKLOAD.to_owned(),
-            format!("{}/{}", w.kind, w.name),
-        );
-        let warnings: Vec<String> = window_warning
-            .iter()
-            .cloned()
-            .chain(annotations::brief_warning(w, &obs.window, cx.config))
-            .collect();
-        if !warnings.is_empty() {
-            ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
-        }
-        if !aggregation.is_empty() {
-            ann.insert(annotations::AGGREGATION.to_owned(), aggregation.join("; "));
-        }
-        if !platform.is_empty() {
-            ann.insert(annotations::PLATFORM.to_owned(), platform.join("; "));
-        }
+        let name = self.policy_name(w);
+        let hints = std::mem::take(&mut egress.hints);
+        let ann = self.workload_annotations(w_idx, &name, hints, &aggregation, &platform);
         let ingress_rules: Vec<NetworkPolicyIngressRule> = rules(ingress.peers)
             .into_iter()
             .map(|(from, ports)| NetworkPolicyIngressRule {
@@ -291,97 +313,176 @@ pub(crate) fn build(obs: &Observations<'_>, cx: &Context<'_>) -> Built {
                 ports,
             })
             .collect();
-        by_ns.entry(w.namespace).or_default().push(NetworkPolicy {
-            metadata: meta(&name, w.namespace, ann),
-            spec: Some(NetworkPolicySpec {
-                pod_selector: Some(selector_of(selector)),
-                policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-                ingress: (!ingress_rules.is_empty()).then_some(ingress_rules),
-                egress: (!egress_rules.is_empty()).then_some(egress_rules),
-            }),
-        });
-    }
-
-    // A workload whose only traffic is with its own node gets no NetworkPolicy (that traffic
-    // is implicit); other APIs need a rule for it: hints with its selector.
-    for (w_idx, ports) in &obs.own_node_egress {
-        let w = &obs.workloads[*w_idx as usize];
-        let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
-            continue;
-        };
-        if ruled.contains(w_idx) || !in_scope(w) {
-            continue;
-        }
-        let mut name = format!("{}-np", w.name);
-        if name == "default-deny" || used.contains(&(w.namespace.to_owned(), name.clone())) {
-            name = format!("{}-{}-np", w.name, w.kind.to_ascii_lowercase());
-        }
-        used.insert((w.namespace.to_owned(), name.clone()));
-        let hints = PolicyHints {
-            own_node_egress: ports
-                .iter()
-                .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
-                .collect(),
-            selector: Some(selector.clone()),
-            ..PolicyHints::default()
-        };
-        built_hints.insert((w.namespace.to_owned(), name), hints);
-    }
-
-    let mut policies = Vec::new();
-    for (ns, span) in &ns_span {
-        let mut list = by_ns.remove(ns).unwrap_or_default();
-        if cx.config.default_deny && !unselectable.contains(ns) {
-            let mut ann = annotations::evidence(span, &window);
-            let mut warnings: Vec<String> = window_warning.iter().cloned().collect();
-            let observed: BTreeSet<String> = obs
-                .workloads
-                .iter()
-                .filter(|w| w.namespace == *ns)
-                .map(|w| format!("{}/{}", w.kind, w.name))
-                .collect();
-            let unobserved: Vec<&str> = cx
-                .workloads_by_ns
-                .get(*ns)
-                .into_iter()
-                .flatten()
-                .filter(|w| !observed.contains(*w))
-                .map(String::as_str)
-                .collect();
-            if !unobserved.is_empty() {
-                let list = unobserved.join(", ");
-                ann.insert(annotations::UNOBSERVED.to_owned(), list.clone());
-                warnings.push(format!(
-                    "isolates {} workload(s) with no observed flow, which lose all traffic: {list}",
-                    unobserved.len()
-                ));
-                notes.push(format!(
-                    "warning: {ns}/default-deny isolates {} workload(s) with no observed flow (all their traffic will be denied): {list}",
-                    unobserved.len()
-                ));
-            }
-            if !warnings.is_empty() {
-                ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
-            }
-            policies.push(NetworkPolicy {
-                metadata: meta("default-deny", ns, ann),
+        self.by_ns
+            .entry(w.namespace)
+            .or_default()
+            .push(NetworkPolicy {
+                metadata: meta(&name, w.namespace, ann),
                 spec: Some(NetworkPolicySpec {
-                    pod_selector: Some(LabelSelector::default()),
+                    pod_selector: Some(selector_of(selector)),
                     policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
-                    ingress: None,
-                    egress: None,
+                    ingress: (!ingress_rules.is_empty()).then_some(ingress_rules),
+                    egress: (!egress_rules.is_empty()).then_some(egress_rules),
                 }),
             });
-        }
-        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        policies.extend(list);
     }
-    notes.sort();
-    notes.dedup();
-    Built {
-        policies,
-        notes,
-        hints: built_hints,
+
+    /// The annotations of the policy `name` of workload `w_idx` (evidence, DNS names,
+    /// workload, warnings, aggregations, platform peers); keeps its `hints`, with its traffic
+    /// to its own node, for the other formats.
+    fn workload_annotations(
+        &mut self,
+        w_idx: u32,
+        name: &str,
+        mut hints: PolicyHints,
+        aggregation: &[String],
+        platform: &[String],
+    ) -> BTreeMap<String, String> {
+        let w = &self.obs.workloads[w_idx as usize];
+        let mut ann = annotations::evidence(&w.span, &self.window);
+        hints.own_node_egress = self
+            .obs
+            .own_node_egress
+            .get(&w_idx)
+            .into_iter()
+            .flatten()
+            .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
+            .collect();
+        if let Some(names) = dns_names::annotation(&hints) {
+            ann.insert(dns_names::DNS_NAMES.to_owned(), names);
+        }
+        if !hints.is_empty() {
+            self.hints
+                .insert((w.namespace.to_owned(), name.to_owned()), hints);
+        }
+        ann.insert(
+            annotations::WORKLOAD.to_owned(),
+            format!("{}/{}", w.kind, w.name),
+        );
+        let warnings: Vec<String> = self
+            .window_warning
+            .iter()
+            .cloned()
+            .chain(annotations::brief_warning(
+                w,
+                &self.obs.window,
+                self.cx.config,
+            ))
+            .collect();
+        if !warnings.is_empty() {
+            ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
+        }
+        if !aggregation.is_empty() {
+            ann.insert(annotations::AGGREGATION.to_owned(), aggregation.join("; "));
+        }
+        if !platform.is_empty() {
+            ann.insert(annotations::PLATFORM.to_owned(), platform.join("; "));
+        }
+        ann
+    }
+
+    /// `<workload>-np`, or `<workload>-<kind>-np` when that is taken in the namespace (or is
+    /// `default-deny`); marks it taken.
+    fn policy_name(&mut self, w: &WorkloadObs<'_>) -> String {
+        let mut name = format!("{}-np", w.name);
+        if name == "default-deny" || self.used.contains(&(w.namespace.to_owned(), name.clone())) {
+            name = format!("{}-{}-np", w.name, w.kind.to_ascii_lowercase());
+        }
+        self.used.insert((w.namespace.to_owned(), name.clone()));
+        name
+    }
+
+    /// A workload whose only traffic is with its own node gets no NetworkPolicy (that traffic
+    /// is implicit); other APIs need a rule for it: hints with its selector.
+    fn own_node_hints(&mut self, ruled: &BTreeSet<u32>) {
+        let obs = self.obs;
+        for (w_idx, ports) in &obs.own_node_egress {
+            let w = &obs.workloads[*w_idx as usize];
+            let Some(selector) = w.selector.filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            if ruled.contains(w_idx) || !in_scope(self.cx, w) {
+                continue;
+            }
+            let name = self.policy_name(w);
+            let hints = PolicyHints {
+                own_node_egress: ports
+                    .iter()
+                    .map(|(proto, port)| port.map(|n| (*proto, n.to_string())))
+                    .collect(),
+                selector: Some(selector.clone()),
+                ..PolicyHints::default()
+            };
+            self.hints.insert((w.namespace.to_owned(), name), hints);
+        }
+    }
+
+    /// Per namespace with observed traffic: its default-deny (unless disabled or some
+    /// workload there is unselectable), then its workload policies by name.
+    fn finish(mut self, ns_span: &BTreeMap<&'a str, Span>) -> Built {
+        let mut policies = Vec::new();
+        for (ns, span) in ns_span {
+            let mut list = self.by_ns.remove(ns).unwrap_or_default();
+            if self.cx.config.default_deny && !self.unselectable.contains(ns) {
+                policies.push(self.default_deny(ns, span));
+            }
+            list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            policies.extend(list);
+        }
+        self.notes.sort();
+        self.notes.dedup();
+        Built {
+            policies,
+            notes: self.notes,
+            hints: self.hints,
+        }
+    }
+
+    /// The default-deny of `ns`, with a warning (and a note) naming the workloads of its live
+    /// pods that had no observed flow: they lose all traffic.
+    fn default_deny(&mut self, ns: &str, span: &Span) -> NetworkPolicy {
+        let mut ann = annotations::evidence(span, &self.window);
+        let mut warnings: Vec<String> = self.window_warning.iter().cloned().collect();
+        let observed: BTreeSet<String> = self
+            .obs
+            .workloads
+            .iter()
+            .filter(|w| w.namespace == ns)
+            .map(|w| format!("{}/{}", w.kind, w.name))
+            .collect();
+        let unobserved: Vec<&str> = self
+            .cx
+            .workloads_by_ns
+            .get(ns)
+            .into_iter()
+            .flatten()
+            .filter(|w| !observed.contains(*w))
+            .map(String::as_str)
+            .collect();
+        if !unobserved.is_empty() {
+            let list = unobserved.join(", ");
+            ann.insert(annotations::UNOBSERVED.to_owned(), list.clone());
+            warnings.push(format!(
+                "isolates {} workload(s) with no observed flow, which lose all traffic: {list}",
+                unobserved.len()
+            ));
+            self.notes.push(format!(
+                "warning: {ns}/default-deny isolates {} workload(s) with no observed flow (all their traffic will be denied): {list}",
+                unobserved.len()
+            ));
+        }
+        if !warnings.is_empty() {
+            ann.insert(annotations::WARNING.to_owned(), warnings.join("; "));
+        }
+        NetworkPolicy {
+            metadata: meta("default-deny", ns, ann),
+            spec: Some(NetworkPolicySpec {
+                pod_selector: Some(LabelSelector::default()),
+                policy_types: Some(vec!["Ingress".to_owned(), "Egress".to_owned()]),
+                ingress: None,
+                egress: None,
+            }),
+        }
     }
 }
 
@@ -591,127 +692,177 @@ fn resolve_external(
     aggregation: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) {
-    let direction = ext.direction;
     let external = std::mem::take(&mut dir.external);
     let names = std::mem::take(&mut dir.names);
     for (port, addrs) in external {
-        let mut blocks: BTreeSet<PeerSpec> = BTreeSet::new();
-        let mut subnet_nets: BTreeSet<IpNet> = BTreeSet::new();
-        let mut private = Vec::new();
-        let mut world = Vec::new();
-        for (subnet, ip) in addrs.iter().cloned() {
-            match subnet.as_str() {
-                "world" => world.push(ip),
-                "private" => private.push(ip),
-                named => {
-                    let nets: Vec<IpNet> = cx
-                        .subnets
-                        .entries()
-                        .iter()
-                        .filter(|e| e.name == named)
-                        .map(|e| e.net)
-                        .collect();
-                    if nets.is_empty() {
-                        notes.push(format!(
-                            "subnet {named:?} is not in the subnets file: its addresses are written as observed"
-                        ));
-                        private.push(ip);
-                    }
-                    for net in nets {
-                        subnet_nets.insert(net);
-                        blocks.insert(PeerSpec::Block {
-                            cidr: net,
-                            except: Vec::new(),
-                        });
-                    }
+        let mut sorted = by_subnet(cx, &addrs, notes);
+        private_blocks(cx, ext.direction, &port, &mut sorted, aggregation);
+        world_blocks(cx, ext, &port, &mut sorted, aggregation);
+        record_names(
+            dir,
+            &port,
+            &sorted.blocks,
+            &sorted.subnet_nets,
+            &addrs,
+            &names,
+        );
+        for b in sorted.blocks {
+            add_peer(&mut dir.peers, b, port.clone());
+        }
+    }
+}
+
+/// One port's external addresses sorted by subnet, and the blocks written for them so far.
+#[derive(Default)]
+struct BySubnet {
+    blocks: BTreeSet<PeerSpec>,
+    /// The CIDRs of the named subnets written.
+    subnet_nets: BTreeSet<IpNet>,
+    /// Private addresses, and those of a subnet not in the subnets file.
+    private: Vec<IpAddr>,
+    /// Public addresses.
+    world: Vec<IpAddr>,
+}
+
+/// Sorts `addrs` by subnet; a named subnet is written as its CIDRs.
+fn by_subnet(
+    cx: &Context<'_>,
+    addrs: &BTreeSet<(String, IpAddr)>,
+    notes: &mut Vec<String>,
+) -> BySubnet {
+    let mut out = BySubnet::default();
+    for (subnet, ip) in addrs.iter().cloned() {
+        match subnet.as_str() {
+            "world" => out.world.push(ip),
+            "private" => out.private.push(ip),
+            named => {
+                let nets: Vec<IpNet> = cx
+                    .subnets
+                    .entries()
+                    .iter()
+                    .filter(|e| e.name == named)
+                    .map(|e| e.net)
+                    .collect();
+                if nets.is_empty() {
+                    notes.push(format!(
+                        "subnet {named:?} is not in the subnets file: its addresses are written as observed"
+                    ));
+                    out.private.push(ip);
                 }
-            }
-        }
-        let bound_v4 = cx.config.aggregate_v4;
-        let bound_v6 = cx.config.aggregate_v6;
-        let private_nets = aggregate(&private, bound_v4, bound_v6);
-        if private_nets
-            .iter()
-            .any(|n| n.prefix_len() < n.max_prefix_len())
-        {
-            aggregation.push(format!(
-                "{direction} {}: {} private address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
-                port_text(&port),
-                private.iter().collect::<BTreeSet<_>>().len(),
-                nets_text(&private_nets)
-            ));
-        }
-        for net in private_nets {
-            blocks.insert(PeerSpec::Block {
-                cidr: net,
-                except: Vec::new(),
-            });
-        }
-        let distinct: BTreeSet<IpAddr> = world.iter().copied().collect();
-        // A public peer without its address (a workload-level record of Prometheus series,
-        // whose labels say only `world`): no narrower block can be known.
-        let unknown = distinct.iter().any(IpAddr::is_unspecified);
-        let entry = entry_service(cx, ext, &port);
-        let public_entry = !distinct.is_empty()
-            && cx.config.public_ingress == PublicIngress::Any
-            && entry.is_some();
-        if public_entry || unknown || distinct.len() > cx.config.world_threshold {
-            for all in ["0.0.0.0/0", "::/0"] {
-                if let Ok(all) = all.parse::<IpNet>() {
-                    blocks.insert(PeerSpec::Block {
-                        cidr: all,
-                        except: world_except(all, cx.cluster_ranges),
+                for net in nets {
+                    out.subnet_nets.insert(net);
+                    out.blocks.insert(PeerSpec::Block {
+                        cidr: net,
+                        except: Vec::new(),
                     });
                 }
             }
-            let why = match entry.filter(|_| public_entry) {
-                None if unknown => "public peers whose addresses the source does not carry (Prometheus series say only `world`)".to_owned(),
-                Some(e) => format!(
-                    "public entry point (backs {} Service {}; {} public client(s) observed; --public-ingress any)",
-                    e.service_type.as_str(),
-                    e.service,
-                    distinct.len()
-                ),
-                None => format!(
-                    "{} distinct public addresses (more than {})",
-                    distinct.len(),
-                    cx.config.world_threshold
-                ),
-            };
-            aggregation.push(format!(
-                "{direction} {}: {why}, allowed as 0.0.0.0/0 and ::/0 except cluster and private ranges",
-                port_text(&port),
-            ));
-        } else {
-            let nets = aggregate(&world, bound_v4, bound_v6);
-            if nets.iter().any(|n| n.prefix_len() < n.max_prefix_len()) {
-                aggregation.push(format!(
-                    "{direction} {}: {} public address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
-                    port_text(&port),
-                    distinct.len(),
-                    nets_text(&nets)
-                ));
-            }
-            if let Some(e) = entry {
-                aggregation.push(format!(
-                    "{direction} {}: public entry point (backs {} Service {}) kept to the {} observed public client(s) (--public-ingress observed)",
-                    port_text(&port),
-                    e.service_type.as_str(),
-                    e.service,
-                    distinct.len()
-                ));
-            }
-            for net in nets {
-                blocks.insert(PeerSpec::Block {
-                    cidr: net,
-                    except: Vec::new(),
+        }
+    }
+    out
+}
+
+/// The private addresses as blocks, aggregated within the configured bound.
+fn private_blocks(
+    cx: &Context<'_>,
+    direction: &str,
+    port: &PortKey,
+    sorted: &mut BySubnet,
+    aggregation: &mut Vec<String>,
+) {
+    let bound_v4 = cx.config.aggregate_v4;
+    let bound_v6 = cx.config.aggregate_v6;
+    let private_nets = aggregate(&sorted.private, bound_v4, bound_v6);
+    if private_nets
+        .iter()
+        .any(|n| n.prefix_len() < n.max_prefix_len())
+    {
+        aggregation.push(format!(
+            "{direction} {}: {} private address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
+            port_text(port),
+            sorted.private.iter().collect::<BTreeSet<_>>().len(),
+            nets_text(&private_nets)
+        ));
+    }
+    for net in private_nets {
+        sorted.blocks.insert(PeerSpec::Block {
+            cidr: net,
+            except: Vec::new(),
+        });
+    }
+}
+
+/// The public addresses as blocks: the whole Internet minus the cluster and private ranges
+/// for many of them, unknown ones or any client of a public entry point
+/// (`--public-ingress any`); else aggregated within the configured bound.
+fn world_blocks(
+    cx: &Context<'_>,
+    ext: &External<'_>,
+    port: &PortKey,
+    sorted: &mut BySubnet,
+    aggregation: &mut Vec<String>,
+) {
+    let direction = ext.direction;
+    let distinct: BTreeSet<IpAddr> = sorted.world.iter().copied().collect();
+    // A public peer without its address (a workload-level record of Prometheus series,
+    // whose labels say only `world`): no narrower block can be known.
+    let unknown = distinct.iter().any(IpAddr::is_unspecified);
+    let entry = entry_service(cx, ext, port);
+    let public_entry =
+        !distinct.is_empty() && cx.config.public_ingress == PublicIngress::Any && entry.is_some();
+    if public_entry || unknown || distinct.len() > cx.config.world_threshold {
+        for all in ["0.0.0.0/0", "::/0"] {
+            if let Ok(all) = all.parse::<IpNet>() {
+                sorted.blocks.insert(PeerSpec::Block {
+                    cidr: all,
+                    except: world_except(all, cx.cluster_ranges),
                 });
             }
         }
-        record_names(dir, &port, &blocks, &subnet_nets, &addrs, &names);
-        for b in blocks {
-            add_peer(&mut dir.peers, b, port.clone());
-        }
+        let why = match entry.filter(|_| public_entry) {
+            None if unknown => "public peers whose addresses the source does not carry (Prometheus series say only `world`)".to_owned(),
+            Some(e) => format!(
+                "public entry point (backs {} Service {}; {} public client(s) observed; --public-ingress any)",
+                e.service_type.as_str(),
+                e.service,
+                distinct.len()
+            ),
+            None => format!(
+                "{} distinct public addresses (more than {})",
+                distinct.len(),
+                cx.config.world_threshold
+            ),
+        };
+        aggregation.push(format!(
+            "{direction} {}: {why}, allowed as 0.0.0.0/0 and ::/0 except cluster and private ranges",
+            port_text(port),
+        ));
+        return;
+    }
+    let (bound_v4, bound_v6) = (cx.config.aggregate_v4, cx.config.aggregate_v6);
+    let nets = aggregate(&sorted.world, bound_v4, bound_v6);
+    if nets.iter().any(|n| n.prefix_len() < n.max_prefix_len()) {
+        aggregation.push(format!(
+            "{direction} {}: {} public address(es) written as {} (prefixes no wider than /{bound_v4}, /{bound_v6})",
+            port_text(port),
+            distinct.len(),
+            nets_text(&nets)
+        ));
+    }
+    if let Some(e) = entry {
+        aggregation.push(format!(
+            "{direction} {}: public entry point (backs {} Service {}) kept to the {} observed public client(s) (--public-ingress observed)",
+            port_text(port),
+            e.service_type.as_str(),
+            e.service,
+            distinct.len()
+        ));
+    }
+    for net in nets {
+        sorted.blocks.insert(PeerSpec::Block {
+            cidr: net,
+            except: Vec::new(),
+        });
     }
 }
 

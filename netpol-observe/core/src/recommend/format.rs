@@ -55,7 +55,7 @@ pub enum FormatError {
     #[error(transparent)]
     Cilium(#[from] super::cilium::CiliumError),
     /// An object of another API could not be rendered as YAML.
-    #[error("cannot render {id} as YAML: {source}")]
+    #[error("cannot render {id} as YAML")]
     Yaml {
         /// `Kind/namespace/name`.
         id: String,

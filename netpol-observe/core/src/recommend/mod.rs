@@ -45,7 +45,10 @@ pub mod rule_text;
 pub mod sources;
 pub mod verify;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet, HashMap},
+};
 
 use ipnet::IpNet;
 use jiff::SignedDuration;
@@ -353,41 +356,18 @@ impl<'i> Recommender<'i> {
         weights: &[u64],
         records: usize,
     ) -> Recommendation {
-        let needs = flows.iter().any(needs_attribution);
-        let owned;
-        let flows: &[FlowRecord] = if needs {
-            owned = flows
-                .iter()
-                .cloned()
-                .map(|mut f| {
-                    self.attributor.attribute(&mut f);
-                    f
-                })
-                .collect::<Vec<_>>();
-            &owned
-        } else {
-            flows
-        };
+        let flows = self.attributed(flows);
+        let flows: &[FlowRecord] = &flows;
         let has_endpoints = |ns: &str, name: &str| {
             self.endpoints
                 .contains_key(&(ns.to_owned(), name.to_owned()))
         };
         let mut notes = Vec::new();
-        let in_force = match &self.in_force {
-            Some(Ok(engine)) => Some(engine),
-            Some(Err(err)) => {
-                notes.push(format!(
-                    "warning: the inventory's NetworkPolicies do not compile ({err}): flows are not checked against the policies in force"
-                ));
-                None
-            }
-            None => None,
-        };
         let mut judged = judge::judge(
             flows,
             recorded,
             weights,
-            in_force,
+            self.policies_in_force(&mut notes),
             self.config.include_denied,
         );
         let obs = observe::Observations::collect(
@@ -431,80 +411,8 @@ impl<'i> Recommender<'i> {
                 .map(|d| d.flows)
                 .sum(),
         };
-        let engine = if self.config.self_check {
-            match PolicyEngine::compile(&built.policies, self.inventory) {
-                Ok(engine) => Some(engine),
-                Err(err) => {
-                    notes.push(format!("self-check: {err}"));
-                    stats.self_check_error = Some(err.to_string());
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(engine) = &engine {
-            // One flow per edge stands for all of its flows (they differ only in pods of the
-            // same workload); every distinct left-out flow is evaluated too.
-            let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
-            examples.sort_unstable();
-            for i in examples {
-                let v = engine.evaluate(&flows[i]);
-                if !v.allowed {
-                    stats.self_check_denied += 1;
-                    notes.push(format!(
-                        "self-check: the recommended policies deny an observed flow {} {}:{:?} -> {}:{:?} (ingress {:?}, egress {:?})",
-                        flows[i].protocol,
-                        flows[i].src.ip,
-                        flows[i].src.port,
-                        flows[i].dst.ip,
-                        flows[i].dst.port,
-                        v.ingress.result,
-                        v.egress.result
-                    ));
-                }
-            }
-        }
-        // Left-out flows: each reason is stated with what the recommended policies do to it.
-        let mut denied_reasons: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-        let mut denied_count: BTreeMap<&str, u64> = BTreeMap::new();
-        for (i, reason) in &obs.unruled {
-            let f = &flows[*i];
-            let denied = engine.as_ref().is_some_and(|e| !e.evaluate(f).allowed);
-            if denied {
-                *denied_count.entry(reason.as_str()).or_default() += 1;
-                for ep in [&f.src, &f.dst] {
-                    if let Some(ns) = &ep.namespace {
-                        denied_reasons
-                            .entry(reason.as_str())
-                            .or_default()
-                            .insert(ns.clone());
-                    }
-                }
-            }
-        }
-        for (reason, n) in &obs.skipped {
-            match denied_count.get(reason.as_str()) {
-                Some(d) => {
-                    stats.left_out_denied += n;
-                    notes.push(format!(
-                        "{n} flow(s) left out and DENIED by the recommended policies ({d} distinct): {reason}"
-                    ));
-                }
-                None if engine.is_some() => notes.push(format!(
-                    "{n} flow(s) left out (allowed by the recommended policies): {reason}"
-                )),
-                None => notes.push(format!("{n} flow(s) left out: {reason}")),
-            }
-        }
-        for reason in obs.implicit.keys() {
-            if denied_count.contains_key(reason) {
-                stats.self_check_denied += 1;
-                notes.push(format!(
-                    "self-check: the recommended policies deny flows that are always allowed: {reason}"
-                ));
-            }
-        }
+        let engine = self.self_check(&built.policies, &obs, flows, &mut stats, &mut notes);
+        let denied_reasons = left_out_notes(&obs, flows, engine.as_ref(), &mut stats, &mut notes);
         build::annotate_left_out(&mut built.policies, &obs.skipped, &denied_reasons);
         // Denied flows not learned: would the recommended policies allow them all the same?
         if let Some(engine) = &engine {
@@ -526,6 +434,134 @@ impl<'i> Recommender<'i> {
             excluded_namespaces: self.config.exclude_namespaces.clone(),
         }
     }
+
+    /// `flows` with their ends attributed by the inventory, when some are not yet (a copy);
+    /// else `flows` themselves.
+    fn attributed<'f>(&self, flows: &'f [FlowRecord]) -> Cow<'f, [FlowRecord]> {
+        if !flows.iter().any(needs_attribution) {
+            return Cow::Borrowed(flows);
+        }
+        Cow::Owned(
+            flows
+                .iter()
+                .cloned()
+                .map(|mut f| {
+                    self.attributor.attribute(&mut f);
+                    f
+                })
+                .collect(),
+        )
+    }
+
+    /// The inventory's policies, to judge the flows with; a warning note when they do not
+    /// compile.
+    fn policies_in_force(&self, notes: &mut Vec<String>) -> Option<&PolicyEngine> {
+        match &self.in_force {
+            Some(Ok(engine)) => Some(engine),
+            Some(Err(err)) => {
+                notes.push(format!(
+                    "warning: the inventory's NetworkPolicies do not compile ({err}): flows are not checked against the policies in force"
+                ));
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The self-check (unless disabled): compiles the recommended `policies` and evaluates one
+    /// flow per edge, which stands for all of its flows (they differ only in pods of the same
+    /// workload), noting every one they deny. Returns the compiled policies.
+    fn self_check(
+        &self,
+        policies: &[NetworkPolicy],
+        obs: &observe::Observations<'_>,
+        flows: &[FlowRecord],
+        stats: &mut RecommendStats,
+        notes: &mut Vec<String>,
+    ) -> Option<PolicyEngine> {
+        if !self.config.self_check {
+            return None;
+        }
+        let engine = match PolicyEngine::compile(policies, self.inventory) {
+            Ok(engine) => engine,
+            Err(err) => {
+                notes.push(format!("self-check: {err}"));
+                stats.self_check_error = Some(err.to_string());
+                return None;
+            }
+        };
+        let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
+        examples.sort_unstable();
+        for i in examples {
+            let v = engine.evaluate(&flows[i]);
+            if !v.allowed {
+                stats.self_check_denied += 1;
+                notes.push(format!(
+                    "self-check: the recommended policies deny an observed flow {} {}:{:?} -> {}:{:?} (ingress {:?}, egress {:?})",
+                    flows[i].protocol,
+                    flows[i].src.ip,
+                    flows[i].src.port,
+                    flows[i].dst.ip,
+                    flows[i].dst.port,
+                    v.ingress.result,
+                    v.egress.result
+                ));
+            }
+        }
+        Some(engine)
+    }
+}
+
+/// The notes about the left-out and implicit flows: each reason is stated with what the
+/// recommended policies (`engine`, when self-checked) do to its flows (every distinct one is
+/// evaluated). Returns per left-out reason the namespaces of the flows they deny.
+fn left_out_notes<'o>(
+    obs: &'o observe::Observations<'_>,
+    flows: &[FlowRecord],
+    engine: Option<&PolicyEngine>,
+    stats: &mut RecommendStats,
+    notes: &mut Vec<String>,
+) -> BTreeMap<&'o str, BTreeSet<String>> {
+    let mut denied_reasons: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut denied_count: BTreeMap<&str, u64> = BTreeMap::new();
+    for (i, reason) in &obs.unruled {
+        let f = &flows[*i];
+        let denied = engine.is_some_and(|e| !e.evaluate(f).allowed);
+        if denied {
+            *denied_count.entry(reason.as_str()).or_default() += 1;
+            for ep in [&f.src, &f.dst] {
+                if let Some(ns) = &ep.namespace {
+                    denied_reasons
+                        .entry(reason.as_str())
+                        .or_default()
+                        .insert(ns.clone());
+                }
+            }
+        }
+    }
+    for (reason, n) in &obs.skipped {
+        match denied_count.get(reason.as_str()) {
+            Some(d) => {
+                stats.left_out_denied += n;
+                notes.push(format!(
+                    "{n} flow(s) left out and DENIED by the recommended policies ({d} distinct): {reason}"
+                ));
+            }
+            None if engine.is_some() => notes.push(format!(
+                "{n} flow(s) left out (allowed by the recommended policies): {reason}"
+            )),
+            None => notes.push(format!("{n} flow(s) left out: {reason}")),
+        }
+    }
+    for reason in obs.implicit.keys() {
+        if denied_count.contains_key(reason) {
+            stats.self_check_denied += 1;
+            notes.push(format!(
+                "self-check: the recommended policies deny flows that are always allowed: {reason}"
+            ));
+        }
+    }
+    denied_reasons
 }
 
 /// The notes about flows the policies in force denied: a summary, then one line per

@@ -6,7 +6,7 @@ use crate::inventory::NetworkPolicy;
 
 /// A policy that could not be rendered (never expected: the types are plain data).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot render NetworkPolicy {policy} as YAML: {source}")]
+#[error("cannot render NetworkPolicy {policy} as YAML")]
 pub struct RenderError {
     /// The policy, `ns/name`.
     pub policy: String,
