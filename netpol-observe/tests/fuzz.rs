@@ -261,7 +261,7 @@ fn fuzz_prometheus_answers() {
     let inventory = Inventory::default();
     let subnets = Subnets::default();
     fuzz("prometheus", |input| {
-        let _ = sources::parse_prometheus(
+        let _ = sources::prometheus::parse_prometheus(
             &text(input),
             "fuzz",
             &inventory,

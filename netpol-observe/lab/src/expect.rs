@@ -346,7 +346,7 @@ mod tests {
             })
             .collect();
         assert_eq!(
-            super::named_destinations(&flows),
+            named_destinations(&flows),
             ["shop/checkout -> payments 443/TCP: api.payments.example"]
         );
     }

@@ -477,8 +477,10 @@ async fn compare_sources(
     loop {
         let window = jiff::SignedDuration::try_from(prom.uptime() + Duration::from_secs(60))
             .unwrap_or(jiff::SignedDuration::from_hours(1));
-        let body = prom.query(&sources::prometheus_query(window)).await?;
-        let (flows, notes) = sources::parse_prometheus(
+        let body = prom
+            .query(&sources::prometheus::prometheus_query(window))
+            .await?;
+        let (flows, notes) = sources::prometheus::parse_prometheus(
             &body,
             &format!("{url}/api/v1/query"),
             cluster,

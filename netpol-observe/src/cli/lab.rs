@@ -271,7 +271,7 @@ fn flows_summary(s: &mut String, model: &LabModel, report: &LabReport) {
         }
     );
     s.push_str(&expect::flow_table(&report.flows));
-    for line in crate::lab::expect::named_destinations(&report.flows) {
+    for line in expect::named_destinations(&report.flows) {
         let _ = writeln!(s, "  by name: {line}");
     }
     for m in &report.missing {

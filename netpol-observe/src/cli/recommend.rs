@@ -22,7 +22,10 @@ use crate::{
     policy::PolicyEngine,
     recommend::{
         FlowAggregate, PolicyFormat, PublicIngress, RecommendConfig, Recommendation, Recommender,
-        RecordedFlows, diff, format::RenderedObject, prometheus_seen, render_objects, sources,
+        RecordedFlows, diff,
+        format::RenderedObject,
+        render_objects,
+        sources::{self, prometheus},
     },
 };
 
@@ -472,7 +475,7 @@ async fn flows_from_prometheus(
 ) -> anyhow::Result<RecordedFlows> {
     let base = url.trim_end_matches('/');
     let endpoint = format!("{base}/api/v1/query");
-    let query = sources::prometheus_query(args.window);
+    let query = prometheus::prometheus_query(args.window);
     // One evaluation time for both queries.
     let end = jiff::Timestamp::now();
     let time = end.as_second().to_string();
@@ -481,9 +484,9 @@ async fn flows_from_prometheus(
     let range = format!("{base}/api/v1/query_range");
     let start = end.checked_sub(args.window).unwrap_or(end);
     let seen = async {
-        let params = prometheus_seen::range_params(args.window, end);
+        let params = prometheus::range_params(args.window, end);
         let answer = prometheus_get(url, &range, &params).await?;
-        anyhow::Ok(prometheus_seen::parse_range(&answer, &range, start)?)
+        anyhow::Ok(prometheus::parse_range(&answer, &range, start)?)
     }
     .await
     .unwrap_or_else(|e| {
@@ -491,10 +494,16 @@ async fn flows_from_prometheus(
             "warning: {}: first/last seen are the query window",
             super::error_chain(&e)
         );
-        prometheus_seen::Seen::default()
+        prometheus::Seen::default()
     });
-    let (flows, notes) =
-        sources::parse_prometheus_seen(&body, &seen, &endpoint, inventory, subnets, args.window)?;
+    let (flows, notes) = prometheus::parse_prometheus_seen(
+        &body,
+        &seen,
+        &endpoint,
+        inventory,
+        subnets,
+        args.window,
+    )?;
     for n in notes {
         errln!("note: {n}");
     }

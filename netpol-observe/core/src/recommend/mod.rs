@@ -39,7 +39,6 @@ pub mod dns_names;
 pub mod format;
 pub mod judge;
 mod observe;
-pub mod prometheus_seen;
 mod render;
 pub mod rule_text;
 pub mod sources;

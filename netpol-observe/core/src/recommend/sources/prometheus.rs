@@ -1,201 +1,22 @@
-//! Where `recommend` gets flows (pure parts; the HTTP calls are in the CLI): flow files and
-//! agents' `/api/v1/flows` (JSON lines with the verdict under the policies in force, merged
-//! and de-duplicated) and Prometheus' `netpol_observe_flows_total` series with their
-//! `verdict`, `netpol_observe_drops_total` and `netpol_observe_unenforced_flows_total`
-//! (turned into workload-level flows).
+//! Flows from Prometheus (`recommend --prometheus`, the lab): the PromQL queries over the
+//! agents' flow, drop and unenforced-flow series, and their answers turned into workload-level
+//! flows. The instant query gives each connection's counts over the window; the range query
+//! gives, per connection, the times of its first and last increase, which become its
+//! `first_seen`/`last_seen` ([`Seen`]) instead of the query window's.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
-    path::Path,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Deserialize;
 
-use super::{RecordedFlows, RecordedVerdict};
+use super::SourceError;
 use crate::{
     attribution::Subnets,
-    flow::{
-        Drops, Endpoint, FlowRecord, Protocol, ServiceRef, Unenforced, WorkloadRef,
-        jsonl::{self, FlowLineError, FlowLineWith},
-    },
+    flow::{Drops, Endpoint, FlowRecord, Protocol, ServiceRef, Unenforced, WorkloadRef},
     inventory::{Inventory, PodInfo},
-    policy::SideResult,
+    recommend::{RecordedFlows, RecordedVerdict},
 };
-
-/// Errors of the flow sources.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// A Prometheus answer that is not a successful instant-vector query result.
-    #[error("{origin}: not a Prometheus instant-vector answer: {problem}")]
-    Prometheus {
-        /// Where the answer came from (URL).
-        origin: String,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-/// The verdict under the policies in force a flow line carries (`verdict`: the agent's
-/// `/api/v1/flows`, `flows -o jsonl`, `evaluate`), if any: an object with `allowed` and,
-/// optionally, the `ingress` and `egress` sides naming the isolating `policies` (the form of
-/// [`crate::policy::Verdict`]). `staged_verdict` is not one.
-pub(crate) fn recorded_verdict(line: &str) -> Result<Option<RecordedVerdict>, serde_json::Error> {
-    #[derive(Deserialize)]
-    struct Line {
-        #[serde(default)]
-        verdict: Option<Recorded>,
-    }
-    #[derive(Deserialize)]
-    struct Recorded {
-        allowed: bool,
-        #[serde(default)]
-        ingress: Option<Side>,
-        #[serde(default)]
-        egress: Option<Side>,
-    }
-    #[derive(Deserialize)]
-    struct Side {
-        result: SideResult,
-        #[serde(default)]
-        policies: Vec<String>,
-    }
-    // A line without the word (nor an escape that could spell it) has no verdict: most lines
-    // are read once, not twice.
-    if !line.contains("verdict") && !line.contains('\\') {
-        return Ok(None);
-    }
-    let Some(v) = serde_json::from_str::<Line>(line)?.verdict else {
-        return Ok(None);
-    };
-    if v.allowed {
-        return Ok(Some(RecordedVerdict::Allowed));
-    }
-    let denied = |s: Option<Side>| {
-        s.filter(|s| s.result == SideResult::Denied)
-            .map(|s| s.policies)
-    };
-    Ok(Some(RecordedVerdict::Denied(super::judge::denial_of(
-        denied(v.egress),
-        denied(v.ingress),
-    ))))
-}
-
-/// The records of [`jsonl::read_lines_with`] / [`jsonl::read_file_with`] read with
-/// [`recorded_verdict`], and the bad lines.
-pub(crate) fn recorded_lines(
-    lines: Vec<FlowLineWith<Option<RecordedVerdict>>>,
-) -> (RecordedFlows, Vec<FlowLineError>) {
-    let mut flows = RecordedFlows::default();
-    let mut errors = Vec::new();
-    for (_, line) in lines {
-        match line {
-            Ok((f, v)) => flows.push(f, v),
-            Err(e) => errors.push(e),
-        }
-    }
-    (flows, errors)
-}
-
-/// Reads a flow file (`-`: stdin) with the verdicts its lines carry.
-pub fn read_flow_file(path: &Path) -> (RecordedFlows, Vec<FlowLineError>) {
-    recorded_lines(jsonl::read_file_with(path, "verdict", recorded_verdict))
-}
-
-/// [`read_flow_file`] as a stream: `each` gets every record with its verdict, or the error of a
-/// bad line (file and line number), as it is read; nothing is held.
-pub fn stream_flow_file(
-    path: &Path,
-    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
-) {
-    jsonl::for_each_file_line_with(path, "verdict", recorded_verdict, |(_, line)| each(line));
-}
-
-/// [`stream_flow_file`] of an open reader; `path` names it in errors.
-pub fn stream_flow_reader(
-    path: &Path,
-    reader: impl std::io::BufRead,
-    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
-) {
-    jsonl::for_each_line_with(path, reader, "verdict", recorded_verdict, |(_, line)| {
-        each(line)
-    });
-}
-
-/// Reads an agent's `/api/v1/flows` body (JSON lines) with the verdict of each line. Bad lines
-/// are returned as errors naming `origin` and the line; good ones are kept.
-pub fn parse_agent_answer(body: &str, origin: &str) -> (RecordedFlows, Vec<FlowLineError>) {
-    recorded_lines(jsonl::read_lines_with(
-        Path::new(origin),
-        body.as_bytes(),
-        "verdict",
-        recorded_verdict,
-    ))
-}
-
-/// [`parse_agent_answer`] without the verdicts.
-pub fn parse_agent_flows(body: &str, origin: &str) -> (Vec<FlowRecord>, Vec<FlowLineError>) {
-    let (flows, errors) = parse_agent_answer(body, origin);
-    (flows.flows, errors)
-}
-
-/// Merges the flows of several agents, dropping duplicates (same protocol, addresses, ports
-/// and `first_seen`: an agent asked twice, or a flow between two nodes both agents stamped
-/// alike). The first copy wins, except that a counted copy replaces one marked
-/// `counted: false`, so the flow keeps its evidence count. Copies that differ (each agent
-/// stamps the flow with its own clock) are all kept: the records of one flow from two nodes
-/// differ in `counted`, and only the counted one counts as evidence.
-pub fn merge_flows(sources: impl IntoIterator<Item = Vec<FlowRecord>>) -> Vec<FlowRecord> {
-    merge_recorded(sources.into_iter().map(RecordedFlows::from)).flows
-}
-
-/// [`merge_flows`], each kept record with its recorded verdict.
-pub fn merge_recorded(sources: impl IntoIterator<Item = RecordedFlows>) -> RecordedFlows {
-    type Key = (
-        Protocol,
-        IpAddr,
-        Option<u16>,
-        IpAddr,
-        Option<u16>,
-        Option<Timestamp>,
-    );
-    let mut seen: HashMap<Key, usize> = HashMap::new();
-    let mut out = RecordedFlows::default();
-    for list in sources {
-        let mut verdicts = list.verdicts.into_iter();
-        for f in list.flows {
-            let v = verdicts.next().flatten();
-            let key = (
-                f.protocol,
-                f.src.ip,
-                f.src.port,
-                f.dst.ip,
-                f.dst.port,
-                f.first_seen,
-            );
-            match seen.get(&key) {
-                Some(&i) => {
-                    if let Some(kept) = out.flows.get_mut(i)
-                        && f.counted
-                        && !kept.counted
-                    {
-                        *kept = f;
-                        if v.is_some() || !out.verdicts.is_empty() {
-                            out.verdicts.resize(out.flows.len(), None);
-                            out.verdicts[i] = v;
-                        }
-                    }
-                }
-                None => {
-                    seen.insert(key, out.flows.len());
-                    out.push(f, v);
-                }
-            }
-        }
-    }
-    out
-}
 
 /// The flow labels the Prometheus query keeps.
 pub(crate) const FLOW_LABELS: &str = "src_namespace, src_kind, src_workload, dst_namespace, dst_kind, dst_workload, dst_port, protocol";
@@ -297,23 +118,16 @@ pub fn parse_prometheus_recorded(
     subnets: &Subnets,
     window: SignedDuration,
 ) -> Result<(RecordedFlows, Vec<String>), SourceError> {
-    parse_prometheus_seen(
-        body,
-        &super::prometheus_seen::Seen::default(),
-        origin,
-        inventory,
-        subnets,
-        window,
-    )
+    parse_prometheus_seen(body, &Seen::default(), origin, inventory, subnets, window)
 }
 
 /// [`parse_prometheus_recorded`] with the first and last increase of each connection's series
-/// in the window ([`super::prometheus_seen`]): a connection found there gets them as its
+/// in the window ([`Seen`]): a connection found there gets them as its
 /// `first_seen`/`last_seen`, the others span the window. Each record carries its connection
 /// count ([`FlowRecord::connections`]: the increase of its series).
 pub fn parse_prometheus_seen(
     body: &str,
-    seen: &super::prometheus_seen::Seen,
+    seen: &Seen,
     origin: &str,
     inventory: &Inventory,
     subnets: &Subnets,
@@ -623,43 +437,170 @@ fn endpoint<'i>(
     }
 }
 
+/// Most steps one range query asks for (Prometheus refuses more than 11,000 points per
+/// series).
+const MAX_STEPS: i64 = 1000;
+
+/// The PromQL range query: per connection (the flow labels of
+/// [`prometheus_query`]), its flows, or for a connection only ever dropped its
+/// filter drops.
+pub fn range_query() -> String {
+    format!(
+        "sum by ({FLOW_LABELS}) (netpol_observe_flows_total) or sum by ({FLOW_LABELS}) (netpol_observe_drops_total{{reason!~\"NO_SOCKET|IP_RPFILTER\"}})"
+    )
+}
+
+/// The resolution of the range query over `window`: at most [`MAX_STEPS`] steps, at least
+/// one second.
+pub fn step(window: SignedDuration) -> SignedDuration {
+    let secs = window.as_secs().max(1);
+    SignedDuration::from_secs(((secs + MAX_STEPS - 1) / MAX_STEPS).max(1))
+}
+
+/// The `query_range` parameters (`query`, `start`, `end`, `step`, times in Unix seconds) for
+/// `window` ending at `end`.
+pub fn range_params(window: SignedDuration, end: Timestamp) -> Vec<(&'static str, String)> {
+    let end_s = end.as_second();
+    vec![
+        ("query", range_query()),
+        ("start", (end_s - window.as_secs().max(1)).to_string()),
+        ("end", end_s.to_string()),
+        ("step", format!("{}s", step(window).as_secs())),
+    ]
+}
+
+/// First and last increase per connection, by the values of its flow labels.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen {
+    by: HashMap<Vec<String>, (Timestamp, Timestamp)>,
+}
+
+impl Seen {
+    /// The first and last increase of the connection of a series with these labels.
+    pub fn of(&self, metric: &BTreeMap<String, String>) -> Option<(Timestamp, Timestamp)> {
+        self.by.get(&key(metric)).copied()
+    }
+
+    /// Number of connections with an increase.
+    pub fn len(&self) -> usize {
+        self.by.len()
+    }
+
+    /// Whether no connection increased.
+    pub fn is_empty(&self) -> bool {
+        self.by.is_empty()
+    }
+}
+
+fn key(metric: &BTreeMap<String, String>) -> Vec<String> {
+    FLOW_LABELS
+        .split(", ")
+        .map(|k| metric.get(k).cloned().unwrap_or_default())
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Series {
+    metric: BTreeMap<String, String>,
+    values: Vec<(f64, String)>,
+}
+
+/// Reads a `query_range` answer to [`range_query`] whose range began at `start`: a sample
+/// counts as an increase when its value is above the previous one's, or below it but
+/// positive (the counter was reset by an agent restart and counted again), or when it is a
+/// series' first sample after `start` (the series was born in the window).
+pub fn parse_range(body: &str, origin: &str, start: Timestamp) -> Result<Seen, SourceError> {
+    let result: Vec<Series> = prometheus_result(body, origin, "matrix")?;
+    let start_ms = start.as_millisecond();
+    let mut seen = Seen::default();
+    for s in &result {
+        let mut prev: Option<f64> = None;
+        let mut span: Option<(Timestamp, Timestamp)> = None;
+        for (t, v) in &s.values {
+            let Ok(v) = v.parse::<f64>() else { continue };
+            let ms = (t * 1000.0).round() as i64;
+            let Ok(at) = Timestamp::from_millisecond(ms) else {
+                continue;
+            };
+            let increased = match prev {
+                None => ms > start_ms && v > 0.0,
+                Some(p) => v > p || (v < p && v > 0.0),
+            };
+            prev = Some(v);
+            if increased {
+                span = Some(span.map_or((at, at), |(first, _)| (first, at)));
+            }
+        }
+        if let Some((first, last)) = span {
+            let e = seen.by.entry(key(&s.metric)).or_insert((first, last));
+            e.0 = e.0.min(first);
+            e.1 = e.1.max(last);
+        }
+    }
+    Ok(seen)
+}
+
 #[cfg(test)]
-mod tests {
+mod seen_tests {
     use super::*;
 
-    /// Copies of one flow from two agents: the counted one is kept, whichever agent came
-    /// first; copies stamped differently are all kept (only the counted one is evidence).
     #[test]
-    fn merging_keeps_the_counted_copy() {
-        let t: Timestamp = "2026-05-04T10:00:00Z".parse().unwrap();
-        let flow = |node: &str, counted: bool, first_seen: Timestamp| {
-            let mut f = FlowRecord::new(
-                Protocol::Tcp,
-                "10.1.0.10".parse().unwrap(),
-                "10.2.0.30".parse().unwrap(),
-                Some(5432),
-            );
-            f.src.port = Some(40001);
-            f.first_seen = Some(first_seen);
-            f.node = Some(node.to_owned());
-            f.counted = counted;
-            f
+    fn first_and_last_increase_not_the_window() {
+        // Range 1000..=1060 s, step 10 s. web → api: 3 at the start, +2 at 1020, +1 at
+        // 1040, then flat: first 1020, last 1040. db: born at 1030 with 4, reset at 1050 to 1
+        // (an agent restart): 1030 and 1050. cache: flat all along: no increase.
+        let body = r#"{"status":"success","data":{"resultType":"matrix","result":[
+          {"metric":{"src_namespace":"shop","src_kind":"Deployment","src_workload":"web","dst_namespace":"shop","dst_kind":"Deployment","dst_workload":"api","dst_port":"9000","protocol":"TCP"},
+           "values":[[1000,"3"],[1010,"3"],[1020,"5"],[1030,"5"],[1040,"6"],[1050,"6"],[1060,"6"]]},
+          {"metric":{"src_namespace":"shop","src_kind":"Deployment","src_workload":"api","dst_namespace":"","dst_kind":"Subnet","dst_workload":"db","dst_port":"5432","protocol":"TCP"},
+           "values":[[1030,"4"],[1040,"4"],[1050,"1"],[1060,"1"]]},
+          {"metric":{"src_namespace":"shop","src_kind":"Deployment","src_workload":"api","dst_namespace":"shop","dst_kind":"StatefulSet","dst_workload":"cache","dst_port":"6379","protocol":"TCP"},
+           "values":[[1000,"2"],[1060,"2"]]}]}}"#;
+        let start = Timestamp::from_second(1000).unwrap();
+        let seen = parse_range(body, "test", start).unwrap();
+        assert_eq!(seen.len(), 2);
+        let t = |s| Timestamp::from_second(s).unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
-        let (a, b) = (flow("node-a", true, t), flow("node-b", false, t));
-        for lists in [
-            [vec![b.clone()], vec![a.clone()]],
-            [vec![a.clone()], vec![b]],
-        ] {
-            assert_eq!(merge_flows(lists), vec![a.clone()]);
-        }
-        let later = flow(
-            "node-b",
-            false,
-            t.checked_add(SignedDuration::from_millis(1)).unwrap(),
+        let web_api = labels(&[
+            ("src_namespace", "shop"),
+            ("src_kind", "Deployment"),
+            ("src_workload", "web"),
+            ("dst_namespace", "shop"),
+            ("dst_kind", "Deployment"),
+            ("dst_workload", "api"),
+            ("dst_port", "9000"),
+            ("protocol", "TCP"),
+            ("verdict", "allowed"),
+        ]);
+        assert_eq!(seen.of(&web_api), Some((t(1020), t(1040))));
+        let db = labels(&[
+            ("src_namespace", "shop"),
+            ("src_kind", "Deployment"),
+            ("src_workload", "api"),
+            ("dst_kind", "Subnet"),
+            ("dst_workload", "db"),
+            ("dst_port", "5432"),
+            ("protocol", "TCP"),
+        ]);
+        assert_eq!(seen.of(&db), Some((t(1030), t(1050))));
+        assert!(
+            parse_range(
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                "x",
+                start
+            )
+            .is_err()
         );
-        assert_eq!(
-            merge_flows([vec![later.clone()], vec![a.clone()]]),
-            vec![later, a]
-        );
+    }
+
+    #[test]
+    fn the_step_bounds_the_points() {
+        assert_eq!(step(SignedDuration::from_hours(24)).as_secs(), 87);
+        assert_eq!(step(SignedDuration::from_secs(30)).as_secs(), 1);
     }
 }
