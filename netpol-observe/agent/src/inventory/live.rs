@@ -1034,3 +1034,151 @@ mod trim_tests {
         assert_eq!(bare.metadata.annotations, None);
     }
 }
+
+#[cfg(test)]
+mod pod_store_tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+
+    fn pod(name: &str, uid: &str, ip: &str, owner: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "shop", "uid": uid,
+                "creationTimestamp": "2026-11-20T08:00:00Z",
+                "labels": {"app": "web", "pod-template-hash": "abc12"},
+                "ownerReferences": owner.map(|o| vec![serde_json::json!({
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "uid": "rs-1",
+                    "controller": true,
+                })]),
+            },
+            "spec": {"containers": [{"name": "web", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn stores() -> (Stores, reflector::store::Writer<ReplicaSet>) {
+        let (replica_sets, writer) = reflector::store();
+        let stores = Stores {
+            namespaces: reflector::store().0,
+            services: reflector::store().0,
+            nodes: reflector::store().0,
+            endpoint_slices: reflector::store().0,
+            network_policies: reflector::store().0,
+            replica_sets,
+            jobs: reflector::store().0,
+            cluster_network_policies: reflector::store().0,
+        };
+        (stores, writer)
+    }
+
+    /// The conversion the file source makes of `pod` with the ReplicaSets `rs`.
+    fn converted(pod: &Pod, rs: &[ReplicaSet]) -> PodInfo {
+        let mut owners = build::Owners::default();
+        for r in rs {
+            owners.replica_sets.insert(
+                build::key(&r.metadata),
+                (
+                    build::controller_of(&r.metadata).cloned(),
+                    Some(r.spec.selector.clone()),
+                ),
+            );
+        }
+        build::pod_info(pod, &owners, &mut Interner::default()).unwrap()
+    }
+
+    /// Pods converted on arrival are resolved again when a ReplicaSet naming their Deployment
+    /// arrives after them; a removed pod of the previous snapshot becomes a tombstone (as it
+    /// was in that snapshot), a relist drops the pods it does not list.
+    #[test]
+    fn the_pod_store_converts_as_the_file_source_does() {
+        let (stores, mut rs_writer) = stores();
+        let mut pods = PodStore::default();
+        let web = pod("web-abc12-x1", "pod-1", "10.0.0.1", Some("web-abc12"));
+        let other = pod("lone", "pod-2", "10.0.0.2", None);
+        pods.apply(watcher::Event::Init, &stores);
+        pods.apply(watcher::Event::InitApply(web.clone()), &stores);
+        pods.apply(watcher::Event::InitApply(other.clone()), &stores);
+        pods.apply(watcher::Event::InitDone, &stores);
+        let mut tombstones = Vec::new();
+        let retention = Duration::from_secs(60);
+        let first = snapshot(
+            &stores,
+            &Inventory::default(),
+            &mut tombstones,
+            &mut pods,
+            retention,
+        );
+        // Without the ReplicaSet: the Deployment from the pod-template-hash.
+        assert_eq!(
+            first.pods,
+            vec![converted(&other, &[]), converted(&web, &[])]
+        );
+        assert_eq!(first.pods[1].workload.name, "web");
+
+        // The ReplicaSet belongs to Deployment `frontend`.
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-abc12".into()),
+                namespace: Some("shop".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "frontend".into(),
+                    uid: "d-1".into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: ReplicaSetSpec::default(),
+            status: None,
+        };
+        rs_writer.apply_watcher_event(&watcher::Event::Apply(rs.clone()));
+        pods.touched("apps/replicasets");
+        let second = snapshot(&stores, &first, &mut tombstones, &mut pods, retention);
+        assert_eq!(
+            second.pods,
+            vec![
+                converted(&other, std::slice::from_ref(&rs)),
+                converted(&web, std::slice::from_ref(&rs))
+            ]
+        );
+        assert_eq!(second.pods[1].workload.name, "frontend");
+
+        // A delete: the pod as it was in the previous snapshot, deleted now.
+        pods.apply(watcher::Event::Delete(other), &stores);
+        let third = snapshot(&stores, &second, &mut tombstones, &mut pods, retention);
+        assert_eq!(third.pods.len(), 2);
+        let gone = third.pod("shop", "lone").unwrap();
+        assert!(gone.deleted.is_some());
+        assert_eq!(
+            PodInfo {
+                deleted: None,
+                ..gone.clone()
+            },
+            second.pods[0]
+        );
+
+        // A relist without `web`: it is gone too; a pod recreated under the same name is new.
+        let again = pod("lone", "pod-3", "10.0.0.3", None);
+        pods.apply(watcher::Event::Init, &stores);
+        pods.apply(watcher::Event::InitApply(again), &stores);
+        pods.apply(watcher::Event::InitDone, &stores);
+        let fourth = snapshot(&stores, &third, &mut tombstones, &mut pods, retention);
+        let names: Vec<(&str, &str, bool)> = fourth
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.uid.as_str(), p.deleted.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            // Same name and creation time: the live pod first, then the tombstone (as before).
+            [
+                ("lone", "pod-3", false),
+                ("lone", "pod-2", true),
+                ("web-abc12-x1", "pod-1", true)
+            ]
+        );
+    }
+}
