@@ -1,9 +1,12 @@
 //! The live inventory: kube watchers/reflectors for exactly [`WATCHED_RESOURCES`], trimmed
 //! objects, and an `Arc`-shared snapshot rebuilt after changes.
 //!
-//! Each resource has its own reflector driven by `watcher(...).default_backoff()`: after an API
+//! Each resource has its own watch driven by `watcher(...).default_backoff()`: after an API
 //! disconnect it resumes with exponential backoff while the last snapshot keeps being served.
-//! Snapshots are published on a [`tokio::sync::watch`] channel once every resource has been
+//! Every resource but pods is kept in a kube reflector store; pods, the bulk of a large
+//! cluster, are converted as their events arrive and kept only converted (one [`PodInfo`] per
+//! pod, its strings and label sets shared), in inventory order, so that a snapshot costs a
+//! copy of the pods and a pod change the changed pod. Snapshots are published on a [`tokio::sync::watch`] channel once every resource has been
 //! listed, then again (debounced) after changes. Pods deleted since the previous snapshot are
 //! kept for [`LiveOptions::tombstone_retention`] with their deletion time, so that flows seen
 //! while a pod still held an IP are attributed to it even after the IP is reused.
@@ -12,16 +15,24 @@
 //! which counts as listed with none (said once in the log); the watch keeps retrying with its
 //! backoff and picks them up when the CRD is installed.
 
-use std::{collections::HashMap, fmt::Debug, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Debug,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::{
-    apps::v1::ReplicaSet,
-    batch::v1::Job,
-    core::v1::{Container, ContainerStatus, Namespace, Node, Pod, PodSpec, PodStatus, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::NetworkPolicy,
+use k8s_openapi::{
+    api::{
+        apps::v1::ReplicaSet,
+        batch::v1::Job,
+        core::v1::{Container, ContainerStatus, Namespace, Node, Pod, PodSpec, PodStatus, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
     Api, Client, Resource,
@@ -34,7 +45,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use super::{Interner, Inventory, PodInfo, WATCHED_RESOURCES, build};
+use super::{Interner, Inventory, Name, PodInfo, WATCHED_RESOURCES, build};
 use crate::policy::cluster::ClusterNetworkPolicy;
 
 /// How the live inventory behaves.
@@ -121,13 +132,14 @@ enum Report {
     Changed(&'static str),
     /// The watch failed (it retries with backoff).
     Error(&'static str, String),
+    /// A pod watch event (trimmed): the builder keeps the pods ([`PodStore`]).
+    Pod(Box<watcher::Event<Pod>>),
 }
 
 /// The stores of every watched resource.
 #[derive(Debug, Clone)]
 struct Stores {
     namespaces: Store<Namespace>,
-    pods: Store<Pod>,
     services: Store<Service>,
     nodes: Store<Node>,
     endpoint_slices: Store<EndpointSlice>,
@@ -175,12 +187,6 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
             trim_meta,
             tx.clone(),
         ),
-        pods: spawn_reflector(
-            Api::all(client.clone()),
-            resource_name("", "pods"),
-            trim_pod,
-            tx.clone(),
-        ),
         services: spawn_reflector(
             Api::all(client.clone()),
             resource_name("", "services"),
@@ -218,15 +224,16 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
             tx.clone(),
         ),
         cluster_network_policies: spawn_reflector(
-            Api::all(client),
+            Api::all(client.clone()),
             resource_name(
                 crate::policy::cluster::GROUP,
                 crate::policy::cluster::PLURAL,
             ),
             trim_meta,
-            tx,
+            tx.clone(),
         ),
     };
+    spawn_pod_watch(Api::all(client), tx);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Inventory::default()));
     let (state_tx, state_rx) = watch::channel(SyncState {
         synced: false,
@@ -246,7 +253,6 @@ pub fn start(client: Client, options: LiveOptions) -> LiveInventory {
 /// resources take events, every other resource is listed empty by [`Feed::list_others`].
 #[derive(Debug)]
 pub struct Feed {
-    pods: reflector::store::Writer<Pod>,
     namespaces: reflector::store::Writer<Namespace>,
     network_policies: reflector::store::Writer<NetworkPolicy>,
     tx: mpsc::Sender<Report>,
@@ -255,12 +261,10 @@ pub struct Feed {
 /// Starts the snapshot builder on stores fed by the returned [`Feed`] (see [`start`]).
 pub fn feed(client: Client, options: LiveOptions) -> (LiveInventory, Feed) {
     let (tx, rx) = mpsc::channel(1024);
-    let (pods, pods_w) = reflector::store();
     let (namespaces, namespaces_w) = reflector::store();
     let (network_policies, network_policies_w) = reflector::store();
     let stores = Stores {
         namespaces,
-        pods,
         services: reflector::store().0,
         nodes: reflector::store().0,
         endpoint_slices: reflector::store().0,
@@ -289,7 +293,6 @@ pub fn feed(client: Client, options: LiveOptions) -> (LiveInventory, Feed) {
             state: state_rx,
         },
         Feed {
-            pods: pods_w,
             namespaces: namespaces_w,
             network_policies: network_policies_w,
             tx,
@@ -301,8 +304,7 @@ impl Feed {
     /// A pod watch event, trimmed as the reflector trims it.
     pub async fn pod(&mut self, event: watcher::Event<Pod>) {
         let event = event.modify(trim_pod);
-        self.pods.apply_watcher_event(&event);
-        self.report(&event, resource_name("", "pods")).await;
+        let _ = self.tx.send(Report::Pod(Box::new(event))).await;
     }
 
     /// A namespace watch event.
@@ -466,6 +468,30 @@ fn describe(err: &watcher::Error) -> String {
     }
 }
 
+/// The pod watch: its events (trimmed) go to the snapshot builder, which keeps the pods
+/// converted ([`PodStore`]); no watch object is stored.
+fn spawn_pod_watch(api: Api<Pod>, tx: mpsc::Sender<Report>) {
+    let name = resource_name("", "pods");
+    let stream = watcher(api, watcher::Config::default())
+        .modify(trim_pod)
+        .default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let report = match event {
+                Ok(event) => Report::Pod(Box::new(event)),
+                Err(err) => {
+                    tracing::warn!(resource = name, error = %err, "watch failed; retrying with backoff");
+                    Report::Error(name, describe(&err))
+                }
+            };
+            if tx.send(report).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
 async fn builder(
     stores: Stores,
     prober: Prober,
@@ -475,7 +501,7 @@ async fn builder(
     options: LiveOptions,
 ) {
     let mut tombstones: Vec<PodInfo> = Vec::new();
-    let mut cache = PodCache::default();
+    let mut pods = PodStore::default();
     let mut dirty = false;
     // When each failing resource last reported an error: the probe clears only errors older than
     // one probe interval, so the watch has had its own chance to retry (and to fail again).
@@ -508,7 +534,63 @@ async fn builder(
                 continue;
             }
         };
-        let mut batch = vec![first];
+        // Each report is handled as it arrives (pod events update the pod store); the
+        // snapshot waits for the debounce: what arrives meanwhile is batched into it.
+        let mut handle = |report: Report| match report {
+            Report::Listed(name) => {
+                dirty = true;
+                pods.touched(name);
+                failed_at.remove(name);
+                state_tx.send_modify(|s| {
+                    if !s.listed.iter().any(|l| l == name) {
+                        s.listed.push(name.to_owned());
+                    }
+                    s.errors.retain(|(r, _)| r != name);
+                });
+            }
+            Report::Changed(name) => {
+                dirty = true;
+                pods.touched(name);
+                failed_at.remove(name);
+                state_tx.send_if_modified(|s| {
+                    let before = s.errors.len();
+                    s.errors.retain(|(r, _)| r != name);
+                    before != s.errors.len()
+                });
+            }
+            Report::Error(name, err) => {
+                failed_at.insert(name, tokio::time::Instant::now());
+                state_tx.send_modify(|s| {
+                    s.errors.retain(|(r, _)| r != name);
+                    s.errors.push((name.to_owned(), err));
+                });
+            }
+            Report::Pod(event) => {
+                let name = resource_name("", "pods");
+                let report = match &*event {
+                    watcher::Event::InitDone => Some(Report::Listed(name)),
+                    watcher::Event::Init | watcher::Event::InitApply(_) => None,
+                    _ => Some(Report::Changed(name)),
+                };
+                pods.apply(*event, &stores);
+                if let Some(report) = report {
+                    dirty = true;
+                    failed_at.remove(name);
+                    let listed = matches!(report, Report::Listed(_));
+                    state_tx.send_if_modified(|s| {
+                        let mut modified = false;
+                        if listed && !s.listed.iter().any(|l| l == name) {
+                            s.listed.push(name.to_owned());
+                            modified = true;
+                        }
+                        let before = s.errors.len();
+                        s.errors.retain(|(r, _)| r != name);
+                        modified || before != s.errors.len()
+                    });
+                }
+            }
+        };
+        handle(first);
         // Debounce: gather what arrives shortly after.
         let deadline = tokio::time::sleep(options.debounce);
         let mut deadline = std::pin::pin!(deadline);
@@ -516,44 +598,12 @@ async fn builder(
             loop {
                 tokio::select! {
                     () = &mut deadline => break,
-                    r = rx.recv() => match r { Some(r) => batch.push(r), None => break },
+                    r = rx.recv() => match r { Some(r) => handle(r), None => break },
                 }
             }
         } else {
             while let Ok(r) = rx.try_recv() {
-                batch.push(r);
-            }
-        }
-        for report in batch {
-            match report {
-                Report::Listed(name) => {
-                    dirty = true;
-                    cache.touched(name);
-                    failed_at.remove(name);
-                    state_tx.send_modify(|s| {
-                        if !s.listed.iter().any(|l| l == name) {
-                            s.listed.push(name.to_owned());
-                        }
-                        s.errors.retain(|(r, _)| r != name);
-                    });
-                }
-                Report::Changed(name) => {
-                    dirty = true;
-                    cache.touched(name);
-                    failed_at.remove(name);
-                    state_tx.send_if_modified(|s| {
-                        let before = s.errors.len();
-                        s.errors.retain(|(r, _)| r != name);
-                        before != s.errors.len()
-                    });
-                }
-                Report::Error(name, err) => {
-                    failed_at.insert(name, tokio::time::Instant::now());
-                    state_tx.send_modify(|s| {
-                        s.errors.retain(|(r, _)| r != name);
-                        s.errors.push((name.to_owned(), err));
-                    });
-                }
+                handle(r);
             }
         }
         let all_listed = state_tx.borrow().listed.len() == WATCHED_RESOURCES.len();
@@ -564,9 +614,10 @@ async fn builder(
                 &stores,
                 &previous,
                 &mut tombstones,
-                &mut cache,
+                &mut pods,
                 options.tombstone_retention,
             );
+            drop(previous);
             tracing::debug!(pods = inventory.pods.len(), "inventory snapshot");
             snap_tx.send_replace(Arc::new(inventory));
             state_tx.send_if_modified(|s| !std::mem::replace(&mut s.synced, true));
@@ -574,27 +625,55 @@ async fn builder(
     }
 }
 
-/// What the snapshots keep between them so that a pod change costs the changed pod: the owner
-/// tables (rebuilt only when ReplicaSets or Jobs changed) and each pod's conversion by uid and
-/// resource version (valid while the owners are unchanged).
-#[derive(Debug, Default)]
-struct PodCache {
-    owners: Option<build::Owners>,
-    pods: HashMap<String, (String, PodInfo)>,
+/// The store key of a pod (as the reflector stores key objects): namespace and name.
+type PodKey = (Name, Name);
+
+/// A pod as the live inventory keeps it: converted when its watch event arrives.
+#[derive(Debug)]
+struct StoredPod {
+    uid: Name,
+    /// The conversion ([`build::pod_info`]); `None` when the pod does not convert (logged).
+    info: Option<PodInfo>,
+    /// The owner the pod names (controller, else the first), `(kind, name)`: to resolve its
+    /// workload again when the owner tables change.
+    owner: Option<(Name, Name)>,
 }
 
-impl PodCache {
-    /// Resource `name` changed: owner changes invalidate the conversions.
+/// The pods, each converted once per watch event (not per snapshot), in inventory order
+/// (namespace, name), with the owner tables the conversions used: a pod change costs the
+/// changed pod, and only the converted pod is kept (not the watch object).
+#[derive(Debug, Default)]
+struct PodStore {
+    pods: BTreeMap<PodKey, StoredPod>,
+    /// During a (re)list: the pods listed so far; they replace `pods` when the list is done.
+    buffer: Option<BTreeMap<PodKey, StoredPod>>,
+    /// Pods removed since the last snapshot, with their uid (tombstone candidates).
+    gone: Vec<(PodKey, Name)>,
+    /// The owner tables (rebuilt from the stores when ReplicaSets or Jobs changed).
+    owners: Option<build::Owners>,
+    /// ReplicaSets or Jobs changed since the owner tables were built.
+    owners_changed: bool,
+    /// The owner tables differ from those some conversions used: resolve every pod's owner
+    /// again before the next snapshot.
+    stale: bool,
+    /// Shares the pods' strings, label sets, workloads and port lists (pruned as pods go).
+    interner: Interner,
+    /// The interner's size after its last pruning.
+    pruned_at: usize,
+}
+
+impl PodStore {
+    /// Resource `name` changed: owner changes make the owner tables be rebuilt.
     fn touched(&mut self, name: &str) {
         if name == "apps/replicasets" || name == "batch/jobs" {
-            self.owners = None;
-            self.pods.clear();
+            self.owners_changed = true;
         }
     }
 
-    /// The owner tables, rebuilt from the stores when invalidated.
+    /// The owner tables, rebuilt from the stores when ReplicaSets or Jobs changed (the
+    /// conversions are then stale when the tables differ).
     fn owners(&mut self, stores: &Stores) -> &build::Owners {
-        self.owners.get_or_insert_with(|| {
+        if std::mem::take(&mut self.owners_changed) || self.owners.is_none() {
             let mut owners = build::Owners::default();
             for rs in stores.replica_sets.state() {
                 owners.replica_sets.insert(
@@ -611,54 +690,170 @@ impl PodCache {
                     build::controller_of(&job.metadata).cloned(),
                 );
             }
-            owners
-        })
+            let same = self.owners.as_ref().is_some_and(|o| {
+                o.replica_sets == owners.replica_sets
+                    && o.jobs == owners.jobs
+                    && o.selectors == owners.selectors
+            });
+            if !same {
+                // Conversions made with the previous tables are stale.
+                self.stale = self.stale
+                    || !self.pods.is_empty()
+                    || self.buffer.as_ref().is_some_and(|b| !b.is_empty());
+                self.owners = Some(owners);
+            }
+        }
+        self.owners.get_or_insert_with(build::Owners::default)
+    }
+
+    /// The store key of `pod`: its namespace and name, shared with its conversion.
+    fn key(pod: &Pod, stored: &StoredPod) -> PodKey {
+        let meta = &pod.metadata;
+        let namespace = meta.namespace.as_deref().unwrap_or_default();
+        let name = meta.name.as_deref().unwrap_or_default();
+        match &stored.info {
+            Some(info) if info.namespace == namespace && info.name == name => {
+                (info.namespace.clone(), info.name.clone())
+            }
+            _ => (Name::from(namespace), Name::from(name)),
+        }
+    }
+
+    /// Converts a pod with the current owner tables.
+    fn convert(&mut self, pod: &Pod, stores: &Stores) -> (PodKey, StoredPod) {
+        self.owners(stores);
+        let owners = self.owners.take().unwrap_or_default();
+        let info = match build::pod_info(pod, &owners, &mut self.interner) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                tracing::warn!(error = %err, "skipping pod");
+                None
+            }
+        };
+        self.owners = Some(owners);
+        let owner = build::controller_of(&pod.metadata)
+            .map(|o| (self.interner.name(&o.kind), self.interner.name(&o.name)));
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let stored = StoredPod {
+            uid: match &info {
+                Some(info) if info.uid == uid => info.uid.clone(),
+                _ => Name::from(uid),
+            },
+            info,
+            owner,
+        };
+        (Self::key(pod, &stored), stored)
+    }
+
+    /// Applies a watch event as the reflector store does (a relist replaces the pods when done).
+    fn apply(&mut self, event: watcher::Event<Pod>, stores: &Stores) {
+        match event {
+            watcher::Event::Apply(pod) => {
+                let (key, stored) = self.convert(&pod, stores);
+                if let Some(old) = self.pods.insert(key.clone(), stored)
+                    && !self.holds(&key, &old.uid)
+                {
+                    self.gone.push((key, old.uid));
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                let meta = &pod.metadata;
+                let key = (
+                    Name::from(meta.namespace.as_deref().unwrap_or_default()),
+                    Name::from(meta.name.as_deref().unwrap_or_default()),
+                );
+                if let Some(old) = self.pods.remove(&key) {
+                    self.gone.push((key, old.uid));
+                }
+            }
+            watcher::Event::Init => self.buffer = Some(BTreeMap::new()),
+            watcher::Event::InitApply(pod) => {
+                let (key, stored) = self.convert(&pod, stores);
+                self.buffer
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(key, stored);
+            }
+            watcher::Event::InitDone => {
+                let listed = self.buffer.take().unwrap_or_default();
+                let old = std::mem::replace(&mut self.pods, listed);
+                for (key, stored) in old {
+                    if !self.holds(&key, &stored.uid) {
+                        self.gone.push((key, stored.uid));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the pod `key` with `uid` is in the store, converted (in the snapshots).
+    fn holds(&self, key: &PodKey, uid: &str) -> bool {
+        self.pods
+            .get(key)
+            .is_some_and(|s| s.uid == *uid && s.info.is_some())
+    }
+
+    /// Resolves every pod's owner again when the owner tables changed since the conversions.
+    fn refresh(&mut self, stores: &Stores) {
+        self.owners(stores);
+        if !std::mem::take(&mut self.stale) {
+            return;
+        }
+        let owners = self.owners.take().unwrap_or_default();
+        for map in std::iter::once(&mut self.pods).chain(self.buffer.as_mut()) {
+            for stored in map.values_mut() {
+                let Some(info) = stored.info.as_mut() else {
+                    continue;
+                };
+                let meta = ObjectMeta {
+                    namespace: Some(info.namespace.to_string()),
+                    name: Some(info.name.to_string()),
+                    labels: Some(info.labels.to_map()),
+                    owner_references: stored.owner.as_ref().map(|(kind, name)| {
+                        vec![OwnerReference {
+                            kind: kind.to_string(),
+                            name: name.to_string(),
+                            controller: Some(true),
+                            ..OwnerReference::default()
+                        }]
+                    }),
+                    ..ObjectMeta::default()
+                };
+                (info.workload, info.selector_labels) =
+                    build::pod_owner(&meta, &owners, &mut self.interner);
+            }
+        }
+        self.owners = Some(owners);
+    }
+
+    /// Forgets the interned values no pod holds any more, once the interner has doubled.
+    fn prune(&mut self) {
+        if self.interner.len() > 2 * self.pruned_at + 1024 {
+            self.interner.prune();
+            self.pruned_at = self.interner.len();
+        }
     }
 }
 
 /// Builds a snapshot from the stores; objects that do not convert are logged and skipped.
-/// Pods unchanged since the previous snapshot (same uid and resource version) reuse their
-/// conversion.
+/// Pods come converted from the pod store.
 fn snapshot(
     stores: &Stores,
     previous: &Inventory,
     tombstones: &mut Vec<PodInfo>,
-    cache: &mut PodCache,
+    pods: &mut PodStore,
     retention: Duration,
 ) -> Inventory {
-    cache.owners(stores);
+    pods.refresh(stores);
     let mut inv = Inventory::default();
-    // One interner per snapshot: what the previous snapshot's pods (tombstones) share stays
-    // shared through their own `Arc`s.
+    // The other resources' conversions share their strings within the snapshot.
     let mut interner = Interner::default();
     for ns in stores.namespaces.state() {
         let info = build::namespace_info(&ns, &mut interner);
         inv.namespaces.insert(info.name.clone(), info);
     }
-    let mut pods = HashMap::with_capacity(cache.pods.len());
-    let owners = cache.owners.take().unwrap_or_default();
-    for pod in stores.pods.state() {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let version = pod.metadata.resource_version.clone().unwrap_or_default();
-        let cached = cache
-            .pods
-            .remove(&uid)
-            .filter(|(v, _)| !uid.is_empty() && !version.is_empty() && *v == version);
-        let info = match cached {
-            Some((_, info)) => info,
-            None => match build::pod_info(&pod, &owners, &mut interner) {
-                Ok(p) => p,
-                Err(err) => {
-                    tracing::warn!(error = %err, "skipping pod");
-                    continue;
-                }
-            },
-        };
-        inv.pods.push(info.clone());
-        pods.insert(uid, (version, info));
-    }
-    cache.owners = Some(owners);
-    cache.pods = pods;
+    inv.pods.reserve(pods.pods.len() + tombstones.len());
+    inv.pods
+        .extend(pods.pods.values().filter_map(|s| s.info.clone()));
     for svc in stores.services.state() {
         match build::service_info(&svc, &mut interner) {
             Ok(s) => inv.services.push(s),
@@ -689,25 +884,38 @@ fn snapshot(
             Err(err) => tracing::warn!(error = %err, "skipping cluster network policy"),
         }
     }
-    // Tombstones: pods of the previous snapshot that are gone now.
+    // Tombstones: pods of the previous snapshot that are gone now (as they were in it).
     let now = Timestamp::now();
-    let live: HashMap<&str, ()> = inv.pods.iter().map(|p| (p.uid.as_str(), ())).collect();
-    for gone in previous
-        .pods
-        .iter()
-        .filter(|p| p.deleted.is_none() && !live.contains_key(p.uid.as_str()))
-    {
-        let mut t = gone.clone();
-        t.deleted = Some(now);
-        tombstones.push(t);
+    let mut gone = std::mem::take(&mut pods.gone);
+    gone.sort();
+    gone.dedup();
+    for (key, uid) in gone {
+        if pods.holds(&key, &uid) {
+            continue;
+        }
+        let lo = previous
+            .pods
+            .partition_point(|p| (&p.namespace, &p.name) < (&key.0, &key.1));
+        let was = previous.pods[lo..]
+            .iter()
+            .take_while(|p| p.namespace == key.0 && p.name == key.1)
+            .find(|p| p.uid == uid && p.deleted.is_none());
+        if let Some(p) = was {
+            let mut t = p.clone();
+            t.deleted = Some(now);
+            tombstones.push(t);
+        }
     }
     let cutoff = now
         .checked_sub(jiff::SignedDuration::try_from(retention).unwrap_or_default())
         .unwrap_or(now);
-    tombstones
-        .retain(|t| t.deleted.is_some_and(|d| d >= cutoff) && !live.contains_key(t.uid.as_str()));
+    tombstones.retain(|t| {
+        t.deleted.is_some_and(|d| d >= cutoff)
+            && !pods.holds(&(t.namespace.clone(), t.name.clone()), &t.uid)
+    });
     inv.pods.extend(tombstones.iter().cloned());
     build::finish(&mut inv);
+    pods.prune();
     inv
 }
 
@@ -727,7 +935,7 @@ fn trim_network_policy(np: &mut NetworkPolicy) {
         .and_then(|a| a.remove(crate::recommend::dns_names::DNS_NAMES));
     trim_meta(np);
     if let Some(names) = names {
-        np.metadata.annotations = Some(std::collections::BTreeMap::from([(
+        np.metadata.annotations = Some(BTreeMap::from([(
             crate::recommend::dns_names::DNS_NAMES.to_owned(),
             names,
         )]));
@@ -805,7 +1013,7 @@ mod trim_tests {
     #[test]
     fn a_network_policy_keeps_only_its_dns_names_annotation() {
         let mut np = NetworkPolicy::default();
-        np.metadata.annotations = Some(std::collections::BTreeMap::from([
+        np.metadata.annotations = Some(BTreeMap::from([
             (
                 crate::recommend::dns_names::DNS_NAMES.to_owned(),
                 r#"{"198.51.100.0/28":["api.payments.example"]}"#.to_owned(),
@@ -815,17 +1023,162 @@ mod trim_tests {
         trim_network_policy(&mut np);
         assert_eq!(
             np.metadata.annotations,
-            Some(std::collections::BTreeMap::from([(
+            Some(BTreeMap::from([(
                 crate::recommend::dns_names::DNS_NAMES.to_owned(),
                 r#"{"198.51.100.0/28":["api.payments.example"]}"#.to_owned(),
             )]))
         );
         let mut bare = NetworkPolicy::default();
-        bare.metadata.annotations = Some(std::collections::BTreeMap::from([(
-            "a".to_owned(),
-            "b".to_owned(),
-        )]));
+        bare.metadata.annotations = Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]));
         trim_network_policy(&mut bare);
         assert_eq!(bare.metadata.annotations, None);
+    }
+}
+
+#[cfg(test)]
+mod pod_store_tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::ReplicaSetSpec;
+
+    fn pod(name: &str, uid: &str, ip: &str, owner: Option<&str>) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "shop", "uid": uid,
+                "creationTimestamp": "2026-11-20T08:00:00Z",
+                "labels": {"app": "web", "pod-template-hash": "abc12"},
+                "ownerReferences": owner.map(|o| vec![serde_json::json!({
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": o, "uid": "rs-1",
+                    "controller": true,
+                })]),
+            },
+            "spec": {"containers": [{"name": "web", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn stores() -> (Stores, reflector::store::Writer<ReplicaSet>) {
+        let (replica_sets, writer) = reflector::store();
+        let stores = Stores {
+            namespaces: reflector::store().0,
+            services: reflector::store().0,
+            nodes: reflector::store().0,
+            endpoint_slices: reflector::store().0,
+            network_policies: reflector::store().0,
+            replica_sets,
+            jobs: reflector::store().0,
+            cluster_network_policies: reflector::store().0,
+        };
+        (stores, writer)
+    }
+
+    /// The conversion the file source makes of `pod` with the ReplicaSets `rs`.
+    fn converted(pod: &Pod, rs: &[ReplicaSet]) -> PodInfo {
+        let mut owners = build::Owners::default();
+        for r in rs {
+            owners.replica_sets.insert(
+                build::key(&r.metadata),
+                (
+                    build::controller_of(&r.metadata).cloned(),
+                    Some(r.spec.selector.clone()),
+                ),
+            );
+        }
+        build::pod_info(pod, &owners, &mut Interner::default()).unwrap()
+    }
+
+    /// Pods converted on arrival are resolved again when a ReplicaSet naming their Deployment
+    /// arrives after them; a removed pod of the previous snapshot becomes a tombstone (as it
+    /// was in that snapshot), a relist drops the pods it does not list.
+    #[test]
+    fn the_pod_store_converts_as_the_file_source_does() {
+        let (stores, mut rs_writer) = stores();
+        let mut pods = PodStore::default();
+        let web = pod("web-abc12-x1", "pod-1", "10.0.0.1", Some("web-abc12"));
+        let other = pod("lone", "pod-2", "10.0.0.2", None);
+        pods.apply(watcher::Event::Init, &stores);
+        pods.apply(watcher::Event::InitApply(web.clone()), &stores);
+        pods.apply(watcher::Event::InitApply(other.clone()), &stores);
+        pods.apply(watcher::Event::InitDone, &stores);
+        let mut tombstones = Vec::new();
+        let retention = Duration::from_secs(60);
+        let first = snapshot(
+            &stores,
+            &Inventory::default(),
+            &mut tombstones,
+            &mut pods,
+            retention,
+        );
+        // Without the ReplicaSet: the Deployment from the pod-template-hash.
+        assert_eq!(
+            first.pods,
+            vec![converted(&other, &[]), converted(&web, &[])]
+        );
+        assert_eq!(first.pods[1].workload.name, "web");
+
+        // The ReplicaSet belongs to Deployment `frontend`.
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some("web-abc12".into()),
+                namespace: Some("shop".into()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "frontend".into(),
+                    uid: "d-1".into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: ReplicaSetSpec::default(),
+            status: None,
+        };
+        rs_writer.apply_watcher_event(&watcher::Event::Apply(rs.clone()));
+        pods.touched("apps/replicasets");
+        let second = snapshot(&stores, &first, &mut tombstones, &mut pods, retention);
+        assert_eq!(
+            second.pods,
+            vec![
+                converted(&other, std::slice::from_ref(&rs)),
+                converted(&web, std::slice::from_ref(&rs))
+            ]
+        );
+        assert_eq!(second.pods[1].workload.name, "frontend");
+
+        // A delete: the pod as it was in the previous snapshot, deleted now.
+        pods.apply(watcher::Event::Delete(other), &stores);
+        let third = snapshot(&stores, &second, &mut tombstones, &mut pods, retention);
+        assert_eq!(third.pods.len(), 2);
+        let gone = third.pod("shop", "lone").unwrap();
+        assert!(gone.deleted.is_some());
+        assert_eq!(
+            PodInfo {
+                deleted: None,
+                ..gone.clone()
+            },
+            second.pods[0]
+        );
+
+        // A relist without `web`: it is gone too; a pod recreated under the same name is new.
+        let again = pod("lone", "pod-3", "10.0.0.3", None);
+        pods.apply(watcher::Event::Init, &stores);
+        pods.apply(watcher::Event::InitApply(again), &stores);
+        pods.apply(watcher::Event::InitDone, &stores);
+        let fourth = snapshot(&stores, &third, &mut tombstones, &mut pods, retention);
+        let names: Vec<(&str, &str, bool)> = fourth
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.uid.as_str(), p.deleted.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            // Same name and creation time: the live pod first, then the tombstone (as before).
+            [
+                ("lone", "pod-3", false),
+                ("lone", "pod-2", true),
+                ("web-abc12-x1", "pod-1", true)
+            ]
+        );
     }
 }

@@ -655,12 +655,14 @@ fn stable_labels(
     )
 }
 
-fn resolve_owner(
-    pod: &Pod,
+/// A pod's workload and the workload's stable selector labels, from the pod's metadata (its
+/// namespace, name, labels and controller) and the owner tables: what [`pod_info`] puts in
+/// [`PodInfo::workload`] and [`PodInfo::selector_labels`].
+pub fn pod_owner(
+    meta: &ObjectMeta,
     owners: &Owners,
     interner: &mut Interner,
 ) -> (Arc<WorkloadRef>, Labels) {
-    let meta = &pod.metadata;
     let ns = namespace_of(meta);
     let pod_name = meta.name.clone().unwrap_or_default();
     let empty = BTreeMap::new();
@@ -799,7 +801,7 @@ pub fn pod_info(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let (workload, selector_labels) = resolve_owner(pod, owners, interner);
+    let (workload, selector_labels) = pod_owner(&pod.metadata, owners, interner);
     let labels = match &meta.labels {
         Some(map) => interner.labels_of(map),
         None => interner.intern_labels(Labels::default()),

@@ -344,6 +344,25 @@ impl Interner {
         shared
     }
 
+    /// Forgets the values that only the interner still holds, so that a long-lived interner
+    /// keeps only what is in use (label sets first: the strings they held are then free).
+    pub fn prune(&mut self) {
+        self.label_sets.retain(|l| Arc::strong_count(&l.0) > 1);
+        self.workloads.retain(|w| Arc::strong_count(w) > 1);
+        self.ports.retain(|p| Arc::strong_count(p) > 1);
+        self.strings.retain(|s| Arc::strong_count(&s.0) > 1);
+    }
+
+    /// How many values the interner holds.
+    pub fn len(&self) -> usize {
+        self.strings.len() + self.label_sets.len() + self.workloads.len() + self.ports.len()
+    }
+
+    /// Whether the interner holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The shared copy of a container-port list.
     pub fn ports(&mut self, ports: Vec<ContainerPortInfo>) -> Arc<[ContainerPortInfo]> {
         if let Some(shared) = self.ports.get(ports.as_slice()) {
@@ -395,5 +414,30 @@ mod tests {
         let w1 = i.workload("Deployment", "web");
         let w2 = i.workload("Deployment", "web");
         assert!(Arc::ptr_eq(&w1, &w2));
+    }
+
+    #[test]
+    fn pruning_keeps_exactly_what_is_held_elsewhere() {
+        let mut i = Interner::default();
+        let kept = i.labels([("app", "web")]);
+        let gone = i.labels([("app", "db"), ("tier", "back")]);
+        let w = i.workload("Deployment", "web");
+        let p = i.ports(vec![]);
+        drop(i.ports(vec![ContainerPortInfo {
+            name: None,
+            port: 80,
+            protocol: crate::flow::Protocol::Tcp,
+        }]));
+        drop(i.workload("Job", "once"));
+        drop(gone);
+        // app, web, db, tier, back; 2 sets; 2 workloads; 2 port lists.
+        assert_eq!(i.len(), 11);
+        i.prune();
+        // app, web; 1 set; 1 workload; 1 port list.
+        assert_eq!(i.len(), 5);
+        assert!(Arc::ptr_eq(&i.labels([("app", "web")]).0, &kept.0));
+        assert!(Arc::ptr_eq(&i.workload("Deployment", "web"), &w));
+        assert!(Arc::ptr_eq(&i.ports(vec![]), &p));
+        assert!(!i.is_empty());
     }
 }

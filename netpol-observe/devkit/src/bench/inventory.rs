@@ -4,18 +4,29 @@
 //! ([`live::feed`]: the same code as the API watch), then a stream of pod changes (adds,
 //! deletes, label and address changes) at a fixed rate; each snapshot becomes the agent's
 //! model either incrementally ([`Model::next`]) or by a full build ([`Model::new`], what
-//! every snapshot cost before). Reports the process CPU spent per second of the stream (the
-//! upkeep's core fraction), the latency from a change's watch event to the first model that
-//! reflects it, and the RSS.
+//! every snapshot cost before).
+//!
+//! The cluster and its changes are made by a producer process ([`produce`], the same binary
+//! re-run) and arrive as JSON lines on a pipe, as watch events arrive from the API server: the
+//! measured process holds only what the agent holds (stores, snapshots, models) and pays for
+//! parsing the events, so its RSS and CPU are the agent's. Reports the process CPU spent per
+//! second of the stream (the upkeep's core fraction), the latency from a change's arrival to
+//! the first model that reflects it, the RSS, and the heap each part holds (allocator bytes in
+//! use, measured as each part is built).
 
 use std::{
     collections::{BTreeMap, HashMap},
+    io::{BufRead, Write},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use k8s_openapi::{
-    api::core::v1::{Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus},
+    api::{
+        core::v1::{Container, ContainerPort, Namespace, Pod, PodIP, PodSpec, PodStatus},
+        networking::v1::NetworkPolicy,
+    },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
 };
 use kube::runtime::watcher::Event;
@@ -26,7 +37,10 @@ use netpol_observe_agent::{
         live::{self, LiveOptions},
     },
 };
-use netpol_observe_core::{attribution::Subnets, policy::synth};
+use netpol_observe_core::{
+    attribution::{Attributor, Subnets},
+    policy::{PodTable, PolicyEngine, synth},
+};
 
 /// How each snapshot becomes a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -54,6 +68,31 @@ pub struct Config {
     pub mode: Mode,
     /// Seed.
     pub seed: u64,
+    /// The live inventory's debounce.
+    pub debounce: Duration,
+}
+
+/// The heap (allocator bytes in use) each part of the inventory holds, MiB: measured as the
+/// difference before and after each part is built (stores, then the first snapshot, then the
+/// first model), the model's parts by building each again on its own.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Heap {
+    /// The namespace and NetworkPolicy stores (5k policies kept whole).
+    pub stores_policies_mib: f64,
+    /// The pod store (the reflector's trimmed pods).
+    pub store_pods_mib: f64,
+    /// The first snapshot and what the builder keeps between snapshots.
+    pub snapshot_mib: f64,
+    /// The first model (`Model::new`: pod table, engine, attributor).
+    pub model_mib: f64,
+    /// Of the model: the pod table (`PodTable::new`).
+    pub pod_table_mib: f64,
+    /// Of the model: the engine on that table (`PolicyEngine::compile_shared`).
+    pub engine_mib: f64,
+    /// Of the model: the attributor (`Attributor::shared`).
+    pub attributor_mib: f64,
+    /// Everything in use at the end of the stream.
+    pub end_mib: f64,
 }
 
 /// The figures of one run.
@@ -65,7 +104,7 @@ pub struct Report {
     pub pods: usize,
     /// Policies.
     pub policies: usize,
-    /// The first snapshot and model (full build), seconds.
+    /// The initial lists (parsed from the pipe), the first snapshot and model, seconds.
     pub initial_build_s: f64,
     /// Changes delivered.
     pub changes: usize,
@@ -73,10 +112,10 @@ pub struct Report {
     pub models: usize,
     /// Median time to build one model from a snapshot during the stream, ms.
     pub model_ms_p50: f64,
-    /// Process CPU seconds per second of the stream (the upkeep's core fraction; the change
-    /// generator's own work is included).
+    /// Process CPU seconds per second of the stream (the upkeep's core fraction: parsing the
+    /// events, stores, snapshots, models; the producer is another process).
     pub cpu_fraction: f64,
-    /// Latency from a change's watch event to the first model reflecting it, ms.
+    /// Latency from a change's arrival to the first model reflecting it, ms.
     pub latency_ms_p50: f64,
     /// 99th percentile.
     pub latency_ms_p99: f64,
@@ -86,8 +125,14 @@ pub struct Report {
     pub unreflected: usize,
     /// `VmRSS` at the end, MiB.
     pub rss_mib: f64,
-    /// `VmHWM` (peak RSS), MiB.
+    /// `VmHWM` (peak RSS) during the stream of changes, MiB.
     pub hwm_mib: f64,
+    /// `VmRSS` when the first model is built, MiB.
+    pub rss_initial_mib: f64,
+    /// `VmHWM` up to the first model (the initial lists and build), MiB.
+    pub hwm_initial_mib: f64,
+    /// The heap by part.
+    pub heap: Heap,
 }
 
 fn status_mib(field: &str) -> f64 {
@@ -100,6 +145,38 @@ fn status_mib(field: &str) -> f64 {
         })
         .map(|kib| kib / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// The allocator's bytes in use (glibc `mallinfo2`: every arena and the mmapped blocks), MiB.
+fn heap_mib() -> f64 {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: `mallinfo2` only reads the allocator's statistics.
+        let m = unsafe { libc::mallinfo2() };
+        (m.uordblks + m.hblkhd) as f64 / (1024.0 * 1024.0)
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        0.0
+    }
+}
+
+/// As the agent does: the mmap threshold fixed at its default, free memory returned after
+/// each model is installed.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `mallopt` only changes a tuning parameter of the allocator.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: `malloc_trim` only releases free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Process CPU seconds (user + system) from `/proc/self/stat`.
@@ -165,14 +242,152 @@ fn pod_object(p: &PodInfo, version: u64) -> Pod {
     }
 }
 
+/// One line of the producer's stream.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "t", content = "o")]
+enum Wire {
+    /// A namespace of the initial list.
+    Namespace(Box<Namespace>),
+    /// A NetworkPolicy of the initial list.
+    Policy(Box<NetworkPolicy>),
+    /// A pod of the initial list.
+    Pod(Box<Pod>),
+    /// The initial lists are complete; the producer waits for a line on its stdin.
+    Listed,
+    /// A pod added or changed.
+    Apply(Box<Pod>),
+    /// A pod deleted.
+    Delete(Box<Pod>),
+    /// The stream is over.
+    Done,
+}
+
+fn write_line(out: &mut impl Write, line: &Wire) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+/// The producer: writes the synthetic cluster's initial lists to `out` as JSON lines, waits for
+/// a line on `start`, then writes the stream of pod changes at the configured rate.
+pub fn produce(config: &Config, out: impl Write, mut start: impl BufRead) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
+    let mut inv = synth::cluster(config.namespaces, config.pods, config.seed);
+    inv.network_policies = synth::policies(config.policies, config.namespaces, config.seed);
+    netpol_observe_core::inventory::build::finish(&mut inv);
+    for ns in inv.namespaces.values() {
+        let obj = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.name.clone()),
+                labels: Some(
+                    ns.labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        write_line(&mut out, &Wire::Namespace(Box::new(obj)))?;
+    }
+    for np in &inv.network_policies {
+        write_line(&mut out, &Wire::Policy(Box::new(np.clone())))?;
+    }
+    let mut version = 1u64;
+    let mut objects: HashMap<String, Pod> = HashMap::new();
+    for p in inv.pods.iter().filter(|p| p.deleted.is_none()) {
+        let obj = pod_object(p, version);
+        objects.insert(p.uid.to_string(), obj.clone());
+        write_line(&mut out, &Wire::Pod(Box::new(obj)))?;
+    }
+    drop(inv);
+    write_line(&mut out, &Wire::Listed)?;
+    out.flush()?;
+    let mut go = String::new();
+    start.read_line(&mut go)?;
+
+    // The stream of changes, paced.
+    let mut rng = synth::Rng::new(config.seed ^ 0xc4a2);
+    let total = config.rate * config.seconds as usize;
+    let mut live_uids: Vec<String> = objects.keys().cloned().collect();
+    live_uids.sort();
+    let period = Duration::from_secs_f64(1.0 / config.rate.max(1) as f64);
+    let t0 = Instant::now();
+    for serial in 0..total {
+        let due = t0 + period * u32::try_from(serial).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        version += 1;
+        let i = rng.below(live_uids.len());
+        let ip = format!(
+            "10.{}.{}.{}",
+            200 + (serial >> 16) % 50,
+            (serial >> 8) & 255,
+            serial & 255
+        );
+        let line = match rng.below(4) {
+            0 => {
+                let mut obj = objects[&live_uids[i]].clone();
+                let uid = format!("churn-{serial}");
+                obj.metadata.uid = Some(uid.clone());
+                obj.metadata.name = Some(format!("churn-{serial}"));
+                obj.metadata.creation_timestamp = Some(Time(jiff::Timestamp::now()));
+                if let Some(s) = obj.status.as_mut() {
+                    s.pod_ip = Some(ip.clone());
+                    s.pod_ips = Some(vec![PodIP { ip }]);
+                }
+                obj.metadata.resource_version = Some(version.to_string());
+                live_uids.push(uid.clone());
+                objects.insert(uid, obj.clone());
+                Wire::Apply(Box::new(obj))
+            }
+            1 => {
+                let uid = live_uids.swap_remove(i);
+                Wire::Delete(Box::new(objects.remove(&uid).unwrap_or_default()))
+            }
+            2 => {
+                let uid = &live_uids[i];
+                let obj = objects.get_mut(uid).context("a live pod")?;
+                if let Some(l) = obj.metadata.labels.as_mut() {
+                    let app = rng.below(10);
+                    l.insert("app".into(), format!("app-{app}"));
+                    l.insert("tier".into(), ["web", "api", "db"][app % 3].into());
+                }
+                obj.metadata.resource_version = Some(version.to_string());
+                Wire::Apply(Box::new(obj.clone()))
+            }
+            _ => {
+                let uid = &live_uids[i];
+                let obj = objects.get_mut(uid).context("a live pod")?;
+                if let Some(s) = obj.status.as_mut() {
+                    s.pod_ip = Some(ip.clone());
+                    s.pod_ips = Some(vec![PodIP { ip }]);
+                }
+                obj.metadata.resource_version = Some(version.to_string());
+                Wire::Apply(Box::new(obj.clone()))
+            }
+        };
+        write_line(&mut out, &line)?;
+        out.flush()?;
+    }
+    write_line(&mut out, &Wire::Done)?;
+    out.flush()?;
+    Ok(())
+}
+
 /// What a pending change waits for in a model.
 #[derive(Debug)]
 struct Pending {
-    sent: Instant,
+    arrived: Instant,
     namespace: String,
     name: String,
     /// `None`: deleted; else the pod's labels and first address.
     expect: Option<(BTreeMap<String, String>, Option<String>)>,
+    /// A later change of the same pod arrived: this one is reflected when that one is (a
+    /// model may never show this one's state).
+    superseded: bool,
 }
 
 fn reflected(inv: &Inventory, c: &Pending) -> bool {
@@ -206,55 +421,114 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Runs one measurement.
-pub async fn run(config: Config) -> anyhow::Result<Report> {
-    let mut inv = synth::cluster(config.namespaces, config.pods, config.seed);
-    inv.network_policies = synth::policies(config.policies, config.namespaces, config.seed);
-    netpol_observe_core::inventory::build::finish(&mut inv);
+/// The lines of the producer's stdout, parsed on a thread of their own (the measured process
+/// parses the events, as the agent parses the API server's).
+fn reader(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::Receiver<anyhow::Result<Wire>> {
+    // A short queue: the measured heap holds at most a few parsed objects in flight.
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::with_capacity(1 << 16, stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match lines.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let parsed = serde_json::from_str::<Wire>(&line).map_err(anyhow::Error::from);
+                    if tx.blocking_send(parsed).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.into()));
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Runs one measurement; `producer` is the command that runs [`produce`] with the same
+/// configuration (its stdin and stdout are piped here).
+pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow::Result<Report> {
+    fix_mmap_threshold();
+    let mut child = producer
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the producer")?;
+    let mut child_in = child.stdin.take().context("the producer's stdin")?;
+    let mut lines = reader(child.stdout.take().context("the producer's stdout")?);
     let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse()?))?;
-    let (live_inv, mut feed) = live::feed(client, LiveOptions::default());
+    let (live_inv, mut feed) = live::feed(
+        client,
+        LiveOptions {
+            debounce: config.debounce,
+            ..LiveOptions::default()
+        },
+    );
+    let mut heap = Heap::default();
     // The initial lists.
     let start = Instant::now();
+    let base = heap_mib();
     feed.namespace(Event::Init).await;
-    for ns in inv.namespaces.values() {
-        let obj = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.name.clone()),
-                labels: Some(
-                    ns.labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        feed.namespace(Event::InitApply(obj)).await;
-    }
-    feed.namespace(Event::InitDone).await;
     feed.network_policy(Event::Init).await;
-    for np in &inv.network_policies {
-        feed.network_policy(Event::InitApply(np.clone())).await;
-    }
-    feed.network_policy(Event::InitDone).await;
-    let mut version = 1u64;
-    let mut objects: HashMap<String, Pod> = HashMap::new();
     feed.pod(Event::Init).await;
-    for p in inv.pods.iter().filter(|p| p.deleted.is_none()) {
-        let obj = pod_object(p, version);
-        objects.insert(p.uid.to_string(), obj.clone());
-        feed.pod(Event::InitApply(obj)).await;
+    let mut others_done = false;
+    let mut before_pods = base;
+    loop {
+        let line = lines.recv().await.context("the producer ended early")??;
+        match line {
+            Wire::Namespace(ns) => feed.namespace(Event::InitApply(*ns)).await,
+            Wire::Policy(np) => feed.network_policy(Event::InitApply(*np)).await,
+            Wire::Pod(pod) => {
+                if !others_done {
+                    others_done = true;
+                    feed.namespace(Event::InitDone).await;
+                    feed.network_policy(Event::InitDone).await;
+                    feed.list_others().await;
+                    before_pods = heap_mib();
+                }
+                feed.pod(Event::InitApply(*pod)).await;
+            }
+            Wire::Listed => break,
+            other => anyhow::bail!("unexpected line before the lists' end: {other:?}"),
+        }
     }
+    let listed = heap_mib();
+    heap.stores_policies_mib = before_pods - base;
+    heap.store_pods_mib = listed - before_pods;
     feed.pod(Event::InitDone).await;
-    feed.list_others().await;
     live_inv.wait_synced().await;
     let subnets = Subnets::default();
     let mut snapshots = live_inv.subscribe();
     let first = snapshots.borrow_and_update().clone();
-    let model = Model::new(first, &subnets, None)?;
+    let synced = heap_mib();
+    heap.snapshot_mib = synced - listed;
+    let model = Model::new(Arc::clone(&first), &subnets, None)?;
     let initial_build_s = start.elapsed().as_secs_f64();
-    drop(inv);
+    heap.model_mib = heap_mib() - synced;
+    let hwm_initial_mib = status_mib("VmHWM:");
+    // The model's parts, each built again on its own.
+    {
+        let h = heap_mib();
+        let table = PodTable::new(&first);
+        let h1 = heap_mib();
+        let engine = PolicyEngine::compile_shared(&first.network_policies, &first, &table)?;
+        let h2 = heap_mib();
+        let attributor = Attributor::shared(Arc::clone(&first), &subnets);
+        let h3 = heap_mib();
+        heap.pod_table_mib = h1 - h;
+        heap.engine_mib = h2 - h1;
+        heap.attributor_mib = h3 - h2;
+        drop((table, engine, attributor));
+    }
+    drop(first);
+    release_free_memory();
+    let rss_initial_mib = status_mib("VmRSS:");
+    // The stream's own peak from here (`5`: reset the peak RSS).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 
     // The model side: every snapshot becomes a model; pending changes are checked against it.
     let pending: Arc<std::sync::Mutex<Vec<Pending>>> = Arc::default();
@@ -286,87 +560,48 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             let mut p = pending_m
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut done: std::collections::HashSet<(String, String)> = Default::default();
             p.retain(|c| {
-                if reflected(&model.inventory, c) {
-                    latencies.push((now - c.sent).as_secs_f64() * 1e3);
+                if !c.superseded && reflected(&model.inventory, c) {
+                    latencies.push((now - c.arrived).as_secs_f64() * 1e3);
+                    done.insert((c.namespace.clone(), c.name.clone()));
                     false
                 } else {
                     true
                 }
             });
+            // A superseded change is reflected with the change that superseded it.
+            p.retain(|c| {
+                if c.superseded && done.contains(&(c.namespace.clone(), c.name.clone())) {
+                    latencies.push((now - c.arrived).as_secs_f64() * 1e3);
+                    false
+                } else {
+                    true
+                }
+            });
+            drop(p);
+            // As the agent after installing a model.
+            release_free_memory();
         }
         (latencies, build_ms)
     });
 
-    // The stream of changes, paced.
-    let mut rng = synth::Rng::new(config.seed ^ 0xc4a2);
-    let total = config.rate * config.seconds as usize;
-    let mut live_uids: Vec<String> = objects.keys().cloned().collect();
-    live_uids.sort();
+    // The stream of changes.
+    writeln!(child_in, "go")?;
+    child_in.flush()?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate.max(1) as f64));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for serial in 0..total {
-        tick.tick().await;
-        version += 1;
-        let i = rng.below(live_uids.len());
-        let (event, expect, uid) = match rng.below(4) {
-            0 => {
-                let mut obj = objects[&live_uids[i]].clone();
-                let uid = format!("churn-{serial}");
-                obj.metadata.uid = Some(uid.clone());
-                obj.metadata.name = Some(format!("churn-{serial}"));
-                obj.metadata.creation_timestamp = Some(Time(jiff::Timestamp::now()));
-                let ip = format!(
-                    "10.{}.{}.{}",
-                    200 + (serial >> 16) % 50,
-                    (serial >> 8) & 255,
-                    serial & 255
-                );
-                if let Some(s) = obj.status.as_mut() {
-                    s.pod_ip = Some(ip.clone());
-                    s.pod_ips = Some(vec![PodIP { ip }]);
-                }
-                live_uids.push(uid.clone());
-                (Event::Apply(obj), true, uid)
-            }
-            1 => {
-                let uid = live_uids.swap_remove(i);
-                let obj = objects.remove(&uid).unwrap_or_default();
-                (Event::Delete(obj), false, uid)
-            }
-            2 => {
-                let uid = live_uids[i].clone();
-                let mut obj = objects[&uid].clone();
-                if let Some(l) = obj.metadata.labels.as_mut() {
-                    let app = rng.below(10);
-                    l.insert("app".into(), format!("app-{app}"));
-                    l.insert("tier".into(), ["web", "api", "db"][app % 3].into());
-                }
-                (Event::Apply(obj), true, uid)
-            }
-            _ => {
-                let uid = live_uids[i].clone();
-                let mut obj = objects[&uid].clone();
-                let ip = format!(
-                    "10.{}.{}.{}",
-                    200 + (serial >> 16) % 50,
-                    (serial >> 8) & 255,
-                    serial & 255
-                );
-                if let Some(s) = obj.status.as_mut() {
-                    s.pod_ip = Some(ip.clone());
-                    s.pod_ips = Some(vec![PodIP { ip }]);
-                }
-                (Event::Apply(obj), true, uid)
-            }
+    let mut changes = 0;
+    loop {
+        let line = lines.recv().await.context("the producer ended early")??;
+        let (event, expect) = match line {
+            Wire::Apply(pod) => (Event::Apply(*pod), true),
+            Wire::Delete(pod) => (Event::Delete(*pod), false),
+            Wire::Done => break,
+            other => anyhow::bail!("unexpected line in the stream: {other:?}"),
         };
-        let mut event = event;
-        if let Event::Apply(obj) = &mut event {
-            obj.metadata.resource_version = Some(version.to_string());
-            objects.insert(uid.clone(), obj.clone());
-        }
+        let arrived = Instant::now();
+        changes += 1;
         let (namespace, name, expect) = match &event {
             Event::Apply(o) | Event::Delete(o) => (
                 o.metadata.namespace.clone().unwrap_or_default(),
@@ -380,17 +615,28 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
             ),
             _ => continue,
         };
-        pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Pending {
-                sent: Instant::now(),
+        {
+            let mut p = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for c in p
+                .iter_mut()
+                .filter(|c| c.namespace == namespace && c.name == name)
+            {
+                c.superseded = true;
+            }
+            p.push(Pending {
+                arrived,
                 namespace,
                 name,
                 expect,
+                superseded: false,
             });
+        }
         feed.pod(event).await;
     }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     // Let the last batch through (debounce + build), then stop.
     let wait = Instant::now();
     while !pending
@@ -401,17 +647,18 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
     let unreflected = pending
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .len();
+    // While the last model is held.
     let (rss_mib, hwm_mib) = (status_mib("VmRSS:"), status_mib("VmHWM:"));
+    heap.end_mib = heap_mib();
     let _ = stop_tx.send(());
     let (mut latencies, mut build_ms) = modeler.await?;
     drop(feed);
     drop(live_inv);
+    let _ = child.wait();
     latencies.sort_by(f64::total_cmp);
     build_ms.sort_by(f64::total_cmp);
     Ok(Report {
@@ -419,7 +666,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         pods: config.pods,
         policies: config.policies,
         initial_build_s,
-        changes: total,
+        changes,
         models: build_ms.len(),
         model_ms_p50: percentile(&build_ms, 0.5),
         cpu_fraction: cpu / wall.max(1e-9),
@@ -429,5 +676,8 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
         unreflected,
         rss_mib,
         hwm_mib,
+        rss_initial_mib,
+        hwm_initial_mib,
+        heap,
     })
 }

@@ -1,5 +1,6 @@
 //! `netpol-observe-bench inventory`: the inventory-at-scale benchmark behind
-//! `cargo xtask bench inventory` (one run per process, so that the RSS is the run's own).
+//! `cargo xtask bench inventory` (one run per process, so that the RSS is the run's own; the
+//! cluster and its changes come from a second process, this binary with `--produce`).
 
 use crate::outln;
 use std::process::ExitCode;
@@ -28,14 +29,21 @@ pub(crate) struct Args {
     /// `incremental`.
     #[arg(long, value_enum, default_value_t = Mode::Incremental)]
     pub mode: Mode,
+    /// The live inventory's debounce, ms.
+    #[arg(long, default_value_t = 500)]
+    pub debounce_ms: u64,
     /// Print JSON instead of a line.
     #[arg(long)]
     pub json: bool,
+    /// Be the producer: write the cluster and its changes to stdout (what the measuring
+    /// process starts).
+    #[arg(long, hide = true)]
+    pub produce: bool,
 }
 
 /// Runs one measurement and prints it.
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let r = bench::run(Config {
+    let config = Config {
         pods: args.pods,
         policies: args.policies,
         namespaces: args.namespaces,
@@ -43,13 +51,34 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         seconds: args.seconds,
         mode: args.mode,
         seed: 1,
-    })
-    .await?;
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+    };
+    if args.produce {
+        // Blocking, on the runtime's own thread: nothing else runs in this process.
+        bench::produce(&config, std::io::stdout().lock(), std::io::stdin().lock())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut producer = std::process::Command::new(std::env::current_exe()?);
+    producer.args([
+        "inventory",
+        "--produce",
+        "--pods",
+        &args.pods.to_string(),
+        "--policies",
+        &args.policies.to_string(),
+        "--namespaces",
+        &args.namespaces.to_string(),
+        "--rate",
+        &args.rate.to_string(),
+        "--seconds",
+        &args.seconds.to_string(),
+    ]);
+    let r = bench::run(config, producer).await?;
     if args.json {
         outln!("{}", serde_json::to_string(&r)?)?;
     } else {
         outln!(
-            "{:?}: {} pods, {} policies; initial build {:.1} s; {} changes, {} models (median {:.0} ms); CPU {:.3} core; latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} unreflected); RSS {:.0} MiB, peak {:.0} MiB",
+            "{:?}: {} pods, {} policies; initial build {:.1} s; {} changes, {} models (median {:.0} ms); CPU {:.3} core; latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} unreflected); RSS {:.0} MiB, peak {:.0} MiB (first model: RSS {:.0}, peak {:.0}); heap MiB: stores ns+policies {:.1}, pods {:.1}, snapshot {:.1}, model {:.1} (pod table {:.1}, engine {:.1}, attributor {:.1}), end {:.1}",
             r.mode,
             r.pods,
             r.policies,
@@ -63,7 +92,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             r.latency_ms_max,
             r.unreflected,
             r.rss_mib,
-            r.hwm_mib
+            r.hwm_mib,
+            r.rss_initial_mib,
+            r.hwm_initial_mib,
+            r.heap.stores_policies_mib,
+            r.heap.store_pods_mib,
+            r.heap.snapshot_mib,
+            r.heap.model_mib,
+            r.heap.pod_table_mib,
+            r.heap.engine_mib,
+            r.heap.attributor_mib,
+            r.heap.end_mib,
         )?;
     }
     Ok(ExitCode::SUCCESS)
