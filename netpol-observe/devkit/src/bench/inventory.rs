@@ -179,19 +179,6 @@ fn release_free_memory() {
     }
 }
 
-/// Process CPU seconds (user + system) from `/proc/self/stat`.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted from the state (field 3) at index 0.
-    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn time(t: jiff::Timestamp) -> Time {
     Time(t)
 }
@@ -589,7 +576,7 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
     // The stream of changes.
     writeln!(child_in, "go")?;
     child_in.flush()?;
-    let cpu0 = cpu_seconds();
+    let cpu0 = super::process_cpu_seconds();
     let t0 = Instant::now();
     let mut changes = 0;
     loop {
@@ -636,7 +623,7 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
         feed.pod(event).await;
     }
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = super::process_cpu_seconds() - cpu0;
     // Let the last batch through (debounce + build), then stop.
     let wait = Instant::now();
     while !pending

@@ -12,7 +12,7 @@ use netpol_observe_core::{
     flow::jsonl,
     recommend::{RecommendConfig, Recommender, render_yaml, sources},
 };
-use netpol_observe_devkit::bench::recommend as bench;
+use netpol_observe_devkit::bench::{process_cpu_seconds, recommend as bench};
 
 /// Arguments of `netpol-observe-bench recommend`.
 #[derive(Debug, clap::Args)]
@@ -77,7 +77,7 @@ fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
     let input_rss_kb = status_kb("VmRSS:");
     let start = Instant::now();
     let cpu_start = thread_cpu_ns();
-    let process_cpu_start = process_cpu_ms();
+    let process_cpu_start = process_cpu_seconds();
     let config = RecommendConfig {
         self_check: !args.no_self_check,
         ..RecommendConfig::default()
@@ -116,7 +116,7 @@ fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
     let yaml = render_yaml(&rec.policies)?;
     let total_ms = start.elapsed().as_secs_f64() * 1e3;
     let cpu_ms = thread_cpu_ns().saturating_sub(cpu_start) as f64 / 1e6;
-    let process_cpu_ms = process_cpu_ms() - process_cpu_start;
+    let process_cpu_ms = (process_cpu_seconds() - process_cpu_start) * 1e3;
     Ok(serde_json::json!({
         "input": format!("{:?}", args.input).to_lowercase(),
         "records": records,
@@ -155,22 +155,6 @@ fn thread_cpu_ns() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0)
-}
-
-/// CPU time of the whole process (every thread, the flow file's parsing workers included), in
-/// ms (`utime` + `stime` of `/proc/self/stat`, 10 ms ticks; 0 where unavailable).
-fn process_cpu_ms() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // The fields after the command name, which is in parentheses and may hold spaces.
-            let rest = s.get(s.rfind(')')? + 2..)?;
-            let mut fields = rest.split_whitespace().skip(11);
-            let utime: u64 = fields.next()?.parse().ok()?;
-            let stime: u64 = fields.next()?.parse().ok()?;
-            Some((utime + stime) as f64 * 10.0)
-        })
-        .unwrap_or(0.0)
 }
 
 /// A `kB` field of `/proc/self/status` (0 where unavailable).
