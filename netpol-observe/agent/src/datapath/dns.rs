@@ -2,7 +2,11 @@
 //! packets to pods from port 53, see [`netpol_observe_ebpf::dns`]) and broadcasts them as
 //! [`DnsAnswer`]s. Parsing and the per-pod name cache are the agent's (`agent::dns`).
 
-use std::{net::IpAddr, sync::Arc};
+use std::{
+    net::IpAddr,
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Mutex},
+};
 
 use aya::maps::{MapData, RingBuf};
 use netpol_observe_ebpf::{DNS_PROTO_TCP, DnsEvent, FAMILY_V4};
@@ -53,36 +57,72 @@ fn addr(a: &[u8; 16], family: u8) -> IpAddr {
     }
 }
 
-/// Reads every answer in the ring buffer now and broadcasts them; returns how many.
-pub(super) fn drain(ring: &mut RingBuf<MapData>, tx: &broadcast::Sender<DnsAnswer>) -> usize {
-    let mut n = 0;
-    while let Some(item) = ring.next() {
-        if item.len() < size_of::<DnsEvent>() {
-            continue;
-        }
-        // SAFETY: the kernel wrote a `DnsEvent` (plain `#[repr(C)]` data) here;
-        // `read_unaligned` copes with any alignment.
-        let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
-        n += 1;
-        let _ = tx.send(DnsAnswer::from_event(&ev));
+/// The DNS answers' ring buffer, shared by its reader task and the flow events' reader: before
+/// a flow update is broadcast, the answers already in the ring are (the kernel wrote a client's
+/// answer before the packets of the connection it then opened), so the agent knows a flow's
+/// names when it sees the flow ([`DnsRing::drain`]).
+pub(super) struct DnsRing {
+    ring: Mutex<RingBuf<MapData>>,
+    fd: RawFd,
+    tx: broadcast::Sender<DnsAnswer>,
+}
+
+impl AsRawFd for DnsRing {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd
     }
-    n
+}
+
+impl DnsRing {
+    /// The ring buffer, whose answers go to `tx`.
+    pub(super) fn new(ring: RingBuf<MapData>, tx: broadcast::Sender<DnsAnswer>) -> Self {
+        DnsRing {
+            fd: ring.as_raw_fd(),
+            ring: Mutex::new(ring),
+            tx,
+        }
+    }
+
+    /// Reads every answer in the ring buffer now and broadcasts them; returns how many.
+    pub(super) fn drain(&self) -> usize {
+        let mut ring = self
+            .ring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if item.len() < size_of::<DnsEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a `DnsEvent` (plain `#[repr(C)]` data) here;
+            // `read_unaligned` copes with any alignment.
+            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsEvent>()) };
+            n += 1;
+            let _ = self.tx.send(DnsAnswer::from_event(&ev));
+        }
+        n
+    }
 }
 
 /// The reader task: drains the ring buffer whenever the kernel says it is readable, until
 /// `stop`.
-pub(super) async fn read_answers(
-    mut ring: AsyncFd<RingBuf<MapData>>,
-    tx: broadcast::Sender<DnsAnswer>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn read_answers(ring: Arc<DnsRing>, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the `DnsRing` owns the ring buffer, whose descriptor stays open and the same
+    // while the `Arc` the `AsyncFd` holds lives.
+    let ring = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("DNS ring buffer: {e}");
+            return;
+        }
+    };
     loop {
         tokio::select! {
             _ = stop.changed() => {
-                drain(ring.get_mut(), &tx);
+                ring.get_ref().drain();
                 return;
             }
-            guard = ring.readable_mut() => {
+            guard = ring.readable() => {
                 let mut guard = match guard {
                     Ok(g) => g,
                     Err(e) => {
@@ -90,7 +130,7 @@ pub(super) async fn read_answers(
                         return;
                     }
                 };
-                drain(guard.get_inner_mut(), &tx);
+                guard.get_inner().drain();
                 guard.clear_ready();
             }
         }

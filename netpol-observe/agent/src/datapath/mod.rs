@@ -240,6 +240,8 @@ struct Shared {
     updates: broadcast::Sender<FlowUpdate>,
     /// DNS answers to pods ([`Datapath::subscribe_dns`]).
     dns: broadcast::Sender<DnsAnswer>,
+    /// Their ring buffer, drained before flow updates are broadcast.
+    dns_ring: Arc<dns::DnsRing>,
     attacher: Mutex<attach::Attacher>,
     sweeper: Mutex<Sweeper>,
     flusher: kernel::CacheFlusher,
@@ -311,7 +313,8 @@ impl Datapath {
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
         let (dns_tx, _) = broadcast::channel(dns::DNS_CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
-            dns: dns_tx.clone(),
+            dns_ring: Arc::new(dns::DnsRing::new(maps.dns_ring, dns_tx.clone())),
+            dns: dns_tx,
             table: Mutex::new({
                 let mut t = FlowTable::new(Clock::now(), node);
                 t.set_sockets(sockets);
@@ -346,12 +349,8 @@ impl Datapath {
             tokio::spawn(sweep_loop(Arc::clone(&shared), stop_rx.clone())),
             tokio::spawn(follow_links(Arc::clone(&shared), messages, stop_rx.clone())),
         ];
-        // SAFETY: as the flow ring buffer above.
-        let dns_ring = unsafe { AsyncFd::register(maps.dns_ring) }
-            .map_err(|e| DatapathError::map(MAP_DNS_EVENTS, e))?;
         tasks.push(tokio::spawn(dns::read_answers(
-            dns_ring,
-            dns_tx,
+            Arc::clone(&shared.dns_ring),
             stop_rx.clone(),
         )));
         if let Some(logger) = logger {
@@ -616,10 +615,16 @@ fn hostname() -> Option<String> {
 /// Sends a batch of updates in the order the flows started: a flow seen after the node
 /// rewrote a packet (the backend leg of a Service connection) comes after the flow it
 /// continues, which the agent needs to join them.
+///
+/// The DNS answers already in their ring buffer are broadcast first: a client's answer precedes
+/// the connection it opens, so a subscriber to both sees the names before the flow.
 fn broadcast_updates(shared: &Shared, table: &mut FlowTable) {
     let mut updates = table.take_updates();
     if shared.updates.receiver_count() == 0 {
         return;
+    }
+    if !updates.is_empty() {
+        shared.dns_ring.drain();
     }
     updates.sort_by_key(|u| u.record.first_seen);
     for u in updates {
