@@ -15,7 +15,7 @@ use super::{
         tiers::{ClusterTiers, TierQuery},
     },
     compile::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
-    names::{Explanation, Explanations, IdList, List, RuleNames},
+    names::{IdList, List, RuleNames},
     selector::CompiledSelector,
     selector::Interner,
     table::{PeerKey, Rows, Tables, TablesBuilder},
@@ -308,8 +308,6 @@ struct Core {
     port_lists: Arc<[PortList]>,
     /// Rule and policy names, for lazy explanations.
     rule_names: Arc<RuleNames>,
-    /// Explanations already read, by question.
-    explanations: Explanations,
 }
 
 impl Core {
@@ -352,34 +350,6 @@ impl Pending {
     /// The names the rules resolve against.
     pub(crate) fn names(&self) -> &RuleNames {
         &self.core.rule_names
-    }
-
-    /// The explanation (rule labels and policies), found once per question: kept in the
-    /// engine's [`Explanations`], so that a direction's two lists, and the directions asking
-    /// the same question, share it.
-    pub(crate) fn explanation(&self) -> Arc<Explanation> {
-        let named = self
-            .core
-            .named_ports
-            .get(self.dst as usize)
-            .copied()
-            .unwrap_or(NO_POD);
-        let question = (
-            self.group,
-            self.rows.class,
-            self.rows.region,
-            named,
-            u32::from(self.port) | (u32::from(self.has_port) << 16),
-            self.protocol as u8,
-        );
-        self.core
-            .explanations
-            .get_or_make(question, || self.explanation_uncached())
-    }
-
-    /// The explanation found now, without the cache.
-    pub(crate) fn explanation_uncached(&self) -> Explanation {
-        Explanation::new(&self.rules(), self.names())
     }
 
     /// The allowing rules (global ids, ascending).
@@ -527,7 +497,6 @@ impl PolicyEngine {
                 named_ports: named.per_pod,
                 port_lists: named.lists.into(),
                 rule_names: Arc::new(rule_names),
-                explanations: Explanations::default(),
             }),
             table,
             hot: pods.hot,
@@ -584,7 +553,6 @@ impl PolicyEngine {
                 named_ports: named_ports.into_boxed_slice(),
                 port_lists: Arc::clone(&self.core.port_lists),
                 rule_names: Arc::clone(&self.core.rule_names),
-                explanations: Explanations::default(),
             }),
             table: Arc::clone(table),
             hot,
@@ -1593,66 +1561,6 @@ mod tests {
         assert!(names <= 48, "Names: {names} bytes");
         assert!(side <= 104, "SideVerdict: {side} bytes");
         assert!(verdict <= 216, "Verdict: {verdict} bytes");
-    }
-
-    /// Explanations read through the engine's cache (a direction's second list, the same
-    /// question from another flow, a cache small enough to be emptied often) equal those
-    /// found without it and the reference's, on random synthetic clusters; the two lists of
-    /// a direction share one explanation.
-    #[test]
-    fn cached_explanations_equal_uncached_ones() {
-        use super::{Core, Explanations, Names, Pending};
-        for seed in [3u64, 17, 29] {
-            let inv = synth::cluster(5, 400, seed);
-            let pols = synth::policies(500, 5, seed);
-            let flows = synth::flows(&inv, 1_500, seed);
-            let reference = Reference::new(&inv, &pols).unwrap();
-            let big = PolicyEngine::compile(&pols, &inv).unwrap();
-            let mut small = big.clone();
-            small.core = Arc::new(Core {
-                tables: Arc::clone(&big.core.tables),
-                named_ports: big.core.named_ports.clone(),
-                port_lists: Arc::clone(&big.core.port_lists),
-                rule_names: Arc::clone(&big.core.rule_names),
-                explanations: Explanations::new(2, 3),
-            });
-            let mut explained = 0;
-            // Each flow twice: the second time, the cache answers.
-            for flow in flows.iter().chain(&flows) {
-                let want = reference.evaluate(flow);
-                for engine in [&big, &small] {
-                    let v = engine.evaluate(flow);
-                    for side in [&v.ingress, &v.egress] {
-                        let Some(p) = pending(&side.rules) else {
-                            continue;
-                        };
-                        explained += 1;
-                        let uncached = p.explanation_uncached();
-                        let cached = p.explanation();
-                        assert_eq!(*side.rules, *uncached.list(super::List::Rules));
-                        assert_eq!(*side.policies, *uncached.list(super::List::Policies));
-                        assert_eq!(*cached.list(super::List::Rules), *side.rules);
-                    }
-                    assert_eq!(v, want, "{flow:?}");
-                }
-            }
-            assert!(explained > 1_000, "{explained}");
-            // One explanation for both lists of a direction.
-            let shared = flows.iter().find_map(|f| {
-                let v = big.evaluate(f);
-                pending(&v.ingress.rules).map(|_| v)
-            });
-            let v = shared.unwrap();
-            let (Some(r), Some(p)) = (pending(&v.ingress.rules), pending(&v.ingress.policies))
-            else {
-                panic!("pending lists");
-            };
-            assert!(Arc::ptr_eq(&r.explanation(), &p.explanation()));
-        }
-
-        fn pending(n: &Names) -> Option<Pending> {
-            n.pending_question().cloned()
-        }
     }
 
     /// An allowed direction's explanation is found when first read, from the engine's tables:

@@ -13,10 +13,8 @@ use std::{
     fmt,
     hash::{Hash, Hasher},
     ops::Deref,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
 };
-
-use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -116,117 +114,9 @@ impl Extend<u32> for IdList {
     }
 }
 
-/// The explanation of an allowed direction once read: the labels of the allowing rules, then
-/// their distinct policies, in one list. Both lists of a direction share it, and so do the
-/// directions asking the same question ([`Explanations`]).
-#[derive(Debug)]
-pub(crate) struct Explanation {
-    /// Rule labels (`..rules`), then policies.
-    names: Box<[Name]>,
-    rules: usize,
-}
-
-impl Explanation {
-    /// The explanation of the allowing rules `rules` (ascending ids; rule ids ascend within
-    /// policy order, so equal policies are adjacent), named by `names`.
-    pub(crate) fn new(rules: &[u32], names: &RuleNames) -> Explanation {
-        let mut out: Vec<Name> = Vec::with_capacity(2 * rules.len());
-        out.extend(
-            rules
-                .iter()
-                .filter_map(|r| names.labels.get(*r as usize).cloned()),
-        );
-        let labels = out.len();
-        let mut last = u32::MAX;
-        for r in rules {
-            let Some(pi) = names.policy.get(*r as usize).copied() else {
-                continue;
-            };
-            if pi != last
-                && let Some(n) = names.policies.get(pi as usize)
-            {
-                out.push(n.clone());
-                last = pi;
-            }
-        }
-        Explanation {
-            names: out.into_boxed_slice(),
-            rules: labels,
-        }
-    }
-
-    pub(crate) fn list(&self, list: List) -> &[Name] {
-        let (rules, policies) = self.names.split_at(self.rules.min(self.names.len()));
-        match list {
-            List::Rules => rules,
-            List::Policies => policies,
-        }
-    }
-}
-
-/// The question a pending explanation answers, as a cache key: the group, the peer's rows,
-/// the destination's named-port list, the port and the protocol.
-pub(crate) type Question = (u32, u32, u32, u32, u32, u8);
-
-/// One shard of [`Explanations`].
-type Shard = FxHashMap<Question, Arc<Explanation>>;
-
-/// Explanations already read, by question: reading a direction's second list, or the same
-/// question from another verdict, finds the rules and builds the names once. Bounded: a shard
-/// is emptied when full.
-#[derive(Debug)]
-pub(crate) struct Explanations {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
-}
-
-impl Default for Explanations {
-    fn default() -> Self {
-        Explanations::new(Explanations::SHARDS, Explanations::PER_SHARD)
-    }
-}
-
-impl Explanations {
-    /// Shards (locked apart).
-    const SHARDS: usize = 16;
-    /// Explanations kept per shard.
-    const PER_SHARD: usize = 4096;
-
-    /// A cache of `shards` shards of up to `per_shard` explanations.
-    pub(crate) fn new(shards: usize, per_shard: usize) -> Self {
-        Explanations {
-            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
-            per_shard: per_shard.max(1),
-        }
-    }
-
-    /// The explanation of `q`, made by `make` when not kept.
-    pub(crate) fn get_or_make(
-        &self,
-        q: Question,
-        make: impl FnOnce() -> Explanation,
-    ) -> Arc<Explanation> {
-        let mut h = rustc_hash::FxHasher::default();
-        q.hash(&mut h);
-        let hash = h.finish();
-        let Some(shard) = self.shards.get((hash >> 32) as usize % self.shards.len()) else {
-            return Arc::new(make());
-        };
-        if let Ok(map) = shard.lock()
-            && let Some(e) = map.get(&q)
-        {
-            return Arc::clone(e);
-        }
-        let e = Arc::new(make());
-        if let Ok(mut map) = shard.lock() {
-            if map.len() >= self.per_shard {
-                map.clear();
-            }
-            map.insert(q, Arc::clone(&e));
-        }
-        e
-    }
-}
+/// The names of a pending list once read (boxed, so that a pending list stays small).
+#[derive(Debug, Clone)]
+struct Resolved(Box<[Name]>);
 
 /// Which list of an allowed direction's explanation a pending [`Names`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +133,38 @@ enum Repr {
     Shared(Arc<[Name]>),
     /// The rule labels or the distinct policies ([`Pending::list`]) of the rules allowing a
     /// pending direction, resolved on first read.
-    Pending(Pending, OnceLock<Arc<Explanation>>),
+    Pending(Pending, OnceLock<Box<Resolved>>),
+}
+
+/// The labels of the rules allowing `p` (ascending rule ids).
+fn rule_labels(p: &Pending) -> Box<Resolved> {
+    let names = p.names();
+    Box::new(Resolved(
+        p.rules()
+            .iter()
+            .filter_map(|r| names.labels.get(*r as usize).cloned())
+            .collect(),
+    ))
+}
+
+/// The distinct policies of the rules allowing `p` (rule ids ascend within policy order, so
+/// equal policies are adjacent).
+fn rule_policies(p: &Pending) -> Box<Resolved> {
+    let names = p.names();
+    let mut out: Vec<Name> = Vec::new();
+    let mut last = u32::MAX;
+    for r in p.rules().iter() {
+        let Some(pi) = names.policy.get(*r as usize).copied() else {
+            continue;
+        };
+        if pi != last
+            && let Some(n) = names.policies.get(pi as usize)
+        {
+            out.push(n.clone());
+            last = pi;
+        }
+    }
+    Box::new(Resolved(out.into_boxed_slice()))
 }
 
 /// A list of [`Name`]s, shared: cloning it copies no names (the engine hands out the same
@@ -285,15 +206,6 @@ impl Names {
         self.iter().map(|n| n.as_str().to_owned()).collect()
     }
 
-    /// The question of a pending list.
-    #[cfg(test)]
-    pub(crate) fn pending_question(&self) -> Option<&Pending> {
-        match &self.0 {
-            Repr::Pending(p, _) => Some(p),
-            _ => None,
-        }
-    }
-
     /// The explanation of an allowed direction, found when first read: the rule labels and
     /// the distinct policies of the rules `pending` finds, resolved against its names. Each
     /// list holds the question inline (no allocation until it is read) and one reference to
@@ -316,7 +228,13 @@ impl Deref for Names {
         match &self.0 {
             Repr::Empty => &[],
             Repr::Shared(n) => n,
-            Repr::Pending(p, r) => r.get_or_init(|| p.explanation()).list(p.list),
+            Repr::Pending(p, r) => {
+                &r.get_or_init(|| match p.list {
+                    List::Rules => rule_labels(p),
+                    List::Policies => rule_policies(p),
+                })
+                .0
+            }
         }
     }
 }
