@@ -14,7 +14,7 @@ use super::{
         Action, ClusterNetworkPolicy, Tier,
         tiers::{ClusterTiers, TierQuery},
     },
-    compile::{NsMatch, Peer, compile_policy},
+    compile::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
     names::{IdList, List, RuleNames},
     selector::CompiledSelector,
     selector::Interner,
@@ -289,6 +289,9 @@ pub struct PodPolicies {
     pub egress: Vec<String>,
 }
 
+/// The groups by direction (ingress) and list of selecting policies.
+type GroupIds = HashMap<(bool, Box<[u32]>), u32>;
+
 /// Container ports whose names some rule uses: (name id, protocol, port), in container order.
 type PortList = Box<[(u32, Protocol, u16)]>;
 
@@ -394,7 +397,7 @@ struct Selection {
     /// Per namespace, its policies: (index, podSelector, has Ingress, has Egress), ascending.
     ns_policies: HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>>,
     /// The groups by direction (ingress) and list of selecting policies.
-    groups: HashMap<(bool, Box<[u32]>), u32>,
+    groups: GroupIds,
     /// The named-port lists by content.
     port_list_ids: HashMap<PortList, u32>,
 }
@@ -434,7 +437,10 @@ impl PolicyEngine {
     }
 
     /// [`PolicyEngine::compile_with_cluster`] on a shared pod table (see
-    /// [`PolicyEngine::compile_shared`]).
+    /// [`PolicyEngine::compile_shared`]). Stages: compile the policies, index the namespaces,
+    /// class the pods as peers ([`PodClasses::build`]), find the policies selecting each pod
+    /// ([`select_pods`]), the peer classes of each pod peer ([`peer_class_sets`]), merge the
+    /// rules into group tables ([`build_tables`]), list the named ports ([`NamedPorts::build`]).
     pub fn compile_shared_with_cluster(
         policies: &[NetworkPolicy],
         cluster: &[ClusterNetworkPolicy],
@@ -455,285 +461,54 @@ impl PolicyEngine {
         // Order never matters: verdicts list policies by `ns/name`.
         compiled.sort_by(|a, b| a.id.cmp(&b.id));
 
-        let mut ns_ids: HashMap<String, u32> = HashMap::new();
-        let mut ns_labels: Vec<Vec<(u32, u32)>> = Vec::new();
-        for (name, ns) in &inventory.namespaces {
-            ns_ids.insert(name.clone(), to_u32(ns_labels.len()));
-            ns_labels.push(interner.labels(&ns.labels));
-        }
-        let mut ns_id = |name: &str, interner: &mut Interner, ns_labels: &mut Vec<_>| -> u32 {
-            if let Some(id) = ns_ids.get(name) {
-                return *id;
-            }
-            let id = to_u32(ns_labels.len());
-            ns_ids.insert(name.to_owned(), id);
-            ns_labels.push(interner.labels([("kubernetes.io/metadata.name", name)]));
-            id
-        };
-
-        // The label keys peer selectors look at: pods equal on these keys (in one namespace)
-        // are indistinguishable as peers.
-        let mut peer_keys = std::collections::HashSet::new();
-        for policy in &compiled {
-            for rule in policy
-                .ingress
-                .iter()
-                .flatten()
-                .chain(policy.egress.iter().flatten())
-            {
-                for peer in rule.peers.iter().flatten() {
-                    if let Peer::Pods {
-                        pods: Some(sel), ..
-                    } = peer
-                    {
-                        peer_keys.extend(sel.keys());
-                    }
-                }
-            }
-        }
-        let mut class_ids: HashMap<(u32, Vec<(u32, u32)>), u32> = HashMap::new();
-        let mut class_labels: Vec<Vec<(u32, u32)>> = Vec::new();
-        let mut classes_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
-
-        let mut hot = Vec::with_capacity(inventory.pods.len());
-        let mut pods_by_ns: HashMap<u32, Vec<u32>> = HashMap::new();
-        // Per pod, its labels (interned): only selectors read them, here.
-        let mut pod_labels: Vec<Vec<(u32, u32)>> = Vec::with_capacity(inventory.pods.len());
-        for p in &inventory.pods {
-            let idx = to_u32(hot.len());
-            let ns = ns_id(&p.namespace, &mut interner, &mut ns_labels);
-            if !p.host_network {
-                pods_by_ns.entry(ns).or_default().push(idx);
-            }
-            let labels = interner.labels(&p.labels);
-            let class = if p.host_network {
-                NO_CLASS
-            } else {
-                let projected: Vec<(u32, u32)> = labels
-                    .iter()
-                    .filter(|(k, _)| peer_keys.contains(k))
-                    .copied()
-                    .collect();
-                match class_ids.get(&(ns, projected.clone())) {
-                    Some(c) => *c,
-                    None => {
-                        let c = to_u32(class_labels.len());
-                        class_ids.insert((ns, projected.clone()), c);
-                        class_labels.push(projected);
-                        classes_by_ns.entry(ns).or_default().push(c);
-                        c
-                    }
-                }
-            };
-            hot.push(PodHot {
-                class,
-                node: p
-                    .node_name
-                    .as_ref()
-                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
-                    .unwrap_or(NO_NODE),
-                ingress: NO_GROUP,
-                egress: NO_GROUP,
-                host_network: p.host_network,
-            });
-            pod_labels.push(labels);
-        }
-        // Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it.
-        let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); hot.len()];
-
-        let mut policy_ns = Vec::with_capacity(compiled.len());
-        for policy in &compiled {
-            policy_ns.push(ns_id(&policy.namespace, &mut interner, &mut ns_labels));
-        }
-        let mut ns_policies: HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>> =
-            HashMap::new();
-        for (pi, policy) in compiled.iter().enumerate() {
-            ns_policies.entry(policy_ns[pi]).or_default().push((
-                to_u32(pi),
-                policy.pod_selector.clone(),
-                policy.ingress.is_some(),
-                policy.egress.is_some(),
-            ));
-        }
-        for (pi, policy) in compiled.iter_mut().enumerate() {
-            for rule in policy
-                .ingress
-                .iter_mut()
-                .flatten()
-                .chain(policy.egress.iter_mut().flatten())
-            {
-                for peer in rule.peers.iter_mut().flatten() {
-                    if let Peer::Pods {
-                        namespaces: NsMatch::Selector { selector, hits },
-                        ..
-                    } = peer
-                    {
-                        *hits = ns_labels.iter().map(|l| selector.matches(l)).collect();
-                    }
-                }
-            }
-            for &idx in pods_by_ns.get(&policy_ns[pi]).into_iter().flatten() {
-                if policy.pod_selector.matches(&pod_labels[idx as usize]) {
-                    let (ingress, egress) = &mut selecting[idx as usize];
-                    if policy.ingress.is_some() {
-                        ingress.push(to_u32(pi));
-                    }
-                    if policy.egress.is_some() {
-                        egress.push(to_u32(pi));
-                    }
-                }
-            }
-        }
-
-        // One bitset of peer classes per distinct (namespaces, podSelector) pod peer.
-        type SetKey = (
-            Option<u32>,
-            Option<CompiledSelector>,
-            Option<CompiledSelector>,
+        let mut namespaces = Namespaces::new(inventory, &mut interner);
+        let peer_keys = peer_keys(&compiled);
+        let mut pods = PodClasses::build(
+            inventory,
+            &table,
+            &peer_keys,
+            &mut interner,
+            &mut namespaces,
         );
-        let mut sets: Vec<Vec<u64>> = Vec::new();
-        let mut set_ids: HashMap<SetKey, u32> = HashMap::new();
-        let words = class_labels.len().div_ceil(64);
-        for (pi, policy) in compiled.iter_mut().enumerate() {
-            let own = policy_ns[pi];
-            for rule in policy
-                .ingress
-                .iter_mut()
-                .flatten()
-                .chain(policy.egress.iter_mut().flatten())
-            {
-                for peer in rule.peers.iter_mut().flatten() {
-                    let Peer::Pods {
-                        namespaces,
-                        pods: selector,
-                        set,
-                    } = peer
-                    else {
-                        continue;
-                    };
-                    let key: SetKey = match namespaces {
-                        NsMatch::Own => (Some(own), None, selector.clone()),
-                        NsMatch::Selector {
-                            selector: ns_sel, ..
-                        } => (None, Some(ns_sel.clone()), selector.clone()),
-                    };
-                    if let Some(id) = set_ids.get(&key) {
-                        *set = *id;
-                        continue;
-                    }
-                    let namespaces: Vec<u32> = match namespaces {
-                        NsMatch::Own => vec![own],
-                        NsMatch::Selector { hits, .. } => hits
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, h)| **h)
-                            .map(|(i, _)| to_u32(i))
-                            .collect(),
-                    };
-                    let mut bits = vec![0u64; words];
-                    for ns in namespaces {
-                        for &c in classes_by_ns.get(&ns).into_iter().flatten() {
-                            if selector
-                                .as_ref()
-                                .is_none_or(|s| s.matches(&class_labels[c as usize]))
-                            {
-                                bits[c as usize / 64] |= 1 << (c % 64);
-                            }
-                        }
-                    }
-                    *set = to_u32(sets.len());
-                    set_ids.insert(key, *set);
-                    sets.push(bits);
-                }
-            }
-        }
-
-        // The merged rule tables: every rule (policy order, then ingress before egress, then
-        // rule order), then one group per distinct list of selecting policies and direction.
-        let names: Vec<Name> = compiled.iter().map(|p| Name::from(p.id.as_str())).collect();
-        let mut builder = TablesBuilder::new(class_labels.len());
-        let mut policy_rules: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(compiled.len());
-        for (pi, policy) in compiled.iter().enumerate() {
-            let mut dirs: [Vec<u32>; 2] = Default::default();
-            for (d, list) in [&policy.ingress, &policy.egress].into_iter().enumerate() {
-                for rule in list.iter().flatten() {
-                    let pod_sets: Vec<&[u64]> = rule
-                        .peers
-                        .iter()
-                        .flatten()
-                        .filter_map(|p| match p {
-                            Peer::Pods { set, .. } => Some(sets[*set as usize].as_slice()),
-                            Peer::IpBlock { .. } => None,
-                        })
-                        .collect();
-                    let label = Name::from(rule.label.as_str());
-                    dirs[d].push(builder.add_rule(to_u32(pi), rule, &pod_sets, label));
-                }
-            }
-            let [ingress, egress] = dirs;
-            policy_rules.push((ingress, egress));
-        }
-        for (pod, (ingress, egress)) in hot.iter_mut().zip(&selecting) {
-            if !ingress.is_empty() {
-                pod.ingress = builder.group(
-                    true,
-                    ingress,
-                    |p| policy_rules[p as usize].0.clone(),
-                    &names,
-                );
-            }
-            if !egress.is_empty() {
-                pod.egress = builder.group(
-                    false,
-                    egress,
-                    |p| policy_rules[p as usize].1.clone(),
-                    &names,
-                );
-            }
-        }
-        let groups = builder.groups();
-        let tables = builder.finish();
-        let rule_names = tables.rule_names(&names);
-        let mut list_ids: HashMap<PortList, u32> = HashMap::new();
-        let mut port_lists = Vec::new();
-        let named_ports = inventory
-            .pods
+        let policy_ns: Vec<u32> = compiled
             .iter()
-            .map(|p| {
-                let list: Box<[_]> = p
-                    .container_ports
-                    .iter()
-                    .filter_map(|p| {
-                        let id = tables.port_name(p.name.as_deref()?)?;
-                        Some((id, p.protocol, p.port))
-                    })
-                    .collect();
-                *list_ids.entry(list).or_insert_with_key(|list| {
-                    port_lists.push(list.clone());
-                    to_u32(port_lists.len() - 1)
-                })
-            })
+            .map(|p| namespaces.id(&p.namespace, &mut interner))
             .collect();
+        let ns_policies = namespace_policies(&compiled, &policy_ns);
+        let selecting = select_pods(&mut compiled, &policy_ns, &namespaces, &pods);
+        let sets = peer_class_sets(&mut compiled, &policy_ns, &pods);
+
+        let names: Vec<Name> = compiled.iter().map(|p| Name::from(p.id.as_str())).collect();
+        let (groups, tables) = build_tables(
+            &compiled,
+            &sets,
+            pods.class_labels.len(),
+            &names,
+            &mut pods.hot,
+            &selecting,
+        );
+        let rule_names = tables.rule_names(&names);
+        let named = NamedPorts::build(inventory, &tables);
 
         Ok(PolicyEngine {
             names,
             core: Arc::new(Core {
                 tables: Arc::new(tables),
-                named_ports,
-                port_lists: port_lists.into(),
+                named_ports: named.per_pod,
+                port_lists: named.lists.into(),
                 rule_names: Arc::new(rule_names),
             }),
             table,
-            hot,
+            hot: pods.hot,
             tiers,
             selection: Arc::new(Selection {
                 interner,
                 peer_keys,
-                ns_ids,
-                class_ids,
+                ns_ids: namespaces.ids,
+                class_ids: pods.class_ids,
                 ns_policies,
                 groups,
-                port_list_ids: list_ids,
+                port_list_ids: named.ids,
             }),
         })
     }
@@ -1334,6 +1109,359 @@ impl PolicyEngine {
             .copied()
             .unwrap_or(ep.ip);
         (Side::Pod(pod), ip, port)
+    }
+}
+
+/// The namespaces of a compile: ids, and each one's labels (interned). A namespace named only
+/// by a pod or a policy gets the one label the API server sets.
+struct Namespaces {
+    ids: HashMap<String, u32>,
+    labels: Vec<Vec<(u32, u32)>>,
+}
+
+impl Namespaces {
+    fn new(inventory: &Inventory, interner: &mut Interner) -> Self {
+        let mut ns = Namespaces {
+            ids: HashMap::new(),
+            labels: Vec::new(),
+        };
+        for (name, n) in &inventory.namespaces {
+            ns.ids.insert(name.clone(), to_u32(ns.labels.len()));
+            ns.labels.push(interner.labels(&n.labels));
+        }
+        ns
+    }
+
+    /// The id of namespace `name`, added when unknown.
+    fn id(&mut self, name: &str, interner: &mut Interner) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = to_u32(self.labels.len());
+        self.ids.insert(name.to_owned(), id);
+        self.labels
+            .push(interner.labels([("kubernetes.io/metadata.name", name)]));
+        id
+    }
+}
+
+/// The rules of a policy, ingress then egress.
+fn rules_of(policy: &CompiledPolicy) -> impl Iterator<Item = &Rule> {
+    policy
+        .ingress
+        .iter()
+        .flatten()
+        .chain(policy.egress.iter().flatten())
+}
+
+/// The rules of a policy, ingress then egress, mutably.
+fn rules_of_mut(policy: &mut CompiledPolicy) -> impl Iterator<Item = &mut Rule> {
+    policy
+        .ingress
+        .iter_mut()
+        .flatten()
+        .chain(policy.egress.iter_mut().flatten())
+}
+
+/// The label keys peer selectors look at: pods equal on these keys (in one namespace) are
+/// indistinguishable as peers.
+fn peer_keys(compiled: &[CompiledPolicy]) -> std::collections::HashSet<u32> {
+    let mut keys = std::collections::HashSet::new();
+    for rule in compiled.iter().flat_map(rules_of) {
+        for peer in rule.peers.iter().flatten() {
+            if let Peer::Pods {
+                pods: Some(sel), ..
+            } = peer
+            {
+                keys.extend(sel.keys());
+            }
+        }
+    }
+    keys
+}
+
+/// The pods of a compile as peers and as selected pods: their peer classes and hot fields,
+/// their labels (interned; only selectors read them, while compiling), by namespace.
+struct PodClasses {
+    /// Per pod, its hot fields (groups not yet set).
+    hot: Vec<PodHot>,
+    /// Per namespace, its pods (not hostNetwork).
+    pods_by_ns: HashMap<u32, Vec<u32>>,
+    /// Per pod, its labels (interned).
+    pod_labels: Vec<Vec<(u32, u32)>>,
+    /// Peer classes by (namespace, labels projected on the peer keys).
+    class_ids: HashMap<(u32, Vec<(u32, u32)>), u32>,
+    /// Per class, its projected labels.
+    class_labels: Vec<Vec<(u32, u32)>>,
+    /// Per namespace, its classes.
+    classes_by_ns: HashMap<u32, Vec<u32>>,
+}
+
+impl PodClasses {
+    fn build(
+        inventory: &Inventory,
+        table: &PodTable,
+        peer_keys: &std::collections::HashSet<u32>,
+        interner: &mut Interner,
+        namespaces: &mut Namespaces,
+    ) -> Self {
+        let mut out = PodClasses {
+            hot: Vec::with_capacity(inventory.pods.len()),
+            pods_by_ns: HashMap::new(),
+            pod_labels: Vec::with_capacity(inventory.pods.len()),
+            class_ids: HashMap::new(),
+            class_labels: Vec::new(),
+            classes_by_ns: HashMap::new(),
+        };
+        for p in &inventory.pods {
+            let idx = to_u32(out.hot.len());
+            let ns = namespaces.id(&p.namespace, interner);
+            if !p.host_network {
+                out.pods_by_ns.entry(ns).or_default().push(idx);
+            }
+            let labels = interner.labels(&p.labels);
+            let class = if p.host_network {
+                NO_CLASS
+            } else {
+                let projected: Vec<(u32, u32)> = labels
+                    .iter()
+                    .filter(|(k, _)| peer_keys.contains(k))
+                    .copied()
+                    .collect();
+                out.class(ns, projected)
+            };
+            out.hot.push(PodHot {
+                class,
+                node: p
+                    .node_name
+                    .as_ref()
+                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
+                    .unwrap_or(NO_NODE),
+                ingress: NO_GROUP,
+                egress: NO_GROUP,
+                host_network: p.host_network,
+            });
+            out.pod_labels.push(labels);
+        }
+        out
+    }
+
+    /// The class of pods of namespace `ns` with labels `projected` (on the peer keys), added
+    /// when new.
+    fn class(&mut self, ns: u32, projected: Vec<(u32, u32)>) -> u32 {
+        if let Some(c) = self.class_ids.get(&(ns, projected.clone())) {
+            return *c;
+        }
+        let c = to_u32(self.class_labels.len());
+        self.class_ids.insert((ns, projected.clone()), c);
+        self.class_labels.push(projected);
+        self.classes_by_ns.entry(ns).or_default().push(c);
+        c
+    }
+}
+
+/// Per namespace, its policies: (index, podSelector, has Ingress, has Egress), ascending.
+fn namespace_policies(
+    compiled: &[CompiledPolicy],
+    policy_ns: &[u32],
+) -> HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>> {
+    let mut ns_policies: HashMap<u32, Vec<(u32, CompiledSelector, bool, bool)>> = HashMap::new();
+    for (pi, policy) in compiled.iter().enumerate() {
+        ns_policies.entry(policy_ns[pi]).or_default().push((
+            to_u32(pi),
+            policy.pod_selector.clone(),
+            policy.ingress.is_some(),
+            policy.egress.is_some(),
+        ));
+    }
+    ns_policies
+}
+
+/// Per pod, the policies (indices, ascending) with the Ingress / Egress type selecting it;
+/// fills each namespaceSelector's hits per namespace on the way.
+fn select_pods(
+    compiled: &mut [CompiledPolicy],
+    policy_ns: &[u32],
+    namespaces: &Namespaces,
+    pods: &PodClasses,
+) -> Vec<(Vec<u32>, Vec<u32>)> {
+    let mut selecting: Vec<(Vec<u32>, Vec<u32>)> = vec![Default::default(); pods.hot.len()];
+    for (pi, policy) in compiled.iter_mut().enumerate() {
+        for rule in rules_of_mut(policy) {
+            for peer in rule.peers.iter_mut().flatten() {
+                if let Peer::Pods {
+                    namespaces: NsMatch::Selector { selector, hits },
+                    ..
+                } = peer
+                {
+                    *hits = namespaces
+                        .labels
+                        .iter()
+                        .map(|l| selector.matches(l))
+                        .collect();
+                }
+            }
+        }
+        for &idx in pods.pods_by_ns.get(&policy_ns[pi]).into_iter().flatten() {
+            if policy.pod_selector.matches(&pods.pod_labels[idx as usize]) {
+                let (ingress, egress) = &mut selecting[idx as usize];
+                if policy.ingress.is_some() {
+                    ingress.push(to_u32(pi));
+                }
+                if policy.egress.is_some() {
+                    egress.push(to_u32(pi));
+                }
+            }
+        }
+    }
+    selecting
+}
+
+/// One bitset of peer classes per distinct (namespaces, podSelector) pod peer; sets each pod
+/// peer's `set`.
+fn peer_class_sets(
+    compiled: &mut [CompiledPolicy],
+    policy_ns: &[u32],
+    pods: &PodClasses,
+) -> Vec<Vec<u64>> {
+    type SetKey = (
+        Option<u32>,
+        Option<CompiledSelector>,
+        Option<CompiledSelector>,
+    );
+    let mut sets: Vec<Vec<u64>> = Vec::new();
+    let mut set_ids: HashMap<SetKey, u32> = HashMap::new();
+    let words = pods.class_labels.len().div_ceil(64);
+    for (pi, policy) in compiled.iter_mut().enumerate() {
+        let own = policy_ns[pi];
+        for peer in rules_of_mut(policy).flat_map(|r| r.peers.iter_mut().flatten()) {
+            let Peer::Pods {
+                namespaces,
+                pods: selector,
+                set,
+            } = peer
+            else {
+                continue;
+            };
+            let key: SetKey = match namespaces {
+                NsMatch::Own => (Some(own), None, selector.clone()),
+                NsMatch::Selector {
+                    selector: ns_sel, ..
+                } => (None, Some(ns_sel.clone()), selector.clone()),
+            };
+            if let Some(id) = set_ids.get(&key) {
+                *set = *id;
+                continue;
+            }
+            let namespaces: Vec<u32> = match namespaces {
+                NsMatch::Own => vec![own],
+                NsMatch::Selector { hits, .. } => hits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| **h)
+                    .map(|(i, _)| to_u32(i))
+                    .collect(),
+            };
+            let mut bits = vec![0u64; words];
+            for ns in namespaces {
+                for &c in pods.classes_by_ns.get(&ns).into_iter().flatten() {
+                    if selector
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&pods.class_labels[c as usize]))
+                    {
+                        bits[c as usize / 64] |= 1 << (c % 64);
+                    }
+                }
+            }
+            *set = to_u32(sets.len());
+            set_ids.insert(key, *set);
+            sets.push(bits);
+        }
+    }
+    sets
+}
+
+/// The merged rule tables: every rule (policy order, then ingress before egress, then rule
+/// order), then one group per distinct list of selecting policies and direction, set in each
+/// pod's `hot`. Returns the groups by (direction, policies) and the tables.
+fn build_tables(
+    compiled: &[CompiledPolicy],
+    sets: &[Vec<u64>],
+    classes: usize,
+    names: &[Name],
+    hot: &mut [PodHot],
+    selecting: &[(Vec<u32>, Vec<u32>)],
+) -> (GroupIds, Tables) {
+    let mut builder = TablesBuilder::new(classes);
+    let mut policy_rules: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(compiled.len());
+    for (pi, policy) in compiled.iter().enumerate() {
+        let mut dirs: [Vec<u32>; 2] = Default::default();
+        for (d, list) in [&policy.ingress, &policy.egress].into_iter().enumerate() {
+            for rule in list.iter().flatten() {
+                let pod_sets: Vec<&[u64]> = rule
+                    .peers
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| match p {
+                        Peer::Pods { set, .. } => Some(sets[*set as usize].as_slice()),
+                        Peer::IpBlock { .. } => None,
+                    })
+                    .collect();
+                let label = Name::from(rule.label.as_str());
+                dirs[d].push(builder.add_rule(to_u32(pi), rule, &pod_sets, label));
+            }
+        }
+        let [ingress, egress] = dirs;
+        policy_rules.push((ingress, egress));
+    }
+    for (pod, (ingress, egress)) in hot.iter_mut().zip(selecting) {
+        if !ingress.is_empty() {
+            pod.ingress =
+                builder.group(true, ingress, |p| policy_rules[p as usize].0.clone(), names);
+        }
+        if !egress.is_empty() {
+            pod.egress =
+                builder.group(false, egress, |p| policy_rules[p as usize].1.clone(), names);
+        }
+    }
+    (builder.groups(), builder.finish())
+}
+
+/// The container ports whose names some rule uses, per pod: each pod's list (an index into
+/// the distinct lists), the lists, and their ids by content.
+struct NamedPorts {
+    per_pod: Box<[u32]>,
+    lists: Vec<PortList>,
+    ids: HashMap<PortList, u32>,
+}
+
+impl NamedPorts {
+    fn build(inventory: &Inventory, tables: &Tables) -> Self {
+        let mut ids: HashMap<PortList, u32> = HashMap::new();
+        let mut lists = Vec::new();
+        let per_pod = inventory
+            .pods
+            .iter()
+            .map(|p| {
+                let list: Box<[_]> = p
+                    .container_ports
+                    .iter()
+                    .filter_map(|p| {
+                        let id = tables.port_name(p.name.as_deref()?)?;
+                        Some((id, p.protocol, p.port))
+                    })
+                    .collect();
+                *ids.entry(list).or_insert_with_key(|list| {
+                    lists.push(list.clone());
+                    to_u32(lists.len() - 1)
+                })
+            })
+            .collect();
+        NamedPorts {
+            per_pod,
+            lists,
+            ids,
+        }
     }
 }
 
