@@ -97,11 +97,7 @@ impl Loaded {
             .load(object)
             .map_err(|e| DatapathError::load("the eBPF object", e))?;
         let ring = match capture {
-            Some(_) => Some(
-                super::take_map(&mut ebpf, MAP_DNS_EVENTS)?
-                    .try_into()
-                    .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?,
-            ),
+            Some(_) => Some(super::take_map(&mut ebpf, MAP_DNS_EVENTS)?),
             None => None,
         };
         let prog: &mut SchedClassifier = ebpf

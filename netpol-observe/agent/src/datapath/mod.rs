@@ -559,7 +559,7 @@ struct Maps {
 
 impl Maps {
     fn take(ebpf: &mut aya::Ebpf) -> Result<Maps, DatapathError> {
-        let flows = take_map(ebpf, MAP_FLOWS)?;
+        let flows: aya::maps::Map = take_map(ebpf, MAP_FLOWS)?;
         let flows_fd = match &flows {
             aya::maps::Map::LruHashMap(data) => data
                 .fd()
@@ -573,28 +573,25 @@ impl Maps {
                 .try_into()
                 .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_FLOWS, e))?,
             flows_fd,
-            ring: take_map(ebpf, MAP_EVENTS)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_EVENTS, e))?,
-            dns_ring: take_map(ebpf, MAP_DNS_EVENTS)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_DNS_EVENTS, e))?,
-            counters: take_map(ebpf, MAP_COUNTERS)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_COUNTERS, e))?,
-            local: take_map(ebpf, MAP_LOCAL_ENDPOINTS)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS, e))?,
-            generation: take_map(ebpf, MAP_LOCAL_ENDPOINTS_GEN)?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DatapathError::map(MAP_LOCAL_ENDPOINTS_GEN, e))?,
+            ring: take_map(ebpf, MAP_EVENTS)?,
+            dns_ring: take_map(ebpf, MAP_DNS_EVENTS)?,
+            counters: take_map(ebpf, MAP_COUNTERS)?,
+            local: take_map(ebpf, MAP_LOCAL_ENDPOINTS)?,
+            generation: take_map(ebpf, MAP_LOCAL_ENDPOINTS_GEN)?,
         })
     }
 }
 
-fn take_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+/// Takes map `name` out of the object as the map type `M`.
+fn take_map<M>(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<M, DatapathError>
+where
+    M: TryFrom<aya::maps::Map>,
+    M::Error: Into<Cause>,
+{
     ebpf.take_map(name)
-        .ok_or_else(|| DatapathError::Missing(format!("map {name}")))
+        .ok_or_else(|| DatapathError::Missing(format!("map {name}")))?
+        .try_into()
+        .map_err(|e| DatapathError::map(name, e))
 }
 
 /// An address as the 16-byte key the kernel uses (IPv4 v4-mapped).

@@ -74,6 +74,12 @@ pub struct PodTable {
 }
 
 impl PodTable {
+    /// The id of the node named `name`, or [`NO_NODE`].
+    fn node_id(&self, name: Option<&str>) -> u32 {
+        name.and_then(|n| self.node_ids.get(n).copied())
+            .unwrap_or(NO_NODE)
+    }
+
     /// Indexes the pods, nodes and Services of `inventory`.
     pub fn new(inventory: &Inventory) -> Arc<PodTable> {
         let mut node_ids = HashMap::new();
@@ -619,11 +625,7 @@ impl PolicyEngine {
         Some((
             PodHot {
                 class,
-                node: p
-                    .node_name
-                    .as_ref()
-                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
-                    .unwrap_or(NO_NODE),
+                node: table.node_id(p.node_name.as_deref()),
                 ingress,
                 egress,
                 host_network: p.host_network,
@@ -1232,11 +1234,7 @@ impl PodClasses {
             };
             out.hot.push(PodHot {
                 class,
-                node: p
-                    .node_name
-                    .as_ref()
-                    .and_then(|n| table.node_ids.get(n.as_str()).copied())
-                    .unwrap_or(NO_NODE),
+                node: table.node_id(p.node_name.as_deref()),
                 ingress: NO_GROUP,
                 egress: NO_GROUP,
                 host_network: p.host_network,
