@@ -5,7 +5,7 @@
 
 // The other crates' modules under their short names, as the command line's code reads them.
 use netpol_observe_agent::{agent, app, drift, http, inventory, tls};
-use netpol_observe_core::{attribution, flow, names, policy, recommend, yaml};
+use netpol_observe_core::{attribution, flow, names, policy, recommend, report, yaml};
 use netpol_observe_lab as lab;
 
 pub mod cli;

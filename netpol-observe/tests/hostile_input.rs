@@ -613,7 +613,8 @@ fn load(
             l
         })
         .map_err(|e| {
-            e.to_string()
+            netpol_observe_core::report::Chain(&e)
+                .to_string()
                 .replace(&file.display().to_string(), "inv.yaml")
         })
 }

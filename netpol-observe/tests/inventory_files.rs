@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use netpol_observe_core::report::Chain;
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use netpol_observe_core::{
@@ -273,7 +274,7 @@ fn load_err(yaml: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let err = Inventory::from_path(&path).unwrap_err().to_string();
+    let err = Chain(&Inventory::from_path(&path).unwrap_err()).to_string();
     err.replace(&dir.path().display().to_string(), "DIR")
 }
 
@@ -353,10 +354,13 @@ fn bad_input_errors_name_file_object_and_field() {
         let err = load_err(&yaml);
         assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
     }
-    let err = Inventory::from_path(Path::new("/nonexistent/inventory"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.starts_with("/nonexistent/inventory: "), "{err}");
+    let err =
+        Chain(&Inventory::from_path(Path::new("/nonexistent/inventory")).unwrap_err()).to_string();
+    assert!(
+        err.starts_with("cannot read /nonexistent/inventory: "),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
 
 #[test]

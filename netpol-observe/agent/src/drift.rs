@@ -270,7 +270,7 @@ impl Baseline {
                     path: path.to_owned(),
                     source,
                 },
-                e => bad(n, format!("{e}")),
+                e => bad(n, crate::report::Chain(&e).to_string()),
             })?;
             if text.trim().is_empty() {
                 continue;

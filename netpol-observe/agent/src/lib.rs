@@ -3,7 +3,7 @@
 //! the HTTP API ([`http`]), composed by [`app`]. See `docs/architecture.md`.
 
 // The core's modules under their short names, as the agent's code reads them.
-use netpol_observe_core::{attribution, flow, policy, recommend, yaml};
+use netpol_observe_core::{attribution, flow, policy, recommend, report, yaml};
 
 pub mod agent;
 pub mod app;
@@ -12,5 +12,4 @@ pub mod drift;
 pub mod http;
 pub mod inventory;
 pub mod metrics;
-mod report;
 pub mod tls;

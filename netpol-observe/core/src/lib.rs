@@ -9,4 +9,5 @@ pub mod inventory;
 pub mod names;
 pub mod policy;
 pub mod recommend;
+pub mod report;
 pub mod yaml;

@@ -67,7 +67,7 @@ pub enum DnsError {
         code: String,
     },
     /// A socket error.
-    #[error("DNS socket: {0}")]
+    #[error("DNS socket")]
     Io(#[from] std::io::Error),
 }
 

@@ -49,7 +49,7 @@ pub const TABLE: &str = "npo_lab_policy";
 #[derive(Debug, thiserror::Error)]
 pub enum EnforceError {
     /// A file or directory cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The path.
         path: PathBuf,

@@ -33,7 +33,7 @@ pub enum NetnsError {
         stderr: String,
     },
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,

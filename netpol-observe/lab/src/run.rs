@@ -50,7 +50,7 @@ pub enum LabError {
     #[error(transparent)]
     Inventory(#[from] InventoryError),
     /// The written inventory could not be read back (a bug of the lab's inventory writer).
-    #[error("the lab's inventory does not load: {0}")]
+    #[error("the lab's inventory does not load")]
     Cluster(#[from] netpol_observe_agent::inventory::InventoryError),
     /// The policies could not be compiled.
     #[error(transparent)]
@@ -59,7 +59,7 @@ pub enum LabError {
     #[error(transparent)]
     Agent(#[from] AgentError),
     /// The policies to verify do not compile in the policy engine.
-    #[error("policies: {0}")]
+    #[error("policies")]
     Policy(#[from] PolicyError),
     /// The recommended policies could not be rendered.
     #[error(transparent)]

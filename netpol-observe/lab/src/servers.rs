@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use super::netns::{self, NetnsError};
+use crate::report::Chain;
 
 /// Binds a TCP listener on `0.0.0.0:port` inside `netns`.
 pub(crate) fn bind_tcp(netns_name: &str, port: u16) -> Result<TcpListener, NetnsError> {
@@ -118,7 +119,7 @@ pub async fn http_get(
     use hyper::body::Bytes;
     use hyper_util::rt::TokioIo;
     let fail = |m: String| HttpGetError(m);
-    let socket = tcp_client_socket(netns_name).map_err(|e| fail(e.to_string()))?;
+    let socket = tcp_client_socket(netns_name).map_err(|e| fail(Chain(&e).to_string()))?;
     let stream = tokio::time::timeout(std::time::Duration::from_secs(2), socket.connect(addr))
         .await
         .map_err(|_| fail(format!("no connection to {addr} within 2s")))?
@@ -126,22 +127,22 @@ pub async fn http_get(
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(Chain(&e).to_string()))?;
         let conn = tokio::spawn(conn);
         let request = hyper::Request::get(path_and_query)
             .header(hyper::header::HOST, "localhost")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(Chain(&e).to_string()))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(Chain(&e).to_string()))?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(Chain(&e).to_string()))?
             .to_bytes();
         conn.abort();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))

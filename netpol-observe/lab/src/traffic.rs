@@ -21,7 +21,7 @@ use super::{
     servers,
     topology::Topology,
 };
-use crate::flow::Protocol;
+use crate::{flow::Protocol, report::Chain};
 
 /// What a probe was expected to do or did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -224,18 +224,20 @@ async fn connect(
         Target::Addr(a) => *a,
         Target::Service { fqdn, port } => {
             debug_assert!(leg.from_pod);
-            let socket = servers::udp_client_socket(&leg.netns).map_err(|e| e.to_string())?;
+            let socket =
+                servers::udp_client_socket(&leg.netns).map_err(|e| Chain(&e).to_string())?;
             let server = SocketAddr::from((model.dns_service().cluster_ip, 53));
             let ip = dns::resolve(&socket, server, fqdn, timeouts.dns)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Chain(&e).to_string())?;
             SocketAddrV4::new(ip, *port)
         }
     };
     let payload = format!("netpol-observe lab {}\n", leg.netns);
     match protocol {
         Protocol::Udp => {
-            let socket = servers::udp_client_socket(&leg.netns).map_err(|e| e.to_string())?;
+            let socket =
+                servers::udp_client_socket(&leg.netns).map_err(|e| Chain(&e).to_string())?;
             socket
                 .send_to(payload.as_bytes(), addr)
                 .await
@@ -251,7 +253,8 @@ async fn connect(
             Ok(())
         }
         _ => {
-            let socket = servers::tcp_client_socket(&leg.netns).map_err(|e| e.to_string())?;
+            let socket =
+                servers::tcp_client_socket(&leg.netns).map_err(|e| Chain(&e).to_string())?;
             let exchange = async {
                 let mut stream = socket
                     .connect(SocketAddr::V4(addr))

@@ -1,5 +1,6 @@
 //! `netpol-observe baseline`: a drift baseline from recorded flows.
 
+use crate::report::Chain;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -70,7 +71,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(_) => skipped += 1,
                 Err(e) => {
                     bad += 1;
-                    errln!("error: {e}");
+                    errln!("error: {}", Chain(&e));
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! `netpol-observe evaluate`: each input flow, attributed, with its verdict, as JSON lines.
 
+use crate::report::Chain;
 use std::{
     io::{BufWriter, Write},
     path::PathBuf,
@@ -117,7 +118,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Err(err) => {
                 bad += 1;
-                errln!("error: {err}");
+                errln!("error: {}", Chain(&err));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `netpol-observe flows`: attributed flows from running agents (`/api/v1/flows`) or from a
 //! JSON-lines file, as a table or JSON lines, with filters.
 
+use crate::report::Chain;
 use std::{
     io::{BufRead, BufReader, Write},
     path::PathBuf,
@@ -240,7 +241,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(line) => line,
                 Err(e) => {
                     bad += 1;
-                    errln!("error: {e}");
+                    errln!("error: {}", Chain(&e));
                     continue;
                 }
             };
@@ -255,7 +256,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                     Err(e) => {
                         bad += 1;
-                        errln!("error: {name}:{number}: rejected flow record: {e}");
+                        errln!(
+                            "error: {name}:{number}: rejected flow record: {}",
+                            Chain(&e)
+                        );
                     }
                 },
                 Err(e) => {

@@ -1,5 +1,6 @@
 //! `netpol-observe recommend`: least-privilege NetworkPolicies from observed flows.
 
+use crate::report::Chain;
 use std::{
     ffi::OsStr,
     path::{Component, Path, PathBuf},
@@ -451,7 +452,7 @@ async fn collect_flows(
             let body = agent_flows(&client, &endpoint, token.as_ref()).await?;
             let (flows, errors) = sources::parse_agent_answer(&body, &endpoint);
             for e in &errors {
-                errln!("error: {e}");
+                errln!("error: {}", Chain(e));
             }
             bad += errors.len();
             lists.push(flows);
@@ -585,7 +586,7 @@ fn flows_from_files(
             Ok((f, v)) => agg.push(f, v),
             Err(e) => {
                 if report {
-                    errln!("error: {e}");
+                    errln!("error: {}", Chain(&e));
                     bad += 1;
                 }
             }

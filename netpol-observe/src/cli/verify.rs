@@ -1,5 +1,6 @@
 //! `netpol-observe verify`: the dry run of a draft against observed traffic.
 
+use crate::report::Chain;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
@@ -94,7 +95,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => {
                     bad += 1;
-                    errln!("error: {e}");
+                    errln!("error: {}", Chain(&e));
                 }
             }
         }

@@ -78,7 +78,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     /// The inventory files are unusable at start.
-    #[error("inventory: {0}")]
+    #[error("inventory")]
     Inventory(#[from] InventoryError),
     /// The staged policies are unusable at start.
     #[error("staged policies {path}")]
@@ -90,7 +90,7 @@ pub enum AgentError {
         source: Box<InventoryError>,
     },
     /// A policy does not compile.
-    #[error("policies: {0}")]
+    #[error("policies")]
     Policy(#[from] PolicyError),
     /// The subnets file is unusable.
     #[error(transparent)]
@@ -1342,9 +1342,10 @@ fn spawn_rebuilder(
                                 changed = true;
                             }
                             Err(e) => {
-                                tracing::error!("inventory reload failed, keeping the previous one: {e}");
+                                tracing::error!("inventory reload failed, keeping the previous one: {}", Chain(&e));
                                 inventory_load = Some(Err(format!(
-                                    "inventory reload failed (the previous one is in use): {e}"
+                                    "inventory reload failed (the previous one is in use): {}",
+                                    Chain(&e)
                                 )));
                             }
                         },
@@ -1374,8 +1375,8 @@ fn spawn_rebuilder(
                         .map(Arc::new)
                         .inspect(|m| last = Some(Arc::clone(m)))
                         .map_err(|e| {
-                            tracing::error!("policies do not compile, keeping the previous model: {e}");
-                            e.to_string()
+                            tracing::error!("policies do not compile, keeping the previous model: {}", Chain(&e));
+                            Chain(&e).to_string()
                         })
                 });
                 if out.send(Rebuilt { model, inventory_load }).is_err() {

@@ -160,7 +160,11 @@ async fn metrics(State(state): State<Arc<AgentState>>, headers: HeaderMap) -> Re
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     match state.metrics().negotiate(accept) {
         Ok((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}\n", crate::report::Chain(&e)),
+        )
+            .into_response(),
     }
 }
 

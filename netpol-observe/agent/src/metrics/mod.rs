@@ -63,7 +63,7 @@ pub(crate) const DEFAULT_SERIES_BUDGET: usize = 2000;
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     /// Writing the OpenMetrics text failed.
-    #[error("cannot encode the metrics as OpenMetrics text: {0}")]
+    #[error("cannot encode the metrics as OpenMetrics text")]
     Encode(#[from] std::fmt::Error),
 }
 

@@ -16,7 +16,7 @@ use super::{FlowNameError, FlowRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum FlowLineError {
     /// The file could not be opened or read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// File being read.
         path: PathBuf,
@@ -35,7 +35,7 @@ pub enum FlowLineError {
         column: usize,
     },
     /// The line is not a valid flow record.
-    #[error("{path}:{line}: invalid flow record: {source}")]
+    #[error("{path}:{line}: invalid flow record")]
     Parse {
         /// File being read.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum FlowLineError {
     },
     /// The line is a flow record, but what the reader also takes from it (the `verdict` an
     /// agent or `evaluate` wrote) is not valid.
-    #[error("{path}:{line}: invalid {field}: {source}")]
+    #[error("{path}:{line}: invalid {field}")]
     Extra {
         /// File being read.
         path: PathBuf,
@@ -61,7 +61,7 @@ pub enum FlowLineError {
     },
     /// The line is a flow record, but a name in it (namespace, pod, label…) breaks the
     /// Kubernetes rules: the record is rejected, never used.
-    #[error("{path}:{line}: rejected flow record: {source}")]
+    #[error("{path}:{line}: rejected flow record")]
     Name {
         /// File being read.
         path: PathBuf,
@@ -374,9 +374,9 @@ mod tests {
         let lines = read_lines(Path::new("f.jsonl"), input.as_bytes());
         assert_eq!(lines.len(), 4);
         assert!(lines[0].1.is_ok());
-        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[1].1.as_ref().unwrap_err()).to_string();
         assert!(err.starts_with("f.jsonl:2: invalid flow record"), "{err}");
-        let err = lines[2].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[2].1.as_ref().unwrap_err()).to_string();
         assert!(
             err.starts_with("f.jsonl:4:") && err.contains("XTP"),
             "{err}"
@@ -401,12 +401,12 @@ mod tests {
         // The byte-order mark costs nothing; `\r\n` ends a line.
         assert_eq!(lines[0].0, 1);
         assert!(lines[0].1.is_ok(), "{:?}", lines[0].1);
-        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[1].1.as_ref().unwrap_err()).to_string();
         assert_eq!(err, "f.jsonl:2: not UTF-8 text (invalid byte at column 40)");
         assert_eq!(lines[2].0, 3);
         assert!(lines[2].1.is_ok());
         // A byte-order mark elsewhere is not skipped: that line is bad JSON.
-        let err = lines[3].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[3].1.as_ref().unwrap_err()).to_string();
         assert!(err.starts_with("f.jsonl:4: invalid flow record"), "{err}");
     }
 
@@ -428,8 +428,8 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].1.is_ok());
         assert_eq!(lines[1].0, 2);
-        let err = lines[1].1.as_ref().unwrap_err().to_string();
-        assert_eq!(err, "f.jsonl: disk on fire");
+        let err = crate::report::Chain(lines[1].1.as_ref().unwrap_err()).to_string();
+        assert_eq!(err, "cannot read f.jsonl: disk on fire");
     }
 
     #[test]
@@ -439,12 +439,12 @@ mod tests {
                      {\"protocol\":\"TCP\",\"src\":{\"ip\":\"10.0.0.1\"},\"dst\":{\"ip\":\"10.0.0.2\",\"port\":80,\"namespace\":\"shop\"}}\n";
         let lines = read_lines(Path::new("f.jsonl"), input.as_bytes());
         assert_eq!(lines.len(), 3);
-        let err = lines[0].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[0].1.as_ref().unwrap_err()).to_string();
         assert!(
             err.starts_with("f.jsonl:1: rejected flow record: field src.namespace: \"../../../../var/x/escaped\" is not a valid namespace name"),
             "{err}"
         );
-        let err = lines[1].1.as_ref().unwrap_err().to_string();
+        let err = crate::report::Chain(lines[1].1.as_ref().unwrap_err()).to_string();
         assert!(
             err.starts_with("f.jsonl:2: rejected flow record: field dst.labels[\"app\"]: \"Shop Space\" is not a valid label value"),
             "{err}"

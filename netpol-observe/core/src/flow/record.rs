@@ -219,7 +219,7 @@ impl Endpoint {
 
 /// A name in a flow record that breaks the Kubernetes rules ([`FlowRecord::check_names`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field {field}: {source}")]
+#[error("field {field}")]
 pub struct FlowNameError {
     /// The field, e.g. `src.namespace` or `dst.labels["app"]`.
     pub field: String,
@@ -452,10 +452,8 @@ mod tests {
             let rec: FlowRecord = serde_json::from_str(&line.replacen(from, to, 1)).unwrap();
             let err = rec.check_names().unwrap_err();
             assert_eq!(err.field, field, "{err}");
-            assert!(
-                err.to_string().starts_with(&format!("field {field}: ")),
-                "{err}"
-            );
+            let text = crate::report::Chain(&err).to_string();
+            assert!(text.starts_with(&format!("field {field}: ")), "{text}");
         }
     }
 

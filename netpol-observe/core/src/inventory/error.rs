@@ -7,7 +7,7 @@ use std::{io, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     /// A file or directory could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -24,7 +24,7 @@ pub enum InventoryError {
         too_deep: crate::yaml::TooDeep,
     },
     /// A document is not valid YAML/JSON.
-    #[error("{path}: document {document}: invalid YAML: {source}")]
+    #[error("{path}: document {document}: invalid YAML")]
     Yaml {
         /// The file.
         path: PathBuf,
