@@ -15,8 +15,8 @@ use std::{
 use ipnet::Ipv4Net;
 
 use super::scenario::{
-    PortRef, PortSpec, Problem, Scenario, ScenarioError, ServiceKind, TrafficSpec, WorkloadKind,
-    entry_line,
+    PortRef, PortSpec, Problem, Scenario, ScenarioError, ServiceKind, ServiceSpec, TrafficSpec,
+    WorkloadKind, entry_line,
 };
 use crate::flow::Protocol;
 
@@ -818,53 +818,11 @@ fn service_models(
     workloads: &[WorkloadModel],
     pods: &[PodModel],
 ) -> Result<(Vec<ServiceModel>, ServiceEndpoints), ScenarioError> {
-    let mut services = vec![ServiceModel {
-        namespace: DNS_NAMESPACE.into(),
-        name: DNS_SERVICE.into(),
-        cluster_ip: nth_host(service_cidr, 10).unwrap_or(Ipv4Addr::UNSPECIFIED),
-        selector: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
-        ports: vec![
-            ServicePortModel {
-                name: Some("dns".into()),
-                port: 53,
-                target: PortRef::Name("dns".into()),
-                protocol: Protocol::Udp,
-            },
-            ServicePortModel {
-                name: Some("dns-tcp".into()),
-                port: 53,
-                target: PortRef::Name("dns-tcp".into()),
-                protocol: Protocol::Tcp,
-            },
-        ],
-        backends: vec![],
-        service_type: ServiceKind::ClusterIP,
-        external: None,
-    }];
+    let mut services = vec![dns_service(service_cidr)];
     let mut next_svc_ip = 20u32;
     let mut service_endpoints: ServiceEndpoints = Vec::new();
     for (i, s) in scenario.services.iter().enumerate() {
-        check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
-        if !namespaces.iter().any(|n| n.name == s.namespace) {
-            return Err(cx.err(
-                "services",
-                i,
-                Problem::UnknownNamespace(s.namespace.clone()),
-            ));
-        }
-        if services
-            .iter()
-            .any(|o| o.namespace == s.namespace && o.name == s.name)
-        {
-            return Err(cx.err(
-                "services",
-                i,
-                Problem::Duplicate {
-                    kind: "service",
-                    name: format!("{}/{}", s.namespace, s.name),
-                },
-            ));
-        }
+        check_service_name(cx, i, s, namespaces, &services)?;
         let cluster_ip = cluster_ip(
             cx,
             i,
@@ -874,22 +832,7 @@ fn service_models(
             &services,
             &mut next_svc_ip,
         )?;
-        let mut sports = Vec::new();
-        for p in &s.ports {
-            if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
-                return Err(cx.err(
-                    "services",
-                    i,
-                    Problem::Other("the lab serves TCP and UDP ports only".into()),
-                ));
-            }
-            sports.push(ServicePortModel {
-                name: p.name.clone(),
-                port: p.port,
-                target: p.target_port.clone().unwrap_or(PortRef::Number(p.port)),
-                protocol: p.protocol,
-            });
-        }
+        let sports = service_ports(cx, i, s)?;
         let backends: Vec<usize> = (0..pods.len())
             .filter(|&pi| {
                 pods[pi].namespace == s.namespace
@@ -899,26 +842,7 @@ fn service_models(
             .collect();
         check_target_ports(cx, i, &sports, &backends, workloads, pods)?;
         if let Some(ext) = &s.endpoints {
-            if !s.selector.is_empty() {
-                return Err(cx.err(
-                    "services",
-                    i,
-                    Problem::Other(
-                        "a Service with `endpoints` has no selector (its endpoints are the external's hosts)"
-                            .into(),
-                    ),
-                ));
-            }
-            if sports.iter().any(|p| matches!(p.target, PortRef::Name(_))) {
-                return Err(cx.err(
-                    "services",
-                    i,
-                    Problem::Other(
-                        "a Service with `endpoints` needs numeric targetPorts (its endpoints are not pods)"
-                            .into(),
-                    ),
-                ));
-            }
+            check_endpoints_service(cx, i, s, &sports)?;
             service_endpoints.push((services.len(), i, ext.clone()));
         }
         services.push(ServiceModel {
@@ -936,12 +860,119 @@ fn service_models(
     Ok((services, service_endpoints))
 }
 
+/// The cluster DNS Service (`kube-system/kube-dns`, the range's 10th address), its backends
+/// set once the workloads are known.
+fn dns_service(service_cidr: Ipv4Net) -> ServiceModel {
+    let port = |name: &str, protocol| ServicePortModel {
+        name: Some(name.into()),
+        port: 53,
+        target: PortRef::Name(name.into()),
+        protocol,
+    };
+    ServiceModel {
+        namespace: DNS_NAMESPACE.into(),
+        name: DNS_SERVICE.into(),
+        cluster_ip: nth_host(service_cidr, 10).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        selector: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        ports: vec![port("dns", Protocol::Udp), port("dns-tcp", Protocol::Tcp)],
+        backends: vec![],
+        service_type: ServiceKind::ClusterIP,
+        external: None,
+    }
+}
+
+/// Scenario Service `i`'s name: valid, in a known namespace, not taken.
+fn check_service_name(
+    cx: &Ctx<'_>,
+    i: usize,
+    s: &ServiceSpec,
+    namespaces: &[NamespaceModel],
+    services: &[ServiceModel],
+) -> Result<(), ScenarioError> {
+    check_name("service", &s.name).map_err(|p| cx.err("services", i, p))?;
+    if !namespaces.iter().any(|n| n.name == s.namespace) {
+        return Err(cx.err(
+            "services",
+            i,
+            Problem::UnknownNamespace(s.namespace.clone()),
+        ));
+    }
+    if services
+        .iter()
+        .any(|o| o.namespace == s.namespace && o.name == s.name)
+    {
+        return Err(cx.err(
+            "services",
+            i,
+            Problem::Duplicate {
+                kind: "service",
+                name: format!("{}/{}", s.namespace, s.name),
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Scenario Service `i`'s ports (TCP and UDP only; the target port defaults to the port).
+fn service_ports(
+    cx: &Ctx<'_>,
+    i: usize,
+    s: &ServiceSpec,
+) -> Result<Vec<ServicePortModel>, ScenarioError> {
+    s.ports
+        .iter()
+        .map(|p| match p.protocol {
+            Protocol::Tcp | Protocol::Udp => Ok(ServicePortModel {
+                name: p.name.clone(),
+                port: p.port,
+                target: p.target_port.clone().unwrap_or(PortRef::Number(p.port)),
+                protocol: p.protocol,
+            }),
+            _ => Err(cx.err(
+                "services",
+                i,
+                Problem::Other("the lab serves TCP and UDP ports only".into()),
+            )),
+        })
+        .collect()
+}
+
+/// A Service with `endpoints` (an external's hosts): no selector, numeric target ports.
+fn check_endpoints_service(
+    cx: &Ctx<'_>,
+    i: usize,
+    s: &ServiceSpec,
+    ports: &[ServicePortModel],
+) -> Result<(), ScenarioError> {
+    if !s.selector.is_empty() {
+        return Err(cx.err(
+            "services",
+            i,
+            Problem::Other(
+                "a Service with `endpoints` has no selector (its endpoints are the external's hosts)"
+                    .into(),
+            ),
+        ));
+    }
+    if ports.iter().any(|p| matches!(p.target, PortRef::Name(_))) {
+        return Err(cx.err(
+            "services",
+            i,
+            Problem::Other(
+                "a Service with `endpoints` needs numeric targetPorts (its endpoints are not pods)"
+                    .into(),
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The cluster IP of scenario Service `i`: its own (free, in the range), the range's first
 /// for `default/kubernetes` (as the API server gives it), else the next free one.
 fn cluster_ip(
     cx: &Ctx<'_>,
     i: usize,
-    s: &super::scenario::ServiceSpec,
+    s: &ServiceSpec,
     scenario: &Scenario,
     service_cidr: Ipv4Net,
     services: &[ServiceModel],

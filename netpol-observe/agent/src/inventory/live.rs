@@ -492,6 +492,9 @@ fn spawn_pod_watch(api: Api<Pod>, tx: mpsc::Sender<Report>) {
     });
 }
 
+/// Turns the watches' reports into snapshots and the sync state: each report is handled as it
+/// arrives (pod events update the pod store); a snapshot waits for the debounce, and what
+/// arrives meanwhile is batched into it.
 async fn builder(
     stores: Stores,
     prober: Prober,
@@ -500,129 +503,174 @@ async fn builder(
     state_tx: watch::Sender<SyncState>,
     options: LiveOptions,
 ) {
-    let mut tombstones: Vec<PodInfo> = Vec::new();
-    let mut pods = PodStore::default();
-    let mut dirty = false;
-    // When each failing resource last reported an error: the probe clears only errors older than
-    // one probe interval, so the watch has had its own chance to retry (and to fail again).
-    let mut failed_at: HashMap<&'static str, tokio::time::Instant> = HashMap::new();
     let mut probe = tokio::time::interval_at(
         tokio::time::Instant::now() + options.probe_interval,
         options.probe_interval,
     );
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut b = Builder {
+        stores,
+        snap_tx,
+        state_tx,
+        options,
+        tombstones: Vec::new(),
+        pods: PodStore::default(),
+        dirty: false,
+        failed_at: HashMap::new(),
+    };
     loop {
         let first = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => break },
             _ = probe.tick() => {
-                let failing: Vec<&'static str> = failed_at
-                    .iter()
-                    .filter(|(_, at)| at.elapsed() >= options.probe_interval)
-                    .map(|(r, _)| *r)
-                    .collect();
-                for resource in failing {
-                    match prober.can_list(resource).await {
-                        // Listed before: its watch resumes where it was (or relists).
-                        Ok(()) if state_tx.borrow().listed.iter().any(|l| l == resource) => {
-                            failed_at.remove(resource);
-                            state_tx.send_modify(|s| s.errors.retain(|(r, _)| r != resource));
-                        }
-                        Ok(()) => {}
-                        Err(e) => tracing::debug!(resource, error = %e, "still failing"),
-                    }
-                }
+                b.probe(&prober).await;
                 continue;
             }
         };
-        // Each report is handled as it arrives (pod events update the pod store); the
-        // snapshot waits for the debounce: what arrives meanwhile is batched into it.
-        let mut handle = |report: Report| match report {
+        b.handle(first);
+        // Debounce: gather what arrives shortly after.
+        let deadline = tokio::time::sleep(b.options.debounce);
+        let mut deadline = std::pin::pin!(deadline);
+        if b.state_tx.borrow().synced {
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    r = rx.recv() => match r { Some(r) => b.handle(r), None => break },
+                }
+            }
+        } else {
+            while let Ok(r) = rx.try_recv() {
+                b.handle(r);
+            }
+        }
+        b.publish();
+    }
+}
+
+/// The state of [`builder`] between reports.
+struct Builder {
+    stores: Stores,
+    snap_tx: watch::Sender<Arc<Inventory>>,
+    state_tx: watch::Sender<SyncState>,
+    options: LiveOptions,
+    /// Deleted pods kept for the retention (flows seen just before a deletion still attribute).
+    tombstones: Vec<PodInfo>,
+    pods: PodStore,
+    /// Something changed since the last snapshot.
+    dirty: bool,
+    /// When each failing resource last reported an error: the probe clears only errors older
+    /// than one probe interval, so the watch has had its own chance to retry (and to fail
+    /// again).
+    failed_at: HashMap<&'static str, tokio::time::Instant>,
+}
+
+impl Builder {
+    /// Probes the resources failing for longer than a probe interval; one that lists again
+    /// (and was listed before: its watch resumes where it was, or relists) is no longer
+    /// failing.
+    async fn probe(&mut self, prober: &Prober) {
+        let failing: Vec<&'static str> = self
+            .failed_at
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= self.options.probe_interval)
+            .map(|(r, _)| *r)
+            .collect();
+        for resource in failing {
+            match prober.can_list(resource).await {
+                Ok(()) if self.state_tx.borrow().listed.iter().any(|l| l == resource) => {
+                    self.failed_at.remove(resource);
+                    self.state_tx
+                        .send_modify(|s| s.errors.retain(|(r, _)| r != resource));
+                }
+                Ok(()) => {}
+                Err(e) => tracing::debug!(resource, error = %e, "still failing"),
+            }
+        }
+    }
+
+    /// Handles one report: the sync state now, the snapshot at the next [`Builder::publish`].
+    fn handle(&mut self, report: Report) {
+        match report {
             Report::Listed(name) => {
-                dirty = true;
-                pods.touched(name);
-                failed_at.remove(name);
-                state_tx.send_modify(|s| {
-                    if !s.listed.iter().any(|l| l == name) {
-                        s.listed.push(name.to_owned());
-                    }
-                    s.errors.retain(|(r, _)| r != name);
+                self.working(name);
+                self.pods.touched(name);
+                self.state_tx.send_modify(|s| {
+                    listed(s, name);
                 });
             }
             Report::Changed(name) => {
-                dirty = true;
-                pods.touched(name);
-                failed_at.remove(name);
-                state_tx.send_if_modified(|s| {
-                    let before = s.errors.len();
-                    s.errors.retain(|(r, _)| r != name);
-                    before != s.errors.len()
-                });
+                self.working(name);
+                self.pods.touched(name);
+                self.state_tx.send_if_modified(|s| recovered(s, name));
             }
             Report::Error(name, err) => {
-                failed_at.insert(name, tokio::time::Instant::now());
-                state_tx.send_modify(|s| {
+                self.failed_at.insert(name, tokio::time::Instant::now());
+                self.state_tx.send_modify(|s| {
                     s.errors.retain(|(r, _)| r != name);
                     s.errors.push((name.to_owned(), err));
                 });
             }
             Report::Pod(event) => {
                 let name = resource_name("", "pods");
-                let report = match &*event {
-                    watcher::Event::InitDone => Some(Report::Listed(name)),
+                let listed_now = match &*event {
+                    watcher::Event::InitDone => Some(true),
                     watcher::Event::Init | watcher::Event::InitApply(_) => None,
-                    _ => Some(Report::Changed(name)),
+                    _ => Some(false),
                 };
-                pods.apply(*event, &stores);
-                if let Some(report) = report {
-                    dirty = true;
-                    failed_at.remove(name);
-                    let listed = matches!(report, Report::Listed(_));
-                    state_tx.send_if_modified(|s| {
-                        let mut modified = false;
-                        if listed && !s.listed.iter().any(|l| l == name) {
-                            s.listed.push(name.to_owned());
-                            modified = true;
-                        }
-                        let before = s.errors.len();
-                        s.errors.retain(|(r, _)| r != name);
-                        modified || before != s.errors.len()
+                self.pods.apply(*event, &self.stores);
+                if let Some(is_listed) = listed_now {
+                    self.working(name);
+                    self.state_tx.send_if_modified(|s| match is_listed {
+                        true => listed(s, name),
+                        false => recovered(s, name),
                     });
                 }
             }
-        };
-        handle(first);
-        // Debounce: gather what arrives shortly after.
-        let deadline = tokio::time::sleep(options.debounce);
-        let mut deadline = std::pin::pin!(deadline);
-        if state_tx.borrow().synced {
-            loop {
-                tokio::select! {
-                    () = &mut deadline => break,
-                    r = rx.recv() => match r { Some(r) => handle(r), None => break },
-                }
-            }
-        } else {
-            while let Ok(r) = rx.try_recv() {
-                handle(r);
-            }
-        }
-        let all_listed = state_tx.borrow().listed.len() == WATCHED_RESOURCES.len();
-        if dirty && all_listed {
-            dirty = false;
-            let previous = snap_tx.borrow().clone();
-            let inventory = snapshot(
-                &stores,
-                &previous,
-                &mut tombstones,
-                &mut pods,
-                options.tombstone_retention,
-            );
-            drop(previous);
-            tracing::debug!(pods = inventory.pods.len(), "inventory snapshot");
-            snap_tx.send_replace(Arc::new(inventory));
-            state_tx.send_if_modified(|s| !std::mem::replace(&mut s.synced, true));
         }
     }
+
+    /// `name` reported a list or a change: the snapshot is out of date and `name` works.
+    fn working(&mut self, name: &'static str) {
+        self.dirty = true;
+        self.failed_at.remove(name);
+    }
+
+    /// Publishes a snapshot when something changed and every resource has been listed.
+    fn publish(&mut self) {
+        let all_listed = self.state_tx.borrow().listed.len() == WATCHED_RESOURCES.len();
+        if !self.dirty || !all_listed {
+            return;
+        }
+        self.dirty = false;
+        let previous = self.snap_tx.borrow().clone();
+        let inventory = snapshot(
+            &self.stores,
+            &previous,
+            &mut self.tombstones,
+            &mut self.pods,
+            self.options.tombstone_retention,
+        );
+        drop(previous);
+        tracing::debug!(pods = inventory.pods.len(), "inventory snapshot");
+        self.snap_tx.send_replace(Arc::new(inventory));
+        self.state_tx
+            .send_if_modified(|s| !std::mem::replace(&mut s.synced, true));
+    }
+}
+
+/// Records that `name` is listed and not failing; whether the state changed.
+fn listed(s: &mut SyncState, name: &str) -> bool {
+    let new = !s.listed.iter().any(|l| l == name);
+    if new {
+        s.listed.push(name.to_owned());
+    }
+    recovered(s, name) || new
+}
+
+/// Clears `name`'s error; whether there was one.
+fn recovered(s: &mut SyncState, name: &str) -> bool {
+    let before = s.errors.len();
+    s.errors.retain(|(r, _)| r != name);
+    before != s.errors.len()
 }
 
 /// The store key of a pod (as the reflector stores key objects): namespace and name.

@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Namespace, Node, Pod, Service},
+        core::v1::{Namespace, Node, Pod, PodSpec, Service, ServiceSpec},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     flow::{Protocol, WorkloadRef},
-    names::{self, NameError, NameKind},
+    names::{self, NameKind},
 };
 
 /// One Kubernetes object of a kind the inventory knows.
@@ -269,10 +269,6 @@ impl KubeObject {
     pub fn check_names(&self) -> Result<(), InventoryError> {
         let (kind, meta) = self.kind_and_meta();
         let object = object_name(kind, meta);
-        let fail = |field: String| {
-            let object = object.clone();
-            move |e: NameError| invalid(object, field, e.to_string())
-        };
         let name_kind = match self {
             KubeObject::Namespace(_) => NameKind::Namespace,
             KubeObject::Service(_) => NameKind::Service,
@@ -280,111 +276,130 @@ impl KubeObject {
         };
         match meta.name.as_deref() {
             None | Some("") => return Err(invalid(object, "metadata.name", "missing")),
-            Some(name) => names::check(name_kind, name).map_err(fail("metadata.name".into()))?,
+            Some(name) => check_name(&object, name_kind, name, || "metadata.name".into())?,
         }
         if let Some(ns) = &meta.namespace {
-            names::check(NameKind::Namespace, ns).map_err(fail("metadata.namespace".into()))?;
+            check_name(&object, NameKind::Namespace, ns, || {
+                "metadata.namespace".into()
+            })?;
         }
         check_label_map(meta.labels.as_ref(), &object, "metadata.labels")?;
         for (i, r) in meta.owner_references.iter().flatten().enumerate() {
-            names::check(NameKind::Kind, &r.kind)
-                .map_err(fail(format!("metadata.ownerReferences[{i}].kind")))?;
-            names::check(NameKind::Object, &r.name)
-                .map_err(fail(format!("metadata.ownerReferences[{i}].name")))?;
+            check_name(&object, NameKind::Kind, &r.kind, || {
+                format!("metadata.ownerReferences[{i}].kind")
+            })?;
+            check_name(&object, NameKind::Object, &r.name, || {
+                format!("metadata.ownerReferences[{i}].name")
+            })?;
         }
+        let selector = |sel: Option<&LabelSelector>, field| check_selector(sel, &object, field);
         match self {
-            KubeObject::Pod(pod) => {
-                let Some(spec) = &pod.spec else {
-                    return Ok(());
-                };
-                if let Some(node) = &spec.node_name {
-                    names::check(NameKind::Object, node).map_err(fail("spec.nodeName".into()))?;
-                }
-                let groups = [
-                    ("spec.containers", Some(&spec.containers)),
-                    ("spec.initContainers", spec.init_containers.as_ref()),
-                ];
-                for (prefix, containers) in groups {
-                    for (ci, c) in containers.into_iter().flatten().enumerate() {
-                        for (pi, p) in c.ports.iter().flatten().enumerate() {
-                            if let Some(n) = &p.name {
-                                names::check(NameKind::PortName, n)
-                                    .map_err(fail(format!("{prefix}[{ci}].ports[{pi}].name")))?;
-                            }
-                        }
-                    }
-                }
-            }
-            KubeObject::Service(svc) => {
-                let Some(spec) = &svc.spec else {
-                    return Ok(());
-                };
-                check_label_map(spec.selector.as_ref(), &object, "spec.selector")?;
-                for (i, p) in spec.ports.iter().flatten().enumerate() {
-                    if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                        names::check(NameKind::Service, n)
-                            .map_err(fail(format!("spec.ports[{i}].name")))?;
-                    }
-                    if let Some(IntOrString::String(t)) = &p.target_port
-                        && t.parse::<i32>().is_err()
-                        && !t.is_empty()
-                    {
-                        names::check(NameKind::PortName, t)
-                            .map_err(fail(format!("spec.ports[{i}].targetPort")))?;
-                    }
-                }
-            }
-            KubeObject::EndpointSlice(es) => {
-                for (i, e) in es.endpoints.iter().flatten().enumerate() {
-                    if let Some(n) = e.target_ref.as_ref().and_then(|r| r.name.as_ref()) {
-                        names::check(NameKind::Object, n)
-                            .map_err(fail(format!("endpoints[{i}].targetRef.name")))?;
-                    }
-                    if let Some(n) = &e.node_name {
-                        names::check(NameKind::Object, n)
-                            .map_err(fail(format!("endpoints[{i}].nodeName")))?;
-                    }
-                }
-                for (i, p) in es.ports.iter().flatten().enumerate() {
-                    if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                        names::check(NameKind::Service, n)
-                            .map_err(fail(format!("ports[{i}].name")))?;
-                    }
-                }
-            }
-            KubeObject::ReplicaSet(o) => {
-                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
-            }
-            KubeObject::Deployment(o) => {
-                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
-            }
-            KubeObject::StatefulSet(o) => {
-                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
-            }
-            KubeObject::DaemonSet(o) => {
-                check_selector(Some(&o.spec.selector), &object, "spec.selector")?;
-            }
-            KubeObject::Job(o) => {
-                let sel = o.spec.as_ref().and_then(|s| s.selector.as_ref());
-                check_selector(sel, &object, "spec.selector")?;
-            }
-            KubeObject::CronJob(o) => {
-                let sel = o
-                    .spec
+            KubeObject::Pod(pod) => pod.spec.as_ref().map_or(Ok(()), |s| pod_names(s, &object)),
+            KubeObject::Service(svc) => svc
+                .spec
+                .as_ref()
+                .map_or(Ok(()), |s| service_names(s, &object)),
+            KubeObject::EndpointSlice(es) => endpoint_slice_names(es, &object),
+            KubeObject::ReplicaSet(o) => selector(Some(&o.spec.selector), "spec.selector"),
+            KubeObject::Deployment(o) => selector(Some(&o.spec.selector), "spec.selector"),
+            KubeObject::StatefulSet(o) => selector(Some(&o.spec.selector), "spec.selector"),
+            KubeObject::DaemonSet(o) => selector(Some(&o.spec.selector), "spec.selector"),
+            KubeObject::Job(o) => selector(
+                o.spec.as_ref().and_then(|s| s.selector.as_ref()),
+                "spec.selector",
+            ),
+            KubeObject::CronJob(o) => selector(
+                o.spec
                     .job_template
                     .spec
                     .as_ref()
-                    .and_then(|s| s.selector.as_ref());
-                check_selector(sel, &object, "spec.jobTemplate.spec.selector")?;
-            }
+                    .and_then(|s| s.selector.as_ref()),
+                "spec.jobTemplate.spec.selector",
+            ),
             // Selectors and the rest are checked by `policy::validate`.
             KubeObject::NetworkPolicy(_)
             | KubeObject::ClusterNetworkPolicy(_)
             | KubeObject::Namespace(_)
-            | KubeObject::Node(_) => {}
+            | KubeObject::Node(_) => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// Checks `name` as a `kind` name; the error names `object` and the field (formatted only
+/// then).
+fn check_name(
+    object: &str,
+    kind: NameKind,
+    name: &str,
+    field: impl FnOnce() -> String,
+) -> Result<(), InventoryError> {
+    names::check(kind, name).map_err(|e| invalid(object.to_owned(), field(), e.to_string()))
+}
+
+/// A pod's node name and container port names.
+fn pod_names(spec: &PodSpec, object: &str) -> Result<(), InventoryError> {
+    if let Some(node) = &spec.node_name {
+        check_name(object, NameKind::Object, node, || "spec.nodeName".into())?;
+    }
+    let groups = [
+        ("spec.containers", Some(&spec.containers)),
+        ("spec.initContainers", spec.init_containers.as_ref()),
+    ];
+    for (prefix, containers) in groups {
+        for (ci, c) in containers.into_iter().flatten().enumerate() {
+            for (pi, p) in c.ports.iter().flatten().enumerate() {
+                if let Some(n) = &p.name {
+                    check_name(object, NameKind::PortName, n, || {
+                        format!("{prefix}[{ci}].ports[{pi}].name")
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Service's selector, port names and named target ports.
+fn service_names(spec: &ServiceSpec, object: &str) -> Result<(), InventoryError> {
+    check_label_map(spec.selector.as_ref(), object, "spec.selector")?;
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            check_name(object, NameKind::Service, n, || {
+                format!("spec.ports[{i}].name")
+            })?;
+        }
+        if let Some(IntOrString::String(t)) = &p.target_port
+            && t.parse::<i32>().is_err()
+            && !t.is_empty()
+        {
+            check_name(object, NameKind::PortName, t, || {
+                format!("spec.ports[{i}].targetPort")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// An EndpointSlice's target pods, node names and port names.
+fn endpoint_slice_names(es: &EndpointSlice, object: &str) -> Result<(), InventoryError> {
+    for (i, e) in es.endpoints.iter().flatten().enumerate() {
+        if let Some(n) = e.target_ref.as_ref().and_then(|r| r.name.as_ref()) {
+            check_name(object, NameKind::Object, n, || {
+                format!("endpoints[{i}].targetRef.name")
+            })?;
+        }
+        if let Some(n) = &e.node_name {
+            check_name(object, NameKind::Object, n, || {
+                format!("endpoints[{i}].nodeName")
+            })?;
+        }
+    }
+    for (i, p) in es.ports.iter().flatten().enumerate() {
+        if let Some(n) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            check_name(object, NameKind::Service, n, || format!("ports[{i}].name"))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_label_map(

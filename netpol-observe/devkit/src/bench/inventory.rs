@@ -410,7 +410,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// The lines of the producer's stdout, parsed on a thread of their own (the measured process
 /// parses the events, as the agent parses the API server's).
-fn reader(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::Receiver<anyhow::Result<Wire>> {
+fn reader(stdout: std::process::ChildStdout) -> Lines {
     // A short queue: the measured heap holds at most a few parsed objects in flight.
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     std::thread::spawn(move || {
@@ -436,6 +436,47 @@ fn reader(stdout: std::process::ChildStdout) -> tokio::sync::mpsc::Receiver<anyh
     rx
 }
 
+/// The producer's parsed lines.
+type Lines = tokio::sync::mpsc::Receiver<anyhow::Result<Wire>>;
+
+/// The changes not yet reflected in a model, shared by the stream and the model side.
+#[derive(Debug, Default, Clone)]
+struct Pendings(Arc<std::sync::Mutex<Vec<Pending>>>);
+
+impl Pendings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes out the changes `inventory` reflects (a superseded one with the change that
+    /// superseded it); their latencies from `now`, ms.
+    fn reflected_in(&self, inventory: &Inventory, now: Instant) -> Vec<f64> {
+        let mut p = self.lock();
+        let mut latencies = Vec::new();
+        let mut done: std::collections::HashSet<(String, String)> = Default::default();
+        p.retain(|c| {
+            if !c.superseded && reflected(inventory, c) {
+                latencies.push((now - c.arrived).as_secs_f64() * 1e3);
+                done.insert((c.namespace.clone(), c.name.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        p.retain(|c| {
+            if c.superseded && done.contains(&(c.namespace.clone(), c.name.clone())) {
+                latencies.push((now - c.arrived).as_secs_f64() * 1e3);
+                false
+            } else {
+                true
+            }
+        });
+        latencies
+    }
+}
+
 /// Runs one measurement; `producer` is the command that runs [`produce`] with the same
 /// configuration (its stdin and stdout are piped here).
 pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow::Result<Report> {
@@ -456,36 +497,8 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
         },
     );
     let mut heap = Heap::default();
-    // The initial lists.
     let start = Instant::now();
-    let base = heap_mib();
-    feed.namespace(Event::Init).await;
-    feed.network_policy(Event::Init).await;
-    feed.pod(Event::Init).await;
-    let mut others_done = false;
-    let mut before_pods = base;
-    loop {
-        let line = lines.recv().await.context("the producer ended early")??;
-        match line {
-            Wire::Namespace(ns) => feed.namespace(Event::InitApply(*ns)).await,
-            Wire::Policy(np) => feed.network_policy(Event::InitApply(*np)).await,
-            Wire::Pod(pod) => {
-                if !others_done {
-                    others_done = true;
-                    feed.namespace(Event::InitDone).await;
-                    feed.network_policy(Event::InitDone).await;
-                    feed.list_others().await;
-                    before_pods = heap_mib();
-                }
-                feed.pod(Event::InitApply(*pod)).await;
-            }
-            Wire::Listed => break,
-            other => anyhow::bail!("unexpected line before the lists' end: {other:?}"),
-        }
-    }
-    let listed = heap_mib();
-    heap.stores_policies_mib = before_pods - base;
-    heap.store_pods_mib = listed - before_pods;
+    let listed = initial_lists(&mut feed, &mut lines, &mut heap).await?;
     feed.pod(Event::InitDone).await;
     live_inv.wait_synced().await;
     let subnets = Subnets::default();
@@ -497,147 +510,38 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
     let initial_build_s = start.elapsed().as_secs_f64();
     heap.model_mib = heap_mib() - synced;
     let hwm_initial_mib = status_mib("VmHWM:");
-    // The model's parts, each built again on its own.
-    {
-        let h = heap_mib();
-        let table = PodTable::new(&first);
-        let h1 = heap_mib();
-        let engine = PolicyEngine::compile_shared(&first.network_policies, &first, &table)?;
-        let h2 = heap_mib();
-        let attributor = Attributor::shared(Arc::clone(&first), &subnets);
-        let h3 = heap_mib();
-        heap.pod_table_mib = h1 - h;
-        heap.engine_mib = h2 - h1;
-        heap.attributor_mib = h3 - h2;
-        drop((table, engine, attributor));
-    }
+    model_parts(&first, &subnets, &mut heap)?;
     drop(first);
     release_free_memory();
     let rss_initial_mib = status_mib("VmRSS:");
     // The stream's own peak from here (`5`: reset the peak RSS).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 
-    // The model side: every snapshot becomes a model; pending changes are checked against it.
-    let pending: Arc<std::sync::Mutex<Vec<Pending>>> = Arc::default();
-    let pending_m = Arc::clone(&pending);
-    let mode = config.mode;
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let modeler = tokio::spawn(async move {
-        let mut model = Arc::new(model);
-        let mut latencies = Vec::new();
-        let mut build_ms = Vec::new();
-        loop {
-            tokio::select! {
-                r = snapshots.changed() => if r.is_err() { break },
-                _ = &mut stop_rx => break,
-            }
-            let inv = snapshots.borrow_and_update().clone();
-            let (m, ms) = tokio::task::block_in_place(|| {
-                let t = Instant::now();
-                let m = match mode {
-                    Mode::Full => Model::new(inv, &subnets, None),
-                    Mode::Incremental => model.next(inv, &subnets, None),
-                };
-                (m, t.elapsed().as_secs_f64() * 1e3)
-            });
-            let Ok(m) = m else { continue };
-            build_ms.push(ms);
-            model = Arc::new(m);
-            let now = Instant::now();
-            let mut p = pending_m
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut done: std::collections::HashSet<(String, String)> = Default::default();
-            p.retain(|c| {
-                if !c.superseded && reflected(&model.inventory, c) {
-                    latencies.push((now - c.arrived).as_secs_f64() * 1e3);
-                    done.insert((c.namespace.clone(), c.name.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
-            // A superseded change is reflected with the change that superseded it.
-            p.retain(|c| {
-                if c.superseded && done.contains(&(c.namespace.clone(), c.name.clone())) {
-                    latencies.push((now - c.arrived).as_secs_f64() * 1e3);
-                    false
-                } else {
-                    true
-                }
-            });
-            drop(p);
-            // As the agent after installing a model.
-            release_free_memory();
-        }
-        (latencies, build_ms)
-    });
+    let pending = Pendings::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let modeler = tokio::spawn(modeler(
+        model,
+        snapshots,
+        subnets,
+        config.mode,
+        pending.clone(),
+        stop_rx,
+    ));
 
     // The stream of changes.
     writeln!(child_in, "go")?;
     child_in.flush()?;
     let cpu0 = super::process_cpu_seconds();
     let t0 = Instant::now();
-    let mut changes = 0;
-    loop {
-        let line = lines.recv().await.context("the producer ended early")??;
-        let (event, expect) = match line {
-            Wire::Apply(pod) => (Event::Apply(*pod), true),
-            Wire::Delete(pod) => (Event::Delete(*pod), false),
-            Wire::Done => break,
-            other => anyhow::bail!("unexpected line in the stream: {other:?}"),
-        };
-        let arrived = Instant::now();
-        changes += 1;
-        let (namespace, name, expect) = match &event {
-            Event::Apply(o) | Event::Delete(o) => (
-                o.metadata.namespace.clone().unwrap_or_default(),
-                o.metadata.name.clone().unwrap_or_default(),
-                expect.then(|| {
-                    (
-                        o.metadata.labels.clone().unwrap_or_default(),
-                        o.status.as_ref().and_then(|s| s.pod_ip.clone()),
-                    )
-                }),
-            ),
-            _ => continue,
-        };
-        {
-            let mut p = pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for c in p
-                .iter_mut()
-                .filter(|c| c.namespace == namespace && c.name == name)
-            {
-                c.superseded = true;
-            }
-            p.push(Pending {
-                arrived,
-                namespace,
-                name,
-                expect,
-                superseded: false,
-            });
-        }
-        feed.pod(event).await;
-    }
+    let changes = stream(&mut feed, &mut lines, &pending).await?;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = super::process_cpu_seconds() - cpu0;
     // Let the last batch through (debounce + build), then stop.
     let wait = Instant::now();
-    while !pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .is_empty()
-        && wait.elapsed() < Duration::from_secs(20)
-    {
+    while !pending.lock().is_empty() && wait.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let unreflected = pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .len();
+    let unreflected = pending.lock().len();
     // While the last model is held.
     let (rss_mib, hwm_mib) = (status_mib("VmRSS:"), status_mib("VmHWM:"));
     heap.end_mib = heap_mib();
@@ -667,4 +571,146 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
         hwm_initial_mib,
         heap,
     })
+}
+
+/// Feeds the initial lists (namespaces and policies, then pods) up to the producer's
+/// `Listed`, recording the stores' heap; the heap once listed, MiB.
+async fn initial_lists(
+    feed: &mut live::Feed,
+    lines: &mut Lines,
+    heap: &mut Heap,
+) -> anyhow::Result<f64> {
+    let base = heap_mib();
+    feed.namespace(Event::Init).await;
+    feed.network_policy(Event::Init).await;
+    feed.pod(Event::Init).await;
+    let mut others_done = false;
+    let mut before_pods = base;
+    loop {
+        let line = lines.recv().await.context("the producer ended early")??;
+        match line {
+            Wire::Namespace(ns) => feed.namespace(Event::InitApply(*ns)).await,
+            Wire::Policy(np) => feed.network_policy(Event::InitApply(*np)).await,
+            Wire::Pod(pod) => {
+                if !others_done {
+                    others_done = true;
+                    feed.namespace(Event::InitDone).await;
+                    feed.network_policy(Event::InitDone).await;
+                    feed.list_others().await;
+                    before_pods = heap_mib();
+                }
+                feed.pod(Event::InitApply(*pod)).await;
+            }
+            Wire::Listed => break,
+            other => anyhow::bail!("unexpected line before the lists' end: {other:?}"),
+        }
+    }
+    let listed = heap_mib();
+    heap.stores_policies_mib = before_pods - base;
+    heap.store_pods_mib = listed - before_pods;
+    Ok(listed)
+}
+
+/// The heap of the model's parts, each built again on its own from `first`.
+fn model_parts(first: &Arc<Inventory>, subnets: &Subnets, heap: &mut Heap) -> anyhow::Result<()> {
+    let h = heap_mib();
+    let table = PodTable::new(first);
+    let h1 = heap_mib();
+    let engine = PolicyEngine::compile_shared(&first.network_policies, first, &table)?;
+    let h2 = heap_mib();
+    let attributor = Attributor::shared(Arc::clone(first), subnets);
+    let h3 = heap_mib();
+    heap.pod_table_mib = h1 - h;
+    heap.engine_mib = h2 - h1;
+    heap.attributor_mib = h3 - h2;
+    drop((table, engine, attributor));
+    Ok(())
+}
+
+/// The model side: every snapshot becomes a model (as `mode` says) and the pending changes
+/// it reflects are taken out. Returns the latencies and the build times, ms.
+async fn modeler(
+    model: Model,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<Inventory>>,
+    subnets: Subnets,
+    mode: Mode,
+    pending: Pendings,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (Vec<f64>, Vec<f64>) {
+    let mut model = Arc::new(model);
+    let mut latencies = Vec::new();
+    let mut build_ms = Vec::new();
+    loop {
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { break },
+            _ = &mut stop => break,
+        }
+        let inv = snapshots.borrow_and_update().clone();
+        let (m, ms) = tokio::task::block_in_place(|| {
+            let t = Instant::now();
+            let m = match mode {
+                Mode::Full => Model::new(inv, &subnets, None),
+                Mode::Incremental => model.next(inv, &subnets, None),
+            };
+            (m, t.elapsed().as_secs_f64() * 1e3)
+        });
+        let Ok(m) = m else { continue };
+        build_ms.push(ms);
+        model = Arc::new(m);
+        latencies.extend(pending.reflected_in(&model.inventory, Instant::now()));
+        // As the agent after installing a model.
+        release_free_memory();
+    }
+    (latencies, build_ms)
+}
+
+/// Feeds the producer's changes up to its `Done`, each recorded as pending (superseding the
+/// same pod's earlier ones); the number of changes.
+async fn stream(
+    feed: &mut live::Feed,
+    lines: &mut Lines,
+    pending: &Pendings,
+) -> anyhow::Result<usize> {
+    let mut changes = 0;
+    loop {
+        let line = lines.recv().await.context("the producer ended early")??;
+        let (event, expect) = match line {
+            Wire::Apply(pod) => (Event::Apply(*pod), true),
+            Wire::Delete(pod) => (Event::Delete(*pod), false),
+            Wire::Done => return Ok(changes),
+            other => anyhow::bail!("unexpected line in the stream: {other:?}"),
+        };
+        let arrived = Instant::now();
+        changes += 1;
+        let (namespace, name, expect) = match &event {
+            Event::Apply(o) | Event::Delete(o) => (
+                o.metadata.namespace.clone().unwrap_or_default(),
+                o.metadata.name.clone().unwrap_or_default(),
+                expect.then(|| {
+                    (
+                        o.metadata.labels.clone().unwrap_or_default(),
+                        o.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                    )
+                }),
+            ),
+            _ => continue,
+        };
+        {
+            let mut p = pending.lock();
+            for c in p
+                .iter_mut()
+                .filter(|c| c.namespace == namespace && c.name == name)
+            {
+                c.superseded = true;
+            }
+            p.push(Pending {
+                arrived,
+                namespace,
+                name,
+                expect,
+                superseded: false,
+            });
+        }
+        feed.pod(event).await;
+    }
 }
