@@ -17,7 +17,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 /// What to benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,13 +28,15 @@ pub(crate) enum What {
     /// The agent's userspace pipeline: new flows/s through attribution, verdicts, metrics and
     /// the store; RSS at 10k and 100k flows.
     Agent,
-    /// The policy engine: 1M verdicts against 10 / 100 / 1k / 10k policies over 10k pods.
+    /// The policy engine: 1M verdicts against 10 / 100 / 1k / 10k policies over 10k pods
+    /// (`-- --before BIN`: interleaved with an earlier build, one round per process).
     Engine,
     /// The recommender: 1M and 10M flow records over 5k workloads, streamed from a JSON-lines
     /// file as `recommend --flows` reads them (rounds = `--pairs`; `-- --before BIN`).
     Recommend,
     /// The inventory at cluster scale: 100k pods, 5k policies, 100 pod changes/s; full
-    /// builds against incremental updates (CPU, change-to-verdict latency, RSS).
+    /// builds against incremental updates (CPU, change-to-verdict latency, RSS); `-- --before
+    /// BIN`: incremental updates against an earlier build's.
     Inventory,
 }
 
@@ -59,7 +61,7 @@ pub(crate) struct BenchArgs {
 pub(crate) fn run(root: &Path, args: BenchArgs) -> Result<()> {
     match args.what {
         What::Datapath => datapath::run(root, args.pairs.max(1), args.seconds.max(1), &args.extra),
-        What::Engine => engine::run(root, &args.extra),
+        What::Engine => engine::run(root, args.pairs.max(1), &args.extra),
         What::Recommend => recommend::run(root, args.pairs.max(1), &args.extra),
         What::Agent => agent::run(root, args.pairs.max(1)),
         What::Inventory => inventory::run(root, args.pairs.max(1), &args.extra),
@@ -107,4 +109,34 @@ pub(crate) fn pinned(bin: &Path) -> Command {
     } else {
         Command::new(bin)
     }
+}
+
+/// Splits `--before BIN` (a `netpol-observe-bench` built from an earlier commit, the other arm
+/// of a before/after run) from the arguments meant for the subject's runner.
+pub(crate) fn take_before(extra: &[String]) -> Result<(Option<PathBuf>, Vec<String>)> {
+    let mut before = None;
+    let mut rest = Vec::new();
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        if a == "--before" {
+            let bin = it
+                .next()
+                .context("--before needs the path of a netpol-observe-bench")?;
+            before = Some(PathBuf::from(bin));
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    Ok((before, rest))
+}
+
+/// Runs `cmd` and parses what it printed as JSON (the runners' `--json` output).
+pub(crate) fn json_output(cmd: &mut Command) -> Result<serde_json::Value> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON"))
 }

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::stats::spread;
+
 /// Builds the release binary, writes the inputs and runs the interleaved rounds.
 pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
     let mut sizes: Vec<usize> = vec![1_000_000, 10_000_000];
@@ -86,11 +88,6 @@ pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
             let Some(first) = runs.first() else { continue };
             let field =
                 |key: &str| -> Vec<f64> { runs.iter().filter_map(|v| v[key].as_f64()).collect() };
-            let spread = |v: &[f64]| {
-                let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-                let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                (super::stats::median(v), min, max)
-            };
             let (wall, wmin, wmax) = spread(&field("total_ms"));
             let (cpu, _, _) = spread(&field("cpu_ms"));
             // Builds before the parallel flow-file reader do not report it.
@@ -121,11 +118,5 @@ pub(super) fn run(root: &Path, rounds: usize, extra: &[String]) -> Result<()> {
 fn measure(bin: &Path, args: &[&str]) -> Result<serde_json::Value> {
     let mut cmd = super::pinned(bin);
     cmd.args(["recommend", "--workloads", "5000"]).args(args);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON"))
+    super::json_output(&mut cmd)
 }

@@ -15,6 +15,17 @@ pub(crate) fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The median, smallest and largest of `v` (zeros for an empty slice): how every summary
+/// table states a figure.
+pub(crate) fn spread(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (median(v), min, max)
+}
+
 /// The `q`-quantile of `v` (0 ≤ q ≤ 1, linear interpolation between the closest ranks);
 /// 0 for an empty slice.
 pub(crate) fn quantile(v: &[f64], q: f64) -> f64 {
