@@ -2,8 +2,13 @@
 //! hit only adds to its entry; everything else takes the `FLOWS` path and may take the entry
 //! over; the flush moves pending counts into `FLOWS`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_loop,
+    },
     macros::map,
     maps::Array,
     programs::TcContext,
@@ -493,6 +498,10 @@ pub(super) fn cpu_state() -> Option<&'static mut CpuState> {
 /// Moves the counts pending in this CPU's entries into `FLOWS` (and its skipped packets
 /// into `COUNTERS`) and starts a new epoch of its [`CpuLine`]; returns the number of busy
 /// entries, left for the next flush. The body of `flush_flow_cache`.
+///
+/// The entries are walked with `bpf_loop` (Linux >= 5.17): the verifier checks the
+/// callback once, where a loop in the program is checked per iteration and passes its
+/// 1M-instruction limit beyond a few thousand entries.
 #[inline(always)]
 pub(super) fn flush_cpu() -> i32 {
     let Some(st) = cpu_state() else {
@@ -504,23 +513,51 @@ pub(super) fn flush_cpu() -> i32 {
     let skipped = get(&line.skipped);
     count_n(Counter::SkippedLocal, skipped - get(&line.reported));
     set(&mut line.reported, skipped);
-    flush_entries(&mut st.v4) + flush_entries(&mut st.v6)
+    let mut walk = FlushWalk { busy: 0 };
+    let ctx = (&raw mut walk).cast::<c_void>();
+    // SAFETY: the callbacks take `ctx` as a `FlushWalk` on this stack; a failing call
+    // (never, for these counts) flushes nothing, and the next flush retries.
+    unsafe {
+        bpf_loop(
+            FLOW_CACHE_SLOTS,
+            flush_slot::<V4Addrs> as *mut c_void,
+            ctx,
+            0,
+        );
+        bpf_loop(
+            FLOW_CACHE_V6_SLOTS,
+            flush_slot::<V6Addrs> as *mut c_void,
+            ctx,
+            0,
+        );
+    }
+    get(&walk.busy) as i32
 }
 
-/// Flushes every entry of `entries` that is not busy; returns the number of busy ones.
-#[inline(always)]
-fn flush_entries<A: Addrs>(entries: &mut [Entry<A>]) -> i32 {
-    let mut busy = 0;
-    for e in entries.iter_mut() {
-        if get(&e.busy) != 0 {
-            busy += 1;
-            continue;
-        }
-        set(&mut e.busy, 1);
-        flush_cache(e);
-        set(&mut e.busy, 0);
+/// What [`flush_cpu`]'s callbacks share: the busy entries found so far.
+#[repr(C)]
+struct FlushWalk {
+    busy: u64,
+}
+
+/// The `bpf_loop` callback of [`flush_cpu`]: flushes entry `index` of family `A` on this CPU
+/// unless it is busy (then counts it in the [`FlushWalk`] at `ctx`). Returns 0: go on.
+#[inline(never)]
+extern "C" fn flush_slot<A: Addrs>(index: u64, ctx: *mut c_void) -> i64 {
+    let Some(st) = cpu_state() else {
+        return 1;
+    };
+    let (_, e) = A::entry(st, index as usize);
+    if get(&e.busy) != 0 {
+        // SAFETY: `ctx` is the caller's `FlushWalk` (see `flush_cpu`).
+        let walk = unsafe { &mut *ctx.cast::<FlushWalk>() };
+        bump(&mut walk.busy);
+        return 0;
     }
-    busy
+    set(&mut e.busy, 1);
+    flush_cache(e);
+    set(&mut e.busy, 0);
+    0
 }
 
 /// The per-packet fast path of every program: the egress same-node skip from this CPU's
