@@ -38,8 +38,9 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the established
-/// TCP/UDP flows it counts often, per family direct-mapped by a multiplicative hash of the
-/// flow, with the counts not yet added to their `FLOWS` entries. See [`hot`].
+/// TCP/UDP flows it counts often, per family in sets of [`WAYS`] entries chosen by a
+/// multiplicative hash of the flow, with the counts not yet added to their `FLOWS`
+/// entries. See [`hot`].
 #[repr(C)]
 pub(super) struct CpuState {
     line: CpuLine,
@@ -51,8 +52,14 @@ pub(super) struct CpuState {
 /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
 const PACKETS_MAX: u32 = 0xffff_0000;
 /// How long an [`Entry`]'s flow must have been idle (coarse clock) before another flow of
-/// its slot takes the entry over.
-const TAKEOVER_IDLE_NS: u64 = 10_000_000;
+/// its set takes the entry over: longer than the gaps between the packets of a flow that
+/// counts often (a flow of a full set counts in `FLOWS` meanwhile; with 10 ms, flows of one
+/// set recurring every few tens of ms took the entries from each other on every packet,
+/// flushing and filling them). Every sweep's flush empties the entries anyway.
+const TAKEOVER_IDLE_NS: u64 = 1_000_000_000;
+/// Entries per set: a flow's front entry is one of the [`WAYS`] adjacent entries of its
+/// set (two cache lines for IPv4), so that two flows of one set both have one.
+const WAYS: usize = 2;
 /// Bit 31 of an epoch tag: set in every valid [`CpuLine::local_src`].
 const TAG_VALID: u32 = 1 << 31;
 
@@ -147,7 +154,7 @@ pub(super) struct V6Addrs([u64; 4]);
 pub(super) trait Addrs: Copy + Sized {
     /// log2 of the family's entries per CPU.
     const SLOT_BITS: u32;
-    /// This CPU's line and its entry of `slot` (below `1 << SLOT_BITS`).
+    /// This CPU's line and its entry `slot` (taken modulo `1 << SLOT_BITS`).
     fn entry(st: &mut CpuState, slot: usize) -> (&mut CpuLine, &mut Entry<Self>);
     /// Whether `stored`, an entry's addresses, are these (volatile loads, word by word: an
     /// array comparison could become a `bcmp` call).
@@ -157,7 +164,7 @@ pub(super) trait Addrs: Copy + Sized {
     /// Writes these addresses into an entry (volatile, word by word: an aggregate store
     /// could become a `memcpy` call).
     fn store(&self, into: &mut Self);
-    /// The addresses folded into one word for the slot hash.
+    /// The addresses folded into one word for the set hash.
     fn fold(&self) -> u64;
     /// The `FLOWS` key of the flow with these addresses and the key's last word `tail`.
     fn key_words(&self, tail: u64) -> KeyWords;
@@ -464,11 +471,13 @@ impl FastHeaders for V6Headers {
 }
 
 impl<A: Addrs> Flow<A> {
-    /// The flow's slot among its family's entries.
+    /// The first of the flow's set's entries among its family's (the others follow it).
     #[inline(always)]
-    fn slot(&self) -> usize {
-        ((self.addrs.fold() ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (64 - A::SLOT_BITS)) as usize
+    fn set_start(&self) -> usize {
+        let set = (self.addrs.fold() ^ self.tail.rotate_left(29))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - (A::SLOT_BITS - WAYS.trailing_zeros()));
+        set as usize * WAYS
     }
 
     /// Whether entry `e` holds this flow.
@@ -609,17 +618,26 @@ fn hot_headers<H: FastHeaders>(ctx: &TcContext, h: &H, from_pod: bool) -> bool {
         return true;
     }
     let flow = h.flow();
-    let (line, e) = H::Addrs::entry(st, flow.slot());
-    if get(&e.busy) != 0 {
-        return false;
+    let start = flow.set_start();
+    for way in 0..WAYS {
+        let (line, e) = H::Addrs::entry(st, start + way);
+        // Read without `busy` to find the flow's entry (nothing is written to the others);
+        // `hot` checks again with `busy` held.
+        if !flow.holds(e) {
+            continue;
+        }
+        if get(&e.busy) != 0 {
+            return false;
+        }
+        // Set before the entry is read again: a flush that interrupts us from here on sees
+        // it. Every access to the entry is volatile (`get` / `set`), so the compiler keeps
+        // them in program order between setting and clearing `busy`.
+        set(&mut e.busy, 1);
+        let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
+        set(&mut e.busy, 0);
+        return done;
     }
-    // Set before the entry is read: a flush that interrupts us from here on sees it. Every
-    // access to the entry is volatile (`get` / `set`), so the compiler keeps them in
-    // program order between setting and clearing `busy`.
-    set(&mut e.busy, 1);
-    let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
-    set(&mut e.busy, 0);
-    done
+    false
 }
 
 /// Adds the counts pending in `e` to the flow's `FLOWS` entry (re-creating the entry if
@@ -680,7 +698,7 @@ fn local_src_tag(src: u32, epoch: u32) -> u64 {
 }
 
 /// The hit of an established flow's packet in its front entry `e` on this CPU (`busy`
-/// held): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
+/// held; checked again here): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
 /// entry lacks and no FIN/RST. Adds to the entry (one cache line for IPv4, plain stores:
 /// measured on the real path, docs/benchmarks.md, the cost of these programs is the cache
 /// lines and atomic operations per packet), or skips an egress packet whose sender the
@@ -734,7 +752,8 @@ pub(super) fn fast<H: FastHeaders>(
     let Some(st) = state else {
         return uncached(ctx, pkt, from_pod, flow);
     };
-    let (line, e) = H::Addrs::entry(st, flow.slot());
+    let way = pick_way(st, flow);
+    let (line, e) = H::Addrs::entry(st, way);
     if get(&e.busy) != 0 {
         return uncached(ctx, pkt, from_pod, flow);
     }
@@ -744,7 +763,33 @@ pub(super) fn fast<H: FastHeaders>(
     handled
 }
 
-/// [`fast`] without an entry (its slot is held by an interrupted program).
+/// The entry of `flow`'s set that [`fast`] uses: the one holding the flow, else an empty
+/// one, else the one idle longest (which [`cached`] takes over only when idle for
+/// [`TAKEOVER_IDLE_NS`]). Read without `busy`: [`cached`] checks again with it held.
+#[inline(always)]
+fn pick_way<A: Addrs>(st: &mut CpuState, flow: &Flow<A>) -> usize {
+    let start = flow.set_start();
+    let mut pick = start;
+    let mut oldest = u64::MAX;
+    for way in 0..WAYS {
+        let (_, e) = A::entry(st, start + way);
+        if flow.holds(e) {
+            return start + way;
+        }
+        let seen = if get(&e.tail) == 0 {
+            0
+        } else {
+            get(&e.last_seen_ns)
+        };
+        if seen < oldest {
+            oldest = seen;
+            pick = start + way;
+        }
+    }
+    pick
+}
+
+/// [`fast`] without an entry (it is held by an interrupted program).
 #[inline(always)]
 fn uncached<A: Addrs>(ctx: &TcContext, pkt: &Pkt, from_pod: bool, flow: &Flow<A>) -> bool {
     if !from_pod && flow.addrs.sender_local(ctx, flow.dir) {
@@ -779,7 +824,7 @@ fn to_flows<A: Addrs>(
     )
 }
 
-/// [`fast`] with this CPU's entry `e` of the flow's slot, `busy` held.
+/// [`fast`] with this CPU's entry `e` of the flow's set, `busy` held.
 #[inline(always)]
 fn cached<A: Addrs>(
     ctx: &TcContext,
@@ -818,8 +863,8 @@ fn cached<A: Addrs>(
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The flow takes the entry if it is its own (new flag bits), empty, or idle for
-    // `TAKEOVER_IDLE_NS`: flows that share a slot do not evict each other on every
-    // packet (a takeover costs a second `FLOWS` lookup, for the previous flow's counts).
+    // `TAKEOVER_IDLE_NS`: flows of a full set do not evict each other on every packet (a
+    // takeover costs a second `FLOWS` lookup, for the previous flow's counts).
     if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) + TAKEOVER_IDLE_NS < now {
         flush_cache(e);
         fill(ctx, e, flow, v, now, get(&line.epoch));
