@@ -38,12 +38,12 @@ pub const PROG_TC_NOOP: &str = "tc_noop";
 pub const PROG_FLUSH_FLOW_CACHE: &str = "flush_flow_cache";
 /// Name of the array of the programs' per-CPU state (internal to them): element `c` belongs
 /// to CPU `c` (a line of its own, [`FLOW_CACHE_SLOTS`] IPv4 and [`FLOW_CACHE_V6_SLOTS`] IPv6
-/// front entries of the flow map: 96 KiB); userspace sizes it to the number of possible CPUs
-/// before loading.
+/// front entries of the flow map, in sets of two: 160 KiB); userspace sizes it to the number
+/// of possible CPUs before loading.
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// IPv4 front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two; 64
-/// bytes each).
-pub const FLOW_CACHE_SLOTS: u32 = 1024;
+/// bytes each; of 1,000 flows about 10 % find their set full).
+pub const FLOW_CACHE_SLOTS: u32 = 2048;
 /// IPv6 front entries of the flow map per CPU in [`MAP_FLOW_CACHE`] (a power of two; 128
 /// bytes each).
 pub const FLOW_CACHE_V6_SLOTS: u32 = 256;

@@ -692,11 +692,12 @@ async fn thousands_of_flows_all_reported_and_overflow_counted() {
 }
 
 /// Many multi-packet flows between the same two pods, interleaved, on the per-CPU front
-/// entries of the flow map (`FLOW_CACHE`: 1024 IPv4 slots per CPU, so about a quarter of
-/// them are shared by 1000 flows; 256 IPv6 slots, each shared by about four flows; a flow
-/// takes a slot over when the slot's flow has been idle for 10 ms, flushing its pending
-/// counts, and otherwise counts in the flow map directly): every flow's packets and bytes
-/// are exact after a sweep (fails without the flush at a takeover).
+/// entries of the flow map (`FLOW_CACHE`: 2048 IPv4 entries per CPU in sets of two, so
+/// about a tenth of 1000 flows find their set full; 256 IPv6 entries, 128 sets, each
+/// shared by about eight flows; a flow takes an entry of its set over when the entry's
+/// flow has been idle for 1 s, flushing its pending counts, and otherwise counts in the
+/// flow map directly): every flow's packets and bytes are exact after a sweep (fails
+/// without the flush at a takeover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly() {
     if !require_root("interleaved_flows_sharing_the_per_cpu_entries_are_counted_exactly") {
@@ -749,11 +750,12 @@ async fn interleaved_flows(tag: &str, net: u8, ipv6: bool) {
     let dp = Datapath::start(config(&format!("{tag}?0"))).await.unwrap();
     let ports = a.run(move || {
         let socks: Vec<UdpSocket> = (0..FLOWS).map(|_| UdpSocket::bind(any).unwrap()).collect();
-        // Per round: the order of the flows, and whether the slots' flows then go idle past
-        // the takeover time. A slot is filled by the first of its flows in some round (1),
-        // which then adds to it (2); after a pause, another flow comes first and takes it
-        // over, flushing the pending counts (3); the same again the other way (4, 5). The
-        // other flows of a slot count in the flow map directly.
+        // Per round: the order of the flows, and whether the entries' flows then go idle
+        // past the takeover time (1 s). An entry is filled by one of its set's flows in some
+        // round (1), which then adds to it (2); after a pause, another flow of a full set
+        // comes first and takes it over, flushing the pending counts (3); the same again
+        // the other way (4, 5). The other flows of a full set count in the flow map
+        // directly.
         const REVERSED: [bool; ROUNDS as usize] = [false, false, false, true, true, false];
         const PAUSE_AFTER: [bool; ROUNDS as usize] = [true, false, true, false, true, false];
         for round in 0..ROUNDS as usize {
@@ -766,7 +768,7 @@ async fn interleaved_flows(tag: &str, net: u8, ipv6: bool) {
                 s.send_to(&[round as u8; PAYLOAD], dst).unwrap();
             }
             if PAUSE_AFTER[round] {
-                std::thread::sleep(Duration::from_millis(15));
+                std::thread::sleep(Duration::from_millis(1100));
             }
         }
         socks

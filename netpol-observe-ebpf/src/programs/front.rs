@@ -2,8 +2,13 @@
 //! hit only adds to its entry; everything else takes the `FLOWS` path and may take the entry
 //! over; the flush moves pending counts into `FLOWS`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_loop,
+    },
     macros::map,
     maps::Array,
     programs::TcContext,
@@ -33,8 +38,9 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static FLOW_CACHE: Array<CpuState> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// One CPU's state: its [`CpuLine`] and the front entries of `FLOWS` of the established
-/// TCP/UDP flows it counts often, per family direct-mapped by a multiplicative hash of the
-/// flow, with the counts not yet added to their `FLOWS` entries. See [`hot`].
+/// TCP/UDP flows it counts often, per family in sets of [`WAYS`] entries chosen by a
+/// multiplicative hash of the flow, with the counts not yet added to their `FLOWS`
+/// entries. See [`hot`].
 #[repr(C)]
 pub(super) struct CpuState {
     line: CpuLine,
@@ -46,8 +52,14 @@ pub(super) struct CpuState {
 /// the `u32` cannot overflow: one packet adds at most 65 535 GSO segments).
 const PACKETS_MAX: u32 = 0xffff_0000;
 /// How long an [`Entry`]'s flow must have been idle (coarse clock) before another flow of
-/// its slot takes the entry over.
-const TAKEOVER_IDLE_NS: u64 = 10_000_000;
+/// its set takes the entry over: longer than the gaps between the packets of a flow that
+/// counts often (a flow of a full set counts in `FLOWS` meanwhile; with 10 ms, flows of one
+/// set recurring every few tens of ms took the entries from each other on every packet,
+/// flushing and filling them). Every sweep's flush empties the entries anyway.
+const TAKEOVER_IDLE_NS: u64 = 1_000_000_000;
+/// Entries per set: a flow's front entry is one of the [`WAYS`] adjacent entries of its
+/// set (two cache lines for IPv4), so that two flows of one set both have one.
+const WAYS: usize = 2;
 /// Bit 31 of an epoch tag: set in every valid [`CpuLine::local_src`].
 const TAG_VALID: u32 = 1 << 31;
 
@@ -142,7 +154,7 @@ pub(super) struct V6Addrs([u64; 4]);
 pub(super) trait Addrs: Copy + Sized {
     /// log2 of the family's entries per CPU.
     const SLOT_BITS: u32;
-    /// This CPU's line and its entry of `slot` (below `1 << SLOT_BITS`).
+    /// This CPU's line and its entry `slot` (taken modulo `1 << SLOT_BITS`).
     fn entry(st: &mut CpuState, slot: usize) -> (&mut CpuLine, &mut Entry<Self>);
     /// Whether `stored`, an entry's addresses, are these (volatile loads, word by word: an
     /// array comparison could become a `bcmp` call).
@@ -152,7 +164,7 @@ pub(super) trait Addrs: Copy + Sized {
     /// Writes these addresses into an entry (volatile, word by word: an aggregate store
     /// could become a `memcpy` call).
     fn store(&self, into: &mut Self);
-    /// The addresses folded into one word for the slot hash.
+    /// The addresses folded into one word for the set hash.
     fn fold(&self) -> u64;
     /// The `FLOWS` key of the flow with these addresses and the key's last word `tail`.
     fn key_words(&self, tail: u64) -> KeyWords;
@@ -459,11 +471,13 @@ impl FastHeaders for V6Headers {
 }
 
 impl<A: Addrs> Flow<A> {
-    /// The flow's slot among its family's entries.
+    /// The first of the flow's set's entries among its family's (the others follow it).
     #[inline(always)]
-    fn slot(&self) -> usize {
-        ((self.addrs.fold() ^ self.tail.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            >> (64 - A::SLOT_BITS)) as usize
+    fn set_start(&self) -> usize {
+        let set = (self.addrs.fold() ^ self.tail.rotate_left(29))
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> (64 - (A::SLOT_BITS - WAYS.trailing_zeros()));
+        set as usize * WAYS
     }
 
     /// Whether entry `e` holds this flow.
@@ -493,6 +507,10 @@ pub(super) fn cpu_state() -> Option<&'static mut CpuState> {
 /// Moves the counts pending in this CPU's entries into `FLOWS` (and its skipped packets
 /// into `COUNTERS`) and starts a new epoch of its [`CpuLine`]; returns the number of busy
 /// entries, left for the next flush. The body of `flush_flow_cache`.
+///
+/// The entries are walked with `bpf_loop` (Linux >= 5.17): the verifier checks the
+/// callback once, where a loop in the program is checked per iteration and passes its
+/// 1M-instruction limit beyond a few thousand entries.
 #[inline(always)]
 pub(super) fn flush_cpu() -> i32 {
     let Some(st) = cpu_state() else {
@@ -504,23 +522,51 @@ pub(super) fn flush_cpu() -> i32 {
     let skipped = get(&line.skipped);
     count_n(Counter::SkippedLocal, skipped - get(&line.reported));
     set(&mut line.reported, skipped);
-    flush_entries(&mut st.v4) + flush_entries(&mut st.v6)
+    let mut walk = FlushWalk { busy: 0 };
+    let ctx = (&raw mut walk).cast::<c_void>();
+    // SAFETY: the callbacks take `ctx` as a `FlushWalk` on this stack; a failing call
+    // (never, for these counts) flushes nothing, and the next flush retries.
+    unsafe {
+        bpf_loop(
+            FLOW_CACHE_SLOTS,
+            flush_slot::<V4Addrs> as *mut c_void,
+            ctx,
+            0,
+        );
+        bpf_loop(
+            FLOW_CACHE_V6_SLOTS,
+            flush_slot::<V6Addrs> as *mut c_void,
+            ctx,
+            0,
+        );
+    }
+    get(&walk.busy) as i32
 }
 
-/// Flushes every entry of `entries` that is not busy; returns the number of busy ones.
-#[inline(always)]
-fn flush_entries<A: Addrs>(entries: &mut [Entry<A>]) -> i32 {
-    let mut busy = 0;
-    for e in entries.iter_mut() {
-        if get(&e.busy) != 0 {
-            busy += 1;
-            continue;
-        }
-        set(&mut e.busy, 1);
-        flush_cache(e);
-        set(&mut e.busy, 0);
+/// What [`flush_cpu`]'s callbacks share: the busy entries found so far.
+#[repr(C)]
+struct FlushWalk {
+    busy: u64,
+}
+
+/// The `bpf_loop` callback of [`flush_cpu`]: flushes entry `index` of family `A` on this CPU
+/// unless it is busy (then counts it in the [`FlushWalk`] at `ctx`). Returns 0: go on.
+#[inline(never)]
+extern "C" fn flush_slot<A: Addrs>(index: u64, ctx: *mut c_void) -> i64 {
+    let Some(st) = cpu_state() else {
+        return 1;
+    };
+    let (_, e) = A::entry(st, index as usize);
+    if get(&e.busy) != 0 {
+        // SAFETY: `ctx` is the caller's `FlushWalk` (see `flush_cpu`).
+        let walk = unsafe { &mut *ctx.cast::<FlushWalk>() };
+        bump(&mut walk.busy);
+        return 0;
     }
-    busy
+    set(&mut e.busy, 1);
+    flush_cache(e);
+    set(&mut e.busy, 0);
+    0
 }
 
 /// The per-packet fast path of every program: the egress same-node skip from this CPU's
@@ -572,17 +618,26 @@ fn hot_headers<H: FastHeaders>(ctx: &TcContext, h: &H, from_pod: bool) -> bool {
         return true;
     }
     let flow = h.flow();
-    let (line, e) = H::Addrs::entry(st, flow.slot());
-    if get(&e.busy) != 0 {
-        return false;
+    let start = flow.set_start();
+    for way in 0..WAYS {
+        let (line, e) = H::Addrs::entry(st, start + way);
+        // Read without `busy` to find the flow's entry (nothing is written to the others);
+        // `hot` checks again with `busy` held.
+        if !flow.holds(e) {
+            continue;
+        }
+        if get(&e.busy) != 0 {
+            return false;
+        }
+        // Set before the entry is read again: a flush that interrupts us from here on sees
+        // it. Every access to the entry is volatile (`get` / `set`), so the compiler keeps
+        // them in program order between setting and clearing `busy`.
+        set(&mut e.busy, 1);
+        let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
+        set(&mut e.busy, 0);
+        return done;
     }
-    // Set before the entry is read: a flush that interrupts us from here on sees it. Every
-    // access to the entry is volatile (`get` / `set`), so the compiler keeps them in
-    // program order between setting and clearing `busy`.
-    set(&mut e.busy, 1);
-    let done = hot(ctx, &h.pkt(), from_pod, &flow, e, line);
-    set(&mut e.busy, 0);
-    done
+    false
 }
 
 /// Adds the counts pending in `e` to the flow's `FLOWS` entry (re-creating the entry if
@@ -643,7 +698,7 @@ fn local_src_tag(src: u32, epoch: u32) -> u64 {
 }
 
 /// The hit of an established flow's packet in its front entry `e` on this CPU (`busy`
-/// held): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
+/// held; checked again here): the flow holds the entry, the packet has no TCP flag bit the flow's `FLOWS`
 /// entry lacks and no FIN/RST. Adds to the entry (one cache line for IPv4, plain stores:
 /// measured on the real path, docs/benchmarks.md, the cost of these programs is the cache
 /// lines and atomic operations per packet), or skips an egress packet whose sender the
@@ -697,7 +752,8 @@ pub(super) fn fast<H: FastHeaders>(
     let Some(st) = state else {
         return uncached(ctx, pkt, from_pod, flow);
     };
-    let (line, e) = H::Addrs::entry(st, flow.slot());
+    let way = pick_way(st, flow);
+    let (line, e) = H::Addrs::entry(st, way);
     if get(&e.busy) != 0 {
         return uncached(ctx, pkt, from_pod, flow);
     }
@@ -707,7 +763,33 @@ pub(super) fn fast<H: FastHeaders>(
     handled
 }
 
-/// [`fast`] without an entry (its slot is held by an interrupted program).
+/// The entry of `flow`'s set that [`fast`] uses: the one holding the flow, else an empty
+/// one, else the one idle longest (which [`cached`] takes over only when idle for
+/// [`TAKEOVER_IDLE_NS`]). Read without `busy`: [`cached`] checks again with it held.
+#[inline(always)]
+fn pick_way<A: Addrs>(st: &mut CpuState, flow: &Flow<A>) -> usize {
+    let start = flow.set_start();
+    let mut pick = start;
+    let mut oldest = u64::MAX;
+    for way in 0..WAYS {
+        let (_, e) = A::entry(st, start + way);
+        if flow.holds(e) {
+            return start + way;
+        }
+        let seen = if get(&e.tail) == 0 {
+            0
+        } else {
+            get(&e.last_seen_ns)
+        };
+        if seen < oldest {
+            oldest = seen;
+            pick = start + way;
+        }
+    }
+    pick
+}
+
+/// [`fast`] without an entry (it is held by an interrupted program).
 #[inline(always)]
 fn uncached<A: Addrs>(ctx: &TcContext, pkt: &Pkt, from_pod: bool, flow: &Flow<A>) -> bool {
     if !from_pod && flow.addrs.sender_local(ctx, flow.dir) {
@@ -742,7 +824,7 @@ fn to_flows<A: Addrs>(
     )
 }
 
-/// [`fast`] with this CPU's entry `e` of the flow's slot, `busy` held.
+/// [`fast`] with this CPU's entry `e` of the flow's set, `busy` held.
 #[inline(always)]
 fn cached<A: Addrs>(
     ctx: &TcContext,
@@ -781,8 +863,8 @@ fn cached<A: Addrs>(
     };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The flow takes the entry if it is its own (new flag bits), empty, or idle for
-    // `TAKEOVER_IDLE_NS`: flows that share a slot do not evict each other on every
-    // packet (a takeover costs a second `FLOWS` lookup, for the previous flow's counts).
+    // `TAKEOVER_IDLE_NS`: flows of a full set do not evict each other on every packet (a
+    // takeover costs a second `FLOWS` lookup, for the previous flow's counts).
     if mine || get(&e.tail) == 0 || get(&e.last_seen_ns) + TAKEOVER_IDLE_NS < now {
         flush_cache(e);
         fill(ctx, e, flow, v, now, get(&line.epoch));

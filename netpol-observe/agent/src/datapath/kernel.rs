@@ -19,12 +19,13 @@ use super::DatapathError;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Runs the `flush_flow_cache` program on every CPU: the programs keep the counts of the
-/// established TCP/UDP flows that hold a slot of the CPU's front entries (`FLOW_CACHE`,
-/// 1024 IPv4 and 256 IPv6 per CPU) instead of updating the flow map per packet, and this moves them into the flow map;
+/// established TCP/UDP flows that hold one of the CPU's front entries (`FLOW_CACHE`,
+/// 2048 IPv4 and 256 IPv6 per CPU, in sets of two) instead of updating the flow map per packet, and this moves them into the flow map;
 /// it also ends what the CPU remembers of which endpoints are local (needed after every
 /// change of the local-endpoint map). The program is loaded but never attached; aya's
 /// [`TestRun`] for raw tracepoints with a CPU (`BPF_PROG_TEST_RUN` with
-/// `BPF_F_TEST_RUN_ON_CPU`, Linux >= 5.10) runs it on the CPU that owns the entries.
+/// `BPF_F_TEST_RUN_ON_CPU`, Linux >= 5.10) runs it on the CPU that owns the entries; it
+/// walks them with `bpf_loop` (Linux >= 5.17).
 ///
 /// The program stays in the [`Ebpf`] object (aya 0.14 cannot take a program out of it, and
 /// a second handle by program id needs `CAP_SYS_ADMIN`, which the agent does not have), so
