@@ -21,15 +21,16 @@
 //! ([`Pass::Again`]) with those connections known, until nothing new is found (at most a few
 //! passes, and one when nothing was denied).
 
+mod key;
+
 use std::{
-    collections::HashSet,
     io::BufRead,
     path::Path,
     sync::{PoisonError, RwLock},
 };
 
 use jiff::Timestamp;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
 use super::{
     Recommender, RecordedFlows, RecordedVerdict,
@@ -41,6 +42,7 @@ use crate::flow::{
     Directional, FlowRecord, FlowState,
     jsonl::{self, FlowLineError, TextLine},
 };
+use key::{KeyMap, LineKey, LineRef};
 
 /// The input records of a recommendation, folded: what [`Recommender::recommend_aggregate`]
 /// needs, in memory independent of the number of records for a given set of connections.
@@ -147,11 +149,20 @@ struct Tally {
 impl Tally {
     /// The tally of one record.
     fn of(v: &Volatile) -> Self {
+        Tally::new(v.connections, v.first_seen, v.last_seen)
+    }
+
+    /// The tally of one record of these fields.
+    fn new(
+        connections: Option<u64>,
+        first_seen: Option<Timestamp>,
+        last_seen: Option<Timestamp>,
+    ) -> Self {
         Tally {
             records: 1,
-            connections: v.connections.unwrap_or(1),
-            first_at: v.first_seen.or(v.last_seen),
-            last_at: v.last_seen.or(v.first_seen),
+            connections: connections.unwrap_or(1),
+            first_at: first_seen.or(last_seen),
+            last_at: last_seen.or(first_seen),
         }
     }
 
@@ -213,9 +224,9 @@ struct Shared {
     /// Connections whose every record is kept whole (found denied by an earlier pass).
     keep_connections: FxHashSet<ConnectionKey>,
     /// Groups whose every record is kept whole (the inventory's policies deny them).
-    keep_groups: HashSet<GroupKey>,
+    keep_groups: KeyMap<()>,
     /// The group of each key (but the groups kept whole).
-    index: RwLock<FxHashMap<GroupKey, u32>>,
+    index: RwLock<KeyMap<u32>>,
 }
 
 impl Shared {
@@ -225,9 +236,7 @@ impl Shared {
         mut f: FlowRecord,
         verdict: Option<RecordedVerdict>,
     ) -> (GroupKey, Volatile, bool) {
-        let epoch = f.first_seen.or(f.last_seen).map(|t| {
-            u32::try_from(self.breakpoints.partition_point(|b| *b <= t)).unwrap_or(u32::MAX)
-        });
+        let epoch = self.epoch(f.first_seen.or(f.last_seen));
         let evidence = matches!(verdict, Some(RecordedVerdict::Denied(_)))
             || judge::dropped(&f).is_some()
             || (!self.keep_connections.is_empty()
@@ -238,57 +247,93 @@ impl Shared {
             epoch,
             verdict,
         };
-        let whole = evidence || (!self.keep_groups.is_empty() && self.keep_groups.contains(&key));
+        let whole = evidence
+            || (!self.keep_groups.is_empty()
+                && self.keep_groups.get(key::hash_key(&key), &key).is_some());
         (key, first, whole)
     }
 
-    /// A worker's part of [`Aggregator::fold_reader`]: one batch of lines parsed and keyed, and
-    /// the groups the index already has looked up. A record's names are checked only when its
-    /// key is not in the index (a key in the index is a record whose names were checked).
+    /// The epoch of a record first (or last) seen at `t`.
+    fn epoch(&self, t: Option<Timestamp>) -> Option<u32> {
+        t.map(|t| u32::try_from(self.breakpoints.partition_point(|b| *b <= t)).unwrap_or(u32::MAX))
+    }
+
+    /// A worker's part of [`Aggregator::fold_reader`]: one batch of lines read and keyed, and
+    /// the groups the index already has looked up.
+    ///
+    /// A line is first read with borrowed strings ([`LineRef`]): when its key is a group of the
+    /// index, that is all (the names of a key in the index were checked). The others — a new
+    /// group, a record kept whole (drops, a denying verdict, a connection found denied), a
+    /// line with escaped strings or a bad line — are read again as records, as
+    /// [`Aggregator::push`] reads them, their names checked.
     fn fold_batch(&self, path: &Path, lines: Vec<TextLine>) -> Vec<Folded> {
-        let mut out = Vec::with_capacity(lines.len());
-        let mut numbers = Vec::with_capacity(lines.len());
-        for line in lines {
-            let Some((number, line)) =
-                jsonl::parse_text_line_unchecked(path, "verdict", &recorded_verdict, line)
-            else {
-                continue;
-            };
-            out.push(match line {
-                Err(e) => Folded::Bad(e),
-                Ok((f, v)) => match self.key(f, v) {
-                    (key, first, true) => {
-                        match jsonl::check_line_names(path, number, &key.record) {
-                            Ok(()) => Folded::Whole(key, first),
-                            Err(e) => Folded::Bad(e),
-                        }
-                    }
-                    (key, first, false) => Folded::New(key, first),
-                },
-            });
-            numbers.push(number);
-        }
-        // One read of the index for the batch.
+        let lines: Vec<TextLine> = lines
+            .into_iter()
+            .filter(|(_, l)| l.as_ref().map_or(true, |t| !t.trim().is_empty()))
+            .collect();
+        // The lines that may be records of a group already seen, read with borrowed strings.
+        let read: Vec<Option<(LineRef<'_>, Option<RecordedVerdict>)>> = lines
+            .iter()
+            .map(|(_, line)| {
+                let text = line.as_ref().ok()?;
+                let r: LineRef<'_> = serde_json::from_str(text).ok()?;
+                let v = recorded_verdict(text).ok()?;
+                let evidence = r.drops.is_some()
+                    || matches!(v, Some(RecordedVerdict::Denied(_)))
+                    || (!self.keep_connections.is_empty()
+                        && self.keep_connections.contains(&r.connection_key()));
+                (!evidence).then_some((r, v))
+            })
+            .collect();
+        let keys: Vec<Option<LineKey<'_>>> = read
+            .iter()
+            .map(|r| {
+                r.as_ref().map(|(r, v)| {
+                    LineKey::new(r, self.epoch(r.first_seen.or(r.last_seen)), v.as_ref())
+                })
+            })
+            .collect();
+        // One read of the index for the batch. A key in the index is not one of the groups kept
+        // whole: a key enters the index only from a record `Self::key` did not keep whole.
         let found: Vec<Option<u32>> = {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-            out.iter()
-                .map(|item| match item {
-                    Folded::New(key, _) if !index.is_empty() => index.get(key).copied(),
+            keys.iter()
+                .map(|k| match k {
+                    Some(k) if !index.is_empty() => index.get_line(k).copied(),
                     _ => None,
                 })
                 .collect()
         };
-        for ((item, found), number) in out.iter_mut().zip(found).zip(numbers) {
-            let Folded::New(key, first) = item else {
-                continue;
-            };
-            if let Some(i) = found {
-                *item = Folded::Hit(i, Tally::of(first));
-            } else if let Err(e) = jsonl::check_line_names(path, number, &key.record) {
-                *item = Folded::Bad(e);
-            }
-        }
-        out
+        let hits: Vec<Option<(u32, Tally)>> = found
+            .into_iter()
+            .zip(&read)
+            .map(|(found, r)| {
+                let (r, _) = r.as_ref()?;
+                Some((found?, Tally::new(r.connections, r.first_seen, r.last_seen)))
+            })
+            .collect();
+        drop(keys);
+        drop(read);
+        lines
+            .into_iter()
+            .zip(hits)
+            .filter_map(|(line, hit)| {
+                if let Some((i, tally)) = hit {
+                    return Some(Folded::Hit(i, tally));
+                }
+                let (number, line) =
+                    jsonl::parse_text_line_unchecked(path, "verdict", &recorded_verdict, line)?;
+                let (key, first, whole) = match line {
+                    Ok((f, v)) => self.key(f, v),
+                    Err(e) => return Some(Folded::Bad(e)),
+                };
+                Some(match jsonl::check_line_names(path, number, &key.record) {
+                    Err(e) => Folded::Bad(e),
+                    Ok(()) if whole => Folded::Whole(key, first),
+                    Ok(()) => Folded::New(key, first),
+                })
+            })
+            .collect()
     }
 }
 
@@ -306,20 +351,16 @@ enum Folded {
 }
 
 /// Adds a record to the group of its key, or makes the key a new group.
-fn add_keyed(
-    groups: &mut Vec<Group>,
-    index: &mut FxHashMap<GroupKey, u32>,
-    key: GroupKey,
-    first: Volatile,
-) {
-    if let Some(&i) = index.get(&key) {
+fn add_keyed(groups: &mut Vec<Group>, index: &mut KeyMap<u32>, key: GroupKey, first: Volatile) {
+    let hash = key::hash_key(&key);
+    if let Some(&i) = index.get(hash, &key) {
         if let Some(g) = groups.get_mut(i as usize) {
             g.tally.add(&Tally::of(&first));
         }
         return;
     }
     let i = u32::try_from(groups.len()).unwrap_or(u32::MAX);
-    index.insert(key, i);
+    index.insert_new(hash, key, i);
     groups.push(Group::new(first, None));
 }
 
@@ -350,7 +391,7 @@ impl<'i> Recommender<'i> {
             shared: Shared {
                 breakpoints,
                 keep_connections: FxHashSet::default(),
-                keep_groups: HashSet::new(),
+                keep_groups: KeyMap::default(),
                 index: RwLock::default(),
             },
             groups: Vec::new(),
@@ -497,7 +538,7 @@ impl<'r, 'i> Aggregator<'r, 'i> {
         } = self;
         let index = index.into_inner().unwrap_or_else(PoisonError::into_inner);
         let mut keys: Vec<Option<GroupKey>> = vec![None; groups.len()];
-        for (key, i) in index {
+        for (key, i) in index.into_entries() {
             if let Some(slot) = keys.get_mut(i as usize) {
                 *slot = Some(key);
             }
@@ -544,7 +585,7 @@ impl<'r, 'i> Aggregator<'r, 'i> {
                     engine.evaluate_compact(f).allowed
                 };
                 if !allowed {
-                    found |= keep_groups.insert(key);
+                    found |= keep_groups.insert(key, ());
                 }
             }
         }
