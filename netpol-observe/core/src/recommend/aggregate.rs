@@ -329,8 +329,8 @@ impl Shared {
                 };
                 Some(match jsonl::check_line_names(path, number, &key.record) {
                     Err(e) => Folded::Bad(e),
-                    Ok(()) if whole => Folded::Whole(Box::new((key, first))),
-                    Ok(()) => Folded::New(Box::new((key, first))),
+                    Ok(()) if whole => Folded::Whole(key, first),
+                    Ok(()) => Folded::New(key, first),
                 })
             })
             .collect()
@@ -342,11 +342,10 @@ impl Shared {
 enum Folded {
     /// A record of the group with this index.
     Hit(u32, Tally),
-    /// A record whose key the index did not have when the worker looked (boxed: most items
-    /// are hits).
-    New(Box<(GroupKey, Volatile)>),
+    /// A record whose key the index did not have when the worker looked.
+    New(GroupKey, Volatile),
     /// A record kept whole.
-    Whole(Box<(GroupKey, Volatile)>),
+    Whole(GroupKey, Volatile),
     /// A bad line.
     Bad(FlowLineError),
 }
@@ -507,12 +506,8 @@ impl<'r, 'i> Aggregator<'r, 'i> {
                             g.tally.add(&t);
                         }
                     }
-                    Folded::Whole(item) => {
-                        let (key, first) = *item;
-                        groups.push(Group::new(first, Some(key)));
-                    }
-                    Folded::New(item) => {
-                        let (key, first) = *item;
+                    Folded::Whole(key, first) => groups.push(Group::new(first, Some(key))),
+                    Folded::New(key, first) => {
                         let index = index.get_or_insert_with(|| {
                             shared.index.write().unwrap_or_else(PoisonError::into_inner)
                         });

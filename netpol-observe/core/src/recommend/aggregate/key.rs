@@ -124,7 +124,16 @@ enum Labels<'a> {
     Borrowed(Option<&'a BTreeMap<&'a str, &'a str>>),
 }
 
-impl Labels<'_> {
+impl<'a> Labels<'a> {
+    fn pairs(self) -> Option<Box<dyn Iterator<Item = (&'a str, &'a str)> + 'a>> {
+        match self {
+            Labels::Owned(m) => {
+                m.map(|m| Box::new(m.iter().map(|(k, v)| (k.as_str(), v.as_str()))) as Box<_>)
+            }
+            Labels::Borrowed(m) => m.map(|m| Box::new(m.iter().map(|(k, v)| (*k, *v))) as Box<_>),
+        }
+    }
+
     fn len(self) -> usize {
         match self {
             Labels::Owned(m) => m.map_or(0, BTreeMap::len),
@@ -134,24 +143,14 @@ impl Labels<'_> {
 }
 
 impl PartialEq for Labels<'_> {
-    // No boxed iterators: this runs for every record of a group already seen.
     fn eq(&self, other: &Self) -> bool {
-        fn same(a: &BTreeMap<String, String>, b: &BTreeMap<&str, &str>) -> bool {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| ka == kb && va == vb)
+        if self.len() != other.len() {
+            return false;
         }
-        match (*self, *other) {
-            (Labels::Owned(a), Labels::Owned(b)) => a == b,
-            (Labels::Borrowed(a), Labels::Borrowed(b)) => a == b,
-            (Labels::Owned(a), Labels::Borrowed(b)) | (Labels::Borrowed(b), Labels::Owned(a)) => {
-                match (a, b) {
-                    (None, None) => true,
-                    (Some(a), Some(b)) => same(a, b),
-                    _ => false,
-                }
-            }
+        match (self.pairs(), other.pairs()) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.eq(b),
+            _ => false,
         }
     }
 }
@@ -159,16 +158,9 @@ impl PartialEq for Labels<'_> {
 impl Hash for Labels<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.len().hash(state);
-        match *self {
-            Labels::Owned(m) => {
-                for (k, v) in m.into_iter().flatten() {
-                    (k.as_str(), v.as_str()).hash(state);
-                }
-            }
-            Labels::Borrowed(m) => {
-                for (k, v) in m.into_iter().flatten() {
-                    (*k, *v).hash(state);
-                }
+        if let Some(pairs) = self.pairs() {
+            for pair in pairs {
+                pair.hash(state);
             }
         }
     }
