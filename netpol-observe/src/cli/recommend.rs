@@ -582,13 +582,10 @@ fn flows_from_files(
     // Several files are concatenated, as before: only agents' answers are de-duplicated.
     let flows = recommender.aggregate(|agg| {
         let report = agg.pass() == 0;
-        let mut each = |line: Result<_, FlowLineError>| match line {
-            Ok((f, v)) => agg.push(f, v),
-            Err(e) => {
-                if report {
-                    errln!("error: {}", Chain(&e));
-                    bad += 1;
-                }
+        let mut each = |e: FlowLineError| {
+            if report {
+                errln!("error: {}", Chain(&e));
+                bad += 1;
             }
         };
         for path in &args.flows {
@@ -596,13 +593,13 @@ fn flows_from_files(
                 Some(spool) if path == Path::new("-") => {
                     let file = std::fs::File::open(&spool.0)
                         .with_context(|| format!("cannot read {}", spool.0.display()))?;
-                    sources::stream_flow_reader(
+                    agg.fold_reader(
                         path,
                         std::io::BufReader::with_capacity(1 << 16, file),
                         &mut each,
                     );
                 }
-                _ => sources::stream_flow_file(path, &mut each),
+                _ => agg.fold_file(path, &mut each),
             }
         }
         anyhow::Ok(())

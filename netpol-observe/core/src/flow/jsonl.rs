@@ -184,10 +184,8 @@ const BATCH: usize = 1024;
 /// [`read_lines_with`] as a stream: `each` gets every line as it is read, in the order of the
 /// input (nothing is held but a few batches in flight).
 ///
-/// Parsing (JSON, name checks, `extra`) is most of the cost of a large flow file, so batches of
-/// [`BATCH`] lines are parsed on worker threads (one per available CPU) while this thread reads
-/// the next lines and hands the parsed ones to `each` in order; an input of one batch is parsed
-/// here.
+/// Parsing (JSON, name checks, `extra`) is most of the cost of a large flow file, so the lines
+/// are parsed on [`for_each_batch`]'s workers and handed to `each` in order.
 pub(crate) fn for_each_line_with<T: Send>(
     path: &Path,
     reader: impl BufRead,
@@ -195,55 +193,136 @@ pub(crate) fn for_each_line_with<T: Send>(
     extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
     mut each: impl FnMut(FlowLineWith<T>),
 ) {
-    let parse =
-        |(number, line): (usize, Result<String, FlowLineError>)| -> Option<FlowLineWith<T>> {
-            match line {
-                Ok(text) if text.trim().is_empty() => None,
-                Ok(text) => Some((
-                    number,
-                    parse_line(path, number, &text).and_then(|record| {
-                        let more = extra(&text).map_err(|source| FlowLineError::Extra {
-                            path: path.to_owned(),
-                            line: number,
-                            field,
-                            source,
-                        })?;
-                        Ok((record, more))
-                    }),
-                )),
-                Err(e) => Some((number, Err(e))),
-            }
-        };
+    for_each_batch(
+        path,
+        reader,
+        |batch| {
+            batch
+                .into_iter()
+                .filter_map(|line| parse_text_line(path, field, &extra, line))
+                .collect::<Vec<_>>()
+        },
+        |parsed| parsed.into_iter().for_each(&mut each),
+    );
+}
+
+/// One text line of [`text_lines`]: its 1-based number and the text or the error.
+pub(crate) type TextLine = (usize, Result<String, FlowLineError>);
+
+/// Parses one text line with [`read_lines_with`]'s `extra`: `None` for a blank line, an error
+/// line passed through.
+pub(crate) fn parse_text_line<T>(
+    path: &Path,
+    field: &'static str,
+    extra: &impl Fn(&str) -> Result<T, serde_json::Error>,
+    (number, line): TextLine,
+) -> Option<FlowLineWith<T>> {
+    match line {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some((
+            number,
+            parse_line(path, number, &text).and_then(|record| {
+                let more = extra(&text).map_err(|source| FlowLineError::Extra {
+                    path: path.to_owned(),
+                    line: number,
+                    field,
+                    source,
+                })?;
+                Ok((record, more))
+            }),
+        )),
+        Err(e) => Some((number, Err(e))),
+    }
+}
+
+/// [`parse_text_line`] without the name check of a good line: for a reader that checks only
+/// the records it keeps, with [`check_line_names`] (a record equal to one already checked need
+/// not be checked again). A line whose `extra` fails is checked first: a bad name is reported
+/// before a bad `extra`, as [`parse_text_line`] does.
+pub(crate) fn parse_text_line_unchecked<T>(
+    path: &Path,
+    field: &'static str,
+    extra: &impl Fn(&str) -> Result<T, serde_json::Error>,
+    (number, line): TextLine,
+) -> Option<FlowLineWith<T>> {
+    match line {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some((
+            number,
+            parse_json(path, number, &text).and_then(|record| match extra(&text) {
+                Ok(more) => Ok((record, more)),
+                Err(source) => {
+                    check_line_names(path, number, &record)?;
+                    Err(FlowLineError::Extra {
+                        path: path.to_owned(),
+                        line: number,
+                        field,
+                        source,
+                    })
+                }
+            }),
+        )),
+        Err(e) => Some((number, Err(e))),
+    }
+}
+
+/// The name check of [`parse_text_line`] ([`FlowRecord::check_names`]) as the error of line
+/// `line` of `path`.
+pub(crate) fn check_line_names(
+    path: &Path,
+    line: usize,
+    record: &FlowRecord,
+) -> Result<(), FlowLineError> {
+    record.check_names().map_err(|source| FlowLineError::Name {
+        path: path.to_owned(),
+        line,
+        source,
+    })
+}
+
+/// The text lines of `reader` ([`text_lines`]) in batches of [`BATCH`]: `work` turns each
+/// batch into a `B` on a worker thread (one per available CPU, at most 8) while this thread
+/// reads the next lines, and `each` gets the `B`s here, in the order of the input (nothing is
+/// held but a few batches in flight). An input of one batch, or a machine of one CPU, runs
+/// `work` here.
+///
+/// `work` is where the cost of a large flow file goes (parsing, and whatever is done with the
+/// records that needs no order), `each` what must see the input in order.
+pub(crate) fn for_each_batch<B: Send>(
+    path: &Path,
+    reader: impl BufRead,
+    work: impl Fn(Vec<TextLine>) -> B + Sync,
+    mut each: impl FnMut(B),
+) {
     let mut lines = text_lines(path, reader);
     let first: Vec<_> = lines.by_ref().take(BATCH).collect();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     if first.len() < BATCH || workers < 2 {
-        first
-            .into_iter()
-            .chain(lines)
-            .filter_map(parse)
-            .for_each(each);
+        let mut batch = first;
+        while !batch.is_empty() {
+            each(work(batch));
+            batch = lines.by_ref().take(BATCH).collect();
+        }
         return;
     }
-    let (work_tx, work_rx) = std::sync::mpsc::channel::<(usize, Vec<_>)>();
+    let (work_tx, work_rx) = std::sync::mpsc::channel::<(usize, Vec<TextLine>)>();
     let work_rx = std::sync::Mutex::new(work_rx);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, Vec<FlowLineWith<T>>)>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, B)>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            let (work_rx, done_tx, parse) = (&work_rx, done_tx.clone(), &parse);
+            let (work_rx, done_tx, work) = (&work_rx, done_tx.clone(), &work);
             scope.spawn(move || {
                 loop {
                     let next = work_rx.lock().map(|rx| rx.recv());
                     let Ok(Ok((seq, batch))) = next else { break };
-                    let parsed = batch.into_iter().filter_map(parse).collect();
-                    if done_tx.send((seq, parsed)).is_err() {
+                    if done_tx.send((seq, work(batch))).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(done_tx);
-        // Batches sent, batches handed to `each`, and the ones parsed ahead of their turn.
+        // Batches sent, batches handed to `each`, and the ones done ahead of their turn.
         let (mut sent, mut handed) = (0, 0);
         let mut ahead = std::collections::BTreeMap::new();
         let mut batch = Some(first);
@@ -262,19 +341,19 @@ pub(crate) fn for_each_line_with<T: Send>(
                 break;
             }
             // The next batch in order (workers finish out of order).
-            let parsed = loop {
-                if let Some(p) = ahead.remove(&handed) {
-                    break Some(p);
+            let done = loop {
+                if let Some(d) = ahead.remove(&handed) {
+                    break Some(d);
                 }
                 match done_rx.recv() {
-                    Ok((seq, p)) => {
-                        ahead.insert(seq, p);
+                    Ok((seq, d)) => {
+                        ahead.insert(seq, d);
                     }
                     Err(_) => break None,
                 }
             };
-            let Some(parsed) = parsed else { break };
-            parsed.into_iter().for_each(&mut each);
+            let Some(done) = done else { break };
+            each(done);
             handed += 1;
             let next: Vec<_> = lines.by_ref().take(BATCH).collect();
             batch = (!next.is_empty()).then_some(next);
@@ -285,17 +364,18 @@ pub(crate) fn for_each_line_with<T: Send>(
 
 /// Parses one line into a record whose names are valid ([`FlowRecord::check_names`]).
 fn parse_line(path: &Path, line: usize, text: &str) -> Result<FlowRecord, FlowLineError> {
-    let record: FlowRecord = serde_json::from_str(text).map_err(|source| FlowLineError::Parse {
-        path: path.to_owned(),
-        line,
-        source,
-    })?;
-    record.check_names().map_err(|source| FlowLineError::Name {
-        path: path.to_owned(),
-        line,
-        source,
-    })?;
+    let record = parse_json(path, line, text)?;
+    check_line_names(path, line, &record)?;
     Ok(record)
+}
+
+/// Parses one line into a record, its names not checked.
+fn parse_json(path: &Path, line: usize, text: &str) -> Result<FlowRecord, FlowLineError> {
+    serde_json::from_str(text).map_err(|source| FlowLineError::Parse {
+        path: path.to_owned(),
+        line,
+        source,
+    })
 }
 
 /// Opens `path` (or stdin for `-`) and reads its lines; an unreadable file is one error line.
@@ -333,24 +413,42 @@ pub(crate) fn for_each_file_line_with<T: Send>(
     extra: impl Fn(&str) -> Result<T, serde_json::Error> + Sync,
     mut each: impl FnMut(FlowLineWith<T>),
 ) {
+    for_each_file_batch(
+        path,
+        |batch| {
+            batch
+                .into_iter()
+                .filter_map(|line| parse_text_line(path, field, &extra, line))
+                .collect::<Vec<_>>()
+        },
+        |parsed| parsed.into_iter().for_each(&mut each),
+    );
+}
+
+/// [`for_each_batch`] of the file `path` (`-`: stdin); a file that cannot be opened is a batch
+/// of one error line (number 0).
+pub(crate) fn for_each_file_batch<B: Send>(
+    path: &Path,
+    work: impl Fn(Vec<TextLine>) -> B + Sync,
+    mut each: impl FnMut(B),
+) {
     if path == Path::new("-") {
-        return for_each_line_with(path, io::stdin().lock(), field, extra, each);
+        return for_each_batch(path, io::stdin().lock(), work, each);
     }
     match std::fs::File::open(path) {
-        Ok(file) => for_each_line_with(
+        Ok(file) => for_each_batch(
             path,
             io::BufReader::with_capacity(1 << 16, file),
-            field,
-            extra,
+            work,
             each,
         ),
-        Err(source) => each((
+        Err(source) => each(work(vec![(
             0,
             Err(FlowLineError::Io {
                 path: path.to_owned(),
                 source,
             }),
-        )),
+        )])),
     }
 }
 

@@ -99,26 +99,6 @@ pub fn read_flow_file(path: &Path) -> (RecordedFlows, Vec<FlowLineError>) {
     recorded_lines(jsonl::read_file_with(path, "verdict", recorded_verdict))
 }
 
-/// [`read_flow_file`] as a stream: `each` gets every record with its verdict, or the error of a
-/// bad line (file and line number), as it is read; nothing is held.
-pub fn stream_flow_file(
-    path: &Path,
-    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
-) {
-    jsonl::for_each_file_line_with(path, "verdict", recorded_verdict, |(_, line)| each(line));
-}
-
-/// [`stream_flow_file`] of an open reader; `path` names it in errors.
-pub fn stream_flow_reader(
-    path: &Path,
-    reader: impl std::io::BufRead,
-    mut each: impl FnMut(Result<(FlowRecord, Option<RecordedVerdict>), FlowLineError>),
-) {
-    jsonl::for_each_line_with(path, reader, "verdict", recorded_verdict, |(_, line)| {
-        each(line)
-    });
-}
-
 /// Reads an agent's `/api/v1/flows` body (JSON lines) with the verdict of each line. Bad lines
 /// are returned as errors naming `origin` and the line; good ones are kept.
 pub fn parse_agent_answer(body: &str, origin: &str) -> (RecordedFlows, Vec<FlowLineError>) {

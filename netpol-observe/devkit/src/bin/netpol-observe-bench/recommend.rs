@@ -10,7 +10,7 @@ use anyhow::Context;
 use netpol_observe_core::{
     attribution::Subnets,
     flow::jsonl,
-    recommend::{RecommendConfig, Recommender, render_yaml, sources},
+    recommend::{RecommendConfig, Recommender, render_yaml},
 };
 use netpol_observe_devkit::bench::{process_cpu_seconds, recommend as bench};
 
@@ -102,10 +102,7 @@ fn measure(args: &Args) -> anyhow::Result<serde_json::Value> {
             let path = args.file.as_deref().context("--input jsonl needs --file")?;
             let agg = recommender.aggregate(|agg| {
                 passes += 1;
-                sources::stream_flow_file(path, |line| match line {
-                    Ok((f, v)) => agg.push(f, v),
-                    Err(_) => bad += 1,
-                });
+                agg.fold_file(path, |_| bad += 1);
                 anyhow::Ok(())
             })?;
             let rec = recommender.recommend_aggregate(&agg);
