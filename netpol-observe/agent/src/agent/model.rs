@@ -374,17 +374,11 @@ impl Model {
         )
     }
 
-    /// Explained verdicts, settled: they are stored, and must not keep this model's engines
-    /// alive after a swap.
+    /// Explained verdicts (values: storing them keeps nothing of this model's engines).
     fn evaluate(&self, r: &FlowRecord) -> Verdicts {
-        let settled = |e: &PolicyEngine| {
-            let mut v = e.evaluate(r);
-            v.settle();
-            v
-        };
         Verdicts {
-            verdict: settled(&self.engine),
-            staged: self.staged.as_ref().map(settled),
+            verdict: self.engine.evaluate(r),
+            staged: self.staged.as_ref().map(|e| e.evaluate(r)),
         }
     }
 

@@ -15,7 +15,7 @@ use super::{
         tiers::{ClusterTiers, TierQuery},
     },
     compile::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
-    names::{IdList, List, RuleNames},
+    names::RuleNames,
     selector::CompiledSelector,
     selector::Interner,
     table::{PeerKey, Rows, Tables, TablesBuilder},
@@ -301,9 +301,9 @@ type GroupIds = HashMap<(bool, Box<[u32]>), u32>;
 /// Container ports whose names some rule uses: (name id, protocol, port), in container order.
 type PortList = Box<[(u32, Protocol, u16)]>;
 
-/// What an explanation is found from: the merged rule tables, the pods' named ports and the
-/// rule names. Shared by the engine and by the verdicts whose explanation is still pending.
-#[derive(Debug)]
+/// What a verdict and its explanation are found from: the merged rule tables, the pods'
+/// named ports and the rule names.
+#[derive(Debug, Clone)]
 struct Core {
     /// Groups of pods selected by the same policies and their merged rule tables.
     tables: Arc<Tables>,
@@ -312,7 +312,7 @@ struct Core {
     /// The distinct lists of container ports whose names some rule uses: (name id, protocol,
     /// port), in container order (pods of one workload share theirs).
     port_lists: Arc<[PortList]>,
-    /// Rule and policy names, for lazy explanations.
+    /// Rule and policy names, for explanations.
     rule_names: Arc<RuleNames>,
 }
 
@@ -329,54 +329,13 @@ impl Core {
     }
 }
 
-/// An allowed direction whose allowing rules are found only when its explanation is first
-/// read ([`Names::pending`]): the engine's tables to answer it and the question, inline
-/// (small copies; no allocation, one reference count on the tables).
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    core: Arc<Core>,
-    group: u32,
-    /// The peer's condition rows (class and address region).
-    rows: Rows,
-    /// The destination pod (its named ports), or [`NO_POD`].
-    dst: u32,
-    /// The destination port, if `has_port`.
-    port: u16,
-    has_port: bool,
-    protocol: Protocol,
-    /// Which list of the explanation this is (set by [`Names::pending`]; kept here, in what
-    /// would be padding, so that a pending list stays as small as a shared one plus 32 bytes).
-    pub(crate) list: List,
-}
-
-/// No destination pod in a [`Pending`].
-const NO_POD: u32 = u32::MAX;
-
-impl Pending {
-    /// The names the rules resolve against.
-    pub(crate) fn names(&self) -> &RuleNames {
-        &self.core.rule_names
-    }
-
-    /// The allowing rules (global ids, ascending).
-    pub(crate) fn rules(&self) -> IdList {
-        let port = self.has_port.then_some(self.port);
-        self.core
-            .tables
-            .allowing_rules(self.group, self.protocol, port, self.rows, |name| {
-                self.core.named_port_id(self.dst, name, self.protocol)
-            })
-    }
-}
-
 /// NetworkPolicies compiled against an inventory: compile once, evaluate many times.
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
     /// Policy names (`ns/name`), sorted: policy indices are positions here.
     names: Vec<Name>,
-    /// The rule tables and the named ports: shared with the verdicts whose explanation is
-    /// still to be found ([`Pending`]).
-    core: Arc<Core>,
+    /// The rule tables, the named ports and the rule names.
+    core: Core,
     /// The pods, nodes and Services (possibly shared with another engine).
     table: Arc<PodTable>,
     /// The same pods, the fields every verdict reads.
@@ -498,12 +457,12 @@ impl PolicyEngine {
 
         Ok(PolicyEngine {
             names,
-            core: Arc::new(Core {
+            core: Core {
                 tables: Arc::new(tables),
                 named_ports: named.per_pod,
                 port_lists: named.lists.into(),
                 rule_names: Arc::new(rule_names),
-            }),
+            },
             table,
             hot: pods.hot,
             tiers,
@@ -554,12 +513,12 @@ impl PolicyEngine {
         }
         Some(PolicyEngine {
             names: self.names.clone(),
-            core: Arc::new(Core {
+            core: Core {
                 tables: Arc::clone(&self.core.tables),
                 named_ports: named_ports.into_boxed_slice(),
                 port_lists: Arc::clone(&self.core.port_lists),
                 rule_names: Arc::clone(&self.core.rule_names),
-            }),
+            },
             table: Arc::clone(table),
             hot,
             tiers: None,
@@ -699,8 +658,8 @@ impl PolicyEngine {
     /// whose first backend is taken). A flow to a ClusterIP is checked at the backend's target
     /// port, as the destination sees it after DNAT.
     ///
-    /// The explanation of an allowed direction is found when it is first read; until then the
-    /// verdict shares this engine's tables ([`Verdict::settle`] resolves it for storage).
+    /// The verdict is a value: its explanation (the allowing rules and their policies, or the
+    /// isolating policies) is complete and holds nothing of the engine.
     pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
         let names = flow.dst.dns_names.as_slice();
         let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q, names));
@@ -768,8 +727,8 @@ impl PolicyEngine {
     }
 
     /// One direction with its explanation. The decision is made as in [`Self::decide`]; an
-    /// allowed direction's allowing rules are found only when its explanation is first read
-    /// ([`Pending`]), a denied one lists the group's isolating policies (shared).
+    /// allowed direction lists its allowing rules and their policies, a denied one the
+    /// group's isolating policies (shared).
     fn explained(&self, q: Query, f: FlowQuery, names: &[String]) -> SideVerdict {
         if let Some(tiers) = &self.tiers {
             return self.explained_tiered(tiers, q, f, names);
@@ -880,41 +839,36 @@ impl PolicyEngine {
         }
     }
 
-    /// An isolated direction decided by the NetworkPolicies of `group`.
+    /// An isolated direction decided by the NetworkPolicies of `group`: allowed when some
+    /// rule allows the flow (one search finds them all: the explanation), else denied.
     fn explained_group(&self, group: u32, q: Query, f: FlowQuery) -> SideVerdict {
         let rows = self.core.tables.rows(self.peer_key(q));
-        if self.allows(group, rows, f) {
-            let (policies, rules) = Names::pending(Pending {
-                core: Arc::clone(&self.core),
-                group,
-                rows,
-                dst: match f.dst {
-                    Side::Pod(d) => d,
-                    _ => NO_POD,
-                },
-                port: f.port.unwrap_or(0),
-                has_port: f.port.is_some(),
-                protocol: f.protocol,
-                list: List::Rules,
+        let dst_pod = match f.dst {
+            Side::Pod(d) => Some(d),
+            _ => None,
+        };
+        let rules = self
+            .core
+            .tables
+            .allowing_rules(group, f.protocol, f.port, rows, |name| {
+                dst_pod.and_then(|d| self.core.named_port_id(d, name, f.protocol))
             });
-            SideVerdict {
-                result: SideResult::Allowed,
-                policies,
-                rules,
-                reason: None,
-            }
-        } else {
-            SideVerdict {
+        let none = Names::default();
+        let isolating = self.core.tables.group(group).map_or(&none, |g| &g.denied);
+        if rules.is_empty() {
+            return SideVerdict {
                 result: SideResult::Denied,
-                policies: self
-                    .core
-                    .tables
-                    .group(group)
-                    .map(|g| g.denied.clone())
-                    .unwrap_or_default(),
+                policies: isolating.clone(),
                 rules: Names::default(),
                 reason: None,
-            }
+            };
+        }
+        let (policies, rules) = self.core.rule_names.explain(&rules, isolating);
+        SideVerdict {
+            result: SideResult::Allowed,
+            policies,
+            rules,
+            reason: None,
         }
     }
 
@@ -1600,48 +1554,50 @@ mod tests {
         let names = size_of::<crate::policy::Names>();
         let side = size_of::<SideVerdict>();
         let verdict = size_of::<Verdict>();
-        assert!(names <= 48, "Names: {names} bytes");
-        assert!(side <= 104, "SideVerdict: {side} bytes");
-        assert!(verdict <= 216, "Verdict: {verdict} bytes");
+        assert!(names <= 16, "Names: {names} bytes");
+        assert!(side <= 40, "SideVerdict: {side} bytes");
+        assert!(verdict <= 88, "Verdict: {verdict} bytes");
     }
 
-    /// An allowed direction's explanation is found when first read, from the engine's tables:
-    /// it is right even after the engine is dropped, and settling it releases the tables.
+    /// Explanations are values: complete when the verdict is made (one rule or several, one
+    /// policy or several) and the same after the engine is dropped.
     #[test]
-    fn pending_explanations_outlive_the_engine_and_settle() {
+    fn explanations_are_values_that_outlive_the_engine() {
         let inv = synth::cluster(4, 300, 11);
         let pols = synth::policies(400, 4, 11);
         let flows = synth::flows(&inv, 2_000, 11);
         let reference = Reference::new(&inv, &pols).unwrap();
         let engine = PolicyEngine::compile(&pols, &inv).unwrap();
-        let pending: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
-        let allowed_sides = pending
+        let verdicts: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
+        let again: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
+        let allowed: Vec<_> = verdicts
             .iter()
             .flat_map(|v| [&v.ingress, &v.egress])
             .filter(|s| s.result == SideResult::Allowed && s.reason.is_none())
-            .count();
-        assert!(allowed_sides > 1_000, "{allowed_sides}");
-        // One reference to the tables per pending list (rules, policies) of each allowed
-        // direction, besides the engine's own.
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
-        let mut settled: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
-        settled.iter_mut().for_each(|v| v.settle());
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
-        // Reading one list resolves it without touching the other's reference.
-        let mut read = pending.clone();
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 4 * allowed_sides);
-        for v in &mut read {
-            v.ingress.rules.settle();
-            v.egress.rules.settle();
-        }
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 3 * allowed_sides);
-        drop(read);
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
+            .collect();
+        assert!(allowed.len() > 1_000, "{}", allowed.len());
+        // Every allowed direction names its rules and their policies, some one of each, some
+        // several.
+        assert!(
+            allowed
+                .iter()
+                .all(|s| !s.rules.is_empty() && !s.policies.is_empty())
+        );
+        assert!(allowed.iter().any(|s| s.rules.len() == 1));
+        assert!(
+            allowed
+                .iter()
+                .any(|s| s.rules.len() > 1 && s.policies.len() > 1)
+        );
+        // Made again, the same values.
+        assert_eq!(verdicts, again);
         drop(engine);
-        for ((flow, p), s) in flows.iter().zip(&pending).zip(&settled) {
-            let want = reference.evaluate(flow);
-            assert_eq!(p, &want, "pending, read after the engine is gone: {flow:?}");
-            assert_eq!(s, &want, "settled: {flow:?}");
+        for (flow, v) in flows.iter().zip(&verdicts) {
+            assert_eq!(
+                v,
+                &reference.evaluate(flow),
+                "read after the engine is gone: {flow:?}"
+            );
         }
     }
 }

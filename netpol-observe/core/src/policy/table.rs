@@ -250,13 +250,13 @@ impl Tables {
         self.port_names.get(name).copied()
     }
 
-    /// The names of every rule, for lazy explanations; `policies` names every policy.
+    /// The names of every rule, for explanations; `policies` names every policy.
     pub(crate) fn rule_names(&self, policies: &[Name]) -> RuleNames {
-        RuleNames {
-            labels: self.rules.iter().map(|r| r.label.clone()).collect(),
-            policy: self.rules.iter().map(|r| r.policy).collect(),
-            policies: policies.into(),
-        }
+        RuleNames::new(
+            self.rules.iter().map(|r| r.label.clone()).collect(),
+            self.rules.iter().map(|r| r.policy).collect(),
+            policies,
+        )
     }
 
     /// The condition rows of a peer.

@@ -48,13 +48,14 @@ pub struct BenchRow {
     pub policies: usize,
     /// Median compile time, milliseconds.
     pub compile_ms: f64,
-    /// Median verdicts per second of [`PolicyEngine::evaluate`] (explained verdicts; an
-    /// allowed direction's rules are found when first read, which this figure does not do).
+    /// Median verdicts per second of [`PolicyEngine::evaluate`] (explained verdicts: every
+    /// allowing rule found and its name listed; the names are not read).
     pub verdicts_per_sec: f64,
     /// Every round's verdicts per second, in round order.
     pub samples: Vec<f64>,
     /// Median verdicts per second of [`PolicyEngine::evaluate`] with both explanations read
-    /// (every allowing rule found, rule and policy names resolved): what printing costs.
+    /// (every rule and policy name touched): what printing costs, the output aside. Since
+    /// explanations are values (made by `evaluate`), reading adds only the names' loads.
     pub read_verdicts_per_sec: f64,
     /// Every round's explained-and-read verdicts per second, in round order.
     pub read_samples: Vec<f64>,
