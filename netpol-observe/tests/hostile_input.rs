@@ -305,12 +305,12 @@ fn recommend_with_65536_port_intervals_passes_its_self_check() {
     let engine = PolicyEngine::compile(&rec.policies, &inv).unwrap();
     assert!(
         engine
-            .evaluate(&FlowRecord::new(Protocol::Tcp, web, api, Some(65535)))
+            .evaluate_flow(&FlowRecord::new(Protocol::Tcp, web, api, Some(65535)))
             .allowed
     );
     assert!(
         !engine
-            .evaluate(&FlowRecord::new(Protocol::Tcp, web, api, Some(65534)))
+            .evaluate_flow(&FlowRecord::new(Protocol::Tcp, web, api, Some(65534)))
             .allowed
     );
 }

@@ -227,7 +227,7 @@ fn fixture_policies_through_a_service_and_host_network() {
     let eval = |src: &str, dst: &str, port: u16, proto: Protocol| {
         let mut f = FlowRecord::new(proto, ip(src), ip(dst), Some(port));
         attr.attribute(&mut f);
-        engine.evaluate(&f)
+        engine.evaluate_flow(&f)
     };
     // web → svc/api:80 → api pod at named port `api` (9000): allowed by api-from-web.
     let v = eval("10.244.1.5", "10.96.0.20", 80, Protocol::Tcp);

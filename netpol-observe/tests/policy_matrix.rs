@@ -136,7 +136,7 @@ fn assert_matrix(yaml: &str, port: u16, protocol: Protocol, expected: impl Fn(P,
         grid.push_str(&format!("{}/{}  ", s.ns, s.pod));
         for (d, dip) in all_pods() {
             let flow = FlowRecord::new(protocol, sip, dip, Some(port));
-            let v = engine.evaluate(&flow);
+            let v = engine.evaluate_flow(&flow);
             let r = reference::evaluate(&inv, &pols, &flow).unwrap();
             assert_eq!(v, r, "engine and reference disagree on {s:?} -> {d:?}");
             grid.push_str(if v.allowed { "  . " } else { "  X " });
@@ -421,7 +421,7 @@ spec:
     let engine = PolicyEngine::compile(&policies(yaml), &inv).unwrap();
     let check = |port| {
         engine
-            .evaluate(&FlowRecord::new(
+            .evaluate_flow(&FlowRecord::new(
                 Protocol::Tcp,
                 pod_ip(1, 0),
                 pod_ip(0, 0),
@@ -545,7 +545,7 @@ spec:
 "#
     );
     let engine = PolicyEngine::compile(&policies(&yaml), &inv).unwrap();
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         pod_ip(1, 0),
         pod_ip(0, 0),
@@ -563,7 +563,7 @@ spec:
             "ingress": {"result": "allowed", "policies": ["x/allow-y"], "rules": ["x/allow-y:ingress[1]"]},
             "egress": {"result": "not-isolated"}})
     );
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         pod_ip(1, 0),
         pod_ip(0, 1),
@@ -573,7 +573,7 @@ spec:
     assert_eq!(v.ingress.result, SideResult::Denied);
     assert_eq!(v.ingress.policies, vec!["x/deny-all"]);
     // x/a is isolated by both; both are listed when denied.
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         pod_ip(0, 1),
         pod_ip(0, 0),
@@ -581,7 +581,7 @@ spec:
     ));
     assert_eq!(v.ingress.policies, vec!["x/allow-y", "x/deny-all"]);
     // Self traffic and own node are always allowed.
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         pod_ip(0, 0),
         pod_ip(0, 0),
@@ -589,7 +589,7 @@ spec:
     ));
     assert!(v.allowed);
     assert_eq!(v.ingress.reason, Some(Reason::SelfTraffic));
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         NODE_IP.parse().unwrap(),
         pod_ip(0, 0),
@@ -599,7 +599,7 @@ spec:
     assert_eq!(v.ingress.reason, Some(Reason::OwnNode));
     assert_eq!(v.egress.reason, Some(Reason::NotAPod));
     // The outside world is denied into x.
-    let v = engine.evaluate(&FlowRecord::new(
+    let v = engine.evaluate_flow(&FlowRecord::new(
         Protocol::Tcp,
         "203.0.113.9".parse().unwrap(),
         pod_ip(0, 2),
@@ -637,7 +637,7 @@ spec:
     ];
     for (dst, proto, port, allowed) in cases {
         let flow = FlowRecord::new(proto, xa, dst.parse().unwrap(), port);
-        let v = engine.evaluate(&flow);
+        let v = engine.evaluate_flow(&flow);
         assert_eq!(v.allowed, allowed, "{dst} {proto} {port:?}: {v:?}");
         assert_eq!(v, reference::evaluate(&inv, &pols, &flow).unwrap());
     }

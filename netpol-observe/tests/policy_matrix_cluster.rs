@@ -70,7 +70,7 @@ fn assert_matrix(policies: &str, expected: impl Fn(P, P) -> bool) {
                     let d = P { ns: dns, pod: dpod };
                     let flow =
                         FlowRecord::new(Protocol::Tcp, pod_ip(si, sp), pod_ip(di, dp), Some(80));
-                    let v = engine.evaluate(&flow);
+                    let v = engine.evaluate_flow(&flow);
                     assert_eq!(v, reference.evaluate(&flow), "{s:?} -> {d:?}");
                     grid.push_str(if v.allowed { "  . " } else { "  X " });
                     if v.allowed != expected(s, d) {

@@ -23,9 +23,9 @@ fn engine_agrees_with_the_reference_on_100k_random_flows() {
     let reference = Reference::new(&inv, &pols).unwrap();
     let (mut allowed, mut denied_ingress, mut denied_egress, mut reasons) = (0, 0, 0, 0);
     for flow in &flows {
-        let v = engine.evaluate(flow);
+        let v = engine.evaluate_flow(flow);
         assert_eq!(v, reference.evaluate(flow), "disagreement on {flow:?}");
-        let c = engine.evaluate_compact(flow);
+        let c = engine.evaluate_flow_compact(flow);
         assert_eq!(
             (c.allowed, c.ingress.result, c.egress.result),
             (v.allowed, v.ingress.result, v.egress.result)
@@ -82,7 +82,7 @@ proptest! {
         pols.extend(extra);
         let after = PolicyEngine::compile(&pols, &inv).unwrap();
         for f in &flows {
-            let (b, a) = (before.evaluate(f), after.evaluate(f));
+            let (b, a) = (before.evaluate_flow(f), after.evaluate_flow(f));
             prop_assert!(still_passes(&b.ingress, &a.ingress), "{f:?}\n{b:?}\n{a:?}");
             prop_assert!(still_passes(&b.egress, &a.egress), "{f:?}\n{b:?}\n{a:?}");
             // The policies allowing before still allow after.
@@ -108,11 +108,11 @@ proptest! {
         pols.push(default_deny("ns-1", "zz-deny"));
         let mixed = PolicyEngine::compile(&pols, &inv).unwrap();
         for f in &flows {
-            let v = alone.evaluate(f);
+            let v = alone.evaluate_flow(f);
             for side in [&v.ingress, &v.egress] {
                 prop_assert!(side.result != SideResult::Allowed || side.reason.is_some(), "{f:?} {v:?}");
             }
-            let v = mixed.evaluate(f);
+            let v = mixed.evaluate_flow(f);
             for side in [&v.ingress, &v.egress] {
                 if side.result == SideResult::Allowed {
                     prop_assert!(!side.policies.iter().any(|p| p == "ns-1/zz-deny"), "{f:?} {v:?}");
@@ -134,7 +134,7 @@ proptest! {
         let a = PolicyEngine::compile(&pols, &inv).unwrap();
         let b = PolicyEngine::compile(&shuffled, &inv).unwrap();
         for f in &synth::flows(&inv, 400, seed) {
-            prop_assert_eq!(a.evaluate(f), b.evaluate(f));
+            prop_assert_eq!(a.evaluate_flow(f), b.evaluate_flow(f));
         }
     }
 }

@@ -137,7 +137,7 @@ fn named_external_peers_become_fqdn_rules_and_evidence() {
         attributor.attribute(&mut f);
         verdicts.push((
             format!("{addr}:{port}"),
-            engine.evaluate(&f).allowed,
+            engine.evaluate_flow(&f).allowed,
             checker.evaluate(&f).allowed,
         ));
     }
@@ -472,7 +472,7 @@ fn lab_flows_under_cilium(
     for f in &flows {
         let mut f = f.clone();
         attributor.attribute(&mut f);
-        assert!(engine.evaluate(&f).allowed, "{f:?}");
+        assert!(engine.evaluate_flow(&f).allowed, "{f:?}");
         let v = checker.evaluate(&f);
         assert!(v.allowed, "{f:?}\n{v:?}\n{stream}");
     }
@@ -480,7 +480,7 @@ fn lab_flows_under_cilium(
     for f in forbidden {
         let mut f = f.clone();
         attributor.attribute(&mut f);
-        assert!(!engine.evaluate(&f).allowed, "{f:?}");
+        assert!(!engine.evaluate_flow(&f).allowed, "{f:?}");
         let v = checker.evaluate(&f);
         assert!(
             !v.allowed,

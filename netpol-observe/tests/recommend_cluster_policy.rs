@@ -63,7 +63,7 @@ impl Output {
     fn judge(&self, f: &FlowRecord) -> netpol_observe_core::policy::Verdict {
         let mut f = f.clone();
         self.attributor.attribute(&mut f);
-        self.engine.evaluate(&f)
+        self.engine.evaluate_flow(&f)
     }
 
     fn keeps_every_flow(&self, flows: &[FlowRecord]) {
@@ -75,7 +75,11 @@ impl Output {
             cluster_policy::check(&self.rec, &self.cluster, &self.inventory, &attributed).unwrap();
         assert!(denied.is_empty(), "{denied:#?}\n{}", self.stream);
         for f in &attributed {
-            assert!(self.engine.evaluate(f).allowed, "{f:?}\n{}", self.stream);
+            assert!(
+                self.engine.evaluate_flow(f).allowed,
+                "{f:?}\n{}",
+                self.stream
+            );
         }
     }
 

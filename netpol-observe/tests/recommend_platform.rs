@@ -117,7 +117,7 @@ fn api_server_egress_is_kept_and_verifies_clean() {
     // The same flows to a different endpoint port would be denied: the rule is the port.
     let mut other = tcp(op[0], "172.18.0.2", 443, 1);
     Attributor::new(&out.inventory, &Subnets::default()).attribute(&mut other);
-    assert!(!engine.evaluate(&other).allowed);
+    assert!(!engine.evaluate_flow(&other).allowed);
 }
 
 /// Item 1: any Service without selector (a database registered by its address), and a Service

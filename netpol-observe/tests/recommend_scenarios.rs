@@ -357,7 +357,7 @@ fn cronjob_calling_an_external_api() {
     assert_eq!(sel.egress, ["batch/default-deny", "batch/report-np"]);
     let mut f = tcp(next.pods.last().unwrap().ip, "93.184.215.14", 443, 60);
     Attributor::new(&inv, &Subnets::default()).attribute(&mut f);
-    assert!(engine.evaluate(&f).allowed);
+    assert!(engine.evaluate_flow(&f).allowed);
     let _ = Protocol::Tcp;
 }
 
@@ -440,7 +440,10 @@ fn node_local_dns_link_local_resolver_and_other_nodes() {
 /// The recommended policies, compiled: whether each of `flows` (attributed) is allowed.
 fn allowed(rec: &Recommendation, inventory: &Inventory, flows: &[&FlowRecord]) -> Vec<bool> {
     let engine = PolicyEngine::compile(&rec.policies, inventory).unwrap();
-    flows.iter().map(|f| engine.evaluate(f).allowed).collect()
+    flows
+        .iter()
+        .map(|f| engine.evaluate_flow(f).allowed)
+        .collect()
 }
 
 /// Learning under enforcement (issue 26, item 1): web → api is legitimate; web's 5

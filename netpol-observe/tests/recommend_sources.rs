@@ -393,7 +393,7 @@ fn allows(yaml: &str, s: &Scenario, flows: &[&netpol_observe_core::flow::FlowRec
         .map(|f| {
             let mut f = (*f).clone();
             attributor.attribute(&mut f);
-            engine.evaluate(&f).allowed
+            engine.evaluate_flow(&f).allowed
         })
         .collect()
 }

@@ -218,11 +218,14 @@ fn cluster_policies_live_and_recommended_against_the_api_server() {
         443,
         &["api.stripe.com"],
     );
-    let v = engine.evaluate(&rotated);
+    let v = engine.evaluate_flow(&rotated);
     assert!(v.allowed);
     assert_eq!(v.egress.policies, ["cnp/shop.checkout-np.domains"]);
     let unnamed = flow(Protocol::Tcp, "10.244.0.5", "54.9.9.9", 443, &[]);
-    assert_eq!(engine.evaluate(&unnamed).egress.result, SideResult::Denied);
+    assert_eq!(
+        engine.evaluate_flow(&unnamed).egress.result,
+        SideResult::Denied
+    );
     drop(live);
     drop(rt);
 }

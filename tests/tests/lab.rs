@@ -1621,7 +1621,7 @@ async fn engine_agreement() {
                 Some(p.port),
             );
             attributor.attribute(&mut flow);
-            engine.evaluate(&flow).allowed
+            engine.evaluate_flow(&flow).allowed
         })
         .collect();
     // The set is a real test of the compiler: both verdicts occur, on every kind of target.

@@ -15,7 +15,7 @@ use crate::{
     attribution::{Attributor, Subnets},
     flow::jsonl,
     inventory::Validation,
-    policy::{EvaluatedFlow, PolicyEngine},
+    policy::{EvaluatedFlow, PodTable, PolicyEngine},
 };
 
 /// Output format of `evaluate`.
@@ -91,8 +91,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => Subnets::from_path(path)?,
         None => Subnets::default(),
     };
-    let engine = PolicyEngine::compile_with_cluster(&policies, &cluster, &inventory)?;
-    let attributor = Attributor::new(&inventory, &subnets);
+    // One index of the inventory: attribution makes the connections the engine evaluates.
+    let table = PodTable::with_attributor(Attributor::new(&inventory, &subnets));
+    let engine =
+        PolicyEngine::compile_shared_with_cluster(&policies, &cluster, &inventory, &table)?;
+    let attributor = table.attributor();
     tracing::info!(
         pods = inventory.pods.len(),
         policies = engine.policy_count(),
@@ -107,7 +110,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         match line {
             Ok(mut flow) => {
                 attributor.attribute(&mut flow);
-                let verdict = engine.evaluate(&flow);
+                let verdict = engine.evaluate(&attributor.connection(&flow));
                 let evaluated = EvaluatedFlow { flow, verdict };
                 match args.output {
                     Output::Jsonl => {

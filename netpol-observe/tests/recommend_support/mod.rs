@@ -382,7 +382,7 @@ impl Scenario {
         for f in &self.flows {
             let mut f = f.clone();
             attributor.attribute(&mut f);
-            let v = engine.evaluate(&f);
+            let v = engine.evaluate_flow(&f);
             assert!(v.allowed, "observed flow denied: {f:?}\n{v:?}\n{yaml}");
             let c = cilium.evaluate(&f);
             assert!(
@@ -439,7 +439,7 @@ impl Scenario {
                     }
                     let mut f = flow(proto, c.ip, &s.ip.to_string(), Some(port), 0);
                     attributor.attribute(&mut f);
-                    let v = engine.evaluate(&f);
+                    let v = engine.evaluate_flow(&f);
                     assert!(
                         !v.allowed,
                         "unobserved {ck} -> {sk}:{port}/{proto} allowed: {v:?}\n{yaml}"

@@ -32,7 +32,7 @@ spec:
         &inv,
     )
     .unwrap();
-    let v = engine.evaluate(&flow(WEB, VAULT, 8200));
+    let v = engine.evaluate_flow(&flow(WEB, VAULT, 8200));
     assert_eq!(drop_policy(Some(&v)).as_deref(), Some("cnp/no-vault"));
     assert_eq!(
         unenforced_policy(&v, Sides::denying(&crate::agent::model::compact(&v))).as_deref(),

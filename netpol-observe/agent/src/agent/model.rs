@@ -20,7 +20,10 @@ use crate::{
     flow::{FlowRecord, Protocol, ServiceRef},
     inventory::{Inventory, NetworkPolicy, PodDiff},
     metrics::{self, Direction},
-    policy::{CompactVerdict, PodTable, PolicyEngine, PolicyError, Reason, SideResult, Verdict},
+    policy::{
+        CompactVerdict, Connection, End, PeerId, PodTable, PolicyEngine, PolicyError, Reason,
+        SideResult, Verdict,
+    },
 };
 
 use super::{
@@ -38,7 +41,9 @@ pub struct Model {
     /// The inventory snapshot.
     pub inventory: Arc<Inventory>,
     subnets: Subnets,
-    attributor: Attributor,
+    /// The attributor, shared with the engines ([`PodTable`]): the peers it makes are the
+    /// ones the engines evaluate.
+    table: Arc<PodTable>,
     engine: PolicyEngine,
     staged: Option<PolicyEngine>,
     /// The Service of each ClusterIP, shared by the flows addressed to it.
@@ -149,8 +154,8 @@ impl Model {
         subnets: &Subnets,
         staged: Option<&[NetworkPolicy]>,
     ) -> Result<Model, PolicyError> {
-        // Both engines share one table of the snapshot's pods.
-        let pods = PodTable::new(&inventory);
+        // Attribution and both engines share one index of the snapshot's pods.
+        let pods = PodTable::with_attributor(Attributor::shared(Arc::clone(&inventory), subnets));
         // ClusterNetworkPolicies stay in force under staged NetworkPolicies.
         let cluster = &inventory.cluster_network_policies;
         let engine = PolicyEngine::compile_shared_with_cluster(
@@ -165,7 +170,6 @@ impl Model {
             )?),
             None => None,
         };
-        drop(pods);
         let mut services = FxHashMap::default();
         for svc in &inventory.services {
             let r = Arc::new(ServiceRef {
@@ -180,7 +184,7 @@ impl Model {
             policy_fingerprint(&inventory.network_policies) ^ cluster_fingerprint(cluster);
         Ok(Model {
             policy_fingerprint,
-            attributor: Attributor::shared(Arc::clone(&inventory), subnets),
+            table: pods,
             peers: Mutex::new(Peers::new(inventory.pods.len())),
             subnets: subnets.clone(),
             inventory,
@@ -220,10 +224,7 @@ impl Model {
             return None;
         }
         let diff = PodDiff::between(&self.inventory, inventory)?;
-        let pods = self
-            .engine
-            .pod_table()
-            .update(&self.inventory, inventory, &diff);
+        let pods = self.table.update(inventory, &diff);
         let engine = self.engine.update_pods(inventory, &diff, &pods)?;
         let staged = match &self.staged {
             Some(s) => Some(s.update_pods(inventory, &diff, &pods)?),
@@ -235,7 +236,7 @@ impl Model {
         );
         Some(Model {
             policy_fingerprint: self.policy_fingerprint,
-            attributor: self.attributor.update_pods(Arc::clone(inventory), &diff),
+            table: pods,
             peers: Mutex::new(Peers::new(inventory.pods.len())),
             subnets: self.subnets.clone(),
             inventory: Arc::clone(inventory),
@@ -250,7 +251,7 @@ impl Model {
     pub fn observe(&self, flow: FlowRecord) -> ObservedFlow {
         let a = self.attribute(&flow);
         let record = to_record(flow, &a);
-        let v = self.evaluate(&record);
+        let v = self.explained(&record, &a);
         ObservedFlow {
             flow: record,
             verdict: Some(v.verdict),
@@ -266,7 +267,7 @@ impl Model {
         let mut peers = lock(&self.peers);
         if !is_bare(flow) {
             let mut r = flow.clone();
-            self.attributor.attribute(&mut r);
+            self.attributor().attribute(&mut r);
             return Attributed {
                 src: peers.unshared(&r.src),
                 dst: peers.unshared(&r.dst),
@@ -276,15 +277,15 @@ impl Model {
         }
         let at = flow.first_seen.or(flow.last_seen);
         let peer = |peers: &mut Peers, r: Resolved<'_>| match r {
-            Resolved::Pod(i) => match self.attributor.pod(i) {
+            Resolved::Pod(i) => match self.attributor().pod(i) {
                 Some(p) => peers.pod(i, p),
                 None => peers.bare(),
             },
-            Resolved::Node(n) => peers.node(n),
+            Resolved::Node { name, index } => peers.node(name, index),
             Resolved::Subnet(s) => peers.subnet(s),
         };
-        let src = peer(&mut peers, self.attributor.resolve(flow.src.ip, at));
-        let (dst, service) = match self.attributor.service(flow.dst.ip) {
+        let src = peer(&mut peers, self.attributor().resolve(flow.src.ip, at));
+        let (dst, service) = match self.attributor().service(flow.dst.ip) {
             Some((_, backend)) => {
                 let dst = match backend {
                     Some(b) => peer(&mut peers, Resolved::Pod(b)),
@@ -293,7 +294,7 @@ impl Model {
                 (dst, self.services.get(&flow.dst.ip).cloned())
             }
             None => (
-                peer(&mut peers, self.attributor.resolve(flow.dst.ip, at)),
+                peer(&mut peers, self.attributor().resolve(flow.dst.ip, at)),
                 None,
             ),
         };
@@ -312,8 +313,8 @@ impl Model {
     pub(crate) fn attribute_with_backend(&self, flow: &FlowRecord, backend: IpAddr) -> Attributed {
         let mut a = self.attribute(flow);
         let at = flow.first_seen.or(flow.last_seen);
-        if let Resolved::Pod(i) = self.attributor.resolve(backend, at)
-            && let Some(p) = self.attributor.pod(i)
+        if let Resolved::Pod(i) = self.attributor().resolve(backend, at)
+            && let Some(p) = self.attributor().pod(i)
         {
             let dst = lock(&self.peers).pod(i, p);
             if !Arc::ptr_eq(&dst, &a.dst) {
@@ -327,11 +328,60 @@ impl Model {
     /// Whether `addr` is the address of a backend pod of the Service whose ClusterIP is
     /// `cluster_ip`.
     pub(crate) fn is_service_backend(&self, cluster_ip: IpAddr, addr: IpAddr) -> bool {
-        self.attributor.service(cluster_ip).is_some_and(|(svc, _)| {
-            self.inventory
-                .service_backends(svc)
-                .iter()
-                .any(|p| p.ips.contains(&addr))
+        self.attributor()
+            .service(cluster_ip)
+            .is_some_and(|(svc, _)| {
+                self.inventory
+                    .service_backends(svc)
+                    .iter()
+                    .any(|p| p.ips.contains(&addr))
+            })
+    }
+
+    /// The attributor (shared with the engines).
+    fn attributor(&self) -> &Attributor {
+        self.table.attributor()
+    }
+
+    /// The connection the engines evaluate for `flow` attributed as `a`, made from the peers
+    /// attribution resolved (no second lookup of the addresses; for a flow to a Service, the
+    /// backend pod of `a` on its target port). `None` when `a`'s peers were attributed some
+    /// other way (a record's own attribution).
+    fn peer_connection<'f>(&self, flow: &'f FlowRecord, a: &Attributed) -> Option<Connection<'f>> {
+        let (src, dst) = (a.src.policy?, a.dst.policy?);
+        let at = flow.first_seen.or(flow.last_seen);
+        let backend = match dst {
+            PeerId::Pod(i) => Some(i),
+            _ => None,
+        };
+        let (dst, port) = a
+            .service
+            .as_ref()
+            .and_then(|_| {
+                self.attributor().service_destination(
+                    flow.dst.ip,
+                    backend,
+                    flow.dst.port,
+                    flow.protocol,
+                    at,
+                )
+            })
+            .unwrap_or((
+                End {
+                    peer: dst,
+                    ip: flow.dst.ip,
+                },
+                flow.dst.port,
+            ));
+        Some(Connection {
+            src: End {
+                peer: src,
+                ip: flow.src.ip,
+            },
+            dst,
+            port,
+            protocol: flow.protocol,
+            dns_names: &flow.dst.dns_names,
         })
     }
 
@@ -339,14 +389,22 @@ impl Model {
     /// `a`'s peers are the model's shared ones).
     pub fn judge(&self, flow: &FlowRecord, a: &Attributed) -> CompactVerdicts {
         let Some(key) = verdict_key(flow, a) else {
-            return self.evaluate_compact(&to_record(flow.clone(), a));
+            return match self.peer_connection(flow, a) {
+                Some(c) => self.evaluate_compact(&c),
+                None => {
+                    let record = to_record(flow.clone(), a);
+                    self.evaluate_compact(&self.attributor().connection(&record))
+                }
+            };
         };
         if let Some(v) = lock(&self.verdicts).get(&key) {
             return *v;
         }
-        // A bare record resolves in the engines as its attribution does (same pods, same
-        // order, same choice by time), so it is judged without building the attributed copy.
-        let v = self.evaluate_compact(flow);
+        // The key is only made for the model's shared peers: they make the connection.
+        let v = match self.peer_connection(flow, a) {
+            Some(c) => self.evaluate_compact(&c),
+            None => self.evaluate_compact(&self.attributor().connection(flow)),
+        };
         let mut cache = lock(&self.verdicts);
         if cache.len() >= VERDICT_CACHE {
             cache.clear();
@@ -365,33 +423,36 @@ impl Model {
         explained: &mut Explained,
     ) -> Arc<Verdicts> {
         let Some(key) = verdict_key(record, a) else {
-            return Arc::new(self.evaluate(record));
+            return Arc::new(self.explained(record, a));
         };
         Arc::clone(
             explained
                 .entry(key)
-                .or_insert_with(|| Arc::new(self.evaluate(record))),
+                .or_insert_with(|| Arc::new(self.explained(record, a))),
         )
     }
 
-    /// Explained verdicts, settled: they are stored, and must not keep this model's engines
-    /// alive after a swap.
-    fn evaluate(&self, r: &FlowRecord) -> Verdicts {
-        let settled = |e: &PolicyEngine| {
-            let mut v = e.evaluate(r);
-            v.settle();
-            v
-        };
-        Verdicts {
-            verdict: settled(&self.engine),
-            staged: self.staged.as_ref().map(settled),
+    /// The explained verdicts of `record` attributed as `a`: from `a`'s peers, else (peers
+    /// attributed some other way) from the record's attribution.
+    fn explained(&self, record: &FlowRecord, a: &Attributed) -> Verdicts {
+        match self.peer_connection(record, a) {
+            Some(c) => self.evaluate(&c),
+            None => self.evaluate(&self.attributor().connection(record)),
         }
     }
 
-    fn evaluate_compact(&self, r: &FlowRecord) -> CompactVerdicts {
+    /// Explained verdicts (values: storing them keeps nothing of this model's engines).
+    fn evaluate(&self, c: &Connection<'_>) -> Verdicts {
+        Verdicts {
+            verdict: self.engine.evaluate(c),
+            staged: self.staged.as_ref().map(|e| e.evaluate(c)),
+        }
+    }
+
+    fn evaluate_compact(&self, c: &Connection<'_>) -> CompactVerdicts {
         CompactVerdicts {
-            verdict: self.engine.evaluate_compact(r),
-            staged: self.staged.as_ref().map(|e| e.evaluate_compact(r)),
+            verdict: self.engine.evaluate_compact(c),
+            staged: self.staged.as_ref().map(|e| e.evaluate_compact(c)),
         }
     }
 
@@ -714,15 +775,19 @@ mod tests {
                 assert!(a.shared);
                 assert_eq!(to_record(f.clone(), &a), full);
                 let v = model.judge(f, &a);
-                assert_eq!(v.verdict, engine.evaluate_compact(&full), "{full:?}");
+                assert_eq!(v.verdict, engine.evaluate_flow_compact(&full), "{full:?}");
                 assert_eq!(
                     v.staged,
-                    Some(staged_engine.evaluate_compact(&full)),
+                    Some(staged_engine.evaluate_flow_compact(&full)),
                     "{full:?}"
                 );
                 let e = model.explain(&full, &a, &mut explained);
-                assert_eq!(e.verdict, engine.evaluate(&full), "{full:?}");
-                assert_eq!(e.staged, Some(staged_engine.evaluate(&full)), "{full:?}");
+                assert_eq!(e.verdict, engine.evaluate_flow(&full), "{full:?}");
+                assert_eq!(
+                    e.staged,
+                    Some(staged_engine.evaluate_flow(&full)),
+                    "{full:?}"
+                );
                 assert_eq!(compact(&e.verdict), v.verdict);
             }
         }

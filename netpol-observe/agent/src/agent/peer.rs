@@ -11,6 +11,7 @@ use crate::{
     flow::{Endpoint, ServiceRef, WorkloadRef},
     inventory::{Labels, Name, PodInfo},
     metrics::PeerLabels,
+    policy::PeerId,
 };
 
 /// The attribution of one end of a flow (an [`Endpoint`] without its address, port and
@@ -37,6 +38,9 @@ pub struct Peer {
     /// The workload-level metric labels of this peer, shared by every peer with the same
     /// labels (every pod of a workload): what the agent's metric series are cached by.
     pub metric: Arc<PeerLabels>,
+    /// The peer the policy engines evaluate, for a peer of the model's attribution
+    /// ([`Peers`]); `None` for a peer taken from a record's own attribution.
+    pub policy: Option<PeerId>,
 }
 
 impl Peer {
@@ -52,6 +56,7 @@ impl Peer {
             subnet: ep.subnet.clone(),
             pod_node: None,
             metric: workloads.intern(PeerLabels::from_endpoint(ep, false)),
+            policy: None,
         }
     }
 
@@ -120,10 +125,13 @@ impl Peers {
     /// An empty table for `pods` pods.
     pub fn new(pods: usize) -> Self {
         let mut workloads = Workloads::default();
-        let bare = Arc::new(Peer::from_endpoint(
-            &Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None),
-            &mut workloads,
-        ));
+        let bare = Arc::new(Peer {
+            policy: Some(PeerId::External),
+            ..Peer::from_endpoint(
+                &Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None),
+                &mut workloads,
+            )
+        });
         Peers {
             pods: vec![None; pods],
             nodes: HashMap::default(),
@@ -155,6 +163,7 @@ impl Peers {
             subnet: None,
             pod_node: pod.node_name.clone(),
             metric: self.workloads.intern(metric),
+            policy: Some(PeerId::Pod(index)),
         });
         if let Some(slot) = self.pods.get_mut(index) {
             *slot = Some(Arc::clone(&peer));
@@ -162,18 +171,30 @@ impl Peers {
         peer
     }
 
-    /// The peer of node `name`.
-    pub fn node(&mut self, name: &str) -> Arc<Peer> {
-        named(&mut self.nodes, &mut self.workloads, name, |ep| {
-            ep.node = Some(name.to_owned());
-        })
+    /// The peer of node `name`, at `index` in the inventory's node list.
+    pub fn node(&mut self, name: &str, index: usize) -> Arc<Peer> {
+        named(
+            &mut self.nodes,
+            &mut self.workloads,
+            name,
+            PeerId::Node(index),
+            |ep| {
+                ep.node = Some(name.to_owned());
+            },
+        )
     }
 
     /// The peer of subnet `name`.
     pub fn subnet(&mut self, name: &str) -> Arc<Peer> {
-        named(&mut self.subnets, &mut self.workloads, name, |ep| {
-            ep.subnet = Some(name.to_owned());
-        })
+        named(
+            &mut self.subnets,
+            &mut self.workloads,
+            name,
+            PeerId::External,
+            |ep| {
+                ep.subnet = Some(name.to_owned());
+            },
+        )
     }
 
     /// The peer of an address nothing is known about.
@@ -188,11 +209,13 @@ impl Peers {
     }
 }
 
-/// The peer called `name` in `peers`, built on first use from an endpoint `set` names.
+/// The peer called `name` in `peers` (the engines' `policy`), built on first use from an
+/// endpoint `set` names.
 fn named(
     peers: &mut HashMap<String, Arc<Peer>>,
     workloads: &mut Workloads,
     name: &str,
+    policy: PeerId,
     set: impl FnOnce(&mut Endpoint),
 ) -> Arc<Peer> {
     if let Some(p) = peers.get(name) {
@@ -200,7 +223,10 @@ fn named(
     }
     let mut ep = Endpoint::bare(IpAddr::from([0, 0, 0, 0]), None);
     set(&mut ep);
-    let peer = Arc::new(Peer::from_endpoint(&ep, workloads));
+    let peer = Arc::new(Peer {
+        policy: Some(policy),
+        ..Peer::from_endpoint(&ep, workloads)
+    });
     peers.insert(name.to_owned(), Arc::clone(&peer));
     peer
 }

@@ -6,6 +6,10 @@
 //! `private` (RFC 1918 / ULA) or `world`. A destination that is a Service ClusterIP gets
 //! `service`, and the pod fields of the backend (the one named by the flow, else the
 //! Service's first backend in [`Inventory::service_backends`] order).
+//!
+//! Attribution also makes what the policy engine evaluates ([`Attributor::connection`]): both
+//! ends as peers (pod and node indices in the inventory's order, the engines' too) and, for a
+//! flow to a ClusterIP, the backend pod at its address and the port it receives on.
 
 mod subnets;
 
@@ -18,8 +22,9 @@ use jiff::Timestamp;
 pub use subnets::{NamedSubnet, Subnets, is_private};
 
 use crate::{
-    flow::{Endpoint, FlowRecord, ServiceRef},
-    inventory::{Inventory, PodDiff, PodInfo, ServiceInfo},
+    flow::{Endpoint, FlowRecord, Protocol, ServiceRef},
+    inventory::{AddressEndpoints, Inventory, PodDiff, PodInfo, ServiceInfo},
+    policy::{Connection, End, PeerId},
 };
 
 /// The attribution domain's errors (subnets files).
@@ -113,10 +118,51 @@ impl std::ops::Deref for Pods {
 pub enum Resolved<'a> {
     /// The pod at this index of [`Attributor::pod`] (the inventory's pod order).
     Pod(usize),
-    /// A node's address.
-    Node(&'a str),
+    /// A node's address: its name and index in the inventory's node list.
+    Node {
+        /// The node's name.
+        name: &'a str,
+        /// Its index in the inventory's node list ([`PeerId::Node`]).
+        index: usize,
+    },
     /// Outside the cluster: a named subnet, `private` or `world`.
     Subnet(&'a str),
+}
+
+impl Resolved<'_> {
+    /// The peer the policy engine evaluates for this attribution.
+    pub fn peer(self) -> PeerId {
+        match self {
+            Resolved::Pod(i) => PeerId::Pod(i),
+            Resolved::Node { index, .. } => PeerId::Node(index),
+            Resolved::Subnet(_) => PeerId::External,
+        }
+    }
+}
+
+/// A ClusterIP Service: the backend a flow not attributed to a pod goes to.
+#[derive(Debug, Clone)]
+struct ServiceEntry {
+    info: ServiceInfo,
+    /// The first backend pod (index): the newest live pod of the first backend's name.
+    backend: Option<usize>,
+    /// Without a backend pod: the first address endpoint (a Service without selector, e.g.
+    /// the API server) and its ports ([`Inventory::address_endpoints`]).
+    endpoints: Option<(IpAddr, AddressEndpoints)>,
+}
+
+impl ServiceEntry {
+    fn new(inventory: &Inventory, info: &ServiceInfo, backend: Option<usize>) -> Self {
+        ServiceEntry {
+            info: info.clone(),
+            backend,
+            endpoints: backend
+                .is_none()
+                .then(|| inventory.address_endpoints(info))
+                .flatten()
+                .and_then(|e| Some((*e.addresses.first()?, e))),
+        }
+    }
 }
 
 /// Attributes flow endpoints from an inventory and named subnets. Build it once per inventory
@@ -131,8 +177,13 @@ pub struct Attributor {
     /// Every pod (index), sorted by namespace then name (ascending index within one name):
     /// the pods of one name are a contiguous run ([`Attributor::named`]).
     by_name: Box<[u32]>,
-    nodes: HashMap<IpAddr, String>,
-    services: HashMap<IpAddr, (ServiceInfo, Option<usize>)>,
+    /// Node names, in the inventory's order.
+    node_names: Arc<[String]>,
+    /// The node (index) of each node address.
+    node_by_ip: Arc<HashMap<IpAddr, u32>>,
+    /// The node (index) of each node name.
+    node_ids: Arc<HashMap<String, u32>>,
+    services: HashMap<IpAddr, ServiceEntry>,
     subnets: Subnets,
 }
 
@@ -172,10 +223,13 @@ impl Attributor {
             let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
             (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
         });
-        let mut nodes = HashMap::default();
-        for n in &inventory.nodes {
+        let mut node_by_ip = HashMap::default();
+        let mut node_ids = HashMap::default();
+        for (i, n) in inventory.nodes.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            node_ids.insert(n.name.clone(), i);
             for ip in &n.addresses {
-                nodes.insert(*ip, n.name.clone());
+                node_by_ip.insert(*ip, i);
             }
         }
         let mut services = HashMap::default();
@@ -187,8 +241,9 @@ impl Attributor {
                     .find(|i| pods[**i as usize].deleted.is_none())
                     .map(|i| *i as usize)
             });
+            let entry = ServiceEntry::new(inventory, svc, backend);
             for ip in &svc.cluster_ips {
-                services.insert(*ip, (svc.clone(), backend));
+                services.insert(*ip, entry.clone());
             }
         }
         Attributor {
@@ -196,7 +251,9 @@ impl Attributor {
             by_ip,
             ip_pods: ip_pods.into_boxed_slice(),
             by_name: by_name.into_boxed_slice(),
-            nodes,
+            node_names: inventory.nodes.iter().map(|n| n.name.clone()).collect(),
+            node_by_ip: Arc::new(node_by_ip),
+            node_ids: Arc::new(node_ids),
             services,
             subnets: subnets.clone(),
         }
@@ -222,26 +279,33 @@ impl Attributor {
         let services = self
             .services
             .iter()
-            .map(|(ip, (svc, backend))| {
-                let kept = if diff.touches(&svc.namespace) {
+            .map(|(ip, e)| {
+                let kept = if diff.touches(&e.info.namespace) {
                     None
                 } else {
-                    match backend {
+                    match e.backend {
                         None => Some(None),
-                        Some(b) => diff.renumber(*b).map(Some),
+                        Some(b) => diff.renumber(b).map(Some),
                     }
                 };
-                let backend = match kept {
-                    Some(b) => b,
-                    None => PodDiff::first_backend(&new, svc).and_then(|b| {
-                        named_run(&by_name, &new.pods, &b.namespace, &b.name)
-                            .iter()
-                            .rev()
-                            .find(|i| new.pods[**i as usize].deleted.is_none())
-                            .map(|i| *i as usize)
-                    }),
+                let entry = match kept {
+                    Some(backend) => ServiceEntry {
+                        info: e.info.clone(),
+                        backend,
+                        endpoints: e.endpoints.clone(),
+                    },
+                    None => {
+                        let backend = PodDiff::first_backend(&new, &e.info).and_then(|b| {
+                            named_run(&by_name, &new.pods, &b.namespace, &b.name)
+                                .iter()
+                                .rev()
+                                .find(|i| new.pods[**i as usize].deleted.is_none())
+                                .map(|i| *i as usize)
+                        });
+                        ServiceEntry::new(&new, &e.info, backend)
+                    }
                 };
-                (*ip, (svc.clone(), backend))
+                (*ip, entry)
             })
             .collect();
         Attributor {
@@ -249,7 +313,9 @@ impl Attributor {
             by_ip,
             ip_pods: ip_pods.into_boxed_slice(),
             by_name,
-            nodes: self.nodes.clone(),
+            node_names: Arc::clone(&self.node_names),
+            node_by_ip: Arc::clone(&self.node_by_ip),
+            node_ids: Arc::clone(&self.node_ids),
             services,
             subnets: self.subnets.clone(),
         }
@@ -285,16 +351,182 @@ impl Attributor {
         if let Some(i) = self.at_ip(ip).and_then(|c| self.pick_index(c, at)) {
             return Resolved::Pod(i);
         }
-        match self.nodes.get(&ip) {
-            Some(node) => Resolved::Node(node),
+        match self.node_at(ip) {
+            Some((name, index)) => Resolved::Node { name, index },
             None => Resolved::Subnet(self.subnet_name(ip)),
         }
+    }
+
+    /// The node (name, index) with address `ip`.
+    fn node_at(&self, ip: IpAddr) -> Option<(&str, usize)> {
+        let i = *self.node_by_ip.get(&ip)? as usize;
+        Some((self.node_names.get(i)?.as_str(), i))
+    }
+
+    /// The index of node `name` in the inventory's node list.
+    pub(crate) fn node_index(&self, name: &str) -> Option<usize> {
+        self.node_ids.get(name).map(|i| *i as usize)
+    }
+
+    /// The pods (indices, ascending) named `namespace/name`.
+    pub(crate) fn named(&self, namespace: &str, name: &str) -> &[u32] {
+        named_run(&self.by_name, &self.pods, namespace, name)
     }
 
     /// For a Service ClusterIP: the Service and the index of the backend pod a bare flow to it
     /// is attributed to (see [`Attributor::attribute`]).
     pub fn service(&self, ip: IpAddr) -> Option<(&ServiceInfo, Option<usize>)> {
-        self.services.get(&ip).map(|(s, b)| (s, *b))
+        self.services.get(&ip).map(|e| (&e.info, e.backend))
+    }
+
+    /// What the policy engine evaluates for `flow` ([`crate::policy::PolicyEngine::evaluate`]):
+    /// both ends as peers, from the record's own attribution when it has some. An end is a
+    /// pod that held its address when the flow was seen (the one the record names, if it
+    /// names one), else the pod the record names, else a node by address, else the node the
+    /// record names, else external. A flow to a ClusterIP goes to the backend pod (the one the
+    /// record names, else the Service's first backend) at its address, on the target port it
+    /// receives on ([`Attributor::service_destination`]).
+    pub fn connection<'f>(&self, flow: &'f FlowRecord) -> Connection<'f> {
+        let at = flow.first_seen.or(flow.last_seen);
+        let src = End {
+            peer: self.endpoint_peer(&flow.src, at),
+            ip: flow.src.ip,
+        };
+        let (dst, port) = match self.services.get(&flow.dst.ip) {
+            Some(svc) => {
+                let backend = match flow.dst.namespace.as_deref().zip(flow.dst.pod.as_deref()) {
+                    Some((ns, n)) => {
+                        self.pick_among(self.named(ns, n).iter().map(|i| *i as usize), at)
+                    }
+                    None => svc.backend,
+                };
+                self.service_end(svc, backend, flow.dst.ip, flow.dst.port, flow.protocol, at)
+            }
+            None => (
+                End {
+                    peer: self.endpoint_peer(&flow.dst, at),
+                    ip: flow.dst.ip,
+                },
+                flow.dst.port,
+            ),
+        };
+        Connection {
+            src,
+            dst,
+            port,
+            protocol: flow.protocol,
+            dns_names: &flow.dst.dns_names,
+        }
+    }
+
+    /// The destination of a connection to Service ClusterIP `ip` on `port` seen at `at`, and
+    /// the port it receives on: the backend pod `backend` (the one the node's DNAT chose, or
+    /// `None`: the Service's first backend) at its address (of `ip`'s family), on the Service's
+    /// target port for that pod (a named target port resolved against its container ports);
+    /// without a backend pod, the Service's first address endpoint on its endpoint port, else
+    /// the ClusterIP itself. `None` when `ip` is no ClusterIP.
+    pub fn service_destination(
+        &self,
+        ip: IpAddr,
+        backend: Option<usize>,
+        port: Option<u16>,
+        protocol: Protocol,
+        at: Option<Timestamp>,
+    ) -> Option<(End, Option<u16>)> {
+        let svc = self.services.get(&ip)?;
+        Some(self.service_end(svc, backend.or(svc.backend), ip, port, protocol, at))
+    }
+
+    /// [`Attributor::service_destination`] for the backend `pod` of `svc`.
+    fn service_end(
+        &self,
+        svc: &ServiceEntry,
+        pod: Option<usize>,
+        ip: IpAddr,
+        port: Option<u16>,
+        protocol: Protocol,
+        at: Option<Timestamp>,
+    ) -> (End, Option<u16>) {
+        let Some((i, pod)) = pod.and_then(|i| Some((i, self.pods.get(i)?))) else {
+            // No backend pod: an address endpoint (judged on its address and port, as the
+            // node's DNAT sends the connection there), else the ClusterIP itself.
+            if let Some((addr, eps)) = &svc.endpoints {
+                let port = port.map(|p| eps.port_for(p, protocol).unwrap_or(p));
+                let peer = self.resolve(*addr, at).peer();
+                return (End { peer, ip: *addr }, port);
+            }
+            let end = End {
+                peer: PeerId::External,
+                ip,
+            };
+            return (end, port);
+        };
+        let port = port.map(|p| svc.info.backend_port(p, protocol, Some(pod)).unwrap_or(p));
+        let addr = pod
+            .ips
+            .iter()
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
+            .or_else(|| pod.ips.first())
+            .copied()
+            .unwrap_or(ip);
+        (
+            End {
+                peer: PeerId::Pod(i),
+                ip: addr,
+            },
+            port,
+        )
+    }
+
+    /// One end of a record as the policy engine tells it ([`Attributor::connection`]).
+    fn endpoint_peer(&self, ep: &Endpoint, at: Option<Timestamp>) -> PeerId {
+        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
+        let held = self.at_ip(ep.ip).and_then(|c| match names {
+            None => self.pick_among(c.iter().copied(), at),
+            Some((ns, n)) => self.pick_among(
+                c.iter().copied().filter(|i| {
+                    self.pods
+                        .get(*i)
+                        .is_some_and(|p| p.namespace.as_str() == ns && p.name.as_str() == n)
+                }),
+                at,
+            ),
+        });
+        if let Some(i) = held {
+            return PeerId::Pod(i);
+        }
+        if let Some((ns, n)) = names
+            && let Some(i) = self.pick_among(self.named(ns, n).iter().map(|i| *i as usize), at)
+        {
+            return PeerId::Pod(i);
+        }
+        if let Some(n) = self.node_by_ip.get(&ep.ip) {
+            return PeerId::Node(*n as usize);
+        }
+        if let Some(n) = ep.node.as_deref().and_then(|n| self.node_index(n)) {
+            return PeerId::Node(n);
+        }
+        PeerId::External
+    }
+
+    /// Among pods (indices, ascending) that held an address or a name: the last one alive at
+    /// `at`, else the newest.
+    fn pick_among<I>(&self, candidates: I, at: Option<Timestamp>) -> Option<usize>
+    where
+        I: DoubleEndedIterator<Item = usize> + Clone,
+    {
+        // One candidate (the common case): it is the answer whatever the time, without
+        // touching the pod's entry.
+        let mut few = candidates.clone();
+        if let (Some(only), None) = (few.next(), few.next()) {
+            return Some(only);
+        }
+        let pod = |i: &usize| self.pods.get(*i);
+        candidates
+            .clone()
+            .rev()
+            .find(|i| pod(i).is_some_and(|p| p.alive_at(at)))
+            .or_else(|| candidates.max_by_key(|i| pod(i).map(|p| p.created)))
     }
 
     /// The pod `namespace/name` alive at `at` (else the newest of that name).
@@ -319,18 +551,12 @@ impl Attributor {
     }
 
     fn pick_index(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<usize> {
-        let pod = |i: &&usize| self.pods.get(**i);
-        candidates
-            .iter()
-            .rev()
-            .find(|i| pod(i).is_some_and(|p| p.alive_at(at)))
-            .or_else(|| candidates.iter().max_by_key(|i| pod(i).map(|p| p.created)))
-            .copied()
+        self.pick_among(candidates.iter().copied(), at)
     }
 
     /// The Service with this ClusterIP.
     pub fn service_for_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {
-        self.services.get(&ip).map(|(s, _)| s)
+        self.services.get(&ip).map(|e| &e.info)
     }
 
     /// Fills the attribution of `record.src` and `record.dst` (fields already present are
@@ -338,17 +564,17 @@ impl Attributor {
     pub fn attribute(&self, record: &mut FlowRecord) {
         let at = record.first_seen.or(record.last_seen);
         self.fill(&mut record.src, at);
-        if let Some((svc, backend)) = self.services.get(&record.dst.ip) {
+        if let Some(svc) = self.services.get(&record.dst.ip) {
             record.dst.service.get_or_insert_with(|| ServiceRef {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
+                namespace: svc.info.namespace.clone(),
+                name: svc.info.name.clone(),
             });
             if record.dst.pod.is_none()
                 && record.dst.node.is_none()
                 && record.dst.subnet.is_none()
-                && let Some(b) = backend
+                && let Some(b) = svc.backend
             {
-                let pod = &self.pods[*b];
+                let pod = &self.pods[b];
                 set_pod(&mut record.dst, pod);
             }
             self.complete_pod(&mut record.dst, at);
@@ -367,8 +593,8 @@ impl Attributor {
         }
         if let Some(pod) = self.pod_for_ip(ep.ip, at) {
             set_pod(ep, pod);
-        } else if let Some(node) = self.nodes.get(&ep.ip) {
-            ep.node = Some(node.clone());
+        } else if let Some((node, _)) = self.node_at(ep.ip) {
+            ep.node = Some(node.to_owned());
         } else {
             ep.subnet = Some(self.subnet_name(ep.ip).to_owned());
         }
@@ -402,7 +628,7 @@ impl Attributor {
     /// the flow's destination port. Call after [`Attributor::attribute`].
     pub fn backend_port(&self, record: &FlowRecord) -> Option<u16> {
         let port = record.dst.port?;
-        let Some((svc, _)) = self.services.get(&record.dst.ip) else {
+        let Some(svc) = self.services.get(&record.dst.ip).map(|e| &e.info) else {
             return Some(port);
         };
         let at = record.first_seen.or(record.last_seen);

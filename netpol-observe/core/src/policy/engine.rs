@@ -5,200 +5,73 @@
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
-use jiff::Timestamp;
-use rustc_hash::FxHashMap;
-
 use super::{
-    Name, Names, PolicyError, Reason, SideResult, SideVerdict, Verdict,
+    Connection, Name, Names, PeerId, PolicyError, Reason, SideResult, SideVerdict, Verdict,
     cluster::{
         Action, ClusterNetworkPolicy, Tier,
         tiers::{ClusterTiers, TierQuery},
     },
     compile::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
-    names::{IdList, List, RuleNames},
+    names::RuleNames,
     selector::CompiledSelector,
     selector::Interner,
     table::{PeerKey, Rows, Tables, TablesBuilder},
 };
 use crate::{
-    flow::{Endpoint, FlowRecord, Protocol},
-    inventory::{ContainerPortInfo, Inventory, NetworkPolicy, PodDiff, PodInfo, ServiceInfo},
+    attribution::{Attributor, Subnets},
+    flow::{FlowRecord, Protocol},
+    inventory::{Inventory, NetworkPolicy, PodDiff, PodInfo},
 };
 
-/// A pod as the engines see it (the fields a verdict reads on every flow are in each engine's
-/// [`PodHot`]). Its namespace, name and container ports are the inventory's shared ones (no
-/// copy); labels are only read while compiling.
-#[derive(Debug, Clone)]
-struct PodEntry {
-    namespace: Name,
-    name: Name,
-    ips: Box<[IpAddr]>,
-    ports: Arc<[ContainerPortInfo]>,
-    created: Option<Timestamp>,
-    deleted: Option<Timestamp>,
-}
-
-impl PodEntry {
-    fn alive_at(&self, at: Option<Timestamp>) -> bool {
-        match at {
-            None => self.deleted.is_none(),
-            Some(at) => self.created.is_none_or(|c| c <= at) && self.deleted.is_none_or(|d| at < d),
-        }
-    }
-
-    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
-            .map(|p| p.port)
-    }
-}
-
-/// The pods of one inventory snapshot as the engines see them, with their indexes by address
-/// and by name, the nodes and the ClusterIP Services: what does not depend on the policies.
-/// Built once per snapshot ([`PodTable::new`]) and shared by the engines compiled against it
-/// (the policies in force and the staged ones, [`PolicyEngine::compile_shared`]).
+/// The pods, nodes and Services of one inventory snapshot as attribution indexes them (an
+/// [`Attributor`]): what does not depend on the policies. Built once per snapshot
+/// ([`PodTable::new`]) and shared by the engines compiled against it (the policies in force
+/// and the staged ones, [`PolicyEngine::compile_shared`]). The engines' pod and node indices
+/// are the attributor's (the inventory's order): a [`Connection`] it makes names the pods the
+/// engines compiled.
 #[derive(Debug)]
 pub struct PodTable {
-    pods: Box<[PodEntry]>,
-    /// The pods (not hostNetwork) that held each address: a run (start, length) of `ip_pods`.
-    by_ip: FxHashMap<IpAddr, (u32, u32)>,
-    /// The runs of `by_ip`, pod indices ascending within a run.
-    ip_pods: Box<[u32]>,
-    /// Every pod (index), sorted by namespace then name (ascending index within one name):
-    /// the pods of one name are a contiguous run ([`PolicyEngine::named`]).
-    by_name: Box<[u32]>,
-    node_ids: HashMap<String, u32>,
-    node_by_ip: FxHashMap<IpAddr, u32>,
-    services: FxHashMap<IpAddr, ServiceEntry>,
+    attributor: Attributor,
 }
 
 impl PodTable {
+    /// Indexes the pods, nodes and Services of `inventory` (no named subnets: the engines
+    /// judge outside addresses by address).
+    pub fn new(inventory: &Inventory) -> Arc<PodTable> {
+        Self::with_attributor(Attributor::new(inventory, &Subnets::default()))
+    }
+
+    /// The table of `attributor`'s snapshot (what the agent attributes flows with: one index
+    /// of the snapshot for attribution and the engines).
+    pub fn with_attributor(attributor: Attributor) -> Arc<PodTable> {
+        Arc::new(PodTable { attributor })
+    }
+
+    /// The table of `new` from this one when only pods changed (`diff`, from this table's
+    /// snapshot to `new`): [`Attributor::update_pods`].
+    pub fn update(&self, new: &Arc<Inventory>, diff: &PodDiff) -> Arc<PodTable> {
+        Self::with_attributor(self.attributor.update_pods(Arc::clone(new), diff))
+    }
+
+    /// The attributor: what makes the [`Connection`]s the engines on this table evaluate.
+    pub fn attributor(&self) -> &Attributor {
+        &self.attributor
+    }
+
     /// The id of the node named `name`, or [`NO_NODE`].
     fn node_id(&self, name: Option<&str>) -> u32 {
-        name.and_then(|n| self.node_ids.get(n).copied())
-            .unwrap_or(NO_NODE)
-    }
-
-    /// Indexes the pods, nodes and Services of `inventory`.
-    pub fn new(inventory: &Inventory) -> Arc<PodTable> {
-        let mut node_ids = HashMap::new();
-        let mut node_by_ip = FxHashMap::default();
-        for (i, n) in inventory.nodes.iter().enumerate() {
-            node_ids.insert(n.name.clone(), to_u32(i));
-            for ip in &n.addresses {
-                node_by_ip.insert(*ip, to_u32(i));
-            }
-        }
-        let mut by_ip: FxHashMap<IpAddr, Vec<u32>> = FxHashMap::default();
-        let mut pods = Vec::with_capacity(inventory.pods.len());
-        for p in &inventory.pods {
-            let idx = to_u32(pods.len());
-            if !p.host_network {
-                for ip in &p.ips {
-                    by_ip.entry(*ip).or_default().push(idx);
-                }
-            }
-            pods.push(pod_entry(p));
-        }
-        let mut by_name: Vec<u32> = (0..to_u32(pods.len())).collect();
-        by_name.sort_by(|a, b| {
-            let (a, b) = (&pods[*a as usize], &pods[*b as usize]);
-            (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name))
-        });
-        let mut services = FxHashMap::default();
-        for svc in &inventory.services {
-            let first = inventory.service_backends(svc).first().copied();
-            let entry = service_entry(inventory, svc, first, &by_name, &pods);
-            for ip in &svc.cluster_ips {
-                services.insert(*ip, entry.clone());
-            }
-        }
-        let mut ip_pods = Vec::with_capacity(pods.len());
-        let by_ip = by_ip
-            .into_iter()
-            .map(|(ip, run)| {
-                let start = to_u32(ip_pods.len());
-                ip_pods.extend_from_slice(&run);
-                (ip, (start, to_u32(run.len())))
-            })
-            .collect();
-        Arc::new(PodTable {
-            pods: pods.into_boxed_slice(),
-            by_ip,
-            ip_pods: ip_pods.into_boxed_slice(),
-            by_name: by_name.into_boxed_slice(),
-            node_ids,
-            node_by_ip,
-            services,
-        })
-    }
-
-    /// The table of `new` from this one, built from `old`, when only pods changed (`diff`):
-    /// the address runs of unchanged pods are renumbered, not rebuilt, and only the Services
-    /// of namespaces with changed pods look for their backend again.
-    pub fn update(&self, old: &Inventory, new: &Inventory, diff: &PodDiff) -> Arc<PodTable> {
-        let pods: Vec<PodEntry> = new.pods.iter().map(pod_entry).collect();
-        // Pods are in namespace, name order: the name index is the identity.
-        let by_name: Box<[u32]> = (0..to_u32(pods.len())).collect();
-        let (by_ip, ip_pods) =
-            diff.update_ip_runs(old, new, &self.by_ip, &self.ip_pods, |i| i as usize, to_u32);
-        let services = self
-            .services
-            .iter()
-            .map(|(ip, e)| {
-                let kept = if diff.touches(&e.info.namespace) {
-                    None
-                } else {
-                    match e.backend {
-                        None => Some(None),
-                        Some(b) => diff.renumber(b as usize).map(|n| Some(to_u32(n))),
-                    }
-                };
-                let entry = match kept {
-                    Some(backend) => ServiceEntry {
-                        info: e.info.clone(),
-                        backend,
-                        endpoints: e.endpoints.clone(),
-                    },
-                    None => service_entry(
-                        new,
-                        &e.info,
-                        PodDiff::first_backend(new, &e.info),
-                        &by_name,
-                        &pods,
-                    ),
-                };
-                (*ip, entry)
-            })
-            .collect();
-        Arc::new(PodTable {
-            pods: pods.into_boxed_slice(),
-            by_ip,
-            ip_pods: ip_pods.into_boxed_slice(),
-            by_name,
-            node_ids: self.node_ids.clone(),
-            node_by_ip: self.node_by_ip.clone(),
-            services,
-        })
-    }
-
-    /// The pods (indices, ascending) that held `ip`.
-    #[inline]
-    fn at_ip(&self, ip: &IpAddr) -> Option<&[u32]> {
-        let (start, len) = *self.by_ip.get(ip)?;
-        self.ip_pods
-            .get(start as usize..start as usize + len as usize)
+        name.and_then(|n| self.attributor.node_index(n))
+            .map_or(NO_NODE, to_u32)
     }
 
     /// Whether this table was built from `inventory` (same pods, in order).
     fn indexes(&self, inventory: &Inventory) -> bool {
-        self.pods.len() == inventory.pods.len()
-            && self
-                .pods
-                .iter()
-                .zip(&inventory.pods)
-                .all(|(e, p)| e.namespace == p.namespace && e.name == p.name)
+        self.attributor.pod_count() == inventory.pods.len()
+            && inventory.pods.iter().enumerate().all(|(i, p)| {
+                self.attributor
+                    .pod(i)
+                    .is_some_and(|e| e.namespace == p.namespace && e.name == p.name)
+            })
     }
 }
 
@@ -221,16 +94,6 @@ struct PodHot {
 const NO_CLASS: u32 = u32::MAX;
 const NO_GROUP: u32 = u32::MAX;
 const NO_NODE: u32 = u32::MAX;
-
-/// A ClusterIP Service: its ports and the backend used for flows not attributed to a pod.
-#[derive(Debug, Clone)]
-struct ServiceEntry {
-    info: ServiceInfo,
-    backend: Option<u32>,
-    /// Without a backend pod: the first address endpoint (a Service without selector, e.g.
-    /// the API server) and its ports ([`Inventory::address_endpoints`]).
-    endpoints: Option<(IpAddr, crate::inventory::AddressEndpoints)>,
-}
 
 /// What a direction is asked about: the pod `me`, the other side and its address.
 #[derive(Debug, Clone, Copy)]
@@ -301,9 +164,9 @@ type GroupIds = HashMap<(bool, Box<[u32]>), u32>;
 /// Container ports whose names some rule uses: (name id, protocol, port), in container order.
 type PortList = Box<[(u32, Protocol, u16)]>;
 
-/// What an explanation is found from: the merged rule tables, the pods' named ports and the
-/// rule names. Shared by the engine and by the verdicts whose explanation is still pending.
-#[derive(Debug)]
+/// What a verdict and its explanation are found from: the merged rule tables, the pods'
+/// named ports and the rule names.
+#[derive(Debug, Clone)]
 struct Core {
     /// Groups of pods selected by the same policies and their merged rule tables.
     tables: Arc<Tables>,
@@ -312,7 +175,7 @@ struct Core {
     /// The distinct lists of container ports whose names some rule uses: (name id, protocol,
     /// port), in container order (pods of one workload share theirs).
     port_lists: Arc<[PortList]>,
-    /// Rule and policy names, for lazy explanations.
+    /// Rule and policy names, for explanations.
     rule_names: Arc<RuleNames>,
 }
 
@@ -329,55 +192,15 @@ impl Core {
     }
 }
 
-/// An allowed direction whose allowing rules are found only when its explanation is first
-/// read ([`Names::pending`]): the engine's tables to answer it and the question, inline
-/// (small copies; no allocation, one reference count on the tables).
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    core: Arc<Core>,
-    group: u32,
-    /// The peer's condition rows (class and address region).
-    rows: Rows,
-    /// The destination pod (its named ports), or [`NO_POD`].
-    dst: u32,
-    /// The destination port, if `has_port`.
-    port: u16,
-    has_port: bool,
-    protocol: Protocol,
-    /// Which list of the explanation this is (set by [`Names::pending`]; kept here, in what
-    /// would be padding, so that a pending list stays as small as a shared one plus 32 bytes).
-    pub(crate) list: List,
-}
-
-/// No destination pod in a [`Pending`].
-const NO_POD: u32 = u32::MAX;
-
-impl Pending {
-    /// The names the rules resolve against.
-    pub(crate) fn names(&self) -> &RuleNames {
-        &self.core.rule_names
-    }
-
-    /// The allowing rules (global ids, ascending).
-    pub(crate) fn rules(&self) -> IdList {
-        let port = self.has_port.then_some(self.port);
-        self.core
-            .tables
-            .allowing_rules(self.group, self.protocol, port, self.rows, |name| {
-                self.core.named_port_id(self.dst, name, self.protocol)
-            })
-    }
-}
-
 /// NetworkPolicies compiled against an inventory: compile once, evaluate many times.
 #[derive(Debug, Clone)]
 pub struct PolicyEngine {
     /// Policy names (`ns/name`), sorted: policy indices are positions here.
     names: Vec<Name>,
-    /// The rule tables and the named ports: shared with the verdicts whose explanation is
-    /// still to be found ([`Pending`]).
-    core: Arc<Core>,
-    /// The pods, nodes and Services (possibly shared with another engine).
+    /// The rule tables, the named ports and the rule names.
+    core: Core,
+    /// The pods, nodes and Services as attribution indexes them (possibly shared with another
+    /// engine).
     table: Arc<PodTable>,
     /// The same pods, the fields every verdict reads.
     hot: Vec<PodHot>,
@@ -498,12 +321,12 @@ impl PolicyEngine {
 
         Ok(PolicyEngine {
             names,
-            core: Arc::new(Core {
+            core: Core {
                 tables: Arc::new(tables),
                 named_ports: named.per_pod,
                 port_lists: named.lists.into(),
                 rule_names: Arc::new(rule_names),
-            }),
+            },
             table,
             hot: pods.hot,
             tiers,
@@ -554,12 +377,12 @@ impl PolicyEngine {
         }
         Some(PolicyEngine {
             names: self.names.clone(),
-            core: Arc::new(Core {
+            core: Core {
                 tables: Arc::clone(&self.core.tables),
                 named_ports: named_ports.into_boxed_slice(),
                 port_lists: Arc::clone(&self.core.port_lists),
                 rule_names: Arc::clone(&self.core.rule_names),
-            }),
+            },
             table: Arc::clone(table),
             hot,
             tiers: None,
@@ -653,7 +476,7 @@ impl PolicyEngine {
     /// The policies selecting pod `namespace/name` (the newest pod of that name), or `None` if
     /// the pod is unknown. hostNetwork pods are selected by nothing.
     pub fn policies_selecting(&self, namespace: &str, name: &str) -> Option<PodPolicies> {
-        let idx = self.named(namespace, name).last()?;
+        let idx = self.table.attributor.named(namespace, name).last()?;
         let pod = self.hot.get(*idx as usize)?;
         let ids = |group: u32| {
             if group == NO_GROUP {
@@ -679,10 +502,8 @@ impl PolicyEngine {
     /// Every known pod with whether it is isolated for ingress and for egress:
     /// `(namespace, name, ingress_isolated, egress_isolated)`; hostNetwork pods are skipped.
     pub fn pod_isolation(&self) -> impl Iterator<Item = (&str, &str, bool, bool)> + '_ {
-        self.table
-            .pods
-            .iter()
-            .zip(&self.hot)
+        let pods = (0..self.hot.len()).map_while(|i| self.table.attributor.pod(i));
+        pods.zip(&self.hot)
             .filter(|(_, h)| !h.host_network)
             .map(|(p, h)| {
                 (
@@ -694,25 +515,24 @@ impl PolicyEngine {
             })
     }
 
-    /// The verdict of an (attributed) flow. Attribution fields name the pods when present;
-    /// otherwise addresses are looked up (a pod IP at the flow's time, a node IP, a ClusterIP
-    /// whose first backend is taken). A flow to a ClusterIP is checked at the backend's target
-    /// port, as the destination sees it after DNAT.
+    /// The verdict of a connection whose peers attribution resolved
+    /// ([`crate::attribution::Attributor::connection`], on the inventory this engine was
+    /// compiled against: same pod and node indices).
     ///
-    /// The explanation of an allowed direction is found when it is first read; until then the
-    /// verdict shares this engine's tables ([`Verdict::settle`] resolves it for storage).
-    pub fn evaluate(&self, flow: &FlowRecord) -> Verdict {
-        let names = flow.dst.dns_names.as_slice();
-        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.explained(e, q, names));
+    /// The verdict is a value: its explanation (the allowing rules and their policies, or the
+    /// isolating policies) is complete and holds nothing of the engine.
+    pub fn evaluate(&self, connection: &Connection<'_>) -> Verdict {
+        let names = connection.dns_names;
+        let (ingress, egress) = self.evaluate_with(connection, |e, q| self.explained(e, q, names));
         Verdict::new(ingress, egress)
     }
 
     /// The verdict without the explanation (no policy names, no allocation): what the agent
     /// needs for counters. Stops at the first allowing rule. Same decision as
     /// [`PolicyEngine::evaluate`].
-    pub fn evaluate_compact(&self, flow: &FlowRecord) -> CompactVerdict {
-        let names = flow.dst.dns_names.as_slice();
-        let (ingress, egress) = self.evaluate_with(flow, |e, q| self.decide(e, q, names));
+    pub fn evaluate_compact(&self, connection: &Connection<'_>) -> CompactVerdict {
+        let names = connection.dns_names;
+        let (ingress, egress) = self.evaluate_with(connection, |e, q| self.decide(e, q, names));
         CompactVerdict {
             allowed: ingress.result != SideResult::Denied && egress.result != SideResult::Denied,
             ingress,
@@ -720,32 +540,50 @@ impl PolicyEngine {
         }
     }
 
-    /// Resolves both ends and evaluates each direction with `side`.
-    fn evaluate_with<T>(&self, flow: &FlowRecord, side: impl Fn(Query, FlowQuery) -> T) -> (T, T)
+    /// The verdict of a flow record: [`PolicyEngine::evaluate`] of the connection that the
+    /// engine's attributor ([`PodTable::attributor`]) makes of it. Attribution fields name
+    /// the pods when present; otherwise addresses are looked up (a pod IP at the flow's time,
+    /// a node IP, a ClusterIP whose first backend is taken, checked at the backend's target
+    /// port, as the destination sees it after DNAT).
+    pub fn evaluate_flow(&self, flow: &FlowRecord) -> Verdict {
+        self.evaluate(&self.table.attributor.connection(flow))
+    }
+
+    /// [`PolicyEngine::evaluate_compact`] of a flow record (see
+    /// [`PolicyEngine::evaluate_flow`]).
+    pub fn evaluate_flow_compact(&self, flow: &FlowRecord) -> CompactVerdict {
+        self.evaluate_compact(&self.table.attributor.connection(flow))
+    }
+
+    /// Evaluates each direction of `c` with `side`.
+    fn evaluate_with<T>(&self, c: &Connection<'_>, side: impl Fn(Query, FlowQuery) -> T) -> (T, T)
     where
         T: Clone + From<(SideResult, Reason)>,
     {
-        let at = flow.first_seen.or(flow.last_seen);
-        let src = self.resolve(&flow.src, at);
-        let (dst, dst_ip, port) = self.resolve_dst(&flow.dst, flow.protocol, at);
+        let side_of = |p: PeerId| match p {
+            PeerId::Pod(i) => Side::Pod(to_u32(i)),
+            PeerId::Node(n) => Side::Node(to_u32(n)),
+            PeerId::External => Side::Other,
+        };
+        let (src, dst) = (side_of(c.src.peer), side_of(c.dst.peer));
         if let (Side::Pod(s), Side::Pod(d)) = (src, dst)
             && s == d
-            && !self.hot[s as usize].host_network
+            && self.hot.get(s as usize).is_some_and(|h| !h.host_network)
         {
             let v = T::from((SideResult::Allowed, Reason::SelfTraffic));
             return (v.clone(), v);
         }
         let flow_q = FlowQuery {
             dst,
-            port,
-            protocol: flow.protocol,
+            port: c.port,
+            protocol: c.protocol,
         };
         let egress = match src {
             Side::Pod(s) => side(
                 Query {
                     me: s,
                     peer: dst,
-                    peer_ip: dst_ip,
+                    peer_ip: c.dst.ip,
                     ingress: false,
                 },
                 flow_q,
@@ -757,7 +595,7 @@ impl PolicyEngine {
                 Query {
                     me: d,
                     peer: src,
-                    peer_ip: flow.src.ip,
+                    peer_ip: c.src.ip,
                     ingress: true,
                 },
                 flow_q,
@@ -768,8 +606,8 @@ impl PolicyEngine {
     }
 
     /// One direction with its explanation. The decision is made as in [`Self::decide`]; an
-    /// allowed direction's allowing rules are found only when its explanation is first read
-    /// ([`Pending`]), a denied one lists the group's isolating policies (shared).
+    /// allowed direction lists its allowing rules and their policies, a denied one the
+    /// group's isolating policies (shared).
     fn explained(&self, q: Query, f: FlowQuery, names: &[String]) -> SideVerdict {
         if let Some(tiers) = &self.tiers {
             return self.explained_tiered(tiers, q, f, names);
@@ -880,47 +718,37 @@ impl PolicyEngine {
         }
     }
 
-    /// An isolated direction decided by the NetworkPolicies of `group`.
+    /// An isolated direction decided by the NetworkPolicies of `group`: allowed when some
+    /// rule allows the flow (one search finds them all: the explanation), else denied.
     fn explained_group(&self, group: u32, q: Query, f: FlowQuery) -> SideVerdict {
         let rows = self.core.tables.rows(self.peer_key(q));
-        if self.allows(group, rows, f) {
-            let (policies, rules) = Names::pending(Pending {
-                core: Arc::clone(&self.core),
-                group,
-                rows,
-                dst: match f.dst {
-                    Side::Pod(d) => d,
-                    _ => NO_POD,
-                },
-                port: f.port.unwrap_or(0),
-                has_port: f.port.is_some(),
-                protocol: f.protocol,
-                list: List::Rules,
+        let dst_pod = match f.dst {
+            Side::Pod(d) => Some(d),
+            _ => None,
+        };
+        let rules = self
+            .core
+            .tables
+            .allowing_rules(group, f.protocol, f.port, rows, |name| {
+                dst_pod.and_then(|d| self.core.named_port_id(d, name, f.protocol))
             });
-            SideVerdict {
-                result: SideResult::Allowed,
-                policies,
-                rules,
-                reason: None,
-            }
-        } else {
-            SideVerdict {
+        let none = Names::default();
+        let isolating = self.core.tables.group(group).map_or(&none, |g| &g.denied);
+        if rules.is_empty() {
+            return SideVerdict {
                 result: SideResult::Denied,
-                policies: self
-                    .core
-                    .tables
-                    .group(group)
-                    .map(|g| g.denied.clone())
-                    .unwrap_or_default(),
+                policies: isolating.clone(),
                 rules: Names::default(),
                 reason: None,
-            }
+            };
         }
-    }
-
-    /// The pods (indices, ascending) named `ns/name`.
-    fn named(&self, ns: &str, name: &str) -> &[u32] {
-        by_name_run(&self.table.by_name, &self.table.pods, ns, name)
+        let (policies, rules) = self.core.rule_names.explain(&rules, isolating);
+        SideVerdict {
+            result: SideResult::Allowed,
+            policies,
+            rules,
+            reason: None,
+        }
     }
 
     /// The peer of a direction as the rule tables see it.
@@ -1003,114 +831,6 @@ impl PolicyEngine {
             },
             reason: None,
         }
-    }
-
-    /// Picks among pods holding an IP (or a name): the one with the expected name, alive at
-    /// the flow's time, else the newest.
-    fn pick(
-        &self,
-        candidates: &[u32],
-        at: Option<Timestamp>,
-        names: Option<(&str, &str)>,
-    ) -> Option<u32> {
-        // One pod ever held the address (the common case): it is the answer whatever the time,
-        // without touching the pod's entry.
-        if let ([only], None) = (candidates, names) {
-            return Some(*only);
-        }
-        let named = |i: &&u32| {
-            names.is_none_or(|(ns, n)| {
-                let p = &self.table.pods[**i as usize];
-                *p.namespace == *ns && *p.name == *n
-            })
-        };
-        candidates
-            .iter()
-            .filter(named)
-            .rev()
-            .find(|i| self.table.pods[**i as usize].alive_at(at))
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .filter(named)
-                    .max_by_key(|i| self.table.pods[**i as usize].created)
-            })
-            .copied()
-    }
-
-    fn resolve(&self, ep: &Endpoint, at: Option<Timestamp>) -> Side {
-        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
-        if let Some(c) = self.table.at_ip(&ep.ip)
-            && let Some(i) = self.pick(c, at, names)
-        {
-            return Side::Pod(i);
-        }
-        if let Some((ns, n)) = names
-            && let c = self.named(ns, n)
-            && let Some(i) = self.pick(c, at, None)
-        {
-            return Side::Pod(i);
-        }
-        if let Some(n) = self.table.node_by_ip.get(&ep.ip) {
-            return Side::Node(*n);
-        }
-        if let Some(n) = ep.node.as_ref().and_then(|n| self.table.node_ids.get(n)) {
-            return Side::Node(*n);
-        }
-        Side::Other
-    }
-
-    /// Resolves the destination; for a ClusterIP, the backend pod (named in the flow, else the
-    /// Service's first backend), its address and the target port.
-    fn resolve_dst(
-        &self,
-        ep: &Endpoint,
-        protocol: Protocol,
-        at: Option<Timestamp>,
-    ) -> (Side, IpAddr, Option<u16>) {
-        let Some(svc) = self.table.services.get(&ep.ip) else {
-            return (self.resolve(ep, at), ep.ip, ep.port);
-        };
-        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
-        let pod = match names {
-            Some((ns, n)) => self.pick(self.named(ns, n), at, None),
-            None => svc.backend,
-        };
-        let Some(pod) = pod else {
-            // No backend pod: an address endpoint (judged on its address and port, as the
-            // node's DNAT sends the connection there), else the ClusterIP itself.
-            if let Some((addr, eps)) = &svc.endpoints {
-                let port = ep.port.map(|p| eps.port_for(p, protocol).unwrap_or(p));
-                let target = Endpoint::bare(*addr, port);
-                return (self.resolve(&target, at), *addr, port);
-            }
-            return (Side::Other, ep.ip, ep.port);
-        };
-        let entry = &self.table.pods[pod as usize];
-        let port = ep.port.map(|p| {
-            svc.info
-                .backend_port(p, protocol, None)
-                .or_else(|| {
-                    // Named target port: resolve against this backend.
-                    svc.info
-                        .ports
-                        .iter()
-                        .find(|sp| sp.port == p && sp.protocol == protocol)
-                        .and_then(|sp| match &sp.target_port {
-                            crate::inventory::TargetPort::Name(n) => entry.named_port(n, protocol),
-                            crate::inventory::TargetPort::Number(n) => Some(*n),
-                        })
-                })
-                .unwrap_or(p)
-        });
-        let ip = entry
-            .ips
-            .iter()
-            .find(|i| i.is_ipv4() == ep.ip.is_ipv4())
-            .or_else(|| entry.ips.first())
-            .copied()
-            .unwrap_or(ep.ip);
-        (Side::Pod(pod), ip, port)
     }
 }
 
@@ -1463,55 +1183,6 @@ impl NamedPorts {
     }
 }
 
-/// The run of `by_name` (pod indices sorted by namespace then name) naming pod `ns/name`.
-fn pod_entry(p: &PodInfo) -> PodEntry {
-    PodEntry {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        ips: p.ips.as_slice().into(),
-        ports: Arc::clone(&p.container_ports),
-        created: p.created,
-        deleted: p.deleted,
-    }
-}
-
-/// The entry of `svc` whose first backend (in [`Inventory::service_backends`] order) is
-/// `first`: the newest live pod of that name.
-fn service_entry(
-    inventory: &Inventory,
-    svc: &ServiceInfo,
-    first: Option<&PodInfo>,
-    by_name: &[u32],
-    pods: &[PodEntry],
-) -> ServiceEntry {
-    let backend = first.and_then(|b| {
-        by_name_run(by_name, pods, &b.namespace, &b.name)
-            .iter()
-            .rev()
-            .find(|i| pods[**i as usize].deleted.is_none())
-            .copied()
-    });
-    ServiceEntry {
-        info: svc.clone(),
-        backend,
-        endpoints: backend
-            .is_none()
-            .then(|| inventory.address_endpoints(svc))
-            .flatten()
-            .and_then(|e| Some((*e.addresses.first()?, e))),
-    }
-}
-
-fn by_name_run<'a>(by_name: &'a [u32], pods: &[PodEntry], ns: &str, name: &str) -> &'a [u32] {
-    let key = |i: &u32| {
-        let p = &pods[*i as usize];
-        (&*p.namespace, &*p.name)
-    };
-    let lo = by_name.partition_point(|i| key(i) < (ns, name));
-    let hi = lo + by_name[lo..].partition_point(|i| key(i) == (ns, name));
-    &by_name[lo..hi]
-}
-
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -1535,7 +1206,7 @@ impl PolicyEngine {
 
     /// Pod `pod` as compiled.
     pub(super) fn compiled_pod(&self, pod: usize) -> Option<super::plan::CompiledPod<'_>> {
-        let (hot, entry) = (self.hot.get(pod)?, self.table.pods.get(pod)?);
+        let (hot, entry) = (self.hot.get(pod)?, self.table.attributor.pod(pod)?);
         let group = |g: u32| (g != NO_GROUP).then_some(g);
         Some(super::plan::CompiledPod {
             namespace: &entry.namespace,
@@ -1588,9 +1259,9 @@ mod tests {
             Reference::new(&inv, &staged).unwrap(),
         );
         for flow in synth::flows(&inv, 3_000, 21) {
-            assert_eq!(a.evaluate(&flow), ra.evaluate(&flow), "{flow:?}");
-            assert_eq!(b.evaluate(&flow), rb.evaluate(&flow), "{flow:?}");
-            assert_eq!(c.evaluate(&flow), rb.evaluate(&flow), "{flow:?}");
+            assert_eq!(a.evaluate_flow(&flow), ra.evaluate(&flow), "{flow:?}");
+            assert_eq!(b.evaluate_flow(&flow), rb.evaluate(&flow), "{flow:?}");
+            assert_eq!(c.evaluate_flow(&flow), rb.evaluate(&flow), "{flow:?}");
         }
     }
 
@@ -1600,48 +1271,50 @@ mod tests {
         let names = size_of::<crate::policy::Names>();
         let side = size_of::<SideVerdict>();
         let verdict = size_of::<Verdict>();
-        assert!(names <= 48, "Names: {names} bytes");
-        assert!(side <= 104, "SideVerdict: {side} bytes");
-        assert!(verdict <= 216, "Verdict: {verdict} bytes");
+        assert!(names <= 16, "Names: {names} bytes");
+        assert!(side <= 40, "SideVerdict: {side} bytes");
+        assert!(verdict <= 88, "Verdict: {verdict} bytes");
     }
 
-    /// An allowed direction's explanation is found when first read, from the engine's tables:
-    /// it is right even after the engine is dropped, and settling it releases the tables.
+    /// Explanations are values: complete when the verdict is made (one rule or several, one
+    /// policy or several) and the same after the engine is dropped.
     #[test]
-    fn pending_explanations_outlive_the_engine_and_settle() {
+    fn explanations_are_values_that_outlive_the_engine() {
         let inv = synth::cluster(4, 300, 11);
         let pols = synth::policies(400, 4, 11);
         let flows = synth::flows(&inv, 2_000, 11);
         let reference = Reference::new(&inv, &pols).unwrap();
         let engine = PolicyEngine::compile(&pols, &inv).unwrap();
-        let pending: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
-        let allowed_sides = pending
+        let verdicts: Vec<_> = flows.iter().map(|f| engine.evaluate_flow(f)).collect();
+        let again: Vec<_> = flows.iter().map(|f| engine.evaluate_flow(f)).collect();
+        let allowed: Vec<_> = verdicts
             .iter()
             .flat_map(|v| [&v.ingress, &v.egress])
             .filter(|s| s.result == SideResult::Allowed && s.reason.is_none())
-            .count();
-        assert!(allowed_sides > 1_000, "{allowed_sides}");
-        // One reference to the tables per pending list (rules, policies) of each allowed
-        // direction, besides the engine's own.
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
-        let mut settled: Vec<_> = flows.iter().map(|f| engine.evaluate(f)).collect();
-        settled.iter_mut().for_each(|v| v.settle());
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
-        // Reading one list resolves it without touching the other's reference.
-        let mut read = pending.clone();
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 4 * allowed_sides);
-        for v in &mut read {
-            v.ingress.rules.settle();
-            v.egress.rules.settle();
-        }
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 3 * allowed_sides);
-        drop(read);
-        assert_eq!(Arc::strong_count(&engine.core), 1 + 2 * allowed_sides);
+            .collect();
+        assert!(allowed.len() > 1_000, "{}", allowed.len());
+        // Every allowed direction names its rules and their policies, some one of each, some
+        // several.
+        assert!(
+            allowed
+                .iter()
+                .all(|s| !s.rules.is_empty() && !s.policies.is_empty())
+        );
+        assert!(allowed.iter().any(|s| s.rules.len() == 1));
+        assert!(
+            allowed
+                .iter()
+                .any(|s| s.rules.len() > 1 && s.policies.len() > 1)
+        );
+        // Made again, the same values.
+        assert_eq!(verdicts, again);
         drop(engine);
-        for ((flow, p), s) in flows.iter().zip(&pending).zip(&settled) {
-            let want = reference.evaluate(flow);
-            assert_eq!(p, &want, "pending, read after the engine is gone: {flow:?}");
-            assert_eq!(s, &want, "settled: {flow:?}");
+        for (flow, v) in flows.iter().zip(&verdicts) {
+            assert_eq!(
+                v,
+                &reference.evaluate(flow),
+                "read after the engine is gone: {flow:?}"
+            );
         }
     }
 }

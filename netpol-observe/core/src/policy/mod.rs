@@ -1,6 +1,8 @@
 //! The NetworkPolicy engine (pure): the whole `networking.k8s.io/v1` semantics, compiled once
 //! ([`PolicyEngine::compile`]) and evaluated many times ([`PolicyEngine::evaluate`]), every
-//! verdict explained ([`Verdict`]: which policies isolate, which rules allow).
+//! verdict explained ([`Verdict`]: which policies isolate, which rules allow). The engine
+//! evaluates a [`Connection`] between peers that attribution resolved, once
+//! ([`crate::attribution::Attributor::connection`]).
 //!
 //! Semantics (Kubernetes API documentation):
 //! - a policy selects pods of its namespace by `podSelector` (`{}` = all); policies are
@@ -30,6 +32,7 @@
 
 pub mod cluster;
 mod compile;
+mod connection;
 mod engine;
 mod error;
 #[cfg(test)]
@@ -46,6 +49,7 @@ mod table;
 mod verdict;
 
 pub use compile::{policy_id, policy_types, validate};
+pub use connection::{Connection, End, PeerId};
 pub use engine::{CompactSide, CompactVerdict, PodPolicies, PodTable, PolicyEngine};
 pub use error::{PolicyError, SelectorError};
 pub use names::{Name, Names};

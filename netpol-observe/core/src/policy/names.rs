@@ -3,35 +3,97 @@
 //! reference-counted handles to them, so explaining a verdict costs no string copies. They
 //! serialise exactly as the plain strings and string lists they replace.
 //!
-//! An "allowed" explanation is kept lazy: the verdict holds the question (which rule group,
-//! peer, port; [`Names::pending`]) and the allowing rules are found, and their names looked
-//! up, the first time the list is read (compared, iterated, printed, serialised), so a
-//! verdict costs the same whether it names one rule or a hundred. Until then it keeps the
-//! engine's tables alive; [`Names::settle`] resolves it and lets them go.
+//! An explanation is a value: it is complete when the verdict is made and holds nothing of
+//! the engine. The commonest lists (one allowing rule, one policy, every policy of the group)
+//! are lists the engine made at compile time and shares ([`RuleNames::explain`]).
 
 use std::{
     fmt,
     hash::{Hash, Hasher},
     ops::Deref,
-    sync::{Arc, OnceLock},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::engine::Pending;
 /// One name in an explanation: the inventory's shared string (cloning it copies no bytes).
 pub use crate::inventory::Name;
 
-/// The names of every rule of an engine and the policy each belongs to: what lazy
-/// explanations ([`Names::pending`]) resolve against.
+/// The names of every rule of an engine and the policy each belongs to, and the one-name
+/// lists an explanation shares ([`RuleNames::explain`]).
 #[derive(Debug, Default)]
 pub(crate) struct RuleNames {
     /// Rule labels (`ns/name:ingress[i]`) by global rule id.
-    pub(crate) labels: Box<[Name]>,
+    labels: Box<[Name]>,
+    /// Per rule, the list of its label alone.
+    label_lists: Box<[Names]>,
     /// The policy (index) of each rule.
-    pub(crate) policy: Box<[u32]>,
-    /// Policy names by index.
-    pub(crate) policies: Box<[Name]>,
+    policy: Box<[u32]>,
+    /// Per policy (index), the list of its name alone.
+    policy_lists: Box<[Names]>,
+}
+
+impl RuleNames {
+    /// The names of rules labelled `labels` (by global id) of policies `policy` (per rule,
+    /// an index into `policies`, the policy names).
+    pub(crate) fn new(labels: Box<[Name]>, policy: Box<[u32]>, policies: &[Name]) -> Self {
+        RuleNames {
+            label_lists: labels.iter().map(|l| Names::one(l.clone())).collect(),
+            labels,
+            policy,
+            policy_lists: policies.iter().map(|p| Names::one(p.clone())).collect(),
+        }
+    }
+
+    /// The explanation of an allowed direction, as (policies, rules): the labels of the
+    /// allowing rules `rules` (global ids, ascending) and their distinct policies. `group`
+    /// lists every policy of the direction's group (sorted): shared when all of them allow,
+    /// as one rule's label or one policy's name is shared when it is alone.
+    pub(crate) fn explain(&self, rules: &[u32], group: &Names) -> (Names, Names) {
+        let rule_names = match rules {
+            [] => Names::default(),
+            [r] => self
+                .label_lists
+                .get(*r as usize)
+                .cloned()
+                .unwrap_or_default(),
+            // Ids come from the engine's tables: every one is a rule (one allocation).
+            many => Names(Repr::Shared(
+                many.iter()
+                    .map(|r| self.labels[*r as usize].clone())
+                    .collect(),
+            )),
+        };
+        // Rule ids ascend within policy order: equal policies are adjacent.
+        let policy_of = |r: &u32| self.policy.get(*r as usize).copied();
+        let mut distinct = 0usize;
+        let mut last = None;
+        for p in rules.iter().map(policy_of) {
+            if p != last {
+                distinct += 1;
+                last = p;
+            }
+        }
+        let policies = if distinct == 1 {
+            last.and_then(|p| self.policy_lists.get(p as usize).cloned())
+                .unwrap_or_default()
+        } else if distinct == group.len() {
+            group.clone()
+        } else {
+            let mut out = Vec::with_capacity(distinct);
+            let mut last = None;
+            for p in rules.iter().filter_map(policy_of) {
+                if Some(p) != last
+                    && let Some(n) = self.policy_lists.get(p as usize).and_then(|l| l.first())
+                {
+                    out.push(n.clone());
+                    last = Some(p);
+                }
+            }
+            Names::from(out)
+        };
+        (policies, rule_names)
+    }
 }
 
 /// Ids kept inline when there are few ([`IdList::INLINE`] or fewer), else on the heap.
@@ -114,62 +176,14 @@ impl Extend<u32> for IdList {
     }
 }
 
-/// The names of a pending list once read (boxed, so that a pending list stays small).
-#[derive(Debug, Clone)]
-struct Resolved(Box<[Name]>);
-
-/// Which list of an allowed direction's explanation a pending [`Names`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum List {
-    /// The labels of the allowing rules.
-    Rules,
-    /// The distinct policies of the allowing rules.
-    Policies,
-}
-
 #[derive(Clone)]
 enum Repr {
     Empty,
     Shared(Arc<[Name]>),
-    /// The rule labels or the distinct policies ([`Pending::list`]) of the rules allowing a
-    /// pending direction, resolved on first read.
-    Pending(Pending, OnceLock<Box<Resolved>>),
-}
-
-/// The labels of the rules allowing `p` (ascending rule ids).
-fn rule_labels(p: &Pending) -> Box<Resolved> {
-    let names = p.names();
-    Box::new(Resolved(
-        p.rules()
-            .iter()
-            .filter_map(|r| names.labels.get(*r as usize).cloned())
-            .collect(),
-    ))
-}
-
-/// The distinct policies of the rules allowing `p` (rule ids ascend within policy order, so
-/// equal policies are adjacent).
-fn rule_policies(p: &Pending) -> Box<Resolved> {
-    let names = p.names();
-    let mut out: Vec<Name> = Vec::new();
-    let mut last = u32::MAX;
-    for r in p.rules().iter() {
-        let Some(pi) = names.policy.get(*r as usize).copied() else {
-            continue;
-        };
-        if pi != last
-            && let Some(n) = names.policies.get(pi as usize)
-        {
-            out.push(n.clone());
-            last = pi;
-        }
-    }
-    Box::new(Resolved(out.into_boxed_slice()))
 }
 
 /// A list of [`Name`]s, shared: cloning it copies no names (the engine hands out the same
-/// list, e.g. the policies isolating a group of pods, to every verdict that needs it, and
-/// resolves the names of allowing rules only when the list is read). Reads as a slice
+/// list, e.g. the policies isolating a group of pods, to every verdict that needs it). Reads as a slice
 /// (`iter`, `len`, `contains`, indexing), compares with `Vec`s, arrays and slices of strings,
 /// and serialises as a JSON array of strings.
 #[derive(Clone)]
@@ -187,17 +201,6 @@ impl Names {
         match &self.0 {
             Repr::Empty => true,
             Repr::Shared(n) => n.is_empty(),
-            // Only an allowed direction is pending, and it has an allowing rule.
-            Repr::Pending(..) => false,
-        }
-    }
-
-    /// Resolves a pending explanation into a plain list of names, releasing the engine's
-    /// tables it kept alive: for verdicts that are stored.
-    pub fn settle(&mut self) {
-        if let Repr::Pending(..) = self.0 {
-            let names: Vec<Name> = self.iter().cloned().collect();
-            *self = Names::from(names);
         }
     }
 
@@ -206,19 +209,9 @@ impl Names {
         self.iter().map(|n| n.as_str().to_owned()).collect()
     }
 
-    /// The explanation of an allowed direction, found when first read: the rule labels and
-    /// the distinct policies of the rules `pending` finds, resolved against its names. Each
-    /// list holds the question inline (no allocation until it is read) and one reference to
-    /// the engine's tables. Returns (policies, rules).
-    pub(crate) fn pending(pending: Pending) -> (Names, Names) {
-        let mut policies = pending.clone();
-        policies.list = List::Policies;
-        let mut rules = pending;
-        rules.list = List::Rules;
-        (
-            Names(Repr::Pending(policies, OnceLock::new())),
-            Names(Repr::Pending(rules, OnceLock::new())),
-        )
+    /// The list of `name` alone.
+    pub(crate) fn one(name: Name) -> Names {
+        Names(Repr::Shared(Arc::from([name])))
     }
 }
 
@@ -228,13 +221,6 @@ impl Deref for Names {
         match &self.0 {
             Repr::Empty => &[],
             Repr::Shared(n) => n,
-            Repr::Pending(p, r) => {
-                &r.get_or_init(|| match p.list {
-                    List::Rules => rule_labels(p),
-                    List::Policies => rule_policies(p),
-                })
-                .0
-            }
         }
     }
 }

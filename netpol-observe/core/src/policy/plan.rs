@@ -410,7 +410,7 @@ mod tests {
                 }
                 flow.first_seen = None;
                 flow.last_seen = None;
-                let want = engine.evaluate(&flow).allowed;
+                let want = engine.evaluate_flow(&flow).allowed;
                 assert_eq!(
                     plan_allows(&sides, &inv, &flow),
                     want,

@@ -250,13 +250,13 @@ impl Tables {
         self.port_names.get(name).copied()
     }
 
-    /// The names of every rule, for lazy explanations; `policies` names every policy.
+    /// The names of every rule, for explanations; `policies` names every policy.
     pub(crate) fn rule_names(&self, policies: &[Name]) -> RuleNames {
-        RuleNames {
-            labels: self.rules.iter().map(|r| r.label.clone()).collect(),
-            policy: self.rules.iter().map(|r| r.policy).collect(),
-            policies: policies.into(),
-        }
+        RuleNames::new(
+            self.rules.iter().map(|r| r.label.clone()).collect(),
+            self.rules.iter().map(|r| r.policy).collect(),
+            policies,
+        )
     }
 
     /// The condition rows of a peer.
@@ -940,15 +940,15 @@ items:
             )
         };
         for port in 0..=u16::MAX {
-            let c = engine.evaluate_compact(&flow(port));
+            let c = engine.evaluate_flow_compact(&flow(port));
             assert_eq!(c.allowed, port % 2 == 1, "port {port}");
         }
         let reference = Reference::new(&inv, &pols).unwrap();
         for port in [0, 1, 2, 32_767, 32_768, 65_533, 65_534, 65_535] {
-            let v = engine.evaluate(&flow(port));
+            let v = engine.evaluate_flow(&flow(port));
             assert_eq!(v, reference.evaluate(&flow(port)), "port {port}");
         }
-        let last = engine.evaluate(&flow(65_535));
+        let last = engine.evaluate_flow(&flow(65_535));
         assert_eq!(last.ingress.result, SideResult::Allowed);
         assert_eq!(last.ingress.rules, ["shop/odd-ports:ingress[0]"]);
     }
@@ -966,9 +966,9 @@ items:
         let mut multi_rule = 0;
         let mut denied = 0;
         for flow in &flows {
-            let v = engine.evaluate(flow);
+            let v = engine.evaluate_flow(flow);
             assert_eq!(v, reference.evaluate(flow), "disagreement on {flow:?}");
-            let c = engine.evaluate_compact(flow);
+            let c = engine.evaluate_flow_compact(flow);
             assert_eq!(c.allowed, v.allowed);
             multi_rule += usize::from(v.ingress.rules.len() > 3);
             denied += usize::from(v.ingress.result == SideResult::Denied);
@@ -1002,9 +1002,9 @@ items:
         let engine = PolicyEngine::compile(&pols, &inv).unwrap();
         let mut multi_named = 0;
         for (flow, want) in flows.iter().zip(&expected) {
-            let v = engine.evaluate(flow);
+            let v = engine.evaluate_flow(flow);
             assert_eq!(&v, want, "disagreement on {flow:?}");
-            assert_eq!(engine.evaluate_compact(flow).allowed, want.allowed);
+            assert_eq!(engine.evaluate_flow_compact(flow).allowed, want.allowed);
             multi_named += usize::from(v.ingress.rules.len() > 1);
         }
         assert!(multi_named > 100, "{multi_named}");
@@ -1107,9 +1107,9 @@ items:
         let reference = Reference::new(&inv, &pols).unwrap();
         let (mut allowed, mut denied) = (0, 0);
         for flow in &flows {
-            let v = engine.evaluate(flow);
+            let v = engine.evaluate_flow(flow);
             assert_eq!(v, reference.evaluate(flow), "disagreement on {flow:?}");
-            let c = engine.evaluate_compact(flow);
+            let c = engine.evaluate_flow_compact(flow);
             assert_eq!(
                 (c.allowed, c.ingress.result, c.egress.result),
                 (v.allowed, v.ingress.result, v.egress.result)

@@ -38,8 +38,8 @@ pub struct SideVerdict {
     /// Not isolated, allowed or denied.
     pub result: SideResult,
     /// `allowed`: the policies (`ns/name`) with a rule allowing the flow; `denied`: the
-    /// policies isolating the pod in this direction. Sorted. Shared with the engine: cloning
-    /// a verdict copies no names.
+    /// policies isolating the pod in this direction. Sorted. Names are shared: cloning a
+    /// verdict copies no names.
     #[serde(default, skip_serializing_if = "Names::is_empty")]
     pub policies: Names,
     /// `allowed`: the rules that allow the flow, as `ns/name:ingress[i]` / `ns/name:egress[i]`.
@@ -75,12 +75,6 @@ impl SideVerdict {
     pub fn passes(&self) -> bool {
         self.result != SideResult::Denied
     }
-
-    /// Resolves the explanation now (see [`Names::settle`]).
-    pub fn settle(&mut self) {
-        self.policies.settle();
-        self.rules.settle();
-    }
 }
 
 impl From<(SideResult, Reason)> for SideVerdict {
@@ -109,14 +103,6 @@ impl Verdict {
             ingress,
             egress,
         }
-    }
-
-    /// Resolves both explanations now: a verdict from [`super::PolicyEngine::evaluate`] finds
-    /// its allowing rules when they are first read and keeps the engine's tables alive until
-    /// then; a verdict that is stored should be settled.
-    pub fn settle(&mut self) {
-        self.ingress.settle();
-        self.egress.settle();
     }
 }
 

@@ -580,9 +580,9 @@ impl<'r, 'i> Aggregator<'r, 'i> {
                 let allowed = if needs {
                     let mut a = f.clone();
                     recommender.attributor.attribute(&mut a);
-                    engine.evaluate_compact(&a).allowed
+                    engine.evaluate_flow_compact(&a).allowed
                 } else {
-                    engine.evaluate_compact(f).allowed
+                    engine.evaluate_flow_compact(f).allowed
                 };
                 if !allowed {
                     found |= keep_groups.insert(key, ());

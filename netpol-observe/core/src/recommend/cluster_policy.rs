@@ -271,9 +271,9 @@ pub fn check_weighted<'f>(
     let whole = PolicyEngine::compile_with_cluster(&rec.policies, cluster, inventory)?;
     Ok(flows
         .into_iter()
-        .filter(|(f, _)| alone.evaluate_compact(f).allowed)
+        .filter(|(f, _)| alone.evaluate_flow_compact(f).allowed)
         .filter_map(|(f, n)| {
-            let v = whole.evaluate(f);
+            let v = whole.evaluate_flow(f);
             (!v.allowed).then(|| {
                 (
                     format!(

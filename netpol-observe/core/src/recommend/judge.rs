@@ -341,8 +341,8 @@ pub(crate) fn judge(
                 Some(RecordedVerdict::Denied(why)) => (Some(why.clone()), false),
                 Some(RecordedVerdict::Allowed) => (None, false),
                 None => match in_force {
-                    Some(e) if !e.evaluate_compact(f).allowed => {
-                        (Some(denial(&e.evaluate(f))), true)
+                    Some(e) if !e.evaluate_flow_compact(f).allowed => {
+                        (Some(denial(&e.evaluate_flow(f))), true)
                     }
                     _ => (None, false),
                 },

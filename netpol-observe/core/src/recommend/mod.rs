@@ -416,7 +416,7 @@ impl<'i> Recommender<'i> {
         // Denied flows not learned: would the recommended policies allow them all the same?
         if let Some(engine) = &engine {
             for d in judged.denied.iter_mut().filter(|d| !d.outcome.learned()) {
-                d.recommended_allows = Some(engine.evaluate(&flows[d.example]).allowed);
+                d.recommended_allows = Some(engine.evaluate_flow(&flows[d.example]).allowed);
             }
         }
         notes.extend(denied_notes(&judged.denied, &stats));
@@ -492,7 +492,7 @@ impl<'i> Recommender<'i> {
         let mut examples: Vec<usize> = obs.edges.values().map(|e| e.example).collect();
         examples.sort_unstable();
         for i in examples {
-            let v = engine.evaluate(&flows[i]);
+            let v = engine.evaluate_flow(&flows[i]);
             if !v.allowed {
                 stats.self_check_denied += 1;
                 notes.push(format!(
@@ -525,7 +525,7 @@ fn left_out_notes<'o>(
     let mut denied_count: BTreeMap<&str, u64> = BTreeMap::new();
     for (i, reason) in &obs.unruled {
         let f = &flows[*i];
-        let denied = engine.is_some_and(|e| !e.evaluate(f).allowed);
+        let denied = engine.is_some_and(|e| !e.evaluate_flow(f).allowed);
         if denied {
             *denied_count.entry(reason.as_str()).or_default() += 1;
             for ep in [&f.src, &f.dst] {

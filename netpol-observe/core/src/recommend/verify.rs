@@ -294,7 +294,7 @@ pub(crate) fn verify_with<'f>(
     let mut workloads: BTreeMap<String, WorkloadSummary> = BTreeMap::new();
     let mut report = VerifyReport::default();
     for (f, n) in flows {
-        let v = engine.evaluate(f);
+        let v = engine.evaluate_flow(f);
         each(&v);
         report.flows += n;
         let src = peer_name(&f.src);

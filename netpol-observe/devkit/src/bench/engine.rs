@@ -48,17 +48,19 @@ pub struct BenchRow {
     pub policies: usize,
     /// Median compile time, milliseconds.
     pub compile_ms: f64,
-    /// Median verdicts per second of [`PolicyEngine::evaluate`] (explained verdicts; an
-    /// allowed direction's rules are found when first read, which this figure does not do).
+    /// Median verdicts per second of [`PolicyEngine::evaluate_flow`] (the record attributed
+    /// into a connection, then explained: every allowing rule found and its name listed; the
+    /// names are not read).
     pub verdicts_per_sec: f64,
     /// Every round's verdicts per second, in round order.
     pub samples: Vec<f64>,
-    /// Median verdicts per second of [`PolicyEngine::evaluate`] with both explanations read
-    /// (every allowing rule found, rule and policy names resolved): what printing costs.
+    /// Median verdicts per second of [`PolicyEngine::evaluate_flow`] with both explanations read
+    /// (every rule and policy name touched): what printing costs, the output aside. Since
+    /// explanations are values (made by `evaluate`), reading adds only the names' loads.
     pub read_verdicts_per_sec: f64,
     /// Every round's explained-and-read verdicts per second, in round order.
     pub read_samples: Vec<f64>,
-    /// Median verdicts per second of [`PolicyEngine::evaluate_compact`] (no explanation).
+    /// Median verdicts per second of [`PolicyEngine::evaluate_flow_compact`] (no explanation).
     pub compact_verdicts_per_sec: f64,
     /// Every round's compact verdicts per second, in round order.
     pub compact_samples: Vec<f64>,
@@ -106,17 +108,17 @@ pub fn run(config: &BenchConfig) -> Result<Vec<BenchRow>, PolicyError> {
             let start = Instant::now();
             let engine = PolicyEngine::compile(policies, &inventory)?;
             compile[i].push(start.elapsed().as_secs_f64() * 1e3);
-            let (rate, allowed) = measure(&|f| black_box(engine.evaluate(f)).allowed);
+            let (rate, allowed) = measure(&|f| black_box(engine.evaluate_flow(f)).allowed);
             speed[i].push(rate);
             allowed_share[i] = allowed as f64 / config.evaluations.max(1) as f64;
             let (rate, allowed_read) = measure(&|f| {
-                let v = engine.evaluate(f);
+                let v = engine.evaluate_flow(f);
                 black_box(read_side(&v.ingress) + read_side(&v.egress));
                 v.allowed
             });
             read[i].push(rate);
             let (rate, allowed_compact) =
-                measure(&|f| black_box(engine.evaluate_compact(f)).allowed);
+                measure(&|f| black_box(engine.evaluate_flow_compact(f)).allowed);
             compact[i].push(rate);
             debug_assert_eq!(allowed, allowed_compact);
             debug_assert_eq!(allowed, allowed_read);

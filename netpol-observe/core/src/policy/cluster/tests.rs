@@ -26,9 +26,9 @@ fn judge(inv: &Inventory, f: &FlowRecord) -> (Side, Side) {
     .unwrap();
     let reference =
         Reference::with_cluster(inv, &inv.network_policies, &inv.cluster_network_policies).unwrap();
-    let v = engine.evaluate(f);
+    let v = engine.evaluate_flow(f);
     assert_eq!(v, reference.evaluate(f), "engine vs reference: {f:?}");
-    let c = engine.evaluate_compact(f);
+    let c = engine.evaluate_flow_compact(f);
     assert_eq!(
         (c.allowed, c.ingress.result, c.egress.result),
         (v.allowed, v.ingress.result, v.egress.result),
@@ -783,9 +783,9 @@ fn engine_agrees_with_the_reference_on_random_cluster_policies() {
         if i % 3 == 0 {
             f.dst.dns_names = vec![["db.example.com", "example.com", "x.org"][i % 9 / 3].into()];
         }
-        let v = engine.evaluate(&f);
+        let v = engine.evaluate_flow(&f);
         assert_eq!(v, reference.evaluate(&f), "{f:?}");
-        let c = engine.evaluate_compact(&f);
+        let c = engine.evaluate_flow_compact(&f);
         assert_eq!(
             (c.allowed, c.ingress.result, c.egress.result),
             (v.allowed, v.ingress.result, v.egress.result),
