@@ -11,6 +11,7 @@
 //! ends as peers (pod and node indices in the inventory's order, the engines' too) and, for a
 //! flow to a ClusterIP, the backend pod at its address and the port it receives on.
 
+mod connection;
 mod subnets;
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc};
@@ -19,12 +20,12 @@ use rustc_hash::FxHashMap as HashMap;
 
 use jiff::Timestamp;
 
+pub use connection::{Connection, End, PeerId};
 pub use subnets::{NamedSubnet, Subnets, is_private};
 
 use crate::{
     flow::{Endpoint, FlowRecord, Protocol, ServiceRef},
     inventory::{AddressEndpoints, Inventory, PodDiff, PodInfo, ServiceInfo},
-    policy::{Connection, End, PeerId},
 };
 
 /// The attribution domain's errors (subnets files).

@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Namespace, Node, Pod, PodSpec, Service, ServiceSpec},
+        core::v1::{ContainerPort, Namespace, Node, Pod, PodSpec, Service, ServiceSpec},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -341,22 +341,34 @@ fn pod_names(spec: &PodSpec, object: &str) -> Result<(), InventoryError> {
     if let Some(node) = &spec.node_name {
         check_name(object, NameKind::Object, node, || "spec.nodeName".into())?;
     }
+    for (field, p) in pod_ports(spec) {
+        if let Some(n) = &p.name {
+            check_name(object, NameKind::PortName, n, || format!("{field}.name"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every container port of a pod (init containers too) with its field path
+/// (`spec.containers[0].ports[1]`).
+fn pod_ports(spec: &PodSpec) -> impl Iterator<Item = (String, &ContainerPort)> {
     let groups = [
         ("spec.containers", Some(&spec.containers)),
         ("spec.initContainers", spec.init_containers.as_ref()),
     ];
-    for (prefix, containers) in groups {
-        for (ci, c) in containers.into_iter().flatten().enumerate() {
-            for (pi, p) in c.ports.iter().flatten().enumerate() {
-                if let Some(n) = &p.name {
-                    check_name(object, NameKind::PortName, n, || {
-                        format!("{prefix}[{ci}].ports[{pi}].name")
-                    })?;
-                }
-            }
-        }
-    }
-    Ok(())
+    groups.into_iter().flat_map(|(prefix, containers)| {
+        containers
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .flat_map(move |(ci, c)| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .map(move |(pi, p)| (format!("{prefix}[{ci}].ports[{pi}]"), p))
+            })
+    })
 }
 
 /// A Service's selector, port names and named target ports.
@@ -774,29 +786,16 @@ pub fn pod_info(
     let spec = pod.spec.as_ref();
     let mut container_ports = Vec::new();
     if let Some(spec) = spec {
-        let groups = [
-            ("spec.containers", Some(&spec.containers)),
-            ("spec.initContainers", spec.init_containers.as_ref()),
-        ];
-        for (prefix, containers) in groups {
-            for (ci, c) in containers.into_iter().flatten().enumerate() {
-                for (pi, p) in c.ports.iter().flatten().enumerate() {
-                    let field = format!("{prefix}[{ci}].ports[{pi}]");
-                    container_ports.push(ContainerPortInfo {
-                        name: p.name.clone(),
-                        port: parse_port(
-                            p.container_port,
-                            &object,
-                            &format!("{field}.containerPort"),
-                        )?,
-                        protocol: parse_protocol(
-                            p.protocol.as_deref(),
-                            &object,
-                            &format!("{field}.protocol"),
-                        )?,
-                    });
-                }
-            }
+        for (field, p) in pod_ports(spec) {
+            container_ports.push(ContainerPortInfo {
+                name: p.name.clone(),
+                port: parse_port(p.container_port, &object, &format!("{field}.containerPort"))?,
+                protocol: parse_protocol(
+                    p.protocol.as_deref(),
+                    &object,
+                    &format!("{field}.protocol"),
+                )?,
+            });
         }
     }
     let phase = status.and_then(|s| s.phase.as_deref());

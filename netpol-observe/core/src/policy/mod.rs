@@ -32,7 +32,6 @@
 
 pub mod cluster;
 mod compile;
-mod connection;
 mod engine;
 mod error;
 #[cfg(test)]
@@ -48,8 +47,8 @@ pub mod synth;
 mod table;
 mod verdict;
 
+pub use crate::attribution::{Connection, End, PeerId};
 pub use compile::{policy_id, policy_types, validate};
-pub use connection::{Connection, End, PeerId};
 pub use engine::{CompactSide, CompactVerdict, PodPolicies, PodTable, PolicyEngine};
 pub use error::{PolicyError, SelectorError};
 pub use names::{Name, Names};

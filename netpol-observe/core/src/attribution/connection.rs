@@ -1,6 +1,6 @@
-//! What the engine evaluates: a connection between two peers that attribution resolved
-//! ([`crate::attribution::Attributor::connection`]), not a flow record (the record is the wire
-//! format; its addresses are looked up once, by attribution).
+//! What attribution makes of a flow and the policy engine evaluates: a connection between two
+//! resolved peers ([`super::Attributor::connection`]), not a flow record (the record is the
+//! wire format; its addresses are looked up once, here).
 
 use std::net::IpAddr;
 
