@@ -682,7 +682,7 @@ mod tests {
                 for (i, f) in flows.flows.iter().enumerate() {
                     agg.push(f.clone(), flows.verdict(i).cloned());
                 }
-                pushed_bad.extend(errors.iter().map(ToString::to_string));
+                pushed_bad.extend(errors.iter().map(|e| crate::report::Chain(e).to_string()));
                 Ok::<_, std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
@@ -690,7 +690,9 @@ mod tests {
         let folded = recommender
             .aggregate(|agg| {
                 folded_passes += 1;
-                agg.fold_reader(path, text.as_bytes(), |e| folded_bad.push(e.to_string()));
+                agg.fold_reader(path, text.as_bytes(), |e| {
+                    folded_bad.push(crate::report::Chain(&e).to_string())
+                });
                 Ok::<_, std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
@@ -720,13 +722,16 @@ mod tests {
         let agg = recommender
             .aggregate(|agg| {
                 agg.fold_file(Path::new("/nonexistent/f.jsonl"), |e| {
-                    bad.push(e.to_string())
+                    bad.push(crate::report::Chain(&e).to_string())
                 });
                 Ok::<_, std::convert::Infallible>(())
             })
             .unwrap_or_else(|never| match never {});
         assert_eq!(agg.records(), 0);
         assert_eq!(bad.len(), 1);
-        assert!(bad[0].starts_with("/nonexistent/f.jsonl: "), "{bad:?}");
+        assert!(
+            bad[0].starts_with("cannot read /nonexistent/f.jsonl: "),
+            "{bad:?}"
+        );
     }
 }
