@@ -322,18 +322,14 @@ pub(crate) fn connection_key(f: &FlowRecord) -> ConnectionKey {
     (f.protocol, f.src.ip, f.src.port, f.dst.ip, f.dst.port)
 }
 
-/// Judges every attributed flow (see the module documentation). `in_force`: the inventory's
-/// policies, compiled. The copies of one connection (same protocol, addresses and ports: the
-/// records several agents made of it) are judged together: denied if a copy says so, delivered
-/// if a copy was. `weights[i]`: the records `flows[i]` stands for (empty: one each).
-pub(crate) fn judge(
+/// What each flow says of itself: the verdict its agent recorded (else the policies in
+/// force, when they deny it) and its drops.
+fn evidence(
     flows: &[FlowRecord],
     recorded: &[Option<RecordedVerdict>],
-    weights: &[u64],
     in_force: Option<&PolicyEngine>,
-    include_denied: bool,
-) -> Judgement {
-    let evidence: Vec<Evidence> = flows
+) -> Vec<Evidence> {
+    flows
         .iter()
         .enumerate()
         .map(|(i, f)| {
@@ -353,15 +349,14 @@ pub(crate) fn judge(
                 drop: dropped(f),
             }
         })
-        .collect();
-    if evidence
-        .iter()
-        .all(|e| e.policy.is_none() && e.drop.is_none())
-    {
-        return Judgement::default();
-    }
+        .collect()
+}
+
+/// The copies of each connection judged together: denied if a copy says so (by the
+/// inventory only if every denying copy is), its first drop, delivered if a copy was.
+fn connections(flows: &[FlowRecord], evidence: &[Evidence]) -> HashMap<ConnectionKey, Connection> {
     let mut connections: HashMap<ConnectionKey, Connection> = HashMap::new();
-    for (f, e) in flows.iter().zip(&evidence) {
+    for (f, e) in flows.iter().zip(evidence) {
         let c = connections.entry(connection_key(f)).or_insert(Connection {
             policy: None,
             by_inventory: true,
@@ -381,6 +376,28 @@ pub(crate) fn judge(
             _ => Delivery::Unknown,
         };
     }
+    connections
+}
+
+/// Judges every attributed flow (see the module documentation). `in_force`: the inventory's
+/// policies, compiled. The copies of one connection (same protocol, addresses and ports: the
+/// records several agents made of it) are judged together: denied if a copy says so, delivered
+/// if a copy was. `weights[i]`: the records `flows[i]` stands for (empty: one each).
+pub(crate) fn judge(
+    flows: &[FlowRecord],
+    recorded: &[Option<RecordedVerdict>],
+    weights: &[u64],
+    in_force: Option<&PolicyEngine>,
+    include_denied: bool,
+) -> Judgement {
+    let evidence = evidence(flows, recorded, in_force);
+    if evidence
+        .iter()
+        .all(|e| e.policy.is_none() && e.drop.is_none())
+    {
+        return Judgement::default();
+    }
+    let connections = connections(flows, &evidence);
     type Key = (String, String, Protocol, Option<u16>, DeniedOutcome);
     let mut groups: BTreeMap<Key, (DeniedInForce, BTreeSet<String>)> = BTreeMap::new();
     let mut excluded = Vec::new();
