@@ -210,29 +210,22 @@ pub(crate) fn for_each_line_with<T: Send>(
 pub(crate) type TextLine = (usize, Result<String, FlowLineError>);
 
 /// Parses one text line with [`read_lines_with`]'s `extra`: `None` for a blank line, an error
-/// line passed through.
+/// line passed through; a record whose names break the rules is an error (reported before a
+/// bad `extra`).
 pub(crate) fn parse_text_line<T>(
     path: &Path,
     field: &'static str,
     extra: &impl Fn(&str) -> Result<T, serde_json::Error>,
-    (number, line): TextLine,
+    line: TextLine,
 ) -> Option<FlowLineWith<T>> {
-    match line {
-        Ok(text) if text.trim().is_empty() => None,
-        Ok(text) => Some((
-            number,
-            parse_line(path, number, &text).and_then(|record| {
-                let more = extra(&text).map_err(|source| FlowLineError::Extra {
-                    path: path.to_owned(),
-                    line: number,
-                    field,
-                    source,
-                })?;
-                Ok((record, more))
-            }),
-        )),
-        Err(e) => Some((number, Err(e))),
-    }
+    let (number, parsed) = parse_text_line_unchecked(path, field, extra, line)?;
+    Some((
+        number,
+        parsed.and_then(|(record, more)| {
+            check_line_names(path, number, &record)?;
+            Ok((record, more))
+        }),
+    ))
 }
 
 /// [`parse_text_line`] without the name check of a good line: for a reader that checks only
@@ -360,13 +353,6 @@ pub(crate) fn for_each_batch<B: Send>(
         }
         drop(work_tx);
     });
-}
-
-/// Parses one line into a record whose names are valid ([`FlowRecord::check_names`]).
-fn parse_line(path: &Path, line: usize, text: &str) -> Result<FlowRecord, FlowLineError> {
-    let record = parse_json(path, line, text)?;
-    check_line_names(path, line, &record)?;
-    Ok(record)
 }
 
 /// Parses one line into a record, its names not checked.
@@ -578,7 +564,10 @@ mod tests {
         let expected: Vec<_> = text_lines(Path::new("f"), input.as_bytes())
             .filter(|(_, l)| l.as_ref().map_or(true, |t| !t.trim().is_empty()))
             .map(|(n, l)| {
-                let r = l.and_then(|t| parse_line(Path::new("f"), n, &t));
+                let r = l.and_then(|t| {
+                    let record = parse_json(Path::new("f"), n, &t)?;
+                    check_line_names(Path::new("f"), n, &record).map(|()| record)
+                });
                 (n, r.map(|r| r.src.port).map_err(|e| e.to_string()))
             })
             .collect();
