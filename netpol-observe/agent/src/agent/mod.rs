@@ -24,6 +24,7 @@ mod drift_tests;
 mod enforcement_tests;
 pub mod model;
 pub mod nat;
+mod observed;
 pub mod peer;
 mod series;
 pub mod store;
