@@ -120,8 +120,9 @@ fn is_dns_subdomain(s: &str) -> bool {
     (1..=253).contains(&s.len()) && s.split('.').all(is_dns_label)
 }
 
-/// A label value or a label key's name part (which must not be empty).
-fn is_label_name(s: &str) -> bool {
+/// A label value or a label key's name part (which must not be empty): at most 63
+/// alphanumerics, `-`, `_` or `.`, beginning and ending with an alphanumeric.
+pub(crate) fn is_label_name(s: &str) -> bool {
     s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -143,7 +144,9 @@ fn is_kind(s: &str) -> bool {
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
 }
 
-fn is_port_name(s: &str) -> bool {
+/// A valid IANA service name (a named port): 1-15 lowercase alphanumerics and `-`, at least
+/// one letter, no leading, trailing or double `-`.
+pub(crate) fn is_port_name(s: &str) -> bool {
     (1..=15).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

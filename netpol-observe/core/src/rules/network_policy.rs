@@ -11,7 +11,7 @@ use super::{
     PolicyError,
     selector::{CompiledSelector, Interner},
 };
-use crate::flow::Protocol;
+use crate::{flow::Protocol, names::is_port_name};
 
 /// Which namespaces a pod peer covers.
 #[derive(Debug, Clone)]
@@ -257,19 +257,6 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .map(|n| n.trunc())
         .map_err(|_| format!("{s:?} is not a CIDR (address/prefix, e.g. 10.0.0.0/24)"))
-}
-
-/// Whether `s` is a valid IANA service name (a named port): 1-15 lowercase alphanumerics and
-/// `-`, at least one letter, no leading, trailing or double `-`.
-fn is_port_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
 }
 
 fn compile_ports(

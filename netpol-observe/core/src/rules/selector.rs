@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::SelectorError;
+use crate::names::is_label_name;
 
 /// The operator of a selector requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,16 +58,6 @@ fn check_key(key: &str, field: String) -> Result<(), SelectorError> {
         ));
     }
     Ok(())
-}
-
-/// A label value or key name: at most 63 characters, alphanumerics, `-`, `_`, `.`, beginning
-/// and ending with an alphanumeric (empty is allowed for values).
-fn is_label_name(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
 }
 
 fn check_value(value: &str, field: String) -> Result<(), SelectorError> {
