@@ -18,7 +18,7 @@
 
 // The core's modules under their short names, as the lab's code reads them.
 use netpol_observe_agent::drift;
-use netpol_observe_core::{attribution, flow, policy, recommend, report, yaml};
+use netpol_observe_core::{attribution, flow, names, policy, recommend, report, yaml};
 
 pub mod agent;
 pub mod control_plane;

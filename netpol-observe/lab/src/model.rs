@@ -339,18 +339,10 @@ fn nth_host(net: Ipv4Net, n: u32) -> Option<Ipv4Addr> {
     (net.contains(&addr) && addr != net.broadcast()).then_some(addr)
 }
 
-/// A Kubernetes DNS-1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
+/// A scenario's name for a namespace, workload, service or node must be a DNS-1123 label (the
+/// strictest of the names it becomes).
 fn check_name(kind: &str, name: &str) -> Result<(), Problem> {
-    if is_dns_label(name) {
+    if crate::names::check(crate::names::NameKind::Namespace, name).is_ok() {
         Ok(())
     } else {
         Err(Problem::Other(format!(

@@ -3,6 +3,8 @@
 
 use std::{hint::black_box, time::Instant};
 
+use super::median;
+
 use netpol_observe_core::{
     flow::FlowRecord,
     policy::{PolicyEngine, PolicyError, SideVerdict, synth},
@@ -66,16 +68,6 @@ pub struct BenchRow {
     pub compact_samples: Vec<f64>,
     /// Share of allowed verdicts (sanity: the workload is not trivial).
     pub allowed_share: f64,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 /// Runs the benchmark on the calling thread.

@@ -22,3 +22,14 @@ pub fn process_cpu_seconds() -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The median of `v` (the mean of the two middle values for an even count; 0 when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}

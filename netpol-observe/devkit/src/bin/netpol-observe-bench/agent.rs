@@ -9,7 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use netpol_observe_devkit::bench::agent::{self as bench, Inputs, Traffic};
+use netpol_observe_devkit::bench::{
+    agent::{self as bench, Inputs, Traffic},
+    median,
+};
 
 /// Arguments of `netpol-observe-bench agent`.
 #[derive(Debug, clap::Args)]
@@ -49,11 +52,6 @@ const VIEWS: [(Traffic, Inputs, &str); 3] = [
         "repeated pairs, streamed inputs",
     ),
 ];
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
 
 /// Figures of one child: flows/s, RSS at 10k and at the end, inputs, model.
 type Figures = [f64; 5];
@@ -129,7 +127,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let rounds = &figures[v];
         let mut m = [0.0; 5];
         for (k, slot) in m.iter_mut().enumerate() {
-            *slot = median(rounds.iter().map(|r| r[k]).collect());
+            *slot = median(&rounds.iter().map(|r| r[k]).collect::<Vec<_>>());
         }
         outln!("{}", line(&format!("median [{name}]"), &m, args.flows))?;
     }
