@@ -16,6 +16,7 @@ use super::{
     out::{self, errln},
 };
 use crate::{
+    agent,
     attribution::Subnets,
     flow::{FlowRecord, jsonl::FlowLineError},
     inventory::{Inventory, NetworkPolicy, Validation},
@@ -158,19 +159,19 @@ pub struct Args {
 /// nothing for an observation and overflow the time arithmetic.
 const MAX_DURATION: SignedDuration = SignedDuration::from_hours(36_600 * 24);
 
+/// A `--window` / `--min-observation` value: the agent's duration grammar (`24h`, `90m`, `7d`,
+/// `1m30s`, ISO 8601; [`agent::config::parse_duration`]), positive and at most 100 years.
 pub(super) fn parse_duration(s: &str) -> Result<SignedDuration, String> {
-    let bad =
-        |e: &dyn std::fmt::Display| format!("{s:?} is not a duration like 24h, 90m or 7d: {e}");
     let too_long = || format!("{s:?} is too long: at most 36600d (100 years)");
-    // SignedDuration has no day unit; a day here is 24 hours.
-    let d: SignedDuration = match s.trim().strip_suffix('d') {
-        Some(days) => {
-            let n: i64 = days.trim().parse().map_err(|e| bad(&e))?;
-            n.checked_mul(24)
-                .and_then(SignedDuration::try_from_hours)
-                .ok_or_else(too_long)?
-        }
-        None => s.parse().map_err(|e| bad(&e))?,
+    let is_day_count = |t: &str| {
+        t.strip_suffix('d')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let d = match agent::config::parse_duration(s) {
+        Ok(d) => d,
+        // A day count past what a duration can hold.
+        Err(_) if is_day_count(s.trim()) => return Err(too_long()),
+        Err(e) => return Err(e),
     };
     if d.is_negative() || d.is_zero() {
         return Err(format!("{s:?}: the duration must be positive"));
