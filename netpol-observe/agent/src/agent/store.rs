@@ -948,24 +948,24 @@ impl FlowStore {
 }
 
 /// Reading the store in pieces, for `/api/v1/flows` and `/api/v1/recommendations`: the
-/// identities first, then the flows chunk by chunk, each chunk copied under the store lock and
+/// identities first, then the flows chunk by chunk, each chunk copied under the flows lock and
 /// explained and serialised outside it, so the event loop never waits for a whole answer.
 impl super::AgentState {
     /// The identities of the flows matching `query` (oldest change first, the most recent
     /// `limit`) and whether more matched ([`FlowStore::select`]).
     pub(crate) fn select_flows(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
-        super::lock(&self.store).select(query)
+        self.lock_flows().store.select(query)
     }
 
     /// The flows of `ids` still held and matching `query`, as served: verdicts explained by
     /// the model that judged them, outside the store lock.
     pub(crate) fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
-        // The model is read under the store lock: models are swapped under it (after the
+        // The model is read under the same lock: models are swapped under it (after the
         // outgoing one explained its flows), so every compact verdict copied here is the
         // current model's.
         let (model, flows) = {
-            let store = super::lock(&self.store);
-            (self.model(), store.snapshot(ids, query))
+            let fl = self.lock_flows();
+            (fl.model.clone(), fl.store.snapshot(ids, query))
         };
         let mut explained = Explained::default();
         flows
@@ -976,7 +976,7 @@ impl super::AgentState {
 
     /// The flow records of `ids` still held (attribution, no verdicts).
     pub(crate) fn flow_records(&self, ids: &[FlowId]) -> Vec<FlowRecord> {
-        let flows = super::lock(&self.store).snapshot(ids, &FlowQuery::default());
+        let flows = self.lock_flows().store.snapshot(ids, &FlowQuery::default());
         flows.iter().map(|(id, f)| f.to_record(id)).collect()
     }
 }
