@@ -47,9 +47,9 @@ fn delivered(protocol: Protocol, state: Option<FlowState>, packets: Option<Direc
 
 impl AgentState {
     /// The enforcement check of flow `id` after a change (`opened`: the datapath saw it open,
-    /// [`FlowUpdate::opened`]). A flow the policies in force deny, first seen at least
-    /// `enforcementGrace` after their set came in use ([`AgentState::eligible`]), whose
-    /// denying side is a pod of this node ([`AgentState::sides_here`]):
+    /// [`crate::datapath::FlowUpdate::opened`]). A flow the policies in force deny, first seen
+    /// at least `enforcementGrace` after their set came in use ([`AgentState::eligible`]),
+    /// whose denying side is a pod of this node ([`AgentState::sides_here`]):
     /// - delivered ([`delivered`]; TCP: opened under the datapath's eyes, without drops
     ///   joined) proves that this node does not enforce that side's policies: it is marked
     ///   once, counted in `unenforced_flows_total` with their names, logged once per workload

@@ -9,10 +9,10 @@
 //! turns 200 once the datapath is attached and the inventory loaded (standalone) or synced
 //! (in-cluster).
 //!
-//! The state, by who writes it: the flow path's ([`flows`]: store, model, series, DNS,
-//! enforcement) behind one lock; readiness ([`readiness`]) and drift detection
-//! ([`drift_watch`]) behind a leaf lock each. The event loop ([`run`]) writes them; the
-//! model builder ([`rebuild`]) and the inventory's source ([`source`]) feed it.
+//! The state, by who writes it: the flow path's (`flows`: store, model, series, DNS,
+//! enforcement) behind one lock; readiness (`readiness`) and drift detection (`drift_watch`)
+//! behind a leaf lock each. The event loop (`run`) writes them; the model builder (`rebuild`)
+//! and the inventory's source (`source`) feed it.
 
 mod capture;
 #[cfg(test)]
@@ -110,11 +110,11 @@ pub enum AgentError {
 /// The agent's shared state: what the HTTP API reads and the event loop writes.
 ///
 /// Three locks, none ever taken while another is held except `drift` under `flows`:
-/// - `flows` ([`Flows`]): everything the flow path mutates together, taken once per update,
-///   drop, DNS answer or model install ([`AgentState::lock_flows`]); HTTP readers take it per
-///   chunk of flows and release it;
-/// - `readiness`: `/readyz`, a leaf ([`readiness`]);
-/// - `drift`: drift detection, a leaf reached only through a closure over it ([`drift_watch`]).
+/// - `flows`: everything the flow path mutates together (the flow store, the model in use,
+///   metric series, DNS names, the enforcement state), taken once per update, drop, DNS answer
+///   or model install; HTTP readers take it per chunk of flows and release it;
+/// - `readiness`: `/readyz`, a leaf;
+/// - `drift`: drift detection, a leaf reached only through a closure over it.
 #[derive(Debug)]
 pub struct AgentState {
     config: AgentConfig,

@@ -22,7 +22,7 @@ use crate::{
 
 /// A cheap fingerprint of a file or directory (names, sizes, modification times) to notice
 /// changes.
-pub(super) fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     let stat = |p: &Path| {
         std::fs::metadata(p)
             .map(|m| (p.to_owned(), m.len(), m.modified().ok()))
@@ -214,7 +214,7 @@ pub(super) fn on_live_state(
 }
 
 /// What keeps a live inventory from being trusted (`None`: synced and every watch works).
-pub(super) fn live_problem(s: &live::SyncState) -> Option<String> {
+fn live_problem(s: &live::SyncState) -> Option<String> {
     // One line per distinct error (an outage fails every watch the same way).
     let mut by_error: Vec<(&str, Vec<&str>)> = Vec::new();
     for (resource, e) in &s.errors {
@@ -252,7 +252,7 @@ pub(super) fn live_problem(s: &live::SyncState) -> Option<String> {
 }
 
 /// The `resource` label of a watched resource: `pods`, `networking.k8s.io/networkpolicies`.
-pub(super) fn resource_label(group: &str, resource: &str) -> String {
+fn resource_label(group: &str, resource: &str) -> String {
     if group.is_empty() {
         resource.to_owned()
     } else {

@@ -893,7 +893,7 @@ impl FlowStore {
 
     /// The identities of the flows matching `query`, oldest change first (the most recent
     /// `limit` ones, all without a limit), and whether more flows matched than `limit`. One walk
-    /// of the list, nothing copied but the identities: the store lock is held briefly.
+    /// of the list, nothing copied but the identities: the flows lock is held briefly.
     pub fn select(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
         let limit = query.limit.unwrap_or(usize::MAX);
         let mut hits = Vec::new();
@@ -958,7 +958,7 @@ impl super::AgentState {
     }
 
     /// The flows of `ids` still held and matching `query`, as served: verdicts explained by
-    /// the model that judged them, outside the store lock.
+    /// the model that judged them, outside the flows lock.
     pub(crate) fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
         // The model is read under the same lock: models are swapped under it (after the
         // outgoing one explained its flows), so every compact verdict copied here is the
