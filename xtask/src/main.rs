@@ -8,6 +8,8 @@
 //! - `bench <what>`: benchmarks (see `docs/benchmarks.md`).
 
 mod bench;
+#[cfg(test)]
+mod layers;
 mod setup;
 
 use std::{

@@ -129,11 +129,30 @@ pub(super) fn parse(
     set(&mut pkt.dport, 0);
     set(&mut pkt.tcp_flags, 0);
     set(&mut pkt.hint, 0);
-    let ethertype = be16(ctx, 12)?;
+    let l4 = match parse_ip(ctx, pkt)? {
+        Ok(l4) => l4,
+        Err(skip) => return Ok(Parsed::Skip(skip)),
+    };
+    if !from_pod && LOCAL_ENDPOINTS.get_ptr(&pkt.src).is_some() {
+        // The sender is a pod of this node: its own interface counts the packet. Checked
+        // before the transport header is read, to keep the skip path short.
+        return Ok(Parsed::Skip(Counter::SkippedLocal));
+    }
+    let l4_hdr_len = match parse_transport(ctx, pkt, l4)? {
+        Ok(len) => len,
+        Err(skip) => return Ok(Parsed::Skip(skip)),
+    };
+    set_size(ctx, pkt, (l4 - ETH_HLEN) as u64 + l4_hdr_len);
+    Ok(Parsed::Flow)
+}
+
+/// Reads the IP header (IPv4, or IPv6 and its extension headers) into `pkt`'s family,
+/// addresses and protocol; the offset of the transport header, or the counter of a packet
+/// that is no flow's (non-IP, a fragment).
+#[inline(always)]
+fn parse_ip(ctx: &TcContext, pkt: &mut Packet) -> Result<Result<usize, Counter>, ()> {
     let l3 = ETH_HLEN;
-    let l4;
-    let l3_hdr_len;
-    match ethertype {
+    match be16(ctx, 12)? {
         ETH_P_IP => {
             let vihl = byte(ctx, l3)?;
             let ihl = ((vihl & 0x0f) as usize) * 4;
@@ -142,68 +161,78 @@ pub(super) fn parse(
             }
             let frag = be16(ctx, l3 + 6)?;
             if frag & 0x1fff != 0 {
-                return Ok(Parsed::Skip(Counter::Fragments));
+                return Ok(Err(Counter::Fragments));
             }
             pkt.proto = byte(ctx, l3 + 9)?;
             v4_mapped(ctx, l3 + 12, &mut pkt.src)?;
             v4_mapped(ctx, l3 + 16, &mut pkt.dst)?;
             pkt.family = FAMILY_V4;
-            l4 = l3 + ihl;
-            l3_hdr_len = ihl as u64;
+            Ok(Ok(l3 + ihl))
         }
         ETH_P_IPV6 => {
-            let mut next: u8 = byte(ctx, l3 + 6)?;
+            let next: u8 = byte(ctx, l3 + 6)?;
             pkt.src = ld(ctx, l3 + 8)?;
             pkt.dst = ld(ctx, l3 + 24)?;
             pkt.family = FAMILY_V6;
-            let mut off = l3 + 40;
-            let mut done = false;
-            for _ in 0..MAX_V6_EXT {
-                match next {
-                    // hop-by-hop, routing, destination options
-                    0 | 43 | 60 => {
-                        let n = byte(ctx, off)?;
-                        let len = byte(ctx, off + 1)? as usize;
-                        next = n;
-                        off += (len + 1) * 8;
-                    }
-                    // fragment header
-                    44 => {
-                        let n = byte(ctx, off)?;
-                        let fo = be16(ctx, off + 2)?;
-                        if fo & 0xfff8 != 0 {
-                            return Ok(Parsed::Skip(Counter::Fragments));
-                        }
-                        next = n;
-                        off += 8;
-                    }
-                    // authentication header
-                    51 => {
-                        let n = byte(ctx, off)?;
-                        let len = byte(ctx, off + 1)? as usize;
-                        next = n;
-                        off += (len + 2) * 4;
-                    }
-                    _ => {
-                        done = true;
-                        break;
-                    }
-                }
-            }
-            if !done {
-                return Err(());
-            }
-            pkt.proto = next;
-            l4 = off;
-            l3_hdr_len = (off - l3) as u64;
+            Ok(v6_extensions(ctx, l3 + 40, next)?.map(|(proto, l4)| {
+                pkt.proto = proto;
+                l4
+            }))
         }
-        _ => return Ok(Parsed::Skip(Counter::NonIp)),
+        _ => Ok(Err(Counter::NonIp)),
     }
-    if !from_pod && LOCAL_ENDPOINTS.get_ptr(&pkt.src).is_some() {
-        // The sender is a pod of this node: its own interface counts the packet. Checked
-        // before the transport header is read, to keep the skip path short.
-        return Ok(Parsed::Skip(Counter::SkippedLocal));
+}
+
+/// Walks the IPv6 extension headers from `off` (the first one's type is `next`, at most
+/// [`MAX_V6_EXT`] of them): the transport protocol and its header's offset, or
+/// [`Counter::Fragments`] for a fragment that is not the first.
+#[inline(always)]
+fn v6_extensions(
+    ctx: &TcContext,
+    mut off: usize,
+    mut next: u8,
+) -> Result<Result<(u8, usize), Counter>, ()> {
+    for _ in 0..MAX_V6_EXT {
+        match next {
+            // hop-by-hop, routing, destination options
+            0 | 43 | 60 => {
+                let n = byte(ctx, off)?;
+                let len = byte(ctx, off + 1)? as usize;
+                next = n;
+                off += (len + 1) * 8;
+            }
+            // fragment header
+            44 => {
+                let n = byte(ctx, off)?;
+                let fo = be16(ctx, off + 2)?;
+                if fo & 0xfff8 != 0 {
+                    return Ok(Err(Counter::Fragments));
+                }
+                next = n;
+                off += 8;
+            }
+            // authentication header
+            51 => {
+                let n = byte(ctx, off)?;
+                let len = byte(ctx, off + 1)? as usize;
+                next = n;
+                off += (len + 2) * 4;
+            }
+            _ => return Ok(Ok((next, off))),
+        }
     }
+    Err(())
+}
+
+/// Reads the transport header at `l4` into `pkt`'s ports (an ICMP echo's id as both),
+/// TCP flags and direction hint; its length, or the counter of a packet that is no flow's
+/// (neighbour discovery, other protocols).
+#[inline(always)]
+fn parse_transport(
+    ctx: &TcContext,
+    pkt: &mut Packet,
+    l4: usize,
+) -> Result<Result<u64, Counter>, ()> {
     let l4_hdr_len: u64;
     match pkt.proto {
         IPPROTO_TCP => {
@@ -240,15 +269,14 @@ pub(super) fn parse(
                 pkt.hint = 2;
             } else if v6 && (130..=143).contains(&ty) {
                 // MLD and neighbour/router discovery: link plumbing, not flows.
-                return Ok(Parsed::Skip(Counter::NonIp));
+                return Ok(Err(Counter::NonIp));
             } else {
                 pkt.hint = 1;
             }
         }
-        _ => return Ok(Parsed::Skip(Counter::OtherProtocol)),
+        _ => return Ok(Err(Counter::OtherProtocol)),
     }
-    set_size(ctx, pkt, l3_hdr_len + l4_hdr_len);
-    Ok(Parsed::Flow)
+    Ok(Ok(l4_hdr_len))
 }
 
 /// Builds in `key` the canonical key of the flow an ICMP error quotes (inner IP header at

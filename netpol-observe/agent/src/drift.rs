@@ -34,13 +34,14 @@ use std::{
 };
 
 use jiff::{SignedDuration, Timestamp};
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     flow::Protocol,
     metrics::{PeerLabels, labels::KIND_SUBNET},
 };
+
+pub use crate::metrics::labels::DriftKind;
 
 /// The baseline format's version (the `version` field of every line).
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -101,37 +102,6 @@ impl Edge {
         } else {
             format!("{}/{}", p.namespace, p.workload)
         }
-    }
-}
-
-/// How a flow outside the baseline is new (the `kind` label of
-/// `netpol_observe_drift_flows_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DriftKind {
-    /// The source never talked to this destination (a workload, node or unknown address).
-    NewPair,
-    /// The pair is known, this port or protocol is not.
-    NewPort,
-    /// The destination is outside the cluster (a subnet, `private`, `world`) and this source
-    /// never talked to it.
-    NewDestination,
-}
-
-impl DriftKind {
-    /// The label value: `new_pair`, `new_port`, `new_destination`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DriftKind::NewPair => "new_pair",
-            DriftKind::NewPort => "new_port",
-            DriftKind::NewDestination => "new_destination",
-        }
-    }
-}
-
-impl EncodeLabelValue for DriftKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
 

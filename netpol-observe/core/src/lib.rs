@@ -10,4 +10,5 @@ pub mod names;
 pub mod policy;
 pub mod recommend;
 pub mod report;
+pub mod rules;
 pub mod yaml;

@@ -296,29 +296,35 @@ fn compile_node(plan: &Plan<'_>, pods: &Pods<'_>, node: usize) -> String {
             continue;
         };
         let who = format!("{}/{}", pod.namespace, pod.name);
-        if let Some(side) = plan.side(p, Direction::Ingress) {
-            // A pod reaching itself through a Service (hairpin) is self-traffic: always
-            // allowed, as the policy engine has it.
-            let mut body = format!("    ip saddr {} accept comment \"self\"\n", pod.ip);
+        // A pod reaching itself through a Service (hairpin) is self-traffic: always allowed,
+        // as the policy engine has it.
+        let sides = [
+            (
+                Direction::Ingress,
+                "in",
+                "saddr",
+                "accept",
+                &mut ingress_map,
+            ),
+            (Direction::Egress, "eg", "daddr", "return", &mut egress_map),
+        ];
+        for (direction, chain, own, verdict, map) in sides {
+            let Some(side) = plan.side(p, direction) else {
+                continue;
+            };
+            let mut body = format!("    ip {own} {} {verdict} comment \"self\"\n", pod.ip);
             for r in &side.rules {
-                body.push_str(&rule_lines(pods, r, Direction::Ingress));
+                body.push_str(&rule_lines(pods, r, direction));
             }
+            let what = match direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            };
             let _ = write!(
                 chains,
-                "  chain pod_in_{i} {{\n{body}    drop comment \"ingress isolated: {who}\"\n  }}\n"
+                "  chain pod_{chain}_{i} {{\n{body}    drop comment \"{what} isolated: {who}\"\n  }}\n"
             );
-            ingress_map.push(format!("{} : jump pod_in_{i}", pod.ip));
-        }
-        if let Some(side) = plan.side(p, Direction::Egress) {
-            let mut body = format!("    ip daddr {} return comment \"self\"\n", pod.ip);
-            for r in &side.rules {
-                body.push_str(&rule_lines(pods, r, Direction::Egress));
-            }
-            let _ = write!(
-                chains,
-                "  chain pod_eg_{i} {{\n{body}    drop comment \"egress isolated: {who}\"\n  }}\n"
-            );
-            egress_map.push(format!("{} : jump pod_eg_{i}", pod.ip));
+            map.push(format!("{} : jump pod_{chain}_{i}", pod.ip));
         }
     }
     let mut forward = String::from(

@@ -7,7 +7,14 @@
 
 use std::{collections::BTreeMap, fmt::Write, net::IpAddr};
 
-use super::model::{LabModel, PeerRef, ProbeKind, ProbeModel, protocol_name};
+use jiff::Timestamp;
+use netpol_observe_agent::agent::ObservedFlow;
+use serde::Serialize;
+
+use super::{
+    model::{LabModel, PeerRef, ProbeKind, ProbeModel, protocol_name},
+    traffic::{Outcome, ProbeResult},
+};
 use crate::flow::{Endpoint, FlowRecord, Protocol};
 
 fn pod_ips(model: &LabModel, workload: usize) -> impl Iterator<Item = IpAddr> + '_ {
@@ -303,6 +310,84 @@ pub fn named_destinations(flows: &[FlowRecord]) -> Vec<String> {
         })
         .collect();
     lines.into_iter().collect()
+}
+
+/// What an enforcement probe did: `observed` in `enforce.json` (DESIGN: allowed or denied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seen {
+    /// Got through.
+    Allowed,
+    /// Did not.
+    Denied,
+}
+
+impl Seen {
+    /// What a probe's result counts as: every connection through is `allowed`, none is
+    /// `denied`, and a mix counts as whatever was *not* expected (a forbidden probe that got
+    /// through once was allowed; a traffic entry that failed once was denied). The counts are
+    /// in [`EnforceProbe::connections`]/[`EnforceProbe::succeeded`].
+    pub fn of(r: &ProbeResult) -> Seen {
+        match (r.observed, r.expected) {
+            (Outcome::Allowed, _) => Seen::Allowed,
+            (Outcome::Denied, _) => Seen::Denied,
+            (Outcome::Partial, Outcome::Allowed) => Seen::Denied,
+            (Outcome::Partial, _) => Seen::Allowed,
+        }
+    }
+}
+
+fn is_probe_flow(model: &LabModel, probe: &ProbeModel, f: &ObservedFlow, since: Timestamp) -> bool {
+    f.flow.first_seen.is_some_and(|t| t >= since)
+        && (matches(model, probe, &f.flow) || matches_backend(model, probe, &f.flow))
+}
+
+/// The drop reason and policy the agent reported for the flows of `probe` since `since`.
+pub(crate) fn drop_of(
+    model: &LabModel,
+    probe: &ProbeModel,
+    flows: &[ObservedFlow],
+    since: Timestamp,
+) -> Option<(String, Option<String>)> {
+    let dropped = |f: &ObservedFlow| {
+        f.flow
+            .drops
+            .as_ref()
+            .filter(|d| d.count > 0)
+            .and_then(|d| d.reason.clone().map(|r| (r, d.policy.clone())))
+    };
+    flows
+        .iter()
+        .filter(|f| is_probe_flow(model, probe, f, since))
+        .find_map(dropped)
+        .or_else(|| {
+            // A probe to `svc/…` whose DNS lookup was dropped never reached the Service: the
+            // drop is its lookup's, from the same pod.
+            if !matches!(probe.target, PeerRef::Service(_)) {
+                return None;
+            }
+            flows
+                .iter()
+                .filter(|f| {
+                    f.flow.first_seen.is_some_and(|t| t >= since)
+                        && is_dns(model, &f.flow)
+                        && endpoint_is(model, probe.source, &f.flow.src)
+                })
+                .find_map(dropped)
+        })
+}
+
+/// The policies the agents reported not enforced for the flows of `probe` since `since`.
+pub(crate) fn unenforced_of(
+    model: &LabModel,
+    probe: &ProbeModel,
+    flows: &[ObservedFlow],
+    since: Timestamp,
+) -> Option<String> {
+    flows
+        .iter()
+        .filter(|f| is_probe_flow(model, probe, f, since))
+        .find_map(|f| f.flow.unenforced.as_ref().map(|u| u.policy.clone()))
 }
 
 #[cfg(test)]

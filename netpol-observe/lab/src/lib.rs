@@ -6,7 +6,8 @@
 //! - [`netns`], [`topology`], [`services`], [`servers`], [`dns`]: the node on the machine;
 //! - [`inventory`]: the Kubernetes objects of what was built (`inventory.yaml`);
 //! - [`traffic`]: the traffic entries and forbidden probes;
-//! - [`names`], [`rotation`]: DNS names of outside hosts and the rotation step;
+//! - [`rotation`]: the rotation step of outside hosts' DNS names (their validation is
+//!   `model::names`);
 //! - [`enforce`]: NetworkPolicies compiled into nftables rules on the node;
 //! - [`agent`]: the agent run inside the node's namespace and its HTTP API reached there;
 //! - [`control_plane`]: `--apiserver`, a real etcd + kube-apiserver holding the lab's objects;
@@ -26,7 +27,6 @@ pub mod enforce;
 pub mod expect;
 pub mod inventory;
 pub mod model;
-pub mod names;
 pub mod netns;
 pub mod prometheus;
 pub mod rotation;

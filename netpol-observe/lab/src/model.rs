@@ -6,6 +6,8 @@
 //! node's pod CIDR (kube-dns first, on the first node), services get `.20`, `.21`, ... of the
 //! service CIDR (kube-dns is `.10`), external hosts get `.1`, `.2`, ... of their subnet.
 
+mod names;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -1099,8 +1101,7 @@ fn external_models(
                 ));
             }
         }
-        let ttl =
-            super::names::check_external(e, &externals).map_err(|p| cx.err("externals", i, p))?;
+        let ttl = names::check_external(e, &externals).map_err(|p| cx.err("externals", i, p))?;
         ranges.push((format!("external {}", e.name), e.cidr));
         externals.push(ExternalModel {
             name: e.name.clone(),
@@ -1115,8 +1116,8 @@ fn external_models(
     }
 
     for (i, e) in scenario.externals.iter().enumerate() {
-        externals[i].rotate_to = super::names::rotation_target(e, i, &externals)
-            .map_err(|p| cx.err("externals", i, p))?;
+        externals[i].rotate_to =
+            names::rotation_target(e, i, &externals).map_err(|p| cx.err("externals", i, p))?;
     }
 
     Ok(externals)

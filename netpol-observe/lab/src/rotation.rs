@@ -22,8 +22,8 @@ use serde::Serialize;
 use super::{
     agent::{AGENT_INTERVAL, AgentError, Agents},
     dns,
+    expect::{Seen, drop_of},
     model::{LabModel, PeerRef, ProbeKind, ProbeModel, protocol_name},
-    run::{Seen, drop_of},
     servers,
     topology::Topology,
     traffic::{self, Timeouts},

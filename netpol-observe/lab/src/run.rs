@@ -19,16 +19,15 @@ use super::{
     agent::{AGENT_INTERVAL, AGENT_INVENTORY_DIR, AgentError, AgentHandle, AgentSource, Agents},
     control_plane::{self, ControlPlane, ControlPlaneError},
     enforce::{self, EnforceError},
-    expect::{self, Coverage},
+    expect::{self, Coverage, Seen, drop_of, unenforced_of},
     inventory::{self, InventoryError},
-    model::{LabModel, PeerRef, ProbeKind, ProbeModel},
+    model::{LabModel, ProbeKind, ProbeModel},
     netns::NetnsError,
     prometheus::{self, Comparison, PrometheusError, PrometheusHandle},
     rotation::{self, RotationReport},
     topology::Topology,
     traffic::{self, Outcome, ProbeResult, Timeouts},
 };
-use netpol_observe_agent::agent::ObservedFlow;
 
 use crate::{
     attribution::Subnets,
@@ -105,31 +104,6 @@ pub struct LabOptions {
     /// The `prometheus` binary: run one Prometheus scraping the agent and compare
     /// `recommend --prometheus` with `recommend --agent`; `None`: no Prometheus.
     pub prometheus: Option<PathBuf>,
-}
-
-/// What an enforcement probe did: `observed` in `enforce.json` (DESIGN: allowed or denied).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Seen {
-    /// Got through.
-    Allowed,
-    /// Did not.
-    Denied,
-}
-
-impl Seen {
-    /// What a probe's result counts as: every connection through is `allowed`, none is
-    /// `denied`, and a mix counts as whatever was *not* expected (a forbidden probe that got
-    /// through once was allowed; a traffic entry that failed once was denied). The counts are
-    /// in [`EnforceProbe::connections`]/[`EnforceProbe::succeeded`].
-    pub fn of(r: &ProbeResult) -> Seen {
-        match (r.observed, r.expected) {
-            (Outcome::Allowed, _) => Seen::Allowed,
-            (Outcome::Denied, _) => Seen::Denied,
-            (Outcome::Partial, Outcome::Allowed) => Seen::Denied,
-            (Outcome::Partial, _) => Seen::Allowed,
-        }
-    }
 }
 
 /// One line of `enforce.json` (DESIGN contract, plus `connections`, `succeeded`, `error`).
@@ -640,60 +614,6 @@ async fn hand_policies_to_agents(
         }
     }
     Ok(())
-}
-
-fn is_probe_flow(model: &LabModel, probe: &ProbeModel, f: &ObservedFlow, since: Timestamp) -> bool {
-    f.flow.first_seen.is_some_and(|t| t >= since)
-        && (expect::matches(model, probe, &f.flow)
-            || expect::matches_backend(model, probe, &f.flow))
-}
-
-/// The drop reason and policy the agent reported for the flows of `probe` since `since`.
-pub(super) fn drop_of(
-    model: &LabModel,
-    probe: &ProbeModel,
-    flows: &[ObservedFlow],
-    since: Timestamp,
-) -> Option<(String, Option<String>)> {
-    let dropped = |f: &ObservedFlow| {
-        f.flow
-            .drops
-            .as_ref()
-            .filter(|d| d.count > 0)
-            .and_then(|d| d.reason.clone().map(|r| (r, d.policy.clone())))
-    };
-    flows
-        .iter()
-        .filter(|f| is_probe_flow(model, probe, f, since))
-        .find_map(dropped)
-        .or_else(|| {
-            // A probe to `svc/…` whose DNS lookup was dropped never reached the Service: the
-            // drop is its lookup's, from the same pod.
-            if !matches!(probe.target, PeerRef::Service(_)) {
-                return None;
-            }
-            flows
-                .iter()
-                .filter(|f| {
-                    f.flow.first_seen.is_some_and(|t| t >= since)
-                        && expect::is_dns(model, &f.flow)
-                        && expect::endpoint_is(model, probe.source, &f.flow.src)
-                })
-                .find_map(dropped)
-        })
-}
-
-/// The policies the agents reported not enforced for the flows of `probe` since `since`.
-fn unenforced_of(
-    model: &LabModel,
-    probe: &ProbeModel,
-    flows: &[ObservedFlow],
-    since: Timestamp,
-) -> Option<String> {
-    flows
-        .iter()
-        .filter(|f| is_probe_flow(model, probe, f, since))
-        .find_map(|f| f.flow.unenforced.as_ref().map(|u| u.policy.clone()))
 }
 
 /// What the agents said about the enforcement probes: per probe, its drop (reason, policy)

@@ -8,9 +8,10 @@ use anyhow::Context;
 
 use crate::lab::{
     control_plane, enforce, expect,
+    expect::Seen,
     model::LabModel,
     prometheus::Comparison,
-    run::{self, EnforceProbe, LabOptions, LabReport, Seen},
+    run::{self, EnforceProbe, LabOptions, LabReport},
     scenario,
     traffic::{Outcome, Timeouts},
 };

@@ -32,6 +32,7 @@ mod enforcement_tests;
 mod flows;
 pub mod model;
 pub mod nat;
+mod observed;
 pub mod peer;
 #[cfg(test)]
 mod pipeline_tests;

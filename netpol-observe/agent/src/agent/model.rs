@@ -27,8 +27,8 @@ use crate::{
 };
 
 use super::{
+    observed::ObservedFlow,
     peer::{Peer, Peers},
-    store::ObservedFlow,
 };
 
 /// At most this many verdicts are cached per model; the cache starts over when full. 7/8 of

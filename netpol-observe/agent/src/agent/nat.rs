@@ -17,7 +17,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use crate::flow::{FlowRecord, Protocol};
 
-use super::store::FlowId;
+use super::observed::FlowId;
 
 /// A connection's client side: protocol, client address and port.
 type Client = (Protocol, IpAddr, u16);

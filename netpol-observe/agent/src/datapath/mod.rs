@@ -14,7 +14,7 @@
 //! Three tokio tasks run while the datapath lives: the netlink follower (attaches to matching
 //! interfaces as they appear), the ring-buffer reader (new flows, TCP FIN/RST) and the
 //! sweeper (batch-reads the flow map every `sweep_interval`, computes deltas, expires idle
-//! flows). See `docs/architecture.md` ("Datapath").
+//! flows). See `docs/design/datapath.md`.
 
 mod attach;
 pub mod btf;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::{
     EncodeLabelKey, EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::flow::{Endpoint, FlowRecord, Protocol};
 
@@ -78,6 +79,37 @@ impl Verdict {
 }
 
 impl EncodeLabelValue for Verdict {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// How a flow outside the baseline is new (the `kind` label of
+/// `netpol_observe_drift_flows_total`; the drift detector's classification, [`crate::drift`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// The source never talked to this destination (a workload, node or unknown address).
+    NewPair,
+    /// The pair is known, this port or protocol is not.
+    NewPort,
+    /// The destination is outside the cluster (a subnet, `private`, `world`) and this source
+    /// never talked to it.
+    NewDestination,
+}
+
+impl DriftKind {
+    /// The label value: `new_pair`, `new_port`, `new_destination`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::NewPair => "new_pair",
+            DriftKind::NewPort => "new_port",
+            DriftKind::NewDestination => "new_destination",
+        }
+    }
+}
+
+impl EncodeLabelValue for DriftKind {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         EncodeLabelValue::encode(&self.as_str(), encoder)
     }
@@ -303,7 +335,7 @@ pub struct DriftLabels {
     pub flow: FlowLabels,
     /// How the flow's edge is outside the baseline: `new_pair`, `new_port`, `new_destination`
     /// (kept in the overflow bucket).
-    pub kind: crate::drift::DriftKind,
+    pub kind: DriftKind,
 }
 
 /// Labels of `netpol_observe_unenforced_flows_total`.

@@ -560,7 +560,7 @@ impl Metrics {
     }
 
     /// Counts one flow outside the drift baseline (`kind`: how its edge is new).
-    pub(crate) fn record_drift(&self, flow: FlowLabels, kind: crate::drift::DriftKind) {
+    pub(crate) fn record_drift(&self, flow: FlowLabels, kind: labels::DriftKind) {
         let protocol = flow.protocol;
         let pod_level = self.config.pod_level;
         self.drift.add(

@@ -110,7 +110,7 @@ pub fn populated() -> Metrics {
     metrics.set_enforcement(super::Enforcement::NotEnforced);
     metrics.record_drift(
         super::FlowLabels::from_record(&flows[2], false),
-        crate::drift::DriftKind::NewPort,
+        super::labels::DriftKind::NewPort,
     );
     metrics.set_unprotected([
         ("shop", Direction::Egress, 2),

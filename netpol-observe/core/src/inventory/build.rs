@@ -54,7 +54,7 @@ pub enum KubeObject {
     /// `networking.k8s.io/v1/NetworkPolicy`.
     NetworkPolicy(NetworkPolicy),
     /// `policy.networking.k8s.io/v1alpha2/ClusterNetworkPolicy`.
-    ClusterNetworkPolicy(crate::policy::cluster::ClusterNetworkPolicy),
+    ClusterNetworkPolicy(crate::rules::cluster::ClusterNetworkPolicy),
     /// `apps/v1/ReplicaSet`.
     ReplicaSet(ReplicaSet),
     /// `apps/v1/Deployment`.
@@ -537,13 +537,13 @@ pub(super) fn from_sourced(
             KubeObject::EndpointSlice(es) => {
                 endpoint_slice_info(&es).map(|e| inv.endpoint_slices.push(e))
             }
-            KubeObject::NetworkPolicy(np) => crate::policy::validate(&np)
+            KubeObject::NetworkPolicy(np) => crate::rules::validate(&np)
                 .map(|()| inv.network_policies.push(np))
                 .map_err(|source| InventoryError::Policy {
                     origin: String::new(),
                     source,
                 }),
-            KubeObject::ClusterNetworkPolicy(cnp) => crate::policy::cluster::validate(&cnp)
+            KubeObject::ClusterNetworkPolicy(cnp) => crate::rules::cluster::validate(&cnp)
                 .map(|()| inv.cluster_network_policies.push(cnp))
                 .map_err(|source| InventoryError::Policy {
                     origin: String::new(),

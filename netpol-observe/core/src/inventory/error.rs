@@ -65,7 +65,7 @@ pub enum InventoryError {
         origin: String,
         /// The policy error, naming the policy and the field.
         #[source]
-        source: crate::policy::PolicyError,
+        source: crate::rules::PolicyError,
     },
 }
 

@@ -147,6 +147,12 @@ impl Default for Labels {
     }
 }
 
+impl crate::rules::LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+
 impl Labels {
     /// Labels from pairs that are already sorted by key with unique keys.
     fn from_sorted(pairs: Vec<(Name, Name)>) -> Self {

@@ -57,7 +57,7 @@ pub struct Inventory {
     /// NetworkPolicies as the API serves them, sorted by namespace then name.
     pub network_policies: Vec<NetworkPolicy>,
     /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`), sorted by name.
-    pub cluster_network_policies: Vec<crate::policy::cluster::ClusterNetworkPolicy>,
+    pub cluster_network_policies: Vec<crate::rules::cluster::ClusterNetworkPolicy>,
 }
 
 /// A Namespace: its name and labels (what `namespaceSelector` matches).

@@ -11,16 +11,17 @@ use super::{
         Action, ClusterNetworkPolicy, Tier,
         tiers::{ClusterTiers, TierQuery},
     },
-    compile::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
     names::RuleNames,
-    selector::CompiledSelector,
-    selector::Interner,
     table::{PeerKey, Rows, Tables, TablesBuilder},
 };
 use crate::{
     attribution::{Attributor, Subnets},
     flow::{FlowRecord, Protocol},
     inventory::{Inventory, NetworkPolicy, PodDiff, PodInfo},
+    rules::{
+        network_policy::{CompiledPolicy, NsMatch, Peer, Rule, compile_policy},
+        selector::{CompiledSelector, Interner},
+    },
 };
 
 /// The pods, nodes and Services of one inventory snapshot as attribution indexes them (an

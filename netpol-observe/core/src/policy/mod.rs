@@ -31,9 +31,7 @@
 //! tests) is a slow literal evaluator kept to check the engine.
 
 pub mod cluster;
-mod compile;
 mod engine;
-mod error;
 #[cfg(test)]
 mod incremental_tests;
 mod names;
@@ -41,17 +39,16 @@ pub mod plan;
 #[cfg(any(test, feature = "reference"))]
 pub mod reference;
 mod regions;
-mod selector;
 #[cfg(any(test, feature = "testing"))]
 pub mod synth;
 mod table;
 mod verdict;
 
 pub use crate::attribution::{Connection, End, PeerId};
-pub use compile::{policy_id, policy_types, validate};
+pub use crate::rules::{
+    PolicyError, SelectorError, label_selector_matches, policy_id, policy_types, validate,
+};
 pub use engine::{CompactSide, CompactVerdict, PodPolicies, PodTable, PolicyEngine};
-pub use error::{PolicyError, SelectorError};
 pub use names::{Name, Names};
 pub use plan::Plan;
-pub use selector::label_selector_matches;
 pub use verdict::{EvaluatedFlow, Reason, SideResult, SideVerdict, Verdict};

@@ -17,10 +17,9 @@ use ipnet::IpNet;
 
 use super::{
     Name, Names, PolicyEngine,
-    compile::PortSpec,
     table::{GroupRef, PeerKey},
 };
-use crate::flow::Protocol;
+use crate::{flow::Protocol, rules::network_policy::PortSpec};
 
 /// A pod as the engine compiled it (filled by the engine's accessors).
 #[derive(Debug, Clone, Copy)]

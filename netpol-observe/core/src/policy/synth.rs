@@ -107,17 +107,41 @@ fn pod_ip(i: usize) -> IpAddr {
 
 /// A synthetic cluster of `pods` pods in `namespaces` namespaces.
 pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
-    let mut rng = Rng::new(seed);
     let mut inv = Inventory::default();
     // Shared strings, label sets, workloads and port lists, as a real inventory build has.
     let mut interner = Interner::default();
+    add_namespaces(&mut inv, &mut interner, namespaces);
+    for n in 0..NODES {
+        inv.nodes.push(NodeInfo {
+            name: format!("node-{n}"),
+            addresses: vec![IpAddr::from([192, 168, 0, n as u8 + 1])],
+            pod_cidrs: Vec::new(),
+            labels: Labels::default(),
+        });
+    }
+    add_pods(
+        &mut inv,
+        &mut interner,
+        namespaces,
+        pods,
+        &mut Rng::new(seed),
+    );
+    add_services(&mut inv, &mut interner, namespaces);
+    inv.pods.sort_by(|a, b| {
+        (&a.namespace, &a.name, a.created).cmp(&(&b.namespace, &b.name, b.created))
+    });
+    inv
+}
+
+/// Namespaces `ns-0`, `ns-1`, … with a team and an environment label.
+fn add_namespaces(inv: &mut Inventory, interner: &mut Interner, namespaces: usize) {
     for n in 0..namespaces {
         let name = format!("ns-{n}");
         inv.namespaces.insert(
             name.clone(),
             NamespaceInfo {
                 labels: labels_in(
-                    &mut interner,
+                    interner,
                     &[
                         ("kubernetes.io/metadata.name", name.clone()),
                         ("team", format!("team-{}", n % TEAMS)),
@@ -128,14 +152,17 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             },
         );
     }
-    for n in 0..NODES {
-        inv.nodes.push(NodeInfo {
-            name: format!("node-{n}"),
-            addresses: vec![IpAddr::from([192, 168, 0, n as u8 + 1])],
-            pod_cidrs: Vec::new(),
-            labels: Labels::default(),
-        });
-    }
+}
+
+/// The pods, spread over the namespaces and nodes, with random apps and labels; 2 % of them
+/// with a deleted earlier pod at the same address (IP reuse), 1 % hostNetwork.
+fn add_pods(
+    inv: &mut Inventory,
+    interner: &mut Interner,
+    namespaces: usize,
+    pods: usize,
+    rng: &mut Rng,
+) {
     let t0: Timestamp = "2026-11-22T00:00:00Z"
         .parse()
         .unwrap_or(Timestamp::UNIX_EPOCH);
@@ -163,7 +190,7 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
     ]);
     for i in 0..pods {
         let ns = i % namespaces.max(1);
-        let (app, l) = app_labels(&mut rng);
+        let (app, l) = app_labels(rng);
         let node = rng.below(NODES);
         let host_network = rng.chance(1);
         let ip = if host_network {
@@ -178,8 +205,8 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             namespace: interner.name(&format!("ns-{ns}")),
             name: format!("app-{app}-{i}").into(),
             uid: format!("uid-{i}").into(),
-            selector_labels: labels_in(&mut interner, &[("app", format!("app-{app}"))]),
-            labels: labels_in(&mut interner, &l),
+            selector_labels: labels_in(interner, &[("app", format!("app-{app}"))]),
+            labels: labels_in(interner, &l),
             ips: vec![ip],
             host_network,
             node_name: Some(interner.name(&format!("node-{node}"))),
@@ -195,11 +222,8 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
                 namespace: interner.name(&format!("ns-{other}")),
                 name: format!("old-{i}").into(),
                 uid: format!("old-uid-{i}").into(),
-                labels: labels_in(
-                    &mut interner,
-                    &[("app", "old".into()), ("tier", "db".into())],
-                ),
-                selector_labels: labels_in(&mut interner, &[("app", "old".into())]),
+                labels: labels_in(interner, &[("app", "old".into()), ("tier", "db".into())]),
+                selector_labels: labels_in(interner, &[("app", "old".into())]),
                 ips: vec![ip],
                 host_network: false,
                 node_name: Some(interner.name(&format!("node-{node}"))),
@@ -210,12 +234,17 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
             });
         }
     }
+}
+
+/// A Service `app-0` per namespace (a named and a numbered target port), and
+/// `ns-0/kubernetes` without selector, its endpoint outside the pod network.
+fn add_services(inv: &mut Inventory, interner: &mut Interner, namespaces: usize) {
     for n in 0..namespaces {
         inv.services.push(ServiceInfo {
             namespace: format!("ns-{n}"),
             name: "app-0".into(),
             cluster_ips: vec![IpAddr::from([10, 96, (n >> 8) as u8, n as u8])],
-            selector: Some(labels_in(&mut interner, &[("app", "app-0".into())])),
+            selector: Some(labels_in(interner, &[("app", "app-0".into())])),
             ports: vec![
                 ServicePortInfo {
                     name: Some("web".into()),
@@ -264,10 +293,6 @@ pub fn cluster(namespaces: usize, pods: usize, seed: u64) -> Inventory {
                 protocol: Protocol::Tcp,
             }],
         });
-    inv.pods.sort_by(|a, b| {
-        (&a.namespace, &a.name, a.created).cmp(&(&b.namespace, &b.name, b.created))
-    });
-    inv
 }
 
 fn sel(match_labels: &[(&str, String)], exprs: Vec<LabelSelectorRequirement>) -> LabelSelector {

@@ -30,11 +30,13 @@ use std::{
 
 use super::{
     Name, Names,
-    compile::{Peer, PortMatch, PortSpec, Rule},
     names::{IdList, RuleNames},
     regions::{Block, Regions},
 };
-use crate::flow::Protocol;
+use crate::{
+    flow::Protocol,
+    rules::network_policy::{Peer, PortMatch, PortSpec, Rule},
+};
 
 /// A peer condition while the tables are built: which peers some rules allow. Normalised
 /// (`all` has no classes or blocks; no class is an empty bitset) so that equal conditions

@@ -174,35 +174,33 @@ fn directions<'o>(
         obs.edges.iter().map(|(k, v)| (k, &v.span)).collect();
     edges.sort_by_key(|(k, _)| (k.client, k.server, k.protocol, k.port, k.dns));
     for (edge, span) in edges {
-        if let PeerKey::Workload(s) = edge.server
-            && in_scope(cx, &obs.workloads[s as usize])
-        {
-            let ports = ports_of(obs, cx, edge);
-            let dir = &mut dirs.entry(s).or_default().0;
-            dir.span.merge(span);
-            let ns = obs.workloads[s as usize].namespace;
-            let peer = EdgePeer {
-                peer: edge.client,
-                policy_ns: ns,
-                direction: "ingress",
-                dns: edge.dns,
-                names: None,
+        // The server's ingress admits the client; the client's egress reaches the server, by
+        // the names it resolved too.
+        let sides = [
+            (edge.server, edge.client, "ingress", None),
+            (edge.client, edge.server, "egress", obs.names.get(edge)),
+        ];
+        for (own, other, direction, names) in sides {
+            let PeerKey::Workload(w) = own else {
+                continue;
             };
-            add_edge_peer(obs, cx, dir, &peer, &ports, notes);
-        }
-        if let PeerKey::Workload(c) = edge.client
-            && in_scope(cx, &obs.workloads[c as usize])
-        {
+            if !in_scope(cx, &obs.workloads[w as usize]) {
+                continue;
+            }
             let ports = ports_of(obs, cx, edge);
-            let dir = &mut dirs.entry(c).or_default().1;
+            let (ingress, egress) = dirs.entry(w).or_default();
+            let dir = if direction == "ingress" {
+                ingress
+            } else {
+                egress
+            };
             dir.span.merge(span);
-            let ns = obs.workloads[c as usize].namespace;
             let peer = EdgePeer {
-                peer: edge.server,
-                policy_ns: ns,
-                direction: "egress",
+                peer: other,
+                policy_ns: obs.workloads[w as usize].namespace,
+                direction,
                 dns: edge.dns,
-                names: obs.names.get(edge),
+                names,
             };
             add_edge_peer(obs, cx, dir, &peer, &ports, notes);
         }

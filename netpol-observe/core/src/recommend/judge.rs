@@ -2,7 +2,7 @@
 //! the kernel dropped is not evidence of legitimate traffic — anyone can knock on a port while
 //! the agent learns), reported apart for review.
 //!
-//! The rule (also in `docs/architecture.md`, Recommender, *Denied flows*):
+//! The rule (also in `docs/design/recommend.md`, *Denied flows*):
 //! - **denied** — the flow has drops of a filter (`drops.count > 0` with a reason other than
 //!   `NO_SOCKET` or `IP_RPFILTER`, which no filter causes), or its source recorded a verdict
 //!   saying denied (an agent's `/api/v1/flows`, `evaluate`'s output, a `verdict="denied"`

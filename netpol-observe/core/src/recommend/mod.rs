@@ -11,7 +11,7 @@
 //! print!("{}", render_yaml(&rec.policies).unwrap_or_default());
 //! ```
 //!
-//! What the policies say (see `docs/architecture.md`):
+//! What the policies say (see `docs/design/recommend.md`):
 //! - per namespace with observed workloads, `default-deny` (both directions, opt-out);
 //! - per workload, `<name>-np` selecting it by its stable selector labels, with ingress and
 //!   egress rules grouping peers that use the same ports (so a rule's peers × ports were all

@@ -1,6 +1,6 @@
 //! ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`, network-policy-api v0.2.0): the
-//! typed API ([`types`]), its validation, and the tiers the engine evaluates around
-//! NetworkPolicies.
+//! tiers the engine evaluates around NetworkPolicies. The typed API and its validation are
+//! [`crate::rules::cluster`]'s, re-exported here.
 //!
 //! Semantics (the CRD's field documentation), per direction of a pod (the destination's
 //! ingress, the source's egress):
@@ -24,17 +24,15 @@
 //! the policy `cnp/<name>` and the rule `cnp/<name>:egress[i]` (`:<rule name>` appended when
 //! the rule has a name).
 
-mod compile;
 #[cfg(any(test, feature = "reference"))]
 pub(crate) mod reference;
 pub(crate) mod tiers;
-pub mod types;
 
-pub use compile::validate;
-pub use types::{
+pub use crate::rules::cluster::{
     API_VERSION, Action, ClusterNetworkPolicy, ClusterNetworkPolicySpec,
     ClusterNetworkPolicyStatus, EgressPeer, EgressRule, GROUP, IngressPeer, IngressRule, KIND,
     NamespacedPod, PLURAL, Port, PortRange, ProtocolMatch, ProtocolPort, Subject, Tier, VERSION,
+    types, validate,
 };
 
 #[cfg(any(test, feature = "testing"))]

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::types::{
+use super::{
     Action, ClusterNetworkPolicy, EgressPeer, IngressPeer, NamespacedPod, ProtocolMatch, Tier,
 };
 use crate::{

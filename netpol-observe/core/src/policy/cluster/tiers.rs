@@ -9,14 +9,14 @@ use std::{collections::HashMap, net::IpAddr, sync::Arc};
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::{
-    compile::{CompiledCnp, DomainPattern, Peer, PodMatch, PortMatch, compile, ports_match},
-    types::{Action, ClusterNetworkPolicy, Tier},
-};
+use super::{Action, ClusterNetworkPolicy, Tier};
 use crate::{
     flow::Protocol,
     inventory::{ContainerPortInfo, Inventory, Labels},
     policy::{Names, PolicyError, SideResult, SideVerdict, label_selector_matches},
+    rules::cluster::compile::{
+        CompiledCnp, DomainPattern, Peer, PodMatch, PortMatch, compile, ports_match,
+    },
 };
 
 /// A set of indices (pods or nodes).
@@ -175,7 +175,7 @@ impl ClusterTiers {
         let mut out = Vec::with_capacity(compiled.len());
         let mut subjects = Vec::with_capacity(compiled.len());
         for p in &compiled {
-            let mut rules = |list: &[super::compile::Rule]| -> Box<[TierRule]> {
+            let mut rules = |list: &[crate::rules::cluster::compile::Rule]| -> Box<[TierRule]> {
                 list.iter()
                     .map(|r| TierRule {
                         action: r.action,

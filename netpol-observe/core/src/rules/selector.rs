@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::SelectorError;
-use crate::inventory::Labels;
 
 /// The operator of a selector requirement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,7 +151,8 @@ pub fn label_selector_matches(
         }))
 }
 
-/// Something labels can be read from by key: an ordinary map or the inventory's [`Labels`].
+/// Something labels can be read from by key: an ordinary map or the inventory's
+/// [`Labels`](crate::inventory::Labels).
 pub trait LabelLookup {
     /// The value of label `key`.
     fn label(&self, key: &str) -> Option<&str>;
@@ -161,12 +161,6 @@ pub trait LabelLookup {
 impl LabelLookup for BTreeMap<String, String> {
     fn label(&self, key: &str) -> Option<&str> {
         self.get(key).map(String::as_str)
-    }
-}
-
-impl LabelLookup for Labels {
-    fn label(&self, key: &str) -> Option<&str> {
-        self.get(key)
     }
 }
 

@@ -5,14 +5,12 @@
 //! record, the external's TTL); a traffic entry or probe whose `to` is one of the names
 //! resolves it from the client pod first (real DNS packets over the veths, as the agents'
 //! DNS capture sees them) and connects to the answered address. The rotation step moves the
-//! names to another host of the external (see [`super::rotation`]).
+//! names to another host of the external (see [`crate::rotation`]).
 
 use std::net::Ipv4Addr;
 
-use super::{
-    model::{ExternalModel, LabModel, PeerRef, PortModel, ProbeModel, protocol_name},
-    scenario::{DEFAULT_DNS_TTL, ExternalSpec, Problem, RotateTo},
-};
+use super::{ExternalModel, LabModel, PeerRef, PortModel, ProbeModel, protocol_name};
+use crate::scenario::{DEFAULT_DNS_TTL, ExternalSpec, Problem, RotateTo};
 
 /// The longest TTL a scenario may give (one day).
 pub(crate) const MAX_DNS_TTL: u32 = 86_400;

@@ -10,7 +10,7 @@ use super::types::{
 };
 use crate::{
     flow::Protocol,
-    policy::{PolicyError, selector::requirements},
+    rules::{PolicyError, selector::requirements},
 };
 
 /// At most this many rules per direction, peers per rule, protocols per rule, CIDRs or domain
