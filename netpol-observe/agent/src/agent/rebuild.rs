@@ -1,16 +1,41 @@
 //! The model builder thread: loads files and builds models beside the event loop.
 
-use std::{path::PathBuf, sync::Arc};
-
-use super::{
-    Model,
-    source::{load_inventory, load_staged},
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
 };
+
+use super::{AgentError, Model};
 use crate::{
     attribution::Subnets,
-    inventory::{Inventory, NetworkPolicy, Validation},
+    inventory::{Inventory, InventoryError, NetworkPolicy, Validation},
     report::Chain,
 };
+
+/// Loads inventory files as `validation` says, logging its warnings.
+pub(super) fn load_inventory(
+    path: &Path,
+    validation: Validation,
+) -> Result<Inventory, InventoryError> {
+    let loaded = Inventory::load(path, validation)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.inventory)
+}
+
+/// Loads the staged (draft) policies of `--staged-policies`.
+pub(super) fn load_staged(
+    path: &Path,
+    validation: Validation,
+) -> Result<Vec<NetworkPolicy>, AgentError> {
+    load_inventory(path, validation)
+        .map(|i| i.network_policies)
+        .map_err(|source| AgentError::Staged {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+}
 
 /// A request to the model builder thread ([`spawn_rebuilder`]).
 pub(super) enum Rebuild {

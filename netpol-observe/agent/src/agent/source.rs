@@ -9,11 +9,14 @@ use std::{
 
 use jiff::Timestamp;
 
-use super::{AgentConfig, AgentError, AgentState, Model, rebuild::Rebuild};
+use super::{
+    AgentConfig, AgentError, AgentState, Model,
+    rebuild::{Rebuild, load_inventory, load_staged},
+};
 use crate::{
     attribution::Subnets,
     inventory::{
-        Inventory, InventoryError, NetworkPolicy, Validation, WATCHED_RESOURCES,
+        Inventory, NetworkPolicy, WATCHED_RESOURCES,
         kubeapi::{self, KubeAccess},
         live,
     },
@@ -35,30 +38,6 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         out.extend(entries);
     }
     out
-}
-
-/// Loads inventory files as `validation` says, logging its warnings.
-pub(super) fn load_inventory(
-    path: &Path,
-    validation: Validation,
-) -> Result<Inventory, InventoryError> {
-    let loaded = Inventory::load(path, validation)?;
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(loaded.inventory)
-}
-
-pub(super) fn load_staged(
-    path: &Path,
-    validation: Validation,
-) -> Result<Vec<NetworkPolicy>, AgentError> {
-    load_inventory(path, validation)
-        .map(|i| i.network_policies)
-        .map_err(|source| AgentError::Staged {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
 }
 
 /// Where the inventory comes from.
