@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     datapath::{Counter, FlowUpdate},
+    inventory::{Inventory, live::SyncState},
     report::Chain,
 };
 
@@ -47,11 +48,7 @@ impl Agent {
         let mut dp = start(&config).await?;
         let mut updates = dp.subscribe();
         let mut dns_answers = dp.subscribe_dns();
-        let names = dp.interfaces();
-        // `cargo xtask bench datapath` waits for this line.
-        tracing::info!(interfaces = ?names, "datapath attached");
-        state.metrics.set_attached_interfaces(names.len() as u64);
-        state.set_datapath_ready();
+        announce_attached(&state, &dp);
 
         if config.inventory.is_none() {
             source = connect_live(&state, &config).await;
@@ -62,28 +59,16 @@ impl Agent {
             set_local(&dp, &m, node);
         }
 
-        let mut live_snapshots = match &source {
-            Source::Live(l) => Some(l.subscribe()),
-            _ => None,
-        };
-        let mut live_state = match &source {
-            Source::Live(l) => Some(l.subscribe_state()),
-            _ => None,
-        };
+        let (mut live_snapshots, mut live_state) = live_receivers(&source);
         let mut prints = Fingerprints::new(&source, &config);
         // Loading files and building models can take seconds at cluster scale: a thread of
         // its own does it, so flows keep being recorded and a signal is answered at once.
         let (rebuilt_tx, mut rebuilt) = tokio::sync::mpsc::unbounded_channel();
         let rebuild = spawn_rebuilder(subnets, config.validate, inventory, staged, rebuilt_tx);
 
-        let mut poll = tokio::time::interval(config.inventory_poll_interval.unsigned_abs());
-        let mut health = tokio::time::interval(config.sweep_interval.unsigned_abs());
-        let mut drop_tick = tokio::time::interval(Duration::from_secs(1));
+        let [mut poll, mut health, mut drop_tick] = ticks(&config);
         // The datapath's evictions are cumulative: the metric is fed the difference.
         let mut evictions_seen = 0;
-        for t in [&mut poll, &mut health, &mut drop_tick] {
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        }
         loop {
             // A change of the file source's health: Some(None) healthy again, Some(Some(why)).
             let mut problem: Option<Option<String>> = None;
@@ -136,6 +121,42 @@ impl Agent {
         }
         stop_capture(&state, dp, updates).await
     }
+}
+
+/// Logs the interfaces the datapath attached to (`cargo xtask bench datapath` waits for this
+/// line), counts them, and marks the datapath ready.
+fn announce_attached<C: Capture>(state: &AgentState, dp: &C) {
+    let names = dp.interfaces();
+    tracing::info!(interfaces = ?names, "datapath attached");
+    state.metrics.set_attached_interfaces(names.len() as u64);
+    state.set_datapath_ready();
+}
+
+/// The live inventory's snapshot and sync-state receivers (`None`, `None` with a file source).
+fn live_receivers(
+    source: &Source,
+) -> (
+    Option<watch::Receiver<Arc<Inventory>>>,
+    Option<watch::Receiver<SyncState>>,
+) {
+    match source {
+        Source::Live(l) => (Some(l.subscribe()), Some(l.subscribe_state())),
+        _ => (None, None),
+    }
+}
+
+/// The loop's ticks: the inventory poll, health (every sweep interval) and drops (every
+/// second); a missed tick is delayed, not made up in a burst.
+fn ticks(config: &AgentConfig) -> [tokio::time::Interval; 3] {
+    let mut ticks = [
+        tokio::time::interval(config.inventory_poll_interval.unsigned_abs()),
+        tokio::time::interval(config.sweep_interval.unsigned_abs()),
+        tokio::time::interval(Duration::from_secs(1)),
+    ];
+    for t in &mut ticks {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    ticks
 }
 
 /// On stop: the capture's last sweep and detach; the updates still queued and the last
