@@ -29,7 +29,8 @@ impl Agent {
     /// starts the capture with `start` (after the files: a bad file stops the agent before
     /// anything is attached), follows the inventory and feeds every update to `state`. On stop:
     /// the capture's last sweep, and the flows seen (attributed, with verdicts) are returned.
-    // Long: one `select!` loop over the agent's event sources, whose branches share its state.
+    // Long because: one `select!` loop over the agent's event sources, whose branches share
+    // its state; the setup before it is split out.
     pub async fn run<C: Capture>(
         state: Arc<AgentState>,
         start: impl AsyncFnOnce(&AgentConfig) -> Result<C, AgentError>,
