@@ -132,81 +132,16 @@ impl AgentHandle {
         // Next to the log: the node's drift baseline, learned during the learning phase.
         let drift_baseline = log.with_file_name(format!("drift-baseline-{}.jsonl", node.name));
         let _ = std::fs::remove_file(&drift_baseline);
-        let log_file = std::fs::File::create(log).map_err(|source| AgentError::Log {
-            path: log.to_path_buf(),
-            source,
-        })?;
-        let err_file = log_file.try_clone().map_err(|source| AgentError::Log {
-            path: log.to_path_buf(),
-            source,
-        })?;
-        let secs = format!("{}s", AGENT_INTERVAL.as_secs());
-        let mut args: Vec<OsString> = vec![
-            "agent".into(),
-            "--subnets".into(),
-            subnets.into(),
-            "--listen".into(),
-            listen.to_string().into(),
-            "--node-name".into(),
-            node.name.clone().into(),
-            "--interfaces".into(),
-            "veth*".into(),
-            // Every node of the lab shares the machine's kernel: each agent reports the drops
-            // of its own node (namespace), as on separate machines.
-            "--drop-scope".into(),
-            "netns".into(),
-            // The lab hands the agents the policies before it loads their rules and probes
-            // only after: a denied flow first seen after that is judged at once.
-            "--enforcement-grace".into(),
-            "0s".into(),
-            // The agents learn the dependencies of the learning phase; the lab then ends the
-            // learning (`Agents::end_drift_learning`) and what comes after is drift.
-            "--drift-baseline".into(),
-            drift_baseline.clone().into(),
-            "--drift-learn".into(),
-            "24h".into(),
-            "--sweep-interval".into(),
-            secs.clone().into(),
-            "--inventory-poll-interval".into(),
-            secs.into(),
-            "--output".into(),
-            "none".into(),
-            // The lab reads /api/v1 itself, on the node's address (only the lab's namespaces
-            // reach it).
-            "--api-auth".into(),
-            "none".into(),
-            "--allow-unauthenticated-remote-api".into(),
-        ];
-        let mut program = program.as_os_str().to_owned();
-        match source {
-            AgentSource::Files(dir) => args.extend(["--inventory".into(), dir.into()]),
-            AgentSource::InCluster(c) => {
-                let sa = Path::new(netpol_observe_agent::inventory::kubeapi::SERVICE_ACCOUNT_DIR);
-                std::fs::create_dir_all(sa).map_err(|source| AgentError::Log {
-                    path: sa.to_owned(),
-                    source,
-                })?;
-                let mut wrapped: Vec<OsString> = vec![
-                    "-u".into(),
-                    "KUBECONFIG".into(),
-                    format!("KUBERNETES_SERVICE_HOST={}", c.api.ip()).into(),
-                    format!("KUBERNETES_SERVICE_PORT={}", c.api.port()).into(),
-                    "unshare".into(),
-                    "--mount".into(),
-                    "--propagation".into(),
-                    "private".into(),
-                    "--".into(),
-                    "sh".into(),
-                    "-c".into(),
-                    format!("mount --bind \"$0\" {} && exec \"$@\"", sa.display()).into(),
-                    c.service_account_dir.as_os_str().to_owned(),
-                    program,
-                ];
-                wrapped.append(&mut args);
-                args = wrapped;
-                program = "env".into();
+        let (log_file, err_file) = log_files(log)?;
+        let args = agent_args(listen, &node.name, subnets, &drift_baseline);
+        let (program, args) = match source {
+            AgentSource::Files(dir) => {
+                let mut args = args;
+                args.extend(["--inventory".into(), dir.into()]);
+                (program.as_os_str().to_owned(), args)
             }
-        }
+            AgentSource::InCluster(c) => in_cluster(c, program.as_os_str().to_owned(), args)?,
+        };
         let child = topo
             .spawn_logged_in(
                 &netns,
@@ -445,4 +380,98 @@ impl Agents {
             a.stop().await;
         }
     }
+}
+
+/// The agent's log file, opened twice: its standard output and its standard error.
+fn log_files(log: &Path) -> Result<(std::fs::File, std::fs::File), AgentError> {
+    let log_file = std::fs::File::create(log).map_err(|source| AgentError::Log {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let err_file = log_file.try_clone().map_err(|source| AgentError::Log {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    Ok((log_file, err_file))
+}
+
+/// The lab agent's arguments (without its inventory source): listening on `listen`, node
+/// `node_name`, the lab's settings for drops, enforcement, drift learning into
+/// `drift_baseline`, intervals, output and API.
+fn agent_args(
+    listen: SocketAddr,
+    node_name: &str,
+    subnets: &Path,
+    drift_baseline: &Path,
+) -> Vec<OsString> {
+    let secs = format!("{}s", AGENT_INTERVAL.as_secs());
+    vec![
+        "agent".into(),
+        "--subnets".into(),
+        subnets.into(),
+        "--listen".into(),
+        listen.to_string().into(),
+        "--node-name".into(),
+        node_name.to_owned().into(),
+        "--interfaces".into(),
+        "veth*".into(),
+        // Every node of the lab shares the machine's kernel: each agent reports the drops
+        // of its own node (namespace), as on separate machines.
+        "--drop-scope".into(),
+        "netns".into(),
+        // The lab hands the agents the policies before it loads their rules and probes
+        // only after: a denied flow first seen after that is judged at once.
+        "--enforcement-grace".into(),
+        "0s".into(),
+        // The agents learn the dependencies of the learning phase; the lab then ends the
+        // learning (`Agents::end_drift_learning`) and what comes after is drift.
+        "--drift-baseline".into(),
+        drift_baseline.into(),
+        "--drift-learn".into(),
+        "24h".into(),
+        "--sweep-interval".into(),
+        secs.clone().into(),
+        "--inventory-poll-interval".into(),
+        secs.into(),
+        "--output".into(),
+        "none".into(),
+        // The lab reads /api/v1 itself, on the node's address (only the lab's namespaces
+        // reach it).
+        "--api-auth".into(),
+        "none".into(),
+        "--allow-unauthenticated-remote-api".into(),
+    ]
+}
+
+/// The in-cluster agent's command: `program args` run through `env` (the API server's
+/// `KUBERNETES_SERVICE_HOST`/`PORT`, no `KUBECONFIG`) and `unshare --mount`, which bind-mounts
+/// the ServiceAccount files where a pod has them (the directory is created first).
+fn in_cluster(
+    c: &super::control_plane::InCluster,
+    program: OsString,
+    mut args: Vec<OsString>,
+) -> Result<(OsString, Vec<OsString>), AgentError> {
+    let sa = Path::new(netpol_observe_agent::inventory::kubeapi::SERVICE_ACCOUNT_DIR);
+    std::fs::create_dir_all(sa).map_err(|source| AgentError::Log {
+        path: sa.to_owned(),
+        source,
+    })?;
+    let mut wrapped: Vec<OsString> = vec![
+        "-u".into(),
+        "KUBECONFIG".into(),
+        format!("KUBERNETES_SERVICE_HOST={}", c.api.ip()).into(),
+        format!("KUBERNETES_SERVICE_PORT={}", c.api.port()).into(),
+        "unshare".into(),
+        "--mount".into(),
+        "--propagation".into(),
+        "private".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        format!("mount --bind \"$0\" {} && exec \"$@\"", sa.display()).into(),
+        c.service_account_dir.as_os_str().to_owned(),
+        program,
+    ];
+    wrapped.append(&mut args);
+    Ok(("env".into(), wrapped))
 }

@@ -585,6 +585,37 @@ fn workload_draft(
     nodes: &[NodeModel],
     earlier: &[WorkloadDraft],
 ) -> Result<WorkloadDraft, ScenarioError> {
+    check_identity(cx, i, w, namespaces, earlier)?;
+    let pinned = pinned_node(cx, i, w, nodes)?;
+    if w.replicas == 0 {
+        return Err(cx.err(
+            "workloads",
+            i,
+            Problem::Other("replicas must be at least 1".into()),
+        ));
+    }
+    check_ports(cx, i, w)?;
+    Ok((
+        Some(i),
+        w.namespace.clone(),
+        w.name.clone(),
+        w.kind,
+        w.replicas,
+        w.labels.clone(),
+        ports(&w.ports),
+        pinned,
+    ))
+}
+
+/// Scenario workload `i`'s name, namespace (declared), uniqueness among the `earlier`
+/// workloads, and replicas of a DaemonSet or a Pod (one).
+fn check_identity(
+    cx: &Ctx<'_>,
+    i: usize,
+    w: &super::scenario::WorkloadSpec,
+    namespaces: &[NamespaceModel],
+    earlier: &[WorkloadDraft],
+) -> Result<(), ScenarioError> {
     check_name("workload", &w.name).map_err(|p| cx.err("workloads", i, p))?;
     if !namespaces.iter().any(|n| n.name == w.namespace) {
         return Err(cx.err(
@@ -617,40 +648,48 @@ fn workload_draft(
             Problem::Other(format!("a {} has {one}", w.kind)),
         ));
     }
-    let pinned = match &w.node {
-        None => None,
-        Some(_) if w.kind == WorkloadKind::DaemonSet => {
-            return Err(cx.err(
-                "workloads",
-                i,
-                Problem::Other("a DaemonSet runs on every node: no `node`".into()),
-            ));
-        }
-        Some(name) => match nodes.iter().position(|n| n.name == *name) {
-            Some(n) => Some(n),
-            None => {
-                return Err(cx.err(
-                    "workloads",
-                    i,
-                    Problem::Other(format!(
-                        "unknown node `{name}` (declared: {})",
-                        nodes
-                            .iter()
-                            .map(|n| n.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
-                ));
-            }
-        },
-    };
-    if w.replicas == 0 {
-        return Err(cx.err(
+    Ok(())
+}
+
+/// The node scenario workload `i` is pinned to (index in `nodes`), if any: not for a
+/// DaemonSet, and only a declared node.
+fn pinned_node(
+    cx: &Ctx<'_>,
+    i: usize,
+    w: &super::scenario::WorkloadSpec,
+    nodes: &[NodeModel],
+) -> Result<Option<usize>, ScenarioError> {
+    match &w.node {
+        None => Ok(None),
+        Some(_) if w.kind == WorkloadKind::DaemonSet => Err(cx.err(
             "workloads",
             i,
-            Problem::Other("replicas must be at least 1".into()),
-        ));
+            Problem::Other("a DaemonSet runs on every node: no `node`".into()),
+        )),
+        Some(name) => match nodes.iter().position(|n| n.name == *name) {
+            Some(n) => Ok(Some(n)),
+            None => Err(cx.err(
+                "workloads",
+                i,
+                Problem::Other(format!(
+                    "unknown node `{name}` (declared: {})",
+                    nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            )),
+        },
     }
+}
+
+/// Scenario workload `i`'s ports: TCP or UDP only, no port/protocol and no name twice.
+fn check_ports(
+    cx: &Ctx<'_>,
+    i: usize,
+    w: &super::scenario::WorkloadSpec,
+) -> Result<(), ScenarioError> {
     let mut seen = BTreeSet::new();
     for p in &w.ports {
         if !matches!(p.protocol, Protocol::Tcp | Protocol::Udp) {
@@ -678,16 +717,7 @@ fn workload_draft(
             ));
         }
     }
-    Ok((
-        Some(i),
-        w.namespace.clone(),
-        w.name.clone(),
-        w.kind,
-        w.replicas,
-        w.labels.clone(),
-        ports(&w.ports),
-        pinned,
-    ))
+    Ok(())
 }
 
 /// The pods of every workload: names as their controllers name them, addresses from their
@@ -711,35 +741,7 @@ fn place_pods(
         let wi = workloads.len();
         let mut pod_indexes = Vec::new();
         for r in 0..replicas {
-            let mut pod_name = match kind {
-                WorkloadKind::Deployment => format!(
-                    "{name}-{template_hash}-{}",
-                    suffix(&format!("{namespace}/{name}/{r}"), 5)
-                ),
-                WorkloadKind::StatefulSet => format!("{name}-{r}"),
-                WorkloadKind::DaemonSet => {
-                    let seed = match r {
-                        0 => format!("{namespace}/{name}/ds"),
-                        _ => format!("{namespace}/{name}/ds/{r}"),
-                    };
-                    format!("{name}-{}", suffix(&seed, 5))
-                }
-                WorkloadKind::Job | WorkloadKind::CronJob => format!(
-                    "{}-{}",
-                    job_name(kind, &name, &template_hash),
-                    suffix(&format!("{namespace}/{name}/{r}"), 5)
-                ),
-                WorkloadKind::Pod => name.clone(),
-            };
-            let mut salt = 0;
-            // A set, not a scan of the pods: 100k replicas stay linear.
-            while taken.contains(&(namespace.clone(), pod_name.clone())) {
-                salt += 1;
-                pod_name = format!(
-                    "{name}-{template_hash}-{}",
-                    suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
-                );
-            }
+            let pod_name = pod_name(kind, (&namespace, &name), &template_hash, r, &taken);
             let node = pinned.unwrap_or(r as usize % nodes.len());
             let node_cidr = nodes[node].pod_cidr;
             let ip = nth_host(node_cidr, next_pod_ip[node]).ok_or_else(|| {
@@ -754,24 +756,7 @@ fn place_pods(
             })?;
             next_pod_ip[node] += 1;
             nodes[node].pods.push(pods.len());
-            let mut pod_labels = labels.clone();
-            match kind {
-                WorkloadKind::Deployment => {
-                    pod_labels.insert("pod-template-hash".into(), template_hash.clone());
-                }
-                WorkloadKind::StatefulSet => {
-                    pod_labels.insert(
-                        "statefulset.kubernetes.io/pod-name".into(),
-                        pod_name.clone(),
-                    );
-                }
-                WorkloadKind::Job | WorkloadKind::CronJob => {
-                    let job = job_name(kind, &name, &template_hash);
-                    pod_labels.insert("batch.kubernetes.io/job-name".into(), job.clone());
-                    pod_labels.insert("job-name".into(), job);
-                }
-                _ => {}
-            }
+            let pod_labels = pod_labels(kind, &labels, &name, &template_hash, &pod_name);
             pod_indexes.push(pods.len());
             taken.insert((namespace.clone(), pod_name.clone()));
             pods.push(PodModel {
@@ -796,6 +781,77 @@ fn place_pods(
     }
 
     Ok((workloads, pods))
+}
+
+/// The name of replica `r` of a workload (`(namespace, name)`) as its controller names it,
+/// salted until no pod of the namespace has it (`taken`).
+fn pod_name(
+    kind: WorkloadKind,
+    (namespace, name): (&String, &String),
+    template_hash: &str,
+    r: u32,
+    taken: &std::collections::HashSet<(String, String)>,
+) -> String {
+    let mut pod_name = match kind {
+        WorkloadKind::Deployment => format!(
+            "{name}-{template_hash}-{}",
+            suffix(&format!("{namespace}/{name}/{r}"), 5)
+        ),
+        WorkloadKind::StatefulSet => format!("{name}-{r}"),
+        WorkloadKind::DaemonSet => {
+            let seed = match r {
+                0 => format!("{namespace}/{name}/ds"),
+                _ => format!("{namespace}/{name}/ds/{r}"),
+            };
+            format!("{name}-{}", suffix(&seed, 5))
+        }
+        WorkloadKind::Job | WorkloadKind::CronJob => format!(
+            "{}-{}",
+            job_name(kind, name, template_hash),
+            suffix(&format!("{namespace}/{name}/{r}"), 5)
+        ),
+        WorkloadKind::Pod => name.clone(),
+    };
+    let mut salt = 0;
+    // A set, not a scan of the pods: 100k replicas stay linear.
+    while taken.contains(&(namespace.clone(), pod_name.clone())) {
+        salt += 1;
+        pod_name = format!(
+            "{name}-{template_hash}-{}",
+            suffix(&format!("{namespace}/{name}/{r}/{salt}"), 5)
+        );
+    }
+    pod_name
+}
+
+/// A pod's labels: its workload's, and those its controller adds (`pod-template-hash`, the
+/// StatefulSet pod name, the Job name).
+fn pod_labels(
+    kind: WorkloadKind,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    template_hash: &str,
+    pod_name: &str,
+) -> BTreeMap<String, String> {
+    let mut pod_labels = labels.clone();
+    match kind {
+        WorkloadKind::Deployment => {
+            pod_labels.insert("pod-template-hash".into(), template_hash.to_owned());
+        }
+        WorkloadKind::StatefulSet => {
+            pod_labels.insert(
+                "statefulset.kubernetes.io/pod-name".into(),
+                pod_name.to_owned(),
+            );
+        }
+        WorkloadKind::Job | WorkloadKind::CronJob => {
+            let job = job_name(kind, name, template_hash);
+            pod_labels.insert("batch.kubernetes.io/job-name".into(), job.clone());
+            pod_labels.insert("job-name".into(), job);
+        }
+        _ => {}
+    }
+    pod_labels
 }
 
 /// A Service whose endpoints are an external's hosts: (service index, scenario index,

@@ -16,6 +16,10 @@ use crate::{
     datapath::{DatapathStats, DnsAnswer, KernelCounters},
     flow::Directional,
 };
+use crate::{
+    datapath::{DropSample, DropsError, FlowUpdate},
+    flow::{Endpoint, FlowRecord, FlowState, Protocol},
+};
 
 /// A capture whose updates come from the test.
 struct FakeCapture {

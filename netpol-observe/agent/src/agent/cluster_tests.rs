@@ -11,6 +11,12 @@ use jiff::{SignedDuration, Timestamp};
 use super::test_kit::{api_service, ip, node, pod};
 use super::*;
 use crate::{
+    attribution::Subnets,
+    datapath::{DropSample, FlowUpdate},
+    flow::{Endpoint, FlowRecord},
+    inventory::Inventory,
+};
+use crate::{
     flow::{Directional, FlowState, Protocol},
     recommend::{RecommendConfig, Recommender, render_yaml, sources::merge_flows},
 };

@@ -665,6 +665,18 @@ impl DnsState {
     }
 }
 
+impl DnsState {
+    /// What the DNS answers `client` received say of `addr` now.
+    pub(super) fn flow_dns(&self, client: IpAddr, addr: IpAddr) -> Option<Arc<FlowDns>> {
+        if !self.cache.knows_client(client) {
+            return None;
+        }
+        self.cache
+            .lookup(client, addr, Instant::now())
+            .map(Arc::new)
+    }
+}
+
 impl super::AgentState {
     /// Takes one DNS answer the datapath captured: parsed into the client's name cache, and
     /// checked against the names the policies in force allow (a rotation is counted, logged
@@ -686,8 +698,9 @@ impl super::AgentState {
                 return;
             }
         };
-        let model = self.model();
-        let mut st = super::lock(&self.dns);
+        let mut flows = self.lock_flows();
+        let model = flows.model.clone();
+        let st = &mut flows.dns;
         let current = model
             .as_ref()
             .map_or_else(std::sync::Weak::new, Arc::downgrade);
@@ -727,17 +740,15 @@ impl super::AgentState {
     }
 
     /// What the DNS answers `client` received say of `addr` now.
+    #[cfg(test)]
     pub(super) fn flow_dns(&self, client: IpAddr, addr: IpAddr) -> Option<Arc<FlowDns>> {
-        let st = super::lock(&self.dns);
-        if !st.cache.knows_client(client) {
-            return None;
-        }
-        st.cache.lookup(client, addr, Instant::now()).map(Arc::new)
+        self.lock_flows().dns.flow_dns(client, addr)
     }
 
     /// Forgets expired names (every sweep interval) and updates the cache gauges.
     pub(super) fn expire_dns(&self) {
-        let mut st = super::lock(&self.dns);
+        let mut flows = self.lock_flows();
+        let st = &mut flows.dns;
         st.cache.expire(Instant::now());
         self.metrics
             .dns()

@@ -10,6 +10,12 @@ use jiff::{SignedDuration, Timestamp};
 use super::test_kit::{ip, node, pod, shop_namespace};
 use super::*;
 use crate::flow::{Directional, Protocol};
+use crate::{
+    attribution::Subnets,
+    datapath::FlowUpdate,
+    flow::{Endpoint, FlowRecord},
+    inventory::Inventory,
+};
 
 const WEB: [u8; 4] = [10, 1, 0, 10];
 const API: [u8; 4] = [10, 1, 0, 20];
@@ -138,7 +144,7 @@ async fn flows_outside_the_baseline_are_counted_by_kind_and_listed() {
     );
 
     let router = crate::http::router(
-        std::sync::Arc::clone(&state),
+        Arc::clone(&state),
         Arc::new(crate::http::auth::ApiGuard::open()),
     );
     let resp = tower::ServiceExt::oneshot(
@@ -223,7 +229,7 @@ async fn no_baseline_no_drift() {
     flow(&state, CACHE, 40004, API, 9000, 4);
     assert!(drift_samples(&state).is_empty());
     let router = crate::http::router(
-        std::sync::Arc::clone(&state),
+        Arc::clone(&state),
         Arc::new(crate::http::auth::ApiGuard::open()),
     );
     let resp = tower::ServiceExt::oneshot(

@@ -12,6 +12,12 @@ use jiff::{SignedDuration, Timestamp};
 use super::test_kit::{api_service, ip, node, pod, shop_namespace};
 use super::*;
 use crate::flow::{Directional, FlowState, Protocol};
+use crate::{
+    attribution::Subnets,
+    datapath::{DropSample, FlowUpdate},
+    flow::{Endpoint, FlowRecord},
+    inventory::{Inventory, NetworkPolicy},
+};
 
 /// web and api on node-a; db and client on node-b.
 const WEB: [u8; 4] = [10, 1, 0, 10];

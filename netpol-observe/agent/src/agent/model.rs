@@ -48,6 +48,9 @@ pub struct Model {
     staged: Option<PolicyEngine>,
     /// The Service of each ClusterIP, shared by the flows addressed to it.
     services: FxHashMap<IpAddr, Arc<ServiceRef>>,
+    /// The shared peers and the verdict cache: caches of a model shared read-only, each
+    /// locked inside one of this type's methods and released before it returns (leaves; on
+    /// the agent's flow path they are taken under its flows lock, uncontended).
     peers: Mutex<Peers>,
     verdicts: Mutex<FxHashMap<VerdictKey, CompactVerdicts>>,
     /// The identity of the NetworkPolicy set in force ([`policy_fingerprint`]).

@@ -840,7 +840,7 @@ impl FlowStore {
 
     /// The identities of the flows matching `query`, oldest change first (the most recent
     /// `limit` ones, all without a limit), and whether more flows matched than `limit`. One walk
-    /// of the list, nothing copied but the identities: the store lock is held briefly.
+    /// of the list, nothing copied but the identities: the flows lock is held briefly.
     pub fn select(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
         let limit = query.limit.unwrap_or(usize::MAX);
         let mut hits = Vec::new();
@@ -895,24 +895,24 @@ impl FlowStore {
 }
 
 /// Reading the store in pieces, for `/api/v1/flows` and `/api/v1/recommendations`: the
-/// identities first, then the flows chunk by chunk, each chunk copied under the store lock and
+/// identities first, then the flows chunk by chunk, each chunk copied under the flows lock and
 /// explained and serialised outside it, so the event loop never waits for a whole answer.
 impl super::AgentState {
     /// The identities of the flows matching `query` (oldest change first, the most recent
     /// `limit`) and whether more matched ([`FlowStore::select`]).
     pub(crate) fn select_flows(&self, query: &FlowQuery) -> (Vec<FlowId>, bool) {
-        super::lock(&self.store).select(query)
+        self.lock_flows().store.select(query)
     }
 
     /// The flows of `ids` still held and matching `query`, as served: verdicts explained by
-    /// the model that judged them, outside the store lock.
+    /// the model that judged them, outside the flows lock.
     pub(crate) fn observe_flows(&self, ids: &[FlowId], query: &FlowQuery) -> Vec<ObservedFlow> {
-        // The model is read under the store lock: models are swapped under it (after the
+        // The model is read under the same lock: models are swapped under it (after the
         // outgoing one explained its flows), so every compact verdict copied here is the
         // current model's.
         let (model, flows) = {
-            let store = super::lock(&self.store);
-            (self.model(), store.snapshot(ids, query))
+            let fl = self.lock_flows();
+            (fl.model.clone(), fl.store.snapshot(ids, query))
         };
         let mut explained = Explained::default();
         flows
@@ -923,7 +923,7 @@ impl super::AgentState {
 
     /// The flow records of `ids` still held (attribution, no verdicts).
     pub(crate) fn flow_records(&self, ids: &[FlowId]) -> Vec<FlowRecord> {
-        let flows = super::lock(&self.store).snapshot(ids, &FlowQuery::default());
+        let flows = self.lock_flows().store.snapshot(ids, &FlowQuery::default());
         flows.iter().map(|(id, f)| f.to_record(id)).collect()
     }
 }

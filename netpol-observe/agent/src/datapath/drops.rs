@@ -223,6 +223,94 @@ impl std::fmt::Debug for DropTracer {
     }
 }
 
+/// The drop reasons to count, by value: `reasons` (with or without the `SKB_DROP_REASON_`
+/// prefix) this kernel has; one it lacks is an error when `strict`, else logged at debug.
+fn reason_names(
+    reasons: &[String],
+    strict: bool,
+    btf: &Btf,
+) -> Result<HashMap<u32, String>, DropsError> {
+    let known = kernel_drop_reasons(btf)?;
+    let by_name: HashMap<&str, u32> = known.iter().map(|(v, n)| (n.as_str(), *v)).collect();
+    let mut names = HashMap::new();
+    let mut absent = Vec::new();
+    for r in reasons {
+        let short = r.strip_prefix(REASON_PREFIX).unwrap_or(r);
+        match by_name.get(short) {
+            Some(v) if *v < DROP_REASONS_LEN => {
+                names.insert(*v, short.to_owned());
+            }
+            Some(_) | None if strict => {
+                let list: Vec<&str> = known.values().map(String::as_str).collect();
+                return Err(DropsError::UnknownReason(r.clone(), list.join(", ")));
+            }
+            // The defaults name reasons of several kernel versions: not a problem.
+            _ => absent.push(r.as_str()),
+        }
+    }
+    if !absent.is_empty() {
+        tracing::debug!(reasons = ?absent, "default drop reasons this kernel does not have");
+    }
+    Ok(names)
+}
+
+/// Loads the eBPF object for drop tracing: the kernel's `sk_buff` (and, for a network
+/// namespace scope, namespace) offsets set as its globals, the flow programs' maps minimal.
+fn load_object(
+    aya_btf: &aya::Btf,
+    offsets: &SkbOffsets,
+    netns_inum: u32,
+    netns: &NetnsOffsets,
+) -> Result<Ebpf, DropsError> {
+    let one: u32 = 1;
+    // The object also holds the flow programs' maps; this copy keeps them minimal.
+    EbpfLoader::new()
+        .btf(Some(aya_btf))
+        .map_max_entries(MAP_FLOWS, 1)
+        .map_max_entries(MAP_EVENTS, 4096)
+        .map_max_entries(MAP_LOCAL_ENDPOINTS, 1)
+        .map_max_entries(MAP_DROPS, DEFAULT_DROPS_CAPACITY)
+        .override_global(GLOBAL_SKB_OFF_HEAD, &offsets.head, true)
+        .override_global(GLOBAL_SKB_OFF_NETWORK_HEADER, &offsets.network_header, true)
+        .override_global(GLOBAL_SKB_OFF_LEN, &offsets.len, true)
+        .override_global(GLOBAL_SKB_OFFSETS_SET, &one, true)
+        .override_global(GLOBAL_DROP_NETNS_INUM, &netns_inum, true)
+        .override_global(GLOBAL_SKB_OFF_DEV, &netns.skb_dev, true)
+        .override_global(GLOBAL_NET_DEVICE_OFF_NET, &netns.dev_net, true)
+        .override_global(GLOBAL_NET_OFF_NS_INUM, &netns.net_inum, true)
+        .load(super::EBPF_OBJECT)
+        .map_err(|e| DropsError::Load(e.to_string()))
+}
+
+/// Turns on counting of the reasons `names` in the program's reason table.
+fn enable_reasons(ebpf: &mut Ebpf, names: &HashMap<u32, String>) -> Result<(), DropsError> {
+    let mut enabled: Array<_, u32> = ebpf
+        .map_mut(MAP_DROP_REASONS)
+        .ok_or_else(|| DropsError::Load(format!("map {MAP_DROP_REASONS} missing")))?
+        .try_into()
+        .map_err(|e: aya::maps::MapError| DropsError::Load(e.to_string()))?;
+    for v in names.keys() {
+        enabled
+            .set(*v, 1, 0)
+            .map_err(|e| DropsError::Load(format!("enabling reason {v}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Loads the `kfree_skb` program and attaches it to its tracepoint.
+fn attach_tracepoint(ebpf: &mut Ebpf, aya_btf: &aya::Btf) -> Result<(), DropsError> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(PROG_KFREE_SKB)
+        .ok_or_else(|| DropsError::Load(format!("program {PROG_KFREE_SKB} missing")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DropsError::Load(e.to_string()))?;
+    super::retry_interrupted_load(|| prog.load(TRACEPOINT_KFREE_SKB, aya_btf))
+        .map_err(|e| DropsError::Load(format!("loading {PROG_KFREE_SKB}: {e}")))?;
+    prog.attach()
+        .map_err(|e| DropsError::Load(format!("attaching to {TRACEPOINT_KFREE_SKB}: {e}")))?;
+    Ok(())
+}
+
 impl DropTracer {
     /// Resolves offsets and reasons from `/sys/kernel/btf/vmlinux`, loads and attaches the
     /// program counting `reasons`. A reason unknown to this kernel is an error when `strict`,
@@ -250,73 +338,17 @@ impl DropTracer {
             net_inum: 0,
         };
         let netns = netns_offsets.unwrap_or(unset);
-        let known = kernel_drop_reasons(&btf)?;
-        let by_name: HashMap<&str, u32> = known.iter().map(|(v, n)| (n.as_str(), *v)).collect();
-        let mut names = HashMap::new();
-        let mut absent = Vec::new();
-        for r in reasons {
-            let short = r.strip_prefix(REASON_PREFIX).unwrap_or(r);
-            match by_name.get(short) {
-                Some(v) if *v < DROP_REASONS_LEN => {
-                    names.insert(*v, short.to_owned());
-                }
-                Some(_) | None if strict => {
-                    let list: Vec<&str> = known.values().map(String::as_str).collect();
-                    return Err(DropsError::UnknownReason(r.clone(), list.join(", ")));
-                }
-                // The defaults name reasons of several kernel versions: not a problem.
-                _ => absent.push(r.as_str()),
-            }
-        }
-        if !absent.is_empty() {
-            tracing::debug!(reasons = ?absent, "default drop reasons this kernel does not have");
-        }
+        let names = reason_names(reasons, strict, &btf)?;
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| DropsError::Load(e.to_string()))?;
-        let one: u32 = 1;
-        // The object also holds the flow programs' maps; this copy keeps them minimal.
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
-            .map_max_entries(MAP_FLOWS, 1)
-            .map_max_entries(MAP_EVENTS, 4096)
-            .map_max_entries(MAP_LOCAL_ENDPOINTS, 1)
-            .map_max_entries(MAP_DROPS, DEFAULT_DROPS_CAPACITY)
-            .override_global(GLOBAL_SKB_OFF_HEAD, &offsets.head, true)
-            .override_global(GLOBAL_SKB_OFF_NETWORK_HEADER, &offsets.network_header, true)
-            .override_global(GLOBAL_SKB_OFF_LEN, &offsets.len, true)
-            .override_global(GLOBAL_SKB_OFFSETS_SET, &one, true)
-            .override_global(GLOBAL_DROP_NETNS_INUM, &netns_inum, true)
-            .override_global(GLOBAL_SKB_OFF_DEV, &netns.skb_dev, true)
-            .override_global(GLOBAL_NET_DEVICE_OFF_NET, &netns.dev_net, true)
-            .override_global(GLOBAL_NET_OFF_NS_INUM, &netns.net_inum, true)
-            .load(super::EBPF_OBJECT)
-            .map_err(|e| DropsError::Load(e.to_string()))?;
+        let mut ebpf = load_object(&aya_btf, &offsets, netns_inum, &netns)?;
         let _ = MAP_COUNTERS;
-        {
-            let mut enabled: Array<_, u32> = ebpf
-                .map_mut(MAP_DROP_REASONS)
-                .ok_or_else(|| DropsError::Load(format!("map {MAP_DROP_REASONS} missing")))?
-                .try_into()
-                .map_err(|e: aya::maps::MapError| DropsError::Load(e.to_string()))?;
-            for v in names.keys() {
-                enabled
-                    .set(*v, 1, 0)
-                    .map_err(|e| DropsError::Load(format!("enabling reason {v}: {e}")))?;
-            }
-        }
+        enable_reasons(&mut ebpf, &names)?;
         let map: BpfHashMap<MapData, DropKey, DropValue> = ebpf
             .take_map(MAP_DROPS)
             .ok_or_else(|| DropsError::Load(format!("map {MAP_DROPS} missing")))?
             .try_into()
             .map_err(|e: aya::maps::MapError| DropsError::Load(e.to_string()))?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut(PROG_KFREE_SKB)
-            .ok_or_else(|| DropsError::Load(format!("program {PROG_KFREE_SKB} missing")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| DropsError::Load(e.to_string()))?;
-        super::retry_interrupted_load(|| prog.load(TRACEPOINT_KFREE_SKB, &aya_btf))
-            .map_err(|e| DropsError::Load(format!("loading {PROG_KFREE_SKB}: {e}")))?;
-        prog.attach()
-            .map_err(|e| DropsError::Load(format!("attaching to {TRACEPOINT_KFREE_SKB}: {e}")))?;
+        attach_tracepoint(&mut ebpf, &aya_btf)?;
         tracing::info!(
             reasons = ?names.values().collect::<Vec<_>>(),
             ?offsets,

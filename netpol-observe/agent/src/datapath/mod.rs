@@ -206,10 +206,23 @@ struct Sweeper {
     reader: kernel::FlowMapReader,
 }
 
-/// The kernel's local-endpoint map and its generation (see [`MAP_LOCAL_ENDPOINTS_GEN`]).
+/// The userspace flow table and the counts of what fed it: the ring-buffer reader, the
+/// sweeper and [`Datapath::stats`] take them together.
+struct Table {
+    flows: FlowTable,
+    /// Ring-buffer events read.
+    events: u64,
+    /// Sweeps done.
+    sweeps: u64,
+}
+
+/// The kernel's local-endpoint map and its generation (see [`MAP_LOCAL_ENDPOINTS_GEN`]), with
+/// the addresses userspace put there ([`Datapath::set_local_endpoints`]; learned ones are the
+/// programs').
 struct LocalEndpoints {
     map: BpfHashMap<MapData, [u8; 16], LocalEndpoint>,
     generation: Array<MapData, u32>,
+    user: HashSet<[u8; 16]>,
 }
 
 impl LocalEndpoints {
@@ -232,11 +245,18 @@ impl LocalEndpoints {
     }
 }
 
+/// What the datapath's tasks share. Four locks, one per writer's domain; the order is
+/// `sweeper` or `local` first, then `table` or `attacher`, which are leaves: nothing is locked
+/// while either is held (the DNS ring's own lock aside, a leaf too).
+/// - `table`: the flow table, fed by the ring-buffer reader and the sweeper;
+/// - `sweeper`: the flow map's reader, held for a whole sweep (sweeps do not overlap);
+/// - `local`: the local-endpoint map and the addresses userspace put there;
+/// - `attacher`: the attached interfaces and the loaded object (the flush program).
 struct Shared {
     config: DatapathConfig,
     /// `config`'s interface patterns, compiled.
     interfaces: InterfaceFilter,
-    table: Mutex<FlowTable>,
+    table: Mutex<Table>,
     updates: broadcast::Sender<FlowUpdate>,
     /// DNS answers to pods ([`Datapath::subscribe_dns`]).
     dns: broadcast::Sender<DnsAnswer>,
@@ -245,16 +265,15 @@ struct Shared {
     attacher: Mutex<attach::Attacher>,
     sweeper: Mutex<Sweeper>,
     flusher: kernel::CacheFlusher,
-    counters: Mutex<PerCpuArray<MapData, u64>>,
+    /// The programs' counters (read only: per-CPU lookups need no lock).
+    counters: PerCpuArray<MapData, u64>,
     local: Mutex<LocalEndpoints>,
-    user_local: Mutex<HashSet<[u8; 16]>>,
-    stats: Mutex<DatapathStats>,
 }
 
 impl Shared {
     /// Runs the flush program on every CPU ([`kernel::CacheFlusher`]). The program is part of
-    /// the object the attacher owns, so the attacher's lock is held for the runs (it is taken
-    /// last: no path holds it while waiting for another lock).
+    /// the object the attacher owns, so the attacher's lock is held for the runs (a leaf: the
+    /// only lock this path takes while `sweeper` or `local` is held).
     fn flush_flow_cache(&self) -> std::io::Result<u32> {
         self.flusher.flush(lock(&self.attacher).ebpf())
     }
@@ -315,10 +334,14 @@ impl Datapath {
         let shared = Arc::new(Shared {
             dns_ring: Arc::new(dns::DnsRing::new(maps.dns_ring, dns_tx.clone())),
             dns: dns_tx,
-            table: Mutex::new({
-                let mut t = FlowTable::new(Clock::now(), node);
-                t.set_sockets(sockets);
-                t
+            table: Mutex::new(Table {
+                flows: {
+                    let mut t = FlowTable::new(Clock::now(), node);
+                    t.set_sockets(sockets);
+                    t
+                },
+                events: 0,
+                sweeps: 0,
             }),
             updates,
             attacher: Mutex::new(attacher),
@@ -327,15 +350,11 @@ impl Datapath {
                 reader: kernel::FlowMapReader::new(maps.flows_fd, config.flow_capacity),
             }),
             flusher,
-            counters: Mutex::new(maps.counters),
+            counters: maps.counters,
             local: Mutex::new(LocalEndpoints {
                 map: maps.local,
                 generation: maps.generation,
-            }),
-            user_local: Mutex::new(HashSet::new()),
-            stats: Mutex::new(DatapathStats {
-                flow_capacity: config.flow_capacity,
-                ..DatapathStats::default()
+                user: HashSet::new(),
             }),
             config,
             interfaces,
@@ -369,11 +388,11 @@ impl Datapath {
     /// packet to a local pod from another local pod is counted only at the sender's interface.
     pub fn set_local_endpoints(&self, ips: &[IpAddr]) -> Result<(), DatapathError> {
         let wanted: HashSet<[u8; 16]> = ips.iter().map(ip16).collect();
-        let mut user = lock(&self.shared.user_local);
         let mut local = lock(&self.shared.local);
+        let local = &mut *local;
         let mut removed = false;
-        let added = wanted.difference(&user).next().is_some();
-        for old in user.difference(&wanted) {
+        let added = wanted.difference(&local.user).next().is_some();
+        for old in local.user.difference(&wanted) {
             match local.map.remove(old) {
                 Ok(()) => removed = true,
                 Err(aya::maps::MapError::KeyNotFound) => {}
@@ -398,7 +417,7 @@ impl Datapath {
                     source: e.into(),
                 })?;
         }
-        *user = wanted;
+        local.user = wanted;
         if removed || added {
             // The programs' front entries of the flow map remember which endpoints were
             // local when they were filled: the flush empties them all.
@@ -414,7 +433,7 @@ impl Datapath {
 
     /// Every flow known (live and ended within `retention`), unattributed, oldest first.
     pub fn snapshot(&self) -> Vec<FlowRecord> {
-        lock(&self.shared.table).snapshot()
+        lock(&self.shared.table).flows.snapshot()
     }
 
     /// A stream of flow updates (new flows, deltas after each sweep, ends).
@@ -430,17 +449,20 @@ impl Datapath {
 
     /// The kernel-side counters summed over CPUs.
     pub fn kernel_counters(&self) -> Result<KernelCounters, DatapathError> {
-        KernelCounters::read(&lock(&self.shared.counters))
+        KernelCounters::read(&self.shared.counters)
     }
 
     /// Userspace counters: evictions, table sizes, sweeps.
     pub fn stats(&self) -> DatapathStats {
         let table = lock(&self.shared.table);
-        let mut s = *lock(&self.shared.stats);
-        s.evictions = table.evictions();
-        s.kernel_flows = table.live();
-        s.table_flows = table.len();
-        s
+        DatapathStats {
+            flow_capacity: self.shared.config.flow_capacity,
+            kernel_flows: table.flows.live(),
+            table_flows: table.flows.len(),
+            evictions: table.flows.evictions(),
+            sweeps: table.sweeps,
+            events: table.events,
+        }
     }
 
     /// The interfaces attached now.
@@ -475,10 +497,10 @@ impl Datapath {
         }
         let swept = sweep(&self.shared);
         let mut table = lock(&self.shared.table);
-        table.end_all();
-        broadcast_updates(&self.shared, &mut table);
+        table.flows.end_all();
+        broadcast_updates(&self.shared, &mut table.flows);
         swept?;
-        Ok(table.snapshot())
+        Ok(table.flows.snapshot())
     }
 }
 
@@ -644,12 +666,13 @@ fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) -> usize {
     }
     let mut table = lock(&shared.table);
     for ev in &events {
-        table.on_event(&ev.key, ev.kind, ev.ts_ns, ev.initiator, ev.dir);
+        table
+            .flows
+            .on_event(&ev.key, ev.kind, ev.ts_ns, ev.initiator, ev.dir);
     }
-    table.publish();
-    broadcast_updates(shared, &mut table);
-    drop(table);
-    lock(&shared.stats).events += events.len() as u64;
+    table.flows.publish();
+    table.events += events.len() as u64;
+    broadcast_updates(shared, &mut table.flows);
     events.len()
 }
 
@@ -728,7 +751,7 @@ fn sweep(shared: &Shared) -> Result<(), DatapathError> {
         let mut table = lock(&shared.table);
         for (k, v) in &entries {
             seen.insert(*k, v.first_seen_ns);
-            if table.on_sweep(k, v, now, idle_ns) == SweepAction::Expire {
+            if table.flows.on_sweep(k, v, now, idle_ns) == SweepAction::Expire {
                 expire.push(*k);
             }
         }
@@ -749,10 +772,11 @@ fn sweep(shared: &Shared) -> Result<(), DatapathError> {
     }
     drop(sweeper);
     let mut table = lock(&shared.table);
-    table.finish_sweep(&seen, &expired, start, now, idle_ns, retention_ns);
-    broadcast_updates(shared, &mut table);
-    drop(table);
-    lock(&shared.stats).sweeps += 1;
+    table
+        .flows
+        .finish_sweep(&seen, &expired, start, now, idle_ns, retention_ns);
+    table.sweeps += 1;
+    broadcast_updates(shared, &mut table.flows);
     Ok(())
 }
 
@@ -793,7 +817,7 @@ async fn follow_links(
                     let s = Arc::clone(&shared);
                     tokio::spawn(async move {
                         let sockets = scan_sockets().await;
-                        lock(&s.table).set_sockets(sockets);
+                        lock(&s.table).flows.set_sockets(sockets);
                     });
                 }
             }

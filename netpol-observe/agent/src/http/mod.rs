@@ -12,7 +12,7 @@
 //! A bad query parameter is a `400` naming it. `/api/v1/flows` answers with the most recent
 //! `limit` matching flows (oldest change first) and the header [`TRUNCATED_HEADER`]`: true` when
 //! more matched. The answer is streamed: the store is read in chunks of [`FLOWS_CHUNK`] flows,
-//! each copied under the store lock and serialised outside it, so neither the lock nor the
+//! each copied under the flows lock and serialised outside it, so neither the lock nor the
 //! memory grows with the answer. At most [`MAX_API_REQUESTS`] `/api/v1` answers are in progress
 //! at once; more get `503` with `Retry-After`.
 //!
@@ -439,7 +439,7 @@ async fn recommendations(
     let Some(_slot) = api.slot() else {
         return busy();
     };
-    // Every flow held, copied chunk by chunk (the store lock is held per chunk only); the
+    // Every flow held, copied chunk by chunk (the flows lock is held per chunk only); the
     // recommender needs the records, not the verdicts: it judges the denied ones with the
     // model's inventory, whose NetworkPolicies are the policies in force.
     let (ids, _) = state.select_flows(&FlowQuery::default());

@@ -270,6 +270,9 @@ impl Metrics {
         m.register()
     }
 
+    /// Registers every family with its help text in the registry.
+    // Long because: a flat table of registrations, one per family; splitting it would only
+    // scatter the list of what is exported.
     fn register(mut self) -> Self {
         let r = &mut self.registry;
         r.register(

@@ -119,92 +119,9 @@ impl KubeObject {
         value: crate::yaml::Value,
         validation: Validation,
     ) -> Result<(KubeObject, Vec<String>), InventoryError> {
-        let api_version = value
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
-        let kind = value
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
-        let meta = value.get("metadata");
-        let ns = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(|v| v.as_str());
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("<unnamed>");
-        let object = match ns {
-            Some(ns) => format!("{kind} {ns}/{name}"),
-            None if kind.is_empty() => format!("object {name}"),
-            None => format!("{kind} {name}"),
-        };
+        let (api_version, kind, object) = identify(&value);
         let mut unknown = Vec::new();
-        fn decode<T: serde::de::DeserializeOwned>(
-            value: crate::yaml::Value,
-            object: &str,
-            unknown: &mut Vec<String>,
-        ) -> Result<T, InventoryError> {
-            let mut track = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
-            let value: crate::yaml::ValueDeserializer<serde::de::value::Error> =
-                serde::de::IntoDeserializer::into_deserializer(value);
-            let de = serde_ignored::Deserializer::new(value, &mut track);
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let path = e.path().to_string();
-                invalid(
-                    object.to_owned(),
-                    if path == "." { "(object)".into() } else { path },
-                    e.into_inner().to_string(),
-                )
-            })
-        }
-        let u = &mut unknown;
-        let obj = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Namespace") => KubeObject::Namespace(decode(value, &object, u)?),
-            ("v1", "Pod") => KubeObject::Pod(decode(value, &object, u)?),
-            ("v1", "Service") => KubeObject::Service(decode(value, &object, u)?),
-            ("v1", "Node") => KubeObject::Node(decode(value, &object, u)?),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                KubeObject::EndpointSlice(decode(value, &object, u)?)
-            }
-            ("networking.k8s.io/v1", "NetworkPolicy") => {
-                KubeObject::NetworkPolicy(decode(value, &object, u)?)
-            }
-            ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
-                KubeObject::ClusterNetworkPolicy(decode(value, &object, u)?)
-            }
-            ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, &object, u)?),
-            ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, &object, u)?),
-            ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, &object, u)?),
-            ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(decode(value, &object, u)?),
-            ("batch/v1", "Job") => KubeObject::Job(decode(value, &object, u)?),
-            ("batch/v1", "CronJob") => KubeObject::CronJob(decode(value, &object, u)?),
-            ("", _) | (_, "") => {
-                return Err(invalid(
-                    object,
-                    if api_version.is_empty() {
-                        "apiVersion"
-                    } else {
-                        "kind"
-                    },
-                    "missing: every object needs apiVersion and kind",
-                ));
-            }
-            (av, k) => {
-                return Err(invalid(
-                    object,
-                    "kind",
-                    format!(
-                        "unknown kind {k:?} (apiVersion {av:?}); expected Namespace, Pod, Service, \
-                         Node, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, ReplicaSet, Deployment, StatefulSet, \
-                         DaemonSet, Job or CronJob"
-                    ),
-                ));
-            }
-        };
+        let obj = decode_kind(&api_version, &kind, value, &object, &mut unknown)?;
         match validation {
             Validation::Strict if !unknown.is_empty() => Err(InventoryError::UnknownFields {
                 origin: String::new(),
@@ -215,6 +132,111 @@ impl KubeObject {
             Validation::Warn => Ok((obj, unknown)),
         }
     }
+}
+
+/// An object's `apiVersion`, `kind` (empty when missing) and name as errors spell it
+/// (`Kind ns/name`, `Kind name`, or `object name` without kind).
+fn identify(value: &crate::yaml::Value) -> (String, String, String) {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let meta = value.get("metadata");
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|v| v.as_str());
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("<unnamed>");
+    let object = match ns {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None if kind.is_empty() => format!("object {name}"),
+        None => format!("{kind} {name}"),
+    };
+    (api_version, kind, object)
+}
+
+/// Decodes `value` as the Kubernetes type of `api_version`/`kind`; a missing `apiVersion` or
+/// `kind`, or a kind not known, is an error naming `object`. The fields the type does not know
+/// go to `unknown`.
+fn decode_kind(
+    api_version: &str,
+    kind: &str,
+    value: crate::yaml::Value,
+    object: &str,
+    u: &mut Vec<String>,
+) -> Result<KubeObject, InventoryError> {
+    Ok(match (api_version, kind) {
+        ("v1", "Namespace") => KubeObject::Namespace(decode(value, object, u)?),
+        ("v1", "Pod") => KubeObject::Pod(decode(value, object, u)?),
+        ("v1", "Service") => KubeObject::Service(decode(value, object, u)?),
+        ("v1", "Node") => KubeObject::Node(decode(value, object, u)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            KubeObject::EndpointSlice(decode(value, object, u)?)
+        }
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            KubeObject::NetworkPolicy(decode(value, object, u)?)
+        }
+        ("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy") => {
+            KubeObject::ClusterNetworkPolicy(decode(value, object, u)?)
+        }
+        ("apps/v1", "ReplicaSet") => KubeObject::ReplicaSet(decode(value, object, u)?),
+        ("apps/v1", "Deployment") => KubeObject::Deployment(decode(value, object, u)?),
+        ("apps/v1", "StatefulSet") => KubeObject::StatefulSet(decode(value, object, u)?),
+        ("apps/v1", "DaemonSet") => KubeObject::DaemonSet(decode(value, object, u)?),
+        ("batch/v1", "Job") => KubeObject::Job(decode(value, object, u)?),
+        ("batch/v1", "CronJob") => KubeObject::CronJob(decode(value, object, u)?),
+        ("", _) | (_, "") => {
+            return Err(invalid(
+                object.to_owned(),
+                if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                },
+                "missing: every object needs apiVersion and kind",
+            ));
+        }
+        (av, k) => {
+            return Err(invalid(
+                object.to_owned(),
+                "kind",
+                format!(
+                    "unknown kind {k:?} (apiVersion {av:?}); expected Namespace, Pod, Service, \
+                     Node, EndpointSlice, NetworkPolicy, ClusterNetworkPolicy, ReplicaSet, Deployment, StatefulSet, \
+                     DaemonSet, Job or CronJob"
+                ),
+            ));
+        }
+    })
+}
+
+/// Decodes `value` as `T`: a field of the wrong type is an error naming `object` and the field
+/// path; the fields `T` does not know go to `unknown`.
+fn decode<T: serde::de::DeserializeOwned>(
+    value: crate::yaml::Value,
+    object: &str,
+    unknown: &mut Vec<String>,
+) -> Result<T, InventoryError> {
+    let mut track = |path: serde_ignored::Path<'_>| unknown.push(field_path(&path));
+    let value: crate::yaml::ValueDeserializer<serde::de::value::Error> =
+        serde::de::IntoDeserializer::into_deserializer(value);
+    let de = serde_ignored::Deserializer::new(value, &mut track);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        invalid(
+            object.to_owned(),
+            if path == "." { "(object)".into() } else { path },
+            e.into_inner().to_string(),
+        )
+    })
 }
 
 /// A field path as the errors spell it: `spec.ingress[0].from[1].podSelectr`.

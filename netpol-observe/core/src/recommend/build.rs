@@ -551,6 +551,10 @@ struct EdgePeer<'p> {
     names: Option<&'p BTreeSet<&'p str>>,
 }
 
+/// Adds the other end of an edge to a direction on its ports: a workload as its pods (or their
+/// addresses), a node as its address, a Service without selector as its endpoints on their
+/// ports, an external address to the direction's external addresses (or, for DNS and platform
+/// addresses, as a host block).
 fn add_edge_peer(
     obs: &Observations<'_>,
     cx: &Context<'_>,
@@ -561,105 +565,139 @@ fn add_edge_peer(
 ) {
     let mut ports: Vec<PortKey> = ports.to_vec();
     let specs: Vec<PeerSpec> = match edge.peer {
-        PeerKey::Workload(p) => {
-            let pw = &obs.workloads[p as usize];
-            match pw.selector.filter(|s| !s.is_empty()) {
-                Some(labels) => vec![PeerSpec::Pods {
-                    namespace: (pw.namespace != edge.policy_ns).then(|| pw.namespace.to_owned()),
-                    labels: labels.clone(),
-                }],
-                None => {
-                    notes.push(format!(
-                        "{}/{} {}: no selector labels; as a peer it is written as its observed pod addresses",
-                        pw.namespace, pw.kind, pw.name
-                    ));
-                    pw.ips.iter().map(|ip| host_block(*ip)).collect()
-                }
-            }
-        }
+        PeerKey::Workload(p) => workload_peer(&obs.workloads[p as usize], edge, notes),
         PeerKey::Node(_, ip) => vec![host_block(ip)],
         PeerKey::Endpoints(ns, name) => {
             let Some(eps) = cx.endpoints.get(&(ns.to_owned(), name.to_owned())) else {
                 return; // observe only makes this peer for Services with endpoints
             };
-            // The Service port → the port the endpoints receive on (the DNAT's target).
-            ports = ports
-                .into_iter()
-                .map(|p| match p {
-                    Some((proto, PortVal::Number(n))) => {
-                        Some((proto, PortVal::Number(eps.port_for(n, proto).unwrap_or(n))))
-                    }
-                    other => other,
-                })
-                .collect();
-            let what = if (ns, name) == ("default", "kubernetes") {
-                "the API server (Service default/kubernetes)".to_owned()
-            } else {
-                format!("Service {ns}/{name} (no selector)")
-            };
-            let addrs: Vec<String> = eps.addresses.iter().map(ToString::to_string).collect();
-            let port_list: Vec<String> = ports.iter().map(port_text).collect();
-            dir.platform.insert(format!(
-                "{} to {what}: its endpoints {} on {}",
-                edge.direction,
-                addrs.join(", "),
-                port_list.join(", ")
-            ));
-            eps.addresses.iter().map(|ip| host_block(*ip)).collect()
+            ports = endpoint_ports(ports, eps);
+            endpoints_peer(dir, edge, (ns, name), eps, &ports)
         }
-        PeerKey::External(subnet, ip) => {
-            let platform = platform_address(ip);
-            if let Some(kind) = platform {
-                let what = if edge.dns {
-                    format!("DNS at {kind} {ip}")
-                } else {
-                    format!("{kind} {ip} (observed)")
-                };
-                let port_list: Vec<String> = ports.iter().map(port_text).collect();
-                dir.platform.insert(format!(
-                    "{} {what} on {}",
-                    edge.direction,
-                    port_list.join(", ")
-                ));
-            }
-            if edge.dns || platform.is_some() {
-                vec![host_block(ip)]
-            } else {
-                let names: BTreeSet<String> = edge
-                    .names
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|n| {
-                        let name = dns_names::normalize(n);
-                        if name.is_none() {
-                            notes.push(format!(
-                                "DNS name {n:?} of {ip} is not a valid name: left out of the evidence"
-                            ));
-                        }
-                        name
-                    })
-                    .collect();
-                for port in &ports {
-                    dir.external
-                        .entry(port.clone())
-                        .or_default()
-                        .insert((subnet.to_owned(), ip));
-                    if !names.is_empty() {
-                        dir.names
-                            .entry((port.clone(), ip))
-                            .or_default()
-                            .extend(names.iter().cloned());
-                    }
-                }
-                Vec::new()
-            }
-        }
+        PeerKey::External(subnet, ip) => external_peer(dir, edge, (subnet, ip), &ports, notes),
     };
     for spec in specs {
         for port in &ports {
             add_peer(&mut dir.peers, spec.clone(), port.clone());
         }
     }
+}
+
+/// A workload peer: its pods by selector labels (with its namespace when not the policy's), or,
+/// without selector labels, its observed pod addresses (noted).
+fn workload_peer(
+    pw: &WorkloadObs<'_>,
+    edge: &EdgePeer<'_>,
+    notes: &mut Vec<String>,
+) -> Vec<PeerSpec> {
+    match pw.selector.filter(|s| !s.is_empty()) {
+        Some(labels) => vec![PeerSpec::Pods {
+            namespace: (pw.namespace != edge.policy_ns).then(|| pw.namespace.to_owned()),
+            labels: labels.clone(),
+        }],
+        None => {
+            notes.push(format!(
+                "{}/{} {}: no selector labels; as a peer it is written as its observed pod addresses",
+                pw.namespace, pw.kind, pw.name
+            ));
+            pw.ips.iter().map(|ip| host_block(*ip)).collect()
+        }
+    }
+}
+
+/// The Service ports → the ports the endpoints receive on (the DNAT's target); named ports and
+/// all-ports stay.
+fn endpoint_ports(ports: Vec<PortKey>, eps: &AddressEndpoints) -> Vec<PortKey> {
+    ports
+        .into_iter()
+        .map(|p| match p {
+            Some((proto, PortVal::Number(n))) => {
+                Some((proto, PortVal::Number(eps.port_for(n, proto).unwrap_or(n))))
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// A Service without selector (`(namespace, name)`): its endpoint addresses as host blocks,
+/// recorded as a platform peer on `ports` (the endpoints' ports).
+fn endpoints_peer(
+    dir: &mut Direction,
+    edge: &EdgePeer<'_>,
+    (ns, name): (&str, &str),
+    eps: &AddressEndpoints,
+    ports: &[PortKey],
+) -> Vec<PeerSpec> {
+    let what = if (ns, name) == ("default", "kubernetes") {
+        "the API server (Service default/kubernetes)".to_owned()
+    } else {
+        format!("Service {ns}/{name} (no selector)")
+    };
+    let addrs: Vec<String> = eps.addresses.iter().map(ToString::to_string).collect();
+    let port_list: Vec<String> = ports.iter().map(port_text).collect();
+    dir.platform.insert(format!(
+        "{} to {what}: its endpoints {} on {}",
+        edge.direction,
+        addrs.join(", "),
+        port_list.join(", ")
+    ));
+    eps.addresses.iter().map(|ip| host_block(*ip)).collect()
+}
+
+/// An external address (`(subnet, ip)`): a platform address (recorded as a platform peer) or a
+/// DNS server as its host block; any other is added to the direction's external addresses per
+/// port, with the DNS names its clients resolved (for the evidence), and gives no peer here.
+fn external_peer(
+    dir: &mut Direction,
+    edge: &EdgePeer<'_>,
+    (subnet, ip): (&str, IpAddr),
+    ports: &[PortKey],
+    notes: &mut Vec<String>,
+) -> Vec<PeerSpec> {
+    let platform = platform_address(ip);
+    if let Some(kind) = platform {
+        let what = if edge.dns {
+            format!("DNS at {kind} {ip}")
+        } else {
+            format!("{kind} {ip} (observed)")
+        };
+        let port_list: Vec<String> = ports.iter().map(port_text).collect();
+        dir.platform.insert(format!(
+            "{} {what} on {}",
+            edge.direction,
+            port_list.join(", ")
+        ));
+    }
+    if edge.dns || platform.is_some() {
+        return vec![host_block(ip)];
+    }
+    let names: BTreeSet<String> = edge
+        .names
+        .into_iter()
+        .flatten()
+        .filter_map(|n| {
+            let name = dns_names::normalize(n);
+            if name.is_none() {
+                notes.push(format!(
+                    "DNS name {n:?} of {ip} is not a valid name: left out of the evidence"
+                ));
+            }
+            name
+        })
+        .collect();
+    for port in ports {
+        dir.external
+            .entry(port.clone())
+            .or_default()
+            .insert((subnet.to_owned(), ip));
+        if !names.is_empty() {
+            dir.names
+                .entry((port.clone(), ip))
+                .or_default()
+                .extend(names.iter().cloned());
+        }
+    }
+    Vec::new()
 }
 
 fn host_block(ip: IpAddr) -> PeerSpec {

@@ -259,36 +259,8 @@ fn write_line(out: &mut impl Write, line: &Wire) -> anyhow::Result<()> {
 /// a line on `start`, then writes the stream of pod changes at the configured rate.
 pub fn produce(config: &Config, out: impl Write, mut start: impl BufRead) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, out);
-    let mut inv = synth::cluster(config.namespaces, config.pods, config.seed);
-    inv.network_policies = synth::policies(config.policies, config.namespaces, config.seed);
-    netpol_observe_core::inventory::build::finish(&mut inv);
-    for ns in inv.namespaces.values() {
-        let obj = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.name.clone()),
-                labels: Some(
-                    ns.labels
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        write_line(&mut out, &Wire::Namespace(Box::new(obj)))?;
-    }
-    for np in &inv.network_policies {
-        write_line(&mut out, &Wire::Policy(Box::new(np.clone())))?;
-    }
     let mut version = 1u64;
-    let mut objects: HashMap<String, Pod> = HashMap::new();
-    for p in inv.pods.iter().filter(|p| p.deleted.is_none()) {
-        let obj = pod_object(p, version);
-        objects.insert(p.uid.to_string(), obj.clone());
-        write_line(&mut out, &Wire::Pod(Box::new(obj)))?;
-    }
-    drop(inv);
+    let mut objects = write_initial_lists(config, version, &mut out)?;
     write_line(&mut out, &Wire::Listed)?;
     out.flush()?;
     let mut go = String::new();
@@ -307,61 +279,112 @@ pub fn produce(config: &Config, out: impl Write, mut start: impl BufRead) -> any
             std::thread::sleep(wait);
         }
         version += 1;
-        let i = rng.below(live_uids.len());
-        let ip = format!(
-            "10.{}.{}.{}",
-            200 + (serial >> 16) % 50,
-            (serial >> 8) & 255,
-            serial & 255
-        );
-        let line = match rng.below(4) {
-            0 => {
-                let mut obj = objects[&live_uids[i]].clone();
-                let uid = format!("churn-{serial}");
-                obj.metadata.uid = Some(uid.clone());
-                obj.metadata.name = Some(format!("churn-{serial}"));
-                obj.metadata.creation_timestamp = Some(Time(jiff::Timestamp::now()));
-                if let Some(s) = obj.status.as_mut() {
-                    s.pod_ip = Some(ip.clone());
-                    s.pod_ips = Some(vec![PodIP { ip }]);
-                }
-                obj.metadata.resource_version = Some(version.to_string());
-                live_uids.push(uid.clone());
-                objects.insert(uid, obj.clone());
-                Wire::Apply(Box::new(obj))
-            }
-            1 => {
-                let uid = live_uids.swap_remove(i);
-                Wire::Delete(Box::new(objects.remove(&uid).unwrap_or_default()))
-            }
-            2 => {
-                let uid = &live_uids[i];
-                let obj = objects.get_mut(uid).context("a live pod")?;
-                if let Some(l) = obj.metadata.labels.as_mut() {
-                    let app = rng.below(10);
-                    l.insert("app".into(), format!("app-{app}"));
-                    l.insert("tier".into(), ["web", "api", "db"][app % 3].into());
-                }
-                obj.metadata.resource_version = Some(version.to_string());
-                Wire::Apply(Box::new(obj.clone()))
-            }
-            _ => {
-                let uid = &live_uids[i];
-                let obj = objects.get_mut(uid).context("a live pod")?;
-                if let Some(s) = obj.status.as_mut() {
-                    s.pod_ip = Some(ip.clone());
-                    s.pod_ips = Some(vec![PodIP { ip }]);
-                }
-                obj.metadata.resource_version = Some(version.to_string());
-                Wire::Apply(Box::new(obj.clone()))
-            }
-        };
+        let line = change(serial, version, &mut rng, &mut live_uids, &mut objects)?;
         write_line(&mut out, &line)?;
         out.flush()?;
     }
     write_line(&mut out, &Wire::Done)?;
     out.flush()?;
     Ok(())
+}
+
+/// Writes the synthetic cluster's initial lists (namespaces, policies, live pods at resource
+/// version `version`); returns the pods written by uid.
+fn write_initial_lists(
+    config: &Config,
+    version: u64,
+    out: &mut impl Write,
+) -> anyhow::Result<HashMap<String, Pod>> {
+    let mut inv = synth::cluster(config.namespaces, config.pods, config.seed);
+    inv.network_policies = synth::policies(config.policies, config.namespaces, config.seed);
+    netpol_observe_core::inventory::build::finish(&mut inv);
+    for ns in inv.namespaces.values() {
+        let obj = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.name.clone()),
+                labels: Some(
+                    ns.labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        write_line(out, &Wire::Namespace(Box::new(obj)))?;
+    }
+    for np in &inv.network_policies {
+        write_line(out, &Wire::Policy(Box::new(np.clone())))?;
+    }
+    let mut objects: HashMap<String, Pod> = HashMap::new();
+    for p in inv.pods.iter().filter(|p| p.deleted.is_none()) {
+        let obj = pod_object(p, version);
+        objects.insert(p.uid.to_string(), obj.clone());
+        write_line(out, &Wire::Pod(Box::new(obj)))?;
+    }
+    Ok(objects)
+}
+
+/// Change number `serial` of the stream, at resource version `version`, on a live pod drawn
+/// from `live_uids`: a new pod copied from it (one in four), its deletion, new labels, or a
+/// new address; `live_uids` and `objects` follow.
+fn change(
+    serial: usize,
+    version: u64,
+    rng: &mut synth::Rng,
+    live_uids: &mut Vec<String>,
+    objects: &mut HashMap<String, Pod>,
+) -> anyhow::Result<Wire> {
+    let i = rng.below(live_uids.len());
+    let ip = format!(
+        "10.{}.{}.{}",
+        200 + (serial >> 16) % 50,
+        (serial >> 8) & 255,
+        serial & 255
+    );
+    Ok(match rng.below(4) {
+        0 => {
+            let mut obj = objects[&live_uids[i]].clone();
+            let uid = format!("churn-{serial}");
+            obj.metadata.uid = Some(uid.clone());
+            obj.metadata.name = Some(format!("churn-{serial}"));
+            obj.metadata.creation_timestamp = Some(Time(jiff::Timestamp::now()));
+            if let Some(s) = obj.status.as_mut() {
+                s.pod_ip = Some(ip.clone());
+                s.pod_ips = Some(vec![PodIP { ip }]);
+            }
+            obj.metadata.resource_version = Some(version.to_string());
+            live_uids.push(uid.clone());
+            objects.insert(uid, obj.clone());
+            Wire::Apply(Box::new(obj))
+        }
+        1 => {
+            let uid = live_uids.swap_remove(i);
+            Wire::Delete(Box::new(objects.remove(&uid).unwrap_or_default()))
+        }
+        2 => {
+            let uid = &live_uids[i];
+            let obj = objects.get_mut(uid).context("a live pod")?;
+            if let Some(l) = obj.metadata.labels.as_mut() {
+                let app = rng.below(10);
+                l.insert("app".into(), format!("app-{app}"));
+                l.insert("tier".into(), ["web", "api", "db"][app % 3].into());
+            }
+            obj.metadata.resource_version = Some(version.to_string());
+            Wire::Apply(Box::new(obj.clone()))
+        }
+        _ => {
+            let uid = &live_uids[i];
+            let obj = objects.get_mut(uid).context("a live pod")?;
+            if let Some(s) = obj.status.as_mut() {
+                s.pod_ip = Some(ip.clone());
+                s.pod_ips = Some(vec![PodIP { ip }]);
+            }
+            obj.metadata.resource_version = Some(version.to_string());
+            Wire::Apply(Box::new(obj.clone()))
+        }
+    })
 }
 
 /// What a pending change waits for in a model.
@@ -712,5 +735,73 @@ async fn stream(
             });
         }
         feed.pod(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The producer's stream: the initial lists, `Listed`, then `rate × seconds` changes drawn
+    /// from the seed, then `Done` — the same stream for the same seed (creation times aside).
+    #[test]
+    fn the_stream_is_the_lists_then_the_seeded_changes() {
+        let config = Config {
+            pods: 40,
+            policies: 4,
+            namespaces: 3,
+            rate: 400,
+            seconds: 1,
+            mode: Mode::Incremental,
+            seed: 7,
+            debounce: Duration::ZERO,
+        };
+        let stream = || {
+            let mut out = Vec::new();
+            produce(&config, &mut out, &b"go\n"[..]).unwrap();
+            let lines: Vec<Wire> = String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            lines
+        };
+        let lines = stream();
+        let kind = |w: &Wire| match w {
+            Wire::Namespace(_) => "namespace",
+            Wire::Policy(_) => "policy",
+            Wire::Pod(_) => "pod",
+            Wire::Listed => "listed",
+            Wire::Apply(_) => "apply",
+            Wire::Delete(_) => "delete",
+            Wire::Done => "done",
+        };
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for l in &lines {
+            *counts.entry(kind(l)).or_default() += 1;
+        }
+        let listed = lines.iter().position(|l| matches!(l, Wire::Listed));
+        assert_eq!(
+            listed,
+            Some(counts["namespace"] + counts["policy"] + counts["pod"])
+        );
+        assert_eq!(counts["policy"], 4);
+        assert_eq!(counts["apply"] + counts["delete"], 400);
+        assert!(matches!(lines.last(), Some(Wire::Done)));
+        // The same seed, the same stream (the new pods' creation times aside).
+        let names = |lines: &[Wire]| -> Vec<(String, Option<String>, Option<String>)> {
+            lines
+                .iter()
+                .map(|l| match l {
+                    Wire::Pod(p) | Wire::Apply(p) | Wire::Delete(p) => (
+                        kind(l).to_owned(),
+                        p.metadata.name.clone(),
+                        p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                    ),
+                    other => (kind(other).to_owned(), None, None),
+                })
+                .collect()
+        };
+        assert_eq!(names(&lines), names(&stream()));
     }
 }

@@ -191,6 +191,9 @@ fn own_node_policy(
     }
 }
 
+/// One NetworkPolicy as a CiliumNetworkPolicy: its ingress and egress peers in Cilium's terms,
+/// the pod's own-node egress as the entity `host`, the DNS rule `toFQDNs` needs, and what was
+/// written differently noted in the platform annotation.
 fn translate(
     p: &NetworkPolicy,
     hints: &PolicyHints,
@@ -210,48 +213,29 @@ fn translate(
     let types = spec.policy_types.clone().unwrap_or_default();
     let mut notes: Vec<String> = Vec::new();
 
-    let mut ingress: BTreeMap<Peer, Ports> = BTreeMap::new();
-    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
-        let ports = ports_of(rule.ports.as_deref())
-            .map_err(|what| err(format!("spec.ingress[{i}].ports"), what))?;
-        for (j, peer) in rule.from.iter().flatten().enumerate() {
-            let field = format!("spec.ingress[{i}].from[{j}]");
-            for port in &ports {
-                for peer in peers_of(peer, port.as_ref(), None, cluster, &mut notes)
-                    .map_err(|what| err(field.clone(), what))?
-                {
-                    add(&mut ingress, peer, port.as_ref());
-                }
-            }
-        }
-    }
-    let mut egress: BTreeMap<Peer, Ports> = BTreeMap::new();
-    for (i, rule) in spec.egress.iter().flatten().enumerate() {
-        let ports = ports_of(rule.ports.as_deref())
-            .map_err(|what| err(format!("spec.egress[{i}].ports"), what))?;
-        for (j, peer) in rule.to.iter().flatten().enumerate() {
-            let field = format!("spec.egress[{i}].to[{j}]");
-            for port in &ports {
-                for peer in peers_of(peer, port.as_ref(), Some(hints), cluster, &mut notes)
-                    .map_err(|what| err(field.clone(), what))?
-                {
-                    add(&mut egress, peer, port.as_ref());
-                }
-            }
-        }
-    }
-    for port in &hints.own_node_egress {
-        let port = port.as_ref().map(|(proto, n)| PortProtocol {
-            port: n.clone(),
-            protocol: Some(proto.as_str().to_owned()),
-        });
-        add(&mut egress, Peer::Entity(Entity::Host), port.as_ref());
-        notes.push(format!(
-            "egress to the pod's own node on {} (always allowed by NetworkPolicy) as the entity host",
-            port.as_ref()
-                .map_or_else(|| "all ports".to_owned(), |p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("ANY")))
-        ));
-    }
+    let ingress = direction_peers(
+        spec.ingress
+            .iter()
+            .flatten()
+            .map(|r| (r.ports.as_deref(), r.from.as_deref())),
+        ("spec.ingress", "from"),
+        None,
+        cluster,
+        &mut notes,
+        &err,
+    )?;
+    let mut egress = direction_peers(
+        spec.egress
+            .iter()
+            .flatten()
+            .map(|r| (r.ports.as_deref(), r.to.as_deref())),
+        ("spec.egress", "to"),
+        Some(hints),
+        cluster,
+        &mut notes,
+        &err,
+    )?;
+    add_own_node_egress(hints, &mut egress, &mut notes);
 
     let fqdn = egress.keys().any(|p| matches!(p, Peer::Fqdn(_)));
     let ingress_rules = ingress_rules(ingress);
@@ -264,18 +248,7 @@ fn translate(
         );
     }
     let mut metadata = p.metadata.clone();
-    if !notes.is_empty() {
-        notes.sort();
-        notes.dedup();
-        let ann = metadata.annotations.get_or_insert_with(BTreeMap::new);
-        let key = annotations::PLATFORM.to_owned();
-        let mut list: Vec<String> = ann
-            .get(&key)
-            .map(|v| v.split("; ").map(str::to_owned).collect())
-            .unwrap_or_default();
-        list.extend(notes);
-        ann.insert(key, list.join("; "));
-    }
+    annotate(&mut metadata, notes);
     let direction = |name: &str| types.iter().any(|t| t == name);
     Ok(CiliumNetworkPolicy {
         api_version: API_VERSION.to_owned(),
@@ -300,6 +273,82 @@ fn translate(
             }),
         },
     })
+}
+
+/// The Cilium peers of one direction's rules, with their ports: `rules` yields each rule's
+/// `(ports, from|to)`, `(field, peers_field)` name them in errors (`spec.ingress`, `from`),
+/// `hints` are the egress hints (`None` for ingress).
+fn direction_peers<'r>(
+    rules: impl Iterator<
+        Item = (
+            Option<&'r [NetworkPolicyPort]>,
+            Option<&'r [NetworkPolicyPeer]>,
+        ),
+    >,
+    (field, peers_field): (&str, &str),
+    hints: Option<&PolicyHints>,
+    cluster: &Cluster,
+    notes: &mut Vec<String>,
+    err: &impl Fn(String, String) -> CiliumError,
+) -> Result<BTreeMap<Peer, Ports>, CiliumError> {
+    let mut out: BTreeMap<Peer, Ports> = BTreeMap::new();
+    for (i, (rule_ports, rule_peers)) in rules.enumerate() {
+        let ports =
+            ports_of(rule_ports).map_err(|what| err(format!("{field}[{i}].ports"), what))?;
+        for (j, peer) in rule_peers.into_iter().flatten().enumerate() {
+            let field = format!("{field}[{i}].{peers_field}[{j}]");
+            for port in &ports {
+                for peer in peers_of(peer, port.as_ref(), hints, cluster, notes)
+                    .map_err(|what| err(field.clone(), what))?
+                {
+                    add(&mut out, peer, port.as_ref());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The pod's egress to its own node (always allowed by NetworkPolicy, so not in its rules) as
+/// the entity `host` on its ports, each noted.
+fn add_own_node_egress(
+    hints: &PolicyHints,
+    egress: &mut BTreeMap<Peer, Ports>,
+    notes: &mut Vec<String>,
+) {
+    for port in &hints.own_node_egress {
+        let port = port.as_ref().map(|(proto, n)| PortProtocol {
+            port: n.clone(),
+            protocol: Some(proto.as_str().to_owned()),
+        });
+        add(egress, Peer::Entity(Entity::Host), port.as_ref());
+        notes.push(format!(
+            "egress to the pod's own node on {} (always allowed by NetworkPolicy) as the entity host",
+            port.as_ref()
+                .map_or_else(|| "all ports".to_owned(), |p| format!("{}/{}", p.port, p.protocol.as_deref().unwrap_or("ANY")))
+        ));
+    }
+}
+
+/// Appends the notes (sorted, without duplicates) to the policy's platform annotation, after
+/// the ones it has; nothing when there are none.
+fn annotate(
+    metadata: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    mut notes: Vec<String>,
+) {
+    if notes.is_empty() {
+        return;
+    }
+    notes.sort();
+    notes.dedup();
+    let ann = metadata.annotations.get_or_insert_with(BTreeMap::new);
+    let key = annotations::PLATFORM.to_owned();
+    let mut list: Vec<String> = ann
+        .get(&key)
+        .map(|v| v.split("; ").map(str::to_owned).collect())
+        .unwrap_or_default();
+    list.extend(notes);
+    ann.insert(key, list.join("; "));
 }
 
 /// The ports of a NetworkPolicy rule: `[None]` for every port.

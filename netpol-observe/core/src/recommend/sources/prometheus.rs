@@ -255,7 +255,10 @@ struct Connection {
     unenforced_policies: BTreeSet<String>,
 }
 
-/// The workload-level flow of series `i` (`s`), or `None` with a note.
+/// The workload-level flow of series `i` (`s`), or `None` with a note: its protocol and port,
+/// its source and destination workloads (an unattributed destination as the only Service
+/// without selector serving the port, a public peer as `world`), a destination reached
+/// through a Service as that Service's ClusterIP.
 fn place(
     s: &PromSample,
     i: usize,
@@ -265,7 +268,7 @@ fn place(
     window: SignedDuration,
     notes: &mut Vec<String>,
 ) -> Option<FlowRecord> {
-    let get = |k: &str| s.metric.get(k).map(String::as_str).unwrap_or_default();
+    let get = |k: &str| label(s, k);
     let Ok(protocol) = get("protocol").parse::<Protocol>() else {
         notes.push(format!(
             "{origin}: series {i}: protocol {:?} unknown, skipped",
@@ -289,38 +292,11 @@ fn place(
         get("dst_kind"),
         get("dst_workload"),
     );
-    // An unattributed destination is a ClusterIP without backend pods: when exactly one
-    // selector-less Service of the inventory serves the port (the API server behind
-    // `default/kubernetes`, a database registered as a Service), it is that Service.
     let dst = dst.or_else(|| {
-        if get("dst_namespace").is_empty() && get("dst_kind") == "Unknown" {
-            let (ep, svc) = address_service(inventory, port?, protocol)?;
-            notes.push(format!(
-                "{origin}: series {i}: unattributed destination port {} taken as Service {svc}, the only Service without selector serving it",
-                port.unwrap_or_default()
-            ));
-            Some((ep, None))
-        } else {
-            None
-        }
+        address_destination(s, (i, origin), inventory, port, protocol, notes).map(|ep| (ep, None))
     });
-    // A public peer (`world`, either side): its addresses are not in the series. The
-    // unspecified address stands for them: the recommender allows the whole Internet except
-    // private and cluster ranges for it, as for a public entry point (a workload behind a
-    // NodePort/LoadBalancer Service) or more public addresses than `--world-threshold`, and
-    // says so in `netpol-observe.io/aggregation`.
-    let world = |side: &str| {
-        (get(&format!("{side}_namespace")).is_empty()
-            && get(&format!("{side}_kind")) == "Subnet"
-            && get(&format!("{side}_workload")) == "world")
-            .then(|| {
-                let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
-                ep.subnet = Some("world".to_owned());
-                (ep, None)
-            })
-    };
-    let dst = dst.or_else(|| world("dst"));
-    let src = src.or_else(|| world("src"));
+    let dst = dst.or_else(|| world(s, "dst"));
+    let src = src.or_else(|| world(s, "src"));
     let (Some(src), Some((mut dst, dst_pod))) = (src.map(|e| e.0), dst) else {
         notes.push(format!(
             "{origin}: series {i} ({}/{} -> {}/{}): peer not in the inventory or an unnamed subnet, skipped",
@@ -332,8 +308,72 @@ fn place(
         return None;
     };
     dst.port = port;
-    if let (Some(pod), Some(p)) = (dst_pod, port)
-        && protocol.has_ports()
+    if let (Some(pod), Some(p)) = (dst_pod, port) {
+        through_service(&mut dst, pod, (protocol, p), inventory);
+    }
+    let mut f = FlowRecord::new(protocol, src.ip, dst.ip, port);
+    f.src = src;
+    f.dst = dst;
+    f.last_seen = at;
+    f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
+    Some(f)
+}
+
+/// The value of label `k` of a series (empty when it has none).
+fn label<'s>(s: &'s PromSample, k: &str) -> &'s str {
+    s.metric.get(k).map(String::as_str).unwrap_or_default()
+}
+
+/// An unattributed destination is a ClusterIP without backend pods: when exactly one
+/// selector-less Service of the inventory serves the port (the API server behind
+/// `default/kubernetes`, a database registered as a Service), it is that Service (noted, the
+/// series named by `(i, origin)`).
+fn address_destination(
+    s: &PromSample,
+    (i, origin): (usize, &str),
+    inventory: &Inventory,
+    port: Option<u16>,
+    protocol: Protocol,
+    notes: &mut Vec<String>,
+) -> Option<Endpoint> {
+    if label(s, "dst_namespace").is_empty() && label(s, "dst_kind") == "Unknown" {
+        let (ep, svc) = address_service(inventory, port?, protocol)?;
+        notes.push(format!(
+            "{origin}: series {i}: unattributed destination port {} taken as Service {svc}, the only Service without selector serving it",
+            port.unwrap_or_default()
+        ));
+        Some(ep)
+    } else {
+        None
+    }
+}
+
+/// A public peer (`world`) on `side` (`src` or `dst`): its addresses are not in the series.
+/// The unspecified address stands for them: the recommender allows the whole Internet except
+/// private and cluster ranges for it, as for a public entry point (a workload behind a
+/// NodePort/LoadBalancer Service) or more public addresses than `--world-threshold`, and says
+/// so in `netpol-observe.io/aggregation`.
+fn world<'i>(s: &PromSample, side: &str) -> Option<(Endpoint, Option<&'i PodInfo>)> {
+    (label(s, &format!("{side}_namespace")).is_empty()
+        && label(s, &format!("{side}_kind")) == "Subnet"
+        && label(s, &format!("{side}_workload")) == "world")
+        .then(|| {
+            let mut ep = Endpoint::bare(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), None);
+            ep.subnet = Some("world".to_owned());
+            (ep, None)
+        })
+}
+
+/// A destination pod reached on a port none of its containers declares went through a
+/// Service: the first Service of its namespace with a ClusterIP, that port and a selector
+/// matching the pod becomes the destination (its first ClusterIP).
+fn through_service(
+    dst: &mut Endpoint,
+    pod: &PodInfo,
+    (protocol, p): (Protocol, u16),
+    inventory: &Inventory,
+) {
+    if protocol.has_ports()
         && !pod
             .container_ports
             .iter()
@@ -358,12 +398,6 @@ fn place(
             name: svc.name.clone(),
         });
     }
-    let mut f = FlowRecord::new(protocol, src.ip, dst.ip, port);
-    f.src = src;
-    f.dst = dst;
-    f.last_seen = at;
-    f.first_seen = at.and_then(|t| t.checked_sub(window).ok());
-    Some(f)
 }
 
 /// The only Service without selector (address endpoints) with a ClusterIP serving

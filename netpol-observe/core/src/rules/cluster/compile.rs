@@ -6,7 +6,8 @@ use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::types::{
-    Action, ClusterNetworkPolicy, EgressPeer, NamespacedPod, ProtocolMatch, ProtocolPort, Tier,
+    Action, ClusterNetworkPolicy, EgressPeer, EgressRule, IngressRule, NamespacedPod,
+    ProtocolMatch, ProtocolPort, Tier,
 };
 use crate::{
     flow::Protocol,
@@ -225,76 +226,12 @@ pub(crate) fn compile(policy: &ClusterNetworkPolicy) -> Result<CompiledCnp, Poli
         }
     }
     let id = policy.id();
-    let mut ingress = Vec::new();
-    for (i, r) in spec.ingress.iter().enumerate() {
-        let field = format!("spec.ingress[{i}]");
-        check_rule_name(policy, r.name.as_deref(), &field)?;
-        check_count(policy, r.from.len(), &format!("{field}.from"))?;
-        let mut peers = Vec::new();
-        for (j, p) in r.from.iter().enumerate() {
-            let pf = format!("{field}.from[{j}]");
-            peers.push(match (&p.namespaces, &p.pods) {
-                (Some(ns), None) => {
-                    Peer::Pods(namespaces_match(policy, ns, &format!("{pf}.namespaces"))?)
-                }
-                (None, Some(pods)) => Peer::Pods(pod_match(policy, pods, &format!("{pf}.pods"))?),
-                _ => {
-                    return Err(fail(
-                        policy,
-                        pf,
-                        "exactly one of namespaces or pods must be set",
-                    ));
-                }
-            });
-        }
-        ingress.push(Rule {
-            action: r.action,
-            peers,
-            ports: compile_protocols(
-                policy,
-                r.protocols.as_deref(),
-                &format!("{field}.protocols"),
-            )?,
-            label: rule_label(&id, "ingress", i, r.name.as_deref()),
-        });
-    }
-    let mut egress = Vec::new();
-    for (i, r) in spec.egress.iter().enumerate() {
-        let field = format!("spec.egress[{i}]");
-        check_rule_name(policy, r.name.as_deref(), &field)?;
-        check_count(policy, r.to.len(), &format!("{field}.to"))?;
-        let mut peers = Vec::new();
-        for (j, p) in r.to.iter().enumerate() {
-            peers.push(egress_peer(
-                policy,
-                p,
-                r.action,
-                &format!("{field}.to[{j}]"),
-            )?);
-        }
-        let ports = compile_protocols(
-            policy,
-            r.protocols.as_deref(),
-            &format!("{field}.protocols"),
-        )?;
-        let named = ports
-            .iter()
-            .flatten()
-            .any(|p| matches!(p, PortMatch::Named(_)));
-        if named && let Some(j) = peers.iter().position(|p| !matches!(p, Peer::Pods(_))) {
-            return Err(fail(
-                policy,
-                format!("{field}.to[{j}]"),
-                "networks, nodes and domainNames peers have no named ports: a rule with one cannot use destinationNamedPort",
-            ));
-        }
-        egress.push(Rule {
-            action: r.action,
-            peers,
-            ports,
-            label: rule_label(&id, "egress", i, r.name.as_deref()),
-        });
-    }
+    let ingress = (spec.ingress.iter().enumerate())
+        .map(|(i, r)| ingress_rule(policy, &id, i, r))
+        .collect::<Result<_, _>>()?;
+    let egress = (spec.egress.iter().enumerate())
+        .map(|(i, r)| egress_rule(policy, &id, i, r))
+        .collect::<Result<_, _>>()?;
     Ok(CompiledCnp {
         id,
         tier: spec.tier,
@@ -302,6 +239,88 @@ pub(crate) fn compile(policy: &ClusterNetworkPolicy) -> Result<CompiledCnp, Poli
         subject,
         ingress,
         egress,
+    })
+}
+
+/// Validates and compiles ingress rule `i` of `policy` (`id` names it in verdicts).
+fn ingress_rule(
+    policy: &ClusterNetworkPolicy,
+    id: &str,
+    i: usize,
+    r: &IngressRule,
+) -> Result<Rule, PolicyError> {
+    let field = format!("spec.ingress[{i}]");
+    check_rule_name(policy, r.name.as_deref(), &field)?;
+    check_count(policy, r.from.len(), &format!("{field}.from"))?;
+    let mut peers = Vec::new();
+    for (j, p) in r.from.iter().enumerate() {
+        let pf = format!("{field}.from[{j}]");
+        peers.push(match (&p.namespaces, &p.pods) {
+            (Some(ns), None) => {
+                Peer::Pods(namespaces_match(policy, ns, &format!("{pf}.namespaces"))?)
+            }
+            (None, Some(pods)) => Peer::Pods(pod_match(policy, pods, &format!("{pf}.pods"))?),
+            _ => {
+                return Err(fail(
+                    policy,
+                    pf,
+                    "exactly one of namespaces or pods must be set",
+                ));
+            }
+        });
+    }
+    Ok(Rule {
+        action: r.action,
+        peers,
+        ports: compile_protocols(
+            policy,
+            r.protocols.as_deref(),
+            &format!("{field}.protocols"),
+        )?,
+        label: rule_label(id, "ingress", i, r.name.as_deref()),
+    })
+}
+
+/// Validates and compiles egress rule `i` of `policy`: a named port only towards pods.
+fn egress_rule(
+    policy: &ClusterNetworkPolicy,
+    id: &str,
+    i: usize,
+    r: &EgressRule,
+) -> Result<Rule, PolicyError> {
+    let field = format!("spec.egress[{i}]");
+    check_rule_name(policy, r.name.as_deref(), &field)?;
+    check_count(policy, r.to.len(), &format!("{field}.to"))?;
+    let mut peers = Vec::new();
+    for (j, p) in r.to.iter().enumerate() {
+        peers.push(egress_peer(
+            policy,
+            p,
+            r.action,
+            &format!("{field}.to[{j}]"),
+        )?);
+    }
+    let ports = compile_protocols(
+        policy,
+        r.protocols.as_deref(),
+        &format!("{field}.protocols"),
+    )?;
+    let named = ports
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, PortMatch::Named(_)));
+    if named && let Some(j) = peers.iter().position(|p| !matches!(p, Peer::Pods(_))) {
+        return Err(fail(
+            policy,
+            format!("{field}.to[{j}]"),
+            "networks, nodes and domainNames peers have no named ports: a rule with one cannot use destinationNamedPort",
+        ));
+    }
+    Ok(Rule {
+        action: r.action,
+        peers,
+        ports,
+        label: rule_label(id, "egress", i, r.name.as_deref()),
     })
 }
 
