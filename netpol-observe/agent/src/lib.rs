@@ -9,6 +9,7 @@ pub mod agent;
 pub mod app;
 pub mod datapath;
 pub mod drift;
+pub mod host;
 pub mod http;
 pub mod inventory;
 pub mod metrics;

@@ -439,6 +439,6 @@ impl AgentState {
         self.metrics.set_inventory_objects(&model.inventory);
         self.set_inventory_ready();
         // Building a model (and the explanations above) frees much more than it keeps.
-        super::release_free_memory();
+        crate::host::release_free_memory();
     }
 }

@@ -133,8 +133,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl AgentState {
     /// A state for `config` (no inventory, nothing attached yet).
     pub fn new(config: AgentConfig) -> AgentState {
-        let node = config.node_name.clone().or_else(hostname);
-        fix_mmap_threshold();
+        let node = config.node_name.clone().or_else(crate::host::hostname);
+        crate::host::fix_mmap_threshold();
         AgentState {
             metrics: Metrics::new(config.metrics_config()),
             flows: Mutex::new(Flows::new(
@@ -162,35 +162,4 @@ impl AgentState {
     fn lock_flows(&self) -> MutexGuard<'_, Flows> {
         lock(&self.flows)
     }
-}
-
-/// Returns the allocator's free memory to the operating system (glibc keeps freed memory in
-/// its arenas; a model build frees tens of MiB of temporaries).
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `malloc_trim` only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Fixes glibc's mmap threshold at its default (128 KiB). Left dynamic, glibc raises it to
-/// the size of the largest mmapped block freed (up to 32 MiB): after a model build has freed
-/// its large temporaries, the agent's growing tables (store slab, caches, metric families)
-/// then come from the heap, and each table outgrown by doubling stays resident as free
-/// memory. Fixed, every block of 128 KiB or more is its own mapping, returned to the system
-/// when freed (−3 MiB at 10k flows in `cargo xtask bench agent`).
-fn fix_mmap_threshold() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `mallopt` only changes a tuning parameter of the allocator.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
 }

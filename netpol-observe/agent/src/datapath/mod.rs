@@ -328,7 +328,7 @@ impl Datapath {
         let sockets = scan_sockets().await;
         let (messages, netlink) = attach_present(&config, &interfaces, &mut attacher).await?;
 
-        let node = config.node_name.clone().or_else(hostname);
+        let node = config.node_name.clone().or_else(crate::host::hostname);
         let (updates, _) = broadcast::channel(UPDATE_CHANNEL_CAPACITY);
         let (dns_tx, _) = broadcast::channel(dns::DNS_CHANNEL_CAPACITY);
         let shared = Arc::new(Shared {
@@ -622,13 +622,6 @@ pub(crate) fn ip16(ip: &IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
     }
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
 }
 
 /// Sends a batch of updates in the order the flows started: a flow seen after the node

@@ -32,6 +32,7 @@ use k8s_openapi::{
 use kube::runtime::watcher::Event;
 use netpol_observe_agent::{
     agent::Model,
+    host,
     inventory::{
         Inventory, PodInfo,
         live::{self, LiveOptions},
@@ -158,24 +159,6 @@ fn heap_mib() -> f64 {
     #[cfg(not(target_env = "gnu"))]
     {
         0.0
-    }
-}
-
-/// As the agent does: the mmap threshold fixed at its default, free memory returned after
-/// each model is installed.
-fn fix_mmap_threshold() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `mallopt` only changes a tuning parameter of the allocator.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: `malloc_trim` only releases free pages of the allocator's own arenas.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
@@ -503,7 +486,9 @@ impl Pendings {
 /// Runs one measurement; `producer` is the command that runs [`produce`] with the same
 /// configuration (its stdin and stdout are piped here).
 pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow::Result<Report> {
-    fix_mmap_threshold();
+    // As the agent does: the mmap threshold fixed at its default, free memory returned
+    // after each model is installed.
+    host::fix_mmap_threshold();
     let mut child = producer
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -535,7 +520,7 @@ pub async fn run(config: Config, mut producer: std::process::Command) -> anyhow:
     let hwm_initial_mib = status_mib("VmHWM:");
     model_parts(&first, &subnets, &mut heap)?;
     drop(first);
-    release_free_memory();
+    host::release_free_memory();
     let rss_initial_mib = status_mib("VmRSS:");
     // The stream's own peak from here (`5`: reset the peak RSS).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -682,7 +667,7 @@ async fn modeler(
         model = Arc::new(m);
         latencies.extend(pending.reflected_in(&model.inventory, Instant::now()));
         // As the agent after installing a model.
-        release_free_memory();
+        host::release_free_memory();
     }
     (latencies, build_ms)
 }
