@@ -174,7 +174,7 @@ pub struct Attributor {
     /// The pods (not hostNetwork) that held each address: a run (start, length) of `ip_pods`.
     by_ip: HashMap<IpAddr, (u32, u32)>,
     /// The runs of `by_ip`, pod indices ascending within a run.
-    ip_pods: Box<[usize]>,
+    ip_pods: Box<[u32]>,
     /// Every pod (index), sorted by namespace then name (ascending index within one name):
     /// the pods of one name are a contiguous run ([`Attributor::named`]).
     by_name: Box<[u32]>,
@@ -214,7 +214,7 @@ impl Attributor {
             .into_iter()
             .map(|(ip, run)| {
                 let start = u32::try_from(ip_pods.len()).unwrap_or(u32::MAX);
-                ip_pods.extend_from_slice(&run);
+                ip_pods.extend(run.iter().map(|i| u32::try_from(*i).unwrap_or(u32::MAX)));
                 (ip, (start, u32::try_from(run.len()).unwrap_or(u32::MAX)))
             })
             .collect();
@@ -274,8 +274,14 @@ impl Attributor {
             }),
         };
         debug_assert_eq!(old.len(), old_inv.pods.len());
-        let (by_ip, ip_pods) =
-            diff.update_ip_runs(&old_inv, &new, &self.by_ip, &self.ip_pods, |i| i, |i| i);
+        let (by_ip, ip_pods) = diff.update_ip_runs(
+            &old_inv,
+            &new,
+            &self.by_ip,
+            &self.ip_pods,
+            |i| i as usize,
+            |i| u32::try_from(i).unwrap_or(u32::MAX),
+        );
         let by_name: Box<[u32]> = (0..u32::try_from(new.pods.len()).unwrap_or(u32::MAX)).collect();
         let services = self
             .services
@@ -330,7 +336,7 @@ impl Attributor {
 
     /// The pods (indices, ascending) that held `ip`.
     #[inline]
-    fn at_ip(&self, ip: IpAddr) -> Option<&[usize]> {
+    fn at_ip(&self, ip: IpAddr) -> Option<&[u32]> {
         let (start, len) = *self.by_ip.get(&ip)?;
         self.ip_pods
             .get(start as usize..start as usize + len as usize)
@@ -387,13 +393,23 @@ impl Attributor {
     /// record names, else external. A flow to a ClusterIP goes to the backend pod (the one the
     /// record names, else the Service's first backend) at its address, on the target port it
     /// receives on ([`Attributor::service_destination`]).
+    #[inline]
     pub fn connection<'f>(&self, flow: &'f FlowRecord) -> Connection<'f> {
         let at = flow.first_seen.or(flow.last_seen);
+        // Both addresses are looked up before either end is resolved: the two lookups are
+        // independent, so their cache misses (the flow's lines, the address table's buckets)
+        // overlap instead of following one another.
+        let src_held = self.at_ip(flow.src.ip);
+        let service = self.services.get(&flow.dst.ip);
+        let dst_held = match service {
+            Some(_) => None,
+            None => self.at_ip(flow.dst.ip),
+        };
         let src = End {
-            peer: self.endpoint_peer(&flow.src, at),
+            peer: self.endpoint_peer(&flow.src, src_held, at),
             ip: flow.src.ip,
         };
-        let (dst, port) = match self.services.get(&flow.dst.ip) {
+        let (dst, port) = match service {
             Some(svc) => {
                 let backend = match flow.dst.namespace.as_deref().zip(flow.dst.pod.as_deref()) {
                     Some((ns, n)) => {
@@ -405,7 +421,7 @@ impl Attributor {
             }
             None => (
                 End {
-                    peer: self.endpoint_peer(&flow.dst, at),
+                    peer: self.endpoint_peer(&flow.dst, dst_held, at),
                     ip: flow.dst.ip,
                 },
                 flow.dst.port,
@@ -479,13 +495,15 @@ impl Attributor {
         )
     }
 
-    /// One end of a record as the policy engine tells it ([`Attributor::connection`]).
-    fn endpoint_peer(&self, ep: &Endpoint, at: Option<Timestamp>) -> PeerId {
+    /// One end of a record as the policy engine tells it ([`Attributor::connection`]), given
+    /// the pods that held its address (`held`: [`Attributor::at_ip`] of `ep.ip`).
+    #[inline]
+    fn endpoint_peer(&self, ep: &Endpoint, held: Option<&[u32]>, at: Option<Timestamp>) -> PeerId {
         let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
-        let held = self.at_ip(ep.ip).and_then(|c| match names {
-            None => self.pick_among(c.iter().copied(), at),
+        let held = held.and_then(|c| match names {
+            None => self.pick_among(c.iter().map(|i| *i as usize), at),
             Some((ns, n)) => self.pick_among(
-                c.iter().copied().filter(|i| {
+                c.iter().map(|i| *i as usize).filter(|i| {
                     self.pods
                         .get(*i)
                         .is_some_and(|p| p.namespace.as_str() == ns && p.name.as_str() == n)
@@ -512,6 +530,7 @@ impl Attributor {
 
     /// Among pods (indices, ascending) that held an address or a name: the last one alive at
     /// `at`, else the newest.
+    #[inline]
     fn pick_among<I>(&self, candidates: I, at: Option<Timestamp>) -> Option<usize>
     where
         I: DoubleEndedIterator<Item = usize> + Clone,
@@ -546,13 +565,13 @@ impl Attributor {
             .and_then(|i| self.pods.get(*i as usize))
     }
 
-    fn pick(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<&PodInfo> {
+    fn pick(&self, candidates: &[u32], at: Option<Timestamp>) -> Option<&PodInfo> {
         self.pick_index(candidates, at)
             .and_then(|i| self.pods.get(i))
     }
 
-    fn pick_index(&self, candidates: &[usize], at: Option<Timestamp>) -> Option<usize> {
-        self.pick_among(candidates.iter().copied(), at)
+    fn pick_index(&self, candidates: &[u32], at: Option<Timestamp>) -> Option<usize> {
+        self.pick_among(candidates.iter().map(|i| *i as usize), at)
     }
 
     /// The Service with this ClusterIP.
