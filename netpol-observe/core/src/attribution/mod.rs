@@ -395,7 +395,7 @@ impl Attributor {
     /// receives on ([`Attributor::service_destination`]).
     #[inline]
     pub fn connection<'f>(&self, flow: &'f FlowRecord) -> Connection<'f> {
-        let at = flow.first_seen.or(flow.last_seen);
+        let at = SeenAt::Record(flow);
         // Both addresses are looked up before either end is resolved: the two lookups are
         // independent, so their cache misses (the flow's lines, the address table's buckets)
         // overlap instead of following one another.
@@ -411,7 +411,7 @@ impl Attributor {
         };
         let (dst, port) = match service {
             Some(svc) => {
-                let backend = match flow.dst.namespace.as_deref().zip(flow.dst.pod.as_deref()) {
+                let backend = match flow.dst.pod_name() {
                     Some((ns, n)) => {
                         self.pick_among(self.named(ns, n).iter().map(|i| *i as usize), at)
                     }
@@ -451,6 +451,7 @@ impl Attributor {
         at: Option<Timestamp>,
     ) -> Option<(End, Option<u16>)> {
         let svc = self.services.get(&ip)?;
+        let at = SeenAt::Time(at);
         Some(self.service_end(svc, backend.or(svc.backend), ip, port, protocol, at))
     }
 
@@ -462,14 +463,14 @@ impl Attributor {
         ip: IpAddr,
         port: Option<u16>,
         protocol: Protocol,
-        at: Option<Timestamp>,
+        at: SeenAt<'_>,
     ) -> (End, Option<u16>) {
         let Some((i, pod)) = pod.and_then(|i| Some((i, self.pods.get(i)?))) else {
             // No backend pod: an address endpoint (judged on its address and port, as the
             // node's DNAT sends the connection there), else the ClusterIP itself.
             if let Some((addr, eps)) = &svc.endpoints {
                 let port = port.map(|p| eps.port_for(p, protocol).unwrap_or(p));
-                let peer = self.resolve(*addr, at).peer();
+                let peer = self.resolve(*addr, at.time()).peer();
                 return (End { peer, ip: *addr }, port);
             }
             let end = End {
@@ -498,8 +499,8 @@ impl Attributor {
     /// One end of a record as the policy engine tells it ([`Attributor::connection`]), given
     /// the pods that held its address (`held`: [`Attributor::at_ip`] of `ep.ip`).
     #[inline]
-    fn endpoint_peer(&self, ep: &Endpoint, held: Option<&[u32]>, at: Option<Timestamp>) -> PeerId {
-        let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
+    fn endpoint_peer(&self, ep: &Endpoint, held: Option<&[u32]>, at: SeenAt<'_>) -> PeerId {
+        let names = ep.pod_name();
         let held = held.and_then(|c| match names {
             None => self.pick_among(c.iter().map(|i| *i as usize), at),
             Some((ns, n)) => self.pick_among(
@@ -531,7 +532,7 @@ impl Attributor {
     /// Among pods (indices, ascending) that held an address or a name: the last one alive at
     /// `at`, else the newest.
     #[inline]
-    fn pick_among<I>(&self, candidates: I, at: Option<Timestamp>) -> Option<usize>
+    fn pick_among<I>(&self, candidates: I, at: SeenAt<'_>) -> Option<usize>
     where
         I: DoubleEndedIterator<Item = usize> + Clone,
     {
@@ -541,6 +542,7 @@ impl Attributor {
         if let (Some(only), None) = (few.next(), few.next()) {
             return Some(only);
         }
+        let at = at.time();
         let pod = |i: &usize| self.pods.get(*i);
         candidates
             .clone()
@@ -571,7 +573,7 @@ impl Attributor {
     }
 
     fn pick_index(&self, candidates: &[u32], at: Option<Timestamp>) -> Option<usize> {
-        self.pick_among(candidates.iter().map(|i| *i as usize), at)
+        self.pick_among(candidates.iter().map(|i| *i as usize), SeenAt::Time(at))
     }
 
     /// The Service with this ClusterIP.
@@ -630,7 +632,7 @@ impl Attributor {
     }
 
     fn complete_pod(&self, ep: &mut Endpoint, at: Option<Timestamp>) {
-        let (Some(ns), Some(name)) = (ep.namespace.as_deref(), ep.pod.as_deref()) else {
+        let Some((ns, name)) = ep.pod_name() else {
             return;
         };
         if let Some(pod) = self.pod_by_name(ns, name, at) {
@@ -652,13 +654,28 @@ impl Attributor {
             return Some(port);
         };
         let at = record.first_seen.or(record.last_seen);
-        let pod = record
-            .dst
-            .namespace
-            .as_deref()
-            .zip(record.dst.pod.as_deref())
-            .and_then(|(ns, n)| self.pod_by_name(ns, n, at));
+        let pod = record.dst.pod_name().and_then(|(ns, n)| self.pod_by_name(ns, n, at));
         Some(svc.backend_port(port, record.protocol, pod).unwrap_or(port))
+    }
+}
+
+/// When a flow was seen, for choosing among the pods that held an address or a name. From a
+/// record it is read only when there is a choice: most addresses had one pod, and the record's
+/// time fields are on cache lines the rest of attribution does not touch.
+#[derive(Clone, Copy)]
+enum SeenAt<'a> {
+    /// A time already read (or none).
+    Time(Option<Timestamp>),
+    /// The record's first sighting, else its last.
+    Record(&'a FlowRecord),
+}
+
+impl SeenAt<'_> {
+    fn time(self) -> Option<Timestamp> {
+        match self {
+            SeenAt::Time(at) => at,
+            SeenAt::Record(flow) => flow.first_seen.or(flow.last_seen),
+        }
     }
 }
 

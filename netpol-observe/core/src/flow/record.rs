@@ -211,6 +211,14 @@ impl Endpoint {
         }
     }
 
+    /// The namespace and name of the pod this end names, if it names one.
+    pub(crate) fn pod_name(&self) -> Option<(&str, &str)> {
+        // The pod field is read only when there is a namespace: an unattributed record's
+        // pod field sits on a cache line nothing else reads.
+        let namespace = self.namespace.as_deref()?;
+        Some((namespace, self.pod.as_deref()?))
+    }
+
     /// Whether any attribution field is set.
     pub(crate) fn is_attributed(&self) -> bool {
         self.namespace.is_some() || self.node.is_some() || self.subnet.is_some()

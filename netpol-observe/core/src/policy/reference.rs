@@ -371,7 +371,7 @@ fn pick<'a>(
 }
 
 fn resolve<'a>(inventory: &'a Inventory, ep: &Endpoint, at: Option<Timestamp>) -> Side<'a> {
-    let names = ep.namespace.as_deref().zip(ep.pod.as_deref());
+    let names = ep.pod_name();
     let by_ip = inventory
         .pods
         .iter()
@@ -418,7 +418,7 @@ fn resolve_dst<'a>(
     else {
         return (resolve(inventory, ep, at), ep.ip, ep.port);
     };
-    let pod = match ep.namespace.as_deref().zip(ep.pod.as_deref()) {
+    let pod = match ep.pod_name() {
         Some((ns, n)) => pick(
             inventory
                 .pods
