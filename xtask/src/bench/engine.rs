@@ -4,13 +4,14 @@
 //!
 //! With `-- --before BIN` (a `netpol-observe-bench` built from an earlier commit) every pair
 //! runs one round of each build, each in its own process, alternating which goes first, and
-//! the table gives both builds' medians and min–max side by side.
+//! the table gives both builds' medians and min–max side by side, then each count's
+//! after / before ratios per pair.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::stats::spread;
+use super::stats::{Arms, quantile, spread};
 
 /// Builds the release binary and runs the benchmark pinned to one CPU when `taskset` exists.
 pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
@@ -78,6 +79,40 @@ pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
                 chi / 1e6,
             );
         }
+    }
+    // Per-pair ratios: the two runs of a pair are adjacent, so the machine's drift between
+    // pairs cancels out of them.
+    println!();
+    println!(
+        "| policies | compact, after / before per pair: median (interquartile, min–max) | explained and read, the same |"
+    );
+    println!("|---:|---:|---:|");
+    for n in &counts {
+        let ratio = |key: &str| {
+            let mut arms = Arms::new(key.to_owned(), &["after", "before"]);
+            for (a, runs) in arms.runs.iter_mut().enumerate() {
+                runs.extend(
+                    rows[a]
+                        .iter()
+                        .filter(|r| r["policies"].as_u64() == Some(*n))
+                        .filter_map(|r| r[key].as_f64()),
+                );
+            }
+            let r = arms.round_ratios(0, 1);
+            format!(
+                "{:.3} ({:.3}–{:.3}, {:.3}–{:.3})",
+                quantile(&r, 0.5),
+                quantile(&r, 0.25),
+                quantile(&r, 0.75),
+                quantile(&r, 0.0),
+                quantile(&r, 1.0)
+            )
+        };
+        println!(
+            "| {n} | {} | {} |",
+            ratio("compact_verdicts_per_sec"),
+            ratio("read_verdicts_per_sec")
+        );
     }
     // The quality bar: explained-and-read verdicts at the largest count (10k by default), and
     // their slowdown from the smallest.

@@ -654,7 +654,10 @@ impl Attributor {
             return Some(port);
         };
         let at = record.first_seen.or(record.last_seen);
-        let pod = record.dst.pod_name().and_then(|(ns, n)| self.pod_by_name(ns, n, at));
+        let pod = record
+            .dst
+            .pod_name()
+            .and_then(|(ns, n)| self.pod_by_name(ns, n, at));
         Some(svc.backend_port(port, record.protocol, pod).unwrap_or(port))
     }
 }
