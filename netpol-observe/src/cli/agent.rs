@@ -201,11 +201,11 @@ mod tests {
         let path = file.to_str().unwrap();
         let c = resolve(&["--config", path]).unwrap();
         assert!(c.ebpf_log && !c.drops && c.metrics.pod_level);
-        assert_eq!(c.sweep_interval, jiff::SignedDuration::from_secs(3));
+        assert_eq!(c.sweep_interval.get(), jiff::SignedDuration::from_secs(3));
         assert_eq!((c.max_flows, c.metrics.series_budget), (7, 9));
         assert_eq!(c.interfaces, ["cali*"]);
         assert_eq!(
-            c.flow_retention,
+            c.flow_retention.get(),
             jiff::SignedDuration::from_mins(10),
             "default"
         );
@@ -242,7 +242,7 @@ mod tests {
         ])
         .unwrap();
         assert!(!c.ebpf_log && c.drops && c.metrics.pod_level);
-        assert_eq!(c.sweep_interval, jiff::SignedDuration::from_mins(1));
+        assert_eq!(c.sweep_interval.get(), jiff::SignedDuration::from_mins(1));
         assert_eq!((c.max_flows, c.metrics.series_budget), (7, 11));
         assert_eq!(c.interfaces, ["veth*"]);
         let err = resolve(&["--sweep-interval", "5"]).unwrap_err().to_string();
@@ -254,11 +254,17 @@ mod tests {
     #[test]
     fn enforcement_grace_flag() {
         let c = resolve(&[]).unwrap();
-        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(10));
+        assert_eq!(
+            c.enforcement_grace.get(),
+            jiff::SignedDuration::from_secs(10)
+        );
         let c = resolve(&["--enforcement-grace", "45s"]).unwrap();
-        assert_eq!(c.enforcement_grace, jiff::SignedDuration::from_secs(45));
+        assert_eq!(
+            c.enforcement_grace.get(),
+            jiff::SignedDuration::from_secs(45)
+        );
         let c = resolve(&["--enforcement-grace", "0s"]).unwrap();
-        assert_eq!(c.enforcement_grace, jiff::SignedDuration::ZERO);
+        assert_eq!(c.enforcement_grace.get(), jiff::SignedDuration::ZERO);
         for bad in ["-1s", "later", "2d"] {
             let err = resolve(&[&format!("--enforcement-grace={bad}")])
                 .unwrap_err()

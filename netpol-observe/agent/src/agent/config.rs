@@ -69,20 +69,65 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
     })
 }
 
-/// Serde form of the duration settings: a string such as `10s`, read with [`parse_duration`].
-mod duration {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// A duration setting, typed: flags, environment variables and the file all write it as
+/// [`parse_duration`] reads it (`10s`, `2m`, `1m30s`, `7d`, `PT10S`; a YAML number is read as
+/// its text, so a bare `10` is refused for its missing unit), and it is written back in
+/// jiff's friendly form (`1m 30s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct DurationSetting(pub SignedDuration);
 
-    pub(super) fn serialize<S: Serializer>(
-        d: &jiff::SignedDuration,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{d:#}"))
+impl DurationSetting {
+    /// No time.
+    pub const ZERO: DurationSetting = DurationSetting(SignedDuration::ZERO);
+
+    /// `secs` seconds.
+    pub const fn from_secs(secs: i64) -> DurationSetting {
+        DurationSetting(SignedDuration::from_secs(secs))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<jiff::SignedDuration, D::Error> {
+    /// `mins` minutes.
+    pub const fn from_mins(mins: i64) -> DurationSetting {
+        DurationSetting(SignedDuration::from_mins(mins))
+    }
+
+    /// The duration.
+    pub const fn get(self) -> SignedDuration {
+        self.0
+    }
+
+    /// The duration as a `std` one (settings are never negative: [`AgentConfig::validate`]).
+    pub fn unsigned(self) -> std::time::Duration {
+        self.0.unsigned_abs()
+    }
+}
+
+impl From<SignedDuration> for DurationSetting {
+    fn from(d: SignedDuration) -> Self {
+        DurationSetting(d)
+    }
+}
+
+impl std::str::FromStr for DurationSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(DurationSetting)
+    }
+}
+
+impl std::fmt::Display for DurationSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl Serialize for DurationSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Text {
@@ -93,7 +138,7 @@ mod duration {
             Text::Text(t) => t,
             Text::Number(n) => n.to_string(),
         };
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -319,22 +364,18 @@ pub struct AgentConfig {
         long,
         env = "NETPOL_OBSERVE_SWEEP_INTERVAL",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub sweep_interval: SignedDuration,
+    pub sweep_interval: DurationSetting,
     /// Time between checks of the inventory files (and the drift baseline) for changes
     /// [default: 2s].
     #[arg(
         long,
         env = "NETPOL_OBSERVE_INVENTORY_POLL_INTERVAL",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub inventory_poll_interval: SignedDuration,
+    pub inventory_poll_interval: DurationSetting,
     /// Record kernel drops (`--drops=false` on kernels without BTF) [default: true].
     #[arg(
         long,
@@ -381,11 +422,9 @@ pub struct AgentConfig {
         long,
         env = "NETPOL_OBSERVE_FLOW_RETENTION",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub flow_retention: SignedDuration,
+    pub flow_retention: DurationSetting,
     /// The enforcement check (netpol_observe_unenforced_flows_total: denied flows that were
     /// delivered) judges only flows first seen at least this long after the NetworkPolicy set
     /// in force last changed (the CNI's time to program a change); 0s judges every flow, at
@@ -394,11 +433,9 @@ pub struct AgentConfig {
         long,
         env = "NETPOL_OBSERVE_ENFORCEMENT_GRACE",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub enforcement_grace: SignedDuration,
+    pub enforcement_grace: DurationSetting,
     /// Drift baseline, JSON lines of edges (workload pair, port, protocol; see `netpol-observe
     /// baseline`): counted flows outside it count in netpol_observe_drift_flows_total{kind} and
     /// are listed on /api/v1/drift. A missing file is an empty baseline; the file is reloaded
@@ -412,11 +449,9 @@ pub struct AgentConfig {
         long,
         env = "NETPOL_OBSERVE_DRIFT_LEARN",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub drift_learn: SignedDuration,
+    pub drift_learn: DurationSetting,
     /// Forward the eBPF programs' debug log to the agent's log [default: false].
     #[arg(
         long,
@@ -447,11 +482,9 @@ pub struct AgentConfig {
         long,
         env = "NETPOL_OBSERVE_DNS_GRACE",
         value_name = "DURATION",
-        value_parser = parse_duration,
         required = false
     )]
-    #[serde(with = "duration")]
-    pub dns_grace: SignedDuration,
+    pub dns_grace: DurationSetting,
     /// How the programs are attached: tcx or clsact [default: tcx on kernels ≥ 6.6, clsact
     /// before].
     #[arg(long, env = "NETPOL_OBSERVE_ATTACH_MODE", value_name = "MODE")]
@@ -475,8 +508,8 @@ impl Default for AgentConfig {
             metrics: MetricsSettings::default(),
             node_name: None,
             flow_map_capacity: netpol_observe_ebpf::DEFAULT_FLOW_CAPACITY,
-            sweep_interval: SignedDuration::from_secs(5),
-            inventory_poll_interval: SignedDuration::from_secs(2),
+            sweep_interval: DurationSetting::from_secs(5),
+            inventory_poll_interval: DurationSetting::from_secs(2),
             drops: true,
             drop_reasons: DEFAULT_DROP_REASONS
                 .iter()
@@ -484,13 +517,13 @@ impl Default for AgentConfig {
                 .collect(),
             drop_scope: DropScope::Kernel,
             max_flows: 100_000,
-            flow_retention: SignedDuration::from_mins(10),
-            enforcement_grace: SignedDuration::from_secs(10),
+            flow_retention: DurationSetting::from_mins(10),
+            enforcement_grace: DurationSetting::from_secs(10),
             drift_baseline: None,
-            drift_learn: SignedDuration::ZERO,
+            drift_learn: DurationSetting::ZERO,
             ebpf_log: false,
             dns_capture: true,
-            dns_grace: super::dns::DEFAULT_DNS_GRACE_CONFIG,
+            dns_grace: DurationSetting::from_secs(super::dns::DEFAULT_DNS_GRACE.as_secs() as i64),
             attach_mode: None,
         }
     }
@@ -573,17 +606,17 @@ impl AgentConfig {
         const YEAR: SignedDuration = SignedDuration::from_hours(366 * 24);
         let zero = SignedDuration::ZERO;
         [
-            ("sweep-interval", self.sweep_interval, SECOND, DAY),
+            ("sweep-interval", self.sweep_interval.get(), SECOND, DAY),
             (
                 "inventory-poll-interval",
-                self.inventory_poll_interval,
+                self.inventory_poll_interval.get(),
                 SECOND,
                 DAY,
             ),
-            ("flow-retention", self.flow_retention, zero, YEAR),
-            ("enforcement-grace", self.enforcement_grace, zero, DAY),
-            ("drift-learn", self.drift_learn, zero, YEAR),
-            ("dns-grace", self.dns_grace, zero, DAY),
+            ("flow-retention", self.flow_retention.get(), zero, YEAR),
+            ("enforcement-grace", self.enforcement_grace.get(), zero, DAY),
+            ("drift-learn", self.drift_learn.get(), zero, YEAR),
+            ("dns-grace", self.dns_grace.get(), zero, DAY),
         ]
     }
 
@@ -622,7 +655,7 @@ impl AgentConfig {
         if self.max_flows == 0 {
             return invalid("max-flows", "must be at least 1");
         }
-        if self.drift_learn.is_positive() && self.drift_baseline.is_none() {
+        if self.drift_learn.get().is_positive() && self.drift_baseline.is_none() {
             return invalid(
                 "drift-learn",
                 "learning needs a file to keep the baseline in: set --drift-baseline (driftBaseline)",
@@ -681,7 +714,7 @@ impl AgentConfig {
 
     /// The datapath part of the configuration.
     pub fn datapath(&self) -> DatapathConfig {
-        let sweep = self.sweep_interval.unsigned_abs();
+        let sweep = self.sweep_interval.unsigned();
         DatapathConfig {
             include: self.interfaces.clone(),
             exclude: self.exclude.clone(),
@@ -761,13 +794,13 @@ attachMode: clsact
     fn enforcement_grace_from_the_file() {
         let path = Path::new("agent.yaml");
         assert_eq!(
-            AgentConfig::default().enforcement_grace,
+            AgentConfig::default().enforcement_grace.get(),
             SignedDuration::from_secs(10)
         );
         let c = AgentConfig::from_yaml_str("enforcementGrace: 1m30s\n", path).unwrap();
-        assert_eq!(c.enforcement_grace, SignedDuration::from_secs(90));
+        assert_eq!(c.enforcement_grace.get(), SignedDuration::from_secs(90));
         let c = AgentConfig::from_yaml_str("enforcementGrace: 0s\n", path).unwrap();
-        assert_eq!(c.enforcement_grace, SignedDuration::ZERO);
+        assert_eq!(c.enforcement_grace.get(), SignedDuration::ZERO);
         c.validate().unwrap();
         for bad in ["-5s", "soon", "25h", "10"] {
             let err = AgentConfig::from_yaml_str(&format!("enforcementGrace: {bad}\n"), path)
@@ -789,13 +822,16 @@ attachMode: clsact
             path,
         )
         .unwrap();
-        assert_eq!(c.drift_learn, SignedDuration::from_hours(168));
+        assert_eq!(c.drift_learn.get(), SignedDuration::from_hours(168));
         assert_eq!(
             c.drift_baseline.as_deref(),
             Some(Path::new("/var/lib/netpol-observe/baseline.jsonl"))
         );
         c.validate().unwrap();
-        assert_eq!(AgentConfig::default().drift_learn, SignedDuration::ZERO);
+        assert_eq!(
+            AgentConfig::default().drift_learn.get(),
+            SignedDuration::ZERO
+        );
         let c = AgentConfig::from_yaml_str("driftLearn: 30m\n", path).unwrap();
         assert!(
             c.validate()
@@ -864,7 +900,7 @@ attachMode: clsact
                 .contains("drop-reasons")
         );
         let c = AgentConfig {
-            sweep_interval: SignedDuration::ZERO,
+            sweep_interval: DurationSetting::ZERO,
             ..AgentConfig::default()
         };
         assert!(

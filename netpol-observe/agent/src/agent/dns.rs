@@ -638,9 +638,6 @@ impl DnsPolicies {
     }
 }
 
-/// [`DEFAULT_DNS_GRACE`] as the agent configuration holds it.
-pub const DEFAULT_DNS_GRACE_CONFIG: jiff::SignedDuration = jiff::SignedDuration::from_secs(300);
-
 /// The agent's DNS state: the name cache and the watched policies of the current model.
 #[derive(Debug)]
 pub struct DnsState {

@@ -56,7 +56,7 @@ fn agent(baseline: &Path, learn: SignedDuration) -> AgentState {
     let state = AgentState::new(AgentConfig {
         node_name: Some("node-a".to_owned()),
         drift_baseline: Some(baseline.to_owned()),
-        drift_learn: learn,
+        drift_learn: learn.into(),
         ..AgentConfig::default()
     });
     state.set_model_at(model(), t0());
@@ -296,7 +296,7 @@ fn learning_adds_edges_persists_them_and_a_restart_resumes() {
     let restarted = AgentState::new(AgentConfig {
         node_name: Some("node-a".to_owned()),
         drift_baseline: Some(path.clone()),
-        drift_learn: learn,
+        drift_learn: learn.into(),
         ..AgentConfig::default()
     });
     restarted.set_model_at(model(), at(30));

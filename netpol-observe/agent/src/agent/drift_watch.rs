@@ -30,7 +30,7 @@ impl AgentState {
         let Some(path) = &self.config.drift_baseline else {
             return Ok(());
         };
-        let drift = Drift::open(path, self.config.drift_learn, now)?;
+        let drift = Drift::open(path, self.config.drift_learn.get(), now)?;
         let _ = self.drift.set(Mutex::new(drift));
         Ok(())
     }

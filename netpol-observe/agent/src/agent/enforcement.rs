@@ -145,7 +145,7 @@ impl AgentState {
             return false;
         };
         since
-            .checked_add(self.config.enforcement_grace)
+            .checked_add(self.config.enforcement_grace.get())
             .is_ok_and(|start| t >= start)
     }
 

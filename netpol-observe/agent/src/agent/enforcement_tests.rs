@@ -9,6 +9,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::config::DurationSetting;
+
 use super::test_kit::{api_service, ip, node, pod, shop_namespace};
 use super::*;
 use crate::flow::{Directional, FlowState, Protocol};
@@ -301,7 +303,7 @@ fn a_flow_first_seen_inside_the_grace_is_not_counted() {
 
     let zero = AgentState::new(AgentConfig {
         node_name: Some("node-a".to_owned()),
-        enforcement_grace: SignedDuration::ZERO,
+        enforcement_grace: DurationSetting::ZERO,
         ..AgentConfig::default()
     });
     let model = Model::new(inventory(policies()), &Subnets::default(), None).unwrap();

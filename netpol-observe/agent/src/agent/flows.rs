@@ -360,7 +360,7 @@ impl AgentState {
     /// Forgets the ended flows older than `flowRetention`.
     pub(super) fn expire(&self) {
         let cutoff = Timestamp::now()
-            .checked_sub(self.config.flow_retention)
+            .checked_sub(self.config.flow_retention.get())
             .unwrap_or(Timestamp::UNIX_EPOCH);
         self.lock_flows().store.expire(cutoff);
     }
@@ -423,7 +423,7 @@ impl AgentState {
                 .is_some_and(|o| o.policy_fingerprint() == model.policy_fingerprint());
             if !same_policies || fl.policies_since.is_none() {
                 fl.policies_since = Some(now);
-                let grace = self.config.enforcement_grace;
+                let grace = self.config.enforcement_grace.get();
                 tracing::info!(
                     policies = model.inventory.network_policies.len(),
                     "NetworkPolicy set in use; the enforcement check judges flows first seen from {} on (enforcementGrace {grace:#})",

@@ -137,10 +137,7 @@ impl AgentState {
         crate::host::fix_mmap_threshold();
         AgentState {
             metrics: Metrics::new(config.metrics_config()),
-            flows: Mutex::new(Flows::new(
-                config.max_flows,
-                config.dns_grace.unsigned_abs(),
-            )),
+            flows: Mutex::new(Flows::new(config.max_flows, config.dns_grace.unsigned())),
             readiness: Mutex::default(),
             drift: drift_watch::DriftLock::new(),
             node,

@@ -150,8 +150,8 @@ fn live_receivers(
 /// second); a missed tick is delayed, not made up in a burst.
 fn ticks(config: &AgentConfig) -> [tokio::time::Interval; 3] {
     let mut ticks = [
-        tokio::time::interval(config.inventory_poll_interval.unsigned_abs()),
-        tokio::time::interval(config.sweep_interval.unsigned_abs()),
+        tokio::time::interval(config.inventory_poll_interval.unsigned()),
+        tokio::time::interval(config.sweep_interval.unsigned()),
         tokio::time::interval(Duration::from_secs(1)),
     ];
     for t in &mut ticks {
