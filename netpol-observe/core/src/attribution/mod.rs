@@ -664,7 +664,7 @@ impl Attributor {
 
 /// When a flow was seen, for choosing among the pods that held an address or a name. From a
 /// record it is read only when there is a choice: most addresses had one pod, and the record's
-/// time fields are on cache lines the rest of attribution does not touch.
+/// `last_seen` is on a cache line the rest of attribution does not read.
 #[derive(Clone, Copy)]
 enum SeenAt<'a> {
     /// A time already read (or none).
