@@ -80,14 +80,32 @@ pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
             );
         }
     }
-    // Per-pair ratios: the two runs of a pair are adjacent, so the machine's drift between
-    // pairs cancels out of them.
+    print_pair_ratios(&counts, &rows);
+    // The quality bar: explained-and-read verdicts at the largest count (10k by default), and
+    // their slowdown from the smallest.
+    for (a, (arm, _)) in arms.iter().enumerate() {
+        if let (Some(first), Some(last)) = (read_medians[a].first(), read_medians[a].last()) {
+            println!(
+                "{arm}: explained and read at {} policies {:.2} M/s (target ≥ 1M/s), slowdown from {}: {:.2}× (target ≤ 3×)",
+                counts.last().copied().unwrap_or(0),
+                last / 1e6,
+                counts.first().copied().unwrap_or(0),
+                first / last.max(1e-9),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each count's after / before ratios per pair: the two runs of a pair are adjacent, so the
+/// machine's drift between pairs cancels out of them.
+fn print_pair_ratios(counts: &[u64], rows: &[Vec<serde_json::Value>; 2]) {
     println!();
     println!(
         "| policies | compact, after / before per pair: median (interquartile, min–max) | explained and read, the same |"
     );
     println!("|---:|---:|---:|");
-    for n in &counts {
+    for n in counts {
         let ratio = |key: &str| {
             let mut arms = Arms::new(key.to_owned(), &["after", "before"]);
             for (a, runs) in arms.runs.iter_mut().enumerate() {
@@ -114,18 +132,4 @@ pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
             ratio("read_verdicts_per_sec")
         );
     }
-    // The quality bar: explained-and-read verdicts at the largest count (10k by default), and
-    // their slowdown from the smallest.
-    for (a, (arm, _)) in arms.iter().enumerate() {
-        if let (Some(first), Some(last)) = (read_medians[a].first(), read_medians[a].last()) {
-            println!(
-                "{arm}: explained and read at {} policies {:.2} M/s (target ≥ 1M/s), slowdown from {}: {:.2}× (target ≤ 3×)",
-                counts.last().copied().unwrap_or(0),
-                last / 1e6,
-                counts.first().copied().unwrap_or(0),
-                first / last.max(1e-9),
-            );
-        }
-    }
-    Ok(())
 }

@@ -207,6 +207,18 @@ fn side(
     if let Some(verdict) = tier(Tier::Admin) {
         return verdict;
     }
+    network_policies(inventory, policies, &question, peer)
+        .unwrap_or_else(|| tier(Tier::Baseline).unwrap_or_else(SideVerdict::not_isolated))
+}
+
+/// The NetworkPolicies' verdict on one direction (`q`), `None` when none isolates the pod.
+fn network_policies(
+    inventory: &Inventory,
+    policies: &[&NetworkPolicy],
+    q: &Question<'_>,
+    peer: &Side<'_>,
+) -> Option<SideVerdict> {
+    let (me, ingress) = (q.me, q.ingress);
     let mut isolating = Vec::new();
     let mut allowed = Vec::new();
     let mut rules = Vec::new();
@@ -247,14 +259,14 @@ fn side(
                 Some(ports) if ports.is_empty() => true,
                 Some(ports) => ports
                     .iter()
-                    .any(|p| port_matches(p, dst_pod, port, protocol)),
+                    .any(|p| port_matches(p, q.dst_pod, q.port, q.protocol)),
             };
             let peers_ok = match peers {
                 None => true,
                 Some(peers) if peers.is_empty() => true,
                 Some(peers) => peers
                     .iter()
-                    .any(|p| peer_matches(inventory, ns, p, peer, peer_ip)),
+                    .any(|p| peer_matches(inventory, ns, p, peer, q.peer_ip)),
             };
             if ports_ok && peers_ok {
                 any = true;
@@ -269,21 +281,21 @@ fn side(
         }
     }
     if isolating.is_empty() {
-        tier(Tier::Baseline).unwrap_or_else(SideVerdict::not_isolated)
+        None
     } else if allowed.is_empty() {
-        SideVerdict {
+        Some(SideVerdict {
             result: SideResult::Denied,
             policies: isolating.into(),
             rules: Names::default(),
             reason: None,
-        }
+        })
     } else {
-        SideVerdict {
+        Some(SideVerdict {
             result: SideResult::Allowed,
             policies: allowed.into(),
             rules: rules.into(),
             reason: None,
-        }
+        })
     }
 }
 
