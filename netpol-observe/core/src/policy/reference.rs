@@ -98,10 +98,6 @@ fn evaluate_sorted(
     cluster: &[&ClusterNetworkPolicy],
     flow: &FlowRecord,
 ) -> Verdict {
-    let tiers = Tiers {
-        cluster,
-        dns_names: &flow.dst.dns_names,
-    };
     let at = flow.first_seen.or(flow.last_seen);
     let src = resolve(inventory, &flow.src, at);
     let (dst, dst_ip, port) = resolve_dst(inventory, &flow.dst, flow.protocol, at);
@@ -113,62 +109,51 @@ fn evaluate_sorted(
         let v = SideVerdict::by_reason(SideResult::Allowed, Reason::SelfTraffic);
         return Verdict::new(v.clone(), v);
     }
-    let dst_pod = match &dst {
-        Side::Pod(p) => Some(*p),
-        _ => None,
+    let ctx = Context {
+        inventory,
+        policies: sorted,
+        cluster,
+        dns_names: &flow.dst.dns_names,
+        dst_pod: match &dst {
+            Side::Pod(p) => Some(*p),
+            _ => None,
+        },
+        port,
+        protocol: flow.protocol,
     };
     let egress = match &src {
-        Side::Pod(s) => side(
-            inventory,
-            sorted,
-            &tiers,
-            s,
-            &dst,
-            dst_ip,
-            false,
-            dst_pod,
-            port,
-            flow.protocol,
-        ),
+        Side::Pod(s) => side(&ctx, s, &dst, dst_ip, false),
         _ => SideVerdict::by_reason(SideResult::NotIsolated, Reason::NotAPod),
     };
     let ingress = match &dst {
-        Side::Pod(d) => side(
-            inventory,
-            sorted,
-            &tiers,
-            d,
-            &src,
-            flow.src.ip,
-            true,
-            dst_pod,
-            port,
-            flow.protocol,
-        ),
+        Side::Pod(d) => side(&ctx, d, &src, flow.src.ip, true),
         _ => SideVerdict::by_reason(SideResult::NotIsolated, Reason::NotAPod),
     };
     Verdict::new(ingress, egress)
 }
 
-/// The ClusterNetworkPolicies and the flow's destination names.
-struct Tiers<'a> {
+/// What both directions of one flow are judged against: the objects in force and the flow's
+/// destination (pod, port, protocol and names).
+struct Context<'a> {
+    inventory: &'a Inventory,
+    policies: &'a [&'a NetworkPolicy],
     cluster: &'a [&'a ClusterNetworkPolicy],
     dns_names: &'a [String],
+    dst_pod: Option<&'a PodInfo>,
+    port: Option<u16>,
+    protocol: Protocol,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The verdict of the direction in which `me` is the pod and `peer` (at `peer_ip`) the other
+/// side.
 fn side(
-    inventory: &Inventory,
-    policies: &[&NetworkPolicy],
-    tiers: &Tiers<'_>,
+    ctx: &Context<'_>,
     me: &PodInfo,
     peer: &Side<'_>,
     peer_ip: std::net::IpAddr,
     ingress: bool,
-    dst_pod: Option<&PodInfo>,
-    port: Option<u16>,
-    protocol: Protocol,
 ) -> SideVerdict {
+    let inventory = ctx.inventory;
     if me.host_network {
         return SideVerdict::by_reason(SideResult::NotIsolated, Reason::HostNetwork);
     }
@@ -195,19 +180,19 @@ fn side(
             _ => None,
         },
         peer_ip,
-        dst_pod,
-        port,
-        protocol,
-        dns_names: tiers.dns_names,
+        dst_pod: ctx.dst_pod,
+        port: ctx.port,
+        protocol: ctx.protocol,
+        dns_names: ctx.dns_names,
     };
-    let tier = |tier: Tier| match decide(inventory, tiers.cluster, tier, &question) {
+    let tier = |tier: Tier| match decide(inventory, ctx.cluster, tier, &question) {
         Some((Action::Accept | Action::Deny, verdict)) => Some(verdict),
         Some((Action::Pass, _)) | None => None,
     };
     if let Some(verdict) = tier(Tier::Admin) {
         return verdict;
     }
-    network_policies(inventory, policies, &question, peer)
+    network_policies(inventory, ctx.policies, &question, peer)
         .unwrap_or_else(|| tier(Tier::Baseline).unwrap_or_else(SideVerdict::not_isolated))
 }
 
