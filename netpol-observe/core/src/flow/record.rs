@@ -159,7 +159,10 @@ pub struct ServiceRef {
 ///
 /// Exactly one attribution family is normally filled: pod fields (`namespace`, `pod`,
 /// `workload`, `labels`), `node`, or `subnet` (`<named subnet>`, `private` or `world`).
+// `repr(C)`: the fields in declaration order, so what attribution reads of every record (the
+// address, the port, the pod's namespace and name) is in its first 120 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Endpoint {
     /// The address as seen on the wire at the observation point (a ClusterIP for `dst` when the
     /// flow was to a Service and was observed before DNAT).
@@ -309,7 +312,10 @@ pub struct Unenforced {
 }
 
 /// One flow (a connection for TCP/SCTP, a 5-tuple conversation for UDP/ICMP).
+// `repr(C)`, as `Endpoint`: the protocol and both ends' addresses, ports and pod names (what
+// attribution reads of every record) are in the first four of its cache lines.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(C)]
 pub struct FlowRecord {
     /// Transport protocol.
     pub protocol: Protocol,
