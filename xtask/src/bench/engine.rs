@@ -5,7 +5,8 @@
 //! With `-- --before BIN` (a `netpol-observe-bench` built from an earlier commit) every pair
 //! runs one round of each build, each in its own process, alternating which goes first, and
 //! the table gives both builds' medians and min–max side by side, then each count's
-//! after / before ratios per pair.
+//! after / before ratios per pair. `-- --after BIN` measures a prebuilt binary instead of this
+//! tree (`--after X --before X`: an A/A run, the noise floor of the ratios).
 
 use std::path::{Path, PathBuf};
 
@@ -15,9 +16,9 @@ use super::stats::{Arms, quantile, spread};
 
 /// Builds the release binary and runs the benchmark pinned to one CPU when `taskset` exists.
 pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
-    let (before, rest) = super::take_before(extra)?;
-    let bin = super::bench_binary(root)?;
-    let Some(before) = before else {
+    let (builds, rest) = super::Builds::take(extra)?;
+    let bin = builds.after_binary(root)?;
+    let Some(before) = builds.before else {
         let mut cmd = super::pinned(&bin);
         cmd.current_dir(root).arg("engine").args(&rest);
         return crate::run(&mut cmd);

@@ -3,7 +3,8 @@
 //! inventory`, one process per run, pinned to one CPU when `taskset` exists, interleaved
 //! (alternating which arm goes first). Arms: full builds (every snapshot compiled anew) and
 //! incremental updates; with `-- --before BIN` (a `netpol-observe-bench` built from an
-//! earlier commit), this build's incremental updates and the earlier build's. `--pairs N` sets
+//! earlier commit), this build's incremental updates and the earlier build's (`--after BIN`:
+//! a prebuilt binary stands for this build). `--pairs N` sets
 //! the number of pairs; other extra arguments go to the runner (e.g. `-- --seconds 10`). Each
 //! run's line is printed as it ends, then medians and min–max per arm.
 
@@ -26,9 +27,9 @@ const FIGURES: [(&str, &str, f64); 7] = [
 
 /// Builds the release runner and runs the interleaved pairs.
 pub(super) fn run(root: &Path, pairs: usize, extra: &[String]) -> Result<()> {
-    let (before, rest) = super::take_before(extra)?;
-    let bin = super::bench_binary(root)?;
-    let arms: Vec<(&str, PathBuf, &str)> = match before {
+    let (builds, rest) = super::Builds::take(extra)?;
+    let bin = builds.after_binary(root)?;
+    let arms: Vec<(&str, PathBuf, &str)> = match builds.before {
         Some(b) => vec![("after", bin, "incremental"), ("before", b, "incremental")],
         None => vec![
             ("full", bin.clone(), "full"),

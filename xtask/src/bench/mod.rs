@@ -29,14 +29,16 @@ pub(crate) enum What {
     /// the store; RSS at 10k and 100k flows.
     Agent,
     /// The policy engine: 1M verdicts against 10 / 100 / 1k / 10k policies over 10k pods
-    /// (`-- --before BIN`: interleaved with an earlier build, one round per process).
+    /// (`-- --before BIN`: interleaved with an earlier build, one round per process; `--after
+    /// BIN`: a prebuilt binary instead of this tree).
     Engine,
     /// The recommender: 1M and 10M flow records over 5k workloads, streamed from a JSON-lines
     /// file as `recommend --flows` reads them (rounds = `--pairs`; `-- --before BIN`).
     Recommend,
     /// The inventory at cluster scale: 100k pods, 5k policies, 100 pod changes/s; full
     /// builds against incremental updates (CPU, change-to-verdict latency, RSS); `-- --before
-    /// BIN`: incremental updates against an earlier build's.
+    /// BIN`: incremental updates against an earlier build's; `--after BIN`: a prebuilt binary
+    /// instead of this tree.
     Inventory,
 }
 
@@ -111,23 +113,49 @@ pub(crate) fn pinned(bin: &Path) -> Command {
     }
 }
 
-/// Splits `--before BIN` (a `netpol-observe-bench` built from an earlier commit, the other arm
-/// of a before/after run) from the arguments meant for the subject's runner.
-pub(crate) fn take_before(extra: &[String]) -> Result<(Option<PathBuf>, Vec<String>)> {
-    let mut before = None;
-    let mut rest = Vec::new();
-    let mut it = extra.iter();
-    while let Some(a) = it.next() {
-        if a == "--before" {
+/// The builds of a before/after run given on the command line: `--before BIN` (a
+/// `netpol-observe-bench` built from an earlier commit) and `--after BIN` (one used instead of
+/// building this tree: builds with other flags, or the `--before` binary itself for an A/A
+/// run, whose ratios show the machine's noise floor).
+#[derive(Debug, Default)]
+pub(crate) struct Builds {
+    /// The other arm of a before/after run.
+    pub before: Option<PathBuf>,
+    /// The measured arm, when not this tree's release build.
+    pub after: Option<PathBuf>,
+}
+
+impl Builds {
+    /// Splits `--before BIN` and `--after BIN` from the arguments meant for the subject's
+    /// runner.
+    pub(crate) fn take(extra: &[String]) -> Result<(Self, Vec<String>)> {
+        let mut builds = Builds::default();
+        let mut rest = Vec::new();
+        let mut it = extra.iter();
+        while let Some(a) = it.next() {
+            let slot = match a.as_str() {
+                "--before" => &mut builds.before,
+                "--after" => &mut builds.after,
+                _ => {
+                    rest.push(a.clone());
+                    continue;
+                }
+            };
             let bin = it
                 .next()
-                .context("--before needs the path of a netpol-observe-bench")?;
-            before = Some(PathBuf::from(bin));
-        } else {
-            rest.push(a.clone());
+                .with_context(|| format!("{a} needs the path of a netpol-observe-bench"))?;
+            *slot = Some(PathBuf::from(bin));
+        }
+        Ok((builds, rest))
+    }
+
+    /// The measured binary: `--after`, else this tree's release build.
+    pub(crate) fn after_binary(&self, root: &Path) -> Result<PathBuf> {
+        match &self.after {
+            Some(bin) => Ok(bin.clone()),
+            None => bench_binary(root),
         }
     }
-    Ok((before, rest))
 }
 
 /// Runs `cmd` and parses what it printed as JSON (the runners' `--json` output).
@@ -139,4 +167,41 @@ pub(crate) fn json_output(cmd: &mut Command) -> Result<serde_json::Value> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("{cmd:?} printed no JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_string()).collect()
+    }
+
+    #[test]
+    fn builds_are_split_from_the_runners_arguments() {
+        let args = strings(&[
+            "--policies",
+            "1000",
+            "--after",
+            "/a",
+            "--before",
+            "/b",
+            "--json",
+        ]);
+        let (builds, rest) = Builds::take(&args).unwrap();
+        assert_eq!(builds.after, Some(PathBuf::from("/a")));
+        assert_eq!(builds.before, Some(PathBuf::from("/b")));
+        assert_eq!(rest, strings(&["--policies", "1000", "--json"]));
+        // A prebuilt `--after` is used as is, without building this tree.
+        assert_eq!(
+            builds.after_binary(Path::new("/nowhere")).unwrap(),
+            PathBuf::from("/a")
+        );
+    }
+
+    #[test]
+    fn a_build_flag_without_a_path_is_an_error_naming_it() {
+        let err = Builds::take(&strings(&["--policies", "10", "--after"])).unwrap_err();
+        assert!(err.to_string().contains("--after needs"), "{err}");
+    }
 }
