@@ -3,13 +3,16 @@
 //! drops, and a real Prometheus server scraping it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use netpol_observe_e2e::http::{free_port, get};
+use netpol_observe_e2e::{
+    http::{free_port, get},
+    netns,
+};
 
 use std::{
     collections::BTreeMap,
     fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -34,33 +37,26 @@ fn sh_quiet(args: &[&str]) {
         .status();
 }
 
-/// Pods as network namespaces with routed veths; removes everything on drop (also on panic).
+/// Pods as network namespaces with routed veths ([`netns::Pod::routed`], which also turns on
+/// forwarding); removes everything on drop (also on panic).
 struct Pods {
     tag: String,
     net: u8,
     names: Vec<String>,
+    pods: Vec<netns::Pod>,
     nft_tables: Vec<String>,
 }
 
 impl Pods {
     /// `tag`: ≤ 6 characters unique to the test; `net`: the third octet of 10.78.net.0/24.
     fn new(tag: &str, net: u8) -> Pods {
-        let p = Pods {
+        Pods {
             tag: tag.to_owned(),
             net,
             names: Vec::new(),
+            pods: Vec::new(),
             nft_tables: Vec::new(),
-        };
-        // Leftovers of an aborted earlier run.
-        for i in 0..8 {
-            sh_quiet(&["ip", "netns", "del", &p.ns(i)]);
-            sh_quiet(&["ip", "link", "del", &p.veth(i)]);
         }
-        p
-    }
-
-    fn ns(&self, i: usize) -> String {
-        format!("npo-{}-{i}", self.tag)
     }
 
     fn veth(&self, i: usize) -> String {
@@ -71,61 +67,22 @@ impl Pods {
         Ipv4Addr::new(10, 78, self.net, 10 + i as u8)
     }
 
-    /// Creates pod `i` named `name`.
+    /// Creates pod `i` named `name` (an earlier aborted run's namespace and veth of the same
+    /// names are removed first).
     fn add(&mut self, name: &str) -> usize {
         let i = self.names.len();
-        self.names.push(name.to_owned());
-        let (ns, veth, ip) = (self.ns(i), self.veth(i), self.ip(i));
-        sh(&["ip", "netns", "add", &ns]);
-        sh(&[
-            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ip}/32"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        sh(&["ip", "link", "set", &veth, "up"]);
-        sh(&[
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{veth}.proxy_arp=1"),
-        ]);
+        let (ns, veth) = (format!("npo-{}-{i}", self.tag), self.veth(i));
+        let v6 = Ipv6Addr::new(0xfd00, 78, u16::from(self.net), 0, 0, 0, 0, 10 + i as u16);
+        let pod = netns::Pod::routed(&ns, &veth, self.ip(i), v6)
+            .unwrap_or_else(|e| panic!("creating pod {name} ({ns}): {e:#}"));
+        // No reverse-path filtering on the host side, as a routed CNI configures it.
         sh(&[
             "sysctl",
             "-qw",
             &format!("net.ipv4.conf.{veth}.rp_filter=0"),
         ]);
-        sh(&["ip", "route", "add", &format!("{ip}/32"), "dev", &veth]);
+        self.names.push(name.to_owned());
+        self.pods.push(pod);
         i
     }
 
@@ -159,14 +116,7 @@ impl Pods {
 
     /// Runs `f` on a thread inside pod `i`'s network namespace (sockets stay in it).
     fn run_in<T: Send + 'static>(&self, i: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.ns(i));
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap();
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
+        self.pods[i].run(f)
     }
 
     /// The inventory: a Namespace `ns` and one bare Pod per pod (labels `app: <name>`) on node
@@ -193,10 +143,7 @@ impl Drop for Pods {
         for t in &self.nft_tables {
             sh_quiet(&["nft", "delete", "table", "ip", t]);
         }
-        for i in 0..self.names.len() {
-            sh_quiet(&["ip", "link", "del", &self.veth(i)]);
-            sh_quiet(&["ip", "netns", "del", &self.ns(i)]);
-        }
+        // The pods (namespaces, veths, host routes) remove themselves.
     }
 }
 
