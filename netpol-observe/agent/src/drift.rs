@@ -317,7 +317,7 @@ impl Baseline {
         let src = Arc::new(PeerLabels::from_endpoint(&f.src, false));
         let dst = Arc::new(PeerLabels::from_endpoint(&f.dst, false));
         let edge = Edge::new(&src, &dst, f.dst.port, f.protocol);
-        self.insert(edge, f.first_seen.or(f.last_seen));
+        self.insert(edge, f.seen_at());
         true
     }
 

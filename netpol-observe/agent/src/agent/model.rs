@@ -278,7 +278,7 @@ impl Model {
                 shared: false,
             };
         }
-        let at = flow.first_seen.or(flow.last_seen);
+        let at = flow.seen_at();
         let peer = |peers: &mut Peers, r: Resolved<'_>| match r {
             Resolved::Pod(i) => match self.attributor().pod(i) {
                 Some(p) => peers.pod(i, p),
@@ -315,7 +315,7 @@ impl Model {
     /// (the engines would otherwise take the Service's first backend).
     pub(crate) fn attribute_with_backend(&self, flow: &FlowRecord, backend: IpAddr) -> Attributed {
         let mut a = self.attribute(flow);
-        let at = flow.first_seen.or(flow.last_seen);
+        let at = flow.seen_at();
         if let Resolved::Pod(i) = self.attributor().resolve(backend, at)
             && let Some(p) = self.attributor().pod(i)
         {
@@ -352,7 +352,7 @@ impl Model {
     /// other way (a record's own attribution).
     fn peer_connection<'f>(&self, flow: &'f FlowRecord, a: &Attributed) -> Option<Connection<'f>> {
         let (src, dst) = (a.src.policy?, a.dst.policy?);
-        let at = flow.first_seen.or(flow.last_seen);
+        let at = flow.seen_at();
         let backend = match dst {
             PeerId::Pod(i) => Some(i),
             _ => None,

@@ -584,7 +584,7 @@ impl Attributor {
     /// Fills the attribution of `record.src` and `record.dst` (fields already present are
     /// kept; missing pod details are completed from the inventory).
     pub fn attribute(&self, record: &mut FlowRecord) {
-        let at = record.first_seen.or(record.last_seen);
+        let at = record.seen_at();
         self.fill(&mut record.src, at);
         if let Some(svc) = self.services.get(&record.dst.ip) {
             record.dst.service.get_or_insert_with(|| ServiceRef {
@@ -653,7 +653,7 @@ impl Attributor {
         let Some(svc) = self.services.get(&record.dst.ip).map(|e| &e.info) else {
             return Some(port);
         };
-        let at = record.first_seen.or(record.last_seen);
+        let at = record.seen_at();
         let pod = record
             .dst
             .pod_name()
@@ -677,7 +677,7 @@ impl SeenAt<'_> {
     fn time(self) -> Option<Timestamp> {
         match self {
             SeenAt::Time(at) => at,
-            SeenAt::Record(flow) => flow.first_seen.or(flow.last_seen),
+            SeenAt::Record(flow) => flow.seen_at(),
         }
     }
 }

@@ -378,6 +378,12 @@ fn is_counted(counted: &bool) -> bool {
 }
 
 impl FlowRecord {
+    /// When the flow was seen: its first sighting, else its last. The time its ends are
+    /// attributed at (which pod held an address then) and its window and epoch are counted by.
+    pub fn seen_at(&self) -> Option<Timestamp> {
+        self.first_seen.or(self.last_seen)
+    }
+
     /// Checks every name the record carries (namespaces, pods, workloads, labels, Services,
     /// nodes, subnets) against the Kubernetes rules ([`crate::names`]): attribution given in
     /// input is used as is, so a name the API server would reject (or one holding path syntax

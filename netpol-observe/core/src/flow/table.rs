@@ -30,7 +30,7 @@ const NUMERIC: std::ops::RangeInclusive<usize> = 4..=7;
 /// explains the drop, or the policies a node did not enforce (`unenforced: …`).
 pub fn render(flows: &[FlowRecord], verdicts: &[Option<String>]) -> String {
     let mut order: Vec<usize> = (0..flows.len()).collect();
-    order.sort_by_key(|&i| (flows[i].first_seen.or(flows[i].last_seen), i));
+    order.sort_by_key(|&i| (flows[i].seen_at(), i));
     let rows: Vec<[String; 12]> = order
         .iter()
         .map(|&i| row(&flows[i], verdicts.get(i).cloned().flatten()))

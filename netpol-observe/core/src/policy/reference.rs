@@ -98,7 +98,7 @@ fn evaluate_sorted(
     cluster: &[&ClusterNetworkPolicy],
     flow: &FlowRecord,
 ) -> Verdict {
-    let at = flow.first_seen.or(flow.last_seen);
+    let at = flow.seen_at();
     let src = resolve(inventory, &flow.src, at);
     let (dst, dst_ip, port) = resolve_dst(inventory, &flow.dst, flow.protocol, at);
 

@@ -236,7 +236,7 @@ impl Shared {
         mut f: FlowRecord,
         verdict: Option<RecordedVerdict>,
     ) -> (GroupKey, Volatile, bool) {
-        let epoch = self.epoch(f.first_seen.or(f.last_seen));
+        let epoch = self.epoch(f.seen_at());
         let evidence = matches!(verdict, Some(RecordedVerdict::Denied(_)))
             || judge::dropped(&f).is_some()
             || (!self.keep_connections.is_empty()

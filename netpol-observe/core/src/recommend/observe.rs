@@ -66,7 +66,7 @@ impl Span {
             return;
         }
         self.flows += f.connections.unwrap_or(1);
-        let first = f.first_seen.or(f.last_seen);
+        let first = f.seen_at();
         let last = f.last_seen.or(f.first_seen);
         if let Some(t) = first {
             self.first = Some(self.first.map_or(t, |c| c.min(t)));
@@ -257,7 +257,7 @@ impl<'a> Observations<'a> {
             self.implicit(i, f, SELF_TRAFFIC);
             return;
         }
-        let at = f.first_seen.or(f.last_seen);
+        let at = f.seen_at();
         let own_node = match (client, server) {
             (PeerKey::Node(node, _), PeerKey::Workload(_)) => {
                 pod_node(&f.dst, attributor, at).is_some_and(|n| n == node)

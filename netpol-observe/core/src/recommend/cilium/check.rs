@@ -130,7 +130,7 @@ impl<'a> Checker<'a> {
             return Identity::ApiServer;
         }
         if let Some(ns) = &ep.namespace {
-            let at = f.first_seen.or(f.last_seen);
+            let at = f.seen_at();
             let pod = ep
                 .pod
                 .as_deref()
@@ -164,7 +164,7 @@ impl<'a> Checker<'a> {
         }
         if dst && ep.ip == NODE_LOCAL_DNS {
             // The node-local DNS cache on the client's node (hostNetwork): Cilium sees the host.
-            let at = f.first_seen.or(f.last_seen);
+            let at = f.seen_at();
             let node = f
                 .src
                 .namespace
